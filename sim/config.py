@@ -1,0 +1,345 @@
+"""Scenario configuration: YAML -> pydantic models, ``--set`` overrides, one-line errors.
+
+Every field carries its unit in its name (``memory_mib``, ``latency_us``, ``duration_s``) and a
+description (shown in the README's config reference). Unknown keys are errors; cross-field rules
+(watermarks inside host memory, phase regions inside guest memory) are validators. The resolved
+config (defaults filled in) is written beside every result.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError, model_validator
+
+from sim.costs import CostsConfig
+from sim.errors import ConfigError
+from sim.guest.workloads import PhasesConfig, WorkloadConfig, ZipfConfig
+from sim.host.memory import PAGE_SHIFT, setup_per_zone_wmarks
+from sim.host.swap import SwapConfig
+from sim.reclaim import ReclaimConfig
+from sim.schema import Strict
+
+MAX_DURATION_S = 4000.0  # last-access stamps are uint32 microseconds (~71 min)
+
+
+class HostConfig(Strict):
+    """The host: memory available to guests and the zone watermarks."""
+
+    memory_mib: int = Field(gt=0, le=64 * 1024 * 1024, description="Memory for guest RAM.")
+    min_free_kbytes: int | None = Field(
+        None,
+        ge=0,
+        description="vm.min_free_kbytes; default as the kernel derives it "
+        "(clamp(int_sqrt(kB * 16), 128, 262144)).",
+    )
+    watermark_scale_factor: int = Field(
+        10, ge=1, le=3000, description="vm.watermark_scale_factor (1/10000 of memory per gap)."
+    )
+
+
+class KvmConfig(Strict):
+    """KVM's MMU and its notifier hooks."""
+
+    mmu_notifiers: bool = Field(
+        True,
+        description="Register the aging notifiers (clear_flush_young, clear_young, "
+        "test_young). Off: the host sees only QEMU's own pte young bits.",
+    )
+    ept_ad_bits: bool = Field(
+        True,
+        description="EPT accessed/dirty bits. Off: aging marks sptes access-tracked and "
+        "the next guest touch takes a fast page fault.",
+    )
+    tdp_mmu: bool = Field(True, description="TDP (EPT/NPT) MMU; off means shadow paging.")
+    shadow_sptes_per_gfn: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="With shadow paging: sptes mapping each guest page "
+        "(aliases through different guest page tables), all chained in KVM's rmap.",
+    )
+    flush_on_age: bool = Field(
+        False, description="Pre-6.13 KVM: a young clear_flush_young flushes remote TLBs."
+    )
+
+
+class VmConfig(Strict):
+    """One VM profile; ``count`` > 1 makes that many identical VMs (``name0``, ``name1``, ...)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="VM name (log label).")
+    count: int = Field(1, ge=1, le=4096, description="Identical VMs of this profile.")
+    memory_mib: int = Field(gt=0, description="Guest RAM.")
+    vcpus: int = Field(1, ge=1, le=256, description="vCPUs.")
+    working_set_mib: int | None = Field(
+        None, gt=0, description="Part of guest RAM the workload touches (default: all of it)."
+    )
+    access_rate_per_s: int = Field(
+        1_000_000, gt=0, le=10**10, description="Page-granular accesses per second per vCPU."
+    )
+    write_ratio: float = Field(0.3, ge=0.0, le=1.0, description="Share of accesses that write.")
+    workload: WorkloadConfig = Field(default_factory=ZipfConfig)
+
+    @model_validator(mode="after")
+    def _fits(self) -> VmConfig:
+        if self.working_set_mib is not None and self.working_set_mib > self.memory_mib:
+            raise ValueError(
+                f"working_set_mib ({self.working_set_mib}) exceeds memory_mib "
+                f"({self.memory_mib}); lower it or raise memory_mib"
+            )
+        if isinstance(self.workload, PhasesConfig):
+            ws = self.working_set_mib or self.memory_mib
+            for i, ph in enumerate(self.workload.phases):
+                end = ph.offset_mib + (ph.working_set_mib or ws)
+                if end > self.memory_mib:
+                    raise ValueError(
+                        f"workload.phases[{i}]: offset_mib + working_set_mib = {end} exceeds "
+                        f"memory_mib ({self.memory_mib})"
+                    )
+        return self
+
+    def names(self) -> list[str]:
+        """Names of the VMs this profile expands to."""
+        return [self.name] if self.count == 1 else [f"{self.name}{i}" for i in range(self.count)]
+
+
+class EngineConfig(Strict):
+    """Simulation engine knobs (speed/accuracy trade-offs)."""
+
+    batch_accesses: int = Field(
+        1024, ge=1, le=1 << 20, description="Largest batch of accesses a vCPU applies at once."
+    )
+    sample_interval_ms: float = Field(
+        10.0, gt=0.0, description="Timeline sampling period (simulated time)."
+    )
+
+
+class OutputConfig(Strict):
+    """Which event tables to write."""
+
+    evictions: bool = Field(True, description="Write evictions.parquet.")
+    faults: bool = Field(True, description="Write faults.parquet.")
+    timeline: bool = Field(True, description="Write timeline.parquet.")
+    chunk_rows: int = Field(
+        65536,
+        ge=1024,
+        le=1 << 24,
+        description="Rows buffered per table before a row group is written (bounds memory).",
+    )
+
+
+class Scenario(Strict):
+    """A complete run: host, reclaim policy, swap, KVM, costs, VMs."""
+
+    name: str = Field("scenario", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name.")
+    seed: int = Field(
+        1,
+        ge=0,
+        lt=2**63,
+        description="Master seed; every component derives its own stream from it and its name.",
+    )
+    duration_s: float = Field(gt=0.0, le=MAX_DURATION_S, description="Simulated time.")
+    host: HostConfig
+    reclaim: ReclaimConfig = Field(default_factory=ReclaimConfig)
+    swap: SwapConfig = Field(default_factory=SwapConfig)
+    kvm: KvmConfig = Field(default_factory=KvmConfig)
+    costs: CostsConfig = Field(default_factory=CostsConfig)
+    vms: list[VmConfig] = Field(min_length=1)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> Scenario:
+        frames = self.host.memory_mib << (20 - PAGE_SHIFT)
+        wm = setup_per_zone_wmarks(
+            frames, self.host.min_free_kbytes, self.host.watermark_scale_factor
+        )
+        if wm.high >= frames:
+            raise ValueError(
+                f"host: watermarks min/low/high = {wm.min}/{wm.low}/{wm.high} pages reach host "
+                f"memory ({frames} pages); lower host.min_free_kbytes or "
+                f"host.watermark_scale_factor, or raise host.memory_mib"
+            )
+        names = [n for vm in self.vms for n in vm.names()]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"vms: duplicate VM name(s) {', '.join(dup)}; names must be unique")
+        return self
+
+    def vm_list(self) -> list[tuple[str, VmConfig]]:
+        """Every VM (profiles expanded by ``count``), in order."""
+        return [(n, vm) for vm in self.vms for n in vm.names()]
+
+    def config_hash(self) -> str:
+        """Short hash of the resolved config (names result directories)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:10]
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------
+# loading and errors
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...], raw: Any) -> type[BaseModel] | None:
+    """Follow ``loc`` through nested models (for "did you mean" hints on unknown keys)."""
+    cur: Any = model
+    data = raw
+    for part in loc:
+        if isinstance(part, int):
+            data = data[part] if isinstance(data, list) and part < len(data) else None
+            continue
+        if not (isinstance(cur, type) and issubclass(cur, BaseModel)):
+            return None
+        fld = cur.model_fields.get(str(part))
+        if fld is None:
+            # a discriminated-union tag, e.g. 'zipf' in ('workload', 'zipf')
+            continue
+        data = data.get(part) if isinstance(data, dict) else None
+        cur = _resolve(fld.annotation, data)
+    return cur if isinstance(cur, type) and issubclass(cur, BaseModel) else None
+
+
+def _resolve(ann: Any, data: Any) -> Any:
+    """Pick the model class an annotation means for ``data`` (lists, optionals, unions)."""
+    import typing
+
+    origin = typing.get_origin(ann)
+    if origin is typing.Annotated:
+        return _resolve(typing.get_args(ann)[0], data)
+    if origin in (list,):
+        return _resolve(typing.get_args(ann)[0], None)
+    if origin in (typing.Union, __import__("types").UnionType):
+        models = [
+            a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)
+        ]
+        for m in models:
+            tag = next((f for f in ("type", "policy") if f in m.model_fields), None)
+            if tag and isinstance(data, dict) and data.get(tag) == m.model_fields[tag].default:
+                return m
+        return models[0] if len(models) == 1 else None
+    return ann
+
+
+def format_validation_error(err: ValidationError, raw: Any, source: str) -> str:
+    """One line: where, what, and how to fix it."""
+    e = err.errors()[0]
+    loc = tuple(e["loc"])
+    where = _loc(loc) or "(top level)"
+    if e["type"] == "extra_forbidden":
+        parent = _model_at(Scenario, loc[:-1], raw)
+        key = str(loc[-1])
+        hint = ""
+        if parent is not None:
+            valid = sorted(parent.model_fields)
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = (
+                f"; did you mean '{close[0]}'?" if close else ""
+            ) + f" (valid keys: {', '.join(valid)})"
+        return f"{source}: {where}: unknown key{hint}"
+    if e["type"] == "missing":
+        return f"{source}: {where}: required field is missing"
+    msg = e["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    got = e.get("input")
+    shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+    return f"{source}: {where}: {msg}{shown}"
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--set dotted.key=value`` overrides (values parsed as YAML) to a raw config."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(
+                f"--set {item!r}: expected dotted.key=value, e.g. kvm.ept_ad_bits=false"
+            )
+        key, _, text = item.partition("=")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: cannot parse value {text!r}: {exc}") from None
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"--set {item!r}: empty path component in {key!r}")
+        cur: Any = raw
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            where = ".".join(parts[: i + 1])
+            if isinstance(cur, list):
+                if not part.isdigit() or int(part) >= len(cur):
+                    raise ConfigError(
+                        f"--set {key}: {where}: no list item {part!r} "
+                        f"(the list has {len(cur)} items)"
+                    )
+                if last:
+                    cur[int(part)] = value
+                else:
+                    cur = cur[int(part)]
+            elif isinstance(cur, dict):
+                if last:
+                    cur[part] = value
+                else:
+                    cur = cur.setdefault(part, {})
+            else:
+                raise ConfigError(f"--set {key}: {where}: cannot index into a {type(cur).__name__}")
+    return raw
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, with one-line errors."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}:{line}: invalid YAML: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(raw).__name__}")
+    return raw
+
+
+def parse_scenario(raw: dict[str, Any], source: str = "config") -> Scenario:
+    """Validate a raw config dict into a :class:`Scenario`."""
+    try:
+        return Scenario.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, raw, source)) from None
+
+
+def load_scenario(
+    path: Path, overrides: list[str] | None = None, seed: int | None = None
+) -> Scenario:
+    """Load a scenario file, apply ``--set`` overrides and ``--seed``, validate."""
+    raw = read_yaml(path)
+    raw.setdefault("name", path.stem)
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    if seed is not None:
+        raw["seed"] = seed
+    return parse_scenario(raw, str(path))

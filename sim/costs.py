@@ -1,0 +1,115 @@
+"""Prices of kernel and hardware operations, in simulated nanoseconds.
+
+Models
+    "Count work, then price it": reclaim and fault paths count what they did (pages scanned, rmap
+    entries walked, notifier calls, TLB flushes); this module turns the counts into time. Every
+    default comes from MODEL.md section 6, where each figure's source or its status as an estimate
+    ([EST]) is given; calibrate them with perf and tracepoints on your own hardware.
+
+Simplifications
+    Costs are constants (no contention on ``mmu_lock``, no cache effects). Device latencies live in
+    the swap config, because they are a distribution with a queue, not a constant.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from pydantic import Field
+
+from sim.schema import Strict
+
+
+class CostsConfig(Strict):
+    """CPU-side costs (ns). Defaults and sources: MODEL.md section 6."""
+
+    vmexit_ns: int = Field(
+        800, ge=0, description="VM exit + re-entry round trip (KVM_RUN round trip ~2,500 cycles)."
+    )
+    ept_fault_ns: int = Field(
+        2000,
+        ge=0,
+        description="EPT violation resolved on a resident host page (GUP fast path, "
+        "spte install) [EST 1-3 us].",
+    )
+    first_touch_ns: int = Field(
+        4000,
+        ge=0,
+        description="EPT violation on a never-touched page: GUP slow path, "
+        "do_anonymous_page, 4 KiB zeroing, LRU add [EST].",
+    )
+    fast_fault_ns: int = Field(
+        700,
+        ge=0,
+        description="Fast page fault restoring an access-tracked spte (exit + cmpxchg) "
+        "[EST 0.5-1 us].",
+    )
+    swapcache_fault_ns: int = Field(
+        3000,
+        ge=0,
+        description="EPT violation whose host fault hits the swap cache (page still "
+        "in memory under writeback) [EST].",
+    )
+    swapin_kernel_ns: int = Field(
+        10000,
+        ge=0,
+        description="Kernel software path of a swap-in on top of the device read "
+        "(fault, swap cache, bio, completion, map) [EST 5-20 us].",
+    )
+    tlb_flush_ipi_ns: int = Field(
+        4000,
+        ge=0,
+        description="Initiator's cost of a KVM remote TLB flush: kick the VM's "
+        "running vCPUs, wait for acks [EST 2-10 us].",
+    )
+    tlb_flush_exit_ns: int = Field(
+        1000, ge=0, description="Cost to each kicked vCPU: forced exit + flush on re-entry [EST]."
+    )
+    rmap_walk_ns: int = Field(
+        250, ge=0, description="Host rmap walk per mapping visited (anon_vma, pte lookup) [EST]."
+    )
+    notifier_call_ns: int = Field(
+        500, ge=0, description="One KVM notifier call: memslot lookup, mmu_lock, spte walk [EST]."
+    )
+    spte_walk_ns: int = Field(
+        50, ge=0, description="Each spte visited through KVM's rmap (shadow paging) [EST]."
+    )
+    scan_page_ns: int = Field(
+        300, ge=0, description="Isolating and checking one folio on an LRU list [EST]."
+    )
+    reclaim_page_ns: int = Field(
+        3000,
+        ge=0,
+        description="Unmapping one folio and submitting its swap-out (or dropping "
+        "its clean copy) [EST 2-10 us per page].",
+    )
+
+
+class Work(Protocol):
+    """The counts a reclaim pass fills in (implemented by ``ScanControl``)."""
+
+    nr_scanned: int
+    nr_reclaimed: int
+    nr_rmap_walked: int
+    nr_notifier_calls: int
+    nr_sptes_walked: int
+    nr_tlb_flushes: int
+
+
+class CostModel:
+    """Turns counted work into simulated time (integer ns)."""
+
+    def __init__(self, cfg: CostsConfig) -> None:
+        self.cfg = cfg
+
+    def reclaim_ns(self, w: Work) -> int:
+        """CPU time of a reclaim pass (kswapd's own, or a direct reclaimer's stall)."""
+        c = self.cfg
+        return (
+            w.nr_scanned * c.scan_page_ns
+            + w.nr_reclaimed * c.reclaim_page_ns
+            + w.nr_rmap_walked * c.rmap_walk_ns
+            + w.nr_notifier_calls * c.notifier_call_ns
+            + w.nr_sptes_walked * c.spte_walk_ns
+            + w.nr_tlb_flushes * c.tlb_flush_ipi_ns
+        )

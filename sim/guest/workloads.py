@@ -1,0 +1,288 @@
+"""Synthetic guest access streams: which guest pages (gfns) a vCPU touches, in vectorised batches.
+
+Models
+    The page-granular memory references of a guest vCPU: a stream of ``(gfn, write)`` pairs drawn
+    from a distribution over the VM's working set. Streams are pure: they know nothing of SimPy or
+    of memory state, so the same seed gives the same stream whatever the host does (which is what
+    lets exact LRU and Belady's OPT be computed on it later).
+
+Simplifications
+    Phase boundaries are counted in the vCPU's own accesses (``duration_s * access_rate_per_s``),
+    not in simulated time, so a vCPU stalled on faults does not skip through its phases and the
+    stream stays independent of memory pressure.
+
+Invariants
+    Every gfn is in ``[offset, offset + working_set)`` of its phase and below the VM's page count.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import Field
+
+from sim.schema import Strict
+
+# --------------------------------------------------------------------------------------------
+# config
+
+
+class UniformConfig(Strict):
+    """Every page of the working set is equally likely."""
+
+    type: Literal["uniform"] = "uniform"
+
+
+class ZipfConfig(Strict):
+    """Page popularity follows Zipf's law: the k-th hottest page has weight ``k**-alpha``."""
+
+    type: Literal["zipf"] = "zipf"
+    alpha: float = Field(0.99, gt=0.0, le=5.0, description="Zipf exponent (skew).")
+
+
+class HotColdConfig(Strict):
+    """A hot set of pages takes most accesses; the rest are uniform over the cold set."""
+
+    type: Literal["hotcold"] = "hotcold"
+    hot_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="Share of pages that are hot.")
+    hot_access_fraction: float = Field(
+        0.8, ge=0.0, le=1.0, description="Share of accesses that go to the hot pages."
+    )
+
+
+class ScanConfig(Strict):
+    """A cyclic sequential scan of the working set (the case LRU handles worst)."""
+
+    type: Literal["scan"] = "scan"
+
+
+SimpleWorkload = Annotated[
+    UniformConfig | ZipfConfig | HotColdConfig | ScanConfig, Field(discriminator="type")
+]
+
+
+class PhaseConfig(Strict):
+    """One phase of a phased workload: a distribution over its own region for a while."""
+
+    duration_s: float = Field(gt=0.0, description="Length of the phase in the vCPU's own time.")
+    workload: SimpleWorkload = Field(default_factory=ZipfConfig)
+    offset_mib: int = Field(0, ge=0, description="Start of this phase's region in guest memory.")
+    working_set_mib: int | None = Field(
+        None, gt=0, description="Size of this phase's region (default: the VM's working set)."
+    )
+
+
+class PhasesConfig(Strict):
+    """A sequence of phases (the hot set moves); repeats from the first after the last."""
+
+    type: Literal["phases"] = "phases"
+    phases: list[PhaseConfig] = Field(min_length=1)
+    repeat: bool = Field(True, description="Start over after the last phase (else stay in it).")
+
+
+WorkloadConfig = Annotated[
+    UniformConfig | ZipfConfig | HotColdConfig | ScanConfig | PhasesConfig,
+    Field(discriminator="type"),
+]
+
+
+# --------------------------------------------------------------------------------------------
+# samplers
+
+
+def _coprime_stride(n: int) -> int:
+    """A stride near ``n / golden ratio`` that is coprime to ``n``: a cheap bijective scatter."""
+    if n <= 2:
+        return 1
+    s = max(1, int(n * 0.6180339887498949))
+    while math.gcd(s, n) != 1:
+        s += 1
+    return s
+
+
+class ZipfSampler:
+    """Exact Zipf(alpha) ranks in ``[1, n]`` by rejection-inversion (Hörmann and Derflinger, 1996).
+
+    O(1) memory whatever ``n`` (no CDF table), vectorised over a batch; the acceptance rate is
+    above 90% for every exponent, so the rejection loop runs once or twice.
+    """
+
+    def __init__(self, n: int, alpha: float) -> None:
+        self.n, self.s = n, alpha
+        self.h_x1 = self._h_integral(1.5) - 1.0
+        self.h_n = self._h_integral(n + 0.5)
+        self.sd = 2.0 - self._h_integral_inv(self._h_integral(2.5) - self._h(2.0))
+
+    def _h(self, x: NDArray[np.float64] | float) -> NDArray[np.float64]:
+        return np.exp(-self.s * np.log(x))
+
+    def _h_integral(self, x: NDArray[np.float64] | float) -> NDArray[np.float64]:
+        lx = np.log(x)
+        return _expm1_over_x((1.0 - self.s) * lx) * lx
+
+    def _h_integral_inv(self, x: NDArray[np.float64] | float) -> NDArray[np.float64]:
+        t = np.maximum(np.asarray(x, dtype=np.float64) * (1.0 - self.s), -1.0)
+        return np.exp(_log1p_over_x(t) * x)
+
+    def sample(self, rng: np.random.Generator, size: int) -> NDArray[np.int64]:
+        """Return ``size`` ranks (1 = most popular)."""
+        out = np.empty(size, dtype=np.int64)
+        todo = np.arange(size)
+        while todo.size:
+            u = self.h_n + rng.random(todo.size) * (self.h_x1 - self.h_n)
+            x = self._h_integral_inv(u)
+            k = np.clip(np.floor(x + 0.5), 1, self.n)
+            ok = (k - x <= self.sd) | (u >= self._h_integral(k + 0.5) - self._h(k))
+            out[todo[ok]] = k[ok].astype(np.int64)
+            todo = todo[~ok]
+        return out
+
+
+def _expm1_over_x(x: NDArray[np.float64]) -> NDArray[np.float64]:
+    x = np.asarray(x, dtype=np.float64)
+    small = np.abs(x) < 1e-8
+    safe = np.where(small, 1.0, x)
+    return np.where(small, 1.0 + x / 2.0 + x * x / 6.0, np.expm1(safe) / safe)
+
+
+def _log1p_over_x(x: NDArray[np.float64]) -> NDArray[np.float64]:
+    x = np.asarray(x, dtype=np.float64)
+    small = np.abs(x) < 1e-8
+    safe = np.where(small, 1.0, x)
+    return np.where(small, 1.0 - x / 2.0 + x * x / 3.0, np.log1p(safe) / safe)
+
+
+class _Region:
+    """One distribution over ``[offset, offset + size)`` pages, sampled in batches."""
+
+    def __init__(
+        self,
+        cfg: UniformConfig | ZipfConfig | HotColdConfig | ScanConfig,
+        offset: int,
+        size: int,
+        start: int,
+    ) -> None:
+        self.cfg, self.offset, self.size = cfg, offset, size
+        self.stride = _coprime_stride(size)
+        self.pos = start % size  # scan position
+        if isinstance(cfg, ZipfConfig):
+            self.zipf = ZipfSampler(size, cfg.alpha)
+        if isinstance(cfg, HotColdConfig):
+            self.n_hot = max(1, min(size - 1, round(size * cfg.hot_fraction))) if size > 1 else 1
+
+    def _scatter(self, rank0: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Map popularity ranks (0 = hottest) to pages, spread over the region."""
+        return (rank0 * self.stride) % self.size
+
+    def sample(self, rng: np.random.Generator, n: int) -> NDArray[np.int64]:
+        cfg = self.cfg
+        if isinstance(cfg, UniformConfig):
+            idx = rng.integers(0, self.size, n, dtype=np.int64)
+        elif isinstance(cfg, ZipfConfig):
+            idx = self._scatter(self.zipf.sample(rng, n) - 1)
+        elif isinstance(cfg, HotColdConfig):
+            hot = rng.random(n) < cfg.hot_access_fraction
+            rank = np.where(
+                hot,
+                rng.integers(0, self.n_hot, n, dtype=np.int64),
+                self.n_hot + rng.integers(0, max(1, self.size - self.n_hot), n, dtype=np.int64),
+            )
+            idx = self._scatter(np.minimum(rank, self.size - 1))
+        else:  # scan
+            idx = (self.pos + np.arange(n, dtype=np.int64)) % self.size
+            self.pos = int((self.pos + n) % self.size)
+        return idx + self.offset
+
+
+class AccessStream:
+    """The access stream of one vCPU: ``next(n)`` returns ``n`` gfns and their write flags.
+
+    Args:
+        workload: the VM's workload config.
+        vm_pages: guest memory of the VM, in pages.
+        working_set_pages: default region size (from the VM config).
+        access_rate_per_s: the vCPU's access rate, which converts phase durations to accesses.
+        write_ratio: probability that an access is a write.
+        vcpu: index of this vCPU in its VM (staggers scan start positions).
+        nr_vcpus: vCPUs in the VM.
+        rng: this vCPU's own generator.
+    """
+
+    def __init__(
+        self,
+        workload: WorkloadConfig,
+        *,
+        vm_pages: int,
+        working_set_pages: int,
+        access_rate_per_s: int,
+        write_ratio: float,
+        vcpu: int,
+        nr_vcpus: int,
+        rng: np.random.Generator,
+        page_shift: int = 12,
+    ) -> None:
+        self.rng, self.write_ratio = rng, write_ratio
+        mib = 1 << (20 - page_shift)
+        if isinstance(workload, PhasesConfig):
+            specs = [
+                (
+                    ph.workload,
+                    ph.offset_mib * mib,
+                    (ph.working_set_mib * mib) if ph.working_set_mib else working_set_pages,
+                    max(1, round(ph.duration_s * access_rate_per_s)),
+                )
+                for ph in workload.phases
+            ]
+            self.repeat = workload.repeat
+        else:
+            specs = [(workload, 0, working_set_pages, 0)]
+            self.repeat = False
+        self.regions: list[_Region] = []
+        self.lengths: list[int] = []
+        for wl, off, size, length in specs:
+            size = max(1, min(size, vm_pages - off))
+            self.regions.append(_Region(wl, off, size, start=(vcpu * size) // max(1, nr_vcpus)))
+            self.lengths.append(length)
+        self.phase = 0
+        self.left = self.lengths[0] if len(self.regions) > 1 or self.repeat else -1
+
+    def _advance_phase(self) -> None:
+        nxt = self.phase + 1
+        if nxt >= len(self.regions):
+            if not self.repeat:
+                self.left = -1  # stay in the last phase forever
+                return
+            nxt = 0
+        self.phase = nxt
+        self.left = self.lengths[nxt]
+
+    def next(self, n: int) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+        """Return the next ``n`` accesses: gfns (int64) and write flags."""
+        if self.left < 0 or n <= self.left:
+            gfns = self.regions[self.phase].sample(self.rng, n)
+            if self.left >= 0:
+                self.left -= n
+                if self.left == 0:
+                    self._advance_phase()
+        else:
+            parts = []
+            need = n
+            while need:
+                take = need if self.left < 0 else min(need, self.left)
+                parts.append(self.regions[self.phase].sample(self.rng, take))
+                need -= take
+                if self.left >= 0:
+                    self.left -= take
+                    if self.left == 0:
+                        self._advance_phase()
+            gfns = np.concatenate(parts)
+        if self.write_ratio <= 0.0:
+            writes = np.zeros(n, dtype=np.bool_)
+        elif self.write_ratio >= 1.0:
+            writes = np.ones(n, dtype=np.bool_)
+        else:
+            writes = self.rng.random(n) < self.write_ratio
+        return gfns, writes

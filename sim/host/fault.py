@@ -1,0 +1,174 @@
+"""The host side of a guest page fault: ``handle_mm_fault`` reached through KVM's GUP.
+
+Models
+    When KVM needs the host page behind a gfn (``hva_to_pfn`` -> ``get_user_pages``), the host
+    either finds QEMU's pte present (GUP fast path), or faults: ``do_anonymous_page`` for a page
+    never touched (allocate and zero a frame), or ``do_swap_page`` for a page whose pte is a swap
+    entry: a swap-cache hit if the page is still in memory (its write-out is in flight), otherwise
+    a major fault that allocates a frame and reads the page from the swap device. The new or
+    restored pte is young (GUP marks it accessed). A swapped-in page keeps its swap copy (clean)
+    unless the fault is a write or swap is more than half full (``should_try_to_free_swap``).
+
+Kernel reference
+    mm/memory.c: ``handle_mm_fault``, ``do_anonymous_page``, ``do_swap_page``,
+    ``should_try_to_free_swap``; mm/swap_state.c: ``swapin_readahead`` (without readahead);
+    mm/workingset.c: ``workingset_refault`` (through the policy).
+
+Simplifications
+    Synchronous faults only (no async page faults): the vCPU thread blocks for the read. A second
+    vCPU faulting on a page whose fault-in is in progress waits for it (the folio lock) and counts
+    a minor fault.
+
+Invariants
+    A page gets at most one frame; a page being read in is locked and on no LRU list.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from enum import StrEnum
+
+import numpy as np
+import simpy
+
+from sim.host.kswapd import ProcessGen
+from sim.host.memory import (
+    NO_PFN,
+    NO_SLOT,
+    PG_DIRTY,
+    PG_LOCKED,
+    PG_SWAP,
+    PG_TOUCHED,
+    PTE_PRESENT,
+    PTE_YOUNG,
+    HostMemory,
+)
+from sim.host.mm import Mm
+from sim.host.page_alloc import PageAllocator
+from sim.host.swap import SwapDevice
+from sim.host.vmstat import VmStat
+from sim.reclaim.base import EvictionPolicy
+
+_U8 = np.uint8
+_MAPPED = _U8(PTE_PRESENT | PTE_YOUNG | PG_TOUCHED)  # GUP maps the pte young
+_NEW_ANON = _U8(PTE_PRESENT | PTE_YOUNG | PG_DIRTY | PG_TOUCHED)
+NO_PFN_INT = int(NO_PFN)
+
+
+class HostFault(StrEnum):
+    """What the host had to do for a GUP on a guest page."""
+
+    MAPPED = "mapped"  # pte already present: GUP fast path
+    FIRST_TOUCH = "first_touch"  # do_anonymous_page
+    SWAPCACHE = "swapcache"  # do_swap_page, folio still in memory
+    MAJOR = "major"  # do_swap_page with a read from the swap device
+    WAITED = "waited"  # another task was faulting the page in; we waited for it
+
+
+class HostFaultHandler:
+    """``handle_mm_fault`` for guest RAM: a synchronous fast path and a waiting slow path."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        mem: HostMemory,
+        swap: SwapDevice,
+        alloc: PageAllocator,
+        policy: EvictionPolicy,
+        mms: Sequence[Mm],
+        vmstat: Counter[str],
+    ) -> None:
+        self.env, self.mem, self.swap, self.alloc = env, mem, swap, alloc
+        self.policy, self.mms, self.vmstat = policy, list(mms), vmstat
+        self._inflight: dict[int, simpy.Event] = {}  # pid -> fault-in in progress
+
+    def fault_nowait(self, pid: int) -> HostFault | None:
+        """Resolve the fault if that needs no waiting (no I/O, no reclaim); else None.
+
+        Covers a present pte, a swap-cache hit, and a first touch while free memory is above
+        the min watermark; the caller pays the CPU cost. Nothing here advances time.
+        """
+        mem = self.mem
+        f = int(mem.flags[pid])
+        if f & PTE_PRESENT:
+            return HostFault.MAPPED
+        if pid in self._inflight:
+            return None
+        pfn = int(mem.pfn[pid])
+        if pfn != NO_PFN_INT:  # swap cache hit: the write-out is still in flight
+            self.vmstat[VmStat.PGFAULT] += 1
+            mem.flags[pid] = f | _MAPPED
+            self.policy.folio_add_lru(pfn, None)
+            return HostFault.SWAPCACHE
+        if f & PG_SWAP:
+            return None  # needs a read
+        pfn = self.alloc.alloc_fast(pid)
+        if pfn < 0:
+            return None  # needs reclaim
+        self.vmstat[VmStat.PGFAULT] += 1
+        mem.flags[pid] = _NEW_ANON
+        self.policy.folio_add_lru(pfn, None)
+        return HostFault.FIRST_TOUCH
+
+    def handle_mm_fault(self, pid: int, write: bool) -> ProcessGen:
+        """Make page ``pid`` present in its mm, waiting as needed; returns a :class:`HostFault`."""
+        hf = self.fault_nowait(pid)
+        if hf is not None:
+            return hf
+        ev = self._inflight.get(pid)
+        if ev is not None:  # folio locked by another faulting task
+            yield ev
+            return HostFault.WAITED
+        self.vmstat[VmStat.PGFAULT] += 1
+        done = self.env.event()
+        self._inflight[pid] = done
+        try:
+            result = yield from self._fault_in(pid, write, bool(self.mem.flags[pid] & PG_SWAP))
+        finally:
+            del self._inflight[pid]
+            done.succeed()
+        return result
+
+    def _fault_in(self, pid: int, write: bool, swapped: bool) -> ProcessGen:
+        mem = self.mem
+        mm = self.mms[int(mem.page_owner[pid])]
+        pfn = yield from self.alloc.alloc(pid)
+        if mm.dead:  # OOM-killed while we waited for memory
+            self._drop(pid, pfn)
+            return HostFault.MAJOR if swapped else HostFault.FIRST_TOUCH
+        if not swapped:  # do_anonymous_page: zeroed frame, dirty (no copy anywhere)
+            mem.flags[pid] = _NEW_ANON
+            self.policy.folio_add_lru(pfn, None)
+            return HostFault.FIRST_TOUCH
+        # do_swap_page: read from the device with the folio locked.
+        mem.nr_swapped[mm.index] -= 1
+        mem.flags[pid] |= _U8(PG_LOCKED)
+        now = self.env.now
+        t_done = self.swap.submit(now, write=False)[0]
+        yield self.env.timeout(t_done - now)
+        mem.flags[pid] &= ~_U8(PG_LOCKED)
+        self.vmstat[VmStat.PGMAJFAULT] += 1
+        self.vmstat[VmStat.PSWPIN] += 1
+        if mm.dead:
+            self._drop(pid, pfn)
+            return HostFault.MAJOR
+        slot = int(mem.swp[pid])
+        shadow = int(self.swap.shadow[slot])
+        mem.flags[pid] |= _MAPPED
+        if write or self.swap.vm_swap_full():  # should_try_to_free_swap
+            mem.flags[pid] = (mem.flags[pid] & ~_U8(PG_SWAP)) | _U8(PG_DIRTY)
+            mem.swp[pid] = NO_SLOT
+            self.swap.free_slots(np.array([slot], dtype=np.uint32))
+        self.policy.folio_add_lru(pfn, shadow)
+        return HostFault.MAJOR
+
+    def _drop(self, pid: int, pfn: int) -> None:
+        """Release what a fault took for a page of a dead mm."""
+        mem = self.mem
+        slot = mem.swp[pid]
+        if slot != NO_SLOT:
+            self.swap.free_slots(np.array([slot], dtype=np.uint32))
+            mem.swp[pid] = NO_SLOT
+        mem.flags[pid] = 0
+        mem.free_frames(np.array([pfn], dtype=np.int64))

@@ -1,0 +1,196 @@
+"""Host physical memory: frames, watermarks, and the per-page state of guest RAM.
+
+Models
+    One NUMA node with one zone of ``nr_frames`` page frames (pfns). Guest RAM is host anonymous
+    memory (QEMU's ``mmap``), so every guest page is a host anon page with a host pte in QEMU's mm
+    (present, young, or a swap entry), maybe a frame, maybe a swap slot. Watermarks are derived as
+    ``__setup_per_zone_wmarks`` derives them.
+
+Kernel reference
+    mm/page_alloc.c: ``calculate_min_free_kbytes``, ``__setup_per_zone_wmarks``;
+    include/linux/page-flags.h (PG_dirty, PG_swapcache, PG_writeback, PG_locked).
+
+Data model
+    State is a structure of numpy arrays, never a Python object per page. A guest page is named by
+    a global page id ``pid = vm_base + gfn``; per-pid arrays hold the host pte/folio flags (uint8),
+    the frame (uint32 ``pfn``), the swap slot (uint32 ``swp``) and the last access time (uint32 us,
+    for analysis only: no kernel knows it). Per frame: ``frame_pid`` (the anon rmap: which page
+    owns the frame; -1 = free) and ``scans`` (reclaim scans survived, for analysis).
+
+Invariants
+    ``nr_free + (frames owned) == nr_frames``; a page owns at most one frame and the frame points
+    back at it; a page with ``PTE_PRESENT`` owns a frame; a page with ``PG_SWAP`` owns a slot.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+SWAP_CLUSTER_MAX = 32  # reclaim batch (mm/vmscan.c)
+DEF_PRIORITY = 12  # scan target is lru_size >> priority
+MAX_RECLAIM_RETRIES = 16  # kswapd_failures cap; allocator no-progress retries
+
+NO_PFN = np.uint32(0xFFFFFFFF)
+NO_SLOT = np.uint32(0xFFFFFFFF)
+
+# Host-side page flags (one uint8 per guest page): QEMU's pte plus the folio's flags.
+PTE_PRESENT = 0x01  # QEMU's host pte maps the page (else none, or a swap entry if PG_SWAP)
+PTE_YOUNG = 0x02  # host pte accessed bit: set by QEMU/vhost touches and by GUP fault-in
+PG_DIRTY = 0x04  # folio data differs from its swap copy (or it has none)
+PG_SWAP = 0x08  # page owns a swap slot (swap cache while resident, swap entry when not)
+PG_WRITEBACK = 0x10  # swap-out write in flight; the frame is freed when it completes
+PG_LOCKED = 0x20  # swap-in read in flight (folio locked in the swap cache)
+PG_TOUCHED = 0x40  # faulted in at least once (else untouched: no frame, no slot)
+PG_EVICTED = 0x80  # evicted since its last fault (the next fault on it is a refault)
+
+
+def int_sqrt(x: int) -> int:
+    """``int_sqrt()`` from lib/math: floor of the square root."""
+    return math.isqrt(max(0, int(x)))
+
+
+def calculate_min_free_kbytes(managed_pages: int) -> int:
+    """``calculate_min_free_kbytes``: ``clamp(int_sqrt(lowmem_kbytes * 16), 128, 262144)``."""
+    lowmem_kbytes = managed_pages * (PAGE_SIZE // 1024)
+    return min(max(int_sqrt(lowmem_kbytes * 16), 128), 262144)
+
+
+@dataclass(frozen=True, slots=True)
+class Watermarks:
+    """Zone watermarks in pages (``WMARK_MIN``, ``WMARK_LOW``, ``WMARK_HIGH``)."""
+
+    min: int
+    low: int
+    high: int
+    min_free_kbytes: int
+
+
+def setup_per_zone_wmarks(
+    managed_pages: int, min_free_kbytes: int | None = None, watermark_scale_factor: int = 10
+) -> Watermarks:
+    """``__setup_per_zone_wmarks`` for one zone holding all managed pages.
+
+    ``min = min_free_kbytes / 4`` pages; the low-min and high-low gaps are
+    ``max(min / 4, managed * watermark_scale_factor / 10000)``.
+    """
+    mfk = calculate_min_free_kbytes(managed_pages) if min_free_kbytes is None else min_free_kbytes
+    pages_min = mfk >> (PAGE_SHIFT - 10)
+    gap = max(pages_min // 4, managed_pages * watermark_scale_factor // 10000)
+    return Watermarks(pages_min, pages_min + gap, pages_min + 2 * gap, mfk)
+
+
+class HostMemory:
+    """Frames, watermarks and per-page state arrays for all guest RAM on the host.
+
+    Args:
+        nr_frames: page frames the zone manages.
+        nr_pages: guest pages in total (sum over VMs); may exceed ``nr_frames`` (overcommit).
+        wmark: the zone's watermarks.
+        page_owner: for each page, the index of the mm (VM) it belongs to.
+    """
+
+    def __init__(
+        self,
+        nr_frames: int,
+        nr_pages: int,
+        wmark: Watermarks,
+        page_owner: NDArray[np.int32],
+        nr_mms: int,
+    ) -> None:
+        self.nr_frames, self.nr_pages, self.wmark = nr_frames, nr_pages, wmark
+        self.flags = np.zeros(nr_pages, dtype=np.uint8)
+        self.pfn = np.full(nr_pages, NO_PFN, dtype=np.uint32)
+        self.swp = np.full(nr_pages, NO_SLOT, dtype=np.uint32)
+        self.last_access_us = np.zeros(nr_pages, dtype=np.uint32)
+        self.page_owner = page_owner
+        self.frame_pid = np.full(nr_frames, -1, dtype=np.int32)
+        self.scans = np.zeros(nr_frames, dtype=np.uint8)
+        # Free frames as a stack, lowest pfn on top, so allocation order is deterministic.
+        self._free = np.arange(nr_frames - 1, -1, -1, dtype=np.uint32)
+        self.nr_free = nr_frames
+        self.nr_writeback = 0  # frames whose swap-out write is in flight
+        self.nr_resident = np.zeros(nr_mms, dtype=np.int64)  # frames owned, per mm
+        self.nr_swapped = np.zeros(nr_mms, dtype=np.int64)  # pages only in swap, per mm
+        self.on_free: Callable[[int], None] | None = None  # woken when frames are freed
+
+    # -- frames ------------------------------------------------------------------------------
+    def alloc_frame(self, pid: int) -> int:
+        """Take one free frame for ``pid`` (the caller checked watermarks). Returns the pfn."""
+        assert self.nr_free > 0, "alloc_frame with no free frame"
+        self.nr_free -= 1
+        pfn = int(self._free[self.nr_free])
+        self.frame_pid[pfn] = pid
+        self.scans[pfn] = 0
+        self.pfn[pid] = pfn
+        self.nr_resident[self.page_owner[pid]] += 1
+        return pfn
+
+    def free_frames(self, pfns: NDArray[np.integer]) -> None:
+        """Return frames to the free stack and detach them from their pages."""
+        n = len(pfns)
+        if n == 0:
+            return
+        pids = self.frame_pid[pfns]
+        self.pfn[pids] = NO_PFN
+        self.frame_pid[pfns] = -1
+        self._free[self.nr_free : self.nr_free + n] = pfns
+        self.nr_free += n
+        self.nr_resident -= np.bincount(self.page_owner[pids], minlength=len(self.nr_resident))
+        if self.on_free is not None:
+            self.on_free(n)
+
+    def free_frame(self, pfn: int) -> None:
+        """``free_frames`` for one frame (scalar fast path)."""
+        pid = int(self.frame_pid[pfn])
+        self.pfn[pid] = NO_PFN
+        self.frame_pid[pfn] = -1
+        self._free[self.nr_free] = pfn
+        self.nr_free += 1
+        self.nr_resident[self.page_owner[pid]] -= 1
+        if self.on_free is not None:
+            self.on_free(1)
+
+    def watermark_ok(self, mark: int) -> bool:
+        """``__zone_watermark_ok`` for an order-0 allocation: free pages above ``mark``."""
+        return self.nr_free > mark
+
+    def balanced(self) -> bool:
+        """``pgdat_balanced``: free pages at or above the high watermark.
+
+        Frames under swap-out writeback count as free: kswapd has already committed them and the
+        kernel frees them on a later scan once the write completes (see kswapd.py).
+        """
+        return self.nr_free + self.nr_writeback >= self.wmark.high
+
+    # -- checks ------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Assert the structural invariants (used by tests; O(pages))."""
+        owned = self.frame_pid >= 0
+        assert self.nr_free + int(owned.sum()) == self.nr_frames, "frames not conserved"
+        free = self._free[: self.nr_free].astype(np.int64)
+        assert len(np.unique(free)) == self.nr_free, "free stack has duplicates"
+        assert not owned[free].any(), "a free frame has an owner"
+        has = self.pfn != NO_PFN
+        pids = np.flatnonzero(has)
+        assert (self.frame_pid[self.pfn[pids]] == pids).all(), "pfn and frame_pid disagree"
+        assert int(has.sum()) == int(owned.sum()), "a frame is owned by a page that lost it"
+        present = (self.flags & PTE_PRESENT) != 0
+        assert has[present].all(), "a present pte without a frame"
+        swap = (self.flags & PG_SWAP) != 0
+        assert (self.swp[swap] != NO_SLOT).all(), "a page flagged PG_SWAP without a slot"
+        assert (self.swp[~swap] == NO_SLOT).all(), "a slot on a page not flagged PG_SWAP"
+        wb = (self.flags & PG_WRITEBACK) != 0
+        assert has[wb].all(), "a page under writeback without a frame"
+        assert int(wb.sum()) == self.nr_writeback, "writeback accounting"
+        res = np.bincount(self.page_owner[pids], minlength=len(self.nr_resident))
+        assert (res == self.nr_resident).all(), "per-mm resident counters"
+        swapped = np.flatnonzero(swap & ~has)
+        sw = np.bincount(self.page_owner[swapped], minlength=len(self.nr_swapped))
+        assert (sw == self.nr_swapped).all(), "per-mm swapped counters"

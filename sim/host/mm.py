@@ -1,0 +1,42 @@
+"""A host process address space (``struct mm_struct``): here, one QEMU process's guest RAM.
+
+Models
+    QEMU ``mmap``s each VM's guest RAM as one anonymous region of its own mm, starting at
+    ``hva_base``; guest page ``gfn`` sits at host virtual address ``hva_base + gfn * PAGE_SIZE``.
+    Notifier subscribers (KVM) register on the mm.
+
+Kernel reference
+    include/linux/mm_types.h (``mm_struct.notifier_subscriptions``); QEMU's RAMBlock.
+
+Invariants
+    Global page ids of this mm are ``[pid_base, pid_base + nr_pages)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sim.host.memory import PAGE_SHIFT
+from sim.host.mmu_notifier import MmuNotifierSubscriptions
+
+GUEST_RAM_HVA = 0x7F00_0000_0000  # where QEMU's guest RAM mapping starts (any aligned address)
+
+
+@dataclass(slots=True)
+class Mm:
+    """One VM's QEMU address space as seen by the host mm."""
+
+    index: int
+    name: str
+    pid_base: int
+    nr_pages: int
+    hva_base: int = GUEST_RAM_HVA
+    notifiers: MmuNotifierSubscriptions = field(default_factory=MmuNotifierSubscriptions)
+    dead: bool = False  # OOM-killed: its pages are gone and its vCPUs stop
+
+    def hva(self, pids: NDArray[np.integer]) -> NDArray[np.int64]:
+        """Host virtual addresses of the given global page ids."""
+        return self.hva_base + ((pids.astype(np.int64) - self.pid_base) << PAGE_SHIFT)

@@ -1,0 +1,78 @@
+"""The OOM killer and ``exit_mmap`` for a QEMU process: when reclaim cannot free memory.
+
+Models
+    ``out_of_memory`` picks the process with the largest ``oom_badness`` (resident plus swapped
+    pages; all VMs have the same oom_score_adj) and kills it. Its mm is torn down: the notifier
+    ``release`` makes KVM drop every spte, frames and swap slots are freed. Pages whose I/O is in
+    flight are released when the I/O completes. The VM's vCPUs stop at their next step.
+
+Kernel reference
+    mm/oom_kill.c: ``out_of_memory``, ``select_bad_process``, ``oom_badness``;
+    mm/mmap.c: ``exit_mmap``; mm/mmu_notifier.c: ``__mmu_notifier_release``.
+
+Invariants
+    After the kill, no page of the mm owns a frame or slot except those with I/O in flight.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from sim.host.memory import NO_PFN, NO_SLOT, PG_LOCKED, PG_SWAP, PG_WRITEBACK, HostMemory
+from sim.host.mm import Mm
+from sim.host.swap import SwapDevice
+from sim.host.vmstat import VmStat
+from sim.reclaim.base import EvictionPolicy
+
+
+def exit_mmap(mm: Mm, mem: HostMemory, swap: SwapDevice, policy: EvictionPolicy) -> None:
+    """Tear down ``mm``: KVM first (release), then every frame and slot not under I/O."""
+    mm.dead = True
+    mm.notifiers.release()
+    pids = np.arange(mm.pid_base, mm.pid_base + mm.nr_pages, dtype=np.int64)
+    f = mem.flags[pids]
+    busy = (f & (PG_LOCKED | PG_WRITEBACK)) != 0
+    idle = pids[~busy]
+    slots = mem.swp[idle]
+    swap.free_slots(slots[((mem.flags[idle] & PG_SWAP) != 0) & (slots != NO_SLOT)])
+    has_frame = mem.pfn[idle] != NO_PFN
+    pfns = mem.pfn[idle[has_frame]].astype(np.int64)
+    policy.folio_remove(pfns)
+    mem.flags[idle] = 0
+    mem.swp[idle] = NO_SLOT
+    mem.free_frames(pfns)
+    mem.nr_swapped[mm.index] = 0
+
+
+class OomKiller:
+    """Chooses and kills the biggest VM when the allocator gives up."""
+
+    def __init__(
+        self,
+        mms: Sequence[Mm],
+        mem: HostMemory,
+        swap: SwapDevice,
+        policy: EvictionPolicy,
+        vmstat: Counter[str],
+        now: Callable[[], int],
+    ) -> None:
+        self.mms, self.mem, self.swap, self.policy = list(mms), mem, swap, policy
+        self.vmstat, self.now = vmstat, now
+        self.kills: list[tuple[int, str]] = []  # (t_ns, vm name)
+
+    def __call__(self) -> bool:
+        """``out_of_memory``: kill the mm with the highest badness; False if none is left."""
+        alive = [mm for mm in self.mms if not mm.dead]
+        if not alive:
+            return False
+        mem = self.mem
+        victim = max(
+            alive, key=lambda m: (mem.nr_resident[m.index] + mem.nr_swapped[m.index], -m.index)
+        )
+        exit_mmap(victim, mem, self.swap, self.policy)
+        self.vmstat[VmStat.OOM_KILL] += 1
+        self.kills.append((self.now(), victim.name))
+        return True

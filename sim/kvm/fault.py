@@ -1,0 +1,120 @@
+"""KVM's page-fault path for a guest access that found no usable spte (an EPT violation).
+
+Models
+    An access-tracked spte is restored in place by ``fast_page_fault`` (no GUP). Otherwise KVM
+    snapshots ``mmu_invalidate_seq``, asks the host for the page (``hva_to_pfn`` -> GUP, which may
+    allocate, reclaim or read from swap), and installs the spte only if no invalidation ran
+    meanwhile (``is_page_fault_stale``); if one did, the fault returns RET_PF_RETRY, the guest
+    re-enters, faults again and the host lookup is repeated.
+
+Kernel reference
+    arch/x86/kvm/mmu/mmu.c: ``kvm_mmu_page_fault``, ``direct_page_fault``, ``fast_page_fault``,
+    ``kvm_faultin_pfn``, ``is_page_fault_stale``; virt/kvm/kvm_main.c: ``hva_to_pfn``.
+
+Simplifications
+    Async page faults are off (the vCPU thread blocks during a swap-in). The fault's CPU cost is
+    returned to the caller rather than waited here, so the vCPU pays it with its next step.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from sim.costs import CostsConfig
+from sim.host.fault import HostFault, HostFaultHandler
+from sim.host.kswapd import ProcessGen
+from sim.host.memory import PTE_PRESENT
+from sim.host.mm import Mm
+from sim.kvm.mmu import KvmMmu
+
+
+class FaultKind(StrEnum):
+    """Guest-visible fault kinds (the ``kind`` column of the faults table)."""
+
+    FIRST_TOUCH = "first_touch"  # page never touched: allocate and zero
+    MINOR = "minor"  # page in host memory (mapped, or in the swap cache): no I/O
+    MAJOR = "major"  # page read back from swap
+    ACCESS_TRACKING = "access_tracking"  # fast page fault on an aged spte (EPT A/D off)
+
+
+FAULT_KINDS = tuple(k.value for k in FaultKind)
+
+_KIND = {
+    HostFault.MAPPED: FaultKind.MINOR,
+    HostFault.FIRST_TOUCH: FaultKind.FIRST_TOUCH,
+    HostFault.SWAPCACHE: FaultKind.MINOR,
+    HostFault.MAJOR: FaultKind.MAJOR,
+    HostFault.WAITED: FaultKind.MINOR,
+}
+
+
+def _host_cost(c: CostsConfig, hf: HostFault) -> int:
+    if hf is HostFault.FIRST_TOUCH:
+        return c.first_touch_ns
+    if hf is HostFault.SWAPCACHE:
+        return c.swapcache_fault_ns
+    if hf is HostFault.MAJOR:
+        return c.ept_fault_ns + c.swapin_kernel_ns
+    return c.ept_fault_ns
+
+
+def kvm_fault_nowait(
+    mmu: KvmMmu,
+    host: HostFaultHandler,
+    costs: CostsConfig,
+    *,
+    pid: int,
+    gfn: int,
+    alias: int,
+    write: bool,
+) -> tuple[FaultKind, int] | None:
+    """The EPT violations KVM resolves without waiting; ``(kind, cpu_ns)`` or None.
+
+    A fast page fault, or a GUP the host satisfies at once. No time passes, so no invalidation
+    can race with it and the spte is installed straight away.
+    """
+    idx = mmu.spte_index(gfn, alias)
+    if mmu.is_access_tracked(idx):
+        mmu.fast_page_fault(idx, write)
+        return FaultKind.ACCESS_TRACKING, costs.fast_fault_ns
+    hf = host.fault_nowait(pid)
+    if hf is None:
+        return None
+    mmu.map_spte(gfn, alias, write)
+    return _KIND[hf], _host_cost(costs, hf)
+
+
+def kvm_page_fault(
+    mmu: KvmMmu,
+    mm: Mm,
+    host: HostFaultHandler,
+    costs: CostsConfig,
+    *,
+    pid: int,
+    gfn: int,
+    alias: int,
+    write: bool,
+) -> ProcessGen:
+    """Resolve an EPT violation on ``gfn``; returns ``(FaultKind, cpu_ns, retries)``."""
+    idx = mmu.spte_index(gfn, alias)
+    if mmu.is_access_tracked(idx):
+        mmu.fast_page_fault(idx, write)
+        return FaultKind.ACCESS_TRACKING, costs.fast_fault_ns, 0
+    kind: FaultKind | None = None
+    cpu_ns = 0
+    retries = 0
+    while True:
+        mmu_seq = mmu.mmu_invalidate_seq
+        hf = yield from host.handle_mm_fault(pid, write)
+        if kind is None:
+            kind = _KIND[hf]
+        cpu_ns += _host_cost(costs, hf)
+        if mm.dead:
+            return kind, cpu_ns, retries
+        if not mmu.is_page_fault_stale(mmu_seq, gfn) and host.mem.flags[pid] & PTE_PRESENT:
+            break
+        retries += 1  # RET_PF_RETRY: back into the guest, which faults again
+        mmu.pf_retry += 1
+        cpu_ns += costs.vmexit_ns
+    mmu.map_spte(gfn, alias, write)
+    return kind, cpu_ns, retries

@@ -1,0 +1,249 @@
+"""KVM's secondary MMU for one VM: memslots, sptes and KVM's rmap (gfn -> sptes).
+
+Models
+    A memslot maps a guest-physical range (gfns) onto QEMU's host virtual range (hvas). Each gfn
+    is mapped by ``sptes_per_gfn`` spte slots: one with the TDP MMU (EPT/NPT: the table is indexed
+    by gfn and there is no rmap), several with shadow paging (a guest page reached through several
+    guest page tables has several shadow sptes, chained in ``rmap[gfn]``). An spte is present or
+    not, has accessed/dirty bits (EPT A/D) or, without A/D bits, is "access-tracked" after aging:
+    its R/X permissions are parked so the next guest touch takes a fast page fault.
+
+Kernel reference
+    arch/x86/kvm/mmu/spte.h (``is_accessed_spte``, ``mark_spte_for_access_track``),
+    arch/x86/kvm/mmu/tdp_mmu.c (``kvm_tdp_mmu_age_gfn_range``, ``kvm_tdp_mmu_unmap_gfn_range``),
+    arch/x86/kvm/mmu/mmu.c (``kvm_rmap_age_gfn_range``, ``kvm_zap_rmap``, ``fast_page_fault``,
+    ``is_page_fault_stale``), virt/kvm/kvm_main.c (``mmu_invalidate_seq``,
+    ``mmu_invalidate_in_progress``, ``kvm_flush_remote_tlbs``).
+
+Simplifications
+    The guest's TLB is not modelled: an access always goes through the spte (so aging is never
+    hidden by a stale TLB entry). Dirty state moves to the host folio when an spte is zapped
+    (``kvm_set_pfn_dirty``, pre-6.13; 6.13 marks it when a writable spte is made, which for a
+    guest write is the same page). The spte dirty bit is tracked the same way in both A/D modes.
+
+Invariants
+    ``rmap_count[gfn]`` equals the number of present sptes of ``gfn``; an spte is present only
+    while the host pte of its page is present (the invalidation zaps it first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sim.host.memory import PAGE_SHIFT
+from sim.host.mmu_notifier import NotifierWork
+
+SPTE_PRESENT = 0x1
+SPTE_ACCESSED = 0x2  # EPT A bit (A/D mode); kept equal to "not access-tracked" otherwise
+SPTE_DIRTY = 0x4  # EPT D bit: the guest wrote through this spte
+SPTE_ACCESS_TRACKED = 0x8  # present but R/X parked by aging (no A/D bits): next touch faults
+
+_U8 = np.uint8
+
+
+@dataclass(frozen=True, slots=True)
+class Memslot:
+    """``struct kvm_memory_slot``: gfns ``[base_gfn, base_gfn + npages)`` at ``userspace_addr``."""
+
+    base_gfn: int
+    npages: int
+    userspace_addr: int
+
+
+class KvmMmu:
+    """sptes, KVM's rmap and the invalidation sequence of one VM.
+
+    Args:
+        nr_gfns: guest memory in pages.
+        memslots: the VM's memslots (non-overlapping).
+        sptes_per_gfn: 1 for the TDP MMU; k for shadow paging with k aliases per guest page.
+        ept_ad: hardware accessed/dirty bits in sptes (else access tracking).
+        mark_dirty: host callback ``kvm_set_pfn_dirty`` for gfns whose dirty spte was zapped.
+        kick: called with the number of remote TLB flushes to charge the VM's vCPUs for.
+    """
+
+    def __init__(
+        self,
+        nr_gfns: int,
+        memslots: Sequence[Memslot],
+        *,
+        sptes_per_gfn: int = 1,
+        ept_ad: bool = True,
+        mark_dirty: Callable[[NDArray[np.int64]], None],
+        kick: Callable[[int], None],
+    ) -> None:
+        self.nr_gfns, self.k, self.ept_ad = nr_gfns, sptes_per_gfn, ept_ad
+        self.memslots = sorted(memslots, key=lambda s: s.userspace_addr)
+        self._slot_hva = np.array([s.userspace_addr for s in self.memslots], dtype=np.int64)
+        self._slot_end = np.array(
+            [s.userspace_addr + (s.npages << PAGE_SHIFT) for s in self.memslots], dtype=np.int64
+        )
+        self._slot_gfn = np.array([s.base_gfn for s in self.memslots], dtype=np.int64)
+        self.spte = np.zeros(nr_gfns * sptes_per_gfn, dtype=np.uint8)
+        self.rmap_count = np.zeros(nr_gfns, dtype=np.uint8)
+        self.mark_dirty, self.kick = mark_dirty, kick
+        self.mmu_invalidate_seq = 0
+        self.mmu_invalidate_in_progress = 0
+        # kvm stats
+        self.pf_fixed = 0
+        self.pf_fast = 0
+        self.pf_retry = 0
+        self.remote_tlb_flush = 0
+        self.zapped = 0
+
+    # -- address translation -----------------------------------------------------------------
+    def hva_to_gfn(self, hva: NDArray[np.int64]) -> NDArray[np.int64]:
+        """Memslot lookup (``hva_to_gfn_memslot``); -1 where no memslot covers the address."""
+        if len(self.memslots) == 1:
+            lo, hi = int(self._slot_hva[0]), int(self._slot_end[0])
+            gfn = self._slot_gfn[0] + ((hva - lo) >> PAGE_SHIFT)
+            if hva.size and int(hva.min()) >= lo and int(hva.max()) < hi:
+                return gfn
+            return np.where((hva >= lo) & (hva < hi), gfn, -1)
+        i = np.searchsorted(self._slot_hva, hva, side="right") - 1
+        ic = np.maximum(i, 0)
+        inside = (i >= 0) & (hva < self._slot_end[ic])
+        gfn = self._slot_gfn[ic] + ((hva - self._slot_hva[ic]) >> PAGE_SHIFT)
+        return np.where(inside, gfn, -1)
+
+    def _ranges(
+        self, start: NDArray[np.int64], end: NDArray[np.int64]
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64] | None]:
+        """gfns covered by each hva range, flattened; plus range offsets if any covers >1 gfn."""
+        gs = self.hva_to_gfn(start)
+        lens = (end - start + (1 << PAGE_SHIFT) - 1) >> PAGE_SHIFT
+        if (lens == 1).all():
+            return gs, None
+        offs = np.concatenate(([0], np.cumsum(lens)[:-1]))
+        which = np.repeat(np.arange(len(gs)), lens)
+        gfns = gs[which] + (np.arange(int(lens.sum())) - offs[which])
+        return np.where(gs[which] >= 0, gfns, -1), offs
+
+    def _slots(self, gfns: NDArray[np.int64]) -> NDArray[np.int64]:
+        """spte indices of each gfn's slots, shape (n, k)."""
+        k = self.k
+        if k == 1:
+            return gfns[:, None]
+        return gfns[:, None] * k + np.arange(k, dtype=np.int64)
+
+    @staticmethod
+    def _per_range(x: NDArray[np.bool_], offs: NDArray[np.int64] | None) -> NDArray[np.bool_]:
+        if offs is None:
+            return x
+        return np.logical_or.reduceat(x, offs) if len(x) else x
+
+    # -- aging (kvm_age_gfn / kvm_test_age_gfn) ----------------------------------------------
+    def age_hva_ranges(
+        self,
+        start: NDArray[np.int64],
+        end: NDArray[np.int64],
+        work: NotifierWork,
+        *,
+        clear: bool,
+    ) -> NDArray[np.bool_]:
+        """Young per range: any accessed spte in it; with ``clear``, age them all."""
+        gfns, offs = self._ranges(start, end)
+        valid = gfns >= 0
+        young = np.zeros(len(gfns), dtype=np.bool_)
+        g = gfns[valid]
+        if len(g):
+            idx = self._slots(g)
+            s = self.spte[idx]
+            present = (s & SPTE_PRESENT) != 0
+            if self.ept_ad:
+                acc = present & ((s & SPTE_ACCESSED) != 0)
+                if clear:
+                    self.spte[idx] = s & ~_U8(SPTE_ACCESSED)
+            else:
+                acc = present & ((s & SPTE_ACCESS_TRACKED) == 0)
+                if clear:  # mark_spte_for_access_track: park R/X; the next touch faults
+                    self.spte[idx] = np.where(
+                        present, (s | _U8(SPTE_ACCESS_TRACKED)) & ~_U8(SPTE_ACCESSED), s
+                    )
+            young[valid] = acc.any(axis=1)
+            work.nr_sptes_walked += int(self.rmap_count[g].sum()) if self.k > 1 else len(g)
+        return self._per_range(young, offs)
+
+    # -- invalidation (kvm_mmu_unmap_gfn_range) ----------------------------------------------
+    def invalidate_begin(self, n: int) -> None:
+        """``kvm_mmu_invalidate_begin`` for ``n`` notifier calls."""
+        self.mmu_invalidate_in_progress += n
+
+    def invalidate_end(self, n: int) -> None:
+        """``kvm_mmu_invalidate_end``: bump the sequence so racing faults retry."""
+        self.mmu_invalidate_seq += n
+        self.mmu_invalidate_in_progress -= n
+
+    def unmap_hva_ranges(
+        self, start: NDArray[np.int64], end: NDArray[np.int64], work: NotifierWork
+    ) -> NDArray[np.bool_]:
+        """Zap every spte in each range; True where something was zapped (needs a flush)."""
+        gfns, offs = self._ranges(start, end)
+        valid = gfns >= 0
+        zapped = np.zeros(len(gfns), dtype=np.bool_)
+        g = gfns[valid]
+        if len(g):
+            idx = self._slots(g)
+            s = self.spte[idx]
+            present = (s & SPTE_PRESENT) != 0
+            dirty = (present & ((s & SPTE_DIRTY) != 0)).any(axis=1)
+            if dirty.any():
+                self.mark_dirty(g[dirty])
+            self.spte[idx] = 0
+            work.nr_sptes_walked += int(self.rmap_count[g].sum()) if self.k > 1 else len(g)
+            self.rmap_count[g] = 0
+            zapped[valid] = present.any(axis=1)
+            self.zapped += int(present.sum())
+        return self._per_range(zapped, offs)
+
+    def flush_remote_tlbs(self, n: int, work: NotifierWork) -> None:
+        """``kvm_flush_remote_tlbs`` ``n`` times: every vCPU of the VM takes an exit each time."""
+        if n:
+            self.remote_tlb_flush += n
+            work.nr_tlb_flushes += n
+            self.kick(n)
+
+    def zap_all(self) -> None:
+        """``kvm_mmu_zap_all`` (mm release): drop every spte."""
+        self.spte[:] = 0
+        self.rmap_count[:] = 0
+
+    # -- faults ------------------------------------------------------------------------------
+    def spte_index(self, gfn: int, alias: int) -> int:
+        """Index of the spte slot ``alias`` of ``gfn``."""
+        return gfn * self.k + alias
+
+    def is_access_tracked(self, idx: int) -> bool:
+        """The spte is present but parked by aging (fast page fault territory)."""
+        return (int(self.spte[idx]) & (SPTE_PRESENT | SPTE_ACCESS_TRACKED)) == (
+            SPTE_PRESENT | SPTE_ACCESS_TRACKED
+        )
+
+    def fast_page_fault(self, idx: int, write: bool) -> None:
+        """``fast_page_fault``: restore an access-tracked spte in place (cmpxchg, no GUP)."""
+        s = (int(self.spte[idx]) & ~SPTE_ACCESS_TRACKED) | SPTE_ACCESSED
+        self.spte[idx] = s | (SPTE_DIRTY if write else 0)
+        self.pf_fast += 1
+
+    def is_page_fault_stale(self, mmu_seq: int, gfn: int) -> bool:
+        """``mmu_invalidate_retry_gfn``: an invalidation ran (or runs) since ``mmu_seq``."""
+        return self.mmu_invalidate_in_progress > 0 or self.mmu_invalidate_seq != mmu_seq
+
+    def map_spte(self, gfn: int, alias: int, write: bool) -> None:
+        """Install a present, accessed spte (``kvm_tdp_mmu_map`` / ``mmu_set_spte``)."""
+        idx = gfn * self.k + alias
+        if not self.spte[idx] & SPTE_PRESENT:
+            self.rmap_count[gfn] += 1
+        self.spte[idx] = SPTE_PRESENT | SPTE_ACCESSED | (SPTE_DIRTY if write else 0)
+        self.pf_fixed += 1
+
+    def check(self, host_present: NDArray[np.bool_]) -> None:
+        """Assert: rmap agrees with sptes; sptes only over host-present pages (tests)."""
+        present = (self.spte.reshape(self.nr_gfns, self.k) & SPTE_PRESENT) != 0
+        count = present.sum(axis=1)
+        assert (count == self.rmap_count).all(), "KVM rmap disagrees with the sptes"
+        assert not (present.any(axis=1) & ~host_present).any(), "spte for a non-resident page"

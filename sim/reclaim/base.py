@@ -1,0 +1,194 @@
+"""The eviction-policy protocol, and the list structure policies build on.
+
+Models
+    What every page-replacement policy looks like to the host: it is told when folios join the
+    LRU (fault-in, swap-in) and when they leave by another path, and it drives reclaim passes by
+    isolating candidates, asking the host whether they were referenced (which walks the rmap and
+    the notifier chain), and handing the ones it rejects back to the host to unmap and swap.
+    Policies are synchronous: they decide and never wait; kswapd and direct reclaim price and
+    pace their work. Real policies see only accessed bits and their own lists, like the kernel.
+
+Kernel reference
+    mm/vmscan.c (``shrink_node``, ``shrink_lruvec``, ``shrink_folio_list``), mm/swap.c
+    (``folio_add_lru``), include/linux/mm_inline.h (list manipulation).
+
+Invariants
+    Every resident folio on the LRU is on exactly one of the policy's lists; a folio is never
+    handed to ``Reclaimer.shrink_folio_list`` twice without being added again in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from sim.host.vmscan import ScanControl
+
+Pfns = NDArray[np.int64]
+
+
+class Reclaimer(Protocol):
+    """What the host offers a policy during a reclaim pass (mm/vmscan.c and mm/rmap.c)."""
+
+    def folio_referenced(self, pfns: Pfns, sc: ScanControl) -> NDArray[np.bool_]:
+        """Test and clear young over every mapping of each folio (host ptes, then notifiers)."""
+        ...
+
+    def shrink_folio_list(self, pfns: Pfns, sc: ScanControl) -> NDArray[np.bool_]:
+        """Reclaim isolated folios: add to swap, unmap, write or drop. True where the folio left
+        memory (or its write-out started); the rest stay isolated and the policy must put them
+        back (the kernel's ``activate_locked`` on a full swap or a folio under writeback)."""
+        ...
+
+    def can_swap(self) -> bool:
+        """Whether anon folios can be reclaimed at all (swap configured)."""
+        ...
+
+
+class EvictionPolicy(Protocol):
+    """A page-replacement policy behind the host's reclaim (one per host: one lruvec)."""
+
+    name: ClassVar[str]
+
+    def folio_add_lru(self, pfn: int, shadow: int | None) -> None:
+        """A folio became resident (first touch, swap-in, swap-cache hit) and joins the LRU.
+
+        ``shadow`` is the value ``workingset_eviction`` returned when the page was last evicted
+        (refault detection), or None when there is none. Like the kernel's per-CPU ``lru_add``
+        batch, a policy may defer the list insertion until its lists are next looked at.
+        """
+        ...
+
+    def folio_remove(self, pfns: Pfns) -> None:
+        """Folios left memory by another path than reclaim (their mm exited)."""
+        ...
+
+    def workingset_eviction(self, pfns: Pfns) -> NDArray[np.uint32]:
+        """Shadow entries for folios about to be evicted (stored in their swap slots)."""
+        ...
+
+    def shrink_node(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
+        """One ``shrink_node`` pass at ``sc.priority``; yields after each batch of folios so the
+        caller can pay for the work done so far. Stops once ``sc.nr_reclaimed`` reaches
+        ``sc.nr_to_reclaim`` (when the kernel would)."""
+        ...
+
+    def age_node(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
+        """kswapd's background aging before each pass (``kswapd_age_node``)."""
+        ...
+
+    def reclaim_cycle_end(self) -> None:
+        """A reclaim cycle (a kswapd ``balance_pgdat`` or a direct reclaim) finished."""
+        ...
+
+    def on_access(self, pfns: Pfns) -> None:
+        """Oracle policies only (exact LRU): every access, in order. Real policies ignore it."""
+        ...
+
+    def lru_sizes(self) -> dict[str, int]:
+        """Pages per list, for the timeline."""
+        ...
+
+    def check(self, on_lru: NDArray[np.bool_]) -> None:
+        """Assert that the folios the policy tracks are exactly ``on_lru`` (tests)."""
+        ...
+
+
+class PageQueue:
+    """A kernel LRU list as a growable ring buffer of pfns: add at the head, isolate at the tail.
+
+    Guest memory only ever enters a list at the head and leaves at the tail (activation and
+    rotation re-add at a head), so a FIFO ring is exact, cache-friendly and vectorisable: the
+    tail batch is a slice. Removal from the middle (an mm exiting) compacts the ring.
+    """
+
+    __slots__ = ("_buf", "_start", "_size", "_pending")
+
+    def __init__(self, capacity: int = 1024) -> None:
+        cap = 1 << max(4, (capacity - 1).bit_length())
+        self._buf = np.empty(cap, dtype=np.int64)
+        self._start = 0  # index of the tail (oldest)
+        self._size = 0
+        self._pending: list[int] = []  # single adds not yet in the ring (cf. lru_add batch)
+
+    def __len__(self) -> int:
+        return self._size + len(self._pending)
+
+    def add_one(self, pfn: int) -> None:
+        """Add one folio at the head; cheap (buffered until the list is next read)."""
+        self._pending.append(pfn)
+        if len(self._pending) >= 4096:
+            self.drain()
+
+    def drain(self) -> None:
+        """Move buffered single adds into the ring, in order (``lru_add_drain``)."""
+        if self._pending:
+            p = np.array(self._pending, dtype=np.int64)
+            self._pending = []
+            self.add_head(p)
+
+    def _grow(self, need: int) -> None:
+        cap = len(self._buf)
+        if need <= cap:
+            return
+        items = self.snapshot()
+        new_cap = cap
+        while new_cap < need:
+            new_cap *= 2
+        self._buf = np.empty(new_cap, dtype=np.int64)
+        self._buf[: len(items)] = items
+        self._start = 0
+
+    def add_head(self, pfns: NDArray[np.integer]) -> None:
+        """Add folios at the head (newest end), in the given order."""
+        if self._pending:
+            self.drain()
+        n = len(pfns)
+        if n == 0:
+            return
+        self._grow(self._size + n)
+        cap = len(self._buf)
+        pos = (self._start + self._size) % cap
+        first = min(n, cap - pos)
+        self._buf[pos : pos + first] = pfns[:first]
+        if first < n:
+            self._buf[: n - first] = pfns[first:]
+        self._size += n
+
+    def isolate_tail(self, n: int) -> Pfns:
+        """Take up to ``n`` folios from the tail (oldest first)."""
+        if self._pending:
+            self.drain()
+        n = min(n, self._size)
+        cap = len(self._buf)
+        s = self._start
+        if s + n <= cap:
+            out = self._buf[s : s + n].copy()
+        else:
+            out = np.concatenate((self._buf[s:], self._buf[: n - (cap - s)]))
+        self._start = (s + n) % cap
+        self._size -= n
+        return out
+
+    def snapshot(self) -> Pfns:
+        """All folios, tail (oldest) first."""
+        if self._pending:
+            self.drain()
+        cap = len(self._buf)
+        s, n = self._start, self._size
+        if s + n <= cap:
+            return self._buf[s : s + n].copy()
+        return np.concatenate((self._buf[s:], self._buf[: n - (cap - s)]))
+
+    def remove(self, pfns: NDArray[np.integer]) -> int:
+        """Remove the given folios wherever they are (O(list)); returns how many were found."""
+        items = self.snapshot()
+        keep = ~np.isin(items, pfns)
+        kept = items[keep]
+        self._buf[: len(kept)] = kept
+        self._start, self._size = 0, len(kept)
+        return int(len(items) - len(kept))

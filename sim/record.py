@@ -1,0 +1,303 @@
+"""Event logs: columnar buffers flushed to parquet in row groups, so memory stays bounded.
+
+Tables (columns documented in README.md, "Output files")
+    ``evictions``: one row per folio reclaimed from a guest; ``next_access_ns`` and ``refault``
+    are filled in after the run (the next access to an evicted page is always a fault on it).
+    ``faults``: one row per guest fault. ``timeline``: one row per VM per sample, with host-wide
+    columns repeated on each row; counters are cumulative, like ``/proc/vmstat``.
+
+Determinism
+    Row groups are cut at fixed row counts and nothing time- or host-dependent is written, so the
+    same config and seed give byte-identical files (with the same library versions).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from numpy.typing import NDArray
+
+from sim.host.memory import HostMemory
+from sim.kvm.fault import FAULT_KINDS
+
+EVICTIONS_SCHEMA = pa.schema(
+    [
+        ("t_ns", pa.int64()),
+        ("vm", pa.dictionary(pa.int16(), pa.string())),
+        ("gfn", pa.int64()),
+        ("pfn", pa.int64()),
+        ("policy", pa.dictionary(pa.int8(), pa.string())),
+        ("dirty", pa.bool_()),
+        ("last_access_ns", pa.int64()),
+        ("idle_ns", pa.int64()),
+        ("scans_survived", pa.int16()),
+        ("next_access_ns", pa.float64()),
+        ("refault", pa.bool_()),
+    ]
+)
+
+FAULTS_SCHEMA = pa.schema(
+    [
+        ("t_ns", pa.int64()),
+        ("vm", pa.dictionary(pa.int16(), pa.string())),
+        ("vcpu", pa.int16()),
+        ("gfn", pa.int64()),
+        ("kind", pa.dictionary(pa.int8(), pa.string())),
+        ("latency_ns", pa.int64()),
+    ]
+)
+
+TIMELINE_VM_COLUMNS = [
+    "resident_pages",
+    "swapped_pages",
+    "accesses",
+    "faults_first_touch",
+    "faults_minor",
+    "faults_major",
+    "faults_access_tracking",
+    "refaults",
+    "stall_ns",
+    "tlb_flush_exits",
+]
+TIMELINE_HOST_COLUMNS = [
+    "free_pages",
+    "writeback_pages",
+    "wmark_min",
+    "wmark_low",
+    "wmark_high",
+    "lru_inactive",
+    "lru_active",
+    "kswapd_busy_ns",
+    "pgscan_kswapd",
+    "pgsteal_kswapd",
+    "pgscan_direct",
+    "pgsteal_direct",
+    "allocstall",
+    "pswpin",
+    "pswpout",
+    "notifier_calls",
+    "remote_tlb_flush",
+    "swap_used_pages",
+]
+TIMELINE_SCHEMA = pa.schema(
+    [("t_ns", pa.int64()), ("vm", pa.dictionary(pa.int16(), pa.string()))]
+    + [(c, pa.int64()) for c in TIMELINE_VM_COLUMNS + TIMELINE_HOST_COLUMNS]
+)
+
+TABLES = {"evictions": EVICTIONS_SCHEMA, "faults": FAULTS_SCHEMA, "timeline": TIMELINE_SCHEMA}
+
+
+class Table:
+    """An append-only columnar buffer written to one parquet file in row groups.
+
+    Dictionary (categorical) columns take integer codes into a fixed list of labels.
+    """
+
+    def __init__(
+        self, path: Path, schema: pa.Schema, labels: dict[str, Sequence[str]], chunk_rows: int
+    ) -> None:
+        self.path, self.schema, self.chunk_rows = path, schema, chunk_rows
+        self.labels = {k: pa.array(list(v), pa.string()) for k, v in labels.items()}
+        self.cols: dict[str, list[Any]] = {name: [] for name in schema.names}
+        self._rows: list[tuple[Any, ...]] = []  # single-row appends, transposed at flush
+        self._writer: pq.ParquetWriter | None = None
+        self.rows = 0
+        self._buffered = 0
+
+    def append(self, *values: Any) -> None:
+        """One row, values in schema order."""
+        self._rows.append(values)
+        self._buffered += 1
+        if self._buffered >= self.chunk_rows:
+            self.flush()
+
+    def extend(self, **arrays: NDArray[Any]) -> None:
+        """Many rows, one array per column."""
+        n = 0
+        self._transpose()
+        for name, col in self.cols.items():
+            a = arrays[name]
+            col.extend(a.tolist())
+            n = len(a)
+        self._buffered += n
+        if self._buffered >= self.chunk_rows:
+            self.flush()
+
+    def _transpose(self) -> None:
+        """Move buffered row tuples into the column lists (keeps row order)."""
+        if self._rows:
+            for col, vals in zip(self.cols.values(), zip(*self._rows, strict=True), strict=True):
+                col.extend(vals)
+            self._rows.clear()
+
+    def _batch(self) -> pa.RecordBatch:
+        self._transpose()
+        arrays = []
+        for field in self.schema:
+            data = self.cols[field.name]
+            if pa.types.is_dictionary(field.type):
+                codes = pa.array(data, field.type.index_type)
+                arrays.append(pa.DictionaryArray.from_arrays(codes, self.labels[field.name]))
+            else:
+                arrays.append(pa.array(data, field.type))
+        return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
+
+    def flush(self) -> None:
+        """Write the buffered rows as row groups of at most ``chunk_rows``."""
+        if self._buffered == 0:
+            return
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, self.schema, compression="zstd")
+        batch = self._batch()
+        self._writer.write_table(pa.Table.from_batches([batch]), row_group_size=self.chunk_rows)
+        self.rows += self._buffered
+        self._buffered = 0
+        for col in self.cols.values():
+            col.clear()
+
+    def close(self) -> int:
+        """Flush and close; an empty table still gets a file with the schema. Returns rows."""
+        self.flush()
+        if self._writer is None:
+            pq.write_table(self.schema.empty_table(), self.path, compression="zstd")
+        else:
+            self._writer.close()
+        return self.rows
+
+
+class Recorder:
+    """Collects the run's event tables (the eviction and fault sinks) into ``outdir``.
+
+    Args:
+        outdir: directory to write into (the run's temporary directory).
+        vm_names: VM names by index.
+        vm_base: first global page id of each VM.
+        policy: eviction policy name.
+        mem: host memory (owner and last-access arrays).
+        enabled: which tables to write.
+        chunk_rows: rows per row group (and the buffer bound).
+    """
+
+    def __init__(
+        self,
+        outdir: Path,
+        vm_names: Sequence[str],
+        vm_base: NDArray[np.int64],
+        policy: str,
+        mem: HostMemory,
+        enabled: dict[str, bool],
+        chunk_rows: int,
+    ) -> None:
+        self.outdir, self.vm_base, self.mem = outdir, vm_base, mem
+        self.chunk_rows = chunk_rows
+        labels = {"vm": list(vm_names), "policy": [policy], "kind": list(FAULT_KINDS)}
+        self._kind_code = {k: i for i, k in enumerate(FAULT_KINDS)}
+        self.tables: dict[str, Table] = {}
+        for name, schema in TABLES.items():
+            if enabled.get(name, True):
+                path = outdir / (
+                    f"{name}.parquet.part" if name == "evictions" else f"{name}.parquet"
+                )
+                self.tables[name] = Table(path, schema, labels, chunk_rows)
+        self.ev = self.tables.get("evictions")
+        self.fl = self.tables.get("faults")
+        self.tl = self.tables.get("timeline")
+        self._evicted_row: dict[int, int] = {}  # pid -> row of its last eviction
+        self._next_rows: list[int] = []
+        self._next_t: list[int] = []
+        self.n_evictions = 0
+
+    # -- sinks -------------------------------------------------------------------------------
+    def evicted(
+        self,
+        t_ns: int,
+        pids: NDArray[np.int32],
+        pfns: NDArray[np.int64],
+        dirty: NDArray[np.bool_],
+        scans: NDArray[np.uint8],
+    ) -> None:
+        """EvictionSink: folios left memory at ``t_ns``."""
+        n = len(pids)
+        if self.ev is None or n == 0:
+            self.n_evictions += n
+            return
+        rows = range(self.n_evictions, self.n_evictions + n)
+        self._evicted_row.update(zip(pids.tolist(), rows, strict=True))
+        self.n_evictions += n
+        vm = self.mem.page_owner[pids].astype(np.int64)
+        last = self.mem.last_access_us[pids].astype(np.int64) * 1000
+        self.ev.extend(
+            t_ns=np.full(n, t_ns, dtype=np.int64),
+            vm=vm,
+            gfn=pids - self.vm_base[vm],
+            pfn=pfns,
+            policy=np.zeros(n, dtype=np.int64),
+            dirty=dirty,
+            last_access_ns=last,
+            idle_ns=t_ns - last,
+            scans_survived=np.maximum(scans.astype(np.int64) - 1, 0),
+            next_access_ns=np.full(n, np.nan),
+            refault=np.zeros(n, dtype=np.bool_),
+        )
+
+    def fault(
+        self, t_ns: int, vm: int, vcpu: int, gfn: int, kind: str, latency_ns: int, pid: int
+    ) -> None:
+        """FaultSink: one guest fault."""
+        if self.ev is not None:
+            row = self._evicted_row.pop(pid, None)
+            if row is not None:
+                self._next_rows.append(row)
+                self._next_t.append(t_ns)
+        if self.fl is not None:
+            self.fl.append(t_ns, vm, vcpu, gfn, self._kind_code[kind], latency_ns)
+
+    def sample(self, t_ns: int, per_vm: Sequence[Sequence[int]], host: Sequence[int]) -> None:
+        """Timeline rows: one per VM, host columns repeated."""
+        if self.tl is None:
+            return
+        for vm, vals in enumerate(per_vm):
+            self.tl.append(t_ns, vm, *vals, *host)
+
+    # -- finish ------------------------------------------------------------------------------
+    def close(self) -> dict[str, int]:
+        """Write everything, fill in the evictions' next access; return row counts."""
+        counts = {name: t.close() for name, t in self.tables.items()}
+        if self.ev is not None:
+            self._finish_evictions()
+        return counts
+
+    def _finish_evictions(self) -> None:
+        part = self.outdir / "evictions.parquet.part"
+        final = self.outdir / "evictions.parquet"
+        rows = np.asarray(self._next_rows, dtype=np.int64)
+        ts = np.asarray(self._next_t, dtype=np.float64)
+        order = np.argsort(rows, kind="stable")
+        rows, ts = rows[order], ts[order]
+        src = pq.ParquetFile(part)
+        writer: pq.ParquetWriter | None = None
+        start = 0
+        for batch in src.iter_batches(batch_size=self.chunk_rows):
+            n = batch.num_rows
+            lo, hi = np.searchsorted(rows, [start, start + n])
+            nxt = np.full(n, np.nan)
+            nxt[rows[lo:hi] - start] = ts[lo:hi]
+            cols = {name: batch.column(name) for name in EVICTIONS_SCHEMA.names}
+            cols["next_access_ns"] = pa.array(nxt, pa.float64())
+            cols["refault"] = pa.array(~np.isnan(nxt), pa.bool_())
+            out = pa.Table.from_pydict(cols, schema=EVICTIONS_SCHEMA)
+            if writer is None:
+                writer = pq.ParquetWriter(final, EVICTIONS_SCHEMA, compression="zstd")
+            writer.write_table(out, row_group_size=self.chunk_rows)
+            start += n
+        if writer is None:
+            pq.write_table(EVICTIONS_SCHEMA.empty_table(), final, compression="zstd")
+        else:
+            writer.close()
+        src.close()
+        part.unlink()
