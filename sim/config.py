@@ -67,6 +67,12 @@ class KvmConfig(Strict):
     flush_on_age: bool = Field(
         False, description="Pre-6.13 KVM: a young clear_flush_young flushes remote TLBs."
     )
+    dirty_on_map: bool = Field(
+        True,
+        description="KVM marks a page dirty when it maps it writable after a fault "
+        "(so every evicted guest page is written). Off: dirty only if the guest wrote it, and "
+        "clean pages with a valid swap copy are dropped without a write.",
+    )
 
 
 class VmConfig(Strict):
@@ -83,7 +89,9 @@ class VmConfig(Strict):
         1_000_000, gt=0, le=10**10, description="Page-granular accesses per second per vCPU."
     )
     write_ratio: float = Field(0.3, ge=0.0, le=1.0, description="Share of accesses that write.")
-    workload: WorkloadConfig = Field(default_factory=ZipfConfig)
+    workload: WorkloadConfig = Field(
+        default_factory=ZipfConfig, description="Access pattern (default zipf, alpha 0.99)."
+    )
 
     @model_validator(mode="after")
     def _fits(self) -> VmConfig:
@@ -136,7 +144,11 @@ class OutputConfig(Strict):
 class Scenario(Strict):
     """A complete run: host, reclaim policy, swap, KVM, costs, VMs."""
 
-    name: str = Field("scenario", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name.")
+    name: str = Field(
+        "scenario",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Run name (default: the config file name).",
+    )
     seed: int = Field(
         1,
         ge=0,
@@ -144,14 +156,20 @@ class Scenario(Strict):
         description="Master seed; every component derives its own stream from it and its name.",
     )
     duration_s: float = Field(gt=0.0, le=MAX_DURATION_S, description="Simulated time.")
-    host: HostConfig
-    reclaim: ReclaimConfig = Field(default_factory=ReclaimConfig)
-    swap: SwapConfig = Field(default_factory=SwapConfig)
-    kvm: KvmConfig = Field(default_factory=KvmConfig)
-    costs: CostsConfig = Field(default_factory=CostsConfig)
-    vms: list[VmConfig] = Field(min_length=1)
-    engine: EngineConfig = Field(default_factory=EngineConfig)
-    output: OutputConfig = Field(default_factory=OutputConfig)
+    host: HostConfig = Field(description="Host memory and watermarks.")
+    reclaim: ReclaimConfig = Field(
+        default_factory=ReclaimConfig, description="Eviction policy and its knobs."
+    )
+    swap: SwapConfig = Field(default_factory=SwapConfig, description="The swap device.")
+    kvm: KvmConfig = Field(default_factory=KvmConfig, description="KVM MMU and notifiers.")
+    costs: CostsConfig = Field(
+        default_factory=CostsConfig, description="CPU costs of kernel/KVM operations (ns)."
+    )
+    vms: list[VmConfig] = Field(min_length=1, description="VM profiles (at least one).")
+    engine: EngineConfig = Field(
+        default_factory=EngineConfig, description="Batch size and sampling period."
+    )
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Which tables to write.")
 
     @model_validator(mode="after")
     def _check(self) -> Scenario:
@@ -199,6 +217,22 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
+def _strip_tags(loc: tuple[Any, ...], raw: Any) -> tuple[Any, ...]:
+    """Drop the union tags pydantic puts in error paths (``workload.zipf.alpha`` ->
+    ``workload.alpha``): a string part the raw data has no key for, followed by one it has."""
+    out: list[Any] = []
+    data = raw
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            data = data[part] if isinstance(data, list) and part < len(data) else None
+        elif isinstance(data, dict) and part not in data and i + 1 < len(loc):
+            continue
+        else:
+            data = data.get(part) if isinstance(data, dict) else None
+        out.append(part)
+    return tuple(out)
+
+
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...], raw: Any) -> type[BaseModel] | None:
     """Follow ``loc`` through nested models (for "did you mean" hints on unknown keys)."""
     cur: Any = model
@@ -241,9 +275,10 @@ def _resolve(ann: Any, data: Any) -> Any:
 
 def format_validation_error(err: ValidationError, raw: Any, source: str) -> str:
     """One line: where, what, and how to fix it."""
-    e = err.errors()[0]
+    errors = err.errors()
+    e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])  # typos first
     loc = tuple(e["loc"])
-    where = _loc(loc) or "(top level)"
+    where = _loc(_strip_tags(loc, raw)) or "(top level)"
     if e["type"] == "extra_forbidden":
         parent = _model_at(Scenario, loc[:-1], raw)
         key = str(loc[-1])
@@ -316,6 +351,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        ctx, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+        if ctx and cmark is not None and (mark is None or cmark.line != mark.line):
+            problem += f" ({ctx} started on line {cmark.line + 1})"
         raise ConfigError(f"{path}:{line}: invalid YAML: {problem}") from None
     if raw is None:
         raw = {}

@@ -122,6 +122,7 @@ class World:
                 mem,
                 sptes_per_gfn=k,
                 ept_ad=sc.kvm.ept_ad_bits,
+                dirty_on_map=sc.kvm.dirty_on_map,
                 aging_notifiers=sc.kvm.mmu_notifiers,
                 flush_on_age=sc.kvm.flush_on_age,
                 tlb_flush_exit_ns=sc.costs.tlb_flush_exit_ns,

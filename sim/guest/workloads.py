@@ -6,6 +6,10 @@ Models
     of memory state, so the same seed gives the same stream whatever the host does (which is what
     lets exact LRU and Belady's OPT be computed on it later).
 
+Determinism
+    Accesses are generated in fixed chunks and served from a buffer, so the stream of a given
+    seed is the same whatever batch sizes it is read in.
+
 Simplifications
     Phase boundaries are counted in the vCPU's own accesses (``duration_s * access_rate_per_s``),
     not in simulated time, so a vCPU stalled on faults does not skip through its phases and the
@@ -68,7 +72,9 @@ class PhaseConfig(Strict):
     """One phase of a phased workload: a distribution over its own region for a while."""
 
     duration_s: float = Field(gt=0.0, description="Length of the phase in the vCPU's own time.")
-    workload: SimpleWorkload = Field(default_factory=ZipfConfig)
+    workload: SimpleWorkload = Field(
+        default_factory=ZipfConfig, description="Distribution during this phase."
+    )
     offset_mib: int = Field(0, ge=0, description="Start of this phase's region in guest memory.")
     working_set_mib: int | None = Field(
         None, gt=0, description="Size of this phase's region (default: the VM's working set)."
@@ -79,7 +85,7 @@ class PhasesConfig(Strict):
     """A sequence of phases (the hot set moves); repeats from the first after the last."""
 
     type: Literal["phases"] = "phases"
-    phases: list[PhaseConfig] = Field(min_length=1)
+    phases: list[PhaseConfig] = Field(min_length=1, description="The phases, in order.")
     repeat: bool = Field(True, description="Start over after the last phase (else stay in it).")
 
 
@@ -153,6 +159,9 @@ def _log1p_over_x(x: NDArray[np.float64]) -> NDArray[np.float64]:
     small = np.abs(x) < 1e-8
     safe = np.where(small, 1.0, x)
     return np.where(small, 1.0 - x / 2.0 + x * x / 3.0, np.log1p(safe) / safe)
+
+
+CHUNK = 4096  # accesses generated at a time, whatever the caller asks for
 
 
 class _Region:
@@ -248,6 +257,9 @@ class AccessStream:
             self.lengths.append(length)
         self.phase = 0
         self.left = self.lengths[0] if len(self.regions) > 1 or self.repeat else -1
+        self._gfns: list[NDArray[np.int64]] = []
+        self._writes: list[NDArray[np.bool_]] = []
+        self._buffered = 0
 
     def _advance_phase(self) -> None:
         nxt = self.phase + 1
@@ -259,30 +271,36 @@ class AccessStream:
         self.phase = nxt
         self.left = self.lengths[nxt]
 
+    def _chunk(self) -> None:
+        """Generate the next fixed-size chunk (clipped at a phase boundary) into the buffer.
+
+        Chunk sizes depend only on the phase lengths, never on what callers ask for, so the
+        generator is consumed identically whatever batch sizes the vCPU uses.
+        """
+        take = CHUNK if self.left < 0 else min(CHUNK, self.left)
+        gfns = self.regions[self.phase].sample(self.rng, take)
+        if self.write_ratio <= 0.0:
+            writes = np.zeros(take, dtype=np.bool_)
+        elif self.write_ratio >= 1.0:
+            writes = np.ones(take, dtype=np.bool_)
+        else:
+            writes = self.rng.random(take) < self.write_ratio
+        if self.left >= 0:
+            self.left -= take
+            if self.left == 0:
+                self._advance_phase()
+        self._gfns.append(gfns)
+        self._writes.append(writes)
+        self._buffered += take
+
     def next(self, n: int) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
         """Return the next ``n`` accesses: gfns (int64) and write flags."""
-        if self.left < 0 or n <= self.left:
-            gfns = self.regions[self.phase].sample(self.rng, n)
-            if self.left >= 0:
-                self.left -= n
-                if self.left == 0:
-                    self._advance_phase()
-        else:
-            parts = []
-            need = n
-            while need:
-                take = need if self.left < 0 else min(need, self.left)
-                parts.append(self.regions[self.phase].sample(self.rng, take))
-                need -= take
-                if self.left >= 0:
-                    self.left -= take
-                    if self.left == 0:
-                        self._advance_phase()
-            gfns = np.concatenate(parts)
-        if self.write_ratio <= 0.0:
-            writes = np.zeros(n, dtype=np.bool_)
-        elif self.write_ratio >= 1.0:
-            writes = np.ones(n, dtype=np.bool_)
-        else:
-            writes = self.rng.random(n) < self.write_ratio
-        return gfns, writes
+        while self._buffered < n:
+            self._chunk()
+        if len(self._gfns) > 1:
+            self._gfns = [np.concatenate(self._gfns)]
+            self._writes = [np.concatenate(self._writes)]
+        g, w = self._gfns[0], self._writes[0]
+        self._gfns, self._writes = [g[n:]], [w[n:]]
+        self._buffered -= n
+        return g[:n], w[:n]

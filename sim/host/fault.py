@@ -17,7 +17,9 @@ Kernel reference
 Simplifications
     Synchronous faults only (no async page faults): the vCPU thread blocks for the read. A second
     vCPU faulting on a page whose fault-in is in progress waits for it (the folio lock) and counts
-    a minor fault.
+    a minor fault. A guest read of a never-touched page allocates a frame (the kernel would map
+    the shared zero page until the first write; guests write pages before reading them almost
+    always, e.g. when they zero them on allocation).
 
 Invariants
     A page gets at most one frame; a page being read in is locked and on no LRU list.
@@ -100,6 +102,7 @@ class HostFaultHandler:
             self.vmstat[VmStat.PGFAULT] += 1
             mem.flags[pid] = f | _MAPPED
             self.policy.folio_add_lru(pfn, None)
+            self.policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
             return HostFault.SWAPCACHE
         if f & PG_SWAP:
             return None  # needs a read
@@ -109,7 +112,15 @@ class HostFaultHandler:
         self.vmstat[VmStat.PGFAULT] += 1
         mem.flags[pid] = _NEW_ANON
         self.policy.folio_add_lru(pfn, None)
+        self.policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
         return HostFault.FIRST_TOUCH
+
+    def kvm_release_page(self, pid: int, dirty: bool) -> None:
+        """``kvm_release_faultin_page``: KVM is done with the page it faulted in: the folio is
+        marked accessed, and dirty if KVM could map it writable."""
+        if dirty:
+            self.mem.flags[pid] |= _U8(PG_DIRTY)
+        self.policy.folio_mark_accessed(int(self.mem.pfn[pid]))
 
     def handle_mm_fault(self, pid: int, write: bool) -> ProcessGen:
         """Make page ``pid`` present in its mm, waiting as needed; returns a :class:`HostFault`."""
@@ -119,6 +130,9 @@ class HostFaultHandler:
         ev = self._inflight.get(pid)
         if ev is not None:  # folio locked by another faulting task
             yield ev
+            pfn = int(self.mem.pfn[pid])
+            if pfn != NO_PFN_INT and self.mem.flags[pid] & PTE_PRESENT:
+                self.policy.folio_mark_accessed(pfn)  # our own GUP's FOLL_TOUCH
             return HostFault.WAITED
         self.vmstat[VmStat.PGFAULT] += 1
         done = self.env.event()
@@ -140,6 +154,7 @@ class HostFaultHandler:
         if not swapped:  # do_anonymous_page: zeroed frame, dirty (no copy anywhere)
             mem.flags[pid] = _NEW_ANON
             self.policy.folio_add_lru(pfn, None)
+            self.policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
             return HostFault.FIRST_TOUCH
         # do_swap_page: read from the device with the folio locked.
         mem.nr_swapped[mm.index] -= 1
@@ -161,6 +176,7 @@ class HostFaultHandler:
             mem.swp[pid] = NO_SLOT
             self.swap.free_slots(np.array([slot], dtype=np.uint32))
         self.policy.folio_add_lru(pfn, shadow)
+        self.policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
         return HostFault.MAJOR
 
     def _drop(self, pid: int, pfn: int) -> None:

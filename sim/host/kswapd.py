@@ -102,13 +102,16 @@ class Kswapd(Reclaim):
         self._wake.succeed()
 
     def run(self) -> ProcessGen:
-        """The kswapd thread: sleep, balance, sleep."""
+        """The kswapd thread: sleep until woken, balance, and sleep again only once balanced
+        (or hopeless: ``prepare_kswapd_sleep``)."""
         while True:
             if self.sleeping:
                 yield self._wake
                 self._wake = self.env.event()
             t0 = self.env.now
             yield from self.balance_pgdat()
+            while not self.mem.balanced() and self.failures < MAX_RECLAIM_RETRIES:
+                yield from self.balance_pgdat()
             self.busy_ns += self.env.now - t0
             self.sleeping = True
 

@@ -162,12 +162,12 @@ class HostMemory:
         return self.nr_free > mark
 
     def balanced(self) -> bool:
-        """``pgdat_balanced``: free pages at or above the high watermark.
+        """``pgdat_balanced``: free pages above the high watermark (``zone_watermark_ok_safe``).
 
         Frames under swap-out writeback count as free: kswapd has already committed them and the
         kernel frees them on a later scan once the write completes (see kswapd.py).
         """
-        return self.nr_free + self.nr_writeback >= self.wmark.high
+        return self.nr_free + self.nr_writeback > self.wmark.high
 
     # -- checks ------------------------------------------------------------------------------
     def check(self) -> None:

@@ -6,11 +6,16 @@ Models
     below min the allocating task (a vCPU thread faulting guest memory in) enters direct reclaim
     and stalls for it. If reclaim made progress but frames are still short (their write-out is in
     flight), the task is throttled until write-back frees frames (``reclaim_throttle``, at most
-    HZ/10). After MAX_RECLAIM_RETRIES rounds without progress the OOM killer runs.
+    HZ/10). After more than MAX_RECLAIM_RETRIES rounds in a row without progress the OOM killer
+    runs.
 
 Kernel reference
     mm/page_alloc.c: ``__alloc_pages``, ``get_page_from_freelist``, ``__alloc_pages_slowpath``,
     ``should_reclaim_retry``; mm/vmscan.c: ``reclaim_throttle``; mm/oom_kill.c.
+
+Simplifications
+    No ``throttle_direct_reclaim`` (pfmemalloc wait): a task below half the min watermarks
+    still reclaims itself instead of waiting for kswapd.
 
 Invariants
     A frame is handed out only above the min watermark, unless the OOM killer has just freed
@@ -95,9 +100,9 @@ class PageAllocator:
                 yield from self._throttle()
                 if mem.watermark_ok(wm.min):
                     return mem.alloc_frame(pid)
-            if not reclaimed:
-                no_progress += 1
-            if no_progress >= MAX_RECLAIM_RETRIES and not mem.nr_writeback:
+            # should_reclaim_retry: any progress resets the count; OOM after 16 in a row
+            no_progress = 0 if reclaimed else no_progress + 1
+            if no_progress > MAX_RECLAIM_RETRIES and not mem.nr_writeback:
                 no_progress = 0
                 if self.oom_kill() and mem.nr_free > 0:
                     return mem.alloc_frame(pid)

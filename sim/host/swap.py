@@ -14,7 +14,8 @@ Simplifications
     request submitted at ``t`` starts at ``max(t, earliest server free)`` and ends after its
     latency. This is exactly a ``simpy.Resource(capacity=queue_depth)`` with FIFO grants (a test
     holds the two to identical completion times) at a fraction of the cost. Slot allocation is a
-    stack (lowest free slot first), not the kernel's per-CPU cluster allocator; there is no
+    stack (initially lowest slot first, then the most recently freed slot first), not the
+    kernel's per-CPU cluster allocator; there is no
     readahead (guest-physical locality rarely survives host swap, MODEL.md 4.7).
 
 Invariants
@@ -112,6 +113,8 @@ class SwapDevice:
 
     def _draw(self, write: bool, n: int) -> list[int]:
         """Service times from a pool drawn 4096 at a time (same stream, fewer numpy calls)."""
+        if n <= 0:
+            return []
         pool = self._pool[write]
         while len(pool) < n:
             pool[:0] = self.latency_ns(write, 4096).tolist()[::-1]

@@ -124,8 +124,28 @@ class Vmscan:
         self.policy: EvictionPolicy  # set by the engine once the policy exists
 
     def can_swap(self) -> bool:
-        """Anon folios are reclaimable only with swap configured (``get_scan_count``)."""
-        return self.swap.nr_slots > 0
+        """``can_reclaim_anon_pages``: anon folios are reclaimable only while swap has room."""
+        return self.swap.nr_free_slots > 0
+
+    def folio_test_writeback(self, pfns: NDArray[np.int64]) -> NDArray[np.bool_]:
+        """Which folios have a write-out in flight."""
+        return (self.mem.flags[self.mem.frame_pid[pfns]] & PG_WRITEBACK) != 0
+
+    def free_and_high(self) -> tuple[int, int]:
+        """Free pages and the high watermark."""
+        return self.mem.nr_free, self.mem.wmark.high
+
+    def activate_locked(self, pfns: NDArray[np.int64]) -> None:
+        """Activated swap-cache folios give up their swap copy when swap is over half full."""
+        if len(pfns) == 0 or not self.swap.vm_swap_full():
+            return
+        pids = self.mem.frame_pid[pfns]
+        f = self.mem.flags[pids]
+        sel = pids[(f & (PG_SWAP | PG_WRITEBACK)) == PG_SWAP]  # folio_free_swap skips writeback
+        if len(sel):
+            self.swap.free_slots(self.mem.swp[sel].copy())
+            self.mem.swp[sel] = NO_SLOT
+            self.mem.flags[sel] = (self.mem.flags[sel] & ~np.uint8(PG_SWAP)) | np.uint8(PG_DIRTY)
 
     def folio_referenced(self, pfns: NDArray[np.int64], sc: ScanControl) -> NDArray[np.bool_]:
         """``folio_referenced`` over host ptes and notifiers; counts a scan of each folio."""
@@ -190,6 +210,8 @@ class Vmscan:
         mem.nr_writeback -= 1
         owner = int(mem.page_owner[pid])
         if self.mms[owner].dead:
+            if f & PTE_PRESENT:  # mapped again before the kill: it is on the LRU
+                self.policy.folio_remove(np.array([pfn], dtype=np.int64))
             self.swap.free_slots(mem.swp[pid : pid + 1].copy())
             mem.flags[pid] = 0
             mem.swp[pid] = NO_SLOT

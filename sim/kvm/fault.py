@@ -81,6 +81,7 @@ def kvm_fault_nowait(
     if hf is None:
         return None
     mmu.map_spte(gfn, alias, write)
+    host.kvm_release_page(pid, dirty=mmu.dirty_on_map or write)
     return _KIND[hf], _host_cost(costs, hf)
 
 
@@ -117,4 +118,5 @@ def kvm_page_fault(
         mmu.pf_retry += 1
         cpu_ns += costs.vmexit_ns
     mmu.map_spte(gfn, alias, write)
+    host.kvm_release_page(pid, dirty=mmu.dirty_on_map or write)
     return kind, cpu_ns, retries

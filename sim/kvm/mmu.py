@@ -17,9 +17,13 @@ Kernel reference
 
 Simplifications
     The guest's TLB is not modelled: an access always goes through the spte (so aging is never
-    hidden by a stale TLB entry). Dirty state moves to the host folio when an spte is zapped
-    (``kvm_set_pfn_dirty``, pre-6.13; 6.13 marks it when a writable spte is made, which for a
-    guest write is the same page). The spte dirty bit is tracked the same way in both A/D modes.
+    hidden by a stale TLB entry). KVM marks the host folio dirty when it releases a page it
+    faulted in and could map writable (``kvm.dirty_on_map``, the default: private guest RAM is
+    writable, and recent ``do_swap_page`` maps exclusive swap-ins writable even on reads), and
+    moves spte dirty bits to the folio when it zaps them. With ``dirty_on_map`` off a page is
+    dirty only if the guest wrote it (older kernels mapped read swap-ins read-only; the extra
+    write-protect fault they then took is not modelled). The spte dirty bit is tracked the same
+    way in both A/D modes.
 
 Invariants
     ``rmap_count[gfn]`` equals the number of present sptes of ``gfn``; an spte is present only
@@ -62,6 +66,8 @@ class KvmMmu:
         memslots: the VM's memslots (non-overlapping).
         sptes_per_gfn: 1 for the TDP MMU; k for shadow paging with k aliases per guest page.
         ept_ad: hardware accessed/dirty bits in sptes (else access tracking).
+        dirty_on_map: the host page is writable for KVM, so releasing it after a fault marks
+            the folio dirty (``kvm_release_faultin_page(..., map_writable)``).
         mark_dirty: host callback ``kvm_set_pfn_dirty`` for gfns whose dirty spte was zapped.
         kick: called with the number of remote TLB flushes to charge the VM's vCPUs for.
     """
@@ -73,10 +79,12 @@ class KvmMmu:
         *,
         sptes_per_gfn: int = 1,
         ept_ad: bool = True,
+        dirty_on_map: bool = True,
         mark_dirty: Callable[[NDArray[np.int64]], None],
         kick: Callable[[int], None],
     ) -> None:
         self.nr_gfns, self.k, self.ept_ad = nr_gfns, sptes_per_gfn, ept_ad
+        self.dirty_on_map = dirty_on_map
         self.memslots = sorted(memslots, key=lambda s: s.userspace_addr)
         self._slot_hva = np.array([s.userspace_addr for s in self.memslots], dtype=np.int64)
         self._slot_end = np.array(

@@ -51,6 +51,7 @@ class Vm:
         mem: host memory (for ``kvm_set_pfn_dirty``).
         sptes_per_gfn: 1 with the TDP MMU, more with shadow paging.
         ept_ad: EPT A/D bits available.
+        dirty_on_map: KVM marks pages dirty when it releases them after a fault.
         aging_notifiers: register the aging ops (``kvm.mmu_notifiers``).
         flush_on_age: pre-6.13 flush on a young ``clear_flush_young``.
         tlb_flush_exit_ns: cost charged to each running vCPU per remote flush.
@@ -65,6 +66,7 @@ class Vm:
         *,
         sptes_per_gfn: int,
         ept_ad: bool,
+        dirty_on_map: bool,
         aging_notifiers: bool,
         flush_on_age: bool,
         tlb_flush_exit_ns: int,
@@ -76,6 +78,7 @@ class Vm:
             [self.memslot],
             sptes_per_gfn=sptes_per_gfn,
             ept_ad=ept_ad,
+            dirty_on_map=dirty_on_map,
             mark_dirty=self._mark_dirty,
             kick=self.kick,
         )

@@ -45,7 +45,20 @@ class Reclaimer(Protocol):
         ...
 
     def can_swap(self) -> bool:
-        """Whether anon folios can be reclaimed at all (swap configured)."""
+        """Whether anon folios can be reclaimed at all (``can_reclaim_anon_pages``: free swap)."""
+        ...
+
+    def folio_test_writeback(self, pfns: Pfns) -> NDArray[np.bool_]:
+        """Which folios are under write-out (shrink_folio_list activates them unchecked)."""
+        ...
+
+    def activate_locked(self, pfns: Pfns) -> None:
+        """Folios are being activated from the inactive scan; frees their swap copies when
+        swap is more than half full (``activate_locked`` in shrink_folio_list)."""
+        ...
+
+    def free_and_high(self) -> tuple[int, int]:
+        """Free pages and the high watermark (``prepare_scan_control``'s file_is_tiny test)."""
         ...
 
 
@@ -61,6 +74,11 @@ class EvictionPolicy(Protocol):
         (refault detection), or None when there is none. Like the kernel's per-CPU ``lru_add``
         batch, a policy may defer the list insertion until its lists are next looked at.
         """
+        ...
+
+    def folio_mark_accessed(self, pfn: int) -> None:
+        """``folio_mark_accessed``: a host-side reference (GUP with FOLL_TOUCH, or KVM releasing
+        the page it faulted in). Not called for guest accesses, which only set spte bits."""
         ...
 
     def folio_remove(self, pfns: Pfns) -> None:
@@ -123,6 +141,14 @@ class PageQueue:
         self._pending.append(pfn)
         if len(self._pending) >= 4096:
             self.drain()
+
+    def take_pending(self, pfn: int) -> bool:
+        """Remove ``pfn`` if it is the newest buffered single add (``__lru_cache_activate_folio``
+        finds a folio still in the per-CPU batch); returns whether it was."""
+        if self._pending and self._pending[-1] == pfn:
+            self._pending.pop()
+            return True
+        return False
 
     def drain(self) -> None:
         """Move buffered single adds into the ring, in order (``lru_add_drain``)."""

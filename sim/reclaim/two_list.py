@@ -2,29 +2,42 @@
 
 Models
     The split LRU of an anon-only lruvec (guest RAM is anonymous memory). New and swapped-in
-    folios enter at the head of the inactive list (since 5.9). A reclaim pass scans
-    ``lru_size >> priority`` folios of each list in batches of SWAP_CLUSTER_MAX; every inactive
-    folio gets ``folio_check_references``: with one mapping (QEMU's pte, OR-ed with KVM's sptes
-    through the notifier chain) a first sighting sets PG_referenced and keeps it (a second chance
-    at the inactive head), a second sighting activates it, and no sighting reclaims it. Active
+    folios are added to the inactive list (since 5.9), but a KVM fault references the page twice
+    on the host side (GUP's FOLL_TOUCH, then ``kvm_release_page_*`` -> ``mark_page_accessed``),
+    and the second ``folio_mark_accessed`` activates it while it is still in the per-CPU add
+    batch, so guest pages faulted in through KVM's slow path start on the active list. A reclaim
+    pass scans ``lru_size >> priority`` folios per list (scaled by ``get_scan_count``'s balance)
+    in batches of SWAP_CLUSTER_MAX; every inactive folio gets ``folio_check_references``: with
+    one mapping (QEMU's pte, OR-ed with KVM's sptes through the notifier chain) a first sighting
+    sets PG_referenced and keeps it (second chance at the inactive head), a sighting of a folio
+    already PG_referenced activates it (keeping the flag), and no sighting reclaims it. Active
     folios are deactivated whenever the active list is scanned, referenced or not (anon), which
     happens when the inactive list is "low" (``inactive * int_sqrt(10 * GB) < active``) or when
     refaults were activated since the last reclaim cycle. Refault distance (mm/workingset.c)
     decides whether a swapped-in folio starts active.
 
+    Scan balance with no file pages: ``prepare_scan_control`` finds the file lists "tiny" and
+    scans anon only (SCAN_ANON) unless anon deactivation is due, in which case ``get_scan_count``
+    takes the SCAN_FRACT path and scans ``swappiness``-weighted shares against a file cost of 0
+    (about 18-30% of the nominal target at swappiness 60); priority 0 scans everything
+    (SCAN_EQUAL). ``lru_note_cost`` keeps the decaying anon reclaim cost that weighting uses.
+
 Kernel reference
     mm/vmscan.c: ``shrink_lruvec``, ``shrink_inactive_list``, ``shrink_active_list``,
     ``folio_check_references``, ``inactive_is_low``, ``prepare_scan_control``,
-    ``kswapd_age_node``; mm/workingset.c: ``workingset_eviction``, ``workingset_refault``.
+    ``kswapd_age_node``, ``get_scan_count``, ``calculate_pressure_balance``; mm/swap.c:
+    ``folio_mark_accessed``, ``lru_note_cost``; mm/workingset.c: ``workingset_eviction``,
+    ``workingset_refault``.
 
 Simplifications
-    One lruvec (no memcg), anon only (no file pages, so ``get_scan_count`` reduces to scanning
-    both anon lists by priority and shrink_lruvec stops as soon as the target is met).
-    ``lru_note_cost`` is not needed with one type. Shadow entries keep 31 bits of the
-    nonresident-age clock (no bucket_order).
+    One lruvec (no memcg), anon only (no page cache), so shrink_lruvec stops as soon as the
+    target is met. Shadow entries keep 31 bits of the nonresident-age clock (no bucket_order).
+    A folio activated while already on the inactive list (rare: a fast-GUP fault on a resident
+    page) is marked active at once and moved to the active list when the inactive scan meets it.
 
 Invariants
-    Each folio the policy tracks is on exactly one list, and its list flag says which.
+    Each folio the policy tracks is on exactly one list; its flag names that list, or the active
+    list for a folio activated in place and not yet moved.
 """
 
 from __future__ import annotations
@@ -55,6 +68,12 @@ class TwoListConfig(Strict):
     """Classic active/inactive LRU (CONFIG_LRU_GEN off)."""
 
     policy: Literal["two_list"] = "two_list"
+    swappiness: int = Field(
+        60,
+        ge=0,
+        le=200,
+        description="vm.swappiness: weight of anon in get_scan_count's SCAN_FRACT balance (0-200).",
+    )
     inactive_ratio: int | None = Field(
         None,
         ge=1,
@@ -62,6 +81,9 @@ class TwoListConfig(Strict):
         description="Target active:inactive ratio for inactive_is_low; "
         "default int_sqrt(10 * GB of LRU pages), as the kernel computes it.",
     )
+
+
+MAX_SWAPPINESS = 200
 
 
 class TwoList:
@@ -81,6 +103,7 @@ class TwoList:
         self.inactive = PageQueue()
         self.active = PageQueue()
         self.nonresident_age = 0  # lruvec->nonresident_age (workingset clock)
+        self.anon_cost = 0  # lruvec->anon_cost (lru_note_cost); file_cost stays 0
         self._refaults_snapshot = 0  # WORKINGSET_ACTIVATE at the last reclaim cycle
 
     # -- helpers -----------------------------------------------------------------------------
@@ -93,6 +116,35 @@ class TwoList:
             gb = (inactive + active) >> (30 - PAGE_SHIFT)
             ratio = int_sqrt(10 * gb) if gb else 1
         return inactive * ratio < active
+
+    def _lru_note_cost(self, nr_io: int, nr_rotated: int) -> None:
+        """``lru_note_cost`` for anon: IO weighs SWAP_CLUSTER_MAX rotations; decays by half
+        once the costs exceed a quarter of the LRU."""
+        self.anon_cost += nr_io * SWAP_CLUSTER_MAX + nr_rotated
+        if self.anon_cost > (len(self.inactive) + len(self.active)) // 4:
+            self.anon_cost //= 2
+
+    def get_scan_count(
+        self, sc: ScanControl, reclaim: Reclaimer, may_deactivate: bool
+    ) -> tuple[int, int]:
+        """``get_scan_count`` for the two anon lists: folios to scan from (inactive, active)."""
+        if not reclaim.can_swap():
+            return 0, 0  # SCAN_FILE: anon is not reclaimable
+        inactive, active = len(self.inactive), len(self.active)
+        nr_inactive, nr_active = inactive >> sc.priority, active >> sc.priority
+        swappiness = self.cfg.swappiness
+        free, high = reclaim.free_and_high()
+        file_is_tiny = free <= high and not may_deactivate and nr_inactive > 0
+        if (sc.priority == 0 and swappiness) or file_is_tiny:
+            return nr_inactive, nr_active  # SCAN_EQUAL / SCAN_ANON
+        # SCAN_FRACT (calculate_pressure_balance) against a file cost of zero
+        total = self.anon_cost
+        anon_cost, file_cost = total + self.anon_cost, total
+        total = anon_cost + file_cost
+        ap = swappiness * (total + 1) // (anon_cost + 1)
+        fp = (MAX_SWAPPINESS - swappiness) * (total + 1) // (file_cost + 1)
+        denominator = ap + fp
+        return nr_inactive * ap // denominator, nr_active * ap // denominator
 
     def _putback(self, pfns: Pfns, active: bool) -> None:
         """``move_folios_to_lru``: head of the chosen list; active putbacks age the clock."""
@@ -108,7 +160,7 @@ class TwoList:
 
     # -- EvictionPolicy ----------------------------------------------------------------------
     def folio_add_lru(self, pfn: int, shadow: int | None) -> None:
-        """New and swapped-in anon folios go to the inactive head, unless a refault is recent."""
+        """New and swapped-in anon folios go to the inactive list, unless a refault is recent."""
         if shadow is None:
             self.fl[pfn] = LRU_INACTIVE
             self.inactive.add_one(pfn)
@@ -118,14 +170,33 @@ class TwoList:
         vs[VmStat.WORKINGSET_REFAULT] += 1
         distance = (self.nonresident_age - (shadow & _AGE_MASK)) & _AGE_MASK
         if distance <= len(self.active):
-            self.fl[pfn] = LRU_ACTIVE | (PG_WORKINGSET if shadow >> 31 else 0)
+            workingset = shadow >> 31
+            self.fl[pfn] = LRU_ACTIVE | (PG_WORKINGSET if workingset else 0)
             self.active.add_one(pfn)
             self.nonresident_age += 1
             vs[VmStat.WORKINGSET_ACTIVATE] += 1
-            vs[VmStat.WORKINGSET_RESTORE] += shadow >> 31
+            if workingset:  # thrashing of the established working set: lru_note_cost_refault
+                vs[VmStat.WORKINGSET_RESTORE] += 1
+                self._lru_note_cost(1, 0)
         else:
             self.fl[pfn] = LRU_INACTIVE
             self.inactive.add_one(pfn)
+
+    def folio_mark_accessed(self, pfn: int) -> None:
+        """``folio_mark_accessed``: set PG_referenced, or activate a folio that has it."""
+        fl = int(self.fl[pfn])
+        if not fl & PG_REFERENCED:
+            self.fl[pfn] = fl | PG_REFERENCED
+            return
+        if fl & LRU_ACTIVE:
+            return
+        # folio_activate / __lru_cache_activate_folio; then clear referenced, age the clock
+        if self.inactive.take_pending(pfn):
+            self.active.add_one(pfn)
+        else:
+            self.vmstat[VmStat.PGACTIVATE] += 1  # moved when the inactive scan reaches it
+        self.fl[pfn] = (fl & ~(PG_REFERENCED | LRU_INACTIVE)) | LRU_ACTIVE
+        self.nonresident_age += 1  # workingset_activation
 
     def folio_remove(self, pfns: Pfns) -> None:
         """Drop folios from whichever list holds them (their mm exited)."""
@@ -134,9 +205,9 @@ class TwoList:
         self.fl[pfns] = 0
 
     def workingset_eviction(self, pfns: Pfns) -> NDArray[np.uint32]:
-        """Shadow = nonresident_age after this eviction, with PG_workingset in the top bit."""
+        """Shadow = nonresident_age before this eviction, with PG_workingset in the top bit."""
         n = len(pfns)
-        ages = (self.nonresident_age + 1 + np.arange(n, dtype=np.int64)) & _AGE_MASK
+        ages = (self.nonresident_age + np.arange(n, dtype=np.int64)) & _AGE_MASK
         self.nonresident_age += n
         ws = (self.fl[pfns] & PG_WORKINGSET) != 0
         self.fl[pfns] = 0
@@ -144,14 +215,11 @@ class TwoList:
 
     def shrink_node(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
         """``shrink_lruvec`` for the anon lists at ``sc.priority``."""
-        if not reclaim.can_swap():
-            return  # get_scan_count: no swap -> anon lists are not scanned at all
         may_deactivate = (
             self.vmstat[VmStat.WORKINGSET_ACTIVATE] != self._refaults_snapshot
             or self.inactive_is_low()
         )
-        nr_inactive = len(self.inactive) >> sc.priority
-        nr_active = len(self.active) >> sc.priority
+        nr_inactive, nr_active = self.get_scan_count(sc, reclaim, may_deactivate)
         proportional = sc.direct and sc.priority == DEF_PRIORITY
         while nr_inactive:
             n = min(nr_inactive, sc.batch)
@@ -166,7 +234,7 @@ class TwoList:
                     yield
             if sc.nr_reclaimed >= sc.nr_to_reclaim and not proportional:
                 break
-        if self.inactive_is_low():
+        if reclaim.can_swap() and self.inactive_is_low():
             self.shrink_active_list(SWAP_CLUSTER_MAX, sc, reclaim)
             yield
 
@@ -195,8 +263,8 @@ class TwoList:
         tracked = np.zeros(len(on_lru), dtype=np.bool_)
         tracked[both] = True
         assert (tracked == on_lru).all(), "LRU lists disagree with the resident folios"
-        assert ((self.fl[ina] & _LRU) == LRU_INACTIVE).all()
-        assert ((self.fl[act] & _LRU) == LRU_ACTIVE).all()
+        assert ((self.fl[ina] & _LRU) != 0).all(), "inactive folio without a list flag"
+        assert ((self.fl[act] & _LRU) == LRU_ACTIVE).all(), "active folio flagged inactive"
 
     # -- the two list scanners ---------------------------------------------------------------
     def shrink_inactive_list(self, n: int, sc: ScanControl, reclaim: Reclaimer) -> None:
@@ -204,20 +272,37 @@ class TwoList:
         pfns = self.inactive.isolate_tail(n)
         if len(pfns) == 0:
             return
-        sc.nr_scanned += len(pfns)
-        young = reclaim.folio_referenced(pfns, sc)
         fl = self.fl[pfns]
-        referenced_folio = (fl & PG_REFERENCED) != 0
-        self.fl[pfns] = (fl & ~np.uint8(PG_REFERENCED)) & ~_LRU  # isolated, test-and-cleared
-        activate = young & referenced_folio  # seen young on two trips: ACTIVATE
+        moved = (fl & LRU_ACTIVE) != 0  # activated in place earlier: just move them
+        if moved.any():
+            self.active.add_head(pfns[moved])
+            pfns, fl = pfns[~moved], fl[~moved]
+            if len(pfns) == 0:
+                return
+        sc.nr_scanned += len(pfns)
+        pageout0, reclaimed0 = sc.nr_pageout, sc.nr_reclaimed
+        writeback = reclaim.folio_test_writeback(pfns)  # activated before any reference check
+        check = pfns[~writeback]
+        young = reclaim.folio_referenced(check, sc)
+        cfl = fl[~writeback]
+        referenced_folio = (cfl & PG_REFERENCED) != 0
+        self.fl[pfns] = fl & ~_LRU  # isolated
+        activate = young & referenced_folio  # seen again while PG_referenced: ACTIVATE
         keep = young & ~referenced_folio  # first sighting: KEEP with PG_referenced
-        victims = pfns[~young]  # not young: RECLAIM (anon ignores a lone PG_referenced)
-        failed = victims[~reclaim.shrink_folio_list(victims, sc)] if len(victims) else victims
-        self.fl[pfns[keep]] |= np.uint8(PG_REFERENCED)
-        self._putback(pfns[keep], active=False)
-        act = np.concatenate((pfns[activate], failed)) if len(failed) else pfns[activate]
+        victims = check[~young]  # not young: RECLAIM (anon ignores a lone PG_referenced)
+        if len(victims):
+            self.fl[victims] &= ~np.uint8(PG_REFERENCED)
+            failed = victims[~reclaim.shrink_folio_list(victims, sc)]
+        else:
+            failed = victims
+        self.fl[check[young]] |= np.uint8(PG_REFERENCED)  # set before KEEP and ACTIVATE alike
+        self._putback(check[keep], active=False)
+        act = np.concatenate((check[activate], failed, pfns[writeback]))
+        reclaim.activate_locked(act)
         self._putback(act, active=True)
         sc.nr_activate += len(act)
+        reclaimed = sc.nr_reclaimed - reclaimed0
+        self._lru_note_cost(sc.nr_pageout - pageout0, len(pfns) - reclaimed)
 
     def shrink_active_list(self, n: int, sc: ScanControl, reclaim: Reclaimer) -> None:
         """Deactivate ``n`` folios from the active tail; anon ones always go (bits cleared)."""

@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny scenarios and hypothesis profiles."""
+
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from sim.config import Scenario, parse_scenario
+
+settings.register_profile(
+    "ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", max_examples=200, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+TINY: dict[str, Any] = {
+    "name": "tiny",
+    "seed": 7,
+    "duration_s": 0.05,
+    "host": {"memory_mib": 8},
+    "swap": {"size_mib": 64, "latency_cv": 0.0},
+    "vms": [
+        {
+            "name": "vm",
+            "count": 2,
+            "memory_mib": 8,
+            "vcpus": 2,
+            "access_rate_per_s": 2_000_000,
+            "workload": {"type": "zipf", "alpha": 0.9},
+        }
+    ],
+    "engine": {"batch_accesses": 128, "sample_interval_ms": 1.0},
+}
+
+
+def tiny(**changes: Any) -> Scenario:
+    """A small overcommitted scenario (8 MiB host, two 8 MiB guests) with changes applied.
+
+    ``changes`` are dotted paths with ``__`` for dots, e.g. ``kvm__mmu_notifiers=False``.
+    """
+    raw = copy.deepcopy(TINY)
+    for key, value in changes.items():
+        parts = key.split("__")
+        cur = raw
+        for p in parts[:-1]:
+            cur = cur[int(p)] if isinstance(cur, list) else cur.setdefault(p, {})
+        if isinstance(cur, list):
+            cur[int(parts[-1])] = value
+        else:
+            cur[parts[-1]] = value
+    return parse_scenario(raw, "tiny")
+
+
+@pytest.fixture
+def tiny_raw() -> dict[str, Any]:
+    """A fresh copy of the tiny scenario's raw dict."""
+    return copy.deepcopy(TINY)

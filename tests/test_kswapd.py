@@ -1,0 +1,132 @@
+"""kswapd and direct reclaim follow the watermarks (MODEL.md 4.1-4.3)."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any
+
+from sim.engine import World
+from sim.host.memory import SWAP_CLUSTER_MAX
+from sim.host.vmstat import VmStat
+from tests.conftest import tiny
+
+
+def _trace_kswapd(w: World) -> list[tuple[str, int, int, int]]:
+    log: list[tuple[str, int, int, int]] = []
+    orig = w.kswapd.balance_pgdat
+    mem, env = w.mem, w.env
+
+    def traced() -> Generator[Any, Any, None]:
+        log.append(("start", int(env.now), mem.nr_free, mem.nr_writeback))
+        yield from orig()
+        log.append(("end", int(env.now), mem.nr_free, mem.nr_writeback))
+
+    w.kswapd.balance_pgdat = traced  # type: ignore[method-assign]
+    return log
+
+
+def test_kswapd_wakes_below_low_and_reclaims_up_to_high() -> None:
+    w = World(tiny(duration_s=0.3))
+    log = _trace_kswapd(w)
+    w.run()
+    wm = w.mem.wmark
+    assert log, "kswapd never ran although guests overcommit the host"
+    wakeups = 0
+    for i in range(0, len(log), 2):
+        start, end = log[i], log[i + 1] if i + 1 < len(log) else None
+        _, t, free, wb = start
+        assert free + wb <= wm.high  # never starts on a balanced node
+        reentry = i > 0 and log[i - 1][1] == t and log[i - 1][2] + log[i - 1][3] <= wm.high
+        if not reentry:
+            wakeups += 1
+            assert free <= wm.low  # woken only by an allocation that found free <= low
+        if end is not None and not (i + 2 < len(log) and log[i + 2][1] == end[1]):
+            assert end[2] + end[3] > wm.high  # goes to sleep only once balanced
+    assert wakeups == w.vmstat[VmStat.KSWAPD_WAKEUPS]
+    assert w.vmstat[VmStat.PGSTEAL_KSWAPD] > 0
+
+
+def test_reclaim_isolates_at_most_swap_cluster_max_at_a_time() -> None:
+    w = World(tiny(duration_s=0.2))
+    sizes: list[int] = []
+    orig = w.vmscan.folio_referenced
+
+    def spy(pfns: Any, sc: Any) -> Any:
+        sizes.append(len(pfns))
+        return orig(pfns, sc)
+
+    w.vmscan.folio_referenced = spy  # type: ignore[method-assign]
+    w.run()
+    assert sizes
+    assert max(sizes) <= SWAP_CLUSTER_MAX
+
+
+def test_allocator_fast_path_wake_and_direct_reclaim_thresholds() -> None:
+    w = World(tiny())
+    mem, alloc, wm = w.mem, w.alloc, w.mem.wmark
+    pid = 0
+    while mem.nr_free > wm.low + 1:
+        mem.alloc_frame(pid)
+        pid += 1
+    assert alloc.alloc_fast(pid) >= 0  # free was low + 1: fast path
+    pid += 1
+    assert w.kswapd.sleeping  # no wake-up above low
+    assert alloc.alloc_fast(pid) >= 0  # free == low: kswapd woken, still above min
+    pid += 1
+    assert not w.kswapd.sleeping
+    while mem.nr_free > wm.min + 1:
+        mem.alloc_frame(pid)
+        pid += 1
+    assert alloc.alloc_fast(pid) >= 0  # free == min + 1 > min
+    pid += 1
+    assert alloc.alloc_fast(pid) == -1  # free == min: direct reclaim needed
+
+
+class _Latencies:
+    def __init__(self) -> None:
+        self.values: list[int] = []
+
+    def fault(self, t_ns: int, vm: int, vcpu: int, gfn: int, kind: str, lat: int, pid: int) -> None:
+        self.values.append(lat)
+
+
+def _max_fault_latency(w: World) -> int:
+    sink = _Latencies()
+    for vm in w.vms:
+        for v in vm.vcpus:
+            v.sink = sink
+    w.run()
+    return max(sink.values)
+
+
+def test_slow_kswapd_forces_direct_reclaim_that_stalls_the_vcpu() -> None:
+    """With kswapd crippled, allocations reach min and vCPUs reclaim (and stall) themselves."""
+    scan_ns = 200_000
+    w = World(tiny(duration_s=0.3, costs={"scan_page_ns": scan_ns}))
+    worst = _max_fault_latency(w)
+    assert w.vmstat[VmStat.ALLOCSTALL] > 0
+    assert w.vmstat[VmStat.PGSTEAL_DIRECT] > 0
+    # a faulting vCPU paid for at least one batch of its own reclaim scanning
+    assert worst >= SWAP_CLUSTER_MAX * scan_ns
+    normal = World(tiny(duration_s=0.3))
+    assert _max_fault_latency(normal) < SWAP_CLUSTER_MAX * scan_ns
+
+
+def test_no_swap_ends_in_an_oom_kill_not_a_crash() -> None:
+    w = World(tiny(duration_s=0.3, swap={"size_mib": 0}))
+    w.run()
+    w.check()
+    assert w.vmstat[VmStat.OOM_KILL] >= 1
+    summary = w.summary(0.0)
+    assert any(v["oom_killed"] for v in summary["vms"])
+    assert summary["host"]["oom_kills"]
+
+
+def test_full_swap_is_reported_not_a_crash() -> None:
+    w = World(tiny(duration_s=0.3, swap={"size_mib": 1}))
+    w.run()
+    w.check()
+    s = w.summary(0.0)
+    assert s["host"]["swap"]["exhausted"]
+    assert s["host"]["swap"]["full_failures"] > 0
+    assert s["host"]["swap"]["used_end"] <= s["host"]["swap"]["slots"]
