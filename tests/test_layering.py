@@ -59,3 +59,10 @@ def test_simulator_never_imports_plotting(path: Path) -> None:
 @pytest.mark.parametrize("path", _files("reclaim"), ids=lambda p: p.name)
 def test_policies_never_see_kvm(path: Path) -> None:
     assert not {m for m in _imports(path) if m.startswith("sim.kvm")}
+
+
+@pytest.mark.parametrize(
+    "path", sorted((SIM.parent / "analysis").glob("*.py")), ids=lambda p: p.name
+)
+def test_analysis_reads_result_files_not_simulator_internals(path: Path) -> None:
+    assert not {m for m in _imports(path) if m.split(".")[0] == "sim"}

@@ -104,8 +104,8 @@ class PageAllocator:
             no_progress = 0 if reclaimed else no_progress + 1
             if no_progress > MAX_RECLAIM_RETRIES and not mem.nr_writeback:
                 no_progress = 0
-                if self.oom_kill() and mem.nr_free > 0:
+                self.oom_kill()
+                if mem.nr_free > 0:  # the victim's memory (below min is fine after a kill)
                     return mem.alloc_frame(pid)
-                if mem.nr_free == 0:
-                    yield from self._throttle()
+                yield from self._throttle()
             self.kswapd.wakeup()
