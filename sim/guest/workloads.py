@@ -295,6 +295,8 @@ class AccessStream:
 
     def next(self, n: int) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
         """Return the next ``n`` accesses: gfns (int64) and write flags."""
+        if n <= 0:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.bool_)
         while self._buffered < n:
             self._chunk()
         if len(self._gfns) > 1:
