@@ -27,7 +27,7 @@ from sim.config import Scenario, load_scenario
 from sim.errors import UserError
 
 err_console = Console(stderr=True)
-out_console = Console()
+out_console = Console(width=None if sys.stdout.isatty() else 120)  # no 80-column squeeze in logs
 
 
 def _fail(exc: UserError) -> None:

@@ -13,6 +13,7 @@ Determinism
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -208,8 +209,8 @@ class Recorder:
         self.fl = self.tables.get("faults")
         self.tl = self.tables.get("timeline")
         self._evicted_row: dict[int, int] = {}  # pid -> row of its last eviction
-        self._next_rows: list[int] = []
-        self._next_t: list[int] = []
+        self._next_rows = array("q")  # (eviction row, refault time) pairs: 16 bytes each
+        self._next_t = array("q")
         self.n_evictions = 0
 
     # -- sinks -------------------------------------------------------------------------------
@@ -275,8 +276,8 @@ class Recorder:
     def _finish_evictions(self) -> None:
         part = self.outdir / "evictions.parquet.part"
         final = self.outdir / "evictions.parquet"
-        rows = np.asarray(self._next_rows, dtype=np.int64)
-        ts = np.asarray(self._next_t, dtype=np.float64)
+        rows = np.frombuffer(self._next_rows, dtype=np.int64)
+        ts = np.frombuffer(self._next_t, dtype=np.int64).astype(np.float64)
         order = np.argsort(rows, kind="stable")
         rows, ts = rows[order], ts[order]
         src = pq.ParquetFile(part)

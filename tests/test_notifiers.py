@@ -227,3 +227,29 @@ def test_chain_ors_subscribers_without_short_circuit_and_skips_missing_ops() -> 
     subs.invalidate_range_end(hva, hva + PAGE_SIZE, sc)
     assert b.calls == ["age", "start", "end"]
     assert c.calls == []
+
+
+def test_kvm_clear_young_never_flushes_and_test_young_has_no_side_effects() -> None:
+    w = World(tiny(kvm={"flush_on_age": True}))
+    v = w.vms[0]
+    _fault_in(w, 0, [0, 1])
+    ops = v.mm.notifiers.subscribers[0]
+    hva = v.mm.hva(v.mm.pid_base + np.array([0, 1]))
+    sc = ScanControl(nr_to_reclaim=1)
+    assert ops.test_young(hva, hva + PAGE_SIZE, sc).tolist() == [True, True]
+    assert ops.test_young(hva, hva + PAGE_SIZE, sc).tolist() == [True, True]  # nothing cleared
+    assert ops.clear_young(hva, hva + PAGE_SIZE, sc).tolist() == [True, True]
+    assert ops.clear_young(hva, hva + PAGE_SIZE, sc).tolist() == [False, False]
+    assert sc.nr_tlb_flushes == 0  # clear_young never flushes, even before 6.13
+    _touch(w, 0, 1)
+    assert ops.clear_flush_young(hva, hva + PAGE_SIZE, sc).tolist() == [False, True]
+    assert sc.nr_tlb_flushes == 1  # flush_on_age: one flush for the young range
+
+
+def test_aging_ops_are_absent_without_notifiers() -> None:
+    w = World(tiny(kvm={"mmu_notifiers": False}))
+    ops = w.vms[0].mm.notifiers.subscribers[0]
+    assert ops.clear_flush_young is None
+    assert ops.clear_young is None
+    assert ops.test_young is None
+    assert ops.invalidate_range_start is not None  # correctness: zaps stay
