@@ -97,10 +97,9 @@ def kvm_page_fault(
     write: bool,
 ) -> ProcessGen:
     """Resolve an EPT violation on ``gfn``; returns ``(FaultKind, cpu_ns, retries)``."""
-    idx = mmu.spte_index(gfn, alias)
-    if mmu.is_access_tracked(idx):
-        mmu.fast_page_fault(idx, write)
-        return FaultKind.ACCESS_TRACKING, costs.fast_fault_ns, 0
+    quick = kvm_fault_nowait(mmu, host, costs, pid=pid, gfn=gfn, alias=alias, write=write)
+    if quick is not None:  # resolved meanwhile (e.g. another vCPU faulted the page in)
+        return quick[0], quick[1], 0
     kind: FaultKind | None = None
     cpu_ns = 0
     retries = 0

@@ -138,6 +138,29 @@ class KvmMmu:
             return gfns[:, None]
         return gfns[:, None] * k + np.arange(k, dtype=np.int64)
 
+    def _walk(
+        self, start: NDArray[np.int64], end: NDArray[np.int64], work: NotifierWork
+    ) -> tuple[
+        NDArray[np.int64] | None,
+        NDArray[np.bool_],
+        NDArray[np.int64],
+        NDArray[np.int64],
+        NDArray[np.uint8],
+    ]:
+        """The handlers' common walk: gfns of each range, their spte slots and values.
+
+        Returns range offsets, which gfns fall in a memslot, those gfns, their slot indices
+        (n, k) and the sptes there; counts the sptes visited (the rmap chain under shadow
+        paging, one TDP leaf per gfn otherwise).
+        """
+        gfns, offs = self._ranges(start, end)
+        valid = gfns >= 0
+        g = gfns[valid]
+        idx = self._slots(g)
+        if len(g):
+            work.nr_sptes_walked += int(self.rmap_count[g].sum()) if self.k > 1 else len(g)
+        return offs, valid, g, idx, self.spte[idx]
+
     @staticmethod
     def _per_range(x: NDArray[np.bool_], offs: NDArray[np.int64] | None) -> NDArray[np.bool_]:
         if offs is None:
@@ -154,13 +177,9 @@ class KvmMmu:
         clear: bool,
     ) -> NDArray[np.bool_]:
         """Young per range: any accessed spte in it; with ``clear``, age them all."""
-        gfns, offs = self._ranges(start, end)
-        valid = gfns >= 0
-        young = np.zeros(len(gfns), dtype=np.bool_)
-        g = gfns[valid]
+        offs, valid, g, idx, s = self._walk(start, end, work)
+        young = np.zeros(len(valid), dtype=np.bool_)
         if len(g):
-            idx = self._slots(g)
-            s = self.spte[idx]
             present = (s & SPTE_PRESENT) != 0
             if self.ept_ad:
                 acc = present & ((s & SPTE_ACCESSED) != 0)
@@ -173,7 +192,6 @@ class KvmMmu:
                         present, (s | _U8(SPTE_ACCESS_TRACKED)) & ~_U8(SPTE_ACCESSED), s
                     )
             young[valid] = acc.any(axis=1)
-            work.nr_sptes_walked += int(self.rmap_count[g].sum()) if self.k > 1 else len(g)
         return self._per_range(young, offs)
 
     # -- invalidation (kvm_mmu_unmap_gfn_range) ----------------------------------------------
@@ -190,19 +208,14 @@ class KvmMmu:
         self, start: NDArray[np.int64], end: NDArray[np.int64], work: NotifierWork
     ) -> NDArray[np.bool_]:
         """Zap every spte in each range; True where something was zapped (needs a flush)."""
-        gfns, offs = self._ranges(start, end)
-        valid = gfns >= 0
-        zapped = np.zeros(len(gfns), dtype=np.bool_)
-        g = gfns[valid]
+        offs, valid, g, idx, s = self._walk(start, end, work)
+        zapped = np.zeros(len(valid), dtype=np.bool_)
         if len(g):
-            idx = self._slots(g)
-            s = self.spte[idx]
             present = (s & SPTE_PRESENT) != 0
             dirty = (present & ((s & SPTE_DIRTY) != 0)).any(axis=1)
             if dirty.any():
                 self.mark_dirty(g[dirty])
             self.spte[idx] = 0
-            work.nr_sptes_walked += int(self.rmap_count[g].sum()) if self.k > 1 else len(g)
             self.rmap_count[g] = 0
             zapped[valid] = present.any(axis=1)
             self.zapped += int(present.sum())
