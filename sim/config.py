@@ -22,7 +22,7 @@ from sim.errors import ConfigError
 from sim.guest.workloads import PhasesConfig, WorkloadConfig, ZipfConfig
 from sim.host.memory import PAGE_SHIFT, setup_per_zone_wmarks
 from sim.host.swap import SwapConfig
-from sim.reclaim import ReclaimConfig
+from sim.reclaim import DEFAULT_RECLAIM, ReclaimConfig
 from sim.schema import Strict
 
 MAX_DURATION_S = 4000.0  # last-access stamps are uint32 microseconds (~71 min)
@@ -158,7 +158,7 @@ class Scenario(Strict):
     duration_s: float = Field(gt=0.0, le=MAX_DURATION_S, description="Simulated time.")
     host: HostConfig = Field(description="Host memory and watermarks.")
     reclaim: ReclaimConfig = Field(
-        default_factory=ReclaimConfig, description="Eviction policy and its knobs."
+        default_factory=DEFAULT_RECLAIM, description="Eviction policy and its knobs."
     )
     swap: SwapConfig = Field(default_factory=SwapConfig, description="The swap device.")
     kvm: KvmConfig = Field(default_factory=KvmConfig, description="KVM MMU and notifiers.")

@@ -83,7 +83,9 @@ class World:
         ]
         self.vmstat = vmstat = new_vmstat()
         self.recorder: Recorder | None = None
-        self.policy = policy = make_policy(sc.reclaim, nr_frames=nr_frames, vmstat=vmstat)
+        self.policy = policy = make_policy(
+            sc.reclaim, nr_frames=nr_frames, vmstat=vmstat, rng=rng_for(sc.seed, "policy")
+        )
         if outdir is not None:
             self.recorder = Recorder(
                 outdir,
@@ -157,6 +159,7 @@ class World:
                 )
             self.vms.append(vm)
         self.horizon_ns = round(sc.duration_s * 1e9)
+        self._seq = 0  # global access sequence number (for oracle policies)
         self._started = False
 
     # -- plumbing ----------------------------------------------------------------------------
@@ -165,7 +168,10 @@ class World:
         ev.callbacks.append(partial(_call, fn))
 
     def _on_access(self, pids: np.ndarray) -> None:
-        self.policy.on_access(self.mem.pfn[pids].astype(np.int64))
+        n = len(pids)
+        seq = np.arange(self._seq, self._seq + n, dtype=np.int64)
+        self._seq += n
+        self.policy.on_access(self.mem.pfn[pids].astype(np.int64), seq)
 
     def start(self) -> None:
         """Start every process (kswapd, vCPUs, sampler); done once, before running."""

@@ -1,25 +1,33 @@
 """Eviction policies behind one protocol (``base.EvictionPolicy``), one file each.
 
-Adding a policy: write ``sim/reclaim/<name>.py`` with a ``<Name>Config`` (a ``policy`` literal
-plus its knobs) and the class, then add one line to ``_REGISTRY`` below; the config union, the
-CLI and the contract tests pick it up from there.
+Adding a policy: write ``sim/reclaim/<name>.py`` with a ``<Name>Config`` (subclass of
+``ReclaimBase`` with a ``policy`` literal plus its knobs) and the class, then add it to
+``_REGISTRY`` below; the config union, the CLI and the contract tests pick it up from there.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Annotated, Any, Union
+
+import numpy as np
+from pydantic import Field
 
 from sim.reclaim import two_list
-from sim.reclaim.base import EvictionPolicy, PageQueue, Reclaimer
+from sim.reclaim.base import EvictionPolicy, PageQueue, ReclaimBase, Reclaimer
 
 # policy name -> (config model, policy class)
-_REGISTRY: dict[str, tuple[type[Any], type[Any]]] = {
+_REGISTRY: dict[str, tuple[type[ReclaimBase], type[Any]]] = {
     "two_list": (two_list.TwoListConfig, two_list.TwoList),
 }
 
-ReclaimConfig = two_list.TwoListConfig
+_CONFIGS = tuple(cfg for cfg, _ in _REGISTRY.values())
+ReclaimConfig = (
+    _CONFIGS[0] if len(_CONFIGS) == 1 else Annotated[Union[_CONFIGS], Field(discriminator="policy")]  # noqa: UP007
+)
 """The ``reclaim:`` section: one of the registered policies' configs (by ``policy``)."""
+
+DEFAULT_RECLAIM = two_list.TwoListConfig
 
 
 def policy_names() -> list[str]:
@@ -27,18 +35,33 @@ def policy_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def make_policy(cfg: Any, *, nr_frames: int, vmstat: Counter[str]) -> EvictionPolicy:
+def policy_class(name: str) -> type[Any]:
+    """The class registered under ``name``."""
+    return _REGISTRY[name][1]
+
+
+def config_class(name: str) -> type[ReclaimBase]:
+    """The config model registered under ``name``."""
+    return _REGISTRY[name][0]
+
+
+def make_policy(
+    cfg: Any, *, nr_frames: int, vmstat: Counter[str], rng: np.random.Generator
+) -> EvictionPolicy:
     """Build the policy a ``reclaim:`` config names."""
-    _, cls = _REGISTRY[cfg.policy]
-    policy: EvictionPolicy = cls(cfg, nr_frames, vmstat)
+    policy: EvictionPolicy = policy_class(cfg.policy)(cfg, nr_frames, vmstat, rng)
     return policy
 
 
 __all__ = [
+    "DEFAULT_RECLAIM",
     "EvictionPolicy",
     "PageQueue",
+    "ReclaimBase",
     "ReclaimConfig",
     "Reclaimer",
+    "config_class",
     "make_policy",
+    "policy_class",
     "policy_names",
 ]

@@ -20,15 +20,29 @@ Invariants
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
+from pydantic import Field
+
+from sim.schema import Strict
 
 if TYPE_CHECKING:
     from sim.host.vmscan import ScanControl
 
 Pfns = NDArray[np.int64]
+
+
+class ReclaimBase(Strict):
+    """Knobs every policy's ``reclaim:`` section has."""
+
+    trigger: Literal["watermark", "demand"] = Field(
+        "watermark",
+        description="watermark: kswapd and direct reclaim driven by the zone "
+        "watermarks (the kernel). demand: exactly host.memory_mib of frames, one page evicted "
+        "per miss when full, no time cost (the textbook model the oracles are defined on).",
+    )
 
 
 class Reclaimer(Protocol):
@@ -63,9 +77,17 @@ class Reclaimer(Protocol):
 
 
 class EvictionPolicy(Protocol):
-    """A page-replacement policy behind the host's reclaim (one per host: one lruvec)."""
+    """A page-replacement policy behind the host's reclaim (one per host: one lruvec).
+
+    Class attributes say what a policy needs beyond accessed bits: ``observes_accesses``
+    (an oracle fed every access through ``on_access``) and ``needs_future`` (an oracle that
+    must be told the whole reference string in advance, through ``set_future``; demand mode
+    only).
+    """
 
     name: ClassVar[str]
+    observes_accesses: ClassVar[bool]
+    needs_future: ClassVar[bool]
 
     def folio_add_lru(self, pfn: int, shadow: int | None) -> None:
         """A folio became resident (first touch, swap-in, swap-cache hit) and joins the LRU.
@@ -103,8 +125,15 @@ class EvictionPolicy(Protocol):
         """A reclaim cycle (a kswapd ``balance_pgdat`` or a direct reclaim) finished."""
         ...
 
-    def on_access(self, pfns: Pfns) -> None:
-        """Oracle policies only (exact LRU): every access, in order. Real policies ignore it."""
+    def on_access(self, pfns: Pfns, seq: NDArray[np.int64]) -> None:
+        """Oracles only: accesses in order, with their global sequence numbers (positions in
+        the reference string). Called only if ``observes_accesses``."""
+        ...
+
+    def set_future(self, next_use: NDArray[np.int64]) -> None:
+        """Oracles only: ``next_use[i]`` is the position of the next access to the page
+        accessed at position ``i`` (a large sentinel if none). Called only if
+        ``needs_future``."""
         ...
 
     def lru_sizes(self) -> dict[str, int]:

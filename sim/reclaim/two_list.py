@@ -53,8 +53,7 @@ from pydantic import Field
 from sim.host.memory import DEF_PRIORITY, PAGE_SHIFT, SWAP_CLUSTER_MAX, int_sqrt
 from sim.host.vmscan import ScanControl
 from sim.host.vmstat import VmStat
-from sim.reclaim.base import PageQueue, Pfns, Reclaimer
-from sim.schema import Strict
+from sim.reclaim.base import PageQueue, Pfns, ReclaimBase, Reclaimer
 
 LRU_INACTIVE = 0x1
 LRU_ACTIVE = 0x2
@@ -64,7 +63,7 @@ _LRU = np.uint8(LRU_INACTIVE | LRU_ACTIVE)
 _AGE_MASK = 0x7FFFFFFF
 
 
-class TwoListConfig(Strict):
+class TwoListConfig(ReclaimBase):
     """Classic active/inactive LRU (CONFIG_LRU_GEN off)."""
 
     policy: Literal["two_list"] = "two_list"
@@ -93,11 +92,16 @@ class TwoList:
         cfg: policy knobs.
         nr_frames: frames on the host (per-frame flags are indexed by pfn).
         vmstat: host counters (pgactivate, workingset_*).
+        rng: the policy's generator (unused: the classic LRU is deterministic).
     """
 
     name: ClassVar[str] = "two_list"
+    observes_accesses: ClassVar[bool] = False
+    needs_future: ClassVar[bool] = False
 
-    def __init__(self, cfg: TwoListConfig, nr_frames: int, vmstat: Counter[str]) -> None:
+    def __init__(
+        self, cfg: TwoListConfig, nr_frames: int, vmstat: Counter[str], rng: np.random.Generator
+    ) -> None:
         self.cfg, self.vmstat = cfg, vmstat
         self.fl = np.zeros(nr_frames, dtype=np.uint8)
         self.inactive = PageQueue()
@@ -248,8 +252,11 @@ class TwoList:
         """``snapshot_refaults``: remember refault activations for ``prepare_scan_control``."""
         self._refaults_snapshot = self.vmstat[VmStat.WORKINGSET_ACTIVATE]
 
-    def on_access(self, pfns: Pfns) -> None:
+    def on_access(self, pfns: Pfns, seq: NDArray[np.int64]) -> None:
         """Real policies see only accessed bits."""
+
+    def set_future(self, next_use: NDArray[np.int64]) -> None:
+        """Real policies do not know the future."""
 
     def lru_sizes(self) -> dict[str, int]:
         """Folios on each list."""
