@@ -34,6 +34,7 @@ from numpy.typing import NDArray
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
 SWAP_CLUSTER_MAX = 32  # reclaim batch (mm/vmscan.c)
+PTRS_PER_PMD = 512  # ptes in one page table (a 2 MiB PMD on x86-64)
 DEF_PRIORITY = 12  # scan target is lru_size >> priority
 MAX_RECLAIM_RETRIES = 16  # kswapd_failures cap; allocator no-progress retries
 

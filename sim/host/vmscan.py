@@ -42,6 +42,7 @@ from sim.host.memory import (
     PG_SWAP,
     PG_WRITEBACK,
     PTE_PRESENT,
+    PTRS_PER_PMD,
     SWAP_CLUSTER_MAX,
     HostMemory,
 )
@@ -130,6 +131,35 @@ class Vmscan:
     def folio_test_writeback(self, pfns: NDArray[np.int64]) -> NDArray[np.bool_]:
         """Which folios have a write-out in flight."""
         return (self.mem.flags[self.mem.frame_pid[pfns]] & PG_WRITEBACK) != 0
+
+    def clear_young(self, pfns: NDArray[np.int64], sc: ScanControl) -> NDArray[np.bool_]:
+        """``ptep_clear_young_notify``: host young OR notifiers' clear_young, no flush."""
+        return self.rmap.folio_referenced(pfns, sc, flush=False)
+
+    def walk_mm(self) -> NDArray[np.int64]:
+        """Frames of every present pte, mm by mm in ascending hva (page-table order)."""
+        present = np.flatnonzero((self.mem.flags & PTE_PRESENT) != 0)
+        return self.mem.pfn[present].astype(np.int64)
+
+    def lookaround(self, pfn: int, window: int = 64) -> NDArray[np.int64]:
+        """Present neighbours of ``pfn``'s pte inside its PMD, at most ``window`` ptes wide."""
+        mem = self.mem
+        pid = int(mem.frame_pid[pfn])
+        mm = self.mms[int(mem.page_owner[pid])]
+        gfn = pid - mm.pid_base
+        ptrs = PTRS_PER_PMD
+        lo = gfn - gfn % ptrs
+        hi = min(lo + ptrs, mm.nr_pages)
+        if hi - lo > window:  # lru_gen_look_around: centre a window of MIN_LRU_BATCH ptes
+            if gfn - lo < window // 2:
+                hi = lo + window
+            elif hi - gfn < window // 2:
+                lo = hi - window
+            else:
+                lo, hi = gfn - window // 2, gfn + window // 2
+        pids = np.arange(mm.pid_base + lo, mm.pid_base + hi, dtype=np.int64)
+        pids = pids[((mem.flags[pids] & PTE_PRESENT) != 0) & (pids != pid)]
+        return mem.pfn[pids].astype(np.int64)
 
     def free_and_high(self) -> tuple[int, int]:
         """Free pages and the high watermark."""

@@ -71,6 +71,21 @@ class Reclaimer(Protocol):
         swap is more than half full (``activate_locked`` in shrink_folio_list)."""
         ...
 
+    def clear_young(self, pfns: Pfns, sc: ScanControl) -> NDArray[np.bool_]:
+        """``ptep_clear_young_notify`` on each folio's mapping: host young bit OR the notifiers'
+        ``clear_young`` (no TLB flush). MGLRU's page-table walk and look-around use this."""
+        ...
+
+    def walk_mm(self) -> Pfns:
+        """Frames of every present pte, in page-table order (mm by mm, ascending hva): what
+        MGLRU's ``walk_mm`` visits."""
+        ...
+
+    def lookaround(self, pfn: int, window: int = 64) -> Pfns:
+        """Frames mapped by the ptes around ``pfn``'s pte within its PMD (``window`` ptes at most,
+        as ``lru_gen_look_around`` bounds it), excluding ``pfn`` itself."""
+        ...
+
     def free_and_high(self) -> tuple[int, int]:
         """Free pages and the high watermark (``prepare_scan_control``'s file_is_tiny test)."""
         ...
