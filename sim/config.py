@@ -183,6 +183,11 @@ class Scenario(Strict):
                 f"memory ({frames} pages); lower host.min_free_kbytes or "
                 f"host.watermark_scale_factor, or raise host.memory_mib"
             )
+        if self.reclaim.policy == "opt" and self.reclaim.trigger != "demand":
+            raise ValueError(
+                "reclaim: policy opt needs the future, which is fixed only in demand mode; "
+                "set reclaim.trigger: demand"
+            )
         names = [n for vm in self.vms for n in vm.names()]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -290,11 +295,20 @@ def format_validation_error(err: ValidationError, raw: Any, source: str) -> str:
                 f"; did you mean '{close[0]}'?" if close else ""
             ) + f" (valid keys: {', '.join(valid)})"
         return f"{source}: {where}: unknown key{hint}"
+    if e["type"] == "union_tag_invalid":
+        ctx = e.get("ctx", {})
+        key = str(ctx.get("discriminator", "type")).strip("'")
+        return (
+            f"{source}: {where}.{key}: unknown value {ctx.get('tag')!r}; expected one of "
+            f"{ctx.get('expected_tags')}"
+        )
     if e["type"] == "missing":
         return f"{source}: {where}: required field is missing"
     msg = e["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
+    if not loc:
+        return f"{source}: {msg}"
     got = e.get("input")
     shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
     return f"{source}: {where}: {msg}{shown}"

@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from enum import StrEnum
+from typing import Protocol
 
 import numpy as np
 import simpy
@@ -68,15 +69,23 @@ class HostFault(StrEnum):
     WAITED = "waited"  # another task was faulting the page in; we waited for it
 
 
+class FrameAllocator(Protocol):
+    """What the no-wait paths need from an allocator (demand mode's has only this)."""
+
+    def alloc_fast(self, pid: int) -> int:
+        """A frame for ``pid`` without waiting, or -1."""
+        ...
+
+
 class HostFaultHandler:
     """``handle_mm_fault`` for guest RAM: a synchronous fast path and a waiting slow path."""
 
     def __init__(
         self,
-        env: simpy.Environment,
+        env: simpy.Environment | None,
         mem: HostMemory,
         swap: SwapDevice,
-        alloc: PageAllocator,
+        alloc: PageAllocator | FrameAllocator,
         policy: EvictionPolicy,
         mms: Sequence[Mm],
         vmstat: Counter[str],
@@ -135,6 +144,7 @@ class HostFaultHandler:
                 self.policy.folio_mark_accessed(pfn)  # our own GUP's FOLL_TOUCH
             return HostFault.WAITED
         self.vmstat[VmStat.PGFAULT] += 1
+        assert self.env is not None
         done = self.env.event()
         self._inflight[pid] = done
         try:
@@ -147,6 +157,7 @@ class HostFaultHandler:
     def _fault_in(self, pid: int, write: bool, swapped: bool) -> ProcessGen:
         mem = self.mem
         mm = self.mms[int(mem.page_owner[pid])]
+        assert isinstance(self.alloc, PageAllocator), "waiting faults need the page allocator"
         pfn = yield from self.alloc.alloc(pid)
         if mm.dead:  # OOM-killed while we waited for memory
             self._drop(pid, pfn)
@@ -163,11 +174,17 @@ class HostFaultHandler:
         t_done = self.swap.submit(now, write=False)[0]
         yield self.env.timeout(t_done - now)
         mem.flags[pid] &= ~_U8(PG_LOCKED)
-        self.vmstat[VmStat.PGMAJFAULT] += 1
-        self.vmstat[VmStat.PSWPIN] += 1
         if mm.dead:
             self._drop(pid, pfn)
             return HostFault.MAJOR
+        self._swapin_done(pid, pfn, write)
+        return HostFault.MAJOR
+
+    def _swapin_done(self, pid: int, pfn: int, write: bool) -> None:
+        """The read finished: map the page, keep or free its swap copy, put it on the LRU."""
+        mem = self.mem
+        self.vmstat[VmStat.PGMAJFAULT] += 1
+        self.vmstat[VmStat.PSWPIN] += 1
         slot = int(mem.swp[pid])
         shadow = int(self.swap.shadow[slot])
         mem.flags[pid] |= _MAPPED
@@ -177,6 +194,19 @@ class HostFaultHandler:
             self.swap.free_slots(np.array([slot], dtype=np.uint32))
         self.policy.folio_add_lru(pfn, shadow)
         self.policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
+
+    def fault_sync(self, pid: int, write: bool) -> HostFault:
+        """Demand mode: resolve any fault at once; a swap-in's read takes no time."""
+        hf = self.fault_nowait(pid)
+        if hf is not None:
+            return hf
+        mem = self.mem
+        self.vmstat[VmStat.PGFAULT] += 1
+        pfn = self.alloc.alloc_fast(pid)
+        assert pfn >= 0, "demand allocation always succeeds"
+        mem.nr_swapped[int(mem.page_owner[pid])] -= 1
+        self.swap.pswpin += 1  # the read happens, but takes no time here
+        self._swapin_done(pid, pfn, write)
         return HostFault.MAJOR
 
     def _drop(self, pid: int, pfn: int) -> None:

@@ -119,3 +119,17 @@ def kvm_page_fault(
     mmu.map_spte(gfn, alias, write)
     host.kvm_release_page(pid, dirty=mmu.dirty_on_map or write)
     return kind, cpu_ns, retries
+
+
+def kvm_fault_demand(
+    mmu: KvmMmu, host: HostFaultHandler, *, pid: int, gfn: int, alias: int, write: bool
+) -> FaultKind:
+    """Demand mode: resolve an EPT violation at once (a swap-in's read takes no time)."""
+    idx = mmu.spte_index(gfn, alias)
+    if mmu.is_access_tracked(idx):
+        mmu.fast_page_fault(idx, write)
+        return FaultKind.ACCESS_TRACKING
+    hf = host.fault_sync(pid, write)
+    mmu.map_spte(gfn, alias, write)
+    host.kvm_release_page(pid, dirty=mmu.dirty_on_map or write)
+    return _KIND[hf]

@@ -70,6 +70,7 @@ class KvmMmu:
             the folio dirty (``kvm_release_faultin_page(..., map_writable)``).
         mark_dirty: host callback ``kvm_set_pfn_dirty`` for gfns whose dirty spte was zapped.
         kick: called with the number of remote TLB flushes to charge the VM's vCPUs for.
+        spte: storage for the sptes (a view into the host-wide array), else allocated here.
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class KvmMmu:
         dirty_on_map: bool = True,
         mark_dirty: Callable[[NDArray[np.int64]], None],
         kick: Callable[[int], None],
+        spte: NDArray[np.uint8] | None = None,
     ) -> None:
         self.nr_gfns, self.k, self.ept_ad = nr_gfns, sptes_per_gfn, ept_ad
         self.dirty_on_map = dirty_on_map
@@ -91,7 +93,8 @@ class KvmMmu:
             [s.userspace_addr + (s.npages << PAGE_SHIFT) for s in self.memslots], dtype=np.int64
         )
         self._slot_gfn = np.array([s.base_gfn for s in self.memslots], dtype=np.int64)
-        self.spte = np.zeros(nr_gfns * sptes_per_gfn, dtype=np.uint8)
+        self.spte = np.zeros(nr_gfns * sptes_per_gfn, dtype=np.uint8) if spte is None else spte
+        assert len(self.spte) == nr_gfns * sptes_per_gfn
         self.rmap_count = np.zeros(nr_gfns, dtype=np.uint8)
         self.mark_dirty, self.kick = mark_dirty, kick
         self.mmu_invalidate_seq = 0

@@ -55,6 +55,7 @@ class Vm:
         aging_notifiers: register the aging ops (``kvm.mmu_notifiers``).
         flush_on_age: pre-6.13 flush on a young ``clear_flush_young``.
         tlb_flush_exit_ns: cost charged to each running vCPU per remote flush.
+        spte: storage for this VM's sptes (a slice of a host-wide array), or None.
     """
 
     def __init__(
@@ -70,6 +71,7 @@ class Vm:
         aging_notifiers: bool,
         flush_on_age: bool,
         tlb_flush_exit_ns: int,
+        spte: NDArray[np.uint8] | None = None,
     ) -> None:
         self.index, self.name, self.mm, self.mem = index, name, mm, mem
         self.memslot = Memslot(base_gfn=0, npages=mm.nr_pages, userspace_addr=mm.hva_base)
@@ -80,11 +82,13 @@ class Vm:
             ept_ad=ept_ad,
             dirty_on_map=dirty_on_map,
             mark_dirty=self._mark_dirty,
+            spte=spte,
             kick=self.kick,
         )
         self.notifier = KvmNotifier(self.mmu, aging=aging_notifiers, flush_on_age=flush_on_age)
         mm.notifiers.register(self.notifier.ops())
         self.vcpus: list[Vcpu] = []
+        self.nr_vcpus = 0  # configured vCPUs (demand mode runs none as processes)
         self.stats = VmStats()
         self.tlb_flush_exit_ns = tlb_flush_exit_ns
 

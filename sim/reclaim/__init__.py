@@ -13,12 +13,18 @@ from typing import Annotated, Any, Union
 import numpy as np
 from pydantic import Field
 
-from sim.reclaim import two_list
+from sim.reclaim import clock, fifo, lru, opt, two_list
+from sim.reclaim import random as random_policy
 from sim.reclaim.base import EvictionPolicy, PageQueue, ReclaimBase, Reclaimer
 
 # policy name -> (config model, policy class)
 _REGISTRY: dict[str, tuple[type[ReclaimBase], type[Any]]] = {
     "two_list": (two_list.TwoListConfig, two_list.TwoList),
+    "clock": (clock.ClockConfig, clock.Clock),
+    "fifo": (fifo.FifoConfig, fifo.Fifo),
+    "random": (random_policy.RandomConfig, random_policy.Random),
+    "lru": (lru.LruConfig, lru.Lru),
+    "opt": (opt.OptConfig, opt.Opt),
 }
 
 _CONFIGS = tuple(cfg for cfg, _ in _REGISTRY.values())

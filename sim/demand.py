@@ -1,0 +1,329 @@
+"""Demand paging: exactly N frames, one eviction per miss, no time (the textbook model).
+
+Models
+    The model page-replacement theory (and the exact oracles) is defined on: a fixed reference
+    string, N frames, and on a miss with memory full exactly one page evicted by the policy.
+    The mechanism is the real one: accesses set spte accessed/dirty bits, misses go through
+    KVM's fault path and the host's GUP, eviction through the policy, ``folio_referenced`` (the
+    host rmap and the notifier chain into KVM), ``try_to_unmap`` (KVM zaps the sptes) and swap
+    slots. So CLOCK or the two-list LRU see guest accesses only if KVM's aging notifiers are on,
+    exactly as under kswapd. What demand mode removes is time: faults, reclaim and I/O take
+    none, write-back completes at once and there are no watermarks, kswapd or vCPU processes.
+
+    The reference string is either a trace (``memsim replay``) or a scenario's synthetic vCPU
+    streams merged by guest time: access ``i`` of a vCPU with rate ``r`` happens at
+    ``i * 1e9 // r`` ns, ties broken by VM then vCPU order. Because nothing here takes time,
+    the string does not depend on the policy, which is what makes OPT (which must know it in
+    advance) and exact comparisons between policies possible.
+
+Simplifications
+    Swap is never the limit (its capacity is at least the guest memory). Per-access order is
+    kept within a window of accesses: hits are applied in order up to each miss before the
+    miss is handled, so a policy deciding a victim sees every earlier access.
+
+Invariants
+    Resident pages never exceed N; every fault with memory full evicts exactly one page.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sim.config import Scenario
+from sim.guest.workloads import AccessStream
+from sim.host.fault import HostFaultHandler
+from sim.host.kswapd import account
+from sim.host.memory import DEF_PRIORITY, PG_EVICTED, HostMemory, Watermarks
+from sim.host.oom import OomKiller
+from sim.host.vmscan import ScanControl, Vmscan
+from sim.kvm.fault import kvm_fault_demand
+from sim.kvm.mmu import SPTE_ACCESS_TRACKED, SPTE_ACCESSED, SPTE_DIRTY, SPTE_PRESENT
+from sim.machine import MIB_PAGES, Machine, rng_for
+from sim.reclaim.base import EvictionPolicy
+
+_FAULT_MASK = np.uint8(SPTE_PRESENT | SPTE_ACCESS_TRACKED)
+_OK = np.uint8(SPTE_PRESENT)
+_A = np.uint8(SPTE_ACCESSED)
+_D = np.uint8(SPTE_DIRTY)
+_NOT_EVICTED = np.uint8(0xFF ^ PG_EVICTED)
+WINDOW = 65536  # accesses handled per vectorised window
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A run of the reference string: one entry per access, in order."""
+
+    vm: NDArray[np.int64]
+    vcpu: NDArray[np.int64]
+    gfn: NDArray[np.int64]
+    write: NDArray[np.bool_]
+    t_ns: NDArray[np.int64]
+
+
+class DemandAllocator:
+    """A free frame if there is one; else the policy evicts exactly one page first."""
+
+    def __init__(
+        self,
+        mem: HostMemory,
+        vmscan: Vmscan,
+        policy: EvictionPolicy,
+        vmstat: Counter[str],
+        oom: Callable[[], bool],
+    ) -> None:
+        self.mem, self.vmscan, self.policy, self.vmstat, self.oom = mem, vmscan, policy, vmstat, oom
+        self.evictions = 0
+
+    def alloc_fast(self, pid: int) -> int:
+        """Never waits and never fails: evicts one page when memory is full."""
+        if self.mem.nr_free == 0:
+            self.evict_one()
+        return self.mem.alloc_frame(pid)
+
+    def evict_one(self) -> None:
+        """Run the policy's reclaim, one folio at a time, until exactly one page is freed."""
+        sc = ScanControl(nr_to_reclaim=1, batch=1, direct=True)
+        for _ in range(3):  # a full sweep may only clear referenced bits; the next one evicts
+            for priority in range(DEF_PRIORITY, -1, -1):
+                sc.priority = priority
+                for _ in self.policy.shrink_node(sc, self.vmscan):
+                    if sc.nr_reclaimed:
+                        break
+                if sc.nr_reclaimed:
+                    break
+            if sc.nr_reclaimed:
+                break
+        account(self.vmstat, sc)
+        self.policy.reclaim_cycle_end()
+        self.evictions += sc.nr_reclaimed
+        if self.mem.nr_free == 0 and not (self.oom() and self.mem.nr_free > 0):
+            raise RuntimeError("demand paging: the policy found nothing to evict")
+
+
+class DemandWorld(Machine):
+    """A host in demand mode, driven by a reference string.
+
+    Args:
+        sc: the scenario (policy, KVM switches; host.memory_mib gives N unless ``nr_frames``).
+        outdir: where event tables go (None: no tables).
+        nr_frames: N, overriding the scenario's host memory (trace replay).
+        vm_pages: (name, pages) per VM, overriding the scenario's VMs (trace replay).
+        source: the reference string as windows, overriding the scenario's merged streams.
+        future_pages: for OPT, the whole string as global page ids (else it is materialised).
+    """
+
+    def __init__(
+        self,
+        sc: Scenario,
+        outdir: Path | None = None,
+        *,
+        nr_frames: int | None = None,
+        vm_pages: list[tuple[str, int]] | None = None,
+        source: Callable[[], Iterator[Window]] | None = None,
+    ) -> None:
+        vms = sc.vm_list()
+        if vm_pages is None:
+            vm_pages = [(name, cfg.memory_mib * MIB_PAGES) for name, cfg in vms]
+        if nr_frames is None:
+            nr_frames = sc.host.memory_mib * MIB_PAGES
+        total = sum(n for _, n in vm_pages)
+        self._t = 0
+        super().__init__(
+            sc,
+            nr_frames=nr_frames,
+            wmark=Watermarks(0, 0, 0, 0),
+            vm_pages=vm_pages,
+            swap_slots=max(sc.swap.size_mib * MIB_PAGES, total),
+            now=lambda: self._t,
+            schedule=lambda _t, fn: fn(),  # write-back completes at once
+            outdir=outdir,
+        )
+        self.oom = OomKiller(
+            self.mms, self.mem, self.swap, self.policy, self.vmstat, now=lambda: self._t
+        )
+        self.oom_kills = self.oom.kills
+        self.alloc = DemandAllocator(self.mem, self.vmscan, self.policy, self.vmstat, self.oom)
+        self.host_fault = HostFaultHandler(
+            None, self.mem, self.swap, self.alloc, self.policy, self.mms, self.vmstat
+        )
+        self.horizon_ns = round(sc.duration_s * 1e9)
+        self._source = source if source is not None else self._merged
+        self._alias_rng = rng_for(sc.seed, "demand.alias")
+        self._seq = 0
+        self.accesses = 0
+        self._next_sample = 0
+        self._sample_ns = max(1, round(sc.engine.sample_interval_ms * 1e6))
+        for vm, (_, cfg) in zip(self.vms, vms, strict=False):
+            vm.nr_vcpus = cfg.vcpus
+
+    # -- reference strings -------------------------------------------------------------------
+    def _merged(self) -> Iterator[Window]:
+        """The scenario's vCPU streams merged by guest time, in windows."""
+        sc = self.sc
+        entries = []
+        for vi, (name, cfg) in enumerate(sc.vm_list()):
+            ws = (cfg.working_set_mib or cfg.memory_mib) * MIB_PAGES
+            for j in range(cfg.vcpus):
+                stream = AccessStream(
+                    cfg.workload,
+                    vm_pages=self.vms[vi].mm.nr_pages,
+                    working_set_pages=ws,
+                    access_rate_per_s=cfg.access_rate_per_s,
+                    write_ratio=cfg.write_ratio,
+                    vcpu=j,
+                    nr_vcpus=cfg.vcpus,
+                    rng=rng_for(sc.seed, f"{name}.vcpu{j}.stream"),
+                )
+                entries.append((vi, j, stream, cfg.access_rate_per_s))
+        total_rate = sum(e[3] for e in entries)
+        step = max(1, WINDOW * 1_000_000_000 // total_rate)
+        done = [0] * len(entries)
+        t = 0
+        while t < self.horizon_ns:
+            t1 = min(t + step, self.horizon_ns)
+            parts = []
+            for k, (vi, j, stream, rate) in enumerate(entries):
+                end = (t1 * rate + 999_999_999) // 1_000_000_000
+                n = end - done[k]
+                if n <= 0:
+                    continue
+                g, w = stream.next(n)
+                ts = np.arange(done[k], end, dtype=np.int64) * 1_000_000_000 // rate
+                done[k] = end
+                parts.append((np.full(n, vi), np.full(n, j), g, w, ts, np.full(n, k)))
+            t = t1
+            if not parts:
+                continue
+            vm, vcpu, g, w, ts, order_key = (np.concatenate(x) for x in zip(*parts, strict=True))
+            order = np.lexsort((order_key, ts))
+            yield Window(vm[order], vcpu[order], g[order], w[order], ts[order])
+
+    # -- the engine --------------------------------------------------------------------------
+    def run(self, progress: Callable[[float], None] | None = None) -> None:
+        """Replay the whole reference string."""
+        windows: Iterator[Window] = self._source()
+        if self.policy.needs_future:
+            from sim.fastpath import next_use
+
+            materialised = list(windows)
+            pids = np.concatenate(
+                [self.vm_base[w.vm] + w.gfn for w in materialised] or [np.empty(0, np.int64)]
+            )
+            self.policy.set_future(next_use(pids))
+            windows = iter(materialised)
+        for w in windows:
+            self._step(w)
+            if progress is not None and self.horizon_ns:
+                progress(min(1.0, self._t / self.horizon_ns))
+        if progress is not None:
+            progress(1.0)
+
+    def _step(self, w: Window) -> None:
+        n = len(w.gfn)
+        if n == 0:
+            return
+        k, spte, mem = self.k, self.spte, self.mem
+        pid = self.vm_base[w.vm] + w.gfn
+        alias = self._alias_rng.integers(0, k, n) if k > 1 else 0
+        gidx = pid * k + alias
+        seq = np.arange(self._seq, self._seq + n, dtype=np.int64)
+        flags = mem.flags
+        last = 0
+        bad = np.flatnonzero((spte[gidx] & _FAULT_MASK) != _OK)
+        for b in bad.tolist():
+            ix = int(gidx[b])
+            if (spte[ix] & _FAULT_MASK) == _OK:
+                continue  # an earlier miss in this window brought it in
+            self._apply(w, pid, gidx, seq, last, b)
+            last = b
+            self._t = int(w.t_ns[b])
+            p, g, vi = int(pid[b]), int(w.gfn[b]), int(w.vm[b])
+            vm = self.vms[vi]
+            evicted = flags[p] & PG_EVICTED
+            kind = kvm_fault_demand(
+                vm.mmu, self.host_fault, pid=p, gfn=g, alias=ix - p * k, write=bool(w.write[b])
+            )
+            st = vm.stats
+            st.faults[kind] += 1
+            if evicted:
+                flags[p] &= _NOT_EVICTED
+                st.refaults += 1
+            if self.recorder is not None:
+                self.recorder.fault(self._t, vi, int(w.vcpu[b]), g, kind, 0, p)
+            if self._t >= self._next_sample:
+                self._sample()
+        self._apply(w, pid, gidx, seq, last, n)
+        self._seq += n
+        self.accesses += n
+        counts = np.bincount(w.vm, minlength=len(self.vms))
+        for vm, c in zip(self.vms, counts.tolist(), strict=True):
+            vm.stats.accesses += c
+        self._t = int(w.t_ns[-1])
+        if self._t >= self._next_sample:
+            self._sample()
+
+    def _apply(
+        self,
+        w: Window,
+        pid: NDArray[np.int64],
+        gidx: NDArray[np.int64],
+        seq: NDArray[np.int64],
+        lo: int,
+        hi: int,
+    ) -> None:
+        """Accesses ``lo:hi`` hit: hardware sets accessed (and dirty) bits; oracles are told."""
+        if hi <= lo:
+            return
+        spte = self.spte
+        hit = gidx[lo:hi]
+        spte[hit] |= _A
+        wr = w.write[lo:hi]
+        if wr.any():
+            spte[hit[wr]] |= _D
+        p = pid[lo:hi]
+        np.maximum.at(self.mem.last_access_us, p, (w.t_ns[lo:hi] // 1000).astype(np.uint32))
+        if self.policy.observes_accesses:
+            self.policy.on_access(self.mem.pfn[p].astype(np.int64), seq[lo:hi])
+
+    def _sample(self) -> None:
+        if self.recorder is not None and self.recorder.tl is not None:
+            self.sample(self._t)
+        self._next_sample = (self._t // self._sample_ns + 1) * self._sample_ns
+
+    def summary(self, wall_s: float, sim_time_ns: int | None = None) -> dict[str, Any]:
+        """The run's totals; in demand mode faults cost no time, so stalls are zero."""
+        out = super().summary(wall_s, self._t if sim_time_ns is None else sim_time_ns)
+        out["host"]["demand"] = {
+            "frames": self.nr_frames,
+            "accesses": self.accesses,
+            "evictions": self.alloc.evictions,
+        }
+        return out
+
+
+def trace_source(
+    vm_gfns: NDArray[np.int64], writes: NDArray[np.bool_], window: int = WINDOW
+) -> Callable[[], Iterator[Window]]:
+    """A one-VM, one-vCPU reference string (a trace); time is the access index."""
+
+    def windows() -> Iterator[Window]:
+        n = len(vm_gfns)
+        for lo in range(0, n, window):
+            hi = min(n, lo + window)
+            m = hi - lo
+            yield Window(
+                np.zeros(m, dtype=np.int64),
+                np.zeros(m, dtype=np.int64),
+                vm_gfns[lo:hi],
+                writes[lo:hi],
+                np.arange(lo, hi, dtype=np.int64),
+            )
+
+    return windows

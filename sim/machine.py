@@ -1,0 +1,266 @@
+"""The host's mechanism, assembled: memory, swap, rmap, reclaim, the policy and every VM's KVM.
+
+``Machine`` builds every data structure and synchronous mechanism of a scenario with no
+process attached: guest pages laid out as global page ids, host memory, the swap device, one
+QEMU mm per VM with KVM's MMU and notifier registered on it, the rmap, ``Vmscan`` and the
+eviction policy. The watermark world (engine.py) puts kswapd, the page allocator and vCPU
+processes on top; the demand world (demand.py) drives the same objects straight from a
+reference string. Both share the invariant checks, the timeline sample and the summary.
+
+Randomness: every component draws from its own generator seeded from
+``(seed, crc32(component name))``, so adding a VM does not change another VM's stream.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sim.config import Scenario
+from sim.host.memory import PAGE_SHIFT, PG_SWAP, PTE_PRESENT, HostMemory, Watermarks
+from sim.host.mm import Mm
+from sim.host.rmap import Rmap
+from sim.host.swap import SwapDevice
+from sim.host.vmscan import Schedule, Vmscan
+from sim.host.vmstat import VmStat, new_vmstat
+from sim.kvm.fault import FAULT_KINDS
+from sim.kvm.vm import Vm
+from sim.reclaim import make_policy
+from sim.record import Recorder
+
+MIB_PAGES = 1 << (20 - PAGE_SHIFT)
+
+
+def rng_for(seed: int, scope: str) -> np.random.Generator:
+    """The generator of one named component (``vm0.vcpu1``, ``swap``...)."""
+    return np.random.default_rng(
+        np.random.SeedSequence(seed, spawn_key=(zlib.crc32(scope.encode()),))
+    )
+
+
+class Machine:
+    """Every mechanism object of a scenario, without processes.
+
+    Args:
+        sc: the scenario (policy, KVM switches, costs, swap, output).
+        nr_frames: host frames.
+        wmark: zone watermarks.
+        vm_pages: (name, guest pages) per VM, in order.
+        swap_slots: swap capacity in pages.
+        now: current simulated time (ns), for the logs.
+        schedule: ``schedule(t_ns, fn)``: run ``fn`` at ``t_ns`` (write-back completions).
+        outdir: where event tables go (None: no tables).
+    """
+
+    def __init__(
+        self,
+        sc: Scenario,
+        *,
+        nr_frames: int,
+        wmark: Watermarks,
+        vm_pages: Sequence[tuple[str, int]],
+        swap_slots: int,
+        now: Callable[[], int],
+        schedule: Schedule,
+        outdir: Path | None,
+    ) -> None:
+        self.sc, self.nr_frames = sc, nr_frames
+        sizes = np.array([n for _, n in vm_pages], dtype=np.int64)
+        self.vm_base = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+        page_owner = np.repeat(np.arange(len(vm_pages), dtype=np.int32), sizes)
+        self.mem = mem = HostMemory(nr_frames, int(sizes.sum()), wmark, page_owner, len(sizes))
+        self.swap = SwapDevice(sc.swap, swap_slots, rng_for(sc.seed, "swap"))
+        self.mms = mms = [
+            Mm(i, name, int(self.vm_base[i]), int(sizes[i])) for i, (name, _) in enumerate(vm_pages)
+        ]
+        self.vmstat = new_vmstat()
+        self.policy = policy = make_policy(
+            sc.reclaim, nr_frames=nr_frames, vmstat=self.vmstat, rng=rng_for(sc.seed, "policy")
+        )
+        self.recorder: Recorder | None = None
+        if outdir is not None:
+            self.recorder = Recorder(
+                outdir,
+                [n for n, _ in vm_pages],
+                self.vm_base,
+                policy.name,
+                mem,
+                sc.output.model_dump(),
+                sc.output.chunk_rows,
+            )
+        self.rmap = Rmap(mem, mms)
+        self.vmscan = Vmscan(mem, self.swap, self.rmap, mms, now, schedule, self.recorder)
+        self.vmscan.policy = policy
+        self.k = k = 1 if sc.kvm.tdp_mmu else sc.kvm.shadow_sptes_per_gfn
+        self.spte = np.zeros(int(sizes.sum()) * k, dtype=np.uint8)  # every VM's sptes
+        self.vms: list[Vm] = []
+        for i, (name, _) in enumerate(vm_pages):
+            b, n = int(self.vm_base[i]), int(sizes[i])
+            self.vms.append(
+                Vm(
+                    i,
+                    name,
+                    mms[i],
+                    mem,
+                    sptes_per_gfn=k,
+                    ept_ad=sc.kvm.ept_ad_bits,
+                    dirty_on_map=sc.kvm.dirty_on_map,
+                    aging_notifiers=sc.kvm.mmu_notifiers,
+                    flush_on_age=sc.kvm.flush_on_age,
+                    tlb_flush_exit_ns=sc.costs.tlb_flush_exit_ns,
+                    spte=self.spte[b * k : (b + n) * k],
+                )
+            )
+        self.oom_kills: list[tuple[int, str]] = []
+
+    # -- observation -------------------------------------------------------------------------
+    def check(self) -> None:
+        """Assert every cross-module invariant (tests call this; O(pages))."""
+        mem = self.mem
+        mem.check()
+        present = (mem.flags & PTE_PRESENT) != 0
+        for vm in self.vms:
+            b, n = vm.mm.pid_base, vm.mm.nr_pages
+            vm.mmu.check(present[b : b + n])
+        # On the LRU: every mapped page (a page remapped while its write-out is in flight is
+        # back on it); off it: pages being read in, and unmapped pages under write-out.
+        on_lru = np.zeros(self.nr_frames, dtype=np.bool_)
+        on_lru[mem.pfn[present]] = True
+        self.policy.check(on_lru)
+        used = self.swap.nr_slots - self.swap.nr_free_slots
+        assert used == int(((mem.flags & PG_SWAP) != 0).sum()), "swap slot accounting"
+
+    def kswapd_busy_ns(self) -> int:
+        """Time kswapd spent reclaiming (none without kswapd)."""
+        return 0
+
+    def notifier_calls(self) -> int:
+        """Notifier callbacks made so far, all ops."""
+        return sum(sum(mm.notifiers.calls.values()) for mm in self.mms)
+
+    def sample(self, t_ns: int) -> None:
+        """Append one timeline sample (one row per VM)."""
+        assert self.recorder is not None
+        mem, vs, wm = self.mem, self.vmstat, self.mem.wmark
+        lru = self.policy.lru_sizes()
+        host = [
+            mem.nr_free,
+            mem.nr_writeback,
+            wm.min,
+            wm.low,
+            wm.high,
+            lru.get("inactive", 0),
+            lru.get("active", 0),
+            self.kswapd_busy_ns(),
+            vs[VmStat.PGSCAN_KSWAPD],
+            vs[VmStat.PGSTEAL_KSWAPD],
+            vs[VmStat.PGSCAN_DIRECT],
+            vs[VmStat.PGSTEAL_DIRECT],
+            vs[VmStat.ALLOCSTALL],
+            self.swap.pswpin,
+            self.swap.pswpout,
+            self.notifier_calls(),
+            sum(vm.mmu.remote_tlb_flush for vm in self.vms),
+            self.swap.nr_slots - self.swap.nr_free_slots,
+        ]
+        per_vm = []
+        for vm in self.vms:
+            st = vm.stats
+            per_vm.append(
+                [
+                    int(mem.nr_resident[vm.index]),
+                    int(mem.nr_swapped[vm.index]),
+                    st.accesses,
+                    *(st.faults[k] for k in FAULT_KINDS),
+                    st.refaults,
+                    st.stall_ns,
+                    st.tlb_flush_exits,
+                ]
+            )
+        self.recorder.sample(t_ns, per_vm, host)
+
+    def summary(self, wall_s: float, sim_time_ns: int) -> dict[str, Any]:
+        """The run's totals (``summary.json``)."""
+        sc, mem, vs = self.sc, self.mem, self.vmstat
+        dur_s = max(sim_time_ns, 1) / 1e9
+        vms = []
+        for vm in self.vms:
+            st = vm.stats
+            run_ns = st.compute_ns + st.stall_ns
+            vms.append(
+                {
+                    "name": vm.name,
+                    "accesses": st.accesses,
+                    "faults": dict(st.faults),
+                    "refaults": st.refaults,
+                    "stall_ns": st.stall_ns,
+                    "compute_ns": st.compute_ns,
+                    "stall_fraction": st.stall_ns / run_ns if run_ns else 0.0,
+                    "slowdown": run_ns / st.compute_ns if st.compute_ns else None,
+                    "major_faults_per_s": st.faults["major"] / dur_s,
+                    "memory_pages": vm.mm.nr_pages,
+                    "resident_pages": int(mem.nr_resident[vm.index]),
+                    "swapped_pages": int(mem.nr_swapped[vm.index]),
+                    "vcpus": vm.nr_vcpus,
+                    "tlb_flush_exits": st.tlb_flush_exits,
+                    "remote_tlb_flush": vm.mmu.remote_tlb_flush,
+                    "pf_fast": vm.mmu.pf_fast,
+                    "pf_retry": vm.mmu.pf_retry,
+                    "oom_killed": vm.mm.dead,
+                }
+            )
+        calls: dict[str, int] = {}
+        for mm in self.mms:
+            for op, n in mm.notifiers.calls.items():
+                calls[op] = calls.get(op, 0) + n
+        kvm_rmap = 0 if sc.kvm.tdp_mmu else vs[VmStat.SPTES_WALKED]
+        swap = self.swap
+        host = {
+            "memory_pages": self.nr_frames,
+            "trigger": sc.reclaim.trigger,
+            "wmark": {
+                "min": mem.wmark.min,
+                "low": mem.wmark.low,
+                "high": mem.wmark.high,
+                "min_free_kbytes": mem.wmark.min_free_kbytes,
+            },
+            "kswapd_scanned": vs[VmStat.PGSCAN_KSWAPD],
+            "kswapd_reclaimed": vs[VmStat.PGSTEAL_KSWAPD],
+            "kswapd_busy_ns": self.kswapd_busy_ns(),
+            "kswapd_wakeups": vs[VmStat.KSWAPD_WAKEUPS],
+            "direct_reclaims": vs[VmStat.ALLOCSTALL],
+            "direct_scanned": vs[VmStat.PGSCAN_DIRECT],
+            "direct_reclaimed": vs[VmStat.PGSTEAL_DIRECT],
+            "pswpin": swap.pswpin,
+            "pswpout": swap.pswpout,
+            "tlb_flushes": sum(vm.mmu.remote_tlb_flush for vm in self.vms),
+            "rmap_walked": vs[VmStat.RMAP_WALKED] + kvm_rmap,
+            "host_rmap_walked": vs[VmStat.RMAP_WALKED],
+            "kvm_sptes_walked": vs[VmStat.SPTES_WALKED],
+            "notifier": calls,
+            "free_pages_end": mem.nr_free,
+            "swap": {
+                "slots": swap.nr_slots,
+                "used_end": swap.nr_slots - swap.nr_free_slots,
+                "full_failures": vs[VmStat.SWAP_FULL],
+                "exhausted": vs[VmStat.SWAP_FULL] > 0,
+                "device_busy_ns": swap.busy_ns,
+                "queue_wait_ns": swap.wait_ns,
+            },
+            "oom_kills": [{"t_ns": t, "vm": n} for t, n in self.oom_kills],
+            "vmstat": dict(sorted(vs.items())),
+        }
+        return {
+            "name": sc.name,
+            "seed": sc.seed,
+            "config_hash": sc.config_hash(),
+            "policy": self.policy.name,
+            "vms": vms,
+            "host": host,
+            "sim_time_ns": int(sim_time_ns),
+            "wall_s": round(wall_s, 3),
+        }
