@@ -13,7 +13,7 @@ from typing import Annotated, Any, Union
 import numpy as np
 from pydantic import Field
 
-from sim.reclaim import clock, fifo, lru, opt, two_list
+from sim.reclaim import clock, fifo, lru, mglru, opt, two_list
 from sim.reclaim import random as random_policy
 from sim.reclaim.base import EvictionPolicy, PageQueue, ReclaimBase, Reclaimer
 
@@ -25,6 +25,7 @@ _REGISTRY: dict[str, tuple[type[ReclaimBase], type[Any]]] = {
     "random": (random_policy.RandomConfig, random_policy.Random),
     "lru": (lru.LruConfig, lru.Lru),
     "opt": (opt.OptConfig, opt.Opt),
+    "mglru": (mglru.MglruConfig, mglru.Mglru),
 }
 
 _CONFIGS = tuple(cfg for cfg, _ in _REGISTRY.values())

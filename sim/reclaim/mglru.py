@@ -1,0 +1,835 @@
+"""The multi-generational LRU (CONFIG_LRU_GEN, "MGLRU") for one anon-only lruvec.
+
+Models
+    Folios live in generations numbered by sequence: ``min_seq`` (oldest) .. ``max_seq``
+    (youngest), two to four of them at a time, each a list (a ring of pfns) indexed by
+    ``seq % MAX_NR_GENS``. A folio's generation is a per-frame number that aging may raise
+    without moving the folio ("lazy" promotion); eviction's sort step moves it to the list of its
+    generation when it meets it at the oldest end, as the kernel does.
+
+    Placement (``lru_gen_folio_seq``, 6.14+): every add in this simulator happens inside a fault
+    (first touch, swap-in, swap-cache hit through KVM's GUP), so ``folio_add_lru`` marks the folio
+    PG_active and it joins generation ``max_seq - 1``, or ``max_seq`` if it is PG_workingset (a
+    refault whose shadow says it was workingset). Adds go through the per-CPU ``lru_add`` batch
+    (FOLIO_BATCH_SIZE = 31, drained when full and before reclaim looks at the lists); while a
+    folio sits in it, ``folio_mark_accessed`` (``lru_gen_inc_refs``) sees no PG_lru and does
+    nothing, so GUP's FOLL_TOUCH and KVM's release right after a fault-in usually leave no trace.
+
+    Aging (``try_to_inc_max_seq``): a walk over every present pte of every mm in page-table
+    order, in batches of one PTE table (512 ptes, paid for and yielded after each). Since 6.12 the
+    mm has notifiers (KVM), so the walk calls ``ptep_clear_young_notify`` on every present pte of
+    a folio on the LRU: one ``clear_young`` notifier call per pte. A young folio gets
+    ``folio_update_gen``: the first sighting only sets PG_referenced; a folio already
+    PG_referenced or PG_workingset moves to ``max_seq`` with PG_workingset (PG_referenced
+    cleared). Then ``inc_max_seq``: if four generations exist, ``inc_min_seq`` first pushes the
+    oldest generation's folios into the next one ("protected"; their PG_referenced is cleared);
+    ``max_seq`` advances and the new generation is stamped with the time. Concurrent reclaimers
+    share one walk (the kernel's shared mm-list iterator): whoever finishes it advances
+    ``max_seq``, the others give up.
+
+    Eviction (``evict_folios``): from the oldest generation's tail, up to the scan budget
+    (``lru_size >> priority``, at most MAX_LRU_BATCH per call) and ``sc.batch`` isolated folios:
+    ``sort_folio`` moves promoted folios to their generation's list, protects folios of a tier
+    the PID controller says refaults more than tier 0 (and folios under writeback) by moving them
+    one generation up; the rest are isolated (``pgscan``; sorted ones count as ``pgrefill``).
+    ``try_to_inc_min_seq`` then skips empty generations. Each isolated folio gets the MGLRU branch
+    of ``folio_check_references``: ``lru_gen_look_around`` clears its pte's young bit with
+    ``ptep_clear_young_notify``; if it was young, up to 64 neighbouring ptes in its PMD are
+    cleared too and their young folios get ``folio_update_gen``. Not young -> RECLAIM
+    (``shrink_folio_list``); young and neither PG_referenced nor PG_workingset -> KEEP with
+    PG_referenced; otherwise ACTIVATE (PG_workingset, into ``max_seq``). Folios that could not
+    be reclaimed are activated. Rejected folios are never put back into the oldest generation.
+
+    Tiers and the PID controller: a folio's tier is ``order_base_2(refs)`` (refs = fd accesses
+    counted by ``lru_gen_inc_refs``), or 3 if PG_workingset. Per tier the lruvec counts
+    ``evicted``, ``refaulted`` and ``protected`` for the current min_seq, folded into halving
+    averages whenever min_seq advances; ``get_tier_idx`` protects tiers whose refault rate is
+    worse than tier 0's (``positive_ctrl_err``, gains 2:3). For guest memory refs stay 0/1, so
+    this is tier 0 (never promoted) against tier 3 (PG_workingset).
+
+    Workingset (6.14+): the shadow token holds min_seq at eviction, refs - 1 and PG_workingset.
+    A refault is recent if the token's sequence is within MAX_NR_GENS of ``max_seq``: then
+    ``refaulted[tier]`` and WORKINGSET_ACTIVATE count it, and a shadow with PG_workingset sets
+    PG_workingset again (WORKINGSET_RESTORE), which places the folio in ``max_seq``.
+
+    kswapd's ``lru_gen_age_node`` does no aging itself; with ``min_ttl_ms`` it checks whether the
+    oldest generation is older than the TTL and, if not, counts ``mglru_min_ttl_oom`` (the kernel
+    would invoke the OOM killer there).
+
+    ``notifier_walk: false`` is the behaviour before 6.12: the walk and the look-around test and
+    clear only the host pte young bits (no notifier call), and only for young host ptes; the
+    folio being evicted is still checked with ``folio_referenced``
+    (``ptep_clear_flush_young_notify``, which does ask KVM), after a host-only look-around if
+    its host pte was young.
+
+Kernel reference
+    mm/vmscan.c: ``try_to_inc_max_seq``, ``inc_max_seq``, ``inc_min_seq``,
+    ``try_to_inc_min_seq``, ``walk_pte_range``, ``folio_update_gen``, ``folio_inc_gen``,
+    ``lru_gen_look_around``, ``lru_gen_set_refs``, ``lru_gen_folio_check_references``,
+    ``should_run_aging``, ``get_nr_to_scan``, ``evict_folios``, ``isolate_folios``,
+    ``scan_folios``, ``sort_folio``, ``isolate_folio``, ``get_type_to_scan``, ``get_tier_idx``,
+    ``read_ctrl_pos``, ``reset_ctrl_pos``, ``positive_ctrl_err``, ``try_to_shrink_lruvec``,
+    ``should_abort_scan``, ``lru_gen_age_node``, ``lruvec_is_reclaimable``;
+    include/linux/mm_inline.h: ``lru_gen_folio_seq``, ``lru_gen_add_folio``,
+    ``lru_tier_from_refs``, ``folio_lru_refs``; mm/swap.c: ``folio_add_lru``,
+    ``lru_gen_inc_refs``; mm/workingset.c: ``lru_gen_eviction``, ``lru_gen_test_recent``,
+    ``lru_gen_refault`` (all as of the Dec 2024 "rework workingset protection" series, ~6.14).
+
+Simplifications
+    One lruvec (no memcg, no memcg LRU), anon only: the file type has no generations and
+    ``min_seq[file]`` is not modelled (``evictable_min_seq`` is the anon one); swappiness 0 or a
+    full swap device leaves nothing evictable. No Bloom filter and no mm-list skipping: every
+    aging walk visits every present pte (the kernel's ``force_scan``), which is the upper bound of
+    its cost; the walk snapshot is taken at its start and frames that left the LRU meanwhile are
+    skipped. ``folio_update_gen`` is used for look-around promotions in direct reclaim too (the
+    kernel uses ``lru_gen_set_refs`` + ``folio_activate`` there, with the same result). Folios
+    kept by the reference check are put back as "anon not in the swap cache" (generation
+    ``max_seq - 1``): the policy cannot see the swap cache. No PG_reclaim (write-out completion
+    frees the frame here). At most ``sc.batch`` folios are isolated per ``evict_folios`` (the
+    kernel isolates up to MIN_LRU_BATCH = 64). No ``set_initial_priority`` for kswapd. The
+    controller keeps one history generation (NR_HIST_GENS = 1, CONFIG_LRU_GEN_STATS off).
+    Pte dirty bits seen by the walk are not transferred. In demand mode (``nr_to_reclaim == 1``)
+    a call goes on, lowering the priority and aging as needed, until it has reclaimed its page
+    (standing in for the caller's retries). The walk's pte visits are priced through the
+    host's aging call: one rmap entry and one notifier call per pte (the host-only walk prices
+    only the young ptes it clears). Two host services the Reclaimer protocol does not offer are
+    reached through the reclaimer object when present: ``now()`` (generation timestamps for
+    ``min_ttl_ms``) and a host-only young test-and-clear for the pre-6.12 walk (see
+    ``_ptep_test_and_clear_young``).
+
+Invariants
+    ``2 <= max_seq - min_seq + 1 <= 4``. Every folio the policy tracks is either in the lru_add
+    batch or on exactly one generation list; a listed folio's generation lies between that
+    list's sequence and ``max_seq``, and lists outside ``[min_seq, max_seq]`` are empty. The
+    per-generation page counts match the folios' generations.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import Field
+
+from sim.host.memory import DEF_PRIORITY, PTE_YOUNG, PTRS_PER_PMD
+from sim.host.vmscan import ScanControl
+from sim.host.vmstat import VmStat
+from sim.reclaim.base import PageQueue, Pfns, ReclaimBase, Reclaimer
+
+MIN_NR_GENS = 2
+MAX_NR_GENS = 4
+MAX_NR_TIERS = 4
+LRU_REFS_WIDTH = 2  # MAX_NR_TIERS - 2 spare bits for fd access counts
+MIN_LRU_BATCH = 64  # BITS_PER_LONG: look-around window, isolation batch
+MAX_LRU_BATCH = MIN_LRU_BATCH * 64  # folios scanned per scan_folios call
+FOLIO_BATCH_SIZE = 31  # per-CPU lru_add batch
+WALK_BATCH = PTRS_PER_PMD  # ptes walked between yields: one PTE table
+MAX_SWAPPINESS = 200
+ANON, FILE = 0, 1
+
+# Per-frame flags (uint8): list membership and the folio flags MGLRU uses.
+FL_LRU = 0x01  # PG_lru: on a generation list
+PG_REFERENCED = 0x02
+PG_WORKINGSET = 0x04
+PG_ACTIVE = 0x08  # only while off the lists (set in a fault or on activation)
+FL_BATCH = 0x10  # in the per-CPU lru_add batch (not yet PG_lru)
+LRU_REFS_PGOFF = 6
+LRU_REFS_MASK = ((1 << LRU_REFS_WIDTH) - 1) << LRU_REFS_PGOFF
+LRU_REFS_FLAGS = LRU_REFS_MASK | PG_REFERENCED
+_U8 = np.uint8
+_OB2 = np.array([0, 0, 1, 2, 2], dtype=np.int64)  # order_base_2(refs) for refs 0..4
+_MAXED = (1 << LRU_REFS_WIDTH) + 1  # refs + workingset of a folio with every bit set
+
+# Shadow token (32 bits): PG_workingset | min_seq at eviction | refs - 1.
+_SEQ_BITS = 31 - LRU_REFS_WIDTH
+_SEQ_MASK = (1 << _SEQ_BITS) - 1
+
+
+class MglruConfig(ReclaimBase):
+    """Multi-generational LRU (CONFIG_LRU_GEN on), anon only."""
+
+    policy: Literal["mglru"] = "mglru"
+    swappiness: int = Field(
+        60,
+        ge=0,
+        le=200,
+        description="vm.swappiness: 0 leaves anon unevictable; otherwise it weighs anon "
+        "against file in get_type_to_scan (trivial with anon only).",
+    )
+    min_ttl_ms: int = Field(
+        0,
+        ge=0,
+        description="/sys/kernel/mm/lru_gen/min_ttl_ms: kswapd counts mglru_min_ttl_oom when "
+        "the oldest generation is younger than this (the kernel OOM-kills); 0 = off.",
+    )
+    notifier_walk: bool = Field(
+        True,
+        description="6.12+: the aging walk and look-around call ptep_clear_young_notify on "
+        "every present pte (one KVM clear_young each). Off: pre-6.12, they test and clear "
+        "only host pte young bits.",
+    )
+
+
+class _GenList(PageQueue):
+    """A generation's list: a ``PageQueue`` that can also put folios back at its tail
+    (``list_move_tail``, and undoing a partial isolation)."""
+
+    __slots__ = ()
+
+    def add_tail(self, pfns: NDArray[np.integer]) -> None:
+        """Add folios at the tail (oldest end); ``pfns[0]`` becomes the new tail."""
+        if self._pending:
+            self.drain()
+        n = len(pfns)
+        if n == 0:
+            return
+        self._grow(self._size + n)
+        cap = len(self._buf)
+        start = (self._start - n) % cap
+        first = min(n, cap - start)
+        self._buf[start : start + first] = pfns[:first]
+        if first < n:
+            self._buf[: n - first] = pfns[first:]
+        self._start = start
+        self._size += n
+
+
+@dataclass(slots=True)
+class _Walk:
+    """One aging walk in progress (the mm-list iterator reclaimers share)."""
+
+    seq: int
+    pfns: Pfns
+    pos: int = 0
+
+
+@dataclass(slots=True)
+class _CtrlPos:
+    refaulted: int
+    total: int
+    gain: int
+
+
+def _positive_ctrl_err(sp: _CtrlPos, pv: _CtrlPos) -> bool:
+    """True if the PV has few refaults or a refault rate no worse than the SP's."""
+    return pv.refaulted < MIN_LRU_BATCH or (
+        pv.refaulted * (sp.total + MIN_LRU_BATCH) * sp.gain
+        <= (sp.refaulted + 1) * pv.total * pv.gain
+    )
+
+
+def _ptep_test_and_clear_young(reclaim: Reclaimer, pfns: Pfns, sc: ScanControl) -> Any:
+    """Host-only young test-and-clear of each folio's pte (no notifier): the pre-6.12 walk.
+
+    The Reclaimer protocol offers only the notifier-extended ``clear_young``. Use the host's
+    ``ptep_test_and_clear_young(pfns, sc)`` if it has one; otherwise (stopgap) read and clear
+    the host pte young bits in the page-state arrays of the host's ``Vmscan`` (``reclaim.mem``).
+    Each young pte cleared is priced as one rmap entry.
+    """
+    fn = getattr(reclaim, "ptep_test_and_clear_young", None)
+    if fn is not None:
+        return fn(pfns, sc)
+    mem = reclaim.mem  # type: ignore[attr-defined]
+    pids = mem.frame_pid[pfns]
+    f = mem.flags[pids]
+    young = (f & PTE_YOUNG) != 0
+    mem.flags[pids[young]] = f[young] & ~_U8(PTE_YOUNG)
+    sc.nr_rmap_walked += int(young.sum())
+    return young
+
+
+def _now(reclaim: Reclaimer) -> int:
+    """Simulated time (ns) from the host's ``now()``, or 0 if it has none."""
+    now = getattr(reclaim, "now", None)
+    return int(now()) if now is not None else 0
+
+
+class Mglru:
+    """The multi-gen LRU for one anon-only lruvec.
+
+    Args:
+        cfg: policy knobs.
+        nr_frames: frames on the host (per-frame state is indexed by pfn).
+        vmstat: host counters (workingset_*, plus mglru_* counters of its own).
+        rng: the policy's generator (unused: MGLRU is deterministic here).
+    """
+
+    name: ClassVar[str] = "mglru"
+    observes_accesses: ClassVar[bool] = False
+    needs_future: ClassVar[bool] = False
+
+    def __init__(
+        self, cfg: MglruConfig, nr_frames: int, vmstat: Counter[str], rng: np.random.Generator
+    ) -> None:
+        self.cfg, self.vmstat = cfg, vmstat
+        self.fl = np.zeros(nr_frames, dtype=np.uint8)
+        self.seq = np.full(nr_frames, -1, dtype=np.int64)  # generation (sequence) on a list
+        self.lists = [_GenList() for _ in range(MAX_NR_GENS)]
+        self.nr_pages = np.zeros(MAX_NR_GENS, dtype=np.int64)  # folios per gen (seq % 4)
+        # lru_gen_init_lruvec: max_seq = MIN_NR_GENS + 1, min_seq = 0
+        self.max_seq = MIN_NR_GENS + 1
+        self.min_seq = 0
+        self.timestamps = np.zeros(MAX_NR_GENS, dtype=np.int64)  # birth of each gen (ns)
+        # PID controller, anon only (file counts are zero): current and averaged, per tier
+        self.refaulted = [0] * MAX_NR_TIERS
+        self.evicted = [0] * MAX_NR_TIERS
+        self.protected = [0] * MAX_NR_TIERS
+        self.avg_refaulted = [0] * MAX_NR_TIERS
+        self.avg_total = [0] * MAX_NR_TIERS
+        self._batch: list[int] = []  # per-CPU lru_add batch
+        self._walk: _Walk | None = None
+        self._mm_seq = 0  # mm_state->seq: the last max_seq whose walk completed
+
+    # -- flags and placement -----------------------------------------------------------------
+    @staticmethod
+    def _refs(fl: NDArray[np.uint8]) -> NDArray[np.int64]:
+        """``folio_lru_refs``: accesses counted through fds, 0 unless PG_referenced."""
+        refs = ((fl & LRU_REFS_MASK) >> LRU_REFS_PGOFF).astype(np.int64) + 1
+        return np.where((fl & PG_REFERENCED) != 0, refs, 0)
+
+    @classmethod
+    def _tier(cls, fl: NDArray[np.uint8]) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+        """``lru_tier_from_refs`` per folio, and whether refs + workingset are maxed."""
+        refs = cls._refs(fl)
+        ws = (fl & PG_WORKINGSET) != 0
+        return np.where(ws, MAX_NR_TIERS - 1, _OB2[refs]), refs + ws == _MAXED
+
+    def _folio_seq(self, fl: NDArray[np.uint8]) -> NDArray[np.int64]:
+        """``lru_gen_folio_seq`` (not reclaiming) for anon folios not in the swap cache."""
+        ws = ((fl & PG_WORKINGSET) != 0).astype(np.int64)
+        g = np.where((fl & PG_ACTIVE) != 0, MIN_NR_GENS - ws, MIN_NR_GENS)
+        return np.maximum(self.max_seq - g + 1, self.min_seq)
+
+    def _add(self, pfns: Pfns, seqs: NDArray[np.int64]) -> None:
+        """``lru_gen_add_folio`` for each folio into generation ``seqs[i]`` (at the head)."""
+        if len(pfns) == 0:
+            return
+        self.seq[pfns] = seqs
+        self.fl[pfns] = (self.fl[pfns] & ~_U8(PG_ACTIVE | FL_BATCH)) | _U8(FL_LRU)
+        self.nr_pages += np.bincount(seqs % MAX_NR_GENS, minlength=MAX_NR_GENS)
+        self._move(pfns, seqs)
+
+    def _move(self, pfns: Pfns, seqs: NDArray[np.int64], tail: bool = False) -> None:
+        """Put taken-off folios on the lists of the generations ``seqs`` (head or tail), in
+        order; their generation numbers and the page counts are already up to date."""
+        gens = seqs % MAX_NR_GENS
+        first = int(gens[0])
+        groups = [(first, pfns)] if (gens == first).all() else None
+        if groups is None:
+            groups = [(g, pfns[gens == g]) for g in np.unique(gens).tolist()]
+        for gen, sel in groups:
+            if tail:
+                self.lists[gen].add_tail(sel)
+            else:
+                self.lists[gen].add_head(sel)
+
+    def _set_seq(self, pfns: Pfns, new: NDArray[np.int64] | int) -> None:
+        """Change listed folios' generations, keeping the page counts."""
+        old = self.seq[pfns] % MAX_NR_GENS
+        self.nr_pages -= np.bincount(old, minlength=MAX_NR_GENS)
+        self.seq[pfns] = new
+        self.nr_pages += np.bincount(self.seq[pfns] % MAX_NR_GENS, minlength=MAX_NR_GENS)
+
+    def _lru_add_drain(self) -> None:
+        """Move the lru_add batch onto the generation lists."""
+        if not self._batch:
+            return
+        pfns = np.array(self._batch, dtype=np.int64)
+        self._batch = []
+        self._add(pfns, self._folio_seq(self.fl[pfns]))
+
+    def _folio_update_gen(self, pfns: Pfns) -> None:
+        """``folio_update_gen`` on young folios: the first sighting only sets PG_referenced;
+        later ones move the folio to ``max_seq`` with PG_workingset (lazily)."""
+        if len(pfns) == 0:
+            return
+        fl = self.fl[pfns]
+        first = (fl & (PG_REFERENCED | PG_WORKINGSET)) == 0
+        self.fl[pfns[first]] = (fl[first] & ~_U8(LRU_REFS_MASK)) | _U8(PG_REFERENCED)
+        hot = pfns[~first]
+        if len(hot):
+            self._set_seq(hot, self.max_seq)
+            self.fl[hot] = (fl[~first] & ~_U8(LRU_REFS_FLAGS)) | _U8(PG_WORKINGSET)
+
+    # -- PID controller ----------------------------------------------------------------------
+    def _read_ctrl_pos(self, tier: int, gain: int) -> _CtrlPos:
+        """``read_ctrl_pos`` (anon): one tier, or all of them for ``tier == MAX_NR_TIERS``."""
+        tiers = range(MAX_NR_TIERS) if tier == MAX_NR_TIERS else (tier,)
+        refaulted = sum(self.avg_refaulted[t] + self.refaulted[t] for t in tiers)
+        total = sum(self.avg_total[t] + self.protected[t] + self.evicted[t] for t in tiers)
+        return _CtrlPos(refaulted, total, gain)
+
+    def _reset_ctrl_pos(self) -> None:
+        """``reset_ctrl_pos(carryover)`` when min_seq advances: fold into halving averages."""
+        for t in range(MAX_NR_TIERS):
+            self.avg_refaulted[t] = (self.avg_refaulted[t] + self.refaulted[t]) // 2
+            self.avg_total[t] = (self.avg_total[t] + self.protected[t] + self.evicted[t]) // 2
+        self.refaulted = [0] * MAX_NR_TIERS
+        self.evicted = [0] * MAX_NR_TIERS
+        self.protected = [0] * MAX_NR_TIERS
+
+    @staticmethod
+    def _count(counts: list[int], tiers: NDArray[np.int64]) -> int:
+        """Add one per folio to ``counts[tier]``; returns how many."""
+        for t, n in enumerate(np.bincount(tiers, minlength=MAX_NR_TIERS).tolist()):
+            counts[t] += n
+        return len(tiers)
+
+    def get_tier_idx(self) -> int:
+        """``get_tier_idx``: tiers above the result are protected (gains 2:3 for margin)."""
+        sp = self._read_ctrl_pos(0, 2)
+        tier = 1
+        while tier < MAX_NR_TIERS:
+            if not _positive_ctrl_err(sp, self._read_ctrl_pos(tier, 3)):
+                break
+            tier += 1
+        return tier - 1
+
+    def get_type_to_scan(self, swappiness: int) -> int:
+        """``get_type_to_scan``: anon against file (which has no folios and no refaults)."""
+        if swappiness <= 1:
+            return FILE
+        if swappiness >= MAX_SWAPPINESS:
+            return ANON
+        sp = self._read_ctrl_pos(MAX_NR_TIERS, swappiness)
+        pv = _CtrlPos(0, 0, MAX_SWAPPINESS - swappiness)
+        return FILE if _positive_ctrl_err(sp, pv) else ANON
+
+    # -- aging -------------------------------------------------------------------------------
+    def _inc_min_seq(self) -> None:
+        """``inc_min_seq``: push the oldest generation into the next one."""
+        lst = self.lists[self.min_seq % MAX_NR_GENS]
+        pfns = lst.isolate_tail(len(lst))
+        if len(pfns):
+            fl = self.fl[pfns]
+            tier, maxed = self._tier(fl)
+            self.vmstat["mglru_protected"] += self._count(self.protected, tier[~maxed])
+            old = self.seq[pfns] == self.min_seq
+            self._set_seq(pfns[old], self.min_seq + 1)  # folio_inc_gen
+            self.fl[pfns[old]] = fl[old] & ~_U8(LRU_REFS_FLAGS)
+            self._move(pfns, self.seq[pfns], tail=True)
+        self._reset_ctrl_pos()
+        self.min_seq += 1
+
+    def _inc_max_seq(self, seq: int, reclaim: Reclaimer) -> bool:
+        """``inc_max_seq``: open a new youngest generation (making room if four exist)."""
+        if seq != self.max_seq:
+            return False
+        if self.max_seq - self.min_seq + 1 == MAX_NR_GENS:
+            self._inc_min_seq()
+        self.timestamps[(self.max_seq + 1) % MAX_NR_GENS] = _now(reclaim)
+        self.max_seq += 1
+        self.vmstat["mglru_aging"] += 1
+        return True
+
+    def _walk_ptes(self, pfns: Pfns, sc: ScanControl, reclaim: Reclaimer) -> None:
+        """``walk_pte_range`` over one batch of present ptes."""
+        on = pfns[(self.fl[pfns] & FL_LRU) != 0]  # get_pfn_folio: folios on the LRU only
+        if len(on) == 0:
+            return
+        if self.cfg.notifier_walk:  # mm_has_notifiers: every present pte, notifier included
+            young = reclaim.clear_young(on, sc)
+            self.vmstat["mglru_walk_ptes"] += len(on)
+        else:  # pre-6.12: young host ptes only, no notifier
+            young = _ptep_test_and_clear_young(reclaim, on, sc)
+            self.vmstat["mglru_walk_ptes"] += int(young.sum())
+        hot = on[young]
+        self.vmstat["mglru_walk_young"] += len(hot)
+        self._folio_update_gen(hot)
+
+    def _try_to_inc_max_seq(
+        self, seq: int, sc: ScanControl, reclaim: Reclaimer
+    ) -> Generator[None, None, bool]:
+        """``try_to_inc_max_seq``: walk every mm, then ``inc_max_seq``; True if this caller
+        finished the walk and advanced max_seq."""
+        if seq <= self._mm_seq:
+            return False
+        walk = self._walk
+        if walk is None or walk.seq != seq:
+            walk = self._walk = _Walk(seq, reclaim.walk_mm())
+        while True:
+            if self.max_seq != seq or self._mm_seq >= seq:
+                return False  # another reclaimer finished this walk
+            if walk.pos >= len(walk.pfns):
+                break
+            chunk = walk.pfns[walk.pos : walk.pos + WALK_BATCH]
+            walk.pos += WALK_BATCH
+            self._walk_ptes(chunk, sc, reclaim)
+            yield
+        self._mm_seq = seq
+        self._walk = None
+        return self._inc_max_seq(seq, reclaim)
+
+    # -- eviction ----------------------------------------------------------------------------
+    def _try_to_inc_min_seq(self) -> bool:
+        """``try_to_inc_min_seq``: skip empty oldest generations (at least two remain)."""
+        min_seq = self.min_seq
+        while min_seq + MIN_NR_GENS <= self.max_seq and not len(self.lists[min_seq % MAX_NR_GENS]):
+            min_seq += 1
+        if min_seq == self.min_seq:
+            return False
+        self._reset_ctrl_pos()
+        self.min_seq = min_seq
+        return True
+
+    def _scan_folios(
+        self, nr_to_scan: int, sc: ScanControl, reclaim: Reclaimer, tier_idx: int
+    ) -> tuple[int, Pfns]:
+        """``scan_folios`` + ``sort_folio`` + ``isolate_folio`` on the oldest generation."""
+        none = np.zeros(0, dtype=np.int64)
+        if self.max_seq - self.min_seq + 1 <= MIN_NR_GENS:
+            return 0, none
+        min_seq = self.min_seq
+        lst = self.lists[min_seq % MAX_NR_GENS]
+        remaining = min(nr_to_scan, MAX_LRU_BATCH)
+        cap = max(1, sc.batch)
+        scanned = sorted_ = 0
+        isolated: list[Pfns] = []
+        n_iso = 0
+        while remaining and n_iso < cap and len(lst):
+            # a chunk of the tail; what is not reached is put back at the tail
+            chunk = lst.isolate_tail(min(remaining, MIN_LRU_BATCH, max(8, 2 * (cap - n_iso))))
+            seq, fl = self.seq[chunk], self.fl[chunk]
+            promoted = seq != min_seq
+            tier, maxed = self._tier(fl)
+            protect = ~promoted & ((tier > tier_idx) | maxed)
+            rest = ~promoted & ~protect
+            writeback = np.zeros(len(chunk), dtype=np.bool_)
+            if rest.any():
+                writeback[rest] = reclaim.folio_test_writeback(chunk[rest])
+            take = rest & ~writeback
+            cum = np.cumsum(take)
+            cut = len(chunk)
+            if len(cum) and cum[-1] > cap - n_iso:
+                cut = int(np.searchsorted(cum, cap - n_iso)) + 1
+                lst.add_tail(chunk[cut:])
+                chunk, seq, fl, tier, maxed = (a[:cut] for a in (chunk, seq, fl, tier, maxed))
+                promoted, protect, writeback, take = (
+                    a[:cut] for a in (promoted, protect, writeback, take)
+                )
+            scanned += cut
+            remaining -= cut
+            # promoted: to the head of its generation's list
+            if promoted.any():
+                self._move(chunk[promoted], seq[promoted])
+            # protected (tier) and waiting for writeback: folio_inc_gen into min_seq + 1
+            inc = protect | writeback
+            if inc.any():
+                counted = tier[protect & ~maxed]
+                self.vmstat["mglru_protected"] += self._count(self.protected, counted)
+                up = chunk[inc]
+                self.fl[up] = fl[inc] & ~_U8(LRU_REFS_FLAGS)
+                self._set_seq(up, min_seq + 1)
+                self._move(up, self.seq[up])
+            sorted_ += int(promoted.sum() + inc.sum())
+            # isolate_folio: off the LRU; refs are kept only with PG_referenced
+            iso = chunk[take]
+            if len(iso):
+                ifl = fl[take]
+                ifl = np.where((ifl & PG_REFERENCED) != 0, ifl, ifl & ~_U8(LRU_REFS_MASK))
+                self.fl[iso] = ifl & ~_U8(FL_LRU)
+                self.nr_pages[min_seq % MAX_NR_GENS] -= len(iso)
+                self.seq[iso] = -1
+                isolated.append(iso)
+                n_iso += len(iso)
+        sc.nr_scanned += n_iso  # pgscan: folios isolated
+        sc.nr_refill += sorted_  # pgrefill: folios sorted into other generations
+        out = np.concatenate(isolated) if isolated else none
+        return (scanned if n_iso or not remaining else 0), out
+
+    def _isolate_folios(
+        self, nr_to_scan: int, sc: ScanControl, reclaim: Reclaimer, swappiness: int
+    ) -> tuple[int, Pfns]:
+        """``isolate_folios``: the type ``get_type_to_scan`` picks first, then the other."""
+        type_ = self.get_type_to_scan(swappiness)
+        for _ in range(2):
+            if type_ == ANON:
+                scanned, iso = self._scan_folios(nr_to_scan, sc, reclaim, self.get_tier_idx())
+                if scanned:
+                    return scanned, iso
+            type_ = 1 - type_  # the file type has no folios
+        return 0, np.zeros(0, dtype=np.int64)
+
+    def _look_around(self, pfns: Pfns, sc: ScanControl, reclaim: Reclaimer) -> Any:
+        """``folio_referenced`` under MGLRU: ``lru_gen_look_around`` on each isolated folio's
+        pte; young neighbours on the LRU are promoted. Returns which folios were young."""
+        if self.cfg.notifier_walk:  # 6.12+: ptep_clear_young_notify everywhere
+            young = reclaim.clear_young(pfns, sc)
+            centres = pfns[young]
+        else:  # before 6.12: look around young host ptes, then ask KVM via folio_referenced
+            host = _ptep_test_and_clear_young(reclaim, pfns, sc)
+            young = reclaim.folio_referenced(pfns, sc) | host
+            centres = pfns[host]
+        if len(centres):
+            near = np.unique(
+                np.concatenate([reclaim.lookaround(int(p), MIN_LRU_BATCH) for p in centres])
+            )
+            near = near[(self.fl[near] & FL_LRU) != 0]
+            if len(near):
+                if self.cfg.notifier_walk:
+                    ny = reclaim.clear_young(near, sc)
+                else:
+                    ny = _ptep_test_and_clear_young(reclaim, near, sc)
+                self.vmstat["mglru_lookaround_ptes"] += len(near)
+                self.vmstat["mglru_lookaround_young"] += int(ny.sum())
+                self._folio_update_gen(near[ny])
+        return young
+
+    def _putback(self, pfns: Pfns) -> None:
+        """``move_folios_to_lru`` for rejected folios, never into the oldest generation."""
+        if len(pfns) == 0:
+            return
+        fl = self.fl[pfns]
+        seqs = self._folio_seq(fl)
+        oldest = seqs == self.min_seq
+        if oldest.any():  # set PG_active, clear LRU_REFS_FLAGS
+            fl[oldest] = (fl[oldest] & ~_U8(LRU_REFS_FLAGS)) | _U8(PG_ACTIVE)
+            self.fl[pfns] = fl
+            seqs = self._folio_seq(fl)
+        self._add(pfns, seqs)
+
+    def _evict_folios(
+        self, nr_to_scan: int, sc: ScanControl, reclaim: Reclaimer, swappiness: int
+    ) -> int:
+        """``evict_folios``: isolate from the oldest generation, check references, reclaim."""
+        scanned, iso = self._isolate_folios(nr_to_scan, sc, reclaim, swappiness)
+        scanned += self._try_to_inc_min_seq()
+        if self.min_seq + MIN_NR_GENS > self.max_seq:
+            scanned = 0
+        if len(iso) == 0:
+            return scanned
+        young = self._look_around(iso, sc, reclaim)
+        # lru_gen_folio_check_references / lru_gen_set_refs
+        hot = iso[young]
+        fl = self.fl[hot]
+        first = (fl & (PG_REFERENCED | PG_WORKINGSET)) == 0
+        keep, act = hot[first], hot[~first]
+        self.fl[keep] = (fl[first] & ~_U8(LRU_REFS_MASK)) | _U8(PG_REFERENCED)
+        self.fl[act] = (fl[~first] & ~_U8(LRU_REFS_FLAGS)) | _U8(PG_WORKINGSET | PG_ACTIVE)
+        victims = iso[~young]
+        failed = victims[:0]
+        if len(victims):
+            failed = victims[~reclaim.shrink_folio_list(victims, sc)]
+        if len(failed):  # activate_locked
+            reclaim.activate_locked(failed)
+            self.fl[failed] |= _U8(PG_ACTIVE)
+        sc.nr_activate += len(act) + len(failed)
+        self._putback(np.concatenate((keep, act, failed)))
+        return scanned
+
+    def _should_run_aging(self) -> tuple[bool, int]:
+        """``should_run_aging``: (aging needed or better, folios to scan)."""
+        if self.min_seq + MIN_NR_GENS > self.max_seq:
+            return True, 0
+        return self.min_seq + MIN_NR_GENS == self.max_seq, int(self.nr_pages.sum())
+
+    def _get_nr_to_scan(self, sc: ScanControl, reclaim: Reclaimer) -> Generator[None, None, int]:
+        """``get_nr_to_scan``: the budget, or age first (-1 after a successful aging)."""
+        success, nr_to_scan = self._should_run_aging()
+        if not success or sc.priority == DEF_PRIORITY:
+            return nr_to_scan >> sc.priority
+        aged = yield from self._try_to_inc_max_seq(self.max_seq, sc, reclaim)
+        return -1 if aged else 0
+
+    def _should_abort_scan(self, sc: ScanControl, reclaim: Reclaimer) -> bool:
+        """``should_abort_scan`` for root reclaim: enough reclaimed, or (kswapd) the zone is
+        comfortably above its high watermark."""
+        if sc.nr_reclaimed >= sc.nr_to_reclaim:
+            return True
+        if sc.direct:
+            return False
+        free, high = reclaim.free_and_high()
+        return free >= high + MIN_LRU_BATCH
+
+    def _try_to_shrink_lruvec(
+        self, sc: ScanControl, reclaim: Reclaimer, swappiness: int
+    ) -> Generator[None, None, bool]:
+        """``try_to_shrink_lruvec``: evict (or age) until the budget is spent or enough is
+        reclaimed; yields after each batch. Returns whether it aged or scanned anything."""
+        scanned = 0
+        progress = False
+        while True:
+            nr_to_scan = yield from self._get_nr_to_scan(sc, reclaim)
+            if nr_to_scan < 0:
+                progress = True
+            if nr_to_scan <= 0:
+                break
+            delta = self._evict_folios(nr_to_scan, sc, reclaim, swappiness)
+            yield
+            if not delta:
+                break
+            progress = True
+            scanned += delta
+            if scanned >= nr_to_scan or self._should_abort_scan(sc, reclaim):
+                break
+        return progress
+
+    def _get_swappiness(self, reclaim: Reclaimer) -> int:
+        """``get_swappiness``: 0 when swap is full (anon is not evictable)."""
+        return self.cfg.swappiness if reclaim.can_swap() else 0
+
+    # -- EvictionPolicy ----------------------------------------------------------------------
+    def folio_add_lru(self, pfn: int, shadow: int | None) -> None:
+        """A folio faulted in (maybe a refault): PG_active, into the lru_add batch."""
+        fl = FL_BATCH | PG_ACTIVE  # lru_gen_in_fault(): every add here is inside a fault
+        if shadow is not None:
+            fl |= self._lru_gen_refault(shadow)
+        self.fl[pfn] = fl
+        self._batch.append(pfn)
+        if len(self._batch) >= FOLIO_BATCH_SIZE:
+            self._lru_add_drain()
+
+    def _lru_gen_refault(self, shadow: int) -> int:
+        """``lru_gen_refault``: count it; a recent refault feeds the controller and restores
+        PG_workingset from the shadow. Returns the flags to set."""
+        vs = self.vmstat
+        vs[VmStat.WORKINGSET_REFAULT] += 1
+        token_seq = (shadow >> LRU_REFS_WIDTH) & _SEQ_MASK
+        if abs((self.max_seq & _SEQ_MASK) - token_seq) >= MAX_NR_GENS:
+            return 0  # lru_gen_test_recent: too old
+        workingset = bool(shadow >> 31)
+        refs = (shadow & ((1 << LRU_REFS_WIDTH) - 1)) + 1
+        tier = MAX_NR_TIERS - 1 if workingset else int(_OB2[refs])
+        self.refaulted[tier] += 1
+        vs[VmStat.WORKINGSET_ACTIVATE] += 1  # in a fault: folio_add_lru sets PG_active
+        if workingset:
+            vs[VmStat.WORKINGSET_RESTORE] += 1
+            return PG_WORKINGSET
+        return (refs - 1) << LRU_REFS_PGOFF
+
+    def folio_mark_accessed(self, pfn: int) -> None:
+        """``lru_gen_inc_refs``: count an fd-style access (nothing unless PG_lru)."""
+        fl = int(self.fl[pfn])
+        if not fl & FL_LRU:
+            return  # still in the lru_add batch, or isolated
+        if not fl & PG_REFERENCED:
+            self.fl[pfn] = (fl & ~LRU_REFS_MASK) | PG_REFERENCED
+        elif fl & LRU_REFS_MASK == LRU_REFS_MASK:
+            self.fl[pfn] = fl | PG_WORKINGSET
+        else:
+            self.fl[pfn] = fl + (1 << LRU_REFS_PGOFF)
+
+    def folio_remove(self, pfns: Pfns) -> None:
+        """Drop folios from whichever list (or the lru_add batch) holds them."""
+        if len(pfns) == 0:
+            return
+        pfns = np.asarray(pfns, dtype=np.int64)
+        if self._batch:
+            gone = set(pfns.tolist())
+            self._batch = [p for p in self._batch if p not in gone]
+        on = pfns[(self.fl[pfns] & FL_LRU) != 0]
+        if len(on):
+            for lst in self.lists:
+                lst.remove(on)
+            self.nr_pages -= np.bincount(self.seq[on] % MAX_NR_GENS, minlength=MAX_NR_GENS)
+        self.fl[pfns] = 0
+        self.seq[pfns] = -1
+
+    def workingset_eviction(self, pfns: Pfns) -> NDArray[np.uint32]:
+        """``lru_gen_eviction``: count the eviction per tier; token = (min_seq, refs - 1,
+        PG_workingset)."""
+        fl = self.fl[pfns]
+        refs = self._refs(fl)
+        tier, _ = self._tier(fl)
+        self._count(self.evicted, tier)
+        ws = ((fl & PG_WORKINGSET) != 0).astype(np.int64)
+        token = (
+            (ws << 31) | ((self.min_seq & _SEQ_MASK) << LRU_REFS_WIDTH) | np.maximum(refs - 1, 0)
+        )
+        self.fl[pfns] = 0
+        return token.astype(np.uint32)
+
+    def shrink_node(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
+        """``lru_gen_shrink_node`` -> ``try_to_shrink_lruvec`` at ``sc.priority``. With
+        ``nr_to_reclaim == 1`` (demand mode) it goes on, lowering the priority and aging, until
+        one folio is reclaimed or nothing is left to try."""
+        self._lru_add_drain()
+        swappiness = self._get_swappiness(reclaim)
+        if not swappiness:
+            return
+        if sc.nr_to_reclaim != 1:
+            yield from self._try_to_shrink_lruvec(sc, reclaim, swappiness)
+            return
+        priority = sc.priority
+        try:
+            for _ in range(DEF_PRIORITY + 1 + 2 * MAX_NR_GENS):
+                progress = yield from self._try_to_shrink_lruvec(sc, reclaim, swappiness)
+                if sc.nr_reclaimed >= sc.nr_to_reclaim:
+                    break
+                if sc.priority > 0:
+                    sc.priority -= 1
+                elif not progress:
+                    break
+        finally:
+            sc.priority = priority
+
+    def age_node(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
+        """``lru_gen_age_node``: no aging here; the min_ttl thrashing check."""
+        self._lru_add_drain()
+        if self.cfg.min_ttl_ms and not self._lruvec_is_reclaimable(sc, reclaim):
+            self.vmstat["mglru_min_ttl_oom"] += 1  # the kernel calls out_of_memory() here
+        yield from ()
+
+    def _lruvec_is_reclaimable(self, sc: ScanControl, reclaim: Reclaimer) -> bool:
+        """``lruvec_is_reclaimable``: big enough, and its oldest generation older than min_ttl."""
+        if not self._get_swappiness(reclaim):
+            return False
+        if not int(self.nr_pages.sum()) >> sc.priority:  # lruvec_is_sizable
+            return False
+        birth = int(self.timestamps[self.min_seq % MAX_NR_GENS])
+        return birth + self.cfg.min_ttl_ms * 1_000_000 < _now(reclaim)
+
+    def reclaim_cycle_end(self) -> None:
+        """Nothing to snapshot (the controller updates as min_seq advances)."""
+
+    def on_access(self, pfns: Pfns, seq: NDArray[np.int64]) -> None:
+        """Real policies see only accessed bits."""
+
+    def set_future(self, next_use: NDArray[np.int64]) -> None:
+        """Real policies do not know the future."""
+
+    def nr_gens(self) -> int:
+        """Generations in the window (2..4)."""
+        return self.max_seq - self.min_seq + 1
+
+    def lru_sizes(self) -> dict[str, int]:
+        """Folios per generation by age (``gen0`` = max_seq, ``gen3`` = max_seq - 3), and the
+        legacy split: active = the two youngest (plus the lru_add batch), inactive = older."""
+        sizes = {}
+        for k in range(MAX_NR_GENS):
+            s = self.max_seq - k
+            sizes[f"gen{k}"] = int(self.nr_pages[s % MAX_NR_GENS]) if s >= self.min_seq else 0
+        sizes["active"] = sizes["gen0"] + sizes["gen1"] + len(self._batch)
+        sizes["inactive"] = sizes["gen2"] + sizes["gen3"]
+        return sizes
+
+    def check(self, on_lru: NDArray[np.bool_]) -> None:
+        """Generation window, list membership and per-generation counts are consistent."""
+        assert MIN_NR_GENS <= self.nr_gens() <= MAX_NR_GENS, "generation window out of range"
+        listed = []
+        for gen, lst in enumerate(self.lists):
+            items = lst.snapshot()
+            # the list of gen holds sequence s (s % 4 == gen) inside [min_seq, max_seq]
+            s = self.min_seq + (gen - self.min_seq) % MAX_NR_GENS
+            if s > self.max_seq:
+                assert len(items) == 0, "a list outside the generation window is not empty"
+                continue
+            seq = self.seq[items]
+            assert ((seq >= s) & (seq <= self.max_seq)).all(), "folio generation off its list"
+            assert ((self.fl[items] & (FL_LRU | FL_BATCH)) == FL_LRU).all(), "listed, not PG_lru"
+            listed.append(items)
+        batch = np.array(self._batch, dtype=np.int64)
+        assert ((self.fl[batch] & (FL_LRU | FL_BATCH)) == FL_BATCH).all(), "batch flags"
+        both = np.concatenate([*listed, batch])
+        assert len(np.unique(both)) == len(both), "a folio is tracked twice"
+        tracked = np.zeros(len(on_lru), dtype=np.bool_)
+        tracked[both] = True
+        assert (tracked == on_lru).all(), "LRU lists disagree with the resident folios"
+        assert not (self.fl[~tracked] & (FL_LRU | FL_BATCH)).any(), "untracked folio flagged"
+        on = np.concatenate(listed) if listed else batch[:0]
+        counts = np.bincount(self.seq[on] % MAX_NR_GENS, minlength=MAX_NR_GENS)
+        assert (counts == self.nr_pages).all(), "per-generation counts"
