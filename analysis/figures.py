@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
 
 from analysis.load import load_run
-from analysis.plots import compare_runs
+from analysis.plots import compare_runs, policies_figure
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,17 +24,37 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("run_on")
     n.add_argument("run_off")
     n.add_argument("-o", "--out", default="docs/notifiers.png")
+    p = sub.add_parser("policies", help="a policy sweep: misses relative to OPT, idle ranks")
+    p.add_argument("sweep_dir")
+    p.add_argument("-o", "--out", default="docs/policies.png")
     args = ap.parse_args(argv)
     try:
-        on, off = load_run(args.run_on), load_run(args.run_off)
-    except (OSError, ValueError) as exc:
+        if args.figure == "notifiers":
+            on, off = load_run(args.run_on), load_run(args.run_off)
+            fig = compare_runs([("notifiers on", on), ("notifiers off", off)])
+            fig.suptitle(f"{on.summary['name']}: KVM aging notifiers on vs off", fontsize="medium")
+        else:
+            fig = _policies(Path(args.sweep_dir))
+    except (OSError, ValueError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    fig = compare_runs([("notifiers on", on), ("notifiers off", off)])
-    fig.suptitle(f"{on.summary['name']}: KVM aging notifiers on vs off", fontsize="medium")
     fig.savefig(args.out, dpi=90)
     print(args.out)
     return 0
+
+
+def _policies(sweep_dir: Path) -> Any:
+    runs = pd.read_parquet(sweep_dir / "runs.parquet")
+    if "opt_gap" not in runs.columns:
+        raise ValueError(f"{sweep_dir}: no opt_gap column (run the sweep in demand mode)")
+    idle = []
+    for _, row in runs[runs.status != "failed"].iterrows():
+        ev = load_run(sweep_dir / "runs" / row.run).table("evictions")
+        if len(ev):
+            sample = ev.idle_rank.sample(min(len(ev), 5000), random_state=0)
+            idle.append(pd.DataFrame({"label": row.label, "idle_rank": sample.to_numpy()}))
+    idle_df = pd.concat(idle) if idle else None
+    return policies_figure(runs, idle_df, title=f"{sweep_dir.name}: misses relative to OPT")
 
 
 if __name__ == "__main__":

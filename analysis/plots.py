@@ -56,3 +56,84 @@ def compare_runs(runs: Sequence[tuple[str, Run]], bin_ms: float = 100.0) -> plt.
         xlabel="simulated time (s)", ylabel="major faults / s (all VMs)", title="Guest major faults"
     )
     return fig
+
+
+def mrc_figure(curves: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Miss ratio against memory size: exact LRU as a curve, other policies at their sizes."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, ax = plt.subplots(figsize=(7.5, 4.2), constrained_layout=True)
+    lru = curves[curves.policy == "lru"]
+    ax.plot(lru.frames, lru.miss_ratio, color="black", lw=1.5, label="lru (exact, all sizes)")
+    others = curves[curves.policy != "lru"]
+    if len(others):
+        sns.lineplot(
+            data=others,
+            x="frames",
+            y="miss_ratio",
+            hue="policy",
+            style="policy",
+            markers=True,
+            dashes=False,
+            ax=ax,
+        )
+    ax.set(
+        xscale="log",
+        xlabel="memory (frames)",
+        ylabel="miss ratio",
+        title=title or "Miss-ratio curves",
+    )
+    ax.legend(fontsize="small")
+    return fig
+
+
+def policies_figure(
+    runs: pd.DataFrame, idle: pd.DataFrame | None = None, title: str = ""
+) -> plt.Figure:
+    """Each variant's misses relative to OPT (bars), and the idle-age rank of its evictions.
+
+    ``runs`` is a sweep's ``runs.parquet`` (label, opt_gap); ``idle`` optionally has columns
+    ``label`` and ``idle_rank`` (a sample of each run's evictions).
+    """
+    sns.set_theme(style="whitegrid", context="notebook")
+    ok = runs[runs.status != "failed"].copy()
+    order = ok.sort_values("opt_gap").label.tolist()
+    ncols = 2 if idle is not None and len(idle) else 1
+    fig, axes = plt.subplots(
+        1,
+        ncols,
+        figsize=(6.5 * ncols, 0.45 * len(order) + 1.6),
+        constrained_layout=True,
+        squeeze=False,
+    )
+    ax = axes[0][0]
+    sns.barplot(
+        data=ok,
+        y="label",
+        x="opt_gap",
+        order=order,
+        color="#4c72b0",
+        ax=ax,
+        errorbar=("ci", 95) if ok.duplicated("label").any() else None,
+    )
+    ax.axvline(1.0, color="black", lw=1)
+    for i, lab in enumerate(order):
+        v = ok[ok.label == lab].opt_gap.mean()
+        ax.text(v, i, f" {v:.2f}", va="center", fontsize="small")
+    ax.set(
+        xlabel="misses / OPT misses (same string, same memory)",
+        ylabel="",
+        title=title or "Eviction quality against Belady's OPT",
+    )
+    if ncols == 2:
+        ax2 = axes[0][1]
+        sns.boxplot(
+            data=idle, y="label", x="idle_rank", order=order, color="#dd8452", fliersize=0, ax=ax2
+        )
+        ax2.set(
+            xlabel="idle-age rank of evicted pages (1 = coldest)",
+            ylabel="",
+            title="Were the evicted pages the cold ones?",
+            xlim=(0, 1.02),
+        )
+        ax2.set_yticklabels([])
+    return fig

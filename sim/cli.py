@@ -184,3 +184,283 @@ def validate(config: Path, overrides: tuple[str, ...]) -> None:
         f"{wm.min}/{wm.low}/{wm.high} pages; config hash {sc.config_hash()}",
         highlight=False,
     )
+
+
+_trace_options = [
+    click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["auto", "lackey", "csv", "npy", "parquet"]),
+        default="auto",
+        show_default=True,
+        help="Trace format (auto: by extension).",
+    ),
+    click.option(
+        "--page-size",
+        type=int,
+        default=4096,
+        show_default=True,
+        help="Page size in bytes for address traces.",
+    ),
+    click.option(
+        "--instructions", is_flag=True, help="Include instruction fetches (lackey 'I' lines)."
+    ),
+]
+
+
+def _trace_opts(fn: Any) -> Any:
+    for opt in reversed(_trace_options):
+        fn = opt(fn)
+    return fn
+
+
+def _load_trace(path: Path, fmt: str, page_size: int, instructions: bool) -> Any:
+    from sim.guest.traces import read_trace
+
+    try:
+        return read_trace(
+            path, fmt=None if fmt == "auto" else fmt, page_size=page_size, instructions=instructions
+        )
+    except UserError as exc:
+        _fail(exc)
+
+
+@main.command()
+@click.argument("trace", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--frames",
+    type=click.IntRange(min=1),
+    required=True,
+    help="Memory size N in pages (demand mode: exactly N frames).",
+)
+@click.option(
+    "--policy",
+    required=True,
+    help="Eviction policy (two_list, mglru, clock, fifo, random, lru, opt).",
+)
+@_trace_opts
+@click.option(
+    "--engine",
+    type=click.Choice(["auto", "fast", "general"]),
+    default="auto",
+    show_default=True,
+    help="fast: compiled textbook replay (lru, opt, fifo, clock); "
+    "general: the full simulated mechanism.",
+)
+@_set_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+def replay(
+    trace: Path,
+    frames: int,
+    policy: str,
+    fmt: str,
+    page_size: int,
+    instructions: bool,
+    engine: str,
+    overrides: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Replay TRACE in demand mode with N frames and print the fault counts."""
+    import json
+
+    from sim.replay import replay as do_replay
+
+    t = _load_trace(trace, fmt, page_size, instructions)
+    try:
+        r = do_replay(
+            t.pages,
+            t.writes,
+            frames=frames,
+            policy=policy,
+            engine=engine,
+            overrides=list(overrides),
+        )
+    except UserError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(r))
+        return
+    table = Table(title=f"replay {trace.name}")
+    for key in r:
+        table.add_column(key, justify="right")
+    table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in r.values()))
+    out_console.print(table)
+
+
+@main.command()
+@click.argument("trace", type=click.Path(path_type=Path, dir_okay=False))
+@_trace_opts
+@click.option(
+    "--policies",
+    default="lru,opt,fifo,clock",
+    show_default=True,
+    help="Comma-separated policies to draw besides the exact LRU curve.",
+)
+@click.option(
+    "--sizes",
+    default=None,
+    help="Comma-separated memory sizes (frames) for the "
+    "other policies (default: 12 sizes from 1% of the distinct pages to all).",
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["auto", "fast", "general"]),
+    default="auto",
+    show_default=True,
+    help="Engine for the other policies.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Output directory (default: results/mrc-<trace name>/).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON records.")
+def mrc(
+    trace: Path,
+    fmt: str,
+    page_size: int,
+    instructions: bool,
+    policies: str,
+    sizes: str | None,
+    engine: str,
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    """Miss-ratio curves of TRACE: exact LRU at every size, other policies at chosen sizes."""
+    import json
+    import shutil
+
+    from sim.engine import publish
+    from sim.reclaim import policy_names
+    from sim.replay import default_sizes
+    from sim.replay import mrc as do_mrc
+
+    names = [p.strip() for p in policies.split(",") if p.strip()]
+    unknown = [p for p in names if p not in policy_names()]
+    if unknown:
+        _fail(
+            UserError(
+                f"--policies: unknown {', '.join(unknown)}; expected some of "
+                f"{', '.join(policy_names())}"
+            )
+        )
+    try:
+        size_list = [int(x) for x in sizes.split(",")] if sizes else None
+    except ValueError:
+        _fail(UserError(f"--sizes {sizes!r}: expected comma-separated integers, e.g. 100,200"))
+    if size_list is not None and min(size_list) < 1:
+        _fail(UserError("--sizes: every size must be at least 1"))
+    t = _load_trace(trace, fmt, page_size, instructions)
+    try:
+        table = do_mrc(t.pages, t.writes, policies=names, sizes=size_list, engine=engine)
+    except UserError as exc:
+        _fail(exc)
+    target = (out or Path("results") / f"mrc-{trace.name.split('.')[0]}").resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        from analysis.plots import mrc_figure
+
+        table.to_parquet(tmp / "mrc.parquet", index=False)
+        distinct = int(table[table.policy == "lru"].frames.max())
+        shown = size_list or default_sizes(distinct)
+        picked = table[table.frames.isin(shown)]
+        fig = mrc_figure(table, f"{trace.name}: {len(t.pages):,} accesses, {distinct:,} pages")
+        fig.savefig(tmp / "mrc.png", dpi=90)
+        meta = {
+            "trace": str(trace),
+            "accesses": len(t.pages),
+            "distinct_pages": distinct,
+            "policies": ["lru", *[p for p in names if p != "lru"]],
+            "sizes": shown,
+        }
+        (tmp / "mrc.json").write_text(json.dumps(meta, indent=2) + "\n")
+        publish(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if as_json:
+        click.echo(picked.to_json(orient="records"))
+        return
+    wide = picked.pivot_table(index="frames", columns="policy", values="miss_ratio")
+    tab = Table(title=f"miss ratio, {trace.name} ({len(t.pages):,} accesses, {distinct:,} pages)")
+    tab.add_column("frames", justify="right")
+    for col in wide.columns:
+        tab.add_column(str(col), justify="right")
+    for frames, row in wide.iterrows():
+        tab.add_row(f"{frames:,}", *(f"{v:.4f}" for v in row.tolist()))
+    out_console.print(tab)
+    out_console.print(f"results: {target}", highlight=False)
+
+
+@main.command()
+@click.argument("sweep_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--workers", type=click.IntRange(min=1), help="Processes (default: one per core).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Sweep directory (default: results/<sweep name>/).",
+)
+def sweep(sweep_file: Path, workers: int | None, out: Path | None) -> None:
+    """Run every point of SWEEP_FILE (base + grid/variants/seeds); skip runs already done."""
+    from sim.sweep import load_sweep, run_sweep
+
+    try:
+        name, points = load_sweep(sweep_file)
+    except UserError as exc:
+        _fail(exc)
+    err_console.print(f"{name}: {len(points)} run(s)", highlight=False)
+    with Progress(
+        TextColumn("[bold]runs"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("sweep", total=len(points), failed=0)
+
+        def progress(done: int, total: int, failed: int) -> None:
+            bar.update(task, completed=done, failed=failed)
+
+        try:
+            target, df = run_sweep(sweep_file, out, workers=workers, progress=progress)
+        except UserError as exc:
+            _fail(exc)
+    cols = [
+        c
+        for c in (
+            "label",
+            "seed",
+            "status",
+            "misses",
+            "opt_gap",
+            "lru_gap",
+            "faults_major",
+            "stall_fraction",
+            "wall_s",
+        )
+        if c in df.columns
+    ]
+    table = Table(title=f"sweep {name}")
+    for c in cols:
+        table.add_column(c, justify="left" if c == "label" else "right")
+    for _, row in df.iterrows():
+        table.add_row(*(_cell(row[c]) for c in cols))
+    out_console.print(table)
+    failed = int((df.status == "failed").sum())
+    if failed:
+        err_console.print(f"{failed} run(s) failed; see the error column of runs.parquet")
+    out_console.print(f"results: {target}", highlight=False)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return "" if v != v else f"{v:.3f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)

@@ -133,6 +133,11 @@ class OutputConfig(Strict):
     evictions: bool = Field(True, description="Write evictions.parquet.")
     faults: bool = Field(True, description="Write faults.parquet.")
     timeline: bool = Field(True, description="Write timeline.parquet.")
+    oracle_gaps: bool = Field(
+        True,
+        description="Demand mode: replay the same reference string with exact LRU and "
+        "OPT at the same memory size and report the gaps in summary.json (8 bytes/access).",
+    )
     chunk_rows: int = Field(
         65536,
         ge=1024,
@@ -314,6 +319,33 @@ def format_validation_error(err: ValidationError, raw: Any, source: str) -> str:
     return f"{source}: {where}: {msg}{shown}"
 
 
+def set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
+    """Set ``raw[a][b]...`` for a dotted ``key`` (list items by index), creating mappings."""
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"{where}: empty path component in {key!r}")
+    cur: Any = raw
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        at = ".".join(parts[: i + 1])
+        if isinstance(cur, list):
+            if not part.isdigit() or int(part) >= len(cur):
+                raise ConfigError(
+                    f"{where}: {at}: no list item {part!r} (the list has {len(cur)} items)"
+                )
+            if last:
+                cur[int(part)] = value
+            else:
+                cur = cur[int(part)]
+        elif isinstance(cur, dict):
+            if last:
+                cur[part] = value
+            else:
+                cur = cur.setdefault(part, {})
+        else:
+            raise ConfigError(f"{where}: {at}: cannot index into a {type(cur).__name__}")
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``--set dotted.key=value`` overrides (values parsed as YAML) to a raw config."""
     for item in overrides:
@@ -326,30 +358,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             value = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {key}: cannot parse value {text!r}: {exc}") from None
-        parts = key.strip().split(".")
-        if not all(parts):
-            raise ConfigError(f"--set {item!r}: empty path component in {key!r}")
-        cur: Any = raw
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            where = ".".join(parts[: i + 1])
-            if isinstance(cur, list):
-                if not part.isdigit() or int(part) >= len(cur):
-                    raise ConfigError(
-                        f"--set {key}: {where}: no list item {part!r} "
-                        f"(the list has {len(cur)} items)"
-                    )
-                if last:
-                    cur[int(part)] = value
-                else:
-                    cur = cur[int(part)]
-            elif isinstance(cur, dict):
-                if last:
-                    cur[part] = value
-                else:
-                    cur = cur.setdefault(part, {})
-            else:
-                raise ConfigError(f"--set {key}: {where}: cannot index into a {type(cur).__name__}")
+        set_dotted(raw, key, value, f"--set {key}")
     return raw
 
 

@@ -27,6 +27,7 @@ Invariants
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -145,6 +146,8 @@ class DemandWorld(Machine):
             schedule=lambda _t, fn: fn(),  # write-back completes at once
             outdir=outdir,
         )
+        self._victims: list[int] = []  # pages evicted while handling the current miss
+        self.vmscan.sink = self
         self.oom = OomKiller(
             self.mms, self.mem, self.swap, self.policy, self.vmstat, now=lambda: self._t
         )
@@ -157,6 +160,7 @@ class DemandWorld(Machine):
         self._source = source if source is not None else self._merged
         self._alias_rng = rng_for(sc.seed, "demand.alias")
         self._seq = 0
+        self._string: list[NDArray[np.int64]] = []  # the reference string, for oracle gaps
         self.accesses = 0
         self._next_sample = 0
         self._sample_ns = max(1, round(sc.engine.sample_interval_ms * 1e6))
@@ -218,7 +222,10 @@ class DemandWorld(Machine):
             )
             self.policy.set_future(next_use(pids))
             windows = iter(materialised)
+        keep = self.sc.output.oracle_gaps
         for w in windows:
+            if keep:
+                self._string.append(self.vm_base[w.vm] + w.gfn)
             self._step(w)
             if progress is not None and self.horizon_ns:
                 progress(min(1.0, self._t / self.horizon_ns))
@@ -236,8 +243,15 @@ class DemandWorld(Machine):
         seq = np.arange(self._seq, self._seq + n, dtype=np.int64)
         flags = mem.flags
         last = 0
-        bad = np.flatnonzero((spte[gidx] & _FAULT_MASK) != _OK)
-        for b in bad.tolist():
+        # Misses found up front; a page evicted by a miss may come back later in the window,
+        # so its later positions are queued as misses too (a heap of pending positions).
+        pending = np.flatnonzero((spte[gidx] & _FAULT_MASK) != _OK).tolist()
+        by_pid: tuple[NDArray[np.int64], NDArray[np.int64]] | None = None
+        kills = len(self.oom_kills)
+        while pending:
+            b = heapq.heappop(pending)
+            if b < last:
+                continue  # queued twice
             ix = int(gidx[b])
             if (spte[ix] & _FAULT_MASK) == _OK:
                 continue  # an earlier miss in this window brought it in
@@ -257,6 +271,23 @@ class DemandWorld(Machine):
                 st.refaults += 1
             if self.recorder is not None:
                 self.recorder.fault(self._t, vi, int(w.vcpu[b]), g, kind, 0, p)
+            if self._victims:
+                if len(self.oom_kills) != kills:  # a whole VM went: recheck the rest
+                    kills = len(self.oom_kills)
+                    rest = np.flatnonzero((spte[gidx[b + 1 :]] & _FAULT_MASK) != _OK) + b + 1
+                    for q in rest.tolist():
+                        heapq.heappush(pending, q)
+                else:
+                    if by_pid is None:
+                        order = np.argsort(pid, kind="stable")
+                        by_pid = (pid[order], order)
+                    spid, order = by_pid
+                    for v in self._victims:
+                        lo, hi = np.searchsorted(spid, [v, v + 1])
+                        for q in order[lo:hi].tolist():
+                            if q > b:
+                                heapq.heappush(pending, q)
+                self._victims.clear()
             if self._t >= self._next_sample:
                 self._sample()
         self._apply(w, pid, gidx, seq, last, n)
@@ -268,6 +299,19 @@ class DemandWorld(Machine):
         self._t = int(w.t_ns[-1])
         if self._t >= self._next_sample:
             self._sample()
+
+    def evicted(
+        self,
+        t_ns: int,
+        pids: NDArray[np.int32],
+        pfns: NDArray[np.int64],
+        dirty: NDArray[np.bool_],
+        scans: NDArray[np.uint8],
+    ) -> None:
+        """EvictionSink: note victims (they may recur in the current window), then log."""
+        self._victims.extend(pids.tolist())
+        if self.recorder is not None:
+            self.recorder.evicted(t_ns, pids, pfns, dirty, scans)
 
     def _apply(
         self,
@@ -297,15 +341,37 @@ class DemandWorld(Machine):
             self.sample(self._t)
         self._next_sample = (self._t // self._sample_ns + 1) * self._sample_ns
 
+    def oracle_gaps(self) -> dict[str, Any]:
+        """This run's misses against exact LRU and OPT on the same string and memory size."""
+        from sim import fastpath
+
+        pids = np.concatenate(self._string)
+        faults = sum(v.stats.faults["first_touch"] + v.stats.faults["major"] for v in self.vms)
+        opt = fastpath.opt(pids, self.nr_frames).faults
+        lru = fastpath.lru(pids, self.nr_frames).faults
+        return {"frames": self.nr_frames, **_gaps(faults, opt, lru)}
+
     def summary(self, wall_s: float, sim_time_ns: int | None = None) -> dict[str, Any]:
         """The run's totals; in demand mode faults cost no time, so stalls are zero."""
         out = super().summary(wall_s, self._t if sim_time_ns is None else sim_time_ns)
+        if self._string:
+            out["quality"] = self.oracle_gaps()
         out["host"]["demand"] = {
             "frames": self.nr_frames,
             "accesses": self.accesses,
             "evictions": self.alloc.evictions,
         }
         return out
+
+
+def _gaps(faults: int, opt: int, lru: int) -> dict[str, Any]:
+    return {
+        "faults": faults,
+        "opt_faults": opt,
+        "lru_faults": lru,
+        "opt_gap": faults / opt if opt else None,
+        "lru_gap": faults / lru if lru else None,
+    }
 
 
 def trace_source(

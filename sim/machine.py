@@ -91,6 +91,7 @@ class Machine:
                 mem,
                 sc.output.model_dump(),
                 sc.output.chunk_rows,
+                rng_seed=int(rng_for(sc.seed, "recorder").integers(2**63)),
             )
         self.rmap = Rmap(mem, mms)
         self.vmscan = Vmscan(mem, self.swap, self.rmap, mms, now, schedule, self.recorder)

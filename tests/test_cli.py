@@ -55,11 +55,13 @@ def test_run_writes_every_file_and_pandas_reads_them(tmp_path: Path) -> None:
         "last_access_ns",
         "idle_ns",
         "scans_survived",
+        "idle_rank",
         "next_access_ns",
         "refault",
     ]
     assert len(ev) > 0
     assert (ev.idle_ns >= 0).all()
+    assert ev.idle_rank.between(0, 1).all()
     assert (ev.refault == ev.next_access_ns.notna()).all()
     assert (ev.next_access_ns.dropna() > ev.t_ns[ev.refault]).all()
     faults = pd.read_parquet(out / "faults.parquet")
