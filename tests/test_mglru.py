@@ -231,6 +231,27 @@ def test_look_around_promotes_young_neighbours() -> None:
     w.check()
 
 
+def test_scan_sorts_promoted_folios_and_stops_once_the_batch_is_isolated() -> None:
+    w = _world()
+    _fault_in(w, 0, GFNS)
+    pol = _pol(w)
+    _age(w)
+    _age(w)  # all ten in the oldest generation, gfn 0 at the tail
+    pfns = np.array([_pfn(w, 0, g) for g in GFNS])
+    pol._set_seq(pfns[[0, 3]], pol.max_seq)  # promoted by aging, still on the old list
+    sc = ScanControl(nr_to_reclaim=32, batch=2)
+    scanned, iso = pol._scan_folios(100, sc, w.vmscan, tier_idx=MAX_NR_GENS - 1)
+    assert iso.tolist() == pfns[[1, 2]].tolist()  # gfn 0 sorted away, then two isolated
+    assert scanned == 3
+    assert sc.nr_scanned == 2
+    assert sc.nr_refill == 1  # gfn 3 lies beyond the stop: not sorted yet
+    oldest = pol.lists[pol.min_seq % MAX_NR_GENS].snapshot()
+    assert oldest.tolist() == pfns[3:].tolist()
+    assert pol.lists[pol.max_seq % MAX_NR_GENS].snapshot().tolist() == [pfns[0]]
+    pol._putback(iso)
+    w.check()
+
+
 def _evict(w: World, vm: int, gfn: int) -> None:
     for _ in range(50):
         if not _resident(w, vm, gfn):

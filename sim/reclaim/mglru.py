@@ -50,7 +50,8 @@ Models
     Workingset (6.14+): the shadow token holds min_seq at eviction, refs - 1 and PG_workingset.
     A refault is recent if the token's sequence is within MAX_NR_GENS of ``max_seq``: then
     ``refaulted[tier]`` and WORKINGSET_ACTIVATE count it, and a shadow with PG_workingset sets
-    PG_workingset again (WORKINGSET_RESTORE), which places the folio in ``max_seq``.
+    PG_workingset again (WORKINGSET_RESTORE), which places the folio in ``max_seq``. (Up to
+    6.13, as MODEL.md 4.9 describes, every recent refault inside a fault got PG_workingset.)
 
     kswapd's ``lru_gen_age_node`` does no aging itself; with ``min_ttl_ms`` it checks whether the
     oldest generation is older than the TTL and, if not, counts ``mglru_min_ttl_oom`` (the kernel
@@ -60,7 +61,7 @@ Models
     clear only the host pte young bits (no notifier call), and only for young host ptes; the
     folio being evicted is still checked with ``folio_referenced``
     (``ptep_clear_flush_young_notify``, which does ask KVM), after a host-only look-around if
-    its host pte was young.
+    its host pte was young. Everything else (placement, two-step, reference rules) stays 6.14.
 
 Kernel reference
     mm/vmscan.c: ``try_to_inc_max_seq``, ``inc_max_seq``, ``inc_min_seq``,
@@ -504,7 +505,7 @@ class Mglru:
             take = rest & ~writeback
             cum = np.cumsum(take)
             cut = len(chunk)
-            if len(cum) and cum[-1] > cap - n_iso:
+            if len(cum) and cum[-1] >= cap - n_iso:  # stop right after the last one taken
                 cut = int(np.searchsorted(cum, cap - n_iso)) + 1
                 lst.add_tail(chunk[cut:])
                 chunk, seq, fl, tier, maxed = (a[:cut] for a in (chunk, seq, fl, tier, maxed))
