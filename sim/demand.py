@@ -41,7 +41,7 @@ from sim.config import Scenario
 from sim.guest.workloads import AccessStream
 from sim.host.fault import HostFaultHandler
 from sim.host.kswapd import account
-from sim.host.memory import DEF_PRIORITY, PG_EVICTED, HostMemory, Watermarks
+from sim.host.memory import PG_EVICTED, HostMemory, Watermarks
 from sim.host.oom import OomKiller
 from sim.host.vmscan import ScanControl, Vmscan
 from sim.kvm.fault import kvm_fault_demand
@@ -89,14 +89,15 @@ class DemandAllocator:
         return self.mem.alloc_frame(pid)
 
     def evict_one(self) -> None:
-        """Run the policy's reclaim, one folio at a time, until exactly one page is freed."""
-        sc = ScanControl(nr_to_reclaim=1, batch=1, direct=True)
-        for _ in range(3):  # a full sweep may only clear referenced bits; the next one evicts
-            for priority in range(DEF_PRIORITY, -1, -1):
-                sc.priority = priority
-                for _ in self.policy.shrink_node(sc, self.vmscan):
-                    if sc.nr_reclaimed:
-                        break
+        """Run the policy's reclaim, one folio at a time, until exactly one page is freed.
+
+        One victim per miss has no use for the kernel's priority ladder (which sizes batch
+        passes): the pass runs at priority 0 (the whole list as budget) and stops at the
+        first folio reclaimed. A pass may only clear referenced bits; the next one evicts.
+        """
+        sc = ScanControl(nr_to_reclaim=1, batch=1, direct=True, priority=0)
+        for _ in range(3):
+            for _ in self.policy.shrink_node(sc, self.vmscan):
                 if sc.nr_reclaimed:
                     break
             if sc.nr_reclaimed:
