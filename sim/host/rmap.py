@@ -86,6 +86,17 @@ class Rmap:
                 young[sel] |= y
         return young
 
+    def ptep_test_and_clear_young(
+        self, pfns: NDArray[np.integer], work: RmapWork
+    ) -> NDArray[np.bool_]:
+        """Test and clear the host pte young bit of each folio's mapping, notifiers untouched."""
+        mem = self.mem
+        pids = mem.frame_pid[pfns]
+        f = mem.flags[pids]
+        mem.flags[pids] = f & ~np.uint8(PTE_YOUNG)
+        work.nr_rmap_walked += len(pids)
+        return (f & PTE_YOUNG) != 0
+
     def try_to_unmap(self, pfns: NDArray[np.integer], work: RmapWork) -> None:
         """Unmap each folio from every pte mapping it, secondary MMUs first.
 

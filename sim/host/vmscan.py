@@ -136,6 +136,12 @@ class Vmscan:
         """``ptep_clear_young_notify``: host young OR notifiers' clear_young, no flush."""
         return self.rmap.folio_referenced(pfns, sc, flush=False)
 
+    def ptep_test_and_clear_young(
+        self, pfns: NDArray[np.int64], sc: ScanControl
+    ) -> NDArray[np.bool_]:
+        """Host pte young bits only (no notifiers)."""
+        return self.rmap.ptep_test_and_clear_young(pfns, sc)
+
     def walk_mm(self) -> NDArray[np.int64]:
         """Frames of every present pte, mm by mm in ascending hva (page-table order)."""
         present = np.flatnonzero((self.mem.flags & PTE_PRESENT) != 0)

@@ -76,6 +76,15 @@ class Reclaimer(Protocol):
         ``clear_young`` (no TLB flush). MGLRU's page-table walk and look-around use this."""
         ...
 
+    def ptep_test_and_clear_young(self, pfns: Pfns, sc: ScanControl) -> NDArray[np.bool_]:
+        """Host pte young bits only, tested and cleared (no notifier): the pre-6.12 MGLRU walk,
+        which never asked secondary MMUs."""
+        ...
+
+    def now(self) -> int:
+        """Current simulated time (ns): generation birth times, min_ttl."""
+        ...
+
     def walk_mm(self) -> Pfns:
         """Frames of every present pte, in page-table order (mm by mm, ascending hva): what
         MGLRU's ``walk_mm`` visits."""

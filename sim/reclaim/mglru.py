@@ -92,11 +92,8 @@ Simplifications
     Pte dirty bits seen by the walk are not transferred. In demand mode (``nr_to_reclaim == 1``)
     a call goes on, lowering the priority and aging as needed, until it has reclaimed its page
     (standing in for the caller's retries). The walk's pte visits are priced through the
-    host's aging call: one rmap entry and one notifier call per pte (the host-only walk prices
-    only the young ptes it clears). Two host services the Reclaimer protocol does not offer are
-    reached through the reclaimer object when present: ``now()`` (generation timestamps for
-    ``min_ttl_ms``) and a host-only young test-and-clear for the pre-6.12 walk (see
-    ``_ptep_test_and_clear_young``).
+    host's aging call: one rmap entry and one notifier call per pte (the host-only walk, through
+    ``Reclaimer.ptep_test_and_clear_young``, prices one rmap entry per pte and no notifier).
 
 Invariants
     ``2 <= max_seq - min_seq + 1 <= 4``. Every folio the policy tracks is either in the lru_add
@@ -116,7 +113,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field
 
-from sim.host.memory import DEF_PRIORITY, PTE_YOUNG, PTRS_PER_PMD
+from sim.host.memory import DEF_PRIORITY, PTRS_PER_PMD
 from sim.host.vmscan import ScanControl
 from sim.host.vmstat import VmStat
 from sim.reclaim.base import PageQueue, Pfns, ReclaimBase, Reclaimer
@@ -221,32 +218,6 @@ def _positive_ctrl_err(sp: _CtrlPos, pv: _CtrlPos) -> bool:
         pv.refaulted * (sp.total + MIN_LRU_BATCH) * sp.gain
         <= (sp.refaulted + 1) * pv.total * pv.gain
     )
-
-
-def _ptep_test_and_clear_young(reclaim: Reclaimer, pfns: Pfns, sc: ScanControl) -> Any:
-    """Host-only young test-and-clear of each folio's pte (no notifier): the pre-6.12 walk.
-
-    The Reclaimer protocol offers only the notifier-extended ``clear_young``. Use the host's
-    ``ptep_test_and_clear_young(pfns, sc)`` if it has one; otherwise (stopgap) read and clear
-    the host pte young bits in the page-state arrays of the host's ``Vmscan`` (``reclaim.mem``).
-    Each young pte cleared is priced as one rmap entry.
-    """
-    fn = getattr(reclaim, "ptep_test_and_clear_young", None)
-    if fn is not None:
-        return fn(pfns, sc)
-    mem = reclaim.mem  # type: ignore[attr-defined]
-    pids = mem.frame_pid[pfns]
-    f = mem.flags[pids]
-    young = (f & PTE_YOUNG) != 0
-    mem.flags[pids[young]] = f[young] & ~_U8(PTE_YOUNG)
-    sc.nr_rmap_walked += int(young.sum())
-    return young
-
-
-def _now(reclaim: Reclaimer) -> int:
-    """Simulated time (ns) from the host's ``now()``, or 0 if it has none."""
-    now = getattr(reclaim, "now", None)
-    return int(now()) if now is not None else 0
 
 
 class Mglru:
@@ -422,7 +393,7 @@ class Mglru:
             return False
         if self.max_seq - self.min_seq + 1 == MAX_NR_GENS:
             self._inc_min_seq()
-        self.timestamps[(self.max_seq + 1) % MAX_NR_GENS] = _now(reclaim)
+        self.timestamps[(self.max_seq + 1) % MAX_NR_GENS] = reclaim.now()
         self.max_seq += 1
         self.vmstat["mglru_aging"] += 1
         return True
@@ -436,7 +407,7 @@ class Mglru:
             young = reclaim.clear_young(on, sc)
             self.vmstat["mglru_walk_ptes"] += len(on)
         else:  # pre-6.12: young host ptes only, no notifier
-            young = _ptep_test_and_clear_young(reclaim, on, sc)
+            young = reclaim.ptep_test_and_clear_young(on, sc)
             self.vmstat["mglru_walk_ptes"] += int(young.sum())
         hot = on[young]
         self.vmstat["mglru_walk_young"] += len(hot)
@@ -562,7 +533,7 @@ class Mglru:
             young = reclaim.clear_young(pfns, sc)
             centres = pfns[young]
         else:  # before 6.12: look around young host ptes, then ask KVM via folio_referenced
-            host = _ptep_test_and_clear_young(reclaim, pfns, sc)
+            host = reclaim.ptep_test_and_clear_young(pfns, sc)
             young = reclaim.folio_referenced(pfns, sc) | host
             centres = pfns[host]
         if len(centres):
@@ -574,7 +545,7 @@ class Mglru:
                 if self.cfg.notifier_walk:
                     ny = reclaim.clear_young(near, sc)
                 else:
-                    ny = _ptep_test_and_clear_young(reclaim, near, sc)
+                    ny = reclaim.ptep_test_and_clear_young(near, sc)
                 self.vmstat["mglru_lookaround_ptes"] += len(near)
                 self.vmstat["mglru_lookaround_young"] += int(ny.sum())
                 self._folio_update_gen(near[ny])
@@ -782,7 +753,7 @@ class Mglru:
         if not int(self.nr_pages.sum()) >> sc.priority:  # lruvec_is_sizable
             return False
         birth = int(self.timestamps[self.min_seq % MAX_NR_GENS])
-        return birth + self.cfg.min_ttl_ms * 1_000_000 < _now(reclaim)
+        return birth + self.cfg.min_ttl_ms * 1_000_000 < reclaim.now()
 
     def reclaim_cycle_end(self) -> None:
         """Nothing to snapshot (the controller updates as min_seq advances)."""
