@@ -29,3 +29,32 @@ def test_figure_from_two_runs(tmp_path: Path) -> None:
 
 def test_figure_on_a_missing_run_is_exit_2(tmp_path: Path) -> None:
     assert figures_main(["notifiers", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+
+
+def test_quality_metrics_on_a_demand_run(tmp_path: Path) -> None:
+    from analysis.quality import (
+        oracle_gaps,
+        premature_evictions,
+        quality,
+        refault_distances,
+        residence_times,
+    )
+
+    sc = tiny(duration_s=0.003, reclaim={"policy": "clock", "trigger": "demand"})
+    run_scenario(sc, tmp_path / "r")
+    run = load_run(tmp_path / "r")
+    gaps = oracle_gaps(run)
+    assert gaps["opt_gap"] >= 1.0
+    assert gaps["opt_faults"] <= gaps["lru_faults"] or gaps["lru_gap"] >= 1.0
+    ev = run.table("evictions")
+    res = residence_times(run)
+    assert len(res) == len(ev)
+    assert (res.dropna() >= 0).all()
+    assert 0.0 <= premature_evictions(run) <= 1.0
+    assert premature_evictions(run, window_ns=float("inf")) == ev.refault.mean()
+    rd = refault_distances(run)
+    assert len(rd) == int(ev.refault.sum())
+    assert (rd >= 0).all()
+    q = quality(run)
+    assert q["evictions"] == len(ev)
+    assert 0.0 <= q["idle_rank_mean"] <= 1.0
