@@ -1,10 +1,11 @@
-"""Synthetic guest access streams: which guest pages (gfns) a vCPU touches, in vectorised batches.
+"""Guest access streams: which guest pages (gfns) a vCPU touches, in vectorised batches.
 
 Models
     The page-granular memory references of a guest vCPU: a stream of ``(gfn, write)`` pairs drawn
-    from a distribution over the VM's working set. Streams are pure: they know nothing of SimPy or
-    of memory state, so the same seed gives the same stream whatever the host does (which is what
-    lets exact LRU and Belady's OPT be computed on it later).
+    from a distribution over the VM's working set, or replayed from a recorded trace of a real
+    program (:mod:`sim.guest.traces`). Streams are pure: they know nothing of SimPy or of memory
+    state, so the same seed gives the same stream whatever the host does (which is what lets
+    exact LRU and Belady's OPT be computed on it later).
 
 Determinism
     Accesses are generated in fixed chunks and served from a buffer, so the stream of a given
@@ -13,21 +14,31 @@ Determinism
 Simplifications
     Phase boundaries are counted in the vCPU's own accesses (``duration_s * access_rate_per_s``),
     not in simulated time, so a vCPU stalled on faults does not skip through its phases and the
-    stream stays independent of memory pressure.
+    stream stays independent of memory pressure. A trace is replayed at the vCPU's access rate,
+    not at its recorded timestamps, and cyclically: after its last access it starts over.
+    A trace's pages are packed densely into guest memory in order of first appearance, so the
+    guest layout keeps the trace's reuse pattern but not its virtual-address gaps.
 
 Invariants
-    Every gfn is in ``[offset, offset + working_set)`` of its phase and below the VM's page count.
+    Every gfn is in ``[offset, offset + working_set)`` of its phase and below the VM's page count;
+    a trace's gfns are ``0 .. D-1`` for its ``D`` distinct pages, ``D`` at most the VM's pages.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from sim.errors import TraceError
+from sim.guest.traces import read_trace
 from sim.schema import Strict
 
 # --------------------------------------------------------------------------------------------
@@ -89,8 +100,51 @@ class PhasesConfig(Strict):
     repeat: bool = Field(True, description="Start over after the last phase (else stay in it).")
 
 
+class TraceConfig(Strict):
+    """Replay a recorded trace of a real program (valgrind lackey, CSV, .npy or parquet).
+
+    The trace's distinct pages become guest pages ``0 .. D-1`` in order of first appearance, so
+    ``memory_mib`` must hold them all; ``working_set_mib`` does not apply. Writes come from the
+    trace (loads are reads; stores and modifies are writes; .npy traces only read), so the VM's
+    ``write_ratio`` is ignored. With a ``vcpu`` column each vCPU replays its own accesses;
+    otherwise every vCPU replays the whole trace, vCPU ``j`` of ``n`` starting ``j/n`` of the way
+    in. Each vCPU starts over at the end.
+    """
+
+    type: Literal["trace"] = "trace"
+    path: str = Field(
+        min_length=1,
+        description="Trace file (gzip'd or not); relative paths resolve against the current "
+        "working directory.",
+    )
+    format: Literal["auto", "lackey", "csv", "npy", "parquet"] = Field(
+        "auto",
+        description="File format; auto: by extension (.npy, .parquet, .csv, a trailing .gz "
+        "ignored), anything else is valgrind lackey output.",
+    )
+    page_size: int = Field(
+        4096,
+        ge=512,
+        le=1 << 30,
+        description="Bytes per trace page when addresses are turned into pages (a power of "
+        "two); each trace page becomes one guest page.",
+    )
+    instructions: bool = Field(
+        False,
+        description="Replay lackey's instruction fetches (I lines) as reads too; off: data "
+        "accesses only.",
+    )
+
+    @field_validator("page_size")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v & (v - 1):
+            raise ValueError(f"page_size must be a power of two (got {v})")
+        return v
+
+
 WorkloadConfig = Annotated[
-    UniformConfig | ZipfConfig | HotColdConfig | ScanConfig | PhasesConfig,
+    UniformConfig | ZipfConfig | HotColdConfig | ScanConfig | PhasesConfig | TraceConfig,
     Field(discriminator="type"),
 ]
 
@@ -164,6 +218,91 @@ def _log1p_over_x(x: NDArray[np.float64]) -> NDArray[np.float64]:
 CHUNK = 4096  # accesses generated at a time, whatever the caller asks for
 
 
+@dataclass(frozen=True, slots=True)
+class DenseTrace:
+    """A trace with its pages renumbered ``0 .. distinct-1`` in order of first appearance."""
+
+    gfns: NDArray[np.int64]
+    writes: NDArray[np.bool_]
+    vcpu: NDArray[np.int64] | None
+    distinct: int
+    source: str
+
+
+def load_trace(cfg: TraceConfig) -> DenseTrace:
+    """The trace ``cfg`` names, read once per process however many vCPUs and VMs replay it.
+
+    The cache key includes the file's size and modification time, so a file rewritten in place
+    is read again.
+    """
+    path = Path(cfg.path).expanduser().resolve()
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise TraceError(f"{cfg.path}: cannot read: {exc.strerror or exc}") from None
+    key = (str(path), cfg.format, cfg.page_size, cfg.instructions, st.st_size, st.st_mtime_ns)
+    return _load_trace(cfg.path, *key)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_trace(
+    shown: str,
+    path: str,
+    fmt: str,
+    page_size: int,
+    instructions: bool,
+    size: int,
+    mtime_ns: int,
+) -> DenseTrace:
+    tr = read_trace(path, fmt=fmt, page_size=page_size, instructions=instructions)
+    uniq, first, inverse = np.unique(tr.pages, return_index=True, return_inverse=True)
+    rank = np.empty(uniq.size, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(uniq.size, dtype=np.int64)
+    gfns = rank[inverse.reshape(-1)]
+    for a in (gfns, tr.writes, tr.vcpu):
+        if a is not None:
+            a.flags.writeable = False  # shared by every stream replaying this file
+    return DenseTrace(gfns, tr.writes, tr.vcpu, int(uniq.size), shown)
+
+
+class _Replay:
+    """One vCPU's cyclic walk over its accesses of a trace."""
+
+    def __init__(
+        self, cfg: TraceConfig, vm_pages: int, vcpu: int, nr_vcpus: int, page_shift: int
+    ) -> None:
+        tr = load_trace(cfg)
+        if tr.distinct > vm_pages:
+            mib = -(-tr.distinct // (1 << (20 - page_shift)))
+            raise TraceError(
+                f"{cfg.path}: the trace touches {tr.distinct} distinct pages but the VM has "
+                f"{vm_pages}; raise memory_mib to at least {mib}"
+            )
+        if tr.vcpu is None:
+            self.gfns, self.writes = tr.gfns, tr.writes
+            self.pos = (vcpu * tr.gfns.size) // max(1, nr_vcpus)
+            return
+        top = int(tr.vcpu.max())
+        if top >= nr_vcpus:
+            raise TraceError(
+                f"{cfg.path}: the trace's vcpu column goes up to {top} but the VM has "
+                f"{nr_vcpus} vCPUs; raise vcpus to at least {top + 1}"
+            )
+        mine = np.flatnonzero(tr.vcpu == vcpu)
+        if mine.size == 0:
+            raise TraceError(
+                f"{cfg.path}: the trace has no accesses for vCPU {vcpu}; lower vcpus to the "
+                f"vCPUs the trace uses"
+            )
+        self.gfns, self.writes = tr.gfns[mine], tr.writes[mine]
+        self.pos = 0
+
+    def take(self, n: int) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+        idx = (self.pos + np.arange(n, dtype=np.int64)) % self.gfns.size
+        self.pos = int((self.pos + n) % self.gfns.size)
+        return self.gfns[idx], self.writes[idx]
+
+
 class _Region:
     """One distribution over ``[offset, offset + size)`` pages, sampled in batches."""
 
@@ -214,10 +353,14 @@ class AccessStream:
         vm_pages: guest memory of the VM, in pages.
         working_set_pages: default region size (from the VM config).
         access_rate_per_s: the vCPU's access rate, which converts phase durations to accesses.
-        write_ratio: probability that an access is a write.
-        vcpu: index of this vCPU in its VM (staggers scan start positions).
+        write_ratio: probability that an access is a write (not for traces, which carry theirs).
+        vcpu: index of this vCPU in its VM (staggers scan and trace start positions).
         nr_vcpus: vCPUs in the VM.
         rng: this vCPU's own generator.
+        page_shift: log2 of the guest page size.
+
+    Raises:
+        TraceError: a trace workload's file cannot be read, or does not fit the VM.
     """
 
     def __init__(
@@ -234,6 +377,13 @@ class AccessStream:
         page_shift: int = 12,
     ) -> None:
         self.rng, self.write_ratio = rng, write_ratio
+        self._gfns: list[NDArray[np.int64]] = []
+        self._writes: list[NDArray[np.bool_]] = []
+        self._buffered = 0
+        self.replay: _Replay | None = None
+        if isinstance(workload, TraceConfig):
+            self.replay = _Replay(workload, vm_pages, vcpu, nr_vcpus, page_shift)
+            return
         mib = 1 << (20 - page_shift)
         if isinstance(workload, PhasesConfig):
             specs = [
@@ -257,9 +407,6 @@ class AccessStream:
             self.lengths.append(length)
         self.phase = 0
         self.left = self.lengths[0] if len(self.regions) > 1 or self.repeat else -1
-        self._gfns: list[NDArray[np.int64]] = []
-        self._writes: list[NDArray[np.bool_]] = []
-        self._buffered = 0
 
     def _advance_phase(self) -> None:
         nxt = self.phase + 1
@@ -277,6 +424,12 @@ class AccessStream:
         Chunk sizes depend only on the phase lengths, never on what callers ask for, so the
         generator is consumed identically whatever batch sizes the vCPU uses.
         """
+        if self.replay is not None:
+            gfns, writes = self.replay.take(CHUNK)
+            self._gfns.append(gfns)
+            self._writes.append(writes)
+            self._buffered += CHUNK
+            return
         take = CHUNK if self.left < 0 else min(CHUNK, self.left)
         gfns = self.regions[self.phase].sample(self.rng, take)
         if self.write_ratio <= 0.0:
