@@ -173,7 +173,19 @@ def run(
 @click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
 @_set_option
 def validate(config: Path, overrides: tuple[str, ...]) -> None:
-    """Check CONFIG (and overrides) without running it."""
+    """Check CONFIG (a scenario, or a sweep file: every point) without running it."""
+    from sim.config import read_yaml
+    from sim.sweep import load_sweep
+
+    try:
+        if "base" in read_yaml(config) and not overrides:
+            name, points = load_sweep(config)
+            out_console.print(
+                f"ok: sweep {name}: {len(points)} point(s), all valid", highlight=False
+            )
+            return
+    except UserError as exc:
+        _fail(exc)
     sc = _load(config, overrides, None)
     from sim.host.memory import setup_per_zone_wmarks
 

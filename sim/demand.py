@@ -55,6 +55,7 @@ _A = np.uint8(SPTE_ACCESSED)
 _D = np.uint8(SPTE_DIRTY)
 _NOT_EVICTED = np.uint8(0xFF ^ PG_EVICTED)
 WINDOW = 65536  # accesses handled per vectorised window
+WINDOW_ACCESS_TRACKING = 2048  # with EPT A/D off (see DemandWorld.window)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,17 +90,19 @@ class DemandAllocator:
         return self.mem.alloc_frame(pid)
 
     def evict_one(self) -> None:
-        """Run the policy's reclaim, one folio at a time, until exactly one page is freed.
+        """Run the policy's reclaim for exactly one page.
 
         One victim per miss has no use for the kernel's priority ladder (which sizes batch
-        passes): the pass runs at priority 0 (the whole list as budget) and stops at the
-        first folio reclaimed. A pass may only clear referenced bits; the next one evicts.
+        passes): the pass runs at priority 0 (the whole list as budget), one folio at a time
+        (``sc.batch = 1``), with a target of one page; the policy's own loop decides when it is
+        done, so whatever it does around each reclaim step (the two-list LRU deactivates an
+        active folio for every inactive one it scans) still happens. A pass may only clear
+        referenced bits; the next one evicts.
         """
         sc = ScanControl(nr_to_reclaim=1, batch=1, direct=True, priority=0)
         for _ in range(3):
             for _ in self.policy.shrink_node(sc, self.vmscan):
-                if sc.nr_reclaimed:
-                    break
+                pass
             if sc.nr_reclaimed:
                 break
         account(self.vmstat, sc)
@@ -158,6 +161,9 @@ class DemandWorld(Machine):
             None, self.mem, self.swap, self.alloc, self.policy, self.mms, self.vmstat
         )
         self.horizon_ns = round(sc.duration_s * 1e9)
+        # With access tracking, aging during a miss can turn later accesses of the window into
+        # faults, and the rest of the window is rechecked: keep windows short then.
+        self.window = WINDOW if sc.kvm.ept_ad_bits else WINDOW_ACCESS_TRACKING
         self._source = source if source is not None else self._merged
         self._alias_rng = rng_for(sc.seed, "demand.alias")
         self._seq = 0
@@ -188,7 +194,7 @@ class DemandWorld(Machine):
                 )
                 entries.append((vi, j, stream, cfg.access_rate_per_s))
         total_rate = sum(e[3] for e in entries)
-        step = max(1, WINDOW * 1_000_000_000 // total_rate)
+        step = max(1, self.window * 1_000_000_000 // total_rate)
         done = [0] * len(entries)
         t = 0
         while t < self.horizon_ns:
@@ -249,6 +255,7 @@ class DemandWorld(Machine):
         pending = np.flatnonzero((spte[gidx] & _FAULT_MASK) != _OK).tolist()
         by_pid: tuple[NDArray[np.int64], NDArray[np.int64]] | None = None
         kills = len(self.oom_kills)
+        tracked = self._tracked_marks()
         while pending:
             b = heapq.heappop(pending)
             if b < last:
@@ -272,7 +279,14 @@ class DemandWorld(Machine):
                 st.refaults += 1
             if self.recorder is not None:
                 self.recorder.fault(self._t, vi, int(w.vcpu[b]), g, kind, 0, p)
-            if self._victims:
+            marks = self._tracked_marks()
+            if marks != tracked:  # aging parked sptes: later "hits" may now fault
+                tracked = marks
+                pending = (
+                    np.flatnonzero((spte[gidx[b + 1 :]] & _FAULT_MASK) != _OK) + b + 1
+                ).tolist()
+                self._victims.clear()
+            elif self._victims:
                 if len(self.oom_kills) != kills:  # a whole VM went: recheck the rest
                     kills = len(self.oom_kills)
                     rest = np.flatnonzero((spte[gidx[b + 1 :]] & _FAULT_MASK) != _OK) + b + 1
@@ -300,6 +314,9 @@ class DemandWorld(Machine):
         self._t = int(w.t_ns[-1])
         if self._t >= self._next_sample:
             self._sample()
+
+    def _tracked_marks(self) -> int:
+        return sum(vm.mmu.tracked_marks for vm in self.vms)
 
     def evicted(
         self,

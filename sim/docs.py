@@ -44,6 +44,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("vms[].workload (type: hotcold)", wl.HotColdConfig),
     ("vms[].workload (type: scan)", wl.ScanConfig),
     ("vms[].workload (type: phases)", wl.PhasesConfig),
+    ("vms[].workload (type: trace)", wl.TraceConfig),
     ("vms[].workload.phases[]", wl.PhaseConfig),
     ("engine", EngineConfig),
     ("output", OutputConfig),

@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 
 from sim import fastpath
 from sim.config import apply_overrides, parse_scenario
-from sim.demand import DemandWorld, trace_source
+from sim.demand import WINDOW, WINDOW_ACCESS_TRACKING, DemandWorld, trace_source
 from sim.errors import UserError
 from sim.mrc import lru_mrc
 from sim.reclaim import policy_names
@@ -84,7 +84,9 @@ def replay(
             None,
             nr_frames=frames,
             vm_pages=[("trace", distinct)],
-            source=trace_source(ids, writes),
+            source=trace_source(
+                ids, writes, WINDOW if sc.kvm.ept_ad_bits else WINDOW_ACCESS_TRACKING
+            ),
         )
         t0 = time.perf_counter()
         world.run()

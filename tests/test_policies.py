@@ -25,6 +25,7 @@ def test_registry_matches_the_config_union() -> None:
 
 def _checked_run(w: Any) -> None:
     if isinstance(w, World):
+
         def checker() -> Any:
             while True:
                 yield w.env.timeout(2_000_000)
@@ -67,8 +68,9 @@ def test_demand_mode_evicts_exactly_one_page_per_miss_when_full(policy: str) -> 
 def test_demand_mode_reference_string_does_not_depend_on_the_policy() -> None:
     strings = []
     for policy in ("fifo", "two_list"):
-        w = build_world(tiny(duration_s=0.003, reclaim={"policy": policy, "trigger": "demand"}),
-                        None)
+        w = build_world(
+            tiny(duration_s=0.003, reclaim={"policy": policy, "trigger": "demand"}), None
+        )
         w.run()
         strings.append(np.concatenate(w._string))
     assert (strings[0] == strings[1]).all()

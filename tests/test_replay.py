@@ -36,12 +36,20 @@ def test_replay_json_keys_and_counts(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     pages = (rng.zipf(1.3, 5000) % 400).astype(np.int64)
     np.save(tmp_path / "t.npy", pages)
-    r = CliRunner().invoke(main, ["replay", str(tmp_path / "t.npy"), "--frames", "50",
-                                  "--policy", "lru", "--json"])
+    r = CliRunner().invoke(
+        main, ["replay", str(tmp_path / "t.npy"), "--frames", "50", "--policy", "lru", "--json"]
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
-    assert set(out) >= {"policy", "frames", "accesses", "distinct_pages", "faults", "evictions",
-                        "replay_s"}
+    assert set(out) >= {
+        "policy",
+        "frames",
+        "accesses",
+        "distinct_pages",
+        "faults",
+        "evictions",
+        "replay_s",
+    }
     assert out["faults"] == fastpath.lru(pages, 50).faults
     assert out["accesses"] == 5000
     assert out["distinct_pages"] == len(np.unique(pages))
@@ -88,8 +96,19 @@ def test_mrc_command_writes_table_and_figure(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     np.save(tmp_path / "t.npy", (rng.zipf(1.3, 3000) % 300).astype(np.int64))
     out = tmp_path / "mrc"
-    r = CliRunner().invoke(main, ["mrc", str(tmp_path / "t.npy"), "--out", str(out),
-                                  "--policies", "opt,fifo", "--sizes", "10,50"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "mrc",
+            str(tmp_path / "t.npy"),
+            "--out",
+            str(out),
+            "--policies",
+            "opt,fifo",
+            "--sizes",
+            "10,50",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert {p.name for p in out.iterdir()} == {"mrc.parquet", "mrc.png", "mrc.json"}
 
@@ -100,8 +119,33 @@ def test_replay_with_overrides_uses_the_mechanism(tmp_path: Path) -> None:
     pages = (rng.zipf(1.3, 6000) % 500).astype(np.int64)
     writes = np.zeros(len(pages), dtype=np.bool_)
     on = replay(pages, writes, frames=60, policy="clock", engine="general")
-    off = replay(pages, writes, frames=60, policy="clock", engine="general",
-                 overrides=["kvm.mmu_notifiers=false"])
+    off = replay(
+        pages,
+        writes,
+        frames=60,
+        policy="clock",
+        engine="general",
+        overrides=["kvm.mmu_notifiers=false"],
+    )
     fifo = fastpath.fifo(pages, 60).faults
     assert on["faults"] < off["faults"]
     assert off["faults"] == fifo  # only the fault-in young bit is left: FIFO with one pass
+
+
+@settings(max_examples=15)
+@given(traces, st.integers(1, 35), st.sampled_from(["clock", "two_list", "mglru"]))
+def test_ept_ad_off_changes_costs_not_decisions(
+    pages: np.ndarray, frames: int, policy: str
+) -> None:
+    """Access tracking tells the host exactly what the A bits would: same misses."""
+    writes = np.zeros(len(pages), dtype=np.bool_)
+    ad = replay(pages, writes, frames=frames, policy=policy, engine="general")
+    at = replay(
+        pages,
+        writes,
+        frames=frames,
+        policy=policy,
+        engine="general",
+        overrides=["kvm.ept_ad_bits=false"],
+    )
+    assert ad["faults"] == at["faults"]

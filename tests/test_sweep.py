@@ -20,10 +20,12 @@ def _write(tmp_path: Path, spec: dict[str, Any]) -> Path:
 
 
 def test_expansion(tmp_path: Path) -> None:
-    spec = {"base": {**TINY, "duration_s": 0.01},
-            "grid": {"kvm.mmu_notifiers": [True, False], "vms.0.vcpus": [1, 2]},
-            "variants": [{"label": "a", "set": {"reclaim.policy": "fifo"}}, {"label": "b"}],
-            "seeds": [1, 2]}
+    spec = {
+        "base": {**TINY, "duration_s": 0.01},
+        "grid": {"kvm.mmu_notifiers": [True, False], "vms.0.vcpus": [1, 2]},
+        "variants": [{"label": "a", "set": {"reclaim.policy": "fifo"}}, {"label": "b"}],
+        "seeds": [1, 2],
+    }
     name, points = load_sweep(_write(tmp_path, spec))
     assert name == "sweep"
     assert len(points) == 2 * 2 * 2 * 2
@@ -31,7 +33,11 @@ def test_expansion(tmp_path: Path) -> None:
     a = [p for p in points if p.label == "a"]
     assert all(p.scenario.reclaim.policy == "fifo" for p in a)
     assert {(p.params["kvm.mmu_notifiers"], p.params["seed"]) for p in a} == {
-        (True, 1), (True, 2), (False, 1), (False, 2)}
+        (True, 1),
+        (True, 2),
+        (False, 1),
+        (False, 2),
+    }
 
 
 def test_base_file_is_relative_to_the_sweep(tmp_path: Path) -> None:
@@ -60,8 +66,7 @@ def test_bad_points_are_reported_before_anything_runs(
 
 
 def test_run_then_resume_from_cache(tmp_path: Path) -> None:
-    spec = {"base": {**TINY, "duration_s": 0.02},
-            "grid": {"reclaim.policy": ["fifo", "clock"]}}
+    spec = {"base": {**TINY, "duration_s": 0.02}, "grid": {"reclaim.policy": ["fifo", "clock"]}}
     path = _write(tmp_path, spec)
     out, df = run_sweep(path, tmp_path / "out", workers=1)
     assert list(df.status) == ["ok", "ok"]

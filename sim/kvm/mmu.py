@@ -103,6 +103,7 @@ class KvmMmu:
         self.pf_fixed = 0
         self.pf_fast = 0
         self.pf_retry = 0
+        self.tracked_marks = 0  # aging calls that parked sptes (access tracking)
         self.remote_tlb_flush = 0
         self.zapped = 0
 
@@ -194,6 +195,7 @@ class KvmMmu:
                     self.spte[idx] = np.where(
                         present, (s | _U8(SPTE_ACCESS_TRACKED)) & ~_U8(SPTE_ACCESSED), s
                     )
+                    self.tracked_marks += 1
             young[valid] = acc.any(axis=1)
         return self._per_range(young, offs)
 
