@@ -55,6 +55,25 @@ def tiny(**changes: Any) -> Scenario:
     return parse_scenario(raw, "tiny")
 
 
+def run_checked(w: Any, every_ns: int = 1_000_000) -> int:
+    """Run a world to its horizon, checking every invariant every ``every_ns`` of simulated
+    time (watermark worlds) and at the end; returns how many checks ran."""
+    checks = [0]
+    if hasattr(w, "env"):
+
+        def checker() -> Any:
+            while True:
+                yield w.env.timeout(every_ns)
+                w.check()
+                checks[0] += 1
+
+        w.start()
+        w.env.process(checker())
+    w.run()
+    w.check()
+    return checks[0] + 1
+
+
 @pytest.fixture
 def tiny_raw() -> dict[str, Any]:
     """A fresh copy of the tiny scenario's raw dict."""

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from sim.config import parse_scenario
 from sim.engine import World
+from tests.conftest import run_checked
 
 workloads = st.one_of(
     st.just({"type": "uniform"}),
@@ -92,19 +93,7 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
 @given(scenarios())
 def test_invariants_hold_throughout_random_scenarios(raw: dict[str, Any]) -> None:
     w = World(parse_scenario(raw))
-    checks = [0]
-
-    def checker() -> Any:
-        while True:
-            yield w.env.timeout(1_000_000)
-            w.check()
-            checks[0] += 1
-
-    w.start()
-    w.env.process(checker())
-    w.run()
-    w.check()
-    assert checks[0] >= 9
+    assert run_checked(w) >= 10
     s = w.summary(0.0)
     for v in s["vms"]:
         assert v["stall_ns"] >= 0

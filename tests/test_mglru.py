@@ -17,7 +17,7 @@ from sim.host.vmstat import VmStat
 from sim.kvm.fault import kvm_fault_nowait
 from sim.kvm.mmu import SPTE_ACCESSED
 from sim.reclaim.mglru import MAX_NR_GENS, MIN_NR_GENS, PG_REFERENCED, PG_WORKINGSET, Mglru
-from tests.conftest import tiny
+from tests.conftest import run_checked, tiny
 from tests.test_invariants import scenarios
 
 GFNS = list(range(10))
@@ -363,19 +363,7 @@ def test_invariants_hold_throughout_random_scenarios(raw: dict[str, Any]) -> Non
     raw["reclaim"] = {"policy": "mglru"}
     raw["duration_s"] = min(raw["duration_s"], 0.03)
     w = World(parse_scenario(raw))
-    checks = [0]
-
-    def checker() -> Any:
-        while True:
-            yield w.env.timeout(1_000_000)
-            w.check()
-            checks[0] += 1
-
-    w.start()
-    w.env.process(checker())
-    w.run()
-    w.check()
-    assert checks[0] >= 9
+    assert run_checked(w) >= 10
     h = w.summary(0.0)["host"]
     assert h["kswapd_reclaimed"] <= h["kswapd_scanned"]
     assert h["direct_reclaimed"] <= h["direct_scanned"]

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import typing
-from typing import Any
 
 import numpy as np
 import pytest
 
 from sim.engine import World, build_world
 from sim.reclaim import ReclaimConfig, config_class, policy_names
-from tests.conftest import tiny
+from tests.conftest import run_checked, tiny
 
 POLICIES = policy_names()
 WATERMARK = [p for p in POLICIES if p != "opt"]  # OPT needs a fixed reference string
@@ -23,24 +22,10 @@ def test_registry_matches_the_config_union() -> None:
     assert {config_class(p).model_fields["policy"].default for p in POLICIES} == set(POLICIES)
 
 
-def _checked_run(w: Any) -> None:
-    if isinstance(w, World):
-
-        def checker() -> Any:
-            while True:
-                yield w.env.timeout(2_000_000)
-                w.check()
-
-        w.start()
-        w.env.process(checker())
-    w.run()
-    w.check()
-
-
 @pytest.mark.parametrize("policy", WATERMARK)
 def test_watermark_mode_keeps_every_invariant(policy: str) -> None:
     w = World(tiny(duration_s=0.1, reclaim={"policy": policy}))
-    _checked_run(w)
+    run_checked(w, 2_000_000)
     s = w.summary(0.0)
     assert s["host"]["pswpout"] > 0  # it really reclaimed
     assert s["policy"] == policy
@@ -50,7 +35,7 @@ def test_watermark_mode_keeps_every_invariant(policy: str) -> None:
 def test_demand_mode_evicts_exactly_one_page_per_miss_when_full(policy: str) -> None:
     sc = tiny(duration_s=0.004, reclaim={"policy": policy, "trigger": "demand"})
     w = build_world(sc, None)
-    _checked_run(w)
+    run_checked(w, 2_000_000)
     misses = sum(v.stats.faults["first_touch"] + v.stats.faults["major"] for v in w.vms)
     frames = w.nr_frames
     assert misses > frames  # memory filled up

@@ -238,6 +238,24 @@ class PageQueue:
             self._buf[: n - first] = pfns[first:]
         self._size += n
 
+    def add_tail(self, pfns: NDArray[np.integer]) -> None:
+        """Add folios at the tail (oldest end), ``pfns[0]`` becoming the new tail
+        (``list_move_tail``; also undoes a partial isolation)."""
+        if self._pending:
+            self.drain()
+        n = len(pfns)
+        if n == 0:
+            return
+        self._grow(self._size + n)
+        cap = len(self._buf)
+        start = (self._start - n) % cap
+        first = min(n, cap - start)
+        self._buf[start : start + first] = pfns[:first]
+        if first < n:
+            self._buf[: n - first] = pfns[first:]
+        self._start = start
+        self._size += n
+
     def isolate_tail(self, n: int) -> Pfns:
         """Take up to ``n`` folios from the tail (oldest first)."""
         if self._pending:

@@ -18,11 +18,10 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import numpy as np
-from numpy.typing import NDArray
 
 from sim.host.vmscan import ScanControl
-from sim.reclaim.base import PageQueue, Pfns, ReclaimBase, Reclaimer
-from sim.reclaim.simple import SimplePolicy, check_tracked
+from sim.reclaim.base import Pfns, ReclaimBase, Reclaimer
+from sim.reclaim.simple import QueuePolicy
 
 
 class ClockConfig(ReclaimBase):
@@ -31,22 +30,11 @@ class ClockConfig(ReclaimBase):
     policy: Literal["clock"] = "clock"
 
 
-class Clock(SimplePolicy):
-    """Second-chance replacement driven by hardware accessed bits."""
+class Clock(QueuePolicy):
+    """Second-chance replacement driven by hardware accessed bits (a folio faulted in joins
+    behind the hand with its accessed bit already set)."""
 
     name: ClassVar[str] = "clock"
-
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.queue = PageQueue()
-
-    def nr_resident(self) -> int:
-        """Folios on the clock face."""
-        return len(self.queue)
-
-    def folio_add_lru(self, pfn: int, shadow: int | None) -> None:
-        """A faulted-in folio joins behind the hand (its accessed bit is already set)."""
-        self.queue.add_one(pfn)
 
     def pick(self, n: int, sc: ScanControl, reclaim: Reclaimer) -> Pfns:
         """Advance the hand until ``n`` unreferenced folios are found (or the face is done).
@@ -68,15 +56,3 @@ class Clock(SimplePolicy):
             victims.append(old)
             found += len(old)
         return np.concatenate(victims) if victims else np.empty(0, dtype=np.int64)
-
-    def putback(self, pfns: Pfns) -> None:
-        """Failures go behind the hand."""
-        self.queue.add_head(pfns)
-
-    def folio_remove(self, pfns: Pfns) -> None:
-        """Folios of an exiting mm leave the face."""
-        self.queue.remove(pfns)
-
-    def check(self, on_lru: NDArray[np.bool_]) -> None:
-        """The face is exactly the resident folios."""
-        check_tracked(self.queue.snapshot(), on_lru)

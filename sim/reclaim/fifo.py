@@ -12,12 +12,9 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-import numpy as np
-from numpy.typing import NDArray
-
 from sim.host.vmscan import ScanControl
-from sim.reclaim.base import PageQueue, Pfns, ReclaimBase, Reclaimer
-from sim.reclaim.simple import SimplePolicy, check_tracked
+from sim.reclaim.base import Pfns, ReclaimBase, Reclaimer
+from sim.reclaim.simple import QueuePolicy
 
 
 class FifoConfig(ReclaimBase):
@@ -26,35 +23,11 @@ class FifoConfig(ReclaimBase):
     policy: Literal["fifo"] = "fifo"
 
 
-class Fifo(SimplePolicy):
+class Fifo(QueuePolicy):
     """First-in first-out replacement."""
 
     name: ClassVar[str] = "fifo"
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.queue = PageQueue()
-
-    def nr_resident(self) -> int:
-        """Folios in the queue."""
-        return len(self.queue)
-
-    def folio_add_lru(self, pfn: int, shadow: int | None) -> None:
-        """Join at the head (newest end)."""
-        self.queue.add_one(pfn)
-
     def pick(self, n: int, sc: ScanControl, reclaim: Reclaimer) -> Pfns:
         """The ``n`` oldest folios."""
         return self.queue.isolate_tail(n)
-
-    def putback(self, pfns: Pfns) -> None:
-        """Failures rejoin at the head."""
-        self.queue.add_head(pfns)
-
-    def folio_remove(self, pfns: Pfns) -> None:
-        """Folios of an exiting mm leave the queue."""
-        self.queue.remove(pfns)
-
-    def check(self, on_lru: NDArray[np.bool_]) -> None:
-        """The queue is exactly the resident folios."""
-        check_tracked(self.queue.snapshot(), on_lru)

@@ -172,30 +172,6 @@ class MglruConfig(ReclaimBase):
     )
 
 
-class _GenList(PageQueue):
-    """A generation's list: a ``PageQueue`` that can also put folios back at its tail
-    (``list_move_tail``, and undoing a partial isolation)."""
-
-    __slots__ = ()
-
-    def add_tail(self, pfns: NDArray[np.integer]) -> None:
-        """Add folios at the tail (oldest end); ``pfns[0]`` becomes the new tail."""
-        if self._pending:
-            self.drain()
-        n = len(pfns)
-        if n == 0:
-            return
-        self._grow(self._size + n)
-        cap = len(self._buf)
-        start = (self._start - n) % cap
-        first = min(n, cap - start)
-        self._buf[start : start + first] = pfns[:first]
-        if first < n:
-            self._buf[: n - first] = pfns[first:]
-        self._start = start
-        self._size += n
-
-
 @dataclass(slots=True)
 class _Walk:
     """One aging walk in progress (the mm-list iterator reclaimers share)."""
@@ -240,7 +216,7 @@ class Mglru:
         self.cfg, self.vmstat = cfg, vmstat
         self.fl = np.zeros(nr_frames, dtype=np.uint8)
         self.seq = np.full(nr_frames, -1, dtype=np.int64)  # generation (sequence) on a list
-        self.lists = [_GenList() for _ in range(MAX_NR_GENS)]
+        self.lists = [PageQueue() for _ in range(MAX_NR_GENS)]
         self.nr_pages = np.zeros(MAX_NR_GENS, dtype=np.int64)  # folios per gen (seq % 4)
         # lru_gen_init_lruvec: max_seq = MIN_NR_GENS + 1, min_seq = 0
         self.max_seq = MIN_NR_GENS + 1

@@ -8,6 +8,7 @@ Subclasses say only which folios to pick (``pick``) and how to put failures back
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Iterator
 from typing import ClassVar
@@ -16,10 +17,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sim.host.vmscan import ScanControl
-from sim.reclaim.base import Pfns, Reclaimer
+from sim.reclaim.base import PageQueue, Pfns, Reclaimer
 
 
-class SimplePolicy:
+class SimplePolicy(ABC):
     """Base for policies whose whole decision is which resident folios to evict next."""
 
     name: ClassVar[str]
@@ -33,17 +34,17 @@ class SimplePolicy:
         self.nr_frames = nr_frames
 
     # -- to override -------------------------------------------------------------------------
+    @abstractmethod
     def nr_resident(self) -> int:
         """Folios the policy tracks."""
-        raise NotImplementedError
 
+    @abstractmethod
     def pick(self, n: int, sc: ScanControl, reclaim: Reclaimer) -> Pfns:
         """Isolate up to ``n`` victims (they leave the policy's structures)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def putback(self, pfns: Pfns) -> None:
         """Return folios the host could not reclaim."""
-        raise NotImplementedError
 
     # -- EvictionPolicy ----------------------------------------------------------------------
     def shrink_node(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
@@ -69,25 +70,56 @@ class SimplePolicy:
         """No background aging."""
         yield from ()
 
-    def reclaim_cycle_end(self) -> None:
+    def reclaim_cycle_end(self) -> None:  # noqa: B027 (a default, not abstract)
         """Nothing to remember between cycles."""
 
-    def folio_mark_accessed(self, pfn: int) -> None:
+    def folio_mark_accessed(self, pfn: int) -> None:  # noqa: B027 (a default, not abstract)
         """Host-side references do not matter to these policies."""
 
     def workingset_eviction(self, pfns: Pfns) -> NDArray[np.uint32]:
         """No refault detection: empty shadows."""
         return np.zeros(len(pfns), dtype=np.uint32)
 
-    def on_access(self, pfns: Pfns, seq: NDArray[np.int64]) -> None:
+    def on_access(self, pfns: Pfns, seq: NDArray[np.int64]) -> None:  # noqa: B027 (a default, not abstract)
         """Only oracles look at accesses."""
 
-    def set_future(self, next_use: NDArray[np.int64]) -> None:
+    def set_future(self, next_use: NDArray[np.int64]) -> None:  # noqa: B027 (a default, not abstract)
         """Only OPT knows the future."""
 
     def lru_sizes(self) -> dict[str, int]:
         """One list: everything resident counts as inactive (timeline compatibility)."""
         return {"inactive": self.nr_resident(), "active": 0}
+
+
+class QueuePolicy(SimplePolicy):
+    """A policy over one queue of resident folios in fault-in order (fifo, clock): newcomers
+    and failures join at the newest end; subclasses pick victims from the oldest."""
+
+    def __init__(
+        self, cfg: object, nr_frames: int, vmstat: Counter[str], rng: np.random.Generator
+    ) -> None:
+        super().__init__(cfg, nr_frames, vmstat, rng)
+        self.queue = PageQueue()
+
+    def nr_resident(self) -> int:
+        """Folios in the queue."""
+        return len(self.queue)
+
+    def folio_add_lru(self, pfn: int, shadow: int | None) -> None:
+        """Join at the newest end."""
+        self.queue.add_one(pfn)
+
+    def putback(self, pfns: Pfns) -> None:
+        """Failures rejoin at the newest end."""
+        self.queue.add_head(pfns)
+
+    def folio_remove(self, pfns: Pfns) -> None:
+        """Folios of an exiting mm leave the queue."""
+        self.queue.remove(pfns)
+
+    def check(self, on_lru: NDArray[np.bool_]) -> None:
+        """The queue is exactly the resident folios."""
+        check_tracked(self.queue.snapshot(), on_lru)
 
 
 class ResidentSet:
