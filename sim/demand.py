@@ -38,7 +38,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sim.config import Scenario
-from sim.guest.workloads import AccessStream
 from sim.host.fault import HostFaultHandler
 from sim.host.kswapd import account
 from sim.host.memory import PG_EVICTED, HostMemory, Watermarks
@@ -46,7 +45,7 @@ from sim.host.oom import OomKiller
 from sim.host.vmscan import ScanControl, Vmscan
 from sim.kvm.fault import kvm_fault_demand
 from sim.kvm.mmu import SPTE_ACCESS_TRACKED, SPTE_ACCESSED, SPTE_DIRTY, SPTE_PRESENT
-from sim.machine import MIB_PAGES, Machine, rng_for
+from sim.machine import MIB_PAGES, Machine, rng_for, vcpu_stream
 from sim.reclaim.base import EvictionPolicy
 
 _FAULT_MASK = np.uint8(SPTE_PRESENT | SPTE_ACCESS_TRACKED)
@@ -180,18 +179,8 @@ class DemandWorld(Machine):
         sc = self.sc
         entries = []
         for vi, (name, cfg) in enumerate(sc.vm_list()):
-            ws = (cfg.working_set_mib or cfg.memory_mib) * MIB_PAGES
             for j in range(cfg.vcpus):
-                stream = AccessStream(
-                    cfg.workload,
-                    vm_pages=self.vms[vi].mm.nr_pages,
-                    working_set_pages=ws,
-                    access_rate_per_s=cfg.access_rate_per_s,
-                    write_ratio=cfg.write_ratio,
-                    vcpu=j,
-                    nr_vcpus=cfg.vcpus,
-                    rng=rng_for(sc.seed, f"{name}.vcpu{j}.stream"),
-                )
+                stream = vcpu_stream(sc, name, cfg, self.vms[vi].mm.nr_pages, j)
                 entries.append((vi, j, stream, cfg.access_rate_per_s))
         total_rate = sum(e[3] for e in entries)
         step = max(1, self.window * 1_000_000_000 // total_rate)

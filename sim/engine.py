@@ -28,13 +28,12 @@ import sim
 from sim.config import Scenario
 from sim.costs import CostModel
 from sim.guest.vcpu import Vcpu
-from sim.guest.workloads import AccessStream
 from sim.host.fault import HostFaultHandler
 from sim.host.kswapd import DirectReclaim, Kswapd, ProcessGen
 from sim.host.memory import setup_per_zone_wmarks
 from sim.host.oom import OomKiller
 from sim.host.page_alloc import PageAllocator
-from sim.machine import MIB_PAGES, Machine, rng_for
+from sim.machine import MIB_PAGES, Machine, rng_for, vcpu_stream
 
 __all__ = ["MIB_PAGES", "RunResult", "World", "default_outdir", "rng_for", "run_scenario"]
 
@@ -75,19 +74,9 @@ class World(Machine):
         )
         on_access = self._on_access if policy.observes_accesses else None
         for vm, (name, cfg) in zip(self.vms, vms, strict=True):
-            ws = (cfg.working_set_mib or cfg.memory_mib) * MIB_PAGES
             vm.nr_vcpus = cfg.vcpus
             for j in range(cfg.vcpus):
-                stream = AccessStream(
-                    cfg.workload,
-                    vm_pages=vm.mm.nr_pages,
-                    working_set_pages=ws,
-                    access_rate_per_s=cfg.access_rate_per_s,
-                    write_ratio=cfg.write_ratio,
-                    vcpu=j,
-                    nr_vcpus=cfg.vcpus,
-                    rng=rng_for(sc.seed, f"{name}.vcpu{j}.stream"),
-                )
+                stream = vcpu_stream(sc, name, cfg, vm.mm.nr_pages, j)
                 vm.vcpus.append(
                     Vcpu(
                         env,

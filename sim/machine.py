@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from sim.config import Scenario
+from sim.config import Scenario, VmConfig
+from sim.guest.workloads import AccessStream
 from sim.host.memory import PAGE_SHIFT, PG_SWAP, PTE_PRESENT, HostMemory, Watermarks
 from sim.host.mm import Mm
 from sim.host.rmap import Rmap
@@ -39,6 +40,20 @@ def rng_for(seed: int, scope: str) -> np.random.Generator:
     """The generator of one named component (``vm0.vcpu1``, ``swap``...)."""
     return np.random.default_rng(
         np.random.SeedSequence(seed, spawn_key=(zlib.crc32(scope.encode()),))
+    )
+
+
+def vcpu_stream(sc: Scenario, name: str, cfg: VmConfig, vm_pages: int, vcpu: int) -> AccessStream:
+    """The access stream of vCPU ``vcpu`` of VM ``name`` (seeded by the VM's name)."""
+    return AccessStream(
+        cfg.workload,
+        vm_pages=vm_pages,
+        working_set_pages=(cfg.working_set_mib or cfg.memory_mib) * MIB_PAGES,
+        access_rate_per_s=cfg.access_rate_per_s,
+        write_ratio=cfg.write_ratio,
+        vcpu=vcpu,
+        nr_vcpus=cfg.vcpus,
+        rng=rng_for(sc.seed, f"{name}.vcpu{vcpu}.stream"),
     )
 
 

@@ -222,38 +222,43 @@ class PageQueue:
         self._buf[: len(items)] = items
         self._start = 0
 
-    def add_head(self, pfns: NDArray[np.integer]) -> None:
-        """Add folios at the head (newest end), in the given order."""
+    def _reserve(self, n: int) -> int:
+        """Drain buffered adds and make room for ``n`` more; returns the ring's capacity."""
         if self._pending:
             self.drain()
-        n = len(pfns)
-        if n == 0:
-            return
         self._grow(self._size + n)
-        cap = len(self._buf)
-        pos = (self._start + self._size) % cap
+        return len(self._buf)
+
+    def _write(self, pos: int, pfns: NDArray[np.integer]) -> None:
+        """Copy ``pfns`` into the ring from ``pos``, wrapping around the end."""
+        n, cap = len(pfns), len(self._buf)
         first = min(n, cap - pos)
         self._buf[pos : pos + first] = pfns[:first]
         if first < n:
             self._buf[: n - first] = pfns[first:]
+
+    def add_head(self, pfns: NDArray[np.integer]) -> None:
+        """Add folios at the head (newest end), in the given order."""
+        n = len(pfns)
+        if n == 0:
+            if self._pending:
+                self.drain()
+            return
+        cap = self._reserve(n)
+        self._write((self._start + self._size) % cap, pfns)
         self._size += n
 
     def add_tail(self, pfns: NDArray[np.integer]) -> None:
         """Add folios at the tail (oldest end), ``pfns[0]`` becoming the new tail
         (``list_move_tail``; also undoes a partial isolation)."""
-        if self._pending:
-            self.drain()
         n = len(pfns)
         if n == 0:
+            if self._pending:
+                self.drain()
             return
-        self._grow(self._size + n)
-        cap = len(self._buf)
-        start = (self._start - n) % cap
-        first = min(n, cap - start)
-        self._buf[start : start + first] = pfns[:first]
-        if first < n:
-            self._buf[: n - first] = pfns[first:]
-        self._start = start
+        cap = self._reserve(n)
+        self._start = (self._start - n) % cap
+        self._write(self._start, pfns)
         self._size += n
 
     def isolate_tail(self, n: int) -> Pfns:
