@@ -171,16 +171,18 @@ def metrics(summary: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run_sweep(
-    path: Path,
-    out: Path | None = None,
+def run_points(
+    points: list[Point],
+    target: Path,
     *,
     workers: int | None = None,
     progress: Callable[[int, int, int], None] | None = None,
-) -> tuple[Path, pd.DataFrame]:
-    """Run every point of a sweep file; returns the sweep directory and ``runs.parquet``."""
-    name, points = load_sweep(path)
-    target = (out or Path("results") / name).resolve()
+) -> pd.DataFrame:
+    """Run points into ``target/runs/`` (skipping finished ones); write and return ``runs.parquet``.
+
+    The engine under both ``memsim sweep`` and ``memsim plan``: rows come back in point order
+    whatever order the workers finish in.
+    """
     runs_dir = target / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     for stale in runs_dir.glob(".*.tmp-*"):  # a crash leaves hidden temp dirs behind
@@ -206,4 +208,17 @@ def run_sweep(
     tmp = target / "runs.parquet.tmp"
     df.to_parquet(tmp, index=False)
     os.replace(tmp, target / "runs.parquet")
-    return target, df
+    return df
+
+
+def run_sweep(
+    path: Path,
+    out: Path | None = None,
+    *,
+    workers: int | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
+) -> tuple[Path, pd.DataFrame]:
+    """Run every point of a sweep file; returns the sweep directory and ``runs.parquet``."""
+    name, points = load_sweep(path)
+    target = (out or Path("results") / name).resolve()
+    return target, run_points(points, target, workers=workers, progress=progress)
