@@ -89,7 +89,9 @@ Simplifications
     frees the frame here). At most ``sc.batch`` folios are isolated per ``evict_folios`` (the
     kernel isolates up to MIN_LRU_BATCH = 64). No ``set_initial_priority`` for kswapd. The
     controller keeps one history generation (NR_HIST_GENS = 1, CONFIG_LRU_GEN_STATS off).
-    Pte dirty bits seen by the walk are not transferred. In demand mode (``nr_to_reclaim == 1``)
+    Pte dirty bits seen by the walk are not transferred. ``promotion: one_step`` gives 6.1-6.13's
+    reference rules (any young sighting promotes to ``max_seq``, faulted-in folios join
+    ``max_seq``, promotion sets no PG_workingset) with everything else kept at 6.14. In demand mode (``nr_to_reclaim == 1``)
     a call goes on, lowering the priority and aging as needed, until it has reclaimed its page
     (standing in for the caller's retries). The walk's pte visits are priced through the
     host's aging call: one rmap entry and one notifier call per pte (the host-only walk, through
@@ -170,6 +172,13 @@ class MglruConfig(ReclaimBase):
         "every present pte (one KVM clear_young each). Off: pre-6.12, they test and clear "
         "only host pte young bits.",
     )
+    promotion: Literal["two_step", "one_step"] = Field(
+        "two_step",
+        description="two_step (6.14+, 'rework workingset protection'): a folio found young "
+        "the first time only gets PG_referenced, the second time it moves to max_seq; faulted-in "
+        "folios join max_seq - 1. one_step (6.1-6.13): every young sighting moves the folio to "
+        "max_seq, and faulted-in folios join max_seq.",
+    )
 
 
 @dataclass(slots=True)
@@ -214,6 +223,8 @@ class Mglru:
         self, cfg: MglruConfig, nr_frames: int, vmstat: Counter[str], rng: np.random.Generator
     ) -> None:
         self.cfg, self.vmstat = cfg, vmstat
+        # 6.14 marks promoted folios PG_workingset (tier 3); 6.13 left tiers to fd refs
+        self._promoted = _U8(PG_WORKINGSET if cfg.promotion == "two_step" else 0)
         self.fl = np.zeros(nr_frames, dtype=np.uint8)
         self.seq = np.full(nr_frames, -1, dtype=np.int64)  # generation (sequence) on a list
         self.lists = [PageQueue() for _ in range(MAX_NR_GENS)]
@@ -248,6 +259,8 @@ class Mglru:
 
     def _folio_seq(self, fl: NDArray[np.uint8]) -> NDArray[np.int64]:
         """``lru_gen_folio_seq`` (not reclaiming) for anon folios not in the swap cache."""
+        if self.cfg.promotion == "one_step":  # 6.13: PG_active -> max_seq
+            return np.where((fl & PG_ACTIVE) != 0, self.max_seq, self.max_seq - 1)
         ws = ((fl & PG_WORKINGSET) != 0).astype(np.int64)
         g = np.where((fl & PG_ACTIVE) != 0, MIN_NR_GENS - ws, MIN_NR_GENS)
         return np.maximum(self.max_seq - g + 1, self.min_seq)
@@ -290,18 +303,24 @@ class Mglru:
         self._batch = []
         self._add(pfns, self._folio_seq(self.fl[pfns]))
 
+    def _first_sighting(self, fl: NDArray[np.uint8]) -> NDArray[np.bool_]:
+        """Young folios that only get PG_referenced this time (none under one_step)."""
+        if self.cfg.promotion == "one_step":
+            return np.zeros(len(fl), dtype=np.bool_)
+        return (fl & (PG_REFERENCED | PG_WORKINGSET)) == 0
+
     def _folio_update_gen(self, pfns: Pfns) -> None:
         """``folio_update_gen`` on young folios: the first sighting only sets PG_referenced;
         later ones move the folio to ``max_seq`` with PG_workingset (lazily)."""
         if len(pfns) == 0:
             return
         fl = self.fl[pfns]
-        first = (fl & (PG_REFERENCED | PG_WORKINGSET)) == 0
+        first = self._first_sighting(fl)
         self.fl[pfns[first]] = (fl[first] & ~_U8(LRU_REFS_MASK)) | _U8(PG_REFERENCED)
         hot = pfns[~first]
         if len(hot):
             self._set_seq(hot, self.max_seq)
-            self.fl[hot] = (fl[~first] & ~_U8(LRU_REFS_FLAGS)) | _U8(PG_WORKINGSET)
+            self.fl[hot] = (fl[~first] & ~_U8(LRU_REFS_FLAGS)) | self._promoted
 
     # -- PID controller ----------------------------------------------------------------------
     def _read_ctrl_pos(self, tier: int, gain: int) -> _CtrlPos:
@@ -554,10 +573,10 @@ class Mglru:
         # lru_gen_folio_check_references / lru_gen_set_refs
         hot = iso[young]
         fl = self.fl[hot]
-        first = (fl & (PG_REFERENCED | PG_WORKINGSET)) == 0
+        first = self._first_sighting(fl)
         keep, act = hot[first], hot[~first]
         self.fl[keep] = (fl[first] & ~_U8(LRU_REFS_MASK)) | _U8(PG_REFERENCED)
-        self.fl[act] = (fl[~first] & ~_U8(LRU_REFS_FLAGS)) | _U8(PG_WORKINGSET | PG_ACTIVE)
+        self.fl[act] = (fl[~first] & ~_U8(LRU_REFS_FLAGS)) | self._promoted | _U8(PG_ACTIVE)
         victims = iso[~young]
         failed = victims[:0]
         if len(victims):
