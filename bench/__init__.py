@@ -2,10 +2,13 @@
 
 Protocol: every ``bench/bench_*.py`` module has ``run(quick: bool) -> list[dict]``, each dict
 one row made by :func:`row`: ``bench``, ``metric``, ``value``, ``unit``, ``baseline`` (what the
-figure is compared with, measured in the same run), ``baseline_value``, ``ratio`` (value /
-baseline_value), ``target`` (a readable target, or None), ``met`` (None when there is no
-target), plus ``note`` and free-form ``details``. A module may set ``PIN_ONE_CORE = False``
-(it needs more than one core); the runner pins every other module to one CPU.
+figure is compared with, measured in the same run), ``baseline_value``, ``ratio`` (how many times
+better than the baseline: value / baseline_value for rates, baseline_value / value for times and
+sizes), ``target`` (a readable target, or None), ``met`` (None when there is no
+target), plus ``value_cpu``/``baseline_value_cpu``/``ratio_cpu`` (the same over process CPU
+time, where timed), ``note`` and free-form ``details``. A module that sets
+``PIN_ONE_CORE = True`` is run pinned to one CPU; any other (``bench_sweep.py`` needs both
+cores) runs unpinned.
 
 Times are wall-clock (``time.perf_counter``); process CPU time is in ``details`` where a
 figure is timed, since on a shared machine it is the steadier of the two.
@@ -48,9 +51,9 @@ class Target:
         """E.g. ``>= 20M accesses/s, >= 30x``."""
         parts = []
         if self.min_value is not None:
-            parts.append(f">= {human(self.min_value)} {unit}")
+            parts.append(f">= {with_unit(self.min_value, unit)}")
         if self.max_value is not None:
-            parts.append(f"<= {human(self.max_value)} {unit}")
+            parts.append(f"<= {with_unit(self.max_value, unit)}")
         if self.min_ratio is not None:
             parts.append(f">= {self.min_ratio:g}x")
         return ", ".join(parts)
@@ -67,12 +70,24 @@ class Target:
         return all(checks) if checks else None
 
 
-def human(x: float) -> str:
-    """A number with a k/M/G suffix, three significant digits."""
+def human(x: float, unit: str = "") -> str:
+    """A number with a k/M/G suffix (KiB/MiB/GiB for bytes), three significant digits."""
+    if unit == "B":
+        for div, suffix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+            if abs(x) >= div:
+                return f"{x / div:.3g} {suffix}"
+        return f"{x:.3g} B"
     for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(x) >= div:
             return f"{x / div:.3g}{suffix}"
     return f"{x:.3g}"
+
+
+def with_unit(x: float, unit: str) -> str:
+    """``human(x)`` followed by the unit (bytes carry theirs in the suffix)."""
+    if unit == "B":
+        return human(x, unit)
+    return f"{human(x)} {unit}".rstrip()
 
 
 def row(
@@ -85,12 +100,21 @@ def row(
     baseline_value: float | None = None,
     target: Target | None = None,
     note: str = "",
+    lower_is_better: bool = False,
+    value_cpu: float | None = None,
+    baseline_value_cpu: float | None = None,
     **details: Any,
 ) -> dict[str, Any]:
-    """One result row; ``ratio`` is ``value / baseline_value`` when both are known."""
-    ratio = None
-    if value is not None and baseline_value:
-        ratio = value / baseline_value
+    """One result row; ``ratio`` is ``value / baseline_value`` (inverted when
+    ``lower_is_better``) when both are known. ``value_cpu`` and ``baseline_value_cpu`` are the
+    same figures over process CPU time instead of wall time, when timed."""
+
+    def ratio_of(v: float | None, b: float | None) -> float | None:
+        if not v or not b:
+            return None
+        return b / v if lower_is_better else v / b
+
+    ratio = ratio_of(value, baseline_value)
     return {
         "bench": bench,
         "metric": metric,
@@ -101,6 +125,9 @@ def row(
         "ratio": ratio,
         "target": target.describe(unit) if target is not None else None,
         "met": target.met(value, ratio) if target is not None else None,
+        "value_cpu": value_cpu,
+        "baseline_value_cpu": baseline_value_cpu,
+        "ratio_cpu": ratio_of(value_cpu, baseline_value_cpu),
         "note": note,
         "details": details,
     }

@@ -2,8 +2,9 @@
 
 Each ``bench/bench_*.py`` module's ``run(quick)`` returns rows (see ``bench/__init__.py``); they
 are printed as one table under a header of machine facts and, with ``--json``, written with
-those facts. Modules run one after another; unless ``--no-pin`` is given or the module sets
-``PIN_ONE_CORE = False``, the process is pinned to one CPU (``--cpu``) while a module runs, and
+those facts. Modules run one after another; a module that sets ``PIN_ONE_CORE = True`` runs
+with the process pinned to one CPU (``--cpu``; ``--no-pin`` turns this off), others unpinned
+(``bench_sweep.py`` needs both cores; child processes inherit the affinity), and
 numba/BLAS thread pools are limited to one thread (``NUMBA_NUM_THREADS=1`` and friends are set
 before numpy and numba are imported, unless already set). ``--quick`` runs everything small, for
 a CI smoke test; nothing gates on time (the exit code is 0 whether targets are met or not, and
@@ -29,7 +30,7 @@ import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bench import REPO, human, skipped  # noqa: E402
+from bench import REPO, skipped, with_unit  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -125,7 +126,7 @@ def run_modules(names: list[str], args: argparse.Namespace) -> tuple[list[dict],
     allowed = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     for name in names:
         mod = importlib.import_module(f"bench.{name}")
-        one_core = getattr(mod, "PIN_ONE_CORE", True) and not args.no_pin
+        one_core = getattr(mod, "PIN_ONE_CORE", False) is True and not args.no_pin
         pin(args.cpu if one_core else None, allowed)
         t0 = time.perf_counter()
         where = f"pinned to cpu {args.cpu}" if one_core else "unpinned"
@@ -151,7 +152,7 @@ def fmt(x: Any, unit: str = "") -> str:
     if isinstance(x, bool):
         return "yes" if x else "NO"
     if isinstance(x, float | int):
-        return human(float(x)) + (f" {unit}" if unit else "")
+        return with_unit(float(x), unit)
     return str(x)
 
 
@@ -182,6 +183,8 @@ def print_table(facts: dict[str, Any], rows: list[dict]) -> None:
         ("ratio", "right"),
         ("target", "left"),
         ("met", "center"),
+        ("value (cpu time)", "right"),
+        ("ratio (cpu)", "right"),
     ):
         t.add_column(col, justify=just)  # type: ignore[arg-type]
     for r in rows:
@@ -196,8 +199,14 @@ def print_table(facts: dict[str, Any], rows: list[dict]) -> None:
             ratio,
             r["target"] or "-",
             f"[red]{met}[/]" if r["met"] is False else met,
+            fmt(r.get("value_cpu"), r["unit"]),
+            "-" if r.get("ratio_cpu") is None else f"{r['ratio_cpu']:.2f}x",
         )
     con.print(t)
+    con.print(
+        "[dim]value, baseline value and ratio are over wall-clock time; the cpu columns over "
+        "process CPU time (steadier on a shared machine). Targets are checked on wall time.[/]"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,7 +81,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
                     f"{kernel}, {name}",
                     n / wall,
                     "acc/s",
-                    cpu_rate=round(n / cpu) if cpu else None,
+                    value_cpu=n / cpu if cpu else None,
                     accesses=n,
                     distinct_pages=distinct,
                     frames=frames,

@@ -148,11 +148,13 @@ def state_bytes(world: Any) -> tuple[int, list[dict[str, Any]], dict[str, int]]:
         {"path": p, "dtype": str(a.dtype), "shape": list(a.shape), "bytes": int(a.nbytes)}
         for p, a in arrays
     ]
-    kinds = {
-        world.mem.nr_pages: "per_guest_page",
-        world.nr_frames: "per_host_frame",
-        world.swap.nr_slots: "per_swap_slot",
-    }
+    kinds: dict[int, str] = {}
+    for n, label in (
+        (world.swap.nr_slots, "per_swap_slot"),
+        (world.nr_frames, "per_host_frame"),
+        (world.mem.nr_pages, "per_guest_page"),
+    ):
+        kinds[n] = f"{kinds[n]}_or_{label}" if n in kinds else label
     by_kind: dict[str, int] = {}
     for _, a in arrays:
         k = kinds.get(a.shape[0] if a.ndim else -1, "other")
@@ -257,7 +259,9 @@ def run(quick: bool) -> list[dict[str, Any]]:
                 "B",
                 target=Target(max_value=6 * 2**30) if not quick else None,
                 note=f"build {r['build_s']:.1f} s, run {RUN_S * 1e3:g} ms simulated in "
-                f"{r['run_s']:.1f} s; state {r['state_bytes'] / r['guest_pages']:.1f} B/page",
+                f"{r['run_s']:.1f} s; arrays {r['state_bytes'] / 2**30:.2f} GiB "
+                f"({r['state_bytes'] / r['guest_pages']:.1f} B/page; zeroed pages never "
+                "written are not resident)",
                 **{k: v for k, v in r.items() if k != "maxrss_bytes"},
             )
         )
