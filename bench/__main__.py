@@ -13,26 +13,23 @@ a CI smoke test; nothing gates on time (the exit code is 0 whether targets are m
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
+import importlib
+import json
 import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
 
-for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
-
-import argparse  # noqa: E402
-import datetime as dt  # noqa: E402
-import importlib  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-import traceback  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-from bench import REPO, skipped, with_unit  # noqa: E402
+from bench import REPO, skipped, with_unit
 
 HERE = Path(__file__).resolve().parent
+THREAD_VARS = ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def discover() -> list[str]:
@@ -211,6 +208,8 @@ def print_table(facts: dict[str, Any], rows: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run the selected modules, print and/or write the results."""
+    for var in THREAD_VARS:  # before numpy or numba is imported (no module here imports them)
+        os.environ.setdefault(var, "1")
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, for a CI smoke run")
     ap.add_argument("--json", metavar="PATH|-", help="write rows and machine facts as JSON")
