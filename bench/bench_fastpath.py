@@ -1,6 +1,9 @@
 """Throughput of the replay kernels (sim/fastpath.py) and stack distances (sim/mrc.py).
 
-Run ``python bench/bench_fastpath.py [--n 1000000] [--repeat 5]``. Kernels are compiled first
+Part of ``python -m bench`` (``--only fastpath``): ``run(quick)`` gives one row per kernel and
+synthetic trace (no baseline, no target: bench_replay.py compares with libCacheSim on a real
+trace). Standalone, with both clocks and the helper kernels:
+``python -m bench.bench_fastpath [--n 1000000] [--repeat 5]``. Kernels are compiled first
 (``warm_up``), so times exclude JIT; each figure is the best of ``--repeat`` runs of the public
 function (validation and dense-id mapping included), single-threaded, with ``frames`` = half the
 distinct pages. Both wall-clock and process CPU time are shown: on a busy machine the CPU figure
@@ -12,18 +15,18 @@ from __future__ import annotations
 
 import argparse
 import platform
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 import numba
 import numpy as np
 from numpy.typing import NDArray
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench import row
+from sim import fastpath, mrc
 
-from sim import fastpath, mrc  # noqa: E402
+PIN_ONE_CORE = True
 
 
 def traces(n: int, rng: np.random.Generator) -> dict[str, NDArray[np.int64]]:
@@ -50,6 +53,45 @@ def best(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
     return min(wall), min(cpu)
 
 
+def kernels(pages: NDArray[np.int64], frames: int) -> dict[str, Callable[[], object]]:
+    """The timed calls on one trace."""
+    return {
+        "lru": lambda: fastpath.lru(pages, frames),
+        "fifo": lambda: fastpath.fifo(pages, frames),
+        "clock": lambda: fastpath.clock(pages, frames),
+        "opt": lambda: fastpath.opt(pages, frames),
+        "stack_distances": lambda: mrc.stack_distances(pages),
+    }
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    """One row per kernel and trace: best-of-``repeat`` accesses per wall second."""
+    n, repeat = (200_000, 2) if quick else (1_000_000, 5)
+    fastpath.warm_up()
+    rows = []
+    for name, pages in traces(n, np.random.default_rng(1)).items():
+        _, distinct = fastpath.dense_ids(pages)
+        frames = distinct // 2
+        for kernel, fn in kernels(pages, frames).items():
+            out = fn()
+            wall, cpu = best(fn, repeat)
+            rows.append(
+                row(
+                    "kernels",
+                    f"{kernel}, {name}",
+                    n / wall,
+                    "acc/s",
+                    value_cpu=n / cpu if cpu else None,
+                    accesses=n,
+                    distinct_pages=distinct,
+                    frames=frames,
+                    faults=getattr(out, "faults", None),
+                    repeat=repeat,
+                )
+            )
+    return rows
+
+
 def main() -> None:
     """Print accesses per second for every kernel on every trace."""
     ap = argparse.ArgumentParser(description=__doc__)
@@ -66,15 +108,9 @@ def main() -> None:
     for name, pages in traces(args.n, np.random.default_rng(1)).items():
         _, distinct = fastpath.dense_ids(pages)
         frames = distinct // 2
-        runs: dict[str, Callable[[], object]] = {
-            "lru": lambda p=pages, f=frames: fastpath.lru(p, f),
-            "fifo": lambda p=pages, f=frames: fastpath.fifo(p, f),
-            "clock": lambda p=pages, f=frames: fastpath.clock(p, f),
-            "opt": lambda p=pages, f=frames: fastpath.opt(p, f),
-            "stack_distances": lambda p=pages: mrc.stack_distances(p),
-            "dense_ids": lambda p=pages: fastpath.dense_ids(p),
-            "next_use": lambda p=pages: fastpath.next_use(p),
-        }
+        runs = kernels(pages, frames)
+        runs["dense_ids"] = lambda p=pages: fastpath.dense_ids(p)
+        runs["next_use"] = lambda p=pages: fastpath.next_use(p)
         for kernel, fn in runs.items():
             out = fn()
             faults = getattr(out, "faults", "")
