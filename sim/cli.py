@@ -540,6 +540,6 @@ def report(results_dir: Path, out: Path | None) -> None:
     except ReportError as exc:
         _fail(UserError(str(exc)))
     out_console.print(
-        f"report: {target / 'report.html'} and report.md ({len(figures)} figures)",
+        f"report: {target / 'report.html'} and report.md ({len(figures)} figure(s))",
         highlight=False,
     )

@@ -74,6 +74,11 @@ def test_finds_the_number_of_working_sets_that_fit(tmp_path: Path) -> None:
     assert len(runs) == 2 * len(plan["evaluated"])  # every evaluated value ran every seed
     assert (runs[runs.vms <= k].major_faults_per_s == 0).all()
     assert (out / "capacity.png").stat().st_size > 0
+    r = CliRunner().invoke(main, ["report", str(out)])
+    assert r.exit_code == 0, r.output
+    page = (out / "report" / "report.html").read_text()
+    assert page.count('<img src="data:image/png;base64,') == 1  # the capacity curve
+    assert f"fits {k} VMs" in (out / "report" / "report.md").read_text()
 
 
 # -- the search on a scripted runner ------------------------------------------------------------
