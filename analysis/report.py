@@ -387,7 +387,9 @@ def sweep_figure(runs: pd.DataFrame, name: str) -> plt.Figure:
     otherwise bars per label with confidence intervals.
     """
     ok = runs[runs.status != "failed"]
-    metrics = [(m, d) for m, d in SWEEP_METRICS if m in ok.columns and ok[m].notna().any()]
+    metrics = [  # all-zero columns (stall in demand mode, say) say nothing
+        (m, d) for m, d in SWEEP_METRICS if m in ok.columns and ok[m].fillna(0).abs().sum() > 0
+    ]
     params = _params(ok)
     numeric = [p for p in params if pd.api.types.is_numeric_dtype(ok[p]) and ok[p].dtype != bool]
     n = len(metrics)
@@ -399,10 +401,11 @@ def sweep_figure(runs: pd.DataFrame, name: str) -> plt.Figure:
     fig, axes = plt.subplots(
         nrows, ncols, figsize=(5.2 * ncols, height * nrows), constrained_layout=True, squeeze=False
     )
-    for ax, (m, desc) in zip(axes.flat, metrics, strict=False):
+    for i, (ax, (m, desc)) in enumerate(zip(axes.flat, metrics, strict=False)):
         if heat:
             grid = ok.pivot_table(index=params[0], columns=params[1], values=m, aggfunc="mean")
-            sns.heatmap(grid, annot=True, fmt=".3g", cmap="rocket_r", ax=ax, cbar=False)
+            labels = grid.map(lambda v: f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}")
+            sns.heatmap(grid, annot=labels, fmt="", cmap="rocket_r", ax=ax, cbar=False)
             ax.set(title=f"{desc} (mean over seeds)")
         elif not bars:
             sns.lineplot(data=ok, x=params[0], y=m, marker="o", errorbar=("ci", 95), ax=ax)
@@ -420,7 +423,7 @@ def sweep_figure(runs: pd.DataFrame, name: str) -> plt.Figure:
                 ax=ax,
             )
             ax.set(xlabel=desc, ylabel="", title=desc)
-            if ax is not axes.flat[0]:
+            if i % ncols:  # labels on the first column only
                 ax.set_yticklabels([])
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
