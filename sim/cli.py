@@ -173,11 +173,21 @@ def run(
 @click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
 @_set_option
 def validate(config: Path, overrides: tuple[str, ...]) -> None:
-    """Check CONFIG (a scenario, or a sweep file: every point) without running it."""
+    """Check CONFIG (a scenario, or a sweep or plan file: every point) without running it."""
     from sim.config import read_yaml
     from sim.sweep import load_sweep
 
     try:
+        if "search" in read_yaml(config) and not overrides:
+            from sim.plan import load_plan
+
+            p = load_plan(config)
+            out_console.print(
+                f"ok: plan {p.name}: {len(p.values)} candidate(s) x {len(p.seeds)} seed(s), "
+                "all valid",
+                highlight=False,
+            )
+            return
         if "base" in read_yaml(config) and not overrides:
             name, points = load_sweep(config)
             out_console.print(
@@ -511,7 +521,20 @@ def plan(plan_file: Path, workers: int | None, out: Path | None) -> None:
 
     try:
         target.mkdir(parents=True, exist_ok=True)
-        result = search(p, target, workers=workers, on_outcome=on_outcome)
+        with Progress(
+            TextColumn("[bold]runs of this step"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("plan", total=None)
+
+            def progress(done: int, total: int, failed: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            result = search(p, target, workers=workers, on_outcome=on_outcome, progress=progress)
     except PlanError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)

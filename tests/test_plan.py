@@ -231,3 +231,15 @@ def test_bad_plan_is_one_line_exit_2(tmp_path: Path, change: dict[str, Any], nee
     assert needle in r.output
     assert len(r.output.strip().splitlines()) == 1, r.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_validate_checks_a_plan_without_running_it(tmp_path: Path) -> None:
+    path = _write(tmp_path, _known_answer_spec())
+    r = CliRunner().invoke(main, ["validate", str(path)])
+    assert r.exit_code == 0, r.output
+    assert "ok: plan fit: 10 candidate(s) x 2 seed(s)" in r.output
+    bad = _write(tmp_path, {**_known_answer_spec(), "confidence": 2})
+    r = CliRunner().invoke(main, ["validate", str(bad)])
+    assert r.exit_code == 2
+    assert "confidence" in r.output
+    assert not list(tmp_path.glob("results*"))
