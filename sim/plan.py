@@ -295,7 +295,9 @@ def _load_mix(path: Path, spec: dict[str, Any]) -> list[tuple[dict[str, Any], fl
 # metrics
 
 
-def run_metrics(sc: Scenario, summary: dict[str, Any], run_dir: Path, warmup_s: float) -> dict:
+def run_metrics(
+    sc: Scenario, summary: dict[str, Any], run_dir: Path, warmup_s: float
+) -> dict[str, float]:
     """Every SLO metric of one run (see the module docstring for the definitions)."""
     cfgs = [cfg for _, cfg in sc.vm_list()]
     vms = summary["vms"]
@@ -356,11 +358,10 @@ def judge(value: float, label: str, xs: list[float], slo_max: float, conf: float
     if all(math.isfinite(x) for x in xs):
         mean, lo, hi = t_interval(xs, conf)
         status = "pass" if hi <= slo_max else "fail" if lo > slo_max else "uncertain"
-    else:  # an OOM kill in some seed: never a pass
-        mean, lo, hi = math.inf, math.inf, math.inf
-        status = "fail" if n_meet == 0 else "uncertain"
+    else:  # an OOM kill in some seed: never a pass; the lower bound is the best finite seed
         finite = [x for x in xs if math.isfinite(x)]
-        lo = min(finite) if finite else math.inf
+        mean, lo, hi = math.inf, min(finite, default=math.inf), math.inf
+        status = "fail" if n_meet == 0 else "uncertain"
     return Outcome(value, label, len(xs), mean, lo, hi, n_meet, status, list(xs))
 
 

@@ -243,3 +243,28 @@ def test_validate_checks_a_plan_without_running_it(tmp_path: Path) -> None:
     assert r.exit_code == 2
     assert "confidence" in r.output
     assert not list(tmp_path.glob("results*"))
+
+
+def test_warmup_excludes_the_fault_in(tmp_path: Path) -> None:
+    """Guests whose pages fit stall only while faulting them in; measured after a warm-up,
+    their stall is zero, while over the whole run it is not. Overcommitted, they keep
+    swapping after the warm-up too."""
+    from sim.engine import run_scenario
+    from sim.plan import run_metrics
+
+    spec = {**_known_answer_spec(), "warmup_s": 0.01}
+    plan = load_plan(_write(tmp_path, spec))
+    fits = plan.scenario(2, 1)
+    res = run_scenario(fits, tmp_path / "fits", command=[])
+    whole = run_metrics(fits, res.summary, tmp_path / "fits", 0.0)
+    after = run_metrics(fits, res.summary, tmp_path / "fits", plan.warmup_s)
+    assert whole["stall_max"] > 0.01
+    assert after["stall_max"] == 0.0
+    over = plan.scenario(8, 1)
+    res = run_scenario(over, tmp_path / "over", command=[])
+    after = run_metrics(over, res.summary, tmp_path / "over", plan.warmup_s)
+    assert after["major_faults_per_s"] > 1000
+    assert after["stall_p99"] > 0.1
+    assert after["promotion_rate_per_min"] == pytest.approx(
+        after["major_faults_per_s"] * 60 / (VM_MIB * 256)
+    )
