@@ -434,13 +434,19 @@ def search(
     *,
     runner: Runner = run_points,
     on_outcome: Callable[[Outcome], None] | None = None,
+    values_per_round: int | None = None,
     **runner_kwargs: Any,
 ) -> PlanResult:
     """Run the search into ``target`` (runs under ``target/runs/``, finished ones reused).
 
     ``runner`` is the sweep engine (``sim.sweep.run_points`` by default); ``runner_kwargs``
     (``workers``, ``progress``, or whatever a Dask runner takes) are passed through unchanged.
+    Each round evaluates ``values_per_round`` candidates at once (default: as many as the
+    workers can run with every seed, at least one), so more workers mean fewer rounds.
     """
+    if values_per_round is None:
+        workers = runner_kwargs.get("workers") or os.cpu_count() or 1
+        values_per_round = max(1, workers // len(plan.seeds))
     outcomes: dict[int, Outcome] = {}
     frames: list[pd.DataFrame] = []
     next_index = [0]
@@ -486,9 +492,10 @@ def search(
 
     last = len(plan.values) - 1
     evaluate([0, last])  # bracket
-    answer = _bisect(0, last, lambda i: outcomes[i].status == "pass", outcomes, evaluate)
+    width = values_per_round
+    answer = _bisect(0, last, lambda i: outcomes[i].status == "pass", evaluate, width)
     start = -1 if answer is None else answer
-    not_failing = _bisect(start, last, lambda i: outcomes[i].status != "fail", outcomes, evaluate)
+    not_failing = _bisect(start, last, lambda i: outcomes[i].status != "fail", evaluate, width)
     rows = pd.concat(frames, ignore_index=True).drop(columns="_i")
     rows = rows.sort_values([plan.variable, "seed"]).reset_index(drop=True)
     return PlanResult(plan, outcomes, answer, not_failing, rows)
@@ -498,12 +505,13 @@ def _bisect(
     lo: int,
     hi: int,
     ok: Callable[[int], bool],
-    outcomes: dict[int, Outcome],
     evaluate: Callable[[list[int]], None],
+    width: int = 1,
 ) -> int | None:
     """Hardest index in [lo, hi] where ``ok`` holds, assuming it holds up to a point.
 
-    ``lo`` is a known-ok index or -1 (nothing known); evaluated indices are reused.
+    ``lo`` is a known-ok index or -1 (nothing known); evaluated indices are reused. Each round
+    evaluates ``width`` evenly spaced indices in one batch (``width=1``: plain bisection).
     """
     if lo >= 0:
         evaluate([lo])
@@ -512,14 +520,14 @@ def _bisect(
     evaluate([hi])
     if ok(hi):
         return hi
-    # invariant: lo ok (or -1), hi not ok
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        evaluate([mid])
-        if ok(mid):
-            lo = mid
-        else:
-            hi = mid
+    while hi - lo > 1:  # invariant: lo ok (or -1), hi not ok
+        k = min(width, hi - lo - 1)
+        mids = sorted({lo + (j + 1) * (hi - lo) // (k + 1) for j in range(k)})
+        evaluate(mids)
+        for m in mids:
+            if ok(m):
+                lo = m
+        hi = min((m for m in mids if m > lo and not ok(m)), default=hi)
     return lo if lo >= 0 else None
 
 

@@ -132,7 +132,7 @@ def test_uncertain_values_are_reported_between_the_answer_and_the_first_failure(
 
     runner = _scripted(metric)
     plan = load_plan(_write(tmp_path, _spec(variable="vms", low=1, high=40)))
-    res = search(plan, tmp_path / "out", runner=runner, workers=7)
+    res = search(plan, tmp_path / "out", runner=runner, workers=7, values_per_round=1)
     assert plan.values[res.answer] == 5
     assert plan.values[res.not_failing] == 6
     assert res.outcomes[5].status == "uncertain"
@@ -268,3 +268,16 @@ def test_warmup_excludes_the_fault_in(tmp_path: Path) -> None:
     assert after["promotion_rate_per_min"] == pytest.approx(
         after["major_faults_per_s"] * 60 / (VM_MIB * 256)
     )
+
+
+def test_more_values_per_round_take_fewer_rounds(tmp_path: Path) -> None:
+    plan = load_plan(_write(tmp_path, _spec(variable="vms", low=1, high=64)))
+    rounds = {}
+    for width in (1, 4):
+        runner = _scripted(lambda sc, seed: 0.01 if len(sc.vm_list()) <= 37 else 0.5)
+        res = search(plan, tmp_path / f"w{width}", runner=runner, values_per_round=width)
+        assert plan.values[res.answer] == 37
+        assert plan.values[res.not_failing] == 37
+        assert max(c["n"] for c in runner.calls) <= 3 * max(width, 2)  # bracket: 2 values
+        rounds[width] = len(runner.calls)
+    assert rounds[4] < rounds[1]
