@@ -30,8 +30,9 @@ memory never help). Candidates are ordered from easiest to hardest; each evaluat
 runs every seed as one batch on the sweep engine. Per candidate the mean and a two-sided t
 interval over seeds decide: *pass* if the upper bound meets the SLO, *fail* if the lower bound
 violates it, else *uncertain*. The search brackets (both ends), bisects for the hardest passing
-candidate, then bisects beyond it for the hardest candidate that does not fail; the answer is
-the first, and the candidates up to the second are reported as uncertain.
+candidate, then bisects beyond it for the hardest candidate that does not fail (several
+candidates per round when the workers outnumber the seeds); the answer is the first, and the
+candidates up to the second are reported as uncertain.
 """
 
 from __future__ import annotations
