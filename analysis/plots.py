@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 
@@ -136,4 +137,66 @@ def policies_figure(
             xlim=(0, 1.02),
         )
         ax2.set_yticklabels([])
+    return fig
+
+
+FRACTION_METRICS = {"stall_p99", "stall_max", "stall_mean", "promotion_rate_per_min"}
+STATUS_COLORS = {"pass": "#55a868", "uncertain": "#dd8452", "fail": "#c44e52"}
+
+
+def capacity_figure(plan: dict[str, Any], runs: pd.DataFrame) -> plt.Figure:
+    """The SLO metric against the searched variable: every seed's run, the mean with its
+    confidence interval per evaluated value (coloured pass/uncertain/fail), the SLO line and
+    the answer.
+
+    ``plan`` is ``plan.json``; ``runs`` is ``plan.parquet`` (one row per run).
+    """
+    sns.set_theme(style="whitegrid", context="notebook")
+    var, metric = plan["variable"], plan["slo"]["metric"]
+    scale = 100.0 if metric in FRACTION_METRICS else 1.0
+    unit = " (%)" if scale == 100.0 else ""
+    ev = pd.DataFrame(plan["evaluated"]).sort_values("value")
+    fig, ax = plt.subplots(figsize=(7.5, 4.4), constrained_layout=True)
+    finite = ev.dropna(subset=["mean"])
+    ax.fill_between(
+        finite.value,
+        finite.low * scale,
+        finite.high * scale,
+        color="#4c72b0",
+        alpha=0.18,
+        lw=0,
+        label=f"{plan['confidence']:.0%} CI over {len(plan['seeds'])} seeds",
+    )
+    ax.plot(finite.value, finite["mean"] * scale, color="#4c72b0", lw=1.5, label="mean")
+    pts = runs.assign(y=runs[metric] * scale)
+    sns.scatterplot(data=pts, x=var, y="y", color="black", s=14, alpha=0.6, ax=ax, label="one seed")
+    for status, color in STATUS_COLORS.items():
+        sub = finite[finite.status == status]
+        if len(sub):
+            ax.scatter(sub.value, sub["mean"] * scale, s=70, color=color, zorder=3, label=status)
+    ax.axhline(plan["slo"]["max"] * scale, color="black", ls="--", lw=1, label="SLO")
+    if plan["answer"] is not None:
+        ax.axvline(plan["answer"], color=STATUS_COLORS["pass"], lw=1.2, ls=":")
+        ax.annotate(
+            f"answer: {plan['answer']:g}",
+            (plan["answer"], plan["slo"]["max"] * scale),
+            xytext=(4, 6),
+            textcoords="offset points",
+            fontsize="small",
+            color="#2d6a3e",
+        )
+    label = {
+        "vms": "VMs on the host",
+        "host.memory_mib": "host memory (MiB)",
+        "overcommit": "overcommit (guest RAM / host memory)",
+    }.get(var, var)
+    ax.set(
+        xlabel=label,
+        ylabel=f"{plan['slo']['description']}{unit}",
+        title=f"{plan['name']}: {metric} against {label.split(' (')[0]} (SLO ≤ "
+        f"{plan['slo']['max'] * scale:g}{'%' if scale == 100.0 else ''})",
+    )
+    if var == "vms":
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize="small", loc="upper left")
     return fig

@@ -173,11 +173,21 @@ def run(
 @click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
 @_set_option
 def validate(config: Path, overrides: tuple[str, ...]) -> None:
-    """Check CONFIG (a scenario, or a sweep file: every point) without running it."""
+    """Check CONFIG (a scenario, or a sweep or plan file: every point) without running it."""
     from sim.config import read_yaml
     from sim.sweep import load_sweep
 
     try:
+        if "search" in read_yaml(config) and not overrides:
+            from sim.plan import load_plan
+
+            p = load_plan(config)
+            out_console.print(
+                f"ok: plan {p.name}: {len(p.values)} candidate(s) x {len(p.seeds)} seed(s), "
+                "all valid",
+                highlight=False,
+            )
+            return
         if "base" in read_yaml(config) and not overrides:
             name, points = load_sweep(config)
             out_console.print(
@@ -476,3 +486,83 @@ def _cell(v: Any) -> str:
     if isinstance(v, int):
         return f"{v:,}"
     return str(v)
+
+
+@main.command()
+@click.argument("plan_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--workers", type=click.IntRange(min=1), help="Processes (default: one per core).")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Plan directory (default: results/<plan name>/).",
+)
+def plan(plan_file: Path, workers: int | None, out: Path | None) -> None:
+    """Find how many VMs fit (or how little memory, how much overcommit) under PLAN_FILE's SLO."""
+    from sim.plan import PlanError, fmt_value, load_plan, search, write_plan
+
+    try:
+        p = load_plan(plan_file)
+    except UserError as exc:
+        _fail(exc)
+    target = (out or Path("results") / p.name).resolve()
+    err_console.print(
+        f"{p.name}: {p.variable} from {fmt_value(p.values[0])} to {fmt_value(p.values[-1])} "
+        f"({len(p.values)} candidates), {len(p.seeds)} seed(s) each; SLO {p.metric} <= "
+        f"{fmt_value(p.slo_max)}",
+        highlight=False,
+    )
+
+    def on_outcome(o: Any) -> None:
+        err_console.print(
+            f"  {o.label}: {o.status} (mean {o.mean:.4g}, {p.confidence:.0%} CI "
+            f"{o.low:.4g}..{o.high:.4g}; {o.n_meet}/{o.n} seeds meet the SLO)",
+            highlight=False,
+        )
+
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        with Progress(
+            TextColumn("[bold]runs of this step"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("plan", total=None)
+
+            def progress(done: int, total: int, failed: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            result = search(p, target, workers=workers, on_outcome=on_outcome, progress=progress)
+    except PlanError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    write_plan(result, target)
+    from analysis.report import write_capacity_figure
+
+    write_capacity_figure(target)
+    out_console.print(result.statement(), highlight=False, soft_wrap=True)
+    out_console.print(f"results: {target} (figure: capacity.png)", highlight=False)
+
+
+@main.command()
+@click.argument("results_dir", type=click.Path(path_type=Path, file_okay=False))
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Report directory (default: RESULTS_DIR/report/).",
+)
+def report(results_dir: Path, out: Path | None) -> None:
+    """Write report.html (self-contained) and report.md for a run, sweep or plan directory."""
+    from analysis.report import ReportError, write_report
+
+    try:
+        target, figures = write_report(results_dir, out)
+    except ReportError as exc:
+        _fail(UserError(str(exc)))
+    out_console.print(
+        f"report: {target / 'report.html'} and report.md ({len(figures)} figure(s))",
+        highlight=False,
+    )

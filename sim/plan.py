@@ -1,0 +1,598 @@
+"""Capacity planning: how many VMs fit a host (or how little memory, how much overcommit)
+under a service-level objective, with replicated seeds and a stated uncertainty.
+
+A plan file is YAML::
+
+    base: quickstart.yaml            # scenario file (relative to the plan) or mapping; its vms
+                                     # are replaced by the profile or mix below
+    profile: {name: web, memory_mib: 2048, vcpus: 2, workload: {type: zipf, alpha: 1.2}}
+    # or a mix, split by weight (largest remainder, ties to the earlier entry):
+    # mix: [{vm: {name: web, ...}, weight: 2}, {vm: {name: db, ...}, weight: 1}]
+    search: {variable: vms, low: 1, high: 16}          # or host.memory_mib / overcommit with
+                                                       # step and vms: N (VMs of the mix)
+    slo: {metric: stall_p99, max: 0.05}
+    seeds: [1, 2, 3]
+    confidence: 0.9
+    warmup_s: 2.0                    # measure the SLO after this much simulated time
+
+Metrics, one number per run (README "Capacity planning" has the same list):
+    ``stall_p99``: 99th percentile over the run's VMs (linear interpolation) of each VM's vCPU
+    stall fraction (time lost to faults, reclaim and forced exits / vCPU time); with fewer than
+    100 VMs it lies between the worst and second-worst VM. ``stall_max``, ``stall_mean``: the
+    worst VM, the mean VM. ``major_faults_per_s``: the worst VM's major faults per second;
+    ``major_faults_per_s_mean``: the mean VM's. ``promotion_rate_per_min``: the worst VM's
+    pages read back from swap (major faults) per minute as a fraction of its working set
+    (``working_set_mib``, else its memory), e.g. 0.002 = 0.2% of the working set per minute.
+    A run in which the OOM killer killed a VM violates any SLO (its metric is infinite).
+
+Search: the metric is assumed monotone in the variable (more VMs, more overcommit or less
+memory never help). Candidates are ordered from easiest to hardest; each evaluated candidate
+runs every seed as one batch on the sweep engine. Per candidate the mean and a two-sided t
+interval over seeds decide: *pass* if the upper bound meets the SLO, *fail* if the lower bound
+violates it, else *uncertain*. The search brackets (both ends), bisects for the hardest passing
+candidate, then bisects beyond it for the hardest candidate that does not fail (several
+candidates per round when the workers outnumber the seeds); the answer is the first, and the
+candidates up to the second are reported as uncertain.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from sim.config import Scenario, parse_scenario, read_yaml, set_dotted
+from sim.errors import ConfigError, UserError
+from sim.stats import t_interval
+from sim.sweep import Point, run_points
+
+PLAN_KEYS = {"name", "base", "profile", "mix", "search", "slo", "seeds", "confidence", "warmup_s"}
+SEARCH_KEYS = {"variable", "low", "high", "step", "vms"}
+# variable -> +1 if a larger value is harder (worse for the SLO), -1 if a smaller one is
+VARIABLES = {"vms": +1, "overcommit": +1, "host.memory_mib": -1}
+METRICS = {
+    "stall_p99": "p99 over VMs of vCPU stall fraction",
+    "stall_max": "worst VM's vCPU stall fraction",
+    "stall_mean": "mean VM's vCPU stall fraction",
+    "major_faults_per_s": "worst VM's major faults/s",
+    "major_faults_per_s_mean": "mean VM's major faults/s",
+    "promotion_rate_per_min": "worst VM's swap-ins/min as a fraction of its working set",
+}
+FRACTION_METRICS = {"stall_p99", "stall_max", "stall_mean", "promotion_rate_per_min"}
+MIB_PAGES = 256
+
+
+class PlanError(RuntimeError):
+    """Runs of a plan failed (a simulator bug, not bad input): the search cannot go on."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated plan file."""
+
+    name: str
+    base: dict[str, Any]
+    mix: list[tuple[dict[str, Any], float]] | None  # (vm profile, weight); None: base's vms
+    variable: str
+    values: list[float]  # candidates, easiest first
+    vms: int | None  # VM count for host.memory_mib / overcommit searches
+    metric: str
+    slo_max: float
+    seeds: list[int]
+    confidence: float
+    warmup_s: float
+
+    def scenario(self, value: float, seed: int, where: str = "plan") -> Scenario:
+        """The scenario at one candidate value and seed."""
+        raw = copy.deepcopy(self.base)
+        n = int(value) if self.variable == "vms" else self.vms
+        if self.mix is not None:
+            assert n is not None
+            raw["vms"] = [
+                {**vm, "count": c}
+                for (vm, _), c in zip(self.mix, split(n, self.mix), strict=True)
+                if c > 0
+            ]
+        if self.variable == "host.memory_mib":
+            set_dotted(raw, "host.memory_mib", int(value), where)
+        elif self.variable == "overcommit":
+            guest = sum(v.get("memory_mib", 0) * v.get("count", 1) for v in raw.get("vms", []))
+            set_dotted(raw, "host.memory_mib", max(1, round(guest / value)), where)
+        raw["seed"] = seed
+        short = {"vms": "vms", "host.memory_mib": "mem", "overcommit": "oc"}[self.variable]
+        raw["name"] = f"{self.name}-{short}{fmt_value(value)}"
+        return parse_scenario(raw, where)
+
+    def label(self, value: float) -> str:
+        """A candidate as a label: ``vms=7``, ``host.memory_mib=4096``, ``overcommit=1.5``."""
+        return f"{self.variable}={fmt_value(value)}"
+
+
+def fmt_value(v: float) -> str:
+    """Integers without a decimal point, ratios as short decimals."""
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
+def split(n: int, mix: list[tuple[dict[str, Any], float]]) -> list[int]:
+    """Split ``n`` VMs over the mix by weight: largest remainder, ties to the earlier entry."""
+    total = sum(w for _, w in mix)
+    quotas = [n * w / total for _, w in mix]
+    counts = [math.floor(q) for q in quotas]
+    order = sorted(range(len(mix)), key=lambda i: (-(quotas[i] - counts[i]), i))
+    for i in order[: n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def _num(path: Path, key: str, v: Any, *, integer: bool = False) -> float:
+    ok = isinstance(v, int) if integer else isinstance(v, int | float)
+    if isinstance(v, bool) or not ok:
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{path}: {key}: expected {kind}, got {v!r}")
+    return float(v)
+
+
+def load_plan(path: Path) -> Plan:
+    """Read and validate a plan file; every candidate scenario is validated before any run."""
+    spec = read_yaml(path)
+    unknown = sorted(set(spec) - PLAN_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key(s) {', '.join(unknown)}; "
+            f"a plan has {', '.join(sorted(PLAN_KEYS))}"
+        )
+    base = spec.get("base")
+    if isinstance(base, str):
+        raw = read_yaml((path.parent / base).resolve())
+    elif isinstance(base, dict):
+        raw = copy.deepcopy(base)
+    else:
+        raise ConfigError(f"{path}: base: expected a scenario file name or mapping")
+    name = str(spec.get("name", path.stem))
+    mix = _load_mix(path, spec)
+
+    search = spec.get("search")
+    if not isinstance(search, dict):
+        raise ConfigError(f"{path}: search: expected {{variable: vms, low: 1, high: 16}}")
+    bad = sorted(set(search) - SEARCH_KEYS)
+    if bad:
+        raise ConfigError(
+            f"{path}: search: unknown key(s) {', '.join(bad)}; expected "
+            f"{', '.join(sorted(SEARCH_KEYS))}"
+        )
+    variable = search.get("variable")
+    if variable not in VARIABLES:
+        raise ConfigError(
+            f"{path}: search.variable: expected one of {', '.join(VARIABLES)}, got {variable!r}"
+        )
+    for k in ("low", "high"):
+        if k not in search:
+            raise ConfigError(f"{path}: search.{k}: required (the range to search)")
+    integer = variable != "overcommit"
+    low = _num(path, "search.low", search["low"], integer=integer)
+    high = _num(path, "search.high", search["high"], integer=integer)
+    if not 0 < low < high:
+        raise ConfigError(f"{path}: search: expected 0 < low < high, got low={low:g} high={high:g}")
+    if variable == "vms":
+        step = _num(path, "search.step", search.get("step", 1), integer=True)
+    elif "step" in search:
+        step = _num(path, "search.step", search["step"], integer=integer)
+    else:
+        raise ConfigError(f"{path}: search.step: required for {variable} (the grid spacing)")
+    if step <= 0:
+        raise ConfigError(f"{path}: search.step: must be positive, got {step:g}")
+    values = [float(v) for v in np.arange(low, high + step / 2, step)]
+    values = [int(v) if integer else round(v, 9) for v in values if v <= high + 1e-9]
+    if len(values) > 10_000:
+        raise ConfigError(f"{path}: search: {len(values)} candidates; raise step or narrow range")
+    if VARIABLES[variable] < 0:
+        values.reverse()
+    vms: int | None = None
+    if variable == "vms":
+        if mix is None:
+            raise ConfigError(f"{path}: profile: required to search over vms (or give a mix)")
+        if "vms" in search:
+            raise ConfigError(f"{path}: search.vms: only for host.memory_mib/overcommit searches")
+    elif mix is not None:
+        if "vms" not in search:
+            raise ConfigError(f"{path}: search.vms: required with a profile or mix (how many VMs)")
+        vms = int(_num(path, "search.vms", search["vms"], integer=True))
+        if vms < 1:
+            raise ConfigError(f"{path}: search.vms: must be at least 1, got {vms}")
+
+    slo = spec.get("slo")
+    if not isinstance(slo, dict) or set(slo) != {"metric", "max"}:
+        raise ConfigError(f"{path}: slo: expected {{metric: stall_p99, max: 0.05}}")
+    if slo["metric"] not in METRICS:
+        raise ConfigError(
+            f"{path}: slo.metric: expected one of {', '.join(METRICS)}, got {slo['metric']!r}"
+        )
+    slo_max = _num(path, "slo.max", slo["max"])
+    if slo_max < 0:
+        raise ConfigError(f"{path}: slo.max: must be non-negative, got {slo_max:g}")
+    seeds = spec.get("seeds", [1, 2, 3])
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+        or len(set(seeds)) != len(seeds)
+    ):
+        raise ConfigError(f"{path}: seeds: expected a list of distinct non-negative integers")
+    confidence = _num(path, "confidence", spec.get("confidence", 0.9))
+    if not 0 < confidence < 1:
+        raise ConfigError(f"{path}: confidence: expected a number in (0, 1), e.g. 0.9")
+    warmup_s = _num(path, "warmup_s", spec.get("warmup_s", 0.0))
+    if warmup_s < 0:
+        raise ConfigError(f"{path}: warmup_s: must be non-negative, got {warmup_s:g}")
+
+    plan = Plan(
+        name,
+        raw,
+        mix,
+        variable,
+        values,
+        vms,
+        slo["metric"],
+        slo_max,
+        seeds,
+        confidence,
+        warmup_s,
+    )
+    for v in values:
+        try:
+            sc = plan.scenario(v, seeds[0], f"{path}: {plan.label(v)}")
+        except UserError as exc:
+            raise ConfigError(str(exc)) from None
+        if warmup_s and warmup_s >= sc.duration_s:
+            raise ConfigError(
+                f"{path}: warmup_s ({warmup_s:g}) must be shorter than duration_s "
+                f"({sc.duration_s:g})"
+            )
+        if warmup_s and not sc.output.timeline:
+            raise ConfigError(f"{path}: warmup_s needs output.timeline: true in the base")
+    return plan
+
+
+def _load_mix(path: Path, spec: dict[str, Any]) -> list[tuple[dict[str, Any], float]] | None:
+    if "profile" in spec and "mix" in spec:
+        raise ConfigError(f"{path}: give either profile or mix, not both")
+    if "profile" in spec:
+        prof = spec["profile"]
+        if not isinstance(prof, dict):
+            raise ConfigError(f"{path}: profile: expected one VM mapping (name, memory_mib, ...)")
+        if "count" in prof:
+            raise ConfigError(f"{path}: profile.count: the plan sets the count; remove it")
+        return [(prof, 1.0)]
+    if "mix" not in spec:
+        return None
+    mix = spec["mix"]
+    if not isinstance(mix, list) or not mix:
+        raise ConfigError(f"{path}: mix: expected a list of {{vm: {{...}}, weight: N}}")
+    out = []
+    for i, item in enumerate(mix):
+        if not isinstance(item, dict) or set(item) - {"vm", "weight"} or "vm" not in item:
+            raise ConfigError(f"{path}: mix[{i}]: expected {{vm: {{...}}, weight: N}}")
+        vm = item["vm"]
+        if not isinstance(vm, dict):
+            raise ConfigError(f"{path}: mix[{i}].vm: expected a VM mapping")
+        if "count" in vm:
+            raise ConfigError(f"{path}: mix[{i}].vm.count: the plan sets counts; use weight")
+        w = _num(path, f"mix[{i}].weight", item.get("weight", 1))
+        if w <= 0:
+            raise ConfigError(f"{path}: mix[{i}].weight: must be positive, got {w:g}")
+        out.append((vm, w))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# metrics
+
+
+def run_metrics(
+    sc: Scenario, summary: dict[str, Any], run_dir: Path, warmup_s: float
+) -> dict[str, float]:
+    """Every SLO metric of one run (see the module docstring for the definitions)."""
+    cfgs = [cfg for _, cfg in sc.vm_list()]
+    vms = summary["vms"]
+    if warmup_s > 0:
+        tl = pd.read_parquet(
+            run_dir / "timeline.parquet", columns=["t_ns", "vm", "stall_ns", "faults_major"]
+        )
+        t0 = round(warmup_s * 1e9)
+        start = tl[tl.t_ns >= t0].t_ns.min()
+        end = tl.t_ns.max()
+        span_s = (end - start) / 1e9
+        if not span_s > 0:
+            raise PlanError(f"{run_dir}: no timeline samples after warmup_s={warmup_s:g}")
+        tl = tl.assign(vm=tl.vm.astype(str))
+        a = tl[tl.t_ns == start].set_index("vm")
+        b = tl[tl.t_ns == end].set_index("vm")
+        stall = [
+            (b.stall_ns[v["name"]] - a.stall_ns[v["name"]]) / (span_s * 1e9 * cfg.vcpus)
+            for v, cfg in zip(vms, cfgs, strict=True)
+        ]
+        majors = [(b.faults_major[v["name"]] - a.faults_major[v["name"]]) / span_s for v in vms]
+    else:
+        stall = [v["stall_fraction"] for v in vms]
+        majors = [v["major_faults_per_s"] for v in vms]
+    ws_pages = [(cfg.working_set_mib or cfg.memory_mib) * MIB_PAGES for cfg in cfgs]
+    promo = [m * 60 / w for m, w in zip(majors, ws_pages, strict=True)]
+    out = {
+        "stall_p99": float(np.percentile(stall, 99)),
+        "stall_max": float(max(stall)),
+        "stall_mean": float(np.mean(stall)),
+        "major_faults_per_s": float(max(majors)),
+        "major_faults_per_s_mean": float(np.mean(majors)),
+        "promotion_rate_per_min": float(max(promo)),
+    }
+    if summary["host"]["oom_kills"]:
+        out = {k: math.inf for k in out}
+    return out
+
+
+@dataclass
+class Outcome:
+    """One candidate value over all seeds."""
+
+    value: float
+    label: str
+    n: int
+    mean: float
+    low: float
+    high: float
+    n_meet: int  # seeds whose run meets the SLO
+    status: str  # pass | uncertain | fail
+    values: list[float] = field(default_factory=list)
+
+
+def judge(value: float, label: str, xs: list[float], slo_max: float, conf: float) -> Outcome:
+    """Pass if the interval's upper bound meets the SLO, fail if its lower bound violates it."""
+    n_meet = sum(x <= slo_max for x in xs)
+    if all(math.isfinite(x) for x in xs):
+        mean, lo, hi = t_interval(xs, conf)
+        status = "pass" if hi <= slo_max else "fail" if lo > slo_max else "uncertain"
+    else:  # an OOM kill in some seed: never a pass; the lower bound is the best finite seed
+        finite = [x for x in xs if math.isfinite(x)]
+        mean, lo, hi = math.inf, min(finite, default=math.inf), math.inf
+        status = "fail" if n_meet == 0 else "uncertain"
+    return Outcome(value, label, len(xs), mean, lo, hi, n_meet, status, list(xs))
+
+
+# --------------------------------------------------------------------------------------------
+# search
+
+
+@dataclass
+class PlanResult:
+    """What a plan found."""
+
+    plan: Plan
+    outcomes: dict[int, Outcome]  # candidate index -> outcome
+    answer: int | None  # index of the hardest passing candidate
+    not_failing: int | None  # index of the hardest candidate that does not fail
+    rows: pd.DataFrame  # one row per run
+
+    def statement(self) -> str:
+        """The answer in one sentence, with its uncertainty."""
+        p = self.plan
+        what = {
+            "vms": "fits {} VMs",
+            "host.memory_mib": "needs {} MiB of host memory",
+            "overcommit": "holds an overcommit of {}x",
+        }[p.variable]
+        slo = f"{p.metric} <= {fmt_value(p.slo_max)}"
+        n = len(p.seeds)
+        if self.answer is None:
+            first = self.outcomes[0]
+            return (
+                f"{p.name}: no candidate meets {slo}: even {first.label} is {first.status} "
+                f"({first.n_meet}/{n} seeds meet it); widen the search range"
+            )
+        ans = self.outcomes[self.answer]
+        text = f"{p.name}: {what.format(fmt_value(ans.value))} with {slo}"
+        text += f" (mean {_fmt_metric(p.metric, ans.mean)}, {p.confidence:.0%} CI up to "
+        text += f"{_fmt_metric(p.metric, ans.high)} over {n} seed{'s' * (n > 1)})"
+        top = self.answer if self.not_failing is None else max(self.answer, self.not_failing)
+        if top > self.answer:
+            seen = [o for i, o in sorted(self.outcomes.items()) if self.answer < i <= top]
+            span = fmt_value(p.values[self.answer + 1])
+            if top > self.answer + 1:
+                span += f" to {fmt_value(p.values[top])}"
+            text += (
+                f"; {span} uncertain ("
+                + ", ".join(f"{fmt_value(o.value)}: {o.n_meet}/{n} seeds meet it" for o in seen)
+                + ")"
+            )
+        if top == len(p.values) - 1:
+            text += "; the hardest candidate does not fail: widen the search range"
+        else:
+            text += f"; {fmt_value(p.values[top + 1])} fails"
+        if n == 1:
+            text += " (one seed: no uncertainty estimate)"
+        return text
+
+
+def _fmt_metric(metric: str, v: float) -> str:
+    if not math.isfinite(v):
+        return "OOM"
+    return f"{100 * v:.2f}%" if metric in FRACTION_METRICS else f"{v:.3g}"
+
+
+Runner = Callable[..., pd.DataFrame]
+
+
+def search(
+    plan: Plan,
+    target: Path,
+    *,
+    runner: Runner = run_points,
+    on_outcome: Callable[[Outcome], None] | None = None,
+    values_per_round: int | None = None,
+    **runner_kwargs: Any,
+) -> PlanResult:
+    """Run the search into ``target`` (runs under ``target/runs/``, finished ones reused).
+
+    ``runner`` is the sweep engine (``sim.sweep.run_points`` by default); ``runner_kwargs``
+    (``workers``, ``progress``, or whatever a Dask runner takes) are passed through unchanged.
+    Each round evaluates ``values_per_round`` candidates at once (default: as many as the
+    workers can run with every seed, at least one), so more workers mean fewer rounds.
+    """
+    if values_per_round is None:
+        workers = runner_kwargs.get("workers") or os.cpu_count() or 1
+        values_per_round = max(1, workers // len(plan.seeds))
+    outcomes: dict[int, Outcome] = {}
+    frames: list[pd.DataFrame] = []
+    next_index = [0]
+
+    def evaluate(idxs: list[int]) -> None:
+        todo = [i for i in dict.fromkeys(idxs) if i not in outcomes]
+        if not todo:
+            return
+        points, owner = [], {}
+        for i in todo:
+            v = plan.values[i]
+            for seed in plan.seeds:
+                sc = plan.scenario(v, seed)
+                pt = Point(next_index[0], plan.label(v), {plan.variable: v, "seed": seed}, sc)
+                owner[pt.index] = (i, sc)
+                next_index[0] += 1
+                points.append(pt)
+        df = runner(points, target, **runner_kwargs)
+        failed = df[df.status == "failed"]
+        if len(failed):
+            row = failed.iloc[0]
+            raise PlanError(
+                f"{len(failed)} run(s) failed, first {row['run']} ({row['label']}): "
+                f"{row.get('error', '?')}; see {target / 'runs.parquet'}"
+            )
+        recs = []
+        for _, row in df.iterrows():
+            i, sc = owner[int(row["index"])]
+            run_dir = target / "runs" / str(row["run"])
+            summary = json.loads((run_dir / "summary.json").read_text())
+            recs.append(
+                {**row.to_dict(), **run_metrics(sc, summary, run_dir, plan.warmup_s), "_i": i}
+            )
+        batch = pd.DataFrame(recs)
+        frames.append(batch)
+        for i in todo:
+            xs = batch[batch._i == i][plan.metric].tolist()
+            outcomes[i] = judge(
+                plan.values[i], plan.label(plan.values[i]), xs, plan.slo_max, plan.confidence
+            )
+            if on_outcome:
+                on_outcome(outcomes[i])
+
+    last = len(plan.values) - 1
+    evaluate([0, last])  # bracket
+    width = values_per_round
+    answer = _bisect(0, last, lambda i: outcomes[i].status == "pass", evaluate, width)
+    start = -1 if answer is None else answer
+    not_failing = _bisect(start, last, lambda i: outcomes[i].status != "fail", evaluate, width)
+    rows = pd.concat(frames, ignore_index=True).drop(columns="_i")
+    rows = rows.sort_values([plan.variable, "seed"]).reset_index(drop=True)
+    return PlanResult(plan, outcomes, answer, not_failing, rows)
+
+
+def _bisect(
+    lo: int,
+    hi: int,
+    ok: Callable[[int], bool],
+    evaluate: Callable[[list[int]], None],
+    width: int = 1,
+) -> int | None:
+    """Hardest index in [lo, hi] where ``ok`` holds, assuming it holds up to a point.
+
+    ``lo`` is a known-ok index or -1 (nothing known); evaluated indices are reused. Each round
+    evaluates ``width`` evenly spaced indices in one batch (``width=1``: plain bisection).
+    """
+    if lo >= 0:
+        evaluate([lo])
+        if not ok(lo):
+            return None
+    evaluate([hi])
+    if ok(hi):
+        return hi
+    while hi - lo > 1:  # invariant: lo ok (or -1), hi not ok
+        k = min(width, hi - lo - 1)
+        mids = sorted({lo + (j + 1) * (hi - lo) // (k + 1) for j in range(k)})
+        evaluate(mids)
+        for m in mids:
+            if ok(m):
+                lo = m
+        hi = min((m for m in mids if m > lo and not ok(m)), default=hi)
+    return lo if lo >= 0 else None
+
+
+def write_plan(result: PlanResult, target: Path) -> None:
+    """``plan.json`` (the answer and every candidate) and ``plan.parquet`` (every run),
+    each written to a temporary file and renamed into place."""
+    p = result.plan
+    rows = result.rows.copy()
+    rows["metric"] = p.metric
+    rows["slo_value"] = rows[p.metric]
+    for c in rows.columns:
+        if rows[c].dtype == object:
+            rows[c] = rows[c].astype(str)
+    tmp = target / "plan.parquet.tmp"
+    rows.to_parquet(tmp, index=False)
+    os.replace(tmp, target / "plan.parquet")
+    meta = {
+        "name": p.name,
+        "variable": p.variable,
+        "direction": "larger is harder" if VARIABLES[p.variable] > 0 else "smaller is harder",
+        "slo": {"metric": p.metric, "max": p.slo_max, "description": METRICS[p.metric]},
+        "seeds": p.seeds,
+        "confidence": p.confidence,
+        "warmup_s": p.warmup_s,
+        "candidates": p.values,
+        "answer": None if result.answer is None else p.values[result.answer],
+        "largest_not_failing": (
+            None if result.not_failing is None else p.values[result.not_failing]
+        ),
+        "statement": result.statement(),
+        "evaluated": [
+            {k: _json_num(v) for k, v in asdict(o).items()}
+            for _, o in sorted(result.outcomes.items())
+        ],
+    }
+    tmp = target / "plan.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, target / "plan.json")
+    # runs.parquet as a sweep directory would have it: every run of the plan, not the last batch
+    tmp = target / "runs.parquet.tmp"
+    result.rows.drop(columns=list(METRICS)).to_parquet(tmp, index=False)
+    os.replace(tmp, target / "runs.parquet")
+
+
+def _json_num(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, list):
+        return [_json_num(x) for x in v]
+    return v
+
+
+def run_plan(
+    path: Path,
+    out: Path | None = None,
+    *,
+    runner: Runner = run_points,
+    on_outcome: Callable[[Outcome], None] | None = None,
+    **runner_kwargs: Any,
+) -> tuple[Path, PlanResult]:
+    """Load, search and write a plan; returns the plan directory and the result."""
+    plan = load_plan(path)
+    target = (out or Path("results") / plan.name).resolve()
+    target.mkdir(parents=True, exist_ok=True)
+    result = search(plan, target, runner=runner, on_outcome=on_outcome, **runner_kwargs)
+    write_plan(result, target)
+    return target, result

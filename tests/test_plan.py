@@ -1,0 +1,283 @@
+"""Capacity plans: a known answer on the real engine, the search logic on a scripted runner,
+the t interval, and one-line errors for bad plan files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from sim.cli import main
+from sim.host.memory import setup_per_zone_wmarks
+from sim.plan import judge, load_plan, search, split
+from sim.stats import t_interval, t_quantile
+from sim.sweep import Point
+
+HOST_MIB = 16
+VM_MIB = 3  # each guest touches all of its 3 MiB uniformly
+
+
+def _write(tmp_path: Path, spec: dict[str, Any]) -> Path:
+    p = tmp_path / "plan.yaml"
+    p.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return p
+
+
+def _known_answer_spec() -> dict[str, Any]:
+    return {
+        "name": "fit",
+        "base": {
+            "duration_s": 0.02,
+            "host": {"memory_mib": HOST_MIB},
+            "swap": {"size_mib": 64, "latency_cv": 0.0},
+            "vms": [],
+            "engine": {"batch_accesses": 128, "sample_interval_ms": 1.0},
+            "output": {"evictions": False, "faults": False},
+        },
+        "profile": {
+            "name": "vm",
+            "memory_mib": VM_MIB,
+            "access_rate_per_s": 2_000_000,
+            "workload": {"type": "uniform"},
+        },
+        "search": {"variable": "vms", "low": 1, "high": 10},
+        "slo": {"metric": "major_faults_per_s", "max": 1},
+        "seeds": [1, 2],
+    }
+
+
+def test_finds_the_number_of_working_sets_that_fit(tmp_path: Path) -> None:
+    """K guests whose pages all fit above the high watermark never swap; K + 1 exceed the host
+    itself, so they must: the plan answers K."""
+    frames = HOST_MIB * 256
+    wm = setup_per_zone_wmarks(frames)
+    ws = VM_MIB * 256
+    k = (frames - wm.high) // ws
+    assert (k + 1) * ws > frames  # no ambiguity about the watermarks in between
+    out = tmp_path / "out"
+    r = CliRunner().invoke(
+        main, ["plan", str(_write(tmp_path, _known_answer_spec())), "--out", str(out)]
+    )
+    assert r.exit_code == 0, r.output
+    assert f"fits {k} VMs" in r.output
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["answer"] == k
+    by_value = {e["value"]: e for e in plan["evaluated"]}
+    assert by_value[k]["status"] == "pass"
+    assert by_value[k + 1]["status"] != "pass"
+    runs = pd.read_parquet(out / "plan.parquet")
+    assert len(runs) == 2 * len(plan["evaluated"])  # every evaluated value ran every seed
+    assert (runs[runs.vms <= k].major_faults_per_s == 0).all()
+    assert (out / "capacity.png").stat().st_size > 0
+    r = CliRunner().invoke(main, ["report", str(out)])
+    assert r.exit_code == 0, r.output
+    page = (out / "report" / "report.html").read_text()
+    assert page.count('<img src="data:image/png;base64,') == 1  # the capacity curve
+    assert f"fits {k} VMs" in (out / "report" / "report.md").read_text()
+
+
+# -- the search on a scripted runner ------------------------------------------------------------
+
+
+def _scripted(metric: Any) -> Any:
+    """A runner that writes a summary.json per point whose stall fraction is
+    ``metric(scenario, seed)``, and records the keyword arguments it was given."""
+    calls: list[dict[str, Any]] = []
+
+    def runner(points: list[Point], target: Path, **kwargs: Any) -> pd.DataFrame:
+        calls.append({"n": len(points), **kwargs})
+        rows = []
+        for p in points:
+            d = target / "runs" / p.run_name
+            d.mkdir(parents=True, exist_ok=True)
+            x = metric(p.scenario, p.params["seed"])
+            vms = [
+                {"name": n, "stall_fraction": x, "major_faults_per_s": 0.0}
+                for n, _ in p.scenario.vm_list()
+            ]
+            (d / "summary.json").write_text(json.dumps({"vms": vms, "host": {"oom_kills": []}}))
+            rows.append({"index": p.index, "label": p.label, **p.params, "run": p.run_name})
+            rows[-1]["status"] = "ok"
+        return pd.DataFrame(rows)
+
+    runner.calls = calls  # type: ignore[attr-defined]
+    return runner
+
+
+def _spec(**search: Any) -> dict[str, Any]:
+    return {
+        "base": {"duration_s": 1.0, "host": {"memory_mib": 64}, "vms": []},
+        "profile": {"name": "vm", "memory_mib": 8},
+        "search": search,
+        "slo": {"metric": "stall_p99", "max": 0.05},
+        "seeds": [1, 2, 3],
+    }
+
+
+def test_uncertain_values_are_reported_between_the_answer_and_the_first_failure(
+    tmp_path: Path,
+) -> None:
+    def metric(sc: Any, seed: int) -> float:
+        n = len(sc.vm_list())
+        if n <= 5:
+            return 0.01
+        if n == 6:  # one seed in three misses the SLO: neither a pass nor a fail
+            return 0.2 if seed == 2 else 0.01
+        return 0.5
+
+    runner = _scripted(metric)
+    plan = load_plan(_write(tmp_path, _spec(variable="vms", low=1, high=40)))
+    res = search(plan, tmp_path / "out", runner=runner, workers=7, values_per_round=1)
+    assert plan.values[res.answer] == 5
+    assert plan.values[res.not_failing] == 6
+    assert res.outcomes[5].status == "uncertain"
+    assert res.outcomes[5].n_meet == 2
+    text = res.statement()
+    assert "fits 5 VMs" in text
+    assert "6 uncertain (6: 2/3 seeds meet it)" in text
+    assert "7 fails" in text
+    assert len(res.outcomes) < 12  # bisection, not a scan of 40 candidates
+    assert all(c["workers"] == 7 for c in runner.calls)  # runner kwargs are passed through
+    assert all(c["n"] % 3 == 0 for c in runner.calls)  # every value runs all seeds at once
+
+
+def test_memory_search_finds_the_smallest_host(tmp_path: Path) -> None:
+    """Less memory is harder: the answer is the smallest host meeting the SLO."""
+    runner = _scripted(lambda sc, seed: 0.0 if sc.host.memory_mib >= 88 else 0.3)
+    spec = _spec(variable="host.memory_mib", low=32, high=256, step=8, vms=4)
+    plan = load_plan(_write(tmp_path, spec))
+    assert plan.values[0] == 256
+    assert plan.values[-1] == 32
+    res = search(plan, tmp_path / "out", runner=runner)
+    assert plan.values[res.answer] == 88
+    assert "needs 88 MiB of host memory" in res.statement()
+
+
+def test_nothing_passes(tmp_path: Path) -> None:
+    runner = _scripted(lambda sc, seed: 0.9)
+    plan = load_plan(_write(tmp_path, _spec(variable="vms", low=1, high=8)))
+    res = search(plan, tmp_path / "out", runner=runner)
+    assert res.answer is None
+    assert "no candidate meets" in res.statement()
+
+
+def test_mix_is_split_by_weight() -> None:
+    mix = [({"name": "a"}, 2.0), ({"name": "b"}, 1.0)]
+    assert [split(n, mix) for n in (1, 2, 3, 4, 5, 7)] == [
+        [1, 0],
+        [1, 1],
+        [2, 1],
+        [3, 1],
+        [3, 2],
+        [5, 2],
+    ]
+
+
+def test_overcommit_sets_host_memory_from_the_guests(tmp_path: Path) -> None:
+    spec = _spec(variable="overcommit", low=1.0, high=2.0, step=0.5, vms=4)
+    plan = load_plan(_write(tmp_path, spec))
+    assert [plan.scenario(v, 1).host.memory_mib for v in plan.values] == [32, 21, 16]
+
+
+def test_judge_and_t_interval() -> None:
+    assert t_quantile(0.95, 2) == pytest.approx(2.919986, abs=1e-5)
+    assert t_quantile(0.975, 10) == pytest.approx(2.228139, abs=1e-5)
+    assert t_quantile(0.05, 4) == pytest.approx(-2.131847, abs=1e-5)
+    mean, lo, hi = t_interval([1.0, 2.0, 3.0], 0.9)
+    assert (mean, lo, hi) == pytest.approx((2.0, 2.0 - 2.919986 / 3**0.5, 2.0 + 2.919986 / 3**0.5))
+    assert judge(1, "x", [0.01, 0.02, 0.03], 0.05, 0.9).status == "pass"
+    assert judge(1, "x", [0.02, 0.05, 0.08], 0.05, 0.9).status == "uncertain"
+    assert judge(1, "x", [0.2, 0.3, 0.25], 0.05, 0.9).status == "fail"
+    assert judge(1, "x", [0.01, float("inf")], 0.05, 0.9).status == "uncertain"  # an OOM kill
+    assert judge(1, "x", [float("inf")] * 2, 0.05, 0.9).status == "fail"
+
+
+# -- bad plan files -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"colour": 1}, "unknown key(s) colour"),
+        ({"search": None}, "search"),
+        ({"search": {"variable": "cpus", "low": 1, "high": 4}}, "search.variable"),
+        ({"search": {"variable": "vms", "low": 5, "high": 4}}, "low < high"),
+        ({"search": {"variable": "vms", "low": 1}}, "search.high"),
+        ({"search": {"variable": "vms", "low": 1, "high": 4, "speed": 1}}, "speed"),
+        ({"search": {"variable": "host.memory_mib", "low": 8, "high": 64}}, "search.step"),
+        ({"slo": {"metric": "latency", "max": 1}}, "slo.metric"),
+        ({"slo": {"metric": "stall_p99", "max": "low"}}, "slo.max"),
+        ({"confidence": 1.5}, "confidence"),
+        ({"seeds": []}, "seeds"),
+        ({"seeds": [1, 1]}, "seeds"),
+        ({"warmup_s": 5.0}, "warmup_s"),
+        ({"profile": {"name": "vm", "memory_mib": 8, "count": 2}}, "profile.count"),
+        ({"profile": {"name": "vm", "memory_mib": -8}}, "vms[0].memory_mib"),
+        ({"mix": [{"vm": {"name": "a", "memory_mib": 8}, "weight": 0}]}, "mix[0].weight"),
+        ({"base": 3}, "base"),
+    ],
+)
+def test_bad_plan_is_one_line_exit_2(tmp_path: Path, change: dict[str, Any], needle: str) -> None:
+    spec = {**_spec(variable="vms", low=1, high=4), **change}
+    if "mix" in change:
+        del spec["profile"]
+    r = CliRunner().invoke(main, ["plan", str(_write(tmp_path, spec)), "--out", str(tmp_path)])
+    assert r.exit_code == 2, r.output
+    assert needle in r.output
+    assert len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_validate_checks_a_plan_without_running_it(tmp_path: Path) -> None:
+    path = _write(tmp_path, _known_answer_spec())
+    r = CliRunner().invoke(main, ["validate", str(path)])
+    assert r.exit_code == 0, r.output
+    assert "ok: plan fit: 10 candidate(s) x 2 seed(s)" in r.output
+    bad = _write(tmp_path, {**_known_answer_spec(), "confidence": 2})
+    r = CliRunner().invoke(main, ["validate", str(bad)])
+    assert r.exit_code == 2
+    assert "confidence" in r.output
+    assert not list(tmp_path.glob("results*"))
+
+
+def test_warmup_excludes_the_fault_in(tmp_path: Path) -> None:
+    """Guests whose pages fit stall only while faulting them in; measured after a warm-up,
+    their stall is zero, while over the whole run it is not. Overcommitted, they keep
+    swapping after the warm-up too."""
+    from sim.engine import run_scenario
+    from sim.plan import run_metrics
+
+    spec = {**_known_answer_spec(), "warmup_s": 0.01}
+    plan = load_plan(_write(tmp_path, spec))
+    fits = plan.scenario(2, 1)
+    res = run_scenario(fits, tmp_path / "fits", command=[])
+    whole = run_metrics(fits, res.summary, tmp_path / "fits", 0.0)
+    after = run_metrics(fits, res.summary, tmp_path / "fits", plan.warmup_s)
+    assert whole["stall_max"] > 0.01
+    assert after["stall_max"] == 0.0
+    over = plan.scenario(8, 1)
+    res = run_scenario(over, tmp_path / "over", command=[])
+    after = run_metrics(over, res.summary, tmp_path / "over", plan.warmup_s)
+    assert after["major_faults_per_s"] > 1000
+    assert after["stall_p99"] > 0.1
+    assert after["promotion_rate_per_min"] == pytest.approx(
+        after["major_faults_per_s"] * 60 / (VM_MIB * 256)
+    )
+
+
+def test_more_values_per_round_take_fewer_rounds(tmp_path: Path) -> None:
+    plan = load_plan(_write(tmp_path, _spec(variable="vms", low=1, high=64)))
+    rounds = {}
+    for width in (1, 4):
+        runner = _scripted(lambda sc, seed: 0.01 if len(sc.vm_list()) <= 37 else 0.5)
+        res = search(plan, tmp_path / f"w{width}", runner=runner, values_per_round=width)
+        assert plan.values[res.answer] == 37
+        assert plan.values[res.not_failing] == 37
+        assert max(c["n"] for c in runner.calls) <= 3 * max(width, 2)  # bracket: 2 values
+        rounds[width] = len(runner.calls)
+    assert rounds[4] < rounds[1]
