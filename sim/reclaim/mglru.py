@@ -90,12 +90,12 @@ Simplifications
     kernel isolates up to MIN_LRU_BATCH = 64). No ``set_initial_priority`` for kswapd. The
     controller keeps one history generation (NR_HIST_GENS = 1, CONFIG_LRU_GEN_STATS off).
     Pte dirty bits seen by the walk are not transferred. ``promotion: one_step`` gives 6.1-6.13's
-    reference rules (any young sighting promotes to ``max_seq``, faulted-in folios join
-    ``max_seq``, promotion sets no PG_workingset) with everything else kept at 6.14. In demand mode (``nr_to_reclaim == 1``)
-    a call goes on, lowering the priority and aging as needed, until it has reclaimed its page
-    (standing in for the caller's retries). The walk's pte visits are priced through the
-    host's aging call: one rmap entry and one notifier call per pte (the host-only walk, through
-    ``Reclaimer.ptep_test_and_clear_young``, prices one rmap entry per pte and no notifier).
+    reference rules (any young sighting promotes to ``max_seq``, faulted-in folios join ``max_seq``,
+    promotion sets no PG_workingset) with everything else kept at 6.14. In demand mode
+    (``nr_to_reclaim == 1``) a call goes on, lowering the priority and aging as needed, until it has
+    reclaimed its page (standing in for the caller's retries). The walk's pte visits are priced
+    through the host's aging call: one rmap entry and one notifier call per pte (the host-only walk,
+    through ``Reclaimer.ptep_test_and_clear_young``, prices one rmap entry per pte and no notifier).
 
 Invariants
     ``2 <= max_seq - min_seq + 1 <= 4``. Every folio the policy tracks is either in the lru_add
