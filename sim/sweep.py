@@ -1,4 +1,4 @@
-"""Sweeps: one base scenario, many variants, run in a process pool, one row per run.
+"""Sweeps: one base scenario, many variants, run in parallel, one row per run.
 
 A sweep file is YAML::
 
@@ -6,15 +6,26 @@ A sweep file is YAML::
     grid:                          # optional: cartesian product over dotted keys
       reclaim.policy: [two_list, clock]
       kvm.mmu_notifiers: [true, false]
+    zip:                           # optional: equal-length lists, taken position by position
+      host.memory_mib: [512, 384]
+      vms.0.count: [2, 3]
+    random:                        # optional: n samples from the sweep's own seed
+      n: 20
+      seed: 0
+      keys:
+        swap.read_latency_us: {low: 10, high: 1000, log: true}   # also int: true
+        reclaim.policy: [two_list, clock]                        # a list: one of its values
     variants:                      # optional: explicit points, each a set of overrides
       - {label: opt, set: {reclaim.policy: opt}}
     seeds: [1, 2]                  # optional: replicate every point
 
-Every point is validated before anything runs (a bad point is reported with its index and
-key). Each run goes to ``<out>/runs/<name>-<config hash>/``, written atomically, and a run
-whose directory already exists is skipped, so an interrupted sweep resumes where it stopped.
-``runs.parquet`` has one row per run: label, swept parameters as columns, status, summary
-metrics.
+Points are variants x grid x zip rows x random samples x seeds. Every point is validated before
+anything runs (a bad point is reported with its index and key). Each run goes to
+``<out>/runs/<name>-<config hash>/`` (hash of the resolved config), written atomically, and a
+run whose directory already exists is skipped, so an interrupted sweep resumes where it
+stopped; temp dirs of runs killed halfway are removed on the next start. Runs go to a local
+process pool or to a Dask cluster. ``runs.parquet`` has one row per run: label, swept
+parameters as columns, status, summary metrics.
 """
 
 from __future__ import annotations
