@@ -345,11 +345,21 @@ def _clean_stale(runs_dir: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
+def _pool_worker(point: Point, runs_dir: Path) -> dict[str, Any]:
+    """Process-pool task: on Ctrl-C (SIGINT reaches the whole process group) leave at once,
+    after ``run_scenario`` removed its temp dir, instead of starting the runs already queued
+    to this worker."""
+    try:
+        return _run_point(point, runs_dir)
+    except KeyboardInterrupt:
+        os._exit(130)
+
+
 def _pool_rows(points: list[Point], runs_dir: Path, workers: int) -> Iterator[dict[str, Any]]:
     """Rows from a local process pool, as runs finish."""
     pool = ProcessPoolExecutor(max_workers=workers)
     try:
-        futures = {pool.submit(_run_point, p, runs_dir): p for p in points}
+        futures = {pool.submit(_pool_worker, p, runs_dir): p for p in points}
         for fut in as_completed(futures):
             try:
                 yield fut.result()
