@@ -213,10 +213,10 @@ def _base_row(point: Point) -> dict[str, Any]:
 def _cached_row(point: Point, runs_dir: Path) -> dict[str, Any] | None:
     """The row of a run already done, or None. A run directory is only ever created by an
     atomic rename of a finished one, so ``summary.json`` existing means the run is complete."""
-    summary_path = runs_dir / point.run_name / "summary.json"
-    if not summary_path.exists():
+    try:
+        summary = json.loads((runs_dir / point.run_name / "summary.json").read_text())
+    except (OSError, ValueError):  # absent (or damaged by hand): run it, replacing the dir
         return None
-    summary = json.loads(summary_path.read_text())
     return {**_base_row(point), "status": "cached", **metrics(summary)}
 
 
