@@ -216,9 +216,18 @@ def test_dask_local_gives_the_same_runs_parquet(tmp_path: Path) -> None:
     assert not [p for p in (dask / "runs").iterdir() if p.name.startswith(".")]
 
 
-def test_unreachable_scheduler_is_a_user_error(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="--dask nonsense: cannot reach the scheduler"):
-        run_sweep(_small_sweep(tmp_path), tmp_path / "out", workers=1, dask="nonsense")
+def test_unreachable_scheduler_is_a_one_line_exit_2(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from sim.cli import main
+
+    path = str(_small_sweep(tmp_path))
+    r = CliRunner().invoke(main, ["sweep", path, "--dask", "nonsense", "--out", str(tmp_path)])
+    assert r.exit_code == 2
+    error = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert len(error) == 1
+    assert "--dask nonsense: cannot reach the scheduler" in error[0]
+    assert not list((tmp_path / "runs").iterdir())
 
 
 def test_failed_run_is_a_row_and_the_sweep_goes_on(tmp_path: Path) -> None:
