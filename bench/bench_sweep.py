@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -48,27 +49,41 @@ def scenario(quick: bool) -> dict[str, Any]:
     }
 
 
-def timed_sweep(quick: bool, workers: int) -> float:
-    """Wall seconds for the 8 runs with ``workers`` processes, from an empty directory."""
+def _cpu_s() -> float:
+    """CPU seconds of this process and its reaped children (the pool's workers)."""
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed_sweep(quick: bool, workers: int) -> tuple[float, float]:
+    """Wall and CPU seconds for the 8 runs with ``workers`` processes, from an empty directory.
+    CPU / wall is the number of cores the sweep actually got: 1 and 2 on an idle machine."""
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         path = Path(tmp) / "sweep.yaml"
         spec = {"base": scenario(quick), "seeds": list(range(1, RUNS + 1))}
         path.write_text(yaml.safe_dump(spec))
         _, points = load_sweep(path)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_s()
         df = run_points(points, Path(tmp) / "out", workers=workers)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
     if set(df.status) != {"ok"}:
         raise RuntimeError(f"bench sweep had failed runs: {df.error.dropna().tolist()}")
-    return wall
+    return wall, cpu
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
     """One table row for ``python -m bench``: 2-worker time against the serial time."""
-    serial = timed_sweep(quick, 1)
-    parallel = timed_sweep(quick, 2)
+    return _rows(quick)[0]
+
+
+def _rows(quick: bool) -> tuple[list[dict[str, Any]], tuple[float, float], tuple[float, float]]:
+    """The row, and (wall, CPU) seconds of the serial and the 2-worker sweep."""
+    (serial, serial_cpu), (parallel, parallel_cpu) = timed_sweep(quick, 1), timed_sweep(quick, 2)
     ratio = serial / parallel
-    return [
+    rows = [
         {
             "bench": "sweep",
             "metric": f"{RUNS} runs, 2 workers",
@@ -81,6 +96,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
             "met": ratio >= TARGET,
         }
     ]
+    return rows, (serial, serial_cpu), (parallel, parallel_cpu)
 
 
 def main() -> None:
@@ -90,12 +106,14 @@ def main() -> None:
     args = ap.parse_args()
     load = os.getloadavg()
     print(f"{os.cpu_count()} CPUs, load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    for row in run(args.quick):
+    rows, (sw, sc), (pw, pc) = _rows(args.quick)
+    for row in rows:
         print(
             f"{row['baseline']}: {row['baseline_value']:.2f} s; {row['metric']}: "
             f"{row['value']:.2f} s; speed-up {row['ratio']:.2f}x (target {row['target']}: "
             f"{'met' if row['met'] else 'NOT met'})"
         )
+    print(f"cores used (CPU s / wall s): 1 worker {sc / sw:.2f}, 2 workers {pc / pw:.2f}")
     load = os.getloadavg()
     print(f"load average after: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
