@@ -357,6 +357,8 @@ def _pool_worker(point: Point, runs_dir: Path) -> dict[str, Any]:
 
 def _pool_rows(points: list[Point], runs_dir: Path, workers: int) -> Iterator[dict[str, Any]]:
     """Rows from a local process pool, as runs finish."""
+    import sim.engine  # noqa: F401  (forked workers inherit it instead of each importing it)
+
     pool = ProcessPoolExecutor(max_workers=workers)
     try:
         futures = {pool.submit(_pool_worker, p, runs_dir): p for p in points}
