@@ -1,6 +1,8 @@
 """Render the README's figures from run directories.
 
 python -m analysis.figures notifiers RUN_ON RUN_OFF [-o docs/notifiers.png]
+python -m analysis.figures policies SWEEP_DIR [-o docs/policies.png]
+python -m analysis.figures overcommit SWEEP_DIR [-o docs/sweep_overcommit.png]
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.load import load_run
-from analysis.plots import compare_runs, policies_figure
+from analysis.plots import compare_runs, overcommit_figure, policies_figure
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,12 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("policies", help="a policy sweep: misses relative to OPT, idle ranks")
     p.add_argument("sweep_dir")
     p.add_argument("-o", "--out", default="docs/policies.png")
+    o = sub.add_parser("overcommit", help="an overcommit sweep: major faults and stall")
+    o.add_argument("sweep_dir")
+    o.add_argument("-o", "--out", default="docs/sweep_overcommit.png")
     args = ap.parse_args(argv)
     try:
         if args.figure == "notifiers":
             on, off = load_run(args.run_on), load_run(args.run_off)
             fig = compare_runs([("notifiers on", on), ("notifiers off", off)])
             fig.suptitle(f"{on.summary['name']}: KVM aging notifiers on vs off", fontsize="medium")
+        elif args.figure == "overcommit":
+            fig = _overcommit(Path(args.sweep_dir))
         else:
             fig = _policies(Path(args.sweep_dir))
     except (OSError, ValueError, KeyError) as exc:
@@ -55,6 +62,16 @@ def _policies(sweep_dir: Path) -> Any:
             idle.append(pd.DataFrame({"label": row.label, "idle_rank": sample.to_numpy()}))
     idle_df = pd.concat(idle) if idle else None
     return policies_figure(runs, idle_df, title=f"{sweep_dir.name}: misses relative to OPT")
+
+
+def _overcommit(sweep_dir: Path) -> Any:
+    runs = pd.read_parquet(sweep_dir / "runs.parquet")
+    if "overcommit" not in runs.columns:
+        raise ValueError(f"{sweep_dir}: no overcommit column (rerun the sweep to refresh it)")
+    seeds = runs.seed.nunique() if "seed" in runs.columns else 1
+    return overcommit_figure(
+        runs, title=f"{sweep_dir.name}: {len(runs)} runs, mean and 95% CI over {seeds} seeds"
+    )
 
 
 if __name__ == "__main__":

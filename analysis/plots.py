@@ -199,4 +199,39 @@ def capacity_figure(plan: dict[str, Any], runs: pd.DataFrame) -> plt.Figure:
     if var == "vms":
         ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize="small", loc="upper left")
+
+
+def overcommit_figure(runs: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Major faults per second and vCPU stall against overcommit, per policy, notifiers on
+    (solid) and off (dashed); the band is the 95% CI over seeds.
+
+    ``runs`` is a sweep's ``runs.parquet``: ``overcommit``, ``policy``, ``major_faults_per_s``,
+    ``stall_fraction`` and the swept ``kvm.mmu_notifiers`` column (absent: all on).
+    """
+    sns.set_theme(style="whitegrid", context="notebook")
+    ok = runs[runs.status != "failed"].copy()
+    on = ok["kvm.mmu_notifiers"] if "kvm.mmu_notifiers" in ok.columns else True
+    ok["notifiers"] = pd.Series(on, index=ok.index).map({True: "on", False: "off"})
+    ok["stall %"] = 100 * ok.stall_fraction
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for ax, y, label in (
+        (axes[0], "major_faults_per_s", "major faults / s (all guests)"),
+        (axes[1], "stall %", "vCPU time stalled (%)"),
+    ):
+        sns.lineplot(
+            data=ok,
+            x="overcommit",
+            y=y,
+            hue="policy",
+            style="notifiers",
+            style_order=["on", "off"],
+            markers=True,
+            errorbar=("ci", 95),
+            ax=ax,
+        )
+        ax.set(xlabel="overcommit (guest RAM / host memory)", ylabel=label)
+    axes[1].get_legend().remove()
+    axes[0].legend(fontsize="small")
+    if title:
+        fig.suptitle(title, fontsize="medium")
     return fig

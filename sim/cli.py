@@ -421,12 +421,19 @@ def mrc(
 @click.argument("sweep_file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--workers", type=click.IntRange(min=1), help="Processes (default: one per core).")
 @click.option(
+    "--dask",
+    metavar="local|ADDRESS",
+    help="Run on Dask: 'local' starts a LocalCluster of --workers processes; an address "
+    "(tcp://HOST:8786) uses a running scheduler whose workers have memsim installed.",
+)
+@click.option(
     "--out",
     type=click.Path(path_type=Path, file_okay=False),
     help="Sweep directory (default: results/<sweep name>/).",
 )
-def sweep(sweep_file: Path, workers: int | None, out: Path | None) -> None:
-    """Run every point of SWEEP_FILE (base + grid/variants/seeds); skip runs already done."""
+def sweep(sweep_file: Path, workers: int | None, dask: str | None, out: Path | None) -> None:
+    """Run every point of SWEEP_FILE (base + grid/zip/random/variants/seeds); skip runs
+    already done, so an interrupted sweep resumes where it stopped."""
     from sim.sweep import load_sweep, run_sweep
 
     try:
@@ -446,19 +453,28 @@ def sweep(sweep_file: Path, workers: int | None, out: Path | None) -> None:
     ) as bar:
         task = bar.add_task("sweep", total=len(points), failed=0)
 
+        started = [False]
+
         def progress(done: int, total: int, failed: int) -> None:
+            if not started[0]:  # cached runs: count them, but keep them out of the ETA
+                started[0] = True
+                bar.reset(task, completed=done, failed=failed)
             bar.update(task, completed=done, failed=failed)
 
         try:
-            target, df = run_sweep(sweep_file, out, workers=workers, progress=progress)
+            target, df = run_sweep(sweep_file, out, workers=workers, progress=progress, dask=dask)
         except UserError as exc:
             _fail(exc)
+        except KeyboardInterrupt:
+            err_console.print("interrupted: finished runs are kept; run again to resume")
+            sys.exit(130)
     cols = [
         c
         for c in (
             "label",
             "seed",
             "status",
+            "overcommit",
             "misses",
             "opt_gap",
             "lru_gap",

@@ -1,4 +1,4 @@
-"""Sweeps: one base scenario, many variants, run in a process pool, one row per run.
+"""Sweeps: one base scenario, many variants, run in parallel, one row per run.
 
 A sweep file is YAML::
 
@@ -6,37 +6,52 @@ A sweep file is YAML::
     grid:                          # optional: cartesian product over dotted keys
       reclaim.policy: [two_list, clock]
       kvm.mmu_notifiers: [true, false]
+    zip:                           # optional: equal-length lists, taken position by position
+      host.memory_mib: [512, 384]
+      vms.0.count: [2, 3]
+    random:                        # optional: n samples from the sweep's own seed
+      n: 20
+      seed: 0
+      keys:
+        swap.read_latency_us: {low: 10, high: 1000, log: true}   # also int: true
+        reclaim.policy: [two_list, clock]                        # a list: one of its values
     variants:                      # optional: explicit points, each a set of overrides
       - {label: opt, set: {reclaim.policy: opt}}
     seeds: [1, 2]                  # optional: replicate every point
 
-Every point is validated before anything runs (a bad point is reported with its index and
-key). Each run goes to ``<out>/runs/<name>-<config hash>/``, written atomically, and a run
-whose directory already exists is skipped, so an interrupted sweep resumes where it stopped.
-``runs.parquet`` has one row per run: label, swept parameters as columns, status, summary
-metrics.
+Points are variants x grid x zip rows x random samples x seeds. Every point is validated before
+anything runs (a bad point is reported with its index and key). Each run goes to
+``<out>/runs/<name>-<config hash>/`` (hash of the resolved config), written atomically, and a
+run whose directory already exists is skipped, so an interrupted sweep resumes where it
+stopped; temp dirs of runs killed halfway are removed on the next start. Runs go to a local
+process pool or to a Dask cluster. ``runs.parquet`` has one row per run: label, swept
+parameters as columns, status, summary metrics.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
+import logging
+import math
 import os
 import shutil
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from sim.config import Scenario, parse_scenario, read_yaml, set_dotted
 from sim.errors import ConfigError, UserError
 
-SWEEP_KEYS = {"base", "grid", "variants", "seeds", "name"}
+SWEEP_KEYS = {"base", "grid", "zip", "random", "variants", "seeds", "name"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +76,72 @@ def _fmt(v: Any) -> str:
     return str(v).lower() if isinstance(v, bool) else str(v)
 
 
+def _expand_zip(path: Path, spec: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """``zip``: dotted keys to equal-length lists, one point per position."""
+    if not spec:
+        return [], [()]
+    if not isinstance(spec, dict) or not all(isinstance(v, list) and v for v in spec.values()):
+        raise ConfigError(f"{path}: zip: expected a mapping of dotted keys to non-empty lists")
+    lengths = {k: len(v) for k, v in spec.items()}
+    if len(set(lengths.values())) > 1:
+        shown = ", ".join(f"{k} has {n}" for k, n in lengths.items())
+        raise ConfigError(f"{path}: zip: lists must have equal lengths ({shown}); fix the lists")
+    return list(spec), list(zip(*spec.values(), strict=True))
+
+
+def _sample(rng: np.random.Generator, where: str, dist: Any) -> Any:
+    """One draw of a ``random`` key: a choice from a list, or a number in [low, high]."""
+    if isinstance(dist, list):
+        if not dist:
+            raise ConfigError(f"{where}: expected a non-empty list of choices or {{low, high}}")
+        return dist[int(rng.integers(len(dist)))]
+    if not isinstance(dist, dict) or set(dist) - {"low", "high", "log", "int"}:
+        raise ConfigError(f"{where}: expected a list of choices or {{low, high, log, int}}")
+    low, high = dist.get("low"), dist.get("high")
+    num = (int, float)
+    if not (isinstance(low, num) and isinstance(high, num)) or isinstance(low, bool) or low > high:
+        raise ConfigError(f"{where}: needs numbers low <= high, e.g. {{low: 1, high: 8}}")
+    log, as_int = bool(dist.get("log", False)), bool(dist.get("int", False))
+    if log and low <= 0:
+        raise ConfigError(f"{where}: log: true needs low > 0 (got {low})")
+    u = float(rng.random())
+    if log:
+        x = float(np.exp(np.log(low) + u * (np.log(high) - np.log(low))))
+    else:
+        x = low + u * (high - low)
+    if as_int:  # round, then clamp: the ends stay reachable and in range
+        return int(min(max(round(x), math.ceil(low)), math.floor(high)))
+    return float(f"{x:.6g}")  # short labels; the draw itself is seeded, so still deterministic
+
+
+def _expand_random(path: Path, spec: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """``random``: ``n`` samples over dotted keys, drawn from the sweep's own ``seed`` (not the
+    run seeds) so the same file always gives the same points."""
+    if not spec:
+        return [], [()]
+    if not isinstance(spec, dict) or set(spec) - {"n", "seed", "keys"}:
+        raise ConfigError(f"{path}: random: expected {{n: 20, seed: 0, keys: {{dotted.key: ...}}}}")
+    n, seed, keys = spec.get("n"), spec.get("seed", 0), spec.get("keys")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ConfigError(f"{path}: random.n: expected a positive integer (samples), got {n!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"{path}: random.seed: expected a non-negative integer, got {seed!r}")
+    if not isinstance(keys, dict) or not keys:
+        raise ConfigError(f"{path}: random.keys: expected a mapping of dotted keys to ranges")
+    rng = np.random.default_rng(seed)
+    rows = [
+        tuple(_sample(rng, f"{path}: random.keys.{k}", d) for k, d in keys.items())
+        for _ in range(n)
+    ]
+    return list(keys), rows
+
+
 def load_sweep(path: Path) -> tuple[str, list[Point]]:
-    """Read a sweep file and expand it into validated points."""
+    """Read a sweep file and expand it into validated points.
+
+    Points are variants x grid x zip rows x random samples x seeds, in that nesting order; a
+    variant's ``set`` wins over the axes. Nothing runs unless every point is valid.
+    """
     spec = read_yaml(path)
     unknown = sorted(set(spec) - SWEEP_KEYS)
     if unknown:
@@ -89,9 +168,23 @@ def load_sweep(path: Path) -> tuple[str, list[Point]]:
     seeds = spec.get("seeds") or [raw.get("seed", 1)]
     if not isinstance(seeds, list) or not all(isinstance(s, int) and s >= 0 for s in seeds):
         raise ConfigError(f"{path}: seeds: expected a list of non-negative integers")
-    keys = list(grid)
+    grid_keys = list(grid)
+    zip_keys, zip_rows = _expand_zip(path, spec.get("zip"))
+    rand_keys, rand_rows = _expand_random(path, spec.get("random"))
+    seen: dict[str, str] = {}
+    for axis, axis_keys in (("grid", grid_keys), ("zip", zip_keys), ("random", rand_keys)):
+        for k in axis_keys:
+            if k in seen:
+                raise ConfigError(f"{path}: {k} is in both {seen[k]} and {axis}; keep it in one")
+            seen[k] = axis
+    keys = grid_keys + zip_keys + rand_keys
+    combos = [
+        g + z + r
+        for g in (list(itertools.product(*(grid[k] for k in grid_keys))) or [()])
+        for z in zip_rows
+        for r in rand_rows
+    ]
     points: list[Point] = []
-    combos = list(itertools.product(*(grid[k] for k in keys))) or [()]
     for vi, var in enumerate(variants):
         if not isinstance(var, dict) or set(var) - {"label", "set"}:
             raise ConfigError(f"{path}: variants[{vi}]: expected {{label: ..., set: {{...}}}}")
@@ -113,34 +206,80 @@ def load_sweep(path: Path) -> tuple[str, list[Point]]:
     return name, points
 
 
+def _base_row(point: Point) -> dict[str, Any]:
+    return {"index": point.index, "label": point.label, **point.params, "run": point.run_name}
+
+
+def _cached_row(point: Point, runs_dir: Path) -> dict[str, Any] | None:
+    """The row of a run already done, or None. A run directory is only ever created by an
+    atomic rename of a finished one, so ``summary.json`` existing means the run is complete."""
+    try:
+        summary = json.loads((runs_dir / point.run_name / "summary.json").read_text())
+    except (OSError, ValueError):  # absent (or damaged by hand): run it, replacing the dir
+        return None
+    return {**_base_row(point), "status": "cached", **metrics(summary)}
+
+
+def _failed_row(point: Point, exc: BaseException) -> dict[str, Any]:
+    return {
+        **_base_row(point),
+        "status": "failed",
+        "error": f"{type(exc).__name__}: {exc}",
+        "traceback": "".join(traceback.format_exception(exc, limit=5)),
+    }
+
+
 def _run_point(point: Point, runs_dir: Path) -> dict[str, Any]:
-    """Worker: run one point (or find it done); return its row."""
+    """Worker: run one point into ``runs_dir`` (or find it done); return its row."""
     from sim.engine import run_scenario
 
-    out = runs_dir / point.run_name
-    row: dict[str, Any] = {
-        "index": point.index,
-        "label": point.label,
-        **point.params,
-        "run": point.run_name,
-    }
-    summary_path = out / "summary.json"
     try:
-        if summary_path.exists():
-            summary = json.loads(summary_path.read_text())
-            row["status"] = "cached"
-        else:
-            summary = run_scenario(point.scenario, out, command=["memsim", "sweep"]).summary
-            row["status"] = "ok"
+        cached = _cached_row(point, runs_dir)
+        if cached is not None:
+            return cached
+        summary = run_scenario(
+            point.scenario, runs_dir / point.run_name, command=["memsim", "sweep"]
+        ).summary
     except Exception as exc:  # a failed run is a row, not a lost sweep
-        row.update(
-            status="failed",
-            error=f"{type(exc).__name__}: {exc}",
-            traceback=traceback.format_exc(limit=5),
+        return _failed_row(point, exc)
+    return {**_base_row(point), "status": "ok", **metrics(summary)}
+
+
+def _run_point_shipped(point: Point) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """Dask worker: run one point in a private temporary directory and return its row and its
+    files, so workers need only the package (no shared filesystem); the client publishes."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="memsim-") as tmp:
+        row = _run_point(point, Path(tmp))
+        run_dir = Path(tmp) / point.run_name
+        files = (
+            {
+                f.relative_to(run_dir).as_posix(): f.read_bytes()
+                for f in sorted(run_dir.rglob("*"))
+                if f.is_file()
+            }
+            if row["status"] == "ok"
+            else {}
         )
-        return row
-    row.update(metrics(summary))
-    return row
+    return row, files
+
+
+def _publish_files(runs_dir: Path, run_name: str, files: dict[str, bytes]) -> None:
+    """Write a shipped run the way ``run_scenario`` does: hidden temp dir, then one rename."""
+    from sim.engine import publish
+
+    tmp = runs_dir / f".{run_name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for rel, data in files.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_bytes(data)
+        publish(tmp, runs_dir / run_name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def metrics(summary: dict[str, Any]) -> dict[str, Any]:
@@ -150,11 +289,15 @@ def metrics(summary: dict[str, Any]) -> dict[str, Any]:
     stall = sum(v["stall_ns"] for v in vms)
     run = sum(v["stall_ns"] + v["compute_ns"] for v in vms)
     h = summary["host"]
+    sim_s = summary["sim_time_ns"] / 1e9
     out = {
         "policy": summary["policy"],
+        # guest RAM / host memory, so sweeps over either axis group the same way
+        "overcommit": round(sum(v["memory_pages"] for v in vms) / h["memory_pages"], 6),
         "accesses": sum(v["accesses"] for v in vms),
         **{f"faults_{k}": n for k, n in faults.items()},
         "misses": faults["first_touch"] + faults["major"],
+        "major_faults_per_s": faults["major"] / sim_s if sim_s else 0.0,
         "refaults": sum(v["refaults"] for v in vms),
         "stall_fraction": stall / run if run else 0.0,
         "pswpin": h["pswpin"],
@@ -171,43 +314,165 @@ def metrics(summary: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+WALL_CLOCK_COLUMNS = ("status", "wall_s", "error", "traceback")
+"""Columns of ``runs.parquet`` that depend on when and how a sweep ran, not on its configs
+(``status`` says cached or ok); everything else is identical for the same sweep file."""
+
+
+@contextlib.contextmanager
+def _sweep_lock(target: Path) -> Iterator[None]:
+    """Hold ``target/.lock`` while a sweep runs: the stale-temp-dir cleanup must not delete the
+    temp dirs of another live sweep. The kernel drops the lock when the process dies."""
+    import fcntl
+
+    with open(target / ".lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(
+                f"{target}: another sweep is running in this directory; wait for it to finish "
+                "or give a different --out"
+            ) from None
+        yield
+
+
+def _clean_stale(runs_dir: Path) -> None:
+    """Remove what a killed sweep leaves: hidden temp dirs of unfinished runs, and old copies
+    ``publish`` had moved aside. Neither is ever mistaken for a run (hidden names)."""
+    for stale in [*runs_dir.glob(".*.tmp-*"), *runs_dir.glob(".*.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in runs_dir.parent.glob(".runs.parquet.tmp-*"):
+        stale.unlink(missing_ok=True)
+
+
+def _pool_worker(point: Point, runs_dir: Path) -> dict[str, Any]:
+    """Process-pool task: on Ctrl-C (SIGINT reaches the whole process group) leave at once,
+    after ``run_scenario`` removed its temp dir, instead of starting the runs already queued
+    to this worker."""
+    try:
+        return _run_point(point, runs_dir)
+    except KeyboardInterrupt:
+        os._exit(130)
+
+
+def _pool_rows(points: list[Point], runs_dir: Path, workers: int) -> Iterator[dict[str, Any]]:
+    """Rows from a local process pool, as runs finish."""
+    import sim.engine  # noqa: F401  (forked workers inherit it instead of each importing it)
+
+    pool = ProcessPoolExecutor(max_workers=workers)
+    try:
+        futures = {pool.submit(_pool_worker, p, runs_dir): p for p in points}
+        for fut in as_completed(futures):
+            try:
+                yield fut.result()
+            except Exception as exc:  # a worker died (e.g. OOM-killed): that run failed
+                yield _failed_row(futures[fut], exc)
+    finally:  # on Ctrl-C, do not start the queued runs
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _dask_rows(
+    points: list[Point], runs_dir: Path, address: str, workers: int
+) -> Iterator[dict[str, Any]]:
+    """Rows from a Dask cluster (``local``: a LocalCluster of ``workers`` processes), as runs
+    finish; each run's files come back with its row and are published here."""
+    try:
+        from distributed import Client, LocalCluster
+        from distributed import as_completed as dask_completed
+    except ImportError:
+        raise UserError(
+            "--dask: dask.distributed is not installed; pip install -r requirements.txt"
+        ) from None
+    with contextlib.ExitStack() as stack:
+        if address == "local":
+            cluster = stack.enter_context(
+                LocalCluster(
+                    n_workers=workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                    silence_logs=logging.ERROR,
+                )
+            )
+            client = stack.enter_context(Client(cluster))
+        else:
+            try:
+                client = stack.enter_context(Client(address, timeout="10s"))
+            except (OSError, TimeoutError, ValueError) as exc:
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise UserError(
+                    f"--dask {address}: cannot reach the scheduler ({reason}); give its address "
+                    "(tcp://HOST:8786) or use --dask local"
+                ) from None
+        futures = {client.submit(_run_point_shipped, p, pure=False): p for p in points}
+        for fut in dask_completed(list(futures)):
+            point = futures[fut]
+            try:
+                row, files = fut.result()
+                if files:
+                    _publish_files(runs_dir, point.run_name, files)
+            except Exception as exc:  # worker lost, or the files could not be written
+                row = _failed_row(point, exc)
+            yield row
+
+
 def run_points(
     points: list[Point],
     target: Path,
     *,
     workers: int | None = None,
     progress: Callable[[int, int, int], None] | None = None,
+    dask: str | None = None,
 ) -> pd.DataFrame:
     """Run points into ``target/runs/`` (skipping finished ones); write and return ``runs.parquet``.
 
     The engine under both ``memsim sweep`` and ``memsim plan``: rows come back in point order
-    whatever order the workers finish in.
+    whatever order the workers finish in. Runs go to a local process pool of ``workers``
+    (serially in this process with 1), or with ``dask`` to a Dask cluster: ``"local"`` starts a
+    LocalCluster of ``workers`` processes, anything else is a scheduler address. Points with the
+    same resolved config run once. ``progress(done, total, failed)`` is called once after the
+    cache scan (``done`` = runs already finished) and after every run.
     """
     runs_dir = target / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
-    for stale in runs_dir.glob(".*.tmp-*"):  # a crash leaves hidden temp dirs behind
-        shutil.rmtree(stale, ignore_errors=True)
-    rows: list[dict[str, Any]] = []
-    failed = 0
-    workers = workers or min(len(points), os.cpu_count() or 1)
-    if workers <= 1:
-        for p in points:
-            rows.append(_run_point(p, runs_dir))
-            failed += rows[-1]["status"] == "failed"
+    with _sweep_lock(target):
+        _clean_stale(runs_dir)
+        rows: dict[int, dict[str, Any]] = {}  # position in points -> row
+        same: dict[str, list[int]] = {}  # run name -> positions of its points (the first runs)
+        for i, p in enumerate(points):
+            same.setdefault(p.run_name, []).append(i)
+        todo: list[Point] = []
+        failed = 0
+
+        def record(row: dict[str, Any]) -> None:
+            nonlocal failed
+            for i in same[row["run"]]:
+                rows[i] = {**row, **_base_row(points[i])}
+                failed += row["status"] == "failed"
+
+        for group in same.values():
+            cached = _cached_row(points[group[0]], runs_dir)
+            if cached is None:
+                todo.append(points[group[0]])
+            else:
+                record(cached)
+        if progress:
+            progress(len(rows), len(points), failed)
+        n = max(1, min(len(todo), workers or os.cpu_count() or 1))
+        if dask:
+            results: Iterable[dict[str, Any]] = _dask_rows(todo, runs_dir, dask, n)
+        elif n == 1:
+            results = (_run_point(p, runs_dir) for p in todo)
+        else:
+            results = _pool_rows(todo, runs_dir, n)
+        for row in results:
+            record(row)
             if progress:
                 progress(len(rows), len(points), failed)
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(_run_point, p, runs_dir) for p in points]
-            for fut in as_completed(futures):
-                rows.append(fut.result())
-                failed += rows[-1]["status"] == "failed"
-                if progress:
-                    progress(len(rows), len(points), failed)
-    df = pd.DataFrame(rows).sort_values("index").reset_index(drop=True)
-    tmp = target / "runs.parquet.tmp"
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, target / "runs.parquet")
+        df = pd.DataFrame([rows[i] for i in sorted(rows)]).reset_index(drop=True)
+        tmp = target / f".runs.parquet.tmp-{os.getpid()}"
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, target / "runs.parquet")
     return df
 
 
@@ -217,8 +482,9 @@ def run_sweep(
     *,
     workers: int | None = None,
     progress: Callable[[int, int, int], None] | None = None,
+    dask: str | None = None,
 ) -> tuple[Path, pd.DataFrame]:
     """Run every point of a sweep file; returns the sweep directory and ``runs.parquet``."""
     name, points = load_sweep(path)
     target = (out or Path("results") / name).resolve()
-    return target, run_points(points, target, workers=workers, progress=progress)
+    return target, run_points(points, target, workers=workers, progress=progress, dask=dask)

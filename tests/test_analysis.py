@@ -58,3 +58,30 @@ def test_quality_metrics_on_a_demand_run(tmp_path: Path) -> None:
     q = quality(run)
     assert q["evictions"] == len(ev)
     assert 0.0 <= q["idle_rank_mean"] <= 1.0
+
+
+def test_overcommit_figure_from_a_runs_table(tmp_path: Path) -> None:
+    import pandas as pd
+
+    rows = [
+        {
+            "status": "ok",
+            "seed": seed,
+            "overcommit": oc,
+            "policy": policy,
+            "kvm.mmu_notifiers": on,
+            "major_faults_per_s": 1000 * (oc - 1) * (1 if on else 2) + seed,
+            "stall_fraction": 0.1 * (oc - 1) + 0.001 * seed,
+        }
+        for seed in (1, 2)
+        for oc in (1.0, 1.5, 2.0)
+        for policy in ("two_list", "clock")
+        for on in (True, False)
+    ]
+    (tmp_path / "sw").mkdir()
+    pd.DataFrame(rows).to_parquet(tmp_path / "sw" / "runs.parquet")
+    out = tmp_path / "oc.png"
+    assert figures_main(["overcommit", str(tmp_path / "sw"), "-o", str(out)]) == 0
+    assert out.stat().st_size > 10_000
+    pd.DataFrame(rows).drop(columns="overcommit").to_parquet(tmp_path / "sw" / "runs.parquet")
+    assert figures_main(["overcommit", str(tmp_path / "sw"), "-o", str(out)]) == 2

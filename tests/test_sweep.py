@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import yaml
 
-from sim.errors import ConfigError
-from sim.sweep import load_sweep, run_sweep
+from sim.errors import ConfigError, UserError
+from sim.sweep import WALL_CLOCK_COLUMNS, _sweep_lock, load_sweep, run_sweep
 from tests.conftest import TINY
 
 
@@ -76,3 +82,234 @@ def test_run_then_resume_from_cache(tmp_path: Path) -> None:
     assert list(again.status) == ["cached", "cached"]
     cols = ["misses", "pswpout", "faults_major"]
     assert again[cols].equals(df[cols])
+
+
+# --------------------------------------------------------------------------------------------
+# zip and random axes
+
+
+def test_zip_and_random_expand_in_order(tmp_path: Path) -> None:
+    spec = {
+        "base": {**TINY, "duration_s": 0.01},
+        "grid": {"reclaim.policy": ["fifo", "clock"]},
+        "zip": {"host.memory_mib": [8, 16], "vms.0.count": [2, 3]},
+        "random": {
+            "n": 3,
+            "seed": 5,
+            "keys": {
+                "swap.read_latency_us": {"low": 10, "high": 1000, "log": True},
+                "vms.0.vcpus": {"low": 1, "high": 4, "int": True},
+                "kvm.ept_ad_bits": [True, False],
+            },
+        },
+        "seeds": [1, 2],
+    }
+    _, points = load_sweep(_write(tmp_path, spec))
+    assert len(points) == 2 * 2 * 3 * 2
+    # zip rows move together
+    assert {(p.scenario.host.memory_mib, p.scenario.vms[0].count) for p in points} == {
+        (8, 2),
+        (16, 3),
+    }
+    samples = [
+        (p.params["swap.read_latency_us"], p.params["vms.0.vcpus"], p.params["kvm.ept_ad_bits"])
+        for p in points
+    ]
+    # random samples are the innermost axis but one (seeds replicate each sample)
+    assert samples[0] == samples[1]
+    assert len(set(samples)) == 3
+    assert all(10 <= lat <= 1000 and 1 <= v <= 4 and isinstance(v, int) for lat, v, _ in samples)
+    assert all(p.scenario.vms[0].vcpus == p.params["vms.0.vcpus"] for p in points)
+    # the same file gives the same points; another random.seed gives other samples
+    _, again = load_sweep(_write(tmp_path, spec))
+    assert [p.run_name for p in again] == [p.run_name for p in points]
+    spec["random"]["seed"] = 6
+    _, other = load_sweep(_write(tmp_path, spec))
+    assert {p.params["swap.read_latency_us"] for p in other}.isdisjoint(
+        {p.params["swap.read_latency_us"] for p in points}
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        (
+            {"zip": {"host.memory_mib": [8, 16], "vms.0.count": [2]}},
+            r"zip: lists must have equal lengths \(host.memory_mib has 2, vms.0.count has 1\)",
+        ),
+        ({"zip": {"host.memory_mib": 8}}, "zip: expected a mapping"),
+        ({"zip": {"host.memory_mib": [8, -1]}}, "point 1 .*host.memory_mib"),
+        (
+            {"grid": {"host.memory_mib": [8]}, "zip": {"host.memory_mib": [16]}},
+            "host.memory_mib is in both grid and zip",
+        ),
+        ({"random": {"n": 0, "keys": {"vms.0.vcpus": [1]}}}, "random.n: expected a positive"),
+        ({"random": {"n": 2, "colour": 1}}, "random: expected"),
+        ({"random": {"n": 2, "keys": {}}}, "random.keys: expected"),
+        (
+            {"random": {"n": 2, "keys": {"swap.read_latency_us": {"low": 5, "high": 1}}}},
+            "random.keys.swap.read_latency_us: needs numbers low <= high",
+        ),
+        (
+            {"random": {"n": 2, "keys": {"swap.read_latency_us": {"low": 0, "high": 1, "log": 1}}}},
+            "random.keys.swap.read_latency_us: log: true needs low > 0",
+        ),
+        (
+            {"random": {"n": 2, "keys": {"swap.read_latency_us": {"min": 0}}}},
+            "random.keys.swap.read_latency_us: expected a list of choices",
+        ),
+        ({"random": {"n": 4, "keys": {"kvm.nonsense": [1, 2]}}}, "point 0 .*kvm.nonsense"),
+    ],
+)
+def test_bad_zip_and_random_are_one_line_errors(
+    tmp_path: Path, spec: dict[str, Any], needle: str
+) -> None:
+    with pytest.raises(ConfigError, match=needle) as info:
+        load_sweep(_write(tmp_path, {"base": {**TINY, "duration_s": 0.01}, **spec}))
+    assert "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------
+# running: identical results whatever runs them, failures as rows, crash safety
+
+
+def _small_sweep(tmp_path: Path) -> Path:
+    return _write(
+        tmp_path,
+        {
+            "base": {**TINY, "duration_s": 0.01},
+            "grid": {"reclaim.policy": ["fifo", "clock"]},
+            "zip": {"host.memory_mib": [8, 12]},
+        },
+    )
+
+
+def _content(df: pd.DataFrame) -> pd.DataFrame:
+    return df.drop(columns=[c for c in WALL_CLOCK_COLUMNS if c in df.columns])
+
+
+def test_one_and_two_workers_give_the_same_runs_parquet(tmp_path: Path) -> None:
+    path = _small_sweep(tmp_path)
+    one, _ = run_sweep(path, tmp_path / "w1", workers=1)
+    two, _ = run_sweep(path, tmp_path / "w2", workers=2)
+    a = pd.read_parquet(one / "runs.parquet")
+    b = pd.read_parquet(two / "runs.parquet")
+    assert len(a) == 4
+    assert set(a.status) == {"ok"}
+    assert list(a.overcommit.round(3)) == [2.0, 1.333] * 2
+    pd.testing.assert_frame_equal(_content(a), _content(b))
+
+
+@pytest.mark.slow  # starting a LocalCluster takes 10-30 s
+def test_dask_local_gives_the_same_runs_parquet(tmp_path: Path) -> None:
+    path = _small_sweep(tmp_path)
+    one, _ = run_sweep(path, tmp_path / "w1", workers=1)
+    dask, df = run_sweep(path, tmp_path / "dask", workers=2, dask="local")
+    assert set(df.status) == {"ok"}
+    pd.testing.assert_frame_equal(
+        _content(pd.read_parquet(one / "runs.parquet")),
+        _content(pd.read_parquet(dask / "runs.parquet")),
+    )
+    for run in df.run:  # the files shipped back from the workers are the same bytes
+        for f in ("faults.parquet", "evictions.parquet", "timeline.parquet"):
+            assert (one / "runs" / run / f).read_bytes() == (dask / "runs" / run / f).read_bytes()
+    assert not [p for p in (dask / "runs").iterdir() if p.name.startswith(".")]
+
+
+def test_unreachable_scheduler_is_a_one_line_exit_2(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from sim.cli import main
+
+    path = str(_small_sweep(tmp_path))
+    r = CliRunner().invoke(main, ["sweep", path, "--dask", "nonsense", "--out", str(tmp_path)])
+    assert r.exit_code == 2
+    error = [line for line in r.output.splitlines() if line.startswith("error:")]
+    assert len(error) == 1
+    assert "--dask nonsense: cannot reach the scheduler" in error[0]
+    assert not list((tmp_path / "runs").iterdir())
+
+
+def test_failed_run_is_a_row_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    spec = {
+        "base": {**TINY, "duration_s": 0.01},
+        "variants": [
+            {"label": "good"},
+            {"label": "bad", "set": {"vms.0.workload": {"type": "trace", "path": "missing.npy"}}},
+        ],
+    }
+    out, df = run_sweep(_write(tmp_path, spec), tmp_path / "out", workers=1)
+    assert list(df.status) == ["ok", "failed"]
+    assert "missing.npy" in df.error[1]
+    assert [p.name for p in (out / "runs").iterdir()] == [df.run[0]]
+    _, again = run_sweep(_write(tmp_path, spec), tmp_path / "out", workers=1)
+    assert list(again.status) == ["cached", "failed"]  # failed runs are retried on resume
+
+
+def test_same_config_twice_runs_once(tmp_path: Path) -> None:
+    spec = {
+        "base": {**TINY, "duration_s": 0.01},
+        "variants": [{"label": "a"}, {"label": "b", "set": {"reclaim.policy": "two_list"}}],
+    }
+    out, df = run_sweep(_write(tmp_path, spec), tmp_path / "out", workers=2)
+    assert list(df.label) == ["a", "b"]
+    assert df.run[0] == df.run[1]
+    assert len(list((out / "runs").iterdir())) == 1
+
+
+def test_a_second_sweep_on_the_same_directory_is_refused(tmp_path: Path) -> None:
+    path = _small_sweep(tmp_path)
+    (tmp_path / "out").mkdir()
+    with _sweep_lock(tmp_path / "out"), pytest.raises(UserError, match="another sweep"):
+        run_sweep(path, tmp_path / "out", workers=1)
+
+
+RUN_FILES = {
+    "summary.json",
+    "config.yaml",
+    "manifest.json",
+    "faults.parquet",
+    "evictions.parquet",
+    "timeline.parquet",
+}
+
+
+def test_sigkill_halfway_then_resume(tmp_path: Path) -> None:
+    spec = {
+        "base": {**TINY, "duration_s": 0.03},
+        "grid": {"reclaim.policy": ["fifo", "clock", "two_list"]},
+        "seeds": [1, 2],
+    }
+    path = _write(tmp_path, spec)
+    out = tmp_path / "out"
+    runs = out / "runs"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sim", "sweep", str(path), "--workers", "1", "--out", str(out)],
+        start_new_session=True,  # its own process group, killed as a whole
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while len([p for p in runs.glob("[!.]*/summary.json")]) < 2:  # not in temp dirs
+            assert proc.poll() is None, "the sweep ended before it could be killed"
+            assert time.monotonic() < deadline, "no two runs finished in 300 s"
+            time.sleep(0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    visible = [p for p in runs.iterdir() if not p.name.startswith(".")]
+    assert all(set(os.listdir(p)) == RUN_FILES for p in visible)  # nothing half-written
+    done = {p.name: {f.name: f.stat().st_mtime_ns for f in p.iterdir()} for p in visible}
+    assert 2 <= len(done) < 6
+    assert not (out / "runs.parquet").exists()
+
+    _, df = run_sweep(path, out, workers=1)
+    assert len(df) == 6
+    assert {r.run: r.status for r in df.itertuples()} == {
+        r: "cached" if r in done else "ok" for r in df.run
+    }
+    for name, mtimes in done.items():  # finished runs were not recomputed
+        assert {f.name: f.stat().st_mtime_ns for f in (runs / name).iterdir()} == mtimes
+    assert sorted(os.listdir(runs)) == sorted(df.run)  # no temp dirs left
+    assert all(set(os.listdir(runs / r)) == RUN_FILES for r in df.run)

@@ -1,0 +1,38 @@
+"""Batch-size fidelity: a vCPU applies up to ``engine.batch_accesses`` accesses at once (their
+accessed bits are set together, time advances once), so results drift as the batch grows and
+must converge to the one-access-per-event model (batch size 1) as it shrinks."""
+
+from __future__ import annotations
+
+import pytest
+
+from sim.engine import build_world
+from tests.conftest import tiny
+
+BATCHES = (1, 64, 1024)
+# Stated tolerance (README, "Batch size"): within 1% of batch size 1 up to 64, 2% at 1024.
+TOLERANCE = {64: 0.01, 1024: 0.02}
+
+
+def _counts(batch: int, seed: int) -> dict[str, int]:
+    sc = tiny(
+        seed=seed, duration_s=0.1, engine={"batch_accesses": batch, "sample_interval_ms": 1.0}
+    )
+    w = build_world(sc, None)
+    w.run()
+    s = w.summary(0.0)
+    return {
+        "major": sum(v["faults"]["major"] for v in s["vms"]),
+        "pswpout": s["host"]["pswpout"],
+    }
+
+
+@pytest.mark.parametrize("seed", [7, 8])
+def test_fault_counts_converge_to_batch_size_one(seed: int) -> None:
+    exact = _counts(1, seed)
+    assert exact["major"] > 1000  # memory pressure is real
+    for batch in BATCHES[1:]:
+        got = _counts(batch, seed)
+        for key, ref in exact.items():
+            err = abs(got[key] - ref) / ref
+            assert err <= TOLERANCE[batch], f"batch {batch}: {key} {got[key]} vs {ref}"
