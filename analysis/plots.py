@@ -22,7 +22,7 @@ def compare_runs(runs: Sequence[tuple[str, Run]], bin_ms: float = 100.0) -> plt.
     frames, rates = [], []
     for label, run in runs:
         tl = run.table("timeline").drop_duplicates("t_ns")
-        page_mib = 4096 / 2**20
+        page_mib = run.summary["host"].get("page_size_kib", 4) / 1024
         frames.append(
             pd.DataFrame(
                 {

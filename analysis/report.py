@@ -32,12 +32,12 @@ import seaborn as sns  # noqa: E402
 from analysis.load import Run, load_run  # noqa: E402
 from analysis.plots import FRACTION_METRICS, capacity_figure  # noqa: E402
 from analysis.report_figures import (  # noqa: E402
-    PAGE_MIB,
     SWEEP_METRICS,
     fault_figure,
     free_memory_figure,
     idle_age_figure,
     kswapd_figure,
+    page_mib,
     quality_figure,
     sweep_figure,
     swept_params,
@@ -111,7 +111,7 @@ def _vm_table(summary: dict[str, Any]) -> pd.DataFrame:
                 "refaults": v["refaults"],
                 "stall %": round(100 * v["stall_fraction"], 2),
                 "major/s": round(v["major_faults_per_s"], 1),
-                "resident MiB": round(v["resident_pages"] * PAGE_MIB, 1),
+                "resident MiB": round(v["resident_pages"] * page_mib(summary), 1),
             }
         )
     return pd.DataFrame(rows)
@@ -120,7 +120,7 @@ def _vm_table(summary: dict[str, Any]) -> pd.DataFrame:
 def _host_table(summary: dict[str, Any]) -> pd.DataFrame:
     h = summary["host"]
     items = {
-        "host memory (MiB)": h["memory_pages"] * PAGE_MIB,
+        "host memory (MiB)": h["memory_pages"] * page_mib(summary),
         "watermarks min/low/high (pages)": "{min}/{low}/{high}".format(**h["wmark"]),
         "kswapd wake-ups": h["kswapd_wakeups"],
         "kswapd scanned / reclaimed": f"{h['kswapd_scanned']:,} / {h['kswapd_reclaimed']:,}",
@@ -161,7 +161,7 @@ def run_section(path: Path) -> Section:
             Figure(
                 "free_memory",
                 "Free host memory against the zone watermarks, and resident memory per VM.",
-                _png(free_memory_figure(tl, name)),
+                _png(free_memory_figure(tl, name, page_mib(s))),
             )
         )
         figs.append(

@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-PAGE_MIB = 4096 / 2**20
+PAGE_MIB = 4096 / 2**20  # a 4 KiB page; runs record theirs as summary host.page_size_kib
 MAX_POINTS = 200  # timeline samples per curve (rates are taken over the coarser steps)
 SWEEP_METRICS = [
     ("stall_fraction", "vCPU stall fraction (all VMs)"),
@@ -27,6 +27,11 @@ SWEEP_METRICS = [
     ("opt_gap", "misses / OPT misses"),
     ("lru_gap", "misses / exact-LRU misses"),
 ]
+
+
+def page_mib(summary: dict[str, Any]) -> float:
+    """MiB per page of a run (``host.page_size_kib`` in summary.json; 4 KiB before it existed)."""
+    return float(summary["host"].get("page_size_kib", 4)) / 1024
 
 
 def _thin(tl: pd.DataFrame) -> pd.DataFrame:
@@ -74,22 +79,21 @@ def fault_figure(tl: pd.DataFrame, name: str) -> plt.Figure:
     return fig
 
 
-def free_memory_figure(tl: pd.DataFrame, name: str) -> plt.Figure:
-    """Free host memory against the min/low/high watermarks, and each VM's resident memory."""
+def free_memory_figure(tl: pd.DataFrame, name: str, mib: float = PAGE_MIB) -> plt.Figure:
+    """Free host memory against the min/low/high watermarks, and each VM's resident memory
+    (``mib``: MiB per page)."""
     host = tl.drop_duplicates("t_ns").sort_values("t_ns")
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
-    ax.plot(host.t_ns / 1e9, host.free_pages * PAGE_MIB, color="#4c72b0", lw=1.2, label="free")
+    ax.plot(host.t_ns / 1e9, host.free_pages * mib, color="#4c72b0", lw=1.2, label="free")
     last = host.iloc[-1]
     title = "Free memory against the watermarks (zoomed)"
     if last["wmark_high"] > 0:
         for col, style in (("wmark_min", ":"), ("wmark_low", "--"), ("wmark_high", "-.")):
-            ax.axhline(
-                last[col] * PAGE_MIB, color="grey", ls=style, lw=1, label=col[6:] + " watermark"
-            )
-        top = max(2.5 * last["wmark_high"], float(host.free_pages.quantile(0.05))) * PAGE_MIB
+            ax.axhline(last[col] * mib, color="grey", ls=style, lw=1, label=col[6:] + " watermark")
+        top = max(2.5 * last["wmark_high"], float(host.free_pages.quantile(0.05))) * mib
     else:  # demand mode: exactly N frames, no watermarks
         title = "Free memory (demand mode: no watermarks)"
-        top = max(1.0, float(host.free_pages.max())) * PAGE_MIB * 1.05
+        top = max(1.0, float(host.free_pages.max())) * mib * 1.05
     ax.set(
         xlabel="simulated time (s)",
         ylabel="free host memory (MiB)",
@@ -97,7 +101,7 @@ def free_memory_figure(tl: pd.DataFrame, name: str) -> plt.Figure:
         ylim=(0, top),
     )
     ax.legend(fontsize="small")
-    res = tl.assign(resident_mib=tl.resident_pages * PAGE_MIB, t_s=tl.t_ns / 1e9)
+    res = tl.assign(resident_mib=tl.resident_pages * mib, t_s=tl.t_ns / 1e9)
     sns.lineplot(data=res, x="t_s", y="resident_mib", hue=res.vm.astype(str), ax=ax2, lw=1)
     ax2.set(
         xlabel="simulated time (s)", ylabel="resident guest memory (MiB)", title="Resident per VM"

@@ -32,7 +32,7 @@ from bench.naive import NaiveHost
 from sim.config import Scenario, parse_scenario
 from sim.engine import build_world
 from sim.host.memory import setup_per_zone_wmarks
-from sim.machine import MIB_PAGES, vcpu_stream
+from sim.machine import vcpu_stream
 from sim.mrc import COLD, stack_distances
 
 PIN_ONE_CORE = True
@@ -72,7 +72,7 @@ def merged_pages(sc: Scenario, per_vcpu: int) -> np.ndarray:
     """The scenario's vCPU streams, interleaved batch by batch, as global page ids."""
     streams, bases, base = [], [], 0
     for name, cfg in sc.vm_list():
-        pages = cfg.memory_mib * MIB_PAGES
+        pages = sc.host.pages(cfg.memory_mib)
         for j in range(cfg.vcpus):
             streams.append(vcpu_stream(sc, name, cfg, pages, j))
             bases.append(base)
@@ -98,7 +98,7 @@ def size_host(target_rate: float, *, quick: bool) -> tuple[int, float]:
     total_mib = sum(cfg.memory_mib for _, cfg in sc.vm_list())
     best = (total_mib, 1.0)
     for mib in range(8, total_mib + 1):
-        frames = mib * MIB_PAGES
+        frames = sc.host.pages(mib)
         wm = setup_per_zone_wmarks(frames)
         usable = frames - (wm.low + wm.high) // 2
         rate = float(np.count_nonzero((dist > usable) | (dist == COLD))) / dist.size

@@ -22,7 +22,7 @@ import simpy
 
 from sim.config import Scenario
 from sim.host.memory import SWAP_CLUSTER_MAX, setup_per_zone_wmarks
-from sim.machine import MIB_PAGES, vcpu_stream
+from sim.machine import vcpu_stream
 
 RECLAIM_PAGE_NS = 1_000
 """CPU cost of reclaiming one page (scan, unmap, queue the write); a round figure."""
@@ -42,7 +42,7 @@ class NaiveHost:
 
     def __init__(self, sc: Scenario) -> None:
         self.env = simpy.Environment()
-        self.nr_frames = sc.host.memory_mib * MIB_PAGES
+        self.nr_frames = sc.host.pages(sc.host.memory_mib)
         self.wmark = setup_per_zone_wmarks(
             self.nr_frames, sc.host.min_free_kbytes, sc.host.watermark_scale_factor
         )
@@ -59,7 +59,7 @@ class NaiveHost:
         self.env.process(self.kswapd())
         base = 0
         for name, cfg in sc.vm_list():
-            pages = cfg.memory_mib * MIB_PAGES
+            pages = sc.host.pages(cfg.memory_mib)
             for j in range(cfg.vcpus):
                 stream = vcpu_stream(sc, name, cfg, pages, j)
                 period_ns = 1_000_000_000 // cfg.access_rate_per_s

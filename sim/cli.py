@@ -199,11 +199,17 @@ def validate(config: Path, overrides: tuple[str, ...]) -> None:
     sc = _load(config, overrides, None)
     from sim.host.memory import setup_per_zone_wmarks
 
-    frames = sc.host.memory_mib * 256
-    wm = setup_per_zone_wmarks(frames, sc.host.min_free_kbytes, sc.host.watermark_scale_factor)
+    frames = sc.host.pages(sc.host.memory_mib)
+    wm = setup_per_zone_wmarks(
+        frames,
+        sc.host.min_free_kbytes,
+        sc.host.watermark_scale_factor,
+        page_shift=sc.host.page_shift,
+    )
+    unit = "" if sc.host.page_size_kib == 4 else f" of {sc.host.page_size_kib} KiB"
     out_console.print(
         f"ok: {describe(sc)}; watermarks min/low/high = "
-        f"{wm.min}/{wm.low}/{wm.high} pages; config hash {sc.config_hash()}",
+        f"{wm.min}/{wm.low}/{wm.high} pages{unit}; config hash {sc.config_hash()}",
         highlight=False,
     )
 

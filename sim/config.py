@@ -12,7 +12,7 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from sim.costs import CostsConfig
 from sim.errors import ConfigError
 from sim.guest.workloads import PhasesConfig, WorkloadConfig, ZipfConfig
-from sim.host.memory import PAGE_SHIFT, setup_per_zone_wmarks
+from sim.host.memory import setup_per_zone_wmarks
 from sim.host.swap import SwapConfig
 from sim.reclaim import DEFAULT_RECLAIM, ReclaimConfig
 from sim.schema import Strict
@@ -41,6 +41,24 @@ class HostConfig(Strict):
     watermark_scale_factor: int = Field(
         10, ge=1, le=3000, description="vm.watermark_scale_factor (1/10000 of memory per gap)."
     )
+    page_size_kib: Literal[4, 2048] = Field(
+        4,
+        description="Size of the simulated page: 4, or 2048 for THP-backed guest RAM mapped by "
+        "2 MiB EPT entries. Frames, gfns, sptes and swap slots all count pages of this size; "
+        "with 2048 every *_mib size must be a multiple of 2.",
+    )
+
+    @property
+    def page_shift(self) -> int:
+        """log2 of the simulated page size in bytes (12 or 21)."""
+        return (self.page_size_kib << 10).bit_length() - 1
+
+    def pages(self, mib: int) -> int:
+        """``mib`` MiB in simulated pages (exact: the scenario validates sizes as page multiples).
+
+        This replaces a fixed pages-per-MiB constant, which is 256 at 4 KiB but 1/2 at 2 MiB.
+        """
+        return (mib << 20) >> self.page_shift
 
 
 class KvmConfig(Strict):
@@ -178,9 +196,13 @@ class Scenario(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> Scenario:
-        frames = self.host.memory_mib << (20 - PAGE_SHIFT)
+        self._check_page_multiples()
+        frames = self.host.pages(self.host.memory_mib)
         wm = setup_per_zone_wmarks(
-            frames, self.host.min_free_kbytes, self.host.watermark_scale_factor
+            frames,
+            self.host.min_free_kbytes,
+            self.host.watermark_scale_factor,
+            page_shift=self.host.page_shift,
         )
         if wm.high >= frames:
             raise ValueError(
@@ -198,6 +220,36 @@ class Scenario(Strict):
         if dup:
             raise ValueError(f"vms: duplicate VM name(s) {', '.join(dup)}; names must be unique")
         return self
+
+    def _check_page_multiples(self) -> None:
+        """Every size in MiB must be whole pages, or page counts would silently round."""
+        unit = self.host.page_size_kib >> 10
+        if unit <= 1:
+            return
+        sizes: list[tuple[str, int | None]] = [
+            ("host.memory_mib", self.host.memory_mib),
+            ("swap.size_mib", self.swap.size_mib),
+        ]
+        for i, vm in enumerate(self.vms):
+            sizes += [
+                (f"vms[{i}].memory_mib", vm.memory_mib),
+                (f"vms[{i}].working_set_mib", vm.working_set_mib),
+            ]
+            if isinstance(vm.workload, PhasesConfig):
+                for j, ph in enumerate(vm.workload.phases):
+                    at = f"vms[{i}].workload.phases[{j}]"
+                    sizes += [
+                        (f"{at}.offset_mib", ph.offset_mib),
+                        (f"{at}.working_set_mib", ph.working_set_mib),
+                    ]
+        for where, mib in sizes:
+            if mib is not None and mib % unit:
+                lo = mib - mib % unit
+                fix = f"{lo} or {lo + unit}" if lo else str(unit)
+                raise ValueError(
+                    f"{where}: {mib} is not a multiple of the {unit} MiB page "
+                    f"(host.page_size_kib: {self.host.page_size_kib}); use {fix}"
+                )
 
     def vm_list(self) -> list[tuple[str, VmConfig]]:
         """Every VM (profiles expanded by ``count``), in order."""

@@ -6,6 +6,13 @@ Models
     default comes from MODEL.md section 6, where each figure's source or its status as an estimate
     ([EST]) is given; calibrate them with perf and tracepoints on your own hardware.
 
+Page size
+    Costs are per page of the simulated size (``host.page_size_kib``). Walking, isolating,
+    unmapping and mapping a 2 MiB THP costs about what a 4 KiB page does (one rmap entry, one
+    huge spte, one LRU entry), so those stay constant; zeroing does not: ``clear_huge_page``
+    clears 512 base pages, so a 2 MiB first touch adds 511 ``clear_page_ns``
+    (:meth:`CostsConfig.for_page_size`). Swap transfers scale in the swap device (swap.py).
+
 Simplifications
     Costs are constants (no contention on ``mmu_lock``, no cache effects). Device latencies live in
     the swap config, because they are a distribution with a queue, not a constant.
@@ -37,6 +44,12 @@ class CostsConfig(Strict):
         ge=0,
         description="EPT violation on a never-touched page: GUP slow path, "
         "do_anonymous_page, 4 KiB zeroing, LRU add [EST].",
+    )
+    clear_page_ns: int = Field(
+        400,
+        ge=0,
+        description="Zeroing one more 4 KiB page (clear_page at ~10 GB/s) [EST]; a 2 MiB "
+        "first touch (clear_huge_page) adds 511 of them to first_touch_ns.",
     )
     fast_fault_ns: int = Field(
         700,
@@ -83,6 +96,15 @@ class CostsConfig(Strict):
         description="Unmapping one folio and submitting its swap-out (or dropping "
         "its clean copy) [EST 2-10 us per page].",
     )
+
+    def for_page_size(self, page_bytes: int) -> CostsConfig:
+        """The costs of a page of ``page_bytes``: first touch zeroes every 4 KiB of it."""
+        extra = page_bytes // 4096 - 1
+        if extra <= 0:
+            return self
+        return self.model_copy(
+            update={"first_touch_ns": self.first_touch_ns + extra * self.clear_page_ns}
+        )
 
 
 class Work(Protocol):

@@ -45,7 +45,7 @@ from sim.host.oom import OomKiller
 from sim.host.vmscan import ScanControl, Vmscan
 from sim.kvm.fault import kvm_fault_demand
 from sim.kvm.mmu import SPTE_ACCESS_TRACKED, SPTE_ACCESSED, SPTE_DIRTY, SPTE_PRESENT
-from sim.machine import MIB_PAGES, Machine, rng_for, vcpu_stream
+from sim.machine import Machine, rng_for, vcpu_stream
 from sim.reclaim.base import EvictionPolicy
 
 _FAULT_MASK = np.uint8(SPTE_PRESENT | SPTE_ACCESS_TRACKED)
@@ -134,9 +134,9 @@ class DemandWorld(Machine):
     ) -> None:
         vms = sc.vm_list()
         if vm_pages is None:
-            vm_pages = [(name, cfg.memory_mib * MIB_PAGES) for name, cfg in vms]
+            vm_pages = [(name, sc.host.pages(cfg.memory_mib)) for name, cfg in vms]
         if nr_frames is None:
-            nr_frames = sc.host.memory_mib * MIB_PAGES
+            nr_frames = sc.host.pages(sc.host.memory_mib)
         total = sum(n for _, n in vm_pages)
         self._t = 0
         super().__init__(
@@ -144,7 +144,7 @@ class DemandWorld(Machine):
             nr_frames=nr_frames,
             wmark=Watermarks(0, 0, 0, 0),
             vm_pages=vm_pages,
-            swap_slots=max(sc.swap.size_mib * MIB_PAGES, total),
+            swap_slots=max(sc.host.pages(sc.swap.size_mib), total),
             now=lambda: self._t,
             schedule=lambda _t, fn: fn(),  # write-back completes at once
             outdir=outdir,

@@ -33,9 +33,9 @@ from sim.host.kswapd import DirectReclaim, Kswapd, ProcessGen
 from sim.host.memory import setup_per_zone_wmarks
 from sim.host.oom import OomKiller
 from sim.host.page_alloc import PageAllocator
-from sim.machine import MIB_PAGES, Machine, rng_for, vcpu_stream
+from sim.machine import Machine, rng_for, vcpu_stream
 
-__all__ = ["MIB_PAGES", "RunResult", "World", "default_outdir", "rng_for", "run_scenario"]
+__all__ = ["RunResult", "World", "default_outdir", "rng_for", "run_scenario"]
 
 
 class World(Machine):
@@ -49,21 +49,25 @@ class World(Machine):
     def __init__(self, sc: Scenario, outdir: Path | None = None) -> None:
         self.env = env = simpy.Environment()
         vms = sc.vm_list()
-        nr_frames = sc.host.memory_mib * MIB_PAGES
+        pages = sc.host.pages
+        nr_frames = pages(sc.host.memory_mib)
         super().__init__(
             sc,
             nr_frames=nr_frames,
             wmark=setup_per_zone_wmarks(
-                nr_frames, sc.host.min_free_kbytes, sc.host.watermark_scale_factor
+                nr_frames,
+                sc.host.min_free_kbytes,
+                sc.host.watermark_scale_factor,
+                page_shift=sc.host.page_shift,
             ),
-            vm_pages=[(name, cfg.memory_mib * MIB_PAGES) for name, cfg in vms],
-            swap_slots=sc.swap.size_mib * MIB_PAGES,
+            vm_pages=[(name, pages(cfg.memory_mib)) for name, cfg in vms],
+            swap_slots=pages(sc.swap.size_mib),
             now=lambda: int(env.now),
             schedule=self._schedule,
             outdir=outdir,
         )
         mem, policy, vmstat = self.mem, self.policy, self.vmstat
-        cost = CostModel(sc.costs)
+        cost = CostModel(self.costs)
         self.kswapd = Kswapd(env, mem, self.vmscan, policy, cost, vmstat)
         direct = DirectReclaim(env, mem, self.vmscan, policy, cost, vmstat)
         self.oom = OomKiller(self.mms, mem, self.swap, policy, vmstat, now=lambda: int(env.now))
@@ -87,7 +91,7 @@ class World(Machine):
                         batch_accesses=sc.engine.batch_accesses,
                         mem=mem,
                         host=self.host_fault,
-                        costs=sc.costs,
+                        costs=self.costs,
                         rng=rng_for(sc.seed, f"{name}.vcpu{j}.alias"),
                         sink=self.recorder,
                         on_access=on_access,

@@ -7,6 +7,11 @@ eviction policy. The watermark world (engine.py) puts kswapd, the page allocator
 processes on top; the demand world (demand.py) drives the same objects straight from a
 reference string. Both share the invariant checks, the timeline sample and the summary.
 
+Page size: a "page" is ``host.page_size_kib`` (4 KiB, or 2 MiB for THP-backed guest RAM mapped
+by 2 MiB sptes) everywhere: frames, gfns, sptes, swap slots and every count in the summary.
+MiB sizes become pages through ``sc.host.pages``; first-touch and swap costs scale with the
+page's bytes (costs.py, swap.py).
+
 Randomness: every component draws from its own generator seeded from
 ``(seed, crc32(component name))``, so adding a VM does not change another VM's stream.
 """
@@ -22,7 +27,7 @@ import numpy as np
 
 from sim.config import Scenario, VmConfig
 from sim.guest.workloads import AccessStream
-from sim.host.memory import PAGE_SHIFT, PG_SWAP, PTE_PRESENT, HostMemory, Watermarks
+from sim.host.memory import PG_SWAP, PTE_PRESENT, HostMemory, Watermarks
 from sim.host.mm import Mm
 from sim.host.rmap import Rmap
 from sim.host.swap import SwapDevice
@@ -32,8 +37,6 @@ from sim.kvm.fault import FAULT_KINDS
 from sim.kvm.vm import Vm
 from sim.reclaim import make_policy
 from sim.record import Recorder
-
-MIB_PAGES = 1 << (20 - PAGE_SHIFT)
 
 
 def rng_for(seed: int, scope: str) -> np.random.Generator:
@@ -48,12 +51,13 @@ def vcpu_stream(sc: Scenario, name: str, cfg: VmConfig, vm_pages: int, vcpu: int
     return AccessStream(
         cfg.workload,
         vm_pages=vm_pages,
-        working_set_pages=(cfg.working_set_mib or cfg.memory_mib) * MIB_PAGES,
+        working_set_pages=sc.host.pages(cfg.working_set_mib or cfg.memory_mib),
         access_rate_per_s=cfg.access_rate_per_s,
         write_ratio=cfg.write_ratio,
         vcpu=vcpu,
         nr_vcpus=cfg.vcpus,
         rng=rng_for(sc.seed, f"{name}.vcpu{vcpu}.stream"),
+        page_shift=sc.host.page_shift,
     )
 
 
@@ -84,17 +88,23 @@ class Machine:
         outdir: Path | None,
     ) -> None:
         self.sc, self.nr_frames = sc, nr_frames
+        page_bytes = sc.host.page_size_kib << 10
+        self.costs = sc.costs.for_page_size(page_bytes)  # first touch zeroes the whole page
         sizes = np.array([n for _, n in vm_pages], dtype=np.int64)
         self.vm_base = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
         page_owner = np.repeat(np.arange(len(vm_pages), dtype=np.int32), sizes)
         self.mem = mem = HostMemory(nr_frames, int(sizes.sum()), wmark, page_owner, len(sizes))
-        self.swap = SwapDevice(sc.swap, swap_slots, rng_for(sc.seed, "swap"))
+        self.swap = SwapDevice(sc.swap, swap_slots, rng_for(sc.seed, "swap"), page_bytes)
         self.mms = mms = [
             Mm(i, name, int(self.vm_base[i]), int(sizes[i])) for i, (name, _) in enumerate(vm_pages)
         ]
         self.vmstat = new_vmstat()
         self.policy = policy = make_policy(
-            sc.reclaim, nr_frames=nr_frames, vmstat=self.vmstat, rng=rng_for(sc.seed, "policy")
+            sc.reclaim,
+            nr_frames=nr_frames,
+            vmstat=self.vmstat,
+            rng=rng_for(sc.seed, "policy"),
+            page_shift=sc.host.page_shift,
         )
         self.recorder: Recorder | None = None
         if outdir is not None:
@@ -111,6 +121,7 @@ class Machine:
         self.rmap = Rmap(mem, mms)
         self.vmscan = Vmscan(mem, self.swap, self.rmap, mms, now, schedule, self.recorder)
         self.vmscan.policy = policy
+        self.vmscan.pmd_mapped = page_bytes > 4096
         self.k = k = 1 if sc.kvm.tdp_mmu else sc.kvm.shadow_sptes_per_gfn
         self.spte = np.zeros(int(sizes.sum()) * k, dtype=np.uint8)  # every VM's sptes
         self.vms: list[Vm] = []
@@ -236,6 +247,7 @@ class Machine:
         kvm_rmap = 0 if sc.kvm.tdp_mmu else vs[VmStat.SPTES_WALKED]
         swap = self.swap
         host = {
+            "page_size_kib": sc.host.page_size_kib,  # pages in this summary are this size
             "memory_pages": self.nr_frames,
             "trigger": sc.reclaim.trigger,
             "wmark": {

@@ -67,7 +67,6 @@ METRICS = {
     "promotion_rate_per_min": "worst VM's swap-ins/min as a fraction of its working set",
 }
 FRACTION_METRICS = {"stall_p99", "stall_max", "stall_mean", "promotion_rate_per_min"}
-MIB_PAGES = 256
 
 
 class PlanError(RuntimeError):
@@ -323,7 +322,7 @@ def run_metrics(
     else:
         stall = [v["stall_fraction"] for v in vms]
         majors = [v["major_faults_per_s"] for v in vms]
-    ws_pages = [(cfg.working_set_mib or cfg.memory_mib) * MIB_PAGES for cfg in cfgs]
+    ws_pages = [sc.host.pages(cfg.working_set_mib or cfg.memory_mib) for cfg in cfgs]
     promo = [m * 60 / w for m, w in zip(majors, ws_pages, strict=True)]
     out = {
         "stall_p99": float(np.percentile(stall, 99)),

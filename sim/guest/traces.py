@@ -92,6 +92,7 @@ def read_trace(
     fmt: str | None = None,
     page_size: int = 4096,
     instructions: bool = False,
+    numbers_page_size: int | None = None,
 ) -> Trace:
     """Read a trace file (gzip'd or not) into page numbers.
 
@@ -100,25 +101,37 @@ def read_trace(
         fmt: one of :data:`FORMATS`; ``None`` or ``"auto"`` picks it from the file name.
         page_size: bytes per page, to turn addresses into page numbers (a power of two >= 512).
         instructions: keep lackey's instruction fetches (``I`` lines) as read accesses.
+        numbers_page_size: bytes per page of the page numbers a trace gives directly (npy, a
+            ``page`` column); None: ``page_size``. When smaller, they are merged into pages of
+            ``page_size`` (``page >> log2(page_size / numbers_page_size)``), which is how a
+            trace of 4 KiB pages drives a guest of 2 MiB pages.
     """
     if page_size < MAX_ACCESS_BYTES or page_size & (page_size - 1):
         raise TraceError(f"{path}: page_size {page_size} must be a power of two >= 512")
+    if numbers_page_size is None:
+        numbers_page_size = page_size
+    if not 0 < numbers_page_size <= page_size or numbers_page_size & (numbers_page_size - 1):
+        raise TraceError(
+            f"{path}: numbers_page_size {numbers_page_size} must be a power of two "
+            f"<= page_size {page_size}"
+        )
     if fmt is None or fmt == "auto":
         fmt = detect_format(path)
     if fmt not in FORMATS:
         raise TraceError(f"{path}: unknown trace format {fmt!r}; use one of {', '.join(FORMATS)}")
     shift = page_size.bit_length() - 1
+    merge = shift - (numbers_page_size.bit_length() - 1)
     src = str(path)
     try:
         with _open(path) as f:
             if fmt == "lackey":
                 trace = _read_lackey(f, src, shift, instructions)
             elif fmt == "npy":
-                trace = _read_npy(f, src)
+                trace = _read_npy(f, src, merge)
             elif fmt == "csv":
-                trace = _read_csv(f, src, shift)
+                trace = _read_csv(f, src, shift, merge)
             else:
-                trace = _read_parquet(f, src, shift)
+                trace = _read_parquet(f, src, shift, merge)
     except OSError as exc:
         raise TraceError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except (EOFError, zlib.error) as exc:
@@ -308,7 +321,7 @@ def _show(text: bytes | str, limit: int = 60) -> str:
 # npy
 
 
-def _read_npy(f: IO[bytes], src: str) -> Trace:
+def _read_npy(f: IO[bytes], src: str, merge: int) -> Trace:
     try:
         arr = np.load(io.BytesIO(f.read()), allow_pickle=False)
     except ValueError as exc:
@@ -318,7 +331,7 @@ def _read_npy(f: IO[bytes], src: str) -> Trace:
         raise TraceError(f"{src}: expected a 1-D array of page numbers, got shape {shape}")
     if arr.dtype.kind not in "iu":
         raise TraceError(f"{src}: expected an integer array of page numbers, got dtype {arr.dtype}")
-    pages = _numeric(arr, "page number", lambda i: f"{src}: element {i}")
+    pages = _numeric(arr, "page number", lambda i: f"{src}: element {i}") >> merge
     return Trace(pages, np.zeros(pages.size, dtype=np.bool_), None, None, src)
 
 
@@ -333,7 +346,7 @@ _BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False}
 _COLUMNS = ("page", "addr", "t_ns", "vcpu", "write")
 
 
-def _read_csv(f: IO[bytes], src: str, shift: int) -> Trace:
+def _read_csv(f: IO[bytes], src: str, shift: int, merge: int) -> Trace:
     import pandas as pd
 
     try:
@@ -351,10 +364,10 @@ def _read_csv(f: IO[bytes], src: str, shift: int) -> Trace:
     lines = np.flatnonzero(~blank) + 2  # header is line 1; blank lines keep their numbers
     df = df[~blank]
     cols = {c: df[c].to_numpy(dtype=object) for c in _COLUMNS if c in df.columns}
-    return _from_columns(cols, src, shift, lambda i: f"{src}:{lines[i]}")
+    return _from_columns(cols, src, shift, merge, lambda i: f"{src}:{lines[i]}")
 
 
-def _read_parquet(f: IO[bytes], src: str, shift: int) -> Trace:
+def _read_parquet(f: IO[bytes], src: str, shift: int, merge: int) -> Trace:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -371,7 +384,7 @@ def _read_parquet(f: IO[bytes], src: str, shift: int) -> Trace:
             i = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
             raise TraceError(f"{src}: row {i}: column {name!r}: missing value")
         cols[name] = col.to_numpy(zero_copy_only=False)
-    return _from_columns(cols, src, shift, lambda i: f"{src}: row {i}")
+    return _from_columns(cols, src, shift, merge, lambda i: f"{src}: row {i}")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -379,12 +392,14 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _from_columns(cols: dict[str, NDArray[Any]], src: str, shift: int, where: Where) -> Trace:
+def _from_columns(
+    cols: dict[str, NDArray[Any]], src: str, shift: int, merge: int, where: Where
+) -> Trace:
     """Validate named columns (text from CSV, typed from parquet) into a :class:`Trace`."""
     if "page" in cols and "addr" in cols:
         raise TraceError(f"{src}: has both a page and an addr column; keep one")
     if "page" in cols:
-        pages = _int_column(cols["page"], "page", where)
+        pages = _int_column(cols["page"], "page", where) >> merge
     elif "addr" in cols:
         pages = _addr_column(cols["addr"], shift, where)
     else:

@@ -126,8 +126,9 @@ class TraceConfig(Strict):
         4096,
         ge=512,
         le=1 << 30,
-        description="Bytes per trace page when addresses are turned into pages (a power of "
-        "two); each trace page becomes one guest page.",
+        description="Bytes per trace page (a power of two): page numbers in the trace count "
+        "pages of this size, addresses are cut into them. Each becomes one guest page, or with "
+        "larger guest pages (host.page_size_kib) falls into the one holding it (addr >> 21).",
     )
     instructions: bool = Field(
         False,
@@ -229,9 +230,12 @@ class DenseTrace:
     source: str
 
 
-def load_trace(cfg: TraceConfig) -> DenseTrace:
+def load_trace(cfg: TraceConfig, page_shift: int = 12) -> DenseTrace:
     """The trace ``cfg`` names, read once per process however many vCPUs and VMs replay it.
 
+    Guest pages are ``max(cfg.page_size, 1 << page_shift)`` bytes: with 2 MiB guest pages a
+    trace of 4 KiB pages or addresses maps to ``gfn = addr >> 21`` (then renumbered densely),
+    and an access crossing a 4 KiB boundary inside one 2 MiB page touches it once.
     The cache key includes the file's size and modification time, so a file rewritten in place
     is read again.
     """
@@ -240,8 +244,9 @@ def load_trace(cfg: TraceConfig) -> DenseTrace:
         st = os.stat(path)
     except OSError as exc:
         raise TraceError(f"{cfg.path}: cannot read: {exc.strerror or exc}") from None
-    key = (str(path), cfg.format, cfg.page_size, cfg.instructions, st.st_size, st.st_mtime_ns)
-    return _load_trace(cfg.path, *key)
+    page_size = max(cfg.page_size, 1 << page_shift)
+    key = (str(path), cfg.format, page_size, cfg.page_size, cfg.instructions)
+    return _load_trace(cfg.path, *key, st.st_size, st.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=8)
@@ -250,11 +255,18 @@ def _load_trace(
     path: str,
     fmt: str,
     page_size: int,
+    numbers_page_size: int,
     instructions: bool,
     size: int,
     mtime_ns: int,
 ) -> DenseTrace:
-    tr = read_trace(path, fmt=fmt, page_size=page_size, instructions=instructions)
+    tr = read_trace(
+        path,
+        fmt=fmt,
+        page_size=page_size,
+        instructions=instructions,
+        numbers_page_size=numbers_page_size,
+    )
     uniq, first, inverse = np.unique(tr.pages, return_index=True, return_inverse=True)
     rank = np.empty(uniq.size, dtype=np.int64)
     rank[np.argsort(first, kind="stable")] = np.arange(uniq.size, dtype=np.int64)
@@ -271,9 +283,9 @@ class _Replay:
     def __init__(
         self, cfg: TraceConfig, vm_pages: int, vcpu: int, nr_vcpus: int, page_shift: int
     ) -> None:
-        tr = load_trace(cfg)
+        tr = load_trace(cfg, page_shift)
         if tr.distinct > vm_pages:
-            mib = -(-tr.distinct // (1 << (20 - page_shift)))
+            mib = -(-(tr.distinct << page_shift) // (1 << 20))
             raise TraceError(
                 f"{cfg.path}: the trace touches {tr.distinct} distinct pages but the VM has "
                 f"{vm_pages}; raise memory_mib to at least {mib}"
@@ -384,13 +396,16 @@ class AccessStream:
         if isinstance(workload, TraceConfig):
             self.replay = _Replay(workload, vm_pages, vcpu, nr_vcpus, page_shift)
             return
-        mib = 1 << (20 - page_shift)
+
+        def pages(mib: int) -> int:
+            return (mib << 20) >> page_shift
+
         if isinstance(workload, PhasesConfig):
             specs = [
                 (
                     ph.workload,
-                    ph.offset_mib * mib,
-                    (ph.working_set_mib * mib) if ph.working_set_mib else working_set_pages,
+                    pages(ph.offset_mib),
+                    pages(ph.working_set_mib) if ph.working_set_mib else working_set_pages,
                     max(1, round(ph.duration_s * access_rate_per_s)),
                 )
                 for ph in workload.phases

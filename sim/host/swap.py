@@ -1,9 +1,18 @@
 """The swap device: slots, a latency distribution, and a queue of bounded depth.
 
 Models
-    One swap area (``swapon``) of ``size_mib`` in 4 KiB slots, on a device that serves up to
-    ``queue_depth`` requests at once, each taking a latency drawn from a lognormal distribution
-    (mean and coefficient of variation per direction). Requests beyond the queue depth wait, FIFO.
+    One swap area (``swapon``) of ``size_mib`` in slots of one simulated page, on a device that
+    serves up to ``queue_depth`` requests at once, each taking a latency drawn from a lognormal
+    distribution (mean and coefficient of variation per direction). Requests beyond the queue
+    depth wait, FIFO.
+
+Page size
+    The latencies are those of a 4 KiB request. With 2 MiB pages (THP-backed guest RAM) a page
+    moves as one request, as CONFIG_THP_SWAP writes a THP (``thp_swpout``), and its other
+    2 MiB - 4 KiB cross the device's link at ``*_bandwidth_mib_per_s`` after the access
+    latency. The link carries one transfer at a time (in submission order) while the request
+    holds its queue slot, so deep queues of huge pages are bandwidth-bound, not 32x faster.
+    With 4 KiB pages there is no transfer term and the model is exactly the one above.
 
 Kernel reference
     mm/swapfile.c (``get_swap_pages``, ``swap_free``, ``vm_swap_full``: more than half the slots
@@ -16,7 +25,8 @@ Simplifications
     holds the two to identical completion times) at a fraction of the cost. Slot allocation is a
     stack (initially lowest slot first, then the most recently freed slot first), not the
     kernel's per-CPU cluster allocator; there is no
-    readahead (guest-physical locality rarely survives host swap, MODEL.md 4.7).
+    readahead (guest-physical locality rarely survives host swap, MODEL.md 4.7). A 2 MiB page is
+    read back whole (as mTHP swap-in does), never split into base pages.
 
 Invariants
     ``0 <= nr_free_slots <= nr_slots``; every slot is free or owned by exactly one page.
@@ -51,6 +61,17 @@ class SwapConfig(Strict):
         description="Coefficient of variation of latencies (lognormal); 0 makes them constant.",
     )
     queue_depth: int = Field(32, ge=1, le=65536, description="Requests served concurrently.")
+    read_bandwidth_mib_per_s: float = Field(
+        3000.0,
+        gt=0.0,
+        description="Sequential read bandwidth (NVMe TLC: 2-7 GB/s); moves the bytes of a page "
+        "beyond its first 4 KiB (2 MiB pages only).",
+    )
+    write_bandwidth_mib_per_s: float = Field(
+        2000.0,
+        gt=0.0,
+        description="Sequential write bandwidth (NVMe TLC: 1-5 GB/s); as read_bandwidth_mib_per_s.",
+    )
 
 
 class SwapDevice:
@@ -60,10 +81,23 @@ class SwapDevice:
         cfg: device parameters.
         nr_slots: capacity in pages.
         rng: generator for latency samples.
+        page_bytes: bytes per page (and per request).
     """
 
-    def __init__(self, cfg: SwapConfig, nr_slots: int, rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        cfg: SwapConfig,
+        nr_slots: int,
+        rng: np.random.Generator,
+        page_bytes: int = 4096,
+    ) -> None:
         self.cfg, self.nr_slots, self.rng = cfg, nr_slots, rng
+        extra = max(0, page_bytes - 4096)  # bytes beyond the 4 KiB the latencies include
+        self.transfer_ns = {
+            False: round(extra * 1e9 / (cfg.read_bandwidth_mib_per_s * (1 << 20))),
+            True: round(extra * 1e9 / (cfg.write_bandwidth_mib_per_s * (1 << 20))),
+        }
+        self._link_free_at = 0  # when the link finishes its last transfer
         self._free = np.arange(nr_slots - 1, -1, -1, dtype=np.uint32)
         self.nr_free_slots = nr_slots
         self.shadow = np.zeros(nr_slots, dtype=np.uint32)  # workingset shadow per slot
@@ -127,14 +161,20 @@ class SwapDevice:
         svc = self._draw(write, n)
         done = []
         servers = self._servers
+        xfer = self.transfer_ns[write]
         for s in svc:
             free_at = heapq.heappop(servers)
             start = now_ns if free_at < now_ns else free_at
             end = start + s
-            heapq.heappush(servers, end)
-            done.append(end)
             self.wait_ns += start - now_ns
             self.busy_ns += s
+            if xfer:  # huge pages: the rest of the data, one transfer at a time on the link
+                t0 = max(end, self._link_free_at)
+                self.wait_ns += t0 - end
+                self.busy_ns += xfer
+                end = self._link_free_at = t0 + xfer
+            heapq.heappush(servers, end)
+            done.append(end)
         if write:
             self.pswpout += n
         else:

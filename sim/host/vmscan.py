@@ -123,6 +123,9 @@ class Vmscan:
         self.mem, self.swap, self.rmap, self.mms = mem, swap, rmap, list(mms)
         self.now, self.schedule, self.sink = now, schedule, sink
         self.policy: EvictionPolicy  # set by the engine once the policy exists
+        # Guest RAM in 2 MiB THPs: folios are PMD-mapped, and the kernel looks around only
+        # from a pte (folio_referenced_one), so there is nothing to look around.
+        self.pmd_mapped = False
 
     def can_swap(self) -> bool:
         """``can_reclaim_anon_pages``: anon folios are reclaimable only while swap has room."""
@@ -150,6 +153,8 @@ class Vmscan:
     def lookaround(self, pfn: int, window: int = 64) -> NDArray[np.int64]:
         """Present neighbours of ``pfn``'s pte inside its PMD, at most ``window`` ptes wide."""
         mem = self.mem
+        if self.pmd_mapped:
+            return np.empty(0, dtype=np.int64)
         pid = int(mem.frame_pid[pfn])
         mm = self.mms[int(mem.page_owner[pid])]
         gfn = pid - mm.pid_base

@@ -53,10 +53,18 @@ def config_class(name: str) -> type[ReclaimBase]:
 
 
 def make_policy(
-    cfg: Any, *, nr_frames: int, vmstat: Counter[str], rng: np.random.Generator
+    cfg: Any,
+    *,
+    nr_frames: int,
+    vmstat: Counter[str],
+    rng: np.random.Generator,
+    page_shift: int = 12,
 ) -> EvictionPolicy:
-    """Build the policy a ``reclaim:`` config names."""
+    """Build the policy a ``reclaim:`` config names (``page_shift``: log2 of a page's bytes,
+    for two_list's inactive_ratio, which the kernel sizes by the LRU's gigabytes)."""
     policy: EvictionPolicy = policy_class(cfg.policy)(cfg, nr_frames, vmstat, rng)
+    if isinstance(policy, two_list.TwoList):
+        policy.page_shift = page_shift
     return policy
 
 

@@ -109,6 +109,7 @@ class TwoList:
         self.nonresident_age = 0  # lruvec->nonresident_age (workingset clock)
         self.anon_cost = 0  # lruvec->anon_cost (lru_note_cost); file_cost stays 0
         self._refaults_snapshot = 0  # WORKINGSET_ACTIVATE at the last reclaim cycle
+        self.page_shift = PAGE_SHIFT  # bytes per LRU entry (21: 2 MiB pages; set by make_policy)
 
     # -- helpers -----------------------------------------------------------------------------
     def inactive_is_low(self) -> bool:
@@ -117,7 +118,7 @@ class TwoList:
         if self.cfg.inactive_ratio is not None:
             ratio = self.cfg.inactive_ratio
         else:
-            gb = (inactive + active) >> (30 - PAGE_SHIFT)
+            gb = (inactive + active) >> (30 - self.page_shift)
             ratio = int_sqrt(10 * gb) if gb else 1
         return inactive * ratio < active
 
