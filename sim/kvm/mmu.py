@@ -70,6 +70,7 @@ class KvmMmu:
             the folio dirty (``kvm_release_faultin_page(..., map_writable)``).
         mark_dirty: host callback ``kvm_set_pfn_dirty`` for gfns whose dirty spte was zapped.
         kick: called with the number of remote TLB flushes to charge the VM's vCPUs for.
+        revoked: called after sptes were zapped or access-tracked (vCPUs recheck their step).
         spte: storage for the sptes (a view into the host-wide array), else allocated here.
     """
 
@@ -83,6 +84,7 @@ class KvmMmu:
         dirty_on_map: bool = True,
         mark_dirty: Callable[[NDArray[np.int64]], None],
         kick: Callable[[int], None],
+        revoked: Callable[[], None] | None = None,
         spte: NDArray[np.uint8] | None = None,
     ) -> None:
         self.nr_gfns, self.k, self.ept_ad = nr_gfns, sptes_per_gfn, ept_ad
@@ -97,6 +99,7 @@ class KvmMmu:
         assert len(self.spte) == nr_gfns * sptes_per_gfn
         self.rmap_count = np.zeros(nr_gfns, dtype=np.uint8)
         self.mark_dirty, self.kick = mark_dirty, kick
+        self.revoked = revoked
         self.mmu_invalidate_seq = 0
         self.mmu_invalidate_in_progress = 0
         # kvm stats
@@ -196,6 +199,8 @@ class KvmMmu:
                         present, (s | _U8(SPTE_ACCESS_TRACKED)) & ~_U8(SPTE_ACCESSED), s
                     )
                     self.tracked_marks += 1
+                    if self.revoked is not None:
+                        self.revoked()
             young[valid] = acc.any(axis=1)
         return self._per_range(young, offs)
 
@@ -224,6 +229,8 @@ class KvmMmu:
             self.rmap_count[g] = 0
             zapped[valid] = present.any(axis=1)
             self.zapped += int(present.sum())
+            if self.revoked is not None:
+                self.revoked()
         return self._per_range(zapped, offs)
 
     def flush_remote_tlbs(self, n: int, work: NotifierWork) -> None:
