@@ -29,18 +29,14 @@ import numpy as np
 import simpy
 
 from sim.costs import CostsConfig
+from sim.guest.touch import ept_touch
 from sim.guest.workloads import AccessStream
 from sim.host.fault import HostFaultHandler
 from sim.host.kswapd import ProcessGen
 from sim.host.memory import PG_EVICTED, HostMemory
 from sim.kvm.fault import kvm_fault_nowait, kvm_page_fault
-from sim.kvm.mmu import SPTE_ACCESS_TRACKED, SPTE_ACCESSED, SPTE_DIRTY, SPTE_PRESENT
 from sim.kvm.vm import Vm
 
-_FAULT_MASK = np.uint8(SPTE_PRESENT | SPTE_ACCESS_TRACKED)
-_OK = np.uint8(SPTE_PRESENT)
-_A = np.uint8(SPTE_ACCESSED)
-_D = np.uint8(SPTE_DIRTY)
 _NOT_EVICTED = np.uint8(0xFF ^ PG_EVICTED)
 
 
@@ -106,7 +102,8 @@ class Vcpu:
         sink, vm_index, me = self.sink, vm.index, self.index
         faults = stats.faults
         n = pos = 0
-        gfns = writes = idx_all = np.empty(0, dtype=np.int64)
+        gfns = idx_all = np.empty(0, dtype=np.int64)
+        writes = np.empty(0, dtype=np.bool_)
         while not mm.dead:
             if pos >= n:
                 gfns, writes = self.stream.next(self.batch)
@@ -118,19 +115,22 @@ class Vcpu:
             start = last = pos
             t = 0  # time this step takes so far
             slow = -1
-            bad = np.flatnonzero((spte[idx_all[start:]] & _FAULT_MASK) != _OK)
-            for b in bad.tolist():
-                p = start + b
-                ix = int(idx_all[p])
-                if (spte[ix] & _FAULT_MASK) == _OK:
-                    continue  # an earlier fault in this step mapped it
+            stamp = env.now // 1000
+            p = ept_touch(spte, idx_all, gfns, writes, last_access, base, stamp, start, n)
+            while p < n:  # an EPT violation at p
                 t += self._guest_time(p - last)
                 last = p
                 gfn = int(gfns[p])
                 pid = base + gfn
                 evicted = flags[pid] & PG_EVICTED
                 r = kvm_fault_nowait(
-                    mmu, host, costs, pid=pid, gfn=gfn, alias=ix - gfn * k, write=bool(writes[p])
+                    mmu,
+                    host,
+                    costs,
+                    pid=pid,
+                    gfn=gfn,
+                    alias=int(idx_all[p]) - gfn * k,
+                    write=bool(writes[p]),
                 )
                 if r is None:
                     slow = p
@@ -145,18 +145,12 @@ class Vcpu:
                 if sink is not None:
                     sink.fault(env.now + t, vm_index, me, gfn, kind, cpu_ns, pid)
                 t += cpu_ns
+                p = ept_touch(spte, idx_all, gfns, writes, last_access, base, stamp, p, n)
             end = slow if slow >= 0 else n
             t += self._guest_time(end - last)
             if end > start:
-                hit = idx_all[start:end]
-                spte[hit] |= _A
-                w = writes[start:end]
-                if w.any():
-                    spte[hit[w]] |= _D
-                pids = gfns[start:end] + base
-                last_access[pids] = env.now // 1000
                 if self.on_access is not None:
-                    self.on_access(pids)
+                    self.on_access(gfns[start:end] + base)
                 stats.accesses += end - start
             t += self.pending_ns
             stats.stall_ns += self.pending_ns

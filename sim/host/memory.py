@@ -126,11 +126,11 @@ class HostMemory:
         """Take one free frame for ``pid`` (the caller checked watermarks). Returns the pfn."""
         assert self.nr_free > 0, "alloc_frame with no free frame"
         self.nr_free -= 1
-        pfn = int(self._free[self.nr_free])
+        pfn = self._free.item(self.nr_free)
         self.frame_pid[pfn] = pid
         self.scans[pfn] = 0
         self.pfn[pid] = pfn
-        self.nr_resident[self.page_owner[pid]] += 1
+        self.nr_resident[self.page_owner.item(pid)] += 1
         return pfn
 
     def free_frames(self, pfns: NDArray[np.integer]) -> None:

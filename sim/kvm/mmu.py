@@ -47,6 +47,8 @@ SPTE_DIRTY = 0x4  # EPT D bit: the guest wrote through this spte
 SPTE_ACCESS_TRACKED = 0x8  # present but R/X parked by aging (no A/D bits): next touch faults
 
 _U8 = np.uint8
+_MAPPED_R = SPTE_PRESENT | SPTE_ACCESSED
+_MAPPED_W = SPTE_PRESENT | SPTE_ACCESSED | SPTE_DIRTY
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,9 +264,9 @@ class KvmMmu:
     def map_spte(self, gfn: int, alias: int, write: bool) -> None:
         """Install a present, accessed spte (``kvm_tdp_mmu_map`` / ``mmu_set_spte``)."""
         idx = gfn * self.k + alias
-        if not self.spte[idx] & SPTE_PRESENT:
+        if not self.spte.item(idx) & SPTE_PRESENT:
             self.rmap_count[gfn] += 1
-        self.spte[idx] = SPTE_PRESENT | SPTE_ACCESSED | (SPTE_DIRTY if write else 0)
+        self.spte[idx] = _MAPPED_W if write else _MAPPED_R
         self.pf_fixed += 1
 
     def check(self, host_present: NDArray[np.bool_]) -> None:
