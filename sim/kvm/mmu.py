@@ -97,7 +97,9 @@ class KvmMmu:
         self._slot_gfn = np.array([s.base_gfn for s in self.memslots], dtype=np.int64)
         self.spte = np.zeros(nr_gfns * sptes_per_gfn, dtype=np.uint8) if spte is None else spte
         assert len(self.spte) == nr_gfns * sptes_per_gfn
-        self.rmap_count = np.zeros(nr_gfns, dtype=np.uint8)
+        # KVM's rmap chain lengths; with one spte per gfn (TDP) a chain is the present bit of
+        # that spte, so nothing is stored and ``rmap_count`` derives it.
+        self._rmap_count = np.zeros(nr_gfns, dtype=np.uint8) if sptes_per_gfn > 1 else None
         self.mark_dirty, self.kick = mark_dirty, kick
         self.mmu_invalidate_seq = 0
         self.mmu_invalidate_in_progress = 0
@@ -108,6 +110,13 @@ class KvmMmu:
         self.tracked_marks = 0  # aging calls that parked sptes (access tracking)
         self.remote_tlb_flush = 0
         self.zapped = 0
+
+    @property
+    def rmap_count(self) -> NDArray[np.uint8]:
+        """Present sptes per gfn (the length of each gfn's rmap chain)."""
+        if self._rmap_count is None:
+            return (self.spte & SPTE_PRESENT).astype(np.uint8)
+        return self._rmap_count
 
     # -- address translation -----------------------------------------------------------------
     def hva_to_gfn(self, hva: NDArray[np.int64]) -> NDArray[np.int64]:
@@ -164,7 +173,8 @@ class KvmMmu:
         g = gfns[valid]
         idx = self._slots(g)
         if len(g):
-            work.nr_sptes_walked += int(self.rmap_count[g].sum()) if self.k > 1 else len(g)
+            rc = self._rmap_count
+            work.nr_sptes_walked += len(g) if rc is None else int(rc[g].sum())
         return offs, valid, g, idx, self.spte[idx]
 
     @staticmethod
@@ -223,7 +233,8 @@ class KvmMmu:
             if dirty.any():
                 self.mark_dirty(g[dirty])
             self.spte[idx] = 0
-            self.rmap_count[g] = 0
+            if self._rmap_count is not None:
+                self._rmap_count[g] = 0
             zapped[valid] = present.any(axis=1)
             self.zapped += int(present.sum())
         return self._per_range(zapped, offs)
@@ -238,7 +249,8 @@ class KvmMmu:
     def zap_all(self) -> None:
         """``kvm_mmu_zap_all`` (mm release): drop every spte."""
         self.spte[:] = 0
-        self.rmap_count[:] = 0
+        if self._rmap_count is not None:
+            self._rmap_count[:] = 0
 
     # -- faults ------------------------------------------------------------------------------
     def spte_index(self, gfn: int, alias: int) -> int:
@@ -264,8 +276,8 @@ class KvmMmu:
     def map_spte(self, gfn: int, alias: int, write: bool) -> None:
         """Install a present, accessed spte (``kvm_tdp_mmu_map`` / ``mmu_set_spte``)."""
         idx = gfn * self.k + alias
-        if not self.spte.item(idx) & SPTE_PRESENT:
-            self.rmap_count[gfn] += 1
+        if self._rmap_count is not None and not self.spte.item(idx) & SPTE_PRESENT:
+            self._rmap_count[gfn] += 1
         self.spte[idx] = _MAPPED_W if write else _MAPPED_R
         self.pf_fixed += 1
 

@@ -105,8 +105,8 @@ class TwoList:
     ) -> None:
         self.cfg, self.vmstat = cfg, vmstat
         self.fl = np.zeros(nr_frames, dtype=np.uint8)
-        self.inactive = PageQueue()
-        self.active = PageQueue()
+        self.inactive = PageQueue(limit=nr_frames)
+        self.active = PageQueue(limit=nr_frames)
         self.nonresident_age = 0  # lruvec->nonresident_age (workingset clock)
         self.anon_cost = 0  # lruvec->anon_cost (lru_note_cost); file_cost stays 0
         self._refaults_snapshot = 0  # WORKINGSET_ACTIVATE at the last reclaim cycle
