@@ -120,17 +120,17 @@ class Vcpu:
             while p < n:  # an EPT violation at p
                 t += self._guest_time(p - last)
                 last = p
-                gfn = int(gfns[p])
+                gfn = gfns.item(p)
                 pid = base + gfn
-                evicted = flags[pid] & PG_EVICTED
+                evicted = flags.item(pid) & PG_EVICTED
                 r = kvm_fault_nowait(
                     mmu,
                     host,
                     costs,
                     pid=pid,
                     gfn=gfn,
-                    alias=int(idx_all[p]) - gfn * k,
-                    write=bool(writes[p]),
+                    alias=idx_all.item(p) - gfn * k,
+                    write=writes.item(p),
                 )
                 if r is None:
                     slow = p
@@ -138,7 +138,7 @@ class Vcpu:
                 kind, cpu_ns = r
                 faults[kind] += 1
                 if evicted:
-                    flags[pid] &= _NOT_EVICTED
+                    flags[pid] = flags.item(pid) & ~PG_EVICTED
                     stats.refaults += 1
                 stats.fault_ns += cpu_ns
                 stats.stall_ns += cpu_ns
