@@ -8,10 +8,11 @@ Models
     are paid as lost guest time.
 
 Batching
-    The vCPU takes up to ``batch_accesses`` accesses from its stream at a time and finds, with one
-    vectorised check, the first one that faults. The accesses before it are applied at once (bits
-    set, last-access time stamped with the batch's start) and their guest time is paid with one
-    SimPy timeout; then the fault is handled and the faulting access is retried. Unconsumed
+    The vCPU takes up to ``batch_accesses`` accesses from its stream at a time and walks them in
+    one compiled loop (guest/touch.py) up to the first one that faults. The accesses before it
+    are applied (bits set, last-access time stamped with the step's start), a fault that needs no
+    waiting is resolved in place and the walk goes on, and the step's guest time is paid with one
+    SimPy timeout; a fault that must wait ends the step and its access is retried. Unconsumed
     accesses stay buffered, so the access stream never depends on timing. There is no SimPy event
     per access, only per batch, per fault and per I/O. Batching shifts when bits become visible
     to kswapd by at most one batch of guest time; smaller batches are more exact and slower.

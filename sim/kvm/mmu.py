@@ -48,6 +48,8 @@ SPTE_ACCESS_TRACKED = 0x8  # present but R/X parked by aging (no A/D bits): next
 
 _U8 = np.uint8
 _MAPPED_R = SPTE_PRESENT | SPTE_ACCESSED
+_PA = _U8(SPTE_PRESENT | SPTE_ACCESSED)
+_PAGE = 1 << PAGE_SHIFT
 _MAPPED_W = SPTE_PRESENT | SPTE_ACCESSED | SPTE_DIRTY
 
 
@@ -95,6 +97,10 @@ class KvmMmu:
             [s.userspace_addr + (s.npages << PAGE_SHIFT) for s in self.memslots], dtype=np.int64
         )
         self._slot_gfn = np.array([s.base_gfn for s in self.memslots], dtype=np.int64)
+        one = len(self.memslots) == 1  # the common layout: _tdp_pages's bounds
+        self._slot_lo = int(self._slot_hva[0]) if one else 0
+        self._slot_hi = int(self._slot_end[0]) if one else 0
+        self._slot_base = int(self._slot_gfn[0]) if one else 0
         self.spte = np.zeros(nr_gfns * sptes_per_gfn, dtype=np.uint8) if spte is None else spte
         assert len(self.spte) == nr_gfns * sptes_per_gfn
         # KVM's rmap chain lengths; with one spte per gfn (TDP) a chain is the present bit of
@@ -168,10 +174,6 @@ class KvmMmu:
         (n, k) and the sptes there; counts the sptes visited (the rmap chain under shadow
         paging, one TDP leaf per gfn otherwise).
         """
-        if self.k == 1 and len(self.memslots) == 1 and len(start):
-            fast = self._walk_tdp_pages(start, end, work)
-            if fast is not None:
-                return fast
         gfns, offs = self._ranges(start, end)
         valid = gfns >= 0
         g = gfns[valid]
@@ -181,30 +183,36 @@ class KvmMmu:
             work.nr_sptes_walked += len(g) if rc is None else int(rc[g].sum())
         return offs, valid, g, idx, self.spte[idx]
 
-    def _walk_tdp_pages(
+    def _tdp_pages(
         self, start: NDArray[np.int64], end: NDArray[np.int64], work: NotifierWork
-    ) -> (
-        tuple[None, NDArray[np.bool_], NDArray[np.int64], NDArray[np.int64], NDArray[np.uint8]]
-        | None
-    ):
-        """``_walk`` when every range is one page inside the one memslot and each gfn has one
-        spte (the TDP MMU on reclaim's single-folio calls): fewer array passes. None otherwise."""
-        span = end - start
-        lo, hi = int(self._slot_hva[0]), int(self._slot_end[0])
-        if (
-            int(span.min()) < 1
-            or int(span.max()) > (1 << PAGE_SHIFT)
-            or int(start.min()) < lo
-            or int(start.max()) >= hi
-        ):
+    ) -> NDArray[np.int64] | None:
+        """The gfns when every range is one page inside the one memslot and each gfn has one
+        spte (the TDP MMU on reclaim's single-folio calls), counting the walk; else None.
+
+        The handlers then work on flat arrays: the same sptes visited and changed as by
+        ``_walk``, with a fraction of its array passes (reclaim makes these calls per batch
+        of a few folios, often one, so per-call overhead is what counts)."""
+        if self.k != 1 or len(self.memslots) != 1 or not len(start):
             return None
+        lo, hi = self._slot_lo, self._slot_hi
+        if len(start) == 1:
+            a = start.item(0)
+            if not (0 < end.item(0) - a <= _PAGE and lo <= a < hi):
+                return None
+        else:
+            span = end - start
+            if not (
+                int(span.min()) > 0
+                and int(span.max()) <= _PAGE
+                and int(start.min()) >= lo
+                and int(start.max()) < hi
+            ):
+                return None
         g = (start - lo) >> PAGE_SHIFT
-        base = int(self._slot_gfn[0])
-        if base:
-            g += base
+        if self._slot_base:
+            g += self._slot_base
         work.nr_sptes_walked += len(g)
-        sp = self.spte[g]
-        return None, np.ones(len(g), dtype=np.bool_), g, g[:, None], sp[:, None]
+        return g
 
     @staticmethod
     def _per_range(x: NDArray[np.bool_], offs: NDArray[np.int64] | None) -> NDArray[np.bool_]:
@@ -222,6 +230,20 @@ class KvmMmu:
         clear: bool,
     ) -> NDArray[np.bool_]:
         """Young per range: any accessed spte in it; with ``clear``, age them all."""
+        g1 = self._tdp_pages(start, end, work)
+        if g1 is not None:
+            s1 = self.spte[g1]
+            if self.ept_ad:
+                if clear:
+                    self.spte[g1] = s1 & ~_U8(SPTE_ACCESSED)
+                return (s1 & _PA) == _PA
+            present1 = (s1 & SPTE_PRESENT) != 0
+            if clear:
+                self.spte[g1] = np.where(
+                    present1, (s1 | _U8(SPTE_ACCESS_TRACKED)) & ~_U8(SPTE_ACCESSED), s1
+                )
+                self.tracked_marks += 1
+            return present1 & ((s1 & SPTE_ACCESS_TRACKED) == 0)
         offs, valid, g, idx, s = self._walk(start, end, work)
         young = np.zeros(len(valid), dtype=np.bool_)
         if len(g):
@@ -254,6 +276,16 @@ class KvmMmu:
         self, start: NDArray[np.int64], end: NDArray[np.int64], work: NotifierWork
     ) -> NDArray[np.bool_]:
         """Zap every spte in each range; True where something was zapped (needs a flush)."""
+        g1 = self._tdp_pages(start, end, work)
+        if g1 is not None:
+            s1 = self.spte[g1]
+            present1 = (s1 & SPTE_PRESENT) != 0
+            dirty1 = present1 & ((s1 & SPTE_DIRTY) != 0)
+            if dirty1.any():
+                self.mark_dirty(g1[dirty1])
+            self.spte[g1] = 0
+            self.zapped += int(present1.sum())
+            return present1
         offs, valid, g, idx, s = self._walk(start, end, work)
         zapped = np.zeros(len(valid), dtype=np.bool_)
         if len(g):
