@@ -156,7 +156,8 @@ class HostFaultHandler:
             result = yield from self._fault_in(pid, write, bool(self.mem.flags[pid] & PG_SWAP))
         finally:
             del self._inflight[pid]
-            done.succeed()
+            if done.callbacks:  # someone waits on the folio lock (else no event to process)
+                done.succeed()
         return result
 
     def _fault_in(self, pid: int, write: bool, swapped: bool) -> ProcessGen:
