@@ -36,18 +36,17 @@ import numpy as np
 import simpy
 
 from sim.costs import CostsConfig
+from sim.guest.touch import ept_touch
 from sim.guest.workloads import AccessStream
 from sim.host.fault import HostFaultHandler
 from sim.host.kswapd import ProcessGen
 from sim.host.memory import PG_EVICTED, HostMemory
 from sim.kvm.fault import kvm_fault_nowait, kvm_page_fault
-from sim.kvm.mmu import SPTE_ACCESS_TRACKED, SPTE_ACCESSED, SPTE_DIRTY, SPTE_PRESENT
+from sim.kvm.mmu import SPTE_ACCESS_TRACKED, SPTE_PRESENT
 from sim.kvm.vm import Vm
 
 _FAULT_MASK = np.uint8(SPTE_PRESENT | SPTE_ACCESS_TRACKED)
 _OK = np.uint8(SPTE_PRESENT)
-_A = np.uint8(SPTE_ACCESSED)
-_D = np.uint8(SPTE_DIRTY)
 _NOT_EVICTED = np.uint8(0xFF ^ PG_EVICTED)
 
 
@@ -120,7 +119,8 @@ class Vcpu:
         sink, vm_index, me = self.sink, vm.index, self.index
         faults = stats.faults
         n = pos = 0
-        gfns = writes = idx_all = np.empty(0, dtype=np.int64)
+        gfns = idx_all = np.empty(0, dtype=np.int64)
+        writes = np.empty(0, dtype=np.bool_)
         while not mm.dead:
             if pos >= n:
                 gfns, writes = self.stream.next(self.batch)
@@ -130,18 +130,13 @@ class Vcpu:
                 else:
                     idx_all = gfns * k + self.rng.integers(0, k, n, dtype=np.int64)
             start = pos
-            bad = (spte[idx_all[start:]] & _FAULT_MASK) != _OK
-            end = start + int(bad.argmax()) if bad.any() else n
-            if end > start:  # the run of hits up to the first EPT violation
-                hit = idx_all[start:end]
-                spte[hit] |= _A
-                w = writes[start:end]
-                if w.any():
-                    spte[hit[w]] |= _D
-                pids = gfns[start:end] + base
-                last_access[pids] = env.now // 1000
+            # the run of hits up to the first EPT violation (bits and stamps applied)
+            end = ept_touch(
+                spte, idx_all, gfns, writes, last_access, base, env.now // 1000, start, n
+            )
+            if end > start:
                 if self.on_access is not None:
-                    self.on_access(pids)
+                    self.on_access(gfns[start:end] + base)
                 stats.accesses += end - start
             pending = self.pending_ns  # exits and fault CPU owed, paid before the accesses
             stats.stall_ns += pending
@@ -165,13 +160,13 @@ class Vcpu:
                 yield env.timeout(t)
             if pos >= n or mm.dead:
                 continue
-            ix = int(idx_all[pos])
-            if (spte[ix] & _FAULT_MASK) == _OK:
+            ix = idx_all.item(pos)
+            if (spte.item(ix) & _FAULT_MASK) == _OK:
                 continue  # another vCPU mapped it meanwhile: the next step hits
-            gfn = int(gfns[pos])
+            gfn = gfns.item(pos)
             pid = base + gfn
-            alias, write = ix - gfn * k, bool(writes[pos])
-            evicted = flags[pid] & PG_EVICTED
+            alias, write = ix - gfn * k, writes.item(pos)
+            evicted = flags.item(pid) & PG_EVICTED
             r = kvm_fault_nowait(mmu, host, costs, pid=pid, gfn=gfn, alias=alias, write=write)
             if r is None:
                 yield from self._fault(gfn, alias, write, base, flags)
@@ -179,7 +174,7 @@ class Vcpu:
             kind, cpu_ns = r
             faults[kind] += 1
             if evicted:
-                flags[pid] &= _NOT_EVICTED
+                flags[pid] = flags.item(pid) & ~PG_EVICTED
                 stats.refaults += 1
             stats.fault_ns += cpu_ns
             self.pending_ns += cpu_ns  # stall, counted when paid
