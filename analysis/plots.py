@@ -199,6 +199,7 @@ def capacity_figure(plan: dict[str, Any], runs: pd.DataFrame) -> plt.Figure:
     if var == "vms":
         ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize="small", loc="upper left")
+    return fig
 
 
 def overcommit_figure(runs: pd.DataFrame, title: str = "") -> plt.Figure:

@@ -514,11 +514,16 @@ def _cell(v: Any) -> str:
 @click.argument("plan_file", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--workers", type=click.IntRange(min=1), help="Processes (default: one per core).")
 @click.option(
+    "--dask",
+    metavar="local|ADDRESS",
+    help="Run each search round on Dask, as `memsim sweep --dask` does.",
+)
+@click.option(
     "--out",
     type=click.Path(path_type=Path, file_okay=False),
     help="Plan directory (default: results/<plan name>/).",
 )
-def plan(plan_file: Path, workers: int | None, out: Path | None) -> None:
+def plan(plan_file: Path, workers: int | None, dask: str | None, out: Path | None) -> None:
     """Find how many VMs fit (or how little memory, how much overcommit) under PLAN_FILE's SLO."""
     from sim.plan import PlanError, fmt_value, load_plan, search, write_plan
 
@@ -556,7 +561,12 @@ def plan(plan_file: Path, workers: int | None, out: Path | None) -> None:
             def progress(done: int, total: int, failed: int) -> None:
                 bar.update(task, completed=done, total=total)
 
-            result = search(p, target, workers=workers, on_outcome=on_outcome, progress=progress)
+            extra = {"dask": dask} if dask else {}
+            result = search(
+                p, target, workers=workers, on_outcome=on_outcome, progress=progress, **extra
+            )
+    except UserError as exc:
+        _fail(exc)
     except PlanError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)

@@ -124,7 +124,7 @@ class World(Machine):
         self.env.process(self.kswapd.run())
         for vm in self.vms:
             for v in vm.vcpus:
-                self.env.process(v.run())
+                v.proc = self.env.process(v.run())
         if self.recorder is not None and self.recorder.tl is not None:
             self.env.process(self._sampler())
 

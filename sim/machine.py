@@ -92,7 +92,10 @@ class Machine:
         self.costs = sc.costs.for_page_size(page_bytes)  # first touch zeroes the whole page
         sizes = np.array([n for _, n in vm_pages], dtype=np.int64)
         self.vm_base = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
-        page_owner = np.repeat(np.arange(len(vm_pages), dtype=np.int32), sizes)
+        owner_t = (
+            np.uint8 if len(vm_pages) <= 256 else np.uint16 if len(vm_pages) <= 65536 else np.int32
+        )
+        page_owner = np.repeat(np.arange(len(vm_pages), dtype=owner_t), sizes)
         self.mem = mem = HostMemory(nr_frames, int(sizes.sum()), wmark, page_owner, len(sizes))
         self.swap = SwapDevice(sc.swap, swap_slots, rng_for(sc.seed, "swap"), page_bytes)
         self.mms = mms = [

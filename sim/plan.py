@@ -49,10 +49,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from sim.config import Scenario, parse_scenario, read_yaml, set_dotted
+from sim.config import Scenario, parse_scenario, set_dotted
 from sim.errors import ConfigError, UserError
 from sim.stats import t_interval
-from sim.sweep import Point, run_points
+from sim.sweep import Point, load_base, read_spec, run_points
 
 PLAN_KEYS = {"name", "base", "profile", "mix", "search", "slo", "seeds", "confidence", "warmup_s"}
 SEARCH_KEYS = {"variable", "low", "high", "step", "vms"}
@@ -141,20 +141,8 @@ def _num(path: Path, key: str, v: Any, *, integer: bool = False) -> float:
 
 def load_plan(path: Path) -> Plan:
     """Read and validate a plan file; every candidate scenario is validated before any run."""
-    spec = read_yaml(path)
-    unknown = sorted(set(spec) - PLAN_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown key(s) {', '.join(unknown)}; "
-            f"a plan has {', '.join(sorted(PLAN_KEYS))}"
-        )
-    base = spec.get("base")
-    if isinstance(base, str):
-        raw = read_yaml((path.parent / base).resolve())
-    elif isinstance(base, dict):
-        raw = copy.deepcopy(base)
-    else:
-        raise ConfigError(f"{path}: base: expected a scenario file name or mapping")
+    spec = read_spec(path, PLAN_KEYS, "a plan")
+    raw = load_base(path, spec.get("base"))
     name = str(spec.get("name", path.stem))
     mix = _load_mix(path, spec)
 

@@ -136,28 +136,38 @@ def _expand_random(path: Path, spec: Any) -> tuple[list[str], list[tuple[Any, ..
     return list(keys), rows
 
 
+def read_spec(path: Path, keys: set[str], what: str) -> dict[str, Any]:
+    """A sweep or plan file, with unknown top-level keys refused."""
+    spec = read_yaml(path)
+    unknown = sorted(set(spec) - keys)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key(s) {', '.join(unknown)}; {what} has {', '.join(sorted(keys))}"
+        )
+    return spec
+
+
+def load_base(path: Path, base: Any) -> dict[str, Any]:
+    """The ``base`` scenario of a sweep or plan file: a file name (relative to it; its stem is
+    the default name) or a mapping."""
+    if isinstance(base, str):
+        base_path = (path.parent / base).resolve()
+        raw = read_yaml(base_path)
+        raw.setdefault("name", base_path.stem)
+        return raw
+    if isinstance(base, dict):
+        return copy.deepcopy(base)
+    raise ConfigError(f"{path}: base: expected a scenario file name or mapping")
+
+
 def load_sweep(path: Path) -> tuple[str, list[Point]]:
     """Read a sweep file and expand it into validated points.
 
     Points are variants x grid x zip rows x random samples x seeds, in that nesting order; a
     variant's ``set`` wins over the axes. Nothing runs unless every point is valid.
     """
-    spec = read_yaml(path)
-    unknown = sorted(set(spec) - SWEEP_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown key(s) {', '.join(unknown)}; a sweep has "
-            f"{', '.join(sorted(SWEEP_KEYS))}"
-        )
-    base = spec.get("base")
-    if isinstance(base, str):
-        base_path = (path.parent / base).resolve()
-        raw = read_yaml(base_path)
-        raw.setdefault("name", base_path.stem)
-    elif isinstance(base, dict):
-        raw = copy.deepcopy(base)
-    else:
-        raise ConfigError(f"{path}: base: expected a scenario file name or mapping")
+    spec = read_spec(path, SWEEP_KEYS, "a sweep")
+    raw = load_base(path, spec.get("base"))
     name = str(spec.get("name", path.stem))
     grid = spec.get("grid") or {}
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -103,3 +104,32 @@ def test_invariants_hold_throughout_random_scenarios(raw: dict[str, Any]) -> Non
     assert h["direct_reclaimed"] <= h["direct_scanned"]
     assert h["swap"]["used_end"] <= h["swap"]["slots"]
     assert h["pswpin"] <= h["pswpout"]
+
+
+def test_free_frames_come_back_in_the_order_of_a_full_stack() -> None:
+    """The free stack keeps never-used frames implicit; allocation order must equal that of a
+    stack holding every frame (lowest first, then the most recently freed)."""
+    from sim.host.memory import HostMemory, setup_per_zone_wmarks
+
+    n = 64
+    mem = HostMemory(n, 2 * n, setup_per_zone_wmarks(n), np.zeros(2 * n, dtype=np.uint8), 1)
+    ref = list(range(n - 1, -1, -1))  # the old explicit stack, top at the end
+    rng = np.random.default_rng(0)
+    owned: list[int] = []
+    pid = 0
+    for _ in range(400):
+        if owned and (mem.nr_free == 0 or rng.random() < 0.45):
+            k = int(rng.integers(1, min(len(owned), 5) + 1))
+            pick = [owned.pop(int(rng.integers(len(owned)))) for _ in range(k)]
+            if k == 1:
+                mem.free_frame(pick[0])
+            else:
+                mem.free_frames(np.array(pick, dtype=np.int64))
+            ref.extend(pick)
+        else:
+            pfn = mem.alloc_frame(pid % (2 * n))
+            assert pfn == ref.pop()
+            owned.append(pfn)
+            pid += 1
+        assert mem.nr_free == len(ref)
+        assert sorted(mem.free_list().tolist()) == sorted(ref)

@@ -22,8 +22,9 @@ from hypothesis.stateful import (
 
 from sim.reclaim.base import PageQueue
 
-# Duplicates are allowed (remove() drops every copy), values span the int64 range used for pfns.
-_pfn = st.one_of(st.integers(0, 63), st.integers(0, 2**62))
+# Duplicates are allowed (remove() drops every copy); values span the pfn range (the ring stores
+# int32: a host has fewer than 2**31 frames).
+_pfn = st.one_of(st.integers(0, 63), st.integers(0, 2**31 - 1))
 _dtype = st.sampled_from([np.int64, np.int32, np.uint32])
 
 
@@ -258,3 +259,16 @@ def test_empty_queue(capacity: int) -> None:
     assert q.remove(np.array([1, 2])) == 0
     q.add_head(np.array([], dtype=np.int64))
     assert len(q) == 0
+
+
+def test_limit_caps_growth_but_never_drops_folios() -> None:
+    """Growth stops at ``limit`` (the host's frames); a list that needs more still gets it."""
+    q = PageQueue(16, limit=40)
+    q.add_head(np.arange(30, dtype=np.int64))
+    assert len(q._buf) == 32
+    q.add_head(np.arange(30, 38, dtype=np.int64))
+    assert len(q._buf) == 40  # not 64
+    q.add_head(np.arange(38, 45, dtype=np.int64))
+    assert len(q._buf) == 45  # past the limit only as far as needed
+    assert q.snapshot().tolist() == list(range(45))
+    assert q.snapshot().dtype == np.int64

@@ -281,3 +281,17 @@ def test_more_values_per_round_take_fewer_rounds(tmp_path: Path) -> None:
         assert max(c["n"] for c in runner.calls) <= 3 * max(width, 2)  # bracket: 2 values
         rounds[width] = len(runner.calls)
     assert rounds[4] < rounds[1]
+
+
+@pytest.mark.slow
+def test_plan_runs_on_dask_local_with_the_same_answer(tmp_path: Path) -> None:
+    spec = _known_answer_spec()
+    spec["search"]["high"] = 7
+    path = _write(tmp_path, spec)
+    answers = []
+    for extra in ([], ["--dask", "local", "--workers", "2"]):
+        out = tmp_path / f"out{len(answers)}"
+        r = CliRunner().invoke(main, ["plan", str(path), "--out", str(out), *extra])
+        assert r.exit_code == 0, r.output
+        answers.append(json.loads((out / "plan.json").read_text())["answer"])
+    assert answers[0] == answers[1]

@@ -62,3 +62,28 @@ def test_faults_before_the_batch_end_stop_the_batch() -> None:
     for vm in w.vms:
         total = vm.stats.compute_ns + vm.stats.stall_ns
         assert total == pytest.approx(len(vm.vcpus) * w.env.now, rel=0.02)
+
+
+def test_ept_touch_stops_at_the_first_violation_and_sets_bits_before_it() -> None:
+    """The compiled walk: hits set A (and D on writes) and stamp the page; a non-present or
+    access-tracked spte stops it there, untouched."""
+    from sim.guest.touch import ept_touch
+    from sim.kvm.mmu import SPTE_ACCESS_TRACKED, SPTE_PRESENT
+
+    spte = np.array([SPTE_PRESENT] * 4 + [0, SPTE_PRESENT | SPTE_ACCESS_TRACKED], dtype=np.uint8)
+    gfns = np.array([0, 1, 2, 1, 4, 5, 0], dtype=np.int64)
+    writes = np.array([False, True, False, False, False, False, True])
+    last = np.zeros(16, dtype=np.uint32)
+    assert ept_touch(spte, gfns, gfns, writes, last, 10, 7, 0, len(gfns)) == 4
+    assert spte[:3].tolist() == [
+        SPTE_PRESENT | SPTE_ACCESSED,
+        SPTE_PRESENT | SPTE_ACCESSED | SPTE_DIRTY,
+        SPTE_PRESENT | SPTE_ACCESSED,
+    ]
+    assert spte[3] == SPTE_PRESENT  # gfn 3 is never accessed
+    assert last[10:13].tolist() == [7, 7, 7]
+    assert not last[13:].any()
+    assert ept_touch(spte, gfns, gfns, writes, last, 10, 8, 5, len(gfns)) == 5  # tracked
+    assert ept_touch(spte, gfns, gfns, writes, last, 10, 9, 6, len(gfns)) == len(gfns)
+    assert spte[0] == SPTE_PRESENT | SPTE_ACCESSED | SPTE_DIRTY
+    assert last[10] == 9

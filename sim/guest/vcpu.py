@@ -9,15 +9,22 @@ Models
 
 Batching
     The vCPU takes up to ``batch_accesses`` accesses from its stream at a time and finds, with one
-    vectorised check, the first one that faults. The accesses before it are applied at once (bits
-    set, last-access time stamped with the batch's start) and their guest time is paid with one
-    SimPy timeout; then the fault is handled and the faulting access is retried. Unconsumed
-    accesses stay buffered, so the access stream never depends on timing. There is no SimPy event
-    per access, only per batch, per fault and per I/O. Batching shifts when bits become visible
-    to kswapd by at most one batch of guest time; smaller batches are more exact and slower.
+    vectorised check, the first one that faults. The run of hits before it is applied at once
+    (bits set, last-access time stamped with the step's start) and its guest time paid with one
+    SimPy timeout; the fault is then handled at the time it happens (at once if KVM or the host
+    can resolve it without waiting, else as a process that waits for I/O or reclaim), and the
+    access is retried. Unconsumed accesses stay buffered, so the access stream never depends on
+    timing. If KVM zaps or access-tracks an spte while a step is in flight and a later access of
+    that step uses it, the step is cut there (``revoked``): a batch never turns a fault into a
+    hit. What batching still shifts: the accessed bits of a run of hits become visible to aging
+    up to one step early. There is one SimPy event per run of hits and per waiting fault, never
+    one per access; tests/test_batch_fidelity.py holds fault counts at batch 1024 to 2% of
+    batch size 1.
 
 Simplifications
     A fault's CPU cost is paid with the vCPU's next step (its state change is visible at once).
+    An exact-LRU oracle hook sees a cut step's later accesses twice (harmless: LRU order is set
+    by the last touch).
 """
 
 from __future__ import annotations
@@ -29,18 +36,17 @@ import numpy as np
 import simpy
 
 from sim.costs import CostsConfig
+from sim.guest.touch import ept_touch
 from sim.guest.workloads import AccessStream
 from sim.host.fault import HostFaultHandler
 from sim.host.kswapd import ProcessGen
 from sim.host.memory import PG_EVICTED, HostMemory
 from sim.kvm.fault import kvm_fault_nowait, kvm_page_fault
-from sim.kvm.mmu import SPTE_ACCESS_TRACKED, SPTE_ACCESSED, SPTE_DIRTY, SPTE_PRESENT
+from sim.kvm.mmu import SPTE_ACCESS_TRACKED, SPTE_PRESENT
 from sim.kvm.vm import Vm
 
 _FAULT_MASK = np.uint8(SPTE_PRESENT | SPTE_ACCESS_TRACKED)
 _OK = np.uint8(SPTE_PRESENT)
-_A = np.uint8(SPTE_ACCESSED)
-_D = np.uint8(SPTE_DIRTY)
 _NOT_EVICTED = np.uint8(0xFF ^ PG_EVICTED)
 
 
@@ -96,9 +102,16 @@ class Vcpu:
         self.pending_ns = 0  # lost guest time to pay with the next step (exits, fault CPU)
         self._done = 0  # accesses completed
         self._guest_ns = 0  # guest time those accesses took
+        self.proc: simpy.Process | None = None  # set by the world that starts run()
+        # the step in flight (while its timeout runs): accesses [_lo, _hi) of idx_all after
+        # _pending ns of owed time, begun at _t0; _cut is where a revoked spte cuts it
+        self._idx: np.ndarray | None = None
+        self._lo = self._hi = 0
+        self._t0 = self._pending = 0
+        self._cut = -1
 
     def run(self) -> ProcessGen:
-        """The vCPU thread: one step per batch; waits only for faults that need I/O or reclaim."""
+        """The vCPU thread: one step per run of hits; a fault is handled when it happens."""
         env, vm, mem = self.env, self.vm, self.mem
         mm, mmu, stats = vm.mm, vm.mmu, vm.stats
         spte, k, base = mmu.spte, mmu.k, mm.pid_base
@@ -106,7 +119,8 @@ class Vcpu:
         sink, vm_index, me = self.sink, vm.index, self.index
         faults = stats.faults
         n = pos = 0
-        gfns = writes = idx_all = np.empty(0, dtype=np.int64)
+        gfns = idx_all = np.empty(0, dtype=np.int64)
+        writes = np.empty(0, dtype=np.bool_)
         while not mm.dead:
             if pos >= n:
                 gfns, writes = self.stream.next(self.batch)
@@ -115,62 +129,94 @@ class Vcpu:
                     idx_all = gfns
                 else:
                     idx_all = gfns * k + self.rng.integers(0, k, n, dtype=np.int64)
-            start = last = pos
-            t = 0  # time this step takes so far
-            slow = -1
-            bad = np.flatnonzero((spte[idx_all[start:]] & _FAULT_MASK) != _OK)
-            for b in bad.tolist():
-                p = start + b
-                ix = int(idx_all[p])
-                if (spte[ix] & _FAULT_MASK) == _OK:
-                    continue  # an earlier fault in this step mapped it
-                t += self._guest_time(p - last)
-                last = p
-                gfn = int(gfns[p])
-                pid = base + gfn
-                evicted = flags[pid] & PG_EVICTED
-                r = kvm_fault_nowait(
-                    mmu, host, costs, pid=pid, gfn=gfn, alias=ix - gfn * k, write=bool(writes[p])
-                )
-                if r is None:
-                    slow = p
-                    break
-                kind, cpu_ns = r
-                faults[kind] += 1
-                if evicted:
-                    flags[pid] &= _NOT_EVICTED
-                    stats.refaults += 1
-                stats.fault_ns += cpu_ns
-                stats.stall_ns += cpu_ns
-                if sink is not None:
-                    sink.fault(env.now + t, vm_index, me, gfn, kind, cpu_ns, pid)
-                t += cpu_ns
-            end = slow if slow >= 0 else n
-            t += self._guest_time(end - last)
+            start = pos
+            # the run of hits up to the first EPT violation (bits and stamps applied)
+            end = ept_touch(
+                spte, idx_all, gfns, writes, last_access, base, env.now // 1000, start, n
+            )
             if end > start:
-                hit = idx_all[start:end]
-                spte[hit] |= _A
-                w = writes[start:end]
-                if w.any():
-                    spte[hit[w]] |= _D
-                pids = gfns[start:end] + base
-                last_access[pids] = env.now // 1000
                 if self.on_access is not None:
-                    self.on_access(pids)
+                    self.on_access(gfns[start:end] + base)
                 stats.accesses += end - start
-            t += self.pending_ns
-            stats.stall_ns += self.pending_ns
+            pending = self.pending_ns  # exits and fault CPU owed, paid before the accesses
+            stats.stall_ns += pending
             self.pending_ns = 0
+            t = pending + self._guest_time(end - start)
             pos = end
-            yield env.timeout(t)
-            if slow >= 0 and not mm.dead:
-                yield from self._fault(
-                    int(gfns[slow]),
-                    int(idx_all[slow]) - int(gfns[slow]) * k,
-                    bool(writes[slow]),
-                    base,
-                    flags,
-                )
+            if end > start:
+                self._idx, self._lo, self._hi = idx_all, start, end
+                self._t0, self._pending, self._cut = env.now, pending, -1
+                while True:
+                    try:
+                        yield env.timeout(max(0, t - (env.now - self._t0)))
+                        break
+                    except simpy.Interrupt:  # a later access of the step lost its spte
+                        q, self._cut = self._cut, -1
+                        self._undo(q, end)
+                        pos = end = self._hi = q
+                        t = self._offset(q)
+                self._idx = None
+            elif t:
+                yield env.timeout(t)
+            if pos >= n or mm.dead:
+                continue
+            ix = idx_all.item(pos)
+            if (spte.item(ix) & _FAULT_MASK) == _OK:
+                continue  # another vCPU mapped it meanwhile: the next step hits
+            gfn = gfns.item(pos)
+            pid = base + gfn
+            alias, write = ix - gfn * k, writes.item(pos)
+            evicted = flags.item(pid) & PG_EVICTED
+            r = kvm_fault_nowait(mmu, host, costs, pid=pid, gfn=gfn, alias=alias, write=write)
+            if r is None:
+                yield from self._fault(gfn, alias, write, base, flags)
+                continue
+            kind, cpu_ns = r
+            faults[kind] += 1
+            if evicted:
+                flags[pid] = flags.item(pid) & ~PG_EVICTED
+                stats.refaults += 1
+            stats.fault_ns += cpu_ns
+            self.pending_ns += cpu_ns  # stall, counted when paid
+            if sink is not None:
+                sink.fault(env.now, vm_index, me, gfn, kind, cpu_ns, pid)
+
+    def revoked(self) -> None:
+        """KVM zapped or access-tracked sptes while this vCPU's step is in flight.
+
+        A step's accesses are checked against the sptes when it begins but happen over its
+        guest time: one that comes after this instant and uses a revoked spte would have taken
+        an EPT violation. If there is one, the step is cut there (the remote TLB flush that
+        comes with a zap is such an exit), so batching never turns a fault into a hit.
+        """
+        if self._idx is None or self._cut >= 0 or self.proc is None:
+            return
+        now = self._position(self.env.now - self._t0)
+        if now >= self._hi:
+            return
+        bad = (self.vm.mmu.spte[self._idx[now : self._hi]] & _FAULT_MASK) != _OK
+        if bad.any():
+            self._cut = now + int(bad.argmax())
+            self.proc.interrupt()
+
+    def _position(self, x: int) -> int:
+        """First access of the step in flight not yet done ``x`` ns after it began."""
+        done = max(0, x - self._pending) * self.rate // 1_000_000_000
+        return min(self._lo + done, self._hi)
+
+    def _offset(self, q: int) -> int:
+        """Time offset in the step in flight at which access ``q`` starts."""
+        return self._pending + -(-(q - self._lo) * 1_000_000_000 // self.rate)
+
+    def _undo(self, q: int, end: int) -> None:
+        """Take accesses ``[q, end)`` back out of the step (they run again in the next one)."""
+        n = end - q
+        stats = self.vm.stats
+        stats.accesses -= n
+        self._done -= n
+        t = self._done * 1_000_000_000 // self.rate
+        stats.compute_ns -= self._guest_ns - t
+        self._guest_ns = t
 
     def _guest_time(self, n: int) -> int:
         """Guest time of the next ``n`` accesses (exact integer arithmetic, no drift)."""

@@ -196,7 +196,11 @@ class ZipfSampler:
             u = self.h_n + rng.random(todo.size) * (self.h_x1 - self.h_n)
             x = self._h_integral_inv(u)
             k = np.clip(np.floor(x + 0.5), 1, self.n)
-            ok = (k - x <= self.sd) | (u >= self._h_integral(k + 0.5) - self._h(k))
+            ok = k - x <= self.sd
+            rest = np.flatnonzero(~ok)
+            if rest.size:  # the exact test, only where the cheap squeeze did not accept
+                kr = k[rest]
+                ok[rest] = u[rest] >= self._h_integral(kr + 0.5) - self._h(kr)
             out[todo[ok]] = k[ok].astype(np.int64)
             todo = todo[~ok]
         return out
@@ -205,6 +209,8 @@ class ZipfSampler:
 def _expm1_over_x(x: NDArray[np.float64]) -> NDArray[np.float64]:
     x = np.asarray(x, dtype=np.float64)
     small = np.abs(x) < 1e-8
+    if not small.any():  # the usual case: skip the series (same values either way)
+        return np.expm1(x) / x
     safe = np.where(small, 1.0, x)
     return np.where(small, 1.0 + x / 2.0 + x * x / 6.0, np.expm1(safe) / safe)
 
@@ -212,6 +218,8 @@ def _expm1_over_x(x: NDArray[np.float64]) -> NDArray[np.float64]:
 def _log1p_over_x(x: NDArray[np.float64]) -> NDArray[np.float64]:
     x = np.asarray(x, dtype=np.float64)
     small = np.abs(x) < 1e-8
+    if not small.any():
+        return np.log1p(x) / x
     safe = np.where(small, 1.0, x)
     return np.where(small, 1.0 - x / 2.0 + x * x / 3.0, np.log1p(safe) / safe)
 
@@ -389,9 +397,9 @@ class AccessStream:
         page_shift: int = 12,
     ) -> None:
         self.rng, self.write_ratio = rng, write_ratio
-        self._gfns: list[NDArray[np.int64]] = []
-        self._writes: list[NDArray[np.bool_]] = []
-        self._buffered = 0
+        self._gfns = np.empty(0, dtype=np.int64)  # generated, not yet handed out from _off
+        self._writes = np.empty(0, dtype=np.bool_)
+        self._off = 0
         self.replay: _Replay | None = None
         if isinstance(workload, TraceConfig):
             self.replay = _Replay(workload, vm_pages, vcpu, nr_vcpus, page_shift)
@@ -433,18 +441,14 @@ class AccessStream:
         self.phase = nxt
         self.left = self.lengths[nxt]
 
-    def _chunk(self) -> None:
-        """Generate the next fixed-size chunk (clipped at a phase boundary) into the buffer.
+    def _chunk(self) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+        """Generate the next fixed-size chunk (clipped at a phase boundary).
 
         Chunk sizes depend only on the phase lengths, never on what callers ask for, so the
         generator is consumed identically whatever batch sizes the vCPU uses.
         """
         if self.replay is not None:
-            gfns, writes = self.replay.take(CHUNK)
-            self._gfns.append(gfns)
-            self._writes.append(writes)
-            self._buffered += CHUNK
-            return
+            return self.replay.take(CHUNK)
         take = CHUNK if self.left < 0 else min(CHUNK, self.left)
         gfns = self.regions[self.phase].sample(self.rng, take)
         if self.write_ratio <= 0.0:
@@ -457,20 +461,22 @@ class AccessStream:
             self.left -= take
             if self.left == 0:
                 self._advance_phase()
-        self._gfns.append(gfns)
-        self._writes.append(writes)
-        self._buffered += take
+        return gfns, writes
 
     def next(self, n: int) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
         """Return the next ``n`` accesses: gfns (int64) and write flags."""
         if n <= 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.bool_)
-        while self._buffered < n:
-            self._chunk()
-        if len(self._gfns) > 1:
-            self._gfns = [np.concatenate(self._gfns)]
-            self._writes = [np.concatenate(self._writes)]
-        g, w = self._gfns[0], self._writes[0]
-        self._gfns, self._writes = [g[n:]], [w[n:]]
-        self._buffered -= n
-        return g[:n], w[:n]
+        off = self._off
+        have = len(self._gfns) - off
+        if have < n:
+            gs, ws = [self._gfns[off:]], [self._writes[off:]]
+            while have < n:
+                g, w = self._chunk()
+                gs.append(g)
+                ws.append(w)
+                have += len(g)
+            self._gfns, self._writes = np.concatenate(gs), np.concatenate(ws)
+            off = 0
+        self._off = off + n
+        return self._gfns[off : off + n], self._writes[off : off + n]

@@ -56,6 +56,9 @@ from sim.reclaim.base import EvictionPolicy
 _U8 = np.uint8
 _MAPPED = _U8(PTE_PRESENT | PTE_YOUNG | PG_TOUCHED)  # GUP maps the pte young
 _NEW_ANON = _U8(PTE_PRESENT | PTE_YOUNG | PG_DIRTY | PG_TOUCHED)
+_MAPPED_INT = int(_MAPPED)
+_NEW_ANON_INT = int(_NEW_ANON)
+_PGFAULT = VmStat.PGFAULT.value  # plain str keys: cheaper to hash than the enum member
 NO_PFN_INT = int(NO_PFN)
 
 
@@ -101,15 +104,16 @@ class HostFaultHandler:
         the min watermark; the caller pays the CPU cost. Nothing here advances time.
         """
         mem = self.mem
-        f = int(mem.flags[pid])
+        flags = mem.flags
+        f = flags.item(pid)
         if f & PTE_PRESENT:
             return HostFault.MAPPED
         if pid in self._inflight:
             return None
-        pfn = int(mem.pfn[pid])
+        pfn = mem.pfn.item(pid)
         if pfn != NO_PFN_INT:  # swap cache hit: the write-out is still in flight
-            self.vmstat[VmStat.PGFAULT] += 1
-            mem.flags[pid] = f | _MAPPED
+            self.vmstat[_PGFAULT] += 1
+            flags[pid] = f | _MAPPED_INT
             self.policy.folio_add_lru(pfn, None)
             self.policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
             return HostFault.SWAPCACHE
@@ -118,8 +122,8 @@ class HostFaultHandler:
         pfn = self.alloc.alloc_fast(pid)
         if pfn < 0:
             return None  # needs reclaim
-        self.vmstat[VmStat.PGFAULT] += 1
-        mem.flags[pid] = _NEW_ANON
+        self.vmstat[_PGFAULT] += 1
+        flags[pid] = _NEW_ANON_INT
         self.policy.folio_add_lru(pfn, None)
         self.policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
         return HostFault.FIRST_TOUCH
@@ -127,9 +131,10 @@ class HostFaultHandler:
     def kvm_release_page(self, pid: int, dirty: bool) -> None:
         """``kvm_release_faultin_page``: KVM is done with the page it faulted in: the folio is
         marked accessed, and dirty if KVM could map it writable."""
+        mem = self.mem
         if dirty:
-            self.mem.flags[pid] |= _U8(PG_DIRTY)
-        self.policy.folio_mark_accessed(int(self.mem.pfn[pid]))
+            mem.flags[pid] = mem.flags.item(pid) | PG_DIRTY
+        self.policy.folio_mark_accessed(mem.pfn.item(pid))
 
     def handle_mm_fault(self, pid: int, write: bool) -> ProcessGen:
         """Make page ``pid`` present in its mm, waiting as needed; returns a :class:`HostFault`."""
@@ -151,7 +156,8 @@ class HostFaultHandler:
             result = yield from self._fault_in(pid, write, bool(self.mem.flags[pid] & PG_SWAP))
         finally:
             del self._inflight[pid]
-            done.succeed()
+            if done.callbacks:  # someone waits on the folio lock (else no event to process)
+                done.succeed()
         return result
 
     def _fault_in(self, pid: int, write: bool, swapped: bool) -> ProcessGen:

@@ -125,8 +125,12 @@ class HostMemory:
         self.page_owner = page_owner
         self.frame_pid = np.full(nr_frames, -1, dtype=np.int32)
         self.scans = np.zeros(nr_frames, dtype=np.uint8)
-        # Free frames as a stack, lowest pfn on top, so allocation order is deterministic.
-        self._free = np.arange(nr_frames - 1, -1, -1, dtype=np.uint32)
+        # Free frames as a stack, lowest pfn on top, so allocation order is deterministic. The
+        # never-used frames at its bottom are implicit (``_next``: the lowest one), so the stack
+        # itself only holds frames freed since, and grows as they do.
+        self._next = 0
+        self._free = np.empty(1024, dtype=np.uint32)
+        self._nr_freed = 0
         self.nr_free = nr_frames
         self.nr_writeback = 0  # frames whose swap-out write is in flight
         self.nr_resident = np.zeros(nr_mms, dtype=np.int64)  # frames owned, per mm
@@ -138,11 +142,16 @@ class HostMemory:
         """Take one free frame for ``pid`` (the caller checked watermarks). Returns the pfn."""
         assert self.nr_free > 0, "alloc_frame with no free frame"
         self.nr_free -= 1
-        pfn = int(self._free[self.nr_free])
+        if self._nr_freed:
+            self._nr_freed -= 1
+            pfn = self._free.item(self._nr_freed)
+        else:
+            pfn = self._next
+            self._next += 1
         self.frame_pid[pfn] = pid
         self.scans[pfn] = 0
         self.pfn[pid] = pfn
-        self.nr_resident[self.page_owner[pid]] += 1
+        self.nr_resident[self.page_owner.item(pid)] += 1
         return pfn
 
     def free_frames(self, pfns: NDArray[np.integer]) -> None:
@@ -153,7 +162,7 @@ class HostMemory:
         pids = self.frame_pid[pfns]
         self.pfn[pids] = NO_PFN
         self.frame_pid[pfns] = -1
-        self._free[self.nr_free : self.nr_free + n] = pfns
+        self._push_free(n)[:] = pfns
         self.nr_free += n
         self.nr_resident -= np.bincount(self.page_owner[pids], minlength=len(self.nr_resident))
         if self.on_free is not None:
@@ -164,11 +173,30 @@ class HostMemory:
         pid = int(self.frame_pid[pfn])
         self.pfn[pid] = NO_PFN
         self.frame_pid[pfn] = -1
-        self._free[self.nr_free] = pfn
+        self._push_free(1)[0] = pfn
         self.nr_free += 1
         self.nr_resident[self.page_owner[pid]] -= 1
         if self.on_free is not None:
             self.on_free(1)
+
+    def _push_free(self, n: int) -> NDArray[np.uint32]:
+        """Room for ``n`` more frames on top of the free stack (grown by doubling)."""
+        top = self._nr_freed + n
+        if top > len(self._free):
+            grown = np.empty(max(top, 2 * len(self._free)), dtype=np.uint32)
+            grown[: self._nr_freed] = self._free[: self._nr_freed]
+            self._free = grown
+        self._nr_freed = top
+        return self._free[top - n : top]
+
+    def free_list(self) -> NDArray[np.int64]:
+        """Every free frame (tests)."""
+        return np.concatenate(
+            (
+                self._free[: self._nr_freed].astype(np.int64),
+                np.arange(self._next, self.nr_frames, dtype=np.int64),
+            )
+        )
 
     def watermark_ok(self, mark: int) -> bool:
         """``__zone_watermark_ok`` for an order-0 allocation: free pages above ``mark``."""
@@ -187,7 +215,8 @@ class HostMemory:
         """Assert the structural invariants (used by tests; O(pages))."""
         owned = self.frame_pid >= 0
         assert self.nr_free + int(owned.sum()) == self.nr_frames, "frames not conserved"
-        free = self._free[: self.nr_free].astype(np.int64)
+        free = self.free_list()
+        assert len(free) == self.nr_free, "free stack and free count disagree"
         assert len(np.unique(free)) == self.nr_free, "free stack has duplicates"
         assert not owned[free].any(), "a free frame has an owner"
         has = self.pfn != NO_PFN

@@ -98,7 +98,10 @@ class SwapDevice:
             True: round(extra * 1e9 / (cfg.write_bandwidth_mib_per_s * (1 << 20))),
         }
         self._link_free_at = 0  # when the link finishes its last transfer
-        self._free = np.arange(nr_slots - 1, -1, -1, dtype=np.uint32)
+        # Free slots as a stack; never-used slots are implicit below it (``_next``, the lowest).
+        self._next = 0
+        self._free = np.empty(1024, dtype=np.uint32)
+        self._nr_freed = 0
         self.nr_free_slots = nr_slots
         self.shadow = np.zeros(nr_slots, dtype=np.uint32)  # workingset shadow per slot
         self._servers = [0] * cfg.queue_depth  # time each server becomes free (a heap)
@@ -125,12 +128,22 @@ class SwapDevice:
         if self.nr_free_slots == 0:
             return -1
         self.nr_free_slots -= 1
-        return int(self._free[self.nr_free_slots])
+        if self._nr_freed:
+            self._nr_freed -= 1
+            return self._free.item(self._nr_freed)
+        self._next += 1
+        return self._next - 1
 
     def free_slots(self, slots: NDArray[np.integer]) -> None:
         """``swap_free``: return slots to the free stack."""
         n = len(slots)
-        self._free[self.nr_free_slots : self.nr_free_slots + n] = slots
+        top = self._nr_freed + n
+        if top > len(self._free):
+            grown = np.empty(max(top, 2 * len(self._free)), dtype=np.uint32)
+            grown[: self._nr_freed] = self._free[: self._nr_freed]
+            self._free = grown
+        self._free[self._nr_freed : top] = slots
+        self._nr_freed = top
         self.nr_free_slots += n
 
     def vm_swap_full(self) -> bool:

@@ -18,6 +18,7 @@ Simplifications
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 
 from sim.costs import CostsConfig
@@ -25,7 +26,7 @@ from sim.host.fault import HostFault, HostFaultHandler
 from sim.host.kswapd import ProcessGen
 from sim.host.memory import PTE_PRESENT
 from sim.host.mm import Mm
-from sim.kvm.mmu import KvmMmu
+from sim.kvm.mmu import SPTE_ACCESS_TRACKED, SPTE_PRESENT, KvmMmu
 
 
 class FaultKind(StrEnum):
@@ -48,14 +49,18 @@ _KIND = {
 }
 
 
+_HOST_COST: dict[HostFault, Callable[[CostsConfig], int]] = {
+    HostFault.MAPPED: lambda c: c.ept_fault_ns,
+    HostFault.FIRST_TOUCH: lambda c: c.first_touch_ns,
+    HostFault.SWAPCACHE: lambda c: c.swapcache_fault_ns,
+    HostFault.MAJOR: lambda c: c.ept_fault_ns + c.swapin_kernel_ns,
+    HostFault.WAITED: lambda c: c.ept_fault_ns,
+}
+_TRACK_MASK = SPTE_PRESENT | SPTE_ACCESS_TRACKED
+
+
 def _host_cost(c: CostsConfig, hf: HostFault) -> int:
-    if hf is HostFault.FIRST_TOUCH:
-        return c.first_touch_ns
-    if hf is HostFault.SWAPCACHE:
-        return c.swapcache_fault_ns
-    if hf is HostFault.MAJOR:
-        return c.ept_fault_ns + c.swapin_kernel_ns
-    return c.ept_fault_ns
+    return _HOST_COST[hf](c)
 
 
 def kvm_fault_nowait(
@@ -73,8 +78,8 @@ def kvm_fault_nowait(
     A fast page fault, or a GUP the host satisfies at once. No time passes, so no invalidation
     can race with it and the spte is installed straight away.
     """
-    idx = mmu.spte_index(gfn, alias)
-    if mmu.is_access_tracked(idx):
+    idx = gfn * mmu.k + alias  # mmu.spte_index, inlined: this runs once per fault
+    if mmu.spte.item(idx) & _TRACK_MASK == _TRACK_MASK:  # mmu.is_access_tracked
         mmu.fast_page_fault(idx, write)
         return FaultKind.ACCESS_TRACKING, costs.fast_fault_ns
     hf = host.fault_nowait(pid)
@@ -82,7 +87,7 @@ def kvm_fault_nowait(
         return None
     mmu.map_spte(gfn, alias, write)
     host.kvm_release_page(pid, dirty=mmu.dirty_on_map or write)
-    return _KIND[hf], _host_cost(costs, hf)
+    return _KIND[hf], _HOST_COST[hf](costs)
 
 
 def kvm_page_fault(

@@ -47,6 +47,10 @@ SPTE_DIRTY = 0x4  # EPT D bit: the guest wrote through this spte
 SPTE_ACCESS_TRACKED = 0x8  # present but R/X parked by aging (no A/D bits): next touch faults
 
 _U8 = np.uint8
+_MAPPED_R = SPTE_PRESENT | SPTE_ACCESSED
+_PA = _U8(SPTE_PRESENT | SPTE_ACCESSED)
+_PAGE = 1 << PAGE_SHIFT
+_MAPPED_W = SPTE_PRESENT | SPTE_ACCESSED | SPTE_DIRTY
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +74,7 @@ class KvmMmu:
             the folio dirty (``kvm_release_faultin_page(..., map_writable)``).
         mark_dirty: host callback ``kvm_set_pfn_dirty`` for gfns whose dirty spte was zapped.
         kick: called with the number of remote TLB flushes to charge the VM's vCPUs for.
+        revoked: called after sptes were zapped or access-tracked (vCPUs recheck their step).
         spte: storage for the sptes (a view into the host-wide array), else allocated here.
     """
 
@@ -83,6 +88,7 @@ class KvmMmu:
         dirty_on_map: bool = True,
         mark_dirty: Callable[[NDArray[np.int64]], None],
         kick: Callable[[int], None],
+        revoked: Callable[[], None] | None = None,
         spte: NDArray[np.uint8] | None = None,
     ) -> None:
         self.nr_gfns, self.k, self.ept_ad = nr_gfns, sptes_per_gfn, ept_ad
@@ -93,10 +99,17 @@ class KvmMmu:
             [s.userspace_addr + (s.npages << PAGE_SHIFT) for s in self.memslots], dtype=np.int64
         )
         self._slot_gfn = np.array([s.base_gfn for s in self.memslots], dtype=np.int64)
+        one = len(self.memslots) == 1  # the common layout: _tdp_pages's bounds
+        self._slot_lo = int(self._slot_hva[0]) if one else 0
+        self._slot_hi = int(self._slot_end[0]) if one else 0
+        self._slot_base = int(self._slot_gfn[0]) if one else 0
         self.spte = np.zeros(nr_gfns * sptes_per_gfn, dtype=np.uint8) if spte is None else spte
         assert len(self.spte) == nr_gfns * sptes_per_gfn
-        self.rmap_count = np.zeros(nr_gfns, dtype=np.uint8)
+        # KVM's rmap chain lengths; with one spte per gfn (TDP) a chain is the present bit of
+        # that spte, so nothing is stored and ``rmap_count`` derives it.
+        self._rmap_count = np.zeros(nr_gfns, dtype=np.uint8) if sptes_per_gfn > 1 else None
         self.mark_dirty, self.kick = mark_dirty, kick
+        self.revoked = revoked
         self.mmu_invalidate_seq = 0
         self.mmu_invalidate_in_progress = 0
         # kvm stats
@@ -106,6 +119,13 @@ class KvmMmu:
         self.tracked_marks = 0  # aging calls that parked sptes (access tracking)
         self.remote_tlb_flush = 0
         self.zapped = 0
+
+    @property
+    def rmap_count(self) -> NDArray[np.uint8]:
+        """Present sptes per gfn (the length of each gfn's rmap chain)."""
+        if self._rmap_count is None:
+            return (self.spte & SPTE_PRESENT).astype(np.uint8)
+        return self._rmap_count
 
     # -- address translation -----------------------------------------------------------------
     def hva_to_gfn(self, hva: NDArray[np.int64]) -> NDArray[np.int64]:
@@ -162,8 +182,40 @@ class KvmMmu:
         g = gfns[valid]
         idx = self._slots(g)
         if len(g):
-            work.nr_sptes_walked += int(self.rmap_count[g].sum()) if self.k > 1 else len(g)
+            rc = self._rmap_count
+            work.nr_sptes_walked += len(g) if rc is None else int(rc[g].sum())
         return offs, valid, g, idx, self.spte[idx]
+
+    def _tdp_pages(
+        self, start: NDArray[np.int64], end: NDArray[np.int64], work: NotifierWork
+    ) -> NDArray[np.int64] | None:
+        """The gfns when every range is one page inside the one memslot and each gfn has one
+        spte (the TDP MMU on reclaim's single-folio calls), counting the walk; else None.
+
+        The handlers then work on flat arrays: the same sptes visited and changed as by
+        ``_walk``, with a fraction of its array passes (reclaim makes these calls per batch
+        of a few folios, often one, so per-call overhead is what counts)."""
+        if self.k != 1 or len(self.memslots) != 1 or not len(start):
+            return None
+        lo, hi = self._slot_lo, self._slot_hi
+        if len(start) == 1:
+            a = start.item(0)
+            if not (0 < end.item(0) - a <= _PAGE and lo <= a < hi):
+                return None
+        else:
+            span = end - start
+            if not (
+                int(span.min()) > 0
+                and int(span.max()) <= _PAGE
+                and int(start.min()) >= lo
+                and int(start.max()) < hi
+            ):
+                return None
+        g = (start - lo) >> PAGE_SHIFT
+        if self._slot_base:
+            g += self._slot_base
+        work.nr_sptes_walked += len(g)
+        return g
 
     @staticmethod
     def _per_range(x: NDArray[np.bool_], offs: NDArray[np.int64] | None) -> NDArray[np.bool_]:
@@ -181,6 +233,22 @@ class KvmMmu:
         clear: bool,
     ) -> NDArray[np.bool_]:
         """Young per range: any accessed spte in it; with ``clear``, age them all."""
+        g1 = self._tdp_pages(start, end, work)
+        if g1 is not None:
+            s1 = self.spte[g1]
+            if self.ept_ad:
+                if clear:
+                    self.spte[g1] = s1 & ~_U8(SPTE_ACCESSED)
+                return (s1 & _PA) == _PA
+            present1 = (s1 & SPTE_PRESENT) != 0
+            if clear:
+                self.spte[g1] = np.where(
+                    present1, (s1 | _U8(SPTE_ACCESS_TRACKED)) & ~_U8(SPTE_ACCESSED), s1
+                )
+                self.tracked_marks += 1
+                if self.revoked is not None:
+                    self.revoked()
+            return present1 & ((s1 & SPTE_ACCESS_TRACKED) == 0)
         offs, valid, g, idx, s = self._walk(start, end, work)
         young = np.zeros(len(valid), dtype=np.bool_)
         if len(g):
@@ -196,6 +264,8 @@ class KvmMmu:
                         present, (s | _U8(SPTE_ACCESS_TRACKED)) & ~_U8(SPTE_ACCESSED), s
                     )
                     self.tracked_marks += 1
+                    if self.revoked is not None:
+                        self.revoked()
             young[valid] = acc.any(axis=1)
         return self._per_range(young, offs)
 
@@ -213,6 +283,18 @@ class KvmMmu:
         self, start: NDArray[np.int64], end: NDArray[np.int64], work: NotifierWork
     ) -> NDArray[np.bool_]:
         """Zap every spte in each range; True where something was zapped (needs a flush)."""
+        g1 = self._tdp_pages(start, end, work)
+        if g1 is not None:
+            s1 = self.spte[g1]
+            present1 = (s1 & SPTE_PRESENT) != 0
+            dirty1 = present1 & ((s1 & SPTE_DIRTY) != 0)
+            if dirty1.any():
+                self.mark_dirty(g1[dirty1])
+            self.spte[g1] = 0
+            self.zapped += int(present1.sum())
+            if self.revoked is not None:
+                self.revoked()
+            return present1
         offs, valid, g, idx, s = self._walk(start, end, work)
         zapped = np.zeros(len(valid), dtype=np.bool_)
         if len(g):
@@ -221,9 +303,12 @@ class KvmMmu:
             if dirty.any():
                 self.mark_dirty(g[dirty])
             self.spte[idx] = 0
-            self.rmap_count[g] = 0
+            if self._rmap_count is not None:
+                self._rmap_count[g] = 0
             zapped[valid] = present.any(axis=1)
             self.zapped += int(present.sum())
+            if self.revoked is not None:
+                self.revoked()
         return self._per_range(zapped, offs)
 
     def flush_remote_tlbs(self, n: int, work: NotifierWork) -> None:
@@ -236,7 +321,8 @@ class KvmMmu:
     def zap_all(self) -> None:
         """``kvm_mmu_zap_all`` (mm release): drop every spte."""
         self.spte[:] = 0
-        self.rmap_count[:] = 0
+        if self._rmap_count is not None:
+            self._rmap_count[:] = 0
 
     # -- faults ------------------------------------------------------------------------------
     def spte_index(self, gfn: int, alias: int) -> int:
@@ -262,9 +348,9 @@ class KvmMmu:
     def map_spte(self, gfn: int, alias: int, write: bool) -> None:
         """Install a present, accessed spte (``kvm_tdp_mmu_map`` / ``mmu_set_spte``)."""
         idx = gfn * self.k + alias
-        if not self.spte[idx] & SPTE_PRESENT:
-            self.rmap_count[gfn] += 1
-        self.spte[idx] = SPTE_PRESENT | SPTE_ACCESSED | (SPTE_DIRTY if write else 0)
+        if self._rmap_count is not None and not self.spte.item(idx) & SPTE_PRESENT:
+            self._rmap_count[gfn] += 1
+        self.spte[idx] = _MAPPED_W if write else _MAPPED_R
         self.pf_fixed += 1
 
     def check(self, host_present: NDArray[np.bool_]) -> None:

@@ -84,6 +84,7 @@ class Vm:
             mark_dirty=self._mark_dirty,
             spte=spte,
             kick=self.kick,
+            revoked=self.revoked,
         )
         self.notifier = KvmNotifier(self.mmu, aging=aging_notifiers, flush_on_age=flush_on_age)
         mm.notifiers.register(self.notifier.ops())
@@ -95,6 +96,11 @@ class Vm:
     def _mark_dirty(self, gfns: NDArray[np.int64]) -> None:
         """``kvm_set_pfn_dirty``: a zapped spte was dirty, so the host folio is too."""
         self.mem.flags[self.mm.pid_base + gfns] |= np.uint8(PG_DIRTY)
+
+    def revoked(self) -> None:
+        """Sptes were zapped or access-tracked: vCPUs whose step is in flight recheck it."""
+        for v in self.vcpus:
+            v.revoked()
 
     def kick(self, n: int) -> None:
         """``n`` remote TLB flushes: every vCPU in guest mode takes ``n`` forced exits."""

@@ -175,13 +175,20 @@ class PageQueue:
     Guest memory only ever enters a list at the head and leaves at the tail (activation and
     rotation re-add at a head), so a FIFO ring is exact, cache-friendly and vectorisable: the
     tail batch is a slice. Removal from the middle (an mm exiting) compacts the ring.
+
+    The ring holds int32 pfns (4 bytes a folio: a host has fewer than 2**31 frames) and hands
+    out int64 arrays. ``limit`` (the host's frame count) caps its growth: a list never holds
+    more folios than there are frames, so doubling past that would only waste memory.
     """
 
-    __slots__ = ("_buf", "_start", "_size", "_pending")
+    __slots__ = ("_buf", "_start", "_size", "_pending", "_limit")
 
-    def __init__(self, capacity: int = 1024) -> None:
+    def __init__(self, capacity: int = 1024, limit: int | None = None) -> None:
         cap = 1 << max(4, (capacity - 1).bit_length())
-        self._buf = np.empty(cap, dtype=np.int64)
+        self._limit = limit
+        if limit is not None:
+            cap = max(16, min(cap, limit))
+        self._buf = np.empty(cap, dtype=np.int32)
         self._start = 0  # index of the tail (oldest)
         self._size = 0
         self._pending: list[int] = []  # single adds not yet in the ring (cf. lru_add batch)
@@ -218,7 +225,9 @@ class PageQueue:
         new_cap = cap
         while new_cap < need:
             new_cap *= 2
-        self._buf = np.empty(new_cap, dtype=np.int64)
+        if self._limit is not None:
+            new_cap = max(need, min(new_cap, self._limit))
+        self._buf = np.empty(new_cap, dtype=np.int32)
         self._buf[: len(items)] = items
         self._start = 0
 
@@ -269,9 +278,9 @@ class PageQueue:
         cap = len(self._buf)
         s = self._start
         if s + n <= cap:
-            out = self._buf[s : s + n].copy()
+            out = self._buf[s : s + n].astype(np.int64)
         else:
-            out = np.concatenate((self._buf[s:], self._buf[: n - (cap - s)]))
+            out = np.concatenate((self._buf[s:], self._buf[: n - (cap - s)])).astype(np.int64)
         self._start = (s + n) % cap
         self._size -= n
         return out
@@ -283,8 +292,8 @@ class PageQueue:
         cap = len(self._buf)
         s, n = self._start, self._size
         if s + n <= cap:
-            return self._buf[s : s + n].copy()
-        return np.concatenate((self._buf[s:], self._buf[: n - (cap - s)]))
+            return self._buf[s : s + n].astype(np.int64)
+        return np.concatenate((self._buf[s:], self._buf[: n - (cap - s)])).astype(np.int64)
 
     def remove(self, pfns: NDArray[np.integer]) -> int:
         """Remove the given folios wherever they are (O(list)); returns how many were found."""

@@ -226,8 +226,8 @@ class Mglru:
         # 6.14 marks promoted folios PG_workingset (tier 3); 6.13 left tiers to fd refs
         self._promoted = _U8(PG_WORKINGSET if cfg.promotion == "two_step" else 0)
         self.fl = np.zeros(nr_frames, dtype=np.uint8)
-        self.seq = np.full(nr_frames, -1, dtype=np.int64)  # generation (sequence) on a list
-        self.lists = [PageQueue() for _ in range(MAX_NR_GENS)]
+        self.seq = np.full(nr_frames, -1, dtype=np.int32)  # generation (sequence) on a list
+        self.lists = [PageQueue(limit=nr_frames) for _ in range(MAX_NR_GENS)]
         self.nr_pages = np.zeros(MAX_NR_GENS, dtype=np.int64)  # folios per gen (seq % 4)
         # lru_gen_init_lruvec: max_seq = MIN_NR_GENS + 1, min_seq = 0
         self.max_seq = MIN_NR_GENS + 1

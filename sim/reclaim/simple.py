@@ -99,7 +99,7 @@ class QueuePolicy(SimplePolicy):
         self, cfg: object, nr_frames: int, vmstat: Counter[str], rng: np.random.Generator
     ) -> None:
         super().__init__(cfg, nr_frames, vmstat, rng)
-        self.queue = PageQueue()
+        self.queue = PageQueue(limit=nr_frames)
 
     def nr_resident(self) -> int:
         """Folios in the queue."""

@@ -61,6 +61,7 @@ PG_REFERENCED = 0x4
 PG_WORKINGSET = 0x8
 _LRU = np.uint8(LRU_INACTIVE | LRU_ACTIVE)
 _AGE_MASK = 0x7FFFFFFF
+_PGACTIVATE = VmStat.PGACTIVATE.value
 
 
 class TwoListConfig(ReclaimBase):
@@ -104,8 +105,8 @@ class TwoList:
     ) -> None:
         self.cfg, self.vmstat = cfg, vmstat
         self.fl = np.zeros(nr_frames, dtype=np.uint8)
-        self.inactive = PageQueue()
-        self.active = PageQueue()
+        self.inactive = PageQueue(limit=nr_frames)
+        self.active = PageQueue(limit=nr_frames)
         self.nonresident_age = 0  # lruvec->nonresident_age (workingset clock)
         self.anon_cost = 0  # lruvec->anon_cost (lru_note_cost); file_cost stays 0
         self._refaults_snapshot = 0  # WORKINGSET_ACTIVATE at the last reclaim cycle
@@ -189,7 +190,7 @@ class TwoList:
 
     def folio_mark_accessed(self, pfn: int) -> None:
         """``folio_mark_accessed``: set PG_referenced, or activate a folio that has it."""
-        fl = int(self.fl[pfn])
+        fl = self.fl.item(pfn)
         if not fl & PG_REFERENCED:
             self.fl[pfn] = fl | PG_REFERENCED
             return
@@ -199,7 +200,7 @@ class TwoList:
         if self.inactive.take_pending(pfn):
             self.active.add_one(pfn)
         else:
-            self.vmstat[VmStat.PGACTIVATE] += 1  # moved when the inactive scan reaches it
+            self.vmstat[_PGACTIVATE] += 1  # moved when the inactive scan reaches it
         self.fl[pfn] = (fl & ~(PG_REFERENCED | LRU_INACTIVE)) | LRU_ACTIVE
         self.nonresident_age += 1  # workingset_activation
 
