@@ -9,17 +9,19 @@ Models
 
 Batching
     The vCPU takes up to ``batch_accesses`` accesses from its stream at a time and finds, with one
-    vectorised check, the first one that faults. The run of hits before it is applied at once
-    (bits set, last-access time stamped with the step's start) and its guest time paid with one
-    SimPy timeout; the fault is then handled at the time it happens (at once if KVM or the host
-    can resolve it without waiting, else as a process that waits for I/O or reclaim), and the
-    access is retried. Unconsumed accesses stay buffered, so the access stream never depends on
-    timing. If KVM zaps or access-tracks an spte while a step is in flight and a later access of
-    that step uses it, the step is cut there (``revoked``): a batch never turns a fault into a
-    hit. What batching still shifts: the accessed bits of a run of hits become visible to aging
-    up to one step early. There is one SimPy event per run of hits and per waiting fault, never
-    one per access; tests/test_batch_fidelity.py holds fault counts at batch 1024 to 2% of
-    batch size 1.
+    compiled walk (guest/touch.py), the first one that faults; the run of hits before it is
+    applied at once (bits set, last access stamped with the run's start). The fault happens at
+    the time the run ends. If nothing else is due before that time (``env.peek()``) and KVM or
+    the host can resolve it without waiting (fast page fault, first touch above the watermarks,
+    swap-cache hit), it is resolved on the spot and the walk goes on: no other process could
+    have observed the difference. Otherwise the step's time is paid with one SimPy timeout and
+    the fault is handled when it happens, at once or as a process waiting for I/O or reclaim.
+    If KVM zaps or access-tracks an spte while the last run of a step is in flight and a later
+    access of that run uses it, the run is cut there (``revoked``): a batch never turns a
+    fault into a hit. Unconsumed accesses stay buffered, so the access stream never depends on
+    timing. What batching still shifts: a run's accessed bits become visible to aging up to one
+    run early. Batch size 1 is one event per access; tests/test_batch_fidelity.py holds fault
+    counts at batch 1024 to 2% of it.
 
 Simplifications
     A fault's CPU cost is paid with the vCPU's next step (its state change is visible at once).
@@ -111,13 +113,12 @@ class Vcpu:
         self._cut = -1
 
     def run(self) -> ProcessGen:
-        """The vCPU thread: one step per run of hits; a fault is handled when it happens."""
+        """The vCPU thread: steps of hits and quick faults; a fault that must wait is its own
+        process step, at the time it happens."""
         env, vm, mem = self.env, self.vm, self.mem
         mm, mmu, stats = vm.mm, vm.mmu, vm.stats
         spte, k, base = mmu.spte, mmu.k, mm.pid_base
-        last_access, flags, host, costs = mem.last_access_us, mem.flags, self.host, self.costs
-        sink, vm_index, me = self.sink, vm.index, self.index
-        faults = stats.faults
+        last_access, flags = mem.last_access_us, mem.flags
         n = pos = 0
         gfns = idx_all = np.empty(0, dtype=np.int64)
         writes = np.empty(0, dtype=np.bool_)
@@ -129,28 +130,36 @@ class Vcpu:
                     idx_all = gfns
                 else:
                     idx_all = gfns * k + self.rng.integers(0, k, n, dtype=np.int64)
-            start = pos
-            # the run of hits up to the first EPT violation (bits and stamps applied)
-            end = ept_touch(
-                spte, idx_all, gfns, writes, last_access, base, env.now // 1000, start, n
-            )
-            if end > start:
-                if self.on_access is not None:
-                    self.on_access(gfns[start:end] + base)
-                stats.accesses += end - start
-            pending = self.pending_ns  # exits and fault CPU owed, paid before the accesses
-            stats.stall_ns += pending
-            self.pending_ns = 0
-            t = pending + self._guest_time(end - start)
-            pos = end
-            if end > start:
-                self._idx, self._lo, self._hi = idx_all, start, end
-                self._t0, self._pending, self._cut = env.now, pending, -1
+            # One step: runs of hits and the faults that end them, resolved on the spot while
+            # they need no waiting and nothing else is due before them (so no other process can
+            # observe the difference); then one timeout for the step's time.
+            horizon = env.peek() - env.now
+            t = 0  # time this step takes so far
+            while True:
+                pending = self.pending_ns  # exits and fault CPU owed, paid before the accesses
+                self.pending_ns = 0
+                stats.stall_ns += pending
+                t += pending
+                lo, t_lo = pos, t
+                pos = ept_touch(
+                    spte, idx_all, gfns, writes, last_access, base, (env.now + t) // 1000, lo, n
+                )
+                if pos > lo:
+                    if self.on_access is not None:
+                        self.on_access(gfns[lo:pos] + base)
+                    stats.accesses += pos - lo
+                    t += self._guest_time(pos - lo)
+                if pos >= n or t >= horizon or not self._resolve(pos, t, gfns, idx_all, writes):
+                    break
+            if pos > lo:  # the last run of hits may outlast the horizon: it can be revoked
+                self._idx, self._lo, self._hi = idx_all, lo, pos
+                self._t0, self._pending, self._cut = env.now, t_lo, -1
+                end = pos
                 while True:
                     try:
                         yield env.timeout(max(0, t - (env.now - self._t0)))
                         break
-                    except simpy.Interrupt:  # a later access of the step lost its spte
+                    except simpy.Interrupt:  # a later access of the run lost its spte
                         q, self._cut = self._cut, -1
                         self._undo(q, end)
                         pos = end = self._hi = q
@@ -160,26 +169,50 @@ class Vcpu:
                 yield env.timeout(t)
             if pos >= n or mm.dead:
                 continue
-            ix = idx_all.item(pos)
-            if (spte.item(ix) & _FAULT_MASK) == _OK:
+            if (spte.item(idx_all.item(pos)) & _FAULT_MASK) == _OK:
                 continue  # another vCPU mapped it meanwhile: the next step hits
-            gfn = gfns.item(pos)
-            pid = base + gfn
-            alias, write = ix - gfn * k, writes.item(pos)
-            evicted = flags.item(pid) & PG_EVICTED
-            r = kvm_fault_nowait(mmu, host, costs, pid=pid, gfn=gfn, alias=alias, write=write)
-            if r is None:
-                yield from self._fault(gfn, alias, write, base, flags)
-                continue
-            kind, cpu_ns = r
-            faults[kind] += 1
-            if evicted:
-                flags[pid] = flags.item(pid) & ~PG_EVICTED
-                stats.refaults += 1
-            stats.fault_ns += cpu_ns
-            self.pending_ns += cpu_ns  # stall, counted when paid
-            if sink is not None:
-                sink.fault(env.now, vm_index, me, gfn, kind, cpu_ns, pid)
+            if not self._resolve(pos, 0, gfns, idx_all, writes):
+                gfn = gfns.item(pos)
+                yield from self._fault(
+                    gfn, idx_all.item(pos) - gfn * k, writes.item(pos), base, flags
+                )
+
+    def _resolve(
+        self,
+        pos: int,
+        t: int,
+        gfns: np.ndarray,
+        idx_all: np.ndarray,
+        writes: np.ndarray,
+    ) -> bool:
+        """The EPT violation of access ``pos``, ``t`` ns from now, if KVM or the host resolve it
+        without waiting (fast page fault, first touch, swap-cache hit); its CPU cost is owed."""
+        vm, k, base, flags = self.vm, self.vm.mmu.k, self.vm.mm.pid_base, self.mem.flags
+        gfn = gfns.item(pos)
+        pid = base + gfn
+        evicted = flags.item(pid) & PG_EVICTED
+        r = kvm_fault_nowait(
+            vm.mmu,
+            self.host,
+            self.costs,
+            pid=pid,
+            gfn=gfn,
+            alias=idx_all.item(pos) - gfn * k,
+            write=writes.item(pos),
+        )
+        if r is None:
+            return False
+        kind, cpu_ns = r
+        st = vm.stats
+        st.faults[kind] += 1
+        if evicted:
+            flags[pid] = flags.item(pid) & ~PG_EVICTED
+            st.refaults += 1
+        st.fault_ns += cpu_ns
+        self.pending_ns += cpu_ns  # stall, counted when paid
+        if self.sink is not None:
+            self.sink.fault(self.env.now + t, vm.index, self.index, gfn, kind, cpu_ns, pid)
+        return True
 
     def revoked(self) -> None:
         """KVM zapped or access-tracked sptes while this vCPU's step is in flight.
