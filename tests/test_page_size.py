@@ -21,7 +21,7 @@ from sim.costs import CostsConfig
 from sim.engine import World, build_world
 from sim.errors import ConfigError
 from sim.guest.workloads import AccessStream, TraceConfig
-from sim.host.memory import setup_per_zone_wmarks
+from sim.host.memory import NO_PFN, setup_per_zone_wmarks
 from sim.host.swap import SwapConfig, SwapDevice
 from tests.conftest import TINY, run_checked, tiny
 
@@ -54,6 +54,16 @@ def test_2mib_scenario_runs_with_every_invariant(trigger: str) -> None:
     assert s["host"]["pswpout"] > 0  # the guests (64 pages) do not fit: it swapped
     assert sum(v["faults"]["major"] for v in s["vms"]) > 0
     assert all(v["memory_pages"] == 32 for v in s["vms"])
+
+
+@pytest.mark.parametrize("policy", ["mglru", "clock", "lru"])
+def test_every_kind_of_policy_reclaims_2mib_pages(policy: str) -> None:
+    w = World(_huge(duration_s=0.2, reclaim={"policy": policy}))
+    run_checked(w, 5_000_000)
+    assert w.vmscan.pmd_mapped  # no look-around from a PMD-mapped THP
+    resident = w.mem.pfn[w.mem.pfn != NO_PFN]
+    assert w.vmscan.lookaround(int(resident[0])).size == 0
+    assert w.summary(0.0)["host"]["pswpout"] > 0
 
 
 def test_page_counts_are_1_512_of_the_4kib_ones() -> None:
