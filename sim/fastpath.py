@@ -283,22 +283,10 @@ def _clock(ids: NDArray[np.integer], d: int, frames: int) -> tuple[int, int]:
 
 
 @numba.njit(cache=True)
-def _next_use_dense(ids: NDArray[np.integer], d: int) -> NDArray[np.int64]:
-    """``next_use`` over dense ids in one backward pass (O(N), no sort)."""
-    n = ids.size
-    out = np.empty(n, dtype=np.int64)
-    last = np.full(d, NO_NEXT, dtype=np.int64)
-    for i in range(n - 1, -1, -1):
-        p = ids[i]
-        out[i] = last[p]
-        last[p] = i
-    return out
-
-
-@numba.njit(cache=True)
 def _next_use_keys(ids: NDArray[np.integer], d: int, tmpl: NDArray[np.integer]) -> NDArray[Any]:
-    """``_next_use_dense`` in ``tmpl``'s dtype, its maximum standing for never again (int32
-    halves the memory traffic of OPT's two passes whenever the string is under 2**31 long)."""
+    """``next_use`` over dense ids in one backward pass (O(N), no sort), in ``tmpl``'s dtype, its
+    maximum standing for never again (int32 halves the memory traffic of OPT's two passes
+    whenever the string is under 2**31 long)."""
     n = ids.size
     never = tmpl[0]
     out = np.empty(n, dtype=tmpl.dtype)
