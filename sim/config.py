@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from sim.costs import CostsConfig
 from sim.errors import ConfigError
-from sim.guest.workloads import PhasesConfig, WorkloadConfig, ZipfConfig
+from sim.guest.workloads import PhasesConfig, TraceConfig, WorkloadConfig, ZipfConfig
 from sim.host.memory import setup_per_zone_wmarks
 from sim.host.swap import SwapConfig
 from sim.reclaim import DEFAULT_RECLAIM, ReclaimConfig
@@ -256,13 +256,44 @@ class Scenario(Strict):
         return [(n, vm) for vm in self.vms for n in vm.names()]
 
     def config_hash(self) -> str:
-        """Short hash of the resolved config (names result directories)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        """Short hash of the resolved config and the contents of the trace files it reads
+        (names result directories, so a sweep never reuses a run made from another trace)."""
+        blob = json.dumps(
+            {"config": self.model_dump(mode="json"), "traces": self.trace_digests()},
+            sort_keys=True,
+        ).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
+
+    def trace_digests(self) -> dict[str, str]:
+        """SHA-256 of each trace file a VM replays (``missing`` if it cannot be read)."""
+        return {
+            vm.workload.path: file_digest(Path(vm.workload.path))
+            for vm in self.vms
+            if isinstance(vm.workload, TraceConfig)
+        }
 
     def to_yaml(self) -> str:
         """The resolved config as YAML."""
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes, cached per (path, size, mtime) for the life of the process."""
+    try:
+        st = path.stat()
+    except OSError:
+        return "missing"
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
 
 
 # --------------------------------------------------------------------------------------------

@@ -235,6 +235,7 @@ def run_scenario(
             "name": sc.name,
             "seed": sc.seed,
             "config_hash": sc.config_hash(),
+            "traces_sha256": sc.trace_digests(),
             "command": command if command is not None else sys.argv,
             "versions": versions(),
             "platform": platform.platform(),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -708,3 +709,42 @@ def test_cli_runs_the_committed_sample(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     faults = pd.read_parquet(out / "faults.parquet")
     assert faults.gfn.max() < SQLITE_PAGES
+
+
+def test_config_hash_and_manifest_follow_the_trace_contents(tmp_path: Path) -> None:
+    """A run is named by its trace's bytes, not just its path, so a sweep never reuses a run
+    made from an older version of the file."""
+    path = tmp_path / "t.npy"
+
+    def scenario() -> Any:
+        return parse_scenario(
+            {
+                "name": "tr",
+                "duration_s": 0.002,
+                "host": {"memory_mib": 8},
+                "vms": [
+                    {
+                        "name": "vm",
+                        "memory_mib": 4,
+                        "workload": {"type": "trace", "path": str(path)},
+                    }
+                ],
+            },
+            "tr",
+        )
+
+    np.save(path, np.arange(64, dtype=np.int64))
+    first = scenario()
+    h1 = first.config_hash()
+    assert h1 == scenario().config_hash()  # stable
+    before = path.stat().st_mtime_ns
+    np.save(path, np.arange(64, dtype=np.int64)[::-1].copy())
+    os.utime(path, ns=(before + 10**9, before + 10**9))  # a coarse clock must not hide the edit
+    assert scenario().config_hash() != h1
+    from sim.engine import run_scenario
+
+    out = tmp_path / "run"
+    run_scenario(scenario(), out)
+    manifest = yaml.safe_load((out / "manifest.json").read_text())
+    assert manifest["traces_sha256"] == {str(path): scenario().trace_digests()[str(path)]}
+    assert len(manifest["traces_sha256"][str(path)]) == 64
