@@ -21,7 +21,7 @@ from typing import Any
 import simpy
 
 from sim.config import Scenario
-from sim.host.memory import SWAP_CLUSTER_MAX, setup_per_zone_wmarks
+from sim.host.memory import SWAP_CLUSTER_MAX
 from sim.machine import vcpu_stream
 
 RECLAIM_PAGE_NS = 1_000
@@ -43,9 +43,7 @@ class NaiveHost:
     def __init__(self, sc: Scenario) -> None:
         self.env = simpy.Environment()
         self.nr_frames = sc.host.pages(sc.host.memory_mib)
-        self.wmark = setup_per_zone_wmarks(
-            self.nr_frames, sc.host.min_free_kbytes, sc.host.watermark_scale_factor
-        )
+        self.wmark = sc.host.watermarks()
         self.nr_free = self.nr_frames
         self.lru: OrderedDict[int, None] = OrderedDict()
         self.evicted: set[int] = set()

@@ -197,15 +197,7 @@ def validate(config: Path, overrides: tuple[str, ...]) -> None:
     except UserError as exc:
         _fail(exc)
     sc = _load(config, overrides, None)
-    from sim.host.memory import setup_per_zone_wmarks
-
-    frames = sc.host.pages(sc.host.memory_mib)
-    wm = setup_per_zone_wmarks(
-        frames,
-        sc.host.min_free_kbytes,
-        sc.host.watermark_scale_factor,
-        page_shift=sc.host.page_shift,
-    )
+    wm = sc.host.watermarks()
     unit = "" if sc.host.page_size_kib == 4 else f" of {sc.host.page_size_kib} KiB"
     out_console.print(
         f"ok: {describe(sc)}; watermarks min/low/high = "

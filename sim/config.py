@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from sim.costs import CostsConfig
 from sim.errors import ConfigError
 from sim.guest.workloads import PhasesConfig, TraceConfig, WorkloadConfig, ZipfConfig
-from sim.host.memory import setup_per_zone_wmarks
+from sim.host.memory import Watermarks, setup_per_zone_wmarks
 from sim.host.swap import SwapConfig
 from sim.reclaim import DEFAULT_RECLAIM, ReclaimConfig
 from sim.schema import Strict
@@ -59,6 +59,15 @@ class HostConfig(Strict):
         This replaces a fixed pages-per-MiB constant, which is 256 at 4 KiB but 1/2 at 2 MiB.
         """
         return (mib << 20) >> self.page_shift
+
+    def watermarks(self) -> Watermarks:
+        """``__setup_per_zone_wmarks`` for this host's frames, page size and sysctls."""
+        return setup_per_zone_wmarks(
+            self.pages(self.memory_mib),
+            self.min_free_kbytes,
+            self.watermark_scale_factor,
+            page_shift=self.page_shift,
+        )
 
 
 class KvmConfig(Strict):
@@ -198,12 +207,7 @@ class Scenario(Strict):
     def _check(self) -> Scenario:
         self._check_page_multiples()
         frames = self.host.pages(self.host.memory_mib)
-        wm = setup_per_zone_wmarks(
-            frames,
-            self.host.min_free_kbytes,
-            self.host.watermark_scale_factor,
-            page_shift=self.host.page_shift,
-        )
+        wm = self.host.watermarks()
         if wm.high >= frames:
             raise ValueError(
                 f"host: watermarks min/low/high = {wm.min}/{wm.low}/{wm.high} pages reach host "

@@ -30,7 +30,6 @@ from sim.costs import CostModel
 from sim.guest.vcpu import Vcpu
 from sim.host.fault import HostFaultHandler
 from sim.host.kswapd import DirectReclaim, Kswapd, ProcessGen
-from sim.host.memory import setup_per_zone_wmarks
 from sim.host.oom import OomKiller
 from sim.host.page_alloc import PageAllocator
 from sim.machine import Machine, rng_for, vcpu_stream
@@ -54,12 +53,7 @@ class World(Machine):
         super().__init__(
             sc,
             nr_frames=nr_frames,
-            wmark=setup_per_zone_wmarks(
-                nr_frames,
-                sc.host.min_free_kbytes,
-                sc.host.watermark_scale_factor,
-                page_shift=sc.host.page_shift,
-            ),
+            wmark=sc.host.watermarks(),
             vm_pages=[(name, pages(cfg.memory_mib)) for name, cfg in vms],
             swap_slots=pages(sc.swap.size_mib),
             now=lambda: int(env.now),
