@@ -243,16 +243,12 @@ class Vcpu:
 
     def _undo(self, q: int, end: int) -> None:
         """Take accesses ``[q, end)`` back out of the step (they run again in the next one)."""
-        n = end - q
-        stats = self.vm.stats
-        stats.accesses -= n
-        self._done -= n
-        t = self._done * 1_000_000_000 // self.rate
-        stats.compute_ns -= self._guest_ns - t
-        self._guest_ns = t
+        self.vm.stats.accesses -= end - q
+        self._guest_time(q - end)  # hands their guest time back
 
     def _guest_time(self, n: int) -> int:
-        """Guest time of the next ``n`` accesses (exact integer arithmetic, no drift)."""
+        """Guest time of the next ``n`` accesses (exact integer arithmetic, no drift); a negative
+        ``n`` takes accesses back."""
         self._done += n
         t = self._done * 1_000_000_000 // self.rate
         dt = t - self._guest_ns
