@@ -62,6 +62,10 @@ class Memslot:
     userspace_addr: int
 
 
+def _no_vcpus() -> None:
+    """``revoked`` for an MMU no vCPU steps on (demand mode, tests)."""
+
+
 class KvmMmu:
     """sptes, KVM's rmap and the invalidation sequence of one VM.
 
@@ -109,7 +113,7 @@ class KvmMmu:
         # that spte, so nothing is stored and ``rmap_count`` derives it.
         self._rmap_count = np.zeros(nr_gfns, dtype=np.uint8) if sptes_per_gfn > 1 else None
         self.mark_dirty, self.kick = mark_dirty, kick
-        self.revoked = revoked
+        self.revoked = revoked or _no_vcpus
         self.mmu_invalidate_seq = 0
         self.mmu_invalidate_in_progress = 0
         # kvm stats
@@ -246,8 +250,7 @@ class KvmMmu:
                     present1, (s1 | _U8(SPTE_ACCESS_TRACKED)) & ~_U8(SPTE_ACCESSED), s1
                 )
                 self.tracked_marks += 1
-                if self.revoked is not None:
-                    self.revoked()
+                self.revoked()
             return present1 & ((s1 & SPTE_ACCESS_TRACKED) == 0)
         offs, valid, g, idx, s = self._walk(start, end, work)
         young = np.zeros(len(valid), dtype=np.bool_)
@@ -264,8 +267,7 @@ class KvmMmu:
                         present, (s | _U8(SPTE_ACCESS_TRACKED)) & ~_U8(SPTE_ACCESSED), s
                     )
                     self.tracked_marks += 1
-                    if self.revoked is not None:
-                        self.revoked()
+                    self.revoked()
             young[valid] = acc.any(axis=1)
         return self._per_range(young, offs)
 
@@ -292,8 +294,7 @@ class KvmMmu:
                 self.mark_dirty(g1[dirty1])
             self.spte[g1] = 0
             self.zapped += int(present1.sum())
-            if self.revoked is not None:
-                self.revoked()
+            self.revoked()
             return present1
         offs, valid, g, idx, s = self._walk(start, end, work)
         zapped = np.zeros(len(valid), dtype=np.bool_)
@@ -307,8 +308,7 @@ class KvmMmu:
                 self._rmap_count[g] = 0
             zapped[valid] = present.any(axis=1)
             self.zapped += int(present.sum())
-            if self.revoked is not None:
-                self.revoked()
+            self.revoked()
         return self._per_range(zapped, offs)
 
     def flush_remote_tlbs(self, n: int, work: NotifierWork) -> None:
