@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
+import numba
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field, field_validator
@@ -176,6 +177,9 @@ class ZipfSampler:
         self.h_x1 = self._h_integral(1.5) - 1.0
         self.h_n = self._h_integral(n + 0.5)
         self.sd = 2.0 - self._h_integral_inv(self._h_integral(2.5) - self._h(2.0))
+        # the constants the compiled kernels take
+        self._consts = (self.h_n, self.h_x1 - self.h_n, 1.0 - alpha, -alpha, float(n), self.sd)
+        self._table: NDArray[np.int32] | None = None  # built on first use
 
     def _h(self, x: NDArray[np.float64] | float) -> NDArray[np.float64]:
         return np.exp(-self.s * np.log(x))
@@ -189,7 +193,32 @@ class ZipfSampler:
         return np.exp(_log1p_over_x(t) * x)
 
     def sample(self, rng: np.random.Generator, size: int) -> NDArray[np.int64]:
-        """Return ``size`` ranks (1 = most popular)."""
+        """Return ``size`` ranks (1 = most popular).
+
+        Each round draws one uniform per rank still wanted and accepts most of them; the rest
+        are drawn again, in order, in the next round. The per-rank arithmetic is compiled
+        (``_zipf_round``): the same IEEE operations and libm calls as ``sample_numpy``, so the
+        ranks are identical to it, and most uniforms skip the arithmetic altogether through
+        ``_zipf_table`` (which cannot change a rank either).
+        """
+        return self.sample_scattered(rng, size, 1) + 1
+
+    def sample_scattered(
+        self, rng: np.random.Generator, size: int, stride: int
+    ) -> NDArray[np.int64]:
+        """``(rank - 1) * stride % n`` of ``size`` ranks: ``sample`` and a scatter in one pass."""
+        out = np.empty(size, dtype=np.int64)
+        todo = np.arange(size)
+        left = size
+        if self._table is None:
+            self._table = _zipf_table(self.n, self.s)
+        table, c = self._table, self._consts
+        while left:
+            left = _zipf_round(rng.random(left), table, *c, stride, out, todo)
+        return out
+
+    def sample_numpy(self, rng: np.random.Generator, size: int) -> NDArray[np.int64]:
+        """``sample`` in plain numpy: the reference the compiled rounds are tested against."""
         out = np.empty(size, dtype=np.int64)
         todo = np.arange(size)
         while todo.size:
@@ -204,6 +233,117 @@ class ZipfSampler:
             out[todo[ok]] = k[ok].astype(np.int64)
             todo = todo[~ok]
         return out
+
+
+# Uniforms from ``Generator.random`` are multiples of 2**-53 in [0, 1).
+_R_ULP = 2.0**-53
+# A bucket's rank is trusted only if its ends keep this relative distance from every decision
+# boundary: the computed x is within a few ulps (about 1e-15 relative) of a monotone function.
+_MARGIN = 1e-9
+
+
+@numba.njit(cache=True, nogil=True)
+def _zipf_x(u: float, one_minus_s: float) -> float:
+    """``_h_integral_inv(u)``, with the numpy helpers' operations in their order."""
+    t = max(u * one_minus_s, -1.0)
+    q = 1.0 - t / 2.0 + t * t / 3.0 if abs(t) < 1e-8 else math.log1p(t) / t
+    return math.exp(q * u)
+
+
+@numba.njit(cache=True, nogil=True)
+def _zipf_round(
+    r: NDArray[np.float64],
+    table: NDArray[np.int32],
+    h_n: float,
+    span: float,
+    one_minus_s: float,
+    neg_s: float,
+    n: float,
+    sd: float,
+    stride: int,
+    out: NDArray[np.int64],
+    todo: NDArray[np.int64],
+) -> int:
+    """One rejection-inversion round: rank ``k`` for ``todo[i]`` from uniform ``r[i]`` where
+    accepted, stored as ``(k - 1) * stride % n``.
+
+    A uniform whose ``table`` bucket holds a rank takes it; any other goes through the
+    arithmetic. The rejected ranks are compacted, in order, to the front of ``todo``; returns
+    how many.
+    """
+    left = 0
+    m = table.size
+    ni = np.int64(n)
+    for i in range(r.size):
+        rank = table[int(r[i] * m)]
+        if rank > 0:
+            out[todo[i]] = (np.int64(rank) - 1) * stride % ni
+            continue
+        u = h_n + r[i] * span
+        x = _zipf_x(u, one_minus_s)
+        k = min(max(math.floor(x + 0.5), 1.0), n)
+        ok = k - x <= sd
+        if not ok:  # the exact test: u >= _h_integral(k + 0.5) - _h(k)
+            lx = math.log(k + 0.5)
+            z = one_minus_s * lx
+            e = 1.0 + z / 2.0 + z * z / 6.0 if abs(z) < 1e-8 else math.expm1(z) / z
+            ok = u >= e * lx - math.exp(neg_s * math.log(k))
+        if ok:
+            out[todo[i]] = (np.int64(k) - 1) * stride % ni
+        else:
+            todo[left] = todo[i]
+            left += 1
+    return left
+
+
+@numba.njit(cache=True, nogil=True)
+def _zipf_buckets(
+    bits: int, h_n: float, span: float, one_minus_s: float, n: float, sd: float
+) -> NDArray[np.int32]:
+    """The rank every uniform of each of ``2**bits`` equal buckets of [0, 1) gets, or 0.
+
+    A bucket gets a rank only when both its ends (its least and greatest representable uniform)
+    round to it, pass the squeeze, and sit clear of every boundary those decisions have (x at
+    rank +- 0.5 and at rank - sd) by ``_MARGIN``. x is monotone in the uniform and computed
+    within a few ulps of it, so no uniform inside such a bucket can decide differently.
+    """
+    m = 1 << bits
+    table = np.zeros(m, dtype=np.int32)
+    for j in range(m):
+        lo, hi = j / m, (j + 1) / m - _R_ULP
+        x_lo = _zipf_x(h_n + lo * span, one_minus_s)
+        x_hi = _zipf_x(h_n + hi * span, one_minus_s)
+        k = min(max(math.floor(x_lo + 0.5), 1.0), n)
+        if min(max(math.floor(x_hi + 0.5), 1.0), n) != k:
+            continue
+        safe = True
+        for x in (x_lo, x_hi):
+            gap = _MARGIN * max(1.0, x)
+            if k > 1.0 and x - (k - 0.5) <= gap:
+                safe = False
+            if k < n and (k + 0.5) - x <= gap:
+                safe = False
+            if x - (k - sd) <= gap:
+                safe = False
+        if safe:
+            table[j] = np.int32(k)
+    return table
+
+
+@functools.lru_cache(maxsize=32)
+def _zipf_table(n: int, s: float) -> NDArray[np.int32]:
+    """``_zipf_buckets`` for Zipf(s) over ``n`` ranks, shared by every sampler that needs it.
+
+    ``2**bits`` buckets, about 16 per rank (between 2**12 and 2**18: at most 1 MiB), so the
+    buckets of the popular ranks, which take most of the draws, lie inside them.
+    """
+    if n >= 1 << 31:
+        return np.zeros(1, dtype=np.int32)  # ranks beyond int32: always the arithmetic
+    bits = min(max((n - 1).bit_length() + 4, 12), 18)
+    h_n, span, one_minus_s, _, nf, sd = ZipfSampler(n, s)._consts
+    table = _zipf_buckets(bits, h_n, span, one_minus_s, nf, sd)
+    table.flags.writeable = False
+    return table
 
 
 def _expm1_over_x(x: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -350,7 +490,7 @@ class _Region:
         if isinstance(cfg, UniformConfig):
             idx = rng.integers(0, self.size, n, dtype=np.int64)
         elif isinstance(cfg, ZipfConfig):
-            idx = self._scatter(self.zipf.sample(rng, n) - 1)
+            idx = self.zipf.sample_scattered(rng, n, self.stride)
         elif isinstance(cfg, HotColdConfig):
             hot = rng.random(n) < cfg.hot_access_fraction
             rank = np.where(
@@ -469,6 +609,9 @@ class AccessStream:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.bool_)
         off = self._off
         have = len(self._gfns) - off
+        if have == 0:  # the usual case when chunks hold whole batches: no copy
+            self._gfns, self._writes = self._chunk()
+            off, have = 0, len(self._gfns)
         if have < n:
             gs, ws = [self._gfns[off:]], [self._writes[off:]]
             while have < n:
