@@ -34,6 +34,7 @@ from sim.host.swap import SwapDevice
 from sim.host.vmscan import Schedule, Vmscan
 from sim.host.vmstat import VmStat, new_vmstat
 from sim.kvm.fault import FAULT_KINDS
+from sim.kvm.shortcut import TdpShortcut
 from sim.kvm.vm import Vm
 from sim.reclaim import make_policy
 from sim.record import Recorder
@@ -145,6 +146,8 @@ class Machine:
                     spte=self.spte[b * k : (b + n) * k],
                 )
             )
+        # the notifier chain fused for TDP MMUs (same effects; the chain stays the general path)
+        self.rmap.shortcut = TdpShortcut(mem, self.vms, self.spte) if k == 1 else None
         self.oom_kills: list[tuple[int, str]] = []
 
     # -- observation -------------------------------------------------------------------------

@@ -41,6 +41,7 @@ PURE = [
     "host/oom.py",
     "kvm/mmu.py",
     "kvm/notifier.py",
+    "kvm/shortcut.py",
     "guest/workloads.py",
     *[f"reclaim/{p.name}" for p in _files("reclaim")],
 ]

@@ -39,11 +39,23 @@ class RmapWork(NotifierWork, Protocol):
     nr_rmap_walked: int
 
 
+class Shortcut(Protocol):
+    """A fused walk through the notifier chain for the batches it can take (sim/kvm/shortcut.py):
+    the same effects as the chain, or None / False to let the chain run."""
+
+    def age(
+        self, pids: NDArray[np.int64], work: RmapWork, *, flush: bool
+    ) -> NDArray[np.bool_] | None: ...
+
+    def unmap(self, pids: NDArray[np.int64], work: RmapWork) -> bool: ...
+
+
 class Rmap:
     """Walks from frames to their mappings (QEMU ptes) and on into the notifier chain."""
 
     def __init__(self, mem: HostMemory, mms: Sequence[Mm]) -> None:
         self.mem, self.mms = mem, list(mms)
+        self.shortcut: Shortcut | None = None  # set by the world when its MMUs allow one
 
     def _by_mm(self, pids: NDArray[np.int32]) -> Iterator[tuple[Mm, NDArray[np.bool_] | None]]:
         """Group pages by owning mm; ``None`` as mask means all of them."""
@@ -75,6 +87,10 @@ class Rmap:
         young = (f & PTE_YOUNG) != 0
         mem.flags[pids] = f & ~np.uint8(PTE_YOUNG)
         work.nr_rmap_walked += len(pids)
+        if self.shortcut is not None:
+            y = self.shortcut.age(pids, work, flush=flush)
+            if y is not None:
+                return young | y
         for mm, sel in self._by_mm(pids):
             subs = mm.notifiers
             if not subs.subscribers:
@@ -111,6 +127,8 @@ class Rmap:
         if len(pids) == 0:
             return
         work.nr_rmap_walked += len(pids)
+        if self.shortcut is not None and self.shortcut.unmap(pids, work):
+            return
         for mm, sel in self._by_mm(pids):
             p = pids if sel is None else pids[sel]
             hva = mm.hva(p)

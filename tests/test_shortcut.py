@@ -1,0 +1,94 @@
+"""The fused TDP walk (sim/kvm/shortcut.py) against the notifier chain it short-cuts.
+
+Worlds are built twice from one scenario, once with the shortcut and once without it (the
+chain: rmap -> mmu_notifier -> KVM notifier -> KVM MMU), run to their horizon, and every piece
+of state and every counter must be equal: host flags, frames, swap slots, sptes, vmstat, the
+notifier call counts, KVM's counters and the summary.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sim.engine import build_world
+from sim.host.mmu_notifier import MmuNotifierOps
+from sim.kvm.shortcut import TdpShortcut
+from tests.conftest import tiny
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "two_list": {},
+    "mglru": {"reclaim": {"policy": "mglru"}},
+    "flush_on_age": {"kvm__flush_on_age": True},
+    "notifiers_off": {"kvm__mmu_notifiers": False},
+    "three_vms": {"vms__0__count": 3, "host": {"memory_mib": 12}},
+    "clock": {"reclaim": {"policy": "clock"}},
+}
+
+
+def _state(w: Any) -> dict[str, Any]:
+    mem = w.mem
+    s = w.summary(0.0)
+    s.pop("wall_s", None)
+    return {
+        "summary": s,
+        "flags": mem.flags.copy(),
+        "pfn": mem.pfn.copy(),
+        "frame_pid": mem.frame_pid.copy(),
+        "spte": w.spte.copy(),
+        "calls": [dict(vm.mm.notifiers.calls) for vm in w.vms],
+        "kvm": [
+            (vm.mmu.zapped, vm.mmu.remote_tlb_flush, vm.mmu.mmu_invalidate_seq, vm.stats)
+            for vm in w.vms
+        ],
+        "vmstat": dict(w.vmstat),
+    }
+
+
+def _run(changes: dict[str, Any], shortcut: bool) -> dict[str, Any]:
+    w = build_world(tiny(duration_s=0.05, **changes), None)
+    assert (w.rmap.shortcut is not None) == (w.k == 1)
+    if not shortcut:
+        w.rmap.shortcut = None
+    w.run()
+    return _state(w)
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if isinstance(a, np.ndarray):
+        return bool(np.array_equal(a, b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_shortcut_changes_nothing(name: str) -> None:
+    fused, chain = _run(VARIANTS[name], True), _run(VARIANTS[name], False)
+    assert fused["summary"]["host"]["pswpout"] > 0  # reclaim ran
+    for key in fused:
+        assert _equal(fused[key], chain[key]), f"{name}: {key} differs"
+
+
+def test_shortcut_steps_aside_for_another_subscriber() -> None:
+    """A second subscriber on an mm makes the shortcut decline, so the chain calls it."""
+    w = build_world(tiny(duration_s=0.05), None)
+    assert isinstance(w.rmap.shortcut, TdpShortcut)
+    seen: list[int] = []
+
+    def young(start: Any, end: Any, work: Any) -> np.ndarray:
+        seen.append(len(start))
+        return np.zeros(len(start), dtype=np.bool_)
+
+    w.vms[0].mm.notifiers.register(MmuNotifierOps(clear_flush_young=young))
+    w.run()
+    assert sum(seen) > 0
+
+
+def test_no_shortcut_under_shadow_paging() -> None:
+    w = build_world(tiny(duration_s=0.01, kvm__tdp_mmu=False), None)
+    assert w.rmap.shortcut is None
