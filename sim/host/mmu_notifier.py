@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -88,10 +88,13 @@ class MmuNotifierSubscriptions:
 
     subscribers: list[MmuNotifierOps] = field(default_factory=list)
     calls: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OPS, 0))
+    # registrations on any mm so far: whoever caches a view of the subscribers checks it
+    registrations: ClassVar[int] = 0
 
     def register(self, ops: MmuNotifierOps) -> None:
         """``mmu_notifier_register``."""
         self.subscribers.append(ops)
+        MmuNotifierSubscriptions.registrations += 1
 
     def _age(self, op: str, start: Hva, end: Hva, work: NotifierWork) -> NDArray[np.bool_]:
         young = np.zeros(len(start), dtype=np.bool_)

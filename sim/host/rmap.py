@@ -41,13 +41,13 @@ class RmapWork(NotifierWork, Protocol):
 
 class Shortcut(Protocol):
     """A fused walk through the notifier chain for the batches it can take (sim/kvm/shortcut.py):
-    the same effects as the chain, or None / False to let the chain run."""
+    the same effects as the chain, or None / False (nothing done) to let the chain run."""
 
-    def age(
-        self, pids: NDArray[np.int64], work: RmapWork, *, flush: bool
+    def folio_referenced(
+        self, pids: NDArray[np.int32], work: RmapWork, *, flush: bool
     ) -> NDArray[np.bool_] | None: ...
 
-    def unmap(self, pids: NDArray[np.int64], work: RmapWork) -> bool: ...
+    def unmap(self, pids: NDArray[np.int32], work: RmapWork) -> bool: ...
 
 
 class Rmap:
@@ -83,14 +83,14 @@ class Rmap:
         pids = mem.frame_pid[pfns]
         if len(pids) == 0:
             return np.zeros(0, dtype=np.bool_)
+        work.nr_rmap_walked += len(pids)
+        if self.shortcut is not None:
+            young = self.shortcut.folio_referenced(pids, work, flush=flush)
+            if young is not None:
+                return young
         f = mem.flags[pids]
         young = (f & PTE_YOUNG) != 0
         mem.flags[pids] = f & ~np.uint8(PTE_YOUNG)
-        work.nr_rmap_walked += len(pids)
-        if self.shortcut is not None:
-            y = self.shortcut.age(pids, work, flush=flush)
-            if y is not None:
-                return young | y
         for mm, sel in self._by_mm(pids):
             subs = mm.notifiers
             if not subs.subscribers:

@@ -4,54 +4,153 @@ Models
     Nothing new: ``folio_referenced``'s and ``try_to_unmap``'s walk from host ptes through
     ``mmu_notifier_clear_flush_young`` / ``invalidate_range_start/end`` into KVM's
     ``kvm_tdp_mmu_age_gfn_range`` / ``kvm_tdp_mmu_unmap_gfn_range``, for a batch of folios of
-    any number of VMs at once. Every spte, flag and counter changes exactly as through the chain
-    (sim/host/rmap.py -> sim/host/mmu_notifier.py -> sim/kvm/notifier.py -> sim/kvm/mmu.py), which
-    stays the general path and the reference: a test runs worlds both ways and compares them.
+    any number of VMs at once. Every pte and spte bit, flag and counter changes exactly as
+    through the chain (sim/host/rmap.py -> sim/host/mmu_notifier.py -> sim/kvm/notifier.py ->
+    sim/kvm/mmu.py), which stays the general path and the reference: a test runs worlds both
+    ways and compares them.
 
 Why
-    Reclaim calls the chain per batch of a few folios, and the chain's layers (group by mm,
-    hva ranges, memslot lookup, per-op dispatch) cost a few numpy calls each; with one spte per
-    gfn in one memslot at the mm's hva base, the spte of page ``pid`` is simply ``spte[pid]`` in
-    the host-wide array, so the whole walk is a handful of array operations.
+    Reclaim calls the chain per batch of a few folios, and the chain's layers (group by mm, hva
+    ranges, memslot lookup, per-op dispatch) cost dozens of numpy calls at about a microsecond
+    each. With one spte per gfn in one memslot at the mm's hva base, the spte of page ``pid`` is
+    ``spte[pid]`` in the host-wide array, so the walk is one compiled pass over the batch; only
+    the per-VM side effects (call counts, remote TLB flushes, vCPUs rechecking their step) stay
+    in Python, once per VM the batch touches, in the chain's order (ascending mm).
 
 When
     Used for a call only when every mm the batch touches has exactly the KVM ops it registered
-    at build time as its subscribers (a test may add others; then the chain runs), the MMU is
-    TDP (one spte per gfn) with EPT A/D bits, and the VM has its one memslot at gfn 0.
+    at build time as its subscribers (a test may register others; then the chain runs), the MMU
+    is TDP (one spte per gfn) with EPT A/D bits, and the VM has its one memslot at gfn 0.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numba
 import numpy as np
 from numpy.typing import NDArray
 
 from sim.host.memory import PG_DIRTY, PTE_PRESENT, PTE_YOUNG, HostMemory
-from sim.host.mmu_notifier import MmuNotifierOps, NotifierWork
+from sim.host.mmu_notifier import MmuNotifierOps, MmuNotifierSubscriptions, NotifierWork
 from sim.kvm.mmu import SPTE_ACCESSED, SPTE_DIRTY, SPTE_PRESENT
 from sim.kvm.vm import Vm
 
-_U8 = np.uint8
-_PA = _U8(SPTE_PRESENT | SPTE_ACCESSED)
+_PA = SPTE_PRESENT | SPTE_ACCESSED
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _owner(bases: NDArray[np.int64], pid: int) -> int:
+    """The mm owning page ``pid``: the last base at or below it (binary search)."""
+    lo, hi = 0, bases.size
+    while hi - lo > 1:
+        mid = (lo + hi) >> 1
+        if bases[mid] <= pid:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+@numba.njit(cache=True, nogil=True)
+def _involved(counts: NDArray[np.int64], inv: NDArray[np.int64]) -> int:
+    """Fill ``inv`` with the mms that have a count, ascending; return how many."""
+    k = 0
+    for o in range(counts.size):
+        if counts[o]:
+            inv[k] = o
+            k += 1
+    return k
+
+
+@numba.njit(cache=True, nogil=True)
+def _age(
+    pids: NDArray[np.int32],
+    flags: NDArray[np.uint8],
+    spte: NDArray[np.uint8],
+    bases: NDArray[np.int64],
+    usable: NDArray[np.bool_],
+    aging: NDArray[np.bool_],
+    young: NDArray[np.bool_],
+    counts: NDArray[np.int64],
+    young_counts: NDArray[np.int64],
+    inv: NDArray[np.int64],
+) -> int:
+    """Test and clear the host pte and spte young bits of each page; -1 (nothing changed) if a
+    page's mm cannot take the shortcut, else the number of mms in ``inv``."""
+    for i in range(pids.size):
+        if not usable[_owner(bases, pids[i])]:
+            return -1
+    counts[:] = 0
+    young_counts[:] = 0
+    for i in range(pids.size):
+        p = pids[i]
+        f = flags[p]
+        y = (f & PTE_YOUNG) != 0
+        flags[p] = f & ~PTE_YOUNG
+        o = _owner(bases, p)
+        if aging[o]:  # KVM registered its aging ops: clear_flush_young / clear_young
+            counts[o] += 1
+            s = spte[p]
+            spte[p] = s & ~SPTE_ACCESSED
+            if (s & _PA) == _PA:
+                young_counts[o] += 1
+                y = True
+        young[i] = y
+    return _involved(counts, inv)
+
+
+@numba.njit(cache=True, nogil=True)
+def _unmap(
+    pids: NDArray[np.int32],
+    flags: NDArray[np.uint8],
+    spte: NDArray[np.uint8],
+    bases: NDArray[np.int64],
+    usable: NDArray[np.bool_],
+    counts: NDArray[np.int64],
+    zapped: NDArray[np.int64],
+    inv: NDArray[np.int64],
+) -> int:
+    """Zap each page's spte (its dirty bit to the folio) and clear its host pte; -1 (nothing
+    changed) if a page's mm cannot take the shortcut, else the number of mms in ``inv``."""
+    for i in range(pids.size):
+        if not usable[_owner(bases, pids[i])]:
+            return -1
+    counts[:] = 0
+    zapped[:] = 0
+    for i in range(pids.size):
+        p = pids[i]
+        o = _owner(bases, p)
+        counts[o] += 1
+        s = spte[p]
+        f = flags[p]
+        if s & SPTE_PRESENT:
+            zapped[o] += 1
+            if s & SPTE_DIRTY:  # kvm_set_pfn_dirty
+                f |= PG_DIRTY
+        spte[p] = 0
+        flags[p] = f & ~(PTE_PRESENT | PTE_YOUNG)
+    return _involved(counts, inv)
 
 
 class TdpShortcut:
     """The fused walk for ``vms`` whose sptes are ``spte`` (host-wide, indexed by page id).
 
     Args:
-        mem: host memory (flags, page owners).
-        vms: every VM, by mm index.
+        mem: host memory (its pte/folio flags).
+        vms: every VM, by mm index (ascending page ids).
         spte: the host-wide spte array (one spte per page: the TDP MMU).
     """
 
     def __init__(self, mem: HostMemory, vms: Sequence[Vm], spte: NDArray[np.uint8]) -> None:
         self.mem, self.vms, self.spte = mem, list(vms), spte
+        n = len(self.vms)
+        self._bases = np.array([vm.mm.pid_base for vm in self.vms], dtype=np.int64)
+        self._aging = np.array([vm.notifier.aging for vm in self.vms], dtype=np.bool_)
         self._ops: list[MmuNotifierOps | None] = []
         for vm in self.vms:
-            subs = vm.mm.notifiers.subscribers
-            mmu = vm.mmu
-            usable = (
+            subs, mmu = vm.mm.notifiers.subscribers, vm.mmu
+            built = (
                 mmu.k == 1
                 and mmu.ept_ad
                 and len(mmu.memslots) == 1
@@ -60,88 +159,77 @@ class TdpShortcut:
                 and len(subs) == 1
                 and np.shares_memory(mmu.spte, spte)
             )
-            self._ops.append(subs[0] if usable else None)
+            self._ops.append(subs[0] if built else None)
+        self._usable = np.zeros(n, dtype=np.bool_)
+        self._seen = -1  # MmuNotifierSubscriptions.registrations when _usable was computed
+        self._counts = np.zeros(n, dtype=np.int64)
+        self._young = np.zeros(n, dtype=np.int64)
+        self._inv = np.zeros(n, dtype=np.int64)
 
-    def _groups(self, pids: NDArray[np.int64]) -> list[tuple[int, NDArray[np.bool_] | None]] | None:
-        """Owning mm indexes in ascending order (the chain's order) with each one's mask
-        (None: all), or None if any of them needs the general chain."""
-        owner = self.mem.page_owner
-        if len(pids) == 1:
-            groups: list[tuple[int, NDArray[np.bool_] | None]] = [(owner.item(pids.item(0)), None)]
-        else:
-            owners = owner[pids]
-            first = owners.item(0)
-            if (owners == first).all():
-                groups = [(first, None)]
-            else:
-                groups = [(int(i), owners == i) for i in np.unique(owners)]
-        for i, _ in groups:
+    def _refresh(self) -> None:
+        """Which mms still have exactly KVM's ops subscribed (after any registration)."""
+        self._seen = MmuNotifierSubscriptions.registrations
+        for i, vm in enumerate(self.vms):
+            subs = vm.mm.notifiers.subscribers
             ops = self._ops[i]
-            subs = self.vms[i].mm.notifiers.subscribers
-            if ops is None or len(subs) != 1 or subs[0] is not ops:
-                return None
-        return groups
+            self._usable[i] = ops is not None and len(subs) == 1 and subs[0] is ops
 
-    def age(
-        self, pids: NDArray[np.int64], work: NotifierWork, *, flush: bool
+    def folio_referenced(
+        self, pids: NDArray[np.int32], work: NotifierWork, *, flush: bool
     ) -> NDArray[np.bool_] | None:
-        """``clear_flush_young`` (``flush``) or ``clear_young`` over one page per pid: True
-        where an spte was young, all of them aged; None if the chain must run instead."""
-        groups = self._groups(pids)
-        if groups is None:
+        """Host pte young OR ``clear_flush_young`` (``flush``) / ``clear_young`` of one page
+        per pid, all of them aged; None (nothing done) if the chain must run instead."""
+        if self._seen != MmuNotifierSubscriptions.registrations:
+            self._refresh()
+        young = np.empty(len(pids), dtype=np.bool_)
+        counts, yc, inv = self._counts, self._young, self._inv
+        k = _age(
+            pids,
+            self.mem.flags,
+            self.spte,
+            self._bases,
+            self._usable,
+            self._aging,
+            young,
+            counts,
+            yc,
+            inv,
+        )
+        if k < 0:
             return None
         op = "clear_flush_young" if flush else "clear_young"
-        young = np.zeros(len(pids), dtype=np.bool_)
-        aged = False
-        for i, sel in groups:
-            vm = self.vms[i]
-            if not vm.notifier.aging:  # KVM registered no aging ops: nothing is called
-                continue
-            p = pids if sel is None else pids[sel]
-            n = len(p)
-            s = self.spte[p]
-            self.spte[p] = s & ~_U8(SPTE_ACCESSED)
-            y = (s & _PA) == _PA
-            if sel is None:
-                young = y
-            else:
-                young[sel] = y
-            aged = True
-            vm.mm.notifiers.calls[op] += n
-            work.nr_notifier_calls += n
-            work.nr_sptes_walked += n
+        for j in range(k):
+            o = inv.item(j)
+            c = counts.item(o)
+            vm = self.vms[o]
+            vm.mm.notifiers.calls[op] += c
+            work.nr_notifier_calls += c
+            work.nr_sptes_walked += c
             if flush and vm.notifier.flush_on_age:
-                vm.mmu.flush_remote_tlbs(int(y.sum()), work)
-        return young if aged else np.zeros(len(pids), dtype=np.bool_)
+                vm.mmu.flush_remote_tlbs(yc.item(o), work)
+        return young
 
-    def unmap(self, pids: NDArray[np.int64], work: NotifierWork) -> bool:
+    def unmap(self, pids: NDArray[np.int32], work: NotifierWork) -> bool:
         """``try_to_unmap``'s invalidation bracket and host pte clear for one page per pid;
         False (nothing done) if the chain must run instead."""
-        groups = self._groups(pids)
-        if groups is None:
+        if self._seen != MmuNotifierSubscriptions.registrations:
+            self._refresh()
+        counts, zapped, inv = self._counts, self._young, self._inv
+        k = _unmap(pids, self.mem.flags, self.spte, self._bases, self._usable, counts, zapped, inv)
+        if k < 0:
             return False
-        flags = self.mem.flags
-        for i, sel in groups:
-            vm = self.vms[i]
-            mmu = vm.mmu
-            p = pids if sel is None else pids[sel]
-            n = len(p)
-            calls = vm.mm.notifiers.calls
-            mmu.invalidate_begin(n)
-            s = self.spte[p]
-            present = (s & SPTE_PRESENT) != 0
-            dirty = present & ((s & SPTE_DIRTY) != 0)
-            if dirty.any():  # kvm_set_pfn_dirty
-                flags[p[dirty]] |= _U8(PG_DIRTY)
-            self.spte[p] = 0
-            nz = int(present.sum())
+        for j in range(k):
+            o = inv.item(j)
+            c, nz = counts.item(o), zapped.item(o)
+            mmu = self.vms[o].mmu
+            calls = self.vms[o].mm.notifiers.calls
+            mmu.invalidate_begin(c)
             mmu.zapped += nz
             mmu.revoked()
             mmu.flush_remote_tlbs(nz, work)
-            calls["invalidate_range_start"] += n
-            work.nr_sptes_walked += n
-            flags[p] &= ~_U8(PTE_PRESENT | PTE_YOUNG)
-            mmu.invalidate_end(n)
-            calls["invalidate_range_end"] += n
-            work.nr_notifier_calls += 2 * n
+            calls["invalidate_range_start"] += c
+            work.nr_sptes_walked += c
+            mmu.invalidate_end(c)
+            calls["invalidate_range_end"] += c
+            work.nr_notifier_calls += 2 * c
         return True
