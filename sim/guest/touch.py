@@ -49,3 +49,12 @@ def ept_touch(
         spte[i] = s | (d if writes[p] else a)
         last_access[base + gfns[p]] = t
     return end
+
+
+@numba.njit(cache=True, nogil=True)
+def first_fault(spte: NDArray[np.uint8], idx: NDArray[np.int64], start: int, end: int) -> int:
+    """The first of accesses ``start..end`` whose spte ``idx[p]`` would fault, or ``end``."""
+    for p in range(start, end):
+        if (spte[idx[p]] & _FAULT_MASK) != SPTE_PRESENT:
+            return p
+    return end

@@ -38,7 +38,7 @@ import numpy as np
 import simpy
 
 from sim.costs import CostsConfig
-from sim.guest.touch import ept_touch
+from sim.guest.touch import ept_touch, first_fault
 from sim.guest.workloads import AccessStream
 from sim.host.fault import HostFaultHandler
 from sim.host.kswapd import ProcessGen
@@ -47,9 +47,8 @@ from sim.kvm.fault import kvm_fault_nowait, kvm_page_fault
 from sim.kvm.mmu import SPTE_ACCESS_TRACKED, SPTE_PRESENT
 from sim.kvm.vm import Vm
 
-_FAULT_MASK = np.uint8(SPTE_PRESENT | SPTE_ACCESS_TRACKED)
-_OK = np.uint8(SPTE_PRESENT)
-_NOT_EVICTED = np.uint8(0xFF ^ PG_EVICTED)
+_FAULT_MASK = SPTE_PRESENT | SPTE_ACCESS_TRACKED
+_OK = SPTE_PRESENT
 
 
 class FaultSink(Protocol):
@@ -227,9 +226,9 @@ class Vcpu:
         now = self._position(self.env.now - self._t0)
         if now >= self._hi:
             return
-        bad = (self.vm.mmu.spte[self._idx[now : self._hi]] & _FAULT_MASK) != _OK
-        if bad.any():
-            self._cut = now + int(bad.argmax())
+        cut = first_fault(self.vm.mmu.spte, self._idx, now, self._hi)
+        if cut < self._hi:
+            self._cut = cut
             self.proc.interrupt()
 
     def _position(self, x: int) -> int:
@@ -260,9 +259,10 @@ class Vcpu:
         """Handle an EPT violation that must wait (I/O, reclaim); the access is then retried."""
         env, vm = self.env, self.vm
         pid = base + gfn
-        refault = bool(flags[pid] & PG_EVICTED)
+        f = flags.item(pid)
+        refault = bool(f & PG_EVICTED)
         if refault:
-            flags[pid] &= _NOT_EVICTED
+            flags[pid] = f & ~PG_EVICTED
         t0 = env.now
         self.in_guest = False
         kind, cpu_ns, _ = yield from kvm_page_fault(

@@ -116,7 +116,7 @@ def kvm_page_fault(
         cpu_ns += _host_cost(costs, hf)
         if mm.dead:
             return kind, cpu_ns, retries
-        if not mmu.is_page_fault_stale(mmu_seq, gfn) and host.mem.flags[pid] & PTE_PRESENT:
+        if not mmu.is_page_fault_stale(mmu_seq, gfn) and host.mem.flags.item(pid) & PTE_PRESENT:
             break
         retries += 1  # RET_PF_RETRY: back into the guest, which faults again
         mmu.pf_retry += 1
