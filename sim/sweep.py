@@ -443,6 +443,24 @@ def run_points(
     same resolved config run once. ``progress(done, total, failed)`` is called once after the
     cache scan (``done`` = runs already finished) and after every run.
     """
+    created = not target.exists()
+    try:
+        return _run_points(points, target, workers, progress, dask)
+    except UserError:  # bad input (e.g. an unreachable scheduler): leave no empty directory
+        runs = target / "runs"
+        if created and not any(p for p in runs.glob("*") if not p.name.startswith(".")):
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+
+
+def _run_points(
+    points: list[Point],
+    target: Path,
+    workers: int | None,
+    progress: Callable[[int, int, int], None] | None,
+    dask: str | None,
+) -> pd.DataFrame:
+    """``run_points`` once its arguments are settled."""
     runs_dir = target / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     with _sweep_lock(target):

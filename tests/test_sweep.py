@@ -228,6 +228,10 @@ def test_unreachable_scheduler_is_a_one_line_exit_2(tmp_path: Path) -> None:
     assert len(error) == 1
     assert "--dask nonsense: cannot reach the scheduler" in error[0]
     assert not list((tmp_path / "runs").iterdir())
+    fresh = tmp_path / "fresh"  # a directory the failed sweep created is not left behind
+    r = CliRunner().invoke(main, ["sweep", path, "--dask", "nonsense", "--out", str(fresh)])
+    assert r.exit_code == 2
+    assert not fresh.exists()
 
 
 def test_failed_run_is_a_row_and_the_sweep_goes_on(tmp_path: Path) -> None:
