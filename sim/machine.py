@@ -162,6 +162,7 @@ class Machine:
         on_lru[mem.pfn[present]] = True
         self.policy.check(on_lru)
         used = self.swap.nr_slots - self.swap.nr_free_slots
+        assert 0 <= used <= self.swap.nr_slots, "swap slots over- or under-used"
         assert used == int(((mem.flags & PG_SWAP) != 0).sum()), "swap slot accounting"
 
     def kswapd_busy_ns(self) -> int:
