@@ -159,7 +159,7 @@ class HostFaultHandler:
 
     def _fault_in(self, pid: int, write: bool, swapped: bool) -> ProcessGen:
         mem = self.mem
-        mm = self.mms[int(mem.page_owner[pid])]
+        mm = self.mms[mem.page_owner(pid)]
         assert isinstance(self.alloc, PageAllocator), "waiting faults need the page allocator"
         shadow = mem.pfn.item(pid)  # a swapped page's shadow, before its frame takes the place
         pfn = yield from self.alloc.alloc(pid)
@@ -208,7 +208,7 @@ class HostFaultHandler:
         shadow = mem.pfn.item(pid)  # before the frame takes its place
         pfn = self.alloc.alloc_fast(pid)
         assert pfn >= 0, "demand allocation always succeeds"
-        mem.nr_swapped[int(mem.page_owner[pid])] -= 1
+        mem.nr_swapped[mem.page_owner(pid)] -= 1
         self.swap.pswpin += 1  # the read happens, but takes no time here
         self._swapin_done(pid, pfn, write, shadow)
         return HostFault.MAJOR

@@ -15,7 +15,8 @@ Data model
     a global page id ``pid = vm_base + gfn``; per-pid arrays hold the host pte/folio flags (uint8),
     one uint32 entry ``pfn`` and the last access time (uint32 us, for analysis only: no kernel
     knows it). Per frame: ``frame_pid`` (the anon rmap: which page owns the frame; -1 = free) and
-    ``scans`` (reclaim scans survived, for analysis).
+    ``scans`` (reclaim scans survived, for analysis). Which mm a page belongs to is not stored:
+    each mm's pages are one range of pids, so a bisection of the ranges' starts finds it.
 
     ``pfn`` holds what the kernel's swap cache slot holds, a folio or its shadow: the frame's pfn
     while the page has one (``HAS_FRAME``: mapped, under swap-out writeback, or being read in),
@@ -33,7 +34,8 @@ Invariants
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,22 +119,22 @@ class HostMemory:
         nr_frames: page frames the zone manages.
         nr_pages: guest pages in total (sum over VMs); may exceed ``nr_frames`` (overcommit).
         wmark: the zone's watermarks.
-        page_owner: for each page, the index of the mm (VM) it belongs to.
+        pid_base: the first pid of each mm (VM), ascending from 0; mm ``i`` owns the pids from
+            ``pid_base[i]`` up to the next mm's first.
     """
 
     def __init__(
-        self,
-        nr_frames: int,
-        nr_pages: int,
-        wmark: Watermarks,
-        page_owner: NDArray[np.int32],
-        nr_mms: int,
+        self, nr_frames: int, nr_pages: int, wmark: Watermarks, pid_base: Sequence[int]
     ) -> None:
         self.nr_frames, self.nr_pages, self.wmark = nr_frames, nr_pages, wmark
+        self._base = [int(b) for b in pid_base]
+        assert self._base[:1] == [0], "the first mm's pages start at pid 0"
+        assert self._base == sorted(set(self._base)), "an mm with no pages, or out of order"
+        self.pid_base = np.array(self._base, dtype=np.int64)
+        nr_mms = len(self._base)
         self.flags = np.zeros(nr_pages, dtype=np.uint8)
         self.pfn = np.full(nr_pages, NO_PFN, dtype=np.uint32)  # pfn, shadow or NO_PFN
         self.last_access_us = np.zeros(nr_pages, dtype=np.uint32)
-        self.page_owner = page_owner
         self.frame_pid = np.full(nr_frames, -1, dtype=np.int32)
         self.scans = np.zeros(nr_frames, dtype=np.uint8)
         # Free frames as a stack, lowest pfn on top, so allocation order is deterministic. The
@@ -146,6 +148,15 @@ class HostMemory:
         self.nr_resident = np.zeros(nr_mms, dtype=np.int64)  # frames owned, per mm
         self.nr_swapped = np.zeros(nr_mms, dtype=np.int64)  # pages only in swap, per mm
         self.on_free: Callable[[int], None] | None = None  # woken when frames are freed
+
+    # -- pages -------------------------------------------------------------------------------
+    def page_owner(self, pid: int) -> int:
+        """The index of the mm page ``pid`` belongs to."""
+        return bisect_right(self._base, pid) - 1
+
+    def page_owners(self, pids: NDArray[np.integer]) -> NDArray[np.intp]:
+        """``page_owner`` of every page in ``pids``."""
+        return np.searchsorted(self.pid_base, pids, side="right") - 1
 
     # -- frames ------------------------------------------------------------------------------
     def alloc_frame(self, pid: int) -> int:
@@ -164,7 +175,7 @@ class HostMemory:
         self.frame_pid[pfn] = pid
         self.scans[pfn] = 0
         self.pfn[pid] = pfn
-        self.nr_resident[self.page_owner.item(pid)] += 1
+        self.nr_resident[self.page_owner(pid)] += 1
         return pfn
 
     def free_frames(
@@ -181,7 +192,7 @@ class HostMemory:
         self.frame_pid[pfns] = -1
         self._push_free(n)[:] = pfns
         self.nr_free += n
-        self.nr_resident -= np.bincount(self.page_owner[pids], minlength=len(self.nr_resident))
+        self.nr_resident -= np.bincount(self.page_owners(pids), minlength=len(self.nr_resident))
         if self.on_free is not None:
             self.on_free(n)
 
@@ -192,7 +203,7 @@ class HostMemory:
         self.frame_pid[pfn] = -1
         self._push_free(1)[0] = pfn
         self.nr_free += 1
-        self.nr_resident[self.page_owner[pid]] -= 1
+        self.nr_resident[self.page_owner(pid)] -= 1
         if self.on_free is not None:
             self.on_free(1)
 
@@ -252,8 +263,8 @@ class HostMemory:
         assert (has | swap)[touched].all(), "a touched page with no frame or swap copy"
         wb = (self.flags & PG_WRITEBACK) != 0
         assert int(wb.sum()) == self.nr_writeback, "writeback accounting"
-        res = np.bincount(self.page_owner[pids], minlength=len(self.nr_resident))
+        res = np.bincount(self.page_owners(pids), minlength=len(self.nr_resident))
         assert (res == self.nr_resident).all(), "per-mm resident counters"
         swapped = np.flatnonzero(swap & ~has)
-        sw = np.bincount(self.page_owner[swapped], minlength=len(self.nr_swapped))
+        sw = np.bincount(self.page_owners(swapped), minlength=len(self.nr_swapped))
         assert (sw == self.nr_swapped).all(), "per-mm swapped counters"

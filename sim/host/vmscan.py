@@ -155,7 +155,7 @@ class Vmscan:
         if self.pmd_mapped:
             return np.empty(0, dtype=np.int64)
         pid = int(mem.frame_pid[pfn])
-        mm = self.mms[int(mem.page_owner[pid])]
+        mm = self.mms[mem.page_owner(pid)]
         gfn = pid - mm.pid_base
         ptrs = PTRS_PER_PMD
         lo = gfn - gfn % ptrs
@@ -240,7 +240,7 @@ class Vmscan:
 
     def _swapped_out(self, pids: NDArray[np.int32]) -> None:
         self.mem.nr_swapped += np.bincount(
-            self.mem.page_owner[pids], minlength=len(self.mem.nr_swapped)
+            self.mem.page_owners(pids), minlength=len(self.mem.nr_swapped)
         )
 
     def _end_writeback(self, pid: int, pfn: int, shadow: int) -> None:
@@ -249,7 +249,7 @@ class Vmscan:
         mem = self.mem
         f = int(mem.flags[pid]) & ~PG_WRITEBACK
         mem.nr_writeback -= 1
-        owner = int(mem.page_owner[pid])
+        owner = mem.page_owner(pid)
         if self.mms[owner].dead:
             if f & PTE_PRESENT:  # mapped again before the kill: it is on the LRU
                 self.policy.folio_remove(np.array([pfn], dtype=np.int64))
