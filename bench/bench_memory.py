@@ -1,11 +1,27 @@
-"""Memory: bytes of simulator state per simulated page, and peak RSS of a large host.
+"""Memory: simulator state bytes per simulated page at steady state; peak RSS of a large host.
 
-State per page: a mid-size watermark world (``build_world(sc, None)``, no recorder: parquet
-buffers are output, not state) is built and run for ``RUN_S`` of simulated time, then every
-numpy array reachable from it (attributes, containers, closures, bound methods, the SimPy
-processes' generator frames) is found, views are charged to the array that owns their memory,
-and the owners' ``nbytes`` are summed and divided by the guest pages simulated (and, as a second
-figure, by host frames). Python objects that are not arrays are not counted.
+State per page: the shape of a 16 GiB host with eight 3 GiB VMs (1.5x overcommit, 2 vCPUs each,
+default Zipf workload, swap = the overcommitted part), at 1/16 scale: a 1 GiB host with eight
+192 MiB VMs (``--quick``: 256 MiB and 8 x 48 MiB). Bytes per page are scale-free (every array
+that grows with memory is per guest page, per host frame or per swap slot), and a 16 GiB host
+would take minutes of simulation to fill. The world is built as ``memsim run`` builds it, with
+a recorder logging evictions (so the analysis-only stamps that log reads exist) into a
+temporary directory, and run in ``SLICE_NS`` steps until memory is full, that is free pages at
+or below the low watermark and swap-out begun, then ``SETTLE_S`` more of simulated time: LRU
+lists, free lists and swap are then at their working sizes, not the near-empty ones of a world
+just built. Every numpy array reachable from the world (attributes, containers, closures, bound
+methods, the SimPy processes' generator frames) is found, views are charged to the array that
+owns their memory, and each owner is put in one class by its path:
+
+- ``kernel``: state the kernel keeps too (page flags, pfn or shadow, sptes, the rmap, LRU
+  lists, free lists, counters);
+- ``analysis``: stamps only the eviction log reads (``ANALYSIS``: last access, scans survived);
+- ``per_vcpu``: access batches, a fixed size per vCPU whatever the memory size (bytes, not per
+  page);
+- ``output``: the recorder's row buffers, output on its way to parquet.
+
+The row is (kernel + analysis) bytes per guest page; the note splits it, and per host frame.
+Python objects that are not arrays are not counted.
 
 Peak RSS: in a fresh subprocess, a 256 GiB host with 32 VMs of 8 GiB (4 KiB pages: 64M frames
 and 64M guest pages; 2 vCPUs each, default Zipf workload, 16 GiB swap) is built and run for
@@ -17,42 +33,53 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 import types
 from collections import deque
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bench import REPO, Target, row, skipped
+from bench.bench_model import SETTLE_S, SLICE_NS, settle
 from sim.config import Scenario, parse_scenario
 from sim.engine import build_world
 
 PIN_ONE_CORE = True
-RUN_S = 0.002  # simulated seconds each world runs before it is measured
+RUN_S = 0.002  # simulated seconds the large world runs before its peak RSS is read
+STEADY_HORIZON_S = 60.0  # simulated time the steady-state world may take to fill memory
 LARGE_TIMEOUT_S = 900
+# Arrays only the eviction log reads (idle time, idle rank, scans survived): no kernel has them.
+ANALYSIS = ("last_access_us", "scans")
+_PER_VCPU = re.compile(r"\.vcpus\[\d+\]")
 
 
-def scenario(host_mib: int, nr_vms: int, vm_mib: int) -> Scenario:
+def scenario(
+    host_mib: int, nr_vms: int, vm_mib: int, duration_s: float = RUN_S, *, log: bool = False
+) -> Scenario:
     """``nr_vms`` VMs of ``vm_mib`` (2 vCPUs, Zipf) on a ``host_mib`` host; swap holds the
-    overcommitted part, and at least 1/16 of host memory."""
+    overcommitted part, and at least 1/16 of host memory. ``log``: the recorder writes the
+    eviction log only (the other tables are output, not state)."""
     swap_mib = max(nr_vms * vm_mib - host_mib, host_mib // 16)
-    return parse_scenario(
-        {
-            "name": "bench-memory",
-            "seed": 1,
-            "duration_s": RUN_S,
-            "host": {"memory_mib": host_mib},
-            "swap": {"size_mib": swap_mib},
-            "vms": [{"name": "vm", "count": nr_vms, "memory_mib": vm_mib, "vcpus": 2}],
-        },
-        "bench-memory",
-    )
+    raw: dict[str, Any] = {
+        "name": "bench-memory",
+        "seed": 1,
+        "duration_s": duration_s,
+        "host": {"memory_mib": host_mib},
+        "swap": {"size_mib": swap_mib},
+        "vms": [{"name": "vm", "count": nr_vms, "memory_mib": vm_mib, "vcpus": 2}],
+    }
+    if log:
+        raw["output"] = {"evictions": True, "faults": False, "timeline": False}
+    return parse_scenario(raw, "bench-memory")
 
 
 _LEAVES = (
@@ -140,12 +167,30 @@ def reachable_arrays(root: Any, name: str = "world") -> dict[int, tuple[str, np.
     return owners
 
 
+def kind_of(path: str) -> str:
+    """The class of the array first reached by ``path`` (see the module docstring)."""
+    if path.startswith("world.recorder"):
+        return "output"
+    if path.rsplit(".", 1)[-1] in ANALYSIS:
+        return "analysis"
+    if _PER_VCPU.search(path):
+        return "per_vcpu"
+    return "kernel"
+
+
 def state_bytes(world: Any) -> tuple[int, list[dict[str, Any]], dict[str, int]]:
-    """Total bytes of the arrays reachable from ``world``, the arrays largest first, and the
-    bytes by what an array's length matches (guest pages, host frames, swap slots, other)."""
+    """Total bytes of the arrays reachable from ``world``, the arrays largest first (with their
+    class), and the bytes by what an array's length matches (guest pages, host frames, swap
+    slots, other)."""
     arrays = sorted(reachable_arrays(world).values(), key=lambda pa: -pa[1].nbytes)
     listing = [
-        {"path": p, "dtype": str(a.dtype), "shape": list(a.shape), "bytes": int(a.nbytes)}
+        {
+            "path": p,
+            "kind": kind_of(p),
+            "dtype": str(a.dtype),
+            "shape": list(a.shape),
+            "bytes": int(a.nbytes),
+        }
         for p, a in arrays
     ]
     kinds: dict[int, str] = {}
@@ -188,6 +233,66 @@ def measure(host_mib: int, nr_vms: int, vm_mib: int) -> dict[str, Any]:
     }
 
 
+def run_to_steady_state(w: Any) -> float:
+    """Run ``w`` until memory is full (free pages at or below the low watermark and swap-out
+    begun) and ``SETTLE_S`` more; returns the simulated seconds at which memory filled."""
+    w.start()
+    env, mem, swap = w.env, w.mem, w.swap
+
+    def now() -> int:
+        return int(env.now)
+
+    warm = settle(lambda: mem.nr_free <= mem.wmark.low and swap.pswpout > 0, now)
+    while not warm():
+        if now() >= w.horizon_ns:
+            raise RuntimeError(f"memory not full after {now() / 1e9:g} s of simulated time")
+        env.run(until=now() + SLICE_NS)
+    return (now() - SETTLE_S * 1e9) / 1e9
+
+
+def measure_steady(host_mib: int, nr_vms: int, vm_mib: int) -> dict[str, Any]:
+    """State bytes of a world at steady state, by class, with its counts and timings."""
+    sc = scenario(host_mib, nr_vms, vm_mib, STEADY_HORIZON_S, log=True)
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
+        w = build_world(sc, Path(tmp))
+        t0 = time.perf_counter()
+        full_s = run_to_steady_state(w)
+        run_s = time.perf_counter() - t0
+        total, listing, by_length = state_bytes(w)
+        assert w.recorder is not None
+        w.recorder.close()  # flush and close the parquet writer before the directory goes
+    by_kind = {k: 0 for k in ("kernel", "analysis", "per_vcpu", "output")}
+    for a in listing:
+        by_kind[a["kind"]] += a["bytes"]
+    pages = int(w.mem.nr_pages)
+    per_page: dict[str, float] = {}
+    for a in listing:
+        if a["kind"] in ("kernel", "analysis") and a["bytes"] >= pages // 100:
+            per_page[a["path"]] = round(a["bytes"] / pages, 3)
+    return {
+        "host_mib": host_mib,
+        "vms": nr_vms,
+        "vm_mib": vm_mib,
+        "swap_mib": sc.swap.size_mib,
+        "frames": int(w.nr_frames),
+        "guest_pages": pages,
+        "swap_slots": int(w.swap.nr_slots),
+        "memory_full_s": round(full_s, 4),
+        "measured_at_s": round(w.env.now / 1e9, 4),
+        "run_wall_s": round(run_s, 2),
+        "free_pages": int(w.mem.nr_free),
+        "wmark_low": int(w.mem.wmark.low),
+        "pswpout": int(w.swap.pswpout),
+        "swap_used": int(w.swap.nr_slots - w.swap.nr_free_slots),
+        "state_bytes": by_kind["kernel"] + by_kind["analysis"],
+        "bytes_by_kind": by_kind,
+        "bytes_per_page_by_array": per_page,
+        "bytes_by_length": by_length,
+        "largest_arrays": listing[:12],
+        "all_arrays_bytes": int(total),
+    }
+
+
 def child(host_mib: int, nr_vms: int, vm_mib: int) -> dict[str, Any]:
     """Run ``measure`` in a fresh interpreter (its own peak RSS); None fields on failure."""
     code = (
@@ -216,22 +321,27 @@ def child(host_mib: int, nr_vms: int, vm_mib: int) -> dict[str, Any]:
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
-    """State bytes per page (mid-size host) and peak RSS (large host)."""
-    mid = (1024, 4, 384) if quick else (16384, 8, 3072)  # 1.5x overcommit
-    m = measure(*mid)
-    per_page = m["state_bytes"] / m["guest_pages"]
-    facts = {k: v for k, v in m.items() if k != "maxrss_bytes"}
+    """State bytes per page (a host at steady state) and peak RSS (large host)."""
+    mid = (256, 8, 48) if quick else (1024, 8, 192)  # 16 GiB, 8 x 3 GiB at 1/16 (1/64) scale
+    m = measure_steady(*mid)
+    pages, kinds = m["guest_pages"], m["bytes_by_kind"]
     rows = [
         row(
             "memory",
             "state bytes per simulated 4 KiB page",
-            per_page,
+            m["state_bytes"] / pages,
             "B/page",
             target=Target(max_value=16),
-            note=f"{mid[0] // 1024} GiB host, {mid[1]} x {mid[2]} MiB VMs (1.5x overcommit); "
-            f"{m['state_bytes'] / m['frames']:.1f} B per host frame",
+            note=f"steady state of {mid[0]} MiB host, {mid[1]} x {mid[2]} MiB VMs (1.5x "
+            f"overcommit; memory full at {m['memory_full_s']:g} s, measured at "
+            f"{m['measured_at_s']:g} s): kernel-modelled {kinds['kernel'] / pages:.2f} + "
+            f"analysis stamps {kinds['analysis'] / pages:.2f} B/page; "
+            f"{m['state_bytes'] / m['frames']:.1f} B per host frame; plus "
+            f"{kinds['per_vcpu'] >> 10} KiB of per-vCPU batches",
+            kernel_bytes_per_page=round(kinds["kernel"] / pages, 3),
+            analysis_bytes_per_page=round(kinds["analysis"] / pages, 3),
             bytes_per_frame=m["state_bytes"] / m["frames"],
-            **facts,
+            **m,
         )
     ]
     large = (4096, 8, 512) if quick else (262144, 32, 8192)

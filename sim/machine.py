@@ -93,11 +93,7 @@ class Machine:
         self.costs = sc.costs.for_page_size(page_bytes)  # first touch zeroes the whole page
         sizes = np.array([n for _, n in vm_pages], dtype=np.int64)
         self.vm_base = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
-        owner_t = (
-            np.uint8 if len(vm_pages) <= 256 else np.uint16 if len(vm_pages) <= 65536 else np.int32
-        )
-        page_owner = np.repeat(np.arange(len(vm_pages), dtype=owner_t), sizes)
-        self.mem = mem = HostMemory(nr_frames, int(sizes.sum()), wmark, page_owner, len(sizes))
+        self.mem = mem = HostMemory(nr_frames, int(sizes.sum()), wmark, self.vm_base.tolist())
         self.swap = SwapDevice(sc.swap, swap_slots, rng_for(sc.seed, "swap"), page_bytes)
         self.mms = mms = [
             Mm(i, name, int(self.vm_base[i]), int(sizes[i])) for i, (name, _) in enumerate(vm_pages)
@@ -165,6 +161,7 @@ class Machine:
         on_lru[mem.pfn[present]] = True
         self.policy.check(on_lru)
         used = self.swap.nr_slots - self.swap.nr_free_slots
+        assert 0 <= used <= self.swap.nr_slots, "swap slots over- or under-used"
         assert used == int(((mem.flags & PG_SWAP) != 0).sum()), "swap slot accounting"
 
     def kswapd_busy_ns(self) -> int:

@@ -236,7 +236,7 @@ class Recorder:
         rows = range(self.n_evictions, self.n_evictions + n)
         self._evicted_row.update(zip(pids.tolist(), rows, strict=True))
         self.n_evictions += n
-        vm = self.mem.page_owner[pids].astype(np.int64)
+        vm = self.mem.page_owners(pids).astype(np.int64)
         last = self.mem.last_access_us[pids].astype(np.int64) * 1000
         self.ev.extend(
             idle_rank=self._idle_rank(last),

@@ -112,7 +112,7 @@ def test_free_frames_come_back_in_the_order_of_a_full_stack() -> None:
     from sim.host.memory import HostMemory, setup_per_zone_wmarks
 
     n = 64
-    mem = HostMemory(n, 2 * n, setup_per_zone_wmarks(n), np.zeros(2 * n, dtype=np.uint8), 1)
+    mem = HostMemory(n, 2 * n, setup_per_zone_wmarks(n), [0])
     ref = list(range(n - 1, -1, -1))  # the old explicit stack, top at the end
     rng = np.random.default_rng(0)
     owned: list[int] = []

@@ -21,7 +21,7 @@ from sim.costs import CostsConfig
 from sim.engine import World, build_world
 from sim.errors import ConfigError
 from sim.guest.workloads import AccessStream, TraceConfig
-from sim.host.memory import NO_PFN, setup_per_zone_wmarks
+from sim.host.memory import PTE_PRESENT, setup_per_zone_wmarks
 from sim.host.swap import SwapConfig, SwapDevice
 from tests.conftest import TINY, run_checked, tiny
 
@@ -61,7 +61,7 @@ def test_every_kind_of_policy_reclaims_2mib_pages(policy: str) -> None:
     w = World(_huge(duration_s=0.2, reclaim={"policy": policy}))
     run_checked(w, 5_000_000)
     assert w.vmscan.pmd_mapped  # no look-around from a PMD-mapped THP
-    resident = w.mem.pfn[w.mem.pfn != NO_PFN]
+    resident = w.mem.pfn[(w.mem.flags & PTE_PRESENT) != 0]
     assert w.vmscan.lookaround(int(resident[0])).size == 0
     assert w.summary(0.0)["host"]["pswpout"] > 0
 

@@ -286,72 +286,63 @@ def test_submit_zero_pages_is_a_no_op() -> None:
 # slots
 
 
-def test_slots_allocate_lowest_first_until_full() -> None:
+def test_slots_are_counted_until_full() -> None:
+    """Slots are interchangeable: a request gets as many as are free, never more."""
     dev = _device(nr_slots=8)
-    assert [dev.alloc_slot() for _ in range(8)] == list(range(8))
+    assert dev.alloc_slots(5) == 5
+    assert dev.alloc_slots(5) == 3  # only three left
     assert dev.nr_free_slots == 0
-    assert dev.alloc_slot() == -1
-    assert dev.alloc_slot() == -1  # still full, still consistent
-    assert dev.nr_free_slots == 0
-    dev.free_slots(np.array([5], dtype=np.uint32))
+    assert dev.alloc_slots(1) == 0
+    assert dev.alloc_slots(1) == 0  # still full, still consistent
+    dev.free_slots(1)
     assert dev.nr_free_slots == 1
-    assert dev.alloc_slot() == 5
-    assert dev.alloc_slot() == -1
-    dev.free_slots(np.array([6, 1], dtype=np.uint32))
-    assert sorted([dev.alloc_slot(), dev.alloc_slot()]) == [1, 6]
-    assert dev.alloc_slot() == -1
+    assert dev.alloc_slots(2) == 1
+    assert dev.alloc_slots(0) == 0
 
 
 def test_no_swap_has_no_slots() -> None:
     dev = _device(nr_slots=0)
-    assert dev.alloc_slot() == -1
+    assert dev.alloc_slots(1) == 0
     assert not dev.vm_swap_full()
 
 
-def test_freed_slots_are_reused_most_recent_first() -> None:
-    """The documented stack: initially lowest slot first, then the most recently freed first."""
+def test_freeing_slots_not_in_use_is_a_bug() -> None:
     dev = _device(nr_slots=8)
-    for _ in range(8):
-        dev.alloc_slot()
-    dev.free_slots(np.array([2, 5], dtype=np.uint32))
-    dev.free_slots(np.array([7], dtype=np.uint32))
-    assert [dev.alloc_slot() for _ in range(4)] == [7, 5, 2, -1]
+    dev.alloc_slots(2)
+    with pytest.raises(AssertionError):
+        dev.free_slots(3)
 
 
 @settings(max_examples=100, deadline=None)
 @given(
     nr_slots=st.integers(0, 40),
-    ops=st.lists(st.one_of(st.just(None), st.integers(0, 2**16)), max_size=120),
+    ops=st.lists(st.tuples(st.booleans(), st.integers(0, 12)), max_size=120),
 )
-def test_slot_allocation_matches_a_set_model(nr_slots: int, ops: list[int | None]) -> None:
-    """None allocates; an int frees the allocated slot it selects. A slot is never handed out
-    twice, -1 exactly when all are used, the free count and ``vm_swap_full`` follow."""
+def test_slot_counts_match_a_model(nr_slots: int, ops: list[tuple[bool, int]]) -> None:
+    """(True, n) allocates n, (False, n) frees up to n of those in use: allocation is capped by
+    the free slots, and the free count and ``vm_swap_full`` follow."""
     dev = _device(nr_slots=nr_slots)
-    used: set[int] = set()
-    for op in ops:
-        if op is None:
-            s = dev.alloc_slot()
-            if len(used) == nr_slots:
-                assert s == -1
-            else:
-                assert 0 <= s < nr_slots
-                assert s not in used
-                used.add(s)
-        elif used:
-            victim = sorted(used)[op % len(used)]
-            used.remove(victim)
-            dev.free_slots(np.array([victim], dtype=np.uint32))
-        assert dev.nr_free_slots == nr_slots - len(used)
-        assert dev.vm_swap_full() == (len(used) > nr_slots / 2)
+    used = 0
+    for alloc, n in ops:
+        if alloc:
+            got = dev.alloc_slots(n)
+            assert got == min(n, nr_slots - used)
+            used += got
+        else:
+            n = min(n, used)
+            dev.free_slots(n)
+            used -= n
+        assert dev.nr_free_slots == nr_slots - used
+        assert dev.vm_swap_full() == (used > nr_slots / 2)
 
 
 @pytest.mark.parametrize(("nr_slots", "full_at"), [(10, 6), (9, 5), (1, 1), (2, 2)])
 def test_vm_swap_full_means_more_than_half_used(nr_slots: int, full_at: int) -> None:
     dev = _device(nr_slots=nr_slots)
     for used in range(1, nr_slots + 1):
-        dev.alloc_slot()
+        assert dev.alloc_slots(1) == 1
         assert dev.vm_swap_full() == (used >= full_at), used
-    dev.free_slots(np.arange(nr_slots - full_at + 1, dtype=np.uint32))
+    dev.free_slots(nr_slots - full_at + 1)
     assert not dev.vm_swap_full()  # back to exactly full_at - 1 used
-    dev.alloc_slot()
+    dev.alloc_slots(1)
     assert dev.vm_swap_full()

@@ -37,12 +37,11 @@ import simpy
 
 from sim.host.kswapd import ProcessGen
 from sim.host.memory import (
-    NO_PFN,
-    NO_SLOT,
     PG_DIRTY,
     PG_LOCKED,
     PG_SWAP,
     PG_TOUCHED,
+    PG_WRITEBACK,
     PTE_PRESENT,
     PTE_YOUNG,
     HostMemory,
@@ -59,7 +58,6 @@ _NEW_ANON = _U8(PTE_PRESENT | PTE_YOUNG | PG_DIRTY | PG_TOUCHED)
 _MAPPED_INT = int(_MAPPED)
 _NEW_ANON_INT = int(_NEW_ANON)
 _PGFAULT = VmStat.PGFAULT.value  # plain str keys: cheaper to hash than the enum member
-NO_PFN_INT = int(NO_PFN)
 
 
 class HostFault(StrEnum):
@@ -110,8 +108,8 @@ class HostFaultHandler:
             return HostFault.MAPPED
         if pid in self._inflight:
             return None
-        pfn = mem.pfn.item(pid)
-        if pfn != NO_PFN_INT:  # swap cache hit: the write-out is still in flight
+        if f & PG_WRITEBACK:  # swap cache hit: the write-out is still in flight
+            pfn = mem.pfn.item(pid)
             self.vmstat[_PGFAULT] += 1
             flags[pid] = f | _MAPPED_INT
             self.policy.folio_add_lru(pfn, None)
@@ -144,9 +142,8 @@ class HostFaultHandler:
         ev = self._inflight.get(pid)
         if ev is not None:  # folio locked by another faulting task
             yield ev
-            pfn = int(self.mem.pfn[pid])
-            if pfn != NO_PFN_INT and self.mem.flags[pid] & PTE_PRESENT:
-                self.policy.folio_mark_accessed(pfn)  # our own GUP's FOLL_TOUCH
+            if self.mem.flags[pid] & PTE_PRESENT:
+                self.policy.folio_mark_accessed(self.mem.pfn.item(pid))  # our GUP's FOLL_TOUCH
             return HostFault.WAITED
         self.vmstat[VmStat.PGFAULT] += 1
         assert self.env is not None
@@ -162,8 +159,9 @@ class HostFaultHandler:
 
     def _fault_in(self, pid: int, write: bool, swapped: bool) -> ProcessGen:
         mem = self.mem
-        mm = self.mms[int(mem.page_owner[pid])]
+        mm = self.mms[mem.page_owner(pid)]
         assert isinstance(self.alloc, PageAllocator), "waiting faults need the page allocator"
+        shadow = mem.pfn.item(pid)  # a swapped page's shadow, before its frame takes the place
         pfn = yield from self.alloc.alloc(pid)
         if mm.dead:  # OOM-killed while we waited for memory
             self._drop(pid, pfn)
@@ -183,21 +181,20 @@ class HostFaultHandler:
         if mm.dead:
             self._drop(pid, pfn)
             return HostFault.MAJOR
-        self._swapin_done(pid, pfn, write)
+        self._swapin_done(pid, pfn, write, shadow)
         return HostFault.MAJOR
 
-    def _swapin_done(self, pid: int, pfn: int, write: bool) -> None:
-        """The read finished: map the page, keep or free its swap copy, put it on the LRU."""
+    def _swapin_done(self, pid: int, pfn: int, write: bool, shadow: int) -> None:
+        """The read finished: map the page, keep or free its swap copy, put it on the LRU
+        (``shadow``, the one its eviction left, tells the policy whether this is a refault of
+        the workingset)."""
         mem = self.mem
         self.vmstat[VmStat.PGMAJFAULT] += 1
         self.vmstat[VmStat.PSWPIN] += 1
-        slot = int(mem.swp[pid])
-        shadow = int(self.swap.shadow[slot])
         mem.flags[pid] |= _MAPPED
         if write or self.swap.vm_swap_full():  # should_try_to_free_swap
             mem.flags[pid] = (mem.flags[pid] & ~_U8(PG_SWAP)) | _U8(PG_DIRTY)
-            mem.swp[pid] = NO_SLOT
-            self.swap.free_slots(np.array([slot], dtype=np.uint32))
+            self.swap.free_slots(1)
         self.policy.folio_add_lru(pfn, shadow)
         self.policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
 
@@ -208,19 +205,18 @@ class HostFaultHandler:
             return hf
         mem = self.mem
         self.vmstat[VmStat.PGFAULT] += 1
+        shadow = mem.pfn.item(pid)  # before the frame takes its place
         pfn = self.alloc.alloc_fast(pid)
         assert pfn >= 0, "demand allocation always succeeds"
-        mem.nr_swapped[int(mem.page_owner[pid])] -= 1
+        mem.nr_swapped[mem.page_owner(pid)] -= 1
         self.swap.pswpin += 1  # the read happens, but takes no time here
-        self._swapin_done(pid, pfn, write)
+        self._swapin_done(pid, pfn, write, shadow)
         return HostFault.MAJOR
 
     def _drop(self, pid: int, pfn: int) -> None:
         """Release what a fault took for a page of a dead mm."""
         mem = self.mem
-        slot = mem.swp[pid]
-        if slot != NO_SLOT:
-            self.swap.free_slots(np.array([slot], dtype=np.uint32))
-            mem.swp[pid] = NO_SLOT
+        if mem.flags[pid] & PG_SWAP:
+            self.swap.free_slots(1)
         mem.flags[pid] = 0
         mem.free_frames(np.array([pfn], dtype=np.int64))

@@ -13,19 +13,29 @@ Kernel reference
 Data model
     State is a structure of numpy arrays, never a Python object per page. A guest page is named by
     a global page id ``pid = vm_base + gfn``; per-pid arrays hold the host pte/folio flags (uint8),
-    the frame (uint32 ``pfn``), the swap slot (uint32 ``swp``) and the last access time (uint32 us,
-    for analysis only: no kernel knows it). Per frame: ``frame_pid`` (the anon rmap: which page
-    owns the frame; -1 = free) and ``scans`` (reclaim scans survived, for analysis).
+    one uint32 entry ``pfn`` and the last access time (uint32 us, for analysis only: no kernel
+    knows it). Per frame: ``frame_pid`` (the anon rmap: which page owns the frame; -1 = free) and
+    ``scans`` (reclaim scans survived, for analysis). Which mm a page belongs to is not stored:
+    each mm's pages are one range of pids, so a bisection of the ranges' starts finds it.
+
+    ``pfn`` holds what the kernel's swap cache slot holds, a folio or its shadow: the frame's pfn
+    while the page has one (``HAS_FRAME``: mapped, under swap-out writeback, or being read in),
+    the workingset shadow left at its eviction while the page is only in swap (``PG_SWAP``), and
+    ``NO_PFN`` otherwise (never touched, or its mm exited). The value alone cannot tell a pfn
+    from a shadow; the flags do. Swap slots are interchangeable in this model (swap.py), so a
+    page's slot is implied by ``PG_SWAP`` and only the device's count of free slots is kept.
 
 Invariants
-    ``nr_free + (frames owned) == nr_frames``; a page owns at most one frame and the frame points
-    back at it; a page with ``PTE_PRESENT`` owns a frame; a page with ``PG_SWAP`` owns a slot.
+    ``nr_free + (frames owned) == nr_frames``; the pages with ``HAS_FRAME`` are exactly the
+    owners of frames, each owns one and its frame points back at it; a page with neither a frame
+    nor ``PG_SWAP`` holds ``NO_PFN``; a touched page has one or the other.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +49,7 @@ DEF_PRIORITY = 12  # scan target is lru_size >> priority
 MAX_RECLAIM_RETRIES = 16  # kswapd_failures cap; allocator no-progress retries
 
 NO_PFN = np.uint32(0xFFFFFFFF)
-NO_SLOT = np.uint32(0xFFFFFFFF)
+NO_PFN_INT = int(NO_PFN)
 
 # Host-side page flags (one uint8 per guest page): QEMU's pte plus the folio's flags.
 PTE_PRESENT = 0x01  # QEMU's host pte maps the page (else none, or a swap entry if PG_SWAP)
@@ -50,6 +60,9 @@ PG_WRITEBACK = 0x10  # swap-out write in flight; the frame is freed when it comp
 PG_LOCKED = 0x20  # swap-in read in flight (folio locked in the swap cache)
 PG_TOUCHED = 0x40  # faulted in at least once (else untouched: no frame, no slot)
 PG_EVICTED = 0x80  # evicted since its last fault (the next fault on it is a refault)
+# The page owns a frame (and ``pfn`` is its pfn, not a shadow): mapped, being written out (the
+# frame is freed when the write completes) or being read in (the frame was allocated first).
+HAS_FRAME = PTE_PRESENT | PG_WRITEBACK | PG_LOCKED
 
 
 def int_sqrt(x: int) -> int:
@@ -106,23 +119,22 @@ class HostMemory:
         nr_frames: page frames the zone manages.
         nr_pages: guest pages in total (sum over VMs); may exceed ``nr_frames`` (overcommit).
         wmark: the zone's watermarks.
-        page_owner: for each page, the index of the mm (VM) it belongs to.
+        pid_base: the first pid of each mm (VM), ascending from 0; mm ``i`` owns the pids from
+            ``pid_base[i]`` up to the next mm's first.
     """
 
     def __init__(
-        self,
-        nr_frames: int,
-        nr_pages: int,
-        wmark: Watermarks,
-        page_owner: NDArray[np.int32],
-        nr_mms: int,
+        self, nr_frames: int, nr_pages: int, wmark: Watermarks, pid_base: Sequence[int]
     ) -> None:
         self.nr_frames, self.nr_pages, self.wmark = nr_frames, nr_pages, wmark
+        self._base = [int(b) for b in pid_base]
+        assert self._base[:1] == [0], "the first mm's pages start at pid 0"
+        assert self._base == sorted(set(self._base)), "an mm with no pages, or out of order"
+        self.pid_base = np.array(self._base, dtype=np.int64)
+        nr_mms = len(self._base)
         self.flags = np.zeros(nr_pages, dtype=np.uint8)
-        self.pfn = np.full(nr_pages, NO_PFN, dtype=np.uint32)
-        self.swp = np.full(nr_pages, NO_SLOT, dtype=np.uint32)
+        self.pfn = np.full(nr_pages, NO_PFN, dtype=np.uint32)  # pfn, shadow or NO_PFN
         self.last_access_us = np.zeros(nr_pages, dtype=np.uint32)
-        self.page_owner = page_owner
         self.frame_pid = np.full(nr_frames, -1, dtype=np.int32)
         self.scans = np.zeros(nr_frames, dtype=np.uint8)
         # Free frames as a stack, lowest pfn on top, so allocation order is deterministic. The
@@ -137,9 +149,21 @@ class HostMemory:
         self.nr_swapped = np.zeros(nr_mms, dtype=np.int64)  # pages only in swap, per mm
         self.on_free: Callable[[int], None] | None = None  # woken when frames are freed
 
+    # -- pages -------------------------------------------------------------------------------
+    def page_owner(self, pid: int) -> int:
+        """The index of the mm page ``pid`` belongs to."""
+        return bisect_right(self._base, pid) - 1
+
+    def page_owners(self, pids: NDArray[np.integer]) -> NDArray[np.intp]:
+        """``page_owner`` of every page in ``pids``."""
+        return np.searchsorted(self.pid_base, pids, side="right") - 1
+
     # -- frames ------------------------------------------------------------------------------
     def alloc_frame(self, pid: int) -> int:
-        """Take one free frame for ``pid`` (the caller checked watermarks). Returns the pfn."""
+        """Take one free frame for ``pid`` (the caller checked watermarks). Returns the pfn.
+
+        The pfn replaces whatever ``pfn[pid]`` held: a swap-in reads the shadow first.
+        """
         assert self.nr_free > 0, "alloc_frame with no free frame"
         self.nr_free -= 1
         if self._nr_freed:
@@ -151,31 +175,35 @@ class HostMemory:
         self.frame_pid[pfn] = pid
         self.scans[pfn] = 0
         self.pfn[pid] = pfn
-        self.nr_resident[self.page_owner.item(pid)] += 1
+        self.nr_resident[self.page_owner(pid)] += 1
         return pfn
 
-    def free_frames(self, pfns: NDArray[np.integer]) -> None:
-        """Return frames to the free stack and detach them from their pages."""
+    def free_frames(
+        self, pfns: NDArray[np.integer], shadows: NDArray[np.uint32] | None = None
+    ) -> None:
+        """Return frames to the free stack and detach them from their pages, which keep
+        ``shadows`` (pages now only in swap: ``__remove_mapping`` leaves the shadow in the swap
+        cache) or ``NO_PFN`` (pages gone)."""
         n = len(pfns)
         if n == 0:
             return
         pids = self.frame_pid[pfns]
-        self.pfn[pids] = NO_PFN
+        self.pfn[pids] = NO_PFN if shadows is None else shadows
         self.frame_pid[pfns] = -1
         self._push_free(n)[:] = pfns
         self.nr_free += n
-        self.nr_resident -= np.bincount(self.page_owner[pids], minlength=len(self.nr_resident))
+        self.nr_resident -= np.bincount(self.page_owners(pids), minlength=len(self.nr_resident))
         if self.on_free is not None:
             self.on_free(n)
 
-    def free_frame(self, pfn: int) -> None:
+    def free_frame(self, pfn: int, shadow: int = NO_PFN_INT) -> None:
         """``free_frames`` for one frame (scalar fast path)."""
         pid = int(self.frame_pid[pfn])
-        self.pfn[pid] = NO_PFN
+        self.pfn[pid] = shadow
         self.frame_pid[pfn] = -1
         self._push_free(1)[0] = pfn
         self.nr_free += 1
-        self.nr_resident[self.page_owner[pid]] -= 1
+        self.nr_resident[self.page_owner(pid)] -= 1
         if self.on_free is not None:
             self.on_free(1)
 
@@ -211,6 +239,10 @@ class HostMemory:
         return self.nr_free + self.nr_writeback > self.wmark.high
 
     # -- checks ------------------------------------------------------------------------------
+    def has_frame(self, pids: NDArray[np.integer]) -> NDArray[np.bool_]:
+        """Which pages own a frame (so ``pfn`` holds a pfn, not a shadow)."""
+        return (self.flags[pids] & np.uint8(HAS_FRAME)) != 0
+
     def check(self) -> None:
         """Assert the structural invariants (used by tests; O(pages))."""
         owned = self.frame_pid >= 0
@@ -219,20 +251,20 @@ class HostMemory:
         assert len(free) == self.nr_free, "free stack and free count disagree"
         assert len(np.unique(free)) == self.nr_free, "free stack has duplicates"
         assert not owned[free].any(), "a free frame has an owner"
-        has = self.pfn != NO_PFN
+        has = (self.flags & np.uint8(HAS_FRAME)) != 0
         pids = np.flatnonzero(has)
+        assert (self.pfn[pids] < self.nr_frames).all(), "a page with a frame holds no pfn"
         assert (self.frame_pid[self.pfn[pids]] == pids).all(), "pfn and frame_pid disagree"
         assert int(has.sum()) == int(owned.sum()), "a frame is owned by a page that lost it"
-        present = (self.flags & PTE_PRESENT) != 0
-        assert has[present].all(), "a present pte without a frame"
+        assert has[self.frame_pid[owned]].all(), "a frame's owner does not know it"
         swap = (self.flags & PG_SWAP) != 0
-        assert (self.swp[swap] != NO_SLOT).all(), "a page flagged PG_SWAP without a slot"
-        assert (self.swp[~swap] == NO_SLOT).all(), "a slot on a page not flagged PG_SWAP"
+        assert (self.pfn[~has & ~swap] == NO_PFN).all(), "an entry with no frame or swap copy"
+        touched = (self.flags & PG_TOUCHED) != 0
+        assert (has | swap)[touched].all(), "a touched page with no frame or swap copy"
         wb = (self.flags & PG_WRITEBACK) != 0
-        assert has[wb].all(), "a page under writeback without a frame"
         assert int(wb.sum()) == self.nr_writeback, "writeback accounting"
-        res = np.bincount(self.page_owner[pids], minlength=len(self.nr_resident))
+        res = np.bincount(self.page_owners(pids), minlength=len(self.nr_resident))
         assert (res == self.nr_resident).all(), "per-mm resident counters"
         swapped = np.flatnonzero(swap & ~has)
-        sw = np.bincount(self.page_owner[swapped], minlength=len(self.nr_swapped))
+        sw = np.bincount(self.page_owners(swapped), minlength=len(self.nr_swapped))
         assert (sw == self.nr_swapped).all(), "per-mm swapped counters"

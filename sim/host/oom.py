@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from sim.host.memory import NO_PFN, NO_SLOT, PG_LOCKED, PG_SWAP, PG_WRITEBACK, HostMemory
+from sim.host.memory import HAS_FRAME, NO_PFN, PG_LOCKED, PG_SWAP, PG_WRITEBACK, HostMemory
 from sim.host.mm import Mm
 from sim.host.swap import SwapDevice
 from sim.host.vmstat import VmStat
@@ -36,13 +36,13 @@ def exit_mmap(mm: Mm, mem: HostMemory, swap: SwapDevice, policy: EvictionPolicy)
     f = mem.flags[pids]
     busy = (f & (PG_LOCKED | PG_WRITEBACK)) != 0
     idle = pids[~busy]
-    slots = mem.swp[idle]
-    swap.free_slots(slots[((mem.flags[idle] & PG_SWAP) != 0) & (slots != NO_SLOT)])
-    has_frame = mem.pfn[idle] != NO_PFN
+    fi = f[~busy]
+    swap.free_slots(int(np.count_nonzero(fi & PG_SWAP)))
+    has_frame = (fi & HAS_FRAME) != 0
     pfns = mem.pfn[idle[has_frame]].astype(np.int64)
     policy.folio_remove(pfns)
     mem.flags[idle] = 0
-    mem.swp[idle] = NO_SLOT
+    mem.pfn[idle[~has_frame]] = NO_PFN  # shadows go with the swap copies
     mem.free_frames(pfns)
     mem.nr_swapped[mm.index] = 0
 

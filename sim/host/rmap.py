@@ -60,9 +60,9 @@ class Rmap:
     def _by_mm(self, pids: NDArray[np.int32]) -> Iterator[tuple[Mm, NDArray[np.bool_] | None]]:
         """Group pages by owning mm; ``None`` as mask means all of them."""
         if len(pids) == 1:
-            yield self.mms[self.mem.page_owner.item(pids.item(0))], None
+            yield self.mms[self.mem.page_owner(pids.item(0))], None
             return
-        owners = self.mem.page_owner[pids]
+        owners = self.mem.page_owners(pids)
         first = int(owners[0])
         if (owners == first).all():
             yield self.mms[first], None

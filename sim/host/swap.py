@@ -22,14 +22,16 @@ Simplifications
     The queue is computed analytically rather than with one SimPy process per request: a
     request submitted at ``t`` starts at ``max(t, earliest server free)`` and ends after its
     latency. This is exactly a ``simpy.Resource(capacity=queue_depth)`` with FIFO grants (a test
-    holds the two to identical completion times) at a fraction of the cost. Slot allocation is a
-    stack (initially lowest slot first, then the most recently freed slot first), not the
-    kernel's per-CPU cluster allocator; there is no
-    readahead (guest-physical locality rarely survives host swap, MODEL.md 4.7). A 2 MiB page is
-    read back whole (as mTHP swap-in does), never split into base pages.
+    holds the two to identical completion times) at a fraction of the cost. There is no
+    readahead (guest-physical locality rarely survives host swap, MODEL.md 4.7) and no latency
+    depends on where a page sits on the device, so slots are interchangeable: only their count
+    is kept, not the kernel's per-CPU cluster allocator. A page's swap entry is implied by its
+    ``PG_SWAP`` flag, and the workingset shadow the kernel keeps in the swap cache lives in the
+    page's ``pfn`` entry while it has no frame (memory.py). A 2 MiB page is read back whole (as
+    mTHP swap-in does), never split into base pages.
 
 Invariants
-    ``0 <= nr_free_slots <= nr_slots``; every slot is free or owned by exactly one page.
+    ``0 <= nr_free_slots <= nr_slots``; the slots in use are the pages flagged ``PG_SWAP``.
 """
 
 from __future__ import annotations
@@ -98,12 +100,7 @@ class SwapDevice:
             True: round(extra * 1e9 / (cfg.write_bandwidth_mib_per_s * (1 << 20))),
         }
         self._link_free_at = 0  # when the link finishes its last transfer
-        # Free slots as a stack; never-used slots are implicit below it (``_next``, the lowest).
-        self._next = 0
-        self._free = np.empty(1024, dtype=np.uint32)
-        self._nr_freed = 0
         self.nr_free_slots = nr_slots
-        self.shadow = np.zeros(nr_slots, dtype=np.uint32)  # workingset shadow per slot
         self._servers = [0] * cfg.queue_depth  # time each server becomes free (a heap)
         self._params = {
             False: self._lognormal(cfg.read_latency_us * 1000.0, cfg.latency_cv),
@@ -123,27 +120,15 @@ class SwapDevice:
         return (mean_ns, math.log(mean_ns) - sigma2 / 2.0, math.sqrt(sigma2))
 
     # -- slots -------------------------------------------------------------------------------
-    def alloc_slot(self) -> int:
-        """``get_swap_pages`` for one page; returns -1 when swap is full."""
-        if self.nr_free_slots == 0:
-            return -1
-        self.nr_free_slots -= 1
-        if self._nr_freed:
-            self._nr_freed -= 1
-            return self._free.item(self._nr_freed)
-        self._next += 1
-        return self._next - 1
+    def alloc_slots(self, n: int) -> int:
+        """``get_swap_pages`` for ``n`` pages; returns how many got a slot (fewer when full)."""
+        got = min(n, self.nr_free_slots)
+        self.nr_free_slots -= got
+        return got
 
-    def free_slots(self, slots: NDArray[np.integer]) -> None:
-        """``swap_free``: return slots to the free stack."""
-        n = len(slots)
-        top = self._nr_freed + n
-        if top > len(self._free):
-            grown = np.empty(max(top, 2 * len(self._free)), dtype=np.uint32)
-            grown[: self._nr_freed] = self._free[: self._nr_freed]
-            self._free = grown
-        self._free[self._nr_freed : top] = slots
-        self._nr_freed = top
+    def free_slots(self, n: int) -> None:
+        """``swap_free_nr``: ``n`` slots are free again."""
+        assert 0 <= n <= self.nr_slots - self.nr_free_slots, "freeing slots not in use"
         self.nr_free_slots += n
 
     def vm_swap_full(self) -> bool:

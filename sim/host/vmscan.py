@@ -11,7 +11,7 @@ Models
 Kernel reference
     mm/vmscan.c: ``struct scan_control``, ``shrink_folio_list``, ``pageout``,
     ``__remove_mapping``; mm/swap_state.c: ``add_to_swap``; mm/workingset.c:
-    ``workingset_eviction`` (the shadow left in the swap slot).
+    ``workingset_eviction`` (the shadow left in the swap cache).
 
 Simplifications
     A folio whose write-out has started counts as reclaimed (``nr_reclaimed``) at once, and kswapd
@@ -36,7 +36,6 @@ from numpy.typing import NDArray
 
 from sim.host.memory import (
     DEF_PRIORITY,
-    NO_SLOT,
     PG_DIRTY,
     PG_EVICTED,
     PG_SWAP,
@@ -156,7 +155,7 @@ class Vmscan:
         if self.pmd_mapped:
             return np.empty(0, dtype=np.int64)
         pid = int(mem.frame_pid[pfn])
-        mm = self.mms[int(mem.page_owner[pid])]
+        mm = self.mms[mem.page_owner(pid)]
         gfn = pid - mm.pid_base
         ptrs = PTRS_PER_PMD
         lo = gfn - gfn % ptrs
@@ -184,8 +183,7 @@ class Vmscan:
         f = self.mem.flags[pids]
         sel = pids[(f & (PG_SWAP | PG_WRITEBACK)) == PG_SWAP]  # folio_free_swap skips writeback
         if len(sel):
-            self.swap.free_slots(self.mem.swp[sel].copy())
-            self.mem.swp[sel] = NO_SLOT
+            self.swap.free_slots(len(sel))
             self.mem.flags[sel] = (self.mem.flags[sel] & ~np.uint8(PG_SWAP)) | np.uint8(PG_DIRTY)
 
     def folio_referenced(self, pfns: NDArray[np.int64], sc: ScanControl) -> NDArray[np.bool_]:
@@ -203,12 +201,10 @@ class Vmscan:
         # add_to_swap: a folio with no swap copy needs a slot, and is dirty by definition.
         need = np.flatnonzero(ok & ((f & PG_SWAP) == 0))
         if len(need):
-            got = min(len(need), swap.nr_free_slots)
+            got = swap.alloc_slots(len(need))
             if got < len(need):
                 ok[need[got:]] = False
                 sc.nr_swap_full += len(need) - got
-            for i in need[:got]:
-                mem.swp[pids[i]] = swap.alloc_slot()
             mem.flags[pids[need[:got]]] |= np.uint8(PG_SWAP | PG_DIRTY)
         if not ok.any():
             return ok
@@ -221,45 +217,48 @@ class Vmscan:
         now = self.now()
         if self.sink is not None:
             self.sink.evicted(now, cpid, cpfn, dirty, mem.scans[cpfn])
-        swap.shadow[mem.swp[cpid]] = shadows
-        # Clean folios with a valid swap copy: __remove_mapping, the frame is free now.
+        # Clean folios with a valid swap copy: __remove_mapping, the frame is free now and the
+        # page keeps the shadow in its place.
         clean = ~dirty
         if clean.any():
             self._swapped_out(cpid[clean])
-            mem.free_frames(cpfn[clean])
-        # Dirty folios: pageout() starts the write; the frame is freed when it completes.
+            mem.free_frames(cpfn[clean], shadows[clean])
+        # Dirty folios: pageout() starts the write; the frame is freed, and the shadow takes its
+        # place, when the write completes.
         if dirty.any():
             wpid, wpfn = cpid[dirty], cpfn[dirty]
             mem.flags[wpid] = (f[dirty] & ~np.uint8(PG_DIRTY)) | np.uint8(PG_WRITEBACK)
             mem.nr_writeback += len(wpid)
             done = swap.submit(now, write=True, n=len(wpid))
-            for pid, pfn, t in zip(wpid.tolist(), wpfn.tolist(), done, strict=True):
-                self.schedule(t, partial(self._end_writeback, pid, pfn))
+            for pid, pfn, shadow, t in zip(
+                wpid.tolist(), wpfn.tolist(), shadows[dirty].tolist(), done, strict=True
+            ):
+                self.schedule(t, partial(self._end_writeback, pid, pfn, shadow))
             sc.nr_pageout += len(wpid)
         sc.nr_reclaimed += len(cpid)
         return ok
 
     def _swapped_out(self, pids: NDArray[np.int32]) -> None:
         self.mem.nr_swapped += np.bincount(
-            self.mem.page_owner[pids], minlength=len(self.mem.nr_swapped)
+            self.mem.page_owners(pids), minlength=len(self.mem.nr_swapped)
         )
 
-    def _end_writeback(self, pid: int, pfn: int) -> None:
-        """``folio_end_writeback``: free the frame unless the page was mapped again meanwhile."""
+    def _end_writeback(self, pid: int, pfn: int, shadow: int) -> None:
+        """``folio_end_writeback``: free the frame, leaving the eviction's ``shadow`` in its
+        place, unless the page was mapped again meanwhile (then the shadow is moot)."""
         mem = self.mem
         f = int(mem.flags[pid]) & ~PG_WRITEBACK
         mem.nr_writeback -= 1
-        owner = int(mem.page_owner[pid])
+        owner = mem.page_owner(pid)
         if self.mms[owner].dead:
             if f & PTE_PRESENT:  # mapped again before the kill: it is on the LRU
                 self.policy.folio_remove(np.array([pfn], dtype=np.int64))
-            self.swap.free_slots(mem.swp[pid : pid + 1].copy())
+            self.swap.free_slots(1)  # a folio under writeback owns a slot
             mem.flags[pid] = 0
-            mem.swp[pid] = NO_SLOT
             mem.free_frame(pfn)
         elif f & PTE_PRESENT:
             mem.flags[pid] = f
         else:
             mem.flags[pid] = f
             mem.nr_swapped[owner] += 1
-            mem.free_frame(pfn)
+            mem.free_frame(pfn, shadow)

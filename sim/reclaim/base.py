@@ -132,7 +132,7 @@ class EvictionPolicy(Protocol):
         ...
 
     def workingset_eviction(self, pfns: Pfns) -> NDArray[np.uint32]:
-        """Shadow entries for folios about to be evicted (stored in their swap slots)."""
+        """Shadow entries for folios about to be evicted (kept while they are only in swap)."""
         ...
 
     def shrink_node(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
