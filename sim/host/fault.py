@@ -58,6 +58,8 @@ _NEW_ANON = _U8(PTE_PRESENT | PTE_YOUNG | PG_DIRTY | PG_TOUCHED)
 _MAPPED_INT = int(_MAPPED)
 _NEW_ANON_INT = int(_NEW_ANON)
 _PGFAULT = VmStat.PGFAULT.value  # plain str keys: cheaper to hash than the enum member
+_PGMAJFAULT = VmStat.PGMAJFAULT.value
+_PSWPIN = VmStat.PSWPIN.value
 
 
 class HostFault(StrEnum):
@@ -142,15 +144,15 @@ class HostFaultHandler:
         ev = self._inflight.get(pid)
         if ev is not None:  # folio locked by another faulting task
             yield ev
-            if self.mem.flags[pid] & PTE_PRESENT:
+            if self.mem.flags.item(pid) & PTE_PRESENT:
                 self.policy.folio_mark_accessed(self.mem.pfn.item(pid))  # our GUP's FOLL_TOUCH
             return HostFault.WAITED
-        self.vmstat[VmStat.PGFAULT] += 1
+        self.vmstat[_PGFAULT] += 1
         assert self.env is not None
         done = self.env.event()
         self._inflight[pid] = done
         try:
-            result = yield from self._fault_in(pid, write, bool(self.mem.flags[pid] & PG_SWAP))
+            result = yield from self._fault_in(pid, write, bool(self.mem.flags.item(pid) & PG_SWAP))
         finally:
             del self._inflight[pid]
             if done.callbacks:  # someone waits on the folio lock (else no event to process)
@@ -167,17 +169,18 @@ class HostFaultHandler:
             self._drop(pid, pfn)
             return HostFault.MAJOR if swapped else HostFault.FIRST_TOUCH
         if not swapped:  # do_anonymous_page: zeroed frame, dirty (no copy anywhere)
-            mem.flags[pid] = _NEW_ANON
+            mem.flags[pid] = _NEW_ANON_INT
             self.policy.folio_add_lru(pfn, None)
             self.policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
             return HostFault.FIRST_TOUCH
         # do_swap_page: read from the device with the folio locked.
         mem.nr_swapped[mm.index] -= 1
-        mem.flags[pid] |= _U8(PG_LOCKED)
+        flags = mem.flags
+        flags[pid] = flags.item(pid) | PG_LOCKED
         now = self.env.now
         t_done = self.swap.submit(now, write=False)[0]
         yield self.env.timeout(t_done - now)
-        mem.flags[pid] &= ~_U8(PG_LOCKED)
+        flags[pid] = flags.item(pid) & ~PG_LOCKED
         if mm.dead:
             self._drop(pid, pfn)
             return HostFault.MAJOR
@@ -188,13 +191,15 @@ class HostFaultHandler:
         """The read finished: map the page, keep or free its swap copy, put it on the LRU
         (``shadow``, the one its eviction left, tells the policy whether this is a refault of
         the workingset)."""
-        mem = self.mem
-        self.vmstat[VmStat.PGMAJFAULT] += 1
-        self.vmstat[VmStat.PSWPIN] += 1
-        mem.flags[pid] |= _MAPPED
+        flags = self.mem.flags
+        vs = self.vmstat
+        vs[_PGMAJFAULT] += 1
+        vs[_PSWPIN] += 1
+        f = flags.item(pid) | _MAPPED_INT
         if write or self.swap.vm_swap_full():  # should_try_to_free_swap
-            mem.flags[pid] = (mem.flags[pid] & ~_U8(PG_SWAP)) | _U8(PG_DIRTY)
+            f = (f & ~PG_SWAP) | PG_DIRTY
             self.swap.free_slots(1)
+        flags[pid] = f
         self.policy.folio_add_lru(pfn, shadow)
         self.policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
 
