@@ -8,6 +8,7 @@ match the pages holding one; per-VM counters match the arrays.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -63,18 +64,33 @@ vm_profiles = st.builds(
 )
 
 
+POLICIES = ["two_list", "mglru", "clock", "fifo", "lru", "random"]
+
+
 @st.composite
-def scenarios(draw: st.DrawFn) -> dict[str, Any]:
+def scenarios(draw: st.DrawFn, huge: bool = False) -> dict[str, Any]:
+    """Random small worlds; ``huge``: 2 MiB pages (sizes in whole pages, 8 to 40 host frames)."""
     profiles = draw(st.lists(vm_profiles, min_size=1, max_size=3))
     for i, p in enumerate(profiles):
         p["name"] = f"p{i}"
+        if huge:
+            p["memory_mib"] *= 8  # 16 to 80 MiB: 8 to 40 pages of 2 MiB
+            p["workload"] = copy.deepcopy(p["workload"])  # st.just shares its object
+            for phase in p["workload"].get("phases", []):
+                for key in ("offset_mib", "working_set_mib"):
+                    if key in phase:
+                        phase[key] *= 2  # whole 2 MiB pages
+    host = {"memory_mib": draw(st.integers(2, 12))}
+    if huge:
+        host = {"memory_mib": host["memory_mib"] * 8, "page_size_kib": 2048}
     return {
         "name": "prop",
         "seed": draw(st.integers(0, 2**32)),
         "duration_s": draw(st.sampled_from([0.01, 0.03, 0.06])),
-        "host": {"memory_mib": draw(st.integers(2, 12))},
+        "host": host,
+        "reclaim": {"policy": draw(st.sampled_from(POLICIES))},
         "swap": {
-            "size_mib": draw(st.sampled_from([0, 1, 4, 64])),
+            "size_mib": draw(st.sampled_from([0, 2, 4, 64] if huge else [0, 1, 4, 64])),
             "queue_depth": draw(st.integers(1, 8)),
             "latency_cv": draw(st.sampled_from([0.0, 0.5])),
         },
@@ -93,6 +109,16 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
 @settings(max_examples=25)
 @given(scenarios())
 def test_invariants_hold_throughout_random_scenarios(raw: dict[str, Any]) -> None:
+    _check_random_world(raw)
+
+
+@settings(max_examples=15)
+@given(scenarios(huge=True))
+def test_invariants_hold_with_2mib_pages(raw: dict[str, Any]) -> None:
+    _check_random_world(raw)
+
+
+def _check_random_world(raw: dict[str, Any]) -> None:
     w = World(parse_scenario(raw))
     assert run_checked(w) >= 10
     s = w.summary(0.0)
