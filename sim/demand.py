@@ -339,7 +339,8 @@ class DemandWorld(Machine):
         if wr.any():
             spte[hit[wr]] |= _D
         p = pid[lo:hi]
-        np.maximum.at(self.mem.last_access_us, p, (w.t_ns[lo:hi] // 1000).astype(np.uint32))
+        if self.mem.stamps:
+            np.maximum.at(self.mem.last_access_us, p, (w.t_ns[lo:hi] // 1000).astype(np.uint32))
         if self.policy.observes_accesses:
             self.policy.on_access(self.mem.pfn[p].astype(np.int64), seq[lo:hi])
 

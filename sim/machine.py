@@ -93,7 +93,13 @@ class Machine:
         self.costs = sc.costs.for_page_size(page_bytes)  # first touch zeroes the whole page
         sizes = np.array([n for _, n in vm_pages], dtype=np.int64)
         self.vm_base = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
-        self.mem = mem = HostMemory(nr_frames, int(sizes.sum()), wmark, self.vm_base.tolist())
+        self.mem = mem = HostMemory(
+            nr_frames,
+            int(sizes.sum()),
+            wmark,
+            self.vm_base.tolist(),
+            stamps=outdir is not None and sc.output.evictions,  # the eviction log reads them
+        )
         self.swap = SwapDevice(sc.swap, swap_slots, rng_for(sc.seed, "swap"), page_bytes)
         self.mms = mms = [
             Mm(i, name, int(self.vm_base[i]), int(sizes[i])) for i, (name, _) in enumerate(vm_pages)

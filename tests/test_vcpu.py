@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 
 from sim.engine import World, rng_for
@@ -66,24 +69,54 @@ def test_faults_before_the_batch_end_stop_the_batch() -> None:
 
 def test_ept_touch_stops_at_the_first_violation_and_sets_bits_before_it() -> None:
     """The compiled walk: hits set A (and D on writes) and stamp the page; a non-present or
-    access-tracked spte stops it there, untouched."""
+    access-tracked spte stops it there, untouched. With no stamps array it stamps nothing."""
     from sim.guest.touch import ept_touch
     from sim.kvm.mmu import SPTE_ACCESS_TRACKED, SPTE_PRESENT
 
-    spte = np.array([SPTE_PRESENT] * 4 + [0, SPTE_PRESENT | SPTE_ACCESS_TRACKED], dtype=np.uint8)
     gfns = np.array([0, 1, 2, 1, 4, 5, 0], dtype=np.int64)
     writes = np.array([False, True, False, False, False, False, True])
-    last = np.zeros(16, dtype=np.uint32)
-    assert ept_touch(spte, gfns, gfns, writes, last, 10, 7, 0, len(gfns)) == 4
-    assert spte[:3].tolist() == [
-        SPTE_PRESENT | SPTE_ACCESSED,
-        SPTE_PRESENT | SPTE_ACCESSED | SPTE_DIRTY,
-        SPTE_PRESENT | SPTE_ACCESSED,
-    ]
-    assert spte[3] == SPTE_PRESENT  # gfn 3 is never accessed
-    assert last[10:13].tolist() == [7, 7, 7]
-    assert not last[13:].any()
-    assert ept_touch(spte, gfns, gfns, writes, last, 10, 8, 5, len(gfns)) == 5  # tracked
-    assert ept_touch(spte, gfns, gfns, writes, last, 10, 9, 6, len(gfns)) == len(gfns)
-    assert spte[0] == SPTE_PRESENT | SPTE_ACCESSED | SPTE_DIRTY
-    assert last[10] == 9
+    for stamps in (True, False):
+        spte = np.array(
+            [SPTE_PRESENT] * 4 + [0, SPTE_PRESENT | SPTE_ACCESS_TRACKED], dtype=np.uint8
+        )
+        last = np.zeros(16 if stamps else 0, dtype=np.uint32)
+        assert ept_touch(spte, gfns, gfns, writes, last, 10, 7, 0, len(gfns)) == 4
+        assert spte[:3].tolist() == [
+            SPTE_PRESENT | SPTE_ACCESSED,
+            SPTE_PRESENT | SPTE_ACCESSED | SPTE_DIRTY,
+            SPTE_PRESENT | SPTE_ACCESSED,
+        ]
+        assert spte[3] == SPTE_PRESENT  # gfn 3 is never accessed
+        if stamps:
+            assert last[10:13].tolist() == [7, 7, 7]
+            assert not last[13:].any()
+        assert ept_touch(spte, gfns, gfns, writes, last, 10, 8, 5, len(gfns)) == 5  # tracked
+        assert ept_touch(spte, gfns, gfns, writes, last, 10, 9, 6, len(gfns)) == len(gfns)
+        assert spte[0] == SPTE_PRESENT | SPTE_ACCESSED | SPTE_DIRTY
+        if stamps:
+            assert last[10] == 9
+
+
+def test_stamps_only_for_the_eviction_log(tmp_path: Path) -> None:
+    """The analysis-only stamps (last access per page, scans per frame) exist only when the
+    eviction log is written; the simulation is the same with or without them."""
+    from sim.engine import build_world
+
+    (tmp_path / "on").mkdir()
+    logged = build_world(tiny(), tmp_path / "on")
+    assert logged.mem.stamps
+    assert len(logged.mem.last_access_us) == logged.mem.nr_pages
+    assert len(logged.mem.scans) == logged.nr_frames
+    logged.run()
+    assert logged.recorder is not None
+    logged.recorder.close()
+    ev = pd.read_parquet(tmp_path / "on" / "evictions.parquet")
+    assert len(ev) > 0
+    assert ev["last_access_ns"].max() > 0
+    assert (ev["idle_ns"] >= 0).all()
+    for w in (build_world(tiny(), None), build_world(tiny(output={"evictions": False}), tmp_path)):
+        assert not w.mem.stamps
+        assert len(w.mem.last_access_us) == len(w.mem.scans) == 0
+        w.run()
+        same = {**w.summary(0.0), "config_hash": None}  # the output switch is in the config
+        assert same == {**logged.summary(0.0), "config_hash": None}

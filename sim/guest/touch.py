@@ -3,8 +3,9 @@
 Models
     A guest access whose spte is present and not access-tracked completes in hardware, which
     sets the spte's accessed bit (and its dirty bit on a write); the host learns nothing else,
-    except that the simulator stamps the page's last access (for analysis). Any other spte is
-    an EPT violation, which software (kvm/fault.py) must handle before the access can retry.
+    except that the simulator stamps the page's last access when the eviction log wants it (for
+    analysis: ``HostMemory.stamps``). Any other spte is an EPT violation, which software
+    (kvm/fault.py) must handle before the access can retry.
 
 Why compiled
     This loop runs once per simulated access. One compiled call per run of hits replaces a
@@ -37,10 +38,19 @@ def ept_touch(
     end: int,
 ) -> int:
     """Apply accesses ``start..end`` while they hit; return the first one that faults (or
-    ``end``). Access ``p`` uses spte ``idx[p]`` of page ``base + gfns[p]``."""
+    ``end``). Access ``p`` uses spte ``idx[p]`` of page ``base + gfns[p]``, whose
+    ``last_access`` entry it sets to ``stamp`` (unless ``last_access`` is empty)."""
     a = np.uint8(SPTE_ACCESSED)
     d = np.uint8(SPTE_ACCESSED | SPTE_DIRTY)
     t = np.uint32(stamp)
+    if last_access.size == 0:  # no eviction log: nothing reads stamps
+        for p in range(start, end):
+            i = idx[p]
+            s = spte[i]
+            if (s & _FAULT_MASK) != SPTE_PRESENT:
+                return p
+            spte[i] = s | (d if writes[p] else a)
+        return end
     for p in range(start, end):
         i = idx[p]
         s = spte[i]

@@ -12,11 +12,17 @@ Kernel reference
 
 Data model
     State is a structure of numpy arrays, never a Python object per page. A guest page is named by
-    a global page id ``pid = vm_base + gfn``; per-pid arrays hold the host pte/folio flags (uint8),
-    one uint32 entry ``pfn`` and the last access time (uint32 us, for analysis only: no kernel
-    knows it). Per frame: ``frame_pid`` (the anon rmap: which page owns the frame; -1 = free) and
-    ``scans`` (reclaim scans survived, for analysis). Which mm a page belongs to is not stored:
-    each mm's pages are one range of pids, so a bisection of the ranges' starts finds it.
+    a global page id ``pid = vm_base + gfn``; per-pid arrays hold the host pte/folio flags (uint8)
+    and one uint32 entry ``pfn``. Per frame: ``frame_pid`` (the anon rmap: which page owns the
+    frame; -1 = free). Which mm a page belongs to is not stored: each mm's pages are one range of
+    pids, so a bisection of the ranges' starts finds it.
+
+    Two arrays are for analysis only (no kernel has them) and exist only when the eviction log
+    asks (``stamps``): per page ``last_access_us`` (uint32 us, the page's last guest access), per
+    frame ``scans`` (reclaim scans the folio survived). The stamp stays per page although only
+    pages with frames are read: per frame, every guest access would add a dependent load
+    (``pfn``) and a store to a second random place, which made the hit path 1.5-2x slower over
+    2 GiB of resident pages; per page it is a store next to the spte's in access order.
 
     ``pfn`` holds what the kernel's swap cache slot holds, a folio or its shadow: the frame's pfn
     while the page has one (``HAS_FRAME``: mapped, under swap-out writeback, or being read in),
@@ -121,10 +127,18 @@ class HostMemory:
         wmark: the zone's watermarks.
         pid_base: the first pid of each mm (VM), ascending from 0; mm ``i`` owns the pids from
             ``pid_base[i]`` up to the next mm's first.
+        stamps: keep the analysis-only stamps (``last_access_us``, ``scans``); else they are
+            empty arrays.
     """
 
     def __init__(
-        self, nr_frames: int, nr_pages: int, wmark: Watermarks, pid_base: Sequence[int]
+        self,
+        nr_frames: int,
+        nr_pages: int,
+        wmark: Watermarks,
+        pid_base: Sequence[int],
+        *,
+        stamps: bool = False,
     ) -> None:
         self.nr_frames, self.nr_pages, self.wmark = nr_frames, nr_pages, wmark
         self._base = [int(b) for b in pid_base]
@@ -134,9 +148,10 @@ class HostMemory:
         nr_mms = len(self._base)
         self.flags = np.zeros(nr_pages, dtype=np.uint8)
         self.pfn = np.full(nr_pages, NO_PFN, dtype=np.uint32)  # pfn, shadow or NO_PFN
-        self.last_access_us = np.zeros(nr_pages, dtype=np.uint32)
         self.frame_pid = np.full(nr_frames, -1, dtype=np.int32)
-        self.scans = np.zeros(nr_frames, dtype=np.uint8)
+        self.stamps = stamps
+        self.last_access_us = np.zeros(nr_pages if stamps else 0, dtype=np.uint32)
+        self.scans = np.zeros(nr_frames if stamps else 0, dtype=np.uint8)
         # Free frames as a stack, lowest pfn on top, so allocation order is deterministic. The
         # never-used frames at its bottom are implicit (``_next``: the lowest one), so the stack
         # itself only holds frames freed since, and grows as they do.
@@ -173,7 +188,8 @@ class HostMemory:
             pfn = self._next
             self._next += 1
         self.frame_pid[pfn] = pid
-        self.scans[pfn] = 0
+        if self.stamps:
+            self.scans[pfn] = 0
         self.pfn[pid] = pfn
         self.nr_resident[self.page_owner(pid)] += 1
         return pfn

@@ -188,8 +188,9 @@ class Vmscan:
 
     def folio_referenced(self, pfns: NDArray[np.int64], sc: ScanControl) -> NDArray[np.bool_]:
         """``folio_referenced`` over host ptes and notifiers; counts a scan of each folio."""
-        s = self.mem.scans
-        s[pfns] = np.minimum(s[pfns].astype(np.int32) + 1, 255).astype(np.uint8)
+        if self.mem.stamps:
+            s = self.mem.scans
+            s[pfns] = np.minimum(s[pfns].astype(np.int32) + 1, 255).astype(np.uint8)
         return self.rmap.folio_referenced(pfns, sc)
 
     def shrink_folio_list(self, pfns: NDArray[np.int64], sc: ScanControl) -> NDArray[np.bool_]:
@@ -216,7 +217,8 @@ class Vmscan:
         dirty = (f & PG_DIRTY) != 0
         now = self.now()
         if self.sink is not None:
-            self.sink.evicted(now, cpid, cpfn, dirty, mem.scans[cpfn])
+            scans = mem.scans[cpfn] if mem.stamps else np.zeros(len(cpfn), dtype=np.uint8)
+            self.sink.evicted(now, cpid, cpfn, dirty, scans)
         # Clean folios with a valid swap copy: __remove_mapping, the frame is free now and the
         # page keeps the shadow in its place.
         clean = ~dirty
