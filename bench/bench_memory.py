@@ -335,7 +335,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
             note=f"steady state of {mid[0]} MiB host, {mid[1]} x {mid[2]} MiB VMs (1.5x "
             f"overcommit; memory full at {m['memory_full_s']:g} s, measured at "
             f"{m['measured_at_s']:g} s): kernel-modelled {kinds['kernel'] / pages:.2f} + "
-            f"analysis stamps {kinds['analysis'] / pages:.2f} B/page; "
+            f"analysis stamps {kinds['analysis'] / pages:.2f} B/page (kept only for the "
+            "eviction log); "
             f"{m['state_bytes'] / m['frames']:.1f} B per host frame; plus "
             f"{kinds['per_vcpu'] >> 10} KiB of per-vCPU batches",
             kernel_bytes_per_page=round(kinds["kernel"] / pages, 3),

@@ -1,9 +1,11 @@
 """Invariants hold at every point of random scenarios (hypothesis).
 
-Checked every simulated millisecond by ``World.check``: frames are conserved; every resident page
-has exactly one pfn and its frame points back at it; sptes exist only over resident pages; KVM's
-rmap agrees with the sptes; the policy's lists hold exactly the mapped folios; swap slots in use
-match the pages holding one; per-VM counters match the arrays.
+Checked every simulated millisecond by ``World.check``: frames are conserved; the pages that own
+a frame (mapped, under write-out or read-in) are exactly the frames' owners, each with one pfn
+pointing back at it; a page without a frame holds its shadow if in swap, else no entry; sptes
+exist only over resident pages; KVM's rmap agrees with the sptes; every policy's lists hold
+exactly the mapped folios; the swap slots in use are the pages flagged as in swap; per-VM
+counters match the arrays.
 """
 
 from __future__ import annotations
@@ -100,6 +102,9 @@ def scenarios(draw: st.DrawFn, huge: bool = False) -> dict[str, Any]:
             "tdp_mmu": draw(st.booleans()),
             "shadow_sptes_per_gfn": draw(st.integers(1, 3)),
             "flush_on_age": draw(st.booleans()),
+        },
+        "reclaim": {
+            "policy": draw(st.sampled_from(["two_list", "mglru", "clock", "fifo", "lru", "random"]))
         },
         "vms": profiles,
         "engine": {"batch_accesses": draw(st.sampled_from([1, 7, 64, 512]))},

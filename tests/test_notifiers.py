@@ -113,6 +113,59 @@ def test_invalidated_page_has_no_spte_and_costs_a_tlb_flush() -> None:
     w.check()
 
 
+@pytest.mark.parametrize("clean", [False, True])
+def test_the_eviction_shadow_takes_the_pfn_place_until_the_swap_in(clean: bool) -> None:
+    """The workingset shadow of an evicted page is what its swap-in hands the policy. It waits
+    in the closure of the write-out while the page keeps its frame, then in the page's pfn
+    entry (where a pfn no longer is); a clean eviction (a valid swap copy) puts it there at once."""
+    w = World(tiny())
+    v = w.vms[0]
+    pid = v.mm.pid_base + 5
+    _fault_in(w, 0, [5])
+    if clean:  # swapped out and read back once: a clean swap-cache copy
+        _deactivate(w, 1)
+        _scan(w, 1)
+        w.env.run(until=10_000_000)
+        proc = w.env.process(w.host_fault.handle_mm_fault(pid, write=False))
+        w.env.run(until=proc)
+        v.mmu.map_spte(5, 0, write=False)
+        w.host_fault.kvm_release_page(pid, dirty=False)
+    pfn = int(w.mem.pfn[pid])
+    shadows: list[int] = []
+    eviction = w.policy.workingset_eviction
+
+    def spy_eviction(pfns: np.ndarray) -> np.ndarray:
+        out = eviction(pfns)
+        shadows.extend(out.tolist())
+        return out
+
+    w.policy.workingset_eviction = spy_eviction  # type: ignore[method-assign]
+    _deactivate(w, 1)
+    _scan(w, 1)
+    assert len(shadows) == 1
+    if not clean:  # under write-out: still its frame, and the frame still knows it
+        assert w.mem.has_frame(np.array([pid])).all()
+        assert w.mem.pfn[pid] == pfn
+        assert w.mem.frame_pid[pfn] == pid
+        w.env.run(until=20_000_000)
+    assert not w.mem.has_frame(np.array([pid])).any()
+    assert w.mem.pfn[pid] == shadows[0]
+    w.check()
+    got: list[int | None] = []
+    add = w.policy.folio_add_lru
+
+    def spy_add(f: int, shadow: int | None) -> None:
+        got.append(shadow)
+        add(f, shadow)
+
+    w.policy.folio_add_lru = spy_add  # type: ignore[method-assign]
+    proc = w.env.process(w.host_fault.handle_mm_fault(pid, write=False))
+    w.env.run(until=proc)
+    assert got == [shadows[0]]
+    assert w.mem.frame_pid[w.mem.pfn[pid]] == pid  # a pfn again
+    w.check()
+
+
 @pytest.mark.parametrize("dirty_on_map", [False, True])
 def test_swapped_in_page_is_rewritten_only_if_dirty(dirty_on_map: bool) -> None:
     """A read swap-in keeps the swap copy; the page is dropped clean on the next eviction,

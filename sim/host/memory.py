@@ -17,19 +17,19 @@ Data model
     frame; -1 = free). Which mm a page belongs to is not stored: each mm's pages are one range of
     pids, so a bisection of the ranges' starts finds it.
 
-    Two arrays are for analysis only (no kernel has them) and exist only when the eviction log
-    asks (``stamps``): per page ``last_access_us`` (uint32 us, the page's last guest access), per
-    frame ``scans`` (reclaim scans the folio survived). The stamp stays per page although only
-    pages with frames are read: per frame, every guest access would add a dependent load
-    (``pfn``) and a store to a second random place, which made the hit path 1.5-2x slower over
-    2 GiB of resident pages; per page it is a store next to the spte's in access order.
-
     ``pfn`` holds what the kernel's swap cache slot holds, a folio or its shadow: the frame's pfn
     while the page has one (``HAS_FRAME``: mapped, under swap-out writeback, or being read in),
     the workingset shadow left at its eviction while the page is only in swap (``PG_SWAP``), and
     ``NO_PFN`` otherwise (never touched, or its mm exited). The value alone cannot tell a pfn
     from a shadow; the flags do. Swap slots are interchangeable in this model (swap.py), so a
     page's slot is implied by ``PG_SWAP`` and only the device's count of free slots is kept.
+
+    Two arrays are for analysis only (no kernel has them) and exist only when the eviction log
+    asks (``stamps``): per page ``last_access_us`` (uint32 us, the page's last guest access), per
+    frame ``scans`` (reclaim scans the folio survived). The stamp stays per page although only
+    pages with frames are read: per frame, every guest access would add a dependent load
+    (``pfn``) and a store to a second random place, which made the hit path 1.5-2x slower over
+    2 GiB of resident pages; per page it is a store next to the spte's in access order.
 
 Invariants
     ``nr_free + (frames owned) == nr_frames``; the pages with ``HAS_FRAME`` are exactly the
@@ -269,7 +269,7 @@ class HostMemory:
         assert not owned[free].any(), "a free frame has an owner"
         has = (self.flags & np.uint8(HAS_FRAME)) != 0
         pids = np.flatnonzero(has)
-        assert (self.pfn[pids] < self.nr_frames).all(), "a page with a frame holds no pfn"
+        assert (self.pfn[pids] < self.nr_frames).all(), "a page with a frame holds no valid pfn"
         assert (self.frame_pid[self.pfn[pids]] == pids).all(), "pfn and frame_pid disagree"
         assert int(has.sum()) == int(owned.sum()), "a frame is owned by a page that lost it"
         assert has[self.frame_pid[owned]].all(), "a frame's owner does not know it"

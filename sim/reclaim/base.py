@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
 
+import numba
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field
@@ -169,29 +170,45 @@ class EvictionPolicy(Protocol):
         ...
 
 
+@numba.njit(cache=True, nogil=True)
+def _walk(links: NDArray[np.int32], start: int, n: int) -> NDArray[np.int64]:
+    """The ``n`` entries of a list from ``start`` on, following ``links`` (oldest first)."""
+    out = np.empty(n, dtype=np.int64)
+    cur = start
+    for i in range(n):
+        out[i] = cur
+        if i + 1 < n:
+            cur = links[cur]
+    return out
+
+
+def lru_links(nr_frames: int) -> NDArray[np.int32]:
+    """Link storage for every list of one policy (see ``PageQueue``)."""
+    return np.full(nr_frames, -1, dtype=np.int32)
+
+
 class PageQueue:
-    """A kernel LRU list as a growable ring buffer of pfns: add at the head, isolate at the tail.
+    """A kernel LRU list, linked through its folios: add at the head, isolate at the tail.
 
-    Guest memory only ever enters a list at the head and leaves at the tail (activation and
-    rotation re-add at a head), so a FIFO ring is exact, cache-friendly and vectorisable: the
-    tail batch is a slice. Removal from the middle (an mm exiting) compacts the ring.
+    Like the kernel's ``folio->lru`` list_head, the links live with the frames: ``links[pfn]``
+    is the next newer folio on ``pfn``'s list. A folio is on at most one list at a time, so all
+    the lists of a policy share one ``links`` array (``lru_links``): 4 bytes per frame whatever
+    the lists' lengths, where a ring buffer per list would need room for its longest length each
+    (two lists that take turns holding most of memory need twice the frames). Guest memory only
+    ever enters a list at the head (or back at the tail, undoing an isolation) and leaves at the
+    tail, so singly linked suffices; removal from the middle (an mm exiting) relinks the rest.
 
-    The ring holds int32 pfns (4 bytes a folio: a host has fewer than 2**31 frames) and hands
-    out int64 arrays. ``limit`` (the host's frame count) caps its growth: a list never holds
-    more folios than there are frames, so doubling past that would only waste memory.
+    Adds take int arrays of distinct pfns not on any list; isolation hands out int64 arrays.
+    Single adds are buffered (cf. the per-CPU ``lru_add`` batch) until the list is next used.
     """
 
-    __slots__ = ("_buf", "_start", "_size", "_pending", "_limit")
+    __slots__ = ("_links", "_head", "_tail", "_size", "_pending")
 
-    def __init__(self, capacity: int = 1024, limit: int | None = None) -> None:
-        cap = 1 << max(4, (capacity - 1).bit_length())
-        self._limit = limit
-        if limit is not None:
-            cap = max(16, min(cap, limit))
-        self._buf = np.empty(cap, dtype=np.int32)
-        self._start = 0  # index of the tail (oldest)
+    def __init__(self, links: NDArray[np.int32]) -> None:
+        self._links = links
+        self._head = self._tail = -1  # newest and oldest folio (when not empty)
         self._size = 0
-        self._pending: list[int] = []  # single adds not yet in the ring (cf. lru_add batch)
+        self._pending: list[int] = []  # single adds not yet linked (cf. lru_add batch)
 
     def __len__(self) -> int:
         return self._size + len(self._pending)
@@ -211,63 +228,46 @@ class PageQueue:
         return False
 
     def drain(self) -> None:
-        """Move buffered single adds into the ring, in order (``lru_add_drain``)."""
+        """Link buffered single adds in, in order (``lru_add_drain``)."""
         if self._pending:
             p = np.array(self._pending, dtype=np.int64)
             self._pending = []
             self.add_head(p)
 
-    def _grow(self, need: int) -> None:
-        cap = len(self._buf)
-        if need <= cap:
-            return
-        items = self.snapshot()
-        new_cap = cap
-        while new_cap < need:
-            new_cap *= 2
-        if self._limit is not None:
-            new_cap = max(need, min(new_cap, self._limit))
-        self._buf = np.empty(new_cap, dtype=np.int32)
-        self._buf[: len(items)] = items
-        self._start = 0
-
-    def _reserve(self, n: int) -> int:
-        """Drain buffered adds and make room for ``n`` more; returns the ring's capacity."""
-        if self._pending:
-            self.drain()
-        self._grow(self._size + n)
-        return len(self._buf)
-
-    def _write(self, pos: int, pfns: NDArray[np.integer]) -> None:
-        """Copy ``pfns`` into the ring from ``pos``, wrapping around the end."""
-        n, cap = len(pfns), len(self._buf)
-        first = min(n, cap - pos)
-        self._buf[pos : pos + first] = pfns[:first]
-        if first < n:
-            self._buf[: n - first] = pfns[first:]
+    def _chain(self, pfns: NDArray[np.integer]) -> None:
+        """Link ``pfns`` to each other, oldest first."""
+        if len(pfns) > 1:
+            self._links[pfns[:-1]] = pfns[1:]
 
     def add_head(self, pfns: NDArray[np.integer]) -> None:
         """Add folios at the head (newest end), in the given order."""
+        if self._pending:
+            self.drain()
         n = len(pfns)
         if n == 0:
-            if self._pending:
-                self.drain()
             return
-        cap = self._reserve(n)
-        self._write((self._start + self._size) % cap, pfns)
+        self._chain(pfns)
+        if self._size:
+            self._links[self._head] = pfns[0]
+        else:
+            self._tail = int(pfns[0])
+        self._head = int(pfns[-1])
         self._size += n
 
     def add_tail(self, pfns: NDArray[np.integer]) -> None:
         """Add folios at the tail (oldest end), ``pfns[0]`` becoming the new tail
         (``list_move_tail``; also undoes a partial isolation)."""
+        if self._pending:
+            self.drain()
         n = len(pfns)
         if n == 0:
-            if self._pending:
-                self.drain()
             return
-        cap = self._reserve(n)
-        self._start = (self._start - n) % cap
-        self._write(self._start, pfns)
+        self._chain(pfns)
+        if self._size:
+            self._links[pfns[-1]] = self._tail
+        else:
+            self._head = int(pfns[-1])
+        self._tail = int(pfns[0])
         self._size += n
 
     def isolate_tail(self, n: int) -> Pfns:
@@ -275,31 +275,26 @@ class PageQueue:
         if self._pending:
             self.drain()
         n = min(n, self._size)
-        cap = len(self._buf)
-        s = self._start
-        if s + n <= cap:
-            out = self._buf[s : s + n].astype(np.int64)
-        else:
-            out = np.concatenate((self._buf[s:], self._buf[: n - (cap - s)])).astype(np.int64)
-        self._start = (s + n) % cap
+        if n <= 0:
+            return np.empty(0, dtype=np.int64)
+        out = _walk(self._links, self._tail, n)
         self._size -= n
+        if self._size:
+            self._tail = int(self._links[out[-1]])
         return out
 
     def snapshot(self) -> Pfns:
         """All folios, tail (oldest) first."""
         if self._pending:
             self.drain()
-        cap = len(self._buf)
-        s, n = self._start, self._size
-        if s + n <= cap:
-            return self._buf[s : s + n].astype(np.int64)
-        return np.concatenate((self._buf[s:], self._buf[: n - (cap - s)])).astype(np.int64)
+        if not self._size:
+            return np.empty(0, dtype=np.int64)
+        return _walk(self._links, self._tail, self._size)
 
     def remove(self, pfns: NDArray[np.integer]) -> int:
         """Remove the given folios wherever they are (O(list)); returns how many were found."""
         items = self.snapshot()
-        keep = ~np.isin(items, pfns)
-        kept = items[keep]
-        self._buf[: len(kept)] = kept
-        self._start, self._size = 0, len(kept)
+        kept = items[~np.isin(items, pfns)]
+        self._size = 0
+        self.add_head(kept)
         return int(len(items) - len(kept))

@@ -2,7 +2,7 @@
 
 Models
     Folios live in generations numbered by sequence: ``min_seq`` (oldest) .. ``max_seq``
-    (youngest), two to four of them at a time, each a list (a ring of pfns) indexed by
+    (youngest), two to four of them at a time, each a list (linked through the frames) indexed by
     ``seq % MAX_NR_GENS``. A folio's generation is a per-frame number that aging may raise
     without moving the folio ("lazy" promotion); eviction's sort step moves it to the list of its
     generation when it meets it at the oldest end, as the kernel does.
@@ -118,7 +118,7 @@ from pydantic import Field
 from sim.host.memory import DEF_PRIORITY, PTRS_PER_PMD
 from sim.host.vmscan import ScanControl
 from sim.host.vmstat import VmStat
-from sim.reclaim.base import PageQueue, Pfns, ReclaimBase, Reclaimer
+from sim.reclaim.base import PageQueue, Pfns, ReclaimBase, Reclaimer, lru_links
 
 MIN_NR_GENS = 2
 MAX_NR_GENS = 4
@@ -227,7 +227,8 @@ class Mglru:
         self._promoted = _U8(PG_WORKINGSET if cfg.promotion == "two_step" else 0)
         self.fl = np.zeros(nr_frames, dtype=np.uint8)
         self.seq = np.full(nr_frames, -1, dtype=np.int32)  # generation (sequence) on a list
-        self.lists = [PageQueue(limit=nr_frames) for _ in range(MAX_NR_GENS)]
+        links = lru_links(nr_frames)  # a folio is on one list at a time: they share the links
+        self.lists = [PageQueue(links) for _ in range(MAX_NR_GENS)]
         self.nr_pages = np.zeros(MAX_NR_GENS, dtype=np.int64)  # folios per gen (seq % 4)
         # lru_gen_init_lruvec: max_seq = MIN_NR_GENS + 1, min_seq = 0
         self.max_seq = MIN_NR_GENS + 1

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sim.host.vmscan import ScanControl
-from sim.reclaim.base import PageQueue, Pfns, Reclaimer
+from sim.reclaim.base import PageQueue, Pfns, Reclaimer, lru_links
 
 
 class SimplePolicy(ABC):
@@ -99,7 +99,7 @@ class QueuePolicy(SimplePolicy):
         self, cfg: object, nr_frames: int, vmstat: Counter[str], rng: np.random.Generator
     ) -> None:
         super().__init__(cfg, nr_frames, vmstat, rng)
-        self.queue = PageQueue(limit=nr_frames)
+        self.queue = PageQueue(lru_links(nr_frames))
 
     def nr_resident(self) -> int:
         """Folios in the queue."""

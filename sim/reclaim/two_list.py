@@ -54,7 +54,7 @@ from pydantic import Field
 from sim.host.memory import DEF_PRIORITY, PAGE_SHIFT, SWAP_CLUSTER_MAX, int_sqrt
 from sim.host.vmscan import ScanControl
 from sim.host.vmstat import VmStat
-from sim.reclaim.base import PageQueue, Pfns, ReclaimBase, Reclaimer
+from sim.reclaim.base import PageQueue, Pfns, ReclaimBase, Reclaimer, lru_links
 
 LRU_INACTIVE = 0x1
 LRU_ACTIVE = 0x2
@@ -106,8 +106,9 @@ class TwoList:
     ) -> None:
         self.cfg, self.vmstat = cfg, vmstat
         self.fl = np.zeros(nr_frames, dtype=np.uint8)
-        self.inactive = PageQueue(limit=nr_frames)
-        self.active = PageQueue(limit=nr_frames)
+        links = lru_links(nr_frames)  # a folio is on one list at a time: they share the links
+        self.inactive = PageQueue(links)
+        self.active = PageQueue(links)
         self.nonresident_age = 0  # lruvec->nonresident_age (workingset clock)
         self.anon_cost = 0  # lruvec->anon_cost (lru_note_cost); file_cost stays 0
         self._refaults_snapshot = 0  # WORKINGSET_ACTIVATE at the last reclaim cycle
