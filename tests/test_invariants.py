@@ -103,9 +103,6 @@ def scenarios(draw: st.DrawFn, huge: bool = False) -> dict[str, Any]:
             "shadow_sptes_per_gfn": draw(st.integers(1, 3)),
             "flush_on_age": draw(st.booleans()),
         },
-        "reclaim": {
-            "policy": draw(st.sampled_from(["two_list", "mglru", "clock", "fifo", "lru", "random"]))
-        },
         "vms": profiles,
         "engine": {"batch_accesses": draw(st.sampled_from([1, 7, 64, 512]))},
     }
