@@ -343,7 +343,16 @@ def run(quick: bool) -> list[dict[str, Any]]:
             analysis_bytes_per_page=round(kinds["analysis"] / pages, 3),
             bytes_per_frame=m["state_bytes"] / m["frames"],
             **m,
-        )
+        ),
+        row(
+            "memory",
+            "kernel-modelled state per page (all a run keeps without the eviction log)",
+            kinds["kernel"] / pages,
+            "B/page",
+            target=Target(max_value=16),
+            note="the row above less the analysis stamps: page flags, pfn or shadow, spte; "
+            "per frame the rmap, policy flags and LRU links",
+        ),
     ]
     large = (4096, 8, 512) if quick else (262144, 32, 8192)
     desc = f"{large[0] // 1024} GiB host, {large[1]} x {large[2] // 1024 or large[2]}" + (
