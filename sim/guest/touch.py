@@ -43,21 +43,15 @@ def ept_touch(
     a = np.uint8(SPTE_ACCESSED)
     d = np.uint8(SPTE_ACCESSED | SPTE_DIRTY)
     t = np.uint32(stamp)
-    if last_access.size == 0:  # no eviction log: nothing reads stamps
-        for p in range(start, end):
-            i = idx[p]
-            s = spte[i]
-            if (s & _FAULT_MASK) != SPTE_PRESENT:
-                return p
-            spte[i] = s | (d if writes[p] else a)
-        return end
+    stamps = last_access.size != 0  # no eviction log: nothing reads stamps
     for p in range(start, end):
         i = idx[p]
         s = spte[i]
         if (s & _FAULT_MASK) != SPTE_PRESENT:
             return p
         spte[i] = s | (d if writes[p] else a)
-        last_access[base + gfns[p]] = t
+        if stamps:
+            last_access[base + gfns[p]] = t
     return end
 
 

@@ -52,6 +52,17 @@ def _owner(bases: NDArray[np.int64], pid: int) -> int:
     return lo
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _all_usable(
+    pids: NDArray[np.int32], bases: NDArray[np.int64], usable: NDArray[np.bool_]
+) -> bool:
+    """Every page's mm can take the shortcut (checked before anything changes)."""
+    for i in range(pids.size):  # noqa: SIM110 (a loop: compiled code has no generator all())
+        if not usable[_owner(bases, pids[i])]:
+            return False
+    return True
+
+
 @numba.njit(cache=True, nogil=True)
 def _involved(counts: NDArray[np.int64], inv: NDArray[np.int64]) -> int:
     """Fill ``inv`` with the mms that have a count, ascending; return how many."""
@@ -78,9 +89,8 @@ def _age(
 ) -> int:
     """Test and clear the host pte and spte young bits of each page; -1 (nothing changed) if a
     page's mm cannot take the shortcut, else the number of mms in ``inv``."""
-    for i in range(pids.size):
-        if not usable[_owner(bases, pids[i])]:
-            return -1
+    if not _all_usable(pids, bases, usable):
+        return -1
     counts[:] = 0
     young_counts[:] = 0
     for i in range(pids.size):
@@ -113,9 +123,8 @@ def _unmap(
 ) -> int:
     """Zap each page's spte (its dirty bit to the folio) and clear its host pte; -1 (nothing
     changed) if a page's mm cannot take the shortcut, else the number of mms in ``inv``."""
-    for i in range(pids.size):
-        if not usable[_owner(bases, pids[i])]:
-            return -1
+    if not _all_usable(pids, bases, usable):
+        return -1
     counts[:] = 0
     zapped[:] = 0
     for i in range(pids.size):
