@@ -41,15 +41,8 @@ _PA = SPTE_PRESENT | SPTE_ACCESSED
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _owner(bases: NDArray[np.int64], pid: int) -> int:
-    """The mm owning page ``pid``: the last base at or below it (binary search)."""
-    lo, hi = 0, bases.size
-    while hi - lo > 1:
-        mid = (lo + hi) >> 1
-        if bases[mid] <= pid:
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    """``HostMemory.page_owner`` in compiled code: the mm whose first pid is the last <= pid."""
+    return np.searchsorted(bases, pid, side="right") - 1
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -146,7 +139,7 @@ class TdpShortcut:
     """The fused walk for ``vms`` whose sptes are ``spte`` (host-wide, indexed by page id).
 
     Args:
-        mem: host memory (its pte/folio flags).
+        mem: host memory (its pte/folio flags, and each mm's range of page ids).
         vms: every VM, by mm index (ascending page ids).
         spte: the host-wide spte array (one spte per page: the TDP MMU).
     """
@@ -154,7 +147,6 @@ class TdpShortcut:
     def __init__(self, mem: HostMemory, vms: Sequence[Vm], spte: NDArray[np.uint8]) -> None:
         self.mem, self.vms, self.spte = mem, list(vms), spte
         n = len(self.vms)
-        self._bases = np.array([vm.mm.pid_base for vm in self.vms], dtype=np.int64)
         self._aging = np.array([vm.notifier.aging for vm in self.vms], dtype=np.bool_)
         self._ops: list[MmuNotifierOps | None] = []
         for vm in self.vms:
@@ -196,7 +188,7 @@ class TdpShortcut:
             pids,
             self.mem.flags,
             self.spte,
-            self._bases,
+            self.mem.pid_base,
             self._usable,
             self._aging,
             young,
@@ -224,7 +216,9 @@ class TdpShortcut:
         if self._seen != MmuNotifierSubscriptions.registrations:
             self._refresh()
         counts, zapped, inv = self._counts, self._young, self._inv
-        k = _unmap(pids, self.mem.flags, self.spte, self._bases, self._usable, counts, zapped, inv)
+        k = _unmap(
+            pids, self.mem.flags, self.spte, self.mem.pid_base, self._usable, counts, zapped, inv
+        )
         if k < 0:
             return False
         for j in range(k):

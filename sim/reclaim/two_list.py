@@ -315,7 +315,7 @@ class TwoList:
             return
         sc.nr_refill += len(pfns)
         reclaim.folio_referenced(pfns, sc)  # clears host and spte bits; result unused for anon
-        self.fl[pfns] = (self.fl[pfns] & ~_LRU) | np.uint8(LRU_INACTIVE | PG_WORKINGSET)
+        _set_lru(pfns, self.fl, LRU_INACTIVE | PG_WORKINGSET)
         self.inactive.add_head(pfns)
         sc.nr_deactivate += len(pfns)
 
@@ -371,6 +371,7 @@ def _check_references(
 
 @numba.njit(cache=True, nogil=True)
 def _set_lru(pfns: Pfns, fl: NDArray[np.uint8], lru: int) -> None:
-    """Flag folios as on list ``lru`` (``LRU_INACTIVE`` or ``LRU_ACTIVE``)."""
+    """Flag folios as on list ``lru`` (``LRU_INACTIVE`` or ``LRU_ACTIVE``, with any other flags
+    to set at the same time)."""
     for p in pfns:
         fl[p] = (fl[p] & ~(LRU_INACTIVE | LRU_ACTIVE)) | lru
