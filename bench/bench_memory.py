@@ -237,12 +237,12 @@ def run_to_steady_state(w: Any) -> float:
     """Run ``w`` until memory is full (free pages at or below the low watermark and swap-out
     begun) and ``SETTLE_S`` more; returns the simulated seconds at which memory filled."""
     w.start()
-    env, mem, swap = w.env, w.mem, w.swap
+    env, mem = w.env, w.mem
 
     def now() -> int:
         return int(env.now)
 
-    warm = settle(lambda: mem.nr_free <= mem.wmark.low and swap.pswpout > 0, now)
+    warm = settle(lambda: mem.nr_free <= mem.wmark.low and w.vmstat["pswpout"] > 0, now)
     while not warm():
         if now() >= w.horizon_ns:
             raise RuntimeError(f"memory not full after {now() / 1e9:g} s of simulated time")
@@ -282,7 +282,7 @@ def measure_steady(host_mib: int, nr_vms: int, vm_mib: int) -> dict[str, Any]:
         "run_wall_s": round(run_s, 2),
         "free_pages": int(w.mem.nr_free),
         "wmark_low": int(w.mem.wmark.low),
-        "pswpout": int(w.swap.pswpout),
+        "pswpout": int(w.vmstat["pswpout"]),
         "swap_used": int(w.swap.nr_slots - w.swap.nr_free_slots),
         "state_bytes": by_kind["kernel"] + by_kind["analysis"],
         "bytes_by_kind": by_kind,

@@ -73,6 +73,16 @@ class HostConfig(Strict):
 class KvmConfig(Strict):
     """KVM's MMU and its notifier hooks."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "tdp_mmu" in data:
+            raise ValueError(
+                "tdp_mmu was replaced by mmu: tdp | legacy_tdp | shadow (tdp_mmu: false used "
+                "to mean shadow paging: write mmu: shadow; tdp_mmu: true is mmu: tdp)"
+            )
+        return data
+
     mmu_notifiers: bool = Field(
         True,
         description="Register the aging notifiers (clear_flush_young, clear_young, "
@@ -83,12 +93,18 @@ class KvmConfig(Strict):
         description="EPT accessed/dirty bits. Off: aging marks sptes access-tracked and "
         "the next guest touch takes a fast page fault.",
     )
-    tdp_mmu: bool = Field(True, description="TDP (EPT/NPT) MMU; off means shadow paging.")
+    mmu: Literal["tdp", "legacy_tdp", "shadow"] = Field(
+        "tdp",
+        description="KVM's MMU: tdp (EPT/NPT with the TDP MMU, tdp_mmu=Y: one spte per gfn, "
+        "walked in the table itself), legacy_tdp (EPT/NPT with the legacy MMU, tdp_mmu=N: one "
+        "spte per gfn, found through KVM's rmap) or shadow (ept=0/npt=0, or a paravirtual "
+        "KVM: shadow page tables, shadow_sptes_per_gfn aliases per gfn on KVM's rmap).",
+    )
     shadow_sptes_per_gfn: int = Field(
         2,
         ge=1,
         le=16,
-        description="With shadow paging: sptes mapping each guest page "
+        description="With mmu: shadow: sptes mapping each guest page "
         "(aliases through different guest page tables), all chained in KVM's rmap.",
     )
     flush_on_age: bool = Field(

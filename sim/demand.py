@@ -39,8 +39,7 @@ from numpy.typing import NDArray
 
 from sim.config import Scenario
 from sim.host.fault import HostFaultHandler
-from sim.host.kswapd import account
-from sim.host.memory import PG_EVICTED, HostMemory, Watermarks
+from sim.host.memory import HostMemory, Watermarks
 from sim.host.oom import OomKiller
 from sim.host.vmscan import ScanControl, Vmscan
 from sim.kvm.fault import kvm_fault_demand
@@ -52,7 +51,6 @@ _FAULT_MASK = np.uint8(SPTE_PRESENT | SPTE_ACCESS_TRACKED)
 _OK = np.uint8(SPTE_PRESENT)
 _A = np.uint8(SPTE_ACCESSED)
 _D = np.uint8(SPTE_DIRTY)
-_NOT_EVICTED = np.uint8(0xFF ^ PG_EVICTED)
 WINDOW = 65536  # accesses handled per vectorised window
 WINDOW_ACCESS_TRACKING = 2048  # with EPT A/D off (see DemandWorld.window)
 
@@ -98,13 +96,12 @@ class DemandAllocator:
         active folio for every inactive one it scans) still happens. A pass may only clear
         referenced bits; the next one evicts.
         """
-        sc = ScanControl(nr_to_reclaim=1, batch=1, direct=True, priority=0)
+        sc = ScanControl(nr_to_reclaim=1, batch=1, direct=True, priority=0, vmstat=self.vmstat)
         for _ in range(3):
             for _ in self.policy.shrink_node(sc, self.vmscan):
                 pass
             if sc.nr_reclaimed:
                 break
-        account(self.vmstat, sc)
         self.policy.reclaim_cycle_end()
         self.evictions += sc.nr_reclaimed
         if self.mem.nr_free == 0 and not (self.oom() and self.mem.nr_free > 0):
@@ -232,12 +229,11 @@ class DemandWorld(Machine):
         n = len(w.gfn)
         if n == 0:
             return
-        k, spte, mem = self.k, self.spte, self.mem
+        k, spte = self.k, self.spte
         pid = self.vm_base[w.vm] + w.gfn
         alias = self._alias_rng.integers(0, k, n) if k > 1 else 0
         gidx = pid * k + alias
         seq = np.arange(self._seq, self._seq + n, dtype=np.int64)
-        flags = mem.flags
         last = 0
         # Misses found up front; a page evicted by a miss may come back later in the window,
         # so its later positions are queued as misses too (a heap of pending positions).
@@ -257,15 +253,13 @@ class DemandWorld(Machine):
             self._t = int(w.t_ns[b])
             p, g, vi = int(pid[b]), int(w.gfn[b]), int(w.vm[b])
             vm = self.vms[vi]
-            evicted = flags[p] & PG_EVICTED
+            evicted = self.host_fault.is_refault(p)
             kind = kvm_fault_demand(
                 vm.mmu, self.host_fault, pid=p, gfn=g, alias=ix - p * k, write=bool(w.write[b])
             )
             st = vm.stats
             st.faults[kind] += 1
-            if evicted:
-                flags[p] &= _NOT_EVICTED
-                st.refaults += 1
+            st.refaults += evicted
             if self.recorder is not None:
                 self.recorder.fault(self._t, vi, int(w.vcpu[b]), g, kind, 0, p)
             marks = self._tracked_marks()

@@ -29,7 +29,7 @@ from sim.config import Scenario
 from sim.costs import CostModel
 from sim.guest.vcpu import Vcpu
 from sim.host.fault import HostFaultHandler
-from sim.host.kswapd import DirectReclaim, Kswapd, ProcessGen
+from sim.host.kswapd import DirectReclaim, Kswapd, ProcessGen, ReclaimThrottle
 from sim.host.oom import OomKiller
 from sim.host.page_alloc import PageAllocator
 from sim.machine import Machine, rng_for, vcpu_stream
@@ -60,13 +60,19 @@ class World(Machine):
             schedule=self._schedule,
             outdir=outdir,
         )
-        mem, policy, vmstat = self.mem, self.policy, self.vmstat
+        mem, policy, vmstat, swap = self.mem, self.policy, self.vmstat, self.swap
         cost = CostModel(self.costs)
-        self.kswapd = Kswapd(env, mem, self.vmscan, policy, cost, vmstat)
-        direct = DirectReclaim(env, mem, self.vmscan, policy, cost, vmstat)
-        self.oom = OomKiller(self.mms, mem, self.swap, policy, vmstat, now=lambda: int(env.now))
+        self.throttle = throttle = ReclaimThrottle(env, mem, vmstat)
+        self.vmscan.on_writeback_end = throttle.writeback_ended
+        self.kswapd = Kswapd(env, mem, self.vmscan, policy, cost, vmstat, throttle)
+        direct = DirectReclaim(env, mem, self.vmscan, policy, cost, vmstat, throttle)
+        self.oom = OomKiller(self.mms, mem, swap, policy, vmstat, now=lambda: int(env.now))
         self.oom_kills = self.oom.kills
-        self.alloc = PageAllocator(env, mem, self.kswapd, direct, vmstat, self.oom)
+
+        def reclaimable() -> int:  # zone_reclaimable_pages: LRU anon pages, if swap has room
+            return mem.nr_frames - mem.nr_free if swap.nr_free_slots > 0 else 0
+
+        self.alloc = PageAllocator(env, mem, self.kswapd, direct, vmstat, self.oom, reclaimable)
         self.host_fault = HostFaultHandler(
             env, mem, self.swap, self.alloc, policy, self.mms, vmstat
         )
@@ -106,9 +112,17 @@ class World(Machine):
         self._seq += n
         self.policy.on_access(self.mem.pfn[pids].astype(np.int64), seq)
 
+    def stall_ns(self, vm: Any, t_ns: int) -> int:
+        """The VM's vCPU stall up to ``t_ns``, credited as it accrues."""
+        return vm.stats.stall_ns + sum(v.accrued(t_ns)[0] for v in vm.vcpus)
+
+    def compute_ns(self, vm: Any, t_ns: int) -> int:
+        """The VM's vCPU guest time up to ``t_ns``, credited as it accrues."""
+        return vm.stats.compute_ns + sum(v.accrued(t_ns)[1] for v in vm.vcpus)
+
     def kswapd_busy_ns(self) -> int:
-        """Time kswapd spent in balance_pgdat."""
-        return self.kswapd.busy_ns
+        """Time kswapd spent in balance_pgdat (up to now)."""
+        return self.kswapd.busy_at(int(self.env.now))
 
     def start(self) -> None:
         """Start every process (kswapd, vCPUs, sampler); done once, before running."""

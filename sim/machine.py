@@ -27,7 +27,7 @@ import numpy as np
 
 from sim.config import Scenario, VmConfig
 from sim.guest.workloads import AccessStream
-from sim.host.memory import PG_SWAP, PTE_PRESENT, HostMemory, Watermarks
+from sim.host.memory import HAS_FRAME, PG_LOCKED, PG_SWAP, PTE_PRESENT, HostMemory, Watermarks
 from sim.host.mm import Mm
 from sim.host.rmap import Rmap
 from sim.host.swap import SwapDevice
@@ -100,11 +100,20 @@ class Machine:
             self.vm_base.tolist(),
             stamps=outdir is not None and sc.output.evictions,  # the eviction log reads them
         )
-        self.swap = SwapDevice(sc.swap, swap_slots, rng_for(sc.seed, "swap"), page_bytes)
+        self.vmstat = vmstat = new_vmstat(len(vm_pages))
+        self.swap = SwapDevice(
+            sc.swap,
+            swap_slots,
+            rng_for(sc.seed, "swap"),
+            page_bytes,
+            vmstat=vmstat,
+            synchronous=sc.reclaim.trigger == "demand",
+        )
         self.mms = mms = [
             Mm(i, name, int(self.vm_base[i]), int(sizes[i])) for i, (name, _) in enumerate(vm_pages)
         ]
-        self.vmstat = new_vmstat()
+        for mm in mms:
+            mm.notifiers.vmstat, mm.notifiers.mm = vmstat, mm.index
         self.policy = policy = make_policy(
             sc.reclaim,
             nr_frames=nr_frames,
@@ -124,11 +133,11 @@ class Machine:
                 sc.output.chunk_rows,
                 rng_seed=int(rng_for(sc.seed, "recorder").integers(2**63)),
             )
-        self.rmap = Rmap(mem, mms)
-        self.vmscan = Vmscan(mem, self.swap, self.rmap, mms, now, schedule, self.recorder)
+        self.rmap = Rmap(mem, mms, vmstat)
+        self.vmscan = Vmscan(mem, self.swap, self.rmap, mms, now, schedule, vmstat, self.recorder)
         self.vmscan.policy = policy
         self.vmscan.pmd_mapped = page_bytes > 4096
-        self.k = k = 1 if sc.kvm.tdp_mmu else sc.kvm.shadow_sptes_per_gfn
+        self.k = k = sc.kvm.shadow_sptes_per_gfn if sc.kvm.mmu == "shadow" else 1
         self.spte = np.zeros(int(sizes.sum()) * k, dtype=np.uint8)  # every VM's sptes
         self.vms: list[Vm] = []
         for i, (name, _) in enumerate(vm_pages):
@@ -146,6 +155,7 @@ class Machine:
                     flush_on_age=sc.kvm.flush_on_age,
                     tlb_flush_exit_ns=sc.costs.tlb_flush_exit_ns,
                     spte=self.spte[b * k : (b + n) * k],
+                    vmstat=vmstat,
                 )
             )
         # the notifier chain fused for TDP MMUs (same effects; the chain stays the general path)
@@ -161,25 +171,28 @@ class Machine:
         for vm in self.vms:
             b, n = vm.mm.pid_base, vm.mm.nr_pages
             vm.mmu.check(present[b : b + n])
-        # On the LRU: every mapped page (a page remapped while its write-out is in flight is
-        # back on it); off it: pages being read in, and unmapped pages under write-out.
+        # On the LRU: every page with a frame (mapped, or unmapped in the swap cache with its
+        # write-out in flight or done) except one being read in.
+        f = mem.flags
+        resident = ((f & HAS_FRAME) != 0) & ((f & PG_LOCKED) == 0)
         on_lru = np.zeros(self.nr_frames, dtype=np.bool_)
-        on_lru[mem.pfn[present]] = True
+        on_lru[mem.pfn[resident]] = True
         self.policy.check(on_lru)
         used = self.swap.nr_slots - self.swap.nr_free_slots
         assert 0 <= used <= self.swap.nr_slots, "swap slots over- or under-used"
         assert used == int(((mem.flags & PG_SWAP) != 0).sum()), "swap slot accounting"
+        self.vmstat.check()
 
     def kswapd_busy_ns(self) -> int:
         """Time kswapd spent reclaiming (none without kswapd)."""
         return 0
 
     def notifier_calls(self) -> int:
-        """Notifier callbacks made so far, all ops."""
-        return sum(sum(mm.notifiers.calls.values()) for mm in self.mms)
+        """Notifier callbacks made so far, all ops (from vmstat)."""
+        return sum(self.vmstat.notifier_calls().values())
 
     def sample(self, t_ns: int) -> None:
-        """Append one timeline sample (one row per VM)."""
+        """Append one timeline sample (one row per VM); counters are read from vmstat."""
         assert self.recorder is not None
         mem, vs, wm = self.mem, self.vmstat, self.mem.wmark
         lru = self.policy.lru_sizes()
@@ -197,10 +210,10 @@ class Machine:
             vs[VmStat.PGSCAN_DIRECT],
             vs[VmStat.PGSTEAL_DIRECT],
             vs[VmStat.ALLOCSTALL],
-            self.swap.pswpin,
-            self.swap.pswpout,
+            vs[VmStat.PSWPIN],
+            vs[VmStat.PSWPOUT],
             self.notifier_calls(),
-            sum(vm.mmu.remote_tlb_flush for vm in self.vms),
+            vs[VmStat.TLB_FLUSHES],
             self.swap.nr_slots - self.swap.nr_free_slots,
         ]
         per_vm = []
@@ -213,47 +226,54 @@ class Machine:
                     st.accesses,
                     *(st.faults[k] for k in FAULT_KINDS),
                     st.refaults,
-                    st.stall_ns,
+                    self.stall_ns(vm, t_ns),
                     st.tlb_flush_exits,
                 ]
             )
         self.recorder.sample(t_ns, per_vm, host)
 
+    def stall_ns(self, vm: Vm, t_ns: int) -> int:
+        """The VM's vCPU stall up to ``t_ns`` (time-less worlds: what was counted)."""
+        return vm.stats.stall_ns
+
+    def compute_ns(self, vm: Vm, t_ns: int) -> int:
+        """The VM's vCPU time running guest code up to ``t_ns``."""
+        return vm.stats.compute_ns
+
     def summary(self, wall_s: float, sim_time_ns: int) -> dict[str, Any]:
-        """The run's totals (``summary.json``)."""
+        """The run's totals (``summary.json``): every count is read from vmstat, whose per-VM
+        breakdowns must add up (checked here); the rest are per-VM guest-side figures."""
         sc, mem, vs = self.sc, self.mem, self.vmstat
+        vs.check()
         dur_s = max(sim_time_ns, 1) / 1e9
         vms = []
         for vm in self.vms:
             st = vm.stats
-            run_ns = st.compute_ns + st.stall_ns
+            stall, compute = self.stall_ns(vm, sim_time_ns), self.compute_ns(vm, sim_time_ns)
+            run_ns = compute + stall
             vms.append(
                 {
                     "name": vm.name,
                     "accesses": st.accesses,
                     "faults": dict(st.faults),
                     "refaults": st.refaults,
-                    "stall_ns": st.stall_ns,
-                    "compute_ns": st.compute_ns,
-                    "stall_fraction": st.stall_ns / run_ns if run_ns else 0.0,
-                    "slowdown": run_ns / st.compute_ns if st.compute_ns else None,
+                    "stall_ns": stall,
+                    "compute_ns": compute,
+                    "stall_fraction": stall / run_ns if run_ns else 0.0,
+                    "slowdown": run_ns / compute if compute else None,
                     "major_faults_per_s": st.faults["major"] / dur_s,
                     "memory_pages": vm.mm.nr_pages,
                     "resident_pages": int(mem.nr_resident[vm.index]),
                     "swapped_pages": int(mem.nr_swapped[vm.index]),
                     "vcpus": vm.nr_vcpus,
                     "tlb_flush_exits": st.tlb_flush_exits,
-                    "remote_tlb_flush": vm.mmu.remote_tlb_flush,
                     "pf_fast": vm.mmu.pf_fast,
                     "pf_retry": vm.mmu.pf_retry,
                     "oom_killed": vm.mm.dead,
+                    "vmstat": vs.mm_stat(vm.index),
                 }
             )
-        calls: dict[str, int] = {}
-        for mm in self.mms:
-            for op, n in mm.notifiers.calls.items():
-                calls[op] = calls.get(op, 0) + n
-        kvm_rmap = 0 if sc.kvm.tdp_mmu else vs[VmStat.SPTES_WALKED]
+        kvm_rmap = vs[VmStat.SPTES_WALKED] if sc.kvm.mmu != "tdp" else 0
         swap = self.swap
         host = {
             "page_size_kib": sc.host.page_size_kib,  # pages in this summary are this size
@@ -272,14 +292,15 @@ class Machine:
             "direct_reclaims": vs[VmStat.ALLOCSTALL],
             "direct_scanned": vs[VmStat.PGSCAN_DIRECT],
             "direct_reclaimed": vs[VmStat.PGSTEAL_DIRECT],
-            "pswpin": swap.pswpin,
-            "pswpout": swap.pswpout,
-            "tlb_flushes": sum(vm.mmu.remote_tlb_flush for vm in self.vms),
+            "pswpin": vs[VmStat.PSWPIN],
+            "pswpout": vs[VmStat.PSWPOUT],
+            "tlb_flushes": vs[VmStat.TLB_FLUSHES],
             "rmap_walked": vs[VmStat.RMAP_WALKED] + kvm_rmap,
             "host_rmap_walked": vs[VmStat.RMAP_WALKED],
             "kvm_sptes_walked": vs[VmStat.SPTES_WALKED],
-            "notifier": calls,
+            "notifier": vs.notifier_calls(),
             "free_pages_end": mem.nr_free,
+            "writeback_pages_end": mem.nr_writeback,
             "swap": {
                 "slots": swap.nr_slots,
                 "used_end": swap.nr_slots - swap.nr_free_slots,

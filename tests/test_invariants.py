@@ -99,7 +99,7 @@ def scenarios(draw: st.DrawFn, huge: bool = False) -> dict[str, Any]:
         "kvm": {
             "mmu_notifiers": draw(st.booleans()),
             "ept_ad_bits": draw(st.booleans()),
-            "tdp_mmu": draw(st.booleans()),
+            "mmu": draw(st.sampled_from(["tdp", "legacy_tdp", "shadow"])),
             "shadow_sptes_per_gfn": draw(st.integers(1, 3)),
             "flush_on_age": draw(st.booleans()),
         },

@@ -1,4 +1,4 @@
-"""MMU notifier semantics: aging reaches KVM's sptes, invalidation zaps them (MODEL.md 4.5-4.6)."""
+"""MMU notifier semantics: aging reaches KVM's sptes, invalidation zaps them."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from sim.engine import World
 from sim.host.memory import PAGE_SIZE, PG_SWAP, PG_WRITEBACK, PTE_PRESENT
 from sim.host.mmu_notifier import MmuNotifierOps, MmuNotifierSubscriptions
 from sim.host.vmscan import ScanControl
+from sim.host.vmstat import VmEvents
 from sim.kvm.fault import FaultKind, kvm_fault_nowait
 from sim.kvm.mmu import SPTE_ACCESS_TRACKED, SPTE_ACCESSED, SPTE_PRESENT
 from tests.conftest import tiny
@@ -69,8 +70,10 @@ def test_recently_touched_page_survives_a_scan_only_with_notifiers(notifiers: bo
     sc = _scan(w, len(GFNS))
     assert _resident(w, 0, 3) is notifiers
     assert not any(_resident(w, 0, g) for g in GFNS if g != 3)
-    assert sc.nr_reclaimed == len(GFNS) - (1 if notifiers else 0)
-    calls = w.vms[0].mm.notifiers.calls["clear_flush_young"]
+    # every unmapped page is dirty (first touch): its write starts, nothing is freed yet
+    assert sc.nr_pageout == len(GFNS) - (1 if notifiers else 0)
+    assert sc.nr_reclaimed == 0
+    calls = w.vmstat["mmu_notifier_clear_flush_young"]
     assert calls == (2 * len(GFNS) if notifiers else 0)
 
 
@@ -94,13 +97,14 @@ def test_invalidated_page_has_no_spte_and_costs_a_tlb_flush() -> None:
     _fault_in(w, 0, GFNS)
     seq0 = v.mmu.mmu_invalidate_seq
     _deactivate(w, len(GFNS))
-    sc = _scan(w, len(GFNS))  # nothing touched since: all evicted
-    assert sc.nr_reclaimed == len(GFNS)
+    sc = _scan(w, len(GFNS))  # nothing touched since: all unmapped, their writes started
+    assert sc.nr_pageout == len(GFNS)
+    assert sc.nr_reclaimed == 0  # nothing freed until the writes end
     assert not (v.mmu.spte[GFNS] & SPTE_PRESENT).any()
     assert not v.mmu.rmap_count[GFNS].any()
     assert v.mmu.mmu_invalidate_seq == seq0 + len(GFNS)
     assert v.mmu.mmu_invalidate_in_progress == 0
-    assert v.mmu.remote_tlb_flush == len(GFNS) == sc.nr_tlb_flushes
+    assert w.vmstat.per_mm[0]["remote_tlb_flush"] == len(GFNS) == sc.nr_tlb_flushes
     for cpu in v.vcpus:  # every running vCPU took one forced exit per flush
         assert cpu.pending_ns == len(GFNS) * w.sc.costs.tlb_flush_exit_ns
     pids = v.mm.pid_base + np.array(GFNS)
@@ -108,16 +112,24 @@ def test_invalidated_page_has_no_spte_and_costs_a_tlb_flush() -> None:
     assert ((f & PG_WRITEBACK) != 0).all()  # first-touch pages are dirty: written out
     assert ((f & PG_SWAP) != 0).all()
     free0 = w.mem.nr_free
-    w.env.run(until=10_000_000)  # let the writes complete
+    w.env.run(until=10_000_000)  # the writes end: the folios are rotated to the inactive tail
+    assert w.mem.nr_free == free0
+    assert w.vmstat["pgrotated"] == len(GFNS)
+    w.check()
+    calls = w.vmstat.notifier_calls()
+    sc = _scan(w, len(GFNS))  # the next scan frees them: unmapped, clean, in swap
+    assert sc.nr_reclaimed == len(GFNS)
     assert w.mem.nr_free == free0 + len(GFNS)
+    assert w.vmstat.notifier_calls() == calls  # an unmapped folio has no mapping to walk
     w.check()
 
 
 @pytest.mark.parametrize("clean", [False, True])
 def test_the_eviction_shadow_takes_the_pfn_place_until_the_swap_in(clean: bool) -> None:
-    """The workingset shadow of an evicted page is what its swap-in hands the policy. It waits
-    in the closure of the write-out while the page keeps its frame, then in the page's pfn
-    entry (where a pfn no longer is); a clean eviction (a valid swap copy) puts it there at once."""
+    """The workingset shadow of an evicted page is what its swap-in hands the policy. It is
+    taken when the folio is freed (``__remove_mapping``) and waits in the page's pfn entry
+    (where a pfn no longer is); a dirty folio is freed by the scan after its write ends, a
+    clean one (a valid swap copy) at once."""
     w = World(tiny())
     v = w.vms[0]
     pid = v.mm.pid_base + 5
@@ -126,6 +138,7 @@ def test_the_eviction_shadow_takes_the_pfn_place_until_the_swap_in(clean: bool) 
         _deactivate(w, 1)
         _scan(w, 1)
         w.env.run(until=10_000_000)
+        _scan(w, 1)
         proc = w.env.process(w.host_fault.handle_mm_fault(pid, write=False))
         w.env.run(until=proc)
         v.mmu.map_spte(5, 0, write=False)
@@ -142,12 +155,14 @@ def test_the_eviction_shadow_takes_the_pfn_place_until_the_swap_in(clean: bool) 
     w.policy.workingset_eviction = spy_eviction  # type: ignore[method-assign]
     _deactivate(w, 1)
     _scan(w, 1)
-    assert len(shadows) == 1
     if not clean:  # under write-out: still its frame, and the frame still knows it
+        assert not shadows  # the shadow is taken when the folio is freed
         assert w.mem.has_frame(np.array([pid])).all()
         assert w.mem.pfn[pid] == pfn
         assert w.mem.frame_pid[pfn] == pid
         w.env.run(until=20_000_000)
+        _scan(w, 1)  # the write ended; the next scan frees it
+    assert len(shadows) == 1
     assert not w.mem.has_frame(np.array([pid])).any()
     assert w.mem.pfn[pid] == shadows[0]
     w.check()
@@ -175,7 +190,8 @@ def test_swapped_in_page_is_rewritten_only_if_dirty(dirty_on_map: bool) -> None:
     _fault_in(w, 0, [5])
     _deactivate(w, 1)
     _scan(w, 1)
-    w.env.run(until=10_000_000)  # written out; frame freed
+    w.env.run(until=10_000_000)  # written out
+    _scan(w, 1)  # frame freed
     pid = v.mm.pid_base + 5
     assert not w.mem.has_frame(np.array([pid])).any()  # pfn holds the shadow now
     proc = w.env.process(w.host_fault.handle_mm_fault(pid, write=False))  # read fault: swap-in
@@ -185,9 +201,9 @@ def test_swapped_in_page_is_rewritten_only_if_dirty(dirty_on_map: bool) -> None:
     assert w.mem.flags[pid] & PG_SWAP  # a read swap-in keeps the swap copy
     assert w.policy.lru_sizes() == {"inactive": 0, "active": 1}
     _deactivate(w, 1)
-    pswpout, free = w.swap.pswpout, w.mem.nr_free
+    pswpout, free = w.vmstat["pswpout"], w.mem.nr_free
     _scan(w, 1)
-    assert w.swap.pswpout == pswpout + dirty_on_map  # clean: dropped without a write
+    assert w.vmstat["pswpout"] == pswpout + dirty_on_map  # clean: dropped without a write
     assert w.mem.nr_free == free + (not dirty_on_map)  # and its frame is free at once
     w.env.run(until=20_000_000)
     w.check()
@@ -230,7 +246,7 @@ def test_access_tracking_faults_appear_only_without_ept_ad(ept: bool) -> None:
 
 
 def test_shadow_paging_walks_every_spte_in_the_rmap() -> None:
-    w = World(tiny(kvm={"tdp_mmu": False, "shadow_sptes_per_gfn": 3}))
+    w = World(tiny(kvm={"mmu": "shadow", "shadow_sptes_per_gfn": 3}))
     v = w.vms[0]
     assert _fault_in(w, 0, [4], alias=0) == [FaultKind.FIRST_TOUCH]
     assert _fault_in(w, 0, [4], alias=2) == [FaultKind.MINOR]  # host page already mapped
@@ -269,13 +285,14 @@ def test_chain_ors_subscribers_without_short_circuit_and_skips_missing_ops() -> 
         )
     )
     subs.register(MmuNotifierOps())  # a subscriber with no aging ops is skipped
+    subs.vmstat, subs.mm = VmEvents(1), 0
     sc = ScanControl(nr_to_reclaim=1)
     hva = np.array([0x1000, 0x2000], dtype=np.int64)
     young = subs.clear_flush_young(hva, hva + PAGE_SIZE, sc)
     assert young.tolist() == [True, True]
     assert a.calls == ["age"]
     assert b.calls == ["age"]  # called although a was young
-    assert subs.calls["clear_flush_young"] == 4 == sc.nr_notifier_calls
+    assert subs.vmstat.per_mm[0]["mmu_notifier_clear_flush_young"] == 4 == sc.nr_notifier_calls
     subs.invalidate_range_start(hva, hva + PAGE_SIZE, sc)
     subs.invalidate_range_end(hva, hva + PAGE_SIZE, sc)
     assert b.calls == ["age", "start", "end"]

@@ -1,8 +1,9 @@
 """``PageQueue`` (sim/reclaim/base.py) against ``collections.deque`` reference models.
 
 Each deque's left end is the tail (oldest), its right end the head (newest). Two queues share
-one links array, as a policy's lists do, and folios move between them, so a link written for
-one list must never disturb the other. A folio is on at most one list, as the policies keep it.
+one ``LruLinks``, as a policy's lists do, and folios move between them, so a link written for
+one list must never disturb the other. A folio is on at most one list, as the policies keep it,
+and leaves it from anywhere in O(1) (``remove``, ``unlink``, ``lru_del``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from sim.reclaim.base import PageQueue, lru_links
+from sim.reclaim.base import PageQueue, lru_del, lru_links
 
 NR_FRAMES = 64
 _dtype = st.sampled_from([np.int64, np.int32, np.uint32])
@@ -104,18 +105,33 @@ class PageQueueMachine(RuleBasedStateMachine):
         got = self._isolate(which, n)
         self._add(which, got[len(got) - min(keep, len(got)) :], np.int64, tail=True)
 
-    @rule(data=st.data())
-    def remove(self, data: st.DataObject) -> None:
-        """Frames leave every list (an mm exits); absent values are ignored."""
-        victims = data.draw(st.lists(st.integers(0, NR_FRAMES - 1), max_size=10))
-        victims += data.draw(st.lists(st.integers(-50, -1), max_size=2))
+    @rule(which=_which, data=st.data())
+    def remove(self, which: int, data: st.DataObject) -> None:
+        """Folios leave a list from anywhere (an mm exits; buffered adds drain first)."""
+        ref = self.ref[which]
+        if not ref:
+            return
+        victims = data.draw(st.lists(st.sampled_from(list(ref)), unique=True, max_size=10))
+        self.q[which].remove(np.array(victims, dtype=np.int64))
         gone = set(victims)
-        for which in (0, 1):
-            ref = self.ref[which]
-            kept = [v for v in ref if v not in gone]
-            assert self.q[which].remove(np.array(victims, dtype=np.int64)) == len(ref) - len(kept)
-            self.ref[which] = deque(kept)
-            self.npend[which] = 0
+        self.ref[which] = deque(v for v in ref if v not in gone)
+        self.npend[which] = 0
+
+    @rule(which=_which, data=st.data(), to_tail=st.booleans())
+    def unlink_and_rotate(self, which: int, data: st.DataObject, to_tail: bool) -> None:
+        """One folio leaves its list from the middle and rejoins it at the tail
+        (``folio_rotate_reclaimable``) or moves to the other list's head (activation)."""
+        ref = self.ref[which]
+        if not ref:
+            return
+        v = data.draw(st.sampled_from(list(ref)))
+        self.q[which].unlink(v)
+        ref.remove(v)
+        self.npend[which] = 0
+        if to_tail:
+            self._add(which, [v], np.int64, tail=True)
+        else:
+            self._add(1 - which, [v], np.int64, tail=False)
 
     @precondition(lambda self: len(self._free()) > 0)
     @rule(
@@ -184,9 +200,31 @@ def test_lists_share_one_link_per_frame() -> None:
     assert inactive.snapshot().tolist() == [4, 5, 6, 7, 8, 9, 12, 11, 15, 14, 0, 1, 2, 3]
     assert len(active) == 0
     assert active.snapshot().tolist() == []
-    assert inactive.remove(np.array([4, 3, 12, 13])) == 3
+    inactive.remove(np.array([4, 3, 12]))
+    assert len(inactive) == 11
     assert inactive.isolate_tail(100).tolist() == [5, 6, 7, 8, 9, 11, 15, 14, 0, 1, 2]
-    assert links.nbytes == 16 * 4
+    # two int32 links per frame, plus one sentinel slot per list
+    assert links.nxt.nbytes + links.prev.nbytes == (16 + 2) * 4 * 2
+
+
+def test_unsized_lists_lose_folios_without_naming_the_list() -> None:
+    """MGLRU's lists: ``lru_del`` takes folios off whichever list holds them, even the head or
+    the tail, and the lists stay well formed (no sizes to keep)."""
+    links = lru_links(16, 4)
+    gens = [PageQueue(links, sized=False) for _ in range(4)]
+    gens[0].add_head(np.array([0, 1, 2]))
+    gens[1].add_head(np.array([3]))
+    gens[2].add_head(np.array([4, 5]))
+    lru_del(links, np.array([0, 3, 5]))
+    assert gens[0].snapshot().tolist() == [1, 2]
+    assert gens[1].is_empty()
+    assert gens[2].snapshot().tolist() == [4]
+    assert gens[3].is_empty()
+    gens[1].add_tail(np.array([5, 0]))
+    assert gens[1].snapshot().tolist() == [5, 0]
+    assert gens[1].isolate_tail(10).tolist() == [5, 0]
+    with pytest.raises(TypeError):
+        len(gens[0])
 
 
 def test_many_single_adds_drain_automatically_in_order() -> None:
@@ -224,7 +262,8 @@ def test_empty_queue() -> None:
     assert q.snapshot().tolist() == []
     assert q.isolate_tail(3).tolist() == []
     assert q.isolate_tail(0).dtype == np.int64
-    assert q.remove(np.array([1, 2])) == 0
+    q.remove(np.array([], dtype=np.int64))
+    assert q.is_empty()
     q.add_head(np.array([], dtype=np.int64))
     q.add_tail(np.array([], dtype=np.int64))
     assert len(q) == 0

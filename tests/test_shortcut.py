@@ -38,12 +38,9 @@ def _state(w: Any) -> dict[str, Any]:
         "pfn": mem.pfn.copy(),
         "frame_pid": mem.frame_pid.copy(),
         "spte": w.spte.copy(),
-        "calls": [dict(vm.mm.notifiers.calls) for vm in w.vms],
-        "kvm": [
-            (vm.mmu.zapped, vm.mmu.remote_tlb_flush, vm.mmu.mmu_invalidate_seq, vm.stats)
-            for vm in w.vms
-        ],
+        "kvm": [(vm.mmu.zapped, vm.mmu.mmu_invalidate_seq, vm.stats) for vm in w.vms],
         "vmstat": dict(w.vmstat),
+        "vmstat_per_vm": [dict(c) for c in w.vmstat.per_mm],
     }
 
 
@@ -90,5 +87,5 @@ def test_shortcut_steps_aside_for_another_subscriber() -> None:
 
 
 def test_no_shortcut_under_shadow_paging() -> None:
-    w = build_world(tiny(duration_s=0.01, kvm__tdp_mmu=False), None)
+    w = build_world(tiny(duration_s=0.01, kvm__mmu="shadow"), None)
     assert w.rmap.shortcut is None

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sim.host.swap import SwapConfig, SwapDevice
+from sim.host.vmstat import VmEvents
 
 READ_US, WRITE_US = 80.0, 30.0
 
@@ -30,6 +31,7 @@ def _device(
     nr_slots: int = 64,
     read_us: float = READ_US,
     write_us: float = WRITE_US,
+    nr_requests: int = 256,
 ) -> SwapDevice:
     cfg = SwapConfig(
         size_mib=1,
@@ -37,6 +39,7 @@ def _device(
         write_latency_us=write_us,
         latency_cv=cv,
         queue_depth=queue_depth,
+        nr_requests=nr_requests,
     )
     return SwapDevice(cfg, nr_slots, np.random.default_rng(seed))
 
@@ -108,8 +111,8 @@ def _check_against_simpy(
     assert got == expected
     assert dev.wait_ns == sum(g - a for g, (a, _) in zip(granted, requests, strict=True))
     assert dev.busy_ns == sum(s for _, s in requests)
-    assert dev.pswpout == sum(n for _, w, n in submits if w)
-    assert dev.pswpin == sum(n for _, w, n in submits if not w)
+    assert dev.vmstat["pswpout"] == sum(n for _, w, n in submits if w)
+    assert dev.vmstat["pswpin"] == sum(n for _, w, n in submits if not w)
 
 
 @settings(max_examples=150, deadline=None)
@@ -260,13 +263,48 @@ def test_queue_depth_bounds_concurrency() -> None:
     assert done == [30_000] * 3 + [60_000] * 3 + [90_000]
 
 
-def test_pswpin_pswpout_count_pages() -> None:
+def test_pswpin_pswpout_count_pages_at_submission_per_vm() -> None:
     dev = _device()
-    dev.submit(0, True, 5)
-    dev.submit(10, False)
-    dev.submit(20, False, 3)
-    dev.submit(30, True, 1)
-    assert (dev.pswpin, dev.pswpout) == (4, 6)
+    dev.vmstat = VmEvents(2)
+    dev.submit(0, True, 5, per_mm=[3, 2])
+    dev.submit(10, False, per_mm=0)
+    dev.submit(20, False, 3, per_mm=1)
+    dev.submit(30, True, 1)  # no VM named: the host total only
+    vs = dev.vmstat
+    assert (vs["pswpin"], vs["pswpout"]) == (4, 6)
+    assert vs.per_mm[0]["pswpout"] == 3
+    assert vs.per_mm[1]["pswpin"] == 3
+
+
+def test_request_tags_block_the_submitter() -> None:
+    """With one request tag, each write waits for the one before it: the device serves them one
+    at a time whatever its depth, and the submitter is blocked until its last one got a tag."""
+    dev = _device(queue_depth=4, cv=0.0, nr_requests=1)
+    done = dev.submit(0, True, 4)
+    assert done == [30_000, 60_000, 90_000, 120_000]
+    assert dev.blocked_until == 90_000
+    assert dev.in_flight(0) == 1
+    # a read submitted meanwhile waits for a tag too (it queues behind the writes)
+    assert dev.submit(10_000, False, 1) == [120_000 + 80_000]
+    assert dev.blocked_until == 120_000
+
+
+def test_request_tags_above_the_depth_only_bound_the_backlog() -> None:
+    """Three tags, two servers: the third write queues on the device, the fourth waits for a
+    tag (the first completion), and the submitter is free once it has one."""
+    dev = _device(queue_depth=2, cv=0.0, nr_requests=3)
+    assert dev.submit(0, True, 5) == [30_000, 30_000, 60_000, 60_000, 90_000]
+    assert dev.blocked_until == 30_000
+    assert dev.in_flight(30_000) == 3
+
+
+def test_a_synchronous_device_completes_at_submission() -> None:
+    """SWP_SYNCHRONOUS_IO (demand mode's device): no queue, no time, still counted."""
+    cfg = SwapConfig(size_mib=1, write_latency_us=WRITE_US, nr_requests=1)
+    dev = SwapDevice(cfg, 64, np.random.default_rng(0), synchronous=True)
+    assert dev.submit(7, True, 3) == [7, 7, 7]
+    assert dev.blocked_until == 7
+    assert dev.vmstat["pswpout"] == 3
 
 
 def test_submit_zero_pages_is_a_no_op() -> None:
@@ -276,7 +314,7 @@ def test_submit_zero_pages_is_a_no_op() -> None:
     busy = dev.busy_ns
     assert dev.submit(10, True, 0) == []
     assert dev.busy_ns == busy
-    assert dev.pswpout == 1
+    assert dev.vmstat["pswpout"] == 1
     # The pool was not consumed: the next write gets the second latency of the stream.
     twin = _device(queue_depth=1)
     assert dev._draw(True, 1) == twin._draw(True, 2)[1:]

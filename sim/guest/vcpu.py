@@ -42,7 +42,7 @@ from sim.guest.touch import ept_touch, first_fault
 from sim.guest.workloads import AccessStream
 from sim.host.fault import HostFaultHandler
 from sim.host.kswapd import ProcessGen
-from sim.host.memory import PG_EVICTED, HostMemory
+from sim.host.memory import HostMemory
 from sim.kvm.fault import kvm_fault_nowait, kvm_page_fault
 from sim.kvm.mmu import SPTE_ACCESS_TRACKED, SPTE_PRESENT
 from sim.kvm.vm import Vm
@@ -71,7 +71,7 @@ class Vcpu:
         stream: its access stream.
         access_rate_per_s: guest accesses per second of guest time.
         batch_accesses: largest batch taken from the stream at once.
-        mem: host memory (last-access stamps, refault flags).
+        mem: host memory (last-access stamps).
         host: the host fault handler (GUP).
         costs: CPU costs.
         rng: generator for shadow-paging aliases.
@@ -110,6 +110,11 @@ class Vcpu:
         self._lo = self._hi = 0
         self._t0 = self._pending = 0
         self._cut = -1
+        # accrual: the step in flight as (start, segment ends, segment is stall), and the start
+        # of a fault the vCPU is blocked in; the step's stall and compute are counted in the
+        # VM's stats when it begins, so a sample in the middle takes back what lies ahead
+        self._step: tuple[int, list[int], list[bool]] | None = None
+        self._wait_since = -1
 
     def run(self) -> ProcessGen:
         """The vCPU thread: steps of hits and quick faults; a fault that must wait is its own
@@ -117,7 +122,7 @@ class Vcpu:
         env, vm, mem = self.env, self.vm, self.mem
         mm, mmu, stats = vm.mm, vm.mmu, vm.stats
         spte, k, base = mmu.spte, mmu.k, mm.pid_base
-        last_access, flags = mem.last_access_us, mem.flags
+        last_access = mem.last_access_us
         n = pos = 0
         gfns = idx_all = np.empty(0, dtype=np.int64)
         writes = np.empty(0, dtype=np.bool_)
@@ -134,11 +139,16 @@ class Vcpu:
             # observe the difference); then one timeout for the step's time.
             horizon = env.peek() - env.now
             t = 0  # time this step takes so far
+            ends: list[int] = []  # its segments: where each ends, and whether it is stall
+            stalls: list[bool] = []
             while True:
                 pending = self.pending_ns  # exits and fault CPU owed, paid before the accesses
                 self.pending_ns = 0
-                stats.stall_ns += pending
-                t += pending
+                if pending:
+                    stats.stall_ns += pending
+                    t += pending
+                    ends.append(t)
+                    stalls.append(True)
                 lo, t_lo = pos, t
                 pos = ept_touch(
                     spte, idx_all, gfns, writes, last_access, base, (env.now + t) // 1000, lo, n
@@ -148,8 +158,12 @@ class Vcpu:
                         self.on_access(gfns[lo:pos] + base)
                     stats.accesses += pos - lo
                     t += self._guest_time(pos - lo)
+                    ends.append(t)
+                    stalls.append(False)
                 if pos >= n or t >= horizon or not self._resolve(pos, t, gfns, idx_all, writes):
                     break
+            if t:
+                self._step = (int(env.now), ends, stalls)
             if pos > lo:  # the last run of hits may outlast the horizon: it can be revoked
                 self._idx, self._lo, self._hi = idx_all, lo, pos
                 self._t0, self._pending, self._cut = env.now, t_lo, -1
@@ -162,19 +176,18 @@ class Vcpu:
                         q, self._cut = self._cut, -1
                         self._undo(q, end)
                         pos = end = self._hi = q
-                        t = self._offset(q)
+                        t = ends[-1] = self._offset(q)
                 self._idx = None
             elif t:
                 yield env.timeout(t)
+            self._step = None
             if pos >= n or mm.dead:
                 continue
             if (spte.item(idx_all.item(pos)) & _FAULT_MASK) == _OK:
                 continue  # another vCPU mapped it meanwhile: the next step hits
             if not self._resolve(pos, 0, gfns, idx_all, writes):
                 gfn = gfns.item(pos)
-                yield from self._fault(
-                    gfn, idx_all.item(pos) - gfn * k, writes.item(pos), base, flags
-                )
+                yield from self._fault(gfn, idx_all.item(pos) - gfn * k, writes.item(pos), base)
 
     def _resolve(
         self,
@@ -186,10 +199,10 @@ class Vcpu:
     ) -> bool:
         """The EPT violation of access ``pos``, ``t`` ns from now, if KVM or the host resolve it
         without waiting (fast page fault, first touch, swap-cache hit); its CPU cost is owed."""
-        vm, k, base, flags = self.vm, self.vm.mmu.k, self.vm.mm.pid_base, self.mem.flags
+        vm, k, base = self.vm, self.vm.mmu.k, self.vm.mm.pid_base
         gfn = gfns.item(pos)
         pid = base + gfn
-        evicted = flags.item(pid) & PG_EVICTED
+        evicted = self.host.is_refault(pid)
         r = kvm_fault_nowait(
             vm.mmu,
             self.host,
@@ -204,14 +217,33 @@ class Vcpu:
         kind, cpu_ns = r
         st = vm.stats
         st.faults[kind] += 1
-        if evicted:
-            flags[pid] = flags.item(pid) & ~PG_EVICTED
-            st.refaults += 1
+        st.refaults += evicted
         st.fault_ns += cpu_ns
         self.pending_ns += cpu_ns  # stall, counted when paid
         if self.sink is not None:
             self.sink.fault(self.env.now + t, vm.index, self.index, gfn, kind, cpu_ns, pid)
         return True
+
+    def accrued(self, now: int) -> tuple[int, int]:
+        """(stall, compute) to add to the VM's counted stall and compute to have them as they
+        stand at ``now``: a fault in progress has stalled since it began; a step in flight has
+        counted all its stall and compute at its start, of which what lies after ``now`` is
+        taken back."""
+        stall = now - self._wait_since if self._wait_since >= 0 else 0
+        compute = 0
+        if self._step is not None:
+            t0, ends, stalls = self._step
+            x = now - t0
+            start = 0
+            for end, is_stall in zip(ends, stalls, strict=True):
+                ahead = end - max(start, x)
+                if ahead > 0:
+                    if is_stall:
+                        stall -= ahead
+                    else:
+                        compute -= ahead
+                start = end
+        return stall, compute
 
     def revoked(self) -> None:
         """KVM zapped or access-tracked sptes while this vCPU's step is in flight.
@@ -255,19 +287,18 @@ class Vcpu:
         self.vm.stats.compute_ns += dt
         return dt
 
-    def _fault(self, gfn: int, alias: int, write: bool, base: int, flags: np.ndarray) -> ProcessGen:
+    def _fault(self, gfn: int, alias: int, write: bool, base: int) -> ProcessGen:
         """Handle an EPT violation that must wait (I/O, reclaim); the access is then retried."""
         env, vm = self.env, self.vm
         pid = base + gfn
-        f = flags.item(pid)
-        refault = bool(f & PG_EVICTED)
-        if refault:
-            flags[pid] = f & ~PG_EVICTED
+        refault = self.host.is_refault(pid)
         t0 = env.now
         self.in_guest = False
+        self._wait_since = int(t0)
         kind, cpu_ns, _ = yield from kvm_page_fault(
             vm.mmu, vm.mm, self.host, self.costs, pid=pid, gfn=gfn, alias=alias, write=write
         )
+        self._wait_since = -1
         self.in_guest = True
         waited = env.now - t0
         latency = waited + cpu_ns

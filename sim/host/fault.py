@@ -4,15 +4,23 @@ Models
     When KVM needs the host page behind a gfn (``hva_to_pfn`` -> ``get_user_pages``), the host
     either finds QEMU's pte present (GUP fast path), or faults: ``do_anonymous_page`` for a page
     never touched (allocate and zero a frame), or ``do_swap_page`` for a page whose pte is a swap
-    entry: a swap-cache hit if the page is still in memory (its write-out is in flight), otherwise
-    a major fault that allocates a frame and reads the page from the swap device. The new or
-    restored pte is young (GUP marks it accessed). A swapped-in page keeps its swap copy (clean)
-    unless the fault is a write or swap is more than half full (``should_try_to_free_swap``).
+    entry: a swap-cache hit if its folio is still in memory (unmapped by reclaim, its write-out
+    in flight or done and not yet freed: a minor fault), otherwise a major fault that allocates
+    a frame and reads the page from the swap device. The new or restored pte is young (GUP marks
+    it accessed). A page faulted back in keeps its swap copy (clean) unless the fault is a write
+    or swap is more than half full (``should_try_to_free_swap``), and never while its write-out
+    is in flight (``folio_free_swap``).
+
+Counting
+    ``pgfault`` for every fault the host handles and ``pgmajfault`` for each that read from the
+    device, with the mm they belong to (``count_memcg_event_mm``); the read itself counts
+    ``pswpin`` in the swap device when it is submitted.
 
 Kernel reference
     mm/memory.c: ``handle_mm_fault``, ``do_anonymous_page``, ``do_swap_page``,
     ``should_try_to_free_swap``; mm/swap_state.c: ``swapin_readahead`` (without readahead);
-    mm/workingset.c: ``workingset_refault`` (through the policy).
+    mm/swapfile.c: ``folio_free_swap``; mm/workingset.c: ``workingset_refault`` (through the
+    policy).
 
 Simplifications
     Synchronous faults only (no async page faults): the vCPU thread blocks for the read. A second
@@ -22,25 +30,24 @@ Simplifications
     always, e.g. when they zero them on allocation).
 
 Invariants
-    A page gets at most one frame; a page being read in is locked and on no LRU list.
+    A page gets at most one frame; a page being read in is locked and on no LRU list; a folio
+    found in the swap cache is on the LRU already and stays where it is.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from enum import StrEnum
 from typing import Protocol
 
-import numpy as np
 import simpy
 
 from sim.host.kswapd import ProcessGen
 from sim.host.memory import (
     PG_DIRTY,
     PG_LOCKED,
+    PG_RESIDENT,
     PG_SWAP,
-    PG_TOUCHED,
     PG_WRITEBACK,
     PTE_PRESENT,
     PTE_YOUNG,
@@ -49,17 +56,13 @@ from sim.host.memory import (
 from sim.host.mm import Mm
 from sim.host.page_alloc import PageAllocator
 from sim.host.swap import SwapDevice
-from sim.host.vmstat import VmStat
+from sim.host.vmstat import VmEvents, VmStat
 from sim.reclaim.base import EvictionPolicy
 
-_U8 = np.uint8
-_MAPPED = _U8(PTE_PRESENT | PTE_YOUNG | PG_TOUCHED)  # GUP maps the pte young
-_NEW_ANON = _U8(PTE_PRESENT | PTE_YOUNG | PG_DIRTY | PG_TOUCHED)
-_MAPPED_INT = int(_MAPPED)
-_NEW_ANON_INT = int(_NEW_ANON)
+_MAPPED_INT = PTE_PRESENT | PTE_YOUNG  # GUP maps the pte young
+_NEW_ANON_INT = PTE_PRESENT | PTE_YOUNG | PG_DIRTY | PG_RESIDENT
 _PGFAULT = VmStat.PGFAULT.value  # plain str keys: cheaper to hash than the enum member
 _PGMAJFAULT = VmStat.PGMAJFAULT.value
-_PSWPIN = VmStat.PSWPIN.value
 
 
 class HostFault(StrEnum):
@@ -91,13 +94,23 @@ class HostFaultHandler:
         alloc: PageAllocator | FrameAllocator,
         policy: EvictionPolicy,
         mms: Sequence[Mm],
-        vmstat: Counter[str],
+        vmstat: VmEvents,
     ) -> None:
         self.env, self.mem, self.swap, self.alloc = env, mem, swap, alloc
         self.policy, self.mms, self.vmstat = policy, list(mms), vmstat
         self._inflight: dict[int, simpy.Event] = {}  # pid -> fault-in in progress
 
-    def fault_nowait(self, pid: int) -> HostFault | None:
+    def is_refault(self, pid: int) -> bool:
+        """The page was evicted since its last fault: touched (it has a frame or a swap copy)
+        and not mapped, and no fault-in of it is in progress (which counted it already)."""
+        f = self.mem.flags.item(pid)
+        return (
+            not f & PTE_PRESENT
+            and bool(f & (PG_RESIDENT | PG_SWAP))
+            and (pid not in self._inflight)
+        )
+
+    def fault_nowait(self, pid: int, write: bool = False) -> HostFault | None:
         """Resolve the fault if that needs no waiting (no I/O, no reclaim); else None.
 
         Covers a present pte, a swap-cache hit, and a first touch while free memory is above
@@ -110,19 +123,21 @@ class HostFaultHandler:
             return HostFault.MAPPED
         if pid in self._inflight:
             return None
-        if f & PG_WRITEBACK:  # swap cache hit: the write-out is still in flight
-            pfn = mem.pfn.item(pid)
-            self.vmstat[_PGFAULT] += 1
-            flags[pid] = f | _MAPPED_INT
-            self.policy.folio_add_lru(pfn, None)
-            self.policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
+        if f & PG_RESIDENT:  # swap-cache hit: the folio is still in memory, on the LRU
+            self.vmstat.count(_PGFAULT, 1, mem.page_owner(pid))
+            f |= _MAPPED_INT
+            if not f & PG_WRITEBACK and (write or self.swap.vm_swap_full()):
+                f = (f & ~PG_SWAP) | PG_DIRTY  # should_try_to_free_swap -> folio_free_swap
+                self.swap.free_slots(1)
+            flags[pid] = f
+            self.policy.folio_mark_accessed(mem.pfn.item(pid))  # GUP's FOLL_TOUCH
             return HostFault.SWAPCACHE
         if f & PG_SWAP:
             return None  # needs a read
         pfn = self.alloc.alloc_fast(pid)
         if pfn < 0:
             return None  # needs reclaim
-        self.vmstat[_PGFAULT] += 1
+        self.vmstat.count(_PGFAULT, 1, mem.page_owner(pid))
         flags[pid] = _NEW_ANON_INT
         self.policy.folio_add_lru(pfn, None)
         self.policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
@@ -138,7 +153,7 @@ class HostFaultHandler:
 
     def handle_mm_fault(self, pid: int, write: bool) -> ProcessGen:
         """Make page ``pid`` present in its mm, waiting as needed; returns a :class:`HostFault`."""
-        hf = self.fault_nowait(pid)
+        hf = self.fault_nowait(pid, write)
         if hf is not None:
             return hf
         ev = self._inflight.get(pid)
@@ -147,7 +162,7 @@ class HostFaultHandler:
             if self.mem.flags.item(pid) & PTE_PRESENT:
                 self.policy.folio_mark_accessed(self.mem.pfn.item(pid))  # our GUP's FOLL_TOUCH
             return HostFault.WAITED
-        self.vmstat[_PGFAULT] += 1
+        self.vmstat.count(_PGFAULT, 1, self.mem.page_owner(pid))
         assert self.env is not None
         done = self.env.event()
         self._inflight[pid] = done
@@ -178,7 +193,7 @@ class HostFaultHandler:
         flags = mem.flags
         flags[pid] = flags.item(pid) | PG_LOCKED
         now = self.env.now
-        t_done = self.swap.submit(now, write=False)[0]
+        t_done = self.swap.submit(now, write=False, per_mm=mm.index)[0]
         yield self.env.timeout(t_done - now)
         flags[pid] = flags.item(pid) & ~PG_LOCKED
         if mm.dead:
@@ -192,9 +207,7 @@ class HostFaultHandler:
         (``shadow``, the one its eviction left, tells the policy whether this is a refault of
         the workingset)."""
         flags = self.mem.flags
-        vs = self.vmstat
-        vs[_PGMAJFAULT] += 1
-        vs[_PSWPIN] += 1
+        self.vmstat.count(_PGMAJFAULT, 1, self.mem.page_owner(pid))
         f = flags.item(pid) | _MAPPED_INT
         if write or self.swap.vm_swap_full():  # should_try_to_free_swap
             f = (f & ~PG_SWAP) | PG_DIRTY
@@ -205,16 +218,17 @@ class HostFaultHandler:
 
     def fault_sync(self, pid: int, write: bool) -> HostFault:
         """Demand mode: resolve any fault at once; a swap-in's read takes no time."""
-        hf = self.fault_nowait(pid)
+        hf = self.fault_nowait(pid, write)
         if hf is not None:
             return hf
         mem = self.mem
-        self.vmstat[VmStat.PGFAULT] += 1
+        mm = mem.page_owner(pid)
+        self.vmstat.count(_PGFAULT, 1, mm)
         shadow = mem.pfn.item(pid)  # before the frame takes its place
         pfn = self.alloc.alloc_fast(pid)
         assert pfn >= 0, "demand allocation always succeeds"
-        mem.nr_swapped[mem.page_owner(pid)] -= 1
-        self.swap.pswpin += 1  # the read happens, but takes no time here
+        mem.nr_swapped[mm] -= 1
+        self.swap.submit(0, write=False, per_mm=mm)  # a synchronous device: no time
         self._swapin_done(pid, pfn, write, shadow)
         return HostFault.MAJOR
 
@@ -223,5 +237,5 @@ class HostFaultHandler:
         mem = self.mem
         if mem.flags[pid] & PG_SWAP:
             self.swap.free_slots(1)
+        mem.free_frame(pfn)
         mem.flags[pid] = 0
-        mem.free_frames(np.array([pfn], dtype=np.int64))

@@ -8,7 +8,7 @@ Models
 
 Kernel reference
     mm/page_alloc.c: ``calculate_min_free_kbytes``, ``__setup_per_zone_wmarks``;
-    include/linux/page-flags.h (PG_dirty, PG_swapcache, PG_writeback, PG_locked).
+    include/linux/page-flags.h (PG_dirty, PG_swapcache, PG_writeback, PG_locked, PG_reclaim).
 
 Data model
     State is a structure of numpy arrays, never a Python object per page. A guest page is named by
@@ -18,11 +18,12 @@ Data model
     pids, so a bisection of the ranges' starts finds it.
 
     ``pfn`` holds what the kernel's swap cache slot holds, a folio or its shadow: the frame's pfn
-    while the page has one (``HAS_FRAME``: mapped, under swap-out writeback, or being read in),
-    the workingset shadow left at its eviction while the page is only in swap (``PG_SWAP``), and
-    ``NO_PFN`` otherwise (never touched, or its mm exited). The value alone cannot tell a pfn
-    from a shadow; the flags do. Swap slots are interchangeable in this model (swap.py), so a
-    page's slot is implied by ``PG_SWAP`` and only the device's count of free slots is kept.
+    while the page has one (``PG_RESIDENT``: mapped; or unmapped by reclaim and still in the swap
+    cache, its write-out in flight or done and waiting for a scan to free it; or being read in), the
+    workingset shadow left when its folio was freed while the page is only in swap (``PG_SWAP``),
+    and ``NO_PFN`` otherwise (never touched, or its mm exited). The value alone cannot tell a pfn
+    from a shadow; the flags do. Swap slots are interchangeable in this model (swap.py), so a page's
+    slot is implied by ``PG_SWAP`` and only the device's count of free slots is kept.
 
     Two arrays are for analysis only (no kernel has them) and exist only when the eviction log
     asks (``stamps``): per page ``last_access_us`` (uint32 us, the page's last guest access), per
@@ -32,9 +33,12 @@ Data model
     2 GiB of resident pages; per page it is a store next to the spte's in access order.
 
 Invariants
-    ``nr_free + (frames owned) == nr_frames``; the pages with ``HAS_FRAME`` are exactly the
+    ``nr_free + (frames owned) == nr_frames``; the pages with ``PG_RESIDENT`` are exactly the
     owners of frames, each owns one and its frame points back at it; a page with neither a frame
-    nor ``PG_SWAP`` holds ``NO_PFN``; a touched page has one or the other.
+    nor ``PG_SWAP`` holds ``NO_PFN``; a page without a frame has no flag but ``PG_SWAP``; an
+    unmapped page with a frame has its swap copy. A page was touched iff it has a frame or a
+    swap copy (so no flag records it), and it was evicted since its last fault iff it is
+    touched and not mapped (the next fault on it is a refault).
 """
 
 from __future__ import annotations
@@ -62,13 +66,12 @@ PTE_PRESENT = 0x01  # QEMU's host pte maps the page (else none, or a swap entry 
 PTE_YOUNG = 0x02  # host pte accessed bit: set by QEMU/vhost touches and by GUP fault-in
 PG_DIRTY = 0x04  # folio data differs from its swap copy (or it has none)
 PG_SWAP = 0x08  # page owns a swap slot (swap cache while resident, swap entry when not)
-PG_WRITEBACK = 0x10  # swap-out write in flight; the frame is freed when it completes
+PG_WRITEBACK = 0x10  # swap-out write in flight (the folio stays resident until a later scan)
 PG_LOCKED = 0x20  # swap-in read in flight (folio locked in the swap cache)
-PG_TOUCHED = 0x40  # faulted in at least once (else untouched: no frame, no slot)
-PG_EVICTED = 0x80  # evicted since its last fault (the next fault on it is a refault)
-# The page owns a frame (and ``pfn`` is its pfn, not a shadow): mapped, being written out (the
-# frame is freed when the write completes) or being read in (the frame was allocated first).
-HAS_FRAME = PTE_PRESENT | PG_WRITEBACK | PG_LOCKED
+PG_RESIDENT = 0x40  # the page owns a frame: mapped, or an unmapped swap-cache folio, or in I/O
+PG_RECLAIM = 0x80  # PG_reclaim: written for reclaim; rotated to the LRU tail when the write ends
+# The page owns a frame (and ``pfn`` is its pfn, not a shadow).
+HAS_FRAME = PG_RESIDENT
 
 
 def int_sqrt(x: int) -> int:
@@ -191,6 +194,7 @@ class HostMemory:
         if self.stamps:
             self.scans[pfn] = 0
         self.pfn[pid] = pfn
+        self.flags[pid] = self.flags.item(pid) | PG_RESIDENT
         self.nr_resident[self.page_owner(pid)] += 1
         return pfn
 
@@ -205,6 +209,7 @@ class HostMemory:
             return
         pids = self.frame_pid[pfns]
         self.pfn[pids] = NO_PFN if shadows is None else shadows
+        self.flags[pids] &= np.uint8(~PG_RESIDENT & 0xFF)
         self.frame_pid[pfns] = -1
         self._push_free(n)[:] = pfns
         self.nr_free += n
@@ -216,6 +221,7 @@ class HostMemory:
         """``free_frames`` for one frame (scalar fast path)."""
         pid = int(self.frame_pid[pfn])
         self.pfn[pid] = shadow
+        self.flags[pid] = self.flags.item(pid) & ~PG_RESIDENT
         self.frame_pid[pfn] = -1
         self._push_free(1)[0] = pfn
         self.nr_free += 1
@@ -247,12 +253,9 @@ class HostMemory:
         return self.nr_free > mark
 
     def balanced(self) -> bool:
-        """``pgdat_balanced``: free pages above the high watermark (``zone_watermark_ok_safe``).
-
-        Frames under swap-out writeback count as free: kswapd has already committed them and the
-        kernel frees them on a later scan once the write completes (see kswapd.py).
-        """
-        return self.nr_free + self.nr_writeback > self.wmark.high
+        """``pgdat_balanced``: free pages above the high watermark (``zone_watermark_ok_safe``
+        counts free pages only: frames whose write-out is in flight are not free yet)."""
+        return self.nr_free > self.wmark.high
 
     # -- checks ------------------------------------------------------------------------------
     def has_frame(self, pids: NDArray[np.integer]) -> NDArray[np.bool_]:
@@ -275,8 +278,9 @@ class HostMemory:
         assert has[self.frame_pid[owned]].all(), "a frame's owner does not know it"
         swap = (self.flags & PG_SWAP) != 0
         assert (self.pfn[~has & ~swap] == NO_PFN).all(), "an entry with no frame or swap copy"
-        touched = (self.flags & PG_TOUCHED) != 0
-        assert (has | swap)[touched].all(), "a touched page with no frame or swap copy"
+        assert not (self.flags[~has] & ~np.uint8(PG_SWAP)).any(), "flags on a page without frame"
+        unmapped = has & ((self.flags & PTE_PRESENT) == 0)
+        assert swap[unmapped].all(), "an unmapped resident page without its swap copy"
         wb = (self.flags & PG_WRITEBACK) != 0
         assert int(wb.sum()) == self.nr_writeback, "writeback accounting"
         res = np.bincount(self.page_owners(pids), minlength=len(self.nr_resident))

@@ -13,7 +13,8 @@ Kernel reference
 
 Batching
     Each callback takes arrays ``start``/``end`` of hva ranges: one element is one kernel call on
-    ``[start[i], end[i])``. Calls are counted one per element per subscriber. Batching changes the
+    ``[start[i], end[i])``. Calls are counted one per element per subscriber, where they are made,
+    into the host's vmstat (``mmu_notifier_<op>``, with the mm they belong to). Batching changes the
     cost of simulating, not the semantics: each element gets exactly the kernel's treatment. Each
     callback also gets ``work``, where the subscriber adds the work it did (sptes walked, TLB
     flushes) so the caller can price it ("count, then price").
@@ -28,10 +29,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from sim.host.vmstat import VmEvents
 
 Hva = NDArray[np.int64]
 
@@ -72,6 +76,8 @@ class MmuNotifierOps:
     release: Callable[[], None] | None = None
 
 
+NOTIFIER_PREFIX = "mmu_notifier_"  # vmstat key of an op: NOTIFIER_PREFIX + op
+
 OPS = (
     "clear_flush_young",
     "clear_young",
@@ -84,10 +90,15 @@ OPS = (
 
 @dataclass(slots=True)
 class MmuNotifierSubscriptions:
-    """``mm->notifier_subscriptions``: the ops tables registered on one mm, and call counts."""
+    """``mm->notifier_subscriptions``: the ops tables registered on one mm.
+
+    Calls are counted into ``vmstat`` (attached by the machine, with the mm's index); without
+    one (a chain built alone in a test) they are not counted.
+    """
 
     subscribers: list[MmuNotifierOps] = field(default_factory=list)
-    calls: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OPS, 0))
+    vmstat: VmEvents | None = None
+    mm: int = -1
     # registrations on any mm so far: whoever caches a view of the subscribers checks it
     registrations: ClassVar[int] = 0
 
@@ -96,6 +107,11 @@ class MmuNotifierSubscriptions:
         self.subscribers.append(ops)
         MmuNotifierSubscriptions.registrations += 1
 
+    def count(self, op: str, n: int) -> None:
+        """``n`` calls of ``op`` into one subscriber."""
+        if self.vmstat is not None:
+            self.vmstat.count(NOTIFIER_PREFIX + op, n, self.mm)
+
     def _age(self, op: str, start: Hva, end: Hva, work: NotifierWork) -> NDArray[np.bool_]:
         young = np.zeros(len(start), dtype=np.bool_)
         for sub in self.subscribers:
@@ -103,7 +119,7 @@ class MmuNotifierSubscriptions:
             if fn is None:
                 continue
             young |= fn(start, end, work)  # no short circuit: every subscriber must clear
-            self.calls[op] += len(start)
+            self.count(op, len(start))
             work.nr_notifier_calls += len(start)
         return young
 
@@ -125,7 +141,7 @@ class MmuNotifierSubscriptions:
             if fn is None:
                 continue
             fn(start, end, work)
-            self.calls[op] += len(start)
+            self.count(op, len(start))
             work.nr_notifier_calls += len(start)
 
     def invalidate_range_start(self, start: Hva, end: Hva, work: NotifierWork) -> None:
@@ -141,4 +157,4 @@ class MmuNotifierSubscriptions:
         for sub in self.subscribers:
             if sub.release is not None:
                 sub.release()
-                self.calls["release"] += 1
+                self.count("release", 1)

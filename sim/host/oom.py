@@ -16,7 +16,6 @@ Invariants
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -24,7 +23,7 @@ import numpy as np
 from sim.host.memory import HAS_FRAME, NO_PFN, PG_LOCKED, PG_SWAP, PG_WRITEBACK, HostMemory
 from sim.host.mm import Mm
 from sim.host.swap import SwapDevice
-from sim.host.vmstat import VmStat
+from sim.host.vmstat import VmEvents, VmStat
 from sim.reclaim.base import EvictionPolicy
 
 
@@ -41,9 +40,9 @@ def exit_mmap(mm: Mm, mem: HostMemory, swap: SwapDevice, policy: EvictionPolicy)
     has_frame = (fi & HAS_FRAME) != 0
     pfns = mem.pfn[idle[has_frame]].astype(np.int64)
     policy.folio_remove(pfns)
-    mem.flags[idle] = 0
     mem.pfn[idle[~has_frame]] = NO_PFN  # shadows go with the swap copies
     mem.free_frames(pfns)
+    mem.flags[idle] = 0
     mem.nr_swapped[mm.index] = 0
 
 
@@ -56,7 +55,7 @@ class OomKiller:
         mem: HostMemory,
         swap: SwapDevice,
         policy: EvictionPolicy,
-        vmstat: Counter[str],
+        vmstat: VmEvents,
         now: Callable[[], int],
     ) -> None:
         self.mms, self.mem, self.swap, self.policy = list(mms), mem, swap, policy
@@ -73,6 +72,6 @@ class OomKiller:
             alive, key=lambda m: (mem.nr_resident[m.index] + mem.nr_swapped[m.index], -m.index)
         )
         exit_mmap(victim, mem, self.swap, self.policy)
-        self.vmstat[VmStat.OOM_KILL] += 1
+        self.vmstat.count(VmStat.OOM_KILL, 1, victim.index)
         self.kills.append((self.now(), victim.name))
         return True

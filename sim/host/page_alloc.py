@@ -4,18 +4,19 @@ Models
     ``__alloc_pages``: the fast path takes a frame while free memory is above the low watermark;
     otherwise kswapd is woken and the slow path may still take one above the min watermark; at or
     below min the allocating task (a vCPU thread faulting guest memory in) enters direct reclaim
-    and stalls for it. If reclaim made progress but frames are still short (their write-out is in
-    flight), the task is throttled until write-back frees frames (``reclaim_throttle``, at most
-    HZ/10). After more than MAX_RECLAIM_RETRIES rounds in a row without progress the OOM killer
-    runs.
+    and stalls for it, then tries the free lists again. ``should_reclaim_retry`` decides whether
+    to go round again: any progress resets the count of rounds without progress, more than
+    MAX_RECLAIM_RETRIES of them in a row, or nothing reclaimable that could lift free memory to
+    the min watermark (no swap left for anon pages), leads to the OOM killer.
 
 Kernel reference
     mm/page_alloc.c: ``__alloc_pages``, ``get_page_from_freelist``, ``__alloc_pages_slowpath``,
-    ``should_reclaim_retry``; mm/vmscan.c: ``reclaim_throttle``; mm/oom_kill.c.
+    ``__alloc_pages_direct_reclaim``, ``should_reclaim_retry``, ``zone_reclaimable_pages``,
+    ``__alloc_pages_may_oom``; mm/oom_kill.c.
 
 Simplifications
-    No ``throttle_direct_reclaim`` (pfmemalloc wait): a task below half the min watermarks
-    still reclaims itself instead of waiting for kswapd.
+    No ALLOC_OOM reserves: after a kill the task takes a frame if any is free; if nothing is
+    left to kill, it waits for frames to be freed (at most HZ/10 at a time).
 
 Invariants
     A frame is handed out only above the min watermark, unless the OOM killer has just freed
@@ -24,16 +25,13 @@ Invariants
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
 
 import simpy
 
-from sim.host.kswapd import DirectReclaim, Kswapd, ProcessGen
+from sim.host.kswapd import THROTTLE_WRITEBACK_NS, DirectReclaim, Kswapd, ProcessGen
 from sim.host.memory import MAX_RECLAIM_RETRIES, HostMemory
-from sim.host.vmstat import VmStat
-
-THROTTLE_NS = 100_000_000  # reclaim_throttle(VMSCAN_THROTTLE_WRITEBACK): HZ/10
+from sim.host.vmstat import VmEvents
 
 
 class PageAllocator:
@@ -46,6 +44,7 @@ class PageAllocator:
         direct: direct reclaim.
         vmstat: host counters.
         oom_kill: kills a victim mm, returning False if there was nothing to kill.
+        reclaimable: pages reclaim could still free (``zone_reclaimable_pages``).
     """
 
     def __init__(
@@ -54,11 +53,12 @@ class PageAllocator:
         mem: HostMemory,
         kswapd: Kswapd,
         direct: DirectReclaim,
-        vmstat: Counter[str],
+        vmstat: VmEvents,
         oom_kill: Callable[[], bool],
+        reclaimable: Callable[[], int],
     ) -> None:
         self.env, self.mem, self.kswapd, self.direct = env, mem, kswapd, direct
-        self.vmstat, self.oom_kill = vmstat, oom_kill
+        self.vmstat, self.oom_kill, self.reclaimable = vmstat, oom_kill, reclaimable
         self._freed: simpy.Event | None = None
         mem.on_free = self._frames_freed
 
@@ -67,12 +67,11 @@ class PageAllocator:
         if ev is not None and not ev.triggered:
             ev.succeed()
 
-    def _throttle(self) -> ProcessGen:
-        """Wait until some frames are freed (write-back completion) or HZ/10 passes."""
+    def _wait_for_frames(self) -> ProcessGen:
+        """Nothing left to kill: wait until some frames are freed, or HZ/10."""
         if self._freed is None or self._freed.triggered:
             self._freed = self.env.event()
-        self.vmstat[VmStat.RECLAIM_THROTTLE] += 1
-        yield self._freed | self.env.timeout(THROTTLE_NS)
+        yield self._freed | self.env.timeout(THROTTLE_WRITEBACK_NS)
 
     def alloc_fast(self, pid: int) -> int:
         """The part of the allocation that never waits: a pfn, or -1 if reclaim is needed."""
@@ -93,19 +92,18 @@ class PageAllocator:
         wm = mem.wmark
         no_progress = 0
         while True:
-            reclaimed = yield from self.direct.try_to_free_pages(self.kswapd)
+            progress = yield from self.direct.try_to_free_pages(self.kswapd)
             if mem.watermark_ok(wm.min):
                 return mem.alloc_frame(pid)
-            if reclaimed or mem.nr_writeback:
-                yield from self._throttle()
-                if mem.watermark_ok(wm.min):
-                    return mem.alloc_frame(pid)
-            # should_reclaim_retry: any progress resets the count; OOM after 16 in a row
-            no_progress = 0 if reclaimed else no_progress + 1
-            if no_progress > MAX_RECLAIM_RETRIES and not mem.nr_writeback:
+            no_progress = 0 if progress else no_progress + 1
+            if no_progress > MAX_RECLAIM_RETRIES or mem.nr_free + self.reclaimable() <= wm.min:
                 no_progress = 0
-                self.oom_kill()
-                if mem.nr_free > 0:  # the victim's memory (below min is fine after a kill)
+                # __alloc_pages_may_oom: a last try at the high watermark, then the killer
+                if mem.nr_free > wm.high:
                     return mem.alloc_frame(pid)
-                yield from self._throttle()
+                if self.oom_kill():
+                    if mem.nr_free > 0:  # the victim's memory (below min is fine after a kill)
+                        return mem.alloc_frame(pid)
+                else:
+                    yield from self._wait_for_frames()
             self.kswapd.wakeup()

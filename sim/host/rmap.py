@@ -15,9 +15,14 @@ Simplifications
     The rmap itself is arithmetic (``frame_pid`` then ``Mm.hva``) rather than an anon_vma tree;
     its walk is still counted and priced one entry per mapping.
 
+Counting
+    Each mapping visited is counted where it is walked, into the host's ``rmap_walked`` (and
+    into the caller's ``work`` for pricing).
+
 Invariants
-    Only pages with a present host pte are walked; after ``try_to_unmap`` no secondary mapping
-    and no host pte maps the page.
+    Only pages with a present host pte are walked: a folio whose mapcount is zero (unmapped by
+    reclaim, still in the swap cache) has nothing to walk and is not young. After
+    ``try_to_unmap`` no secondary mapping and no host pte maps the page.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from numpy.typing import NDArray
 from sim.host.memory import PAGE_SIZE, PTE_PRESENT, PTE_YOUNG, HostMemory
 from sim.host.mm import Mm
 from sim.host.mmu_notifier import NotifierWork
+from sim.host.vmstat import VmEvents, VmStat
 
 
 class RmapWork(NotifierWork, Protocol):
@@ -53,9 +59,24 @@ class Shortcut(Protocol):
 class Rmap:
     """Walks from frames to their mappings (QEMU ptes) and on into the notifier chain."""
 
-    def __init__(self, mem: HostMemory, mms: Sequence[Mm]) -> None:
-        self.mem, self.mms = mem, list(mms)
+    def __init__(self, mem: HostMemory, mms: Sequence[Mm], vmstat: VmEvents) -> None:
+        self.mem, self.mms, self.vmstat = mem, list(mms), vmstat
         self.shortcut: Shortcut | None = None  # set by the world when its MMUs allow one
+
+    def _walked(self, work: RmapWork, n: int) -> None:
+        work.nr_rmap_walked += n
+        self.vmstat[VmStat.RMAP_WALKED] += n
+
+    def _mapped(
+        self, pfns: NDArray[np.integer]
+    ) -> tuple[NDArray[np.int32], NDArray[np.bool_] | None]:
+        """The pages of the folios, and which are mapped (None: all of them)."""
+        mem = self.mem
+        pids = mem.frame_pid[pfns]
+        present = (mem.flags[pids] & PTE_PRESENT) != 0
+        if present.all():
+            return pids, None
+        return pids, present
 
     def _by_mm(self, pids: NDArray[np.int32]) -> Iterator[tuple[Mm, NDArray[np.bool_] | None]]:
         """Group pages by owning mm; ``None`` as mask means all of them."""
@@ -79,11 +100,16 @@ class Rmap:
         report for ``[hva, hva + PAGE_SIZE)`` (``clear_flush_young``, or ``clear_young`` when
         ``flush`` is False, as MGLRU's look-around uses). Adds the walk to ``work``.
         """
-        mem = self.mem
-        pids = mem.frame_pid[pfns]
+        pids, mapped = self._mapped(pfns)
+        if mapped is not None:  # folio_mapcount == 0: nothing to walk, not referenced
+            young = np.zeros(len(pids), dtype=np.bool_)
+            if mapped.any():
+                young[mapped] = self.folio_referenced(pfns[mapped], work, flush=flush)
+            return young
         if len(pids) == 0:
             return np.zeros(0, dtype=np.bool_)
-        work.nr_rmap_walked += len(pids)
+        mem = self.mem
+        self._walked(work, len(pids))
         if self.shortcut is not None:
             young = self.shortcut.folio_referenced(pids, work, flush=flush)
             if young is not None:
@@ -110,23 +136,31 @@ class Rmap:
     ) -> NDArray[np.bool_]:
         """Test and clear the host pte young bit of each folio's mapping, notifiers untouched."""
         mem = self.mem
-        pids = mem.frame_pid[pfns]
+        pids, mapped = self._mapped(pfns)
+        if mapped is not None:
+            pids = pids[mapped]
         f = mem.flags[pids]
         mem.flags[pids] = f & ~np.uint8(PTE_YOUNG)
-        work.nr_rmap_walked += len(pids)
-        return (f & PTE_YOUNG) != 0
+        self._walked(work, len(pids))
+        young = (f & PTE_YOUNG) != 0
+        if mapped is None:
+            return young
+        out = np.zeros(len(mapped), dtype=np.bool_)
+        out[mapped] = young
+        return out
 
     def try_to_unmap(self, pfns: NDArray[np.integer], work: RmapWork) -> None:
         """Unmap each folio from every pte mapping it, secondary MMUs first.
 
         ``invalidate_range_start`` makes KVM zap its sptes (and move their dirty bits to the
-        folio), then the host pte is cleared (it becomes a swap entry), then ``_end``.
+        folio), then the host pte is cleared (it becomes a swap entry), then ``_end``. Every
+        folio given is mapped.
         """
         mem = self.mem
         pids = mem.frame_pid[pfns]
         if len(pids) == 0:
             return
-        work.nr_rmap_walked += len(pids)
+        self._walked(work, len(pids))
         if self.shortcut is not None and self.shortcut.unmap(pids, work):
             return
         for mm, sel in self._by_mm(pids):

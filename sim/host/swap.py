@@ -4,7 +4,14 @@ Models
     One swap area (``swapon``) of ``size_mib`` in slots of one simulated page, on a device that
     serves up to ``queue_depth`` requests at once, each taking a latency drawn from a lognormal
     distribution (mean and coefficient of variation per direction). Requests beyond the queue
-    depth wait, FIFO.
+    depth wait, FIFO. The block layer in front of it has ``nr_requests`` request tags: a
+    request holds one from submission to completion, and a task that submits when all are
+    taken sleeps until one frees (``blk_mq_get_tag``), so kswapd writing out folios is
+    throttled by the device and the pages under write-back are bounded by the tags. Every
+    request is counted where the kernel counts it, at submission (``count_swpout_vm_event``,
+    ``PSWPIN`` in ``swap_read_folio``), into the host's vmstat, with the VM it belongs to.
+    ``synchronous`` is a ``SWP_SYNCHRONOUS_IO`` device on which an I/O completes before the
+    submitting call returns (demand mode's device, which takes no time).
 
 Page size
     The latencies are those of a 4 KiB request. With 2 MiB pages (THP-backed guest RAM) a page
@@ -19,16 +26,18 @@ Kernel reference
     used), mm/page_io.c (``swap_writepage``, ``swap_read_folio``). Latencies: MODEL.md section 6.
 
 Simplifications
-    The queue is computed analytically rather than with one SimPy process per request: a
-    request submitted at ``t`` starts at ``max(t, earliest server free)`` and ends after its
-    latency. This is exactly a ``simpy.Resource(capacity=queue_depth)`` with FIFO grants (a test
-    holds the two to identical completion times) at a fraction of the cost. There is no
-    readahead (guest-physical locality rarely survives host swap, MODEL.md 4.7) and no latency
-    depends on where a page sits on the device, so slots are interchangeable: only their count
-    is kept, not the kernel's per-CPU cluster allocator. A page's swap entry is implied by its
+    The queue is computed analytically rather than with one SimPy process per request: a request
+    submitted at ``t`` gets a tag at ``max(t, earliest tag free)``, starts at ``max(tag, earliest
+    server free)`` and ends after its latency; the submitter is busy until its last request got a
+    tag (``blocked_until``), and its state changes (the folios it unmapped) take effect when it
+    calls, not when it wakes. This is exactly a ``simpy.Resource(capacity=queue_depth)`` with FIFO
+    grants (a test holds the two to identical completion times) at a fraction of the cost. There is
+    no readahead (guest-physical locality rarely survives host swap, MODEL.md 4.7) and no latency
+    depends on where a page sits on the device, so slots are interchangeable: only their count is
+    kept, not the kernel's per-CPU cluster allocator. A page's swap entry is implied by its
     ``PG_SWAP`` flag, and the workingset shadow the kernel keeps in the swap cache lives in the
-    page's ``pfn`` entry while it has no frame (memory.py). A 2 MiB page is read back whole (as
-    mTHP swap-in does), never split into base pages.
+    page's ``pfn`` entry while it has no frame (memory.py). A 2 MiB page is read back whole (as mTHP
+    swap-in does), never split into base pages.
 
 Invariants
     ``0 <= nr_free_slots <= nr_slots``; the slots in use are the pages flagged ``PG_SWAP``.
@@ -43,6 +52,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field
 
+from sim.host.vmstat import VmEvents
 from sim.schema import Strict
 
 
@@ -63,6 +73,14 @@ class SwapConfig(Strict):
         description="Coefficient of variation of latencies (lognormal); 0 makes them constant.",
     )
     queue_depth: int = Field(32, ge=1, le=65536, description="Requests served concurrently.")
+    nr_requests: int = Field(
+        256,
+        ge=1,
+        le=1 << 20,
+        description="Block-layer request tags (q->nr_requests: 2 x min(depth, 128) with "
+        "mq-deadline; an NVMe queue without a scheduler has 1023): a submitter finding them all "
+        "in flight sleeps until one completes, which bounds the pages under write-back.",
+    )
     read_bandwidth_mib_per_s: float = Field(
         3000.0,
         gt=0.0,
@@ -92,8 +110,13 @@ class SwapDevice:
         nr_slots: int,
         rng: np.random.Generator,
         page_bytes: int = 4096,
+        *,
+        vmstat: VmEvents | None = None,
+        synchronous: bool = False,
     ) -> None:
         self.cfg, self.nr_slots, self.rng = cfg, nr_slots, rng
+        self.vmstat = vmstat if vmstat is not None else VmEvents()
+        self.synchronous = synchronous
         extra = max(0, page_bytes - 4096)  # bytes beyond the 4 KiB the latencies include
         self.transfer_ns = {
             False: round(extra * 1e9 / (cfg.read_bandwidth_mib_per_s * (1 << 20))),
@@ -107,8 +130,8 @@ class SwapDevice:
             True: self._lognormal(cfg.write_latency_us * 1000.0, cfg.latency_cv),
         }
         self._pool: dict[bool, list[int]] = {False: [], True: []}  # pre-drawn latencies
-        self.pswpin = 0
-        self.pswpout = 0
+        self._tags: list[int] = []  # completion times of requests holding a tag (a heap)
+        self.blocked_until = 0  # when the last submitter got its last tag
         self.busy_ns = 0  # sum of service times (device utilisation = busy / (time * depth))
         self.wait_ns = 0  # sum of queueing delays before service
 
@@ -154,15 +177,30 @@ class SwapDevice:
         del pool[-n:]
         return out
 
-    def submit(self, now_ns: int, write: bool, n: int = 1) -> list[int]:
-        """Queue ``n`` page I/Os at ``now_ns``; return their completion times (FIFO grants)."""
+    def submit(
+        self, now_ns: int, write: bool, n: int = 1, per_mm: int | list[int] = -1
+    ) -> list[int]:
+        """Queue ``n`` page I/Os at ``now_ns``; return their completion times (FIFO grants).
+
+        Counts them (``pswpout``/``pswpin``) for mm ``per_mm``, or ``per_mm[i]`` pages for each
+        mm ``i``. ``blocked_until`` is then when the submitter got its last request tag.
+        """
+        self._count(write, n, per_mm)
+        if self.synchronous:
+            self.blocked_until = now_ns
+            return [now_ns] * n
         svc = self._draw(write, n)
         done = []
-        servers = self._servers
+        servers, tags, limit = self._servers, self._tags, self.cfg.nr_requests
         xfer = self.transfer_ns[write]
+        tag_at = now_ns
         for s in svc:
+            while tags and tags[0] <= tag_at:  # completed: their tags are free
+                heapq.heappop(tags)
+            if len(tags) >= limit:  # all taken: sleep until the first one frees
+                tag_at = heapq.heappop(tags)
             free_at = heapq.heappop(servers)
-            start = now_ns if free_at < now_ns else free_at
+            start = tag_at if free_at < tag_at else free_at
             end = start + s
             self.wait_ns += start - now_ns
             self.busy_ns += s
@@ -172,9 +210,18 @@ class SwapDevice:
                 self.busy_ns += xfer
                 end = self._link_free_at = t0 + xfer
             heapq.heappush(servers, end)
+            heapq.heappush(tags, end)
             done.append(end)
-        if write:
-            self.pswpout += n
-        else:
-            self.pswpin += n
+        self.blocked_until = tag_at
         return done
+
+    def _count(self, write: bool, n: int, per_mm: int | list[int]) -> None:
+        item = "pswpout" if write else "pswpin"
+        if isinstance(per_mm, int):
+            self.vmstat.count(item, n, per_mm)
+        else:
+            self.vmstat.count_per_mm(item, per_mm)
+
+    def in_flight(self, now_ns: int) -> int:
+        """Requests holding a tag at ``now_ns`` (submitted, not yet completed)."""
+        return sum(1 for t in self._tags if t > now_ns)

@@ -1,33 +1,54 @@
 """Page reclaim's shared machinery: the scan control of a pass and ``shrink_folio_list``.
 
 Models
-    What happens to a folio once a policy has decided to reclaim it, whatever the policy: it gets
-    a swap slot if it has none (``add_to_swap``), is unmapped everywhere (``try_to_unmap``, which
-    makes KVM zap its sptes through ``invalidate_range_start``), and is then either dropped at once
-    (clean, with a valid copy in swap) or written out (``pageout``). A written folio keeps its frame
-    until the write completes; then the frame is freed (the kernel frees it on the next scan after
-    ``folio_end_writeback`` rotates it to the tail; we free it at completion).
+    What happens to a folio once a policy has decided to reclaim it, whatever the policy. A
+    folio still under write-out is activated at once (before any reference check) and marked
+    PG_reclaim; when kswapd meets one it had marked while the node is flagged PGDAT_WRITEBACK,
+    it counts it as ``nr_immediate`` (the LRU cycles faster than the device writes; kswapd then
+    throttles, kswapd.py). Otherwise the folio gets a swap slot if it has none
+    (``add_to_swap``, which makes it dirty), is unmapped everywhere (``try_to_unmap``, which
+    makes KVM zap its sptes through ``invalidate_range_start`` and hand over their dirty bits),
+    and then:
+
+    - dirty: ``pageout`` sets PG_reclaim and submits the write; the folio stays resident,
+      unmapped, in the swap cache, and goes back on the LRU (``keep``). When the write ends
+      (``folio_end_writeback``) it is clean, and PG_reclaim rotates it to the tail
+      (``folio_rotate_reclaimable``), where a later scan finds it unmapped and clean and frees
+      it. Until then a guest touch finds it in the swap cache (a minor fault). On a
+      ``SWP_SYNCHRONOUS_IO`` device the write ends before ``pageout`` returns and the folio is
+      freed at once.
+    - clean, with its swap copy: ``__remove_mapping`` frees the frame now and leaves the
+      workingset shadow in the swap cache slot (``workingset_eviction``).
+
+    Only freed folios count as reclaimed (``nr_reclaimed``, ``pgsteal``); a folio whose write
+    started is counted by ``nr_pageout`` (``nr_vmscan_write``) and freed by a later scan.
 
 Kernel reference
-    mm/vmscan.c: ``struct scan_control``, ``shrink_folio_list``, ``pageout``,
-    ``__remove_mapping``; mm/swap_state.c: ``add_to_swap``; mm/workingset.c:
-    ``workingset_eviction`` (the shadow left in the swap cache).
+    mm/vmscan.c: ``struct scan_control``, ``shrink_folio_list`` (the write-back cases 1-3,
+    ``pageout``, ``__remove_mapping``, ``activate_locked``), ``shrink_inactive_list``;
+    mm/swap.c: ``folio_rotate_reclaimable``, ``lru_move_tail``; mm/filemap.c:
+    ``folio_end_writeback``; mm/swap_state.c: ``add_to_swap``; mm/workingset.c:
+    ``workingset_eviction``; mm/page_io.c: ``swap_writepage``.
 
 Simplifications
-    A folio whose write-out has started counts as reclaimed (``nr_reclaimed``) at once, and kswapd
-    counts its frame as on its way to free (``HostMemory.balanced``); otherwise kswapd would keep
-    raising its priority while writes are in flight, which the kernel avoids by freeing them on
-    later scans. A folio under writeback is not reclaimable again until its write completes.
+    The writes of a batch are submitted together after the batch is unmapped; a submitter that
+    finds the device's request tags all taken is charged the wait after the batch
+    (``blocked_until``) rather than stopping in the middle of it. No legacy-memcg case 3 (wait
+    for the write in reclaim). Anon folios never count as dirty or congested for the node's
+    PGDAT_DIRTY/CONGESTED flags, as ``folio_check_dirty_writeback`` has it.
 
 Invariants
-    A folio handed here is isolated (on no list); on return the True ones are unmapped with no
-    spte left, own a swap slot, and are either free or under writeback.
+    A folio handed here is isolated (on no list). On return the ``FREED`` ones have left memory
+    (unmapped, no spte, frame free, the page only in swap); ``KEEP`` ones are unmapped, in the
+    swap cache and under write-out (or freed already by a synchronous device: then ``FREED``);
+    ``ACTIVATE`` ones are as they were.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
 
@@ -37,7 +58,7 @@ from numpy.typing import NDArray
 from sim.host.memory import (
     DEF_PRIORITY,
     PG_DIRTY,
-    PG_EVICTED,
+    PG_RECLAIM,
     PG_SWAP,
     PG_WRITEBACK,
     PTE_PRESENT,
@@ -48,34 +69,83 @@ from sim.host.memory import (
 from sim.host.mm import Mm
 from sim.host.rmap import Rmap
 from sim.host.swap import SwapDevice
+from sim.host.vmstat import VmEvents, VmStat
 
 if TYPE_CHECKING:
     from sim.reclaim.base import EvictionPolicy
+
+_U8 = np.uint8
+
+
+class Outcome(IntEnum):
+    """What ``shrink_folio_list`` did with each isolated folio (its labelled exits)."""
+
+    FREED = 0  # free_it: unmapped, clean with its swap copy: the frame is free (pgsteal)
+    KEEP = 1  # keep: its write-out started; back on the LRU until the write ends and a later
+    #           scan frees it (the policy puts it back as an inactive, not-referenced folio)
+    ACTIVATE = 2  # activate_locked: under write-out already, or no swap slot: back as active
 
 
 @dataclass(slots=True)
 class ScanControl:
     """``struct scan_control``: one reclaim pass's inputs and its running counts.
 
-    The counts are what the cost model prices: the pass takes
-    ``CostModel.reclaim_ns(sc)`` of CPU time in the reclaiming thread.
+    The ``nr_*`` fields are the pass's own (the kernel's ``sc->nr_scanned``, ``sc->nr.*``):
+    they steer the pass and are what the cost model prices, ``CostModel.reclaim_ns(sc)``. The
+    host's counters are counted beside them, at the same moment, through the methods below
+    (``count_vm_events`` next to ``sc->nr_scanned += ...``), so a pass cut short by the end of
+    the run loses nothing.
     """
 
     nr_to_reclaim: int
     priority: int = DEF_PRIORITY
     direct: bool = False  # direct reclaim by an allocating task (else kswapd)
     batch: int = SWAP_CLUSTER_MAX  # folios isolated at a time
+    vmstat: VmEvents | None = None  # the host's counters (None: a policy tested alone)
     nr_scanned: int = 0  # inactive folios isolated and checked (pgscan)
     nr_refill: int = 0  # active folios scanned for deactivation (pgrefill)
-    nr_reclaimed: int = 0  # folios freed or whose write-out started (pgsteal)
+    nr_reclaimed: int = 0  # folios freed (pgsteal)
     nr_activate: int = 0
     nr_deactivate: int = 0
-    nr_pageout: int = 0  # swap-out writes started
+    nr_pageout: int = 0  # swap-out writes started (nr_vmscan_write)
     nr_swap_full: int = 0  # folios that found no free swap slot
+    nr_taken: int = 0  # sc->nr.taken: folios isolated from inactive lists this pass
+    nr_writeback: int = 0  # sc->nr.writeback: folios found under write-out
+    nr_immediate: int = 0  # sc->nr.immediate: ... that kswapd had marked PG_reclaim already
     nr_rmap_walked: int = 0  # host rmap mappings visited
     nr_notifier_calls: int = 0  # notifier callbacks made (all ops)
-    nr_sptes_walked: int = 0  # sptes visited by KVM's rmap walks (shadow paging)
+    nr_sptes_walked: int = 0  # sptes visited by KVM's walks
     nr_tlb_flushes: int = 0  # remote TLB flushes KVM made on our behalf
+    blocked_until: int = 0  # the pass's writes got their last request tag then (ns)
+
+    def _count(self, item: str, n: int) -> None:
+        if self.vmstat is not None and n:
+            self.vmstat[item] += n
+
+    def isolated(self, n: int) -> None:
+        """``n`` inactive folios isolated and scanned (``pgscan_kswapd``/``_direct``)."""
+        self.nr_scanned += n
+        self._count(VmStat.PGSCAN_DIRECT if self.direct else VmStat.PGSCAN_KSWAPD, n)
+
+    def freed(self, n: int) -> None:
+        """``n`` folios freed (``pgsteal_kswapd``/``_direct``)."""
+        self.nr_reclaimed += n
+        self._count(VmStat.PGSTEAL_DIRECT if self.direct else VmStat.PGSTEAL_KSWAPD, n)
+
+    def refilled(self, n: int) -> None:
+        """``n`` active folios scanned (``pgrefill``; MGLRU: folios sorted to other gens)."""
+        self.nr_refill += n
+        self._count(VmStat.PGREFILL, n)
+
+    def activated(self, n: int) -> None:
+        """``n`` folios put back active (``pgactivate``)."""
+        self.nr_activate += n
+        self._count(VmStat.PGACTIVATE, n)
+
+    def deactivated(self, n: int) -> None:
+        """``n`` folios deactivated (``pgdeactivate``)."""
+        self.nr_deactivate += n
+        self._count(VmStat.PGDEACTIVATE, n)
 
 
 class EvictionSink(Protocol):
@@ -89,7 +159,8 @@ class EvictionSink(Protocol):
         dirty: NDArray[np.bool_],
         scans: NDArray[np.uint8],
     ) -> None:
-        """Folios ``pids`` (in frames ``pfns``) left memory at ``t_ns``."""
+        """Reclaim unmapped folios ``pids`` (in frames ``pfns``) at ``t_ns``: they left the
+        guest (the next access is a fault); ``dirty`` ones are being written out."""
         ...
 
 
@@ -106,6 +177,7 @@ class Vmscan:
         mms: the mms, by index.
         now: returns the current simulated time (ns).
         schedule: ``schedule(t_ns, fn)`` runs ``fn`` at absolute time ``t_ns``.
+        vmstat: the host's counters.
         sink: eviction log.
     """
 
@@ -117,14 +189,17 @@ class Vmscan:
         mms: Sequence[Mm],
         now: Callable[[], int],
         schedule: Schedule,
+        vmstat: VmEvents,
         sink: EvictionSink | None = None,
     ) -> None:
         self.mem, self.swap, self.rmap, self.mms = mem, swap, rmap, list(mms)
-        self.now, self.schedule, self.sink = now, schedule, sink
+        self.now, self.schedule, self.vmstat, self.sink = now, schedule, vmstat, sink
         self.policy: EvictionPolicy  # set by the engine once the policy exists
         # Guest RAM in 2 MiB THPs: folios are PMD-mapped, and the kernel looks around only
         # from a pte (folio_referenced_one), so there is nothing to look around.
         self.pmd_mapped = False
+        self.pgdat_writeback = False  # PGDAT_WRITEBACK: kswapd found its whole batch writing
+        self.on_writeback_end: Callable[[], None] | None = None  # reclaim_throttle's waker
 
     def can_swap(self) -> bool:
         """``can_reclaim_anon_pages``: anon folios are reclaimable only while swap has room."""
@@ -133,6 +208,32 @@ class Vmscan:
     def folio_test_writeback(self, pfns: NDArray[np.int64]) -> NDArray[np.bool_]:
         """Which folios have a write-out in flight."""
         return (self.mem.flags[self.mem.frame_pid[pfns]] & PG_WRITEBACK) != 0
+
+    def folio_set_reclaim(self, pfns: NDArray[np.int64]) -> None:
+        """Set PG_reclaim: rotate the folio to the tail when its write ends."""
+        if len(pfns):
+            self.mem.flags[self.mem.frame_pid[pfns]] |= _U8(PG_RECLAIM)
+
+    def writeback_check(self, pfns: NDArray[np.int64], sc: ScanControl) -> NDArray[np.bool_]:
+        """``shrink_folio_list``'s write-back cases 1 and 2: which folios are under write-out
+        (to be activated); each gets PG_reclaim and is counted."""
+        mem = self.mem
+        pids = mem.frame_pid[pfns]
+        f = mem.flags[pids]
+        wb = (f & PG_WRITEBACK) != 0
+        n = int(np.count_nonzero(wb))
+        if not n:
+            return wb
+        immediate = 0
+        if not sc.direct and self.pgdat_writeback:  # case 1: kswapd meets its own marks
+            immediate = int(np.count_nonzero(wb & ((f & PG_RECLAIM) != 0)))
+        sc.nr_immediate += immediate
+        sc.nr_writeback += n - immediate  # case 2
+        mem.flags[pids[wb]] = f[wb] | _U8(PG_RECLAIM)
+        vs = self.vmstat
+        vs[VmStat.VMSCAN_WRITEBACK] += n - immediate
+        vs[VmStat.VMSCAN_IMMEDIATE] += immediate
+        return wb
 
     def clear_young(self, pfns: NDArray[np.int64], sc: ScanControl) -> NDArray[np.bool_]:
         """``ptep_clear_young_notify``: host young OR notifiers' clear_young, no flush."""
@@ -176,15 +277,17 @@ class Vmscan:
         return self.mem.nr_free, self.mem.wmark.high
 
     def activate_locked(self, pfns: NDArray[np.int64]) -> None:
-        """Activated swap-cache folios give up their swap copy when swap is over half full."""
+        """Activated swap-cache folios give up their swap copy when swap is over half full
+        (``folio_free_swap``: not while under write-out, and not while a pte still holds the
+        swap entry, i.e. only mapped ones)."""
         if len(pfns) == 0 or not self.swap.vm_swap_full():
             return
         pids = self.mem.frame_pid[pfns]
         f = self.mem.flags[pids]
-        sel = pids[(f & (PG_SWAP | PG_WRITEBACK)) == PG_SWAP]  # folio_free_swap skips writeback
+        sel = pids[(f & (PG_SWAP | PG_WRITEBACK | PTE_PRESENT)) == (PG_SWAP | PTE_PRESENT)]
         if len(sel):
             self.swap.free_slots(len(sel))
-            self.mem.flags[sel] = (self.mem.flags[sel] & ~np.uint8(PG_SWAP)) | np.uint8(PG_DIRTY)
+            self.mem.flags[sel] = (self.mem.flags[sel] & ~_U8(PG_SWAP)) | _U8(PG_DIRTY)
 
     def folio_referenced(self, pfns: NDArray[np.int64], sc: ScanControl) -> NDArray[np.bool_]:
         """``folio_referenced`` over host ptes and notifiers; counts a scan of each folio."""
@@ -193,12 +296,15 @@ class Vmscan:
             s[pfns] = np.minimum(s[pfns].astype(np.int32) + 1, 255).astype(np.uint8)
         return self.rmap.folio_referenced(pfns, sc)
 
-    def shrink_folio_list(self, pfns: NDArray[np.int64], sc: ScanControl) -> NDArray[np.bool_]:
-        """Reclaim isolated folios the policy rejected; True where they left (or are leaving)."""
+    def shrink_folio_list(self, pfns: NDArray[np.int64], sc: ScanControl) -> NDArray[np.int8]:
+        """Reclaim isolated folios the policy chose; an :class:`Outcome` for each."""
         mem, swap = self.mem, self.swap
+        out = np.full(len(pfns), Outcome.ACTIVATE, dtype=np.int8)
+        if len(pfns) == 0:
+            return out
+        ok = ~self.writeback_check(pfns, sc)
         pids = mem.frame_pid[pfns]
         f = mem.flags[pids]
-        ok = (f & (PG_WRITEBACK | PTE_PRESENT)) == PTE_PRESENT
         # add_to_swap: a folio with no swap copy needs a slot, and is dirty by definition.
         need = np.flatnonzero(ok & ((f & PG_SWAP) == 0))
         if len(need):
@@ -206,61 +312,87 @@ class Vmscan:
             if got < len(need):
                 ok[need[got:]] = False
                 sc.nr_swap_full += len(need) - got
-            mem.flags[pids[need[:got]]] |= np.uint8(PG_SWAP | PG_DIRTY)
+                self.vmstat[VmStat.SWAP_FULL] += len(need) - got
+            mem.flags[pids[need[:got]]] |= _U8(PG_SWAP | PG_DIRTY)
         if not ok.any():
-            return ok
-        cpfn, cpid = pfns[ok], pids[ok]
-        shadows = self.policy.workingset_eviction(cpfn)
-        self.rmap.try_to_unmap(cpfn, sc)  # KVM zaps sptes and hands over their dirty bits
-        f = mem.flags[cpid] | np.uint8(PG_EVICTED)
-        mem.flags[cpid] = f
-        dirty = (f & PG_DIRTY) != 0
-        now = self.now()
-        if self.sink is not None:
-            scans = mem.scans[cpfn] if mem.stamps else np.zeros(len(cpfn), dtype=np.uint8)
-            self.sink.evicted(now, cpid, cpfn, dirty, scans)
-        # Clean folios with a valid swap copy: __remove_mapping, the frame is free now and the
-        # page keeps the shadow in its place.
-        clean = ~dirty
-        if clean.any():
-            self._swapped_out(cpid[clean])
-            mem.free_frames(cpfn[clean], shadows[clean])
-        # Dirty folios: pageout() starts the write; the frame is freed, and the shadow takes its
-        # place, when the write completes.
+            return out
+        # try_to_unmap: KVM zaps its sptes and hands their dirty bits to the folio.
+        mapped = ok & ((mem.flags[pids] & PTE_PRESENT) != 0)
+        if mapped.any():
+            upfn, upid = pfns[mapped], pids[mapped]
+            self.rmap.try_to_unmap(upfn, sc)
+            if self.sink is not None:
+                scans = mem.scans[upfn] if mem.stamps else np.zeros(len(upfn), dtype=np.uint8)
+                dirty = (mem.flags[upid] & PG_DIRTY) != 0
+                self.sink.evicted(self.now(), upid, upfn, dirty, scans)
+        f = mem.flags[pids]
+        dirty = ok & ((f & PG_DIRTY) != 0)
         if dirty.any():
-            wpid, wpfn = cpid[dirty], cpfn[dirty]
-            mem.flags[wpid] = (f[dirty] & ~np.uint8(PG_DIRTY)) | np.uint8(PG_WRITEBACK)
-            mem.nr_writeback += len(wpid)
-            done = swap.submit(now, write=True, n=len(wpid))
-            for pid, pfn, shadow, t in zip(
-                wpid.tolist(), wpfn.tolist(), shadows[dirty].tolist(), done, strict=True
-            ):
-                self.schedule(t, partial(self._end_writeback, pid, pfn, shadow))
-            sc.nr_pageout += len(wpid)
-        sc.nr_reclaimed += len(cpid)
-        return ok
+            self._pageout(pfns[dirty], pids[dirty], f[dirty], sc)
+            if swap.synchronous:  # written before pageout returned: clean, freed below
+                dirty[:] = False
+            else:
+                out[dirty] = Outcome.KEEP
+        clean = ok & ~dirty
+        if clean.any():
+            self._remove_mapping(pfns[clean], pids[clean])
+            out[clean] = Outcome.FREED
+            sc.freed(int(np.count_nonzero(clean)))
+        return out
 
-    def _swapped_out(self, pids: NDArray[np.int32]) -> None:
-        self.mem.nr_swapped += np.bincount(
-            self.mem.page_owners(pids), minlength=len(self.mem.nr_swapped)
-        )
+    def _pageout(
+        self,
+        wpfn: NDArray[np.int64],
+        wpid: NDArray[np.int32],
+        f: NDArray[np.uint8],
+        sc: ScanControl,
+    ) -> None:
+        """``pageout``: clear dirty, set PG_reclaim and PG_writeback, submit the writes; each
+        ends with ``folio_end_writeback``. On a synchronous device the writes are done when
+        the submission returns: the folios are clean and still isolated (nothing to rotate)."""
+        mem, swap = self.mem, self.swap
+        n = len(wpid)
+        owners = np.bincount(mem.page_owners(wpid), minlength=len(self.mms)).tolist()
+        done = swap.submit(self.now(), write=True, n=n, per_mm=owners)
+        sc.nr_pageout += n
+        self.vmstat[VmStat.NR_VMSCAN_WRITE] += n
+        if swap.synchronous:
+            mem.flags[wpid] = f & ~_U8(PG_DIRTY)
+            return
+        mem.flags[wpid] = (f & ~_U8(PG_DIRTY)) | _U8(PG_WRITEBACK | PG_RECLAIM)
+        mem.nr_writeback += n
+        sc.blocked_until = max(sc.blocked_until, swap.blocked_until)
+        for pid, pfn, t in zip(wpid.tolist(), wpfn.tolist(), done, strict=True):
+            self.schedule(t, partial(self.folio_end_writeback, pid, pfn))
 
-    def _end_writeback(self, pid: int, pfn: int, shadow: int) -> None:
-        """``folio_end_writeback``: free the frame, leaving the eviction's ``shadow`` in its
-        place, unless the page was mapped again meanwhile (then the shadow is moot)."""
+    def _remove_mapping(self, pfns: NDArray[np.int64], pids: NDArray[np.int32]) -> None:
+        """``__remove_mapping``: clean, unmapped folios leave the swap cache; the frame is
+        free and the page keeps the workingset shadow in its place."""
         mem = self.mem
-        f = int(mem.flags[pid]) & ~PG_WRITEBACK
+        shadows = self.policy.workingset_eviction(pfns)
+        mem.nr_swapped += np.bincount(mem.page_owners(pids), minlength=len(mem.nr_swapped))
+        mem.flags[pids] = _U8(PG_SWAP)
+        mem.free_frames(pfns, shadows)
+
+    def folio_end_writeback(self, pid: int, pfn: int) -> None:
+        """``folio_end_writeback``: the write ended; a folio still marked PG_reclaim and clean
+        is rotated to where the next scan frees it. A folio of an mm that exited meanwhile (its
+        teardown skipped folios under I/O) is freed now."""
+        mem = self.mem
+        f = mem.flags.item(pid) & ~PG_WRITEBACK
         mem.nr_writeback -= 1
-        owner = mem.page_owner(pid)
-        if self.mms[owner].dead:
-            if f & PTE_PRESENT:  # mapped again before the kill: it is on the LRU
-                self.policy.folio_remove(np.array([pfn], dtype=np.int64))
-            self.swap.free_slots(1)  # a folio under writeback owns a slot
-            mem.flags[pid] = 0
+        if self.mms[mem.page_owner(pid)].dead:
+            self.policy.folio_remove(np.array([pfn], dtype=np.int64))
+            self.swap.free_slots(1)  # a folio under write-out owns a slot
             mem.free_frame(pfn)
-        elif f & PTE_PRESENT:
+            mem.flags[pid] = 0
+        elif f & PG_RECLAIM:
+            f &= ~PG_RECLAIM
             mem.flags[pid] = f
+            if not f & PG_DIRTY:
+                self.policy.folio_rotate_reclaimable(pfn)
+                self.vmstat[VmStat.PGROTATED] += 1
         else:
             mem.flags[pid] = f
-            mem.nr_swapped[owner] += 1
-            mem.free_frame(pfn, shadow)
+        if self.on_writeback_end is not None:
+            self.on_writeback_end()

@@ -1,8 +1,21 @@
-"""Host event counters, named as ``/proc/vmstat`` and KVM's stats name them.
+"""Host event counters, named as ``/proc/vmstat`` and KVM's stats name them: the only count.
 
-Counters are plain integers keyed by :class:`VmStat`; they only ever increase. The summary and
-the timeline read them; nothing in the model decides on them (the kernel's ``prepare_scan_control``
-reads ``workingset_activate``, which the two-list policy keeps itself).
+Models
+    ``count_vm_events`` and its per-cgroup sibling ``count_memcg_events``: every event is counted
+    once, at the place and the moment the kernel counts it (``pswpout`` when the write is
+    submitted, ``remote_tlb_flush`` in KVM's flush, ``pgscan`` when a batch is isolated), into
+    one :class:`VmEvents` per host. Events that belong to one VM are counted with its mm and
+    kept a second time per mm, as the kernel keeps them per memcg (``memory.stat``) and per VM
+    (KVM's binary stats): those per-mm figures are breakdowns of the host's, and
+    :meth:`VmEvents.check` asserts that every breakdown adds up to its total. The summary, the
+    timeline and every report read their figures from here; nothing else keeps a count of its
+    own. Counters only ever increase; nothing in the model decides on them (the kernel's
+    ``prepare_scan_control`` reads ``workingset_activate``, which the two-list policy snapshots
+    from here).
+
+Kernel reference
+    include/linux/vm_event_item.h, mm/vmstat.c (``vmstat_text``), mm/memcontrol.c
+    (``memcg_vm_event_stat``), virt/kvm/kvm_main.c (``kvm_vm_stats_desc``).
 """
 
 from __future__ import annotations
@@ -10,9 +23,11 @@ from __future__ import annotations
 from collections import Counter
 from enum import StrEnum
 
+from sim.host.mmu_notifier import NOTIFIER_PREFIX, OPS
+
 
 class VmStat(StrEnum):
-    """Counter names (``/proc/vmstat`` where one exists)."""
+    """Counter names (``/proc/vmstat`` where one exists; memsim's own otherwise)."""
 
     PGSCAN_KSWAPD = "pgscan_kswapd"
     PGSCAN_DIRECT = "pgscan_direct"
@@ -21,29 +36,88 @@ class VmStat(StrEnum):
     PGREFILL = "pgrefill"
     PGACTIVATE = "pgactivate"
     PGDEACTIVATE = "pgdeactivate"
+    PGROTATED = "pgrotated"  # folio_rotate_reclaimable: written folios moved to the tail
     PSWPIN = "pswpin"
     PSWPOUT = "pswpout"
     PGMAJFAULT = "pgmajfault"
     PGFAULT = "pgfault"
     ALLOCSTALL = "allocstall_normal"
+    PGSCAN_DIRECT_THROTTLE = "pgscan_direct_throttle"  # throttle_direct_reclaim (pfmemalloc)
     PAGEOUTRUN = "pageoutrun"
     KSWAPD_WAKEUPS = "kswapd_wakeups"
     KSWAPD_FAILURES = "kswapd_failures"
     WORKINGSET_REFAULT = "workingset_refault_anon"
     WORKINGSET_ACTIVATE = "workingset_activate_anon"
     WORKINGSET_RESTORE = "workingset_restore_anon"
+    NR_VMSCAN_WRITE = "nr_vmscan_write"  # pageout() writes started by reclaim
+    VMSCAN_WRITEBACK = "vmscan_writeback"  # folios found under write-back by the scan
+    VMSCAN_IMMEDIATE = "vmscan_immediate"  # ...of them marked for immediate reclaim (kswapd)
+    THROTTLE_WRITEBACK = "reclaim_throttle_writeback"  # reclaim_throttle(WRITEBACK) sleeps
+    THROTTLE_NOPROGRESS = "reclaim_throttle_noprogress"  # reclaim_throttle(NOPROGRESS) sleeps
     SWAP_FULL = "swap_full"  # folios that could not get a swap slot (add_to_swap failed)
     OOM_KILL = "oom_kill"
-    RMAP_WALKED = "rmap_walked"
-    SPTES_WALKED = "kvm_sptes_walked"
-    NOTIFIER_CALLS = "notifier_calls"
-    TLB_FLUSHES = "remote_tlb_flush"
-    RECLAIM_THROTTLE = "reclaim_throttle"
+    RMAP_WALKED = "rmap_walked"  # host rmap mappings visited (folio_referenced, try_to_unmap)
+    SPTES_WALKED = "kvm_sptes_walked"  # sptes KVM's aging and unmap handlers visited
+    TLB_FLUSHES = "remote_tlb_flush"  # KVM's kvm_flush_remote_tlbs (per-VM stat)
 
 
-def new_vmstat() -> Counter[str]:
+NOTIFIER_KEYS = {op: NOTIFIER_PREFIX + op for op in OPS}
+"""The vmstat key of each notifier op (one callback into one subscriber counts one)."""
+
+ALL_KEYS: tuple[str, ...] = (*(v.value for v in VmStat), *NOTIFIER_KEYS.values())
+
+
+class VmEvents(Counter[str]):
+    """The host's event counts, with per-mm breakdowns of the events that belong to a VM.
+
+    Index it like ``/proc/vmstat`` (``vs["pswpin"]``). Count with :meth:`count`: an event of
+    one mm goes into the host total and that mm's breakdown together; ``vs[key] += n`` counts
+    a host-wide event only. A key counted with an mm even once must always be (checked).
+
+    Args:
+        nr_mms: mms (VMs) on the host.
+    """
+
+    def __init__(self, nr_mms: int = 0) -> None:
+        super().__init__(dict.fromkeys(ALL_KEYS, 0))
+        self.per_mm: list[Counter[str]] = [Counter() for _ in range(nr_mms)]
+        self.broken_down: set[str] = set()
+
+    def count(self, item: str, n: int = 1, mm: int = -1) -> None:
+        """Count ``n`` events of ``item``; with ``mm`` >= 0 also in that mm's breakdown."""
+        self[item] += n
+        if mm >= 0:
+            self.per_mm[mm][item] += n
+            self.broken_down.add(item)
+
+    def count_per_mm(self, item: str, counts: list[int]) -> None:
+        """Count ``counts[i]`` events of ``item`` for each mm ``i`` (one batch of pages)."""
+        total = 0
+        for mm, n in enumerate(counts):
+            if n:
+                self.per_mm[mm][item] += n
+                total += n
+        self[item] += total
+        self.broken_down.add(item)
+
+    def mm_stat(self, mm: int) -> dict[str, int]:
+        """Mm ``mm``'s share of every broken-down counter (zeros included), sorted."""
+        c = self.per_mm[mm]
+        return {k: c[k] for k in sorted(self.broken_down)}
+
+    def notifier_calls(self, mm: int = -1) -> dict[str, int]:
+        """Notifier callbacks per op, host-wide or of one mm."""
+        src = self if mm < 0 else self.per_mm[mm]
+        return {op: src[key] for op, key in NOTIFIER_KEYS.items()}
+
+    def check(self) -> None:
+        """Assert every per-mm breakdown adds up to its host total, and nothing is negative."""
+        for key in self.broken_down:
+            parts = sum(c[key] for c in self.per_mm)
+            assert parts == self[key], f"vmstat {key}: per-VM breakdown {parts} != {self[key]}"
+        assert min(self.values(), default=0) >= 0, "a negative counter"
+
+
+def new_vmstat(nr_mms: int = 0) -> VmEvents:
     """A zeroed counter set with every known name present (so summaries list them all)."""
-    c: Counter[str] = Counter()
-    for name in VmStat:
-        c[name.value] = 0
-    return c
+    return VmEvents(nr_mms)

@@ -82,7 +82,7 @@ def kvm_fault_nowait(
     if mmu.spte.item(idx) & _TRACK_MASK == _TRACK_MASK:  # mmu.is_access_tracked
         mmu.fast_page_fault(idx, write)
         return FaultKind.ACCESS_TRACKING, costs.fast_fault_ns
-    hf = host.fault_nowait(pid)
+    hf = host.fault_nowait(pid, write)
     if hf is None:
         return None
     mmu.map_spte(gfn, alias, write)

@@ -40,6 +40,7 @@ from numpy.typing import NDArray
 
 from sim.host.memory import PAGE_SHIFT
 from sim.host.mmu_notifier import NotifierWork
+from sim.host.vmstat import VmEvents, VmStat
 
 SPTE_PRESENT = 0x1
 SPTE_ACCESSED = 0x2  # EPT A bit (A/D mode); kept equal to "not access-tracked" otherwise
@@ -80,6 +81,9 @@ class KvmMmu:
         kick: called with the number of remote TLB flushes to charge the VM's vCPUs for.
         revoked: called after sptes were zapped or access-tracked (vCPUs recheck their step).
         spte: storage for the sptes (a view into the host-wide array), else allocated here.
+        vmstat: the host's counters, where the sptes walked and the remote TLB flushes are
+            counted (as this VM's, index ``mm``); None: not counted (an MMU tested alone).
+        mm: the VM's index.
     """
 
     def __init__(
@@ -94,7 +98,10 @@ class KvmMmu:
         kick: Callable[[int], None],
         revoked: Callable[[], None] | None = None,
         spte: NDArray[np.uint8] | None = None,
+        vmstat: VmEvents | None = None,
+        mm: int = -1,
     ) -> None:
+        self.vmstat, self.mm = vmstat, mm
         self.nr_gfns, self.k, self.ept_ad = nr_gfns, sptes_per_gfn, ept_ad
         self.dirty_on_map = dirty_on_map
         self.memslots = sorted(memslots, key=lambda s: s.userspace_addr)
@@ -121,8 +128,13 @@ class KvmMmu:
         self.pf_fast = 0
         self.pf_retry = 0
         self.tracked_marks = 0  # aging calls that parked sptes (access tracking)
-        self.remote_tlb_flush = 0
         self.zapped = 0
+
+    def count_walk(self, work: NotifierWork, n: int) -> None:
+        """``n`` sptes visited by a handler's walk."""
+        work.nr_sptes_walked += n
+        if self.vmstat is not None:
+            self.vmstat.count(VmStat.SPTES_WALKED, n, self.mm)
 
     @property
     def rmap_count(self) -> NDArray[np.uint8]:
@@ -187,7 +199,7 @@ class KvmMmu:
         idx = self._slots(g)
         if len(g):
             rc = self._rmap_count
-            work.nr_sptes_walked += len(g) if rc is None else int(rc[g].sum())
+            self.count_walk(work, len(g) if rc is None else int(rc[g].sum()))
         return offs, valid, g, idx, self.spte[idx]
 
     def _tdp_pages(
@@ -218,7 +230,7 @@ class KvmMmu:
         g = (start - lo) >> PAGE_SHIFT
         if self._slot_base:
             g += self._slot_base
-        work.nr_sptes_walked += len(g)
+        self.count_walk(work, len(g))
         return g
 
     @staticmethod
@@ -312,9 +324,11 @@ class KvmMmu:
         return self._per_range(zapped, offs)
 
     def flush_remote_tlbs(self, n: int, work: NotifierWork) -> None:
-        """``kvm_flush_remote_tlbs`` ``n`` times: every vCPU of the VM takes an exit each time."""
+        """``kvm_flush_remote_tlbs`` ``n`` times: every vCPU of the VM takes an exit each time
+        (``remote_tlb_flush``, counted here as KVM counts it)."""
         if n:
-            self.remote_tlb_flush += n
+            if self.vmstat is not None:
+                self.vmstat.count(VmStat.TLB_FLUSHES, n, self.mm)
             work.nr_tlb_flushes += n
             self.kick(n)
 

@@ -203,9 +203,9 @@ class TdpShortcut:
             o = inv.item(j)
             c = counts.item(o)
             vm = self.vms[o]
-            vm.mm.notifiers.calls[op] += c
+            vm.mm.notifiers.count(op, c)
             work.nr_notifier_calls += c
-            work.nr_sptes_walked += c
+            vm.mmu.count_walk(work, c)
             if flush and vm.notifier.flush_on_age:
                 vm.mmu.flush_remote_tlbs(yc.item(o), work)
         return young
@@ -225,14 +225,14 @@ class TdpShortcut:
             o = inv.item(j)
             c, nz = counts.item(o), zapped.item(o)
             mmu = self.vms[o].mmu
-            calls = self.vms[o].mm.notifiers.calls
+            subs = self.vms[o].mm.notifiers
             mmu.invalidate_begin(c)
             mmu.zapped += nz
             mmu.revoked()
             mmu.flush_remote_tlbs(nz, work)
-            calls["invalidate_range_start"] += c
-            work.nr_sptes_walked += c
+            subs.count("invalidate_range_start", c)
+            mmu.count_walk(work, c)
             mmu.invalidate_end(c)
-            calls["invalidate_range_end"] += c
+            subs.count("invalidate_range_end", c)
             work.nr_notifier_calls += 2 * c
         return True

@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 
 from sim.host.memory import PG_DIRTY, HostMemory
 from sim.host.mm import Mm
+from sim.host.vmstat import VmEvents
 from sim.kvm.fault import FAULT_KINDS
 from sim.kvm.mmu import KvmMmu, Memslot
 from sim.kvm.notifier import KvmNotifier
@@ -56,6 +57,7 @@ class Vm:
         flush_on_age: pre-6.13 flush on a young ``clear_flush_young``.
         tlb_flush_exit_ns: cost charged to each running vCPU per remote flush.
         spte: storage for this VM's sptes (a slice of a host-wide array), or None.
+        vmstat: the host's counters (KVM counts its walks and flushes there), or None.
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class Vm:
         flush_on_age: bool,
         tlb_flush_exit_ns: int,
         spte: NDArray[np.uint8] | None = None,
+        vmstat: VmEvents | None = None,
     ) -> None:
         self.index, self.name, self.mm, self.mem = index, name, mm, mem
         self.memslot = Memslot(base_gfn=0, npages=mm.nr_pages, userspace_addr=mm.hva_base)
@@ -85,6 +88,8 @@ class Vm:
             spte=spte,
             kick=self.kick,
             revoked=self.revoked,
+            vmstat=vmstat,
+            mm=index,
         )
         self.notifier = KvmNotifier(self.mmu, aging=aging_notifiers, flush_on_age=flush_on_age)
         mm.notifiers.register(self.notifier.ops())

@@ -13,8 +13,10 @@ Kernel reference
     (``folio_add_lru``), include/linux/mm_inline.h (list manipulation).
 
 Invariants
-    Every resident folio on the LRU is on exactly one of the policy's lists; a folio is never
-    handed to ``Reclaimer.shrink_folio_list`` twice without being added again in between.
+    Every resident folio (mapped, or unmapped in the swap cache waiting to be freed) except one
+    being read in is on exactly one of the policy's lists or isolated by a pass in progress; a
+    folio is never handed to ``Reclaimer.shrink_folio_list`` twice without being put back in
+    between.
 """
 
 from __future__ import annotations
@@ -50,13 +52,23 @@ class Reclaimer(Protocol):
     """What the host offers a policy during a reclaim pass (mm/vmscan.c and mm/rmap.c)."""
 
     def folio_referenced(self, pfns: Pfns, sc: ScanControl) -> NDArray[np.bool_]:
-        """Test and clear young over every mapping of each folio (host ptes, then notifiers)."""
+        """Test and clear young over every mapping of each folio (host ptes, then notifiers);
+        an unmapped folio has no mapping to walk and is never young."""
         ...
 
-    def shrink_folio_list(self, pfns: Pfns, sc: ScanControl) -> NDArray[np.bool_]:
-        """Reclaim isolated folios: add to swap, unmap, write or drop. True where the folio left
-        memory (or its write-out started); the rest stay isolated and the policy must put them
-        back (the kernel's ``activate_locked`` on a full swap or a folio under writeback)."""
+    def shrink_folio_list(self, pfns: Pfns, sc: ScanControl) -> NDArray[np.int8]:
+        """Reclaim isolated folios the policy chose: add to swap, unmap, then write (pageout) or
+        free. Returns an ``Outcome`` per folio (sim/host/vmscan.py); only ``FREED`` ones left,
+        and the policy
+        puts the others back (``KEEP``: not active; ``ACTIVATE``: active). Folios still under
+        write-out are activated, as :meth:`writeback_check` says."""
+        ...
+
+    def writeback_check(self, pfns: Pfns, sc: ScanControl) -> NDArray[np.bool_]:
+        """``shrink_folio_list``'s first test, before any reference check: which folios are
+        under write-out. They are to be activated; each gets PG_reclaim and is counted
+        (``nr_writeback``, or ``nr_immediate`` when kswapd meets one it marked already while
+        the node is flagged PGDAT_WRITEBACK: the LRU cycles faster than the device writes)."""
         ...
 
     def can_swap(self) -> bool:
@@ -64,7 +76,12 @@ class Reclaimer(Protocol):
         ...
 
     def folio_test_writeback(self, pfns: Pfns) -> NDArray[np.bool_]:
-        """Which folios are under write-out (shrink_folio_list activates them unchecked)."""
+        """Which folios are under write-out (a pure test: MGLRU's ``sort_folio``)."""
+        ...
+
+    def folio_set_reclaim(self, pfns: Pfns) -> None:
+        """Set PG_reclaim (MGLRU's ``folio_inc_gen(reclaiming)`` on folios under write-out), so
+        they are rotated to the tail when their write ends."""
         ...
 
     def activate_locked(self, pfns: Pfns) -> None:
@@ -132,6 +149,12 @@ class EvictionPolicy(Protocol):
         """Folios left memory by another path than reclaim (their mm exited)."""
         ...
 
+    def folio_rotate_reclaimable(self, pfn: int) -> None:
+        """``folio_rotate_reclaimable``: a folio written for reclaim finished its write and is
+        clean; move it to where the next scan frees it first (the inactive tail, not active;
+        MGLRU: the oldest generation's tail). Never called for an isolated folio."""
+        ...
+
     def workingset_eviction(self, pfns: Pfns) -> NDArray[np.uint32]:
         """Shadow entries for folios about to be evicted (kept while they are only in swap)."""
         ...
@@ -171,47 +194,100 @@ class EvictionPolicy(Protocol):
 
 
 @numba.njit(cache=True, nogil=True)
-def _walk(links: NDArray[np.int32], start: int, n: int) -> NDArray[np.int64]:
-    """The ``n`` entries of a list from ``start`` on, following ``links`` (oldest first)."""
+def _walk(nxt: NDArray[np.int32], start: int, stop: int, n: int) -> NDArray[np.int64]:
+    """Up to ``n`` entries of a list from ``start`` on, following ``nxt`` until ``stop`` (the
+    list's sentinel), oldest first."""
     out = np.empty(n, dtype=np.int64)
     cur = start
-    for i in range(n):
-        out[i] = cur
-        if i + 1 < n:
-            cur = links[cur]
-    return out
+    k = 0
+    while k < n and cur != stop:
+        out[k] = cur
+        k += 1
+        cur = nxt[cur]
+    return out[:k]
 
 
-def lru_links(nr_frames: int) -> NDArray[np.int32]:
-    """Link storage for every list of one policy (see ``PageQueue``)."""
-    return np.full(nr_frames, -1, dtype=np.int32)
+@numba.njit(cache=True, nogil=True)
+def _unlink(nxt: NDArray[np.int32], prev: NDArray[np.int32], pfns: NDArray[np.int64]) -> None:
+    """``list_del`` of each folio: its neighbours (or its list's sentinel) link past it."""
+    for p in pfns:
+        a, b = prev[p], nxt[p]
+        nxt[a] = b
+        prev[b] = a
+
+
+class LruLinks:
+    """Link storage for every list of one policy (``folio->lru``), plus one sentinel per list.
+
+    ``nxt[pfn]`` is the next newer folio on ``pfn``'s list and ``prev[pfn]`` the next older one;
+    a list's sentinel (its ``list_head``, slot ``nr_frames + i``) closes the ring: ``nxt`` of the
+    sentinel is the list's tail (oldest), ``prev`` its head (newest), and the sentinel itself
+    when the list is empty. A folio is on one list at a time, so all the lists of a policy share
+    these two arrays, and a folio can leave its list without knowing which one it is
+    (:func:`lru_del`), as ``list_del`` can.
+    """
+
+    def __init__(self, nr_frames: int, nr_lists: int) -> None:
+        self.nr_frames = nr_frames
+        self.nxt = np.full(nr_frames + nr_lists, -1, dtype=np.int32)
+        self.prev = np.full(nr_frames + nr_lists, -1, dtype=np.int32)
+        self._sentinels = 0
+        self._nr_lists = nr_lists
+
+    def new_sentinel(self) -> int:
+        """The list head of one more list (an empty ring)."""
+        assert self._sentinels < self._nr_lists, "more lists than lru_links was sized for"
+        s = self.nr_frames + self._sentinels
+        self._sentinels += 1
+        self.nxt[s] = self.prev[s] = s
+        return s
+
+
+def lru_links(nr_frames: int, nr_lists: int = 2) -> LruLinks:
+    """Link storage for ``nr_lists`` lists of one policy (see :class:`PageQueue`)."""
+    return LruLinks(nr_frames, nr_lists)
+
+
+def lru_del(links: LruLinks, pfns: NDArray[np.integer]) -> None:
+    """Take folios off whatever lists hold them (``list_del``). For policies that keep no
+    per-list sizes (MGLRU counts folios per generation, not per physical list)."""
+    if len(pfns):
+        _unlink(links.nxt, links.prev, np.asarray(pfns, dtype=np.int64))
 
 
 class PageQueue:
-    """A kernel LRU list, linked through its folios: add at the head, isolate at the tail.
+    """A kernel LRU list, linked through its folios: add at either end, isolate at the tail,
+    and unlink any folio in O(1).
 
-    Like the kernel's ``folio->lru`` list_head, the links live with the frames: ``links[pfn]``
-    is the next newer folio on ``pfn``'s list. A folio is on at most one list at a time, so all
-    the lists of a policy share one ``links`` array (``lru_links``): 4 bytes per frame whatever
-    the lists' lengths, where a ring buffer per list would need room for its longest length each
-    (two lists that take turns holding most of memory need twice the frames). Guest memory only
-    ever enters a list at the head (or back at the tail, undoing an isolation) and leaves at the
-    tail, so singly linked suffices; removal from the middle (an mm exiting) relinks the rest.
+    Like the kernel's ``folio->lru`` list_head, the links live with the frames in one
+    :class:`LruLinks` shared by a policy's lists (8 bytes per frame whatever the lists' lengths;
+    a ring buffer per list would need room for its longest length each). The list is a ring
+    through its sentinel, so a folio leaves it from anywhere (a written folio rotated to the
+    tail when its write ends, an activation, an mm exiting) without a walk.
 
     Adds take int arrays of distinct pfns not on any list; isolation hands out int64 arrays.
     Single adds are buffered (cf. the per-CPU ``lru_add`` batch) until the list is next used.
+    ``sized=False`` keeps no length (for policies whose folios may leave a list through
+    :func:`lru_del` without the list knowing: ``len()`` then raises).
     """
 
-    __slots__ = ("_links", "_head", "_tail", "_size", "_pending")
+    __slots__ = ("_nxt", "_prev", "_s", "_size", "_pending", "_sized")
 
-    def __init__(self, links: NDArray[np.int32]) -> None:
-        self._links = links
-        self._head = self._tail = -1  # newest and oldest folio (when not empty)
+    def __init__(self, links: LruLinks, *, sized: bool = True) -> None:
+        self._nxt, self._prev = links.nxt, links.prev
+        self._s = links.new_sentinel()
         self._size = 0
+        self._sized = sized
         self._pending: list[int] = []  # single adds not yet linked (cf. lru_add batch)
 
     def __len__(self) -> int:
+        if not self._sized:
+            raise TypeError("an unsized PageQueue has no length (use is_empty)")
         return self._size + len(self._pending)
+
+    def is_empty(self) -> bool:
+        """No folio on the list (nor buffered for it)."""
+        return self._nxt[self._s] == self._s and not self._pending
 
     def add_one(self, pfn: int) -> None:
         """Add one folio at the head; cheap (buffered until the list is next read)."""
@@ -237,7 +313,8 @@ class PageQueue:
     def _chain(self, pfns: NDArray[np.integer]) -> None:
         """Link ``pfns`` to each other, oldest first."""
         if len(pfns) > 1:
-            self._links[pfns[:-1]] = pfns[1:]
+            self._nxt[pfns[:-1]] = pfns[1:]
+            self._prev[pfns[1:]] = pfns[:-1]
 
     def add_head(self, pfns: NDArray[np.integer]) -> None:
         """Add folios at the head (newest end), in the given order."""
@@ -246,12 +323,14 @@ class PageQueue:
         n = len(pfns)
         if n == 0:
             return
+        s = self._s
+        head = self._prev[s]
         self._chain(pfns)
-        if self._size:
-            self._links[self._head] = pfns[0]
-        else:
-            self._tail = int(pfns[0])
-        self._head = int(pfns[-1])
+        first, last = int(pfns[0]), int(pfns[-1])
+        self._nxt[head] = first
+        self._prev[first] = head
+        self._nxt[last] = s
+        self._prev[s] = last
         self._size += n
 
     def add_tail(self, pfns: NDArray[np.integer]) -> None:
@@ -262,39 +341,51 @@ class PageQueue:
         n = len(pfns)
         if n == 0:
             return
+        s = self._s
+        tail = self._nxt[s]
         self._chain(pfns)
-        if self._size:
-            self._links[pfns[-1]] = self._tail
-        else:
-            self._head = int(pfns[-1])
-        self._tail = int(pfns[0])
+        first, last = int(pfns[0]), int(pfns[-1])
+        self._prev[first] = s
+        self._nxt[s] = first
+        self._nxt[last] = tail
+        self._prev[tail] = last
         self._size += n
 
     def isolate_tail(self, n: int) -> Pfns:
         """Take up to ``n`` folios from the tail (oldest first)."""
         if self._pending:
             self.drain()
-        n = min(n, self._size)
         if n <= 0:
             return np.empty(0, dtype=np.int64)
-        out = _walk(self._links, self._tail, n)
-        self._size -= n
-        if self._size:
-            self._tail = int(self._links[out[-1]])
+        s = self._s
+        out = _walk(self._nxt, int(self._nxt[s]), s, n)
+        if len(out):
+            rest = self._nxt[out[-1]]
+            self._nxt[s] = rest
+            self._prev[rest] = s
+            self._size -= len(out)
         return out
 
     def snapshot(self) -> Pfns:
         """All folios, tail (oldest) first."""
         if self._pending:
             self.drain()
-        if not self._size:
-            return np.empty(0, dtype=np.int64)
-        return _walk(self._links, self._tail, self._size)
+        s = self._s
+        return _walk(self._nxt, int(self._nxt[s]), s, len(self._nxt))
 
-    def remove(self, pfns: NDArray[np.integer]) -> int:
-        """Remove the given folios wherever they are (O(list)); returns how many were found."""
-        items = self.snapshot()
-        kept = items[~np.isin(items, pfns)]
-        self._size = 0
-        self.add_head(kept)
-        return int(len(items) - len(kept))
+    def remove(self, pfns: NDArray[np.integer]) -> None:
+        """Unlink folios that are on this list (the caller knows they are), wherever they are."""
+        if self._pending:
+            self.drain()
+        if len(pfns):
+            _unlink(self._nxt, self._prev, np.asarray(pfns, dtype=np.int64))
+            self._size -= len(pfns)
+
+    def unlink(self, pfn: int) -> None:
+        """Unlink one folio that is on this list."""
+        if self._pending:
+            self.drain()
+        a, b = self._prev[pfn], self._nxt[pfn]
+        self._nxt[a] = b
+        self._prev[b] = a
+        self._size -= 1

@@ -50,7 +50,7 @@ class Clock(QueuePolicy):
             batch = self.queue.isolate_tail(min(n - found, limit - looked))
             looked += len(batch)
             young = reclaim.folio_referenced(batch, sc)
-            sc.nr_scanned += int(young.sum())  # looked at and rotated
+            sc.isolated(int(young.sum()))  # looked at and rotated
             self.queue.add_head(batch[young])
             old = batch[~young]
             victims.append(old)

@@ -56,6 +56,7 @@ class Lru(SimplePolicy):
         self._cand = np.empty(0, dtype=np.int64)
         self._cand_stamp = np.empty(0, dtype=np.int64)
         self._next = 0
+        self._rotated: list[int] = []  # written folios, now the least recently used
 
     def nr_resident(self) -> int:
         """Folios tracked."""
@@ -88,8 +89,14 @@ class Lru(SimplePolicy):
         self._next = 0
 
     def pick(self, n: int, sc: ScanControl, reclaim: Reclaimer) -> Pfns:
-        """The ``n`` least recently used folios."""
+        """The ``n`` least recently used folios (written folios whose write ended first)."""
         out: list[int] = []
+        while len(out) < n and self._rotated:
+            pfn = self._rotated.pop(0)
+            if self.stamp[pfn] == 0:  # not used since: still the least recently used
+                out.append(pfn)
+                self.stamp[pfn] = -1
+                self.nr -= 1
         while len(out) < n:
             if self._next >= len(self._cand):
                 self._refill()
@@ -105,9 +112,15 @@ class Lru(SimplePolicy):
         return np.array(out, dtype=np.int64)
 
     def putback(self, pfns: Pfns) -> None:
-        """Failures count as just used."""
+        """Folios not freed count as just used (until a written one's write ends)."""
         self.stamp[pfns] = max(self._clock, 0)
         self.nr += len(pfns)
+
+    def folio_rotate_reclaimable(self, pfn: int) -> None:
+        """A written folio becomes the least recently used: the next victim."""
+        if self.stamp[pfn] >= 0:
+            self.stamp[pfn] = 0
+            self._rotated.append(pfn)
 
     def folio_remove(self, pfns: Pfns) -> None:
         """Folios of an exiting mm are forgotten."""

@@ -8,12 +8,14 @@ Models
     generation when it meets it at the oldest end, as the kernel does.
 
     Placement (``lru_gen_folio_seq``, 6.14+): every add in this simulator happens inside a fault
-    (first touch, swap-in, swap-cache hit through KVM's GUP), so ``folio_add_lru`` marks the folio
-    PG_active and it joins generation ``max_seq - 1``, or ``max_seq`` if it is PG_workingset (a
-    refault whose shadow says it was workingset). Adds go through the per-CPU ``lru_add`` batch
-    (FOLIO_BATCH_SIZE = 31, drained when full and before reclaim looks at the lists); while a
-    folio sits in it, ``folio_mark_accessed`` (``lru_gen_inc_refs``) sees no PG_lru and does
-    nothing, so GUP's FOLL_TOUCH and KVM's release right after a fault-in usually leave no trace.
+    (first touch and swap-in through KVM's GUP), so ``folio_add_lru`` marks the folio PG_active
+    and it joins generation ``max_seq - 1``, or ``max_seq`` if it is PG_workingset (a refault
+    whose shadow says it was workingset). Adds go through the per-CPU ``lru_add`` batch
+    (FOLIO_BATCH_SIZE = 31, drained when full and before reclaim looks at the lists).
+    ``folio_mark_accessed`` is ``lru_gen_inc_refs``, which has no PG_lru check: the two host
+    references of a KVM fault-in (GUP's FOLL_TOUCH, then ``kvm_release_page_*``) leave a new
+    folio with PG_referenced and one ref (tier 1) even while it sits in the batch, so its first
+    young sighting promotes it, and the reclaim scan protects it by tier until then.
 
     Aging (``try_to_inc_max_seq``): a walk over every present pte of every mm in page-table
     order, in batches of one PTE table (512 ptes, paid for and yielded after each). Since 6.12 the
@@ -30,8 +32,12 @@ Models
     Eviction (``evict_folios``): from the oldest generation's tail, up to the scan budget
     (``lru_size >> priority``, at most MAX_LRU_BATCH per call) and ``sc.batch`` isolated folios:
     ``sort_folio`` moves promoted folios to their generation's list, protects folios of a tier
-    the PID controller says refaults more than tier 0 (and folios under writeback) by moving them
-    one generation up; the rest are isolated (``pgscan``; sorted ones count as ``pgrefill``).
+    the PID controller says refaults more than tier 0, and folios under write-out (which get
+    PG_reclaim), by moving them one generation up; the rest are isolated (``pgscan``; sorted ones
+    count as ``pgrefill``). A folio whose write ``shrink_folio_list`` started is put back into
+    ``max_seq - 1`` (PG_reclaim and under write-out); when the write ends
+    ``folio_rotate_reclaimable`` moves it to the oldest generation's tail, where the next scan
+    frees it.
     ``try_to_inc_min_seq`` then skips empty generations. Each isolated folio gets the MGLRU branch
     of ``folio_check_references``: ``lru_gen_look_around`` clears its pte's young bit with
     ``ptep_clear_young_notify``; if it was young, up to 64 neighbouring ptes in its PMD are
@@ -79,19 +85,19 @@ Kernel reference
 Simplifications
     One lruvec (no memcg, no memcg LRU), anon only: the file type has no generations and
     ``min_seq[file]`` is not modelled (``evictable_min_seq`` is the anon one); swappiness 0 or a
-    full swap device leaves nothing evictable. No Bloom filter and no mm-list skipping: every
-    aging walk visits every present pte (the kernel's ``force_scan``), which is the upper bound of
-    its cost; the walk snapshot is taken at its start and frames that left the LRU meanwhile are
+    full swap device leaves nothing evictable. No Bloom filter and no mm-list skipping: every aging
+    walk visits every present pte (the kernel's ``force_scan``), which is the upper bound of its
+    cost; the walk snapshot is taken at its start and frames that left the LRU meanwhile are
     skipped. ``folio_update_gen`` is used for look-around promotions in direct reclaim too (the
-    kernel uses ``lru_gen_set_refs`` + ``folio_activate`` there, with the same result). Folios
-    kept by the reference check are put back as "anon not in the swap cache" (generation
-    ``max_seq - 1``): the policy cannot see the swap cache. No PG_reclaim (write-out completion
-    frees the frame here). At most ``sc.batch`` folios are isolated per ``evict_folios`` (the
-    kernel isolates up to MIN_LRU_BATCH = 64). No ``set_initial_priority`` for kswapd. The
-    controller keeps one history generation (NR_HIST_GENS = 1, CONFIG_LRU_GEN_STATS off).
-    Pte dirty bits seen by the walk are not transferred. ``promotion: one_step`` gives 6.1-6.13's
-    reference rules (any young sighting promotes to ``max_seq``, faulted-in folios join ``max_seq``,
-    promotion sets no PG_workingset) with everything else kept at 6.14. In demand mode
+    kernel uses ``lru_gen_set_refs`` + ``folio_activate`` there, with the same result). Folios kept
+    by the reference check are put back as "anon not in the swap cache" (generation ``max_seq -
+    1``): the policy cannot see the swap cache. No retry of clean unmapped folios that missed
+    ``folio_rotate_reclaimable`` (none do here). At most ``sc.batch`` folios are isolated per
+    ``evict_folios`` (the kernel isolates up to MIN_LRU_BATCH = 64). No ``set_initial_priority`` for
+    kswapd. The controller keeps one history generation (NR_HIST_GENS = 1, CONFIG_LRU_GEN_STATS
+    off). Pte dirty bits seen by the walk are not transferred. ``promotion: one_step`` gives
+    6.1-6.13's reference rules (any young sighting promotes to ``max_seq``, faulted-in folios join
+    ``max_seq``, promotion sets no PG_workingset) with everything else kept at 6.14. In demand mode
     (``nr_to_reclaim == 1``) a call goes on, lowering the priority and aging as needed, until it has
     reclaimed its page (standing in for the caller's retries). The walk's pte visits are priced
     through the host's aging call: one rmap entry and one notifier call per pte (the host-only walk,
@@ -116,9 +122,9 @@ from numpy.typing import NDArray
 from pydantic import Field
 
 from sim.host.memory import DEF_PRIORITY, PTRS_PER_PMD
-from sim.host.vmscan import ScanControl
+from sim.host.vmscan import Outcome, ScanControl
 from sim.host.vmstat import VmStat
-from sim.reclaim.base import PageQueue, Pfns, ReclaimBase, Reclaimer, lru_links
+from sim.reclaim.base import PageQueue, Pfns, ReclaimBase, Reclaimer, lru_del, lru_links
 
 MIN_NR_GENS = 2
 MAX_NR_GENS = 4
@@ -227,8 +233,13 @@ class Mglru:
         self._promoted = _U8(PG_WORKINGSET if cfg.promotion == "two_step" else 0)
         self.fl = np.zeros(nr_frames, dtype=np.uint8)
         self.seq = np.full(nr_frames, -1, dtype=np.int32)  # generation (sequence) on a list
-        links = lru_links(nr_frames)  # a folio is on one list at a time: they share the links
-        self.lists = [PageQueue(links) for _ in range(MAX_NR_GENS)]
+        # A folio is on one list at a time, so the lists share their links. A lazily promoted
+        # folio sits on an older generation's list than its own, so lists keep no sizes (as in
+        # the kernel, folios are counted per generation, ``nr_pages``) and a folio leaves its
+        # list without naming it (``lru_del``).
+        self.nr_frames = nr_frames
+        self.links = lru_links(nr_frames, MAX_NR_GENS)
+        self.lists = [PageQueue(self.links, sized=False) for _ in range(MAX_NR_GENS)]
         self.nr_pages = np.zeros(MAX_NR_GENS, dtype=np.int64)  # folios per gen (seq % 4)
         # lru_gen_init_lruvec: max_seq = MIN_NR_GENS + 1, min_seq = 0
         self.max_seq = MIN_NR_GENS + 1
@@ -371,7 +382,7 @@ class Mglru:
     def _inc_min_seq(self) -> None:
         """``inc_min_seq``: push the oldest generation into the next one."""
         lst = self.lists[self.min_seq % MAX_NR_GENS]
-        pfns = lst.isolate_tail(len(lst))
+        pfns = lst.isolate_tail(self.nr_frames)
         if len(pfns):
             fl = self.fl[pfns]
             tier, maxed = self._tier(fl)
@@ -436,7 +447,9 @@ class Mglru:
     def _try_to_inc_min_seq(self) -> bool:
         """``try_to_inc_min_seq``: skip empty oldest generations (at least two remain)."""
         min_seq = self.min_seq
-        while min_seq + MIN_NR_GENS <= self.max_seq and not len(self.lists[min_seq % MAX_NR_GENS]):
+        while (
+            min_seq + MIN_NR_GENS <= self.max_seq and self.lists[min_seq % MAX_NR_GENS].is_empty()
+        ):
             min_seq += 1
         if min_seq == self.min_seq:
             return False
@@ -458,7 +471,7 @@ class Mglru:
         scanned = sorted_ = 0
         isolated: list[Pfns] = []
         n_iso = 0
-        while remaining and n_iso < cap and len(lst):
+        while remaining and n_iso < cap and not lst.is_empty():
             # a chunk of the tail; what is not reached is put back at the tail
             chunk = lst.isolate_tail(min(remaining, MIN_LRU_BATCH, max(8, 2 * (cap - n_iso))))
             seq, fl = self.seq[chunk], self.fl[chunk]
@@ -484,8 +497,11 @@ class Mglru:
             # promoted: to the head of its generation's list
             if promoted.any():
                 self._move(chunk[promoted], seq[promoted])
-            # protected (tier) and waiting for writeback: folio_inc_gen into min_seq + 1
+            # protected (tier) and waiting for writeback: folio_inc_gen into min_seq + 1 (the
+            # latter with PG_reclaim: folio_inc_gen(reclaiming))
             inc = protect | writeback
+            if writeback.any():
+                reclaim.folio_set_reclaim(chunk[writeback])
             if inc.any():
                 counted = tier[protect & ~maxed]
                 self.vmstat["mglru_protected"] += self._count(self.protected, counted)
@@ -504,8 +520,8 @@ class Mglru:
                 self.seq[iso] = -1
                 isolated.append(iso)
                 n_iso += len(iso)
-        sc.nr_scanned += n_iso  # pgscan: folios isolated
-        sc.nr_refill += sorted_  # pgrefill: folios sorted into other generations
+        sc.isolated(n_iso)  # pgscan: folios isolated
+        sc.refilled(sorted_)  # pgrefill: folios sorted into other generations
         out = np.concatenate(isolated) if isolated else none
         return (scanned if n_iso or not remaining else 0), out
 
@@ -579,14 +595,16 @@ class Mglru:
         self.fl[keep] = (fl[first] & ~_U8(LRU_REFS_MASK)) | _U8(PG_REFERENCED)
         self.fl[act] = (fl[~first] & ~_U8(LRU_REFS_FLAGS)) | self._promoted | _U8(PG_ACTIVE)
         victims = iso[~young]
-        failed = victims[:0]
+        failed = written = victims[:0]
         if len(victims):
-            failed = victims[~reclaim.shrink_folio_list(victims, sc)]
+            out = reclaim.shrink_folio_list(victims, sc)
+            written = victims[out == Outcome.KEEP]
+            failed = victims[out == Outcome.ACTIVATE]
         if len(failed):  # activate_locked
             reclaim.activate_locked(failed)
             self.fl[failed] |= _U8(PG_ACTIVE)
-        sc.nr_activate += len(act) + len(failed)
-        self._putback(np.concatenate((keep, act, failed)))
+        sc.activated(len(act) + len(failed))
+        self._putback(np.concatenate((keep, act, written, failed)))
         return scanned
 
     def _should_run_aging(self) -> tuple[bool, int]:
@@ -670,10 +688,10 @@ class Mglru:
         return (refs - 1) << LRU_REFS_PGOFF
 
     def folio_mark_accessed(self, pfn: int) -> None:
-        """``lru_gen_inc_refs``: count an fd-style access (nothing unless PG_lru)."""
-        fl = int(self.fl[pfn])
-        if not fl & FL_LRU:
-            return  # still in the lru_add batch, or isolated
+        """``lru_gen_inc_refs``: PG_referenced the first time, then one more ref per call, then
+        PG_workingset once the refs are maxed. No PG_lru check: a folio still in the lru_add
+        batch (or isolated) counts too."""
+        fl = self.fl.item(pfn)
         if not fl & PG_REFERENCED:
             self.fl[pfn] = (fl & ~LRU_REFS_MASK) | PG_REFERENCED
         elif fl & LRU_REFS_MASK == LRU_REFS_MASK:
@@ -691,11 +709,25 @@ class Mglru:
             self._batch = [p for p in self._batch if p not in gone]
         on = pfns[(self.fl[pfns] & FL_LRU) != 0]
         if len(on):
-            for lst in self.lists:
-                lst.remove(on)
+            lru_del(self.links, on)
             self.nr_pages -= np.bincount(self.seq[on] % MAX_NR_GENS, minlength=MAX_NR_GENS)
         self.fl[pfns] = 0
         self.seq[pfns] = -1
+
+    def folio_rotate_reclaimable(self, pfn: int) -> None:
+        """``lru_move_tail`` -> ``lru_gen_add_folio(reclaiming)``: to the tail of the oldest
+        generation (``lru_gen_folio_seq`` with ``reclaiming``: MAX_NR_GENS back, at least
+        min_seq), not active."""
+        fl = self.fl.item(pfn)
+        if not fl & FL_LRU:
+            return
+        lru_del(self.links, np.array([pfn], dtype=np.int64))
+        seq = max(self.max_seq - MAX_NR_GENS + 1, self.min_seq)
+        self.nr_pages[self.seq.item(pfn) % MAX_NR_GENS] -= 1
+        self.nr_pages[seq % MAX_NR_GENS] += 1
+        self.seq[pfn] = seq
+        self.fl[pfn] = fl & ~PG_ACTIVE
+        self.lists[seq % MAX_NR_GENS].add_tail(np.array([pfn], dtype=np.int64))
 
     def workingset_eviction(self, pfns: Pfns) -> NDArray[np.uint32]:
         """``lru_gen_eviction``: count the eviction per tier; token = (min_seq, refs - 1,

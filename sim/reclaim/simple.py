@@ -2,8 +2,10 @@
 
 Every policy drives reclaim the same way: a budget of ``nr_resident >> priority`` folios per
 pass, taken in batches of ``sc.batch``, each batch handed to the host's ``shrink_folio_list``;
-folios the host could not reclaim (swap full, under write-out) go back as most recently used.
-Subclasses say only which folios to pick (``pick``) and how to put failures back (``putback``).
+folios the host did not free (swap full, under write-out, or their write just started) go back
+as most recently used, and a folio whose write ends is moved to where the policy evicts next
+(``folio_rotate_reclaimable``: the oldest end of a queue, the next victim of exact LRU).
+Subclasses say only which folios to pick (``pick``) and how to put them back (``putback``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from sim.host.vmscan import ScanControl
+from sim.host.vmscan import Outcome, ScanControl
 from sim.reclaim.base import PageQueue, Pfns, Reclaimer, lru_links
 
 
@@ -44,7 +46,10 @@ class SimplePolicy(ABC):
 
     @abstractmethod
     def putback(self, pfns: Pfns) -> None:
-        """Return folios the host could not reclaim."""
+        """Return folios the host did not free."""
+
+    def folio_rotate_reclaimable(self, pfn: int) -> None:  # noqa: B027 (a default)
+        """A written folio is clean: nothing to move for a policy without an order."""
 
     # -- EvictionPolicy ----------------------------------------------------------------------
     def shrink_node(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
@@ -58,12 +63,12 @@ class SimplePolicy(ABC):
             if len(victims) == 0:
                 return
             budget -= len(victims)
-            sc.nr_scanned += len(victims)
-            ok = reclaim.shrink_folio_list(victims, sc)
-            if not ok.all():
-                failed = victims[~ok]
-                self.putback(failed)
-                sc.nr_activate += len(failed)
+            sc.isolated(len(victims))
+            out = reclaim.shrink_folio_list(victims, sc)
+            back = victims[out != Outcome.FREED]
+            if len(back):
+                self.putback(back)
+                sc.activated(int(np.count_nonzero(out == Outcome.ACTIVATE)))
             yield
 
     def age_node(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
@@ -99,7 +104,7 @@ class QueuePolicy(SimplePolicy):
         self, cfg: object, nr_frames: int, vmstat: Counter[str], rng: np.random.Generator
     ) -> None:
         super().__init__(cfg, nr_frames, vmstat, rng)
-        self.queue = PageQueue(lru_links(nr_frames))
+        self.queue = PageQueue(lru_links(nr_frames, 1))
 
     def nr_resident(self) -> int:
         """Folios in the queue."""
@@ -116,6 +121,11 @@ class QueuePolicy(SimplePolicy):
     def folio_remove(self, pfns: Pfns) -> None:
         """Folios of an exiting mm leave the queue."""
         self.queue.remove(pfns)
+
+    def folio_rotate_reclaimable(self, pfn: int) -> None:
+        """A written folio moves to the oldest end: the next one looked at."""
+        self.queue.unlink(pfn)
+        self.queue.add_tail(np.array([pfn], dtype=np.int64))
 
     def check(self, on_lru: NDArray[np.bool_]) -> None:
         """The queue is exactly the resident folios."""

@@ -5,7 +5,8 @@ Models
     folios are added to the inactive list (since 5.9), but a KVM fault references the page twice
     on the host side (GUP's FOLL_TOUCH, then ``kvm_release_page_*`` -> ``mark_page_accessed``),
     and the second ``folio_mark_accessed`` activates it while it is still in the per-CPU add
-    batch, so guest pages faulted in through KVM's slow path start on the active list. A reclaim
+    batch, so guest pages faulted in through KVM's slow path start on the active list (a
+    folio already on the inactive list moves to the active head, ``folio_activate``). A reclaim
     pass scans ``lru_size >> priority`` folios per list (scaled by ``get_scan_count``'s balance)
     in batches of SWAP_CLUSTER_MAX; every inactive folio gets ``folio_check_references``: with
     one mapping (QEMU's pte, OR-ed with KVM's sptes through the notifier chain) a first sighting
@@ -15,6 +16,11 @@ Models
     happens when the inactive list is "low" (``inactive * int_sqrt(10 * GB) < active``) or when
     refaults were activated since the last reclaim cycle. Refault distance (mm/workingset.c)
     decides whether a swapped-in folio starts active.
+
+    Write-back: ``shrink_folio_list`` activates folios it finds under write-out (before their
+    reference check); a folio whose write it started goes back to the inactive head, not
+    referenced, and when the write ends ``folio_rotate_reclaimable`` moves it to the inactive
+    tail (clearing active), where the next scan frees it.
 
     Scan balance with no file pages: ``prepare_scan_control`` finds the file lists "tiny" and
     scans anon only (SCAN_ANON) unless anon deactivation is due, in which case ``get_scan_count``
@@ -32,12 +38,11 @@ Kernel reference
 Simplifications
     One lruvec (no memcg), anon only (no page cache), so shrink_lruvec stops as soon as the
     target is met. Shadow entries keep 31 bits of the nonresident-age clock (no bucket_order).
-    A folio activated while already on the inactive list (rare: a fast-GUP fault on a resident
-    page) is marked active at once and moved to the active list when the inactive scan meets it.
+    The per-CPU activate batch is drained at once (a folio activated on the inactive list moves
+    to the active head immediately).
 
 Invariants
-    Each folio the policy tracks is on exactly one list; its flag names that list, or the active
-    list for a folio activated in place and not yet moved.
+    Each folio the policy tracks is on exactly one list, and its flag names that list.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ from numpy.typing import NDArray
 from pydantic import Field
 
 from sim.host.memory import DEF_PRIORITY, PAGE_SHIFT, SWAP_CLUSTER_MAX, int_sqrt
-from sim.host.vmscan import ScanControl
+from sim.host.vmscan import Outcome, ScanControl
 from sim.host.vmstat import VmStat
 from sim.reclaim.base import PageQueue, Pfns, ReclaimBase, Reclaimer, lru_links
 
@@ -106,7 +111,7 @@ class TwoList:
     ) -> None:
         self.cfg, self.vmstat = cfg, vmstat
         self.fl = np.zeros(nr_frames, dtype=np.uint8)
-        links = lru_links(nr_frames)  # a folio is on one list at a time: they share the links
+        links = lru_links(nr_frames, 2)  # a folio is on one list at a time: shared links
         self.inactive = PageQueue(links)
         self.active = PageQueue(links)
         self.nonresident_age = 0  # lruvec->nonresident_age (workingset clock)
@@ -198,19 +203,35 @@ class TwoList:
             return
         if fl & LRU_ACTIVE:
             return
-        # folio_activate / __lru_cache_activate_folio; then clear referenced, age the clock
-        if self.inactive.take_pending(pfn):
-            self.active.add_one(pfn)
-        else:
-            self.vmstat[_PGACTIVATE] += 1  # moved when the inactive scan reaches it
+        # __lru_cache_activate_folio (still in the add batch) / folio_activate (on the list);
+        # then clear referenced, age the clock
+        if not self.inactive.take_pending(pfn):
+            if not fl & LRU_INACTIVE:
+                return  # isolated by reclaim: shrink_folio_list decides
+            self.inactive.unlink(pfn)
+            self.vmstat[_PGACTIVATE] += 1
+        self.active.add_one(pfn)
         self.fl[pfn] = (fl & ~(PG_REFERENCED | LRU_INACTIVE)) | LRU_ACTIVE
         self.nonresident_age += 1  # workingset_activation
 
     def folio_remove(self, pfns: Pfns) -> None:
         """Drop folios from whichever list holds them (their mm exited)."""
-        self.inactive.remove(pfns)
-        self.active.remove(pfns)
+        fl = self.fl[pfns]
+        self.inactive.remove(pfns[(fl & LRU_INACTIVE) != 0])
+        self.active.remove(pfns[(fl & LRU_ACTIVE) != 0])
         self.fl[pfns] = 0
+
+    def folio_rotate_reclaimable(self, pfn: int) -> None:
+        """``lru_move_tail``: to the inactive tail, not active (``pgrotated``)."""
+        fl = self.fl.item(pfn)
+        if fl & LRU_ACTIVE:
+            self.active.unlink(pfn)
+        elif fl & LRU_INACTIVE:
+            self.inactive.unlink(pfn)
+        else:
+            return
+        self.fl[pfn] = (fl & ~LRU_ACTIVE) | LRU_INACTIVE
+        self.inactive.add_tail(np.array([pfn], dtype=np.int64))
 
     def workingset_eviction(self, pfns: Pfns) -> NDArray[np.uint32]:
         """Shadow = nonresident_age before this eviction, with PG_workingset in the top bit."""
@@ -269,42 +290,43 @@ class TwoList:
     def check(self, on_lru: NDArray[np.bool_]) -> None:
         """Each resident folio on exactly one list, matching its flag; nothing else tracked."""
         ina, act = self.inactive.snapshot(), self.active.snapshot()
+        assert len(ina) == len(self.inactive), "inactive list size"
+        assert len(act) == len(self.active), "active list size"
         both = np.concatenate((ina, act))
         assert len(np.unique(both)) == len(both), "a folio is on a list twice"
         tracked = np.zeros(len(on_lru), dtype=np.bool_)
         tracked[both] = True
         assert (tracked == on_lru).all(), "LRU lists disagree with the resident folios"
-        assert ((self.fl[ina] & _LRU) != 0).all(), "inactive folio without a list flag"
+        assert ((self.fl[ina] & _LRU) == LRU_INACTIVE).all(), "inactive folio flagged otherwise"
         assert ((self.fl[act] & _LRU) == LRU_ACTIVE).all(), "active folio flagged inactive"
 
     # -- the two list scanners ---------------------------------------------------------------
     def shrink_inactive_list(self, n: int, sc: ScanControl, reclaim: Reclaimer) -> None:
-        """Isolate ``n`` folios from the inactive tail and apply ``folio_check_references``."""
+        """Isolate ``n`` folios from the inactive tail; ``shrink_folio_list`` them (folios
+        under write-out activated first, then ``folio_check_references``)."""
         pfns = self.inactive.isolate_tail(n)
         if len(pfns) == 0:
             return
-        moved, pfns = _isolate(pfns, self.fl)  # activated in place earlier: just move them
-        if len(moved):
-            self.active.add_head(moved)
-            if len(pfns) == 0:
-                return
-        sc.nr_scanned += len(pfns)
+        _set_lru(pfns, self.fl, 0)
+        sc.nr_taken += len(pfns)
+        sc.isolated(len(pfns))
         pageout0, reclaimed0 = sc.nr_pageout, sc.nr_reclaimed
-        writeback = reclaim.folio_test_writeback(pfns)  # activated before any reference check
+        writeback = reclaim.writeback_check(pfns, sc)  # activated before any reference check
         check = pfns[~writeback] if np.count_nonzero(writeback) else pfns
         young = reclaim.folio_referenced(check, sc)
         # young and PG_referenced: ACTIVATE; young only: KEEP with PG_referenced (set for both);
         # not young: RECLAIM, PG_referenced cleared (anon ignores a lone PG_referenced)
         victims, keep, activate = _check_references(check, young, self.fl)
+        failed = written = victims[:0]
         if len(victims):
-            failed = victims[~reclaim.shrink_folio_list(victims, sc)]
-        else:
-            failed = victims
-        self._putback(keep, active=False)
+            out = reclaim.shrink_folio_list(victims, sc)
+            written = victims[out == Outcome.KEEP]
+            failed = victims[out == Outcome.ACTIVATE]
+        self._putback(np.concatenate((keep, written)), active=False)
         act = np.concatenate((activate, failed, pfns[writeback]))
         reclaim.activate_locked(act)
         self._putback(act, active=True)
-        sc.nr_activate += len(act)
+        sc.activated(len(act))
         reclaimed = sc.nr_reclaimed - reclaimed0
         self._lru_note_cost(sc.nr_pageout - pageout0, len(pfns) - reclaimed)
 
@@ -313,33 +335,14 @@ class TwoList:
         pfns = self.active.isolate_tail(n)
         if len(pfns) == 0:
             return
-        sc.nr_refill += len(pfns)
+        sc.refilled(len(pfns))
         reclaim.folio_referenced(pfns, sc)  # clears host and spte bits; result unused for anon
         _set_lru(pfns, self.fl, LRU_INACTIVE | PG_WORKINGSET)
         self.inactive.add_head(pfns)
-        sc.nr_deactivate += len(pfns)
+        sc.deactivated(len(pfns))
 
 
 # -- compiled passes over an isolated batch (one call instead of a dozen numpy ones) ---------
-@numba.njit(cache=True, nogil=True)
-def _isolate(pfns: Pfns, fl: NDArray[np.uint8]) -> tuple[Pfns, Pfns]:
-    """Split a batch taken off the inactive tail into folios flagged active (activated while
-    on the list: they only move) and the rest, which are isolated (list bits cleared)."""
-    moved = np.empty(pfns.size, dtype=np.int64)
-    rest = np.empty(pfns.size, dtype=np.int64)
-    nm = nr = 0
-    for p in pfns:
-        f = fl[p]
-        if f & LRU_ACTIVE:
-            moved[nm] = p
-            nm += 1
-        else:
-            fl[p] = f & ~(LRU_INACTIVE | LRU_ACTIVE)
-            rest[nr] = p
-            nr += 1
-    return moved[:nm], rest[:nr]
-
-
 @numba.njit(cache=True, nogil=True)
 def _check_references(
     check: Pfns, young: NDArray[np.bool_], fl: NDArray[np.uint8]
