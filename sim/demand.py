@@ -78,7 +78,11 @@ class DemandAllocator:
         oom: Callable[[], bool],
     ) -> None:
         self.mem, self.vmscan, self.policy, self.vmstat, self.oom = mem, vmscan, policy, vmstat, oom
-        self.evictions = 0
+
+    @property
+    def evictions(self) -> int:
+        """Pages the policy freed for misses (every demand reclaim is direct: pgsteal_direct)."""
+        return self.vmstat["pgsteal_direct"]
 
     def alloc_fast(self, pid: int) -> int:
         """Never waits and never fails: evicts one page when memory is full."""
@@ -103,7 +107,6 @@ class DemandAllocator:
             if sc.nr_reclaimed:
                 break
         self.policy.reclaim_cycle_end()
-        self.evictions += sc.nr_reclaimed
         if self.mem.nr_free == 0 and not (self.oom() and self.mem.nr_free > 0):
             raise RuntimeError("demand paging: the policy found nothing to evict")
 

@@ -177,6 +177,12 @@ class Vcpu:
                         self._undo(q, end)
                         pos = end = self._hi = q
                         t = ends[-1] = self._offset(q)
+                        lost = int(env.now - self._t0) - t
+                        if lost > 0:  # access q had begun: the time it ran is lost to its fault
+                            stats.stall_ns += lost
+                            t += lost
+                            ends.append(t)
+                            stalls.append(True)
                 self._idx = None
             elif t:
                 yield env.timeout(t)
