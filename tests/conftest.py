@@ -74,6 +74,22 @@ def run_checked(w: Any, every_ns: int = 1_000_000) -> int:
     return checks[0] + 1
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--update-golden``: rewrite tests/golden/*.json from this run (see tests/test_golden.py)."""
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="Rewrite the golden numbers in tests/golden/ instead of comparing with them.",
+    )
+
+
+@pytest.fixture
+def update_golden(request: pytest.FixtureRequest) -> bool:
+    """Whether this run rewrites the golden files."""
+    return bool(request.config.getoption("--update-golden"))
+
+
 @pytest.fixture
 def tiny_raw() -> dict[str, Any]:
     """A fresh copy of the tiny scenario's raw dict."""
