@@ -158,3 +158,19 @@ def test_write_back_stays_bounded_and_faults_follow_the_skew(
     hot = _hot_pages(pages_per_vm, 0.1)
     on_hot = late.gfn.isin(hot).mean()  # the hot tenth of the pages takes 95% of the accesses
     assert on_hot < 0.25, f"{on_hot:.0%} of the major faults hit the hot pages"
+
+
+def test_the_old_tdp_mmu_key_names_its_replacement() -> None:
+    """``kvm.tdp_mmu`` mislabelled the legacy TDP MMU as shadow paging; it is gone, and using
+    it says what to write instead, on one line."""
+    from sim.config import parse_scenario
+    from sim.errors import ConfigError
+    from tests.conftest import TINY
+
+    with pytest.raises(ConfigError) as err:
+        parse_scenario({**TINY, "kvm": {"tdp_mmu": False}}, "cfg.yaml")
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "kvm" in msg
+    assert "mmu: shadow" in msg
+    assert "legacy_tdp" in msg
