@@ -255,13 +255,15 @@ def _demand_misses(policy: str, **reclaim: Any) -> int:
 
 
 @pytest.mark.slow
-def test_two_step_promotion_is_a_frequency_filter_that_beats_one_step_on_zipf() -> None:
-    """Under the independent reference model (Zipf), 6.14's two-step promotion keeps pages seen
-    young twice and lets once-seen ones go, as segmented LRU does, so it faults less than the
-    6.13 rule, which promotes on any sighting and tracks LRU; both beat FIFO."""
+def test_fault_in_refs_defeat_the_two_step_filter_on_zipf() -> None:
+    """6.14's two-step promotion would keep pages seen young twice and let once-seen ones go,
+    but a KVM fault-in already leaves PG_referenced, and the spte it installs is accessed: the
+    first aging promotes every page faulted in, used again or not. Under the independent
+    reference model (Zipf) that costs it more misses than the 6.13 rule (which tracks exact
+    LRU); both still beat FIFO."""
     lru, fifo = _demand_misses("lru"), _demand_misses("fifo")
     two, one = _demand_misses("mglru"), _demand_misses("mglru", promotion="one_step")
-    assert two < one < fifo
+    assert one < two < fifo
     assert lru < fifo
 
 
