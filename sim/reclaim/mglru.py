@@ -670,14 +670,14 @@ class Mglru:
             self._lru_add_drain()
 
     def _lru_gen_refault(self, shadow: int) -> int:
-        """``lru_gen_refault``: a recent refault is counted (``workingset_refault``, the
-        controller's ``refaulted``) and restores PG_workingset from the shadow; an old one is
-        not a refault at all. Returns the flags to set."""
+        """``lru_gen_refault``: every refault with a shadow is counted (``workingset_refault``,
+        since 6.5 also the old ones); only a recent one feeds the controller's ``refaulted`` and
+        restores PG_workingset from the shadow. Returns the flags to set."""
         vs = self.vmstat
+        vs[VmStat.WORKINGSET_REFAULT] += 1
         token_seq = (shadow >> LRU_REFS_WIDTH) & _SEQ_MASK
         if abs((self.max_seq & _SEQ_MASK) - token_seq) >= MAX_NR_GENS:
-            return 0  # lru_gen_test_recent: too old (not counted as a refault at all)
-        vs[VmStat.WORKINGSET_REFAULT] += 1
+            return 0  # lru_gen_test_recent: too old
         workingset = bool(shadow >> 31)
         refs = (shadow & ((1 << LRU_REFS_WIDTH) - 1)) + 1
         tier = MAX_NR_TIERS - 1 if workingset else int(_OB2[refs])
