@@ -1,7 +1,8 @@
 """``memsim`` command line: ``run`` and ``validate`` a scenario.
 
-User errors (bad config, unknown key, impossible value, bad flag) print one line on stderr and
-exit with code 2, and no result directory is written; results are published atomically.
+User errors (bad config, unknown key, impossible value, bad flag, unusable output path) print
+one line on stderr and exit with code 2, and no result is written or lost; results are
+published atomically (``sim.results``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from rich.table import Table
 from sim import __version__
 from sim.config import Scenario, load_scenario
 from sim.errors import UserError
+from sim.results import check_name, check_resumable, check_target, host_row, vm_rows
 
 err_console = Console(stderr=True)
 out_console = Console(width=None if sys.stdout.isatty() else 120)  # no 80-column squeeze in logs
@@ -59,7 +61,7 @@ def describe(sc: Scenario) -> str:
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
-    """The end-of-run table: per VM, then host totals."""
+    """The end-of-run table: per VM, then host totals (from the flat rows of ``sim.results``)."""
     t = Table(title=f"{summary['name']} (seed {summary['seed']}, policy {summary['policy']})")
     for col in (
         "vm",
@@ -73,31 +75,29 @@ def summary_table(summary: dict[str, Any]) -> Table:
         "major/s",
     ):
         t.add_column(col, justify="left" if col == "vm" else "right")
-    for v in summary["vms"]:
-        f = v["faults"]
+    for v in vm_rows(summary):
         t.add_row(
             v["name"] + (" (OOM-killed)" if v["oom_killed"] else ""),
             _fmt(v["accesses"]),
-            _fmt(f["first_touch"]),
-            _fmt(f["minor"]),
-            _fmt(f["major"]),
-            _fmt(f["access_tracking"]),
+            _fmt(v["faults_first_touch"]),
+            _fmt(v["faults_minor"]),
+            _fmt(v["faults_major"]),
+            _fmt(v["faults_access_tracking"]),
             _fmt(v["refaults"]),
             f"{100 * v['stall_fraction']:.1f}",
             f"{v['major_faults_per_s']:,.0f}",
         )
-    h = summary["host"]
-    n = h["notifier"]
+    h = host_row(summary)
     t.caption = (
         f"kswapd scanned {_fmt(h['kswapd_scanned'])} reclaimed {_fmt(h['kswapd_reclaimed'])}; "
         f"direct reclaims {_fmt(h['direct_reclaims'])}; pswpin {_fmt(h['pswpin'])} "
         f"pswpout {_fmt(h['pswpout'])}; TLB flushes {_fmt(h['tlb_flushes'])}; "
-        f"notifier clear_flush_young {_fmt(n['clear_flush_young'])} "
-        f"invalidate_range_start {_fmt(n['invalidate_range_start'])}; "
+        f"notifier clear_flush_young {_fmt(h['notifier_clear_flush_young'])} "
+        f"invalidate_range_start {_fmt(h['notifier_invalidate_range_start'])}; "
         f"wall {summary['wall_s']:.1f} s"
     )
-    if h["swap"]["exhausted"]:
-        t.caption += f"; SWAP FULL ({_fmt(h['swap']['full_failures'])} failed swap-outs)"
+    if h["swap_exhausted"]:
+        t.caption += f"; SWAP FULL ({_fmt(h['swap_full_failures'])} failed swap-outs)"
     if h["oom_kills"]:
         t.caption += "; OOM kills: " + ", ".join(k["vm"] for k in h["oom_kills"])
     return t
@@ -137,6 +137,10 @@ def run(
 
     sc = _load(config, overrides, seed)
     target = out if out is not None else default_outdir(sc)
+    try:
+        check_target(target, "run")  # a refused --out: before anything is printed or run
+    except UserError as exc:
+        _fail(exc)
     if not quiet:
         err_console.print(describe(sc), highlight=False)
     try:
@@ -182,6 +186,7 @@ def validate(config: Path, overrides: tuple[str, ...]) -> None:
             from sim.plan import load_plan
 
             p = load_plan(config)
+            check_name(p.name, str(config))
             out_console.print(
                 f"ok: plan {p.name}: {len(p.values)} candidate(s) x {len(p.seeds)} seed(s), "
                 "all valid",
@@ -190,6 +195,7 @@ def validate(config: Path, overrides: tuple[str, ...]) -> None:
             return
         if "base" in read_yaml(config) and not overrides:
             name, points = load_sweep(config)
+            check_name(name, str(config))
             out_console.print(
                 f"ok: sweep {name}: {len(points)} point(s), all valid", highlight=False
             )
@@ -348,12 +354,11 @@ def mrc(
 ) -> None:
     """Miss-ratio curves of TRACE: exact LRU at every size, other policies at chosen sizes."""
     import json
-    import shutil
 
-    from sim.engine import publish
     from sim.reclaim import policy_names
     from sim.replay import default_sizes
     from sim.replay import mrc as do_mrc
+    from sim.results import staged, write_manifest
 
     names = [p.strip() for p in policies.split(",") if p.strip()]
     unknown = [p for p in names if p not in policy_names()]
@@ -370,37 +375,30 @@ def mrc(
         _fail(UserError(f"--sizes {sizes!r}: expected comma-separated integers, e.g. 100,200"))
     if size_list is not None and min(size_list) < 1:
         _fail(UserError("--sizes: every size must be at least 1"))
-    t = _load_trace(trace, fmt, page_size, instructions)
+    target = out or Path("results") / f"mrc-{trace.name.split('.')[0]}"
     try:
-        table = do_mrc(t.pages, t.writes, policies=names, sizes=size_list, engine=engine)
+        with staged(target, "mrc") as stage:  # a refused --out fails before the work
+            t = _load_trace(trace, fmt, page_size, instructions)
+            table = do_mrc(t.pages, t.writes, policies=names, sizes=size_list, engine=engine)
+            from analysis.plots import mrc_figure
+
+            table.to_parquet(stage.tmp / "mrc.parquet", index=False)
+            distinct = int(table[table.policy == "lru"].frames.max())
+            shown = size_list or default_sizes(distinct)
+            picked = table[table.frames.isin(shown)]
+            fig = mrc_figure(table, f"{trace.name}: {len(t.pages):,} accesses, {distinct:,} pages")
+            fig.savefig(stage.tmp / "mrc.png", dpi=90)
+            meta = {
+                "trace": str(trace),
+                "accesses": len(t.pages),
+                "distinct_pages": distinct,
+                "policies": ["lru", *[p for p in names if p != "lru"]],
+                "sizes": shown,
+            }
+            (stage.tmp / "mrc.json").write_text(json.dumps(meta, indent=2) + "\n")
+            write_manifest(stage.tmp, "mrc", trace=str(trace))
     except UserError as exc:
         _fail(exc)
-    target = (out or Path("results") / f"mrc-{trace.name.split('.')[0]}").resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        from analysis.plots import mrc_figure
-
-        table.to_parquet(tmp / "mrc.parquet", index=False)
-        distinct = int(table[table.policy == "lru"].frames.max())
-        shown = size_list or default_sizes(distinct)
-        picked = table[table.frames.isin(shown)]
-        fig = mrc_figure(table, f"{trace.name}: {len(t.pages):,} accesses, {distinct:,} pages")
-        fig.savefig(tmp / "mrc.png", dpi=90)
-        meta = {
-            "trace": str(trace),
-            "accesses": len(t.pages),
-            "distinct_pages": distinct,
-            "policies": ["lru", *[p for p in names if p != "lru"]],
-            "sizes": shown,
-        }
-        (tmp / "mrc.json").write_text(json.dumps(meta, indent=2) + "\n")
-        publish(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if as_json:
         click.echo(picked.to_json(orient="records"))
         return
@@ -412,7 +410,7 @@ def mrc(
     for frames, row in wide.iterrows():
         tab.add_row(f"{frames:,}", *(f"{v:.4f}" for v in row.tolist()))
     out_console.print(tab)
-    out_console.print(f"results: {target}", highlight=False)
+    out_console.print(f"results: {stage.target}", highlight=False)
 
 
 @main.command()
@@ -436,6 +434,8 @@ def sweep(sweep_file: Path, workers: int | None, dask: str | None, out: Path | N
 
     try:
         name, points = load_sweep(sweep_file)
+        check_name(name, str(sweep_file))
+        check_resumable(out or Path("results") / name, "sweep")  # refused: before anything
     except UserError as exc:
         _fail(exc)
     err_console.print(f"{name}: {len(points)} run(s)", highlight=False)
@@ -518,12 +518,14 @@ def _cell(v: Any) -> str:
 def plan(plan_file: Path, workers: int | None, dask: str | None, out: Path | None) -> None:
     """Find how many VMs fit (or how little memory, how much overcommit) under PLAN_FILE's SLO."""
     from sim.plan import PlanError, fmt_value, load_plan, search, write_plan
+    from sim.results import claim, release
 
     try:
         p = load_plan(plan_file)
+        check_name(p.name, str(plan_file))
+        target, state = claim(out or Path("results") / p.name, "plan", name=p.name)
     except UserError as exc:
         _fail(exc)
-    target = (out or Path("results") / p.name).resolve()
     err_console.print(
         f"{p.name}: {p.variable} from {fmt_value(p.values[0])} to {fmt_value(p.values[-1])} "
         f"({len(p.values)} candidates), {len(p.seeds)} seed(s) each; SLO {p.metric} <= "
@@ -539,7 +541,6 @@ def plan(plan_file: Path, workers: int | None, dask: str | None, out: Path | Non
         )
 
     try:
-        target.mkdir(parents=True, exist_ok=True)
         with Progress(
             TextColumn("[bold]runs of this step"),
             BarColumn(),
@@ -555,9 +556,16 @@ def plan(plan_file: Path, workers: int | None, dask: str | None, out: Path | Non
 
             extra = {"dask": dask} if dask else {}
             result = search(
-                p, target, workers=workers, on_outcome=on_outcome, progress=progress, **extra
+                p,
+                target,
+                workers=workers,
+                on_outcome=on_outcome,
+                progress=progress,
+                kind="plan",
+                **extra,
             )
     except UserError as exc:
+        release(target, state)
         _fail(exc)
     except PlanError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
@@ -586,6 +594,8 @@ def report(results_dir: Path, out: Path | None) -> None:
         target, figures = write_report(results_dir, out)
     except ReportError as exc:
         _fail(UserError(str(exc)))
+    except UserError as exc:  # an --out that may not be replaced
+        _fail(exc)
     out_console.print(
         f"report: {target / 'report.html'} and report.md ({len(figures)} figure(s))",
         highlight=False,

@@ -23,9 +23,8 @@ Points are variants x grid x zip rows x random samples x seeds. Every point is v
 anything runs (a bad point is reported with its index and key). Each run goes to
 ``<out>/runs/<name>-<config hash>/`` (hash of the resolved config), written atomically, and a
 run whose directory already exists is skipped, so an interrupted sweep resumes where it
-stopped; temp dirs of runs killed halfway are removed on the next start. Runs go to a local
-process pool or to a Dask cluster. ``runs.parquet`` has one row per run: label, swept
-parameters as columns, status, summary metrics.
+stopped. Runs go to a local process pool or to a Dask cluster. ``runs.parquet`` has one row per
+run: label, swept parameters as columns, status, and the metric row of ``sim.results``.
 """
 
 from __future__ import annotations
@@ -37,9 +36,8 @@ import json
 import logging
 import math
 import os
-import shutil
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +48,16 @@ import pandas as pd
 
 from sim.config import Scenario, parse_scenario, read_yaml, set_dotted
 from sim.errors import ConfigError, UserError
+from sim.results import (
+    check_name,
+    check_resumable,
+    claim,
+    clean_stale,
+    metric_row,
+    release,
+    staged,
+    write_atomic,
+)
 
 SWEEP_KEYS = {"base", "grid", "zip", "random", "variants", "seeds", "name"}
 
@@ -227,7 +235,7 @@ def _cached_row(point: Point, runs_dir: Path) -> dict[str, Any] | None:
         summary = json.loads((runs_dir / point.run_name / "summary.json").read_text())
     except (OSError, ValueError):  # absent (or damaged by hand): run it, replacing the dir
         return None
-    return {**_base_row(point), "status": "cached", **metrics(summary)}
+    return {**_base_row(point), "status": "cached", **metric_row(summary)}
 
 
 def _failed_row(point: Point, exc: BaseException) -> dict[str, Any]:
@@ -248,11 +256,11 @@ def _run_point(point: Point, runs_dir: Path) -> dict[str, Any]:
         if cached is not None:
             return cached
         summary = run_scenario(
-            point.scenario, runs_dir / point.run_name, command=["memsim", "sweep"]
+            point.scenario, runs_dir / point.run_name, command=["memsim", "sweep"], tidy=False
         ).summary
     except Exception as exc:  # a failed run is a row, not a lost sweep
         return _failed_row(point, exc)
-    return {**_base_row(point), "status": "ok", **metrics(summary)}
+    return {**_base_row(point), "status": "ok", **metric_row(summary)}
 
 
 def _run_point_shipped(point: Point) -> tuple[dict[str, Any], dict[str, bytes]]:
@@ -276,52 +284,11 @@ def _run_point_shipped(point: Point) -> tuple[dict[str, Any], dict[str, bytes]]:
 
 
 def _publish_files(runs_dir: Path, run_name: str, files: dict[str, bytes]) -> None:
-    """Write a shipped run the way ``run_scenario`` does: hidden temp dir, then one rename."""
-    from sim.engine import publish
-
-    tmp = runs_dir / f".{run_name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    """Publish a shipped run the way ``run_scenario`` does (its manifest is among the files)."""
+    with staged(runs_dir / run_name, "run", tidy=False) as stage:
         for rel, data in files.items():
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / rel).write_bytes(data)
-        publish(tmp, runs_dir / run_name)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def metrics(summary: dict[str, Any]) -> dict[str, Any]:
-    """The summary numbers a sweep table carries, flattened."""
-    vms = summary["vms"]
-    faults = {k: sum(v["faults"][k] for v in vms) for k in vms[0]["faults"]}
-    stall = sum(v["stall_ns"] for v in vms)
-    run = sum(v["stall_ns"] + v["compute_ns"] for v in vms)
-    h = summary["host"]
-    sim_s = summary["sim_time_ns"] / 1e9
-    out = {
-        "policy": summary["policy"],
-        # guest RAM / host memory, so sweeps over either axis group the same way
-        "overcommit": round(sum(v["memory_pages"] for v in vms) / h["memory_pages"], 6),
-        "accesses": sum(v["accesses"] for v in vms),
-        **{f"faults_{k}": n for k, n in faults.items()},
-        "misses": faults["first_touch"] + faults["major"],
-        "major_faults_per_s": faults["major"] / sim_s if sim_s else 0.0,
-        "refaults": sum(v["refaults"] for v in vms),
-        "stall_fraction": stall / run if run else 0.0,
-        "pswpin": h["pswpin"],
-        "pswpout": h["pswpout"],
-        "tlb_flushes": h["tlb_flushes"],
-        "notifier_calls": sum(h["notifier"].values()),
-        "oom_kills": len(h["oom_kills"]),
-        "sim_time_ns": summary["sim_time_ns"],
-        "wall_s": summary["wall_s"],
-    }
-    q = summary.get("quality")
-    if q:
-        out.update({k: q[k] for k in ("opt_faults", "lru_faults", "opt_gap", "lru_gap")})
-    return out
+            (stage.tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (stage.tmp / rel).write_bytes(data)
 
 
 WALL_CLOCK_COLUMNS = ("status", "wall_s", "error", "traceback")
@@ -344,15 +311,6 @@ def _sweep_lock(target: Path) -> Iterator[None]:
                 "or give a different --out"
             ) from None
         yield
-
-
-def _clean_stale(runs_dir: Path) -> None:
-    """Remove what a killed sweep leaves: hidden temp dirs of unfinished runs, and old copies
-    ``publish`` had moved aside. Neither is ever mistaken for a run (hidden names)."""
-    for stale in [*runs_dir.glob(".*.tmp-*"), *runs_dir.glob(".*.old-*")]:
-        shutil.rmtree(stale, ignore_errors=True)
-    for stale in runs_dir.parent.glob(".runs.parquet.tmp-*"):
-        stale.unlink(missing_ok=True)
 
 
 def _pool_worker(point: Point, runs_dir: Path) -> dict[str, Any]:
@@ -433,23 +391,23 @@ def run_points(
     workers: int | None = None,
     progress: Callable[[int, int, int], None] | None = None,
     dask: str | None = None,
+    kind: str = "sweep",
 ) -> pd.DataFrame:
     """Run points into ``target/runs/`` (skipping finished ones); write and return ``runs.parquet``.
 
-    The engine under both ``memsim sweep`` and ``memsim plan``: rows come back in point order
-    whatever order the workers finish in. Runs go to a local process pool of ``workers``
-    (serially in this process with 1), or with ``dask`` to a Dask cluster: ``"local"`` starts a
-    LocalCluster of ``workers`` processes, anything else is a scheduler address. Points with the
-    same resolved config run once. ``progress(done, total, failed)`` is called once after the
-    cache scan (``done`` = runs already finished) and after every run.
+    The engine under both ``memsim sweep`` and ``memsim plan`` (``kind``): rows come back in
+    point order whatever order the workers finish in. Runs go to a local process pool of
+    ``workers`` (serially in this process with 1), or with ``dask`` to a Dask cluster:
+    ``"local"`` starts a LocalCluster of ``workers`` processes, anything else is a scheduler
+    address. Points with the same resolved config run once. ``progress(done, total, failed)``
+    is called once after the cache scan (``done`` = runs already finished) and after every run.
+    ``target`` must be new, empty, or an earlier directory of this kind (``sim.results.claim``).
     """
-    created = not target.exists()
+    target, state = claim(target, kind)
     try:
         return _run_points(points, target, workers, progress, dask)
     except UserError:  # bad input (e.g. an unreachable scheduler): leave no empty directory
-        runs = target / "runs"
-        if created and not any(p for p in runs.glob("*") if not p.name.startswith(".")):
-            shutil.rmtree(target, ignore_errors=True)
+        release(target, state)
         raise
 
 
@@ -462,9 +420,10 @@ def _run_points(
 ) -> pd.DataFrame:
     """``run_points`` once its arguments are settled."""
     runs_dir = target / "runs"
-    runs_dir.mkdir(parents=True, exist_ok=True)
+    runs_dir.mkdir(exist_ok=True)
     with _sweep_lock(target):
-        _clean_stale(runs_dir)
+        clean_stale(runs_dir)  # what killed runs left; only dead processes' temporaries
+        clean_stale(target)
         rows: dict[int, dict[str, Any]] = {}  # position in points -> row
         same: dict[str, list[int]] = {}  # run name -> positions of its points (the first runs)
         for i, p in enumerate(points):
@@ -488,19 +447,17 @@ def _run_points(
             progress(len(rows), len(points), failed)
         n = max(1, min(len(todo), workers or os.cpu_count() or 1))
         if dask:
-            results: Iterable[dict[str, Any]] = _dask_rows(todo, runs_dir, dask, n)
+            source: Iterator[dict[str, Any]] = _dask_rows(todo, runs_dir, dask, n)
         elif n == 1:
-            results = (_run_point(p, runs_dir) for p in todo)
+            source = (_run_point(p, runs_dir) for p in todo)
         else:
-            results = _pool_rows(todo, runs_dir, n)
-        for row in results:
+            source = _pool_rows(todo, runs_dir, n)
+        for row in source:
             record(row)
             if progress:
                 progress(len(rows), len(points), failed)
         df = pd.DataFrame([rows[i] for i in sorted(rows)]).reset_index(drop=True)
-        tmp = target / f".runs.parquet.tmp-{os.getpid()}"
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, target / "runs.parquet")
+        write_atomic(target / "runs.parquet", lambda p: df.to_parquet(p, index=False))
     return df
 
 
@@ -514,5 +471,6 @@ def run_sweep(
 ) -> tuple[Path, pd.DataFrame]:
     """Run every point of a sweep file; returns the sweep directory and ``runs.parquet``."""
     name, points = load_sweep(path)
-    target = (out or Path("results") / name).resolve()
+    check_name(name, str(path))
+    target = check_resumable(out or Path("results") / name, "sweep")
     return target, run_points(points, target, workers=workers, progress=progress, dask=dask)
