@@ -2,7 +2,8 @@
 
 User errors (bad config, unknown key, impossible value, bad flag, unusable output path) print
 one line on stderr and exit with code 2, and no result is written or lost; results are
-published atomically (``sim.results``).
+published atomically (``sim.results``). SIGTERM and SIGHUP stop a command the way Ctrl-C
+does, with exit code 128 + the signal number (``sim.lifecycle``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from rich.table import Table
 from sim import __version__
 from sim.config import Scenario, load_scenario
 from sim.errors import UserError
+from sim.lifecycle import exit_code, signals_as_interrupts
 from sim.results import check_name, check_resumable, check_target, host_row, vm_rows
 
 err_console = Console(stderr=True)
@@ -35,6 +37,27 @@ out_console = Console(width=None if sys.stdout.isatty() else 120)  # no 80-colum
 def _fail(exc: UserError) -> None:
     err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
     sys.exit(2)
+
+
+def _interrupted(exc: KeyboardInterrupt, what: str) -> None:
+    err_console.print(f"interrupted: {what}", highlight=False)
+    sys.exit(exit_code(exc))
+
+
+class MemsimGroup(click.Group):
+    """The ``memsim`` group: SIGTERM and SIGHUP are handled like Ctrl-C."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the CLI with SIGTERM and SIGHUP raising an interrupt."""
+        with signals_as_interrupts():
+            return super().main(*args, **kwargs)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run a subcommand; an interrupt it did not handle exits quietly with its code."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            _interrupted(exc, "stopped")
 
 
 def _load(config: Path, overrides: tuple[str, ...], seed: int | None) -> Scenario:
@@ -103,7 +126,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
     return t
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=MemsimGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="memsim")
 def main() -> None:
     """memsim: simulate memory pressure on a KVM host (kswapd, rmap, MMU notifiers, swap)."""
@@ -165,9 +188,8 @@ def run(
                 result = run_scenario(sc, target, progress=progress)
     except UserError as exc:
         _fail(exc)
-    except KeyboardInterrupt:
-        err_console.print("interrupted: no result written")
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc, "no result written")
     if not quiet:
         out_console.print(summary_table(result.summary))
     out_console.print(f"results: {result.outdir}", highlight=False)
@@ -463,9 +485,8 @@ def sweep(sweep_file: Path, workers: int | None, dask: str | None, out: Path | N
             target, df = run_sweep(sweep_file, out, workers=workers, progress=progress, dask=dask)
         except UserError as exc:
             _fail(exc)
-        except KeyboardInterrupt:
-            err_console.print("interrupted: finished runs are kept; run again to resume")
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            _interrupted(exc, "finished runs are kept; run again to resume")
     cols = [
         c
         for c in (
@@ -570,6 +591,8 @@ def plan(plan_file: Path, workers: int | None, dask: str | None, out: Path | Non
     except PlanError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc, "finished runs are kept; run again to resume")
     write_plan(result, target)
     from analysis.report import write_capacity_figure
 

@@ -1,14 +1,75 @@
-"""Process lifecycle: whether a process is still alive.
+"""Process lifecycle: signals that end a command cleanly, workers that die with their parent.
 
-Temporaries and locks carry the PID of the process that made them; what a process killed by
-SIGKILL left is recognised by its PID being gone, and only then removed.
+A command that writes results must never leave debris or orphans behind, however it is stopped.
+SIGINT (Ctrl-C) raises ``KeyboardInterrupt``; :func:`signals_as_interrupts` makes SIGTERM (what
+a scheduler or ``kill`` sends) and SIGHUP (a closed terminal) raise :class:`Interrupted`, a
+``KeyboardInterrupt``, so one cleanup path serves all three and the exit code says which signal
+it was (128 + signal number). SIGKILL cannot be caught: what it leaves (temporary directories
+named with the dead PID, a lock file naming a dead holder) is recognised and removed by the next
+command that uses the same place. Pool workers call :func:`die_with_parent` so that they end
+when the process that started them does, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``, and a
+watchdog thread that notices the worker was re-parented, on every platform).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from types import FrameType
 
-__all__ = ["pid_alive"]
+__all__ = ["Interrupted", "die_with_parent", "exit_code", "pid_alive", "signals_as_interrupts"]
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+CAUGHT = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: unwind like Ctrl-C, then exit with 128 + the signal number.
+
+    Its only argument is the signal number, so copies made from ``args`` (SimPy re-raises an
+    exception from a process that way) are the same exception.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(int(signum))
+        self.signum = int(signum)
+
+
+def exit_code(exc: KeyboardInterrupt) -> int:
+    """The shell's exit code for a process ended by this interrupt (130 for Ctrl-C)."""
+    return 128 + (exc.signum if isinstance(exc, Interrupted) else signal.SIGINT)
+
+
+@contextlib.contextmanager
+def signals_as_interrupts() -> Iterator[None]:
+    """While inside, SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread.
+
+    Only the first such signal raises; later ones are ignored so that they cannot break into the
+    cleanup the first one started. The previous handlers come back on exit. Outside the main
+    thread (where Python cannot install handlers) this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = [False]
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        if not fired[0]:
+            fired[0] = True
+            raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in CAUGHT}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def pid_alive(pid: int) -> bool:
@@ -26,3 +87,26 @@ def pid_alive(pid: int) -> bool:
             return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except (OSError, IndexError):  # no /proc (not Linux): kill(0) is all there is
         return True
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Called first thing in a worker process: end this process when ``parent_pid`` (its
+    parent) ends, however it ends.
+
+    On Linux the kernel sends SIGKILL at the parent's death (``PR_SET_PDEATHSIG``); everywhere a
+    daemon thread checks once a second whether the process was re-parented, which also covers
+    a parent that died before the request was made.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="memsim-parent-watch", daemon=True).start()
