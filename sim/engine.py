@@ -27,6 +27,7 @@ from sim.host.fault import HostFaultHandler
 from sim.host.kswapd import DirectReclaim, Kswapd, ProcessGen
 from sim.host.oom import OomKiller
 from sim.host.page_alloc import PageAllocator
+from sim.lifecycle import checkpoint
 from sim.machine import Machine, rng_for, vcpu_stream
 from sim.results import staged, write_manifest
 
@@ -165,6 +166,17 @@ def default_outdir(sc: Scenario, root: Path = Path("results")) -> Path:
     return root / f"{sc.name}-{sc.config_hash()}"
 
 
+def _ticking(progress: Callable[[float], None] | None) -> Callable[[float], None]:
+    """``progress`` with a check between steps for a signal whose interrupt got lost."""
+
+    def tick(frac: float) -> None:
+        checkpoint()
+        if progress is not None:
+            progress(frac)
+
+    return tick
+
+
 def run_scenario(
     sc: Scenario,
     out: Path | None,
@@ -179,16 +191,17 @@ def run_scenario(
     end; on any error or interrupt it is removed, so ``out`` is never half-written. ``out`` may
     be new, empty, or an earlier run's directory (``sim.results`` has the rules, and ``tidy``).
     """
+    tick = _ticking(progress)
     if out is None:
         world = build_world(sc, None)
         t0 = time.perf_counter()
-        world.run(progress)
+        world.run(tick)
         return RunResult(world.summary(time.perf_counter() - t0), None)
     with staged(out, "run", tidy=tidy) as stage:
         started = time.time()
         t0 = time.perf_counter()
         world = build_world(sc, stage.tmp)
-        world.run(progress)
+        world.run(tick)
         wall = time.perf_counter() - t0
         summary = world.summary(wall)
         assert world.recorder is not None

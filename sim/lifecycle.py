@@ -23,7 +23,14 @@ import time
 from collections.abc import Iterator
 from types import FrameType
 
-__all__ = ["Interrupted", "die_with_parent", "exit_code", "pid_alive", "signals_as_interrupts"]
+__all__ = [
+    "Interrupted",
+    "checkpoint",
+    "die_with_parent",
+    "exit_code",
+    "pid_alive",
+    "signals_as_interrupts",
+]
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 CAUGHT = (signal.SIGTERM, signal.SIGHUP)
@@ -46,30 +53,45 @@ def exit_code(exc: KeyboardInterrupt) -> int:
     return 128 + (exc.signum if isinstance(exc, Interrupted) else signal.SIGINT)
 
 
+_pending: list[int] = []  # the signal that fired inside signals_as_interrupts, if one did
+
+
 @contextlib.contextmanager
 def signals_as_interrupts() -> Iterator[None]:
     """While inside, SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread.
 
     Only the first such signal raises; later ones are ignored so that they cannot break into the
-    cleanup the first one started. The previous handlers come back on exit. Outside the main
-    thread (where Python cannot install handlers) this does nothing.
+    cleanup the first one started. An exception raised from a signal handler can be lost (code
+    it interrupts may swallow it: an import, a finalizer), so the signal is also remembered:
+    :func:`checkpoint` raises it again, and so does leaving the block normally. The previous
+    handlers come back on exit. Outside the main thread (where Python cannot install handlers)
+    this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    fired = [False]
+    _pending.clear()
 
     def handler(signum: int, _frame: FrameType | None) -> None:
-        if not fired[0]:
-            fired[0] = True
+        if not _pending:
+            _pending.append(signum)
             raise Interrupted(signum)
 
     previous = {s: signal.signal(s, handler) for s in CAUGHT}
     try:
         yield
+        checkpoint()  # the block ended although a signal came: its exception was lost
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        _pending.clear()
+
+
+def checkpoint() -> None:
+    """Raise :class:`Interrupted` if a signal came whose exception was lost on the way (long
+    loops call this between steps, and nothing is published after a signal)."""
+    if _pending:
+        raise Interrupted(_pending[0])
 
 
 def pid_alive(pid: int) -> bool:

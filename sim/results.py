@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.errors import ConfigError, UserError
-from sim.lifecycle import pid_alive
+from sim.lifecycle import checkpoint, pid_alive
 
 __all__ = [
     "MANIFEST",
@@ -374,12 +374,13 @@ def staged(out: Path, kind: str, *, tidy: bool = True) -> Iterator[Stage]:
         target.parent.mkdir(parents=True, exist_ok=True)
         if tidy:
             clean_stale(target.parent)
-        tmp = target.parent / temp_name(target.name)
-        shutil.rmtree(tmp, ignore_errors=True)  # this PID's own leftover: a PID is reused
-        tmp.mkdir()
-    try:
+    tmp = target.parent / temp_name(target.name)
+    try:  # from before it exists: an interrupt right after mkdir must not leave it behind
         with output_errors(out):
+            shutil.rmtree(tmp, ignore_errors=True)  # this PID's own leftover: PIDs are reused
+            tmp.mkdir()
             yield Stage(tmp, target)
+            checkpoint()  # nothing is published after a signal, even one whose exception was lost
             _publish(tmp, target, kind, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -57,7 +57,7 @@ import pandas as pd
 
 from sim.config import Scenario, parse_scenario, read_yaml, set_dotted
 from sim.errors import ConfigError, UserError
-from sim.lifecycle import die_with_parent, pid_alive
+from sim.lifecycle import checkpoint, die_with_parent, pid_alive
 from sim.results import (
     check_name,
     check_resumable,
@@ -557,6 +557,7 @@ def _run_points(
                     record(row)
                     if progress:
                         progress(len(rows), len(points), failed)
+                    checkpoint()
         except BaseException:  # interrupted: the stopped workers' temp dirs go too
             clean_stale(runs_dir)
             raise

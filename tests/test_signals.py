@@ -19,7 +19,13 @@ import pytest
 import yaml
 
 from sim.errors import UserError
-from sim.lifecycle import Interrupted, exit_code, pid_alive, signals_as_interrupts
+from sim.lifecycle import (
+    Interrupted,
+    checkpoint,
+    exit_code,
+    pid_alive,
+    signals_as_interrupts,
+)
 from sim.results import is_temp_name
 from sim.sweep import _sweep_lock, run_sweep
 from tests.conftest import TINY
@@ -81,9 +87,11 @@ def _wait_for(cond: Any, proc: subprocess.Popen[bytes], what: str) -> None:
         time.sleep(0.01)
 
 
-def _wait_gone(tag: str) -> None:
+def _wait_gone(tag: str, pids: list[int]) -> None:
+    """Until no process carries ``tag`` and every one of ``pids`` has exited (a process that
+    is exiting has no environment to read any more, but is not gone yet)."""
     deadline = time.monotonic() + GUARD_S
-    while _tagged(tag):
+    while _tagged(tag) or [p for p in pids if pid_alive(p)]:
         assert time.monotonic() < deadline, f"processes left behind: {_tagged(tag)}"
         time.sleep(0.05)
 
@@ -111,7 +119,7 @@ def _terminate_myself() -> None:
 
 
 def test_interrupted_is_a_keyboard_interrupt_with_the_signal_in_its_exit_code() -> None:
-    with signals_as_interrupts(), pytest.raises(KeyboardInterrupt) as info:
+    with pytest.raises(KeyboardInterrupt) as info, signals_as_interrupts():
         _terminate_myself()
     assert isinstance(info.value, Interrupted)
     assert exit_code(info.value) == 143
@@ -119,6 +127,30 @@ def test_interrupted_is_a_keyboard_interrupt_with_the_signal_in_its_exit_code() 
     copy = type(info.value)(*info.value.args)  # SimPy re-raises copies made this way
     assert exit_code(copy) == 143
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+
+def _swallowed_terminate() -> None:
+    """What some code does to an exception raised by a signal handler: lose it."""
+    with contextlib.suppress(KeyboardInterrupt):
+        _terminate_myself()
+
+
+def _lose_then_check() -> None:
+    with signals_as_interrupts():
+        _swallowed_terminate()
+        checkpoint()  # what a long loop does between steps
+
+
+def _lose_then_leave() -> None:
+    with signals_as_interrupts():
+        _swallowed_terminate()
+
+
+def test_a_lost_interrupt_is_raised_again() -> None:
+    for lose in (_lose_then_check, _lose_then_leave):
+        with pytest.raises(Interrupted):
+            lose()
+    checkpoint()  # outside the block nothing is pending
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,7 +194,7 @@ def test_killing_the_sweep_process_leaves_no_worker_and_resumes(
         assert len(workers) == 2
         os.kill(proc.pid, sig)  # the main process only, not its process group
         assert proc.wait() == (-signal.SIGKILL if sig == signal.SIGKILL else 143)
-        _wait_gone(tag)
+        _wait_gone(tag, workers)
     temps = [p for p in os.listdir(runs) if is_temp_name(p)]
     if sig == signal.SIGTERM:  # cleaned up like Ctrl-C: workers stopped, temp dirs removed
         assert not temps
@@ -240,6 +272,7 @@ def test_killing_a_dask_local_sweep_leaves_no_worker(tmp_path: Path) -> None:
     args = ["sweep", str(path), "--workers", "2", "--dask", "local", "--out", str(out)]
     with _memsim(args, tmp_path) as (proc, tag):
         _wait_for(lambda: len(_tagged(tag)) >= 4, proc, "the cluster's two workers")
+        started = _tagged(tag)
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait() == -signal.SIGKILL
-        _wait_gone(tag)
+        _wait_gone(tag, started)
