@@ -1,16 +1,19 @@
-"""``memsim`` command line: ``run`` and ``validate`` a scenario.
+"""``memsim`` command line: run, validate, replay, mrc, sweep, plan and report.
 
 User errors (bad config, unknown key, impossible value, bad flag, unusable output path) print
-one line on stderr and exit with code 2, and no result is written or lost; results are
-published atomically (``sim.results``). SIGTERM and SIGHUP stop a command the way Ctrl-C
-does, with exit code 128 + the signal number (``sim.lifecycle``).
+one plain line on stderr and exit with code 2, and no result is written or lost; results are
+published atomically (``sim.results``). Everything shown is printed literally: a name or a
+message is never read as Rich markup or an emoji code. SIGTERM and SIGHUP stop a command the
+way Ctrl-C does, with exit code 128 + the signal number (``sim.lifecycle``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -23,34 +26,101 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from sim import __version__
 from sim.config import Scenario, load_scenario
-from sim.errors import UserError
+from sim.errors import ConfigError, UserError
 from sim.lifecycle import exit_code, signals_as_interrupts
 from sim.results import check_name, check_resumable, check_target, host_row, vm_rows
 
-err_console = Console(stderr=True)
-out_console = Console(width=None if sys.stdout.isatty() else 120)  # no 80-column squeeze in logs
+_PLAIN = {"markup": False, "emoji": False, "highlight": False}
+err_console = Console(stderr=True, **_PLAIN)
+out_console = Console(width=None if sys.stdout.isatty() else 120, **_PLAIN)  # no 80-col squeeze
 
 
-def _fail(exc: UserError) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-    sys.exit(2)
+def one_line(text: str) -> str:
+    """A message as one line: its lines joined, YAML's caret-only marker lines dropped."""
+    lines = [ln.strip() for ln in str(text).splitlines()]
+    return " ".join(ln for ln in lines if ln and set(ln) != {"^"})
 
 
-def _interrupted(exc: KeyboardInterrupt, what: str) -> None:
-    err_console.print(f"interrupted: {what}", highlight=False)
+def say(text: str) -> None:
+    """A line on stdout, printed literally and never wrapped."""
+    out_console.print(Text(text), soft_wrap=True)
+
+
+def note(text: str) -> None:
+    """A line on stderr, printed literally and never wrapped (goes above a progress bar)."""
+    err_console.print(Text(text), soft_wrap=True)
+
+
+def error(text: str, code: int = 2) -> NoReturn:
+    """Print ``error: TEXT`` as one line on stderr and exit with ``code``."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", one_line(text)), soft_wrap=True)
+    sys.exit(code)
+
+
+@contextlib.contextmanager
+def _reading(source: str) -> Iterator[None]:
+    """Turn what Python raises on unreadable input into one-line config errors: a file that is
+    not UTF-8 (binary, or another encoding), values nested deeper than Python can recurse."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start}); configs are UTF-8 "
+            "YAML files (a sweep's base file too)"
+        ) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: a value is nested too deeply to read; flatten it") from None
+
+
+def _load(config: Path, overrides: tuple[str, ...], seed: int | None) -> Scenario:
+    with _reading(f"{config}{' (or a --set value)' if overrides else ''}"):
+        return load_scenario(config, list(overrides), seed)
+
+
+def _interrupted(exc: KeyboardInterrupt, what: str) -> NoReturn:
+    note(f"interrupted: {what}")
     sys.exit(exit_code(exc))
 
 
 class MemsimGroup(click.Group):
-    """The ``memsim`` group: SIGTERM and SIGHUP are handled like Ctrl-C."""
+    """The ``memsim`` group: every error one plain line, signals handled like Ctrl-C."""
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the CLI with SIGTERM and SIGHUP raising an interrupt."""
-        with signals_as_interrupts():
-            return super().main(*args, **kwargs)
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the CLI; click's own errors (usage, bad parameter) become one line, exit 2."""
+        try:
+            with signals_as_interrupts():
+                rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help())
+            rv = 0
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "memsim"
+            error(f"{exc.format_message().rstrip('.')} (see {where} --help)", exc.exit_code)
+        except click.ClickException as exc:
+            error(exc.format_message(), exc.exit_code)
+        except click.Abort as exc:
+            cause = exc.__cause__
+            _interrupted(
+                cause if isinstance(cause, KeyboardInterrupt) else KeyboardInterrupt(), "stopped"
+            )
+        except UserError as exc:
+            error(str(exc))
+        except KeyboardInterrupt as exc:  # between commands, or in click itself
+            _interrupted(exc, "stopped")
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: click.Context) -> Any:
         """Run a subcommand; an interrupt it did not handle exits quietly with its code."""
@@ -58,14 +128,6 @@ class MemsimGroup(click.Group):
             return super().invoke(ctx)
         except KeyboardInterrupt as exc:
             _interrupted(exc, "stopped")
-
-
-def _load(config: Path, overrides: tuple[str, ...], seed: int | None) -> Scenario:
-    try:
-        return load_scenario(config, list(overrides), seed)
-    except UserError as exc:
-        _fail(exc)
-        raise  # unreachable
 
 
 def _fmt(n: float) -> str:
@@ -85,7 +147,7 @@ def describe(sc: Scenario) -> str:
 
 def summary_table(summary: dict[str, Any]) -> Table:
     """The end-of-run table: per VM, then host totals (from the flat rows of ``sim.results``)."""
-    t = Table(title=f"{summary['name']} (seed {summary['seed']}, policy {summary['policy']})")
+    t = Table(title=Text(f"{summary['name']} (seed {summary['seed']}, policy {summary['policy']})"))
     for col in (
         "vm",
         "accesses",
@@ -99,7 +161,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
     ):
         t.add_column(col, justify="left" if col == "vm" else "right")
     for v in vm_rows(summary):
-        t.add_row(
+        cells = [
             v["name"] + (" (OOM-killed)" if v["oom_killed"] else ""),
             _fmt(v["accesses"]),
             _fmt(v["faults_first_touch"]),
@@ -109,9 +171,10 @@ def summary_table(summary: dict[str, Any]) -> Table:
             _fmt(v["refaults"]),
             f"{100 * v['stall_fraction']:.1f}",
             f"{v['major_faults_per_s']:,.0f}",
-        )
+        ]
+        t.add_row(*map(Text, cells))
     h = host_row(summary)
-    t.caption = (
+    caption = (
         f"kswapd scanned {_fmt(h['kswapd_scanned'])} reclaimed {_fmt(h['kswapd_reclaimed'])}; "
         f"direct reclaims {_fmt(h['direct_reclaims'])}; pswpin {_fmt(h['pswpin'])} "
         f"pswpout {_fmt(h['pswpout'])}; TLB flushes {_fmt(h['tlb_flushes'])}; "
@@ -120,9 +183,10 @@ def summary_table(summary: dict[str, Any]) -> Table:
         f"wall {summary['wall_s']:.1f} s"
     )
     if h["swap_exhausted"]:
-        t.caption += f"; SWAP FULL ({_fmt(h['swap_full_failures'])} failed swap-outs)"
+        caption += f"; SWAP FULL ({_fmt(h['swap_full_failures'])} failed swap-outs)"
     if h["oom_kills"]:
-        t.caption += "; OOM kills: " + ", ".join(k["vm"] for k in h["oom_kills"])
+        caption += "; OOM kills: " + ", ".join(k["vm"] for k in h["oom_kills"])
+    t.caption = Text(caption)
     return t
 
 
@@ -160,21 +224,18 @@ def run(
 
     sc = _load(config, overrides, seed)
     target = out if out is not None else default_outdir(sc)
-    try:
-        check_target(target, "run")  # a refused --out: before anything is printed or run
-    except UserError as exc:
-        _fail(exc)
+    check_target(target, "run")  # a refused --out: before anything is printed or run
     if not quiet:
-        err_console.print(describe(sc), highlight=False)
+        note(describe(sc))
     try:
         if quiet:
             result = run_scenario(sc, target)
         else:
             with Progress(
-                TextColumn("[bold]simulating"),
+                TextColumn("simulating", style="bold", markup=False),
                 BarColumn(),
                 TaskProgressColumn(),
-                TextColumn("{task.fields[simt]}"),
+                TextColumn("{task.fields[simt]}", markup=False),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
                 console=err_console,
@@ -186,13 +247,11 @@ def run(
                     bar.update(task, completed=frac, simt=f"{frac * sc.duration_s:.2f}s sim")
 
                 result = run_scenario(sc, target, progress=progress)
-    except UserError as exc:
-        _fail(exc)
     except KeyboardInterrupt as exc:
         _interrupted(exc, "no result written")
     if not quiet:
         out_console.print(summary_table(result.summary))
-    out_console.print(f"results: {result.outdir}", highlight=False)
+    say(f"results: {result.outdir}")
 
 
 @main.command()
@@ -203,34 +262,28 @@ def validate(config: Path, overrides: tuple[str, ...]) -> None:
     from sim.config import read_yaml
     from sim.sweep import load_sweep
 
-    try:
+    with _reading(str(config)):
         if "search" in read_yaml(config) and not overrides:
             from sim.plan import load_plan
 
             p = load_plan(config)
             check_name(p.name, str(config))
-            out_console.print(
+            say(
                 f"ok: plan {p.name}: {len(p.values)} candidate(s) x {len(p.seeds)} seed(s), "
-                "all valid",
-                highlight=False,
+                "all valid"
             )
             return
         if "base" in read_yaml(config) and not overrides:
             name, points = load_sweep(config)
             check_name(name, str(config))
-            out_console.print(
-                f"ok: sweep {name}: {len(points)} point(s), all valid", highlight=False
-            )
+            say(f"ok: sweep {name}: {len(points)} point(s), all valid")
             return
-    except UserError as exc:
-        _fail(exc)
     sc = _load(config, overrides, None)
     wm = sc.host.watermarks()
     unit = "" if sc.host.page_size_kib == 4 else f" of {sc.host.page_size_kib} KiB"
-    out_console.print(
+    say(
         f"ok: {describe(sc)}; watermarks min/low/high = "
-        f"{wm.min}/{wm.low}/{wm.high} pages{unit}; config hash {sc.config_hash()}",
-        highlight=False,
+        f"{wm.min}/{wm.low}/{wm.high} pages{unit}; config hash {sc.config_hash()}"
     )
 
 
@@ -265,12 +318,9 @@ def _trace_opts(fn: Any) -> Any:
 def _load_trace(path: Path, fmt: str, page_size: int, instructions: bool) -> Any:
     from sim.guest.traces import read_trace
 
-    try:
-        return read_trace(
-            path, fmt=None if fmt == "auto" else fmt, page_size=page_size, instructions=instructions
-        )
-    except UserError as exc:
-        _fail(exc)
+    return read_trace(
+        path, fmt=None if fmt == "auto" else fmt, page_size=page_size, instructions=instructions
+    )
 
 
 @main.command()
@@ -314,7 +364,7 @@ def replay(
     from sim.replay import replay as do_replay
 
     t = _load_trace(trace, fmt, page_size, instructions)
-    try:
+    with _reading("--set"):
         r = do_replay(
             t.pages,
             t.writes,
@@ -323,15 +373,13 @@ def replay(
             engine=engine,
             overrides=list(overrides),
         )
-    except UserError as exc:
-        _fail(exc)
     if as_json:
         click.echo(json.dumps(r))
         return
-    table = Table(title=f"replay {trace.name}")
+    table = Table(title=Text(f"replay {trace.name}"))
     for key in r:
-        table.add_column(key, justify="right")
-    table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in r.values()))
+        table.add_column(Text(key), justify="right")
+    table.add_row(*(Text(f"{v:,}" if isinstance(v, int) else str(v)) for v in r.values()))
     out_console.print(table)
 
 
@@ -385,54 +433,51 @@ def mrc(
     names = [p.strip() for p in policies.split(",") if p.strip()]
     unknown = [p for p in names if p not in policy_names()]
     if unknown:
-        _fail(
-            UserError(
-                f"--policies: unknown {', '.join(unknown)}; expected some of "
-                f"{', '.join(policy_names())}"
-            )
+        error(
+            f"--policies: unknown {', '.join(unknown)}; expected some of "
+            f"{', '.join(policy_names())}"
         )
     try:
         size_list = [int(x) for x in sizes.split(",")] if sizes else None
     except ValueError:
-        _fail(UserError(f"--sizes {sizes!r}: expected comma-separated integers, e.g. 100,200"))
+        error(f"--sizes {sizes!r}: expected comma-separated integers, e.g. 100,200")
     if size_list is not None and min(size_list) < 1:
-        _fail(UserError("--sizes: every size must be at least 1"))
+        error("--sizes: every size must be at least 1")
     target = out or Path("results") / f"mrc-{trace.name.split('.')[0]}"
-    try:
-        with staged(target, "mrc") as stage:  # a refused --out fails before the work
-            t = _load_trace(trace, fmt, page_size, instructions)
-            table = do_mrc(t.pages, t.writes, policies=names, sizes=size_list, engine=engine)
-            from analysis.plots import mrc_figure
+    with staged(target, "mrc") as stage:  # a refused --out fails before the work
+        t = _load_trace(trace, fmt, page_size, instructions)
+        table = do_mrc(t.pages, t.writes, policies=names, sizes=size_list, engine=engine)
+        from analysis.plots import mrc_figure
 
-            table.to_parquet(stage.tmp / "mrc.parquet", index=False)
-            distinct = int(table[table.policy == "lru"].frames.max())
-            shown = size_list or default_sizes(distinct)
-            picked = table[table.frames.isin(shown)]
-            fig = mrc_figure(table, f"{trace.name}: {len(t.pages):,} accesses, {distinct:,} pages")
-            fig.savefig(stage.tmp / "mrc.png", dpi=90)
-            meta = {
-                "trace": str(trace),
-                "accesses": len(t.pages),
-                "distinct_pages": distinct,
-                "policies": ["lru", *[p for p in names if p != "lru"]],
-                "sizes": shown,
-            }
-            (stage.tmp / "mrc.json").write_text(json.dumps(meta, indent=2) + "\n")
-            write_manifest(stage.tmp, "mrc", trace=str(trace))
-    except UserError as exc:
-        _fail(exc)
+        table.to_parquet(stage.tmp / "mrc.parquet", index=False)
+        distinct = int(table[table.policy == "lru"].frames.max())
+        shown = size_list or default_sizes(distinct)
+        picked = table[table.frames.isin(shown)]
+        fig = mrc_figure(table, f"{trace.name}: {len(t.pages):,} accesses, {distinct:,} pages")
+        fig.savefig(stage.tmp / "mrc.png", dpi=90)
+        meta = {
+            "trace": str(trace),
+            "accesses": len(t.pages),
+            "distinct_pages": distinct,
+            "policies": ["lru", *[p for p in names if p != "lru"]],
+            "sizes": shown,
+        }
+        (stage.tmp / "mrc.json").write_text(json.dumps(meta, indent=2) + "\n")
+        write_manifest(stage.tmp, "mrc", trace=str(trace))
     if as_json:
         click.echo(picked.to_json(orient="records"))
         return
     wide = picked.pivot_table(index="frames", columns="policy", values="miss_ratio")
-    tab = Table(title=f"miss ratio, {trace.name} ({len(t.pages):,} accesses, {distinct:,} pages)")
+    tab = Table(
+        title=Text(f"miss ratio, {trace.name} ({len(t.pages):,} accesses, {distinct:,} pages)")
+    )
     tab.add_column("frames", justify="right")
     for col in wide.columns:
-        tab.add_column(str(col), justify="right")
+        tab.add_column(Text(str(col)), justify="right")
     for frames, row in wide.iterrows():
-        tab.add_row(f"{frames:,}", *(f"{v:.4f}" for v in row.tolist()))
+        tab.add_row(Text(f"{frames:,}"), *(Text(f"{v:.4f}") for v in row.tolist()))
     out_console.print(tab)
-    out_console.print(f"results: {stage.target}", highlight=False)
+    say(f"results: {stage.target}")
 
 
 @main.command()
@@ -454,18 +499,16 @@ def sweep(sweep_file: Path, workers: int | None, dask: str | None, out: Path | N
     already done, so an interrupted sweep resumes where it stopped."""
     from sim.sweep import load_sweep, run_sweep
 
-    try:
+    with _reading(str(sweep_file)):
         name, points = load_sweep(sweep_file)
-        check_name(name, str(sweep_file))
-        check_resumable(out or Path("results") / name, "sweep")  # refused: before anything
-    except UserError as exc:
-        _fail(exc)
-    err_console.print(f"{name}: {len(points)} run(s)", highlight=False)
+    check_name(name, str(sweep_file))
+    check_resumable(out or Path("results") / name, "sweep")  # a refused --out: before anything
+    note(f"{name}: {len(points)} run(s)")
     with Progress(
-        TextColumn("[bold]runs"),
+        TextColumn("runs", style="bold", markup=False),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[failed]} failed"),
+        TextColumn("{task.completed}/{task.total}", markup=False),
+        TextColumn("{task.fields[failed]} failed", markup=False),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err_console,
@@ -482,9 +525,10 @@ def sweep(sweep_file: Path, workers: int | None, dask: str | None, out: Path | N
             bar.update(task, completed=done, failed=failed)
 
         try:
-            target, df = run_sweep(sweep_file, out, workers=workers, progress=progress, dask=dask)
-        except UserError as exc:
-            _fail(exc)
+            with _reading(str(sweep_file)):
+                target, df = run_sweep(
+                    sweep_file, out, workers=workers, progress=progress, dask=dask
+                )
         except KeyboardInterrupt as exc:
             _interrupted(exc, "finished runs are kept; run again to resume")
     cols = [
@@ -503,16 +547,16 @@ def sweep(sweep_file: Path, workers: int | None, dask: str | None, out: Path | N
         )
         if c in df.columns
     ]
-    table = Table(title=f"sweep {name}")
+    table = Table(title=Text(f"sweep {name}"))
     for c in cols:
-        table.add_column(c, justify="left" if c == "label" else "right")
+        table.add_column(Text(c), justify="left" if c == "label" else "right")
     for _, row in df.iterrows():
-        table.add_row(*(_cell(row[c]) for c in cols))
+        table.add_row(*(Text(_cell(row[c])) for c in cols))
     out_console.print(table)
     failed = int((df.status == "failed").sum())
     if failed:
-        err_console.print(f"{failed} run(s) failed; see the error column of runs.parquet")
-    out_console.print(f"results: {target}", highlight=False)
+        note(f"{failed} run(s) failed; see the error column of runs.parquet")
+    say(f"results: {target}")
 
 
 def _cell(v: Any) -> str:
@@ -541,31 +585,27 @@ def plan(plan_file: Path, workers: int | None, dask: str | None, out: Path | Non
     from sim.plan import PlanError, fmt_value, load_plan, search, write_plan
     from sim.results import claim, release
 
-    try:
+    with _reading(str(plan_file)):
         p = load_plan(plan_file)
-        check_name(p.name, str(plan_file))
-        target, state = claim(out or Path("results") / p.name, "plan", name=p.name)
-    except UserError as exc:
-        _fail(exc)
-    err_console.print(
+    check_name(p.name, str(plan_file))
+    target, state = claim(out or Path("results") / p.name, "plan", name=p.name)
+    note(
         f"{p.name}: {p.variable} from {fmt_value(p.values[0])} to {fmt_value(p.values[-1])} "
         f"({len(p.values)} candidates), {len(p.seeds)} seed(s) each; SLO {p.metric} <= "
-        f"{fmt_value(p.slo_max)}",
-        highlight=False,
+        f"{fmt_value(p.slo_max)}"
     )
 
     def on_outcome(o: Any) -> None:
-        err_console.print(
+        note(
             f"  {o.label}: {o.status} (mean {o.mean:.4g}, {p.confidence:.0%} CI "
-            f"{o.low:.4g}..{o.high:.4g}; {o.n_meet}/{o.n} seeds meet the SLO)",
-            highlight=False,
+            f"{o.low:.4g}..{o.high:.4g}; {o.n_meet}/{o.n} seeds meet the SLO)"
         )
 
     try:
         with Progress(
-            TextColumn("[bold]runs of this step"),
+            TextColumn("runs of this step", style="bold", markup=False),
             BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.completed}/{task.total}", markup=False),
             TimeElapsedColumn(),
             console=err_console,
             transient=True,
@@ -585,20 +625,19 @@ def plan(plan_file: Path, workers: int | None, dask: str | None, out: Path | Non
                 kind="plan",
                 **extra,
             )
-    except UserError as exc:
+    except UserError:
         release(target, state)
-        _fail(exc)
+        raise
     except PlanError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        error(str(exc), 1)
     except KeyboardInterrupt as exc:
         _interrupted(exc, "finished runs are kept; run again to resume")
     write_plan(result, target)
     from analysis.report import write_capacity_figure
 
     write_capacity_figure(target)
-    out_console.print(result.statement(), highlight=False, soft_wrap=True)
-    out_console.print(f"results: {target} (figure: capacity.png)", highlight=False)
+    say(result.statement())
+    say(f"results: {target} (figure: capacity.png)")
 
 
 @main.command()
@@ -616,10 +655,5 @@ def report(results_dir: Path, out: Path | None) -> None:
     try:
         target, figures = write_report(results_dir, out)
     except ReportError as exc:
-        _fail(UserError(str(exc)))
-    except UserError as exc:  # an --out that may not be replaced
-        _fail(exc)
-    out_console.print(
-        f"report: {target / 'report.html'} and report.md ({len(figures)} figure(s))",
-        highlight=False,
-    )
+        raise UserError(str(exc)) from None
+    say(f"report: {target / 'report.html'} and report.md ({len(figures)} figure(s))")
