@@ -244,6 +244,12 @@ def resolve_out(out: Path) -> Path:
             f"{out}: the name has the shape of a memsim temporary directory (which is removed "
             "once its process is gone); choose another --out"
         )
+    above = next((p for p in real.parents if os.path.lexists(p)), None)
+    if above is not None and not above.is_dir():  # found now, not after the run
+        raise OutputError(
+            f"{out}: cannot write results here: {above} is a file, not a directory; choose "
+            "another --out"
+        )
     return real
 
 

@@ -140,6 +140,17 @@ def test_out_that_is_a_symlink_is_refused_and_its_target_left_alone(
     assert _snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_an_unusable_out_is_one_line(tmp_path: Path, cmd: str) -> None:
+    inp = _inputs(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    before = _snapshot(tmp_path)
+    r = CliRunner().invoke(main, _commands(inp, str(tmp_path / "afile" / "sub"))[cmd])
+    _refused(r, "afile/sub: cannot write results here: ")
+    assert "afile is a file, not a directory" in r.stderr
+    assert _snapshot(tmp_path) == before
+
+
 def test_a_result_replaces_only_an_earlier_result_of_its_kind(tmp_path: Path) -> None:
     inp = _inputs(tmp_path)
     mrc_dir = tmp_path / "m"

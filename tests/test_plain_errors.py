@@ -154,7 +154,7 @@ def test_out_under_a_regular_file_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     for out in ("afile/sub", "afile/a/b"):
         r = _invoke("run", str(_cfg(tmp_path)), "-q", "--out", str(tmp_path / out))
-        _one_line(r, "cannot write results here: a parent is a file, not a directory")
+        _one_line(r, f"cannot write results here: {tmp_path / 'afile'} is a file, not a directory")
     assert (tmp_path / "afile").read_text() == "x"
 
 
