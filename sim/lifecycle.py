@@ -1,10 +1,10 @@
 """Process lifecycle: signals that end a command cleanly, workers that die with their parent.
 
 A command that writes results must never leave debris or orphans behind, however it is stopped.
-SIGINT (Ctrl-C) raises ``KeyboardInterrupt``; :func:`signals_as_interrupts` makes SIGTERM (what
-a scheduler or ``kill`` sends) and SIGHUP (a closed terminal) raise :class:`Interrupted`, a
-``KeyboardInterrupt``, so one cleanup path serves all three and the exit code says which signal
-it was (128 + signal number). SIGKILL cannot be caught: what it leaves (temporary directories
+:func:`signals_as_interrupts` makes SIGINT (Ctrl-C), SIGTERM (what a scheduler or ``kill``
+sends) and SIGHUP (a closed terminal) raise :class:`Interrupted`, a ``KeyboardInterrupt``, so
+one cleanup path serves all three and the exit code says which signal it was (128 + signal
+number). SIGKILL cannot be caught: what it leaves (temporary directories
 named with the dead PID, a lock file naming a dead holder) is recognised and removed by the next
 command that uses the same place. Pool workers call :func:`die_with_parent` so that they end
 when the process that started them does, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``, and a
@@ -33,11 +33,11 @@ __all__ = [
 ]
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-CAUGHT = (signal.SIGTERM, signal.SIGHUP)
+CAUGHT = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGTERM or SIGHUP arrived: unwind like Ctrl-C, then exit with 128 + the signal number.
+    """A signal arrived: unwind like Ctrl-C, then exit with 128 + the signal number.
 
     Its only argument is the signal number, so copies made from ``args`` (SimPy re-raises an
     exception from a process that way) are the same exception.
@@ -58,14 +58,15 @@ _pending: list[int] = []  # the signal that fired inside signals_as_interrupts, 
 
 @contextlib.contextmanager
 def signals_as_interrupts() -> Iterator[None]:
-    """While inside, SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread.
+    """While inside, SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread.
 
     Only the first such signal raises; later ones are ignored so that they cannot break into the
-    cleanup the first one started. An exception raised from a signal handler can be lost (code
-    it interrupts may swallow it: an import, a finalizer), so the signal is also remembered:
-    :func:`checkpoint` raises it again, and so does leaving the block normally. The previous
-    handlers come back on exit. Outside the main thread (where Python cannot install handlers)
-    this does nothing.
+    cleanup the first one started (SIGKILL still ends the process). An exception raised from a
+    signal handler can be lost (code it interrupts may swallow it: an import, a finalizer), so
+    the signal is also remembered: :func:`checkpoint` raises it again, and so does leaving the
+    block normally. A signal that is ignored (``nohup``, a background job) stays ignored. The
+    previous handlers come back on exit. Outside the main thread (where Python cannot install
+    handlers) this does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -77,7 +78,9 @@ def signals_as_interrupts() -> Iterator[None]:
             _pending.append(signum)
             raise Interrupted(signum)
 
-    previous = {s: signal.signal(s, handler) for s in CAUGHT}
+    previous = {
+        s: signal.signal(s, handler) for s in CAUGHT if signal.getsignal(s) is not signal.SIG_IGN
+    }
     try:
         yield
         checkpoint()  # the block ended although a signal came: its exception was lost

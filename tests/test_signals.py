@@ -129,6 +129,18 @@ def test_interrupted_is_a_keyboard_interrupt_with_the_signal_in_its_exit_code() 
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
 
 
+def test_an_ignored_signal_stays_ignored() -> None:
+    """Under nohup SIGHUP is ignored, and memsim must not undo that."""
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with signals_as_interrupts():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 def _swallowed_terminate() -> None:
     """What some code does to an exception raised by a signal handler: lose it."""
     with contextlib.suppress(KeyboardInterrupt):
@@ -172,7 +184,7 @@ def _finished(runs: Path) -> dict[str, dict[str, int]]:
     }
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGHUP])
 def test_killing_the_sweep_process_leaves_no_worker_and_resumes(
     tmp_path: Path, sig: signal.Signals, capsys: Any
 ) -> None:
@@ -193,10 +205,10 @@ def test_killing_the_sweep_process_leaves_no_worker_and_resumes(
         workers = [p for p in _tagged(tag) if p != proc.pid]
         assert len(workers) == 2
         os.kill(proc.pid, sig)  # the main process only, not its process group
-        assert proc.wait() == (-signal.SIGKILL if sig == signal.SIGKILL else 143)
+        assert proc.wait() == (-signal.SIGKILL if sig == signal.SIGKILL else 128 + sig)
         _wait_gone(tag, workers)
     temps = [p for p in os.listdir(runs) if is_temp_name(p)]
-    if sig == signal.SIGTERM:  # cleaned up like Ctrl-C: workers stopped, temp dirs removed
+    if sig != signal.SIGKILL:  # cleaned up like Ctrl-C: workers stopped, temp dirs removed
         assert not temps
         assert (out / ".lock").read_text() == ""
     lock = (out / ".lock").read_text()
