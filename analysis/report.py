@@ -4,9 +4,10 @@
 plan; ``runs.parquet``: a sweep; ``summary.json``: one run), draws its figures with seaborn,
 and writes ``report.html`` (figures embedded as base64 PNGs, so the file stands alone) and
 ``report.md`` (figures saved beside it as PNG files) into a temporary directory that is renamed
-into place. It reads result files only, never simulator internals. Figures without data (no
-evictions, no oracle gaps outside demand mode) are left out and the markdown says so, rather
-than showing empty axes.
+into place. It reads result files only, never simulator internals: publishing and the flat rows
+of a summary come from ``sim.results``, the results-schema module it shares with the simulator.
+Figures without data (no evictions, no oracle gaps outside demand mode) are left out and the
+markdown says so, rather than showing empty axes.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from analysis.report_figures import (  # noqa: E402
     sweep_figure,
     swept_params,
 )
+from sim.results import host_row, staged, vm_rows, write_atomic, write_manifest  # noqa: E402
 
 
 class ReportError(ValueError):
@@ -79,9 +79,7 @@ def _png(fig: plt.Figure, dpi: int = 90) -> bytes:
 
 def _save(fig: plt.Figure, path: Path) -> None:
     """Write a figure to a temporary name, then rename: readers never see half a PNG."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(_png(fig))
-    os.replace(tmp, path)
+    write_atomic(path, _png(fig))
 
 
 def write_capacity_figure(plan_dir: Path) -> Path:
@@ -99,15 +97,14 @@ def write_capacity_figure(plan_dir: Path) -> Path:
 
 def _vm_table(summary: dict[str, Any]) -> pd.DataFrame:
     rows = []
-    for v in summary["vms"]:
-        f = v["faults"]
+    for v in vm_rows(summary):
         rows.append(
             {
                 "vm": v["name"] + (" (OOM-killed)" if v.get("oom_killed") else ""),
                 "accesses": v["accesses"],
-                "first touch": f["first_touch"],
-                "minor": f["minor"],
-                "major": f["major"],
+                "first touch": v["faults_first_touch"],
+                "minor": v["faults_minor"],
+                "major": v["faults_major"],
                 "refaults": v["refaults"],
                 "stall %": round(100 * v["stall_fraction"], 2),
                 "major/s": round(v["major_faults_per_s"], 1),
@@ -118,16 +115,16 @@ def _vm_table(summary: dict[str, Any]) -> pd.DataFrame:
 
 
 def _host_table(summary: dict[str, Any]) -> pd.DataFrame:
-    h = summary["host"]
+    h = host_row(summary)
     items = {
         "host memory (MiB)": h["memory_pages"] * page_mib(summary),
-        "watermarks min/low/high (pages)": "{min}/{low}/{high}".format(**h["wmark"]),
+        "watermarks min/low/high (pages)": f"{h['wmark_min']}/{h['wmark_low']}/{h['wmark_high']}",
         "kswapd wake-ups": h["kswapd_wakeups"],
         "kswapd scanned / reclaimed": f"{h['kswapd_scanned']:,} / {h['kswapd_reclaimed']:,}",
         "direct reclaims": h["direct_reclaims"],
         "pswpin / pswpout": f"{h['pswpin']:,} / {h['pswpout']:,}",
         "remote TLB flushes": h["tlb_flushes"],
-        "swap exhausted": h["swap"]["exhausted"],
+        "swap exhausted": h["swap_exhausted"],
         "OOM kills": ", ".join(k["vm"] for k in h["oom_kills"]) or "none",
     }
     q = summary.get("quality")
@@ -374,31 +371,20 @@ def render_markdown(sec: Section) -> str:
 
 def write_report(results_dir: Path, out: Path | None = None) -> tuple[Path, list[str]]:
     """Write ``report.html``, ``report.md`` and the figure PNGs; returns the report directory
-    and the figure names. Everything is built in a temporary sibling renamed into place."""
+    and the figure names. Everything is built in a temporary sibling renamed into place, which
+    may replace only an earlier report (``sim.results`` has the rules; its ``OutputError`` is
+    a ``UserError`` the CLI prints as one line)."""
     results_dir = Path(results_dir)
     build = detect(results_dir)
-    try:
-        sec = build(results_dir)
-    except (OSError, KeyError, ValueError) as exc:
-        raise ReportError(f"{results_dir}: cannot read results: {exc}") from None
-    target = (out or results_dir / "report").resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged(out or results_dir / "report", "report") as stage:  # a refused --out: no work
+        try:
+            sec = build(results_dir)
+        except (OSError, KeyError, ValueError) as exc:
+            raise ReportError(f"{results_dir}: cannot read results: {exc}") from None
         for fig in sec.figures:
-            (tmp / f"{fig.name}.png").write_bytes(fig.png)
-        (tmp / "report.html").write_text(render_html(sec))
-        (tmp / "report.md").write_text(render_markdown(sec))
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            os.rename(target, old)
-            os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            (stage.tmp / f"{fig.name}.png").write_bytes(fig.png)
+        (stage.tmp / "report.html").write_text(render_html(sec))
+        (stage.tmp / "report.md").write_text(render_markdown(sec))
+        write_manifest(stage.tmp, "report", source=str(results_dir.resolve()))
+    target = stage.target
     return target, [f.name for f in sec.figures]

@@ -1,14 +1,19 @@
-"""``memsim`` command line: ``run`` and ``validate`` a scenario.
+"""``memsim`` command line: run, validate, replay, mrc, sweep, plan and report.
 
-User errors (bad config, unknown key, impossible value, bad flag) print one line on stderr and
-exit with code 2, and no result directory is written; results are published atomically.
+User errors (bad config, unknown key, impossible value, bad flag, unusable output path) print
+one plain line on stderr and exit with code 2, and no result is written or lost; results are
+published atomically (``sim.results``). Everything shown is printed literally: a name or a
+message is never read as Rich markup or an emoji code. SIGTERM and SIGHUP stop a command the
+way Ctrl-C does, with exit code 128 + the signal number (``sim.lifecycle``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -21,26 +26,108 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from sim import __version__
 from sim.config import Scenario, load_scenario
-from sim.errors import UserError
+from sim.errors import ConfigError, UserError
+from sim.lifecycle import exit_code, signals_as_interrupts
+from sim.results import check_name, check_resumable, check_target, host_row, vm_rows
 
-err_console = Console(stderr=True)
-out_console = Console(width=None if sys.stdout.isatty() else 120)  # no 80-column squeeze in logs
+_PLAIN = {"markup": False, "emoji": False, "highlight": False}
+err_console = Console(stderr=True, **_PLAIN)
+out_console = Console(width=None if sys.stdout.isatty() else 120, **_PLAIN)  # no 80-col squeeze
 
 
-def _fail(exc: UserError) -> None:
-    err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-    sys.exit(2)
+def one_line(text: str) -> str:
+    """A message as one line: its lines joined, YAML's caret-only marker lines dropped."""
+    lines = [ln.strip() for ln in str(text).splitlines()]
+    return " ".join(ln for ln in lines if ln and set(ln) != {"^"})
+
+
+def say(text: str) -> None:
+    """A line on stdout, printed literally and never wrapped."""
+    out_console.print(Text(text), soft_wrap=True)
+
+
+def note(text: str) -> None:
+    """A line on stderr, printed literally and never wrapped (goes above a progress bar)."""
+    err_console.print(Text(text), soft_wrap=True)
+
+
+def error(text: str, code: int = 2) -> NoReturn:
+    """Print ``error: TEXT`` as one line on stderr and exit with ``code``."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", one_line(text)), soft_wrap=True)
+    sys.exit(code)
+
+
+@contextlib.contextmanager
+def _reading(source: str) -> Iterator[None]:
+    """Turn what Python raises on unreadable input into one-line config errors: a file that is
+    not UTF-8 (binary, or another encoding), values nested deeper than Python can recurse."""
+    try:
+        yield
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start}); configs are UTF-8 "
+            "YAML files (a sweep's base file too)"
+        ) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: a value is nested too deeply to read; flatten it") from None
 
 
 def _load(config: Path, overrides: tuple[str, ...], seed: int | None) -> Scenario:
-    try:
+    with _reading(f"{config}{' (or a --set value)' if overrides else ''}"):
         return load_scenario(config, list(overrides), seed)
-    except UserError as exc:
-        _fail(exc)
-        raise  # unreachable
+
+
+def _interrupted(exc: KeyboardInterrupt, what: str) -> NoReturn:
+    note(f"interrupted: {what}")
+    sys.exit(exit_code(exc))
+
+
+class MemsimGroup(click.Group):
+    """The ``memsim`` group: every error one plain line, signals handled like Ctrl-C."""
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Run the CLI; click's own errors (usage, bad parameter) become one line, exit 2."""
+        try:
+            with signals_as_interrupts():
+                rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help())
+            rv = 0
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "memsim"
+            error(f"{exc.format_message().rstrip('.')} (see {where} --help)", exc.exit_code)
+        except click.ClickException as exc:
+            error(exc.format_message(), exc.exit_code)
+        except click.Abort as exc:
+            cause = exc.__cause__
+            _interrupted(
+                cause if isinstance(cause, KeyboardInterrupt) else KeyboardInterrupt(), "stopped"
+            )
+        except UserError as exc:
+            error(str(exc))
+        except KeyboardInterrupt as exc:  # between commands, or in click itself
+            _interrupted(exc, "stopped")
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run a subcommand; an interrupt it did not handle exits quietly with its code."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            _interrupted(exc, "stopped")
 
 
 def _fmt(n: float) -> str:
@@ -59,8 +146,8 @@ def describe(sc: Scenario) -> str:
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
-    """The end-of-run table: per VM, then host totals."""
-    t = Table(title=f"{summary['name']} (seed {summary['seed']}, policy {summary['policy']})")
+    """The end-of-run table: per VM, then host totals (from the flat rows of ``sim.results``)."""
+    t = Table(title=Text(f"{summary['name']} (seed {summary['seed']}, policy {summary['policy']})"))
     for col in (
         "vm",
         "accesses",
@@ -73,37 +160,37 @@ def summary_table(summary: dict[str, Any]) -> Table:
         "major/s",
     ):
         t.add_column(col, justify="left" if col == "vm" else "right")
-    for v in summary["vms"]:
-        f = v["faults"]
-        t.add_row(
+    for v in vm_rows(summary):
+        cells = [
             v["name"] + (" (OOM-killed)" if v["oom_killed"] else ""),
             _fmt(v["accesses"]),
-            _fmt(f["first_touch"]),
-            _fmt(f["minor"]),
-            _fmt(f["major"]),
-            _fmt(f["access_tracking"]),
+            _fmt(v["faults_first_touch"]),
+            _fmt(v["faults_minor"]),
+            _fmt(v["faults_major"]),
+            _fmt(v["faults_access_tracking"]),
             _fmt(v["refaults"]),
             f"{100 * v['stall_fraction']:.1f}",
             f"{v['major_faults_per_s']:,.0f}",
-        )
-    h = summary["host"]
-    n = h["notifier"]
-    t.caption = (
+        ]
+        t.add_row(*map(Text, cells))
+    h = host_row(summary)
+    caption = (
         f"kswapd scanned {_fmt(h['kswapd_scanned'])} reclaimed {_fmt(h['kswapd_reclaimed'])}; "
         f"direct reclaims {_fmt(h['direct_reclaims'])}; pswpin {_fmt(h['pswpin'])} "
         f"pswpout {_fmt(h['pswpout'])}; TLB flushes {_fmt(h['tlb_flushes'])}; "
-        f"notifier clear_flush_young {_fmt(n['clear_flush_young'])} "
-        f"invalidate_range_start {_fmt(n['invalidate_range_start'])}; "
+        f"notifier clear_flush_young {_fmt(h['notifier_clear_flush_young'])} "
+        f"invalidate_range_start {_fmt(h['notifier_invalidate_range_start'])}; "
         f"wall {summary['wall_s']:.1f} s"
     )
-    if h["swap"]["exhausted"]:
-        t.caption += f"; SWAP FULL ({_fmt(h['swap']['full_failures'])} failed swap-outs)"
+    if h["swap_exhausted"]:
+        caption += f"; SWAP FULL ({_fmt(h['swap_full_failures'])} failed swap-outs)"
     if h["oom_kills"]:
-        t.caption += "; OOM kills: " + ", ".join(k["vm"] for k in h["oom_kills"])
+        caption += "; OOM kills: " + ", ".join(k["vm"] for k in h["oom_kills"])
+    t.caption = Text(caption)
     return t
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=MemsimGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="memsim")
 def main() -> None:
     """memsim: simulate memory pressure on a KVM host (kswapd, rmap, MMU notifiers, swap)."""
@@ -137,17 +224,18 @@ def run(
 
     sc = _load(config, overrides, seed)
     target = out if out is not None else default_outdir(sc)
+    check_target(target, "run")  # a refused --out: before anything is printed or run
     if not quiet:
-        err_console.print(describe(sc), highlight=False)
+        note(describe(sc))
     try:
         if quiet:
             result = run_scenario(sc, target)
         else:
             with Progress(
-                TextColumn("[bold]simulating"),
+                TextColumn("simulating", style="bold", markup=False),
                 BarColumn(),
                 TaskProgressColumn(),
-                TextColumn("{task.fields[simt]}"),
+                TextColumn("{task.fields[simt]}", markup=False),
                 TimeElapsedColumn(),
                 TimeRemainingColumn(),
                 console=err_console,
@@ -159,14 +247,11 @@ def run(
                     bar.update(task, completed=frac, simt=f"{frac * sc.duration_s:.2f}s sim")
 
                 result = run_scenario(sc, target, progress=progress)
-    except UserError as exc:
-        _fail(exc)
-    except KeyboardInterrupt:
-        err_console.print("interrupted: no result written")
-        sys.exit(130)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc, "no result written")
     if not quiet:
         out_console.print(summary_table(result.summary))
-    out_console.print(f"results: {result.outdir}", highlight=False)
+    say(f"results: {result.outdir}")
 
 
 @main.command()
@@ -177,32 +262,28 @@ def validate(config: Path, overrides: tuple[str, ...]) -> None:
     from sim.config import read_yaml
     from sim.sweep import load_sweep
 
-    try:
+    with _reading(str(config)):
         if "search" in read_yaml(config) and not overrides:
             from sim.plan import load_plan
 
             p = load_plan(config)
-            out_console.print(
+            check_name(p.name, str(config))
+            say(
                 f"ok: plan {p.name}: {len(p.values)} candidate(s) x {len(p.seeds)} seed(s), "
-                "all valid",
-                highlight=False,
+                "all valid"
             )
             return
         if "base" in read_yaml(config) and not overrides:
             name, points = load_sweep(config)
-            out_console.print(
-                f"ok: sweep {name}: {len(points)} point(s), all valid", highlight=False
-            )
+            check_name(name, str(config))
+            say(f"ok: sweep {name}: {len(points)} point(s), all valid")
             return
-    except UserError as exc:
-        _fail(exc)
     sc = _load(config, overrides, None)
     wm = sc.host.watermarks()
     unit = "" if sc.host.page_size_kib == 4 else f" of {sc.host.page_size_kib} KiB"
-    out_console.print(
+    say(
         f"ok: {describe(sc)}; watermarks min/low/high = "
-        f"{wm.min}/{wm.low}/{wm.high} pages{unit}; config hash {sc.config_hash()}",
-        highlight=False,
+        f"{wm.min}/{wm.low}/{wm.high} pages{unit}; config hash {sc.config_hash()}"
     )
 
 
@@ -237,12 +318,9 @@ def _trace_opts(fn: Any) -> Any:
 def _load_trace(path: Path, fmt: str, page_size: int, instructions: bool) -> Any:
     from sim.guest.traces import read_trace
 
-    try:
-        return read_trace(
-            path, fmt=None if fmt == "auto" else fmt, page_size=page_size, instructions=instructions
-        )
-    except UserError as exc:
-        _fail(exc)
+    return read_trace(
+        path, fmt=None if fmt == "auto" else fmt, page_size=page_size, instructions=instructions
+    )
 
 
 @main.command()
@@ -286,7 +364,7 @@ def replay(
     from sim.replay import replay as do_replay
 
     t = _load_trace(trace, fmt, page_size, instructions)
-    try:
+    with _reading("--set"):
         r = do_replay(
             t.pages,
             t.writes,
@@ -295,15 +373,13 @@ def replay(
             engine=engine,
             overrides=list(overrides),
         )
-    except UserError as exc:
-        _fail(exc)
     if as_json:
         click.echo(json.dumps(r))
         return
-    table = Table(title=f"replay {trace.name}")
+    table = Table(title=Text(f"replay {trace.name}"))
     for key in r:
-        table.add_column(key, justify="right")
-    table.add_row(*(f"{v:,}" if isinstance(v, int) else str(v) for v in r.values()))
+        table.add_column(Text(key), justify="right")
+    table.add_row(*(Text(f"{v:,}" if isinstance(v, int) else str(v)) for v in r.values()))
     out_console.print(table)
 
 
@@ -348,47 +424,37 @@ def mrc(
 ) -> None:
     """Miss-ratio curves of TRACE: exact LRU at every size, other policies at chosen sizes."""
     import json
-    import shutil
 
-    from sim.engine import publish
     from sim.reclaim import policy_names
     from sim.replay import default_sizes
     from sim.replay import mrc as do_mrc
+    from sim.results import staged, write_manifest
 
     names = [p.strip() for p in policies.split(",") if p.strip()]
     unknown = [p for p in names if p not in policy_names()]
     if unknown:
-        _fail(
-            UserError(
-                f"--policies: unknown {', '.join(unknown)}; expected some of "
-                f"{', '.join(policy_names())}"
-            )
+        error(
+            f"--policies: unknown {', '.join(unknown)}; expected some of "
+            f"{', '.join(policy_names())}"
         )
     try:
         size_list = [int(x) for x in sizes.split(",")] if sizes else None
     except ValueError:
-        _fail(UserError(f"--sizes {sizes!r}: expected comma-separated integers, e.g. 100,200"))
+        error(f"--sizes {sizes!r}: expected comma-separated integers, e.g. 100,200")
     if size_list is not None and min(size_list) < 1:
-        _fail(UserError("--sizes: every size must be at least 1"))
-    t = _load_trace(trace, fmt, page_size, instructions)
-    try:
+        error("--sizes: every size must be at least 1")
+    target = out or Path("results") / f"mrc-{trace.name.split('.')[0]}"
+    with staged(target, "mrc") as stage:  # a refused --out fails before the work
+        t = _load_trace(trace, fmt, page_size, instructions)
         table = do_mrc(t.pages, t.writes, policies=names, sizes=size_list, engine=engine)
-    except UserError as exc:
-        _fail(exc)
-    target = (out or Path("results") / f"mrc-{trace.name.split('.')[0]}").resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
         from analysis.plots import mrc_figure
 
-        table.to_parquet(tmp / "mrc.parquet", index=False)
+        table.to_parquet(stage.tmp / "mrc.parquet", index=False)
         distinct = int(table[table.policy == "lru"].frames.max())
         shown = size_list or default_sizes(distinct)
         picked = table[table.frames.isin(shown)]
         fig = mrc_figure(table, f"{trace.name}: {len(t.pages):,} accesses, {distinct:,} pages")
-        fig.savefig(tmp / "mrc.png", dpi=90)
+        fig.savefig(stage.tmp / "mrc.png", dpi=90)
         meta = {
             "trace": str(trace),
             "accesses": len(t.pages),
@@ -396,23 +462,22 @@ def mrc(
             "policies": ["lru", *[p for p in names if p != "lru"]],
             "sizes": shown,
         }
-        (tmp / "mrc.json").write_text(json.dumps(meta, indent=2) + "\n")
-        publish(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (stage.tmp / "mrc.json").write_text(json.dumps(meta, indent=2) + "\n")
+        write_manifest(stage.tmp, "mrc", trace=str(trace))
     if as_json:
         click.echo(picked.to_json(orient="records"))
         return
     wide = picked.pivot_table(index="frames", columns="policy", values="miss_ratio")
-    tab = Table(title=f"miss ratio, {trace.name} ({len(t.pages):,} accesses, {distinct:,} pages)")
+    tab = Table(
+        title=Text(f"miss ratio, {trace.name} ({len(t.pages):,} accesses, {distinct:,} pages)")
+    )
     tab.add_column("frames", justify="right")
     for col in wide.columns:
-        tab.add_column(str(col), justify="right")
+        tab.add_column(Text(str(col)), justify="right")
     for frames, row in wide.iterrows():
-        tab.add_row(f"{frames:,}", *(f"{v:.4f}" for v in row.tolist()))
+        tab.add_row(Text(f"{frames:,}"), *(Text(f"{v:.4f}") for v in row.tolist()))
     out_console.print(tab)
-    out_console.print(f"results: {target}", highlight=False)
+    say(f"results: {stage.target}")
 
 
 @main.command()
@@ -434,16 +499,16 @@ def sweep(sweep_file: Path, workers: int | None, dask: str | None, out: Path | N
     already done, so an interrupted sweep resumes where it stopped."""
     from sim.sweep import load_sweep, run_sweep
 
-    try:
+    with _reading(str(sweep_file)):
         name, points = load_sweep(sweep_file)
-    except UserError as exc:
-        _fail(exc)
-    err_console.print(f"{name}: {len(points)} run(s)", highlight=False)
+    check_name(name, str(sweep_file))
+    check_resumable(out or Path("results") / name, "sweep")  # a refused --out: before anything
+    note(f"{name}: {len(points)} run(s)")
     with Progress(
-        TextColumn("[bold]runs"),
+        TextColumn("runs", style="bold", markup=False),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("{task.fields[failed]} failed"),
+        TextColumn("{task.completed}/{task.total}", markup=False),
+        TextColumn("{task.fields[failed]} failed", markup=False),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=err_console,
@@ -460,12 +525,12 @@ def sweep(sweep_file: Path, workers: int | None, dask: str | None, out: Path | N
             bar.update(task, completed=done, failed=failed)
 
         try:
-            target, df = run_sweep(sweep_file, out, workers=workers, progress=progress, dask=dask)
-        except UserError as exc:
-            _fail(exc)
-        except KeyboardInterrupt:
-            err_console.print("interrupted: finished runs are kept; run again to resume")
-            sys.exit(130)
+            with _reading(str(sweep_file)):
+                target, df = run_sweep(
+                    sweep_file, out, workers=workers, progress=progress, dask=dask
+                )
+        except KeyboardInterrupt as exc:
+            _interrupted(exc, "finished runs are kept; run again to resume")
     cols = [
         c
         for c in (
@@ -482,16 +547,16 @@ def sweep(sweep_file: Path, workers: int | None, dask: str | None, out: Path | N
         )
         if c in df.columns
     ]
-    table = Table(title=f"sweep {name}")
+    table = Table(title=Text(f"sweep {name}"))
     for c in cols:
-        table.add_column(c, justify="left" if c == "label" else "right")
+        table.add_column(Text(c), justify="left" if c == "label" else "right")
     for _, row in df.iterrows():
-        table.add_row(*(_cell(row[c]) for c in cols))
+        table.add_row(*(Text(_cell(row[c])) for c in cols))
     out_console.print(table)
     failed = int((df.status == "failed").sum())
     if failed:
-        err_console.print(f"{failed} run(s) failed; see the error column of runs.parquet")
-    out_console.print(f"results: {target}", highlight=False)
+        note(f"{failed} run(s) failed; see the error column of runs.parquet")
+    say(f"results: {target}")
 
 
 def _cell(v: Any) -> str:
@@ -518,32 +583,29 @@ def _cell(v: Any) -> str:
 def plan(plan_file: Path, workers: int | None, dask: str | None, out: Path | None) -> None:
     """Find how many VMs fit (or how little memory, how much overcommit) under PLAN_FILE's SLO."""
     from sim.plan import PlanError, fmt_value, load_plan, search, write_plan
+    from sim.results import claim, release
 
-    try:
+    with _reading(str(plan_file)):
         p = load_plan(plan_file)
-    except UserError as exc:
-        _fail(exc)
-    target = (out or Path("results") / p.name).resolve()
-    err_console.print(
+    check_name(p.name, str(plan_file))
+    target, state = claim(out or Path("results") / p.name, "plan", name=p.name)
+    note(
         f"{p.name}: {p.variable} from {fmt_value(p.values[0])} to {fmt_value(p.values[-1])} "
         f"({len(p.values)} candidates), {len(p.seeds)} seed(s) each; SLO {p.metric} <= "
-        f"{fmt_value(p.slo_max)}",
-        highlight=False,
+        f"{fmt_value(p.slo_max)}"
     )
 
     def on_outcome(o: Any) -> None:
-        err_console.print(
+        note(
             f"  {o.label}: {o.status} (mean {o.mean:.4g}, {p.confidence:.0%} CI "
-            f"{o.low:.4g}..{o.high:.4g}; {o.n_meet}/{o.n} seeds meet the SLO)",
-            highlight=False,
+            f"{o.low:.4g}..{o.high:.4g}; {o.n_meet}/{o.n} seeds meet the SLO)"
         )
 
     try:
-        target.mkdir(parents=True, exist_ok=True)
         with Progress(
-            TextColumn("[bold]runs of this step"),
+            TextColumn("runs of this step", style="bold", markup=False),
             BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.completed}/{task.total}", markup=False),
             TimeElapsedColumn(),
             console=err_console,
             transient=True,
@@ -555,19 +617,27 @@ def plan(plan_file: Path, workers: int | None, dask: str | None, out: Path | Non
 
             extra = {"dask": dask} if dask else {}
             result = search(
-                p, target, workers=workers, on_outcome=on_outcome, progress=progress, **extra
+                p,
+                target,
+                workers=workers,
+                on_outcome=on_outcome,
+                progress=progress,
+                kind="plan",
+                **extra,
             )
-    except UserError as exc:
-        _fail(exc)
+    except UserError:
+        release(target, state)
+        raise
     except PlanError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        error(str(exc), 1)
+    except KeyboardInterrupt as exc:
+        _interrupted(exc, "finished runs are kept; run again to resume")
     write_plan(result, target)
     from analysis.report import write_capacity_figure
 
     write_capacity_figure(target)
-    out_console.print(result.statement(), highlight=False, soft_wrap=True)
-    out_console.print(f"results: {target} (figure: capacity.png)", highlight=False)
+    say(result.statement())
+    say(f"results: {target} (figure: capacity.png)")
 
 
 @main.command()
@@ -585,8 +655,5 @@ def report(results_dir: Path, out: Path | None) -> None:
     try:
         target, figures = write_report(results_dir, out)
     except ReportError as exc:
-        _fail(UserError(str(exc)))
-    out_console.print(
-        f"report: {target / 'report.html'} and report.md ({len(figures)} figure(s))",
-        highlight=False,
-    )
+        raise UserError(str(exc)) from None
+    say(f"report: {target / 'report.html'} and report.md ({len(figures)} figure(s))")

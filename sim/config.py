@@ -194,7 +194,8 @@ class Scenario(Strict):
 
     name: str = Field(
         "scenario",
-        pattern=r"^[A-Za-z0-9_.-]+$",
+        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
+        max_length=200,
         description="Run name (default: the config file name).",
     )
     seed: int = Field(

@@ -4,16 +4,12 @@
 the page allocator with direct reclaim and the OOM killer, one SimPy process per vCPU, and a
 timeline sampler. ``run_scenario`` builds the world a config asks for (the watermark world,
 or the demand world of demand.py for ``reclaim.trigger: demand``), runs it, and publishes its
-result directory atomically.
+result directory atomically through ``sim.results``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import platform
-import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +20,6 @@ from typing import Any
 import numpy as np
 import simpy
 
-import sim
 from sim.config import Scenario
 from sim.costs import CostModel
 from sim.guest.vcpu import Vcpu
@@ -32,7 +27,9 @@ from sim.host.fault import HostFaultHandler
 from sim.host.kswapd import DirectReclaim, Kswapd, ProcessGen, ReclaimThrottle
 from sim.host.oom import OomKiller
 from sim.host.page_alloc import PageAllocator
+from sim.lifecycle import checkpoint
 from sim.machine import Machine, rng_for, vcpu_stream
+from sim.results import staged, write_manifest
 
 __all__ = ["RunResult", "World", "default_outdir", "rng_for", "run_scenario"]
 
@@ -183,27 +180,15 @@ def default_outdir(sc: Scenario, root: Path = Path("results")) -> Path:
     return root / f"{sc.name}-{sc.config_hash()}"
 
 
-def versions() -> dict[str, str]:
-    """Versions of Python and the libraries a result depends on."""
-    import pandas
-    import pyarrow
-    import pydantic
+def _ticking(progress: Callable[[float], None] | None) -> Callable[[float], None]:
+    """``progress`` with a check between steps for a signal whose interrupt got lost."""
 
-    return {
-        "memsim": sim.__version__,
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "simpy": simpy.__version__,
-        "pandas": pandas.__version__,
-        "pyarrow": pyarrow.__version__,
-        "pydantic": pydantic.__version__,
-    }
+    def tick(frac: float) -> None:
+        checkpoint()
+        if progress is not None:
+            progress(frac)
 
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    return tick
 
 
 def run_scenario(
@@ -212,59 +197,41 @@ def run_scenario(
     *,
     progress: Callable[[float], None] | None = None,
     command: list[str] | None = None,
+    tidy: bool = True,
 ) -> RunResult:
     """Run ``sc``; with ``out``, write its result directory atomically (all or nothing).
 
     Everything goes to a hidden temporary sibling of ``out`` that is renamed into place at the
-    end; on any error or interrupt it is removed, so ``out`` is never half-written.
+    end; on any error or interrupt it is removed, so ``out`` is never half-written. ``out`` may
+    be new, empty, or an earlier run's directory (``sim.results`` has the rules, and ``tidy``).
     """
+    tick = _ticking(progress)
     if out is None:
         world = build_world(sc, None)
         t0 = time.perf_counter()
-        world.run(progress)
+        world.run(tick)
         return RunResult(world.summary(time.perf_counter() - t0), None)
-    out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with staged(out, "run", tidy=tidy) as stage:
         started = time.time()
         t0 = time.perf_counter()
-        world = build_world(sc, tmp)
-        world.run(progress)
+        world = build_world(sc, stage.tmp)
+        world.run(tick)
         wall = time.perf_counter() - t0
         summary = world.summary(wall)
         assert world.recorder is not None
         rows = world.recorder.close()
-        _write_text(tmp / "summary.json", json.dumps(summary, indent=2) + "\n")
-        _write_text(tmp / "config.yaml", sc.to_yaml())
-        manifest = {
-            "name": sc.name,
-            "seed": sc.seed,
-            "config_hash": sc.config_hash(),
-            "traces_sha256": sc.trace_digests(),
-            "command": command if command is not None else sys.argv,
-            "versions": versions(),
-            "platform": platform.platform(),
-            "started_unix": round(started, 3),
-            "wall_s": round(wall, 3),
-            "rows": rows,
-        }
-        _write_text(tmp / "manifest.json", json.dumps(manifest, indent=2) + "\n")
-        publish(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return RunResult(summary, out)
-
-
-def publish(tmp: Path, out: Path) -> None:
-    """Move a finished directory into place, replacing an older result."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.rename(out, old)
-        os.rename(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out)
+        (stage.tmp / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (stage.tmp / "config.yaml").write_text(sc.to_yaml())
+        write_manifest(
+            stage.tmp,
+            "run",
+            command=command,
+            started=started,
+            wall_s=wall,
+            name=sc.name,
+            seed=sc.seed,
+            config_hash=sc.config_hash(),
+            traces_sha256=sc.trace_digests(),
+            rows=rows,
+        )
+    return RunResult(summary, stage.target)

@@ -51,6 +51,7 @@ import pandas as pd
 
 from sim.config import Scenario, parse_scenario, set_dotted
 from sim.errors import ConfigError, UserError
+from sim.results import check_name, claim, host_row, vm_rows, write_atomic
 from sim.stats import t_interval
 from sim.sweep import Point, load_base, read_spec, run_points
 
@@ -288,7 +289,7 @@ def run_metrics(
 ) -> dict[str, float]:
     """Every SLO metric of one run (see the module docstring for the definitions)."""
     cfgs = [cfg for _, cfg in sc.vm_list()]
-    vms = summary["vms"]
+    vms = vm_rows(summary)
     if warmup_s > 0:
         tl = pd.read_parquet(
             run_dir / "timeline.parquet", columns=["t_ns", "vm", "stall_ns", "faults_major"]
@@ -320,7 +321,7 @@ def run_metrics(
         "major_faults_per_s_mean": float(np.mean(majors)),
         "promotion_rate_per_min": float(max(promo)),
     }
-    if summary["host"]["oom_kills"]:
+    if host_row(summary)["oom_kills"]:
         out = {k: math.inf for k in out}
     return out
 
@@ -520,8 +521,8 @@ def _bisect(
 
 
 def write_plan(result: PlanResult, target: Path) -> None:
-    """``plan.json`` (the answer and every candidate) and ``plan.parquet`` (every run),
-    each written to a temporary file and renamed into place."""
+    """``plan.json`` (the answer and every candidate), ``plan.parquet`` (every run) and
+    ``runs.parquet``, each written to a temporary file and renamed into place."""
     p = result.plan
     rows = result.rows.copy()
     rows["metric"] = p.metric
@@ -529,9 +530,7 @@ def write_plan(result: PlanResult, target: Path) -> None:
     for c in rows.columns:
         if rows[c].dtype == object:
             rows[c] = rows[c].astype(str)
-    tmp = target / "plan.parquet.tmp"
-    rows.to_parquet(tmp, index=False)
-    os.replace(tmp, target / "plan.parquet")
+    write_atomic(target / "plan.parquet", lambda p: rows.to_parquet(p, index=False))
     meta = {
         "name": p.name,
         "variable": p.variable,
@@ -551,13 +550,10 @@ def write_plan(result: PlanResult, target: Path) -> None:
             for _, o in sorted(result.outcomes.items())
         ],
     }
-    tmp = target / "plan.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(tmp, target / "plan.json")
+    write_atomic(target / "plan.json", json.dumps(meta, indent=2) + "\n")
     # runs.parquet as a sweep directory would have it: every run of the plan, not the last batch
-    tmp = target / "runs.parquet.tmp"
-    result.rows.drop(columns=list(METRICS)).to_parquet(tmp, index=False)
-    os.replace(tmp, target / "runs.parquet")
+    runs = result.rows.drop(columns=list(METRICS))
+    write_atomic(target / "runs.parquet", lambda p: runs.to_parquet(p, index=False))
 
 
 def _json_num(v: Any) -> Any:
@@ -578,8 +574,10 @@ def run_plan(
 ) -> tuple[Path, PlanResult]:
     """Load, search and write a plan; returns the plan directory and the result."""
     plan = load_plan(path)
-    target = (out or Path("results") / plan.name).resolve()
-    target.mkdir(parents=True, exist_ok=True)
-    result = search(plan, target, runner=runner, on_outcome=on_outcome, **runner_kwargs)
+    check_name(plan.name, str(path))
+    target, _ = claim(out or Path("results") / plan.name, "plan", name=plan.name)
+    result = search(
+        plan, target, runner=runner, on_outcome=on_outcome, kind="plan", **runner_kwargs
+    )
     write_plan(result, target)
     return target, result

@@ -23,9 +23,14 @@ Points are variants x grid x zip rows x random samples x seeds. Every point is v
 anything runs (a bad point is reported with its index and key). Each run goes to
 ``<out>/runs/<name>-<config hash>/`` (hash of the resolved config), written atomically, and a
 run whose directory already exists is skipped, so an interrupted sweep resumes where it
-stopped; temp dirs of runs killed halfway are removed on the next start. Runs go to a local
-process pool or to a Dask cluster. ``runs.parquet`` has one row per run: label, swept
-parameters as columns, status, summary metrics.
+stopped. Runs go to a local process pool or to a Dask cluster. ``runs.parquet`` has one row per
+run: label, swept parameters as columns, status, and the metric row of ``sim.results``.
+
+However a sweep ends, it leaves nothing running and nothing half-written: ``<out>/.lock`` is a
+``flock`` only the main process holds (its PID and host are written in it), pool workers die
+with the main process (``sim.lifecycle``), and on an interrupt (Ctrl-C, SIGTERM, SIGHUP) the
+workers are killed and their temp dirs removed. After a SIGKILL the next start finds the lock
+free, says whose it was, and removes the temp dirs of the dead workers.
 """
 
 from __future__ import annotations
@@ -37,9 +42,11 @@ import json
 import logging
 import math
 import os
-import shutil
+import signal
+import socket
+import sys
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +57,17 @@ import pandas as pd
 
 from sim.config import Scenario, parse_scenario, read_yaml, set_dotted
 from sim.errors import ConfigError, UserError
+from sim.lifecycle import checkpoint, die_with_parent, pid_alive
+from sim.results import (
+    check_name,
+    check_resumable,
+    claim,
+    clean_stale,
+    metric_row,
+    release,
+    staged,
+    write_atomic,
+)
 
 SWEEP_KEYS = {"base", "grid", "zip", "random", "variants", "seeds", "name"}
 
@@ -227,7 +245,7 @@ def _cached_row(point: Point, runs_dir: Path) -> dict[str, Any] | None:
         summary = json.loads((runs_dir / point.run_name / "summary.json").read_text())
     except (OSError, ValueError):  # absent (or damaged by hand): run it, replacing the dir
         return None
-    return {**_base_row(point), "status": "cached", **metrics(summary)}
+    return {**_base_row(point), "status": "cached", **metric_row(summary)}
 
 
 def _failed_row(point: Point, exc: BaseException) -> dict[str, Any]:
@@ -248,11 +266,11 @@ def _run_point(point: Point, runs_dir: Path) -> dict[str, Any]:
         if cached is not None:
             return cached
         summary = run_scenario(
-            point.scenario, runs_dir / point.run_name, command=["memsim", "sweep"]
+            point.scenario, runs_dir / point.run_name, command=["memsim", "sweep"], tidy=False
         ).summary
     except Exception as exc:  # a failed run is a row, not a lost sweep
         return _failed_row(point, exc)
-    return {**_base_row(point), "status": "ok", **metrics(summary)}
+    return {**_base_row(point), "status": "ok", **metric_row(summary)}
 
 
 def _run_point_shipped(point: Point) -> tuple[dict[str, Any], dict[str, bytes]]:
@@ -276,52 +294,11 @@ def _run_point_shipped(point: Point) -> tuple[dict[str, Any], dict[str, bytes]]:
 
 
 def _publish_files(runs_dir: Path, run_name: str, files: dict[str, bytes]) -> None:
-    """Write a shipped run the way ``run_scenario`` does: hidden temp dir, then one rename."""
-    from sim.engine import publish
-
-    tmp = runs_dir / f".{run_name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    """Publish a shipped run the way ``run_scenario`` does (its manifest is among the files)."""
+    with staged(runs_dir / run_name, "run", tidy=False) as stage:
         for rel, data in files.items():
-            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            (tmp / rel).write_bytes(data)
-        publish(tmp, runs_dir / run_name)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def metrics(summary: dict[str, Any]) -> dict[str, Any]:
-    """The summary numbers a sweep table carries, flattened."""
-    vms = summary["vms"]
-    faults = {k: sum(v["faults"][k] for v in vms) for k in vms[0]["faults"]}
-    stall = sum(v["stall_ns"] for v in vms)
-    run = sum(v["stall_ns"] + v["compute_ns"] for v in vms)
-    h = summary["host"]
-    sim_s = summary["sim_time_ns"] / 1e9
-    out = {
-        "policy": summary["policy"],
-        # guest RAM / host memory, so sweeps over either axis group the same way
-        "overcommit": round(sum(v["memory_pages"] for v in vms) / h["memory_pages"], 6),
-        "accesses": sum(v["accesses"] for v in vms),
-        **{f"faults_{k}": n for k, n in faults.items()},
-        "misses": faults["first_touch"] + faults["major"],
-        "major_faults_per_s": faults["major"] / sim_s if sim_s else 0.0,
-        "refaults": sum(v["refaults"] for v in vms),
-        "stall_fraction": stall / run if run else 0.0,
-        "pswpin": h["pswpin"],
-        "pswpout": h["pswpout"],
-        "tlb_flushes": h["tlb_flushes"],
-        "notifier_calls": sum(h["notifier"].values()),
-        "oom_kills": len(h["oom_kills"]),
-        "sim_time_ns": summary["sim_time_ns"],
-        "wall_s": summary["wall_s"],
-    }
-    q = summary.get("quality")
-    if q:
-        out.update({k: q[k] for k in ("opt_faults", "lru_faults", "opt_gap", "lru_gap")})
-    return out
+            (stage.tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (stage.tmp / rel).write_bytes(data)
 
 
 WALL_CLOCK_COLUMNS = ("status", "wall_s", "error", "traceback")
@@ -330,55 +307,135 @@ WALL_CLOCK_COLUMNS = ("status", "wall_s", "error", "traceback")
 
 
 @contextlib.contextmanager
-def _sweep_lock(target: Path) -> Iterator[None]:
-    """Hold ``target/.lock`` while a sweep runs: the stale-temp-dir cleanup must not delete the
-    temp dirs of another live sweep. The kernel drops the lock when the process dies."""
+def _sweep_lock(target: Path) -> Iterator[int]:
+    """Hold ``target/.lock`` while a sweep runs; yields its file descriptor.
+
+    An advisory ``flock`` that only this process holds (pool workers close the copy they
+    inherit), so the kernel drops it when this process dies, however it dies. The file holds
+    the holder's PID and host name while held and is emptied on release, so a PID found in a
+    lock that can be taken is a sweep that was killed: that is said on stderr, and the sweep
+    goes on.
+    """
     import fcntl
 
-    with open(target / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UserError(
-                f"{target}: another sweep is running in this directory; wait for it to finish "
-                "or give a different --out"
-            ) from None
-        yield
-
-
-def _clean_stale(runs_dir: Path) -> None:
-    """Remove what a killed sweep leaves: hidden temp dirs of unfinished runs, and old copies
-    ``publish`` had moved aside. Neither is ever mistaken for a run (hidden names)."""
-    for stale in [*runs_dir.glob(".*.tmp-*"), *runs_dir.glob(".*.old-*")]:
-        shutil.rmtree(stale, ignore_errors=True)
-    for stale in runs_dir.parent.glob(".runs.parquet.tmp-*"):
-        stale.unlink(missing_ok=True)
-
-
-def _pool_worker(point: Point, runs_dir: Path) -> dict[str, Any]:
-    """Process-pool task: on Ctrl-C (SIGINT reaches the whole process group) leave at once,
-    after ``run_scenario`` removed its temp dir, instead of starting the runs already queued
-    to this worker."""
+    path = target / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        return _run_point(point, runs_dir)
-    except KeyboardInterrupt:
-        os._exit(130)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(_busy(target, path, _lock_holder(fd))) from None
+        stale = _lock_holder(fd)
+        if stale is not None:
+            where = "" if stale[1] == socket.gethostname() else f" on {stale[1]}"
+            print(f"removed stale lock of dead sweep PID {stale[0]}{where}", file=sys.stderr)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        try:
+            yield fd
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)
 
 
-def _pool_rows(points: list[Point], runs_dir: Path, workers: int) -> Iterator[dict[str, Any]]:
-    """Rows from a local process pool, as runs finish."""
+def _lock_holder(fd: int) -> tuple[int, str] | None:
+    """The PID and host written in a lock file, or None if it is empty or unreadable."""
+    text = os.pread(fd, 4096, 0).decode(errors="replace").split()
+    if len(text) < 2 or not text[0].isdigit():
+        return None
+    return int(text[0]), text[1]
+
+
+def _busy(target: Path, path: Path, holder: tuple[int, str] | None) -> str:
+    """Why the lock cannot be taken, and what to do about it."""
+    if holder is not None and holder[1] == socket.gethostname() and not pid_alive(holder[0]):
+        left = _lock_holders(path)
+        pids = ", ".join(map(str, left)) or "unknown"
+        return (
+            f"{target}: the lock of dead sweep PID {holder[0]} is still held by processes it "
+            f"left running (PIDs {pids}); stop them, then run again"
+        )
+    who = f" (PID {holder[0]} on {holder[1]})" if holder is not None else ""
+    return (
+        f"{target}: another sweep{who} is running in this directory; wait for it to finish "
+        "or give a different --out"
+    )
+
+
+def _lock_holders(path: Path) -> list[int]:
+    """PIDs of the processes with the lock file open (Linux ``/proc``; empty elsewhere)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return []
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    s = fd.stat()
+                    if (s.st_dev, s.st_ino) == (st.st_dev, st.st_ino):
+                        pids.append(int(proc.name))
+                        break
+    return sorted(pids)
+
+
+def _init_worker(parent_pid: int, lock_fd: int, lock_id: tuple[int, int]) -> None:
+    """Pool worker start: die with the sweep, close the inherited copy of its lock (which
+    would otherwise keep the lock held after the sweep died), and leave signals to it (Ctrl-C
+    reaches the whole process group; the sweep stops its workers itself)."""
+    die_with_parent(parent_pid)
+    with contextlib.suppress(OSError):
+        st = os.fstat(lock_fd)
+        if (st.st_dev, st.st_ino) == lock_id:
+            os.close(lock_fd)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_DFL)
+
+
+def _pool_rows(
+    points: list[Point], runs_dir: Path, workers: int, lock_fd: int
+) -> Iterator[dict[str, Any]]:
+    """Rows from a local process pool, as runs finish. On an interrupt (or when the consumer
+    stops early) the workers are killed at once; their temp dirs are the caller's to clean."""
+    import multiprocessing
+
     import sim.engine  # noqa: F401  (forked workers inherit it instead of each importing it)
 
-    pool = ProcessPoolExecutor(max_workers=workers)
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else None)
+    st = os.fstat(lock_fd)
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=ctx,
+        initializer=_init_worker,
+        initargs=(os.getpid(), lock_fd, (st.st_dev, st.st_ino)),
+    )
     try:
-        futures = {pool.submit(_pool_worker, p, runs_dir): p for p in points}
+        futures = {pool.submit(_run_point, p, runs_dir): p for p in points}
         for fut in as_completed(futures):
             try:
                 yield fut.result()
             except Exception as exc:  # a worker died (e.g. OOM-killed): that run failed
                 yield _failed_row(futures[fut], exc)
-    finally:  # on Ctrl-C, do not start the queued runs
+    except BaseException:  # interrupted, or closed early: do not wait for the running runs
+        _kill_workers(pool)
+        raise
+    finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """SIGKILL every worker of ``pool`` and wait until they are gone."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.kill()
+    for p in procs:
+        with contextlib.suppress(Exception):
+            p.join(10)
 
 
 def _dask_rows(
@@ -433,23 +490,23 @@ def run_points(
     workers: int | None = None,
     progress: Callable[[int, int, int], None] | None = None,
     dask: str | None = None,
+    kind: str = "sweep",
 ) -> pd.DataFrame:
     """Run points into ``target/runs/`` (skipping finished ones); write and return ``runs.parquet``.
 
-    The engine under both ``memsim sweep`` and ``memsim plan``: rows come back in point order
-    whatever order the workers finish in. Runs go to a local process pool of ``workers``
-    (serially in this process with 1), or with ``dask`` to a Dask cluster: ``"local"`` starts a
-    LocalCluster of ``workers`` processes, anything else is a scheduler address. Points with the
-    same resolved config run once. ``progress(done, total, failed)`` is called once after the
-    cache scan (``done`` = runs already finished) and after every run.
+    The engine under both ``memsim sweep`` and ``memsim plan`` (``kind``): rows come back in
+    point order whatever order the workers finish in. Runs go to a local process pool of
+    ``workers`` (serially in this process with 1), or with ``dask`` to a Dask cluster:
+    ``"local"`` starts a LocalCluster of ``workers`` processes, anything else is a scheduler
+    address. Points with the same resolved config run once. ``progress(done, total, failed)``
+    is called once after the cache scan (``done`` = runs already finished) and after every run.
+    ``target`` must be new, empty, or an earlier directory of this kind (``sim.results.claim``).
     """
-    created = not target.exists()
+    target, state = claim(target, kind)
     try:
         return _run_points(points, target, workers, progress, dask)
     except UserError:  # bad input (e.g. an unreachable scheduler): leave no empty directory
-        runs = target / "runs"
-        if created and not any(p for p in runs.glob("*") if not p.name.startswith(".")):
-            shutil.rmtree(target, ignore_errors=True)
+        release(target, state)
         raise
 
 
@@ -462,9 +519,10 @@ def _run_points(
 ) -> pd.DataFrame:
     """``run_points`` once its arguments are settled."""
     runs_dir = target / "runs"
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    with _sweep_lock(target):
-        _clean_stale(runs_dir)
+    runs_dir.mkdir(exist_ok=True)
+    with _sweep_lock(target) as lock_fd:
+        clean_stale(runs_dir)  # what killed runs left; only dead processes' temporaries
+        clean_stale(target)
         rows: dict[int, dict[str, Any]] = {}  # position in points -> row
         same: dict[str, list[int]] = {}  # run name -> positions of its points (the first runs)
         for i, p in enumerate(points):
@@ -488,19 +546,23 @@ def _run_points(
             progress(len(rows), len(points), failed)
         n = max(1, min(len(todo), workers or os.cpu_count() or 1))
         if dask:
-            results: Iterable[dict[str, Any]] = _dask_rows(todo, runs_dir, dask, n)
+            source: Iterator[dict[str, Any]] = _dask_rows(todo, runs_dir, dask, n)
         elif n == 1:
-            results = (_run_point(p, runs_dir) for p in todo)
+            source = (_run_point(p, runs_dir) for p in todo)
         else:
-            results = _pool_rows(todo, runs_dir, n)
-        for row in results:
-            record(row)
-            if progress:
-                progress(len(rows), len(points), failed)
+            source = _pool_rows(todo, runs_dir, n, lock_fd)
+        try:
+            with contextlib.closing(source):
+                for row in source:
+                    record(row)
+                    if progress:
+                        progress(len(rows), len(points), failed)
+                    checkpoint()
+        except BaseException:  # interrupted: the stopped workers' temp dirs go too
+            clean_stale(runs_dir)
+            raise
         df = pd.DataFrame([rows[i] for i in sorted(rows)]).reset_index(drop=True)
-        tmp = target / f".runs.parquet.tmp-{os.getpid()}"
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, target / "runs.parquet")
+        write_atomic(target / "runs.parquet", lambda p: df.to_parquet(p, index=False))
     return df
 
 
@@ -514,5 +576,6 @@ def run_sweep(
 ) -> tuple[Path, pd.DataFrame]:
     """Run every point of a sweep file; returns the sweep directory and ``runs.parquet``."""
     name, points = load_sweep(path)
-    target = (out or Path("results") / name).resolve()
+    check_name(name, str(path))
+    target = check_resumable(out or Path("results") / name, "sweep")
     return target, run_points(points, target, workers=workers, progress=progress, dask=dask)

@@ -224,10 +224,11 @@ def test_interrupted_run_leaves_no_directory(tmp_path: Path) -> None:
 
 
 def test_rerun_replaces_the_old_result_atomically(tmp_path: Path) -> None:
-    run_scenario(tiny(duration_s=0.02), tmp_path / "res")
-    (tmp_path / "res" / "stale").write_text("x")
-    run_scenario(tiny(duration_s=0.02), tmp_path / "res")
-    assert not (tmp_path / "res" / "stale").exists()
+    first = run_scenario(tiny(duration_s=0.02), tmp_path / "res")
+    (tmp_path / "res" / "summary.json").write_text("{}")  # the old result, damaged
+    second = run_scenario(tiny(duration_s=0.02), tmp_path / "res")
+    assert json.loads((tmp_path / "res" / "summary.json").read_text()) == second.summary
+    assert first.outdir == second.outdir
     assert sorted(p.name for p in tmp_path.iterdir()) == ["res"]
 
 

@@ -110,7 +110,13 @@ def test_mrc_command_writes_table_and_figure(tmp_path: Path) -> None:
         ],
     )
     assert r.exit_code == 0, r.output
-    assert {p.name for p in out.iterdir()} == {"mrc.parquet", "mrc.png", "mrc.json"}
+    assert {p.name for p in out.iterdir()} == {
+        "mrc.parquet",
+        "mrc.png",
+        "mrc.json",
+        "manifest.json",
+    }
+    assert json.loads((out / "manifest.json").read_text())["memsim"]["kind"] == "mrc"
 
 
 def test_replay_with_overrides_uses_the_mechanism(tmp_path: Path) -> None:

@@ -222,12 +222,14 @@ def test_unreachable_scheduler_is_a_one_line_exit_2(tmp_path: Path) -> None:
     from sim.cli import main
 
     path = str(_small_sweep(tmp_path))
-    r = CliRunner().invoke(main, ["sweep", path, "--dask", "nonsense", "--out", str(tmp_path)])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = CliRunner().invoke(main, ["sweep", path, "--dask", "nonsense", "--out", str(empty)])
     assert r.exit_code == 2
     error = [line for line in r.output.splitlines() if line.startswith("error:")]
     assert len(error) == 1
     assert "--dask nonsense: cannot reach the scheduler" in error[0]
-    assert not list((tmp_path / "runs").iterdir())
+    assert not list(empty.iterdir())  # an empty directory is left empty
     fresh = tmp_path / "fresh"  # a directory the failed sweep created is not left behind
     r = CliRunner().invoke(main, ["sweep", path, "--dask", "nonsense", "--out", str(fresh)])
     assert r.exit_code == 2

@@ -1,0 +1,132 @@
+"""``sim.results``: the flat rows every table reads, manifests that say what a directory is,
+and names that are safe as directories."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from sim.cli import main
+from sim.config import Scenario
+from sim.engine import run_scenario
+from sim.results import (
+    NAME_PATTERN,
+    check_name,
+    host_row,
+    is_temp_name,
+    kind_of,
+    metric_row,
+    read_manifest,
+    temp_name,
+    vm_rows,
+)
+from sim.sweep import run_sweep
+from tests.conftest import TINY, tiny
+
+RUNS_COLUMNS = [
+    "policy",
+    "overcommit",
+    "accesses",
+    "faults_first_touch",
+    "faults_minor",
+    "faults_major",
+    "faults_access_tracking",
+    "misses",
+    "major_faults_per_s",
+    "refaults",
+    "stall_fraction",
+    "pswpin",
+    "pswpout",
+    "tlb_flushes",
+    "notifier_calls",
+    "oom_kills",
+    "sim_time_ns",
+    "wall_s",
+]
+
+
+def test_metric_row_is_the_runs_parquet_row(tmp_path: Path) -> None:
+    s = run_scenario(tiny(duration_s=0.05), None).summary
+    row = metric_row(s)
+    assert list(row) == RUNS_COLUMNS
+    assert row["faults_major"] == sum(v["faults"]["major"] for v in s["vms"])
+    assert row["notifier_calls"] == sum(s["host"]["notifier"].values())
+    assert row["misses"] == row["faults_first_touch"] + row["faults_major"]
+    demand = run_scenario(
+        tiny(duration_s=0.02, reclaim={"policy": "clock", "trigger": "demand"}), None
+    ).summary
+    assert list(metric_row(demand)) == [
+        *RUNS_COLUMNS,
+        "opt_faults",
+        "lru_faults",
+        "opt_gap",
+        "lru_gap",
+    ]
+
+
+def test_flat_rows_spell_nested_counters_with_prefixes() -> None:
+    s = run_scenario(tiny(duration_s=0.02), None).summary
+    vms = vm_rows(s)
+    assert [v["name"] for v in vms] == [v["name"] for v in s["vms"]]
+    assert vms[0]["faults_first_touch"] == s["vms"][0]["faults"]["first_touch"]
+    assert not [k for v in vms for k, x in v.items() if isinstance(x, dict)]
+    h = host_row(s)
+    assert h["notifier_clear_flush_young"] == s["host"]["notifier"]["clear_flush_young"]
+    assert h["swap_exhausted"] is s["host"]["swap"]["exhausted"]
+    assert h["wmark_low"] == s["host"]["wmark"]["low"]
+    assert h["oom_kills"] == s["host"]["oom_kills"]
+
+
+def test_the_cli_table_reads_the_flat_rows(tmp_path: Path) -> None:
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY, "duration_s": 0.02}))
+    r = CliRunner().invoke(main, ["run", str(cfg), "--out", str(tmp_path / "res")])
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "res" / "summary.json").read_text())
+    assert "vm0" in r.stdout
+    assert f"kswapd scanned {s['host']['kswapd_scanned']:,}" in r.stdout
+
+
+def test_sweep_rows_match_the_run_summaries(tmp_path: Path) -> None:
+    spec = {"base": {**TINY, "duration_s": 0.02}, "seeds": [1, 2]}
+    path = tmp_path / "sw.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out, df = run_sweep(path, tmp_path / "out", workers=1)
+    for row in pd.read_parquet(out / "runs.parquet").itertuples():
+        s = json.loads((out / "runs" / row.run / "summary.json").read_text())
+        assert {k: getattr(row, k) for k in RUNS_COLUMNS} == metric_row(s)
+
+
+def test_every_result_directory_says_what_it_is(tmp_path: Path) -> None:
+    run_scenario(tiny(duration_s=0.02), tmp_path / "run", command=["memsim", "run"])
+    m = read_manifest(tmp_path / "run")
+    assert m is not None
+    assert kind_of(m) == "run"
+    assert {"config_hash", "seed", "command", "versions", "platform", "started_unix"} <= set(m)
+    assert {"wall_s", "rows", "files"} <= set(m)
+    legacy = {k: v for k, v in m.items() if k not in ("memsim", "files")}
+    assert kind_of(legacy) == "run"  # written before manifests had the marker
+    assert kind_of({"name": "x"}) is None
+    assert kind_of({"memsim": {"kind": "nonsense"}}) is None
+
+
+def test_names_and_temporaries() -> None:
+    field = Scenario.model_fields["name"]
+    patterns = [getattr(m, "pattern", None) for m in field.metadata]
+    assert NAME_PATTERN in patterns  # the config and the results module agree
+    for bad in ["", ".", "..", "../x", "/x", "a/b", ".hidden", "x\n", "x" * 201]:
+        with pytest.raises(Exception, match="name"):
+            check_name(bad, "f.yaml")
+        assert not re.fullmatch(NAME_PATTERN, bad) or len(bad) > 200
+    assert check_name("sweep_overcommit-2.0", "f.yaml") == "sweep_overcommit-2.0"
+    t = temp_name("results")
+    assert is_temp_name(t)
+    assert not is_temp_name("results")
+    assert not is_temp_name(".results.tmp-123")  # the old pattern is nobody's business now
+    assert not re.fullmatch(NAME_PATTERN, t)  # no valid name is ever a temporary
