@@ -45,6 +45,8 @@ from sim.schema import Strict
 # --------------------------------------------------------------------------------------------
 # config
 
+MAX_PHASE_S = 4000.0  # no vCPU lives longer than the longest run
+
 
 class UniformConfig(Strict):
     """Every page of the working set is equally likely."""
@@ -83,7 +85,9 @@ SimpleWorkload = Annotated[
 class PhaseConfig(Strict):
     """One phase of a phased workload: a distribution over its own region for a while."""
 
-    duration_s: float = Field(gt=0.0, description="Length of the phase in the vCPU's own time.")
+    duration_s: float = Field(
+        gt=0.0, le=MAX_PHASE_S, description="Length of the phase in the vCPU's own time."
+    )
     workload: SimpleWorkload = Field(
         default_factory=ZipfConfig, description="Distribution during this phase."
     )
@@ -115,6 +119,7 @@ class TraceConfig(Strict):
     type: Literal["trace"] = "trace"
     path: str = Field(
         min_length=1,
+        max_length=4096,
         description="Trace file (gzip'd or not); relative paths resolve against the current "
         "working directory.",
     )
