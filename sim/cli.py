@@ -119,6 +119,26 @@ _set_option = click.option(
 )
 
 
+_seeds_option = click.option(
+    "--seeds",
+    metavar="LIST",
+    help="Replace the file's seeds: 1,2,3 or a range 1-5 (or both: 1-3,7).",
+)
+_max_memory_option = click.option(
+    "--max-memory",
+    metavar="SIZE",
+    help="Refuse work estimated to need more memory than this (e.g. 4G, 512M; "
+    "default: what the machine has available).",
+)
+
+
+def _memory_limit(max_memory: str | None) -> None:
+    """Apply ``--max-memory`` (raises a UserError for a bad size)."""
+    from sim.budget import parse_size, set_memory_limit
+
+    set_memory_limit(parse_size(max_memory) if max_memory is not None else None)
+
+
 @main.command()
 @click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
@@ -172,31 +192,43 @@ def run(
 @main.command()
 @click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
 @_set_option
-def validate(config: Path, overrides: tuple[str, ...]) -> None:
-    """Check CONFIG (a scenario, or a sweep or plan file: every point) without running it."""
+@_seeds_option
+@_max_memory_option
+def validate(
+    config: Path, overrides: tuple[str, ...], seeds: str | None, max_memory: str | None
+) -> None:
+    """Check CONFIG (a scenario, or a sweep or plan file: every point, with --set applied to
+    its base) without running it; every trace it names is opened and checked."""
+    from sim.checks import check_traces
     from sim.config import read_yaml
-    from sim.sweep import load_sweep
+    from sim.sweep import load_sweep, parse_seeds
 
     try:
-        if "search" in read_yaml(config) and not overrides:
+        _memory_limit(max_memory)
+        raw = read_yaml(config)
+        seed_list = parse_seeds(seeds) if seeds is not None else None
+        if "search" in raw:
             from sim.plan import load_plan
 
-            p = load_plan(config)
+            p = load_plan(config, list(overrides), seed_list)
             out_console.print(
                 f"ok: plan {p.name}: {len(p.values)} candidate(s) x {len(p.seeds)} seed(s), "
                 "all valid",
                 highlight=False,
             )
             return
-        if "base" in read_yaml(config) and not overrides:
-            name, points = load_sweep(config)
+        if "base" in raw:
+            name, points = load_sweep(config, list(overrides), seed_list)
             out_console.print(
                 f"ok: sweep {name}: {len(points)} point(s), all valid", highlight=False
             )
             return
+        if seed_list is not None:
+            raise UserError("--seeds: only for sweep and plan files; a scenario takes --set seed=N")
+        sc = load_scenario(config, list(overrides))
+        check_traces(sc, str(config), full=False)
     except UserError as exc:
         _fail(exc)
-    sc = _load(config, overrides, None)
     wm = sc.host.watermarks()
     unit = "" if sc.host.page_size_kib == 4 else f" of {sc.host.page_size_kib} KiB"
     out_console.print(
@@ -429,13 +461,27 @@ def mrc(
     type=click.Path(path_type=Path, file_okay=False),
     help="Sweep directory (default: results/<sweep name>/).",
 )
-def sweep(sweep_file: Path, workers: int | None, dask: str | None, out: Path | None) -> None:
+@_set_option
+@_seeds_option
+@_max_memory_option
+def sweep(
+    sweep_file: Path,
+    workers: int | None,
+    dask: str | None,
+    out: Path | None,
+    overrides: tuple[str, ...],
+    seeds: str | None,
+    max_memory: str | None,
+) -> None:
     """Run every point of SWEEP_FILE (base + grid/zip/random/variants/seeds); skip runs
-    already done, so an interrupted sweep resumes where it stopped."""
-    from sim.sweep import load_sweep, run_sweep
+    already done, so an interrupted sweep resumes where it stopped. --set changes the base
+    scenario, --seeds replaces the file's seeds."""
+    from sim.sweep import load_sweep, parse_seeds, run_sweep
 
     try:
-        name, points = load_sweep(sweep_file)
+        _memory_limit(max_memory)
+        seed_list = parse_seeds(seeds) if seeds is not None else None
+        name, points = load_sweep(sweep_file, list(overrides), seed_list)
     except UserError as exc:
         _fail(exc)
     err_console.print(f"{name}: {len(points)} run(s)", highlight=False)
@@ -460,7 +506,15 @@ def sweep(sweep_file: Path, workers: int | None, dask: str | None, out: Path | N
             bar.update(task, completed=done, failed=failed)
 
         try:
-            target, df = run_sweep(sweep_file, out, workers=workers, progress=progress, dask=dask)
+            target, df = run_sweep(
+                sweep_file,
+                out,
+                workers=workers,
+                progress=progress,
+                dask=dask,
+                overrides=list(overrides),
+                seeds=seed_list,
+            )
         except UserError as exc:
             _fail(exc)
         except KeyboardInterrupt:
@@ -515,12 +569,27 @@ def _cell(v: Any) -> str:
     type=click.Path(path_type=Path, file_okay=False),
     help="Plan directory (default: results/<plan name>/).",
 )
-def plan(plan_file: Path, workers: int | None, dask: str | None, out: Path | None) -> None:
-    """Find how many VMs fit (or how little memory, how much overcommit) under PLAN_FILE's SLO."""
+@_set_option
+@_seeds_option
+@_max_memory_option
+def plan(
+    plan_file: Path,
+    workers: int | None,
+    dask: str | None,
+    out: Path | None,
+    overrides: tuple[str, ...],
+    seeds: str | None,
+    max_memory: str | None,
+) -> None:
+    """Find how many VMs fit (or how little memory, how much overcommit) under PLAN_FILE's SLO.
+    --set changes the base scenario, --seeds replaces the plan's seeds."""
     from sim.plan import PlanError, fmt_value, load_plan, search, write_plan
+    from sim.sweep import parse_seeds
 
     try:
-        p = load_plan(plan_file)
+        _memory_limit(max_memory)
+        seed_list = parse_seeds(seeds) if seeds is not None else None
+        p = load_plan(plan_file, list(overrides), seed_list)
     except UserError as exc:
         _fail(exc)
     target = (out or Path("results") / p.name).resolve()

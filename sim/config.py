@@ -11,6 +11,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,11 +20,11 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from sim.costs import CostsConfig
-from sim.errors import SHOWN_CHARS, ConfigError, clip, shown, shown_path
+from sim.errors import SHOWN_CHARS, ConfigError, UserError, clip, shown, shown_path
 from sim.guest.workloads import PhasesConfig, TraceConfig, WorkloadConfig, ZipfConfig
 from sim.host.memory import Watermarks, setup_per_zone_wmarks
 from sim.host.swap import SwapConfig
-from sim.inputs import load_yaml, read_yaml_file
+from sim.inputs import load_yaml, open_regular, read_yaml_file
 from sim.reclaim import DEFAULT_RECLAIM, ReclaimConfig
 from sim.schema import Strict
 
@@ -292,11 +294,18 @@ class Scenario(Strict):
 
     def config_hash(self) -> str:
         """Short hash of the resolved config and the contents of the trace files it reads
-        (names result directories, so a sweep never reuses a run made from another trace)."""
-        blob = json.dumps(
-            {"config": self.model_dump(mode="json"), "traces": self.trace_digests()},
-            sort_keys=True,
-        ).encode()
+        (names result directories, so a sweep never reuses a run made from another trace).
+
+        A trace enters the hash by its contents, not its path: the same config replaying the
+        same file gives the same hash wherever the file (or the checkout) lies, so sweeps
+        resume and ``--dask`` workers agree, and a file rewritten in place gives another.
+        """
+        config = self.model_dump(mode="json")
+        for vm in config["vms"]:
+            if vm["workload"]["type"] == "trace":
+                vm["workload"]["path"] = "sha256:" + file_digest(Path(vm["workload"]["path"]))
+        # "traces" stays in the blob (empty) so configs without traces keep their hashes
+        blob = json.dumps({"config": config, "traces": {}}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
 
     def trace_digests(self) -> dict[str, str]:
@@ -316,19 +325,50 @@ _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
 def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes, cached per (path, size, mtime) for the life of the process."""
+    """SHA-256 of a file's bytes, cached per (path, size, mtime) for the life of the process
+    (``missing`` if it is not a readable regular file)."""
     try:
         st = path.stat()
-    except OSError:
+    except (OSError, ValueError):
+        return "missing"
+    if not stat.S_ISREG(st.st_mode):
         return "missing"
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
         h = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        try:
+            with open_regular(path) as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        except UserError:
+            return "missing"
         _DIGESTS[key] = h.hexdigest()
     return _DIGESTS[key]
+
+
+def resolve_paths(raw: Any, base: Path) -> Any:
+    """Make the relative file paths of a raw scenario absolute, against ``base``: the
+    directory of the file that names them (the current directory for ``--set``).
+
+    Paths already absolute (and ``~`` paths, expanded) are kept; only trace workloads name
+    files. Called on each source as it is read, so every path is taken relative to the file
+    that names it, whatever file later includes or overrides it.
+    """
+    vms = raw.get("vms") if isinstance(raw, dict) else None
+    for vm in vms if isinstance(vms, list) else []:
+        wl = vm.get("workload") if isinstance(vm, dict) else None
+        if isinstance(wl, dict) and wl.get("type") == "trace":
+            wl["path"] = resolve_path(wl.get("path"), base)
+    return raw
+
+
+def resolve_path(path: Any, base: Path) -> Any:
+    """``path`` against ``base`` if it is a relative path string; anything else unchanged
+    (the model then says what is wrong with it)."""
+    if not isinstance(path, str) or not path or "\0" in path:
+        return path
+    full = os.path.join(os.path.abspath(base), os.path.expanduser(path))
+    return os.path.normpath(full)
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,18 +385,22 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _strip_tags(loc: tuple[Any, ...], raw: Any) -> tuple[Any, ...]:
+def _strip_tags(loc: tuple[Any, ...], raw: Any, missing: bool = False) -> tuple[Any, ...]:
     """Drop the union tags pydantic puts in error paths (``workload.zipf.alpha`` ->
-    ``workload.alpha``): a string part the raw data has no key for, followed by one it has."""
+    ``workload.alpha``): a string part the raw data has no key for (unless it is the last
+    part of a ``missing`` error, which names the absent key), or a string part under a list
+    or scalar (which has no keys at all)."""
     out: list[Any] = []
     data = raw
     for i, part in enumerate(loc):
         if isinstance(part, int):
             data = data[part] if isinstance(data, list) and part < len(data) else None
-        elif isinstance(data, dict) and part not in data and i + 1 < len(loc):
+        elif isinstance(data, dict):
+            if part not in data and (i + 1 < len(loc) or not missing):
+                continue
+            data = data.get(part)
+        elif data is not None:
             continue
-        else:
-            data = data.get(part) if isinstance(data, dict) else None
         out.append(part)
     return tuple(out)
 
@@ -387,12 +431,13 @@ def _resolve(ann: Any, data: Any) -> Any:
     origin = typing.get_origin(ann)
     if origin is typing.Annotated:
         return _resolve(typing.get_args(ann)[0], data)
-    if origin in (list,):
+    if origin is list:
         return _resolve(typing.get_args(ann)[0], None)
+    if origin is dict:
+        return _resolve(typing.get_args(ann)[1], None)
     if origin in (typing.Union, __import__("types").UnionType):
-        models = [
-            a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)
-        ]
+        args = [_resolve(a, data) for a in typing.get_args(ann)]
+        models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
         for m in models:
             tag = next((f for f in ("type", "policy") if f in m.model_fields), None)
             if tag and isinstance(data, dict) and data.get(tag) == m.model_fields[tag].default:
@@ -440,13 +485,15 @@ def format_validation_error(
     errors = err.errors()
     e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])  # typos first
     loc = tuple(e["loc"])
-    where = clip(_loc(_strip_tags(loc, raw)) or "(top level)", 2 * SHOWN_CHARS)
+    where = clip(
+        _loc(_strip_tags(loc, raw, e["type"] == "missing")) or "(top level)", 2 * SHOWN_CHARS
+    )
     if e["type"] == "extra_forbidden":
         parent = _model_at(model or Scenario, loc[:-1], raw)
         key = str(loc[-1])
         hint = ""
         if parent is not None:
-            valid = sorted(parent.model_fields)
+            valid = sorted(f.alias or n for n, f in parent.model_fields.items())
             close = difflib.get_close_matches(key, valid, n=1)
             hint = (
                 f"; did you mean '{close[0]}'?" if close else ""
@@ -539,11 +586,15 @@ def parse_scenario(raw: dict[str, Any], source: str = "config") -> Scenario:
 def load_scenario(
     path: Path, overrides: list[str] | None = None, seed: int | None = None
 ) -> Scenario:
-    """Load a scenario file, apply ``--set`` overrides and ``--seed``, validate."""
-    raw = read_yaml(path)
+    """Load a scenario file, apply ``--set`` overrides and ``--seed``, validate.
+
+    Trace paths in the file are relative to its directory; those given with ``--set`` to the
+    current directory.
+    """
+    raw = resolve_paths(read_yaml(path), path.parent)
     raw.setdefault("name", path.stem)
     if overrides:
-        raw = apply_overrides(raw, overrides)
+        raw = resolve_paths(apply_overrides(raw, overrides), Path.cwd())
     if seed is not None:
         raw["seed"] = seed
-    return parse_scenario(raw, str(path))
+    return parse_scenario(raw, shown_path(path))

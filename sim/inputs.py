@@ -42,6 +42,8 @@ def open_regular(path: str | Path, error: type[UserError] = ConfigError) -> IO[b
         fd = os.open(path, flags)
     except OSError as exc:
         raise error(f"{shown_path(path)}: cannot read: {exc.strerror or exc}") from None
+    except ValueError:  # a NUL byte in the name
+        raise error(f"{shown_path(path)}: cannot read: not a valid file name") from None
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):

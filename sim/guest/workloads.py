@@ -120,8 +120,9 @@ class TraceConfig(Strict):
     path: str = Field(
         min_length=1,
         max_length=4096,
-        description="Trace file (gzip'd or not); relative paths resolve against the current "
-        "working directory.",
+        description="Trace file (gzip'd or not); a relative path is relative to the directory of "
+        "the file that names it (the current directory for --set); config.yaml records it "
+        "resolved.",
     )
     format: Literal["auto", "lackey", "csv", "npy", "parquet"] = Field(
         "auto",
