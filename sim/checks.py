@@ -7,6 +7,9 @@ the distinct pages it touches fit the VM's memory and that its ``vcpu`` column f
 vCPUs (on what was read, if the trace is longer). ``run`` and ``replay`` load each trace
 whole before they start (the same load the run then uses), so a trace the check could only
 sample fails there with the same one-line error, before any result is written.
+
+Then memory: :func:`prepare_run` and :func:`check_points_memory` refuse work whose estimate
+(:mod:`sim.budget`) exceeds what the machine has (or ``--max-memory``), before allocating.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sim.budget import Estimate, check_fits, estimate_run
 from sim.config import Scenario
 from sim.errors import TraceError
 from sim.guest.traces import CHECK_BYTES, read_trace
@@ -110,3 +114,35 @@ def check_traces(
                 )
         out[cfg.path] = facts
     return out
+
+
+def prepare_run(sc: Scenario, source: str) -> Estimate:
+    """Before a run starts: load and check every trace whole (the run reuses the load), then
+    refuse the run if its memory estimate exceeds the limit. Returns the estimate."""
+    facts = check_traces(sc, source, full=True)
+    est = estimate_run(sc, {path: f.accesses for path, f in facts.items()})
+    check_fits(est, f"{source}: this run")
+    return est
+
+
+def check_points_memory(scenarios: list[Scenario], parallel: int, source: str) -> Estimate:
+    """Refuse a sweep or plan whose largest run, times the runs it has in flight at once,
+    exceeds the memory limit (traces measured by the bounded check). Returns the estimate of
+    one run at its largest."""
+    cache: Cache = {}
+    worst: Estimate | None = None
+    seen: set[str] = set()
+    for sc in scenarios:
+        key = sc.model_dump_json()
+        if key in seen:
+            continue
+        seen.add(key)
+        facts = check_traces(sc, source, full=False, cache=cache)
+        est = estimate_run(sc, {path: f.accesses for path, f in facts.items()})
+        if worst is None or est.total > worst.total:
+            worst = est
+    assert worst is not None
+    check_fits(worst, f"{source}: its largest run")
+    if parallel > 1:
+        check_fits(worst.times(parallel), f"{source}: running {parallel} runs at once")
+    return worst

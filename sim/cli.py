@@ -6,6 +6,7 @@ exit with code 2, and no result directory is written; results are published atom
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -149,13 +150,25 @@ def _memory_limit(max_memory: str | None) -> None:
 @click.option("--seed", type=click.IntRange(min=0), help="Override the config's seed.")
 @_set_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
+@_max_memory_option
 def run(
-    config: Path, out: Path | None, seed: int | None, overrides: tuple[str, ...], quiet: bool
+    config: Path,
+    out: Path | None,
+    seed: int | None,
+    overrides: tuple[str, ...],
+    quiet: bool,
+    max_memory: str | None,
 ) -> None:
     """Run the scenario in CONFIG and write its results."""
+    from sim.checks import prepare_run
     from sim.engine import default_outdir, run_scenario
 
     sc = _load(config, overrides, seed)
+    try:
+        _memory_limit(max_memory)
+        prepare_run(sc, str(config))
+    except UserError as exc:
+        _fail(exc)
     target = out if out is not None else default_outdir(sc)
     if not quiet:
         err_console.print(describe(sc), highlight=False)
@@ -199,7 +212,8 @@ def validate(
 ) -> None:
     """Check CONFIG (a scenario, or a sweep or plan file: every point, with --set applied to
     its base) without running it; every trace it names is opened and checked."""
-    from sim.checks import check_traces
+    from sim.budget import fmt_bytes
+    from sim.checks import check_points_memory
     from sim.config import read_yaml
     from sim.sweep import load_sweep, parse_seeds
 
@@ -211,32 +225,40 @@ def validate(
             from sim.plan import load_plan
 
             p = load_plan(config, list(overrides), seed_list)
+            scenarios = [p.scenario(v, p.seeds[0]) for v in p.values]
+            est = check_points_memory(scenarios, 1, str(config))
             out_console.print(
                 f"ok: plan {p.name}: {len(p.values)} candidate(s) x {len(p.seeds)} seed(s), "
-                "all valid",
+                f"all valid; largest run about {fmt_bytes(est.total)} of memory",
                 highlight=False,
             )
             return
         if "base" in raw:
             name, points = load_sweep(config, list(overrides), seed_list)
+            est = check_points_memory([pt.scenario for pt in points], 1, str(config))
             out_console.print(
-                f"ok: sweep {name}: {len(points)} point(s), all valid", highlight=False
+                f"ok: sweep {name}: {len(points)} point(s), all valid; largest run about "
+                f"{fmt_bytes(est.total)} of memory",
+                highlight=False,
             )
             return
         if seed_list is not None:
             raise UserError("--seeds: only for sweep and plan files; a scenario takes --set seed=N")
         sc = load_scenario(config, list(overrides))
-        check_traces(sc, str(config), full=False)
+        est = check_points_memory([sc], 1, str(config))
     except UserError as exc:
         _fail(exc)
     wm = sc.host.watermarks()
     unit = "" if sc.host.page_size_kib == 4 else f" of {sc.host.page_size_kib} KiB"
     out_console.print(
         f"ok: {describe(sc)}; watermarks min/low/high = "
-        f"{wm.min}/{wm.low}/{wm.high} pages{unit}; config hash {sc.config_hash()}",
+        f"{wm.min}/{wm.low}/{wm.high} pages{unit}; config hash {sc.config_hash()}; "
+        f"memory about {fmt_bytes(est.total)}",
         highlight=False,
     )
 
+
+FAST_POLICIES = ("lru", "opt", "fifo", "clock")  # sim.replay.FAST, without importing numba
 
 _trace_options = [
     click.option(
@@ -267,9 +289,24 @@ def _trace_opts(fn: Any) -> Any:
 
 
 def _load_trace(path: Path, fmt: str, page_size: int, instructions: bool) -> Any:
-    from sim.guest.traces import read_trace
+    """Read a trace named on the command line, refusing trace options its format ignores."""
+    from click.core import ParameterSource
 
+    from sim.guest.traces import detect_format, read_trace
+
+    actual = detect_format(path) if fmt == "auto" else fmt
+    given = click.get_current_context().get_parameter_source("page_size")
     try:
+        if instructions and actual != "lackey":
+            raise UserError(
+                f"--instructions: only lackey traces have instruction fetches; {path.name} "
+                f"is read as {actual} (--format)"
+            )
+        if given is ParameterSource.COMMANDLINE and actual == "npy":
+            raise UserError(
+                f"--page-size: a .npy trace holds page numbers, not addresses, so there is "
+                f"nothing to cut into pages; drop --page-size for {path.name}"
+            )
         return read_trace(
             path, fmt=None if fmt == "auto" else fmt, page_size=page_size, instructions=instructions
         )
@@ -301,6 +338,7 @@ def _load_trace(path: Path, fmt: str, page_size: int, instructions: bool) -> Any
 )
 @_set_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@_max_memory_option
 def replay(
     trace: Path,
     frames: int,
@@ -311,14 +349,25 @@ def replay(
     engine: str,
     overrides: tuple[str, ...],
     as_json: bool,
+    max_memory: str | None,
 ) -> None:
-    """Replay TRACE in demand mode with N frames and print the fault counts."""
+    """Replay TRACE in demand mode with N frames and print the fault counts. --set changes
+    kvm.*, reclaim.* (not the policy: that is --policy) and seed, with --engine general."""
     import json
 
+    from sim.budget import check_fits, estimate_replay
     from sim.replay import replay as do_replay
 
+    try:
+        _memory_limit(max_memory)
+    except UserError as exc:
+        _fail(exc)
     t = _load_trace(trace, fmt, page_size, instructions)
     try:
+        fast = engine == "fast" or (engine == "auto" and not overrides and policy in FAST_POLICIES)
+        n = len(t.pages)
+        est = estimate_replay(n, n, frames, "fast" if fast else "general")
+        check_fits(est, f"replay of {trace.name} ({n:,} accesses, {frames:,} frames)")
         r = do_replay(
             t.pages,
             t.writes,
@@ -388,6 +437,16 @@ def mrc(
     from sim.replay import mrc as do_mrc
 
     names = [p.strip() for p in policies.split(",") if p.strip()]
+    ctx = click.get_current_context()
+    if not [p for p in names if p != "lru"]:
+        for opt, param in (("--sizes", "sizes"), ("--engine", "engine")):
+            if ctx.get_parameter_source(param) is click.core.ParameterSource.COMMANDLINE:
+                _fail(
+                    UserError(
+                        f"{opt}: only for the policies besides lru (exact LRU is computed at "
+                        "every size in one pass); add some with --policies or drop it"
+                    )
+                )
     unknown = [p for p in names if p not in policy_names()]
     if unknown:
         _fail(
@@ -476,12 +535,16 @@ def sweep(
     """Run every point of SWEEP_FILE (base + grid/zip/random/variants/seeds); skip runs
     already done, so an interrupted sweep resumes where it stopped. --set changes the base
     scenario, --seeds replaces the file's seeds."""
+    from sim.checks import check_points_memory
     from sim.sweep import load_sweep, parse_seeds, run_sweep
 
     try:
         _memory_limit(max_memory)
         seed_list = parse_seeds(seeds) if seeds is not None else None
         name, points = load_sweep(sweep_file, list(overrides), seed_list)
+        if dask is None or dask == "local":  # remote workers have their own memory
+            parallel = min(len(points), workers or os.cpu_count() or 1)
+            check_points_memory([p.scenario for p in points], parallel, str(sweep_file))
     except UserError as exc:
         _fail(exc)
     err_console.print(f"{name}: {len(points)} run(s)", highlight=False)
@@ -583,6 +646,7 @@ def plan(
 ) -> None:
     """Find how many VMs fit (or how little memory, how much overcommit) under PLAN_FILE's SLO.
     --set changes the base scenario, --seeds replaces the plan's seeds."""
+    from sim.checks import check_points_memory
     from sim.plan import PlanError, fmt_value, load_plan, search, write_plan
     from sim.sweep import parse_seeds
 
@@ -590,6 +654,10 @@ def plan(
         _memory_limit(max_memory)
         seed_list = parse_seeds(seeds) if seeds is not None else None
         p = load_plan(plan_file, list(overrides), seed_list)
+        if dask is None or dask == "local":
+            parallel = min(len(p.values) * len(p.seeds), workers or os.cpu_count() or 1)
+            scenarios = [p.scenario(v, p.seeds[0]) for v in p.values]
+            check_points_memory(scenarios, parallel, str(plan_file))
     except UserError as exc:
         _fail(exc)
     target = (out or Path("results") / p.name).resolve()

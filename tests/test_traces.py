@@ -698,7 +698,9 @@ def test_cli_trace_too_big_for_the_vm(tmp_path: Path) -> None:
     cfg = _scenario(tmp_path, trace)
     r = CliRunner().invoke(main, ["run", str(cfg), "--out", str(tmp_path / "res"), "-q"])
     assert r.exit_code == 2, r.output
-    assert "5000 distinct pages but the VM has 2048; raise memory_mib to at least 20" in r.output
+    assert "5,000 distinct pages but the VM has 2,048; raise vms[0].memory_mib to at least 20" in (
+        r.output
+    )
     assert not (tmp_path / "res").exists()
 
 
