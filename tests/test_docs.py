@@ -53,3 +53,26 @@ def test_missing_values_are_nulls_not_nan(tmp_path: Path) -> None:
         col = ev.column(name)
         if pa.types.is_floating(col.type):
             assert not pa.compute.any(pa.compute.is_nan(col)).as_py(), name
+
+
+def _yaml_blocks(text: str) -> list[str]:
+    return [b.split("\n```")[0] + "\n" for b in text.split("```yaml\n")[1:]]
+
+
+def test_every_yaml_snippet_is_a_committed_file_that_validates() -> None:
+    """The README shows files, not prose YAML: each block equals a file under configs/ or
+    docs/examples/, and memsim validate accepts that file."""
+    from click.testing import CliRunner
+
+    from sim.cli import main
+
+    root = README.parent
+    files = {p: p.read_text() for d in ("configs", "docs/examples") for p in (root / d).glob("*")}
+    blocks = _yaml_blocks(README.read_text())
+    assert len(blocks) >= 2
+    for block in blocks:
+        same = [p for p, text in files.items() if text == block]
+        assert same, f"a README yaml block is no committed file:\n{block[:200]}"
+        r = CliRunner().invoke(main, ["validate", str(same[0])])
+        assert r.exit_code == 0, (same[0], r.output)
+        assert f"`{same[0].relative_to(root)}`" in README.read_text()  # the README names it
