@@ -258,6 +258,7 @@ def validate(
     )
 
 
+MAX_MRC_SIZES = 1000  # replays per policy; exact LRU has every size anyway
 FAST_POLICIES = ("lru", "opt", "fifo", "clock")  # sim.replay.FAST, without importing numba
 
 _trace_options = [
@@ -461,6 +462,8 @@ def mrc(
         _fail(UserError(f"--sizes {sizes!r}: expected comma-separated integers, e.g. 100,200"))
     if size_list is not None and min(size_list) < 1:
         _fail(UserError("--sizes: every size must be at least 1"))
+    if size_list is not None and len(size_list) > MAX_MRC_SIZES:
+        _fail(UserError(f"--sizes: {len(size_list):,} sizes; at most {MAX_MRC_SIZES:,}"))
     t = _load_trace(trace, fmt, page_size, instructions)
     try:
         table = do_mrc(t.pages, t.writes, policies=names, sizes=size_list, engine=engine)

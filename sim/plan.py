@@ -60,6 +60,7 @@ from sim.sweep import (
     Point,
     Seed,
     _base_is_file_or_mapping,
+    _not_dots,
     apply_base_overrides,
     check_points,
     load_base,
@@ -136,6 +137,7 @@ class PlanSpec(Strict):
     """A plan file (module docstring)."""
 
     name: str | None = Field(None, pattern=NAME_PATTERN, max_length=128)
+    _name = field_validator("name")(_not_dots)
     base: str | dict[str, Any]
     profile: dict[str, Any] | None = None
     mix: list[MixItem] | None = Field(None, min_length=1, max_length=MAX_VMS)
@@ -226,8 +228,13 @@ def fmt_value(v: float) -> str:
 
 def split(n: int, mix: list[tuple[dict[str, Any], float]]) -> list[int]:
     """Split ``n`` VMs over the mix by weight: largest remainder, ties to the earlier entry."""
-    total = sum(w for _, w in mix)
-    quotas = [n * w / total for _, w in mix]
+    weights = [w for _, w in mix]
+    total = sum(weights)
+    if not math.isfinite(total):  # weights near the float maximum: compare them scaled down
+        top = max(weights)
+        weights = [w / top for w in weights]
+        total = sum(weights)
+    quotas = [n * w / total for w in weights]
     counts = [math.floor(q) for q in quotas]
     order = sorted(range(len(mix)), key=lambda i: (-(quotas[i] - counts[i]), i))
     for i in order[: n - sum(counts)]:

@@ -148,10 +148,17 @@ def _overlap(a: str, b: str) -> bool:
     return a == b or a.startswith(b + ".") or b.startswith(a + ".")
 
 
+def _not_dots(v: str | None) -> str | None:
+    if v is not None and set(v) == {"."}:
+        raise ValueError("a name of dots only would be a directory outside results/")
+    return v
+
+
 class SweepSpec(Strict):
     """A sweep file: one base scenario and the axes and variants that vary it."""
 
     name: str | None = Field(None, pattern=NAME_PATTERN, max_length=128)
+    _name = field_validator("name")(_not_dots)
     base: str | dict[str, Any]
     grid: dict[str, Values] = Field(default_factory=dict)
     zip: dict[str, Values] = Field(default_factory=dict)
@@ -169,6 +176,13 @@ class SweepSpec(Strict):
             raise ValueError(f"zip: lists must have equal lengths ({shown_lengths}); fix the lists")
         for axis, keys in self.axes().items():
             _check_keys(axis, keys)
+        sets = [(f"variants[{i}].set", k) for i, v in enumerate(self.variants) for k in v.set]
+        for where, k in [(a, k) for a, ks in self.axes().items() for k in ks] + sets:
+            if _overlap(k, "seed"):
+                raise ValueError(
+                    f"{where}: {clip(k)}: every run's seed comes from seeds (or --seeds), "
+                    "which would replace it; list the seeds there"
+                )
         seen: dict[str, str] = {}
         for axis, keys in self.axes().items():
             for k in keys:

@@ -187,3 +187,15 @@ def test_mrc_refuses_options_it_would_ignore(tmp_path: Path, trace: Path) -> Non
     assert "--sizes: only for the policies" in _exit_2(*args, "--sizes", "10,20")
     assert "--engine: only for the policies" in _exit_2(*args, "--engine", "fast")
     assert not (tmp_path / "m").exists()
+
+
+def test_a_trace_workload_refuses_instructions_its_format_lacks(tmp_path: Path) -> None:
+    np.save(tmp_path / "t.npy", np.arange(10))
+    wl = {"type": "trace", "path": "t.npy", "instructions": True}
+    cfg = _write(tmp_path, {**TINY, "vms": [{"name": "a", "memory_mib": 8, "workload": wl}]})
+    assert "instructions: only lackey traces" in _exit_2("validate", str(cfg))
+
+
+def test_mrc_caps_the_sizes(trace: Path) -> None:
+    sizes = ",".join(str(i) for i in range(1, 1002))
+    assert "at most 1,000" in _exit_2("mrc", str(trace), "--sizes", sizes)

@@ -179,6 +179,11 @@ def test_mix_is_split_by_weight() -> None:
     ]
 
 
+def test_mix_weights_near_the_float_maximum_split_like_small_ones() -> None:
+    huge = [({"name": "a"}, 1e308), ({"name": "b"}, 1e308)]
+    assert split(5, huge) == split(5, [({"name": "a"}, 1.0), ({"name": "b"}, 1.0)]) == [3, 2]
+
+
 def test_overcommit_sets_host_memory_from_the_guests(tmp_path: Path) -> None:
     spec = _spec(variable="overcommit", low=1.0, high=2.0, step=0.5, vms=4)
     plan = load_plan(_write(tmp_path, spec))

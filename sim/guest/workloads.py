@@ -36,10 +36,10 @@ from typing import Annotated, Literal
 import numba
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from sim.errors import TraceError
-from sim.guest.traces import read_trace
+from sim.guest.traces import detect_format, read_trace
 from sim.schema import Strict
 
 # --------------------------------------------------------------------------------------------
@@ -149,6 +149,16 @@ class TraceConfig(Strict):
         if v & (v - 1):
             raise ValueError(f"page_size must be a power of two (got {v})")
         return v
+
+    @model_validator(mode="after")
+    def _instructions_need_lackey(self) -> TraceConfig:
+        fmt = detect_format(self.path) if self.format == "auto" else self.format
+        if self.instructions and fmt != "lackey":
+            raise ValueError(
+                f"instructions: only lackey traces have instruction fetches, and this one is "
+                f"read as {fmt}; remove instructions"
+            )
+        return self
 
 
 WorkloadConfig = Annotated[
