@@ -1,7 +1,7 @@
 """Capacity planning: how many VMs fit a host (or how little memory, how much overcommit)
 under a service-level objective, with replicated seeds and a stated uncertainty.
 
-A plan file is YAML::
+A plan file is YAML (:class:`PlanSpec`; unknown keys are errors, each a one-line message)::
 
     base: quickstart.yaml            # scenario file (relative to the plan) or mapping; its vms
                                      # are replaced by the profile or mix below
@@ -14,6 +14,11 @@ A plan file is YAML::
     seeds: [1, 2, 3]
     confidence: 0.9
     warmup_s: 2.0                    # measure the SLO after this much simulated time
+
+Trace paths are relative to the file that names them (a profile's or mix's to the plan file).
+``--set`` changes the base scenario (not ``vms`` when a profile or mix replaces them, nor
+``host.memory_mib`` when it is searched), ``--seeds`` replaces ``seeds``; every candidate is
+validated, traces included, before any run.
 
 Metrics, one number per run (README "Capacity planning" has the same list):
     ``stall_p99``: 99th percentile over the run's VMs (linear interpolation) of each VM's vCPU
