@@ -139,7 +139,7 @@ def test_validate_opens_every_trace(
         np.lib.format.write_array_header_1_0(buf, header)
         p.write_bytes(buf.getvalue() + b"\0" * 64)
     cfg = _dump(layout / "run.yaml", _scenario(name))
-    sweep = _dump(layout / "s.yaml", {"base": "run.yaml", "grid": {"seed": [1, 2]}})
+    sweep = _dump(layout / "s.yaml", {"base": "run.yaml", "seeds": [1, 2]})
     for target in (cfg, sweep):
         r = CliRunner().invoke(main, ["validate", str(target)])
         assert r.exit_code == 2, r.output
