@@ -139,7 +139,9 @@ def estimate_run(sc: Scenario, trace_accesses: dict[str, int] | None = None) -> 
     frames = sc.host.pages(sc.host.memory_mib)
     vcpus = sum(cfg.vcpus for _, cfg in vms)
     log = sc.output.evictions
-    k = 1 if sc.kvm.tdp_mmu else sc.kvm.shadow_sptes_per_gfn
+    kvm = sc.kvm  # shadow paging: kvm.mmu "shadow" (formerly kvm.tdp_mmu false)
+    shadow = getattr(kvm, "mmu", "tdp") == "shadow" or not getattr(kvm, "tdp_mmu", True)
+    k = kvm.shadow_sptes_per_gfn if shadow else 1
     per_page = PAGE_BYTES + (STAMP_PAGE_BYTES if log else 0) + (k if k > 1 else 0)
     policy = sc.reclaim.policy
     per_frame = FRAME_BYTES + POLICY_FRAME_BYTES.get(policy, 0) + STAMP_FRAME_BYTES * log

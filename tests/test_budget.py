@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from sim import budget
 from sim.budget import estimate_run, fmt_bytes, parse_size
 from sim.cli import main
-from sim.config import parse_scenario
+from sim.config import KvmConfig, parse_scenario
 from sim.errors import UserError
 from tests.conftest import TINY
 
@@ -56,6 +56,10 @@ def test_parse_size() -> None:
     assert fmt_bytes(300 << 20) == "300 MiB"
 
 
+# shadow paging, whichever way the KVM config spells it
+SHADOW = {"mmu": "shadow"} if "mmu" in KvmConfig.model_fields else {"tdp_mmu": False}
+
+
 def test_estimate_grows_with_every_size() -> None:
     base = parse_scenario({**TINY})
     small = estimate_run(base).total
@@ -66,7 +70,7 @@ def test_estimate_grows_with_every_size() -> None:
         {"vms": [{**TINY["vms"][0], "vcpus": 16}]},
         {"output": {"chunk_rows": 1 << 20}},
         {"reclaim": {"policy": "random"}},
-        {"kvm": {"tdp_mmu": False, "shadow_sptes_per_gfn": 8}},
+        {"kvm": {**SHADOW, "shadow_sptes_per_gfn": 8}},
         {"reclaim": {"policy": "opt", "trigger": "demand"}},
     ):
         assert estimate_run(parse_scenario({**TINY, **change})).total > small, change
