@@ -63,8 +63,8 @@ def premature_evictions(run: Run, window_ns: float | None = None) -> float:
         return 0.0
     if window_ns is None:
         window_ns = float(np.nanmean(residence_times(run)))
-    back = ev.next_access_ns - ev.t_ns
-    return float((back <= window_ns).mean())
+    back = ev.next_access_ns[ev.refault].to_numpy(dtype=np.int64) - ev.t_ns[ev.refault]
+    return float((back <= window_ns).sum() / len(ev))  # pages never back are not premature
 
 
 def refault_distances(run: Run) -> pd.Series:
@@ -73,7 +73,7 @@ def refault_distances(run: Run) -> pd.Series:
     times = np.sort(ev.t_ns.to_numpy())
     back = ev[ev.refault]
     start = np.searchsorted(times, back.t_ns.to_numpy(), side="right")
-    end = np.searchsorted(times, back.next_access_ns.to_numpy(), side="right")
+    end = np.searchsorted(times, back.next_access_ns.to_numpy(dtype=np.int64), side="right")
     return pd.Series(end - start, name="refault_distance", dtype=np.int64)
 
 

@@ -9,9 +9,9 @@ way Ctrl-C does, with exit code 128 + the signal number (``sim.lifecycle``).
 
 from __future__ import annotations
 
-import contextlib
+import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -30,7 +30,7 @@ from rich.text import Text
 
 from sim import __version__
 from sim.config import Scenario, load_scenario
-from sim.errors import ConfigError, UserError
+from sim.errors import UserError
 from sim.lifecycle import exit_code, signals_as_interrupts
 from sim.results import check_name, check_resumable, check_target, host_row, vm_rows
 
@@ -59,26 +59,6 @@ def error(text: str, code: int = 2) -> NoReturn:
     """Print ``error: TEXT`` as one line on stderr and exit with ``code``."""
     err_console.print(Text.assemble(("error:", "bold red"), " ", one_line(text)), soft_wrap=True)
     sys.exit(code)
-
-
-@contextlib.contextmanager
-def _reading(source: str) -> Iterator[None]:
-    """Turn what Python raises on unreadable input into one-line config errors: a file that is
-    not UTF-8 (binary, or another encoding), values nested deeper than Python can recurse."""
-    try:
-        yield
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start}); configs are UTF-8 "
-            "YAML files (a sweep's base file too)"
-        ) from None
-    except RecursionError:
-        raise ConfigError(f"{source}: a value is nested too deeply to read; flatten it") from None
-
-
-def _load(config: Path, overrides: tuple[str, ...], seed: int | None) -> Scenario:
-    with _reading(f"{config}{' (or a --set value)' if overrides else ''}"):
-        return load_scenario(config, list(overrides), seed)
 
 
 def _interrupted(exc: KeyboardInterrupt, what: str) -> NoReturn:
@@ -206,6 +186,26 @@ _set_option = click.option(
 )
 
 
+_seeds_option = click.option(
+    "--seeds",
+    metavar="LIST",
+    help="Replace the file's seeds: 1,2,3 or a range 1-5 (or both: 1-3,7).",
+)
+_max_memory_option = click.option(
+    "--max-memory",
+    metavar="SIZE",
+    help="Refuse work estimated to need more memory than this (e.g. 4G, 512M; "
+    "default: what the machine has available).",
+)
+
+
+def _memory_limit(max_memory: str | None) -> None:
+    """Apply ``--max-memory`` (raises a UserError for a bad size)."""
+    from sim.budget import parse_size, set_memory_limit
+
+    set_memory_limit(parse_size(max_memory) if max_memory is not None else None)
+
+
 @main.command()
 @click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
@@ -216,13 +216,22 @@ _set_option = click.option(
 @click.option("--seed", type=click.IntRange(min=0), help="Override the config's seed.")
 @_set_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary table.")
+@_max_memory_option
 def run(
-    config: Path, out: Path | None, seed: int | None, overrides: tuple[str, ...], quiet: bool
+    config: Path,
+    out: Path | None,
+    seed: int | None,
+    overrides: tuple[str, ...],
+    quiet: bool,
+    max_memory: str | None,
 ) -> None:
     """Run the scenario in CONFIG and write its results."""
+    from sim.checks import prepare_run
     from sim.engine import default_outdir, run_scenario
 
-    sc = _load(config, overrides, seed)
+    _memory_limit(max_memory)
+    sc = load_scenario(config, list(overrides), seed)
+    prepare_run(sc, str(config))
     target = out if out is not None else default_outdir(sc)
     check_target(target, "run")  # a refused --out: before anything is printed or run
     if not quiet:
@@ -257,35 +266,57 @@ def run(
 @main.command()
 @click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
 @_set_option
-def validate(config: Path, overrides: tuple[str, ...]) -> None:
-    """Check CONFIG (a scenario, or a sweep or plan file: every point) without running it."""
+@_seeds_option
+@_max_memory_option
+def validate(
+    config: Path, overrides: tuple[str, ...], seeds: str | None, max_memory: str | None
+) -> None:
+    """Check CONFIG (a scenario, or a sweep or plan file: every point, with --set applied to
+    its base) without running it; every trace it names is opened and checked."""
+    from sim.budget import fmt_bytes
+    from sim.checks import check_points_memory
     from sim.config import read_yaml
-    from sim.sweep import load_sweep
+    from sim.sweep import load_sweep, parse_seeds
 
-    with _reading(str(config)):
-        if "search" in read_yaml(config) and not overrides:
-            from sim.plan import load_plan
+    _memory_limit(max_memory)
+    raw = read_yaml(config)
+    seed_list = parse_seeds(seeds) if seeds is not None else None
+    if "search" in raw:
+        from sim.plan import load_plan
 
-            p = load_plan(config)
-            check_name(p.name, str(config))
-            say(
-                f"ok: plan {p.name}: {len(p.values)} candidate(s) x {len(p.seeds)} seed(s), "
-                "all valid"
-            )
-            return
-        if "base" in read_yaml(config) and not overrides:
-            name, points = load_sweep(config)
-            check_name(name, str(config))
-            say(f"ok: sweep {name}: {len(points)} point(s), all valid")
-            return
-    sc = _load(config, overrides, None)
+        p = load_plan(config, list(overrides), seed_list)
+        check_name(p.name, str(config))
+        scenarios = [p.scenario(v, p.seeds[0]) for v in p.values]
+        est = check_points_memory(scenarios, 1, str(config))
+        say(
+            f"ok: plan {p.name}: {len(p.values)} candidate(s) x {len(p.seeds)} seed(s), "
+            f"all valid; largest run about {fmt_bytes(est.total)} of memory"
+        )
+        return
+    if "base" in raw:
+        name, points = load_sweep(config, list(overrides), seed_list)
+        check_name(name, str(config))
+        est = check_points_memory([pt.scenario for pt in points], 1, str(config))
+        say(
+            f"ok: sweep {name}: {len(points)} point(s), all valid; largest run about "
+            f"{fmt_bytes(est.total)} of memory"
+        )
+        return
+    if seed_list is not None:
+        raise UserError("--seeds: only for sweep and plan files; a scenario takes --set seed=N")
+    sc = load_scenario(config, list(overrides))
+    est = check_points_memory([sc], 1, str(config))
     wm = sc.host.watermarks()
     unit = "" if sc.host.page_size_kib == 4 else f" of {sc.host.page_size_kib} KiB"
     say(
         f"ok: {describe(sc)}; watermarks min/low/high = "
-        f"{wm.min}/{wm.low}/{wm.high} pages{unit}; config hash {sc.config_hash()}"
+        f"{wm.min}/{wm.low}/{wm.high} pages{unit}; config hash {sc.config_hash()}; "
+        f"memory about {fmt_bytes(est.total)}"
     )
 
+
+MAX_MRC_SIZES = 1000  # replays per policy; exact LRU has every size anyway
+FAST_POLICIES = ("lru", "opt", "fifo", "clock")  # sim.replay.FAST, without importing numba
 
 _trace_options = [
     click.option(
@@ -316,8 +347,23 @@ def _trace_opts(fn: Any) -> Any:
 
 
 def _load_trace(path: Path, fmt: str, page_size: int, instructions: bool) -> Any:
-    from sim.guest.traces import read_trace
+    """Read a trace named on the command line, refusing trace options its format ignores."""
+    from click.core import ParameterSource
 
+    from sim.guest.traces import detect_format, read_trace
+
+    actual = detect_format(path) if fmt == "auto" else fmt
+    given = click.get_current_context().get_parameter_source("page_size")
+    if instructions and actual != "lackey":
+        error(
+            f"--instructions: only lackey traces have instruction fetches; {path.name} "
+            f"is read as {actual} (--format)"
+        )
+    if given is ParameterSource.COMMANDLINE and actual == "npy":
+        error(
+            f"--page-size: a .npy trace holds page numbers, not addresses, so there is "
+            f"nothing to cut into pages; drop --page-size for {path.name}"
+        )
     return read_trace(
         path, fmt=None if fmt == "auto" else fmt, page_size=page_size, instructions=instructions
     )
@@ -347,6 +393,7 @@ def _load_trace(path: Path, fmt: str, page_size: int, instructions: bool) -> Any
 )
 @_set_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@_max_memory_option
 def replay(
     trace: Path,
     frames: int,
@@ -357,22 +404,29 @@ def replay(
     engine: str,
     overrides: tuple[str, ...],
     as_json: bool,
+    max_memory: str | None,
 ) -> None:
-    """Replay TRACE in demand mode with N frames and print the fault counts."""
+    """Replay TRACE in demand mode with N frames and print the fault counts. --set changes
+    kvm.*, reclaim.* (not the policy: that is --policy) and seed, with --engine general."""
     import json
 
+    from sim.budget import check_fits, estimate_replay
     from sim.replay import replay as do_replay
 
+    _memory_limit(max_memory)
     t = _load_trace(trace, fmt, page_size, instructions)
-    with _reading("--set"):
-        r = do_replay(
-            t.pages,
-            t.writes,
-            frames=frames,
-            policy=policy,
-            engine=engine,
-            overrides=list(overrides),
-        )
+    fast = engine == "fast" or (engine == "auto" and not overrides and policy in FAST_POLICIES)
+    n = len(t.pages)
+    est = estimate_replay(n, n, frames, "fast" if fast else "general")
+    check_fits(est, f"replay of {trace.name} ({n:,} accesses, {frames:,} frames)")
+    r = do_replay(
+        t.pages,
+        t.writes,
+        frames=frames,
+        policy=policy,
+        engine=engine,
+        overrides=list(overrides),
+    )
     if as_json:
         click.echo(json.dumps(r))
         return
@@ -431,6 +485,14 @@ def mrc(
     from sim.results import staged, write_manifest
 
     names = [p.strip() for p in policies.split(",") if p.strip()]
+    ctx = click.get_current_context()
+    if not [p for p in names if p != "lru"]:
+        for opt, param in (("--sizes", "sizes"), ("--engine", "engine")):
+            if ctx.get_parameter_source(param) is click.core.ParameterSource.COMMANDLINE:
+                error(
+                    f"{opt}: only for the policies besides lru (exact LRU is computed at "
+                    "every size in one pass); add some with --policies or drop it"
+                )
     unknown = [p for p in names if p not in policy_names()]
     if unknown:
         error(
@@ -443,6 +505,8 @@ def mrc(
         error(f"--sizes {sizes!r}: expected comma-separated integers, e.g. 100,200")
     if size_list is not None and min(size_list) < 1:
         error("--sizes: every size must be at least 1")
+    if size_list is not None and len(size_list) > MAX_MRC_SIZES:
+        error(f"--sizes: {len(size_list):,} sizes; at most {MAX_MRC_SIZES:,}")
     target = out or Path("results") / f"mrc-{trace.name.split('.')[0]}"
     with staged(target, "mrc") as stage:  # a refused --out fails before the work
         t = _load_trace(trace, fmt, page_size, instructions)
@@ -494,14 +558,33 @@ def mrc(
     type=click.Path(path_type=Path, file_okay=False),
     help="Sweep directory (default: results/<sweep name>/).",
 )
-def sweep(sweep_file: Path, workers: int | None, dask: str | None, out: Path | None) -> None:
+@_set_option
+@_seeds_option
+@_max_memory_option
+def sweep(
+    sweep_file: Path,
+    workers: int | None,
+    dask: str | None,
+    out: Path | None,
+    overrides: tuple[str, ...],
+    seeds: str | None,
+    max_memory: str | None,
+) -> None:
     """Run every point of SWEEP_FILE (base + grid/zip/random/variants/seeds); skip runs
-    already done, so an interrupted sweep resumes where it stopped."""
-    from sim.sweep import load_sweep, run_sweep
+    already done, so an interrupted sweep resumes where it stopped. --set changes the base
+    scenario, --seeds replaces the file's seeds."""
+    from sim.checks import check_points_memory
+    from sim.sweep import check_dask_address, load_sweep, parse_seeds, run_sweep
 
-    with _reading(str(sweep_file)):
-        name, points = load_sweep(sweep_file)
+    _memory_limit(max_memory)
+    seed_list = parse_seeds(seeds) if seeds is not None else None
+    name, points = load_sweep(sweep_file, list(overrides), seed_list)
     check_name(name, str(sweep_file))
+    if dask is not None:
+        check_dask_address(dask)
+    if dask is None or dask == "local":  # remote workers have their own memory
+        parallel = min(len(points), workers or os.cpu_count() or 1)
+        check_points_memory([p.scenario for p in points], parallel, str(sweep_file))
     check_resumable(out or Path("results") / name, "sweep")  # a refused --out: before anything
     note(f"{name}: {len(points)} run(s)")
     with Progress(
@@ -525,10 +608,15 @@ def sweep(sweep_file: Path, workers: int | None, dask: str | None, out: Path | N
             bar.update(task, completed=done, failed=failed)
 
         try:
-            with _reading(str(sweep_file)):
-                target, df = run_sweep(
-                    sweep_file, out, workers=workers, progress=progress, dask=dask
-                )
+            target, df = run_sweep(
+                sweep_file,
+                out,
+                workers=workers,
+                progress=progress,
+                dask=dask,
+                overrides=list(overrides),
+                seeds=seed_list,
+            )
         except KeyboardInterrupt as exc:
             _interrupted(exc, "finished runs are kept; run again to resume")
     cols = [
@@ -580,14 +668,35 @@ def _cell(v: Any) -> str:
     type=click.Path(path_type=Path, file_okay=False),
     help="Plan directory (default: results/<plan name>/).",
 )
-def plan(plan_file: Path, workers: int | None, dask: str | None, out: Path | None) -> None:
-    """Find how many VMs fit (or how little memory, how much overcommit) under PLAN_FILE's SLO."""
+@_set_option
+@_seeds_option
+@_max_memory_option
+def plan(
+    plan_file: Path,
+    workers: int | None,
+    dask: str | None,
+    out: Path | None,
+    overrides: tuple[str, ...],
+    seeds: str | None,
+    max_memory: str | None,
+) -> None:
+    """Find how many VMs fit (or how little memory, how much overcommit) under PLAN_FILE's SLO.
+    --set changes the base scenario, --seeds replaces the plan's seeds."""
+    from sim.checks import check_points_memory
     from sim.plan import PlanError, fmt_value, load_plan, search, write_plan
     from sim.results import claim, release
+    from sim.sweep import check_dask_address, parse_seeds
 
-    with _reading(str(plan_file)):
-        p = load_plan(plan_file)
+    _memory_limit(max_memory)
+    seed_list = parse_seeds(seeds) if seeds is not None else None
+    p = load_plan(plan_file, list(overrides), seed_list)
     check_name(p.name, str(plan_file))
+    if dask is not None:
+        check_dask_address(dask)
+    if dask is None or dask == "local":
+        parallel = min(len(p.values) * len(p.seeds), workers or os.cpu_count() or 1)
+        scenarios = [p.scenario(v, p.seeds[0]) for v in p.values]
+        check_points_memory(scenarios, parallel, str(plan_file))
     target, state = claim(out or Path("results") / p.name, "plan", name=p.name)
     note(
         f"{p.name}: {p.variable} from {fmt_value(p.values[0])} to {fmt_value(p.values[-1])} "

@@ -11,6 +11,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,23 +20,31 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from sim.costs import CostsConfig
-from sim.errors import ConfigError
+from sim.errors import SHOWN_CHARS, ConfigError, UserError, clip, shown, shown_path
 from sim.guest.workloads import PhasesConfig, TraceConfig, WorkloadConfig, ZipfConfig
 from sim.host.memory import Watermarks, setup_per_zone_wmarks
 from sim.host.swap import SwapConfig
+from sim.inputs import load_yaml, open_regular, read_yaml_file
 from sim.reclaim import DEFAULT_RECLAIM, ReclaimConfig
+from sim.results import ResultName
 from sim.schema import Strict
 
 MAX_DURATION_S = 4000.0  # last-access stamps are uint32 microseconds (~71 min)
+MIN_DURATION_S = 1e-6  # the engine steps through a run in 100 increments of whole ns
+MAX_MEMORY_MIB = 64 * 1024 * 1024  # 64 TiB; what fits this machine is checked before a run
+MAX_VMS = 4096  # VMs of a scenario, all profiles together
+MAX_VCPUS = 16384  # vCPUs of a scenario: one SimPy process and access buffers each
+MAX_SAMPLES = 10_000_000  # timeline samples of a run (duration / sample interval)
 
 
 class HostConfig(Strict):
     """The host: memory available to guests and the zone watermarks."""
 
-    memory_mib: int = Field(gt=0, le=64 * 1024 * 1024, description="Memory for guest RAM.")
+    memory_mib: int = Field(gt=0, le=MAX_MEMORY_MIB, description="Memory for guest RAM.")
     min_free_kbytes: int | None = Field(
         None,
         ge=0,
+        le=MAX_MEMORY_MIB * 1024,
         description="vm.min_free_kbytes; default as the kernel derives it "
         "(clamp(int_sqrt(kB * 16), 128, 262144)).",
     )
@@ -121,12 +131,17 @@ class KvmConfig(Strict):
 class VmConfig(Strict):
     """One VM profile; ``count`` > 1 makes that many identical VMs (``name0``, ``name1``, ...)."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="VM name (log label).")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]+$", max_length=128, description="VM name (log label)."
+    )
     count: int = Field(1, ge=1, le=4096, description="Identical VMs of this profile.")
-    memory_mib: int = Field(gt=0, description="Guest RAM.")
+    memory_mib: int = Field(gt=0, le=MAX_MEMORY_MIB, description="Guest RAM.")
     vcpus: int = Field(1, ge=1, le=256, description="vCPUs.")
     working_set_mib: int | None = Field(
-        None, gt=0, description="Part of guest RAM the workload touches (default: all of it)."
+        None,
+        gt=0,
+        le=MAX_MEMORY_MIB,
+        description="Part of guest RAM the workload touches (default: all of it).",
     )
     access_rate_per_s: int = Field(
         1_000_000, gt=0, le=10**10, description="Page-granular accesses per second per vCPU."
@@ -166,7 +181,10 @@ class EngineConfig(Strict):
         1024, ge=1, le=1 << 20, description="Largest batch of accesses a vCPU applies at once."
     )
     sample_interval_ms: float = Field(
-        10.0, gt=0.0, description="Timeline sampling period (simulated time)."
+        10.0,
+        ge=0.01,
+        le=MAX_DURATION_S * 1000,
+        description="Timeline sampling period (simulated time).",
     )
 
 
@@ -192,10 +210,8 @@ class OutputConfig(Strict):
 class Scenario(Strict):
     """A complete run: host, reclaim policy, swap, KVM, costs, VMs."""
 
-    name: str = Field(
+    name: ResultName = Field(
         "scenario",
-        pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
-        max_length=200,
         description="Run name (default: the config file name).",
     )
     seed: int = Field(
@@ -204,7 +220,7 @@ class Scenario(Strict):
         lt=2**63,
         description="Master seed; every component derives its own stream from it and its name.",
     )
-    duration_s: float = Field(gt=0.0, le=MAX_DURATION_S, description="Simulated time.")
+    duration_s: float = Field(ge=MIN_DURATION_S, le=MAX_DURATION_S, description="Simulated time.")
     host: HostConfig = Field(description="Host memory and watermarks.")
     reclaim: ReclaimConfig = Field(
         default_factory=DEFAULT_RECLAIM, description="Eviction policy and its knobs."
@@ -235,6 +251,21 @@ class Scenario(Strict):
             raise ValueError(
                 "reclaim: policy opt needs the future, which is fixed only in demand mode; "
                 "set reclaim.trigger: demand"
+            )
+        n_vms = sum(vm.count for vm in self.vms)
+        if n_vms > MAX_VMS:
+            raise ValueError(f"vms: {n_vms:,} VMs in all; at most {MAX_VMS:,} (lower the counts)")
+        n_vcpus = sum(vm.count * vm.vcpus for vm in self.vms)
+        if n_vcpus > MAX_VCPUS:
+            raise ValueError(
+                f"vms: {n_vcpus:,} vCPUs in all; at most {MAX_VCPUS:,} (lower counts or vcpus)"
+            )
+        samples = self.duration_s * 1000 / self.engine.sample_interval_ms
+        if self.output.timeline and samples > MAX_SAMPLES:
+            raise ValueError(
+                f"engine.sample_interval_ms: {self.engine.sample_interval_ms:g} ms over "
+                f"duration_s {self.duration_s:g} s is {samples:,.0f} timeline samples; at most "
+                f"{MAX_SAMPLES:,} (raise the interval)"
             )
         names = [n for vm in self.vms for n in vm.names()]
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -278,11 +309,18 @@ class Scenario(Strict):
 
     def config_hash(self) -> str:
         """Short hash of the resolved config and the contents of the trace files it reads
-        (names result directories, so a sweep never reuses a run made from another trace)."""
-        blob = json.dumps(
-            {"config": self.model_dump(mode="json"), "traces": self.trace_digests()},
-            sort_keys=True,
-        ).encode()
+        (names result directories, so a sweep never reuses a run made from another trace).
+
+        A trace enters the hash by its contents, not its path: the same config replaying the
+        same file gives the same hash wherever the file (or the checkout) lies, so sweeps
+        resume and ``--dask`` workers agree, and a file rewritten in place gives another.
+        """
+        config = self.model_dump(mode="json")
+        for vm in config["vms"]:
+            if vm["workload"]["type"] == "trace":
+                vm["workload"]["path"] = "sha256:" + file_digest(Path(vm["workload"]["path"]))
+        # "traces" stays in the blob (empty) so configs without traces keep their hashes
+        blob = json.dumps({"config": config, "traces": {}}, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
 
     def trace_digests(self) -> dict[str, str]:
@@ -302,19 +340,50 @@ _DIGESTS: dict[tuple[str, int, int], str] = {}
 
 
 def file_digest(path: Path) -> str:
-    """SHA-256 of a file's bytes, cached per (path, size, mtime) for the life of the process."""
+    """SHA-256 of a file's bytes, cached per (path, size, mtime) for the life of the process
+    (``missing`` if it is not a readable regular file)."""
     try:
         st = path.stat()
-    except OSError:
+    except (OSError, ValueError):
+        return "missing"
+    if not stat.S_ISREG(st.st_mode):
         return "missing"
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
         h = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        try:
+            with open_regular(path) as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        except UserError:
+            return "missing"
         _DIGESTS[key] = h.hexdigest()
     return _DIGESTS[key]
+
+
+def resolve_paths(raw: Any, base: Path) -> Any:
+    """Make the relative file paths of a raw scenario absolute, against ``base``: the
+    directory of the file that names them (the current directory for ``--set``).
+
+    Paths already absolute (and ``~`` paths, expanded) are kept; only trace workloads name
+    files. Called on each source as it is read, so every path is taken relative to the file
+    that names it, whatever file later includes or overrides it.
+    """
+    vms = raw.get("vms") if isinstance(raw, dict) else None
+    for vm in vms if isinstance(vms, list) else []:
+        wl = vm.get("workload") if isinstance(vm, dict) else None
+        if isinstance(wl, dict) and wl.get("type") == "trace":
+            wl["path"] = resolve_path(wl.get("path"), base)
+    return raw
+
+
+def resolve_path(path: Any, base: Path) -> Any:
+    """``path`` against ``base`` if it is a relative path string; anything else unchanged
+    (the model then says what is wrong with it)."""
+    if not isinstance(path, str) or not path or "\0" in path:
+        return path
+    full = os.path.join(os.path.abspath(base), os.path.expanduser(path))
+    return os.path.normpath(full)
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,18 +400,22 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _strip_tags(loc: tuple[Any, ...], raw: Any) -> tuple[Any, ...]:
+def _strip_tags(loc: tuple[Any, ...], raw: Any, missing: bool = False) -> tuple[Any, ...]:
     """Drop the union tags pydantic puts in error paths (``workload.zipf.alpha`` ->
-    ``workload.alpha``): a string part the raw data has no key for, followed by one it has."""
+    ``workload.alpha``): a string part the raw data has no key for (unless it is the last
+    part of a ``missing`` error, which names the absent key), or a string part under a list
+    or scalar (which has no keys at all)."""
     out: list[Any] = []
     data = raw
     for i, part in enumerate(loc):
         if isinstance(part, int):
             data = data[part] if isinstance(data, list) and part < len(data) else None
-        elif isinstance(data, dict) and part not in data and i + 1 < len(loc):
+        elif isinstance(data, dict):
+            if part not in data and (i + 1 < len(loc) or not missing):
+                continue
+            data = data.get(part)
+        elif data is not None:
             continue
-        else:
-            data = data.get(part) if isinstance(data, dict) else None
         out.append(part)
     return tuple(out)
 
@@ -373,12 +446,13 @@ def _resolve(ann: Any, data: Any) -> Any:
     origin = typing.get_origin(ann)
     if origin is typing.Annotated:
         return _resolve(typing.get_args(ann)[0], data)
-    if origin in (list,):
+    if origin is list:
         return _resolve(typing.get_args(ann)[0], None)
+    if origin is dict:
+        return _resolve(typing.get_args(ann)[1], None)
     if origin in (typing.Union, __import__("types").UnionType):
-        models = [
-            a for a in typing.get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)
-        ]
+        args = [_resolve(a, data) for a in typing.get_args(ann)]
+        models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
         for m in models:
             tag = next((f for f in ("type", "policy") if f in m.model_fields), None)
             if tag and isinstance(data, dict) and data.get(tag) == m.model_fields[tag].default:
@@ -387,18 +461,54 @@ def _resolve(ann: Any, data: Any) -> Any:
     return ann
 
 
-def format_validation_error(err: ValidationError, raw: Any, source: str) -> str:
-    """One line: where, what, and how to fix it."""
+_UNITS = (
+    ("_mib_per_s", " MiB/s"),
+    ("_per_s", " per s"),
+    ("_mib", " MiB"),
+    ("_kib", " KiB"),
+    ("_kbytes", " kB"),
+    ("_ns", " ns"),
+    ("_us", " us"),
+    ("_ms", " ms"),
+    ("_s", " s"),
+)
+_BOUNDS = {
+    "less_than_equal": ("le", "at most"),
+    "less_than": ("lt", "less than"),
+    "greater_than_equal": ("ge", "at least"),
+    "greater_than": ("gt", "more than"),
+}
+
+
+def _unit(field: Any) -> str:
+    """The unit a field's name carries (``memory_mib`` -> `` MiB``), or nothing."""
+    name = str(field)
+    return next((u for suffix, u in _UNITS if name.endswith(suffix)), "")
+
+
+def _number(v: Any) -> str:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def format_validation_error(
+    err: ValidationError, raw: Any, source: str, model: type[BaseModel] | None = None
+) -> str:
+    """One line: where, what, and how to fix it (``model``: the class validated, for "did you
+    mean" hints; a scenario by default). Echoed keys and values are cut short."""
     errors = err.errors()
     e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])  # typos first
     loc = tuple(e["loc"])
-    where = _loc(_strip_tags(loc, raw)) or "(top level)"
+    where = clip(
+        _loc(_strip_tags(loc, raw, e["type"] == "missing")) or "(top level)", 2 * SHOWN_CHARS
+    )
     if e["type"] == "extra_forbidden":
-        parent = _model_at(Scenario, loc[:-1], raw)
+        parent = _model_at(model or Scenario, loc[:-1], raw)
         key = str(loc[-1])
         hint = ""
         if parent is not None:
-            valid = sorted(parent.model_fields)
+            valid = sorted(f.alias or n for n, f in parent.model_fields.items())
             close = difflib.get_close_matches(key, valid, n=1)
             hint = (
                 f"; did you mean '{close[0]}'?" if close else ""
@@ -408,34 +518,38 @@ def format_validation_error(err: ValidationError, raw: Any, source: str) -> str:
         ctx = e.get("ctx", {})
         key = str(ctx.get("discriminator", "type")).strip("'")
         return (
-            f"{source}: {where}.{key}: unknown value {ctx.get('tag')!r}; expected one of "
+            f"{source}: {where}.{key}: unknown value {shown(ctx.get('tag'))}; expected one of "
             f"{ctx.get('expected_tags')}"
         )
     if e["type"] == "missing":
         return f"{source}: {where}: required field is missing"
     msg = e["msg"]
-    if msg.startswith("Value error, "):
+    if e["type"] in _BOUNDS and loc:
+        bound, word = _BOUNDS[e["type"]]
+        msg = f"must be {word} {_number(e.get('ctx', {}).get(bound))}{_unit(loc[-1])}"
+    elif msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
+    msg = clip(msg, 4 * SHOWN_CHARS)
     if not loc:
         return f"{source}: {msg}"
     got = e.get("input")
-    shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
-    return f"{source}: {where}: {msg}{shown}"
+    echo = "" if isinstance(got, dict | list) or got is None else f" (got {shown(got)})"
+    return f"{source}: {where}: {msg}{echo}"
 
 
 def set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
     """Set ``raw[a][b]...`` for a dotted ``key`` (list items by index), creating mappings."""
     parts = key.strip().split(".")
     if not all(parts):
-        raise ConfigError(f"{where}: empty path component in {key!r}")
+        raise ConfigError(f"{where}: empty path component in {shown(key)}")
     cur: Any = raw
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
-        at = ".".join(parts[: i + 1])
+        at = clip(".".join(parts[: i + 1]))
         if isinstance(cur, list):
-            if not part.isdigit() or int(part) >= len(cur):
+            if not (part.isascii() and part.isdigit()) or int(part) >= len(cur):
                 raise ConfigError(
-                    f"{where}: {at}: no list item {part!r} (the list has {len(cur)} items)"
+                    f"{where}: {at}: no list item {shown(part)} (the list has {len(cur)} items)"
                 )
             if last:
                 cur[int(part)] = value
@@ -455,37 +569,24 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     for item in overrides:
         if "=" not in item:
             raise ConfigError(
-                f"--set {item!r}: expected dotted.key=value, e.g. kvm.ept_ad_bits=false"
+                f"--set {shown(item)}: expected dotted.key=value, e.g. kvm.ept_ad_bits=false"
             )
         key, _, text = item.partition("=")
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {key}: cannot parse value {text!r}: {exc}") from None
-        set_dotted(raw, key, value, f"--set {key}")
+        where = f"--set {clip(key.strip())}"
+        value = load_yaml(text, f"{where}: cannot parse value {shown(text)}")
+        set_dotted(raw, key, value, where)
     return raw
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping, with one-line errors."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        ctx, cmark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-        if ctx and cmark is not None and (mark is None or cmark.line != mark.line):
-            problem += f" ({ctx} started on line {cmark.line + 1})"
-        raise ConfigError(f"{path}:{line}: invalid YAML: {problem}") from None
+    """Read a YAML mapping (bounded, duplicate keys refused), with one-line errors."""
+    raw = read_yaml_file(path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(raw).__name__}")
+        raise ConfigError(
+            f"{shown_path(path)}: expected a mapping of config keys, got {type(raw).__name__}"
+        )
     return raw
 
 
@@ -500,11 +601,15 @@ def parse_scenario(raw: dict[str, Any], source: str = "config") -> Scenario:
 def load_scenario(
     path: Path, overrides: list[str] | None = None, seed: int | None = None
 ) -> Scenario:
-    """Load a scenario file, apply ``--set`` overrides and ``--seed``, validate."""
-    raw = read_yaml(path)
+    """Load a scenario file, apply ``--set`` overrides and ``--seed``, validate.
+
+    Trace paths in the file are relative to its directory; those given with ``--set`` to the
+    current directory.
+    """
+    raw = resolve_paths(read_yaml(path), path.parent)
     raw.setdefault("name", path.stem)
     if overrides:
-        raw = apply_overrides(raw, overrides)
+        raw = resolve_paths(apply_overrides(raw, overrides), Path.cwd())
     if seed is not None:
         raw["seed"] = seed
-    return parse_scenario(raw, str(path))
+    return parse_scenario(raw, shown_path(path))

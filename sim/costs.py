@@ -26,73 +26,101 @@ from pydantic import Field
 
 from sim.schema import Strict
 
+MAX_COST_NS = 10**9  # one operation costing more than a second of CPU is a typo
+
 
 class CostsConfig(Strict):
     """CPU-side costs (ns). Defaults and sources: MODEL.md section 6."""
 
     vmexit_ns: int = Field(
-        800, ge=0, description="VM exit + re-entry round trip (KVM_RUN round trip ~2,500 cycles)."
+        800,
+        ge=0,
+        le=MAX_COST_NS,
+        description="VM exit + re-entry round trip (KVM_RUN round trip ~2,500 cycles).",
     )
     ept_fault_ns: int = Field(
         2000,
         ge=0,
+        le=MAX_COST_NS,
         description="EPT violation resolved on a resident host page (GUP fast path, "
         "spte install) [EST 1-3 us].",
     )
     first_touch_ns: int = Field(
         4000,
         ge=0,
+        le=MAX_COST_NS,
         description="EPT violation on a never-touched page: GUP slow path, "
         "do_anonymous_page, 4 KiB zeroing, LRU add [EST].",
     )
     clear_page_ns: int = Field(
         400,
         ge=0,
+        le=MAX_COST_NS,
         description="Zeroing one more 4 KiB page (clear_page at ~10 GB/s) [EST]; a 2 MiB "
         "first touch (clear_huge_page) adds 511 of them to first_touch_ns.",
     )
     fast_fault_ns: int = Field(
         700,
         ge=0,
+        le=MAX_COST_NS,
         description="Fast page fault restoring an access-tracked spte (exit + cmpxchg) "
         "[EST 0.5-1 us].",
     )
     swapcache_fault_ns: int = Field(
         3000,
         ge=0,
+        le=MAX_COST_NS,
         description="EPT violation whose host fault hits the swap cache (page still "
         "in memory under writeback) [EST].",
     )
     swapin_kernel_ns: int = Field(
         10000,
         ge=0,
+        le=MAX_COST_NS,
         description="Kernel software path of a swap-in on top of the device read "
         "(fault, swap cache, bio, completion, map) [EST 5-20 us].",
     )
     tlb_flush_ipi_ns: int = Field(
         4000,
         ge=0,
+        le=MAX_COST_NS,
         description="Initiator's cost of a KVM remote TLB flush: kick the VM's "
         "running vCPUs, wait for acks [EST 2-10 us].",
     )
     tlb_flush_exit_ns: int = Field(
-        1000, ge=0, description="Cost to each kicked vCPU: forced exit + flush on re-entry [EST]."
+        1000,
+        ge=0,
+        le=MAX_COST_NS,
+        description="Cost to each kicked vCPU: forced exit + flush on re-entry [EST].",
     )
     rmap_walk_ns: int = Field(
-        250, ge=0, description="Host rmap walk per mapping visited (anon_vma, pte lookup) [EST]."
+        250,
+        ge=0,
+        le=MAX_COST_NS,
+        description="Host rmap walk per mapping visited (anon_vma, pte lookup) [EST].",
     )
     notifier_call_ns: int = Field(
-        500, ge=0, description="One KVM notifier call: memslot lookup, mmu_lock, spte walk [EST]."
+        500,
+        ge=0,
+        le=MAX_COST_NS,
+        description="One KVM notifier call: memslot lookup, mmu_lock, spte walk [EST].",
     )
     spte_walk_ns: int = Field(
-        50, ge=0, description="Each spte visited through KVM's rmap (shadow paging) [EST]."
+        50,
+        ge=0,
+        le=MAX_COST_NS,
+        description="Each spte visited through KVM's rmap (shadow paging) [EST].",
     )
     scan_page_ns: int = Field(
-        300, ge=0, description="Isolating and checking one folio on an LRU list [EST]."
+        300,
+        ge=0,
+        le=MAX_COST_NS,
+        description="Isolating and checking one folio on an LRU list [EST].",
     )
     reclaim_page_ns: int = Field(
         3000,
         ge=0,
+        le=MAX_COST_NS,
         description="Unmapping one folio and submitting its swap-out (or dropping "
         "its clean copy) [EST 2-10 us per page].",
     )

@@ -1,7 +1,7 @@
 """Capacity planning: how many VMs fit a host (or how little memory, how much overcommit)
 under a service-level objective, with replicated seeds and a stated uncertainty.
 
-A plan file is YAML::
+A plan file is YAML (:class:`PlanSpec`; unknown keys are errors, each a one-line message)::
 
     base: quickstart.yaml            # scenario file (relative to the plan) or mapping; its vms
                                      # are replaced by the profile or mix below
@@ -14,6 +14,11 @@ A plan file is YAML::
     seeds: [1, 2, 3]
     confidence: 0.9
     warmup_s: 2.0                    # measure the SLO after this much simulated time
+
+Trace paths are relative to the file that names them (a profile's or mix's to the plan file).
+``--set`` changes the base scenario (not ``vms`` when a profile or mix replaces them, nor
+``host.memory_mib`` when it is searched), ``--seeds`` replaces ``seeds``; every candidate is
+validated, traces included, before any run.
 
 Metrics, one number per run (README "Capacity planning" has the same list):
     ``stall_p99``: 99th percentile over the run's VMs (linear interpolation) of each VM's vCPU
@@ -44,19 +49,29 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import Field, field_validator, model_validator
 
-from sim.config import Scenario, parse_scenario, set_dotted
-from sim.errors import ConfigError, UserError
-from sim.results import check_name, claim, host_row, vm_rows, write_atomic
+from sim.config import MAX_DURATION_S, MAX_VMS, Scenario, parse_scenario, resolve_paths, set_dotted
+from sim.errors import ConfigError, UserError, shown_path
+from sim.results import ResultName, host_row, vm_rows, write_atomic
+from sim.schema import Strict
 from sim.stats import t_interval
-from sim.sweep import Point, load_base, read_spec, run_points
+from sim.sweep import (
+    MAX_POINTS,
+    Point,
+    Seed,
+    _base_is_file_or_mapping,
+    apply_base_overrides,
+    check_points,
+    load_base,
+    read_spec,
+    run_points,
+)
 
-PLAN_KEYS = {"name", "base", "profile", "mix", "search", "slo", "seeds", "confidence", "warmup_s"}
-SEARCH_KEYS = {"variable", "low", "high", "step", "vms"}
 # variable -> +1 if a larger value is harder (worse for the SLO), -1 if a smaller one is
 VARIABLES = {"vms": +1, "overcommit": +1, "host.memory_mib": -1}
 METRICS = {
@@ -72,6 +87,88 @@ FRACTION_METRICS = {"stall_p99", "stall_max", "stall_mean", "promotion_rate_per_
 
 class PlanError(RuntimeError):
     """Runs of a plan failed (a simulator bug, not bad input): the search cannot go on."""
+
+
+class SearchSpec(Strict):
+    """``search:``: the variable, its range and grid spacing."""
+
+    variable: Literal["vms", "overcommit", "host.memory_mib"]
+    low: float = Field(gt=0)
+    high: float = Field(gt=0)
+    step: float | None = Field(None, gt=0)
+    vms: int | None = Field(None, ge=1, le=MAX_VMS)
+
+    @model_validator(mode="after")
+    def _range(self) -> SearchSpec:
+        if not self.low < self.high:
+            raise ValueError(
+                f"search: expected 0 < low < high, got low={self.low:g} high={self.high:g}"
+            )
+        if self.variable != "overcommit":
+            for key, v in (("low", self.low), ("high", self.high), ("step", self.step)):
+                if v is not None and not float(v).is_integer():
+                    raise ValueError(
+                        f"search.{key}: expected an integer for {self.variable}, got {v:g}"
+                    )
+        if self.step is None and self.variable != "vms":
+            raise ValueError(f"search.step: required for {self.variable} (the grid spacing)")
+        if self.variable == "vms" and self.vms is not None:
+            raise ValueError("search.vms: only for host.memory_mib/overcommit searches")
+        span = (self.high - self.low) / (self.step or 1.0)
+        if not span < MAX_POINTS:  # also an infinite span
+            raise ValueError(
+                f"search: {span:,.0f} candidates; at most {MAX_POINTS:,}: raise step or "
+                "narrow the range"
+            )
+        return self
+
+
+class SloSpec(Strict):
+    """``slo:``: the metric and its largest acceptable value."""
+
+    metric: Literal[tuple(METRICS)]  # type: ignore[valid-type]
+    max: float = Field(ge=0)
+
+
+class MixItem(Strict):
+    """One kind of VM in a mix and its share."""
+
+    vm: dict[str, Any]
+    weight: float = Field(1.0, gt=0)
+
+
+class PlanSpec(Strict):
+    """A plan file (module docstring)."""
+
+    name: ResultName | None = None
+    base: str | dict[str, Any]
+    profile: dict[str, Any] | None = None
+    mix: list[MixItem] | None = Field(None, min_length=1, max_length=MAX_VMS)
+    search: SearchSpec
+    slo: SloSpec
+    seeds: list[Seed] = Field([1, 2, 3], min_length=1, max_length=MAX_POINTS)
+    confidence: float = Field(0.9, gt=0, lt=1)
+    warmup_s: float = Field(0.0, ge=0, le=MAX_DURATION_S)
+
+    _base = field_validator("base", mode="before")(_base_is_file_or_mapping)
+
+    @model_validator(mode="after")
+    def _rules(self) -> PlanSpec:
+        if self.profile is not None and self.mix is not None:
+            raise ValueError("give either profile or mix, not both")
+        if self.profile is not None and "count" in self.profile:
+            raise ValueError("profile.count: the plan sets the count; remove it")
+        for i, item in enumerate(self.mix or []):
+            if "count" in item.vm:
+                raise ValueError(f"mix[{i}].vm.count: the plan sets counts; use weight")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds: expected a list of distinct non-negative integers")
+        has_mix = self.profile is not None or self.mix is not None
+        if self.search.variable == "vms" and not has_mix:
+            raise ValueError("profile: required to search over vms (or give a mix)")
+        if self.search.variable != "vms" and has_mix and self.search.vms is None:
+            raise ValueError("search.vms: required with a profile or mix (how many VMs)")
+        return self
 
 
 @dataclass(frozen=True)
@@ -104,7 +201,7 @@ class Plan:
         if self.variable == "host.memory_mib":
             set_dotted(raw, "host.memory_mib", int(value), where)
         elif self.variable == "overcommit":
-            guest = sum(v.get("memory_mib", 0) * v.get("count", 1) for v in raw.get("vms", []))
+            guest = sum(_mib(v, "memory_mib") * _mib(v, "count", 1) for v in _vm_dicts(raw))
             set_dotted(raw, "host.memory_mib", max(1, round(guest / value)), where)
         raw["seed"] = seed
         short = {"vms": "vms", "host.memory_mib": "mem", "overcommit": "oc"}[self.variable]
@@ -116,6 +213,17 @@ class Plan:
         return f"{self.variable}={fmt_value(value)}"
 
 
+def _vm_dicts(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    vms = raw.get("vms")
+    return [v for v in vms if isinstance(v, dict)] if isinstance(vms, list) else []
+
+
+def _mib(vm: dict[str, Any], key: str, default: int = 0) -> int:
+    """A VM's size or count for the overcommit arithmetic (the scenario validates it after)."""
+    v = vm.get(key, default)
+    return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**53 else default
+
+
 def fmt_value(v: float) -> str:
     """Integers without a decimal point, ratios as short decimals."""
     return str(int(v)) if float(v).is_integer() else f"{v:g}"
@@ -123,8 +231,13 @@ def fmt_value(v: float) -> str:
 
 def split(n: int, mix: list[tuple[dict[str, Any], float]]) -> list[int]:
     """Split ``n`` VMs over the mix by weight: largest remainder, ties to the earlier entry."""
-    total = sum(w for _, w in mix)
-    quotas = [n * w / total for _, w in mix]
+    weights = [w for _, w in mix]
+    total = sum(weights)
+    if not math.isfinite(total):  # weights near the float maximum: compare them scaled down
+        top = max(weights)
+        weights = [w / top for w in weights]
+        total = sum(weights)
+    quotas = [n * w / total for w in weights]
     counts = [math.floor(q) for q in quotas]
     order = sorted(range(len(mix)), key=lambda i: (-(quotas[i] - counts[i]), i))
     for i in order[: n - sum(counts)]:
@@ -132,152 +245,74 @@ def split(n: int, mix: list[tuple[dict[str, Any], float]]) -> list[int]:
     return counts
 
 
-def _num(path: Path, key: str, v: Any, *, integer: bool = False) -> float:
-    ok = isinstance(v, int) if integer else isinstance(v, int | float)
-    if isinstance(v, bool) or not ok:
-        kind = "an integer" if integer else "a number"
-        raise ConfigError(f"{path}: {key}: expected {kind}, got {v!r}")
-    return float(v)
-
-
-def load_plan(path: Path) -> Plan:
-    """Read and validate a plan file; every candidate scenario is validated before any run."""
-    spec = read_spec(path, PLAN_KEYS, "a plan")
-    raw = load_base(path, spec.get("base"))
-    name = str(spec.get("name", path.stem))
-    mix = _load_mix(path, spec)
-
-    search = spec.get("search")
-    if not isinstance(search, dict):
-        raise ConfigError(f"{path}: search: expected {{variable: vms, low: 1, high: 16}}")
-    bad = sorted(set(search) - SEARCH_KEYS)
-    if bad:
-        raise ConfigError(
-            f"{path}: search: unknown key(s) {', '.join(bad)}; expected "
-            f"{', '.join(sorted(SEARCH_KEYS))}"
-        )
-    variable = search.get("variable")
-    if variable not in VARIABLES:
-        raise ConfigError(
-            f"{path}: search.variable: expected one of {', '.join(VARIABLES)}, got {variable!r}"
-        )
-    for k in ("low", "high"):
-        if k not in search:
-            raise ConfigError(f"{path}: search.{k}: required (the range to search)")
-    integer = variable != "overcommit"
-    low = _num(path, "search.low", search["low"], integer=integer)
-    high = _num(path, "search.high", search["high"], integer=integer)
-    if not 0 < low < high:
-        raise ConfigError(f"{path}: search: expected 0 < low < high, got low={low:g} high={high:g}")
-    if variable == "vms":
-        step = _num(path, "search.step", search.get("step", 1), integer=True)
-    elif "step" in search:
-        step = _num(path, "search.step", search["step"], integer=integer)
-    else:
-        raise ConfigError(f"{path}: search.step: required for {variable} (the grid spacing)")
-    if step <= 0:
-        raise ConfigError(f"{path}: search.step: must be positive, got {step:g}")
-    values = [float(v) for v in np.arange(low, high + step / 2, step)]
-    values = [int(v) if integer else round(v, 9) for v in values if v <= high + 1e-9]
-    if len(values) > 10_000:
-        raise ConfigError(f"{path}: search: {len(values)} candidates; raise step or narrow range")
-    if VARIABLES[variable] < 0:
+def _candidates(search: SearchSpec) -> list[float]:
+    """The candidate values, easiest first."""
+    step = search.step or 1.0
+    values = [float(v) for v in np.arange(search.low, search.high + step / 2, step)]
+    integer = search.variable != "overcommit"
+    values = [int(v) if integer else round(v, 9) for v in values if v <= search.high + 1e-9]
+    if VARIABLES[search.variable] < 0:
         values.reverse()
-    vms: int | None = None
-    if variable == "vms":
-        if mix is None:
-            raise ConfigError(f"{path}: profile: required to search over vms (or give a mix)")
-        if "vms" in search:
-            raise ConfigError(f"{path}: search.vms: only for host.memory_mib/overcommit searches")
-    elif mix is not None:
-        if "vms" not in search:
-            raise ConfigError(f"{path}: search.vms: required with a profile or mix (how many VMs)")
-        vms = int(_num(path, "search.vms", search["vms"], integer=True))
-        if vms < 1:
-            raise ConfigError(f"{path}: search.vms: must be at least 1, got {vms}")
+    return values
 
-    slo = spec.get("slo")
-    if not isinstance(slo, dict) or set(slo) != {"metric", "max"}:
-        raise ConfigError(f"{path}: slo: expected {{metric: stall_p99, max: 0.05}}")
-    if slo["metric"] not in METRICS:
-        raise ConfigError(
-            f"{path}: slo.metric: expected one of {', '.join(METRICS)}, got {slo['metric']!r}"
-        )
-    slo_max = _num(path, "slo.max", slo["max"])
-    if slo_max < 0:
-        raise ConfigError(f"{path}: slo.max: must be non-negative, got {slo_max:g}")
-    seeds = spec.get("seeds", [1, 2, 3])
-    if (
-        not isinstance(seeds, list)
-        or not seeds
-        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
-        or len(set(seeds)) != len(seeds)
-    ):
-        raise ConfigError(f"{path}: seeds: expected a list of distinct non-negative integers")
-    confidence = _num(path, "confidence", spec.get("confidence", 0.9))
-    if not 0 < confidence < 1:
-        raise ConfigError(f"{path}: confidence: expected a number in (0, 1), e.g. 0.9")
-    warmup_s = _num(path, "warmup_s", spec.get("warmup_s", 0.0))
-    if warmup_s < 0:
-        raise ConfigError(f"{path}: warmup_s: must be non-negative, got {warmup_s:g}")
 
+def load_plan(
+    path: Path, overrides: list[str] | None = None, seeds: list[int] | None = None
+) -> Plan:
+    """Read and validate a plan file; every candidate scenario is validated (traces included)
+    before any run. ``overrides`` (``--set``) change the base scenario, ``seeds``
+    (``--seeds``) replace the file's seeds."""
+    from sim.checks import Cache, check_traces
+
+    _, spec = read_spec(path, PlanSpec)
+    raw = load_base(path, spec.base)
+    mix: list[tuple[dict[str, Any], float]] | None = None
+    if spec.profile is not None:
+        mix = [(spec.profile, 1.0)]
+    elif spec.mix is not None:
+        mix = [(item.vm, item.weight) for item in spec.mix]
+    for vm, _ in mix or []:  # written in the plan file: paths relative to it
+        resolve_paths({"vms": [vm]}, path.parent)
+    if overrides:
+        taken = {"name": "each candidate's run name"}
+        if mix is not None:
+            taken["vms"] = "profile/mix"
+        if spec.search.variable != "vms":
+            taken["host.memory_mib"] = f"search.variable: {spec.search.variable}"
+        raw = apply_base_overrides(path, raw, overrides, taken)
+    seeds = seeds or list(spec.seeds)
+    values = _candidates(spec.search)
+    check_points(path, len(values) * len(seeds), "runs (candidates x seeds)")
     plan = Plan(
-        name,
+        spec.name or path.stem,
         raw,
         mix,
-        variable,
+        spec.search.variable,
         values,
-        vms,
-        slo["metric"],
-        slo_max,
+        spec.search.vms,
+        spec.slo.metric,
+        spec.slo.max,
         seeds,
-        confidence,
-        warmup_s,
+        spec.confidence,
+        spec.warmup_s,
     )
+    source = shown_path(path)
+    cache: Cache = {}
     for v in values:
+        where = f"{source}: {plan.label(v)}"
         try:
-            sc = plan.scenario(v, seeds[0], f"{path}: {plan.label(v)}")
+            sc = plan.scenario(v, seeds[0], where)
+            check_traces(sc, where, full=False, cache=cache)
         except UserError as exc:
             raise ConfigError(str(exc)) from None
-        if warmup_s and warmup_s >= sc.duration_s:
+        if spec.warmup_s and spec.warmup_s >= sc.duration_s:
             raise ConfigError(
-                f"{path}: warmup_s ({warmup_s:g}) must be shorter than duration_s "
+                f"{source}: warmup_s ({spec.warmup_s:g}) must be shorter than duration_s "
                 f"({sc.duration_s:g})"
             )
-        if warmup_s and not sc.output.timeline:
-            raise ConfigError(f"{path}: warmup_s needs output.timeline: true in the base")
+        if spec.warmup_s and not sc.output.timeline:
+            raise ConfigError(f"{source}: warmup_s needs output.timeline: true in the base")
     return plan
-
-
-def _load_mix(path: Path, spec: dict[str, Any]) -> list[tuple[dict[str, Any], float]] | None:
-    if "profile" in spec and "mix" in spec:
-        raise ConfigError(f"{path}: give either profile or mix, not both")
-    if "profile" in spec:
-        prof = spec["profile"]
-        if not isinstance(prof, dict):
-            raise ConfigError(f"{path}: profile: expected one VM mapping (name, memory_mib, ...)")
-        if "count" in prof:
-            raise ConfigError(f"{path}: profile.count: the plan sets the count; remove it")
-        return [(prof, 1.0)]
-    if "mix" not in spec:
-        return None
-    mix = spec["mix"]
-    if not isinstance(mix, list) or not mix:
-        raise ConfigError(f"{path}: mix: expected a list of {{vm: {{...}}, weight: N}}")
-    out = []
-    for i, item in enumerate(mix):
-        if not isinstance(item, dict) or set(item) - {"vm", "weight"} or "vm" not in item:
-            raise ConfigError(f"{path}: mix[{i}]: expected {{vm: {{...}}, weight: N}}")
-        vm = item["vm"]
-        if not isinstance(vm, dict):
-            raise ConfigError(f"{path}: mix[{i}].vm: expected a VM mapping")
-        if "count" in vm:
-            raise ConfigError(f"{path}: mix[{i}].vm.count: the plan sets counts; use weight")
-        w = _num(path, f"mix[{i}].weight", item.get("weight", 1))
-        if w <= 0:
-            raise ConfigError(f"{path}: mix[{i}].weight: must be positive, got {w:g}")
-        out.append((vm, w))
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -562,22 +597,3 @@ def _json_num(v: Any) -> Any:
     if isinstance(v, list):
         return [_json_num(x) for x in v]
     return v
-
-
-def run_plan(
-    path: Path,
-    out: Path | None = None,
-    *,
-    runner: Runner = run_points,
-    on_outcome: Callable[[Outcome], None] | None = None,
-    **runner_kwargs: Any,
-) -> tuple[Path, PlanResult]:
-    """Load, search and write a plan; returns the plan directory and the result."""
-    plan = load_plan(path)
-    check_name(plan.name, str(path))
-    target, _ = claim(out or Path("results") / plan.name, "plan", name=plan.name)
-    result = search(
-        plan, target, runner=runner, on_outcome=on_outcome, kind="plan", **runner_kwargs
-    )
-    write_plan(result, target)
-    return target, result

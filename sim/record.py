@@ -3,6 +3,8 @@
 Tables (columns documented in README.md, "Output files")
     ``evictions``: one row per folio reclaimed from a guest; ``next_access_ns`` and ``refault``
     are filled in after the run (the next access to an evicted page is always a fault on it).
+    A missing value is a null, never NaN: ``next_access_ns`` of a page that did not come back,
+    ``idle_rank`` when no resident page could be sampled.
     ``faults``: one row per guest fault. ``timeline``: one row per VM per sample, with host-wide
     columns repeated on each row; counters are cumulative, like ``/proc/vmstat``.
 
@@ -38,7 +40,7 @@ EVICTIONS_SCHEMA = pa.schema(
         ("idle_ns", pa.int64()),
         ("scans_survived", pa.int16()),
         ("idle_rank", pa.float32()),
-        ("next_access_ns", pa.float64()),
+        ("next_access_ns", pa.int64()),
         ("refault", pa.bool_()),
     ]
 )
@@ -147,8 +149,8 @@ class Table:
             if pa.types.is_dictionary(field.type):
                 codes = pa.array(data, field.type.index_type)
                 arrays.append(pa.DictionaryArray.from_arrays(codes, self.labels[field.name]))
-            else:
-                arrays.append(pa.array(data, field.type))
+            else:  # a missing value (None, or NaN from numpy) is written as a null
+                arrays.append(pa.array(data, field.type, from_pandas=True))
         return pa.RecordBatch.from_arrays(arrays, schema=self.schema)
 
     def flush(self) -> None:
@@ -249,7 +251,7 @@ class Recorder:
             last_access_ns=last,
             idle_ns=t_ns - last,
             scans_survived=np.maximum(scans.astype(np.int64) - 1, 0),
-            next_access_ns=np.full(n, np.nan),
+            next_access_ns=np.full(n, None, dtype=object),  # null until the refault is seen
             refault=np.zeros(n, dtype=np.bool_),
         )
 
@@ -300,7 +302,7 @@ class Recorder:
         part = self.outdir / "evictions.parquet.part"
         final = self.outdir / "evictions.parquet"
         rows = np.frombuffer(self._next_rows, dtype=np.int64)
-        ts = np.frombuffer(self._next_t, dtype=np.int64).astype(np.float64)
+        ts = np.frombuffer(self._next_t, dtype=np.int64)
         order = np.argsort(rows, kind="stable")
         rows, ts = rows[order], ts[order]
         src = pq.ParquetFile(part)
@@ -309,11 +311,13 @@ class Recorder:
         for batch in src.iter_batches(batch_size=self.chunk_rows):
             n = batch.num_rows
             lo, hi = np.searchsorted(rows, [start, start + n])
-            nxt = np.full(n, np.nan)
+            nxt = np.zeros(n, dtype=np.int64)
+            back = np.zeros(n, dtype=np.bool_)
             nxt[rows[lo:hi] - start] = ts[lo:hi]
+            back[rows[lo:hi] - start] = True
             cols = {name: batch.column(name) for name in EVICTIONS_SCHEMA.names}
-            cols["next_access_ns"] = pa.array(nxt, pa.float64())
-            cols["refault"] = pa.array(~np.isnan(nxt), pa.bool_())
+            cols["next_access_ns"] = pa.array(nxt, pa.int64(), mask=~back)  # null: never back
+            cols["refault"] = pa.array(back, pa.bool_())
             out = pa.Table.from_pydict(cols, schema=EVICTIONS_SCHEMA)
             if writer is None:
                 writer = pq.ParquetWriter(final, EVICTIONS_SCHEMA, compression="zstd")

@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from sim import fastpath
 from sim.config import apply_overrides, parse_scenario
 from sim.demand import WINDOW, WINDOW_ACCESS_TRACKING, DemandWorld, trace_source
-from sim.errors import UserError
+from sim.errors import UserError, clip
 from sim.mrc import lru_mrc
 from sim.reclaim import policy_names
 
@@ -32,7 +32,20 @@ FAST = {"lru": fastpath.lru, "opt": fastpath.opt, "fifo": fastpath.fifo, "clock"
 ENGINES = ("auto", "fast", "general")
 
 
+REPLAY_KEYS = ("kvm", "reclaim", "seed")  # what --set can change in a replay
+
+
 def _scenario(policy: str, overrides: list[str], seed: int) -> Any:
+    """The scenario a general replay runs: only ``kvm.*``, ``reclaim.*`` (not the trigger,
+    and the policy only as ``--policy`` says) and ``seed`` mean anything to it, so any other
+    ``--set`` is refused rather than silently ignored."""
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key.split(".")[0] not in REPLAY_KEYS:
+            raise UserError(
+                f"--set {clip(key)}: replay does not use it (one VM of the trace's pages, "
+                f"--frames frames, demand mode); only {', '.join(REPLAY_KEYS)} settings apply"
+            )
     raw: dict[str, Any] = {
         "name": "replay",
         "seed": seed,
@@ -42,7 +55,17 @@ def _scenario(policy: str, overrides: list[str], seed: int) -> Any:
         "vms": [{"name": "trace", "memory_mib": 1}],
     }
     raw = apply_overrides(raw, overrides)
-    return parse_scenario(raw, "replay")
+    sc = parse_scenario(raw, "replay")
+    if sc.reclaim.policy != policy:
+        raise UserError(
+            f"--set reclaim.policy={sc.reclaim.policy} conflicts with --policy {policy}; "
+            "give the policy with --policy only"
+        )
+    if sc.reclaim.trigger != "demand":
+        raise UserError(
+            f"--set reclaim.trigger={sc.reclaim.trigger}: replay always runs in demand mode"
+        )
+    return sc
 
 
 def replay(
@@ -82,7 +105,7 @@ def replay(
         world = DemandWorld(
             sc,
             None,
-            nr_frames=frames,
+            nr_frames=min(frames, distinct),  # more frames than pages: never full either way
             vm_pages=[("trace", distinct)],
             source=trace_source(
                 ids, writes, WINDOW if sc.kvm.ept_ad_bits else WINDOW_ACCESS_TRACKING
@@ -94,7 +117,7 @@ def replay(
         f = world.vms[0].stats.faults
         faults, evictions = f["first_touch"] + f["major"], world.alloc.evictions
     return {
-        "policy": policy,
+        "policy": policy if use_fast else sc.reclaim.policy,
         "frames": int(frames),
         "accesses": int(len(pages)),
         "distinct_pages": int(distinct),

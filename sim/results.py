@@ -44,7 +44,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator
 
 from sim.errors import ConfigError, UserError
 from sim.lifecycle import checkpoint, pid_alive
@@ -52,6 +54,8 @@ from sim.lifecycle import checkpoint, pid_alive
 __all__ = [
     "MANIFEST",
     "NAME_PATTERN",
+    "ResultName",
+    "valid_name",
     "OutputError",
     "check_name",
     "check_resumable",
@@ -125,14 +129,29 @@ def is_temp_name(name: str) -> bool:
     return TEMP_RE.fullmatch(name) is not None
 
 
+_NAME_RULE = (
+    f"expected letters, digits, '_', '.' and '-' (not first), at most {MAX_NAME} characters: "
+    "it names a directory under results/"
+)
+
+
+def valid_name(name: str) -> str:
+    """``name`` if it is safe as one directory under ``results/`` (a pydantic validator: raises
+    ValueError with the rule)."""
+    if not (isinstance(name, str) and re.fullmatch(NAME_PATTERN, name) and len(name) <= MAX_NAME):
+        raise ValueError(f"{name!r}: {_NAME_RULE}")
+    return name
+
+
+ResultName = Annotated[str, AfterValidator(valid_name)]
+
+
 def check_name(name: str, where: str) -> str:
     """A sweep or plan ``name`` that is safe as one directory under ``results/``."""
-    if not (isinstance(name, str) and re.fullmatch(NAME_PATTERN, name) and len(name) <= MAX_NAME):
-        raise ConfigError(
-            f"{where}: name {name!r}: expected letters, digits, '_', '.' and '-' (not first), "
-            f"at most {MAX_NAME} characters: it names a directory under results/"
-        )
-    return name
+    try:
+        return valid_name(name)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: name {exc}") from None
 
 
 # --------------------------------------------------------------------------------------------

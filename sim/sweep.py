@@ -1,6 +1,6 @@
 """Sweeps: one base scenario, many variants, run in parallel, one row per run.
 
-A sweep file is YAML::
+A sweep file is YAML (:class:`SweepSpec`; unknown keys are errors)::
 
     base: quickstart.yaml          # a scenario file (relative to the sweep file) or a mapping
     grid:                          # optional: cartesian product over dotted keys
@@ -14,17 +14,24 @@ A sweep file is YAML::
       seed: 0
       keys:
         swap.read_latency_us: {low: 10, high: 1000, log: true}   # also int: true
-        reclaim.policy: [two_list, clock]                        # a list: one of its values
+        vms.0.vcpus: [1, 2, 4]                                   # a list: one of its values
     variants:                      # optional: explicit points, each a set of overrides
-      - {label: opt, set: {reclaim.policy: opt}}
+      - {label: opt, set: {reclaim.policy: opt, reclaim.trigger: demand}}
     seeds: [1, 2]                  # optional: replicate every point
 
-Points are variants x grid x zip rows x random samples x seeds. Every point is validated before
-anything runs (a bad point is reported with its index and key). Each run goes to
-``<out>/runs/<name>-<config hash>/`` (hash of the resolved config), written atomically, and a
-run whose directory already exists is skipped, so an interrupted sweep resumes where it
-stopped. Runs go to a local process pool or to a Dask cluster. ``runs.parquet`` has one row per
-run: label, swept parameters as columns, status, and the metric row of ``sim.results``.
+Points are variants x grid x zip rows x random samples x seeds (at most ``MAX_POINTS``). A key
+is swept by one axis only, and a variant may not set a swept key (or a section holding one):
+either would silently replace the other's values. Trace paths are relative to the file that
+names them: the base file's own directory for a base file, the sweep file's for everything
+written in the sweep file. ``--set`` changes the base scenario (not a key the sweep itself
+sets) and ``--seeds`` replaces ``seeds``. Every point is validated before anything runs,
+traces included (a bad point is reported with its index and key).
+
+Each run goes to ``<out>/runs/<name>-<config hash>/`` (hash of the resolved config), written
+atomically, and a run whose directory already exists is skipped, so an interrupted sweep
+resumes where it stopped. Runs go to a local process pool or to a Dask cluster.
+``runs.parquet`` has one row per run: label, swept parameters as columns, status, and the
+metric row of ``sim.results``.
 
 However a sweep ends, it leaves nothing running and nothing half-written: ``<out>/.lock`` is a
 ``flock`` only the main process holds (its PID and host are written in it), pool workers die
@@ -46,19 +53,37 @@ import signal
 import socket
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import pandas as pd
+from pydantic import (
+    BaseModel,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from sim.config import Scenario, parse_scenario, read_yaml, set_dotted
-from sim.errors import ConfigError, UserError
+from sim.config import (
+    Scenario,
+    apply_overrides,
+    format_validation_error,
+    parse_scenario,
+    read_yaml,
+    resolve_paths,
+    set_dotted,
+)
+from sim.errors import ConfigError, UserError, clip, shown, shown_path
 from sim.lifecycle import checkpoint, die_with_parent, pid_alive
 from sim.results import (
+    ResultName,
     check_name,
     check_resumable,
     claim,
@@ -68,8 +93,220 @@ from sim.results import (
     staged,
     write_atomic,
 )
+from sim.schema import Strict
 
-SWEEP_KEYS = {"base", "grid", "zip", "random", "variants", "seeds", "name"}
+MAX_POINTS = 10_000  # runs one sweep expands to, and candidates one plan searches
+
+Seed = Annotated[int, Field(ge=0, lt=2**63)]
+Values = Annotated[list[Any], Field(min_length=1)]
+
+
+class RandomRange(Strict):
+    """A number drawn uniformly from [low, high] (log-uniformly with ``log``), rounded to an
+    integer with ``int``."""
+
+    low: float
+    high: float
+    log: bool = False
+    as_int: bool = Field(False, alias="int")
+
+    @model_validator(mode="after")
+    def _range(self) -> RandomRange:
+        if self.low > self.high:
+            raise ValueError(
+                f"needs numbers low <= high (got low={self.low:g}, high={self.high:g}), "
+                "e.g. {low: 1, high: 8}"
+            )
+        if self.log and self.low <= 0:
+            raise ValueError(f"log: true needs low > 0 (got {self.low:g})")
+        if self.as_int and math.floor(self.high) < math.ceil(self.low):
+            raise ValueError(f"int: true needs an integer in [{self.low:g}, {self.high:g}]")
+        return self
+
+
+RandomKey = Annotated[
+    Annotated[RandomRange, Tag("range")] | Annotated[Values, Tag("choices")],
+    Discriminator(
+        lambda v: "choices" if isinstance(v, list) else "range" if isinstance(v, dict) else None,
+        custom_error_type="random_key",
+        custom_error_message="expected a list of choices or {low, high, log, int}",
+    ),
+]
+
+
+class RandomSpec(Strict):
+    """``n`` samples over dotted keys, drawn from ``seed`` (not the run seeds), so the same
+    file always gives the same points."""
+
+    n: int = Field(ge=1, le=MAX_POINTS, description="Samples.")
+    seed: Seed = Field(0, description="Seed of the draws.")
+    keys: dict[str, RandomKey] = Field(min_length=1, description="Dotted key -> range.")
+
+
+class Variant(Strict):
+    """An explicit point: ``set`` overrides dotted keys of the base."""
+
+    label: str | None = Field(None, max_length=200)
+    set: dict[str, Any] = Field(default_factory=dict)
+
+
+def _base_is_file_or_mapping(v: Any) -> Any:
+    if isinstance(v, str) and v or isinstance(v, dict):
+        return v
+    raise ValueError("expected a scenario file name (relative to this file) or a mapping")
+
+
+def _check_keys(where: str, keys: Iterable[str]) -> None:
+    for k in keys:
+        if not all(part.strip() for part in k.split(".")):
+            raise ValueError(f"{where}: {shown(k)} is not a dotted key like reclaim.policy")
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Two dotted keys touch the same value (equal, or one a section holding the other)."""
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
+class SweepSpec(Strict):
+    """A sweep file: one base scenario and the axes and variants that vary it."""
+
+    name: ResultName | None = None
+    base: str | dict[str, Any]
+    grid: dict[str, Values] = Field(default_factory=dict)
+    zip: dict[str, Values] = Field(default_factory=dict)
+    random: RandomSpec | None = None
+    variants: list[Variant] = Field(default_factory=list, max_length=MAX_POINTS)
+    seeds: list[Seed] | None = Field(None, max_length=MAX_POINTS)
+
+    _base = field_validator("base", mode="before")(_base_is_file_or_mapping)
+
+    @model_validator(mode="after")
+    def _axes(self) -> SweepSpec:
+        lengths = {k: len(v) for k, v in self.zip.items()}
+        if len(set(lengths.values())) > 1:
+            shown_lengths = ", ".join(f"{clip(k)} has {n}" for k, n in lengths.items())
+            raise ValueError(f"zip: lists must have equal lengths ({shown_lengths}); fix the lists")
+        for axis, keys in self.axes().items():
+            _check_keys(axis, keys)
+        sets = [(f"variants[{i}].set", k) for i, v in enumerate(self.variants) for k in v.set]
+        for where, k in [(a, k) for a, ks in self.axes().items() for k in ks] + sets:
+            if _overlap(k, "seed"):
+                raise ValueError(
+                    f"{where}: {clip(k)}: every run's seed comes from seeds (or --seeds), "
+                    "which would replace it; list the seeds there"
+                )
+        seen: dict[str, str] = {}
+        for axis, keys in self.axes().items():
+            for k in keys:
+                other = next((o for o in seen if _overlap(o, k)), None)
+                if other is not None:
+                    both = clip(k) if other == k else f"{clip(other)} and {clip(k)}"
+                    raise ValueError(
+                        f"{both} is in both {seen[other]} and {axis}; keep it in one"
+                        if other == k
+                        else f"{both} overlap ({seen[other]}, {axis}); keep one"
+                    )
+                seen[k] = axis
+        for i, var in enumerate(self.variants):
+            _check_keys(f"variants[{i}].set", var.set)
+            for k in var.set:
+                hit = next((o for o in seen if _overlap(o, k)), None)
+                if hit is not None:
+                    raise ValueError(
+                        f"variants[{i}].set: {clip(k)} is also swept by {seen[hit]} "
+                        f"({clip(hit)}); a variant may not override an axis: drop one of them"
+                    )
+        return self
+
+    def axes(self) -> dict[str, list[str]]:
+        """Swept keys per axis (grid, zip, random)."""
+        return {
+            "grid": list(self.grid),
+            "zip": list(self.zip),
+            "random": list(self.random.keys) if self.random else [],
+        }
+
+    def set_keys(self) -> dict[str, str]:
+        """Every key the sweep sets, and where (for refusing ``--set`` on them)."""
+        out = {k: axis for axis, keys in self.axes().items() for k in keys}
+        for i, var in enumerate(self.variants):
+            for k in var.set:
+                out.setdefault(k, f"variants[{i}]")
+        return out
+
+
+def read_spec(path: Path, model: type[BaseModel]) -> tuple[dict[str, Any], Any]:
+    """A sweep or plan file: its raw mapping and the validated ``model`` of it."""
+    raw = read_yaml(path)
+    try:
+        return raw, model.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, raw, shown_path(path), model)) from None
+
+
+def load_base(path: Path, base: str | dict[str, Any]) -> dict[str, Any]:
+    """The ``base`` scenario of a sweep or plan file, its trace paths resolved against the
+    file that names them: a file name (relative to the sweep file; its stem is the default
+    name), or a mapping (written in the sweep file, so relative to it)."""
+    if isinstance(base, str):
+        base_path = path.parent / base
+        raw = resolve_paths(read_yaml(base_path), base_path.parent)
+        raw.setdefault("name", base_path.stem)
+        return raw
+    return resolve_paths(copy.deepcopy(base), path.parent)
+
+
+def apply_base_overrides(
+    path: Path, raw: dict[str, Any], overrides: list[str], taken: dict[str, str]
+) -> dict[str, Any]:
+    """``--set`` on a sweep or plan file: applied to the base scenario (paths relative to the
+    current directory), refused for a key the file itself varies (``taken``: key -> where),
+    since the file's value would silently win."""
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key == "seed":
+            raise ConfigError(
+                f"--set seed: {shown_path(path)} gives every run its seed from its seeds; "
+                "use --seeds"
+            )
+        hit = next((k for k in taken if _overlap(k, key)), None)
+        if hit is not None:
+            raise ConfigError(
+                f"--set {clip(key)}: {shown_path(path)} sets {clip(hit)} itself "
+                f"({taken[hit]}); --set changes only the base scenario: edit the file instead"
+            )
+    return resolve_paths(apply_overrides(raw, overrides), Path.cwd())
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 1,2,3``, ``--seeds 1-5`` or both (``1-3,7``): distinct seeds, in order."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        lo, dash, hi = part.strip().partition("-")
+        try:
+            a = int(lo)
+            b = int(hi) if dash else a
+        except ValueError:
+            raise UserError(
+                f"--seeds {shown(text)}: expected seeds like 1,2,3 or a range like 1-5"
+            ) from None
+        if not 0 <= a <= b < 2**63:
+            raise UserError(f"--seeds {shown(text)}: {part.strip()} is not a range of seeds >= 0")
+        if b - a + 1 + len(seeds) > MAX_POINTS:
+            raise UserError(f"--seeds {shown(text)}: more than {MAX_POINTS:,} seeds")
+        seeds.extend(range(a, b + 1))
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds {shown(text)}: a seed is given twice")
+    return seeds
+
+
+def check_points(path: Path, n: int, what: str = "points") -> None:
+    """Refuse an expansion of more than :data:`MAX_POINTS` runs before building it."""
+    if n > MAX_POINTS:
+        raise ConfigError(
+            f"{shown_path(path)}: {n:,} {what}; at most {MAX_POINTS:,} (split the sweep or "
+            "use fewer values or seeds)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,148 +327,108 @@ class Point:
 def _fmt(v: Any) -> str:
     """A parameter value as a label fragment."""
     if isinstance(v, dict | list):
-        return json.dumps(v)
+        return json.dumps(v, default=str)
     return str(v).lower() if isinstance(v, bool) else str(v)
 
 
-def _expand_zip(path: Path, spec: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """``zip``: dotted keys to equal-length lists, one point per position."""
-    if not spec:
-        return [], [()]
-    if not isinstance(spec, dict) or not all(isinstance(v, list) and v for v in spec.values()):
-        raise ConfigError(f"{path}: zip: expected a mapping of dotted keys to non-empty lists")
-    lengths = {k: len(v) for k, v in spec.items()}
-    if len(set(lengths.values())) > 1:
-        shown = ", ".join(f"{k} has {n}" for k, n in lengths.items())
-        raise ConfigError(f"{path}: zip: lists must have equal lengths ({shown}); fix the lists")
-    return list(spec), list(zip(*spec.values(), strict=True))
-
-
-def _sample(rng: np.random.Generator, where: str, dist: Any) -> Any:
+def _sample(rng: np.random.Generator, dist: RandomRange | list[Any]) -> Any:
     """One draw of a ``random`` key: a choice from a list, or a number in [low, high]."""
     if isinstance(dist, list):
-        if not dist:
-            raise ConfigError(f"{where}: expected a non-empty list of choices or {{low, high}}")
         return dist[int(rng.integers(len(dist)))]
-    if not isinstance(dist, dict) or set(dist) - {"low", "high", "log", "int"}:
-        raise ConfigError(f"{where}: expected a list of choices or {{low, high, log, int}}")
-    low, high = dist.get("low"), dist.get("high")
-    num = (int, float)
-    if not (isinstance(low, num) and isinstance(high, num)) or isinstance(low, bool) or low > high:
-        raise ConfigError(f"{where}: needs numbers low <= high, e.g. {{low: 1, high: 8}}")
-    log, as_int = bool(dist.get("log", False)), bool(dist.get("int", False))
-    if log and low <= 0:
-        raise ConfigError(f"{where}: log: true needs low > 0 (got {low})")
+    low, high = dist.low, dist.high
     u = float(rng.random())
-    if log:
+    if dist.log:
         x = float(np.exp(np.log(low) + u * (np.log(high) - np.log(low))))
     else:
         x = low + u * (high - low)
-    if as_int:  # round, then clamp: the ends stay reachable and in range
+    if dist.as_int:  # round, then clamp: the ends stay reachable and in range
         return int(min(max(round(x), math.ceil(low)), math.floor(high)))
     return float(f"{x:.6g}")  # short labels; the draw itself is seeded, so still deterministic
 
 
-def _expand_random(path: Path, spec: Any) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """``random``: ``n`` samples over dotted keys, drawn from the sweep's own ``seed`` (not the
-    run seeds) so the same file always gives the same points."""
-    if not spec:
-        return [], [()]
-    if not isinstance(spec, dict) or set(spec) - {"n", "seed", "keys"}:
-        raise ConfigError(f"{path}: random: expected {{n: 20, seed: 0, keys: {{dotted.key: ...}}}}")
-    n, seed, keys = spec.get("n"), spec.get("seed", 0), spec.get("keys")
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ConfigError(f"{path}: random.n: expected a positive integer (samples), got {n!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError(f"{path}: random.seed: expected a non-negative integer, got {seed!r}")
-    if not isinstance(keys, dict) or not keys:
-        raise ConfigError(f"{path}: random.keys: expected a mapping of dotted keys to ranges")
-    rng = np.random.default_rng(seed)
-    rows = [
-        tuple(_sample(rng, f"{path}: random.keys.{k}", d) for k, d in keys.items())
-        for _ in range(n)
-    ]
-    return list(keys), rows
+def _random_rows(spec: RandomSpec | None) -> list[tuple[Any, ...]]:
+    if spec is None:
+        return [()]
+    rng = np.random.default_rng(spec.seed)
+    return [tuple(_sample(rng, d) for d in spec.keys.values()) for _ in range(spec.n)]
 
 
-def read_spec(path: Path, keys: set[str], what: str) -> dict[str, Any]:
-    """A sweep or plan file, with unknown top-level keys refused."""
-    spec = read_yaml(path)
-    unknown = sorted(set(spec) - keys)
-    if unknown:
-        raise ConfigError(
-            f"{path}: unknown key(s) {', '.join(unknown)}; {what} has {', '.join(sorted(keys))}"
+def _uniform_params(points: list[Point]) -> list[Point]:
+    """Parameter values as ``runs.parquet`` can hold them: a key whose values are not all of
+    one plain type (or are lists or mappings) is shown as text in every row."""
+    kinds: dict[str, set[type]] = {}
+    for p in points:
+        for k, v in p.params.items():
+            kinds.setdefault(k, set()).add(type(v))
+    plain = {bool, int, float, str}
+    mixed = {k for k, ts in kinds.items() if len(ts) > 1 or not ts <= plain}
+    if not mixed:
+        return points
+    return [
+        Point(
+            p.index,
+            p.label,
+            {k: _fmt(v) if k in mixed else v for k, v in p.params.items()},
+            p.scenario,
         )
-    return spec
+        for p in points
+    ]
 
 
-def load_base(path: Path, base: Any) -> dict[str, Any]:
-    """The ``base`` scenario of a sweep or plan file: a file name (relative to it; its stem is
-    the default name) or a mapping."""
-    if isinstance(base, str):
-        base_path = (path.parent / base).resolve()
-        raw = read_yaml(base_path)
-        raw.setdefault("name", base_path.stem)
-        return raw
-    if isinstance(base, dict):
-        return copy.deepcopy(base)
-    raise ConfigError(f"{path}: base: expected a scenario file name or mapping")
-
-
-def load_sweep(path: Path) -> tuple[str, list[Point]]:
+def load_sweep(
+    path: Path, overrides: list[str] | None = None, seeds: list[int] | None = None
+) -> tuple[str, list[Point]]:
     """Read a sweep file and expand it into validated points.
 
     Points are variants x grid x zip rows x random samples x seeds, in that nesting order; a
-    variant's ``set`` wins over the axes. Nothing runs unless every point is valid.
+    variant's ``set`` may not touch a swept key. ``overrides`` (``--set``) change the base
+    scenario, ``seeds`` (``--seeds``) replace the file's seeds. Nothing runs unless every
+    point is valid, including the traces it replays (a bounded read of each).
     """
-    spec = read_spec(path, SWEEP_KEYS, "a sweep")
-    raw = load_base(path, spec.get("base"))
-    name = str(spec.get("name", path.stem))
-    grid = spec.get("grid") or {}
-    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
-        raise ConfigError(f"{path}: grid: expected a mapping of dotted keys to non-empty lists")
-    variants = spec.get("variants") or [{}]
-    if not isinstance(variants, list):
-        raise ConfigError(f"{path}: variants: expected a list of {{label, set}} mappings")
-    seeds = spec.get("seeds") or [raw.get("seed", 1)]
-    if not isinstance(seeds, list) or not all(isinstance(s, int) and s >= 0 for s in seeds):
-        raise ConfigError(f"{path}: seeds: expected a list of non-negative integers")
-    grid_keys = list(grid)
-    zip_keys, zip_rows = _expand_zip(path, spec.get("zip"))
-    rand_keys, rand_rows = _expand_random(path, spec.get("random"))
-    seen: dict[str, str] = {}
-    for axis, axis_keys in (("grid", grid_keys), ("zip", zip_keys), ("random", rand_keys)):
-        for k in axis_keys:
-            if k in seen:
-                raise ConfigError(f"{path}: {k} is in both {seen[k]} and {axis}; keep it in one")
-            seen[k] = axis
+    from sim.checks import Cache, check_traces
+
+    _, spec = read_spec(path, SweepSpec)
+    raw = load_base(path, spec.base)
+    if overrides:
+        raw = apply_base_overrides(path, raw, overrides, spec.set_keys())
+    name = spec.name or path.stem
+    seeds = seeds or spec.seeds or [raw.get("seed", 1)]
+    variants = spec.variants or [Variant()]
+    grid_keys, zip_keys = list(spec.grid), list(spec.zip)
+    rand_keys = list(spec.random.keys) if spec.random else []
+    n_zip = len(next(iter(spec.zip.values()))) if spec.zip else 1
+    n_rand = spec.random.n if spec.random else 1
+    n = len(variants) * math.prod(len(v) for v in spec.grid.values()) * n_zip * n_rand
+    check_points(path, n * len(seeds))
+    zip_rows = list(zip(*spec.zip.values(), strict=True)) if spec.zip else [()]
     keys = grid_keys + zip_keys + rand_keys
     combos = [
         g + z + r
-        for g in (list(itertools.product(*(grid[k] for k in grid_keys))) or [()])
+        for g in (list(itertools.product(*(spec.grid[k] for k in grid_keys))) or [()])
         for z in zip_rows
-        for r in rand_rows
+        for r in _random_rows(spec.random)
     ]
+    source = shown_path(path)
+    cache: Cache = {}
     points: list[Point] = []
-    for vi, var in enumerate(variants):
-        if not isinstance(var, dict) or set(var) - {"label", "set"}:
-            raise ConfigError(f"{path}: variants[{vi}]: expected {{label: ..., set: {{...}}}}")
-        vset = var.get("set") or {}
+    for var in variants:
         for combo in combos:
             for seed in seeds:
-                params = {**dict(zip(keys, combo, strict=True)), **vset}
-                label = var.get("label") or ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
-                where = f"{path}: point {len(points)} ({label or 'base'}, seed {seed})"
+                params = {**dict(zip(keys, combo, strict=True)), **var.set}
+                label = var.label or ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+                where = f"{source}: point {len(points)} ({clip(label or 'base')}, seed {seed})"
                 try:
                     pr = copy.deepcopy(raw)
                     for k, v in params.items():
-                        set_dotted(pr, k, v, f"{where}: {k}")
+                        set_dotted(pr, k, v, f"{where}: {clip(k)}")
+                    pr = resolve_paths(pr, path.parent)
                     pr["seed"] = seed
                     sc = parse_scenario(pr, where)
+                    check_traces(sc, where, full=False, cache=cache)
                 except UserError as exc:
                     raise ConfigError(str(exc)) from None
                 points.append(Point(len(points), label or "base", {**params, "seed": seed}, sc))
-    return name, points
+    return name, _uniform_params(points)
 
 
 def _base_row(point: Point) -> dict[str, Any]:
@@ -438,6 +635,28 @@ def _kill_workers(pool: ProcessPoolExecutor) -> None:
             p.join(10)
 
 
+def check_dask_address(address: str) -> None:
+    """Refuse a ``--dask`` address that cannot name a scheduler, before anything is printed or
+    started (reaching it is tried when the runs start)."""
+    if address == "local":
+        return
+    try:
+        from distributed.comm.addressing import parse_address, parse_host_port
+
+        scheme, loc = parse_address(address)
+        if scheme in ("tcp", "tls", "ws", "wss"):
+            parse_host_port(loc)
+    except ImportError:
+        raise UserError(
+            "--dask: dask.distributed is not installed; pip install -r requirements.txt"
+        ) from None
+    except ValueError as exc:
+        raise UserError(
+            f"--dask {address}: not a scheduler address ({str(exc).splitlines()[0]}); give one "
+            "like tcp://HOST:8786, or local for a cluster on this machine"
+        ) from None
+
+
 def _dask_rows(
     points: list[Point], runs_dir: Path, address: str, workers: int
 ) -> Iterator[dict[str, Any]]:
@@ -573,9 +792,11 @@ def run_sweep(
     workers: int | None = None,
     progress: Callable[[int, int, int], None] | None = None,
     dask: str | None = None,
+    overrides: list[str] | None = None,
+    seeds: list[int] | None = None,
 ) -> tuple[Path, pd.DataFrame]:
     """Run every point of a sweep file; returns the sweep directory and ``runs.parquet``."""
-    name, points = load_sweep(path)
+    name, points = load_sweep(path, overrides, seeds)
     check_name(name, str(path))
     target = check_resumable(out or Path("results") / name, "sweep")
     return target, run_points(points, target, workers=workers, progress=progress, dask=dask)

@@ -13,6 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from sim.cli import main
+from sim.errors import ConfigError
 from sim.host.memory import setup_per_zone_wmarks
 from sim.plan import judge, load_plan, search, split
 from sim.stats import t_interval, t_quantile
@@ -178,6 +179,11 @@ def test_mix_is_split_by_weight() -> None:
     ]
 
 
+def test_mix_weights_near_the_float_maximum_split_like_small_ones() -> None:
+    huge = [({"name": "a"}, 1e308), ({"name": "b"}, 1e308)]
+    assert split(5, huge) == split(5, [({"name": "a"}, 1.0), ({"name": "b"}, 1.0)]) == [3, 2]
+
+
 def test_overcommit_sets_host_memory_from_the_guests(tmp_path: Path) -> None:
     spec = _spec(variable="overcommit", low=1.0, high=2.0, step=0.5, vms=4)
     plan = load_plan(_write(tmp_path, spec))
@@ -203,7 +209,7 @@ def test_judge_and_t_interval() -> None:
 @pytest.mark.parametrize(
     ("change", "needle"),
     [
-        ({"colour": 1}, "unknown key(s) colour"),
+        ({"colour": 1}, "colour: unknown key"),
         ({"search": None}, "search"),
         ({"search": {"variable": "cpus", "low": 1, "high": 4}}, "search.variable"),
         ({"search": {"variable": "vms", "low": 5, "high": 4}}, "low < high"),
@@ -295,3 +301,50 @@ def test_plan_runs_on_dask_local_with_the_same_answer(tmp_path: Path) -> None:
         assert r.exit_code == 0, r.output
         answers.append(json.loads((out / "plan.json").read_text())["answer"])
     assert answers[0] == answers[1]
+
+
+def test_plan_takes_set_and_seeds(tmp_path: Path) -> None:
+    path = _write(tmp_path, _spec(variable="vms", low=1, high=4))
+    plan = load_plan(path, ["duration_s=0.5", "reclaim.policy=clock"], [7, 8])
+    assert plan.seeds == [7, 8]
+    sc = plan.scenario(2, 7)
+    assert (sc.duration_s, sc.reclaim.policy, sc.seed) == (0.5, "clock", 7)
+    for bad, needle in (
+        ("vms.0.count=3", r"sets vms itself \(profile/mix\)"),
+        ("seed=3", "use --seeds"),
+        ("name=x", "sets name itself"),
+    ):
+        with pytest.raises(ConfigError, match=needle):
+            load_plan(path, [bad])
+    mem = _write(tmp_path, _spec(variable="host.memory_mib", low=32, high=64, step=8, vms=2))
+    with pytest.raises(ConfigError, match=r"sets host.memory_mib itself \(search.variable"):
+        load_plan(mem, ["host.memory_mib=10"])
+    r = CliRunner().invoke(main, ["validate", str(path), "--set", "duration_s=0.5", "--seeds", "4"])
+    assert r.exit_code == 0, r.output
+    assert "x 1 seed(s)" in r.output
+
+
+@pytest.mark.parametrize(
+    ("search", "needle"),
+    [
+        ({"variable": "vms", "low": 1.5, "high": 4}, "search.low: expected an integer for vms"),
+        (
+            {"variable": "overcommit", "low": 1e-300, "high": 1e300, "step": 1e-300, "vms": 2},
+            "candidates; at most 10,000",
+        ),
+        ({"variable": "vms", "low": 1, "high": 4, "vms": 2}, "search.vms: only for"),
+        ({"variable": "vms", "low": ".nan", "high": 4}, "search.low"),
+    ],
+)
+def test_bad_search_ranges_are_refused_before_building_candidates(
+    tmp_path: Path, search: dict[str, Any], needle: str
+) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_plan(_write(tmp_path, {**_spec(variable="vms", low=1, high=4), "search": search}))
+
+
+def test_warmup_nan_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(_spec(variable="vms", low=1, high=4)) + "warmup_s: .nan\n")
+    with pytest.raises(ConfigError, match="warmup_s: Input should be a finite number"):
+        load_plan(path)

@@ -10,12 +10,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from sim.errors import ConfigError, UserError
-from sim.sweep import WALL_CLOCK_COLUMNS, _sweep_lock, load_sweep, run_sweep
+from sim.sweep import WALL_CLOCK_COLUMNS, _sweep_lock, load_sweep, run_points, run_sweep
 from tests.conftest import TINY
 
 
@@ -137,15 +138,15 @@ def test_zip_and_random_expand_in_order(tmp_path: Path) -> None:
             {"zip": {"host.memory_mib": [8, 16], "vms.0.count": [2]}},
             r"zip: lists must have equal lengths \(host.memory_mib has 2, vms.0.count has 1\)",
         ),
-        ({"zip": {"host.memory_mib": 8}}, "zip: expected a mapping"),
+        ({"zip": {"host.memory_mib": 8}}, "zip.host.memory_mib: Input should be a valid list"),
         ({"zip": {"host.memory_mib": [8, -1]}}, "point 1 .*host.memory_mib"),
         (
             {"grid": {"host.memory_mib": [8]}, "zip": {"host.memory_mib": [16]}},
             "host.memory_mib is in both grid and zip",
         ),
-        ({"random": {"n": 0, "keys": {"vms.0.vcpus": [1]}}}, "random.n: expected a positive"),
-        ({"random": {"n": 2, "colour": 1}}, "random: expected"),
-        ({"random": {"n": 2, "keys": {}}}, "random.keys: expected"),
+        ({"random": {"n": 0, "keys": {"vms.0.vcpus": [1]}}}, "random.n: must be at least 1"),
+        ({"random": {"n": 2, "colour": 1}}, "random.colour: unknown key"),
+        ({"random": {"n": 2, "keys": {}}}, "random.keys: Dictionary should have at least 1 item"),
         (
             {"random": {"n": 2, "keys": {"swap.read_latency_us": {"low": 5, "high": 1}}}},
             "random.keys.swap.read_latency_us: needs numbers low <= high",
@@ -156,7 +157,7 @@ def test_zip_and_random_expand_in_order(tmp_path: Path) -> None:
         ),
         (
             {"random": {"n": 2, "keys": {"swap.read_latency_us": {"min": 0}}}},
-            "random.keys.swap.read_latency_us: expected a list of choices",
+            r"read_latency_us.min: unknown key.*\(valid keys: high, int, log, low\)",
         ),
         ({"random": {"n": 4, "keys": {"kvm.nonsense": [1, 2]}}}, "point 0 .*kvm.nonsense"),
     ],
@@ -228,7 +229,7 @@ def test_unreachable_scheduler_is_a_one_line_exit_2(tmp_path: Path) -> None:
     assert r.exit_code == 2
     error = [line for line in r.output.splitlines() if line.startswith("error:")]
     assert len(error) == 1
-    assert "--dask nonsense: cannot reach the scheduler" in error[0]
+    assert "--dask nonsense: not a scheduler address" in error[0]
     assert not list(empty.iterdir())  # an empty directory is left empty
     fresh = tmp_path / "fresh"  # a directory the failed sweep created is not left behind
     r = CliRunner().invoke(main, ["sweep", path, "--dask", "nonsense", "--out", str(fresh)])
@@ -237,19 +238,28 @@ def test_unreachable_scheduler_is_a_one_line_exit_2(tmp_path: Path) -> None:
 
 
 def test_failed_run_is_a_row_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    """A run that fails although its point validated (here its trace vanishes after the
+    expansion checked it) becomes a row with its error, and is retried on the next start."""
+    trace = tmp_path / "t.npy"
+    np.save(trace, np.arange(64, dtype=np.int64))
     spec = {
         "base": {**TINY, "duration_s": 0.01},
         "variants": [
             {"label": "good"},
-            {"label": "bad", "set": {"vms.0.workload": {"type": "trace", "path": "missing.npy"}}},
+            {"label": "bad", "set": {"vms.0.workload": {"type": "trace", "path": "t.npy"}}},
         ],
     }
-    out, df = run_sweep(_write(tmp_path, spec), tmp_path / "out", workers=1)
+    path = _write(tmp_path, spec)
+    _, points = load_sweep(path)
+    trace.unlink()
+    df = run_points(points, tmp_path / "out", workers=1)
     assert list(df.status) == ["ok", "failed"]
-    assert "missing.npy" in df.error[1]
-    assert [p.name for p in (out / "runs").iterdir()] == [df.run[0]]
-    _, again = run_sweep(_write(tmp_path, spec), tmp_path / "out", workers=1)
+    assert "t.npy" in df.error[1]
+    assert [p.name for p in (tmp_path / "out" / "runs").iterdir()] == [df.run[0]]
+    again = run_points(points, tmp_path / "out", workers=1)
     assert list(again.status) == ["cached", "failed"]  # failed runs are retried on resume
+    with pytest.raises(ConfigError, match="t.npy: cannot read"):  # and now caught up front
+        load_sweep(path)
 
 
 def test_same_config_twice_runs_once(tmp_path: Path) -> None:
@@ -319,3 +329,92 @@ def test_sigkill_halfway_then_resume(tmp_path: Path) -> None:
         assert {f.name: f.stat().st_mtime_ns for f in (runs / name).iterdir()} == mtimes
     assert sorted(os.listdir(runs)) == sorted(df.run)  # no temp dirs left
     assert all(set(os.listdir(runs / r)) == RUN_FILES for r in df.run)
+
+
+# --------------------------------------------------------------------------------------------
+# the sweep file model, --set and --seeds
+
+
+@pytest.mark.parametrize(
+    ("spec", "needle"),
+    [
+        (
+            {
+                "grid": {"reclaim.policy": ["fifo"]},
+                "variants": [{"label": "x", "set": {"reclaim.policy": "lru"}}],
+            },
+            r"variants\[0\].set: reclaim.policy is also swept by grid \(reclaim.policy\)",
+        ),
+        (
+            {"grid": {"reclaim.policy": ["fifo"]}, "variants": [{"set": {"reclaim": {}}}]},
+            r"variants\[0\].set: reclaim is also swept by grid \(reclaim.policy\)",
+        ),
+        (
+            {"grid": {"kvm": [{}]}, "zip": {"kvm.tdp_mmu": [True]}},
+            "kvm and kvm.tdp_mmu overlap",
+        ),
+        ({"grid": {"a..b": [1]}}, "'a..b' is not a dotted key"),
+        ({"grid": {"kvm.tdp_mmu": [True] * 101}, "seeds": list(range(100))}, "10,100 points"),
+        ({"random": {"n": 10001, "keys": {"kvm.tdp_mmu": [1]}}}, "random.n: must be at most"),
+        ({"grid": {"seed": [1, 2]}}, "grid: seed: every run's seed comes from seeds"),
+        ({"variants": [{"set": {"seed": 3}}]}, r"variants\[0\].set: seed: every run's seed"),
+        ({"name": ".."}, "name: '..': expected letters"),
+        ({"base": 3}, "base: expected a scenario file name"),
+        ({"variants": [{"label": "x", "sett": {}}]}, r"variants\[0\].sett: unknown key"),
+        ({"name": "../x"}, "it names a directory under results"),
+    ],
+)
+def test_sweep_file_rules(tmp_path: Path, spec: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle) as info:
+        load_sweep(_write(tmp_path, {"base": {**TINY, "duration_s": 0.01}, **spec}))
+    assert "\n" not in str(info.value)
+
+
+def test_parse_seeds() -> None:
+    from sim.sweep import parse_seeds
+
+    assert parse_seeds("1,2,3") == [1, 2, 3]
+    assert parse_seeds("1-3,7") == [1, 2, 3, 7]
+    assert parse_seeds(" 5 ") == [5]
+    for bad in ("", "x", "3-1", "1,1", "-1", "1-99999999999", "1.5"):
+        with pytest.raises(UserError, match="--seeds"):
+            parse_seeds(bad)
+
+
+def test_mixed_parameter_types_still_make_a_runs_table(tmp_path: Path) -> None:
+    """A key swept over values of different types (pydantic accepts "12" for 12) or over
+    mappings becomes a text column, so runs.parquet can always be written."""
+    spec = {
+        "base": {**TINY, "duration_s": 0.005},
+        "grid": {
+            "host.memory_mib": [8, "12"],
+            "vms.0.workload": [{"type": "uniform"}],
+        },
+    }
+    _, points = load_sweep(_write(tmp_path, spec))
+    assert [p.params["host.memory_mib"] for p in points] == ["8", "12"]
+    assert points[0].params["vms.0.workload"] == '{"type": "uniform"}'
+    df = run_points(points, tmp_path / "out", workers=1)
+    assert list(df.status) == ["ok", "ok"]
+    assert pd.read_parquet(tmp_path / "out" / "runs.parquet")["host.memory_mib"].tolist() == [
+        "8",
+        "12",
+    ]
+
+
+def test_cli_sweep_takes_set_and_seeds(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from sim.cli import main
+
+    path = _write(tmp_path, {"base": {**TINY, "duration_s": 0.005}, "seeds": [1]})
+    out = tmp_path / "out"
+    args = ["sweep", str(path), "--out", str(out), "--workers", "1"]
+    r = CliRunner().invoke(main, [*args, "--set", "reclaim.policy=fifo", "--seeds", "2-3"])
+    assert r.exit_code == 0, r.output
+    df = pd.read_parquet(out / "runs.parquet")
+    assert list(df.seed) == [2, 3]
+    assert set(df.policy) == {"fifo"}
+    r = CliRunner().invoke(main, [*args, "--seeds", "x"])
+    assert r.exit_code == 2
+    assert "--seeds 'x'" in r.output

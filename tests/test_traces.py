@@ -422,7 +422,7 @@ def test_npy_object_arrays_are_refused(tmp_path: Path) -> None:
     buf = io.BytesIO()
     np.save(buf, np.array([1, "x"], dtype=object), allow_pickle=True)
     p = _write(tmp_path / "bad.npy", buf.getvalue())
-    _raises(lambda: read_trace(p), str(p), "not a .npy array")
+    _raises(lambda: read_trace(p), str(p), "got dtype object")
 
 
 # --------------------------------------------------------------------------------------------
@@ -698,7 +698,9 @@ def test_cli_trace_too_big_for_the_vm(tmp_path: Path) -> None:
     cfg = _scenario(tmp_path, trace)
     r = CliRunner().invoke(main, ["run", str(cfg), "--out", str(tmp_path / "res"), "-q"])
     assert r.exit_code == 2, r.output
-    assert "5000 distinct pages but the VM has 2048; raise memory_mib to at least 20" in r.output
+    assert "5,000 distinct pages but the VM has 2,048; raise vms[0].memory_mib to at least 20" in (
+        r.output
+    )
     assert not (tmp_path / "res").exists()
 
 

@@ -24,10 +24,21 @@ Simplifications
     Spacing is lenient (tabs, extra blanks, CRLF line ends); the op letter, hex address and
     decimal size are not.
 
+Bounds
+    Trace files are opened as regular files only (a FIFO or device is refused, never waited
+    on), and nothing is read without a bound: a lackey line longer than ``MAX_LINE_BYTES`` is
+    an error (a file of NULs or binary fails in its first block), an ``.npy`` header's shape is
+    checked against the file's size and the memory limit before any data is read (and data is
+    read in chunks, so a header that lies about a gzip'd file costs only what is really there),
+    and text is loaded only while what it takes stays within the memory limit
+    (:mod:`sim.budget`). With ``limit_bytes`` only that many decompressed bytes are read: the
+    result is the trace's start (``Trace.complete`` is False), which is what ``validate`` checks.
+
 Invariants
-    A returned :class:`Trace` has at least one access; ``pages`` are non-negative; every array has
-    the same length; errors are :class:`~sim.errors.TraceError` with one line naming the file and
-    the line (or row) and column at fault.
+    A returned :class:`Trace` has at least one access (unless it is an incomplete prefix);
+    ``pages`` are non-negative; every array has the same length; errors are
+    :class:`~sim.errors.TraceError` with one line naming the file and the line (or row) and
+    column at fault.
 
 Speed
     Lackey text is parsed in blocks of a few MiB with numpy (newline positions, then each
@@ -40,6 +51,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import re
 import zlib
 from collections.abc import Callable, Iterator
@@ -50,7 +62,9 @@ from typing import IO, Any
 import numpy as np
 from numpy.typing import NDArray
 
-from sim.errors import TraceError
+from sim.budget import check_fits, memory_limit
+from sim.errors import TraceError, shown_path
+from sim.inputs import open_regular
 
 FORMATS = ("lackey", "csv", "npy", "parquet")
 
@@ -59,6 +73,14 @@ BLOCK_BYTES = 8 << 20  # lackey text parsed per numpy pass
 MAX_ACCESS_BYTES = 512  # lackey's MAX_DSIZE; also the smallest page size accepted
 
 _GZIP_MAGIC = b"\x1f\x8b"
+CHECK_BYTES = 64 << 20  # decompressed bytes of a trace that `validate` reads
+MAX_LINE_BYTES = 4096  # longest lackey line (or CSV header) accepted
+READ_CHUNK = 16 << 20
+# peak bytes of memory while loading, per byte of what is measured (then renumbered densely)
+LACKEY_LOAD_FACTOR = 4  # per byte of parsed (op, address, size) arrays
+CSV_LOAD_FACTOR = 32  # per byte of CSV text: pandas holds every cell as a Python string
+PARQUET_LOAD_FACTOR = 8  # per byte of the parquet file
+NPY_LOAD_BYTES = 48  # per entry beyond its own bytes: int64 pages, write flags, renumbering
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +92,7 @@ class Trace:
     t_ns: NDArray[np.int64] | None
     vcpu: NDArray[np.int64] | None
     source: str
+    complete: bool = True  # False: only the first ``limit_bytes`` were read
 
     def __len__(self) -> int:
         return int(self.pages.size)
@@ -93,6 +116,7 @@ def read_trace(
     page_size: int = 4096,
     instructions: bool = False,
     numbers_page_size: int | None = None,
+    limit_bytes: int | None = None,
 ) -> Trace:
     """Read a trace file (gzip'd or not) into page numbers.
 
@@ -105,6 +129,8 @@ def read_trace(
             ``page`` column); None: ``page_size``. When smaller, they are merged into pages of
             ``page_size`` (``page >> log2(page_size / numbers_page_size)``), which is how a
             trace of 4 KiB pages drives a guest of 2 MiB pages.
+        limit_bytes: read at most this many decompressed bytes and return the accesses they
+            hold (``complete`` False if there was more); None: the whole file.
     """
     if page_size < MAX_ACCESS_BYTES or page_size & (page_size - 1):
         raise TraceError(f"{path}: page_size {page_size} must be a power of two >= 512")
@@ -121,9 +147,9 @@ def read_trace(
         raise TraceError(f"{path}: unknown trace format {fmt!r}; use one of {', '.join(FORMATS)}")
     shift = page_size.bit_length() - 1
     merge = shift - (numbers_page_size.bit_length() - 1)
-    src = str(path)
+    src = shown_path(path)
     try:
-        with _open(path) as f:
+        with _open(path, limit_bytes) as f:
             if fmt == "lackey":
                 trace = _read_lackey(f, src, shift, instructions)
             elif fmt == "npy":
@@ -132,20 +158,65 @@ def read_trace(
                 trace = _read_csv(f, src, shift, merge)
             else:
                 trace = _read_parquet(f, src, shift, merge)
+            if f.truncated:
+                trace = Trace(trace.pages, trace.writes, trace.t_ns, trace.vcpu, src, False)
     except OSError as exc:
-        raise TraceError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise TraceError(f"{src}: cannot read: {exc.strerror or _first_line(exc)}") from None
     except (EOFError, zlib.error) as exc:
-        raise TraceError(f"{path}: corrupt gzip data: {exc}") from None
-    if len(trace) == 0:
-        raise TraceError(f"{path}: no accesses in the trace")
+        raise TraceError(f"{src}: corrupt gzip data: {_first_line(exc)}") from None
+    if len(trace) == 0 and trace.complete:
+        raise TraceError(f"{src}: no accesses in the trace")
     return trace
 
 
-def _open(path: str | Path) -> IO[bytes]:
-    """The file as a binary stream, decompressed if it starts with gzip's magic bytes."""
-    with open(path, "rb") as f:
-        magic = f.read(2)
-    return gzip.open(path, "rb") if magic == _GZIP_MAGIC else open(path, "rb")  # noqa: SIM115
+class _Stream:
+    """A trace file's decompressed bytes. With ``limit``, reading stops after that many and
+    ``truncated`` tells whether the file had more."""
+
+    def __init__(self, raw: IO[bytes], limit: int | None) -> None:
+        self.raw = raw
+        magic = raw.read(2)
+        raw.seek(0)
+        self.compressed = magic == _GZIP_MAGIC
+        self.file_size = os.fstat(raw.fileno()).st_size
+        self.data: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if self.compressed else raw
+        self.limit, self.pos, self.truncated = limit, 0, False
+
+    def read(self, n: int = -1) -> bytes:
+        if self.limit is not None:
+            left = self.limit - self.pos
+            if left <= 0:
+                return b""
+            n = left if n < 0 else min(n, left)
+        data = self.data.read(n)
+        self.pos += len(data)
+        if self.limit is not None and self.pos >= self.limit:
+            self.truncated = bool(self.data.read(1))  # is there more than the limit?
+        return data
+
+    def read_all(self, factor: int, what: str, src: str) -> bytes:
+        """Everything left, refused as soon as holding it would take ``factor`` times its size
+        in memory beyond the limit."""
+        limit = memory_limit()[0]
+        if limit is None:
+            return self.read()
+        data = self.read(limit // factor + 1)
+        check_fits(len(data) * factor, f"{src}: loading this {what} trace", TraceError)
+        return data
+
+    def __enter__(self) -> _Stream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.compressed:
+            self.data.close()
+        self.raw.close()
+
+
+def _open(path: str | Path, limit: int | None = None) -> _Stream:
+    """The file as a binary stream (a regular file only), decompressed if it starts with
+    gzip's magic bytes."""
+    return _Stream(open_regular(path, TraceError), limit)
 
 
 # --------------------------------------------------------------------------------------------
@@ -166,8 +237,15 @@ _OP_I, _OP_L, _OP_S, _OP_M = (ord(c) for c in "ILSM")
 _LINE = re.compile(rb"[ \t]*([ILSM])[ \t]+([0-9A-Fa-f]+),([0-9]+)[ \t\r]*")
 
 
-def _blocks(f: IO[bytes]) -> Iterator[bytes]:
-    """Whole lines, a few MiB at a time, each block ending with a newline."""
+class _LongLine(Exception):
+    """A line longer than ``MAX_LINE_BYTES``: not lackey text (binary, NULs, one huge line)."""
+
+
+def _blocks(f: _Stream) -> Iterator[bytes]:
+    """Whole lines, a few MiB at a time, each block ending with a newline; a line that is
+    still unfinished after ``MAX_LINE_BYTES`` raises :class:`_LongLine` (so reading a file
+    without newlines stops at its first block instead of growing one line forever). A last
+    line cut off by the read limit is dropped."""
     carry = b""
     while True:
         data = f.read(BLOCK_BYTES)
@@ -176,19 +254,32 @@ def _blocks(f: IO[bytes]) -> Iterator[bytes]:
         data = carry + data
         cut = data.rfind(b"\n") + 1
         carry = data[cut:]
+        if len(carry) > MAX_LINE_BYTES:
+            raise _LongLine
         if cut:
             yield data[:cut]
-    if carry:
+    if carry and not f.truncated:
         yield carry + b"\n"
 
 
-def _read_lackey(f: IO[bytes], src: str, shift: int, instructions: bool) -> Trace:
+def _read_lackey(f: _Stream, src: str, shift: int, instructions: bool) -> Trace:
     page_size = 1 << shift
     ops: list[NDArray[np.uint8]] = []
     addrs: list[NDArray[np.uint64]] = []
     sizes: list[NDArray[np.int64]] = []
+    held = 0  # bytes of parsed arrays kept
     lineno = 0  # lines before the current block
-    for block in _blocks(f):
+    blocks = _blocks(f)
+    while True:
+        try:
+            block = next(blocks, None)
+        except _LongLine:
+            raise TraceError(
+                f"{src}:{lineno + 1}: line longer than {MAX_LINE_BYTES} bytes (binary data?); "
+                f"{LACKEY_EXAMPLE}"
+            ) from None
+        if block is None:
+            break
         parsed = _parse_block_fast(block)
         if parsed is None:
             parsed = _parse_block_slow(block, src, lineno)
@@ -202,6 +293,8 @@ def _read_lackey(f: IO[bytes], src: str, shift: int, instructions: bool) -> Trac
         addrs.append(addr)
         sizes.append(size)
         lineno += nlines
+        held += op.nbytes + addr.nbytes + size.nbytes
+        check_fits(held * LACKEY_LOAD_FACTOR, f"{src}: loading this trace", TraceError)
     op = np.concatenate(ops) if ops else np.empty(0, np.uint8)
     addr = np.concatenate(addrs) if addrs else np.empty(0, np.uint64)
     size = np.concatenate(sizes) if sizes else np.empty(0, np.int64)
@@ -321,16 +414,48 @@ def _show(text: bytes | str, limit: int = 60) -> str:
 # npy
 
 
-def _read_npy(f: IO[bytes], src: str, merge: int) -> Trace:
+def _read_npy(f: _Stream, src: str, merge: int) -> Trace:
+    """An ``.npy`` array, read from its header on: the shape is checked against the file's
+    size and the memory limit first, and the data is read in chunks, so a header claiming
+    2**40 entries costs nothing."""
+    fmt = np.lib.format
     try:
-        arr = np.load(io.BytesIO(f.read()), allow_pickle=False)
-    except ValueError as exc:
+        version = fmt.read_magic(f)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, _, dtype = fmt.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"unsupported .npy format version {version}")
+    except (ValueError, SyntaxError, TypeError, KeyError) as exc:
         raise TraceError(f"{src}: not a .npy array: {_first_line(exc)}") from None
-    if not isinstance(arr, np.ndarray) or arr.ndim != 1:
-        shape = getattr(arr, "shape", "?")
+    if len(shape) != 1:
         raise TraceError(f"{src}: expected a 1-D array of page numbers, got shape {shape}")
-    if arr.dtype.kind not in "iu":
-        raise TraceError(f"{src}: expected an integer array of page numbers, got dtype {arr.dtype}")
+    if dtype.kind not in "iu":
+        raise TraceError(f"{src}: expected an integer array of page numbers, got dtype {dtype}")
+    count, item = int(shape[0]), dtype.itemsize
+    if not f.compressed and count * item > f.file_size - f.pos:
+        raise TraceError(
+            f"{src}: the header claims {count:,} entries ({count * item:,} bytes) but the file "
+            f"holds {max(0, f.file_size - f.pos):,} bytes of data; it is truncated or not a trace"
+        )
+    check_fits(count * (item + NPY_LOAD_BYTES), f"{src}: loading {count:,} accesses", TraceError)
+    chunks: list[bytes] = []
+    left = count * item
+    while left > 0:
+        data = f.read(min(left, READ_CHUNK))
+        if not data:
+            break
+        chunks.append(data)
+        left -= len(data)
+    if left > 0 and not f.truncated:
+        got = (count * item - left) // item
+        raise TraceError(
+            f"{src}: the header claims {count:,} entries but the data ends after {got:,}; "
+            "the file is truncated"
+        )
+    raw = b"".join(chunks)
+    arr = np.frombuffer(raw, dtype=dtype, count=len(raw) // item)
     pages = _numeric(arr, "page number", lambda i: f"{src}: element {i}") >> merge
     return Trace(pages, np.zeros(pages.size, dtype=np.bool_), None, None, src)
 
@@ -346,12 +471,25 @@ _BOOL_TEXT = {"true": True, "false": False, "1": True, "0": False}
 _COLUMNS = ("page", "addr", "t_ns", "vcpu", "write")
 
 
-def _read_csv(f: IO[bytes], src: str, shift: int, merge: int) -> Trace:
+def _read_csv(f: _Stream, src: str, shift: int, merge: int) -> Trace:
     import pandas as pd
 
+    head = f.read(MAX_LINE_BYTES)
+    if len(head) == MAX_LINE_BYTES and b"\n" not in head:
+        raise TraceError(
+            f"{src}:1: no CSV header line in the first {MAX_LINE_BYTES} bytes (binary data?); "
+            "expected a header naming page or addr"
+        )
+    data = head + f.read_all(CSV_LOAD_FACTOR, "CSV", src)
+    if f.truncated:  # a prefix: drop the line the limit cut
+        data = data[: data.rfind(b"\n") + 1]
     try:
         df = pd.read_csv(
-            f, dtype=str, keep_default_na=False, skip_blank_lines=False, skipinitialspace=True
+            io.BytesIO(data),
+            dtype=str,
+            keep_default_na=False,
+            skip_blank_lines=False,
+            skipinitialspace=True,
         )
     except pd.errors.EmptyDataError:
         raise TraceError(
@@ -367,13 +505,19 @@ def _read_csv(f: IO[bytes], src: str, shift: int, merge: int) -> Trace:
     return _from_columns(cols, src, shift, merge, lambda i: f"{src}:{lines[i]}")
 
 
-def _read_parquet(f: IO[bytes], src: str, shift: int, merge: int) -> Trace:
+def _read_parquet(f: _Stream, src: str, shift: int, merge: int) -> Trace:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    head = f.read(4)
+    if head != b"PAR1":
+        raise TraceError(f"{src}: not a parquet file (it does not start with PAR1)")
+    data = head + f.read_all(PARQUET_LOAD_FACTOR, "parquet", src)
+    if f.truncated:  # the footer is at the end: a prefix of a parquet file says nothing more
+        return Trace(np.empty(0, np.int64), np.empty(0, np.bool_), None, None, src, False)
     try:
-        table = pq.read_table(io.BytesIO(f.read()))
-    except pa.ArrowException as exc:
+        table = pq.read_table(io.BytesIO(data))
+    except (pa.ArrowException, OSError) as exc:
         raise TraceError(f"{src}: not a parquet file: {_first_line(exc)}") from None
     cols: dict[str, NDArray[Any]] = {}
     for name in _COLUMNS:

@@ -36,14 +36,16 @@ from typing import Annotated, Literal
 import numba
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from sim.errors import TraceError
-from sim.guest.traces import read_trace
+from sim.guest.traces import detect_format, read_trace
 from sim.schema import Strict
 
 # --------------------------------------------------------------------------------------------
 # config
+
+MAX_PHASE_S = 4000.0  # no vCPU lives longer than the longest run
 
 
 class UniformConfig(Strict):
@@ -83,7 +85,9 @@ SimpleWorkload = Annotated[
 class PhaseConfig(Strict):
     """One phase of a phased workload: a distribution over its own region for a while."""
 
-    duration_s: float = Field(gt=0.0, description="Length of the phase in the vCPU's own time.")
+    duration_s: float = Field(
+        gt=0.0, le=MAX_PHASE_S, description="Length of the phase in the vCPU's own time."
+    )
     workload: SimpleWorkload = Field(
         default_factory=ZipfConfig, description="Distribution during this phase."
     )
@@ -115,8 +119,10 @@ class TraceConfig(Strict):
     type: Literal["trace"] = "trace"
     path: str = Field(
         min_length=1,
-        description="Trace file (gzip'd or not); relative paths resolve against the current "
-        "working directory.",
+        max_length=4096,
+        description="Trace file (gzip'd or not); a relative path is relative to the directory of "
+        "the file that names it (the current directory for --set); config.yaml records it "
+        "resolved.",
     )
     format: Literal["auto", "lackey", "csv", "npy", "parquet"] = Field(
         "auto",
@@ -143,6 +149,16 @@ class TraceConfig(Strict):
         if v & (v - 1):
             raise ValueError(f"page_size must be a power of two (got {v})")
         return v
+
+    @model_validator(mode="after")
+    def _instructions_need_lackey(self) -> TraceConfig:
+        fmt = detect_format(self.path) if self.format == "auto" else self.format
+        if self.instructions and fmt != "lackey":
+            raise ValueError(
+                f"instructions: only lackey traces have instruction fetches, and this one is "
+                f"read as {fmt}; remove instructions"
+            )
+        return self
 
 
 WorkloadConfig = Annotated[

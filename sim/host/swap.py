@@ -55,16 +55,28 @@ from pydantic import Field
 from sim.host.vmstat import VmEvents
 from sim.schema import Strict
 
+MAX_SWAP_MIB = 1 << 30  # 1 PiB: slots are only counted, so this bounds nothing but typos
+MAX_LATENCY_US = 10_000_000.0  # 10 s per request
+MAX_BANDWIDTH_MIB_PER_S = 10_000_000.0  # 10 TiB/s
+
 
 class SwapConfig(Strict):
     """The host's swap device."""
 
-    size_mib: int = Field(4096, ge=0, description="Swap capacity; 0 means no swap.")
+    size_mib: int = Field(
+        4096, ge=0, le=MAX_SWAP_MIB, description="Swap capacity; 0 means no swap."
+    )
     read_latency_us: float = Field(
-        80.0, gt=0.0, description="Mean 4 KiB read latency (NVMe TLC QD1: 60-120 us)."
+        80.0,
+        gt=0.0,
+        le=MAX_LATENCY_US,
+        description="Mean 4 KiB read latency (NVMe TLC QD1: 60-120 us).",
     )
     write_latency_us: float = Field(
-        30.0, gt=0.0, description="Mean 4 KiB write latency (into the device cache: 10-30 us)."
+        30.0,
+        gt=0.0,
+        le=MAX_LATENCY_US,
+        description="Mean 4 KiB write latency (into the device cache: 10-30 us).",
     )
     latency_cv: float = Field(
         0.3,
@@ -83,13 +95,15 @@ class SwapConfig(Strict):
     )
     read_bandwidth_mib_per_s: float = Field(
         3000.0,
-        gt=0.0,
+        ge=1.0,
+        le=MAX_BANDWIDTH_MIB_PER_S,
         description="Sequential read bandwidth (NVMe TLC: 2-7 GB/s); moves the bytes of a page "
         "beyond its first 4 KiB (2 MiB pages only).",
     )
     write_bandwidth_mib_per_s: float = Field(
         2000.0,
-        gt=0.0,
+        ge=1.0,
+        le=MAX_BANDWIDTH_MIB_PER_S,
         description="Sequential write bandwidth (NVMe TLC: 1-5 GB/s); as read_bandwidth_mib_per_s.",
     )
 
