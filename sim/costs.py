@@ -3,8 +3,8 @@
 Models
     "Count work, then price it": reclaim and fault paths count what they did (pages scanned, rmap
     entries walked, notifier calls, TLB flushes); this module turns the counts into time. Every
-    default comes from MODEL.md section 6, where each figure's source or its status as an estimate
-    ([EST]) is given; calibrate them with perf and tracepoints on your own hardware.
+    default comes from docs/MODEL.md section 6, where each figure's source or its status as an
+    estimate ([EST]) is given; calibrate them with perf and tracepoints on your own hardware.
 
 Page size
     Costs are per page of the simulated size (``host.page_size_kib``). Walking, isolating,
@@ -30,7 +30,7 @@ MAX_COST_NS = 10**9  # one operation costing more than a second of CPU is a typo
 
 
 class CostsConfig(Strict):
-    """CPU-side costs (ns). Defaults and sources: MODEL.md section 6."""
+    """CPU-side costs (ns). Defaults and sources: docs/MODEL.md section 6."""
 
     vmexit_ns: int = Field(
         800,

@@ -1,12 +1,14 @@
-"""kswapd and direct reclaim follow the watermarks (MODEL.md 4.1-4.3)."""
+"""kswapd and direct reclaim follow the watermarks (docs/MODEL.md 4.1-4.3)."""
 
 from __future__ import annotations
 
 from collections.abc import Generator
 from typing import Any
 
+import pytest
+
 from sim.engine import World
-from sim.host.memory import SWAP_CLUSTER_MAX
+from sim.host.memory import MAX_RECLAIM_RETRIES, SWAP_CLUSTER_MAX
 from sim.host.vmstat import VmStat
 from tests.conftest import tiny
 
@@ -130,3 +132,27 @@ def test_full_swap_is_reported_not_a_crash() -> None:
     assert s["host"]["swap"]["exhausted"]
     assert s["host"]["swap"]["full_failures"] > 0
     assert s["host"]["swap"]["used_end"] <= s["host"]["swap"]["slots"]
+
+
+@pytest.mark.parametrize("policy", ["two_list", "lru", "clock", "fifo", "random"])
+def test_kswapd_throttles_on_its_own_write_back_for_every_classic_policy(policy: str) -> None:
+    """A 32-frame host of 2 MiB pages writes all of memory out at once: kswapd must see that
+    the batches it isolates are all under write-back (PGDAT_WRITEBACK, which compares with
+    the folios taken off the list), meet its own PG_reclaim marks again (``nr_immediate``) and
+    sleep on WRITEBACK, rather than fail pass after pass until it is hopeless."""
+    w = World(
+        tiny(
+            host__memory_mib=64,
+            host__page_size_kib=2048,
+            swap__size_mib=256,
+            vms__0__memory_mib=64,
+            duration_s=0.2,
+            reclaim={"policy": policy},
+        )
+    )
+    w.run()
+    vs = w.vmstat
+    assert vs[VmStat.VMSCAN_IMMEDIATE] > 0
+    assert vs[VmStat.THROTTLE_WRITEBACK] > 0
+    assert vs[VmStat.KSWAPD_FAILURES] < MAX_RECLAIM_RETRIES
+    assert vs[VmStat.OOM_KILL] == 0

@@ -1,4 +1,4 @@
-"""The multi-gen LRU (MODEL.md 4.8): generations, the aging walk through KVM's notifiers,
+"""The multi-gen LRU (docs/MODEL.md 4.8): generations, the aging walk through KVM's notifiers,
 look-around, the two-step promotion, eviction from the oldest generation, refaults."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Watermarks are derived the way __setup_per_zone_wmarks derives them (MODEL.md section 2)."""
+"""Watermarks are derived the way __setup_per_zone_wmarks derives them (docs/MODEL.md section 2)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from sim.host.memory import calculate_min_free_kbytes, setup_per_zone_wmarks
 
 
 def test_8gib_zone_matches_model_example() -> None:
-    """MODEL.md: one 8 GiB zone -> min 2896, gap 2097, low 4993, high 7090 pages."""
+    """docs/MODEL.md: one 8 GiB zone -> min 2896, gap 2097, low 4993, high 7090 pages."""
     wm = setup_per_zone_wmarks(8 << 18)
     assert (wm.min, wm.low, wm.high) == (2896, 4993, 7090)
     assert wm.min_free_kbytes == 11585

@@ -23,7 +23,8 @@ Page size
 
 Kernel reference
     mm/swapfile.c (``get_swap_pages``, ``swap_free``, ``vm_swap_full``: more than half the slots
-    used), mm/page_io.c (``swap_writepage``, ``swap_read_folio``). Latencies: MODEL.md section 6.
+    used), mm/page_io.c (``swap_writepage``, ``swap_read_folio``). Latencies: docs/MODEL.md
+    section 6.
 
 Simplifications
     The queue is computed analytically rather than with one SimPy process per request: a request
@@ -32,9 +33,9 @@ Simplifications
     tag (``blocked_until``), and its state changes (the folios it unmapped) take effect when it
     calls, not when it wakes. This is exactly a ``simpy.Resource(capacity=queue_depth)`` with FIFO
     grants (a test holds the two to identical completion times) at a fraction of the cost. There is
-    no readahead (guest-physical locality rarely survives host swap, MODEL.md 4.7) and no latency
-    depends on where a page sits on the device, so slots are interchangeable: only their count is
-    kept, not the kernel's per-CPU cluster allocator. A page's swap entry is implied by its
+    no readahead (guest-physical locality rarely survives host swap, docs/MODEL.md 4.7) and no
+    latency depends on where a page sits on the device, so slots are interchangeable: only their
+    count is kept, not the kernel's per-CPU cluster allocator. A page's swap entry is implied by its
     ``PG_SWAP`` flag, and the workingset shadow the kernel keeps in the swap cache lives in the
     page's ``pfn`` entry while it has no frame (memory.py). A 2 MiB page is read back whole (as mTHP
     swap-in does), never split into base pages.

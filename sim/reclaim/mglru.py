@@ -57,7 +57,7 @@ Models
     A refault is recent if the token's sequence is within MAX_NR_GENS of ``max_seq``: then
     ``refaulted[tier]`` and WORKINGSET_ACTIVATE count it, and a shadow with PG_workingset sets
     PG_workingset again (WORKINGSET_RESTORE), which places the folio in ``max_seq``. (Up to
-    6.13, as MODEL.md 4.9 describes, every recent refault inside a fault got PG_workingset.)
+    6.13, as docs/MODEL.md 4.9 describes, every recent refault inside a fault got PG_workingset.)
 
     kswapd's ``lru_gen_age_node`` does no aging itself; with ``min_ttl_ms`` it checks whether the
     oldest generation is older than the TTL and, if not, counts ``mglru_min_ttl_oom`` (the kernel

@@ -63,6 +63,7 @@ class SimplePolicy(ABC):
             if len(victims) == 0:
                 return
             budget -= len(victims)
+            sc.nr_taken += len(victims)  # what shrink_folio_list gets (PGDAT_WRITEBACK's test)
             sc.isolated(len(victims))
             out = reclaim.shrink_folio_list(victims, sc)
             back = victims[out != Outcome.FREED]
