@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from sim import budget
 from sim.budget import estimate_run, fmt_bytes, parse_size
 from sim.cli import main
-from sim.config import KvmConfig, parse_scenario
+from sim.config import parse_scenario
 from sim.errors import UserError
 from tests.conftest import TINY
 
@@ -57,7 +57,7 @@ def test_parse_size() -> None:
 
 
 # shadow paging, whichever way the KVM config spells it
-SHADOW = {"mmu": "shadow"} if "mmu" in KvmConfig.model_fields else {"tdp_mmu": False}
+SHADOW = {"mmu": "shadow"}
 
 
 def test_estimate_grows_with_every_size() -> None:
