@@ -365,15 +365,20 @@ def _refuse(out: Path, why: str) -> OutputError:
     return OutputError(f"{out}: {why}")
 
 
-def check_target(out: Path, kind: str) -> Path:
-    """The resolved ``out`` if a result of ``kind`` may be published there; writes nothing."""
+def _checked(out: Path, kind: str, why_not: Callable[[Path, str], str | None]) -> Path:
+    """The resolved ``out``, or an OutputError saying ``why_not`` (None: usable)."""
     with output_errors(out):
         target = resolve_out(out)
         if os.path.lexists(target):
-            why = _why_not_replaceable(target, kind)
+            why = why_not(target, kind)
             if why is not None:
                 raise _refuse(out, why)
     return target
+
+
+def check_target(out: Path, kind: str) -> Path:
+    """The resolved ``out`` if a result of ``kind`` may be published there; writes nothing."""
+    return _checked(out, kind, _why_not_replaceable)
 
 
 @dataclass(frozen=True)
@@ -462,13 +467,7 @@ def claim(out: Path, kind: str, **fields: Any) -> tuple[Path, str]:
 
 def check_resumable(out: Path, kind: str) -> Path:
     """The resolved ``out`` if :func:`claim` would accept it for ``kind``; writes nothing."""
-    with output_errors(out):
-        target = resolve_out(out)
-        if os.path.lexists(target):
-            why = _why_not_resumable(target, kind)
-            if why is not None:
-                raise _refuse(out, why)
-    return target
+    return _checked(out, kind, _why_not_resumable)
 
 
 def _why_not_resumable(path: Path, kind: str) -> str | None:

@@ -46,30 +46,15 @@ import numpy as np
 import yaml
 from click.testing import CliRunner
 
+from tests.conftest import TINY as CONFTEST_TINY
+
 REPO = Path(__file__).resolve().parent.parent
 SEED = 20261202
 MAX_MEMORY = "512M"  # every command that can allocate gets it: fuzz cases stay small
 RUN_SECONDS = 0.0002  # simulated time of the runs that check "validated, so it runs"
 
 
-TINY: dict[str, Any] = {
-    "name": "tiny",
-    "seed": 7,
-    "duration_s": 0.002,
-    "host": {"memory_mib": 8},
-    "swap": {"size_mib": 64, "latency_cv": 0.0},
-    "vms": [
-        {
-            "name": "vm",
-            "count": 2,
-            "memory_mib": 8,
-            "vcpus": 2,
-            "access_rate_per_s": 2_000_000,
-            "workload": {"type": "zipf", "alpha": 0.9},
-        }
-    ],
-    "engine": {"batch_accesses": 128, "sample_interval_ms": 1.0},
-}
+TINY: dict[str, Any] = {**copy.deepcopy(CONFTEST_TINY), "duration_s": 0.002}
 
 EXTREMES: list[Any] = [
     float("nan"),
