@@ -25,6 +25,7 @@ from sim.costs import CostModel
 from sim.guest.vcpu import Vcpu
 from sim.host.fault import HostFaultHandler
 from sim.host.kswapd import DirectReclaim, Kswapd, ProcessGen, ReclaimThrottle
+from sim.host.memory import PTRS_PER_PMD
 from sim.host.oom import OomKiller
 from sim.host.page_alloc import PageAllocator
 from sim.lifecycle import checkpoint
@@ -71,7 +72,15 @@ class World(Machine):
 
         self.alloc = PageAllocator(env, mem, self.kswapd, direct, vmstat, self.oom, reclaimable)
         self.host_fault = HostFaultHandler(
-            env, mem, self.swap, self.alloc, policy, self.mms, vmstat
+            env,
+            mem,
+            self.swap,
+            self.alloc,
+            policy,
+            self.mms,
+            vmstat,
+            page_cluster=sc.swap.page_cluster,
+            ptrs_per_pmd=1 if self.vmscan.pmd_mapped else PTRS_PER_PMD,  # a 2 MiB page is a PMD
         )
         on_access = self._on_access if policy.observes_accesses else None
         for vm, (name, cfg) in zip(self.vms, vms, strict=True):

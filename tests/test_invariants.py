@@ -95,6 +95,7 @@ def scenarios(draw: st.DrawFn, huge: bool = False) -> dict[str, Any]:
             "size_mib": draw(st.sampled_from([0, 2, 4, 64] if huge else [0, 1, 4, 64])),
             "queue_depth": draw(st.integers(1, 8)),
             "latency_cv": draw(st.sampled_from([0.0, 0.5])),
+            "page_cluster": draw(st.sampled_from([0, 1, 3])),
         },
         "kvm": {
             "mmu_notifiers": draw(st.booleans()),

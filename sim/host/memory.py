@@ -152,6 +152,8 @@ class HostMemory:
         self.flags = np.zeros(nr_pages, dtype=np.uint8)
         self.pfn = np.full(nr_pages, NO_PFN, dtype=np.uint32)  # pfn, shadow or NO_PFN
         self.frame_pid = np.full(nr_frames, -1, dtype=np.int32)
+        # PG_readahead (the uint8 flags are full): read ahead, not yet touched (swap_state.py)
+        self.readahead = np.zeros(nr_pages, dtype=np.bool_)
         self.stamps = stamps
         self.last_access_us = np.zeros(nr_pages if stamps else 0, dtype=np.uint32)
         self.scans = np.zeros(nr_frames if stamps else 0, dtype=np.uint8)
@@ -281,6 +283,10 @@ class HostMemory:
         assert not (self.flags[~has] & ~np.uint8(PG_SWAP)).any(), "flags on a page without frame"
         unmapped = has & ((self.flags & PTE_PRESENT) == 0)
         assert swap[unmapped].all(), "an unmapped resident page without its swap copy"
+        ra = self.flags[self.readahead]
+        assert (ra & (HAS_FRAME | PG_SWAP | PTE_PRESENT) == HAS_FRAME | PG_SWAP).all(), (
+            "PG_readahead on a page that is not an unmapped swap-cache folio"
+        )
         wb = (self.flags & PG_WRITEBACK) != 0
         assert int(wb.sum()) == self.nr_writeback, "writeback accounting"
         res = np.bincount(self.page_owners(pids), minlength=len(self.nr_resident))

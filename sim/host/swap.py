@@ -32,8 +32,8 @@ Simplifications
     server free)`` and ends after its latency; the submitter is busy until its last request got a
     tag (``blocked_until``), and its state changes (the folios it unmapped) take effect when it
     calls, not when it wakes. This is exactly a ``simpy.Resource(capacity=queue_depth)`` with FIFO
-    grants (a test holds the two to identical completion times) at a fraction of the cost. There is
-    no readahead (guest-physical locality rarely survives host swap, docs/MODEL.md 4.7) and no
+    grants (a test holds the two to identical completion times) at a fraction of the cost.
+    Readahead (``page_cluster``) is VMA-based (swap_state.py), so it needs no slot locality; no
     latency depends on where a page sits on the device, so slots are interchangeable: only their
     count is kept, not the kernel's per-CPU cluster allocator. A page's swap entry is implied by its
     ``PG_SWAP`` flag, and the workingset shadow the kernel keeps in the swap cache lives in the
@@ -106,6 +106,14 @@ class SwapConfig(Strict):
         ge=1.0,
         le=MAX_BANDWIDTH_MIB_PER_S,
         description="Sequential write bandwidth (NVMe TLC: 1-5 GB/s); as read_bandwidth_mib_per_s.",
+    )
+    page_cluster: int = Field(
+        0,
+        ge=0,
+        le=31,
+        description="vm.page-cluster: swap readahead reads up to 2^page_cluster pages around a "
+        "major fault (VMA-based, at most 32; swap_state.py); 0 turns readahead off. The "
+        "kernel's default is 3; memsim keeps 0 so results without readahead stay as they were.",
     )
 
 

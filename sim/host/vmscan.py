@@ -372,6 +372,7 @@ class Vmscan:
         shadows = self.policy.workingset_eviction(pfns)
         mem.nr_swapped += np.bincount(mem.page_owners(pids), minlength=len(mem.nr_swapped))
         mem.flags[pids] = _U8(PG_SWAP)
+        mem.readahead[pids] = False  # a folio read ahead and never touched
         mem.free_frames(pfns, shadows)
 
     def folio_end_writeback(self, pid: int, pfn: int) -> None:

@@ -54,6 +54,8 @@ class VmStat(StrEnum):
     VMSCAN_IMMEDIATE = "vmscan_immediate"  # ...of them marked for immediate reclaim (kswapd)
     THROTTLE_WRITEBACK = "reclaim_throttle_writeback"  # reclaim_throttle(WRITEBACK) sleeps
     THROTTLE_NOPROGRESS = "reclaim_throttle_noprogress"  # reclaim_throttle(NOPROGRESS) sleeps
+    SWAP_RA = "swap_ra"  # pages read ahead (swap_vma_readahead), host-wide as the kernel counts
+    SWAP_RA_HIT = "swap_ra_hit"  # ...of them found by a fault (swap_cache_get_folio)
     SWAP_FULL = "swap_full"  # folios that could not get a swap slot (add_to_swap failed)
     OOM_KILL = "oom_kill"
     RMAP_WALKED = "rmap_walked"  # host rmap mappings visited (folio_referenced, try_to_unmap)
