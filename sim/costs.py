@@ -144,13 +144,19 @@ class Work(Protocol):
     nr_notifier_calls: int
     nr_sptes_walked: int
     nr_tlb_flushes: int
+    nr_compressed: int
 
 
 class CostModel:
-    """Turns counted work into simulated time (integer ns)."""
+    """Turns counted work into simulated time (integer ns).
 
-    def __init__(self, cfg: CostsConfig) -> None:
-        self.cfg = cfg
+    Args:
+        cfg: CPU costs.
+        compress_ns: compressing one page into zram or zswap (``SwapDevice.compress_ns``).
+    """
+
+    def __init__(self, cfg: CostsConfig, compress_ns: int = 0) -> None:
+        self.cfg, self.compress_ns = cfg, compress_ns
 
     def reclaim_ns(self, w: Work) -> int:
         """CPU time of a reclaim pass (kswapd's own, or a direct reclaimer's stall)."""
@@ -162,4 +168,5 @@ class CostModel:
             + w.nr_notifier_calls * c.notifier_call_ns
             + w.nr_sptes_walked * c.spte_walk_ns
             + w.nr_tlb_flushes * c.tlb_flush_ipi_ns
+            + w.nr_compressed * self.compress_ns
         )

@@ -59,7 +59,7 @@ class World(Machine):
             outdir=outdir,
         )
         mem, policy, vmstat, swap = self.mem, self.policy, self.vmstat, self.swap
-        cost = CostModel(self.costs)
+        cost = CostModel(self.costs, swap.compress_ns)
         self.throttle = throttle = ReclaimThrottle(env, mem, vmstat)
         self.vmscan.on_writeback_end = throttle.writeback_ended
         self.kswapd = Kswapd(env, mem, self.vmscan, policy, cost, vmstat, throttle)
@@ -68,7 +68,8 @@ class World(Machine):
         self.oom_kills = self.oom.kills
 
         def reclaimable() -> int:  # zone_reclaimable_pages: LRU anon pages, if swap has room
-            return mem.nr_frames - mem.nr_free if swap.nr_free_slots > 0 else 0
+            lru = mem.nr_frames - mem.nr_free - mem.nr_pool  # the compressed pool is not on it
+            return lru if swap.nr_free_slots > 0 else 0
 
         self.alloc = PageAllocator(env, mem, self.kswapd, direct, vmstat, self.oom, reclaimable)
         self.host_fault = HostFaultHandler(

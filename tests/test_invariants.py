@@ -96,6 +96,7 @@ def scenarios(draw: st.DrawFn, huge: bool = False) -> dict[str, Any]:
             "queue_depth": draw(st.integers(1, 8)),
             "latency_cv": draw(st.sampled_from([0.0, 0.5])),
             "page_cluster": draw(st.sampled_from([0, 1, 3])),
+            "device": draw(st.sampled_from(["disk", "zram"])),
         },
         "kvm": {
             "mmu_notifiers": draw(st.booleans()),

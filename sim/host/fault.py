@@ -150,7 +150,7 @@ class HostFaultHandler:
             f |= _MAPPED_INT
             if not f & PG_WRITEBACK and (write or self.swap.vm_swap_full()):
                 f = (f & ~PG_SWAP) | PG_DIRTY  # should_try_to_free_swap -> folio_free_swap
-                self.swap.free_slots(1)
+                self.swap.free_slots(1, (pid,))
             flags[pid] = f
             self.policy.folio_mark_accessed(mem.pfn.item(pid))  # GUP's FOLL_TOUCH
             return HostFault.SWAPCACHE
@@ -220,11 +220,7 @@ class HostFaultHandler:
         flags = mem.flags
         flags[pid] = flags.item(pid) | PG_LOCKED
         now = self.env.now
-        ahead = self._swap_vma_readahead(pid, mm) if self.page_cluster else []
-        if ahead:
-            t_done = self._submit_readahead(pid, mm, ahead, now)
-        else:
-            t_done = self.swap.submit(now, write=False, per_mm=mm.index)[0]
+        t_done = self._swap_read_folio(pid, mm, now)
         yield self.env.timeout(t_done - now)
         flags[pid] = flags.item(pid) & ~PG_LOCKED
         if mm.dead:
@@ -232,6 +228,21 @@ class HostFaultHandler:
             return HostFault.MAJOR
         self._swapin_done(pid, pfn, write, shadow)
         return HostFault.MAJOR
+
+    def _swap_read_folio(self, pid: int, mm: Mm, now: int) -> int:
+        """Submit the read of page ``pid`` (``pswpin``); returns when the data is in its frame.
+
+        zram (``SWP_SYNCHRONOUS_IO``): ``do_swap_page`` skips the swap cache and readahead and
+        the faulting task decompresses the page itself. Otherwise the read goes to the device,
+        with the pages ``swap_vma_readahead`` picked when ``page_cluster`` is set.
+        """
+        if self.swap.zram:
+            self.swap.submit(now, write=False, per_mm=mm.index)
+            return now + self.swap.decompress_ns
+        ahead = self._swap_vma_readahead(pid, mm) if self.page_cluster else []
+        if ahead:
+            return self._submit_readahead(pid, mm, ahead, now)
+        return self.swap.submit(now, write=False, per_mm=mm.index)[0]
 
     def _swap_cache_hit(self, pid: int) -> None:
         """``swap_cache_get_folio``: a fault found the folio in the swap cache; if it was read
@@ -311,9 +322,11 @@ class HostFaultHandler:
         flags = self.mem.flags
         self.vmstat.count(_PGMAJFAULT, 1, self.mem.page_owner(pid))
         f = flags.item(pid) | _MAPPED_INT
-        if write or self.swap.vm_swap_full():  # should_try_to_free_swap
+        # zram's path skipped the swap cache and frees the entry (swap_free_nr); otherwise
+        # should_try_to_free_swap
+        if write or self.swap.zram or self.swap.vm_swap_full():
             f = (f & ~PG_SWAP) | PG_DIRTY
-            self.swap.free_slots(1)
+            self.swap.free_slots(1, (pid,))
         flags[pid] = f
         self.policy.folio_add_lru(pfn, shadow)
         self.policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
@@ -338,6 +351,6 @@ class HostFaultHandler:
         """Release what a fault took for a page of a dead mm."""
         mem = self.mem
         if mem.flags[pid] & PG_SWAP:
-            self.swap.free_slots(1)
+            self.swap.free_slots(1, (pid,))
         mem.free_frame(pfn)
         mem.flags[pid] = 0

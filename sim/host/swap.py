@@ -48,12 +48,15 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field
 
 from sim.host.vmstat import VmEvents
+from sim.host.zpool import CompressorConfig, Zpool
 from sim.schema import Strict
 
 MAX_SWAP_MIB = 1 << 30  # 1 PiB: slots are only counted, so this bounds nothing but typos
@@ -107,6 +110,17 @@ class SwapConfig(Strict):
         le=MAX_BANDWIDTH_MIB_PER_S,
         description="Sequential write bandwidth (NVMe TLC: 1-5 GB/s); as read_bandwidth_mib_per_s.",
     )
+    device: Literal["disk", "zram"] = Field(
+        "disk",
+        description="disk: the block device above (latencies, queue, request tags). zram: a "
+        "compressed RAM disk (SWP_SYNCHRONOUS_IO): a write compresses the page into frames "
+        "taken from the host (vms[].compress_ratio), a read decompresses it (compressor "
+        "costs, no queue), swap-in bypasses the swap cache and readahead and frees the slot.",
+    )
+    compressor: CompressorConfig = Field(
+        default_factory=CompressorConfig,
+        description="Compression CPU costs of zram and zswap.",
+    )
     page_cluster: int = Field(
         0,
         ge=0,
@@ -139,7 +153,12 @@ class SwapDevice:
     ) -> None:
         self.cfg, self.nr_slots, self.rng = cfg, nr_slots, rng
         self.vmstat = vmstat if vmstat is not None else VmEvents()
-        self.synchronous = synchronous
+        self.zram = cfg.device == "zram"
+        self.synchronous = synchronous or self.zram
+        self.zpool: Zpool | None = None  # zram's memory (the engine makes it: it needs frames)
+        scale = max(1, page_bytes // 4096)  # the compressor works through every 4 KiB
+        self.compress_ns = cfg.compressor.compress_ns * scale
+        self.decompress_ns = cfg.compressor.decompress_ns * scale
         extra = max(0, page_bytes - 4096)  # bytes beyond the 4 KiB the latencies include
         self.transfer_ns = {
             False: round(extra * 1e9 / (cfg.read_bandwidth_mib_per_s * (1 << 20))),
@@ -172,10 +191,15 @@ class SwapDevice:
         self.nr_free_slots -= got
         return got
 
-    def free_slots(self, n: int) -> None:
-        """``swap_free_nr``: ``n`` slots are free again."""
+    def free_slots(self, n: int, pids: NDArray[np.integer] | Sequence[int] = ()) -> None:
+        """``swap_free_nr``: the ``n`` slots of pages ``pids`` are free again; what a compressed
+        store (zram, zswap) held for them goes too (``zram_slot_free_notify``,
+        ``zswap_invalidate``)."""
         assert 0 <= n <= self.nr_slots - self.nr_free_slots, "freeing slots not in use"
         self.nr_free_slots += n
+        if self.zpool is not None:
+            assert len(pids) == n, "a compressed store needs the pages whose slots are freed"
+            self.zpool.free(pids)
 
     def vm_swap_full(self) -> bool:
         """``vm_swap_full``: more than half the swap space is in use."""

@@ -116,6 +116,7 @@ class ScanControl:
     nr_notifier_calls: int = 0  # notifier callbacks made (all ops)
     nr_sptes_walked: int = 0  # sptes visited by KVM's walks
     nr_tlb_flushes: int = 0  # remote TLB flushes KVM made on our behalf
+    nr_compressed: int = 0  # pages compressed into zram or zswap (the reclaimer's CPU)
     blocked_until: int = 0  # the pass's writes got their last request tag then (ns)
 
     def _count(self, item: str, n: int) -> None:
@@ -286,7 +287,7 @@ class Vmscan:
         f = self.mem.flags[pids]
         sel = pids[(f & (PG_SWAP | PG_WRITEBACK | PTE_PRESENT)) == (PG_SWAP | PTE_PRESENT)]
         if len(sel):
-            self.swap.free_slots(len(sel))
+            self.swap.free_slots(len(sel), sel)
             self.mem.flags[sel] = (self.mem.flags[sel] & ~_U8(PG_SWAP)) | _U8(PG_DIRTY)
 
     def folio_referenced(self, pfns: NDArray[np.int64], sc: ScanControl) -> NDArray[np.bool_]:
@@ -338,6 +339,8 @@ class Vmscan:
             self._remove_mapping(pfns[clean], pids[clean])
             out[clean] = Outcome.FREED
             sc.freed(int(np.count_nonzero(clean)))
+        if swap.zpool is not None:  # the pool's new zspages, from the frames just freed
+            swap.zpool.fit()
         return out
 
     def _pageout(
@@ -357,6 +360,9 @@ class Vmscan:
         sc.nr_pageout += n
         self.vmstat[VmStat.NR_VMSCAN_WRITE] += n
         if swap.synchronous:
+            if swap.zpool is not None:  # zram_write_page: compressed into the pool
+                swap.zpool.store(wpid)
+                sc.nr_compressed += n
             mem.flags[wpid] = f & ~_U8(PG_DIRTY)
             return
         mem.flags[wpid] = (f & ~_U8(PG_DIRTY)) | _U8(PG_WRITEBACK | PG_RECLAIM)
@@ -384,7 +390,7 @@ class Vmscan:
         mem.nr_writeback -= 1
         if self.mms[mem.page_owner(pid)].dead:
             self.policy.folio_remove(np.array([pfn], dtype=np.int64))
-            self.swap.free_slots(1)  # a folio under write-out owns a slot
+            self.swap.free_slots(1, (pid,))  # a folio under write-out owns a slot
             mem.free_frame(pfn)
             mem.flags[pid] = 0
         elif f & PG_RECLAIM:
