@@ -268,6 +268,16 @@ class Scenario(Strict):
                 "swap.device: zram takes frames from the host, which demand mode's fixed frame "
                 "budget has no room for; use swap.device: disk or reclaim.trigger: watermark"
             )
+        if self.swap.zswap.enabled and self.swap.device == "zram":
+            raise ValueError(
+                "swap.zswap.enabled: zswap in front of zram compresses twice; use "
+                "swap.device: disk with zswap, or turn zswap off"
+            )
+        if self.swap.zswap.enabled and self.reclaim.trigger == "demand":
+            raise ValueError(
+                "swap.zswap.enabled: the zswap pool takes frames from the host, which demand "
+                "mode's fixed frame budget has no room for; use reclaim.trigger: watermark"
+            )
         if self.reclaim.policy == "opt" and self.reclaim.trigger != "demand":
             raise ValueError(
                 "reclaim: policy opt needs the future, which is fixed only in demand mode; "

@@ -59,7 +59,7 @@ class World(Machine):
             outdir=outdir,
         )
         mem, policy, vmstat, swap = self.mem, self.policy, self.vmstat, self.swap
-        cost = CostModel(self.costs, swap.compress_ns)
+        cost = CostModel(self.costs, swap.compress_ns, swap.decompress_ns)
         self.throttle = throttle = ReclaimThrottle(env, mem, vmstat)
         self.vmscan.on_writeback_end = throttle.writeback_ended
         self.kswapd = Kswapd(env, mem, self.vmscan, policy, cost, vmstat, throttle)

@@ -34,6 +34,7 @@ from sim.host.swap import SwapDevice
 from sim.host.vmscan import Schedule, Vmscan
 from sim.host.vmstat import VmStat, new_vmstat
 from sim.host.zpool import Zpool, compressed_sizes
+from sim.host.zswap import Zswap
 from sim.kvm.fault import FAULT_KINDS
 from sim.kvm.shortcut import TdpShortcut
 from sim.kvm.vm import Vm
@@ -100,6 +101,7 @@ class Machine:
             wmark,
             self.vm_base.tolist(),
             stamps=outdir is not None and sc.output.evictions,  # the eviction log reads them
+            readahead=sc.swap.page_cluster > 0,
         )
         self.vmstat = vmstat = new_vmstat(len(vm_pages))
         self.swap = SwapDevice(
@@ -112,6 +114,9 @@ class Machine:
         )
         if sc.swap.device == "zram":
             self.swap.zpool = self._zpool(sc, vm_pages, page_bytes)
+        elif sc.swap.zswap.enabled:
+            pool = self.swap.zpool = self._zpool(sc, vm_pages, page_bytes, track_lru=True)
+            self.swap.zswap = Zswap(sc.swap.zswap, pool, nr_frames, vmstat)
         self.mms = mms = [
             Mm(i, name, int(self.vm_base[i]), int(sizes[i])) for i, (name, _) in enumerate(vm_pages)
         ]
@@ -165,7 +170,14 @@ class Machine:
         self.rmap.shortcut = TdpShortcut(mem, self.vms, self.spte) if k == 1 else None
         self.oom_kills: list[tuple[int, str]] = []
 
-    def _zpool(self, sc: Scenario, vm_pages: Sequence[tuple[str, int]], page_bytes: int) -> Zpool:
+    def _zpool(
+        self,
+        sc: Scenario,
+        vm_pages: Sequence[tuple[str, int]],
+        page_bytes: int,
+        *,
+        track_lru: bool = False,
+    ) -> Zpool:
         """The compressed pool, with every page's compressed size drawn from its VM's ratio."""
         cfgs = dict(sc.vm_list())
         sizes = [
@@ -178,7 +190,7 @@ class Machine:
             )
             for name, n in vm_pages
         ]
-        return Zpool(self.mem, np.concatenate(sizes), page_bytes)
+        return Zpool(self.mem, np.concatenate(sizes), page_bytes, track_lru=track_lru)
 
     # -- observation -------------------------------------------------------------------------
     def check(self) -> None:
@@ -333,6 +345,7 @@ class Machine:
                 "device_busy_ns": swap.busy_ns,
                 "queue_wait_ns": swap.wait_ns,
                 "device": sc.swap.device,
+                "zswap": sc.swap.zswap.enabled,
                 "pool_frames_end": mem.nr_pool,
                 "pool_pages_end": swap.zpool.nr_stored if swap.zpool is not None else 0,
             },

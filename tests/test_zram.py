@@ -69,7 +69,8 @@ def test_swap_in_skips_the_swap_cache_and_readahead() -> None:
     vs, h = s["host"]["vmstat"], s["host"]
     assert vs["pswpout"] > 0
     assert vs["pgmajfault"] > 0
-    assert 0 <= vs["pswpin"] - vs["pgmajfault"] <= 2  # reads still decompressing at the end
+    vcpus = sum(v["vcpus"] for v in s["vms"])
+    assert 0 <= vs["pswpin"] - vs["pgmajfault"] <= vcpus  # reads still decompressing at the end
     assert vs["swap_ra"] == 0
     assert vs["swap_ra_hit"] == 0
     assert vs["nr_vmscan_write"] == vs["pgsteal_kswapd"] + vs["pgsteal_direct"]

@@ -242,7 +242,18 @@ class HostFaultHandler:
         ahead = self._swap_vma_readahead(pid, mm) if self.page_cluster else []
         if ahead:
             return self._submit_readahead(pid, mm, ahead, now)
+        if self._zswap_load(pid, mm):
+            return now + self.swap.decompress_ns
         return self.swap.submit(now, write=False, per_mm=mm.index)[0]
+
+    def _zswap_load(self, pid: int, mm: Mm) -> bool:
+        """``zswap_load`` in ``swap_read_folio``: a page in the pool is decompressed with no
+        I/O and leaves it; the swap cache owns the only copy, so the folio is dirty."""
+        zswap = self.swap.zswap
+        if zswap is None or not zswap.load(pid, mm.index):
+            return False
+        self.mem.flags[pid] = self.mem.flags.item(pid) | PG_DIRTY
+        return True
 
     def _swap_cache_hit(self, pid: int) -> None:
         """``swap_cache_get_folio``: a fault found the folio in the swap cache; if it was read
@@ -291,7 +302,9 @@ class HostFaultHandler:
         """Submit the faulting page's read with its readahead (one plug, in address order);
         count ``swap_ra``; schedule each readahead completion. Returns the fault's read end."""
         order = sorted([pid, *(p for p, _, _ in ahead)])
-        done = dict(zip(order, self.swap.submit(now, False, len(order), mm.index), strict=True))
+        done = {p: now + self.swap.decompress_ns for p in order if self._zswap_load(p, mm)}
+        disk = [p for p in order if p not in done]
+        done.update(zip(disk, self.swap.submit(now, False, len(disk), mm.index), strict=True))
         self.vmstat[_SWAP_RA] += len(ahead)
         assert self.env is not None
         for p, pfn, shadow in ahead:

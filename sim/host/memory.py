@@ -134,6 +134,7 @@ class HostMemory:
             ``pid_base[i]`` up to the next mm's first.
         stamps: keep the analysis-only stamps (``last_access_us``, ``scans``); else they are
             empty arrays.
+        readahead: keep PG_readahead (swap readahead is on); else it is an empty array.
     """
 
     def __init__(
@@ -144,6 +145,7 @@ class HostMemory:
         pid_base: Sequence[int],
         *,
         stamps: bool = False,
+        readahead: bool = False,
     ) -> None:
         self.nr_frames, self.nr_pages, self.wmark = nr_frames, nr_pages, wmark
         self._base = [int(b) for b in pid_base]
@@ -155,7 +157,7 @@ class HostMemory:
         self.pfn = np.full(nr_pages, NO_PFN, dtype=np.uint32)  # pfn, shadow or NO_PFN
         self.frame_pid = np.full(nr_frames, -1, dtype=np.int32)
         # PG_readahead (the uint8 flags are full): read ahead, not yet touched (swap_state.py)
-        self.readahead = np.zeros(nr_pages, dtype=np.bool_)
+        self.readahead = np.zeros(nr_pages if readahead else 0, dtype=np.bool_)
         self.stamps = stamps
         self.last_access_us = np.zeros(nr_pages if stamps else 0, dtype=np.uint32)
         self.scans = np.zeros(nr_frames if stamps else 0, dtype=np.uint8)
@@ -313,7 +315,7 @@ class HostMemory:
         assert not (self.flags[~has] & ~np.uint8(PG_SWAP)).any(), "flags on a page without frame"
         unmapped = has & ((self.flags & PTE_PRESENT) == 0)
         assert swap[unmapped].all(), "an unmapped resident page without its swap copy"
-        ra = self.flags[self.readahead]
+        ra = self.flags[self.readahead] if len(self.readahead) else self.flags[:0]
         assert (ra & (HAS_FRAME | PG_SWAP | PTE_PRESENT) == HAS_FRAME | PG_SWAP).all(), (
             "PG_readahead on a page that is not an unmapped swap-cache folio"
         )

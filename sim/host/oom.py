@@ -44,7 +44,8 @@ def exit_mmap(mm: Mm, mem: HostMemory, swap: SwapDevice, policy: EvictionPolicy)
     mem.pfn[idle[~has_frame]] = NO_PFN  # shadows go with the swap copies
     mem.free_frames(pfns)
     mem.flags[idle] = 0
-    mem.readahead[idle] = False
+    if len(mem.readahead):
+        mem.readahead[idle] = False
     mem.nr_swapped[mm.index] = 0
 
 

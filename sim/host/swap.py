@@ -11,7 +11,10 @@ Models
     request is counted where the kernel counts it, at submission (``count_swpout_vm_event``,
     ``PSWPIN`` in ``swap_read_folio``), into the host's vmstat, with the VM it belongs to.
     ``synchronous`` is a ``SWP_SYNCHRONOUS_IO`` device on which an I/O completes before the
-    submitting call returns (demand mode's device, which takes no time).
+    submitting call returns (demand mode's device, which takes no time; and zram, whose
+    pages live compressed in a :class:`~sim.host.zpool.Zpool` of host frames and cost
+    compression and decompression instead of a queue). With ``zswap`` a compressed pool
+    stands in front of the device (zswap.py): the writes it stores never reach the queue.
 
 Page size
     The latencies are those of a 4 KiB request. With 2 MiB pages (THP-backed guest RAM) a page
@@ -57,6 +60,7 @@ from pydantic import Field
 
 from sim.host.vmstat import VmEvents
 from sim.host.zpool import CompressorConfig, Zpool
+from sim.host.zswap import Zswap, ZswapConfig
 from sim.schema import Strict
 
 MAX_SWAP_MIB = 1 << 30  # 1 PiB: slots are only counted, so this bounds nothing but typos
@@ -117,6 +121,10 @@ class SwapConfig(Strict):
         "taken from the host (vms[].compress_ratio), a read decompresses it (compressor "
         "costs, no queue), swap-in bypasses the swap cache and readahead and frees the slot.",
     )
+    zswap: ZswapConfig = Field(
+        default_factory=ZswapConfig,
+        description="zswap: a compressed pool in RAM in front of the disk device.",
+    )
     compressor: CompressorConfig = Field(
         default_factory=CompressorConfig,
         description="Compression CPU costs of zram and zswap.",
@@ -155,7 +163,8 @@ class SwapDevice:
         self.vmstat = vmstat if vmstat is not None else VmEvents()
         self.zram = cfg.device == "zram"
         self.synchronous = synchronous or self.zram
-        self.zpool: Zpool | None = None  # zram's memory (the engine makes it: it needs frames)
+        self.zpool: Zpool | None = None  # zram's or zswap's memory (made by the engine)
+        self.zswap: Zswap | None = None  # zswap in front of this device, if enabled
         scale = max(1, page_bytes // 4096)  # the compressor works through every 4 KiB
         self.compress_ns = cfg.compressor.compress_ns * scale
         self.decompress_ns = cfg.compressor.decompress_ns * scale

@@ -89,8 +89,23 @@ class Zpool:
         page_bytes: bytes per page (and per pool frame).
     """
 
-    def __init__(self, mem: HostMemory, obj_bytes: NDArray[np.uint32], page_bytes: int) -> None:
+    def __init__(
+        self,
+        mem: HostMemory,
+        obj_bytes: NDArray[np.uint32],
+        page_bytes: int,
+        *,
+        track_lru: bool = False,
+    ) -> None:
         self.mem, self.obj_bytes, self.page_bytes = mem, obj_bytes, page_bytes
+        # zswap's LRU, oldest store first: a queue of (page, store number) with lazy removal,
+        # an entry live while its page is stored under that number (no object per page)
+        self.track_lru = track_lru
+        self._seq = np.zeros(len(obj_bytes) if track_lru else 0, dtype=np.int64)
+        self._lru_pid = np.empty(1024 if track_lru else 0, dtype=np.int64)
+        self._lru_seq = np.empty_like(self._lru_pid)
+        self._head = self._tail = 0
+        self._next_seq = 1
         self.stored = np.zeros(len(obj_bytes), dtype=np.bool_)
         self.total_bytes = 0
         self.nr_stored = 0
@@ -115,25 +130,71 @@ class Zpool:
         self.stored[pids] = True
         self.total_bytes += int(self.obj_bytes[pids].sum(dtype=np.int64))
         self.nr_stored += len(pids)
+        if self.track_lru:
+            self._lru_add(np.asarray(pids, dtype=np.int64))
 
     def free(self, pids: NDArray[np.integer] | Sequence[int]) -> int:
-        """``zs_free`` the objects of those of ``pids`` that are stored; frames go back to the
-        host at once. Returns how many were stored."""
+        """``zs_free`` the objects of those of ``pids`` that are stored; frames the pool no
+        longer needs go back to the host at once (it never grows here: a reclaim batch's
+        stores take their frames when the batch has freed its own, :meth:`fit`). Returns how
+        many were stored."""
         p = np.asarray(pids, dtype=np.int64)
         sel = p[self.stored[p]]
         if len(sel):
             self.stored[sel] = False
             self.total_bytes -= int(self.obj_bytes[sel].sum(dtype=np.int64))
             self.nr_stored -= len(sel)
-            self.fit()
+            self._shrink()
         return len(sel)
+
+    def _live(self, lo: int, hi: int) -> NDArray[np.bool_]:
+        p = self._lru_pid[lo:hi]
+        return self.stored[p] & (self._seq[p] == self._lru_seq[lo:hi])
+
+    def _lru_add(self, pids: NDArray[np.int64]) -> None:
+        """Put pages at the LRU head (the end of the queue); a page already there moves."""
+        k = len(pids)
+        if self._tail + k > len(self._lru_pid):  # compact, then grow if still short
+            live = self._live(self._head, self._tail)
+            keep_p = self._lru_pid[self._head : self._tail][live]
+            keep_s = self._lru_seq[self._head : self._tail][live]
+            size = max(len(self._lru_pid), 2 * (len(keep_p) + k))
+            self._lru_pid = np.empty(size, dtype=np.int64)
+            self._lru_seq = np.empty(size, dtype=np.int64)
+            n = len(keep_p)
+            self._lru_pid[:n], self._lru_seq[:n] = keep_p, keep_s
+            self._head, self._tail = 0, n
+        seqs = np.arange(self._next_seq, self._next_seq + k, dtype=np.int64)
+        self._next_seq += k
+        self._seq[pids] = seqs
+        self._lru_pid[self._tail : self._tail + k] = pids
+        self._lru_seq[self._tail : self._tail + k] = seqs
+        self._tail += k
+
+    def lru_oldest(self) -> int | None:
+        """The page stored longest ago (zswap's LRU tail), or None if the pool is empty."""
+        while self._head < self._tail:
+            pid = self._lru_pid.item(self._head)
+            if self.stored.item(pid) and self._seq.item(pid) == self._lru_seq.item(self._head):
+                return pid
+            self._head += 1
+        return None
+
+    def lru_order(self) -> list[int]:
+        """The stored pages, oldest store first (tests)."""
+        live = self._live(self._head, self._tail)
+        return self._lru_pid[self._head : self._tail][live].tolist()
 
     def fit(self) -> None:
         """Take or give back frames so that the pool holds exactly what it needs."""
         need = self.frames_needed()
-        mem = self.mem
         while len(self._frames) < need:
-            self._frames.append(mem.alloc_pool_frame())
+            self._frames.append(self.mem.alloc_pool_frame())
+        self._shrink()
+
+    def _shrink(self) -> None:
+        need = self.frames_needed()
+        mem = self.mem
         if len(self._frames) > need:
             back = self._frames[need:]
             del self._frames[need:]
@@ -146,3 +207,5 @@ class Zpool:
         assert self.total_bytes == want, "zpool bytes"
         assert len(self._frames) == self.frames_needed(), "zpool frames do not fit its bytes"
         assert len(self._frames) == self.mem.nr_pool, "zpool frames and host pool count"
+        if self.track_lru:
+            assert len(self.lru_order()) == self.nr_stored, "zswap LRU and entries disagree"
