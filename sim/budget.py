@@ -86,6 +86,10 @@ def check_fits(needed: int | Estimate, what: str, error: type[UserError] = UserE
 # engine's own allocations, then rounded up; see ``estimate_run``)
 
 PAGE_BYTES = 6  # per guest page: flags 1, pfn or shadow 4, spte 1
+READAHEAD_PAGE_BYTES = 1  # swap readahead on: PG_readahead
+COMPRESSED_PAGE_BYTES = 5  # zram or zswap: each page's compressed size 4, stored 1
+ZSWAP_PAGE_BYTES = 8  # zswap: each page's store number (its LRU position)
+ZSWAP_ENTRY_BYTES = 32  # zswap: its LRU queue, per swap slot at worst (two int64, doubled)
 STAMP_PAGE_BYTES = 4  # last-access stamp per page, kept while the eviction log is written
 FRAME_BYTES = 18  # per frame: rmap 4, LRU link 4, policy flags 1, plus transient int64 scans
 POLICY_FRAME_BYTES = {"mglru": 5, "lru": 8, "opt": 8, "random": 16}
@@ -141,6 +145,10 @@ def estimate_run(sc: Scenario, trace_accesses: dict[str, int] | None = None) -> 
     log = sc.output.evictions
     k = sc.kvm.shadow_sptes_per_gfn if sc.kvm.mmu == "shadow" else 1
     per_page = PAGE_BYTES + (STAMP_PAGE_BYTES if log else 0) + (k if k > 1 else 0)
+    per_page += READAHEAD_PAGE_BYTES * (sc.swap.page_cluster > 0)
+    zswap = sc.swap.zswap.enabled
+    if sc.swap.device == "zram" or zswap:
+        per_page += COMPRESSED_PAGE_BYTES + ZSWAP_PAGE_BYTES * zswap
     policy = sc.reclaim.policy
     per_frame = FRAME_BYTES + POLICY_FRAME_BYTES.get(policy, 0) + STAMP_FRAME_BYTES * log
     samples = sc.duration_s * 1000 / sc.engine.sample_interval_ms + 1
@@ -156,6 +164,7 @@ def estimate_run(sc: Scenario, trace_accesses: dict[str, int] | None = None) -> 
         "VMs": len(vms) * VM_BYTES + vcpus * VCPU_BYTES,
         "log buffers": sum(n * ROW_BYTES[t] for t, n in rows.items()),
         "eviction log": EVICTED_PAGE_BYTES * min(pages, sc.host.pages(sc.swap.size_mib)) * log,
+        "zswap LRU": ZSWAP_ENTRY_BYTES * min(pages, sc.host.pages(sc.swap.size_mib)) * zswap,
         "base": RUN_BASE,
     }
     if sc.reclaim.trigger == "demand":

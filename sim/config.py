@@ -150,6 +150,22 @@ class VmConfig(Strict):
     workload: WorkloadConfig = Field(
         default_factory=ZipfConfig, description="Access pattern (default zipf, alpha 0.99)."
     )
+    compress_ratio: float = Field(
+        3.0,
+        ge=1.0,
+        le=100.0,
+        description="Mean compression ratio of this VM's pages (uncompressed / compressed "
+        "bytes) under zram or zswap; typical anon memory: 2-4 with lzo-rle/lz4. Each page's "
+        "ratio is drawn once from the seed (lognormal).",
+    )
+    compress_ratio_cv: float = Field(
+        0.5,
+        ge=0.0,
+        le=10.0,
+        description="Coefficient of variation of the per-page ratio (0: every page "
+        "compress_ratio); pages drawn below 1 do not compress (zram keeps them whole, zswap "
+        "rejects them).",
+    )
 
     @model_validator(mode="after")
     def _fits(self) -> VmConfig:
@@ -246,6 +262,21 @@ class Scenario(Strict):
                 f"host: watermarks min/low/high = {wm.min}/{wm.low}/{wm.high} pages reach host "
                 f"memory ({frames} pages); lower host.min_free_kbytes or "
                 f"host.watermark_scale_factor, or raise host.memory_mib"
+            )
+        if self.swap.device == "zram" and self.reclaim.trigger == "demand":
+            raise ValueError(
+                "swap.device: zram takes frames from the host, which demand mode's fixed frame "
+                "budget has no room for; use swap.device: disk or reclaim.trigger: watermark"
+            )
+        if self.swap.zswap.enabled and self.swap.device == "zram":
+            raise ValueError(
+                "swap.zswap.enabled: zswap in front of zram compresses twice; use "
+                "swap.device: disk with zswap, or turn zswap off"
+            )
+        if self.swap.zswap.enabled and self.reclaim.trigger == "demand":
+            raise ValueError(
+                "swap.zswap.enabled: the zswap pool takes frames from the host, which demand "
+                "mode's fixed frame budget has no room for; use reclaim.trigger: watermark"
             )
         if self.reclaim.policy == "opt" and self.reclaim.trigger != "demand":
             raise ValueError(

@@ -144,13 +144,21 @@ class Work(Protocol):
     nr_notifier_calls: int
     nr_sptes_walked: int
     nr_tlb_flushes: int
+    nr_compressed: int
+    nr_decompressed: int
 
 
 class CostModel:
-    """Turns counted work into simulated time (integer ns)."""
+    """Turns counted work into simulated time (integer ns).
 
-    def __init__(self, cfg: CostsConfig) -> None:
-        self.cfg = cfg
+    Args:
+        cfg: CPU costs.
+        compress_ns: compressing one page into zram or zswap (``SwapDevice.compress_ns``).
+        decompress_ns: decompressing one (zswap write-back).
+    """
+
+    def __init__(self, cfg: CostsConfig, compress_ns: int = 0, decompress_ns: int = 0) -> None:
+        self.cfg, self.compress_ns, self.decompress_ns = cfg, compress_ns, decompress_ns
 
     def reclaim_ns(self, w: Work) -> int:
         """CPU time of a reclaim pass (kswapd's own, or a direct reclaimer's stall)."""
@@ -162,4 +170,6 @@ class CostModel:
             + w.nr_notifier_calls * c.notifier_call_ns
             + w.nr_sptes_walked * c.spte_walk_ns
             + w.nr_tlb_flushes * c.tlb_flush_ipi_ns
+            + w.nr_compressed * self.compress_ns
+            + w.nr_decompressed * self.decompress_ns
         )

@@ -25,6 +25,7 @@ from sim.costs import CostModel
 from sim.guest.vcpu import Vcpu
 from sim.host.fault import HostFaultHandler
 from sim.host.kswapd import DirectReclaim, Kswapd, ProcessGen, ReclaimThrottle
+from sim.host.memory import PTRS_PER_PMD
 from sim.host.oom import OomKiller
 from sim.host.page_alloc import PageAllocator
 from sim.lifecycle import checkpoint
@@ -58,7 +59,7 @@ class World(Machine):
             outdir=outdir,
         )
         mem, policy, vmstat, swap = self.mem, self.policy, self.vmstat, self.swap
-        cost = CostModel(self.costs)
+        cost = CostModel(self.costs, swap.compress_ns, swap.decompress_ns)
         self.throttle = throttle = ReclaimThrottle(env, mem, vmstat)
         self.vmscan.on_writeback_end = throttle.writeback_ended
         self.kswapd = Kswapd(env, mem, self.vmscan, policy, cost, vmstat, throttle)
@@ -67,11 +68,20 @@ class World(Machine):
         self.oom_kills = self.oom.kills
 
         def reclaimable() -> int:  # zone_reclaimable_pages: LRU anon pages, if swap has room
-            return mem.nr_frames - mem.nr_free if swap.nr_free_slots > 0 else 0
+            lru = mem.nr_frames - mem.nr_free - mem.nr_pool  # the compressed pool is not on it
+            return lru if swap.nr_free_slots > 0 else 0
 
         self.alloc = PageAllocator(env, mem, self.kswapd, direct, vmstat, self.oom, reclaimable)
         self.host_fault = HostFaultHandler(
-            env, mem, self.swap, self.alloc, policy, self.mms, vmstat
+            env,
+            mem,
+            self.swap,
+            self.alloc,
+            policy,
+            self.mms,
+            vmstat,
+            page_cluster=sc.swap.page_cluster,
+            ptrs_per_pmd=1 if self.vmscan.pmd_mapped else PTRS_PER_PMD,  # a 2 MiB page is a PMD
         )
         on_access = self._on_access if policy.observes_accesses else None
         for vm, (name, cfg) in zip(self.vms, vms, strict=True):

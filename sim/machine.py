@@ -33,6 +33,8 @@ from sim.host.rmap import Rmap
 from sim.host.swap import SwapDevice
 from sim.host.vmscan import Schedule, Vmscan
 from sim.host.vmstat import VmStat, new_vmstat
+from sim.host.zpool import Zpool, compressed_sizes
+from sim.host.zswap import Zswap
 from sim.kvm.fault import FAULT_KINDS
 from sim.kvm.shortcut import TdpShortcut
 from sim.kvm.vm import Vm
@@ -99,6 +101,7 @@ class Machine:
             wmark,
             self.vm_base.tolist(),
             stamps=outdir is not None and sc.output.evictions,  # the eviction log reads them
+            readahead=sc.swap.page_cluster > 0,
         )
         self.vmstat = vmstat = new_vmstat(len(vm_pages))
         self.swap = SwapDevice(
@@ -109,6 +112,11 @@ class Machine:
             vmstat=vmstat,
             synchronous=sc.reclaim.trigger == "demand",
         )
+        if sc.swap.device == "zram":
+            self.swap.zpool = self._zpool(sc, vm_pages, page_bytes)
+        elif sc.swap.zswap.enabled:
+            pool = self.swap.zpool = self._zpool(sc, vm_pages, page_bytes, track_lru=True)
+            self.swap.zswap = Zswap(sc.swap.zswap, pool, nr_frames, vmstat)
         self.mms = mms = [
             Mm(i, name, int(self.vm_base[i]), int(sizes[i])) for i, (name, _) in enumerate(vm_pages)
         ]
@@ -162,6 +170,28 @@ class Machine:
         self.rmap.shortcut = TdpShortcut(mem, self.vms, self.spte) if k == 1 else None
         self.oom_kills: list[tuple[int, str]] = []
 
+    def _zpool(
+        self,
+        sc: Scenario,
+        vm_pages: Sequence[tuple[str, int]],
+        page_bytes: int,
+        *,
+        track_lru: bool = False,
+    ) -> Zpool:
+        """The compressed pool, with every page's compressed size drawn from its VM's ratio."""
+        cfgs = dict(sc.vm_list())
+        sizes = [
+            compressed_sizes(
+                n,
+                page_bytes,
+                cfgs[name].compress_ratio,
+                cfgs[name].compress_ratio_cv,
+                rng_for(sc.seed, f"{name}.compress"),
+            )
+            for name, n in vm_pages
+        ]
+        return Zpool(self.mem, np.concatenate(sizes), page_bytes, track_lru=track_lru)
+
     # -- observation -------------------------------------------------------------------------
     def check(self) -> None:
         """Assert every cross-module invariant (tests call this; O(pages))."""
@@ -181,6 +211,12 @@ class Machine:
         used = self.swap.nr_slots - self.swap.nr_free_slots
         assert 0 <= used <= self.swap.nr_slots, "swap slots over- or under-used"
         assert used == int(((mem.flags & PG_SWAP) != 0).sum()), "swap slot accounting"
+        zpool = self.swap.zpool
+        if zpool is not None:
+            zpool.check()
+            assert (mem.flags[zpool.stored] & PG_SWAP).all(), "a compressed page without a slot"
+        else:
+            assert mem.nr_pool == 0, "pool frames without a pool"
         self.vmstat.check()
 
     def kswapd_busy_ns(self) -> int:
@@ -308,6 +344,10 @@ class Machine:
                 "exhausted": vs[VmStat.SWAP_FULL] > 0,
                 "device_busy_ns": swap.busy_ns,
                 "queue_wait_ns": swap.wait_ns,
+                "device": sc.swap.device,
+                "zswap": sc.swap.zswap.enabled,
+                "pool_frames_end": mem.nr_pool,
+                "pool_pages_end": swap.zpool.nr_stored if swap.zpool is not None else 0,
             },
             "oom_kills": [{"t_ns": t, "vm": n} for t, n in self.oom_kills],
             "vmstat": dict(sorted(vs.items())),

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from sim.engine import World, run_scenario
 from tests.conftest import tiny
@@ -10,8 +13,16 @@ from tests.conftest import tiny
 TABLES = ("evictions.parquet", "faults.parquet", "timeline.parquet")
 
 
-def test_same_seed_gives_byte_identical_parquet(tmp_path: Path) -> None:
-    sc = tiny(duration_s=0.1)
+SWAP_MODES = {
+    "disk": {},
+    "readahead+zswap": {"page_cluster": 3, "zswap": {"enabled": True, "max_pool_percent": 5}},
+    "zram": {"device": "zram"},
+}
+
+
+@pytest.mark.parametrize("swap", SWAP_MODES.values(), ids=SWAP_MODES.keys())
+def test_same_seed_gives_byte_identical_parquet(tmp_path: Path, swap: dict[str, Any]) -> None:
+    sc = tiny(duration_s=0.1, swap=swap)
     a = run_scenario(sc, tmp_path / "a")
     b = run_scenario(sc, tmp_path / "b")
     assert a.summary["host"]["pswpout"] > 0  # the run really evicts

@@ -85,6 +85,7 @@ def scenarios(draw: st.DrawFn, huge: bool = False) -> dict[str, Any]:
     host = {"memory_mib": draw(st.integers(2, 12))}
     if huge:
         host = {"memory_mib": host["memory_mib"] * 8, "page_size_kib": 2048}
+    device = draw(st.sampled_from(["disk", "zram"]))
     return {
         "name": "prop",
         "seed": draw(st.integers(0, 2**32)),
@@ -95,6 +96,12 @@ def scenarios(draw: st.DrawFn, huge: bool = False) -> dict[str, Any]:
             "size_mib": draw(st.sampled_from([0, 2, 4, 64] if huge else [0, 1, 4, 64])),
             "queue_depth": draw(st.integers(1, 8)),
             "latency_cv": draw(st.sampled_from([0.0, 0.5])),
+            "page_cluster": draw(st.sampled_from([0, 1, 3])),
+            "device": device,
+            "zswap": {
+                "enabled": device == "disk" and draw(st.booleans()),
+                "max_pool_percent": draw(st.sampled_from([1, 5, 20])),
+            },
         },
         "kvm": {
             "mmu_notifiers": draw(st.booleans()),

@@ -14,11 +14,15 @@ Models
 Counting
     ``pgfault`` for every fault the host handles and ``pgmajfault`` for each that read from the
     device, with the mm they belong to (``count_memcg_event_mm``); the read itself counts
-    ``pswpin`` in the swap device when it is submitted.
+    ``pswpin`` in the swap device when it is submitted, for the faulting page and each page
+    read ahead with it (``swap_ra``); a fault that finds a page read ahead counts
+    ``swap_ra_hit`` (a minor fault).
 
 Kernel reference
     mm/memory.c: ``handle_mm_fault``, ``do_anonymous_page``, ``do_swap_page``,
-    ``should_try_to_free_swap``; mm/swap_state.c: ``swapin_readahead`` (without readahead);
+    ``should_try_to_free_swap``; mm/swap_state.c: ``swapin_readahead``,
+    ``swap_vma_readahead``, ``swap_cache_get_folio`` (readahead with ``swap.page_cluster``:
+    the window arithmetic is swap_state.py's);
     mm/swapfile.c: ``folio_free_swap``; mm/workingset.c: ``workingset_refault`` (through the
     policy).
 
@@ -38,12 +42,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import StrEnum
+from functools import partial
 from typing import Protocol
 
+import numpy as np
 import simpy
 
 from sim.host.kswapd import ProcessGen
 from sim.host.memory import (
+    PAGE_SHIFT,
     PG_DIRTY,
     PG_LOCKED,
     PG_RESIDENT,
@@ -51,11 +58,13 @@ from sim.host.memory import (
     PG_WRITEBACK,
     PTE_PRESENT,
     PTE_YOUNG,
+    PTRS_PER_PMD,
     HostMemory,
 )
 from sim.host.mm import Mm
 from sim.host.page_alloc import PageAllocator
 from sim.host.swap import SwapDevice
+from sim.host.swap_state import swap_vma_ra_win
 from sim.host.vmstat import VmEvents, VmStat
 from sim.reclaim.base import EvictionPolicy
 
@@ -63,6 +72,8 @@ _MAPPED_INT = PTE_PRESENT | PTE_YOUNG  # GUP maps the pte young
 _NEW_ANON_INT = PTE_PRESENT | PTE_YOUNG | PG_DIRTY | PG_RESIDENT
 _PGFAULT = VmStat.PGFAULT.value  # plain str keys: cheaper to hash than the enum member
 _PGMAJFAULT = VmStat.PGMAJFAULT.value
+_SWAP_RA = VmStat.SWAP_RA.value
+_SWAP_RA_HIT = VmStat.SWAP_RA_HIT.value
 
 
 class HostFault(StrEnum):
@@ -95,10 +106,16 @@ class HostFaultHandler:
         policy: EvictionPolicy,
         mms: Sequence[Mm],
         vmstat: VmEvents,
+        *,
+        page_cluster: int = 0,
+        ptrs_per_pmd: int = PTRS_PER_PMD,
     ) -> None:
         self.env, self.mem, self.swap, self.alloc = env, mem, swap, alloc
         self.policy, self.mms, self.vmstat = policy, list(mms), vmstat
         self._inflight: dict[int, simpy.Event] = {}  # pid -> fault-in in progress
+        self._ra_wait: dict[int, simpy.Event] = {}  # pid -> readahead read in flight
+        self.page_cluster = page_cluster
+        self.ptrs_per_pmd = ptrs_per_pmd
 
     def is_refault(self, pid: int) -> bool:
         """The page was evicted since its last fault: touched (it has a frame or a swap copy)
@@ -123,12 +140,17 @@ class HostFaultHandler:
             return HostFault.MAPPED
         if pid in self._inflight:
             return None
+        if pid in self._ra_wait:  # read ahead, its read in flight: found locked in the cache
+            self._swap_cache_hit(pid)
+            return None
         if f & PG_RESIDENT:  # swap-cache hit: the folio is still in memory, on the LRU
+            if self.page_cluster:
+                self._swap_cache_hit(pid)
             self.vmstat.count(_PGFAULT, 1, mem.page_owner(pid))
             f |= _MAPPED_INT
             if not f & PG_WRITEBACK and (write or self.swap.vm_swap_full()):
                 f = (f & ~PG_SWAP) | PG_DIRTY  # should_try_to_free_swap -> folio_free_swap
-                self.swap.free_slots(1)
+                self.swap.free_slots(1, (pid,))
             flags[pid] = f
             self.policy.folio_mark_accessed(mem.pfn.item(pid))  # GUP's FOLL_TOUCH
             return HostFault.SWAPCACHE
@@ -154,6 +176,11 @@ class HostFaultHandler:
     def handle_mm_fault(self, pid: int, write: bool) -> ProcessGen:
         """Make page ``pid`` present in its mm, waiting as needed; returns a :class:`HostFault`."""
         hf = self.fault_nowait(pid, write)
+        while hf is None and pid in self._ra_wait:  # folio locked for its readahead read
+            yield self._ra_wait[pid]
+            if self.mms[self.mem.page_owner(pid)].dead:
+                return HostFault.WAITED
+            hf = self.fault_nowait(pid, write)
         if hf is not None:
             return hf
         ev = self._inflight.get(pid)
@@ -193,7 +220,7 @@ class HostFaultHandler:
         flags = mem.flags
         flags[pid] = flags.item(pid) | PG_LOCKED
         now = self.env.now
-        t_done = self.swap.submit(now, write=False, per_mm=mm.index)[0]
+        t_done = self._swap_read_folio(pid, mm, now)
         yield self.env.timeout(t_done - now)
         flags[pid] = flags.item(pid) & ~PG_LOCKED
         if mm.dead:
@@ -202,6 +229,105 @@ class HostFaultHandler:
         self._swapin_done(pid, pfn, write, shadow)
         return HostFault.MAJOR
 
+    def _swap_read_folio(self, pid: int, mm: Mm, now: int) -> int:
+        """Submit the read of page ``pid`` (``pswpin``); returns when the data is in its frame.
+
+        zram (``SWP_SYNCHRONOUS_IO``): ``do_swap_page`` skips the swap cache and readahead and
+        the faulting task decompresses the page itself. Otherwise the read goes to the device,
+        with the pages ``swap_vma_readahead`` picked when ``page_cluster`` is set.
+        """
+        if self.swap.zram:
+            self.swap.submit(now, write=False, per_mm=mm.index)
+            return now + self.swap.decompress_ns
+        ahead = self._swap_vma_readahead(pid, mm) if self.page_cluster else []
+        if ahead:
+            return self._submit_readahead(pid, mm, ahead, now)
+        if self._zswap_load(pid, mm):
+            return now + self.swap.decompress_ns
+        return self.swap.submit(now, write=False, per_mm=mm.index)[0]
+
+    def _zswap_load(self, pid: int, mm: Mm) -> bool:
+        """``zswap_load`` in ``swap_read_folio``: a page in the pool is decompressed with no
+        I/O and leaves it; the swap cache owns the only copy, so the folio is dirty."""
+        zswap = self.swap.zswap
+        if zswap is None or not zswap.load(pid, mm.index):
+            return False
+        self.mem.flags[pid] = self.mem.flags.item(pid) | PG_DIRTY
+        return True
+
+    def _swap_cache_hit(self, pid: int) -> None:
+        """``swap_cache_get_folio``: a fault found the folio in the swap cache; if it was read
+        ahead (PG_readahead, cleared now) count ``swap_ra_hit`` and a hit of its VMA's
+        readahead; either way the VMA remembers this fault's address."""
+        mem = self.mem
+        mm = self.mms[mem.page_owner(pid)]
+        readahead = bool(mem.readahead.item(pid))
+        if readahead:
+            mem.readahead[pid] = False
+            self.vmstat[_SWAP_RA_HIT] += 1
+        mm.swap_ra.cache_hit((mm.hva_base >> PAGE_SHIFT) + pid - mm.pid_base, readahead)
+
+    def _swap_vma_readahead(self, pid: int, mm: Mm) -> list[tuple[int, int, int]]:
+        """``swap_vma_readahead`` around the faulting page ``pid``: every page of the window
+        whose pte is a swap entry gets a frame (``__read_swap_cache_async``; without waiting:
+        readahead stops at the first allocation that would need reclaim), is locked and marked
+        PG_readahead. Returns ``(pid, pfn, shadow)`` of each, in address order."""
+        base = mm.hva_base >> PAGE_SHIFT
+        faddr = base + pid - mm.pid_base
+        win, start, end = swap_vma_ra_win(
+            mm.swap_ra, faddr, base, base + mm.nr_pages, self.page_cluster, self.ptrs_per_pmd
+        )
+        if win == 1:
+            return []
+        mem = self.mem
+        flags = mem.flags
+        lo = mm.pid_base + start - base
+        cand = np.arange(lo, lo + end - start, dtype=np.int64)
+        cand = cand[(flags[cand] == PG_SWAP) & (cand != pid)]  # only in swap: no folio yet
+        out = []
+        for p in cand.tolist():
+            shadow = mem.pfn.item(p)
+            pfn = self.alloc.alloc_fast(p)
+            if pfn < 0:
+                break
+            flags[p] = flags.item(p) | PG_LOCKED
+            mem.readahead[p] = True
+            out.append((p, pfn, shadow))
+        mem.nr_swapped[mm.index] -= len(out)
+        return out
+
+    def _submit_readahead(
+        self, pid: int, mm: Mm, ahead: list[tuple[int, int, int]], now: int
+    ) -> int:
+        """Submit the faulting page's read with its readahead (one plug, in address order);
+        count ``swap_ra``; schedule each readahead completion. Returns the fault's read end."""
+        order = sorted([pid, *(p for p, _, _ in ahead)])
+        done = {p: now + self.swap.decompress_ns for p in order if self._zswap_load(p, mm)}
+        disk = [p for p in order if p not in done]
+        done.update(zip(disk, self.swap.submit(now, False, len(disk), mm.index), strict=True))
+        self.vmstat[_SWAP_RA] += len(ahead)
+        assert self.env is not None
+        for p, pfn, shadow in ahead:
+            self._ra_wait[p] = self.env.event()
+            ev = self.env.timeout(done[p] - now)
+            ev.callbacks.append(partial(self._readahead_done, p, pfn, shadow))
+        return done[pid]
+
+    def _readahead_done(self, pid: int, pfn: int, shadow: int, _event: simpy.Event) -> None:
+        """A readahead read ended (``swap_read_folio`` completion): unlock the folio and put it
+        on the LRU, unmapped, in the swap cache (``shadow`` is its workingset refault
+        information); a folio of an mm that exited meanwhile is freed with its slot."""
+        mem = self.mem
+        ev = self._ra_wait.pop(pid)
+        if self.mms[mem.page_owner(pid)].dead:
+            mem.readahead[pid] = False
+            self._drop(pid, pfn)
+        else:
+            mem.flags[pid] = mem.flags.item(pid) & ~PG_LOCKED
+            self.policy.folio_add_lru(pfn, shadow)
+        if ev.callbacks:  # a fault waits on the folio lock (else no event to process)
+            ev.succeed()
+
     def _swapin_done(self, pid: int, pfn: int, write: bool, shadow: int) -> None:
         """The read finished: map the page, keep or free its swap copy, put it on the LRU
         (``shadow``, the one its eviction left, tells the policy whether this is a refault of
@@ -209,9 +335,11 @@ class HostFaultHandler:
         flags = self.mem.flags
         self.vmstat.count(_PGMAJFAULT, 1, self.mem.page_owner(pid))
         f = flags.item(pid) | _MAPPED_INT
-        if write or self.swap.vm_swap_full():  # should_try_to_free_swap
+        # zram's path skipped the swap cache and frees the entry (swap_free_nr); otherwise
+        # should_try_to_free_swap
+        if write or self.swap.zram or self.swap.vm_swap_full():
             f = (f & ~PG_SWAP) | PG_DIRTY
-            self.swap.free_slots(1)
+            self.swap.free_slots(1, (pid,))
         flags[pid] = f
         self.policy.folio_add_lru(pfn, shadow)
         self.policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
@@ -236,6 +364,6 @@ class HostFaultHandler:
         """Release what a fault took for a page of a dead mm."""
         mem = self.mem
         if mem.flags[pid] & PG_SWAP:
-            self.swap.free_slots(1)
+            self.swap.free_slots(1, (pid,))
         mem.free_frame(pfn)
         mem.flags[pid] = 0

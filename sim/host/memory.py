@@ -33,8 +33,9 @@ Data model
     2 GiB of resident pages; per page it is a store next to the spte's in access order.
 
 Invariants
-    ``nr_free + (frames owned) == nr_frames``; the pages with ``PG_RESIDENT`` are exactly the
-    owners of frames, each owns one and its frame points back at it; a page with neither a frame
+    ``nr_free + (frames owned) + nr_pool == nr_frames`` (``nr_pool``: the compressed pool's);
+    the pages with ``PG_RESIDENT`` are exactly the owners of frames, each owns one and its frame
+    points back at it; a page with neither a frame
     nor ``PG_SWAP`` holds ``NO_PFN``; a page without a frame has no flag but ``PG_SWAP``; an
     unmapped page with a frame has its swap copy. A page was touched iff it has a frame or a
     swap copy (so no flag records it), and it was evicted since its last fault iff it is
@@ -72,6 +73,7 @@ PG_RESIDENT = 0x40  # the page owns a frame: mapped, or an unmapped swap-cache f
 PG_RECLAIM = 0x80  # PG_reclaim: written for reclaim; rotated to the LRU tail when the write ends
 # The page owns a frame (and ``pfn`` is its pfn, not a shadow).
 HAS_FRAME = PG_RESIDENT
+POOL_FRAME = -2  # frame_pid of a frame held by the compressed pool (zram, zswap: zpool.py)
 
 
 def int_sqrt(x: int) -> int:
@@ -132,6 +134,7 @@ class HostMemory:
             ``pid_base[i]`` up to the next mm's first.
         stamps: keep the analysis-only stamps (``last_access_us``, ``scans``); else they are
             empty arrays.
+        readahead: keep PG_readahead (swap readahead is on); else it is an empty array.
     """
 
     def __init__(
@@ -142,6 +145,7 @@ class HostMemory:
         pid_base: Sequence[int],
         *,
         stamps: bool = False,
+        readahead: bool = False,
     ) -> None:
         self.nr_frames, self.nr_pages, self.wmark = nr_frames, nr_pages, wmark
         self._base = [int(b) for b in pid_base]
@@ -152,6 +156,8 @@ class HostMemory:
         self.flags = np.zeros(nr_pages, dtype=np.uint8)
         self.pfn = np.full(nr_pages, NO_PFN, dtype=np.uint32)  # pfn, shadow or NO_PFN
         self.frame_pid = np.full(nr_frames, -1, dtype=np.int32)
+        # PG_readahead (the uint8 flags are full): read ahead, not yet touched (swap_state.py)
+        self.readahead = np.zeros(nr_pages if readahead else 0, dtype=np.bool_)
         self.stamps = stamps
         self.last_access_us = np.zeros(nr_pages if stamps else 0, dtype=np.uint32)
         self.scans = np.zeros(nr_frames if stamps else 0, dtype=np.uint8)
@@ -163,6 +169,7 @@ class HostMemory:
         self._nr_freed = 0
         self.nr_free = nr_frames
         self.nr_writeback = 0  # frames whose swap-out write is in flight
+        self.nr_pool = 0  # frames the compressed pool holds (zram's or zswap's memory)
         self.nr_resident = np.zeros(nr_mms, dtype=np.int64)  # frames owned, per mm
         self.nr_swapped = np.zeros(nr_mms, dtype=np.int64)  # pages only in swap, per mm
         self.on_free: Callable[[int], None] | None = None  # woken when frames are freed
@@ -197,6 +204,31 @@ class HostMemory:
         self.flags[pid] = self.flags.item(pid) | PG_RESIDENT
         self.nr_resident[self.page_owner(pid)] += 1
         return pfn
+
+    def alloc_pool_frame(self) -> int:
+        """Take one free frame for the compressed pool (``zs_malloc`` growing a zspage)."""
+        assert self.nr_free > 0, "the compressed pool found no free frame"
+        self.nr_free -= 1
+        self.nr_pool += 1
+        if self._nr_freed:
+            self._nr_freed -= 1
+            pfn = self._free.item(self._nr_freed)
+        else:
+            pfn = self._next
+            self._next += 1
+        self.frame_pid[pfn] = POOL_FRAME
+        return pfn
+
+    def free_pool_frames(self, pfns: NDArray[np.integer]) -> None:
+        """The compressed pool gives frames back (a zspage emptied)."""
+        n = len(pfns)
+        assert (self.frame_pid[pfns] == POOL_FRAME).all(), "not the pool's frames"
+        self.frame_pid[pfns] = -1
+        self._push_free(n)[:] = pfns
+        self.nr_free += n
+        self.nr_pool -= n
+        if self.on_free is not None:
+            self.on_free(n)
 
     def free_frames(
         self, pfns: NDArray[np.integer], shadows: NDArray[np.uint32] | None = None
@@ -265,11 +297,13 @@ class HostMemory:
     def check(self) -> None:
         """Assert the structural invariants (used by tests; O(pages))."""
         owned = self.frame_pid >= 0
-        assert self.nr_free + int(owned.sum()) == self.nr_frames, "frames not conserved"
+        pool = int((self.frame_pid == POOL_FRAME).sum())
+        assert pool == self.nr_pool, "compressed pool frames miscounted"
+        assert self.nr_free + int(owned.sum()) + pool == self.nr_frames, "frames not conserved"
         free = self.free_list()
         assert len(free) == self.nr_free, "free stack and free count disagree"
         assert len(np.unique(free)) == self.nr_free, "free stack has duplicates"
-        assert not owned[free].any(), "a free frame has an owner"
+        assert (self.frame_pid[free] == -1).all(), "a free frame has an owner"
         has = (self.flags & np.uint8(HAS_FRAME)) != 0
         pids = np.flatnonzero(has)
         assert (self.pfn[pids] < self.nr_frames).all(), "a page with a frame holds no valid pfn"
@@ -281,6 +315,10 @@ class HostMemory:
         assert not (self.flags[~has] & ~np.uint8(PG_SWAP)).any(), "flags on a page without frame"
         unmapped = has & ((self.flags & PTE_PRESENT) == 0)
         assert swap[unmapped].all(), "an unmapped resident page without its swap copy"
+        ra = self.flags[self.readahead] if len(self.readahead) else self.flags[:0]
+        assert (ra & (HAS_FRAME | PG_SWAP | PTE_PRESENT) == HAS_FRAME | PG_SWAP).all(), (
+            "PG_readahead on a page that is not an unmapped swap-cache folio"
+        )
         wb = (self.flags & PG_WRITEBACK) != 0
         assert int(wb.sum()) == self.nr_writeback, "writeback accounting"
         res = np.bincount(self.page_owners(pids), minlength=len(self.nr_resident))

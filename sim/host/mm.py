@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 
 from sim.host.memory import PAGE_SHIFT
 from sim.host.mmu_notifier import MmuNotifierSubscriptions
+from sim.host.swap_state import SwapRaInfo
 
 GUEST_RAM_HVA = 0x7F00_0000_0000  # where QEMU's guest RAM mapping starts (any aligned address)
 
@@ -42,6 +43,7 @@ class Mm:
     hva_base: int = GUEST_RAM_HVA
     notifiers: MmuNotifierSubscriptions = field(default_factory=MmuNotifierSubscriptions)
     dead: bool = False  # OOM-killed: its pages are gone and its vCPUs stop
+    swap_ra: SwapRaInfo = field(default_factory=SwapRaInfo)  # its VMA's swap_readahead_info
 
     def hva(self, pids: NDArray[np.integer]) -> NDArray[np.int64]:
         """Host virtual addresses of the given global page ids."""

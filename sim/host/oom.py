@@ -36,13 +36,16 @@ def exit_mmap(mm: Mm, mem: HostMemory, swap: SwapDevice, policy: EvictionPolicy)
     busy = (f & (PG_LOCKED | PG_WRITEBACK)) != 0
     idle = pids[~busy]
     fi = f[~busy]
-    swap.free_slots(int(np.count_nonzero(fi & PG_SWAP)))
+    in_swap = (fi & PG_SWAP) != 0
+    swap.free_slots(int(np.count_nonzero(in_swap)), idle[in_swap])
     has_frame = (fi & HAS_FRAME) != 0
     pfns = mem.pfn[idle[has_frame]].astype(np.int64)
     policy.folio_remove(pfns)
     mem.pfn[idle[~has_frame]] = NO_PFN  # shadows go with the swap copies
     mem.free_frames(pfns)
     mem.flags[idle] = 0
+    if len(mem.readahead):
+        mem.readahead[idle] = False
     mem.nr_swapped[mm.index] = 0
 
 

@@ -11,7 +11,10 @@ Models
     request is counted where the kernel counts it, at submission (``count_swpout_vm_event``,
     ``PSWPIN`` in ``swap_read_folio``), into the host's vmstat, with the VM it belongs to.
     ``synchronous`` is a ``SWP_SYNCHRONOUS_IO`` device on which an I/O completes before the
-    submitting call returns (demand mode's device, which takes no time).
+    submitting call returns (demand mode's device, which takes no time; and zram, whose
+    pages live compressed in a :class:`~sim.host.zpool.Zpool` of host frames and cost
+    compression and decompression instead of a queue). With ``zswap`` a compressed pool
+    stands in front of the device (zswap.py): the writes it stores never reach the queue.
 
 Page size
     The latencies are those of a 4 KiB request. With 2 MiB pages (THP-backed guest RAM) a page
@@ -32,8 +35,8 @@ Simplifications
     server free)`` and ends after its latency; the submitter is busy until its last request got a
     tag (``blocked_until``), and its state changes (the folios it unmapped) take effect when it
     calls, not when it wakes. This is exactly a ``simpy.Resource(capacity=queue_depth)`` with FIFO
-    grants (a test holds the two to identical completion times) at a fraction of the cost. There is
-    no readahead (guest-physical locality rarely survives host swap, docs/MODEL.md 4.7) and no
+    grants (a test holds the two to identical completion times) at a fraction of the cost.
+    Readahead (``page_cluster``) is VMA-based (swap_state.py), so it needs no slot locality; no
     latency depends on where a page sits on the device, so slots are interchangeable: only their
     count is kept, not the kernel's per-CPU cluster allocator. A page's swap entry is implied by its
     ``PG_SWAP`` flag, and the workingset shadow the kernel keeps in the swap cache lives in the
@@ -48,12 +51,16 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field
 
 from sim.host.vmstat import VmEvents
+from sim.host.zpool import CompressorConfig, Zpool
+from sim.host.zswap import Zswap, ZswapConfig
 from sim.schema import Strict
 
 MAX_SWAP_MIB = 1 << 30  # 1 PiB: slots are only counted, so this bounds nothing but typos
@@ -107,6 +114,29 @@ class SwapConfig(Strict):
         le=MAX_BANDWIDTH_MIB_PER_S,
         description="Sequential write bandwidth (NVMe TLC: 1-5 GB/s); as read_bandwidth_mib_per_s.",
     )
+    device: Literal["disk", "zram"] = Field(
+        "disk",
+        description="disk: the block device above (latencies, queue, request tags). zram: a "
+        "compressed RAM disk (SWP_SYNCHRONOUS_IO): a write compresses the page into frames "
+        "taken from the host (vms[].compress_ratio), a read decompresses it (compressor "
+        "costs, no queue), swap-in bypasses the swap cache and readahead and frees the slot.",
+    )
+    zswap: ZswapConfig = Field(
+        default_factory=ZswapConfig,
+        description="zswap: a compressed pool in RAM in front of the disk device.",
+    )
+    compressor: CompressorConfig = Field(
+        default_factory=CompressorConfig,
+        description="Compression CPU costs of zram and zswap.",
+    )
+    page_cluster: int = Field(
+        0,
+        ge=0,
+        le=31,
+        description="vm.page-cluster: swap readahead reads up to 2^page_cluster pages around a "
+        "major fault (VMA-based, at most 32; swap_state.py); 0 turns readahead off. The "
+        "kernel's default is 3; memsim keeps 0 so results without readahead stay as they were.",
+    )
 
 
 class SwapDevice:
@@ -131,7 +161,13 @@ class SwapDevice:
     ) -> None:
         self.cfg, self.nr_slots, self.rng = cfg, nr_slots, rng
         self.vmstat = vmstat if vmstat is not None else VmEvents()
-        self.synchronous = synchronous
+        self.zram = cfg.device == "zram"
+        self.synchronous = synchronous or self.zram
+        self.zpool: Zpool | None = None  # zram's or zswap's memory (made by the engine)
+        self.zswap: Zswap | None = None  # zswap in front of this device, if enabled
+        scale = max(1, page_bytes // 4096)  # the compressor works through every 4 KiB
+        self.compress_ns = cfg.compressor.compress_ns * scale
+        self.decompress_ns = cfg.compressor.decompress_ns * scale
         extra = max(0, page_bytes - 4096)  # bytes beyond the 4 KiB the latencies include
         self.transfer_ns = {
             False: round(extra * 1e9 / (cfg.read_bandwidth_mib_per_s * (1 << 20))),
@@ -164,10 +200,15 @@ class SwapDevice:
         self.nr_free_slots -= got
         return got
 
-    def free_slots(self, n: int) -> None:
-        """``swap_free_nr``: ``n`` slots are free again."""
+    def free_slots(self, n: int, pids: NDArray[np.integer] | Sequence[int] = ()) -> None:
+        """``swap_free_nr``: the ``n`` slots of pages ``pids`` are free again; what a compressed
+        store (zram, zswap) held for them goes too (``zram_slot_free_notify``,
+        ``zswap_invalidate``)."""
         assert 0 <= n <= self.nr_slots - self.nr_free_slots, "freeing slots not in use"
         self.nr_free_slots += n
+        if self.zpool is not None:
+            assert len(pids) == n, "a compressed store needs the pages whose slots are freed"
+            self.zpool.free(pids)
 
     def vm_swap_full(self) -> bool:
         """``vm_swap_full``: more than half the swap space is in use."""

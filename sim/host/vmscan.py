@@ -116,6 +116,8 @@ class ScanControl:
     nr_notifier_calls: int = 0  # notifier callbacks made (all ops)
     nr_sptes_walked: int = 0  # sptes visited by KVM's walks
     nr_tlb_flushes: int = 0  # remote TLB flushes KVM made on our behalf
+    nr_compressed: int = 0  # pages compressed into zram or zswap (the reclaimer's CPU)
+    nr_decompressed: int = 0  # zswap entries decompressed to be written back (shrink_worker)
     blocked_until: int = 0  # the pass's writes got their last request tag then (ns)
 
     def _count(self, item: str, n: int) -> None:
@@ -286,7 +288,7 @@ class Vmscan:
         f = self.mem.flags[pids]
         sel = pids[(f & (PG_SWAP | PG_WRITEBACK | PTE_PRESENT)) == (PG_SWAP | PTE_PRESENT)]
         if len(sel):
-            self.swap.free_slots(len(sel))
+            self.swap.free_slots(len(sel), sel)
             self.mem.flags[sel] = (self.mem.flags[sel] & ~_U8(PG_SWAP)) | _U8(PG_DIRTY)
 
     def folio_referenced(self, pfns: NDArray[np.int64], sc: ScanControl) -> NDArray[np.bool_]:
@@ -328,16 +330,17 @@ class Vmscan:
         f = mem.flags[pids]
         dirty = ok & ((f & PG_DIRTY) != 0)
         if dirty.any():
-            self._pageout(pfns[dirty], pids[dirty], f[dirty], sc)
-            if swap.synchronous:  # written before pageout returned: clean, freed below
-                dirty[:] = False
-            else:
-                out[dirty] = Outcome.KEEP
+            done = self._pageout(pfns[dirty], pids[dirty], f[dirty], sc)
+            idx = np.flatnonzero(dirty)
+            out[idx[~done]] = Outcome.KEEP
+            dirty[idx[done]] = False  # written before pageout returned: clean, freed below
         clean = ok & ~dirty
         if clean.any():
             self._remove_mapping(pfns[clean], pids[clean])
             out[clean] = Outcome.FREED
             sc.freed(int(np.count_nonzero(clean)))
+        if swap.zpool is not None:  # the pool's new zspages, from the frames just freed
+            swap.zpool.fit()
         return out
 
     def _pageout(
@@ -346,19 +349,71 @@ class Vmscan:
         wpid: NDArray[np.int32],
         f: NDArray[np.uint8],
         sc: ScanControl,
-    ) -> None:
+    ) -> NDArray[np.bool_]:
         """``pageout``: clear dirty, set PG_reclaim and PG_writeback, submit the writes; each
-        ends with ``folio_end_writeback``. On a synchronous device the writes are done when
-        the submission returns: the folios are clean and still isolated (nothing to rotate)."""
+        ends with ``folio_end_writeback``. Returns which writes were done when ``pageout``
+        returned: every one on a synchronous device (zram), those zswap stored; those folios
+        are clean and still isolated (nothing to rotate)."""
         mem, swap = self.mem, self.swap
         n = len(wpid)
-        owners = np.bincount(mem.page_owners(wpid), minlength=len(self.mms)).tolist()
-        done = swap.submit(self.now(), write=True, n=n, per_mm=owners)
         sc.nr_pageout += n
         self.vmstat[VmStat.NR_VMSCAN_WRITE] += n
+        if swap.zswap is not None:
+            stored, compressed, full = swap.zswap.store(wpid, mem.page_owners(wpid))
+            sc.nr_compressed += compressed
+            mem.flags[wpid[stored]] = f[stored] & ~_U8(PG_DIRTY)
+            disk = ~stored
+            if disk.any():
+                self._submit_writeback(wpfn[disk], wpid[disk], f[disk], sc)
+            if full:  # zswap_store queued the shrink worker
+                self._zswap_writeback(sc)
+            return stored
+        owners = np.bincount(mem.page_owners(wpid), minlength=len(self.mms)).tolist()
+        done = swap.submit(self.now(), write=True, n=n, per_mm=owners)
         if swap.synchronous:
+            if swap.zpool is not None:  # zram_write_page: compressed into the pool
+                swap.zpool.store(wpid)
+                sc.nr_compressed += n
             mem.flags[wpid] = f & ~_U8(PG_DIRTY)
+            return np.ones(n, dtype=np.bool_)
+        self._writeback_started(wpfn, wpid, f, done, sc)
+        return np.zeros(n, dtype=np.bool_)
+
+    def _submit_writeback(
+        self,
+        wpfn: NDArray[np.int64],
+        wpid: NDArray[np.int32],
+        f: NDArray[np.uint8],
+        sc: ScanControl,
+    ) -> None:
+        """``swap_writepage`` to the device for folios zswap rejected."""
+        owners = np.bincount(self.mem.page_owners(wpid), minlength=len(self.mms)).tolist()
+        done = self.swap.submit(self.now(), write=True, n=len(wpid), per_mm=owners)
+        self._writeback_started(wpfn, wpid, f, done, sc)
+
+    def _zswap_writeback(self, sc: ScanControl) -> None:
+        """``shrink_worker``: zswap's oldest entries go to the device (``zswpwb``, and a write
+        each, ``pswpout``); decompressing them is priced into this pass."""
+        assert self.swap.zswap is not None
+        back = np.array(self.swap.zswap.shrink(), dtype=np.int64)
+        if len(back) == 0:
             return
+        owners = np.bincount(self.mem.page_owners(back), minlength=len(self.mms)).tolist()
+        self.swap.submit(self.now(), write=True, n=len(back), per_mm=owners)
+        self.vmstat.count_per_mm(VmStat.ZSWPWB, owners)
+        sc.nr_decompressed += len(back)
+
+    def _writeback_started(
+        self,
+        wpfn: NDArray[np.int64],
+        wpid: NDArray[np.int32],
+        f: NDArray[np.uint8],
+        done: list[int],
+        sc: ScanControl,
+    ) -> None:
+        """The folios' writes are in flight: PG_writeback and PG_reclaim until each ends."""
+        mem, swap = self.mem, self.swap
+        n = len(wpid)
         mem.flags[wpid] = (f & ~_U8(PG_DIRTY)) | _U8(PG_WRITEBACK | PG_RECLAIM)
         mem.nr_writeback += n
         sc.blocked_until = max(sc.blocked_until, swap.blocked_until)
@@ -372,6 +427,8 @@ class Vmscan:
         shadows = self.policy.workingset_eviction(pfns)
         mem.nr_swapped += np.bincount(mem.page_owners(pids), minlength=len(mem.nr_swapped))
         mem.flags[pids] = _U8(PG_SWAP)
+        if len(mem.readahead):
+            mem.readahead[pids] = False  # a folio read ahead and never touched
         mem.free_frames(pfns, shadows)
 
     def folio_end_writeback(self, pid: int, pfn: int) -> None:
@@ -383,7 +440,7 @@ class Vmscan:
         mem.nr_writeback -= 1
         if self.mms[mem.page_owner(pid)].dead:
             self.policy.folio_remove(np.array([pfn], dtype=np.int64))
-            self.swap.free_slots(1)  # a folio under write-out owns a slot
+            self.swap.free_slots(1, (pid,))  # a folio under write-out owns a slot
             mem.free_frame(pfn)
             mem.flags[pid] = 0
         elif f & PG_RECLAIM:

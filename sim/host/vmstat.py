@@ -54,6 +54,13 @@ class VmStat(StrEnum):
     VMSCAN_IMMEDIATE = "vmscan_immediate"  # ...of them marked for immediate reclaim (kswapd)
     THROTTLE_WRITEBACK = "reclaim_throttle_writeback"  # reclaim_throttle(WRITEBACK) sleeps
     THROTTLE_NOPROGRESS = "reclaim_throttle_noprogress"  # reclaim_throttle(NOPROGRESS) sleeps
+    SWAP_RA = "swap_ra"  # pages read ahead (swap_vma_readahead), host-wide as the kernel counts
+    SWAP_RA_HIT = "swap_ra_hit"  # ...of them found by a fault (swap_cache_get_folio)
+    ZSWPOUT = "zswpout"  # pages stored in zswap (zswap_store)
+    ZSWPIN = "zswpin"  # pages loaded from zswap (zswap_load)
+    ZSWPWB = "zswpwb"  # pages written back from zswap to the device (zswap_writeback_entry)
+    ZSWAP_POOL_LIMIT_HIT = "zswap_pool_limit_hit"  # zswap debugfs pool_limit_hit (not vmstat)
+    ZSWAP_REJECT_COMPRESS_POOR = "zswap_reject_compress_poor"  # debugfs reject_compress_poor
     SWAP_FULL = "swap_full"  # folios that could not get a swap slot (add_to_swap failed)
     OOM_KILL = "oom_kill"
     RMAP_WALKED = "rmap_walked"  # host rmap mappings visited (folio_referenced, try_to_unmap)

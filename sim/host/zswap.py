@@ -1,0 +1,137 @@
+"""zswap: a compressed cache in host RAM in front of the swap device.
+
+Models
+    ``zswap_store`` on every swap-out write (``swap_writepage``): if the pool has reached
+    ``max_pool_percent`` of host memory it rejects the page (and stays "full", rejecting, until
+    it shrinks to ``accept_threshold_percent`` of that limit: ``zswap_check_limits``) and wakes
+    the shrink worker; otherwise the page is compressed (the reclaimer's CPU) and rejected if it
+    does not shrink below a page (``zswap_reject_compress_poor``), else stored (``zswpout``)
+    and the folio's "write" is done before ``pageout`` returns. A rejected page is written to
+    the device as without zswap. ``zswap_load`` on a swap-in: a page in the pool is
+    decompressed by the faulting task, with no I/O (``zswpin``), and leaves the pool (the
+    swap cache owns it now: the folio is dirty and keeps its slot). The shrink worker
+    (``shrink_worker``) writes entries back from the pool's LRU tail (oldest stores first) to
+    the device (``zswpwb``, and ``pswpout`` for each write) until the pool is at the accept
+    threshold. The pool is a :class:`~sim.host.zpool.Zpool`: its memory is host frames.
+
+Counting
+    ``zswpout``, ``zswpin``, ``zswpwb`` are vm events the kernel also counts per memcg
+    (``count_objcg_events``): counted per VM here. ``zswap_pool_limit_hit`` and
+    ``zswap_reject_compress_poor`` are the kernel's debugfs counters (``pool_limit_hit``,
+    ``reject_compress_poor`` under /sys/kernel/debug/zswap), not vmstat: memsim keeps them in
+    vmstat under these names, host-wide as the kernel does.
+
+Kernel reference
+    mm/zswap.c: ``zswap_store``, ``zswap_check_limits``, ``zswap_max_pages``,
+    ``zswap_accept_thr_pages``, ``zswap_compress``, ``zswap_load``, ``shrink_worker``,
+    ``zswap_writeback_entry``, ``zswap_invalidate``; mm/page_io.c: ``swap_writepage``.
+
+Simplifications
+    The shrink worker runs at once, in the reclaim pass whose store found the pool full, and
+    its decompression is priced into that pass (the kernel's kworker has its own CPU). A page
+    written back needs no frame of its own (the kernel decompresses into a temporary swap-cache
+    folio) and is on the device from then on, even while the write is in flight. The
+    memcg-aware ``zswap_shrinker`` (off by default) and same-filled pages are not modelled.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import Field
+
+from sim.host.vmstat import VmEvents, VmStat
+from sim.host.zpool import Zpool
+from sim.schema import Strict
+
+
+class ZswapConfig(Strict):
+    """zswap's module parameters (``/sys/module/zswap/parameters``)."""
+
+    enabled: bool = Field(False, description="zswap.enabled: compress swapped pages in RAM.")
+    max_pool_percent: int = Field(
+        20,
+        ge=1,
+        le=100,
+        description="Largest pool, in percent of host memory (zswap.max_pool_percent).",
+    )
+    accept_threshold_percent: int = Field(
+        90,
+        ge=0,
+        le=100,
+        description="Once full, the pool accepts pages again only below this percent of its "
+        "limit, and the shrink worker writes back to it (zswap.accept_threshold_percent).",
+    )
+
+
+class Zswap:
+    """The zswap pool of one host, its LRU and its limits.
+
+    Args:
+        cfg: module parameters.
+        pool: where the compressed pages live (host frames).
+        nr_frames: host memory in pages (``totalram_pages``).
+        vmstat: the host's counters.
+    """
+
+    def __init__(self, cfg: ZswapConfig, pool: Zpool, nr_frames: int, vmstat: VmEvents) -> None:
+        self.cfg, self.pool, self.vmstat = cfg, pool, vmstat
+        self.max_pages = nr_frames * cfg.max_pool_percent // 100  # zswap_max_pages
+        self.accept_thr_pages = self.max_pages * cfg.accept_threshold_percent // 100
+        self.reached_full = False  # zswap_pool_reached_full
+
+    def check_limits(self) -> bool:
+        """``zswap_check_limits``: is the pool full (with the accept-threshold hysteresis)?"""
+        cur = self.pool.frames_needed()
+        if cur >= self.max_pages:
+            self.vmstat[VmStat.ZSWAP_POOL_LIMIT_HIT] += 1
+            self.reached_full = True
+        elif self.reached_full and cur <= self.accept_thr_pages:
+            self.reached_full = False
+        return self.reached_full
+
+    def store(
+        self, pids: NDArray[np.int32], owners: NDArray[np.intp]
+    ) -> tuple[NDArray[np.bool_], int, bool]:
+        """``zswap_store`` for pages being written out, in order.
+
+        Returns which were stored, how many were compressed (the reclaimer's CPU) and whether
+        the pool was found full (the caller then runs :meth:`shrink`).
+        """
+        pool, page = self.pool, self.pool.page_bytes
+        stored = np.zeros(len(pids), dtype=np.bool_)
+        compressed = 0
+        full = False
+        for i, (pid, mm) in enumerate(zip(pids.tolist(), owners.tolist(), strict=True)):
+            if self.check_limits():
+                full = True
+                continue
+            compressed += 1
+            if pool.obj_bytes.item(pid) >= page:
+                self.vmstat[VmStat.ZSWAP_REJECT_COMPRESS_POOR] += 1
+                continue
+            pool.store(np.array([pid], dtype=np.int64))
+            stored[i] = True
+            self.vmstat.count(VmStat.ZSWPOUT, 1, mm)
+        return stored, compressed, full
+
+    def load(self, pid: int, mm: int) -> bool:
+        """``zswap_load``: if page ``pid`` is in the pool, take it out (``zswpin``)."""
+        if not self.pool.stored.item(pid):
+            return False
+        self.pool.free((pid,))
+        self.vmstat.count(VmStat.ZSWPIN, 1, mm)
+        return True
+
+    def shrink(self) -> list[int]:
+        """``shrink_worker``: take entries off the pool's LRU tail until it is at the accept
+        threshold; returns the pages to write to the device (``zswap_writeback_entry``)."""
+        pool = self.pool
+        out = []
+        while pool.frames_needed() > self.accept_thr_pages:
+            pid = pool.lru_oldest()
+            if pid is None:
+                break
+            pool.free((pid,))
+            out.append(pid)
+        return out
