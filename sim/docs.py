@@ -20,6 +20,7 @@ from sim.config import (
     EngineConfig,
     HostConfig,
     KvmConfig,
+    MetricsConfig,
     OutputConfig,
     Scenario,
     VmConfig,
@@ -48,6 +49,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("vms[].workload.phases[]", wl.PhaseConfig),
     ("engine", EngineConfig),
     ("output", OutputConfig),
+    ("metrics", MetricsConfig),
     ("costs", CostsConfig),
 ]
 
