@@ -84,7 +84,7 @@ from sim.sweep import (
 # variable -> +1 if a larger value is harder (worse for the SLO), -1 if a smaller one is
 VARIABLES = {"vms": +1, "overcommit": +1, "host.memory_mib": -1}
 METRICS = {
-    "stall_mean_p99_vms": "p99 over VMs of each VM's mean vCPU stall fraction",
+    "stall_mean_p99_vms": "p99 over VMs of mean vCPU stall fraction",
     "stall_max": "worst VM's vCPU stall fraction",
     "stall_mean": "mean VM's vCPU stall fraction",
     "stall_window_p99": "worst VM's p99 over windows of the stall fraction per window",
