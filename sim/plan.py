@@ -362,21 +362,25 @@ def run_metrics(sc: Scenario, summary: dict[str, Any]) -> dict[str, float]:
     majors = [v["major_faults_per_s"] for v in vms]
     windows_p99 = [v["stall_window_p99"] for v in vms if v.get("stall_window_p99") is not None]
     windows_max = [v["stall_window_max"] for v in vms if v.get("stall_window_max") is not None]
-    major_p99 = host_row(summary).get("fault_latency_ns_major_p99")
+    host = host_row(summary)
+    major_p99 = host.get("fault_latency_ns_major_p99")
+    tails = "warmup_ns" in summary  # else a summary from before memsim kept tails: NaN
     ws_pages = [sc.host.pages(cfg.working_set_mib or cfg.memory_mib) for cfg in cfgs]
     promo = [m * 60 / w for m, w in zip(majors, ws_pages, strict=True)]
     out = {
         "stall_mean_p99_vms": float(np.percentile(stall, 99)),
         "stall_max": float(max(stall)),
         "stall_mean": float(np.mean(stall)),
-        "stall_window_p99": float(max(windows_p99, default=0.0)),
-        "stall_window_max": float(max(windows_max, default=0.0)),
-        "major_latency_p99_ms": 0.0 if major_p99 is None else major_p99 / 1e6,
+        "stall_window_p99": float(max(windows_p99, default=0.0)) if tails else math.nan,
+        "stall_window_max": float(max(windows_max, default=0.0)) if tails else math.nan,
+        "major_latency_p99_ms": (0.0 if major_p99 is None else major_p99 / 1e6)
+        if tails
+        else math.nan,
         "major_faults_per_s": float(max(majors)),
         "major_faults_per_s_mean": float(np.mean(majors)),
         "promotion_rate_per_min": float(max(promo)),
     }
-    if host_row(summary)["oom_kills"]:
+    if host["oom_kills"]:
         out = {k: math.inf for k in out}
     return out
 
@@ -521,7 +525,13 @@ def search(
             i, sc = owner[int(row["index"])]
             run_dir = target / "runs" / str(row["run"])
             summary = json.loads((run_dir / "summary.json").read_text())
-            recs.append({**row.to_dict(), **run_metrics(sc, summary), "_i": i})
+            metrics = run_metrics(sc, summary)
+            if math.isnan(metrics[plan.metric]):
+                raise UserError(
+                    f"{run_dir}: its summary.json predates {plan.metric} (a run reused from "
+                    "an older memsim); remove that run directory or plan into another --out"
+                )
+            recs.append({**row.to_dict(), **metrics, "_i": i})
         batch = pd.DataFrame(recs)
         frames.append(batch)
         for i in todo:

@@ -13,7 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from sim.cli import main
-from sim.errors import ConfigError
+from sim.errors import ConfigError, UserError
 from sim.host.memory import setup_per_zone_wmarks
 from sim.plan import judge, load_plan, search, split
 from sim.stats import t_interval, t_quantile
@@ -165,6 +165,19 @@ def test_nothing_passes(tmp_path: Path) -> None:
     res = search(plan, tmp_path / "out", runner=runner)
     assert res.answer is None
     assert "no candidate meets" in res.statement()
+
+
+def test_a_reused_run_without_tails_is_refused_for_a_tail_metric(tmp_path: Path) -> None:
+    """Default configs keep their hashes, so a plan may find runs an older memsim wrote: their
+    summaries have no windows, and a windowed SLO on them is an error, never a silent 0."""
+    runner = _scripted(lambda sc, seed: 0.0)  # summaries as older memsim wrote them
+    spec = {**_spec(variable="vms", low=1, high=8), "slo": {"metric": "stall_window_p99", "max": 1}}
+    plan = load_plan(_write(tmp_path, spec))
+    with pytest.raises(UserError, match="summary.json predates stall_window_p99"):
+        search(plan, tmp_path / "out", runner=runner)
+    mean = {**spec, "slo": {"metric": "stall_mean_p99_vms", "max": 0.05}}
+    res = search(load_plan(_write(tmp_path, mean)), tmp_path / "out2", runner=runner)
+    assert res.answer is not None
 
 
 def test_mix_is_split_by_weight() -> None:
