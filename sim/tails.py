@@ -39,6 +39,20 @@ def tail(values: NDArray[Any] | Sequence[float]) -> dict[str, float | None]:
     return {"p50": float(p50), "p99": float(p99), "max": float(a.max())}
 
 
+def _spread(row: Any, start: int, end: int, w: int) -> None:
+    """Add ``[start, end)`` to the windows of length ``w`` of ``row`` (a list or an array)."""
+    if end <= start:
+        return
+    i, j = start // w, (end - 1) // w
+    if i == j:
+        row[i] += end - start
+        return
+    row[i] += (i + 1) * w - start
+    for k in range(i + 1, j):
+        row[k] += w
+    row[j] += end - j * w
+
+
 class VcpuTime:
     """Each VM's vCPU stall and compute time per window (a breakdown of ``VmStats``).
 
@@ -52,46 +66,56 @@ class VcpuTime:
     def __init__(self, nr_vms: int, horizon_ns: int, window_ns: int) -> None:
         self.window, self.horizon = window_ns, horizon_ns
         nw = max(1, -(-horizon_ns // window_ns))
-        self.stall = np.zeros((nr_vms, nw), dtype=np.int64)
-        self.compute = np.zeros((nr_vms, nw), dtype=np.int64)
+        # Python lists, not arrays: a vCPU step adds to one or two windows, and a list item
+        # add costs a fraction of a numpy scalar's (this runs once per step)
+        self._rows = {
+            True: [[0] * nw for _ in range(nr_vms)],
+            False: [[0] * nw for _ in range(nr_vms)],
+        }
+
+    @property
+    def stall(self) -> NDArray[np.int64]:
+        """Stall per VM and window, credited so far (a copy)."""
+        return np.array(self._rows[True], dtype=np.int64)
+
+    @property
+    def compute(self) -> NDArray[np.int64]:
+        """Compute per VM and window, credited so far (a copy)."""
+        return np.array(self._rows[False], dtype=np.int64)
 
     def add(self, vm: int, start: int, end: int, stall: bool) -> None:
         """Credit ``[start, end)`` of one vCPU of ``vm`` as stall or compute."""
-        end = min(end, self.horizon)
-        if end <= start:
-            return
-        row = (self.stall if stall else self.compute)[vm]
-        w = self.window
-        i, j = start // w, (end - 1) // w
-        if i == j:
-            row[i] += end - start
-            return
-        row[i] += (i + 1) * w - start
-        row[i + 1 : j] += w
-        row[j] += end - j * w
+        _spread(self._rows[stall][vm], start, min(end, self.horizon), self.window)
 
     def credit(self, vm: int, t: int, n: int) -> None:
         """Compute time ``n`` (ns, maybe negative) counted at ``t`` without a stretch of its
         own: a step cut short hands back its accesses' guest time, which rounds apart from
         the stretch it keeps by a nanosecond."""
-        self.compute[vm, min(max(t, 0), self.horizon - 1) // self.window] += n
+        self._rows[False][vm][min(max(t, 0), self.horizon - 1) // self.window] += n
 
     def add_step(self, vm: int, t0: int, ends: Sequence[int], stalls: Sequence[bool]) -> None:
         """A vCPU step that began at ``t0``: segments ending ``ends[k]`` ns after it."""
+        w = self.window
+        last = t0 + ends[-1]
+        if t0 // w == (last - 1) // w and last <= self.horizon:  # the usual case: one window
+            i = t0 // w
+            start = 0
+            for end, is_stall in zip(ends, stalls, strict=True):
+                self._rows[is_stall][vm][i] += end - start
+                start = end
+            return
         start = 0
         for end, is_stall in zip(ends, stalls, strict=True):
             self.add(vm, t0 + start, t0 + end, is_stall)
             start = end
 
     def at(self, in_flight: Iterable[tuple[int, Segment]]) -> tuple[NDArray[Any], NDArray[Any]]:
-        """(stall, compute) per VM and window with the stretches still in flight added (a
-        copy: the stretches are credited for good when they end)."""
-        saved = self.stall.copy(), self.compute.copy()
+        """(stall, compute) per VM and window with the stretches still in flight added (the
+        stretches are credited for good when they end)."""
+        stall, compute = self.stall, self.compute
         for vm, (a, b, is_stall) in in_flight:
-            self.add(vm, a, b, is_stall)
-        out = self.stall, self.compute
-        self.stall, self.compute = saved
-        return out
+            _spread((stall if is_stall else compute)[vm], a, min(b, self.horizon), self.window)
+        return stall, compute
 
     def fractions(
         self, stall: NDArray[Any], compute: NDArray[Any], vm: int, warmup_ns: int
