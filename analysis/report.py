@@ -107,11 +107,16 @@ def _vm_table(summary: dict[str, Any]) -> pd.DataFrame:
                 "major": v["faults_major"],
                 "refaults": v["refaults"],
                 "stall %": round(100 * v["stall_fraction"], 2),
+                "stall p99 window %": _pct(v.get("stall_window_p99")),
                 "major/s": round(v["major_faults_per_s"], 1),
                 "resident MiB": round(v["resident_pages"] * page_mib(summary), 1),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _pct(x: float | None) -> float | None:
+    return None if x is None else round(100 * x, 2)
 
 
 def _host_table(summary: dict[str, Any]) -> pd.DataFrame:
@@ -143,6 +148,12 @@ def run_section(path: Path) -> Section:
         f"Run {name} (seed {s['seed']}, policy {s['policy']}, trigger {s['host']['trigger']}): "
         f"{len(s['vms'])} VM(s), {s['sim_time_ns'] / 1e9:g} s simulated in {s['wall_s']:g} s."
     )
+    warm = s.get("warmup_ns", 0) / 1e9
+    if warm:
+        lead += (
+            f" Per-VM figures are measured after a {warm:g} s warm-up (shaded in the "
+            "figures); host counters are whole-run."
+        )
     figs: list[Figure] = []
     notes: list[str] = []
     tl = _table(run, "timeline")
@@ -151,14 +162,14 @@ def run_section(path: Path) -> Section:
             Figure(
                 "faults",
                 "Major faults and refaults per second, per VM.",
-                _png(fault_figure(tl, name)),
+                _png(fault_figure(tl, name, warm)),
             )
         )
         figs.append(
             Figure(
                 "free_memory",
                 "Free host memory against the zone watermarks, and resident memory per VM.",
-                _png(free_memory_figure(tl, name, page_mib(s))),
+                _png(free_memory_figure(tl, name, page_mib(s), warm)),
             )
         )
         figs.append(
@@ -166,7 +177,7 @@ def run_section(path: Path) -> Section:
                 "kswapd",
                 "Reclaim activity: pages scanned and reclaimed by kswapd and direct reclaim, "
                 "swap-ins, and the share of time kswapd was busy.",
-                _png(kswapd_figure(tl, name)),
+                _png(kswapd_figure(tl, name, warm)),
             )
         )
     else:

@@ -59,7 +59,13 @@ def _rates(tl: pd.DataFrame, cols: list[str], by_vm: bool = True) -> pd.DataFram
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
-def fault_figure(tl: pd.DataFrame, name: str) -> plt.Figure:
+def mark_warmup(ax: plt.Axes, warmup_s: float) -> None:
+    """Shade the warm-up on a time axis: what the summary's figures leave out."""
+    if warmup_s > 0:
+        ax.axvspan(0, warmup_s, color="grey", alpha=0.15, lw=0, label="warm-up")
+
+
+def fault_figure(tl: pd.DataFrame, name: str, warmup_s: float = 0.0) -> plt.Figure:
     """Major faults and refaults per second, per VM, over simulated time."""
     rates = _rates(tl, ["faults_major", "refaults"])
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True, sharey=True)
@@ -73,13 +79,16 @@ def fault_figure(tl: pd.DataFrame, name: str) -> plt.Figure:
     ):
         sub = rates[rates.what == col]
         sns.lineplot(data=sub, x="t_s", y="rate", hue="vm", ax=ax, lw=1)
+        mark_warmup(ax, warmup_s)
         ax.set(xlabel="simulated time (s)", ylabel="per second, per VM", title=title)
         ax.legend(fontsize="small", title="VM")
     fig.suptitle(f"{name}: guest fault and refault rates", fontsize="medium")
     return fig
 
 
-def free_memory_figure(tl: pd.DataFrame, name: str, mib: float = PAGE_MIB) -> plt.Figure:
+def free_memory_figure(
+    tl: pd.DataFrame, name: str, mib: float = PAGE_MIB, warmup_s: float = 0.0
+) -> plt.Figure:
     """Free host memory against the min/low/high watermarks, and each VM's resident memory
     (``mib``: MiB per page)."""
     host = tl.drop_duplicates("t_ns").sort_values("t_ns")
@@ -100,9 +109,11 @@ def free_memory_figure(tl: pd.DataFrame, name: str, mib: float = PAGE_MIB) -> pl
         title=title,
         ylim=(0, top),
     )
+    mark_warmup(ax, warmup_s)
     ax.legend(fontsize="small")
     res = tl.assign(resident_mib=tl.resident_pages * mib, t_s=tl.t_ns / 1e9)
     sns.lineplot(data=res, x="t_s", y="resident_mib", hue=res.vm.astype(str), ax=ax2, lw=1)
+    mark_warmup(ax2, warmup_s)
     ax2.set(
         xlabel="simulated time (s)", ylabel="resident guest memory (MiB)", title="Resident per VM"
     )
@@ -111,13 +122,14 @@ def free_memory_figure(tl: pd.DataFrame, name: str, mib: float = PAGE_MIB) -> pl
     return fig
 
 
-def kswapd_figure(tl: pd.DataFrame, name: str) -> plt.Figure:
+def kswapd_figure(tl: pd.DataFrame, name: str, warmup_s: float = 0.0) -> plt.Figure:
     """Pages scanned and reclaimed per second (kswapd and direct reclaim), kswapd busy time."""
     cols = ["pgscan_kswapd", "pgsteal_kswapd", "pgscan_direct", "pgsteal_direct", "pswpin"]
     rates = _rates(tl, [*cols, "kswapd_busy_ns"], by_vm=False)
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
     sub = rates[rates.what.isin(cols)]
     sns.lineplot(data=sub, x="t_s", y="rate", hue="what", hue_order=cols, ax=ax, lw=1)
+    mark_warmup(ax, warmup_s)
     ax.set(
         xlabel="simulated time (s)",
         ylabel="pages per second",
@@ -126,6 +138,7 @@ def kswapd_figure(tl: pd.DataFrame, name: str) -> plt.Figure:
     ax.legend(fontsize="small")
     busy = rates[rates.what == "kswapd_busy_ns"]
     ax2.plot(busy.t_s, 100 * busy.rate / 1e9, color="#c44e52", lw=1)
+    mark_warmup(ax2, warmup_s)
     ax2.set(
         xlabel="simulated time (s)",
         ylabel="kswapd busy (% of one CPU)",

@@ -129,7 +129,8 @@ def _finish(parts: dict[str, float]) -> Estimate:
 
 def estimate_run(sc: Scenario, trace_accesses: dict[str, int] | None = None) -> Estimate:
     """Memory a run of ``sc`` needs at its peak (without growth that depends on what the run
-    does: the eviction log keeps 16 bytes per refault until the end).
+    does: the eviction log keeps 16 bytes per refault until the end, the fault-latency tails 8
+    bytes per fault after the warm-up).
 
     ``trace_accesses``: accesses of each trace file it replays, if known (a trace is loaded
     once, whatever the VMs replaying it).
@@ -167,6 +168,16 @@ def estimate_run(sc: Scenario, trace_accesses: dict[str, int] | None = None) -> 
         "zswap LRU": ZSWAP_ENTRY_BYTES * min(pages, sc.host.pages(sc.swap.size_mib)) * zswap,
         "base": RUN_BASE,
     }
+    if sc.reclaim.trigger != "demand":
+        windows = sc.duration_s * 1000 / sc.metrics.window_ms + 1
+        parts["stall windows"] = 16 * windows * len(vms)
+    prefaulted = [cfg for _, cfg in vms if cfg.prefault]
+    if prefaulted:  # one vCPU's sample at a time (sim/prefault.py): gfns, writes, positions
+        parts["prefault sample"] = max(
+            17 * min(16 * sc.host.pages(cfg.memory_mib), 1 << 24) // cfg.vcpus
+            + 16 * sc.host.pages(cfg.memory_mib)
+            for cfg in prefaulted
+        )
     if sc.reclaim.trigger == "demand":
         accesses = sc.duration_s * sum(cfg.vcpus * cfg.access_rate_per_s for _, cfg in vms)
         parts["reference string"] = accesses * (

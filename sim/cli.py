@@ -126,8 +126,13 @@ def describe(sc: Scenario) -> str:
 
 
 def summary_table(summary: dict[str, Any]) -> Table:
-    """The end-of-run table: per VM, then host totals (from the flat rows of ``sim.results``)."""
-    t = Table(title=Text(f"{summary['name']} (seed {summary['seed']}, policy {summary['policy']})"))
+    """The end-of-run table: per VM, then host totals (from the flat rows of ``sim.results``);
+    with a warm-up the VM rows count from its end and the host line stays whole-run."""
+    warm = summary.get("warmup_ns", 0) / 1e9
+    after = f", after a {warm:g} s warm-up" if warm else ""
+    t = Table(
+        title=Text(f"{summary['name']} (seed {summary['seed']}, policy {summary['policy']}{after})")
+    )
     for col in (
         "vm",
         "accesses",
@@ -137,6 +142,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
         "access trk",
         "refaults",
         "stall %",
+        "p99 window %",
         "major/s",
     ):
         t.add_column(col, justify="left" if col == "vm" else "right")
@@ -150,11 +156,12 @@ def summary_table(summary: dict[str, Any]) -> Table:
             _fmt(v["faults_access_tracking"]),
             _fmt(v["refaults"]),
             f"{100 * v['stall_fraction']:.1f}",
+            "-" if v.get("stall_window_p99") is None else f"{100 * v['stall_window_p99']:.1f}",
             f"{v['major_faults_per_s']:,.0f}",
         ]
         t.add_row(*map(Text, cells))
     h = host_row(summary)
-    caption = (
+    caption = ("whole run: " if warm else "") + (
         f"kswapd scanned {_fmt(h['kswapd_scanned'])} reclaimed {_fmt(h['kswapd_reclaimed'])}; "
         f"direct reclaims {_fmt(h['direct_reclaims'])}; pswpin {_fmt(h['pswpin'])} "
         f"pswpout {_fmt(h['pswpout'])}; TLB flushes {_fmt(h['tlb_flushes'])}; "

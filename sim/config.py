@@ -35,6 +35,7 @@ MAX_MEMORY_MIB = 64 * 1024 * 1024  # 64 TiB; what fits this machine is checked b
 MAX_VMS = 4096  # VMs of a scenario, all profiles together
 MAX_VCPUS = 16384  # vCPUs of a scenario: one SimPy process and access buffers each
 MAX_SAMPLES = 10_000_000  # timeline samples of a run (duration / sample interval)
+MAX_WINDOWS = 1_000_000  # stall windows of a run (two int64 per VM each)
 
 
 class HostConfig(Strict):
@@ -166,6 +167,13 @@ class VmConfig(Strict):
         "compress_ratio); pages drawn below 1 do not compress (zram keeps them whole, zswap "
         "rejects them).",
     )
+    prefault: bool = Field(
+        False,
+        description="Start in steady state: before time 0 the pages the workload touches are "
+        "placed as a long run leaves them (hottest most recently used; what does not fit above "
+        "the high watermark starts in swap, or untouched without swap). The fill is not counted "
+        "in vmstat. Watermark reclaim and the disk swap device only (no zram, no zswap).",
+    )
 
     @model_validator(mode="after")
     def _fits(self) -> VmConfig:
@@ -204,6 +212,18 @@ class EngineConfig(Strict):
     )
 
 
+class MetricsConfig(Strict):
+    """How the summary measures tails over time."""
+
+    window_ms: float = Field(
+        100.0,
+        ge=0.01,
+        le=MAX_DURATION_S * 1000,
+        description="Window over which each VM's stall fraction is measured; summary.json "
+        "gives p50/p99/max over the windows after the warm-up.",
+    )
+
+
 class OutputConfig(Strict):
     """Which event tables to write."""
 
@@ -237,6 +257,13 @@ class Scenario(Strict):
         description="Master seed; every component derives its own stream from it and its name.",
     )
     duration_s: float = Field(ge=MIN_DURATION_S, le=MAX_DURATION_S, description="Simulated time.")
+    warmup_s: float = Field(
+        0.0,
+        ge=0.0,
+        le=MAX_DURATION_S,
+        description="Simulated time at the start excluded from every summary metric (less "
+        "than duration_s); host vmstat stays whole-run beside vmstat_after_warmup.",
+    )
     host: HostConfig = Field(description="Host memory and watermarks.")
     reclaim: ReclaimConfig = Field(
         default_factory=DEFAULT_RECLAIM, description="Eviction policy and its knobs."
@@ -251,6 +278,9 @@ class Scenario(Strict):
         default_factory=EngineConfig, description="Batch size and sampling period."
     )
     output: OutputConfig = Field(default_factory=OutputConfig, description="Which tables to write.")
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="Windows of the tail metrics."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Scenario:
@@ -298,11 +328,47 @@ class Scenario(Strict):
                 f"duration_s {self.duration_s:g} s is {samples:,.0f} timeline samples; at most "
                 f"{MAX_SAMPLES:,} (raise the interval)"
             )
+        self._check_steady()
         names = [n for vm in self.vms for n in vm.names()]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"vms: duplicate VM name(s) {', '.join(dup)}; names must be unique")
         return self
+
+    def _check_steady(self) -> None:
+        """Warm-up and windows fit the run; prefault and warm-up need simulated time."""
+        if self.warmup_s and self.warmup_s >= self.duration_s:
+            raise ValueError(
+                f"warmup_s: {self.warmup_s:g} s is not shorter than duration_s "
+                f"({self.duration_s:g} s); lower warmup_s or raise duration_s"
+            )
+        windows = self.duration_s * 1000 / self.metrics.window_ms
+        if windows > MAX_WINDOWS:
+            raise ValueError(
+                f"metrics.window_ms: {self.metrics.window_ms:g} ms over duration_s "
+                f"{self.duration_s:g} s is {windows:,.0f} windows; at most {MAX_WINDOWS:,} "
+                "(raise the window)"
+            )
+        if self.reclaim.trigger == "demand" and self.warmup_s:
+            raise ValueError(
+                "warmup_s: demand mode has no vCPU time to warm up; set warmup_s: 0 or "
+                "reclaim.trigger: watermark"
+            )
+        i = next((i for i, vm in enumerate(self.vms) if vm.prefault), None)
+        if i is not None and self.reclaim.trigger == "demand":
+            raise ValueError(
+                f"vms[{i}].prefault: needs watermark reclaim (demand mode counts every "
+                "miss from empty); set prefault: false or reclaim.trigger: watermark"
+            )
+        compressed = "swap.device: zram" if self.swap.device == "zram" else None
+        if self.swap.zswap.enabled:
+            compressed = "swap.zswap.enabled"
+        if i is not None and compressed is not None:
+            raise ValueError(
+                f"vms[{i}].prefault: the steady-state fill places pages that do not fit on the "
+                f"swap device, not in a compressed pool ({compressed}); set prefault: false or "
+                "swap to the disk device"
+            )
 
     def _check_page_multiples(self) -> None:
         """Every size in MiB must be whole pages, or page counts would silently round."""
@@ -347,6 +413,7 @@ class Scenario(Strict):
         resume and ``--dask`` workers agree, and a file rewritten in place gives another.
         """
         config = self.model_dump(mode="json")
+        _drop_defaults(config)
         for vm in config["vms"]:
             if vm["workload"]["type"] == "trace":
                 vm["workload"]["path"] = "sha256:" + file_digest(Path(vm["workload"]["path"]))
@@ -368,6 +435,18 @@ class Scenario(Strict):
 
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _drop_defaults(config: dict[str, Any]) -> None:
+    """Leave out of the hash the fields added after results were first named by it, while they
+    hold their defaults (so those results keep their directories and sweeps resume)."""
+    if config.get("warmup_s") == 0.0:
+        del config["warmup_s"]
+    if config.get("metrics") == MetricsConfig().model_dump(mode="json"):
+        del config["metrics"]
+    for vm in config["vms"]:
+        if vm.get("prefault") is False:
+            del vm["prefault"]
 
 
 def file_digest(path: Path) -> str:

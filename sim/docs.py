@@ -20,6 +20,7 @@ from sim.config import (
     EngineConfig,
     HostConfig,
     KvmConfig,
+    MetricsConfig,
     OutputConfig,
     Scenario,
     VmConfig,
@@ -52,6 +53,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("vms[].workload.phases[]", wl.PhaseConfig),
     ("engine", EngineConfig),
     ("output", OutputConfig),
+    ("metrics", MetricsConfig),
     ("costs", CostsConfig),
 ]
 

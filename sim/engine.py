@@ -31,6 +31,7 @@ from sim.host.page_alloc import PageAllocator
 from sim.lifecycle import checkpoint
 from sim.machine import Machine, rng_for, vcpu_stream
 from sim.results import staged, write_manifest
+from sim.tails import FaultLatencies, VcpuTime
 
 __all__ = ["RunResult", "World", "default_outdir", "rng_for", "run_scenario"]
 
@@ -84,6 +85,11 @@ class World(Machine):
             ptrs_per_pmd=1 if self.vmscan.pmd_mapped else PTRS_PER_PMD,  # a 2 MiB page is a PMD
         )
         on_access = self._on_access if policy.observes_accesses else None
+        self.horizon_ns = round(sc.duration_s * 1e9)
+        self.accrual = VcpuTime(
+            len(self.vms), self.horizon_ns, max(1, round(sc.metrics.window_ms * 1e6))
+        )
+        self.latencies = FaultLatencies(len(self.vms), self.warmup_ns, self.recorder)
         for vm, (name, cfg) in zip(self.vms, vms, strict=True):
             vm.nr_vcpus = cfg.vcpus
             for j in range(cfg.vcpus):
@@ -100,11 +106,15 @@ class World(Machine):
                         host=self.host_fault,
                         costs=self.costs,
                         rng=rng_for(sc.seed, f"{name}.vcpu{j}.alias"),
-                        sink=self.recorder,
+                        sink=self.latencies,
                         on_access=on_access,
+                        accrual=self.accrual,
                     )
                 )
-        self.horizon_ns = round(sc.duration_s * 1e9)
+        if any(cfg.prefault for _, cfg in vms):
+            from sim.prefault import prefault
+
+            prefault(self, [cfg for _, cfg in vms])
         self._seq = 0  # global access sequence number (for oracle policies)
         self._started = False
 
@@ -126,6 +136,28 @@ class World(Machine):
     def compute_ns(self, vm: Any, t_ns: int) -> int:
         """The VM's vCPU guest time up to ``t_ns``, credited as it accrues."""
         return vm.stats.compute_ns + sum(v.accrued(t_ns)[1] for v in vm.vcpus)
+
+    def _in_flight(self, t_ns: int) -> list[tuple[int, tuple[int, int, bool]]]:
+        return [(vm.index, seg) for vm in self.vms for v in vm.vcpus for seg in v.in_flight(t_ns)]
+
+    def tails(self, t_ns: int) -> tuple[list[np.ndarray], FaultLatencies | None]:
+        """Each VM's stall fraction per window after the warm-up (windows as of ``t_ns``,
+        now), and the fault latencies after it."""
+        stall, compute = self.accrual.at(self._in_flight(t_ns))
+        fracs = [
+            self.accrual.fractions(stall, compute, i, self.warmup_ns) for i in range(len(self.vms))
+        ]
+        return fracs, self.latencies
+
+    def check(self) -> None:
+        """Every invariant of the mechanism, and the stall windows adding up to each VM's
+        stall and compute (they are a breakdown of those, not a count of their own)."""
+        super().check()
+        now = int(self.env.now)
+        stall, compute = self.accrual.at(self._in_flight(now))
+        for vm in self.vms:
+            assert int(stall[vm.index].sum()) == self.stall_ns(vm, now), "stall windows"
+            assert int(compute[vm.index].sum()) == self.compute_ns(vm, now), "compute windows"
 
     def kswapd_busy_ns(self) -> int:
         """Time kswapd spent in balance_pgdat (up to now)."""
@@ -151,11 +183,18 @@ class World(Machine):
 
     # -- running -----------------------------------------------------------------------------
     def run(self, progress: Callable[[float], None] | None = None, steps: int = 100) -> None:
-        """Run to the horizon, calling ``progress(fraction)`` ``steps`` times along the way."""
+        """Run to the horizon, calling ``progress(fraction)`` ``steps`` times along the way; with
+        a warm-up, stop once at its end to take the counts the summary subtracts."""
         self.start()
         h = self.horizon_ns
         for i in range(1, steps + 1):
-            self.env.run(until=max(1, h * i // steps))
+            until = max(1, h * i // steps)
+            if self.at_warmup is None and 0 < self.warmup_ns <= until:
+                if self.warmup_ns > self.env.now:
+                    self.env.run(until=self.warmup_ns)
+                self.at_warmup = self.snapshot(self.warmup_ns)
+            if until > self.env.now:
+                self.env.run(until=until)
             if progress is not None:
                 progress(i / steps)
 

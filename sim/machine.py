@@ -40,6 +40,7 @@ from sim.kvm.shortcut import TdpShortcut
 from sim.kvm.vm import Vm
 from sim.reclaim import make_policy
 from sim.record import Recorder
+from sim.tails import FaultLatencies, tail
 
 
 def rng_for(seed: int, scope: str) -> np.random.Generator:
@@ -169,6 +170,8 @@ class Machine:
         # the notifier chain fused for TDP MMUs (same effects; the chain stays the general path)
         self.rmap.shortcut = TdpShortcut(mem, self.vms, self.spte) if k == 1 else None
         self.oom_kills: list[tuple[int, str]] = []
+        self.warmup_ns = round(sc.warmup_s * 1e9)
+        self.at_warmup: dict[str, Any] | None = None  # the counts at the warm-up's end
 
     def _zpool(
         self,
@@ -276,35 +279,87 @@ class Machine:
         """The VM's vCPU time running guest code up to ``t_ns``."""
         return vm.stats.compute_ns
 
+    def snapshot(self, t_ns: int) -> dict[str, Any]:
+        """The counts as they stand at ``t_ns`` (now): what the summary subtracts to leave the
+        warm-up out."""
+        vs = self.vmstat
+        return {
+            "vms": [
+                {
+                    "accesses": vm.stats.accesses,
+                    "faults": dict(vm.stats.faults),
+                    "refaults": vm.stats.refaults,
+                    "stall_ns": self.stall_ns(vm, t_ns),
+                    "compute_ns": self.compute_ns(vm, t_ns),
+                    "tlb_flush_exits": vm.stats.tlb_flush_exits,
+                    "pf_fast": vm.mmu.pf_fast,
+                    "pf_retry": vm.mmu.pf_retry,
+                }
+                for vm in self.vms
+            ],
+            "vmstat": dict(vs),
+        }
+
+    def tails(self, t_ns: int) -> tuple[list[np.ndarray], FaultLatencies | None]:
+        """Each VM's stall fraction per window after the warm-up, and the fault latencies
+        (time-less worlds: none)."""
+        return [np.empty(0) for _ in self.vms], None
+
     def summary(self, wall_s: float, sim_time_ns: int) -> dict[str, Any]:
         """The run's totals (``summary.json``): every count is read from vmstat, whose per-VM
-        breakdowns must add up (checked here); the rest are per-VM guest-side figures."""
+        breakdowns must add up (checked here); the rest are per-VM guest-side figures.
+
+        Guest-side figures (faults, refaults, stall, accesses, KVM's fault stats) and the tails
+        count from the warm-up's end; ``host`` keeps vmstat whole-run beside
+        ``vmstat_after_warmup``."""
         sc, mem, vs = self.sc, self.mem, self.vmstat
         vs.check()
-        dur_s = max(sim_time_ns, 1) / 1e9
+        warm = self.warmup_ns
+        if warm:
+            assert self.at_warmup is not None, "the run did not reach the end of its warm-up"
+            base = self.at_warmup
+        else:
+            base = {"vms": [None] * len(self.vms), "vmstat": {}}
+        dur_s = max(sim_time_ns - warm, 1) / 1e9
+        fracs, lat = self.tails(sim_time_ns)
         vms = []
-        for vm in self.vms:
+        for vm, b in zip(self.vms, base["vms"], strict=True):
             st = vm.stats
             stall, compute = self.stall_ns(vm, sim_time_ns), self.compute_ns(vm, sim_time_ns)
+            row = {
+                "accesses": st.accesses,
+                "faults": dict(st.faults),
+                "refaults": st.refaults,
+                "stall_ns": stall,
+                "compute_ns": compute,
+                "tlb_flush_exits": st.tlb_flush_exits,
+                "pf_fast": vm.mmu.pf_fast,
+                "pf_retry": vm.mmu.pf_retry,
+            }
+            if b is not None:
+                row = {k: _minus(v, b[k]) for k, v in row.items()}
+            stall, compute = row["stall_ns"], row["compute_ns"]
             run_ns = compute + stall
             vms.append(
                 {
                     "name": vm.name,
-                    "accesses": st.accesses,
-                    "faults": dict(st.faults),
-                    "refaults": st.refaults,
+                    "accesses": row["accesses"],
+                    "faults": row["faults"],
+                    "refaults": row["refaults"],
                     "stall_ns": stall,
                     "compute_ns": compute,
                     "stall_fraction": stall / run_ns if run_ns else 0.0,
                     "slowdown": run_ns / compute if compute else None,
-                    "major_faults_per_s": st.faults["major"] / dur_s,
+                    "major_faults_per_s": row["faults"]["major"] / dur_s,
+                    "stall_window": {**tail(fracs[vm.index]), "windows": len(fracs[vm.index])},
+                    "fault_latency_ns": _latencies(lat, [vm.index]),
                     "memory_pages": vm.mm.nr_pages,
                     "resident_pages": int(mem.nr_resident[vm.index]),
                     "swapped_pages": int(mem.nr_swapped[vm.index]),
                     "vcpus": vm.nr_vcpus,
-                    "tlb_flush_exits": st.tlb_flush_exits,
-                    "pf_fast": vm.mmu.pf_fast,
-                    "pf_retry": vm.mmu.pf_retry,
+                    "tlb_flush_exits": row["tlb_flush_exits"],
+                    "pf_fast": row["pf_fast"],
+                    "pf_retry": row["pf_retry"],
                     "oom_killed": vm.mm.dead,
                     "vmstat": vs.mm_stat(vm.index),
                 }
@@ -351,6 +406,9 @@ class Machine:
             },
             "oom_kills": [{"t_ns": t, "vm": n} for t, n in self.oom_kills],
             "vmstat": dict(sorted(vs.items())),
+            "vmstat_after_warmup": {k: v - base["vmstat"].get(k, 0) for k, v in sorted(vs.items())},
+            "fault_latency_ns": _latencies(lat, [vm.index for vm in self.vms]),
+            "window_ms": sc.metrics.window_ms,
         }
         return {
             "name": sc.name,
@@ -360,5 +418,20 @@ class Machine:
             "vms": vms,
             "host": host,
             "sim_time_ns": int(sim_time_ns),
+            "warmup_ns": warm,  # guest-side figures and tails count from here
             "wall_s": round(wall_s, 3),
         }
+
+
+def _minus(now: Any, then: Any) -> Any:
+    """``now - then`` for a count or a dict of counts."""
+    if isinstance(now, dict):
+        return {k: v - then.get(k, 0) for k, v in now.items()}
+    return now - then
+
+
+def _latencies(lat: FaultLatencies | None, vms: list[int]) -> dict[str, Any]:
+    """The fault-latency tails (ns) of ``vms`` by kind; None where the world keeps none."""
+    if lat is None:
+        return {k: tail([]) for k in FAULT_KINDS}
+    return lat.summary(vms)

@@ -10,25 +10,34 @@ A plan file is YAML (:class:`PlanSpec`; unknown keys are errors, each a one-line
     # mix: [{vm: {name: web, ...}, weight: 2}, {vm: {name: db, ...}, weight: 1}]
     search: {variable: vms, low: 1, high: 16}          # or host.memory_mib / overcommit with
                                                        # step and vms: N (VMs of the mix)
-    slo: {metric: stall_p99, max: 0.05}
+    slo: {metric: stall_window_p99, max: 0.2}
     seeds: [1, 2, 3]
     confidence: 0.9
-    warmup_s: 2.0                    # measure the SLO after this much simulated time
+    warmup_s: 2.0                    # every candidate's warmup_s (default: the base's)
 
 Trace paths are relative to the file that names them (a profile's or mix's to the plan file).
 ``--set`` changes the base scenario (not ``vms`` when a profile or mix replaces them, nor
 ``host.memory_mib`` when it is searched), ``--seeds`` replaces ``seeds``; every candidate is
 validated, traces included, before any run.
 
-Metrics, one number per run (README "Capacity planning" has the same list):
-    ``stall_p99``: 99th percentile over the run's VMs (linear interpolation) of each VM's vCPU
-    stall fraction (time lost to faults, reclaim and forced exits / vCPU time); with fewer than
-    100 VMs it lies between the worst and second-worst VM. ``stall_max``, ``stall_mean``: the
-    worst VM, the mean VM. ``major_faults_per_s``: the worst VM's major faults per second;
-    ``major_faults_per_s_mean``: the mean VM's. ``promotion_rate_per_min``: the worst VM's
-    pages read back from swap (major faults) per minute as a fraction of its working set
-    (``working_set_mib``, else its memory), e.g. 0.002 = 0.2% of the working set per minute.
-    A run in which the OOM killer killed a VM violates any SLO (its metric is infinite).
+Metrics, one number per run (README "Capacity planning" has the same list), all read from
+the run's summary.json and so all measured after the scenario's ``warmup_s``:
+    ``stall_mean_p99_vms``: 99th percentile over the run's VMs (linear interpolation) of each
+    VM's mean vCPU stall fraction (time lost to faults, reclaim and forced exits / vCPU time);
+    with fewer than 100 VMs it lies between the worst and second-worst VM (it was called
+    ``stall_p99``). ``stall_max``, ``stall_mean``: the worst VM, the mean VM.
+    ``stall_window_p99``: the worst VM's 99th percentile over its ``metrics.window_ms`` windows
+    of the stall fraction in each window (bursts a mean hides); ``stall_window_max``: the worst
+    window of any VM. ``major_latency_p99_ms``: the 99th percentile of the latency of every
+    major fault of the run's VMs (0 if there were none). ``major_faults_per_s``: the worst
+    VM's major faults per second; ``major_faults_per_s_mean``: the mean VM's.
+    ``promotion_rate_per_min``: the worst VM's pages read back from swap (major faults) per
+    minute as a fraction of its working set (``working_set_mib``, else its memory), e.g.
+    0.002 = 0.2% of the working set per minute. A run in which the OOM killer killed a VM
+    violates any SLO (its metric is infinite).
+
+Warm-up: one notion, the scenario's ``warmup_s``. A plan's ``warmup_s``, if given, is written
+into every candidate scenario (replacing the base's); if omitted the base's applies.
 
 Search: the metric is assumed monotone in the variable (more VMs, more overcommit or less
 memory never help). Candidates are ordered from easiest to hardest; each evaluated candidate
@@ -75,14 +84,25 @@ from sim.sweep import (
 # variable -> +1 if a larger value is harder (worse for the SLO), -1 if a smaller one is
 VARIABLES = {"vms": +1, "overcommit": +1, "host.memory_mib": -1}
 METRICS = {
-    "stall_p99": "p99 over VMs of vCPU stall fraction",
+    "stall_mean_p99_vms": "p99 over VMs of mean vCPU stall fraction",
     "stall_max": "worst VM's vCPU stall fraction",
     "stall_mean": "mean VM's vCPU stall fraction",
+    "stall_window_p99": "worst VM's p99 over windows of the stall fraction per window",
+    "stall_window_max": "worst window's stall fraction, any VM",
+    "major_latency_p99_ms": "p99 latency of major faults, all VMs (ms)",
     "major_faults_per_s": "worst VM's major faults/s",
     "major_faults_per_s_mean": "mean VM's major faults/s",
     "promotion_rate_per_min": "worst VM's swap-ins/min as a fraction of its working set",
 }
-FRACTION_METRICS = {"stall_p99", "stall_max", "stall_mean", "promotion_rate_per_min"}
+FRACTION_METRICS = {
+    "stall_mean_p99_vms",
+    "stall_max",
+    "stall_mean",
+    "stall_window_p99",
+    "stall_window_max",
+    "promotion_rate_per_min",
+}
+RENAMED = {"stall_p99": "stall_mean_p99_vms"}
 
 
 class PlanError(RuntimeError):
@@ -129,6 +149,16 @@ class SloSpec(Strict):
     metric: Literal[tuple(METRICS)]  # type: ignore[valid-type]
     max: float = Field(ge=0)
 
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _renamed(cls, v: Any) -> Any:
+        if isinstance(v, str) and v in RENAMED:
+            raise ValueError(
+                f"{v} was renamed {RENAMED[v]} (the p99 over VMs of each VM's mean stall); "
+                "for the tail over time use stall_window_p99"
+            )
+        return v
+
 
 class MixItem(Strict):
     """One kind of VM in a mix and its share."""
@@ -148,7 +178,7 @@ class PlanSpec(Strict):
     slo: SloSpec
     seeds: list[Seed] = Field([1, 2, 3], min_length=1, max_length=MAX_POINTS)
     confidence: float = Field(0.9, gt=0, lt=1)
-    warmup_s: float = Field(0.0, ge=0, le=MAX_DURATION_S)
+    warmup_s: float | None = Field(None, ge=0, le=MAX_DURATION_S)
 
     _base = field_validator("base", mode="before")(_base_is_file_or_mapping)
 
@@ -185,7 +215,7 @@ class Plan:
     slo_max: float
     seeds: list[int]
     confidence: float
-    warmup_s: float
+    warmup_s: float | None  # written into every candidate's warmup_s; None: the base's
 
     def scenario(self, value: float, seed: int, where: str = "plan") -> Scenario:
         """The scenario at one candidate value and seed."""
@@ -204,6 +234,8 @@ class Plan:
             guest = sum(_mib(v, "memory_mib") * _mib(v, "count", 1) for v in _vm_dicts(raw))
             set_dotted(raw, "host.memory_mib", max(1, round(guest / value)), where)
         raw["seed"] = seed
+        if self.warmup_s is not None:
+            raw["warmup_s"] = self.warmup_s
         short = {"vms": "vms", "host.memory_mib": "mem", "overcommit": "oc"}[self.variable]
         raw["name"] = f"{self.name}-{short}{fmt_value(value)}"
         return parse_scenario(raw, where)
@@ -305,13 +337,15 @@ def load_plan(
             check_traces(sc, where, full=False, cache=cache)
         except UserError as exc:
             raise ConfigError(str(exc)) from None
-        if spec.warmup_s and spec.warmup_s >= sc.duration_s:
+        if (
+            plan.metric.startswith("stall_window")
+            and sc.warmup_s + (sc.metrics.window_ms / 1000) > sc.duration_s
+        ):
             raise ConfigError(
-                f"{source}: warmup_s ({spec.warmup_s:g}) must be shorter than duration_s "
-                f"({sc.duration_s:g})"
+                f"{where}: {plan.metric} needs a whole window after the warm-up: warmup_s "
+                f"({sc.warmup_s:g} s) + metrics.window_ms ({sc.metrics.window_ms:g} ms) exceeds "
+                f"duration_s ({sc.duration_s:g} s); shorten either or lengthen the run"
             )
-        if spec.warmup_s and not sc.output.timeline:
-            raise ConfigError(f"{source}: warmup_s needs output.timeline: true in the base")
     return plan
 
 
@@ -319,44 +353,34 @@ def load_plan(
 # metrics
 
 
-def run_metrics(
-    sc: Scenario, summary: dict[str, Any], run_dir: Path, warmup_s: float
-) -> dict[str, float]:
-    """Every SLO metric of one run (see the module docstring for the definitions)."""
+def run_metrics(sc: Scenario, summary: dict[str, Any]) -> dict[str, float]:
+    """Every SLO metric of one run (see the module docstring for the definitions), from its
+    summary: after the scenario's warm-up, as every figure there."""
     cfgs = [cfg for _, cfg in sc.vm_list()]
     vms = vm_rows(summary)
-    if warmup_s > 0:
-        tl = pd.read_parquet(
-            run_dir / "timeline.parquet", columns=["t_ns", "vm", "stall_ns", "faults_major"]
-        )
-        t0 = round(warmup_s * 1e9)
-        start = tl[tl.t_ns >= t0].t_ns.min()
-        end = tl.t_ns.max()
-        span_s = (end - start) / 1e9
-        if not span_s > 0:
-            raise PlanError(f"{run_dir}: no timeline samples after warmup_s={warmup_s:g}")
-        tl = tl.assign(vm=tl.vm.astype(str))
-        a = tl[tl.t_ns == start].set_index("vm")
-        b = tl[tl.t_ns == end].set_index("vm")
-        stall = [
-            (b.stall_ns[v["name"]] - a.stall_ns[v["name"]]) / (span_s * 1e9 * cfg.vcpus)
-            for v, cfg in zip(vms, cfgs, strict=True)
-        ]
-        majors = [(b.faults_major[v["name"]] - a.faults_major[v["name"]]) / span_s for v in vms]
-    else:
-        stall = [v["stall_fraction"] for v in vms]
-        majors = [v["major_faults_per_s"] for v in vms]
+    stall = [v["stall_fraction"] for v in vms]
+    majors = [v["major_faults_per_s"] for v in vms]
+    windows_p99 = [v["stall_window_p99"] for v in vms if v.get("stall_window_p99") is not None]
+    windows_max = [v["stall_window_max"] for v in vms if v.get("stall_window_max") is not None]
+    host = host_row(summary)
+    major_p99 = host.get("fault_latency_ns_major_p99")
+    tails = "warmup_ns" in summary  # else a summary from before memsim kept tails: NaN
     ws_pages = [sc.host.pages(cfg.working_set_mib or cfg.memory_mib) for cfg in cfgs]
     promo = [m * 60 / w for m, w in zip(majors, ws_pages, strict=True)]
     out = {
-        "stall_p99": float(np.percentile(stall, 99)),
+        "stall_mean_p99_vms": float(np.percentile(stall, 99)),
         "stall_max": float(max(stall)),
         "stall_mean": float(np.mean(stall)),
+        "stall_window_p99": float(max(windows_p99, default=0.0)) if tails else math.nan,
+        "stall_window_max": float(max(windows_max, default=0.0)) if tails else math.nan,
+        "major_latency_p99_ms": (0.0 if major_p99 is None else major_p99 / 1e6)
+        if tails
+        else math.nan,
         "major_faults_per_s": float(max(majors)),
         "major_faults_per_s_mean": float(np.mean(majors)),
         "promotion_rate_per_min": float(max(promo)),
     }
-    if host_row(summary)["oom_kills"]:
+    if host["oom_kills"]:
         out = {k: math.inf for k in out}
     return out
 
@@ -501,9 +525,13 @@ def search(
             i, sc = owner[int(row["index"])]
             run_dir = target / "runs" / str(row["run"])
             summary = json.loads((run_dir / "summary.json").read_text())
-            recs.append(
-                {**row.to_dict(), **run_metrics(sc, summary, run_dir, plan.warmup_s), "_i": i}
-            )
+            metrics = run_metrics(sc, summary)
+            if math.isnan(metrics[plan.metric]):
+                raise UserError(
+                    f"{run_dir}: its summary.json predates {plan.metric} (a run reused from "
+                    "an older memsim); remove that run directory or plan into another --out"
+                )
+            recs.append({**row.to_dict(), **metrics, "_i": i})
         batch = pd.DataFrame(recs)
         frames.append(batch)
         for i in todo:
@@ -573,7 +601,7 @@ def write_plan(result: PlanResult, target: Path) -> None:
         "slo": {"metric": p.metric, "max": p.slo_max, "description": METRICS[p.metric]},
         "seeds": p.seeds,
         "confidence": p.confidence,
-        "warmup_s": p.warmup_s,
+        "warmup_s": p.scenario(p.values[0], p.seeds[0]).warmup_s,
         "candidates": p.values,
         "answer": None if result.answer is None else p.values[result.answer],
         "largest_not_failing": (

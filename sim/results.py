@@ -578,13 +578,16 @@ def host_row(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def metric_row(summary: dict[str, Any]) -> dict[str, Any]:
-    """A run's row of ``runs.parquet``: its totals over VMs and the host's counters."""
+    """A run's row of ``runs.parquet``: its totals over VMs and the host's counters, from the
+    warm-up's end (``warmup_ns``; summaries from before it had none: the whole run)."""
     vms = vm_rows(summary)
     host = host_row(summary)
     faults = {k: sum(v[k] for v in vms) for k in vms[0] if k.startswith("faults_")}
     stall = sum(v["stall_ns"] for v in vms)
     run = sum(v["stall_ns"] + v["compute_ns"] for v in vms)
-    sim_s = summary["sim_time_ns"] / 1e9
+    warmup_ns = summary.get("warmup_ns", 0)
+    measured_s = (summary["sim_time_ns"] - warmup_ns) / 1e9
+    after = "vmstat_after_warmup_" if "vmstat_after_warmup_pswpin" in host else "vmstat_"
     out = {
         "policy": summary["policy"],
         # guest RAM / host memory, so sweeps over either axis group the same way
@@ -592,14 +595,16 @@ def metric_row(summary: dict[str, Any]) -> dict[str, Any]:
         "accesses": sum(v["accesses"] for v in vms),
         **faults,
         "misses": faults["faults_first_touch"] + faults["faults_major"],
-        "major_faults_per_s": faults["faults_major"] / sim_s if sim_s else 0.0,
+        "major_faults_per_s": faults["faults_major"] / measured_s if measured_s else 0.0,
         "refaults": sum(v["refaults"] for v in vms),
         "stall_fraction": stall / run if run else 0.0,
-        "pswpin": host["pswpin"],
-        "pswpout": host["pswpout"],
-        "tlb_flushes": host["tlb_flushes"],
-        "notifier_calls": sum(v for k, v in host.items() if k.startswith("notifier_")),
+        "major_latency_p99_ns": host.get("fault_latency_ns_major_p99"),
+        "pswpin": host[after + "pswpin"],
+        "pswpout": host[after + "pswpout"],
+        "tlb_flushes": host[after + "remote_tlb_flush"],
+        "notifier_calls": sum(v for k, v in host.items() if k.startswith(after + "mmu_notifier_")),
         "oom_kills": len(host["oom_kills"]),
+        "warmup_ns": warmup_ns,
         "sim_time_ns": summary["sim_time_ns"],
         "wall_s": summary["wall_s"],
     }

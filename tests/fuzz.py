@@ -617,7 +617,16 @@ def _clamped(raw: Any, rate: float | None = None) -> Any | None:
         return None
     d = _num(raw.get("duration_s"), RUN_SECONDS)
     if "duration_s" in raw and d == raw["duration_s"]:
-        raw["duration_s"] = max(1e-6, min(d, RUN_SECONDS, MAX_RUN_ACCESSES / max(rate, 1.0)))
+        raw["duration_s"] = short = max(
+            1e-6, min(d, RUN_SECONDS, MAX_RUN_ACCESSES / max(rate, 1.0))
+        )
+        warm = raw.get("warmup_s")  # the warm-up and the windows are cut with the run
+        if _num(warm, 0.0) > 0:
+            raw["warmup_s"] = min(float(warm), short / 2)
+        metrics = raw.get("metrics")
+        if isinstance(metrics, dict):
+            window = _num(metrics.get("window_ms"), 100.0)
+            metrics["window_ms"] = max(0.01, min(window, short * 1000 / 4))
     return raw
 
 

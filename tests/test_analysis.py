@@ -85,3 +85,31 @@ def test_overcommit_figure_from_a_runs_table(tmp_path: Path) -> None:
     assert out.stat().st_size > 10_000
     pd.DataFrame(rows).drop(columns="overcommit").to_parquet(tmp_path / "sw" / "runs.parquet")
     assert figures_main(["overcommit", str(tmp_path / "sw"), "-o", str(out)]) == 2
+
+
+def test_time_axes_shade_the_warmup(tmp_path: Path) -> None:
+    """Every figure over simulated time marks the warm-up its summary leaves out."""
+    import matplotlib.pyplot as plt
+
+    from analysis.plots import compare_runs
+    from analysis.report_figures import fault_figure, free_memory_figure, kswapd_figure
+
+    run_scenario(tiny(duration_s=0.05, warmup_s=0.02), tmp_path / "w")
+    run = load_run(tmp_path / "w")
+    tl = run.table("timeline")
+    figs = [
+        fault_figure(tl, "w", 0.02),
+        free_memory_figure(tl, "w", 1 / 256, 0.02),
+        kswapd_figure(tl, "w", 0.02),
+        compare_runs([("w", run)]),
+    ]
+    for fig in figs:
+        for ax in fig.axes:
+            spans = [p for p in ax.patches if p.get_label() == "warm-up"]
+            assert len(spans) == 1, fig
+            assert spans[0].get_x() == 0.0
+            assert spans[0].get_width() == pytest.approx(0.02)
+        plt.close(fig)
+    plain = fault_figure(tl, "w")
+    assert not [p for ax in plain.axes for p in ax.patches if p.get_label() == "warm-up"]
+    plt.close(plain)

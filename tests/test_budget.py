@@ -111,7 +111,7 @@ def test_max_memory_limits_run_validate_sweep_and_plan(tmp_path: Path) -> None:
         "base": {**TINY, "duration_s": 0.01, "vms": []},
         "profile": {k: v for k, v in TINY["vms"][0].items() if k != "count"},
         "search": {"variable": "vms", "low": 1, "high": 4},
-        "slo": {"metric": "stall_p99", "max": 0.05},
+        "slo": {"metric": "stall_mean_p99_vms", "max": 0.05},
     }
     plan_path = _write(tmp_path, plan, "plan.yaml")
     line = _exit_2("plan", str(plan_path), "--max-memory", "16M", "--out", str(out))

@@ -64,7 +64,7 @@ def _inputs(tmp_path: Path) -> dict[str, Path]:
                 "base": {**base, "vms": [], "duration_s": 0.01},
                 "profile": {"name": "vm", "memory_mib": 4},
                 "search": {"variable": "vms", "low": 1, "high": 2},
-                "slo": {"metric": "stall_p99", "max": 0.5},
+                "slo": {"metric": "stall_mean_p99_vms", "max": 0.5},
                 "seeds": [1],
             }
         )

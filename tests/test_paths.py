@@ -92,7 +92,7 @@ def test_plan_profile_paths_are_relative_to_the_plan(layout: Path) -> None:
         "base": {**TINY, "duration_s": 0.01, "vms": []},
         "profile": _trace_vm("t.npy"),
         "search": {"variable": "vms", "low": 1, "high": 2},
-        "slo": {"metric": "stall_p99", "max": 0.05},
+        "slo": {"metric": "stall_mean_p99_vms", "max": 0.05},
     }
     plan = load_plan(_dump(layout / "p.yaml", spec))
     assert plan.scenario(2, 1).vms[0].workload.path == str(layout / "t.npy")

@@ -13,7 +13,7 @@ import yaml
 from click.testing import CliRunner
 
 from sim.cli import main
-from sim.errors import ConfigError
+from sim.errors import ConfigError, UserError
 from sim.host.memory import setup_per_zone_wmarks
 from sim.plan import judge, load_plan, search, split
 from sim.stats import t_interval, t_quantile
@@ -115,7 +115,7 @@ def _spec(**search: Any) -> dict[str, Any]:
         "base": {"duration_s": 1.0, "host": {"memory_mib": 64}, "vms": []},
         "profile": {"name": "vm", "memory_mib": 8},
         "search": search,
-        "slo": {"metric": "stall_p99", "max": 0.05},
+        "slo": {"metric": "stall_mean_p99_vms", "max": 0.05},
         "seeds": [1, 2, 3],
     }
 
@@ -165,6 +165,19 @@ def test_nothing_passes(tmp_path: Path) -> None:
     res = search(plan, tmp_path / "out", runner=runner)
     assert res.answer is None
     assert "no candidate meets" in res.statement()
+
+
+def test_a_reused_run_without_tails_is_refused_for_a_tail_metric(tmp_path: Path) -> None:
+    """Default configs keep their hashes, so a plan may find runs an older memsim wrote: their
+    summaries have no windows, and a windowed SLO on them is an error, never a silent 0."""
+    runner = _scripted(lambda sc, seed: 0.0)  # summaries as older memsim wrote them
+    spec = {**_spec(variable="vms", low=1, high=8), "slo": {"metric": "stall_window_p99", "max": 1}}
+    plan = load_plan(_write(tmp_path, spec))
+    with pytest.raises(UserError, match="summary.json predates stall_window_p99"):
+        search(plan, tmp_path / "out", runner=runner)
+    mean = {**spec, "slo": {"metric": "stall_mean_p99_vms", "max": 0.05}}
+    res = search(load_plan(_write(tmp_path, mean)), tmp_path / "out2", runner=runner)
+    assert res.answer is not None
 
 
 def test_mix_is_split_by_weight() -> None:
@@ -217,7 +230,7 @@ def test_judge_and_t_interval() -> None:
         ({"search": {"variable": "vms", "low": 1, "high": 4, "speed": 1}}, "speed"),
         ({"search": {"variable": "host.memory_mib", "low": 8, "high": 64}}, "search.step"),
         ({"slo": {"metric": "latency", "max": 1}}, "slo.metric"),
-        ({"slo": {"metric": "stall_p99", "max": "low"}}, "slo.max"),
+        ({"slo": {"metric": "stall_mean_p99_vms", "max": "low"}}, "slo.max"),
         ({"confidence": 1.5}, "confidence"),
         ({"seeds": []}, "seeds"),
         ({"seeds": [1, 1]}, "seeds"),
@@ -261,16 +274,20 @@ def test_warmup_excludes_the_fault_in(tmp_path: Path) -> None:
     spec = {**_known_answer_spec(), "warmup_s": 0.01}
     plan = load_plan(_write(tmp_path, spec))
     fits = plan.scenario(2, 1)
-    res = run_scenario(fits, tmp_path / "fits", command=[])
-    whole = run_metrics(fits, res.summary, tmp_path / "fits", 0.0)
-    after = run_metrics(fits, res.summary, tmp_path / "fits", plan.warmup_s)
+    assert fits.warmup_s == 0.01  # the plan's warm-up is the scenario's
+    cold = fits.model_copy(update={"warmup_s": 0.0})
+    whole = run_metrics(cold, run_scenario(cold, tmp_path / "cold", command=[]).summary)
+    after = run_metrics(fits, run_scenario(fits, tmp_path / "fits", command=[]).summary)
     assert whole["stall_max"] > 0.01
     assert after["stall_max"] == 0.0
+    assert after["stall_window_max"] == 0.0  # no window after the warm-up stalls either
+    assert whole["stall_window_max"] > 0.01  # the fault-in, in its window
     over = plan.scenario(8, 1)
     res = run_scenario(over, tmp_path / "over", command=[])
-    after = run_metrics(over, res.summary, tmp_path / "over", plan.warmup_s)
+    after = run_metrics(over, res.summary)
     assert after["major_faults_per_s"] > 1000
-    assert after["stall_p99"] > 0.1
+    assert after["stall_mean_p99_vms"] > 0.1
+    assert after["major_latency_p99_ms"] > 0
     assert after["promotion_rate_per_min"] == pytest.approx(
         after["major_faults_per_s"] * 60 / (VM_MIB * 256)
     )

@@ -42,11 +42,13 @@ RUNS_COLUMNS = [
     "major_faults_per_s",
     "refaults",
     "stall_fraction",
+    "major_latency_p99_ns",
     "pswpin",
     "pswpout",
     "tlb_flushes",
     "notifier_calls",
     "oom_kills",
+    "warmup_ns",
     "sim_time_ns",
     "wall_s",
 ]
@@ -59,6 +61,7 @@ def test_metric_row_is_the_runs_parquet_row(tmp_path: Path) -> None:
     assert row["faults_major"] == sum(v["faults"]["major"] for v in s["vms"])
     assert row["notifier_calls"] == sum(s["host"]["notifier"].values())
     assert row["misses"] == row["faults_first_touch"] + row["faults_major"]
+    assert row["major_latency_p99_ns"] == s["host"]["fault_latency_ns"]["major"]["p99"]
     demand = run_scenario(
         tiny(duration_s=0.02, reclaim={"policy": "clock", "trigger": "demand"}), None
     ).summary

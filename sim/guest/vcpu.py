@@ -32,7 +32,7 @@ Simplifications
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import simpy
@@ -46,6 +46,9 @@ from sim.host.memory import HostMemory
 from sim.kvm.fault import kvm_fault_nowait, kvm_page_fault
 from sim.kvm.mmu import SPTE_ACCESS_TRACKED, SPTE_PRESENT
 from sim.kvm.vm import Vm
+
+if TYPE_CHECKING:
+    from sim.tails import Segment, VcpuTime
 
 _FAULT_MASK = SPTE_PRESENT | SPTE_ACCESS_TRACKED
 _OK = SPTE_PRESENT
@@ -77,6 +80,7 @@ class Vcpu:
         rng: generator for shadow-paging aliases.
         sink: fault log.
         on_access: exact-LRU hook (oracle policies only), called with the pids touched.
+        accrual: where each finished stretch of stall and compute is split across windows.
     """
 
     def __init__(
@@ -94,11 +98,12 @@ class Vcpu:
         rng: np.random.Generator,
         sink: FaultSink | None,
         on_access: Callable[[np.ndarray], None] | None = None,
+        accrual: VcpuTime | None = None,
     ) -> None:
         self.env, self.vm, self.index, self.stream = env, vm, index, stream
         self.rate, self.batch = access_rate_per_s, batch_accesses
         self.mem, self.host, self.costs, self.rng = mem, host, costs, rng
-        self.sink, self.on_access = sink, on_access
+        self.sink, self.on_access, self.accrual = sink, on_access, accrual
         self.in_guest = True
         self.pending_ns = 0  # lost guest time to pay with the next step (exits, fault CPU)
         self._done = 0  # accesses completed
@@ -168,6 +173,7 @@ class Vcpu:
                 self._idx, self._lo, self._hi = idx_all, lo, pos
                 self._t0, self._pending, self._cut = env.now, t_lo, -1
                 end = pos
+                g0, skew = self._guest_ns - (t - t_lo), 0  # guest time before the run
                 while True:
                     try:
                         yield env.timeout(max(0, t - (env.now - self._t0)))
@@ -177,6 +183,11 @@ class Vcpu:
                         self._undo(q, end)
                         pos = end = self._hi = q
                         t = ends[-1] = self._offset(q)
+                        if self.accrual is not None:  # the run's guest time as counted, which
+                            d = self._guest_ns - g0 - (t - t_lo)  # rounds apart from its span
+                            if d != skew:
+                                self.accrual.credit(vm.index, int(self._t0) + t, d - skew)
+                                skew = d
                         lost = int(env.now - self._t0) - t
                         if lost > 0:  # access q had begun: the time it ran is lost to its fault
                             stats.stall_ns += lost
@@ -186,6 +197,8 @@ class Vcpu:
                 self._idx = None
             elif t:
                 yield env.timeout(t)
+            if self._step is not None and self.accrual is not None:
+                self.accrual.add_step(vm.index, *self._step)  # its segments are final now
             self._step = None
             if pos >= n or mm.dead:
                 continue
@@ -251,6 +264,20 @@ class Vcpu:
                 start = end
         return stall, compute
 
+    def in_flight(self, now: int) -> list[Segment]:
+        """The stretches not yet credited to the windows, up to ``now`` (what ``accrued``
+        counts of them): the fault being waited for and the step in flight."""
+        out: list[Segment] = []
+        if self._wait_since >= 0:
+            out.append((self._wait_since, now, True))
+        if self._step is not None:
+            t0, ends, stalls = self._step
+            start = 0
+            for end, is_stall in zip(ends, stalls, strict=True):
+                out.append((t0 + start, min(t0 + end, now), is_stall))
+                start = end
+        return out
+
     def revoked(self) -> None:
         """KVM zapped or access-tracked sptes while this vCPU's step is in flight.
 
@@ -314,5 +341,7 @@ class Vcpu:
         st.refaults += refault
         st.fault_ns += latency
         st.stall_ns += waited  # cpu_ns is counted when paid (pending_ns)
+        if self.accrual is not None:
+            self.accrual.add(vm.index, int(t0), int(env.now), True)
         if self.sink is not None:
             self.sink.fault(t0, vm.index, self.index, gfn, kind, latency, pid)

@@ -230,6 +230,27 @@ class HostMemory:
         if self.on_free is not None:
             self.on_free(n)
 
+    def alloc_frames(self, pids: NDArray[np.integer]) -> NDArray[np.int64]:
+        """``alloc_frame`` for many pages at once, in the same order of frames (the steady-state
+        fill, which is not simulated event by event). Returns their pfns."""
+        n = len(pids)
+        assert n <= self.nr_free, "alloc_frames with too few free frames"
+        k = min(n, self._nr_freed)
+        stacked = self._free[self._nr_freed - k : self._nr_freed][::-1].astype(np.int64)
+        self._nr_freed -= k
+        fresh = np.arange(self._next, self._next + n - k, dtype=np.int64)
+        self._next += n - k
+        pfns = np.concatenate((stacked, fresh))
+        pids = np.asarray(pids, dtype=np.int64)
+        self.nr_free -= n
+        self.frame_pid[pfns] = pids
+        if self.stamps:
+            self.scans[pfns] = 0
+        self.pfn[pids] = pfns
+        self.flags[pids] |= np.uint8(PG_RESIDENT)
+        self.nr_resident += np.bincount(self.page_owners(pids), minlength=len(self.nr_resident))
+        return pfns
+
     def free_frames(
         self, pfns: NDArray[np.integer], shadows: NDArray[np.uint32] | None = None
     ) -> None:

@@ -367,6 +367,15 @@ class KvmMmu:
         self.spte[idx] = _MAPPED_W if write else _MAPPED_R
         self.pf_fixed += 1
 
+    def map_sptes(self, gfns: NDArray[np.int64], alias: int = 0) -> None:
+        """``map_spte`` (read access) for many gfns at once: the steady-state fill, which took
+        no fault in the measured run and so counts none in ``pf_fixed``."""
+        idx = gfns * self.k + alias
+        if self._rmap_count is not None:
+            fresh = (self.spte[idx] & SPTE_PRESENT) == 0
+            np.add.at(self._rmap_count, gfns[fresh], 1)
+        self.spte[idx] = _MAPPED_R
+
     def check(self, host_present: NDArray[np.bool_]) -> None:
         """Assert: rmap agrees with sptes; sptes only over host-present pages (tests)."""
         present = (self.spte.reshape(self.nr_gfns, self.k) & SPTE_PRESENT) != 0

@@ -1,0 +1,296 @@
+"""Steady-state starts (``vms[].prefault``), the warm-up (``warmup_s``) and the tails over
+time (``metrics.window_ms``, fault-latency percentiles)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sim.config import parse_scenario
+from sim.engine import World, run_scenario
+from sim.errors import ConfigError
+from sim.guest.workloads import _coprime_stride
+from sim.host.memory import PG_SWAP, PTE_PRESENT
+from sim.plan import SloSpec
+from sim.tails import VcpuTime, tail
+from tests.conftest import run_checked
+from tests.test_invariants import scenarios
+
+
+def _raw(**over: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "name": "steady",
+        "seed": 3,
+        "duration_s": 0.2,
+        "host": {"memory_mib": 32},
+        "swap": {"size_mib": 128},
+        "metrics": {"window_ms": 20},
+        "vms": [
+            {
+                "name": "db",
+                "memory_mib": 64,
+                "vcpus": 2,
+                "access_rate_per_s": 300_000,
+                "workload": {"type": "hotcold", "hot_fraction": 0.25, "hot_access_fraction": 0.95},
+            }
+        ],
+    }
+    raw.update(over)
+    return raw
+
+
+def _prefaulted(**over: Any) -> dict[str, Any]:
+    raw = _raw(**over)
+    raw["vms"] = [{**vm, "prefault": True} for vm in raw["vms"]]
+    return raw
+
+
+# -- windows and percentiles, by hand -----------------------------------------------------------
+
+
+def test_windows_split_every_stretch_exactly_at_the_boundaries() -> None:
+    """Two vCPUs over three 100 ns windows: [0, 150) stall then [150, 250) compute on one,
+    [90, 210) compute on the other; the last window ends at the horizon (250)."""
+    t = VcpuTime(1, horizon_ns=250, window_ns=100)
+    t.add(0, 0, 150, True)
+    t.add(0, 150, 400, False)  # past the horizon: clipped to 250
+    t.add(0, 90, 210, False)
+    assert t.stall[0].tolist() == [100, 50, 0]
+    assert t.compute[0].tolist() == [10, 150, 60]
+    fr = t.fractions(t.stall, t.compute, 0, warmup_ns=0)
+    assert fr.tolist() == pytest.approx([100 / 110, 50 / 200, 0.0])
+    # windows that begin at or after the warm-up: 100 -> windows 1 and 2; 101 -> window 2
+    assert t.fractions(t.stall, t.compute, 0, warmup_ns=100).tolist() == pytest.approx([0.25, 0])
+    assert len(t.fractions(t.stall, t.compute, 0, warmup_ns=101)) == 1
+
+
+def test_in_flight_stretches_are_added_to_a_copy() -> None:
+    t = VcpuTime(2, horizon_ns=1000, window_ns=300)
+    stall, compute = t.at([(1, (250, 650, True))])
+    assert stall[1].tolist() == [50, 300, 50, 0]
+    assert not t.stall.any()
+    assert not compute.any()
+
+
+def test_tail_is_numpys_percentiles() -> None:
+    """1..100: p50 = 50.5 and p99 = 99.01 by linear interpolation, max 100."""
+    got = tail(np.arange(1, 101))
+    assert got == {"p50": 50.5, "p99": pytest.approx(99.01), "max": 100.0}
+    rng = np.random.default_rng(0)
+    x = rng.lognormal(10, 1, 997)
+    got = tail(x)
+    assert got["p99"] == pytest.approx(float(np.percentile(x, 99)))
+    assert tail([]) == {"p50": None, "p99": None, "max": None}
+
+
+# -- the windows of a run -------------------------------------------------------------------------
+
+
+def test_windows_of_a_run_match_the_timeline_and_add_up(tmp_path: Path) -> None:
+    """With timeline samples at the window boundaries, each window's stall is the difference
+    of two samples of the VM's stall: two independent paths to the same numbers."""
+    raw = _raw(engine={"sample_interval_ms": 20}, warmup_s=0.04)
+    sc = parse_scenario(raw, "t")
+    out = tmp_path / "run"
+    res = run_scenario(sc, out, command=[])
+    tl = pd.read_parquet(out / "timeline.parquet")
+    tl = tl.assign(vm=tl.vm.astype(str)).sort_values("t_ns")
+    stall = tl[tl.vm == "db"].set_index("t_ns").stall_ns
+    w = World(sc)
+    w.run()
+    w.check()  # the windows add up to each VM's stall and compute
+    s, c = w.accrual.at(w._in_flight(int(w.env.now)))
+    by_timeline = np.diff([*stall.loc[range(0, 200_000_001, 20_000_000)[:-1]], s[0].sum()])
+    assert s[0].tolist() == by_timeline.tolist()
+    assert s[0][2:].sum() == res.summary["vms"][0]["stall_ns"]  # after the 40 ms warm-up
+    fr = s[0][2:] / (s[0][2:] + c[0][2:])
+    v = res.summary["vms"][0]
+    assert v["stall_window"]["windows"] == 8
+    assert v["stall_window"]["p99"] == pytest.approx(float(np.percentile(fr, 99)))
+    assert v["stall_window"]["max"] == pytest.approx(float(fr.max()))
+
+
+def test_fault_latencies_are_the_logs_after_the_warmup(tmp_path: Path) -> None:
+    sc = parse_scenario(_raw(warmup_s=0.05), "t")
+    res = run_scenario(sc, tmp_path / "run", command=[])
+    log = pd.read_parquet(tmp_path / "run" / "faults.parquet")
+    log = log[log.t_ns >= 50_000_000]
+    for kind in ("first_touch", "major"):
+        lat = log[log.kind.astype(str) == kind].latency_ns.to_numpy()
+        assert len(lat) > 10, kind
+        want = {k: pytest.approx(float(v)) for k, v in tail(lat).items()}
+        assert res.summary["vms"][0]["fault_latency_ns"][kind] == want
+        assert res.summary["host"]["fault_latency_ns"][kind] == want
+    off = parse_scenario({**_raw(warmup_s=0.05), "output": {"faults": False}}, "t")
+    same = run_scenario(off, tmp_path / "nolog", command=[]).summary
+    assert same["host"]["fault_latency_ns"] == res.summary["host"]["fault_latency_ns"]
+
+
+# -- the warm-up ----------------------------------------------------------------------------------
+
+
+def test_warmup_is_left_out_of_every_guest_figure_and_vmstat_after_warmup() -> None:
+    sc = parse_scenario(_raw(warmup_s=0.1), "t")
+    w = World(sc)
+    w.run()
+    s = w.summary(0.0)
+    snap = w.at_warmup
+    assert snap is not None
+    v, b = s["vms"][0], snap["vms"][0]
+    st = w.vms[0].stats
+    assert v["faults"] == {k: n - b["faults"][k] for k, n in st.faults.items()}
+    assert v["faults"]["first_touch"] < b["faults"]["first_touch"]  # the fault-in is before
+    assert v["accesses"] == st.accesses - b["accesses"]
+    assert v["major_faults_per_s"] == pytest.approx(v["faults"]["major"] / 0.1)
+    after = s["host"]["vmstat_after_warmup"]
+    assert after["pswpout"] == s["host"]["vmstat"]["pswpout"] - snap["vmstat"]["pswpout"]
+    assert 0 < after["pgfault"] < s["host"]["vmstat"]["pgfault"]
+    assert s["warmup_ns"] == 100_000_000
+
+
+def test_without_warmup_the_summary_is_whole_run() -> None:
+    w = World(parse_scenario(_raw(), "t"))
+    w.run()
+    s = w.summary(0.0)
+    assert s["host"]["vmstat_after_warmup"] == s["host"]["vmstat"]
+    assert s["vms"][0]["faults"] == w.vms[0].stats.faults
+    assert s["vms"][0]["stall_window"]["windows"] == 10
+
+
+# -- prefault -------------------------------------------------------------------------------------
+
+
+def test_prefault_places_the_hot_set_above_the_high_watermark() -> None:
+    """64 MiB of guest on 32 MiB: the hot quarter (16 MiB) is resident, free memory is just
+    above the high watermark, what did not fit is in swap with its slots, nothing counted."""
+    w = World(parse_scenario(_prefaulted(), "t"))
+    w.check()
+    mem, vm = w.mem, w.vms[0]
+    size = vm.mm.nr_pages
+    hot = (np.arange(round(size * 0.25)) * _coprime_stride(size)) % size
+    present = (mem.flags & PTE_PRESENT) != 0
+    assert present[hot].all()
+    assert mem.nr_free == mem.wmark.high + 1
+    assert int(present.sum()) == mem.nr_frames - mem.nr_free
+    swapped = (mem.flags & PG_SWAP) != 0
+    assert int(swapped.sum()) == int(mem.nr_swapped[0]) == w.swap.nr_slots - w.swap.nr_free_slots
+    assert swapped.sum() > 0
+    assert not (swapped & present).any()
+    assert not any(w.vmstat.values())
+    assert vm.mmu.pf_fixed == 0
+    assert int((vm.mmu.spte & 1).sum()) == int(present.sum())
+    w.run()
+    w.check()
+
+
+def test_prefault_without_swap_leaves_the_rest_untouched() -> None:
+    w = World(parse_scenario(_prefaulted(swap={"size_mib": 0}), "t"))
+    w.check()
+    assert w.mem.nr_swapped.sum() == 0
+    assert w.mem.nr_free == w.mem.wmark.high + 1
+
+
+def test_prefault_removes_the_first_touch_storm(tmp_path: Path) -> None:
+    """The first window of a cold start is spent faulting pages in; a prefaulted start's is
+    not (numbers from the two runs, same seed)."""
+    first: dict[str, Any] = {}
+    for name, raw in (("cold", _raw()), ("warm", _prefaulted())):
+        res = run_scenario(parse_scenario(raw, name), tmp_path / name, command=[])
+        log = pd.read_parquet(tmp_path / name / "faults.parquet")
+        early = log[(log.t_ns < 20_000_000) & (log.kind.astype(str) == "first_touch")]
+        first[name] = (len(early), res.summary["vms"][0]["stall_window"]["max"])
+    assert first["cold"][0] > 1000
+    assert first["warm"][0] * 20 < first["cold"][0]
+    assert first["warm"][1] < first["cold"][1]
+
+
+def test_prefault_keeps_default_runs_bit_identical(tmp_path: Path) -> None:
+    """prefault: false on every VM is the default: the same run, byte for byte."""
+    a = run_scenario(parse_scenario(_raw(), "t"), tmp_path / "a", command=[])
+    raw = _raw()
+    raw["vms"] = [{**vm, "prefault": False} for vm in raw["vms"]]
+    b = run_scenario(parse_scenario(raw, "t"), tmp_path / "b", command=[])
+    for t in ("faults", "timeline", "evictions"):
+        assert (tmp_path / "a" / f"{t}.parquet").read_bytes() == (
+            tmp_path / "b" / f"{t}.parquet"
+        ).read_bytes()
+    assert json.dumps(a.summary["vms"]) == json.dumps(b.summary["vms"])
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        ({"warmup_s": 0.2}, "warmup_s: 0.2 s is not shorter than duration_s"),
+        ({"warmup_s": -1}, "warmup_s: must be at least 0"),
+        ({"metrics": {"window_ms": 0}}, "metrics.window_ms: must be at least 0.01 ms"),
+        ({"duration_s": 4000, "metrics": {"window_ms": 1}}, "metrics.window_ms: 1 ms"),
+        (
+            {"reclaim": {"policy": "lru", "trigger": "demand"}, "warmup_s": 0.1},
+            "warmup_s: demand mode",
+        ),
+    ],
+)
+def test_bad_steady_input_is_one_line(change: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle) as err:
+        parse_scenario(_raw(**change), "t")
+    assert "\n" not in str(err.value)
+
+
+def test_prefault_in_demand_mode_names_the_field() -> None:
+    with pytest.raises(ConfigError, match=r"vms\[0\].prefault: needs watermark reclaim"):
+        parse_scenario(_prefaulted(reclaim={"policy": "lru", "trigger": "demand"}), "t")
+
+
+@pytest.mark.parametrize(
+    ("swap", "named"),
+    [({"device": "zram"}, "swap.device: zram"), ({"zswap": {"enabled": True}}, "swap.zswap")],
+)
+def test_prefault_with_a_compressed_pool_is_refused(swap: dict[str, Any], named: str) -> None:
+    """The fill puts what does not fit on the swap device; a compressed pool would need its
+    frames and entries too, so the combination is refused rather than mis-modelled."""
+    raw = _prefaulted()
+    raw["swap"] = {**raw.get("swap", {}), **swap}
+    with pytest.raises(ConfigError, match=rf"vms\[0\].prefault: .*\({named}"):
+        parse_scenario(raw, "t")
+
+
+def test_the_old_plan_metric_name_says_the_new_one() -> None:
+    with pytest.raises(ValueError, match="stall_p99 was renamed stall_mean_p99_vms"):
+        SloSpec.model_validate({"metric": "stall_p99", "max": 0.05})
+
+
+@settings(max_examples=15)
+@given(scenarios(), st.floats(0.0, 0.9), st.sampled_from([0.5, 3.0, 100.0]))
+def test_invariants_hold_after_the_fill_and_throughout(
+    raw: dict[str, Any], warm: float, window_ms: float
+) -> None:
+    """Random small worlds, every VM prefaulted, with a warm-up and windows: every invariant
+    right after the fill and every simulated millisecond (the windows adding up included).
+    Not ``pswpin <= pswpout``: pages the fill placed in swap were written before time 0."""
+    raw = {
+        **raw,
+        "vms": [{**vm, "prefault": True} for vm in raw["vms"]],
+        "warmup_s": round(warm * raw["duration_s"], 6),
+        "metrics": {"window_ms": window_ms},
+        # the fill swaps to the disk device only (a compressed pool is refused with prefault)
+        "swap": {**raw["swap"], "device": "disk", "zswap": {"enabled": False}},
+    }
+    w = World(parse_scenario(raw))
+    w.check()
+    assert not any(w.vmstat.values())
+    assert run_checked(w) >= 10
+    s = w.summary(0.0)
+    for v in s["vms"]:
+        assert v["stall_ns"] >= 0
+        assert all(n >= 0 for n in v["faults"].values())
+    assert all(n >= 0 for n in s["host"]["vmstat_after_warmup"].values())
