@@ -14,6 +14,7 @@ import seaborn as sns  # noqa: E402
 
 from analysis.load import Run, fault_rate  # noqa: E402
 from analysis.report_figures import mark_warmup  # noqa: E402
+from sim.results import FRACTION_METRICS  # noqa: E402
 
 
 def compare_runs(runs: Sequence[tuple[str, Run]], bin_ms: float = 100.0) -> plt.Figure:
@@ -144,14 +145,6 @@ def policies_figure(
     return fig
 
 
-FRACTION_METRICS = {
-    "stall_mean_p99_vms",
-    "stall_max",
-    "stall_mean",
-    "stall_window_p99",
-    "stall_window_max",
-    "promotion_rate_per_min",
-}
 STATUS_COLORS = {"pass": "#55a868", "uncertain": "#dd8452", "fail": "#c44e52"}
 
 

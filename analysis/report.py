@@ -29,7 +29,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from analysis.load import Run, load_run  # noqa: E402
-from analysis.plots import FRACTION_METRICS, capacity_figure  # noqa: E402
+from analysis.plots import capacity_figure  # noqa: E402
 from analysis.report_figures import (  # noqa: E402
     SWEEP_METRICS,
     fault_figure,
@@ -41,7 +41,14 @@ from analysis.report_figures import (  # noqa: E402
     sweep_figure,
     swept_params,
 )
-from sim.results import host_row, staged, vm_rows, write_atomic, write_manifest  # noqa: E402
+from sim.results import (  # noqa: E402
+    FRACTION_METRICS,  # noqa: E402
+    host_row,
+    staged,
+    vm_rows,
+    write_atomic,
+    write_manifest,
+)
 
 
 class ReportError(ValueError):

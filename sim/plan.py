@@ -66,7 +66,7 @@ from pydantic import Field, field_validator, model_validator
 
 from sim.config import MAX_DURATION_S, MAX_VMS, Scenario, parse_scenario, resolve_paths, set_dotted
 from sim.errors import ConfigError, UserError, shown_path
-from sim.results import ResultName, host_row, vm_rows, write_atomic
+from sim.results import FRACTION_METRICS, ResultName, host_row, vm_rows, write_atomic
 from sim.schema import Strict
 from sim.stats import t_interval
 from sim.sweep import (
@@ -93,14 +93,6 @@ METRICS = {
     "major_faults_per_s": "worst VM's major faults/s",
     "major_faults_per_s_mean": "mean VM's major faults/s",
     "promotion_rate_per_min": "worst VM's swap-ins/min as a fraction of its working set",
-}
-FRACTION_METRICS = {
-    "stall_mean_p99_vms",
-    "stall_max",
-    "stall_mean",
-    "stall_window_p99",
-    "stall_window_max",
-    "promotion_rate_per_min",
 }
 RENAMED = {"stall_p99": "stall_mean_p99_vms"}
 

@@ -52,6 +52,7 @@ from sim.errors import ConfigError, UserError
 from sim.lifecycle import checkpoint, pid_alive
 
 __all__ = [
+    "FRACTION_METRICS",
     "MANIFEST",
     "NAME_PATTERN",
     "ResultName",
@@ -563,6 +564,19 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+# metrics that are fractions (shown as percentages by the CLI, plans and figures)
+FRACTION_METRICS = frozenset(
+    {
+        "stall_mean_p99_vms",
+        "stall_max",
+        "stall_mean",
+        "stall_window_p99",
+        "stall_window_max",
+        "promotion_rate_per_min",
+    }
+)
 
 
 def vm_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:

@@ -189,14 +189,7 @@ class HostMemory:
 
         The pfn replaces whatever ``pfn[pid]`` held: a swap-in reads the shadow first.
         """
-        assert self.nr_free > 0, "alloc_frame with no free frame"
-        self.nr_free -= 1
-        if self._nr_freed:
-            self._nr_freed -= 1
-            pfn = self._free.item(self._nr_freed)
-        else:
-            pfn = self._next
-            self._next += 1
+        pfn = self._take_frame()
         self.frame_pid[pfn] = pid
         if self.stamps:
             self.scans[pfn] = 0
@@ -207,16 +200,20 @@ class HostMemory:
 
     def alloc_pool_frame(self) -> int:
         """Take one free frame for the compressed pool (``zs_malloc`` growing a zspage)."""
-        assert self.nr_free > 0, "the compressed pool found no free frame"
-        self.nr_free -= 1
+        pfn = self._take_frame()
         self.nr_pool += 1
+        self.frame_pid[pfn] = POOL_FRAME
+        return pfn
+
+    def _take_frame(self) -> int:
+        """One free frame off the free stack (most recently freed first), else a fresh one."""
+        assert self.nr_free > 0, "no free frame to take"
+        self.nr_free -= 1
         if self._nr_freed:
             self._nr_freed -= 1
-            pfn = self._free.item(self._nr_freed)
-        else:
-            pfn = self._next
-            self._next += 1
-        self.frame_pid[pfn] = POOL_FRAME
+            return self._free.item(self._nr_freed)
+        pfn = self._next
+        self._next += 1
         return pfn
 
     def free_pool_frames(self, pfns: NDArray[np.integer]) -> None:
