@@ -296,3 +296,14 @@ def test_limit_reclaim_is_counted_once_in_the_vms_breakdown() -> None:
     assert a["pgscan_direct"] > 0
     assert b["pgscan_direct"] == 0
     assert vs["pgscan_direct"] == a["pgscan_direct"]
+
+
+def test_memcg_worlds_are_deterministic() -> None:
+    """Same seed, same memcgs: the same counts, events and per-VM breakdowns."""
+    runs = []
+    for _ in range(2):
+        w = _world({"max_mib": 8, "high_mib": 6, "swap_max_mib": 16})
+        w.run()
+        runs.append(w.summary(0.0))
+    assert runs[0] == runs[1]
+    assert runs[0]["vms"][0]["memcg"]["events"]["high"] > 0
