@@ -75,7 +75,16 @@ class World(Machine):
 
         self.alloc = PageAllocator(env, mem, self.kswapd, direct, vmstat, self.oom, reclaimable)
         if self.memcg_limits is not None:  # the VMs' memcgs: charging, limits, protection
-            self.memcg = MemCgroups(env, mem, self.memcg_limits, self.mms, vmstat, direct, self.oom)
+            self.memcg = MemCgroups(
+                env,
+                mem,
+                self.memcg_limits,
+                self.mms,
+                vmstat,
+                direct,
+                self.oom,
+                vcpus=[cfg.vcpus for _, cfg in vms],
+            )
             self.alloc.memcg = self.vmscan.memcg = self.memcg
             swap.on_free_slots = self.memcg.uncharge_swap
         self.host_fault = HostFaultHandler(

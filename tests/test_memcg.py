@@ -307,3 +307,66 @@ def test_memcg_worlds_are_deterministic() -> None:
         runs.append(w.summary(0.0))
     assert runs[0] == runs[1]
     assert runs[0]["vms"][0]["memcg"]["events"]["high"] > 0
+
+
+def test_memory_low_is_breached_only_when_nothing_else_gives() -> None:
+    """Both VMs protected above what they use: kswapd skips both and fails; direct reclaim
+    finds nothing unprotected, retries with memory.low ignored (``memory.events low``), and
+    no VM is killed."""
+    raw = {
+        "name": "low",
+        "seed": 2,
+        "duration_s": 0.3,
+        "host": {"memory_mib": 32},
+        "swap": {"size_mib": 128},
+        "vms": [
+            {
+                "name": n,
+                "memory_mib": 32,
+                "access_rate_per_s": 400_000,
+                "workload": {"type": "uniform"},
+                "memcg": {"low_mib": 32},
+            }
+            for n in ("a", "b")
+        ],
+    }
+    w = World(parse_scenario(raw))
+    run_checked(w)
+    s = w.summary(0.0)
+    assert sum(v["memcg"]["events"]["low"] for v in s["vms"]) > 0
+    assert s["host"]["kswapd_reclaimed"] == 0
+    assert s["host"]["direct_reclaimed"] > 0
+    assert not any(v["oom_killed"] for v in s["vms"])
+
+
+def test_memory_min_is_never_breached() -> None:
+    """One VM protected by memory.min above what it can use: host reclaim takes only from the
+    other, however short the host is."""
+    raw = {
+        "name": "min",
+        "seed": 2,
+        "duration_s": 0.3,
+        "host": {"memory_mib": 32},
+        "swap": {"size_mib": 128},
+        "vms": [
+            {
+                "name": "a",
+                "memory_mib": 16,
+                "access_rate_per_s": 400_000,
+                "workload": {"type": "uniform"},
+                "memcg": {"min_mib": 16},
+            },
+            {
+                "name": "b",
+                "memory_mib": 32,
+                "access_rate_per_s": 400_000,
+                "workload": {"type": "uniform"},
+            },
+        ],
+    }
+    w = World(parse_scenario(raw))
+    run_checked(w)
+    a, b = w.summary(0.0)["vms"]
+    assert a["faults"]["major"] == 0
+    assert a["vmstat"].get("pgscan_kswapd", 0) + a["vmstat"].get("pgscan_direct", 0) == 0
+    assert b["faults"]["major"] > 0

@@ -45,7 +45,9 @@ Simplifications
     MEMCG_CHARGE_BATCH pages the kernel's stock charges at a time.
 
 Invariants
-    ``memory.swap.current`` of each memcg equals the slots its pages hold (``PG_SWAP``).
+    ``memory.current`` of each memcg equals the frames its pages own, and passes
+    ``memory.max`` by at most one page per vCPU of its VM (charges granted, frames not yet
+    taken); ``memory.swap.current`` equals the slots its pages hold (``PG_SWAP``).
 """
 
 from __future__ import annotations
@@ -236,6 +238,8 @@ class MemCgroups:
         vmstat: host counters (``memory.events`` broken down per mm).
         reclaim: runs and paces a reclaim pass of the policy (the per-memcg lruvecs).
         oom: the OOM killer (its ``kill`` for a memcg OOM).
+        vcpus: vCPUs of each VM: charges in flight at once, so how far ``memory.current`` may
+            pass ``memory.max`` (a charge is granted before its frame is taken).
     """
 
     def __init__(
@@ -247,10 +251,12 @@ class MemCgroups:
         vmstat: VmEvents,
         reclaim: Reclaim,
         oom: OomKiller,
+        vcpus: Sequence[int],
     ) -> None:
         self.env, self.mem, self.limits, self.mms = env, mem, limits, list(mms)
         self.vmstat, self.reclaim, self.oom = vmstat, reclaim, oom
         self.swap_usage = np.zeros(len(self.mms), dtype=np.int64)  # memory.swap.current
+        self.vcpus = list(vcpus)
 
     # -- memory ------------------------------------------------------------------------------
     def usage(self, memcg: int) -> int:
@@ -380,6 +386,9 @@ class MemCgroups:
         owned = mem.frame_pid[mem.frame_pid >= 0]
         frames = np.bincount(mem.page_owners(owned), minlength=len(self.swap_usage))
         assert (frames == mem.nr_resident).all(), "memcg charges != frames owned"
+        for i, mm in enumerate(self.mms):
+            over = self.usage(i) - self.limits.max[i]
+            assert mm.dead or over <= self.vcpus[i], f"memcg {i}: {over} pages over memory.max"
         held = np.flatnonzero((mem.flags & PG_SWAP) != 0)
         per = np.bincount(mem.page_owners(held), minlength=len(self.swap_usage))
         assert (per == self.swap_usage).all(), "memcg swap charges != slots held"
