@@ -186,7 +186,7 @@ class VmConfig(Strict):
         None,
         description="The VM's memory cgroup (libvirt's per-VM cgroup, v2): memory.max, "
         "memory.high, memory.low, memory.min, memory.swap.max; absent: unlimited and "
-        "unprotected. Two-list reclaim with watermarks only.",
+        "unprotected. two_list or mglru reclaim with watermarks only.",
     )
 
     @model_serializer(mode="wrap")
@@ -363,11 +363,11 @@ class Scenario(Strict):
         i = next((i for i, vm in enumerate(self.vms) if vm.memcg is not None), None)
         if i is None:
             return
-        if self.reclaim.policy != "two_list":
+        if self.reclaim.policy not in ("two_list", "mglru"):
             raise ValueError(
                 f"vms[{i}].memcg: per-memcg reclaim is modelled for reclaim.policy two_list "
-                f"only, not {self.reclaim.policy} (a global list or oracle); remove memcg or "
-                "use two_list"
+                f"and mglru only, not {self.reclaim.policy} (a global list or oracle); remove "
+                "memcg or use two_list or mglru"
             )
         if self.reclaim.trigger != "watermark":
             raise ValueError(

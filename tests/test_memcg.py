@@ -26,7 +26,13 @@ from sim.host.memcontrol import (
 )
 from sim.host.memory import HostMemory, setup_per_zone_wmarks
 from sim.host.vmstat import new_vmstat
-from sim.reclaim.memcg import MemcgTwoList
+from sim.reclaim.memcg import (
+    MEMCG_LRU_TAIL,
+    MEMCG_LRU_YOUNG,
+    MemcgMglru,
+    MemcgTwoList,
+)
+from sim.reclaim.mglru import MglruConfig
 from sim.reclaim.two_list import TwoListConfig
 from tests.conftest import run_checked
 from tests.test_invariants import scenarios
@@ -205,7 +211,7 @@ def test_swap_max_caps_the_vms_swap() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"reclaim": {"policy": "mglru"}}, "vms[0].memcg: per-memcg reclaim is modelled for"),
+        ({"reclaim": {"policy": "clock"}}, "vms[0].memcg: per-memcg reclaim is modelled for"),
         ({"reclaim": {"policy": "two_list", "trigger": "demand"}}, "vms[0].memcg: needs"),
         ({"host": {"memory_mib": 128, "page_size_kib": 2048}}, "vms[0].memcg.max_mib: 3 is not"),
     ],
@@ -272,11 +278,16 @@ limits = st.fixed_dictionaries(
 
 
 @settings(max_examples=20)
-@given(scenarios(), st.lists(st.one_of(st.none(), limits), min_size=3, max_size=3))
-def test_invariants_hold_with_memcgs(raw: dict[str, Any], cgs: list[Any]) -> None:
-    """Random two-list worlds where VMs have random memcgs: charges equal frames owned, swap
-    charges equal slots held, at every checked millisecond."""
-    raw["reclaim"] = {"policy": "two_list"}
+@given(
+    scenarios(),
+    st.lists(st.one_of(st.none(), limits), min_size=3, max_size=3),
+    st.sampled_from(["two_list", "mglru"]),
+)
+def test_invariants_hold_with_memcgs(raw: dict[str, Any], cgs: list[Any], policy: str) -> None:
+    """Random two-list and MGLRU worlds where VMs have random memcgs: charges equal frames
+    owned, swap charges equal slots held, each lruvec holds its memcg's folios, the memcg LRU
+    holds every memcg once, at every checked millisecond."""
+    raw["reclaim"] = {"policy": policy}
     for p, cg in zip(raw["vms"], cgs, strict=False):
         if cg is not None:
             p["memcg"] = cg
@@ -370,3 +381,42 @@ def test_memory_min_is_never_breached() -> None:
     assert a["faults"]["major"] == 0
     assert a["vmstat"].get("pgscan_kswapd", 0) + a["vmstat"].get("pgscan_direct", 0) == 0
     assert b["faults"]["major"] > 0
+
+
+def test_memcg_lru_rotation() -> None:
+    """``lru_gen_rotate_memcg`` by hand: three memcgs in generation 0 (bins 0, 1, 2). TAIL
+    keeps the generation and marks the segment; YOUNG moves to generation seq + 1; when the
+    current generation empties, seq advances."""
+    nr = 30
+    mem = HostMemory(nr, nr, setup_per_zone_wmarks(nr), [0, 10, 20])
+    lim = MemcgLimits.from_configs([None, None, None], 256)
+    pol = MemcgMglru(
+        MglruConfig(),
+        nr,
+        new_vmstat(3),
+        np.random.default_rng(0),
+        mem=mem,
+        limits=lim,
+        swap_usage=lambda i: 0,
+    )
+    assert (pol.seq, pol.gen, pol.nr_memcgs) == (0, [0, 0, 0], [3, 0, 0])
+    pol.lru_gen_rotate_memcg(1, MEMCG_LRU_TAIL)
+    assert (pol.gen[1], pol.seg[1], pol.fifo[0][1]) == (0, MEMCG_LRU_TAIL, [1])
+    for i in (0, 1):
+        pol.lru_gen_rotate_memcg(i, MEMCG_LRU_YOUNG)
+    assert (pol.seq, pol.gen, pol.nr_memcgs, pol.seg[1]) == (0, [1, 1, 0], [1, 2, 0], 0)
+    pol.lru_gen_rotate_memcg(2, MEMCG_LRU_YOUNG)  # generation 0 empties: seq advances
+    assert (pol.seq, pol.gen, pol.nr_memcgs) == (1, [1, 1, 1], [0, 3, 0])
+    pol.check(np.zeros(nr, dtype=np.bool_))
+
+
+def test_mglru_memory_max_reclaims_only_that_vm() -> None:
+    raw = _world({"max_mib": 8}).sc.model_dump(mode="json")
+    raw["reclaim"] = {"policy": "mglru"}
+    w = World(parse_scenario(raw))
+    run_checked(w)
+    a, b = w.summary(0.0)["vms"]
+    assert a["memcg"]["events"]["max"] > 0
+    assert a["faults"]["major"] > 0
+    assert b["faults"]["major"] == 0
+    assert b["vmstat"].get("pgscan_direct", 0) == 0

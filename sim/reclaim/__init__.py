@@ -16,7 +16,7 @@ from pydantic import Field
 from sim.reclaim import clock, fifo, lru, mglru, opt, two_list
 from sim.reclaim import random as random_policy
 from sim.reclaim.base import EvictionPolicy, PageQueue, ReclaimBase, Reclaimer
-from sim.reclaim.memcg import MemcgTwoList
+from sim.reclaim.memcg import MemcgMglru, MemcgTwoList
 
 # policy name -> (config model, policy class)
 _REGISTRY: dict[str, tuple[type[ReclaimBase], type[Any]]] = {
@@ -64,15 +64,15 @@ def make_policy(
 ) -> EvictionPolicy:
     """Build the policy a ``reclaim:`` config names (``page_shift``: log2 of a page's bytes,
     for two_list's inactive_ratio, which the kernel sizes by the LRU's gigabytes). With
-    ``memcg`` (host memory, the memcgs' limits, their swap usage) two_list keeps one lruvec
-    per memcg (sim/reclaim/memcg.py)."""
+    ``memcg`` (host memory, the memcgs' limits, their swap usage) two_list and mglru keep one
+    lruvec per memcg (sim/reclaim/memcg.py)."""
     policy: EvictionPolicy
     if memcg is not None:
         mem, limits, swap_usage = memcg
-        policy = MemcgTwoList(
-            cfg, nr_frames, vmstat, rng, mem=mem, limits=limits, swap_usage=swap_usage
-        )
-        policy.page_shift = page_shift
+        cls = MemcgMglru if cfg.policy == "mglru" else MemcgTwoList
+        policy = cls(cfg, nr_frames, vmstat, rng, mem=mem, limits=limits, swap_usage=swap_usage)
+        if isinstance(policy, MemcgTwoList):
+            policy.page_shift = page_shift
         return policy
     policy = policy_class(cfg.policy)(cfg, nr_frames, vmstat, rng)
     if isinstance(policy, two_list.TwoList):
