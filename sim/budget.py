@@ -93,6 +93,7 @@ ZSWAP_ENTRY_BYTES = 32  # zswap: its LRU queue, per swap slot at worst (two int6
 STAMP_PAGE_BYTES = 4  # last-access stamp per page, kept while the eviction log is written
 FRAME_BYTES = 18  # per frame: rmap 4, LRU link 4, policy flags 1, plus transient int64 scans
 POLICY_FRAME_BYTES = {"mglru": 5, "lru": 8, "opt": 8, "random": 16}
+MGLRU_LRUVEC_FRAME_BYTES = 13  # per frame and per memcg lruvec beyond one: flags, seq, 2 links
 STAMP_FRAME_BYTES = 1  # scans survived, with the eviction log
 VM_BYTES = 64 << 10  # per VM: mm, KVM MMU, notifier, counters, Python objects
 VCPU_BYTES = 64 << 10  # per vCPU: SimPy process, access-stream buffers (4,096 accesses)
@@ -166,6 +167,10 @@ def estimate_run(sc: Scenario, trace_accesses: dict[str, int] | None = None) -> 
         "log buffers": sum(n * ROW_BYTES[t] for t, n in rows.items()),
         "eviction log": EVICTED_PAGE_BYTES * min(pages, sc.host.pages(sc.swap.size_mib)) * log,
         "zswap LRU": ZSWAP_ENTRY_BYTES * min(pages, sc.host.pages(sc.swap.size_mib)) * zswap,
+        "memcg lruvecs": frames
+        * MGLRU_LRUVEC_FRAME_BYTES
+        * (len(vms) - 1)
+        * (policy == "mglru" and any(cfg.memcg is not None for _, cfg in vms)),
         "base": RUN_BASE,
     }
     if sc.reclaim.trigger != "demand":

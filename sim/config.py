@@ -17,11 +17,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from sim.costs import CostsConfig
 from sim.errors import SHOWN_CHARS, ConfigError, UserError, clip, shown, shown_path
 from sim.guest.workloads import PhasesConfig, TraceConfig, WorkloadConfig, ZipfConfig
+from sim.host.memcontrol import MemcgConfig
 from sim.host.memory import Watermarks, setup_per_zone_wmarks
 from sim.host.swap import SwapConfig
 from sim.inputs import load_yaml, open_regular, read_yaml_file
@@ -174,6 +182,20 @@ class VmConfig(Strict):
         "the high watermark starts in swap, or untouched without swap). The fill is not counted "
         "in vmstat. Watermark reclaim and the disk swap device only (no zram, no zswap).",
     )
+    memcg: MemcgConfig | None = Field(
+        None,
+        description="The VM's memory cgroup (libvirt's per-VM cgroup, v2): memory.max, "
+        "memory.high, memory.low, memory.min, memory.swap.max; absent: unlimited and "
+        "unprotected. two_list or mglru reclaim with watermarks only.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unset_memcg(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave ``memcg`` out of dumps when unset, so configs without one read as before."""
+        out: dict[str, Any] = handler(self)
+        if out.get("memcg", 0) is None:
+            del out["memcg"]
+        return out
 
     @model_validator(mode="after")
     def _fits(self) -> VmConfig:
@@ -329,11 +351,35 @@ class Scenario(Strict):
                 f"{MAX_SAMPLES:,} (raise the interval)"
             )
         self._check_steady()
+        self._check_memcg()
         names = [n for vm in self.vms for n in vm.names()]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"vms: duplicate VM name(s) {', '.join(dup)}; names must be unique")
         return self
+
+    def _check_memcg(self) -> None:
+        """Memcgs are modelled for two-list watermark reclaim, without the prefault fill."""
+        i = next((i for i, vm in enumerate(self.vms) if vm.memcg is not None), None)
+        if i is None:
+            return
+        if self.reclaim.policy not in ("two_list", "mglru"):
+            raise ValueError(
+                f"vms[{i}].memcg: per-memcg reclaim is modelled for reclaim.policy two_list "
+                f"and mglru only, not {self.reclaim.policy} (a global list or oracle); remove "
+                "memcg or use two_list or mglru"
+            )
+        if self.reclaim.trigger != "watermark":
+            raise ValueError(
+                f"vms[{i}].memcg: needs watermark reclaim (demand mode has no charges or "
+                "limit reclaim); set reclaim.trigger: watermark or remove memcg"
+            )
+        j = next((j for j, vm in enumerate(self.vms) if vm.prefault), None)
+        if j is not None:
+            raise ValueError(
+                f"vms[{j}].prefault: the steady-state fill does not charge memcgs, and "
+                f"vms[{i}] has one; set prefault: false or remove memcg"
+            )
 
     def _check_steady(self) -> None:
         """Warm-up and windows fit the run; prefault and warm-up need simulated time."""
@@ -384,6 +430,8 @@ class Scenario(Strict):
                 (f"vms[{i}].memory_mib", vm.memory_mib),
                 (f"vms[{i}].working_set_mib", vm.working_set_mib),
             ]
+            if vm.memcg is not None:
+                sizes += [(f"vms[{i}].memcg.{k}", v) for k, v in vm.memcg.sizes()]
             if isinstance(vm.workload, PhasesConfig):
                 for j, ph in enumerate(vm.workload.phases):
                     at = f"vms[{i}].workload.phases[{j}]"

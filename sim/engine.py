@@ -25,6 +25,7 @@ from sim.costs import CostModel
 from sim.guest.vcpu import Vcpu
 from sim.host.fault import HostFaultHandler
 from sim.host.kswapd import DirectReclaim, Kswapd, ProcessGen, ReclaimThrottle
+from sim.host.memcontrol import MemCgroups
 from sim.host.memory import PTRS_PER_PMD
 from sim.host.oom import OomKiller
 from sim.host.page_alloc import PageAllocator
@@ -73,6 +74,19 @@ class World(Machine):
             return lru if swap.nr_free_slots > 0 else 0
 
         self.alloc = PageAllocator(env, mem, self.kswapd, direct, vmstat, self.oom, reclaimable)
+        if self.memcg_limits is not None:  # the VMs' memcgs: charging, limits, protection
+            self.memcg = MemCgroups(
+                env,
+                mem,
+                self.memcg_limits,
+                self.mms,
+                vmstat,
+                direct,
+                self.oom,
+                vcpus=[cfg.vcpus for _, cfg in vms],
+            )
+            self.alloc.memcg = self.vmscan.memcg = self.memcg
+            swap.on_free_slots = self.memcg.uncharge_swap
         self.host_fault = HostFaultHandler(
             env,
             mem,
@@ -84,6 +98,7 @@ class World(Machine):
             page_cluster=sc.swap.page_cluster,
             ptrs_per_pmd=1 if self.vmscan.pmd_mapped else PTRS_PER_PMD,  # a 2 MiB page is a PMD
         )
+        self.host_fault.memcg = self.memcg
         on_access = self._on_access if policy.observes_accesses else None
         self.horizon_ns = round(sc.duration_s * 1e9)
         self.accrual = VcpuTime(

@@ -27,6 +27,7 @@ import numpy as np
 
 from sim.config import Scenario, VmConfig
 from sim.guest.workloads import AccessStream
+from sim.host.memcontrol import MEMCG_EVENTS, MemcgLimits, MemCgroups
 from sim.host.memory import HAS_FRAME, PG_LOCKED, PG_SWAP, PTE_PRESENT, HostMemory, Watermarks
 from sim.host.mm import Mm
 from sim.host.rmap import Rmap
@@ -104,7 +105,16 @@ class Machine:
             stamps=outdir is not None and sc.output.evictions,  # the eviction log reads them
             readahead=sc.swap.page_cluster > 0,
         )
-        self.vmstat = vmstat = new_vmstat(len(vm_pages))
+        cfgs = [cfg for _, cfg in sc.vm_list()]
+        self.memcg_limits: MemcgLimits | None = None  # per-memcg lruvecs only when set
+        if any(cfg.memcg is not None for cfg in cfgs):
+            self.memcg_limits = MemcgLimits.from_configs(
+                [cfg.memcg for cfg in cfgs], sc.host.pages(1024) / 1024
+            )
+        self.memcg: MemCgroups | None = None  # the process side, made by the watermark world
+        self.vmstat = vmstat = new_vmstat(
+            len(vm_pages), MEMCG_EVENTS if self.memcg_limits is not None else ()
+        )
         self.swap = SwapDevice(
             sc.swap,
             swap_slots,
@@ -129,6 +139,7 @@ class Machine:
             vmstat=self.vmstat,
             rng=rng_for(sc.seed, "policy"),
             page_shift=sc.host.page_shift,
+            memcg=(mem, self.memcg_limits, self._swap_usage) if self.memcg_limits else None,
         )
         self.recorder: Recorder | None = None
         if outdir is not None:
@@ -220,7 +231,13 @@ class Machine:
             assert (mem.flags[zpool.stored] & PG_SWAP).all(), "a compressed page without a slot"
         else:
             assert mem.nr_pool == 0, "pool frames without a pool"
+        if self.memcg is not None:
+            self.memcg.check()
         self.vmstat.check()
+
+    def _swap_usage(self, memcg: int) -> int:
+        """``memory.swap.current`` of a memcg, in pages."""
+        return 0 if self.memcg is None else int(self.memcg.swap_usage[memcg])
 
     def kswapd_busy_ns(self) -> int:
         """Time kswapd spent reclaiming (none without kswapd)."""
@@ -364,6 +381,8 @@ class Machine:
                     "vmstat": vs.mm_stat(vm.index),
                 }
             )
+            if self.memcg is not None and self.sc.vm_list()[vm.index][1].memcg is not None:
+                vms[-1]["memcg"] = self.memcg.stat(vm.index)
         kvm_rmap = vs[VmStat.SPTES_WALKED] if sc.kvm.mmu != "tdp" else 0
         swap = self.swap
         host = {

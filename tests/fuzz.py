@@ -97,6 +97,17 @@ STRINGS: list[str] = [
     "trace",
 ]
 NESTED: list[Any] = [[], {}, [[[[[1]]]]], {"a": {"b": [1, {"c": None}]}}, [1, "a", None, True]]
+MEMCGS: list[Any] = [
+    {"max_mib": 1},
+    {"max_mib": 0, "swap_max_mib": 0},
+    {"high_mib": 0},
+    {"low_mib": 67108864, "min_mib": 67108864},
+    {"max_mib": 4, "high_mib": 2, "low_mib": 8, "min_mib": 1, "swap_max_mib": 1},
+    {"max_mib": -1},
+    {"swap_max_mib": 2**63},
+    {"maxmib": 1},
+    {},
+]
 KEYS = ["colour", "memroy_mib", "vms.0", "[/]", ":100:", "", "x" * 300, "ü"]
 
 
@@ -328,6 +339,7 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
                 "typo",
                 "scale",
                 "trace",
+                "memcg",
             ]
         )
         if op == "delete":
@@ -355,6 +367,10 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
             vms = raw.get("vms") if isinstance(raw, dict) else None
             if isinstance(vms, list) and vms and isinstance(vms[0], dict):
                 vms[0]["workload"] = {"type": "trace", "path": rng.choice(traces)}
+        elif op == "memcg":
+            vms = raw.get("vms") if isinstance(raw, dict) else None
+            if isinstance(vms, list) and vms and isinstance(vms[-1], dict):
+                vms[-1]["memcg"] = copy.deepcopy(rng.choice(MEMCGS))
     return raw
 
 

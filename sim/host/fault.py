@@ -43,7 +43,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from enum import StrEnum
 from functools import partial
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import simpy
@@ -67,6 +67,9 @@ from sim.host.swap import SwapDevice
 from sim.host.swap_state import swap_vma_ra_win
 from sim.host.vmstat import VmEvents, VmStat
 from sim.reclaim.base import EvictionPolicy
+
+if TYPE_CHECKING:
+    from sim.host.memcontrol import MemCgroups
 
 _MAPPED_INT = PTE_PRESENT | PTE_YOUNG  # GUP maps the pte young
 _NEW_ANON_INT = PTE_PRESENT | PTE_YOUNG | PG_DIRTY | PG_RESIDENT
@@ -116,6 +119,7 @@ class HostFaultHandler:
         self._ra_wait: dict[int, simpy.Event] = {}  # pid -> readahead read in flight
         self.page_cluster = page_cluster
         self.ptrs_per_pmd = ptrs_per_pmd
+        self.memcg: MemCgroups | None = None  # the VMs' memcgs (memory.high), if any
 
     def is_refault(self, pid: int) -> bool:
         """The page was evicted since its last fault: touched (it has a frame or a swap copy)
@@ -199,6 +203,8 @@ class HostFaultHandler:
             del self._inflight[pid]
             if done.callbacks:  # someone waits on the folio lock (else no event to process)
                 done.succeed()
+        if self.memcg is not None:  # on the way back to the guest (resume_user_mode_work)
+            yield from self.memcg.handle_over_high(self.mem.page_owner(pid))
         return result
 
     def _fault_in(self, pid: int, write: bool, swapped: bool) -> ProcessGen:
@@ -207,6 +213,8 @@ class HostFaultHandler:
         assert isinstance(self.alloc, PageAllocator), "waiting faults need the page allocator"
         shadow = mem.pfn.item(pid)  # a swapped page's shadow, before its frame takes the place
         pfn = yield from self.alloc.alloc(pid)
+        if pfn < 0:  # killed by its memcg's OOM while charging: nothing was taken
+            return HostFault.MAJOR if swapped else HostFault.FIRST_TOUCH
         if mm.dead:  # OOM-killed while we waited for memory
             self._drop(pid, pfn)
             return HostFault.MAJOR if swapped else HostFault.FIRST_TOUCH

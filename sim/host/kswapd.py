@@ -255,12 +255,8 @@ class Kswapd(Reclaim):
 class DirectReclaim(Reclaim):
     """``try_to_free_pages`` in the allocating task's context."""
 
-    def try_to_free_pages(self, kswapd: Kswapd) -> ProcessGen:
-        """Reclaim SWAP_CLUSTER_MAX pages, priority 12 down to 0; returns pages freed."""
-        yield from self.throttle.throttle_direct_reclaim(kswapd)
-        self.vmstat[VmStat.ALLOCSTALL] += 1
-        sc = ScanControl(nr_to_reclaim=SWAP_CLUSTER_MAX, direct=True, vmstat=self.vmstat)
-        paid = [0]
+    def _priorities(self, sc: ScanControl, paid: list[int]) -> ProcessGen:
+        """``do_try_to_free_pages``' loop: priority 12 down to 0 until the target is freed."""
         for priority in range(DEF_PRIORITY, -1, -1):
             sc.priority = priority
             yield from self.shrink_node(sc, paid)
@@ -271,6 +267,18 @@ class DirectReclaim(Reclaim):
                 yield from self.throttle.noprogress()
             if sc.nr_reclaimed >= sc.nr_to_reclaim:
                 break
+
+    def try_to_free_pages(self, kswapd: Kswapd) -> ProcessGen:
+        """Reclaim SWAP_CLUSTER_MAX pages, priority 12 down to 0; returns pages freed."""
+        yield from self.throttle.throttle_direct_reclaim(kswapd)
+        self.vmstat[VmStat.ALLOCSTALL] += 1
+        sc = ScanControl(nr_to_reclaim=SWAP_CLUSTER_MAX, direct=True, vmstat=self.vmstat)
+        paid = [0]
+        yield from self._priorities(sc, paid)
+        if not sc.nr_reclaimed and sc.memcg_low_skipped:
+            # do_try_to_free_pages: untapped cgroup reserves; don't OOM, retry without them
+            sc.memcg_low_reclaim, sc.memcg_low_skipped = True, False
+            yield from self._priorities(sc, paid)
         self.policy.reclaim_cycle_end()
         if sc.nr_reclaimed:
             kswapd.failures = 0  # shrink_node: any progress resets kswapd_failures

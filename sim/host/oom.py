@@ -74,7 +74,12 @@ class OomKiller:
         victim = max(
             alive, key=lambda m: (mem.nr_resident[m.index] + mem.nr_swapped[m.index], -m.index)
         )
-        exit_mmap(victim, mem, self.swap, self.policy)
+        self.kill(victim)
+        return True
+
+    def kill(self, victim: Mm) -> None:
+        """``oom_kill_process``: tear the victim down, count ``oom_kill`` (the memcg OOM of
+        ``mem_cgroup_out_of_memory`` kills this way too: its memcg holds one process)."""
+        exit_mmap(victim, self.mem, self.swap, self.policy)
         self.vmstat.count(VmStat.OOM_KILL, 1, victim.index)
         self.kills.append((self.now(), victim.name))
-        return True

@@ -26,12 +26,16 @@ Invariants
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import simpy
 
 from sim.host.kswapd import THROTTLE_WRITEBACK_NS, DirectReclaim, Kswapd, ProcessGen
 from sim.host.memory import MAX_RECLAIM_RETRIES, HostMemory
 from sim.host.vmstat import VmEvents
+
+if TYPE_CHECKING:
+    from sim.host.memcontrol import MemCgroups
 
 
 class PageAllocator:
@@ -60,6 +64,7 @@ class PageAllocator:
         self.env, self.mem, self.kswapd, self.direct = env, mem, kswapd, direct
         self.vmstat, self.oom_kill, self.reclaimable = vmstat, oom_kill, reclaimable
         self._freed: simpy.Event | None = None
+        self.memcg: MemCgroups | None = None  # the VMs' memcgs (charging), if any
         mem.on_free = self._frames_freed
 
     def _frames_freed(self, n: int) -> None:
@@ -74,7 +79,14 @@ class PageAllocator:
         yield self._freed | self.env.timeout(THROTTLE_WRITEBACK_NS)
 
     def alloc_fast(self, pid: int) -> int:
-        """The part of the allocation that never waits: a pfn, or -1 if reclaim is needed."""
+        """The part of the allocation that never waits: a pfn, or -1 if reclaim is needed
+        (the zone's, or the memcg's: a charge over memory.max or memory.high)."""
+        if self.memcg is not None and not self.memcg.charge_fast(pid):
+            return -1
+        return self._alloc_zone_fast(pid)
+
+    def _alloc_zone_fast(self, pid: int) -> int:
+        """``get_page_from_freelist`` at the low watermark, then at min after waking kswapd."""
         mem = self.mem
         if mem.nr_free > mem.wmark.low:
             return mem.alloc_frame(pid)
@@ -84,8 +96,15 @@ class PageAllocator:
         return -1
 
     def alloc(self, pid: int) -> ProcessGen:
-        """Allocate a frame for page ``pid``; may stall the caller. Returns the pfn."""
-        pfn = self.alloc_fast(pid)
+        """Allocate a frame for page ``pid``; may stall the caller. Returns the pfn, or -1
+        when the caller's VM was killed while charging it (``try_charge_memcg``'s OOM)."""
+        if self.memcg is not None:
+            charged = yield from self.memcg.try_charge(pid)
+            if not charged:
+                return -1
+            pfn = self._alloc_zone_fast(pid)
+        else:
+            pfn = self.alloc_fast(pid)
         if pfn >= 0:
             return pfn
         mem = self.mem

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -165,6 +165,8 @@ class SwapDevice:
         self.synchronous = synchronous or self.zram
         self.zpool: Zpool | None = None  # zram's or zswap's memory (made by the engine)
         self.zswap: Zswap | None = None  # zswap in front of this device, if enabled
+        # mem_cgroup_uncharge_swap, when VMs have memcgs
+        self.on_free_slots: Callable[[NDArray[np.integer] | Sequence[int]], None] | None = None
         scale = max(1, page_bytes // 4096)  # the compressor works through every 4 KiB
         self.compress_ns = cfg.compressor.compress_ns * scale
         self.decompress_ns = cfg.compressor.decompress_ns * scale
@@ -206,6 +208,9 @@ class SwapDevice:
         ``zswap_invalidate``)."""
         assert 0 <= n <= self.nr_slots - self.nr_free_slots, "freeing slots not in use"
         self.nr_free_slots += n
+        if self.on_free_slots is not None:
+            assert len(pids) == n, "swap charges need the pages whose slots are freed"
+            self.on_free_slots(pids)
         if self.zpool is not None:
             assert len(pids) == n, "a compressed store needs the pages whose slots are freed"
             self.zpool.free(pids)

@@ -72,6 +72,7 @@ from sim.host.swap import SwapDevice
 from sim.host.vmstat import VmEvents, VmStat
 
 if TYPE_CHECKING:
+    from sim.host.memcontrol import MemCgroups
     from sim.reclaim.base import EvictionPolicy
 
 _U8 = np.uint8
@@ -119,10 +120,21 @@ class ScanControl:
     nr_compressed: int = 0  # pages compressed into zram or zswap (the reclaimer's CPU)
     nr_decompressed: int = 0  # zswap entries decompressed to be written back (shrink_worker)
     blocked_until: int = 0  # the pass's writes got their last request tag then (ns)
+    target_memcg: int = -1  # sc->target_mem_cgroup: the memcg of limit reclaim (-1: global)
+    memcg: int = -1  # the memcg whose lruvec is being shrunk (-1: the one root lruvec)
+    memcg_low_reclaim: bool = False  # memory.low no longer protects (the retry before OOM)
+    memcg_low_skipped: bool = False  # a memcg was spared for its memory.low
+    emin: int = 0  # mem_cgroup_protection of the memcg being shrunk (pages)
+    elow: int = 0
+    cgroup_size: int = 0  # mem_cgroup_size of the memcg being shrunk (pages)
+    lruvec_base: int = 0  # nr_reclaimed when the lruvec's shrink began (its own target)
 
     def _count(self, item: str, n: int) -> None:
         if self.vmstat is not None and n:
-            self.vmstat[item] += n
+            if self.memcg < 0:
+                self.vmstat[item] += n
+            else:
+                self.vmstat.count(item, n, self.memcg)
 
     def isolated(self, n: int) -> None:
         """``n`` inactive folios isolated and scanned (``pgscan_kswapd``/``_direct``)."""
@@ -202,6 +214,7 @@ class Vmscan:
         self.pmd_mapped = False
         self.pgdat_writeback = False  # PGDAT_WRITEBACK: kswapd found its whole batch writing
         self.on_writeback_end: Callable[[], None] | None = None  # reclaim_throttle's waker
+        self.memcg: MemCgroups | None = None  # the VMs' memcgs (swap charges), if any
 
     def can_swap(self) -> bool:
         """``can_reclaim_anon_pages``: anon folios are reclaimable only while swap has room."""
@@ -309,6 +322,10 @@ class Vmscan:
         f = mem.flags[pids]
         # add_to_swap: a folio with no swap copy needs a slot, and is dirty by definition.
         need = np.flatnonzero(ok & ((f & PG_SWAP) == 0))
+        if len(need) and self.memcg is not None:  # memory.swap.max: add_to_swap fails
+            allowed = self.memcg.swap_allowed(pids[need])
+            ok[need[~allowed]] = False
+            need = need[allowed]
         if len(need):
             got = swap.alloc_slots(len(need))
             if got < len(need):
@@ -316,6 +333,8 @@ class Vmscan:
                 sc.nr_swap_full += len(need) - got
                 self.vmstat[VmStat.SWAP_FULL] += len(need) - got
             mem.flags[pids[need[:got]]] |= _U8(PG_SWAP | PG_DIRTY)
+            if self.memcg is not None:
+                self.memcg.charge_swap(pids[need[:got]])
         if not ok.any():
             return out
         # try_to_unmap: KVM zaps its sptes and hands their dirty bits to the folio.

@@ -83,10 +83,11 @@ class VmEvents(Counter[str]):
 
     Args:
         nr_mms: mms (VMs) on the host.
+        extra: more counter names (``memory.events`` when there are memcgs).
     """
 
-    def __init__(self, nr_mms: int = 0) -> None:
-        super().__init__(dict.fromkeys(ALL_KEYS, 0))
+    def __init__(self, nr_mms: int = 0, extra: tuple[str, ...] = ()) -> None:
+        super().__init__(dict.fromkeys((*ALL_KEYS, *extra), 0))
         self.per_mm: list[Counter[str]] = [Counter() for _ in range(nr_mms)]
         self.broken_down: set[str] = set()
 
@@ -125,6 +126,6 @@ class VmEvents(Counter[str]):
         assert min(self.values(), default=0) >= 0, "a negative counter"
 
 
-def new_vmstat(nr_mms: int = 0) -> VmEvents:
+def new_vmstat(nr_mms: int = 0, extra: tuple[str, ...] = ()) -> VmEvents:
     """A zeroed counter set with every known name present (so summaries list them all)."""
-    return VmEvents(nr_mms)
+    return VmEvents(nr_mms, extra)

@@ -16,6 +16,7 @@ from pydantic import Field
 from sim.reclaim import clock, fifo, lru, mglru, opt, two_list
 from sim.reclaim import random as random_policy
 from sim.reclaim.base import EvictionPolicy, PageQueue, ReclaimBase, Reclaimer
+from sim.reclaim.memcg import MemcgMglru, MemcgTwoList
 
 # policy name -> (config model, policy class)
 _REGISTRY: dict[str, tuple[type[ReclaimBase], type[Any]]] = {
@@ -59,10 +60,21 @@ def make_policy(
     vmstat: Counter[str],
     rng: np.random.Generator,
     page_shift: int = 12,
+    memcg: tuple[Any, Any, Any] | None = None,
 ) -> EvictionPolicy:
     """Build the policy a ``reclaim:`` config names (``page_shift``: log2 of a page's bytes,
-    for two_list's inactive_ratio, which the kernel sizes by the LRU's gigabytes)."""
-    policy: EvictionPolicy = policy_class(cfg.policy)(cfg, nr_frames, vmstat, rng)
+    for two_list's inactive_ratio, which the kernel sizes by the LRU's gigabytes). With
+    ``memcg`` (host memory, the memcgs' limits, their swap usage) two_list and mglru keep one
+    lruvec per memcg (sim/reclaim/memcg.py)."""
+    policy: EvictionPolicy
+    if memcg is not None:
+        mem, limits, swap_usage = memcg
+        cls = MemcgMglru if cfg.policy == "mglru" else MemcgTwoList
+        policy = cls(cfg, nr_frames, vmstat, rng, mem=mem, limits=limits, swap_usage=swap_usage)
+        if isinstance(policy, MemcgTwoList):
+            policy.page_shift = page_shift
+        return policy
+    policy = policy_class(cfg.policy)(cfg, nr_frames, vmstat, rng)
     if isinstance(policy, two_list.TwoList):
         policy.page_shift = page_shift
     return policy

@@ -83,7 +83,7 @@ Kernel reference
     ``lru_gen_refault`` (all as of the Dec 2024 "rework workingset protection" series, ~6.14).
 
 Simplifications
-    One lruvec (no memcg, no memcg LRU), anon only: the file type has no generations and
+    One lruvec per memcg (memcg.py), anon only: the file type has no generations and
     ``min_seq[file]`` is not modelled (``evictable_min_seq`` is the anon one); swappiness 0 or a
     full swap device leaves nothing evictable. No Bloom filter and no mm-list skipping: every aging
     walk visits every present pte (the kernel's ``force_scan``), which is the upper bound of its
@@ -254,6 +254,7 @@ class Mglru:
         self._batch: list[int] = []  # per-CPU lru_add batch
         self._walk: _Walk | None = None
         self._mm_seq = 0  # mm_state->seq: the last max_seq whose walk completed
+        self.should_rotate = False  # try_to_shrink_lruvec's result: it aged (the memcg LRU)
 
     # -- flags and placement -----------------------------------------------------------------
     @staticmethod
@@ -652,6 +653,7 @@ class Mglru:
             scanned += delta
             if scanned >= nr_to_scan or self._should_abort_scan(sc, reclaim):
                 break
+        self.should_rotate = nr_to_scan < 0  # "whether this lruvec should be rotated"
         return progress
 
     def _get_swappiness(self, reclaim: Reclaimer) -> int:

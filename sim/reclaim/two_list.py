@@ -35,8 +35,13 @@ Kernel reference
     ``folio_mark_accessed``, ``lru_note_cost``; mm/workingset.c: ``workingset_eviction``,
     ``workingset_refault``.
 
+    With memcgs (sim/reclaim/memcg.py) there is one such lruvec per memcg, each with its own
+    lists, ``inactive_is_low``, workingset clock and refault snapshot, counting its events
+    per memcg too; ``get_scan_count`` then scales a protected memcg's scan as
+    ``apply_proportional_protection`` does.
+
 Simplifications
-    One lruvec (no memcg), anon only (no page cache), so shrink_lruvec stops as soon as the
+    Anon only (no page cache), so shrink_lruvec stops as soon as the
     target is met. Shadow entries keep 31 bits of the nonresident-age clock (no bucket_order).
     The per-CPU activate batch is drained at once (a folio activated on the inactive list moves
     to the active head immediately).
@@ -56,10 +61,11 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field
 
+from sim.host.memcontrol import apply_proportional_protection
 from sim.host.memory import DEF_PRIORITY, PAGE_SHIFT, SWAP_CLUSTER_MAX, int_sqrt
 from sim.host.vmscan import Outcome, ScanControl
 from sim.host.vmstat import VmStat
-from sim.reclaim.base import PageQueue, Pfns, ReclaimBase, Reclaimer, lru_links
+from sim.reclaim.base import LruLinks, PageQueue, Pfns, ReclaimBase, Reclaimer, lru_links
 
 LRU_INACTIVE = 0x1
 LRU_ACTIVE = 0x2
@@ -107,11 +113,21 @@ class TwoList:
     needs_future: ClassVar[bool] = False
 
     def __init__(
-        self, cfg: TwoListConfig, nr_frames: int, vmstat: Counter[str], rng: np.random.Generator
+        self,
+        cfg: TwoListConfig,
+        nr_frames: int,
+        vmstat: Counter[str],
+        rng: np.random.Generator,
+        *,
+        links: LruLinks | None = None,
+        fl: NDArray[np.uint8] | None = None,
+        memcg: int = -1,
     ) -> None:
         self.cfg, self.vmstat = cfg, vmstat
-        self.fl = np.zeros(nr_frames, dtype=np.uint8)
-        links = lru_links(nr_frames, 2)  # a folio is on one list at a time: shared links
+        self.memcg = memcg  # the memcg (mm) whose lruvec this is; -1: the node's only one
+        self.fl = np.zeros(nr_frames, dtype=np.uint8) if fl is None else fl
+        if links is None:
+            links = lru_links(nr_frames, 2)  # a folio is on one list at a time: shared links
         self.inactive = PageQueue(links)
         self.active = PageQueue(links)
         self.nonresident_age = 0  # lruvec->nonresident_age (workingset clock)
@@ -120,6 +136,19 @@ class TwoList:
         self.page_shift = PAGE_SHIFT  # bytes per LRU entry (21: 2 MiB pages; set by make_policy)
 
     # -- helpers -----------------------------------------------------------------------------
+    def _count(self, item: str, n: int = 1) -> None:
+        """``count_vm_events``, or ``count_memcg_events`` for a memcg's lruvec."""
+        if self.memcg < 0:
+            self.vmstat[item] += n
+        else:
+            self.vmstat.count(item, n, self.memcg)  # type: ignore[attr-defined]
+
+    def _refaults(self) -> int:
+        """The lruvec's WORKINGSET_ACTIVATE (``lruvec_page_state``), for snapshot_refaults."""
+        if self.memcg < 0:
+            return self.vmstat[VmStat.WORKINGSET_ACTIVATE]
+        return self.vmstat.per_mm[self.memcg][VmStat.WORKINGSET_ACTIVATE]  # type: ignore[attr-defined]
+
     def inactive_is_low(self) -> bool:
         """``inactive_is_low``: the inactive list is short relative to the active one."""
         inactive, active = len(self.inactive), len(self.active)
@@ -144,6 +173,14 @@ class TwoList:
         if not reclaim.can_swap():
             return 0, 0  # SCAN_FILE: anon is not reclaimable
         inactive, active = len(self.inactive), len(self.active)
+        if sc.emin or sc.elow:  # a protected memcg: apply_proportional_protection
+            inactive, low1 = apply_proportional_protection(
+                inactive, sc.emin, sc.elow, sc.cgroup_size, sc.memcg_low_reclaim
+            )
+            active, low2 = apply_proportional_protection(
+                active, sc.emin, sc.elow, sc.cgroup_size, sc.memcg_low_reclaim
+            )
+            sc.memcg_low_skipped |= low1 or low2
         nr_inactive, nr_active = inactive >> sc.priority, active >> sc.priority
         swappiness = self.cfg.swappiness
         free, high = reclaim.free_and_high()
@@ -179,17 +216,16 @@ class TwoList:
             self.inactive.add_one(pfn)
             return
         # workingset_refault: activate if the refault distance fits the workingset (active anon).
-        vs = self.vmstat
-        vs[VmStat.WORKINGSET_REFAULT] += 1
+        self._count(VmStat.WORKINGSET_REFAULT)
         distance = (self.nonresident_age - (shadow & _AGE_MASK)) & _AGE_MASK
         if distance <= len(self.active):
             workingset = shadow >> 31
             self.fl[pfn] = LRU_ACTIVE | (PG_WORKINGSET if workingset else 0)
             self.active.add_one(pfn)
             self.nonresident_age += 1
-            vs[VmStat.WORKINGSET_ACTIVATE] += 1
+            self._count(VmStat.WORKINGSET_ACTIVATE)
             if workingset:  # thrashing of the established working set: lru_note_cost_refault
-                vs[VmStat.WORKINGSET_RESTORE] += 1
+                self._count(VmStat.WORKINGSET_RESTORE)
                 self._lru_note_cost(1, 0)
         else:
             self.fl[pfn] = LRU_INACTIVE
@@ -209,7 +245,7 @@ class TwoList:
             if not fl & LRU_INACTIVE:
                 return  # isolated by reclaim: shrink_folio_list decides
             self.inactive.unlink(pfn)
-            self.vmstat[_PGACTIVATE] += 1
+            self._count(_PGACTIVATE)
         self.active.add_one(pfn)
         self.fl[pfn] = (fl & ~(PG_REFERENCED | LRU_INACTIVE)) | LRU_ACTIVE
         self.nonresident_age += 1  # workingset_activation
@@ -244,10 +280,7 @@ class TwoList:
 
     def shrink_node(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
         """``shrink_lruvec`` for the anon lists at ``sc.priority``."""
-        may_deactivate = (
-            self.vmstat[VmStat.WORKINGSET_ACTIVATE] != self._refaults_snapshot
-            or self.inactive_is_low()
-        )
+        may_deactivate = self._refaults() != self._refaults_snapshot or self.inactive_is_low()
         nr_inactive, nr_active = self.get_scan_count(sc, reclaim, may_deactivate)
         proportional = sc.direct and sc.priority == DEF_PRIORITY
         while nr_inactive:
@@ -261,7 +294,7 @@ class TwoList:
                 if may_deactivate:
                     self.shrink_active_list(n, sc, reclaim)
                     yield
-            if sc.nr_reclaimed >= sc.nr_to_reclaim and not proportional:
+            if sc.nr_reclaimed - sc.lruvec_base >= sc.nr_to_reclaim and not proportional:
                 break
         if reclaim.can_swap() and self.inactive_is_low():
             self.shrink_active_list(SWAP_CLUSTER_MAX, sc, reclaim)
@@ -275,7 +308,7 @@ class TwoList:
 
     def reclaim_cycle_end(self) -> None:
         """``snapshot_refaults``: remember refault activations for ``prepare_scan_control``."""
-        self._refaults_snapshot = self.vmstat[VmStat.WORKINGSET_ACTIVATE]
+        self._refaults_snapshot = self._refaults()
 
     def on_access(self, pfns: Pfns, seq: NDArray[np.int64]) -> None:
         """Real policies see only accessed bits."""

@@ -1,0 +1,421 @@
+"""Memory cgroups (cgroup v2) for VMs as libvirt places them: one memcg per QEMU process.
+
+Models
+    Each VM with a ``memcg`` section is a memcg directly under the root. Its ``memory.current``
+    is the frames its pages own (``HostMemory.nr_resident``: a folio is charged when it gets a
+    frame and uncharged when it is freed, so the charge is that count and is not kept twice);
+    its ``memory.swap.current`` is the swap slots its pages hold. A fault that would take
+    ``memory.current`` above ``memory.max`` reclaims from that memcg's own lruvec in the
+    faulting vCPU's context (``try_to_free_mem_cgroup_pages``: no watermarks, priority 12 down
+    to 0), retrying while reclaim makes progress and up to MAX_RECLAIM_RETRIES times without,
+    then invokes the memcg OOM killer, which kills that VM only. A charge that leaves the memcg
+    above ``memory.high`` makes the vCPU reclaim the excess and, if that does not bring it
+    back, sleep a penalty that grows with the square of the overage, at most 2 s per return
+    (``mem_cgroup_handle_over_high``). A swap-out that would take ``memory.swap.current``
+    above ``memory.swap.max`` fails as ``add_to_swap`` failing (the folio stays, activated).
+    ``memory.min`` and ``memory.low`` protect a memcg from global reclaim (vmscan's
+    ``shrink_node_memcgs``; the per-lruvec scan in sim/reclaim/memcg.py).
+
+    Write-back in memcg reclaim follows cgroup v2 (``writeback_throttling_sane``): a folio
+    under write-out is activated and counted (``shrink_folio_list`` case 2, as direct reclaim
+    does), never waited for (case 3 is cgroup v1 only), and memcg reclaim is not throttled
+    for it (``shrink_node``'s ``nr.immediate`` throttle is kswapd's; ``shrink_inactive_list``'s
+    WRITEBACK throttle is v1's): the OOM comes after the 16 retries whatever is in flight.
+
+Counting
+    ``memory.events`` are vmstat counters broken down per mm (one mm per memcg):
+    ``memcg_low``, ``memcg_high``, ``memcg_max``, ``memcg_oom``, ``memcg_swap_max``
+    (``memory.swap.events max``) and ``oom_kill``; they exist only in runs with a memcg, so a
+    run without one keeps its counters (and its summary) as before.
+
+Kernel reference
+    mm/memcontrol.c: ``try_charge_memcg``, ``mem_cgroup_handle_over_high``,
+    ``calculate_overage``, ``calculate_high_delay``, ``reclaim_high``,
+    ``mem_cgroup_out_of_memory``, ``__mem_cgroup_try_charge_swap``, ``memcg_memory_event``;
+    mm/page_counter.c: ``page_counter_calculate_protection``, ``effective_protection``;
+    mm/vmscan.c: ``try_to_free_mem_cgroup_pages``, ``get_scan_count`` (the protection scaling),
+    include/linux/memcontrol.h: ``mem_cgroup_protection``, ``mem_cgroup_below_min``/``_low``.
+
+Simplifications
+    One level under the root (libvirt's machine.slice adds levels that set nothing). Charges
+    are per page at the fault, not in MEMCG_CHARGE_BATCH stock: a charge happens before the
+    frame is taken, so concurrent faults of one VM can overshoot ``memory.max`` by the number
+    of its vCPUs at most. The compressed pool (zram, zswap) is not charged. No
+    ``memory.swap.high``. ``memory.high`` penalties are computed for the nominal batch of
+    MEMCG_CHARGE_BATCH pages the kernel's stock charges at a time.
+
+Invariants
+    ``memory.current`` of each memcg equals the frames its pages own, and passes
+    ``memory.max`` by at most one page per vCPU of its VM (charges granted, frames not yet
+    taken); ``memory.swap.current`` equals the slots its pages hold (``PG_SWAP``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import simpy
+from numpy.typing import NDArray
+from pydantic import Field
+
+from sim.host.memory import (
+    DEF_PRIORITY,
+    MAX_RECLAIM_RETRIES,
+    PG_SWAP,
+    SWAP_CLUSTER_MAX,
+    HostMemory,
+)
+from sim.host.vmscan import ScanControl
+from sim.host.vmstat import VmEvents, VmStat
+from sim.schema import Strict
+
+if TYPE_CHECKING:
+    from sim.host.kswapd import Reclaim
+    from sim.host.mm import Mm
+    from sim.host.oom import OomKiller
+
+ProcessGen = Generator[simpy.Event, Any, Any]
+
+MAX_MIB = 64 * 1024 * 1024  # 64 TiB, as config.MAX_MEMORY_MIB
+HZ = 250
+JIFFY_NS = 1_000_000_000 // HZ
+MEMCG_CHARGE_BATCH = 64  # pages the per-CPU stock charges at a time
+MEMCG_DELAY_PRECISION_SHIFT = 20
+MEMCG_DELAY_SCALING_SHIFT = 14
+MEMCG_MAX_HIGH_DELAY_JIFFIES = 2 * HZ  # at most 2 s of penalty per return to the guest
+PAGE_COUNTER_MAX = 1 << 62  # an unset limit ("max")
+
+MEMCG_LOW = "memcg_low"
+MEMCG_HIGH = "memcg_high"
+MEMCG_MAX = "memcg_max"
+MEMCG_OOM = "memcg_oom"
+MEMCG_SWAP_MAX = "memcg_swap_max"
+MEMCG_EVENTS: tuple[str, ...] = (MEMCG_LOW, MEMCG_HIGH, MEMCG_MAX, MEMCG_OOM, MEMCG_SWAP_MAX)
+"""vmstat keys of ``memory.events`` (only in runs where some VM has a memcg)."""
+
+
+class MemcgConfig(Strict):
+    """A VM's memory cgroup (cgroup v2 files); each limit left out is unset ("max" / 0)."""
+
+    max_mib: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_MIB,
+        description="memory.max: hard limit on the VM's resident pages; above it the VM "
+        "reclaims its own pages, and OOM-kills itself when that fails.",
+    )
+    high_mib: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_MIB,
+        description="memory.high: above it the faulting vCPU reclaims the excess and is "
+        "throttled (a delay quadratic in the overage, at most 2 s per fault).",
+    )
+    low_mib: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_MIB,
+        description="memory.low: best-effort protection from host-wide reclaim while the "
+        "VM's resident pages are at or below it.",
+    )
+    min_mib: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_MIB,
+        description="memory.min: hard protection from host-wide reclaim while the VM's "
+        "resident pages are at or below it.",
+    )
+    swap_max_mib: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_MIB,
+        description="memory.swap.max: swap space the VM's pages may hold; a swap-out beyond "
+        "it fails and the page stays resident.",
+    )
+
+    def sizes(self) -> list[tuple[str, int | None]]:
+        """Each size with its field name (page-multiple checks)."""
+        return [(f"{k}", getattr(self, k)) for k in type(self).model_fields]
+
+
+@dataclass(slots=True)
+class MemcgLimits:
+    """Every memcg's settings in pages, indexed by mm (unset: PAGE_COUNTER_MAX / 0)."""
+
+    max: list[int]
+    high: list[int]
+    low: list[int]
+    min: list[int]
+    swap_max: list[int]
+
+    @classmethod
+    def from_configs(cls, cfgs: Sequence[MemcgConfig | None], pages_per_mib: float) -> MemcgLimits:
+        """Limits of each mm from its VM's ``memcg`` section (None: an unlimited memcg)."""
+
+        def pages(mib: int | None, unset: int) -> int:
+            return unset if mib is None else int(mib * pages_per_mib)
+
+        none = MemcgConfig()
+        cs = [c or none for c in cfgs]
+        return cls(
+            max=[pages(c.max_mib, PAGE_COUNTER_MAX) for c in cs],
+            high=[pages(c.high_mib, PAGE_COUNTER_MAX) for c in cs],
+            low=[pages(c.low_mib, 0) for c in cs],
+            min=[pages(c.min_mib, 0) for c in cs],
+            swap_max=[pages(c.swap_max_mib, PAGE_COUNTER_MAX) for c in cs],
+        )
+
+
+def effective_protection(
+    usage: int, parent_usage: int, setting: int, parent_effective: int, siblings_protected: int
+) -> int:
+    """``effective_protection`` (mm/page_counter.c, without recursive_protection): the
+    protection used (``min(usage, setting)``), scaled down in proportion when the siblings
+    together claim more than the parent's effective protection."""
+    protected = min(usage, setting)
+    if siblings_protected > parent_effective:
+        return protected * parent_effective // max(siblings_protected, 1)
+    return protected
+
+
+def mem_cgroup_protection(limits: MemcgLimits, target: int, memcg: int) -> tuple[int, int]:
+    """``mem_cgroup_protection`` after ``mem_cgroup_calculate_protection``: (emin, elow) of
+    ``memcg`` in reclaim of ``target`` (-1: the root, global reclaim). A memcg right under the
+    root gets its own settings; the target of limit reclaim gets none."""
+    if target == memcg:
+        return 0, 0
+    return limits.min[memcg], limits.low[memcg]
+
+
+def apply_proportional_protection(
+    lruvec_size: int, emin: int, elow: int, cgroup_size: int, memcg_low_reclaim: bool
+) -> tuple[int, bool]:
+    """``get_scan_count``'s protection scaling of one list before ``>> priority``: the scan
+    shrinks in proportion to the protected share of the memcg's usage, but not below
+    SWAP_CLUSTER_MAX. Returns (scan, whether memory.low was applied: ``memcg_low_skipped``)."""
+    if not (emin or elow):
+        return lruvec_size, False
+    skipped = False
+    if not memcg_low_reclaim and elow > emin:
+        protection, skipped = elow, True
+    else:
+        protection = emin
+    cgroup_size = max(cgroup_size, protection)
+    scan = lruvec_size - lruvec_size * protection // (cgroup_size + 1)
+    return max(scan, SWAP_CLUSTER_MAX), skipped
+
+
+def calculate_overage(usage: int, high: int) -> int:
+    """``calculate_overage``: how far above ``high``, in 2^-20 units of ``high``."""
+    if usage <= high:
+        return 0
+    high = max(high, 1)
+    return ((usage - high) << MEMCG_DELAY_PRECISION_SHIFT) // high
+
+
+def calculate_high_delay(max_overage: int, nr_pages: int = MEMCG_CHARGE_BATCH) -> int:
+    """``calculate_high_delay``: penalty jiffies, quadratic in the overage, scaled by the
+    task's charge against the nominal MEMCG_CHARGE_BATCH (not yet clamped)."""
+    if not max_overage:
+        return 0
+    penalty = max_overage * max_overage * HZ
+    penalty >>= MEMCG_DELAY_PRECISION_SHIFT
+    penalty >>= MEMCG_DELAY_SCALING_SHIFT
+    return penalty * nr_pages // MEMCG_CHARGE_BATCH
+
+
+class MemCgroups:
+    """The memcgs of the VMs: charging, limit reclaim, memory.high throttling, swap charges.
+
+    Args:
+        env: simulation environment.
+        mem: host memory (``nr_resident`` is each memcg's ``memory.current``).
+        limits: settings in pages.
+        mms: the mms, by index (one memcg each).
+        vmstat: host counters (``memory.events`` broken down per mm).
+        reclaim: runs and paces a reclaim pass of the policy (the per-memcg lruvecs).
+        oom: the OOM killer (its ``kill`` for a memcg OOM).
+        vcpus: vCPUs of each VM: charges in flight at once, so how far ``memory.current`` may
+            pass ``memory.max`` (a charge is granted before its frame is taken).
+    """
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        mem: HostMemory,
+        limits: MemcgLimits,
+        mms: Sequence[Mm],
+        vmstat: VmEvents,
+        reclaim: Reclaim,
+        oom: OomKiller,
+        vcpus: Sequence[int],
+    ) -> None:
+        self.env, self.mem, self.limits, self.mms = env, mem, limits, list(mms)
+        self.vmstat, self.reclaim, self.oom = vmstat, reclaim, oom
+        self.swap_usage = np.zeros(len(self.mms), dtype=np.int64)  # memory.swap.current
+        self.vcpus = list(vcpus)
+
+    # -- memory ------------------------------------------------------------------------------
+    def usage(self, memcg: int) -> int:
+        """``memory.current`` in pages."""
+        return int(self.mem.nr_resident[memcg])
+
+    def charge_fast(self, pid: int) -> bool:
+        """Whether one more page fits under memory.max and memory.high with nothing to do
+        (``consume_stock``/``page_counter_try_charge`` succeeding without over-high work)."""
+        i = self.mem.page_owner(pid)
+        u = self.mem.nr_resident.item(i) + 1
+        return u <= self.limits.max[i] and u <= self.limits.high[i]
+
+    def try_charge(self, pid: int) -> ProcessGen:
+        """``try_charge_memcg`` for one page of ``pid``'s memcg: reclaim the memcg while over
+        memory.max, retrying on progress and MAX_RECLAIM_RETRIES times without, then the memcg
+        OOM. Returns False when the VM was killed (by this OOM or before)."""
+        i = self.mem.page_owner(pid)
+        mm = self.mms[i]
+        nr_retries = MAX_RECLAIM_RETRIES
+        while not mm.dead:
+            if self.usage(i) + 1 <= self.limits.max[i]:
+                return True
+            self.vmstat.count(MEMCG_MAX, 1, i)
+            reclaimed = yield from self.try_to_free_mem_cgroup_pages(i, 1)
+            if self.usage(i) + 1 <= self.limits.max[i] or reclaimed:
+                continue
+            if nr_retries:
+                nr_retries -= 1
+                continue
+            self.mem_cgroup_out_of_memory(i)
+            nr_retries = MAX_RECLAIM_RETRIES
+        return False
+
+    def mem_cgroup_out_of_memory(self, memcg: int) -> None:
+        """The memcg OOM: the only task in the memcg is the VM's QEMU; it is killed."""
+        self.vmstat.count(MEMCG_OOM, 1, memcg)
+        self.oom.kill(self.mms[memcg])
+
+    def try_to_free_mem_cgroup_pages(self, memcg: int, nr_pages: int) -> ProcessGen:
+        """``try_to_free_mem_cgroup_pages``: reclaim from the memcg's own lruvec only, at
+        priority 12 down to 0 until ``max(nr_pages, SWAP_CLUSTER_MAX)`` are freed; no
+        protection applies to the target. Returns the pages freed."""
+        sc = ScanControl(
+            nr_to_reclaim=max(nr_pages, SWAP_CLUSTER_MAX),
+            direct=True,
+            vmstat=self.vmstat,
+            target_memcg=memcg,
+        )
+        paid = [0]
+        for priority in range(DEF_PRIORITY, -1, -1):
+            sc.priority = priority
+            yield from self.reclaim.shrink_node(sc, paid)
+            if sc.nr_reclaimed >= sc.nr_to_reclaim:
+                break
+        return sc.nr_reclaimed
+
+    def over_high(self, memcg: int) -> bool:
+        """``memory.current`` above ``memory.high``."""
+        return self.usage(memcg) > self.limits.high[memcg]
+
+    def handle_over_high(self, memcg: int) -> ProcessGen:
+        """``mem_cgroup_handle_over_high`` on the vCPU's return to the guest: reclaim the
+        excess (``reclaim_high``), retry while that makes progress or up to
+        MAX_RECLAIM_RETRIES times, then sleep the penalty (``calculate_high_delay``, at most
+        2 s; none at or below HZ/100 jiffies)."""
+        if self.mms[memcg].dead or not self.over_high(memcg):
+            return
+        nr_pages = MEMCG_CHARGE_BATCH
+        nr_retries = MAX_RECLAIM_RETRIES
+        in_retry = False
+        while True:
+            reclaimed = 0
+            if self.over_high(memcg):  # reclaim_high
+                self.vmstat.count(MEMCG_HIGH, 1, memcg)
+                reclaimed = yield from self.try_to_free_mem_cgroup_pages(
+                    memcg, SWAP_CLUSTER_MAX if in_retry else nr_pages
+                )
+            overage = calculate_overage(self.usage(memcg), self.limits.high[memcg])
+            penalty = min(calculate_high_delay(overage, nr_pages), MEMCG_MAX_HIGH_DELAY_JIFFIES)
+            if penalty <= HZ // 100 or self.mms[memcg].dead:
+                return
+            if reclaimed:
+                in_retry = True
+                continue
+            if nr_retries:
+                nr_retries -= 1
+                in_retry = True
+                continue
+            yield self.env.timeout(penalty * JIFFY_NS)
+            return
+
+    # -- swap --------------------------------------------------------------------------------
+    def swap_allowed(self, pids: NDArray[np.integer]) -> NDArray[np.bool_]:
+        """``__mem_cgroup_try_charge_swap``'s test, in order: which pages' memcgs have room
+        under memory.swap.max for one more slot each (counting those before them); the others
+        count ``memory.swap.events max``."""
+        owners = self.mem.page_owners(pids).tolist()
+        ok = np.ones(len(owners), dtype=np.bool_)
+        extra: dict[int, int] = {}
+        for k, i in enumerate(owners):
+            n = extra.get(i, 0)
+            if self.swap_usage.item(i) + n + 1 > self.limits.swap_max[i]:
+                ok[k] = False
+                self.vmstat.count(MEMCG_SWAP_MAX, 1, i)
+            else:
+                extra[i] = n + 1
+        return ok
+
+    def charge_swap(self, pids: NDArray[np.integer]) -> None:
+        """The pages got swap slots: charge each to its memcg's ``memory.swap.current``."""
+        if len(pids):
+            self.swap_usage += np.bincount(
+                self.mem.page_owners(pids), minlength=len(self.swap_usage)
+            )
+
+    def uncharge_swap(self, pids: NDArray[np.integer] | Sequence[int]) -> None:
+        """``mem_cgroup_uncharge_swap``: the pages' slots were freed."""
+        if len(pids):
+            owners = self.mem.page_owners(np.asarray(pids, dtype=np.int64))
+            self.swap_usage -= np.bincount(owners, minlength=len(self.swap_usage))
+
+    def check(self) -> None:
+        """Memory charges equal the frames each memcg's pages own, swap charges the slots
+        they hold; none negative."""
+        mem = self.mem
+        owned = mem.frame_pid[mem.frame_pid >= 0]
+        frames = np.bincount(mem.page_owners(owned), minlength=len(self.swap_usage))
+        assert (frames == mem.nr_resident).all(), "memcg charges != frames owned"
+        for i, mm in enumerate(self.mms):
+            over = self.usage(i) - self.limits.max[i]
+            assert mm.dead or over <= self.vcpus[i], f"memcg {i}: {over} pages over memory.max"
+        held = np.flatnonzero((mem.flags & PG_SWAP) != 0)
+        per = np.bincount(mem.page_owners(held), minlength=len(self.swap_usage))
+        assert (per == self.swap_usage).all(), "memcg swap charges != slots held"
+        assert (mem.nr_resident >= 0).all(), "a negative memory charge"
+
+    def stat(self, memcg: int) -> dict[str, Any]:
+        """The memcg's settings, usage and ``memory.events`` (summary)."""
+        lim = self.limits
+        pm = self.vmstat.per_mm[memcg]
+
+        def setting(v: int) -> int | None:
+            return None if v >= PAGE_COUNTER_MAX else v
+
+        return {
+            "max_pages": setting(lim.max[memcg]),
+            "high_pages": setting(lim.high[memcg]),
+            "low_pages": lim.low[memcg],
+            "min_pages": lim.min[memcg],
+            "swap_max_pages": setting(lim.swap_max[memcg]),
+            "current_pages": self.usage(memcg),
+            "swap_current_pages": int(self.swap_usage[memcg]),
+            "events": {
+                "low": pm[MEMCG_LOW],
+                "high": pm[MEMCG_HIGH],
+                "max": pm[MEMCG_MAX],
+                "oom": pm[MEMCG_OOM],
+                "oom_kill": pm[VmStat.OOM_KILL],
+                "swap_max": pm[MEMCG_SWAP_MAX],
+            },
+        }

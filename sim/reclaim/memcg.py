@@ -1,0 +1,478 @@
+"""One lruvec per memcg, and the walks over them: two_list's ``shrink_node_memcgs`` and
+MGLRU's memcg LRU (``shrink_many``, :class:`MemcgMglru`).
+
+Models
+    With memory cgroups every memcg has its own lruvec on the node (``mem_cgroup_lruvec``):
+    its own active/inactive anon lists, ``inactive_is_low`` from its own sizes, its own
+    workingset clock. A folio joins the lruvec of the memcg its page is charged to (here the
+    VM that owns it). Global reclaim (kswapd, direct reclaim) visits every memcg in turn:
+    one below its effective ``memory.min`` is skipped, one below its ``memory.low`` is skipped
+    unless this is the retry before OOM (``memcg_low_reclaim``, counted ``memory.events
+    low``), and every other gets ``shrink_lruvec`` with its scan scaled by its protection
+    (``get_scan_count``). Limit reclaim (``try_to_free_mem_cgroup_pages``) visits the target
+    memcg's lruvec only. kswapd's background aging (``kswapd_age_node``) deactivates on every
+    lruvec whose inactive list is low.
+
+Kernel reference
+    mm/vmscan.c: ``shrink_node_memcgs``, ``shrink_lruvec``, ``kswapd_age_node``,
+    ``get_scan_count``, ``can_reclaim_anon_pages``; include/linux/memcontrol.h:
+    ``mem_cgroup_below_min``, ``mem_cgroup_below_low``, ``mem_cgroup_protection``.
+
+Simplifications
+    Used only when some VM has a ``memcg`` section (the kernel, with memcg on, has a lruvec per
+    memcg always; memsim keeps one node-wide lruvec otherwise so that runs without cgroups
+    stay as they were). All lruvecs share one set of list links and flags (a folio is on one
+    list of one lruvec at a time). Each lruvec's shrink stops at ``nr_to_reclaim`` freed by
+    itself (``shrink_lruvec``'s local count); the memcgs are visited in VM order every pass.
+
+Invariants
+    Every resident folio is on a list of its own memcg's lruvec, and no other.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sim.host.memcontrol import MEMCG_LOW, MemcgLimits, mem_cgroup_protection
+from sim.host.memory import HostMemory
+from sim.host.vmscan import ScanControl
+from sim.reclaim.base import Pfns, Reclaimer, lru_links
+from sim.reclaim.two_list import TwoList, TwoListConfig
+
+
+class MemcgReclaimer:
+    """The host's ``Reclaimer`` as one memcg's lruvec sees it: anon is reclaimable only while
+    swap has room and the memcg is under its ``memory.swap.max`` (``can_reclaim_anon_pages``
+    with a memcg)."""
+
+    def __init__(self, reclaim: Reclaimer, swap_room: Callable[[], bool]) -> None:
+        self._reclaim, self._swap_room = reclaim, swap_room
+
+    def can_swap(self) -> bool:
+        """Free swap on the device and under the memcg's limit."""
+        return self._reclaim.can_swap() and self._swap_room()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reclaim, name)
+
+
+class MemcgTwoList:
+    """The two-list policy with one lruvec per memcg (one memcg per VM).
+
+    Args:
+        cfg: the two-list knobs (shared by every lruvec).
+        nr_frames: frames on the host.
+        vmstat: host counters (broken down per memcg).
+        rng: unused (the classic LRU is deterministic).
+        mem: host memory (which VM owns a frame; each memcg's usage).
+        limits: each memcg's settings in pages (protection).
+        swap_usage: each memcg's ``memory.swap.current`` (read at scan time).
+    """
+
+    name: ClassVar[str] = "two_list"
+    observes_accesses: ClassVar[bool] = False
+    needs_future: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        cfg: TwoListConfig,
+        nr_frames: int,
+        vmstat: Counter[str],
+        rng: np.random.Generator,
+        *,
+        mem: HostMemory,
+        limits: MemcgLimits,
+        swap_usage: Callable[[int], int],
+    ) -> None:
+        self.mem, self.limits, self.vmstat, self._swap_usage = mem, limits, vmstat, swap_usage
+        nr = len(limits.max)
+        links = lru_links(nr_frames, 2 * nr)
+        fl = np.zeros(nr_frames, dtype=np.uint8)
+        self.lruvecs = [
+            TwoList(cfg, nr_frames, vmstat, rng, links=links, fl=fl, memcg=i) for i in range(nr)
+        ]
+        self._page_shift = self.lruvecs[0].page_shift
+
+    @property
+    def page_shift(self) -> int:
+        """Bytes per LRU entry, log2 (inactive_is_low sizes by gigabytes)."""
+        return self._page_shift
+
+    @page_shift.setter
+    def page_shift(self, shift: int) -> None:
+        self._page_shift = shift
+        for lv in self.lruvecs:
+            lv.page_shift = shift
+
+    # -- which lruvec ------------------------------------------------------------------------
+    def _lruvec(self, pfn: int) -> TwoList:
+        """``folio_lruvec``: the lruvec of the memcg the folio is charged to."""
+        mem = self.mem
+        return self.lruvecs[mem.page_owner(mem.frame_pid.item(pfn))]
+
+    def _split(self, pfns: Pfns) -> Iterator[tuple[TwoList, Pfns]]:
+        """Folios grouped by lruvec, each group in the given order."""
+        if len(pfns) == 0:
+            return
+        owners = self.mem.page_owners(self.mem.frame_pid[pfns])
+        for i in np.unique(owners).tolist():
+            yield self.lruvecs[i], pfns[owners == i]
+
+    def _reclaimer(self, memcg: int, reclaim: Reclaimer) -> Reclaimer:
+        def room() -> bool:
+            return self._swap_usage(memcg) < self.limits.swap_max[memcg]
+
+        return MemcgReclaimer(reclaim, room)  # type: ignore[return-value]
+
+    # -- EvictionPolicy ----------------------------------------------------------------------
+    def folio_add_lru(self, pfn: int, shadow: int | None) -> None:
+        """To the lruvec of the folio's memcg (a refault is judged by that lruvec's clock)."""
+        self._lruvec(pfn).folio_add_lru(pfn, shadow)
+
+    def folio_mark_accessed(self, pfn: int) -> None:
+        """``folio_mark_accessed`` on the folio's lruvec."""
+        self._lruvec(pfn).folio_mark_accessed(pfn)
+
+    def folio_remove(self, pfns: Pfns) -> None:
+        """Folios of an exited mm leave their lruvec."""
+        for lv, part in self._split(pfns):
+            lv.folio_remove(part)
+
+    def folio_rotate_reclaimable(self, pfn: int) -> None:
+        """To the inactive tail of the folio's lruvec."""
+        self._lruvec(pfn).folio_rotate_reclaimable(pfn)
+
+    def workingset_eviction(self, pfns: Pfns) -> NDArray[np.uint32]:
+        """Shadows from each folio's own lruvec clock."""
+        out = np.empty(len(pfns), dtype=np.uint32)
+        if len(pfns) == 0:
+            return out
+        owners = self.mem.page_owners(self.mem.frame_pid[pfns])
+        for i in np.unique(owners).tolist():
+            sel = owners == i
+            out[sel] = self.lruvecs[i].workingset_eviction(pfns[sel])
+        return out
+
+    def shrink_node(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
+        """``shrink_node_memcgs``: each memcg's lruvec in turn (only the target's in limit
+        reclaim), skipping those below their effective memory.min, and below memory.low
+        unless ``sc.memcg_low_reclaim``."""
+        target = sc.target_memcg
+        usage = self.mem.nr_resident
+        for i, lv in enumerate(self.lruvecs):
+            if target >= 0 and i != target:
+                continue
+            emin, elow = mem_cgroup_protection(self.limits, target, i)
+            size = int(usage[i])
+            if target != i and size <= emin:  # mem_cgroup_below_min: hard protection
+                continue
+            if target != i and size <= elow:  # mem_cgroup_below_low: soft protection
+                if not sc.memcg_low_reclaim:
+                    sc.memcg_low_skipped = True
+                    continue
+                self.vmstat.count(MEMCG_LOW, 1, i)  # type: ignore[attr-defined]
+            sc.memcg, sc.emin, sc.elow, sc.cgroup_size = i, emin, elow, size
+            sc.lruvec_base = sc.nr_reclaimed
+            yield from lv.shrink_node(sc, self._reclaimer(i, reclaim))
+        sc.memcg, sc.emin, sc.elow, sc.cgroup_size, sc.lruvec_base = -1, 0, 0, 0, 0
+
+    def age_node(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
+        """``kswapd_age_node``: every memcg's lruvec whose inactive list is low."""
+        for i, lv in enumerate(self.lruvecs):
+            sc.memcg = i
+            yield from lv.age_node(sc, self._reclaimer(i, reclaim))
+        sc.memcg = -1
+
+    def reclaim_cycle_end(self) -> None:
+        """``snapshot_refaults`` of every lruvec."""
+        for lv in self.lruvecs:
+            lv.reclaim_cycle_end()
+
+    def on_access(self, pfns: Pfns, seq: NDArray[np.int64]) -> None:
+        """Real policies see only accessed bits."""
+
+    def set_future(self, next_use: NDArray[np.int64]) -> None:
+        """Real policies do not know the future."""
+
+    def lru_sizes(self) -> dict[str, int]:
+        """Folios on each list, over every lruvec."""
+        return {
+            "inactive": sum(len(lv.inactive) for lv in self.lruvecs),
+            "active": sum(len(lv.active) for lv in self.lruvecs),
+        }
+
+    def check(self, on_lru: NDArray[np.bool_]) -> None:
+        """Each lruvec holds exactly the resident folios of its memcg."""
+        owner = np.full(len(on_lru), -1, dtype=np.int64)
+        fp = self.mem.frame_pid
+        owned = fp >= 0
+        owner[owned] = self.mem.page_owners(fp[owned])
+        for i, lv in enumerate(self.lruvecs):
+            lv.check(on_lru & (owner == i))
+
+
+MEMCG_NR_GENS = 3  # generations of the memcg LRU
+MEMCG_NR_BINS = 8  # bins per generation (memcgs spread over them)
+MEMCG_LRU_HEAD, MEMCG_LRU_TAIL, MEMCG_LRU_OLD, MEMCG_LRU_YOUNG = 1, 2, 3, 4
+
+
+class MemcgWalkReclaimer(MemcgReclaimer):
+    """One memcg's view for MGLRU: its page-table walk visits only that memcg's mm
+    (``walk_mm`` iterates the memcg's ``mm_list``)."""
+
+    def __init__(
+        self, reclaim: Reclaimer, swap_room: Callable[[], bool], mem: HostMemory, memcg: int
+    ) -> None:
+        super().__init__(reclaim, swap_room)
+        self._mem, self._memcg = mem, memcg
+
+    def walk_mm(self) -> Pfns:
+        """Frames of the memcg's present ptes, in page-table order."""
+        pfns = self._reclaim.walk_mm()
+        mem = self._mem
+        return pfns[mem.page_owners(mem.frame_pid[pfns]) == self._memcg]
+
+
+class MemcgMglru:
+    """MGLRU with one lruvec (generations, PID controller) per memcg and the node's memcg LRU.
+
+    Models
+        Root reclaim (``lru_gen_shrink_node`` -> ``shrink_many``) starts at a random bin of
+        the oldest memcg generation and shrinks each memcg there in turn (``shrink_one``: a
+        memcg below memory.min is made young and skipped; one below memory.low goes to the
+        tail once, and is reclaimed the second time round, counting ``memory.events low``);
+        after each, ``lru_gen_rotate_memcg`` moves it: young when its lruvec aged, to the tail
+        (one retry) when it was too small, nowhere when it could not make progress. When a
+        generation empties, the memcg LRU's ``seq`` advances. Limit reclaim shrinks only the
+        target's lruvec (``lru_gen_shrink_lruvec``). ``lru_gen_age_node``: min_ttl thrashing
+        is judged over every memcg.
+
+    Kernel reference
+        mm/vmscan.c: ``shrink_many``, ``shrink_one``, ``lru_gen_rotate_memcg``,
+        ``lru_gen_online_memcg``, ``lru_gen_shrink_node``, ``lru_gen_shrink_lruvec``,
+        ``lru_gen_age_node``, ``lruvec_is_sizable``.
+
+    Simplifications
+        A memcg's bin is its index modulo MEMCG_NR_BINS (the kernel draws it at random once);
+        no restart for races (one thread walks the LRU at a time here); every memcg is online.
+    """
+
+    name: ClassVar[str] = "mglru"
+    observes_accesses: ClassVar[bool] = False
+    needs_future: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        cfg: Any,
+        nr_frames: int,
+        vmstat: Counter[str],
+        rng: np.random.Generator,
+        *,
+        mem: HostMemory,
+        limits: MemcgLimits,
+        swap_usage: Callable[[int], int],
+    ) -> None:
+        from sim.reclaim.mglru import Mglru
+
+        self.mem, self.limits, self.vmstat, self._swap_usage = mem, limits, vmstat, swap_usage
+        self.rng = rng
+        nr = len(limits.max)
+        self.lruvecs = [Mglru(cfg, nr_frames, vmstat, rng) for _ in range(nr)]
+        # pgdat->memcg_lru: seq, fifo[gen][bin] (memcg indices, head first), nr_memcgs[gen]
+        self.seq = 0
+        self.fifo: list[list[list[int]]] = [
+            [[] for _ in range(MEMCG_NR_BINS)] for _ in range(MEMCG_NR_GENS)
+        ]
+        self.nr_memcgs = [0] * MEMCG_NR_GENS
+        self.gen = [0] * nr
+        self.seg = [0] * nr
+        self.bin = [i % MEMCG_NR_BINS for i in range(nr)]
+        for i in range(nr):  # lru_gen_online_memcg: the tail of the current generation
+            self.fifo[0][self.bin[i]].append(i)
+            self.nr_memcgs[0] += 1
+
+    # -- the memcg LRU -----------------------------------------------------------------------
+    def lru_gen_rotate_memcg(self, memcg: int, op: int) -> None:
+        """``lru_gen_rotate_memcg``: HEAD/TAIL keep the generation and set the segment; OLD
+        and YOUNG move to the current / next generation; when the old generation empties and
+        was the current one, ``seq`` advances."""
+        seg = 0
+        old = new = self.gen[memcg]
+        if op == MEMCG_LRU_HEAD:
+            seg = MEMCG_LRU_HEAD
+        elif op == MEMCG_LRU_TAIL:
+            seg = MEMCG_LRU_TAIL
+        elif op == MEMCG_LRU_OLD:
+            new = self.seq % MEMCG_NR_GENS
+        else:
+            new = (self.seq + 1) % MEMCG_NR_GENS
+        self.seg[memcg], self.gen[memcg] = seg, new
+        b = self.bin[memcg]
+        self.fifo[old][b].remove(memcg)
+        if op in (MEMCG_LRU_HEAD, MEMCG_LRU_OLD):
+            self.fifo[new][b].insert(0, memcg)
+        else:
+            self.fifo[new][b].append(memcg)
+        self.nr_memcgs[old] -= 1
+        self.nr_memcgs[new] += 1
+        if not self.nr_memcgs[old] and old == self.seq % MEMCG_NR_GENS:
+            self.seq += 1
+
+    def _reclaimer(self, memcg: int, reclaim: Reclaimer) -> Reclaimer:
+        def room() -> bool:
+            return self._swap_usage(memcg) < self.limits.swap_max[memcg]
+
+        return MemcgWalkReclaimer(reclaim, room, self.mem, memcg)  # type: ignore[return-value]
+
+    def _shrink_one(self, memcg: int, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
+        """``shrink_one``; leaves the rotation op in ``self._op``."""
+        size = int(self.mem.nr_resident[memcg])
+        if size <= self.limits.min[memcg]:  # mem_cgroup_below_min
+            self._op = MEMCG_LRU_YOUNG
+            return
+        if size <= self.limits.low[memcg]:  # mem_cgroup_below_low
+            if self.seg[memcg] != MEMCG_LRU_TAIL:
+                self._op = MEMCG_LRU_TAIL
+                return
+            self.vmstat.count(MEMCG_LOW, 1, memcg)  # type: ignore[attr-defined]
+        lv = self.lruvecs[memcg]
+        lv.should_rotate = False
+        sc.memcg = memcg
+        yield from lv.shrink_node(sc, self._reclaimer(memcg, reclaim))
+        sc.memcg = -1
+        if lv.should_rotate:
+            self._op = MEMCG_LRU_YOUNG
+        elif int(lv.nr_pages.sum()) >> sc.priority:  # lruvec_is_sizable: no progress
+            self._op = 0
+        else:  # one retry if too small
+            self._op = MEMCG_LRU_TAIL if self.seg[memcg] != MEMCG_LRU_TAIL else MEMCG_LRU_YOUNG
+
+    def _shrink_many(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
+        """``shrink_many``: the memcgs of the oldest generation, bin by bin from a random one,
+        each rotated after it is shrunk; stops once enough is reclaimed."""
+        first = int(self.rng.integers(MEMCG_NR_BINS))
+        b = first
+        while True:
+            gen = self.seq % MEMCG_NR_GENS
+            lst = self.fifo[gen][b]
+            k, prev = 0, -1
+            self._op = 0
+            aborted = False
+            while k < len(lst):
+                i = lst[k]
+                if self._op:
+                    self.lru_gen_rotate_memcg(prev, self._op)
+                    self._op = 0
+                    k = lst.index(i)
+                k += 1
+                if self.gen[i] != gen:
+                    continue
+                prev = i
+                yield from self._shrink_one(i, sc, reclaim)
+                if self.lruvecs[i]._should_abort_scan(sc, reclaim):
+                    aborted = True
+                    break
+            if self._op:
+                self.lru_gen_rotate_memcg(prev, self._op)
+                self._op = 0
+            if aborted:
+                return
+            b = (b + 1) % MEMCG_NR_BINS
+            if b == first:
+                return
+
+    # -- EvictionPolicy ----------------------------------------------------------------------
+    def _lruvec(self, pfn: int) -> Any:
+        mem = self.mem
+        return self.lruvecs[mem.page_owner(mem.frame_pid.item(pfn))]
+
+    def _split(self, pfns: Pfns) -> Iterator[tuple[Any, Pfns]]:
+        if len(pfns) == 0:
+            return
+        owners = self.mem.page_owners(self.mem.frame_pid[pfns])
+        for i in np.unique(owners).tolist():
+            yield self.lruvecs[i], pfns[owners == i]
+
+    def folio_add_lru(self, pfn: int, shadow: int | None) -> None:
+        """To the lruvec of the folio's memcg."""
+        self._lruvec(pfn).folio_add_lru(pfn, shadow)
+
+    def folio_mark_accessed(self, pfn: int) -> None:
+        """``lru_gen_inc_refs`` on the folio's lruvec."""
+        self._lruvec(pfn).folio_mark_accessed(pfn)
+
+    def folio_remove(self, pfns: Pfns) -> None:
+        """Folios of an exited mm leave their lruvec."""
+        for lv, part in self._split(pfns):
+            lv.folio_remove(part)
+
+    def folio_rotate_reclaimable(self, pfn: int) -> None:
+        """To the oldest generation's tail of the folio's lruvec."""
+        self._lruvec(pfn).folio_rotate_reclaimable(pfn)
+
+    def workingset_eviction(self, pfns: Pfns) -> NDArray[np.uint32]:
+        """Tokens from each folio's own lruvec."""
+        out = np.empty(len(pfns), dtype=np.uint32)
+        for i in range(len(self.lruvecs)):
+            if len(pfns) == 0:
+                break
+            sel = self.mem.page_owners(self.mem.frame_pid[pfns]) == i
+            if sel.any():
+                out[sel] = self.lruvecs[i].workingset_eviction(pfns[sel])
+        return out
+
+    def shrink_node(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
+        """Root reclaim: ``shrink_many``; limit reclaim: the target's lruvec only."""
+        if sc.target_memcg >= 0:
+            i = sc.target_memcg
+            sc.memcg = i
+            yield from self.lruvecs[i].shrink_node(sc, self._reclaimer(i, reclaim))
+            sc.memcg = -1
+            return
+        yield from self._shrink_many(sc, reclaim)
+
+    def age_node(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
+        """``lru_gen_age_node``: drain every lruvec's batch; the min_ttl OOM check over all."""
+        for lv in self.lruvecs:
+            lv._lru_add_drain()
+        cfg = self.lruvecs[0].cfg
+        if cfg.min_ttl_ms and not any(
+            lv._lruvec_is_reclaimable(sc, self._reclaimer(i, reclaim))
+            for i, lv in enumerate(self.lruvecs)
+        ):
+            self.vmstat["mglru_min_ttl_oom"] += 1
+        yield from ()
+
+    def reclaim_cycle_end(self) -> None:
+        """Nothing to snapshot."""
+
+    def on_access(self, pfns: Pfns, seq: NDArray[np.int64]) -> None:
+        """Real policies see only accessed bits."""
+
+    def set_future(self, next_use: NDArray[np.int64]) -> None:
+        """Real policies do not know the future."""
+
+    def lru_sizes(self) -> dict[str, int]:
+        """Folios per generation and legacy split, summed over the lruvecs."""
+        out: Counter[str] = Counter()
+        for lv in self.lruvecs:
+            out.update(lv.lru_sizes())
+        return dict(out)
+
+    def check(self, on_lru: NDArray[np.bool_]) -> None:
+        """Each lruvec holds exactly its memcg's folios; the memcg LRU holds every memcg once,
+        in the list of its generation and bin."""
+        owner = np.full(len(on_lru), -1, dtype=np.int64)
+        fp = self.mem.frame_pid
+        owned = fp >= 0
+        owner[owned] = self.mem.page_owners(fp[owned])
+        for i, lv in enumerate(self.lruvecs):
+            lv.check(on_lru & (owner == i))
+            assert self.fifo[self.gen[i]][self.bin[i]].count(i) == 1, "memcg LRU membership"
+        listed = sum(len(b) for g in self.fifo for b in g)
+        assert listed == len(self.lruvecs) == sum(self.nr_memcgs), "memcg LRU counts"
