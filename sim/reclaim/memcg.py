@@ -61,7 +61,70 @@ class MemcgReclaimer:
         return getattr(self._reclaim, name)
 
 
-class MemcgTwoList:
+class PerMemcgLruvecs:
+    """What every per-memcg policy shares: each folio lives on the lruvec of the memcg it is
+    charged to (``folio_lruvec``), so the hooks the host calls go to that lruvec."""
+
+    lruvecs: list[Any]
+    mem: HostMemory
+
+    def _lruvec(self, pfn: int) -> Any:
+        """``folio_lruvec``: the lruvec of the memcg the folio is charged to."""
+        mem = self.mem
+        return self.lruvecs[mem.page_owner(mem.frame_pid.item(pfn))]
+
+    def _split(self, pfns: Pfns) -> Iterator[tuple[Any, Pfns]]:
+        """Folios grouped by lruvec, each group in the given order."""
+        if len(pfns) == 0:
+            return
+        owners = self.mem.page_owners(self.mem.frame_pid[pfns])
+        for i in np.unique(owners).tolist():
+            yield self.lruvecs[i], pfns[owners == i]
+
+    def _owners(self, nr: int) -> NDArray[np.int64]:
+        """Each frame's memcg (-1: free or not a guest page)."""
+        owner = np.full(nr, -1, dtype=np.int64)
+        fp = self.mem.frame_pid
+        owned = fp >= 0
+        owner[owned] = self.mem.page_owners(fp[owned])
+        return owner
+
+    def folio_add_lru(self, pfn: int, shadow: int | None) -> None:
+        """To the lruvec of the folio's memcg (a refault is judged by that lruvec's clock)."""
+        self._lruvec(pfn).folio_add_lru(pfn, shadow)
+
+    def folio_mark_accessed(self, pfn: int) -> None:
+        """``folio_mark_accessed`` on the folio's lruvec."""
+        self._lruvec(pfn).folio_mark_accessed(pfn)
+
+    def folio_remove(self, pfns: Pfns) -> None:
+        """Folios of an exited mm leave their lruvec."""
+        for lv, part in self._split(pfns):
+            lv.folio_remove(part)
+
+    def folio_rotate_reclaimable(self, pfn: int) -> None:
+        """To the reclaim end of the folio's lruvec."""
+        self._lruvec(pfn).folio_rotate_reclaimable(pfn)
+
+    def workingset_eviction(self, pfns: Pfns) -> NDArray[np.uint32]:
+        """Shadows from each folio's own lruvec."""
+        out = np.empty(len(pfns), dtype=np.uint32)
+        if len(pfns) == 0:
+            return out
+        owners = self.mem.page_owners(self.mem.frame_pid[pfns])
+        for i in np.unique(owners).tolist():
+            sel = owners == i
+            out[sel] = self.lruvecs[i].workingset_eviction(pfns[sel])
+        return out
+
+    def on_access(self, pfns: Pfns, seq: NDArray[np.int64]) -> None:
+        """Real policies see only accessed bits."""
+
+    def set_future(self, next_use: NDArray[np.int64]) -> None:
+        """Real policies do not know the future."""
+
+
+class MemcgTwoList(PerMemcgLruvecs):
     """The two-list policy with one lruvec per memcg (one memcg per VM).
 
     Args:
@@ -109,54 +172,11 @@ class MemcgTwoList:
         for lv in self.lruvecs:
             lv.page_shift = shift
 
-    # -- which lruvec ------------------------------------------------------------------------
-    def _lruvec(self, pfn: int) -> TwoList:
-        """``folio_lruvec``: the lruvec of the memcg the folio is charged to."""
-        mem = self.mem
-        return self.lruvecs[mem.page_owner(mem.frame_pid.item(pfn))]
-
-    def _split(self, pfns: Pfns) -> Iterator[tuple[TwoList, Pfns]]:
-        """Folios grouped by lruvec, each group in the given order."""
-        if len(pfns) == 0:
-            return
-        owners = self.mem.page_owners(self.mem.frame_pid[pfns])
-        for i in np.unique(owners).tolist():
-            yield self.lruvecs[i], pfns[owners == i]
-
     def _reclaimer(self, memcg: int, reclaim: Reclaimer) -> Reclaimer:
         def room() -> bool:
             return self._swap_usage(memcg) < self.limits.swap_max[memcg]
 
         return MemcgReclaimer(reclaim, room)  # type: ignore[return-value]
-
-    # -- EvictionPolicy ----------------------------------------------------------------------
-    def folio_add_lru(self, pfn: int, shadow: int | None) -> None:
-        """To the lruvec of the folio's memcg (a refault is judged by that lruvec's clock)."""
-        self._lruvec(pfn).folio_add_lru(pfn, shadow)
-
-    def folio_mark_accessed(self, pfn: int) -> None:
-        """``folio_mark_accessed`` on the folio's lruvec."""
-        self._lruvec(pfn).folio_mark_accessed(pfn)
-
-    def folio_remove(self, pfns: Pfns) -> None:
-        """Folios of an exited mm leave their lruvec."""
-        for lv, part in self._split(pfns):
-            lv.folio_remove(part)
-
-    def folio_rotate_reclaimable(self, pfn: int) -> None:
-        """To the inactive tail of the folio's lruvec."""
-        self._lruvec(pfn).folio_rotate_reclaimable(pfn)
-
-    def workingset_eviction(self, pfns: Pfns) -> NDArray[np.uint32]:
-        """Shadows from each folio's own lruvec clock."""
-        out = np.empty(len(pfns), dtype=np.uint32)
-        if len(pfns) == 0:
-            return out
-        owners = self.mem.page_owners(self.mem.frame_pid[pfns])
-        for i in np.unique(owners).tolist():
-            sel = owners == i
-            out[sel] = self.lruvecs[i].workingset_eviction(pfns[sel])
-        return out
 
     def shrink_node(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
         """``shrink_node_memcgs``: each memcg's lruvec in turn (only the target's in limit
@@ -193,12 +213,6 @@ class MemcgTwoList:
         for lv in self.lruvecs:
             lv.reclaim_cycle_end()
 
-    def on_access(self, pfns: Pfns, seq: NDArray[np.int64]) -> None:
-        """Real policies see only accessed bits."""
-
-    def set_future(self, next_use: NDArray[np.int64]) -> None:
-        """Real policies do not know the future."""
-
     def lru_sizes(self) -> dict[str, int]:
         """Folios on each list, over every lruvec."""
         return {
@@ -208,10 +222,7 @@ class MemcgTwoList:
 
     def check(self, on_lru: NDArray[np.bool_]) -> None:
         """Each lruvec holds exactly the resident folios of its memcg."""
-        owner = np.full(len(on_lru), -1, dtype=np.int64)
-        fp = self.mem.frame_pid
-        owned = fp >= 0
-        owner[owned] = self.mem.page_owners(fp[owned])
+        owner = self._owners(len(on_lru))
         for i, lv in enumerate(self.lruvecs):
             lv.check(on_lru & (owner == i))
 
@@ -238,7 +249,7 @@ class MemcgWalkReclaimer(MemcgReclaimer):
         return pfns[mem.page_owners(mem.frame_pid[pfns]) == self._memcg]
 
 
-class MemcgMglru:
+class MemcgMglru(PerMemcgLruvecs):
     """MGLRU with one lruvec (generations, PID controller) per memcg and the node's memcg LRU.
 
     Models
@@ -387,45 +398,6 @@ class MemcgMglru:
                 return
 
     # -- EvictionPolicy ----------------------------------------------------------------------
-    def _lruvec(self, pfn: int) -> Any:
-        mem = self.mem
-        return self.lruvecs[mem.page_owner(mem.frame_pid.item(pfn))]
-
-    def _split(self, pfns: Pfns) -> Iterator[tuple[Any, Pfns]]:
-        if len(pfns) == 0:
-            return
-        owners = self.mem.page_owners(self.mem.frame_pid[pfns])
-        for i in np.unique(owners).tolist():
-            yield self.lruvecs[i], pfns[owners == i]
-
-    def folio_add_lru(self, pfn: int, shadow: int | None) -> None:
-        """To the lruvec of the folio's memcg."""
-        self._lruvec(pfn).folio_add_lru(pfn, shadow)
-
-    def folio_mark_accessed(self, pfn: int) -> None:
-        """``lru_gen_inc_refs`` on the folio's lruvec."""
-        self._lruvec(pfn).folio_mark_accessed(pfn)
-
-    def folio_remove(self, pfns: Pfns) -> None:
-        """Folios of an exited mm leave their lruvec."""
-        for lv, part in self._split(pfns):
-            lv.folio_remove(part)
-
-    def folio_rotate_reclaimable(self, pfn: int) -> None:
-        """To the oldest generation's tail of the folio's lruvec."""
-        self._lruvec(pfn).folio_rotate_reclaimable(pfn)
-
-    def workingset_eviction(self, pfns: Pfns) -> NDArray[np.uint32]:
-        """Tokens from each folio's own lruvec."""
-        out = np.empty(len(pfns), dtype=np.uint32)
-        for i in range(len(self.lruvecs)):
-            if len(pfns) == 0:
-                break
-            sel = self.mem.page_owners(self.mem.frame_pid[pfns]) == i
-            if sel.any():
-                out[sel] = self.lruvecs[i].workingset_eviction(pfns[sel])
-        return out
-
     def shrink_node(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
         """Root reclaim: ``shrink_many``; limit reclaim: the target's lruvec only."""
         if sc.target_memcg >= 0:
@@ -451,12 +423,6 @@ class MemcgMglru:
     def reclaim_cycle_end(self) -> None:
         """Nothing to snapshot."""
 
-    def on_access(self, pfns: Pfns, seq: NDArray[np.int64]) -> None:
-        """Real policies see only accessed bits."""
-
-    def set_future(self, next_use: NDArray[np.int64]) -> None:
-        """Real policies do not know the future."""
-
     def lru_sizes(self) -> dict[str, int]:
         """Folios per generation and legacy split, summed over the lruvecs."""
         out: Counter[str] = Counter()
@@ -467,10 +433,7 @@ class MemcgMglru:
     def check(self, on_lru: NDArray[np.bool_]) -> None:
         """Each lruvec holds exactly its memcg's folios; the memcg LRU holds every memcg once,
         in the list of its generation and bin."""
-        owner = np.full(len(on_lru), -1, dtype=np.int64)
-        fp = self.mem.frame_pid
-        owned = fp >= 0
-        owner[owned] = self.mem.page_owners(fp[owned])
+        owner = self._owners(len(on_lru))
         for i, lv in enumerate(self.lruvecs):
             lv.check(on_lru & (owner == i))
             assert self.fifo[self.gen[i]][self.bin[i]].count(i) == 1, "memcg LRU membership"
