@@ -3,6 +3,7 @@
 python -m analysis.figures notifiers RUN_ON RUN_OFF [-o docs/notifiers.png]
 python -m analysis.figures policies SWEEP_DIR [-o docs/policies.png]
 python -m analysis.figures overcommit SWEEP_DIR [-o docs/sweep_overcommit.png]
+python -m analysis.figures protection RUN_A RUN_B [--labels A,B] [-o docs/noisy_neighbour.png]
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.load import load_run
-from analysis.plots import compare_runs, overcommit_figure, policies_figure
+from analysis.plots import compare_runs, overcommit_figure, policies_figure, protection_figure
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,12 +33,24 @@ def main(argv: list[str] | None = None) -> int:
     o = sub.add_parser("overcommit", help="an overcommit sweep: major faults and stall")
     o.add_argument("sweep_dir")
     o.add_argument("-o", "--out", default="docs/sweep_overcommit.png")
+    m = sub.add_parser("protection", help="two runs: each VM's stall per window, resident memory")
+    m.add_argument("run_a")
+    m.add_argument("run_b")
+    m.add_argument("--labels", default="with memory.low,without", help="two labels, a,b")
+    m.add_argument("-o", "--out", default="docs/noisy_neighbour.png")
     args = ap.parse_args(argv)
     try:
         if args.figure == "notifiers":
             on, off = load_run(args.run_on), load_run(args.run_off)
             fig = compare_runs([("notifiers on", on), ("notifiers off", off)])
             fig.suptitle(f"{on.summary['name']}: KVM aging notifiers on vs off", fontsize="medium")
+        elif args.figure == "protection":
+            labels = args.labels.split(",")
+            if len(labels) != 2:
+                raise ValueError(f"--labels {args.labels!r}: give two labels, e.g. on,off")
+            a, b = load_run(args.run_a), load_run(args.run_b)
+            fig = protection_figure([(labels[0], a), (labels[1], b)])
+            fig.suptitle(f"{a.summary['name']}: {labels[0]} vs {labels[1]}", fontsize="medium")
         elif args.figure == "overcommit":
             fig = _overcommit(Path(args.sweep_dir))
         else:

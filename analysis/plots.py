@@ -64,6 +64,56 @@ def compare_runs(runs: Sequence[tuple[str, Run]], bin_ms: float = 100.0) -> plt.
     return fig
 
 
+def stall_windows(run: Run, window_ms: float = 100.0) -> pd.DataFrame:
+    """Each VM's vCPU stall fraction per window of ``window_ms`` (tidy: t_s, vm, stall,
+    resident MiB), from the timeline's cumulative ``stall_ns`` over the VM's vCPU time."""
+    tl = run.table("timeline")
+    vcpus = {v["name"]: v["vcpus"] for v in run.summary["vms"]}
+    page_mib = run.summary["host"].get("page_size_kib", 4) / 1024
+    win_ns = int(window_ms * 1e6)
+    tl = tl[tl.t_ns % win_ns == 0]
+    out = []
+    for vm, g in tl.groupby(tl.vm.astype(str), observed=True):
+        g = g.sort_values("t_ns")
+        dt = g.t_ns.diff() * vcpus[vm]
+        out.append(
+            pd.DataFrame(
+                {
+                    "t_s": g.t_ns / 1e9,
+                    "vm": vm,
+                    "stall": g.stall_ns.diff() / dt,
+                    "resident MiB": g.resident_pages * page_mib,
+                }
+            ).iloc[1:]
+        )
+    return pd.concat(out, ignore_index=True)
+
+
+def protection_figure(runs: Sequence[tuple[str, Run]], window_ms: float = 100.0) -> plt.Figure:
+    """Per-VM stall per window and resident memory, for labelled runs (e.g. with and without
+    a memcg's memory.low): who pays for reclaim, and who keeps its pages."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    fig, (ax_stall, ax_res) = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
+    frames = []
+    for label, run in runs:
+        df = stall_windows(run, window_ms)
+        df["run"] = label
+        frames.append(df)
+    data = pd.concat(frames, ignore_index=True)
+    data["stall %"] = 100 * data["stall"]
+    sns.lineplot(data=data, x="t_s", y="stall %", hue="vm", style="run", ax=ax_stall, lw=1)
+    ax_stall.set(
+        xlabel="simulated time (s)",
+        ylabel=f"vCPU time stalled per {window_ms:g} ms (%)",
+        title="Stall per window",
+    )
+    sns.lineplot(data=data, x="t_s", y="resident MiB", hue="vm", style="run", ax=ax_res, lw=1)
+    ax_res.set(xlabel="simulated time (s)", ylabel="resident guest memory (MiB)", title="Resident")
+    for ax in (ax_stall, ax_res):
+        ax.legend(fontsize="small")
+    return fig
+
+
 def mrc_figure(curves: pd.DataFrame, title: str = "") -> plt.Figure:
     """Miss ratio against memory size: exact LRU as a curve, other policies at their sizes."""
     sns.set_theme(style="whitegrid", context="notebook")

@@ -8,6 +8,7 @@ import pytest
 
 from analysis.figures import main as figures_main
 from analysis.load import fault_rate, load_run
+from analysis.plots import stall_windows
 from sim.engine import run_scenario
 from tests.conftest import tiny
 
@@ -113,3 +114,24 @@ def test_time_axes_shade_the_warmup(tmp_path: Path) -> None:
     plain = fault_figure(tl, "w")
     assert not [p for ax in plain.axes for p in ax.patches if p.get_label() == "warm-up"]
     plt.close(plain)
+
+
+def test_stall_windows_add_up_and_the_protection_figure_draws(tmp_path: Path) -> None:
+    """Each VM's stall per window, times the window and its vCPUs, adds up to its stall over
+    the windows (the timeline is sampled every millisecond here, windows are 10 ms)."""
+    sc = tiny(duration_s=0.1, engine={"batch_accesses": 128, "sample_interval_ms": 1.0})
+    run_scenario(sc, tmp_path / "a")
+    run_scenario(tiny(duration_s=0.1, kvm={"mmu_notifiers": False}), tmp_path / "b")
+    a = load_run(tmp_path / "a")
+    w = stall_windows(a, window_ms=10)
+    tl = a.table("timeline")
+    for v in a.summary["vms"]:
+        mine = w[w.vm == v["name"]]
+        last = tl[(tl.vm.astype(str) == v["name"]) & (tl.t_ns % 10_000_000 == 0)].stall_ns.max()
+        assert (mine.stall * 0.01e9 * v["vcpus"]).sum() == pytest.approx(last)
+        assert mine.stall.between(0, 1).all()
+    out = tmp_path / "p.png"
+    args = ["protection", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(out)]
+    assert figures_main(args) == 0
+    assert out.stat().st_size > 10_000
+    assert figures_main([*args, "--labels", "only-one"]) == 2
