@@ -243,6 +243,7 @@ def capacity_figure(plan: dict[str, Any], runs: pd.DataFrame) -> plt.Figure:
         "vms": "VMs on the host",
         "host.memory_mib": "host memory (MiB)",
         "overcommit": "overcommit (guest RAM / host memory)",
+        "memcg.max_mib": "memory.max per VM (MiB)",
     }.get(var, var)
     ax.set(
         xlabel=label,

@@ -8,8 +8,9 @@ A plan file is YAML (:class:`PlanSpec`; unknown keys are errors, each a one-line
     profile: {name: web, memory_mib: 2048, vcpus: 2, workload: {type: zipf, alpha: 1.2}}
     # or a mix, split by weight (largest remainder, ties to the earlier entry):
     # mix: [{vm: {name: web, ...}, weight: 2}, {vm: {name: db, ...}, weight: 1}]
-    search: {variable: vms, low: 1, high: 16}          # or host.memory_mib / overcommit with
-                                                       # step and vms: N (VMs of the mix)
+    search: {variable: vms, low: 1, high: 16}          # or host.memory_mib / overcommit /
+                                                       # memcg.max_mib with step and vms: N
+                                                       # (VMs of the mix)
     slo: {metric: stall_window_p99, max: 0.2}
     seeds: [1, 2, 3]
     confidence: 0.9
@@ -35,6 +36,13 @@ the run's summary.json and so all measured after the scenario's ``warmup_s``:
     minute as a fraction of its working set (``working_set_mib``, else its memory), e.g.
     0.002 = 0.2% of the working set per minute. A run in which the OOM killer killed a VM
     violates any SLO (its metric is infinite).
+
+``memcg.max_mib`` searches the smallest ``memory.max`` (MiB) of the VMs of the profile or
+mix (or of the base's VMs without one), or of the VM profiles named in ``search.apply_to``:
+each candidate writes it into their ``memcg`` section, keeping its other settings
+(``memory.low``, ...); every other search keeps the profiles' ``memcg`` as written, so an
+overcommit or vms search of guests with ``memcg: {low_mib: ...}`` plans under that
+protection. Its candidates must be whole pages and at most the limited VMs' memory.
 
 Warm-up: one notion, the scenario's ``warmup_s``. A plan's ``warmup_s``, if given, is written
 into every candidate scenario (replacing the base's); if omitted the base's applies.
@@ -65,7 +73,8 @@ import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
 from sim.config import MAX_DURATION_S, MAX_VMS, Scenario, parse_scenario, resolve_paths, set_dotted
-from sim.errors import ConfigError, UserError, shown_path
+from sim.errors import ConfigError, UserError, shown, shown_path
+from sim.host.memcontrol import MAX_MIB
 from sim.results import FRACTION_METRICS, ResultName, host_row, vm_rows, write_atomic
 from sim.schema import Strict
 from sim.stats import t_interval
@@ -82,7 +91,8 @@ from sim.sweep import (
 )
 
 # variable -> +1 if a larger value is harder (worse for the SLO), -1 if a smaller one is
-VARIABLES = {"vms": +1, "overcommit": +1, "host.memory_mib": -1}
+VARIABLES = {"vms": +1, "overcommit": +1, "host.memory_mib": -1, "memcg.max_mib": -1}
+SHORT = {"vms": "vms", "host.memory_mib": "mem", "overcommit": "oc", "memcg.max_mib": "max"}
 METRICS = {
     "stall_mean_p99_vms": "p99 over VMs of mean vCPU stall fraction",
     "stall_max": "worst VM's vCPU stall fraction",
@@ -104,11 +114,13 @@ class PlanError(RuntimeError):
 class SearchSpec(Strict):
     """``search:``: the variable, its range and grid spacing."""
 
-    variable: Literal["vms", "overcommit", "host.memory_mib"]
+    variable: Literal["vms", "overcommit", "host.memory_mib", "memcg.max_mib"]
     low: float = Field(gt=0)
     high: float = Field(gt=0)
     step: float | None = Field(None, gt=0)
     vms: int | None = Field(None, ge=1, le=MAX_VMS)
+    # memcg.max_mib: the VM profiles (by name) whose memory.max is searched; None: every VM
+    apply_to: list[str] | None = Field(None, min_length=1, max_length=MAX_VMS)
 
     @model_validator(mode="after")
     def _range(self) -> SearchSpec:
@@ -125,7 +137,13 @@ class SearchSpec(Strict):
         if self.step is None and self.variable != "vms":
             raise ValueError(f"search.step: required for {self.variable} (the grid spacing)")
         if self.variable == "vms" and self.vms is not None:
-            raise ValueError("search.vms: only for host.memory_mib/overcommit searches")
+            raise ValueError(
+                "search.vms: only for host.memory_mib/overcommit/memcg.max_mib searches"
+            )
+        if self.apply_to is not None and self.variable != "memcg.max_mib":
+            raise ValueError("search.apply_to: only for memcg.max_mib searches; remove it")
+        if self.variable == "memcg.max_mib" and self.high > MAX_MIB:
+            raise ValueError(f"search.high: memcg.max_mib at most {MAX_MIB} MiB (64 TiB)")
         span = (self.high - self.low) / (self.step or 1.0)
         if not span < MAX_POINTS:  # also an infinite span
             raise ValueError(
@@ -183,6 +201,15 @@ class PlanSpec(Strict):
         for i, item in enumerate(self.mix or []):
             if "count" in item.vm:
                 raise ValueError(f"mix[{i}].vm.count: the plan sets counts; use weight")
+        if self.search.variable == "memcg.max_mib":
+            written = [("profile", self.profile)] if self.profile is not None else []
+            written += [(f"mix[{i}].vm", item.vm) for i, item in enumerate(self.mix or [])]
+            for where, vm in written:
+                memcg = vm.get("memcg")
+                if isinstance(memcg, dict) and "max_mib" in memcg:
+                    raise ValueError(
+                        f"{where}.memcg.max_mib: the plan searches it (search.variable); remove it"
+                    )
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds: expected a list of distinct non-negative integers")
         has_mix = self.profile is not None or self.mix is not None
@@ -208,6 +235,7 @@ class Plan:
     seeds: list[int]
     confidence: float
     warmup_s: float | None  # written into every candidate's warmup_s; None: the base's
+    apply_to: tuple[str, ...] | None = None  # memcg.max_mib: VM profiles limited; None: all
 
     def scenario(self, value: float, seed: int, where: str = "plan") -> Scenario:
         """The scenario at one candidate value and seed."""
@@ -225,12 +253,21 @@ class Plan:
         elif self.variable == "overcommit":
             guest = sum(_mib(v, "memory_mib") * _mib(v, "count", 1) for v in _vm_dicts(raw))
             set_dotted(raw, "host.memory_mib", max(1, round(guest / value)), where)
+        elif self.variable == "memcg.max_mib":
+            for vm in self.limited(raw):  # other memcg settings (memory.low, ...) are kept
+                memcg = vm.get("memcg")
+                vm["memcg"] = {**(memcg if isinstance(memcg, dict) else {}), "max_mib": int(value)}
         raw["seed"] = seed
         if self.warmup_s is not None:
             raw["warmup_s"] = self.warmup_s
-        short = {"vms": "vms", "host.memory_mib": "mem", "overcommit": "oc"}[self.variable]
-        raw["name"] = f"{self.name}-{short}{fmt_value(value)}"
+        raw["name"] = f"{self.name}-{SHORT[self.variable]}{fmt_value(value)}"
         return parse_scenario(raw, where)
+
+    def limited(self, raw: dict[str, Any]) -> list[dict[str, Any]]:
+        """The VM profiles of a raw scenario whose memory.max a memcg.max_mib search sets."""
+        return [
+            v for v in _vm_dicts(raw) if self.apply_to is None or v.get("name") in self.apply_to
+        ]
 
     def label(self, value: float) -> str:
         """A candidate as a label: ``vms=7``, ``host.memory_mib=4096``, ``overcommit=1.5``."""
@@ -301,8 +338,13 @@ def load_plan(
         taken = {"name": "each candidate's run name"}
         if mix is not None:
             taken["vms"] = "profile/mix"
-        if spec.search.variable != "vms":
+        if spec.search.variable in ("host.memory_mib", "overcommit"):
             taken["host.memory_mib"] = f"search.variable: {spec.search.variable}"
+        if spec.search.variable == "memcg.max_mib" and mix is None:
+            names = spec.search.apply_to
+            for i, vm in enumerate(_vm_dicts(raw)):
+                if names is None or vm.get("name") in names:
+                    taken[f"vms.{i}.memcg.max_mib"] = "search.variable: memcg.max_mib"
         raw = apply_base_overrides(path, raw, overrides, taken)
     seeds = seeds or list(spec.seeds)
     values = _candidates(spec.search)
@@ -319,8 +361,11 @@ def load_plan(
         seeds,
         spec.confidence,
         spec.warmup_s,
+        None if spec.search.apply_to is None else tuple(spec.search.apply_to),
     )
     source = shown_path(path)
+    if plan.variable == "memcg.max_mib":
+        _check_memcg_search(plan, spec.search, source)
     cache: Cache = {}
     for v in values:
         where = f"{source}: {plan.label(v)}"
@@ -329,6 +374,15 @@ def load_plan(
             check_traces(sc, where, full=False, cache=cache)
         except UserError as exc:
             raise ConfigError(str(exc)) from None
+        if plan.variable == "memcg.max_mib":
+            limited = [vm for vm in sc.vms if plan.apply_to is None or vm.name in plan.apply_to]
+            over = [vm for vm in limited if v > vm.memory_mib]
+            if over:
+                raise ConfigError(
+                    f"{source}: search.high: memcg.max_mib {fmt_value(v)} exceeds the memory of "
+                    f"VM profile {over[0].name} ({over[0].memory_mib} MiB; a larger memory.max "
+                    f"limits nothing); lower search.high to {over[0].memory_mib}"
+                )
         if (
             plan.metric.startswith("stall_window")
             and sc.warmup_s + (sc.metrics.window_ms / 1000) > sc.duration_s
@@ -339,6 +393,33 @@ def load_plan(
                 f"duration_s ({sc.duration_s:g} s); shorten either or lengthen the run"
             )
     return plan
+
+
+def _check_memcg_search(plan: Plan, search: SearchSpec, source: str) -> None:
+    """A memcg.max_mib search limits some VM, and its candidates are whole pages (else every
+    candidate would be refused one by one, naming a scenario key the plan file does not have)."""
+    names = [v.get("name") for v in _vm_dicts(plan.base)]
+    if plan.mix is not None:
+        names = [vm.get("name") for vm, _ in plan.mix]
+    missing = [n for n in plan.apply_to or () if n not in names]
+    if missing:
+        known = ", ".join(str(n) for n in names)
+        raise ConfigError(
+            f"{source}: search.apply_to: no VM profile named {shown(missing[0])} (the plan's "
+            f"VM profiles: {known}); name one of them or remove apply_to"
+        )
+    host = plan.base.get("host")
+    page_kib = host.get("page_size_kib", 4) if isinstance(host, dict) else 4
+    unit = max(1, page_kib >> 10) if page_kib in (4, 2048) else 1  # else the base is refused
+    for key, mib in (("low", search.low), ("step", search.step)):
+        if mib is not None and mib % unit:
+            lo = int(mib - mib % unit)
+            fix = f"{lo} or {lo + unit}" if lo else str(unit)
+            raise ConfigError(
+                f"{source}: search.{key}: {fmt_value(mib)} is not a multiple of the {unit} MiB "
+                f"page (host.page_size_kib: {page_kib}), so memcg.max_mib candidates would not "
+                f"be whole pages; use {fix}"
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -426,6 +507,8 @@ class PlanResult:
             "vms": "fits {} VMs",
             "host.memory_mib": "needs {} MiB of host memory",
             "overcommit": "holds an overcommit of {}x",
+            "memcg.max_mib": "needs a memory.max of {} MiB "
+            + ("per VM" if p.apply_to is None else "for " + ", ".join(p.apply_to)),
         }[p.variable]
         slo = f"{p.metric} <= {fmt_value(p.slo_max)}"
         n = len(p.seeds)
@@ -589,6 +672,7 @@ def write_plan(result: PlanResult, target: Path) -> None:
     meta = {
         "name": p.name,
         "variable": p.variable,
+        "apply_to": None if p.apply_to is None else list(p.apply_to),
         "direction": "larger is harder" if VARIABLES[p.variable] > 0 else "smaller is harder",
         "slo": {"metric": p.metric, "max": p.slo_max, "description": METRICS[p.metric]},
         "seeds": p.seeds,

@@ -365,3 +365,157 @@ def test_warmup_nan_is_refused(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(_spec(variable="vms", low=1, high=4)) + "warmup_s: .nan\n")
     with pytest.raises(ConfigError, match="warmup_s: Input should be a finite number"):
         load_plan(path)
+
+
+# -- memory cgroups -----------------------------------------------------------------------------
+
+WS_MIB = 3  # the capped guest touches 3 of its 8 MiB uniformly
+
+
+def _memcg_spec(**change: Any) -> dict[str, Any]:
+    spec = _known_answer_spec()
+    spec["name"] = "cap"
+    spec["base"] = {**spec["base"], "duration_s": 0.03, "reclaim": {"policy": "two_list"}}
+    spec["profile"] = {**spec["profile"], "memory_mib": 8, "working_set_mib": WS_MIB}
+    spec["search"] = {"variable": "memcg.max_mib", "low": 1, "high": 8, "step": 1, "vms": 1}
+    spec["warmup_s"] = 0.01
+    return {**spec, **change}
+
+
+def test_finds_the_smallest_memory_max_that_holds_the_working_set(tmp_path: Path) -> None:
+    """A memory.max at or above the working set never reclaims once it is faulted in; one page
+    size below it, the VM reclaims its own pages and faults them back all the time: the plan
+    answers the working set, on a host with room for everything (only the memcg reclaims)."""
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["plan", str(_write(tmp_path, _memcg_spec())), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert f"needs a memory.max of {WS_MIB} MiB per VM" in r.output
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["answer"] == WS_MIB
+    assert plan["direction"] == "smaller is harder"
+    by_value = {e["value"]: e for e in plan["evaluated"]}
+    assert by_value[WS_MIB - 1]["status"] == "fail"
+    runs = pd.read_parquet(out / "plan.parquet")
+    assert (runs[runs["memcg.max_mib"] >= WS_MIB].major_faults_per_s == 0).all()
+    assert (runs[runs["memcg.max_mib"] < WS_MIB].major_faults_per_s > 1000).all()
+    for run in runs.run:  # each run's memcg has the candidate's memory.max, in pages
+        summary = json.loads((out / "runs" / run / "summary.json").read_text())
+        value = int(runs[runs.run == run]["memcg.max_mib"].iloc[0])
+        (vm,) = summary["vms"]
+        assert vm["memcg"]["max_pages"] == value * 256, vm["memcg"]
+    assert (out / "capacity.png").stat().st_size > 0
+
+
+def test_memory_max_search_limits_the_named_profiles_and_keeps_other_settings(
+    tmp_path: Path,
+) -> None:
+    base = _memcg_spec()["base"]
+    vm = {"name": "capped", "memory_mib": 8, "memcg": {"low_mib": 2, "swap_max_mib": 16}}
+    base = {**base, "vms": [vm, {"name": "free", "count": 2, "memory_mib": 8}]}
+    spec = _memcg_spec(base=base, profile=None)
+    spec["search"] = {"variable": "memcg.max_mib", "low": 2, "high": 8, "step": 2}
+    spec["search"]["apply_to"] = ["capped"]
+    plan = load_plan(_write(tmp_path, spec))
+    assert plan.values == [8, 6, 4, 2]
+    sc = plan.scenario(4, 1)
+    capped, free = sc.vms
+    assert (capped.memcg.max_mib, capped.memcg.low_mib, capped.memcg.swap_max_mib) == (4, 2, 16)
+    assert free.memcg is None
+    del spec["search"]["apply_to"]
+    plan = load_plan(_write(tmp_path, spec))
+    assert [vm.memcg.max_mib for vm in plan.scenario(6, 1).vms] == [6, 6]
+    assert plan.scenario(6, 1).vms[0].memcg.low_mib == 2
+    with pytest.raises(ConfigError, match=r"sets vms.0.memcg.max_mib itself"):
+        load_plan(_write(tmp_path, spec), ["vms.0.memcg.max_mib=8"])
+    assert load_plan(_write(tmp_path, spec), ["vms.0.memcg.low_mib=4"]).base["vms"][0]["memcg"]
+
+
+@pytest.mark.parametrize("variable", ["overcommit", "vms"])
+def test_vms_and_overcommit_searches_keep_the_profiles_memory_low(
+    tmp_path: Path, variable: str
+) -> None:
+    """Guests with memory.low plan under that protection: every candidate keeps it, and the
+    runs' summaries show it on every VM."""
+    spec = _known_answer_spec()
+    spec["base"] = {**spec["base"], "reclaim": {"policy": "two_list"}}
+    spec["profile"] = {**spec["profile"], "memcg": {"low_mib": 2}}
+    spec["seeds"] = [1]
+    if variable == "overcommit":
+        spec["search"] = {"variable": "overcommit", "low": 1.0, "high": 2.0, "step": 0.5, "vms": 3}
+    else:
+        spec["search"] = {"variable": "vms", "low": 1, "high": 4}
+    plan = load_plan(_write(tmp_path, spec))
+    for v in plan.values:
+        sc = plan.scenario(v, 1)
+        assert all(vm.memcg is not None and vm.memcg.low_mib == 2 for vm in sc.vms)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["plan", str(_write(tmp_path, spec)), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    runs = pd.read_parquet(out / "plan.parquet")
+    for run in runs.run:
+        summary = json.loads((out / "runs" / run / "summary.json").read_text())
+        assert {vm["memcg"]["low_pages"] for vm in summary["vms"]} == {2 * 256}
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (
+            {"search": {"variable": "memcg.max_mib", "low": 1, "high": 9, "step": 1, "vms": 1}},
+            "search.high: memcg.max_mib 9 exceeds the memory of VM profile vm (8 MiB",
+        ),
+        (
+            {
+                "search": {"variable": "memcg.max_mib", "low": 3, "high": 8, "step": 2, "vms": 1},
+                "base": {
+                    **_memcg_spec()["base"],
+                    "host": {"memory_mib": 16, "page_size_kib": 2048},
+                },
+            },
+            "search.low: 3 is not a multiple of the 2 MiB page (host.page_size_kib: 2048)",
+        ),
+        (
+            {"base": {**_memcg_spec()["base"], "reclaim": {"policy": "clock"}}},
+            "vms[0].memcg: per-memcg reclaim is modelled for reclaim.policy two_list and mglru",
+        ),
+        (
+            {
+                "search": {
+                    "variable": "memcg.max_mib",
+                    "low": 1,
+                    "high": 8,
+                    "step": 1,
+                    "vms": 1,
+                    "apply_to": ["db"],
+                }
+            },
+            "search.apply_to: no VM profile named 'db'",
+        ),
+        (
+            {"search": {"variable": "vms", "low": 1, "high": 4, "apply_to": ["vm"]}},
+            "search.apply_to: only for memcg.max_mib",
+        ),
+        (
+            {"profile": {"name": "vm", "memory_mib": 8, "memcg": {"max_mib": 4}}},
+            "profile.memcg.max_mib: the plan searches it",
+        ),
+        (
+            {"search": {"variable": "memcg.max_mib", "low": 1, "high": 8, "step": 1}},
+            "search.vms: required with a profile",
+        ),
+        (
+            {"search": {"variable": "memcg.max_mib", "low": 1, "high": 8.5, "step": 1, "vms": 1}},
+            "search.high: expected an integer",
+        ),
+    ],
+)
+def test_bad_memcg_plan_is_one_line_exit_2(
+    tmp_path: Path, change: dict[str, Any], needle: str
+) -> None:
+    r = CliRunner().invoke(
+        main, ["plan", str(_write(tmp_path, _memcg_spec(**change))), "--out", str(tmp_path)]
+    )
+    assert r.exit_code == 2, r.output
+    assert needle in r.output
+    assert len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "runs").exists()
