@@ -253,7 +253,9 @@ def capacity_figure(plan: dict[str, Any], runs: pd.DataFrame) -> plt.Figure:
     )
     if var == "vms":
         ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.legend(fontsize="small", loc="upper left")
+    # the curve falls to the right when smaller values are harder: keep the legend off it
+    corner = "upper right" if plan.get("direction") == "smaller is harder" else "upper left"
+    ax.legend(fontsize="small", loc=corner)
     return fig
 
 
