@@ -533,7 +533,14 @@ def plans() -> list[dict[str, Any]]:
         "slo": {"metric": "major_faults_per_s", "max": 1},
         "seeds": [1],
     }
-    return [tiny_plan, *_load("configs/plan_consolidation.yaml", "docs/examples/plan.yaml")]
+    return [
+        tiny_plan,
+        *_load(
+            "configs/plan_consolidation.yaml",
+            "configs/plan_memcg_limit.yaml",
+            "docs/examples/plan.yaml",
+        ),
+    ]
 
 
 def make_traces(d: Path) -> dict[str, str]:
@@ -730,7 +737,10 @@ def _shorten_spec(spec: Any) -> Any | None:
         return spec
     vms = base.get("vms")
     if isinstance(spec.get("profile"), dict):
-        high = _num((spec.get("search") or {}).get("high"), 1)
+        search = spec.get("search") or {}
+        high = _num(search.get("high"), 1)
+        if search.get("variable") != "vms":  # the VM count is search.vms, not the range
+            high = _num(search.get("vms"), 1)
         vms = [{**spec["profile"], "count": min(high, 1e6)}]
     short = _clamped(base, _rate(vms))
     if short is None:
