@@ -47,14 +47,14 @@ protection. Its candidates must be whole pages and at most the limited VMs' memo
 Warm-up: one notion, the scenario's ``warmup_s``. A plan's ``warmup_s``, if given, is written
 into every candidate scenario (replacing the base's); if omitted the base's applies.
 
-Search: the metric is assumed monotone in the variable (more VMs, more overcommit or less
-memory never help). Candidates are ordered from easiest to hardest; each evaluated candidate
-runs every seed as one batch on the sweep engine. Per candidate the mean and a two-sided t
-interval over seeds decide: *pass* if the upper bound meets the SLO, *fail* if the lower bound
-violates it, else *uncertain*. The search brackets (both ends), bisects for the hardest passing
-candidate, then bisects beyond it for the hardest candidate that does not fail (several
-candidates per round when the workers outnumber the seeds); the answer is the first, and the
-candidates up to the second are reported as uncertain.
+Search: the metric is assumed monotone in the variable (more VMs, more overcommit, less memory
+or a smaller memory.max never help). Candidates are ordered from easiest to hardest; each
+evaluated candidate runs every seed as one batch on the sweep engine. Per candidate the mean
+and a two-sided t interval over seeds decide: *pass* if the upper bound meets the SLO, *fail*
+if the lower bound violates it, else *uncertain*. The search brackets (both ends), bisects for
+the hardest passing candidate, then bisects beyond it for the hardest candidate that does not
+fail (several candidates per round when the workers outnumber the seeds); the answer is the
+first, and the candidates up to the second are reported as uncertain.
 """
 
 from __future__ import annotations

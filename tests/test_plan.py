@@ -427,7 +427,11 @@ def test_memory_max_search_limits_the_named_profiles_and_keeps_other_settings(
     assert plan.scenario(6, 1).vms[0].memcg.low_mib == 2
     with pytest.raises(ConfigError, match=r"sets vms.0.memcg.max_mib itself"):
         load_plan(_write(tmp_path, spec), ["vms.0.memcg.max_mib=8"])
-    assert load_plan(_write(tmp_path, spec), ["vms.0.memcg.low_mib=4"]).base["vms"][0]["memcg"]
+    low = load_plan(_write(tmp_path, spec), ["vms.0.memcg.low_mib=4"])  # not the searched key
+    assert [(vm.memcg.low_mib, vm.memcg.max_mib) for vm in low.scenario(6, 1).vms] == [
+        (4, 6),
+        (None, 6),
+    ]
 
 
 @pytest.mark.parametrize("variable", ["overcommit", "vms"])
