@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -247,7 +248,7 @@ def capacity_figure(plan: dict[str, Any], runs: pd.DataFrame) -> plt.Figure:
     }.get(var, var)
     ax.set(
         xlabel=label,
-        ylabel=f"{plan['slo']['description']}{unit}",
+        ylabel=textwrap.fill(f"{plan['slo']['description']}{unit}", 38),
         title=f"{plan['name']}: {metric} against {label.split(' (')[0]} (SLO ≤ "
         f"{plan['slo']['max'] * scale:g}{'%' if scale == 100.0 else ''})",
     )
