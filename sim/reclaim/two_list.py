@@ -22,11 +22,13 @@ Models
     referenced, and when the write ends ``folio_rotate_reclaimable`` moves it to the inactive
     tail (clearing active), where the next scan frees it.
 
-    Scan balance with no file pages: ``prepare_scan_control`` finds the file lists "tiny" and
-    scans anon only (SCAN_ANON) unless anon deactivation is due, in which case ``get_scan_count``
-    takes the SCAN_FRACT path and scans ``swappiness``-weighted shares against a file cost of 0
-    (about 18-30% of the nominal target at swappiness 60); priority 0 scans everything
-    (SCAN_EQUAL). ``lru_note_cost`` keeps the decaying anon reclaim cost that weighting uses.
+    Scan balance with no file pages (sim/reclaim/scan_balance.py): in global reclaim
+    ``prepare_scan_control`` finds the file lists "tiny" and scans anon only (SCAN_ANON) unless
+    anon deactivation is due, in which case ``get_scan_count`` takes the SCAN_FRACT path and
+    scans ``swappiness``-weighted shares against a file cost of 0 (about 18-30% of the nominal
+    target at swappiness 60); memcg limit reclaim (no ``file_is_tiny`` there) always takes
+    SCAN_FRACT, and at swappiness 0 scans no anon at all (SCAN_FILE); priority 0 scans everything
+    (SCAN_EQUAL). ``lru_note_cost`` keeps the decaying reclaim costs that weighting uses.
 
 Kernel reference
     mm/vmscan.c: ``shrink_lruvec``, ``shrink_inactive_list``, ``shrink_active_list``,
@@ -66,6 +68,13 @@ from sim.host.memory import DEF_PRIORITY, PAGE_SHIFT, SWAP_CLUSTER_MAX, int_sqrt
 from sim.host.vmscan import Outcome, ScanControl
 from sim.host.vmstat import VmStat
 from sim.reclaim.base import LruLinks, PageQueue, Pfns, ReclaimBase, Reclaimer, lru_links
+from sim.reclaim.scan_balance import (
+    ScanBalance,
+    calculate_pressure_balance,
+    file_is_tiny,
+    lru_note_cost,
+    scan_balance,
+)
 
 LRU_INACTIVE = 0x1
 LRU_ACTIVE = 0x2
@@ -93,9 +102,6 @@ class TwoListConfig(ReclaimBase):
         description="Target active:inactive ratio for inactive_is_low; "
         "default int_sqrt(10 * GB of LRU pages), as the kernel computes it.",
     )
-
-
-MAX_SWAPPINESS = 200
 
 
 class TwoList:
@@ -131,7 +137,8 @@ class TwoList:
         self.inactive = PageQueue(links)
         self.active = PageQueue(links)
         self.nonresident_age = 0  # lruvec->nonresident_age (workingset clock)
-        self.anon_cost = 0  # lruvec->anon_cost (lru_note_cost); file_cost stays 0
+        self.anon_cost = 0  # lruvec->anon_cost (lru_note_cost)
+        self.file_cost = 0  # lruvec->file_cost: no file lists, so it stays 0
         self._refaults_snapshot = 0  # WORKINGSET_ACTIVATE at the last reclaim cycle
         self.page_shift = PAGE_SHIFT  # bytes per LRU entry (21: 2 MiB pages; set by make_policy)
 
@@ -160,18 +167,36 @@ class TwoList:
         return inactive * ratio < active
 
     def _lru_note_cost(self, nr_io: int, nr_rotated: int) -> None:
-        """``lru_note_cost`` for anon: IO weighs SWAP_CLUSTER_MAX rotations; decays by half
-        once the costs exceed a quarter of the LRU."""
-        self.anon_cost += nr_io * SWAP_CLUSTER_MAX + nr_rotated
-        if self.anon_cost > (len(self.inactive) + len(self.active)) // 4:
-            self.anon_cost //= 2
+        """``lru_note_cost`` for anon (scan_balance.py): IO weighs SWAP_CLUSTER_MAX rotations;
+        both costs halve once they exceed a quarter of the LRU."""
+        self.anon_cost, self.file_cost = lru_note_cost(
+            self.anon_cost,
+            self.file_cost,
+            file=False,
+            nr_io=nr_io,
+            nr_rotated=nr_rotated,
+            lru_pages=len(self.inactive) + len(self.active),
+        )
 
     def get_scan_count(
         self, sc: ScanControl, reclaim: Reclaimer, may_deactivate: bool
     ) -> tuple[int, int]:
-        """``get_scan_count`` for the two anon lists: folios to scan from (inactive, active)."""
-        if not reclaim.can_swap():
-            return 0, 0  # SCAN_FILE: anon is not reclaimable
+        """``get_scan_count`` for the two anon lists: folios to scan from (inactive, active).
+
+        The balance and SCAN_FRACT's fractions are sim/reclaim/scan_balance.py's, here with no
+        file lists (file size and ``file_cost`` 0, so never cache trim mode).
+        """
+        swappiness = self.cfg.swappiness
+        balance = scan_balance(
+            can_reclaim_anon=reclaim.can_swap(),
+            cgroup_reclaim=sc.target_memcg >= 0,
+            swappiness=swappiness,
+            priority=sc.priority,
+            file_is_tiny=False,
+            cache_trim_mode=False,
+        )
+        if balance == ScanBalance.SCAN_FILE:
+            return 0, 0  # anon is not reclaimable, or memcg reclaim at swappiness 0
         inactive, active = len(self.inactive), len(self.active)
         if sc.emin or sc.elow:  # a protected memcg: apply_proportional_protection
             inactive, low1 = apply_proportional_protection(
@@ -182,17 +207,20 @@ class TwoList:
             )
             sc.memcg_low_skipped |= low1 or low2
         nr_inactive, nr_active = inactive >> sc.priority, active >> sc.priority
-        swappiness = self.cfg.swappiness
-        free, high = reclaim.free_and_high()
-        file_is_tiny = free <= high and not may_deactivate and nr_inactive > 0
-        if (sc.priority == 0 and swappiness) or file_is_tiny:
+        if balance == ScanBalance.SCAN_FRACT and sc.target_memcg < 0:
+            free, high = reclaim.free_and_high()
+            tiny = file_is_tiny(
+                nr_file=0,
+                nr_free=free,
+                high_wmark=high,
+                may_deactivate_anon=may_deactivate,
+                anon_left=nr_inactive > 0,
+            )
+            if tiny:
+                balance = ScanBalance.SCAN_ANON
+        if balance != ScanBalance.SCAN_FRACT:
             return nr_inactive, nr_active  # SCAN_EQUAL / SCAN_ANON
-        # SCAN_FRACT (calculate_pressure_balance) against a file cost of zero
-        total = self.anon_cost
-        anon_cost, file_cost = total + self.anon_cost, total
-        total = anon_cost + file_cost
-        ap = swappiness * (total + 1) // (anon_cost + 1)
-        fp = (MAX_SWAPPINESS - swappiness) * (total + 1) // (file_cost + 1)
+        ap, fp = calculate_pressure_balance(swappiness, self.anon_cost, self.file_cost)
         denominator = ap + fp
         return nr_inactive * ap // denominator, nr_active * ap // denominator
 
