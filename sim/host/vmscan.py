@@ -450,6 +450,16 @@ class Vmscan:
             mem.readahead[pids] = False  # a folio read ahead and never touched
         mem.free_frames(pfns, shadows)
 
+    def remove_file_folios(self, pfns: NDArray[np.int64], sc: ScanControl) -> None:
+        """``shrink_folio_list`` -> ``__remove_mapping`` for clean, unmapped page-cache folios:
+        no I/O; the frame is free and the page cache keeps the workingset shadow
+        (``workingset_eviction``). Counted as reclaimed (``pgsteal``)."""
+        if len(pfns) == 0:
+            return
+        shadows = self.policy.workingset_eviction(pfns)
+        self.mem.free_frames(pfns, shadows)
+        sc.freed(len(pfns))
+
     def folio_end_writeback(self, pid: int, pfn: int) -> None:
         """``folio_end_writeback``: the write ended; a folio still marked PG_reclaim and clean
         is rotated to where the next scan frees it. A folio of an mm that exited meanwhile (its
