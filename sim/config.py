@@ -293,6 +293,32 @@ class HostFilesConfig(Strict):
         le=1e6,
         description="Device read time of one page-cache miss (us), taken one after another.",
     )
+    write_ratio: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of the accesses that write (dirty) the page; a write miss reads "
+        "the page first.",
+    )
+    writeback_mib_per_s: float = Field(
+        500.0,
+        gt=0.0,
+        le=1e6,
+        description="The flusher's write speed to the file's device (MiB/s).",
+    )
+    dirty_writeback_ms: float = Field(
+        5000.0,
+        gt=0.0,
+        le=3.6e6,
+        description="vm.dirty_writeback_centisecs, in ms: how often the flusher wakes.",
+    )
+    dirty_expire_ms: float = Field(
+        30000.0,
+        ge=0.0,
+        le=3.6e6,
+        description="vm.dirty_expire_centisecs, in ms: how old dirty data is when the flusher "
+        "writes it.",
+    )
 
 
 class Scenario(Strict):

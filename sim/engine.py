@@ -142,7 +142,7 @@ class World(Machine):
                 vm_pages=self.file_pages,
                 working_set_pages=self.file_pages,
                 access_rate_per_s=hf.access_rate_per_s,
-                write_ratio=0.0,
+                write_ratio=hf.write_ratio,
                 vcpu=0,
                 nr_vcpus=1,
                 rng=rng_for(sc.seed, "host_files.stream"),
@@ -160,6 +160,13 @@ class World(Machine):
                 batch=sc.engine.batch_accesses,
                 read_latency_ns=max(1, round(hf.read_latency_us * 1e3)),
                 page_kib=sc.host.page_size_kib,
+                vmscan=self.vmscan,
+                schedule=self._schedule,
+                write_ns=max(
+                    1, round((sc.host.page_size_kib / 1024) / hf.writeback_mib_per_s * 1e9)
+                ),
+                dirty_writeback_ns=max(1, round(hf.dirty_writeback_ms * 1e6)),
+                dirty_expire_ns=round(hf.dirty_expire_ms * 1e6),
             )
         if any(cfg.prefault for _, cfg in vms):
             from sim.prefault import prefault
@@ -224,6 +231,8 @@ class World(Machine):
                 v.proc = self.env.process(v.run())
         if self.file_reader is not None:
             self.env.process(self.file_reader.run())
+            if self.sc.host_files is not None and self.sc.host_files.write_ratio > 0:
+                self.env.process(self.file_reader.flusher())
         if self.recorder is not None and self.recorder.tl is not None:
             self.env.process(self._sampler())
 

@@ -94,6 +94,10 @@ def scenarios(draw: st.DrawFn, huge: bool = False) -> dict[str, Any]:
             "access_rate_per_s": draw(st.sampled_from([10_000, 1_000_000])),
             "read_latency_us": draw(st.sampled_from([1, 100])),
             "workload": draw(st.sampled_from([{"type": "uniform"}, {"type": "zipf"}])),
+            "write_ratio": draw(st.sampled_from([0.0, 0.3, 1.0])),
+            "dirty_writeback_ms": draw(st.sampled_from([1, 5, 5000])),
+            "dirty_expire_ms": draw(st.sampled_from([0, 2])),
+            "writeback_mib_per_s": draw(st.sampled_from([10, 1000])),
         }
         extra["reclaim"] = {"policy": policy, "swappiness": draw(st.sampled_from([0, 60, 200]))}
     return extra | {

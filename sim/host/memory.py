@@ -137,7 +137,8 @@ class HostMemory:
         readahead: keep PG_readahead (swap readahead is on); else it is an empty array.
         file_base: the first pid of the host page cache (the last range of pids, owned by a
             pseudo-mm after the VMs' mms), or ``nr_pages`` when there is none. A page-cache
-            page has no pte and no swap slot: with a frame it holds only PG_RESIDENT, without
+            page has no pte and no swap slot: with a frame it holds PG_RESIDENT and maybe
+            PG_dirty, PG_writeback (the flusher's write) and PG_reclaim; without
             one its ``pfn`` holds its workingset shadow (the page cache's xarray) or NO_PFN.
     """
 
@@ -336,7 +337,9 @@ class HostMemory:
         assert has[self.frame_pid[owned]].all(), "a frame's owner does not know it"
         fb = self.file_base
         fl, fhas = self.flags[fb:], has[fb:]
-        assert not (fl & ~np.uint8(PG_RESIDENT)).any(), "a page-cache page with anon flags"
+        file_flags = np.uint8(PG_RESIDENT | PG_DIRTY | PG_WRITEBACK | PG_RECLAIM)
+        assert not (fl & ~file_flags).any(), "a page-cache page with anon flags"
+        assert not fl[~fhas].any(), "flags on a page-cache page without frame"
         flags, has = self.flags[:fb], has[:fb]
         swap = (flags & PG_SWAP) != 0
         assert (self.pfn[:fb][~has & ~swap] == NO_PFN).all(), "an entry with no frame or swap copy"

@@ -450,6 +450,10 @@ class Vmscan:
             mem.readahead[pids] = False  # a folio read ahead and never touched
         mem.free_frames(pfns, shadows)
 
+    def folio_test_dirty(self, pfns: NDArray[np.int64]) -> NDArray[np.bool_]:
+        """Which folios are dirty (PG_dirty)."""
+        return (self.mem.flags[self.mem.frame_pid[pfns]] & PG_DIRTY) != 0
+
     def remove_file_folios(self, pfns: NDArray[np.int64], sc: ScanControl) -> None:
         """``shrink_folio_list`` -> ``__remove_mapping`` for clean, unmapped page-cache folios:
         no I/O; the frame is free and the page cache keeps the workingset shadow
@@ -467,7 +471,7 @@ class Vmscan:
         mem = self.mem
         f = mem.flags.item(pid) & ~PG_WRITEBACK
         mem.nr_writeback -= 1
-        if self.mms[mem.page_owner(pid)].dead:
+        if pid < mem.file_base and self.mms[mem.page_owner(pid)].dead:
             self.policy.folio_remove(np.array([pfn], dtype=np.int64))
             self.swap.free_slots(1, (pid,))  # a folio under write-out owns a slot
             mem.free_frame(pfn)

@@ -64,6 +64,10 @@ class Reclaimer(Protocol):
         write-out are activated, as :meth:`writeback_check` says."""
         ...
 
+    def folio_test_dirty(self, pfns: Pfns) -> NDArray[np.bool_]:
+        """Which folios are dirty (PG_dirty)."""
+        ...
+
     def remove_file_folios(self, pfns: Pfns, sc: ScanControl) -> None:
         """Free isolated clean page-cache folios without I/O (``__remove_mapping``), leaving
         their workingset shadows in the page cache; counted as reclaimed."""

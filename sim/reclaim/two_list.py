@@ -105,6 +105,10 @@ WORKINGSET_REFAULT_FILE = "workingset_refault_file"
 WORKINGSET_ACTIVATE_FILE = "workingset_activate_file"
 WORKINGSET_RESTORE_FILE = "workingset_restore_file"
 PGPGIN = "pgpgin"  # KiB read from block devices (vmstat shows pgpgin in KiB)
+PGPGOUT = "pgpgout"  # KiB written to block devices by the flusher
+NR_DIRTIED = "nr_dirtied"  # folios dirtied (folio_account_dirtied)
+NR_WRITTEN = "nr_written"  # folios whose write-back ended (__folio_end_writeback)
+NR_VMSCAN_IMMEDIATE = "nr_vmscan_immediate_reclaim"  # dirty file folios reclaim met
 FILE_EVENTS = (
     PGSCAN_ANON,
     PGSCAN_FILE,
@@ -114,6 +118,10 @@ FILE_EVENTS = (
     WORKINGSET_ACTIVATE_FILE,
     WORKINGSET_RESTORE_FILE,
     PGPGIN,
+    PGPGOUT,
+    NR_DIRTIED,
+    NR_WRITTEN,
+    NR_VMSCAN_IMMEDIATE,
 )
 
 
@@ -339,14 +347,17 @@ class TwoList:
     def folio_rotate_reclaimable(self, pfn: int) -> None:
         """``lru_move_tail``: to the inactive tail, not active (``pgrotated``)."""
         fl = self.fl.item(pfn)
+        inactive, active = self.inactive, self.active
+        if fl & LRU_FILE:
+            inactive, active = self.inactive_file, self.active_file
         if fl & LRU_ACTIVE:
-            self.active.unlink(pfn)
+            active.unlink(pfn)
         elif fl & LRU_INACTIVE:
-            self.inactive.unlink(pfn)
+            inactive.unlink(pfn)
         else:
             return
         self.fl[pfn] = (fl & ~LRU_ACTIVE) | LRU_INACTIVE
-        self.inactive.add_tail(np.array([pfn], dtype=np.int64))
+        inactive.add_tail(np.array([pfn], dtype=np.int64))
 
     def workingset_eviction(self, pfns: Pfns) -> NDArray[np.uint32]:
         """Shadow = nonresident_age before this eviction, with PG_workingset in the top bit."""
@@ -559,10 +570,13 @@ class TwoList:
             yield
 
     def shrink_inactive_file(self, n: int, sc: ScanControl, reclaim: Reclaimer) -> None:
-        """``shrink_inactive_list`` for the inactive file list: the page cache is not mapped,
-        so ``folio_check_references`` sees no pte and reclaims every folio (PG_referenced is
-        cleared; activation happened in ``folio_mark_accessed``); clean folios leave through
-        ``__remove_mapping`` with a workingset shadow, without I/O."""
+        """``shrink_inactive_list`` for the inactive file list. Folios under write-back are
+        activated first (PG_reclaim set, as for anon). The page cache is not mapped, so
+        ``folio_check_references`` sees no pte and reclaims every other folio (PG_referenced
+        cleared; activation happened in ``folio_mark_accessed``): a clean one leaves through
+        ``__remove_mapping`` with a workingset shadow, without I/O; a dirty one is not written
+        by reclaim but marked PG_reclaim and activated, for the flusher to write
+        (``nr_vmscan_immediate_reclaim``)."""
         pfns = self.inactive_file.isolate_tail(n)
         if len(pfns) == 0:
             return
@@ -570,9 +584,30 @@ class TwoList:
         sc.nr_taken += len(pfns)
         sc.isolated(len(pfns))
         self._count(PGSCAN_FILE, len(pfns))
-        self.fl[pfns] &= np.uint8(~PG_REFERENCED & 0xFF)
-        reclaim.remove_file_folios(pfns, sc)
-        self._count(PGSTEAL_FILE, len(pfns))
+        writeback = reclaim.writeback_check(pfns, sc)
+        check = pfns[~writeback]
+        self.fl[check] &= np.uint8(~PG_REFERENCED & 0xFF)
+        dirty = reclaim.folio_test_dirty(check)
+        if dirty.any():
+            reclaim.folio_set_reclaim(check[dirty])
+            self._count(NR_VMSCAN_IMMEDIATE, int(np.count_nonzero(dirty)))
+        clean = check[~dirty]
+        reclaim.remove_file_folios(clean, sc)
+        self._count(PGSTEAL_FILE, len(clean))
+        act = np.concatenate((pfns[writeback], check[dirty]))
+        if len(act):
+            _set_lru(act, self.fl, LRU_ACTIVE)
+            self.active_file.add_head(act)
+            self.nonresident_age += len(act)
+            sc.activated(len(act))
+        self.anon_cost, self.file_cost = lru_note_cost(
+            self.anon_cost,
+            self.file_cost,
+            file=True,
+            nr_io=0,
+            nr_rotated=len(act),
+            lru_pages=self._lru_pages(),
+        )
 
     def shrink_active_file(self, n: int, sc: ScanControl) -> None:
         """``shrink_active_list`` for the active file list: unmapped folios are deactivated
