@@ -28,7 +28,13 @@ from pydantic import (
 
 from sim.costs import CostsConfig
 from sim.errors import SHOWN_CHARS, ConfigError, UserError, clip, shown, shown_path
-from sim.guest.workloads import PhasesConfig, TraceConfig, WorkloadConfig, ZipfConfig
+from sim.guest.workloads import (
+    PhasesConfig,
+    SimpleWorkload,
+    TraceConfig,
+    WorkloadConfig,
+    ZipfConfig,
+)
 from sim.host.memcontrol import MemcgConfig
 from sim.host.memory import Watermarks, setup_per_zone_wmarks
 from sim.host.swap import SwapConfig
@@ -265,6 +271,56 @@ class OutputConfig(Strict):
     )
 
 
+class HostFilesConfig(Strict):
+    """A host file workload reading through the host page cache (for example a QEMU disk image
+    opened with cache=writeback, or a host service): file pages on their own LRU lists."""
+
+    size_mib: int = Field(ge=1, le=1 << 20, description="Size of the file data read (MiB).")
+    access_rate_per_s: int = Field(
+        1_000_000,
+        ge=1,
+        le=10**9,
+        description="Page reads per second of simulated time (a hit costs nothing else).",
+    )
+    workload: SimpleWorkload = Field(
+        default_factory=ZipfConfig,
+        description="Which file pages are read: type uniform, zipf, hotcold or scan, as in "
+        "vms[].workload.",
+    )
+    read_latency_us: float = Field(
+        100.0,
+        gt=0.0,
+        le=1e6,
+        description="Device read time of one page-cache miss (us), taken one after another.",
+    )
+    write_ratio: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of the accesses that write (dirty) the page; a write miss reads "
+        "the page first.",
+    )
+    writeback_mib_per_s: float = Field(
+        500.0,
+        gt=0.0,
+        le=1e6,
+        description="The flusher's write speed to the file's device (MiB/s).",
+    )
+    dirty_writeback_ms: float = Field(
+        5000.0,
+        gt=0.0,
+        le=3.6e6,
+        description="vm.dirty_writeback_centisecs, in ms: how often the flusher wakes.",
+    )
+    dirty_expire_ms: float = Field(
+        30000.0,
+        ge=0.0,
+        le=3.6e6,
+        description="vm.dirty_expire_centisecs, in ms: how old dirty data is when the flusher "
+        "writes it.",
+    )
+
+
 class Scenario(Strict):
     """A complete run: host, reclaim policy, swap, KVM, costs, VMs."""
 
@@ -302,6 +358,11 @@ class Scenario(Strict):
     output: OutputConfig = Field(default_factory=OutputConfig, description="Which tables to write.")
     metrics: MetricsConfig = Field(
         default_factory=MetricsConfig, description="Windows of the tail metrics."
+    )
+    host_files: HostFilesConfig | None = Field(
+        None,
+        description="A host file workload through the page cache (none: guest RAM only). "
+        "Needs reclaim.policy two_list, watermark reclaim and no memcg.",
     )
 
     @model_validator(mode="after")
@@ -352,11 +413,32 @@ class Scenario(Strict):
             )
         self._check_steady()
         self._check_memcg()
+        self._check_host_files()
         names = [n for vm in self.vms for n in vm.names()]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"vms: duplicate VM name(s) {', '.join(dup)}; names must be unique")
         return self
+
+    def _check_host_files(self) -> None:
+        """The page cache is modelled on two_list's node-wide lruvec, under watermark reclaim."""
+        if self.host_files is None:
+            return
+        if self.reclaim.policy != "two_list" or self.reclaim.trigger != "watermark":
+            raise ValueError(
+                "host_files: the page cache is modelled for reclaim.policy two_list with "
+                "reclaim.trigger watermark only; set those or remove host_files"
+            )
+        i = next((i for i, vm in enumerate(self.vms) if vm.memcg is not None), None)
+        if i is not None:
+            raise ValueError(
+                f"vms[{i}].memcg: per-memcg file lists are not modelled yet; remove memcg or "
+                "host_files"
+            )
+        if self.host.pages(self.host_files.size_mib) < 1:
+            raise ValueError(
+                "host_files.size_mib: less than one host page; raise it to a page at least"
+            )
 
     def _check_memcg(self) -> None:
         """Memcgs are modelled for two-list watermark reclaim, without the prefault fill."""

@@ -19,6 +19,7 @@ from pydantic_core import PydanticUndefined
 from sim.config import (
     EngineConfig,
     HostConfig,
+    HostFilesConfig,
     KvmConfig,
     MetricsConfig,
     OutputConfig,
@@ -55,6 +56,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("output", OutputConfig),
     ("metrics", MetricsConfig),
     ("costs", CostsConfig),
+    ("host_files", HostFilesConfig),
 ]
 
 

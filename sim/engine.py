@@ -23,7 +23,9 @@ import simpy
 from sim.config import Scenario
 from sim.costs import CostModel
 from sim.guest.vcpu import Vcpu
+from sim.guest.workloads import AccessStream
 from sim.host.fault import HostFaultHandler
+from sim.host.filemap import FileReader
 from sim.host.kswapd import DirectReclaim, Kswapd, ProcessGen, ReclaimThrottle
 from sim.host.memcontrol import MemCgroups
 from sim.host.memory import PTRS_PER_PMD
@@ -31,6 +33,7 @@ from sim.host.oom import OomKiller
 from sim.host.page_alloc import PageAllocator
 from sim.lifecycle import checkpoint
 from sim.machine import Machine, rng_for, vcpu_stream
+from sim.reclaim.two_list import TwoList
 from sim.results import staged, write_manifest
 from sim.tails import FaultLatencies, VcpuTime
 
@@ -69,9 +72,13 @@ class World(Machine):
         self.oom = OomKiller(self.mms, mem, swap, policy, vmstat, now=lambda: int(env.now))
         self.oom_kills = self.oom.kills
 
-        def reclaimable() -> int:  # zone_reclaimable_pages: LRU anon pages, if swap has room
+        file_owner = len(self.vms)  # the page cache's pseudo-mm, if any
+
+        def reclaimable() -> int:  # zone_reclaimable_pages: file pages; anon if swap has room
             lru = mem.nr_frames - mem.nr_free - mem.nr_pool  # the compressed pool is not on it
-            return lru if swap.nr_free_slots > 0 else 0
+            if swap.nr_free_slots > 0:
+                return lru
+            return int(mem.nr_resident[file_owner]) if self.file_pages else 0
 
         self.alloc = PageAllocator(env, mem, self.kswapd, direct, vmstat, self.oom, reclaimable)
         if self.memcg_limits is not None:  # the VMs' memcgs: charging, limits, protection
@@ -126,6 +133,41 @@ class World(Machine):
                         accrual=self.accrual,
                     )
                 )
+        self.file_reader: FileReader | None = None
+        if sc.host_files is not None:
+            hf = sc.host_files
+            assert isinstance(policy, TwoList)
+            stream = AccessStream(
+                hf.workload,
+                vm_pages=self.file_pages,
+                working_set_pages=self.file_pages,
+                access_rate_per_s=hf.access_rate_per_s,
+                write_ratio=hf.write_ratio,
+                vcpu=0,
+                nr_vcpus=1,
+                rng=rng_for(sc.seed, "host_files.stream"),
+                page_shift=sc.host.page_shift,
+            )
+            self.file_reader = FileReader(
+                env,
+                mem,
+                self.alloc,
+                policy,
+                swap,
+                vmstat,
+                stream,
+                access_rate_per_s=hf.access_rate_per_s,
+                batch=sc.engine.batch_accesses,
+                read_latency_ns=max(1, round(hf.read_latency_us * 1e3)),
+                page_kib=sc.host.page_size_kib,
+                vmscan=self.vmscan,
+                schedule=self._schedule,
+                write_ns=max(
+                    1, round((sc.host.page_size_kib / 1024) / hf.writeback_mib_per_s * 1e9)
+                ),
+                dirty_writeback_ns=max(1, round(hf.dirty_writeback_ms * 1e6)),
+                dirty_expire_ns=round(hf.dirty_expire_ms * 1e6),
+            )
         if any(cfg.prefault for _, cfg in vms):
             from sim.prefault import prefault
 
@@ -187,6 +229,10 @@ class World(Machine):
         for vm in self.vms:
             for v in vm.vcpus:
                 v.proc = self.env.process(v.run())
+        if self.file_reader is not None:
+            self.env.process(self.file_reader.run())
+            if self.sc.host_files is not None and self.sc.host_files.write_ratio > 0:
+                self.env.process(self.file_reader.flusher())
         if self.recorder is not None and self.recorder.tl is not None:
             self.env.process(self._sampler())
 

@@ -40,6 +40,7 @@ from sim.kvm.fault import FAULT_KINDS
 from sim.kvm.shortcut import TdpShortcut
 from sim.kvm.vm import Vm
 from sim.reclaim import make_policy
+from sim.reclaim.two_list import FILE_EVENTS
 from sim.record import Recorder
 from sim.tails import FaultLatencies, tail
 
@@ -97,13 +98,18 @@ class Machine:
         self.costs = sc.costs.for_page_size(page_bytes)  # first touch zeroes the whole page
         sizes = np.array([n for _, n in vm_pages], dtype=np.int64)
         self.vm_base = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+        nr_vm_pages = int(sizes.sum())
+        # the host page cache: a pseudo-mm's pids after every VM's (sim/host/filemap.py)
+        self.file_pages = 0 if sc.host_files is None else sc.host.pages(sc.host_files.size_mib)
+        file_owner = [nr_vm_pages] if self.file_pages else []
         self.mem = mem = HostMemory(
             nr_frames,
-            int(sizes.sum()),
+            nr_vm_pages + self.file_pages,
             wmark,
-            self.vm_base.tolist(),
+            self.vm_base.tolist() + file_owner,
             stamps=outdir is not None and sc.output.evictions,  # the eviction log reads them
             readahead=sc.swap.page_cluster > 0,
+            file_base=nr_vm_pages,
         )
         cfgs = [cfg for _, cfg in sc.vm_list()]
         self.memcg_limits: MemcgLimits | None = None  # per-memcg lruvecs only when set
@@ -112,8 +118,9 @@ class Machine:
                 [cfg.memcg for cfg in cfgs], sc.host.pages(1024) / 1024
             )
         self.memcg: MemCgroups | None = None  # the process side, made by the watermark world
+        extra = MEMCG_EVENTS if self.memcg_limits is not None else ()
         self.vmstat = vmstat = new_vmstat(
-            len(vm_pages), MEMCG_EVENTS if self.memcg_limits is not None else ()
+            len(vm_pages), extra + (FILE_EVENTS if self.file_pages else ())
         )
         self.swap = SwapDevice(
             sc.swap,
@@ -140,6 +147,7 @@ class Machine:
             rng=rng_for(sc.seed, "policy"),
             page_shift=sc.host.page_shift,
             memcg=(mem, self.memcg_limits, self._swap_usage) if self.memcg_limits else None,
+            file=self.file_pages > 0,
         )
         self.recorder: Recorder | None = None
         if outdir is not None:
@@ -228,11 +236,17 @@ class Machine:
         zpool = self.swap.zpool
         if zpool is not None:
             zpool.check()
-            assert (mem.flags[zpool.stored] & PG_SWAP).all(), "a compressed page without a slot"
+            stored = mem.flags[: mem.file_base][zpool.stored]  # guest pages only
+            assert (stored & PG_SWAP).all(), "a compressed page without a slot"
         else:
             assert mem.nr_pool == 0, "pool frames without a pool"
         if self.memcg is not None:
             self.memcg.check()
+        if self.file_pages:  # the per-type counters break pgscan and pgsteal down
+            vs = self.vmstat
+            for kind in ("pgscan", "pgsteal"):
+                total = vs[f"{kind}_kswapd"] + vs[f"{kind}_direct"]
+                assert vs[f"{kind}_anon"] + vs[f"{kind}_file"] == total, f"{kind} by type"
         self.vmstat.check()
 
     def _swap_usage(self, memcg: int) -> int:

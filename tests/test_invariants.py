@@ -86,12 +86,26 @@ def scenarios(draw: st.DrawFn, huge: bool = False) -> dict[str, Any]:
     if huge:
         host = {"memory_mib": host["memory_mib"] * 8, "page_size_kib": 2048}
     device = draw(st.sampled_from(["disk", "zram"]))
-    return {
+    policy = draw(st.sampled_from(POLICIES))
+    extra: dict[str, Any] = {}
+    if policy == "two_list" and draw(st.booleans()):  # a host page cache (two_list only)
+        extra["host_files"] = {
+            "size_mib": draw(st.integers(1, 8)) * (2 if huge else 1),
+            "access_rate_per_s": draw(st.sampled_from([10_000, 1_000_000])),
+            "read_latency_us": draw(st.sampled_from([1, 100])),
+            "workload": draw(st.sampled_from([{"type": "uniform"}, {"type": "zipf"}])),
+            "write_ratio": draw(st.sampled_from([0.0, 0.3, 1.0])),
+            "dirty_writeback_ms": draw(st.sampled_from([1, 5, 5000])),
+            "dirty_expire_ms": draw(st.sampled_from([0, 2])),
+            "writeback_mib_per_s": draw(st.sampled_from([10, 1000])),
+        }
+        extra["reclaim"] = {"policy": policy, "swappiness": draw(st.sampled_from([0, 60, 200]))}
+    return extra | {
         "name": "prop",
         "seed": draw(st.integers(0, 2**32)),
         "duration_s": draw(st.sampled_from([0.01, 0.03, 0.06])),
         "host": host,
-        "reclaim": {"policy": draw(st.sampled_from(POLICIES))},
+        "reclaim": extra.get("reclaim", {"policy": policy}),
         "swap": {
             "size_mib": draw(st.sampled_from([0, 2, 4, 64] if huge else [0, 1, 4, 64])),
             "queue_depth": draw(st.integers(1, 8)),

@@ -135,6 +135,11 @@ class HostMemory:
         stamps: keep the analysis-only stamps (``last_access_us``, ``scans``); else they are
             empty arrays.
         readahead: keep PG_readahead (swap readahead is on); else it is an empty array.
+        file_base: the first pid of the host page cache (the last range of pids, owned by a
+            pseudo-mm after the VMs' mms), or ``nr_pages`` when there is none. A page-cache
+            page has no pte and no swap slot: with a frame it holds PG_RESIDENT and maybe
+            PG_dirty, PG_writeback (the flusher's write) and PG_reclaim; without
+            one its ``pfn`` holds its workingset shadow (the page cache's xarray) or NO_PFN.
     """
 
     def __init__(
@@ -146,8 +151,10 @@ class HostMemory:
         *,
         stamps: bool = False,
         readahead: bool = False,
+        file_base: int | None = None,
     ) -> None:
         self.nr_frames, self.nr_pages, self.wmark = nr_frames, nr_pages, wmark
+        self.file_base = nr_pages if file_base is None else file_base
         self._base = [int(b) for b in pid_base]
         assert self._base[:1] == [0], "the first mm's pages start at pid 0"
         assert self._base == sorted(set(self._base)), "an mm with no pages, or out of order"
@@ -328,11 +335,18 @@ class HostMemory:
         assert (self.frame_pid[self.pfn[pids]] == pids).all(), "pfn and frame_pid disagree"
         assert int(has.sum()) == int(owned.sum()), "a frame is owned by a page that lost it"
         assert has[self.frame_pid[owned]].all(), "a frame's owner does not know it"
-        swap = (self.flags & PG_SWAP) != 0
-        assert (self.pfn[~has & ~swap] == NO_PFN).all(), "an entry with no frame or swap copy"
-        assert not (self.flags[~has] & ~np.uint8(PG_SWAP)).any(), "flags on a page without frame"
-        unmapped = has & ((self.flags & PTE_PRESENT) == 0)
+        fb = self.file_base
+        fl, fhas = self.flags[fb:], has[fb:]
+        file_flags = np.uint8(PG_RESIDENT | PG_DIRTY | PG_WRITEBACK | PG_RECLAIM)
+        assert not (fl & ~file_flags).any(), "a page-cache page with anon flags"
+        assert not fl[~fhas].any(), "flags on a page-cache page without frame"
+        flags, has = self.flags[:fb], has[:fb]
+        swap = (flags & PG_SWAP) != 0
+        assert (self.pfn[:fb][~has & ~swap] == NO_PFN).all(), "an entry with no frame or swap copy"
+        assert not (flags[~has] & ~np.uint8(PG_SWAP)).any(), "flags on a page without frame"
+        unmapped = has & ((flags & PTE_PRESENT) == 0)
         assert swap[unmapped].all(), "an unmapped resident page without its swap copy"
+        assert fhas.sum() == (self.nr_resident[-1] if fb < self.nr_pages else 0), "page cache"
         ra = self.flags[self.readahead] if len(self.readahead) else self.flags[:0]
         assert (ra & (HAS_FRAME | PG_SWAP | PTE_PRESENT) == HAS_FRAME | PG_SWAP).all(), (
             "PG_readahead on a page that is not an unmapped swap-cache folio"

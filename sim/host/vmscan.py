@@ -450,6 +450,20 @@ class Vmscan:
             mem.readahead[pids] = False  # a folio read ahead and never touched
         mem.free_frames(pfns, shadows)
 
+    def folio_test_dirty(self, pfns: NDArray[np.int64]) -> NDArray[np.bool_]:
+        """Which folios are dirty (PG_dirty)."""
+        return (self.mem.flags[self.mem.frame_pid[pfns]] & PG_DIRTY) != 0
+
+    def remove_file_folios(self, pfns: NDArray[np.int64], sc: ScanControl) -> None:
+        """``shrink_folio_list`` -> ``__remove_mapping`` for clean, unmapped page-cache folios:
+        no I/O; the frame is free and the page cache keeps the workingset shadow
+        (``workingset_eviction``). Counted as reclaimed (``pgsteal``)."""
+        if len(pfns) == 0:
+            return
+        shadows = self.policy.workingset_eviction(pfns)
+        self.mem.free_frames(pfns, shadows)
+        sc.freed(len(pfns))
+
     def folio_end_writeback(self, pid: int, pfn: int) -> None:
         """``folio_end_writeback``: the write ended; a folio still marked PG_reclaim and clean
         is rotated to where the next scan frees it. A folio of an mm that exited meanwhile (its
@@ -457,7 +471,7 @@ class Vmscan:
         mem = self.mem
         f = mem.flags.item(pid) & ~PG_WRITEBACK
         mem.nr_writeback -= 1
-        if self.mms[mem.page_owner(pid)].dead:
+        if pid < mem.file_base and self.mms[mem.page_owner(pid)].dead:
             self.policy.folio_remove(np.array([pfn], dtype=np.int64))
             self.swap.free_slots(1, (pid,))  # a folio under write-out owns a slot
             mem.free_frame(pfn)

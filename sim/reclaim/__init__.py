@@ -61,11 +61,13 @@ def make_policy(
     rng: np.random.Generator,
     page_shift: int = 12,
     memcg: tuple[Any, Any, Any] | None = None,
+    file: bool = False,
 ) -> EvictionPolicy:
     """Build the policy a ``reclaim:`` config names (``page_shift``: log2 of a page's bytes,
     for two_list's inactive_ratio, which the kernel sizes by the LRU's gigabytes). With
     ``memcg`` (host memory, the memcgs' limits, their swap usage) two_list and mglru keep one
-    lruvec per memcg (sim/reclaim/memcg.py)."""
+    lruvec per memcg (sim/reclaim/memcg.py). ``file``: two_list keeps the page cache's lists
+    too (a host file workload is configured)."""
     policy: EvictionPolicy
     if memcg is not None:
         mem, limits, swap_usage = memcg
@@ -74,7 +76,10 @@ def make_policy(
         if isinstance(policy, MemcgTwoList):
             policy.page_shift = page_shift
         return policy
-    policy = policy_class(cfg.policy)(cfg, nr_frames, vmstat, rng)
+    if file:
+        policy = two_list.TwoList(cfg, nr_frames, vmstat, rng, file=True)
+    else:
+        policy = policy_class(cfg.policy)(cfg, nr_frames, vmstat, rng)
     if isinstance(policy, two_list.TwoList):
         policy.page_shift = page_shift
     return policy

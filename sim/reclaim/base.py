@@ -64,6 +64,15 @@ class Reclaimer(Protocol):
         write-out are activated, as :meth:`writeback_check` says."""
         ...
 
+    def folio_test_dirty(self, pfns: Pfns) -> NDArray[np.bool_]:
+        """Which folios are dirty (PG_dirty)."""
+        ...
+
+    def remove_file_folios(self, pfns: Pfns, sc: ScanControl) -> None:
+        """Free isolated clean page-cache folios without I/O (``__remove_mapping``), leaving
+        their workingset shadows in the page cache; counted as reclaimed."""
+        ...
+
     def writeback_check(self, pfns: Pfns, sc: ScanControl) -> NDArray[np.bool_]:
         """``shrink_folio_list``'s first test, before any reference check: which folios are
         under write-out. They are to be activated; each gets PG_reclaim and is counted

@@ -22,11 +22,13 @@ Models
     referenced, and when the write ends ``folio_rotate_reclaimable`` moves it to the inactive
     tail (clearing active), where the next scan frees it.
 
-    Scan balance with no file pages: ``prepare_scan_control`` finds the file lists "tiny" and
-    scans anon only (SCAN_ANON) unless anon deactivation is due, in which case ``get_scan_count``
-    takes the SCAN_FRACT path and scans ``swappiness``-weighted shares against a file cost of 0
-    (about 18-30% of the nominal target at swappiness 60); priority 0 scans everything
-    (SCAN_EQUAL). ``lru_note_cost`` keeps the decaying anon reclaim cost that weighting uses.
+    Scan balance with no file pages (sim/reclaim/scan_balance.py): in global reclaim
+    ``prepare_scan_control`` finds the file lists "tiny" and scans anon only (SCAN_ANON) unless
+    anon deactivation is due, in which case ``get_scan_count`` takes the SCAN_FRACT path and
+    scans ``swappiness``-weighted shares against a file cost of 0 (about 18-30% of the nominal
+    target at swappiness 60); memcg limit reclaim (no ``file_is_tiny`` there) always takes
+    SCAN_FRACT, and at swappiness 0 scans no anon at all (SCAN_FILE); priority 0 scans everything
+    (SCAN_EQUAL). ``lru_note_cost`` keeps the decaying reclaim costs that weighting uses.
 
 Kernel reference
     mm/vmscan.c: ``shrink_lruvec``, ``shrink_inactive_list``, ``shrink_active_list``,
@@ -40,9 +42,22 @@ Kernel reference
     per memcg too; ``get_scan_count`` then scales a protected memcg's scan as
     ``apply_proportional_protection`` does.
 
+    The host page cache (``host_files``, sim/host/filemap.py) adds the inactive and active
+    file lists to the node's lruvec: ``get_scan_count`` then balances anon against file
+    (``file_is_tiny``, ``cache_trim_mode``, SCAN_FRACT by swappiness and the costs, each share
+    rounded up), ``shrink_lruvec`` takes batches from the four lists in turn and, once the
+    target is met, stops the smaller type and cuts the other to the same fraction. Page-cache
+    folios are unmapped: the second ``folio_mark_accessed`` activates them, reclaim frees every
+    inactive one it isolates (clean: no I/O) and deactivates every active one it scans; a
+    refault within the workingset (active file, plus anon while swap has room) starts active.
+    With file lists the per-type counters (``pgscan_anon``/``_file``, ``pgsteal_*``,
+    ``workingset_*_file``) are kept too.
+
 Simplifications
-    Anon only (no page cache), so shrink_lruvec stops as soon as the
-    target is met. Shadow entries keep 31 bits of the nonresident-age clock (no bucket_order).
+    Without a page cache shrink_lruvec stops as soon as the target is met (no file to
+    rebalance), and SCAN_FRACT floors anon's share (the kernel rounds it up). The page cache
+    is read-only (no dirty file folios, no flusher), node-wide (no memcg), two_list only.
+    Shadow entries keep 31 bits of the nonresident-age clock (no bucket_order).
     The per-CPU activate batch is drained at once (a folio activated on the inactive list moves
     to the active head immediately).
 
@@ -66,14 +81,48 @@ from sim.host.memory import DEF_PRIORITY, PAGE_SHIFT, SWAP_CLUSTER_MAX, int_sqrt
 from sim.host.vmscan import Outcome, ScanControl
 from sim.host.vmstat import VmStat
 from sim.reclaim.base import LruLinks, PageQueue, Pfns, ReclaimBase, Reclaimer, lru_links
+from sim.reclaim.scan_balance import (
+    ScanBalance,
+    cache_trim_mode,
+    calculate_pressure_balance,
+    file_is_tiny,
+    lru_note_cost,
+    scan_balance,
+)
 
 LRU_INACTIVE = 0x1
 LRU_ACTIVE = 0x2
 PG_REFERENCED = 0x4
 PG_WORKINGSET = 0x8
+LRU_FILE = 0x10  # a page-cache folio: on the file lists
 _LRU = np.uint8(LRU_INACTIVE | LRU_ACTIVE)
 _AGE_MASK = 0x7FFFFFFF
 _PGACTIVATE = VmStat.PGACTIVATE.value
+# /proc/vmstat's per-type counters: kept only on hosts with a page cache (FILE_EVENTS)
+PGSCAN_ANON, PGSCAN_FILE = "pgscan_anon", "pgscan_file"
+PGSTEAL_ANON, PGSTEAL_FILE = "pgsteal_anon", "pgsteal_file"
+WORKINGSET_REFAULT_FILE = "workingset_refault_file"
+WORKINGSET_ACTIVATE_FILE = "workingset_activate_file"
+WORKINGSET_RESTORE_FILE = "workingset_restore_file"
+PGPGIN = "pgpgin"  # KiB read from block devices (vmstat shows pgpgin in KiB)
+PGPGOUT = "pgpgout"  # KiB written to block devices by the flusher
+NR_DIRTIED = "nr_dirtied"  # folios dirtied (folio_account_dirtied)
+NR_WRITTEN = "nr_written"  # folios whose write-back ended (__folio_end_writeback)
+NR_VMSCAN_IMMEDIATE = "nr_vmscan_immediate_reclaim"  # dirty file folios reclaim met
+FILE_EVENTS = (
+    PGSCAN_ANON,
+    PGSCAN_FILE,
+    PGSTEAL_ANON,
+    PGSTEAL_FILE,
+    WORKINGSET_REFAULT_FILE,
+    WORKINGSET_ACTIVATE_FILE,
+    WORKINGSET_RESTORE_FILE,
+    PGPGIN,
+    PGPGOUT,
+    NR_DIRTIED,
+    NR_WRITTEN,
+    NR_VMSCAN_IMMEDIATE,
+)
 
 
 class TwoListConfig(ReclaimBase):
@@ -93,9 +142,6 @@ class TwoListConfig(ReclaimBase):
         description="Target active:inactive ratio for inactive_is_low; "
         "default int_sqrt(10 * GB of LRU pages), as the kernel computes it.",
     )
-
-
-MAX_SWAPPINESS = 200
 
 
 class TwoList:
@@ -122,16 +168,22 @@ class TwoList:
         links: LruLinks | None = None,
         fl: NDArray[np.uint8] | None = None,
         memcg: int = -1,
+        file: bool = False,
     ) -> None:
         self.cfg, self.vmstat = cfg, vmstat
+        self.file = file  # the host page cache has its own lists on this lruvec
         self.memcg = memcg  # the memcg (mm) whose lruvec this is; -1: the node's only one
         self.fl = np.zeros(nr_frames, dtype=np.uint8) if fl is None else fl
-        if links is None:
-            links = lru_links(nr_frames, 2)  # a folio is on one list at a time: shared links
+        if links is None:  # a folio is on one list at a time: shared links
+            links = lru_links(nr_frames, 4 if file else 2)
         self.inactive = PageQueue(links)
         self.active = PageQueue(links)
+        self.inactive_file = PageQueue(links) if file else self.inactive
+        self.active_file = PageQueue(links) if file else self.active
+        self._refaults_file_snapshot = 0  # WORKINGSET_ACTIVATE_FILE at the last reclaim cycle
         self.nonresident_age = 0  # lruvec->nonresident_age (workingset clock)
-        self.anon_cost = 0  # lruvec->anon_cost (lru_note_cost); file_cost stays 0
+        self.anon_cost = 0  # lruvec->anon_cost (lru_note_cost)
+        self.file_cost = 0  # lruvec->file_cost: no file lists, so it stays 0
         self._refaults_snapshot = 0  # WORKINGSET_ACTIVATE at the last reclaim cycle
         self.page_shift = PAGE_SHIFT  # bytes per LRU entry (21: 2 MiB pages; set by make_policy)
 
@@ -149,9 +201,13 @@ class TwoList:
             return self.vmstat[VmStat.WORKINGSET_ACTIVATE]
         return self.vmstat.per_mm[self.memcg][VmStat.WORKINGSET_ACTIVATE]  # type: ignore[attr-defined]
 
-    def inactive_is_low(self) -> bool:
-        """``inactive_is_low``: the inactive list is short relative to the active one."""
-        inactive, active = len(self.inactive), len(self.active)
+    def inactive_is_low(self, file: bool = False) -> bool:
+        """``inactive_is_low``: the (anon or file) inactive list is short relative to its
+        active one."""
+        if file:
+            inactive, active = len(self.inactive_file), len(self.active_file)
+        else:
+            inactive, active = len(self.inactive), len(self.active)
         if self.cfg.inactive_ratio is not None:
             ratio = self.cfg.inactive_ratio
         else:
@@ -160,18 +216,36 @@ class TwoList:
         return inactive * ratio < active
 
     def _lru_note_cost(self, nr_io: int, nr_rotated: int) -> None:
-        """``lru_note_cost`` for anon: IO weighs SWAP_CLUSTER_MAX rotations; decays by half
-        once the costs exceed a quarter of the LRU."""
-        self.anon_cost += nr_io * SWAP_CLUSTER_MAX + nr_rotated
-        if self.anon_cost > (len(self.inactive) + len(self.active)) // 4:
-            self.anon_cost //= 2
+        """``lru_note_cost`` for anon (scan_balance.py): IO weighs SWAP_CLUSTER_MAX rotations;
+        both costs halve once they exceed a quarter of the LRU."""
+        self.anon_cost, self.file_cost = lru_note_cost(
+            self.anon_cost,
+            self.file_cost,
+            file=False,
+            nr_io=nr_io,
+            nr_rotated=nr_rotated,
+            lru_pages=self._lru_pages() if self.file else len(self.inactive) + len(self.active),
+        )
 
     def get_scan_count(
         self, sc: ScanControl, reclaim: Reclaimer, may_deactivate: bool
     ) -> tuple[int, int]:
-        """``get_scan_count`` for the two anon lists: folios to scan from (inactive, active)."""
-        if not reclaim.can_swap():
-            return 0, 0  # SCAN_FILE: anon is not reclaimable
+        """``get_scan_count`` for the two anon lists: folios to scan from (inactive, active).
+
+        The balance and SCAN_FRACT's fractions are sim/reclaim/scan_balance.py's, here with no
+        file lists (file size and ``file_cost`` 0, so never cache trim mode).
+        """
+        swappiness = self.cfg.swappiness
+        balance = scan_balance(
+            can_reclaim_anon=reclaim.can_swap(),
+            cgroup_reclaim=sc.target_memcg >= 0,
+            swappiness=swappiness,
+            priority=sc.priority,
+            file_is_tiny=False,
+            cache_trim_mode=False,
+        )
+        if balance == ScanBalance.SCAN_FILE:
+            return 0, 0  # anon is not reclaimable, or memcg reclaim at swappiness 0
         inactive, active = len(self.inactive), len(self.active)
         if sc.emin or sc.elow:  # a protected memcg: apply_proportional_protection
             inactive, low1 = apply_proportional_protection(
@@ -182,17 +256,20 @@ class TwoList:
             )
             sc.memcg_low_skipped |= low1 or low2
         nr_inactive, nr_active = inactive >> sc.priority, active >> sc.priority
-        swappiness = self.cfg.swappiness
-        free, high = reclaim.free_and_high()
-        file_is_tiny = free <= high and not may_deactivate and nr_inactive > 0
-        if (sc.priority == 0 and swappiness) or file_is_tiny:
+        if balance == ScanBalance.SCAN_FRACT and sc.target_memcg < 0:
+            free, high = reclaim.free_and_high()
+            tiny = file_is_tiny(
+                nr_file=0,
+                nr_free=free,
+                high_wmark=high,
+                may_deactivate_anon=may_deactivate,
+                anon_left=nr_inactive > 0,
+            )
+            if tiny:
+                balance = ScanBalance.SCAN_ANON
+        if balance != ScanBalance.SCAN_FRACT:
             return nr_inactive, nr_active  # SCAN_EQUAL / SCAN_ANON
-        # SCAN_FRACT (calculate_pressure_balance) against a file cost of zero
-        total = self.anon_cost
-        anon_cost, file_cost = total + self.anon_cost, total
-        total = anon_cost + file_cost
-        ap = swappiness * (total + 1) // (anon_cost + 1)
-        fp = (MAX_SWAPPINESS - swappiness) * (total + 1) // (file_cost + 1)
+        ap, fp = calculate_pressure_balance(swappiness, self.anon_cost, self.file_cost)
         denominator = ap + fp
         return nr_inactive * ap // denominator, nr_active * ap // denominator
 
@@ -218,7 +295,10 @@ class TwoList:
         # workingset_refault: activate if the refault distance fits the workingset (active anon).
         self._count(VmStat.WORKINGSET_REFAULT)
         distance = (self.nonresident_age - (shadow & _AGE_MASK)) & _AGE_MASK
-        if distance <= len(self.active):
+        workingset_size = len(self.active)  # workingset_test_recent for anon: + file lists
+        if self.file:
+            workingset_size += len(self.inactive_file) + len(self.active_file)
+        if distance <= workingset_size:
             workingset = shadow >> 31
             self.fl[pfn] = LRU_ACTIVE | (PG_WORKINGSET if workingset else 0)
             self.active.add_one(pfn)
@@ -241,33 +321,43 @@ class TwoList:
             return
         # __lru_cache_activate_folio (still in the add batch) / folio_activate (on the list);
         # then clear referenced, age the clock
-        if not self.inactive.take_pending(pfn):
+        inactive, active = self.inactive, self.active
+        if fl & LRU_FILE:
+            inactive, active = self.inactive_file, self.active_file
+        if not inactive.take_pending(pfn):
             if not fl & LRU_INACTIVE:
                 return  # isolated by reclaim: shrink_folio_list decides
-            self.inactive.unlink(pfn)
+            inactive.unlink(pfn)
             self._count(_PGACTIVATE)
-        self.active.add_one(pfn)
+        active.add_one(pfn)
         self.fl[pfn] = (fl & ~(PG_REFERENCED | LRU_INACTIVE)) | LRU_ACTIVE
         self.nonresident_age += 1  # workingset_activation
 
     def folio_remove(self, pfns: Pfns) -> None:
         """Drop folios from whichever list holds them (their mm exited)."""
         fl = self.fl[pfns]
-        self.inactive.remove(pfns[(fl & LRU_INACTIVE) != 0])
-        self.active.remove(pfns[(fl & LRU_ACTIVE) != 0])
+        anon = (fl & LRU_FILE) == 0
+        self.inactive.remove(pfns[anon & ((fl & LRU_INACTIVE) != 0)])
+        self.active.remove(pfns[anon & ((fl & LRU_ACTIVE) != 0)])
+        if self.file:
+            self.inactive_file.remove(pfns[~anon & ((fl & LRU_INACTIVE) != 0)])
+            self.active_file.remove(pfns[~anon & ((fl & LRU_ACTIVE) != 0)])
         self.fl[pfns] = 0
 
     def folio_rotate_reclaimable(self, pfn: int) -> None:
         """``lru_move_tail``: to the inactive tail, not active (``pgrotated``)."""
         fl = self.fl.item(pfn)
+        inactive, active = self.inactive, self.active
+        if fl & LRU_FILE:
+            inactive, active = self.inactive_file, self.active_file
         if fl & LRU_ACTIVE:
-            self.active.unlink(pfn)
+            active.unlink(pfn)
         elif fl & LRU_INACTIVE:
-            self.inactive.unlink(pfn)
+            inactive.unlink(pfn)
         else:
             return
         self.fl[pfn] = (fl & ~LRU_ACTIVE) | LRU_INACTIVE
-        self.inactive.add_tail(np.array([pfn], dtype=np.int64))
+        inactive.add_tail(np.array([pfn], dtype=np.int64))
 
     def workingset_eviction(self, pfns: Pfns) -> NDArray[np.uint32]:
         """Shadow = nonresident_age before this eviction, with PG_workingset in the top bit."""
@@ -280,6 +370,9 @@ class TwoList:
 
     def shrink_node(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
         """``shrink_lruvec`` for the anon lists at ``sc.priority``."""
+        if self.file:
+            yield from self._shrink_lruvec_file(sc, reclaim)
+            return
         may_deactivate = self._refaults() != self._refaults_snapshot or self.inactive_is_low()
         nr_inactive, nr_active = self.get_scan_count(sc, reclaim, may_deactivate)
         proportional = sc.direct and sc.priority == DEF_PRIORITY
@@ -309,6 +402,8 @@ class TwoList:
     def reclaim_cycle_end(self) -> None:
         """``snapshot_refaults``: remember refault activations for ``prepare_scan_control``."""
         self._refaults_snapshot = self._refaults()
+        if self.file:
+            self._refaults_file_snapshot = self.vmstat[WORKINGSET_ACTIVATE_FILE]
 
     def on_access(self, pfns: Pfns, seq: NDArray[np.int64]) -> None:
         """Real policies see only accessed bits."""
@@ -317,8 +412,12 @@ class TwoList:
         """Real policies do not know the future."""
 
     def lru_sizes(self) -> dict[str, int]:
-        """Folios on each list."""
-        return {"inactive": len(self.inactive), "active": len(self.active)}
+        """Folios on each list (anon as ``inactive``/``active``)."""
+        sizes = {"inactive": len(self.inactive), "active": len(self.active)}
+        if self.file:
+            sizes["inactive_file"] = len(self.inactive_file)
+            sizes["active_file"] = len(self.active_file)
+        return sizes
 
     def check(self, on_lru: NDArray[np.bool_]) -> None:
         """Each resident folio on exactly one list, matching its flag; nothing else tracked."""
@@ -326,12 +425,200 @@ class TwoList:
         assert len(ina) == len(self.inactive), "inactive list size"
         assert len(act) == len(self.active), "active list size"
         both = np.concatenate((ina, act))
+        assert not (self.fl[both] & LRU_FILE).any(), "a file folio on an anon list"
+        if self.file:
+            fi, fa = self.inactive_file.snapshot(), self.active_file.snapshot()
+            assert len(fi) == len(self.inactive_file), "inactive file list size"
+            assert len(fa) == len(self.active_file), "active file list size"
+            assert (self.fl[np.concatenate((fi, fa))] & LRU_FILE).all(), "anon on a file list"
+            ina, act = np.concatenate((ina, fi)), np.concatenate((act, fa))
+            both = np.concatenate((ina, act))
         assert len(np.unique(both)) == len(both), "a folio is on a list twice"
         tracked = np.zeros(len(on_lru), dtype=np.bool_)
         tracked[both] = True
         assert (tracked == on_lru).all(), "LRU lists disagree with the resident folios"
         assert ((self.fl[ina] & _LRU) == LRU_INACTIVE).all(), "inactive folio flagged otherwise"
         assert ((self.fl[act] & _LRU) == LRU_ACTIVE).all(), "active folio flagged inactive"
+
+    # -- the page cache's lists (sim/host/filemap.py feeds them) ------------------------------
+    def file_add_lru(self, pfn: int, shadow: int | None, swap_ok: bool) -> None:
+        """``filemap_add_folio`` -> ``folio_add_lru`` of a page-cache folio just read: the
+        inactive file list, or the active one when ``workingset_refault`` finds the refault
+        distance within the workingset (``workingset_test_recent`` for file: the active file
+        list, plus both anon lists while swap has room)."""
+        if shadow is None:
+            self.fl[pfn] = LRU_INACTIVE | LRU_FILE
+            self.inactive_file.add_one(pfn)
+            return
+        self._count(WORKINGSET_REFAULT_FILE)
+        distance = (self.nonresident_age - (shadow & _AGE_MASK)) & _AGE_MASK
+        workingset_size = len(self.active_file)
+        if swap_ok:
+            workingset_size += len(self.active) + len(self.inactive)
+        if distance > workingset_size:
+            self.fl[pfn] = LRU_INACTIVE | LRU_FILE
+            self.inactive_file.add_one(pfn)
+            return
+        workingset = shadow >> 31
+        self.fl[pfn] = LRU_ACTIVE | LRU_FILE | (PG_WORKINGSET if workingset else 0)
+        self.active_file.add_one(pfn)
+        self.nonresident_age += 1
+        self._count(WORKINGSET_ACTIVATE_FILE)
+        if workingset:  # lru_note_cost_refault: the cost of a file refault
+            self._count(WORKINGSET_RESTORE_FILE)
+            self.anon_cost, self.file_cost = lru_note_cost(
+                self.anon_cost,
+                self.file_cost,
+                file=True,
+                nr_io=1,
+                nr_rotated=0,
+                lru_pages=self._lru_pages(),
+            )
+
+    def _lru_pages(self) -> int:
+        """Folios on all four lists (``lru_note_cost``'s lrusize)."""
+        return (
+            len(self.inactive) + len(self.active) + len(self.inactive_file) + len(self.active_file)
+        )
+
+    def get_scan_count_file(
+        self, sc: ScanControl, reclaim: Reclaimer, may_anon: bool, may_file: bool
+    ) -> list[int]:
+        """``get_scan_count`` over the four lists: folios to scan from (inactive anon, active
+        anon, inactive file, active file); SCAN_FRACT rounds each share up
+        (``DIV64_U64_ROUND_UP``)."""
+        swappiness, p = self.cfg.swappiness, sc.priority
+        sizes = [
+            len(self.inactive) >> p,
+            len(self.active) >> p,
+            len(self.inactive_file) >> p,
+            len(self.active_file) >> p,
+        ]
+        free, high = reclaim.free_and_high()
+        balance = scan_balance(
+            can_reclaim_anon=reclaim.can_swap(),
+            cgroup_reclaim=False,
+            swappiness=swappiness,
+            priority=p,
+            file_is_tiny=file_is_tiny(
+                nr_file=len(self.inactive_file) + len(self.active_file),
+                nr_free=free,
+                high_wmark=high,
+                may_deactivate_anon=may_anon,
+                anon_left=sizes[0] > 0,
+            ),
+            cache_trim_mode=cache_trim_mode(
+                inactive_file_left=sizes[2] > 0, may_deactivate_file=may_file
+            ),
+        )
+        if balance == ScanBalance.SCAN_EQUAL:
+            return sizes
+        if balance == ScanBalance.SCAN_ANON:
+            return [sizes[0], sizes[1], 0, 0]
+        if balance == ScanBalance.SCAN_FILE:
+            return [0, 0, sizes[2], sizes[3]]
+        ap, fp = calculate_pressure_balance(swappiness, self.anon_cost, self.file_cost)
+        den = ap + fp
+        return [-(-n * f // den) for n, f in zip(sizes, (ap, ap, fp, fp), strict=True)]
+
+    def _shrink_lruvec_file(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
+        """``shrink_lruvec`` over anon and file: batches of SWAP_CLUSTER_MAX from each list in
+        turn (an active list only when its type may deactivate); once the target is met,
+        outside proportional direct reclaim, the smaller type stops and the other's remaining
+        scan is cut to the same fraction of its target."""
+        may_anon = self._refaults() != self._refaults_snapshot or self.inactive_is_low()
+        may_file = self.vmstat[
+            WORKINGSET_ACTIVATE_FILE
+        ] != self._refaults_file_snapshot or self.inactive_is_low(file=True)
+        nr = self.get_scan_count_file(sc, reclaim, may_anon, may_file)
+        targets = list(nr)
+        scan_adjusted = sc.direct and sc.priority == DEF_PRIORITY  # proportional_reclaim
+        while nr[0] or nr[2] or nr[3]:
+            for lru in range(4):
+                if not nr[lru]:
+                    continue
+                n = min(nr[lru], sc.batch)
+                nr[lru] -= n
+                if lru == 0:
+                    self.shrink_inactive_list(n, sc, reclaim)
+                elif lru == 2:
+                    self.shrink_inactive_file(n, sc, reclaim)
+                elif lru == 1 and may_anon:
+                    self.shrink_active_list(n, sc, reclaim)
+                elif lru == 3 and may_file:
+                    self.shrink_active_file(n, sc)
+                else:
+                    continue
+                yield
+            if sc.nr_reclaimed - sc.lruvec_base < sc.nr_to_reclaim or scan_adjusted:
+                continue
+            nr_anon, nr_file = nr[0] + nr[1], nr[2] + nr[3]
+            if not nr_anon or not nr_file:
+                break
+            if nr_file > nr_anon:
+                stop, other, left = 0, 2, nr_anon * 100 // (targets[0] + targets[1] + 1)
+            else:
+                stop, other, left = 2, 0, nr_file * 100 // (targets[2] + targets[3] + 1)
+            nr[stop] = nr[stop + 1] = 0
+            for lru in (other, other + 1):
+                scanned = targets[lru] - nr[lru]
+                nr[lru] = targets[lru] * (100 - left) // 100
+                nr[lru] -= min(nr[lru], scanned)
+            scan_adjusted = True
+        if reclaim.can_swap() and self.inactive_is_low():
+            self.shrink_active_list(SWAP_CLUSTER_MAX, sc, reclaim)
+            yield
+
+    def shrink_inactive_file(self, n: int, sc: ScanControl, reclaim: Reclaimer) -> None:
+        """``shrink_inactive_list`` for the inactive file list. Folios under write-back are
+        activated first (PG_reclaim set, as for anon). The page cache is not mapped, so
+        ``folio_check_references`` sees no pte and reclaims every other folio (PG_referenced
+        cleared; activation happened in ``folio_mark_accessed``): a clean one leaves through
+        ``__remove_mapping`` with a workingset shadow, without I/O; a dirty one is not written
+        by reclaim but marked PG_reclaim and activated, for the flusher to write
+        (``nr_vmscan_immediate_reclaim``)."""
+        pfns = self.inactive_file.isolate_tail(n)
+        if len(pfns) == 0:
+            return
+        _set_lru(pfns, self.fl, 0)
+        sc.nr_taken += len(pfns)
+        sc.isolated(len(pfns))
+        self._count(PGSCAN_FILE, len(pfns))
+        writeback = reclaim.writeback_check(pfns, sc)
+        check = pfns[~writeback]
+        self.fl[check] &= np.uint8(~PG_REFERENCED & 0xFF)
+        dirty = reclaim.folio_test_dirty(check)
+        if dirty.any():
+            reclaim.folio_set_reclaim(check[dirty])
+            self._count(NR_VMSCAN_IMMEDIATE, int(np.count_nonzero(dirty)))
+        clean = check[~dirty]
+        reclaim.remove_file_folios(clean, sc)
+        self._count(PGSTEAL_FILE, len(clean))
+        act = np.concatenate((pfns[writeback], check[dirty]))
+        if len(act):
+            _set_lru(act, self.fl, LRU_ACTIVE)
+            self.active_file.add_head(act)
+            self.nonresident_age += len(act)
+            sc.activated(len(act))
+        self.anon_cost, self.file_cost = lru_note_cost(
+            self.anon_cost,
+            self.file_cost,
+            file=True,
+            nr_io=0,
+            nr_rotated=len(act),
+            lru_pages=self._lru_pages(),
+        )
+
+    def shrink_active_file(self, n: int, sc: ScanControl) -> None:
+        """``shrink_active_list`` for the active file list: unmapped folios are deactivated
+        (PG_workingset set), none kept for a pte reference."""
+        pfns = self.active_file.isolate_tail(n)
+        if len(pfns) == 0:
+            return
+        sc.refilled(len(pfns))
+        _set_lru(pfns, self.fl, LRU_INACTIVE | PG_WORKINGSET)
+        self.inactive_file.add_head(pfns)
+        sc.deactivated(len(pfns))
 
     # -- the two list scanners ---------------------------------------------------------------
     def shrink_inactive_list(self, n: int, sc: ScanControl, reclaim: Reclaimer) -> None:
@@ -343,6 +630,8 @@ class TwoList:
         _set_lru(pfns, self.fl, 0)
         sc.nr_taken += len(pfns)
         sc.isolated(len(pfns))
+        if self.file:
+            self._count(PGSCAN_ANON, len(pfns))
         pageout0, reclaimed0 = sc.nr_pageout, sc.nr_reclaimed
         writeback = reclaim.writeback_check(pfns, sc)  # activated before any reference check
         check = pfns[~writeback] if np.count_nonzero(writeback) else pfns
@@ -361,6 +650,8 @@ class TwoList:
         self._putback(act, active=True)
         sc.activated(len(act))
         reclaimed = sc.nr_reclaimed - reclaimed0
+        if self.file:
+            self._count(PGSTEAL_ANON, reclaimed)
         self._lru_note_cost(sc.nr_pageout - pageout0, len(pfns) - reclaimed)
 
     def shrink_active_list(self, n: int, sc: ScanControl, reclaim: Reclaimer) -> None:
