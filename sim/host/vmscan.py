@@ -387,16 +387,15 @@ class Vmscan:
             if full:  # zswap_store queued the shrink worker
                 self._zswap_writeback(sc)
             return stored
-        owners = np.bincount(mem.page_owners(wpid), minlength=len(self.mms)).tolist()
-        done = swap.submit(self.now(), write=True, n=n, per_mm=owners)
-        if swap.synchronous:
-            if swap.zpool is not None:  # zram_write_page: compressed into the pool
-                swap.zpool.store(wpid)
-                sc.nr_compressed += n
-            mem.flags[wpid] = f & ~_U8(PG_DIRTY)
-            return np.ones(n, dtype=np.bool_)
-        self._writeback_started(wpfn, wpid, f, done, sc)
-        return np.zeros(n, dtype=np.bool_)
+        if not swap.synchronous:
+            self._submit_writeback(wpfn, wpid, f, sc)
+            return np.zeros(n, dtype=np.bool_)
+        self._swap_write(wpid)  # done when it returns: nothing to wait for
+        if swap.zpool is not None:  # zram_write_page: compressed into the pool
+            swap.zpool.store(wpid)
+            sc.nr_compressed += n
+        mem.flags[wpid] = f & ~_U8(PG_DIRTY)
+        return np.ones(n, dtype=np.bool_)
 
     def _submit_writeback(
         self,
@@ -405,10 +404,15 @@ class Vmscan:
         f: NDArray[np.uint8],
         sc: ScanControl,
     ) -> None:
-        """``swap_writepage`` to the device for folios zswap rejected."""
-        owners = np.bincount(self.mem.page_owners(wpid), minlength=len(self.mms)).tolist()
-        done = self.swap.submit(self.now(), write=True, n=len(wpid), per_mm=owners)
-        self._writeback_started(wpfn, wpid, f, done, sc)
+        """``swap_writepage`` to an asynchronous device (the disk, or behind zswap for the
+        folios it rejected): the folios stay under write-back until their writes end."""
+        self._writeback_started(wpfn, wpid, f, self._swap_write(wpid), sc)
+
+    def _swap_write(self, pids: NDArray[np.integer]) -> list[int]:
+        """Submit a swap write per page, counted per mm at submission (``pswpout``); returns
+        when each ends."""
+        owners = np.bincount(self.mem.page_owners(pids), minlength=len(self.mms)).tolist()
+        return self.swap.submit(self.now(), write=True, n=len(pids), per_mm=owners)
 
     def _zswap_writeback(self, sc: ScanControl) -> None:
         """``shrink_worker``: zswap's oldest entries go to the device (``zswpwb``, and a write

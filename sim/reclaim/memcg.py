@@ -66,7 +66,15 @@ class PerMemcgLruvecs:
     charged to (``folio_lruvec``), so the hooks the host calls go to that lruvec."""
 
     lruvecs: list[Any]
-    mem: HostMemory
+
+    def __init__(
+        self,
+        vmstat: Counter[str],
+        mem: HostMemory,
+        limits: MemcgLimits,
+        swap_usage: Callable[[int], int],
+    ) -> None:
+        self.mem, self.limits, self.vmstat, self._swap_usage = mem, limits, vmstat, swap_usage
 
     def _lruvec(self, pfn: int) -> Any:
         """``folio_lruvec``: the lruvec of the memcg the folio is charged to."""
@@ -152,7 +160,7 @@ class MemcgTwoList(PerMemcgLruvecs):
         limits: MemcgLimits,
         swap_usage: Callable[[int], int],
     ) -> None:
-        self.mem, self.limits, self.vmstat, self._swap_usage = mem, limits, vmstat, swap_usage
+        super().__init__(vmstat, mem, limits, swap_usage)
         nr = len(limits.max)
         links = lru_links(nr_frames, 2 * nr)
         fl = np.zeros(nr_frames, dtype=np.uint8)
@@ -290,7 +298,7 @@ class MemcgMglru(PerMemcgLruvecs):
     ) -> None:
         from sim.reclaim.mglru import Mglru
 
-        self.mem, self.limits, self.vmstat, self._swap_usage = mem, limits, vmstat, swap_usage
+        super().__init__(vmstat, mem, limits, swap_usage)
         self.rng = rng
         nr = len(limits.max)
         self.lruvecs = [Mglru(cfg, nr_frames, vmstat, rng) for _ in range(nr)]
