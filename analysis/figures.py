@@ -4,6 +4,9 @@ python -m analysis.figures notifiers RUN_ON RUN_OFF [-o docs/notifiers.png]
 python -m analysis.figures policies SWEEP_DIR [-o docs/policies.png]
 python -m analysis.figures overcommit SWEEP_DIR [-o docs/sweep_overcommit.png]
 python -m analysis.figures protection RUN_A RUN_B [--labels A,B] [-o docs/noisy_neighbour.png]
+python -m analysis.figures limit RUN_A RUN_B [--labels A,B] [-o docs/memcg_limit.png]
+python -m analysis.figures zswap SWEEP_DIR [-o docs/zswap.png]
+python -m analysis.figures swappiness SWEEP_DIR [-o docs/swappiness.png]
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.host_figures import swappiness_figure, sweep_runs, zswap_figure
 from analysis.load import load_run
 from analysis.plots import compare_runs, overcommit_figure, policies_figure, protection_figure
 
@@ -38,19 +42,36 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("run_b")
     m.add_argument("--labels", default="with memory.low,without", help="two labels, a,b")
     m.add_argument("-o", "--out", default="docs/noisy_neighbour.png")
+    lim = sub.add_parser("limit", help="two runs (memory.max on, off): stall per window, resident")
+    lim.add_argument("run_a")
+    lim.add_argument("run_b")
+    lim.add_argument("--labels", default="memory.max,no limit", help="two labels, a,b")
+    lim.add_argument("-o", "--out", default="docs/memcg_limit.png")
+    z = sub.add_parser("zswap", help="a swap-target sweep: fault sources, stall, kswapd CPU")
+    z.add_argument("sweep_dir")
+    z.add_argument("-o", "--out", default="docs/zswap.png")
+    sw = sub.add_parser("swappiness", help="a swappiness sweep: anon vs file reclaim, faults")
+    sw.add_argument("sweep_dir")
+    sw.add_argument("-o", "--out", default="docs/swappiness.png")
     args = ap.parse_args(argv)
     try:
         if args.figure == "notifiers":
             on, off = load_run(args.run_on), load_run(args.run_off)
             fig = compare_runs([("notifiers on", on), ("notifiers off", off)])
             fig.suptitle(f"{on.summary['name']}: KVM aging notifiers on vs off", fontsize="medium")
-        elif args.figure == "protection":
+        elif args.figure in ("protection", "limit"):
             labels = args.labels.split(",")
             if len(labels) != 2:
                 raise ValueError(f"--labels {args.labels!r}: give two labels, e.g. on,off")
             a, b = load_run(args.run_a), load_run(args.run_b)
             fig = protection_figure([(labels[0], a), (labels[1], b)])
             fig.suptitle(f"{a.summary['name']}: {labels[0]} vs {labels[1]}", fontsize="medium")
+        elif args.figure == "zswap":
+            d = Path(args.sweep_dir)
+            fig = zswap_figure(sweep_runs(d), title=f"{d.name}: where swapped guest pages go")
+        elif args.figure == "swappiness":
+            d = Path(args.sweep_dir)
+            fig = swappiness_figure(sweep_runs(d), title=f"{d.name}: guest RAM vs page cache")
         elif args.figure == "overcommit":
             fig = _overcommit(Path(args.sweep_dir))
         else:

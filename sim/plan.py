@@ -34,8 +34,10 @@ the run's summary.json and so all measured after the scenario's ``warmup_s``:
     VM's major faults per second; ``major_faults_per_s_mean``: the mean VM's.
     ``promotion_rate_per_min``: the worst VM's pages read back from swap (major faults) per
     minute as a fraction of its working set (``working_set_mib``, else its memory), e.g.
-    0.002 = 0.2% of the working set per minute. A run in which the OOM killer killed a VM
-    violates any SLO (its metric is infinite).
+    0.002 = 0.2% of the working set per minute. ``oom_kills``: how many VMs the OOM killer
+    (host-wide or a memcg's) killed. A run in which the OOM killer killed a VM violates any
+    other SLO (its metric is infinite); ``oom_kills`` is the count itself, so
+    ``{metric: oom_kills, max: 0}`` asks for the hardest candidate nothing is killed at.
 
 ``memcg.max_mib`` searches the smallest ``memory.max`` (MiB) of the VMs of the profile or
 mix (or of the base's VMs without one), or of the VM profiles named in ``search.apply_to``:
@@ -103,6 +105,7 @@ METRICS = {
     "major_faults_per_s": "worst VM's major faults/s",
     "major_faults_per_s_mean": "mean VM's major faults/s",
     "promotion_rate_per_min": "worst VM's swap-ins/min as a fraction of its working set",
+    "oom_kills": "VMs killed by the OOM killer (global or memcg)",
 }
 RENAMED = {"stall_p99": "stall_mean_p99_vms"}
 
@@ -455,6 +458,7 @@ def run_metrics(sc: Scenario, summary: dict[str, Any]) -> dict[str, float]:
     }
     if host["oom_kills"]:
         out = {k: math.inf for k in out}
+    out["oom_kills"] = float(len(host["oom_kills"]))
     return out
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -10,7 +12,7 @@ from analysis.figures import main as figures_main
 from analysis.load import fault_rate, load_run
 from analysis.plots import stall_windows
 from sim.engine import run_scenario
-from tests.conftest import tiny
+from tests.conftest import TINY, tiny
 
 
 def test_figure_from_two_runs(tmp_path: Path) -> None:
@@ -135,3 +137,58 @@ def test_stall_windows_add_up_and_the_protection_figure_draws(tmp_path: Path) ->
     assert figures_main(args) == 0
     assert out.stat().st_size > 10_000
     assert figures_main([*args, "--labels", "only-one"]) == 2
+
+
+def _sweep(tmp_path: Path, name: str, base: dict[str, Any], body: dict[str, Any]) -> Path:
+    import yaml
+    from click.testing import CliRunner
+
+    from sim.cli import main
+
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_text(yaml.safe_dump({"name": name, "base": base, **body}))
+    out = tmp_path / name
+    r = CliRunner().invoke(main, ["sweep", str(spec), "--workers", "1", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_swap_target_figure_splits_device_reads_from_decompressions(tmp_path: Path) -> None:
+    from analysis.host_figures import swap_target_table, sweep_runs
+
+    variants = [
+        {"label": "disk", "set": {"swap.device": "disk"}},
+        {"label": "zswap", "set": {"swap.zswap.enabled": True}},
+        {"label": "zram", "set": {"swap.device": "zram"}},
+    ]
+    d = _sweep(tmp_path, "zs", copy.deepcopy(TINY), {"variants": variants})
+    t = swap_target_table(sweep_runs(d)).set_index("run")
+    runs = dict(sweep_runs(d))
+    for label in ("disk", "zswap", "zram"):  # every swap-in is read or decompressed
+        vs = runs[label].summary["host"]["vmstat"]
+        got = t.loc[label, ["read from the device", "decompressed in RAM"]].sum()
+        assert got == vs["pswpin"] + vs.get("zswpin", 0) > 0
+    assert t.loc["disk", "decompressed in RAM"] == 0
+    assert t.loc["zram", "read from the device"] == 0
+    assert t.loc["zram", "decompressed in RAM"] > 0
+    assert t.loc["disk", "pool (MiB)"] == 0 < t.loc["zram", "pool (MiB)"]
+    out = tmp_path / "zswap.png"
+    assert figures_main(["zswap", str(d), "-o", str(out)]) == 0
+    assert out.stat().st_size > 10_000
+
+
+def test_swappiness_figure_reads_reclaim_per_type(tmp_path: Path) -> None:
+    from analysis.host_figures import swappiness_table, sweep_runs
+
+    base = copy.deepcopy(TINY)
+    base["host"] = {"memory_mib": 12}
+    base["reclaim"] = {"policy": "two_list"}
+    base["host_files"] = {"size_mib": 8, "access_rate_per_s": 2_000_000}
+    d = _sweep(tmp_path, "sw", base, {"grid": {"reclaim.swappiness": [200, 0]}})
+    t = swappiness_table(sweep_runs(d)).set_index("swappiness")
+    assert list(t.index) == [0, 200]  # sorted
+    assert t.loc[0, "guest RAM (anon)"] < t.loc[200, "guest RAM (anon)"]
+    assert t.loc[0, "page cache (file)"] > t.loc[200, "page cache (file)"]
+    out = tmp_path / "swappiness.png"
+    assert figures_main(["swappiness", str(d), "-o", str(out)]) == 0
+    assert figures_main(["swappiness", str(_sweep(tmp_path, "nf", copy.deepcopy(TINY), {}))]) == 2

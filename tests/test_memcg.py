@@ -421,3 +421,31 @@ def test_mglru_memory_max_reclaims_only_that_vm() -> None:
     assert a["faults"]["major"] > 0
     assert b["faults"]["major"] == 0
     assert b["vmstat"].get("pgscan_direct", 0) == 0
+
+
+def test_swap_full_is_half_of_swap_max_per_memcg() -> None:
+    """``mem_cgroup_swap_full``: a memcg holding at least half its memory.swap.max (4 MiB =
+    1,024 slots: 512 is full, 511 is not) gives slots back on swap-in; an unlimited one
+    never does by itself (the node-wide half-full test is separate)."""
+    w = _world({"max_mib": 8, "swap_max_mib": 4})
+    cg = w.memcg
+    assert cg is not None
+    owners = np.array([0, 1])
+    cg.swap_usage[:] = [511, 10**6]
+    assert cg.swap_full(owners).tolist() == [False, False]
+    cg.swap_usage[:] = [512, 0]
+    assert cg.swap_full(owners).tolist() == [True, False]
+
+
+def test_swapped_in_pages_give_their_slots_back_under_swap_max() -> None:
+    """memory.max 16 MiB plus swap.max 16 MiB hold the VM's 32 MiB, but only if pages faulted
+    back leave their slots once the memcg's swap is half used (``mem_cgroup_swap_full``);
+    keeping them, the slots fill with pages already back in RAM, add_to_swap fails and the
+    memcg OOM kills the VM (it did, 1 s in, before this rule was modelled)."""
+    w = _world({"max_mib": 16, "swap_max_mib": 16}, dur=1.0)
+    run_checked(w)
+    a = w.summary(0.0)["vms"][0]
+    assert not a["oom_killed"]
+    assert a["memcg"]["events"]["swap_max"] == 0
+    assert a["faults"]["major"] > 5000
+    assert 2048 <= a["memcg"]["swap_current_pages"] <= 16 * 256

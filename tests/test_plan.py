@@ -4,6 +4,7 @@ the t interval, and one-line errors for bad plan files."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -523,3 +524,28 @@ def test_bad_memcg_plan_is_one_line_exit_2(
     assert needle in r.output
     assert len(r.output.strip().splitlines()) == 1, r.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_oom_kills_is_a_count_and_every_other_metric_fails(tmp_path: Path) -> None:
+    """A memcg with 1 MiB of memory.max and no swap kills its VM: ``oom_kills`` counts it (so
+    ``{metric: oom_kills, max: 0}`` fails) while every other metric is infinite."""
+    from sim.config import parse_scenario
+    from sim.engine import run_scenario
+    from sim.plan import METRICS, run_metrics
+
+    raw = {
+        "name": "oom",
+        "duration_s": 0.1,
+        "host": {"memory_mib": 64},
+        "swap": {"size_mib": 64},
+        "vms": [{"name": "a", "memory_mib": 16}, {"name": "b", "memory_mib": 16}],
+    }
+    sc = parse_scenario(raw)
+    alive = run_metrics(sc, run_scenario(sc, tmp_path / "alive", command=[]).summary)
+    assert alive["oom_kills"] == 0.0
+    assert set(alive) == set(METRICS)
+    raw["vms"][0]["memcg"] = {"max_mib": 1, "swap_max_mib": 0}
+    sc = parse_scenario(raw)
+    killed = run_metrics(sc, run_scenario(sc, tmp_path / "killed", command=[]).summary)
+    assert killed["oom_kills"] == 1.0
+    assert all(math.isinf(v) for k, v in killed.items() if k != "oom_kills")

@@ -152,7 +152,7 @@ class HostFaultHandler:
                 self._swap_cache_hit(pid)
             self.vmstat.count(_PGFAULT, 1, mem.page_owner(pid))
             f |= _MAPPED_INT
-            if not f & PG_WRITEBACK and (write or self.swap.vm_swap_full()):
+            if not f & PG_WRITEBACK and (write or self._swap_full(pid)):
                 f = (f & ~PG_SWAP) | PG_DIRTY  # should_try_to_free_swap -> folio_free_swap
                 self.swap.free_slots(1, (pid,))
             flags[pid] = f
@@ -336,6 +336,15 @@ class HostFaultHandler:
         if ev.callbacks:  # a fault waits on the folio lock (else no event to process)
             ev.succeed()
 
+    def _swap_full(self, pid: int) -> bool:
+        """``should_try_to_free_swap``'s ``mem_cgroup_swap_full``: swap over half full, node-wide
+        or in the page's memcg (memory.swap.max)."""
+        if self.swap.vm_swap_full():
+            return True
+        return self.memcg is not None and bool(
+            self.memcg.swap_full(np.array([self.mem.page_owner(pid)]))[0]
+        )
+
     def _swapin_done(self, pid: int, pfn: int, write: bool, shadow: int) -> None:
         """The read finished: map the page, keep or free its swap copy, put it on the LRU
         (``shadow``, the one its eviction left, tells the policy whether this is a refault of
@@ -345,7 +354,7 @@ class HostFaultHandler:
         f = flags.item(pid) | _MAPPED_INT
         # zram's path skipped the swap cache and frees the entry (swap_free_nr); otherwise
         # should_try_to_free_swap
-        if write or self.swap.zram or self.swap.vm_swap_full():
+        if write or self.swap.zram or self._swap_full(pid):
             f = (f & ~PG_SWAP) | PG_DIRTY
             self.swap.free_slots(1, (pid,))
         flags[pid] = f

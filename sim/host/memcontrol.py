@@ -366,6 +366,19 @@ class MemCgroups:
                 extra[i] = n + 1
         return ok
 
+    def swap_full(self, owners: NDArray[np.integer]) -> NDArray[np.bool_]:
+        """``mem_cgroup_swap_full`` per page owner: its memcg uses at least half of its
+        memory.swap.max, so a swapped-in or activated folio gives its slot back (the
+        node-wide half-full test, ``vm_swap_full``, is the caller's). Without it a memcg whose
+        swap.max holds only its cold pages would keep slots for pages already back in RAM
+        and be OOM-killed with swap room to spare."""
+        own = np.asarray(owners, dtype=np.int64)
+        lim = np.asarray(self.limits.swap_max, dtype=np.int64)
+        out = np.zeros(len(own), dtype=np.bool_)
+        vm = own < len(lim)  # page-cache owners have no swap
+        out[vm] = self.swap_usage[own[vm]] * 2 >= lim[own[vm]]
+        return out
+
     def charge_swap(self, pids: NDArray[np.integer]) -> None:
         """The pages got swap slots: charge each to its memcg's ``memory.swap.current``."""
         if len(pids):

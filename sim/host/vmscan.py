@@ -292,14 +292,21 @@ class Vmscan:
         return self.mem.nr_free, self.mem.wmark.high
 
     def activate_locked(self, pfns: NDArray[np.int64]) -> None:
-        """Activated swap-cache folios give up their swap copy when swap is over half full
-        (``folio_free_swap``: not while under write-out, and not while a pte still holds the
-        swap entry, i.e. only mapped ones)."""
-        if len(pfns) == 0 or not self.swap.vm_swap_full():
+        """Activated swap-cache folios give up their swap copy when swap is over half full,
+        node-wide or in their memcg (``mem_cgroup_swap_full``; ``folio_free_swap``: not while
+        under write-out, and not while a pte still holds the swap entry, i.e. only mapped
+        ones)."""
+        if len(pfns) == 0:
+            return
+        full = self.swap.vm_swap_full()
+        if not full and self.memcg is None:
             return
         pids = self.mem.frame_pid[pfns]
         f = self.mem.flags[pids]
         sel = pids[(f & (PG_SWAP | PG_WRITEBACK | PTE_PRESENT)) == (PG_SWAP | PTE_PRESENT)]
+        if not full and len(sel):  # mem_cgroup_swap_full: the page's memcg
+            assert self.memcg is not None
+            sel = sel[self.memcg.swap_full(self.mem.page_owners(sel))]
         if len(sel):
             self.swap.free_slots(len(sel), sel)
             self.mem.flags[sel] = (self.mem.flags[sel] & ~_U8(PG_SWAP)) | _U8(PG_DIRTY)

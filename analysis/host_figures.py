@@ -1,0 +1,124 @@
+"""Figures about the host's reclaim targets: where swapped pages go (disk, zswap, zram) and how
+``vm.swappiness`` splits reclaim between guest RAM and the page cache.
+
+Both read a sweep directory: the variants from ``runs.parquet`` and every count from each run's
+``summary.json`` (``host.vmstat``, the one place memsim counts them).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from analysis.load import Run, load_run  # noqa: E402
+
+
+def sweep_runs(sweep_dir: Path) -> list[tuple[str, Run]]:
+    """The finished runs of a sweep, in sweep order, with their labels."""
+    rows = pd.read_parquet(sweep_dir / "runs.parquet")
+    done = rows[rows.status != "failed"].sort_values("index")
+    if not len(done):
+        raise ValueError(f"{sweep_dir}: no finished runs")
+    return [(str(r.label), load_run(sweep_dir / "runs" / r.run)) for r in done.itertuples()]
+
+
+def swap_target_table(runs: list[tuple[str, Run]]) -> pd.DataFrame:
+    """One row per run: where swapped-in pages came from (``pswpin``, ``zswpin``: reads started,
+    so a few more than the major faults that finished), the vCPUs' summed stall, kswapd's busy
+    time and the compressed pool at the end.
+
+    A zram swap-in counts ``pswpin`` as the kernel does, but it is a decompression in RAM, so
+    it is shown with zswap's pool hits (``zswpin``) rather than with device reads.
+    """
+    rows = []
+    for label, run in runs:
+        host, vs = run.summary["host"], run.summary["host"]["vmstat"]
+        zram = run.config.get("swap", {}).get("device", "disk") == "zram"
+        rows.append(
+            {
+                "run": label,
+                "read from the device": 0 if zram else vs.get("pswpin", 0),
+                "decompressed in RAM": vs.get("zswpin", 0) + (vs.get("pswpin", 0) if zram else 0),
+                "vCPU stall (s)": sum(vm["stall_ns"] for vm in run.summary["vms"]) / 1e9,
+                "kswapd busy (s)": host["kswapd_busy_ns"] / 1e9,
+                "pool (MiB)": host.get("swap", {}).get("pool_frames_end", 0)
+                * host["page_size_kib"]
+                / 1024,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def zswap_figure(runs: list[tuple[str, Run]], title: str = "") -> plt.Figure:
+    """Pages swapped in by where they came from, vCPU stall and kswapd CPU, per swap target."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    t = swap_target_table(runs)
+    t["run"] = t["run"].str.replace(", ", "\n")
+    fig, (ax_f, ax_s, ax_k) = plt.subplots(1, 3, figsize=(12, 4.2), constrained_layout=True)
+    faults = t.set_index("run")[["read from the device", "decompressed in RAM"]]
+    faults.plot.bar(stacked=True, ax=ax_f, color=["#c44e52", "#55a868"], rot=0, width=0.7)
+    ax_f.set(xlabel="", ylabel="pages swapped in", title="Swap-ins, by source")
+    ax_f.legend(fontsize="small")
+    sns.barplot(data=t, x="run", y="vCPU stall (s)", ax=ax_s, color="#4c72b0")
+    ax_s.set(xlabel="", title="vCPU stall, all guests")
+    sns.barplot(data=t, x="run", y="kswapd busy (s)", ax=ax_k, color="#8172b2")
+    ax_k.set(xlabel="", title="kswapd CPU (incl. compression)")
+    ax_k.set_xticks(
+        range(len(t)),
+        [
+            f"{r}\npool {m:.0f} MiB" if m else r
+            for r, m in zip(t["run"], t["pool (MiB)"], strict=True)
+        ],
+    )
+    if title:
+        fig.suptitle(title, fontsize="medium")
+    return fig
+
+
+def swappiness_table(runs: list[tuple[str, Run]]) -> pd.DataFrame:
+    """One row per run: swappiness, pages reclaimed per type, guest major faults, page-cache
+    refaults and the guests' mean stall."""
+    rows = []
+    for _, run in runs:
+        vs, vms = run.summary["host"]["vmstat"], run.summary["vms"]
+        if "pgsteal_file" not in vs:
+            raise ValueError(f"{run.path}: no page cache in this run (add a host_files section)")
+        rows.append(
+            {
+                "swappiness": int(run.config.get("reclaim", {}).get("swappiness", 60)),
+                "guest RAM (anon)": vs["pgsteal_anon"],
+                "page cache (file)": vs["pgsteal_file"],
+                "guest major faults": vs["pgmajfault"],
+                "page-cache refaults": vs["workingset_refault_file"],
+                "guest stall (%)": 100 * sum(vm["stall_fraction"] for vm in vms) / len(vms),
+            }
+        )
+    return pd.DataFrame(rows).sort_values("swappiness").reset_index(drop=True)
+
+
+def swappiness_figure(runs: list[tuple[str, Run]], title: str = "") -> plt.Figure:
+    """What each swappiness reclaimed (anon vs file), what came back, and what guests paid."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    t = swappiness_table(runs).set_index("swappiness")
+    fig, (ax_r, ax_f, ax_s) = plt.subplots(1, 3, figsize=(12, 3.8), constrained_layout=True)
+    t[["guest RAM (anon)", "page cache (file)"]].plot.bar(
+        ax=ax_r, rot=0, color=["#c44e52", "#4c72b0"], width=0.75
+    )
+    ax_r.set(xlabel="vm.swappiness", ylabel="pages reclaimed (pgsteal)", title="Reclaimed")
+    t[["guest major faults", "page-cache refaults"]].plot.bar(
+        ax=ax_f, rot=0, color=["#c44e52", "#4c72b0"], width=0.75
+    )
+    ax_f.set(xlabel="vm.swappiness", ylabel="faults", title="Came back")
+    t["guest stall (%)"].plot.bar(ax=ax_s, rot=0, color="#8172b2", width=0.6)
+    ax_s.set(xlabel="vm.swappiness", ylabel="mean guest vCPU stall (%)", title="Guests paid")
+    for ax in (ax_r, ax_f):
+        ax.legend(fontsize="small")
+    if title:
+        fig.suptitle(title, fontsize="medium")
+    return fig
