@@ -501,10 +501,13 @@ def test_shrink_one_follows_the_kernels_branches() -> None:
     _fake_shrink(pol, 1, aged=False, freed=3, log=log)
     pol.lruvecs[1].nr_pages[0] = 8192
     assert _run(pol._shrink_one(1, sc, host)) == MEMCG_LRU_TAIL  # below low, first visit
-    assert log == [] and pol.vmstat["memcg_low"] == 0
+    assert log == []
+    assert pol.vmstat["memcg_low"] == 0
     pol.lru_gen_rotate_memcg(1, MEMCG_LRU_TAIL)
     assert _run(pol._shrink_one(1, sc, host)) == 0  # reclaimed; sizable, not aged: stays
-    assert log == [1] and sc.nr_reclaimed == 3 and pol.vmstat["memcg_low"] == 1
+    assert log == [1]
+    assert sc.nr_reclaimed == 3
+    assert pol.vmstat["memcg_low"] == 1
     assert pol.seg[1] == MEMCG_LRU_TAIL  # no rotation: the next visit reclaims it again
     _fake_shrink(pol, 2, aged=True, freed=0, log=log)
     assert _run(pol._shrink_one(2, sc, host)) == MEMCG_LRU_YOUNG  # aged
@@ -529,7 +532,8 @@ def test_shrink_many_walks_the_generation_it_started_in() -> None:
         _fake_shrink(pol, i, aged=True, freed=1, log=log)
     sc = ScanControl(nr_to_reclaim=32, priority=11, direct=True)
     _run(pol._shrink_many(sc, _Host()))
-    assert sorted(log) == [0, 1, 2] and sc.nr_reclaimed == 3
+    assert sorted(log) == [0, 1, 2]
+    assert sc.nr_reclaimed == 3
     assert (pol.seq, pol.gen, pol.nr_memcgs) == (1, [1, 1, 1], [0, 3, 0])
     pol.check(np.zeros(64, dtype=np.bool_))
 
@@ -551,7 +555,8 @@ def test_memory_low_under_mglru_defers_once_per_aging() -> None:
         if op:
             pol.lru_gen_rotate_memcg(0, op)
     assert ops == [MEMCG_LRU_TAIL, 0, 0, MEMCG_LRU_YOUNG, MEMCG_LRU_TAIL]
-    assert log == [0, 0, 0] and pol.vmstat["memcg_low"] == 3
+    assert log == [0, 0, 0]
+    assert pol.vmstat["memcg_low"] == 3
 
 
 def test_mglru_limit_reclaim_does_not_abort_and_makes_an_aged_memcg_young() -> None:
@@ -568,7 +573,8 @@ def test_mglru_limit_reclaim_does_not_abort_and_makes_an_aged_memcg_young() -> N
     _fake_shrink(pol, 1, aged=True, freed=5, log=log)
     sc = ScanControl(nr_to_reclaim=32, direct=True, target_memcg=1)
     _run(pol.shrink_node(sc, _Host()))
-    assert log == [1] and (pol.gen, pol.nr_memcgs) == ([0, 1], [1, 1, 0])
+    assert log == [1]
+    assert (pol.gen, pol.nr_memcgs) == ([0, 1], [1, 1, 0])
 
 
 def test_min_ttl_counts_a_memcg_below_min_as_not_reclaimable() -> None:
