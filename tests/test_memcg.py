@@ -25,6 +25,7 @@ from sim.host.memcontrol import (
     mem_cgroup_protection,
 )
 from sim.host.memory import HostMemory, setup_per_zone_wmarks
+from sim.host.vmscan import ScanControl
 from sim.host.vmstat import new_vmstat
 from sim.reclaim.memcg import (
     MEMCG_LRU_TAIL,
@@ -385,9 +386,10 @@ def test_memory_min_is_never_breached() -> None:
 
 
 def test_memcg_lru_rotation() -> None:
-    """``lru_gen_rotate_memcg`` by hand: three memcgs in generation 0 (bins 0, 1, 2). TAIL
-    keeps the generation and marks the segment; YOUNG moves to generation seq + 1; when the
-    current generation empties, seq advances."""
+    """``lru_gen_rotate_memcg`` by hand: three memcgs in generation 0, each at the tail of a
+    random bin. TAIL keeps the generation and marks the segment; YOUNG moves to generation
+    seq + 1 and clears it; each rotation draws a new bin; when the current generation
+    empties, seq advances."""
     nr = 30
     mem = HostMemory(nr, nr, setup_per_zone_wmarks(nr), [0, 10, 20])
     lim = MemcgLimits.from_configs([None, None, None], 256)
@@ -401,8 +403,10 @@ def test_memcg_lru_rotation() -> None:
         swap_usage=lambda i: 0,
     )
     assert (pol.seq, pol.gen, pol.nr_memcgs) == (0, [0, 0, 0], [3, 0, 0])
+    bins = list(pol.bin)
     pol.lru_gen_rotate_memcg(1, MEMCG_LRU_TAIL)
-    assert (pol.gen[1], pol.seg[1], pol.fifo[0][1]) == (0, MEMCG_LRU_TAIL, [1])
+    assert (pol.gen[1], pol.seg[1], pol.fifo[0][pol.bin[1]][-1]) == (0, MEMCG_LRU_TAIL, 1)
+    assert 1 not in pol.fifo[0][bins[1]] or pol.bin[1] == bins[1]
     for i in (0, 1):
         pol.lru_gen_rotate_memcg(i, MEMCG_LRU_YOUNG)
     assert (pol.seq, pol.gen, pol.nr_memcgs, pol.seg[1]) == (0, [1, 1, 0], [1, 2, 0], 0)
@@ -449,3 +453,165 @@ def test_swapped_in_pages_give_their_slots_back_under_swap_max() -> None:
     assert a["memcg"]["events"]["swap_max"] == 0
     assert a["faults"]["major"] > 5000
     assert 2048 <= a["memcg"]["swap_current_pages"] <= 16 * 256
+
+
+# -- MGLRU's memcg LRU: shrink_one's branches, shrink_many, limit reclaim, min_ttl ---------------
+class _Host:
+    """The few host calls the memcg LRU makes: swap room, the watermarks, the clock."""
+
+    def __init__(self, swap: bool = True) -> None:
+        self.swap = swap
+
+    def can_swap(self) -> bool:
+        return self.swap
+
+    def free_and_high(self) -> tuple[int, int]:
+        return 0, 100  # far below high: kswapd never aborts for the watermark
+
+    def now(self) -> int:
+        return 10**12
+
+
+def _lru(nr: int, low: list[int], mn: list[int], resident: list[int]) -> MemcgMglru:
+    """A memcg LRU over ``len(low)`` memcgs with the given memory.low / memory.min and
+    memory.current (pages); each lruvec's shrink is replaced by ``_fake_shrink``."""
+    n = len(low)
+    mem = HostMemory(nr, nr, setup_per_zone_wmarks(nr), [nr // n * i for i in range(n)])
+    big = [1 << 40] * n
+    lim = MemcgLimits(max=big, high=big, low=low, min=mn, swap_max=big)
+    pol = MemcgMglru(
+        MglruConfig(min_ttl_ms=1000),
+        nr,
+        new_vmstat(n),
+        np.random.default_rng(0),
+        mem=mem,
+        limits=lim,
+        swap_usage=lambda i: 0,
+    )
+    mem.nr_resident[:] = resident
+    return pol
+
+
+def _fake_shrink(pol: MemcgMglru, memcg: int, aged: bool, freed: int, log: list[int]) -> None:
+    """The lruvec's reclaim: frees ``freed``, and says whether it aged."""
+    lv = pol.lruvecs[memcg]
+
+    def shrink_node(sc: ScanControl, reclaim: Any) -> Any:
+        log.append(memcg)
+        sc.nr_reclaimed += freed
+        lv.should_rotate = aged
+        yield
+
+    lv.shrink_node = shrink_node  # type: ignore[method-assign]
+
+
+def _run(gen: Any) -> Any:
+    """Drive a policy generator to its end; its return value."""
+    try:
+        while True:
+            next(gen)
+    except StopIteration as done:
+        return done.value
+
+
+def test_shrink_one_follows_the_kernels_branches() -> None:
+    """``shrink_one`` by hand, at priority 12 (a lruvec is sizable from 4096 folios on):
+    below memory.min -> YOUNG, not shrunk; below memory.low -> TAIL the first time (no
+    event), then shrunk with ``memory.events low``; aged -> YOUNG; not aged and sizable ->
+    stay (0); too small -> TAIL, and YOUNG once it already is at the tail; with swap full no
+    folio is evictable, so even a big lruvec is too small (``lruvec_is_sizable``)."""
+    pol = _lru(64, low=[0, 100, 0], mn=[100, 0, 0], resident=[80, 80, 500])
+    log: list[int] = []
+    host = _Host()
+    sc = ScanControl(nr_to_reclaim=32, priority=12, direct=True)
+    _fake_shrink(pol, 0, aged=True, freed=0, log=log)
+    assert _run(pol._shrink_one(0, sc, host)) == MEMCG_LRU_YOUNG  # below min
+    _fake_shrink(pol, 1, aged=False, freed=3, log=log)
+    pol.lruvecs[1].nr_pages[0] = 8192
+    assert _run(pol._shrink_one(1, sc, host)) == MEMCG_LRU_TAIL  # below low, first visit
+    assert log == []
+    assert pol.vmstat["memcg_low"] == 0
+    pol.lru_gen_rotate_memcg(1, MEMCG_LRU_TAIL)
+    assert _run(pol._shrink_one(1, sc, host)) == 0  # reclaimed; sizable, not aged: stays
+    assert log == [1]
+    assert sc.nr_reclaimed == 3
+    assert pol.vmstat["memcg_low"] == 1
+    assert pol.seg[1] == MEMCG_LRU_TAIL  # no rotation: the next visit reclaims it again
+    _fake_shrink(pol, 2, aged=True, freed=0, log=log)
+    assert _run(pol._shrink_one(2, sc, host)) == MEMCG_LRU_YOUNG  # aged
+    _fake_shrink(pol, 2, aged=False, freed=0, log=log)
+    pol.lruvecs[2].nr_pages[0] = 4095  # 4095 >> 12 == 0: too small
+    assert _run(pol._shrink_one(2, sc, host)) == MEMCG_LRU_TAIL
+    pol.lru_gen_rotate_memcg(2, MEMCG_LRU_TAIL)
+    assert _run(pol._shrink_one(2, sc, host)) == MEMCG_LRU_YOUNG  # the one retry is spent
+    pol.lru_gen_rotate_memcg(2, MEMCG_LRU_YOUNG)
+    pol.lruvecs[2].nr_pages[0] = 8192  # 8192 >> 12 == 2: sizable with swap ...
+    assert _run(pol._shrink_one(2, sc, host)) == 0
+    assert _run(pol._shrink_one(2, sc, _Host(swap=False))) == MEMCG_LRU_TAIL  # ... not without
+
+
+def test_shrink_many_walks_the_generation_it_started_in() -> None:
+    """Three memcgs age and go young one after the other; the old generation empties and
+    ``seq`` advances in the middle of the call, but ``shrink_many`` keeps to the bins of the
+    generation it read at the start, so each memcg is shrunk once."""
+    pol = _lru(64, low=[0, 0, 0], mn=[0, 0, 0], resident=[500, 500, 500])
+    log: list[int] = []
+    for i in range(3):
+        _fake_shrink(pol, i, aged=True, freed=1, log=log)
+    sc = ScanControl(nr_to_reclaim=32, priority=11, direct=True)
+    _run(pol._shrink_many(sc, _Host()))
+    assert sorted(log) == [0, 1, 2]
+    assert sc.nr_reclaimed == 3
+    assert (pol.seq, pol.gen, pol.nr_memcgs) == (1, [1, 1, 1], [0, 3, 0])
+    pol.check(np.zeros(64, dtype=np.bool_))
+
+
+def test_memory_low_under_mglru_defers_once_per_aging() -> None:
+    """A memcg below memory.low: its first visit moves it to the tail (no reclaim), every
+    later one reclaims it (``memory.events low`` each time) while it does not age; once it
+    ages (YOUNG clears the tail mark) the next visit defers it again. Visits are driven one
+    by one here, as ``shrink_many`` makes them."""
+    pol = _lru(64, low=[100], mn=[0], resident=[80])
+    pol.lruvecs[0].nr_pages[0] = 8192
+    log: list[int] = []
+    sc = ScanControl(nr_to_reclaim=32, priority=11, direct=True)
+    ops = []
+    for aged in (False, False, False, True, False):
+        _fake_shrink(pol, 0, aged=aged, freed=1, log=log)
+        op = _run(pol._shrink_one(0, sc, _Host()))
+        ops.append(op)
+        if op:
+            pol.lru_gen_rotate_memcg(0, op)
+    assert ops == [MEMCG_LRU_TAIL, 0, 0, MEMCG_LRU_YOUNG, MEMCG_LRU_TAIL]
+    assert log == [0, 0, 0]
+    assert pol.vmstat["memcg_low"] == 3
+
+
+def test_mglru_limit_reclaim_does_not_abort_and_makes_an_aged_memcg_young() -> None:
+    """Limit reclaim: ``should_abort_scan`` is false whatever was reclaimed (the kernel does
+    not abort memcg reclaim, for fairness), true for root reclaim that has its target; a
+    lruvec that aged moves its memcg to the young generation (``lru_gen_shrink_lruvec``)."""
+    pol = _lru(64, low=[0, 0], mn=[0, 0], resident=[10, 10])
+    lv = pol.lruvecs[1]
+    done = ScanControl(nr_to_reclaim=32, nr_reclaimed=32, direct=True)
+    assert lv._should_abort_scan(done, _Host())
+    done.target_memcg = 1
+    assert not lv._should_abort_scan(done, _Host())
+    log: list[int] = []
+    _fake_shrink(pol, 1, aged=True, freed=5, log=log)
+    sc = ScanControl(nr_to_reclaim=32, direct=True, target_memcg=1)
+    _run(pol.shrink_node(sc, _Host()))
+    assert log == [1]
+    assert (pol.gen, pol.nr_memcgs) == ([0, 1], [1, 1, 0])
+
+
+def test_min_ttl_counts_a_memcg_below_min_as_not_reclaimable() -> None:
+    """``lru_gen_age_node`` with min_ttl: memcg 0 is big and its oldest generation is old, but
+    it is below memory.min (``lruvec_is_reclaimable`` is false); memcg 1 is too small; so no
+    memcg is reclaimable and the OOM check fires. Without memory.min, memcg 0 would do."""
+    for mn, oom in ((100, 1), (0, 0)):
+        pol = _lru(64, low=[0, 0], mn=[mn, 0], resident=[80, 10])
+        pol.lruvecs[0].nr_pages[0] = 8192
+        sc = ScanControl(nr_to_reclaim=32, priority=12)
+        _run(pol.age_node(sc, _Host()))
+        assert pol.vmstat["mglru_min_ttl_oom"] == oom

@@ -32,7 +32,7 @@ Invariants
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any, ClassVar
 
 import numpy as np
@@ -261,24 +261,37 @@ class MemcgMglru(PerMemcgLruvecs):
     """MGLRU with one lruvec (generations, PID controller) per memcg and the node's memcg LRU.
 
     Models
-        Root reclaim (``lru_gen_shrink_node`` -> ``shrink_many``) starts at a random bin of
-        the oldest memcg generation and shrinks each memcg there in turn (``shrink_one``: a
-        memcg below memory.min is made young and skipped; one below memory.low goes to the
-        tail once, and is reclaimed the second time round, counting ``memory.events low``);
-        after each, ``lru_gen_rotate_memcg`` moves it: young when its lruvec aged, to the tail
-        (one retry) when it was too small, nowhere when it could not make progress. When a
-        generation empties, the memcg LRU's ``seq`` advances. Limit reclaim shrinks only the
-        target's lruvec (``lru_gen_shrink_lruvec``). ``lru_gen_age_node``: min_ttl thrashing
-        is judged over every memcg.
+        Root reclaim (``lru_gen_shrink_node`` -> ``shrink_many``) reads the oldest memcg
+        generation once and, from a random bin, shrinks each memcg of that generation in turn,
+        bin by bin, until ``should_abort_scan`` (``shrink_one``: a memcg below memory.min is
+        made young and skipped; one below memory.low goes to the tail once and is reclaimed
+        from the next visit on, counting ``memory.events low`` each time); after each,
+        ``lru_gen_rotate_memcg`` moves it to a random bin: young when its lruvec aged (which
+        also clears the tail mark, so the next visit defers a protected memcg again), to the
+        tail (one retry) when it is too small to be helpful, nowhere when it made no progress
+        but is sizable. When a generation empties, the memcg LRU's ``seq`` advances. Limit
+        reclaim shrinks only the target's lruvec and makes the memcg young if it aged
+        (``lru_gen_shrink_lruvec``). ``lru_gen_age_node`` ages nothing: it checks min_ttl over
+        every memcg not below its memory.min.
+
+        memory.low is weak here by the kernel's design: ``shrink_one`` honours it once per
+        aging of the memcg's lruvec (the tail mark), not while other memcgs have pages to give;
+        no ``memcg_low_skipped`` is set, so direct reclaim never takes its last-resort retry,
+        and ``sc->memcg_low_reclaim`` is not read.
 
     Kernel reference
         mm/vmscan.c: ``shrink_many``, ``shrink_one``, ``lru_gen_rotate_memcg``,
         ``lru_gen_online_memcg``, ``lru_gen_shrink_node``, ``lru_gen_shrink_lruvec``,
-        ``lru_gen_age_node``, ``lruvec_is_sizable``.
+        ``lru_gen_age_node``, ``lruvec_is_sizable``, ``lruvec_is_reclaimable``,
+        ``should_abort_scan``; include/linux/mmzone.h: the comment on MEMCG_NR_GENS (the
+        operations and the events that trigger them); include/linux/memcontrol.h:
+        ``mem_cgroup_below_min``, ``mem_cgroup_below_low``.
 
     Simplifications
-        A memcg's bin is its index modulo MEMCG_NR_BINS (the kernel draws it at random once);
-        no restart for races (one thread walks the LRU at a time here); every memcg is online.
+        No restart for races with a concurrent rotation (reclaimers interleave only between
+        batches here); every memcg is online; one level below the root, so the effective
+        protection is the memcg's own setting (what ``mem_cgroup_calculate_protection`` in
+        ``lru_gen_age_node`` leaves there) and is read at every visit.
     """
 
     name: ClassVar[str] = "mglru"
@@ -310,16 +323,21 @@ class MemcgMglru(PerMemcgLruvecs):
         self.nr_memcgs = [0] * MEMCG_NR_GENS
         self.gen = [0] * nr
         self.seg = [0] * nr
-        self.bin = [i % MEMCG_NR_BINS for i in range(nr)]
-        for i in range(nr):  # lru_gen_online_memcg: the tail of the current generation
+        self.bin = [0] * nr
+        for i in range(nr):  # lru_gen_online_memcg: the tail of a random bin, current gen
+            self.bin[i] = self._random_bin()
             self.fifo[0][self.bin[i]].append(i)
             self.nr_memcgs[0] += 1
 
+    def _random_bin(self) -> int:
+        """``get_random_u32_below(MEMCG_NR_BINS)``."""
+        return int(self.rng.integers(MEMCG_NR_BINS))
+
     # -- the memcg LRU -----------------------------------------------------------------------
     def lru_gen_rotate_memcg(self, memcg: int, op: int) -> None:
-        """``lru_gen_rotate_memcg``: HEAD/TAIL keep the generation and set the segment; OLD
-        and YOUNG move to the current / next generation; when the old generation empties and
-        was the current one, ``seq`` advances."""
+        """``lru_gen_rotate_memcg``: to a random bin; HEAD/TAIL keep the generation and set
+        the segment; OLD and YOUNG move to the current / next generation and clear it; when
+        the old generation empties and was the current one, ``seq`` advances."""
         seg = 0
         old = new = self.gen[memcg]
         if op == MEMCG_LRU_HEAD:
@@ -331,8 +349,8 @@ class MemcgMglru(PerMemcgLruvecs):
         else:
             new = (self.seq + 1) % MEMCG_NR_GENS
         self.seg[memcg], self.gen[memcg] = seg, new
-        b = self.bin[memcg]
-        self.fifo[old][b].remove(memcg)
+        self.fifo[old][self.bin[memcg]].remove(memcg)
+        b = self.bin[memcg] = self._random_bin()
         if op in (MEMCG_LRU_HEAD, MEMCG_LRU_OLD):
             self.fifo[new][b].insert(0, memcg)
         else:
@@ -348,57 +366,63 @@ class MemcgMglru(PerMemcgLruvecs):
 
         return MemcgWalkReclaimer(reclaim, room, self.mem, memcg)  # type: ignore[return-value]
 
-    def _shrink_one(self, memcg: int, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
-        """``shrink_one``; leaves the rotation op in ``self._op``."""
-        size = int(self.mem.nr_resident[memcg])
-        if size <= self.limits.min[memcg]:  # mem_cgroup_below_min
-            self._op = MEMCG_LRU_YOUNG
-            return
-        if size <= self.limits.low[memcg]:  # mem_cgroup_below_low
-            if self.seg[memcg] != MEMCG_LRU_TAIL:
-                self._op = MEMCG_LRU_TAIL
-                return
+    def _below_min(self, memcg: int) -> bool:
+        """``mem_cgroup_below_min`` (one level: the effective min is the memcg's own)."""
+        return int(self.mem.nr_resident[memcg]) <= self.limits.min[memcg]
+
+    def _below_low(self, memcg: int) -> bool:
+        """``mem_cgroup_below_low``."""
+        return int(self.mem.nr_resident[memcg]) <= self.limits.low[memcg]
+
+    def _shrink_one(
+        self, memcg: int, sc: ScanControl, reclaim: Reclaimer
+    ) -> Generator[None, None, int]:
+        """``shrink_one``: returns the rotation op for the memcg LRU (0: stay)."""
+        if self._below_min(memcg):
+            return MEMCG_LRU_YOUNG
+        if self._below_low(memcg):
+            if self.seg[memcg] != MEMCG_LRU_TAIL:  # first attempt: defer it to the tail
+                return MEMCG_LRU_TAIL
             self.vmstat.count(MEMCG_LOW, 1, memcg)  # type: ignore[attr-defined]
         lv = self.lruvecs[memcg]
+        lru = self._reclaimer(memcg, reclaim)
         lv.should_rotate = False
         sc.memcg = memcg
-        yield from lv.shrink_node(sc, self._reclaimer(memcg, reclaim))
+        yield from lv.shrink_node(sc, lru)
         sc.memcg = -1
-        if lv.should_rotate:
-            self._op = MEMCG_LRU_YOUNG
-        elif int(lv.nr_pages.sum()) >> sc.priority:  # lruvec_is_sizable: no progress
-            self._op = 0
-        else:  # one retry if too small
-            self._op = MEMCG_LRU_TAIL if self.seg[memcg] != MEMCG_LRU_TAIL else MEMCG_LRU_YOUNG
+        if lv.should_rotate:  # try_to_shrink_lruvec aged it
+            return MEMCG_LRU_YOUNG
+        if lv.lruvec_is_sizable(sc, lru):
+            return 0
+        # one retry if too small
+        return MEMCG_LRU_TAIL if self.seg[memcg] != MEMCG_LRU_TAIL else MEMCG_LRU_YOUNG
 
     def _shrink_many(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
-        """``shrink_many``: the memcgs of the oldest generation, bin by bin from a random one,
-        each rotated after it is shrunk; stops once enough is reclaimed."""
-        first = int(self.rng.integers(MEMCG_NR_BINS))
-        b = first
+        """``shrink_many``: the memcgs of the oldest generation as it was when the call began,
+        bin by bin from a random one, each rotated after it is shrunk (before the next one is
+        shrunk); stops once ``should_abort_scan`` says so."""
+        gen = self.seq % MEMCG_NR_GENS
+        first = b = self._random_bin()
         while True:
-            gen = self.seq % MEMCG_NR_GENS
             lst = self.fifo[gen][b]
-            k, prev = 0, -1
-            self._op = 0
+            k, prev, op = 0, -1, 0
             aborted = False
             while k < len(lst):
                 i = lst[k]
-                if self._op:
-                    self.lru_gen_rotate_memcg(prev, self._op)
-                    self._op = 0
+                if op:
+                    self.lru_gen_rotate_memcg(prev, op)
+                    op = 0
                     k = lst.index(i)
                 k += 1
                 if self.gen[i] != gen:
                     continue
                 prev = i
-                yield from self._shrink_one(i, sc, reclaim)
+                op = yield from self._shrink_one(i, sc, reclaim)
                 if self.lruvecs[i]._should_abort_scan(sc, reclaim):
                     aborted = True
                     break
-            if self._op:
-                self.lru_gen_rotate_memcg(prev, self._op)
-                self._op = 0
+            if op:
+                self.lru_gen_rotate_memcg(prev, op)
             if aborted:
                 return
             b = (b + 1) % MEMCG_NR_BINS
@@ -407,22 +431,30 @@ class MemcgMglru(PerMemcgLruvecs):
 
     # -- EvictionPolicy ----------------------------------------------------------------------
     def shrink_node(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
-        """Root reclaim: ``shrink_many``; limit reclaim: the target's lruvec only."""
+        """Root reclaim: ``shrink_many``; limit reclaim: ``lru_gen_shrink_lruvec`` on the
+        target's lruvec, which makes the memcg young if it aged."""
         if sc.target_memcg >= 0:
             i = sc.target_memcg
+            lv = self.lruvecs[i]
+            lv.should_rotate = False
             sc.memcg = i
-            yield from self.lruvecs[i].shrink_node(sc, self._reclaimer(i, reclaim))
+            yield from lv.shrink_node(sc, self._reclaimer(i, reclaim))
             sc.memcg = -1
+            if lv.should_rotate:
+                self.lru_gen_rotate_memcg(i, MEMCG_LRU_YOUNG)
             return
         yield from self._shrink_many(sc, reclaim)
 
     def age_node(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
-        """``lru_gen_age_node``: drain every lruvec's batch; the min_ttl OOM check over all."""
+        """``lru_gen_age_node``: no aging (that happens on the eviction path, in
+        ``shrink_one``, after the protection checks); drain every lruvec's batch; the min_ttl
+        OOM check over every memcg, one below its memory.min counting as not reclaimable
+        (``lruvec_is_reclaimable``)."""
         for lv in self.lruvecs:
             lv._lru_add_drain()
         cfg = self.lruvecs[0].cfg
         if cfg.min_ttl_ms and not any(
-            lv._lruvec_is_reclaimable(sc, self._reclaimer(i, reclaim))
+            not self._below_min(i) and lv._lruvec_is_reclaimable(sc, self._reclaimer(i, reclaim))
             for i, lv in enumerate(self.lruvecs)
         ):
             self.vmstat["mglru_min_ttl_oom"] += 1

@@ -623,8 +623,12 @@ class Mglru:
         return -1 if aged else 0
 
     def _should_abort_scan(self, sc: ScanControl, reclaim: Reclaimer) -> bool:
-        """``should_abort_scan`` for root reclaim: enough reclaimed, or (kswapd) the zone is
-        comfortably above its high watermark."""
+        """``should_abort_scan``: never for limit reclaim (the kernel does not abort memcg
+        reclaim, for fairness: ``try_to_shrink_lruvec`` spends its whole budget); for root
+        reclaim, enough reclaimed, or (kswapd) the zone is comfortably above its high
+        watermark."""
+        if sc.target_memcg >= 0:  # !root_reclaim(sc)
+            return False
         if sc.nr_reclaimed >= sc.nr_to_reclaim:
             return True
         if sc.direct:
@@ -777,11 +781,20 @@ class Mglru:
             self.vmstat["mglru_min_ttl_oom"] += 1  # the kernel calls out_of_memory() here
         yield from ()
 
-    def _lruvec_is_reclaimable(self, sc: ScanControl, reclaim: Reclaimer) -> bool:
-        """``lruvec_is_reclaimable``: big enough, and its oldest generation older than min_ttl."""
+    def lruvec_is_sizable(self, sc: ScanControl, reclaim: Reclaimer) -> bool:
+        """``lruvec_is_sizable``: the folios of the evictable types, shifted right by the
+        priority, are not zero. Anon is the only type here, and it is not evictable at
+        swappiness 0 (swap full, or the memcg at its swap.max), so then nothing is. The
+        kernel's test has no protection terms: ``shrink_one`` applies memory.min and
+        memory.low before it and ``lruvec_is_reclaimable`` checks memory.min itself."""
         if not self._get_swappiness(reclaim):
             return False
-        if not int(self.nr_pages.sum()) >> sc.priority:  # lruvec_is_sizable
+        return bool(int(self.nr_pages.sum()) >> sc.priority)
+
+    def _lruvec_is_reclaimable(self, sc: ScanControl, reclaim: Reclaimer) -> bool:
+        """``lruvec_is_reclaimable``: big enough, and its oldest generation older than min_ttl
+        (memory.min is the caller's to check: memcg.py)."""
+        if not self.lruvec_is_sizable(sc, reclaim):
             return False
         birth = int(self.timestamps[self.min_seq % MAX_NR_GENS])
         return birth + self.cfg.min_ttl_ms * 1_000_000 < reclaim.now()
