@@ -20,7 +20,6 @@ from sim.reclaim.mglru import (
     FL_FILE,
     LRU_REFS_MASK,
     LRU_REFS_PGOFF,
-    MAX_NR_GENS,
     PG_REFERENCED,
     PG_WORKINGSET,
     Mglru,
@@ -221,7 +220,9 @@ def test_scan_drops_clean_file_folios_and_leaves_dirty_ones_to_the_flusher() -> 
     assert pol.seq[[1, 2, 4]].tolist() == [1, 1, 1]
     assert pol.vmstat["pgscan_file"] == pol.vmstat["pgsteal_file"] == 2
     assert pol.vmstat["pgscan_anon"] == 0
-    assert sc.nr_reclaimed == 2 and sc.nr_scanned == 2 and sc.nr_refill == 3
+    assert sc.nr_reclaimed == 2
+    assert sc.nr_scanned == 2
+    assert sc.nr_refill == 3
     assert pol.types[FILE].evicted == [2, 0, 0, 0]  # refs 1 (PG_referenced only): tier 0
     assert pol.vmstat["mglru_protected"] == 1
 
@@ -302,4 +303,5 @@ def test_swappiness_0_scans_no_anon_and_200_scans_anon_first() -> None:
         vs = _run(_mglru_raw(s, write_ratio=0.5, dirty_writeback_ms=20, dirty_expire_ms=10)).vmstat
         runs[s] = (vs["pgscan_anon"], vs["pgscan_file"], vs["pswpout"])
     assert runs[0][0] == runs[0][2] == 0
-    assert runs[200][0] > 0 and runs[200][2] > 0
+    assert runs[200][0] > 0
+    assert runs[200][2] > 0

@@ -1,4 +1,5 @@
-"""The multi-generational LRU (CONFIG_LRU_GEN, "MGLRU") for one anon-only lruvec.
+"""The multi-generational LRU (CONFIG_LRU_GEN, "MGLRU") for one lruvec: guest RAM (anon) and,
+with ``host_files``, the host page cache (file).
 
 Models
     Folios live in generations numbered by sequence: ``min_seq`` (oldest) .. ``max_seq``
@@ -59,6 +60,41 @@ Models
     PG_workingset again (WORKINGSET_RESTORE), which places the folio in ``max_seq``. (Up to
     6.13, as docs/MODEL.md 4.9 describes, every recent refault inside a fault got PG_workingset.)
 
+    The file type (``host_files``, sim/host/filemap.py): page-cache folios have their own
+    ``min_seq[file]``, generation lists, page counts and PID counts, under the shared
+    ``max_seq``. A read is not a fault, so ``folio_add_lru`` does not set PG_active and
+    ``lru_gen_folio_seq`` puts the folio ``MAX_NR_GENS`` back from ``max_seq`` (one younger
+    with PG_workingset), never older than ``min_seq[file]``: new page cache joins the oldest
+    generation. It has no pte, so the aging walk never sees it; it climbs tiers through
+    ``folio_mark_accessed`` (``lru_gen_inc_refs`` on each read), and ``sort_folio`` protects a
+    tier the file PID controller says refaults more than tier 0 with ``folio_inc_gen`` into
+    ``min_seq + 1`` (refs cleared). ``sort_folio`` also moves dirty file folios (and any under
+    write-back) to ``min_seq + 1`` with PG_reclaim: reclaim never writes file data; the flusher
+    does, and ``folio_end_writeback`` rotates them to the oldest generation's tail. Isolated
+    file folios are unmapped, so ``folio_referenced`` finds nothing and all are reclaimed,
+    clean, by ``__remove_mapping`` (no I/O, a shadow with the file ``min_seq``). A refault
+    from a read counts ``workingset_refault_file``, feeds file's ``refaulted`` if recent and
+    restores PG_workingset (``workingset_restore_file``) or the refs; not being in a fault it
+    counts no ``workingset_activate_file``.
+
+    Type choice: ``get_type_to_scan`` compares the refault rates of all tiers of anon (gain
+    ``swappiness``) and file (gain ``MAX_SWAPPINESS - swappiness``), file at swappiness 1 and
+    anon at 200; ``isolate_folios`` scans that type's oldest generation and, if it yields
+    nothing, the other one. ``get_swappiness`` is 0 when swap is full: then (as at swappiness 0)
+    only file is evictable (``for_each_evictable_type``), the walk skips anonymous VMAs
+    (``should_skip_vma``: nothing of guest RAM is aged), and ``inc_min_seq`` advances anon's
+    ``min_seq`` without sorting its oldest folios, which the new ``max_seq`` takes over (the
+    kernel's cold/hot inversion). MGLRU has no counterpart of the classic ``file_is_tiny``: at
+    swappiness 0 anon stays unevictable even when no file is left. ``try_to_inc_min_seq`` skips
+    each evictable type's empty oldest generations but keeps a type from passing ``max_seq -
+    MIN_NR_GENS`` while the other is behind it; ``should_run_aging`` asks for aging once the
+    lower evictable ``min_seq`` is within two generations of ``max_seq``. So while reads keep
+    refilling file's oldest generation no aging runs and anon, whose folios start in ``max_seq -
+    1``, has nothing evictable: swappiness only matters once file's oldest generations empty
+    (for example when dirty file folios are sorted up). Counted per type where the kernel counts
+    them (``PGSCAN_ANON + type`` in ``scan_folios``, ``PGSTEAL_ANON + type`` in
+    ``evict_folios``), as ``pgscan_anon``/``_file`` and ``pgsteal_anon``/``_file``.
+
     kswapd's ``lru_gen_age_node`` does no aging itself; with ``min_ttl_ms`` it checks whether the
     oldest generation is older than the TTL and, if not, counts ``mglru_min_ttl_oom`` (the kernel
     would invoke the OOM killer there).
@@ -80,34 +116,44 @@ Kernel reference
     include/linux/mm_inline.h: ``lru_gen_folio_seq``, ``lru_gen_add_folio``,
     ``lru_tier_from_refs``, ``folio_lru_refs``; mm/swap.c: ``folio_add_lru``,
     ``lru_gen_inc_refs``; mm/workingset.c: ``lru_gen_eviction``, ``lru_gen_test_recent``,
-    ``lru_gen_refault`` (all as of the Dec 2024 "rework workingset protection" series, ~6.14).
+    ``lru_gen_refault`` (all as of the Dec 2024 "rework workingset protection" series, ~6.14);
+    the file type, ``get_swappiness``, ``for_each_evictable_type``, ``evictable_min_seq`` and
+    ``try_to_inc_min_seq`` as in mainline mm/vmscan.c of late 2025.
 
 Simplifications
-    One lruvec per memcg (memcg.py), anon only: the file type has no generations and
-    ``min_seq[file]`` is not modelled (``evictable_min_seq`` is the anon one); swappiness 0 or a
-    full swap device leaves nothing evictable. No Bloom filter and no mm-list skipping: every aging
-    walk visits every present pte (the kernel's ``force_scan``), which is the upper bound of its
-    cost; the walk snapshot is taken at its start and frames that left the LRU meanwhile are
-    skipped. ``folio_update_gen`` is used for look-around promotions in direct reclaim too (the
-    kernel uses ``lru_gen_set_refs`` + ``folio_activate`` there, with the same result). Folios kept
-    by the reference check are put back as "anon not in the swap cache" (generation ``max_seq -
-    1``): the policy cannot see the swap cache. No retry of clean unmapped folios that missed
-    ``folio_rotate_reclaimable`` (none do here). At most ``sc.batch`` folios are isolated per
-    ``evict_folios`` (the kernel isolates up to MIN_LRU_BATCH = 64). No ``set_initial_priority`` for
-    kswapd. The controller keeps one history generation (NR_HIST_GENS = 1, CONFIG_LRU_GEN_STATS
-    off). Pte dirty bits seen by the walk are not transferred. ``promotion: one_step`` gives
-    6.1-6.13's reference rules (any young sighting promotes to ``max_seq``, faulted-in folios join
-    ``max_seq``, promotion sets no PG_workingset) with everything else kept at 6.14. In demand mode
-    (``nr_to_reclaim == 1``) a call goes on, lowering the priority and aging as needed, until it has
-    reclaimed its page (standing in for the caller's retries). The walk's pte visits are priced
-    through the host's aging call: one rmap entry and one notifier call per pte (the host-only walk,
-    through ``Reclaimer.ptep_test_and_clear_young``, prices one rmap entry per pte and no notifier).
+    One lruvec per memcg (memcg.py); the file type exists only on the node's one lruvec with
+    ``host_files`` (no memcg). Without it the lruvec is anon only, as before: ``min_seq[file]``
+    is not modelled and swappiness 0 or a full swap device leaves nothing evictable. With it: no
+    ``wakeup_flusher_threads`` when every file folio the scan took was dirty
+    (``nr.unqueued_dirty == nr.file_taken``; the flusher keeps its period); on anon's cold/hot
+    inversion, folios promoted lazily onto the inverted list move to their own generations'
+    lists (the kernel leaves them there); ``lru_gen_folio_seq``'s PG_reclaim case for file
+    folios is not needed (reclaim never puts a file folio back); ``get_swappiness`` tests for a
+    free swap slot, not for ``MIN_LRU_BATCH`` of them. No Bloom filter and no mm-list skipping:
+    every aging walk visits every present pte (the kernel's ``force_scan``), which is the upper
+    bound of its cost; the walk snapshot is taken at its start and frames that left the LRU
+    meanwhile are skipped. ``folio_update_gen`` is used for look-around promotions in direct
+    reclaim too (the kernel uses ``lru_gen_set_refs`` + ``folio_activate`` there, with the same
+    result). Folios kept by the reference check are put back as "anon not in the swap cache"
+    (generation ``max_seq - 1``): the policy cannot see the swap cache. No retry of clean
+    unmapped folios that missed ``folio_rotate_reclaimable`` (none do here). At most
+    ``sc.batch`` folios are isolated per ``evict_folios`` (the kernel isolates up to
+    MIN_LRU_BATCH = 64). No ``set_initial_priority`` for kswapd. The controller keeps one
+    history generation (NR_HIST_GENS = 1, CONFIG_LRU_GEN_STATS off). Pte dirty bits seen by the
+    walk are not transferred. ``promotion: one_step`` gives 6.1-6.13's reference rules (any
+    young sighting promotes to ``max_seq``, faulted-in folios join ``max_seq``, promotion sets
+    no PG_workingset) with everything else kept at 6.14. In demand mode (``nr_to_reclaim == 1``)
+    a call goes on, lowering the priority and aging as needed, until it has reclaimed its page
+    (standing in for the caller's retries). The walk's pte visits are priced through the host's
+    aging call: one rmap entry and one notifier call per pte (the host-only walk, through
+    ``Reclaimer.ptep_test_and_clear_young``, prices one rmap entry per pte and no notifier).
 
 Invariants
-    ``2 <= max_seq - min_seq + 1 <= 4``. Every folio the policy tracks is either in the lru_add
-    batch or on exactly one generation list; a listed folio's generation lies between that
-    list's sequence and ``max_seq``, and lists outside ``[min_seq, max_seq]`` are empty. The
-    per-generation page counts match the folios' generations.
+    ``2 <= max_seq - min_seq[type] + 1 <= 4`` for each type. Every folio the policy tracks is
+    either in the lru_add batch or on exactly one generation list of its own type; a listed
+    folio's generation lies between that list's sequence and ``max_seq``, and lists outside
+    ``[min_seq[type], max_seq]`` are empty. The per-generation page counts match the folios'
+    generations.
 """
 
 from __future__ import annotations
