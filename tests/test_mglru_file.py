@@ -305,3 +305,11 @@ def test_swappiness_0_scans_no_anon_and_200_scans_anon_first() -> None:
     assert runs[0][0] == runs[0][2] == 0
     assert runs[200][0] > 0
     assert runs[200][2] > 0
+
+
+def test_same_seed_gives_the_same_run() -> None:
+    raw = _mglru_raw(write_ratio=0.3, dirty_writeback_ms=20, dirty_expire_ms=10)
+    a, b = _run(raw), _run(raw)
+    assert dict(a.vmstat) == dict(b.vmstat)
+    assert (a.mem.pfn == b.mem.pfn).all()
+    assert a.policy.lru_sizes() == b.policy.lru_sizes()
