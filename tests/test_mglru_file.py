@@ -172,9 +172,7 @@ def test_aging_pushes_each_full_type_and_swappiness_0_inverts_anon() -> None:
     pol = _pol()
     _add_file(pol, [0], reads=3)  # PG_referenced + 2 refs: tier 2
     _add_anon(pol, [1])
-    pol.seq[1], pol.types[ANON].nr_pages[:] = 0, [1, 0, 0, 0]  # an anon folio in gen 0
-    pol.lists[2].remove(np.array([1]))
-    pol.lists[0].add_tail(np.array([1]))
+    _to_oldest(pol, 1)
     host = _Host()
     assert pol._inc_max_seq(3, host, 60)  # type: ignore[arg-type]
     assert pol.max_seq == 4
@@ -187,6 +185,34 @@ def test_aging_pushes_each_full_type_and_swappiness_0_inverts_anon() -> None:
     assert pol.seq[0] == 2  # file still sorted
     assert pol.seq[1] == 5 == pol.max_seq  # anon's oldest became the youngest
     pol.check(_tracked(pol))
+
+
+def _to_oldest(pol: Mglru, pfn: int) -> None:
+    """Move an anon folio from max_seq - 1 (where a fault puts it) to generation 0."""
+    pol.lists[2].remove(np.array([pfn]))
+    pol._set_seq(np.array([pfn]), 0)
+    pol.lists[0].add_tail(np.array([pfn]))
+
+
+@pytest.mark.parametrize(
+    ("swappiness", "anon_oldest", "isolated"),
+    [(200, True, [2]), (0, True, [0, 1]), (200, False, [0, 1]), (1, True, [0, 1])],
+)
+def test_isolate_folios_scans_the_chosen_type_then_the_other(
+    swappiness: int, anon_oldest: bool, isolated: list[int]
+) -> None:
+    """Both types have folios in generation 0: swappiness 200 takes anon, 1 and 0 file; with
+    anon's oldest generation empty, 200 falls back to file."""
+    pol = _pol()
+    _add_file(pol, [0, 1])
+    _add_anon(pol, [2])
+    if anon_oldest:
+        _to_oldest(pol, 2)
+    host = _Host()
+    scanned, iso, type_ = pol._isolate_folios(64, ScanControl(nr_to_reclaim=32), host, swappiness)  # type: ignore[arg-type]
+    assert sorted(iso.tolist()) == isolated
+    assert type_ == (ANON if isolated == [2] else FILE)
+    assert scanned == len(isolated)
 
 
 def _tracked(pol: Mglru) -> np.ndarray:
