@@ -362,7 +362,7 @@ class Scenario(Strict):
     host_files: HostFilesConfig | None = Field(
         None,
         description="A host file workload through the page cache (none: guest RAM only). "
-        "Needs reclaim.policy two_list, watermark reclaim and no memcg.",
+        "Needs reclaim.policy two_list or mglru, watermark reclaim and no memcg.",
     )
 
     @model_validator(mode="after")
@@ -421,13 +421,14 @@ class Scenario(Strict):
         return self
 
     def _check_host_files(self) -> None:
-        """The page cache is modelled on two_list's node-wide lruvec, under watermark reclaim."""
+        """The page cache is modelled on two_list's and mglru's node-wide lruvec, under
+        watermark reclaim."""
         if self.host_files is None:
             return
-        if self.reclaim.policy != "two_list" or self.reclaim.trigger != "watermark":
+        if self.reclaim.policy not in ("two_list", "mglru") or self.reclaim.trigger != "watermark":
             raise ValueError(
-                "host_files: the page cache is modelled for reclaim.policy two_list with "
-                "reclaim.trigger watermark only; set those or remove host_files"
+                "host_files: the page cache is modelled for reclaim.policy two_list or mglru "
+                "with reclaim.trigger watermark only; set those or remove host_files"
             )
         i = next((i for i, vm in enumerate(self.vms) if vm.memcg is not None), None)
         if i is not None:

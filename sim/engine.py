@@ -33,6 +33,7 @@ from sim.host.oom import OomKiller
 from sim.host.page_alloc import PageAllocator
 from sim.lifecycle import checkpoint
 from sim.machine import Machine, rng_for, vcpu_stream
+from sim.reclaim.mglru import Mglru
 from sim.reclaim.two_list import TwoList
 from sim.results import staged, write_manifest
 from sim.tails import FaultLatencies, VcpuTime
@@ -136,7 +137,7 @@ class World(Machine):
         self.file_reader: FileReader | None = None
         if sc.host_files is not None:
             hf = sc.host_files
-            assert isinstance(policy, TwoList)
+            assert isinstance(policy, (TwoList, Mglru))
             stream = AccessStream(
                 hf.workload,
                 vm_pages=self.file_pages,

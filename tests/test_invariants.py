@@ -88,7 +88,7 @@ def scenarios(draw: st.DrawFn, huge: bool = False) -> dict[str, Any]:
     device = draw(st.sampled_from(["disk", "zram"]))
     policy = draw(st.sampled_from(POLICIES))
     extra: dict[str, Any] = {}
-    if policy == "two_list" and draw(st.booleans()):  # a host page cache (two_list only)
+    if policy in ("two_list", "mglru") and draw(st.booleans()):  # a host page cache
         extra["host_files"] = {
             "size_mib": draw(st.integers(1, 8)) * (2 if huge else 1),
             "access_rate_per_s": draw(st.sampled_from([10_000, 1_000_000])),

@@ -83,7 +83,7 @@ def _age(w: World) -> ScanControl:
     pol = _pol(w)
     pol._lru_add_drain()
     sc = ScanControl(nr_to_reclaim=32, priority=1)
-    gen = pol._try_to_inc_max_seq(pol.max_seq, sc, w.vmscan)
+    gen = pol._try_to_inc_max_seq(pol.max_seq, sc, w.vmscan, pol.cfg.swappiness)
     aged = None
     while aged is None:
         try:

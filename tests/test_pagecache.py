@@ -120,7 +120,7 @@ def test_no_host_files_keeps_the_counters_as_they_were() -> None:
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        ({"reclaim": {"policy": "mglru"}}, "host_files"),
+        ({"reclaim": {"policy": "clock"}}, "host_files"),
         ({"host_files": {"size_mib": 0}}, "host_files.size_mib"),
         ({"host_files": {"size_mib": 4, "read_latency_us": 0}}, "host_files.read_latency_us"),
     ],

@@ -53,7 +53,7 @@ from sim.host.page_alloc import PageAllocator
 from sim.host.swap import SwapDevice
 from sim.host.vmscan import Schedule, Vmscan
 from sim.host.vmstat import VmEvents
-from sim.reclaim.two_list import NR_DIRTIED, NR_WRITTEN, PGPGIN, PGPGOUT, TwoList
+from sim.reclaim.two_list import NR_DIRTIED, NR_WRITTEN, PGPGIN, PGPGOUT
 
 
 class FileStream(Protocol):
@@ -64,6 +64,20 @@ class FileStream(Protocol):
         ...
 
 
+class PageCacheLru(Protocol):
+    """What the reader needs of the policy keeping the file LRU (two_list's file lists, or
+    MGLRU's file type)."""
+
+    def file_add_lru(self, pfn: int, shadow: int | None, swap_ok: bool) -> None:
+        """``filemap_add_folio`` -> ``folio_add_lru``, after ``workingset_refault`` on the
+        shadow (``swap_ok``: swap has room, for the workingset size)."""
+        ...
+
+    def folio_mark_accessed(self, pfn: int) -> None:
+        """``folio_mark_accessed`` on a read."""
+        ...
+
+
 class FileReader:
     """The host file workload's task.
 
@@ -71,7 +85,7 @@ class FileReader:
         env: simulation environment.
         mem: host memory (the page cache's pids start at ``mem.file_base``).
         alloc: the page allocator.
-        policy: the two-list policy keeping the file lists.
+        policy: the policy keeping the file LRU.
         swap: the swap device (whether anon counts in a file refault's workingset).
         vmstat: host counters.
         stream: the file's access stream (page offsets in the file).
@@ -91,7 +105,7 @@ class FileReader:
         env: simpy.Environment,
         mem: HostMemory,
         alloc: PageAllocator,
-        policy: TwoList,
+        policy: PageCacheLru,
         swap: SwapDevice,
         vmstat: VmEvents,
         stream: FileStream,

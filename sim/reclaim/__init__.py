@@ -67,7 +67,7 @@ def make_policy(
     for two_list's inactive_ratio, which the kernel sizes by the LRU's gigabytes). With
     ``memcg`` (host memory, the memcgs' limits, their swap usage) two_list and mglru keep one
     lruvec per memcg (sim/reclaim/memcg.py). ``file``: two_list keeps the page cache's lists
-    too (a host file workload is configured)."""
+    too, mglru its file type (a host file workload is configured)."""
     policy: EvictionPolicy
     if memcg is not None:
         mem, limits, swap_usage = memcg
@@ -77,7 +77,7 @@ def make_policy(
             policy.page_shift = page_shift
         return policy
     if file:
-        policy = two_list.TwoList(cfg, nr_frames, vmstat, rng, file=True)
+        policy = policy_class(cfg.policy)(cfg, nr_frames, vmstat, rng, file=True)
     else:
         policy = policy_class(cfg.policy)(cfg, nr_frames, vmstat, rng)
     if isinstance(policy, two_list.TwoList):

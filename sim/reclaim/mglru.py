@@ -1,4 +1,5 @@
-"""The multi-generational LRU (CONFIG_LRU_GEN, "MGLRU") for one anon-only lruvec.
+"""The multi-generational LRU (CONFIG_LRU_GEN, "MGLRU") for one lruvec: guest RAM (anon) and,
+with ``host_files``, the host page cache (file).
 
 Models
     Folios live in generations numbered by sequence: ``min_seq`` (oldest) .. ``max_seq``
@@ -59,6 +60,41 @@ Models
     PG_workingset again (WORKINGSET_RESTORE), which places the folio in ``max_seq``. (Up to
     6.13, as docs/MODEL.md 4.9 describes, every recent refault inside a fault got PG_workingset.)
 
+    The file type (``host_files``, sim/host/filemap.py): page-cache folios have their own
+    ``min_seq[file]``, generation lists, page counts and PID counts, under the shared
+    ``max_seq``. A read is not a fault, so ``folio_add_lru`` does not set PG_active and
+    ``lru_gen_folio_seq`` puts the folio ``MAX_NR_GENS`` back from ``max_seq`` (one younger
+    with PG_workingset), never older than ``min_seq[file]``: new page cache joins the oldest
+    generation. It has no pte, so the aging walk never sees it; it climbs tiers through
+    ``folio_mark_accessed`` (``lru_gen_inc_refs`` on each read), and ``sort_folio`` protects a
+    tier the file PID controller says refaults more than tier 0 with ``folio_inc_gen`` into
+    ``min_seq + 1`` (refs cleared). ``sort_folio`` also moves dirty file folios (and any under
+    write-back) to ``min_seq + 1`` with PG_reclaim: reclaim never writes file data; the flusher
+    does, and ``folio_end_writeback`` rotates them to the oldest generation's tail. Isolated
+    file folios are unmapped, so ``folio_referenced`` finds nothing and all are reclaimed,
+    clean, by ``__remove_mapping`` (no I/O, a shadow with the file ``min_seq``). A refault
+    from a read counts ``workingset_refault_file``, feeds file's ``refaulted`` if recent and
+    restores PG_workingset (``workingset_restore_file``) or the refs; not being in a fault it
+    counts no ``workingset_activate_file``.
+
+    Type choice: ``get_type_to_scan`` compares the refault rates of all tiers of anon (gain
+    ``swappiness``) and file (gain ``MAX_SWAPPINESS - swappiness``), file at swappiness 1 and
+    anon at 200; ``isolate_folios`` scans that type's oldest generation and, if it yields
+    nothing, the other one. ``get_swappiness`` is 0 when swap is full: then (as at swappiness 0)
+    only file is evictable (``for_each_evictable_type``), the walk skips anonymous VMAs
+    (``should_skip_vma``: nothing of guest RAM is aged), and ``inc_min_seq`` advances anon's
+    ``min_seq`` without sorting its oldest folios, which the new ``max_seq`` takes over (the
+    kernel's cold/hot inversion). MGLRU has no counterpart of the classic ``file_is_tiny``: at
+    swappiness 0 anon stays unevictable even when no file is left. ``try_to_inc_min_seq`` skips
+    each evictable type's empty oldest generations but keeps a type from passing ``max_seq -
+    MIN_NR_GENS`` while the other is behind it; ``should_run_aging`` asks for aging once the
+    lower evictable ``min_seq`` is within two generations of ``max_seq``. So while reads keep
+    refilling file's oldest generation no aging runs and anon, whose folios start in ``max_seq -
+    1``, has nothing evictable: swappiness only matters once file's oldest generations empty
+    (for example when dirty file folios are sorted up). Counted per type where the kernel counts
+    them (``PGSCAN_ANON + type`` in ``scan_folios``, ``PGSTEAL_ANON + type`` in
+    ``evict_folios``), as ``pgscan_anon``/``_file`` and ``pgsteal_anon``/``_file``.
+
     kswapd's ``lru_gen_age_node`` does no aging itself; with ``min_ttl_ms`` it checks whether the
     oldest generation is older than the TTL and, if not, counts ``mglru_min_ttl_oom`` (the kernel
     would invoke the OOM killer there).
@@ -80,34 +116,44 @@ Kernel reference
     include/linux/mm_inline.h: ``lru_gen_folio_seq``, ``lru_gen_add_folio``,
     ``lru_tier_from_refs``, ``folio_lru_refs``; mm/swap.c: ``folio_add_lru``,
     ``lru_gen_inc_refs``; mm/workingset.c: ``lru_gen_eviction``, ``lru_gen_test_recent``,
-    ``lru_gen_refault`` (all as of the Dec 2024 "rework workingset protection" series, ~6.14).
+    ``lru_gen_refault`` (all as of the Dec 2024 "rework workingset protection" series, ~6.14);
+    the file type, ``get_swappiness``, ``for_each_evictable_type``, ``evictable_min_seq`` and
+    ``try_to_inc_min_seq`` as in mainline mm/vmscan.c of late 2025.
 
 Simplifications
-    One lruvec per memcg (memcg.py), anon only: the file type has no generations and
-    ``min_seq[file]`` is not modelled (``evictable_min_seq`` is the anon one); swappiness 0 or a
-    full swap device leaves nothing evictable. No Bloom filter and no mm-list skipping: every aging
-    walk visits every present pte (the kernel's ``force_scan``), which is the upper bound of its
-    cost; the walk snapshot is taken at its start and frames that left the LRU meanwhile are
-    skipped. ``folio_update_gen`` is used for look-around promotions in direct reclaim too (the
-    kernel uses ``lru_gen_set_refs`` + ``folio_activate`` there, with the same result). Folios kept
-    by the reference check are put back as "anon not in the swap cache" (generation ``max_seq -
-    1``): the policy cannot see the swap cache. No retry of clean unmapped folios that missed
-    ``folio_rotate_reclaimable`` (none do here). At most ``sc.batch`` folios are isolated per
-    ``evict_folios`` (the kernel isolates up to MIN_LRU_BATCH = 64). No ``set_initial_priority`` for
-    kswapd. The controller keeps one history generation (NR_HIST_GENS = 1, CONFIG_LRU_GEN_STATS
-    off). Pte dirty bits seen by the walk are not transferred. ``promotion: one_step`` gives
-    6.1-6.13's reference rules (any young sighting promotes to ``max_seq``, faulted-in folios join
-    ``max_seq``, promotion sets no PG_workingset) with everything else kept at 6.14. In demand mode
-    (``nr_to_reclaim == 1``) a call goes on, lowering the priority and aging as needed, until it has
-    reclaimed its page (standing in for the caller's retries). The walk's pte visits are priced
-    through the host's aging call: one rmap entry and one notifier call per pte (the host-only walk,
-    through ``Reclaimer.ptep_test_and_clear_young``, prices one rmap entry per pte and no notifier).
+    One lruvec per memcg (memcg.py); the file type exists only on the node's one lruvec with
+    ``host_files`` (no memcg). Without it the lruvec is anon only, as before: ``min_seq[file]``
+    is not modelled and swappiness 0 or a full swap device leaves nothing evictable. With it: no
+    ``wakeup_flusher_threads`` when every file folio the scan took was dirty
+    (``nr.unqueued_dirty == nr.file_taken``; the flusher keeps its period); on anon's cold/hot
+    inversion, folios promoted lazily onto the inverted list move to their own generations'
+    lists (the kernel leaves them there); ``lru_gen_folio_seq``'s PG_reclaim case for file
+    folios is not needed (reclaim never puts a file folio back); ``get_swappiness`` tests for a
+    free swap slot, not for ``MIN_LRU_BATCH`` of them. No Bloom filter and no mm-list skipping:
+    every aging walk visits every present pte (the kernel's ``force_scan``), which is the upper
+    bound of its cost; the walk snapshot is taken at its start and frames that left the LRU
+    meanwhile are skipped. ``folio_update_gen`` is used for look-around promotions in direct
+    reclaim too (the kernel uses ``lru_gen_set_refs`` + ``folio_activate`` there, with the same
+    result). Folios kept by the reference check are put back as "anon not in the swap cache"
+    (generation ``max_seq - 1``): the policy cannot see the swap cache. No retry of clean
+    unmapped folios that missed ``folio_rotate_reclaimable`` (none do here). At most
+    ``sc.batch`` folios are isolated per ``evict_folios`` (the kernel isolates up to
+    MIN_LRU_BATCH = 64). No ``set_initial_priority`` for kswapd. The controller keeps one
+    history generation (NR_HIST_GENS = 1, CONFIG_LRU_GEN_STATS off). Pte dirty bits seen by the
+    walk are not transferred. ``promotion: one_step`` gives 6.1-6.13's reference rules (any
+    young sighting promotes to ``max_seq``, faulted-in folios join ``max_seq``, promotion sets
+    no PG_workingset) with everything else kept at 6.14. In demand mode (``nr_to_reclaim == 1``)
+    a call goes on, lowering the priority and aging as needed, until it has reclaimed its page
+    (standing in for the caller's retries). The walk's pte visits are priced through the host's
+    aging call: one rmap entry and one notifier call per pte (the host-only walk, through
+    ``Reclaimer.ptep_test_and_clear_young``, prices one rmap entry per pte and no notifier).
 
 Invariants
-    ``2 <= max_seq - min_seq + 1 <= 4``. Every folio the policy tracks is either in the lru_add
-    batch or on exactly one generation list; a listed folio's generation lies between that
-    list's sequence and ``max_seq``, and lists outside ``[min_seq, max_seq]`` are empty. The
-    per-generation page counts match the folios' generations.
+    ``2 <= max_seq - min_seq[type] + 1 <= 4`` for each type. Every folio the policy tracks is
+    either in the lru_add batch or on exactly one generation list of its own type; a listed
+    folio's generation lies between that list's sequence and ``max_seq``, and lists outside
+    ``[min_seq[type], max_seq]`` are empty. The per-generation page counts match the folios'
+    generations.
 """
 
 from __future__ import annotations
@@ -124,7 +170,23 @@ from pydantic import Field
 from sim.host.memory import DEF_PRIORITY, PTRS_PER_PMD
 from sim.host.vmscan import Outcome, ScanControl
 from sim.host.vmstat import VmStat
-from sim.reclaim.base import PageQueue, Pfns, ReclaimBase, Reclaimer, lru_del, lru_links
+from sim.reclaim.base import (
+    LruLinks,
+    PageQueue,
+    Pfns,
+    ReclaimBase,
+    Reclaimer,
+    lru_del,
+    lru_links,
+)
+from sim.reclaim.two_list import (
+    PGSCAN_ANON,
+    PGSCAN_FILE,
+    PGSTEAL_ANON,
+    PGSTEAL_FILE,
+    WORKINGSET_REFAULT_FILE,
+    WORKINGSET_RESTORE_FILE,
+)
 
 MIN_NR_GENS = 2
 MAX_NR_GENS = 4
@@ -143,6 +205,7 @@ PG_REFERENCED = 0x02
 PG_WORKINGSET = 0x04
 PG_ACTIVE = 0x08  # only while off the lists (set in a fault or on activation)
 FL_BATCH = 0x10  # in the per-CPU lru_add batch (not yet PG_lru)
+FL_FILE = 0x20  # a page-cache folio (folio_is_file_lru): on the file type's generations
 LRU_REFS_PGOFF = 6
 LRU_REFS_MASK = ((1 << LRU_REFS_WIDTH) - 1) << LRU_REFS_PGOFF
 LRU_REFS_FLAGS = LRU_REFS_MASK | PG_REFERENCED
@@ -163,8 +226,9 @@ class MglruConfig(ReclaimBase):
         60,
         ge=0,
         le=200,
-        description="vm.swappiness: 0 leaves anon unevictable; otherwise it weighs anon "
-        "against file in get_type_to_scan (trivial with anon only).",
+        description="vm.swappiness: 0 evicts file only (with anon only: nothing); otherwise "
+        "it weighs anon against file in get_type_to_scan's refault comparison, and 200 scans "
+        "anon first.",
     )
     min_ttl_ms: int = Field(
         0,
@@ -211,14 +275,43 @@ def _positive_ctrl_err(sp: _CtrlPos, pv: _CtrlPos) -> bool:
     )
 
 
+class _GenType:
+    """One type's half of ``struct lru_gen_folio``: its ``min_seq``, its generation lists
+    (``folios[gen][type]``), its folios per generation (``nr_pages``) and its PID controller
+    counts for the current ``min_seq`` plus their halving averages."""
+
+    __slots__ = (
+        "min_seq",
+        "lists",
+        "nr_pages",
+        "refaulted",
+        "evicted",
+        "protected",
+        "avg_refaulted",
+        "avg_total",
+    )
+
+    def __init__(self, links: LruLinks) -> None:
+        self.min_seq = 0  # lru_gen_init_lruvec
+        self.lists = [PageQueue(links, sized=False) for _ in range(MAX_NR_GENS)]
+        self.nr_pages = np.zeros(MAX_NR_GENS, dtype=np.int64)  # folios per gen (seq % 4)
+        self.refaulted = [0] * MAX_NR_TIERS
+        self.evicted = [0] * MAX_NR_TIERS
+        self.protected = [0] * MAX_NR_TIERS
+        self.avg_refaulted = [0] * MAX_NR_TIERS
+        self.avg_total = [0] * MAX_NR_TIERS
+
+
 class Mglru:
-    """The multi-gen LRU for one anon-only lruvec.
+    """The multi-gen LRU for one lruvec: anon, plus the host page cache's file type.
 
     Args:
         cfg: policy knobs.
         nr_frames: frames on the host (per-frame state is indexed by pfn).
         vmstat: host counters (workingset_*, plus mglru_* counters of its own).
         rng: the policy's generator (unused: MGLRU is deterministic here).
+        file: the lruvec holds page-cache folios too (``host_files``): a file type with its
+            own ``min_seq``, generations and PID counts, and the per-type counters.
     """
 
     name: ClassVar[str] = "mglru"
@@ -226,9 +319,15 @@ class Mglru:
     needs_future: ClassVar[bool] = False
 
     def __init__(
-        self, cfg: MglruConfig, nr_frames: int, vmstat: Counter[str], rng: np.random.Generator
+        self,
+        cfg: MglruConfig,
+        nr_frames: int,
+        vmstat: Counter[str],
+        rng: np.random.Generator,
+        *,
+        file: bool = False,
     ) -> None:
-        self.cfg, self.vmstat = cfg, vmstat
+        self.cfg, self.vmstat, self.file = cfg, vmstat, file
         # 6.14 marks promoted folios PG_workingset (tier 3); 6.13 left tiers to fd refs
         self._promoted = _U8(PG_WORKINGSET if cfg.promotion == "two_step" else 0)
         self.fl = np.zeros(nr_frames, dtype=np.uint8)
@@ -238,23 +337,68 @@ class Mglru:
         # the kernel, folios are counted per generation, ``nr_pages``) and a folio leaves its
         # list without naming it (``lru_del``).
         self.nr_frames = nr_frames
-        self.links = lru_links(nr_frames, MAX_NR_GENS)
-        self.lists = [PageQueue(self.links, sized=False) for _ in range(MAX_NR_GENS)]
-        self.nr_pages = np.zeros(MAX_NR_GENS, dtype=np.int64)  # folios per gen (seq % 4)
+        self.links = lru_links(nr_frames, MAX_NR_GENS * (2 if file else 1))
+        # per type (anon, then file if any): min_seq, lists, nr_pages and the PID controller
+        self.types = [_GenType(self.links) for _ in range(2 if file else 1)]
         # lru_gen_init_lruvec: max_seq = MIN_NR_GENS + 1, min_seq = 0
         self.max_seq = MIN_NR_GENS + 1
-        self.min_seq = 0
         self.timestamps = np.zeros(MAX_NR_GENS, dtype=np.int64)  # birth of each gen (ns)
-        # PID controller, anon only (file counts are zero): current and averaged, per tier
-        self.refaulted = [0] * MAX_NR_TIERS
-        self.evicted = [0] * MAX_NR_TIERS
-        self.protected = [0] * MAX_NR_TIERS
-        self.avg_refaulted = [0] * MAX_NR_TIERS
-        self.avg_total = [0] * MAX_NR_TIERS
         self._batch: list[int] = []  # per-CPU lru_add batch
         self._walk: _Walk | None = None
         self._mm_seq = 0  # mm_state->seq: the last max_seq whose walk completed
         self.should_rotate = False  # try_to_shrink_lruvec's result: it aged (the memcg LRU)
+
+    # -- the anon type's state (what an anon-only lruvec has) ----------------------------------
+    @property
+    def min_seq(self) -> int:
+        """``min_seq[LRU_GEN_ANON]``."""
+        return self.types[ANON].min_seq
+
+    @min_seq.setter
+    def min_seq(self, seq: int) -> None:
+        self.types[ANON].min_seq = seq
+
+    @property
+    def lists(self) -> list[PageQueue]:
+        """The anon generation lists, by ``seq % MAX_NR_GENS``."""
+        return self.types[ANON].lists
+
+    @property
+    def nr_pages(self) -> NDArray[np.int64]:
+        """Anon folios per generation, by ``seq % MAX_NR_GENS``."""
+        return self.types[ANON].nr_pages
+
+    @property
+    def refaulted(self) -> list[int]:
+        """Anon refaults per tier for the current ``min_seq``."""
+        return self.types[ANON].refaulted
+
+    def _by_type(self, pfns: Pfns) -> list[tuple[int, Any]]:
+        """(type, selector into ``pfns``) for each type present among the folios."""
+        if not self.file:
+            return [(ANON, slice(None))]
+        file = (self.fl[pfns] & FL_FILE) != 0
+        out: list[tuple[int, Any]] = []
+        if not file.all():
+            out.append((ANON, ~file))
+        if file.any():
+            out.append((FILE, file))
+        return out
+
+    def _evictable_types(self, swappiness: int) -> range:
+        """``for_each_evictable_type``: file only at swappiness 0, else anon and file (anon
+        only without a page cache)."""
+        if not self.file:
+            return range(ANON, FILE)
+        return range(ANON if swappiness else FILE, FILE + 1)
+
+    def _evictable_min_seq(self, swappiness: int) -> int:
+        """``evictable_min_seq``: the lowest ``min_seq`` of the evictable types."""
+        return min(self.types[t].min_seq for t in self._evictable_types(swappiness))
+
+    def _evictable_size(self, swappiness: int) -> int:
+        """Folios of the evictable types (``should_run_aging``, ``lruvec_is_sizable``)."""
+        return sum(int(self.types[t].nr_pages.sum()) for t in self._evictable_types(swappiness))
 
     # -- flags and placement -----------------------------------------------------------------
     @staticmethod
@@ -271,25 +415,57 @@ class Mglru:
         return np.where(ws, MAX_NR_TIERS - 1, _OB2[refs]), refs + ws == _MAXED
 
     def _folio_seq(self, fl: NDArray[np.uint8]) -> NDArray[np.int64]:
-        """``lru_gen_folio_seq`` (not reclaiming) for anon folios not in the swap cache."""
+        """``lru_gen_folio_seq`` (not reclaiming): anon folios as not in the swap cache;
+        page-cache folios (never PG_reclaim here: reclaim does not put them back) as the
+        oldest generations allow, one younger with PG_workingset."""
+        active = (fl & PG_ACTIVE) != 0
         if self.cfg.promotion == "one_step":  # 6.13: PG_active -> max_seq
-            return np.where((fl & PG_ACTIVE) != 0, self.max_seq, self.max_seq - 1)
+            seq = np.where(active, self.max_seq, self.max_seq - 1)
+        else:
+            ws = ((fl & PG_WORKINGSET) != 0).astype(np.int64)
+            g = np.where(active, MIN_NR_GENS - ws, MIN_NR_GENS)
+            seq = np.maximum(self.max_seq - g + 1, self.min_seq)
+        if not self.file:
+            return seq
+        file = (fl & FL_FILE) != 0
+        if file.any():
+            seq[file] = self._file_seq(fl[file])
+        return seq
+
+    def _file_seq(self, fl: NDArray[np.uint8]) -> NDArray[np.int64]:
+        """``lru_gen_folio_seq`` for page-cache folios: PG_active ones as anon; the others
+        ``MAX_NR_GENS - workingset`` back from ``max_seq`` (6.13: ``min_seq[file] + 1`` while
+        the window allows), never older than ``min_seq[file]``."""
+        active = (fl & PG_ACTIVE) != 0
+        min_seq = self.types[FILE].min_seq
+        if self.cfg.promotion == "one_step":
+            young = min_seq + 1 if min_seq + MIN_NR_GENS < self.max_seq else min_seq
+            return np.where(active, self.max_seq, young)
         ws = ((fl & PG_WORKINGSET) != 0).astype(np.int64)
-        g = np.where((fl & PG_ACTIVE) != 0, MIN_NR_GENS - ws, MIN_NR_GENS)
-        return np.maximum(self.max_seq - g + 1, self.min_seq)
+        g = np.where(active, MIN_NR_GENS - ws, MAX_NR_GENS - ws)
+        return np.maximum(self.max_seq - g + 1, min_seq)
 
     def _add(self, pfns: Pfns, seqs: NDArray[np.int64]) -> None:
-        """``lru_gen_add_folio`` for each folio into generation ``seqs[i]`` (at the head)."""
+        """``lru_gen_add_folio`` for each folio into generation ``seqs[i]`` of its type (at
+        the head)."""
         if len(pfns) == 0:
             return
         self.seq[pfns] = seqs
         self.fl[pfns] = (self.fl[pfns] & ~_U8(PG_ACTIVE | FL_BATCH)) | _U8(FL_LRU)
-        self.nr_pages += np.bincount(seqs % MAX_NR_GENS, minlength=MAX_NR_GENS)
-        self._move(pfns, seqs)
+        for type_, sel in self._by_type(pfns):
+            s = seqs[sel]
+            self.types[type_].nr_pages += np.bincount(s % MAX_NR_GENS, minlength=MAX_NR_GENS)
+            self._move(pfns[sel], s, type_=type_)
 
-    def _move(self, pfns: Pfns, seqs: NDArray[np.int64], tail: bool = False) -> None:
-        """Put taken-off folios on the lists of the generations ``seqs`` (head or tail), in
-        order; their generation numbers and the page counts are already up to date."""
+    def _move(
+        self, pfns: Pfns, seqs: NDArray[np.int64], tail: bool = False, type_: int = ANON
+    ) -> None:
+        """Put taken-off folios of one type on the lists of the generations ``seqs`` (head or
+        tail), in order; their generation numbers and the page counts are already up to
+        date."""
+        if len(pfns) == 0:
+            return
+        lists = self.types[type_].lists
         gens = seqs % MAX_NR_GENS
         first = int(gens[0])
         groups = [(first, pfns)] if (gens == first).all() else None
@@ -297,16 +473,18 @@ class Mglru:
             groups = [(g, pfns[gens == g]) for g in np.unique(gens).tolist()]
         for gen, sel in groups:
             if tail:
-                self.lists[gen].add_tail(sel)
+                lists[gen].add_tail(sel)
             else:
-                self.lists[gen].add_head(sel)
+                lists[gen].add_head(sel)
 
-    def _set_seq(self, pfns: Pfns, new: NDArray[np.int64] | int) -> None:
-        """Change listed folios' generations, keeping the page counts."""
+    def _set_seq(self, pfns: Pfns, new: NDArray[np.int64] | int, type_: int = ANON) -> None:
+        """Change listed folios' generations (all of type ``type_``), keeping the page
+        counts."""
+        nr_pages = self.types[type_].nr_pages
         old = self.seq[pfns] % MAX_NR_GENS
-        self.nr_pages -= np.bincount(old, minlength=MAX_NR_GENS)
+        nr_pages -= np.bincount(old, minlength=MAX_NR_GENS)
         self.seq[pfns] = new
-        self.nr_pages += np.bincount(self.seq[pfns] % MAX_NR_GENS, minlength=MAX_NR_GENS)
+        nr_pages += np.bincount(self.seq[pfns] % MAX_NR_GENS, minlength=MAX_NR_GENS)
 
     def _lru_add_drain(self) -> None:
         """Move the lru_add batch onto the generation lists."""
@@ -336,21 +514,25 @@ class Mglru:
             self.fl[hot] = (fl[~first] & ~_U8(LRU_REFS_FLAGS)) | self._promoted
 
     # -- PID controller ----------------------------------------------------------------------
-    def _read_ctrl_pos(self, tier: int, gain: int) -> _CtrlPos:
-        """``read_ctrl_pos`` (anon): one tier, or all of them for ``tier == MAX_NR_TIERS``."""
+    def _read_ctrl_pos(self, tier: int, gain: int, type_: int = ANON) -> _CtrlPos:
+        """``read_ctrl_pos``: one tier of a type, or all of them for ``tier ==
+        MAX_NR_TIERS``."""
+        g = self.types[type_]
         tiers = range(MAX_NR_TIERS) if tier == MAX_NR_TIERS else (tier,)
-        refaulted = sum(self.avg_refaulted[t] + self.refaulted[t] for t in tiers)
-        total = sum(self.avg_total[t] + self.protected[t] + self.evicted[t] for t in tiers)
+        refaulted = sum(g.avg_refaulted[t] + g.refaulted[t] for t in tiers)
+        total = sum(g.avg_total[t] + g.protected[t] + g.evicted[t] for t in tiers)
         return _CtrlPos(refaulted, total, gain)
 
-    def _reset_ctrl_pos(self) -> None:
-        """``reset_ctrl_pos(carryover)`` when min_seq advances: fold into halving averages."""
+    def _reset_ctrl_pos(self, type_: int = ANON) -> None:
+        """``reset_ctrl_pos(carryover)`` when a type's min_seq advances: fold its counts into
+        halving averages."""
+        g = self.types[type_]
         for t in range(MAX_NR_TIERS):
-            self.avg_refaulted[t] = (self.avg_refaulted[t] + self.refaulted[t]) // 2
-            self.avg_total[t] = (self.avg_total[t] + self.protected[t] + self.evicted[t]) // 2
-        self.refaulted = [0] * MAX_NR_TIERS
-        self.evicted = [0] * MAX_NR_TIERS
-        self.protected = [0] * MAX_NR_TIERS
+            g.avg_refaulted[t] = (g.avg_refaulted[t] + g.refaulted[t]) // 2
+            g.avg_total[t] = (g.avg_total[t] + g.protected[t] + g.evicted[t]) // 2
+        g.refaulted = [0] * MAX_NR_TIERS
+        g.evicted = [0] * MAX_NR_TIERS
+        g.protected = [0] * MAX_NR_TIERS
 
     @staticmethod
     def _count(counts: list[int], tiers: NDArray[np.int64]) -> int:
@@ -359,48 +541,67 @@ class Mglru:
             counts[t] += n
         return len(tiers)
 
-    def get_tier_idx(self) -> int:
-        """``get_tier_idx``: tiers above the result are protected (gains 2:3 for margin)."""
-        sp = self._read_ctrl_pos(0, 2)
+    def get_tier_idx(self, type_: int = ANON) -> int:
+        """``get_tier_idx``: a type's tiers above the result are protected (gains 2:3 for
+        margin)."""
+        sp = self._read_ctrl_pos(0, 2, type_)
         tier = 1
         while tier < MAX_NR_TIERS:
-            if not _positive_ctrl_err(sp, self._read_ctrl_pos(tier, 3)):
+            if not _positive_ctrl_err(sp, self._read_ctrl_pos(tier, 3, type_)):
                 break
             tier += 1
         return tier - 1
 
     def get_type_to_scan(self, swappiness: int) -> int:
-        """``get_type_to_scan``: anon against file (which has no folios and no refaults)."""
+        """``get_type_to_scan``: file at swappiness 0 or 1, anon at 200; otherwise the
+        refault rates of all tiers of anon (gain ``swappiness``) against file (gain
+        ``MAX_SWAPPINESS - swappiness``): file unless it has refaulted more than that weighting
+        allows (without a page cache file has no folios and no refaults)."""
         if swappiness <= 1:
             return FILE
         if swappiness >= MAX_SWAPPINESS:
             return ANON
         sp = self._read_ctrl_pos(MAX_NR_TIERS, swappiness)
-        pv = _CtrlPos(0, 0, MAX_SWAPPINESS - swappiness)
+        if self.file:
+            pv = self._read_ctrl_pos(MAX_NR_TIERS, MAX_SWAPPINESS - swappiness, FILE)
+        else:
+            pv = _CtrlPos(0, 0, MAX_SWAPPINESS - swappiness)
         return FILE if _positive_ctrl_err(sp, pv) else ANON
 
     # -- aging -------------------------------------------------------------------------------
-    def _inc_min_seq(self) -> None:
-        """``inc_min_seq``: push the oldest generation into the next one."""
-        lst = self.lists[self.min_seq % MAX_NR_GENS]
+    def _inc_min_seq(self, type_: int, swappiness: int) -> None:
+        """``inc_min_seq``: push a type's oldest generation into the next one
+        (``folio_inc_gen``: refs cleared; counted as protected). Anon at swappiness 0 is not
+        evictable and skips that: its oldest folios stay on their list, which the new
+        ``max_seq`` takes over (the kernel's cold/hot inversion: they become the youngest);
+        folios promoted lazily onto that list go to their own generations' lists."""
+        g = self.types[type_]
+        lst = g.lists[g.min_seq % MAX_NR_GENS]
         pfns = lst.isolate_tail(self.nr_frames)
-        if len(pfns):
+        if len(pfns) and type_ == ANON and not swappiness:
+            old = self.seq[pfns] == g.min_seq
+            self.seq[pfns[old]] = self.max_seq + 1  # same list index: the counts hold
+            lst.add_tail(pfns[old])
+            self._move(pfns[~old], self.seq[pfns[~old]], tail=True)
+        elif len(pfns):
             fl = self.fl[pfns]
             tier, maxed = self._tier(fl)
-            self.vmstat["mglru_protected"] += self._count(self.protected, tier[~maxed])
-            old = self.seq[pfns] == self.min_seq
-            self._set_seq(pfns[old], self.min_seq + 1)  # folio_inc_gen
+            self.vmstat["mglru_protected"] += self._count(g.protected, tier[~maxed])
+            old = self.seq[pfns] == g.min_seq
+            self._set_seq(pfns[old], g.min_seq + 1, type_)  # folio_inc_gen
             self.fl[pfns[old]] = fl[old] & ~_U8(LRU_REFS_FLAGS)
-            self._move(pfns, self.seq[pfns], tail=True)
-        self._reset_ctrl_pos()
-        self.min_seq += 1
+            self._move(pfns, self.seq[pfns], tail=True, type_=type_)
+        self._reset_ctrl_pos(type_)
+        g.min_seq += 1
 
-    def _inc_max_seq(self, seq: int, reclaim: Reclaimer) -> bool:
-        """``inc_max_seq``: open a new youngest generation (making room if four exist)."""
+    def _inc_max_seq(self, seq: int, reclaim: Reclaimer, swappiness: int) -> bool:
+        """``inc_max_seq``: open a new youngest generation (first making room in each type
+        that has four)."""
         if seq != self.max_seq:
             return False
-        if self.max_seq - self.min_seq + 1 == MAX_NR_GENS:
-            self._inc_min_seq()
+        for type_, g in enumerate(self.types):
+            if self.max_seq - g.min_seq + 1 == MAX_NR_GENS:
+                self._inc_min_seq(type_, swappiness)
         self.timestamps[(self.max_seq + 1) % MAX_NR_GENS] = reclaim.now()
         self.max_seq += 1
         self.vmstat["mglru_aging"] += 1
@@ -422,15 +623,17 @@ class Mglru:
         self._folio_update_gen(hot)
 
     def _try_to_inc_max_seq(
-        self, seq: int, sc: ScanControl, reclaim: Reclaimer
+        self, seq: int, sc: ScanControl, reclaim: Reclaimer, swappiness: int
     ) -> Generator[None, None, bool]:
         """``try_to_inc_max_seq``: walk every mm, then ``inc_max_seq``; True if this caller
-        finished the walk and advanced max_seq."""
+        finished the walk and advanced max_seq. At swappiness 0 ``should_skip_vma`` skips
+        anonymous VMAs, which is all guest RAM: the walk finds nothing to age."""
         if seq <= self._mm_seq:
             return False
         walk = self._walk
         if walk is None or walk.seq != seq:
-            walk = self._walk = _Walk(seq, reclaim.walk_mm())
+            ptes = reclaim.walk_mm() if swappiness else np.zeros(0, dtype=np.int64)
+            walk = self._walk = _Walk(seq, ptes)
         while True:
             if self.max_seq != seq or self._mm_seq >= seq:
                 return False  # another reclaimer finished this walk
@@ -442,31 +645,56 @@ class Mglru:
             yield
         self._mm_seq = seq
         self._walk = None
-        return self._inc_max_seq(seq, reclaim)
+        return self._inc_max_seq(seq, reclaim, swappiness)
 
     # -- eviction ----------------------------------------------------------------------------
-    def _try_to_inc_min_seq(self) -> bool:
-        """``try_to_inc_min_seq``: skip empty oldest generations (at least two remain)."""
-        min_seq = self.min_seq
-        while (
-            min_seq + MIN_NR_GENS <= self.max_seq and self.lists[min_seq % MAX_NR_GENS].is_empty()
-        ):
-            min_seq += 1
-        if min_seq == self.min_seq:
+    def _try_to_inc_min_seq(self, swappiness: int) -> bool:
+        """``try_to_inc_min_seq``: skip each evictable type's empty oldest generations (at
+        least two remain); with both types evictable, neither may pass ``max_seq -
+        MIN_NR_GENS`` while the other is behind it."""
+        types = self._evictable_types(swappiness)
+        min_seq = [g.min_seq for g in self.types]
+        for t in types:
+            lists = self.types[t].lists
+            while (
+                min_seq[t] + MIN_NR_GENS <= self.max_seq
+                and lists[min_seq[t] % MAX_NR_GENS].is_empty()
+            ):
+                min_seq[t] += 1
+        if min_seq == [g.min_seq for g in self.types]:
             return False
-        self._reset_ctrl_pos()
-        self.min_seq = min_seq
-        return True
+        if len(types) == 2:  # see the comment on lru_gen_folio
+            seq = self.max_seq - MIN_NR_GENS
+            if min_seq[ANON] > seq and min_seq[FILE] < seq:
+                min_seq[ANON] = seq
+            elif min_seq[FILE] > seq and min_seq[ANON] < seq:
+                min_seq[FILE] = seq
+        success = False
+        for t in types:
+            if min_seq[t] <= self.types[t].min_seq:
+                continue
+            self._reset_ctrl_pos(t)
+            self.types[t].min_seq = min_seq[t]
+            success = True
+        return success
 
     def _scan_folios(
-        self, nr_to_scan: int, sc: ScanControl, reclaim: Reclaimer, tier_idx: int
+        self,
+        nr_to_scan: int,
+        sc: ScanControl,
+        reclaim: Reclaimer,
+        tier_idx: int,
+        type_: int = ANON,
     ) -> tuple[int, Pfns]:
-        """``scan_folios`` + ``sort_folio`` + ``isolate_folio`` on the oldest generation."""
+        """``scan_folios`` + ``sort_folio`` + ``isolate_folio`` on a type's oldest generation.
+        ``sort_folio`` keeps back, one generation up with PG_reclaim, folios under write-back
+        and dirty page-cache folios: reclaim leaves dirty file data to the flusher."""
         none = np.zeros(0, dtype=np.int64)
-        if self.max_seq - self.min_seq + 1 <= MIN_NR_GENS:
+        g = self.types[type_]
+        if self.max_seq - g.min_seq + 1 <= MIN_NR_GENS:
             return 0, none
-        min_seq = self.min_seq
-        lst = self.lists[min_seq % MAX_NR_GENS]
+        min_seq = g.min_seq
+        lst = g.lists[min_seq % MAX_NR_GENS]
         remaining = min(nr_to_scan, MAX_LRU_BATCH)
         cap = max(1, sc.batch)
         scanned = sorted_ = 0
@@ -483,6 +711,8 @@ class Mglru:
             writeback = np.zeros(len(chunk), dtype=np.bool_)
             if rest.any():
                 writeback[rest] = reclaim.folio_test_writeback(chunk[rest])
+                if type_ == FILE:  # type == LRU_GEN_FILE && dirty: waiting for the flusher
+                    writeback[rest] |= reclaim.folio_test_dirty(chunk[rest])
             take = rest & ~writeback
             cum = np.cumsum(take)
             cut = len(chunk)
@@ -497,7 +727,7 @@ class Mglru:
             remaining -= cut
             # promoted: to the head of its generation's list
             if promoted.any():
-                self._move(chunk[promoted], seq[promoted])
+                self._move(chunk[promoted], seq[promoted], type_=type_)
             # protected (tier) and waiting for writeback: folio_inc_gen into min_seq + 1 (the
             # latter with PG_reclaim: folio_inc_gen(reclaiming))
             inc = protect | writeback
@@ -505,11 +735,11 @@ class Mglru:
                 reclaim.folio_set_reclaim(chunk[writeback])
             if inc.any():
                 counted = tier[protect & ~maxed]
-                self.vmstat["mglru_protected"] += self._count(self.protected, counted)
+                self.vmstat["mglru_protected"] += self._count(g.protected, counted)
                 up = chunk[inc]
                 self.fl[up] = fl[inc] & ~_U8(LRU_REFS_FLAGS)
-                self._set_seq(up, min_seq + 1)
-                self._move(up, self.seq[up])
+                self._set_seq(up, min_seq + 1, type_)
+                self._move(up, self.seq[up], type_=type_)
             sorted_ += int(promoted.sum() + inc.sum())
             # isolate_folio: off the LRU; refs are kept only with PG_referenced
             iso = chunk[take]
@@ -517,27 +747,31 @@ class Mglru:
                 ifl = fl[take]
                 ifl = np.where((ifl & PG_REFERENCED) != 0, ifl, ifl & ~_U8(LRU_REFS_MASK))
                 self.fl[iso] = ifl & ~_U8(FL_LRU)
-                self.nr_pages[min_seq % MAX_NR_GENS] -= len(iso)
+                g.nr_pages[min_seq % MAX_NR_GENS] -= len(iso)
                 self.seq[iso] = -1
                 isolated.append(iso)
                 n_iso += len(iso)
         sc.isolated(n_iso)  # pgscan: folios isolated
         sc.refilled(sorted_)  # pgrefill: folios sorted into other generations
+        if self.file and n_iso:  # PGSCAN_ANON + type
+            self.vmstat[PGSCAN_FILE if type_ == FILE else PGSCAN_ANON] += n_iso
         out = np.concatenate(isolated) if isolated else none
         return (scanned if n_iso or not remaining else 0), out
 
     def _isolate_folios(
         self, nr_to_scan: int, sc: ScanControl, reclaim: Reclaimer, swappiness: int
-    ) -> tuple[int, Pfns]:
-        """``isolate_folios``: the type ``get_type_to_scan`` picks first, then the other."""
+    ) -> tuple[int, Pfns, int]:
+        """``isolate_folios``: the type ``get_type_to_scan`` picks first, then the other if
+        it is evictable; returns what was scanned, the isolated folios and their type."""
         type_ = self.get_type_to_scan(swappiness)
-        for _ in range(2):
-            if type_ == ANON:
-                scanned, iso = self._scan_folios(nr_to_scan, sc, reclaim, self.get_tier_idx())
+        for _ in range(len(self._evictable_types(swappiness)) if self.file else 2):
+            if type_ < len(self.types):  # without a page cache the file type has no folios
+                tier = self.get_tier_idx(type_)
+                scanned, iso = self._scan_folios(nr_to_scan, sc, reclaim, tier, type_)
                 if scanned:
-                    return scanned, iso
-            type_ = 1 - type_  # the file type has no folios
-        return 0, np.zeros(0, dtype=np.int64)
+                    return scanned, iso, type_
+            type_ = 1 - type_
+        return 0, np.zeros(0, dtype=np.int64), type_
 
     def _look_around(self, pfns: Pfns, sc: ScanControl, reclaim: Reclaimer) -> Any:
         """``folio_referenced`` under MGLRU: ``lru_gen_look_around`` on each isolated folio's
@@ -580,13 +814,21 @@ class Mglru:
     def _evict_folios(
         self, nr_to_scan: int, sc: ScanControl, reclaim: Reclaimer, swappiness: int
     ) -> int:
-        """``evict_folios``: isolate from the oldest generation, check references, reclaim."""
-        scanned, iso = self._isolate_folios(nr_to_scan, sc, reclaim, swappiness)
-        scanned += self._try_to_inc_min_seq()
-        if self.min_seq + MIN_NR_GENS > self.max_seq:
+        """``evict_folios``: isolate from the oldest generation, check references, reclaim.
+        Page-cache folios are unmapped, so ``folio_referenced`` finds no young pte and every
+        isolated one is reclaimed; ``sort_folio`` kept the dirty ones back, so each leaves
+        clean through ``__remove_mapping``, without I/O."""
+        scanned, iso, type_ = self._isolate_folios(nr_to_scan, sc, reclaim, swappiness)
+        scanned += self._try_to_inc_min_seq(swappiness)
+        if self._evictable_min_seq(swappiness) + MIN_NR_GENS > self.max_seq:
             scanned = 0
         if len(iso) == 0:
             return scanned
+        if type_ == FILE:
+            reclaim.remove_file_folios(iso, sc)
+            self.vmstat[PGSTEAL_FILE] += len(iso)  # PGSTEAL_ANON + type
+            return scanned
+        reclaimed = sc.nr_reclaimed
         young = self._look_around(iso, sc, reclaim)
         # lru_gen_folio_check_references / lru_gen_set_refs
         hot = iso[young]
@@ -606,20 +848,26 @@ class Mglru:
             self.fl[failed] |= _U8(PG_ACTIVE)
         sc.activated(len(act) + len(failed))
         self._putback(np.concatenate((keep, act, written, failed)))
+        if self.file:
+            self.vmstat[PGSTEAL_ANON] += sc.nr_reclaimed - reclaimed
         return scanned
 
-    def _should_run_aging(self) -> tuple[bool, int]:
-        """``should_run_aging``: (aging needed or better, folios to scan)."""
-        if self.min_seq + MIN_NR_GENS > self.max_seq:
+    def _should_run_aging(self, swappiness: int) -> tuple[bool, int]:
+        """``should_run_aging`` over the evictable types: (aging needed or better, folios to
+        scan)."""
+        min_seq = self._evictable_min_seq(swappiness)
+        if min_seq + MIN_NR_GENS > self.max_seq:
             return True, 0
-        return self.min_seq + MIN_NR_GENS == self.max_seq, int(self.nr_pages.sum())
+        return min_seq + MIN_NR_GENS == self.max_seq, self._evictable_size(swappiness)
 
-    def _get_nr_to_scan(self, sc: ScanControl, reclaim: Reclaimer) -> Generator[None, None, int]:
+    def _get_nr_to_scan(
+        self, sc: ScanControl, reclaim: Reclaimer, swappiness: int
+    ) -> Generator[None, None, int]:
         """``get_nr_to_scan``: the budget, or age first (-1 after a successful aging)."""
-        success, nr_to_scan = self._should_run_aging()
+        success, nr_to_scan = self._should_run_aging(swappiness)
         if not success or sc.priority == DEF_PRIORITY:
             return nr_to_scan >> sc.priority
-        aged = yield from self._try_to_inc_max_seq(self.max_seq, sc, reclaim)
+        aged = yield from self._try_to_inc_max_seq(self.max_seq, sc, reclaim, swappiness)
         return -1 if aged else 0
 
     def _should_abort_scan(self, sc: ScanControl, reclaim: Reclaimer) -> bool:
@@ -644,7 +892,7 @@ class Mglru:
         scanned = 0
         progress = False
         while True:
-            nr_to_scan = yield from self._get_nr_to_scan(sc, reclaim)
+            nr_to_scan = yield from self._get_nr_to_scan(sc, reclaim, swappiness)
             if nr_to_scan < 0:
                 progress = True
             if nr_to_scan <= 0:
@@ -675,22 +923,39 @@ class Mglru:
         if len(self._batch) >= FOLIO_BATCH_SIZE:
             self._lru_add_drain()
 
-    def _lru_gen_refault(self, shadow: int) -> int:
+    def file_add_lru(self, pfn: int, shadow: int | None, swap_ok: bool) -> None:
+        """``filemap_add_folio`` -> ``folio_add_lru`` of a page-cache folio just read, through
+        the lru_add batch. A read is not a fault, so the folio is not PG_active and joins the
+        oldest generation its type allows (one younger if ``lru_gen_refault`` restored
+        PG_workingset). ``swap_ok`` is unused: ``lru_gen_test_recent`` does not weigh swap."""
+        fl = FL_BATCH | FL_FILE
+        if shadow is not None:
+            fl |= self._lru_gen_refault(shadow, FILE)
+        self.fl[pfn] = fl
+        self._batch.append(pfn)
+        if len(self._batch) >= FOLIO_BATCH_SIZE:
+            self._lru_add_drain()
+
+    def _lru_gen_refault(self, shadow: int, type_: int = ANON) -> int:
         """``lru_gen_refault``: every refault with a shadow is counted (``workingset_refault``,
-        since 6.5 also the old ones); only a recent one feeds the controller's ``refaulted`` and
-        restores PG_workingset from the shadow. Returns the flags to set."""
+        since 6.5 also the old ones); only a recent one feeds the type's controller
+        (``refaulted``) and restores PG_workingset (or the refs) from the shadow; an anon
+        refault is in a fault, which counts ``workingset_activate`` (a page-cache read is not).
+        Returns the flags to set."""
         vs = self.vmstat
-        vs[VmStat.WORKINGSET_REFAULT] += 1
+        file = type_ == FILE
+        vs[WORKINGSET_REFAULT_FILE if file else VmStat.WORKINGSET_REFAULT] += 1
         token_seq = (shadow >> LRU_REFS_WIDTH) & _SEQ_MASK
         if abs((self.max_seq & _SEQ_MASK) - token_seq) >= MAX_NR_GENS:
             return 0  # lru_gen_test_recent: too old
         workingset = bool(shadow >> 31)
         refs = (shadow & ((1 << LRU_REFS_WIDTH) - 1)) + 1
         tier = MAX_NR_TIERS - 1 if workingset else int(_OB2[refs])
-        self.refaulted[tier] += 1
-        vs[VmStat.WORKINGSET_ACTIVATE] += 1  # in a fault: folio_add_lru sets PG_active
+        self.types[type_].refaulted[tier] += 1
+        if not file:
+            vs[VmStat.WORKINGSET_ACTIVATE] += 1  # in a fault: folio_add_lru sets PG_active
         if workingset:
-            vs[VmStat.WORKINGSET_RESTORE] += 1
+            vs[WORKINGSET_RESTORE_FILE if file else VmStat.WORKINGSET_RESTORE] += 1
             return PG_WORKINGSET
         return (refs - 1) << LRU_REFS_PGOFF
 
@@ -717,7 +982,9 @@ class Mglru:
         on = pfns[(self.fl[pfns] & FL_LRU) != 0]
         if len(on):
             lru_del(self.links, on)
-            self.nr_pages -= np.bincount(self.seq[on] % MAX_NR_GENS, minlength=MAX_NR_GENS)
+            for type_, sel in self._by_type(on):
+                gens = self.seq[on[sel]] % MAX_NR_GENS
+                self.types[type_].nr_pages -= np.bincount(gens, minlength=MAX_NR_GENS)
         self.fl[pfns] = 0
         self.seq[pfns] = -1
 
@@ -729,24 +996,27 @@ class Mglru:
         if not fl & FL_LRU:
             return
         lru_del(self.links, np.array([pfn], dtype=np.int64))
-        seq = max(self.max_seq - MAX_NR_GENS + 1, self.min_seq)
-        self.nr_pages[self.seq.item(pfn) % MAX_NR_GENS] -= 1
-        self.nr_pages[seq % MAX_NR_GENS] += 1
+        g = self.types[FILE if fl & FL_FILE else ANON]
+        seq = max(self.max_seq - MAX_NR_GENS + 1, g.min_seq)
+        g.nr_pages[self.seq.item(pfn) % MAX_NR_GENS] -= 1
+        g.nr_pages[seq % MAX_NR_GENS] += 1
         self.seq[pfn] = seq
         self.fl[pfn] = fl & ~PG_ACTIVE
-        self.lists[seq % MAX_NR_GENS].add_tail(np.array([pfn], dtype=np.int64))
+        g.lists[seq % MAX_NR_GENS].add_tail(np.array([pfn], dtype=np.int64))
 
     def workingset_eviction(self, pfns: Pfns) -> NDArray[np.uint32]:
-        """``lru_gen_eviction``: count the eviction per tier; token = (min_seq, refs - 1,
-        PG_workingset)."""
+        """``lru_gen_eviction``: count the eviction per type and tier; token = (the type's
+        min_seq, refs - 1, PG_workingset)."""
         fl = self.fl[pfns]
         refs = self._refs(fl)
         tier, _ = self._tier(fl)
-        self._count(self.evicted, tier)
+        min_seq: int | NDArray[np.int64] = self.min_seq
+        for type_, sel in self._by_type(pfns):
+            self._count(self.types[type_].evicted, tier[sel])
+            if type_ == FILE:
+                min_seq = np.where((fl & FL_FILE) != 0, self.types[FILE].min_seq, self.min_seq)
         ws = ((fl & PG_WORKINGSET) != 0).astype(np.int64)
-        token = (
-            (ws << 31) | ((self.min_seq & _SEQ_MASK) << LRU_REFS_WIDTH) | np.maximum(refs - 1, 0)
-        )
+        token = (ws << 31) | ((min_seq & _SEQ_MASK) << LRU_REFS_WIDTH) | np.maximum(refs - 1, 0)
         self.fl[pfns] = 0
         return token.astype(np.uint32)
 
@@ -756,7 +1026,7 @@ class Mglru:
         one folio is reclaimed or nothing is left to try."""
         self._lru_add_drain()
         swappiness = self._get_swappiness(reclaim)
-        if not swappiness:
+        if not swappiness and not self.file:  # nothing evictable
             return
         if sc.nr_to_reclaim != 1:
             yield from self._try_to_shrink_lruvec(sc, reclaim, swappiness)
@@ -783,20 +1053,22 @@ class Mglru:
 
     def lruvec_is_sizable(self, sc: ScanControl, reclaim: Reclaimer) -> bool:
         """``lruvec_is_sizable``: the folios of the evictable types, shifted right by the
-        priority, are not zero. Anon is the only type here, and it is not evictable at
-        swappiness 0 (swap full, or the memcg at its swap.max), so then nothing is. The
-        kernel's test has no protection terms: ``shrink_one`` applies memory.min and
-        memory.low before it and ``lruvec_is_reclaimable`` checks memory.min itself."""
-        if not self._get_swappiness(reclaim):
+        priority, are not zero. Anon is not evictable at swappiness 0 (swap full, or the memcg
+        at its swap.max), so without a page cache nothing is then. The kernel's test has no
+        protection terms: ``shrink_one`` applies memory.min and memory.low before it and
+        ``lruvec_is_reclaimable`` checks memory.min itself."""
+        swappiness = self._get_swappiness(reclaim)
+        if not swappiness and not self.file:
             return False
-        return bool(int(self.nr_pages.sum()) >> sc.priority)
+        return bool(self._evictable_size(swappiness) >> sc.priority)
 
     def _lruvec_is_reclaimable(self, sc: ScanControl, reclaim: Reclaimer) -> bool:
-        """``lruvec_is_reclaimable``: big enough, and its oldest generation older than min_ttl
-        (memory.min is the caller's to check: memcg.py)."""
+        """``lruvec_is_reclaimable``: big enough, and its oldest evictable generation older than
+        min_ttl (memory.min is the caller's to check: memcg.py)."""
         if not self.lruvec_is_sizable(sc, reclaim):
             return False
-        birth = int(self.timestamps[self.min_seq % MAX_NR_GENS])
+        swappiness = self._get_swappiness(reclaim)
+        birth = int(self.timestamps[self._evictable_min_seq(swappiness) % MAX_NR_GENS])
         return birth + self.cfg.min_ttl_ms * 1_000_000 < reclaim.now()
 
     def reclaim_cycle_end(self) -> None:
@@ -813,31 +1085,53 @@ class Mglru:
         return self.max_seq - self.min_seq + 1
 
     def lru_sizes(self) -> dict[str, int]:
-        """Folios per generation by age (``gen0`` = max_seq, ``gen3`` = max_seq - 3), and the
-        legacy split: active = the two youngest (plus the lru_add batch), inactive = older."""
+        """Anon folios per generation by age (``gen0`` = max_seq, ``gen3`` = max_seq - 3), and
+        the legacy split: active = the two youngest (plus the lru_add batch), inactive = older;
+        with a page cache, the same split of the file type (``inactive_file``,
+        ``active_file``)."""
         sizes = {}
         for k in range(MAX_NR_GENS):
             s = self.max_seq - k
             sizes[f"gen{k}"] = int(self.nr_pages[s % MAX_NR_GENS]) if s >= self.min_seq else 0
-        sizes["active"] = sizes["gen0"] + sizes["gen1"] + len(self._batch)
+        nr_batch = len(self._batch)
+        if self.file:
+            fl = self.fl[np.array(self._batch, dtype=np.int64)]
+            batch_file = int(np.count_nonzero(fl & FL_FILE))
+            g = self.types[FILE]
+            young = [self.max_seq - k for k in range(MIN_NR_GENS)]
+            active = sum(int(g.nr_pages[s % MAX_NR_GENS]) for s in young if s >= g.min_seq)
+            sizes["active_file"] = active + batch_file
+            sizes["inactive_file"] = int(g.nr_pages.sum()) - active
+            nr_batch -= batch_file
+        sizes["active"] = sizes["gen0"] + sizes["gen1"] + nr_batch
         sizes["inactive"] = sizes["gen2"] + sizes["gen3"]
         return sizes
 
     def check(self, on_lru: NDArray[np.bool_]) -> None:
-        """Generation window, list membership and per-generation counts are consistent."""
-        assert MIN_NR_GENS <= self.nr_gens() <= MAX_NR_GENS, "generation window out of range"
+        """Generation windows, list membership (each folio on its type's lists) and
+        per-generation counts are consistent."""
         listed = []
-        for gen, lst in enumerate(self.lists):
-            items = lst.snapshot()
-            # the list of gen holds sequence s (s % 4 == gen) inside [min_seq, max_seq]
-            s = self.min_seq + (gen - self.min_seq) % MAX_NR_GENS
-            if s > self.max_seq:
-                assert len(items) == 0, "a list outside the generation window is not empty"
-                continue
-            seq = self.seq[items]
-            assert ((seq >= s) & (seq <= self.max_seq)).all(), "folio generation off its list"
-            assert ((self.fl[items] & (FL_LRU | FL_BATCH)) == FL_LRU).all(), "listed, not PG_lru"
-            listed.append(items)
+        for type_, g in enumerate(self.types):
+            nr_gens = self.max_seq - g.min_seq + 1
+            assert MIN_NR_GENS <= nr_gens <= MAX_NR_GENS, "generation window out of range"
+            typed = []
+            for gen, lst in enumerate(g.lists):
+                items = lst.snapshot()
+                # the list of gen holds sequence s (s % 4 == gen) inside [min_seq, max_seq]
+                s = g.min_seq + (gen - g.min_seq) % MAX_NR_GENS
+                if s > self.max_seq:
+                    assert len(items) == 0, "a list outside the generation window is not empty"
+                    continue
+                seq = self.seq[items]
+                fl = self.fl[items]
+                assert ((seq >= s) & (seq <= self.max_seq)).all(), "folio generation off its list"
+                assert ((fl & (FL_LRU | FL_BATCH)) == FL_LRU).all(), "listed, not PG_lru"
+                assert (((fl & FL_FILE) != 0) == (type_ == FILE)).all(), "folio of another type"
+                typed.append(items)
+            on = np.concatenate(typed) if typed else np.zeros(0, dtype=np.int64)
+            counts = np.bincount(self.seq[on] % MAX_NR_GENS, minlength=MAX_NR_GENS)
+            assert (counts == g.nr_pages).all(), "per-generation counts"
+            listed.extend(typed)
         batch = np.array(self._batch, dtype=np.int64)
         assert ((self.fl[batch] & (FL_LRU | FL_BATCH)) == FL_BATCH).all(), "batch flags"
         both = np.concatenate([*listed, batch])
@@ -845,7 +1139,6 @@ class Mglru:
         tracked = np.zeros(len(on_lru), dtype=np.bool_)
         tracked[both] = True
         assert (tracked == on_lru).all(), "LRU lists disagree with the resident folios"
-        assert not (self.fl[~tracked] & (FL_LRU | FL_BATCH)).any(), "untracked folio flagged"
-        on = np.concatenate(listed) if listed else batch[:0]
-        counts = np.bincount(self.seq[on] % MAX_NR_GENS, minlength=MAX_NR_GENS)
-        assert (counts == self.nr_pages).all(), "per-generation counts"
+        assert not (self.fl[~tracked] & (FL_LRU | FL_BATCH | FL_FILE)).any(), (
+            "untracked folio flagged"
+        )
