@@ -105,6 +105,11 @@ class PerMemcgLruvecs:
         """``folio_mark_accessed`` on the folio's lruvec."""
         self._lruvec(pfn).folio_mark_accessed(pfn)
 
+    def folio_add_lru_touched(self, pfns: Pfns) -> None:
+        """New folios, first-touch state, each on its memcg's lruvec (in order)."""
+        for lv, part in self._split(pfns):
+            lv.folio_add_lru_touched(part)
+
     def folio_remove(self, pfns: Pfns) -> None:
         """Folios of an exited mm leave their lruvec."""
         for lv, part in self._split(pfns):

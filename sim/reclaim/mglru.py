@@ -971,6 +971,23 @@ class Mglru:
         else:
             self.fl[pfn] = fl + (1 << LRU_REFS_PGOFF)
 
+    def folio_add_lru_touched(self, pfns: Pfns) -> None:
+        """New anon folios, in order, as the first-touch path leaves each: ``folio_add_lru``
+        in a fault (PG_active, the lru_add batch, drained every ``FOLIO_BATCH_SIZE``) then
+        ``folio_mark_accessed`` twice (``lru_gen_inc_refs``: PG_referenced, then one ref).
+        The generation depends on neither mark, so the batch drains in one go; what the
+        per-folio path would leave in the batch stays there. Batched for the prefault fill;
+        ``tests/test_steady.py`` holds it equal to the per-folio calls."""
+        if len(pfns) == 0:
+            return
+        pfns = np.asarray(pfns, dtype=np.int64)
+        self.fl[pfns] = _U8(FL_BATCH | PG_ACTIVE | PG_REFERENCED | (1 << LRU_REFS_PGOFF))
+        batch = np.concatenate([np.array(self._batch, dtype=np.int64), pfns])
+        keep = len(batch) % FOLIO_BATCH_SIZE
+        drained = batch[: len(batch) - keep]
+        self._batch = batch[len(batch) - keep :].tolist()
+        self._add(drained, self._folio_seq(self.fl[drained]))
+
     def folio_remove(self, pfns: Pfns) -> None:
         """Drop folios from whichever list (or the lru_add batch) holds them."""
         if len(pfns) == 0:

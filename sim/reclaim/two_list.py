@@ -333,6 +333,18 @@ class TwoList:
         self.fl[pfn] = (fl & ~(PG_REFERENCED | LRU_INACTIVE)) | LRU_ACTIVE
         self.nonresident_age += 1  # workingset_activation
 
+    def folio_add_lru_touched(self, pfns: Pfns) -> None:
+        """New anon folios, in order, as the first-touch path leaves each: ``folio_add_lru``
+        then ``folio_mark_accessed`` twice (GUP's FOLL_TOUCH, ``kvm_release_faultin_page``),
+        which finds the folio still in the add batch and activates it there
+        (``__lru_cache_activate_folio``: no pgactivate). Batched for the prefault fill;
+        ``tests/test_steady.py`` holds it equal to the per-folio calls."""
+        if len(pfns) == 0:
+            return
+        self.fl[pfns] = LRU_ACTIVE
+        self.active.add_head(np.asarray(pfns, dtype=np.int64))
+        self.nonresident_age += len(pfns)
+
     def folio_remove(self, pfns: Pfns) -> None:
         """Drop folios from whichever list holds them (their mm exited)."""
         fl = self.fl[pfns]
