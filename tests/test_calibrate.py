@@ -201,3 +201,25 @@ def test_plain_and_guest_agree() -> None:
     plain = vmm.run(spec, mem_mib=MEM_MIB, plain=True)
     assert (guest.read_sum, guest.checksum) == (plain.read_sum, plain.checksum)
     assert guest.accesses == plain.accesses == spec.accesses
+
+
+@needs_cc
+def test_run_takes_chunks_as_well_as_a_spec() -> None:
+    pages, writes = np.array([0, 9, 0, 9]), np.array([True, True, False, False])
+    r = vmm.run([(pages[:3], writes[:3]), (pages[3:], writes[3:])], mem_mib=4, plain=True)
+    want = streams.expected(pages, writes)
+    assert (r.accesses, r.read_sum, r.checksum) == (4, 1 + 2, want.checksum)
+
+
+def test_calibrate_observes_the_simulator_from_outside() -> None:
+    """The calibration side knows memsim's workloads and traces, never its mechanism."""
+    import ast
+    from pathlib import Path
+
+    for path in (Path(streams.__file__).parent).glob("*.py"):
+        tree = ast.parse(path.read_text())
+        mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        mods |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        inside = {m for m in mods if m.startswith(("sim.host", "sim.kvm", "sim.reclaim"))}
+        assert not inside, f"{path.name} imports {inside}"
+        assert "simpy" not in mods

@@ -28,7 +28,7 @@ Simplifications
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, BinaryIO, Literal
@@ -177,10 +177,14 @@ def encode(gfns: NDArray[np.int64], writes: NDArray[np.bool_]) -> NDArray[np.uin
     return (gfns.astype("<u4") | (writes.astype("<u4") << 31)).astype("<u4", copy=False)
 
 
-def write_stream(spec: StreamSpec, out: BinaryIO) -> int:
-    """Write the encoded stream to ``out`` (a pipe to the VMM); return the accesses written."""
+Chunks = Iterable[tuple[NDArray[np.int64], NDArray[np.bool_]]]
+
+
+def write_stream(stream: StreamSpec | Chunks, out: BinaryIO) -> int:
+    """Write the encoded stream (a spec's, or given chunks) to ``out`` (a pipe to the VMM);
+    return the accesses written."""
     n = 0
-    for gfns, writes in chunks(spec):
+    for gfns, writes in chunks(stream) if isinstance(stream, StreamSpec) else stream:
         out.write(encode(gfns, writes).tobytes())
         n += gfns.size
     return n

@@ -574,7 +574,7 @@ static uint64_t arg_u64(const char *s, const char *what)
 int main(int argc, char **argv)
 {
 	struct opts o = {.plain = 0, .checksum = 1, .chunk_times = 0, .kvm_stats = 1,
-			 .mem_mib = 16, .chunk = 65536};
+			 .mem_mib = 16, .chunk = 131072};
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--plain"))
 			o.plain = 1;
