@@ -27,7 +27,11 @@
  * which runs the stream over an mmap of the same size in this process (no KVM), to separate
  * the host's own LRU from the MMU notifier path.
  *
- * Output: one JSON object on stdout. Errors: one line on stderr, exit status 1 (2 for usage).
+ * Output: one JSON object on stdout: counts, times, getrusage faults, the changed counters of
+ * /proc/vmstat (system-wide) and of this process's memory cgroup's memory.stat read just
+ * before and after the access loop (before the checksum, which reads every page), and KVM's
+ * binary stats (KVM_GET_STATS_FD) where the kernel has them. Errors: one line on stderr, exit
+ * status 1 (2 for usage).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -179,6 +183,7 @@ struct opts {
 	int checksum;
 	int chunk_times;
 	int kvm_stats;
+	int kernel_stats;
 	uint64_t mem_mib;
 	uint64_t chunk;
 };
@@ -553,10 +558,98 @@ static void print_stats(FILE *out, int fd, const char *name)
 #endif
 }
 
+/* ---- the kernel's counters around the access loop ---- */
+
+#define MAX_KV 512
+
+struct kv {
+	char name[64];
+	int64_t v;
+};
+
+struct kvs {
+	struct kv e[MAX_KV];
+	int n; /* -1: not readable */
+};
+
+/* Read "name value" lines (/proc/vmstat, memory.stat); n = -1 if the file cannot be read. */
+static void read_kvs(const char *path, struct kvs *out)
+{
+	out->n = -1;
+	if (!path[0])
+		return;
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return;
+	out->n = 0;
+	char line[256];
+	while (out->n < MAX_KV && fgets(line, sizeof(line), f)) {
+		struct kv *e = &out->e[out->n];
+		long long v;
+		if (sscanf(line, "%63s %lld", e->name, &v) == 2) {
+			e->v = (int64_t)v;
+			out->n++;
+		}
+	}
+	fclose(f);
+}
+
+/* The memory.stat of this process's memory cgroup (v1 hierarchy first, then v2). */
+static void memcg_stat_path(char *out, size_t size, char *cg, size_t cg_size)
+{
+	out[0] = cg[0] = 0;
+	FILE *f = fopen("/proc/self/cgroup", "re");
+	if (!f)
+		return;
+	char line[512], v2[512] = "";
+	while (fgets(line, sizeof(line), f)) {
+		line[strcspn(line, "\n")] = 0;
+		char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+		if (!c2)
+			continue;
+		*c2 = 0;
+		if (!strcmp(c1 + 1, "memory")) {
+			snprintf(cg, cg_size, "%s", c2 + 1);
+			snprintf(out, size, "/sys/fs/cgroup/memory%s/memory.stat", c2 + 1);
+			fclose(f);
+			return;
+		}
+		if (c1 == line + 1 && line[0] == '0' && c1[1] == 0)
+			snprintf(v2, sizeof(v2), "%s", c2 + 1);
+	}
+	fclose(f);
+	if (v2[0]) {
+		snprintf(cg, cg_size, "%s", v2);
+		snprintf(out, size, "/sys/fs/cgroup%s/memory.stat", v2);
+	}
+}
+
+/* Members "name": {counter: after - before, ...} for the counters that changed, or null. */
+static void print_delta(FILE *out, const char *name, const struct kvs *a, const struct kvs *b)
+{
+	if (a->n < 0 || b->n < 0) {
+		fprintf(out, ",\n  \"%s\": null", name);
+		return;
+	}
+	fprintf(out, ",\n  \"%s\": {", name);
+	int first = 1;
+	for (int i = 0; i < b->n; i++)
+		for (int j = 0; j < a->n; j++)
+			if (!strcmp(a->e[j].name, b->e[i].name)) {
+				if (b->e[i].v != a->e[j].v) {
+					fprintf(out, "%s\n    \"%s\": %" PRId64, first ? "" : ",",
+						b->e[i].name, b->e[i].v - a->e[j].v);
+					first = 0;
+				}
+				break;
+			}
+	fprintf(out, "\n  }");
+}
+
 static void usage(void)
 {
 	fputs("usage: vmm [--plain] [--mem-mib G] [--chunk N] [--no-checksum] [--chunk-times] "
-	      "[--no-kvm-stats] < stream\n",
+	      "[--no-kvm-stats] [--no-kernel-stats] < stream\n",
 	      stderr);
 	exit(2);
 }
@@ -574,6 +667,7 @@ static uint64_t arg_u64(const char *s, const char *what)
 int main(int argc, char **argv)
 {
 	struct opts o = {.plain = 0, .checksum = 1, .chunk_times = 0, .kvm_stats = 1,
+			 .kernel_stats = 1,
 			 .mem_mib = 16, .chunk = 131072};
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--plain"))
@@ -584,6 +678,8 @@ int main(int argc, char **argv)
 			o.chunk_times = 1;
 		else if (!strcmp(argv[i], "--no-kvm-stats"))
 			o.kvm_stats = 0;
+		else if (!strcmp(argv[i], "--no-kernel-stats"))
+			o.kernel_stats = 0;
 		else if (!strcmp(argv[i], "--mem-mib") && i + 1 < argc)
 			o.mem_mib = arg_u64(argv[++i], "--mem-mib");
 		else if (!strcmp(argv[i], "--chunk") && i + 1 < argc)
@@ -619,6 +715,13 @@ int main(int argc, char **argv)
 		build_guest(&r);
 		kvm_setup(&k, &r);
 	}
+	static struct kvs vm0, vm1, cg0, cg1;
+	char cg_path[640], cg_name[512];
+	memcg_stat_path(cg_path, sizeof(cg_path), cg_name, sizeof(cg_name));
+	if (o.kernel_stats) {
+		read_kvs("/proc/vmstat", &vm0);
+		read_kvs(cg_path, &cg0);
+	}
 	struct rusage ru0, ru1;
 	getrusage(RUSAGE_SELF, &ru0);
 	uint64_t t0 = now_ns();
@@ -628,6 +731,10 @@ int main(int argc, char **argv)
 		run_kvm(&r, &k, &o);
 	uint64_t wall = now_ns() - t0;
 	getrusage(RUSAGE_SELF, &ru1);
+	if (o.kernel_stats) { /* before the checksum, which reads (and may swap in) every page */
+		read_kvs("/proc/vmstat", &vm1);
+		read_kvs(cg_path, &cg1);
+	}
 	uint64_t csum = o.checksum ? mem_checksum(&r) : 0;
 
 	FILE *out = stdout;
@@ -652,6 +759,16 @@ int main(int argc, char **argv)
 		for (uint64_t i = 0; i < r.chunks; i++)
 			fprintf(out, "%s%" PRIu64, i ? "," : "", r.chunk_ns[i]);
 		fprintf(out, "]");
+	}
+	if (o.kernel_stats) {
+		print_delta(out, "vmstat_delta", &vm0, &vm1);
+		fprintf(out, ",\n  \"memcg\": ");
+		if (cg_name[0] && strspn(cg_name, "/_-.0123456789abcdefghijklmnopqrstuvwxyz"
+						  "ABCDEFGHIJKLMNOPQRSTUVWXYZ") == strlen(cg_name))
+			fprintf(out, "\"%s\"", cg_name);
+		else
+			fprintf(out, "null");
+		print_delta(out, "memcg_stat_delta", &cg0, &cg1);
 	}
 	if (!o.plain && o.kvm_stats) {
 		print_stats(out, k.vm, "kvm_vm_stats");

@@ -99,7 +99,12 @@ def build(force: bool = False) -> Path:
 
 @dataclass(frozen=True)
 class RunResult:
-    """What the VMM reported for one run (``raw`` has every field, KVM stats included)."""
+    """What the VMM reported for one run (``raw`` has every field).
+
+    ``vmstat_delta`` (system-wide ``/proc/vmstat``) and ``memcg_stat_delta`` (the ``memory.stat``
+    of the VMM's memory cgroup, ``memcg``) hold the counters that changed across the access
+    loop alone; memory.stat's gauges (``rss``, ``active_anon`` ...) appear as changes too.
+    """
 
     mode: str
     accesses: int
@@ -114,6 +119,9 @@ class RunResult:
     chunk_ns: list[int] = field(default_factory=list)
     kvm_vcpu_stats: dict[str, int] | None = None
     kvm_vm_stats: dict[str, int] | None = None
+    vmstat_delta: dict[str, int] | None = None
+    memcg: str | None = None
+    memcg_stat_delta: dict[str, int] | None = None
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -140,6 +148,9 @@ def parse_result(text: str) -> RunResult:
             chunk_ns=[int(x) for x in d.get("chunk_ns", [])],
             kvm_vcpu_stats=d.get("kvm_vcpu_stats"),
             kvm_vm_stats=d.get("kvm_vm_stats"),
+            vmstat_delta=d.get("vmstat_delta"),
+            memcg=d.get("memcg"),
+            memcg_stat_delta=d.get("memcg_stat_delta"),
             raw=d,
         )
     except (ValueError, KeyError, TypeError) as exc:
