@@ -226,3 +226,10 @@ def test_calibrate_observes_the_simulator_from_outside() -> None:
         inside = {m for m in mods if m.startswith(("sim.host", "sim.kvm", "sim.reclaim"))}
         assert not inside, f"{path.name} imports {inside}"
         assert "simpy" not in mods
+
+
+@needs_cc
+def test_vmm_errors_reach_the_caller_as_one_line() -> None:
+    spec = StreamSpec(workload=UniformConfig(), accesses=200_000, pages=1)
+    with pytest.raises(vmm.CalibrateError, match=r"^--mem-mib must be between 4 and \d+"):
+        vmm.run(spec, mem_mib=3, plain=True)
