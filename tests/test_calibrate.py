@@ -233,3 +233,12 @@ def test_vmm_errors_reach_the_caller_as_one_line() -> None:
     spec = StreamSpec(workload=UniformConfig(), accesses=200_000, pages=1)
     with pytest.raises(vmm.CalibrateError, match=r"^--mem-mib must be between 4 and \d+"):
         vmm.run(spec, mem_mib=3, plain=True)
+
+
+@needs_kvm
+def test_populate_leaves_the_stream_unchanged() -> None:
+    spec = spec_for("hotcold")
+    r = vmm.run(spec, mem_mib=MEM_MIB, populate=True)
+    want = streams.expected(*streams.generate(spec))
+    assert (r.read_sum, r.checksum) == (want.read_sum, want.checksum)
+    assert r.minflt < PAGES // 4  # the host faulted the data pages in before the loop

@@ -167,13 +167,16 @@ def run(
     chunk: int = DEFAULT_CHUNK,
     checksum: bool = True,
     chunk_times: bool = False,
+    populate: bool = False,
     timeout_s: float | None = None,
 ) -> RunResult:
     """Replay ``stream`` in a guest with ``mem_mib`` MiB of RAM (or a plain process); parse.
 
     ``stream`` is a spec or any chunks of ``(pages, writes)`` (the VMM checks their range).
-    It is generated here and written to the VMM's stdin by a thread while the main thread
-    reads its report, so neither side waits on a full pipe.
+    ``populate`` makes every data page resident in the host before the run, so the guest's
+    first touches cost KVM's fault alone. The stream is generated here and written to the
+    VMM's stdin by a thread while the main thread reads its report, so neither side waits on
+    a full pipe.
     """
     pages = data_pages(mem_mib)
     if isinstance(stream, StreamSpec) and stream.pages > pages:
@@ -186,7 +189,7 @@ def run(
     exe = build()
     args = [str(exe), "--mem-mib", str(mem_mib), "--chunk", str(chunk)]
     args += ["--plain"] * plain + ["--no-checksum"] * (not checksum)
-    args += ["--chunk-times"] * chunk_times
+    args += ["--chunk-times"] * chunk_times + ["--populate"] * populate
     proc = subprocess.Popen(
         args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
