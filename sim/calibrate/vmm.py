@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 from sim.calibrate.streams import Chunks, StreamSpec, data_pages, write_stream
 from sim.errors import UserError
+from sim.results import write_atomic
 
 SOURCE = Path(__file__).with_name("vmm.c")
 KVM_DEVICE = "/dev/kvm"
@@ -64,8 +64,8 @@ def kvm_usable() -> bool:
 def build(force: bool = False) -> Path:
     """Compile ``vmm.c`` unless a binary of this exact source is cached; return its path.
 
-    The binary is written under a temporary name and renamed, so concurrent first uses (two
-    test workers, say) never run a half-written file.
+    The binary is written under a temporary name and renamed (:func:`sim.results.write_atomic`),
+    so concurrent first uses (two test workers, say) never run a half-written file.
     """
     if not SOURCE.is_file():
         raise CalibrateError(f"the VMM source {SOURCE} is missing")
@@ -77,11 +77,10 @@ def build(force: bool = False) -> Path:
     if cc is None:
         raise CalibrateError("no C compiler found (set CC or install cc/gcc) to build the VMM")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", dir=out.parent)
-    os.close(fd)
-    try:
+
+    def compile_to(tmp: Path) -> None:
         done = subprocess.run(
-            [cc, *CFLAGS, "-o", tmp, str(SOURCE)],
+            [cc, *CFLAGS, "-o", str(tmp), str(SOURCE)],
             capture_output=True,
             text=True,
             timeout=120,
@@ -90,10 +89,8 @@ def build(force: bool = False) -> Path:
         if done.returncode != 0:
             first = next((ln for ln in done.stderr.splitlines() if "error" in ln), "")
             raise CalibrateError(f"building the VMM with {cc} failed: {first.strip()[:300]}")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    write_atomic(out, compile_to)
     return out
 
 
