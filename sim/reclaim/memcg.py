@@ -13,6 +13,13 @@ Models
     memcg's lruvec only. kswapd's background aging (``kswapd_age_node``) deactivates on every
     lruvec whose inactive list is low.
 
+    With a host page cache (``host_files``) every lruvec has the file lists too, and a file
+    folio joins the lruvec of the memcg its file is charged to: a VM's (QEMU reading its disk
+    image) or the root's (a host service), which is its own lruvec visited first, as
+    ``mem_cgroup_iter`` starts the walk at the root; the root is never protected. Each lruvec
+    balances anon and file by its own sizes and costs (``get_scan_count``), and limit reclaim
+    at swappiness 0 scans the memcg's file lists only (SCAN_FILE).
+
 Kernel reference
     mm/vmscan.c: ``shrink_node_memcgs``, ``shrink_lruvec``, ``kswapd_age_node``,
     ``get_scan_count``, ``can_reclaim_anon_pages``; include/linux/memcontrol.h:
@@ -24,6 +31,9 @@ Simplifications
     stay as they were). All lruvecs share one set of list links and flags (a folio is on one
     list of one lruvec at a time). Each lruvec's shrink stops at ``nr_to_reclaim`` freed by
     itself (``shrink_lruvec``'s local count); the memcgs are visited in VM order every pass.
+    Global reclaim decides the scan balance per lruvec (its own ``file_is_tiny``,
+    ``cache_trim_mode``, deactivation and costs), where the kernel takes them from the target
+    lruvec, the root's, whose sizes and costs are the node's (hierarchical).
 
 Invariants
     Every resident folio is on a list of its own memcg's lruvec, and no other.
@@ -75,26 +85,32 @@ class PerMemcgLruvecs:
         swap_usage: Callable[[int], int],
     ) -> None:
         self.mem, self.limits, self.vmstat, self._swap_usage = mem, limits, vmstat, swap_usage
+        self._memcg_of = limits.owner_memcg
+        self._memcg_arr = np.asarray(self._memcg_of, dtype=np.int64)
+
+    def _memcgs(self, pfns: Pfns) -> NDArray[np.int64]:
+        """The memcg each folio is charged to (``folio_memcg``)."""
+        return self._memcg_arr[self.mem.page_owners(self.mem.frame_pid[pfns])]
 
     def _lruvec(self, pfn: int) -> Any:
         """``folio_lruvec``: the lruvec of the memcg the folio is charged to."""
         mem = self.mem
-        return self.lruvecs[mem.page_owner(mem.frame_pid.item(pfn))]
+        return self.lruvecs[self._memcg_of[mem.page_owner(mem.frame_pid.item(pfn))]]
 
     def _split(self, pfns: Pfns) -> Iterator[tuple[Any, Pfns]]:
         """Folios grouped by lruvec, each group in the given order."""
         if len(pfns) == 0:
             return
-        owners = self.mem.page_owners(self.mem.frame_pid[pfns])
-        for i in np.unique(owners).tolist():
-            yield self.lruvecs[i], pfns[owners == i]
+        memcgs = self._memcgs(pfns)
+        for i in np.unique(memcgs).tolist():
+            yield self.lruvecs[i], pfns[memcgs == i]
 
     def _owners(self, nr: int) -> NDArray[np.int64]:
         """Each frame's memcg (-1: free or not a guest page)."""
         owner = np.full(nr, -1, dtype=np.int64)
         fp = self.mem.frame_pid
         owned = fp >= 0
-        owner[owned] = self.mem.page_owners(fp[owned])
+        owner[owned] = self._memcg_arr[self.mem.page_owners(fp[owned])]
         return owner
 
     def folio_add_lru(self, pfn: int, shadow: int | None) -> None:
@@ -119,7 +135,7 @@ class PerMemcgLruvecs:
         out = np.empty(len(pfns), dtype=np.uint32)
         if len(pfns) == 0:
             return out
-        owners = self.mem.page_owners(self.mem.frame_pid[pfns])
+        owners = self._memcgs(pfns)
         for i in np.unique(owners).tolist():
             sel = owners == i
             out[sel] = self.lruvecs[i].workingset_eviction(pfns[sel])
@@ -141,8 +157,10 @@ class MemcgTwoList(PerMemcgLruvecs):
         vmstat: host counters (broken down per memcg).
         rng: unused (the classic LRU is deterministic).
         mem: host memory (which VM owns a frame; each memcg's usage).
-        limits: each memcg's settings in pages (protection).
+        limits: each memcg's settings in pages (protection), and which memcg each page owner
+            is charged to.
         swap_usage: each memcg's ``memory.swap.current`` (read at scan time).
+        file: every lruvec keeps the file lists (the host has a page cache).
     """
 
     name: ClassVar[str] = "two_list"
@@ -159,14 +177,20 @@ class MemcgTwoList(PerMemcgLruvecs):
         mem: HostMemory,
         limits: MemcgLimits,
         swap_usage: Callable[[int], int],
+        file: bool = False,
     ) -> None:
         super().__init__(vmstat, mem, limits, swap_usage)
-        nr = len(limits.max)
-        links = lru_links(nr_frames, 2 * nr)
+        nr = limits.nr_memcgs
+        links = lru_links(nr_frames, (4 if file else 2) * nr)
         fl = np.zeros(nr_frames, dtype=np.uint8)
+        self.file = file
         self.lruvecs = [
-            TwoList(cfg, nr_frames, vmstat, rng, links=links, fl=fl, memcg=i) for i in range(nr)
+            TwoList(cfg, nr_frames, vmstat, rng, links=links, fl=fl, memcg=i, file=file)
+            for i in range(nr)
         ]
+        # mem_cgroup_iter's order: the root first (when it has pages), then the VMs'
+        root = limits.root
+        self._order = ([root] if nr > root else []) + list(range(root))
         self._page_shift = self.lruvecs[0].page_shift
 
     @property
@@ -180,11 +204,19 @@ class MemcgTwoList(PerMemcgLruvecs):
         for lv in self.lruvecs:
             lv.page_shift = shift
 
-    def _reclaimer(self, memcg: int, reclaim: Reclaimer) -> Reclaimer:
-        def room() -> bool:
-            return self._swap_usage(memcg) < self.limits.swap_max[memcg]
+    def _swap_room(self, memcg: int) -> bool:
+        """The memcg is under its memory.swap.max (the root has none)."""
+        lim = self.limits
+        return memcg == lim.root or self._swap_usage(memcg) < lim.swap_max[memcg]
 
-        return MemcgReclaimer(reclaim, room)  # type: ignore[return-value]
+    def _reclaimer(self, memcg: int, reclaim: Reclaimer) -> Reclaimer:
+        return MemcgReclaimer(reclaim, lambda: self._swap_room(memcg))  # type: ignore[return-value]
+
+    def file_add_lru(self, pfn: int, shadow: int | None, swap_ok: bool) -> None:
+        """A page-cache folio joins its memcg's lruvec; its refault counts anon in the
+        workingset while the memcg can swap (``mem_cgroup_get_nr_swap_pages``)."""
+        lv = self._lruvec(pfn)
+        lv.file_add_lru(pfn, shadow, swap_ok and self._swap_room(lv.memcg))
 
     def shrink_node(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
         """``shrink_node_memcgs``: each memcg's lruvec in turn (only the target's in limit
@@ -192,11 +224,12 @@ class MemcgTwoList(PerMemcgLruvecs):
         unless ``sc.memcg_low_reclaim``."""
         target = sc.target_memcg
         usage = self.mem.nr_resident
-        for i, lv in enumerate(self.lruvecs):
+        for i in self._order:
+            lv = self.lruvecs[i]
             if target >= 0 and i != target:
                 continue
             emin, elow = mem_cgroup_protection(self.limits, target, i)
-            size = int(usage[i])
+            size = self.limits.usage(usage, i)
             if target != i and size <= emin:  # mem_cgroup_below_min: hard protection
                 continue
             if target != i and size <= elow:  # mem_cgroup_below_low: soft protection
@@ -211,9 +244,9 @@ class MemcgTwoList(PerMemcgLruvecs):
 
     def age_node(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
         """``kswapd_age_node``: every memcg's lruvec whose inactive list is low."""
-        for i, lv in enumerate(self.lruvecs):
+        for i in self._order:
             sc.memcg = i
-            yield from lv.age_node(sc, self._reclaimer(i, reclaim))
+            yield from self.lruvecs[i].age_node(sc, self._reclaimer(i, reclaim))
         sc.memcg = -1
 
     def reclaim_cycle_end(self) -> None:
@@ -223,10 +256,10 @@ class MemcgTwoList(PerMemcgLruvecs):
 
     def lru_sizes(self) -> dict[str, int]:
         """Folios on each list, over every lruvec."""
-        return {
-            "inactive": sum(len(lv.inactive) for lv in self.lruvecs),
-            "active": sum(len(lv.active) for lv in self.lruvecs),
-        }
+        sizes: Counter[str] = Counter()
+        for lv in self.lruvecs:
+            sizes.update(lv.lru_sizes())
+        return dict(sizes)
 
     def check(self, on_lru: NDArray[np.bool_]) -> None:
         """Each lruvec holds exactly the resident folios of its memcg."""

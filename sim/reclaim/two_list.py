@@ -56,7 +56,7 @@ Kernel reference
 Simplifications
     Without a page cache shrink_lruvec stops as soon as the target is met (no file to
     rebalance), and SCAN_FRACT floors anon's share (the kernel rounds it up). The page cache
-    is read-only (no dirty file folios, no flusher), node-wide (no memcg), two_list only.
+    is two_list only.
     Shadow entries keep 31 bits of the nonresident-age clock (no bucket_order).
     The per-CPU activate batch is drained at once (a folio activated on the inactive list moves
     to the active head immediately).
@@ -200,6 +200,12 @@ class TwoList:
         if self.memcg < 0:
             return self.vmstat[VmStat.WORKINGSET_ACTIVATE]
         return self.vmstat.per_mm[self.memcg][VmStat.WORKINGSET_ACTIVATE]  # type: ignore[attr-defined]
+
+    def _refaults_file(self) -> int:
+        """The lruvec's WORKINGSET_ACTIVATE_FILE, for snapshot_refaults."""
+        if self.memcg < 0:
+            return self.vmstat[WORKINGSET_ACTIVATE_FILE]
+        return self.vmstat.per_mm[self.memcg][WORKINGSET_ACTIVATE_FILE]  # type: ignore[attr-defined]
 
     def inactive_is_low(self, file: bool = False) -> bool:
         """``inactive_is_low``: the (anon or file) inactive list is short relative to its
@@ -403,7 +409,7 @@ class TwoList:
         """``snapshot_refaults``: remember refault activations for ``prepare_scan_control``."""
         self._refaults_snapshot = self._refaults()
         if self.file:
-            self._refaults_file_snapshot = self.vmstat[WORKINGSET_ACTIVATE_FILE]
+            self._refaults_file_snapshot = self._refaults_file()
 
     def on_access(self, pfns: Pfns, seq: NDArray[np.int64]) -> None:
         """Real policies see only accessed bits."""
@@ -486,29 +492,41 @@ class TwoList:
     ) -> list[int]:
         """``get_scan_count`` over the four lists: folios to scan from (inactive anon, active
         anon, inactive file, active file); SCAN_FRACT rounds each share up
-        (``DIV64_U64_ROUND_UP``)."""
+        (``DIV64_U64_ROUND_UP``). In memcg limit reclaim (``cgroup_reclaim``) there is no
+        ``file_is_tiny``, and swappiness 0 scans file only; a protected memcg's lists are
+        scaled by ``apply_proportional_protection`` before the priority shift."""
         swappiness, p = self.cfg.swappiness, sc.priority
-        sizes = [
-            len(self.inactive) >> p,
-            len(self.active) >> p,
-            len(self.inactive_file) >> p,
-            len(self.active_file) >> p,
+        raw = [
+            len(self.inactive),
+            len(self.active),
+            len(self.inactive_file),
+            len(self.active_file),
         ]
+        lists = list(raw)
+        if sc.emin or sc.elow:
+            for k, n in enumerate(raw):
+                lists[k], low = apply_proportional_protection(
+                    n, sc.emin, sc.elow, sc.cgroup_size, sc.memcg_low_reclaim
+                )
+                sc.memcg_low_skipped |= low
+        sizes = [n >> p for n in lists]
+        cgroup_reclaim = sc.target_memcg >= 0
         free, high = reclaim.free_and_high()
         balance = scan_balance(
             can_reclaim_anon=reclaim.can_swap(),
-            cgroup_reclaim=False,
+            cgroup_reclaim=cgroup_reclaim,
             swappiness=swappiness,
             priority=p,
-            file_is_tiny=file_is_tiny(
+            file_is_tiny=not cgroup_reclaim
+            and file_is_tiny(
                 nr_file=len(self.inactive_file) + len(self.active_file),
                 nr_free=free,
                 high_wmark=high,
                 may_deactivate_anon=may_anon,
-                anon_left=sizes[0] > 0,
+                anon_left=raw[0] >> p > 0,
             ),
             cache_trim_mode=cache_trim_mode(
-                inactive_file_left=sizes[2] > 0, may_deactivate_file=may_file
+                inactive_file_left=raw[2] >> p > 0, may_deactivate_file=may_file
             ),
         )
         if balance == ScanBalance.SCAN_EQUAL:
@@ -527,9 +545,9 @@ class TwoList:
         outside proportional direct reclaim, the smaller type stops and the other's remaining
         scan is cut to the same fraction of its target."""
         may_anon = self._refaults() != self._refaults_snapshot or self.inactive_is_low()
-        may_file = self.vmstat[
-            WORKINGSET_ACTIVATE_FILE
-        ] != self._refaults_file_snapshot or self.inactive_is_low(file=True)
+        may_file = self._refaults_file() != self._refaults_file_snapshot or self.inactive_is_low(
+            file=True
+        )
         nr = self.get_scan_count_file(sc, reclaim, may_anon, may_file)
         targets = list(nr)
         scan_adjusted = sc.direct and sc.priority == DEF_PRIORITY  # proportional_reclaim
