@@ -174,8 +174,11 @@ class FileReader:
                         return
                     policy.file_add_lru(pfn, shadow, self.swap.nr_free_slots > 0)
                     policy.folio_mark_accessed(pfn)
+                    if write:  # the write is done before the return to user space
+                        self.folio_mark_dirty(pid)
                     if self.memcg is not None and owner is not None:
                         yield from self.memcg.handle_over_high(owner.index)
+                    continue
                 if write:
                     self.folio_mark_dirty(pid)
             yield self.env.timeout(max(1, round(len(offs) * self.ns_per_access)))
