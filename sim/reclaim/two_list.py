@@ -43,7 +43,10 @@ Kernel reference
     ``apply_proportional_protection`` does.
 
     The host page cache (``host_files``, sim/host/filemap.py) adds the inactive and active
-    file lists to the node's lruvec: ``get_scan_count`` then balances anon against file
+    file lists to the node's lruvec (with memcgs, to every memcg's lruvec: a file folio is on
+    the lruvec of the memcg its file is charged to, the root's or a VM's; memcg limit reclaim
+    has no ``file_is_tiny`` and at swappiness 0 scans file only, and protection scales the
+    file lists too): ``get_scan_count`` then balances anon against file
     (``file_is_tiny``, ``cache_trim_mode``, SCAN_FRACT by swappiness and the costs, each share
     rounded up), ``shrink_lruvec`` takes batches from the four lists in turn and, once the
     target is met, stops the smaller type and cuts the other to the same fraction. Page-cache
@@ -55,8 +58,9 @@ Kernel reference
 
 Simplifications
     Without a page cache shrink_lruvec stops as soon as the target is met (no file to
-    rebalance), and SCAN_FRACT floors anon's share (the kernel rounds it up). The page cache
-    is two_list only.
+    rebalance). SCAN_FRACT floors anon's share there, as the kernel does for an online memcg
+    (``div64_u64``), while the four-list path rounds every share up, the kernel's rounding
+    for an offlined memcg only. The page cache is two_list only.
     Shadow entries keep 31 bits of the nonresident-age clock (no bucket_order).
     The per-CPU activate batch is drained at once (a folio activated on the inactive list moves
     to the active head immediately).
