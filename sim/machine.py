@@ -451,6 +451,14 @@ class Machine:
             "fault_latency_ns": _latencies(lat, [vm.index for vm in self.vms]),
             "window_ms": sc.metrics.window_ms,
         }
+        lim = self.memcg_limits
+        if self.memcg is not None and lim is not None and lim.nr_memcgs > lim.root:
+            # page cache charged to no VM: the root memcg's memory.stat and file sizes
+            host["root_memcg"] = {
+                "current_pages": self.memcg.usage(lim.root),
+                **self.memcg.file_stat(lim.root),
+                "vmstat": vs.mm_stat(lim.root),
+            }
         return {
             "name": sc.name,
             "seed": sc.seed,

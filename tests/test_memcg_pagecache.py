@@ -201,6 +201,9 @@ def test_page_cache_over_memory_max_reclaims_only_that_memcgs_file() -> None:
     # the root file was never reclaimed: no refault, and it fits its 1024 pages
     assert root["workingset_refault_file"] == 0
     assert 0 < int(w.mem.nr_resident[3]) <= 1024
+    rm = s["host"]["root_memcg"]  # the root memcg's memory.stat: its file, nothing else
+    assert rm["current_pages"] == rm["file_pages"] == int(w.mem.nr_resident[3])
+    assert rm["vmstat"].get("pgscan_file", 0) == 0
 
 
 def test_with_swappiness_limit_reclaim_may_take_anon() -> None:
