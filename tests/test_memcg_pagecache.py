@@ -127,9 +127,9 @@ def test_limit_reclaim_has_no_file_is_tiny() -> None:
     sc = ScanControl(nr_to_reclaim=32, priority=2, memcg=0)
     assert lv.get_scan_count_file(sc, reclaim, False, True) == [1024, 2048, 0, 0]
     sc = ScanControl(nr_to_reclaim=32, priority=2, target_memcg=0, memcg=0)
-    # SCAN_FRACT, costs 0: ap = 60 * 1 // 1 = 60, fp = 140: ceil(1024 * 60 / 200) = 308,
-    # ceil(2048 * 60 / 200) = 615 (614.4 up), ceil(512 * 140 / 200) = 359 (358.4 up), 256 * .7
-    assert lv.get_scan_count_file(sc, reclaim, False, True) == [308, 615, 359, 180]
+    # SCAN_FRACT, costs 0: ap = 60 * 1 // 1 = 60, fp = 140, floored (online memcg):
+    # 1024 * 60 // 200 = 307, 2048 * 60 // 200 = 614, 512 * 140 // 200 = 358, 256 * .7 = 179
+    assert lv.get_scan_count_file(sc, reclaim, False, True) == [307, 614, 358, 179]
 
 
 def test_memory_low_scales_the_file_lists_too() -> None:

@@ -30,10 +30,11 @@ Simplifications
     memcg always; memsim keeps one node-wide lruvec otherwise so that runs without cgroups
     stay as they were). All lruvecs share one set of list links and flags (a folio is on one
     list of one lruvec at a time). Each lruvec's shrink stops at ``nr_to_reclaim`` freed by
-    itself (``shrink_lruvec``'s local count); the memcgs are visited in VM order every pass.
-    Global reclaim decides the scan balance per lruvec (its own ``file_is_tiny``,
-    ``cache_trim_mode``, deactivation and costs), where the kernel takes them from the target
-    lruvec, the root's, whose sizes and costs are the node's (hierarchical).
+    itself (``shrink_lruvec``'s local count); the memcgs are visited in VM order every pass
+    (after the root's lruvec, when it holds page cache). Global reclaim decides the scan
+    balance per lruvec (its own ``file_is_tiny``, ``cache_trim_mode``, deactivation and
+    costs), where the kernel takes them from the target lruvec, the root's, whose sizes and
+    costs are the node's (hierarchical).
 
 Invariants
     Every resident folio is on a list of its own memcg's lruvec, and no other.

@@ -48,7 +48,7 @@ Kernel reference
     has no ``file_is_tiny`` and at swappiness 0 scans file only, and protection scales the
     file lists too): ``get_scan_count`` then balances anon against file
     (``file_is_tiny``, ``cache_trim_mode``, SCAN_FRACT by swappiness and the costs, each share
-    rounded up), ``shrink_lruvec`` takes batches from the four lists in turn and, once the
+    floored), ``shrink_lruvec`` takes batches from the four lists in turn and, once the
     target is met, stops the smaller type and cuts the other to the same fraction. Page-cache
     folios are unmapped: the second ``folio_mark_accessed`` activates them, reclaim frees every
     inactive one it isolates (clean: no I/O) and deactivates every active one it scans; a
@@ -58,9 +58,9 @@ Kernel reference
 
 Simplifications
     Without a page cache shrink_lruvec stops as soon as the target is met (no file to
-    rebalance). SCAN_FRACT floors anon's share there, as the kernel does for an online memcg
-    (``div64_u64``), while the four-list path rounds every share up, the kernel's rounding
-    for an offlined memcg only. The page cache is two_list only.
+    rebalance). SCAN_FRACT floors every share, as the kernel does for an online memcg
+    (``div64_u64``; every memcg here is online, and with memcg off ``mem_cgroup_online`` is
+    true). The page cache is two_list only.
     Shadow entries keep 31 bits of the nonresident-age clock (no bucket_order).
     The per-CPU activate batch is drained at once (a folio activated on the inactive list moves
     to the active head immediately).
@@ -495,10 +495,11 @@ class TwoList:
         self, sc: ScanControl, reclaim: Reclaimer, may_anon: bool, may_file: bool
     ) -> list[int]:
         """``get_scan_count`` over the four lists: folios to scan from (inactive anon, active
-        anon, inactive file, active file); SCAN_FRACT rounds each share up
-        (``DIV64_U64_ROUND_UP``). In memcg limit reclaim (``cgroup_reclaim``) there is no
-        ``file_is_tiny``, and swappiness 0 scans file only; a protected memcg's lists are
-        scaled by ``apply_proportional_protection`` before the priority shift."""
+        anon, inactive file, active file); SCAN_FRACT floors each share (``div64_u64``: the
+        kernel rounds up only for an offlined memcg). In memcg limit reclaim
+        (``cgroup_reclaim``) there is no ``file_is_tiny``, and swappiness 0 scans file only; a
+        protected memcg's lists are scaled by ``apply_proportional_protection`` before the
+        priority shift."""
         swappiness, p = self.cfg.swappiness, sc.priority
         raw = [
             len(self.inactive),
@@ -541,7 +542,7 @@ class TwoList:
             return [0, 0, sizes[2], sizes[3]]
         ap, fp = calculate_pressure_balance(swappiness, self.anon_cost, self.file_cost)
         den = ap + fp
-        return [-(-n * f // den) for n, f in zip(sizes, (ap, ap, fp, fp), strict=True)]
+        return [n * f // den for n, f in zip(sizes, (ap, ap, fp, fp), strict=True)]
 
     def _shrink_lruvec_file(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
         """``shrink_lruvec`` over anon and file: batches of SWAP_CLUSTER_MAX from each list in
