@@ -532,7 +532,10 @@ def _load(*rels: str) -> list[Any]:
 
 
 def scenarios() -> list[dict[str, Any]]:
-    return [TINY, *_load("configs/quickstart.yaml", "configs/notifiers.yaml")]
+    return [
+        TINY,
+        *_load("configs/quickstart.yaml", "configs/notifiers.yaml", "configs/memcg_pagecache.yaml"),
+    ]
 
 
 def sweeps() -> list[dict[str, Any]]:
