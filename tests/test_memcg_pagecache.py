@@ -315,3 +315,14 @@ def test_file_memcg_refused_with_mglru() -> None:
     raw["reclaim"] = {"policy": "mglru"}
     with pytest.raises(ConfigError, match="host_files: the page cache is modelled for"):
         parse_scenario(raw)
+
+
+def test_memcg_page_cache_worlds_are_deterministic() -> None:
+    """Same config and seed, memcg-charged and root page cache: the same summary."""
+    runs = []
+    for _ in range(2):
+        w = World(parse_scenario(_raw(60) | {"duration_s": 0.1}))
+        w.run()
+        runs.append(w.summary(0.0))
+    assert runs[0] == runs[1]
+    assert runs[0]["vms"][0]["memcg"]["file_pages"] > 0
