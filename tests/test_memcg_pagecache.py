@@ -142,6 +142,70 @@ def test_memory_low_scales_the_file_lists_too() -> None:
     assert sc.memcg_low_skipped
 
 
+def _root_and_vm() -> MemcgTwoList:
+    """VM 0's lruvec: 4096 inactive and 8192 active anon; the root's: 2048 inactive and 1024
+    active file (a host service's page cache)."""
+    nr = 16384
+    mem = HostMemory(nr, nr, setup_per_zone_wmarks(nr), [0, 8192, 12288], file_base=12288)
+    lim = MemcgLimits.from_configs([None, None], 256, [None])
+    pol = MemcgTwoList(
+        TwoListConfig(),
+        nr,
+        new_vmstat(lim.nr_memcgs),
+        np.random.default_rng(0),
+        mem=mem,
+        limits=lim,
+        swap_usage=lambda i: 0,
+        file=True,
+    )
+    _lists(pol, (4096, 8192, 0, 0))
+    root = pol.lruvecs[2]
+    for q, start, n, flag in (
+        (root.inactive_file, 12288, 2048, LRU_INACTIVE),
+        (root.active_file, 14336, 1024, LRU_ACTIVE),
+    ):
+        pfns = np.arange(start, start + n, dtype=np.int64)
+        root.fl[pfns] = flag | LRU_FILE
+        q.add_head(pfns)
+    return pol
+
+
+def test_global_reclaim_takes_the_roots_cache_trim_mode() -> None:
+    # node-wide at priority 2: inactive file 2048 >> 2 = 512 left and no file refaults, so
+    # cache_trim_mode; inactive anon is low (4096 < 8192, ratio 1 under 1 GB) but that only
+    # allows deactivation. Every memcg then scans file only: the VM's anon none at all.
+    pol = _root_and_vm()
+    root, vm = pol.lruvecs[2], pol.lruvecs[0]
+    reclaim = _Reclaimer(free=10, high=50)
+    sc = ScanControl(nr_to_reclaim=32, priority=2)
+    prep = pol.prepare_scan_control(sc, reclaim)
+    assert (prep.may_anon, prep.may_file, prep.cache_trim_mode, prep.file_is_tiny) == (
+        True,
+        False,
+        True,
+        False,
+    )
+    vm.prep = root.prep = prep
+    assert vm.get_scan_count_file(sc, reclaim, True, False) == [0, 0, 0, 0]
+    assert root.get_scan_count_file(sc, reclaim, True, False) == [0, 0, 512, 256]
+    # judged on the VM's lruvec alone (no file there): SCAN_FRACT scans its anon
+    vm.prep = None
+    assert vm.get_scan_count_file(sc, reclaim, True, False) == [307, 614, 0, 0]
+
+
+def test_costs_add_up_to_the_root() -> None:
+    pol = _root_and_vm()
+    vm = pol.lruvecs[0]
+    # 2 swap-outs and 5 rotations: 2 * 32 + 5 = 69 on the VM's lruvec and on the root's
+    vm._note_cost(file=False, nr_io=2, nr_rotated=5, lru_pages=1000)
+    assert (vm.anon_cost, pol.node_cost.anon_cost) == (69, 69)
+    # 300 file rotations: 369 > 1000 / 4 halves the VM's (34, 150); the root's LRU is the
+    # node's 15360 pages, whose quarter 3840 is not reached
+    vm._note_cost(file=True, nr_io=0, nr_rotated=300, lru_pages=1000)
+    assert (vm.anon_cost, vm.file_cost) == (34, 150)
+    assert (pol.node_cost.anon_cost, pol.node_cost.file_cost) == (69, 300)
+
+
 # -- whole worlds -------------------------------------------------------------------------------
 def _raw(swappiness: int = 0, **vm_a: Any) -> dict[str, Any]:
     """A 64 MiB host that never needs global reclaim: VM a keeps all 8 MiB (2048 pages) busy

@@ -16,9 +16,13 @@ Models
     With a host page cache (``host_files``) every lruvec has the file lists too, and a file
     folio joins the lruvec of the memcg its file is charged to: a VM's (QEMU reading its disk
     image) or the root's (a host service), which is its own lruvec visited first, as
-    ``mem_cgroup_iter`` starts the walk at the root; the root is never protected. Each lruvec
-    balances anon and file by its own sizes and costs (``get_scan_count``), and limit reclaim
-    at swappiness 0 scans the memcg's file lists only (SCAN_FILE).
+    ``mem_cgroup_iter`` starts the walk at the root; the root is never protected. Global
+    reclaim takes ``prepare_scan_control``'s decisions once per pass from the root, node-wide
+    (``may_deactivate`` from the node's refaults and lists, ``file_is_tiny``,
+    ``cache_trim_mode`` from the node's inactive file, the costs ``lru_note_cost`` added up
+    the hierarchy), and each memcg's ``get_scan_count`` applies them to its own lists; limit
+    reclaim takes them from the target memcg's lruvec, and at swappiness 0 scans its file
+    lists only (SCAN_FILE).
 
 Kernel reference
     mm/vmscan.c: ``shrink_node_memcgs``, ``shrink_lruvec``, ``kswapd_age_node``,
@@ -31,10 +35,9 @@ Simplifications
     stay as they were). All lruvecs share one set of list links and flags (a folio is on one
     list of one lruvec at a time). Each lruvec's shrink stops at ``nr_to_reclaim`` freed by
     itself (``shrink_lruvec``'s local count); the memcgs are visited in VM order every pass
-    (after the root's lruvec, when it holds page cache). Global reclaim decides the scan
-    balance per lruvec (its own ``file_is_tiny``, ``cache_trim_mode``, deactivation and
-    costs), where the kernel takes them from the target lruvec, the root's, whose sizes and
-    costs are the node's (hierarchical).
+    (after the root's lruvec, when it holds page cache). Without a page cache global reclaim
+    decides each lruvec's deactivation and balance from that lruvec alone (the kernel: from
+    the root's, node-wide), as before page cache was modelled.
 
 Invariants
     Every resident folio is on a list of its own memcg's lruvec, and no other.
@@ -52,8 +55,17 @@ from numpy.typing import NDArray
 from sim.host.memcontrol import MEMCG_LOW, MemcgLimits, mem_cgroup_protection
 from sim.host.memory import HostMemory
 from sim.host.vmscan import ScanControl
+from sim.host.vmstat import VmStat
 from sim.reclaim.base import Pfns, Reclaimer, lru_links
-from sim.reclaim.two_list import TwoList, TwoListConfig
+from sim.reclaim.scan_balance import cache_trim_mode, file_is_tiny
+from sim.reclaim.two_list import (
+    WORKINGSET_ACTIVATE_FILE,
+    NodeCost,
+    ScanPrep,
+    TwoList,
+    TwoListConfig,
+    inactive_is_low,
+)
 
 
 class MemcgReclaimer:
@@ -193,6 +205,58 @@ class MemcgTwoList(PerMemcgLruvecs):
         root = limits.root
         self._order = ([root] if nr > root else []) + list(range(root))
         self._page_shift = self.lruvecs[0].page_shift
+        # the root's hierarchical costs and refault snapshots (prepare_scan_control's target)
+        self.node_cost = NodeCost(self._node_lru_pages)
+        self._snapshot, self._snapshot_file = 0, 0
+        if file:
+            for lv in self.lruvecs:
+                lv.cost_parent = self.node_cost
+
+    def _node_sizes(self) -> tuple[int, int, int, int]:
+        """The node's (the root's hierarchical) inactive/active anon and file sizes."""
+        ia = aa = ifl = af = 0
+        for lv in self.lruvecs:
+            ia += len(lv.inactive)
+            aa += len(lv.active)
+            ifl += len(lv.inactive_file)
+            af += len(lv.active_file)
+        return ia, aa, ifl, af
+
+    def _node_lru_pages(self) -> int:
+        """``lru_note_cost``'s lrusize of the root: every folio on an LRU."""
+        return sum(self._node_sizes())
+
+    def prepare_scan_control(self, sc: ScanControl, reclaim: Reclaimer) -> ScanPrep:
+        """``prepare_scan_control`` for global reclaim: the root lruvec's refaults since the
+        last cycle or its low inactive lists allow deactivation; ``cache_trim_mode`` from its
+        inactive file; ``file_is_tiny`` from the node's file, free pages and inactive anon; the
+        root's costs for SCAN_FRACT."""
+        ia, aa, ifl, af = self._node_sizes()
+        cfg, shift, vs = self.lruvecs[0].cfg, self._page_shift, self.vmstat
+        may_anon = vs[VmStat.WORKINGSET_ACTIVATE] != self._snapshot or inactive_is_low(
+            ia, aa, cfg.inactive_ratio, shift
+        )
+        may_file = vs[WORKINGSET_ACTIVATE_FILE] != self._snapshot_file or inactive_is_low(
+            ifl, af, cfg.inactive_ratio, shift
+        )
+        free, high = reclaim.free_and_high()
+        p = sc.priority
+        return ScanPrep(
+            may_anon=may_anon,
+            may_file=may_file,
+            file_is_tiny=file_is_tiny(
+                nr_file=ifl + af,
+                nr_free=free,
+                high_wmark=high,
+                may_deactivate_anon=may_anon,
+                anon_left=ia >> p > 0,
+            ),
+            cache_trim_mode=cache_trim_mode(
+                inactive_file_left=ifl >> p > 0, may_deactivate_file=may_file
+            ),
+            anon_cost=self.node_cost.anon_cost,
+            file_cost=self.node_cost.file_cost,
+        )
 
     @property
     def page_shift(self) -> int:
@@ -225,6 +289,7 @@ class MemcgTwoList(PerMemcgLruvecs):
         unless ``sc.memcg_low_reclaim``."""
         target = sc.target_memcg
         usage = self.mem.nr_resident
+        prep = self.prepare_scan_control(sc, reclaim) if self.file and target < 0 else None
         for i in self._order:
             lv = self.lruvecs[i]
             if target >= 0 and i != target:
@@ -240,7 +305,11 @@ class MemcgTwoList(PerMemcgLruvecs):
                 self.vmstat.count(MEMCG_LOW, 1, i)  # type: ignore[attr-defined]
             sc.memcg, sc.emin, sc.elow, sc.cgroup_size = i, emin, elow, size
             sc.lruvec_base = sc.nr_reclaimed
-            yield from lv.shrink_node(sc, self._reclaimer(i, reclaim))
+            lv.prep = prep
+            try:
+                yield from lv.shrink_node(sc, self._reclaimer(i, reclaim))
+            finally:
+                lv.prep = None
         sc.memcg, sc.emin, sc.elow, sc.cgroup_size, sc.lruvec_base = -1, 0, 0, 0, 0
 
     def age_node(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
@@ -251,9 +320,12 @@ class MemcgTwoList(PerMemcgLruvecs):
         sc.memcg = -1
 
     def reclaim_cycle_end(self) -> None:
-        """``snapshot_refaults`` of every lruvec."""
+        """``snapshot_refaults`` of every lruvec, and of the root's (node-wide) refaults."""
         for lv in self.lruvecs:
             lv.reclaim_cycle_end()
+        self._snapshot = self.vmstat[VmStat.WORKINGSET_ACTIVATE]
+        if self.file:
+            self._snapshot_file = self.vmstat[WORKINGSET_ACTIVATE_FILE]
 
     def lru_sizes(self) -> dict[str, int]:
         """Folios on each list, over every lruvec."""

@@ -72,7 +72,8 @@ Invariants
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import numba
@@ -127,6 +128,53 @@ FILE_EVENTS = (
     NR_WRITTEN,
     NR_VMSCAN_IMMEDIATE,
 )
+
+
+def inactive_is_low(
+    inactive: int, active: int, inactive_ratio: int | None, page_shift: int
+) -> bool:
+    """``inactive_is_low``: ``inactive * ratio < active``, the ratio ``int_sqrt(10 * GB)`` of
+    the two lists (or the configured one)."""
+    if inactive_ratio is not None:
+        ratio = inactive_ratio
+    else:
+        gb = (inactive + active) >> (30 - page_shift)
+        ratio = int_sqrt(10 * gb) if gb else 1
+    return inactive * ratio < active
+
+
+@dataclass(frozen=True, slots=True)
+class ScanPrep:
+    """``prepare_scan_control``'s decisions, taken once per pass from the target lruvec: in
+    global reclaim with memcgs the root's, whose sizes, refaults and costs are the node's
+    (hierarchical), and used by every memcg's ``get_scan_count``."""
+
+    may_anon: bool  # sc->may_deactivate & DEACTIVATE_ANON
+    may_file: bool  # sc->may_deactivate & DEACTIVATE_FILE
+    file_is_tiny: bool
+    cache_trim_mode: bool
+    anon_cost: int  # sc->anon_cost (the target lruvec's)
+    file_cost: int
+
+
+class NodeCost:
+    """The root lruvec's reclaim costs: ``lru_note_cost`` adds every lruvec's cost to its
+    parents' too, each decaying against its own (hierarchical) LRU size, here the node's."""
+
+    def __init__(self, lru_pages: Callable[[], int]) -> None:
+        self.anon_cost = self.file_cost = 0
+        self._lru_pages = lru_pages
+
+    def note(self, *, file: bool, nr_io: int, nr_rotated: int) -> None:
+        """One batch's cost, as a child lruvec noted it."""
+        self.anon_cost, self.file_cost = lru_note_cost(
+            self.anon_cost,
+            self.file_cost,
+            file=file,
+            nr_io=nr_io,
+            nr_rotated=nr_rotated,
+            lru_pages=self._lru_pages(),
+        )
 
 
 class TwoListConfig(ReclaimBase):
@@ -190,6 +238,8 @@ class TwoList:
         self.file_cost = 0  # lruvec->file_cost: no file lists, so it stays 0
         self._refaults_snapshot = 0  # WORKINGSET_ACTIVATE at the last reclaim cycle
         self.page_shift = PAGE_SHIFT  # bytes per LRU entry (21: 2 MiB pages; set by make_policy)
+        self.cost_parent: NodeCost | None = None  # the root's costs, with memcgs and file lists
+        self.prep: ScanPrep | None = None  # the root's decisions during a global reclaim pass
 
     # -- helpers -----------------------------------------------------------------------------
     def _count(self, item: str, n: int = 1) -> None:
@@ -218,19 +268,25 @@ class TwoList:
             inactive, active = len(self.inactive_file), len(self.active_file)
         else:
             inactive, active = len(self.inactive), len(self.active)
-        if self.cfg.inactive_ratio is not None:
-            ratio = self.cfg.inactive_ratio
-        else:
-            gb = (inactive + active) >> (30 - self.page_shift)
-            ratio = int_sqrt(10 * gb) if gb else 1
-        return inactive * ratio < active
+        return inactive_is_low(inactive, active, self.cfg.inactive_ratio, self.page_shift)
+
+    def _note_cost(self, *, file: bool, nr_io: int, nr_rotated: int, lru_pages: int) -> None:
+        """``lru_note_cost`` on this lruvec, then on its parent (the root's costs)."""
+        self.anon_cost, self.file_cost = lru_note_cost(
+            self.anon_cost,
+            self.file_cost,
+            file=file,
+            nr_io=nr_io,
+            nr_rotated=nr_rotated,
+            lru_pages=lru_pages,
+        )
+        if self.cost_parent is not None:
+            self.cost_parent.note(file=file, nr_io=nr_io, nr_rotated=nr_rotated)
 
     def _lru_note_cost(self, nr_io: int, nr_rotated: int) -> None:
         """``lru_note_cost`` for anon (scan_balance.py): IO weighs SWAP_CLUSTER_MAX rotations;
         both costs halve once they exceed a quarter of the LRU."""
-        self.anon_cost, self.file_cost = lru_note_cost(
-            self.anon_cost,
-            self.file_cost,
+        self._note_cost(
             file=False,
             nr_io=nr_io,
             nr_rotated=nr_rotated,
@@ -476,14 +532,7 @@ class TwoList:
         self._count(WORKINGSET_ACTIVATE_FILE)
         if workingset:  # lru_note_cost_refault: the cost of a file refault
             self._count(WORKINGSET_RESTORE_FILE)
-            self.anon_cost, self.file_cost = lru_note_cost(
-                self.anon_cost,
-                self.file_cost,
-                file=True,
-                nr_io=1,
-                nr_rotated=0,
-                lru_pages=self._lru_pages(),
-            )
+            self._note_cost(file=True, nr_io=1, nr_rotated=0, lru_pages=self._lru_pages())
 
     def _lru_pages(self) -> int:
         """Folios on all four lists (``lru_note_cost``'s lrusize)."""
@@ -516,23 +565,28 @@ class TwoList:
                 sc.memcg_low_skipped |= low
         sizes = [n >> p for n in lists]
         cgroup_reclaim = sc.target_memcg >= 0
-        free, high = reclaim.free_and_high()
-        balance = scan_balance(
-            can_reclaim_anon=reclaim.can_swap(),
-            cgroup_reclaim=cgroup_reclaim,
-            swappiness=swappiness,
-            priority=p,
-            file_is_tiny=not cgroup_reclaim
-            and file_is_tiny(
+        prep = self.prep
+        if prep is not None:  # the root's decisions (global reclaim with memcgs)
+            tiny, trim = prep.file_is_tiny, prep.cache_trim_mode
+            anon_cost, file_cost = prep.anon_cost, prep.file_cost
+        else:
+            free, high = reclaim.free_and_high()
+            tiny = not cgroup_reclaim and file_is_tiny(
                 nr_file=len(self.inactive_file) + len(self.active_file),
                 nr_free=free,
                 high_wmark=high,
                 may_deactivate_anon=may_anon,
                 anon_left=raw[0] >> p > 0,
-            ),
-            cache_trim_mode=cache_trim_mode(
-                inactive_file_left=raw[2] >> p > 0, may_deactivate_file=may_file
-            ),
+            )
+            trim = cache_trim_mode(inactive_file_left=raw[2] >> p > 0, may_deactivate_file=may_file)
+            anon_cost, file_cost = self.anon_cost, self.file_cost
+        balance = scan_balance(
+            can_reclaim_anon=reclaim.can_swap(),
+            cgroup_reclaim=cgroup_reclaim,
+            swappiness=swappiness,
+            priority=p,
+            file_is_tiny=tiny,
+            cache_trim_mode=trim,
         )
         if balance == ScanBalance.SCAN_EQUAL:
             return sizes
@@ -540,7 +594,7 @@ class TwoList:
             return [sizes[0], sizes[1], 0, 0]
         if balance == ScanBalance.SCAN_FILE:
             return [0, 0, sizes[2], sizes[3]]
-        ap, fp = calculate_pressure_balance(swappiness, self.anon_cost, self.file_cost)
+        ap, fp = calculate_pressure_balance(swappiness, anon_cost, file_cost)
         den = ap + fp
         return [n * f // den for n, f in zip(sizes, (ap, ap, fp, fp), strict=True)]
 
@@ -549,10 +603,13 @@ class TwoList:
         turn (an active list only when its type may deactivate); once the target is met,
         outside proportional direct reclaim, the smaller type stops and the other's remaining
         scan is cut to the same fraction of its target."""
-        may_anon = self._refaults() != self._refaults_snapshot or self.inactive_is_low()
-        may_file = self._refaults_file() != self._refaults_file_snapshot or self.inactive_is_low(
-            file=True
-        )
+        if self.prep is not None:  # global reclaim with memcgs: the root's may_deactivate
+            may_anon, may_file = self.prep.may_anon, self.prep.may_file
+        else:
+            may_anon = self._refaults() != self._refaults_snapshot or self.inactive_is_low()
+            may_file = self._refaults_file() != self._refaults_file_snapshot or (
+                self.inactive_is_low(file=True)
+            )
         nr = self.get_scan_count_file(sc, reclaim, may_anon, may_file)
         targets = list(nr)
         scan_adjusted = sc.direct and sc.priority == DEF_PRIORITY  # proportional_reclaim
@@ -623,14 +680,7 @@ class TwoList:
             self.active_file.add_head(act)
             self.nonresident_age += len(act)
             sc.activated(len(act))
-        self.anon_cost, self.file_cost = lru_note_cost(
-            self.anon_cost,
-            self.file_cost,
-            file=True,
-            nr_io=0,
-            nr_rotated=len(act),
-            lru_pages=self._lru_pages(),
-        )
+        self._note_cost(file=True, nr_io=0, nr_rotated=len(act), lru_pages=self._lru_pages())
 
     def shrink_active_file(self, n: int, sc: ScanControl) -> None:
         """``shrink_active_list`` for the active file list: unmapped folios are deactivated
