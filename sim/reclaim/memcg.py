@@ -305,7 +305,7 @@ class MemcgTwoList(PerMemcgLruvecs):
                 self.vmstat.count(MEMCG_LOW, 1, i)  # type: ignore[attr-defined]
             sc.memcg, sc.emin, sc.elow, sc.cgroup_size = i, emin, elow, size
             sc.lruvec_base = sc.nr_reclaimed
-            lv.prep = prep
+            lv.prep = prep  # read by get_scan_count before the lruvec's first yield
             try:
                 yield from lv.shrink_node(sc, self._reclaimer(i, reclaim))
             finally:
