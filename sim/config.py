@@ -14,13 +14,15 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
+    Discriminator,
     Field,
     SerializerFunctionWrapHandler,
+    Tag,
     ValidationError,
     model_serializer,
     model_validator,
@@ -319,6 +321,28 @@ class HostFilesConfig(Strict):
         description="vm.dirty_expire_centisecs, in ms: how old dirty data is when the flusher "
         "writes it.",
     )
+    memcg: str | None = Field(
+        None,
+        max_length=128,
+        description="Name of the VM whose memory cgroup the file's page cache is charged to "
+        "(QEMU reading the VM's disk image; that VM needs a memcg section); absent: the root "
+        "cgroup (a host service).",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unset_memcg(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave ``memcg`` out of dumps when unset, so configs without one read as before."""
+        out: dict[str, Any] = handler(self)
+        if out.get("memcg", 0) is None:
+            del out["memcg"]
+        return out
+
+
+HostFiles = Annotated[
+    Annotated[HostFilesConfig, Tag("one")] | Annotated[list[HostFilesConfig], Tag("many")],
+    Discriminator(lambda v: "many" if isinstance(v, list) else "one"),
+]
+"""``host_files``: one section, or a list of them (each its own file and reader)."""
 
 
 class Scenario(Strict):
@@ -359,10 +383,11 @@ class Scenario(Strict):
     metrics: MetricsConfig = Field(
         default_factory=MetricsConfig, description="Windows of the tail metrics."
     )
-    host_files: HostFilesConfig | None = Field(
+    host_files: HostFiles | None = Field(
         None,
-        description="A host file workload through the page cache (none: guest RAM only). "
-        "Needs reclaim.policy two_list or mglru, watermark reclaim and no memcg.",
+        description="A host file workload through the page cache (none: guest RAM only), or "
+        "a list of them (each its own file and reader). Needs reclaim.policy two_list (with "
+        "memcgs too) or mglru (without memcgs), and watermark reclaim.",
     )
 
     @model_validator(mode="after")
@@ -420,9 +445,16 @@ class Scenario(Strict):
             raise ValueError(f"vms: duplicate VM name(s) {', '.join(dup)}; names must be unique")
         return self
 
+    def file_sections(self) -> list[HostFilesConfig]:
+        """The ``host_files`` sections as a list (none, one, or the list given)."""
+        hf = self.host_files
+        if hf is None:
+            return []
+        return list(hf) if isinstance(hf, list) else [hf]
+
     def _check_host_files(self) -> None:
-        """The page cache is modelled on two_list's and mglru's node-wide lruvec, under
-        watermark reclaim."""
+        """The page cache is modelled on two_list's lruvecs and on MGLRU's node-wide lruvec,
+        under watermark reclaim; a section's memcg names a VM with a memcg section."""
         if self.host_files is None:
             return
         if self.reclaim.policy not in ("two_list", "mglru") or self.reclaim.trigger != "watermark":
@@ -430,16 +462,34 @@ class Scenario(Strict):
                 "host_files: the page cache is modelled for reclaim.policy two_list or mglru "
                 "with reclaim.trigger watermark only; set those or remove host_files"
             )
-        i = next((i for i, vm in enumerate(self.vms) if vm.memcg is not None), None)
-        if i is not None:
+        if self.reclaim.policy == "mglru" and any(vm.memcg is not None for vm in self.vms):
             raise ValueError(
-                f"vms[{i}].memcg: per-memcg file lists are not modelled yet; remove memcg or "
-                "host_files"
+                "host_files: MGLRU's file type is modelled on the node's one lruvec, not per "
+                "memcg; use reclaim.policy two_list, or remove the VMs' memcg sections"
             )
-        if self.host.pages(self.host_files.size_mib) < 1:
-            raise ValueError(
-                "host_files.size_mib: less than one host page; raise it to a page at least"
-            )
+        many = isinstance(self.host_files, list)
+        if many and not self.host_files:
+            raise ValueError("host_files: an empty list; give one section at least or remove it")
+        vms = dict(self.vm_list())
+        for k, hf in enumerate(self.file_sections()):
+            at = f"host_files[{k}]" if many else "host_files"
+            if self.host.pages(hf.size_mib) < 1:
+                raise ValueError(
+                    f"{at}.size_mib: less than one host page; raise it to a page at least"
+                )
+            if hf.memcg is None:
+                continue
+            vm = vms.get(hf.memcg)
+            if vm is None:
+                raise ValueError(
+                    f"{at}.memcg: no VM named {shown(hf.memcg)}; name one of "
+                    f"{clip(', '.join(vms), 2 * SHOWN_CHARS)} or remove memcg"
+                )
+            if vm.memcg is None:
+                raise ValueError(
+                    f"{at}.memcg: VM {shown(hf.memcg)} has no memcg section to charge to; give "
+                    "it one (memcg: {} for an unlimited one) or remove memcg"
+                )
 
     def _check_memcg(self) -> None:
         """Memcgs are modelled for two-list watermark reclaim, without the prefault fill."""
@@ -694,6 +744,7 @@ def _resolve(ann: Any, data: Any) -> Any:
     if origin in (typing.Union, __import__("types").UnionType):
         args = [_resolve(a, data) for a in typing.get_args(ann)]
         models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        models = list(dict.fromkeys(models))  # one model, alone or as a list of it
         for m in models:
             tag = next((f for f in ("type", "policy") if f in m.model_fields), None)
             if tag and isinstance(data, dict) and data.get(tag) == m.model_fields[tag].default:

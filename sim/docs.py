@@ -94,7 +94,9 @@ def config_reference() -> str:
                 typ = "section"
             else:
                 typ = _type(ann)
-                if "Annotated" in typ or "Union" in typ or len(typ) > 40:
+                if "Tag(tag='many')" in typ:  # host_files: one section, or a list of them
+                    typ = "section, or a list of them"
+                elif "Annotated" in typ or "Union" in typ or len(typ) > 40:
                     typ = "one of the sections below"
             desc = (f.description or "").replace("|", "\\|")
             out.append(f"| `{name}` | {typ} | {_default(f)} | {desc} |")

@@ -33,8 +33,6 @@ from sim.host.oom import OomKiller
 from sim.host.page_alloc import PageAllocator
 from sim.lifecycle import checkpoint
 from sim.machine import Machine, rng_for, vcpu_stream
-from sim.reclaim.mglru import Mglru
-from sim.reclaim.two_list import TwoList
 from sim.results import staged, write_manifest
 from sim.tails import FaultLatencies, VcpuTime
 
@@ -73,15 +71,18 @@ class World(Machine):
         self.oom = OomKiller(self.mms, mem, swap, policy, vmstat, now=lambda: int(env.now))
         self.oom_kills = self.oom.kills
 
-        file_owner = len(self.vms)  # the page cache's pseudo-mm, if any
+        files = sc.file_sections()
+        file_owners = slice(len(self.vms), len(self.vms) + len(files))  # the files' pseudo-mms
 
         def reclaimable() -> int:  # zone_reclaimable_pages: file pages; anon if swap has room
             lru = mem.nr_frames - mem.nr_free - mem.nr_pool  # the compressed pool is not on it
             if swap.nr_free_slots > 0:
                 return lru
-            return int(mem.nr_resident[file_owner]) if self.file_pages else 0
+            return int(mem.nr_resident[file_owners].sum()) if self.file_pages else 0
 
         self.alloc = PageAllocator(env, mem, self.kswapd, direct, vmstat, self.oom, reclaimable)
+        names = [name for name, _ in vms]
+        readers = [names.index(hf.memcg) for hf in files if hf.memcg is not None]
         if self.memcg_limits is not None:  # the VMs' memcgs: charging, limits, protection
             self.memcg = MemCgroups(
                 env,
@@ -91,7 +92,7 @@ class World(Machine):
                 vmstat,
                 direct,
                 self.oom,
-                vcpus=[cfg.vcpus for _, cfg in vms],
+                vcpus=[cfg.vcpus + readers.count(i) for i, (_, cfg) in enumerate(vms)],
             )
             self.alloc.memcg = self.vmscan.memcg = self.memcg
             swap.on_free_slots = self.memcg.uncharge_swap
@@ -134,40 +135,46 @@ class World(Machine):
                         accrual=self.accrual,
                     )
                 )
-        self.file_reader: FileReader | None = None
-        if sc.host_files is not None:
-            hf = sc.host_files
-            assert isinstance(policy, (TwoList, Mglru))
+        self.file_readers: list[FileReader] = []
+        for k, hf in enumerate(files):
+            nr_file_pages = sc.host.pages(hf.size_mib)
             stream = AccessStream(
                 hf.workload,
-                vm_pages=self.file_pages,
-                working_set_pages=self.file_pages,
+                vm_pages=nr_file_pages,
+                working_set_pages=nr_file_pages,
                 access_rate_per_s=hf.access_rate_per_s,
                 write_ratio=hf.write_ratio,
                 vcpu=0,
                 nr_vcpus=1,
-                rng=rng_for(sc.seed, "host_files.stream"),
+                rng=rng_for(sc.seed, "host_files.stream" if k == 0 else f"host_files{k}.stream"),
                 page_shift=sc.host.page_shift,
             )
-            self.file_reader = FileReader(
-                env,
-                mem,
-                self.alloc,
-                policy,
-                swap,
-                vmstat,
-                stream,
-                access_rate_per_s=hf.access_rate_per_s,
-                batch=sc.engine.batch_accesses,
-                read_latency_ns=max(1, round(hf.read_latency_us * 1e3)),
-                page_kib=sc.host.page_size_kib,
-                vmscan=self.vmscan,
-                schedule=self._schedule,
-                write_ns=max(
-                    1, round((sc.host.page_size_kib / 1024) / hf.writeback_mib_per_s * 1e9)
-                ),
-                dirty_writeback_ns=max(1, round(hf.dirty_writeback_ms * 1e6)),
-                dirty_expire_ns=round(hf.dirty_expire_ms * 1e6),
+            owner = None if hf.memcg is None else self.mms[names.index(hf.memcg)]
+            self.file_readers.append(
+                FileReader(
+                    env,
+                    mem,
+                    self.alloc,
+                    policy,  # type: ignore[arg-type]
+                    swap,
+                    vmstat,
+                    stream,
+                    access_rate_per_s=hf.access_rate_per_s,
+                    batch=sc.engine.batch_accesses,
+                    read_latency_ns=max(1, round(hf.read_latency_us * 1e3)),
+                    page_kib=sc.host.page_size_kib,
+                    vmscan=self.vmscan,
+                    schedule=self._schedule,
+                    write_ns=max(
+                        1, round((sc.host.page_size_kib / 1024) / hf.writeback_mib_per_s * 1e9)
+                    ),
+                    dirty_writeback_ns=max(1, round(hf.dirty_writeback_ms * 1e6)),
+                    dirty_expire_ns=round(hf.dirty_expire_ms * 1e6),
+                    base=int(self.file_base[k]),
+                    nr_pages=nr_file_pages,
+                    memcg=self.memcg if owner is not None else None,
+                    owner=owner,
+                )
             )
         if any(cfg.prefault for _, cfg in vms):
             from sim.prefault import prefault
@@ -230,10 +237,10 @@ class World(Machine):
         for vm in self.vms:
             for v in vm.vcpus:
                 v.proc = self.env.process(v.run())
-        if self.file_reader is not None:
-            self.env.process(self.file_reader.run())
-            if self.sc.host_files is not None and self.sc.host_files.write_ratio > 0:
-                self.env.process(self.file_reader.flusher())
+        for reader, hf in zip(self.file_readers, self.sc.file_sections(), strict=True):
+            self.env.process(reader.run())
+            if hf.write_ratio > 0:
+                self.env.process(reader.flusher())
         if self.recorder is not None and self.recorder.tl is not None:
             self.env.process(self._sampler())
 

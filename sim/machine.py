@@ -99,28 +99,36 @@ class Machine:
         sizes = np.array([n for _, n in vm_pages], dtype=np.int64)
         self.vm_base = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
         nr_vm_pages = int(sizes.sum())
-        # the host page cache: a pseudo-mm's pids after every VM's (sim/host/filemap.py)
-        self.file_pages = 0 if sc.host_files is None else sc.host.pages(sc.host_files.size_mib)
-        file_owner = [nr_vm_pages] if self.file_pages else []
+        # the host page cache: each file a pseudo-mm, pids after every VM's (sim/host/filemap.py)
+        files = [sc.host.pages(hf.size_mib) for hf in sc.file_sections()]
+        self.file_pages = sum(files)
+        self.file_base = (nr_vm_pages + np.concatenate(([0], np.cumsum(files)[:-1]))).astype(
+            np.int64
+        )[: len(files)]
         self.mem = mem = HostMemory(
             nr_frames,
             nr_vm_pages + self.file_pages,
             wmark,
-            self.vm_base.tolist() + file_owner,
+            self.vm_base.tolist() + self.file_base.tolist(),
             stamps=outdir is not None and sc.output.evictions,  # the eviction log reads them
             readahead=sc.swap.page_cluster > 0,
             file_base=nr_vm_pages,
         )
         cfgs = [cfg for _, cfg in sc.vm_list()]
         self.memcg_limits: MemcgLimits | None = None  # per-memcg lruvecs only when set
+        nr_memcgs = len(vm_pages)  # vmstat's breakdowns: the VMs', and the root memcg's
         if any(cfg.memcg is not None for cfg in cfgs):
+            names = [name for name, _ in vm_pages]
             self.memcg_limits = MemcgLimits.from_configs(
-                [cfg.memcg for cfg in cfgs], sc.host.pages(1024) / 1024
+                [cfg.memcg for cfg in cfgs],
+                sc.host.pages(1024) / 1024,
+                [None if hf.memcg is None else names.index(hf.memcg) for hf in sc.file_sections()],
             )
+            nr_memcgs = self.memcg_limits.nr_memcgs
         self.memcg: MemCgroups | None = None  # the process side, made by the watermark world
         extra = MEMCG_EVENTS if self.memcg_limits is not None else ()
         self.vmstat = vmstat = new_vmstat(
-            len(vm_pages), extra + (FILE_EVENTS if self.file_pages else ())
+            nr_memcgs, extra + (FILE_EVENTS if self.file_pages else ())
         )
         self.swap = SwapDevice(
             sc.swap,
@@ -443,6 +451,14 @@ class Machine:
             "fault_latency_ns": _latencies(lat, [vm.index for vm in self.vms]),
             "window_ms": sc.metrics.window_ms,
         }
+        lim = self.memcg_limits
+        if self.memcg is not None and lim is not None and lim.nr_memcgs > lim.root:
+            # page cache charged to no VM: the root memcg's memory.stat and file sizes
+            host["root_memcg"] = {
+                "current_pages": self.memcg.usage(lim.root),
+                **self.memcg.file_stat(lim.root),
+                "vmstat": vs.mm_stat(lim.root),
+            }
         return {
             "name": sc.name,
             "seed": sc.seed,

@@ -109,6 +109,17 @@ MEMCGS: list[Any] = [
     {},
 ]
 KEYS = ["colour", "memroy_mib", "vms.0", "[/]", ":100:", "", "x" * 300, "ü"]
+FILES: list[Any] = [  # host_files sections; "@vm" is replaced by the last VM's name
+    {"size_mib": 1},
+    {"size_mib": 1, "memcg": "@vm"},
+    [{"size_mib": 1, "memcg": "@vm"}, {"size_mib": 2, "write_ratio": 0.5}],
+    [{"size_mib": 1, "memcg": "nope"}],
+    [{"size_mib": 1, "memcg": 3}],
+    [{"size_mib": 1}, {"size_mib": 0}],
+    [],
+    [None],
+    {"size_mib": 1, "memcg": None},
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,6 +351,7 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
                 "scale",
                 "trace",
                 "memcg",
+                "files",
             ]
         )
         if op == "delete":
@@ -371,6 +383,15 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
             vms = raw.get("vms") if isinstance(raw, dict) else None
             if isinstance(vms, list) and vms and isinstance(vms[-1], dict):
                 vms[-1]["memcg"] = copy.deepcopy(rng.choice(MEMCGS))
+        elif op == "files" and isinstance(raw, dict):
+            vms = raw.get("vms")
+            last = vms[-1] if isinstance(vms, list) and vms and isinstance(vms[-1], dict) else {}
+            name = last.get("name") if last.get("count", 1) == 1 else f"{last.get('name')}0"
+            text = yaml.safe_dump(rng.choice(FILES)).replace("'@vm'", json.dumps(str(name)))
+            raw["host_files"] = yaml.safe_load(text)
+            raw["reclaim"] = {"policy": "two_list"}
+            if last and rng.random() < 0.7:
+                last["memcg"] = {}
     return raw
 
 
@@ -382,7 +403,7 @@ def numeric_fields() -> list[tuple[tuple[Any, ...], bool, float, float]]:
 
     from pydantic import BaseModel
 
-    from sim.config import Scenario
+    from sim.config import Scenario, _resolve
     from sim.guest import workloads
     from sim.reclaim import config_class, policy_names
 
@@ -394,6 +415,8 @@ def numeric_fields() -> list[tuple[tuple[Any, ...], bool, float, float]]:
             ann = f.annotation
             args = [a for a in typing.get_args(ann) if a is not type(None)] or [ann]
             kind = args[0]
+            if not isinstance(kind, type):  # a tagged union: one model alone or in a list
+                kind = _resolve(kind, None)
             if isinstance(kind, type) and issubclass(kind, BaseModel) and kind is not model:
                 walk(kind, (*at, key))
             elif kind in (int, float) and not (isinstance(ann, type) and ann is bool):
@@ -509,7 +532,10 @@ def _load(*rels: str) -> list[Any]:
 
 
 def scenarios() -> list[dict[str, Any]]:
-    return [TINY, *_load("configs/quickstart.yaml", "configs/notifiers.yaml")]
+    return [
+        TINY,
+        *_load("configs/quickstart.yaml", "configs/notifiers.yaml", "configs/memcg_pagecache.yaml"),
+    ]
 
 
 def sweeps() -> list[dict[str, Any]]:

@@ -99,6 +99,9 @@ def scenarios(draw: st.DrawFn, huge: bool = False) -> dict[str, Any]:
             "dirty_expire_ms": draw(st.sampled_from([0, 2])),
             "writeback_mib_per_s": draw(st.sampled_from([10, 1000])),
         }
+        if draw(st.booleans()):  # a second file, its own reader (the list form)
+            second = {"size_mib": 2 if huge else 1, "workload": {"type": "uniform"}}
+            extra["host_files"] = [extra["host_files"], second]
         extra["reclaim"] = {"policy": policy, "swappiness": draw(st.sampled_from([0, 60, 200]))}
     return extra | {
         "name": "prop",

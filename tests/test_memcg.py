@@ -278,21 +278,50 @@ limits = st.fixed_dictionaries(
 )
 
 
+page_cache = st.fixed_dictionaries(
+    {
+        "size_mib": st.integers(1, 8),
+        "access_rate_per_s": st.sampled_from([10_000, 1_000_000]),
+        "read_latency_us": st.sampled_from([1, 100]),
+        "workload": st.sampled_from([{"type": "uniform"}, {"type": "zipf"}]),
+        "write_ratio": st.sampled_from([0.0, 0.3]),
+        "dirty_writeback_ms": st.sampled_from([1, 5000]),
+        "dirty_expire_ms": st.sampled_from([0, 2]),
+        "swappiness": st.sampled_from([0, 60, 200]),  # reclaim's, drawn beside the file
+    }
+)
+
+
 @settings(max_examples=20)
 @given(
     scenarios(),
     st.lists(st.one_of(st.none(), limits), min_size=3, max_size=3),
     st.sampled_from(["two_list", "mglru"]),
+    st.sampled_from(["none", "root", "vm", "both"]),
+    page_cache,
 )
-def test_invariants_hold_with_memcgs(raw: dict[str, Any], cgs: list[Any], policy: str) -> None:
+def test_invariants_hold_with_memcgs(
+    raw: dict[str, Any], cgs: list[Any], policy: str, files: str, hf: dict[str, Any]
+) -> None:
     """Random two-list and MGLRU worlds where VMs have random memcgs: charges equal frames
-    owned, swap charges equal slots held, each lruvec holds its memcg's folios, the memcg LRU
-    holds every memcg once, at every checked millisecond."""
+    owned (file pages included), swap charges equal slots held, each lruvec holds its memcg's
+    folios, the memcg LRU holds every memcg once, at every checked millisecond. Two-list
+    worlds with a page cache charge it to the root, to a VM's memcg, or one file each."""
     raw["reclaim"] = {"policy": policy}
-    raw.pop("host_files", None)  # the page cache has no per-memcg lists yet
+    raw.pop("host_files", None)
     for p, cg in zip(raw["vms"], cgs, strict=False):
         if cg is not None:
             p["memcg"] = cg
+    charged = [p for p in raw["vms"] if "memcg" in p]
+    if policy == "two_list" and files != "none":  # MGLRU has no file type yet
+        raw["reclaim"]["swappiness"] = hf.pop("swappiness")
+        raw["host_files"] = hf
+        if charged and files != "root":
+            vm = charged[-1]
+            name = vm["name"] if vm.get("count", 1) == 1 else f"{vm['name']}1"
+            raw["host_files"] = [hf | {"memcg": name}]
+            if files == "both":
+                raw["host_files"].append(hf | {"size_mib": 1, "write_ratio": 0.0})
     w = World(parse_scenario(raw))
     assert run_checked(w) >= 10
     w.summary(0.0)

@@ -13,6 +13,14 @@ Models
     adds the folio to the file LRU (``filemap_add_folio``; a shadow left by reclaim is a
     refault, ``workingset_refault``) and marks it accessed.
 
+    Each ``host_files`` section is its own file and reader (a pseudo-mm of its own). A file
+    with a ``memcg`` is read by that VM's QEMU: each folio it adds is charged to the VM's
+    memcg (``filemap_add_folio`` -> ``mem_cgroup_charge``), so past ``memory.max`` the reader
+    reclaims that memcg in its own context (``try_charge_memcg``), above ``memory.high`` it
+    reclaims and sleeps the penalty on its way back to user space
+    (``mem_cgroup_handle_over_high``), and when the VM is killed the reader, one of its
+    threads, stops; the folios it read stay in the page cache, charged to the memcg.
+
 Kernel reference
     mm/filemap.c: ``filemap_read``, ``filemap_get_pages``, ``filemap_add_folio``,
     ``folio_end_writeback``; mm/page-writeback.c: ``filemap_dirty_folio``,
@@ -41,7 +49,7 @@ Simplifications
 from __future__ import annotations
 
 from functools import partial
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import simpy
@@ -55,6 +63,10 @@ from sim.host.vmscan import Schedule, Vmscan
 from sim.host.vmstat import VmEvents
 from sim.reclaim.two_list import NR_DIRTIED, NR_WRITTEN, PGPGIN, PGPGOUT
 
+if TYPE_CHECKING:
+    from sim.host.memcontrol import MemCgroups
+    from sim.host.mm import Mm
+
 
 class FileStream(Protocol):
     """An access stream over the file's pages (sim/guest/workloads.py's ``AccessStream``)."""
@@ -64,17 +76,16 @@ class FileStream(Protocol):
         ...
 
 
-class PageCacheLru(Protocol):
-    """What the reader needs of the policy keeping the file LRU (two_list's file lists, or
+class FileLru(Protocol):
+    """The policy's page-cache hooks (two_list's file lists, on the folio's memcg's lruvec, or
     MGLRU's file type)."""
 
     def file_add_lru(self, pfn: int, shadow: int | None, swap_ok: bool) -> None:
-        """``filemap_add_folio`` -> ``folio_add_lru``, after ``workingset_refault`` on the
-        shadow (``swap_ok``: swap has room, for the workingset size)."""
+        """``filemap_add_folio`` -> ``folio_add_lru`` (a refault judged by the shadow)."""
         ...
 
     def folio_mark_accessed(self, pfn: int) -> None:
-        """``folio_mark_accessed`` on a read."""
+        """``folio_mark_accessed``."""
         ...
 
 
@@ -83,9 +94,9 @@ class FileReader:
 
     Args:
         env: simulation environment.
-        mem: host memory (the page cache's pids start at ``mem.file_base``).
-        alloc: the page allocator.
-        policy: the policy keeping the file LRU.
+        mem: host memory.
+        alloc: the page allocator (charges the file's memcg, if any).
+        policy: the policy keeping the file LRU (two_list or mglru).
         swap: the swap device (whether anon counts in a file refault's workingset).
         vmstat: host counters.
         stream: the file's access stream (page offsets in the file).
@@ -98,6 +109,11 @@ class FileReader:
         write_ns: device time of one page written by the flusher.
         dirty_writeback_ns: the flusher's period.
         dirty_expire_ns: the age of dirty data the flusher writes.
+        base: the file's first pid (page offset 0).
+        nr_pages: the file's size in pages.
+        memcg: the memcgs, when the file is charged to a VM's (memory.high on the way back).
+        owner: the VM whose QEMU reads the file (the memcg charged; the reader stops when it
+            is killed), or None: a host service in the root memcg.
     """
 
     def __init__(
@@ -105,7 +121,7 @@ class FileReader:
         env: simpy.Environment,
         mem: HostMemory,
         alloc: PageAllocator,
-        policy: PageCacheLru,
+        policy: FileLru,
         swap: SwapDevice,
         vmstat: VmEvents,
         stream: FileStream,
@@ -119,6 +135,10 @@ class FileReader:
         write_ns: int,
         dirty_writeback_ns: int,
         dirty_expire_ns: int,
+        base: int,
+        nr_pages: int,
+        memcg: MemCgroups | None = None,
+        owner: Mm | None = None,
     ) -> None:
         self.env, self.mem, self.alloc, self.policy = env, mem, alloc, policy
         self.swap, self.vmstat, self.stream = swap, vmstat, stream
@@ -126,16 +146,18 @@ class FileReader:
         self.ns_per_access = 1e9 / access_rate_per_s
         self.vmscan, self.schedule, self.write_ns = vmscan, schedule, write_ns
         self.dirty_writeback_ns, self.dirty_expire_ns = dirty_writeback_ns, dirty_expire_ns
-        self.dirtied_at = np.zeros(mem.nr_pages - mem.file_base, dtype=np.int64)
+        self.base, self.nr_pages, self.memcg, self.owner = base, nr_pages, memcg, owner
+        self.dirtied_at = np.zeros(nr_pages, dtype=np.int64)
         self._device_free = 0  # when the flusher's last write ends (ns)
 
     def run(self) -> ProcessGen:
         """Read batch after batch: hits mark folios accessed, misses read them in (each miss
-        waits for its read, then for its frame); a write dirties the folio
-        (``folio_mark_dirty``); then the batch's own time at the rate."""
-        mem, policy = self.mem, self.policy
-        base = mem.file_base
-        while True:
+        waits for its read, then for its charge and frame, then pays any memory.high penalty);
+        a write dirties the folio (``folio_mark_dirty``); then the batch's own time at the
+        rate. A reader of a killed VM stops."""
+        mem, policy, owner = self.mem, self.policy, self.owner
+        base = self.base
+        while owner is None or not owner.dead:
             offs, writes = self.stream.next(self.batch)
             for off, write in zip(offs.tolist(), writes.tolist(), strict=True):
                 pid = base + off
@@ -146,9 +168,18 @@ class FileReader:
                     shadow = None if old == NO_PFN_INT else old
                     yield self.env.timeout(self.read_latency_ns)
                     self.vmstat[PGPGIN] += self.page_kib
+                    if owner is not None and owner.dead:
+                        return
                     pfn = yield from self.alloc.alloc(pid)
+                    if pfn < 0:  # the VM was killed by its memcg's OOM while charging
+                        return
                     policy.file_add_lru(pfn, shadow, self.swap.nr_free_slots > 0)
                     policy.folio_mark_accessed(pfn)
+                    if write:  # the write is done before the return to user space
+                        self.folio_mark_dirty(pid)
+                    if self.memcg is not None and owner is not None:
+                        yield from self.memcg.handle_over_high(owner.index)
+                    continue
                 if write:
                     self.folio_mark_dirty(pid)
             yield self.env.timeout(max(1, round(len(offs) * self.ns_per_access)))
@@ -161,7 +192,7 @@ class FileReader:
         if f & PG_DIRTY:
             return
         self.mem.flags[pid] = f | PG_DIRTY
-        self.dirtied_at[pid - self.mem.file_base] = int(self.env.now)
+        self.dirtied_at[pid - self.base] = int(self.env.now)
         self.vmstat[NR_DIRTIED] += 1
 
     def flusher(self) -> ProcessGen:
@@ -171,11 +202,11 @@ class FileReader:
         ``folio_end_writeback``, which rotates a folio reclaim marked PG_reclaim to the
         inactive tail."""
         mem = self.mem
-        base = mem.file_base
+        base = self.base
         while True:
             yield self.env.timeout(self.dirty_writeback_ns)
             now = int(self.env.now)
-            f = mem.flags[base:]
+            f = mem.flags[base : base + self.nr_pages]
             due = (f & (PG_DIRTY | PG_WRITEBACK)) == PG_DIRTY
             due &= self.dirtied_at <= now - self.dirty_expire_ns
             pids = np.flatnonzero(due) + base

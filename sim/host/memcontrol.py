@@ -16,6 +16,13 @@ Models
     ``memory.min`` and ``memory.low`` protect a memcg from global reclaim (vmscan's
     ``shrink_node_memcgs``; the per-lruvec scan in sim/reclaim/memcg.py).
 
+    Page cache (``host_files`` with ``memcg``): a file folio is charged to the memcg of the
+    task that reads it in (``filemap_add_folio`` -> ``mem_cgroup_charge``), here the VM whose
+    QEMU reads its disk image; the charge is the frames of every page owner charged to the
+    memcg (the VM's mm and its files), so ``memory.current`` counts file pages too, and the
+    reader reclaims, is throttled and OOM-killed as a vCPU is. Page cache with no memcg is
+    charged to the root memcg: no limits, its own lruvec (index ``nr_vms``), visited first.
+
     Write-back in memcg reclaim follows cgroup v2 (``writeback_throttling_sane``): a folio
     under write-out is activated and counted (``shrink_folio_list`` case 2, as direct reclaim
     does), never waited for (case 3 is cgroup v1 only), and memcg reclaim is not throttled
@@ -53,7 +60,7 @@ Invariants
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -64,7 +71,9 @@ from pydantic import Field
 from sim.host.memory import (
     DEF_PRIORITY,
     MAX_RECLAIM_RETRIES,
+    PG_DIRTY,
     PG_SWAP,
+    PG_WRITEBACK,
     SWAP_CLUSTER_MAX,
     HostMemory,
 )
@@ -143,29 +152,67 @@ class MemcgConfig(Strict):
 
 @dataclass(slots=True)
 class MemcgLimits:
-    """Every memcg's settings in pages, indexed by mm (unset: PAGE_COUNTER_MAX / 0)."""
+    """Every VM memcg's settings in pages, indexed by mm (unset: PAGE_COUNTER_MAX / 0), and
+    which memcg each page owner (the VMs' mms, then the page cache's files) is charged to."""
 
     max: list[int]
     high: list[int]
     low: list[int]
     min: list[int]
     swap_max: list[int]
+    owner_memcg: list[int] = field(default_factory=list)  # memcg of each page owner
+    owners: list[list[int]] = field(default_factory=list)  # page owners of each memcg
+
+    def __post_init__(self) -> None:
+        if not self.owner_memcg:  # no page cache: each VM's mm is its memcg's only owner
+            self.owner_memcg = list(range(len(self.max)))
+            self.owners = [[i] for i in self.owner_memcg]
+
+    @property
+    def root(self) -> int:
+        """The root memcg's index (after the VMs'): page cache charged to no VM."""
+        return len(self.max)
+
+    @property
+    def nr_memcgs(self) -> int:
+        """Memcgs with pages: the VMs', and the root's when some page cache is charged there."""
+        return len(self.owners)
+
+    def usage(self, nr_resident: NDArray[np.int64], memcg: int) -> int:
+        """``memory.current`` of ``memcg``: the frames of every page owner charged to it."""
+        owners = self.owners[memcg]
+        if len(owners) == 1:
+            return nr_resident.item(owners[0])
+        return sum(nr_resident.item(o) for o in owners)
 
     @classmethod
-    def from_configs(cls, cfgs: Sequence[MemcgConfig | None], pages_per_mib: float) -> MemcgLimits:
-        """Limits of each mm from its VM's ``memcg`` section (None: an unlimited memcg)."""
+    def from_configs(
+        cls,
+        cfgs: Sequence[MemcgConfig | None],
+        pages_per_mib: float,
+        file_memcgs: Sequence[int | None] = (),
+    ) -> MemcgLimits:
+        """Limits of each mm from its VM's ``memcg`` section (None: an unlimited memcg);
+        ``file_memcgs``: the VM each page-cache file is charged to (None: the root)."""
 
         def pages(mib: int | None, unset: int) -> int:
             return unset if mib is None else int(mib * pages_per_mib)
 
         none = MemcgConfig()
         cs = [c or none for c in cfgs]
+        root = len(cs)
+        owner_memcg = list(range(root)) + [root if m is None else m for m in file_memcgs]
+        owners: list[list[int]] = [[] for _ in range(max(owner_memcg) + 1)]
+        for o, m in enumerate(owner_memcg):
+            owners[m].append(o)
         return cls(
             max=[pages(c.max_mib, PAGE_COUNTER_MAX) for c in cs],
             high=[pages(c.high_mib, PAGE_COUNTER_MAX) for c in cs],
             low=[pages(c.low_mib, 0) for c in cs],
             min=[pages(c.min_mib, 0) for c in cs],
             swap_max=[pages(c.swap_max_mib, PAGE_COUNTER_MAX) for c in cs],
+            owner_memcg=owner_memcg,
+            owners=owners,
         )
 
 
@@ -184,8 +231,8 @@ def effective_protection(
 def mem_cgroup_protection(limits: MemcgLimits, target: int, memcg: int) -> tuple[int, int]:
     """``mem_cgroup_protection`` after ``mem_cgroup_calculate_protection``: (emin, elow) of
     ``memcg`` in reclaim of ``target`` (-1: the root, global reclaim). A memcg right under the
-    root gets its own settings; the target of limit reclaim gets none."""
-    if target == memcg:
+    root gets its own settings; the target of limit reclaim and the root get none."""
+    if target == memcg or memcg == limits.root:
         return 0, 0
     return limits.min[memcg], limits.low[memcg]
 
@@ -238,8 +285,9 @@ class MemCgroups:
         vmstat: host counters (``memory.events`` broken down per mm).
         reclaim: runs and paces a reclaim pass of the policy (the per-memcg lruvecs).
         oom: the OOM killer (its ``kill`` for a memcg OOM).
-        vcpus: vCPUs of each VM: charges in flight at once, so how far ``memory.current`` may
-            pass ``memory.max`` (a charge is granted before its frame is taken).
+        vcpus: tasks charging to each VM's memcg (its vCPUs and its file readers): charges in
+            flight at once, so how far ``memory.current`` may pass ``memory.max`` (a charge is
+            granted before its frame is taken).
     """
 
     def __init__(
@@ -261,20 +309,29 @@ class MemCgroups:
     # -- memory ------------------------------------------------------------------------------
     def usage(self, memcg: int) -> int:
         """``memory.current`` in pages."""
-        return int(self.mem.nr_resident[memcg])
+        return self.limits.usage(self.mem.nr_resident, memcg)
+
+    def memcg_of(self, pid: int) -> int:
+        """The memcg page ``pid`` is charged to (``folio_memcg``)."""
+        return self.limits.owner_memcg[self.mem.page_owner(pid)]
 
     def charge_fast(self, pid: int) -> bool:
         """Whether one more page fits under memory.max and memory.high with nothing to do
-        (``consume_stock``/``page_counter_try_charge`` succeeding without over-high work)."""
-        i = self.mem.page_owner(pid)
-        u = self.mem.nr_resident.item(i) + 1
+        (``consume_stock``/``page_counter_try_charge`` succeeding without over-high work);
+        the root memcg has no limits."""
+        i = self.memcg_of(pid)
+        if i == self.limits.root:
+            return True
+        u = self.usage(i) + 1
         return u <= self.limits.max[i] and u <= self.limits.high[i]
 
     def try_charge(self, pid: int) -> ProcessGen:
         """``try_charge_memcg`` for one page of ``pid``'s memcg: reclaim the memcg while over
         memory.max, retrying on progress and MAX_RECLAIM_RETRIES times without, then the memcg
         OOM. Returns False when the VM was killed (by this OOM or before)."""
-        i = self.mem.page_owner(pid)
+        i = self.memcg_of(pid)
+        if i == self.limits.root:
+            return True
         mm = self.mms[i]
         nr_retries = MAX_RECLAIM_RETRIES
         while not mm.dead:
@@ -323,7 +380,7 @@ class MemCgroups:
         excess (``reclaim_high``), retry while that makes progress or up to
         MAX_RECLAIM_RETRIES times, then sleep the penalty (``calculate_high_delay``, at most
         2 s; none at or below HZ/100 jiffies)."""
-        if self.mms[memcg].dead or not self.over_high(memcg):
+        if memcg == self.limits.root or self.mms[memcg].dead or not self.over_high(memcg):
             return
         nr_pages = MEMCG_CHARGE_BATCH
         nr_retries = MAX_RECLAIM_RETRIES
@@ -393,12 +450,14 @@ class MemCgroups:
             self.swap_usage -= np.bincount(owners, minlength=len(self.swap_usage))
 
     def check(self) -> None:
-        """Memory charges equal the frames each memcg's pages own, swap charges the slots
-        they hold; none negative."""
-        mem = self.mem
+        """Memory charges equal the frames each memcg's pages own (its VM's and its files'),
+        swap charges the slots they hold; none negative."""
+        mem, lim = self.mem, self.limits
         owned = mem.frame_pid[mem.frame_pid >= 0]
-        frames = np.bincount(mem.page_owners(owned), minlength=len(self.swap_usage))
-        assert (frames == mem.nr_resident).all(), "memcg charges != frames owned"
+        memcgs = np.asarray(lim.owner_memcg, dtype=np.int64)[mem.page_owners(owned)]
+        frames = np.bincount(memcgs, minlength=lim.nr_memcgs)
+        charges = [self.usage(i) for i in range(lim.nr_memcgs)]
+        assert frames.tolist() == charges, "memcg charges != frames owned"
         for i, mm in enumerate(self.mms):
             over = self.usage(i) - self.limits.max[i]
             assert mm.dead or over <= self.vcpus[i], f"memcg {i}: {over} pages over memory.max"
@@ -407,14 +466,31 @@ class MemCgroups:
         assert (per == self.swap_usage).all(), "memcg swap charges != slots held"
         assert (mem.nr_resident >= 0).all(), "a negative memory charge"
 
+    def file_stat(self, memcg: int) -> dict[str, int]:
+        """``memory.stat``'s page-cache sizes of the memcg, in pages: ``file`` (resident),
+        ``file_dirty``, ``file_writeback``."""
+        mem = self.mem
+        ends = [*mem.pid_base.tolist()[1:], mem.nr_pages]
+        out = {"file_pages": 0, "file_dirty_pages": 0, "file_writeback_pages": 0}
+        for o in self.limits.owners[memcg]:
+            if o < len(self.mms):
+                continue
+            f = mem.flags[int(mem.pid_base[o]) : ends[o]]
+            out["file_pages"] += int(mem.nr_resident[o])
+            out["file_dirty_pages"] += int(np.count_nonzero(f & PG_DIRTY))
+            out["file_writeback_pages"] += int(np.count_nonzero(f & PG_WRITEBACK))
+        return out
+
     def stat(self, memcg: int) -> dict[str, Any]:
-        """The memcg's settings, usage and ``memory.events`` (summary)."""
+        """The memcg's settings, usage and ``memory.events`` (summary); with a page cache,
+        its file sizes too."""
         lim = self.limits
         pm = self.vmstat.per_mm[memcg]
 
         def setting(v: int) -> int | None:
             return None if v >= PAGE_COUNTER_MAX else v
 
+        files = self.file_stat(memcg) if len(lim.owner_memcg) > len(self.mms) else {}
         return {
             "max_pages": setting(lim.max[memcg]),
             "high_pages": setting(lim.high[memcg]),
@@ -431,4 +507,5 @@ class MemCgroups:
                 "oom_kill": pm[VmStat.OOM_KILL],
                 "swap_max": pm[MEMCG_SWAP_MAX],
             },
+            **files,
         }

@@ -135,10 +135,10 @@ class HostMemory:
         stamps: keep the analysis-only stamps (``last_access_us``, ``scans``); else they are
             empty arrays.
         readahead: keep PG_readahead (swap readahead is on); else it is an empty array.
-        file_base: the first pid of the host page cache (the last range of pids, owned by a
-            pseudo-mm after the VMs' mms), or ``nr_pages`` when there is none. A page-cache
-            page has no pte and no swap slot: with a frame it holds PG_RESIDENT and maybe
-            PG_dirty, PG_writeback (the flusher's write) and PG_reclaim; without
+        file_base: the first pid of the host page cache (the last ranges of pids, one per file,
+            each owned by a pseudo-mm after the VMs' mms), or ``nr_pages`` when there is none.
+            A page-cache page has no pte and no swap slot: with a frame it holds PG_RESIDENT
+            and maybe PG_dirty, PG_writeback (the flusher's write) and PG_reclaim; without
             one its ``pfn`` holds its workingset shadow (the page cache's xarray) or NO_PFN.
     """
 
@@ -346,7 +346,10 @@ class HostMemory:
         assert not (flags[~has] & ~np.uint8(PG_SWAP)).any(), "flags on a page without frame"
         unmapped = has & ((flags & PTE_PRESENT) == 0)
         assert swap[unmapped].all(), "an unmapped resident page without its swap copy"
-        assert fhas.sum() == (self.nr_resident[-1] if fb < self.nr_pages else 0), "page cache"
+        files = (
+            self.nr_resident[self.page_owner(fb) :] if fb < self.nr_pages else self.nr_resident[:0]
+        )
+        assert fhas.sum() == files.sum(), "page cache"
         ra = self.flags[self.readahead] if len(self.readahead) else self.flags[:0]
         assert (ra & (HAS_FRAME | PG_SWAP | PTE_PRESENT) == HAS_FRAME | PG_SWAP).all(), (
             "PG_readahead on a page that is not an unmapped swap-cache folio"

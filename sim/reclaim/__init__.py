@@ -67,14 +67,18 @@ def make_policy(
     for two_list's inactive_ratio, which the kernel sizes by the LRU's gigabytes). With
     ``memcg`` (host memory, the memcgs' limits, their swap usage) two_list and mglru keep one
     lruvec per memcg (sim/reclaim/memcg.py). ``file``: two_list keeps the page cache's lists
-    too, mglru its file type (a host file workload is configured)."""
+    too, on every lruvec, mglru its file type (a host file workload is configured)."""
     policy: EvictionPolicy
     if memcg is not None:
         mem, limits, swap_usage = memcg
-        cls = MemcgMglru if cfg.policy == "mglru" else MemcgTwoList
-        policy = cls(cfg, nr_frames, vmstat, rng, mem=mem, limits=limits, swap_usage=swap_usage)
-        if isinstance(policy, MemcgTwoList):
-            policy.page_shift = page_shift
+        if cfg.policy == "mglru":
+            return MemcgMglru(
+                cfg, nr_frames, vmstat, rng, mem=mem, limits=limits, swap_usage=swap_usage
+            )
+        policy = MemcgTwoList(
+            cfg, nr_frames, vmstat, rng, mem=mem, limits=limits, swap_usage=swap_usage, file=file
+        )
+        policy.page_shift = page_shift
         return policy
     if file:
         policy = policy_class(cfg.policy)(cfg, nr_frames, vmstat, rng, file=True)

@@ -13,6 +13,17 @@ Models
     memcg's lruvec only. kswapd's background aging (``kswapd_age_node``) deactivates on every
     lruvec whose inactive list is low.
 
+    With a host page cache (``host_files``) every lruvec has the file lists too, and a file
+    folio joins the lruvec of the memcg its file is charged to: a VM's (QEMU reading its disk
+    image) or the root's (a host service), which is its own lruvec visited first, as
+    ``mem_cgroup_iter`` starts the walk at the root; the root is never protected. Global
+    reclaim takes ``prepare_scan_control``'s decisions once per pass from the root, node-wide
+    (``may_deactivate`` from the node's refaults and lists, ``file_is_tiny``,
+    ``cache_trim_mode`` from the node's inactive file, the costs ``lru_note_cost`` added up
+    the hierarchy), and each memcg's ``get_scan_count`` applies them to its own lists; limit
+    reclaim takes them from the target memcg's lruvec, and at swappiness 0 scans its file
+    lists only (SCAN_FILE).
+
 Kernel reference
     mm/vmscan.c: ``shrink_node_memcgs``, ``shrink_lruvec``, ``kswapd_age_node``,
     ``get_scan_count``, ``can_reclaim_anon_pages``; include/linux/memcontrol.h:
@@ -23,7 +34,10 @@ Simplifications
     memcg always; memsim keeps one node-wide lruvec otherwise so that runs without cgroups
     stay as they were). All lruvecs share one set of list links and flags (a folio is on one
     list of one lruvec at a time). Each lruvec's shrink stops at ``nr_to_reclaim`` freed by
-    itself (``shrink_lruvec``'s local count); the memcgs are visited in VM order every pass.
+    itself (``shrink_lruvec``'s local count); the memcgs are visited in VM order every pass
+    (after the root's lruvec, when it holds page cache). Without a page cache global reclaim
+    decides each lruvec's deactivation and balance from that lruvec alone (the kernel: from
+    the root's, node-wide), as before page cache was modelled.
 
 Invariants
     Every resident folio is on a list of its own memcg's lruvec, and no other.
@@ -41,8 +55,17 @@ from numpy.typing import NDArray
 from sim.host.memcontrol import MEMCG_LOW, MemcgLimits, mem_cgroup_protection
 from sim.host.memory import HostMemory
 from sim.host.vmscan import ScanControl
+from sim.host.vmstat import VmStat
 from sim.reclaim.base import Pfns, Reclaimer, lru_links
-from sim.reclaim.two_list import TwoList, TwoListConfig
+from sim.reclaim.scan_balance import cache_trim_mode, file_is_tiny
+from sim.reclaim.two_list import (
+    WORKINGSET_ACTIVATE_FILE,
+    NodeCost,
+    ScanPrep,
+    TwoList,
+    TwoListConfig,
+    inactive_is_low,
+)
 
 
 class MemcgReclaimer:
@@ -75,26 +98,32 @@ class PerMemcgLruvecs:
         swap_usage: Callable[[int], int],
     ) -> None:
         self.mem, self.limits, self.vmstat, self._swap_usage = mem, limits, vmstat, swap_usage
+        self._memcg_of = limits.owner_memcg
+        self._memcg_arr = np.asarray(self._memcg_of, dtype=np.int64)
+
+    def _memcgs(self, pfns: Pfns) -> NDArray[np.int64]:
+        """The memcg each folio is charged to (``folio_memcg``)."""
+        return self._memcg_arr[self.mem.page_owners(self.mem.frame_pid[pfns])]
 
     def _lruvec(self, pfn: int) -> Any:
         """``folio_lruvec``: the lruvec of the memcg the folio is charged to."""
         mem = self.mem
-        return self.lruvecs[mem.page_owner(mem.frame_pid.item(pfn))]
+        return self.lruvecs[self._memcg_of[mem.page_owner(mem.frame_pid.item(pfn))]]
 
     def _split(self, pfns: Pfns) -> Iterator[tuple[Any, Pfns]]:
         """Folios grouped by lruvec, each group in the given order."""
         if len(pfns) == 0:
             return
-        owners = self.mem.page_owners(self.mem.frame_pid[pfns])
-        for i in np.unique(owners).tolist():
-            yield self.lruvecs[i], pfns[owners == i]
+        memcgs = self._memcgs(pfns)
+        for i in np.unique(memcgs).tolist():
+            yield self.lruvecs[i], pfns[memcgs == i]
 
     def _owners(self, nr: int) -> NDArray[np.int64]:
         """Each frame's memcg (-1: free or not a guest page)."""
         owner = np.full(nr, -1, dtype=np.int64)
         fp = self.mem.frame_pid
         owned = fp >= 0
-        owner[owned] = self.mem.page_owners(fp[owned])
+        owner[owned] = self._memcg_arr[self.mem.page_owners(fp[owned])]
         return owner
 
     def folio_add_lru(self, pfn: int, shadow: int | None) -> None:
@@ -124,7 +153,7 @@ class PerMemcgLruvecs:
         out = np.empty(len(pfns), dtype=np.uint32)
         if len(pfns) == 0:
             return out
-        owners = self.mem.page_owners(self.mem.frame_pid[pfns])
+        owners = self._memcgs(pfns)
         for i in np.unique(owners).tolist():
             sel = owners == i
             out[sel] = self.lruvecs[i].workingset_eviction(pfns[sel])
@@ -146,8 +175,10 @@ class MemcgTwoList(PerMemcgLruvecs):
         vmstat: host counters (broken down per memcg).
         rng: unused (the classic LRU is deterministic).
         mem: host memory (which VM owns a frame; each memcg's usage).
-        limits: each memcg's settings in pages (protection).
+        limits: each memcg's settings in pages (protection), and which memcg each page owner
+            is charged to.
         swap_usage: each memcg's ``memory.swap.current`` (read at scan time).
+        file: every lruvec keeps the file lists (the host has a page cache).
     """
 
     name: ClassVar[str] = "two_list"
@@ -164,15 +195,73 @@ class MemcgTwoList(PerMemcgLruvecs):
         mem: HostMemory,
         limits: MemcgLimits,
         swap_usage: Callable[[int], int],
+        file: bool = False,
     ) -> None:
         super().__init__(vmstat, mem, limits, swap_usage)
-        nr = len(limits.max)
-        links = lru_links(nr_frames, 2 * nr)
+        nr = limits.nr_memcgs
+        links = lru_links(nr_frames, (4 if file else 2) * nr)
         fl = np.zeros(nr_frames, dtype=np.uint8)
+        self.file = file
         self.lruvecs = [
-            TwoList(cfg, nr_frames, vmstat, rng, links=links, fl=fl, memcg=i) for i in range(nr)
+            TwoList(cfg, nr_frames, vmstat, rng, links=links, fl=fl, memcg=i, file=file)
+            for i in range(nr)
         ]
+        # mem_cgroup_iter's order: the root first (when it has pages), then the VMs'
+        root = limits.root
+        self._order = ([root] if nr > root else []) + list(range(root))
         self._page_shift = self.lruvecs[0].page_shift
+        # the root's hierarchical costs and refault snapshots (prepare_scan_control's target)
+        self.node_cost = NodeCost(self._node_lru_pages)
+        self._snapshot, self._snapshot_file = 0, 0
+        if file:
+            for lv in self.lruvecs:
+                lv.cost_parent = self.node_cost
+
+    def _node_sizes(self) -> tuple[int, int, int, int]:
+        """The node's (the root's hierarchical) inactive/active anon and file sizes."""
+        ia = aa = ifl = af = 0
+        for lv in self.lruvecs:
+            ia += len(lv.inactive)
+            aa += len(lv.active)
+            ifl += len(lv.inactive_file)
+            af += len(lv.active_file)
+        return ia, aa, ifl, af
+
+    def _node_lru_pages(self) -> int:
+        """``lru_note_cost``'s lrusize of the root: every folio on an LRU."""
+        return sum(self._node_sizes())
+
+    def prepare_scan_control(self, sc: ScanControl, reclaim: Reclaimer) -> ScanPrep:
+        """``prepare_scan_control`` for global reclaim: the root lruvec's refaults since the
+        last cycle or its low inactive lists allow deactivation; ``cache_trim_mode`` from its
+        inactive file; ``file_is_tiny`` from the node's file, free pages and inactive anon; the
+        root's costs for SCAN_FRACT."""
+        ia, aa, ifl, af = self._node_sizes()
+        cfg, shift, vs = self.lruvecs[0].cfg, self._page_shift, self.vmstat
+        may_anon = vs[VmStat.WORKINGSET_ACTIVATE] != self._snapshot or inactive_is_low(
+            ia, aa, cfg.inactive_ratio, shift
+        )
+        may_file = vs[WORKINGSET_ACTIVATE_FILE] != self._snapshot_file or inactive_is_low(
+            ifl, af, cfg.inactive_ratio, shift
+        )
+        free, high = reclaim.free_and_high()
+        p = sc.priority
+        return ScanPrep(
+            may_anon=may_anon,
+            may_file=may_file,
+            file_is_tiny=file_is_tiny(
+                nr_file=ifl + af,
+                nr_free=free,
+                high_wmark=high,
+                may_deactivate_anon=may_anon,
+                anon_left=ia >> p > 0,
+            ),
+            cache_trim_mode=cache_trim_mode(
+                inactive_file_left=ifl >> p > 0, may_deactivate_file=may_file
+            ),
+            anon_cost=self.node_cost.anon_cost,
+            file_cost=self.node_cost.file_cost,
+        )
 
     @property
     def page_shift(self) -> int:
@@ -185,11 +274,19 @@ class MemcgTwoList(PerMemcgLruvecs):
         for lv in self.lruvecs:
             lv.page_shift = shift
 
-    def _reclaimer(self, memcg: int, reclaim: Reclaimer) -> Reclaimer:
-        def room() -> bool:
-            return self._swap_usage(memcg) < self.limits.swap_max[memcg]
+    def _swap_room(self, memcg: int) -> bool:
+        """The memcg is under its memory.swap.max (the root has none)."""
+        lim = self.limits
+        return memcg == lim.root or self._swap_usage(memcg) < lim.swap_max[memcg]
 
-        return MemcgReclaimer(reclaim, room)  # type: ignore[return-value]
+    def _reclaimer(self, memcg: int, reclaim: Reclaimer) -> Reclaimer:
+        return MemcgReclaimer(reclaim, lambda: self._swap_room(memcg))  # type: ignore[return-value]
+
+    def file_add_lru(self, pfn: int, shadow: int | None, swap_ok: bool) -> None:
+        """A page-cache folio joins its memcg's lruvec; its refault counts anon in the
+        workingset while the memcg can swap (``mem_cgroup_get_nr_swap_pages``)."""
+        lv = self._lruvec(pfn)
+        lv.file_add_lru(pfn, shadow, swap_ok and self._swap_room(lv.memcg))
 
     def shrink_node(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
         """``shrink_node_memcgs``: each memcg's lruvec in turn (only the target's in limit
@@ -197,11 +294,13 @@ class MemcgTwoList(PerMemcgLruvecs):
         unless ``sc.memcg_low_reclaim``."""
         target = sc.target_memcg
         usage = self.mem.nr_resident
-        for i, lv in enumerate(self.lruvecs):
+        prep = self.prepare_scan_control(sc, reclaim) if self.file and target < 0 else None
+        for i in self._order:
+            lv = self.lruvecs[i]
             if target >= 0 and i != target:
                 continue
             emin, elow = mem_cgroup_protection(self.limits, target, i)
-            size = int(usage[i])
+            size = self.limits.usage(usage, i)
             if target != i and size <= emin:  # mem_cgroup_below_min: hard protection
                 continue
             if target != i and size <= elow:  # mem_cgroup_below_low: soft protection
@@ -211,27 +310,34 @@ class MemcgTwoList(PerMemcgLruvecs):
                 self.vmstat.count(MEMCG_LOW, 1, i)  # type: ignore[attr-defined]
             sc.memcg, sc.emin, sc.elow, sc.cgroup_size = i, emin, elow, size
             sc.lruvec_base = sc.nr_reclaimed
-            yield from lv.shrink_node(sc, self._reclaimer(i, reclaim))
+            lv.prep = prep  # read by get_scan_count before the lruvec's first yield
+            try:
+                yield from lv.shrink_node(sc, self._reclaimer(i, reclaim))
+            finally:
+                lv.prep = None
         sc.memcg, sc.emin, sc.elow, sc.cgroup_size, sc.lruvec_base = -1, 0, 0, 0, 0
 
     def age_node(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
         """``kswapd_age_node``: every memcg's lruvec whose inactive list is low."""
-        for i, lv in enumerate(self.lruvecs):
+        for i in self._order:
             sc.memcg = i
-            yield from lv.age_node(sc, self._reclaimer(i, reclaim))
+            yield from self.lruvecs[i].age_node(sc, self._reclaimer(i, reclaim))
         sc.memcg = -1
 
     def reclaim_cycle_end(self) -> None:
-        """``snapshot_refaults`` of every lruvec."""
+        """``snapshot_refaults`` of every lruvec, and of the root's (node-wide) refaults."""
         for lv in self.lruvecs:
             lv.reclaim_cycle_end()
+        self._snapshot = self.vmstat[VmStat.WORKINGSET_ACTIVATE]
+        if self.file:
+            self._snapshot_file = self.vmstat[WORKINGSET_ACTIVATE_FILE]
 
     def lru_sizes(self) -> dict[str, int]:
         """Folios on each list, over every lruvec."""
-        return {
-            "inactive": sum(len(lv.inactive) for lv in self.lruvecs),
-            "active": sum(len(lv.active) for lv in self.lruvecs),
-        }
+        sizes: Counter[str] = Counter()
+        for lv in self.lruvecs:
+            sizes.update(lv.lru_sizes())
+        return dict(sizes)
 
     def check(self, on_lru: NDArray[np.bool_]) -> None:
         """Each lruvec holds exactly the resident folios of its memcg."""

@@ -34,8 +34,8 @@ Simplifications
     One zone: "the high watermarks" are the one zone's. two_list passes the inactive anon
     left after memory.low/min scaling as ``anon_left`` (the kernel tests the node's). The
     per-list scan target (``lru_size >> priority`` times the type's fraction) is the caller's:
-    two_list floors it where the kernel rounds it up (``DIV64_U64_ROUND_UP``), which keeps
-    runs without file pages as they were (docs/pagecache-status.md).
+    two_list floors it, as the kernel does for online memcgs (``div64_u64``; it rounds up,
+    ``DIV64_U64_ROUND_UP``, only for an offlined memcg's last pages).
 """
 
 from __future__ import annotations

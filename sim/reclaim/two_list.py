@@ -43,9 +43,12 @@ Kernel reference
     ``apply_proportional_protection`` does.
 
     The host page cache (``host_files``, sim/host/filemap.py) adds the inactive and active
-    file lists to the node's lruvec: ``get_scan_count`` then balances anon against file
+    file lists to the node's lruvec (with memcgs, to every memcg's lruvec: a file folio is on
+    the lruvec of the memcg its file is charged to, the root's or a VM's; memcg limit reclaim
+    has no ``file_is_tiny`` and at swappiness 0 scans file only, and protection scales the
+    file lists too): ``get_scan_count`` then balances anon against file
     (``file_is_tiny``, ``cache_trim_mode``, SCAN_FRACT by swappiness and the costs, each share
-    rounded up), ``shrink_lruvec`` takes batches from the four lists in turn and, once the
+    floored), ``shrink_lruvec`` takes batches from the four lists in turn and, once the
     target is met, stops the smaller type and cuts the other to the same fraction. Page-cache
     folios are unmapped: the second ``folio_mark_accessed`` activates them, reclaim frees every
     inactive one it isolates (clean: no I/O) and deactivates every active one it scans; a
@@ -55,8 +58,9 @@ Kernel reference
 
 Simplifications
     Without a page cache shrink_lruvec stops as soon as the target is met (no file to
-    rebalance), and SCAN_FRACT floors anon's share (the kernel rounds it up). The page cache
-    is read-only (no dirty file folios, no flusher), node-wide (no memcg), two_list only.
+    rebalance). SCAN_FRACT floors every share, as the kernel does for an online memcg
+    (``div64_u64``; every memcg here is online, and with memcg off ``mem_cgroup_online`` is
+    true). The page cache is two_list only.
     Shadow entries keep 31 bits of the nonresident-age clock (no bucket_order).
     The per-CPU activate batch is drained at once (a folio activated on the inactive list moves
     to the active head immediately).
@@ -68,7 +72,8 @@ Invariants
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import numba
@@ -123,6 +128,53 @@ FILE_EVENTS = (
     NR_WRITTEN,
     NR_VMSCAN_IMMEDIATE,
 )
+
+
+def inactive_is_low(
+    inactive: int, active: int, inactive_ratio: int | None, page_shift: int
+) -> bool:
+    """``inactive_is_low``: ``inactive * ratio < active``, the ratio ``int_sqrt(10 * GB)`` of
+    the two lists (or the configured one)."""
+    if inactive_ratio is not None:
+        ratio = inactive_ratio
+    else:
+        gb = (inactive + active) >> (30 - page_shift)
+        ratio = int_sqrt(10 * gb) if gb else 1
+    return inactive * ratio < active
+
+
+@dataclass(frozen=True, slots=True)
+class ScanPrep:
+    """``prepare_scan_control``'s decisions, taken once per pass from the target lruvec: in
+    global reclaim with memcgs the root's, whose sizes, refaults and costs are the node's
+    (hierarchical), and used by every memcg's ``get_scan_count``."""
+
+    may_anon: bool  # sc->may_deactivate & DEACTIVATE_ANON
+    may_file: bool  # sc->may_deactivate & DEACTIVATE_FILE
+    file_is_tiny: bool
+    cache_trim_mode: bool
+    anon_cost: int  # sc->anon_cost (the target lruvec's)
+    file_cost: int
+
+
+class NodeCost:
+    """The root lruvec's reclaim costs: ``lru_note_cost`` adds every lruvec's cost to its
+    parents' too, each decaying against its own (hierarchical) LRU size, here the node's."""
+
+    def __init__(self, lru_pages: Callable[[], int]) -> None:
+        self.anon_cost = self.file_cost = 0
+        self._lru_pages = lru_pages
+
+    def note(self, *, file: bool, nr_io: int, nr_rotated: int) -> None:
+        """One batch's cost, as a child lruvec noted it."""
+        self.anon_cost, self.file_cost = lru_note_cost(
+            self.anon_cost,
+            self.file_cost,
+            file=file,
+            nr_io=nr_io,
+            nr_rotated=nr_rotated,
+            lru_pages=self._lru_pages(),
+        )
 
 
 class TwoListConfig(ReclaimBase):
@@ -186,6 +238,8 @@ class TwoList:
         self.file_cost = 0  # lruvec->file_cost: no file lists, so it stays 0
         self._refaults_snapshot = 0  # WORKINGSET_ACTIVATE at the last reclaim cycle
         self.page_shift = PAGE_SHIFT  # bytes per LRU entry (21: 2 MiB pages; set by make_policy)
+        self.cost_parent: NodeCost | None = None  # the root's costs, with memcgs and file lists
+        self.prep: ScanPrep | None = None  # the root's decisions during a global reclaim pass
 
     # -- helpers -----------------------------------------------------------------------------
     def _count(self, item: str, n: int = 1) -> None:
@@ -201,6 +255,12 @@ class TwoList:
             return self.vmstat[VmStat.WORKINGSET_ACTIVATE]
         return self.vmstat.per_mm[self.memcg][VmStat.WORKINGSET_ACTIVATE]  # type: ignore[attr-defined]
 
+    def _refaults_file(self) -> int:
+        """The lruvec's WORKINGSET_ACTIVATE_FILE, for snapshot_refaults."""
+        if self.memcg < 0:
+            return self.vmstat[WORKINGSET_ACTIVATE_FILE]
+        return self.vmstat.per_mm[self.memcg][WORKINGSET_ACTIVATE_FILE]  # type: ignore[attr-defined]
+
     def inactive_is_low(self, file: bool = False) -> bool:
         """``inactive_is_low``: the (anon or file) inactive list is short relative to its
         active one."""
@@ -208,19 +268,25 @@ class TwoList:
             inactive, active = len(self.inactive_file), len(self.active_file)
         else:
             inactive, active = len(self.inactive), len(self.active)
-        if self.cfg.inactive_ratio is not None:
-            ratio = self.cfg.inactive_ratio
-        else:
-            gb = (inactive + active) >> (30 - self.page_shift)
-            ratio = int_sqrt(10 * gb) if gb else 1
-        return inactive * ratio < active
+        return inactive_is_low(inactive, active, self.cfg.inactive_ratio, self.page_shift)
+
+    def _note_cost(self, *, file: bool, nr_io: int, nr_rotated: int, lru_pages: int) -> None:
+        """``lru_note_cost`` on this lruvec, then on its parent (the root's costs)."""
+        self.anon_cost, self.file_cost = lru_note_cost(
+            self.anon_cost,
+            self.file_cost,
+            file=file,
+            nr_io=nr_io,
+            nr_rotated=nr_rotated,
+            lru_pages=lru_pages,
+        )
+        if self.cost_parent is not None:
+            self.cost_parent.note(file=file, nr_io=nr_io, nr_rotated=nr_rotated)
 
     def _lru_note_cost(self, nr_io: int, nr_rotated: int) -> None:
         """``lru_note_cost`` for anon (scan_balance.py): IO weighs SWAP_CLUSTER_MAX rotations;
         both costs halve once they exceed a quarter of the LRU."""
-        self.anon_cost, self.file_cost = lru_note_cost(
-            self.anon_cost,
-            self.file_cost,
+        self._note_cost(
             file=False,
             nr_io=nr_io,
             nr_rotated=nr_rotated,
@@ -415,7 +481,7 @@ class TwoList:
         """``snapshot_refaults``: remember refault activations for ``prepare_scan_control``."""
         self._refaults_snapshot = self._refaults()
         if self.file:
-            self._refaults_file_snapshot = self.vmstat[WORKINGSET_ACTIVATE_FILE]
+            self._refaults_file_snapshot = self._refaults_file()
 
     def on_access(self, pfns: Pfns, seq: NDArray[np.int64]) -> None:
         """Real policies see only accessed bits."""
@@ -478,14 +544,7 @@ class TwoList:
         self._count(WORKINGSET_ACTIVATE_FILE)
         if workingset:  # lru_note_cost_refault: the cost of a file refault
             self._count(WORKINGSET_RESTORE_FILE)
-            self.anon_cost, self.file_cost = lru_note_cost(
-                self.anon_cost,
-                self.file_cost,
-                file=True,
-                nr_io=1,
-                nr_rotated=0,
-                lru_pages=self._lru_pages(),
-            )
+            self._note_cost(file=True, nr_io=1, nr_rotated=0, lru_pages=self._lru_pages())
 
     def _lru_pages(self) -> int:
         """Folios on all four lists (``lru_note_cost``'s lrusize)."""
@@ -497,31 +556,49 @@ class TwoList:
         self, sc: ScanControl, reclaim: Reclaimer, may_anon: bool, may_file: bool
     ) -> list[int]:
         """``get_scan_count`` over the four lists: folios to scan from (inactive anon, active
-        anon, inactive file, active file); SCAN_FRACT rounds each share up
-        (``DIV64_U64_ROUND_UP``)."""
+        anon, inactive file, active file); SCAN_FRACT floors each share (``div64_u64``: the
+        kernel rounds up only for an offlined memcg). In memcg limit reclaim
+        (``cgroup_reclaim``) there is no ``file_is_tiny``, and swappiness 0 scans file only; a
+        protected memcg's lists are scaled by ``apply_proportional_protection`` before the
+        priority shift."""
         swappiness, p = self.cfg.swappiness, sc.priority
-        sizes = [
-            len(self.inactive) >> p,
-            len(self.active) >> p,
-            len(self.inactive_file) >> p,
-            len(self.active_file) >> p,
+        raw = [
+            len(self.inactive),
+            len(self.active),
+            len(self.inactive_file),
+            len(self.active_file),
         ]
-        free, high = reclaim.free_and_high()
-        balance = scan_balance(
-            can_reclaim_anon=reclaim.can_swap(),
-            cgroup_reclaim=False,
-            swappiness=swappiness,
-            priority=p,
-            file_is_tiny=file_is_tiny(
+        lists = list(raw)
+        if sc.emin or sc.elow:
+            for k, n in enumerate(raw):
+                lists[k], low = apply_proportional_protection(
+                    n, sc.emin, sc.elow, sc.cgroup_size, sc.memcg_low_reclaim
+                )
+                sc.memcg_low_skipped |= low
+        sizes = [n >> p for n in lists]
+        cgroup_reclaim = sc.target_memcg >= 0
+        prep = self.prep
+        if prep is not None:  # the root's decisions (global reclaim with memcgs)
+            tiny, trim = prep.file_is_tiny, prep.cache_trim_mode
+            anon_cost, file_cost = prep.anon_cost, prep.file_cost
+        else:
+            free, high = reclaim.free_and_high()
+            tiny = not cgroup_reclaim and file_is_tiny(
                 nr_file=len(self.inactive_file) + len(self.active_file),
                 nr_free=free,
                 high_wmark=high,
                 may_deactivate_anon=may_anon,
-                anon_left=sizes[0] > 0,
-            ),
-            cache_trim_mode=cache_trim_mode(
-                inactive_file_left=sizes[2] > 0, may_deactivate_file=may_file
-            ),
+                anon_left=raw[0] >> p > 0,
+            )
+            trim = cache_trim_mode(inactive_file_left=raw[2] >> p > 0, may_deactivate_file=may_file)
+            anon_cost, file_cost = self.anon_cost, self.file_cost
+        balance = scan_balance(
+            can_reclaim_anon=reclaim.can_swap(),
+            cgroup_reclaim=cgroup_reclaim,
+            swappiness=swappiness,
+            priority=p,
+            file_is_tiny=tiny,
+            cache_trim_mode=trim,
         )
         if balance == ScanBalance.SCAN_EQUAL:
             return sizes
@@ -529,19 +606,22 @@ class TwoList:
             return [sizes[0], sizes[1], 0, 0]
         if balance == ScanBalance.SCAN_FILE:
             return [0, 0, sizes[2], sizes[3]]
-        ap, fp = calculate_pressure_balance(swappiness, self.anon_cost, self.file_cost)
+        ap, fp = calculate_pressure_balance(swappiness, anon_cost, file_cost)
         den = ap + fp
-        return [-(-n * f // den) for n, f in zip(sizes, (ap, ap, fp, fp), strict=True)]
+        return [n * f // den for n, f in zip(sizes, (ap, ap, fp, fp), strict=True)]
 
     def _shrink_lruvec_file(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
         """``shrink_lruvec`` over anon and file: batches of SWAP_CLUSTER_MAX from each list in
         turn (an active list only when its type may deactivate); once the target is met,
         outside proportional direct reclaim, the smaller type stops and the other's remaining
         scan is cut to the same fraction of its target."""
-        may_anon = self._refaults() != self._refaults_snapshot or self.inactive_is_low()
-        may_file = self.vmstat[
-            WORKINGSET_ACTIVATE_FILE
-        ] != self._refaults_file_snapshot or self.inactive_is_low(file=True)
+        if self.prep is not None:  # global reclaim with memcgs: the root's may_deactivate
+            may_anon, may_file = self.prep.may_anon, self.prep.may_file
+        else:
+            may_anon = self._refaults() != self._refaults_snapshot or self.inactive_is_low()
+            may_file = self._refaults_file() != self._refaults_file_snapshot or (
+                self.inactive_is_low(file=True)
+            )
         nr = self.get_scan_count_file(sc, reclaim, may_anon, may_file)
         targets = list(nr)
         scan_adjusted = sc.direct and sc.priority == DEF_PRIORITY  # proportional_reclaim
@@ -612,14 +692,7 @@ class TwoList:
             self.active_file.add_head(act)
             self.nonresident_age += len(act)
             sc.activated(len(act))
-        self.anon_cost, self.file_cost = lru_note_cost(
-            self.anon_cost,
-            self.file_cost,
-            file=True,
-            nr_io=0,
-            nr_rotated=len(act),
-            lru_pages=self._lru_pages(),
-        )
+        self._note_cost(file=True, nr_io=0, nr_rotated=len(act), lru_pages=self._lru_pages())
 
     def shrink_active_file(self, n: int, sc: ScanControl) -> None:
         """``shrink_active_list`` for the active file list: unmapped folios are deactivated
