@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from analysis.report import write_report
 from sim.cli import main
+from sim.config import parse_scenario
 from sim.engine import run_scenario
 from sim.sweep import run_sweep
 from tests.conftest import TINY, tiny
@@ -41,6 +42,22 @@ def test_run_report(tmp_path: Path) -> None:
     md = (run / "report" / "report.md").read_text()
     assert "| vm0 |" in md  # the per-VM table
     assert "demand mode only" in md  # says why the quality figure is absent
+
+
+def test_memcg_run_report_draws_memory_current(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    raw: dict[str, Any] = {**TINY, "duration_s": 0.05}
+    raw["vms"] = [
+        {**TINY["vms"][0], "count": 1, "name": "capped", "memcg": {"max_mib": 4, "high_mib": 3}},
+        {**TINY["vms"][0], "count": 1, "name": "free"},
+    ]
+    run_scenario(parse_scenario(raw), run, command=[])
+    target, figures = write_report(run, tmp_path / "rep")
+    assert "memcg" in figures
+    _check(target, set(figures))
+    plain = tmp_path / "plain"
+    run_scenario(tiny(duration_s=0.05), plain, command=[])
+    assert "memcg" not in write_report(plain, tmp_path / "rep2")[1]
 
 
 def test_demand_mode_run_report_has_quality(tmp_path: Path) -> None:
