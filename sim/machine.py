@@ -385,6 +385,7 @@ class Machine:
                 for vm in self.vms
             ],
             "vmstat": dict(vs),
+            "per_mm": [dict(c) for c in vs.per_mm],
         }
 
     def tails(self, t_ns: int) -> tuple[list[np.ndarray], FaultLatencies | None]:
@@ -406,7 +407,7 @@ class Machine:
             assert self.at_warmup is not None, "the run did not reach the end of its warm-up"
             base = self.at_warmup
         else:
-            base = {"vms": [None] * len(self.vms), "vmstat": {}}
+            base = {"vms": [None] * len(self.vms), "vmstat": {}, "per_mm": [{}] * len(self.vms)}
         dur_s = max(sim_time_ns - warm, 1) / 1e9
         fracs, lat = self.tails(sim_time_ns)
         vms = []
@@ -452,7 +453,14 @@ class Machine:
                 }
             )
             if self.memcg is not None and self.sc.vm_list()[vm.index][1].memcg is not None:
-                vms[-1]["memcg"] = self.memcg.stat(vm.index)
+                mm_then = base["per_mm"][vm.index]
+                vms[-1]["memcg"] = {
+                    **self.memcg.stat(vm.index),
+                    # its breakdown of vmstat from the warm-up's end (the flat rows read it)
+                    "vmstat_after_warmup": {
+                        k: v - mm_then.get(k, 0) for k, v in vs.mm_stat(vm.index).items()
+                    },
+                }
         kvm_rmap = vs[VmStat.SPTES_WALKED] if sc.kvm.mmu != "tdp" else 0
         swap = self.swap
         host = {
