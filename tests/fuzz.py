@@ -108,6 +108,12 @@ MEMCGS: list[Any] = [
     {"maxmib": 1},
     {},
 ]
+COMPRESSED: list[Any] = [
+    {},
+    {"device": "zram"},
+    {"zswap": {"enabled": True, "max_pool_percent": 1}},
+    {"zswap": {"enabled": True, "max_pool_percent": 100, "accept_threshold_percent": 0}},
+]
 KEYS = ["colour", "memroy_mib", "vms.0", "[/]", ":100:", "", "x" * 300, "ü"]
 
 
@@ -340,6 +346,7 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
                 "scale",
                 "trace",
                 "memcg",
+                "prefault",
             ]
         )
         if op == "delete":
@@ -371,6 +378,13 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
             vms = raw.get("vms") if isinstance(raw, dict) else None
             if isinstance(vms, list) and vms and isinstance(vms[-1], dict):
                 vms[-1]["memcg"] = copy.deepcopy(rng.choice(MEMCGS))
+        elif op == "prefault" and isinstance(raw, dict):
+            vms = raw.get("vms")
+            if isinstance(vms, list) and vms and isinstance(vms[-1], dict):
+                vms[-1]["prefault"] = True  # with a memcg, zram or zswap: the fill's new paths
+                swap = raw.get("swap")
+                if isinstance(swap, dict):
+                    swap.update(copy.deepcopy(rng.choice(COMPRESSED)))
     return raw
 
 

@@ -283,17 +283,28 @@ limits = st.fixed_dictionaries(
     scenarios(),
     st.lists(st.one_of(st.none(), limits), min_size=3, max_size=3),
     st.sampled_from(["two_list", "mglru"]),
+    st.lists(st.booleans(), min_size=3, max_size=3),
 )
-def test_invariants_hold_with_memcgs(raw: dict[str, Any], cgs: list[Any], policy: str) -> None:
-    """Random two-list and MGLRU worlds where VMs have random memcgs: charges equal frames
-    owned, swap charges equal slots held, each lruvec holds its memcg's folios, the memcg LRU
-    holds every memcg once, at every checked millisecond."""
+def test_invariants_hold_with_memcgs(
+    raw: dict[str, Any], cgs: list[Any], policy: str, prefault: list[bool]
+) -> None:
+    """Random two-list and MGLRU worlds where VMs have random memcgs, some prefaulted: charges
+    equal frames owned, swap charges equal slots held, each lruvec holds its memcg's folios,
+    the memcg LRU holds every memcg once, right after the fill and at every checked
+    millisecond; the fill charges nothing past memory.max or memory.swap.max."""
     raw["reclaim"] = {"policy": policy}
     raw.pop("host_files", None)  # the page cache has no per-memcg lists yet
-    for p, cg in zip(raw["vms"], cgs, strict=False):
+    for p, cg, pre in zip(raw["vms"], cgs, prefault, strict=False):
         if cg is not None:
             p["memcg"] = cg
+        p["prefault"] = pre
     w = World(parse_scenario(raw))
+    w.check()
+    if w.memcg is not None:
+        lim = w.memcg.limits
+        for i in range(len(w.vms)):
+            assert w.memcg.usage(i) <= min(lim.max[i], lim.high[i])
+            assert w.memcg.swap_usage[i] <= lim.swap_max[i]
     assert run_checked(w) >= 10
     w.summary(0.0)
 
