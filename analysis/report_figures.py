@@ -26,6 +26,8 @@ SWEEP_METRICS = [
     ("pswpout", "pages swapped out"),
     ("opt_gap", "misses / OPT misses"),
     ("lru_gap", "misses / exact-LRU misses"),
+    ("memcg_worst_stall_fraction", "vCPU stall fraction (worst memcg VM)"),
+    ("memcg_max", "memory.max events (all VMs)"),
 ]
 
 
