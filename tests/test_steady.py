@@ -18,8 +18,9 @@ from sim.engine import World, run_scenario
 from sim.errors import ConfigError
 from sim.guest.workloads import _coprime_stride
 from sim.host.memory import PG_SWAP, PTE_PRESENT
+from sim.host.zpool import Zpool
 from sim.plan import SloSpec
-from sim.prefault import heat
+from sim.prefault import _store, heat
 from sim.tails import VcpuTime, tail
 from tests.conftest import run_checked
 from tests.test_invariants import scenarios
@@ -375,3 +376,29 @@ def test_invariants_hold_after_the_fill_and_throughout(
         assert v["stall_ns"] >= 0
         assert all(n >= 0 for n in v["faults"].values())
     assert all(n >= 0 for n in s["host"]["vmstat_after_warmup"].values())
+
+
+def test_the_fill_stores_into_zswap_as_reclaim_batches_would() -> None:
+    """By hand: 1024 frames, max_pool_percent 1 (a 10-frame limit, accept threshold 9 frames),
+    every page compressing 2:1 (two objects a frame). Pages 0..99, oldest eviction first, in
+    batches of 32: the first batch stores 0..18 (19 objects: ceil(9.5) = 10 frames), finds the
+    pool full at 19 and rejects the rest of the batch; the shrink worker writes back 0 (18
+    objects, 9 frames: the accept threshold). Each later batch stores its first page (the pool
+    is at the threshold again, so it accepts), is full at its second, and the oldest entry
+    goes: 1, 2, 3. The pool ends with 4..18, 32, 64, 96 and "full"; nothing is counted in the
+    run's vmstat."""
+    raw = _raw(host={"memory_mib": 4}, swap={"size_mib": 64, "zswap": {"enabled": True}})
+    raw["swap"]["zswap"]["max_pool_percent"] = 1
+    raw["vms"][0] |= {"memory_mib": 16, "compress_ratio": 2.0, "compress_ratio_cv": 0.0}
+    w = World(parse_scenario(raw, "t"))
+    pool = w.swap.zpool
+    assert pool is not None
+    assert w.swap.zswap is not None
+    assert (w.swap.zswap.max_pages, w.swap.zswap.accept_thr_pages) == (10, 9)
+    scratch = Zpool(w.mem, pool.obj_bytes, pool.page_bytes, track_lru=True)
+    zswap = _store(w, scratch, np.arange(100, dtype=np.int64))
+    assert zswap is not None
+    assert zswap.reached_full
+    assert scratch.lru_order() == [*range(4, 19), 32, 64, 96]
+    assert scratch.frames_needed() == 9
+    assert not any(w.vmstat.values())
