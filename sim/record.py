@@ -6,7 +6,9 @@ Tables (columns documented in README.md, "Output files")
     A missing value is a null, never NaN: ``next_access_ns`` of a page that did not come back,
     ``idle_rank`` when no resident page could be sampled.
     ``faults``: one row per guest fault. ``timeline``: one row per VM per sample, with host-wide
-    columns repeated on each row; counters are cumulative, like ``/proc/vmstat``.
+    columns repeated on each row; counters are cumulative, like ``/proc/vmstat``. Runs with
+    memcgs add each VM's memcg columns, runs with a page cache the host's file columns
+    (:func:`timeline_schema`); other runs' files stay as they were.
 
 Determinism
     Row groups are cut at fixed row counts and nothing time- or host-dependent is written, so the
