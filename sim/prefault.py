@@ -40,7 +40,8 @@ Fill
        dirty, young anon page; KVM maps a present, accessed spte, ``map_sptes``), then, coldest
        first so the hottest are the most recently used, the policy hooks that path calls
        (``folio_add_lru``, ``folio_mark_accessed`` for GUP's FOLL_TOUCH and for
-       ``kvm_release_faultin_page``). With the classic two-list policy every page therefore
+       ``kvm_release_faultin_page``; batched as ``folio_add_lru_touched`` where the policy
+       has it). With the classic two-list policy every page therefore
        starts active, as after a first touch, and kswapd's first pass deactivates the cold
        end; MGLRU starts them in its youngest generation.
 
@@ -279,6 +280,10 @@ def _place_resident(w: World, resident: NDArray[np.int64]) -> None:
         mine = owners == vm.index
         if mine.any():
             vm.mmu.map_sptes(cold_first[mine] - vm.mm.pid_base)
+    batched = getattr(policy, "folio_add_lru_touched", None)
+    if batched is not None:  # the same hooks for many folios at once (two_list, MGLRU)
+        batched(pfns)
+        return
     for pfn in pfns.tolist():  # the first-touch path's hooks, in LRU order
         policy.folio_add_lru(pfn, None)
         policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH

@@ -9,6 +9,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
+import pytest
 
 from sim.config import parse_scenario
 from sim.engine import build_world
@@ -100,8 +101,10 @@ def test_memcg_columns_read_the_summarys_counts(tmp_path: Path) -> None:
         assert a.pgscan.is_monotonic_increasing
 
 
-def test_page_cache_columns(tmp_path: Path) -> None:
+@pytest.mark.parametrize("policy", ["two_list", "mglru"])
+def test_page_cache_columns(tmp_path: Path, policy: str) -> None:
     raw = pagecache_raw(write_ratio=0.5, dirty_expire_ms=20, dirty_writeback_ms=10)
+    raw["reclaim"]["policy"] = policy
     raw["engine"] = {"sample_interval_ms": 5.0}
     tl, s = _timeline(raw, tmp_path)
     assert list(tl.columns) == [
