@@ -626,3 +626,55 @@ def test_min_ttl_counts_a_memcg_below_min_as_not_reclaimable() -> None:
         sc = ScanControl(nr_to_reclaim=32, priority=12)
         _run(pol.age_node(sc, _Host()))
         assert pol.vmstat["mglru_min_ttl_oom"] == oom
+
+
+def test_shrink_many_restarts_when_another_reclaimer_rotated_the_next_memcg() -> None:
+    """Five VMs under mglru, a memcg with memory.min, two prefaulted groups: while one
+    reclaimer shrinks a memcg, another rotates the next one in the bin out of it; the walk
+    starts the bin again (as the kernel's ``shrink_many`` restarts) instead of losing its
+    place. Found by the random worlds once they drew prefault."""
+    phases = {
+        "type": "phases",
+        "phases": [
+            {"duration_s": 0.005, "workload": {"type": "scan"}},
+            {
+                "duration_s": 0.01,
+                "workload": {"type": "zipf", "alpha": 1.2},
+                "offset_mib": 1,
+                "working_set_mib": 1,
+            },
+        ],
+    }
+    vm = {"count": 2, "memory_mib": 6, "vcpus": 1, "access_rate_per_s": 1312678}
+    raw = {
+        "name": "race",
+        "seed": 10475,
+        "duration_s": 0.06,
+        "host": {"memory_mib": 12},
+        "reclaim": {"policy": "mglru"},
+        "swap": {
+            "size_mib": 4,
+            "latency_cv": 0.0,
+            "queue_depth": 1,
+            "page_cluster": 0,
+            "device": "zram",
+        },
+        "kvm": {"mmu_notifiers": False, "ept_ad_bits": False},
+        "vms": [
+            {"name": "p0", **vm, "workload": phases},
+            {"name": "p1", **vm, "write_ratio": 0.795082525, "workload": phases, "prefault": True},
+            {
+                "name": "p2",
+                "memory_mib": 5,
+                "vcpus": 3,
+                "access_rate_per_s": 1067289,
+                "write_ratio": 0.220868738,
+                "workload": {"type": "zipf", "alpha": 1.872762311},
+                "memcg": {"min_mib": 3},
+                "prefault": True,
+            },
+        ],
+        "engine": {"batch_accesses": 1},
+    }
+    w = World(parse_scenario(raw))
+    assert run_checked(w) >= 10
