@@ -36,6 +36,8 @@ from analysis.report_figures import (  # noqa: E402
     free_memory_figure,
     idle_age_figure,
     kswapd_figure,
+    memcg_figure,
+    memcg_limits,
     page_mib,
     quality_figure,
     sweep_figure,
@@ -187,6 +189,16 @@ def run_section(path: Path) -> Section:
                 _png(kswapd_figure(tl, name, warm)),
             )
         )
+        limits = memcg_limits(s)
+        if limits and "memory_current_pages" in tl.columns:
+            figs.append(
+                Figure(
+                    "memcg",
+                    "Each memory cgroup's usage (memory.current) against its memory.max and "
+                    "memory.high.",
+                    _png(memcg_figure(tl, limits, name, page_mib(s), warm)),
+                )
+            )
     else:
         notes.append("No timeline (output.timeline off, or too short): no rate figures.")
     ev = _table(run, "evictions", ["vm", "idle_ns", "refault"])

@@ -26,6 +26,8 @@ SWEEP_METRICS = [
     ("pswpout", "pages swapped out"),
     ("opt_gap", "misses / OPT misses"),
     ("lru_gap", "misses / exact-LRU misses"),
+    ("memcg_worst_stall_fraction", "vCPU stall fraction (worst memcg VM)"),
+    ("memcg_max", "memory.max events (all VMs)"),
 ]
 
 
@@ -146,6 +148,42 @@ def kswapd_figure(tl: pd.DataFrame, name: str, warmup_s: float = 0.0) -> plt.Fig
         ylim=(0, 105),
     )
     fig.suptitle(f"{name}: reclaim", fontsize="medium")
+    return fig
+
+
+def memcg_limits(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each VM with a ``memcg`` section in ``summary.json``: its memcg block (limits, events)."""
+    return {v["name"]: v["memcg"] for v in summary["vms"] if v.get("memcg")}
+
+
+def memcg_figure(
+    tl: pd.DataFrame,
+    limits: dict[str, dict[str, Any]],
+    name: str,
+    mib: float = PAGE_MIB,
+    warmup_s: float = 0.0,
+) -> plt.Figure:
+    """Each memcg VM's memory.current over time against its memory.max (dashed) and
+    memory.high (dotted), one colour per VM (``mib``: MiB per page)."""
+    fig, ax = plt.subplots(figsize=(11, 3.8), constrained_layout=True)
+    colours = sns.color_palette(n_colors=max(1, len(limits)))
+    vm = tl.vm.astype(str)
+    for colour, (vm_name, cg) in zip(colours, limits.items(), strict=False):
+        g = tl[vm == vm_name].sort_values("t_ns")
+        ax.plot(g.t_ns / 1e9, g.memory_current_pages * mib, color=colour, lw=1.2, label=vm_name)
+        for key, style in (("max_pages", "--"), ("high_pages", ":")):
+            if cg.get(key) is not None:
+                lim = cg[key] * mib
+                ax.axhline(lim, color=colour, ls=style, lw=1, label=f"{vm_name} {key[:-6]}")
+    mark_warmup(ax, warmup_s)
+    ax.set(
+        xlabel="simulated time (s)",
+        ylabel="memory.current (MiB)",
+        title="memory.current against memory.max (dashed) and memory.high (dotted)",
+        ylim=(0, None),
+    )
+    ax.legend(fontsize="small", ncols=2)
+    fig.suptitle(f"{name}: memory cgroups", fontsize="medium")
     return fig
 
 

@@ -187,8 +187,11 @@ class VmConfig(Strict):
         False,
         description="Start in steady state: before time 0 the pages the workload touches are "
         "placed as a long run leaves them (hottest most recently used; what does not fit above "
-        "the high watermark starts in swap, or untouched without swap). The fill is not counted "
-        "in vmstat. Watermark reclaim and the disk swap device only (no zram, no zswap).",
+        "the high watermark, or under the VM's memcg memory.max and memory.high, starts in "
+        "swap while slots and memory.swap.max allow, else untouched; with zram or zswap the "
+        "swapped pages are stored in the compressed pool as evictions would store them, its "
+        "frames counted against host memory). The fill is not counted in vmstat. Watermark "
+        "reclaim only.",
     )
     memcg: MemcgConfig | None = Field(
         None,
@@ -492,7 +495,7 @@ class Scenario(Strict):
                 )
 
     def _check_memcg(self) -> None:
-        """Memcgs are modelled for two-list watermark reclaim, without the prefault fill."""
+        """Memcgs are modelled for two-list and MGLRU watermark reclaim."""
         i = next((i for i, vm in enumerate(self.vms) if vm.memcg is not None), None)
         if i is None:
             return
@@ -506,12 +509,6 @@ class Scenario(Strict):
             raise ValueError(
                 f"vms[{i}].memcg: needs watermark reclaim (demand mode has no charges or "
                 "limit reclaim); set reclaim.trigger: watermark or remove memcg"
-            )
-        j = next((j for j, vm in enumerate(self.vms) if vm.prefault), None)
-        if j is not None:
-            raise ValueError(
-                f"vms[{j}].prefault: the steady-state fill does not charge memcgs, and "
-                f"vms[{i}] has one; set prefault: false or remove memcg"
             )
 
     def _check_steady(self) -> None:
@@ -538,15 +535,6 @@ class Scenario(Strict):
             raise ValueError(
                 f"vms[{i}].prefault: needs watermark reclaim (demand mode counts every "
                 "miss from empty); set prefault: false or reclaim.trigger: watermark"
-            )
-        compressed = "swap.device: zram" if self.swap.device == "zram" else None
-        if self.swap.zswap.enabled:
-            compressed = "swap.zswap.enabled"
-        if i is not None and compressed is not None:
-            raise ValueError(
-                f"vms[{i}].prefault: the steady-state fill places pages that do not fit on the "
-                f"swap device, not in a compressed pool ({compressed}); set prefault: false or "
-                "swap to the disk device"
             )
 
     def _check_page_multiples(self) -> None:

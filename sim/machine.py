@@ -27,8 +27,26 @@ import numpy as np
 
 from sim.config import Scenario, VmConfig
 from sim.guest.workloads import AccessStream
-from sim.host.memcontrol import MEMCG_EVENTS, MemcgLimits, MemCgroups
-from sim.host.memory import HAS_FRAME, PG_LOCKED, PG_SWAP, PTE_PRESENT, HostMemory, Watermarks
+from sim.host.memcontrol import (
+    MEMCG_EVENTS,
+    MEMCG_HIGH,
+    MEMCG_LOW,
+    MEMCG_MAX,
+    MEMCG_OOM,
+    MEMCG_SWAP_MAX,
+    MemcgLimits,
+    MemCgroups,
+)
+from sim.host.memory import (
+    HAS_FRAME,
+    PG_DIRTY,
+    PG_LOCKED,
+    PG_SWAP,
+    PG_WRITEBACK,
+    PTE_PRESENT,
+    HostMemory,
+    Watermarks,
+)
 from sim.host.mm import Mm
 from sim.host.rmap import Rmap
 from sim.host.swap import SwapDevice
@@ -168,6 +186,8 @@ class Machine:
                 sc.output.model_dump(),
                 sc.output.chunk_rows,
                 rng_seed=int(rng_for(sc.seed, "recorder").integers(2**63)),
+                memcg=self.memcg_limits is not None,
+                files=self.file_pages > 0,
             )
         self.rmap = Rmap(mem, mms, vmstat)
         self.vmscan = Vmscan(mem, self.swap, self.rmap, mms, now, schedule, vmstat, self.recorder)
@@ -294,7 +314,9 @@ class Machine:
             vs[VmStat.TLB_FLUSHES],
             self.swap.nr_slots - self.swap.nr_free_slots,
         ]
-        per_vm = []
+        if self.file_pages:
+            host += [lru.get("inactive_file", 0), lru.get("active_file", 0), *self._file_dirty()]
+        per_vm: list[list[int | None]] = []
         for vm in self.vms:
             st = vm.stats
             per_vm.append(
@@ -308,7 +330,41 @@ class Machine:
                     st.tlb_flush_exits,
                 ]
             )
+            if self.memcg_limits is not None:
+                per_vm[-1] += self._memcg_sample(vm.index)
         self.recorder.sample(t_ns, per_vm, host)
+
+    def _memcg_sample(self, i: int) -> list[int | None]:
+        """Memcg ``i``'s timeline columns (``TIMELINE_MEMCG_COLUMNS``): ``memory.current`` and
+        ``memory.swap.current`` as ``MemCgroups`` reads them, its vmstat breakdown under
+        memory.stat's and memory.events' names, and its own lruvec's anon lists. A counter
+        the host counts without a per-VM breakdown is null (unknown share), not 0."""
+        vs = self.vmstat
+        pm = vs.per_mm[i]
+        lv = self.policy.lruvecs[i].lru_sizes()  # type: ignore[attr-defined]
+        refault = VmStat.WORKINGSET_REFAULT
+        unknown = refault not in vs.broken_down and vs[refault] > 0
+        return [
+            int(self.mem.nr_resident[i]),
+            self._swap_usage(i),
+            pm[VmStat.PGSCAN_KSWAPD] + pm[VmStat.PGSCAN_DIRECT],
+            pm[VmStat.PGSTEAL_KSWAPD] + pm[VmStat.PGSTEAL_DIRECT],
+            None if unknown else pm[refault],
+            pm[MEMCG_LOW],
+            pm[MEMCG_HIGH],
+            pm[MEMCG_MAX],
+            pm[MEMCG_OOM],
+            pm[VmStat.OOM_KILL],
+            pm[MEMCG_SWAP_MAX],
+            lv.get("inactive", 0),
+            lv.get("active", 0),
+        ]
+
+    def _file_dirty(self) -> tuple[int, int]:
+        """Page-cache folios dirty and under write-back (``nr_dirty``, the file part of
+        ``nr_writeback``), read off their page flags."""
+        f = self.mem.flags[self.mem.file_base :]
+        return int(np.count_nonzero(f & PG_DIRTY)), int(np.count_nonzero(f & PG_WRITEBACK))
 
     def stall_ns(self, vm: Vm, t_ns: int) -> int:
         """The VM's vCPU stall up to ``t_ns`` (time-less worlds: what was counted)."""
@@ -337,6 +393,7 @@ class Machine:
                 for vm in self.vms
             ],
             "vmstat": dict(vs),
+            "per_mm": [dict(c) for c in vs.per_mm],
         }
 
     def tails(self, t_ns: int) -> tuple[list[np.ndarray], FaultLatencies | None]:
@@ -358,7 +415,7 @@ class Machine:
             assert self.at_warmup is not None, "the run did not reach the end of its warm-up"
             base = self.at_warmup
         else:
-            base = {"vms": [None] * len(self.vms), "vmstat": {}}
+            base = {"vms": [None] * len(self.vms), "vmstat": {}, "per_mm": [{}] * len(self.vms)}
         dur_s = max(sim_time_ns - warm, 1) / 1e9
         fracs, lat = self.tails(sim_time_ns)
         vms = []
@@ -404,7 +461,14 @@ class Machine:
                 }
             )
             if self.memcg is not None and self.sc.vm_list()[vm.index][1].memcg is not None:
-                vms[-1]["memcg"] = self.memcg.stat(vm.index)
+                mm_then = base["per_mm"][vm.index]
+                vms[-1]["memcg"] = {
+                    **self.memcg.stat(vm.index),
+                    # its breakdown of vmstat from the warm-up's end (the flat rows read it)
+                    "vmstat_after_warmup": {
+                        k: v - mm_then.get(k, 0) for k, v in vs.mm_stat(vm.index).items()
+                    },
+                }
         kvm_rmap = vs[VmStat.SPTES_WALKED] if sc.kvm.mmu != "tdp" else 0
         swap = self.swap
         host = {

@@ -15,21 +15,42 @@ Fill
        heat is its sampled accesses per second of guest time (ties: touched last is hotter),
        comparable across VMs with different rates.
     2. What fits: pages in order of heat get frames while free memory stays above the high
-       watermark (``pgdat_balanced``: kswapd has nothing to do at time 0). The rest, coldest
-       last, take swap slots while there are free ones, holding the shadow entries the policy's
-       ``workingset_eviction`` gives (taken on frames that are still free: the folios were
-       evicted before time 0 and have no state to carry); without a slot they stay untouched.
-    3. How: in one batch, the state the first-touch path leaves (``do_anonymous_page``: a
+       watermark (``pgdat_balanced``: kswapd has nothing to do at time 0) and, for a VM in a
+       memcg, while its ``memory.current`` stays at or under ``memory.max`` and
+       ``memory.high`` (``try_charge_memcg`` would reclaim it back there; the frames are
+       charged as ``nr_resident`` is the charge). The rest, coldest last, take swap slots while
+       there are free ones and their memcg is under ``memory.swap.max``
+       (``__mem_cgroup_try_charge_swap``: charged to ``memory.swap.current``), holding the
+       shadow entries their own lruvec's ``workingset_eviction`` gives (taken on frames that
+       are still free: the folios were evicted before time 0 and have no state to carry);
+       without a slot they stay untouched.
+    3. The compressed pool (zram, zswap): the swapped pages are stored as reclaim's writes
+       store them, oldest eviction first: zram keeps every one (``zram_write_page``); zswap
+       runs ``zswap_store`` a reclaim batch (SWAP_CLUSTER_MAX) at a time, with its pool limit,
+       accept-threshold hysteresis and ``reject_compress_poor``, and ``shrink_worker`` sends
+       the oldest entries to the device when a batch finds the pool full: the pool ends with
+       the newest evictions, the rest on the device. The pool's frames (``zs_get_total_pages``)
+       come from the same room above the high watermark, so residents shrink (coldest first)
+       until residents and pool fit together: a few rounds, as each page moved out costs the
+       pool only its compressed size, then a search if that does not settle. If even no
+       resident page leaves room for the pool (pages compressing too poorly for the host: a
+       long run would end in the OOM killer), the pool keeps the newest evictions that fit and
+       the rest stay untouched.
+    4. How: in one batch, the state the first-touch path leaves (``do_anonymous_page``: a
        dirty, young anon page; KVM maps a present, accessed spte, ``map_sptes``), then, coldest
        first so the hottest are the most recently used, the policy hooks that path calls
        (``folio_add_lru``, ``folio_mark_accessed`` for GUP's FOLL_TOUCH and for
-       ``kvm_release_faultin_page``). With the classic two-list policy every page therefore
+       ``kvm_release_faultin_page``; batched as ``folio_add_lru_touched`` where the policy
+       has it). With the classic two-list policy every page therefore
        starts active, as after a first touch, and kswapd's first pass deactivates the cold
        end; MGLRU starts them in its youngest generation.
 
 Counting
-    Nothing of the fill is counted: not in vmstat (``pgfault``, ``pswpout``, ``pgsteal``),
-    nor as guest faults, nor in KVM's ``pf_fixed``: it did not happen in the measured run.
+    Nothing of the fill is counted: not in vmstat (``pgfault``, ``pswpout``, ``pgsteal``,
+    ``zswpout``, zswap's debugfs counters, ``memory.events``), nor as guest faults, nor in KVM's
+    ``pf_fixed``: it did not happen in the measured run (zswap's rules run against a scratch
+    counter set). The state is the run's own: memcg charges, pool objects and frames, zswap's
+    LRU and its "full" flag carry on from the fill.
 
 Simplifications
     With shadow paging only alias 0 of each page is mapped (the others fault minor on first
@@ -38,7 +59,7 @@ Simplifications
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -46,7 +67,17 @@ from numpy.typing import NDArray
 
 from sim.config import VmConfig
 from sim.guest.workloads import AccessStream
-from sim.host.memory import PG_DIRTY, PG_RESIDENT, PG_SWAP, PTE_PRESENT, PTE_YOUNG
+from sim.host.memory import (
+    PG_DIRTY,
+    PG_RESIDENT,
+    PG_SWAP,
+    PTE_PRESENT,
+    PTE_YOUNG,
+    SWAP_CLUSTER_MAX,
+)
+from sim.host.vmstat import new_vmstat
+from sim.host.zpool import Zpool
+from sim.host.zswap import Zswap
 from sim.machine import rng_for
 
 if TYPE_CHECKING:
@@ -54,6 +85,7 @@ if TYPE_CHECKING:
 
 PASSES = 16  # sampled accesses per working-set page
 MAX_SAMPLE = 1 << 24  # sampled accesses per VM, at most (bounds the fill's time and memory)
+MAX_FIT_ROUNDS = 32  # rounds of shrinking the resident set for the pool's frames, then a search
 _NEW_ANON = np.uint8(PTE_PRESENT | PTE_YOUNG | PG_DIRTY | PG_RESIDENT)
 
 
@@ -88,7 +120,7 @@ def heat(w: World, index: int, cfg: VmConfig) -> NDArray[np.float64]:
 
 def prefault(w: World, cfgs: Sequence[VmConfig]) -> None:
     """Place the pages of every VM with ``prefault`` as the module docstring says."""
-    mem, policy, swap = w.mem, w.policy, w.swap
+    mem, swap = w.mem, w.swap
     pids, hot = [], []
     for i, cfg in enumerate(cfgs):
         if not cfg.prefault:
@@ -100,23 +132,146 @@ def prefault(w: World, cfgs: Sequence[VmConfig]) -> None:
     pid = np.concatenate(pids)
     order = np.lexsort((-pid, np.concatenate(hot)))[::-1]  # hottest first; ties: lower pid
     pid = pid[order]
+    owner = mem.page_owners(pid)
+    fits = np.ones(len(pid), dtype=np.bool_)  # under its memcg's memory.max and memory.high
+    if w.memcg is not None:
+        lim, nr = w.memcg.limits, len(w.vms)
+        cap = np.minimum(lim.max, lim.high) - mem.nr_resident[:nr]
+        fits = _rank(owner, nr) < cap[owner]
     room = max(0, mem.nr_free - mem.wmark.high - 1)  # stay above high: nr_free > high
-    resident, rest = pid[:room], pid[room:]
-    swapped = rest[: swap.alloc_slots(len(rest))]
-    if len(swapped):  # evicted before time 0, coldest longest ago
-        cold_first = swapped[::-1]
-        scratch = mem.free_list()[: len(cold_first)]
-        shadows = np.concatenate(
-            [
-                policy.workingset_eviction(scratch[: len(part)])
-                for part in np.array_split(cold_first, -(-len(cold_first) // max(1, len(scratch))))
-            ]
-        )
-        mem.flags[cold_first] = np.uint8(PG_SWAP)
-        mem.pfn[cold_first] = shadows
-        mem.nr_swapped += np.bincount(mem.page_owners(cold_first), minlength=len(mem.nr_swapped))
-    if len(resident) == 0:
+    k = min(room, int(fits.sum()))
+    for _ in range(MAX_FIT_ROUNDS):  # fewer resident pages, more in the pool, until both fit
+        resident, swapped = _split(w, pid, owner, fits, k)
+        frames = _pool_frames(w, swapped)
+        if k + frames <= room or k == 0:
+            break
+        k = min(k - 1, room - frames) if room > frames else 0
+    else:  # the pool grows about as fast as residents shrink: search instead
+
+        def fit(m: int) -> bool:
+            return m + _pool_frames(w, _split(w, pid, owner, fits, m)[1]) <= room
+
+        k = _largest(k, fit)
+        resident, swapped = _split(w, pid, owner, fits, k)
+    if k + _pool_frames(w, swapped) > room:  # a pool too big even alone: keep what fits
+        n_ok = _largest(len(swapped), lambda m: _pool_frames(w, swapped[:m]) <= room - k)
+        swapped = swapped[:n_ok]
+    got = swap.alloc_slots(len(swapped))
+    assert got == len(swapped), "the fill took more slots than were free"
+    _place_swapped(w, swapped)
+    if len(resident):
+        _place_resident(w, resident)
+    if swap.zpool is not None:
+        swap.zpool.fit()
+
+
+def _rank(owner: NDArray[np.intp], nr: int) -> NDArray[np.int64]:
+    """Each page's place among its own VM's pages, in the given order (0: first)."""
+    rank = np.empty(len(owner), dtype=np.int64)
+    for i in range(nr):
+        idx = np.flatnonzero(owner == i)
+        rank[idx] = np.arange(len(idx))
+    return rank
+
+
+def _split(
+    w: World, pid: NDArray[np.int64], owner: NDArray[np.intp], fits: NDArray[np.bool_], k: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """The ``k`` hottest pages that fit their memcg get frames; of the others, warmest first,
+    those with a free swap slot and room under their memcg's memory.swap.max start in swap
+    (warmest first). Returns (resident, swapped), both hottest first."""
+    chosen = np.zeros(len(pid), dtype=np.bool_)
+    chosen[np.flatnonzero(fits)[:k]] = True
+    rest, rest_owner = pid[~chosen], owner[~chosen]
+    if w.memcg is not None:
+        allow = np.asarray(w.memcg.limits.swap_max, dtype=np.int64) - w.memcg.swap_usage
+        rest = rest[_rank(rest_owner, len(w.vms)) < allow[rest_owner]]
+    return pid[chosen], rest[: w.swap.nr_free_slots]
+
+
+def _pool_frames(w: World, swapped: NDArray[np.int64]) -> int:
+    """Frames the compressed pool would hold with ``swapped`` stored as evictions would store
+    them (0 without a pool); nothing is changed."""
+    pool, zswap = w.swap.zpool, w.swap.zswap
+    if pool is None or len(swapped) == 0:
+        return 0
+    size = pool.obj_bytes[swapped]
+    if zswap is not None:
+        size = size[size < pool.page_bytes]  # zswap_compress rejects the rest
+    frames = -(-int(size.sum(dtype=np.int64)) // pool.page_bytes)
+    if zswap is None or frames < zswap.max_pages:  # zram, or a zswap that never fills
+        return frames
+    scratch = Zpool(w.mem, pool.obj_bytes, pool.page_bytes, track_lru=pool.track_lru)
+    _store(w, scratch, swapped[::-1])
+    return scratch.frames_needed()
+
+
+def _store(w: World, pool: Zpool, cold_first: NDArray[np.int64]) -> Zswap | None:
+    """Store pages into ``pool`` as reclaim's writes would, oldest eviction first: zram keeps
+    every one; zswap goes through ``zswap_store`` (its pool limit with the accept threshold,
+    poorly compressing pages rejected) a reclaim batch at a time, its shrink worker sending
+    the oldest entries on to the device when the pool fills. Counts go to a scratch vmstat
+    (the fill is not part of the measured run). Returns the zswap that did it (its limit
+    state), or None for zram."""
+    swap = w.swap
+    if swap.zswap is None:
+        pool.store(cold_first)
+        return None
+    zswap = Zswap(swap.zswap.cfg, pool, w.nr_frames, new_vmstat(len(w.vms)))
+    owners = w.mem.page_owners(cold_first)
+    for lo in range(0, len(cold_first), SWAP_CLUSTER_MAX):
+        hi = lo + SWAP_CLUSTER_MAX
+        _, _, full = zswap.store(cold_first[lo:hi].astype(np.int32), owners[lo:hi])
+        if full:
+            zswap.shrink()
+    return zswap
+
+
+def _largest(n: int, ok: Callable[[int], bool]) -> int:
+    """The largest ``m`` in [0, n] with ``ok(m)`` (``ok`` holds at 0 and is monotone)."""
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _place_swapped(w: World, swapped: NDArray[np.int64]) -> None:
+    """Pages evicted before time 0, coldest longest ago: PG_SWAP with the shadow their own
+    lruvec's ``workingset_eviction`` gives (taken on free frames: the folios have no state to
+    carry), charged to their memcg's memory.swap.current, stored in the compressed pool."""
+    if len(swapped) == 0:
         return
+    mem, policy = w.mem, w.policy
+    cold_first = swapped[::-1]
+    scratch = mem.free_list()[: len(cold_first)]
+    lruvecs = getattr(policy, "lruvecs", None) if w.memcg is not None else None
+    shadows = np.empty(len(cold_first), dtype=np.uint32)
+    owners = mem.page_owners(cold_first)
+    for i in range(len(w.vms)) if lruvecs is not None else (-1,):
+        idx = np.flatnonzero(owners == i) if i >= 0 else np.arange(len(cold_first))
+        if len(idx) == 0:
+            continue
+        lruvec = lruvecs[i] if lruvecs is not None else policy
+        for part in np.array_split(idx, -(-len(idx) // max(1, len(scratch)))):
+            shadows[part] = lruvec.workingset_eviction(scratch[: len(part)])
+    mem.flags[cold_first] = np.uint8(PG_SWAP)
+    mem.pfn[cold_first] = shadows
+    mem.nr_swapped += np.bincount(owners, minlength=len(mem.nr_swapped))
+    if w.memcg is not None:
+        w.memcg.charge_swap(cold_first)
+    if w.swap.zpool is not None:
+        zswap = _store(w, w.swap.zpool, cold_first)
+        if zswap is not None and w.swap.zswap is not None:
+            w.swap.zswap.reached_full = zswap.reached_full
+
+
+def _place_resident(w: World, resident: NDArray[np.int64]) -> None:
+    """The state the first-touch path leaves, then its policy hooks, coldest first."""
+    mem, policy = w.mem, w.policy
     cold_first = resident[::-1]
     pfns = mem.alloc_frames(cold_first)
     mem.flags[cold_first] = _NEW_ANON
@@ -125,6 +280,10 @@ def prefault(w: World, cfgs: Sequence[VmConfig]) -> None:
         mine = owners == vm.index
         if mine.any():
             vm.mmu.map_sptes(cold_first[mine] - vm.mm.pid_base)
+    batched = getattr(policy, "folio_add_lru_touched", None)
+    if batched is not None:  # the same hooks for many folios at once (two_list, MGLRU)
+        batched(pfns)
+        return
     for pfn in pfns.tolist():  # the first-touch path's hooks, in LRU order
         policy.folio_add_lru(pfn, None)
         policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH

@@ -6,7 +6,9 @@ Tables (columns documented in README.md, "Output files")
     A missing value is a null, never NaN: ``next_access_ns`` of a page that did not come back,
     ``idle_rank`` when no resident page could be sampled.
     ``faults``: one row per guest fault. ``timeline``: one row per VM per sample, with host-wide
-    columns repeated on each row; counters are cumulative, like ``/proc/vmstat``.
+    columns repeated on each row; counters are cumulative, like ``/proc/vmstat``. Runs with
+    memcgs add each VM's memcg columns, runs with a page cache the host's file columns
+    (:func:`timeline_schema`); other runs' files stay as they were.
 
 Determinism
     Row groups are cut at fixed row counts and nothing time- or host-dependent is written, so the
@@ -88,10 +90,45 @@ TIMELINE_HOST_COLUMNS = [
     "remote_tlb_flush",
     "swap_used_pages",
 ]
-TIMELINE_SCHEMA = pa.schema(
-    [("t_ns", pa.int64()), ("vm", pa.dictionary(pa.int16(), pa.string()))]
-    + [(c, pa.int64()) for c in TIMELINE_VM_COLUMNS + TIMELINE_HOST_COLUMNS]
-)
+TIMELINE_MEMCG_COLUMNS = [
+    "memory_current_pages",
+    "memory_swap_current_pages",
+    "pgscan",
+    "pgsteal",
+    "workingset_refault_anon",
+    "memory_events_low",
+    "memory_events_high",
+    "memory_events_max",
+    "memory_events_oom",
+    "memory_events_oom_kill",
+    "memory_swap_events_max",
+    "inactive_anon_pages",
+    "active_anon_pages",
+]
+"""Per-VM columns of runs where some VM has a memcg (after the per-VM columns)."""
+TIMELINE_FILE_COLUMNS = [
+    "lru_inactive_file",
+    "lru_active_file",
+    "file_dirty_pages",
+    "file_writeback_pages",
+]
+"""Host columns of runs with a host page cache (after the host columns)."""
+
+
+def timeline_schema(memcg: bool = False, files: bool = False) -> pa.Schema:
+    """The timeline's columns: the memcg and page-cache columns only in runs that have them,
+    so every other run writes the same file as before they existed."""
+    vm_cols = TIMELINE_VM_COLUMNS + (TIMELINE_MEMCG_COLUMNS if memcg else [])
+    host_cols = TIMELINE_HOST_COLUMNS + (TIMELINE_FILE_COLUMNS if files else [])
+    return pa.schema(
+        [("t_ns", pa.int64()), ("vm", pa.dictionary(pa.int16(), pa.string()))]
+        + [(c, pa.int64()) for c in vm_cols + host_cols]
+    )
+
+
+TIMELINE_SCHEMA = timeline_schema()
+TIMELINE_FULL_SCHEMA = timeline_schema(memcg=True, files=True)
+"""Every column the timeline can have (the README documents them all)."""
 
 IDLE_RANK_SAMPLE = 64  # resident frames sampled per eviction batch for idle_rank
 
@@ -188,6 +225,8 @@ class Recorder:
         enabled: which tables to write.
         chunk_rows: rows per row group (and the buffer bound).
         rng_seed: seed of the idle-rank sampler.
+        memcg: the timeline has the per-VM memcg columns.
+        files: the timeline has the page-cache columns.
     """
 
     def __init__(
@@ -200,13 +239,17 @@ class Recorder:
         enabled: dict[str, bool],
         chunk_rows: int,
         rng_seed: int = 0,
+        *,
+        memcg: bool = False,
+        files: bool = False,
     ) -> None:
         self.outdir, self.vm_base, self.mem = outdir, vm_base, mem
         self.chunk_rows = chunk_rows
         labels = {"vm": list(vm_names), "policy": [policy], "kind": list(FAULT_KINDS)}
         self._kind_code = {k: i for i, k in enumerate(FAULT_KINDS)}
         self.tables: dict[str, Table] = {}
-        for name, schema in TABLES.items():
+        schemas = {**TABLES, "timeline": timeline_schema(memcg, files)}
+        for name, schema in schemas.items():
             if enabled.get(name, True):
                 path = outdir / (
                     f"{name}.parquet.part" if name == "evictions" else f"{name}.parquet"
@@ -283,7 +326,9 @@ class Recorder:
         if self.fl is not None:
             self.fl.append(t_ns, vm, vcpu, gfn, self._kind_code[kind], latency_ns)
 
-    def sample(self, t_ns: int, per_vm: Sequence[Sequence[int]], host: Sequence[int]) -> None:
+    def sample(
+        self, t_ns: int, per_vm: Sequence[Sequence[int | None]], host: Sequence[int]
+    ) -> None:
         """Timeline rows: one per VM, host columns repeated."""
         if self.tl is None:
             return

@@ -575,8 +575,12 @@ FRACTION_METRICS = frozenset(
         "stall_window_p99",
         "stall_window_max",
         "promotion_rate_per_min",
+        "memcg_worst_stall_fraction",
     }
 )
+
+MEMCG_EVENT_KEYS = ("memcg_low", "memcg_high", "memcg_max", "memcg_oom", "memcg_swap_max")
+"""vmstat keys of ``memory.events`` (runs with a memcg only)."""
 
 
 def vm_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -625,4 +629,37 @@ def metric_row(summary: dict[str, Any]) -> dict[str, Any]:
     q = summary.get("quality")
     if q:
         out.update({k: q[k] for k in ("opt_faults", "lru_faults", "opt_gap", "lru_gap")})
+    out.update(memcg_columns(summary, host, after))
+    return out
+
+
+def memcg_columns(summary: dict[str, Any], host: dict[str, Any], after: str) -> dict[str, Any]:
+    """A memcg run's columns (none without memcgs): ``memory.events`` summed over every VM
+    (``memcg_max``: charges that hit a memory.max, ...; nonzero means some VM hit that limit),
+    and the worst memcg VM: the one with the highest stall fraction, the figure a VM's SLO
+    breaks on first, with its stall, major faults per second, reclaim (``pgscan``/``pgsteal``:
+    its share of kswapd, direct and limit reclaim) and its own ``memory.events`` high and max.
+    Everything counts from the warm-up's end, as the rest of the row."""
+    cgs = [v for v in summary["vms"] if v.get("memcg")]
+    if not cgs:
+        return {}
+    out: dict[str, Any] = {k: host.get(after + k, 0) for k in MEMCG_EVENT_KEYS}
+    worst = max(cgs, key=lambda v: v["stall_fraction"])  # the first on ties: VM order
+    cg = worst["memcg"]
+    vs = cg.get("vmstat_after_warmup", worst["vmstat"])  # older summaries: whole-run
+
+    def both(kind: str) -> int:
+        return int(vs.get(f"{kind}_kswapd", 0) + vs.get(f"{kind}_direct", 0))
+
+    out.update(
+        {
+            "memcg_worst_vm": worst["name"],
+            "memcg_worst_stall_fraction": worst["stall_fraction"],
+            "memcg_worst_major_faults_per_s": worst["major_faults_per_s"],
+            "memcg_worst_pgscan": both("pgscan"),
+            "memcg_worst_pgsteal": both("pgsteal"),
+            "memcg_worst_high": int(vs.get("memcg_high", 0)),
+            "memcg_worst_max": int(vs.get("memcg_max", 0)),
+        }
+    )
     return out

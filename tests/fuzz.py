@@ -108,6 +108,12 @@ MEMCGS: list[Any] = [
     {"maxmib": 1},
     {},
 ]
+COMPRESSED: list[Any] = [
+    {},
+    {"device": "zram"},
+    {"zswap": {"enabled": True, "max_pool_percent": 1}},
+    {"zswap": {"enabled": True, "max_pool_percent": 100, "accept_threshold_percent": 0}},
+]
 KEYS = ["colour", "memroy_mib", "vms.0", "[/]", ":100:", "", "x" * 300, "ü"]
 FILES: list[Any] = [  # host_files sections; "@vm" is replaced by the last VM's name
     {"size_mib": 1},
@@ -352,6 +358,7 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
                 "trace",
                 "memcg",
                 "files",
+                "prefault",
             ]
         )
         if op == "delete":
@@ -392,6 +399,13 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
             raw["reclaim"] = {"policy": "two_list"}
             if last and rng.random() < 0.7:
                 last["memcg"] = {}
+        elif op == "prefault" and isinstance(raw, dict):
+            vms = raw.get("vms")
+            if isinstance(vms, list) and vms and isinstance(vms[-1], dict):
+                vms[-1]["prefault"] = True  # with a memcg, zram or zswap: the fill's new paths
+                swap = raw.get("swap")
+                if isinstance(swap, dict):
+                    swap.update(copy.deepcopy(rng.choice(COMPRESSED)))
     return raw
 
 

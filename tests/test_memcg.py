@@ -299,21 +299,29 @@ page_cache = st.fixed_dictionaries(
     st.sampled_from(["two_list", "mglru"]),
     st.sampled_from(["none", "root", "vm", "both"]),
     page_cache,
+    st.lists(st.booleans(), min_size=3, max_size=3),
 )
 def test_invariants_hold_with_memcgs(
-    raw: dict[str, Any], cgs: list[Any], policy: str, files: str, hf: dict[str, Any]
+    raw: dict[str, Any],
+    cgs: list[Any],
+    policy: str,
+    files: str,
+    hf: dict[str, Any],
+    prefault: list[bool],
 ) -> None:
-    """Random two-list and MGLRU worlds where VMs have random memcgs: charges equal frames
-    owned (file pages included), swap charges equal slots held, each lruvec holds its memcg's
-    folios, the memcg LRU holds every memcg once, at every checked millisecond. Two-list
+    """Random two-list and MGLRU worlds where VMs have random memcgs, some prefaulted: charges
+    equal frames owned (file pages included), swap charges equal slots held, each lruvec holds
+    its memcg's folios, the memcg LRU holds every memcg once, right after the fill and at every
+    checked millisecond; the fill charges nothing past memory.max or memory.swap.max. Two-list
     worlds with a page cache charge it to the root, to a VM's memcg, or one file each."""
     raw["reclaim"] = {"policy": policy}
     raw.pop("host_files", None)
-    for p, cg in zip(raw["vms"], cgs, strict=False):
+    for p, cg, pre in zip(raw["vms"], cgs, prefault, strict=False):
         if cg is not None:
             p["memcg"] = cg
+        p["prefault"] = pre
     charged = [p for p in raw["vms"] if "memcg" in p]
-    if policy == "two_list" and files != "none":  # MGLRU has no file type yet
+    if policy == "two_list" and files != "none":  # MGLRU has no per-memcg file type
         raw["reclaim"]["swappiness"] = hf.pop("swappiness")
         raw["host_files"] = hf
         if charged and files != "root":
@@ -323,6 +331,12 @@ def test_invariants_hold_with_memcgs(
             if files == "both":
                 raw["host_files"].append(hf | {"size_mib": 1, "write_ratio": 0.0})
     w = World(parse_scenario(raw))
+    w.check()
+    if w.memcg is not None:
+        lim = w.memcg.limits
+        for i in range(len(w.vms)):
+            assert w.memcg.usage(i) <= min(lim.max[i], lim.high[i])
+            assert w.memcg.swap_usage[i] <= lim.swap_max[i]
     assert run_checked(w) >= 10
     w.summary(0.0)
 
@@ -644,3 +658,55 @@ def test_min_ttl_counts_a_memcg_below_min_as_not_reclaimable() -> None:
         sc = ScanControl(nr_to_reclaim=32, priority=12)
         _run(pol.age_node(sc, _Host()))
         assert pol.vmstat["mglru_min_ttl_oom"] == oom
+
+
+def test_shrink_many_restarts_when_another_reclaimer_rotated_the_next_memcg() -> None:
+    """Five VMs under mglru, a memcg with memory.min, two prefaulted groups: while one
+    reclaimer shrinks a memcg, another rotates the next one in the bin out of it; the walk
+    starts the bin again (as the kernel's ``shrink_many`` restarts) instead of losing its
+    place. Found by the random worlds once they drew prefault."""
+    phases = {
+        "type": "phases",
+        "phases": [
+            {"duration_s": 0.005, "workload": {"type": "scan"}},
+            {
+                "duration_s": 0.01,
+                "workload": {"type": "zipf", "alpha": 1.2},
+                "offset_mib": 1,
+                "working_set_mib": 1,
+            },
+        ],
+    }
+    vm = {"count": 2, "memory_mib": 6, "vcpus": 1, "access_rate_per_s": 1312678}
+    raw = {
+        "name": "race",
+        "seed": 10475,
+        "duration_s": 0.06,
+        "host": {"memory_mib": 12},
+        "reclaim": {"policy": "mglru"},
+        "swap": {
+            "size_mib": 4,
+            "latency_cv": 0.0,
+            "queue_depth": 1,
+            "page_cluster": 0,
+            "device": "zram",
+        },
+        "kvm": {"mmu_notifiers": False, "ept_ad_bits": False},
+        "vms": [
+            {"name": "p0", **vm, "workload": phases},
+            {"name": "p1", **vm, "write_ratio": 0.795082525, "workload": phases, "prefault": True},
+            {
+                "name": "p2",
+                "memory_mib": 5,
+                "vcpus": 3,
+                "access_rate_per_s": 1067289,
+                "write_ratio": 0.220868738,
+                "workload": {"type": "zipf", "alpha": 1.872762311},
+                "memcg": {"min_mib": 3},
+                "prefault": True,
+            },
+        ],
+        "engine": {"batch_accesses": 1},
+    }
+    w = World(parse_scenario(raw))
+    assert run_checked(w) >= 10

@@ -399,6 +399,10 @@ def test_finds_the_smallest_memory_max_that_holds_the_working_set(tmp_path: Path
     runs = pd.read_parquet(out / "plan.parquet")
     assert (runs[runs["memcg.max_mib"] >= WS_MIB].major_faults_per_s == 0).all()
     assert (runs[runs["memcg.max_mib"] < WS_MIB].major_faults_per_s > 1000).all()
+    # the flat rows' memcg columns (after the warm-up) say the same without the summaries
+    assert (runs[runs["memcg.max_mib"] >= WS_MIB].memcg_max == 0).all()
+    assert (runs[runs["memcg.max_mib"] < WS_MIB].memcg_max > 0).all()
+    assert (runs[runs["memcg.max_mib"] < WS_MIB].memcg_worst_pgsteal > 0).all()
     for run in runs.run:  # each run's memcg has the candidate's memory.max, in pages
         summary = json.loads((out / "runs" / run / "summary.json").read_text())
         value = int(runs[runs.run == run]["memcg.max_mib"].iloc[0])

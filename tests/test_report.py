@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from analysis.report import write_report
 from sim.cli import main
+from sim.config import parse_scenario
 from sim.engine import run_scenario
 from sim.sweep import run_sweep
 from tests.conftest import TINY, tiny
@@ -43,6 +44,22 @@ def test_run_report(tmp_path: Path) -> None:
     assert "demand mode only" in md  # says why the quality figure is absent
 
 
+def test_memcg_run_report_draws_memory_current(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    raw: dict[str, Any] = {**TINY, "duration_s": 0.05}
+    raw["vms"] = [
+        {**TINY["vms"][0], "count": 1, "name": "capped", "memcg": {"max_mib": 4, "high_mib": 3}},
+        {**TINY["vms"][0], "count": 1, "name": "free"},
+    ]
+    run_scenario(parse_scenario(raw), run, command=[])
+    target, figures = write_report(run, tmp_path / "rep")
+    assert "memcg" in figures
+    _check(target, set(figures))
+    plain = tmp_path / "plain"
+    run_scenario(tiny(duration_s=0.05), plain, command=[])
+    assert "memcg" not in write_report(plain, tmp_path / "rep2")[1]
+
+
 def test_demand_mode_run_report_has_quality(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run_scenario(
@@ -65,7 +82,23 @@ def test_sweep_report(tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["report", str(out), "-o", str(tmp_path / "rep")])
     assert r.exit_code == 0, r.output
     _check(tmp_path / "rep", {"sweep"})
-    assert "vms.0.vcpus" in (tmp_path / "rep" / "report.md").read_text()
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "vms.0.vcpus" in md
+    assert "memcg_max" not in md  # no memcgs, no memcg columns
+
+
+def test_memcg_sweep_report_shows_the_memcg_columns(tmp_path: Path) -> None:
+    base: dict[str, Any] = {**TINY, "duration_s": 0.03}
+    base["vms"] = [{**TINY["vms"][0], "count": 1, "name": "capped", "memcg": {"max_mib": 1}}]
+    spec = {"base": base, "grid": {"vms.0.memcg.max_mib": [1, 8]}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out, _ = run_sweep(path, tmp_path / "sw", workers=1)
+    target, figures = write_report(out, tmp_path / "rep")
+    _check(target, set(figures))
+    md = (target / "report.md").read_text()
+    assert "memcg_max" in md
+    assert "memcg_worst_stall_fraction" in md
 
 
 def test_not_a_result_dir_is_one_line_exit_2(tmp_path: Path) -> None:

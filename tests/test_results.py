@@ -133,3 +133,82 @@ def test_names_and_temporaries() -> None:
     assert not is_temp_name("results")
     assert not is_temp_name(".results.tmp-123")  # the old pattern is nobody's business now
     assert not re.fullmatch(NAME_PATTERN, t)  # no valid name is ever a temporary
+
+
+MEMCG_COLUMNS = [
+    "memcg_low",
+    "memcg_high",
+    "memcg_max",
+    "memcg_oom",
+    "memcg_swap_max",
+    "memcg_worst_vm",
+    "memcg_worst_stall_fraction",
+    "memcg_worst_major_faults_per_s",
+    "memcg_worst_pgscan",
+    "memcg_worst_pgsteal",
+    "memcg_worst_high",
+    "memcg_worst_max",
+]
+
+
+def test_memcg_columns_sum_events_and_pick_the_most_stalled_memcg_vm() -> None:
+    """By hand: events are the host's after-warm-up totals; the worst VM is the memcg VM with
+    the highest stall fraction (``c``, not the unlimited ``b`` that stalls more), read from its
+    after-warm-up breakdown (pgscan 30 + 5, pgsteal 20 + 4)."""
+    from sim.results import memcg_columns
+
+    def vm(name: str, stall: float, memcg: dict | None) -> dict:
+        v = {"name": name, "stall_fraction": stall, "major_faults_per_s": stall * 100}
+        v["vmstat"] = {"pgscan_kswapd": 999}  # whole-run: not read when the block has its own
+        return v | ({"memcg": memcg} if memcg is not None else {})
+
+    after = {"pgscan_kswapd": 30, "pgscan_direct": 5, "pgsteal_kswapd": 20, "pgsteal_direct": 4}
+    s = {
+        "vms": [
+            vm("a", 0.1, {"vmstat_after_warmup": {"memcg_max": 1}}),
+            vm("b", 0.9, None),
+            vm("c", 0.5, {"vmstat_after_warmup": {**after, "memcg_max": 7, "memcg_high": 2}}),
+        ]
+    }
+    host = {"vmstat_after_warmup_memcg_max": 8, "vmstat_after_warmup_memcg_high": 2}
+    cols = memcg_columns(s, host, "vmstat_after_warmup_")
+    assert list(cols) == MEMCG_COLUMNS
+    assert cols == {
+        "memcg_low": 0,
+        "memcg_high": 2,
+        "memcg_max": 8,
+        "memcg_oom": 0,
+        "memcg_swap_max": 0,
+        "memcg_worst_vm": "c",
+        "memcg_worst_stall_fraction": 0.5,
+        "memcg_worst_major_faults_per_s": 50.0,
+        "memcg_worst_pgscan": 35,
+        "memcg_worst_pgsteal": 24,
+        "memcg_worst_high": 2,
+        "memcg_worst_max": 7,
+    }
+    assert memcg_columns({"vms": [vm("b", 0.9, None)]}, host, "vmstat_after_warmup_") == {}
+
+
+def test_memcg_sweep_rows_count_from_the_warm_up(tmp_path: Path) -> None:
+    """A sweep over memory.max: every row has the memcg columns, equal to its summary's; the
+    capped VM's after-warm-up reclaim is its whole-run breakdown less the warm-up's."""
+    base = {**TINY, "duration_s": 0.06, "warmup_s": 0.02}
+    base["vms"] = [
+        {**TINY["vms"][0], "count": 1, "name": "capped", "memcg": {"max_mib": 4}},
+        {**TINY["vms"][0], "count": 1, "name": "free"},
+    ]
+    spec = {"base": base, "grid": {"vms.0.memcg.max_mib": [1, 3]}}
+    path = tmp_path / "sw.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out, _ = run_sweep(path, tmp_path / "out", workers=1)
+    runs = pd.read_parquet(out / "runs.parquet")
+    assert set(MEMCG_COLUMNS) <= set(runs.columns)
+    for row in runs.itertuples():
+        s = json.loads((out / "runs" / row.run / "summary.json").read_text())
+        assert {k: getattr(row, k) for k in [*RUNS_COLUMNS, *MEMCG_COLUMNS]} == metric_row(s)
+        cg = s["vms"][0]["memcg"]
+        assert row.memcg_max == s["host"]["vmstat_after_warmup"]["memcg_max"] > 0
+        assert cg["events"]["max"] >= cg["vmstat_after_warmup"]["memcg_max"]
+    tight = runs.sort_values("vms.0.memcg.max_mib")
+    assert tight.memcg_max.iloc[0] > tight.memcg_max.iloc[-1]

@@ -18,7 +18,9 @@ from sim.engine import World, run_scenario
 from sim.errors import ConfigError
 from sim.guest.workloads import _coprime_stride
 from sim.host.memory import PG_SWAP, PTE_PRESENT
+from sim.host.zpool import Zpool
 from sim.plan import SloSpec
+from sim.prefault import _store, heat
 from sim.tails import VcpuTime, tail
 from tests.conftest import run_checked
 from tests.test_invariants import scenarios
@@ -251,17 +253,98 @@ def test_prefault_in_demand_mode_names_the_field() -> None:
         parse_scenario(_prefaulted(reclaim={"policy": "lru", "trigger": "demand"}), "t")
 
 
-@pytest.mark.parametrize(
-    ("swap", "named"),
-    [({"device": "zram"}, "swap.device: zram"), ({"zswap": {"enabled": True}}, "swap.zswap")],
-)
-def test_prefault_with_a_compressed_pool_is_refused(swap: dict[str, Any], named: str) -> None:
-    """The fill puts what does not fit on the swap device; a compressed pool would need its
-    frames and entries too, so the combination is refused rather than mis-modelled."""
+def _swapped(w: World) -> np.ndarray:
+    return np.flatnonzero((w.mem.flags & PG_SWAP) != 0)
+
+
+def test_prefault_with_a_memcg_starts_under_memory_max_and_the_rest_in_swap() -> None:
+    """memory.max 8 MiB (2048 pages) on a VM whose hot quarter is 16 MiB: its 2048 hottest
+    pages are resident and charged, memory.swap.max 4 MiB (1024 pages) of the rest start in
+    swap (the warmest), charged to memory.swap.current; what is left is untouched."""
     raw = _prefaulted()
-    raw["swap"] = {**raw.get("swap", {}), **swap}
-    with pytest.raises(ConfigError, match=rf"vms\[0\].prefault: .*\({named}"):
-        parse_scenario(raw, "t")
+    raw["vms"][0]["memcg"] = {"max_mib": 8, "swap_max_mib": 4}
+    w = World(parse_scenario(raw, "t"))
+    w.check()
+    assert w.memcg is not None
+    assert w.memcg.usage(0) == int(w.mem.nr_resident[0]) == 8 * 256
+    assert int(w.memcg.swap_usage[0]) == len(_swapped(w)) == 4 * 256
+    assert w.mem.nr_free > w.mem.wmark.high + 1  # the cap, not the host, stopped the fill
+    assert not any(w.vmstat.values())
+    h = heat(w, 0, w.sc.vms[0])
+    resident = np.flatnonzero((w.mem.flags & PTE_PRESENT) != 0)
+    swapped = _swapped(w)
+    assert h[resident].min() > h[swapped].max()  # hottest resident, the next warmest in swap
+    untouched = np.setdiff1d(np.flatnonzero(h > 0), np.concatenate((resident, swapped)))
+    assert h[swapped].min() > h[untouched].max()
+    assert run_checked(w, every_ns=20_000_000) >= 10
+    s = w.summary(0.0)["vms"][0]["memcg"]
+    assert s["current_pages"] <= s["max_pages"] + 2  # at most one page per vCPU over
+
+
+def test_prefault_with_memory_high_and_an_unlimited_neighbour() -> None:
+    """memory.high 6 MiB holds the capped VM to 1536 pages; its unlimited neighbour takes the
+    host's remaining room above the high watermark."""
+    raw = _prefaulted()
+    vm = raw["vms"][0]
+    raw["vms"] = [{**vm, "name": "capped", "memcg": {"high_mib": 6, "max_mib": 8}}, {**vm}]
+    w = World(parse_scenario(raw, "t"))
+    w.check()
+    assert int(w.mem.nr_resident[0]) == 6 * 256
+    assert w.mem.nr_free == w.mem.wmark.high + 1
+    assert int(w.mem.nr_resident[1]) == w.mem.nr_frames - w.mem.nr_free - 6 * 256
+    assert run_checked(w, every_ns=20_000_000) >= 10
+
+
+def test_prefault_with_zram_stores_the_swapped_pages_in_the_pool() -> None:
+    """Every page that starts swapped is in zram's pool, whose frames (the bytes of its
+    objects, rounded up to pages) come out of the room above the high watermark."""
+    w = World(parse_scenario(_prefaulted(swap={"size_mib": 128, "device": "zram"}), "t"))
+    w.check()
+    pool, mem = w.swap.zpool, w.mem
+    assert pool is not None
+    swapped = _swapped(w)
+    assert len(swapped) > 0
+    assert pool.stored[swapped].all()
+    assert pool.nr_stored == len(swapped)
+    page = pool.page_bytes
+    assert mem.nr_pool == -(-int(pool.obj_bytes[swapped].sum()) // page) > 0
+    assert mem.nr_free == mem.wmark.high + 1
+    assert int(mem.nr_resident.sum()) + mem.nr_pool == mem.nr_frames - mem.nr_free
+    assert not any(w.vmstat.values())
+    assert run_checked(w, every_ns=20_000_000) >= 10
+    assert w.vmstat["pswpin"] > 0
+    assert w.vmstat["pgmajfault"] > 0
+
+
+def test_prefault_with_zswap_fills_the_pool_to_its_limit_and_spills_to_the_device() -> None:
+    """zswap at 10% of a 32 MiB host (819 pages): the fill stores the oldest evictions first,
+    so the pool filled, rejected the rest of that reclaim batch, and its shrink worker sent
+    the oldest entries to the device down to the accept threshold, again and again: the
+    newest (warmest) evictions are in the pool, poorly compressing pages are on the device,
+    and the pool ends between the accept threshold and its limit."""
+    swap = {"size_mib": 128, "zswap": {"enabled": True, "max_pool_percent": 10}}
+    w = World(parse_scenario(_prefaulted(swap=swap), "t"))
+    w.check()
+    pool, zswap, mem = w.swap.zpool, w.swap.zswap, w.mem
+    assert pool is not None
+    assert zswap is not None
+    assert not any(w.vmstat.values())
+    swapped = _swapped(w)
+    stored, disk = swapped[pool.stored[swapped]], swapped[~pool.stored[swapped]]
+    assert len(stored) > 0
+    assert len(disk) > 0
+    assert zswap.accept_thr_pages <= mem.nr_pool <= zswap.max_pages
+    assert mem.nr_free == mem.wmark.high + 1
+    assert int(mem.nr_resident.sum()) + mem.nr_pool == mem.nr_frames - mem.nr_free
+    h = heat(w, 0, w.sc.vms[0])
+    compressible = pool.obj_bytes[disk] < pool.page_bytes
+    # the pool holds the newest evictions, but for the batches' pages it rejected while full
+    warm = swapped[pool.obj_bytes[swapped] < pool.page_bytes]
+    assert pool.stored[warm[np.argmax(h[warm])]]
+    assert np.median(h[stored]) > np.median(h[disk[compressible]])
+    assert pool.lru_order()[0] == stored[np.argmin(h[stored])]  # its LRU tail: the coldest
+    assert run_checked(w, every_ns=20_000_000) >= 10
+    assert w.vmstat["zswpin"] > 0
 
 
 def test_the_old_plan_metric_name_says_the_new_one() -> None:
@@ -274,16 +357,15 @@ def test_the_old_plan_metric_name_says_the_new_one() -> None:
 def test_invariants_hold_after_the_fill_and_throughout(
     raw: dict[str, Any], warm: float, window_ms: float
 ) -> None:
-    """Random small worlds, every VM prefaulted, with a warm-up and windows: every invariant
-    right after the fill and every simulated millisecond (the windows adding up included).
+    """Random small worlds, every VM prefaulted (disk, zram or zswap; page cache or not), with
+    a warm-up and windows: every invariant right after the fill and every simulated
+    millisecond (the windows adding up included).
     Not ``pswpin <= pswpout``: pages the fill placed in swap were written before time 0."""
     raw = {
         **raw,
         "vms": [{**vm, "prefault": True} for vm in raw["vms"]],
         "warmup_s": round(warm * raw["duration_s"], 6),
         "metrics": {"window_ms": window_ms},
-        # the fill swaps to the disk device only (a compressed pool is refused with prefault)
-        "swap": {**raw["swap"], "device": "disk", "zswap": {"enabled": False}},
     }
     w = World(parse_scenario(raw))
     w.check()
@@ -294,3 +376,29 @@ def test_invariants_hold_after_the_fill_and_throughout(
         assert v["stall_ns"] >= 0
         assert all(n >= 0 for n in v["faults"].values())
     assert all(n >= 0 for n in s["host"]["vmstat_after_warmup"].values())
+
+
+def test_the_fill_stores_into_zswap_as_reclaim_batches_would() -> None:
+    """By hand: 1024 frames, max_pool_percent 1 (a 10-frame limit, accept threshold 9 frames),
+    every page compressing 2:1 (two objects a frame). Pages 0..99, oldest eviction first, in
+    batches of 32: the first batch stores 0..18 (19 objects: ceil(9.5) = 10 frames), finds the
+    pool full at 19 and rejects the rest of the batch; the shrink worker writes back 0 (18
+    objects, 9 frames: the accept threshold). Each later batch stores its first page (the pool
+    is at the threshold again, so it accepts), is full at its second, and the oldest entry
+    goes: 1, 2, 3. The pool ends with 4..18, 32, 64, 96 and "full"; nothing is counted in the
+    run's vmstat."""
+    raw = _raw(host={"memory_mib": 4}, swap={"size_mib": 64, "zswap": {"enabled": True}})
+    raw["swap"]["zswap"]["max_pool_percent"] = 1
+    raw["vms"][0] |= {"memory_mib": 16, "compress_ratio": 2.0, "compress_ratio_cv": 0.0}
+    w = World(parse_scenario(raw, "t"))
+    pool = w.swap.zpool
+    assert pool is not None
+    assert w.swap.zswap is not None
+    assert (w.swap.zswap.max_pages, w.swap.zswap.accept_thr_pages) == (10, 9)
+    scratch = Zpool(w.mem, pool.obj_bytes, pool.page_bytes, track_lru=True)
+    zswap = _store(w, scratch, np.arange(100, dtype=np.int64))
+    assert zswap is not None
+    assert zswap.reached_full
+    assert scratch.lru_order() == [*range(4, 19), 32, 64, 96]
+    assert scratch.frames_needed() == 9
+    assert not any(w.vmstat.values())

@@ -511,18 +511,24 @@ class MemcgMglru(PerMemcgLruvecs):
     def _shrink_many(self, sc: ScanControl, reclaim: Reclaimer) -> Iterator[None]:
         """``shrink_many``: the memcgs of the oldest generation as it was when the call began,
         bin by bin from a random one, each rotated after it is shrunk (before the next one is
-        shrunk); stops once ``should_abort_scan`` says so."""
+        shrunk); stops once ``should_abort_scan`` says so. If the next memcg left the bin while
+        this one was shrunk (another reclaimer rotated it), the bin is walked again from its
+        head in the then oldest generation, as the kernel restarts when its walk ends in
+        another list's nulls marker."""
         gen = self.seq % MEMCG_NR_GENS
         first = b = self._random_bin()
         while True:
             lst = self.fifo[gen][b]
             k, prev, op = 0, -1, 0
-            aborted = False
+            aborted = raced = False
             while k < len(lst):
                 i = lst[k]
                 if op:
                     self.lru_gen_rotate_memcg(prev, op)
                     op = 0
+                    if i not in lst:  # another reclaimer rotated it while we shrank
+                        raced = True
+                        break
                     k = lst.index(i)
                 k += 1
                 if self.gen[i] != gen:
@@ -536,6 +542,9 @@ class MemcgMglru(PerMemcgLruvecs):
                 self.lru_gen_rotate_memcg(prev, op)
             if aborted:
                 return
+            if raced:  # "restart if raced with lru_gen_rotate_memcg()": the bin again
+                gen = self.seq % MEMCG_NR_GENS
+                continue
             b = (b + 1) % MEMCG_NR_BINS
             if b == first:
                 return

@@ -977,7 +977,7 @@ class Mglru:
         ``folio_mark_accessed`` twice (``lru_gen_inc_refs``: PG_referenced, then one ref).
         The generation depends on neither mark, so the batch drains in one go; what the
         per-folio path would leave in the batch stays there. Batched for the prefault fill;
-        ``tests/test_steady.py`` holds it equal to the per-folio calls."""
+        ``tests/test_prefault_batch.py`` holds it equal to the per-folio calls."""
         if len(pfns) == 0:
             return
         pfns = np.asarray(pfns, dtype=np.int64)

@@ -404,7 +404,7 @@ class TwoList:
         then ``folio_mark_accessed`` twice (GUP's FOLL_TOUCH, ``kvm_release_faultin_page``),
         which finds the folio still in the add batch and activates it there
         (``__lru_cache_activate_folio``: no pgactivate). Batched for the prefault fill;
-        ``tests/test_steady.py`` holds it equal to the per-folio calls."""
+        ``tests/test_prefault_batch.py`` holds it equal to the per-folio calls."""
         if len(pfns) == 0:
             return
         self.fl[pfns] = LRU_ACTIVE
