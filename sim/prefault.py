@@ -130,8 +130,13 @@ def prefault(w: World, cfgs: Sequence[VmConfig]) -> None:
         pids.append(touched + w.vms[i].mm.pid_base)
         hot.append(h[touched])
     pid = np.concatenate(pids)
-    order = np.lexsort((-pid, np.concatenate(hot)))[::-1]  # hottest first; ties: lower pid
-    pid = pid[order]
+    del pids
+    heats = np.concatenate(hot)
+    del hot
+    np.negative(heats, out=heats)
+    # hottest first; ties: lower pid (pid ascends, and the sort is stable)
+    pid = pid[np.argsort(heats, kind="stable")]
+    del heats
     owner = mem.page_owners(pid)
     fits = np.ones(len(pid), dtype=np.bool_)  # under its memcg's memory.max and memory.high
     if w.memcg is not None:
