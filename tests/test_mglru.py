@@ -323,7 +323,7 @@ def test_look_around_promotes_young_neighbours() -> None:
     w.check()
 
 
-def test_scan_sorts_promoted_folios_and_stops_once_the_batch_is_isolated() -> None:
+def test_scan_sorts_promoted_folios_and_stops_once_the_budget_is_spent() -> None:
     w = _world()
     _fault_in(w, 0, GFNS)
     _no_refs(w, 0, GFNS)
@@ -332,9 +332,9 @@ def test_scan_sorts_promoted_folios_and_stops_once_the_batch_is_isolated() -> No
     _age(w)  # all ten in the oldest generation, gfn 0 at the tail
     pfns = np.array([_pfn(w, 0, g) for g in GFNS])
     pol._set_seq(pfns[[0, 3]], pol.max_seq)  # promoted by aging, still on the old list
-    sc = ScanControl(nr_to_reclaim=32, batch=2)
-    scanned, iso = pol._scan_folios(100, sc, w.vmscan, tier_idx=MAX_NR_GENS - 1)
-    assert iso.tolist() == pfns[[1, 2]].tolist()  # gfn 0 sorted away, then two isolated
+    sc = ScanControl(nr_to_reclaim=32)
+    scanned, iso = pol._scan_folios(3, sc, w.vmscan, tier_idx=MAX_NR_GENS - 1)
+    assert iso.tolist() == pfns[[1, 2]].tolist()  # gfn 0 sorted away (budget too), two isolated
     assert scanned == 3
     assert sc.nr_scanned == 2
     assert sc.nr_refill == 1  # gfn 3 lies beyond the stop: not sorted yet

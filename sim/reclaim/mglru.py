@@ -31,21 +31,22 @@ Models
     ``max_seq``, the others give up.
 
     Eviction (``evict_folios``): from the oldest generation's tail, up to the scan budget
-    (``lru_size >> priority``, at most MAX_LRU_BATCH per call) and ``sc.batch`` isolated folios:
-    ``sort_folio`` moves promoted folios to their generation's list, protects folios of a tier
-    the PID controller says refaults more than tier 0, and folios under write-out (which get
-    PG_reclaim), by moving them one generation up; the rest are isolated (``pgscan``; sorted ones
-    count as ``pgrefill``). A folio whose write ``shrink_folio_list`` started is put back into
-    ``max_seq - 1`` (PG_reclaim and under write-out); when the write ends
-    ``folio_rotate_reclaimable`` moves it to the oldest generation's tail, where the next scan
-    frees it.
-    ``try_to_inc_min_seq`` then skips empty generations. Each isolated folio gets the MGLRU branch
-    of ``folio_check_references``: ``lru_gen_look_around`` clears its pte's young bit with
-    ``ptep_clear_young_notify``; if it was young, up to 64 neighbouring ptes in its PMD are
-    cleared too and their young folios get ``folio_update_gen``. Not young -> RECLAIM
-    (``shrink_folio_list``); young and neither PG_referenced nor PG_workingset -> KEEP with
-    PG_referenced; otherwise ACTIVATE (PG_workingset, into ``max_seq``). Folios that could not
-    be reclaimed are activated. Rejected folios are never put back into the oldest generation.
+    (``lru_size >> priority``, at most MAX_LRU_BATCH folios met per call, sorted ones included) or
+    until MIN_LRU_BATCH folios are isolated (``scan_folios``; ``try_to_shrink_lruvec`` calls again
+    until what the calls met reaches the budget, recomputed each time): ``sort_folio`` moves
+    promoted folios to their generation's list, protects folios of a tier the PID controller says
+    refaults more than tier 0, and folios under write-out (which get PG_reclaim), by moving them
+    one generation up; the rest are isolated (``pgscan``; sorted ones count as ``pgrefill``). A
+    folio whose write ``shrink_folio_list`` started is put back into ``max_seq - 1`` (PG_reclaim
+    and under write-out); when the write ends ``folio_rotate_reclaimable`` moves it to the oldest
+    generation's tail, where the next scan frees it. ``try_to_inc_min_seq`` then skips empty
+    generations. Each isolated folio gets the MGLRU branch of ``folio_check_references``:
+    ``lru_gen_look_around`` clears its pte's young bit with ``ptep_clear_young_notify``; if it was
+    young, up to 64 neighbouring ptes in its PMD are cleared too and their young folios get
+    ``folio_update_gen``. Not young -> RECLAIM (``shrink_folio_list``); young and neither
+    PG_referenced nor PG_workingset -> KEEP with PG_referenced; otherwise ACTIVATE (PG_workingset,
+    into ``max_seq``). Folios that could not be reclaimed are activated. Rejected folios are never
+    put back into the oldest generation.
 
     Tiers and the PID controller: a folio's tier is ``order_base_2(refs)`` (refs = fd accesses
     counted by ``lru_gen_inc_refs``), or 3 if PG_workingset. Per tier the lruvec counts
@@ -78,22 +79,22 @@ Models
     counts no ``workingset_activate_file``.
 
     Type choice: ``get_type_to_scan`` compares the refault rates of all tiers of anon (gain
-    ``swappiness``) and file (gain ``MAX_SWAPPINESS - swappiness``), file at swappiness 1 and
-    anon at 200; ``isolate_folios`` scans that type's oldest generation and, if it yields
-    nothing, the other one. ``get_swappiness`` is 0 when swap is full: then (as at swappiness 0)
-    only file is evictable (``for_each_evictable_type``), the walk skips anonymous VMAs
-    (``should_skip_vma``: nothing of guest RAM is aged), and ``inc_min_seq`` advances anon's
-    ``min_seq`` without sorting its oldest folios, which the new ``max_seq`` takes over (the
-    kernel's cold/hot inversion). MGLRU has no counterpart of the classic ``file_is_tiny``: at
-    swappiness 0 anon stays unevictable even when no file is left. ``try_to_inc_min_seq`` skips
-    each evictable type's empty oldest generations but keeps a type from passing ``max_seq -
-    MIN_NR_GENS`` while the other is behind it; ``should_run_aging`` asks for aging once the
-    lower evictable ``min_seq`` is within two generations of ``max_seq``. So while reads keep
-    refilling file's oldest generation no aging runs and anon, whose folios start in ``max_seq -
-    1``, has nothing evictable: swappiness only matters once file's oldest generations empty
-    (for example when dirty file folios are sorted up). Counted per type where the kernel counts
-    them (``PGSCAN_ANON + type`` in ``scan_folios``, ``PGSTEAL_ANON + type`` in
-    ``evict_folios``), as ``pgscan_anon``/``_file`` and ``pgsteal_anon``/``_file``.
+    ``swappiness``) and file (gain ``MAX_SWAPPINESS - swappiness``), file at swappiness 1 and anon
+    at 200; ``isolate_folios`` scans that type's oldest generation and, if it yields nothing, the
+    other one. ``get_swappiness`` is 0 when swap is full: then (as at swappiness 0) only file is
+    evictable (``for_each_evictable_type``), the walk skips anonymous VMAs (``should_skip_vma``:
+    nothing of guest RAM is aged), and ``inc_min_seq`` advances anon's ``min_seq`` without sorting
+    its oldest folios, which the new ``max_seq`` takes over (the kernel's cold/hot inversion).
+    MGLRU has no counterpart of the classic ``file_is_tiny``: at swappiness 0 anon stays
+    unevictable even when no file is left. ``try_to_inc_min_seq`` skips each evictable type's empty
+    oldest generations but keeps a type from passing ``max_seq - MIN_NR_GENS`` while the other is
+    behind it; ``should_run_aging`` asks for aging once the lower evictable ``min_seq`` is within
+    two generations of ``max_seq``. So while reads keep refilling file's oldest generation no aging
+    runs and anon, whose folios start in ``max_seq - 1``, has nothing evictable: swappiness only
+    matters once file's oldest generations empty (for example when dirty file folios are sorted
+    up). Counted per type where the kernel counts them (``PGSCAN_ANON + type`` in ``scan_folios``,
+    ``PGSTEAL_ANON + type`` in ``evict_folios``), as ``pgscan_anon``/``_file`` and
+    ``pgsteal_anon``/``_file``.
 
     kswapd's ``lru_gen_age_node`` does no aging itself; with ``min_ttl_ms`` it checks whether the
     oldest generation is older than the TTL and, if not, counts ``mglru_min_ttl_oom`` (the kernel
@@ -118,34 +119,36 @@ Kernel reference
     ``lru_gen_inc_refs``; mm/workingset.c: ``lru_gen_eviction``, ``lru_gen_test_recent``,
     ``lru_gen_refault`` (all as of the Dec 2024 "rework workingset protection" series, ~6.14);
     the file type, ``get_swappiness``, ``for_each_evictable_type``, ``evictable_min_seq`` and
-    ``try_to_inc_min_seq`` as in mainline mm/vmscan.c of late 2025.
+    ``try_to_inc_min_seq`` as in mainline mm/vmscan.c of late 2025; ``scan_folios``' budget
+    ``min(nr_to_scan, MAX_LRU_BATCH)`` since 6.16 ("apply proportional reclaim pressure for memcg
+    when MGLRU is enabled"; before, MAX_LRU_BATCH whatever ``nr_to_scan``).
 
 Simplifications
     One lruvec per memcg (memcg.py); the file type exists only on the node's one lruvec with
-    ``host_files`` (no memcg). Without it the lruvec is anon only, as before: ``min_seq[file]``
-    is not modelled and swappiness 0 or a full swap device leaves nothing evictable. With it: no
-    ``wakeup_flusher_threads`` when every file folio the scan took was dirty
-    (``nr.unqueued_dirty == nr.file_taken``; the flusher keeps its period); on anon's cold/hot
-    inversion, folios promoted lazily onto the inverted list move to their own generations'
-    lists (the kernel leaves them there); ``lru_gen_folio_seq``'s PG_reclaim case for file
-    folios is not needed (reclaim never puts a file folio back); ``get_swappiness`` tests for a
-    free swap slot, not for ``MIN_LRU_BATCH`` of them. No Bloom filter and no mm-list skipping:
-    every aging walk visits every present pte (the kernel's ``force_scan``), which is the upper
-    bound of its cost; the walk snapshot is taken at its start and frames that left the LRU
-    meanwhile are skipped. ``folio_update_gen`` is used for look-around promotions in direct
-    reclaim too (the kernel uses ``lru_gen_set_refs`` + ``folio_activate`` there, with the same
-    result). Folios kept by the reference check are put back as "anon not in the swap cache"
-    (generation ``max_seq - 1``): the policy cannot see the swap cache. No retry of clean
-    unmapped folios that missed ``folio_rotate_reclaimable`` (none do here). At most
-    ``sc.batch`` folios are isolated per ``evict_folios`` (the kernel isolates up to
-    MIN_LRU_BATCH = 64). No ``set_initial_priority`` for kswapd. The controller keeps one
-    history generation (NR_HIST_GENS = 1, CONFIG_LRU_GEN_STATS off). Pte dirty bits seen by the
-    walk are not transferred. ``promotion: one_step`` gives 6.1-6.13's reference rules (any
-    young sighting promotes to ``max_seq``, faulted-in folios join ``max_seq``, promotion sets
-    no PG_workingset) with everything else kept at 6.14. In demand mode (``nr_to_reclaim == 1``)
-    a call goes on, lowering the priority and aging as needed, until it has reclaimed its page
-    (standing in for the caller's retries). The walk's pte visits are priced through the host's
-    aging call: one rmap entry and one notifier call per pte (the host-only walk, through
+    ``host_files`` (no memcg). Without it the lruvec is anon only, as before: ``min_seq[file]`` is
+    not modelled and swappiness 0 or a full swap device leaves nothing evictable. With it: no
+    ``wakeup_flusher_threads`` when every file folio the scan took was dirty (``nr.unqueued_dirty
+    == nr.file_taken``; the flusher keeps its period); on anon's cold/hot inversion, folios
+    promoted lazily onto the inverted list move to their own generations' lists (the kernel leaves
+    them there); ``lru_gen_folio_seq``'s PG_reclaim case for file folios is not needed (reclaim
+    never puts a file folio back); ``get_swappiness`` tests for a free swap slot, not for
+    ``MIN_LRU_BATCH`` of them. No Bloom filter and no mm-list skipping: every aging walk visits
+    every present pte (the kernel's ``force_scan``), which is the upper bound of its cost; the walk
+    snapshot is taken at its start and frames that left the LRU meanwhile are skipped.
+    ``folio_update_gen`` is used for look-around promotions in direct reclaim too (the kernel uses
+    ``lru_gen_set_refs`` + ``folio_activate`` there, with the same result). Folios kept by the
+    reference check are put back as "anon not in the swap cache" (generation ``max_seq - 1``): the
+    policy cannot see the swap cache. No retry of clean unmapped folios that missed
+    ``folio_rotate_reclaimable`` (none do here). One zone: no ``skipped_zone`` (every folio the
+    scan reaches and does not sort is isolated). No ``set_initial_priority`` for kswapd. The
+    controller keeps one history generation (NR_HIST_GENS = 1, CONFIG_LRU_GEN_STATS off). Pte dirty
+    bits seen by the walk are not transferred. ``promotion: one_step`` gives 6.1-6.13's reference
+    rules (any young sighting promotes to ``max_seq``, faulted-in folios join ``max_seq``,
+    promotion sets no PG_workingset) with everything else kept at 6.14. In demand mode
+    (``nr_to_reclaim == 1``, ``sc.batch`` 1) a scan isolates one folio, and a call goes on,
+    lowering the priority and aging as needed, until it has reclaimed its page (standing in for the
+    caller's retries). The walk's pte visits are priced through the host's aging call: one rmap
+    entry and one notifier call per pte (the host-only walk, through
     ``Reclaimer.ptep_test_and_clear_young``, prices one rmap entry per pte and no notifier).
 
 Invariants
@@ -265,6 +268,13 @@ class _CtrlPos:
     refaulted: int
     total: int
     gain: int
+
+
+def _isolation_batch(sc: ScanControl) -> int:
+    """Folios ``scan_folios`` isolates before it stops (``isolated >= MIN_LRU_BATCH``): MGLRU's
+    batch, not the classic SWAP_CLUSTER_MAX that ``sc.batch`` holds. Demand mode (``sc.batch``
+    1: one victim per miss, for every policy) takes one at a time."""
+    return 1 if sc.batch == 1 else MIN_LRU_BATCH
 
 
 def _positive_ctrl_err(sp: _CtrlPos, pv: _CtrlPos) -> bool:
@@ -688,7 +698,13 @@ class Mglru:
     ) -> tuple[int, Pfns]:
         """``scan_folios`` + ``sort_folio`` + ``isolate_folio`` on a type's oldest generation.
         ``sort_folio`` keeps back, one generation up with PG_reclaim, folios under write-back
-        and dirty page-cache folios: reclaim leaves dirty file data to the flusher."""
+        and dirty page-cache folios: reclaim leaves dirty file data to the flusher.
+
+        As the kernel's loop: every folio met, sorted or isolated, uses one of the
+        ``min(nr_to_scan, MAX_LRU_BATCH)`` budget; the scan stops when that is spent, the list
+        is empty, or ``_isolation_batch`` folios (MIN_LRU_BATCH) are isolated. Returns the
+        folios met (0 if none was isolated and budget remained: nothing eligible, so
+        ``isolate_folios`` tries the other type) and the isolated ones."""
         none = np.zeros(0, dtype=np.int64)
         g = self.types[type_]
         if self.max_seq - g.min_seq + 1 <= MIN_NR_GENS:
@@ -696,7 +712,7 @@ class Mglru:
         min_seq = g.min_seq
         lst = g.lists[min_seq % MAX_NR_GENS]
         remaining = min(nr_to_scan, MAX_LRU_BATCH)
-        cap = max(1, sc.batch)
+        cap = _isolation_batch(sc)
         scanned = sorted_ = 0
         isolated: list[Pfns] = []
         n_iso = 0

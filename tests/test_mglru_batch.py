@@ -1,0 +1,166 @@
+"""MGLRU's scan batch and its swap test, against hand-worked numbers (sim/reclaim/mglru.py).
+
+``scan_folios`` meets folios from the oldest generation's tail within a budget of
+``min(nr_to_scan, MAX_LRU_BATCH)`` folios, sorted ones included, and stops once MIN_LRU_BATCH
+are isolated; ``evict_folios`` returns what it met (plus one if ``try_to_inc_min_seq`` moved);
+``try_to_shrink_lruvec`` calls it until the sum reaches ``get_nr_to_scan``'s budget, which it
+recomputes each round."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from sim.host.vmscan import Outcome, ScanControl
+from sim.reclaim.mglru import MAX_LRU_BATCH, MIN_LRU_BATCH, Mglru, MglruConfig
+
+NR = 5000
+
+
+class _Host:
+    """The reclaimer calls an anon scan and eviction make: nothing under write-back, no pte
+    young, every folio handed to ``shrink_folio_list`` freed; ``slots`` free swap slots."""
+
+    def __init__(self, slots: int = 1 << 20) -> None:
+        self.slots = slots
+        self.freed: list[int] = []
+
+    def folio_test_writeback(self, pfns: np.ndarray) -> np.ndarray:
+        return np.zeros(len(pfns), dtype=np.bool_)
+
+    def can_swap(self) -> bool:
+        return self.slots > 0
+
+    def clear_young(self, pfns: np.ndarray, sc: ScanControl) -> np.ndarray:
+        return np.zeros(len(pfns), dtype=np.bool_)
+
+    def shrink_folio_list(self, pfns: np.ndarray, sc: ScanControl) -> np.ndarray:
+        self.freed.extend(pfns.tolist())
+        sc.freed(len(pfns))
+        return np.full(len(pfns), Outcome.FREED)
+
+    def activate_locked(self, pfns: np.ndarray) -> None:
+        assert len(pfns) == 0
+
+    def free_and_high(self) -> tuple[int, int]:
+        return 0, 100  # far below high: kswapd never aborts for the watermark
+
+    def now(self) -> int:
+        return 0
+
+
+def _lruvec(gens: dict[int, int], promoted: int = 0) -> Mglru:
+    """An anon lruvec (max_seq 3, min_seq 0) with ``gens[seq]`` folios in each generation,
+    pfns numbered from generation 0's tail; the first ``promoted`` of generation 0 carry
+    ``max_seq`` (promoted lazily by aging: ``sort_folio`` moves them, it does not isolate
+    them). No folio has refs: all tier 0."""
+    pol = Mglru(MglruConfig(), NR, Counter(), np.random.default_rng(0))
+    start = 0
+    for seq, n in sorted(gens.items()):
+        pfns = np.arange(start, start + n, dtype=np.int64)
+        pol._add(pfns, np.full(n, seq, dtype=np.int64))
+        start += n
+    if promoted:
+        pol._set_seq(np.arange(promoted, dtype=np.int64), pol.max_seq)
+    return pol
+
+
+def _run(gen: Any) -> Any:
+    try:
+        while True:
+            next(gen)
+    except StopIteration as done:
+        return done.value
+
+
+def test_scan_stops_once_min_lru_batch_is_isolated() -> None:
+    """100 eligible folios, budget 1,000: the kernel isolates 64 and stops (the model used to
+    stop at sc.batch, 32); the 36 not reached stay on the list, in order."""
+    pol = _lruvec({0: 100})
+    assert pol.lists[0].snapshot().tolist() == list(range(100))  # pfn 0 at the tail
+    sc = ScanControl(nr_to_reclaim=32)
+    scanned, iso = pol._scan_folios(1000, sc, _Host(), tier_idx=0)  # type: ignore[arg-type]
+    assert iso.tolist() == list(range(MIN_LRU_BATCH))
+    assert scanned == 64
+    assert sc.nr_scanned == 64  # pgscan: isolated
+    assert sc.nr_refill == 0
+    assert pol.lists[0].snapshot().tolist() == list(range(64, 100))
+    assert pol.nr_pages[0] == 36
+
+
+def test_a_small_budget_stops_the_scan_before_the_batch() -> None:
+    """``remaining = min(nr_to_scan, MAX_LRU_BATCH)``: a budget of 40 isolates 40."""
+    pol = _lruvec({0: 100})
+    scanned, iso = pol._scan_folios(40, ScanControl(nr_to_reclaim=32), _Host(), 0)  # type: ignore[arg-type]
+    assert (scanned, len(iso)) == (40, 40)
+
+
+def test_sorted_folios_use_the_budget_which_is_at_most_max_lru_batch() -> None:
+    """4,090 lazily promoted folios at the tail, then 110 eligible; a budget of 10,000 is cut to
+    4,096: 4,090 sorted and 6 isolated, and the scan returns all 4,096 it met."""
+    pol = _lruvec({0: 4200}, promoted=4090)
+    sc = ScanControl(nr_to_reclaim=32)
+    scanned, iso = pol._scan_folios(10_000, sc, _Host(), 0)  # type: ignore[arg-type]
+    assert MAX_LRU_BATCH == 4096
+    assert scanned == 4096
+    assert iso.tolist() == list(range(4090, 4096))
+    assert sc.nr_refill == 4090  # pgrefill: sorted into their own generation
+    assert sc.nr_scanned == 6
+    assert pol.nr_pages[pol.max_seq % 4] == 4090
+    assert pol.lists[0].snapshot().tolist() == list(range(4096, 4200))
+
+
+def test_a_spent_budget_counts_though_nothing_was_isolated() -> None:
+    """``isolated || !remaining ? scanned : 0``: 100 promoted folios and a budget of 100 return
+    100 (the caller goes on); 50 promoted folios and nothing else return 0 (the list ran out
+    with budget left: ``isolate_folios`` would try the other type)."""
+    pol = _lruvec({0: 150}, promoted=100)
+    scanned, iso = pol._scan_folios(100, ScanControl(nr_to_reclaim=32), _Host(), 0)  # type: ignore[arg-type]
+    assert (scanned, len(iso)) == (100, 0)
+    pol = _lruvec({0: 50}, promoted=50)
+    scanned, iso = pol._scan_folios(1000, ScanControl(nr_to_reclaim=32), _Host(), 0)  # type: ignore[arg-type]
+    assert (scanned, len(iso)) == (0, 0)
+
+
+def test_demand_mode_still_takes_one_folio_at_a_time() -> None:
+    """Demand mode (``sc.batch`` 1, one victim per miss) isolates one folio per scan."""
+    pol = _lruvec({0: 10})
+    sc = ScanControl(nr_to_reclaim=1, batch=1, direct=True, priority=0)
+    scanned, iso = pol._scan_folios(10, sc, _Host(), 0)  # type: ignore[arg-type]
+    assert (scanned, iso.tolist()) == (1, [0])
+
+
+def test_evict_returns_what_it_met_plus_one_when_min_seq_moves() -> None:
+    """10 folios in generation 0, 5 in generation 1: all 10 are isolated and freed, generation
+    0 empties, ``try_to_inc_min_seq`` moves min_seq to 1 and adds one: 11."""
+    pol = _lruvec({0: 10, 1: 5})
+    host = _Host()
+    sc = ScanControl(nr_to_reclaim=32)
+    assert pol._evict_folios(1000, sc, host, 60) == 11  # type: ignore[arg-type]
+    assert pol.min_seq == 1
+    assert sorted(host.freed) == list(range(10))
+    assert sc.nr_reclaimed == 10
+
+
+def test_try_to_shrink_lruvec_recomputes_the_budget_each_round() -> None:
+    """300 folios in generation 0 and 100 in generation 1, priority 0, kswapd far below high.
+    Each round ``get_nr_to_scan`` is all that is left, shifted by priority 0 (min_seq 0 + 2 <
+    max_seq 3: no aging): rounds of 64 leave 336, 272, 208, 144 and stop once the 256 met reach
+    144. With rounds of 32 it would take 7 rounds and 224 folios (176 left <= 224)."""
+    pol = _lruvec({0: 300, 1: 100})
+    host = _Host()
+    sc = ScanControl(nr_to_reclaim=1000, priority=0)
+    rounds: list[int] = []
+    evict = pol._evict_folios
+
+    def counted(nr_to_scan: int, sc: ScanControl, reclaim: Any, swappiness: int) -> int:
+        rounds.append(nr_to_scan)
+        return evict(nr_to_scan, sc, reclaim, swappiness)
+
+    pol._evict_folios = counted  # type: ignore[method-assign]
+    assert _run(pol._try_to_shrink_lruvec(sc, host, 60)) is True  # type: ignore[arg-type]
+    assert rounds == [400, 336, 272, 208]
+    assert sc.nr_reclaimed == 256
+    assert pol.nr_pages[0] == 44
