@@ -508,6 +508,9 @@ class _Host:
     def can_swap(self) -> bool:
         return self.swap
 
+    def nr_swap_pages(self) -> int:
+        return 1 << 20 if self.swap else 0
+
     def free_and_high(self) -> tuple[int, int]:
         return 0, 100  # far below high: kswapd never aborts for the watermark
 

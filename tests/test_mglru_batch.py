@@ -4,7 +4,8 @@
 ``min(nr_to_scan, MAX_LRU_BATCH)`` folios, sorted ones included, and stops once MIN_LRU_BATCH
 are isolated; ``evict_folios`` returns what it met (plus one if ``try_to_inc_min_seq`` moved);
 ``try_to_shrink_lruvec`` calls it until the sum reaches ``get_nr_to_scan``'s budget, which it
-recomputes each round."""
+recomputes each round. ``get_swappiness`` treats anon as evictable only with MIN_LRU_BATCH free
+swap slots, for a memcg's lruvec as ``mem_cgroup_get_nr_swap_pages`` counts them."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from sim.host.memcontrol import MemcgLimits
+from sim.host.memory import HostMemory, setup_per_zone_wmarks
 from sim.host.vmscan import Outcome, ScanControl
+from sim.host.vmstat import new_vmstat
+from sim.reclaim.memcg import MemcgMglru, MemcgWalkReclaimer
 from sim.reclaim.mglru import MAX_LRU_BATCH, MIN_LRU_BATCH, Mglru, MglruConfig
 
 NR = 5000
@@ -29,6 +34,9 @@ class _Host:
 
     def folio_test_writeback(self, pfns: np.ndarray) -> np.ndarray:
         return np.zeros(len(pfns), dtype=np.bool_)
+
+    def nr_swap_pages(self) -> int:
+        return self.slots
 
     def can_swap(self) -> bool:
         return self.slots > 0
@@ -164,3 +172,46 @@ def test_try_to_shrink_lruvec_recomputes_the_budget_each_round() -> None:
     assert rounds == [400, 336, 272, 208]
     assert sc.nr_reclaimed == 256
     assert pol.nr_pages[0] == 44
+
+
+def test_get_swappiness_wants_min_lru_batch_free_slots() -> None:
+    """63 free slots: anon is not evictable (swappiness 0, and an anon-only lruvec is not
+    sizable); 64: the configured swappiness."""
+    pol = _lruvec({0: 100, 1: 100})
+    sc = ScanControl(nr_to_reclaim=32, priority=0)
+    assert MIN_LRU_BATCH == 64
+    assert pol._get_swappiness(_Host(slots=63)) == 0  # type: ignore[arg-type]
+    assert not pol.lruvec_is_sizable(sc, _Host(slots=63))  # type: ignore[arg-type]
+    assert pol._get_swappiness(_Host(slots=64)) == 60  # type: ignore[arg-type]
+    assert pol.lruvec_is_sizable(sc, _Host(slots=64))  # type: ignore[arg-type]
+
+
+def test_a_memcg_counts_the_slots_its_swap_max_leaves() -> None:
+    """``mem_cgroup_get_nr_swap_pages``: min(device's free slots, swap.max - swap usage). A
+    memcg with swap.max 100 using 37 has 63 left: swappiness 0 though the device has 10,000
+    free; using 36 it has 64. A device with 63 free bounds an unlimited memcg the same way."""
+    nr = 1000
+    mem = HostMemory(nr, nr, setup_per_zone_wmarks(nr), [0, 500])
+    big = 1 << 40
+    usage = [37, 0]
+    lim = MemcgLimits(max=[big] * 2, high=[big] * 2, low=[0, 0], min=[0, 0], swap_max=[100, big])
+    pol = MemcgMglru(
+        MglruConfig(),
+        nr,
+        new_vmstat(2),
+        np.random.default_rng(0),
+        mem=mem,
+        limits=lim,
+        swap_usage=lambda i: usage[i],
+    )
+    host = _Host(slots=10_000)
+    lru = pol._reclaimer(0, host)  # type: ignore[arg-type]
+    assert isinstance(lru, MemcgWalkReclaimer)
+    assert lru.nr_swap_pages() == 63
+    assert lru.can_swap()  # the classic test (one slot) would still swap
+    assert pol.lruvecs[0]._get_swappiness(lru) == 0
+    usage[0] = 36
+    assert lru.nr_swap_pages() == 64
+    assert pol.lruvecs[0]._get_swappiness(lru) == 60
+    assert pol._reclaimer(1, _Host(slots=63)).nr_swap_pages() == 63  # type: ignore[arg-type]
+    assert pol.lruvecs[1]._get_swappiness(pol._reclaimer(1, _Host(slots=63))) == 0  # type: ignore[arg-type]

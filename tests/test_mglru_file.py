@@ -69,6 +69,9 @@ class _Host:
     def can_swap(self) -> bool:
         return True
 
+    def nr_swap_pages(self) -> int:
+        return 1 << 20
+
     def walk_mm(self) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
 

@@ -220,6 +220,10 @@ class Vmscan:
         """``can_reclaim_anon_pages``: anon folios are reclaimable only while swap has room."""
         return self.swap.nr_free_slots > 0
 
+    def nr_swap_pages(self) -> int:
+        """``get_nr_swap_pages``: free slots on the swap device."""
+        return self.swap.nr_free_slots
+
     def folio_test_writeback(self, pfns: NDArray[np.int64]) -> NDArray[np.bool_]:
         """Which folios have a write-out in flight."""
         return (self.mem.flags[self.mem.frame_pid[pfns]] & PG_WRITEBACK) != 0

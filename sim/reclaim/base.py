@@ -84,6 +84,12 @@ class Reclaimer(Protocol):
         """Whether anon folios can be reclaimed at all (``can_reclaim_anon_pages``: free swap)."""
         ...
 
+    def nr_swap_pages(self) -> int:
+        """Free swap slots (``get_nr_swap_pages``; for one memcg's lruvec
+        ``mem_cgroup_get_nr_swap_pages``, bounded by its memory.swap.max): MGLRU's
+        ``get_swappiness`` wants MIN_LRU_BATCH of them."""
+        ...
+
     def folio_test_writeback(self, pfns: Pfns) -> NDArray[np.bool_]:
         """Which folios are under write-out (a pure test: MGLRU's ``sort_folio``)."""
         ...

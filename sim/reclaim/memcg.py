@@ -353,13 +353,19 @@ MEMCG_LRU_HEAD, MEMCG_LRU_TAIL, MEMCG_LRU_OLD, MEMCG_LRU_YOUNG = 1, 2, 3, 4
 
 class MemcgWalkReclaimer(MemcgReclaimer):
     """One memcg's view for MGLRU: its page-table walk visits only that memcg's mm
-    (``walk_mm`` iterates the memcg's ``mm_list``)."""
+    (``walk_mm`` iterates the memcg's ``mm_list``), and its free swap is what the device has
+    and its memory.swap.max leaves (``swap_left``: swap.max - swap usage)."""
 
     def __init__(
-        self, reclaim: Reclaimer, swap_room: Callable[[], bool], mem: HostMemory, memcg: int
+        self, reclaim: Reclaimer, swap_left: Callable[[], int], mem: HostMemory, memcg: int
     ) -> None:
-        super().__init__(reclaim, swap_room)
-        self._mem, self._memcg = mem, memcg
+        super().__init__(reclaim, lambda: swap_left() > 0)
+        self._swap_left, self._mem, self._memcg = swap_left, mem, memcg
+
+    def nr_swap_pages(self) -> int:
+        """``mem_cgroup_get_nr_swap_pages``: the device's free slots, at most what the memcg's
+        memory.swap.max leaves (one level below the root, so no ancestors to ask)."""
+        return min(self._reclaim.nr_swap_pages(), self._swap_left())
 
     def walk_mm(self) -> Pfns:
         """Frames of the memcg's present ptes, in page-table order."""
@@ -472,10 +478,10 @@ class MemcgMglru(PerMemcgLruvecs):
             self.seq += 1
 
     def _reclaimer(self, memcg: int, reclaim: Reclaimer) -> Reclaimer:
-        def room() -> bool:
-            return self._swap_usage(memcg) < self.limits.swap_max[memcg]
+        def left() -> int:
+            return int(self.limits.swap_max[memcg]) - int(self._swap_usage(memcg))
 
-        return MemcgWalkReclaimer(reclaim, room, self.mem, memcg)  # type: ignore[return-value]
+        return MemcgWalkReclaimer(reclaim, left, self.mem, memcg)  # type: ignore[return-value]
 
     def _below_min(self, memcg: int) -> bool:
         """``mem_cgroup_below_min`` (one level: the effective min is the memcg's own)."""

@@ -81,20 +81,21 @@ Models
     Type choice: ``get_type_to_scan`` compares the refault rates of all tiers of anon (gain
     ``swappiness``) and file (gain ``MAX_SWAPPINESS - swappiness``), file at swappiness 1 and anon
     at 200; ``isolate_folios`` scans that type's oldest generation and, if it yields nothing, the
-    other one. ``get_swappiness`` is 0 when swap is full: then (as at swappiness 0) only file is
-    evictable (``for_each_evictable_type``), the walk skips anonymous VMAs (``should_skip_vma``:
-    nothing of guest RAM is aged), and ``inc_min_seq`` advances anon's ``min_seq`` without sorting
-    its oldest folios, which the new ``max_seq`` takes over (the kernel's cold/hot inversion).
-    MGLRU has no counterpart of the classic ``file_is_tiny``: at swappiness 0 anon stays
-    unevictable even when no file is left. ``try_to_inc_min_seq`` skips each evictable type's empty
-    oldest generations but keeps a type from passing ``max_seq - MIN_NR_GENS`` while the other is
-    behind it; ``should_run_aging`` asks for aging once the lower evictable ``min_seq`` is within
-    two generations of ``max_seq``. So while reads keep refilling file's oldest generation no aging
-    runs and anon, whose folios start in ``max_seq - 1``, has nothing evictable: swappiness only
-    matters once file's oldest generations empty (for example when dirty file folios are sorted
-    up). Counted per type where the kernel counts them (``PGSCAN_ANON + type`` in ``scan_folios``,
-    ``PGSTEAL_ANON + type`` in ``evict_folios``), as ``pgscan_anon``/``_file`` and
-    ``pgsteal_anon``/``_file``.
+    other one. ``get_swappiness`` is 0 when fewer than MIN_LRU_BATCH swap slots are free
+    (``mem_cgroup_get_nr_swap_pages``: for a memcg, also under its memory.swap.max): then (as at
+    swappiness 0) only file is evictable (``for_each_evictable_type``), the walk skips anonymous
+    VMAs (``should_skip_vma``: nothing of guest RAM is aged), and ``inc_min_seq`` advances anon's
+    ``min_seq`` without sorting its oldest folios, which the new ``max_seq`` takes over (the
+    kernel's cold/hot inversion). MGLRU has no counterpart of the classic ``file_is_tiny``: at
+    swappiness 0 anon stays unevictable even when no file is left. ``try_to_inc_min_seq`` skips
+    each evictable type's empty oldest generations but keeps a type from passing ``max_seq -
+    MIN_NR_GENS`` while the other is behind it; ``should_run_aging`` asks for aging once the lower
+    evictable ``min_seq`` is within two generations of ``max_seq``. So while reads keep refilling
+    file's oldest generation no aging runs and anon, whose folios start in ``max_seq - 1``, has
+    nothing evictable: swappiness only matters once file's oldest generations empty (for example
+    when dirty file folios are sorted up). Counted per type where the kernel counts them
+    (``PGSCAN_ANON + type`` in ``scan_folios``, ``PGSTEAL_ANON + type`` in ``evict_folios``), as
+    ``pgscan_anon``/``_file`` and ``pgsteal_anon``/``_file``.
 
     kswapd's ``lru_gen_age_node`` does no aging itself; with ``min_ttl_ms`` it checks whether the
     oldest generation is older than the TTL and, if not, counts ``mglru_min_ttl_oom`` (the kernel
@@ -131,8 +132,7 @@ Simplifications
     == nr.file_taken``; the flusher keeps its period); on anon's cold/hot inversion, folios
     promoted lazily onto the inverted list move to their own generations' lists (the kernel leaves
     them there); ``lru_gen_folio_seq``'s PG_reclaim case for file folios is not needed (reclaim
-    never puts a file folio back); ``get_swappiness`` tests for a free swap slot, not for
-    ``MIN_LRU_BATCH`` of them. No Bloom filter and no mm-list skipping: every aging walk visits
+    never puts a file folio back). No Bloom filter and no mm-list skipping: every aging walk visits
     every present pte (the kernel's ``force_scan``), which is the upper bound of its cost; the walk
     snapshot is taken at its start and frames that left the LRU meanwhile are skipped.
     ``folio_update_gen`` is used for look-around promotions in direct reclaim too (the kernel uses
@@ -925,8 +925,10 @@ class Mglru:
         return progress
 
     def _get_swappiness(self, reclaim: Reclaimer) -> int:
-        """``get_swappiness``: 0 when swap is full (anon is not evictable)."""
-        return self.cfg.swappiness if reclaim.can_swap() else 0
+        """``get_swappiness``: 0 (anon not evictable) once fewer than MIN_LRU_BATCH swap slots
+        are free to this lruvec (``mem_cgroup_get_nr_swap_pages``: the device's free slots,
+        bounded by the memcg's memory.swap.max): a batch of anon could not be swapped out."""
+        return self.cfg.swappiness if reclaim.nr_swap_pages() >= MIN_LRU_BATCH else 0
 
     # -- EvictionPolicy ----------------------------------------------------------------------
     def folio_add_lru(self, pfn: int, shadow: int | None) -> None:
