@@ -394,7 +394,9 @@ class MemcgMglru(PerMemcgLruvecs):
         memory.low is weak here by the kernel's design: ``shrink_one`` honours it once per
         aging of the memcg's lruvec (the tail mark), not while other memcgs have pages to give;
         no ``memcg_low_skipped`` is set, so direct reclaim never takes its last-resort retry,
-        and ``sc->memcg_low_reclaim`` is not read.
+        and ``sc->memcg_low_reclaim`` is not read. (That is the kernel up to 6.15: since 6.16
+        ``get_nr_to_scan`` scales the budget by protection with ``apply_proportional_protection``,
+        which sets ``memcg_low_skipped``; not modelled yet, docs/memcg-status.md.)
 
     Kernel reference
         mm/vmscan.c: ``shrink_many``, ``shrink_one``, ``lru_gen_rotate_memcg``,
