@@ -84,6 +84,22 @@ class Reclaimer(Protocol):
         """Whether anon folios can be reclaimed at all (``can_reclaim_anon_pages``: free swap)."""
         ...
 
+    pgdat_dirty: bool  # PGDAT_DIRTY: kswapd may write dirty file folios it meets again
+
+    def folio_test_reclaim(self, pfns: Pfns) -> NDArray[np.bool_]:
+        """Which folios have PG_reclaim."""
+        ...
+
+    def wakeup_flusher_threads(self) -> None:
+        """``wakeup_flusher_threads(WB_REASON_VMSCAN)``: a scan took only dirty file folios
+        not yet queued for write-back; the flushers write all dirty data now."""
+        ...
+
+    def pageout_file(self, pfns: Pfns, sc: ScanControl) -> None:
+        """kswapd's ``pageout`` of isolated dirty page-cache folios: writes submitted, the
+        folios go back on the LRU under write-back (``nr_vmscan_write``)."""
+        ...
+
     def folio_test_writeback(self, pfns: Pfns) -> NDArray[np.bool_]:
         """Which folios are under write-out (a pure test: MGLRU's ``sort_folio``)."""
         ...
