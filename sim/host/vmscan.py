@@ -23,6 +23,12 @@ Models
     Only freed folios count as reclaimed (``nr_reclaimed``, ``pgsteal``); a folio whose write
     started is counted by ``nr_pageout`` (``nr_vmscan_write``) and freed by a later scan.
 
+    Page-cache folios are unmapped and need no swap slot: a clean one is freed
+    (``remove_file_folios``); a dirty one is written by kswapd only (``pageout_file``: the
+    node flagged PGDAT_DIRTY, the folio met again with PG_reclaim), on its file's device;
+    otherwise the policy marks and activates it for the flusher, and wakes the flushers when
+    a batch took nothing else (``wakeup_flusher_threads``, sim/host/page_writeback.py).
+
 Kernel reference
     mm/vmscan.c: ``struct scan_control``, ``shrink_folio_list`` (the write-back cases 1-3,
     ``pageout``, ``__remove_mapping``, ``activate_locked``), ``shrink_inactive_list``;
