@@ -68,6 +68,23 @@ class HostConfig(Strict):
     watermark_scale_factor: int = Field(
         10, ge=1, le=3000, description="vm.watermark_scale_factor (1/10000 of memory per gap)."
     )
+    dirty_ratio: int = Field(
+        20,
+        ge=1,
+        le=100,
+        description="vm.dirty_ratio: percent of the dirtyable memory (free above the reserve "
+        "plus page cache) that dirty and write-back page cache may reach before a writer is "
+        "throttled (balance_dirty_pages; throttling starts halfway from the background "
+        "threshold). Only runs with host_files writes use it.",
+    )
+    dirty_background_ratio: int = Field(
+        10,
+        ge=0,
+        le=100,
+        description="vm.dirty_background_ratio: percent of the dirtyable memory above which the "
+        "flusher writes dirty page cache at once (background write-back); at or above "
+        "dirty_ratio it is half of that.",
+    )
     page_size_kib: Literal[4, 2048] = Field(
         4,
         description="Size of the simulated page: 4, or 2048 for THP-backed guest RAM mapped by "
@@ -613,6 +630,10 @@ def _drop_defaults(config: dict[str, Any]) -> None:
         del config["warmup_s"]
     if config.get("metrics") == MetricsConfig().model_dump(mode="json"):
         del config["metrics"]
+    host = config["host"]
+    for key, default in (("dirty_ratio", 20), ("dirty_background_ratio", 10)):
+        if host.get(key) == default:
+            del host[key]
     for vm in config["vms"]:
         if vm.get("prefault") is False:
             del vm["prefault"]

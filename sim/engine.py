@@ -31,6 +31,7 @@ from sim.host.memcontrol import MemCgroups
 from sim.host.memory import PTRS_PER_PMD
 from sim.host.oom import OomKiller
 from sim.host.page_alloc import PageAllocator
+from sim.host.page_writeback import DirtyControl
 from sim.lifecycle import checkpoint
 from sim.machine import Machine, rng_for, vcpu_stream
 from sim.results import staged, write_manifest
@@ -136,6 +137,15 @@ class World(Machine):
                     )
                 )
         self.file_readers: list[FileReader] = []
+        dirty = None
+        if files:  # the node's dirty limits: balance_dirty_pages, background write-back
+            dirty = DirtyControl(
+                mem,
+                dirty_ratio=sc.host.dirty_ratio,
+                dirty_background_ratio=sc.host.dirty_background_ratio,
+                page_size=sc.host.page_size_kib << 10,
+            )
+            self.vmscan.dirty = dirty
         for k, hf in enumerate(files):
             nr_file_pages = sc.host.pages(hf.size_mib)
             stream = AccessStream(
@@ -174,8 +184,11 @@ class World(Machine):
                     nr_pages=nr_file_pages,
                     memcg=self.memcg if owner is not None else None,
                     owner=owner,
+                    dirty=dirty,
                 )
             )
+        if dirty is not None:
+            dirty.readers = self.file_readers
         if any(cfg.prefault for _, cfg in vms):
             from sim.prefault import prefault
 

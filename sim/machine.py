@@ -523,6 +523,12 @@ class Machine:
                 **self.memcg.file_stat(lim.root),
                 "vmstat": vs.mm_stat(lim.root),
             }
+        if any(hf.write_ratio > 0 for hf in sc.file_sections()):
+            # each writer's balance_dirty_pages sleeps: its own time, no vmstat counter
+            host["dirty_throttle"] = [
+                {"pause_ns": r.dirty_pause_at(int(sim_time_ns)), "pauses": r.dirty_pauses}
+                for r in getattr(self, "file_readers", [])
+            ]
         return {
             "name": sc.name,
             "seed": sc.seed,

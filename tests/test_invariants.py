@@ -99,6 +99,11 @@ def scenarios(draw: st.DrawFn, huge: bool = False) -> dict[str, Any]:
             "dirty_expire_ms": draw(st.sampled_from([0, 2])),
             "writeback_mib_per_s": draw(st.sampled_from([10, 1000])),
         }
+        # vm.dirty_ratio / dirty_background_ratio: defaults, tight (the writer throttled, the
+        # flusher in the background), the background one above the limit (halved), and loose
+        # (dirty data left for reclaim: the flusher woken, kswapd's own writes)
+        ratio, bg = draw(st.sampled_from([(20, 10), (2, 1), (10, 50), (100, 99)]))
+        host.update(dirty_ratio=ratio, dirty_background_ratio=bg)
         if draw(st.booleans()):  # a second file, its own reader (the list form)
             second = {"size_mib": 2 if huge else 1, "workload": {"type": "uniform"}}
             extra["host_files"] = [extra["host_files"], second]

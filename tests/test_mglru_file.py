@@ -316,25 +316,31 @@ def test_page_cache_under_mglru_is_reclaimed_without_io() -> None:
 
 
 def test_mglru_reclaim_never_writes_a_dirty_file_folio() -> None:
-    """With the flusher asleep all run, every folio dirtied is resident and dirty at the end:
-    the scan sorted the dirty ones up a generation (pgrefill) instead of isolating them, so
-    ``shrink_folio_list`` never met one (no ``nr_vmscan_immediate_reclaim``, unlike two_list)."""
+    """With the flusher's period longer than the run, every folio dirtied is dirty at the end
+    or was written by the flusher (background write-back, reclaim's wake-ups): the scan sorted
+    the dirty ones up a generation (pgrefill) instead of isolating them, so
+    ``shrink_folio_list`` never met one (no ``nr_vmscan_immediate_reclaim``, unlike two_list,
+    and no ``nr_vmscan_write``)."""
     w = _run(_mglru_raw(write_ratio=0.5, dirty_writeback_ms=10_000))
     vs, mem = w.vmstat, w.mem
     dirty = int(((mem.flags[mem.file_base :] & PG_DIRTY) != 0).sum())
     assert vs["nr_dirtied"] > 0
-    assert dirty == vs["nr_dirtied"]
-    assert vs["pgpgout"] == vs["nr_written"] == 0
+    assert dirty + vs["pgpgout"] // 4 == vs["nr_dirtied"]
     assert vs["nr_vmscan_immediate_reclaim"] == 0
+    assert vs["nr_vmscan_write"] == 0
     assert vs["pgrefill"] > 0
 
 
 def test_swappiness_0_scans_no_anon_and_200_scans_anon_first() -> None:
     """Dirty page cache keeps file's oldest generation emptying, so aging runs and both
-    types become scannable: swappiness 0 never touches anon, 200 scans anon first."""
+    types become scannable: swappiness 0 never touches anon, 200 scans anon first. The dirty
+    limits are raised so that background write-back does not clean the cache first (at the
+    defaults this host's 16 MiB keep dirty data low and MGLRU never needs to age)."""
     runs = {}
     for s in (0, 200):
-        vs = _run(_mglru_raw(s, write_ratio=0.5, dirty_writeback_ms=20, dirty_expire_ms=10)).vmstat
+        raw = _mglru_raw(s, write_ratio=0.5, dirty_writeback_ms=20, dirty_expire_ms=10)
+        raw["host"].update(dirty_ratio=100, dirty_background_ratio=99)
+        vs = _run(raw).vmstat
         runs[s] = (vs["pgscan_anon"], vs["pgscan_file"], vs["pswpout"])
     assert runs[0][0] == runs[0][2] == 0
     assert runs[200][0] > 0

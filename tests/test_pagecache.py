@@ -71,14 +71,15 @@ def _dirty_file_pages(w: World) -> int:
 
 
 def test_reclaim_never_drops_a_dirty_file_folio() -> None:
-    """With the flusher asleep for the whole run, every folio dirtied is still resident and
-    dirty at the end: reclaim marked the dirty ones it met and activated them."""
+    """With the flusher's period longer than the run, every folio dirtied is still dirty at
+    the end or was written (background write-back, reclaim's wake-ups and kswapd's own
+    writes): reclaim never freed one dirty; it marked the dirty ones it met and activated
+    them."""
     w = _run(_raw(write_ratio=0.5, dirty_writeback_ms=10_000))
     vs = w.vmstat
     assert vs["nr_dirtied"] > 0
     assert vs["nr_vmscan_immediate_reclaim"] > 0
-    assert vs["pgpgout"] == vs["nr_written"] == 0
-    assert _dirty_file_pages(w) == vs["nr_dirtied"]
+    assert vs["nr_dirtied"] == _dirty_file_pages(w) + vs["pgpgout"] // 4
     assert vs["pgsteal_file"] < vs["pgscan_file"]
 
 

@@ -28,16 +28,21 @@ Kernel reference
     mm/swap.c: ``folio_mark_accessed``, ``folio_add_lru``; mm/workingset.c:
     ``workingset_refault``, ``workingset_test_recent``.
 
-    A write (``write_ratio``) dirties the folio (``nr_dirtied``). Reclaim never writes a dirty
-    file folio: it marks it PG_reclaim and activates it. The flusher (``wb_workfn``) wakes every
-    ``dirty_writeback_ms`` and writes the folios dirtied ``dirty_expire_ms`` ago or earlier
-    (``pgpgout``, ``nr_written``); the end of a write rotates a PG_reclaim folio to the inactive
-    tail for the next scan to free.
+    A write (``write_ratio``) dirties the folio (``nr_dirtied``). Direct reclaim never writes a
+    dirty file folio: it marks it PG_reclaim and activates it; kswapd writes one it meets again
+    with PG_reclaim while the node is flagged PGDAT_DIRTY (sim/host/vmscan.py). The flusher
+    (``wb_workfn`` -> ``wb_do_writeback``) wakes every ``dirty_writeback_ms`` and writes the
+    folios dirtied ``dirty_expire_ms`` ago or earlier (``wb_check_old_data_flush``), and wakes at
+    once when reclaim found only unqueued dirty file folios (``wb_check_start_all``: all dirty
+    data) or when a writer's dirty page cache exceeds the background threshold
+    (``wb_check_background_flush``: the oldest, down to the threshold;
+    sim/host/page_writeback.py). Each write is ``pgpgout`` when submitted and ``nr_written``
+    when it ends; the end rotates a PG_reclaim folio to the inactive tail for the next scan to
+    free. After each batch that dirtied folios the writer calls ``balance_dirty_pages``, which
+    may pause it (``dirty_pause_ns``, the reader's own time).
 
 Simplifications
-    No dirty thresholds (``dirty_background_ratio`` starting the flusher early,
-    ``balance_dirty_pages`` throttling the writer) and no PGDAT_DIRTY (kswapd never writes file
-    folios itself): docs/pagecache-status.md. The flusher's device is its own, writing one page
+    The flusher's device is its own, writing one page
     after another; a write miss reads the page first (a partial-page write). No readahead:
     each miss is one page read, and a task's reads are taken one after another at
     ``read_latency_us`` each (no device queue shared with swap).
@@ -58,6 +63,7 @@ from numpy.typing import NDArray
 from sim.host.kswapd import ProcessGen
 from sim.host.memory import NO_PFN_INT, PG_DIRTY, PG_RESIDENT, PG_WRITEBACK, HostMemory
 from sim.host.page_alloc import PageAllocator
+from sim.host.page_writeback import HZ, JIFFY_NS, DirtyControl, dirty_pause
 from sim.host.swap import SwapDevice
 from sim.host.vmscan import Schedule, Vmscan
 from sim.host.vmstat import VmEvents
@@ -114,6 +120,8 @@ class FileReader:
         memcg: the memcgs, when the file is charged to a VM's (memory.high on the way back).
         owner: the VM whose QEMU reads the file (the memcg charged; the reader stops when it
             is killed), or None: a host service in the root memcg.
+        dirty: the node's dirty limits (``balance_dirty_pages``, background write-back), or
+            None: no thresholds (a reader tested alone).
     """
 
     def __init__(
@@ -139,6 +147,7 @@ class FileReader:
         nr_pages: int,
         memcg: MemCgroups | None = None,
         owner: Mm | None = None,
+        dirty: DirtyControl | None = None,
     ) -> None:
         self.env, self.mem, self.alloc, self.policy = env, mem, alloc, policy
         self.swap, self.vmstat, self.stream = swap, vmstat, stream
@@ -149,6 +158,15 @@ class FileReader:
         self.base, self.nr_pages, self.memcg, self.owner = base, nr_pages, memcg, owner
         self.dirtied_at = np.zeros(nr_pages, dtype=np.int64)
         self._device_free = 0  # when the flusher's last write ends (ns)
+        self.dirty = dirty
+        self.bw_pages_per_s = max(1, 1_000_000_000 // write_ns)  # the device's write bandwidth
+        self._kick: simpy.Event | None = None  # wb_wakeup: the flusher's work is queued
+        self._start_all = False  # WB_start_all: write every dirty folio (WB_REASON_VMSCAN)
+        self._nr_dirtied = 0  # current->nr_dirtied: folios dirtied since the last pause
+        self._paused_when = 0  # current->dirty_paused_when (jiffies; 0: never paused)
+        self.dirty_pause_ns = 0  # time slept in balance_dirty_pages (no vmstat counter)
+        self.dirty_pauses = 0  # balance_dirty_pages sleeps (counted when they start)
+        self._pause_since = -1  # when the sleep in progress began (-1: none)
 
     def run(self) -> ProcessGen:
         """Read batch after batch: hits mark folios accessed, misses read them in (each miss
@@ -158,6 +176,8 @@ class FileReader:
         mem, policy, owner = self.mem, self.policy, self.owner
         base = self.base
         while owner is None or not owner.dead:
+            if self._nr_dirtied and self.dirty is not None:
+                yield from self.balance_dirty_pages()
             offs, writes = self.stream.next(self.batch)
             for off, write in zip(offs.tolist(), writes.tolist(), strict=True):
                 pid = base + off
@@ -194,32 +214,134 @@ class FileReader:
         self.mem.flags[pid] = f | PG_DIRTY
         self.dirtied_at[pid - self.base] = int(self.env.now)
         self.vmstat[NR_DIRTIED] += 1
+        self._nr_dirtied += 1
+
+    def balance_dirty_pages(self) -> ProcessGen:
+        """``balance_dirty_pages`` after a batch that dirtied folios: over ``bg_thresh`` the
+        flusher starts background write-back; at or below the freerun ceiling the writer goes
+        on; above it, it sleeps ``HZ * pages_dirtied / task_ratelimit`` jiffies (the write
+        bandwidth times ``pos_ratio``), less its time since the last pause, at most
+        ``wb_max_pause``; at or over the limit (``task_ratelimit`` 0) it sleeps ``max_pause``
+        and tries again. sim/host/page_writeback.py says what is simplified."""
+        dc = self.dirty
+        assert dc is not None
+        pages_dirtied = self._nr_dirtied
+        while True:
+            now_j = int(self.env.now) // JIFFY_NS
+            st = dc.state()
+            if st.nr_dirty > st.bg_thresh:  # !laptop_mode && nr_dirty > bg_thresh
+                dc.wb_start_background_writeback()
+            if st.freerun:
+                self._paused_when, self._nr_dirtied = now_j, 0
+                return
+            dc.wb_start_background_writeback()  # "start writeback even when in laptop mode"
+            f = self.mem.flags[self.base : self.base + self.nr_pages]
+            pause, period = dirty_pause(
+                st.dirty,
+                st.thresh,
+                st.bg_thresh,
+                pages_dirtied=pages_dirtied,
+                bw_pages_per_s=self.bw_pages_per_s,
+                wb_dirty=int(np.count_nonzero(f & (PG_DIRTY | PG_WRITEBACK))),
+                since_pause=now_j - self._paused_when if self._paused_when else None,
+            )
+            if pause < 1:  # below min_pause: no sleep; the debt is carried in dirty_paused_when
+                if pause < -HZ:
+                    self._paused_when, self._nr_dirtied = now_j, 0
+                elif period:
+                    self._paused_when += period
+                    self._nr_dirtied = 0
+                return
+            self.dirty_pauses += 1
+            self._pause_since = int(self.env.now)
+            yield self.env.timeout(pause * JIFFY_NS)
+            self._pause_since = -1
+            self.dirty_pause_ns += pause * JIFFY_NS
+            self._paused_when, self._nr_dirtied = now_j + pause, 0
+            if period:  # task_ratelimit > 0: done; at or over the limit, try again
+                return
+
+    def dirty_pause_at(self, now: int) -> int:
+        """Time slept in ``balance_dirty_pages`` up to ``now`` (a sleep in progress credited
+        as it accrues, as the vCPUs' stall is)."""
+        return self.dirty_pause_ns + (now - self._pause_since if self._pause_since >= 0 else 0)
+
+    def _wakeup(self) -> None:
+        """``wb_wakeup``: the flusher runs its queued work now."""
+        if self._kick is not None and not self._kick.triggered:
+            self._kick.succeed()
+
+    def wb_start_all(self) -> None:
+        """``wb_start_writeback(WB_REASON_VMSCAN)``: if the file has dirty data, the flusher
+        wakes to write all of it (``wb_check_start_all``)."""
+        f = self.mem.flags[self.base : self.base + self.nr_pages]
+        if not (f & PG_DIRTY).any():  # !wb_has_dirty_io
+            return
+        self._start_all = True
+        self._wakeup()
+
+    def wb_start_background(self) -> None:
+        """``wb_start_background_writeback``: wake the flusher (it checks the threshold)."""
+        self._wakeup()
+
+    def write_folios(self, pids: NDArray[np.int64], *, reclaim: bool = False) -> None:
+        """Submit writes of dirty folios to the file's device, one after another after the
+        writes already queued (``pgpgout`` at submission); PG_dirty becomes PG_writeback, and
+        each write ends in ``folio_end_writeback`` (``nr_written``). ``reclaim``: kswapd's
+        ``pageout``, whose folios keep their PG_reclaim."""
+        mem = self.mem
+        now = int(self.env.now)
+        f = mem.flags[pids] & ~np.uint8(PG_DIRTY)
+        mem.flags[pids] = f | np.uint8(PG_WRITEBACK)
+        mem.nr_writeback += len(pids)
+        self.vmstat[PGPGOUT] += self.page_kib * len(pids)
+        start = max(now, self._device_free)
+        for i, pid in enumerate(pids.tolist()):
+            self.schedule(start + (i + 1) * self.write_ns, partial(self._end_writeback, pid))
+        self._device_free = start + len(pids) * self.write_ns
+
+    def _dirty_unqueued(self) -> NDArray[np.bool_]:
+        """Which of the file's folios are dirty and not under write-back."""
+        f = self.mem.flags[self.base : self.base + self.nr_pages]
+        return (f & (PG_DIRTY | PG_WRITEBACK)) == PG_DIRTY
+
+    def _oldest(self, due: NDArray[np.bool_], n: int) -> NDArray[np.int64]:
+        """The ``n`` oldest-dirtied of ``due`` (file order among equals), in file order."""
+        idx = np.flatnonzero(due)
+        if n < len(idx):
+            idx = np.sort(idx[np.argsort(self.dirtied_at[idx], kind="stable")[:n]])
+        return idx + self.base
 
     def flusher(self) -> ProcessGen:
-        """``wb_workfn`` -> ``wb_check_old_data_flush``: every ``dirty_writeback`` the flusher
-        writes the dirty folios dirtied at least ``dirty_expire`` ago, in file order, one after
-        another at the device's write speed (``pgpgout``); each write ends with
-        ``folio_end_writeback``, which rotates a folio reclaim marked PG_reclaim to the
-        inactive tail."""
-        mem = self.mem
-        base = self.base
+        """``wb_workfn`` -> ``wb_do_writeback``: the flusher sleeps until its period or a
+        wake-up, then ``wb_check_start_all`` (reclaim asked for all dirty data),
+        ``wb_check_old_data_flush`` (once a period: the folios dirtied at least
+        ``dirty_expire`` ago, in file order) and ``wb_check_background_flush`` (dirty page
+        cache over ``bg_thresh``: the oldest, down to it). Writes go one after another at the
+        device's write speed (``pgpgout``); each ends with ``folio_end_writeback``, which
+        rotates a folio reclaim marked PG_reclaim to the inactive tail."""
+        timer = self.env.timeout(self.dirty_writeback_ns)
         while True:
-            yield self.env.timeout(self.dirty_writeback_ns)
+            self._kick = self.env.event()
+            yield timer | self._kick
             now = int(self.env.now)
-            f = mem.flags[base : base + self.nr_pages]
-            due = (f & (PG_DIRTY | PG_WRITEBACK)) == PG_DIRTY
-            due &= self.dirtied_at <= now - self.dirty_expire_ns
-            pids = np.flatnonzero(due) + base
-            if len(pids) == 0:
-                continue
-            mem.flags[pids] = (mem.flags[pids] & ~np.uint8(PG_DIRTY)) | np.uint8(PG_WRITEBACK)
-            mem.nr_writeback += len(pids)
-            self.vmstat[PGPGOUT] += self.page_kib * len(pids)
-            start = max(now, self._device_free)
-            for i, pid in enumerate(pids.tolist()):
-                done = start + (i + 1) * self.write_ns
-                self.schedule(done, partial(self._end_writeback, pid))
-            self._device_free = start + len(pids) * self.write_ns
+            if self._start_all:
+                self._start_all = False
+                due = self._dirty_unqueued()
+                if due.any():
+                    self.write_folios(np.flatnonzero(due) + self.base)
+            if timer.processed:
+                due = self._dirty_unqueued()
+                due &= self.dirtied_at <= now - self.dirty_expire_ns
+                if due.any():
+                    self.write_folios(np.flatnonzero(due) + self.base)
+                timer = self.env.timeout(self.dirty_writeback_ns)
+            if self.dirty is not None:
+                over = self.dirty.over_bg_thresh()
+                if over:
+                    due = self._dirty_unqueued()
+                    if due.any():
+                        self.write_folios(self._oldest(due, over))
 
     def _end_writeback(self, pid: int) -> None:
         """The write of ``pid`` ended (``nr_written``), as ``folio_end_writeback``."""

@@ -11,8 +11,11 @@ Models
     when a pass takes only folios already under write-out (``nr.writeback == nr.taken``) the
     node is flagged PGDAT_WRITEBACK; a later pass that meets a folio it had marked PG_reclaim
     counts it ``nr_immediate`` and kswapd sleeps in ``reclaim_throttle(WRITEBACK)`` until
-    ``SWAP_CLUSTER_MAX`` pages per throttled task have finished writing, or HZ/10. The flag is
-    cleared when the node is balanced and kswapd goes to sleep.
+    ``SWAP_CLUSTER_MAX`` pages per throttled task have finished writing, or HZ/10. A pass whose
+    file folios taken were all dirty and unqueued (``nr.unqueued_dirty == nr.file_taken``, so
+    also one that took none) flags the node PGDAT_DIRTY, which lets kswapd write the dirty
+    page-cache folios it meets again (vmscan.py). Both flags are cleared when the node is
+    balanced and kswapd goes to sleep.
 
     Direct reclaim (``try_to_free_pages``) runs in an allocating task whose allocation found
     free memory at or below the min watermark (a vCPU thread faulting guest memory in): first
@@ -216,6 +219,7 @@ class Kswapd(Reclaim):
             self._busy_since = -1
             if self.mem.balanced():
                 self.vmscan.pgdat_writeback = False  # clear_pgdat_congested
+                self.vmscan.pgdat_dirty = False
             self.throttle.wake_pfmemalloc(self)
             self.sleeping = True
 
@@ -237,6 +241,10 @@ class Kswapd(Reclaim):
             # it met folios it had marked -> the LRU cycles faster than the device writes
             if sc.nr_writeback and sc.nr_writeback == sc.nr_taken:
                 self.vmscan.pgdat_writeback = True
+            # "Allow kswapd to start writing pages during reclaim": every file folio taken was
+            # dirty and unqueued (also when none was taken, as the kernel's test reads)
+            if sc.nr_unqueued_dirty == sc.nr_file_taken:
+                self.vmscan.pgdat_dirty = True
             if sc.nr_immediate:
                 yield from self.throttle.writeback()
             self.throttle.wake_pfmemalloc(self)

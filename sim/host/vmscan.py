@@ -23,6 +23,12 @@ Models
     Only freed folios count as reclaimed (``nr_reclaimed``, ``pgsteal``); a folio whose write
     started is counted by ``nr_pageout`` (``nr_vmscan_write``) and freed by a later scan.
 
+    Page-cache folios are unmapped and need no swap slot: a clean one is freed
+    (``remove_file_folios``); a dirty one is written by kswapd only (``pageout_file``: the
+    node flagged PGDAT_DIRTY, the folio met again with PG_reclaim), on its file's device;
+    otherwise the policy marks and activates it for the flusher, and wakes the flushers when
+    a batch took nothing else (``wakeup_flusher_threads``, sim/host/page_writeback.py).
+
 Kernel reference
     mm/vmscan.c: ``struct scan_control``, ``shrink_folio_list`` (the write-back cases 1-3,
     ``pageout``, ``__remove_mapping``, ``activate_locked``), ``shrink_inactive_list``;
@@ -73,6 +79,7 @@ from sim.host.vmstat import VmEvents, VmStat
 
 if TYPE_CHECKING:
     from sim.host.memcontrol import MemCgroups
+    from sim.host.page_writeback import DirtyControl
     from sim.reclaim.base import EvictionPolicy
 
 _U8 = np.uint8
@@ -113,6 +120,8 @@ class ScanControl:
     nr_taken: int = 0  # sc->nr.taken: folios isolated from inactive lists this pass
     nr_writeback: int = 0  # sc->nr.writeback: folios found under write-out
     nr_immediate: int = 0  # sc->nr.immediate: ... that kswapd had marked PG_reclaim already
+    nr_file_taken: int = 0  # sc->nr.file_taken: file folios taken (MGLRU: and sorted dirty)
+    nr_unqueued_dirty: int = 0  # sc->nr.unqueued_dirty: ... dirty and not under write-back
     nr_rmap_walked: int = 0  # host rmap mappings visited
     nr_notifier_calls: int = 0  # notifier callbacks made (all ops)
     nr_sptes_walked: int = 0  # sptes visited by KVM's walks
@@ -213,6 +222,8 @@ class Vmscan:
         # from a pte (folio_referenced_one), so there is nothing to look around.
         self.pmd_mapped = False
         self.pgdat_writeback = False  # PGDAT_WRITEBACK: kswapd found its whole batch writing
+        self.pgdat_dirty = False  # PGDAT_DIRTY: kswapd's pass took only unqueued dirty file
+        self.dirty: DirtyControl | None = None  # the page cache's flushers, if any
         self.on_writeback_end: Callable[[], None] | None = None  # reclaim_throttle's waker
         self.memcg: MemCgroups | None = None  # the VMs' memcgs (swap charges), if any
 
@@ -478,6 +489,29 @@ class Vmscan:
         shadows = self.policy.workingset_eviction(pfns)
         self.mem.free_frames(pfns, shadows)
         sc.freed(len(pfns))
+
+    def folio_test_reclaim(self, pfns: NDArray[np.int64]) -> NDArray[np.bool_]:
+        """Which folios have PG_reclaim (reclaim met them before)."""
+        return (self.mem.flags[self.mem.frame_pid[pfns]] & PG_RECLAIM) != 0
+
+    def wakeup_flusher_threads(self) -> None:
+        """``wakeup_flusher_threads(WB_REASON_VMSCAN)``: every flusher with dirty data starts
+        writing all of it (sim/host/page_writeback.py)."""
+        if self.dirty is not None:
+            self.dirty.wakeup_flusher_threads()
+
+    def pageout_file(self, pfns: NDArray[np.int64], sc: ScanControl) -> None:
+        """``shrink_folio_list`` -> ``pageout`` of dirty page-cache folios (kswapd only, with
+        PGDAT_DIRTY, a folio it had marked PG_reclaim and that was not referenced): the write
+        is submitted to the file's device and the folio, clean and under write-back with
+        PG_reclaim, goes back on the LRU (``keep``) until the write ends and rotates it
+        (``nr_pageout``, ``nr_vmscan_write``; ``pgpgout`` at submission)."""
+        if len(pfns) == 0:
+            return
+        assert self.dirty is not None, "a dirty page-cache folio with no flusher"
+        sc.nr_pageout += len(pfns)
+        self.vmstat[VmStat.NR_VMSCAN_WRITE] += len(pfns)
+        self.dirty.pageout(self.mem.frame_pid[pfns].astype(np.int64))
 
     def folio_end_writeback(self, pid: int, pfn: int) -> None:
         """``folio_end_writeback``: the write ended; a folio still marked PG_reclaim and clean

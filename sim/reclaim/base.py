@@ -88,6 +88,20 @@ class Reclaimer(Protocol):
         """Free swap slots (``get_nr_swap_pages``; for one memcg's lruvec
         ``mem_cgroup_get_nr_swap_pages``, bounded by its memory.swap.max): MGLRU's
         ``get_swappiness`` wants MIN_LRU_BATCH of them."""
+    pgdat_dirty: bool  # PGDAT_DIRTY: kswapd may write dirty file folios it meets again
+
+    def folio_test_reclaim(self, pfns: Pfns) -> NDArray[np.bool_]:
+        """Which folios have PG_reclaim."""
+        ...
+
+    def wakeup_flusher_threads(self) -> None:
+        """``wakeup_flusher_threads(WB_REASON_VMSCAN)``: a scan took only dirty file folios
+        not yet queued for write-back; the flushers write all dirty data now."""
+        ...
+
+    def pageout_file(self, pfns: Pfns, sc: ScanControl) -> None:
+        """kswapd's ``pageout`` of isolated dirty page-cache folios: writes submitted, the
+        folios go back on the LRU under write-back (``nr_vmscan_write``)."""
         ...
 
     def folio_test_writeback(self, pfns: Pfns) -> NDArray[np.bool_]:

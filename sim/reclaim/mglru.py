@@ -127,29 +127,32 @@ Kernel reference
 Simplifications
     One lruvec per memcg (memcg.py); the file type exists only on the node's one lruvec with
     ``host_files`` (no memcg). Without it the lruvec is anon only, as before: ``min_seq[file]`` is
-    not modelled and swappiness 0 or a full swap device leaves nothing evictable. With it: no
-    ``wakeup_flusher_threads`` when every file folio the scan took was dirty (``nr.unqueued_dirty
-    == nr.file_taken``; the flusher keeps its period); on anon's cold/hot inversion, folios
-    promoted lazily onto the inverted list move to their own generations' lists (the kernel leaves
-    them there); ``lru_gen_folio_seq``'s PG_reclaim case for file folios is not needed (reclaim
-    never puts a file folio back). No Bloom filter and no mm-list skipping: every aging walk visits
-    every present pte (the kernel's ``force_scan``), which is the upper bound of its cost; the walk
-    snapshot is taken at its start and frames that left the LRU meanwhile are skipped.
-    ``folio_update_gen`` is used for look-around promotions in direct reclaim too (the kernel uses
-    ``lru_gen_set_refs`` + ``folio_activate`` there, with the same result). Folios kept by the
-    reference check are put back as "anon not in the swap cache" (generation ``max_seq - 1``): the
-    policy cannot see the swap cache. No retry of clean unmapped folios that missed
-    ``folio_rotate_reclaimable`` (none do here). One zone: no ``skipped_zone`` (every folio the
-    scan reaches and does not sort is isolated). No ``set_initial_priority`` for kswapd. The
-    controller keeps one history generation (NR_HIST_GENS = 1, CONFIG_LRU_GEN_STATS off). Pte dirty
-    bits seen by the walk are not transferred. ``promotion: one_step`` gives 6.1-6.13's reference
-    rules (any young sighting promotes to ``max_seq``, faulted-in folios join ``max_seq``,
-    promotion sets no PG_workingset) with everything else kept at 6.14. In demand mode
-    (``nr_to_reclaim == 1``, ``sc.batch`` 1) a scan isolates one folio, and a call goes on,
-    lowering the priority and aging as needed, until it has reclaimed its page (standing in for the
-    caller's retries). The walk's pte visits are priced through the host's aging call: one rmap
-    entry and one notifier call per pte (the host-only walk, through
-    ``Reclaimer.ptep_test_and_clear_young``, prices one rmap entry per pte and no notifier).
+    not modelled and swappiness 0 or a full swap device leaves nothing evictable. With it:
+    ``sort_folio`` counts the dirty file folios it sorts in ``nr.file_taken`` (and, not under
+    write-back, ``nr.unqueued_dirty``), ``scan_folios`` the isolated ones, and
+    ``try_to_shrink_lruvec`` wakes the flushers when every one was unqueued dirty
+    (``wakeup_flusher_threads(WB_REASON_VMSCAN)``: "mm: vmscan: wake up flushers conditionally to
+    avoid cgroup OOM"; counted from the call's start, which is the node's ``shrink_node`` with one
+    lruvec). On anon's cold/hot inversion, folios promoted lazily onto the inverted list move to
+    their own generations' lists (the kernel leaves them there); ``lru_gen_folio_seq``'s PG_reclaim
+    case for file folios is not needed (reclaim never puts a file folio back). No Bloom filter and
+    no mm-list skipping: every aging walk visits every present pte (the kernel's ``force_scan``),
+    which is the upper bound of its cost; the walk snapshot is taken at its start and frames that
+    left the LRU meanwhile are skipped. ``folio_update_gen`` is used for look-around promotions in
+    direct reclaim too (the kernel uses ``lru_gen_set_refs`` + ``folio_activate`` there, with the
+    same result). Folios kept by the reference check are put back as "anon not in the swap cache"
+    (generation ``max_seq - 1``): the policy cannot see the swap cache. No retry of clean unmapped
+    folios that missed ``folio_rotate_reclaimable`` (none do here). One zone: no ``skipped_zone``
+    (every folio the scan reaches and does not sort is isolated). No ``set_initial_priority`` for
+    kswapd. The controller keeps one history generation (NR_HIST_GENS = 1, CONFIG_LRU_GEN_STATS
+    off). Pte dirty bits seen by the walk are not transferred. ``promotion: one_step`` gives
+    6.1-6.13's reference rules (any young sighting promotes to ``max_seq``, faulted-in folios join
+    ``max_seq``, promotion sets no PG_workingset) with everything else kept at 6.14. In demand mode
+    (``nr_to_reclaim == 1``, ``sc.batch`` 1) a scan isolates one folio, and a call goes on, lowering
+    the priority and aging as needed, until it has reclaimed its page (standing in for the caller's
+    retries). The walk's pte visits are priced through the host's aging call: one rmap entry and one
+    notifier call per pte (the host-only walk, through ``Reclaimer.ptep_test_and_clear_young``,
+    prices one rmap entry per pte and no notifier).
 
 Invariants
     ``2 <= max_seq - min_seq[type] + 1 <= 4`` for each type. Every folio the policy tracks is
@@ -725,10 +728,13 @@ class Mglru:
             protect = ~promoted & ((tier > tier_idx) | maxed)
             rest = ~promoted & ~protect
             writeback = np.zeros(len(chunk), dtype=np.bool_)
+            dirty = np.zeros(len(chunk), dtype=np.bool_)
             if rest.any():
                 writeback[rest] = reclaim.folio_test_writeback(chunk[rest])
                 if type_ == FILE:  # type == LRU_GEN_FILE && dirty: waiting for the flusher
-                    writeback[rest] |= reclaim.folio_test_dirty(chunk[rest])
+                    dirty[rest] = reclaim.folio_test_dirty(chunk[rest])
+            queued = writeback.copy()
+            writeback |= dirty
             take = rest & ~writeback
             cum = np.cumsum(take)
             cut = len(chunk)
@@ -736,9 +742,12 @@ class Mglru:
                 cut = int(np.searchsorted(cum, cap - n_iso)) + 1
                 lst.add_tail(chunk[cut:])
                 chunk, seq, fl, tier, maxed = (a[:cut] for a in (chunk, seq, fl, tier, maxed))
-                promoted, protect, writeback, take = (
-                    a[:cut] for a in (promoted, protect, writeback, take)
+                promoted, protect, writeback, take, dirty, queued = (
+                    a[:cut] for a in (promoted, protect, writeback, take, dirty, queued)
                 )
+            if type_ == FILE and dirty.any():  # sort_folio: nr.file_taken, nr.unqueued_dirty
+                sc.nr_file_taken += int(np.count_nonzero(dirty))
+                sc.nr_unqueued_dirty += int(np.count_nonzero(dirty & ~queued))
             scanned += cut
             remaining -= cut
             # promoted: to the head of its generation's list
@@ -771,6 +780,8 @@ class Mglru:
         sc.refilled(sorted_)  # pgrefill: folios sorted into other generations
         if self.file and n_iso:  # PGSCAN_ANON + type
             self.vmstat[PGSCAN_FILE if type_ == FILE else PGSCAN_ANON] += n_iso
+            if type_ == FILE:
+                sc.nr_file_taken += n_iso
         out = np.concatenate(isolated) if isolated else none
         return (scanned if n_iso or not remaining else 0), out
 
@@ -904,9 +915,11 @@ class Mglru:
         self, sc: ScanControl, reclaim: Reclaimer, swappiness: int
     ) -> Generator[None, None, bool]:
         """``try_to_shrink_lruvec``: evict (or age) until the budget is spent or enough is
-        reclaimed; yields after each batch. Returns whether it aged or scanned anything."""
+        reclaimed, yielding after each batch; then wake the flushers if every file folio it
+        met was dirty and unqueued. Returns whether it aged or scanned anything."""
         scanned = 0
         progress = False
+        dirty0, taken0 = sc.nr_unqueued_dirty, sc.nr_file_taken  # sc->nr is per shrink_node
         while True:
             nr_to_scan = yield from self._get_nr_to_scan(sc, reclaim, swappiness)
             if nr_to_scan < 0:
@@ -921,6 +934,11 @@ class Mglru:
             scanned += delta
             if scanned >= nr_to_scan or self._should_abort_scan(sc, reclaim):
                 break
+        # "If too many file cache in the coldest generation can't be evicted due to being
+        # dirty, wake up the flusher": every file folio sorted or taken was unqueued dirty
+        unqueued = sc.nr_unqueued_dirty - dirty0
+        if unqueued and unqueued == sc.nr_file_taken - taken0:
+            reclaim.wakeup_flusher_threads()
         self.should_rotate = nr_to_scan < 0  # "whether this lruvec should be rotated"
         return progress
 

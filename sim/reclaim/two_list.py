@@ -665,34 +665,63 @@ class TwoList:
         """``shrink_inactive_list`` for the inactive file list. Folios under write-back are
         activated first (PG_reclaim set, as for anon). The page cache is not mapped, so
         ``folio_check_references`` sees no pte and reclaims every other folio (PG_referenced
-        cleared; activation happened in ``folio_mark_accessed``): a clean one leaves through
-        ``__remove_mapping`` with a workingset shadow, without I/O; a dirty one is not written
-        by reclaim but marked PG_reclaim and activated, for the flusher to write
-        (``nr_vmscan_immediate_reclaim``)."""
+        cleared; activation happened in ``folio_mark_accessed``; a folio that had it is
+        FOLIOREF_RECLAIM_CLEAN): a clean one leaves through ``__remove_mapping`` with a
+        workingset shadow, without I/O. A dirty one (``shrink_folio_list``'s file case): unless
+        this is kswapd, the folio already has PG_reclaim and the node is PGDAT_DIRTY, it is
+        marked PG_reclaim and activated for the flusher to write
+        (``nr_vmscan_immediate_reclaim``); otherwise kswapd keeps a referenced one on the
+        inactive list (``keep_locked``) and writes the others (``pageout``: back on the
+        inactive list under write-back). When every folio taken was dirty and not yet queued
+        (``stat.nr_unqueued_dirty == nr_taken``) the flushers are woken
+        (``wakeup_flusher_threads(WB_REASON_VMSCAN)``)."""
         pfns = self.inactive_file.isolate_tail(n)
         if len(pfns) == 0:
             return
         _set_lru(pfns, self.fl, 0)
         sc.nr_taken += len(pfns)
+        sc.nr_file_taken += len(pfns)
         sc.isolated(len(pfns))
         self._count(PGSCAN_FILE, len(pfns))
         writeback = reclaim.writeback_check(pfns, sc)
         check = pfns[~writeback]
+        referenced = (self.fl[check] & PG_REFERENCED) != 0  # folio_test_clear_referenced
         self.fl[check] &= np.uint8(~PG_REFERENCED & 0xFF)
         dirty = reclaim.folio_test_dirty(check)
-        if dirty.any():
-            reclaim.folio_set_reclaim(check[dirty])
-            self._count(NR_VMSCAN_IMMEDIATE, int(np.count_nonzero(dirty)))
+        nr_unqueued_dirty = int(np.count_nonzero(dirty))  # dirty && !writeback
+        kswapd_may_write = np.zeros(len(check), dtype=np.bool_)
+        if nr_unqueued_dirty and not sc.direct and reclaim.pgdat_dirty:
+            kswapd_may_write = dirty & reclaim.folio_test_reclaim(check)
+        immediate = dirty & ~kswapd_may_write
+        if immediate.any():
+            reclaim.folio_set_reclaim(check[immediate])
+            self._count(NR_VMSCAN_IMMEDIATE, int(np.count_nonzero(immediate)))
+        write = kswapd_may_write & ~referenced
+        kept = check[kswapd_may_write & referenced]  # FOLIOREF_RECLAIM_CLEAN: keep_locked
+        written = check[write]
+        reclaim.pageout_file(written, sc)
         clean = check[~dirty]
         reclaim.remove_file_folios(clean, sc)
         self._count(PGSTEAL_FILE, len(clean))
-        act = np.concatenate((pfns[writeback], check[dirty]))
+        act = np.concatenate((pfns[writeback], check[immediate]))
         if len(act):
             _set_lru(act, self.fl, LRU_ACTIVE)
             self.active_file.add_head(act)
             self.nonresident_age += len(act)
             sc.activated(len(act))
-        self._note_cost(file=True, nr_io=0, nr_rotated=len(act), lru_pages=self._lru_pages())
+        back = np.concatenate((kept, written))
+        if len(back):
+            _set_lru(back, self.fl, LRU_INACTIVE)
+            self.inactive_file.add_head(back)
+        sc.nr_unqueued_dirty += nr_unqueued_dirty
+        if nr_unqueued_dirty == len(pfns):
+            reclaim.wakeup_flusher_threads()
+        self._note_cost(
+            file=True,
+            nr_io=len(written),
+            nr_rotated=len(pfns) - len(clean),
+            lru_pages=self._lru_pages(),
+        )
 
     def shrink_active_file(self, n: int, sc: ScanControl) -> None:
         """``shrink_active_list`` for the active file list: unmapped folios are deactivated
