@@ -234,3 +234,20 @@ def test_the_prefault_fill_is_in_the_estimate() -> None:
         tracemalloc.stop()
     assert peak < est.total
     assert est.total > estimate_run(cold).total
+
+
+def test_the_page_cache_is_in_the_estimate() -> None:
+    """Every host_files section's pages cost their flags, pfn and dirtied-at stamp."""
+    from sim.budget import estimate_run
+    from sim.config import parse_scenario
+
+    raw = {
+        "name": "pc",
+        "duration_s": 0.01,
+        "host": {"memory_mib": 64},
+        "reclaim": {"policy": "two_list"},
+        "vms": [{"name": "g", "memory_mib": 32}],
+        "host_files": [{"size_mib": 16}, {"size_mib": 48}],
+    }
+    parts = dict(estimate_run(parse_scenario(raw)).parts)
+    assert parts["page cache"] == 13 * 64 * 256
