@@ -162,7 +162,20 @@ class KvmConfig(Strict):
     )
 
 
-class VmConfig(Strict):
+class _MemcgOptional(Strict):
+    """A section with an optional ``memcg`` left out of dumps when unset, so configs written
+    before memcgs existed dump (and hash) as they did."""
+
+    @model_serializer(mode="wrap")
+    def _without_unset_memcg(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave ``memcg`` out of dumps when unset, so configs without one read as before."""
+        out: dict[str, Any] = handler(self)
+        if out.get("memcg", 0) is None:
+            del out["memcg"]
+        return out
+
+
+class VmConfig(_MemcgOptional):
     """One VM profile; ``count`` > 1 makes that many identical VMs (``name0``, ``name1``, ...)."""
 
     name: str = Field(
@@ -216,14 +229,6 @@ class VmConfig(Strict):
         "memory.high, memory.low, memory.min, memory.swap.max; absent: unlimited and "
         "unprotected. two_list or mglru reclaim with watermarks only.",
     )
-
-    @model_serializer(mode="wrap")
-    def _without_unset_memcg(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Leave ``memcg`` out of dumps when unset, so configs without one read as before."""
-        out: dict[str, Any] = handler(self)
-        if out.get("memcg", 0) is None:
-            del out["memcg"]
-        return out
 
     @model_validator(mode="after")
     def _fits(self) -> VmConfig:
@@ -293,7 +298,7 @@ class OutputConfig(Strict):
     )
 
 
-class HostFilesConfig(Strict):
+class HostFilesConfig(_MemcgOptional):
     """A host file workload reading through the host page cache (for example a QEMU disk image
     opened with cache=writeback, or a host service): file pages on their own LRU lists."""
 
@@ -348,14 +353,6 @@ class HostFilesConfig(Strict):
         "(QEMU reading the VM's disk image; that VM needs a memcg section); absent: the root "
         "cgroup (a host service).",
     )
-
-    @model_serializer(mode="wrap")
-    def _without_unset_memcg(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Leave ``memcg`` out of dumps when unset, so configs without one read as before."""
-        out: dict[str, Any] = handler(self)
-        if out.get("memcg", 0) is None:
-            del out["memcg"]
-        return out
 
 
 HostFiles = Annotated[
