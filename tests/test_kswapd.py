@@ -156,3 +156,40 @@ def test_kswapd_throttles_on_its_own_write_back_for_every_classic_policy(policy:
     assert vs[VmStat.THROTTLE_WRITEBACK] > 0
     assert vs[VmStat.KSWAPD_FAILURES] < MAX_RECLAIM_RETRIES
     assert vs[VmStat.OOM_KILL] == 0
+
+
+def test_direct_reclaim_retries_with_forced_deactivation() -> None:
+    """``do_try_to_free_pages``: a pass that reclaimed nothing after skipping an active list
+    (``skipped_deactivate``) runs the priorities again with ``force_deactivate``; a pass that
+    reclaims nothing and skipped nothing gives up."""
+    from sim.host.kswapd import DirectReclaim
+
+    w = World(tiny())
+    seen: list[tuple[int, bool]] = []
+
+    class Stub:
+        """A policy that frees a batch only once deactivation is forced."""
+
+        def __init__(self, skips: bool) -> None:
+            self.skips = skips
+
+        def shrink_node(self, sc: Any, reclaim: Any) -> Any:
+            seen.append((sc.priority, sc.force_deactivate))
+            if sc.force_deactivate:
+                sc.nr_reclaimed += SWAP_CLUSTER_MAX
+            elif self.skips:
+                sc.skipped_deactivate = True
+            yield from ()
+
+        def reclaim_cycle_end(self) -> None:
+            pass
+
+    for skips, want in ((True, SWAP_CLUSTER_MAX), (False, 0)):
+        seen.clear()
+        d = DirectReclaim(w.env, w.mem, w.vmscan, Stub(skips), w.kswapd.cost, w.vmstat, w.throttle)
+        proc = w.env.process(d.try_to_free_pages(w.kswapd))
+        w.env.run(until=proc)
+        assert proc.value == want
+        first = [p for p, forced in seen if not forced]
+        assert first == list(range(12, -1, -1))  # every priority, unforced
+        assert [p for p, forced in seen if forced] == ([12] if skips else [])

@@ -282,11 +282,20 @@ class DirectReclaim(Reclaim):
         self.vmstat[VmStat.ALLOCSTALL] += 1
         sc = ScanControl(nr_to_reclaim=SWAP_CLUSTER_MAX, direct=True, vmstat=self.vmstat)
         paid = [0]
-        yield from self._priorities(sc, paid)
-        if not sc.nr_reclaimed and sc.memcg_low_skipped:
-            # do_try_to_free_pages: untapped cgroup reserves; don't OOM, retry without them
-            sc.memcg_low_reclaim, sc.memcg_low_skipped = True, False
+        while True:  # do_try_to_free_pages' retries when nothing was reclaimed
             yield from self._priorities(sc, paid)
+            if sc.nr_reclaimed:
+                break
+            if sc.skipped_deactivate:
+                # the inactive:active estimates were off (memory.low, refaults): retry with
+                # forcible deactivation before giving up
+                sc.force_deactivate, sc.skipped_deactivate = True, False
+            elif sc.memcg_low_skipped:
+                # untapped cgroup reserves; don't OOM, retry without them
+                sc.force_deactivate = False
+                sc.memcg_low_reclaim, sc.memcg_low_skipped = True, False
+            else:
+                break
         self.policy.reclaim_cycle_end()
         if sc.nr_reclaimed:
             kswapd.failures = 0  # shrink_node: any progress resets kswapd_failures

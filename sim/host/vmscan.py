@@ -133,6 +133,8 @@ class ScanControl:
     memcg: int = -1  # the memcg whose lruvec is being shrunk (-1: the one root lruvec)
     memcg_low_reclaim: bool = False  # memory.low no longer protects (the retry before OOM)
     memcg_low_skipped: bool = False  # a memcg was spared for its memory.low
+    skipped_deactivate: bool = False  # an active list was due a scan but may not deactivate
+    force_deactivate: bool = False  # the retry: every active list may deactivate
     emin: int = 0  # mem_cgroup_protection of the memcg being shrunk (pages)
     elow: int = 0
     cgroup_size: int = 0  # mem_cgroup_size of the memcg being shrunk (pages)

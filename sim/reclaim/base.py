@@ -88,6 +88,7 @@ class Reclaimer(Protocol):
         """Free swap slots (``get_nr_swap_pages``; for one memcg's lruvec
         ``mem_cgroup_get_nr_swap_pages``, bounded by its memory.swap.max): MGLRU's
         ``get_swappiness`` wants MIN_LRU_BATCH of them."""
+
     pgdat_dirty: bool  # PGDAT_DIRTY: kswapd may write dirty file folios it meets again
 
     def folio_test_reclaim(self, pfns: Pfns) -> NDArray[np.bool_]:

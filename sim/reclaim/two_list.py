@@ -451,7 +451,11 @@ class TwoList:
         if self.file:
             yield from self._shrink_lruvec_file(sc, reclaim)
             return
-        may_deactivate = self._refaults() != self._refaults_snapshot or self.inactive_is_low()
+        may_deactivate = (
+            sc.force_deactivate
+            or self._refaults() != self._refaults_snapshot
+            or self.inactive_is_low()
+        )
         nr_inactive, nr_active = self.get_scan_count(sc, reclaim, may_deactivate)
         proportional = sc.direct and sc.priority == DEF_PRIORITY
         while nr_inactive:
@@ -465,6 +469,8 @@ class TwoList:
                 if may_deactivate:
                     self.shrink_active_list(n, sc, reclaim)
                     yield
+                else:  # shrink_list: the active list was due a batch
+                    sc.skipped_deactivate = True
             if sc.nr_reclaimed - sc.lruvec_base >= sc.nr_to_reclaim and not proportional:
                 break
         if reclaim.can_swap() and self.inactive_is_low():
@@ -622,6 +628,8 @@ class TwoList:
             may_file = self._refaults_file() != self._refaults_file_snapshot or (
                 self.inactive_is_low(file=True)
             )
+        if sc.force_deactivate:  # prepare_scan_control: the retry deactivates every list
+            may_anon = may_file = True
         nr = self.get_scan_count_file(sc, reclaim, may_anon, may_file)
         targets = list(nr)
         scan_adjusted = sc.direct and sc.priority == DEF_PRIORITY  # proportional_reclaim
@@ -639,7 +647,8 @@ class TwoList:
                     self.shrink_active_list(n, sc, reclaim)
                 elif lru == 3 and may_file:
                     self.shrink_active_file(n, sc)
-                else:
+                else:  # shrink_list: an active list due a batch that may not deactivate
+                    sc.skipped_deactivate = True
                     continue
                 yield
             if sc.nr_reclaimed - sc.lruvec_base < sc.nr_to_reclaim or scan_adjusted:
