@@ -713,3 +713,99 @@ def test_shrink_many_restarts_when_another_reclaimer_rotated_the_next_memcg() ->
     }
     w = World(parse_scenario(raw))
     assert run_checked(w) >= 10
+
+
+# -- MGLRU's proportional protection (6.16+: get_nr_to_scan -> apply_proportional_protection) ----
+def _budget(pol: MemcgMglru, sc: ScanControl) -> int:
+    """``get_nr_to_scan`` of memcg 0's lruvec: 1000 evictable folios in four generations, so
+    no aging is due and the budget is the scaled size >> priority."""
+    lv = pol.lruvecs[0]
+    lv.max_seq = 3
+    lv.nr_pages[:] = [1000, 0, 0, 0]
+    return int(_run(lv._get_nr_to_scan(sc, _Host(), 60)))
+
+
+def test_mglru_budget_is_scaled_by_protection() -> None:
+    """1000 evictable folios at priority 2 (unscaled: 1000 >> 2 = 250). memory.low 300,
+    usage 400: 1000 - 1000 * 300 // 401 = 1000 - 748 = 252, >> 2 = 63, and
+    ``memcg_low_skipped`` is set. The retry (``memcg_low_reclaim``) scales by memory.min, 0
+    here: 250, flag left alone. memory.min 100 in the retry: 1000 - 100000 // 401 = 751, >> 2
+    = 187. Usage 250 below low 300: the size counts as 300, 1000 - 1000 * 300 // 301 = 4, at
+    least SWAP_CLUSTER_MAX: 32 >> 2 = 8. Limit reclaim of the memcg itself: no protection,
+    250. Below memory.min (usage 400, min 500): -1, not scanned (rotated young)."""
+    pol = _lru(64, low=[300], mn=[0], resident=[400])
+    sc = ScanControl(nr_to_reclaim=32, priority=2, direct=True)
+    assert (_budget(pol, sc), sc.memcg_low_skipped) == (63, True)
+    sc = ScanControl(nr_to_reclaim=32, priority=2, direct=True, memcg_low_reclaim=True)
+    assert (_budget(pol, sc), sc.memcg_low_skipped) == (250, False)
+    pol.limits.min[0] = 100
+    assert _budget(pol, sc) == 187
+    pol.limits.min[0] = 0
+    pol.mem.nr_resident[0] = 250
+    sc = ScanControl(nr_to_reclaim=32, priority=2, direct=True)
+    assert (_budget(pol, sc), sc.memcg_low_skipped) == (8, True)
+    sc = ScanControl(nr_to_reclaim=32, priority=2, direct=True, target_memcg=0)
+    assert (_budget(pol, sc), sc.memcg_low_skipped) == (250, False)
+    pol.limits.min[0], pol.mem.nr_resident[0] = 500, 400
+    sc = ScanControl(nr_to_reclaim=32, priority=2, direct=True)
+    assert _budget(pol, sc) == -1
+    plain = pol.lruvecs[0]
+    plain.protection = None  # the node's one lruvec without memcgs: never scaled
+    assert (_budget(pol, sc), sc.memcg_low_skipped) == (250, False)
+
+
+def test_mglru_root_reclaim_sets_memcg_low_skipped_and_the_retry_lifts_it() -> None:
+    """Root reclaim through the memcg LRU (``shrink_many`` -> ``shrink_one`` ->
+    ``try_to_shrink_lruvec``), memcg 0 above its memory.low (usage 400, low 300) so
+    ``shrink_one`` does not defer it, eviction stubbed to reclaim nothing: the first pass at
+    priority 2 asks to evict 63 and leaves ``memcg_low_skipped`` set with nothing reclaimed,
+    which is ``do_try_to_free_pages``' condition for its retry; the retry
+    (``memcg_low_reclaim``) asks for the unscaled 250 and sets no flag."""
+    pol = _lru(64, low=[300], mn=[0], resident=[400])
+    lv = pol.lruvecs[0]
+    lv.max_seq = 3
+    lv.nr_pages[:] = [1000, 0, 0, 0]
+    asked: list[int] = []
+
+    def evict(nr_to_scan: int, sc: ScanControl, reclaim: Any, swappiness: int) -> int:
+        asked.append(nr_to_scan)
+        return nr_to_scan  # met that many, reclaimed none
+
+    lv._evict_folios = evict  # type: ignore[method-assign]
+    sc = ScanControl(nr_to_reclaim=32, priority=2, direct=True)
+    _run(pol.shrink_node(sc, _Host()))
+    assert (asked, sc.nr_reclaimed, sc.memcg_low_skipped) == ([63], 0, True)
+    sc.memcg_low_reclaim, sc.memcg_low_skipped = True, False  # do_try_to_free_pages' retry
+    _run(pol.shrink_node(sc, _Host()))
+    assert (asked, sc.memcg_low_skipped) == ([63, 250], False)
+
+
+def test_mglru_direct_reclaim_retries_with_memory_low_lifted() -> None:
+    """configs/noisy_neighbour.yaml under mglru for 1.5 s: ``steady`` (below its memory.low
+    throughout) loses pages to kswapd only at the scaled budget of its first passes, never
+    in a retry (kswapd has none), and to direct reclaim also in the ``memcg_low_reclaim``
+    retry that ``memcg_low_skipped`` gives it."""
+    from pathlib import Path
+
+    from sim.config import load_scenario
+
+    sc_ = load_scenario(
+        Path("configs/noisy_neighbour.yaml"), ["reclaim.policy=mglru", "duration_s=1.5"], 7
+    )
+    w = World(sc_)
+    lv = w.policy.lruvecs[0]  # type: ignore[attr-defined]
+    evict = lv._evict_folios
+    taken: dict[tuple[bool, bool], int] = {}
+
+    def counted(nr: int, sc: ScanControl, reclaim: Any, swappiness: int) -> int:
+        before = sc.nr_reclaimed
+        out = evict(nr, sc, reclaim, swappiness)
+        key = (sc.direct, sc.memcg_low_reclaim)
+        taken[key] = taken.get(key, 0) + sc.nr_reclaimed - before
+        return int(out)
+
+    lv._evict_folios = counted
+    w.run()
+    assert taken.get((False, True), 0) == 0
+    assert taken[(True, True)] > 0
+    assert taken[(False, False)] > 0

@@ -61,7 +61,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import simpy
@@ -237,12 +237,27 @@ def mem_cgroup_protection(limits: MemcgLimits, target: int, memcg: int) -> tuple
     return limits.min[memcg], limits.low[memcg]
 
 
+class Protection(NamedTuple):
+    """What MGLRU's ``get_nr_to_scan`` reads of a memcg at each call: whether it is below its
+    memory.min in this reclaim (``mem_cgroup_below_min``), its (emin, elow) from
+    ``mem_cgroup_protection`` and its usage (``page_counter_read``, memory.current)."""
+
+    below_min: bool
+    emin: int
+    elow: int
+    usage: int
+
+
 def apply_proportional_protection(
     lruvec_size: int, emin: int, elow: int, cgroup_size: int, memcg_low_reclaim: bool
 ) -> tuple[int, bool]:
-    """``get_scan_count``'s protection scaling of one list before ``>> priority``: the scan
-    shrinks in proportion to the protected share of the memcg's usage, but not below
-    SWAP_CLUSTER_MAX. Returns (scan, whether memory.low was applied: ``memcg_low_skipped``)."""
+    """``apply_proportional_protection`` (mm/vmscan.c; factored out of ``get_scan_count`` in
+    6.16 and called by MGLRU's ``get_nr_to_scan`` too): the scan, before ``>> priority``,
+    shrinks in proportion to the protected share of the memcg's usage,
+    ``scan - scan * protection // (max(usage, protection) + 1)``, but not below
+    SWAP_CLUSTER_MAX; the protection is elow if it exceeds emin and this is not the
+    ``memcg_low_reclaim`` retry, else emin. Returns (scan, whether memory.low was applied:
+    ``memcg_low_skipped``)."""
     if not (emin or elow):
         return lruvec_size, False
     skipped = False

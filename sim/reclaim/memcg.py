@@ -47,12 +47,13 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator
+from functools import partial
 from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from sim.host.memcontrol import MEMCG_LOW, MemcgLimits, mem_cgroup_protection
+from sim.host.memcontrol import MEMCG_LOW, MemcgLimits, Protection, mem_cgroup_protection
 from sim.host.memory import HostMemory
 from sim.host.vmscan import ScanControl
 from sim.host.vmstat import VmStat
@@ -391,15 +392,26 @@ class MemcgMglru(PerMemcgLruvecs):
         (``lru_gen_shrink_lruvec``). ``lru_gen_age_node`` ages nothing: it checks min_ttl over
         every memcg not below its memory.min.
 
-        memory.low is weak here by the kernel's design: ``shrink_one`` honours it once per
-        aging of the memcg's lruvec (the tail mark), not while other memcgs have pages to give;
-        no ``memcg_low_skipped`` is set, so direct reclaim never takes its last-resort retry,
-        and ``sc->memcg_low_reclaim`` is not read. (That is the kernel up to 6.15: since 6.16
-        ``get_nr_to_scan`` scales the budget by protection with ``apply_proportional_protection``,
-        which sets ``memcg_low_skipped``; not modelled yet, docs/memcg-status.md.)
+        Protection in eviction (6.16+, "mm: vmscan: apply proportional reclaim pressure for
+        memcg when MGLRU is enabled"): each call of ``get_nr_to_scan`` returns -1 for a memcg
+        below memory.min (``mem_cgroup_below_min``, so one reclaimed down to its min stops and
+        goes young) and scales the evictable size by ``apply_proportional_protection`` before
+        the priority shift: ``size - size * protection // (max(usage, protection) + 1)``, at
+        least SWAP_CLUSTER_MAX, the protection being memory.low (setting
+        ``sc->memcg_low_skipped``) unless this is direct reclaim's retry
+        (``sc->memcg_low_reclaim``), then memory.min. A memcg below memory.low that
+        ``shrink_one`` reclaims (after its one deferral) so gets SWAP_CLUSTER_MAX >> priority
+        per call, and root reclaim that skipped low-protected memory and freed nothing gives
+        direct reclaim its retry (``do_try_to_free_pages``). ``shrink_one`` itself is
+        unchanged: it still defers a memcg below memory.low only once per aging and reads
+        neither flag. Only the current kernel is modelled (no switch back to 6.15, where
+        nothing was scaled and no flag set).
 
     Kernel reference
-        mm/vmscan.c: ``shrink_many``, ``shrink_one``, ``lru_gen_rotate_memcg``,
+        mm/vmscan.c: ``get_nr_to_scan`` and ``apply_proportional_protection`` (6.16+; the
+        usage read through ``mem_cgroup_protection`` since "memcg: remove mem_cgroup_size()",
+        no change in behaviour), ``do_try_to_free_pages``, ``shrink_many``, ``shrink_one``,
+        ``lru_gen_rotate_memcg``,
         ``lru_gen_online_memcg``, ``lru_gen_shrink_node``, ``lru_gen_shrink_lruvec``,
         ``lru_gen_age_node``, ``lruvec_is_sizable``, ``lruvec_is_reclaimable``,
         ``should_abort_scan``; include/linux/mmzone.h: the comment on MEMCG_NR_GENS (the
@@ -447,6 +459,20 @@ class MemcgMglru(PerMemcgLruvecs):
             self.bin[i] = self._random_bin()
             self.fifo[0][self.bin[i]].append(i)
             self.nr_memcgs[0] += 1
+
+        # get_nr_to_scan's protection (6.16+), read afresh at every call
+        for i, lv in enumerate(self.lruvecs):
+            lv.protection = partial(self._protection, i)
+
+    def _protection(self, memcg: int, sc: ScanControl) -> Protection:
+        """What ``get_nr_to_scan`` reads of the memcg in this reclaim: ``mem_cgroup_below_min
+        (sc->target_mem_cgroup, memcg)`` (never for the target of limit reclaim nor the root:
+        ``mem_cgroup_unprotected``), ``mem_cgroup_protection`` and ``memory.current``."""
+        lim = self.limits
+        emin, elow = mem_cgroup_protection(lim, sc.target_memcg, memcg)
+        usage = lim.usage(self.mem.nr_resident, memcg)
+        unprotected = memcg in (sc.target_memcg, lim.root)
+        return Protection(not unprotected and usage <= emin, emin, elow, usage)
 
     def _random_bin(self) -> int:
         """``get_random_u32_below(MEMCG_NR_BINS)``."""

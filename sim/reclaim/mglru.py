@@ -121,8 +121,10 @@ Kernel reference
     ``lru_gen_refault`` (all as of the Dec 2024 "rework workingset protection" series, ~6.14);
     the file type, ``get_swappiness``, ``for_each_evictable_type``, ``evictable_min_seq`` and
     ``try_to_inc_min_seq`` as in mainline mm/vmscan.c of late 2025; ``scan_folios``' budget
-    ``min(nr_to_scan, MAX_LRU_BATCH)`` since 6.16 ("apply proportional reclaim pressure for memcg
-    when MGLRU is enabled"; before, MAX_LRU_BATCH whatever ``nr_to_scan``).
+    ``min(nr_to_scan, MAX_LRU_BATCH)`` and ``get_nr_to_scan``'s memcg protection
+    (``mem_cgroup_below_min``, ``apply_proportional_protection``, through ``protection``, set
+    only by memcg.py) since 6.16 ("apply proportional reclaim pressure for memcg when MGLRU is
+    enabled"; before, MAX_LRU_BATCH whatever ``nr_to_scan``, and no scaling).
 
 Simplifications
     One lruvec per memcg (memcg.py); the file type exists only on the node's one lruvec with
@@ -165,7 +167,7 @@ Invariants
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -173,6 +175,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field
 
+from sim.host.memcontrol import Protection, apply_proportional_protection
 from sim.host.memory import DEF_PRIORITY, PTRS_PER_PMD
 from sim.host.vmscan import Outcome, ScanControl
 from sim.host.vmstat import VmStat
@@ -330,6 +333,9 @@ class Mglru:
     name: ClassVar[str] = "mglru"
     observes_accesses: ClassVar[bool] = False
     needs_future: ClassVar[bool] = False
+    # the memcg's protection as get_nr_to_scan reads it (memcg.py sets it per lruvec); None:
+    # the node's one lruvec without memcgs, never scaled
+    protection: Callable[[ScanControl], Protection] | None = None
 
     def __init__(
         self,
@@ -890,8 +896,21 @@ class Mglru:
     def _get_nr_to_scan(
         self, sc: ScanControl, reclaim: Reclaimer, swappiness: int
     ) -> Generator[None, None, int]:
-        """``get_nr_to_scan``: the budget, or age first (-1 after a successful aging)."""
+        """``get_nr_to_scan`` (6.16+): -1 for a memcg below its memory.min
+        (``mem_cgroup_below_min``, rechecked at every call: a memcg reclaimed down to its min
+        mid-loop stops and is rotated); otherwise the evictable size, scaled by the memcg's
+        protection (``apply_proportional_protection``, which sets ``sc.memcg_low_skipped``
+        when it scales by memory.low), as the budget, or age first (-1 after a successful
+        aging). Without memcgs (``protection`` None) nothing is scaled."""
+        prot = self.protection(sc) if self.protection is not None else None
+        if prot is not None and prot.below_min:
+            return -1
         success, nr_to_scan = self._should_run_aging(swappiness)
+        if prot is not None:
+            nr_to_scan, low = apply_proportional_protection(
+                nr_to_scan, prot.emin, prot.elow, prot.usage, sc.memcg_low_reclaim
+            )
+            sc.memcg_low_skipped |= low
         if not success or sc.priority == DEF_PRIORITY:
             return nr_to_scan >> sc.priority
         aged = yield from self._try_to_inc_max_seq(self.max_seq, sc, reclaim, swappiness)
