@@ -432,14 +432,14 @@ class MemcgMglru(PerMemcgLruvecs):
         ``mem_cgroup_unprotected``.
 
     Simplifications
-        No restart for races with a concurrent rotation (reclaimers interleave only between
-        batches here); every memcg is online; one level below the root, so the effective
-        protection is the memcg's own setting (what ``mem_cgroup_calculate_protection`` in
-        ``lru_gen_age_node`` leaves there) and is read at every visit. The root memcg has a
-        lruvec only when it holds page cache (the kernel's root lruvec is always on the memcg
-        LRU, empty here, and would be rotated as too small). Without a page cache the lruvecs
-        count their events host-wide only, as before (runs unchanged; the kernel counts them
-        per memcg too).
+        Reclaimers interleave only between batches (a race with a concurrent rotation is
+        met by walking the bin again, ``_shrink_many``); every memcg is online; one level
+        below the root, so the effective protection is the memcg's own setting (what
+        ``mem_cgroup_calculate_protection`` in ``lru_gen_age_node`` leaves there) and is read
+        at every visit. The root memcg has a lruvec only when it holds page cache (the
+        kernel's root lruvec is always on the memcg LRU, empty here, and would be rotated as
+        too small). Without a page cache the lruvecs count their events host-wide only, as
+        before (runs unchanged; the kernel counts them per memcg too).
     """
 
     name: ClassVar[str] = "mglru"
