@@ -171,7 +171,7 @@ def estimate_run(sc: Scenario, trace_accesses: dict[str, int] | None = None) -> 
         "zswap LRU": ZSWAP_ENTRY_BYTES * min(pages, sc.host.pages(sc.swap.size_mib)) * zswap,
         "memcg lruvecs": frames
         * MGLRU_LRUVEC_FRAME_BYTES
-        * (len(vms) - 1)
+        * (len(vms) - 1 + any(hf.memcg is None for hf in sc.file_sections()))  # + the root's
         * (policy == "mglru" and any(cfg.memcg is not None for _, cfg in vms)),
         "base": RUN_BASE,
     }

@@ -403,8 +403,8 @@ class Scenario(Strict):
     host_files: HostFiles | None = Field(
         None,
         description="A host file workload through the page cache (none: guest RAM only), or "
-        "a list of them (each its own file and reader). Needs reclaim.policy two_list (with "
-        "memcgs too) or mglru (without memcgs), and watermark reclaim.",
+        "a list of them (each its own file and reader). Needs reclaim.policy two_list or mglru, "
+        "and watermark reclaim.",
     )
 
     @model_validator(mode="after")
@@ -470,19 +470,14 @@ class Scenario(Strict):
         return list(hf) if isinstance(hf, list) else [hf]
 
     def _check_host_files(self) -> None:
-        """The page cache is modelled on two_list's lruvecs and on MGLRU's node-wide lruvec,
-        under watermark reclaim; a section's memcg names a VM with a memcg section."""
+        """The page cache is modelled on two_list's and MGLRU's lruvecs (the node's, or every
+        memcg's), under watermark reclaim; a section's memcg names a VM with a memcg section."""
         if self.host_files is None:
             return
         if self.reclaim.policy not in ("two_list", "mglru") or self.reclaim.trigger != "watermark":
             raise ValueError(
                 "host_files: the page cache is modelled for reclaim.policy two_list or mglru "
                 "with reclaim.trigger watermark only; set those or remove host_files"
-            )
-        if self.reclaim.policy == "mglru" and any(vm.memcg is not None for vm in self.vms):
-            raise ValueError(
-                "host_files: MGLRU's file type is modelled on the node's one lruvec, not per "
-                "memcg; use reclaim.policy two_list, or remove the VMs' memcg sections"
             )
         many = isinstance(self.host_files, list)
         if many and not self.host_files:

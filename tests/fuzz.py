@@ -396,7 +396,7 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
             name = last.get("name") if last.get("count", 1) == 1 else f"{last.get('name')}0"
             text = yaml.safe_dump(rng.choice(FILES)).replace("'@vm'", json.dumps(str(name)))
             raw["host_files"] = yaml.safe_load(text)
-            raw["reclaim"] = {"policy": "two_list"}
+            raw["reclaim"] = {"policy": rng.choice(["two_list", "mglru"])}
             if last and rng.random() < 0.7:
                 last["memcg"] = {}
         elif op == "prefault" and isinstance(raw, dict):

@@ -312,8 +312,9 @@ def test_invariants_hold_with_memcgs(
     """Random two-list and MGLRU worlds where VMs have random memcgs, some prefaulted: charges
     equal frames owned (file pages included), swap charges equal slots held, each lruvec holds
     its memcg's folios, the memcg LRU holds every memcg once, right after the fill and at every
-    checked millisecond; the fill charges nothing past memory.max or memory.swap.max. Two-list
-    worlds with a page cache charge it to the root, to a VM's memcg, or one file each."""
+    checked millisecond; the fill charges nothing past memory.max or memory.swap.max. Worlds
+    with a page cache (two_list's file lists, MGLRU's file type on every lruvec) charge it to
+    the root, to a VM's memcg, or one file each."""
     raw["reclaim"] = {"policy": policy}
     raw.pop("host_files", None)
     for p, cg, pre in zip(raw["vms"], cgs, prefault, strict=False):
@@ -321,7 +322,7 @@ def test_invariants_hold_with_memcgs(
             p["memcg"] = cg
         p["prefault"] = pre
     charged = [p for p in raw["vms"] if "memcg" in p]
-    if policy == "two_list" and files != "none":  # MGLRU has no per-memcg file type
+    if files != "none":
         raw["reclaim"]["swappiness"] = hf.pop("swappiness")
         raw["host_files"] = hf
         if charged and files != "root":

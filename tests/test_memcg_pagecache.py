@@ -374,11 +374,11 @@ def test_bad_file_memcg_is_one_line_naming_the_field(files: Any, message: str) -
     assert "\n" not in text
 
 
-def test_file_memcg_refused_with_mglru() -> None:
+def test_file_memcg_accepted_with_mglru() -> None:
+    """MGLRU has the file type on every memcg's lruvec (tests/test_mglru_memcg_file.py)."""
     raw = _raw()
     raw["reclaim"] = {"policy": "mglru"}
-    with pytest.raises(ConfigError, match="host_files: MGLRU.s file type is modelled on the node"):
-        parse_scenario(raw)
+    assert parse_scenario(raw).file_sections()[0].memcg == "a"
 
 
 def test_memcg_page_cache_worlds_are_deterministic() -> None:

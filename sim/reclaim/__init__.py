@@ -67,13 +67,20 @@ def make_policy(
     for two_list's inactive_ratio, which the kernel sizes by the LRU's gigabytes). With
     ``memcg`` (host memory, the memcgs' limits, their swap usage) two_list and mglru keep one
     lruvec per memcg (sim/reclaim/memcg.py). ``file``: two_list keeps the page cache's lists
-    too, on every lruvec, mglru its file type (a host file workload is configured)."""
+    too, mglru its file type, on every lruvec (a host file workload is configured)."""
     policy: EvictionPolicy
     if memcg is not None:
         mem, limits, swap_usage = memcg
         if cfg.policy == "mglru":
             return MemcgMglru(
-                cfg, nr_frames, vmstat, rng, mem=mem, limits=limits, swap_usage=swap_usage
+                cfg,
+                nr_frames,
+                vmstat,
+                rng,
+                mem=mem,
+                limits=limits,
+                swap_usage=swap_usage,
+                file=file,
             )
         policy = MemcgTwoList(
             cfg, nr_frames, vmstat, rng, mem=mem, limits=limits, swap_usage=swap_usage, file=file

@@ -22,7 +22,9 @@ Models
     ``cache_trim_mode`` from the node's inactive file, the costs ``lru_note_cost`` added up
     the hierarchy), and each memcg's ``get_scan_count`` applies them to its own lists; limit
     reclaim takes them from the target memcg's lruvec, and at swappiness 0 scans its file
-    lists only (SCAN_FILE).
+    lists only (SCAN_FILE). Under MGLRU every lruvec has the file type, the root's lruvec
+    (holding page cache of no memcg) takes part in the memcg LRU like any memcg's, and each
+    lruvec chooses between its types alone (``get_type_to_scan``).
 
 Kernel reference
     mm/vmscan.c: ``shrink_node_memcgs``, ``shrink_lruvec``, ``kswapd_age_node``,
@@ -53,7 +55,13 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
-from sim.host.memcontrol import MEMCG_LOW, MemcgLimits, Protection, mem_cgroup_protection
+from sim.host.memcontrol import (
+    MEMCG_LOW,
+    PAGE_COUNTER_MAX,
+    MemcgLimits,
+    Protection,
+    mem_cgroup_protection,
+)
 from sim.host.memory import HostMemory
 from sim.host.vmscan import ScanControl
 from sim.host.vmstat import VmStat
@@ -407,6 +415,22 @@ class MemcgMglru(PerMemcgLruvecs):
         neither flag. Only the current kernel is modelled (no switch back to 6.15, where
         nothing was scaled and no flag set).
 
+        With a host page cache every lruvec has both types (``lru_gen_folio``'s ``min_seq``
+        per type, the file type's generations and controller), and a file folio joins the
+        lruvec of the memcg its file is charged to (a VM's: its QEMU reads the disk image;
+        ``memory.current`` and memory.min/low count it). Page cache of no memcg is the root
+        memcg's, on a lruvec of its own that takes part in the memcg LRU like any other: the
+        root comes online at boot (``lru_gen_online_memcg`` from ``mem_cgroup_css_online``, as
+        for every memcg), so it sits in a random bin of the current generation and
+        ``shrink_many`` reaches it in its turn, not first as ``shrink_node_memcgs``'
+        ``mem_cgroup_iter`` does; it is never protected (``mem_cgroup_unprotected``) and has no
+        swap limit. Each lruvec decides alone: ``get_type_to_scan`` from its own refaults,
+        ``get_swappiness`` 0 (file only) when its memcg has fewer than MIN_LRU_BATCH swap
+        slots left under ``memory.swap.max``, so limit reclaim of a memcg at its swap.max, or
+        at ``reclaim.swappiness`` 0, evicts only its own file folios. Its events
+        (``pgscan_file``, ``pgsteal_file``, ``workingset_*``) are counted to its memcg
+        (``memory.stat``).
+
     Kernel reference
         mm/vmscan.c: ``get_nr_to_scan`` and ``apply_proportional_protection`` (6.16+; the
         usage read through ``mem_cgroup_protection`` since "memcg: remove mem_cgroup_size()",
@@ -414,15 +438,21 @@ class MemcgMglru(PerMemcgLruvecs):
         ``lru_gen_rotate_memcg``,
         ``lru_gen_online_memcg``, ``lru_gen_shrink_node``, ``lru_gen_shrink_lruvec``,
         ``lru_gen_age_node``, ``lruvec_is_sizable``, ``lruvec_is_reclaimable``,
-        ``should_abort_scan``; include/linux/mmzone.h: the comment on MEMCG_NR_GENS (the
-        operations and the events that trigger them); include/linux/memcontrol.h:
-        ``mem_cgroup_below_min``, ``mem_cgroup_below_low``.
+        ``should_abort_scan``, ``get_swappiness``; mm/memcontrol.c: ``mem_cgroup_css_online``;
+        mm/workingset.c: ``lru_gen_refault`` (``mod_lruvec_state``); include/linux/mmzone.h:
+        the comment on MEMCG_NR_GENS (the operations and the events that trigger them);
+        include/linux/memcontrol.h: ``mem_cgroup_below_min``, ``mem_cgroup_below_low``,
+        ``mem_cgroup_unprotected``.
 
     Simplifications
-        No restart for races with a concurrent rotation (reclaimers interleave only between
-        batches here); every memcg is online; one level below the root, so the effective
-        protection is the memcg's own setting (what ``mem_cgroup_calculate_protection`` in
-        ``lru_gen_age_node`` leaves there) and is read at every visit.
+        Reclaimers interleave only between batches (a race with a concurrent rotation is
+        met by walking the bin again, ``_shrink_many``); every memcg is online; one level
+        below the root, so the effective protection is the memcg's own setting (what
+        ``mem_cgroup_calculate_protection`` in ``lru_gen_age_node`` leaves there) and is read
+        at every visit. The root memcg has a lruvec only when it holds page cache (the
+        kernel's root lruvec is always on the memcg LRU, empty here, and would be rotated as
+        too small). Without a page cache the lruvecs count their events host-wide only, as
+        before (runs unchanged; the kernel counts them per memcg too).
     """
 
     name: ClassVar[str] = "mglru"
@@ -439,13 +469,19 @@ class MemcgMglru(PerMemcgLruvecs):
         mem: HostMemory,
         limits: MemcgLimits,
         swap_usage: Callable[[int], int],
+        file: bool = False,
     ) -> None:
         from sim.reclaim.mglru import Mglru
 
         super().__init__(vmstat, mem, limits, swap_usage)
-        self.rng = rng
-        nr = len(limits.max)
-        self.lruvecs = [Mglru(cfg, nr_frames, vmstat, rng) for _ in range(nr)]
+        self.rng, self.file = rng, file
+        nr = limits.nr_memcgs  # the VMs', then the root's when it holds page cache
+        if file:  # both types on every lruvec, its events in its memcg's memory.stat
+            self.lruvecs = [
+                Mglru(cfg, nr_frames, vmstat, rng, file=True, memcg=i) for i in range(nr)
+            ]
+        else:
+            self.lruvecs = [Mglru(cfg, nr_frames, vmstat, rng) for _ in range(nr)]
         # pgdat->memcg_lru: seq, fifo[gen][bin] (memcg indices, head first), nr_memcgs[gen]
         self.seq = 0
         self.fifo: list[list[list[int]]] = [
@@ -455,7 +491,10 @@ class MemcgMglru(PerMemcgLruvecs):
         self.gen = [0] * nr
         self.seg = [0] * nr
         self.bin = [0] * nr
-        for i in range(nr):  # lru_gen_online_memcg: the tail of a random bin, current gen
+        # lru_gen_online_memcg: the tail of a random bin, current gen; the root memcg comes
+        # online first (at boot, cgroup_init_subsys), then the VMs'
+        root = limits.root
+        for i in ([root] if nr > root else []) + list(range(min(nr, root))):
             self.bin[i] = self._random_bin()
             self.fifo[0][self.bin[i]].append(i)
             self.nr_memcgs[0] += 1
@@ -506,18 +545,32 @@ class MemcgMglru(PerMemcgLruvecs):
             self.seq += 1
 
     def _reclaimer(self, memcg: int, reclaim: Reclaimer) -> Reclaimer:
-        def left() -> int:
-            return int(self.limits.swap_max[memcg]) - int(self._swap_usage(memcg))
+        def left() -> int:  # memory.swap.max - memory.swap.current (the root has no limit)
+            lim = self.limits
+            if memcg == lim.root:
+                return PAGE_COUNTER_MAX
+            return int(lim.swap_max[memcg]) - int(self._swap_usage(memcg))
 
         return MemcgWalkReclaimer(reclaim, left, self.mem, memcg)  # type: ignore[return-value]
 
     def _below_min(self, memcg: int) -> bool:
-        """``mem_cgroup_below_min`` (one level: the effective min is the memcg's own)."""
-        return int(self.mem.nr_resident[memcg]) <= self.limits.min[memcg]
+        """``mem_cgroup_below_min`` (one level: the effective min is the memcg's own) on
+        ``memory.current`` (its guest RAM and its page cache); never the root
+        (``mem_cgroup_unprotected``)."""
+        lim = self.limits
+        return memcg != lim.root and lim.usage(self.mem.nr_resident, memcg) <= lim.min[memcg]
 
     def _below_low(self, memcg: int) -> bool:
-        """``mem_cgroup_below_low``."""
-        return int(self.mem.nr_resident[memcg]) <= self.limits.low[memcg]
+        """``mem_cgroup_below_low``; never the root."""
+        lim = self.limits
+        return memcg != lim.root and lim.usage(self.mem.nr_resident, memcg) <= lim.low[memcg]
+
+    def file_add_lru(self, pfn: int, shadow: int | None, swap_ok: bool) -> None:
+        """``filemap_add_folio`` -> ``folio_add_lru``: a page-cache folio joins the lruvec of
+        the memcg its file is charged to (``folio_lruvec``), in the generation that lruvec's
+        ``lru_gen_folio_seq`` gives; its refault is judged by that lruvec's ``max_seq`` and
+        feeds that lruvec's file controller."""
+        self._lruvec(pfn).file_add_lru(pfn, shadow, swap_ok)
 
     def _shrink_one(
         self, memcg: int, sc: ScanControl, reclaim: Reclaimer

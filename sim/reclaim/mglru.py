@@ -127,15 +127,16 @@ Kernel reference
     enabled"; before, MAX_LRU_BATCH whatever ``nr_to_scan``, and no scaling).
 
 Simplifications
-    One lruvec per memcg (memcg.py); the file type exists only on the node's one lruvec with
-    ``host_files`` (no memcg). Without it the lruvec is anon only, as before: ``min_seq[file]`` is
-    not modelled and swappiness 0 or a full swap device leaves nothing evictable. With it:
+    One lruvec per memcg (memcg.py); with ``host_files`` every lruvec has the file type (the
+    node's one, or every memcg's). Without it the lruvec is anon only, as before: ``min_seq[file]``
+    is not modelled and swappiness 0 or a full swap device leaves nothing evictable. With it:
     ``sort_folio`` counts the dirty file folios it sorts in ``nr.file_taken`` (and, not under
     write-back, ``nr.unqueued_dirty``), ``scan_folios`` the isolated ones, and
     ``try_to_shrink_lruvec`` wakes the flushers when every one was unqueued dirty
     (``wakeup_flusher_threads(WB_REASON_VMSCAN)``: "mm: vmscan: wake up flushers conditionally to
     avoid cgroup OOM"; counted from the call's start, which is the node's ``shrink_node`` with one
-    lruvec). On anon's cold/hot inversion, folios promoted lazily onto the inverted list move to
+    lruvec; with memcgs the kernel's ``sc->nr`` spans every lruvec ``shrink_many`` visits in the
+    call). On anon's cold/hot inversion, folios promoted lazily onto the inverted list move to
     their own generations' lists (the kernel leaves them there); ``lru_gen_folio_seq``'s PG_reclaim
     case for file folios is not needed (reclaim never puts a file folio back). No Bloom filter and
     no mm-list skipping: every aging walk visits every present pte (the kernel's ``force_scan``),
@@ -328,6 +329,9 @@ class Mglru:
         rng: the policy's generator (unused: MGLRU is deterministic here).
         file: the lruvec holds page-cache folios too (``host_files``): a file type with its
             own ``min_seq``, generations and PID counts, and the per-type counters.
+        memcg: the memcg whose lruvec this is, which its events are counted to as well
+            (``count_memcg_events``, ``mod_lruvec_state``: ``memory.stat``); -1 counts them
+            host-wide only (the node's one lruvec, and memcg worlds without a page cache).
     """
 
     name: ClassVar[str] = "mglru"
@@ -345,8 +349,9 @@ class Mglru:
         rng: np.random.Generator,
         *,
         file: bool = False,
+        memcg: int = -1,
     ) -> None:
-        self.cfg, self.vmstat, self.file = cfg, vmstat, file
+        self.cfg, self.vmstat, self.file, self.memcg = cfg, vmstat, file, memcg
         # 6.14 marks promoted folios PG_workingset (tier 3); 6.13 left tiers to fd refs
         self._promoted = _U8(PG_WORKINGSET if cfg.promotion == "two_step" else 0)
         self.fl = np.zeros(nr_frames, dtype=np.uint8)
@@ -366,6 +371,13 @@ class Mglru:
         self._walk: _Walk | None = None
         self._mm_seq = 0  # mm_state->seq: the last max_seq whose walk completed
         self.should_rotate = False  # try_to_shrink_lruvec's result: it aged (the memcg LRU)
+
+    def _count_event(self, item: str, n: int = 1) -> None:
+        """``count_vm_events``, or ``count_memcg_events`` for a memcg's lruvec."""
+        if self.memcg < 0:
+            self.vmstat[item] += n
+        else:
+            self.vmstat.count(item, n, self.memcg)  # type: ignore[attr-defined]
 
     # -- the anon type's state (what an anon-only lruvec has) ----------------------------------
     @property
@@ -785,7 +797,7 @@ class Mglru:
         sc.isolated(n_iso)  # pgscan: folios isolated
         sc.refilled(sorted_)  # pgrefill: folios sorted into other generations
         if self.file and n_iso:  # PGSCAN_ANON + type
-            self.vmstat[PGSCAN_FILE if type_ == FILE else PGSCAN_ANON] += n_iso
+            self._count_event(PGSCAN_FILE if type_ == FILE else PGSCAN_ANON, n_iso)
             if type_ == FILE:
                 sc.nr_file_taken += n_iso
         out = np.concatenate(isolated) if isolated else none
@@ -859,7 +871,7 @@ class Mglru:
             return scanned
         if type_ == FILE:
             reclaim.remove_file_folios(iso, sc)
-            self.vmstat[PGSTEAL_FILE] += len(iso)  # PGSTEAL_ANON + type
+            self._count_event(PGSTEAL_FILE, len(iso))  # PGSTEAL_ANON + type
             return scanned
         reclaimed = sc.nr_reclaimed
         young = self._look_around(iso, sc, reclaim)
@@ -882,7 +894,7 @@ class Mglru:
         sc.activated(len(act) + len(failed))
         self._putback(np.concatenate((keep, act, written, failed)))
         if self.file:
-            self.vmstat[PGSTEAL_ANON] += sc.nr_reclaimed - reclaimed
+            self._count_event(PGSTEAL_ANON, sc.nr_reclaimed - reclaimed)
         return scanned
 
     def _should_run_aging(self, swappiness: int) -> tuple[bool, int]:
@@ -997,9 +1009,9 @@ class Mglru:
         (``refaulted``) and restores PG_workingset (or the refs) from the shadow; an anon
         refault is in a fault, which counts ``workingset_activate`` (a page-cache read is not).
         Returns the flags to set."""
-        vs = self.vmstat
+        count = self._count_event
         file = type_ == FILE
-        vs[WORKINGSET_REFAULT_FILE if file else VmStat.WORKINGSET_REFAULT] += 1
+        count(WORKINGSET_REFAULT_FILE if file else VmStat.WORKINGSET_REFAULT)
         token_seq = (shadow >> LRU_REFS_WIDTH) & _SEQ_MASK
         if abs((self.max_seq & _SEQ_MASK) - token_seq) >= MAX_NR_GENS:
             return 0  # lru_gen_test_recent: too old
@@ -1008,9 +1020,9 @@ class Mglru:
         tier = MAX_NR_TIERS - 1 if workingset else int(_OB2[refs])
         self.types[type_].refaulted[tier] += 1
         if not file:
-            vs[VmStat.WORKINGSET_ACTIVATE] += 1  # in a fault: folio_add_lru sets PG_active
+            count(VmStat.WORKINGSET_ACTIVATE)  # in a fault: folio_add_lru sets PG_active
         if workingset:
-            vs[WORKINGSET_RESTORE_FILE if file else VmStat.WORKINGSET_RESTORE] += 1
+            count(WORKINGSET_RESTORE_FILE if file else VmStat.WORKINGSET_RESTORE)
             return PG_WORKINGSET
         return (refs - 1) << LRU_REFS_PGOFF
 
