@@ -810,3 +810,15 @@ def test_mglru_direct_reclaim_retries_with_memory_low_lifted() -> None:
     assert taken.get((False, True), 0) == 0
     assert taken[(True, True)] > 0
     assert taken[(False, False)] > 0
+
+
+def test_mglru_counts_refaults_in_each_memcgs_memory_stat() -> None:
+    """Under MGLRU with memcgs (no page cache) every lruvec counts its workingset refaults in
+    its memcg's memory.stat, and the VMs' breakdowns add up to the host's count."""
+    sc = _world({"max_mib": 8}).sc
+    w = World(sc.model_copy(update={"reclaim": MglruConfig()}))
+    run_checked(w)
+    s = w.summary(0.0)
+    per_vm = [vm["vmstat"].get("workingset_refault_anon", 0) for vm in s["vms"]]
+    assert per_vm[0] > 0
+    assert sum(per_vm) == s["host"]["vmstat"]["workingset_refault_anon"]

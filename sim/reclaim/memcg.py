@@ -476,12 +476,9 @@ class MemcgMglru(PerMemcgLruvecs):
         super().__init__(vmstat, mem, limits, swap_usage)
         self.rng, self.file = rng, file
         nr = limits.nr_memcgs  # the VMs', then the root's when it holds page cache
-        if file:  # both types on every lruvec, its events in its memcg's memory.stat
-            self.lruvecs = [
-                Mglru(cfg, nr_frames, vmstat, rng, file=True, memcg=i) for i in range(nr)
-            ]
-        else:
-            self.lruvecs = [Mglru(cfg, nr_frames, vmstat, rng) for _ in range(nr)]
+        # every lruvec counts its events (pgscan/pgsteal per type, workingset_*) in its
+        # memcg's memory.stat, as count_memcg_events does; with a page cache, both types
+        self.lruvecs = [Mglru(cfg, nr_frames, vmstat, rng, file=file, memcg=i) for i in range(nr)]
         # pgdat->memcg_lru: seq, fifo[gen][bin] (memcg indices, head first), nr_memcgs[gen]
         self.seq = 0
         self.fifo: list[list[list[int]]] = [
