@@ -337,15 +337,27 @@ class Machine:
     def _memcg_sample(self, i: int) -> list[int | None]:
         """Memcg ``i``'s timeline columns (``TIMELINE_MEMCG_COLUMNS``): ``memory.current`` and
         ``memory.swap.current`` as ``MemCgroups`` reads them, its vmstat breakdown under
-        memory.stat's and memory.events' names, and its own lruvec's anon lists. A counter
+        memory.stat's and memory.events' names, and its own lruvec's anon lists (with a page
+        cache also the file pages charged to it and its lruvec's file lists). A counter
         the host counts without a per-VM breakdown is null (unknown share), not 0."""
         vs = self.vmstat
         pm = vs.per_mm[i]
         lv = self.policy.lruvecs[i].lru_sizes()  # type: ignore[attr-defined]
         refault = VmStat.WORKINGSET_REFAULT
         unknown = refault not in vs.broken_down and vs[refault] > 0
+        assert self.memcg_limits is not None
+        current = self.memcg_limits.usage(self.mem.nr_resident, i)  # its VM's and files' frames
+        files = (
+            (
+                current - int(self.mem.nr_resident[i]),
+                lv.get("inactive_file", 0),
+                lv.get("active_file", 0),
+            )
+            if self.file_pages
+            else ()
+        )
         return [
-            int(self.mem.nr_resident[i]),
+            current,
             self._swap_usage(i),
             pm[VmStat.PGSCAN_KSWAPD] + pm[VmStat.PGSCAN_DIRECT],
             pm[VmStat.PGSTEAL_KSWAPD] + pm[VmStat.PGSTEAL_DIRECT],
@@ -358,6 +370,7 @@ class Machine:
             pm[MEMCG_SWAP_MAX],
             lv.get("inactive", 0),
             lv.get("active", 0),
+            *files,
         ]
 
     def _file_dirty(self) -> tuple[int, int]:

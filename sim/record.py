@@ -106,6 +106,9 @@ TIMELINE_MEMCG_COLUMNS = [
     "active_anon_pages",
 ]
 """Per-VM columns of runs where some VM has a memcg (after the per-VM columns)."""
+TIMELINE_MEMCG_FILE_COLUMNS = ["file_pages", "inactive_file_pages", "active_file_pages"]
+"""Per-VM columns of runs with memcgs and a page cache (after the memcg columns): the page
+cache charged to the VM's memcg, and its lruvec's file lists."""
 TIMELINE_FILE_COLUMNS = [
     "lru_inactive_file",
     "lru_active_file",
@@ -119,6 +122,7 @@ def timeline_schema(memcg: bool = False, files: bool = False) -> pa.Schema:
     """The timeline's columns: the memcg and page-cache columns only in runs that have them,
     so every other run writes the same file as before they existed."""
     vm_cols = TIMELINE_VM_COLUMNS + (TIMELINE_MEMCG_COLUMNS if memcg else [])
+    vm_cols += TIMELINE_MEMCG_FILE_COLUMNS if memcg and files else []
     host_cols = TIMELINE_HOST_COLUMNS + (TIMELINE_FILE_COLUMNS if files else [])
     return pa.schema(
         [("t_ns", pa.int64()), ("vm", pa.dictionary(pa.int16(), pa.string()))]

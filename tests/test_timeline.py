@@ -76,10 +76,7 @@ def test_memcg_columns_read_the_summarys_counts(tmp_path: Path) -> None:
             assert row.memory_current_pages == v["resident_pages"]
             assert row.pgscan == vs["pgscan_kswapd"] + vs["pgscan_direct"]
             assert row.pgsteal == vs["pgsteal_kswapd"] + vs["pgsteal_direct"]
-            if policy == "two_list":
-                assert row.workingset_refault_anon == vs["workingset_refault_anon"]
-            else:  # MGLRU counts refaults host-wide only: the share is unknown
-                assert pd.isna(row.workingset_refault_anon)
+            assert row.workingset_refault_anon == vs["workingset_refault_anon"]
             assert row.inactive_anon_pages + row.active_anon_pages <= row.memory_current_pages
             if "memcg" in v:
                 cg = v["memcg"]
@@ -90,7 +87,7 @@ def test_memcg_columns_read_the_summarys_counts(tmp_path: Path) -> None:
                 assert row.memory_events_oom_kill == cg["events"]["oom_kill"]
                 assert row.memory_current_pages <= cg["max_pages"] + 1
         assert end.pgscan.sum() > 0
-        assert policy == "mglru" or end.workingset_refault_anon.sum() > 0
+        assert end.workingset_refault_anon.sum() > 0
         # the lruvecs together are the host's lists
         host = end.iloc[0]
         assert end.inactive_anon_pages.sum() == host.lru_inactive
@@ -128,3 +125,21 @@ def test_parquet_schema_is_int64_for_every_new_column(tmp_path: Path) -> None:
     schema = pq.read_schema(tmp_path / "timeline.parquet")
     for c in TIMELINE_MEMCG_COLUMNS:
         assert str(schema.field(c).type) == "int64"
+
+
+@pytest.mark.parametrize("policy", ["two_list", "mglru"])
+def test_memcg_page_cache_columns(tmp_path: Path, policy: str) -> None:
+    """With memcgs and a page cache charged to VM "a": its row's memory.current is its guest
+    RAM plus ``file_pages``, which its lruvec's file lists hold; "b" has none."""
+    raw = _memcg_raw(policy)
+    raw["host_files"] = [{"size_mib": 16, "memcg": "a", "access_rate_per_s": 200_000}]
+    tl, s = _timeline(raw, tmp_path)
+    assert list(tl.columns)[-len(TIMELINE_FILE_COLUMNS) :] == TIMELINE_FILE_COLUMNS
+    end = tl[tl.t_ns == tl.t_ns.max()]
+    end = end.set_index(end.vm.astype(str))
+    a, b = end.loc["a"], end.loc["b"]
+    vms = {v["name"]: v for v in s["vms"]}
+    assert a.file_pages == vms["a"]["memcg"]["file_pages"] > 0
+    assert a.memory_current_pages == vms["a"]["resident_pages"] + a.file_pages
+    assert a.inactive_file_pages + a.active_file_pages == a.file_pages
+    assert b.file_pages == b.inactive_file_pages + b.active_file_pages == 0
