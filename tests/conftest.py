@@ -94,3 +94,13 @@ def update_golden(request: pytest.FixtureRequest) -> bool:
 def tiny_raw() -> dict[str, Any]:
     """A fresh copy of the tiny scenario's raw dict."""
     return copy.deepcopy(TINY)
+
+
+def drive(gen: Any) -> Any:
+    """Run a policy generator (a reclaim step that yields to let time pass) to its end; its
+    return value."""
+    try:
+        while True:
+            next(gen)
+    except StopIteration as done:
+        return done.value

@@ -35,7 +35,7 @@ from sim.reclaim.memcg import (
 )
 from sim.reclaim.mglru import MglruConfig
 from sim.reclaim.two_list import TwoListConfig
-from tests.conftest import run_checked
+from tests.conftest import drive, run_checked
 from tests.test_invariants import scenarios
 
 
@@ -552,15 +552,6 @@ def _fake_shrink(pol: MemcgMglru, memcg: int, aged: bool, freed: int, log: list[
     lv.shrink_node = shrink_node  # type: ignore[method-assign]
 
 
-def _run(gen: Any) -> Any:
-    """Drive a policy generator to its end; its return value."""
-    try:
-        while True:
-            next(gen)
-    except StopIteration as done:
-        return done.value
-
-
 def test_shrink_one_follows_the_kernels_branches() -> None:
     """``shrink_one`` by hand, at priority 12 (a lruvec is sizable from 4096 folios on):
     below memory.min -> YOUNG, not shrunk; below memory.low -> TAIL the first time (no
@@ -572,29 +563,29 @@ def test_shrink_one_follows_the_kernels_branches() -> None:
     host = _Host()
     sc = ScanControl(nr_to_reclaim=32, priority=12, direct=True)
     _fake_shrink(pol, 0, aged=True, freed=0, log=log)
-    assert _run(pol._shrink_one(0, sc, host)) == MEMCG_LRU_YOUNG  # below min
+    assert drive(pol._shrink_one(0, sc, host)) == MEMCG_LRU_YOUNG  # below min
     _fake_shrink(pol, 1, aged=False, freed=3, log=log)
     pol.lruvecs[1].nr_pages[0] = 8192
-    assert _run(pol._shrink_one(1, sc, host)) == MEMCG_LRU_TAIL  # below low, first visit
+    assert drive(pol._shrink_one(1, sc, host)) == MEMCG_LRU_TAIL  # below low, first visit
     assert log == []
     assert pol.vmstat["memcg_low"] == 0
     pol.lru_gen_rotate_memcg(1, MEMCG_LRU_TAIL)
-    assert _run(pol._shrink_one(1, sc, host)) == 0  # reclaimed; sizable, not aged: stays
+    assert drive(pol._shrink_one(1, sc, host)) == 0  # reclaimed; sizable, not aged: stays
     assert log == [1]
     assert sc.nr_reclaimed == 3
     assert pol.vmstat["memcg_low"] == 1
     assert pol.seg[1] == MEMCG_LRU_TAIL  # no rotation: the next visit reclaims it again
     _fake_shrink(pol, 2, aged=True, freed=0, log=log)
-    assert _run(pol._shrink_one(2, sc, host)) == MEMCG_LRU_YOUNG  # aged
+    assert drive(pol._shrink_one(2, sc, host)) == MEMCG_LRU_YOUNG  # aged
     _fake_shrink(pol, 2, aged=False, freed=0, log=log)
     pol.lruvecs[2].nr_pages[0] = 4095  # 4095 >> 12 == 0: too small
-    assert _run(pol._shrink_one(2, sc, host)) == MEMCG_LRU_TAIL
+    assert drive(pol._shrink_one(2, sc, host)) == MEMCG_LRU_TAIL
     pol.lru_gen_rotate_memcg(2, MEMCG_LRU_TAIL)
-    assert _run(pol._shrink_one(2, sc, host)) == MEMCG_LRU_YOUNG  # the one retry is spent
+    assert drive(pol._shrink_one(2, sc, host)) == MEMCG_LRU_YOUNG  # the one retry is spent
     pol.lru_gen_rotate_memcg(2, MEMCG_LRU_YOUNG)
     pol.lruvecs[2].nr_pages[0] = 8192  # 8192 >> 12 == 2: sizable with swap ...
-    assert _run(pol._shrink_one(2, sc, host)) == 0
-    assert _run(pol._shrink_one(2, sc, _Host(swap=False))) == MEMCG_LRU_TAIL  # ... not without
+    assert drive(pol._shrink_one(2, sc, host)) == 0
+    assert drive(pol._shrink_one(2, sc, _Host(swap=False))) == MEMCG_LRU_TAIL  # ... not without
 
 
 def test_shrink_many_walks_the_generation_it_started_in() -> None:
@@ -606,7 +597,7 @@ def test_shrink_many_walks_the_generation_it_started_in() -> None:
     for i in range(3):
         _fake_shrink(pol, i, aged=True, freed=1, log=log)
     sc = ScanControl(nr_to_reclaim=32, priority=11, direct=True)
-    _run(pol._shrink_many(sc, _Host()))
+    drive(pol._shrink_many(sc, _Host()))
     assert sorted(log) == [0, 1, 2]
     assert sc.nr_reclaimed == 3
     assert (pol.seq, pol.gen, pol.nr_memcgs) == (1, [1, 1, 1], [0, 3, 0])
@@ -625,7 +616,7 @@ def test_memory_low_under_mglru_defers_once_per_aging() -> None:
     ops = []
     for aged in (False, False, False, True, False):
         _fake_shrink(pol, 0, aged=aged, freed=1, log=log)
-        op = _run(pol._shrink_one(0, sc, _Host()))
+        op = drive(pol._shrink_one(0, sc, _Host()))
         ops.append(op)
         if op:
             pol.lru_gen_rotate_memcg(0, op)
@@ -647,7 +638,7 @@ def test_mglru_limit_reclaim_does_not_abort_and_makes_an_aged_memcg_young() -> N
     log: list[int] = []
     _fake_shrink(pol, 1, aged=True, freed=5, log=log)
     sc = ScanControl(nr_to_reclaim=32, direct=True, target_memcg=1)
-    _run(pol.shrink_node(sc, _Host()))
+    drive(pol.shrink_node(sc, _Host()))
     assert log == [1]
     assert (pol.gen, pol.nr_memcgs) == ([0, 1], [1, 1, 0])
 
@@ -660,7 +651,7 @@ def test_min_ttl_counts_a_memcg_below_min_as_not_reclaimable() -> None:
         pol = _lru(64, low=[0, 0], mn=[mn, 0], resident=[80, 10])
         pol.lruvecs[0].nr_pages[0] = 8192
         sc = ScanControl(nr_to_reclaim=32, priority=12)
-        _run(pol.age_node(sc, _Host()))
+        drive(pol.age_node(sc, _Host()))
         assert pol.vmstat["mglru_min_ttl_oom"] == oom
 
 
@@ -723,7 +714,7 @@ def _budget(pol: MemcgMglru, sc: ScanControl) -> int:
     lv = pol.lruvecs[0]
     lv.max_seq = 3
     lv.nr_pages[:] = [1000, 0, 0, 0]
-    return int(_run(lv._get_nr_to_scan(sc, _Host(), 60)))
+    return int(drive(lv._get_nr_to_scan(sc, _Host(), 60)))
 
 
 def test_mglru_budget_is_scaled_by_protection() -> None:
@@ -774,10 +765,10 @@ def test_mglru_root_reclaim_sets_memcg_low_skipped_and_the_retry_lifts_it() -> N
 
     lv._evict_folios = evict  # type: ignore[method-assign]
     sc = ScanControl(nr_to_reclaim=32, priority=2, direct=True)
-    _run(pol.shrink_node(sc, _Host()))
+    drive(pol.shrink_node(sc, _Host()))
     assert (asked, sc.nr_reclaimed, sc.memcg_low_skipped) == ([63], 0, True)
     sc.memcg_low_reclaim, sc.memcg_low_skipped = True, False  # do_try_to_free_pages' retry
-    _run(pol.shrink_node(sc, _Host()))
+    drive(pol.shrink_node(sc, _Host()))
     assert (asked, sc.memcg_low_skipped) == ([63, 250], False)
 
 

@@ -25,7 +25,7 @@ from sim.reclaim.mglru import (
     PG_WORKINGSET,
     Mglru,
 )
-from tests.conftest import run_checked, tiny
+from tests.conftest import drive, run_checked, tiny
 from tests.test_invariants import scenarios
 
 GFNS = list(range(10))
@@ -84,13 +84,7 @@ def _age(w: World) -> ScanControl:
     pol._lru_add_drain()
     sc = ScanControl(nr_to_reclaim=32, priority=1)
     gen = pol._try_to_inc_max_seq(pol.max_seq, sc, w.vmscan, pol.cfg.swappiness)
-    aged = None
-    while aged is None:
-        try:
-            next(gen)
-        except StopIteration as done:
-            aged = done.value
-    assert aged is True
+    assert drive(gen) is True
     return sc
 
 

@@ -20,6 +20,7 @@ from sim.host.vmscan import Outcome, ScanControl
 from sim.host.vmstat import new_vmstat
 from sim.reclaim.memcg import MemcgMglru, MemcgWalkReclaimer
 from sim.reclaim.mglru import MAX_LRU_BATCH, MIN_LRU_BATCH, Mglru, MglruConfig
+from tests.conftest import drive
 
 NR = 5000
 
@@ -73,14 +74,6 @@ def _lruvec(gens: dict[int, int], promoted: int = 0) -> Mglru:
     if promoted:
         pol._set_seq(np.arange(promoted, dtype=np.int64), pol.max_seq)
     return pol
-
-
-def _run(gen: Any) -> Any:
-    try:
-        while True:
-            next(gen)
-    except StopIteration as done:
-        return done.value
 
 
 def test_scan_stops_once_min_lru_batch_is_isolated() -> None:
@@ -168,7 +161,7 @@ def test_try_to_shrink_lruvec_recomputes_the_budget_each_round() -> None:
         return evict(nr_to_scan, sc, reclaim, swappiness)
 
     pol._evict_folios = counted  # type: ignore[method-assign]
-    assert _run(pol._try_to_shrink_lruvec(sc, host, 60)) is True  # type: ignore[arg-type]
+    assert drive(pol._try_to_shrink_lruvec(sc, host, 60)) is True  # type: ignore[arg-type]
     assert rounds == [400, 336, 272, 208]
     assert sc.nr_reclaimed == 256
     assert pol.nr_pages[0] == 44
