@@ -1,7 +1,8 @@
 """The calibration harness undoes every host change it makes, however it ends.
 
-The tests run against a fake ``/proc`` and cgroup tree (every path of
-:class:`sim.calibrate.host.Host` is injectable).
+The default tests run against a fake ``/proc`` and cgroup tree (every path of
+:class:`sim.calibrate.host.Host` is injectable); the slow smoke test runs a real KVM guest
+under a memory limit with swap, as root, and checks the machine is left as it was found.
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from sim.calibrate import host, vmm
+from sim.calibrate import host, streams, vmm
 from sim.calibrate.host import Host
+from sim.guest.workloads import HotColdConfig
 from sim.lifecycle import Interrupted
 
 SWAPS_HEADER = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n"
@@ -261,3 +264,74 @@ def test_recover_after_a_reboot_only_unlinks_the_swapfile(fake: Fake) -> None:
     assert fake.sysctl("vm.page-cluster") == "5"
     assert fake.killed == []
     assert fake.state_files() == []
+
+
+def test_cgroup_report_detects_an_oom_kill(fake: Fake) -> None:
+    with host.session(fake.host) as s, s.cgroup(1 << 20) as cg:
+        (cg.path / "memory.stat").write_text("pgmajfault 3\nswap 0\nrss 10\n")
+        (cg.path / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 0\n")
+        before = cg.report()
+        (cg.path / "memory.stat").write_text("pgmajfault 10\nswap 8192\nrss 10\n")
+        (cg.path / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")
+        (cg.path / "memory.max_usage_in_bytes").write_text("1048576\n")
+        (cg.path / "memory.failcnt").write_text("12\n")
+        rep = vmm._cgroup_report(cg, before, -signal.SIGKILL)
+    assert rep.stat_delta == {"pgmajfault": 7, "swap": 8192}
+    assert (rep.max_usage_bytes, rep.failcnt, rep.oom_kills) == (1 << 20, 12, 1)
+    assert rep.oom_killed
+
+
+# ---------------------------------------------------------------------------- real smoke
+
+SMOKE_MIB = 64
+
+
+def _real_host_ready() -> str | None:
+    if os.geteuid() != 0:
+        return "not root"
+    if not (vmm.compiler() and vmm.kvm_usable()):
+        return "no C compiler or /dev/kvm"
+    if not Path("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists():
+        return "no cgroup v1 memory controller with swap accounting"
+    if Host().active_swaps():
+        return "swap already active"
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_real_host_ready() is not None, reason=str(_real_host_ready()))
+def test_smoke_guest_under_a_limit_with_swap() -> None:
+    """64 MiB guest, 32 MiB limit, 128 MiB swapfile: the data survives swap, nothing is left."""
+    spec = streams.StreamSpec(
+        workload=HotColdConfig(hot_fraction=0.1, hot_access_fraction=0.9),
+        accesses=200_000,
+        pages=streams.data_pages(SMOKE_MIB),
+        write_ratio=0.5,
+        seed=3,
+    )
+    want = streams.expected(*streams.generate(spec))
+    before = {n: Host().sysctl_path(n).read_text() for n in ("vm.page-cluster", "vm.swappiness")}
+    with (
+        host.session() as s,
+        s.sysctls({"vm.page-cluster": 0}),
+        s.swapfile(128 << 20) as sw,
+        s.cgroup(32 << 20) as cg,
+    ):
+        r = vmm.run(list(streams.chunks(spec)), mem_mib=SMOKE_MIB, cgroup=cg, timeout_s=300)
+        path = cg.path
+    assert (r.accesses, r.read_sum, r.checksum) == (want.accesses, want.read_sum, want.checksum)
+    assert r.memcg == f"/{path.name}"  # the VMM saw itself in the cgroup from its start
+    rep = r.cgroup
+    assert rep is not None
+    assert not rep.oom_killed
+    assert rep.max_usage_bytes <= 32 << 20 < rep.memsw_max_usage_bytes  # the rest was in swap
+    assert rep.stat_delta.get("pgmajfault", 0) > 0
+    assert rep.stat_delta.get("pgpgout", 0) > 0
+    # afterwards: no swap, no cgroup, sysctls as found
+    assert Host().active_swaps() == []
+    assert not sw.exists()
+    assert not path.exists()
+    after = {n: Host().sysctl_path(n).read_text() for n in ("vm.page-cluster", "vm.swappiness")}
+    assert after == before
+    shown = subprocess.run(["swapon", "--show"], capture_output=True, text=True, check=False)
+    assert shown.stdout == ""
