@@ -267,6 +267,20 @@ def test_recover_after_a_reboot_only_unlinks_the_swapfile(fake: Fake) -> None:
     assert fake.state_files() == []
 
 
+def test_cleanup_command(monkeypatch, fake: Fake) -> None:
+    from click.testing import CliRunner
+
+    from sim.cli import main
+
+    _leftovers(fake)
+    monkeypatch.setattr(host, "Host", lambda: fake.host)
+    out = CliRunner().invoke(main, ["calibrate", "--cleanup"])
+    assert out.exit_code == 0, out.output
+    assert f"recovered: host-{DEAD}.json" in out.output
+    fake.assert_clean()
+    assert "nothing to clean up" in CliRunner().invoke(main, ["calibrate", "--cleanup"]).output
+
+
 def test_cgroup_report_detects_an_oom_kill(fake: Fake) -> None:
     with host.session(fake.host) as s, s.cgroup(1 << 20) as cg:
         (cg.path / "memory.stat").write_text("pgmajfault 3\nswap 0\nrss 10\n")
