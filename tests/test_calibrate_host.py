@@ -62,7 +62,7 @@ class Fake:
     def rmdir(path: Path) -> None:
         """Like rmdir on cgroupfs: EBUSY while processes remain, the control files go too."""
         procs = path / "cgroup.procs"
-        if procs.exists() and procs.read_text().split():
+        if procs.is_file() and procs.read_text().split():
             raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), str(path))
         shutil.rmtree(path)
 
@@ -294,6 +294,19 @@ def test_cgroup_report_detects_an_oom_kill(fake: Fake) -> None:
     assert rep.stat_delta == {"pgmajfault": 7, "swap": 8192}
     assert (rep.max_usage_bytes, rep.failcnt, rep.oom_kills) == (1 << 20, 12, 1)
     assert rep.oom_killed
+
+
+@pytest.mark.skipif(vmm.compiler() is None, reason="no C compiler")
+def test_a_vmm_that_cannot_join_its_cgroup_is_one_line(fake: Fake) -> None:
+    def start(s: host.Session) -> None:
+        (cg,) = fake.root.joinpath("cg").iterdir()
+        (cg / "cgroup.procs").mkdir()  # not writable as a file: joining fails in the child
+        vmm.run([], mem_mib=4, plain=True, cgroup=host.Cgroup(cg, s))
+
+    with pytest.raises(vmm.CalibrateError, match="could not be started in .*memsim-calib") as info:
+        _session_doing(fake, start)
+    assert "\n" not in str(info.value)
+    fake.assert_clean()
 
 
 # ---------------------------------------------------------------------------- real smoke

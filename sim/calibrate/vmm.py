@@ -234,13 +234,17 @@ def run(
     args += ["--plain"] * plain + ["--no-checksum"] * (not checksum)
     args += ["--chunk-times"] * chunk_times + ["--populate"] * populate
     before = cgroup.report() if cgroup is not None else None
-    proc = subprocess.Popen(
-        args,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        preexec_fn=cgroup.join_in_child() if cgroup is not None else None,
-    )
+    try:
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=cgroup.join_in_child() if cgroup is not None else None,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:  # preexec_fn: joining the cgroup
+        where = f" in {cgroup.path}" if cgroup is not None else ""
+        raise CalibrateError(f"the VMM could not be started{where}: {exc}") from None
     if cgroup is not None:
         try:
             cgroup.started(proc.pid)
