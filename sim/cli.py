@@ -1,4 +1,4 @@
-"""``memsim`` command line: run, validate, replay, mrc, sweep, plan and report.
+"""``memsim`` command line: run, validate, replay, mrc, sweep, plan, report and calibrate.
 
 User errors (bad config, unknown key, impossible value, bad flag, unusable output path) print
 one plain line on stderr and exit with code 2, and no result is written or lost; results are
@@ -773,3 +773,27 @@ def report(results_dir: Path, out: Path | None) -> None:
     except ReportError as exc:
         raise UserError(str(exc)) from None
     say(f"report: {target / 'report.html'} and report.md ({len(figures)} figure(s))")
+
+
+@main.command()
+@click.option(
+    "--cleanup",
+    is_flag=True,
+    help="Undo what a killed calibration run left on the host (swapfile, memory cgroup, "
+    "sysctls), if its owner is dead.",
+)
+def calibrate(cleanup: bool) -> None:
+    """Calibration against the real kernel (so far: --cleanup of a killed run's leftovers)."""
+    from sim.calibrate.host import recover
+
+    if not cleanup:
+        raise UserError(
+            "nothing to do: pass --cleanup (measurements: python -m sim.calibrate.measure)"
+        )
+    done, problems = recover()
+    for line in done:
+        say(f"recovered: {line}")
+    if problems:
+        raise UserError("cleanup incomplete: " + "; ".join(problems))
+    if not done:
+        say("nothing to clean up")

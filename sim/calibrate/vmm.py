@@ -15,6 +15,7 @@ Errors
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -23,11 +24,14 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sim.calibrate.streams import Chunks, StreamSpec, data_pages, write_stream
 from sim.errors import UserError
 from sim.results import write_atomic
+
+if TYPE_CHECKING:
+    from sim.calibrate.host import Cgroup
 
 SOURCE = Path(__file__).with_name("vmm.c")
 KVM_DEVICE = "/dev/kvm"
@@ -37,7 +41,40 @@ STDERR_LIMIT = 4096  # bytes of the VMM's stderr kept for the error line
 
 
 class CalibrateError(UserError):
-    """The calibration VMM cannot be built or run; the message is one line."""
+    """The calibration VMM cannot be built or run; the message is one line.
+
+    ``cgroup`` holds the :class:`CgroupReport` of a run in a cgroup that failed (an OOM kill
+    is a result too), else None.
+    """
+
+    cgroup: CgroupReport | None = None
+
+
+@dataclass(frozen=True)
+class CgroupReport:
+    """The memory cgroup a run was confined to, read by the harness before and after the run.
+
+    Unlike the VMM's own ``memcg_stat_delta`` (the access loop alone) this spans the whole
+    process, start-up and exit included. ``stat_delta`` holds the memory.stat entries that
+    changed; ``max_usage_bytes`` and ``failcnt`` count from the cgroup's creation (so from
+    the run's start, in a fresh cgroup); ``oom_kills`` is the change in memory.oom_control's
+    ``oom_kill``; ``exit_signal`` the signal that ended the VMM (9 after an OOM kill), if one did.
+    """
+
+    path: str
+    stat_before: dict[str, int]
+    stat_after: dict[str, int]
+    stat_delta: dict[str, int]
+    max_usage_bytes: int
+    memsw_max_usage_bytes: int
+    failcnt: int
+    oom_kills: int
+    exit_signal: int | None
+
+    @property
+    def oom_killed(self) -> bool:
+        """Whether the cgroup's OOM killer ended the VMM."""
+        return self.oom_kills > 0 and self.exit_signal == 9
 
 
 def cache_dir() -> Path:
@@ -114,6 +151,7 @@ class RunResult:
     majflt: int
     exits: int
     chunk_ns: list[int] = field(default_factory=list)
+    cgroup: CgroupReport | None = None
     kvm_vcpu_stats: dict[str, int] | None = None
     kvm_vm_stats: dict[str, int] | None = None
     vmstat_delta: dict[str, int] | None = None
@@ -166,6 +204,7 @@ def run(
     chunk_times: bool = False,
     populate: bool = False,
     timeout_s: float | None = None,
+    cgroup: Cgroup | None = None,
 ) -> RunResult:
     """Replay ``stream`` in a guest with ``mem_mib`` MiB of RAM (or a plain process); parse.
 
@@ -175,6 +214,12 @@ def run(
     VMM's stdin by a thread while the main thread reads its report, so neither side waits on
     a full pipe. Generating costs 25-50 ns an access, more than the guest's resident accesses;
     pass ``list(streams.chunks(spec))`` to generate before the VMM starts.
+
+    ``cgroup`` (from :mod:`sim.calibrate.host`) confines the VMM to a memory cgroup: the child
+    joins it before ``exec``, so every page it touches is charged there, and is recorded as
+    started by this session (the only processes the harness ever kills). The result's
+    ``cgroup`` then reports the cgroup's counters; an OOM kill raises a :class:`CalibrateError`
+    carrying that report.
     """
     pages = data_pages(mem_mib)
     if isinstance(stream, StreamSpec) and stream.pages > pages:
@@ -188,9 +233,25 @@ def run(
     args = [str(exe), "--mem-mib", str(mem_mib), "--chunk", str(chunk)]
     args += ["--plain"] * plain + ["--no-checksum"] * (not checksum)
     args += ["--chunk-times"] * chunk_times + ["--populate"] * populate
-    proc = subprocess.Popen(
-        args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
+    before = cgroup.report() if cgroup is not None else None
+    try:
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=cgroup.join_in_child() if cgroup is not None else None,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:  # preexec_fn: joining the cgroup
+        where = f" in {cgroup.path}" if cgroup is not None else ""
+        raise CalibrateError(f"the VMM could not be started{where}: {exc}") from None
+    if cgroup is not None:
+        try:
+            cgroup.started(proc.pid)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
     feed_error: list[BaseException] = []
     err_chunks: list[bytes] = []
 
@@ -238,13 +299,45 @@ def run(
             timer.cancel()
         for t in threads:
             t.join()
+    report = None
+    if cgroup is not None and before is not None:
+        report = _cgroup_report(cgroup, before, proc.returncode)
     if timed_out.is_set():
-        raise CalibrateError(f"the VMM did not finish within {timeout_s} s (killed)")
+        raise _with(CalibrateError(f"the VMM did not finish within {timeout_s} s (killed)"), report)
+    if report is not None and report.oom_killed:
+        msg = (
+            f"the VMM was OOM-killed in {report.path} (peak {report.max_usage_bytes >> 20} MiB,"
+            f" limit reached {report.failcnt} times)"
+        )
+        raise _with(CalibrateError(msg), report)
     if feed_error:
         raise feed_error[0]
     if proc.returncode != 0:
         err = b"".join(err_chunks)[-STDERR_LIMIT:].decode(errors="replace")
         lines = err.strip().splitlines()
         why = lines[-1] if lines else f"exit status {proc.returncode}"
-        raise CalibrateError(why.removeprefix("vmm: "))
-    return parse_result(out.decode(errors="replace"))
+        raise _with(CalibrateError(why.removeprefix("vmm: ")), report)
+    result = parse_result(out.decode(errors="replace"))
+    return dataclasses.replace(result, cgroup=report)
+
+
+def _with(exc: CalibrateError, report: CgroupReport | None) -> CalibrateError:
+    exc.cgroup = report
+    return exc
+
+
+def _cgroup_report(cgroup: Cgroup, before: dict[str, Any], returncode: int) -> CgroupReport:
+    after = cgroup.report()
+    sb, sa = before["stat"], after["stat"]
+    delta = {k: sa.get(k, 0) - sb.get(k, 0) for k in sorted(set(sa) | set(sb))}
+    return CgroupReport(
+        path=str(cgroup.path),
+        stat_before=sb,
+        stat_after=sa,
+        stat_delta={k: v for k, v in delta.items() if v},
+        max_usage_bytes=after["max_usage_in_bytes"],
+        memsw_max_usage_bytes=after["memsw_max_usage_in_bytes"],
+        failcnt=after["failcnt"],
+        oom_kills=after["oom_kill"] - before["oom_kill"],
+        exit_signal=-returncode if returncode < 0 else None,
+    )
