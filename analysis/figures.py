@@ -22,6 +22,25 @@ from analysis.host_figures import swappiness_figure, sweep_runs, zswap_figure
 from analysis.load import load_run
 from analysis.plots import compare_runs, overcommit_figure, policies_figure, protection_figure
 
+SWEEP_FIGURES = {  # figure: (help, default output), each drawn from one sweep directory
+    "policies": ("a policy sweep: misses relative to OPT, idle ranks", "docs/policies.png"),
+    "overcommit": ("an overcommit sweep: major faults and stall", "docs/sweep_overcommit.png"),
+    "zswap": ("a swap-target sweep: fault sources, stall, kswapd CPU", "docs/zswap.png"),
+    "swappiness": ("a swappiness sweep: anon vs file reclaim, faults", "docs/swappiness.png"),
+}
+TWO_RUN_FIGURES = {  # figure: (help, default labels, default output): each VM's stall per window
+    "protection": (
+        "two runs (memory.low on, off): stall per window, resident memory",
+        "with memory.low,without",
+        "docs/noisy_neighbour.png",
+    ),
+    "limit": (
+        "two runs (memory.max on, off): stall per window, resident memory",
+        "memory.max,no limit",
+        "docs/memcg_limit.png",
+    ),
+}
+
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
@@ -31,28 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     n.add_argument("run_on")
     n.add_argument("run_off")
     n.add_argument("-o", "--out", default="docs/notifiers.png")
-    p = sub.add_parser("policies", help="a policy sweep: misses relative to OPT, idle ranks")
-    p.add_argument("sweep_dir")
-    p.add_argument("-o", "--out", default="docs/policies.png")
-    o = sub.add_parser("overcommit", help="an overcommit sweep: major faults and stall")
-    o.add_argument("sweep_dir")
-    o.add_argument("-o", "--out", default="docs/sweep_overcommit.png")
-    m = sub.add_parser("protection", help="two runs: each VM's stall per window, resident memory")
-    m.add_argument("run_a")
-    m.add_argument("run_b")
-    m.add_argument("--labels", default="with memory.low,without", help="two labels, a,b")
-    m.add_argument("-o", "--out", default="docs/noisy_neighbour.png")
-    lim = sub.add_parser("limit", help="two runs (memory.max on, off): stall per window, resident")
-    lim.add_argument("run_a")
-    lim.add_argument("run_b")
-    lim.add_argument("--labels", default="memory.max,no limit", help="two labels, a,b")
-    lim.add_argument("-o", "--out", default="docs/memcg_limit.png")
-    z = sub.add_parser("zswap", help="a swap-target sweep: fault sources, stall, kswapd CPU")
-    z.add_argument("sweep_dir")
-    z.add_argument("-o", "--out", default="docs/zswap.png")
-    sw = sub.add_parser("swappiness", help="a swappiness sweep: anon vs file reclaim, faults")
-    sw.add_argument("sweep_dir")
-    sw.add_argument("-o", "--out", default="docs/swappiness.png")
+    for name, (what, out) in SWEEP_FIGURES.items():
+        f = sub.add_parser(name, help=what)
+        f.add_argument("sweep_dir")
+        f.add_argument("-o", "--out", default=out)
+    for name, (what, labels, out) in TWO_RUN_FIGURES.items():
+        f = sub.add_parser(name, help=what)
+        f.add_argument("run_a")
+        f.add_argument("run_b")
+        f.add_argument("--labels", default=labels, help="two labels, a,b")
+        f.add_argument("-o", "--out", default=out)
     args = ap.parse_args(argv)
     try:
         if args.figure == "notifiers":
