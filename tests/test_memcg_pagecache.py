@@ -27,10 +27,16 @@ def _policy(swappiness: int = 60) -> tuple[MemcgTwoList, HostMemory]:
     """Two VMs of 16 pages, then a 16-page file charged to VM 0 and one charged to the root."""
     nr = 64
     mem = HostMemory(nr, nr, setup_per_zone_wmarks(nr), [0, 16, 32, 48], file_base=32)
-    lim = MemcgLimits.from_configs([None, None], 256, [0, None])
-    pol = MemcgTwoList(
+    return _memcg_two_list(
+        mem, MemcgLimits.from_configs([None, None], 256, [0, None]), swappiness
+    ), mem
+
+
+def _memcg_two_list(mem: HostMemory, lim: MemcgLimits, swappiness: int) -> MemcgTwoList:
+    """A per-memcg two-list policy with file lists over ``mem``, nothing charged to swap."""
+    return MemcgTwoList(
         TwoListConfig(swappiness=swappiness),
-        nr,
+        mem.nr_frames,
         new_vmstat(lim.nr_memcgs),
         np.random.default_rng(0),
         mem=mem,
@@ -38,7 +44,6 @@ def _policy(swappiness: int = 60) -> tuple[MemcgTwoList, HostMemory]:
         swap_usage=lambda i: 0,
         file=True,
     )
-    return pol, mem
 
 
 def test_owners_are_charged_to_their_memcgs_and_the_root_comes_first() -> None:
@@ -94,17 +99,7 @@ def _lists(pol: MemcgTwoList, sizes: tuple[int, int, int, int]) -> None:
 def _big_policy(swappiness: int) -> MemcgTwoList:
     nr = 16384
     mem = HostMemory(nr, nr, setup_per_zone_wmarks(nr), [0, 8192, 12288], file_base=12288)
-    lim = MemcgLimits.from_configs([None, None], 256, [0])
-    pol = MemcgTwoList(
-        TwoListConfig(swappiness=swappiness),
-        nr,
-        new_vmstat(lim.nr_memcgs),
-        np.random.default_rng(0),
-        mem=mem,
-        limits=lim,
-        swap_usage=lambda i: 0,
-        file=True,
-    )
+    pol = _memcg_two_list(mem, MemcgLimits.from_configs([None, None], 256, [0]), swappiness)
     _lists(pol, (4096, 8192, 2048, 1024))
     return pol
 

@@ -451,8 +451,8 @@ class MemcgMglru(PerMemcgLruvecs):
         ``mem_cgroup_calculate_protection`` in ``lru_gen_age_node`` leaves there) and is read
         at every visit. The root memcg has a lruvec only when it holds page cache (the
         kernel's root lruvec is always on the memcg LRU, empty here, and would be rotated as
-        too small). Without a page cache the lruvecs count their events host-wide only, as
-        before (runs unchanged; the kernel counts them per memcg too).
+        too small). Every lruvec counts its events in its memcg's memory.stat, as the
+        kernel does.
     """
 
     name: ClassVar[str] = "mglru"
