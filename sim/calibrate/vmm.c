@@ -178,6 +178,94 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
+/* ---- the kernel's counters around the access loop ---- */
+
+#define MAX_KV 512
+
+struct kv {
+	char name[64];
+	int64_t v;
+};
+
+struct kvs {
+	struct kv e[MAX_KV];
+	int n; /* -1: not readable */
+};
+
+/* Read "name value" lines (/proc/vmstat, memory.stat); n = -1 if the file cannot be read. */
+static void read_kvs(const char *path, struct kvs *out)
+{
+	out->n = -1;
+	if (!path[0])
+		return;
+	FILE *f = fopen(path, "re");
+	if (!f)
+		return;
+	out->n = 0;
+	char line[256];
+	while (out->n < MAX_KV && fgets(line, sizeof(line), f)) {
+		struct kv *e = &out->e[out->n];
+		long long v;
+		if (sscanf(line, "%63s %lld", e->name, &v) == 2) {
+			e->v = (int64_t)v;
+			out->n++;
+		}
+	}
+	fclose(f);
+}
+
+/* The memory.stat of this process's memory cgroup (v1 hierarchy first, then v2). */
+static void memcg_stat_path(char *out, size_t size, char *cg, size_t cg_size)
+{
+	out[0] = cg[0] = 0;
+	FILE *f = fopen("/proc/self/cgroup", "re");
+	if (!f)
+		return;
+	char line[512], v2[512] = "";
+	while (fgets(line, sizeof(line), f)) {
+		line[strcspn(line, "\n")] = 0;
+		char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+		if (!c2)
+			continue;
+		*c2 = 0;
+		if (!strcmp(c1 + 1, "memory")) {
+			snprintf(cg, cg_size, "%s", c2 + 1);
+			snprintf(out, size, "/sys/fs/cgroup/memory%s/memory.stat", c2 + 1);
+			fclose(f);
+			return;
+		}
+		if (c1 == line + 1 && line[0] == '0' && c1[1] == 0)
+			snprintf(v2, sizeof(v2), "%s", c2 + 1);
+	}
+	fclose(f);
+	if (v2[0]) {
+		snprintf(cg, cg_size, "%s", v2);
+		snprintf(out, size, "/sys/fs/cgroup%s/memory.stat", v2);
+	}
+}
+
+/* Members "name": {counter: after - before, ...} for the counters that changed, or null. */
+static void print_delta(FILE *out, const char *name, const struct kvs *a, const struct kvs *b)
+{
+	if (a->n < 0 || b->n < 0) {
+		fprintf(out, ",\n  \"%s\": null", name);
+		return;
+	}
+	fprintf(out, ",\n  \"%s\": {", name);
+	int first = 1;
+	for (int i = 0; i < b->n; i++)
+		for (int j = 0; j < a->n; j++)
+			if (!strcmp(a->e[j].name, b->e[i].name)) {
+				if (b->e[i].v != a->e[j].v) {
+					fprintf(out, "%s\n    \"%s\": %" PRId64, first ? "" : ",",
+						b->e[i].name, b->e[i].v - a->e[j].v);
+					first = 0;
+				}
+				break;
+			}
+	fprintf(out, "\n  }");
+}
+
 struct opts {
 	int plain;
 	int checksum;
@@ -557,94 +645,6 @@ static void print_stats(FILE *out, int fd, const char *name)
 	(void)fd;
 	fprintf(out, ",\n  \"%s\": null", name);
 #endif
-}
-
-/* ---- the kernel's counters around the access loop ---- */
-
-#define MAX_KV 512
-
-struct kv {
-	char name[64];
-	int64_t v;
-};
-
-struct kvs {
-	struct kv e[MAX_KV];
-	int n; /* -1: not readable */
-};
-
-/* Read "name value" lines (/proc/vmstat, memory.stat); n = -1 if the file cannot be read. */
-static void read_kvs(const char *path, struct kvs *out)
-{
-	out->n = -1;
-	if (!path[0])
-		return;
-	FILE *f = fopen(path, "re");
-	if (!f)
-		return;
-	out->n = 0;
-	char line[256];
-	while (out->n < MAX_KV && fgets(line, sizeof(line), f)) {
-		struct kv *e = &out->e[out->n];
-		long long v;
-		if (sscanf(line, "%63s %lld", e->name, &v) == 2) {
-			e->v = (int64_t)v;
-			out->n++;
-		}
-	}
-	fclose(f);
-}
-
-/* The memory.stat of this process's memory cgroup (v1 hierarchy first, then v2). */
-static void memcg_stat_path(char *out, size_t size, char *cg, size_t cg_size)
-{
-	out[0] = cg[0] = 0;
-	FILE *f = fopen("/proc/self/cgroup", "re");
-	if (!f)
-		return;
-	char line[512], v2[512] = "";
-	while (fgets(line, sizeof(line), f)) {
-		line[strcspn(line, "\n")] = 0;
-		char *c1 = strchr(line, ':'), *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
-		if (!c2)
-			continue;
-		*c2 = 0;
-		if (!strcmp(c1 + 1, "memory")) {
-			snprintf(cg, cg_size, "%s", c2 + 1);
-			snprintf(out, size, "/sys/fs/cgroup/memory%s/memory.stat", c2 + 1);
-			fclose(f);
-			return;
-		}
-		if (c1 == line + 1 && line[0] == '0' && c1[1] == 0)
-			snprintf(v2, sizeof(v2), "%s", c2 + 1);
-	}
-	fclose(f);
-	if (v2[0]) {
-		snprintf(cg, cg_size, "%s", v2);
-		snprintf(out, size, "/sys/fs/cgroup%s/memory.stat", v2);
-	}
-}
-
-/* Members "name": {counter: after - before, ...} for the counters that changed, or null. */
-static void print_delta(FILE *out, const char *name, const struct kvs *a, const struct kvs *b)
-{
-	if (a->n < 0 || b->n < 0) {
-		fprintf(out, ",\n  \"%s\": null", name);
-		return;
-	}
-	fprintf(out, ",\n  \"%s\": {", name);
-	int first = 1;
-	for (int i = 0; i < b->n; i++)
-		for (int j = 0; j < a->n; j++)
-			if (!strcmp(a->e[j].name, b->e[i].name)) {
-				if (b->e[i].v != a->e[j].v) {
-					fprintf(out, "%s\n    \"%s\": %" PRId64, first ? "" : ",",
-						b->e[i].name, b->e[i].v - a->e[j].v);
-					first = 0;
-				}
-				break;
-			}
-	fprintf(out, "\n  }");
 }
 
 static void usage(void)
