@@ -30,8 +30,17 @@
  * Output: one JSON object on stdout: counts, times, getrusage faults, the changed counters of
  * /proc/vmstat (system-wide) and of this process's memory cgroup's memory.stat read just
  * before and after the access loop (before the checksum, which reads every page), and KVM's
- * binary stats (KVM_GET_STATS_FD) where the kernel has them. Errors: one line on stderr, exit
- * status 1 (2 for usage).
+ * binary stats (KVM_GET_STATS_FD) where the kernel has them, and "phases": the same time,
+ * faults and counters per phase of the stream.
+ *
+ * Phases: a calibration run is a sequence of phases (say a pass writing every page, then the
+ * measured accesses), whose counters must not blur into each other. Each --phase-at N (at most
+ * MAX_BOUNDS, strictly increasing) ends a phase after access N: no chunk crosses N, and once
+ * the chunk ending there is done (in KVM mode: reported by the guest, before the next chunk is
+ * fed) the VMM snapshots the time, getrusage and the kernel's counters. The end of the stream
+ * ends the last phase; without --phase-at the one phase is the whole run.
+ *
+ * Errors: one line on stderr, exit status 1 (2 for usage).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -244,27 +253,49 @@ static void memcg_stat_path(char *out, size_t size, char *cg, size_t cg_size)
 	}
 }
 
-/* Members "name": {counter: after - before, ...} for the counters that changed, or null. */
-static void print_delta(FILE *out, const char *name, const struct kvs *a, const struct kvs *b)
+/* Member "name": {counter: after - before, ...} of the counters that changed, or null;
+ * indented by ind spaces. */
+static void print_delta(FILE *out, int ind, const char *name, const struct kvs *a,
+			const struct kvs *b)
 {
 	if (a->n < 0 || b->n < 0) {
-		fprintf(out, ",\n  \"%s\": null", name);
+		fprintf(out, ",\n%*s\"%s\": null", ind, "", name);
 		return;
 	}
-	fprintf(out, ",\n  \"%s\": {", name);
+	fprintf(out, ",\n%*s\"%s\": {", ind, "", name);
 	int first = 1;
 	for (int i = 0; i < b->n; i++)
 		for (int j = 0; j < a->n; j++)
 			if (!strcmp(a->e[j].name, b->e[i].name)) {
 				if (b->e[i].v != a->e[j].v) {
-					fprintf(out, "%s\n    \"%s\": %" PRId64, first ? "" : ",",
-						b->e[i].name, b->e[i].v - a->e[j].v);
+					fprintf(out, "%s\n%*s\"%s\": %" PRId64, first ? "" : ",",
+						ind + 2, "", b->e[i].name, b->e[i].v - a->e[j].v);
 					first = 0;
 				}
 				break;
 			}
-	fprintf(out, "\n  }");
+	fprintf(out, "\n%*s}", ind, "");
 }
+
+/* ---- phases ---- */
+
+#define MAX_BOUNDS 15 /* --phase-at values; one more phase than boundaries */
+
+/*
+ * The state at one phase boundary (and before and after the access loop). A snapshot both
+ * ends the phase before it and begins the one after; reading the counters takes tens of
+ * microseconds and faults in stdio's buffer, so a phase's time and faults count from after
+ * the reads (t_begin, ru_begin) to before the next snapshot's (t_end, ru_end).
+ */
+struct snap {
+	uint64_t accesses, loop_ns; /* the run's totals at the boundary */
+	uint64_t t_end, t_begin;
+	struct rusage ru_end, ru_begin;
+	struct kvs vm, cg;
+};
+
+/* The loop's start, each boundary, its end: static (bounded), faulted in before the loop. */
+static struct snap snaps[MAX_BOUNDS + 2];
 
 struct opts {
 	int plain;
@@ -275,6 +306,8 @@ struct opts {
 	int populate;
 	uint64_t mem_mib;
 	uint64_t chunk;
+	uint64_t bounds[MAX_BOUNDS]; /* --phase-at: strictly increasing access counts */
+	int n_bounds;
 };
 
 struct run {
@@ -288,12 +321,51 @@ struct run {
 	uint64_t read_sum;
 	uint64_t mmio_gpa;
 	int stream_fd;
+	const struct opts *o;
+	const char *cg_path; /* memory.stat of this process's cgroup, "" if unknown */
+	int next_bound;	     /* index in o->bounds of the next boundary to reach */
+	int n_snaps;
 };
 
-/* Read the next chunk of the stream into buf; return the number of entries (0 at the end). */
+/* End the current phase: the time, faults and kernel counters at this point. */
+static void phase_end(struct run *r)
+{
+	struct snap *s = &snaps[r->n_snaps++];
+	s->t_end = now_ns();
+	getrusage(RUSAGE_SELF, &s->ru_end);
+	s->accesses = r->accesses;
+	s->loop_ns = r->loop_ns;
+	if (r->o->kernel_stats) {
+		read_kvs("/proc/vmstat", &s->vm);
+		read_kvs(r->cg_path, &s->cg);
+	}
+}
+
+/* Begin the next phase, after phase_end's reads. */
+static void phase_begin(struct run *r)
+{
+	struct snap *s = &snaps[r->n_snaps - 1];
+	getrusage(RUSAGE_SELF, &s->ru_begin);
+	s->t_begin = now_ns();
+}
+
+/* After a chunk (in KVM mode: once the guest reported it done, before the next is fed). */
+static void phase_check(struct run *r)
+{
+	if (r->next_bound < r->o->n_bounds && r->accesses == r->o->bounds[r->next_bound]) {
+		r->next_bound++;
+		phase_end(r);
+		phase_begin(r);
+	}
+}
+
+/* Read the next chunk of the stream into buf; return the number of entries (0 at the end).
+ * A chunk ends at the next phase boundary, so the snapshot there falls between two chunks. */
 static uint64_t feed(struct run *r, uint32_t *buf, uint64_t max)
 {
 	uint64_t t0 = now_ns();
+	if (r->next_bound < r->o->n_bounds && r->o->bounds[r->next_bound] - r->accesses < max)
+		max = r->o->bounds[r->next_bound] - r->accesses;
 	size_t want = max * 4, got = 0;
 	while (got < want) {
 		ssize_t k = read(r->stream_fd, (char *)buf + got, want - got);
@@ -355,6 +427,7 @@ static void run_plain(struct run *r, const struct opts *o)
 		note_chunk(r, now_ns() - t0);
 		r->chunks++;
 		r->accesses += n;
+		phase_check(r);
 	}
 	if (st.index != r->accesses)
 		die("the loop counted %" PRIu64 " accesses, the stream had %" PRIu64, st.index,
@@ -590,6 +663,7 @@ static void run_kvm(struct run *r, struct kvm *k, const struct opts *o)
 			note_chunk(r, dt);
 			r->chunks++;
 			r->accesses += pending;
+			phase_check(r);
 		}
 		pending = feed(r, buf, o->chunk);
 		ctl[CTL_N / 8] = pending;
@@ -650,7 +724,7 @@ static void print_stats(FILE *out, int fd, const char *name)
 static void usage(void)
 {
 	fputs("usage: vmm [--plain] [--mem-mib G] [--chunk N] [--no-checksum] [--chunk-times] "
-	      "[--no-kvm-stats] [--no-kernel-stats] [--populate] < stream\n",
+	      "[--no-kvm-stats] [--no-kernel-stats] [--populate] [--phase-at N]... < stream\n",
 	      stderr);
 	exit(2);
 }
@@ -687,7 +761,19 @@ int main(int argc, char **argv)
 			o.mem_mib = arg_u64(argv[++i], "--mem-mib");
 		else if (!strcmp(argv[i], "--chunk") && i + 1 < argc)
 			o.chunk = arg_u64(argv[++i], "--chunk");
-		else
+		else if (!strcmp(argv[i], "--phase-at") && i + 1 < argc) {
+			uint64_t b = arg_u64(argv[++i], "--phase-at");
+			uint64_t last = o.n_bounds ? o.bounds[o.n_bounds - 1] : 0;
+			if (o.n_bounds == MAX_BOUNDS)
+				die("at most %d --phase-at boundaries", MAX_BOUNDS);
+			if (!b)
+				die("--phase-at must be a positive integer (got 0)");
+			if (b <= last)
+				die("--phase-at values must be strictly increasing (got %" PRIu64
+				    " after %" PRIu64 ")",
+				    b, last);
+			o.bounds[o.n_bounds++] = b;
+		} else
 			usage();
 	}
 	if (o.mem_mib < 4 || o.mem_mib > MAX_MEM_MIB)
@@ -698,6 +784,7 @@ int main(int argc, char **argv)
 	struct run r;
 	memset(&r, 0, sizeof(r));
 	r.stream_fd = 0;
+	r.o = &o;
 	r.mem_bytes = o.mem_mib << 20;
 	r.data_pages = (r.mem_bytes - DATA_GPA) >> 12;
 	r.mem = mmap(NULL, r.mem_bytes, PROT_READ | PROT_WRITE,
@@ -722,26 +809,24 @@ int main(int argc, char **argv)
 		build_guest(&r);
 		kvm_setup(&k, &r);
 	}
-	static struct kvs vm0, vm1, cg0, cg1;
 	char cg_path[640], cg_name[512];
 	memcg_stat_path(cg_path, sizeof(cg_path), cg_name, sizeof(cg_name));
-	if (o.kernel_stats) {
-		read_kvs("/proc/vmstat", &vm0);
-		read_kvs(cg_path, &cg0);
-	}
-	struct rusage ru0, ru1;
-	getrusage(RUSAGE_SELF, &ru0);
-	uint64_t t0 = now_ns();
+	r.cg_path = cg_path;
+	/* Fault the snapshots in now: the loop's phases should not count their first touch. */
+	memset(snaps, 0, (size_t)(o.n_bounds + 2) * sizeof(snaps[0]));
+	phase_end(&r);
+	phase_begin(&r);
 	if (o.plain)
 		run_plain(&r, &o);
 	else
 		run_kvm(&r, &k, &o);
-	uint64_t wall = now_ns() - t0;
-	getrusage(RUSAGE_SELF, &ru1);
-	if (o.kernel_stats) { /* before the checksum, which reads (and may swap in) every page */
-		read_kvs("/proc/vmstat", &vm1);
-		read_kvs(cg_path, &cg1);
-	}
+	/* before the checksum, which reads (and may swap in) every page */
+	phase_end(&r);
+	if (r.next_bound < o.n_bounds)
+		die("the stream ended after %" PRIu64 " accesses, before the --phase-at boundary %" PRIu64,
+		    r.accesses, o.bounds[r.next_bound]);
+	const struct snap *first = &snaps[0], *last = &snaps[r.n_snaps - 1];
+	uint64_t wall = last->t_end - first->t_begin;
 	uint64_t csum = o.checksum ? mem_checksum(&r) : 0;
 
 	FILE *out = stdout;
@@ -758,9 +843,10 @@ int main(int argc, char **argv)
 		fprintf(out, "  \"checksum\": %" PRIu64 ",\n", csum);
 	else
 		fprintf(out, "  \"checksum\": null,\n");
-	fprintf(out, "  \"minflt\": %ld,\n  \"majflt\": %ld,\n", ru1.ru_minflt - ru0.ru_minflt,
-		ru1.ru_majflt - ru0.ru_majflt);
-	fprintf(out, "  \"maxrss_kib\": %ld", ru1.ru_maxrss);
+	fprintf(out, "  \"minflt\": %ld,\n  \"majflt\": %ld,\n",
+		last->ru_end.ru_minflt - first->ru_begin.ru_minflt,
+		last->ru_end.ru_majflt - first->ru_begin.ru_majflt);
+	fprintf(out, "  \"maxrss_kib\": %ld", last->ru_end.ru_maxrss);
 	if (r.chunk_ns) {
 		fprintf(out, ",\n  \"chunk_ns\": [");
 		for (uint64_t i = 0; i < r.chunks; i++)
@@ -768,15 +854,33 @@ int main(int argc, char **argv)
 		fprintf(out, "]");
 	}
 	if (o.kernel_stats) {
-		print_delta(out, "vmstat_delta", &vm0, &vm1);
+		print_delta(out, 2, "vmstat_delta", &first->vm, &last->vm);
 		fprintf(out, ",\n  \"memcg\": ");
 		if (cg_name[0] && strspn(cg_name, "/_-.0123456789abcdefghijklmnopqrstuvwxyz"
 						  "ABCDEFGHIJKLMNOPQRSTUVWXYZ") == strlen(cg_name))
 			fprintf(out, "\"%s\"", cg_name);
 		else
 			fprintf(out, "null");
-		print_delta(out, "memcg_stat_delta", &cg0, &cg1);
+		print_delta(out, 2, "memcg_stat_delta", &first->cg, &last->cg);
 	}
+	/* Each phase from the snapshot before it: the sums of accesses, loop_ns and the
+	 * kernel counters are the run's; wall_ns and faults leave out the snapshots' reads. */
+	fprintf(out, ",\n  \"phases\": [");
+	for (int i = 1; i < r.n_snaps; i++) {
+		const struct snap *a = &snaps[i - 1], *b = &snaps[i];
+		fprintf(out, "%s\n    {\n      \"accesses\": %" PRIu64 ",\n      \"wall_ns\": %" PRIu64
+			",\n      \"loop_ns\": %" PRIu64 ",\n      \"minflt\": %ld,\n"
+			"      \"majflt\": %ld",
+			i > 1 ? "," : "", b->accesses - a->accesses, b->t_end - a->t_begin,
+			b->loop_ns - a->loop_ns, b->ru_end.ru_minflt - a->ru_begin.ru_minflt,
+			b->ru_end.ru_majflt - a->ru_begin.ru_majflt);
+		if (o.kernel_stats) {
+			print_delta(out, 6, "vmstat_delta", &a->vm, &b->vm);
+			print_delta(out, 6, "memcg_stat_delta", &a->cg, &b->cg);
+		}
+		fprintf(out, "\n    }");
+	}
+	fprintf(out, "\n  ]");
 	if (!o.plain && o.kvm_stats) {
 		print_stats(out, k.vm, "kvm_vm_stats");
 		print_stats(out, k.vcpu, "kvm_vcpu_stats");
