@@ -134,7 +134,25 @@ def test_parse_result() -> None:
     assert r.kvm_vm_stats is None
 
 
-@pytest.mark.parametrize("text", ["", "{", '{"mode": "kvm"}', "[1]"])
+def test_parse_result_phases() -> None:
+    phases = (
+        ', "phases": [{"accesses": 2, "wall_ns": 6, "loop_ns": 4, "minflt": 4, "majflt": 0,'
+        ' "vmstat_delta": {"pgfault": 5}, "memcg_stat_delta": null},'
+        ' {"accesses": 1, "wall_ns": 3, "loop_ns": 2, "minflt": 0, "majflt": 0}]}'
+    )
+    r = vmm.parse_result(GOOD.removesuffix("}") + phases)
+    assert r.phases == [
+        vmm.PhaseResult(2, 6, 4, 4, 0, {"pgfault": 5}, None),
+        vmm.PhaseResult(1, 3, 2, 0, 0),
+    ]
+    assert vmm.parse_result(GOOD).phases == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "{", '{"mode": "kvm"}', "[1]"]
+    + [GOOD.removesuffix("}") + f', "phases": {p}}}' for p in ("5", "[1]", '[{"accesses": 1}]')],
+)
 def test_parse_result_errors_are_one_line(text: str) -> None:
     with pytest.raises(vmm.CalibrateError) as info:
         vmm.parse_result(text)
@@ -242,3 +260,84 @@ def test_populate_leaves_the_stream_unchanged() -> None:
     want = streams.expected(*streams.generate(spec))
     assert (r.read_sum, r.checksum) == (want.read_sum, want.checksum)
     assert r.minflt < PAGES // 4  # the host faulted the data pages in before the loop
+
+
+def first_touch_then_reread(pages: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Write every page once, then read each again: only the first pass faults pages in."""
+    every = np.arange(pages)
+    return [(every, np.ones(pages, dtype=bool)), (every, np.zeros(pages, dtype=bool))]
+
+
+def check_phases(r: vmm.RunResult, sizes: list[int], faulting: list[bool]) -> None:
+    """The phases split the run as asked; the first-touch ones took the page faults."""
+    assert [p.accesses for p in r.phases] == sizes
+    assert sum(p.accesses for p in r.phases) == r.accesses
+    assert sum(p.loop_ns for p in r.phases) == r.loop_ns
+    for p, faults in zip(r.phases, faulting, strict=True):
+        if faults:  # a write to each new page: one host fault each (plain or through KVM)
+            assert p.minflt >= p.accesses
+            if p.vmstat_delta is not None:  # system-wide, so at least ours
+                assert p.vmstat_delta.get("pgfault", 0) >= p.minflt
+        else:
+            assert p.minflt < p.accesses // 20
+
+
+@needs_cc
+def test_one_phase_is_the_whole_run() -> None:
+    r = vmm.run(first_touch_then_reread(1000), mem_mib=MEM_MIB, plain=True)
+    (p,) = r.phases
+    assert (p.accesses, p.wall_ns, p.loop_ns) == (r.accesses, r.wall_ns, r.loop_ns)
+    assert (p.minflt, p.majflt) == (r.minflt, r.majflt)
+    assert (p.vmstat_delta, p.memcg_stat_delta) == (r.vmstat_delta, r.memcg_stat_delta)
+
+
+@needs_cc
+def test_plain_phases_split_first_touch_from_rereads() -> None:
+    r = vmm.run(first_touch_then_reread(3000), mem_mib=MEM_MIB, plain=True, phase_at=[3000])
+    check_phases(r, [3000, 3000], [True, False])
+
+
+@needs_kvm
+def test_guest_phases_split_first_touch_from_rereads() -> None:
+    r = vmm.run(first_touch_then_reread(3000), mem_mib=MEM_MIB, phase_at=[3000])
+    check_phases(r, [3000, 3000], [True, False])
+
+
+@needs_cc
+@pytest.mark.parametrize("plain", [True, False])
+def test_a_boundary_inside_a_chunk_splits_it(plain: bool) -> None:
+    if not (plain or HAVE_KVM):
+        pytest.skip("no /dev/kvm")
+    stream = first_touch_then_reread(3000)
+    r = vmm.run(
+        stream, mem_mib=MEM_MIB, plain=plain, chunk=1000, chunk_times=True, phase_at=[1500, 3000]
+    )
+    want = streams.expected(*(np.concatenate(x) for x in zip(*stream, strict=True)))
+    assert (r.accesses, r.read_sum, r.checksum) == (want.accesses, want.read_sum, want.checksum)
+    check_phases(r, [1500, 1500, 3000], [True, True, False])
+    assert len(r.chunk_ns) == 7  # 1000 500 | 1000 500 | 1000 1000 1000
+
+
+@pytest.mark.parametrize(
+    ("phase_at", "match"),
+    [
+        ([0], "positive"),
+        ([-5, 10], "positive"),
+        ([10, 10], "strictly increasing"),
+        ([20, 10], "strictly increasing"),
+        (range(1, 17), "at most 15"),
+        ([10, 200_001], "beyond the stream"),
+    ],
+)
+def test_bad_phase_lists_are_one_line(phase_at: list[int], match: str) -> None:
+    with pytest.raises(vmm.CalibrateError, match=match) as info:
+        vmm.run(
+            spec_for("uniform", accesses=200_000), mem_mib=MEM_MIB, plain=True, phase_at=phase_at
+        )
+    assert "\n" not in str(info.value)
+
+
+@needs_cc
+def test_vmm_rejects_a_boundary_the_stream_never_reaches() -> None:
+    with pytest.raises(vmm.CalibrateError, match=r"^the stream ended after 4 accesses, before"):
+        vmm.run(first_touch_then_reread(2), mem_mib=4, plain=True, phase_at=[3, 5])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -31,6 +32,8 @@ from sim.errors import UserError
 from sim.results import write_atomic
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from sim.calibrate.host import Cgroup
 
 SOURCE = Path(__file__).with_name("vmm.c")
@@ -38,6 +41,7 @@ KVM_DEVICE = "/dev/kvm"
 CFLAGS = ("-O2", "-std=gnu11", "-Wall", "-Wextra", "-Werror")
 DEFAULT_CHUNK = 1 << 17  # accesses per guest exit: an exit costs ~60-80 us under PVM
 STDERR_LIMIT = 4096  # bytes of the VMM's stderr kept for the error line
+MAX_PHASE_BOUNDARIES = 15  # the VMM's static snapshot slots
 
 
 class CalibrateError(UserError):
@@ -132,12 +136,31 @@ def build(force: bool = False) -> Path:
 
 
 @dataclass(frozen=True)
+class PhaseResult:
+    """One phase of a run: from one ``phase_at`` boundary (or the start) to the next (or the end).
+
+    The VMM snapshots its counters between two chunks, so a phase holds exactly ``accesses``
+    accesses. The phases' ``accesses``, ``loop_ns`` and counter deltas add up to the run's;
+    ``wall_ns`` and the faults leave out the snapshots' own reads, so they may add up to less.
+    """
+
+    accesses: int
+    wall_ns: int
+    loop_ns: int
+    minflt: int
+    majflt: int
+    vmstat_delta: dict[str, int] | None = None
+    memcg_stat_delta: dict[str, int] | None = None
+
+
+@dataclass(frozen=True)
 class RunResult:
     """What the VMM reported for one run (``raw`` has every field).
 
     ``vmstat_delta`` (system-wide ``/proc/vmstat``) and ``memcg_stat_delta`` (the ``memory.stat``
     of the VMM's memory cgroup, ``memcg``) hold the counters that changed across the access
     loop alone; memory.stat's gauges (``rss``, ``active_anon`` ...) appear as changes too.
+    ``phases`` splits the run at the ``phase_at`` boundaries (one phase without them).
     """
 
     mode: str
@@ -157,6 +180,7 @@ class RunResult:
     vmstat_delta: dict[str, int] | None = None
     memcg: str | None = None
     memcg_stat_delta: dict[str, int] | None = None
+    phases: list[PhaseResult] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -186,12 +210,48 @@ def parse_result(text: str) -> RunResult:
             vmstat_delta=d.get("vmstat_delta"),
             memcg=d.get("memcg"),
             memcg_stat_delta=d.get("memcg_stat_delta"),
+            phases=[_parse_phase(p) for p in d.get("phases", [])],
             raw=d,
         )
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         head = text.strip().replace("\n", " ")[:100]
         msg = f"the VMM's report is not the JSON expected ({exc}): {head!r}"
         raise CalibrateError(msg) from None
+
+
+def _parse_phase(p: dict[str, Any]) -> PhaseResult:
+    return PhaseResult(
+        accesses=int(p["accesses"]),
+        wall_ns=int(p["wall_ns"]),
+        loop_ns=int(p["loop_ns"]),
+        minflt=int(p["minflt"]),
+        majflt=int(p["majflt"]),
+        vmstat_delta=_counters(p.get("vmstat_delta")),
+        memcg_stat_delta=_counters(p.get("memcg_stat_delta")),
+    )
+
+
+def _counters(d: dict[str, Any] | None) -> dict[str, int] | None:
+    return None if d is None else {str(k): int(v) for k, v in d.items()}
+
+
+def check_phase_at(phase_at: Sequence[int], accesses: int | None = None) -> list[int]:
+    """``phase_at`` as a list, if the VMM would take it (and a stream of ``accesses`` reach it).
+
+    Checked here too so that a bad list fails before the stream is generated.
+    """
+    bounds = [int(b) for b in phase_at]
+    if len(bounds) > MAX_PHASE_BOUNDARIES:
+        raise CalibrateError(f"at most {MAX_PHASE_BOUNDARIES} phase boundaries (got {len(bounds)})")
+    if any(b <= 0 for b in bounds):
+        raise CalibrateError(f"phase boundaries must be positive access counts (got {bounds})")
+    if any(b <= a for a, b in itertools.pairwise(bounds)):
+        raise CalibrateError(f"phase boundaries must be strictly increasing (got {bounds})")
+    if accesses is not None and bounds and bounds[-1] > accesses:
+        raise CalibrateError(
+            f"phase boundary {bounds[-1]} is beyond the stream's {accesses} accesses"
+        )
+    return bounds
 
 
 def run(
@@ -203,6 +263,7 @@ def run(
     checksum: bool = True,
     chunk_times: bool = False,
     populate: bool = False,
+    phase_at: Sequence[int] = (),
     timeout_s: float | None = None,
     cgroup: Cgroup | None = None,
 ) -> RunResult:
@@ -220,7 +281,11 @@ def run(
     started by this session (the only processes the harness ever kills). The result's
     ``cgroup`` then reports the cgroup's counters; an OOM kill raises a :class:`CalibrateError`
     carrying that report.
+
+    ``phase_at`` (strictly increasing access counts, at most 15) splits the run into phases
+    whose time, faults and counters the VMM records separately (``RunResult.phases``).
     """
+    bounds = check_phase_at(phase_at, stream.accesses if isinstance(stream, StreamSpec) else None)
     pages = data_pages(mem_mib)
     if isinstance(stream, StreamSpec) and stream.pages > pages:
         raise CalibrateError(
@@ -233,6 +298,7 @@ def run(
     args = [str(exe), "--mem-mib", str(mem_mib), "--chunk", str(chunk)]
     args += ["--plain"] * plain + ["--no-checksum"] * (not checksum)
     args += ["--chunk-times"] * chunk_times + ["--populate"] * populate
+    args += [a for b in bounds for a in ("--phase-at", str(b))]
     before = cgroup.report() if cgroup is not None else None
     try:
         proc = subprocess.Popen(
