@@ -776,24 +776,90 @@ def report(results_dir: Path, out: Path | None) -> None:
 
 
 @main.command()
+@click.argument(
+    "config",
+    required=False,
+    type=click.Path(path_type=Path, dir_okay=False),
+)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Result directory (default: results/calibrate-<name>).",
+)
+@click.option(
+    "--only",
+    multiple=True,
+    metavar="NAME",
+    help="Run only this scenario (repeatable; it must be in CONFIG).",
+)
+@click.option(
+    "--repetitions",
+    type=click.IntRange(1, 50),
+    help="Real runs per scenario (default: the config's).",
+)
+@click.option(
+    "--from",
+    "from_dir",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    help="Reuse the kernel measurements of this earlier calibration result (no root needed): "
+    "memsim, the fit and the report are redone.",
+)
 @click.option(
     "--cleanup",
     is_flag=True,
-    help="Undo what a killed calibration run left on the host (swapfile, memory cgroup, "
+    help="Only undo what a killed calibration run left on the host (swapfile, memory cgroup, "
     "sysctls), if its owner is dead.",
 )
-def calibrate(cleanup: bool) -> None:
-    """Calibration against the real kernel (so far: --cleanup of a killed run's leftovers)."""
+def calibrate(
+    config: Path | None,
+    out: Path | None,
+    only: tuple[str, ...],
+    repetitions: int | None,
+    from_dir: Path | None,
+    cleanup: bool,
+) -> None:
+    """Run a real KVM guest under a memory cgroup limit, predict it with memsim, compare.
+
+    As root on a host with /dev/kvm and cgroup v1 memory: makes a swapfile and a memory
+    cgroup, runs each scenario of CONFIG (default configs/calibrate.yaml) on the kernel and in
+    memsim, fits a cost profile and writes the comparison (table, figure, profile.yaml).
+    Everything it changed on the host is undone on every exit path.
+    """
     from sim.calibrate.host import recover
 
-    if not cleanup:
-        raise UserError(
-            "nothing to do: pass --cleanup (measurements: python -m sim.calibrate.measure)"
-        )
-    done, problems = recover()
-    for line in done:
-        say(f"recovered: {line}")
-    if problems:
-        raise UserError("cleanup incomplete: " + "; ".join(problems))
-    if not done:
-        say("nothing to clean up")
+    if cleanup:
+        done, problems = recover()
+        for line in done:
+            say(f"recovered: {line}")
+        if problems:
+            raise UserError("cleanup incomplete: " + "; ".join(problems))
+        if not done:
+            say("nothing to clean up")
+        return
+    from sim.calibrate import config as calconfig
+    from sim.calibrate.run import calibrate as run_calibration
+
+    cfg = calconfig.load(config or Path("configs/calibrate.yaml"))
+    if only:
+        names = {s.name for s in cfg.scenarios}
+        unknown = [n for n in only if n not in names]
+        if unknown:
+            raise UserError(
+                f"--only {unknown[0]}: no such scenario (have: {', '.join(sorted(names))})"
+            )
+        cfg = cfg.model_copy(update={"scenarios": [s for s in cfg.scenarios if s.name in only]})
+        if not any(s.use == "fit" for s in cfg.scenarios):
+            raise UserError("--only: keep at least one scenario with use: fit (the fit's data)")
+    if repetitions:
+        cfg = cfg.model_copy(update={"repetitions": repetitions})
+    target = out or Path("results") / f"calibrate-{cfg.name}"
+    verdict = run_calibration(cfg, target, say, from_dir=from_dir)
+    say(f"calibration: {target}/comparison.md")
+    say(
+        f"majors within 3%: {verdict['majors_within_3pct']}/{verdict['not_oom_killed']}; "
+        f"pgscan within 20%: {verdict['pgscan_within_20pct']}; pgsteal within 20%: "
+        f"{verdict['pgsteal_within_20pct']}; OOM matches: {verdict['oom_matches']}/"
+        f"{verdict['scenarios']}; held-out time within 20%: "
+        f"{verdict['check_time_within_20pct']}/{verdict['check_scenarios_timed']}"
+    )

@@ -592,6 +592,7 @@ class Scenario(Strict):
         """
         config = self.model_dump(mode="json")
         _drop_defaults(config)
+        config.get("costs", {}).pop("profile", None)  # its values are merged in: path-free
         for vm in config["vms"]:
             if vm["workload"]["type"] == "trace":
                 vm["workload"]["path"] = "sha256:" + file_digest(Path(vm["workload"]["path"]))
@@ -666,7 +667,38 @@ def resolve_paths(raw: Any, base: Path) -> Any:
         wl = vm.get("workload") if isinstance(vm, dict) else None
         if isinstance(wl, dict) and wl.get("type") == "trace":
             wl["path"] = resolve_path(wl.get("path"), base)
+    costs = raw.get("costs") if isinstance(raw, dict) else None
+    if isinstance(costs, dict) and "profile" in costs:
+        costs["profile"] = resolve_path(costs["profile"], base)
     return raw
+
+
+PROFILE_SECTIONS = ("costs", "swap", "measured")
+
+
+def apply_cost_profile(raw: dict[str, Any]) -> dict[str, Any]:
+    """Merge the cost profile ``costs.profile`` names (a file ``memsim calibrate`` writes)
+    under the scenario: its ``costs`` and ``swap`` values apply where the scenario sets none;
+    its ``measured`` section is a record only. A bad profile is a one-line ConfigError."""
+    costs = raw.get("costs")
+    if not isinstance(costs, dict) or not isinstance(costs.get("profile"), str):
+        return raw
+    path = Path(costs["profile"])
+    prof = read_yaml(path)
+    extra = sorted(set(prof) - set(PROFILE_SECTIONS))
+    if extra:
+        raise ConfigError(
+            f"{shown_path(path)}: unknown section {extra[0]!r} in a cost profile "
+            f"(valid: {', '.join(PROFILE_SECTIONS)})"
+        )
+    out = dict(raw)
+    for key in ("costs", "swap"):
+        section = prof.get(key) or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{shown_path(path)}: {key} must be a mapping of {key} keys")
+        mine = out.get(key)
+        out[key] = {**section, **(mine if isinstance(mine, dict) else {})}
+    return out
 
 
 def resolve_path(path: Any, base: Path) -> Any:
@@ -884,7 +916,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def parse_scenario(raw: dict[str, Any], source: str = "config") -> Scenario:
-    """Validate a raw config dict into a :class:`Scenario`."""
+    """Validate a raw config dict into a :class:`Scenario` (its cost profile merged in)."""
+    raw = apply_cost_profile(raw)
     try:
         return Scenario.model_validate(raw)
     except ValidationError as err:

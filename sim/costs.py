@@ -32,6 +32,13 @@ MAX_COST_NS = 10**9  # one operation costing more than a second of CPU is a typo
 class CostsConfig(Strict):
     """CPU-side costs (ns). Defaults and sources: docs/MODEL.md section 6."""
 
+    profile: str | None = Field(
+        None,
+        max_length=4096,
+        description="Cost profile (YAML) that memsim calibrate wrote: its costs and swap "
+        "latencies apply where this config sets none; a relative path is relative to the file "
+        "that names it.",
+    )
     vmexit_ns: int = Field(
         800,
         ge=0,

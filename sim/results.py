@@ -80,7 +80,7 @@ __all__ = [
 
 MANIFEST = "manifest.json"
 FORMAT = 1
-KINDS = ("run", "mrc", "report", "sweep", "plan")
+KINDS = ("run", "mrc", "report", "sweep", "plan", "calibrate")
 RESUMABLE = ("sweep", "plan")
 RUN_FILES = frozenset(
     {

@@ -356,10 +356,16 @@ class Session:
                 self.ledger.update(swapfile=None)
 
     @contextlib.contextmanager
-    def cgroup(self, limit_bytes: int, swappiness: int | None = None) -> Iterator[Cgroup]:
+    def cgroup(
+        self,
+        limit_bytes: int,
+        swappiness: int | None = None,
+        memsw_limit_bytes: int | None = None,
+    ) -> Iterator[Cgroup]:
         """A memory cgroup v1 directory of our own with ``memory.limit_in_bytes`` (and
-        optionally ``memory.swappiness``); on exit its processes that we started are killed,
-        it is waited on to empty, and removed."""
+        optionally ``memory.swappiness`` and ``memory.memsw.limit_in_bytes``, the limit on
+        memory plus swap); on exit its processes that we started are killed, it is waited on
+        to empty, and removed."""
         n = next(Session._counter)
         path = self.host.cgroup_root / f"{CGROUP_PREFIX}{self.ledger.pid}-{n}"
         self.ledger.update(cgroups=[*self.ledger.data["cgroups"], str(path)])
@@ -374,6 +380,8 @@ class Session:
             cg.write("memory.limit_in_bytes", str(limit_bytes))
             if swappiness is not None:
                 cg.write("memory.swappiness", str(swappiness))
+            if memsw_limit_bytes is not None:  # after limit_in_bytes: memsw may not be below it
+                cg.write("memory.memsw.limit_in_bytes", str(memsw_limit_bytes))
             yield cg
         finally:
 

@@ -1,0 +1,366 @@
+"""Run calibration scenarios on the real kernel and in memsim, phase by phase.
+
+Models
+    A run has two phases, split exactly at an access count: ``fill`` (the guest writes each
+    data page once, in order, under the limit) and ``run`` (the scenario's stream). For each
+    phase both sides report the same counters, named as in /proc/vmstat:
+
+    - ``pgmajfault`` (swap-ins that waited for the device), ``pswpin``, ``pswpout``,
+      ``pgscan`` / ``pgsteal`` (pages scanned / reclaimed by the memcg's limit reclaim: the
+      kernel counts those in /proc/vmstat's ``pgscan_anon`` and ``pgsteal_anon``, not in
+      ``pgscan_direct``, which is global direct reclaim only; memsim has no global reclaim in
+      these runs, so its ``pgscan_direct`` is the same thing), ``workingset_refault_anon``,
+      ``pgactivate``, ``pgdeactivate``;
+    - ``time_ns``: the guest's time in the phase (the kernel: time inside ``KVM_RUN``; memsim:
+      simulated time from the phase's first access to its last);
+    - whether the memcg OOM-killed the guest.
+
+Matching memsim to the kernel
+    One VM with one vCPU and the guest's data pages as its memory, replaying the same stream
+    as a trace that plays once; a memcg with ``memory.max`` = the limit and the VMM's own
+    charged memory (measured: the peak usage of a fill without a limit minus the data pages)
+    as ``vmm_overhead_kib``; ``memory.memsw.limit_in_bytes`` becomes ``memory.swap.max`` =
+    memsw - limit (v2's split of the same budget); shadow paging with one spte per gfn; the
+    policy, swappiness and page-cluster of the scenario; a host far larger than the guest (the
+    real one has 24 GiB), so only the memcg limit reclaims.
+
+Simplifications
+    /proc/vmstat is system-wide: the harness assumes nothing else on the host reclaims or
+    swaps while it runs (it refuses to start while other swap is active). The kernel's own
+    pages (page tables, KVM's shadow pages) are inside the measured overhead, as a constant.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from sim.calibrate import streams, vmm
+from sim.calibrate.config import CalibrationConfig, CalScenario
+from sim.calibrate.host import Session
+from sim.calibrate.vmm import CalibrateError
+from sim.config import read_yaml
+
+PHASES = ("fill", "run")
+COUNTERS = (
+    "pgmajfault",
+    "pswpin",
+    "pswpout",
+    "pgscan",
+    "pgsteal",
+    "workingset_refault_anon",
+    "pgactivate",
+    "pgdeactivate",
+)
+SIM_HOST_MIB_MIN = 1024  # memsim's host: ample, so that only the memcg limit reclaims
+DEFAULT_ACCESS_NS = 20.0  # a resident access before calibration (measured: 5-13 ns)
+
+
+@dataclass
+class Phase:
+    """One phase of one run (real or simulated)."""
+
+    accesses: int
+    time_ns: int
+    counters: dict[str, int]
+    first_touch: int = 0  # pages touched for the first time (the fill's pages)
+
+
+@dataclass
+class Run:
+    """One run of one scenario: its phases (fewer if it was OOM-killed) and the verdict."""
+
+    scenario: str
+    side: str  # "kernel" or a memsim policy
+    rep: int
+    oom_killed: bool
+    phases: list[Phase] = field(default_factory=list)
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def phase(self, name: str) -> Phase | None:
+        i = PHASES.index(name)
+        return self.phases[i] if i < len(self.phases) else None
+
+
+def fill_chunks(pages: int) -> list[tuple[NDArray[np.int64], NDArray[np.bool_]]]:
+    """The fill phase: one write to every data page, in order."""
+    return [(np.arange(pages, dtype=np.int64), np.ones(pages, dtype=np.bool_))]
+
+
+def stream_arrays(sc: CalScenario) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+    """Fill then run, as one pair of arrays (what memsim replays)."""
+    g, w = streams.generate(sc.stream())
+    fill = fill_chunks(sc.pages)[0]
+    return np.concatenate([fill[0], g]), np.concatenate([fill[1], w])
+
+
+# -- the kernel -------------------------------------------------------------------------------
+
+
+def _kernel_counters(vmstat: dict[str, int]) -> dict[str, int]:
+    c = {k: int(vmstat.get(k, 0)) for k in COUNTERS if k not in ("pgscan", "pgsteal")}
+    c["pgscan"] = int(vmstat.get("pgscan_anon", 0) + vmstat.get("pgscan_file", 0))
+    c["pgsteal"] = int(vmstat.get("pgsteal_anon", 0) + vmstat.get("pgsteal_file", 0))
+    return c
+
+
+def measure_overhead(s: Session, mem_mib: int, timeout_s: float) -> int:
+    """KiB the VMM charges to its memcg besides the guest's data pages: the peak of a fill
+    without a limit (guest tables, stream buffer, heap, KVM's shadow pages) minus the data."""
+    pages = streams.data_pages(mem_mib)
+    with s.cgroup(1 << 40) as cg:
+        r = vmm.run(fill_chunks(pages), mem_mib=mem_mib, cgroup=cg, timeout_s=timeout_s)
+    assert r.cgroup is not None
+    return max(0, (r.cgroup.max_usage_bytes - pages * 4096) >> 10)
+
+
+def run_kernel(
+    s: Session, sc: CalScenario, rep: int, timeout_s: float, chunks: list[Any]
+) -> Run:
+    """One real run of ``sc`` in a fresh memcg (the session holds swap and sysctls)."""
+    memsw = None if sc.memsw_limit_mib is None else sc.memsw_limit_mib << 20
+    with s.cgroup(sc.limit_mib << 20, swappiness=sc.swappiness, memsw_limit_bytes=memsw) as cg:
+        try:
+            r = vmm.run(
+                chunks,
+                mem_mib=sc.mem_mib,
+                cgroup=cg,
+                timeout_s=timeout_s,
+                phase_at=[sc.pages],
+            )
+        except CalibrateError as exc:
+            if exc.cgroup is not None and exc.cgroup.oom_killed:
+                return Run(sc.name, "kernel", rep, True, detail={"error": str(exc)})
+            raise
+    phases = [
+        Phase(
+            accesses=p.accesses,
+            time_ns=p.loop_ns,
+            counters=_kernel_counters(p.vmstat_delta or {}),
+            first_touch=sc.pages if i == 0 else 0,
+        )
+        for i, p in enumerate(r.phases)
+    ]
+    assert r.cgroup is not None
+    detail = {
+        "wall_ns": r.wall_ns,
+        "checksum": r.checksum,
+        "max_usage_bytes": r.cgroup.max_usage_bytes,
+        "failcnt": r.cgroup.failcnt,
+        "memcg_pgmajfault": r.cgroup.stat_delta.get("pgmajfault", 0),
+    }
+    return Run(sc.name, "kernel", rep, False, phases, detail)
+
+
+def run_kernel_all(
+    cfg: CalibrationConfig,
+    session: Callable[[], Any],
+    say: Callable[[str], None],
+) -> tuple[list[Run], dict[int, int]]:
+    """Every scenario ``cfg.repetitions`` times on the real kernel; also the VMM overhead of
+    each guest size. Checks every completed run's memory against the stream's prediction."""
+    runs: list[Run] = []
+    overhead: dict[int, int] = {}
+    with session() as s, s.swapfile(cfg.swapfile_mib << 20):
+        for mem in sorted({sc.mem_mib for sc in cfg.scenarios}):
+            overhead[mem] = measure_overhead(s, mem, cfg.timeout_s)
+            say(f"VMM overhead of a {mem} MiB guest: {overhead[mem]} KiB")
+        for sc in cfg.scenarios:
+            fill = fill_chunks(sc.pages)
+            run = list(streams.chunks(sc.stream()))
+            chunks = fill + run
+            g = np.concatenate([c[0] for c in chunks])
+            w = np.concatenate([c[1] for c in chunks])
+            want = streams.expected(g, w)
+            with s.sysctls({"vm.page-cluster": sc.page_cluster}):
+                for rep in range(cfg.repetitions):
+                    r = run_kernel(s, sc, rep, cfg.timeout_s, chunks)
+                    if not r.oom_killed and r.detail["checksum"] != want.checksum:
+                        raise CalibrateError(
+                            f"scenario {sc.name}: the guest's memory does not match the stream "
+                            f"(checksum {r.detail['checksum']} != {want.checksum})"
+                        )
+                    runs.append(r)
+                    say(_line(r))
+    return runs, overhead
+
+
+def _line(r: Run) -> str:
+    if r.oom_killed:
+        return f"{r.scenario:<16} {r.side:<9} rep {r.rep}: OOM-killed"
+    ph = r.phase("run")
+    assert ph is not None
+    c = ph.counters
+    return (
+        f"{r.scenario:<16} {r.side:<9} rep {r.rep}: majors {c['pgmajfault']:>7} "
+        f"pswpout {c['pswpout']:>7} pgscan {c['pgscan']:>7} run {ph.time_ns / 1e6:8.1f} ms"
+    )
+
+
+# -- memsim -----------------------------------------------------------------------------------
+
+
+def sim_config(
+    cfg: CalibrationConfig,
+    sc: CalScenario,
+    policy: str,
+    trace: Path,
+    overhead_kib: int,
+    profile: Path | None = None,
+) -> dict[str, Any]:
+    """The memsim scenario matching ``sc`` on the kernel (see the module docstring); with a
+    cost profile (``profile.yaml``) included as a user would, and the guest's access rate
+    from its ``measured`` section."""
+    memcg: dict[str, Any] = {"max_mib": sc.limit_mib, "vmm_overhead_kib": overhead_kib}
+    if sc.memsw_limit_mib is not None:
+        memcg["swap_max_mib"] = sc.memsw_limit_mib - sc.limit_mib
+    reclaim: dict[str, Any] = {"policy": policy}
+    if policy == "two_list":
+        reclaim["swappiness"] = sc.swappiness
+    access_ns = DEFAULT_ACCESS_NS
+    if profile is not None:
+        measured = (read_yaml(profile).get("measured") or {})
+        access_ns = float(measured.get("access_ns") or DEFAULT_ACCESS_NS)
+    raw: dict[str, Any] = {
+        "name": f"calibrate-{sc.name}",
+        "seed": 1,
+        "duration_s": 3600.0,
+        "host": {"memory_mib": max(SIM_HOST_MIB_MIN, 4 * sc.mem_mib)},
+        "reclaim": reclaim,
+        "swap": {"size_mib": cfg.swapfile_mib, "page_cluster": sc.page_cluster},
+        "kvm": {"mmu": "shadow"},
+        "costs": {"profile": str(profile)} if profile is not None else {},
+        "vms": [
+            {
+                "name": "guest",
+                "memory_mib": sc.mem_mib - 2,
+                "vcpus": 1,
+                "access_rate_per_s": max(1, round(1e9 / access_ns)),
+                "workload": {"type": "trace", "path": str(trace), "repeat": False},
+                "memcg": memcg,
+            }
+        ],
+    }
+    return raw
+
+
+class _Until:
+    """A stream that hands out accesses up to a boundary, then none (the vCPU halts)."""
+
+    def __init__(self, inner: Any, stop: int) -> None:
+        self.inner, self.stop, self.done = inner, stop, 0
+
+    def next(self, n: int) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+        k = min(n, self.stop - self.done)
+        if k <= 0:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.bool_)
+        self.done += k
+        g, w = self.inner.next(k)
+        return g, w
+
+
+def _sim_counters(vmstat: dict[str, int]) -> dict[str, int]:
+    c = {k: int(vmstat.get(k, 0)) for k in COUNTERS if k not in ("pgscan", "pgsteal")}
+    c["pgscan"] = int(vmstat.get("pgscan_direct", 0) + vmstat.get("pgscan_kswapd", 0))
+    c["pgsteal"] = int(vmstat.get("pgsteal_direct", 0) + vmstat.get("pgsteal_kswapd", 0))
+    return c
+
+
+def run_sim(raw: dict[str, Any], sc: CalScenario, policy: str) -> Run:
+    """memsim on ``raw``, stopped at the fill/run boundary to read its counters."""
+    from sim.config import parse_scenario
+    from sim.engine import World
+
+    world = World(parse_scenario(raw, f"calibration scenario {sc.name}"))
+    vm = world.vms[0]
+    vcpu = vm.vcpus[0]
+    inner = vcpu.stream
+    total = sc.pages + sc.accesses
+    world.start()
+    env = world.env
+    phases: list[Phase] = []
+    before = world.snapshot(int(env.now))
+    t_before = int(env.now)
+    for i, stop in enumerate((sc.pages, total)):
+        vcpu.stream = _Until(inner, stop)
+        vcpu.stream.done = sc.pages if i else 0
+        if i:
+            vcpu.proc = env.process(vcpu.run())
+        assert vcpu.proc is not None
+        env.run(until=vcpu.proc)
+        now = int(env.now)
+        after = world.snapshot(now)
+        if vm.mm.dead:
+            return Run(sc.name, policy, 0, True, phases)
+        vs0, vs1 = before["vmstat"], after["vmstat"]
+        delta = {k: vs1.get(k, 0) - vs0.get(k, 0) for k in vs1}
+        phases.append(
+            Phase(
+                accesses=after["vms"][0]["accesses"] - before["vms"][0]["accesses"],
+                time_ns=now - t_before,
+                counters=_sim_counters(delta),
+                first_touch=after["vms"][0]["faults"].get("first_touch", 0)
+                - before["vms"][0]["faults"].get("first_touch", 0),
+            )
+        )
+        before, t_before = after, now
+    return Run(sc.name, policy, 0, False, phases)
+
+
+def run_sim_all(
+    cfg: CalibrationConfig,
+    overhead: dict[int, int],
+    workdir: Path,
+    say: Callable[[str], None],
+    profile: Path | None = None,
+    policies: list[str] | None = None,
+) -> list[Run]:
+    """memsim's prediction of every scenario under each policy (deterministic: one run)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out: list[Run] = []
+    for sc in cfg.scenarios:
+        g, w = stream_arrays(sc)
+        trace = workdir / f"{sc.name}.parquet"
+        if not trace.exists():
+            pq.write_table(pa.table({"page": g, "write": w}), trace)
+        for policy in policies or cfg.policies:
+            raw = sim_config(cfg, sc, policy, trace, overhead[sc.mem_mib], profile)
+            r = run_sim(raw, sc, policy)
+            if profile is not None:
+                r.side = f"{policy}+profile"
+            out.append(r)
+            say(_line(r))
+    return out
+
+
+def median_run(runs: list[Run]) -> dict[str, Any]:
+    """Per phase, the median of each counter and of the time over ``runs``, and how many of
+    them were OOM-killed."""
+    ok = [r for r in runs if not r.oom_killed]
+    med: dict[str, Any] = {"runs": len(runs), "oom_killed": len(runs) - len(ok)}
+    for name in PHASES:
+        phs = [p for r in ok if (p := r.phase(name)) is not None]
+        if not phs:
+            continue
+        med[name] = {
+            "time_ns": statistics.median(p.time_ns for p in phs),
+            "accesses": phs[0].accesses,
+            "first_touch": phs[0].first_touch,
+            **{k: statistics.median(p.counters[k] for p in phs) for k in COUNTERS},
+        }
+    return med
+
+
+def temp_workdir() -> Iterator[Path]:
+    """A scratch directory for traces (removed afterwards)."""
+    with tempfile.TemporaryDirectory(prefix="memsim-calibrate-") as d:
+        yield Path(d)
