@@ -346,10 +346,10 @@ class Machine:
         refault = VmStat.WORKINGSET_REFAULT
         unknown = refault not in vs.broken_down and vs[refault] > 0
         assert self.memcg_limits is not None
-        current = self.memcg_limits.usage(self.mem.nr_resident, i)  # its VM's and files' frames
+        current = self.memcg_limits.usage(self.mem.nr_resident, i)  # frames and VMM overhead
         files = (
             (
-                current - int(self.mem.nr_resident[i]),
+                current - int(self.mem.nr_resident[i]) - self.memcg_limits.overhead[i],
                 lv.get("inactive_file", 0),
                 lv.get("active_file", 0),
             )

@@ -1,5 +1,6 @@
 """Traces played once (``repeat: false``): vCPUs halt at the end of their accesses and the run
-ends with the last; pausing a vCPU and resuming it."""
+ends with the last; pausing a vCPU and resuming it; and the VMM's own memory charged to a VM's
+memcg (``vmm_overhead_kib``)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from sim.config import parse_scenario
 from sim.engine import World
 from sim.errors import ConfigError
 from sim.guest.workloads import AccessStream
+from sim.host.memcontrol import MemcgConfig, MemcgLimits
 from tests.conftest import run_checked, tiny
 
 N = 5000  # accesses in the trace
@@ -232,3 +235,104 @@ def test_resume_mid_batch_keeps_the_accounting(trace: str) -> None:
     vm = paused["vms"][0]
     assert vm["accesses"] == N
     assert vm["compute_ns"] == N * 1_000_000_000 // 2_000_000
+
+
+# --------------------------------------------------------------------------------------------
+# the VMM's overhead in the memcg
+
+
+def _memcg_world(memcg: dict[str, Any], page_kib: int = 4) -> World:
+    rate = 400_000 if page_kib == 4 else 4_000
+    raw = {
+        "name": "overhead",
+        "seed": 5,
+        "duration_s": 0.1 if page_kib == 4 else 2.0,
+        "host": {"memory_mib": 128, "page_size_kib": page_kib},
+        "swap": {"size_mib": 128},
+        "reclaim": {"policy": "two_list"},
+        "vms": [
+            {
+                "name": "a",
+                "memory_mib": 32,
+                "access_rate_per_s": rate,
+                "workload": {"type": "hotcold", "hot_fraction": 0.5, "hot_access_fraction": 0.95},
+                "memcg": memcg,
+            }
+        ],
+    }
+    return World(parse_scenario(raw))
+
+
+@pytest.mark.parametrize("page_kib", [4, 2048])
+def test_overhead_takes_its_share_of_memory_max(page_kib: int) -> None:
+    """memory.max M + 4 MiB with 4 MiB of VMM overhead gives guest RAM what memory.max M does;
+    memory.current counts the overhead on top."""
+    m = 8 if page_kib == 4 else 24  # a quarter or three quarters of the VM
+    with_overhead = _memcg_world({"max_mib": m + 4, "vmm_overhead_kib": 4096}, page_kib)
+    plain = _memcg_world({"max_mib": m}, page_kib)
+    run_checked(with_overhead)
+    run_checked(plain)
+    a, b = with_overhead.summary(0.0)["vms"][0], plain.summary(0.0)["vms"][0]
+    assert a["memcg"]["events"]["max"] > 0  # the limit bites (at 2 MiB, to a memcg OOM)
+    overhead = 4096 // page_kib
+    for key in ("accesses", "faults", "resident_pages", "swapped_pages", "oom_killed", "vmstat"):
+        assert a[key] == b[key], key
+    ma, mb = a["memcg"], b["memcg"]
+    assert ma["current_pages"] == mb["current_pages"] + overhead == a["resident_pages"] + overhead
+    assert ma["max_pages"] == mb["max_pages"] + overhead
+    assert ma["events"] == mb["events"]
+
+
+def test_overhead_rounds_up_to_pages() -> None:
+    cfgs = [MemcgConfig(vmm_overhead_kib=k) for k in (0, 1, 4096, 4097)]
+    assert MemcgLimits.from_configs(cfgs, 256).overhead == [0, 1, 1024, 1025]
+    assert MemcgLimits.from_configs(cfgs, 0.5).overhead == [0, 1, 2, 3]
+
+
+def test_overhead_with_no_limit_is_only_counted() -> None:
+    w = _memcg_world({"vmm_overhead_kib": 1024})
+    w.run()
+    a = w.summary(0.0)["vms"][0]
+    assert a["faults"]["major"] == 0
+    assert a["memcg"]["current_pages"] == a["resident_pages"] + 256
+
+
+@pytest.mark.parametrize(
+    ("memcg", "needle"),
+    [
+        ({"max_mib": 4, "vmm_overhead_kib": 4096}, "vms[0].memcg: vmm_overhead_kib: 4096 KiB"),
+        ({"max_mib": 0, "vmm_overhead_kib": 1}, "vms[0].memcg: vmm_overhead_kib: 1 KiB"),
+        ({"vmm_overhead_kib": -1}, "vms[0].memcg.vmm_overhead_kib"),
+        ({"vmm_overhead_kib": "x"}, "vms[0].memcg.vmm_overhead_kib"),
+    ],
+)
+def test_bad_overhead_is_a_one_line_error(memcg: dict[str, Any], needle: str) -> None:
+    raw = {
+        "name": "x",
+        "duration_s": 0.1,
+        "host": {"memory_mib": 64},
+        "vms": [{"name": "a", "memory_mib": 32, "memcg": memcg}],
+    }
+    with pytest.raises(ConfigError) as e:
+        parse_scenario(raw)
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_overhead_default_leaves_the_config_hash_alone() -> None:
+    def sc(memcg: dict[str, Any]) -> Any:
+        return parse_scenario(
+            {
+                "name": "x",
+                "duration_s": 0.1,
+                "host": {"memory_mib": 64},
+                "vms": [{"name": "a", "memory_mib": 32, "memcg": memcg}],
+            }
+        )
+
+    assert (
+        sc({"max_mib": 8}).config_hash() == sc({"max_mib": 8, "vmm_overhead_kib": 0}).config_hash()
+    )
+    assert (
+        sc({"max_mib": 8}).config_hash() != sc({"max_mib": 8, "vmm_overhead_kib": 4}).config_hash()
+    )
