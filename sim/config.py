@@ -545,6 +545,19 @@ class Scenario(Strict):
                 f"vms[{i}].prefault: needs watermark reclaim (demand mode counts every "
                 "miss from empty); set prefault: false or reclaim.trigger: watermark"
             )
+        i = next(
+            (
+                i
+                for i, vm in enumerate(self.vms)
+                if isinstance(vm.workload, TraceConfig) and not vm.workload.repeat
+            ),
+            None,
+        )
+        if i is not None and self.reclaim.trigger == "demand":
+            raise ValueError(
+                f"vms[{i}].workload.repeat: false needs watermark reclaim (demand mode has no "
+                "vCPUs to halt); set repeat: true or reclaim.trigger: watermark"
+            )
 
     def _check_page_multiples(self) -> None:
         """Every size in MiB must be whole pages, or page counts would silently round."""
@@ -630,6 +643,11 @@ def _drop_defaults(config: dict[str, Any]) -> None:
     for vm in config["vms"]:
         if vm.get("prefault") is False:
             del vm["prefault"]
+        if vm["workload"].get("type") == "trace" and vm["workload"].get("repeat") is True:
+            del vm["workload"]["repeat"]
+        memcg = vm.get("memcg")
+        if isinstance(memcg, dict) and memcg.get("vmm_overhead_kib") == 0:
+            del memcg["vmm_overhead_kib"]
 
 
 def file_digest(path: Path) -> str:

@@ -28,6 +28,7 @@ from sim.config import (
 )
 from sim.costs import CostsConfig
 from sim.guest import workloads as wl
+from sim.host.memcontrol import MemcgConfig
 from sim.host.swap import SwapConfig
 from sim.host.zpool import CompressorConfig
 from sim.host.zswap import ZswapConfig
@@ -52,6 +53,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("vms[].workload (type: phases)", wl.PhasesConfig),
     ("vms[].workload (type: trace)", wl.TraceConfig),
     ("vms[].workload.phases[]", wl.PhaseConfig),
+    ("vms[].memcg", MemcgConfig),
     ("engine", EngineConfig),
     ("output", OutputConfig),
     ("metrics", MetricsConfig),

@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 import simpy
+from simpy.core import StopSimulation
 
 from sim.config import Scenario
 from sim.costs import CostModel
 from sim.guest.vcpu import Vcpu
-from sim.guest.workloads import AccessStream
+from sim.guest.workloads import AccessStream, TraceConfig
 from sim.host.fault import HostFaultHandler
 from sim.host.filemap import FileReader
 from sim.host.kswapd import DirectReclaim, Kswapd, ProcessGen, ReclaimThrottle
@@ -195,6 +196,8 @@ class World(Machine):
             prefault(self, [cfg for _, cfg in vms])
         self._seq = 0  # global access sequence number (for oracle policies)
         self._started = False
+        self._end: simpy.Event | None = None  # every vCPU has halted (see _all_ended)
+        self.ended_ns: int | None = None  # when that stopped the run
 
     # -- plumbing ----------------------------------------------------------------------------
     def _schedule(self, t_ns: int, fn: Callable[[], None]) -> None:
@@ -264,18 +267,41 @@ class World(Machine):
             yield self.env.timeout(step)
 
     # -- running -----------------------------------------------------------------------------
+    def _all_ended(self) -> simpy.Event | None:
+        """When every VM replays a trace once: an event that stops the simulation once every
+        vCPU process has returned (halted at its trace's end, or its VM OOM-killed); otherwise
+        None (the run goes to the horizon, as it always did)."""
+        if self._end is None and all(
+            isinstance(cfg.workload, TraceConfig) and not cfg.workload.repeat
+            for _, cfg in self.sc.vm_list()
+        ):
+            procs = [v.proc for vm in self.vms for v in vm.vcpus if v.proc is not None]
+            self._end = self.env.all_of(procs)
+            self._end.callbacks.append(self._stop)
+        return self._end
+
+    def _stop(self, _event: simpy.Event) -> None:
+        self.ended_ns = int(self.env.now)
+        raise StopSimulation(None)
+
+    def ended(self) -> bool:
+        """Whether the run stopped before the horizon because every vCPU had halted."""
+        return self.ended_ns is not None
+
     def run(self, progress: Callable[[float], None] | None = None, steps: int = 100) -> None:
-        """Run to the horizon, calling ``progress(fraction)`` ``steps`` times along the way; with
-        a warm-up, stop once at its end to take the counts the summary subtracts."""
+        """Run to the horizon, or until every vCPU has halted (traces played once), calling
+        ``progress(fraction)`` ``steps`` times along the way; with a warm-up, stop once at its
+        end to take the counts the summary subtracts (at the halt if that comes first)."""
         self.start()
+        self._all_ended()
         h = self.horizon_ns
         for i in range(1, steps + 1):
             until = max(1, h * i // steps)
             if self.at_warmup is None and 0 < self.warmup_ns <= until:
-                if self.warmup_ns > self.env.now:
+                if self.warmup_ns > self.env.now and not self.ended():
                     self.env.run(until=self.warmup_ns)
-                self.at_warmup = self.snapshot(self.warmup_ns)
-            if until > self.env.now:
+                self.at_warmup = self.snapshot(min(self.warmup_ns, int(self.env.now)))
+            if until > self.env.now and not self.ended():
                 self.env.run(until=until)
             if progress is not None:
                 progress(i / steps)

@@ -346,10 +346,10 @@ class Machine:
         refault = VmStat.WORKINGSET_REFAULT
         unknown = refault not in vs.broken_down and vs[refault] > 0
         assert self.memcg_limits is not None
-        current = self.memcg_limits.usage(self.mem.nr_resident, i)  # its VM's and files' frames
+        current = self.memcg_limits.usage(self.mem.nr_resident, i)  # frames and VMM overhead
         files = (
             (
-                current - int(self.mem.nr_resident[i]),
+                current - int(self.mem.nr_resident[i]) - self.memcg_limits.overhead[i],
                 lv.get("inactive_file", 0),
                 lv.get("active_file", 0),
             )
@@ -470,6 +470,7 @@ class Machine:
                     "pf_fast": row["pf_fast"],
                     "pf_retry": row["pf_retry"],
                     "oom_killed": vm.mm.dead,
+                    "finished_s": _finished_s(vm),
                     "vmstat": vs.mm_stat(vm.index),
                 }
             )
@@ -553,6 +554,14 @@ class Machine:
             "warmup_ns": warm,  # guest-side figures and tails count from here
             "wall_s": round(wall_s, 3),
         }
+
+
+def _finished_s(vm: Vm) -> float | None:
+    """When the VM's last vCPU halted at the end of its trace (s), or None if one never did."""
+    ends = [v.halted_ns for v in vm.vcpus]
+    if not ends or None in ends:
+        return None
+    return max(e for e in ends if e is not None) / 1e9
 
 
 def _minus(now: Any, then: Any) -> Any:

@@ -74,7 +74,15 @@ import numpy as np
 import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
-from sim.config import MAX_DURATION_S, MAX_VMS, Scenario, parse_scenario, resolve_paths, set_dotted
+from sim.config import (
+    MAX_DURATION_S,
+    MAX_VMS,
+    Scenario,
+    VmConfig,
+    parse_scenario,
+    resolve_paths,
+    set_dotted,
+)
 from sim.errors import ConfigError, UserError, shown, shown_path
 from sim.host.memcontrol import MAX_MIB
 from sim.results import FRACTION_METRICS, ResultName, host_row, vm_rows, write_atomic
@@ -379,12 +387,15 @@ def load_plan(
             raise ConfigError(str(exc)) from None
         if plan.variable == "memcg.max_mib":
             limited = [vm for vm in sc.vms if plan.apply_to is None or vm.name in plan.apply_to]
-            over = [vm for vm in limited if v > vm.memory_mib]
+            # the VMM's overhead is charged beside guest RAM: memory.max may exceed RAM by it
+            room = [vm.memory_mib + -(-_overhead_kib(vm) // 1024) for vm in limited]
+            over = [(vm, r) for vm, r in zip(limited, room, strict=True) if v > r]
             if over:
+                vm, r = over[0]
                 raise ConfigError(
                     f"{source}: search.high: memcg.max_mib {fmt_value(v)} exceeds the memory of "
-                    f"VM profile {over[0].name} ({over[0].memory_mib} MiB; a larger memory.max "
-                    f"limits nothing); lower search.high to {over[0].memory_mib}"
+                    f"VM profile {vm.name} ({r} MiB with the VMM's overhead; a larger memory.max "
+                    f"limits nothing); lower search.high to {r}"
                 )
         if (
             plan.metric.startswith("stall_window")
@@ -396,6 +407,11 @@ def load_plan(
                 f"duration_s ({sc.duration_s:g} s); shorten either or lengthen the run"
             )
     return plan
+
+
+def _overhead_kib(vm: VmConfig) -> int:
+    """The VMM memory a VM profile charges to its memcg besides guest RAM."""
+    return 0 if vm.memcg is None else vm.memcg.vmm_overhead_kib
 
 
 def _check_memcg_search(plan: Plan, search: SearchSpec, source: str) -> None:

@@ -141,7 +141,7 @@ def prefault(w: World, cfgs: Sequence[VmConfig]) -> None:
     fits = np.ones(len(pid), dtype=np.bool_)  # under its memcg's memory.max and memory.high
     if w.memcg is not None:
         lim, nr = w.memcg.limits, len(w.vms)
-        cap = np.minimum(lim.max, lim.high) - mem.nr_resident[:nr]
+        cap = np.minimum(lim.max, lim.high) - mem.nr_resident[:nr] - lim.overhead[:nr]
         fits = _rank(owner, nr) < cap[owner]
     room = max(0, mem.nr_free - mem.wmark.high - 1)  # stay above high: nr_free > high
     k = min(room, int(fits.sum()))

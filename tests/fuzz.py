@@ -107,6 +107,10 @@ MEMCGS: list[Any] = [
     {"swap_max_mib": 2**63},
     {"maxmib": 1},
     {},
+    {"max_mib": 4, "vmm_overhead_kib": 1024},
+    {"max_mib": 1, "vmm_overhead_kib": 1024},
+    {"vmm_overhead_kib": 2**40, "swap_max_mib": 0},
+    {"max_mib": 0, "vmm_overhead_kib": 0},
 ]
 COMPRESSED: list[Any] = [
     {},
@@ -386,6 +390,8 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
             vms = raw.get("vms") if isinstance(raw, dict) else None
             if isinstance(vms, list) and vms and isinstance(vms[0], dict):
                 vms[0]["workload"] = {"type": "trace", "path": rng.choice(traces)}
+                if rng.random() < 0.5:  # played once: the vCPUs halt and the run may end early
+                    vms[0]["workload"]["repeat"] = rng.choice([False, True, "no", 0])
         elif op == "memcg":
             vms = raw.get("vms") if isinstance(raw, dict) else None
             if isinstance(vms, list) and vms and isinstance(vms[-1], dict):

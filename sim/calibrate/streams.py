@@ -160,6 +160,8 @@ def chunks(spec: StreamSpec) -> Iterator[tuple[NDArray[np.int64], NDArray[np.boo
     while left > 0:
         n = min(STREAM_CHUNK, left)
         gfns, writes = source.next(n)
+        if not len(gfns):  # a trace played once (repeat: false) has ended
+            return
         left -= n
         yield gfns.copy(), writes.copy()
 

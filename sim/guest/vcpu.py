@@ -23,6 +23,12 @@ Batching
     run early. Batch size 1 is one event per access; tests/test_batch_fidelity.py holds fault
     counts at batch 1024 to 2% of it.
 
+Halting
+    A stream that returns no accesses has ended (a trace played once): the vCPU pays the time
+    it still owes, records when it halted (``halted_ns``), succeeds ``halted`` and its process
+    returns. Whoever drives the world may give the stream more accesses and start ``run`` again
+    as a new process: every count it keeps (accesses done, their guest time) carries over.
+
 Simplifications
     A fault's CPU cost is paid with the vCPU's next step (its state change is visible at once).
     An exact-LRU oracle hook sees a cut step's later accesses twice (harmless: LRU order is set
@@ -36,6 +42,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import simpy
+from simpy.events import URGENT
 
 from sim.costs import CostsConfig
 from sim.guest.touch import ept_touch, first_fault
@@ -120,14 +127,25 @@ class Vcpu:
         # VM's stats when it begins, so a sample in the middle takes back what lies ahead
         self._step: tuple[int, list[int], list[bool]] | None = None
         self._wait_since = -1
+        self.halted = env.event()  # succeeded when the stream ends and the vCPU halts
+        self.halted_ns: int | None = None
 
     def run(self) -> ProcessGen:
-        """The vCPU thread: steps of hits and quick faults; a fault that must wait is its own
-        process step, at the time it happens."""
+        """The vCPU thread, to start as a process (again after a halt: ``halted`` is then a
+        new event at once, for the caller to wait on)."""
+        if self.halted.triggered:
+            self.halted, self.halted_ns = self.env.event(), None
+        return self._run()
+
+    def _run(self) -> ProcessGen:
+        """Steps of hits and quick faults; a fault that must wait is its own process step, at
+        the time it happens."""
         env, vm, mem = self.env, self.vm, self.mem
         mm, mmu, stats = vm.mm, vm.mmu, vm.stats
         spte, k, base = mmu.spte, mmu.k, mm.pid_base
         last_access = mem.last_access_us
+        self.proc = env.active_process  # what revocations interrupt (a restart is a new one)
+        self.in_guest = True
         n = pos = 0
         gfns = idx_all = np.empty(0, dtype=np.int64)
         writes = np.empty(0, dtype=np.bool_)
@@ -135,6 +153,9 @@ class Vcpu:
             if pos >= n:
                 gfns, writes = self.stream.next(self.batch)
                 n, pos = len(gfns), 0
+                if n == 0:
+                    yield from self._halt()
+                    return
                 if k == 1:
                     idx_all = gfns
                 else:
@@ -207,6 +228,28 @@ class Vcpu:
             if not self._resolve(pos, 0, gfns, idx_all, writes):
                 gfn = gfns.item(pos)
                 yield from self._fault(gfn, idx_all.item(pos) - gfn * k, writes.item(pos), base)
+
+    def _halt(self) -> ProcessGen:
+        """The stream has ended: pay the time still owed (fault CPU, and exits, including those
+        taken meanwhile), then halt out of guest mode (a halted vCPU takes no forced exits)."""
+        while self.pending_ns and not self.vm.mm.dead:
+            pending, self.pending_ns = self.pending_ns, 0
+            self.vm.stats.stall_ns += pending
+            self._step = (int(self.env.now), [pending], [True])
+            yield self.env.timeout(pending)
+            if self.accrual is not None:
+                self.accrual.add_step(self.vm.index, *self._step)
+            self._step = None
+        self.in_guest = False
+        if self.vm.mm.dead:  # killed first: it never halted
+            return
+        self.halted_ns = int(self.env.now)
+        # triggered ahead of whatever else is due now (as simpy's own Initialize is), so a
+        # driver that stops on it sees the world as the vCPU left it, and a vCPU it starts
+        # again at once takes its next step before anything else happens, as it would have
+        ev = self.halted
+        ev._ok, ev._value = True, self.halted_ns
+        self.env.schedule(ev, URGENT)
 
     def _resolve(
         self,
@@ -286,8 +329,8 @@ class Vcpu:
         an EPT violation. If there is one, the step is cut there (the remote TLB flush that
         comes with a zap is such an exit), so batching never turns a fault into a hit.
         """
-        if self._idx is None or self._cut >= 0 or self.proc is None:
-            return
+        if self._idx is None or self._cut >= 0 or self.proc is None or not self.proc.is_alive:
+            return  # no run in flight (a halted vCPU's process has ended: not interruptible)
         now = self._position(self.env.now - self._t0)
         if now >= self._hi:
             return

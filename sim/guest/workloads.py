@@ -15,7 +15,8 @@ Simplifications
     Phase boundaries are counted in the vCPU's own accesses (``duration_s * access_rate_per_s``),
     not in simulated time, so a vCPU stalled on faults does not skip through its phases and the
     stream stays independent of memory pressure. A trace is replayed at the vCPU's access rate,
-    not at its recorded timestamps, and cyclically: after its last access it starts over.
+    not at its recorded timestamps, and cyclically: after its last access it starts over
+    (unless it is played once, ``repeat: false``: then the stream ends, and the vCPU halts).
     A trace's pages are packed densely into guest memory in order of first appearance, so the
     guest layout keeps the trace's reuse pattern but not its virtual-address gaps.
 
@@ -113,7 +114,7 @@ class TraceConfig(Strict):
     trace (loads are reads; stores and modifies are writes; .npy traces only read), so the VM's
     ``write_ratio`` is ignored. With a ``vcpu`` column each vCPU replays its own accesses;
     otherwise every vCPU replays the whole trace, vCPU ``j`` of ``n`` starting ``j/n`` of the way
-    in. Each vCPU starts over at the end.
+    in. Each vCPU starts over at the end, or with ``repeat: false`` halts there.
     """
 
     type: Literal["trace"] = "trace"
@@ -141,6 +142,11 @@ class TraceConfig(Strict):
         False,
         description="Replay lackey's instruction fetches (I lines) as reads too; off: data "
         "accesses only.",
+    )
+    repeat: bool = Field(
+        True,
+        description="false: each vCPU replays its accesses once and then halts; the run ends "
+        "when every vCPU of every VM has halted, or at duration_s.",
     )
 
     @field_validator("page_size")
@@ -442,7 +448,8 @@ def _load_trace(
 
 
 class _Replay:
-    """One vCPU's cyclic walk over its accesses of a trace."""
+    """One vCPU's walk over its accesses of a trace: cyclic, or once (``left`` counts what is
+    still to come; -1: forever)."""
 
     def __init__(
         self, cfg: TraceConfig, vm_pages: int, vcpu: int, nr_vcpus: int, page_shift: int
@@ -457,6 +464,7 @@ class _Replay:
         if tr.vcpu is None:
             self.gfns, self.writes = tr.gfns, tr.writes
             self.pos = (vcpu * tr.gfns.size) // max(1, nr_vcpus)
+            self.left = -1 if cfg.repeat else int(tr.gfns.size)
             return
         top = int(tr.vcpu.max())
         if top >= nr_vcpus:
@@ -472,8 +480,13 @@ class _Replay:
             )
         self.gfns, self.writes = tr.gfns[mine], tr.writes[mine]
         self.pos = 0
+        self.left = -1 if cfg.repeat else int(mine.size)
 
     def take(self, n: int) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+        """The next ``n`` accesses (fewer, then none, at the end of a replay played once)."""
+        if self.left >= 0:
+            n = min(n, self.left)
+            self.left -= n
         idx = (self.pos + np.arange(n, dtype=np.int64)) % self.gfns.size
         self.pos = int((self.pos + n) % self.gfns.size)
         return self.gfns[idx], self.writes[idx]
@@ -620,7 +633,8 @@ class AccessStream:
         return gfns, writes
 
     def next(self, n: int) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
-        """Return the next ``n`` accesses: gfns (int64) and write flags."""
+        """Return the next ``n`` accesses: gfns (int64) and write flags; fewer only at the end
+        of a trace played once (``repeat: false``), and from then on none."""
         if n <= 0:
             return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.bool_)
         off = self._off
@@ -632,10 +646,13 @@ class AccessStream:
             gs, ws = [self._gfns[off:]], [self._writes[off:]]
             while have < n:
                 g, w = self._chunk()
+                if not len(g):  # the stream has ended
+                    break
                 gs.append(g)
                 ws.append(w)
                 have += len(g)
             self._gfns, self._writes = np.concatenate(gs), np.concatenate(ws)
             off = 0
+            n = min(n, have)
         self._off = off + n
         return self._gfns[off : off + n], self._writes[off : off + n]

@@ -3,7 +3,10 @@
 Models
     Each VM with a ``memcg`` section is a memcg directly under the root. Its ``memory.current``
     is the frames its pages own (``HostMemory.nr_resident``: a folio is charged when it gets a
-    frame and uncharged when it is freed, so the charge is that count and is not kept twice);
+    frame and uncharged when it is freed, so the charge is that count and is not kept twice),
+    plus what the VMM charges besides guest RAM (``vmm_overhead_kib``: its heap and stacks,
+    KVM's page tables), a constant that no reclaim can free, so guest RAM is held to
+    ``memory.max`` minus it;
     its ``memory.swap.current`` is the swap slots its pages hold. A fault that would take
     ``memory.current`` above ``memory.max`` reclaims from that memcg's own lruvec in the
     faulting vCPU's context (``try_to_free_mem_cgroup_pages``: no watermarks, priority 12 down
@@ -52,7 +55,7 @@ Simplifications
     MEMCG_CHARGE_BATCH pages the kernel's stock charges at a time.
 
 Invariants
-    ``memory.current`` of each memcg equals the frames its pages own, and passes
+    ``memory.current`` of each memcg equals the frames its pages own plus its overhead, and passes
     ``memory.max`` by at most one page per vCPU of its VM (charges granted, frames not yet
     taken); ``memory.swap.current`` equals the slots its pages hold (``PG_SWAP``).
 """
@@ -66,7 +69,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import simpy
 from numpy.typing import NDArray
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sim.host.memory import (
     DEF_PRIORITY,
@@ -145,9 +148,29 @@ class MemcgConfig(Strict):
         "it fails and the page stays resident.",
     )
 
+    vmm_overhead_kib: int = Field(
+        0,
+        ge=0,
+        le=MAX_MIB << 10,
+        description="Memory the VMM charges to this memcg besides guest RAM (its own heap and "
+        "stacks, KVM's page tables); counted in memory.current and never reclaimed, so guest "
+        "RAM gets memory.max minus this. Rounded up to whole pages.",
+    )
+
+    @model_validator(mode="after")
+    def _overhead_below_max(self) -> MemcgConfig:
+        over = self.max_mib is not None and self.vmm_overhead_kib >= self.max_mib << 10
+        if over and self.vmm_overhead_kib:  # memory.max 0 on its own stays allowed
+            raise ValueError(
+                f"vmm_overhead_kib: {self.vmm_overhead_kib} KiB leaves no room for guest RAM "
+                f"under max_mib ({self.max_mib} MiB); lower it below {self.max_mib << 10} or "
+                "raise max_mib"
+            )
+        return self
+
     def sizes(self) -> list[tuple[str, int | None]]:
-        """Each size with its field name (page-multiple checks)."""
-        return [(f"{k}", getattr(self, k)) for k in type(self).model_fields]
+        """Each size in MiB with its field name (page-multiple checks)."""
+        return [(k, getattr(self, k)) for k in type(self).model_fields if k.endswith("_mib")]
 
 
 @dataclass(slots=True)
@@ -162,11 +185,14 @@ class MemcgLimits:
     swap_max: list[int]
     owner_memcg: list[int] = field(default_factory=list)  # memcg of each page owner
     owners: list[list[int]] = field(default_factory=list)  # page owners of each memcg
+    # pages each memcg has charged for good besides its owners' frames (the VMM's own memory)
+    overhead: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.owner_memcg:  # no page cache: each VM's mm is its memcg's only owner
             self.owner_memcg = list(range(len(self.max)))
             self.owners = [[i] for i in self.owner_memcg]
+        self.overhead += [0] * (len(self.owners) - len(self.overhead))  # the root's: none
 
     @property
     def root(self) -> int:
@@ -179,11 +205,12 @@ class MemcgLimits:
         return len(self.owners)
 
     def usage(self, nr_resident: NDArray[np.int64], memcg: int) -> int:
-        """``memory.current`` of ``memcg``: the frames of every page owner charged to it."""
+        """``memory.current`` of ``memcg``: the frames of every page owner charged to it, and
+        the VMM's overhead."""
         owners = self.owners[memcg]
         if len(owners) == 1:
-            return nr_resident.item(owners[0])
-        return sum(nr_resident.item(o) for o in owners)
+            return nr_resident.item(owners[0]) + self.overhead[memcg]
+        return sum(nr_resident.item(o) for o in owners) + self.overhead[memcg]
 
     @classmethod
     def from_configs(
@@ -193,10 +220,13 @@ class MemcgLimits:
         file_memcgs: Sequence[int | None] = (),
     ) -> MemcgLimits:
         """Limits of each mm from its VM's ``memcg`` section (None: an unlimited memcg);
-        ``file_memcgs``: the VM each page-cache file is charged to (None: the root)."""
+        ``file_memcgs``: the VM each page-cache file is charged to (None: the root).
+        ``vmm_overhead_kib`` becomes whole pages, rounded up (a partly used page is charged)."""
 
         def pages(mib: int | None, unset: int) -> int:
             return unset if mib is None else int(mib * pages_per_mib)
+
+        page_kib = round(1024 / pages_per_mib)
 
         none = MemcgConfig()
         cs = [c or none for c in cfgs]
@@ -213,6 +243,7 @@ class MemcgLimits:
             swap_max=[pages(c.swap_max_mib, PAGE_COUNTER_MAX) for c in cs],
             owner_memcg=owner_memcg,
             owners=owners,
+            overhead=[-(-c.vmm_overhead_kib // page_kib) for c in cs],
         )
 
 
@@ -471,8 +502,8 @@ class MemCgroups:
         owned = mem.frame_pid[mem.frame_pid >= 0]
         memcgs = np.asarray(lim.owner_memcg, dtype=np.int64)[mem.page_owners(owned)]
         frames = np.bincount(memcgs, minlength=lim.nr_memcgs)
-        charges = [self.usage(i) for i in range(lim.nr_memcgs)]
-        assert frames.tolist() == charges, "memcg charges != frames owned"
+        charges = [self.usage(i) - lim.overhead[i] for i in range(lim.nr_memcgs)]
+        assert frames.tolist() == charges, "memcg charges != frames owned (and the overhead)"
         for i, mm in enumerate(self.mms):
             over = self.usage(i) - self.limits.max[i]
             assert mm.dead or over <= self.vcpus[i], f"memcg {i}: {over} pages over memory.max"
@@ -512,7 +543,7 @@ class MemCgroups:
             "low_pages": lim.low[memcg],
             "min_pages": lim.min[memcg],
             "swap_max_pages": setting(lim.swap_max[memcg]),
-            "current_pages": self.usage(memcg),
+            "current_pages": self.usage(memcg),  # with the VMM's overhead, as memory.current
             "swap_current_pages": int(self.swap_usage[memcg]),
             "events": {
                 "low": pm[MEMCG_LOW],
