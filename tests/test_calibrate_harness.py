@@ -70,7 +70,8 @@ def test_config_errors_are_one_line(tmp_path: Path, patch: dict, needle: str) ->
     p.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError) as e:
         load(p)
-    assert "\n" not in str(e.value) and needle in str(e.value)
+    assert "\n" not in str(e.value)
+    assert needle in str(e.value)
 
 
 def test_scenario_checks() -> None:
@@ -98,7 +99,8 @@ def test_stream_is_fill_then_run() -> None:
     sc = small_cfg().scenarios[0]
     g, w = harness.stream_arrays(sc)
     assert len(g) == sc.pages + sc.accesses
-    assert (g[: sc.pages] == np.arange(sc.pages)).all() and w[: sc.pages].all()
+    assert (g[: sc.pages] == np.arange(sc.pages)).all()
+    assert w[: sc.pages].all()
     g2, _ = harness.stream_arrays(sc)
     assert (g == g2).all()
 
@@ -189,12 +191,16 @@ def test_comparison_rows_and_verdict(tmp_path: Path) -> None:
     assert a["majors_err"] == pytest.approx(0.02)
     assert a["lru_pgmajfault"] == 1500
     assert a["time_err"] == pytest.approx(0.1)
-    assert b["kernel_oom"] and b["kernel_oom_killed"] == 2 and b["oom_match"]
+    assert b["kernel_oom"]
+    assert b["kernel_oom_killed"] == 2
+    assert b["oom_match"]
     v = report.verdict(table)
-    assert v["majors_within_3pct"] == 1 and v["oom_matches"] == 2
+    assert v["majors_within_3pct"] == 1
+    assert v["oom_matches"] == 2
     assert v["check_scenarios_timed"] == 0  # a is a fit scenario: its time checks nothing
     md = report.markdown(cfg, table)
-    assert md.count("\n") == 4 and "+2.0%" in md
+    assert md.count("\n") == 4
+    assert "+2.0%" in md
     report.figure(cfg, table, tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 1000
 
@@ -205,20 +211,26 @@ def test_fit_rows_use_only_fit_scenarios() -> None:
     cfg = small_cfg()
     kernel = [_run("a", "kernel", 0, 100, 5000), _run("b", "kernel", 0, 7, 5000)]
     rows, ratio = fit_rows(cfg, kernel)
-    assert len(rows) == 2 and all(r["pgmajfault"] in (0, 100) for r in rows)
+    assert len(rows) == 2
+    assert all(r["pgmajfault"] in (0, 100) for r in rows)
     assert ratio == 3.0
 
 
 def test_cli_refuses_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runner = CliRunner()
     r = runner.invoke(main, ["calibrate", str(CONFIG), "--only", "nope"])
-    assert r.exit_code == 2 and "no such scenario" in r.output
+    assert r.exit_code == 2
+    assert "no such scenario" in r.output
     r = runner.invoke(main, ["calibrate", str(CONFIG), "--only", "hotcold-40"])
-    assert r.exit_code == 2 and "use: fit" in r.output
+    assert r.exit_code == 2
+    assert "use: fit" in r.output
     bad = tmp_path / "kernel"
     bad.mkdir()
-    r = runner.invoke(main, ["calibrate", str(CONFIG), "--from", str(bad), "-o", str(tmp_path / "o")])
-    assert r.exit_code == 2 and "not a calibration result" in r.output
+    r = runner.invoke(
+        main, ["calibrate", str(CONFIG), "--from", str(bad), "-o", str(tmp_path / "o")]
+    )
+    assert r.exit_code == 2
+    assert "not a calibration result" in r.output
     assert not (tmp_path / "o").exists()
 
 
@@ -231,4 +243,5 @@ def test_from_dir_round_trips_kernel_runs(tmp_path: Path) -> None:
     (tmp_path / "kernel.json").write_text(json.dumps([asdict(r) for r in runs]))
     (tmp_path / "overhead.json").write_text('{"8": 1500}')
     back, ovh = load_kernel(tmp_path)
-    assert back == runs and ovh == {8: 1500}
+    assert back == runs
+    assert ovh == {8: 1500}

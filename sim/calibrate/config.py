@@ -92,6 +92,15 @@ class CalibrationConfig(Strict):
         256, ge=16, le=1 << 20, description="Size of the swapfile made for the runs (MiB)."
     )
     timeout_s: float = Field(600.0, gt=0, description="A real run taking longer is killed.")
+    stats_flush_ms: float | None = Field(
+        2.0,
+        gt=0,
+        le=60_000,
+        description="Read the cgroup's memory.stat this often during real runs, which flushes "
+        "the kernel's lazily aggregated memcg statistics; classic reclaim decides whether to "
+        "deactivate from them (inactive_is_low), and left stale for up to 2 s they make limit "
+        "reclaim find nothing and OOM-kill a KVM guest. null: never (the kernel as it is).",
+    )
     policies: list[Literal["two_list", "lru", "clock", "fifo", "mglru"]] = Field(
         default_factory=lambda: ["two_list", "lru", "clock", "fifo"],
         min_length=1,

@@ -35,6 +35,7 @@ import numpy as np
 from sim.costs import CostsConfig
 
 FEATURES = ("accesses", "first_touch", "pgmajfault", "pswpout")
+MIN_READ_US = 0.1  # memsim's device needs some latency; a smaller fit is clamped to it
 LABELS = {
     "accesses": "access_ns",
     "first_touch": "first_touch_ns",
@@ -85,7 +86,9 @@ def fit(phases: list[dict[str, Any]]) -> Fit:
     pred = a @ x
     ss = float(((b - pred) ** 2).sum())
     tot = float(((b - b.mean()) ** 2).sum()) or 1.0
-    return Fit({LABELS[f]: float(v) for f, v in zip(FEATURES, x, strict=True)}, len(b), 1 - ss / tot)
+    return Fit(
+        {LABELS[f]: float(v) for f, v in zip(FEATURES, x, strict=True)}, len(b), 1 - ss / tot
+    )
 
 
 def profile(f: Fit, scan_ratio: float, about: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +104,9 @@ def profile(f: Fit, scan_ratio: float, about: dict[str, Any]) -> dict[str, Any]:
             "reclaim_page_ns": max(0, round(reclaim)),
         },
         "swap": {
-            "read_latency_us": round(max(0.0, c["swap_in_round_trip_ns"] - major_cpu) / 1000, 2),
+            "read_latency_us": round(
+                max(MIN_READ_US * 1000, c["swap_in_round_trip_ns"] - major_cpu) / 1000, 2
+            ),
         },
         "measured": {**{k: round(v, 1) for k, v in c.items()}, "r2": round(f.r2, 4), **about},
     }

@@ -32,8 +32,9 @@ Simplifications
 
 from __future__ import annotations
 
+import contextlib
 import statistics
-import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,7 @@ COUNTERS = (
     "pgdeactivate",
 )
 SIM_HOST_MIB_MIN = 1024  # memsim's host: ample, so that only the memcg limit reclaims
+MEMCG_POLICIES = ("two_list", "mglru")  # the policies with per-memcg lruvecs
 DEFAULT_ACCESS_NS = 20.0  # a resident access before calibration (measured: 5-13 ns)
 
 
@@ -121,12 +123,44 @@ def measure_overhead(s: Session, mem_mib: int, timeout_s: float) -> int:
     return max(0, (r.cgroup.max_usage_bytes - pages * 4096) >> 10)
 
 
+@contextlib.contextmanager
+def stats_flusher(path: Path, period_ms: float | None) -> Iterator[None]:
+    """While inside, read ``path`` (a memory.stat) every ``period_ms`` from a thread: each read
+    flushes the memcg's rstat counters, which the kernel otherwise aggregates lazily (every
+    2 s, and when reclaim finds them 4 s old). Nothing with ``None``."""
+    if period_ms is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(period_ms / 1000):
+            with contextlib.suppress(OSError):
+                path.read_bytes()
+
+    t = threading.Thread(target=loop, name="memcg-stats-flush", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()
+
+
 def run_kernel(
-    s: Session, sc: CalScenario, rep: int, timeout_s: float, chunks: list[Any]
+    s: Session,
+    sc: CalScenario,
+    rep: int,
+    timeout_s: float,
+    chunks: list[Any],
+    flush_ms: float | None = None,
 ) -> Run:
     """One real run of ``sc`` in a fresh memcg (the session holds swap and sysctls)."""
     memsw = None if sc.memsw_limit_mib is None else sc.memsw_limit_mib << 20
-    with s.cgroup(sc.limit_mib << 20, swappiness=sc.swappiness, memsw_limit_bytes=memsw) as cg:
+    with (
+        s.cgroup(sc.limit_mib << 20, swappiness=sc.swappiness, memsw_limit_bytes=memsw) as cg,
+        stats_flusher(cg.path / "memory.stat", flush_ms),
+    ):
         try:
             r = vmm.run(
                 chunks,
@@ -181,7 +215,7 @@ def run_kernel_all(
             want = streams.expected(g, w)
             with s.sysctls({"vm.page-cluster": sc.page_cluster}):
                 for rep in range(cfg.repetitions):
-                    r = run_kernel(s, sc, rep, cfg.timeout_s, chunks)
+                    r = run_kernel(s, sc, rep, cfg.timeout_s, chunks, cfg.stats_flush_ms)
                     if not r.oom_killed and r.detail["checksum"] != want.checksum:
                         raise CalibrateError(
                             f"scenario {sc.name}: the guest's memory does not match the stream "
@@ -218,24 +252,38 @@ def sim_config(
     """The memsim scenario matching ``sc`` on the kernel (see the module docstring); with a
     cost profile (``profile.yaml``) included as a user would, and the guest's access rate
     from its ``measured`` section."""
-    memcg: dict[str, Any] = {"max_mib": sc.limit_mib, "vmm_overhead_kib": overhead_kib}
+    memcg: dict[str, Any] | None = {"max_mib": sc.limit_mib, "vmm_overhead_kib": overhead_kib}
+    host: dict[str, Any] = {"memory_mib": max(SIM_HOST_MIB_MIN, 4 * sc.mem_mib)}
+    swap_mib = cfg.swapfile_mib
     if sc.memsw_limit_mib is not None:
+        assert memcg is not None
         memcg["swap_max_mib"] = sc.memsw_limit_mib - sc.limit_mib
     reclaim: dict[str, Any] = {"policy": policy}
     if policy == "two_list":
         reclaim["swappiness"] = sc.swappiness
+    if policy not in MEMCG_POLICIES:
+        # a global list: the host itself is the limit (what the guest's pages may hold), with
+        # watermarks as small as they go; memory+swap becomes the swap device's size
+        memcg = None
+        host = {
+            "memory_mib": -(-(sc.limit_mib * 1024 - overhead_kib) // 1024),
+            "min_free_kbytes": 128,
+            "watermark_scale_factor": 1,
+        }
+        if sc.memsw_limit_mib is not None:
+            swap_mib = sc.memsw_limit_mib - sc.limit_mib
     access_ns = DEFAULT_ACCESS_NS
     if profile is not None:
-        measured = (read_yaml(profile).get("measured") or {})
+        measured = read_yaml(profile).get("measured") or {}
         access_ns = float(measured.get("access_ns") or DEFAULT_ACCESS_NS)
     raw: dict[str, Any] = {
         "name": f"calibrate-{sc.name}",
         "seed": 1,
         "duration_s": 3600.0,
-        "host": {"memory_mib": max(SIM_HOST_MIB_MIN, 4 * sc.mem_mib)},
+        "host": host,
         "reclaim": reclaim,
-        "swap": {"size_mib": cfg.swapfile_mib, "page_cluster": sc.page_cluster},
-        "kvm": {"mmu": "shadow"},
+        "swap": {"size_mib": swap_mib, "page_cluster": sc.page_cluster},
+        "kvm": {"mmu": "shadow", "shadow_sptes_per_gfn": 1},  # one guest page table
         "costs": {"profile": str(profile)} if profile is not None else {},
         "vms": [
             {
@@ -244,7 +292,7 @@ def sim_config(
                 "vcpus": 1,
                 "access_rate_per_s": max(1, round(1e9 / access_ns)),
                 "workload": {"type": "trace", "path": str(trace), "repeat": False},
-                "memcg": memcg,
+                **({"memcg": memcg} if memcg is not None else {}),
             }
         ],
     }
@@ -358,9 +406,3 @@ def median_run(runs: list[Run]) -> dict[str, Any]:
             **{k: statistics.median(p.counters[k] for p in phs) for k in COUNTERS},
         }
     return med
-
-
-def temp_workdir() -> Iterator[Path]:
-    """A scratch directory for traces (removed afterwards)."""
-    with tempfile.TemporaryDirectory(prefix="memsim-calibrate-") as d:
-        yield Path(d)

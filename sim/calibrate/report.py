@@ -108,7 +108,8 @@ def markdown(cfg: CalibrationConfig, table: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table:
         lim = f"{r['limit_mib']}" + (f"/{r['memsw_limit_mib']}sw" if r["memsw_limit_mib"] else "")
-        oom = f"{r['kernel_oom_killed']}/{r['kernel_runs']} / {'yes' if r.get(pols[0] + '_oom') else 'no'}"
+        predicted = "yes" if r.get(f"{pols[0]}_oom") else "no"
+        oom = f"{r['kernel_oom_killed']}/{r['kernel_runs']} / {predicted}"
         cells = [
             r["scenario"],
             r["use"],
@@ -140,8 +141,7 @@ def verdict(table: list[dict[str, Any]]) -> dict[str, Any]:
             r["pgscan_err"] is not None and abs(r["pgscan_err"]) <= SCAN_TOLERANCE for r in live
         ),
         "pgsteal_within_20pct": sum(
-            r["pgsteal_err"] is not None and abs(r["pgsteal_err"]) <= SCAN_TOLERANCE
-            for r in live
+            r["pgsteal_err"] is not None and abs(r["pgsteal_err"]) <= SCAN_TOLERANCE for r in live
         ),
         "oom_matches": sum(bool(r["oom_match"]) for r in table),
         "check_time_within_20pct": sum(abs(r["time_err"]) <= TIME_TOLERANCE for r in check),

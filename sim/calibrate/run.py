@@ -53,9 +53,7 @@ def load_kernel(directory: Path) -> tuple[list[Run], dict[int, int]]:
     try:
         raw = json.loads((directory / "kernel.json").read_text())
         ovh = json.loads((directory / "overhead.json").read_text())
-        runs = [
-            Run(**{**r, "phases": [Phase(**p) for p in r["phases"]]}) for r in raw
-        ]
+        runs = [Run(**{**r, "phases": [Phase(**p) for p in r["phases"]]}) for r in raw]
         return runs, {int(k): int(v) for k, v in ovh.items()}
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise CalibrateError(
@@ -95,9 +93,10 @@ def calibrate(
     else:
         preflight()
         kernel, overhead = harness.run_kernel_all(cfg, host.session, say)
-    with staged(out, "calibrate") as stage, tempfile.TemporaryDirectory(
-        prefix="memsim-calibrate-"
-    ) as tmp:
+    with (
+        staged(out, "calibrate") as stage,
+        tempfile.TemporaryDirectory(prefix="memsim-calibrate-") as tmp,
+    ):
         work = Path(tmp)
         say("memsim, default costs:")
         sims = harness.run_sim_all(cfg, overhead, work, say)
