@@ -73,6 +73,7 @@ class Phase:
     time_ns: int
     counters: dict[str, int]
     first_touch: int = 0  # pages touched for the first time (the fill's pages)
+    deltas: dict[str, dict[str, int]] = field(default_factory=dict)  # kernel: every counter
 
 
 @dataclass
@@ -179,6 +180,7 @@ def run_kernel(
             time_ns=p.loop_ns,
             counters=_kernel_counters(p.vmstat_delta or {}),
             first_touch=sc.pages if i == 0 else 0,
+            deltas={"vmstat": p.vmstat_delta or {}, "memory.stat": p.memcg_stat_delta or {}},
         )
         for i, p in enumerate(r.phases)
     ]
