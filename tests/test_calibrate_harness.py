@@ -245,3 +245,43 @@ def test_from_dir_round_trips_kernel_runs(tmp_path: Path) -> None:
     back, ovh = load_kernel(tmp_path)
     assert back == runs
     assert ovh == {8: 1500}
+
+
+def test_preflight_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sim.calibrate import host, run, vmm
+
+    monkeypatch.setattr(vmm, "kvm_usable", lambda: True)
+    monkeypatch.setattr(vmm, "compiler", lambda: "cc")
+    cg = tmp_path / "memory"
+    cg.mkdir()
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "swaps").write_text("Filename Type Size Used Priority\n")
+    h = host.Host(cgroup_root=cg, proc=proc, is_root=lambda: False)
+    with pytest.raises(vmm.CalibrateError, match="root"):
+        run.preflight(h)
+    h.is_root = lambda: True
+    with pytest.raises(vmm.CalibrateError, match="cgroup v1"):
+        run.preflight(h)
+    (cg / "memory.limit_in_bytes").write_text("max\n")
+    (proc / "swaps").write_text("Filename Type Size Used Priority\n/swapfile file 1024 0 -2\n")
+    with pytest.raises(vmm.CalibrateError, match="swap is already active"):
+        run.preflight(h)
+    (proc / "swaps").write_text("Filename Type Size Used Priority\n")
+    run.preflight(h)
+    monkeypatch.setattr(vmm, "kvm_usable", lambda: False)
+    with pytest.raises(vmm.CalibrateError, match="/dev/kvm"):
+        run.preflight(h)
+
+
+def test_stats_flusher_reads_until_stopped(tmp_path: Path) -> None:
+    import time
+
+    stat = tmp_path / "memory.stat"
+    stat.write_text("cache 0\n")
+    with harness.stats_flusher(stat, 1.0):
+        time.sleep(0.05)
+        stat.unlink()  # a vanished cgroup is not an error
+        time.sleep(0.01)
+    with harness.stats_flusher(stat, None):
+        pass

@@ -30,9 +30,9 @@ from sim.calibrate.vmm import CalibrateError
 from sim.results import staged, write_atomic, write_manifest
 
 
-def preflight() -> None:
+def preflight(h: host.Host | None = None) -> None:
     """Refuse early, in one line, where the kernel side cannot run."""
-    h = host.Host()
+    h = h or host.Host()
     if not h.is_root():
         raise CalibrateError("memsim calibrate must run as root (swapon, cgroups, sysctls)")
     if not vmm.kvm_usable():
