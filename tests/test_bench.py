@@ -37,6 +37,10 @@ EXPECTED = {
     ("replay", "lru accesses/s vs per-request API"),
     ("mrc", "exact LRU MRC, all sizes, accesses/s"),
     ("memory", "state bytes per simulated 4 KiB page"),
+    ("calibrate", "memsim two_list accesses/s vs lru"),
+    ("calibrate", "memsim two_list accesses/s vs demand replay"),
+    ("calibrate", "real guest accesses/s (guest time)"),  # skipped without root and KVM
+    ("calibrate", "memsim wall time / real guest time"),
 }
 
 
