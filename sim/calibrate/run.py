@@ -104,10 +104,16 @@ def calibrate(
         if not phases:
             raise CalibrateError("every fit scenario was OOM-killed: nothing to fit costs on")
         f = fit.fit(phases)
+        if f.rows <= len(fit.FEATURES):
+            say(
+                f"warning: the cost fit has {f.rows} phases for {len(fit.FEATURES)} costs "
+                "(underdetermined); mark more scenarios use: fit"
+            )
         about = {
             "fit_scenarios": [s.name for s in cfg.scenarios if s.use == "fit"],
             "check_scenarios": [s.name for s in cfg.scenarios if s.use == "check"],
             "pgscan_per_pgsteal": round(ratio, 3),
+            "fit_phases": f.rows,
             "host": platform.node(),
             "kernel": platform.release(),
         }
