@@ -702,7 +702,10 @@ def apply_cost_profile(raw: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(costs, dict) or not isinstance(costs.get("profile"), str):
         return raw
     path = Path(costs["profile"])
-    prof = read_yaml(path)
+    try:
+        prof = read_yaml(path)
+    except ConfigError as exc:
+        raise ConfigError(f"costs.profile: {exc}") from None
     extra = sorted(set(prof) - set(PROFILE_SECTIONS))
     if extra:
         raise ConfigError(
