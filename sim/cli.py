@@ -278,8 +278,9 @@ def run(
 def validate(
     config: Path, overrides: tuple[str, ...], seeds: str | None, max_memory: str | None
 ) -> None:
-    """Check CONFIG (a scenario, or a sweep or plan file: every point, with --set applied to
-    its base) without running it; every trace it names is opened and checked."""
+    """Check CONFIG (a scenario, a sweep or plan file: every point, with --set applied to
+    its base, or a calibration file) without running it; every trace it names is opened and
+    checked."""
     from sim.budget import fmt_bytes
     from sim.checks import check_points_memory
     from sim.config import read_yaml
@@ -307,6 +308,19 @@ def validate(
         say(
             f"ok: sweep {name}: {len(points)} point(s), all valid; largest run about "
             f"{fmt_bytes(est.total)} of memory"
+        )
+        return
+    if "scenarios" in raw and "vms" not in raw:
+        from sim.calibrate import config as calconfig
+
+        if overrides or seed_list is not None:
+            raise UserError("--set and --seeds: not for a calibration file")
+        cal = calconfig.load(config)
+        uses = [s.use for s in cal.scenarios]
+        say(
+            f"ok: calibration {cal.name}: {len(cal.scenarios)} scenario(s) "
+            f"({uses.count('fit')} fit, {uses.count('check')} check) x {cal.repetitions} "
+            f"real run(s); policies {', '.join(cal.policies)} (run it with memsim calibrate)"
         )
         return
     if seed_list is not None:

@@ -150,73 +150,10 @@ def verdict(table: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def figure(cfg: CalibrationConfig, table: list[dict[str, Any]], path: Path) -> None:
-    """Three panels: memsim's major faults against the kernel's (every policy), their relative
-    error per scenario with the 3% band, and the run-phase time with the fitted profile."""
-    import matplotlib
+    """The comparison's figure (drawn by ``analysis``: the simulator never plots)."""
+    from analysis.calibrate_figure import draw
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-    import seaborn as sns
-    from matplotlib.ticker import NullFormatter
-
-    recs = []
-    for r in table:
-        if r["kernel_oom"] or not r["kernel_pgmajfault"]:
-            continue
-        for p in cfg.policies:
-            v = r.get(f"{p}_pgmajfault")
-            if v:
-                k = r["kernel_pgmajfault"]
-                recs.append(
-                    {
-                        "scenario": r["scenario"],
-                        "kernel": k,
-                        "memsim": v,
-                        "policy": p,
-                        "error %": 100 * (v - k) / k,
-                    }
-                )
-    majors = pd.DataFrame(recs)
-    times = pd.DataFrame(
-        [
-            {"kernel": r["kernel_time_ms"], "memsim": r["memsim_time_ms"], "use": r["use"]}
-            for r in table
-            if r["kernel_time_ms"] and r["memsim_time_ms"]
-        ]
-    )
-    sns.set_theme(style="whitegrid", context="paper")
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), dpi=100)
-    for ax, data, hue, what, log in (
-        (axes[0], majors, "policy", "major faults", False),
-        (axes[2], times, "use", "run-phase time (ms)", True),
-    ):
-        if not data.empty:
-            sns.scatterplot(data=data, x="kernel", y="memsim", hue=hue, style=hue, ax=ax, s=60)
-            lo = float(min(data["kernel"].min(), data["memsim"].min())) * (0.8 if log else 0)
-            hi = float(max(data["kernel"].max(), data["memsim"].max())) * 1.1
-            ax.plot([lo, hi], [lo, hi], color="grey", lw=1, zorder=0)
-            if log:
-                ax.set_xscale("log")
-                ax.set_yscale("log")
-                ax.xaxis.set_minor_formatter(NullFormatter())
-                ax.yaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel(f"kernel {what}, median of runs")
-        ax.set_ylabel(f"memsim {what}")
-    ax = axes[1]
-    if not majors.empty:
-        sns.stripplot(
-            data=majors, y="scenario", x="error %", hue="policy", ax=ax, size=6, jitter=False
-        )
-        ax.axvspan(-100 * MAJOR_TOLERANCE, 100 * MAJOR_TOLERANCE, color="tab:green", alpha=0.15)
-        ax.axvline(0, color="grey", lw=1)
-        ax.legend_.remove() if ax.legend_ else None
-    ax.set_title("major faults: memsim vs kernel, % (band: 3%)")
-    axes[0].set_title("major faults per run phase")
-    axes[2].set_title("time with the fitted cost profile")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    draw(table, list(cfg.policies), MAJOR_TOLERANCE, path)
 
 
 def write(
