@@ -91,6 +91,24 @@ class HostConfig(Strict):
         "2 MiB EPT entries. Frames, gfns, sptes and swap slots all count pages of this size; "
         "with 2048 every *_mib size must be a multiple of 2.",
     )
+    memcg_stats: Literal["exact", "lazy"] = Field(
+        "exact",
+        description="How two_list reclaim of a VM's memcg reads the memcg's statistics "
+        "(lruvec_page_state: the list sizes inactive_is_low compares and the refault counts "
+        "that allow deactivation, the sizes the refault distance is judged against). lazy: "
+        "as the kernel aggregates them (rstat), the values at the memcg's last flush, which "
+        "happens every memcg_stats_flush_ms and when something reads its memory.stat; a "
+        "memcg whose last flush saw no low inactive list never deactivates, and a KVM guest "
+        "whose pages all start active can be OOM-killed at its memory.max. exact: always "
+        "current, as on a host where something reads memory.stat continuously.",
+    )
+    memcg_stats_flush_ms: float = Field(
+        2000.0,
+        ge=1.0,
+        le=3_600_000.0,
+        description="Period of the kernel's periodic memcg statistics flush "
+        "(flush_memcg_stats_dwork, FLUSH_TIME = 2 s); used with memcg_stats lazy.",
+    )
 
     @property
     def page_shift(self) -> int:
@@ -637,7 +655,12 @@ def _drop_defaults(config: dict[str, Any]) -> None:
     if config.get("metrics") == MetricsConfig().model_dump(mode="json"):
         del config["metrics"]
     host = config["host"]
-    for key, default in (("dirty_ratio", 20), ("dirty_background_ratio", 10)):
+    for key, default in (
+        ("dirty_ratio", 20),
+        ("dirty_background_ratio", 10),
+        ("memcg_stats", "exact"),
+        ("memcg_stats_flush_ms", 2000.0),
+    ):
         if host.get(key) == default:
             del host[key]
     for vm in config["vms"]:

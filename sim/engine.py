@@ -35,6 +35,7 @@ from sim.host.page_alloc import PageAllocator
 from sim.host.page_writeback import DirtyControl
 from sim.lifecycle import checkpoint
 from sim.machine import Machine, rng_for, vcpu_stream
+from sim.reclaim.memcg import MemcgTwoList
 from sim.results import staged, write_manifest
 from sim.tails import FaultLatencies, VcpuTime
 
@@ -97,6 +98,8 @@ class World(Machine):
                 vcpus=[cfg.vcpus + readers.count(i) for i, (_, cfg) in enumerate(vms)],
             )
             self.alloc.memcg = self.vmscan.memcg = self.memcg
+            if sc.host.memcg_stats == "lazy" and isinstance(policy, MemcgTwoList):
+                self.memcg.use_lazy_stats(policy, round(sc.host.memcg_stats_flush_ms * 1e6))
             swap.on_free_slots = self.memcg.uncharge_swap
         self.host_fault = HostFaultHandler(
             env,
@@ -250,6 +253,9 @@ class World(Machine):
             return
         self._started = True
         self.env.process(self.kswapd.run())
+        if self.memcg is not None and self.memcg.stats_policy is not None:
+            self.memcg.flush_stats()  # the flush the world starts from
+            self.env.process(self.memcg.flush_stats_dwork())
         for vm in self.vms:
             for v in vm.vcpus:
                 v.proc = self.env.process(v.run())

@@ -112,6 +112,7 @@ MEMCGS: list[Any] = [
     {"vmm_overhead_kib": 2**40, "swap_max_mib": 0},
     {"max_mib": 0, "vmm_overhead_kib": 0},
 ]
+MEMCG_STATS: list[Any] = ["lazy", "lazy", "exact", "LAZY", "", 1, None]
 COMPRESSED: list[Any] = [
     {},
     {"device": "zram"},
@@ -363,6 +364,7 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
                 "memcg",
                 "files",
                 "prefault",
+                "memcg_stats",
             ]
         )
         if op == "delete":
@@ -412,6 +414,13 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
                 swap = raw.get("swap")
                 if isinstance(swap, dict):
                     swap.update(copy.deepcopy(rng.choice(COMPRESSED)))
+        elif op == "memcg_stats" and isinstance(raw, dict):
+            host, vms = raw.get("host"), raw.get("vms")
+            if isinstance(host, dict):  # lazy statistics: flushed, and a limit to reach
+                host["memcg_stats"] = rng.choice(MEMCG_STATS)
+                host["memcg_stats_flush_ms"] = rng.choice([1, 1.5, 2000, 0, -1, "x", None])
+                if isinstance(vms, list) and vms and isinstance(vms[-1], dict):
+                    vms[-1]["memcg"] = copy.deepcopy(rng.choice(MEMCGS))
     return raw
 
 

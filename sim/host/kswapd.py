@@ -176,7 +176,10 @@ class Reclaim:
                 yield env.timeout(wait)
 
     def shrink_node(self, sc: ScanControl, paid: list[int]) -> ProcessGen:
-        """One ``shrink_node`` call of the policy, paced."""
+        """One ``shrink_node`` call of the policy, paced (after ``prepare_scan_control``'s
+        ratelimited flush of the memcg statistics)."""
+        if self.vmscan.memcg is not None:
+            self.vmscan.memcg.flush_stats_ratelimited(sc.target_memcg)
         yield from self.paced(self.policy.shrink_node(sc, self.vmscan), sc, paid)
 
 

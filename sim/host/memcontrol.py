@@ -32,6 +32,12 @@ Models
     for it (``shrink_node``'s ``nr.immediate`` throttle is kswapd's; ``shrink_inactive_list``'s
     WRITEBACK throttle is v1's): the OOM comes after the 16 retries whatever is in flight.
 
+    Statistics (``host.memcg_stats: lazy``): the memcgs' lruvec counters are flushed (rstat)
+    when the world starts, by ``flush_stats_dwork`` every period (the root: all memcgs), when
+    a driver reads a memcg's memory.stat (``flush_stats``), at a memcg OOM (its report prints
+    memory.stat), and by ``prepare_scan_control``'s ratelimited flush when the periodic one is
+    late; two_list reclaim reads them in between (sim/reclaim/two_list.py).
+
 Counting
     ``memory.events`` are vmstat counters broken down per mm (one mm per memcg):
     ``memcg_low``, ``memcg_high``, ``memcg_max``, ``memcg_oom``, ``memcg_swap_max``
@@ -40,6 +46,8 @@ Counting
 
 Kernel reference
     mm/memcontrol.c: ``try_charge_memcg``, ``mem_cgroup_handle_over_high``,
+    ``mem_cgroup_flush_stats``, ``mem_cgroup_flush_stats_ratelimited``,
+    ``flush_memcg_stats_dwork``,
     ``calculate_overage``, ``calculate_high_delay``, ``reclaim_high``,
     ``mem_cgroup_out_of_memory``, ``__mem_cgroup_try_charge_swap``, ``memcg_memory_event``;
     mm/page_counter.c: ``page_counter_calculate_protection``, ``effective_protection``;
@@ -351,6 +359,43 @@ class MemCgroups:
         self.vmstat, self.reclaim, self.oom = vmstat, reclaim, oom
         self.swap_usage = np.zeros(len(self.mms), dtype=np.int64)  # memory.swap.current
         self.vcpus = list(vcpus)
+        # lazy statistics (use_lazy_stats): the policy whose lruvecs read flushed counters
+        self.stats_policy: Any = None
+        self.flush_period_ns = 0  # FLUSH_TIME: flush_memcg_stats_dwork's period
+        self.flush_last_ns = 0  # flush_last_time: the last flush of the root
+
+    # -- statistics (rstat) ------------------------------------------------------------------
+    def use_lazy_stats(self, policy: Any, period_ns: int) -> None:
+        """Make ``policy``'s memcg lruvecs read their counters as of the last flush, flushed
+        every ``period_ns`` by ``flush_stats_dwork`` (which the world starts)."""
+        self.stats_policy, self.flush_period_ns = policy, period_ns
+        policy.use_lazy_stats()
+
+    def flush_stats(self, memcg: int | None = None) -> None:
+        """``mem_cgroup_flush_stats``: a reader of the memcg's ``memory.stat`` (or the OOM
+        report) flushes its subtree; None flushes the root, the whole tree, and sets
+        ``flush_last_time``. Every flush is taken to have enough pending updates
+        (``memcg_vmstats_needs_flush``). A no-op with exact statistics."""
+        if self.stats_policy is None:
+            return
+        self.stats_policy.flush_stats(memcg)
+        if memcg is None:
+            self.flush_last_ns = int(self.env.now)
+
+    def flush_stats_ratelimited(self, memcg: int) -> None:
+        """``mem_cgroup_flush_stats_ratelimited`` (``prepare_scan_control``; -1: global
+        reclaim, the root): a flush only when the periodic one is a full period late. The
+        periodic worker here never is, so this matters only if a driver stops it."""
+        if self.stats_policy is None:
+            return
+        if int(self.env.now) > self.flush_last_ns + 2 * self.flush_period_ns:
+            self.flush_stats(None if memcg < 0 else memcg)
+
+    def flush_stats_dwork(self) -> ProcessGen:
+        """``flush_memcg_stats_dwork``: flush the root every period, forever."""
+        while True:
+            yield self.env.timeout(self.flush_period_ns)
+            self.flush_stats()
 
     # -- memory ------------------------------------------------------------------------------
     def usage(self, memcg: int) -> int:
@@ -397,6 +442,7 @@ class MemCgroups:
     def mem_cgroup_out_of_memory(self, memcg: int) -> None:
         """The memcg OOM: the only task in the memcg is the VM's QEMU; it is killed."""
         self.vmstat.count(MEMCG_OOM, 1, memcg)
+        self.flush_stats(memcg)  # the OOM report prints memory.stat
         self.oom.kill(self.mms[memcg])
 
     def try_to_free_mem_cgroup_pages(self, memcg: int, nr_pages: int) -> ProcessGen:
@@ -415,6 +461,8 @@ class MemCgroups:
             yield from self.reclaim.shrink_node(sc, paid)
             if sc.nr_reclaimed >= sc.nr_to_reclaim:
                 break
+        if self.stats_policy is not None:
+            self.stats_policy.snapshot_refaults(memcg)
         return sc.nr_reclaimed
 
     def over_high(self, memcg: int) -> bool:

@@ -22,7 +22,9 @@ Models
     ``cache_trim_mode`` from the node's inactive file, the costs ``lru_note_cost`` added up
     the hierarchy), and each memcg's ``get_scan_count`` applies them to its own lists; limit
     reclaim takes them from the target memcg's lruvec, and at swappiness 0 scans its file
-    lists only (SCAN_FILE). Under MGLRU every lruvec has the file type, the root's lruvec
+    lists only (SCAN_FILE). With lazy memcg statistics each VM memcg's lruvec reads its
+    counters as of its last flush (``flush_stats``; sim/reclaim/two_list.py says which reads).
+    Under MGLRU every lruvec has the file type, the root's lruvec
     (holding page cache of no memcg) takes part in the memcg LRU like any memcg's, and each
     lruvec chooses between its types alone (``get_type_to_scan``).
 
@@ -69,6 +71,7 @@ from sim.reclaim.base import Pfns, Reclaimer, lru_links
 from sim.reclaim.scan_balance import cache_trim_mode, file_is_tiny
 from sim.reclaim.two_list import (
     WORKINGSET_ACTIVATE_FILE,
+    LruvecStats,
     NodeCost,
     ScanPrep,
     TwoList,
@@ -332,6 +335,26 @@ class MemcgTwoList(PerMemcgLruvecs):
             sc.memcg = i
             yield from self.lruvecs[i].age_node(sc, self._reclaimer(i, reclaim))
         sc.memcg = -1
+
+    def use_lazy_stats(self) -> None:
+        """Lazy memcg statistics (``host.memcg_stats: lazy``): each VM memcg's lruvec reads
+        its ``lruvec_page_state`` counters from the last flush, all zero (the memcg empty)
+        until the first. The root's lruvec and the root's decisions in global reclaim keep
+        reading the lists."""
+        for lv in self.lruvecs[: self.limits.root]:
+            lv.stats = LruvecStats()
+
+    def flush_stats(self, memcg: int | None = None) -> None:
+        """``mem_cgroup_flush_stats`` of one memcg (its subtree is itself), or of the root,
+        which flushes every memcg (None); a no-op with exact statistics."""
+        for lv in self.lruvecs if memcg is None else self.lruvecs[memcg : memcg + 1]:
+            lv.flush_stats()
+
+    def snapshot_refaults(self, memcg: int) -> None:
+        """``snapshot_refaults`` at the end of limit reclaim: the target memcg's lruvec keeps
+        its flushed refault counts (lazy statistics only; exact runs keep the per-lruvec
+        snapshots kswapd and direct reclaim take, as before)."""
+        self.lruvecs[memcg].snapshot_refaults()
 
     def reclaim_cycle_end(self) -> None:
         """``snapshot_refaults`` of every lruvec, and of the root's (node-wide) refaults."""

@@ -40,7 +40,13 @@ Kernel reference
     With memcgs (sim/reclaim/memcg.py) there is one such lruvec per memcg, each with its own
     lists, ``inactive_is_low``, workingset clock and refault snapshot, counting its events
     per memcg too; ``get_scan_count`` then scales a protected memcg's scan as
-    ``apply_proportional_protection`` does.
+    ``apply_proportional_protection`` does. With lazy memcg statistics (``host.memcg_stats``)
+    a memcg's lruvec answers what the kernel reads through ``lruvec_page_state`` from the
+    counters of its last rstat flush (:class:`LruvecStats`): ``inactive_is_low`` and the
+    refault test of ``prepare_scan_control`` in limit reclaim, the end-of-``shrink_lruvec``
+    rebalance, the workingset size of ``workingset_test_recent``; the scan sizes
+    (``lruvec_lru_size``) stay exact, as do the stand-ins for the root's decisions (global
+    reclaim's ``may_deactivate``, ``kswapd_age_node``) and a lruvec of no memcg.
 
     The host page cache (``host_files``, sim/host/filemap.py) adds the inactive and active
     file lists to the node's lruvec (with memcgs, to every memcg's lruvec: a file folio is on
@@ -157,6 +163,22 @@ class ScanPrep:
     file_cost: int
 
 
+@dataclass(slots=True)
+class LruvecStats:
+    """A memcg lruvec's counters as ``lruvec_page_state`` returns them: the values at the
+    memcg's last rstat flush (``mem_cgroup_flush_stats``), not the lists' current sizes, and
+    the refault snapshot limit reclaim keeps of them (``snapshot_refaults``)."""
+
+    inactive: int = 0  # NR_INACTIVE_ANON
+    active: int = 0  # NR_ACTIVE_ANON
+    inactive_file: int = 0  # NR_INACTIVE_FILE
+    active_file: int = 0  # NR_ACTIVE_FILE
+    activate: int = 0  # WORKINGSET_ACTIVATE_ANON
+    activate_file: int = 0  # WORKINGSET_ACTIVATE_FILE
+    refaults: int = 0  # lruvec->refaults[WORKINGSET_ANON], as limit reclaim last stored it
+    refaults_file: int = 0  # lruvec->refaults[WORKINGSET_FILE]
+
+
 class NodeCost:
     """The root lruvec's reclaim costs: ``lru_note_cost`` adds every lruvec's cost to its
     parents' too, each decaying against its own (hierarchical) LRU size, here the node's."""
@@ -240,6 +262,8 @@ class TwoList:
         self.page_shift = PAGE_SHIFT  # bytes per LRU entry (21: 2 MiB pages; set by make_policy)
         self.cost_parent: NodeCost | None = None  # the root's costs, with memcgs and file lists
         self.prep: ScanPrep | None = None  # the root's decisions during a global reclaim pass
+        # lazy memcg statistics (host.memcg_stats lazy): the last flush's values; None: exact
+        self.stats: LruvecStats | None = None
 
     # -- helpers -----------------------------------------------------------------------------
     def _count(self, item: str, n: int = 1) -> None:
@@ -261,14 +285,71 @@ class TwoList:
             return self.vmstat[WORKINGSET_ACTIVATE_FILE]
         return self.vmstat.per_mm[self.memcg][WORKINGSET_ACTIVATE_FILE]  # type: ignore[attr-defined]
 
-    def inactive_is_low(self, file: bool = False) -> bool:
+    def inactive_is_low(self, file: bool = False, flushed: bool = False) -> bool:
         """``inactive_is_low``: the (anon or file) inactive list is short relative to its
-        active one."""
-        if file:
+        active one. ``flushed``: read the sizes as ``lruvec_page_state`` does, which with lazy
+        memcg statistics gives the last flush's (callers standing in for the root's test
+        read the lists)."""
+        st = self.stats if flushed else None
+        if st is not None:
+            inactive, active = (
+                (st.inactive_file, st.active_file) if file else (st.inactive, st.active)
+            )
+        elif file:
             inactive, active = len(self.inactive_file), len(self.active_file)
         else:
             inactive, active = len(self.inactive), len(self.active)
         return inactive_is_low(inactive, active, self.cfg.inactive_ratio, self.page_shift)
+
+    def flush_stats(self) -> None:
+        """An rstat flush of the memcg (``mem_cgroup_flush_stats``): ``lruvec_page_state``
+        reads the lists and refault counts as they are now, until the next flush."""
+        st = self.stats
+        if st is None:
+            return
+        st.inactive, st.active = len(self.inactive), len(self.active)
+        st.activate = self._refaults()
+        if self.file:
+            st.inactive_file, st.active_file = len(self.inactive_file), len(self.active_file)
+            st.activate_file = self._refaults_file()
+
+    def snapshot_refaults(self) -> None:
+        """``snapshot_refaults`` at the end of limit reclaim of this memcg (lazy statistics
+        only): the flushed refault counts, which the next limit reclaim compares against."""
+        st = self.stats
+        if st is not None:
+            st.refaults, st.refaults_file = st.activate, st.activate_file
+
+    def _limit_stats(self, sc: ScanControl) -> LruvecStats | None:
+        """The flushed counters ``prepare_scan_control`` reads when this memcg's lruvec is
+        the target (limit reclaim with lazy statistics); None: read the lists (exact
+        statistics, or global reclaim, whose target is the root's lruvec)."""
+        return self.stats if sc.target_memcg >= 0 else None
+
+    def _may_deactivate(self, sc: ScanControl) -> tuple[bool, bool]:
+        """``prepare_scan_control``'s ``may_deactivate`` (anon, file): refaults activated
+        since the last snapshot, or an inactive list that is low."""
+        st = self._limit_stats(sc)
+        if st is None:
+            may_anon = self._refaults() != self._refaults_snapshot or self.inactive_is_low()
+            may_file = self.file and (
+                self._refaults_file() != self._refaults_file_snapshot
+                or self.inactive_is_low(file=True)
+            )
+        else:
+            may_anon = st.activate != st.refaults or self.inactive_is_low(flushed=True)
+            may_file = self.file and (
+                st.activate_file != st.refaults_file or self.inactive_is_low(True, True)
+            )
+        return may_anon, may_file
+
+    def _workingset_lists(self) -> tuple[int, int, int, int]:
+        """The list sizes ``workingset_test_recent`` reads (``lruvec_page_state``: the last
+        flush's with lazy memcg statistics): inactive/active anon, inactive/active file."""
+        st = self.stats
+        if st is not None:
+            return st.inactive, st.active, st.inactive_file, st.active_file
+        return len(self.inactive), len(self.active), len(self.inactive_file), len(self.active_file)
 
     def _note_cost(self, *, file: bool, nr_io: int, nr_rotated: int, lru_pages: int) -> None:
         """``lru_note_cost`` on this lruvec, then on its parent (the root's costs)."""
@@ -361,9 +442,10 @@ class TwoList:
         # workingset_refault: activate if the refault distance fits the workingset (active anon).
         self._count(VmStat.WORKINGSET_REFAULT)
         distance = (self.nonresident_age - (shadow & _AGE_MASK)) & _AGE_MASK
-        workingset_size = len(self.active)  # workingset_test_recent for anon: + file lists
+        _, active, inactive_file, active_file = self._workingset_lists()
+        workingset_size = active  # workingset_test_recent for anon: + file lists
         if self.file:
-            workingset_size += len(self.inactive_file) + len(self.active_file)
+            workingset_size += inactive_file + active_file
         if distance <= workingset_size:
             workingset = shadow >> 31
             self.fl[pfn] = LRU_ACTIVE | (PG_WORKINGSET if workingset else 0)
@@ -451,11 +533,7 @@ class TwoList:
         if self.file:
             yield from self._shrink_lruvec_file(sc, reclaim)
             return
-        may_deactivate = (
-            sc.force_deactivate
-            or self._refaults() != self._refaults_snapshot
-            or self.inactive_is_low()
-        )
+        may_deactivate = sc.force_deactivate or self._may_deactivate(sc)[0]
         nr_inactive, nr_active = self.get_scan_count(sc, reclaim, may_deactivate)
         proportional = sc.direct and sc.priority == DEF_PRIORITY
         while nr_inactive:
@@ -473,7 +551,8 @@ class TwoList:
                     sc.skipped_deactivate = True
             if sc.nr_reclaimed - sc.lruvec_base >= sc.nr_to_reclaim and not proportional:
                 break
-        if reclaim.can_swap() and self.inactive_is_low():
+        # "rebalance the anon lru active/inactive ratio": this lruvec's lruvec_page_state
+        if reclaim.can_swap() and self.inactive_is_low(flushed=True):
             self.shrink_active_list(SWAP_CLUSTER_MAX, sc, reclaim)
             yield
 
@@ -536,9 +615,10 @@ class TwoList:
             return
         self._count(WORKINGSET_REFAULT_FILE)
         distance = (self.nonresident_age - (shadow & _AGE_MASK)) & _AGE_MASK
-        workingset_size = len(self.active_file)
+        inactive, active, _, active_file = self._workingset_lists()
+        workingset_size = active_file
         if swap_ok:
-            workingset_size += len(self.active) + len(self.inactive)
+            workingset_size += active + inactive
         if distance > workingset_size:
             self.fl[pfn] = LRU_INACTIVE | LRU_FILE
             self.inactive_file.add_one(pfn)
@@ -596,7 +676,9 @@ class TwoList:
                 may_deactivate_anon=may_anon,
                 anon_left=raw[0] >> p > 0,
             )
-            trim = cache_trim_mode(inactive_file_left=raw[2] >> p > 0, may_deactivate_file=may_file)
+            st = self._limit_stats(sc)  # lruvec_page_state(target_lruvec, NR_INACTIVE_FILE)
+            ifile = raw[2] if st is None else st.inactive_file
+            trim = cache_trim_mode(inactive_file_left=ifile >> p > 0, may_deactivate_file=may_file)
             anon_cost, file_cost = self.anon_cost, self.file_cost
         balance = scan_balance(
             can_reclaim_anon=reclaim.can_swap(),
@@ -624,10 +706,7 @@ class TwoList:
         if self.prep is not None:  # global reclaim with memcgs: the root's may_deactivate
             may_anon, may_file = self.prep.may_anon, self.prep.may_file
         else:
-            may_anon = self._refaults() != self._refaults_snapshot or self.inactive_is_low()
-            may_file = self._refaults_file() != self._refaults_file_snapshot or (
-                self.inactive_is_low(file=True)
-            )
+            may_anon, may_file = self._may_deactivate(sc)
         if sc.force_deactivate:  # prepare_scan_control: the retry deactivates every list
             may_anon = may_file = True
         nr = self.get_scan_count_file(sc, reclaim, may_anon, may_file)
@@ -666,7 +745,7 @@ class TwoList:
                 nr[lru] = targets[lru] * (100 - left) // 100
                 nr[lru] -= min(nr[lru], scanned)
             scan_adjusted = True
-        if reclaim.can_swap() and self.inactive_is_low():
+        if reclaim.can_swap() and self.inactive_is_low(flushed=True):
             self.shrink_active_list(SWAP_CLUSTER_MAX, sc, reclaim)
             yield
 
