@@ -50,6 +50,12 @@ class CalScenario(Strict):
         description="memory.memsw.limit_in_bytes, memory plus swap (MiB); unset: unlimited.",
     )
     swappiness: int = Field(60, ge=0, le=200, description="memory.swappiness of the cgroup.")
+    flush_stats: bool = Field(
+        True,
+        description="Keep the memcg statistics flushed during the real runs (stats_flush_ms) "
+        "and in memsim; false: leave them to the kernel's lazy flushing, which memsim then "
+        "models too (host.memcg_stats: lazy).",
+    )
     page_cluster: int = Field(0, ge=0, le=10, description="vm.page-cluster during the run.")
     workload: StreamWorkload = Field(description="The run phase's stream (memsim workload).")
     accesses: int = Field(gt=0, le=1 << 31, description="Accesses in the run phase.")

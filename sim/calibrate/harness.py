@@ -62,7 +62,8 @@ COUNTERS = (
 )
 SIM_HOST_MIB_MIN = 1024  # memsim's host: ample, so that only the memcg limit reclaims
 MEMCG_POLICIES = ("two_list", "mglru")  # the policies with per-memcg lruvecs
-DEFAULT_ACCESS_NS = 20.0  # a resident access before calibration (measured: 5-13 ns)
+DEFAULT_ACCESS_NS = 20.0
+KERNEL_FLUSH_MS = 2000.0  # flush_memcg_stats_dwork: FLUSH_TIME = 2 * HZ  # a resident access before calibration (measured: 5-13 ns)
 
 
 @dataclass
@@ -217,7 +218,8 @@ def run_kernel_all(
             want = streams.expected(g, w)
             with s.sysctls({"vm.page-cluster": sc.page_cluster}):
                 for rep in range(cfg.repetitions):
-                    r = run_kernel(s, sc, rep, cfg.timeout_s, chunks, cfg.stats_flush_ms)
+                    flush = cfg.stats_flush_ms if sc.flush_stats else None
+                    r = run_kernel(s, sc, rep, cfg.timeout_s, chunks, flush)
                     if not r.oom_killed and r.detail["checksum"] != want.checksum:
                         raise CalibrateError(
                             f"scenario {sc.name}: the guest's memory does not match the stream "
@@ -263,6 +265,12 @@ def sim_config(
     reclaim: dict[str, Any] = {"policy": policy}
     if policy == "two_list":
         reclaim["swappiness"] = sc.swappiness
+    # the memcg statistics as the real run keeps them: flushed by the harness's reader every
+    # stats_flush_ms, or by the kernel's own worker every 2 s (plus the VMM's own reads of
+    # memory.stat, which run_sim mirrors)
+    flush_ms = cfg.stats_flush_ms if sc.flush_stats else None
+    host["memcg_stats"] = "lazy"
+    host["memcg_stats_flush_ms"] = flush_ms if flush_ms is not None else KERNEL_FLUSH_MS
     if policy not in MEMCG_POLICIES:
         # a global list: the host itself is the limit (what the guest's pages may hold), with
         # watermarks as small as they go; memory+swap becomes the swap device's size
@@ -342,6 +350,8 @@ def run_sim(raw: dict[str, Any], sc: CalScenario, policy: str) -> Run:
         vcpu.stream = _Until(inner, stop)
         vcpu.stream.done = sc.pages if i else 0
         if i:
+            if getattr(world, "memcg", None) is not None:
+                world.memcg.flush_stats(0)  # the VMM reads memory.stat at the boundary
             vcpu.proc = env.process(vcpu.run())
         assert vcpu.proc is not None
         env.run(until=vcpu.proc)
