@@ -62,8 +62,8 @@ COUNTERS = (
 )
 SIM_HOST_MIB_MIN = 1024  # memsim's host: ample, so that only the memcg limit reclaims
 MEMCG_POLICIES = ("two_list", "mglru")  # the policies with per-memcg lruvecs
-DEFAULT_ACCESS_NS = 20.0
-KERNEL_FLUSH_MS = 2000.0  # flush_memcg_stats_dwork: FLUSH_TIME = 2 * HZ  # a resident access before calibration (measured: 5-13 ns)
+DEFAULT_ACCESS_NS = 20.0  # a resident access before calibration (measured: 5-13 ns)
+KERNEL_FLUSH_MS = 2000.0  # flush_memcg_stats_dwork: FLUSH_TIME = 2 * HZ
 
 
 @dataclass
