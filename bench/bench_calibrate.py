@@ -100,8 +100,9 @@ def run_real(cfg: CalibrationConfig, sc: CalScenario) -> dict[str, Any]:
     chunks = harness.fill_chunks(sc.pages) + list(streams.chunks(sc.stream()))
     want = streams.expected(*(np.concatenate(a) for a in zip(*chunks, strict=True)))
     guest_ns, oom = [], 0
-    with unpinned(), host.session() as s, s.swapfile(cfg.swapfile_mib << 20):
+    with unpinned(), host.session() as s, s.swapfile(cfg.swapfile_mib << 20) as swapfile:
         overhead = harness.measure_overhead(s, sc.mem_mib, cfg.timeout_s)
+        rotational = harness.swap_rotational(swapfile)
         with s.sysctls({"vm.page-cluster": sc.page_cluster}):
             for rep in range(cfg.repetitions):
                 r = harness.run_kernel(s, sc, rep, cfg.timeout_s, chunks, cfg.stats_flush_ms)
@@ -111,14 +112,20 @@ def run_real(cfg: CalibrationConfig, sc: CalScenario) -> dict[str, Any]:
                 if r.detail["checksum"] != want.checksum:  # a broken run: not a figure
                     raise RuntimeError(f"{sc.name}: the guest's memory does not match the stream")
                 guest_ns.append(sum(p.time_ns for p in r.phases))
-    return {"guest_ns": guest_ns, "oom_killed": oom, "overhead_kib": overhead, "n": want.accesses}
+    facts = harness.HostFacts({sc.mem_mib: overhead}, rotational)
+    return {"guest_ns": guest_ns, "oom_killed": oom, "facts": facts, "n": want.accesses}
 
 
 def run_memsim(
-    cfg: CalibrationConfig, sc: CalScenario, policy: str, trace: Path, overhead_kib: int, rep: int
+    cfg: CalibrationConfig,
+    sc: CalScenario,
+    policy: str,
+    trace: Path,
+    facts: harness.HostFacts,
+    rep: int,
 ) -> tuple[Any, harness.Run]:
     """Timed ``run_sim`` of the scenario under ``policy``: (timing, the last run)."""
-    raw = harness.sim_config(cfg, sc, policy, trace, overhead_kib)
+    raw = harness.sim_config(cfg, sc, policy, trace, facts)
     return timed(lambda: harness.run_sim(raw, sc, policy), rep)
 
 
@@ -145,7 +152,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
             real = run_real(cfg, sc)
         except CalibrateError as exc:
             why = str(exc)
-    overhead = real["overhead_kib"] if real else NOMINAL_OVERHEAD_KIB
+    facts = real["facts"] if real else harness.HostFacts({sc.mem_mib: NOMINAL_OVERHEAD_KIB})
+    overhead = facts.overhead_kib[sc.mem_mib]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-calibrate-") as tmp:
         g, w = harness.stream_arrays(sc)
@@ -156,11 +164,9 @@ def run(quick: bool) -> list[dict[str, Any]]:
         wg, ww = harness.stream_arrays(warm)
         pq.write_table(pa.table({"page": wg, "write": ww}), warm_trace)
         for policy in (HELD, BASE):  # untimed: JIT and imports
-            harness.run_sim(
-                harness.sim_config(cfg, warm, policy, warm_trace, overhead), warm, policy
-            )
-        t_held, r_held = run_memsim(cfg, sc, HELD, trace, overhead, rep)
-        t_base, r_base = run_memsim(cfg, sc, BASE, trace, overhead, rep)
+            harness.run_sim(harness.sim_config(cfg, warm, policy, warm_trace, facts), warm, policy)
+        t_held, r_held = run_memsim(cfg, sc, HELD, trace, facts, rep)
+        t_base, r_base = run_memsim(cfg, sc, BASE, trace, facts, rep)
         frames = (sc.limit_mib * 1024 - overhead) // 4
         replay(g[:1000], w[:1000], frames=frames, policy="lru")  # untimed warm-up
         c0 = time.process_time()

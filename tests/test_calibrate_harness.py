@@ -241,10 +241,11 @@ def test_from_dir_round_trips_kernel_runs(tmp_path: Path) -> None:
 
     runs = [_run("a", "kernel", 0, 10, 500), _run("b", "kernel", 0, 0, 0, oom=True)]
     (tmp_path / "kernel.json").write_text(json.dumps([asdict(r) for r in runs]))
-    (tmp_path / "overhead.json").write_text('{"8": 1500}')
-    back, ovh = load_kernel(tmp_path)
+    (tmp_path / "host.json").write_text('{"overhead_kib": {"8": 1500}, "swap_rotational": true}')
+    back, facts = load_kernel(tmp_path)
     assert back == runs
-    assert ovh == {8: 1500}
+    assert facts.overhead_kib == {8: 1500}
+    assert facts.swap_rotational
 
 
 def test_preflight_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -285,3 +286,18 @@ def test_stats_flusher_reads_until_stopped(tmp_path: Path) -> None:
         time.sleep(0.01)
     with harness.stats_flusher(stat, None):
         pass
+
+
+def test_swap_rotational_reads_the_devices_queue(tmp_path: Path) -> None:
+    import os
+
+    f = tmp_path / "swapfile"
+    f.write_bytes(b"")
+    st = f.stat()
+    dev = tmp_path / "sys" / "dev" / "block" / f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    assert not harness.swap_rotational(f, tmp_path / "sys")  # unknown: not rotational
+    (dev / "queue").mkdir(parents=True)
+    (dev / "queue" / "rotational").write_text("1\n")
+    assert harness.swap_rotational(f, tmp_path / "sys")
+    (dev / "queue" / "rotational").write_text("0\n")
+    assert not harness.swap_rotational(f, tmp_path / "sys")

@@ -34,7 +34,7 @@ RESULT_FILES = (
     "comparison.csv",
     "kernel.json",
     "memsim.json",
-    "overhead.json",
+    "host.json",
     "profile.yaml",
     "config.yaml",
     "calibrate.png",

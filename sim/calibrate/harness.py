@@ -33,6 +33,7 @@ Simplifications
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import threading
 from collections.abc import Callable, Iterator
@@ -91,6 +92,41 @@ class Run:
     def phase(self, name: str) -> Phase | None:
         i = PHASES.index(name)
         return self.phases[i] if i < len(self.phases) else None
+
+
+@dataclass
+class HostFacts:
+    """What a real calibration learned about the host that memsim's matching mode needs."""
+
+    overhead_kib: dict[int, int]  # per guest size (MiB): what the VMM charges besides data
+    swap_rotational: bool = False  # the swapfile's device: rotational means slot readahead
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "overhead_kib": {str(k): v for k, v in self.overhead_kib.items()},
+            "swap_rotational": self.swap_rotational,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> HostFacts:
+        return cls(
+            {int(k): int(v) for k, v in d["overhead_kib"].items()},
+            bool(d.get("swap_rotational", False)),
+        )
+
+
+def swap_rotational(path: Path, sys_root: Path = Path("/sys")) -> bool:
+    """Whether the block device holding ``path`` is rotational (its queue's ``rotational``;
+    a partition's queue is its disk's). The kernel swaps in by slot (cluster readahead) when
+    any active swap area is on such a device. Unknown devices count as not rotational."""
+    st = path.stat()
+    dev = sys_root / "dev" / "block" / f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    for queue in (dev / "queue" / "rotational", dev / ".." / "queue" / "rotational"):
+        try:
+            return queue.read_text().strip() == "1"
+        except OSError:
+            continue
+    return False
 
 
 def fill_chunks(pages: int) -> list[tuple[NDArray[np.int64], NDArray[np.bool_]]]:
@@ -200,12 +236,15 @@ def run_kernel_all(
     cfg: CalibrationConfig,
     session: Callable[[], Any],
     say: Callable[[str], None],
-) -> tuple[list[Run], dict[int, int]]:
+) -> tuple[list[Run], HostFacts]:
     """Every scenario ``cfg.repetitions`` times on the real kernel; also the VMM overhead of
-    each guest size. Checks every completed run's memory against the stream's prediction."""
+    each guest size and the swap device's kind. Checks every completed run's memory against
+    the stream's prediction."""
     runs: list[Run] = []
     overhead: dict[int, int] = {}
-    with session() as s, s.swapfile(cfg.swapfile_mib << 20):
+    with session() as s, s.swapfile(cfg.swapfile_mib << 20) as swapfile:
+        rotational = swap_rotational(swapfile)
+        say(f"swapfile {swapfile}: {'rotational' if rotational else 'non-rotational'} device")
         for mem in sorted({sc.mem_mib for sc in cfg.scenarios}):
             overhead[mem] = measure_overhead(s, mem, cfg.timeout_s)
             say(f"VMM overhead of a {mem} MiB guest: {overhead[mem]} KiB")
@@ -227,7 +266,7 @@ def run_kernel_all(
                         )
                     runs.append(r)
                     say(_line(r))
-    return runs, overhead
+    return runs, HostFacts(overhead, rotational)
 
 
 def _line(r: Run) -> str:
@@ -250,12 +289,13 @@ def sim_config(
     sc: CalScenario,
     policy: str,
     trace: Path,
-    overhead_kib: int,
+    facts: HostFacts,
     profile: Path | None = None,
 ) -> dict[str, Any]:
     """The memsim scenario matching ``sc`` on the kernel (see the module docstring); with a
     cost profile (``profile.yaml``) included as a user would, and the guest's access rate
     from its ``measured`` section."""
+    overhead_kib = facts.overhead_kib[sc.mem_mib]
     memcg: dict[str, Any] | None = {"max_mib": sc.limit_mib, "vmm_overhead_kib": overhead_kib}
     host: dict[str, Any] = {"memory_mib": max(SIM_HOST_MIB_MIN, 4 * sc.mem_mib)}
     swap_mib = cfg.swapfile_mib
@@ -282,6 +322,7 @@ def sim_config(
         }
         if sc.memsw_limit_mib is not None:
             swap_mib = sc.memsw_limit_mib - sc.limit_mib
+    rotational = {"rotational": True} if facts.swap_rotational else {}
     access_ns = DEFAULT_ACCESS_NS
     if profile is not None:
         measured = read_yaml(profile).get("measured") or {}
@@ -292,7 +333,7 @@ def sim_config(
         "duration_s": 3600.0,
         "host": host,
         "reclaim": reclaim,
-        "swap": {"size_mib": swap_mib, "page_cluster": sc.page_cluster},
+        "swap": {"size_mib": swap_mib, "page_cluster": sc.page_cluster, **rotational},
         "kvm": {"mmu": "shadow", "shadow_sptes_per_gfn": 1},  # one guest page table
         "costs": {"profile": str(profile)} if profile is not None else {},
         "vms": [
@@ -376,7 +417,7 @@ def run_sim(raw: dict[str, Any], sc: CalScenario, policy: str) -> Run:
 
 def run_sim_all(
     cfg: CalibrationConfig,
-    overhead: dict[int, int],
+    facts: HostFacts,
     workdir: Path,
     say: Callable[[str], None],
     profile: Path | None = None,
@@ -393,7 +434,7 @@ def run_sim_all(
         if not trace.exists():
             pq.write_table(pa.table({"page": g, "write": w}), trace)
         for policy in policies or cfg.policies:
-            raw = sim_config(cfg, sc, policy, trace, overhead[sc.mem_mib], profile)
+            raw = sim_config(cfg, sc, policy, trace, facts, profile)
             r = run_sim(raw, sc, policy)
             if profile is not None:
                 r.side = f"{policy}+profile"

@@ -1,9 +1,11 @@
 """The calibration's result directory: kernel against memsim, per scenario, with a figure.
 
 Files
-    ``kernel.json`` (every real run, every phase: what was measured), ``memsim.json`` (every
-    prediction), ``comparison.csv`` and ``comparison.md`` (one row per scenario: the median of
-    the real repetitions against memsim), ``profile.yaml`` (the fitted cost profile),
+    ``kernel.json`` (every real run, every phase: what was measured), ``host.json`` (what
+    memsim's matching mode needs of the host: the VMM's charged overhead per guest size, whether
+    the swap device is rotational), ``memsim.json`` (every prediction), ``comparison.csv`` and
+    ``comparison.md`` (one row per scenario: the median of the real repetitions against
+    memsim), ``profile.yaml`` (the fitted cost profile),
     ``calibrate.png`` (predicted against measured), ``config.yaml`` (the calibration file as
     validated) and ``manifest.json`` (versions, kernel, command), published atomically.
 
@@ -26,7 +28,7 @@ from typing import Any
 import yaml
 
 from sim.calibrate.config import CalibrationConfig
-from sim.calibrate.harness import COUNTERS, Run, median_run
+from sim.calibrate.harness import COUNTERS, HostFacts, Run, median_run
 from sim.results import write_atomic
 
 MAJOR_TOLERANCE = 0.03
@@ -163,7 +165,7 @@ def write(
     sims: list[Run],
     timed: list[Run],
     profile: dict[str, Any],
-    overhead: dict[int, int],
+    facts: HostFacts,
 ) -> dict[str, Any]:
     """Write every file but the manifest into ``directory``; return the verdict."""
     table = rows(cfg, kernel, sims, timed)
@@ -174,10 +176,7 @@ def write(
 
     write_atomic(directory / "kernel.json", dump(kernel))
     write_atomic(directory / "memsim.json", dump(sims + timed))
-    write_atomic(
-        directory / "overhead.json",
-        json.dumps({str(k): v for k, v in overhead.items()}, indent=1) + "\n",
-    )
+    write_atomic(directory / "host.json", json.dumps(facts.to_json(), indent=1) + "\n")
     import pandas as pd
 
     pd.DataFrame(table).to_csv(directory / "comparison.csv", index=False)

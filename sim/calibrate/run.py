@@ -25,7 +25,7 @@ from typing import Any
 
 from sim.calibrate import fit, harness, host, report, vmm
 from sim.calibrate.config import CalibrationConfig
-from sim.calibrate.harness import Phase, Run
+from sim.calibrate.harness import HostFacts, Phase, Run
 from sim.calibrate.vmm import CalibrateError
 from sim.results import staged, write_atomic, write_manifest
 
@@ -48,13 +48,13 @@ def preflight(h: host.Host | None = None) -> None:
         raise CalibrateError(f"swap is already active ({swaps[0]}): swapoff it first")
 
 
-def load_kernel(directory: Path) -> tuple[list[Run], dict[int, int]]:
+def load_kernel(directory: Path) -> tuple[list[Run], HostFacts]:
     """The kernel measurements of an earlier calibration result."""
     try:
         raw = json.loads((directory / "kernel.json").read_text())
-        ovh = json.loads((directory / "overhead.json").read_text())
+        facts = HostFacts.from_json(json.loads((directory / "host.json").read_text()))
         runs = [Run(**{**r, "phases": [Phase(**p) for p in r["phases"]]}) for r in raw]
-        return runs, {int(k): int(v) for k, v in ovh.items()}
+        return runs, facts
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise CalibrateError(
             f"--from {directory}: not a calibration result ({exc.__class__.__name__}: {exc})"
@@ -86,20 +86,20 @@ def calibrate(
     """Run the whole calibration into ``out``; returns the verdict."""
     started = time.time()
     if from_dir is not None:
-        kernel, overhead = load_kernel(from_dir)
+        kernel, facts = load_kernel(from_dir)
         missing = {sc.name for sc in cfg.scenarios} - {r.scenario for r in kernel}
         if missing:
             raise CalibrateError(f"--from {from_dir}: no kernel runs of {sorted(missing)[0]}")
     else:
         preflight()
-        kernel, overhead = harness.run_kernel_all(cfg, host.session, say)
+        kernel, facts = harness.run_kernel_all(cfg, host.session, say)
     with (
         staged(out, "calibrate") as stage,
         tempfile.TemporaryDirectory(prefix="memsim-calibrate-") as tmp,
     ):
         work = Path(tmp)
         say("memsim, default costs:")
-        sims = harness.run_sim_all(cfg, overhead, work, say)
+        sims = harness.run_sim_all(cfg, facts, work, say)
         phases, ratio = fit_rows(cfg, kernel)
         if not phases:
             raise CalibrateError("every fit scenario was OOM-killed: nothing to fit costs on")
@@ -123,9 +123,9 @@ def calibrate(
         say(f"fitted: {', '.join(f'{k} {v:,.1f}' for k, v in f.costs.items())} (R^2 {f.r2:.3f})")
         say("memsim, fitted profile:")
         timed = harness.run_sim_all(
-            cfg, overhead, work, say, profile=prof_path, policies=[cfg.policies[0]]
+            cfg, facts, work, say, profile=prof_path, policies=[cfg.policies[0]]
         )
-        verdict = report.write(stage.tmp, cfg, kernel, sims, timed, prof, overhead)
+        verdict = report.write(stage.tmp, cfg, kernel, sims, timed, prof, facts)
         write_manifest(
             stage.tmp,
             "calibrate",
