@@ -60,6 +60,8 @@ COUNTERS = (
     "workingset_refault_anon",
     "pgactivate",
     "pgdeactivate",
+    "swap_ra",
+    "swap_ra_hit",
 )
 SIM_HOST_MIB_MIN = 1024  # memsim's host: ample, so that only the memcg limit reclaims
 MEMCG_POLICIES = ("two_list", "mglru")  # the policies with per-memcg lruvecs
@@ -456,6 +458,6 @@ def median_run(runs: list[Run]) -> dict[str, Any]:
             "time_ns": statistics.median(p.time_ns for p in phs),
             "accesses": phs[0].accesses,
             "first_touch": phs[0].first_touch,
-            **{k: statistics.median(p.counters[k] for p in phs) for k in COUNTERS},
+            **{k: statistics.median(p.counters.get(k, 0) for p in phs) for k in COUNTERS},
         }
     return med
