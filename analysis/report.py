@@ -141,6 +141,8 @@ def _host_table(summary: dict[str, Any]) -> pd.DataFrame:
         "swap exhausted": h["swap_exhausted"],
         "OOM kills": ", ".join(k["vm"] for k in h["oom_kills"]) or "none",
     }
+    if "scanned" in h:  # every reclaim, memcg limit reclaim too (pgscan_anon + pgscan_file)
+        items["all reclaim scanned / reclaimed"] = f"{h['scanned']:,} / {h['reclaimed']:,}"
     q = summary.get("quality")
     if q:
         items["OPT gap / LRU gap"] = f"{q['opt_gap']:.3f} / {q['lru_gap']:.3f}"
@@ -184,7 +186,8 @@ def run_section(path: Path) -> Section:
         figs.append(
             Figure(
                 "kswapd",
-                "Reclaim activity: pages scanned and reclaimed by kswapd and direct reclaim, "
+                "Reclaim activity: pages scanned and reclaimed by kswapd and global direct "
+                "reclaim (memcg limit reclaim is in the memcgs' own pgscan/pgsteal), "
                 "swap-ins, and the share of time kswapd was busy.",
                 _png(kswapd_figure(tl, name, warm)),
             )

@@ -125,7 +125,8 @@ def free_memory_figure(
 
 
 def kswapd_figure(tl: pd.DataFrame, name: str, warmup_s: float = 0.0) -> plt.Figure:
-    """Pages scanned and reclaimed per second (kswapd and direct reclaim), kswapd busy time."""
+    """Pages scanned and reclaimed per second (kswapd and global direct reclaim: the host's
+    pgscan_kswapd/_direct leave memcg limit reclaim out, as the kernel's), kswapd busy time."""
     cols = ["pgscan_kswapd", "pgsteal_kswapd", "pgscan_direct", "pgsteal_direct", "pswpin"]
     rates = _rates(tl, [*cols, "kswapd_busy_ns"], by_vm=False)
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)

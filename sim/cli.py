@@ -161,8 +161,15 @@ def summary_table(summary: dict[str, Any]) -> Table:
         ]
         t.add_row(*map(Text, cells))
     h = host_row(summary)
+    # every reclaim, memcg limit reclaim too (summaries from before it: none)
+    every = (
+        f"reclaim scanned {_fmt(h['scanned'])} reclaimed {_fmt(h['reclaimed'])}, "
+        if "scanned" in h
+        else ""
+    )
     caption = ("whole run: " if warm else "") + (
-        f"kswapd scanned {_fmt(h['kswapd_scanned'])} reclaimed {_fmt(h['kswapd_reclaimed'])}; "
+        every + f"kswapd scanned {_fmt(h['kswapd_scanned'])} "
+        f"reclaimed {_fmt(h['kswapd_reclaimed'])}; "
         f"direct reclaims {_fmt(h['direct_reclaims'])}; pswpin {_fmt(h['pswpin'])} "
         f"pswpout {_fmt(h['pswpout'])}; TLB flushes {_fmt(h['tlb_flushes'])}; "
         f"notifier clear_flush_young {_fmt(h['notifier_clear_flush_young'])} "

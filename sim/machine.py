@@ -270,12 +270,7 @@ class Machine:
             assert mem.nr_pool == 0, "pool frames without a pool"
         if self.memcg is not None:
             self.memcg.check()
-        if self.file_pages:  # the per-type counters break pgscan and pgsteal down
-            vs = self.vmstat
-            for kind in ("pgscan", "pgsteal"):
-                total = vs[f"{kind}_kswapd"] + vs[f"{kind}_direct"]
-                assert vs[f"{kind}_anon"] + vs[f"{kind}_file"] == total, f"{kind} by type"
-        self.vmstat.check()
+        self.vmstat.check()  # with pgscan/pgsteal by type against the reclaimers' counts
 
     def _swap_usage(self, memcg: int) -> int:
         """``memory.swap.current`` of a memcg, in pages."""
@@ -495,6 +490,10 @@ class Machine:
                 "high": mem.wmark.high,
                 "min_free_kbytes": mem.wmark.min_free_kbytes,
             },
+            # every reclaim (kswapd, direct, memcg limit reclaim) by type, as /proc/vmstat;
+            # the kswapd_/direct_ figures are global reclaim only, as pgscan_kswapd/_direct
+            "scanned": vs[VmStat.PGSCAN_ANON] + vs[VmStat.PGSCAN_FILE],
+            "reclaimed": vs[VmStat.PGSTEAL_ANON] + vs[VmStat.PGSTEAL_FILE],
             "kswapd_scanned": vs[VmStat.PGSCAN_KSWAPD],
             "kswapd_reclaimed": vs[VmStat.PGSTEAL_KSWAPD],
             "kswapd_busy_ns": self.kswapd_busy_ns(),

@@ -342,17 +342,25 @@ def test_invariants_hold_with_memcgs(
     w.summary(0.0)
 
 
-def test_limit_reclaim_is_counted_once_in_the_vms_breakdown() -> None:
-    """pgscan of limit reclaim is the host's direct scan, all of it in the limited VM's
-    memory.stat, none in its neighbour's."""
+def test_limit_reclaim_is_counted_as_the_kernel_counts_it() -> None:
+    """Limit reclaim (``cgroup_reclaim``) on a host with room to spare: /proc/vmstat's
+    ``pgscan_direct``/``pgsteal_direct`` stay 0 (global reclaim only), its ``pgscan_anon`` and
+    ``pgsteal_anon`` count every folio, and the limited VM's memory.stat counts it as direct
+    reclaim (``count_memcg_events``; the charging task reclaims), its neighbour's nothing."""
     w = _world({"max_mib": 8, "low_mib": 4})
     w.run()
     vs = w.vmstat
     vs.check()
     a, b = vs.per_mm
     assert a["pgscan_direct"] > 0
-    assert b["pgscan_direct"] == 0
-    assert vs["pgscan_direct"] == a["pgscan_direct"]
+    assert b["pgscan_direct"] == b["pgscan_anon"] == 0
+    assert vs["pgscan_direct"] == vs["pgscan_kswapd"] == vs["pgsteal_direct"] == 0
+    assert vs["pgscan_anon"] == a["pgscan_anon"] == a["pgscan_direct"]
+    assert vs["pgsteal_anon"] == a["pgsteal_anon"] == a["pgsteal_direct"] > 0
+    assert vs["pgscan_file"] == vs["pgsteal_file"] == 0
+    h = w.summary(0.0)["host"]
+    assert h["direct_scanned"] == h["kswapd_scanned"] == 0
+    assert h["scanned"] == vs["pgscan_anon"]
 
 
 def test_memcg_worlds_are_deterministic() -> None:

@@ -64,7 +64,7 @@ class _Host:
         assert not (self.dirty[pfns] | self.writeback[pfns]).any(), "dropped file data"
         self.pol.workingset_eviction(pfns)
         self.removed.extend(pfns.tolist())
-        sc.freed(len(pfns))
+        sc.freed(len(pfns), file=True)
 
     def can_swap(self) -> bool:
         return True
@@ -245,7 +245,7 @@ def test_scan_drops_clean_file_folios_and_leaves_dirty_ones_to_the_flusher() -> 
     host.dirty[1] = True
     host.writeback[2] = True
     pol.vmstat.update({"pgscan_file": 0, "pgsteal_file": 0, "pgscan_anon": 0})
-    sc = ScanControl(nr_to_reclaim=32, priority=0)
+    sc = ScanControl(nr_to_reclaim=32, priority=0, vmstat=pol.vmstat)  # type: ignore[arg-type]
     scanned = pol._evict_folios(64, sc, host, 60)  # type: ignore[arg-type]
     assert scanned == 5 + 1  # and try_to_inc_min_seq moved
     assert [g.min_seq for g in pol.types] == [2, 1]
@@ -423,7 +423,7 @@ def test_both_types_stay_consistent_under_any_sequence(
             host.dirty[pfn] = op == "dirty"
         elif op == "evict":
             pol._lru_add_drain()
-            sc = ScanControl(nr_to_reclaim=32, priority=0)
+            sc = ScanControl(nr_to_reclaim=32, priority=0, vmstat=pol.vmstat)  # type: ignore[arg-type]
             pol._evict_folios(64, sc, host, swappiness)  # type: ignore[arg-type]
         elif op == "age":
             pol._lru_add_drain()

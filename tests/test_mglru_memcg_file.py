@@ -87,7 +87,7 @@ class _Host:
         for p in pfns.tolist():
             self.mem.free_frame(p)
         self.removed.extend(pfns.tolist())
-        sc.freed(len(pfns))
+        sc.freed(len(pfns), file=True)
 
 
 def test_root_comes_online_first_and_every_memcg_is_on_the_memcg_lru() -> None:
@@ -198,7 +198,8 @@ def test_limit_reclaim_at_swap_max_evicts_only_the_memcgs_own_clean_file() -> No
     (file's min_seq 0 + 2 < max_seq 3), the budget is file's 8 folios; all 8 clean ones in
     generation 0 are isolated and dropped; VM 0's 8 anon folios in the same generation, VM
     1's anon and the root's file stay. Then file's emptied generations 0 and 1 are skipped
-    (min_seq 2). pgscan/pgsteal count in VM 0's memory.stat only."""
+    (min_seq 2). pgscan/pgsteal_direct count in VM 0's memory.stat only (cgroup reclaim), the
+    host's by type (pgscan_file) too."""
     pol, mem, _ = _policy(200, cfgs=(MemcgConfig(swap_max_mib=0), None))
     anon0 = _load(pol, mem, list(range(8)), 0)
     file0 = _load(pol, mem, list(range(32, 40)), 0)
@@ -218,7 +219,8 @@ def test_limit_reclaim_at_swap_max_evicts_only_the_memcgs_own_clean_file() -> No
     vs = pol.vmstat
     pm = vs.per_mm  # type: ignore[attr-defined]
     assert pm[VM0]["pgscan_file"] == pm[VM0]["pgsteal_file"] == pm[VM0]["pgscan_direct"] == 8
-    assert vs["pgscan_file"] == vs["pgsteal_direct"] == 8
+    assert vs["pgscan_file"] == vs["pgsteal_file"] == 8
+    assert vs["pgscan_direct"] == vs["pgsteal_direct"] == 0
     assert vs["pgscan_anon"] == 0
     assert pm[VM1]["pgscan_direct"] == pm[ROOT]["pgscan_direct"] == 0
     assert pol.lruvecs[VM0].types[FILE].evicted == [8, 0, 0, 0]

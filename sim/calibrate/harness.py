@@ -6,10 +6,10 @@ Models
     phase both sides report the same counters, named as in /proc/vmstat:
 
     - ``pgmajfault`` (swap-ins that waited for the device), ``pswpin``, ``pswpout``,
-      ``pgscan`` / ``pgsteal`` (pages scanned / reclaimed by the memcg's limit reclaim: the
-      kernel counts those in /proc/vmstat's ``pgscan_anon`` and ``pgsteal_anon``, not in
-      ``pgscan_direct``, which is global direct reclaim only; memsim has no global reclaim in
-      these runs, so its ``pgscan_direct`` is the same thing), ``workingset_refault_anon``,
+      ``pgscan`` / ``pgsteal`` (pages scanned / reclaimed by the memcg's limit reclaim:
+      ``pgscan_anon + pgscan_file`` and ``pgsteal_anon + pgsteal_file``, which count every
+      reclaim, on both sides; ``pgscan_direct`` counts global direct reclaim only, in the
+      kernel and in memsim alike), ``workingset_refault_anon``,
       ``pgactivate``, ``pgdeactivate``;
     - ``time_ns``: the guest's time in the phase (the kernel: time inside ``KVM_RUN``; memsim:
       simulated time from the phase's first access to its last);
@@ -146,7 +146,8 @@ def stream_arrays(sc: CalScenario) -> tuple[NDArray[np.int64], NDArray[np.bool_]
 # -- the kernel -------------------------------------------------------------------------------
 
 
-def _kernel_counters(vmstat: dict[str, int]) -> dict[str, int]:
+def _counters(vmstat: dict[str, int]) -> dict[str, int]:
+    """A phase's counters from a vmstat delta, the kernel's or memsim's (the same names)."""
     c = {k: int(vmstat.get(k, 0)) for k in COUNTERS if k not in ("pgscan", "pgsteal")}
     c["pgscan"] = int(vmstat.get("pgscan_anon", 0) + vmstat.get("pgscan_file", 0))
     c["pgsteal"] = int(vmstat.get("pgsteal_anon", 0) + vmstat.get("pgsteal_file", 0))
@@ -217,7 +218,7 @@ def run_kernel(
         Phase(
             accesses=p.accesses,
             time_ns=p.loop_ns,
-            counters=_kernel_counters(p.vmstat_delta or {}),
+            counters=_counters(p.vmstat_delta or {}),
             first_touch=sc.pages if i == 0 else 0,
             deltas={"vmstat": p.vmstat_delta or {}, "memory.stat": p.memcg_stat_delta or {}},
         )
@@ -367,13 +368,6 @@ class _Until:
         return g, w
 
 
-def _sim_counters(vmstat: dict[str, int]) -> dict[str, int]:
-    c = {k: int(vmstat.get(k, 0)) for k in COUNTERS if k not in ("pgscan", "pgsteal")}
-    c["pgscan"] = int(vmstat.get("pgscan_direct", 0) + vmstat.get("pgscan_kswapd", 0))
-    c["pgsteal"] = int(vmstat.get("pgsteal_direct", 0) + vmstat.get("pgsteal_kswapd", 0))
-    return c
-
-
 def run_sim(raw: dict[str, Any], sc: CalScenario, policy: str) -> Run:
     """memsim on ``raw``, stopped at the fill/run boundary to read its counters."""
     from sim.config import parse_scenario
@@ -408,7 +402,7 @@ def run_sim(raw: dict[str, Any], sc: CalScenario, policy: str) -> Run:
             Phase(
                 accesses=after["vms"][0]["accesses"] - before["vms"][0]["accesses"],
                 time_ns=now - t_before,
-                counters=_sim_counters(delta),
+                counters=_counters(delta),
                 first_touch=after["vms"][0]["faults"].get("first_touch", 0)
                 - before["vms"][0]["faults"].get("first_touch", 0),
             )

@@ -147,15 +147,42 @@ class ScanControl:
             else:
                 self.vmstat.count(item, n, self.memcg)
 
-    def isolated(self, n: int) -> None:
-        """``n`` inactive folios isolated and scanned (``pgscan_kswapd``/``_direct``)."""
-        self.nr_scanned += n
-        self._count(VmStat.PGSCAN_DIRECT if self.direct else VmStat.PGSCAN_KSWAPD, n)
+    def _count_reclaim(self, item: str, type_item: str, n: int) -> None:
+        """``shrink_inactive_list``'s counting: ``item`` (the reclaimer's, ``PGSCAN_KSWAPD +
+        reclaimer_offset``) in /proc/vmstat only for global reclaim (``!cgroup_reclaim``),
+        always in the memcg's (``count_memcg_events``); ``type_item`` (``PGSCAN_ANON + file``)
+        in /proc/vmstat for every reclaim. Memcg limit reclaim runs in the charging task, so
+        its reclaimer is direct. memsim also breaks the per-type counters down per memcg."""
+        if self.vmstat is None or not n:
+            return
+        if self.memcg < 0:  # the node's one lruvec: no memcgs, so no limit reclaim
+            self.vmstat[item] += n
+            self.vmstat[type_item] += n
+            return
+        if self.target_memcg < 0:
+            self.vmstat.count(item, n, self.memcg)
+        else:
+            self.vmstat.count_memcg(item, n, self.memcg)
+        self.vmstat.count(type_item, n, self.memcg)
 
-    def freed(self, n: int) -> None:
-        """``n`` folios freed (``pgsteal_kswapd``/``_direct``)."""
+    def isolated(self, n: int, file: bool = False) -> None:
+        """``n`` inactive folios isolated and scanned (``pgscan_kswapd``/``_direct``,
+        ``pgscan_anon``/``_file``)."""
+        self.nr_scanned += n
+        self._count_reclaim(
+            VmStat.PGSCAN_DIRECT if self.direct else VmStat.PGSCAN_KSWAPD,
+            VmStat.PGSCAN_FILE if file else VmStat.PGSCAN_ANON,
+            n,
+        )
+
+    def freed(self, n: int, file: bool = False) -> None:
+        """``n`` folios freed (``pgsteal_kswapd``/``_direct``, ``pgsteal_anon``/``_file``)."""
         self.nr_reclaimed += n
-        self._count(VmStat.PGSTEAL_DIRECT if self.direct else VmStat.PGSTEAL_KSWAPD, n)
+        self._count_reclaim(
+            VmStat.PGSTEAL_DIRECT if self.direct else VmStat.PGSTEAL_KSWAPD,
+            VmStat.PGSTEAL_FILE if file else VmStat.PGSTEAL_ANON,
+            n,
+        )
 
     def refilled(self, n: int) -> None:
         """``n`` active folios scanned (``pgrefill``; MGLRU: folios sorted to other gens)."""
@@ -490,7 +517,7 @@ class Vmscan:
             return
         shadows = self.policy.workingset_eviction(pfns)
         self.mem.free_frames(pfns, shadows)
-        sc.freed(len(pfns))
+        sc.freed(len(pfns), file=True)
 
     def folio_test_reclaim(self, pfns: NDArray[np.int64]) -> NDArray[np.bool_]:
         """Which folios have PG_reclaim (reclaim met them before)."""

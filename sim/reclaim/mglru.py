@@ -190,10 +190,6 @@ from sim.reclaim.base import (
     lru_links,
 )
 from sim.reclaim.two_list import (
-    PGSCAN_ANON,
-    PGSCAN_FILE,
-    PGSTEAL_ANON,
-    PGSTEAL_FILE,
     WORKINGSET_REFAULT_FILE,
     WORKINGSET_RESTORE_FILE,
 )
@@ -794,12 +790,10 @@ class Mglru:
                 self.seq[iso] = -1
                 isolated.append(iso)
                 n_iso += len(iso)
-        sc.isolated(n_iso)  # pgscan: folios isolated
+        sc.isolated(n_iso, file=type_ == FILE)  # pgscan: folios isolated (PGSCAN_ANON + type)
         sc.refilled(sorted_)  # pgrefill: folios sorted into other generations
-        if self.file and n_iso:  # PGSCAN_ANON + type
-            self._count_event(PGSCAN_FILE if type_ == FILE else PGSCAN_ANON, n_iso)
-            if type_ == FILE:
-                sc.nr_file_taken += n_iso
+        if type_ == FILE:
+            sc.nr_file_taken += n_iso
         out = np.concatenate(isolated) if isolated else none
         return (scanned if n_iso or not remaining else 0), out
 
@@ -870,10 +864,8 @@ class Mglru:
         if len(iso) == 0:
             return scanned
         if type_ == FILE:
-            reclaim.remove_file_folios(iso, sc)
-            self._count_event(PGSTEAL_FILE, len(iso))  # PGSTEAL_ANON + type
+            reclaim.remove_file_folios(iso, sc)  # pgsteal_file (PGSTEAL_ANON + type)
             return scanned
-        reclaimed = sc.nr_reclaimed
         young = self._look_around(iso, sc, reclaim)
         # lru_gen_folio_check_references / lru_gen_set_refs
         hot = iso[young]
@@ -893,8 +885,6 @@ class Mglru:
             self.fl[failed] |= _U8(PG_ACTIVE)
         sc.activated(len(act) + len(failed))
         self._putback(np.concatenate((keep, act, written, failed)))
-        if self.file:
-            self._count_event(PGSTEAL_ANON, sc.nr_reclaimed - reclaimed)
         return scanned
 
     def _should_run_aging(self, swappiness: int) -> tuple[bool, int]:

@@ -59,8 +59,8 @@ Kernel reference
     folios are unmapped: the second ``folio_mark_accessed`` activates them, reclaim frees every
     inactive one it isolates (clean: no I/O) and deactivates every active one it scans; a
     refault within the workingset (active file, plus anon while swap has room) starts active.
-    With file lists the per-type counters (``pgscan_anon``/``_file``, ``pgsteal_*``,
-    ``workingset_*_file``) are kept too.
+    With file lists the page-cache counters (``workingset_*_file``, ``pgpgin``, ...) are kept
+    too; ``pgscan_anon``/``_file`` and ``pgsteal_*`` are counted for every run (ScanControl).
 
 Simplifications
     Without a page cache shrink_lruvec stops as soon as the target is met (no file to
@@ -109,9 +109,7 @@ LRU_FILE = 0x10  # a page-cache folio: on the file lists
 _LRU = np.uint8(LRU_INACTIVE | LRU_ACTIVE)
 _AGE_MASK = 0x7FFFFFFF
 _PGACTIVATE = VmStat.PGACTIVATE.value
-# /proc/vmstat's per-type counters: kept only on hosts with a page cache (FILE_EVENTS)
-PGSCAN_ANON, PGSCAN_FILE = "pgscan_anon", "pgscan_file"
-PGSTEAL_ANON, PGSTEAL_FILE = "pgsteal_anon", "pgsteal_file"
+# /proc/vmstat's page-cache counters: kept only on hosts with a page cache (FILE_EVENTS)
 WORKINGSET_REFAULT_FILE = "workingset_refault_file"
 WORKINGSET_ACTIVATE_FILE = "workingset_activate_file"
 WORKINGSET_RESTORE_FILE = "workingset_restore_file"
@@ -121,10 +119,6 @@ NR_DIRTIED = "nr_dirtied"  # folios dirtied (folio_account_dirtied)
 NR_WRITTEN = "nr_written"  # folios whose write-back ended (__folio_end_writeback)
 NR_VMSCAN_IMMEDIATE = "nr_vmscan_immediate_reclaim"  # dirty file folios reclaim met
 FILE_EVENTS = (
-    PGSCAN_ANON,
-    PGSCAN_FILE,
-    PGSTEAL_ANON,
-    PGSTEAL_FILE,
     WORKINGSET_REFAULT_FILE,
     WORKINGSET_ACTIVATE_FILE,
     WORKINGSET_RESTORE_FILE,
@@ -769,8 +763,7 @@ class TwoList:
         _set_lru(pfns, self.fl, 0)
         sc.nr_taken += len(pfns)
         sc.nr_file_taken += len(pfns)
-        sc.isolated(len(pfns))
-        self._count(PGSCAN_FILE, len(pfns))
+        sc.isolated(len(pfns), file=True)
         writeback = reclaim.writeback_check(pfns, sc)
         check = pfns[~writeback]
         referenced = (self.fl[check] & PG_REFERENCED) != 0  # folio_test_clear_referenced
@@ -789,8 +782,7 @@ class TwoList:
         written = check[write]
         reclaim.pageout_file(written, sc)
         clean = check[~dirty]
-        reclaim.remove_file_folios(clean, sc)
-        self._count(PGSTEAL_FILE, len(clean))
+        reclaim.remove_file_folios(clean, sc)  # pgsteal_file
         act = np.concatenate((pfns[writeback], check[immediate]))
         if len(act):
             _set_lru(act, self.fl, LRU_ACTIVE)
@@ -832,8 +824,6 @@ class TwoList:
         _set_lru(pfns, self.fl, 0)
         sc.nr_taken += len(pfns)
         sc.isolated(len(pfns))
-        if self.file:
-            self._count(PGSCAN_ANON, len(pfns))
         pageout0, reclaimed0 = sc.nr_pageout, sc.nr_reclaimed
         writeback = reclaim.writeback_check(pfns, sc)  # activated before any reference check
         check = pfns[~writeback] if np.count_nonzero(writeback) else pfns
@@ -852,8 +842,6 @@ class TwoList:
         self._putback(act, active=True)
         sc.activated(len(act))
         reclaimed = sc.nr_reclaimed - reclaimed0
-        if self.file:
-            self._count(PGSTEAL_ANON, reclaimed)
         self._lru_note_cost(sc.nr_pageout - pageout0, len(pfns) - reclaimed)
 
     def shrink_active_list(self, n: int, sc: ScanControl, reclaim: Reclaimer) -> None:
