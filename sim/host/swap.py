@@ -53,7 +53,7 @@ Slot identities (``rotational``)
     one after it (circularly), else the first one with a free slot, scanned from its start. Slot
     0 is the swap header (``si->max`` is ``nr_slots + 1``). Simplified: the kernel's free and
     non-full cluster lists (FIFO) are a circular scan by cluster number; the slot is of the
-    simulated page size, also for 2 MiB pages.
+    simulated page size, also for 2 MiB pages (the readahead block is scaled down: fault.py).
 
 Invariants
     ``0 <= nr_free_slots <= nr_slots``; the slots in use are the pages flagged ``PG_SWAP``; with
@@ -149,8 +149,9 @@ class SwapConfig(Strict):
         ge=0,
         le=31,
         description="vm.page-cluster: swap readahead reads up to 2^page_cluster pages around a "
-        "major fault (VMA-based, at most 32; swap_state.py); 0 turns readahead off. The "
-        "kernel's default is 3; memsim keeps 0 so results without readahead stay as they were.",
+        "major fault (by address, at most 32; by slot with rotational; swap_state.py); 0 turns "
+        "readahead off. The kernel's default is 3; memsim keeps 0 so results without readahead "
+        "stay as they were.",
     )
     rotational: bool = Field(
         False,
