@@ -44,6 +44,12 @@ def test_rotational_false_is_todays_behaviour() -> None:
     assert _summary(swap__page_cluster=3, swap__rotational=False) == base
 
 
+def test_rotational_false_keeps_the_config_hash() -> None:
+    """Results named by the hash before the field existed keep their directories."""
+    assert tiny(swap__rotational=False).config_hash() == tiny().config_hash()
+    assert tiny(swap__rotational=True).config_hash() != tiny().config_hash()
+
+
 def test_zram_is_never_rotational() -> None:
     raw = {**TINY, "swap": {**TINY["swap"], "device": "zram", "rotational": True}}
     with pytest.raises(ConfigError) as exc:
