@@ -87,6 +87,7 @@ def check_fits(needed: int | Estimate, what: str, error: type[UserError] = UserE
 
 PAGE_BYTES = 6  # per guest page: flags 1, pfn or shadow 4, spte 1
 READAHEAD_PAGE_BYTES = 1  # swap readahead on: PG_readahead
+SLOT_BYTES = 4  # rotational swap: each slot's owner, and each page's slot (int32)
 COMPRESSED_PAGE_BYTES = 5  # zram or zswap: each page's compressed size 4, stored 1
 ZSWAP_PAGE_BYTES = 8  # zswap: each page's store number (its LRU position)
 ZSWAP_ENTRY_BYTES = 32  # zswap: its LRU queue, per swap slot at worst (two int64, doubled)
@@ -150,6 +151,7 @@ def estimate_run(sc: Scenario, trace_accesses: dict[str, int] | None = None) -> 
     k = sc.kvm.shadow_sptes_per_gfn if sc.kvm.mmu == "shadow" else 1
     per_page = PAGE_BYTES + (STAMP_PAGE_BYTES if log else 0) + (k if k > 1 else 0)
     per_page += READAHEAD_PAGE_BYTES * (sc.swap.page_cluster > 0)
+    per_page += SLOT_BYTES * sc.swap.rotational
     zswap = sc.swap.zswap.enabled
     if sc.swap.device == "zram" or zswap:
         per_page += COMPRESSED_PAGE_BYTES + ZSWAP_PAGE_BYTES * zswap
@@ -168,6 +170,7 @@ def estimate_run(sc: Scenario, trace_accesses: dict[str, int] | None = None) -> 
         "VMs": len(vms) * VM_BYTES + vcpus * VCPU_BYTES,
         "log buffers": sum(n * ROW_BYTES[t] for t, n in rows.items()),
         "eviction log": EVICTED_PAGE_BYTES * min(pages, sc.host.pages(sc.swap.size_mib)) * log,
+        "swap slots": SLOT_BYTES * (sc.host.pages(sc.swap.size_mib) + 1) * sc.swap.rotational,
         "zswap LRU": ZSWAP_ENTRY_BYTES * min(pages, sc.host.pages(sc.swap.size_mib)) * zswap,
         "memcg lruvecs": frames
         * MGLRU_LRUVEC_FRAME_BYTES

@@ -663,6 +663,8 @@ def _drop_defaults(config: dict[str, Any]) -> None:
     ):
         if host.get(key) == default:
             del host[key]
+    if config["swap"].get("rotational") is False:
+        del config["swap"]["rotational"]
     for vm in config["vms"]:
         if vm.get("prefault") is False:
             del vm["prefault"]

@@ -110,6 +110,7 @@ class World(Machine):
             self.mms,
             vmstat,
             page_cluster=sc.swap.page_cluster,
+            rotational=sc.swap.rotational,
             ptrs_per_pmd=1 if self.vmscan.pmd_mapped else PTRS_PER_PMD,  # a 2 MiB page is a PMD
         )
         self.host_fault.memcg = self.memcg

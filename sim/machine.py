@@ -156,6 +156,8 @@ class Machine:
             vmstat=vmstat,
             synchronous=sc.reclaim.trigger == "demand",
         )
+        if sc.swap.rotational:  # cluster readahead reads by slot: slots need owners
+            self.swap.track_slots(nr_vm_pages)
         if sc.swap.device == "zram":
             self.swap.zpool = self._zpool(sc, vm_pages, page_bytes)
         elif sc.swap.zswap.enabled:
@@ -261,6 +263,7 @@ class Machine:
         used = self.swap.nr_slots - self.swap.nr_free_slots
         assert 0 <= used <= self.swap.nr_slots, "swap slots over- or under-used"
         assert used == int(((mem.flags & PG_SWAP) != 0).sum()), "swap slot accounting"
+        self.swap.check_slots(np.flatnonzero((mem.flags[: mem.file_base] & PG_SWAP) != 0))
         zpool = self.swap.zpool
         if zpool is not None:
             zpool.check()

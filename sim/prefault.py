@@ -161,7 +161,7 @@ def prefault(w: World, cfgs: Sequence[VmConfig]) -> None:
     if k + _pool_frames(w, swapped) > room:  # a pool too big even alone: keep what fits
         n_ok = _largest(len(swapped), lambda m: _pool_frames(w, swapped[:m]) <= room - k)
         swapped = swapped[:n_ok]
-    got = swap.alloc_slots(len(swapped))
+    got = swap.alloc_slots(len(swapped), swapped[::-1])  # evicted coldest first
     assert got == len(swapped), "the fill took more slots than were free"
     _place_swapped(w, swapped)
     if len(resident):

@@ -113,6 +113,7 @@ MEMCGS: list[Any] = [
     {"max_mib": 0, "vmm_overhead_kib": 0},
 ]
 MEMCG_STATS: list[Any] = ["lazy", "lazy", "exact", "LAZY", "", 1, None]
+ROTATIONAL: list[Any] = [True, True, False, "yes", 1, None, "hdd"]
 COMPRESSED: list[Any] = [
     {},
     {"device": "zram"},
@@ -365,6 +366,7 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
                 "files",
                 "prefault",
                 "memcg_stats",
+                "rotational",
             ]
         )
         if op == "delete":
@@ -421,6 +423,12 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
                 host["memcg_stats_flush_ms"] = rng.choice([1, 1.5, 2000, 0, -1, "x", None])
                 if isinstance(vms, list) and vms and isinstance(vms[-1], dict):
                     vms[-1]["memcg"] = copy.deepcopy(rng.choice(MEMCGS))
+        elif op == "rotational" and isinstance(raw, dict):
+            swap = raw.setdefault("swap", {})
+            if isinstance(swap, dict):  # cluster readahead by slot; zram refuses it
+                swap["rotational"] = rng.choice(ROTATIONAL)
+                swap["page_cluster"] = rng.choice([0, 1, 3, 3, 31, -1])
+                swap.update(copy.deepcopy(rng.choice(COMPRESSED)))
     return raw
 
 

@@ -21,8 +21,9 @@ Counting
 Kernel reference
     mm/memory.c: ``handle_mm_fault``, ``do_anonymous_page``, ``do_swap_page``,
     ``should_try_to_free_swap``; mm/swap_state.c: ``swapin_readahead``,
-    ``swap_vma_readahead``, ``swap_cache_get_folio`` (readahead with ``swap.page_cluster``:
-    the window arithmetic is swap_state.py's);
+    ``swap_vma_readahead``, ``swap_cluster_readahead`` (``swap.rotational``),
+    ``swap_cache_get_folio`` (readahead with ``swap.page_cluster``: the window arithmetic is
+    swap_state.py's);
     mm/swapfile.c: ``folio_free_swap``; mm/workingset.c: ``workingset_refault`` (through the
     policy).
 
@@ -47,6 +48,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import simpy
+from numpy.typing import NDArray
 
 from sim.host.kswapd import ProcessGen
 from sim.host.memory import (
@@ -64,7 +66,7 @@ from sim.host.memory import (
 from sim.host.mm import Mm
 from sim.host.page_alloc import PageAllocator
 from sim.host.swap import SwapDevice
-from sim.host.swap_state import swap_vma_ra_win
+from sim.host.swap_state import SwapClusterRa, swap_cluster_ra_block, swap_vma_ra_win
 from sim.host.vmstat import VmEvents, VmStat
 from sim.reclaim.base import EvictionPolicy
 
@@ -77,6 +79,7 @@ _PGFAULT = VmStat.PGFAULT.value  # plain str keys: cheaper to hash than the enum
 _PGMAJFAULT = VmStat.PGMAJFAULT.value
 _SWAP_RA = VmStat.SWAP_RA.value
 _SWAP_RA_HIT = VmStat.SWAP_RA_HIT.value
+PMD_ORDER = PTRS_PER_PMD.bit_length() - 1  # 9: 4 KiB pages per 2 MiB page, as a power of two
 
 
 class HostFault(StrEnum):
@@ -112,6 +115,7 @@ class HostFaultHandler:
         *,
         page_cluster: int = 0,
         ptrs_per_pmd: int = PTRS_PER_PMD,
+        rotational: bool = False,
     ) -> None:
         self.env, self.mem, self.swap, self.alloc = env, mem, swap, alloc
         self.policy, self.mms, self.vmstat = policy, list(mms), vmstat
@@ -119,6 +123,11 @@ class HostFaultHandler:
         self._ra_wait: dict[int, simpy.Event] = {}  # pid -> readahead read in flight
         self.page_cluster = page_cluster
         self.ptrs_per_pmd = ptrs_per_pmd
+        # swap_use_vma_readahead() is false: readahead by slot, with global state
+        self.cluster_ra: SwapClusterRa | None = SwapClusterRa() if rotational else None
+        # a 2 MiB page (a PMD) fills 512 of the kernel's 4 KiB slots: its block is 512x fewer
+        self.cluster_order = page_cluster - (PMD_ORDER if ptrs_per_pmd == 1 else 0)
+        assert not rotational or swap.tracks_slots, "cluster readahead needs slot identities"
         self.memcg: MemCgroups | None = None  # the VMs' memcgs (memory.high), if any
 
     def is_refault(self, pid: int) -> bool:
@@ -242,12 +251,18 @@ class HostFaultHandler:
 
         zram (``SWP_SYNCHRONOUS_IO``): ``do_swap_page`` skips the swap cache and readahead and
         the faulting task decompresses the page itself. Otherwise the read goes to the device,
-        with the pages ``swap_vma_readahead`` picked when ``page_cluster`` is set.
+        with the pages ``swap_vma_readahead`` (or on a rotational device
+        ``swap_cluster_readahead``) picked when ``page_cluster`` is set.
         """
         if self.swap.zram:
             self.swap.submit(now, write=False, per_mm=mm.index)
             return now + self.swap.decompress_ns
-        ahead = self._swap_vma_readahead(pid, mm) if self.page_cluster else []
+        ahead: list[tuple[int, int, int]] = []
+        if self.page_cluster:
+            if self.cluster_ra is not None:
+                ahead = self._swap_cluster_readahead(pid)
+            else:
+                ahead = self._swap_vma_readahead(pid, mm)
         if ahead:
             return self._submit_readahead(pid, mm, ahead, now)
         if self._zswap_load(pid, mm):
@@ -266,13 +281,18 @@ class HostFaultHandler:
     def _swap_cache_hit(self, pid: int) -> None:
         """``swap_cache_get_folio``: a fault found the folio in the swap cache; if it was read
         ahead (PG_readahead, cleared now) count ``swap_ra_hit`` and a hit of its VMA's
-        readahead; either way the VMA remembers this fault's address."""
+        readahead; either way the VMA remembers this fault's address. With cluster readahead
+        (``swap_update_readahead`` without ``vma_ra``) the hit goes to the global count and the
+        VMA's state is untouched."""
         mem = self.mem
         mm = self.mms[mem.page_owner(pid)]
         readahead = bool(mem.readahead.item(pid))
         if readahead:
             mem.readahead[pid] = False
             self.vmstat[_SWAP_RA_HIT] += 1
+        if self.cluster_ra is not None:
+            self.cluster_ra.hits += readahead
+            return
         mm.swap_ra.cache_hit((mm.hva_base >> PAGE_SHIFT) + pid - mm.pid_base, readahead)
 
     def _swap_vma_readahead(self, pid: int, mm: Mm) -> list[tuple[int, int, int]]:
@@ -287,13 +307,39 @@ class HostFaultHandler:
         )
         if win == 1:
             return []
+        lo = mm.pid_base + start - base
+        return self._read_swap_cache_async(pid, np.arange(lo, lo + end - start, dtype=np.int64))
+
+    def _swap_cluster_readahead(self, pid: int) -> list[tuple[int, int, int]]:
+        """``swap_cluster_readahead`` around the faulting page ``pid``'s slot: the pages owning
+        the slots of the aligned block (any mm's: slots are shared), as
+        :meth:`_swap_vma_readahead`'s, in slot order; free slots are skipped. With 2 MiB pages
+        the kernel's block of 4 KiB slots lies within the faulting page (read whole) unless
+        ``page_cluster`` exceeds 9."""
+        assert self.cluster_ra is not None
+        swap = self.swap
+        offset = swap.page_slot.item(pid)
+        pages = self.cluster_ra.nr_pages(offset, max(0, self.cluster_order))
+        if pages == 1:
+            return []
+        start, end = swap_cluster_ra_block(offset, pages, swap.nr_slots)
+        owners = swap.slot_owner[start : end + 1].astype(np.int64)
+        return self._read_swap_cache_async(pid, owners[owners >= 0])
+
+    def _read_swap_cache_async(
+        self, pid: int, cand: NDArray[np.int64]
+    ) -> list[tuple[int, int, int]]:
+        """``__read_swap_cache_async`` for the pages ``cand`` other than the faulting ``pid``:
+        each only in swap (no folio yet, none being faulted in) gets a frame charged to its own
+        memcg, without waiting (readahead stops at the first allocation that would need
+        reclaim), is locked and marked PG_readahead. Returns ``(pid, pfn, shadow)`` of each."""
         mem = self.mem
         flags = mem.flags
-        lo = mm.pid_base + start - base
-        cand = np.arange(lo, lo + end - start, dtype=np.int64)
         cand = cand[(flags[cand] == PG_SWAP) & (cand != pid)]  # only in swap: no folio yet
         out = []
         for p in cand.tolist():
+            if p in self._inflight:  # its own fault waits for a frame: it reads it
+                continue
             shadow = mem.pfn.item(p)
             pfn = self.alloc.alloc_fast(p)
             if pfn < 0:
@@ -301,18 +347,30 @@ class HostFaultHandler:
             flags[p] = flags.item(p) | PG_LOCKED
             mem.readahead[p] = True
             out.append((p, pfn, shadow))
-        mem.nr_swapped[mm.index] -= len(out)
+            mem.nr_swapped[mem.page_owner(p)] -= 1
         return out
 
     def _submit_readahead(
         self, pid: int, mm: Mm, ahead: list[tuple[int, int, int]], now: int
     ) -> int:
-        """Submit the faulting page's read with its readahead (one plug, in address order);
-        count ``swap_ra``; schedule each readahead completion. Returns the fault's read end."""
+        """Submit the faulting page's read with its readahead (one plug, in address order, or
+        slot order by cluster); count ``swap_ra``, and ``pswpin`` for each page's own mm;
+        schedule each readahead completion. Returns the fault's read end."""
         order = sorted([pid, *(p for p, _, _ in ahead)])
-        done = {p: now + self.swap.decompress_ns for p in order if self._zswap_load(p, mm)}
+        mem, mms = self.mem, self.mms
+        if self.cluster_ra is not None:
+            order.sort(key=self.swap.page_slot.item)
+        done = {
+            p: now + self.swap.decompress_ns
+            for p in order
+            if self._zswap_load(p, mms[mem.page_owner(p)])
+        }
         disk = [p for p in order if p not in done]
-        done.update(zip(disk, self.swap.submit(now, False, len(disk), mm.index), strict=True))
+        per_mm: int | list[int] = mm.index
+        if self.cluster_ra is not None and disk:  # other mms' pages count for their own
+            owners = mem.page_owners(np.array(disk, dtype=np.int64))
+            per_mm = np.bincount(owners, minlength=len(mms)).tolist()
+        done.update(zip(disk, self.swap.submit(now, False, len(disk), per_mm), strict=True))
         self.vmstat[_SWAP_RA] += len(ahead)
         assert self.env is not None
         for p, pfn, shadow in ahead:

@@ -36,15 +36,28 @@ Simplifications
     tag (``blocked_until``), and its state changes (the folios it unmapped) take effect when it
     calls, not when it wakes. This is exactly a ``simpy.Resource(capacity=queue_depth)`` with FIFO
     grants (a test holds the two to identical completion times) at a fraction of the cost.
-    Readahead (``page_cluster``) is VMA-based (swap_state.py), so it needs no slot locality; no
-    latency depends on where a page sits on the device, so slots are interchangeable: only their
-    count is kept, not the kernel's per-CPU cluster allocator. A page's swap entry is implied by its
-    ``PG_SWAP`` flag, and the workingset shadow the kernel keeps in the swap cache lives in the
-    page's ``pfn`` entry while it has no frame (memory.py). A 2 MiB page is read back whole (as mTHP
-    swap-in does), never split into base pages.
+    Readahead (``page_cluster``) is VMA-based (swap_state.py) unless the device is
+    ``rotational``, so it needs no slot locality; no latency depends on where a page sits on the
+    device, so slots are interchangeable: only their count is kept. A page's swap entry is
+    implied by its ``PG_SWAP`` flag, and the workingset shadow the kernel keeps in the swap cache
+    lives in the page's ``pfn`` entry while it has no frame (memory.py). A 2 MiB page is read
+    back whole (as mTHP swap-in does), never split into base pages.
+
+Slot identities (``rotational``)
+    Cluster readahead reads the pages in the slots next to the faulting page's, so a rotational
+    device gives each slot an owner: ``slot_owner`` (slot -> pid, -1 free) and ``page_slot``
+    (pid -> slot, -1 none). The allocator is ``cluster_alloc_swap_entry``'s for one CPU and
+    order 0 (memsim reclaims in one context at a time): a current cluster of
+    ``SWAPFILE_CLUSTER`` slots hands out its free slots in increasing offset order from a
+    cursor; when it has none left past the cursor the next cluster is the first entirely free
+    one after it (circularly), else the first one with a free slot, scanned from its start. Slot
+    0 is the swap header (``si->max`` is ``nr_slots + 1``). Simplified: the kernel's free and
+    non-full cluster lists (FIFO) are a circular scan by cluster number; the slot is of the
+    simulated page size, also for 2 MiB pages (the readahead block is scaled down: fault.py).
 
 Invariants
-    ``0 <= nr_free_slots <= nr_slots``; the slots in use are the pages flagged ``PG_SWAP``.
+    ``0 <= nr_free_slots <= nr_slots``; the slots in use are the pages flagged ``PG_SWAP``; with
+    slot identities, exactly those pages own a slot, each a different one that names it back.
 """
 
 from __future__ import annotations
@@ -56,7 +69,7 @@ from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sim.host.vmstat import VmEvents
 from sim.host.zpool import CompressorConfig, Zpool
@@ -66,6 +79,8 @@ from sim.schema import Strict
 MAX_SWAP_MIB = 1 << 30  # 1 PiB: slots are only counted, so this bounds nothing but typos
 MAX_LATENCY_US = 10_000_000.0  # 10 s per request
 MAX_BANDWIDTH_MIB_PER_S = 10_000_000.0  # 10 TiB/s
+SWAPFILE_CLUSTER = 512  # slots per allocation cluster (HPAGE_PMD_NR on x86-64)
+SLOT_HEADER = -2  # slot_owner of the swap header and of slots past the end of the last cluster
 
 
 class SwapConfig(Strict):
@@ -134,9 +149,26 @@ class SwapConfig(Strict):
         ge=0,
         le=31,
         description="vm.page-cluster: swap readahead reads up to 2^page_cluster pages around a "
-        "major fault (VMA-based, at most 32; swap_state.py); 0 turns readahead off. The "
-        "kernel's default is 3; memsim keeps 0 so results without readahead stay as they were.",
+        "major fault (by address, at most 32; by slot with rotational; swap_state.py); 0 turns "
+        "readahead off. The kernel's default is 3; memsim keeps 0 so results without readahead "
+        "stay as they were.",
     )
+    rotational: bool = Field(
+        False,
+        description="The swap device is rotational (an HDD, or a virtual disk that reports "
+        "rotational, as many do): the kernel then reads ahead by swap slot "
+        "(swap_cluster_readahead: the 2^page_cluster slots aligned around the faulting page's, "
+        "whichever pages, of any VM, own them) for every swap-in instead of by address; "
+        "slots get identities from the kernel's cluster allocator. zram is never rotational.",
+    )
+
+    @model_validator(mode="after")
+    def _not_zram(self) -> SwapConfig:
+        if self.rotational and self.device == "zram":
+            raise ValueError(
+                "rotational: zram is a RAM disk, never rotational; use device: disk or drop it"
+            )
+        return self
 
 
 class SwapDevice:
@@ -177,6 +209,12 @@ class SwapDevice:
         }
         self._link_free_at = 0  # when the link finishes its last transfer
         self.nr_free_slots = nr_slots
+        # slot identities (rotational only; see track_slots): empty arrays otherwise
+        self.slot_owner = np.zeros(0, dtype=np.int32)
+        self.page_slot = np.zeros(0, dtype=np.int32)
+        self._cl_used = np.zeros(0, dtype=np.int32)  # unavailable slots per cluster
+        self._cluster = -1  # the allocator's current cluster
+        self._cursor = 0  # next offset it scans in it
         self._servers = [0] * cfg.queue_depth  # time each server becomes free (a heap)
         self._params = {
             False: self._lognormal(cfg.read_latency_us * 1000.0, cfg.latency_cv),
@@ -196,11 +234,64 @@ class SwapDevice:
         return (mean_ns, math.log(mean_ns) - sigma2 / 2.0, math.sqrt(sigma2))
 
     # -- slots -------------------------------------------------------------------------------
-    def alloc_slots(self, n: int) -> int:
-        """``get_swap_pages`` for ``n`` pages; returns how many got a slot (fewer when full)."""
+    @property
+    def tracks_slots(self) -> bool:
+        """Slots have identities (a rotational device: cluster readahead needs them)."""
+        return len(self.page_slot) > 0
+
+    def track_slots(self, nr_pages: int) -> None:
+        """Give slots identities for pids below ``nr_pages``; before any slot is taken."""
+        assert self.nr_free_slots == self.nr_slots, "slots taken before they had identities"
+        size = self.nr_slots + 1  # si->max: the header and the slots
+        nr_clusters = -(-size // SWAPFILE_CLUSTER)
+        self.slot_owner = np.full(size, -1, dtype=np.int32)
+        self.slot_owner[0] = SLOT_HEADER
+        self.page_slot = np.full(max(nr_pages, 1), -1, dtype=np.int32)
+        self._cl_used = np.zeros(nr_clusters, dtype=np.int32)
+        self._cl_used[0] = 1  # the header
+        self._cl_used[-1] += nr_clusters * SWAPFILE_CLUSTER - size  # past si->max
+
+    def alloc_slots(self, n: int, pids: NDArray[np.integer] | Sequence[int] = ()) -> int:
+        """``get_swap_pages`` for ``n`` pages; returns how many got a slot (fewer when full).
+        With slot identities the first of ``pids`` get theirs, in order."""
         got = min(n, self.nr_free_slots)
         self.nr_free_slots -= got
+        if self.tracks_slots and got:
+            assert len(pids) >= got, "slot identities need the pages that take them"
+            self._assign(np.asarray(pids, dtype=np.int64)[:got])
         return got
+
+    def _assign(self, pids: NDArray[np.int64]) -> None:
+        """``cluster_alloc_swap_entry`` for each page in turn (there are enough free slots)."""
+        owner, n = self.slot_owner, len(pids)
+        slots = np.empty(n, dtype=np.int64)
+        k = 0
+        while k < n:
+            if self._cluster < 0:
+                self._cluster = self._next_cluster()
+                self._cursor = self._cluster * SWAPFILE_CLUSTER
+            end = min((self._cluster + 1) * SWAPFILE_CLUSTER, len(owner))
+            free = np.flatnonzero(owner[self._cursor : end] == -1)[: n - k] + self._cursor
+            slots[k : k + len(free)] = free
+            k += len(free)
+            if len(free) and free[-1] + 1 < end:
+                self._cursor = int(free[-1]) + 1
+            else:  # the cluster has nothing left past the cursor: take another next time
+                self._cluster = -1
+        owner[slots] = pids
+        self.page_slot[pids] = slots
+        self._cl_used += np.bincount(slots // SWAPFILE_CLUSTER, minlength=len(self._cl_used))
+
+    def _next_cluster(self) -> int:
+        """The allocator's next cluster: a free one, else a non-full one, the first after the
+        last one used (circularly)."""
+        used = self._cl_used
+        last = self._cursor // SWAPFILE_CLUSTER
+        for cand in (np.flatnonzero(used == 0), np.flatnonzero(used < SWAPFILE_CLUSTER)):
+            if len(cand):
+                after = cand[cand > last]
+                return int(after[0] if len(after) else cand[0])
+        raise AssertionError("no free slot though the count has some")
 
     def free_slots(self, n: int, pids: NDArray[np.integer] | Sequence[int] = ()) -> None:
         """``swap_free_nr``: the ``n`` slots of pages ``pids`` are free again; what a compressed
@@ -208,12 +299,39 @@ class SwapDevice:
         ``zswap_invalidate``)."""
         assert 0 <= n <= self.nr_slots - self.nr_free_slots, "freeing slots not in use"
         self.nr_free_slots += n
+        if self.tracks_slots and n:
+            assert len(pids) == n, "slot identities need the pages whose slots are freed"
+            p = np.asarray(pids, dtype=np.int64)
+            slots = self.page_slot[p].astype(np.int64)
+            assert (slots > 0).all(), "freeing the slot of a page that holds none"
+            self.slot_owner[slots] = -1
+            self.page_slot[p] = -1
+            self._cl_used -= np.bincount(slots // SWAPFILE_CLUSTER, minlength=len(self._cl_used))
         if self.on_free_slots is not None:
             assert len(pids) == n, "swap charges need the pages whose slots are freed"
             self.on_free_slots(pids)
         if self.zpool is not None:
             assert len(pids) == n, "a compressed store needs the pages whose slots are freed"
             self.zpool.free(pids)
+
+    def check_slots(self, swapped: NDArray[np.integer]) -> None:
+        """Assert that the pages ``swapped`` (PG_SWAP) own exactly the slots in use (tests)."""
+        if not self.tracks_slots:
+            return
+        owner, ps = self.slot_owner, self.page_slot
+        used = np.flatnonzero(owner >= 0)
+        assert len(used) == self.nr_slots - self.nr_free_slots, "slot identities miscounted"
+        assert (ps[owner[used]] == used).all(), "a slot's owner does not name it"
+        holders = np.flatnonzero(ps >= 0)
+        assert np.array_equal(holders, np.sort(np.asarray(swapped))), "slot holders != PG_SWAP"
+        assert owner[0] == SLOT_HEADER, "the swap header slot was taken"
+        taken = np.bincount(used // SWAPFILE_CLUSTER, minlength=len(self._cl_used))
+        reserved = self._cl_used - taken
+        assert reserved[0] >= 1, "the header's cluster miscounted"
+        assert (reserved >= 0).all(), "cluster counts miscounted"
+        assert int(reserved.sum()) == len(self._cl_used) * SWAPFILE_CLUSTER - self.nr_slots, (
+            "cluster counts miscounted"
+        )
 
     def vm_swap_full(self) -> bool:
         """``vm_swap_full``: more than half the swap space is in use."""

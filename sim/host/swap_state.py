@@ -1,4 +1,4 @@
-"""VMA-based swap readahead: the window a major fault reads around itself.
+"""Swap readahead: the window a major fault reads around itself, by address or by slot.
 
 Models
     ``swap_vma_readahead``: a major fault on an anonymous page reads, with it, the neighbouring
@@ -12,8 +12,15 @@ Models
     VMA and to the PMD-aligned region of the fault. The state is the VMA's
     ``swap_readahead_info``: last fault address, last window, hits since (``SWAP_RA_VAL``).
 
+    ``swap_cluster_readahead`` (``swap.rotational``: ``swap_use_vma_readahead`` is false while a
+    rotational swap area is active): the window is a block of swap slots, ``swapin_nr_pages``
+    pages aligned to their size around the faulting page's slot, whatever pages own them. Its
+    state is global (static in ``swapin_nr_pages``): the last offset, the last window and
+    ``swapin_readahead_hits``, which every readahead hit on any swap area increments.
+
 Kernel reference
-    mm/swap_state.c: ``__swapin_nr_pages``, ``swap_vma_ra_win``, ``swap_vma_readahead``,
+    mm/swap_state.c: ``__swapin_nr_pages``, ``swapin_nr_pages``, ``swap_cluster_readahead``,
+    ``swap_use_vma_readahead``, ``swap_vma_ra_win``, ``swap_vma_readahead``,
     ``swap_cache_get_folio`` (a hit on a folio with PG_readahead counts ``swap_ra_hit`` and
     adds to the VMA's hits); include/linux/mm_types.h (``vm_area_struct.swap_readahead_info``).
 
@@ -91,3 +98,35 @@ def swap_vma_ra_win(
     start = max(left, 0, vm_start, pmd)
     end = min(right, vm_end, pmd + ptrs_per_pmd)
     return win, start, end
+
+
+@dataclass(slots=True)
+class SwapClusterRa:
+    """``swapin_nr_pages``' static state, shared by every swap-in of every mm."""
+
+    prev_offset: int = 0
+    last_pages: int = 0  # last_readahead_pages
+    hits: int = 0  # swapin_readahead_hits
+
+    def nr_pages(self, offset: int, page_cluster: int) -> int:
+        """``swapin_nr_pages`` for a fault on slot ``offset``: the block size (a power of two)."""
+        max_pages = 1 << page_cluster
+        if max_pages <= 1:
+            return 1
+        hits, self.hits = self.hits, 0  # atomic_xchg
+        pages = swapin_nr_pages(self.prev_offset, offset, hits, max_pages, self.last_pages)
+        if not hits:
+            self.prev_offset = offset
+        self.last_pages = pages
+        return pages
+
+
+def swap_cluster_ra_block(offset: int, pages: int, max_offset: int) -> tuple[int, int]:
+    """``swap_cluster_readahead``'s slots: ``[start, end]`` (inclusive), ``pages`` aligned
+    around ``offset``, never slot 0 (the swap header) nor past ``max_offset`` (``si->max - 1``).
+    ``pages`` is a power of two; 1 gives just ``offset``."""
+    mask = pages - 1
+    if not mask:
+        return offset, offset
+    start, end = offset & ~mask, offset | mask
+    return max(start, 1), min(end, max_offset)

@@ -378,7 +378,7 @@ class Vmscan:
             ok[need[~allowed]] = False
             need = need[allowed]
         if len(need):
-            got = swap.alloc_slots(len(need))
+            got = swap.alloc_slots(len(need), pids[need])
             if got < len(need):
                 ok[need[got:]] = False
                 sc.nr_swap_full += len(need) - got
