@@ -149,8 +149,8 @@ def test_faults_read_other_vms_pages_ahead(monkeypatch: pytest.MonkeyPatch) -> N
     pairs: list[tuple[int, int]] = []
     real = HostFaultHandler._read_swap_cache_async
 
-    def spy(self: HostFaultHandler, pid: int, cand: Any) -> list[tuple[int, int, int]]:
-        out = real(self, pid, cand)
+    def spy(self: HostFaultHandler, pid: int, cand: Any) -> Any:
+        out = yield from real(self, pid, cand)
         pairs.extend((self.mem.page_owner(pid), self.mem.page_owner(p)) for p, _, _ in out)
         return out
 

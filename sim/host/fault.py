@@ -236,8 +236,11 @@ class HostFaultHandler:
         mem.nr_swapped[mm.index] -= 1
         flags = mem.flags
         flags[pid] = flags.item(pid) | PG_LOCKED
+        ahead: list[tuple[int, int, int]] = []
+        if self.page_cluster and not self.swap.zram:
+            ahead = yield from self._swapin_readahead(pid, mm)
         now = self.env.now
-        t_done = self._swap_read_folio(pid, mm, now)
+        t_done = self._swap_read_folio(pid, mm, now, ahead)
         yield self.env.timeout(t_done - now)
         flags[pid] = flags.item(pid) & ~PG_LOCKED
         if mm.dead:
@@ -246,23 +249,26 @@ class HostFaultHandler:
         self._swapin_done(pid, pfn, write, shadow)
         return HostFault.MAJOR
 
-    def _swap_read_folio(self, pid: int, mm: Mm, now: int) -> int:
-        """Submit the read of page ``pid`` (``pswpin``); returns when the data is in its frame.
+    def _swapin_readahead(self, pid: int, mm: Mm) -> ProcessGen:
+        """``swapin_readahead``'s choice of pages to read with ``pid``: ``swap_vma_readahead``,
+        or on a rotational device ``swap_cluster_readahead``; each gets its frame (see
+        :meth:`_read_swap_cache_async`). Returns their ``(pid, pfn, shadow)``."""
+        if self.cluster_ra is not None:
+            return (yield from self._swap_cluster_readahead(pid))
+        return (yield from self._swap_vma_readahead(pid, mm))
+
+    def _swap_read_folio(
+        self, pid: int, mm: Mm, now: int, ahead: list[tuple[int, int, int]]
+    ) -> int:
+        """Submit the read of page ``pid`` (``pswpin``) with the pages read ahead; returns
+        when the data is in its frame.
 
         zram (``SWP_SYNCHRONOUS_IO``): ``do_swap_page`` skips the swap cache and readahead and
-        the faulting task decompresses the page itself. Otherwise the read goes to the device,
-        with the pages ``swap_vma_readahead`` (or on a rotational device
-        ``swap_cluster_readahead``) picked when ``page_cluster`` is set.
+        the faulting task decompresses the page itself. Otherwise the read goes to the device.
         """
         if self.swap.zram:
             self.swap.submit(now, write=False, per_mm=mm.index)
             return now + self.swap.decompress_ns
-        ahead: list[tuple[int, int, int]] = []
-        if self.page_cluster:
-            if self.cluster_ra is not None:
-                ahead = self._swap_cluster_readahead(pid)
-            else:
-                ahead = self._swap_vma_readahead(pid, mm)
         if ahead:
             return self._submit_readahead(pid, mm, ahead, now)
         if self._zswap_load(pid, mm):
@@ -295,7 +301,7 @@ class HostFaultHandler:
             return
         mm.swap_ra.cache_hit((mm.hva_base >> PAGE_SHIFT) + pid - mm.pid_base, readahead)
 
-    def _swap_vma_readahead(self, pid: int, mm: Mm) -> list[tuple[int, int, int]]:
+    def _swap_vma_readahead(self, pid: int, mm: Mm) -> ProcessGen:
         """``swap_vma_readahead`` around the faulting page ``pid``: every page of the window
         whose pte is a swap entry gets a frame (``__read_swap_cache_async``; without waiting:
         readahead stops at the first allocation that would need reclaim), is locked and marked
@@ -308,9 +314,10 @@ class HostFaultHandler:
         if win == 1:
             return []
         lo = mm.pid_base + start - base
-        return self._read_swap_cache_async(pid, np.arange(lo, lo + end - start, dtype=np.int64))
+        cand = np.arange(lo, lo + end - start, dtype=np.int64)
+        return (yield from self._read_swap_cache_async(pid, cand))
 
-    def _swap_cluster_readahead(self, pid: int) -> list[tuple[int, int, int]]:
+    def _swap_cluster_readahead(self, pid: int) -> ProcessGen:
         """``swap_cluster_readahead`` around the faulting page ``pid``'s slot: the pages owning
         the slots of the aligned block (any mm's: slots are shared), as
         :meth:`_swap_vma_readahead`'s, in slot order; free slots are skipped. With 2 MiB pages
@@ -324,31 +331,59 @@ class HostFaultHandler:
             return []
         start, end = swap_cluster_ra_block(offset, pages, swap.nr_slots)
         owners = swap.slot_owner[start : end + 1].astype(np.int64)
-        return self._read_swap_cache_async(pid, owners[owners >= 0])
+        return (yield from self._read_swap_cache_async(pid, owners[owners >= 0]))
 
-    def _read_swap_cache_async(
-        self, pid: int, cand: NDArray[np.int64]
-    ) -> list[tuple[int, int, int]]:
+    def _read_swap_cache_async(self, pid: int, cand: NDArray[np.int64]) -> ProcessGen:
         """``__read_swap_cache_async`` for the pages ``cand`` other than the faulting ``pid``:
         each only in swap (no folio yet, none being faulted in) gets a frame charged to its own
-        memcg, without waiting (readahead stops at the first allocation that would need
-        reclaim), is locked and marked PG_readahead. Returns ``(pid, pfn, shadow)`` of each."""
+        memcg, is locked and marked PG_readahead. Returns ``(pid, pfn, shadow)`` of each.
+
+        The charge is ``mem_cgroup_swapin_charge_folio`` with the fault's gfp: a page of the
+        faulting VM's memcg that does not fit under its memory.max is charged with limit
+        reclaim first, the faulting task waiting (no other fault can take the page meanwhile:
+        it is in flight). A page of another memcg that does not fit, or a zone short of free
+        pages, ends the readahead there (simplified: the kernel would reclaim for those too).
+        """
         mem = self.mem
         flags = mem.flags
         cand = cand[(flags[cand] == PG_SWAP) & (cand != pid)]  # only in swap: no folio yet
+        own = mem.page_owner(pid)
         out = []
         for p in cand.tolist():
-            if p in self._inflight:  # its own fault waits for a frame: it reads it
+            if p in self._inflight or flags.item(p) != PG_SWAP:  # its own fault reads it
                 continue
             shadow = mem.pfn.item(p)
             pfn = self.alloc.alloc_fast(p)
             if pfn < 0:
-                break
+                memcg = self.memcg
+                if memcg is None or memcg.charge_fast(p) or mem.page_owner(p) != own:
+                    break
+                pfn = yield from self._alloc_in_flight(p)
+                if pfn < 0:
+                    break
+                if self.mms[own].dead:
+                    self._drop(p, pfn)
+                    break
             flags[p] = flags.item(p) | PG_LOCKED
             mem.readahead[p] = True
             out.append((p, pfn, shadow))
             mem.nr_swapped[mem.page_owner(p)] -= 1
         return out
+
+    def _alloc_in_flight(self, p: int) -> ProcessGen:
+        """Allocate page ``p``'s frame, reclaiming as its charge needs, with ``p`` marked in
+        flight so that no fault takes it meanwhile. Returns the pfn, or -1 when the VM was
+        killed while charging."""
+        assert isinstance(self.alloc, PageAllocator)
+        done = self.env.event()
+        self._inflight[p] = done
+        try:
+            pfn = yield from self.alloc.alloc(p)
+        finally:
+            del self._inflight[p]
+            if done.callbacks:
+                done.succeed()
+        return pfn
 
     def _submit_readahead(
         self, pid: int, mm: Mm, ahead: list[tuple[int, int, int]], now: int
