@@ -303,8 +303,8 @@ class HostFaultHandler:
 
     def _swap_vma_readahead(self, pid: int, mm: Mm) -> ProcessGen:
         """``swap_vma_readahead`` around the faulting page ``pid``: every page of the window
-        whose pte is a swap entry gets a frame (``__read_swap_cache_async``; without waiting:
-        readahead stops at the first allocation that would need reclaim), is locked and marked
+        whose pte is a swap entry gets a frame (``__read_swap_cache_async``, charged as
+        :meth:`_read_swap_cache_async` says), is locked and marked
         PG_readahead. Returns ``(pid, pfn, shadow)`` of each, in address order."""
         base = mm.hva_base >> PAGE_SHIFT
         faddr = base + pid - mm.pid_base
