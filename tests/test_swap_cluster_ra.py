@@ -89,27 +89,29 @@ def _device(nr_slots: int, nr_pages: int) -> SwapDevice:
 
 
 def test_the_allocator_gives_consecutive_slots_in_reclaim_order() -> None:
-    """Cluster 0 holds the header, so the first free cluster is cluster 1; a full cluster hands
-    over to the next free one; slots freed behind the cursor wait until their cluster is
-    scanned again, after the free clusters run out."""
+    """Non-full clusters before free ones (a device without discard): at swapon the header's
+    cluster 0 and the partial last cluster are non-full, so they fill first, in order; slots
+    freed behind the cursor are refilled when their cluster comes round again, before the
+    free clusters 1 and 2 are opened."""
     c = SWAPFILE_CLUSTER
-    dev = _device(4 * c - 48, 10_000)  # si->max 4c - 47: the last cluster is partial
+    last = 4 * c - 47  # si->max: slots 0 .. 4c - 48, the last cluster is partial
+    dev = _device(4 * c - 48, 10_000)
     pids = np.arange(100, 100 + c + 88)
     assert dev.alloc_slots(len(pids), pids) == len(pids)
-    assert np.array_equal(dev.page_slot[pids], np.arange(c, 2 * c + 88))
-    freed = pids[88:98]  # slots c + 88 .. c + 97, in the full cluster 1
+    want = np.concatenate([np.arange(1, c), np.arange(3 * c, 3 * c + 89)])
+    assert np.array_equal(dev.page_slot[pids], want)  # cluster 0 after its header, then 3
+    freed = pids[88:98]  # slots 89 .. 98, in cluster 0 (now full but for them)
     dev.free_slots(len(freed), freed)
     more = np.arange(1000, 1005)
     dev.alloc_slots(len(more), more)
-    assert np.array_equal(dev.page_slot[more], np.arange(2 * c + 88, 2 * c + 93))
+    assert np.array_equal(dev.page_slot[more], np.arange(3 * c + 89, 3 * c + 94))
     rest = np.arange(2000, 2000 + dev.nr_free_slots)
     dev.alloc_slots(len(rest), rest)
     got = dev.page_slot[rest]
-    n2, n3 = 3 * c - (2 * c + 93), (4 * c - 48) - 3 * c + 1
-    assert np.array_equal(got[:n2], np.arange(2 * c + 93, 3 * c))  # cluster 2 to its end
-    assert np.array_equal(got[n2 : n2 + n3], np.arange(3 * c, 4 * c - 47))  # the partial one
-    assert np.array_equal(got[n2 + n3 : n2 + n3 + c - 1], np.arange(1, c))  # 0: the header
-    assert np.array_equal(got[-10:], np.arange(c + 88, c + 98))  # freed ones, last
+    n3 = last - (3 * c + 94)
+    assert np.array_equal(got[:n3], np.arange(3 * c + 94, last))  # cluster 3 to its end
+    assert np.array_equal(got[n3 : n3 + 10], np.arange(89, 99))  # the non-full cluster 0
+    assert np.array_equal(got[n3 + 10 :], np.arange(c, 3 * c))  # then the free ones
     assert dev.nr_free_slots == 0
     assert dev.slot_owner[0] < 0
     swapped = np.concatenate([pids[:88], pids[98:], more, rest])

@@ -49,8 +49,10 @@ Slot identities (``rotational``)
     (pid -> slot, -1 none). The allocator is ``cluster_alloc_swap_entry``'s for one CPU and
     order 0 (memsim reclaims in one context at a time): a current cluster of
     ``SWAPFILE_CLUSTER`` slots hands out its free slots in increasing offset order from a
-    cursor; when it has none left past the cursor the next cluster is the first entirely free
-    one after it (circularly), else the first one with a free slot, scanned from its start. Slot
+    cursor; when it has none left past the cursor the next cluster is the first non-full one
+    (some slots in use, some free) after it (circularly), else the first entirely free one,
+    scanned from its start: the kernel prefers non-full clusters unless the device discards
+    (``SWP_PAGE_DISCARD``), so freed slots are refilled before fresh clusters are opened. Slot
     0 is the swap header (``si->max`` is ``nr_slots + 1``). Simplified: the kernel's free and
     non-full cluster lists (FIFO) are a circular scan by cluster number; the slot is of the
     simulated page size, also for 2 MiB pages (the readahead block is scaled down: fault.py).
@@ -214,7 +216,7 @@ class SwapDevice:
         self.page_slot = np.zeros(0, dtype=np.int32)
         self._cl_used = np.zeros(0, dtype=np.int32)  # unavailable slots per cluster
         self._cluster = -1  # the allocator's current cluster
-        self._cursor = 0  # next offset it scans in it
+        self._cursor = -SWAPFILE_CLUSTER  # next offset it scans in it (none yet: cluster 0 next)
         self._servers = [0] * cfg.queue_depth  # time each server becomes free (a heap)
         self._params = {
             False: self._lognormal(cfg.read_latency_us * 1000.0, cfg.latency_cv),
@@ -273,21 +275,24 @@ class SwapDevice:
             end = min((self._cluster + 1) * SWAPFILE_CLUSTER, len(owner))
             free = np.flatnonzero(owner[self._cursor : end] == -1)[: n - k] + self._cursor
             slots[k : k + len(free)] = free
+            owner[free] = pids[k : k + len(free)]  # taken now: the next cluster sees them
+            self._cl_used[self._cluster] += len(free)
             k += len(free)
             if len(free) and free[-1] + 1 < end:
                 self._cursor = int(free[-1]) + 1
             else:  # the cluster has nothing left past the cursor: take another next time
                 self._cluster = -1
-        owner[slots] = pids
         self.page_slot[pids] = slots
-        self._cl_used += np.bincount(slots // SWAPFILE_CLUSTER, minlength=len(self._cl_used))
 
     def _next_cluster(self) -> int:
-        """The allocator's next cluster: a free one, else a non-full one, the first after the
-        last one used (circularly)."""
+        """The allocator's next cluster: a non-full one (some slots in use, some free), else an
+        entirely free one, the first after the last one used (circularly). Non-full first is
+        the kernel's order for a device without discard (``swapon`` without ``--discard``):
+        only a discarding device prefers fresh clusters, to spread its writes."""
         used = self._cl_used
         last = self._cursor // SWAPFILE_CLUSTER
-        for cand in (np.flatnonzero(used == 0), np.flatnonzero(used < SWAPFILE_CLUSTER)):
+        nonfull = (used > 0) & (used < SWAPFILE_CLUSTER)
+        for cand in (np.flatnonzero(nonfull), np.flatnonzero(used == 0)):
             if len(cand):
                 after = cand[cand > last]
                 return int(after[0] if len(after) else cand[0])
