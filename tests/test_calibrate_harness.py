@@ -301,3 +301,32 @@ def test_swap_rotational_reads_the_devices_queue(tmp_path: Path) -> None:
     assert harness.swap_rotational(f, tmp_path / "sys")
     (dev / "queue" / "rotational").write_text("0\n")
     assert not harness.swap_rotational(f, tmp_path / "sys")
+
+
+def test_real_runs_survive_a_failure_on_memsims_side(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel's measurements are published before memsim runs: a failure after minutes of
+    real runs leaves them in OUT, and --from OUT redoes the rest."""
+    from sim.calibrate import run
+    from sim.calibrate.vmm import CalibrateError
+
+    cfg = small_cfg()
+    kernel = [_run("a", "kernel", i, 100, 5000) for i in range(3)]
+    kernel += [_run("b", "kernel", i, 0, 0, oom=True) for i in range(3)]
+    facts = harness.HostFacts({8: 1500}, False)
+    monkeypatch.setattr(run, "preflight", lambda: None)
+    monkeypatch.setattr(harness, "run_kernel_all", lambda *a: (kernel, facts))
+
+    def broken(*a: object, **k: object) -> None:
+        raise ConfigError("memsim refused the matching scenario")
+
+    monkeypatch.setattr(harness, "run_sim_all", broken)
+    out = tmp_path / "cal"
+    with pytest.raises(CalibrateError, match="kept in .*--from"):
+        run.calibrate(cfg, out, lambda s: None)
+    back, facts2 = run.load_kernel(out)
+    assert back == kernel
+    assert facts2 == facts
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "kernel measurements only" in manifest["stage"]

@@ -171,12 +171,8 @@ def write(
     table = rows(cfg, kernel, sims, timed)
     v = verdict(table)
 
-    def dump(runs: list[Run]) -> str:
-        return json.dumps([asdict(r) for r in runs], indent=1) + "\n"
-
-    write_atomic(directory / "kernel.json", dump(kernel))
-    write_atomic(directory / "memsim.json", dump(sims + timed))
-    write_atomic(directory / "host.json", json.dumps(facts.to_json(), indent=1) + "\n")
+    write_kernel(directory, cfg, kernel, facts)
+    write_atomic(directory / "memsim.json", _dump(sims + timed))
     import pandas as pd
 
     pd.DataFrame(table).to_csv(directory / "comparison.csv", index=False)
@@ -184,11 +180,24 @@ def write(
     md += "\n" + "\n".join(f"- {k}: {val}" for k, val in v.items()) + "\n"
     write_atomic(directory / "comparison.md", md)
     write_atomic(directory / "profile.yaml", profile_text(profile))
+    figure(cfg, table, directory / "calibrate.png")
+    return v
+
+
+def _dump(runs: list[Run]) -> str:
+    return json.dumps([asdict(r) for r in runs], indent=1) + "\n"
+
+
+def write_kernel(
+    directory: Path, cfg: CalibrationConfig, kernel: list[Run], facts: HostFacts
+) -> None:
+    """What the real runs measured: ``kernel.json``, ``host.json`` and the ``config.yaml``
+    they ran (all ``--from`` needs)."""
+    write_atomic(directory / "kernel.json", _dump(kernel))
+    write_atomic(directory / "host.json", json.dumps(facts.to_json(), indent=1) + "\n")
     write_atomic(
         directory / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     )
-    figure(cfg, table, directory / "calibrate.png")
-    return v
 
 
 def profile_text(profile: dict[str, Any]) -> str:

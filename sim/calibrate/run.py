@@ -27,7 +27,8 @@ from sim.calibrate import fit, harness, host, report, vmm
 from sim.calibrate.config import CalibrationConfig
 from sim.calibrate.harness import HostFacts, Phase, Run
 from sim.calibrate.vmm import CalibrateError
-from sim.results import staged, write_atomic, write_manifest
+from sim.errors import UserError
+from sim.results import check_target, staged, write_atomic, write_manifest
 
 
 def preflight(h: host.Host | None = None) -> None:
@@ -61,6 +62,24 @@ def load_kernel(directory: Path) -> tuple[list[Run], HostFacts]:
         ) from None
 
 
+def keep_kernel(
+    out: Path, cfg: CalibrationConfig, kernel: list[Run], facts: HostFacts, started: float
+) -> None:
+    """Publish the kernel's measurements in ``out`` at once, as a result of their own, so that
+    a failure on memsim's side loses none of the real runs: ``--from OUT`` redoes the rest.
+    The full result replaces it."""
+    with staged(out, "calibrate") as stage:
+        report.write_kernel(stage.tmp, cfg, kernel, facts)
+        write_manifest(
+            stage.tmp,
+            "calibrate",
+            started=started,
+            wall_s=time.time() - started,
+            kernel=platform.release(),
+            stage="kernel measurements only (memsim calibrate --from this directory)",
+        )
+
+
 def fit_rows(cfg: CalibrationConfig, kernel: list[Run]) -> tuple[list[dict[str, Any]], float]:
     """The fit scenarios' median phases (fill and run), and their median scanned/reclaimed."""
     out: list[dict[str, Any]] = []
@@ -91,8 +110,29 @@ def calibrate(
         if missing:
             raise CalibrateError(f"--from {from_dir}: no kernel runs of {sorted(missing)[0]}")
     else:
+        check_target(out, "calibrate")  # a refused --out: before minutes of real runs
         preflight()
         kernel, facts = harness.run_kernel_all(cfg, host.session, say)
+        keep_kernel(out, cfg, kernel, facts, started)
+    try:
+        return _predict(cfg, out, say, kernel, facts, started, from_dir)
+    except UserError as exc:
+        if from_dir is not None:
+            raise
+        msg = f"{exc} (the real runs are kept in {out}: redo the rest with --from {out})"
+        raise CalibrateError(msg) from None
+
+
+def _predict(
+    cfg: CalibrationConfig,
+    out: Path,
+    say: Callable[[str], None],
+    kernel: list[Run],
+    facts: HostFacts,
+    started: float,
+    from_dir: Path | None,
+) -> dict[str, Any]:
+    """memsim on every scenario, the fit, memsim with the profile, the result directory."""
     with (
         staged(out, "calibrate") as stage,
         tempfile.TemporaryDirectory(prefix="memsim-calibrate-") as tmp,
