@@ -354,10 +354,11 @@ def sim_config(
 
 
 class _Until:
-    """A stream that hands out accesses up to a boundary, then none (the vCPU halts)."""
+    """A stream that hands out accesses up to a boundary, then none (the vCPU halts);
+    ``done`` counts the accesses handed out before it, from ``start``."""
 
-    def __init__(self, inner: Any, stop: int) -> None:
-        self.inner, self.stop, self.done = inner, stop, 0
+    def __init__(self, inner: Any, start: int, stop: int) -> None:
+        self.inner, self.stop, self.done = inner, stop, start
 
     def next(self, n: int) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
         k = min(n, self.stop - self.done)
@@ -383,9 +384,8 @@ def run_sim(raw: dict[str, Any], sc: CalScenario, policy: str) -> Run:
     phases: list[Phase] = []
     before = world.snapshot(int(env.now))
     t_before = int(env.now)
-    for i, stop in enumerate((sc.pages, total)):
-        vcpu.stream = _Until(inner, stop)
-        vcpu.stream.done = sc.pages if i else 0
+    for i, (start, stop) in enumerate(((0, sc.pages), (sc.pages, total))):
+        vcpu.stream = _Until(inner, start, stop)
         if i:
             if getattr(world, "memcg", None) is not None:
                 world.memcg.flush_stats(0)  # the VMM reads memory.stat at the boundary

@@ -70,14 +70,23 @@ def keep_kernel(
     The full result replaces it."""
     with staged(out, "calibrate") as stage:
         report.write_kernel(stage.tmp, cfg, kernel, facts)
-        write_manifest(
+        _manifest(
             stage.tmp,
-            "calibrate",
-            started=started,
-            wall_s=time.time() - started,
-            kernel=platform.release(),
+            started,
             stage="kernel measurements only (memsim calibrate --from this directory)",
         )
+
+
+def _manifest(directory: Path, started: float, **fields: Any) -> None:
+    """A calibration result's manifest (written last): when, how long, which kernel."""
+    write_manifest(
+        directory,
+        "calibrate",
+        started=started,
+        wall_s=time.time() - started,
+        kernel=platform.release(),
+        **fields,
+    )
 
 
 def fit_rows(cfg: CalibrationConfig, kernel: list[Run]) -> tuple[list[dict[str, Any]], float]:
@@ -166,13 +175,5 @@ def _predict(
             cfg, facts, work, say, profile=prof_path, policies=[cfg.policies[0]]
         )
         verdict = report.write(stage.tmp, cfg, kernel, sims, timed, prof, facts)
-        write_manifest(
-            stage.tmp,
-            "calibrate",
-            started=started,
-            wall_s=time.time() - started,
-            kernel=platform.release(),
-            from_dir=str(from_dir) if from_dir else None,
-            verdict=verdict,
-        )
+        _manifest(stage.tmp, started, from_dir=str(from_dir) if from_dir else None, verdict=verdict)
     return verdict
