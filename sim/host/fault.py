@@ -41,7 +41,8 @@ Invariants
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
@@ -203,15 +204,8 @@ class HostFaultHandler:
                 self.policy.folio_mark_accessed(self.mem.pfn.item(pid))  # our GUP's FOLL_TOUCH
             return HostFault.WAITED
         self.vmstat.count(_PGFAULT, 1, self.mem.page_owner(pid))
-        assert self.env is not None
-        done = self.env.event()
-        self._inflight[pid] = done
-        try:
+        with self._in_flight(pid):
             result = yield from self._fault_in(pid, write, bool(self.mem.flags.item(pid) & PG_SWAP))
-        finally:
-            del self._inflight[pid]
-            if done.callbacks:  # someone waits on the folio lock (else no event to process)
-                done.succeed()
         if self.memcg is not None:  # on the way back to the guest (resume_user_mode_work)
             yield from self.memcg.handle_over_high(self.mem.page_owner(pid))
         return result
@@ -375,15 +369,22 @@ class HostFaultHandler:
         flight so that no fault takes it meanwhile. Returns the pfn, or -1 when the VM was
         killed while charging."""
         assert isinstance(self.alloc, PageAllocator)
+        with self._in_flight(p):
+            return (yield from self.alloc.alloc(p))
+
+    @contextlib.contextmanager
+    def _in_flight(self, pid: int) -> Iterator[None]:
+        """While inside, page ``pid``'s folio is locked by this task: other faults on it wait
+        for the event in ``_inflight``, succeeded on the way out."""
+        assert self.env is not None
         done = self.env.event()
-        self._inflight[p] = done
+        self._inflight[pid] = done
         try:
-            pfn = yield from self.alloc.alloc(p)
+            yield
         finally:
-            del self._inflight[p]
-            if done.callbacks:
+            del self._inflight[pid]
+            if done.callbacks:  # someone waits on the folio lock (else no event to process)
                 done.succeed()
-        return pfn
 
     def _submit_readahead(
         self, pid: int, mm: Mm, ahead: list[tuple[int, int, int]], now: int
