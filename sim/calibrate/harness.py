@@ -452,6 +452,6 @@ def median_run(runs: list[Run]) -> dict[str, Any]:
             "time_ns": statistics.median(p.time_ns for p in phs),
             "accesses": phs[0].accesses,
             "first_touch": phs[0].first_touch,
-            **{k: statistics.median(p.counters.get(k, 0) for p in phs) for k in COUNTERS},
+            **{k: statistics.median(p.counters[k] for p in phs) for k in COUNTERS},
         }
     return med
