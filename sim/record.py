@@ -10,6 +10,18 @@ Tables (columns documented in README.md, "Output files")
     memcgs add each VM's memcg columns, runs with a page cache the host's file columns
     (:func:`timeline_schema`); other runs' files stay as they were.
 
+Refault linkage
+    ``next_access_ns`` of an eviction is the time of the first fault on the page after it. The
+    row waiting for that fault is kept per page without a map: a bit per page (``pending``)
+    says the page was evicted and has not faulted since, and its last-access stamp
+    (``HostMemory.last_access_us``) holds the row meanwhile, a slot that is otherwise dead: no
+    guest access can touch the page before its fault, and every stamp read is of a mapped page.
+    The stamp the slot held is written, as the row's ``last_access_ns``, to a side file of four
+    bytes per row (``evictions.last_access.part``, deleted at the end); the fault puts it back.
+    It is read back too in the rare window where a refaulted page is mapped again before its
+    fault is logged (a memcg's ``memory.high`` throttling between the two): a reclaim or an
+    idle-rank sample then reads the stamp from there, as it would have read the slot.
+
 Determinism
     Row groups are cut at fixed row counts and nothing time- or host-dependent is written, so the
     same config and seed give byte-identical files (with the same library versions).
@@ -17,6 +29,7 @@ Determinism
 
 from __future__ import annotations
 
+import os
 from array import array
 from collections.abc import Sequence
 from pathlib import Path
@@ -135,6 +148,7 @@ TIMELINE_FULL_SCHEMA = timeline_schema(memcg=True, files=True)
 """Every column the timeline can have (the README documents them all)."""
 
 IDLE_RANK_SAMPLE = 64  # resident frames sampled per eviction batch for idle_rank
+SLOT_ROWS = 0xFFFFFFFF  # rows from here on do not fit a stamp slot (uint32): a dict holds them
 
 TABLES = {"evictions": EVICTIONS_SCHEMA, "faults": FAULTS_SCHEMA, "timeline": TIMELINE_SCHEMA}
 
@@ -262,7 +276,13 @@ class Recorder:
         self.ev = self.tables.get("evictions")
         self.fl = self.tables.get("faults")
         self.tl = self.tables.get("timeline")
-        self._evicted_row: dict[int, int] = {}  # pid -> row of its last eviction
+        # one bit per page: evicted, its fault not seen yet (its stamp slot holds the row)
+        self.pending = np.zeros(-(-mem.nr_pages // 8) if self.ev is not None else 0, np.uint8)
+        self._far_rows: dict[int, int] = {}  # pending rows past SLOT_ROWS (4G evictions on)
+        self._stamps_fd = -1  # the side file: each row's last-access stamp (uint32 us)
+        if self.ev is not None:
+            self._stamps_path = outdir / "evictions.last_access.part"
+            self._stamps_fd = os.open(self._stamps_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
         self._next_rows = array("q")  # (eviction row, refault time) pairs: 16 bytes each
         self._next_t = array("q")
         self.n_evictions = 0
@@ -282,13 +302,15 @@ class Recorder:
         if self.ev is None or n == 0:
             self.n_evictions += n
             return
-        rows = range(self.n_evictions, self.n_evictions + n)
-        self._evicted_row.update(zip(pids.tolist(), rows, strict=True))
+        first = self.n_evictions
         self.n_evictions += n
         vm = self.mem.page_owners(pids).astype(np.int64)
-        last = self.mem.last_access_us[pids].astype(np.int64) * 1000
+        last_us = self._stamps(pids)
+        last = last_us.astype(np.int64) * 1000
+        idle_rank = self._idle_rank(last)
+        self._park(pids, first, last_us)
         self.ev.extend(
-            idle_rank=self._idle_rank(last),
+            idle_rank=idle_rank,
             t_ns=np.full(n, t_ns, dtype=np.int64),
             vm=vm,
             gfn=pids - self.vm_base[vm],
@@ -315,20 +337,67 @@ class Recorder:
         pids = pids[(mem.flags[pids] & PTE_PRESENT) != 0]
         if len(pids) == 0:
             return np.full(len(last_ns), np.nan, dtype=np.float32)
-        sample = mem.last_access_us[pids].astype(np.int64) * 1000
+        sample = self._stamps(pids).astype(np.int64) * 1000
         return (sample[None, :] >= last_ns[:, None]).mean(axis=1).astype(np.float32)
 
     def fault(
         self, t_ns: int, vm: int, vcpu: int, gfn: int, kind: str, latency_ns: int, pid: int
     ) -> None:
         """FaultSink: one guest fault."""
-        if self.ev is not None:
-            row = self._evicted_row.pop(pid, None)
-            if row is not None:
-                self._next_rows.append(row)
-                self._next_t.append(t_ns)
+        if self.ev is not None and self.pending.item(pid >> 3) >> (pid & 7) & 1:
+            row = self._unpark(pid)
+            self._next_rows.append(row)
+            self._next_t.append(t_ns)
         if self.fl is not None:
             self.fl.append(t_ns, vm, vcpu, gfn, self._kind_code[kind], latency_ns)
+
+    # -- pending refaults ---------------------------------------------------------------------
+    def _is_pending(self, pids: NDArray[np.integer]) -> NDArray[np.bool_]:
+        """Which pages were evicted and have not faulted since."""
+        p = pids.astype(np.int64)
+        return ((self.pending[p >> 3] >> (p & 7).astype(np.uint8)) & 1).astype(np.bool_)
+
+    def _row_of(self, pid: int) -> int:
+        """The row of pending page ``pid``'s eviction."""
+        row = self.mem.last_access_us.item(pid)
+        return self._far_rows[pid] if row == SLOT_ROWS else row
+
+    def _row_stamp(self, row: int) -> int:
+        """Row ``row``'s last-access stamp (us), from the side file."""
+        return int.from_bytes(os.pread(self._stamps_fd, 4, row * 4), "little")
+
+    def _stamps(self, pids: NDArray[np.integer]) -> NDArray[np.uint32]:
+        """Last-access stamps (us) of mapped pages ``pids``; a pending one's is its row's."""
+        out = self.mem.last_access_us[pids]
+        if self.ev is not None:
+            for i in np.flatnonzero(self._is_pending(pids)).tolist():
+                out[i] = self._row_stamp(self._row_of(int(pids[i])))
+        return out
+
+    def _park(self, pids: NDArray[np.integer], first: int, last_us: NDArray[np.uint32]) -> None:
+        """Pages ``pids`` were evicted as rows ``first...``: their stamps go to the side file,
+        their rows to their stamp slots, their pending bits are set."""
+        n = len(pids)
+        os.pwrite(self._stamps_fd, last_us.astype("<u4").tobytes(), first * 4)
+        p = pids.astype(np.int64)
+        for q in p[self._is_pending(p)].tolist():  # evicted again before its fault was seen
+            self._far_rows.pop(q, None)
+        rows = np.arange(first, first + n, dtype=np.int64)
+        far = rows >= SLOT_ROWS
+        if far.any():
+            self._far_rows.update(zip(p[far].tolist(), rows[far].tolist(), strict=True))
+        self.mem.last_access_us[p] = np.minimum(rows, SLOT_ROWS).astype(np.uint32)
+        np.bitwise_or.at(self.pending, p >> 3, (1 << (p & 7)).astype(np.uint8))
+
+    def _unpark(self, pid: int) -> int:
+        """Page ``pid`` faulted after its eviction: its pending bit is cleared and its stamp
+        put back (no access happened since: the one faulting is stamped when it retries).
+        Returns its eviction's row."""
+        row = self._row_of(pid)
+        self._far_rows.pop(pid, None)
+        self.pending[pid >> 3] = self.pending.item(pid >> 3) & ~(1 << (pid & 7))
+        self.mem.last_access_us[pid] = self._row_stamp(row)
+        return row
 
     def sample(
         self, t_ns: int, per_vm: Sequence[Sequence[int | None]], host: Sequence[int]
@@ -344,6 +413,10 @@ class Recorder:
         """Write everything, fill in the evictions' next access; return row counts."""
         counts = {name: t.close() for name, t in self.tables.items()}
         if self.ev is not None:
+            if self._stamps_fd >= 0:
+                os.close(self._stamps_fd)
+                self._stamps_fd = -1
+                self._stamps_path.unlink()
             self._finish_evictions()
         return counts
 
