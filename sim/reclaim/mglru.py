@@ -219,6 +219,12 @@ _U8 = np.uint8
 _OB2 = np.array([0, 0, 1, 2, 2], dtype=np.int64)  # order_base_2(refs) for refs 0..4
 _MAXED = (1 << LRU_REFS_WIDTH) + 1  # refs + workingset of a folio with every bit set
 
+# A folio's generation is kept as its sequence number modulo _SEQ_MOD in one byte (_OFF_LRU:
+# on no list), as the kernel keeps ``gen + 1`` in folio->flags (LRU_GEN_MASK); the lruvec's
+# max_seq gives the rest, since every generation in use lies within a few of it.
+_SEQ_MOD = 255
+_OFF_LRU = 255
+
 # Shadow token (32 bits): PG_workingset | min_seq at eviction | refs - 1.
 _SEQ_BITS = 31 - LRU_REFS_WIDTH
 _SEQ_MASK = (1 << _SEQ_BITS) - 1
@@ -351,7 +357,7 @@ class Mglru:
         # 6.14 marks promoted folios PG_workingset (tier 3); 6.13 left tiers to fd refs
         self._promoted = _U8(PG_WORKINGSET if cfg.promotion == "two_step" else 0)
         self.fl = np.zeros(nr_frames, dtype=np.uint8)
-        self.seq = np.full(nr_frames, -1, dtype=np.int32)  # generation (sequence) on a list
+        self._gen = np.full(nr_frames, _OFF_LRU, dtype=np.uint8)  # seq % _SEQ_MOD (_seq_of)
         # A folio is on one list at a time, so the lists share their links. A lazily promoted
         # folio sits on an older generation's list than its own, so lists keep no sizes (as in
         # the kernel, folios are counted per generation, ``nr_pages``) and a folio leaves its
@@ -374,6 +380,25 @@ class Mglru:
             self.vmstat[item] += n
         else:
             self.vmstat.count(item, n, self.memcg)  # type: ignore[attr-defined]
+
+    # -- generations -------------------------------------------------------------------------
+    def _seq_of(self, pfns: Pfns | slice) -> NDArray[np.int64]:
+        """Folios' generation (sequence) numbers, -1 off the lists: the one number congruent
+        to the stored byte within ``_SEQ_MOD`` below ``max_seq + 1`` (a folio's generation is
+        at most ``max_seq + 1``, in the swappiness-0 inversion, and at least ``min_seq``, at
+        most ``MAX_NR_GENS - 1`` below ``max_seq``)."""
+        code = self._gen[pfns].astype(np.int64)
+        top = self.max_seq + 1
+        return np.where(code == _OFF_LRU, -1, top - (top - code) % _SEQ_MOD)
+
+    def _store_seq(self, pfns: Pfns, seqs: NDArray[np.int64] | int) -> None:
+        """Set folios' generation numbers (-1: off the lists)."""
+        self._gen[pfns] = np.where(np.less(seqs, 0), _OFF_LRU, np.mod(seqs, _SEQ_MOD))
+
+    @property
+    def seq(self) -> NDArray[np.int64]:
+        """Every frame's generation (sequence) number, -1 for folios on no list (tests)."""
+        return self._seq_of(slice(None))
 
     # -- the anon type's state (what an anon-only lruvec has) ----------------------------------
     @property
@@ -477,7 +502,7 @@ class Mglru:
         the head)."""
         if len(pfns) == 0:
             return
-        self.seq[pfns] = seqs
+        self._store_seq(pfns, seqs)
         self.fl[pfns] = (self.fl[pfns] & ~_U8(PG_ACTIVE | FL_BATCH)) | _U8(FL_LRU)
         for type_, sel in self._by_type(pfns):
             s = seqs[sel]
@@ -508,10 +533,10 @@ class Mglru:
         """Change listed folios' generations (all of type ``type_``), keeping the page
         counts."""
         nr_pages = self.types[type_].nr_pages
-        old = self.seq[pfns] % MAX_NR_GENS
+        old = self._seq_of(pfns) % MAX_NR_GENS
         nr_pages -= np.bincount(old, minlength=MAX_NR_GENS)
-        self.seq[pfns] = new
-        nr_pages += np.bincount(self.seq[pfns] % MAX_NR_GENS, minlength=MAX_NR_GENS)
+        self._store_seq(pfns, new)
+        nr_pages += np.bincount(self._seq_of(pfns) % MAX_NR_GENS, minlength=MAX_NR_GENS)
 
     def _lru_add_drain(self) -> None:
         """Move the lru_add batch onto the generation lists."""
@@ -606,18 +631,18 @@ class Mglru:
         lst = g.lists[g.min_seq % MAX_NR_GENS]
         pfns = lst.isolate_tail(self.nr_frames)
         if len(pfns) and type_ == ANON and not swappiness:
-            old = self.seq[pfns] == g.min_seq
-            self.seq[pfns[old]] = self.max_seq + 1  # same list index: the counts hold
+            old = self._seq_of(pfns) == g.min_seq
+            self._store_seq(pfns[old], self.max_seq + 1)  # same list index: the counts hold
             lst.add_tail(pfns[old])
-            self._move(pfns[~old], self.seq[pfns[~old]], tail=True)
+            self._move(pfns[~old], self._seq_of(pfns[~old]), tail=True)
         elif len(pfns):
             fl = self.fl[pfns]
             tier, maxed = self._tier(fl)
             self.vmstat["mglru_protected"] += self._count(g.protected, tier[~maxed])
-            old = self.seq[pfns] == g.min_seq
+            old = self._seq_of(pfns) == g.min_seq
             self._set_seq(pfns[old], g.min_seq + 1, type_)  # folio_inc_gen
             self.fl[pfns[old]] = fl[old] & ~_U8(LRU_REFS_FLAGS)
-            self._move(pfns, self.seq[pfns], tail=True, type_=type_)
+            self._move(pfns, self._seq_of(pfns), tail=True, type_=type_)
         self._reset_ctrl_pos(type_)
         g.min_seq += 1
 
@@ -736,7 +761,7 @@ class Mglru:
         while remaining and n_iso < cap and not lst.is_empty():
             # a chunk of the tail; what is not reached is put back at the tail
             chunk = lst.isolate_tail(min(remaining, MIN_LRU_BATCH, max(8, 2 * (cap - n_iso))))
-            seq, fl = self.seq[chunk], self.fl[chunk]
+            seq, fl = self._seq_of(chunk), self.fl[chunk]
             promoted = seq != min_seq
             tier, maxed = self._tier(fl)
             protect = ~promoted & ((tier > tier_idx) | maxed)
@@ -778,7 +803,7 @@ class Mglru:
                 up = chunk[inc]
                 self.fl[up] = fl[inc] & ~_U8(LRU_REFS_FLAGS)
                 self._set_seq(up, min_seq + 1, type_)
-                self._move(up, self.seq[up], type_=type_)
+                self._move(up, self._seq_of(up), type_=type_)
             sorted_ += int(promoted.sum() + inc.sum())
             # isolate_folio: off the LRU; refs are kept only with PG_referenced
             iso = chunk[take]
@@ -787,7 +812,7 @@ class Mglru:
                 ifl = np.where((ifl & PG_REFERENCED) != 0, ifl, ifl & ~_U8(LRU_REFS_MASK))
                 self.fl[iso] = ifl & ~_U8(FL_LRU)
                 g.nr_pages[min_seq % MAX_NR_GENS] -= len(iso)
-                self.seq[iso] = -1
+                self._gen[iso] = _OFF_LRU
                 isolated.append(iso)
                 n_iso += len(iso)
         sc.isolated(n_iso, file=type_ == FILE)  # pgscan: folios isolated (PGSCAN_ANON + type)
@@ -1057,10 +1082,10 @@ class Mglru:
         if len(on):
             lru_del(self.links, on)
             for type_, sel in self._by_type(on):
-                gens = self.seq[on[sel]] % MAX_NR_GENS
+                gens = self._seq_of(on[sel]) % MAX_NR_GENS
                 self.types[type_].nr_pages -= np.bincount(gens, minlength=MAX_NR_GENS)
         self.fl[pfns] = 0
-        self.seq[pfns] = -1
+        self._gen[pfns] = _OFF_LRU
 
     def folio_rotate_reclaimable(self, pfn: int) -> None:
         """``lru_move_tail`` -> ``lru_gen_add_folio(reclaiming)``: to the tail of the oldest
@@ -1072,9 +1097,9 @@ class Mglru:
         lru_del(self.links, np.array([pfn], dtype=np.int64))
         g = self.types[FILE if fl & FL_FILE else ANON]
         seq = max(self.max_seq - MAX_NR_GENS + 1, g.min_seq)
-        g.nr_pages[self.seq.item(pfn) % MAX_NR_GENS] -= 1
+        g.nr_pages[int(self._seq_of(pfn)) % MAX_NR_GENS] -= 1
         g.nr_pages[seq % MAX_NR_GENS] += 1
-        self.seq[pfn] = seq
+        self._store_seq(pfn, seq)
         self.fl[pfn] = fl & ~PG_ACTIVE
         g.lists[seq % MAX_NR_GENS].add_tail(np.array([pfn], dtype=np.int64))
 
@@ -1196,14 +1221,14 @@ class Mglru:
                 if s > self.max_seq:
                     assert len(items) == 0, "a list outside the generation window is not empty"
                     continue
-                seq = self.seq[items]
+                seq = self._seq_of(items)
                 fl = self.fl[items]
                 assert ((seq >= s) & (seq <= self.max_seq)).all(), "folio generation off its list"
                 assert ((fl & (FL_LRU | FL_BATCH)) == FL_LRU).all(), "listed, not PG_lru"
                 assert (((fl & FL_FILE) != 0) == (type_ == FILE)).all(), "folio of another type"
                 typed.append(items)
             on = np.concatenate(typed) if typed else np.zeros(0, dtype=np.int64)
-            counts = np.bincount(self.seq[on] % MAX_NR_GENS, minlength=MAX_NR_GENS)
+            counts = np.bincount(self._seq_of(on) % MAX_NR_GENS, minlength=MAX_NR_GENS)
             assert (counts == g.nr_pages).all(), "per-generation counts"
             listed.extend(typed)
         batch = np.array(self._batch, dtype=np.int64)
