@@ -17,10 +17,14 @@ Refault linkage
     (``HostMemory.last_access_us``) holds the row meanwhile, a slot that is otherwise dead: no
     guest access can touch the page before its fault, and every stamp read is of a mapped page.
     The stamp the slot held is written, as the row's ``last_access_ns``, to a side file of four
-    bytes per row (``evictions.last_access.part``, deleted at the end); the fault puts it back.
-    It is read back too in the rare window where a refaulted page is mapped again before its
-    fault is logged (a memcg's ``memory.high`` throttling between the two): a reclaim or an
-    idle-rank sample then reads the stamp from there, as it would have read the slot.
+    bytes per row (``evictions.last_access.part``); the fault puts it back. It is read back too
+    in the rare window where a refaulted page is mapped again before its fault is logged (a
+    memcg's ``memory.high`` throttling between the two): a reclaim or an idle-rank sample then
+    reads the stamp from there, as it would have read the slot. The fault's time goes to a
+    second side file, eight bytes per row (``evictions.next_access.part``), which fills the
+    column at the end; so what the linkage keeps in memory does not grow with the run (until
+    row 2^32 - 1, from which a dict holds the pending rows). Both files
+    are deleted at the end.
 
 Determinism
     Row groups are cut at fixed row counts and nothing time- or host-dependent is written, so the
@@ -30,7 +34,6 @@ Determinism
 from __future__ import annotations
 
 import os
-from array import array
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -279,12 +282,13 @@ class Recorder:
         # one bit per page: evicted, its fault not seen yet (its stamp slot holds the row)
         self.pending = np.zeros(-(-mem.nr_pages // 8) if self.ev is not None else 0, np.uint8)
         self._far_rows: dict[int, int] = {}  # pending rows past SLOT_ROWS (4G evictions on)
-        self._stamps_fd = -1  # the side file: each row's last-access stamp (uint32 us)
+        # side files, one record per row: its last-access stamp (uint32 us), and its next
+        # access (int64 ns, plus one: 0 where the page has not come back)
+        self._side = {k: outdir / f"evictions.{k}_access.part" for k in ("last", "next")}
+        self._fd: dict[str, int] = {}
         if self.ev is not None:
-            self._stamps_path = outdir / "evictions.last_access.part"
-            self._stamps_fd = os.open(self._stamps_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
-        self._next_rows = array("q")  # (eviction row, refault time) pairs: 16 bytes each
-        self._next_t = array("q")
+            flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC
+            self._fd = {k: os.open(path, flags) for k, path in self._side.items()}
         self.n_evictions = 0
         self.rng = np.random.default_rng(rng_seed)
 
@@ -346,8 +350,7 @@ class Recorder:
         """FaultSink: one guest fault."""
         if self.ev is not None and self.pending.item(pid >> 3) >> (pid & 7) & 1:
             row = self._unpark(pid)
-            self._next_rows.append(row)
-            self._next_t.append(t_ns)
+            os.pwrite(self._fd["next"], (t_ns + 1).to_bytes(8, "little", signed=True), row * 8)
         if self.fl is not None:
             self.fl.append(t_ns, vm, vcpu, gfn, self._kind_code[kind], latency_ns)
 
@@ -364,7 +367,7 @@ class Recorder:
 
     def _row_stamp(self, row: int) -> int:
         """Row ``row``'s last-access stamp (us), from the side file."""
-        return int.from_bytes(os.pread(self._stamps_fd, 4, row * 4), "little")
+        return int.from_bytes(os.pread(self._fd["last"], 4, row * 4), "little")
 
     def _stamps(self, pids: NDArray[np.integer]) -> NDArray[np.uint32]:
         """Last-access stamps (us) of mapped pages ``pids``; a pending one's is its row's."""
@@ -378,7 +381,7 @@ class Recorder:
         """Pages ``pids`` were evicted as rows ``first...``: their stamps go to the side file,
         their rows to their stamp slots, their pending bits are set."""
         n = len(pids)
-        os.pwrite(self._stamps_fd, last_us.astype("<u4").tobytes(), first * 4)
+        os.pwrite(self._fd["last"], last_us.astype("<u4").tobytes(), first * 4)
         p = pids.astype(np.int64)
         for q in p[self._is_pending(p)].tolist():  # evicted again before its fault was seen
             self._far_rows.pop(q, None)
@@ -412,31 +415,27 @@ class Recorder:
     def close(self) -> dict[str, int]:
         """Write everything, fill in the evictions' next access; return row counts."""
         counts = {name: t.close() for name, t in self.tables.items()}
-        if self.ev is not None:
-            if self._stamps_fd >= 0:
-                os.close(self._stamps_fd)
-                self._stamps_fd = -1
-                self._stamps_path.unlink()
+        if self.ev is not None and self._fd:
             self._finish_evictions()
+            for k, fd in self._fd.items():
+                os.close(fd)
+                self._side[k].unlink()
+            self._fd = {}
         return counts
 
     def _finish_evictions(self) -> None:
         part = self.outdir / "evictions.parquet.part"
         final = self.outdir / "evictions.parquet"
-        rows = np.frombuffer(self._next_rows, dtype=np.int64)
-        ts = np.frombuffer(self._next_t, dtype=np.int64)
-        order = np.argsort(rows, kind="stable")
-        rows, ts = rows[order], ts[order]
         src = pq.ParquetFile(part)
         writer: pq.ParquetWriter | None = None
         start = 0
         for batch in src.iter_batches(batch_size=self.chunk_rows):
             n = batch.num_rows
-            lo, hi = np.searchsorted(rows, [start, start + n])
-            nxt = np.zeros(n, dtype=np.int64)
-            back = np.zeros(n, dtype=np.bool_)
-            nxt[rows[lo:hi] - start] = ts[lo:hi]
-            back[rows[lo:hi] - start] = True
+            got = np.frombuffer(os.pread(self._fd["next"], 8 * n, 8 * start), dtype="<i8")
+            nxt = np.zeros(n, dtype=np.int64)  # past the file's end: none came back
+            nxt[: len(got)] = got
+            back = nxt > 0
+            nxt[back] -= 1
             cols = {name: batch.column(name) for name in EVICTIONS_SCHEMA.names}
             cols["next_access_ns"] = pa.array(nxt, pa.int64(), mask=~back)  # null: never back
             cols["refault"] = pa.array(back, pa.bool_())

@@ -30,7 +30,9 @@ Data model
     frame ``scans`` (reclaim scans the folio survived). The stamp stays per page although only
     pages with frames are read: per frame, every guest access would add a dependent load
     (``pfn``) and a store to a second random place, which made the hit path 1.5-2x slower over
-    2 GiB of resident pages; per page it is a store next to the spte's in access order.
+    2 GiB of resident pages; per page it is a store next to the spte's in access order. While a
+    page is evicted and its refault not yet logged, its slot holds the row of its eviction in
+    the log instead (record.py): no access can stamp the page before that fault.
 
 Invariants
     ``nr_free + (frames owned) + nr_pool == nr_frames`` (``nr_pool``: the compressed pool's);
