@@ -12,8 +12,8 @@ Tables (columns documented in README.md, "Output files")
 
 Refault linkage
     ``next_access_ns`` of an eviction is the time of the first fault on the page after it. The
-    row waiting for that fault is kept per page without a map: a bit per page (``pending``)
-    says the page was evicted and has not faulted since, and its last-access stamp
+    row waiting for that fault is kept per page without a map: a bit per page
+    (``pending_refault``) says the page was evicted and has not faulted since, and its stamp
     (``HostMemory.last_access_us``) holds the row meanwhile, a slot that is otherwise dead: no
     guest access can touch the page before its fault, and every stamp read is of a mapped page.
     The stamp the slot held is written, as the row's ``last_access_ns``, to a side file of four
@@ -280,7 +280,9 @@ class Recorder:
         self.fl = self.tables.get("faults")
         self.tl = self.tables.get("timeline")
         # one bit per page: evicted, its fault not seen yet (its stamp slot holds the row)
-        self.pending = np.zeros(-(-mem.nr_pages // 8) if self.ev is not None else 0, np.uint8)
+        self.pending_refault = np.zeros(
+            -(-mem.nr_pages // 8) if self.ev is not None else 0, np.uint8
+        )
         self._far_rows: dict[int, int] = {}  # pending rows past SLOT_ROWS (4G evictions on)
         # side files, one record per row: its last-access stamp (uint32 us), and its next
         # access (int64 ns, plus one: 0 where the page has not come back)
@@ -348,7 +350,7 @@ class Recorder:
         self, t_ns: int, vm: int, vcpu: int, gfn: int, kind: str, latency_ns: int, pid: int
     ) -> None:
         """FaultSink: one guest fault."""
-        if self.ev is not None and self.pending.item(pid >> 3) >> (pid & 7) & 1:
+        if self.ev is not None and self.pending_refault.item(pid >> 3) >> (pid & 7) & 1:
             row = self._unpark(pid)
             os.pwrite(self._fd["next"], (t_ns + 1).to_bytes(8, "little", signed=True), row * 8)
         if self.fl is not None:
@@ -358,7 +360,7 @@ class Recorder:
     def _is_pending(self, pids: NDArray[np.integer]) -> NDArray[np.bool_]:
         """Which pages were evicted and have not faulted since."""
         p = pids.astype(np.int64)
-        return ((self.pending[p >> 3] >> (p & 7).astype(np.uint8)) & 1).astype(np.bool_)
+        return ((self.pending_refault[p >> 3] >> (p & 7).astype(np.uint8)) & 1).astype(np.bool_)
 
     def _row_of(self, pid: int) -> int:
         """The row of pending page ``pid``'s eviction."""
@@ -390,7 +392,7 @@ class Recorder:
         if far.any():
             self._far_rows.update(zip(p[far].tolist(), rows[far].tolist(), strict=True))
         self.mem.last_access_us[p] = np.minimum(rows, SLOT_ROWS).astype(np.uint32)
-        np.bitwise_or.at(self.pending, p >> 3, (1 << (p & 7)).astype(np.uint8))
+        np.bitwise_or.at(self.pending_refault, p >> 3, (1 << (p & 7)).astype(np.uint8))
 
     def _unpark(self, pid: int) -> int:
         """Page ``pid`` faulted after its eviction: its pending bit is cleared and its stamp
@@ -398,7 +400,7 @@ class Recorder:
         Returns its eviction's row."""
         row = self._row_of(pid)
         self._far_rows.pop(pid, None)
-        self.pending[pid >> 3] = self.pending.item(pid >> 3) & ~(1 << (pid & 7))
+        self.pending_refault[pid >> 3] = self.pending_refault.item(pid >> 3) & ~(1 << (pid & 7))
         self.mem.last_access_us[pid] = self._row_stamp(row)
         return row
 
