@@ -15,13 +15,16 @@ owns their memory, and each owner is put in one class by its path:
 
 - ``kernel``: state the kernel keeps too (page flags, pfn or shadow, sptes, the rmap, LRU
   lists, free lists, counters);
-- ``analysis``: stamps only the eviction log reads (``ANALYSIS``: last access, scans survived);
+- ``analysis``: state only the eviction log reads (``ANALYSIS``: last access, scans survived,
+  and the recorder's bit per page marking an eviction whose refault is not seen yet);
 - ``per_vcpu``: access batches, a fixed size per vCPU whatever the memory size (bytes, not per
   page);
 - ``output``: the recorder's row buffers, output on its way to parquet.
 
 The row is (kernel + analysis) bytes per guest page; the note splits it, and per host frame.
-Python objects that are not arrays are not counted.
+Python objects that are not arrays are not counted. One world per policy of ``POLICIES``: the
+kernel's two (``two_list``, ``mglru``) against the target, the textbook ones for information
+(``opt`` needs the future, which only demand mode has: no such world).
 
 Peak RSS: in a fresh subprocess, a 256 GiB host with 32 VMs of 8 GiB (4 KiB pages: 64M frames
 and 64M guest pages; 2 vCPUs each, default Zipf workload, 16 GiB swap) is built and run for
@@ -57,17 +60,26 @@ PIN_ONE_CORE = True
 RUN_S = 0.002  # simulated seconds the large world runs before its peak RSS is read
 STEADY_HORIZON_S = 60.0  # simulated time the steady-state world may take to fill memory
 LARGE_TIMEOUT_S = 900
-# Arrays only the eviction log reads (idle time, idle rank, scans survived): no kernel has them.
-ANALYSIS = ("last_access_us", "scans")
+# Arrays only the eviction log reads (idle time, idle rank, scans survived, the refault
+# linkage's pending bits): no kernel has them.
+ANALYSIS = ("last_access_us", "scans", "pending_refault")
+KERNEL_POLICIES = ("two_list", "mglru")  # the target is theirs
+POLICIES = (*KERNEL_POLICIES, "clock", "fifo", "lru", "random")
 _PER_VCPU = re.compile(r"\.vcpus\[\d+\]")
 
 
 def scenario(
-    host_mib: int, nr_vms: int, vm_mib: int, duration_s: float = RUN_S, *, log: bool = False
+    host_mib: int,
+    nr_vms: int,
+    vm_mib: int,
+    duration_s: float = RUN_S,
+    *,
+    log: bool = False,
+    policy: str = "two_list",
 ) -> Scenario:
-    """``nr_vms`` VMs of ``vm_mib`` (2 vCPUs, Zipf) on a ``host_mib`` host; swap holds the
-    overcommitted part, and at least 1/16 of host memory. ``log``: the recorder writes the
-    eviction log only (the other tables are output, not state)."""
+    """``nr_vms`` VMs of ``vm_mib`` (2 vCPUs, Zipf) on a ``host_mib`` host under ``policy``;
+    swap holds the overcommitted part, and at least 1/16 of host memory. ``log``: the recorder
+    writes the eviction log only (the other tables are output, not state)."""
     swap_mib = max(nr_vms * vm_mib - host_mib, host_mib // 16)
     raw: dict[str, Any] = {
         "name": "bench-memory",
@@ -75,6 +87,7 @@ def scenario(
         "duration_s": duration_s,
         "host": {"memory_mib": host_mib},
         "swap": {"size_mib": swap_mib},
+        "reclaim": {"policy": policy},
         "vms": [{"name": "vm", "count": nr_vms, "memory_mib": vm_mib, "vcpus": 2}],
     }
     if log:
@@ -169,10 +182,10 @@ def reachable_arrays(root: Any, name: str = "world") -> dict[int, tuple[str, np.
 
 def kind_of(path: str) -> str:
     """The class of the array first reached by ``path`` (see the module docstring)."""
-    if path.startswith("world.recorder"):
-        return "output"
     if path.rsplit(".", 1)[-1] in ANALYSIS:
         return "analysis"
+    if path.startswith("world.recorder"):
+        return "output"
     if _PER_VCPU.search(path):
         return "per_vcpu"
     return "kernel"
@@ -250,9 +263,11 @@ def run_to_steady_state(w: Any) -> float:
     return (now() - SETTLE_S * 1e9) / 1e9
 
 
-def measure_steady(host_mib: int, nr_vms: int, vm_mib: int) -> dict[str, Any]:
+def measure_steady(
+    host_mib: int, nr_vms: int, vm_mib: int, policy: str = "two_list"
+) -> dict[str, Any]:
     """State bytes of a world at steady state, by class, with its counts and timings."""
-    sc = scenario(host_mib, nr_vms, vm_mib, STEADY_HORIZON_S, log=True)
+    sc = scenario(host_mib, nr_vms, vm_mib, STEADY_HORIZON_S, log=True, policy=policy)
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         w = build_world(sc, Path(tmp))
         t0 = time.perf_counter()
@@ -270,6 +285,7 @@ def measure_steady(host_mib: int, nr_vms: int, vm_mib: int) -> dict[str, Any]:
         if a["kind"] in ("kernel", "analysis") and a["bytes"] >= pages // 100:
             per_page[a["path"]] = round(a["bytes"] / pages, 3)
     return {
+        "policy": policy,
         "host_mib": host_mib,
         "vms": nr_vms,
         "vm_mib": vm_mib,
@@ -320,40 +336,55 @@ def child(host_mib: int, nr_vms: int, vm_mib: int) -> dict[str, Any]:
     return out
 
 
-def run(quick: bool) -> list[dict[str, Any]]:
-    """State bytes per page (a host at steady state) and peak RSS (large host)."""
-    mid = (256, 8, 48) if quick else (1024, 8, 192)  # 16 GiB, 8 x 3 GiB at 1/16 (1/64) scale
-    m = measure_steady(*mid)
+def state_rows(mid: tuple[int, int, int], policy: str, m: dict[str, Any]) -> list[dict[str, Any]]:
+    """The state-per-page row of one policy's world (with the target for the kernel's
+    policies), and for those the kernel-modelled part alone."""
     pages, kinds = m["guest_pages"], m["bytes_by_kind"]
+    kernel = policy in KERNEL_POLICIES
+    name = "" if policy == "two_list" else f", {policy}"  # two_list: the row's original name
+    target = Target(max_value=16) if kernel else None
     rows = [
         row(
             "memory",
-            "state bytes per simulated 4 KiB page",
+            f"state bytes per simulated 4 KiB page{name}",
             m["state_bytes"] / pages,
             "B/page",
-            target=Target(max_value=16),
-            note=f"steady state of {mid[0]} MiB host, {mid[1]} x {mid[2]} MiB VMs (1.5x "
-            f"overcommit; memory full at {m['memory_full_s']:g} s, measured at "
-            f"{m['measured_at_s']:g} s): kernel-modelled {kinds['kernel'] / pages:.2f} + "
-            f"analysis stamps {kinds['analysis'] / pages:.2f} B/page (kept only for the "
-            "eviction log); "
+            target=target,
+            note=f"{policy}{'' if kernel else ' (information: not a kernel policy)'}; steady "
+            f"state of {mid[0]} MiB host, {mid[1]} x {mid[2]} MiB VMs (1.5x overcommit; memory "
+            f"full at {m['memory_full_s']:g} s, measured at {m['measured_at_s']:g} s): "
+            f"kernel-modelled {kinds['kernel'] / pages:.2f} + analysis "
+            f"{kinds['analysis'] / pages:.2f} B/page (kept only for the eviction log); "
             f"{m['state_bytes'] / m['frames']:.1f} B per host frame; plus "
             f"{kinds['per_vcpu'] >> 10} KiB of per-vCPU batches",
             kernel_bytes_per_page=round(kinds["kernel"] / pages, 3),
             analysis_bytes_per_page=round(kinds["analysis"] / pages, 3),
             bytes_per_frame=m["state_bytes"] / m["frames"],
             **m,
-        ),
-        row(
-            "memory",
-            "kernel-modelled state per page (all a run keeps without the eviction log)",
-            kinds["kernel"] / pages,
-            "B/page",
-            target=Target(max_value=16),
-            note="the row above less the analysis stamps: page flags, pfn or shadow, spte; "
-            "per frame the rmap, policy flags and LRU links",
-        ),
+        )
     ]
+    if kernel:
+        rows.append(
+            row(
+                "memory",
+                "kernel-modelled state per page (all a run keeps without the eviction log)" + name,
+                kinds["kernel"] / pages,
+                "B/page",
+                target=target,
+                note=f"{policy}: the row above less the analysis state: page flags, pfn or "
+                "shadow, spte; per frame the rmap, policy flags, LRU links"
+                + (", generation" if policy == "mglru" else ""),
+            )
+        )
+    return rows
+
+
+def run(quick: bool) -> list[dict[str, Any]]:
+    """State bytes per page (a host at steady state) and peak RSS (large host)."""
+    mid = (256, 8, 48) if quick else (1024, 8, 192)  # 16 GiB, 8 x 3 GiB at 1/16 (1/64) scale
+    rows = []
+    for policy in POLICIES:
+        rows.extend(state_rows(mid, policy, measure_steady(*mid, policy=policy)))
     large = (4096, 8, 512) if quick else (262144, 32, 8192)
     desc = f"{large[0] // 1024} GiB host, {large[1]} x {large[2] // 1024 or large[2]}" + (
         " GiB VMs" if large[2] >= 1024 else " MiB VMs"

@@ -37,6 +37,7 @@ EXPECTED = {
     ("replay", "lru accesses/s vs per-request API"),
     ("mrc", "exact LRU MRC, all sizes, accesses/s"),
     ("memory", "state bytes per simulated 4 KiB page"),
+    ("memory", "state bytes per simulated 4 KiB page, mglru"),
     ("calibrate", "memsim two_list accesses/s vs lru"),
     ("calibrate", "memsim two_list accesses/s vs demand replay"),
     ("calibrate", "real guest accesses/s (guest time)"),  # skipped without root and KVM
