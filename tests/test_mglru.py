@@ -463,12 +463,12 @@ def test_invariants_hold_throughout_random_scenarios(raw: dict[str, Any]) -> Non
 @pytest.mark.parametrize("max_seq", [MIN_NR_GENS + 1, 253, 254, 255, 256, 509, 510, 100_000])
 def test_generation_byte_gives_back_the_sequence(max_seq: int) -> None:
     """A folio's generation is stored in one byte; every sequence number a folio can hold
-    (``max_seq - MAX_NR_GENS + 1`` up to ``max_seq + 1``, or off the lists) reads back whole,
-    as ``max_seq`` grows past the byte's range."""
+    (``max_seq - MAX_NR_GENS + 1`` up to ``max_seq + 1``, or off the lists: -1) reads back
+    whole, as ``max_seq`` grows past the byte's range."""
     pol = Mglru(MglruConfig(), 16, Counter(), np.random.default_rng(0))
     assert pol._gen.dtype == np.uint8
     pol.max_seq = max_seq
-    seqs = np.array([-1, *range(max(0, max_seq - MAX_NR_GENS + 1), max_seq + 2)], np.int64)
+    seqs = np.arange(max(0, max_seq - MAX_NR_GENS + 1), max_seq + 2, dtype=np.int64)
     pfns = np.arange(len(seqs), dtype=np.int64)[::-1]
     pol._store_seq(pfns, seqs)
     assert pol._seq_of(pfns).tolist() == seqs.tolist()
@@ -476,3 +476,5 @@ def test_generation_byte_gives_back_the_sequence(max_seq: int) -> None:
     assert (pol.seq[len(seqs) :] == -1).all()
     pol._store_seq(int(pfns[1]), max_seq)
     assert int(pol._seq_of(int(pfns[1]))) == max_seq
+    pol.max_seq += MAX_NR_GENS - 1  # the folios stay where they were while max_seq moves on
+    assert pol._seq_of(pfns).tolist() == [*seqs[:1], max_seq, *seqs[2:]]

@@ -358,6 +358,8 @@ class Mglru:
         self._promoted = _U8(PG_WORKINGSET if cfg.promotion == "two_step" else 0)
         self.fl = np.zeros(nr_frames, dtype=np.uint8)
         self._gen = np.full(nr_frames, _OFF_LRU, dtype=np.uint8)  # seq % _SEQ_MOD (_seq_of)
+        self._dec = np.full(256, -1, dtype=np.int64)  # byte -> sequence, for _dec_max
+        self._dec_max = -1
         # A folio is on one list at a time, so the lists share their links. A lazily promoted
         # folio sits on an older generation's list than its own, so lists keep no sizes (as in
         # the kernel, folios are counted per generation, ``nr_pages``) and a folio leaves its
@@ -384,16 +386,21 @@ class Mglru:
     # -- generations -------------------------------------------------------------------------
     def _seq_of(self, pfns: Pfns | slice) -> NDArray[np.int64]:
         """Folios' generation (sequence) numbers, -1 off the lists: the one number congruent
-        to the stored byte within ``_SEQ_MOD`` below ``max_seq + 1`` (a folio's generation is
+        to the stored byte within ``_SEQ_MOD`` up to ``max_seq + 1`` (a folio's generation is
         at most ``max_seq + 1``, in the swappiness-0 inversion, and at least ``min_seq``, at
-        most ``MAX_NR_GENS - 1`` below ``max_seq``)."""
-        code = self._gen[pfns].astype(np.int64)
-        top = self.max_seq + 1
-        return np.where(code == _OFF_LRU, -1, top - (top - code) % _SEQ_MOD)
+        most ``MAX_NR_GENS - 1`` below ``max_seq``). A table per ``max_seq`` decodes the byte:
+        one gather, as cheap as reading an int32."""
+        if self._dec_max != self.max_seq:
+            top = self.max_seq + 1
+            seqs = np.arange(top - _SEQ_MOD + 1, top + 1, dtype=np.int64)
+            self._dec[seqs % _SEQ_MOD] = seqs
+            self._dec_max = self.max_seq
+        return self._dec[self._gen[pfns]]
 
     def _store_seq(self, pfns: Pfns, seqs: NDArray[np.int64] | int) -> None:
-        """Set folios' generation numbers (-1: off the lists)."""
-        self._gen[pfns] = np.where(np.less(seqs, 0), _OFF_LRU, np.mod(seqs, _SEQ_MOD))
+        """Put folios into generations ``seqs`` (never negative: leaving the lists stores
+        ``_OFF_LRU``)."""
+        self._gen[pfns] = np.mod(seqs, _SEQ_MOD)
 
     @property
     def seq(self) -> NDArray[np.int64]:
