@@ -25,6 +25,7 @@ from sim.config import Scenario
 from sim.costs import CostModel
 from sim.guest.vcpu import Vcpu
 from sim.guest.workloads import AccessStream, TraceConfig
+from sim.host.core import core_for
 from sim.host.fault import HostFaultHandler
 from sim.host.filemap import FileReader
 from sim.host.kswapd import DirectReclaim, Kswapd, ProcessGen, ReclaimThrottle
@@ -36,6 +37,7 @@ from sim.host.page_writeback import DirtyControl
 from sim.lifecycle import checkpoint
 from sim.machine import Machine, rng_for, vcpu_stream
 from sim.reclaim.memcg import MemcgTwoList
+from sim.reclaim.two_list import TwoList
 from sim.results import staged, write_manifest
 from sim.tails import FaultLatencies, VcpuTime
 
@@ -101,6 +103,8 @@ class World(Machine):
             if sc.host.memcg_stats == "lazy" and isinstance(policy, MemcgTwoList):
                 self.memcg.use_lazy_stats(policy, round(sc.host.memcg_stats_flush_ms * 1e6))
             swap.on_free_slots = self.memcg.uncharge_swap
+        if isinstance(policy, TwoList):  # the compiled reclaim batch, where it applies
+            policy.core = core_for(self.vmscan, policy, self.memcg)
         self.host_fault = HostFaultHandler(
             env,
             mem,

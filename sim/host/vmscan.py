@@ -491,7 +491,11 @@ class Vmscan:
         mem.flags[wpid] = (f & ~_U8(PG_DIRTY)) | _U8(PG_WRITEBACK | PG_RECLAIM)
         mem.nr_writeback += n
         sc.blocked_until = max(sc.blocked_until, swap.blocked_until)
-        for pid, pfn, t in zip(wpid.tolist(), wpfn.tolist(), done, strict=True):
+        self.writeback_started(wpid.tolist(), wpfn.tolist(), done)
+
+    def writeback_started(self, pids: list[int], pfns: list[int], ends: list[int]) -> None:
+        """Each folio's ``folio_end_writeback`` is due when its write ends."""
+        for pid, pfn, t in zip(pids, pfns, ends, strict=True):
             self.schedule(t, partial(self.folio_end_writeback, pid, pfn))
 
     def _remove_mapping(self, pfns: NDArray[np.int64], pids: NDArray[np.int32]) -> None:

@@ -175,13 +175,17 @@ class TdpShortcut:
             ops = self._ops[i]
             self._usable[i] = ops is not None and len(subs) == 1 and subs[0] is ops
 
+    def refresh_if_stale(self) -> None:
+        """Bring the view of which mms are KVM's alone up to date after any registration."""
+        if self._seen != MmuNotifierSubscriptions.registrations:
+            self._refresh()
+
     def folio_referenced(
         self, pids: NDArray[np.int32], work: NotifierWork, *, flush: bool
     ) -> NDArray[np.bool_] | None:
         """Host pte young OR ``clear_flush_young`` (``flush``) / ``clear_young`` of one page
         per pid, all of them aged; None (nothing done) if the chain must run instead."""
-        if self._seen != MmuNotifierSubscriptions.registrations:
-            self._refresh()
+        self.refresh_if_stale()
         young = np.empty(len(pids), dtype=np.bool_)
         counts, yc, inv = self._counts, self._young, self._inv
         k = _age(
@@ -198,31 +202,51 @@ class TdpShortcut:
         )
         if k < 0:
             return None
+        self.aged(counts, yc, work, flush=flush)
+        return young
+
+    def aged(
+        self,
+        counts: NDArray[np.int64],
+        young: NDArray[np.int64],
+        work: NotifierWork,
+        *,
+        flush: bool,
+    ) -> None:
+        """The per-VM side effects of an aging walk that made ``counts[o]`` notifier calls
+        into mm ``o``, ``young[o]`` of them finding the spte young: call counts, the walk,
+        and the remote TLB flushes of ``clear_flush_young``; mms in ascending order, as the
+        chain visits them."""
         op = "clear_flush_young" if flush else "clear_young"
-        for j in range(k):
-            o = inv.item(j)
+        for o in np.flatnonzero(counts).tolist():
             c = counts.item(o)
             vm = self.vms[o]
             vm.mm.notifiers.count(op, c)
             work.nr_notifier_calls += c
             vm.mmu.count_walk(work, c)
             if flush and vm.notifier.flush_on_age:
-                vm.mmu.flush_remote_tlbs(yc.item(o), work)
-        return young
+                vm.mmu.flush_remote_tlbs(young.item(o), work)
 
     def unmap(self, pids: NDArray[np.int32], work: NotifierWork) -> bool:
         """``try_to_unmap``'s invalidation bracket and host pte clear for one page per pid;
         False (nothing done) if the chain must run instead."""
-        if self._seen != MmuNotifierSubscriptions.registrations:
-            self._refresh()
+        self.refresh_if_stale()
         counts, zapped, inv = self._counts, self._young, self._inv
         k = _unmap(
             pids, self.mem.flags, self.spte, self.mem.pid_base, self._usable, counts, zapped, inv
         )
         if k < 0:
             return False
-        for j in range(k):
-            o = inv.item(j)
+        self.unmapped(counts, zapped, work)
+        return True
+
+    def unmapped(
+        self, counts: NDArray[np.int64], zapped: NDArray[np.int64], work: NotifierWork
+    ) -> None:
+        """The per-VM side effects of ``counts[o]`` invalidations of mm ``o`` that zapped
+        ``zapped[o]`` present sptes: KVM's invalidation bracket and counters, the vCPUs
+        rechecking their step, the remote TLB flushes, the notifier call counts."""
+        for o in np.flatnonzero(counts).tolist():
             c, nz = counts.item(o), zapped.item(o)
             mmu = self.vms[o].mmu
             subs = self.vms[o].mm.notifiers
@@ -235,4 +259,3 @@ class TdpShortcut:
             mmu.invalidate_end(c)
             subs.count("invalidate_range_end", c)
             work.nr_notifier_calls += 2 * c
-        return True

@@ -87,6 +87,14 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field
 
+from sim.host.core import (
+    _AGE_MASK,
+    LRU_ACTIVE,
+    LRU_INACTIVE,
+    PG_REFERENCED,
+    PG_WORKINGSET,
+    HostCore,
+)
 from sim.host.memcontrol import apply_proportional_protection
 from sim.host.memory import DEF_PRIORITY, PAGE_SHIFT, SWAP_CLUSTER_MAX, int_sqrt
 from sim.host.vmscan import Outcome, ScanControl
@@ -101,13 +109,8 @@ from sim.reclaim.scan_balance import (
     scan_balance,
 )
 
-LRU_INACTIVE = 0x1
-LRU_ACTIVE = 0x2
-PG_REFERENCED = 0x4
-PG_WORKINGSET = 0x8
 LRU_FILE = 0x10  # a page-cache folio: on the file lists
 _LRU = np.uint8(LRU_INACTIVE | LRU_ACTIVE)
-_AGE_MASK = 0x7FFFFFFF
 _PGACTIVATE = VmStat.PGACTIVATE.value
 # /proc/vmstat's page-cache counters: kept only on hosts with a page cache (FILE_EVENTS)
 WORKINGSET_REFAULT_FILE = "workingset_refault_file"
@@ -258,6 +261,8 @@ class TwoList:
         self.prep: ScanPrep | None = None  # the root's decisions during a global reclaim pass
         # lazy memcg statistics (host.memcg_stats lazy): the last flush's values; None: exact
         self.stats: LruvecStats | None = None
+        # the compiled reclaim batch (sim/host/core.py), set by the world when it can take it
+        self.core: HostCore | None = None
 
     # -- helpers -----------------------------------------------------------------------------
     def _count(self, item: str, n: int = 1) -> None:
@@ -818,6 +823,9 @@ class TwoList:
     def shrink_inactive_list(self, n: int, sc: ScanControl, reclaim: Reclaimer) -> None:
         """Isolate ``n`` folios from the inactive tail; ``shrink_folio_list`` them (folios
         under write-out activated first, then ``folio_check_references``)."""
+        core = self.core
+        if core is not None and reclaim is core.vmscan and core.shrink_inactive_list(self, n, sc):
+            return
         pfns = self.inactive.isolate_tail(n)
         if len(pfns) == 0:
             return
@@ -846,6 +854,9 @@ class TwoList:
 
     def shrink_active_list(self, n: int, sc: ScanControl, reclaim: Reclaimer) -> None:
         """Deactivate ``n`` folios from the active tail; anon ones always go (bits cleared)."""
+        core = self.core
+        if core is not None and reclaim is core.vmscan and core.shrink_active_list(self, n, sc):
+            return
         pfns = self.active.isolate_tail(n)
         if len(pfns) == 0:
             return
