@@ -71,6 +71,7 @@ class World(Machine):
         cost = CostModel(self.costs, swap.compress_ns, swap.decompress_ns)
         self.throttle = throttle = ReclaimThrottle(env, mem, vmstat)
         self.vmscan.on_writeback_end = throttle.writeback_ended
+        self.vmscan.env = env
         self.kswapd = Kswapd(env, mem, self.vmscan, policy, cost, vmstat, throttle)
         direct = DirectReclaim(env, mem, self.vmscan, policy, cost, vmstat, throttle)
         self.oom = OomKiller(self.mms, mem, swap, policy, vmstat, now=lambda: int(env.now))

@@ -364,15 +364,24 @@ class Vcpu:
         return dt
 
     def _fault(self, gfn: int, alias: int, write: bool, base: int) -> ProcessGen:
-        """Handle an EPT violation that must wait (I/O, reclaim); the access is then retried."""
-        env, vm = self.env, self.vm
+        """Handle an EPT violation that must wait (I/O, reclaim); the access is then retried.
+        The caller's :meth:`_resolve` has just found that it must."""
+        env, vm, host = self.env, self.vm, self.host
         pid = base + gfn
-        refault = self.host.is_refault(pid)
+        refault = host.is_refault(pid)
         t0 = env.now
         self.in_guest = False
         self._wait_since = int(t0)
         kind, cpu_ns, _ = yield from kvm_page_fault(
-            vm.mmu, vm.mm, self.host, self.costs, pid=pid, gfn=gfn, alias=alias, write=write
+            vm.mmu,
+            vm.mm,
+            host,
+            self.costs,
+            pid=pid,
+            gfn=gfn,
+            alias=alias,
+            write=write,
+            tried=host.retry_is_idle(pid),
         )
         self._wait_since = -1
         self.in_guest = True

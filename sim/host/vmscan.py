@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
+from simpy import Environment, Event, Timeout
 
 from sim.host.memory import (
     DEF_PRIORITY,
@@ -246,6 +247,7 @@ class Vmscan:
     ) -> None:
         self.mem, self.swap, self.rmap, self.mms = mem, swap, rmap, list(mms)
         self.now, self.schedule, self.vmstat, self.sink = now, schedule, vmstat, sink
+        self.env: Environment | None = None  # the world's event loop (write-back timers), if any
         self.policy: EvictionPolicy  # set by the engine once the policy exists
         # Guest RAM in 2 MiB THPs: folios are PMD-mapped, and the kernel looks around only
         # from a pte (folio_referenced_one), so there is nothing to look around.
@@ -494,9 +496,19 @@ class Vmscan:
         self.writeback_started(wpid.tolist(), wpfn.tolist(), done)
 
     def writeback_started(self, pids: list[int], pfns: list[int], ends: list[int]) -> None:
-        """Each folio's ``folio_end_writeback`` is due when its write ends."""
+        """Each folio's ``folio_end_writeback`` is due when its write ends: one timer each (in
+        the world's event loop, when there is one, carrying the folio as its value)."""
+        env = self.env
+        if env is None:
+            for pid, pfn, t in zip(pids, pfns, ends, strict=True):
+                self.schedule(t, partial(self.folio_end_writeback, pid, pfn))
+            return
+        now, done = int(env.now), self._writeback_done
         for pid, pfn, t in zip(pids, pfns, ends, strict=True):
-            self.schedule(t, partial(self.folio_end_writeback, pid, pfn))
+            Timeout(env, max(0, t - now), (pid, pfn)).callbacks.append(done)
+
+    def _writeback_done(self, ev: Event) -> None:
+        self.folio_end_writeback(*ev._value)
 
     def _remove_mapping(self, pfns: NDArray[np.int64], pids: NDArray[np.int32]) -> None:
         """``__remove_mapping``: clean, unmapped folios leave the swap cache; the frame is

@@ -100,17 +100,25 @@ def kvm_page_fault(
     gfn: int,
     alias: int,
     write: bool,
+    tried: bool = False,
 ) -> ProcessGen:
-    """Resolve an EPT violation on ``gfn``; returns ``(FaultKind, cpu_ns, retries)``."""
-    quick = kvm_fault_nowait(mmu, host, costs, pid=pid, gfn=gfn, alias=alias, write=write)
-    if quick is not None:  # resolved meanwhile (e.g. another vCPU faulted the page in)
-        return quick[0], quick[1], 0
+    """Resolve an EPT violation on ``gfn``; returns ``(FaultKind, cpu_ns, retries)``.
+
+    ``tried``: the caller's :func:`kvm_fault_nowait` just returned None, no time passed since,
+    and ``host.retry_is_idle(pid)`` holds, so neither KVM's nor the host's no-wait attempt
+    is repeated (it would find the same and change nothing).
+    """
+    if not tried:
+        quick = kvm_fault_nowait(mmu, host, costs, pid=pid, gfn=gfn, alias=alias, write=write)
+        if quick is not None:  # resolved meanwhile (e.g. another vCPU faulted the page in)
+            return quick[0], quick[1], 0
     kind: FaultKind | None = None
     cpu_ns = 0
     retries = 0
     while True:
         mmu_seq = mmu.mmu_invalidate_seq
-        hf = yield from host.handle_mm_fault(pid, write)
+        hf = yield from host.handle_mm_fault(pid, write, tried)
+        tried = False
         if kind is None:
             kind = _KIND[hf]
         cpu_ns += _host_cost(costs, hf)

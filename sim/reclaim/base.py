@@ -381,6 +381,18 @@ class PageQueue:
         self._prev[tail] = last
         self._size += n
 
+    def add_tail_one(self, pfn: int) -> None:
+        """``add_tail`` of one folio (``lru_move_tail`` after a write ends)."""
+        if self._pending:
+            self.drain()
+        s, nxt, prev = self._s, self._nxt, self._prev
+        tail = nxt.item(s)
+        prev[pfn] = s
+        nxt[s] = pfn
+        nxt[pfn] = tail
+        prev[tail] = pfn
+        self._size += 1
+
     def isolate_tail(self, n: int) -> Pfns:
         """Take up to ``n`` folios from the tail (oldest first)."""
         if self._pending:

@@ -441,10 +441,13 @@ class TwoList:
         # workingset_refault: activate if the refault distance fits the workingset (active anon).
         self._count(VmStat.WORKINGSET_REFAULT)
         distance = (self.nonresident_age - (shadow & _AGE_MASK)) & _AGE_MASK
-        _, active, inactive_file, active_file = self._workingset_lists()
-        workingset_size = active  # workingset_test_recent for anon: + file lists
-        if self.file:
-            workingset_size += inactive_file + active_file
+        if self.file or self.stats is not None:
+            _, active, inactive_file, active_file = self._workingset_lists()
+            workingset_size = active  # workingset_test_recent for anon: + file lists
+            if self.file:
+                workingset_size += inactive_file + active_file
+        else:
+            workingset_size = len(self.active)
         if distance <= workingset_size:
             workingset = shadow >> 31
             self.fl[pfn] = LRU_ACTIVE | (PG_WORKINGSET if workingset else 0)
@@ -516,7 +519,7 @@ class TwoList:
         else:
             return
         self.fl[pfn] = (fl & ~LRU_ACTIVE) | LRU_INACTIVE
-        inactive.add_tail(np.array([pfn], dtype=np.int64))
+        inactive.add_tail_one(pfn)
 
     def workingset_eviction(self, pfns: Pfns) -> NDArray[np.uint32]:
         """Shadow = nonresident_age before this eviction, with PG_workingset in the top bit."""
