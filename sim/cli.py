@@ -242,6 +242,7 @@ def run(
     """Run the scenario in CONFIG and write its results."""
     from sim.checks import prepare_run
     from sim.engine import default_outdir, run_scenario
+    from sim.host.core import general_path_reason
 
     _memory_limit(max_memory)
     sc = load_scenario(config, list(overrides), seed)
@@ -250,6 +251,9 @@ def run(
     check_target(target, "run")  # a refused --out: before anything is printed or run
     if not quiet:
         note(describe(sc))
+        general = general_path_reason(sc)
+        if general is not None:
+            note(f"host core: not used ({general}); this run takes the general, slower path")
     try:
         if quiet:
             result = run_scenario(sc, target)

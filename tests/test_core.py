@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from sim import engine
 from sim.config import parse_scenario
 from sim.engine import build_world, run_scenario
-from sim.host.core import HostCore
+from sim.host.core import HostCore, general_path_reason
 from sim.reclaim.two_list import TwoList
 from tests.conftest import tiny
 from tests.test_invariants import scenarios
@@ -29,7 +29,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "plain": {},
     "flush_on_age": {"kvm__flush_on_age": True},
     "notifiers_off": {"kvm__mmu_notifiers": False},
-    "ept_ad_off": {"kvm__ept_ad_bits": False},  # access tracking: the core steps aside
     "three_vms": {"vms__0__count": 3, "host": {"memory_mib": 12}},
     "swap_full": {"swap": {"size_mib": 2}},
     "readahead": {"swap": {"size_mib": 64, "page_cluster": 3}},
@@ -94,6 +93,12 @@ def test_core_changes_nothing(name: str) -> None:
     _same(fast, general, name)
 
 
+def test_no_core_for_access_tracking() -> None:
+    """With EPT A/D bits off KVM ages by access tracking, which the fused walk does not take."""
+    w = build_world(tiny(duration_s=0.01, kvm__ept_ad_bits=False), None)
+    assert w.policy.core is None
+
+
 def test_core_keeps_the_eviction_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The eviction and fault rows (last access, scans survived, dirty, refaults) are equal."""
     sc = tiny(duration_s=0.05)
@@ -110,14 +115,40 @@ def test_core_keeps_the_eviction_log(tmp_path: Path, monkeypatch: pytest.MonkeyP
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_core_equals_general_path_over_random_worlds(raw: dict[str, Any]) -> None:
-    """Over the invariant tests' random worlds, made ones the core takes: two-list, a TDP MMU,
-    a disk without zswap, no page cache (everything else as drawn)."""
+    """Over the invariant tests' random worlds, made ones the core takes: two-list, a TDP MMU
+    with EPT A/D bits, a disk without zswap, no page cache (everything else as drawn)."""
     raw = dict(raw, reclaim={"policy": "two_list"})
     raw.pop("host_files", None)
-    raw["kvm"] = dict(raw["kvm"], mmu="tdp")
+    raw["kvm"] = dict(raw["kvm"], mmu="tdp", ept_ad_bits=True)
     raw["swap"] = dict(raw["swap"], device="disk", zswap={"enabled": False})
     sc = parse_scenario(raw, "prop")
     fast, used = _run(sc, True)
     general, _ = _run(sc, False)
     assert used
     _same(fast, general, "random")
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_the_run_note_names_exactly_the_worlds_without_the_core(raw: dict[str, Any]) -> None:
+    """``memsim run`` says the core is not used exactly when the built world has none."""
+    sc = parse_scenario(raw, "prop")
+    w = build_world(sc, None)
+    used = isinstance(getattr(w.policy, "core", None), HostCore)
+    assert (general_path_reason(sc) is None) == used, general_path_reason(sc)
+
+
+def test_run_says_once_when_the_core_is_not_used(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from sim.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(tiny(duration_s=0.01, reclaim={"policy": "clock"}).to_yaml())
+    r = CliRunner().invoke(main, ["run", str(cfg), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    assert r.stderr.count("host core: not used (reclaim.policy clock)") == 1
+    cfg.write_text(tiny(duration_s=0.01).to_yaml())
+    r = CliRunner().invoke(main, ["run", str(cfg), "--out", str(tmp_path / "p")])
+    assert r.exit_code == 0, r.output
+    assert "host core" not in r.stderr

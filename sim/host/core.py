@@ -51,6 +51,7 @@ from sim.kvm.mmu import SPTE_ACCESSED, SPTE_DIRTY, SPTE_PRESENT
 from sim.kvm.shortcut import TdpShortcut, _owner
 
 if TYPE_CHECKING:
+    from sim.config import Scenario
     from sim.host.vmscan import ScanControl, Vmscan
     from sim.reclaim.two_list import TwoList
 
@@ -576,6 +577,31 @@ class HostCore:
         return True
 
 
+def general_path_reason(sc: Scenario) -> str | None:
+    """Why a scenario's watermark world cannot use the compiled core (None: it does), in the
+    user's terms; :func:`core_for` decides the same from the built world (tested equal)."""
+    if sc.reclaim.trigger == "demand":
+        return None  # demand mode has no kswapd: its own compiled replays serve it
+    reasons = []
+    if sc.reclaim.policy != "two_list":
+        reasons.append(f"reclaim.policy {sc.reclaim.policy}")
+    if any(cfg.memcg is not None for _, cfg in sc.vm_list()):
+        reasons.append("memcgs")
+    if sc.file_sections():
+        reasons.append("host page cache")
+    if sc.kvm.mmu == "shadow" and sc.kvm.shadow_sptes_per_gfn > 1:
+        reasons.append("shadow paging with several sptes per gfn")
+    elif not sc.kvm.ept_ad_bits:
+        reasons.append("kvm.ept_ad_bits off (access tracking)")
+    if sc.swap.device != "disk":
+        reasons.append(f"swap.device {sc.swap.device}")
+    elif sc.swap.zswap.enabled:
+        reasons.append("zswap")
+    elif sc.swap.rotational:
+        reasons.append("swap.rotational")
+    return ", ".join(reasons) or None
+
+
 def core_for(vmscan: Vmscan, policy: object, memcg: object | None) -> HostCore | None:
     """The compiled core for a world, or None when its configuration needs the general path
     (see the module docstring's "When")."""
@@ -589,6 +615,7 @@ def core_for(vmscan: Vmscan, policy: object, memcg: object | None) -> HostCore |
         or policy.memcg >= 0
         or memcg is not None
         or not isinstance(shortcut, TdpShortcut)
+        or not shortcut.built_any()
         or swap.synchronous
         or swap.zswap is not None
         or swap.zpool is not None

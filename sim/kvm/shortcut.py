@@ -175,6 +175,10 @@ class TdpShortcut:
             ops = self._ops[i]
             self._usable[i] = ops is not None and len(subs) == 1 and subs[0] is ops
 
+    def built_any(self) -> bool:
+        """Whether any VM's MMU was built in the shape the fused walk takes."""
+        return any(op is not None for op in self._ops)
+
     def refresh_if_stale(self) -> None:
         """Bring the view of which mms are KVM's alone up to date after any registration."""
         if self._seen != MmuNotifierSubscriptions.registrations:
