@@ -335,10 +335,22 @@ class PageQueue:
 
     def drain(self) -> None:
         """Link buffered single adds in, in order (``lru_add_drain``)."""
-        if self._pending:
-            p = np.array(self._pending, dtype=np.int64)
-            self._pending = []
-            self.add_head(p)
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        if len(pending) > 8:
+            self.add_head(np.array(pending, dtype=np.int64))
+            return
+        s, nxt, prev = self._s, self._nxt, self._prev  # a few: scalar links, no arrays
+        head = prev.item(s)
+        for p in pending:
+            nxt[head] = p
+            prev[p] = head
+            head = p
+        nxt[head] = s
+        prev[s] = head
+        self._size += len(pending)
 
     def _chain(self, pfns: NDArray[np.integer]) -> None:
         """Link ``pfns`` to each other, oldest first."""
