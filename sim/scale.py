@@ -28,6 +28,7 @@ memory; Zipf's head holds a larger share of fewer pages; tails over windows are 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,27 @@ class Scaled:
         return self.header() + yaml.safe_dump(self.raw, sort_keys=False)
 
 
+class Refused(ConfigError):
+    """A size the factor does not divide into enough whole pages (the fix is added after)."""
+
+
+def _with_fix(scale: Callable[[int], Scaled], factor: int) -> Scaled:
+    """``scale(factor)``; if a size refuses it, the message names the largest factor below it
+    that scales every size (or says none does)."""
+    try:
+        return scale(factor)
+    except Refused as exc:
+        for g in range(factor - 1, 1, -1):
+            try:
+                scale(g)
+            except Refused:
+                continue
+            raise ConfigError(
+                f"{exc}; use a smaller factor (--factor {g} scales every size)"
+            ) from None
+        raise ConfigError(f"{exc}; no factor above 1 scales every size of this file") from None
+
+
 class _Sizer:
     """Divides sizes and rates by the factor, refusing what does not divide into whole pages
     or leaves too few pages; collects the notes on what was rounded."""
@@ -128,17 +150,15 @@ class _Sizer:
         ``min_pages`` of them)."""
         f = self.f
         if mib % (f * self.unit):
-            raise ConfigError(
-                f"{self.source}: {where}: {mib} MiB / {f} is not a whole number of "
-                f"{'MiB' if self.unit == 1 else f'{self.unit} MiB pages'}; use a factor that "
-                f"divides it (--factor {largest_divisor(mib // self.unit, f)})"
+            what = "MiB" if self.unit == 1 else f"{self.unit} MiB pages"
+            raise Refused(
+                f"{self.source}: {where}: {mib} MiB / {f} is not a whole number of {what}"
             )
         out = mib // f
         if self.pages(out) < min_pages:
-            raise ConfigError(
+            raise Refused(
                 f"{self.source}: {where}: {mib} MiB / {f} leaves {self.pages(out)} pages of "
-                f"{self.page_kib} KiB, fewer than the {min_pages} it needs to mean anything; "
-                f"lower --factor to {max(1, self.pages(mib) // min_pages)} at most"
+                f"{self.page_kib} KiB, fewer than the {min_pages} it needs to mean anything"
             )
         return out
 
@@ -158,11 +178,6 @@ class _Sizer:
                 f"{'less' if out * self.f > n else 'more'} loaded)"
             )
         return out
-
-
-def largest_divisor(n: int, at_most: int) -> int:
-    """The largest divisor of ``n`` not above ``at_most`` (for the refusal's fix)."""
-    return max(d for d in range(1, max(1, min(n, at_most)) + 1) if n % d == 0)
 
 
 def check_factor(factor: Any) -> int:
@@ -267,6 +282,10 @@ def scale_scenario(
     a host with fewer than MIN_HOST_PAGES, a trace workload.
     """
     f = check_factor(factor)
+    return _with_fix(lambda g: _scale_scenario(scenario, g, source), f)
+
+
+def _scale_scenario(scenario: Scenario | dict[str, Any], f: int, source: str) -> Scaled:
     if isinstance(scenario, Scenario):
         sc, raw = scenario, scenario.model_dump(mode="json")
     else:
@@ -288,10 +307,14 @@ def scale_plan(path: Path, factor: int) -> Scaled:
     / factor). Searches of host memory or overcommit need ``host.min_free_kbytes`` pinned in
     the base: each candidate's derived watermarks grow as the square root of its memory, which
     one scaled value cannot follow."""
+    f = check_factor(factor)
+    return _with_fix(lambda g: _scale_plan(path, g), f)
+
+
+def _scale_plan(path: Path, f: int) -> Scaled:
     from sim.plan import PlanSpec, load_plan
     from sim.sweep import load_base, read_spec
 
-    f = check_factor(factor)
     source = shown_path(path)
     plan = load_plan(path)
     raw, spec = read_spec(path, PlanSpec)
