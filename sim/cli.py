@@ -807,16 +807,16 @@ def scale(config: Path, factor: int, out: Path | None, force: bool) -> None:
             raise UserError(f"--out {shown_path(out)}: no directory {shown_path(out.parent)}")
     scaled = scale_file(config, factor)
     text = scaled.yaml()
-    for n in scaled.notes:
-        note(f"note: {n}")
     if out is None:
         click.echo(text, nl=False)
-        return
-    try:
-        write_atomic(out, text)
-    except OSError as exc:
-        raise UserError(f"--out {shown_path(out)}: cannot write ({exc.strerror})") from None
-    say(f"scaled {scaled.kind} by {factor}: {out}")
+    else:
+        try:
+            write_atomic(out, text)
+        except OSError as exc:
+            raise UserError(f"--out {shown_path(out)}: cannot write ({exc.strerror})") from None
+        say(f"scaled {scaled.kind} by {factor}: {out}")
+    for n in scaled.notes:  # after the last thing that can fail: an error stays one line
+        note(f"note: {n}")
 
 
 @main.command()
