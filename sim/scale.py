@@ -6,10 +6,12 @@ swap area, the host page cache's files), divide every access rate (the guests' a
 cache readers') and the swap device's concurrency (``queue_depth``, ``nr_requests``) by it, and
 pin ``host.min_free_kbytes`` at the full-size host's value divided by it. Times (durations,
 warm-up, windows, latencies, CPU costs) are kept. The scaled world is then a sample of the full
-one in which each page stands for ``factor`` pages and is touched as often per second:
+one in which each page stands for ``factor`` pages and is touched as often per second of
+vCPU time:
 
-- faults per access, the resident and swapped shares of each guest, pages swapped out per guest
-  page per second and every per-page time constant are preserved;
+- faults and swap-outs per access, the resident and swapped shares of each guest and every
+  per-page time constant are preserved (per wall second only while stalls are small: a
+  stalled vCPU touches its pages less often);
 - counts and rates of events (faults, pswpout, pgscan, faults/s, kswapd's busy time) and page
   counts are 1/factor of full size;
 - a vCPU's ratio of stall to compute time is 1/factor of full size (it meets 1/factor of the
@@ -21,8 +23,9 @@ size would keep sqrt(factor) times the fraction of its memory free; pinning it k
 fractions (kswapd wakes as often, and reclaims 1/factor of the pages per wake-up, as the free
 pages are taken 1/factor as fast). What is not preserved is listed in the README: fixed-size
 batches (SWAP_CLUSTER_MAX = 32 pages, readahead windows) are factor times larger relative to
-memory; Zipf's head holds a larger share of fewer pages; tails over windows are noisier; the
-2 MiB swap link is less loaded.
+memory; with alpha < 1 Zipf's head holds a smaller share of fewer pages (more misses); tails
+over windows are noisier; fewer device servers queue longer at the same utilisation; the 2 MiB
+swap link is less loaded.
 """
 
 from __future__ import annotations
@@ -84,8 +87,10 @@ class Scaled:
     def header(self) -> str:
         """The comment block written above the scaled YAML."""
         f = self.factor
+        # a YAML comment ends at any line break, \x85 and \u2028 included: escape them all
+        source = "".join(c if c.isprintable() else repr(c)[1:-1] for c in self.source)
         lines = [
-            f"Scaled down by 'memsim scale --factor {f}' from {self.source}: every size and "
+            f"Scaled down by 'memsim scale --factor {f}' from {source}: every size and "
             f"access rate / {f},",
             f"the swap device's queue_depth and nr_requests / {f}, min_free_kbytes pinned at the "
             f"full-size value / {f};",
