@@ -31,6 +31,7 @@ swap link is less loaded.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,31 +122,48 @@ class Refused(ConfigError):
     """A size the factor does not divide into enough whole pages (the fix is added after)."""
 
 
-def _with_fix(scale: Callable[[int], Scaled], factor: int) -> Scaled:
+def _with_fix(scale: Callable[[int, bool], Scaled | _Sizer], factor: int) -> Scaled:
     """``scale(factor)``; if a size refuses it, the message names the largest factor below it
-    that scales every size (or says none does)."""
+    that scales every size (or says none does), found from the sizes a probe records."""
     try:
-        return scale(factor)
+        out = scale(factor, False)
     except Refused as exc:
-        for g in range(factor - 1, 1, -1):
-            try:
-                scale(g)
-            except Refused:
-                continue
-            raise ConfigError(
-                f"{exc}; use a smaller factor (--factor {g} scales every size)"
-            ) from None
-        raise ConfigError(f"{exc}; no factor above 1 scales every size of this file") from None
+        probe = scale(factor, True)
+        assert isinstance(probe, _Sizer)
+        g = probe.largest_factor(factor - 1)
+        fix = (
+            f"use a smaller factor (--factor {g} scales every size)"
+            if g > 1
+            else ("no factor above 1 scales every size of this file")
+        )
+        raise ConfigError(f"{exc}; {fix}") from None
+    assert isinstance(out, Scaled)
+    return out
 
 
 class _Sizer:
     """Divides sizes and rates by the factor, refusing what does not divide into whole pages
     or leaves too few pages; collects the notes on what was rounded."""
 
-    def __init__(self, factor: int, page_kib: int, source: str) -> None:
-        self.f, self.page_kib, self.source = factor, page_kib, source
+    def __init__(self, factor: int, page_kib: int, source: str, *, probe: bool = False) -> None:
+        self.f, self.page_kib, self.source, self.probe = factor, page_kib, source, probe
         self.unit = max(1, page_kib >> 10)  # MiB per page (2 with 2 MiB pages)
         self.notes: list[str] = []
+        self.sizes: list[tuple[int, int]] = []  # (MiB, least pages after scaling) of each size
+
+    def largest_factor(self, at_most: int) -> int:
+        """The largest factor up to ``at_most`` that scales every recorded size (1 if none):
+        a divisor of the sizes' greatest common divisor in pages, leaving enough pages."""
+        g = 0
+        for mib, _ in self.sizes:
+            g = math.gcd(g, mib // self.unit)
+        divisors = {d for i in range(1, math.isqrt(g) + 1) if g % i == 0 for d in (i, g // i)}
+        ok = [
+            d
+            for d in divisors
+            if d <= at_most and all(self.pages(m // d) >= least for m, least in self.sizes)
+        ]
+        return max(ok, default=1)
 
     def pages(self, mib: int) -> int:
         return (mib << 10) // self.page_kib
@@ -154,6 +172,9 @@ class _Sizer:
         """``mib / factor``, which must be a whole number of pages (and at least
         ``min_pages`` of them)."""
         f = self.f
+        self.sizes.append((mib, min_pages))
+        if self.probe:
+            return max(mib // f, self.unit)
         if mib % (f * self.unit):
             what = "MiB" if self.unit == 1 else f"{self.unit} MiB pages"
             raise Refused(
@@ -287,20 +308,26 @@ def scale_scenario(
     a host with fewer than MIN_HOST_PAGES, a trace workload.
     """
     f = check_factor(factor)
-    return _with_fix(lambda g: _scale_scenario(scenario, g, source), f)
-
-
-def _scale_scenario(scenario: Scenario | dict[str, Any], f: int, source: str) -> Scaled:
     if isinstance(scenario, Scenario):
         sc, raw = scenario, scenario.model_dump(mode="json")
     else:
         raw = copy.deepcopy(scenario)
         sc = parse_scenario(copy.deepcopy(raw), source)
-    z = _Sizer(f, sc.host.page_size_kib, source)
+    return _with_fix(lambda g, probe: _scale_scenario(sc, raw, g, source, probe), f)
+
+
+def _scale_scenario(
+    sc: Scenario, raw: dict[str, Any], f: int, source: str, probe: bool
+) -> Scaled | _Sizer:
+    """Scale ``raw`` (parsed as ``sc``); a probe returns its sizer, with every size recorded."""
+    raw = copy.deepcopy(raw)
+    z = _Sizer(f, sc.host.page_size_kib, source, probe=probe)
     _scale_shared(raw, sc, z, None)
     for i, vm in enumerate(sc.vms):
         _scale_vm(raw["vms"][i], vm, z, f"vms[{i}]")
     raw["name"] = f"{sc.name}-div{f}"
+    if probe:
+        return z
     out = parse_scenario(copy.deepcopy(raw), f"{source} scaled by {f}")
     wm = _watermark_line(sc.host, out.host, f, z.notes)
     return Scaled(raw, f, source, "scenario", z.notes, wm)
@@ -313,10 +340,11 @@ def scale_plan(path: Path, factor: int) -> Scaled:
     the base: each candidate's derived watermarks grow as the square root of its memory, which
     one scaled value cannot follow."""
     f = check_factor(factor)
-    return _with_fix(lambda g: _scale_plan(path, g), f)
+    return _with_fix(lambda g, probe: _scale_plan(path, g, probe), f)
 
 
-def _scale_plan(path: Path, f: int) -> Scaled:
+def _scale_plan(path: Path, f: int, probe: bool) -> Scaled | _Sizer:
+    """Scale the plan file at ``path``; a probe returns its sizer, with every size recorded."""
     from sim.plan import PlanSpec, load_plan
     from sim.sweep import load_base, read_spec
 
@@ -326,7 +354,7 @@ def _scale_plan(path: Path, f: int) -> Scaled:
     raw = copy.deepcopy(raw)
     base = load_base(path, spec.base)
     sc = plan.scenario(plan.values[0], plan.seeds[0], source)
-    z = _Sizer(f, sc.host.page_size_kib, source)
+    z = _Sizer(f, sc.host.page_size_kib, source, probe=probe)
     mfk: int | None = None
     if plan.variable in ("host.memory_mib", "overcommit"):
         host = base.get("host") or {}
@@ -372,6 +400,8 @@ def _scale_plan(path: Path, f: int) -> Scaled:
     elif plan.metric in RATE_METRICS:
         slo["max"] = round(float(slo["max"]) / f, 9)
     raw["name"] = f"{plan.name}-div{f}"
+    if probe:
+        return z
     full_host = sc.host  # the first candidate's
     scaled_host = HostConfig.model_validate(
         {

@@ -195,6 +195,17 @@ def test_a_plan_scales_its_base_mix_and_slo() -> None:
     assert stall_up(out.raw["slo"]["max"], 32) == pytest.approx(0.1, abs=1e-7)
 
 
+def test_the_fix_names_the_largest_factor_that_scales_every_size_of_a_plan() -> None:
+    # 64 GiB host, 4 GiB guests with 2 and 3 GiB working sets: by 1024 the 3 GiB working set
+    # is 768 pages and the guests 1024; no larger factor below 2**20 divides them all
+    with pytest.raises(ConfigError, match=r"--factor 1024 scales every size\)$"):
+        scale_plan(REPO / "configs/plan_fullsize.yaml", (1 << 20) - 1)
+    assert (
+        scale_plan(REPO / "configs/plan_fullsize.yaml", 1024).raw["mix"][1]["vm"]["working_set_mib"]
+        == 3
+    )
+
+
 def test_a_scaled_plan_validates_and_a_memory_search_needs_pinned_watermarks(
     tmp_path: Path,
 ) -> None:
