@@ -241,8 +241,8 @@ def run(
 ) -> None:
     """Run the scenario in CONFIG and write its results."""
     from sim.checks import prepare_run
+    from sim.core import general_path_reason
     from sim.engine import default_outdir, run_scenario
-    from sim.host.core import general_path_reason
 
     _memory_limit(max_memory)
     sc = load_scenario(config, list(overrides), seed)

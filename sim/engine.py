@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 import simpy
 from simpy.core import StopSimulation
+from simpy.events import Timeout
 
 from sim.config import Scenario
+from sim.core import core_for
 from sim.costs import CostModel
 from sim.guest.vcpu import Vcpu
 from sim.guest.workloads import AccessStream, TraceConfig
-from sim.host.core import core_for
 from sim.host.fault import HostFaultHandler
 from sim.host.filemap import FileReader
 from sim.host.kswapd import DirectReclaim, Kswapd, ProcessGen, ReclaimThrottle
@@ -71,7 +72,7 @@ class World(Machine):
         cost = CostModel(self.costs, swap.compress_ns, swap.decompress_ns)
         self.throttle = throttle = ReclaimThrottle(env, mem, vmstat)
         self.vmscan.on_writeback_end = throttle.writeback_ended
-        self.vmscan.env = env
+        self.vmscan.schedule_each = self._schedule_each
         self.kswapd = Kswapd(env, mem, self.vmscan, policy, cost, vmstat, throttle)
         direct = DirectReclaim(env, mem, self.vmscan, policy, cost, vmstat, throttle)
         self.oom = OomKiller(self.mms, mem, swap, policy, vmstat, now=lambda: int(env.now))
@@ -213,6 +214,15 @@ class World(Machine):
         ev = self.env.timeout(max(0, t_ns - int(self.env.now)))
         ev.callbacks.append(partial(_call, fn))
 
+    def _schedule_each(
+        self, times: list[int], fn: Callable[..., None], args: list[tuple[int, ...]]
+    ) -> None:
+        """``fn(*args[i])`` at ``times[i]``: one timeout each, its arguments as its value."""
+        env = self.env
+        now = int(env.now)
+        for t, a in zip(times, args, strict=True):
+            Timeout(env, max(0, t - now), (fn, a)).callbacks.append(_call_value)
+
     def _on_access(self, pids: np.ndarray) -> None:
         n = len(pids)
         seq = np.arange(self._seq, self._seq + n, dtype=np.int64)
@@ -325,6 +335,11 @@ class World(Machine):
 
 def _call(fn: Callable[[], None], _event: simpy.Event) -> None:
     fn()
+
+
+def _call_value(event: simpy.Event) -> None:
+    fn, args = event._value
+    fn(*args)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""The compiled host core (sim/host/core.py) against the general reclaim path it replaces.
+"""The compiled host core (sim/core.py) against the general reclaim path it replaces.
 
 Each world is built twice from one scenario, once with the core and once with it taken away
 (``policy.core = None``: two_list.py, vmscan.py, rmap.py and the fused TDP walk), run to its
@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 
 from sim import engine
 from sim.config import parse_scenario
+from sim.core import HostCore, general_path_reason
 from sim.engine import build_world, run_scenario
-from sim.host.core import HostCore, general_path_reason
 from sim.reclaim.two_list import TwoList
 from tests.conftest import tiny
 from tests.test_invariants import scenarios

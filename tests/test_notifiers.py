@@ -131,6 +131,7 @@ def test_the_eviction_shadow_takes_the_pfn_place_until_the_swap_in(clean: bool) 
     (where a pfn no longer is); a dirty folio is freed by the scan after its write ends, a
     clean one (a valid swap copy) at once."""
     w = World(tiny())
+    w.policy.core = None  # the general path: it spies on workingset_eviction
     v = w.vms[0]
     pid = v.mm.pid_base + 5
     _fault_in(w, 0, [5])

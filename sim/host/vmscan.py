@@ -60,7 +60,6 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
-from simpy import Environment, Event, Timeout
 
 from sim.host.memory import (
     DEF_PRIORITY,
@@ -218,6 +217,7 @@ class EvictionSink(Protocol):
 
 
 Schedule = Callable[[int, Callable[[], None]], None]
+ScheduleEach = Callable[[list[int], Callable[..., None], list[tuple[int, ...]]], None]
 
 
 class Vmscan:
@@ -247,7 +247,9 @@ class Vmscan:
     ) -> None:
         self.mem, self.swap, self.rmap, self.mms = mem, swap, rmap, list(mms)
         self.now, self.schedule, self.vmstat, self.sink = now, schedule, vmstat, sink
-        self.env: Environment | None = None  # the world's event loop (write-back timers), if any
+        # ``schedule_each(times, fn, args)``: ``fn(*args[i])`` at ``times[i]``, one timer each
+        # carrying its arguments (the world's, cheaper than a closure per folio), if any
+        self.schedule_each: ScheduleEach | None = None
         self.policy: EvictionPolicy  # set by the engine once the policy exists
         # Guest RAM in 2 MiB THPs: folios are PMD-mapped, and the kernel looks around only
         # from a pte (folio_referenced_one), so there is nothing to look around.
@@ -498,17 +500,11 @@ class Vmscan:
     def writeback_started(self, pids: list[int], pfns: list[int], ends: list[int]) -> None:
         """Each folio's ``folio_end_writeback`` is due when its write ends: one timer each (in
         the world's event loop, when there is one, carrying the folio as its value)."""
-        env = self.env
-        if env is None:
-            for pid, pfn, t in zip(pids, pfns, ends, strict=True):
-                self.schedule(t, partial(self.folio_end_writeback, pid, pfn))
+        if self.schedule_each is not None:
+            self.schedule_each(ends, self.folio_end_writeback, list(zip(pids, pfns, strict=True)))
             return
-        now, done = int(env.now), self._writeback_done
         for pid, pfn, t in zip(pids, pfns, ends, strict=True):
-            Timeout(env, max(0, t - now), (pid, pfn)).callbacks.append(done)
-
-    def _writeback_done(self, ev: Event) -> None:
-        self.folio_end_writeback(*ev._value)
+            self.schedule(t, partial(self.folio_end_writeback, pid, pfn))
 
     def _remove_mapping(self, pfns: NDArray[np.int64], pids: NDArray[np.int32]) -> None:
         """``__remove_mapping``: clean, unmapped folios leave the swap cache; the frame is

@@ -80,21 +80,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Protocol
 
 import numba
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field
 
-from sim.host.core import (
-    _AGE_MASK,
-    LRU_ACTIVE,
-    LRU_INACTIVE,
-    PG_REFERENCED,
-    PG_WORKINGSET,
-    HostCore,
-)
 from sim.host.memcontrol import apply_proportional_protection
 from sim.host.memory import DEF_PRIORITY, PAGE_SHIFT, SWAP_CLUSTER_MAX, int_sqrt
 from sim.host.vmscan import Outcome, ScanControl
@@ -109,8 +101,13 @@ from sim.reclaim.scan_balance import (
     scan_balance,
 )
 
+LRU_INACTIVE = 0x1
+LRU_ACTIVE = 0x2
+PG_REFERENCED = 0x4
+PG_WORKINGSET = 0x8
 LRU_FILE = 0x10  # a page-cache folio: on the file lists
 _LRU = np.uint8(LRU_INACTIVE | LRU_ACTIVE)
+_AGE_MASK = 0x7FFFFFFF
 _PGACTIVATE = VmStat.PGACTIVATE.value
 # /proc/vmstat's page-cache counters: kept only on hosts with a page cache (FILE_EVENTS)
 WORKINGSET_REFAULT_FILE = "workingset_refault_file"
@@ -131,6 +128,18 @@ FILE_EVENTS = (
     NR_WRITTEN,
     NR_VMSCAN_IMMEDIATE,
 )
+
+
+class ReclaimCore(Protocol):
+    """A compiled stand-in for this lruvec's list scanners (sim/core.py): does the same as
+    :meth:`TwoList.shrink_inactive_list` / :meth:`TwoList.shrink_active_list` with
+    ``vmscan`` as the reclaimer, or returns False having changed nothing."""
+
+    vmscan: Reclaimer
+
+    def shrink_inactive_list(self, lru: TwoList, n: int, sc: ScanControl) -> bool: ...
+
+    def shrink_active_list(self, lru: TwoList, n: int, sc: ScanControl) -> bool: ...
 
 
 def inactive_is_low(
@@ -261,8 +270,8 @@ class TwoList:
         self.prep: ScanPrep | None = None  # the root's decisions during a global reclaim pass
         # lazy memcg statistics (host.memcg_stats lazy): the last flush's values; None: exact
         self.stats: LruvecStats | None = None
-        # the compiled reclaim batch (sim/host/core.py), set by the world when it can take it
-        self.core: HostCore | None = None
+        # the compiled reclaim batch (sim/core.py), set by the world when it can take it
+        self.core: ReclaimCore | None = None
 
     # -- helpers -----------------------------------------------------------------------------
     def _count(self, item: str, n: int = 1) -> None:

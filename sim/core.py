@@ -1,5 +1,9 @@
 """The host core compiled: a reclaim batch as one pass over arrays, Python left for side effects.
 
+Where
+    Above the host and KVM, as the engine is: it fuses host reclaim (sim/host, sim/reclaim)
+    with KVM's TDP walk (sim/kvm/shortcut.py), which neither layer may do alone.
+
 Models
     Nothing new. ``shrink_inactive_list`` -> ``shrink_folio_list`` and ``shrink_active_list`` of
     the two-list policy on the node's one lruvec, exactly as sim/reclaim/two_list.py and
@@ -49,19 +53,20 @@ from sim.host.memory import (
 from sim.host.vmstat import VmStat
 from sim.kvm.mmu import SPTE_ACCESSED, SPTE_DIRTY, SPTE_PRESENT
 from sim.kvm.shortcut import TdpShortcut, _owner
+from sim.reclaim.two_list import (
+    _AGE_MASK,
+    LRU_ACTIVE,
+    LRU_INACTIVE,
+    PG_REFERENCED,
+    PG_WORKINGSET,
+    TwoList,
+)
 
 if TYPE_CHECKING:
     from sim.config import Scenario
     from sim.host.vmscan import ScanControl, Vmscan
-    from sim.reclaim.two_list import TwoList
 
 _PA = SPTE_PRESENT | SPTE_ACCESSED
-# two_list's per-frame flags (sim/reclaim/two_list.py reads them from here)
-LRU_INACTIVE = 0x1
-LRU_ACTIVE = 0x2
-PG_REFERENCED = 0x4
-PG_WORKINGSET = 0x8
-_AGE_MASK = 0x7FFFFFFF
 
 # io: scalars in and out of a pass
 IO_N = 0  # in: folios to isolate
@@ -605,8 +610,6 @@ def general_path_reason(sc: Scenario) -> str | None:
 def core_for(vmscan: Vmscan, policy: object, memcg: object | None) -> HostCore | None:
     """The compiled core for a world, or None when its configuration needs the general path
     (see the module docstring's "When")."""
-    from sim.reclaim.two_list import TwoList
-
     shortcut = vmscan.rmap.shortcut
     swap = vmscan.swap
     if (
