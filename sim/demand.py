@@ -43,14 +43,10 @@ from sim.host.memory import HostMemory, Watermarks
 from sim.host.oom import OomKiller
 from sim.host.vmscan import ScanControl, Vmscan
 from sim.kvm.fault import kvm_fault_demand
-from sim.kvm.mmu import SPTE_ACCESS_TRACKED, SPTE_ACCESSED, SPTE_DIRTY, SPTE_PRESENT
+from sim.kvm.spte import is_hit, needs_fault, touch
 from sim.machine import Machine, rng_for, vcpu_stream
 from sim.reclaim.base import EvictionPolicy
 
-_FAULT_MASK = np.uint8(SPTE_PRESENT | SPTE_ACCESS_TRACKED)
-_OK = np.uint8(SPTE_PRESENT)
-_A = np.uint8(SPTE_ACCESSED)
-_D = np.uint8(SPTE_DIRTY)
 WINDOW = 65536  # accesses handled per vectorised window
 WINDOW_ACCESS_TRACKING = 2048  # with EPT A/D off (see DemandWorld.window)
 
@@ -240,7 +236,7 @@ class DemandWorld(Machine):
         last = 0
         # Misses found up front; a page evicted by a miss may come back later in the window,
         # so its later positions are queued as misses too (a heap of pending positions).
-        pending = np.flatnonzero((spte[gidx] & _FAULT_MASK) != _OK).tolist()
+        pending = np.flatnonzero(needs_fault(spte[gidx])).tolist()
         by_pid: tuple[NDArray[np.int64], NDArray[np.int64]] | None = None
         kills = len(self.oom_kills)
         tracked = self._tracked_marks()
@@ -249,7 +245,7 @@ class DemandWorld(Machine):
             if b < last:
                 continue  # queued twice
             ix = int(gidx[b])
-            if (spte[ix] & _FAULT_MASK) == _OK:
+            if is_hit(spte.item(ix)):
                 continue  # an earlier miss in this window brought it in
             self._apply(w, pid, gidx, seq, last, b)
             last = b
@@ -268,14 +264,12 @@ class DemandWorld(Machine):
             marks = self._tracked_marks()
             if marks != tracked:  # aging parked sptes: later "hits" may now fault
                 tracked = marks
-                pending = (
-                    np.flatnonzero((spte[gidx[b + 1 :]] & _FAULT_MASK) != _OK) + b + 1
-                ).tolist()
+                pending = (np.flatnonzero(needs_fault(spte[gidx[b + 1 :]])) + b + 1).tolist()
                 self._victims.clear()
             elif self._victims:
                 if len(self.oom_kills) != kills:  # a whole VM went: recheck the rest
                     kills = len(self.oom_kills)
-                    rest = np.flatnonzero((spte[gidx[b + 1 :]] & _FAULT_MASK) != _OK) + b + 1
+                    rest = np.flatnonzero(needs_fault(spte[gidx[b + 1 :]])) + b + 1
                     for q in rest.tolist():
                         heapq.heappush(pending, q)
                 else:
@@ -331,10 +325,10 @@ class DemandWorld(Machine):
             return
         spte = self.spte
         hit = gidx[lo:hi]
-        spte[hit] |= _A
+        spte[hit] = touch(spte[hit], False)
         wr = w.write[lo:hi]
         if wr.any():
-            spte[hit[wr]] |= _D
+            spte[hit[wr]] = touch(spte[hit[wr]], True)
         p = pid[lo:hi]
         if self.mem.stamps:
             np.maximum.at(self.mem.last_access_us, p, (w.t_ns[lo:hi] // 1000).astype(np.uint32))

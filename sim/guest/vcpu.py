@@ -51,14 +51,11 @@ from sim.host.fault import HostFaultHandler
 from sim.host.kswapd import ProcessGen
 from sim.host.memory import HostMemory
 from sim.kvm.fault import kvm_fault_nowait, kvm_page_fault
-from sim.kvm.mmu import SPTE_ACCESS_TRACKED, SPTE_PRESENT
+from sim.kvm.spte import is_hit
 from sim.kvm.vm import Vm
 
 if TYPE_CHECKING:
     from sim.tails import Segment, VcpuTime
-
-_FAULT_MASK = SPTE_PRESENT | SPTE_ACCESS_TRACKED
-_OK = SPTE_PRESENT
 
 
 class FaultSink(Protocol):
@@ -223,7 +220,7 @@ class Vcpu:
             self._step = None
             if pos >= n or mm.dead:
                 continue
-            if (spte.item(idx_all.item(pos)) & _FAULT_MASK) == _OK:
+            if is_hit(spte.item(idx_all.item(pos))):
                 continue  # another vCPU mapped it meanwhile: the next step hits
             if not self._resolve(pos, 0, gfns, idx_all, writes):
                 gfn = gfns.item(pos)

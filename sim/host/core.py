@@ -47,15 +47,14 @@ from sim.host.memory import (
     PTE_YOUNG,
 )
 from sim.host.vmstat import VmStat
-from sim.kvm.mmu import SPTE_ACCESSED, SPTE_DIRTY, SPTE_PRESENT
 from sim.kvm.shortcut import TdpShortcut, _owner
+from sim.kvm.spte import SPTE_NONPRESENT, age, is_dirty, is_present, is_young
 
 if TYPE_CHECKING:
     from sim.config import Scenario
     from sim.host.vmscan import ScanControl, Vmscan
     from sim.reclaim.two_list import TwoList
 
-_PA = SPTE_PRESENT | SPTE_ACCESSED
 # two_list's per-frame flags (sim/reclaim/two_list.py reads them from here)
 LRU_INACTIVE = 0x1
 LRU_ACTIVE = 0x2
@@ -170,8 +169,8 @@ def _referenced(
         if aging[o]:
             mmc[MM_AGED, o] += 1
             sp = spte[pid]
-            spte[pid] = sp & ~SPTE_ACCESSED
-            if (sp & _PA) == _PA:
+            spte[pid] = age(sp, True)  # the fused walk runs only with EPT A/D bits
+            if is_young(sp, True):
                 mmc[MM_YOUNG, o] += 1
                 y = True
         young[i] = y
@@ -287,11 +286,11 @@ def _shrink_inactive(
         o = _owner(bases, pid)
         mmc[MM_UNMAPPED, o] += 1
         sp = spte[pid]
-        if sp & SPTE_PRESENT:
+        if is_present(sp):
             mmc[MM_ZAPPED, o] += 1
-            if sp & SPTE_DIRTY:  # kvm_set_pfn_dirty
+            if is_dirty(sp):  # kvm_set_pfn_dirty
                 f |= PG_DIRTY
-        spte[pid] = 0
+        spte[pid] = SPTE_NONPRESENT
         f = f & ~(PTE_PRESENT | PTE_YOUNG)
         flags[pid] = f
         buf[B_EVICT_PID, ne] = pid

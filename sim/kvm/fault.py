@@ -26,7 +26,8 @@ from sim.host.fault import HostFault, HostFaultHandler
 from sim.host.kswapd import ProcessGen
 from sim.host.memory import PTE_PRESENT
 from sim.host.mm import Mm
-from sim.kvm.mmu import SPTE_ACCESS_TRACKED, SPTE_PRESENT, KvmMmu
+from sim.kvm.mmu import KvmMmu
+from sim.kvm.spte import is_access_tracked
 
 
 class FaultKind(StrEnum):
@@ -56,7 +57,6 @@ _HOST_COST: dict[HostFault, Callable[[CostsConfig], int]] = {
     HostFault.MAJOR: lambda c: c.ept_fault_ns + c.swapin_kernel_ns,
     HostFault.WAITED: lambda c: c.ept_fault_ns,
 }
-_TRACK_MASK = SPTE_PRESENT | SPTE_ACCESS_TRACKED
 
 
 def _host_cost(c: CostsConfig, hf: HostFault) -> int:
@@ -79,7 +79,7 @@ def kvm_fault_nowait(
     can race with it and the spte is installed straight away.
     """
     idx = gfn * mmu.k + alias  # mmu.spte_index, inlined: this runs once per fault
-    if mmu.spte.item(idx) & _TRACK_MASK == _TRACK_MASK:  # mmu.is_access_tracked
+    if is_access_tracked(mmu.spte.item(idx)):
         mmu.fast_page_fault(idx, write)
         return FaultKind.ACCESS_TRACKING, costs.fast_fault_ns
     hf = host.fault_nowait(pid, write)

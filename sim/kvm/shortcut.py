@@ -33,10 +33,8 @@ from numpy.typing import NDArray
 
 from sim.host.memory import PG_DIRTY, PTE_PRESENT, PTE_YOUNG, HostMemory
 from sim.host.mmu_notifier import MmuNotifierOps, MmuNotifierSubscriptions, NotifierWork
-from sim.kvm.mmu import SPTE_ACCESSED, SPTE_DIRTY, SPTE_PRESENT
+from sim.kvm.spte import SPTE_NONPRESENT, age, is_dirty, is_present, is_young
 from sim.kvm.vm import Vm
-
-_PA = SPTE_PRESENT | SPTE_ACCESSED
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -95,8 +93,8 @@ def _age(
         if aging[o]:  # KVM registered its aging ops: clear_flush_young / clear_young
             counts[o] += 1
             s = spte[p]
-            spte[p] = s & ~SPTE_ACCESSED
-            if (s & _PA) == _PA:
+            spte[p] = age(s, True)  # the shortcut runs only with EPT A/D bits
+            if is_young(s, True):
                 young_counts[o] += 1
                 y = True
         young[i] = y
@@ -126,11 +124,11 @@ def _unmap(
         counts[o] += 1
         s = spte[p]
         f = flags[p]
-        if s & SPTE_PRESENT:
+        if is_present(s):
             zapped[o] += 1
-            if s & SPTE_DIRTY:  # kvm_set_pfn_dirty
+            if is_dirty(s):  # kvm_set_pfn_dirty
                 f |= PG_DIRTY
-        spte[p] = 0
+        spte[p] = SPTE_NONPRESENT
         flags[p] = f & ~(PTE_PRESENT | PTE_YOUNG)
     return _involved(counts, inv)
 
