@@ -433,8 +433,7 @@ class HostCore:
         self.buf = np.zeros((B_ROWS, 64), dtype=np.int64)
 
     def _prepare(self, n: int) -> NDArray[np.int64]:
-        """Room for a pass of ``n`` folios; the shortcut's view brought up to date."""
-        self.shortcut.refresh_if_stale()
+        """Room for a pass of ``n`` folios."""
         if n > self.buf.shape[1]:
             self.buf = np.zeros((B_ROWS, max(n, 2 * self.buf.shape[1])), dtype=np.int64)
         io = self.io
