@@ -5,7 +5,12 @@ Models
     sets the spte's accessed bit (and its dirty bit on a write); the host learns nothing else,
     except that the simulator stamps the page's last access when the eviction log wants it (for
     analysis: ``HostMemory.stamps``). Any other spte is an EPT violation, which software
-    (kvm/fault.py) must handle before the access can retry.
+    (kvm/fault.py) must handle before the access can retry. The spte rules are kvm/spte.py's.
+
+Both worlds
+    The vCPU (guest/vcpu.py) walks its batches with it, and demand mode (demand.py) its
+    reference string, one call per run of hits; demand mode stamps each access with its own
+    time itself (it passes no stamp array), where the vCPU stamps a run with its start.
 
 Why compiled
     This loop runs once per simulated access. One compiled call per run of hits replaces a
