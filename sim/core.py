@@ -51,8 +51,8 @@ from sim.host.memory import (
     PTE_YOUNG,
 )
 from sim.host.vmstat import VmStat
-from sim.kvm.mmu import SPTE_ACCESSED, SPTE_DIRTY, SPTE_PRESENT
 from sim.kvm.shortcut import TdpShortcut, _owner
+from sim.kvm.spte import SPTE_NONPRESENT, age, is_dirty, is_present, is_young
 from sim.reclaim.two_list import (
     _AGE_MASK,
     LRU_ACTIVE,
@@ -66,7 +66,6 @@ if TYPE_CHECKING:
     from sim.config import Scenario
     from sim.host.vmscan import ScanControl, Vmscan
 
-_PA = SPTE_PRESENT | SPTE_ACCESSED
 
 # io: scalars in and out of a pass
 IO_N = 0  # in: folios to isolate
@@ -175,8 +174,8 @@ def _referenced(
         if aging[o]:
             mmc[MM_AGED, o] += 1
             sp = spte[pid]
-            spte[pid] = sp & ~SPTE_ACCESSED
-            if (sp & _PA) == _PA:
+            spte[pid] = age(sp, True)  # the fused walk runs only with EPT A/D bits
+            if is_young(sp, True):
                 mmc[MM_YOUNG, o] += 1
                 y = True
         young[i] = y
@@ -292,11 +291,11 @@ def _shrink_inactive(
         o = _owner(bases, pid)
         mmc[MM_UNMAPPED, o] += 1
         sp = spte[pid]
-        if sp & SPTE_PRESENT:
+        if is_present(sp):
             mmc[MM_ZAPPED, o] += 1
-            if sp & SPTE_DIRTY:  # kvm_set_pfn_dirty
+            if is_dirty(sp):  # kvm_set_pfn_dirty
                 f |= PG_DIRTY
-        spte[pid] = 0
+        spte[pid] = SPTE_NONPRESENT
         f = f & ~(PTE_PRESENT | PTE_YOUNG)
         flags[pid] = f
         buf[B_EVICT_PID, ne] = pid
@@ -439,8 +438,7 @@ class HostCore:
         self.buf = np.zeros((B_ROWS, 64), dtype=np.int64)
 
     def _prepare(self, n: int) -> NDArray[np.int64]:
-        """Room for a pass of ``n`` folios; the shortcut's view brought up to date."""
-        self.shortcut.refresh_if_stale()
+        """Room for a pass of ``n`` folios."""
         if n > self.buf.shape[1]:
             self.buf = np.zeros((B_ROWS, max(n, 2 * self.buf.shape[1])), dtype=np.int64)
         io = self.io

@@ -11,7 +11,7 @@ from sim.host.mmu_notifier import MmuNotifierOps, MmuNotifierSubscriptions
 from sim.host.vmscan import ScanControl
 from sim.host.vmstat import VmEvents
 from sim.kvm.fault import FaultKind, kvm_fault_nowait
-from sim.kvm.mmu import SPTE_ACCESS_TRACKED, SPTE_ACCESSED, SPTE_PRESENT
+from sim.kvm.spte import SPTE_ACCESS_TRACKED, SPTE_ACCESSED, SPTE_PRESENT
 from tests.conftest import tiny
 
 GFNS = list(range(10))

@@ -145,7 +145,9 @@ class HostFaultHandler:
         """Resolve the fault if that needs no waiting (no I/O, no reclaim); else None.
 
         Covers a present pte, a swap-cache hit, and a first touch while free memory is above
-        the min watermark; the caller pays the CPU cost. Nothing here advances time.
+        the min watermark; the caller pays the CPU cost. Nothing here advances time. A host
+        without a clock (``env`` None: demand mode, where the allocator evicts at once and a
+        read takes no time) resolves every fault here, a swap-in too.
         """
         mem = self.mem
         flags = mem.flags
@@ -169,7 +171,7 @@ class HostFaultHandler:
             self.policy.folio_mark_accessed(mem.pfn.item(pid))  # GUP's FOLL_TOUCH
             return HostFault.SWAPCACHE
         if f & PG_SWAP:
-            return None  # needs a read
+            return None if self.env is not None else self._swapin_now(pid, write)
         pfn = self.alloc.alloc_fast(pid)
         if pfn < 0:
             return None  # needs reclaim
@@ -478,11 +480,8 @@ class HostFaultHandler:
         self.policy.folio_add_lru(pfn, shadow)
         self.policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
 
-    def fault_sync(self, pid: int, write: bool) -> HostFault:
-        """Demand mode: resolve any fault at once; a swap-in's read takes no time."""
-        hf = self.fault_nowait(pid, write)
-        if hf is not None:
-            return hf
+    def _swapin_now(self, pid: int, write: bool) -> HostFault:
+        """``do_swap_page`` in a host without a clock (demand mode): the read takes no time."""
         mem = self.mem
         mm = mem.page_owner(pid)
         self.vmstat.count(_PGFAULT, 1, mm)
