@@ -59,11 +59,11 @@ class Plan:
 
 
 FULL = Plan(after_warmup_s=0.25, budget_s=90.0)
-QUICK = Plan(after_warmup_s=0.05, budget_s=3.0)
+QUICK = Plan(after_warmup_s=0.05, budget_s=2.0)
 
 
 def raw_config(quick: bool) -> dict[str, Any]:
-    """configs/realsize.yaml as a dict; quick: every size / QUICK_SCALE, 0.4 s horizon."""
+    """configs/realsize.yaml as a dict; quick: every size / QUICK_SCALE, 0.3 s horizon."""
     raw = read_yaml(CONFIG)
     if quick:
         raw["host"]["memory_mib"] //= QUICK_SCALE
@@ -71,7 +71,7 @@ def raw_config(quick: bool) -> dict[str, Any]:
         for vm in raw["vms"]:
             vm["memory_mib"] //= QUICK_SCALE
             vm["working_set_mib"] //= QUICK_SCALE
-        raw["duration_s"], raw["warmup_s"] = 0.4, 0.15
+        raw["duration_s"], raw["warmup_s"] = 0.3, 0.1
     return raw
 
 
