@@ -1,4 +1,4 @@
-"""``memsim`` command line: run, validate, replay, mrc, sweep, plan, report and calibrate.
+"""``memsim`` command line: run, validate, replay, mrc, sweep, plan, scale, report and calibrate.
 
 User errors (bad config, unknown key, impossible value, bad flag, unusable output path) print
 one plain line on stderr and exit with code 2, and no result is written or lost; results are
@@ -30,7 +30,7 @@ from rich.text import Text
 
 from sim import __version__
 from sim.config import Scenario, load_scenario
-from sim.errors import UserError
+from sim.errors import UserError, shown_path
 from sim.lifecycle import exit_code, signals_as_interrupts
 from sim.results import check_name, check_resumable, check_target, host_row, vm_rows
 
@@ -241,6 +241,7 @@ def run(
 ) -> None:
     """Run the scenario in CONFIG and write its results."""
     from sim.checks import prepare_run
+    from sim.core import general_path_reason
     from sim.engine import default_outdir, run_scenario
 
     _memory_limit(max_memory)
@@ -250,6 +251,9 @@ def run(
     check_target(target, "run")  # a refused --out: before anything is printed or run
     if not quiet:
         note(describe(sc))
+        general = general_path_reason(sc)
+        if general is not None:
+            note(f"host core: not used ({general}); this run takes the general, slower path")
     try:
         if quiet:
             result = run_scenario(sc, target)
@@ -775,6 +779,48 @@ def plan(
     write_capacity_figure(target)
     say(result.statement())
     say(f"results: {target} (figure: capacity.png)")
+
+
+@main.command()
+@click.argument("config", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--factor",
+    required=True,
+    type=click.IntRange(1, 1 << 20),
+    help="Scale down by this integer (e.g. 8 or 32): sizes, access rates and the swap "
+    "device's queue all / FACTOR.",
+)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the scaled YAML here (default: print it); an existing file needs --force.",
+)
+@click.option("--force", is_flag=True, help="Replace an existing --out file.")
+def scale(config: Path, factor: int, out: Path | None, force: bool) -> None:
+    """Scale a scenario or plan file down by FACTOR, keeping what the answer means (README
+    "Scaling a question down": what is preserved, and what to multiply back)."""
+    from sim.results import write_atomic
+    from sim.scale import scale_file
+
+    if out is not None:
+        if out.is_dir() or (out.exists() and not force):
+            what = "a directory" if out.is_dir() else "an existing file (add --force to replace it)"
+            raise UserError(f"--out {shown_path(out)}: {what}")
+        if not out.parent.is_dir():
+            raise UserError(f"--out {shown_path(out)}: no directory {shown_path(out.parent)}")
+    scaled = scale_file(config, factor)
+    text = scaled.yaml()
+    if out is None:
+        click.echo(text, nl=False)
+    else:
+        try:
+            write_atomic(out, text)
+        except OSError as exc:
+            raise UserError(f"--out {shown_path(out)}: cannot write ({exc.strerror})") from None
+        say(f"scaled {scaled.kind} by {factor}: {out}")
+    for n in scaled.notes:  # after the last thing that can fail: an error stays one line
+        note(f"note: {n}")
 
 
 @main.command()

@@ -16,10 +16,24 @@ Models
     the string does not depend on the policy, which is what makes OPT (which must know it in
     advance) and exact comparisons between policies possible.
 
+The shared paths
+    The string is walked as a vCPU walks its batch: the same compiled touch walk
+    (``guest/touch.py``: hits set the spte bits, the first access that needs a fault stops it)
+    and, for that access, the same KVM fault generator as the watermark world
+    (``kvm_page_fault``), stepped to completion at once: the host here has no clock, so the
+    allocator evicts and a swap-in reads at once, and the generator never waits (an assertion
+    says so). The fault is counted and logged by the vCPU's bookkeeping (``fault_done``), and
+    the access is retried. The walk reads each spte when it reaches it, so a page evicted (or
+    access-tracked) while an earlier fault was handled faults when its turn comes, and a policy
+    deciding a victim has seen every earlier access.
+
+    ``memsim replay`` of ``lru``, ``opt``, ``fifo`` and ``clock`` without ``--set`` takes the
+    compiled textbook replays of fastpath.py instead; everything else (any other policy, any
+    change to the mechanism, ``--engine general``, every scenario with ``reclaim.trigger:
+    demand``) runs here.
+
 Simplifications
-    Swap is never the limit (its capacity is at least the guest memory). Per-access order is
-    kept within a window of accesses: hits are applied in order up to each miss before the
-    miss is handled, so a policy deciding a victim sees every earlier access.
+    Swap is never the limit (its capacity is at least the guest memory).
 
 Invariants
     Resident pages never exceed N; every fault with memory full evicts exactly one page.
@@ -27,7 +41,6 @@ Invariants
 
 from __future__ import annotations
 
-import heapq
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -38,21 +51,33 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sim.config import Scenario
+from sim.guest.touch import ept_touch
 from sim.host.fault import HostFaultHandler
+from sim.host.kswapd import ProcessGen
 from sim.host.memory import HostMemory, Watermarks
 from sim.host.oom import OomKiller
 from sim.host.vmscan import ScanControl, Vmscan
-from sim.kvm.fault import kvm_fault_demand
-from sim.kvm.mmu import SPTE_ACCESS_TRACKED, SPTE_ACCESSED, SPTE_DIRTY, SPTE_PRESENT
+from sim.kvm.fault import fault_done, kvm_page_fault
 from sim.machine import Machine, rng_for, vcpu_stream
 from sim.reclaim.base import EvictionPolicy
 
-_FAULT_MASK = np.uint8(SPTE_PRESENT | SPTE_ACCESS_TRACKED)
-_OK = np.uint8(SPTE_PRESENT)
-_A = np.uint8(SPTE_ACCESSED)
-_D = np.uint8(SPTE_DIRTY)
-WINDOW = 65536  # accesses handled per vectorised window
-WINDOW_ACCESS_TRACKING = 2048  # with EPT A/D off (see DemandWorld.window)
+WINDOW = 65536  # accesses taken from the string at a time
+# With EPT A/D off, windows stay as short as when they bounded a recheck of the window after
+# each aging pass: timeline samples fall at window ends and shadow-paging aliases are drawn
+# per window, so results depend on the size.
+WINDOW_ACCESS_TRACKING = 2048
+_NO_STAMPS = np.empty(0, dtype=np.uint32)  # ept_touch stamps nothing; _hits stamps per access
+
+
+def _at_once(gen: ProcessGen) -> Any:
+    """Step a process generator (KVM's fault path) to its end and return its value; in demand
+    mode nothing takes time, so it must finish without yielding an event."""
+    try:
+        event = next(gen)
+    except StopIteration as done:
+        return done.value
+    gen.close()
+    raise AssertionError(f"demand mode: the fault path waited ({event!r})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +174,6 @@ class DemandWorld(Machine):
             schedule=lambda _t, fn: fn(),  # write-back completes at once
             outdir=outdir,
         )
-        self._victims: list[int] = []  # pages evicted while handling the current miss
-        self.vmscan.sink = self
         self.oom = OomKiller(
             self.mms, self.mem, self.swap, self.policy, self.vmstat, now=lambda: self._t
         )
@@ -160,8 +183,6 @@ class DemandWorld(Machine):
             None, self.mem, self.swap, self.alloc, self.policy, self.mms, self.vmstat
         )
         self.horizon_ns = round(sc.duration_s * 1e9)
-        # With access tracking, aging during a miss can turn later accesses of the window into
-        # faults, and the rest of the window is rechecked: keep windows short then.
         self.window = WINDOW if sc.kvm.ept_ad_bits else WINDOW_ACCESS_TRACKING
         self._source = source if source is not None else self._merged
         self._alias_rng = rng_for(sc.seed, "demand.alias")
@@ -229,6 +250,10 @@ class DemandWorld(Machine):
             progress(1.0)
 
     def _step(self, w: Window) -> None:
+        """Walk the window's accesses in order as the vCPU walks its batch (``ept_touch``):
+        runs of hits, each ended by an EPT violation that KVM's fault path resolves at once.
+        The walk reads every spte as it reaches it, so a page evicted or aged while an earlier
+        fault was handled faults when its turn comes."""
         n = len(w.gfn)
         if n == 0:
             return
@@ -236,62 +261,19 @@ class DemandWorld(Machine):
         pid = self.vm_base[w.vm] + w.gfn
         alias = self._alias_rng.integers(0, k, n) if k > 1 else 0
         gidx = pid * k + alias
+        writes = np.ascontiguousarray(w.write, dtype=np.bool_)
         seq = np.arange(self._seq, self._seq + n, dtype=np.int64)
-        last = 0
-        # Misses found up front; a page evicted by a miss may come back later in the window,
-        # so its later positions are queued as misses too (a heap of pending positions).
-        pending = np.flatnonzero((spte[gidx] & _FAULT_MASK) != _OK).tolist()
-        by_pid: tuple[NDArray[np.int64], NDArray[np.int64]] | None = None
-        kills = len(self.oom_kills)
-        tracked = self._tracked_marks()
-        while pending:
-            b = heapq.heappop(pending)
-            if b < last:
-                continue  # queued twice
-            ix = int(gidx[b])
-            if (spte[ix] & _FAULT_MASK) == _OK:
-                continue  # an earlier miss in this window brought it in
-            self._apply(w, pid, gidx, seq, last, b)
-            last = b
-            self._t = int(w.t_ns[b])
-            p, g, vi = int(pid[b]), int(w.gfn[b]), int(w.vm[b])
-            vm = self.vms[vi]
-            evicted = self.host_fault.is_refault(p)
-            kind = kvm_fault_demand(
-                vm.mmu, self.host_fault, pid=p, gfn=g, alias=ix - p * k, write=bool(w.write[b])
-            )
-            st = vm.stats
-            st.faults[kind] += 1
-            st.refaults += evicted
-            if self.recorder is not None:
-                self.recorder.fault(self._t, vi, int(w.vcpu[b]), g, kind, 0, p)
-            marks = self._tracked_marks()
-            if marks != tracked:  # aging parked sptes: later "hits" may now fault
-                tracked = marks
-                pending = (
-                    np.flatnonzero((spte[gidx[b + 1 :]] & _FAULT_MASK) != _OK) + b + 1
-                ).tolist()
-                self._victims.clear()
-            elif self._victims:
-                if len(self.oom_kills) != kills:  # a whole VM went: recheck the rest
-                    kills = len(self.oom_kills)
-                    rest = np.flatnonzero((spte[gidx[b + 1 :]] & _FAULT_MASK) != _OK) + b + 1
-                    for q in rest.tolist():
-                        heapq.heappush(pending, q)
-                else:
-                    if by_pid is None:
-                        order = np.argsort(pid, kind="stable")
-                        by_pid = (pid[order], order)
-                    spid, order = by_pid
-                    for v in self._victims:
-                        lo, hi = np.searchsorted(spid, [v, v + 1])
-                        for q in order[lo:hi].tolist():
-                            if q > b:
-                                heapq.heappush(pending, q)
-                self._victims.clear()
+        pos = 0
+        while True:
+            lo = pos
+            pos = ept_touch(spte, gidx, pid, writes, _NO_STAMPS, 0, 0, lo, n)
+            if pos > lo:
+                self._hits(w, pid, seq, lo, pos)
+            if pos >= n:
+                break
+            self._fault(w, pid, int(gidx[pos]), pos)  # the access is then retried: a hit
             if self._t >= self._next_sample:
                 self._sample()
-        self._apply(w, pid, gidx, seq, last, n)
         self._seq += n
         self.accesses += n
         counts = np.bincount(w.vm, minlength=len(self.vms))
@@ -301,40 +283,46 @@ class DemandWorld(Machine):
         if self._t >= self._next_sample:
             self._sample()
 
-    def _tracked_marks(self) -> int:
-        return sum(vm.mmu.tracked_marks for vm in self.vms)
+    def _fault(self, w: Window, pid: NDArray[np.int64], ix: int, b: int) -> None:
+        """The EPT violation of access ``b`` (spte ``ix``), through KVM's fault path."""
+        self._t = int(w.t_ns[b])
+        p, g = int(pid[b]), int(w.gfn[b])
+        vm = self.vms[int(w.vm[b])]
+        refault = self.host_fault.is_refault(p)
+        kind, _, _ = _at_once(
+            kvm_page_fault(
+                vm.mmu,
+                vm.mm,
+                self.host_fault,
+                self.costs,
+                pid=p,
+                gfn=g,
+                alias=ix - p * self.k,
+                write=bool(w.write[b]),
+            )
+        )
+        fault_done(
+            vm,
+            self.recorder,
+            t_ns=self._t,
+            vcpu=int(w.vcpu[b]),
+            gfn=g,
+            pid=p,
+            kind=kind,
+            refault=refault,
+            latency_ns=0,  # no time passes
+        )
 
-    def evicted(
-        self,
-        t_ns: int,
-        pids: NDArray[np.int32],
-        pfns: NDArray[np.int64],
-        dirty: NDArray[np.bool_],
-        scans: NDArray[np.uint8],
-    ) -> None:
-        """EvictionSink: note victims (they may recur in the current window), then log."""
-        self._victims.extend(pids.tolist())
-        if self.recorder is not None:
-            self.recorder.evicted(t_ns, pids, pfns, dirty, scans)
-
-    def _apply(
+    def _hits(
         self,
         w: Window,
         pid: NDArray[np.int64],
-        gidx: NDArray[np.int64],
         seq: NDArray[np.int64],
         lo: int,
         hi: int,
     ) -> None:
-        """Accesses ``lo:hi`` hit: hardware sets accessed (and dirty) bits; oracles are told."""
-        if hi <= lo:
-            return
-        spte = self.spte
-        hit = gidx[lo:hi]
-        spte[hit] |= _A
-        wr = w.write[lo:hi]
-        if wr.any():
-            spte[hit[wr]] |= _D
+        """Accesses ``lo:hi`` hit (``ept_touch`` set their bits): stamp each page with its
+        access's own time (analysis only) and tell an oracle policy."""
         p = pid[lo:hi]
         if self.mem.stamps:
             np.maximum.at(self.mem.last_access_us, p, (w.t_ns[lo:hi] // 1000).astype(np.uint32))

@@ -20,8 +20,10 @@ from typing import Any
 import numpy as np
 import simpy
 from simpy.core import StopSimulation
+from simpy.events import Timeout
 
 from sim.config import Scenario
+from sim.core import core_for
 from sim.costs import CostModel
 from sim.guest.vcpu import Vcpu
 from sim.guest.workloads import AccessStream, TraceConfig
@@ -36,6 +38,7 @@ from sim.host.page_writeback import DirtyControl
 from sim.lifecycle import checkpoint
 from sim.machine import Machine, rng_for, vcpu_stream
 from sim.reclaim.memcg import MemcgTwoList
+from sim.reclaim.two_list import TwoList
 from sim.results import staged, write_manifest
 from sim.tails import FaultLatencies, VcpuTime
 
@@ -69,6 +72,7 @@ class World(Machine):
         cost = CostModel(self.costs, swap.compress_ns, swap.decompress_ns)
         self.throttle = throttle = ReclaimThrottle(env, mem, vmstat)
         self.vmscan.on_writeback_end = throttle.writeback_ended
+        self.vmscan.schedule_each = self._schedule_each
         self.kswapd = Kswapd(env, mem, self.vmscan, policy, cost, vmstat, throttle)
         direct = DirectReclaim(env, mem, self.vmscan, policy, cost, vmstat, throttle)
         self.oom = OomKiller(self.mms, mem, swap, policy, vmstat, now=lambda: int(env.now))
@@ -101,6 +105,8 @@ class World(Machine):
             if sc.host.memcg_stats == "lazy" and isinstance(policy, MemcgTwoList):
                 self.memcg.use_lazy_stats(policy, round(sc.host.memcg_stats_flush_ms * 1e6))
             swap.on_free_slots = self.memcg.uncharge_swap
+        if isinstance(policy, TwoList):  # the compiled reclaim batch, where it applies
+            policy.core = core_for(self.vmscan, policy, self.memcg)
         self.host_fault = HostFaultHandler(
             env,
             mem,
@@ -207,6 +213,15 @@ class World(Machine):
     def _schedule(self, t_ns: int, fn: Callable[[], None]) -> None:
         ev = self.env.timeout(max(0, t_ns - int(self.env.now)))
         ev.callbacks.append(partial(_call, fn))
+
+    def _schedule_each(
+        self, times: list[int], fn: Callable[..., None], args: list[tuple[int, ...]]
+    ) -> None:
+        """``fn(*args[i])`` at ``times[i]``: one timeout each, its arguments as its value."""
+        env = self.env
+        now = int(env.now)
+        for t, a in zip(times, args, strict=True):
+            Timeout(env, max(0, t - now), (fn, a)).callbacks.append(_call_value)
 
     def _on_access(self, pids: np.ndarray) -> None:
         n = len(pids)
@@ -320,6 +335,11 @@ class World(Machine):
 
 def _call(fn: Callable[[], None], _event: simpy.Event) -> None:
     fn()
+
+
+def _call_value(event: simpy.Event) -> None:
+    fn, args = event._value
+    fn(*args)
 
 
 @dataclass(frozen=True, slots=True)

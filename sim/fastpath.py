@@ -17,6 +17,16 @@ Models
     fast enough (tens of millions of accesses per second, ``bench/bench_fastpath.py``) to replay
     whole traces many times, e.g. over a range of memory sizes.
 
+Fast path of the general one
+    ``memsim replay`` takes these kernels for ``lru``, ``opt``, ``fifo`` and ``clock`` unless
+    the mechanism is changed (``--set``) or ``--engine general`` is asked for; the general path
+    is demand.py (the policy, rmap, notifiers and sptes on the vCPU's touch walk and KVM's fault
+    path). They must count the same: tests/test_replay.py replays random traces at random
+    memory sizes both ways and compares faults and evictions, for every kernel here; the
+    demand-mode tests of tests/test_policies.py hold exact LRU's and OPT's misses in the general
+    path to these kernels' (``quality`` in the summary), and tests/test_golden.py keeps the
+    general path's exact counts on a real trace.
+
 Simplifications
     Counts only: no timing, no dirty pages, no prefetch. Pages are first mapped to dense ids
     ``0..D-1`` in order of first access (a direct table when page numbers are dense enough, else an

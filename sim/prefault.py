@@ -62,6 +62,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+import numba
 import numpy as np
 from numpy.typing import NDArray
 
@@ -89,6 +90,17 @@ MAX_FIT_ROUNDS = 32  # rounds of shrinking the resident set for the pool's frame
 _NEW_ANON = np.uint8(PTE_PRESENT | PTE_YOUNG | PG_DIRTY | PG_RESIDENT)
 
 
+@numba.njit(cache=True, nogil=True)
+def _tally(gfns: NDArray[np.int64], counts: NDArray[np.int64], last: NDArray[np.int64]) -> None:
+    """Count each page's accesses in one vCPU's sample and keep the latest position any
+    sample touched it at (``bincount`` and ``np.maximum.at`` over ``arange`` in one pass)."""
+    for i in range(gfns.size):
+        g = gfns[i]
+        counts[g] += 1
+        if i > last[g]:
+            last[g] = i
+
+
 def heat(w: World, index: int, cfg: VmConfig) -> NDArray[np.float64]:
     """Sampled accesses per second of guest time of each page of VM ``index`` (0: untouched in
     the sample), plus a fraction under one for recency (pages touched later rank higher)."""
@@ -111,8 +123,7 @@ def heat(w: World, index: int, cfg: VmConfig) -> NDArray[np.float64]:
             page_shift=sc.host.page_shift,
         )
         gfns, _ = stream.next(per_vcpu)
-        counts += np.bincount(gfns, minlength=n)
-        np.maximum.at(last, gfns, np.arange(len(gfns), dtype=np.int64))
+        _tally(gfns, counts, last)
     seconds = per_vcpu / cfg.access_rate_per_s
     recency = (last + 1) / (per_vcpu + 1)  # in [0, 1): breaks ties between equal counts
     return np.where(counts > 0, counts / seconds + recency / seconds, 0.0)

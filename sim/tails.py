@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from sim.guest.vcpu import FaultSink
-from sim.kvm.fault import FAULT_KINDS
+from sim.kvm.fault import FAULT_KINDS, FaultSink
 
 Segment = tuple[int, int, bool]  # [start, end) in ns, and whether it is stall (else compute)
 

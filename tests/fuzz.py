@@ -14,7 +14,8 @@ a few as real subprocesses. The invariants checked on every invocation:
   snapshotted around every case, and every case runs from its own directory);
 - ``validated_but_failed``: a scenario, sweep or plan that ``validate`` accepts runs (with its
   simulated time cut short) to exit code 0, every sweep row ``ok``;
-- ``user_files``: ``--out`` onto a directory holding a user's file leaves that file as it was.
+- ``user_files``: ``--out`` onto a directory holding a user's file leaves that file as it was;
+- ``scaled_invalid``: a file ``memsim scale`` wrote from a validated scenario or plan validates.
 
 ``python -m tests.fuzz [--seed N] [--before]`` prints the cases tried and failed per family;
 ``--before`` drops the options the code under test does not have (to measure older code) and
@@ -716,14 +717,28 @@ def _clamped(raw: Any, rate: float | None = None) -> Any | None:
     return raw
 
 
+def _scale_then_validate(h: Harness, d: Path, path: Path) -> None:
+    """``memsim scale`` of a validated file: a one-line refusal, or a file validate accepts."""
+    if "scale" not in h.main.commands:
+        return
+    out = d / "scaled.yaml"
+    o = h.invoke(["scale", path, "--factor", "2", "-o", out])
+    if h.check(o, tag="scale") and o.code == 0:
+        v = h.invoke(["validate", out])
+        if h.check(v, tag="scale") and v.code != 0:
+            h.flag("scaled_invalid", "scale", v, v.stderr.strip()[:300])
+
+
 def _validate_then_run(h: Harness, d: Path, raw: Any, text: bytes | None = None) -> None:
-    """validate a scenario; if accepted, its short run must succeed."""
+    """validate a scenario; if accepted, its short run must succeed, and it scales down (or
+    is refused in one line) to a file validate accepts."""
     cfg = d / "cfg.yaml"
     cfg.write_bytes(text if text is not None else dump(raw).encode())
     o = h.invoke(["validate", cfg])
     h.check(o)
     if o.code != 0 or text is not None:
         return
+    _scale_then_validate(h, d, cfg)
     shorter = _clamped(raw)
     if shorter is None:
         return
@@ -766,6 +781,8 @@ def _sweep_case(h: Harness, d: Path, spec: Any, text: bytes | None, kind: str) -
     o = h.invoke(["validate", path])
     h.check(o)
     n = _points(o)
+    if kind == "plan" and o.code == 0 and text is None:
+        _scale_then_validate(h, d, path)
     if o.code != 0 or n is None or n > 4 or text is not None:
         return
     if not isinstance(spec.get("base"), dict):
@@ -906,6 +923,8 @@ def _flag_values(d: Path) -> dict[str, list[Any]]:
         "--policies": ["lru", "lru,opt", "fifo,clock", "magic", ""],
         "--seeds": ["1-3", "x", "5-1", "1,1", "2", "1-99999999999"],
         "--max-memory": ["1G", "x", "0", "1k", "512M"],
+        "--factor": [0, 1, 2, 3, 4, -1, "x", 2**40],
+        "-o": [d / "scaled.yaml", d / "cfg.yaml", d, d / "missing" / "x.yaml", d / "file.txt"],
     }
 
 
@@ -936,6 +955,7 @@ COMMANDS: dict[str, list[str]] = {
     "sweep": ["--workers", "--dask", "--out", "--set", "--seeds", "--max-memory"],
     "plan": ["--workers", "--dask", "--out", "--set", "--seeds", "--max-memory"],
     "report": ["--out"],
+    "scale": ["--factor", "-o", "--force"],
 }
 
 
@@ -959,15 +979,20 @@ def family_cli(h: Harness, rng: random.Random, n: int, traces: dict[str, str]) -
                 "sweep": [sweep, cfg],
                 "plan": [plan, sweep],
                 "report": [d, d / "missing"],
+                "scale": [cfg, plan, sweep, d / "missing.yaml", "/dev/null"],
             }[command]
             args: list[Any] = [command, rng.choice(target)]
             values = _flag_values(d)
             flags = COMMANDS[command]
             for flag in rng.sample(flags, min(len(flags), rng.randint(0, 3))):
-                if flag in ("-q", "--json", "--instructions"):
+                if flag in ("-q", "--json", "--instructions", "--force"):
                     args.append(flag)
                 else:
                     args += [flag, rng.choice(values[flag])]
+            if command == "scale" and "--factor" not in args:
+                args += ["--factor", rng.choice(values["--factor"])]
+            if command == "scale" and d / "file.txt" in args and "--force" in args:
+                args.remove("--force")  # --force replaces the file it is told to: not a user's
             if command == "replay" and "--frames" not in args:
                 args += ["--frames", "16"]
             if command == "replay" and "--policy" not in args:

@@ -42,6 +42,10 @@ EXPECTED = {
     ("calibrate", "memsim two_list accesses/s vs demand replay"),
     ("calibrate", "real guest accesses/s (guest time)"),  # skipped without root and KVM
     ("calibrate", "memsim wall time / real guest time"),
+    ("realsize", "wall s per simulated s, steady state"),
+    ("realsize", "wall time, 10 simulated s"),
+    ("realsize", "batch 1024 vs batch 1: major faults, relative difference"),
+    ("realsize", "batch 1024 vs batch 1: pswpout, relative difference"),
 }
 
 
@@ -93,6 +97,24 @@ def test_naive_model_runs_the_workload() -> None:
     w = run_naive(sc, budget_s=60.0, warm_ns=0)
     assert w.accesses > 0
     assert w.faults <= 2 * 16 * 256  # at most the working sets' pages, each faulted once
+
+
+def test_realsize_quick_rows() -> None:
+    """The real-size module at 1/64 size: well-formed rows, a host that swaps, and fidelity
+    rows that are the relative difference of the two worlds' counts."""
+    from bench.bench_realsize import run
+
+    rows = {r["metric"]: r for r in run(quick=True)}
+    for r in rows.values():
+        check_row(r)
+    steady = rows["wall s per simulated s, steady state"]["details"]
+    assert steady["steady_rates"]["pgmajfault"] > 0
+    assert steady["steady_rates"]["pswpout"] > 0
+    for what in ("major faults", "pswpout"):
+        d = rows[f"batch 1024 vs batch 1: {what}, relative difference"]["details"]
+        assert d["batch1_value"] > 500
+        got = rows[f"batch 1024 vs batch 1: {what}, relative difference"]["value"]
+        assert got == abs(d["batch_value"] - d["batch1_value"]) / d["batch1_value"]
 
 
 @pytest.mark.slow

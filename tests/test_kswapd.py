@@ -49,7 +49,9 @@ def test_kswapd_wakes_below_low_and_reclaims_up_to_high() -> None:
 
 
 def test_reclaim_isolates_at_most_swap_cluster_max_at_a_time() -> None:
+    """On the general path: every batch ``folio_referenced`` sees."""
     w = World(tiny(duration_s=0.2))
+    w.policy.core = None
     sizes: list[int] = []
     orig = w.vmscan.folio_referenced
 
@@ -60,6 +62,30 @@ def test_reclaim_isolates_at_most_swap_cluster_max_at_a_time() -> None:
     w.vmscan.folio_referenced = spy  # type: ignore[method-assign]
     w.run()
     assert sizes
+    assert max(sizes) <= SWAP_CLUSTER_MAX
+
+
+def test_the_compiled_core_isolates_at_most_swap_cluster_max_at_a_time() -> None:
+    """The compiled reclaim batch (sim/core.py): what each pass took off a list."""
+    from sim.core import IO_TAKEN
+
+    w = World(tiny(duration_s=0.2))
+    core = w.policy.core
+    assert core is not None
+    sizes: list[int] = []
+    for name in ("shrink_inactive_list", "shrink_active_list"):
+        orig = getattr(core, name)
+
+        def spy(lru: Any, n: int, sc: Any, orig: Any = orig) -> bool:
+            done = orig(lru, n, sc)
+            if done:
+                sizes.append(int(core.io[IO_TAKEN]))
+            return bool(done)
+
+        setattr(core, name, spy)
+    w.run()
+    assert sizes
+    assert max(sizes) > 0
     assert max(sizes) <= SWAP_CLUSTER_MAX
 
 

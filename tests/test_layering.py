@@ -42,6 +42,7 @@ PURE = [
     "host/mm.py",
     "host/oom.py",
     "kvm/mmu.py",
+    "kvm/spte.py",
     "kvm/notifier.py",
     "kvm/shortcut.py",
     "guest/workloads.py",

@@ -16,7 +16,7 @@ from sim.host.memory import PTE_PRESENT
 from sim.host.vmscan import ScanControl
 from sim.host.vmstat import VmStat
 from sim.kvm.fault import kvm_fault_nowait
-from sim.kvm.mmu import SPTE_ACCESSED
+from sim.kvm.spte import SPTE_ACCESSED
 from sim.reclaim.mglru import (
     LRU_REFS_MASK,
     LRU_REFS_PGOFF,

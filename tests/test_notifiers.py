@@ -11,7 +11,7 @@ from sim.host.mmu_notifier import MmuNotifierOps, MmuNotifierSubscriptions
 from sim.host.vmscan import ScanControl
 from sim.host.vmstat import VmEvents
 from sim.kvm.fault import FaultKind, kvm_fault_nowait
-from sim.kvm.mmu import SPTE_ACCESS_TRACKED, SPTE_ACCESSED, SPTE_PRESENT
+from sim.kvm.spte import SPTE_ACCESS_TRACKED, SPTE_ACCESSED, SPTE_PRESENT
 from tests.conftest import tiny
 
 GFNS = list(range(10))
@@ -131,6 +131,7 @@ def test_the_eviction_shadow_takes_the_pfn_place_until_the_swap_in(clean: bool) 
     (where a pfn no longer is); a dirty folio is freed by the scan after its write ends, a
     clean one (a valid swap copy) at once."""
     w = World(tiny())
+    w.policy.core = None  # the general path: it spies on workingset_eviction
     v = w.vms[0]
     pid = v.mm.pid_base + 5
     _fault_in(w, 0, [5])

@@ -15,6 +15,7 @@ import pytest
 
 from sim.engine import build_world
 from sim.host.mmu_notifier import MmuNotifierOps
+from sim.host.vmscan import ScanControl
 from sim.kvm.shortcut import TdpShortcut
 from tests.conftest import tiny
 
@@ -89,3 +90,33 @@ def test_shortcut_steps_aside_for_another_subscriber() -> None:
 def test_no_shortcut_under_shadow_paging() -> None:
     w = build_world(tiny(duration_s=0.01, kvm__mmu="shadow"), None)
     assert w.rmap.shortcut is None
+
+
+def test_a_registration_reaches_only_its_own_mm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registering on one mm re-examines that mm's subscribers only: in another world in the
+    same process nothing is touched, and in its own world only that mm takes the chain."""
+    told: list[tuple[int, int]] = []
+    changed = TdpShortcut._subscribers_changed
+
+    def spy(self: TdpShortcut, i: int) -> None:
+        told.append((id(self), i))
+        changed(self, i)
+
+    monkeypatch.setattr(TdpShortcut, "_subscribers_changed", spy)
+    a = build_world(tiny(duration_s=0.05, vms__0__count=3, host={"memory_mib": 12}), None)
+    b = build_world(tiny(duration_s=0.05), None)
+    sa, sb = a.rmap.shortcut, b.rmap.shortcut
+    assert isinstance(sa, TdpShortcut)
+    assert isinstance(sb, TdpShortcut)
+    assert len(a.vms) == 3
+    a.vms[1].mm.notifiers.register(MmuNotifierOps())
+    assert told == [(id(sa), 1)]
+    assert sa._usable.tolist() == [True, False, True]
+    assert sb._usable.all()
+    a.run()
+    work = ScanControl(nr_to_reclaim=1)
+    for vm in a.vms:  # a resident page of each VM, one call each
+        mine = np.flatnonzero(a.mem.flags[vm.mm.pid_base : vm.mm.pid_base + vm.mm.nr_pages])
+        pid = np.array([vm.mm.pid_base + mine[0]], dtype=np.int32)
+        took = sa.folio_referenced(pid, work, flush=True) is not None
+        assert took == (vm.index != 1), vm.index

@@ -128,7 +128,7 @@ def test_queue_matches_simpy_resource(
     """Device latencies: a twin device with the same seed replays the service times."""
     dev = _device(queue_depth=queue_depth, cv=cv, seed=seed)
     twin = _device(queue_depth=queue_depth, cv=cv, seed=seed)
-    service = [twin._draw(write, n) for _, write, n in submits]
+    service = [twin._draw(write, n).tolist() for _, write, n in submits]
     _check_against_simpy(dev, submits, service)
 
 
@@ -151,10 +151,10 @@ def test_queue_matches_simpy_with_arbitrary_service_times(
     feed = iter(service)
     dev = _device(queue_depth=queue_depth)
 
-    def fixed_draw(write: bool, n: int) -> list[int]:
+    def fixed_draw(write: bool, n: int) -> np.ndarray:
         svc = next(feed)
         assert len(svc) == n
-        return list(svc)
+        return np.array(svc, dtype=np.int64)
 
     dev._draw = fixed_draw  # type: ignore[method-assign]
     _check_against_simpy(dev, submits, service)
@@ -206,7 +206,7 @@ def test_service_times_follow_the_documented_stream(
         return out
 
     for write, n in ops:
-        assert dev._draw(write, n) == expected(write, n)
+        assert dev._draw(write, n).tolist() == expected(write, n)
 
 
 def test_constant_latency_when_cv_is_zero() -> None:
@@ -317,7 +317,7 @@ def test_submit_zero_pages_is_a_no_op() -> None:
     assert dev.vmstat["pswpout"] == 1
     # The pool was not consumed: the next write gets the second latency of the stream.
     twin = _device(queue_depth=1)
-    assert dev._draw(True, 1) == twin._draw(True, 2)[1:]
+    assert dev._draw(True, 1).tolist() == twin._draw(True, 2)[1:].tolist()
 
 
 # --------------------------------------------------------------------------------------------

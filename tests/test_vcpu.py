@@ -10,7 +10,7 @@ import pytest
 
 from sim.engine import World, rng_for
 from sim.guest.workloads import AccessStream
-from sim.kvm.mmu import SPTE_ACCESSED, SPTE_DIRTY
+from sim.kvm.spte import SPTE_ACCESSED, SPTE_DIRTY
 from tests.conftest import tiny
 
 ROOMY = {"host__memory_mib": 64, "vms__0__count": 1, "vms__0__vcpus": 1}
@@ -71,7 +71,7 @@ def test_ept_touch_stops_at_the_first_violation_and_sets_bits_before_it() -> Non
     """The compiled walk: hits set A (and D on writes) and stamp the page; a non-present or
     access-tracked spte stops it there, untouched. With no stamps array it stamps nothing."""
     from sim.guest.touch import ept_touch
-    from sim.kvm.mmu import SPTE_ACCESS_TRACKED, SPTE_PRESENT
+    from sim.kvm.spte import SPTE_ACCESS_TRACKED, SPTE_PRESENT
 
     gfns = np.array([0, 1, 2, 1, 4, 5, 0], dtype=np.int64)
     writes = np.array([False, True, False, False, False, False, True])

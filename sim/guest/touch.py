@@ -5,7 +5,12 @@ Models
     sets the spte's accessed bit (and its dirty bit on a write); the host learns nothing else,
     except that the simulator stamps the page's last access when the eviction log wants it (for
     analysis: ``HostMemory.stamps``). Any other spte is an EPT violation, which software
-    (kvm/fault.py) must handle before the access can retry.
+    (kvm/fault.py) must handle before the access can retry. The spte rules are kvm/spte.py's.
+
+Both worlds
+    The vCPU (guest/vcpu.py) walks its batches with it, and demand mode (demand.py) its
+    reference string, one call per run of hits; demand mode stamps each access with its own
+    time itself (it passes no stamp array), where the vCPU stamps a run with its start.
 
 Why compiled
     This loop runs once per simulated access. One compiled call per run of hits replaces a
@@ -20,9 +25,7 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
-from sim.kvm.mmu import SPTE_ACCESS_TRACKED, SPTE_ACCESSED, SPTE_DIRTY, SPTE_PRESENT
-
-_FAULT_MASK = SPTE_PRESENT | SPTE_ACCESS_TRACKED
+from sim.kvm.spte import needs_fault, touch
 
 
 @numba.njit(cache=True, nogil=True)
@@ -40,16 +43,14 @@ def ept_touch(
     """Apply accesses ``start..end`` while they hit; return the first one that faults (or
     ``end``). Access ``p`` uses spte ``idx[p]`` of page ``base + gfns[p]``, whose
     ``last_access`` entry it sets to ``stamp`` (unless ``last_access`` is empty)."""
-    a = np.uint8(SPTE_ACCESSED)
-    d = np.uint8(SPTE_ACCESSED | SPTE_DIRTY)
     t = np.uint32(stamp)
     stamps = last_access.size != 0  # no eviction log: nothing reads stamps
     for p in range(start, end):
         i = idx[p]
         s = spte[i]
-        if (s & _FAULT_MASK) != SPTE_PRESENT:
+        if needs_fault(s):
             return p
-        spte[i] = s | (d if writes[p] else a)
+        spte[i] = touch(s, writes[p])
         if stamps:
             last_access[base + gfns[p]] = t
     return end
@@ -59,6 +60,6 @@ def ept_touch(
 def first_fault(spte: NDArray[np.uint8], idx: NDArray[np.int64], start: int, end: int) -> int:
     """The first of accesses ``start..end`` whose spte ``idx[p]`` would fault, or ``end``."""
     for p in range(start, end):
-        if (spte[idx[p]] & _FAULT_MASK) != SPTE_PRESENT:
+        if needs_fault(spte[idx[p]]):
             return p
     return end

@@ -38,7 +38,7 @@ Simplifications
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 import simpy
@@ -50,25 +50,12 @@ from sim.guest.workloads import AccessStream
 from sim.host.fault import HostFaultHandler
 from sim.host.kswapd import ProcessGen
 from sim.host.memory import HostMemory
-from sim.kvm.fault import kvm_fault_nowait, kvm_page_fault
-from sim.kvm.mmu import SPTE_ACCESS_TRACKED, SPTE_PRESENT
+from sim.kvm.fault import FaultSink, fault_done, kvm_fault_nowait, kvm_page_fault
+from sim.kvm.spte import is_hit
 from sim.kvm.vm import Vm
 
 if TYPE_CHECKING:
     from sim.tails import Segment, VcpuTime
-
-_FAULT_MASK = SPTE_PRESENT | SPTE_ACCESS_TRACKED
-_OK = SPTE_PRESENT
-
-
-class FaultSink(Protocol):
-    """Where faults are logged (the recorder)."""
-
-    def fault(
-        self, t_ns: int, vm: int, vcpu: int, gfn: int, kind: str, latency_ns: int, pid: int
-    ) -> None:
-        """One resolved guest fault."""
-        ...
 
 
 class Vcpu:
@@ -223,7 +210,7 @@ class Vcpu:
             self._step = None
             if pos >= n or mm.dead:
                 continue
-            if (spte.item(idx_all.item(pos)) & _FAULT_MASK) == _OK:
+            if is_hit(spte.item(idx_all.item(pos))):
                 continue  # another vCPU mapped it meanwhile: the next step hits
             if not self._resolve(pos, 0, gfns, idx_all, writes):
                 gfn = gfns.item(pos)
@@ -277,13 +264,18 @@ class Vcpu:
         if r is None:
             return False
         kind, cpu_ns = r
-        st = vm.stats
-        st.faults[kind] += 1
-        st.refaults += evicted
-        st.fault_ns += cpu_ns
         self.pending_ns += cpu_ns  # stall, counted when paid
-        if self.sink is not None:
-            self.sink.fault(self.env.now + t, vm.index, self.index, gfn, kind, cpu_ns, pid)
+        fault_done(
+            vm,
+            self.sink,
+            t_ns=self.env.now + t,
+            vcpu=self.index,
+            gfn=gfn,
+            pid=pid,
+            kind=kind,
+            refault=evicted,
+            latency_ns=cpu_ns,
+        )
         return True
 
     def accrued(self, now: int) -> tuple[int, int]:
@@ -364,27 +356,41 @@ class Vcpu:
         return dt
 
     def _fault(self, gfn: int, alias: int, write: bool, base: int) -> ProcessGen:
-        """Handle an EPT violation that must wait (I/O, reclaim); the access is then retried."""
-        env, vm = self.env, self.vm
+        """Handle an EPT violation that must wait (I/O, reclaim); the access is then retried.
+        The caller's :meth:`_resolve` has just found that it must."""
+        env, vm, host = self.env, self.vm, self.host
         pid = base + gfn
-        refault = self.host.is_refault(pid)
+        refault = host.is_refault(pid)
         t0 = env.now
         self.in_guest = False
         self._wait_since = int(t0)
         kind, cpu_ns, _ = yield from kvm_page_fault(
-            vm.mmu, vm.mm, self.host, self.costs, pid=pid, gfn=gfn, alias=alias, write=write
+            vm.mmu,
+            vm.mm,
+            host,
+            self.costs,
+            pid=pid,
+            gfn=gfn,
+            alias=alias,
+            write=write,
+            tried=host.retry_is_idle(pid),
         )
         self._wait_since = -1
         self.in_guest = True
         waited = env.now - t0
         latency = waited + cpu_ns
         self.pending_ns += cpu_ns
-        st = vm.stats
-        st.faults[kind] += 1
-        st.refaults += refault
-        st.fault_ns += latency
-        st.stall_ns += waited  # cpu_ns is counted when paid (pending_ns)
+        vm.stats.stall_ns += waited  # cpu_ns is counted when paid (pending_ns)
         if self.accrual is not None:
             self.accrual.add(vm.index, int(t0), int(env.now), True)
-        if self.sink is not None:
-            self.sink.fault(t0, vm.index, self.index, gfn, kind, latency, pid)
+        fault_done(
+            vm,
+            self.sink,
+            t_ns=t0,
+            vcpu=self.index,
+            gfn=gfn,
+            pid=pid,
+            kind=kind,
+            refault=refault,
+            latency_ns=latency,
+        )

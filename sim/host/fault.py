@@ -41,8 +41,7 @@ Invariants
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from enum import StrEnum
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
@@ -120,7 +119,8 @@ class HostFaultHandler:
     ) -> None:
         self.env, self.mem, self.swap, self.alloc = env, mem, swap, alloc
         self.policy, self.mms, self.vmstat = policy, list(mms), vmstat
-        self._inflight: dict[int, simpy.Event] = {}  # pid -> fault-in in progress
+        # pid -> fault-in in progress (the folio lock), with the event its waiters wait on
+        self._inflight: dict[int, simpy.Event | None] = {}
         self._ra_wait: dict[int, simpy.Event] = {}  # pid -> readahead read in flight
         self.page_cluster = page_cluster
         self.ptrs_per_pmd = ptrs_per_pmd
@@ -145,7 +145,9 @@ class HostFaultHandler:
         """Resolve the fault if that needs no waiting (no I/O, no reclaim); else None.
 
         Covers a present pte, a swap-cache hit, and a first touch while free memory is above
-        the min watermark; the caller pays the CPU cost. Nothing here advances time.
+        the min watermark; the caller pays the CPU cost. Nothing here advances time. A host
+        without a clock (``env`` None: demand mode, where the allocator evicts at once and a
+        read takes no time) resolves every fault here, a swap-in too.
         """
         mem = self.mem
         flags = mem.flags
@@ -169,7 +171,7 @@ class HostFaultHandler:
             self.policy.folio_mark_accessed(mem.pfn.item(pid))  # GUP's FOLL_TOUCH
             return HostFault.SWAPCACHE
         if f & PG_SWAP:
-            return None  # needs a read
+            return None if self.env is not None else self._swapin_now(pid, write)
         pfn = self.alloc.alloc_fast(pid)
         if pfn < 0:
             return None  # needs reclaim
@@ -187,9 +189,18 @@ class HostFaultHandler:
             mem.flags[pid] = mem.flags.item(pid) | PG_DIRTY
         self.policy.folio_mark_accessed(mem.pfn.item(pid))
 
-    def handle_mm_fault(self, pid: int, write: bool) -> ProcessGen:
-        """Make page ``pid`` present in its mm, waiting as needed; returns a :class:`HostFault`."""
-        hf = self.fault_nowait(pid, write)
+    def retry_is_idle(self, pid: int) -> bool:
+        """Whether :meth:`fault_nowait` on ``pid`` just returned None, with no time passed,
+        would return None again with no effect at all (so a caller may skip the repeat): true
+        unless the page is read ahead (its swap-cache lookup counts) or memcgs charge (a
+        failed charge may count)."""
+        return self.memcg is None and pid not in self._ra_wait
+
+    def handle_mm_fault(self, pid: int, write: bool, tried: bool = False) -> ProcessGen:
+        """Make page ``pid`` present in its mm, waiting as needed; returns a :class:`HostFault`.
+        ``tried``: the caller's :meth:`fault_nowait` just returned None and
+        :meth:`retry_is_idle` holds."""
+        hf = None if tried else self.fault_nowait(pid, write)
         while hf is None and pid in self._ra_wait:  # folio locked for its readahead read
             yield self._ra_wait[pid]
             if self.mms[self.mem.page_owner(pid)].dead:
@@ -197,15 +208,17 @@ class HostFaultHandler:
             hf = self.fault_nowait(pid, write)
         if hf is not None:
             return hf
-        ev = self._inflight.get(pid)
-        if ev is not None:  # folio locked by another faulting task
-            yield ev
+        if pid in self._inflight:  # folio locked by another faulting task
+            yield self._lock_waiter(pid)
             if self.mem.flags.item(pid) & PTE_PRESENT:
                 self.policy.folio_mark_accessed(self.mem.pfn.item(pid))  # our GUP's FOLL_TOUCH
             return HostFault.WAITED
         self.vmstat.count(_PGFAULT, 1, self.mem.page_owner(pid))
-        with self._in_flight(pid):
+        self._inflight[pid] = None
+        try:
             result = yield from self._fault_in(pid, write, bool(self.mem.flags.item(pid) & PG_SWAP))
+        finally:
+            self._unlock(pid)
         if self.memcg is not None:  # on the way back to the guest (resume_user_mode_work)
             yield from self.memcg.handle_over_high(self.mem.page_owner(pid))
         return result
@@ -215,7 +228,11 @@ class HostFaultHandler:
         mm = self.mms[mem.page_owner(pid)]
         assert isinstance(self.alloc, PageAllocator), "waiting faults need the page allocator"
         shadow = mem.pfn.item(pid)  # a swapped page's shadow, before its frame takes the place
-        pfn = yield from self.alloc.alloc(pid)
+        # the allocator's fast path first, as alloc() would (it repeats it with no effect when
+        # it failed, there being no memcg to charge)
+        pfn = self.alloc.alloc_fast(pid) if self.memcg is None else -1
+        if pfn < 0:
+            pfn = yield from self.alloc.alloc(pid)
         if pfn < 0:  # killed by its memcg's OOM while charging: nothing was taken
             return HostFault.MAJOR if swapped else HostFault.FIRST_TOUCH
         if mm.dead:  # OOM-killed while we waited for memory
@@ -234,7 +251,11 @@ class HostFaultHandler:
         if self.page_cluster and not self.swap.zram:
             ahead = yield from self._swapin_readahead(pid, mm)
         now = self.env.now
-        t_done = self._swap_read_folio(pid, mm, now, ahead)
+        swap = self.swap
+        if ahead or swap.zram or swap.zswap is not None:
+            t_done = self._swap_read_folio(pid, mm, now, ahead)
+        else:  # a plain read from the device
+            t_done = swap.submit(now, write=False, per_mm=mm.index)[0]
         yield self.env.timeout(t_done - now)
         flags[pid] = flags.item(pid) & ~PG_LOCKED
         if mm.dead:
@@ -369,22 +390,26 @@ class HostFaultHandler:
         flight so that no fault takes it meanwhile. Returns the pfn, or -1 when the VM was
         killed while charging."""
         assert isinstance(self.alloc, PageAllocator)
-        with self._in_flight(p):
-            return (yield from self.alloc.alloc(p))
-
-    @contextlib.contextmanager
-    def _in_flight(self, pid: int) -> Iterator[None]:
-        """While inside, page ``pid``'s folio is locked by this task: other faults on it wait
-        for the event in ``_inflight``, succeeded on the way out."""
-        assert self.env is not None
-        done = self.env.event()
-        self._inflight[pid] = done
+        self._inflight[p] = None
         try:
-            yield
+            return (yield from self.alloc.alloc(p))
         finally:
-            del self._inflight[pid]
-            if done.callbacks:  # someone waits on the folio lock (else no event to process)
-                done.succeed()
+            self._unlock(p)
+
+    def _lock_waiter(self, pid: int) -> simpy.Event:
+        """The event a fault waits on while page ``pid``'s folio is locked by another task's
+        fault-in (made when the first waiter comes: most locks have none)."""
+        ev = self._inflight[pid]
+        if ev is None:
+            assert self.env is not None
+            ev = self._inflight[pid] = self.env.event()
+        return ev
+
+    def _unlock(self, pid: int) -> None:
+        """The fault-in of ``pid`` is over (``folio_unlock``): its waiters go on."""
+        ev = self._inflight.pop(pid)
+        if ev is not None and ev.callbacks:
+            ev.succeed()
 
     def _submit_readahead(
         self, pid: int, mm: Mm, ahead: list[tuple[int, int, int]], now: int
@@ -455,11 +480,8 @@ class HostFaultHandler:
         self.policy.folio_add_lru(pfn, shadow)
         self.policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
 
-    def fault_sync(self, pid: int, write: bool) -> HostFault:
-        """Demand mode: resolve any fault at once; a swap-in's read takes no time."""
-        hf = self.fault_nowait(pid, write)
-        if hf is not None:
-            return hf
+    def _swapin_now(self, pid: int, write: bool) -> HostFault:
+        """``do_swap_page`` in a host without a clock (demand mode): the read takes no time."""
         mem = self.mem
         mm = mem.page_owner(pid)
         self.vmstat.count(_PGFAULT, 1, mm)

@@ -288,6 +288,23 @@ class HostMemory:
         if self.on_free is not None:
             self.on_free(1)
 
+    def reserve_free(self, n: int) -> NDArray[np.uint32]:
+        """The free-frame stack with room for ``n`` more frames above its top (``_nr_freed``),
+        for a compiled pass that pushes them itself and then calls :meth:`frames_freed`."""
+        if self._nr_freed + n > len(self._free):
+            self._push_free(n)
+            self._nr_freed -= n
+        return self._free
+
+    def frames_freed(self, top: int, n: int, per_mm: NDArray[np.int64]) -> None:
+        """A compiled pass pushed ``n`` frames onto the free stack (its top is now ``top``) and
+        detached them from their pages, ``per_mm[i]`` of mm ``i``: the counts follow."""
+        self._nr_freed = top
+        self.nr_free += n
+        self.nr_resident -= per_mm
+        if self.on_free is not None:
+            self.on_free(n)
+
     def _push_free(self, n: int) -> NDArray[np.uint32]:
         """Room for ``n`` more frames on top of the free stack (grown by doubling)."""
         top = self._nr_freed + n

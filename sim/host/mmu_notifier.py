@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -93,19 +93,25 @@ class MmuNotifierSubscriptions:
     """``mm->notifier_subscriptions``: the ops tables registered on one mm.
 
     Calls are counted into ``vmstat`` (attached by the machine, with the mm's index); without
-    one (a chain built alone in a test) they are not counted.
+    one (a chain built alone in a test) they are not counted. Whoever caches a view of this
+    mm's subscribers (the fused TDP walk) asks to be told when they change (``watch``), so a
+    registration reaches only the views of its own mm and nobody checks anything per call.
     """
 
     subscribers: list[MmuNotifierOps] = field(default_factory=list)
     vmstat: VmEvents | None = None
     mm: int = -1
-    # registrations on any mm so far: whoever caches a view of the subscribers checks it
-    registrations: ClassVar[int] = 0
+    _watchers: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     def register(self, ops: MmuNotifierOps) -> None:
-        """``mmu_notifier_register``."""
+        """``mmu_notifier_register``; the watchers of this mm are told."""
         self.subscribers.append(ops)
-        MmuNotifierSubscriptions.registrations += 1
+        for changed in self._watchers:
+            changed()
+
+    def watch(self, changed: Callable[[], None]) -> None:
+        """Call ``changed`` after every later registration on this mm."""
+        self._watchers.append(changed)
 
     def count(self, op: str, n: int) -> None:
         """``n`` calls of ``op`` into one subscriber."""

@@ -63,7 +63,8 @@ class Rmap:
         self.mem, self.mms, self.vmstat = mem, list(mms), vmstat
         self.shortcut: Shortcut | None = None  # set by the world when its MMUs allow one
 
-    def _walked(self, work: RmapWork, n: int) -> None:
+    def walked(self, work: RmapWork, n: int) -> None:
+        """Count ``n`` mappings visited by a walk (``rmap_walked``, and the caller's work)."""
         work.nr_rmap_walked += n
         self.vmstat[VmStat.RMAP_WALKED] += n
 
@@ -109,7 +110,7 @@ class Rmap:
         if len(pids) == 0:
             return np.zeros(0, dtype=np.bool_)
         mem = self.mem
-        self._walked(work, len(pids))
+        self.walked(work, len(pids))
         if self.shortcut is not None:
             young = self.shortcut.folio_referenced(pids, work, flush=flush)
             if young is not None:
@@ -141,7 +142,7 @@ class Rmap:
             pids = pids[mapped]
         f = mem.flags[pids]
         mem.flags[pids] = f & ~np.uint8(PTE_YOUNG)
-        self._walked(work, len(pids))
+        self.walked(work, len(pids))
         young = (f & PTE_YOUNG) != 0
         if mapped is None:
             return young
@@ -160,7 +161,7 @@ class Rmap:
         pids = mem.frame_pid[pfns]
         if len(pids) == 0:
             return
-        self._walked(work, len(pids))
+        self.walked(work, len(pids))
         if self.shortcut is not None and self.shortcut.unmap(pids, work):
             return
         for mm, sel in self._by_mm(pids):

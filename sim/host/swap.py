@@ -64,11 +64,11 @@ Invariants
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Callable, Sequence
 from typing import Literal
 
+import numba
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field, model_validator
@@ -209,7 +209,6 @@ class SwapDevice:
             False: round(extra * 1e9 / (cfg.read_bandwidth_mib_per_s * (1 << 20))),
             True: round(extra * 1e9 / (cfg.write_bandwidth_mib_per_s * (1 << 20))),
         }
-        self._link_free_at = 0  # when the link finishes its last transfer
         self.nr_free_slots = nr_slots
         # slot identities (rotational only; see track_slots): empty arrays otherwise
         self.slot_owner = np.zeros(0, dtype=np.int32)
@@ -217,16 +216,33 @@ class SwapDevice:
         self._cl_used = np.zeros(0, dtype=np.int32)  # unavailable slots per cluster
         self._cluster = -1  # the allocator's current cluster
         self._cursor = -SWAPFILE_CLUSTER  # next offset it scans in it (none yet: cluster 0 next)
-        self._servers = [0] * cfg.queue_depth  # time each server becomes free (a heap)
+        self._servers = np.zeros(cfg.queue_depth, dtype=np.int64)  # when each is free (a heap)
         self._params = {
             False: self._lognormal(cfg.read_latency_us * 1000.0, cfg.latency_cv),
             True: self._lognormal(cfg.write_latency_us * 1000.0, cfg.latency_cv),
         }
-        self._pool: dict[bool, list[int]] = {False: [], True: []}  # pre-drawn latencies
-        self._tags: list[int] = []  # completion times of requests holding a tag (a heap)
-        self.blocked_until = 0  # when the last submitter got its last tag
-        self.busy_ns = 0  # sum of service times (device utilisation = busy / (time * depth))
-        self.wait_ns = 0  # sum of queueing delays before service
+        # pre-drawn latencies, used in the order drawn from position _pos on
+        self._pool = {False: np.zeros(0, dtype=np.int64), True: np.zeros(0, dtype=np.int64)}
+        self._pos = {False: 0, True: 0}
+        # completion times of the requests holding a tag (a heap of _q[Q_TAGS] entries)
+        self._tags = np.zeros(cfg.nr_requests + 1, dtype=np.int64)
+        self._q = np.zeros(Q_SIZE, dtype=np.int64)  # the queue's scalars (see _queue)
+        self._done = np.zeros(64, dtype=np.int64)
+
+    @property
+    def blocked_until(self) -> int:
+        """When the last submitter got its last request tag."""
+        return int(self._q[Q_BLOCKED])
+
+    @property
+    def busy_ns(self) -> int:
+        """Sum of service times (device utilisation = busy / (time * depth))."""
+        return int(self._q[Q_BUSY])
+
+    @property
+    def wait_ns(self) -> int:
+        """Sum of queueing delays before service (and before the link, for huge pages)."""
+        return int(self._q[Q_WAIT])
 
     @staticmethod
     def _lognormal(mean_ns: float, cv: float) -> tuple[float, float, float]:
@@ -350,16 +366,14 @@ class SwapDevice:
             return np.full(n, max(1, round(mean)), dtype=np.int64)
         return np.maximum(1, np.rint(self.rng.lognormal(mu, sigma, n))).astype(np.int64)
 
-    def _draw(self, write: bool, n: int) -> list[int]:
+    def _draw(self, write: bool, n: int) -> NDArray[np.int64]:
         """Service times from a pool drawn 4096 at a time (same stream, fewer numpy calls)."""
-        if n <= 0:
-            return []
-        pool = self._pool[write]
-        while len(pool) < n:
-            pool[:0] = self.latency_ns(write, 4096).tolist()[::-1]
-        out = pool[-n:][::-1]
-        del pool[-n:]
-        return out
+        pool, pos = self._pool[write], self._pos[write]
+        while len(pool) - pos < n:
+            pool = np.concatenate((pool[pos:], self.latency_ns(write, 4096)))
+            pos = 0
+        self._pool[write], self._pos[write] = pool, pos + n
+        return pool[pos : pos + n]
 
     def submit(
         self, now_ns: int, write: bool, n: int = 1, per_mm: int | list[int] = -1
@@ -371,33 +385,21 @@ class SwapDevice:
         """
         self._count(write, n, per_mm)
         if self.synchronous:
-            self.blocked_until = now_ns
+            self._q[Q_BLOCKED] = now_ns
             return [now_ns] * n
-        svc = self._draw(write, n)
-        done = []
-        servers, tags, limit = self._servers, self._tags, self.cfg.nr_requests
-        xfer = self.transfer_ns[write]
-        tag_at = now_ns
-        for s in svc:
-            while tags and tags[0] <= tag_at:  # completed: their tags are free
-                heapq.heappop(tags)
-            if len(tags) >= limit:  # all taken: sleep until the first one frees
-                tag_at = heapq.heappop(tags)
-            free_at = heapq.heappop(servers)
-            start = tag_at if free_at < tag_at else free_at
-            end = start + s
-            self.wait_ns += start - now_ns
-            self.busy_ns += s
-            if xfer:  # huge pages: the rest of the data, one transfer at a time on the link
-                t0 = max(end, self._link_free_at)
-                self.wait_ns += t0 - end
-                self.busy_ns += xfer
-                end = self._link_free_at = t0 + xfer
-            heapq.heappush(servers, end)
-            heapq.heappush(tags, end)
-            done.append(end)
-        self.blocked_until = tag_at
-        return done
+        if n > len(self._done):
+            self._done = np.zeros(max(n, 2 * len(self._done)), dtype=np.int64)
+        _queue(
+            now_ns,
+            self._draw(write, n),
+            self._servers,
+            self._tags,
+            self._q,
+            self.cfg.nr_requests,
+            self.transfer_ns[write],
+            self._done,
+        )
+        return self._done[:n].tolist()
 
     def _count(self, write: bool, n: int, per_mm: int | list[int]) -> None:
         item = "pswpout" if write else "pswpin"
@@ -408,4 +410,91 @@ class SwapDevice:
 
     def in_flight(self, now_ns: int) -> int:
         """Requests holding a tag at ``now_ns`` (submitted, not yet completed)."""
-        return sum(1 for t in self._tags if t > now_ns)
+        return int(np.count_nonzero(self._tags[: self._q[Q_TAGS]] > now_ns))
+
+
+# _queue's scalars: tags held, when the link is free, queueing delay, service time, last tag
+Q_TAGS, Q_LINK, Q_WAIT, Q_BUSY, Q_BLOCKED = range(5)
+Q_SIZE = 5
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _sift_down(h: NDArray[np.int64], n: int, v: int) -> None:
+    """Put ``v`` at the root of the min-heap ``h[:n]`` and restore the heap below it."""
+    i = 0
+    while True:
+        c = 2 * i + 1
+        if c >= n:
+            break
+        if c + 1 < n and h[c + 1] < h[c]:
+            c += 1
+        if h[c] >= v:
+            break
+        h[i] = h[c]
+        i = c
+    h[i] = v
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _heap_pop(h: NDArray[np.int64], n: int) -> int:
+    """Remove and return the least of the min-heap ``h[:n]`` (its new size is ``n - 1``)."""
+    top = h[0]
+    if n > 1:
+        _sift_down(h, n - 1, h[n - 1])
+    return top
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _heap_push(h: NDArray[np.int64], n: int, v: int) -> None:
+    """Add ``v`` to the min-heap ``h[:n]`` (its new size is ``n + 1``)."""
+    i = n
+    while i > 0:
+        p = (i - 1) // 2
+        if h[p] <= v:
+            break
+        h[i] = h[p]
+        i = p
+    h[i] = v
+
+
+@numba.njit(cache=True, nogil=True)
+def _queue(
+    now: int,
+    svc: NDArray[np.int64],
+    servers: NDArray[np.int64],
+    tags: NDArray[np.int64],
+    q: NDArray[np.int64],
+    limit: int,
+    xfer: int,
+    done: NDArray[np.int64],
+) -> None:
+    """The device queue for ``len(svc)`` requests submitted at ``now``, in order: each takes a
+    request tag (``nr_requests`` of them; the submitter sleeps until the first one frees when
+    all are held), then the first free server (``queue_depth`` of them, FIFO), then, for huge
+    pages, the link for the rest of its data; ``done[i]`` is when request ``i`` completes."""
+    ntags = q[Q_TAGS]
+    tag_at = now
+    for i in range(svc.size):
+        while ntags and tags[0] <= tag_at:  # completed: their tags are free
+            _heap_pop(tags, ntags)
+            ntags -= 1
+        if ntags >= limit:  # all taken: sleep until the first one frees
+            tag_at = _heap_pop(tags, ntags)
+            ntags -= 1
+        free_at = servers[0]
+        start = tag_at if free_at < tag_at else free_at
+        end = start + svc[i]
+        q[Q_WAIT] += start - now
+        q[Q_BUSY] += svc[i]
+        if xfer:  # huge pages: the rest of the data, one transfer at a time on the link
+            t0 = max(end, q[Q_LINK])
+            q[Q_WAIT] += t0 - end
+            q[Q_BUSY] += xfer
+            end = t0 + xfer
+            q[Q_LINK] = end
+        _sift_down(servers, servers.size, end)  # heapreplace: the server is busy until end
+        _heap_push(tags, ntags, end)
+        ntags += 1
+        done[i] = end
+    q[Q_TAGS] = ntags
+    q[Q_BLOCKED] = tag_at

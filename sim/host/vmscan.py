@@ -217,6 +217,7 @@ class EvictionSink(Protocol):
 
 
 Schedule = Callable[[int, Callable[[], None]], None]
+ScheduleEach = Callable[[list[int], Callable[..., None], list[tuple[int, ...]]], None]
 
 
 class Vmscan:
@@ -246,6 +247,9 @@ class Vmscan:
     ) -> None:
         self.mem, self.swap, self.rmap, self.mms = mem, swap, rmap, list(mms)
         self.now, self.schedule, self.vmstat, self.sink = now, schedule, vmstat, sink
+        # ``schedule_each(times, fn, args)``: ``fn(*args[i])`` at ``times[i]``, one timer each
+        # carrying its arguments (the world's, cheaper than a closure per folio), if any
+        self.schedule_each: ScheduleEach | None = None
         self.policy: EvictionPolicy  # set by the engine once the policy exists
         # Guest RAM in 2 MiB THPs: folios are PMD-mapped, and the kernel looks around only
         # from a pte (folio_referenced_one), so there is nothing to look around.
@@ -491,7 +495,15 @@ class Vmscan:
         mem.flags[wpid] = (f & ~_U8(PG_DIRTY)) | _U8(PG_WRITEBACK | PG_RECLAIM)
         mem.nr_writeback += n
         sc.blocked_until = max(sc.blocked_until, swap.blocked_until)
-        for pid, pfn, t in zip(wpid.tolist(), wpfn.tolist(), done, strict=True):
+        self.writeback_started(wpid.tolist(), wpfn.tolist(), done)
+
+    def writeback_started(self, pids: list[int], pfns: list[int], ends: list[int]) -> None:
+        """Each folio's ``folio_end_writeback`` is due when its write ends: one timer each (in
+        the world's event loop, when there is one, carrying the folio as its value)."""
+        if self.schedule_each is not None:
+            self.schedule_each(ends, self.folio_end_writeback, list(zip(pids, pfns, strict=True)))
+            return
+        for pid, pfn, t in zip(pids, pfns, ends, strict=True):
             self.schedule(t, partial(self.folio_end_writeback, pid, pfn))
 
     def _remove_mapping(self, pfns: NDArray[np.int64], pids: NDArray[np.int32]) -> None:

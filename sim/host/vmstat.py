@@ -112,7 +112,8 @@ class VmEvents(Counter[str]):
         self[item] += n
         if mm >= 0:
             self.per_mm[mm][item] += n
-            self.broken_down.add(item)
+            if item not in self.broken_down:
+                self.broken_down.add(item)
 
     def count_per_mm(self, item: str, counts: list[int]) -> None:
         """Count ``counts[i]`` events of ``item`` for each mm ``i`` (one batch of pages)."""

@@ -11,6 +11,12 @@ Kernel reference
     arch/x86/kvm/mmu/mmu.c: ``kvm_mmu_page_fault``, ``direct_page_fault``, ``fast_page_fault``,
     ``kvm_faultin_pfn``, ``is_page_fault_stale``; virt/kvm/kvm_main.c: ``hva_to_pfn``.
 
+Both worlds
+    The vCPU (guest/vcpu.py) resolves what needs no waiting with ``kvm_fault_nowait`` and runs
+    ``kvm_page_fault`` as a process step otherwise; demand mode (demand.py) drives
+    ``kvm_page_fault`` to completion at once: its host has no clock, so every fault is one
+    that needs no waiting there. Both count each resolved fault with ``fault_done``.
+
 Simplifications
     Async page faults are off (the vCPU thread blocks during a swap-in). The fault's CPU cost is
     returned to the caller rather than waited here, so the vCPU pays it with its next step.
@@ -20,13 +26,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import StrEnum
+from typing import TYPE_CHECKING, Protocol
 
 from sim.costs import CostsConfig
 from sim.host.fault import HostFault, HostFaultHandler
 from sim.host.kswapd import ProcessGen
 from sim.host.memory import PTE_PRESENT
 from sim.host.mm import Mm
-from sim.kvm.mmu import SPTE_ACCESS_TRACKED, SPTE_PRESENT, KvmMmu
+from sim.kvm.mmu import KvmMmu
+from sim.kvm.spte import is_access_tracked
+
+if TYPE_CHECKING:
+    from sim.kvm.vm import Vm
 
 
 class FaultKind(StrEnum):
@@ -56,7 +67,39 @@ _HOST_COST: dict[HostFault, Callable[[CostsConfig], int]] = {
     HostFault.MAJOR: lambda c: c.ept_fault_ns + c.swapin_kernel_ns,
     HostFault.WAITED: lambda c: c.ept_fault_ns,
 }
-_TRACK_MASK = SPTE_PRESENT | SPTE_ACCESS_TRACKED
+
+
+class FaultSink(Protocol):
+    """Where faults are logged (the recorder)."""
+
+    def fault(
+        self, t_ns: int, vm: int, vcpu: int, gfn: int, kind: str, latency_ns: int, pid: int
+    ) -> None:
+        """One resolved guest fault."""
+        ...
+
+
+def fault_done(
+    vm: Vm,
+    sink: FaultSink | None,
+    *,
+    t_ns: int,
+    vcpu: int,
+    gfn: int,
+    pid: int,
+    kind: FaultKind,
+    refault: bool,
+    latency_ns: int,
+) -> None:
+    """A guest fault of ``vm`` is resolved: count it (by kind; a refault if its page had been
+    evicted since it was last faulted in, as ``HostFaultHandler.is_refault`` said before the
+    fault; its latency in ``fault_ns``) and log it. Every world counts its faults here."""
+    st = vm.stats
+    st.faults[kind] += 1
+    st.refaults += refault
+    st.fault_ns += latency_ns
+    if sink is not None:
+        sink.fault(t_ns, vm.index, vcpu, gfn, kind, latency_ns, pid)
 
 
 def _host_cost(c: CostsConfig, hf: HostFault) -> int:
@@ -79,7 +122,7 @@ def kvm_fault_nowait(
     can race with it and the spte is installed straight away.
     """
     idx = gfn * mmu.k + alias  # mmu.spte_index, inlined: this runs once per fault
-    if mmu.spte.item(idx) & _TRACK_MASK == _TRACK_MASK:  # mmu.is_access_tracked
+    if is_access_tracked(mmu.spte.item(idx)):
         mmu.fast_page_fault(idx, write)
         return FaultKind.ACCESS_TRACKING, costs.fast_fault_ns
     hf = host.fault_nowait(pid, write)
@@ -100,17 +143,25 @@ def kvm_page_fault(
     gfn: int,
     alias: int,
     write: bool,
+    tried: bool = False,
 ) -> ProcessGen:
-    """Resolve an EPT violation on ``gfn``; returns ``(FaultKind, cpu_ns, retries)``."""
-    quick = kvm_fault_nowait(mmu, host, costs, pid=pid, gfn=gfn, alias=alias, write=write)
-    if quick is not None:  # resolved meanwhile (e.g. another vCPU faulted the page in)
-        return quick[0], quick[1], 0
+    """Resolve an EPT violation on ``gfn``; returns ``(FaultKind, cpu_ns, retries)``.
+
+    ``tried``: the caller's :func:`kvm_fault_nowait` just returned None, no time passed since,
+    and ``host.retry_is_idle(pid)`` holds, so neither KVM's nor the host's no-wait attempt
+    is repeated (it would find the same and change nothing).
+    """
+    if not tried:
+        quick = kvm_fault_nowait(mmu, host, costs, pid=pid, gfn=gfn, alias=alias, write=write)
+        if quick is not None:  # resolved meanwhile (e.g. another vCPU faulted the page in)
+            return quick[0], quick[1], 0
     kind: FaultKind | None = None
     cpu_ns = 0
     retries = 0
     while True:
         mmu_seq = mmu.mmu_invalidate_seq
-        hf = yield from host.handle_mm_fault(pid, write)
+        hf = yield from host.handle_mm_fault(pid, write, tried)
+        tried = False
         if kind is None:
             kind = _KIND[hf]
         cpu_ns += _host_cost(costs, hf)
@@ -124,17 +175,3 @@ def kvm_page_fault(
     mmu.map_spte(gfn, alias, write)
     host.kvm_release_page(pid, dirty=mmu.dirty_on_map or write)
     return kind, cpu_ns, retries
-
-
-def kvm_fault_demand(
-    mmu: KvmMmu, host: HostFaultHandler, *, pid: int, gfn: int, alias: int, write: bool
-) -> FaultKind:
-    """Demand mode: resolve an EPT violation at once (a swap-in's read takes no time)."""
-    idx = mmu.spte_index(gfn, alias)
-    if mmu.is_access_tracked(idx):
-        mmu.fast_page_fault(idx, write)
-        return FaultKind.ACCESS_TRACKING
-    hf = host.fault_sync(pid, write)
-    mmu.map_spte(gfn, alias, write)
-    host.kvm_release_page(pid, dirty=mmu.dirty_on_map or write)
-    return _KIND[hf]

@@ -6,7 +6,8 @@ Models
     by gfn and there is no rmap), several with shadow paging (a guest page reached through several
     guest page tables has several shadow sptes, chained in ``rmap[gfn]``). An spte is present or
     not, has accessed/dirty bits (EPT A/D) or, without A/D bits, is "access-tracked" after aging:
-    its R/X permissions are parked so the next guest touch takes a fast page fault.
+    its R/X permissions are parked so the next guest touch takes a fast page fault (the bits
+    and their rules: spte.py).
 
 Kernel reference
     arch/x86/kvm/mmu/spte.h (``is_accessed_spte``, ``mark_spte_for_access_track``),
@@ -41,17 +42,10 @@ from numpy.typing import NDArray
 from sim.host.memory import PAGE_SHIFT
 from sim.host.mmu_notifier import NotifierWork
 from sim.host.vmstat import VmEvents, VmStat
+from sim.kvm import spte as sp
+from sim.kvm.spte import SPTE_NONPRESENT
 
-SPTE_PRESENT = 0x1
-SPTE_ACCESSED = 0x2  # EPT A bit (A/D mode); kept equal to "not access-tracked" otherwise
-SPTE_DIRTY = 0x4  # EPT D bit: the guest wrote through this spte
-SPTE_ACCESS_TRACKED = 0x8  # present but R/X parked by aging (no A/D bits): next touch faults
-
-_U8 = np.uint8
-_MAPPED_R = SPTE_PRESENT | SPTE_ACCESSED
-_PA = _U8(SPTE_PRESENT | SPTE_ACCESSED)
 _PAGE = 1 << PAGE_SHIFT
-_MAPPED_W = SPTE_PRESENT | SPTE_ACCESSED | SPTE_DIRTY
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +134,7 @@ class KvmMmu:
     def rmap_count(self) -> NDArray[np.uint8]:
         """Present sptes per gfn (the length of each gfn's rmap chain)."""
         if self._rmap_count is None:
-            return (self.spte & SPTE_PRESENT).astype(np.uint8)
+            return sp.is_present(self.spte).astype(np.uint8)
         return self._rmap_count
 
     # -- address translation -----------------------------------------------------------------
@@ -249,39 +243,28 @@ class KvmMmu:
         clear: bool,
     ) -> NDArray[np.bool_]:
         """Young per range: any accessed spte in it; with ``clear``, age them all."""
+        ad = self.ept_ad
         g1 = self._tdp_pages(start, end, work)
         if g1 is not None:
             s1 = self.spte[g1]
-            if self.ept_ad:
-                if clear:
-                    self.spte[g1] = s1 & ~_U8(SPTE_ACCESSED)
-                return (s1 & _PA) == _PA
-            present1 = (s1 & SPTE_PRESENT) != 0
             if clear:
-                self.spte[g1] = np.where(
-                    present1, (s1 | _U8(SPTE_ACCESS_TRACKED)) & ~_U8(SPTE_ACCESSED), s1
-                )
-                self.tracked_marks += 1
-                self.revoked()
-            return present1 & ((s1 & SPTE_ACCESS_TRACKED) == 0)
+                self._age(g1, s1)
+            return sp.is_young(s1, ad)
         offs, valid, g, idx, s = self._walk(start, end, work)
         young = np.zeros(len(valid), dtype=np.bool_)
         if len(g):
-            present = (s & SPTE_PRESENT) != 0
-            if self.ept_ad:
-                acc = present & ((s & SPTE_ACCESSED) != 0)
-                if clear:
-                    self.spte[idx] = s & ~_U8(SPTE_ACCESSED)
-            else:
-                acc = present & ((s & SPTE_ACCESS_TRACKED) == 0)
-                if clear:  # mark_spte_for_access_track: park R/X; the next touch faults
-                    self.spte[idx] = np.where(
-                        present, (s | _U8(SPTE_ACCESS_TRACKED)) & ~_U8(SPTE_ACCESSED), s
-                    )
-                    self.tracked_marks += 1
-                    self.revoked()
-            young[valid] = acc.any(axis=1)
+            young[valid] = sp.is_young(s, ad).any(axis=1)
+            if clear:
+                self._age(idx, s)
         return self._per_range(young, offs)
+
+    def _age(self, idx: NDArray[np.int64], s: NDArray[np.uint8]) -> None:
+        """Age the sptes ``s`` at ``idx``; without A/D bits that parks them
+        (``mark_spte_for_access_track``), and vCPUs whose steps use them must recheck."""
+        self.spte[idx] = sp.age(s, self.ept_ad)
+        if not self.ept_ad:
+            self.tracked_marks += 1
+            self.revoked()
 
     # -- invalidation (kvm_mmu_unmap_gfn_range) ----------------------------------------------
     def invalidate_begin(self, n: int) -> None:
@@ -300,22 +283,22 @@ class KvmMmu:
         g1 = self._tdp_pages(start, end, work)
         if g1 is not None:
             s1 = self.spte[g1]
-            present1 = (s1 & SPTE_PRESENT) != 0
-            dirty1 = present1 & ((s1 & SPTE_DIRTY) != 0)
+            present1 = sp.is_present(s1)
+            dirty1 = sp.is_dirty(s1)
             if dirty1.any():
                 self.mark_dirty(g1[dirty1])
-            self.spte[g1] = 0
+            self.spte[g1] = SPTE_NONPRESENT
             self.zapped += int(present1.sum())
             self.revoked()
             return present1
         offs, valid, g, idx, s = self._walk(start, end, work)
         zapped = np.zeros(len(valid), dtype=np.bool_)
         if len(g):
-            present = (s & SPTE_PRESENT) != 0
-            dirty = (present & ((s & SPTE_DIRTY) != 0)).any(axis=1)
+            present = sp.is_present(s)
+            dirty = sp.is_dirty(s).any(axis=1)
             if dirty.any():
                 self.mark_dirty(g[dirty])
-            self.spte[idx] = 0
+            self.spte[idx] = SPTE_NONPRESENT
             if self._rmap_count is not None:
                 self._rmap_count[g] = 0
             zapped[valid] = present.any(axis=1)
@@ -334,7 +317,7 @@ class KvmMmu:
 
     def zap_all(self) -> None:
         """``kvm_mmu_zap_all`` (mm release): drop every spte."""
-        self.spte[:] = 0
+        self.spte[:] = SPTE_NONPRESENT
         if self._rmap_count is not None:
             self._rmap_count[:] = 0
 
@@ -345,14 +328,11 @@ class KvmMmu:
 
     def is_access_tracked(self, idx: int) -> bool:
         """The spte is present but parked by aging (fast page fault territory)."""
-        return (int(self.spte[idx]) & (SPTE_PRESENT | SPTE_ACCESS_TRACKED)) == (
-            SPTE_PRESENT | SPTE_ACCESS_TRACKED
-        )
+        return sp.is_access_tracked(self.spte.item(idx))
 
     def fast_page_fault(self, idx: int, write: bool) -> None:
         """``fast_page_fault``: restore an access-tracked spte in place (cmpxchg, no GUP)."""
-        s = (int(self.spte[idx]) & ~SPTE_ACCESS_TRACKED) | SPTE_ACCESSED
-        self.spte[idx] = s | (SPTE_DIRTY if write else 0)
+        self.spte[idx] = sp.fast_page_fault(self.spte.item(idx), write)
         self.pf_fast += 1
 
     def is_page_fault_stale(self, mmu_seq: int, gfn: int) -> bool:
@@ -362,9 +342,9 @@ class KvmMmu:
     def map_spte(self, gfn: int, alias: int, write: bool) -> None:
         """Install a present, accessed spte (``kvm_tdp_mmu_map`` / ``mmu_set_spte``)."""
         idx = gfn * self.k + alias
-        if self._rmap_count is not None and not self.spte.item(idx) & SPTE_PRESENT:
+        if self._rmap_count is not None and not sp.is_present(self.spte.item(idx)):
             self._rmap_count[gfn] += 1
-        self.spte[idx] = _MAPPED_W if write else _MAPPED_R
+        self.spte[idx] = sp.mapped(write)
         self.pf_fixed += 1
 
     def map_sptes(self, gfns: NDArray[np.int64], alias: int = 0) -> None:
@@ -372,13 +352,13 @@ class KvmMmu:
         no fault in the measured run and so counts none in ``pf_fixed``."""
         idx = gfns * self.k + alias
         if self._rmap_count is not None:
-            fresh = (self.spte[idx] & SPTE_PRESENT) == 0
+            fresh = ~sp.is_present(self.spte[idx])
             np.add.at(self._rmap_count, gfns[fresh], 1)
-        self.spte[idx] = _MAPPED_R
+        self.spte[idx] = sp.mapped(False)
 
     def check(self, host_present: NDArray[np.bool_]) -> None:
         """Assert: rmap agrees with sptes; sptes only over host-present pages (tests)."""
-        present = (self.spte.reshape(self.nr_gfns, self.k) & SPTE_PRESENT) != 0
+        present = sp.is_present(self.spte.reshape(self.nr_gfns, self.k))
         count = present.sum(axis=1)
         assert (count == self.rmap_count).all(), "KVM rmap disagrees with the sptes"
         assert not (present.any(axis=1) & ~host_present).any(), "spte for a non-resident page"

@@ -19,24 +19,26 @@ Why
 
 When
     Used for a call only when every mm the batch touches has exactly the KVM ops it registered
-    at build time as its subscribers (a test may register others; then the chain runs), the MMU
-    is TDP (one spte per gfn) with EPT A/D bits, and the VM has its one memslot at gfn 0.
+    at build time as its subscribers (a test may register others; then the chain runs for the
+    batches that touch that mm), the MMU is TDP (one spte per gfn) with EPT A/D bits, and the
+    VM has its one memslot at gfn 0. Each mm's subscriptions tell the shortcut when they
+    change (``MmuNotifierSubscriptions.watch``), so the test costs nothing per call and a
+    registration on one mm (of this world or another) changes nothing for the others.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import numba
 import numpy as np
 from numpy.typing import NDArray
 
 from sim.host.memory import PG_DIRTY, PTE_PRESENT, PTE_YOUNG, HostMemory
-from sim.host.mmu_notifier import MmuNotifierOps, MmuNotifierSubscriptions, NotifierWork
-from sim.kvm.mmu import SPTE_ACCESSED, SPTE_DIRTY, SPTE_PRESENT
+from sim.host.mmu_notifier import MmuNotifierOps, NotifierWork
+from sim.kvm.spte import SPTE_NONPRESENT, age, is_dirty, is_present, is_young
 from sim.kvm.vm import Vm
-
-_PA = SPTE_PRESENT | SPTE_ACCESSED
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -95,8 +97,8 @@ def _age(
         if aging[o]:  # KVM registered its aging ops: clear_flush_young / clear_young
             counts[o] += 1
             s = spte[p]
-            spte[p] = s & ~SPTE_ACCESSED
-            if (s & _PA) == _PA:
+            spte[p] = age(s, True)  # the shortcut runs only with EPT A/D bits
+            if is_young(s, True):
                 young_counts[o] += 1
                 y = True
         young[i] = y
@@ -126,11 +128,11 @@ def _unmap(
         counts[o] += 1
         s = spte[p]
         f = flags[p]
-        if s & SPTE_PRESENT:
+        if is_present(s):
             zapped[o] += 1
-            if s & SPTE_DIRTY:  # kvm_set_pfn_dirty
+            if is_dirty(s):  # kvm_set_pfn_dirty
                 f |= PG_DIRTY
-        spte[p] = 0
+        spte[p] = SPTE_NONPRESENT
         flags[p] = f & ~(PTE_PRESENT | PTE_YOUNG)
     return _involved(counts, inv)
 
@@ -161,27 +163,28 @@ class TdpShortcut:
                 and np.shares_memory(mmu.spte, spte)
             )
             self._ops.append(subs[0] if built else None)
-        self._usable = np.zeros(n, dtype=np.bool_)
-        self._seen = -1  # MmuNotifierSubscriptions.registrations when _usable was computed
+        self._usable = np.array([ops is not None for ops in self._ops], dtype=np.bool_)
+        for i, vm in enumerate(self.vms):
+            vm.mm.notifiers.watch(partial(self._subscribers_changed, i))
         self._counts = np.zeros(n, dtype=np.int64)
         self._young = np.zeros(n, dtype=np.int64)
         self._inv = np.zeros(n, dtype=np.int64)
 
-    def _refresh(self) -> None:
-        """Which mms still have exactly KVM's ops subscribed (after any registration)."""
-        self._seen = MmuNotifierSubscriptions.registrations
-        for i, vm in enumerate(self.vms):
-            subs = vm.mm.notifiers.subscribers
-            ops = self._ops[i]
-            self._usable[i] = ops is not None and len(subs) == 1 and subs[0] is ops
+    def _subscribers_changed(self, i: int) -> None:
+        """Whether mm ``i`` still has exactly KVM's ops subscribed (after a registration)."""
+        subs = self.vms[i].mm.notifiers.subscribers
+        ops = self._ops[i]
+        self._usable[i] = ops is not None and len(subs) == 1 and subs[0] is ops
+
+    def built_any(self) -> bool:
+        """Whether any VM's MMU was built in the shape the fused walk takes."""
+        return any(op is not None for op in self._ops)
 
     def folio_referenced(
         self, pids: NDArray[np.int32], work: NotifierWork, *, flush: bool
     ) -> NDArray[np.bool_] | None:
         """Host pte young OR ``clear_flush_young`` (``flush``) / ``clear_young`` of one page
         per pid, all of them aged; None (nothing done) if the chain must run instead."""
-        if self._seen != MmuNotifierSubscriptions.registrations:
-            self._refresh()
         young = np.empty(len(pids), dtype=np.bool_)
         counts, yc, inv = self._counts, self._young, self._inv
         k = _age(
@@ -198,31 +201,50 @@ class TdpShortcut:
         )
         if k < 0:
             return None
+        self.aged(counts, yc, work, flush=flush)
+        return young
+
+    def aged(
+        self,
+        counts: NDArray[np.int64],
+        young: NDArray[np.int64],
+        work: NotifierWork,
+        *,
+        flush: bool,
+    ) -> None:
+        """The per-VM side effects of an aging walk that made ``counts[o]`` notifier calls
+        into mm ``o``, ``young[o]`` of them finding the spte young: call counts, the walk,
+        and the remote TLB flushes of ``clear_flush_young``; mms in ascending order, as the
+        chain visits them."""
         op = "clear_flush_young" if flush else "clear_young"
-        for j in range(k):
-            o = inv.item(j)
+        for o in np.flatnonzero(counts).tolist():
             c = counts.item(o)
             vm = self.vms[o]
             vm.mm.notifiers.count(op, c)
             work.nr_notifier_calls += c
             vm.mmu.count_walk(work, c)
             if flush and vm.notifier.flush_on_age:
-                vm.mmu.flush_remote_tlbs(yc.item(o), work)
-        return young
+                vm.mmu.flush_remote_tlbs(young.item(o), work)
 
     def unmap(self, pids: NDArray[np.int32], work: NotifierWork) -> bool:
         """``try_to_unmap``'s invalidation bracket and host pte clear for one page per pid;
         False (nothing done) if the chain must run instead."""
-        if self._seen != MmuNotifierSubscriptions.registrations:
-            self._refresh()
         counts, zapped, inv = self._counts, self._young, self._inv
         k = _unmap(
             pids, self.mem.flags, self.spte, self.mem.pid_base, self._usable, counts, zapped, inv
         )
         if k < 0:
             return False
-        for j in range(k):
-            o = inv.item(j)
+        self.unmapped(counts, zapped, work)
+        return True
+
+    def unmapped(
+        self, counts: NDArray[np.int64], zapped: NDArray[np.int64], work: NotifierWork
+    ) -> None:
+        """The per-VM side effects of ``counts[o]`` invalidations of mm ``o`` that zapped
+        ``zapped[o]`` present sptes: KVM's invalidation bracket and counters, the vCPUs
+        rechecking their step, the remote TLB flushes, the notifier call counts."""
+        for o in np.flatnonzero(counts).tolist():
             c, nz = counts.item(o), zapped.item(o)
             mmu = self.vms[o].mmu
             subs = self.vms[o].mm.notifiers
@@ -235,4 +257,3 @@ class TdpShortcut:
             mmu.invalidate_end(c)
             subs.count("invalidate_range_end", c)
             work.nr_notifier_calls += 2 * c
-        return True

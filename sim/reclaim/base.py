@@ -335,10 +335,22 @@ class PageQueue:
 
     def drain(self) -> None:
         """Link buffered single adds in, in order (``lru_add_drain``)."""
-        if self._pending:
-            p = np.array(self._pending, dtype=np.int64)
-            self._pending = []
-            self.add_head(p)
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        if len(pending) > 8:
+            self.add_head(np.array(pending, dtype=np.int64))
+            return
+        s, nxt, prev = self._s, self._nxt, self._prev  # a few: scalar links, no arrays
+        head = prev.item(s)
+        for p in pending:
+            nxt[head] = p
+            prev[p] = head
+            head = p
+        nxt[head] = s
+        prev[s] = head
+        self._size += len(pending)
 
     def _chain(self, pfns: NDArray[np.integer]) -> None:
         """Link ``pfns`` to each other, oldest first."""
@@ -380,6 +392,18 @@ class PageQueue:
         self._nxt[last] = tail
         self._prev[tail] = last
         self._size += n
+
+    def add_tail_one(self, pfn: int) -> None:
+        """``add_tail`` of one folio (``lru_move_tail`` after a write ends)."""
+        if self._pending:
+            self.drain()
+        s, nxt, prev = self._s, self._nxt, self._prev
+        tail = nxt.item(s)
+        prev[pfn] = s
+        nxt[s] = pfn
+        nxt[pfn] = tail
+        prev[tail] = pfn
+        self._size += 1
 
     def isolate_tail(self, n: int) -> Pfns:
         """Take up to ``n`` folios from the tail (oldest first)."""

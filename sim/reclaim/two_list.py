@@ -80,7 +80,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Protocol
 
 import numba
 import numpy as np
@@ -128,6 +128,18 @@ FILE_EVENTS = (
     NR_WRITTEN,
     NR_VMSCAN_IMMEDIATE,
 )
+
+
+class ReclaimCore(Protocol):
+    """A compiled stand-in for this lruvec's list scanners (sim/core.py): does the same as
+    :meth:`TwoList.shrink_inactive_list` / :meth:`TwoList.shrink_active_list` with
+    ``vmscan`` as the reclaimer, or returns False having changed nothing."""
+
+    vmscan: Reclaimer
+
+    def shrink_inactive_list(self, lru: TwoList, n: int, sc: ScanControl) -> bool: ...
+
+    def shrink_active_list(self, lru: TwoList, n: int, sc: ScanControl) -> bool: ...
 
 
 def inactive_is_low(
@@ -258,6 +270,8 @@ class TwoList:
         self.prep: ScanPrep | None = None  # the root's decisions during a global reclaim pass
         # lazy memcg statistics (host.memcg_stats lazy): the last flush's values; None: exact
         self.stats: LruvecStats | None = None
+        # the compiled reclaim batch (sim/core.py), set by the world when it can take it
+        self.core: ReclaimCore | None = None
 
     # -- helpers -----------------------------------------------------------------------------
     def _count(self, item: str, n: int = 1) -> None:
@@ -436,10 +450,13 @@ class TwoList:
         # workingset_refault: activate if the refault distance fits the workingset (active anon).
         self._count(VmStat.WORKINGSET_REFAULT)
         distance = (self.nonresident_age - (shadow & _AGE_MASK)) & _AGE_MASK
-        _, active, inactive_file, active_file = self._workingset_lists()
-        workingset_size = active  # workingset_test_recent for anon: + file lists
-        if self.file:
-            workingset_size += inactive_file + active_file
+        if self.file or self.stats is not None:
+            _, active, inactive_file, active_file = self._workingset_lists()
+            workingset_size = active  # workingset_test_recent for anon: + file lists
+            if self.file:
+                workingset_size += inactive_file + active_file
+        else:
+            workingset_size = len(self.active)
         if distance <= workingset_size:
             workingset = shadow >> 31
             self.fl[pfn] = LRU_ACTIVE | (PG_WORKINGSET if workingset else 0)
@@ -511,7 +528,7 @@ class TwoList:
         else:
             return
         self.fl[pfn] = (fl & ~LRU_ACTIVE) | LRU_INACTIVE
-        inactive.add_tail(np.array([pfn], dtype=np.int64))
+        inactive.add_tail_one(pfn)
 
     def workingset_eviction(self, pfns: Pfns) -> NDArray[np.uint32]:
         """Shadow = nonresident_age before this eviction, with PG_workingset in the top bit."""
@@ -818,6 +835,9 @@ class TwoList:
     def shrink_inactive_list(self, n: int, sc: ScanControl, reclaim: Reclaimer) -> None:
         """Isolate ``n`` folios from the inactive tail; ``shrink_folio_list`` them (folios
         under write-out activated first, then ``folio_check_references``)."""
+        core = self.core
+        if core is not None and reclaim is core.vmscan and core.shrink_inactive_list(self, n, sc):
+            return
         pfns = self.inactive.isolate_tail(n)
         if len(pfns) == 0:
             return
@@ -846,6 +866,9 @@ class TwoList:
 
     def shrink_active_list(self, n: int, sc: ScanControl, reclaim: Reclaimer) -> None:
         """Deactivate ``n`` folios from the active tail; anon ones always go (bits cleared)."""
+        core = self.core
+        if core is not None and reclaim is core.vmscan and core.shrink_active_list(self, n, sc):
+            return
         pfns = self.active.isolate_tail(n)
         if len(pfns) == 0:
             return

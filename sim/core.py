@@ -1,0 +1,626 @@
+"""The host core compiled: a reclaim batch as one pass over arrays, Python left for side effects.
+
+Where
+    Above the host and KVM, as the engine is: it fuses host reclaim (sim/host, sim/reclaim)
+    with KVM's TDP walk (sim/kvm/shortcut.py), which neither layer may do alone.
+
+Models
+    Nothing new. ``shrink_inactive_list`` -> ``shrink_folio_list`` and ``shrink_active_list`` of
+    the two-list policy on the node's one lruvec, exactly as sim/reclaim/two_list.py and
+    sim/host/vmscan.py do them through sim/host/rmap.py and the fused TDP walk
+    (sim/kvm/shortcut.py): isolation from the list's tail, the write-back checks,
+    ``folio_referenced`` (host pte young OR the spte accessed bit, cleared), the reference
+    check, ``add_to_swap``, ``try_to_unmap`` (sptes zapped, their dirty bits to the folio),
+    ``pageout``'s flag changes, ``__remove_mapping`` with the workingset shadow, the putbacks
+    and ``activate_locked``'s swap freeing. Every flag, link, counter and shadow ends as the
+    general path leaves it.
+
+Why
+    The general path spends a reclaim batch of ~32 folios in a few dozen numpy calls of about a
+    microsecond each, whatever their length; here the batch is one compiled call. What stays in
+    Python is what belongs to other components and is per VM or per batch, not per folio: the
+    counters (``vmstat``, the scan control), the notifier and KVM side effects per VM the batch
+    touched (call counts, remote TLB flushes, vCPUs rechecking their step), the swap device's
+    queue (one ``submit`` per batch) and the eviction log.
+
+When
+    A batch takes this path when the world was built for it (:func:`core_for`: the two-list
+    policy without host page cache on the node's lruvec, no memcgs, an asynchronous swap device
+    without zswap, slot identities or a compressed pool, and the fused TDP walk) and every page
+    the batch isolates belongs to an mm whose notifier subscribers are still KVM's alone; any
+    other batch runs the general path, with nothing changed by the attempt. ``memsim run`` says
+    once when a world cannot use the core at all. tests/test_core.py runs worlds both ways and
+    compares every array and counter.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numba
+import numpy as np
+from numpy.typing import NDArray
+
+from sim.host.memory import (
+    PG_DIRTY,
+    PG_RECLAIM,
+    PG_RESIDENT,
+    PG_SWAP,
+    PG_WRITEBACK,
+    PTE_PRESENT,
+    PTE_YOUNG,
+)
+from sim.host.vmstat import VmStat
+from sim.kvm.shortcut import TdpShortcut, _owner
+from sim.kvm.spte import SPTE_NONPRESENT, age, is_dirty, is_present, is_young
+from sim.reclaim.two_list import (
+    _AGE_MASK,
+    LRU_ACTIVE,
+    LRU_INACTIVE,
+    PG_REFERENCED,
+    PG_WORKINGSET,
+    TwoList,
+)
+
+if TYPE_CHECKING:
+    from sim.config import Scenario
+    from sim.host.vmscan import ScanControl, Vmscan
+
+
+# io: scalars in and out of a pass
+IO_N = 0  # in: folios to isolate
+IO_FREE_SLOTS = 1  # in/out: free swap slots
+IO_NR_SLOTS = 2  # in: swap slots in all
+IO_AGE = 3  # in/out: the lruvec's nonresident_age
+IO_FREED_TOP = 4  # in/out: top of the free-frame stack
+IO_IMMEDIATE_OK = 5  # in: kswapd with PGDAT_WRITEBACK set (counts nr_immediate)
+IO_STAMPS = 6  # in: per-frame scan stamps are kept
+IO_TAKEN = 7  # out: folios isolated
+IO_WRITEBACK = 8  # out: found under write-out
+IO_IMMEDIATE = 9  # out: ... with PG_reclaim from kswapd's last meeting
+IO_REF_WALKED = 10  # out: mapped folios folio_referenced walked
+IO_SWAP_FULL = 11  # out: folios add_to_swap found no slot for
+IO_UNMAPPED = 12  # out: folios try_to_unmap unmapped (the eviction log's rows)
+IO_WRITTEN = 13  # out: folios whose write-out started
+IO_FREED = 14  # out: folios freed
+IO_TO_INACTIVE = 15  # out: folios put back on the inactive list
+IO_TO_ACTIVE = 16  # out: folios put back on the active list
+IO_SLOTS_FREED = 17  # out: swap copies activate_locked gave up
+IO_SIZE = 18
+
+# mmc rows: per-mm counts of a pass
+MM_AGED = 0  # aging notifier calls
+MM_YOUNG = 1  # ... that found the spte young
+MM_UNMAPPED = 2  # invalidations
+MM_ZAPPED = 3  # ... that zapped a present spte
+MM_WRITTEN = 4  # swap writes (pswpout)
+MM_FREED = 5  # frames freed (nr_swapped up, nr_resident down)
+MM_ROWS = 6
+
+# buf rows: per-folio lists of a pass
+B_EVICT_PID, B_EVICT_PFN, B_EVICT_DIRTY, B_WRITE_PID, B_WRITE_PFN, B_PFNS = range(6)
+B_ROWS = 6
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _add_head(nxt: NDArray[np.int32], prev: NDArray[np.int32], s: int, p: int) -> None:
+    """Link folio ``p`` at the head (newest end) of the list whose sentinel is ``s``."""
+    head = prev[s]
+    nxt[head] = p
+    prev[p] = head
+    nxt[p] = s
+    prev[s] = p
+
+
+@numba.njit(cache=True, nogil=True)
+def _isolate(
+    io: NDArray[np.int64],
+    frame_pid: NDArray[np.int32],
+    nxt: NDArray[np.int32],
+    prev: NDArray[np.int32],
+    s: int,
+    bases: NDArray[np.int64],
+    usable: NDArray[np.bool_],
+    out: NDArray[np.int64],
+) -> int:
+    """Take up to ``io[IO_N]`` folios from the tail of list ``s`` into ``out`` (oldest first);
+    -1 (nothing taken) if one belongs to an mm the fused walk cannot take."""
+    n = io[IO_N]
+    k = 0
+    cur = nxt[s]
+    while k < n and cur != s:
+        if not usable[_owner(bases, frame_pid[cur])]:
+            return -1
+        out[k] = cur
+        k += 1
+        cur = nxt[cur]
+    nxt[s] = cur
+    prev[cur] = s
+    return k
+
+
+@numba.njit(cache=True, nogil=True)
+def _referenced(
+    pfns: NDArray[np.int64],
+    k: int,
+    flags: NDArray[np.uint8],
+    frame_pid: NDArray[np.int32],
+    spte: NDArray[np.uint8],
+    bases: NDArray[np.int64],
+    aging: NDArray[np.bool_],
+    scans: NDArray[np.uint8],
+    stamps: bool,
+    mmc: NDArray[np.int64],
+    young: NDArray[np.bool_],
+) -> int:
+    """``folio_referenced`` of ``pfns[:k]``: scan stamps, then host pte young OR the spte's
+    accessed bit (both cleared) for mapped folios; returns how many were mapped (walked)."""
+    walked = 0
+    for i in range(k):
+        p = pfns[i]
+        if stamps:
+            c = scans[p]
+            if c < 255:
+                scans[p] = c + 1
+        pid = frame_pid[p]
+        f = flags[pid]
+        if not f & PTE_PRESENT:  # folio_mapcount == 0: nothing to walk, not referenced
+            young[i] = False
+            continue
+        walked += 1
+        y = (f & PTE_YOUNG) != 0
+        flags[pid] = f & ~PTE_YOUNG
+        o = _owner(bases, pid)
+        if aging[o]:
+            mmc[MM_AGED, o] += 1
+            sp = spte[pid]
+            spte[pid] = age(sp, True)  # the fused walk runs only with EPT A/D bits
+            if is_young(sp, True):
+                mmc[MM_YOUNG, o] += 1
+                y = True
+        young[i] = y
+    return walked
+
+
+@numba.njit(cache=True, nogil=True)
+def _shrink_inactive(
+    io: NDArray[np.int64],
+    flags: NDArray[np.uint8],
+    pfn: NDArray[np.uint32],
+    frame_pid: NDArray[np.int32],
+    fl: NDArray[np.uint8],
+    nxt: NDArray[np.int32],
+    prev: NDArray[np.int32],
+    s_inactive: int,
+    s_active: int,
+    spte: NDArray[np.uint8],
+    bases: NDArray[np.int64],
+    usable: NDArray[np.bool_],
+    aging: NDArray[np.bool_],
+    scans: NDArray[np.uint8],
+    readahead: NDArray[np.bool_],
+    free_stack: NDArray[np.uint32],
+    mmc: NDArray[np.int64],
+    buf: NDArray[np.int64],
+) -> bool:
+    """Two-list ``shrink_inactive_list`` of ``io[IO_N]`` folios; False if it must not run here
+    (nothing changed). See the module docstring for what it covers."""
+    pfns = buf[B_PFNS]
+    k = _isolate(io, frame_pid, nxt, prev, s_inactive, bases, usable, pfns)
+    if k < 0:
+        return False
+    for i in range(io.size):
+        if i >= IO_TAKEN:
+            io[i] = 0
+    mmc[:] = 0
+    io[IO_TAKEN] = k
+    if k == 0:
+        return True
+    # isolation: off every list
+    for i in range(k):
+        p = pfns[i]
+        fl[p] = fl[p] & ~(LRU_INACTIVE | LRU_ACTIVE)
+    # write-back cases 1 and 2: activated before any reference check, marked PG_reclaim
+    wb = np.zeros(k, dtype=np.bool_)
+    nwb = 0
+    for i in range(k):
+        pid = frame_pid[pfns[i]]
+        f = flags[pid]
+        if f & PG_WRITEBACK:
+            wb[i] = True
+            nwb += 1
+            if io[IO_IMMEDIATE_OK] and f & PG_RECLAIM:
+                io[IO_IMMEDIATE] += 1
+            flags[pid] = f | PG_RECLAIM
+    io[IO_WRITEBACK] = nwb
+    check = np.empty(k - nwb, dtype=np.int64)
+    j = 0
+    for i in range(k):
+        if not wb[i]:
+            check[j] = pfns[i]
+            j += 1
+    nc = k - nwb
+    young = np.empty(nc, dtype=np.bool_)
+    io[IO_REF_WALKED] = _referenced(
+        check, nc, flags, frame_pid, spte, bases, aging, scans, io[IO_STAMPS] != 0, mmc, young
+    )
+    # folio_check_references: (reclaim, keep, activate) in batch order
+    victims = np.empty(nc, dtype=np.int64)
+    keep = np.empty(nc, dtype=np.int64)
+    activate = np.empty(nc + k, dtype=np.int64)
+    nv = nk = na = 0
+    for i in range(nc):
+        p = check[i]
+        f = fl[p]
+        if young[i]:
+            fl[p] = f | PG_REFERENCED
+            if f & PG_REFERENCED:
+                activate[na] = p
+                na += 1
+            else:
+                keep[nk] = p
+                nk += 1
+        else:
+            fl[p] = f & ~PG_REFERENCED
+            victims[nv] = p
+            nv += 1
+    # shrink_folio_list: add_to_swap for folios with no swap copy (in order, while slots last)
+    ok = np.ones(nv, dtype=np.bool_)
+    free_slots = io[IO_FREE_SLOTS]
+    for i in range(nv):
+        pid = frame_pid[victims[i]]
+        f = flags[pid]
+        if not f & PG_SWAP:
+            if free_slots > 0:
+                free_slots -= 1
+                flags[pid] = f | PG_SWAP | PG_DIRTY
+            else:
+                ok[i] = False
+                io[IO_SWAP_FULL] += 1
+    io[IO_FREE_SLOTS] = free_slots
+    # try_to_unmap: KVM zaps its sptes and hands their dirty bits to the folio
+    ne = 0
+    for i in range(nv):
+        if not ok[i]:
+            continue
+        p = victims[i]
+        pid = frame_pid[p]
+        f = flags[pid]
+        if not f & PTE_PRESENT:
+            continue
+        o = _owner(bases, pid)
+        mmc[MM_UNMAPPED, o] += 1
+        sp = spte[pid]
+        if is_present(sp):
+            mmc[MM_ZAPPED, o] += 1
+            if is_dirty(sp):  # kvm_set_pfn_dirty
+                f |= PG_DIRTY
+        spte[pid] = SPTE_NONPRESENT
+        f = f & ~(PTE_PRESENT | PTE_YOUNG)
+        flags[pid] = f
+        buf[B_EVICT_PID, ne] = pid
+        buf[B_EVICT_PFN, ne] = p
+        buf[B_EVICT_DIRTY, ne] = 1 if f & PG_DIRTY else 0
+        ne += 1
+    io[IO_UNMAPPED] = ne
+    # pageout (dirty: written, kept) and __remove_mapping (clean: freed)
+    nw = 0
+    for i in range(nv):
+        if not ok[i]:
+            continue
+        p = victims[i]
+        pid = frame_pid[p]
+        f = flags[pid]
+        if f & PG_DIRTY:
+            flags[pid] = (f & ~PG_DIRTY) | PG_WRITEBACK | PG_RECLAIM
+            mmc[MM_WRITTEN, _owner(bases, pid)] += 1
+            buf[B_WRITE_PID, nw] = pid
+            buf[B_WRITE_PFN, nw] = p
+            nw += 1
+    io[IO_WRITTEN] = nw
+    age = io[IO_AGE]
+    top = io[IO_FREED_TOP]
+    nf = 0
+    for i in range(nv):
+        if not ok[i]:
+            continue
+        p = victims[i]
+        pid = frame_pid[p]
+        if flags[pid] & PG_WRITEBACK:  # written just now: kept
+            continue
+        shadow = age & _AGE_MASK  # workingset_eviction
+        if fl[p] & PG_WORKINGSET:
+            shadow |= 1 << 31
+        age += 1
+        fl[p] = 0
+        mmc[MM_FREED, _owner(bases, pid)] += 1
+        flags[pid] = PG_SWAP & ~PG_RESIDENT
+        if readahead.size:
+            readahead[pid] = False
+        pfn[pid] = shadow
+        frame_pid[p] = -1
+        free_stack[top] = p
+        top += 1
+        nf += 1
+    io[IO_FREED] = nf
+    io[IO_FREED_TOP] = top
+    # putback: kept and written folios to the inactive head, in that order
+    for i in range(nk):
+        p = keep[i]
+        fl[p] = (fl[p] & ~(LRU_INACTIVE | LRU_ACTIVE)) | LRU_INACTIVE
+        _add_head(nxt, prev, s_inactive, p)
+    for i in range(nw):
+        p = buf[B_WRITE_PFN, i]
+        fl[p] = (fl[p] & ~(LRU_INACTIVE | LRU_ACTIVE)) | LRU_INACTIVE
+        _add_head(nxt, prev, s_inactive, p)
+    io[IO_TO_INACTIVE] = nk + nw
+    # activate: referenced twice, no swap slot, under write-out
+    for i in range(nv):
+        if not ok[i]:
+            activate[na] = victims[i]
+            na += 1
+    for i in range(k):
+        if wb[i]:
+            activate[na] = pfns[i]
+            na += 1
+    if io[IO_FREE_SLOTS] * 2 < io[IO_NR_SLOTS]:  # activate_locked: vm_swap_full
+        freed_slots = 0
+        want = PG_SWAP | PTE_PRESENT
+        for i in range(na):
+            pid = frame_pid[activate[i]]
+            f = flags[pid]
+            if (f & (PG_SWAP | PG_WRITEBACK | PTE_PRESENT)) == want:
+                flags[pid] = (f & ~PG_SWAP) | PG_DIRTY
+                freed_slots += 1
+        io[IO_SLOTS_FREED] = freed_slots
+        io[IO_FREE_SLOTS] += freed_slots
+    for i in range(na):
+        p = activate[i]
+        fl[p] = (fl[p] & ~(LRU_INACTIVE | LRU_ACTIVE)) | LRU_ACTIVE
+        _add_head(nxt, prev, s_active, p)
+    io[IO_TO_ACTIVE] = na
+    io[IO_AGE] = age + na
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _shrink_active(
+    io: NDArray[np.int64],
+    flags: NDArray[np.uint8],
+    frame_pid: NDArray[np.int32],
+    fl: NDArray[np.uint8],
+    nxt: NDArray[np.int32],
+    prev: NDArray[np.int32],
+    s_inactive: int,
+    s_active: int,
+    spte: NDArray[np.uint8],
+    bases: NDArray[np.int64],
+    usable: NDArray[np.bool_],
+    aging: NDArray[np.bool_],
+    scans: NDArray[np.uint8],
+    mmc: NDArray[np.int64],
+    buf: NDArray[np.int64],
+) -> bool:
+    """Two-list ``shrink_active_list`` of ``io[IO_N]`` anon folios: every one deactivated
+    (PG_workingset set) after ``folio_referenced`` cleared its bits; False if it must not run
+    here (nothing changed)."""
+    pfns = buf[B_PFNS]
+    k = _isolate(io, frame_pid, nxt, prev, s_active, bases, usable, pfns)
+    if k < 0:
+        return False
+    mmc[:] = 0
+    io[IO_TAKEN] = k
+    young = np.empty(k, dtype=np.bool_)
+    io[IO_REF_WALKED] = _referenced(
+        pfns, k, flags, frame_pid, spte, bases, aging, scans, io[IO_STAMPS] != 0, mmc, young
+    )
+    for i in range(k):
+        p = pfns[i]
+        fl[p] = (fl[p] & ~(LRU_INACTIVE | LRU_ACTIVE)) | LRU_INACTIVE | PG_WORKINGSET
+        _add_head(nxt, prev, s_inactive, p)
+    return True
+
+
+class HostCore:
+    """The compiled reclaim batch for one world (see the module docstring).
+
+    Args:
+        vmscan: the world's reclaim machinery (memory, swap, rmap with its fused TDP walk).
+        shortcut: that fused walk (its view of which mms are KVM's alone, and the per-VM side
+            effects it applies).
+    """
+
+    def __init__(self, vmscan: Vmscan, shortcut: TdpShortcut) -> None:
+        self.vmscan, self.shortcut = vmscan, shortcut
+        self.mem, self.swap = vmscan.mem, vmscan.swap
+        self.io = np.zeros(IO_SIZE, dtype=np.int64)
+        self.mmc = np.zeros((MM_ROWS, len(shortcut.vms)), dtype=np.int64)
+        self.buf = np.zeros((B_ROWS, 64), dtype=np.int64)
+
+    def _prepare(self, n: int) -> NDArray[np.int64]:
+        """Room for a pass of ``n`` folios."""
+        if n > self.buf.shape[1]:
+            self.buf = np.zeros((B_ROWS, max(n, 2 * self.buf.shape[1])), dtype=np.int64)
+        io = self.io
+        io[IO_N] = n
+        io[IO_STAMPS] = self.mem.stamps
+        return io
+
+    def shrink_inactive_list(self, lru: TwoList, n: int, sc: ScanControl) -> bool:
+        """``lru.shrink_inactive_list(n, sc, vmscan)`` compiled; False if the general path must
+        run it (nothing was done)."""
+        mem, swap, vmscan = self.mem, self.swap, self.vmscan
+        lru.inactive.drain()
+        lru.active.drain()
+        io = self._prepare(n)
+        io[IO_FREE_SLOTS] = swap.nr_free_slots
+        io[IO_NR_SLOTS] = swap.nr_slots
+        io[IO_AGE] = lru.nonresident_age
+        io[IO_FREED_TOP] = mem._nr_freed
+        io[IO_IMMEDIATE_OK] = (not sc.direct) and vmscan.pgdat_writeback
+        free = mem.reserve_free(n)
+        sh = self.shortcut
+        done = _shrink_inactive(
+            io,
+            mem.flags,
+            mem.pfn,
+            mem.frame_pid,
+            lru.fl,
+            lru.inactive._nxt,
+            lru.inactive._prev,
+            lru.inactive._s,
+            lru.active._s,
+            sh.spte,
+            mem.pid_base,
+            sh._usable,
+            sh._aging,
+            mem.scans,
+            mem.readahead,
+            free,
+            self.mmc,
+            self.buf,
+        )
+        if not done:
+            return False
+        k = int(io[IO_TAKEN])
+        if k == 0:
+            return True
+        vs, mmc, buf = vmscan.vmstat, self.mmc, self.buf
+        lru.inactive._size += int(io[IO_TO_INACTIVE]) - k
+        lru.active._size += int(io[IO_TO_ACTIVE])
+        sc.nr_taken += k
+        sc.isolated(k)
+        pageout0, reclaimed0 = sc.nr_pageout, sc.nr_reclaimed
+        nwb = int(io[IO_WRITEBACK])
+        if nwb:
+            immediate = int(io[IO_IMMEDIATE])
+            sc.nr_immediate += immediate
+            sc.nr_writeback += nwb - immediate
+            vs[VmStat.VMSCAN_WRITEBACK] += nwb - immediate
+            vs[VmStat.VMSCAN_IMMEDIATE] += immediate
+        walked = int(io[IO_REF_WALKED])
+        if walked:
+            vmscan.rmap.walked(sc, walked)
+            sh.aged(mmc[MM_AGED], mmc[MM_YOUNG], sc, flush=True)
+        full = int(io[IO_SWAP_FULL])
+        swap.nr_free_slots = int(io[IO_FREE_SLOTS])  # add_to_swap's, then activate_locked's
+        if full:
+            sc.nr_swap_full += full
+            vs[VmStat.SWAP_FULL] += full
+        ne = int(io[IO_UNMAPPED])
+        if ne:
+            vmscan.rmap.walked(sc, ne)
+            sh.unmapped(mmc[MM_UNMAPPED], mmc[MM_ZAPPED], sc)
+            if vmscan.sink is not None:
+                upid = buf[B_EVICT_PID, :ne].astype(np.int32)
+                upfn = buf[B_EVICT_PFN, :ne].copy()
+                scans = mem.scans[upfn] if mem.stamps else np.zeros(ne, dtype=np.uint8)
+                dirty = buf[B_EVICT_DIRTY, :ne] != 0
+                vmscan.sink.evicted(vmscan.now(), upid, upfn, dirty, scans)
+        nw = int(io[IO_WRITTEN])
+        if nw:
+            sc.nr_pageout += nw
+            vs[VmStat.NR_VMSCAN_WRITE] += nw
+            wpid = buf[B_WRITE_PID, :nw].tolist()
+            wpfn = buf[B_WRITE_PFN, :nw].tolist()
+            ends = swap.submit(vmscan.now(), write=True, n=nw, per_mm=mmc[MM_WRITTEN].tolist())
+            mem.nr_writeback += nw
+            sc.blocked_until = max(sc.blocked_until, swap.blocked_until)
+            vmscan.writeback_started(wpid, wpfn, ends)
+        nf = int(io[IO_FREED])
+        if nf:
+            freed = mmc[MM_FREED]
+            mem.nr_swapped += freed
+            mem.frames_freed(int(io[IO_FREED_TOP]), nf, freed)
+            sc.freed(nf)
+        nact = int(io[IO_TO_ACTIVE])
+        lru.nonresident_age = int(io[IO_AGE])
+        sc.activated(nact)
+        lru._lru_note_cost(sc.nr_pageout - pageout0, k - (sc.nr_reclaimed - reclaimed0))
+        return True
+
+    def shrink_active_list(self, lru: TwoList, n: int, sc: ScanControl) -> bool:
+        """``lru.shrink_active_list(n, sc, vmscan)`` compiled; False if the general path must
+        run it (nothing was done)."""
+        mem = self.mem
+        lru.inactive.drain()
+        lru.active.drain()
+        io = self._prepare(n)
+        sh = self.shortcut
+        done = _shrink_active(
+            io,
+            mem.flags,
+            mem.frame_pid,
+            lru.fl,
+            lru.active._nxt,
+            lru.active._prev,
+            lru.inactive._s,
+            lru.active._s,
+            sh.spte,
+            mem.pid_base,
+            sh._usable,
+            sh._aging,
+            mem.scans,
+            self.mmc,
+            self.buf,
+        )
+        if not done:
+            return False
+        k = int(io[IO_TAKEN])
+        if k == 0:
+            return True
+        lru.active._size -= k
+        lru.inactive._size += k
+        sc.refilled(k)
+        walked = int(io[IO_REF_WALKED])
+        if walked:
+            self.vmscan.rmap.walked(sc, walked)
+            sh.aged(self.mmc[MM_AGED], self.mmc[MM_YOUNG], sc, flush=True)
+        sc.deactivated(k)
+        return True
+
+
+def general_path_reason(sc: Scenario) -> str | None:
+    """Why a scenario's watermark world cannot use the compiled core (None: it does), in the
+    user's terms; :func:`core_for` decides the same from the built world (tested equal)."""
+    if sc.reclaim.trigger == "demand":
+        return None  # demand mode has no kswapd: its own compiled replays serve it
+    reasons = []
+    if sc.reclaim.policy != "two_list":
+        reasons.append(f"reclaim.policy {sc.reclaim.policy}")
+    if any(cfg.memcg is not None for _, cfg in sc.vm_list()):
+        reasons.append("memcgs")
+    if sc.file_sections():
+        reasons.append("host page cache")
+    if sc.kvm.mmu == "shadow" and sc.kvm.shadow_sptes_per_gfn > 1:
+        reasons.append("shadow paging with several sptes per gfn")
+    elif not sc.kvm.ept_ad_bits:
+        reasons.append("kvm.ept_ad_bits off (access tracking)")
+    if sc.swap.device != "disk":
+        reasons.append(f"swap.device {sc.swap.device}")
+    elif sc.swap.zswap.enabled:
+        reasons.append("zswap")
+    elif sc.swap.rotational:
+        reasons.append("swap.rotational")
+    return ", ".join(reasons) or None
+
+
+def core_for(vmscan: Vmscan, policy: object, memcg: object | None) -> HostCore | None:
+    """The compiled core for a world, or None when its configuration needs the general path
+    (see the module docstring's "When")."""
+    shortcut = vmscan.rmap.shortcut
+    swap = vmscan.swap
+    if (
+        type(policy) is not TwoList
+        or policy.file
+        or policy.memcg >= 0
+        or memcg is not None
+        or not isinstance(shortcut, TdpShortcut)
+        or not shortcut.built_any()
+        or swap.synchronous
+        or swap.zswap is not None
+        or swap.zpool is not None
+        or swap.tracks_slots
+    ):
+        return None
+    return HostCore(vmscan, shortcut)
