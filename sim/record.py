@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -154,6 +155,24 @@ IDLE_RANK_SAMPLE = 64  # resident frames sampled per eviction batch for idle_ran
 SLOT_ROWS = 0xFFFFFFFF  # rows from here on do not fit a stamp slot (uint32): a dict holds them
 
 TABLES = {"evictions": EVICTIONS_SCHEMA, "faults": FAULTS_SCHEMA, "timeline": TIMELINE_SCHEMA}
+
+
+@numba.njit(cache=True, nogil=True)
+def _bits(bits: NDArray[np.uint8], pids: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """Which of pages ``pids`` have their bit set in the bitmap ``bits``."""
+    out = np.empty(len(pids), dtype=np.bool_)
+    for i in range(len(pids)):
+        p = pids[i]
+        out[i] = (bits[p >> 3] >> (p & 7)) & 1 != 0
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _set_bits(bits: NDArray[np.uint8], pids: NDArray[np.int64]) -> None:
+    """Set the bits of pages ``pids`` in the bitmap ``bits``."""
+    for i in range(len(pids)):
+        p = pids[i]
+        bits[p >> 3] |= np.uint8(1 << (p & 7))
 
 
 class Table:
@@ -311,10 +330,12 @@ class Recorder:
         first = self.n_evictions
         self.n_evictions += n
         vm = self.mem.page_owners(pids).astype(np.int64)
-        last_us = self._stamps(pids)
+        p = pids.astype(np.int64)
+        pending = _bits(self.pending_refault, p)
+        last_us = self._stamps(p, pending)
         last = last_us.astype(np.int64) * 1000
         idle_rank = self._idle_rank(last)
-        self._park(pids, first, last_us)
+        self._park(p, first, last_us, pending)
         self.ev.extend(
             idle_rank=idle_rank,
             t_ns=np.full(n, t_ns, dtype=np.int64),
@@ -357,10 +378,6 @@ class Recorder:
             self.fl.append(t_ns, vm, vcpu, gfn, self._kind_code[kind], latency_ns)
 
     # -- pending refaults ---------------------------------------------------------------------
-    def _is_pending(self, pids: NDArray[np.integer]) -> NDArray[np.bool_]:
-        """Which pages were evicted and have not faulted since."""
-        p = pids.astype(np.int64)
-        return ((self.pending_refault[p >> 3] >> (p & 7).astype(np.uint8)) & 1).astype(np.bool_)
 
     def _row_of(self, pid: int) -> int:
         """The row of pending page ``pid``'s eviction."""
@@ -371,28 +388,44 @@ class Recorder:
         """Row ``row``'s last-access stamp (us), from the side file."""
         return int.from_bytes(os.pread(self._fd["last"], 4, row * 4), "little")
 
-    def _stamps(self, pids: NDArray[np.integer]) -> NDArray[np.uint32]:
-        """Last-access stamps (us) of mapped pages ``pids``; a pending one's is its row's."""
+    def _stamps(
+        self, pids: NDArray[np.integer], pending: NDArray[np.bool_] | None = None
+    ) -> NDArray[np.uint32]:
+        """Last-access stamps (us) of mapped pages ``pids`` (``pending``: which of them are,
+        if known); a pending one's is its row's."""
         out = self.mem.last_access_us[pids]
-        if self.ev is not None:
-            for i in np.flatnonzero(self._is_pending(pids)).tolist():
+        if self.ev is None:
+            return out
+        if pending is None:
+            pending = _bits(self.pending_refault, pids.astype(np.int64))
+        if pending.any():
+            for i in np.flatnonzero(pending).tolist():
                 out[i] = self._row_stamp(self._row_of(int(pids[i])))
         return out
 
-    def _park(self, pids: NDArray[np.integer], first: int, last_us: NDArray[np.uint32]) -> None:
-        """Pages ``pids`` were evicted as rows ``first...``: their stamps go to the side file,
-        their rows to their stamp slots, their pending bits are set."""
+    def _park(
+        self,
+        pids: NDArray[np.int64],
+        first: int,
+        last_us: NDArray[np.uint32],
+        pending: NDArray[np.bool_],
+    ) -> None:
+        """Pages ``pids`` (``pending``: those already were) were evicted as rows
+        ``first...``: their stamps go to the side file, their rows to their stamp slots, their
+        pending bits are set."""
         n = len(pids)
         os.pwrite(self._fd["last"], last_us.astype("<u4").tobytes(), first * 4)
-        p = pids.astype(np.int64)
-        for q in p[self._is_pending(p)].tolist():  # evicted again before its fault was seen
-            self._far_rows.pop(q, None)
-        rows = np.arange(first, first + n, dtype=np.int64)
-        far = rows >= SLOT_ROWS
-        if far.any():
-            self._far_rows.update(zip(p[far].tolist(), rows[far].tolist(), strict=True))
-        self.mem.last_access_us[p] = np.minimum(rows, SLOT_ROWS).astype(np.uint32)
-        np.bitwise_or.at(self.pending_refault, p >> 3, (1 << (p & 7)).astype(np.uint8))
+        if pending.any():  # evicted again before their faults were seen
+            for q in pids[pending].tolist():
+                self._far_rows.pop(q, None)
+        if first + n <= SLOT_ROWS:
+            self.mem.last_access_us[pids] = np.arange(first, first + n, dtype=np.uint32)
+        else:
+            rows = np.arange(first, first + n, dtype=np.int64)
+            far = rows >= SLOT_ROWS
+            self._far_rows.update(zip(pids[far].tolist(), rows[far].tolist(), strict=True))
+            self.mem.last_access_us[pids] = np.minimum(rows, SLOT_ROWS).astype(np.uint32)
+        _set_bits(self.pending_refault, pids)
 
     def _unpark(self, pid: int) -> int:
         """Page ``pid`` faulted after its eviction: its pending bit is cleared and its stamp
