@@ -31,6 +31,7 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
+from sim import fast
 from sim.host.memory import PG_DIRTY, PTE_PRESENT, PTE_YOUNG, HostMemory
 from sim.host.mmu_notifier import MmuNotifierOps, MmuNotifierSubscriptions, NotifierWork
 from sim.kvm.mmu import SPTE_ACCESSED, SPTE_DIRTY, SPTE_PRESENT
@@ -208,6 +209,7 @@ class TdpShortcut:
             vm.mmu.count_walk(work, c)
             if flush and vm.notifier.flush_on_age:
                 vm.mmu.flush_remote_tlbs(yc.item(o), work)
+        fast.took("tdp_shortcut")
         return young
 
     def unmap(self, pids: NDArray[np.int32], work: NotifierWork) -> bool:
@@ -235,4 +237,5 @@ class TdpShortcut:
             mmu.invalidate_end(c)
             subs.count("invalidate_range_end", c)
             work.nr_notifier_calls += 2 * c
+        fast.took("tdp_shortcut")
         return True
