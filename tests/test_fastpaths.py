@@ -15,15 +15,22 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sim import fast
+from sim.cli import main
 from sim.config import parse_scenario
 from sim.engine import World
 from sim.guest.traces import read_trace
@@ -434,3 +441,43 @@ def test_disabled_switches_off_and_restores() -> None:
     assert all(fast.enabled(n) for n in fast.registered())
     with pytest.raises(KeyError):
         fast.enabled("no_such_path")
+
+
+# -- the switch users have -------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"MEMSIM_FAST_DISABLE": "tdp_shortcut,no_such_path"}, "'no_such_path'"),
+        ({"MEMSIM_FAST": "off"}, "MEMSIM_FAST=off"),
+    ],
+)
+def test_a_bad_switch_is_a_one_line_error(tmp_path: Path, env: dict[str, str], needle: str) -> None:
+    np.save(tmp_path / "t.npy", np.arange(10, dtype=np.int64))
+    r = CliRunner().invoke(
+        main, ["replay", str(tmp_path / "t.npy"), "--frames", "4", "--policy", "lru"], env=env
+    )
+    assert r.exit_code == 2, r.output
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ")
+    assert needle in lines[0]
+
+
+def test_memsim_fast_0_runs_the_general_paths(tmp_path: Path) -> None:
+    """The environment switch, in a process of its own (it is read at import)."""
+    pages = (np.random.default_rng(5).zipf(1.3, 3000) % 200).astype(np.int64)
+    np.save(tmp_path / "t.npy", pages)
+    args = ["replay", str(tmp_path / "t.npy"), "--frames", "40", "--policy", "clock", "--json"]
+    env = os.environ | {"MEMSIM_FAST": "0"}
+    out = subprocess.run(
+        [sys.executable, "-m", "sim", *args], env=env, capture_output=True, text=True, check=True
+    )
+    general = json.loads(out.stdout)
+    compiled = replay(pages, np.zeros(len(pages), dtype=np.bool_), frames=40, policy="clock")
+    assert (general["engine"], compiled["engine"]) == ("general", "fast")
+    assert general["faults"] == compiled["faults"]
+    fast_only = subprocess.run(
+        [sys.executable, "-m", "sim", *args, "--engine", "fast"], env=env, capture_output=True
+    )
+    assert fast_only.returncode == 2
+    assert b"compiled replay is switched off" in fast_only.stderr
