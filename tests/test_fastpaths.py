@@ -7,8 +7,10 @@ page flags, pfns, frame owners, last-access stamps, sptes, swap slots and the co
 pool, every vmstat counter (global and per VM, the notifier call counts with them), KVM's
 counters per VM (zapped, mmu_invalidate_seq, faults fixed, retried), the VM stats, the
 policy's lists and the summary but for wall time. Each test also counts the examples that
-really took the fast path and requires a good share of them, so a scenario space drifting
-away from a fast path is caught rather than passing on the general path alone.
+really took the fast path and requires a good share of them (and, where that can be told,
+every example the fast path applies to), so a scenario space drifting away from a fast path
+is caught rather than passing on the general path alone. The default suite runs a fixed draw
+of EXAMPLES worlds per fast path and page size; the slow variants draw SLOW_EXAMPLES new ones.
 """
 
 from __future__ import annotations
@@ -194,13 +196,14 @@ def check_world(raw: Raw, names: tuple[str, ...]) -> tuple[dict[str, int], dict[
 # -- the scenarios ---------------------------------------------------------------------------
 @st.composite
 def tdp(draw: st.DrawFn, huge: bool = False) -> Raw:
-    """A random scenario with the TDP MMU (one spte per gfn), mostly with EPT A/D bits: the
-    shortcut's case (without them, or with notifiers off, it runs its aging-free part or the
-    chain)."""
+    """A random scenario with one spte per gfn (the TDP MMU, or the legacy MMU over EPT),
+    mostly with EPT A/D bits: the shortcut's case (without them each VM takes the chain; with
+    notifiers off the shortcut clears host pte young bits only), and often a host at its
+    smallest, so that reclaim walks the rmap from the first steps."""
     raw = copy.deepcopy(draw(scenarios(huge=huge)))
-    raw["kvm"]["mmu"] = "tdp"
+    raw["kvm"]["mmu"] = draw(st.sampled_from(["tdp", "tdp", "legacy_tdp"]))
     raw["kvm"]["ept_ad_bits"] = draw(st.integers(0, 3)) > 0
-    if draw(st.booleans()):  # the smallest host: reclaim (the walk) from the first steps
+    if draw(st.booleans()):
         raw["host"]["memory_mib"] = 16 if huge else 2
     return raw
 
@@ -314,6 +317,70 @@ def test_inline_fault_below_low_waits_for_its_time() -> None:
     taken, _ = check_world(raw, ("vcpu_inline_faults",))
     assert taken["vcpu_inline_faults"] > 100
     assert run_world(raw)[0]["vmstat"]["kswapd_wakeups"] > 0
+
+
+def test_inline_faults_wait_for_the_others_the_same_event_woke() -> None:
+    """Found by the all-off test: two vCPUs of one VM waited for the same page read; the
+    event's first callback resumed one, whose next step resolved faults inline (pages the
+    read brought ahead) while the other, woken by the same event, was due at that instant but
+    invisible to ``env.peek()``. With each fault its own step the other vCPU ran first and took
+    those pages' faults. The step after a waited fault now resolves nothing inline."""
+    raw: Raw = {
+        "name": "prop",
+        "seed": 0,
+        "duration_s": 0.03,
+        "host": {"memory_mib": 12},
+        "reclaim": {"policy": "clock"},
+        "swap": {
+            "size_mib": 4,
+            "queue_depth": 1,
+            "latency_cv": 0.0,
+            "page_cluster": 3,
+            "device": "disk",
+            "zswap": {"enabled": False, "max_pool_percent": 1},
+        },
+        "kvm": {
+            "mmu_notifiers": False,
+            "ept_ad_bits": False,
+            "mmu": "tdp",
+            "shadow_sptes_per_gfn": 1,
+            "flush_on_age": False,
+        },
+        "vms": [
+            {
+                "name": "p0",
+                "count": 2,
+                "memory_mib": 2,
+                "vcpus": 1,
+                "access_rate_per_s": 100000,
+                "write_ratio": 0.0,
+                "workload": {"type": "uniform"},
+            },
+            {
+                "name": "p1",
+                "count": 2,
+                "memory_mib": 5,
+                "vcpus": 2,
+                "access_rate_per_s": 2070114,
+                "write_ratio": 0.0,
+                "workload": {
+                    "type": "phases",
+                    "phases": [
+                        {"duration_s": 0.005, "workload": {"type": "scan"}},
+                        {
+                            "duration_s": 0.01,
+                            "workload": {"type": "zipf", "alpha": 1.2},
+                            "offset_mib": 1,
+                            "working_set_mib": 1,
+                        },
+                    ],
+                },
+            },
+        ],
+        "engine": {"batch_accesses": 64},
+    }
+    taken, _ = check_world(raw, ("vcpu_inline_faults",))
+    assert taken["vcpu_inline_faults"] > 0
 
 
 # -- fast paths outside the watermark world ------------------------------------------------

@@ -11,14 +11,15 @@ Batching
     The vCPU takes up to ``batch_accesses`` accesses from its stream at a time and finds, with one
     compiled walk (guest/touch.py), the first one that faults; the run of hits before it is
     applied at once (bits set, last access stamped with the run's start). The fault happens at
-    the time the run ends. If nothing else is due before that time (``env.peek()``), free
-    memory is above the low watermark (a first touch at or below it wakes kswapd, which must
-    happen at the fault's time) and KVM or the host can resolve it without waiting (fast page
-    fault, first touch, swap-cache hit), it is resolved on the spot and the walk goes on: no
-    other process could have observed the difference (a fast path, ``vcpu_inline_faults`` in
-    sim/fast.py: off, the step ends at every fault and the fault is the vCPU's next step).
-    Otherwise the step's time is paid with one SimPy timeout and the fault is handled when it
-    happens, at once or as a process waiting for I/O or reclaim.
+    the time the run ends. If nothing else is due before that time (``env.peek()``; never in
+    the step right after a fault that waited, as other tasks the same event woke are due then
+    but not in the queue), free memory is above the low watermark (a first touch at or below
+    it wakes kswapd, which must happen at the fault's time) and KVM or the host can resolve it
+    without waiting (fast page fault, first touch, swap-cache hit), it is resolved on the spot
+    and the walk goes on: no other process could have observed the difference (a fast path,
+    ``vcpu_inline_faults`` in sim/fast.py: off, the step ends at every fault and the fault is
+    the vCPU's next step). Otherwise the step's time is paid with one SimPy timeout and the
+    fault is handled when it happens, at once or as a process waiting for I/O or reclaim.
     If KVM zaps or access-tracks an spte while the last run of a step is in flight and a later
     access of that run uses it, the run is cut there (``revoked``): a batch never turns a
     fault into a hit. Unconsumed accesses stay buffered, so the access stream never depends on
@@ -152,6 +153,9 @@ class Vcpu:
         self.proc = env.active_process  # what revocations interrupt (a restart is a new one)
         self.in_guest = True
         n = pos = 0
+        # back from a fault that waited: whoever the same event woke is due now too, unseen by
+        # env.peek() (SimPy calls an event's callbacks one after the other)
+        woken = False
         gfns = idx_all = np.empty(0, dtype=np.int64)
         writes = np.empty(0, dtype=np.bool_)
         while not mm.dead:
@@ -168,7 +172,8 @@ class Vcpu:
             # One step: runs of hits and the faults that end them, resolved on the spot while
             # they need no waiting and nothing else is due before them (so no other process can
             # observe the difference); then one timeout for the step's time.
-            horizon = env.peek() - env.now
+            horizon = 0 if woken else env.peek() - env.now
+            woken = False
             t = 0  # time this step takes so far
             ends: list[int] = []  # its segments: where each ends, and whether it is stall
             stalls: list[bool] = []
@@ -238,6 +243,7 @@ class Vcpu:
             if not self._resolve(pos, 0, gfns, idx_all, writes):
                 gfn = gfns.item(pos)
                 yield from self._fault(gfn, idx_all.item(pos) - gfn * k, writes.item(pos), base)
+                woken = True
 
     def _halt(self) -> ProcessGen:
         """The stream has ended: pay the time still owed (fault CPU, and exits, including those
