@@ -173,7 +173,6 @@ class Vcpu:
             # they need no waiting and nothing else is due before them (so no other process can
             # observe the difference); then one timeout for the step's time.
             horizon = 0 if woken else env.peek() - env.now
-            woken = False
             t = 0  # time this step takes so far
             ends: list[int] = []  # its segments: where each ends, and whether it is stall
             stalls: list[bool] = []
@@ -231,8 +230,10 @@ class Vcpu:
                             ends.append(t)
                             stalls.append(True)
                 self._idx = None
+                woken = False  # the others the event woke have run (this step yielded)
             elif t:
                 yield env.timeout(t)
+                woken = False
             if self._step is not None and self.accrual is not None:
                 self.accrual.add_step(vm.index, *self._step)  # its segments are final now
             self._step = None
