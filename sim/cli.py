@@ -29,6 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sim import __version__
+from sim import fast as fast_paths
 from sim.config import Scenario, load_scenario
 from sim.errors import UserError, shown_path
 from sim.lifecycle import exit_code, signals_as_interrupts
@@ -188,6 +189,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
 @click.version_option(__version__, prog_name="memsim")
 def main() -> None:
     """memsim: simulate memory pressure on a KVM host (kswapd, rmap, MMU notifiers, swap)."""
+    fast_paths.check_env()  # MEMSIM_FAST / MEMSIM_FAST_DISABLE (sim/fast.py)
 
 
 _set_option = click.option(
@@ -447,7 +449,12 @@ def replay(
 
     _memory_limit(max_memory)
     t = _load_trace(trace, fmt, page_size, instructions)
-    fast = engine == "fast" or (engine == "auto" and not overrides and policy in FAST_POLICIES)
+    fast = engine == "fast" or (
+        engine == "auto"
+        and not overrides
+        and policy in FAST_POLICIES
+        and fast_paths.enabled("replay_compiled")
+    )
     n = len(t.pages)
     est = estimate_replay(n, n, frames, "fast" if fast else "general")
     check_fits(est, f"replay of {trace.name} ({n:,} accesses, {frames:,} frames)")

@@ -29,8 +29,9 @@ When
     without zswap, slot identities or a compressed pool, and the fused TDP walk) and every page
     the batch isolates belongs to an mm whose notifier subscribers are still KVM's alone; any
     other batch runs the general path, with nothing changed by the attempt. ``memsim run`` says
-    once when a world cannot use the core at all. tests/test_core.py runs worlds both ways and
-    compares every array and counter.
+    once when a world cannot use the core at all. It is the fast path ``host_core`` of
+    sim/fast.py (``MEMSIM_FAST_DISABLE=host_core`` turns it off); tests/test_core.py and
+    tests/test_fastpaths.py run worlds both ways and compare every array and counter.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
+from sim import fast
 from sim.host.memory import (
     PG_DIRTY,
     PG_RECLAIM,
@@ -482,6 +484,7 @@ class HostCore:
         )
         if not done:
             return False
+        fast.took("host_core")
         k = int(io[IO_TAKEN])
         if k == 0:
             return True
@@ -566,6 +569,7 @@ class HostCore:
         )
         if not done:
             return False
+        fast.took("host_core")
         k = int(io[IO_TAKEN])
         if k == 0:
             return True
@@ -586,6 +590,8 @@ def general_path_reason(sc: Scenario) -> str | None:
     if sc.reclaim.trigger == "demand":
         return None  # demand mode has no kswapd: its own compiled replays serve it
     reasons = []
+    if not fast.enabled("host_core"):
+        reasons.append("turned off by MEMSIM_FAST / MEMSIM_FAST_DISABLE")
     if sc.reclaim.policy != "two_list":
         reasons.append(f"reclaim.policy {sc.reclaim.policy}")
     if any(cfg.memcg is not None for _, cfg in sc.vm_list()):
@@ -611,7 +617,8 @@ def core_for(vmscan: Vmscan, policy: object, memcg: object | None) -> HostCore |
     shortcut = vmscan.rmap.shortcut
     swap = vmscan.swap
     if (
-        type(policy) is not TwoList
+        not fast.enabled("host_core")
+        or type(policy) is not TwoList
         or policy.file
         or policy.memcg >= 0
         or memcg is not None

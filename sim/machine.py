@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from sim import fast
 from sim.config import Scenario, VmConfig
 from sim.guest.workloads import AccessStream
 from sim.host.memcontrol import (
@@ -217,7 +218,8 @@ class Machine:
                 )
             )
         # the notifier chain fused for TDP MMUs (same effects; the chain stays the general path)
-        self.rmap.shortcut = TdpShortcut(mem, self.vms, self.spte) if k == 1 else None
+        tdp = k == 1 and fast.enabled("tdp_shortcut")
+        self.rmap.shortcut = TdpShortcut(mem, self.vms, self.spte) if tdp else None
         self.oom_kills: list[tuple[int, str]] = []
         self.warmup_ns = round(sc.warmup_s * 1e9)
         self.at_warmup: dict[str, Any] | None = None  # the counts at the warm-up's end

@@ -66,6 +66,7 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
+from sim import fast
 from sim.config import VmConfig
 from sim.guest.workloads import AccessStream
 from sim.host.memory import (
@@ -297,8 +298,9 @@ def _place_resident(w: World, resident: NDArray[np.int64]) -> None:
         if mine.any():
             vm.mmu.map_sptes(cold_first[mine] - vm.mm.pid_base)
     batched = getattr(policy, "folio_add_lru_touched", None)
-    if batched is not None:  # the same hooks for many folios at once (two_list, MGLRU)
-        batched(pfns)
+    if batched is not None and fast.enabled("prefault_batch"):  # the same hooks, many folios
+        batched(pfns)  # at once (two_list, MGLRU)
+        fast.took("prefault_batch")
         return
     for pfn in pfns.tolist():  # the first-touch path's hooks, in LRU order
         policy.folio_add_lru(pfn, None)

@@ -9,7 +9,8 @@ Engines
     ``fast``: compiled textbook kernels (fastpath.py) for ``lru``, ``opt``, ``fifo``, ``clock``.
     ``general``: the simulator itself (policy protocol, host rmap, notifiers, KVM sptes), for
     every policy; tests hold the two to identical counts. ``auto`` takes the fast one when there
-    is one. ``replay_s`` times the replay only (trace loading and JIT compilation excluded).
+    is one (a fast path, ``replay_compiled`` in sim/fast.py: off, ``auto`` is ``general``).
+    ``replay_s`` times the replay only (trace loading and JIT compilation excluded).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 
-from sim import fastpath
+from sim import fast, fastpath
 from sim.config import apply_overrides, parse_scenario
 from sim.demand import WINDOW, WINDOW_ACCESS_TRACKING, DemandWorld, trace_source
 from sim.errors import UserError, clip
@@ -68,6 +69,12 @@ def _scenario(policy: str, overrides: list[str], seed: int) -> Any:
     return sc
 
 
+def use_compiled(engine: str) -> bool:
+    """Whether ``engine`` takes the compiled kernels (for a policy that has one, without
+    ``--set``): ``fast`` does, ``auto`` unless the ``replay_compiled`` fast path is off."""
+    return engine == "fast" or (engine == "auto" and fast.enabled("replay_compiled"))
+
+
 def replay(
     pages: NDArray[np.int64],
     writes: NDArray[np.bool_],
@@ -92,8 +99,14 @@ def replay(
         )
     if overrides and engine == "fast":
         raise UserError("--set changes the simulated mechanism; it needs --engine general")
-    use_fast = policy in FAST and engine != "general" and not overrides
+    if engine == "fast" and not fast.enabled("replay_compiled"):
+        raise UserError(
+            "--engine fast: the compiled replay is switched off (MEMSIM_FAST=0 or "
+            "MEMSIM_FAST_DISABLE names replay_compiled); use --engine auto or general"
+        )
+    use_fast = policy in FAST and not overrides and use_compiled(engine)
     if use_fast:
+        fast.took("replay_compiled")
         fastpath.warm_up()
         t0 = time.perf_counter()
         r = FAST[policy](pages, frames)

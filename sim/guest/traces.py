@@ -62,6 +62,7 @@ from typing import IO, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from sim import fast
 from sim.budget import check_fits, memory_limit
 from sim.errors import TraceError, shown_path
 from sim.inputs import open_regular
@@ -280,9 +281,11 @@ def _read_lackey(f: _Stream, src: str, shift: int, instructions: bool) -> Trace:
             ) from None
         if block is None:
             break
-        parsed = _parse_block_fast(block)
+        parsed = _parse_block_fast(block) if fast.enabled("lackey_numpy_parse") else None
         if parsed is None:
             parsed = _parse_block_slow(block, src, lineno)
+        else:
+            fast.took("lackey_numpy_parse")
         op, addr, size, nlines = parsed
         if size.size and (size.min() < 1 or size.max() > MAX_ACCESS_BYTES):
             _parse_block_slow(block, src, lineno)  # raises, naming the line

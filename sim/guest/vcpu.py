@@ -11,11 +11,15 @@ Batching
     The vCPU takes up to ``batch_accesses`` accesses from its stream at a time and finds, with one
     compiled walk (guest/touch.py), the first one that faults; the run of hits before it is
     applied at once (bits set, last access stamped with the run's start). The fault happens at
-    the time the run ends. If nothing else is due before that time (``env.peek()``) and KVM or
-    the host can resolve it without waiting (fast page fault, first touch above the watermarks,
-    swap-cache hit), it is resolved on the spot and the walk goes on: no other process could
-    have observed the difference. Otherwise the step's time is paid with one SimPy timeout and
-    the fault is handled when it happens, at once or as a process waiting for I/O or reclaim.
+    the time the run ends. If nothing else is due before that time (``env.peek()``; never in
+    the step right after a fault that waited, as other tasks the same event woke are due then
+    but not in the queue), free memory is above the low watermark (a first touch at or below
+    it wakes kswapd, which must happen at the fault's time) and KVM or the host can resolve it
+    without waiting (fast page fault, first touch, swap-cache hit), it is resolved on the spot
+    and the walk goes on: no other process could have observed the difference (a fast path,
+    ``vcpu_inline_faults`` in sim/fast.py: off, the step ends at every fault and the fault is
+    the vCPU's next step). Otherwise the step's time is paid with one SimPy timeout and the
+    fault is handled when it happens, at once or as a process waiting for I/O or reclaim.
     If KVM zaps or access-tracks an spte while the last run of a step is in flight and a later
     access of that run uses it, the run is cut there (``revoked``): a batch never turns a
     fault into a hit. Unconsumed accesses stay buffered, so the access stream never depends on
@@ -44,6 +48,7 @@ import numpy as np
 import simpy
 from simpy.events import URGENT
 
+from sim import fast
 from sim.costs import CostsConfig
 from sim.guest.touch import ept_touch, first_fault
 from sim.guest.workloads import AccessStream
@@ -131,9 +136,13 @@ class Vcpu:
         mm, mmu, stats = vm.mm, vm.mmu, vm.stats
         spte, k, base = mmu.spte, mmu.k, mm.pid_base
         last_access = mem.last_access_us
+        inline = fast.enabled("vcpu_inline_faults")  # else each fault ends the step (see Batching)
         self.proc = env.active_process  # what revocations interrupt (a restart is a new one)
         self.in_guest = True
         n = pos = 0
+        # back from a fault that waited: whoever the same event woke is due now too, unseen by
+        # env.peek() (SimPy calls an event's callbacks one after the other)
+        woken = False
         gfns = idx_all = np.empty(0, dtype=np.int64)
         writes = np.empty(0, dtype=np.bool_)
         while not mm.dead:
@@ -150,7 +159,7 @@ class Vcpu:
             # One step: runs of hits and the faults that end them, resolved on the spot while
             # they need no waiting and nothing else is due before them (so no other process can
             # observe the difference); then one timeout for the step's time.
-            horizon = env.peek() - env.now
+            horizon = 0 if woken else env.peek() - env.now
             t = 0  # time this step takes so far
             ends: list[int] = []  # its segments: where each ends, and whether it is stall
             stalls: list[bool] = []
@@ -173,8 +182,13 @@ class Vcpu:
                     t += self._guest_time(pos - lo)
                     ends.append(t)
                     stalls.append(False)
-                if pos >= n or t >= horizon or not self._resolve(pos, t, gfns, idx_all, writes):
+                if pos >= n or t >= horizon or not inline:
                     break
+                if mem.nr_free <= mem.wmark.low:  # a first touch would wake kswapd: at its
+                    break  # own time, not the step's start (then nothing else is due before)
+                if not self._resolve(pos, t, gfns, idx_all, writes):
+                    break
+                fast.took("vcpu_inline_faults")
             if t:
                 self._step = (int(env.now), ends, stalls)
             if pos > lo:  # the last run of hits may outlast the horizon: it can be revoked
@@ -203,8 +217,10 @@ class Vcpu:
                             ends.append(t)
                             stalls.append(True)
                 self._idx = None
+                woken = False  # the others the event woke have run (this step yielded)
             elif t:
                 yield env.timeout(t)
+                woken = False
             if self._step is not None and self.accrual is not None:
                 self.accrual.add_step(vm.index, *self._step)  # its segments are final now
             self._step = None
@@ -215,6 +231,7 @@ class Vcpu:
             if not self._resolve(pos, 0, gfns, idx_all, writes):
                 gfn = gfns.item(pos)
                 yield from self._fault(gfn, idx_all.item(pos) - gfn * k, writes.item(pos), base)
+                woken = True
 
     def _halt(self) -> ProcessGen:
         """The stream has ended: pay the time still owed (fault CPU, and exits, including those

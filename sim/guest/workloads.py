@@ -39,6 +39,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field, field_validator, model_validator
 
+from sim import fast
 from sim.errors import TraceError
 from sim.guest.traces import detect_format, read_trace
 from sim.schema import Strict
@@ -228,7 +229,11 @@ class ZipfSampler:
     def sample_scattered(
         self, rng: np.random.Generator, size: int, stride: int
     ) -> NDArray[np.int64]:
-        """``(rank - 1) * stride % n`` of ``size`` ranks: ``sample`` and a scatter in one pass."""
+        """``(rank - 1) * stride % n`` of ``size`` ranks: ``sample`` and a scatter in one pass
+        (``sample_numpy``'s ranks scattered when the ``zipf_compiled`` fast path is off)."""
+        if not fast.enabled("zipf_compiled"):
+            return (self.sample_numpy(rng, size) - 1) * stride % self.n
+        fast.took("zipf_compiled")
         out = np.empty(size, dtype=np.int64)
         todo = np.arange(size)
         left = size

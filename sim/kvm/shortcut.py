@@ -35,6 +35,7 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
+from sim import fast
 from sim.host.memory import PG_DIRTY, PTE_PRESENT, PTE_YOUNG, HostMemory
 from sim.host.mmu_notifier import MmuNotifierOps, NotifierWork
 from sim.kvm.spte import SPTE_NONPRESENT, age, is_dirty, is_present, is_young
@@ -202,6 +203,7 @@ class TdpShortcut:
         if k < 0:
             return None
         self.aged(counts, yc, work, flush=flush)
+        fast.took("tdp_shortcut")
         return young
 
     def aged(
@@ -236,6 +238,7 @@ class TdpShortcut:
         if k < 0:
             return False
         self.unmapped(counts, zapped, work)
+        fast.took("tdp_shortcut")
         return True
 
     def unmapped(
