@@ -24,9 +24,11 @@ REPO = Path(__file__).resolve().parent.parent
 EXPECTED = {
     ("hit path", "guest accesses/s, all resident"),
     ("full model ~1%", "guest accesses/s"),
+    ("full model ~1%", "guest accesses/s, host core vs general path"),
     ("full model ~1%", "faults handled/s"),
     ("full model ~1%", "fault rate (faults/access)"),
     ("full model ~5%", "guest accesses/s"),
+    ("full model ~5%", "guest accesses/s, host core vs general path"),
     ("full model ~5%", "faults handled/s"),
     ("full model ~5%", "fault rate (faults/access)"),
     ("replay", "lru accesses/s"),

@@ -1,10 +1,11 @@
 """The compiled host core (sim/core.py) against the general reclaim path it replaces.
 
-Each world is built twice from one scenario, once with the core and once with it taken away
-(``policy.core = None``: two_list.py, vmscan.py, rmap.py and the fused TDP walk), run to its
-horizon, and every array and counter must be equal: host flags, pfns and shadows, frames, the
-LRU links and policy flags, sptes, swap slots, vmstat (global and per VM), KVM's counters, the
-summary, and the eviction log's rows.
+Each world is built twice from one scenario, once with the core and once with it switched off
+(``sim.fast.disabled("host_core")``: two_list.py, vmscan.py, rmap.py and the fused TDP walk),
+run to its horizon, and every array and counter must be equal (tests/test_fastpaths.py's
+``world_state``: host flags, pfns and shadows, frames, the policy's lists and flags, sptes,
+swap slots, vmstat global and per VM, KVM's counters, the summary), and the eviction log's
+rows too.
 """
 
 from __future__ import annotations
@@ -12,17 +13,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from sim import engine
+from sim import fast
 from sim.config import parse_scenario
 from sim.core import HostCore, general_path_reason
 from sim.engine import build_world, run_scenario
 from sim.reclaim.two_list import TwoList
 from tests.conftest import tiny
+from tests.test_fastpaths import differences, world_state
 from tests.test_invariants import scenarios
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -37,51 +38,21 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def _state(w: Any) -> dict[str, Any]:
-    mem = w.mem
-    s = w.summary(0.0)
-    s.pop("wall_s", None)
-    pol = w.policy
-    return {
-        "summary": s,
-        "flags": mem.flags.copy(),
-        "pfn": mem.pfn.copy(),
-        "frame_pid": mem.frame_pid.copy(),
-        "free": mem.free_list(),
-        "scans": mem.scans.copy(),
-        "spte": w.spte.copy(),
-        "lists": [pol.inactive.snapshot(), pol.active.snapshot()],
-        "fl": pol.fl.copy(),
-        "age": (pol.nonresident_age, pol.anon_cost),
-        "kvm": [(vm.mmu.zapped, vm.mmu.mmu_invalidate_seq, vm.stats) for vm in w.vms],
-        "vmstat": dict(w.vmstat),
-        "vmstat_per_vm": [dict(c) for c in w.vmstat.per_mm],
-        "swap": (w.swap.nr_free_slots, w.swap.wait_ns, w.swap.busy_ns),
-    }
-
-
-def _run(raw: Any, core: bool) -> tuple[dict[str, Any], bool]:
-    w = build_world(raw, None)
+def _run(sc: Any, core: bool) -> tuple[dict[str, Any], bool]:
+    """The world of ``sc`` run to its horizon with the core or without it: its state (all a
+    fast path must leave as its general path does), and whether it had a core."""
+    if not core:
+        with fast.disabled("host_core"):
+            return _run(sc, True)
+    w = build_world(sc, None)
     used = isinstance(w.policy, TwoList) and isinstance(w.policy.core, HostCore)
-    if not core and used:
-        w.policy.core = None
     w.run()
-    return _state(w), used
-
-
-def _equal(a: Any, b: Any) -> bool:
-    if isinstance(a, np.ndarray):
-        return bool(np.array_equal(a, b))
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
-    if isinstance(a, list | tuple):
-        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
+    return world_state(w), used
 
 
 def _same(a: dict[str, Any], b: dict[str, Any], name: str) -> None:
-    for key in a:
-        assert _equal(a[key], b[key]), f"{name}: {key} differs"
+    diff = differences(a, b)
+    assert not diff, f"{name}: the core changes the result:\n" + "\n".join(diff[:20])
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -99,12 +70,12 @@ def test_no_core_for_access_tracking() -> None:
     assert w.policy.core is None
 
 
-def test_core_keeps_the_eviction_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_core_keeps_the_eviction_log(tmp_path: Path) -> None:
     """The eviction and fault rows (last access, scans survived, dirty, refaults) are equal."""
     sc = tiny(duration_s=0.05)
     run_scenario(sc, tmp_path / "fast")
-    monkeypatch.setattr(engine, "core_for", lambda *a: None)
-    run_scenario(sc, tmp_path / "general")
+    with fast.disabled("host_core"):
+        run_scenario(sc, tmp_path / "general")
     for table in ("evictions", "faults"):
         a = pd.read_parquet(tmp_path / "fast" / f"{table}.parquet")
         b = pd.read_parquet(tmp_path / "general" / f"{table}.parquet")
