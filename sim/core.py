@@ -50,11 +50,9 @@ from sim.host.memory import (
     PG_SWAP,
     PG_WRITEBACK,
     PTE_PRESENT,
-    PTE_YOUNG,
 )
 from sim.host.vmstat import VmStat
-from sim.kvm.shortcut import TdpShortcut, _owner
-from sim.kvm.spte import SPTE_NONPRESENT, age, is_dirty, is_present, is_young
+from sim.kvm.shortcut import TdpShortcut, _owner, age_page, unmap_page
 from sim.reclaim.two_list import (
     _AGE_MASK,
     LRU_ACTIVE,
@@ -87,8 +85,7 @@ IO_WRITTEN = 13  # out: folios whose write-out started
 IO_FREED = 14  # out: folios freed
 IO_TO_INACTIVE = 15  # out: folios put back on the inactive list
 IO_TO_ACTIVE = 16  # out: folios put back on the active list
-IO_SLOTS_FREED = 17  # out: swap copies activate_locked gave up
-IO_SIZE = 18
+IO_SIZE = 17
 
 # mmc rows: per-mm counts of a pass
 MM_AGED = 0  # aging notifier calls
@@ -170,17 +167,7 @@ def _referenced(
             young[i] = False
             continue
         walked += 1
-        y = (f & PTE_YOUNG) != 0
-        flags[pid] = f & ~PTE_YOUNG
-        o = _owner(bases, pid)
-        if aging[o]:
-            mmc[MM_AGED, o] += 1
-            sp = spte[pid]
-            spte[pid] = age(sp, True)  # the fused walk runs only with EPT A/D bits
-            if is_young(sp, True):
-                mmc[MM_YOUNG, o] += 1
-                y = True
-        young[i] = y
+        young[i] = age_page(pid, flags, spte, bases, aging, mmc[MM_AGED], mmc[MM_YOUNG])
     return walked
 
 
@@ -287,19 +274,9 @@ def _shrink_inactive(
             continue
         p = victims[i]
         pid = frame_pid[p]
-        f = flags[pid]
-        if not f & PTE_PRESENT:
+        if not flags[pid] & PTE_PRESENT:
             continue
-        o = _owner(bases, pid)
-        mmc[MM_UNMAPPED, o] += 1
-        sp = spte[pid]
-        if is_present(sp):
-            mmc[MM_ZAPPED, o] += 1
-            if is_dirty(sp):  # kvm_set_pfn_dirty
-                f |= PG_DIRTY
-        spte[pid] = SPTE_NONPRESENT
-        f = f & ~(PTE_PRESENT | PTE_YOUNG)
-        flags[pid] = f
+        f = unmap_page(pid, flags, spte, bases, mmc[MM_UNMAPPED], mmc[MM_ZAPPED])
         buf[B_EVICT_PID, ne] = pid
         buf[B_EVICT_PFN, ne] = p
         buf[B_EVICT_DIRTY, ne] = 1 if f & PG_DIRTY else 0
@@ -374,7 +351,6 @@ def _shrink_inactive(
             if (f & (PG_SWAP | PG_WRITEBACK | PTE_PRESENT)) == want:
                 flags[pid] = (f & ~PG_SWAP) | PG_DIRTY
                 freed_slots += 1
-        io[IO_SLOTS_FREED] = freed_slots
         io[IO_FREE_SLOTS] += freed_slots
     for i in range(na):
         p = activate[i]
@@ -439,8 +415,11 @@ class HostCore:
         self.mmc = np.zeros((MM_ROWS, len(shortcut.vms)), dtype=np.int64)
         self.buf = np.zeros((B_ROWS, 64), dtype=np.int64)
 
-    def _prepare(self, n: int) -> NDArray[np.int64]:
-        """Room for a pass of ``n`` folios."""
+    def _prepare(self, lru: TwoList, n: int) -> NDArray[np.int64]:
+        """Room for a pass of ``n`` folios, with the lists' buffered adds linked in first
+        (``lru_add_drain``, as isolation and putback would do)."""
+        lru.inactive.drain()
+        lru.active.drain()
         if n > self.buf.shape[1]:
             self.buf = np.zeros((B_ROWS, max(n, 2 * self.buf.shape[1])), dtype=np.int64)
         io = self.io
@@ -448,13 +427,19 @@ class HostCore:
         io[IO_STAMPS] = self.mem.stamps
         return io
 
+    def _aged(self, sc: ScanControl) -> None:
+        """``folio_referenced``'s counts for the pass: the rmap walk, and the per-VM side
+        effects of the aging notifier calls (``clear_flush_young``)."""
+        walked = int(self.io[IO_REF_WALKED])
+        if walked:
+            self.vmscan.rmap.walked(sc, walked)
+            self.shortcut.aged(self.mmc[MM_AGED], self.mmc[MM_YOUNG], sc, flush=True)
+
     def shrink_inactive_list(self, lru: TwoList, n: int, sc: ScanControl) -> bool:
         """``lru.shrink_inactive_list(n, sc, vmscan)`` compiled; False if the general path must
         run it (nothing was done)."""
         mem, swap, vmscan = self.mem, self.swap, self.vmscan
-        lru.inactive.drain()
-        lru.active.drain()
-        io = self._prepare(n)
+        io = self._prepare(lru, n)
         io[IO_FREE_SLOTS] = swap.nr_free_slots
         io[IO_NR_SLOTS] = swap.nr_slots
         io[IO_AGE] = lru.nonresident_age
@@ -501,10 +486,7 @@ class HostCore:
             sc.nr_writeback += nwb - immediate
             vs[VmStat.VMSCAN_WRITEBACK] += nwb - immediate
             vs[VmStat.VMSCAN_IMMEDIATE] += immediate
-        walked = int(io[IO_REF_WALKED])
-        if walked:
-            vmscan.rmap.walked(sc, walked)
-            sh.aged(mmc[MM_AGED], mmc[MM_YOUNG], sc, flush=True)
+        self._aged(sc)
         full = int(io[IO_SWAP_FULL])
         swap.nr_free_slots = int(io[IO_FREE_SLOTS])  # add_to_swap's, then activate_locked's
         if full:
@@ -527,9 +509,7 @@ class HostCore:
             wpid = buf[B_WRITE_PID, :nw].tolist()
             wpfn = buf[B_WRITE_PFN, :nw].tolist()
             ends = swap.submit(vmscan.now(), write=True, n=nw, per_mm=mmc[MM_WRITTEN].tolist())
-            mem.nr_writeback += nw
-            sc.blocked_until = max(sc.blocked_until, swap.blocked_until)
-            vmscan.writeback_started(wpid, wpfn, ends)
+            vmscan.writeback_started(wpid, wpfn, ends, sc)
         nf = int(io[IO_FREED])
         if nf:
             freed = mmc[MM_FREED]
@@ -546,9 +526,7 @@ class HostCore:
         """``lru.shrink_active_list(n, sc, vmscan)`` compiled; False if the general path must
         run it (nothing was done)."""
         mem = self.mem
-        lru.inactive.drain()
-        lru.active.drain()
-        io = self._prepare(n)
+        io = self._prepare(lru, n)
         sh = self.shortcut
         done = _shrink_active(
             io,
@@ -576,10 +554,7 @@ class HostCore:
         lru.active._size -= k
         lru.inactive._size += k
         sc.refilled(k)
-        walked = int(io[IO_REF_WALKED])
-        if walked:
-            self.vmscan.rmap.walked(sc, walked)
-            sh.aged(self.mmc[MM_AGED], self.mmc[MM_YOUNG], sc, flush=True)
+        self._aged(sc)
         sc.deactivated(k)
         return True
 

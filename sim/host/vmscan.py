@@ -490,16 +490,18 @@ class Vmscan:
         sc: ScanControl,
     ) -> None:
         """The folios' writes are in flight: PG_writeback and PG_reclaim until each ends."""
-        mem, swap = self.mem, self.swap
-        n = len(wpid)
-        mem.flags[wpid] = (f & ~_U8(PG_DIRTY)) | _U8(PG_WRITEBACK | PG_RECLAIM)
-        mem.nr_writeback += n
-        sc.blocked_until = max(sc.blocked_until, swap.blocked_until)
-        self.writeback_started(wpid.tolist(), wpfn.tolist(), done)
+        self.mem.flags[wpid] = (f & ~_U8(PG_DIRTY)) | _U8(PG_WRITEBACK | PG_RECLAIM)
+        self.writeback_started(wpid.tolist(), wpfn.tolist(), done, sc)
 
-    def writeback_started(self, pids: list[int], pfns: list[int], ends: list[int]) -> None:
-        """Each folio's ``folio_end_writeback`` is due when its write ends: one timer each (in
-        the world's event loop, when there is one, carrying the folio as its value)."""
+    def writeback_started(
+        self, pids: list[int], pfns: list[int], ends: list[int], sc: ScanControl
+    ) -> None:
+        """Folios flagged PG_writeback have their writes in flight (counted in
+        ``nr_writeback``; the pass got its last request tag at the device's ``blocked_until``):
+        each one's ``folio_end_writeback`` is due when its write ends, one timer each (the
+        world's, carrying the folio as its value, when there is one)."""
+        self.mem.nr_writeback += len(pids)
+        sc.blocked_until = max(sc.blocked_until, self.swap.blocked_until)
         if self.schedule_each is not None:
             self.schedule_each(ends, self.folio_end_writeback, list(zip(pids, pfns, strict=True)))
             return

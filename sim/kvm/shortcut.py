@@ -70,6 +70,59 @@ def _involved(counts: NDArray[np.int64], inv: NDArray[np.int64]) -> int:
     return k
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def age_page(
+    p: int,
+    flags: NDArray[np.uint8],
+    spte: NDArray[np.uint8],
+    bases: NDArray[np.int64],
+    aging: NDArray[np.bool_],
+    counts: NDArray[np.int64],
+    young_counts: NDArray[np.int64],
+) -> bool:
+    """One mapped page of the fused aging walk: test and clear its host pte young bit and, if
+    its mm's KVM registered aging ops (``clear_flush_young`` / ``clear_young``), its spte's
+    accessed bit, counting the call (and a young spte) for the mm; whether either was young."""
+    f = flags[p]
+    y = (f & PTE_YOUNG) != 0
+    flags[p] = f & ~PTE_YOUNG
+    o = _owner(bases, p)
+    if aging[o]:
+        counts[o] += 1
+        s = spte[p]
+        spte[p] = age(s, True)  # the fused walk runs only with EPT A/D bits
+        if is_young(s, True):
+            young_counts[o] += 1
+            y = True
+    return y
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def unmap_page(
+    p: int,
+    flags: NDArray[np.uint8],
+    spte: NDArray[np.uint8],
+    bases: NDArray[np.int64],
+    counts: NDArray[np.int64],
+    zapped: NDArray[np.int64],
+) -> int:
+    """One mapped page of the fused ``try_to_unmap``: its spte zapped (its dirty bit to the
+    folio, ``kvm_set_pfn_dirty``), its host pte cleared, the invalidation (and a zap of a
+    present spte) counted for its mm; returns the page's new flags."""
+    o = _owner(bases, p)
+    counts[o] += 1
+    s = spte[p]
+    f = flags[p]
+    if is_present(s):
+        zapped[o] += 1
+        if is_dirty(s):
+            f |= PG_DIRTY
+    spte[p] = SPTE_NONPRESENT
+    f = f & ~(PTE_PRESENT | PTE_YOUNG)
+    flags[p] = f
+    return f
+
+
 @numba.njit(cache=True, nogil=True)
 def _age(
     pids: NDArray[np.int32],
@@ -90,19 +143,7 @@ def _age(
     counts[:] = 0
     young_counts[:] = 0
     for i in range(pids.size):
-        p = pids[i]
-        f = flags[p]
-        y = (f & PTE_YOUNG) != 0
-        flags[p] = f & ~PTE_YOUNG
-        o = _owner(bases, p)
-        if aging[o]:  # KVM registered its aging ops: clear_flush_young / clear_young
-            counts[o] += 1
-            s = spte[p]
-            spte[p] = age(s, True)  # the shortcut runs only with EPT A/D bits
-            if is_young(s, True):
-                young_counts[o] += 1
-                y = True
-        young[i] = y
+        young[i] = age_page(pids[i], flags, spte, bases, aging, counts, young_counts)
     return _involved(counts, inv)
 
 
@@ -124,17 +165,7 @@ def _unmap(
     counts[:] = 0
     zapped[:] = 0
     for i in range(pids.size):
-        p = pids[i]
-        o = _owner(bases, p)
-        counts[o] += 1
-        s = spte[p]
-        f = flags[p]
-        if is_present(s):
-            zapped[o] += 1
-            if is_dirty(s):  # kvm_set_pfn_dirty
-                f |= PG_DIRTY
-        spte[p] = SPTE_NONPRESENT
-        flags[p] = f & ~(PTE_PRESENT | PTE_YOUNG)
+        unmap_page(pids[i], flags, spte, bases, counts, zapped)
     return _involved(counts, inv)
 
 
