@@ -160,7 +160,13 @@ def kvm_page_fault(
     retries = 0
     while True:
         mmu_seq = mmu.mmu_invalidate_seq
-        hf = yield from host.handle_mm_fault(pid, write, tried)
+        plain = host.swapin_begin(pid)
+        if plain is not None:  # the same steps, without the generators' frames
+            yield plain[0]
+            host.swapin_end(pid, write, plain[1], plain[2])
+            hf = HostFault.MAJOR
+        else:
+            hf = yield from host.handle_mm_fault(pid, write, tried)
         tried = False
         if kind is None:
             kind = _KIND[hf]
