@@ -50,6 +50,7 @@ from simpy.events import URGENT
 
 from sim import fast
 from sim.costs import CostsConfig
+from sim.guest.tlb import NO_ROWS, tlb_first_fault, tlb_touch
 from sim.guest.touch import ept_touch, first_fault
 from sim.guest.workloads import AccessStream
 from sim.host.fault import HostFaultHandler
@@ -120,6 +121,10 @@ class Vcpu:
         self._step: tuple[int, list[int], list[bool]] | None = None
         self._wait_since = -1
         self.halted = env.event()  # succeeded when the stream ends and the vCPU halts
+        # this vCPU's TLB (guest/tlb.py), when its VM models one: its row there
+        self.tlbs, self.tlb_row = vm.tlbs, -1
+        if vm.tlbs is not None:
+            self.tlb_row = vm.tlb_rows.start + index
         self.halted_ns: int | None = None
 
     def run(self) -> ProcessGen:
@@ -136,6 +141,7 @@ class Vcpu:
         mm, mmu, stats = vm.mm, vm.mmu, vm.stats
         spte, k, base = mmu.spte, mmu.k, mm.pid_base
         last_access = mem.last_access_us
+        tlbs = self.tlbs
         inline = fast.enabled("vcpu_inline_faults")  # else each fault ends the step (see Batching)
         self.proc = env.active_process  # what revocations interrupt (a restart is a new one)
         self.in_guest = True
@@ -172,9 +178,28 @@ class Vcpu:
                     ends.append(t)
                     stalls.append(True)
                 lo, t_lo = pos, t
-                pos = ept_touch(
-                    spte, idx_all, gfns, writes, last_access, base, (env.now + t) // 1000, lo, n
-                )
+                if tlbs is None:
+                    pos = ept_touch(
+                        spte, idx_all, gfns, writes, last_access, base, (env.now + t) // 1000, lo, n
+                    )
+                else:
+                    pos = tlb_touch(
+                        spte,
+                        idx_all,
+                        gfns,
+                        writes,
+                        last_access,
+                        base,
+                        (env.now + t) // 1000,
+                        lo,
+                        n,
+                        NO_ROWS,
+                        self.tlb_row,
+                        tlbs.tags,
+                        tlbs.used,
+                        tlbs.dirty,
+                        tlbs.st,
+                    )
                 if pos > lo:
                     if self.on_access is not None:
                         self.on_access(gfns[lo:pos] + base)
@@ -343,7 +368,13 @@ class Vcpu:
         now = self._position(self.env.now - self._t0)
         if now >= self._hi:
             return
-        cut = first_fault(self.vm.mmu.spte, self._idx, now, self._hi)
+        if self.tlbs is None:
+            cut = first_fault(self.vm.mmu.spte, self._idx, now, self._hi)
+        else:  # a cached translation over a present spte hides aging's access tracking
+            t = self.tlbs
+            cut = tlb_first_fault(
+                self.vm.mmu.spte, self._idx, now, self._hi, self.tlb_row, t.tags, t.st
+            )
         if cut < self._hi:
             self._cut = cut
             self.proc.interrupt()
