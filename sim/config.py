@@ -272,6 +272,15 @@ class VmConfig(_MemcgOptional):
         "frames counted against host memory). The fill is not counted in vmstat. Watermark "
         "reclaim only.",
     )
+    async_pf: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of the faults that must wait which KVM makes asynchronous (a guest "
+        "user-mode fault with another task to run): the guest runs on and the access completes "
+        "when its page is ready; such faults stall no vCPU. Watermark reclaim only (demand "
+        "mode has no time).",
+    )
     guest_tlb: GuestTlbConfig | None = Field(
         None,
         description="Model each vCPU's TLB: accesses through cached translations set no EPT "

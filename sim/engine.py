@@ -144,6 +144,8 @@ class World(Machine):
                         host=self.host_fault,
                         costs=self.costs,
                         rng=rng_for(sc.seed, f"{name}.vcpu{j}.alias"),
+                        async_pf=cfg.async_pf,
+                        apf_rng=rng_for(sc.seed, f"{name}.vcpu{j}.async_pf"),
                         sink=self.latencies,
                         on_access=on_access,
                         accrual=self.accrual,

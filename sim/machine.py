@@ -500,8 +500,9 @@ class Machine:
                     "vmstat": vs.mm_stat(vm.index),
                 }
             )
-            if "guest_tlb" in row:
-                vms[-1]["guest_tlb"] = row["guest_tlb"]
+            for key in ("guest_tlb", "async_pf"):
+                if key in row:
+                    vms[-1][key] = row[key]
             if self.memcg is not None and self.sc.vm_list()[vm.index][1].memcg is not None:
                 mm_then = base["per_mm"][vm.index]
                 vms[-1]["memcg"] = {
@@ -596,9 +597,15 @@ def _finished_s(vm: Vm) -> float | None:
     return max(e for e in ends if e is not None) / 1e9
 
 
-def _tlb_counts(vm: Vm) -> dict[str, dict[str, int]]:
-    """The VM's TLB hits, fills and flushes (guest/tlb.py), if it models its vCPUs' TLBs."""
-    return {} if vm.tlbs is None else {"guest_tlb": vm.tlbs.totals(vm.tlb_rows)}
+def _tlb_counts(vm: Vm) -> dict[str, Any]:
+    """The VM's TLB hits, fills and flushes (guest/tlb.py), if it models its vCPUs' TLBs, and
+    its async page faults, if it may take any."""
+    out: dict[str, Any] = {}
+    if vm.tlbs is not None:
+        out["guest_tlb"] = vm.tlbs.totals(vm.tlb_rows)
+    if any(v.async_pf > 0 for v in vm.vcpus):
+        out["async_pf"] = vm.stats.async_pf
+    return out
 
 
 def _minus(now: Any, then: Any) -> Any:

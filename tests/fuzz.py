@@ -381,6 +381,7 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
                 "memcg_stats",
                 "rotational",
                 "guest_tlb",
+                "async_pf",
             ]
         )
         if op == "delete":
@@ -434,6 +435,10 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
             vms = raw.get("vms")
             if isinstance(vms, list) and vms and isinstance(vms[0], dict):
                 vms[0]["guest_tlb"] = copy.deepcopy(rng.choice(TLBS))
+        elif op == "async_pf" and isinstance(raw, dict):
+            vms = raw.get("vms")
+            if isinstance(vms, list) and vms and isinstance(vms[-1], dict):
+                vms[-1]["async_pf"] = rng.choice([0.5, 1.0, 1e-9, -0.1, 2, "x", None, True])
         elif op == "memcg_stats" and isinstance(raw, dict):
             host, vms = raw.get("host"), raw.get("vms")
             if isinstance(host, dict):  # lazy statistics: flushed, and a limit to reach

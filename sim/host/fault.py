@@ -28,7 +28,8 @@ Kernel reference
     policy).
 
 Simplifications
-    Synchronous faults only (no async page faults): the vCPU thread blocks for the read. A second
+    The host side is the same for an async page fault (guest/vcpu.py): KVM's worker then waits
+    for the read instead of the vCPU thread. A second
     vCPU faulting on a page whose fault-in is in progress waits for it (the folio lock) and counts
     a minor fault. A guest read of a never-touched page allocates a frame (the kernel would map
     the shared zero page until the first write; guests write pages before reading them almost

@@ -40,6 +40,7 @@ class VmStats:
     stall_ns: int = 0  # vCPU time lost to faults, reclaim stalls and forced exits
     fault_ns: int = 0  # part of stall_ns spent in fault handling (incl. direct reclaim, I/O)
     tlb_flush_exits: int = 0
+    async_pf: int = 0  # faults made asynchronous (kvm_arch_setup_async_pf): no vCPU waited
     compute_ns: int = 0  # vCPU time running guest code
 
 
