@@ -200,7 +200,7 @@ class Vcpu:
                     ends.append(t)
                     stalls.append(True)
                 if pos == skip:  # the guest runs on: the access is issued now, its page
-                    skip = -1  # arrives later (_async_fault)
+                    skip = -1  # arrives later (_fault, not blocking)
                     stats.accesses += 1
                     t += self._guest_time(1)
                     ends.append(t)
@@ -288,7 +288,7 @@ class Vcpu:
                 gfn = gfns.item(pos)
                 alias, write = idx_all.item(pos) - gfn * k, writes.item(pos)
                 if self._goes_async(gfn):
-                    env.process(self._async_fault(gfn, alias, write, base))
+                    env.process(self._fault(gfn, alias, write, base, blocking=False))
                     skip = pos
                     continue
                 yield from self._fault(gfn, alias, write, base)
@@ -453,18 +453,27 @@ class Vcpu:
             return False
         return bool(self.apf_rng.random() < self.async_pf)
 
-    def _async_fault(self, gfn: int, alias: int, write: bool, base: int) -> ProcessGen:
-        """An async page fault: the vCPU took an exit to inject "page not present" and runs on
-        (its step issues the access without waiting); KVM's worker faults the page in (the
-        host may wait for I/O or reclaim), then "page ready" is injected (another exit) and
-        the access completes with the spte mapped. The fault's latency is logged; no vCPU
+    def _fault(
+        self, gfn: int, alias: int, write: bool, base: int, blocking: bool = True
+    ) -> ProcessGen:
+        """Handle an EPT violation that must wait (I/O, reclaim); the access is then retried.
+        The caller's :meth:`_resolve` has just found that it must.
+
+        ``blocking`` False: an async page fault, in a process of its own. The vCPU took an
+        exit to inject "page not present" and runs on (its step issues the access without
+        waiting); KVM's worker faults the page in, then "page ready" is injected (another
+        exit) and the access completes with the spte mapped. Its latency is logged; no vCPU
         time is stall but the two exits."""
         env, vm, host = self.env, self.vm, self.host
         pid = base + gfn
         refault = host.is_refault(pid)
         t0 = env.now
-        self._apf_gfns.add(gfn)
-        self.pending_ns += self.costs.ept_fault_ns
+        if blocking:
+            self.in_guest = False
+            self._wait_since = int(t0)
+        else:
+            self._apf_gfns.add(gfn)
+            self.pending_ns += self.costs.ept_fault_ns
         kind, cpu_ns, _ = yield from kvm_page_fault(
             vm.mmu,
             vm.mm,
@@ -476,52 +485,20 @@ class Vcpu:
             write=write,
             tried=host.retry_is_idle(pid),
         )
-        self._apf_gfns.discard(gfn)
-        vm.stats.async_pf += 1
-        self.pending_ns += self.costs.vmexit_ns
-        if self.mem.stamps and not vm.mm.dead:
-            self.mem.last_access_us[pid] = env.now // 1000
-        fault_done(
-            vm,
-            self.sink,
-            t_ns=t0,
-            vcpu=self.index,
-            gfn=gfn,
-            pid=pid,
-            kind=kind,
-            refault=refault,
-            latency_ns=env.now - t0 + cpu_ns,
-            stalled=False,
-        )
-
-    def _fault(self, gfn: int, alias: int, write: bool, base: int) -> ProcessGen:
-        """Handle an EPT violation that must wait (I/O, reclaim); the access is then retried.
-        The caller's :meth:`_resolve` has just found that it must."""
-        env, vm, host = self.env, self.vm, self.host
-        pid = base + gfn
-        refault = host.is_refault(pid)
-        t0 = env.now
-        self.in_guest = False
-        self._wait_since = int(t0)
-        kind, cpu_ns, _ = yield from kvm_page_fault(
-            vm.mmu,
-            vm.mm,
-            host,
-            self.costs,
-            pid=pid,
-            gfn=gfn,
-            alias=alias,
-            write=write,
-            tried=host.retry_is_idle(pid),
-        )
-        self._wait_since = -1
-        self.in_guest = True
         waited = env.now - t0
-        latency = waited + cpu_ns
-        self.pending_ns += cpu_ns
-        vm.stats.stall_ns += waited  # cpu_ns is counted when paid (pending_ns)
-        if self.accrual is not None:
-            self.accrual.add(vm.index, int(t0), int(env.now), True)
+        if blocking:
+            self._wait_since = -1
+            self.in_guest = True
+            self.pending_ns += cpu_ns
+            vm.stats.stall_ns += waited  # cpu_ns is counted when paid (pending_ns)
+            if self.accrual is not None:
+                self.accrual.add(vm.index, int(t0), int(env.now), True)
+        else:
+            self._apf_gfns.discard(gfn)
+            vm.stats.async_pf += 1
+            self.pending_ns += self.costs.vmexit_ns
+            if self.mem.stamps and not vm.mm.dead:
+                self.mem.last_access_us[pid] = env.now // 1000
         fault_done(
             vm,
             self.sink,
@@ -531,5 +508,6 @@ class Vcpu:
             pid=pid,
             kind=kind,
             refault=refault,
-            latency_ns=latency,
+            latency_ns=waited + cpu_ns,
+            stalled=blocking,
         )
