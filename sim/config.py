@@ -180,16 +180,25 @@ class KvmConfig(Strict):
     )
 
 
+# fields added after configs were first hashed, left out of dumps at their unset values
+_UNSET_LEFT_OUT: tuple[tuple[str, Any], ...] = (
+    ("memcg", None),
+    ("guest_tlb", None),
+    ("async_pf", 0.0),
+)
+
+
 class _MemcgOptional(Strict):
-    """A section with an optional ``memcg`` (and ``guest_tlb``) left out of dumps when unset,
-    so configs written before they existed dump (and hash) as they did."""
+    """A section whose later optional fields (``memcg``, ``guest_tlb``, ``async_pf``) are left
+    out of dumps when unset, so configs written before they existed dump (and hash) as they
+    did."""
 
     @model_serializer(mode="wrap")
     def _without_unset_memcg(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         """Leave ``memcg`` out of dumps when unset, so configs without one read as before."""
         out: dict[str, Any] = handler(self)
-        for key in ("memcg", "guest_tlb"):
-            if out.get(key, 0) is None:
+        for key, unset in _UNSET_LEFT_OUT:
+            if key in out and out[key] == unset and type(out[key]) is type(unset):
                 del out[key]
         return out
 
