@@ -41,6 +41,7 @@ from sim.machine import rng_for
 from sim.reclaim.base import PageQueue
 from sim.replay import FAST, replay
 from tests.test_invariants import scenarios
+from tests.test_memcg import limits
 
 Raw = dict[str, Any]
 _SETTINGS: dict[str, Any] = {
@@ -236,6 +237,30 @@ def cored(draw: st.DrawFn, huge: bool = False) -> Raw:
     return raw
 
 
+@st.composite
+def mglrued(draw: st.DrawFn, huge: bool = False) -> Raw:
+    """A random MGLRU scenario (its page cache and swappiness as drawn, else swappiness mostly
+    60; both promotion rules, the walk with and without notifiers, sometimes min_ttl), in half
+    of them with VMs in memcgs (an lruvec each, some limited), often on a host at its
+    smallest."""
+    raw = copy.deepcopy(draw(scenarios(huge=huge)))
+    if raw["reclaim"]["policy"] != "mglru":
+        raw["reclaim"] = {"policy": "mglru", "swappiness": draw(st.sampled_from([0, 60, 60, 200]))}
+    raw["reclaim"] |= {
+        "promotion": draw(st.sampled_from(["two_step", "one_step"])),
+        "notifier_walk": draw(st.integers(0, 3)) > 0,
+        "min_ttl_ms": draw(st.sampled_from([0, 0, 1])),
+    }
+    if draw(st.booleans()):
+        for vm in raw["vms"]:
+            cg = draw(st.one_of(st.none(), limits))
+            if cg is not None:
+                vm["memcg"] = {k: v * (8 if huge else 1) for k, v in cg.items()}
+    if draw(st.booleans()):
+        raw["host"]["memory_mib"] = 16 if huge else 2
+    return raw
+
+
 def _reclaimed(raw: Raw, general: dict[str, Any]) -> bool:
     """The general world scanned an LRU list: the core must have taken those batches."""
     v = general["vmstat"]
@@ -272,6 +297,7 @@ class WorldPath:
 WORLD_PATHS: dict[str, WorldPath] = {
     "tdp_shortcut": WorldPath(tdp(), tdp(huge=True), 0.25, _rmap_walked),
     "host_core": WorldPath(cored(), cored(huge=True), 0.5, _reclaimed),
+    "mglru_compiled": WorldPath(mglrued(), mglrued(huge=True), 0.5, _reclaimed),
     "vcpu_inline_faults": WorldPath(scenarios(), scenarios(huge=True), 0.5),
     "prefault_batch": WorldPath(prefaulted(), prefaulted(huge=True), 0.4),
     "zipf_compiled": WorldPath(
