@@ -509,6 +509,99 @@ def _rotate_kernel(
     prev[tail] = pfn
 
 
+@numba.njit(cache=True, nogil=True)
+def _update_gen_kernel(
+    gen: NDArray[np.uint8],
+    dec: NDArray[np.int64],
+    fl: NDArray[np.uint8],
+    nr_pages: NDArray[np.int64],
+    pfns: NDArray[np.int64],
+    max_seq: int,
+    promoted: int,
+    one_step: bool,
+) -> None:
+    """``Mglru._folio_update_gen`` on young anon folios (``nr_pages``: anon's): every flag
+    and generation read before any is written, as the numpy gathers do."""
+    n = len(pfns)
+    old = np.empty(n, dtype=np.uint8)
+    old_seq = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        old[i] = fl[pfns[i]]
+        old_seq[i] = dec[gen[pfns[i]]]
+    for i in range(n):
+        p = pfns[i]
+        f = old[i]
+        if not one_step and (f & (PG_REFERENCED | PG_WORKINGSET)) == 0:
+            fl[p] = (f & ~LRU_REFS_MASK) | PG_REFERENCED
+            continue
+        nr_pages[old_seq[i] % MAX_NR_GENS] -= 1
+        gen[p] = max_seq % _SEQ_MOD
+        nr_pages[max_seq % MAX_NR_GENS] += 1
+        fl[p] = (f & ~LRU_REFS_FLAGS) | promoted
+
+
+@numba.njit(cache=True, nogil=True)
+def _check_refs_kernel(
+    fl: NDArray[np.uint8],
+    iso: NDArray[np.int64],
+    young: NDArray[np.bool_],
+    promoted: int,
+    one_step: bool,
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """``lru_gen_folio_check_references`` on isolated anon folios after the look-around:
+    young ones are kept with PG_referenced (first sighting) or activated into ``max_seq``;
+    returns (kept, activated, the rest: victims), each in isolation order."""
+    n = len(iso)
+    keep = np.empty(n, dtype=np.int64)
+    act = np.empty(n, dtype=np.int64)
+    victims = np.empty(n, dtype=np.int64)
+    nk = na = nv = 0
+    for i in range(n):
+        p = iso[i]
+        if not young[i]:
+            victims[nv] = p
+            nv += 1
+            continue
+        f = fl[p]
+        if not one_step and (f & (PG_REFERENCED | PG_WORKINGSET)) == 0:
+            fl[p] = (f & ~LRU_REFS_MASK) | PG_REFERENCED
+            keep[nk] = p
+            nk += 1
+        else:
+            fl[p] = (f & ~LRU_REFS_FLAGS) | promoted | PG_ACTIVE
+            act[na] = p
+            na += 1
+    return keep[:nk], act[:na], victims[:nv]
+
+
+@numba.njit(cache=True, nogil=True)
+def _eviction_kernel(
+    fl: NDArray[np.uint8],
+    pfns: NDArray[np.int64],
+    min_anon: int,
+    min_file: int,
+    has_file: bool,
+    evicted: NDArray[np.int64],
+) -> NDArray[np.uint32]:
+    """``Mglru.workingset_eviction``: ``evicted[type, tier]`` counts, the shadow tokens, the
+    folios' flags cleared."""
+    n = len(pfns)
+    out = np.empty(n, dtype=np.uint32)
+    for i in range(n):
+        p = pfns[i]
+        f = fl[p]
+        tier, _ = _tier_of(f)
+        refs = ((f & LRU_REFS_MASK) >> LRU_REFS_PGOFF) + 1 if f & PG_REFERENCED else 0
+        file = has_file and (f & FL_FILE) != 0
+        evicted[1 if file else 0, tier] += 1
+        seq = min_file if file else min_anon
+        ws = 1 if f & PG_WORKINGSET else 0
+        out[i] = (ws << 31) | ((seq & _SEQ_MASK) << LRU_REFS_WIDTH) | max(refs - 1, 0)
+    for i in range(n):
+        fl[pfns[i]] = 0
+    return out
+
+
 class MglruConfig(ReclaimBase):
     """Multi-generational LRU (CONFIG_LRU_GEN on), anon only."""
 
@@ -667,6 +760,7 @@ class Mglru:
         self._sentinels = np.array([[q._s for q in g.lists] for g in self.types], dtype=np.int64)
         # lru_gen_init_lruvec: max_seq = MIN_NR_GENS + 1, min_seq = 0
         self.max_seq = MIN_NR_GENS + 1
+        self._decoder()  # kept current as max_seq moves, whichever path reads it
         self.timestamps = np.zeros(MAX_NR_GENS, dtype=np.int64)  # birth of each gen (ns)
         self._batch: list[int] = []  # per-CPU lru_add batch
         self._walk: _Walk | None = None
@@ -690,7 +784,8 @@ class Mglru:
         return self._decoder()[self._gen[pfns]]
 
     def _decoder(self) -> NDArray[np.int64]:
-        """The table from stored byte to sequence number for the current ``max_seq``."""
+        """The table from stored byte to sequence number for the current ``max_seq`` (renewed
+        as soon as ``max_seq`` moves, so the numpy and compiled paths hold the same one)."""
         if self._dec_max != self.max_seq:
             top = self.max_seq + 1
             seqs = np.arange(top - _SEQ_MOD + 1, top + 1, dtype=np.int64)
@@ -891,6 +986,19 @@ class Mglru:
         later ones move the folio to ``max_seq`` with PG_workingset (lazily)."""
         if len(pfns) == 0:
             return
+        if fast.enabled("mglru_compiled"):
+            _update_gen_kernel(
+                self._gen,
+                self._decoder(),
+                self.fl,
+                self.types[ANON].nr_pages,
+                pfns,
+                self.max_seq,
+                int(self._promoted),
+                self.cfg.promotion == "one_step",
+            )
+            fast.took("mglru_compiled")
+            return
         fl = self.fl[pfns]
         first = self._first_sighting(fl)
         self.fl[pfns[first]] = (fl[first] & ~_U8(LRU_REFS_MASK)) | _U8(PG_REFERENCED)
@@ -990,6 +1098,7 @@ class Mglru:
                 self._inc_min_seq(type_, swappiness)
         self.timestamps[(self.max_seq + 1) % MAX_NR_GENS] = reclaim.now()
         self.max_seq += 1
+        self._decoder()
         self.vmstat["mglru_aging"] += 1
         return True
 
@@ -1163,9 +1272,11 @@ class Mglru:
         """Add a compiled pass's list size changes (``sizes[type - first_type, gen]``) to the
         lists' ``PageQueue._size``, which the numpy path's list calls keep (MGLRU's lists are
         unsized: nothing reads it)."""
-        for (t, gen), n in np.ndenumerate(sizes):
-            if n:
-                self.types[first_type + t].lists[gen]._size += int(n)
+        for t, row in enumerate(sizes.tolist()):
+            lists = self.types[first_type + t].lists
+            for gen, n in enumerate(row):
+                if n:
+                    lists[gen]._size += n
 
     def _scan_compiled(
         self,
@@ -1288,13 +1399,20 @@ class Mglru:
             return scanned
         young = self._look_around(iso, sc, reclaim)
         # lru_gen_folio_check_references / lru_gen_set_refs
-        hot = iso[young]
-        fl = self.fl[hot]
-        first = self._first_sighting(fl)
-        keep, act = hot[first], hot[~first]
-        self.fl[keep] = (fl[first] & ~_U8(LRU_REFS_MASK)) | _U8(PG_REFERENCED)
-        self.fl[act] = (fl[~first] & ~_U8(LRU_REFS_FLAGS)) | self._promoted | _U8(PG_ACTIVE)
-        victims = iso[~young]
+        if fast.enabled("mglru_compiled"):
+            one_step = self.cfg.promotion == "one_step"
+            keep, act, victims = _check_refs_kernel(
+                self.fl, iso, young, int(self._promoted), one_step
+            )
+            fast.took("mglru_compiled")
+        else:
+            hot = iso[young]
+            fl = self.fl[hot]
+            first = self._first_sighting(fl)
+            keep, act = hot[first], hot[~first]
+            self.fl[keep] = (fl[first] & ~_U8(LRU_REFS_MASK)) | _U8(PG_REFERENCED)
+            self.fl[act] = (fl[~first] & ~_U8(LRU_REFS_FLAGS)) | self._promoted | _U8(PG_ACTIVE)
+            victims = iso[~young]
         failed = written = victims[:0]
         if len(victims):
             out = reclaim.shrink_folio_list(victims, sc)
@@ -1509,6 +1627,16 @@ class Mglru:
     def workingset_eviction(self, pfns: Pfns) -> NDArray[np.uint32]:
         """``lru_gen_eviction``: count the eviction per type and tier; token = (the type's
         min_seq, refs - 1, PG_workingset)."""
+        if fast.enabled("mglru_compiled"):
+            evicted = np.zeros((2, MAX_NR_TIERS), dtype=np.int64)
+            file = self.types[FILE if self.file else ANON]
+            pfns = np.asarray(pfns, dtype=np.int64)
+            token = _eviction_kernel(self.fl, pfns, self.min_seq, file.min_seq, self.file, evicted)
+            fast.took("mglru_compiled")
+            for type_, counts in enumerate(evicted.tolist()[: len(self.types)]):
+                for t, n in enumerate(counts):
+                    self.types[type_].evicted[t] += n
+            return token
         fl = self.fl[pfns]
         refs = self._refs(fl)
         tier, _ = self._tier(fl)
