@@ -64,9 +64,10 @@ FAST_PATHS: dict[str, FastPath] = {
         ),
         FastPath(
             "mglru_compiled",
-            "MGLRU's numpy steps per batch (scan_folios with sort_folio and isolation, the "
-            "putback and the lru_add drain into generations, folio_rotate_reclaimable) by "
-            "compiled passes over the same arrays (sim/reclaim/mglru.py)",
+            "MGLRU's numpy steps (scan_folios with sort_folio and isolation, the reference "
+            "check, the putback and the lru_add drain into generations, folio_update_gen, "
+            "folio_rotate_reclaimable, workingset_eviction) by compiled passes over the same "
+            "arrays (sim/reclaim/mglru.py)",
             "sim/reclaim/mglru.py, at each call (the scan only with the host's Vmscan)",
         ),
         FastPath(

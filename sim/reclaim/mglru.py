@@ -107,6 +107,18 @@ Models
     (``ptep_clear_flush_young_notify``, which does ask KVM), after a host-only look-around if
     its host pte was young. Everything else (placement, two-step, reference rules) stays 6.14.
 
+Compiled path
+    The fast path ``mglru_compiled`` (sim/fast.py) does the per-batch steps as compiled passes
+    over the same arrays: ``scan_folios`` with ``sort_folio`` and isolation (reading
+    PG_writeback and PG_dirty and setting PG_reclaim in the host's page flags, as Vmscan's
+    tests do, so only with the host's Vmscan as reclaimer), the reference check after the
+    look-around, the putback and the lru_add drain, ``folio_update_gen``,
+    ``folio_rotate_reclaimable`` and ``workingset_eviction``. Each is the numpy step's loop
+    folio by folio in its order, so every link, generation, flag, page count and counter ends
+    the same; ``MEMSIM_FAST_DISABLE=mglru_compiled`` runs the numpy steps, and
+    tests/test_fastpaths.py compares the two over random worlds. The host's side (the
+    look-around windows, ``clear_young``, ``shrink_folio_list``) is the host's.
+
 Kernel reference
     mm/vmscan.c: ``try_to_inc_max_seq``, ``inc_max_seq``, ``inc_min_seq``,
     ``try_to_inc_min_seq``, ``walk_pte_range``, ``folio_update_gen``, ``folio_inc_gen``,
@@ -955,6 +967,7 @@ class Mglru:
     def _add_compiled(self, pfns: Pfns, *, putback: bool) -> None:
         """``_lru_add_drain`` or ``_putback`` of ``pfns`` as one compiled pass."""
         file = self.types[FILE if self.file else ANON]
+        sizes = np.zeros(self._sentinels.shape, dtype=np.int64)
         _add_kernel(
             self.links.nxt,
             self.links.prev,
@@ -970,7 +983,7 @@ class Mglru:
             self.cfg.promotion == "one_step",
             self.file,
             putback,
-            sizes := np.zeros(self._sentinels.shape, dtype=np.int64),
+            sizes,
         )
         fast.took("mglru_compiled")
         self._sized(sizes)
@@ -1291,6 +1304,7 @@ class Mglru:
         cap = _isolation_batch(sc)
         iso = np.empty(cap, dtype=np.int64)
         protected = np.zeros(MAX_NR_TIERS, dtype=np.int64)
+        sizes = np.zeros(MAX_NR_GENS, dtype=np.int64)
         n_iso, scanned, remaining, sorted_, nprot, dirty, unqueued, any_inc = _scan_kernel(
             self.links.nxt,
             self.links.prev,
@@ -1308,7 +1322,7 @@ class Mglru:
             min(nr_to_scan, MAX_LRU_BATCH),
             cap,
             iso,
-            sizes := np.zeros(MAX_NR_GENS, dtype=np.int64),
+            sizes,
         )
         fast.took("mglru_compiled")
         self._sized(sizes[None, :], type_)
