@@ -38,6 +38,7 @@ from sim.engine import World
 from sim.guest.traces import read_trace
 from sim.guest.workloads import AccessStream
 from sim.machine import rng_for
+from sim.reclaim import mglru
 from sim.reclaim.base import PageQueue
 from sim.replay import FAST, replay
 from tests.test_invariants import scenarios
@@ -428,6 +429,41 @@ def test_inline_faults_wait_for_the_others_the_same_event_woke() -> None:
     }
     taken, _ = check_world(raw, ("vcpu_inline_faults",))
     assert taken["vcpu_inline_faults"] > 0
+
+
+@pytest.mark.parametrize("memcg", [False, True], ids=["root", "memcg"])
+def test_mglru_worlds_scan_compiled(memcg: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every other compiled step is taken in any MGLRU world that faults, so the share above
+    cannot tell whether the scan is: an MGLRU world under pressure, on the node's lruvec or
+    on memcgs' (the host's Vmscan behind a memcg's view), scans through the compiled pass,
+    and with the fast path off never."""
+    calls: list[int] = []
+    kernel = mglru._scan_kernel
+
+    def counted(*args: Any) -> Any:
+        calls.append(1)
+        return kernel(*args)
+
+    monkeypatch.setattr(mglru, "_scan_kernel", counted)
+    vm = {"name": "v", "count": 2, "memory_mib": 8, "access_rate_per_s": 1_000_000}
+    if memcg:
+        vm["memcg"] = {"max_mib": 4}
+    raw: Raw = {
+        "name": "scan",
+        "seed": 3,
+        "duration_s": 0.02,
+        "host": {"memory_mib": 12},
+        "reclaim": {"policy": "mglru"},
+        "swap": {"size_mib": 64},
+        "vms": [vm],
+    }
+    _, general = check_world(raw, ("mglru_compiled",))
+    assert general["vmstat"]["pgscan_anon"] > 0
+    n = len(calls)
+    assert n > 0
+    with fast.disabled("mglru_compiled"):
+        run_world(raw)
+    assert len(calls) == n
 
 
 # -- fast paths outside the watermark world ------------------------------------------------
