@@ -181,16 +181,47 @@ class KvmConfig(Strict):
 
 
 class _MemcgOptional(Strict):
-    """A section with an optional ``memcg`` left out of dumps when unset, so configs written
-    before memcgs existed dump (and hash) as they did."""
+    """A section with an optional ``memcg`` (and ``guest_tlb``) left out of dumps when unset,
+    so configs written before they existed dump (and hash) as they did."""
 
     @model_serializer(mode="wrap")
     def _without_unset_memcg(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         """Leave ``memcg`` out of dumps when unset, so configs without one read as before."""
         out: dict[str, Any] = handler(self)
-        if out.get("memcg", 0) is None:
-            del out["memcg"]
+        for key in ("memcg", "guest_tlb"):
+            if out.get(key, 0) is None:
+                del out[key]
         return out
+
+
+class GuestTlbConfig(Strict):
+    """One vCPU's TLB (guest/tlb.py): the EPT accessed bit is set only when a translation is
+    filled, so pages hit in the TLB look idle to aging until their entry goes."""
+
+    entries: int = Field(
+        1536,
+        ge=1,
+        le=1 << 16,
+        description="Translations cached per vCPU (a second-level TLB holds 1536-2048 4 KiB "
+        "translations on current x86 cores).",
+    )
+    ways: int = Field(12, ge=1, le=1 << 16, description="Associativity (entries per set).")
+    context_switch_us: float = Field(
+        0.0,
+        ge=0.0,
+        le=1e9,
+        description="Guest time between context switches that flush the whole TLB (a guest "
+        "without PCID); 0: none do (with PCID, entries survive a switch).",
+    )
+
+    @model_validator(mode="after")
+    def _sets(self) -> GuestTlbConfig:
+        if self.entries % self.ways:
+            raise ValueError(
+                f"entries ({self.entries}) is not a multiple of ways ({self.ways}); "
+                "use whole sets, e.g. entries 1536 with ways 12"
+            )
+        return self
 
 
 class VmConfig(_MemcgOptional):
@@ -240,6 +271,20 @@ class VmConfig(_MemcgOptional):
         "swapped pages are stored in the compressed pool as evictions would store them, its "
         "frames counted against host memory). The fill is not counted in vmstat. Watermark "
         "reclaim only.",
+    )
+    async_pf: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of the faults that must wait which KVM makes asynchronous (a guest "
+        "user-mode fault with another task to run): the guest runs on and the access completes "
+        "when its page is ready; such faults stall no vCPU. Watermark reclaim only (demand "
+        "mode has no time).",
+    )
+    guest_tlb: GuestTlbConfig | None = Field(
+        None,
+        description="Model each vCPU's TLB: accesses through cached translations set no EPT "
+        "accessed bit (absent: every access sets it, as if nothing were cached).",
     )
     memcg: MemcgConfig | None = Field(
         None,

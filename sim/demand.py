@@ -51,6 +51,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sim.config import Scenario
+from sim.guest.tlb import NO_ROWS, tlb_touch
 from sim.guest.touch import ept_touch
 from sim.host.fault import HostFaultHandler
 from sim.host.kswapd import ProcessGen
@@ -193,6 +194,8 @@ class DemandWorld(Machine):
         self._sample_ns = max(1, round(sc.engine.sample_interval_ms * 1e6))
         for vm, (_, cfg) in zip(self.vms, vms, strict=False):
             vm.nr_vcpus = cfg.vcpus
+        # each VM's first TLB row (its vCPUs' rows follow)
+        self._tlb_row0 = np.array([vm.tlb_rows.start for vm in self.vms], dtype=np.int64)
 
     # -- reference strings -------------------------------------------------------------------
     def _merged(self) -> Iterator[Window]:
@@ -264,9 +267,30 @@ class DemandWorld(Machine):
         writes = np.ascontiguousarray(w.write, dtype=np.bool_)
         seq = np.arange(self._seq, self._seq + n, dtype=np.int64)
         pos = 0
+        tlbs = self.tlbs
+        rows = NO_ROWS if tlbs is None else self._tlb_row0[w.vm] + w.vcpu
         while True:
             lo = pos
-            pos = ept_touch(spte, gidx, pid, writes, _NO_STAMPS, 0, 0, lo, n)
+            if tlbs is None:
+                pos = ept_touch(spte, gidx, pid, writes, _NO_STAMPS, 0, 0, lo, n)
+            else:
+                pos = tlb_touch(
+                    spte,
+                    gidx,
+                    pid,
+                    writes,
+                    _NO_STAMPS,
+                    0,
+                    0,
+                    lo,
+                    n,
+                    rows,
+                    0,
+                    tlbs.tags,
+                    tlbs.used,
+                    tlbs.dirty,
+                    tlbs.st,
+                )
             if pos > lo:
                 self._hits(w, pid, seq, lo, pos)
             if pos >= n:

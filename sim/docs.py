@@ -18,6 +18,7 @@ from pydantic_core import PydanticUndefined
 
 from sim.config import (
     EngineConfig,
+    GuestTlbConfig,
     HostConfig,
     HostFilesConfig,
     KvmConfig,
@@ -54,6 +55,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("vms[].workload (type: trace)", wl.TraceConfig),
     ("vms[].workload.phases[]", wl.PhaseConfig),
     ("vms[].memcg", MemcgConfig),
+    ("vms[].guest_tlb", GuestTlbConfig),
     ("engine", EngineConfig),
     ("output", OutputConfig),
     ("metrics", MetricsConfig),

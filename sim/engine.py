@@ -9,18 +9,20 @@ result directory atomically through ``sim.results``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from heapq import heappush
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import simpy
 from simpy.core import StopSimulation
-from simpy.events import Timeout
+from simpy.events import NORMAL, Timeout
 
 from sim.config import Scenario
 from sim.core import core_for
@@ -142,6 +144,8 @@ class World(Machine):
                         host=self.host_fault,
                         costs=self.costs,
                         rng=rng_for(sc.seed, f"{name}.vcpu{j}.alias"),
+                        async_pf=cfg.async_pf,
+                        apf_rng=rng_for(sc.seed, f"{name}.vcpu{j}.async_pf"),
                         sink=self.latencies,
                         on_access=on_access,
                         accrual=self.accrual,
@@ -217,11 +221,14 @@ class World(Machine):
     def _schedule_each(
         self, times: list[int], fn: Callable[..., None], args: list[tuple[int, ...]]
     ) -> None:
-        """``fn(*args[i])`` at ``times[i]``: one timeout each, its arguments as its value."""
-        env = self.env
-        now = int(env.now)
-        for t, a in zip(times, args, strict=True):
-            Timeout(env, max(0, t - now), (fn, a)).callbacks.append(_call_value)
+        """``fn(*args[i])`` at ``times[i]``, each at the place in the event order a timeout of
+        its own made now would have (see :class:`Timers`), with one event for them all."""
+        if len(times) == 1:
+            Timeout(self.env, max(0, times[0] - int(self.env.now)), (fn, args[0])).callbacks.append(
+                _call_value
+            )
+            return
+        Timers(self.env, times, fn, args)
 
     def _on_access(self, pids: np.ndarray) -> None:
         n = len(pids)
@@ -340,6 +347,50 @@ def _call(fn: Callable[[], None], _event: simpy.Event) -> None:
 def _call_value(event: simpy.Event) -> None:
     fn, args = event._value
     fn(*args)
+
+
+class Timers(simpy.Event):
+    """Many timers set at once (a batch's write-back completions) as one event that fires at
+    each of their times in turn, in the order separate timeouts made now would fire.
+
+    SimPy fires events by (time, priority, id), ids counting up as events are scheduled. The
+    timers take the ids that ``len(times)`` timeouts scheduled now would take (the counter
+    moves past them), and the event is queued at one timer's (time, normal priority, id) at
+    a time, the next when it fires: every other event falls before or after each timer
+    exactly as it would among the separate timeouts, and ``env.peek()`` sees the earliest.
+    Why: a timeout per page written was one Python event object, its scheduling and a
+    callback indirection per page; this is one object per batch.
+    """
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        times: list[int],
+        fn: Callable[..., None],
+        args: list[tuple[int, ...]],
+    ) -> None:
+        super().__init__(env)
+        now = int(env.now)
+        n = len(times)
+        first = next(env._eid)  # type: ignore[attr-defined]
+        env._eid = itertools.count(first + n)  # type: ignore[attr-defined]
+        self._at = sorted((max(now, t), first + i) for i, t in enumerate(times))
+        self._k = 0
+        self._fn, self._args, self._first = fn, args, first
+        self._ok, self._value = True, None
+        self._push()
+
+    def _push(self) -> None:
+        t, eid = self._at[self._k]
+        self.callbacks = [Timers._fire]
+        heappush(self.env._queue, (t, NORMAL, eid, self))  # type: ignore[attr-defined]
+
+    def _fire(self) -> None:
+        eid = self._at[self._k][1]
+        self._k += 1
+        if self._k < len(self._at):
+            self._push()
+        self._fn(*self._args[eid - self._first])
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,6 +77,13 @@ FAST_PATHS: dict[str, FastPath] = {
             "sim/guest/vcpu.py Vcpu._run, at each such fault",
         ),
         FastPath(
+            "plain_swapin",
+            "handle_mm_fault -> _fault_in's generators for a plain major fault (page only in "
+            "swap, no memcg, readahead, zswap or zram, a frame free above min) by one call "
+            "before the read's wait and one after it (HostFaultHandler.swapin_begin/_end)",
+            "sim/host/fault.py, at world build; sim/kvm/fault.py kvm_page_fault at each fault",
+        ),
+        FastPath(
             "prefault_batch",
             "the first-touch hooks folio by folio (folio_add_lru, folio_mark_accessed twice) "
             "in the prefault fill, by the policy's batched folio_add_lru_touched",

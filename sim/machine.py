@@ -27,6 +27,7 @@ import numpy as np
 
 from sim import fast
 from sim.config import Scenario, VmConfig
+from sim.guest.tlb import GuestTlbs, TlbGeometry
 from sim.guest.workloads import AccessStream
 from sim.host.memcontrol import (
     MEMCG_EVENTS,
@@ -69,6 +70,28 @@ def rng_for(seed: int, scope: str) -> np.random.Generator:
     return np.random.default_rng(
         np.random.SeedSequence(seed, spawn_key=(zlib.crc32(scope.encode()),))
     )
+
+
+def _guest_tlbs(vms: Sequence[Vm], cfgs: Sequence[VmConfig]) -> GuestTlbs | None:
+    """Every vCPU's TLB (rows by VM, then vCPU), or None when no VM models one; each VM learns
+    its rows (its remote TLB flushes empty them)."""
+    if all(cfg.guest_tlb is None for cfg in cfgs):
+        return None
+    rows: list[TlbGeometry] = []
+    for vm, cfg in zip(vms, cfgs, strict=True):
+        g = cfg.guest_tlb
+        if g is None:
+            geo = TlbGeometry(0, 1, 0)
+        else:  # a context switch every context_switch_us of guest time, in accesses
+            every = round(g.context_switch_us * 1e-6 * cfg.access_rate_per_s)
+            geo = TlbGeometry(g.entries, g.ways, max(every, 1) if g.context_switch_us else 0)
+        vm.tlb_rows = range(len(rows), len(rows) + cfg.vcpus)
+        rows += [geo] * cfg.vcpus
+    tlbs = GuestTlbs(rows)
+    for vm, cfg in zip(vms, cfgs, strict=True):
+        if cfg.guest_tlb is not None:
+            vm.tlbs = tlbs
+    return tlbs
 
 
 def vcpu_stream(sc: Scenario, name: str, cfg: VmConfig, vm_pages: int, vcpu: int) -> AccessStream:
@@ -217,6 +240,7 @@ class Machine:
                     vmstat=vmstat,
                 )
             )
+        self.tlbs = _guest_tlbs(self.vms, cfgs)
         # the notifier chain fused for TDP MMUs (same effects; the chain stays the general path)
         tdp = k == 1 and fast.enabled("tdp_shortcut")
         self.rmap.shortcut = TdpShortcut(mem, self.vms, self.spte) if tdp else None
@@ -402,6 +426,7 @@ class Machine:
                     "tlb_flush_exits": vm.stats.tlb_flush_exits,
                     "pf_fast": vm.mmu.pf_fast,
                     "pf_retry": vm.mmu.pf_retry,
+                    **_tlb_counts(vm),
                 }
                 for vm in self.vms
             ],
@@ -444,6 +469,7 @@ class Machine:
                 "tlb_flush_exits": st.tlb_flush_exits,
                 "pf_fast": vm.mmu.pf_fast,
                 "pf_retry": vm.mmu.pf_retry,
+                **_tlb_counts(vm),
             }
             if b is not None:
                 row = {k: _minus(v, b[k]) for k, v in row.items()}
@@ -474,6 +500,9 @@ class Machine:
                     "vmstat": vs.mm_stat(vm.index),
                 }
             )
+            for key in ("guest_tlb", "async_pf"):
+                if key in row:
+                    vms[-1][key] = row[key]
             if self.memcg is not None and self.sc.vm_list()[vm.index][1].memcg is not None:
                 mm_then = base["per_mm"][vm.index]
                 vms[-1]["memcg"] = {
@@ -566,6 +595,17 @@ def _finished_s(vm: Vm) -> float | None:
     if not ends or None in ends:
         return None
     return max(e for e in ends if e is not None) / 1e9
+
+
+def _tlb_counts(vm: Vm) -> dict[str, Any]:
+    """The VM's TLB hits, fills and flushes (guest/tlb.py), if it models its vCPUs' TLBs, and
+    its async page faults, if it may take any."""
+    out: dict[str, Any] = {}
+    if vm.tlbs is not None:
+        out["guest_tlb"] = vm.tlbs.totals(vm.tlb_rows)
+    if any(v.async_pf > 0 for v in vm.vcpus):
+        out["async_pf"] = vm.stats.async_pf
+    return out
 
 
 def _minus(now: Any, then: Any) -> Any:

@@ -98,6 +98,18 @@ STRINGS: list[str] = [
     "trace",
 ]
 NESTED: list[Any] = [[], {}, [[[[[1]]]]], {"a": {"b": [1, {"c": None}]}}, [1, "a", None, True]]
+TLBS: list[Any] = [
+    {},
+    {"entries": 64, "ways": 4},
+    {"entries": 1, "ways": 1, "context_switch_us": 1e-3},
+    {"entries": 10, "ways": 4},
+    {"entries": 0},
+    {"entries": 1536, "ways": 12, "context_switch_us": -1},
+    {"ways": 7},
+    {"entris": 64},
+    None,
+    "x",
+]
 MEMCGS: list[Any] = [
     {"max_mib": 1},
     {"max_mib": 0, "swap_max_mib": 0},
@@ -368,6 +380,8 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
                 "prefault",
                 "memcg_stats",
                 "rotational",
+                "guest_tlb",
+                "async_pf",
             ]
         )
         if op == "delete":
@@ -417,6 +431,14 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
                 swap = raw.get("swap")
                 if isinstance(swap, dict):
                     swap.update(copy.deepcopy(rng.choice(COMPRESSED)))
+        elif op == "guest_tlb" and isinstance(raw, dict):
+            vms = raw.get("vms")
+            if isinstance(vms, list) and vms and isinstance(vms[0], dict):
+                vms[0]["guest_tlb"] = copy.deepcopy(rng.choice(TLBS))
+        elif op == "async_pf" and isinstance(raw, dict):
+            vms = raw.get("vms")
+            if isinstance(vms, list) and vms and isinstance(vms[-1], dict):
+                vms[-1]["async_pf"] = rng.choice([0.5, 1.0, 1e-9, -0.1, 2, "x", None, True])
         elif op == "memcg_stats" and isinstance(raw, dict):
             host, vms = raw.get("host"), raw.get("vms")
             if isinstance(host, dict):  # lazy statistics: flushed, and a limit to reach

@@ -262,6 +262,23 @@ def mglrued(draw: st.DrawFn, huge: bool = False) -> Raw:
     return raw
 
 
+@st.composite
+def plain_swapins(draw: st.DrawFn, huge: bool = False) -> Raw:
+    """A random scenario whose major faults can be plain: a disk without zswap or readahead;
+    often a host at its smallest, so that pages are swapped out and read back."""
+    raw = copy.deepcopy(draw(scenarios(huge=huge)))
+    room = draw(st.sampled_from([16, 64] if huge else [4, 64]))
+    raw["swap"] |= {
+        "device": "disk",
+        "zswap": {"enabled": False},
+        "page_cluster": 0,
+        "size_mib": room,
+    }
+    if draw(st.booleans()):
+        raw["host"]["memory_mib"] = 16 if huge else 2
+    return raw
+
+
 def _reclaimed(raw: Raw, general: dict[str, Any]) -> bool:
     """The general world scanned an LRU list: the core must have taken those batches."""
     v = general["vmstat"]
@@ -300,6 +317,7 @@ WORLD_PATHS: dict[str, WorldPath] = {
     "host_core": WorldPath(cored(), cored(huge=True), 0.5, _reclaimed),
     "mglru_compiled": WorldPath(mglrued(), mglrued(huge=True), 0.5, _reclaimed),
     "vcpu_inline_faults": WorldPath(scenarios(), scenarios(huge=True), 0.5),
+    "plain_swapin": WorldPath(plain_swapins(), plain_swapins(huge=True), 0.25),
     "prefault_batch": WorldPath(prefaulted(), prefaulted(huge=True), 0.4),
     "zipf_compiled": WorldPath(
         scenarios().map(_zipf), scenarios(huge=True).map(_zipf), 1.0, lambda raw, general: True

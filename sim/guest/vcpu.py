@@ -5,7 +5,19 @@ Models
     Hardware walks the spte of each access: a present, non-access-tracked spte is a hit and sets
     its accessed bit (and its dirty bit on a write) for free; anything else is an EPT violation
     handled by KVM (kvm/fault.py). Forced exits for remote TLB flushes and the CPU cost of faults
-    are paid as lost guest time.
+    are paid as lost guest time. With ``vms[].guest_tlb`` the walk goes through the vCPU's TLB
+    (guest/tlb.py): a cached translation sets no accessed bit.
+
+Async page faults
+    With ``vms[].async_pf`` that share of the faults that must wait is made asynchronous, as
+    KVM does for a guest user-mode fault when the guest can run another task: an exit injects
+    "page not present", the guest schedules something else (the vCPU issues the access and
+    runs on with its stream) while KVM's worker faults the page in; "page ready" (another
+    exit) completes the access with the spte mapped. Only the exits are stall. A fault on a
+    page whose async fault is outstanding blocks (``KVM_REQ_APF_HALT``), and at most
+    ``ASYNC_PF_PER_VCPU`` are outstanding per vCPU. Simplified: the access is counted (and its
+    guest time spent) when issued; the eligible share is a parameter, not derived from guest
+    tasks.
 
 Batching
     The vCPU takes up to ``batch_accesses`` accesses from its stream at a time and finds, with one
@@ -50,6 +62,7 @@ from simpy.events import URGENT
 
 from sim import fast
 from sim.costs import CostsConfig
+from sim.guest.tlb import NO_ROWS, tlb_first_fault, tlb_touch
 from sim.guest.touch import ept_touch, first_fault
 from sim.guest.workloads import AccessStream
 from sim.host.fault import HostFaultHandler
@@ -61,6 +74,9 @@ from sim.kvm.vm import Vm
 
 if TYPE_CHECKING:
     from sim.tails import Segment, VcpuTime
+
+
+ASYNC_PF_PER_VCPU = 64  # arch/x86/include/asm/kvm_host.h: async faults one vCPU may have queued
 
 
 class Vcpu:
@@ -98,11 +114,17 @@ class Vcpu:
         sink: FaultSink | None,
         on_access: Callable[[np.ndarray], None] | None = None,
         accrual: VcpuTime | None = None,
+        async_pf: float = 0.0,
+        apf_rng: np.random.Generator | None = None,
     ) -> None:
         self.env, self.vm, self.index, self.stream = env, vm, index, stream
         self.rate, self.batch = access_rate_per_s, batch_accesses
         self.mem, self.host, self.costs, self.rng = mem, host, costs, rng
         self.sink, self.on_access, self.accrual = sink, on_access, accrual
+        # async page faults: the share of waiting faults made async, drawn from apf_rng; the
+        # pages with one outstanding (kvm_find_async_pf_gfn: a repeat fault halts the vCPU)
+        self.async_pf, self.apf_rng = async_pf, apf_rng
+        self._apf_gfns: set[int] = set()
         self.in_guest = True
         self.pending_ns = 0  # lost guest time to pay with the next step (exits, fault CPU)
         self._done = 0  # accesses completed
@@ -120,6 +142,10 @@ class Vcpu:
         self._step: tuple[int, list[int], list[bool]] | None = None
         self._wait_since = -1
         self.halted = env.event()  # succeeded when the stream ends and the vCPU halts
+        # this vCPU's TLB (guest/tlb.py), when its VM models one: its row there
+        self.tlbs, self.tlb_row = vm.tlbs, -1
+        if vm.tlbs is not None:
+            self.tlb_row = vm.tlb_rows.start + index
         self.halted_ns: int | None = None
 
     def run(self) -> ProcessGen:
@@ -136,6 +162,7 @@ class Vcpu:
         mm, mmu, stats = vm.mm, vm.mmu, vm.stats
         spte, k, base = mmu.spte, mmu.k, mm.pid_base
         last_access = mem.last_access_us
+        tlbs = self.tlbs
         inline = fast.enabled("vcpu_inline_faults")  # else each fault ends the step (see Batching)
         self.proc = env.active_process  # what revocations interrupt (a restart is a new one)
         self.in_guest = True
@@ -143,6 +170,7 @@ class Vcpu:
         # back from a fault that waited: whoever the same event woke is due now too, unseen by
         # env.peek() (SimPy calls an event's callbacks one after the other)
         woken = False
+        skip = -1  # an access whose fault went async: done when the step reaches it
         gfns = idx_all = np.empty(0, dtype=np.int64)
         writes = np.empty(0, dtype=np.bool_)
         while not mm.dead:
@@ -171,10 +199,38 @@ class Vcpu:
                     t += pending
                     ends.append(t)
                     stalls.append(True)
+                if pos == skip:  # the guest runs on: the access is issued now, its page
+                    skip = -1  # arrives later (_fault, not blocking)
+                    stats.accesses += 1
+                    t += self._guest_time(1)
+                    ends.append(t)
+                    stalls.append(False)
+                    pos += 1
+                    if pos >= n:
+                        break
                 lo, t_lo = pos, t
-                pos = ept_touch(
-                    spte, idx_all, gfns, writes, last_access, base, (env.now + t) // 1000, lo, n
-                )
+                if tlbs is None:
+                    pos = ept_touch(
+                        spte, idx_all, gfns, writes, last_access, base, (env.now + t) // 1000, lo, n
+                    )
+                else:
+                    pos = tlb_touch(
+                        spte,
+                        idx_all,
+                        gfns,
+                        writes,
+                        last_access,
+                        base,
+                        (env.now + t) // 1000,
+                        lo,
+                        n,
+                        NO_ROWS,
+                        self.tlb_row,
+                        tlbs.tags,
+                        tlbs.used,
+                        tlbs.dirty,
+                        tlbs.st,
+                    )
                 if pos > lo:
                     if self.on_access is not None:
                         self.on_access(gfns[lo:pos] + base)
@@ -230,7 +286,12 @@ class Vcpu:
                 continue  # another vCPU mapped it meanwhile: the next step hits
             if not self._resolve(pos, 0, gfns, idx_all, writes):
                 gfn = gfns.item(pos)
-                yield from self._fault(gfn, idx_all.item(pos) - gfn * k, writes.item(pos), base)
+                alias, write = idx_all.item(pos) - gfn * k, writes.item(pos)
+                if self._goes_async(gfn):
+                    env.process(self._fault(gfn, alias, write, base, blocking=False))
+                    skip = pos
+                    continue
+                yield from self._fault(gfn, alias, write, base)
                 woken = True
 
     def _halt(self) -> ProcessGen:
@@ -343,7 +404,13 @@ class Vcpu:
         now = self._position(self.env.now - self._t0)
         if now >= self._hi:
             return
-        cut = first_fault(self.vm.mmu.spte, self._idx, now, self._hi)
+        if self.tlbs is None:
+            cut = first_fault(self.vm.mmu.spte, self._idx, now, self._hi)
+        else:  # a cached translation over a present spte hides aging's access tracking
+            t = self.tlbs
+            cut = tlb_first_fault(
+                self.vm.mmu.spte, self._idx, now, self._hi, self.tlb_row, t.tags, t.st
+            )
         if cut < self._hi:
             self._cut = cut
             self.proc.interrupt()
@@ -372,15 +439,41 @@ class Vcpu:
         self.vm.stats.compute_ns += dt
         return dt
 
-    def _fault(self, gfn: int, alias: int, write: bool, base: int) -> ProcessGen:
+    def _goes_async(self, gfn: int) -> bool:
+        """Whether KVM makes this waiting fault asynchronous (``kvm_arch_setup_async_pf``): a
+        draw against ``async_pf`` (the share of faults taken in guest user mode with another
+        task runnable), never for a page whose async fault is still outstanding (a repeat
+        fault halts the vCPU until it is ready: ``KVM_REQ_APF_HALT``) nor beyond
+        ``ASYNC_PF_PER_VCPU`` outstanding. Sources: arch/x86/kvm/mmu/mmu.c
+        ``kvm_faultin_pfn`` -> ``kvm_arch_setup_async_pf``, virt/kvm/async_pf.c
+        ``kvm_setup_async_pf``, arch/x86/kvm/x86.c ``kvm_can_do_async_pf``."""
+        if self.async_pf <= 0.0 or self.apf_rng is None or gfn in self._apf_gfns:
+            return False
+        if len(self._apf_gfns) >= ASYNC_PF_PER_VCPU:  # kvm_setup_async_pf: the queue is full
+            return False
+        return bool(self.apf_rng.random() < self.async_pf)
+
+    def _fault(
+        self, gfn: int, alias: int, write: bool, base: int, blocking: bool = True
+    ) -> ProcessGen:
         """Handle an EPT violation that must wait (I/O, reclaim); the access is then retried.
-        The caller's :meth:`_resolve` has just found that it must."""
+        The caller's :meth:`_resolve` has just found that it must.
+
+        ``blocking`` False: an async page fault, in a process of its own. The vCPU took an
+        exit to inject "page not present" and runs on (its step issues the access without
+        waiting); KVM's worker faults the page in, then "page ready" is injected (another
+        exit) and the access completes with the spte mapped. Its latency is logged; no vCPU
+        time is stall but the two exits."""
         env, vm, host = self.env, self.vm, self.host
         pid = base + gfn
         refault = host.is_refault(pid)
         t0 = env.now
-        self.in_guest = False
-        self._wait_since = int(t0)
+        if blocking:
+            self.in_guest = False
+            self._wait_since = int(t0)
+        else:
+            self._apf_gfns.add(gfn)
+            self.pending_ns += self.costs.ept_fault_ns
         kind, cpu_ns, _ = yield from kvm_page_fault(
             vm.mmu,
             vm.mm,
@@ -392,14 +485,20 @@ class Vcpu:
             write=write,
             tried=host.retry_is_idle(pid),
         )
-        self._wait_since = -1
-        self.in_guest = True
         waited = env.now - t0
-        latency = waited + cpu_ns
-        self.pending_ns += cpu_ns
-        vm.stats.stall_ns += waited  # cpu_ns is counted when paid (pending_ns)
-        if self.accrual is not None:
-            self.accrual.add(vm.index, int(t0), int(env.now), True)
+        if blocking:
+            self._wait_since = -1
+            self.in_guest = True
+            self.pending_ns += cpu_ns
+            vm.stats.stall_ns += waited  # cpu_ns is counted when paid (pending_ns)
+            if self.accrual is not None:
+                self.accrual.add(vm.index, int(t0), int(env.now), True)
+        else:
+            self._apf_gfns.discard(gfn)
+            vm.stats.async_pf += 1
+            self.pending_ns += self.costs.vmexit_ns
+            if self.mem.stamps and not vm.mm.dead:
+                self.mem.last_access_us[pid] = env.now // 1000
         fault_done(
             vm,
             self.sink,
@@ -409,5 +508,6 @@ class Vcpu:
             pid=pid,
             kind=kind,
             refault=refault,
-            latency_ns=latency,
+            latency_ns=waited + cpu_ns,
+            stalled=blocking,
         )

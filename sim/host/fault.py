@@ -28,7 +28,8 @@ Kernel reference
     policy).
 
 Simplifications
-    Synchronous faults only (no async page faults): the vCPU thread blocks for the read. A second
+    The host side is the same for an async page fault (guest/vcpu.py): KVM's worker then waits
+    for the read instead of the vCPU thread. A second
     vCPU faulting on a page whose fault-in is in progress waits for it (the folio lock) and counts
     a minor fault. A guest read of a never-touched page allocates a frame (the kernel would map
     the shared zero page until the first write; guests write pages before reading them almost
@@ -50,6 +51,7 @@ import numpy as np
 import simpy
 from numpy.typing import NDArray
 
+from sim import fast
 from sim.host.kswapd import ProcessGen
 from sim.host.memory import (
     PAGE_SHIFT,
@@ -130,6 +132,7 @@ class HostFaultHandler:
         self.cluster_order = page_cluster - (PMD_ORDER if ptrs_per_pmd == 1 else 0)
         assert not rotational or swap.tracks_slots, "cluster readahead needs slot identities"
         self.memcg: MemCgroups | None = None  # the VMs' memcgs (memory.high), if any
+        self._plain = fast.enabled("plain_swapin")  # swapin_begin may take a fault whole
 
     def is_refault(self, pid: int) -> bool:
         """The page was evicted since its last fault: touched (it has a frame or a swap copy)
@@ -222,6 +225,56 @@ class HostFaultHandler:
         if self.memcg is not None:  # on the way back to the guest (resume_user_mode_work)
             yield from self.memcg.handle_over_high(self.mem.page_owner(pid))
         return result
+
+    def swapin_begin(self, pid: int) -> tuple[simpy.Timeout, int, int] | None:
+        """:meth:`handle_mm_fault` of a plain major fault up to its read's wait, in one call
+        rather than through the generators: the page is only in swap, no fault-in of it is in
+        progress, its mm lives, there is no memcg to charge, no readahead, zswap or zram, and
+        a frame is free above the min watermark. Then it does what that path does, in its
+        order (``pgfault``, the folio lock, the frame, ``pswpin``), and returns the read's
+        timeout with the frame and the shadow for :meth:`swapin_end`; otherwise None, having
+        done nothing. The fast path ``plain_swapin`` (sim/fast.py)."""
+        mem = self.mem
+        f = mem.flags.item(pid)
+        if (
+            not self._plain
+            or f & (PTE_PRESENT | PG_RESIDENT)
+            or not f & PG_SWAP
+            or mem.nr_free <= mem.wmark.min
+            or self.memcg is not None
+            or self.page_cluster
+            or self.swap.zram
+            or self.swap.zswap is not None
+            or self.env is None
+            or pid in self._inflight
+            or pid in self._ra_wait
+        ):
+            return None
+        owner = mem.page_owner(pid)
+        if self.mms[owner].dead:
+            return None
+        self.vmstat.count(_PGFAULT, 1, owner)
+        self._inflight[pid] = None
+        shadow = mem.pfn.item(pid)
+        pfn = self.alloc.alloc_fast(pid)
+        mem.nr_swapped[owner] -= 1
+        mem.flags[pid] = mem.flags.item(pid) | PG_LOCKED
+        now = self.env.now
+        t_done = self.swap.submit(now, write=False, per_mm=owner)[0]
+        fast.took("plain_swapin")
+        return self.env.timeout(t_done - now), pfn, shadow
+
+    def swapin_end(self, pid: int, write: bool, pfn: int, shadow: int) -> None:
+        """The read :meth:`swapin_begin` started is done: what :meth:`_fault_in` and
+        :meth:`handle_mm_fault` do after it (unlock, map or drop, wake the lock's waiters);
+        the fault was ``HostFault.MAJOR``."""
+        flags = self.mem.flags
+        flags[pid] = flags.item(pid) & ~PG_LOCKED
+        if self.mms[self.mem.page_owner(pid)].dead:
+            self._drop(pid, pfn)
+        else:
+            self._swapin_done(pid, pfn, write, shadow)
+        self._unlock(pid)
 
     def _fault_in(self, pid: int, write: bool, swapped: bool) -> ProcessGen:
         mem = self.mem

@@ -18,7 +18,8 @@ Both worlds
     that needs no waiting there. Both count each resolved fault with ``fault_done``.
 
 Simplifications
-    Async page faults are off (the vCPU thread blocks during a swap-in). The fault's CPU cost is
+    An async page fault (``vms[].async_pf``) runs this same path in a process of its own
+    (KVM's worker), the vCPU running on (guest/vcpu.py). The fault's CPU cost is
     returned to the caller rather than waited here, so the vCPU pays it with its next step.
 """
 
@@ -90,14 +91,17 @@ def fault_done(
     kind: FaultKind,
     refault: bool,
     latency_ns: int,
+    stalled: bool = True,
 ) -> None:
     """A guest fault of ``vm`` is resolved: count it (by kind; a refault if its page had been
     evicted since it was last faulted in, as ``HostFaultHandler.is_refault`` said before the
-    fault; its latency in ``fault_ns``) and log it. Every world counts its faults here."""
+    fault; its latency in ``fault_ns`` if a vCPU stalled for it, not for an async one) and log
+    it. Every world counts its faults here."""
     st = vm.stats
     st.faults[kind] += 1
     st.refaults += refault
-    st.fault_ns += latency_ns
+    if stalled:
+        st.fault_ns += latency_ns
     if sink is not None:
         sink.fault(t_ns, vm.index, vcpu, gfn, kind, latency_ns, pid)
 
@@ -160,7 +164,13 @@ def kvm_page_fault(
     retries = 0
     while True:
         mmu_seq = mmu.mmu_invalidate_seq
-        hf = yield from host.handle_mm_fault(pid, write, tried)
+        plain = host.swapin_begin(pid)
+        if plain is not None:  # the same steps, without the generators' frames
+            yield plain[0]
+            host.swapin_end(pid, write, plain[1], plain[2])
+            hf = HostFault.MAJOR
+        else:
+            hf = yield from host.handle_mm_fault(pid, write, tried)
         tried = False
         if kind is None:
             kind = _KIND[hf]

@@ -38,6 +38,8 @@ class KvmNotifier:
 
     def __init__(self, mmu: KvmMmu, *, aging: bool = True, flush_on_age: bool = False) -> None:
         self.mmu, self.aging, self.flush_on_age = mmu, aging, flush_on_age
+        # what else the VM drops with its sptes at release (its vCPUs' cached translations)
+        self.on_release: Callable[[], None] | None = None
 
     def ops(self) -> MmuNotifierOps:
         """The ops table KVM registers (``kvm_init_mmu_notifier``)."""
@@ -102,5 +104,8 @@ class KvmNotifier:
         self.mmu.invalidate_end(len(start))
 
     def release(self) -> None:
-        """``kvm_mmu_notifier_release``: the mm is exiting; drop every spte."""
+        """``kvm_mmu_notifier_release``: the mm is exiting; drop every spte (and, with them,
+        every translation the vCPUs cached: ``kvm_flush_shadow_all`` flushes)."""
         self.mmu.zap_all()
+        if self.on_release is not None:
+            self.on_release()

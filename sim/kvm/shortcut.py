@@ -38,6 +38,7 @@ from numpy.typing import NDArray
 from sim import fast
 from sim.host.memory import PG_DIRTY, PTE_PRESENT, PTE_YOUNG, HostMemory
 from sim.host.mmu_notifier import MmuNotifierOps, NotifierWork
+from sim.host.vmstat import NOTIFIER_KEYS, VmEvents, VmStat
 from sim.kvm.spte import SPTE_NONPRESENT, age, is_dirty, is_present, is_young
 from sim.kvm.vm import Vm
 
@@ -169,6 +170,14 @@ def _unmap(
     return _involved(counts, inv)
 
 
+_CLEAR_FLUSH_YOUNG = NOTIFIER_KEYS["clear_flush_young"]
+_CLEAR_YOUNG = NOTIFIER_KEYS["clear_young"]
+_INVALIDATE_START = NOTIFIER_KEYS["invalidate_range_start"]
+_INVALIDATE_END = NOTIFIER_KEYS["invalidate_range_end"]
+_SPTES_WALKED = VmStat.SPTES_WALKED.value
+_TLB_FLUSHES = VmStat.TLB_FLUSHES.value
+
+
 class TdpShortcut:
     """The fused walk for ``vms`` whose sptes are ``spte`` (host-wide, indexed by page id).
 
@@ -200,6 +209,12 @@ class TdpShortcut:
             vm.mm.notifiers.watch(partial(self._subscribers_changed, i))
         self._counts = np.zeros(n, dtype=np.int64)
         self._young = np.zeros(n, dtype=np.int64)
+        # the counters every mm's notifiers and MMU count into (the host's, or none)
+        self._vmstat: VmEvents | None = self.vms[0].mmu.vmstat if self.vms else None
+        for vm in self.vms:
+            assert vm.mmu.vmstat is self._vmstat, "one host's counters"
+            assert vm.mm.notifiers.vmstat is self._vmstat, "one host's counters"
+        self._flush_on_age = [o for o, vm in enumerate(self.vms) if vm.notifier.flush_on_age]
         self._inv = np.zeros(n, dtype=np.int64)
 
     def _subscribers_changed(self, i: int) -> None:
@@ -248,16 +263,22 @@ class TdpShortcut:
         """The per-VM side effects of an aging walk that made ``counts[o]`` notifier calls
         into mm ``o``, ``young[o]`` of them finding the spte young: call counts, the walk,
         and the remote TLB flushes of ``clear_flush_young``; mms in ascending order, as the
-        chain visits them."""
-        op = "clear_flush_young" if flush else "clear_young"
-        for o in np.flatnonzero(counts).tolist():
-            c = counts.item(o)
-            vm = self.vms[o]
-            vm.mm.notifiers.count(op, c)
-            work.nr_notifier_calls += c
-            vm.mmu.count_walk(work, c)
-            if flush and vm.notifier.flush_on_age:
-                vm.mmu.flush_remote_tlbs(young.item(o), work)
+        chain visits them. Counted per key over all mms at once (each mm's share, as each
+        callback would count it)."""
+        calls = counts.tolist()
+        total = sum(calls)
+        if not total:
+            return
+        work.nr_notifier_calls += total
+        work.nr_sptes_walked += total
+        vs = self._vmstat
+        if vs is not None:
+            vs.count_per_mm(_CLEAR_FLUSH_YOUNG if flush else _CLEAR_YOUNG, calls)
+            vs.count_per_mm(_SPTES_WALKED, calls)
+        if flush:
+            for o in self._flush_on_age:
+                if calls[o]:
+                    self.vms[o].mmu.flush_remote_tlbs(young.item(o), work)
 
     def unmap(self, pids: NDArray[np.int32], work: NotifierWork) -> bool:
         """``try_to_unmap``'s invalidation bracket and host pte clear for one page per pid;
@@ -276,18 +297,31 @@ class TdpShortcut:
         self, counts: NDArray[np.int64], zapped: NDArray[np.int64], work: NotifierWork
     ) -> None:
         """The per-VM side effects of ``counts[o]`` invalidations of mm ``o`` that zapped
-        ``zapped[o]`` present sptes: KVM's invalidation bracket and counters, the vCPUs
-        rechecking their step, the remote TLB flushes, the notifier call counts."""
-        for o in np.flatnonzero(counts).tolist():
-            c, nz = counts.item(o), zapped.item(o)
-            mmu = self.vms[o].mmu
-            subs = self.vms[o].mm.notifiers
-            mmu.invalidate_begin(c)
-            mmu.zapped += nz
-            mmu.revoked()
-            mmu.flush_remote_tlbs(nz, work)
-            subs.count("invalidate_range_start", c)
-            mmu.count_walk(work, c)
-            mmu.invalidate_end(c)
-            subs.count("invalidate_range_end", c)
-            work.nr_notifier_calls += 2 * c
+        ``zapped[o]`` present sptes: KVM's invalidation bracket (nothing runs inside it: its
+        sequence moves on), the vCPUs rechecking their step, the remote TLB flushes, the
+        counts (per key over all mms at once, as :meth:`aged`)."""
+        calls = counts.tolist()
+        total = sum(calls)
+        if not total:
+            return
+        zaps = zapped.tolist()
+        flushes = sum(zaps)
+        work.nr_notifier_calls += 2 * total
+        work.nr_sptes_walked += total
+        vs = self._vmstat
+        if vs is not None:
+            vs.count_per_mm(_INVALIDATE_START, calls)
+            vs.count_per_mm(_SPTES_WALKED, calls)
+            vs.count_per_mm(_INVALIDATE_END, calls)
+            if flushes:
+                vs.count_per_mm(_TLB_FLUSHES, zaps)
+        work.nr_tlb_flushes += flushes
+        for o, c in enumerate(calls):
+            if c:
+                mmu = self.vms[o].mmu
+                mmu.mmu_invalidate_seq += c
+                nz = zaps[o]
+                mmu.zapped += nz
+                mmu.revoked()
+                if nz:
+                    mmu.kick(nz)

@@ -26,6 +26,7 @@ from sim.kvm.mmu import KvmMmu, Memslot
 from sim.kvm.notifier import KvmNotifier
 
 if TYPE_CHECKING:
+    from sim.guest.tlb import GuestTlbs
     from sim.guest.vcpu import Vcpu
 
 
@@ -39,6 +40,7 @@ class VmStats:
     stall_ns: int = 0  # vCPU time lost to faults, reclaim stalls and forced exits
     fault_ns: int = 0  # part of stall_ns spent in fault handling (incl. direct reclaim, I/O)
     tlb_flush_exits: int = 0
+    async_pf: int = 0  # faults made asynchronous (kvm_arch_setup_async_pf): no vCPU waited
     compute_ns: int = 0  # vCPU time running guest code
 
 
@@ -97,6 +99,15 @@ class Vm:
         self.nr_vcpus = 0  # configured vCPUs (demand mode runs none as processes)
         self.stats = VmStats()
         self.tlb_flush_exit_ns = tlb_flush_exit_ns
+        # the vCPUs' TLB model (guest/tlb.py), set by the world when the VM has one
+        self.tlbs: GuestTlbs | None = None
+        self.tlb_rows = range(0)
+        self.notifier.on_release = self._release_tlbs
+
+    def _release_tlbs(self) -> None:
+        """The mm exited and KVM dropped every spte: the vCPUs' TLBs go with them."""
+        if self.tlbs is not None:
+            self.tlbs.flush(self.tlb_rows)
 
     def _mark_dirty(self, gfns: NDArray[np.int64]) -> None:
         """``kvm_set_pfn_dirty``: a zapped spte was dirty, so the host folio is too."""
@@ -108,7 +119,10 @@ class Vm:
             v.revoked()
 
     def kick(self, n: int) -> None:
-        """``n`` remote TLB flushes: every vCPU in guest mode takes ``n`` forced exits."""
+        """``n`` remote TLB flushes: every vCPU in guest mode takes ``n`` forced exits, and
+        every vCPU's TLB is emptied (``kvm_vcpu_flush_tlb_all``, at once or at its entry)."""
+        if self.tlbs is not None:
+            self.tlbs.flush(self.tlb_rows)
         for v in self.vcpus:
             if v.in_guest:
                 v.pending_ns += n * self.tlb_flush_exit_ns

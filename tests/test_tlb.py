@@ -1,0 +1,175 @@
+"""The guest TLB model (sim/guest/tlb.py): hand-worked walks, flushes, and worlds with it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sim.config import parse_scenario
+from sim.engine import build_world
+from sim.errors import ConfigError
+from sim.guest.tlb import NO_ROWS, GuestTlbs, TlbGeometry, tlb_first_fault, tlb_touch
+from sim.guest.touch import ept_touch
+from sim.kvm.spte import SPTE_ACCESS_TRACKED, SPTE_ACCESSED, SPTE_DIRTY, SPTE_PRESENT
+from tests.conftest import tiny
+from tests.test_invariants import scenarios
+
+P, A, D, T = SPTE_PRESENT, SPTE_ACCESSED, SPTE_DIRTY, SPTE_ACCESS_TRACKED
+_STAMPS = np.empty(0, dtype=np.uint32)
+
+
+def _walk(
+    tlbs: GuestTlbs, spte: np.ndarray, pages: list[int], writes: list[bool] | None = None
+) -> int:
+    idx = np.array(pages, dtype=np.int64)
+    w = np.array(writes if writes is not None else [False] * len(pages), dtype=np.bool_)
+    return int(
+        tlb_touch(
+            spte, idx, idx, w, _STAMPS, 0, 0, 0, len(pages), NO_ROWS, 0,
+            tlbs.tags, tlbs.used, tlbs.dirty, tlbs.st,
+        )
+    )  # fmt: skip
+
+
+def test_a_cached_translation_sets_no_accessed_bit() -> None:
+    """Page 0 is filled (accessed set), aging clears the bit, the next access hits the TLB
+    and leaves it clear; after a flush the access walks again and sets it."""
+    tlbs = GuestTlbs([TlbGeometry(4, 2, 0)])
+    spte = np.full(8, P, dtype=np.uint8)
+    assert _walk(tlbs, spte, [0]) == 1
+    assert spte[0] == P | A
+    spte[0] = P  # clear_young, no flush
+    _walk(tlbs, spte, [0, 0])
+    assert spte[0] == P
+    assert tlbs.totals(range(1)) == {"hits": 2, "fills": 1, "flushes": 0}
+    tlbs.flush(range(1))
+    _walk(tlbs, spte, [0])
+    assert spte[0] == P | A
+    assert tlbs.totals(range(1)) == {"hits": 2, "fills": 2, "flushes": 1}
+
+
+def test_a_write_through_a_clean_entry_walks_for_the_dirty_bit() -> None:
+    tlbs = GuestTlbs([TlbGeometry(4, 2, 0)])
+    spte = np.full(8, P, dtype=np.uint8)
+    _walk(tlbs, spte, [3])  # a read fills a clean entry
+    spte[3] = P
+    _walk(tlbs, spte, [3], [True])  # the write walks: accessed and dirty set
+    assert spte[3] == P | A | D
+    spte[3] = P | D
+    _walk(tlbs, spte, [3], [True])  # the entry holds the dirty bit now: no walk
+    assert spte[3] == P | D
+
+
+def test_least_recently_used_way_is_replaced() -> None:
+    """Two sets of two ways: pages 0, 2, 4 share set 0. After 0, 2, 0 the LRU way holds 2, so
+    4 replaces it; 0 still hits, 2 walks again."""
+    tlbs = GuestTlbs([TlbGeometry(4, 2, 0)])
+    spte = np.full(8, P, dtype=np.uint8)
+    _walk(tlbs, spte, [0, 2, 0, 4])
+    spte[:] = P
+    _walk(tlbs, spte, [0, 2])
+    assert spte[0] == P  # hit
+    assert spte[2] == P | A  # evicted by 4: walked
+    assert tlbs.totals(range(1))["fills"] == 4
+
+
+def test_context_switches_flush_every_so_many_accesses() -> None:
+    tlbs = GuestTlbs([TlbGeometry(4, 4, 3)])
+    spte = np.full(8, P, dtype=np.uint8)
+    _walk(tlbs, spte, [1] * 7)  # flushes before the 4th and 7th accesses
+    assert tlbs.totals(range(1)) == {"hits": 4, "fills": 3, "flushes": 2}
+
+
+def test_faults_stop_the_walk_and_a_row_without_a_tlb_walks_every_access() -> None:
+    tlbs = GuestTlbs([TlbGeometry(0, 1, 0)])
+    spte = np.array([P, P, 0, P], dtype=np.uint8)
+    ref = spte.copy()
+    assert _walk(tlbs, spte, [0, 1, 2, 3]) == 2
+    idx = np.arange(4, dtype=np.int64)
+    assert ept_touch(ref, idx, idx, np.zeros(4, np.bool_), _STAMPS, 0, 0, 0, 4) == 2
+    assert (spte == ref).all()
+    assert tlbs.totals(range(1)) == {"hits": 0, "fills": 0, "flushes": 0}
+
+
+def test_a_cached_translation_hides_access_tracking_but_not_a_zap() -> None:
+    """Without EPT A/D bits aging parks the spte (access-tracked) without a flush: a cached
+    translation still works. A zapped spte (not present) faults whatever the TLB holds."""
+    tlbs = GuestTlbs([TlbGeometry(4, 2, 0)])
+    spte = np.full(4, P, dtype=np.uint8)
+    _walk(tlbs, spte, [0, 1])
+    spte[0] = P | T
+    spte[1] = 0
+    assert _walk(tlbs, spte, [0]) == 1
+    assert _walk(tlbs, spte, [1]) == 0
+    idx = np.array([0, 1], dtype=np.int64)
+    assert tlb_first_fault(spte, idx, 0, 2, 0, tlbs.tags, tlbs.st) == 1
+
+
+def test_entries_must_fill_whole_sets() -> None:
+    raw = tiny().model_dump()
+    raw["vms"][0]["guest_tlb"] = {"entries": 10, "ways": 4}
+    with pytest.raises(ConfigError, match=r"vms\[0\]\.guest_tlb: entries \(10\) is not a multiple"):
+        parse_scenario(raw)
+
+
+def _tlb_world(raw: dict[str, Any], entries: int, ways: int) -> dict[str, Any]:
+    for vm in raw["vms"]:
+        vm["guest_tlb"] = {"entries": entries, "ways": ways, "context_switch_us": 0}
+    return raw
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios(), st.sampled_from([(4, 1), (16, 4), (64, 64)]))
+def test_no_entry_outlives_its_spte(raw: dict[str, Any], geo: tuple[int, int]) -> None:
+    """In random worlds with a TLB per vCPU, every cached translation is of a present spte
+    when the run ends, and the world's invariants hold."""
+    w = build_world(parse_scenario(_tlb_world(raw, *geo)), None)
+    w.run()
+    assert w.tlbs is not None
+    for vm in w.vms:
+        w.tlbs.check(vm.mmu.spte, vm.tlb_rows)
+    w.check()
+
+
+@pytest.mark.parametrize("trigger", ["demand", "watermark"])
+def test_every_access_hits_or_fills_and_the_oracles_do_not_move(trigger: str) -> None:
+    """Each access either used a cached translation or walked and filled one (a faulting
+    access fills when it retries), so hits + fills = accesses per VM (the vCPU world also
+    counts the accesses of runs cut short, done again after the cut); the reference string
+    does not depend on the TLB, so exact LRU's and OPT's misses on it do not move."""
+    hot = {"name": "hot", "memory_mib": 8, "working_set_mib": 2, "vcpus": 2}
+    scan = {"name": "scan", "memory_mib": 16, "workload": {"type": "uniform"}}
+    base = {
+        "name": "tlb",
+        "seed": 3,
+        "duration_s": 0.05,
+        "host": {"memory_mib": 12},
+        "reclaim": {"policy": "two_list", "trigger": trigger},
+        "vms": [hot, scan],
+    }
+    quality = []
+    for tlb in (None, {"entries": 64, "ways": 4, "context_switch_us": 100}):
+        vms = [vm | ({"guest_tlb": tlb} if tlb and vm is hot else {}) for vm in (hot, scan)]
+        w = build_world(parse_scenario(base | {"vms": vms}), None)
+        w.run()
+        s = w.summary(0.0)
+        quality.append(
+            {k: s.get("quality", {}).get(k) for k in ("opt_faults", "lru_faults", "frames")}
+        )
+        if tlb is None:
+            assert all("guest_tlb" not in v for v in s["vms"])
+            continue
+        t = s["vms"][0]["guest_tlb"]
+        assert t["hits"] > 0
+        assert t["flushes"] > 0
+        done = w.vms[0].stats.accesses
+        if trigger == "demand":
+            assert t["hits"] + t["fills"] == done
+        else:  # a run cut short by a revoked spte walked accesses it then took back
+            assert done <= t["hits"] + t["fills"] <= done * 1.05
+        assert "guest_tlb" not in s["vms"][1]
+    assert quality[0] == quality[1]
