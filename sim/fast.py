@@ -63,6 +63,14 @@ FAST_PATHS: dict[str, FastPath] = {
             "sim/engine.py, at world build (core_for)",
         ),
         FastPath(
+            "mglru_compiled",
+            "MGLRU's numpy steps (scan_folios with sort_folio and isolation, the reference "
+            "check, the putback and the lru_add drain into generations, folio_update_gen, "
+            "folio_rotate_reclaimable, workingset_eviction) by compiled passes over the same "
+            "arrays (sim/reclaim/mglru.py)",
+            "sim/reclaim/mglru.py, at each call (the scan only with the host's Vmscan)",
+        ),
+        FastPath(
             "vcpu_inline_faults",
             "ending a vCPU's step at a fault that needs no waiting and resolving it as the "
             "vCPU's next process step, by resolving it inside the step while nothing else is due",

@@ -38,9 +38,11 @@ from sim.engine import World
 from sim.guest.traces import read_trace
 from sim.guest.workloads import AccessStream
 from sim.machine import rng_for
+from sim.reclaim import mglru
 from sim.reclaim.base import PageQueue
 from sim.replay import FAST, replay
 from tests.test_invariants import scenarios
+from tests.test_memcg import limits
 
 Raw = dict[str, Any]
 _SETTINGS: dict[str, Any] = {
@@ -237,6 +239,30 @@ def cored(draw: st.DrawFn, huge: bool = False) -> Raw:
 
 
 @st.composite
+def mglrued(draw: st.DrawFn, huge: bool = False) -> Raw:
+    """A random MGLRU scenario (its page cache and swappiness as drawn, else swappiness mostly
+    60; both promotion rules, the walk with and without notifiers, sometimes min_ttl), in half
+    of them with VMs in memcgs (an lruvec each, some limited), often on a host at its
+    smallest."""
+    raw = copy.deepcopy(draw(scenarios(huge=huge)))
+    if raw["reclaim"]["policy"] != "mglru":
+        raw["reclaim"] = {"policy": "mglru", "swappiness": draw(st.sampled_from([0, 60, 60, 200]))}
+    raw["reclaim"] |= {
+        "promotion": draw(st.sampled_from(["two_step", "one_step"])),
+        "notifier_walk": draw(st.integers(0, 3)) > 0,
+        "min_ttl_ms": draw(st.sampled_from([0, 0, 1])),
+    }
+    if draw(st.booleans()):
+        for vm in raw["vms"]:
+            cg = draw(st.one_of(st.none(), limits))
+            if cg is not None:
+                vm["memcg"] = {k: v * (8 if huge else 1) for k, v in cg.items()}
+    if draw(st.booleans()):
+        raw["host"]["memory_mib"] = 16 if huge else 2
+    return raw
+
+
+@st.composite
 def plain_swapins(draw: st.DrawFn, huge: bool = False) -> Raw:
     """A random scenario whose major faults can be plain: a disk without zswap or readahead;
     often a host at its smallest, so that pages are swapped out and read back."""
@@ -289,6 +315,7 @@ class WorldPath:
 WORLD_PATHS: dict[str, WorldPath] = {
     "tdp_shortcut": WorldPath(tdp(), tdp(huge=True), 0.25, _rmap_walked),
     "host_core": WorldPath(cored(), cored(huge=True), 0.5, _reclaimed),
+    "mglru_compiled": WorldPath(mglrued(), mglrued(huge=True), 0.5, _reclaimed),
     "vcpu_inline_faults": WorldPath(scenarios(), scenarios(huge=True), 0.5),
     "plain_swapin": WorldPath(plain_swapins(), plain_swapins(huge=True), 0.25),
     "prefault_batch": WorldPath(prefaulted(), prefaulted(huge=True), 0.4),
@@ -420,6 +447,41 @@ def test_inline_faults_wait_for_the_others_the_same_event_woke() -> None:
     }
     taken, _ = check_world(raw, ("vcpu_inline_faults",))
     assert taken["vcpu_inline_faults"] > 0
+
+
+@pytest.mark.parametrize("memcg", [False, True], ids=["root", "memcg"])
+def test_mglru_worlds_scan_compiled(memcg: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every other compiled step is taken in any MGLRU world that faults, so the share above
+    cannot tell whether the scan is: an MGLRU world under pressure, on the node's lruvec or
+    on memcgs' (the host's Vmscan behind a memcg's view), scans through the compiled pass,
+    and with the fast path off never."""
+    calls: list[int] = []
+    kernel = mglru._scan_kernel
+
+    def counted(*args: Any) -> Any:
+        calls.append(1)
+        return kernel(*args)
+
+    monkeypatch.setattr(mglru, "_scan_kernel", counted)
+    vm = {"name": "v", "count": 2, "memory_mib": 8, "access_rate_per_s": 1_000_000}
+    if memcg:
+        vm["memcg"] = {"max_mib": 4}
+    raw: Raw = {
+        "name": "scan",
+        "seed": 3,
+        "duration_s": 0.02,
+        "host": {"memory_mib": 12},
+        "reclaim": {"policy": "mglru"},
+        "swap": {"size_mib": 64},
+        "vms": [vm],
+    }
+    _, general = check_world(raw, ("mglru_compiled",))
+    assert general["vmstat"]["pgscan_anon"] > 0
+    n = len(calls)
+    assert n > 0
+    with fast.disabled("mglru_compiled"):
+        run_world(raw)
+    assert len(calls) == n
 
 
 # -- fast paths outside the watermark world ------------------------------------------------

@@ -107,6 +107,18 @@ Models
     (``ptep_clear_flush_young_notify``, which does ask KVM), after a host-only look-around if
     its host pte was young. Everything else (placement, two-step, reference rules) stays 6.14.
 
+Compiled path
+    The fast path ``mglru_compiled`` (sim/fast.py) does the per-batch steps as compiled passes
+    over the same arrays: ``scan_folios`` with ``sort_folio`` and isolation (reading
+    PG_writeback and PG_dirty and setting PG_reclaim in the host's page flags, as Vmscan's
+    tests do, so only with the host's Vmscan as reclaimer), the reference check after the
+    look-around, the putback and the lru_add drain, ``folio_update_gen``,
+    ``folio_rotate_reclaimable`` and ``workingset_eviction``. Each is the numpy step's loop
+    folio by folio in its order, so every link, generation, flag, page count and counter ends
+    the same; ``MEMSIM_FAST_DISABLE=mglru_compiled`` runs the numpy steps, and
+    tests/test_fastpaths.py compares the two over random worlds. The host's side (the
+    look-around windows, ``clear_young``, ``shrink_folio_list``) is the host's.
+
 Kernel reference
     mm/vmscan.c: ``try_to_inc_max_seq``, ``inc_max_seq``, ``inc_min_seq``,
     ``try_to_inc_min_seq``, ``walk_pte_range``, ``folio_update_gen``, ``folio_inc_gen``,
@@ -172,13 +184,15 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
+import numba
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field
 
+from sim import fast
 from sim.host.memcontrol import Protection, apply_proportional_protection
-from sim.host.memory import DEF_PRIORITY, PTRS_PER_PMD
-from sim.host.vmscan import Outcome, ScanControl
+from sim.host.memory import DEF_PRIORITY, PG_DIRTY, PG_RECLAIM, PG_WRITEBACK, PTRS_PER_PMD
+from sim.host.vmscan import Outcome, ScanControl, Vmscan
 from sim.host.vmstat import VmStat
 from sim.reclaim.base import (
     LruLinks,
@@ -230,6 +244,376 @@ _SEQ_BITS = 31 - LRU_REFS_WIDTH
 _SEQ_MASK = (1 << _SEQ_BITS) - 1
 
 
+# -- the compiled path (fast path ``mglru_compiled``, sim/fast.py) ---------------------------
+# The same steps as the numpy methods they stand in for, folio by folio in the same order: the
+# same list links written (stale ones included), generations, flags, page counts and counters.
+# MGLRU's lists never buffer single adds (no PageQueue.add_one), so each list is its sentinel
+# in the shared links. ``sentinels[type, gen]`` names the lists.
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _add_head(
+    nxt: NDArray[np.int32], prev: NDArray[np.int32], s: int, pfns: NDArray[np.int64], n: int
+) -> None:
+    """``PageQueue.add_head`` of ``pfns[:n]`` onto the list of sentinel ``s``."""
+    if n == 0:
+        return
+    head = prev[s]
+    for i in range(n - 1):
+        nxt[pfns[i]] = pfns[i + 1]
+        prev[pfns[i + 1]] = pfns[i]
+    first, last = pfns[0], pfns[n - 1]
+    nxt[head] = first
+    prev[first] = head
+    nxt[last] = s
+    prev[s] = last
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _tier_of(fl: int) -> tuple[int, bool]:
+    """``_tier`` of one folio: its tier, and whether refs + workingset are maxed."""
+    refs = ((fl & LRU_REFS_MASK) >> LRU_REFS_PGOFF) + 1 if fl & PG_REFERENCED else 0
+    ws = 1 if fl & PG_WORKINGSET else 0
+    tier = MAX_NR_TIERS - 1 if ws else _OB2[refs]
+    return tier, refs + ws == _MAXED
+
+
+@numba.njit(cache=True, nogil=True)
+def _scan_kernel(
+    nxt: NDArray[np.int32],
+    prev: NDArray[np.int32],
+    sentinels: NDArray[np.int64],
+    gen: NDArray[np.uint8],
+    dec: NDArray[np.int64],
+    fl: NDArray[np.uint8],
+    hflags: NDArray[np.uint8],
+    frame_pid: NDArray[np.int32],
+    nr_pages: NDArray[np.int64],
+    protected: NDArray[np.int64],
+    min_seq: int,
+    tier_idx: int,
+    file: bool,
+    remaining: int,
+    cap: int,
+    iso: NDArray[np.int64],
+    sizes: NDArray[np.int64],
+) -> tuple[int, int, int, int, int, int, int, bool]:
+    """``Mglru._scan_folios``' loop over one type's oldest generation (``sentinels`` of that
+    type): chunks off the tail, sorted (promoted to their lists, protected or under write-out
+    to ``min_seq + 1``) or isolated into ``iso``. PG_writeback and PG_dirty are read, and
+    PG_reclaim set, in the host's page flags ``hflags`` as Vmscan's ``folio_test_writeback``,
+    ``folio_test_dirty`` and ``folio_set_reclaim`` do. Returns (isolated, scanned, budget
+    left, sorted, protected counted, dirty file folios, of which unqueued, whether any chunk
+    sorted a folio up); ``sizes`` gets what each list's ``PageQueue._size`` gains."""
+    s = sentinels[min_seq % MAX_NR_GENS]
+    up_s = sentinels[(min_seq + 1) % MAX_NR_GENS]
+    chunk = np.empty(MIN_LRU_BATCH, dtype=np.int64)
+    seq = np.empty(MIN_LRU_BATCH, dtype=np.int64)
+    cfl = np.empty(MIN_LRU_BATCH, dtype=np.uint8)
+    tiers = np.empty(MIN_LRU_BATCH, dtype=np.int64)
+    kind = np.empty(MIN_LRU_BATCH, dtype=np.int8)  # 0 promoted, 1 protected, 2 write-out, 3 take
+    maxed = np.empty(MIN_LRU_BATCH, dtype=np.bool_)
+    buf = np.empty(MIN_LRU_BATCH, dtype=np.int64)
+    scanned = sorted_ = n_iso = nprot = file_dirty = unqueued = 0
+    any_inc = False
+    while remaining and n_iso < cap and nxt[s] != s:
+        # isolate_tail: a chunk of the tail
+        want = min(remaining, MIN_LRU_BATCH, max(8, 2 * (cap - n_iso)))
+        k = 0
+        cur = nxt[s]
+        while k < want and cur != s:
+            chunk[k] = cur
+            k += 1
+            cur = nxt[cur]
+        nxt[s] = cur
+        prev[cur] = s
+        sizes[min_seq % MAX_NR_GENS] -= k
+        need = cap - n_iso
+        taken = 0
+        cut = k
+        for i in range(k):
+            p = chunk[i]
+            f = fl[p]
+            cfl[i] = f
+            seq[i] = dec[gen[p]]
+            tiers[i], maxed[i] = _tier_of(f)
+            if seq[i] != min_seq:
+                kind[i] = 0
+            elif tiers[i] > tier_idx or maxed[i]:
+                kind[i] = 1
+            else:
+                h = hflags[frame_pid[p]]
+                dirty = file and (h & PG_DIRTY) != 0
+                if h & PG_WRITEBACK:
+                    kind[i] = 2
+                elif dirty:
+                    kind[i] = 2
+                    unqueued += 1
+                else:
+                    kind[i] = 3
+                if dirty:
+                    file_dirty += 1
+            if kind[i] == 3:
+                taken += 1
+                if taken == need:
+                    cut = i + 1
+                    break
+        # stop right after the last one taken: the rest go back to the tail, unread
+        if cut < k:
+            first, last = chunk[cut], chunk[k - 1]
+            tail = nxt[s]
+            for i in range(cut, k - 1):
+                nxt[chunk[i]] = chunk[i + 1]
+                prev[chunk[i + 1]] = chunk[i]
+            prev[first] = s
+            nxt[s] = first
+            nxt[last] = tail
+            prev[tail] = last
+            sizes[min_seq % MAX_NR_GENS] += k - cut
+        scanned += cut
+        remaining -= cut
+        # promoted: to the head of their generations' lists, by generation
+        for g in range(MAX_NR_GENS):
+            m = 0
+            for i in range(cut):
+                if kind[i] == 0 and seq[i] % MAX_NR_GENS == g:
+                    buf[m] = chunk[i]
+                    m += 1
+            _add_head(nxt, prev, sentinels[g], buf, m)
+            sizes[g] += m
+            sorted_ += m
+        # protected and under write-out: folio_inc_gen into min_seq + 1 (PG_reclaim on the
+        # latter)
+        m = 0
+        for i in range(cut):
+            if kind[i] == 2:
+                hflags[frame_pid[chunk[i]]] |= PG_RECLAIM
+        for i in range(cut):
+            if kind[i] == 1 or kind[i] == 2:
+                p = chunk[i]
+                if kind[i] == 1 and not maxed[i]:
+                    protected[tiers[i]] += 1
+                    nprot += 1
+                fl[p] = cfl[i] & ~LRU_REFS_FLAGS
+                nr_pages[seq[i] % MAX_NR_GENS] -= 1
+                gen[p] = (min_seq + 1) % _SEQ_MOD
+                nr_pages[(min_seq + 1) % MAX_NR_GENS] += 1
+                buf[m] = p
+                m += 1
+        _add_head(nxt, prev, up_s, buf, m)
+        sizes[(min_seq + 1) % MAX_NR_GENS] += m
+        sorted_ += m
+        any_inc |= m > 0
+        # isolate_folio: off the LRU; refs are kept only with PG_referenced
+        for i in range(cut):
+            if kind[i] == 3:
+                p = chunk[i]
+                f = cfl[i]
+                if not f & PG_REFERENCED:
+                    f &= ~LRU_REFS_MASK
+                fl[p] = f & ~FL_LRU
+                nr_pages[min_seq % MAX_NR_GENS] -= 1
+                gen[p] = _OFF_LRU
+                iso[n_iso] = p
+                n_iso += 1
+    return n_iso, scanned, remaining, sorted_, nprot, file_dirty, unqueued, any_inc
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _folio_seq1(
+    fl: int, max_seq: int, min_anon: int, min_file: int, one_step: bool, has_file: bool
+) -> int:
+    """``Mglru._folio_seq`` (and ``_file_seq``) of one folio."""
+    active = (fl & PG_ACTIVE) != 0
+    ws = 1 if fl & PG_WORKINGSET else 0
+    if has_file and fl & FL_FILE:
+        if one_step:
+            if active:
+                return max_seq
+            return min_file + 1 if min_file + MIN_NR_GENS < max_seq else min_file
+        g = MIN_NR_GENS - ws if active else MAX_NR_GENS - ws
+        return max(max_seq - g + 1, min_file)
+    if one_step:
+        return max_seq if active else max_seq - 1
+    g = MIN_NR_GENS - ws if active else MIN_NR_GENS
+    return max(max_seq - g + 1, min_anon)
+
+
+@numba.njit(cache=True, nogil=True)
+def _add_kernel(
+    nxt: NDArray[np.int32],
+    prev: NDArray[np.int32],
+    sentinels: NDArray[np.int64],
+    gen: NDArray[np.uint8],
+    fl: NDArray[np.uint8],
+    nr_anon: NDArray[np.int64],
+    nr_file: NDArray[np.int64],
+    pfns: NDArray[np.int64],
+    max_seq: int,
+    min_anon: int,
+    min_file: int,
+    one_step: bool,
+    has_file: bool,
+    putback: bool,
+    sizes: NDArray[np.int64],
+) -> None:
+    """``Mglru._lru_add_drain`` (``putback`` False) or ``Mglru._putback`` (True) of ``pfns``:
+    each folio's ``lru_gen_folio_seq`` (a put-back one that would join the oldest generation
+    is made PG_active first, its refs cleared), then ``_add``: anon folios onto their
+    generations' lists in generation order, then file ones. ``sizes[type, gen]`` gets what
+    each list's ``PageQueue._size`` gains."""
+    n = len(pfns)
+    seqs = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        p = pfns[i]
+        f = fl[p]
+        sq = _folio_seq1(f, max_seq, min_anon, min_file, one_step, has_file)
+        if putback and sq == min_anon:
+            f = (f & ~LRU_REFS_FLAGS) | PG_ACTIVE
+            fl[p] = f
+            sq = _folio_seq1(f, max_seq, min_anon, min_file, one_step, has_file)
+        seqs[i] = sq
+        gen[p] = sq % _SEQ_MOD
+        fl[p] = (f & ~(PG_ACTIVE | FL_BATCH)) | FL_LRU
+    buf = np.empty(n, dtype=np.int64)
+    for type_ in range(2 if has_file else 1):
+        nr = nr_file if type_ == FILE else nr_anon
+        for g in range(MAX_NR_GENS):
+            m = 0
+            for i in range(n):
+                p = pfns[i]
+                if (has_file and (fl[p] & FL_FILE) != 0) == (type_ == FILE) and (
+                    seqs[i] % MAX_NR_GENS == g
+                ):
+                    buf[m] = p
+                    m += 1
+            nr[g] += m
+            sizes[type_, g] += m
+            _add_head(nxt, prev, sentinels[type_, g], buf, m)
+
+
+@numba.njit(cache=True, nogil=True)
+def _rotate_kernel(
+    nxt: NDArray[np.int32],
+    prev: NDArray[np.int32],
+    sentinels: NDArray[np.int64],
+    gen: NDArray[np.uint8],
+    dec: NDArray[np.int64],
+    fl: NDArray[np.uint8],
+    nr_pages: NDArray[np.int64],
+    pfn: int,
+    seq: int,
+) -> None:
+    """``Mglru.folio_rotate_reclaimable`` of one listed folio into generation ``seq`` of its
+    type (``sentinels``, ``nr_pages``: that type's)."""
+    a, b = prev[pfn], nxt[pfn]
+    nxt[a] = b
+    prev[b] = a
+    nr_pages[dec[gen[pfn]] % MAX_NR_GENS] -= 1
+    nr_pages[seq % MAX_NR_GENS] += 1
+    gen[pfn] = seq % _SEQ_MOD
+    fl[pfn] = fl[pfn] & ~PG_ACTIVE
+    s = sentinels[seq % MAX_NR_GENS]
+    tail = nxt[s]
+    prev[pfn] = s
+    nxt[s] = pfn
+    nxt[pfn] = tail
+    prev[tail] = pfn
+
+
+@numba.njit(cache=True, nogil=True)
+def _update_gen_kernel(
+    gen: NDArray[np.uint8],
+    dec: NDArray[np.int64],
+    fl: NDArray[np.uint8],
+    nr_pages: NDArray[np.int64],
+    pfns: NDArray[np.int64],
+    max_seq: int,
+    promoted: int,
+    one_step: bool,
+) -> None:
+    """``Mglru._folio_update_gen`` on young anon folios (``nr_pages``: anon's): every flag
+    and generation read before any is written, as the numpy gathers do."""
+    n = len(pfns)
+    old = np.empty(n, dtype=np.uint8)
+    old_seq = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        old[i] = fl[pfns[i]]
+        old_seq[i] = dec[gen[pfns[i]]]
+    for i in range(n):
+        p = pfns[i]
+        f = old[i]
+        if not one_step and (f & (PG_REFERENCED | PG_WORKINGSET)) == 0:
+            fl[p] = (f & ~LRU_REFS_MASK) | PG_REFERENCED
+            continue
+        nr_pages[old_seq[i] % MAX_NR_GENS] -= 1
+        gen[p] = max_seq % _SEQ_MOD
+        nr_pages[max_seq % MAX_NR_GENS] += 1
+        fl[p] = (f & ~LRU_REFS_FLAGS) | promoted
+
+
+@numba.njit(cache=True, nogil=True)
+def _check_refs_kernel(
+    fl: NDArray[np.uint8],
+    iso: NDArray[np.int64],
+    young: NDArray[np.bool_],
+    promoted: int,
+    one_step: bool,
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """``lru_gen_folio_check_references`` on isolated anon folios after the look-around:
+    young ones are kept with PG_referenced (first sighting) or activated into ``max_seq``;
+    returns (kept, activated, the rest: victims), each in isolation order."""
+    n = len(iso)
+    keep = np.empty(n, dtype=np.int64)
+    act = np.empty(n, dtype=np.int64)
+    victims = np.empty(n, dtype=np.int64)
+    nk = na = nv = 0
+    for i in range(n):
+        p = iso[i]
+        if not young[i]:
+            victims[nv] = p
+            nv += 1
+            continue
+        f = fl[p]
+        if not one_step and (f & (PG_REFERENCED | PG_WORKINGSET)) == 0:
+            fl[p] = (f & ~LRU_REFS_MASK) | PG_REFERENCED
+            keep[nk] = p
+            nk += 1
+        else:
+            fl[p] = (f & ~LRU_REFS_FLAGS) | promoted | PG_ACTIVE
+            act[na] = p
+            na += 1
+    return keep[:nk], act[:na], victims[:nv]
+
+
+@numba.njit(cache=True, nogil=True)
+def _eviction_kernel(
+    fl: NDArray[np.uint8],
+    pfns: NDArray[np.int64],
+    min_anon: int,
+    min_file: int,
+    has_file: bool,
+    evicted: NDArray[np.int64],
+) -> NDArray[np.uint32]:
+    """``Mglru.workingset_eviction``: ``evicted[type, tier]`` counts, the shadow tokens, the
+    folios' flags cleared."""
+    n = len(pfns)
+    out = np.empty(n, dtype=np.uint32)
+    for i in range(n):
+        p = pfns[i]
+        f = fl[p]
+        tier, _ = _tier_of(f)
+        refs = ((f & LRU_REFS_MASK) >> LRU_REFS_PGOFF) + 1 if f & PG_REFERENCED else 0
+        file = has_file and (f & FL_FILE) != 0
+        evicted[1 if file else 0, tier] += 1
+        seq = min_file if file else min_anon
+        ws = 1 if f & PG_WORKINGSET else 0
+        out[i] = (ws << 31) | ((seq & _SEQ_MASK) << LRU_REFS_WIDTH) | max(refs - 1, 0)
+    for i in range(n):
+        fl[pfns[i]] = 0
+    return out
+
+
 class MglruConfig(ReclaimBase):
     """Multi-generational LRU (CONFIG_LRU_GEN on), anon only."""
 
@@ -277,6 +661,22 @@ class _CtrlPos:
     refaulted: int
     total: int
     gain: int
+
+
+def _host_flags(reclaim: Reclaimer) -> tuple[NDArray[np.uint8], NDArray[np.int32]] | None:
+    """The host's page flags and frame owners for the compiled scan, which does Vmscan's
+    ``folio_test_writeback``, ``folio_test_dirty`` and ``folio_set_reclaim`` on them in place:
+    when the fast path ``mglru_compiled`` is on and ``reclaim`` is the host's Vmscan, or a
+    memcg's view of it (sim/reclaim/memcg.py, which keeps those three as Vmscan's). None for
+    any other reclaimer (a test's stand-in): the numpy path."""
+    if not fast.enabled("mglru_compiled"):
+        return None
+    host: Any = reclaim
+    while not isinstance(host, Vmscan):
+        host = getattr(host, "_reclaim", None)
+        if host is None:
+            return None
+    return host.mem.flags, host.mem.frame_pid
 
 
 def _isolation_batch(sc: ScanControl) -> int:
@@ -368,8 +768,11 @@ class Mglru:
         self.links = lru_links(nr_frames, MAX_NR_GENS * (2 if file else 1))
         # per type (anon, then file if any): min_seq, lists, nr_pages and the PID controller
         self.types = [_GenType(self.links) for _ in range(2 if file else 1)]
+        # the lists' sentinels in the shared links, [type, seq % MAX_NR_GENS] (compiled path)
+        self._sentinels = np.array([[q._s for q in g.lists] for g in self.types], dtype=np.int64)
         # lru_gen_init_lruvec: max_seq = MIN_NR_GENS + 1, min_seq = 0
         self.max_seq = MIN_NR_GENS + 1
+        self._decoder()  # kept current as max_seq moves, whichever path reads it
         self.timestamps = np.zeros(MAX_NR_GENS, dtype=np.int64)  # birth of each gen (ns)
         self._batch: list[int] = []  # per-CPU lru_add batch
         self._walk: _Walk | None = None
@@ -390,12 +793,17 @@ class Mglru:
         at most ``max_seq + 1``, in the swappiness-0 inversion, and at least ``min_seq``, at
         most ``MAX_NR_GENS - 1`` below ``max_seq``). A table per ``max_seq`` decodes the byte:
         one gather, as cheap as reading an int32."""
+        return self._decoder()[self._gen[pfns]]
+
+    def _decoder(self) -> NDArray[np.int64]:
+        """The table from stored byte to sequence number for the current ``max_seq`` (renewed
+        as soon as ``max_seq`` moves, so the numpy and compiled paths hold the same one)."""
         if self._dec_max != self.max_seq:
             top = self.max_seq + 1
             seqs = np.arange(top - _SEQ_MOD + 1, top + 1, dtype=np.int64)
             self._dec[seqs % _SEQ_MOD] = seqs
             self._dec_max = self.max_seq
-        return self._dec[self._gen[pfns]]
+        return self._dec
 
     def _store_seq(self, pfns: Pfns, seqs: NDArray[np.int64] | int) -> None:
         """Put folios into generations ``seqs`` (never negative: leaving the lists stores
@@ -551,7 +959,34 @@ class Mglru:
             return
         pfns = np.array(self._batch, dtype=np.int64)
         self._batch = []
+        if fast.enabled("mglru_compiled"):
+            self._add_compiled(pfns, putback=False)
+            return
         self._add(pfns, self._folio_seq(self.fl[pfns]))
+
+    def _add_compiled(self, pfns: Pfns, *, putback: bool) -> None:
+        """``_lru_add_drain`` or ``_putback`` of ``pfns`` as one compiled pass."""
+        file = self.types[FILE if self.file else ANON]
+        sizes = np.zeros(self._sentinels.shape, dtype=np.int64)
+        _add_kernel(
+            self.links.nxt,
+            self.links.prev,
+            self._sentinels,
+            self._gen,
+            self.fl,
+            self.types[ANON].nr_pages,
+            file.nr_pages,
+            pfns,
+            self.max_seq,
+            self.min_seq,
+            file.min_seq,
+            self.cfg.promotion == "one_step",
+            self.file,
+            putback,
+            sizes,
+        )
+        fast.took("mglru_compiled")
+        self._sized(sizes)
 
     def _first_sighting(self, fl: NDArray[np.uint8]) -> NDArray[np.bool_]:
         """Young folios that only get PG_referenced this time (none under one_step)."""
@@ -563,6 +998,19 @@ class Mglru:
         """``folio_update_gen`` on young folios: the first sighting only sets PG_referenced;
         later ones move the folio to ``max_seq`` with PG_workingset (lazily)."""
         if len(pfns) == 0:
+            return
+        if fast.enabled("mglru_compiled"):
+            _update_gen_kernel(
+                self._gen,
+                self._decoder(),
+                self.fl,
+                self.types[ANON].nr_pages,
+                pfns,
+                self.max_seq,
+                int(self._promoted),
+                self.cfg.promotion == "one_step",
+            )
+            fast.took("mglru_compiled")
             return
         fl = self.fl[pfns]
         first = self._first_sighting(fl)
@@ -663,6 +1111,7 @@ class Mglru:
                 self._inc_min_seq(type_, swappiness)
         self.timestamps[(self.max_seq + 1) % MAX_NR_GENS] = reclaim.now()
         self.max_seq += 1
+        self._decoder()
         self.vmstat["mglru_aging"] += 1
         return True
 
@@ -758,6 +1207,9 @@ class Mglru:
         g = self.types[type_]
         if self.max_seq - g.min_seq + 1 <= MIN_NR_GENS:
             return 0, none
+        host = _host_flags(reclaim)
+        if host is not None:
+            return self._scan_compiled(nr_to_scan, sc, host, tier_idx, type_)
         min_seq = g.min_seq
         lst = g.lists[min_seq % MAX_NR_GENS]
         remaining = min(nr_to_scan, MAX_LRU_BATCH)
@@ -829,6 +1281,64 @@ class Mglru:
         out = np.concatenate(isolated) if isolated else none
         return (scanned if n_iso or not remaining else 0), out
 
+    def _sized(self, sizes: NDArray[np.int64], first_type: int = ANON) -> None:
+        """Add a compiled pass's list size changes (``sizes[type - first_type, gen]``) to the
+        lists' ``PageQueue._size``, which the numpy path's list calls keep (MGLRU's lists are
+        unsized: nothing reads it)."""
+        for t, row in enumerate(sizes.tolist()):
+            lists = self.types[first_type + t].lists
+            for gen, n in enumerate(row):
+                if n:
+                    lists[gen]._size += n
+
+    def _scan_compiled(
+        self,
+        nr_to_scan: int,
+        sc: ScanControl,
+        host: tuple[NDArray[np.uint8], NDArray[np.int32]],
+        tier_idx: int,
+        type_: int,
+    ) -> tuple[int, Pfns]:
+        """``_scan_folios`` as one compiled pass (``_scan_kernel``), its counters here."""
+        g = self.types[type_]
+        cap = _isolation_batch(sc)
+        iso = np.empty(cap, dtype=np.int64)
+        protected = np.zeros(MAX_NR_TIERS, dtype=np.int64)
+        sizes = np.zeros(MAX_NR_GENS, dtype=np.int64)
+        n_iso, scanned, remaining, sorted_, nprot, dirty, unqueued, any_inc = _scan_kernel(
+            self.links.nxt,
+            self.links.prev,
+            self._sentinels[type_],
+            self._gen,
+            self._decoder(),
+            self.fl,
+            host[0],
+            host[1],
+            g.nr_pages,
+            protected,
+            g.min_seq,
+            tier_idx,
+            type_ == FILE,
+            min(nr_to_scan, MAX_LRU_BATCH),
+            cap,
+            iso,
+            sizes,
+        )
+        fast.took("mglru_compiled")
+        self._sized(sizes[None, :], type_)
+        if any_inc:
+            for t, n in enumerate(protected.tolist()):
+                g.protected[t] += n
+            self.vmstat["mglru_protected"] += nprot
+        if dirty:
+            sc.nr_file_taken += dirty
+            sc.nr_unqueued_dirty += unqueued
+        sc.isolated(n_iso, file=type_ == FILE)
+        sc.refilled(sorted_)
+        if type_ == FILE:
+            sc.nr_file_taken += n_iso
+        return (scanned if n_iso or not remaining else 0), iso[:n_iso]
+
     def _isolate_folios(
         self, nr_to_scan: int, sc: ScanControl, reclaim: Reclaimer, swappiness: int
     ) -> tuple[int, Pfns, int]:
@@ -873,6 +1383,9 @@ class Mglru:
         """``move_folios_to_lru`` for rejected folios, never into the oldest generation."""
         if len(pfns) == 0:
             return
+        if fast.enabled("mglru_compiled"):
+            self._add_compiled(pfns, putback=True)
+            return
         fl = self.fl[pfns]
         seqs = self._folio_seq(fl)
         oldest = seqs == self.min_seq
@@ -900,13 +1413,20 @@ class Mglru:
             return scanned
         young = self._look_around(iso, sc, reclaim)
         # lru_gen_folio_check_references / lru_gen_set_refs
-        hot = iso[young]
-        fl = self.fl[hot]
-        first = self._first_sighting(fl)
-        keep, act = hot[first], hot[~first]
-        self.fl[keep] = (fl[first] & ~_U8(LRU_REFS_MASK)) | _U8(PG_REFERENCED)
-        self.fl[act] = (fl[~first] & ~_U8(LRU_REFS_FLAGS)) | self._promoted | _U8(PG_ACTIVE)
-        victims = iso[~young]
+        if fast.enabled("mglru_compiled"):
+            one_step = self.cfg.promotion == "one_step"
+            keep, act, victims = _check_refs_kernel(
+                self.fl, iso, young, int(self._promoted), one_step
+            )
+            fast.took("mglru_compiled")
+        else:
+            hot = iso[young]
+            fl = self.fl[hot]
+            first = self._first_sighting(fl)
+            keep, act = hot[first], hot[~first]
+            self.fl[keep] = (fl[first] & ~_U8(LRU_REFS_MASK)) | _U8(PG_REFERENCED)
+            self.fl[act] = (fl[~first] & ~_U8(LRU_REFS_FLAGS)) | self._promoted | _U8(PG_ACTIVE)
+            victims = iso[~young]
         failed = written = victims[:0]
         if len(victims):
             out = reclaim.shrink_folio_list(victims, sc)
@@ -1101,9 +1621,17 @@ class Mglru:
         fl = self.fl.item(pfn)
         if not fl & FL_LRU:
             return
-        lru_del(self.links, np.array([pfn], dtype=np.int64))
-        g = self.types[FILE if fl & FL_FILE else ANON]
+        type_ = FILE if fl & FL_FILE else ANON
+        g = self.types[type_]
         seq = max(self.max_seq - MAX_NR_GENS + 1, g.min_seq)
+        if fast.enabled("mglru_compiled"):
+            nxt, prev, sentinels = self.links.nxt, self.links.prev, self._sentinels[type_]
+            dec = self._decoder()
+            _rotate_kernel(nxt, prev, sentinels, self._gen, dec, self.fl, g.nr_pages, pfn, seq)
+            fast.took("mglru_compiled")
+            g.lists[seq % MAX_NR_GENS]._size += 1  # as add_tail counts
+            return
+        lru_del(self.links, np.array([pfn], dtype=np.int64))
         g.nr_pages[int(self._seq_of(pfn)) % MAX_NR_GENS] -= 1
         g.nr_pages[seq % MAX_NR_GENS] += 1
         self._store_seq(pfn, seq)
@@ -1113,6 +1641,16 @@ class Mglru:
     def workingset_eviction(self, pfns: Pfns) -> NDArray[np.uint32]:
         """``lru_gen_eviction``: count the eviction per type and tier; token = (the type's
         min_seq, refs - 1, PG_workingset)."""
+        if fast.enabled("mglru_compiled"):
+            evicted = np.zeros((2, MAX_NR_TIERS), dtype=np.int64)
+            file = self.types[FILE if self.file else ANON]
+            pfns = np.asarray(pfns, dtype=np.int64)
+            token = _eviction_kernel(self.fl, pfns, self.min_seq, file.min_seq, self.file, evicted)
+            fast.took("mglru_compiled")
+            for type_, counts in enumerate(evicted.tolist()[: len(self.types)]):
+                for t, n in enumerate(counts):
+                    self.types[type_].evicted[t] += n
+            return token
         fl = self.fl[pfns]
         refs = self._refs(fl)
         tier, _ = self._tier(fl)
