@@ -42,6 +42,9 @@ class _Host:
     def can_swap(self) -> bool:
         return self.slots > 0
 
+    def folio_scanned(self, pfns: np.ndarray) -> None:
+        """No eviction log here: nothing to count."""
+
     def clear_young(self, pfns: np.ndarray, sc: ScanControl) -> np.ndarray:
         return np.zeros(len(pfns), dtype=np.bool_)
 

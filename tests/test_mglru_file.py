@@ -364,6 +364,9 @@ class _FullHost(_Host):
         self.young = np.zeros(NR_FRAMES, dtype=np.bool_)
         self.freed_anon = 0
 
+    def folio_scanned(self, pfns: np.ndarray) -> None:
+        """No eviction log here: nothing to count."""
+
     def clear_young(self, pfns: np.ndarray, sc: ScanControl) -> np.ndarray:
         y = self.young[pfns].copy()
         self.young[pfns] = False

@@ -359,11 +359,16 @@ class Vmscan:
             self.swap.free_slots(len(sel), sel)
             self.mem.flags[sel] = (self.mem.flags[sel] & ~_U8(PG_SWAP)) | _U8(PG_DIRTY)
 
-    def folio_referenced(self, pfns: NDArray[np.int64], sc: ScanControl) -> NDArray[np.bool_]:
-        """``folio_referenced`` over host ptes and notifiers; counts a scan of each folio."""
+    def folio_scanned(self, pfns: NDArray[np.int64]) -> None:
+        """A reclaim scan checks these folios' references: one more scan survived each, for
+        the eviction log (analysis only)."""
         if self.mem.stamps:
             s = self.mem.scans
             s[pfns] = np.minimum(s[pfns].astype(np.int32) + 1, 255).astype(np.uint8)
+
+    def folio_referenced(self, pfns: NDArray[np.int64], sc: ScanControl) -> NDArray[np.bool_]:
+        """``folio_referenced`` over host ptes and notifiers; counts a scan of each folio."""
+        self.folio_scanned(pfns)
         return self.rmap.folio_referenced(pfns, sc)
 
     def shrink_folio_list(self, pfns: NDArray[np.int64], sc: ScanControl) -> NDArray[np.int8]:

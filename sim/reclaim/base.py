@@ -56,6 +56,11 @@ class Reclaimer(Protocol):
         an unmapped folio has no mapping to walk and is never young."""
         ...
 
+    def folio_scanned(self, pfns: Pfns) -> None:
+        """A reference check that is not :meth:`folio_referenced` (MGLRU's look-around since
+        6.12) looked at these isolated folios: counted as :meth:`folio_referenced` counts."""
+        ...
+
     def shrink_folio_list(self, pfns: Pfns, sc: ScanControl) -> NDArray[np.int8]:
         """Reclaim isolated folios the policy chose: add to swap, unmap, then write (pageout) or
         free. Returns an ``Outcome`` per folio (sim/host/vmscan.py); only ``FREED`` ones left,

@@ -1358,6 +1358,7 @@ class Mglru:
         """``folio_referenced`` under MGLRU: ``lru_gen_look_around`` on each isolated folio's
         pte; young neighbours on the LRU are promoted. Returns which folios were young."""
         if self.cfg.notifier_walk:  # 6.12+: ptep_clear_young_notify everywhere
+            reclaim.folio_scanned(pfns)  # still folio_referenced's walk, for the log
             young = reclaim.clear_young(pfns, sc)
             centres = pfns[young]
         else:  # before 6.12: look around young host ptes, then ask KVM via folio_referenced
