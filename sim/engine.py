@@ -105,8 +105,10 @@ class World(Machine):
             if sc.host.memcg_stats == "lazy" and isinstance(policy, MemcgTwoList):
                 self.memcg.use_lazy_stats(policy, round(sc.host.memcg_stats_flush_ms * 1e6))
             swap.on_free_slots = self.memcg.uncharge_swap
-        if isinstance(policy, TwoList):  # the compiled reclaim batch, where it applies
-            policy.core = core_for(self.vmscan, policy, self.memcg)
+        # the compiled reclaim batch, where it applies
+        self.vmscan.core = core_for(self.vmscan, policy, self.memcg)
+        if isinstance(policy, TwoList):
+            policy.core = self.vmscan.core
         self.host_fault = HostFaultHandler(
             env,
             mem,

@@ -35,6 +35,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "readahead": {"swap": {"size_mib": 64, "page_cluster": 3}},
     "slow_disk": {"swap": {"size_mib": 64, "queue_depth": 1, "write_latency_us": 400}},
     "batch_1": {"engine": {"batch_accesses": 1}},
+    "clock": {"reclaim": {"policy": "clock"}},
+    "fifo": {"reclaim": {"policy": "fifo"}},
+    "lru": {"reclaim": {"policy": "lru"}},
+    "random": {"reclaim": {"policy": "random"}},
+    "mglru": {"reclaim": {"policy": "mglru"}},
+    "mglru_three_vms": {
+        "reclaim": {"policy": "mglru"},
+        "vms__0__count": 3,
+        "host": {"memory_mib": 12},
+    },
+    "fifo_swap_full": {"reclaim": {"policy": "fifo"}, "swap": {"size_mib": 2}},
 }
 
 
@@ -45,7 +56,9 @@ def _run(sc: Any, core: bool) -> tuple[dict[str, Any], bool]:
         with fast.disabled("host_core"):
             return _run(sc, True)
     w = build_world(sc, None)
-    used = isinstance(w.policy, TwoList) and isinstance(w.policy.core, HostCore)
+    used = isinstance(w.vmscan.core, HostCore)
+    if isinstance(w.policy, TwoList):
+        used = used and w.policy.core is w.vmscan.core
     w.run()
     return world_state(w), used
 
@@ -68,6 +81,7 @@ def test_no_core_for_access_tracking() -> None:
     """With EPT A/D bits off KVM ages by access tracking, which the fused walk does not take."""
     w = build_world(tiny(duration_s=0.01, kvm__ept_ad_bits=False), None)
     assert w.policy.core is None
+    assert w.vmscan.core is None
 
 
 def test_core_keeps_the_eviction_log(tmp_path: Path) -> None:
@@ -86,9 +100,10 @@ def test_core_keeps_the_eviction_log(tmp_path: Path) -> None:
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_core_equals_general_path_over_random_worlds(raw: dict[str, Any]) -> None:
-    """Over the invariant tests' random worlds, made ones the core takes: two-list, a TDP MMU
-    with EPT A/D bits, a disk without zswap, no page cache (everything else as drawn)."""
-    raw = dict(raw, reclaim={"policy": "two_list"})
+    """Over the invariant tests' random worlds, made ones the core takes: a TDP MMU with EPT
+    A/D bits, a disk without zswap, no page cache (everything else, the policy too, as
+    drawn)."""
+    raw = dict(raw, reclaim={"policy": raw["reclaim"]["policy"]})
     raw.pop("host_files", None)
     raw["kvm"] = dict(raw["kvm"], mmu="tdp", ept_ad_bits=True)
     raw["swap"] = dict(raw["swap"], device="disk", zswap={"enabled": False})
@@ -105,7 +120,7 @@ def test_the_run_note_names_exactly_the_worlds_without_the_core(raw: dict[str, A
     """``memsim run`` says the core is not used exactly when the built world has none."""
     sc = parse_scenario(raw, "prop")
     w = build_world(sc, None)
-    used = isinstance(getattr(w.policy, "core", None), HostCore)
+    used = isinstance(w.vmscan.core, HostCore)
     assert (general_path_reason(sc) is None) == used, general_path_reason(sc)
 
 
@@ -115,11 +130,12 @@ def test_run_says_once_when_the_core_is_not_used(tmp_path: Path) -> None:
     from sim.cli import main
 
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(tiny(duration_s=0.01, reclaim={"policy": "clock"}).to_yaml())
+    cfg.write_text(tiny(duration_s=0.01, kvm__ept_ad_bits=False).to_yaml())
     r = CliRunner().invoke(main, ["run", str(cfg), "--out", str(tmp_path / "o")])
     assert r.exit_code == 0, r.output
-    assert r.stderr.count("host core: not used (reclaim.policy clock)") == 1
-    cfg.write_text(tiny(duration_s=0.01).to_yaml())
-    r = CliRunner().invoke(main, ["run", str(cfg), "--out", str(tmp_path / "p")])
-    assert r.exit_code == 0, r.output
-    assert "host core" not in r.stderr
+    assert r.stderr.count("host core: not used (kvm.ept_ad_bits off (access tracking))") == 1
+    for i, policy in enumerate(("two_list", "clock", "mglru")):
+        cfg.write_text(tiny(duration_s=0.01, reclaim={"policy": policy}).to_yaml())
+        r = CliRunner().invoke(main, ["run", str(cfg), "--out", str(tmp_path / f"p{i}")])
+        assert r.exit_code == 0, r.output
+        assert "host core" not in r.stderr, policy

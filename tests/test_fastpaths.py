@@ -40,7 +40,7 @@ from sim.guest.workloads import AccessStream
 from sim.machine import rng_for
 from sim.reclaim.base import PageQueue
 from sim.replay import FAST, replay
-from tests.test_invariants import scenarios
+from tests.test_invariants import POLICIES, scenarios
 
 Raw = dict[str, Any]
 _SETTINGS: dict[str, Any] = {
@@ -224,10 +224,11 @@ def prefaulted(draw: st.DrawFn, huge: bool = False) -> Raw:
 
 @st.composite
 def cored(draw: st.DrawFn, huge: bool = False) -> Raw:
-    """A random scenario the compiled host core takes: two-list, one spte per gfn with EPT A/D
-    bits, a disk without zswap, no page cache; often a host at its smallest."""
+    """A random scenario the compiled host core takes: any policy (two-list, whose whole batch
+    the core runs, most often), one spte per gfn with EPT A/D bits, a disk without zswap, no
+    page cache; often a host at its smallest."""
     raw = copy.deepcopy(draw(scenarios(huge=huge)))
-    raw["reclaim"] = {"policy": "two_list"}
+    raw["reclaim"] = {"policy": draw(st.sampled_from(["two_list", *POLICIES]))}
     raw.pop("host_files", None)
     raw["kvm"] |= {"mmu": draw(st.sampled_from(["tdp", "legacy_tdp"])), "ept_ad_bits": True}
     raw["swap"] |= {"device": "disk", "zswap": {"enabled": False}}
@@ -237,9 +238,14 @@ def cored(draw: st.DrawFn, huge: bool = False) -> Raw:
 
 
 def _reclaimed(raw: Raw, general: dict[str, Any]) -> bool:
-    """The general world scanned an LRU list: the core must have taken those batches."""
+    """The general world scanned a two-list LRU list, or (any other policy) freed or wrote a
+    folio in ``shrink_folio_list``: the core must have taken those batches."""
     v = general["vmstat"]
-    return bool(v.get("pgscan_kswapd", 0) or v.get("pgscan_direct", 0) or v.get("pgrefill", 0))
+    if raw["reclaim"]["policy"] == "two_list":
+        keys = ("pgscan_kswapd", "pgscan_direct", "pgrefill")
+    else:
+        keys = ("pgsteal_kswapd", "pgsteal_direct", "nr_vmscan_write")
+    return any(v.get(k, 0) for k in keys)
 
 
 def _zipf(raw: Raw) -> Raw:
