@@ -48,6 +48,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sim import fast
+from sim.host.memcontrol import MEMCG_SWAP_MAX
 from sim.host.memory import (
     PG_DIRTY,
     PG_RECLAIM,
@@ -58,6 +59,7 @@ from sim.host.memory import (
 from sim.host.vmscan import Outcome
 from sim.host.vmstat import VmStat
 from sim.kvm.shortcut import TdpShortcut, _owner, age_page, unmap_page
+from sim.reclaim.memcg import MemcgReclaimer
 from sim.reclaim.two_list import (
     _AGE_MASK,
     LRU_ACTIVE,
@@ -99,7 +101,11 @@ MM_UNMAPPED = 2  # invalidations
 MM_ZAPPED = 3  # ... that zapped a present spte
 MM_WRITTEN = 4  # swap writes (pswpout)
 MM_FREED = 5  # frames freed (nr_swapped up, nr_resident down)
-MM_ROWS = 6
+MM_SWAP_ASKED = 6  # memcgs: slots memory.swap.max allowed (__mem_cgroup_try_charge_swap)
+MM_SWAP_MAX = 7  # memcgs: ... refused (memory.swap.events max)
+MM_CHARGED = 8  # slots add_to_swap took (memory.swap.current up)
+MM_UNCHARGED = 9  # slots activate_locked gave back (memory.swap.current down)
+MM_ROWS = 10
 
 # buf rows: per-folio lists of a pass
 B_EVICT_PID, B_EVICT_PFN, B_EVICT_DIRTY, B_WRITE_PID, B_WRITE_PFN, B_PFNS, B_FREE_PFN = range(7)
@@ -223,11 +229,15 @@ def _reclaim_folios(
     frame_pid: NDArray[np.int32],
     spte: NDArray[np.uint8],
     bases: NDArray[np.int64],
+    swap_max: NDArray[np.int64],
+    swap_usage: NDArray[np.int64],
     mmc: NDArray[np.int64],
     buf: NDArray[np.int64],
 ) -> None:
     """``shrink_folio_list`` past the write-back checks for the ``ok`` ones of
-    ``victims[:nv]``: ``add_to_swap`` in order while slots last (``ok`` cleared for the rest),
+    ``victims[:nv]``: ``add_to_swap`` in order while slots last and (with memcgs: ``swap_max``
+    and ``swap_usage`` per VM, else empty) the folio's memcg is under memory.swap.max, counting
+    those before it (``ok`` cleared for the rest),
     ``try_to_unmap`` (the eviction log's rows), and ``pageout``'s flags for the dirty ones
     (the rows of the writes to submit). The clean ones are left for ``__remove_mapping``."""
     free_slots = io[IO_FREE_SLOTS]
@@ -237,9 +247,17 @@ def _reclaim_folios(
         pid = frame_pid[victims[i]]
         f = flags[pid]
         if not f & PG_SWAP:
+            o = _owner(bases, pid)
+            if swap_max.size:
+                if swap_usage[o] + mmc[MM_SWAP_ASKED, o] + 1 > swap_max[o]:
+                    ok[i] = False
+                    mmc[MM_SWAP_MAX, o] += 1
+                    continue
+                mmc[MM_SWAP_ASKED, o] += 1
             if free_slots > 0:
                 free_slots -= 1
                 flags[pid] = f | PG_SWAP | PG_DIRTY
+                mmc[MM_CHARGED, o] += 1
             else:
                 ok[i] = False
                 io[IO_SWAP_FULL] += 1
@@ -310,6 +328,8 @@ def _shrink_folio_list(
     spte: NDArray[np.uint8],
     bases: NDArray[np.int64],
     usable: NDArray[np.bool_],
+    swap_max: NDArray[np.int64],
+    swap_usage: NDArray[np.int64],
     mmc: NDArray[np.int64],
     buf: NDArray[np.int64],
     out: NDArray[np.int8],
@@ -326,7 +346,7 @@ def _shrink_folio_list(
     _writeback_check(pfns, k, io, flags, frame_pid, ok)
     for i in range(k):
         ok[i] = not ok[i]
-    _reclaim_folios(pfns, k, ok, io, flags, frame_pid, spte, bases, mmc, buf)
+    _reclaim_folios(pfns, k, ok, io, flags, frame_pid, spte, bases, swap_max, swap_usage, mmc, buf)
     nf = 0
     for i in range(k):
         p = pfns[i]
@@ -393,6 +413,8 @@ def _shrink_inactive(
     scans: NDArray[np.uint8],
     readahead: NDArray[np.bool_],
     free_stack: NDArray[np.uint32],
+    swap_max: NDArray[np.int64],
+    swap_usage: NDArray[np.int64],
     mmc: NDArray[np.int64],
     buf: NDArray[np.int64],
 ) -> bool:
@@ -428,7 +450,9 @@ def _shrink_inactive(
     nv, nk = victims.size, keep.size
     # shrink_folio_list: add_to_swap, try_to_unmap, pageout, then __remove_mapping
     ok = np.ones(nv, dtype=np.bool_)
-    _reclaim_folios(victims, nv, ok, io, flags, frame_pid, spte, bases, mmc, buf)
+    _reclaim_folios(
+        victims, nv, ok, io, flags, frame_pid, spte, bases, swap_max, swap_usage, mmc, buf
+    )
     age = io[IO_AGE]
     top = io[IO_FREED_TOP]
     nf = 0
@@ -469,14 +493,20 @@ def _shrink_inactive(
         if wb[i]:
             activate[na] = pfns[i]
             na += 1
-    if io[IO_FREE_SLOTS] * 2 < io[IO_NR_SLOTS]:  # activate_locked: vm_swap_full
+    # activate_locked: vm_swap_full, or (memcgs) mem_cgroup_swap_full of the folio's memcg
+    full = io[IO_FREE_SLOTS] * 2 < io[IO_NR_SLOTS]
+    if full or swap_max.size:
         freed_slots = 0
         want = PG_SWAP | PTE_PRESENT
         for i in range(na):
             pid = frame_pid[activate[i]]
             f = flags[pid]
-            if (f & (PG_SWAP | PG_WRITEBACK | PTE_PRESENT)) == want:
+            if (f & (PG_SWAP | PG_WRITEBACK | PTE_PRESENT)) != want:
+                continue
+            o = _owner(bases, pid)
+            if full or (swap_usage[o] + mmc[MM_CHARGED, o]) * 2 >= swap_max[o]:
                 flags[pid] = (f & ~PG_SWAP) | PG_DIRTY
+                mmc[MM_UNCHARGED, o] += 1
                 freed_slots += 1
         io[IO_FREE_SLOTS] += freed_slots
     for i in range(na):
@@ -541,6 +571,48 @@ class HostCore:
         self.io = np.zeros(IO_SIZE, dtype=np.int64)
         self.mmc = np.zeros((MM_ROWS, len(shortcut.vms)), dtype=np.int64)
         self.buf = np.zeros((B_ROWS, 64), dtype=np.int64)
+        self.memcg = vmscan.memcg
+        nr_vms = len(shortcut.vms)
+        self._nr_vms = nr_vms
+        # memory.swap.max per VM memcg (pages), or empty without memcgs
+        self._swap_max = np.zeros(0, dtype=np.int64)
+        if self.memcg is not None:
+            self._swap_max = np.array(self.memcg.limits.swap_max[:nr_vms], dtype=np.int64)
+
+    def takes(self, reclaim: object) -> bool:
+        """Whether ``reclaim`` is this world's reclaimer, as the node's lruvec or one memcg's
+        lruvec sees it (a test may hand a policy another)."""
+        return reclaim is self.vmscan or (
+            type(reclaim) is MemcgReclaimer and reclaim.reclaimer is self.vmscan
+        )
+
+    def _device_ok(self) -> bool:
+        """The swap device is still one the core drives (a test may change it after the world
+        was built)."""
+        swap = self.swap
+        return not (
+            swap.synchronous
+            or swap.zswap is not None
+            or swap.zpool is not None
+            or swap.tracks_slots
+        )
+
+    def _swap_usage(self) -> NDArray[np.int64]:
+        """Each VM memcg's memory.swap.current (read only by the passes), or empty."""
+        if self.memcg is None:
+            return self._swap_max
+        return self.memcg.swap_usage[: self._nr_vms]
+
+    def _swap_charged(self) -> None:
+        """memory.swap.max's refusals (``memcg_swap_max`` per memcg) and the batch's swap
+        charges and uncharges (``memory.swap.current``)."""
+        memcg = self.memcg
+        if memcg is None:
+            return
+        mmc = self.mmc
+        for o in np.flatnonzero(mmc[MM_SWAP_MAX]).tolist():
+            self.vmscan.vmstat.count(MEMCG_SWAP_MAX, mmc.item(MM_SWAP_MAX, o), o)
+        memcg.swap_usage[: self._nr_vms] += mmc[MM_CHARGED] - mmc[MM_UNCHARGED]
 
     def _room(self, n: int) -> NDArray[np.int64]:
         """The pass's scalars, with per-folio rows for ``n`` folios."""
@@ -598,6 +670,7 @@ class HostCore:
         vs = vmscan.vmstat
         full = int(io[IO_SWAP_FULL])
         swap.nr_free_slots = int(io[IO_FREE_SLOTS])
+        self._swap_charged()
         if full:
             sc.nr_swap_full += full
             vs[VmStat.SWAP_FULL] += full
@@ -637,7 +710,7 @@ class HostCore:
         """``vmscan.shrink_folio_list(pfns, sc)`` compiled, whatever policy isolated the folios;
         None if the general path must run it (nothing was done)."""
         n = len(pfns)
-        if n == 0:
+        if n == 0 or not self._device_ok():
             return None
         mem, sh, vmscan = self.mem, self.shortcut, self.vmscan
         io = self._room(n)
@@ -652,6 +725,8 @@ class HostCore:
             sh.spte,
             mem.pid_base,
             sh._usable,
+            self._swap_max,
+            self._swap_usage(),
             self.mmc,
             self.buf,
             out,
@@ -684,6 +759,8 @@ class HostCore:
     def shrink_inactive_list(self, lru: TwoList, n: int, sc: ScanControl) -> bool:
         """``lru.shrink_inactive_list(n, sc, vmscan)`` compiled; False if the general path must
         run it (nothing was done)."""
+        if not self._device_ok():
+            return False
         mem, vmscan = self.mem, self.vmscan
         io = self._prepare(lru, n)
         io[IO_AGE] = lru.nonresident_age
@@ -708,6 +785,8 @@ class HostCore:
             mem.scans,
             mem.readahead,
             free,
+            self._swap_max,
+            self._swap_usage(),
             self.mmc,
             self.buf,
         )
@@ -776,8 +855,6 @@ def general_path_reason(sc: Scenario) -> str | None:
     reasons = []
     if not fast.enabled("host_core"):
         reasons.append("turned off by MEMSIM_FAST / MEMSIM_FAST_DISABLE")
-    if any(cfg.memcg is not None for _, cfg in sc.vm_list()):
-        reasons.append("memcgs")
     if sc.file_sections():
         reasons.append("host page cache")
     if sc.kvm.mmu == "shadow" and sc.kvm.shadow_sptes_per_gfn > 1:
@@ -793,14 +870,13 @@ def general_path_reason(sc: Scenario) -> str | None:
     return ", ".join(reasons) or None
 
 
-def core_for(vmscan: Vmscan, policy: object, memcg: object | None) -> HostCore | None:
+def core_for(vmscan: Vmscan) -> HostCore | None:
     """The compiled core for a world, or None when its configuration needs the general path
     (see the module docstring's "When")."""
     shortcut = vmscan.rmap.shortcut
     swap = vmscan.swap
     if (
         not fast.enabled("host_core")
-        or memcg is not None
         or vmscan.mem.file_base < vmscan.mem.nr_pages  # host page cache
         or not isinstance(shortcut, TdpShortcut)
         or not shortcut.built_any()

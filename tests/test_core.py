@@ -10,12 +10,14 @@ rows too.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sim import fast
 from sim.config import parse_scenario
@@ -46,6 +48,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "host": {"memory_mib": 12},
     },
     "fifo_swap_full": {"reclaim": {"policy": "fifo"}, "swap": {"size_mib": 2}},
+    "memcg": {"vms__0__memcg": {}},
+    "memcg_swap_max": {"vms__0__memcg": {"swap_max_mib": 1}},
+    "memcg_limit": {"vms__0__memcg": {"max_mib": 3, "swap_max_mib": 2}},
+    "memcg_swap_full": {"vms__0__memcg": {"swap_max_mib": 3}, "swap": {"size_mib": 4}},
+    "memcg_lazy_stats": {"vms__0__memcg": {"max_mib": 4}, "host__memcg_stats": "lazy"},
+    "memcg_mglru": {"reclaim": {"policy": "mglru"}, "vms__0__memcg": {"swap_max_mib": 1}},
 }
 
 
@@ -57,8 +65,9 @@ def _run(sc: Any, core: bool) -> tuple[dict[str, Any], bool]:
             return _run(sc, True)
     w = build_world(sc, None)
     used = isinstance(w.vmscan.core, HostCore)
-    if isinstance(w.policy, TwoList):
-        used = used and w.policy.core is w.vmscan.core
+    for lruvec in getattr(w.policy, "lruvecs", [w.policy]):
+        if isinstance(lruvec, TwoList):
+            used = used and lruvec.core is w.vmscan.core
     w.run()
     return world_state(w), used
 
@@ -112,6 +121,39 @@ def test_core_equals_general_path_over_random_worlds(raw: dict[str, Any]) -> Non
     general, _ = _run(sc, False)
     assert used
     _same(fast, general, "random")
+
+
+@st.composite
+def memcg_worlds(draw: st.DrawFn) -> dict[str, Any]:
+    """The invariant tests' random worlds made ones the core takes with a memcg per VM (as
+    libvirt makes): two-list or MGLRU, swap to reclaim into, memory.max, memory.swap.max and
+    memory.low drawn per VM, exact or lazy memcg statistics."""
+    raw = copy.deepcopy(draw(scenarios()))
+    raw["reclaim"] = {"policy": draw(st.sampled_from(["two_list", "two_list", "mglru"]))}
+    raw.pop("host_files", None)
+    raw["kvm"] = dict(raw["kvm"], mmu="tdp", ept_ad_bits=True)
+    raw["swap"] = dict(
+        raw["swap"],
+        device="disk",
+        zswap={"enabled": False},
+        size_mib=draw(st.sampled_from([1, 2, 4, 64])),
+    )
+    limits = [{}, {"swap_max_mib": 1}, {"max_mib": 3, "swap_max_mib": 2}, {"max_mib": 2}]
+    for vm in raw["vms"]:
+        vm["memcg"] = draw(st.sampled_from([*limits, {"low_mib": 2}]))
+    if draw(st.booleans()):
+        raw["host"] = dict(raw["host"], memcg_stats="lazy")
+    return raw
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(memcg_worlds())
+def test_core_equals_general_path_over_random_memcg_worlds(raw: dict[str, Any]) -> None:
+    sc = parse_scenario(raw, "prop")
+    fast, used = _run(sc, True)
+    general, _ = _run(sc, False)
+    assert used
+    _same(fast, general, "random memcg")
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -226,7 +226,8 @@ def prefaulted(draw: st.DrawFn, huge: bool = False) -> Raw:
 def cored(draw: st.DrawFn, huge: bool = False) -> Raw:
     """A random scenario the compiled host core takes: any policy (two-list, whose whole batch
     the core runs, most often), one spte per gfn with EPT A/D bits, a disk without zswap, no
-    page cache; often a host at its smallest."""
+    page cache; often a host at its smallest, and in some two-list and MGLRU worlds a memcg
+    per VM."""
     raw = copy.deepcopy(draw(scenarios(huge=huge)))
     raw["reclaim"] = {"policy": draw(st.sampled_from(["two_list", *POLICIES]))}
     raw.pop("host_files", None)
@@ -234,6 +235,20 @@ def cored(draw: st.DrawFn, huge: bool = False) -> Raw:
     raw["swap"] |= {"device": "disk", "zswap": {"enabled": False}}
     if draw(st.booleans()):
         raw["host"] = {"memory_mib": 16 if huge else 2} | ({"page_size_kib": 2048} if huge else {})
+    if raw["reclaim"]["policy"] in ("two_list", "mglru") and draw(st.booleans()):
+        # a memcg per VM (as libvirt makes), limits in whole pages
+        scale = 8 if huge else 1
+        for vm in raw["vms"]:
+            vm["memcg"] = draw(
+                st.sampled_from(
+                    [
+                        {},
+                        {"swap_max_mib": 1 * scale},
+                        {"max_mib": 3 * scale, "swap_max_mib": 2 * scale},
+                        {"max_mib": 2 * scale},
+                    ]
+                )
+            )
     return raw
 
 
