@@ -10,7 +10,7 @@ Models
     (sim/kvm/shortcut.py): the write-back checks, ``add_to_swap``, ``try_to_unmap`` (sptes
     zapped, their dirty bits to the folio), ``pageout``'s flag changes and ``__remove_mapping``
     with the policy's workingset shadow. For the two-list policy the whole
-    ``shrink_inactive_list`` and ``shrink_active_list`` on the node's one lruvec, exactly as
+    ``shrink_inactive_list`` and ``shrink_active_list`` of an lruvec, exactly as
     sim/reclaim/two_list.py does them, around the same steps: isolation from the list's tail,
     ``folio_referenced`` (host pte young OR the spte accessed bit, cleared), the reference check,
     the putbacks and ``activate_locked``'s swap freeing. Every flag, link, counter and shadow
@@ -25,18 +25,20 @@ Why
     queue (one ``submit`` per batch) and the eviction log.
 
 When
-    A batch takes this path when the world was built for it (:func:`core_for`: any policy
-    without host page cache on the node's lruvec, no memcgs, an asynchronous swap device
-    without zswap, slot identities or a compressed pool, and the fused TDP walk) and every page
-    the batch isolates belongs to an mm whose notifier subscribers are still KVM's alone; any
-    other batch runs the general path, with nothing changed by the attempt. Policies other than
-    two-list keep their own isolation and reference checks (MGLRU's look-around walks the rmap
-    through the fused walk) and hand the core their victims through
-    ``Vmscan.shrink_folio_list``. ``memsim run`` says once when a world cannot use the core at
-    all. It is the fast path ``host_core`` of sim/fast.py (``MEMSIM_FAST_DISABLE=host_core``
-    turns it off; it is built on the fused walk, so it counts as ``tdp_shortcut`` taken too);
-    tests/test_core.py and tests/test_fastpaths.py run worlds both ways and compare every array
-    and counter.
+    A batch takes this path when the world was built for it (:func:`core_for`: any policy,
+    on the node's lruvec or with a memcg per VM, no host page cache, an asynchronous swap device
+    (with slot identities or without) and no zswap or compressed pool, and the fused TDP walk)
+    and every page the batch isolates belongs to an mm whose notifier subscribers are still
+    KVM's alone; any other batch runs the general path, with nothing changed by the attempt.
+    Policies other than two-list keep their own isolation and reference checks (MGLRU's
+    look-around walks the rmap through the fused walk) and hand the core their victims through
+    ``Vmscan.shrink_folio_list``; two-list runs each lruvec (the node's, or each memcg's) whole.
+    The swap device's slots (identities, memory.swap.max and memory.swap.current) are taken and
+    freed through its own calls once per batch. ``memsim run`` says once when a world cannot use
+    the core at all. It is the fast path ``host_core`` of sim/fast.py
+    (``MEMSIM_FAST_DISABLE=host_core`` turns it off; it is built on the fused walk, so it counts
+    as ``tdp_shortcut`` taken too); tests/test_core.py and tests/test_fastpaths.py run worlds
+    both ways and compare every array and counter.
 """
 
 from __future__ import annotations
@@ -92,7 +94,9 @@ IO_WRITTEN = 13  # out: folios whose write-out started
 IO_FREED = 14  # out: folios freed (shrink_folio_list: to be freed)
 IO_TO_INACTIVE = 15  # out: folios put back on the inactive list
 IO_TO_ACTIVE = 16  # out: folios put back on the active list
-IO_SIZE = 17
+IO_SLOTS_TAKEN = 17  # out: swap slots add_to_swap took (their pages in buf[B_SLOT_PID])
+IO_SLOTS_FREED = 18  # out: swap slots activate_locked freed (their pages in buf[B_UNSLOT_PID])
+IO_SIZE = 19
 
 # mmc rows: per-mm counts of a pass
 MM_AGED = 0  # aging notifier calls
@@ -104,12 +108,21 @@ MM_FREED = 5  # frames freed (nr_swapped up, nr_resident down)
 MM_SWAP_ASKED = 6  # memcgs: slots memory.swap.max allowed (__mem_cgroup_try_charge_swap)
 MM_SWAP_MAX = 7  # memcgs: ... refused (memory.swap.events max)
 MM_CHARGED = 8  # slots add_to_swap took (memory.swap.current up)
-MM_UNCHARGED = 9  # slots activate_locked gave back (memory.swap.current down)
-MM_ROWS = 10
+MM_ROWS = 9
 
 # buf rows: per-folio lists of a pass
-B_EVICT_PID, B_EVICT_PFN, B_EVICT_DIRTY, B_WRITE_PID, B_WRITE_PFN, B_PFNS, B_FREE_PFN = range(7)
-B_ROWS = 7
+(
+    B_EVICT_PID,
+    B_EVICT_PFN,
+    B_EVICT_DIRTY,
+    B_WRITE_PID,
+    B_WRITE_PFN,
+    B_PFNS,
+    B_FREE_PFN,
+    B_SLOT_PID,
+    B_UNSLOT_PID,
+) = range(9)
+B_ROWS = 9
 
 _FREED, _KEEP, _ACTIVATE = int(Outcome.FREED), int(Outcome.KEEP), int(Outcome.ACTIVATE)
 
@@ -258,6 +271,8 @@ def _reclaim_folios(
                 free_slots -= 1
                 flags[pid] = f | PG_SWAP | PG_DIRTY
                 mmc[MM_CHARGED, o] += 1
+                buf[B_SLOT_PID, io[IO_SLOTS_TAKEN]] = pid
+                io[IO_SLOTS_TAKEN] += 1
             else:
                 ok[i] = False
                 io[IO_SWAP_FULL] += 1
@@ -506,9 +521,10 @@ def _shrink_inactive(
             o = _owner(bases, pid)
             if full or (swap_usage[o] + mmc[MM_CHARGED, o]) * 2 >= swap_max[o]:
                 flags[pid] = (f & ~PG_SWAP) | PG_DIRTY
-                mmc[MM_UNCHARGED, o] += 1
+                buf[B_UNSLOT_PID, freed_slots] = pid
                 freed_slots += 1
         io[IO_FREE_SLOTS] += freed_slots
+        io[IO_SLOTS_FREED] = freed_slots
     for i in range(na):
         p = activate[i]
         fl[p] = (fl[p] & ~(LRU_INACTIVE | LRU_ACTIVE)) | LRU_ACTIVE
@@ -590,12 +606,7 @@ class HostCore:
         """The swap device is still one the core drives (a test may change it after the world
         was built)."""
         swap = self.swap
-        return not (
-            swap.synchronous
-            or swap.zswap is not None
-            or swap.zpool is not None
-            or swap.tracks_slots
-        )
+        return not (swap.synchronous or swap.zswap is not None or swap.zpool is not None)
 
     def _swap_usage(self) -> NDArray[np.int64]:
         """Each VM memcg's memory.swap.current (read only by the passes), or empty."""
@@ -603,16 +614,26 @@ class HostCore:
             return self._swap_max
         return self.memcg.swap_usage[: self._nr_vms]
 
-    def _swap_charged(self) -> None:
-        """memory.swap.max's refusals (``memcg_swap_max`` per memcg) and the batch's swap
-        charges and uncharges (``memory.swap.current``)."""
-        memcg = self.memcg
-        if memcg is None:
-            return
-        mmc = self.mmc
-        for o in np.flatnonzero(mmc[MM_SWAP_MAX]).tolist():
-            self.vmscan.vmstat.count(MEMCG_SWAP_MAX, mmc.item(MM_SWAP_MAX, o), o)
-        memcg.swap_usage[: self._nr_vms] += mmc[MM_CHARGED] - mmc[MM_UNCHARGED]
+    def _slots(self) -> None:
+        """The batch's swap slots through the device, as the general path takes and frees
+        them: ``add_to_swap``'s (``get_swap_pages``, slot identities in order when the device
+        tracks them; memory.swap.max's refusals counted per memcg, the slots charged to
+        memory.swap.current), then those ``activate_locked`` gave back (``swap_free_nr``,
+        uncharged)."""
+        io, buf, swap, memcg = self.io, self.buf, self.swap, self.memcg
+        if memcg is not None:
+            mmc = self.mmc
+            for o in np.flatnonzero(mmc[MM_SWAP_MAX]).tolist():
+                self.vmscan.vmstat.count(MEMCG_SWAP_MAX, mmc.item(MM_SWAP_MAX, o), o)
+        taken = int(io[IO_SLOTS_TAKEN])
+        if taken:
+            pids = buf[B_SLOT_PID, :taken].copy()
+            swap.alloc_slots(taken, pids)
+            if memcg is not None:
+                memcg.charge_swap(pids)
+        freed = int(io[IO_SLOTS_FREED])
+        if freed:
+            swap.free_slots(freed, buf[B_UNSLOT_PID, :freed].copy())
 
     def _room(self, n: int) -> NDArray[np.int64]:
         """The pass's scalars, with per-folio rows for ``n`` folios."""
@@ -669,8 +690,7 @@ class HostCore:
         )
         vs = vmscan.vmstat
         full = int(io[IO_SWAP_FULL])
-        swap.nr_free_slots = int(io[IO_FREE_SLOTS])
-        self._swap_charged()
+        self._slots()
         if full:
             sc.nr_swap_full += full
             vs[VmStat.SWAP_FULL] += full
@@ -865,8 +885,6 @@ def general_path_reason(sc: Scenario) -> str | None:
         reasons.append(f"swap.device {sc.swap.device}")
     elif sc.swap.zswap.enabled:
         reasons.append("zswap")
-    elif sc.swap.rotational:
-        reasons.append("swap.rotational")
     return ", ".join(reasons) or None
 
 
@@ -883,7 +901,6 @@ def core_for(vmscan: Vmscan) -> HostCore | None:
         or swap.synchronous
         or swap.zswap is not None
         or swap.zpool is not None
-        or swap.tracks_slots
     ):
         return None
     return HostCore(vmscan, shortcut)

@@ -48,12 +48,22 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "host": {"memory_mib": 12},
     },
     "fifo_swap_full": {"reclaim": {"policy": "fifo"}, "swap": {"size_mib": 2}},
+    "rotational": {"swap": {"size_mib": 64, "rotational": True, "page_cluster": 3}},
+    "rotational_full": {"swap": {"size_mib": 3, "rotational": True}},
+    "rotational_clock": {
+        "reclaim": {"policy": "clock"},
+        "swap": {"size_mib": 8, "rotational": True},
+    },
     "memcg": {"vms__0__memcg": {}},
     "memcg_swap_max": {"vms__0__memcg": {"swap_max_mib": 1}},
     "memcg_limit": {"vms__0__memcg": {"max_mib": 3, "swap_max_mib": 2}},
     "memcg_swap_full": {"vms__0__memcg": {"swap_max_mib": 3}, "swap": {"size_mib": 4}},
     "memcg_lazy_stats": {"vms__0__memcg": {"max_mib": 4}, "host__memcg_stats": "lazy"},
     "memcg_mglru": {"reclaim": {"policy": "mglru"}, "vms__0__memcg": {"swap_max_mib": 1}},
+    "memcg_rotational": {
+        "vms__0__memcg": {"swap_max_mib": 3},
+        "swap": {"size_mib": 8, "rotational": True},
+    },
 }
 
 
@@ -126,8 +136,8 @@ def test_core_equals_general_path_over_random_worlds(raw: dict[str, Any]) -> Non
 @st.composite
 def memcg_worlds(draw: st.DrawFn) -> dict[str, Any]:
     """The invariant tests' random worlds made ones the core takes with a memcg per VM (as
-    libvirt makes): two-list or MGLRU, swap to reclaim into, memory.max, memory.swap.max and
-    memory.low drawn per VM, exact or lazy memcg statistics."""
+    libvirt makes): two-list or MGLRU, swap to reclaim into (with slot identities or without),
+    memory.max, memory.swap.max and memory.low drawn per VM, exact or lazy memcg statistics."""
     raw = copy.deepcopy(draw(scenarios()))
     raw["reclaim"] = {"policy": draw(st.sampled_from(["two_list", "two_list", "mglru"]))}
     raw.pop("host_files", None)
@@ -137,6 +147,7 @@ def memcg_worlds(draw: st.DrawFn) -> dict[str, Any]:
         device="disk",
         zswap={"enabled": False},
         size_mib=draw(st.sampled_from([1, 2, 4, 64])),
+        rotational=draw(st.booleans()),
     )
     limits = [{}, {"swap_max_mib": 1}, {"max_mib": 3, "swap_max_mib": 2}, {"max_mib": 2}]
     for vm in raw["vms"]:
