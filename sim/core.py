@@ -25,17 +25,18 @@ Why
     queue (one ``submit`` per batch) and the eviction log.
 
 When
-    A batch takes this path when the world was built for it (:func:`core_for`: any policy,
-    on the node's lruvec or with a memcg per VM, no host page cache, an asynchronous swap device
-    (with slot identities or without) and no zswap or compressed pool, and the fused TDP walk)
-    and every page the batch isolates belongs to an mm whose notifier subscribers are still
-    KVM's alone; any other batch runs the general path, with nothing changed by the attempt.
-    Policies other than two-list keep their own isolation and reference checks (MGLRU's
-    look-around walks the rmap through the fused walk) and hand the core their victims through
-    ``Vmscan.shrink_folio_list``; two-list runs each lruvec (the node's, or each memcg's) whole.
-    The swap device's slots (identities, memory.swap.max and memory.swap.current) are taken and
-    freed through its own calls once per batch. ``memsim run`` says once when a world cannot use
-    the core at all. It is the fast path ``host_core`` of sim/fast.py
+    A batch takes this path when the world was built for it (:func:`core_for`: any policy, on
+    the node's lruvec or with a memcg per VM, no host page cache, no zswap (a disk, with slot
+    identities or without, or zram), and the fused TDP walk) and every page the batch isolates
+    belongs to an mm whose notifier subscribers are still KVM's alone; any other batch runs the
+    general path, with nothing changed by the attempt. Policies other than two-list keep their
+    own isolation and reference checks (MGLRU's look-around walks the rmap through the fused
+    walk) and hand the core their victims through ``Vmscan.shrink_folio_list``; two-list runs
+    each lruvec (the node's, or each memcg's) whole. The swap device's slots (identities,
+    memory.swap.max and memory.swap.current) are taken and freed through its own calls once per
+    batch, and zram's compressed pool stores the batch's writes and takes its frames once the
+    batch has freed its own, as in the general path. ``memsim run`` says once when a world
+    cannot use the core at all. It is the fast path ``host_core`` of sim/fast.py
     (``MEMSIM_FAST_DISABLE=host_core`` turns it off; it is built on the fused walk, so it counts
     as ``tdp_shortcut`` taken too); tests/test_core.py and tests/test_fastpaths.py run worlds
     both ways and compare every array and counter.
@@ -84,19 +85,20 @@ IO_AGE = 3  # in/out: the lruvec's nonresident_age
 IO_FREED_TOP = 4  # in/out: top of the free-frame stack
 IO_IMMEDIATE_OK = 5  # in: kswapd with PGDAT_WRITEBACK set (counts nr_immediate)
 IO_STAMPS = 6  # in: per-frame scan stamps are kept
-IO_TAKEN = 7  # out: folios isolated
-IO_WRITEBACK = 8  # out: found under write-out
-IO_IMMEDIATE = 9  # out: ... with PG_reclaim from kswapd's last meeting
-IO_REF_WALKED = 10  # out: mapped folios folio_referenced walked
-IO_SWAP_FULL = 11  # out: folios add_to_swap found no slot for
-IO_UNMAPPED = 12  # out: folios try_to_unmap unmapped (the eviction log's rows)
-IO_WRITTEN = 13  # out: folios whose write-out started
-IO_FREED = 14  # out: folios freed (shrink_folio_list: to be freed)
-IO_TO_INACTIVE = 15  # out: folios put back on the inactive list
-IO_TO_ACTIVE = 16  # out: folios put back on the active list
-IO_SLOTS_TAKEN = 17  # out: swap slots add_to_swap took (their pages in buf[B_SLOT_PID])
-IO_SLOTS_FREED = 18  # out: swap slots activate_locked freed (their pages in buf[B_UNSLOT_PID])
-IO_SIZE = 19
+IO_SYNC = 7  # in: the device writes before pageout returns (SWP_SYNCHRONOUS_IO: zram)
+IO_TAKEN = 8  # out (this and all after it): folios isolated
+IO_WRITEBACK = 9  # out: found under write-out
+IO_IMMEDIATE = 10  # out: ... with PG_reclaim from kswapd's last meeting
+IO_REF_WALKED = 11  # out: mapped folios folio_referenced walked
+IO_SWAP_FULL = 12  # out: folios add_to_swap found no slot for
+IO_UNMAPPED = 13  # out: folios try_to_unmap unmapped (the eviction log's rows)
+IO_WRITTEN = 14  # out: folios whose write-out started
+IO_FREED = 15  # out: folios freed (shrink_folio_list: to be freed)
+IO_TO_INACTIVE = 16  # out: folios put back on the inactive list
+IO_TO_ACTIVE = 17  # out: folios put back on the active list
+IO_SLOTS_TAKEN = 18  # out: swap slots add_to_swap took (their pages in buf[B_SLOT_PID])
+IO_SLOTS_FREED = 19  # out: swap slots activate_locked freed (their pages in buf[B_UNSLOT_PID])
+IO_SIZE = 20
 
 # mmc rows: per-mm counts of a pass
 MM_AGED = 0  # aging notifier calls
@@ -252,7 +254,8 @@ def _reclaim_folios(
     and ``swap_usage`` per VM, else empty) the folio's memcg is under memory.swap.max, counting
     those before it (``ok`` cleared for the rest),
     ``try_to_unmap`` (the eviction log's rows), and ``pageout``'s flags for the dirty ones
-    (the rows of the writes to submit). The clean ones are left for ``__remove_mapping``."""
+    (the rows of the writes to submit; on a synchronous device they are clean at once). The
+    clean ones are left for ``__remove_mapping``."""
     free_slots = io[IO_FREE_SLOTS]
     for i in range(nv):
         if not ok[i]:
@@ -301,7 +304,10 @@ def _reclaim_folios(
         pid = frame_pid[p]
         f = flags[pid]
         if f & PG_DIRTY:
-            flags[pid] = (f & ~PG_DIRTY) | PG_WRITEBACK | PG_RECLAIM
+            if io[IO_SYNC]:  # written before pageout returned: clean, freed with the rest
+                flags[pid] = f & ~PG_DIRTY
+            else:
+                flags[pid] = (f & ~PG_DIRTY) | PG_WRITEBACK | PG_RECLAIM
             mmc[MM_WRITTEN, _owner(bases, pid)] += 1
             buf[B_WRITE_PID, nw] = pid
             buf[B_WRITE_PFN, nw] = p
@@ -485,8 +491,8 @@ def _shrink_inactive(
         nf += 1
     io[IO_FREED] = nf
     io[IO_FREED_TOP] = top
-    # putback: kept and written folios to the inactive head, in that order
-    nw = io[IO_WRITTEN]
+    # putback: kept and written (still under write-out) folios to the inactive head, in order
+    nw = 0 if io[IO_SYNC] else io[IO_WRITTEN]
     for i in range(nk):
         p = keep[i]
         fl[p] = (fl[p] & ~(LRU_INACTIVE | LRU_ACTIVE)) | LRU_INACTIVE
@@ -605,8 +611,7 @@ class HostCore:
     def _device_ok(self) -> bool:
         """The swap device is still one the core drives (a test may change it after the world
         was built)."""
-        swap = self.swap
-        return not (swap.synchronous or swap.zswap is not None or swap.zpool is not None)
+        return self.swap.zswap is None
 
     def _swap_usage(self) -> NDArray[np.int64]:
         """Each VM memcg's memory.swap.current (read only by the passes), or empty."""
@@ -614,12 +619,11 @@ class HostCore:
             return self._swap_max
         return self.memcg.swap_usage[: self._nr_vms]
 
-    def _slots(self) -> None:
-        """The batch's swap slots through the device, as the general path takes and frees
-        them: ``add_to_swap``'s (``get_swap_pages``, slot identities in order when the device
-        tracks them; memory.swap.max's refusals counted per memcg, the slots charged to
-        memory.swap.current), then those ``activate_locked`` gave back (``swap_free_nr``,
-        uncharged)."""
+    def _slots_taken(self) -> None:
+        """``add_to_swap``'s slots through the device, as the general path takes them
+        (``get_swap_pages``, slot identities in order when the device tracks them;
+        memory.swap.max's refusals counted per memcg, the slots charged to
+        memory.swap.current)."""
         io, buf, swap, memcg = self.io, self.buf, self.swap, self.memcg
         if memcg is not None:
             mmc = self.mmc
@@ -631,9 +635,13 @@ class HostCore:
             swap.alloc_slots(taken, pids)
             if memcg is not None:
                 memcg.charge_swap(pids)
-        freed = int(io[IO_SLOTS_FREED])
+
+    def _slots_freed(self) -> None:
+        """The slots ``activate_locked`` gave back (``swap_free_nr``: uncharged, and their
+        compressed copies freed, the pool's spare frames with them)."""
+        freed = int(self.io[IO_SLOTS_FREED])
         if freed:
-            swap.free_slots(freed, buf[B_UNSLOT_PID, :freed].copy())
+            self.swap.free_slots(freed, self.buf[B_UNSLOT_PID, :freed].copy())
 
     def _room(self, n: int) -> NDArray[np.int64]:
         """The pass's scalars, with per-folio rows for ``n`` folios."""
@@ -645,6 +653,7 @@ class HostCore:
         io[IO_FREE_SLOTS] = self.swap.nr_free_slots
         io[IO_NR_SLOTS] = self.swap.nr_slots
         io[IO_FREED_TOP] = self.mem._nr_freed
+        io[IO_SYNC] = self.swap.synchronous
         return io
 
     def _prepare(self, lru: TwoList, n: int) -> NDArray[np.int64]:
@@ -677,9 +686,9 @@ class HostCore:
 
     def _unmapped_and_written(self, sc: ScanControl) -> None:
         """``shrink_folio_list``'s per-batch side effects up to ``__remove_mapping``, in the
-        general path's order: the slots ``add_to_swap`` took (and ``activate_locked`` gave
-        back), ``try_to_unmap``'s walk, per-VM invalidations and eviction log, ``pageout``'s
-        one submission of the batch's writes and their write-back timers."""
+        general path's order: the slots ``add_to_swap`` took, ``try_to_unmap``'s walk, per-VM
+        invalidations and eviction log, ``pageout``'s one submission of the batch's writes and
+        their write-back timers (zram: their store in its pool)."""
         mem, swap, vmscan, io, mmc, buf = (
             self.mem,
             self.swap,
@@ -690,7 +699,7 @@ class HostCore:
         )
         vs = vmscan.vmstat
         full = int(io[IO_SWAP_FULL])
-        self._slots()
+        self._slots_taken()
         if full:
             sc.nr_swap_full += full
             vs[VmStat.SWAP_FULL] += full
@@ -712,17 +721,24 @@ class HostCore:
             wpid = buf[B_WRITE_PID, :nw].tolist()
             wpfn = buf[B_WRITE_PFN, :nw].tolist()
             ends = swap.submit(vmscan.now(), write=True, n=nw, per_mm=mmc[MM_WRITTEN].tolist())
-            vmscan.writeback_started(wpid, wpfn, ends, sc)
+            if not swap.synchronous:
+                vmscan.writeback_started(wpid, wpfn, ends, sc)
+            elif swap.zpool is not None:  # zram_write_page: compressed into the pool
+                swap.zpool.store(buf[B_WRITE_PID, :nw].copy())
+                sc.nr_compressed += nw
 
     def _freed(self, sc: ScanControl) -> None:
         """``__remove_mapping``'s counts: the pages now only in swap, the frames free
-        (``pgsteal``)."""
-        nf = int(self.io[IO_FREED])
+        (``pgsteal``); then a compressed pool takes its new frames from them."""
+        io = self.io
+        nf = int(io[IO_FREED])
         if nf:
             freed = self.mmc[MM_FREED]
             self.mem.nr_swapped += freed
-            self.mem.frames_freed(int(self.io[IO_FREED_TOP]), nf, freed)
+            self.mem.frames_freed(int(io[IO_FREED_TOP]), nf, freed)
             sc.freed(nf)
+        if self.swap.zpool is not None and nf + int(io[IO_WRITTEN]):
+            self.swap.zpool.fit()
 
     def shrink_folio_list(
         self, pfns: NDArray[np.int64], sc: ScanControl
@@ -823,8 +839,9 @@ class HostCore:
         pageout0, reclaimed0 = sc.nr_pageout, sc.nr_reclaimed
         self._writeback_counted(sc)
         self._aged(sc)
-        self._unmapped_and_written(sc)  # the slots: add_to_swap's, then activate_locked's
+        self._unmapped_and_written(sc)
         self._freed(sc)
+        self._slots_freed()  # activate_locked's, after shrink_folio_list as in the kernel
         lru.nonresident_age = int(io[IO_AGE])
         sc.activated(int(io[IO_TO_ACTIVE]))
         lru._lru_note_cost(sc.nr_pageout - pageout0, k - (sc.nr_reclaimed - reclaimed0))
@@ -881,9 +898,7 @@ def general_path_reason(sc: Scenario) -> str | None:
         reasons.append("shadow paging with several sptes per gfn")
     elif not sc.kvm.ept_ad_bits:
         reasons.append("kvm.ept_ad_bits off (access tracking)")
-    if sc.swap.device != "disk":
-        reasons.append(f"swap.device {sc.swap.device}")
-    elif sc.swap.zswap.enabled:
+    if sc.swap.device == "disk" and sc.swap.zswap.enabled:
         reasons.append("zswap")
     return ", ".join(reasons) or None
 
@@ -898,9 +913,7 @@ def core_for(vmscan: Vmscan) -> HostCore | None:
         or vmscan.mem.file_base < vmscan.mem.nr_pages  # host page cache
         or not isinstance(shortcut, TdpShortcut)
         or not shortcut.built_any()
-        or swap.synchronous
         or swap.zswap is not None
-        or swap.zpool is not None
     ):
         return None
     return HostCore(vmscan, shortcut)

@@ -54,6 +54,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "reclaim": {"policy": "clock"},
         "swap": {"size_mib": 8, "rotational": True},
     },
+    "zram": {"swap": {"size_mib": 64, "device": "zram"}},
+    "zram_full": {"swap": {"size_mib": 3, "device": "zram"}},
+    "zram_fifo": {"reclaim": {"policy": "fifo"}, "swap": {"size_mib": 64, "device": "zram"}},
+    "zram_mglru": {"reclaim": {"policy": "mglru"}, "swap": {"size_mib": 64, "device": "zram"}},
+    "zram_memcg": {"vms__0__memcg": {"swap_max_mib": 2}, "swap": {"size_mib": 8, "device": "zram"}},
     "memcg": {"vms__0__memcg": {}},
     "memcg_swap_max": {"vms__0__memcg": {"swap_max_mib": 1}},
     "memcg_limit": {"vms__0__memcg": {"max_mib": 3, "swap_max_mib": 2}},
@@ -120,12 +125,12 @@ def test_core_keeps_the_eviction_log(tmp_path: Path) -> None:
 @given(scenarios())
 def test_core_equals_general_path_over_random_worlds(raw: dict[str, Any]) -> None:
     """Over the invariant tests' random worlds, made ones the core takes: a TDP MMU with EPT
-    A/D bits, a disk without zswap, no page cache (everything else, the policy too, as
+    A/D bits, no zswap, no page cache (everything else, the policy and the device too, as
     drawn)."""
     raw = dict(raw, reclaim={"policy": raw["reclaim"]["policy"]})
     raw.pop("host_files", None)
     raw["kvm"] = dict(raw["kvm"], mmu="tdp", ept_ad_bits=True)
-    raw["swap"] = dict(raw["swap"], device="disk", zswap={"enabled": False})
+    raw["swap"] = dict(raw["swap"], zswap={"enabled": False})
     sc = parse_scenario(raw, "prop")
     fast, used = _run(sc, True)
     general, _ = _run(sc, False)
@@ -136,19 +141,18 @@ def test_core_equals_general_path_over_random_worlds(raw: dict[str, Any]) -> Non
 @st.composite
 def memcg_worlds(draw: st.DrawFn) -> dict[str, Any]:
     """The invariant tests' random worlds made ones the core takes with a memcg per VM (as
-    libvirt makes): two-list or MGLRU, swap to reclaim into (with slot identities or without),
+    libvirt makes): two-list or MGLRU, swap to reclaim into (zram, or a disk with slot
+    identities or without),
     memory.max, memory.swap.max and memory.low drawn per VM, exact or lazy memcg statistics."""
     raw = copy.deepcopy(draw(scenarios()))
     raw["reclaim"] = {"policy": draw(st.sampled_from(["two_list", "two_list", "mglru"]))}
     raw.pop("host_files", None)
     raw["kvm"] = dict(raw["kvm"], mmu="tdp", ept_ad_bits=True)
     raw["swap"] = dict(
-        raw["swap"],
-        device="disk",
-        zswap={"enabled": False},
-        size_mib=draw(st.sampled_from([1, 2, 4, 64])),
-        rotational=draw(st.booleans()),
+        raw["swap"], zswap={"enabled": False}, size_mib=draw(st.sampled_from([1, 2, 4, 64]))
     )
+    if raw["swap"]["device"] == "disk":
+        raw["swap"]["rotational"] = draw(st.booleans())
     limits = [{}, {"swap_max_mib": 1}, {"max_mib": 3, "swap_max_mib": 2}, {"max_mib": 2}]
     for vm in raw["vms"]:
         vm["memcg"] = draw(st.sampled_from([*limits, {"low_mib": 2}]))
