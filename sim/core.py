@@ -5,15 +5,16 @@ Where
     with KVM's TDP walk (sim/kvm/shortcut.py), which neither layer may do alone.
 
 Models
-    Nothing new. ``shrink_inactive_list`` -> ``shrink_folio_list`` and ``shrink_active_list`` of
-    the two-list policy on the node's one lruvec, exactly as sim/reclaim/two_list.py and
-    sim/host/vmscan.py do them through sim/host/rmap.py and the fused TDP walk
-    (sim/kvm/shortcut.py): isolation from the list's tail, the write-back checks,
-    ``folio_referenced`` (host pte young OR the spte accessed bit, cleared), the reference
-    check, ``add_to_swap``, ``try_to_unmap`` (sptes zapped, their dirty bits to the folio),
-    ``pageout``'s flag changes, ``__remove_mapping`` with the workingset shadow, the putbacks
-    and ``activate_locked``'s swap freeing. Every flag, link, counter and shadow ends as the
-    general path leaves it.
+    Nothing new. ``shrink_folio_list`` of the folios any policy isolated, exactly as
+    sim/host/vmscan.py does it through sim/host/rmap.py and the fused TDP walk
+    (sim/kvm/shortcut.py): the write-back checks, ``add_to_swap``, ``try_to_unmap`` (sptes
+    zapped, their dirty bits to the folio), ``pageout``'s flag changes and ``__remove_mapping``
+    with the policy's workingset shadow. For the two-list policy the whole
+    ``shrink_inactive_list`` and ``shrink_active_list`` of an lruvec, exactly as
+    sim/reclaim/two_list.py does them, around the same steps: isolation from the list's tail,
+    ``folio_referenced`` (host pte young OR the spte accessed bit, cleared), the reference check,
+    the putbacks and ``activate_locked``'s swap freeing. Every flag, link, counter and shadow
+    ends as the general path leaves it.
 
 Why
     The general path spends a reclaim batch of ~32 folios in a few dozen numpy calls of about a
@@ -24,14 +25,21 @@ Why
     queue (one ``submit`` per batch) and the eviction log.
 
 When
-    A batch takes this path when the world was built for it (:func:`core_for`: the two-list
-    policy without host page cache on the node's lruvec, no memcgs, an asynchronous swap device
-    without zswap, slot identities or a compressed pool, and the fused TDP walk) and every page
-    the batch isolates belongs to an mm whose notifier subscribers are still KVM's alone; any
-    other batch runs the general path, with nothing changed by the attempt. ``memsim run`` says
-    once when a world cannot use the core at all. It is the fast path ``host_core`` of
-    sim/fast.py (``MEMSIM_FAST_DISABLE=host_core`` turns it off); tests/test_core.py and
-    tests/test_fastpaths.py run worlds both ways and compare every array and counter.
+    A batch takes this path when the world was built for it (:func:`core_for`: any policy, on
+    the node's lruvec or with a memcg per VM, no host page cache, no zswap (a disk, with slot
+    identities or without, or zram), and the fused TDP walk) and every page the batch isolates
+    belongs to an mm whose notifier subscribers are still KVM's alone; any other batch runs the
+    general path, with nothing changed by the attempt. Policies other than two-list keep their
+    own isolation and reference checks (MGLRU's look-around walks the rmap through the fused
+    walk) and hand the core their victims through ``Vmscan.shrink_folio_list``; two-list runs
+    each lruvec (the node's, or each memcg's) whole. The swap device's slots (identities,
+    memory.swap.max and memory.swap.current) are taken and freed through its own calls once per
+    batch, and zram's compressed pool stores the batch's writes and takes its frames once the
+    batch has freed its own, as in the general path. ``memsim run`` says once when a world
+    cannot use the core at all. It is the fast path ``host_core`` of sim/fast.py
+    (``MEMSIM_FAST_DISABLE=host_core`` turns it off; it is built on the fused walk, so it counts
+    as ``tdp_shortcut`` taken too); tests/test_core.py and tests/test_fastpaths.py run worlds
+    both ways and compare every array and counter.
 """
 
 from __future__ import annotations
@@ -43,23 +51,25 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sim import fast
+from sim.host.memcontrol import MEMCG_SWAP_MAX
 from sim.host.memory import (
     PG_DIRTY,
     PG_RECLAIM,
-    PG_RESIDENT,
     PG_SWAP,
     PG_WRITEBACK,
     PTE_PRESENT,
 )
+from sim.host.vmscan import Outcome
 from sim.host.vmstat import VmStat
 from sim.kvm.shortcut import TdpShortcut, _owner, age_page, unmap_page
+from sim.reclaim.memcg import MemcgReclaimer
 from sim.reclaim.two_list import (
     _AGE_MASK,
     LRU_ACTIVE,
     LRU_INACTIVE,
-    PG_REFERENCED,
     PG_WORKINGSET,
     TwoList,
+    _check_references,
 )
 
 if TYPE_CHECKING:
@@ -75,17 +85,20 @@ IO_AGE = 3  # in/out: the lruvec's nonresident_age
 IO_FREED_TOP = 4  # in/out: top of the free-frame stack
 IO_IMMEDIATE_OK = 5  # in: kswapd with PGDAT_WRITEBACK set (counts nr_immediate)
 IO_STAMPS = 6  # in: per-frame scan stamps are kept
-IO_TAKEN = 7  # out: folios isolated
-IO_WRITEBACK = 8  # out: found under write-out
-IO_IMMEDIATE = 9  # out: ... with PG_reclaim from kswapd's last meeting
-IO_REF_WALKED = 10  # out: mapped folios folio_referenced walked
-IO_SWAP_FULL = 11  # out: folios add_to_swap found no slot for
-IO_UNMAPPED = 12  # out: folios try_to_unmap unmapped (the eviction log's rows)
-IO_WRITTEN = 13  # out: folios whose write-out started
-IO_FREED = 14  # out: folios freed
-IO_TO_INACTIVE = 15  # out: folios put back on the inactive list
-IO_TO_ACTIVE = 16  # out: folios put back on the active list
-IO_SIZE = 17
+IO_SYNC = 7  # in: the device writes before pageout returns (SWP_SYNCHRONOUS_IO: zram)
+IO_TAKEN = 8  # out (this and all after it): folios isolated
+IO_WRITEBACK = 9  # out: found under write-out
+IO_IMMEDIATE = 10  # out: ... with PG_reclaim from kswapd's last meeting
+IO_REF_WALKED = 11  # out: mapped folios folio_referenced walked
+IO_SWAP_FULL = 12  # out: folios add_to_swap found no slot for
+IO_UNMAPPED = 13  # out: folios try_to_unmap unmapped (the eviction log's rows)
+IO_WRITTEN = 14  # out: folios whose write-out started
+IO_FREED = 15  # out: folios freed (shrink_folio_list: to be freed)
+IO_TO_INACTIVE = 16  # out: folios put back on the inactive list
+IO_TO_ACTIVE = 17  # out: folios put back on the active list
+IO_SLOTS_TAKEN = 18  # out: swap slots add_to_swap took (their pages in buf[B_SLOT_PID])
+IO_SLOTS_FREED = 19  # out: swap slots activate_locked freed (their pages in buf[B_UNSLOT_PID])
+IO_SIZE = 20
 
 # mmc rows: per-mm counts of a pass
 MM_AGED = 0  # aging notifier calls
@@ -94,11 +107,26 @@ MM_UNMAPPED = 2  # invalidations
 MM_ZAPPED = 3  # ... that zapped a present spte
 MM_WRITTEN = 4  # swap writes (pswpout)
 MM_FREED = 5  # frames freed (nr_swapped up, nr_resident down)
-MM_ROWS = 6
+MM_SWAP_ASKED = 6  # memcgs: slots memory.swap.max allowed (__mem_cgroup_try_charge_swap)
+MM_SWAP_MAX = 7  # memcgs: ... refused (memory.swap.events max)
+MM_CHARGED = 8  # slots add_to_swap took (memory.swap.current up)
+MM_ROWS = 9
 
 # buf rows: per-folio lists of a pass
-B_EVICT_PID, B_EVICT_PFN, B_EVICT_DIRTY, B_WRITE_PID, B_WRITE_PFN, B_PFNS = range(6)
-B_ROWS = 6
+(
+    B_EVICT_PID,
+    B_EVICT_PFN,
+    B_EVICT_DIRTY,
+    B_WRITE_PID,
+    B_WRITE_PFN,
+    B_PFNS,
+    B_FREE_PFN,
+    B_SLOT_PID,
+    B_UNSLOT_PID,
+) = range(9)
+B_ROWS = 9
+
+_FREED, _KEEP, _ACTIVATE = int(Outcome.FREED), int(Outcome.KEEP), int(Outcome.ACTIVATE)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -109,6 +137,15 @@ def _add_head(nxt: NDArray[np.int32], prev: NDArray[np.int32], s: int, p: int) -
     prev[p] = head
     nxt[p] = s
     prev[s] = p
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _start(io: NDArray[np.int64], mmc: NDArray[np.int64]) -> None:
+    """Zero a pass's outputs."""
+    for i in range(io.size):
+        if i >= IO_TAKEN:
+            io[i] = 0
+    mmc[:] = 0
 
 
 @numba.njit(cache=True, nogil=True)
@@ -171,98 +208,74 @@ def _referenced(
     return walked
 
 
-@numba.njit(cache=True, nogil=True)
-def _shrink_inactive(
+@numba.njit(cache=True, nogil=True, inline="always")
+def _writeback_check(
+    pfns: NDArray[np.int64],
+    k: int,
     io: NDArray[np.int64],
     flags: NDArray[np.uint8],
-    pfn: NDArray[np.uint32],
     frame_pid: NDArray[np.int32],
-    fl: NDArray[np.uint8],
-    nxt: NDArray[np.int32],
-    prev: NDArray[np.int32],
-    s_inactive: int,
-    s_active: int,
-    spte: NDArray[np.uint8],
-    bases: NDArray[np.int64],
-    usable: NDArray[np.bool_],
-    aging: NDArray[np.bool_],
-    scans: NDArray[np.uint8],
-    readahead: NDArray[np.bool_],
-    free_stack: NDArray[np.uint32],
-    mmc: NDArray[np.int64],
-    buf: NDArray[np.int64],
-) -> bool:
-    """Two-list ``shrink_inactive_list`` of ``io[IO_N]`` folios; False if it must not run here
-    (nothing changed). See the module docstring for what it covers."""
-    pfns = buf[B_PFNS]
-    k = _isolate(io, frame_pid, nxt, prev, s_inactive, bases, usable, pfns)
-    if k < 0:
-        return False
-    for i in range(io.size):
-        if i >= IO_TAKEN:
-            io[i] = 0
-    mmc[:] = 0
-    io[IO_TAKEN] = k
-    if k == 0:
-        return True
-    # isolation: off every list
-    for i in range(k):
-        p = pfns[i]
-        fl[p] = fl[p] & ~(LRU_INACTIVE | LRU_ACTIVE)
-    # write-back cases 1 and 2: activated before any reference check, marked PG_reclaim
-    wb = np.zeros(k, dtype=np.bool_)
+    wb: NDArray[np.bool_],
+) -> int:
+    """``shrink_folio_list``'s write-back cases 1 and 2 for ``pfns[:k]``: which are under
+    write-out (``wb``, to be activated), each marked PG_reclaim, those kswapd had marked
+    already counted as immediate; returns how many."""
     nwb = 0
     for i in range(k):
         pid = frame_pid[pfns[i]]
         f = flags[pid]
-        if f & PG_WRITEBACK:
-            wb[i] = True
+        wb[i] = (f & PG_WRITEBACK) != 0
+        if wb[i]:
             nwb += 1
             if io[IO_IMMEDIATE_OK] and f & PG_RECLAIM:
                 io[IO_IMMEDIATE] += 1
             flags[pid] = f | PG_RECLAIM
     io[IO_WRITEBACK] = nwb
-    check = np.empty(k - nwb, dtype=np.int64)
-    j = 0
-    for i in range(k):
-        if not wb[i]:
-            check[j] = pfns[i]
-            j += 1
-    nc = k - nwb
-    young = np.empty(nc, dtype=np.bool_)
-    io[IO_REF_WALKED] = _referenced(
-        check, nc, flags, frame_pid, spte, bases, aging, scans, io[IO_STAMPS] != 0, mmc, young
-    )
-    # folio_check_references: (reclaim, keep, activate) in batch order
-    victims = np.empty(nc, dtype=np.int64)
-    keep = np.empty(nc, dtype=np.int64)
-    activate = np.empty(nc + k, dtype=np.int64)
-    nv = nk = na = 0
-    for i in range(nc):
-        p = check[i]
-        f = fl[p]
-        if young[i]:
-            fl[p] = f | PG_REFERENCED
-            if f & PG_REFERENCED:
-                activate[na] = p
-                na += 1
-            else:
-                keep[nk] = p
-                nk += 1
-        else:
-            fl[p] = f & ~PG_REFERENCED
-            victims[nv] = p
-            nv += 1
-    # shrink_folio_list: add_to_swap for folios with no swap copy (in order, while slots last)
-    ok = np.ones(nv, dtype=np.bool_)
+    return nwb
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _reclaim_folios(
+    victims: NDArray[np.int64],
+    nv: int,
+    ok: NDArray[np.bool_],
+    io: NDArray[np.int64],
+    flags: NDArray[np.uint8],
+    frame_pid: NDArray[np.int32],
+    spte: NDArray[np.uint8],
+    bases: NDArray[np.int64],
+    swap_max: NDArray[np.int64],
+    swap_usage: NDArray[np.int64],
+    mmc: NDArray[np.int64],
+    buf: NDArray[np.int64],
+) -> None:
+    """``shrink_folio_list`` past the write-back checks for the ``ok`` ones of
+    ``victims[:nv]``: ``add_to_swap`` in order while slots last and (with memcgs: ``swap_max``
+    and ``swap_usage`` per VM, else empty) the folio's memcg is under memory.swap.max, counting
+    those before it (``ok`` cleared for the rest),
+    ``try_to_unmap`` (the eviction log's rows), and ``pageout``'s flags for the dirty ones
+    (the rows of the writes to submit; on a synchronous device they are clean at once). The
+    clean ones are left for ``__remove_mapping``."""
     free_slots = io[IO_FREE_SLOTS]
     for i in range(nv):
+        if not ok[i]:
+            continue
         pid = frame_pid[victims[i]]
         f = flags[pid]
         if not f & PG_SWAP:
+            o = _owner(bases, pid)
+            if swap_max.size:
+                if swap_usage[o] + mmc[MM_SWAP_ASKED, o] + 1 > swap_max[o]:
+                    ok[i] = False
+                    mmc[MM_SWAP_MAX, o] += 1
+                    continue
+                mmc[MM_SWAP_ASKED, o] += 1
             if free_slots > 0:
                 free_slots -= 1
                 flags[pid] = f | PG_SWAP | PG_DIRTY
+                mmc[MM_CHARGED, o] += 1
+                buf[B_SLOT_PID, io[IO_SLOTS_TAKEN]] = pid
+                io[IO_SLOTS_TAKEN] += 1
             else:
                 ok[i] = False
                 io[IO_SWAP_FULL] += 1
@@ -282,7 +295,7 @@ def _shrink_inactive(
         buf[B_EVICT_DIRTY, ne] = 1 if f & PG_DIRTY else 0
         ne += 1
     io[IO_UNMAPPED] = ne
-    # pageout (dirty: written, kept) and __remove_mapping (clean: freed)
+    # pageout: dirty ones are written and kept
     nw = 0
     for i in range(nv):
         if not ok[i]:
@@ -291,39 +304,195 @@ def _shrink_inactive(
         pid = frame_pid[p]
         f = flags[pid]
         if f & PG_DIRTY:
-            flags[pid] = (f & ~PG_DIRTY) | PG_WRITEBACK | PG_RECLAIM
+            if io[IO_SYNC]:  # written before pageout returned: clean, freed with the rest
+                flags[pid] = f & ~PG_DIRTY
+            else:
+                flags[pid] = (f & ~PG_DIRTY) | PG_WRITEBACK | PG_RECLAIM
             mmc[MM_WRITTEN, _owner(bases, pid)] += 1
             buf[B_WRITE_PID, nw] = pid
             buf[B_WRITE_PFN, nw] = p
             nw += 1
     io[IO_WRITTEN] = nw
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _free_folio(
+    p: int,
+    shadow: int,
+    flags: NDArray[np.uint8],
+    pfn: NDArray[np.uint32],
+    frame_pid: NDArray[np.int32],
+    bases: NDArray[np.int64],
+    readahead: NDArray[np.bool_],
+    free_stack: NDArray[np.uint32],
+    top: int,
+    mmc: NDArray[np.int64],
+) -> None:
+    """``__remove_mapping`` of one clean, unmapped folio: the page only in swap with
+    ``shadow`` where its pfn was, the frame pushed on the free stack at ``top``."""
+    pid = frame_pid[p]
+    mmc[MM_FREED, _owner(bases, pid)] += 1
+    flags[pid] = PG_SWAP
+    if readahead.size:
+        readahead[pid] = False  # a folio read ahead and never touched
+    pfn[pid] = shadow
+    frame_pid[p] = -1
+    free_stack[top] = p
+
+
+@numba.njit(cache=True, nogil=True)
+def _shrink_folio_list(
+    pfns: NDArray[np.int64],
+    io: NDArray[np.int64],
+    flags: NDArray[np.uint8],
+    frame_pid: NDArray[np.int32],
+    spte: NDArray[np.uint8],
+    bases: NDArray[np.int64],
+    usable: NDArray[np.bool_],
+    swap_max: NDArray[np.int64],
+    swap_usage: NDArray[np.int64],
+    mmc: NDArray[np.int64],
+    buf: NDArray[np.int64],
+    out: NDArray[np.int8],
+) -> bool:
+    """``shrink_folio_list`` of isolated ``pfns`` up to ``__remove_mapping``: an Outcome each
+    in ``out``, the ones to free in ``buf[B_FREE_PFN]``; False if a folio belongs to an mm the
+    fused walk cannot take (nothing changed)."""
+    k = pfns.size
+    for i in range(k):
+        if not usable[_owner(bases, frame_pid[pfns[i]])]:
+            return False
+    _start(io, mmc)
+    ok = np.empty(k, dtype=np.bool_)
+    _writeback_check(pfns, k, io, flags, frame_pid, ok)
+    for i in range(k):
+        ok[i] = not ok[i]
+    _reclaim_folios(pfns, k, ok, io, flags, frame_pid, spte, bases, swap_max, swap_usage, mmc, buf)
+    nf = 0
+    for i in range(k):
+        p = pfns[i]
+        if not ok[i]:
+            out[i] = _ACTIVATE
+        elif flags[frame_pid[p]] & PG_WRITEBACK:  # written just now: kept
+            out[i] = _KEEP
+        else:
+            out[i] = _FREED
+            buf[B_FREE_PFN, nf] = p
+            nf += 1
+    io[IO_FREED] = nf
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _remove_mapping(
+    io: NDArray[np.int64],
+    shadows: NDArray[np.uint32],
+    flags: NDArray[np.uint8],
+    pfn: NDArray[np.uint32],
+    frame_pid: NDArray[np.int32],
+    bases: NDArray[np.int64],
+    readahead: NDArray[np.bool_],
+    free_stack: NDArray[np.uint32],
+    mmc: NDArray[np.int64],
+    buf: NDArray[np.int64],
+) -> None:
+    """``__remove_mapping`` of the ``io[IO_FREED]`` folios :func:`_shrink_folio_list` left in
+    ``buf[B_FREE_PFN]``, each keeping its shadow."""
+    top = io[IO_FREED_TOP]
+    for i in range(io[IO_FREED]):
+        _free_folio(
+            buf[B_FREE_PFN, i],
+            shadows[i],
+            flags,
+            pfn,
+            frame_pid,
+            bases,
+            readahead,
+            free_stack,
+            top,
+            mmc,
+        )
+        top += 1
+    io[IO_FREED_TOP] = top
+
+
+@numba.njit(cache=True, nogil=True)
+def _shrink_inactive(
+    io: NDArray[np.int64],
+    flags: NDArray[np.uint8],
+    pfn: NDArray[np.uint32],
+    frame_pid: NDArray[np.int32],
+    fl: NDArray[np.uint8],
+    nxt: NDArray[np.int32],
+    prev: NDArray[np.int32],
+    s_inactive: int,
+    s_active: int,
+    spte: NDArray[np.uint8],
+    bases: NDArray[np.int64],
+    usable: NDArray[np.bool_],
+    aging: NDArray[np.bool_],
+    scans: NDArray[np.uint8],
+    readahead: NDArray[np.bool_],
+    free_stack: NDArray[np.uint32],
+    swap_max: NDArray[np.int64],
+    swap_usage: NDArray[np.int64],
+    mmc: NDArray[np.int64],
+    buf: NDArray[np.int64],
+) -> bool:
+    """Two-list ``shrink_inactive_list`` of ``io[IO_N]`` folios; False if it must not run here
+    (nothing changed). See the module docstring for what it covers."""
+    pfns = buf[B_PFNS]
+    k = _isolate(io, frame_pid, nxt, prev, s_inactive, bases, usable, pfns)
+    if k < 0:
+        return False
+    _start(io, mmc)
+    io[IO_TAKEN] = k
+    if k == 0:
+        return True
+    # isolation: off every list
+    for i in range(k):
+        p = pfns[i]
+        fl[p] = fl[p] & ~(LRU_INACTIVE | LRU_ACTIVE)
+    # write-back cases 1 and 2: activated before any reference check, marked PG_reclaim
+    wb = np.empty(k, dtype=np.bool_)
+    nwb = _writeback_check(pfns, k, io, flags, frame_pid, wb)
+    check = np.empty(k - nwb, dtype=np.int64)
+    j = 0
+    for i in range(k):
+        if not wb[i]:
+            check[j] = pfns[i]
+            j += 1
+    nc = k - nwb
+    young = np.empty(nc, dtype=np.bool_)
+    io[IO_REF_WALKED] = _referenced(
+        check, nc, flags, frame_pid, spte, bases, aging, scans, io[IO_STAMPS] != 0, mmc, young
+    )
+    victims, keep, referenced = _check_references(check, young, fl)
+    nv, nk = victims.size, keep.size
+    # shrink_folio_list: add_to_swap, try_to_unmap, pageout, then __remove_mapping
+    ok = np.ones(nv, dtype=np.bool_)
+    _reclaim_folios(
+        victims, nv, ok, io, flags, frame_pid, spte, bases, swap_max, swap_usage, mmc, buf
+    )
     age = io[IO_AGE]
     top = io[IO_FREED_TOP]
     nf = 0
     for i in range(nv):
-        if not ok[i]:
-            continue
         p = victims[i]
-        pid = frame_pid[p]
-        if flags[pid] & PG_WRITEBACK:  # written just now: kept
+        if not ok[i] or flags[frame_pid[p]] & PG_WRITEBACK:  # no slot, or written just now
             continue
         shadow = age & _AGE_MASK  # workingset_eviction
         if fl[p] & PG_WORKINGSET:
             shadow |= 1 << 31
         age += 1
         fl[p] = 0
-        mmc[MM_FREED, _owner(bases, pid)] += 1
-        flags[pid] = PG_SWAP & ~PG_RESIDENT
-        if readahead.size:
-            readahead[pid] = False
-        pfn[pid] = shadow
-        frame_pid[p] = -1
-        free_stack[top] = p
+        _free_folio(p, shadow, flags, pfn, frame_pid, bases, readahead, free_stack, top, mmc)
         top += 1
         nf += 1
     io[IO_FREED] = nf
     io[IO_FREED_TOP] = top
-    # putback: kept and written folios to the inactive head, in that order
+    # putback: kept and written (still under write-out) folios to the inactive head, in order
+    nw = 0 if io[IO_SYNC] else io[IO_WRITTEN]
     for i in range(nk):
         p = keep[i]
         fl[p] = (fl[p] & ~(LRU_INACTIVE | LRU_ACTIVE)) | LRU_INACTIVE
@@ -334,6 +503,9 @@ def _shrink_inactive(
         _add_head(nxt, prev, s_inactive, p)
     io[IO_TO_INACTIVE] = nk + nw
     # activate: referenced twice, no swap slot, under write-out
+    activate = np.empty(referenced.size + nv + nwb, dtype=np.int64)
+    na = referenced.size
+    activate[:na] = referenced
     for i in range(nv):
         if not ok[i]:
             activate[na] = victims[i]
@@ -342,16 +514,23 @@ def _shrink_inactive(
         if wb[i]:
             activate[na] = pfns[i]
             na += 1
-    if io[IO_FREE_SLOTS] * 2 < io[IO_NR_SLOTS]:  # activate_locked: vm_swap_full
+    # activate_locked: vm_swap_full, or (memcgs) mem_cgroup_swap_full of the folio's memcg
+    full = io[IO_FREE_SLOTS] * 2 < io[IO_NR_SLOTS]
+    if full or swap_max.size:
         freed_slots = 0
         want = PG_SWAP | PTE_PRESENT
         for i in range(na):
             pid = frame_pid[activate[i]]
             f = flags[pid]
-            if (f & (PG_SWAP | PG_WRITEBACK | PTE_PRESENT)) == want:
+            if (f & (PG_SWAP | PG_WRITEBACK | PTE_PRESENT)) != want:
+                continue
+            o = _owner(bases, pid)
+            if full or (swap_usage[o] + mmc[MM_CHARGED, o]) * 2 >= swap_max[o]:
                 flags[pid] = (f & ~PG_SWAP) | PG_DIRTY
+                buf[B_UNSLOT_PID, freed_slots] = pid
                 freed_slots += 1
         io[IO_FREE_SLOTS] += freed_slots
+        io[IO_SLOTS_FREED] = freed_slots
     for i in range(na):
         p = activate[i]
         fl[p] = (fl[p] & ~(LRU_INACTIVE | LRU_ACTIVE)) | LRU_ACTIVE
@@ -414,18 +593,75 @@ class HostCore:
         self.io = np.zeros(IO_SIZE, dtype=np.int64)
         self.mmc = np.zeros((MM_ROWS, len(shortcut.vms)), dtype=np.int64)
         self.buf = np.zeros((B_ROWS, 64), dtype=np.int64)
+        self.memcg = vmscan.memcg
+        nr_vms = len(shortcut.vms)
+        self._nr_vms = nr_vms
+        # memory.swap.max per VM memcg (pages), or empty without memcgs
+        self._swap_max = np.zeros(0, dtype=np.int64)
+        if self.memcg is not None:
+            self._swap_max = np.array(self.memcg.limits.swap_max[:nr_vms], dtype=np.int64)
+
+    def takes(self, reclaim: object) -> bool:
+        """Whether ``reclaim`` is this world's reclaimer, as the node's lruvec or one memcg's
+        lruvec sees it (a test may hand a policy another)."""
+        return reclaim is self.vmscan or (
+            type(reclaim) is MemcgReclaimer and reclaim.reclaimer is self.vmscan
+        )
+
+    def _device_ok(self) -> bool:
+        """The swap device is still one the core drives (a test may change it after the world
+        was built)."""
+        return self.swap.zswap is None
+
+    def _swap_usage(self) -> NDArray[np.int64]:
+        """Each VM memcg's memory.swap.current (read only by the passes), or empty."""
+        if self.memcg is None:
+            return self._swap_max
+        return self.memcg.swap_usage[: self._nr_vms]
+
+    def _slots_taken(self) -> None:
+        """``add_to_swap``'s slots through the device, as the general path takes them
+        (``get_swap_pages``, slot identities in order when the device tracks them;
+        memory.swap.max's refusals counted per memcg, the slots charged to
+        memory.swap.current)."""
+        io, buf, swap, memcg = self.io, self.buf, self.swap, self.memcg
+        if memcg is not None:
+            mmc = self.mmc
+            for o in np.flatnonzero(mmc[MM_SWAP_MAX]).tolist():
+                self.vmscan.vmstat.count(MEMCG_SWAP_MAX, mmc.item(MM_SWAP_MAX, o), o)
+        taken = int(io[IO_SLOTS_TAKEN])
+        if taken:
+            pids = buf[B_SLOT_PID, :taken].copy()
+            swap.alloc_slots(taken, pids)
+            if memcg is not None:
+                memcg.charge_swap(pids)
+
+    def _slots_freed(self) -> None:
+        """The slots ``activate_locked`` gave back (``swap_free_nr``: uncharged, and their
+        compressed copies freed, the pool's spare frames with them)."""
+        freed = int(self.io[IO_SLOTS_FREED])
+        if freed:
+            self.swap.free_slots(freed, self.buf[B_UNSLOT_PID, :freed].copy())
+
+    def _room(self, n: int) -> NDArray[np.int64]:
+        """The pass's scalars, with per-folio rows for ``n`` folios."""
+        if n > self.buf.shape[1]:
+            self.buf = np.zeros((B_ROWS, max(n, 2 * self.buf.shape[1])), dtype=np.int64)
+        io = self.io
+        io[IO_N] = n
+        io[IO_STAMPS] = self.mem.stamps
+        io[IO_FREE_SLOTS] = self.swap.nr_free_slots
+        io[IO_NR_SLOTS] = self.swap.nr_slots
+        io[IO_FREED_TOP] = self.mem._nr_freed
+        io[IO_SYNC] = self.swap.synchronous
+        return io
 
     def _prepare(self, lru: TwoList, n: int) -> NDArray[np.int64]:
         """Room for a pass of ``n`` folios, with the lists' buffered adds linked in first
         (``lru_add_drain``, as isolation and putback would do)."""
         lru.inactive.drain()
         lru.active.drain()
-        if n > self.buf.shape[1]:
-            self.buf = np.zeros((B_ROWS, max(n, 2 * self.buf.shape[1])), dtype=np.int64)
-        io = self.io
-        io[IO_N] = n
-        io[IO_STAMPS] = self.mem.stamps
-        return io
+        return self._room(n)
 
     def _aged(self, sc: ScanControl) -> None:
         """``folio_referenced``'s counts for the pass: the rmap walk, and the per-VM side
@@ -434,18 +670,139 @@ class HostCore:
         if walked:
             self.vmscan.rmap.walked(sc, walked)
             self.shortcut.aged(self.mmc[MM_AGED], self.mmc[MM_YOUNG], sc, flush=True)
+            fast.took("tdp_shortcut")  # the fused walk's aging step, compiled in
+
+    def _writeback_counted(self, sc: ScanControl) -> None:
+        """The write-back cases' counts (``nr_immediate``, ``nr_writeback``)."""
+        io = self.io
+        nwb = int(io[IO_WRITEBACK])
+        if nwb:
+            vs = self.vmscan.vmstat
+            immediate = int(io[IO_IMMEDIATE])
+            sc.nr_immediate += immediate
+            sc.nr_writeback += nwb - immediate
+            vs[VmStat.VMSCAN_WRITEBACK] += nwb - immediate
+            vs[VmStat.VMSCAN_IMMEDIATE] += immediate
+
+    def _unmapped_and_written(self, sc: ScanControl) -> None:
+        """``shrink_folio_list``'s per-batch side effects up to ``__remove_mapping``, in the
+        general path's order: the slots ``add_to_swap`` took, ``try_to_unmap``'s walk, per-VM
+        invalidations and eviction log, ``pageout``'s one submission of the batch's writes and
+        their write-back timers (zram: their store in its pool)."""
+        mem, swap, vmscan, io, mmc, buf = (
+            self.mem,
+            self.swap,
+            self.vmscan,
+            self.io,
+            self.mmc,
+            self.buf,
+        )
+        vs = vmscan.vmstat
+        full = int(io[IO_SWAP_FULL])
+        self._slots_taken()
+        if full:
+            sc.nr_swap_full += full
+            vs[VmStat.SWAP_FULL] += full
+        ne = int(io[IO_UNMAPPED])
+        if ne:
+            vmscan.rmap.walked(sc, ne)
+            self.shortcut.unmapped(mmc[MM_UNMAPPED], mmc[MM_ZAPPED], sc)
+            fast.took("tdp_shortcut")  # the fused walk's unmap step, compiled in
+            if vmscan.sink is not None:
+                upid = buf[B_EVICT_PID, :ne].astype(np.int32)
+                upfn = buf[B_EVICT_PFN, :ne].copy()
+                scans = mem.scans[upfn] if mem.stamps else np.zeros(ne, dtype=np.uint8)
+                dirty = buf[B_EVICT_DIRTY, :ne] != 0
+                vmscan.sink.evicted(vmscan.now(), upid, upfn, dirty, scans)
+        nw = int(io[IO_WRITTEN])
+        if nw:
+            sc.nr_pageout += nw
+            vs[VmStat.NR_VMSCAN_WRITE] += nw
+            wpid = buf[B_WRITE_PID, :nw].tolist()
+            wpfn = buf[B_WRITE_PFN, :nw].tolist()
+            ends = swap.submit(vmscan.now(), write=True, n=nw, per_mm=mmc[MM_WRITTEN].tolist())
+            if not swap.synchronous:
+                vmscan.writeback_started(wpid, wpfn, ends, sc)
+            elif swap.zpool is not None:  # zram_write_page: compressed into the pool
+                swap.zpool.store(buf[B_WRITE_PID, :nw].copy())
+                sc.nr_compressed += nw
+
+    def _freed(self, sc: ScanControl) -> None:
+        """``__remove_mapping``'s counts: the pages now only in swap, the frames free
+        (``pgsteal``); then a compressed pool takes its new frames from them."""
+        io = self.io
+        nf = int(io[IO_FREED])
+        if nf:
+            freed = self.mmc[MM_FREED]
+            self.mem.nr_swapped += freed
+            self.mem.frames_freed(int(io[IO_FREED_TOP]), nf, freed)
+            sc.freed(nf)
+        if self.swap.zpool is not None and nf + int(io[IO_WRITTEN]):
+            self.swap.zpool.fit()
+
+    def shrink_folio_list(
+        self, pfns: NDArray[np.int64], sc: ScanControl
+    ) -> NDArray[np.int8] | None:
+        """``vmscan.shrink_folio_list(pfns, sc)`` compiled, whatever policy isolated the folios;
+        None if the general path must run it (nothing was done)."""
+        n = len(pfns)
+        if n == 0 or not self._device_ok():
+            return None
+        mem, sh, vmscan = self.mem, self.shortcut, self.vmscan
+        io = self._room(n)
+        io[IO_IMMEDIATE_OK] = (not sc.direct) and vmscan.pgdat_writeback
+        out = np.empty(n, dtype=np.int8)
+        pfns = np.ascontiguousarray(pfns, dtype=np.int64)
+        done = _shrink_folio_list(
+            pfns,
+            io,
+            mem.flags,
+            mem.frame_pid,
+            sh.spte,
+            mem.pid_base,
+            sh._usable,
+            self._swap_max,
+            self._swap_usage(),
+            self.mmc,
+            self.buf,
+            out,
+        )
+        if not done:
+            return None
+        fast.took("host_core")
+        self._writeback_counted(sc)
+        self._unmapped_and_written(sc)
+        nf = int(io[IO_FREED])
+        if nf:
+            shadows = vmscan.policy.workingset_eviction(self.buf[B_FREE_PFN, :nf].copy())
+            free = mem.reserve_free(nf)
+            io[IO_FREED_TOP] = mem._nr_freed
+            _remove_mapping(
+                io,
+                shadows,
+                mem.flags,
+                mem.pfn,
+                mem.frame_pid,
+                mem.pid_base,
+                mem.readahead,
+                free,
+                self.mmc,
+                self.buf,
+            )
+            self._freed(sc)
+        return out
 
     def shrink_inactive_list(self, lru: TwoList, n: int, sc: ScanControl) -> bool:
         """``lru.shrink_inactive_list(n, sc, vmscan)`` compiled; False if the general path must
         run it (nothing was done)."""
-        mem, swap, vmscan = self.mem, self.swap, self.vmscan
+        if not self._device_ok():
+            return False
+        mem, vmscan = self.mem, self.vmscan
         io = self._prepare(lru, n)
-        io[IO_FREE_SLOTS] = swap.nr_free_slots
-        io[IO_NR_SLOTS] = swap.nr_slots
         io[IO_AGE] = lru.nonresident_age
-        io[IO_FREED_TOP] = mem._nr_freed
         io[IO_IMMEDIATE_OK] = (not sc.direct) and vmscan.pgdat_writeback
         free = mem.reserve_free(n)
+        io[IO_FREED_TOP] = mem._nr_freed
         sh = self.shortcut
         done = _shrink_inactive(
             io,
@@ -464,6 +821,8 @@ class HostCore:
             mem.scans,
             mem.readahead,
             free,
+            self._swap_max,
+            self._swap_usage(),
             self.mmc,
             self.buf,
         )
@@ -473,52 +832,18 @@ class HostCore:
         k = int(io[IO_TAKEN])
         if k == 0:
             return True
-        vs, mmc, buf = vmscan.vmstat, self.mmc, self.buf
         lru.inactive._size += int(io[IO_TO_INACTIVE]) - k
         lru.active._size += int(io[IO_TO_ACTIVE])
         sc.nr_taken += k
         sc.isolated(k)
         pageout0, reclaimed0 = sc.nr_pageout, sc.nr_reclaimed
-        nwb = int(io[IO_WRITEBACK])
-        if nwb:
-            immediate = int(io[IO_IMMEDIATE])
-            sc.nr_immediate += immediate
-            sc.nr_writeback += nwb - immediate
-            vs[VmStat.VMSCAN_WRITEBACK] += nwb - immediate
-            vs[VmStat.VMSCAN_IMMEDIATE] += immediate
+        self._writeback_counted(sc)
         self._aged(sc)
-        full = int(io[IO_SWAP_FULL])
-        swap.nr_free_slots = int(io[IO_FREE_SLOTS])  # add_to_swap's, then activate_locked's
-        if full:
-            sc.nr_swap_full += full
-            vs[VmStat.SWAP_FULL] += full
-        ne = int(io[IO_UNMAPPED])
-        if ne:
-            vmscan.rmap.walked(sc, ne)
-            sh.unmapped(mmc[MM_UNMAPPED], mmc[MM_ZAPPED], sc)
-            if vmscan.sink is not None:
-                upid = buf[B_EVICT_PID, :ne].astype(np.int32)
-                upfn = buf[B_EVICT_PFN, :ne].copy()
-                scans = mem.scans[upfn] if mem.stamps else np.zeros(ne, dtype=np.uint8)
-                dirty = buf[B_EVICT_DIRTY, :ne] != 0
-                vmscan.sink.evicted(vmscan.now(), upid, upfn, dirty, scans)
-        nw = int(io[IO_WRITTEN])
-        if nw:
-            sc.nr_pageout += nw
-            vs[VmStat.NR_VMSCAN_WRITE] += nw
-            wpid = buf[B_WRITE_PID, :nw].tolist()
-            wpfn = buf[B_WRITE_PFN, :nw].tolist()
-            ends = swap.submit(vmscan.now(), write=True, n=nw, per_mm=mmc[MM_WRITTEN].tolist())
-            vmscan.writeback_started(wpid, wpfn, ends, sc)
-        nf = int(io[IO_FREED])
-        if nf:
-            freed = mmc[MM_FREED]
-            mem.nr_swapped += freed
-            mem.frames_freed(int(io[IO_FREED_TOP]), nf, freed)
-            sc.freed(nf)
-        nact = int(io[IO_TO_ACTIVE])
+        self._unmapped_and_written(sc)
+        self._freed(sc)
+        self._slots_freed()  # activate_locked's, after shrink_folio_list as in the kernel
         lru.nonresident_age = int(io[IO_AGE])
-        sc.activated(nact)
+        sc.activated(int(io[IO_TO_ACTIVE]))
         lru._lru_note_cost(sc.nr_pageout - pageout0, k - (sc.nr_reclaimed - reclaimed0))
         return True
 
@@ -567,42 +892,28 @@ def general_path_reason(sc: Scenario) -> str | None:
     reasons = []
     if not fast.enabled("host_core"):
         reasons.append("turned off by MEMSIM_FAST / MEMSIM_FAST_DISABLE")
-    if sc.reclaim.policy != "two_list":
-        reasons.append(f"reclaim.policy {sc.reclaim.policy}")
-    if any(cfg.memcg is not None for _, cfg in sc.vm_list()):
-        reasons.append("memcgs")
     if sc.file_sections():
         reasons.append("host page cache")
     if sc.kvm.mmu == "shadow" and sc.kvm.shadow_sptes_per_gfn > 1:
         reasons.append("shadow paging with several sptes per gfn")
     elif not sc.kvm.ept_ad_bits:
         reasons.append("kvm.ept_ad_bits off (access tracking)")
-    if sc.swap.device != "disk":
-        reasons.append(f"swap.device {sc.swap.device}")
-    elif sc.swap.zswap.enabled:
+    if sc.swap.device == "disk" and sc.swap.zswap.enabled:
         reasons.append("zswap")
-    elif sc.swap.rotational:
-        reasons.append("swap.rotational")
     return ", ".join(reasons) or None
 
 
-def core_for(vmscan: Vmscan, policy: object, memcg: object | None) -> HostCore | None:
+def core_for(vmscan: Vmscan) -> HostCore | None:
     """The compiled core for a world, or None when its configuration needs the general path
     (see the module docstring's "When")."""
     shortcut = vmscan.rmap.shortcut
     swap = vmscan.swap
     if (
         not fast.enabled("host_core")
-        or type(policy) is not TwoList
-        or policy.file
-        or policy.memcg >= 0
-        or memcg is not None
+        or vmscan.mem.file_base < vmscan.mem.nr_pages  # host page cache
         or not isinstance(shortcut, TdpShortcut)
         or not shortcut.built_any()
-        or swap.synchronous
         or swap.zswap is not None
-        or swap.zpool is not None
-        or swap.tracks_slots
     ):
         return None
     return HostCore(vmscan, shortcut)

@@ -107,8 +107,12 @@ class World(Machine):
             if sc.host.memcg_stats == "lazy" and isinstance(policy, MemcgTwoList):
                 self.memcg.use_lazy_stats(policy, round(sc.host.memcg_stats_flush_ms * 1e6))
             swap.on_free_slots = self.memcg.uncharge_swap
-        if isinstance(policy, TwoList):  # the compiled reclaim batch, where it applies
-            policy.core = core_for(self.vmscan, policy, self.memcg)
+        # the compiled reclaim batch, where it applies (two-list lruvecs run whole passes in it)
+        self.vmscan.core = core = core_for(self.vmscan)
+        lruvecs = policy.lruvecs if isinstance(policy, MemcgTwoList) else [policy]
+        for lruvec in lruvecs:
+            if isinstance(lruvec, TwoList):
+                lruvec.core = core
         self.host_fault = HostFaultHandler(
             env,
             mem,

@@ -57,9 +57,9 @@ FAST_PATHS: dict[str, FastPath] = {
         ),
         FastPath(
             "host_core",
-            "the two-list reclaim batch through two_list.py, vmscan.py, rmap.py and the TDP "
-            "walk (shrink_inactive_list -> shrink_folio_list, shrink_active_list) by one "
-            "compiled pass over the arrays (sim/core.py)",
+            "a reclaim batch through vmscan.py, rmap.py and the TDP walk (shrink_folio_list of "
+            "any policy's victims; two-list's whole shrink_inactive_list and shrink_active_list) "
+            "by one compiled pass over the arrays (sim/core.py)",
             "sim/engine.py, at world build (core_for)",
         ),
         FastPath(

@@ -31,6 +31,7 @@ EXPECTED = {
     ("full model ~5%", "guest accesses/s, host core vs general path"),
     ("full model ~5%", "faults handled/s"),
     ("full model ~5%", "fault rate (faults/access)"),
+    ("memcg two-list ~1%", "guest accesses/s, host core vs general path"),
     ("replay", "lru accesses/s"),
     ("replay", "opt accesses/s vs our lru"),
     ("replay", "opt accesses/s"),

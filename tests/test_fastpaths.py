@@ -41,7 +41,7 @@ from sim.machine import rng_for
 from sim.reclaim import mglru
 from sim.reclaim.base import PageQueue
 from sim.replay import FAST, replay
-from tests.test_invariants import scenarios
+from tests.test_invariants import POLICIES, scenarios
 from tests.test_memcg import limits
 
 Raw = dict[str, Any]
@@ -226,15 +226,34 @@ def prefaulted(draw: st.DrawFn, huge: bool = False) -> Raw:
 
 @st.composite
 def cored(draw: st.DrawFn, huge: bool = False) -> Raw:
-    """A random scenario the compiled host core takes: two-list, one spte per gfn with EPT A/D
-    bits, a disk without zswap, no page cache; often a host at its smallest."""
+    """A random scenario the compiled host core takes: any policy (two-list, whose whole batch
+    the core runs, most often), one spte per gfn with EPT A/D bits, zram or a disk without
+    zswap, no page cache; sometimes a rotational disk (slot identities), often a host at its
+    smallest,
+    and in some two-list and MGLRU worlds a memcg per VM."""
     raw = copy.deepcopy(draw(scenarios(huge=huge)))
-    raw["reclaim"] = {"policy": "two_list"}
+    raw["reclaim"] = {"policy": draw(st.sampled_from(["two_list", *POLICIES]))}
     raw.pop("host_files", None)
     raw["kvm"] |= {"mmu": draw(st.sampled_from(["tdp", "legacy_tdp"])), "ept_ad_bits": True}
-    raw["swap"] |= {"device": "disk", "zswap": {"enabled": False}}
+    raw["swap"] |= {"zswap": {"enabled": False}}
+    if raw["swap"]["device"] == "disk" and draw(st.integers(0, 3)) == 0:  # slot identities
+        raw["swap"]["rotational"] = True
     if draw(st.booleans()):
         raw["host"] = {"memory_mib": 16 if huge else 2} | ({"page_size_kib": 2048} if huge else {})
+    if raw["reclaim"]["policy"] in ("two_list", "mglru") and draw(st.booleans()):
+        # a memcg per VM (as libvirt makes), limits in whole pages
+        scale = 8 if huge else 1
+        for vm in raw["vms"]:
+            vm["memcg"] = draw(
+                st.sampled_from(
+                    [
+                        {},
+                        {"swap_max_mib": 1 * scale},
+                        {"max_mib": 3 * scale, "swap_max_mib": 2 * scale},
+                        {"max_mib": 2 * scale},
+                    ]
+                )
+            )
     return raw
 
 
@@ -280,9 +299,14 @@ def plain_swapins(draw: st.DrawFn, huge: bool = False) -> Raw:
 
 
 def _reclaimed(raw: Raw, general: dict[str, Any]) -> bool:
-    """The general world scanned an LRU list: the core must have taken those batches."""
+    """The general world scanned a two-list LRU list, or (any other policy) freed or wrote a
+    folio in ``shrink_folio_list``: the core must have taken those batches."""
     v = general["vmstat"]
-    return bool(v.get("pgscan_kswapd", 0) or v.get("pgscan_direct", 0) or v.get("pgrefill", 0))
+    if raw["reclaim"]["policy"] == "two_list":
+        keys = ("pgscan_kswapd", "pgscan_direct", "pgrefill")
+    else:
+        keys = ("pgsteal_kswapd", "pgsteal_direct", "nr_vmscan_write")
+    return any(v.get(k, 0) for k in keys)
 
 
 def _zipf(raw: Raw) -> Raw:

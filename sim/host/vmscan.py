@@ -216,6 +216,15 @@ class EvictionSink(Protocol):
         ...
 
 
+class FolioListCore(Protocol):
+    """A compiled stand-in for :meth:`Vmscan.shrink_folio_list` (sim/core.py): the same
+    outcome and effects, or None having changed nothing (the general path runs)."""
+
+    def shrink_folio_list(
+        self, pfns: NDArray[np.int64], sc: ScanControl
+    ) -> NDArray[np.int8] | None: ...
+
+
 Schedule = Callable[[int, Callable[[], None]], None]
 ScheduleEach = Callable[[list[int], Callable[..., None], list[tuple[int, ...]]], None]
 
@@ -259,6 +268,7 @@ class Vmscan:
         self.dirty: DirtyControl | None = None  # the page cache's flushers, if any
         self.on_writeback_end: Callable[[], None] | None = None  # reclaim_throttle's waker
         self.memcg: MemCgroups | None = None  # the VMs' memcgs (swap charges), if any
+        self.core: FolioListCore | None = None  # the compiled batch, set where it applies
 
     def can_swap(self) -> bool:
         """``can_reclaim_anon_pages``: anon folios are reclaimable only while swap has room."""
@@ -377,6 +387,10 @@ class Vmscan:
         out = np.full(len(pfns), Outcome.ACTIVATE, dtype=np.int8)
         if len(pfns) == 0:
             return out
+        if self.core is not None:
+            done = self.core.shrink_folio_list(pfns, sc)
+            if done is not None:
+                return done
         ok = ~self.writeback_check(pfns, sc)
         pids = mem.frame_pid[pfns]
         f = mem.flags[pids]

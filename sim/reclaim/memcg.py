@@ -88,6 +88,11 @@ class MemcgReclaimer:
     def __init__(self, reclaim: Reclaimer, swap_room: Callable[[], bool]) -> None:
         self._reclaim, self._swap_room = reclaim, swap_room
 
+    @property
+    def reclaimer(self) -> Reclaimer:
+        """The host's reclaimer this view wraps."""
+        return self._reclaim
+
     def can_swap(self) -> bool:
         """Free swap on the device and under the memcg's limit."""
         return self._reclaim.can_swap() and self._swap_room()

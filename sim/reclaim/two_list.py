@@ -133,9 +133,9 @@ FILE_EVENTS = (
 class ReclaimCore(Protocol):
     """A compiled stand-in for this lruvec's list scanners (sim/core.py): does the same as
     :meth:`TwoList.shrink_inactive_list` / :meth:`TwoList.shrink_active_list` with
-    ``vmscan`` as the reclaimer, or returns False having changed nothing."""
+    a reclaimer it :meth:`takes`, or returns False having changed nothing."""
 
-    vmscan: Reclaimer
+    def takes(self, reclaim: Reclaimer) -> bool: ...
 
     def shrink_inactive_list(self, lru: TwoList, n: int, sc: ScanControl) -> bool: ...
 
@@ -836,7 +836,7 @@ class TwoList:
         """Isolate ``n`` folios from the inactive tail; ``shrink_folio_list`` them (folios
         under write-out activated first, then ``folio_check_references``)."""
         core = self.core
-        if core is not None and reclaim is core.vmscan and core.shrink_inactive_list(self, n, sc):
+        if core is not None and core.takes(reclaim) and core.shrink_inactive_list(self, n, sc):
             return
         pfns = self.inactive.isolate_tail(n)
         if len(pfns) == 0:
@@ -867,7 +867,7 @@ class TwoList:
     def shrink_active_list(self, n: int, sc: ScanControl, reclaim: Reclaimer) -> None:
         """Deactivate ``n`` folios from the active tail; anon ones always go (bits cleared)."""
         core = self.core
-        if core is not None and reclaim is core.vmscan and core.shrink_active_list(self, n, sc):
+        if core is not None and core.takes(reclaim) and core.shrink_active_list(self, n, sc):
             return
         pfns = self.active.isolate_tail(n)
         if len(pfns) == 0:
