@@ -256,8 +256,8 @@ class Vmscan:
     ) -> None:
         self.mem, self.swap, self.rmap, self.mms = mem, swap, rmap, list(mms)
         self.now, self.schedule, self.vmstat, self.sink = now, schedule, vmstat, sink
-        # ``schedule_each(times, fn, args)``: ``fn(*args[i])`` at ``times[i]``, one timer each
-        # carrying its arguments (the world's, cheaper than a closure per folio), if any
+        # ``schedule_each(times, fn, args)``: ``fn(*args[i])`` at ``times[i]``, each in the event
+        # order its own timer would have, with one event for the batch (the world's), if any
         self.schedule_each: ScheduleEach | None = None
         self.policy: EvictionPolicy  # set by the engine once the policy exists
         # Guest RAM in 2 MiB THPs: folios are PMD-mapped, and the kernel looks around only
@@ -517,8 +517,8 @@ class Vmscan:
     ) -> None:
         """Folios flagged PG_writeback have their writes in flight (counted in
         ``nr_writeback``; the pass got its last request tag at the device's ``blocked_until``):
-        each one's ``folio_end_writeback`` is due when its write ends, one timer each (the
-        world's, carrying the folio as its value, when there is one)."""
+        each one's ``folio_end_writeback`` is due when its write ends (the world's timers for
+        the batch, when there are; else a timer each)."""
         self.mem.nr_writeback += len(pids)
         sc.blocked_until = max(sc.blocked_until, self.swap.blocked_until)
         if self.schedule_each is not None:
