@@ -26,17 +26,23 @@ Why
 
 When
     A batch takes this path when the world was built for it (:func:`core_for`: any policy, on
-    the node's lruvec or with a memcg per VM, no host page cache, no zswap (a disk, with slot
-    identities or without, or zram), and the fused TDP walk) and every page the batch isolates
-    belongs to an mm whose notifier subscribers are still KVM's alone; any other batch runs the
-    general path, with nothing changed by the attempt. Policies other than two-list keep their
-    own isolation and reference checks (MGLRU's look-around walks the rmap through the fused
-    walk) and hand the core their victims through ``Vmscan.shrink_folio_list``; two-list runs
-    each lruvec (the node's, or each memcg's) whole. The swap device's slots (identities,
-    memory.swap.max and memory.swap.current) are taken and freed through its own calls once per
-    batch, and zram's compressed pool stores the batch's writes and takes its frames once the
-    batch has freed its own, as in the general path. ``memsim run`` says once when a world
-    cannot use the core at all. It is the fast path ``host_core`` of sim/fast.py
+    the node's lruvec or with a memcg per VM, no host page cache, any swap device (a disk, with
+    slot identities or without, with zswap in front or without, or zram), and the fused TDP
+    walk) and every page the batch isolates belongs to an mm whose notifier subscribers are
+    still KVM's alone; any other batch runs the general path, with nothing changed by the
+    attempt. Policies other than two-list keep their own isolation and reference checks (MGLRU's
+    look-around walks the rmap through the fused walk) and hand the core their victims through
+    ``Vmscan.shrink_folio_list``; two-list runs each lruvec (the node's, or each memcg's) whole.
+    The swap device's slots (identities, memory.swap.max and memory.swap.current) are taken and
+    freed through its own calls once per batch, and zram's compressed pool stores the batch's
+    writes and takes its frames once the batch has freed its own, as in the general path. With
+    zswap the pass decides each write's ``zswap_store`` as sim/host/zswap.py does (the pool
+    limit and its hysteresis, poorly compressing pages rejected) from the pool's bytes: stored
+    pages are clean at once and freed with the batch, rejected ones go to the disk; Python then
+    stores them in the pool in order, counts, submits the rest once and runs the shrink worker
+    if the pool was full, whose freed zspages go on the free stack below the batch's frames (the
+    general path frees those after ``pageout``). ``memsim run`` says once when a world cannot
+    use the core at all. It is the fast path ``host_core`` of sim/fast.py
     (``MEMSIM_FAST_DISABLE=host_core`` turns it off; it is built on the fused walk, so it counts
     as ``tdp_shortcut`` taken too); tests/test_core.py and tests/test_fastpaths.py run worlds
     both ways and compare every array and counter.
@@ -86,19 +92,30 @@ IO_FREED_TOP = 4  # in/out: top of the free-frame stack
 IO_IMMEDIATE_OK = 5  # in: kswapd with PGDAT_WRITEBACK set (counts nr_immediate)
 IO_STAMPS = 6  # in: per-frame scan stamps are kept
 IO_SYNC = 7  # in: the device writes before pageout returns (SWP_SYNCHRONOUS_IO: zram)
-IO_TAKEN = 8  # out (this and all after it): folios isolated
-IO_WRITEBACK = 9  # out: found under write-out
-IO_IMMEDIATE = 10  # out: ... with PG_reclaim from kswapd's last meeting
-IO_REF_WALKED = 11  # out: mapped folios folio_referenced walked
-IO_SWAP_FULL = 12  # out: folios add_to_swap found no slot for
-IO_UNMAPPED = 13  # out: folios try_to_unmap unmapped (the eviction log's rows)
-IO_WRITTEN = 14  # out: folios whose write-out started
-IO_FREED = 15  # out: folios freed (shrink_folio_list: to be freed)
-IO_TO_INACTIVE = 16  # out: folios put back on the inactive list
-IO_TO_ACTIVE = 17  # out: folios put back on the active list
-IO_SLOTS_TAKEN = 18  # out: swap slots add_to_swap took (their pages in buf[B_SLOT_PID])
-IO_SLOTS_FREED = 19  # out: swap slots activate_locked freed (their pages in buf[B_UNSLOT_PID])
-IO_SIZE = 20
+IO_ZSWAP = 8  # in: zswap stands in front of the device
+IO_PAGE_BYTES = 9  # in: bytes per page (zswap: a compressed page no smaller is rejected)
+IO_POOL_MAX = 10  # in: zswap_max_pages
+IO_POOL_ACCEPT = 11  # in: zswap_accept_thr_pages
+IO_POOL_BYTES = 12  # in/out: bytes in the zswap pool (stores of this pass added)
+IO_POOL_FULL = 13  # in/out: zswap_pool_reached_full
+IO_TAKEN = 14  # out (this and all after it): folios isolated
+IO_WRITEBACK = 15  # out: found under write-out
+IO_IMMEDIATE = 16  # out: ... with PG_reclaim from kswapd's last meeting
+IO_REF_WALKED = 17  # out: mapped folios folio_referenced walked
+IO_SWAP_FULL = 18  # out: folios add_to_swap found no slot for
+IO_UNMAPPED = 19  # out: folios try_to_unmap unmapped (the eviction log's rows)
+IO_WRITTEN = 20  # out: folios whose write to the device started (buf[B_WRITE_PID])
+IO_FREED = 21  # out: folios freed (shrink_folio_list: to be freed)
+IO_TO_INACTIVE = 22  # out: folios put back on the inactive list
+IO_TO_ACTIVE = 23  # out: folios put back on the active list
+IO_SLOTS_TAKEN = 24  # out: swap slots add_to_swap took (their pages in buf[B_SLOT_PID])
+IO_SLOTS_FREED = 25  # out: swap slots activate_locked freed (their pages in buf[B_UNSLOT_PID])
+IO_STORED = 26  # out: pages zswap stored (buf[B_STORE_PID]), clean when pageout returned
+IO_COMPRESSED = 27  # out: pages zswap compressed (stored or rejected as poorly compressing)
+IO_LIMIT_HIT = 28  # out: zswap_check_limits calls that found the pool at its limit
+IO_REJECT_POOR = 29  # out: pages zswap rejected for compressing poorly
+IO_POOL_WAS_FULL = 30  # out: a store found the pool full (the shrink worker runs)
+IO_SIZE = 31
 
 # mmc rows: per-mm counts of a pass
 MM_AGED = 0  # aging notifier calls
@@ -110,7 +127,8 @@ MM_FREED = 5  # frames freed (nr_swapped up, nr_resident down)
 MM_SWAP_ASKED = 6  # memcgs: slots memory.swap.max allowed (__mem_cgroup_try_charge_swap)
 MM_SWAP_MAX = 7  # memcgs: ... refused (memory.swap.events max)
 MM_CHARGED = 8  # slots add_to_swap took (memory.swap.current up)
-MM_ROWS = 9
+MM_STORED = 9  # pages zswap stored (zswpout)
+MM_ROWS = 10
 
 # buf rows: per-folio lists of a pass
 (
@@ -123,8 +141,9 @@ MM_ROWS = 9
     B_FREE_PFN,
     B_SLOT_PID,
     B_UNSLOT_PID,
-) = range(9)
-B_ROWS = 9
+    B_STORE_PID,
+) = range(10)
+B_ROWS = 10
 
 _FREED, _KEEP, _ACTIVATE = int(Outcome.FREED), int(Outcome.KEEP), int(Outcome.ACTIVATE)
 
@@ -235,6 +254,34 @@ def _writeback_check(
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
+def _zswap_store(
+    pid: int, io: NDArray[np.int64], obj_bytes: NDArray[np.uint32], pool_stored: NDArray[np.bool_]
+) -> bool:
+    """``zswap_store`` of one page as sim/host/zswap.py decides it: ``zswap_check_limits``
+    (the limit and its accept-threshold hysteresis), then compressed and rejected if it does
+    not shrink below a page; returns whether it was stored (its bytes now in the pool)."""
+    page = io[IO_PAGE_BYTES]
+    cur = -(-io[IO_POOL_BYTES] // page)
+    if cur >= io[IO_POOL_MAX]:
+        io[IO_LIMIT_HIT] += 1
+        io[IO_POOL_FULL] = 1
+    elif io[IO_POOL_FULL] and cur <= io[IO_POOL_ACCEPT]:
+        io[IO_POOL_FULL] = 0
+    if io[IO_POOL_FULL]:
+        io[IO_POOL_WAS_FULL] = 1
+        return False
+    io[IO_COMPRESSED] += 1
+    size = np.int64(obj_bytes[pid])
+    if size >= page:
+        io[IO_REJECT_POOR] += 1
+        return False
+    if pool_stored[pid]:  # rewritten: the old object is freed first
+        io[IO_POOL_BYTES] -= size
+    io[IO_POOL_BYTES] += size
+    return True
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
 def _reclaim_folios(
     victims: NDArray[np.int64],
     nv: int,
@@ -246,6 +293,8 @@ def _reclaim_folios(
     bases: NDArray[np.int64],
     swap_max: NDArray[np.int64],
     swap_usage: NDArray[np.int64],
+    obj_bytes: NDArray[np.uint32],
+    pool_stored: NDArray[np.bool_],
     mmc: NDArray[np.int64],
     buf: NDArray[np.int64],
 ) -> None:
@@ -254,8 +303,9 @@ def _reclaim_folios(
     and ``swap_usage`` per VM, else empty) the folio's memcg is under memory.swap.max, counting
     those before it (``ok`` cleared for the rest),
     ``try_to_unmap`` (the eviction log's rows), and ``pageout``'s flags for the dirty ones
-    (the rows of the writes to submit; on a synchronous device they are clean at once). The
-    clean ones are left for ``__remove_mapping``."""
+    (the rows of the writes to submit; on a synchronous device they are clean at once; with
+    zswap, ``obj_bytes`` and ``pool_stored`` per page, those it stores are clean at once and
+    left out of them). The clean ones are left for ``__remove_mapping``."""
     free_slots = io[IO_FREE_SLOTS]
     for i in range(nv):
         if not ok[i]:
@@ -304,6 +354,12 @@ def _reclaim_folios(
         pid = frame_pid[p]
         f = flags[pid]
         if f & PG_DIRTY:
+            if io[IO_ZSWAP] and _zswap_store(pid, io, obj_bytes, pool_stored):
+                flags[pid] = f & ~PG_DIRTY  # stored before pageout returned: freed with the rest
+                mmc[MM_STORED, _owner(bases, pid)] += 1
+                buf[B_STORE_PID, io[IO_STORED]] = pid
+                io[IO_STORED] += 1
+                continue
             if io[IO_SYNC]:  # written before pageout returned: clean, freed with the rest
                 flags[pid] = f & ~PG_DIRTY
             else:
@@ -351,6 +407,8 @@ def _shrink_folio_list(
     usable: NDArray[np.bool_],
     swap_max: NDArray[np.int64],
     swap_usage: NDArray[np.int64],
+    obj_bytes: NDArray[np.uint32],
+    pool_stored: NDArray[np.bool_],
     mmc: NDArray[np.int64],
     buf: NDArray[np.int64],
     out: NDArray[np.int8],
@@ -367,7 +425,22 @@ def _shrink_folio_list(
     _writeback_check(pfns, k, io, flags, frame_pid, ok)
     for i in range(k):
         ok[i] = not ok[i]
-    _reclaim_folios(pfns, k, ok, io, flags, frame_pid, spte, bases, swap_max, swap_usage, mmc, buf)
+    _reclaim_folios(
+        pfns,
+        k,
+        ok,
+        io,
+        flags,
+        frame_pid,
+        spte,
+        bases,
+        swap_max,
+        swap_usage,
+        obj_bytes,
+        pool_stored,
+        mmc,
+        buf,
+    )
     nf = 0
     for i in range(k):
         p = pfns[i]
@@ -436,6 +509,8 @@ def _shrink_inactive(
     free_stack: NDArray[np.uint32],
     swap_max: NDArray[np.int64],
     swap_usage: NDArray[np.int64],
+    obj_bytes: NDArray[np.uint32],
+    pool_stored: NDArray[np.bool_],
     mmc: NDArray[np.int64],
     buf: NDArray[np.int64],
 ) -> bool:
@@ -472,7 +547,20 @@ def _shrink_inactive(
     # shrink_folio_list: add_to_swap, try_to_unmap, pageout, then __remove_mapping
     ok = np.ones(nv, dtype=np.bool_)
     _reclaim_folios(
-        victims, nv, ok, io, flags, frame_pid, spte, bases, swap_max, swap_usage, mmc, buf
+        victims,
+        nv,
+        ok,
+        io,
+        flags,
+        frame_pid,
+        spte,
+        bases,
+        swap_max,
+        swap_usage,
+        obj_bytes,
+        pool_stored,
+        mmc,
+        buf,
     )
     age = io[IO_AGE]
     top = io[IO_FREED_TOP]
@@ -600,6 +688,8 @@ class HostCore:
         self._swap_max = np.zeros(0, dtype=np.int64)
         if self.memcg is not None:
             self._swap_max = np.array(self.memcg.limits.swap_max[:nr_vms], dtype=np.int64)
+        self._no_bytes = np.zeros(0, dtype=np.uint32)  # the zswap arrays of worlds without it
+        self._no_stored = np.zeros(0, dtype=np.bool_)
 
     def takes(self, reclaim: object) -> bool:
         """Whether ``reclaim`` is this world's reclaimer, as the node's lruvec or one memcg's
@@ -611,7 +701,16 @@ class HostCore:
     def _device_ok(self) -> bool:
         """The swap device is still one the core drives (a test may change it after the world
         was built)."""
-        return self.swap.zswap is None
+        swap = self.swap
+        return swap.zswap is None or not swap.synchronous
+
+    def _zswap_arrays(self) -> tuple[NDArray[np.uint32], NDArray[np.bool_]]:
+        """The zswap pool's per-page compressed sizes and stored marks (read only by the
+        passes), or empty ones without zswap."""
+        if self.swap.zswap is None:
+            return self._no_bytes, self._no_stored
+        pool = self.swap.zswap.pool
+        return pool.obj_bytes, pool.stored
 
     def _swap_usage(self) -> NDArray[np.int64]:
         """Each VM memcg's memory.swap.current (read only by the passes), or empty."""
@@ -654,6 +753,14 @@ class HostCore:
         io[IO_NR_SLOTS] = self.swap.nr_slots
         io[IO_FREED_TOP] = self.mem._nr_freed
         io[IO_SYNC] = self.swap.synchronous
+        zswap = self.swap.zswap
+        io[IO_ZSWAP] = zswap is not None
+        if zswap is not None:
+            io[IO_PAGE_BYTES] = zswap.pool.page_bytes
+            io[IO_POOL_MAX] = zswap.max_pages
+            io[IO_POOL_ACCEPT] = zswap.accept_thr_pages
+            io[IO_POOL_BYTES] = zswap.pool.total_bytes
+            io[IO_POOL_FULL] = zswap.reached_full
         return io
 
     def _prepare(self, lru: TwoList, n: int) -> NDArray[np.int64]:
@@ -684,11 +791,48 @@ class HostCore:
             vs[VmStat.VMSCAN_WRITEBACK] += nwb - immediate
             vs[VmStat.VMSCAN_IMMEDIATE] += immediate
 
-    def _unmapped_and_written(self, sc: ScanControl) -> None:
+    def _zswap_stored(self, sc: ScanControl) -> None:
+        """``zswap_store``'s effects for the pages the pass stored or rejected: the counters,
+        the objects stored one by one (the pool's LRU in store order) and the pool's
+        full state, as :meth:`Zswap.store` leaves them."""
+        zswap, io, vs = self.swap.zswap, self.io, self.vmscan.vmstat
+        assert zswap is not None
+        hits, poor = int(io[IO_LIMIT_HIT]), int(io[IO_REJECT_POOR])
+        if hits:
+            vs[VmStat.ZSWAP_POOL_LIMIT_HIT] += hits
+        if poor:
+            vs[VmStat.ZSWAP_REJECT_COMPRESS_POOR] += poor
+        pool = zswap.pool
+        for pid in self.buf[B_STORE_PID, : int(io[IO_STORED])].tolist():
+            pool.store(np.array([pid], dtype=np.int64))
+        stored = self.mmc[MM_STORED]
+        for o in np.flatnonzero(stored).tolist():
+            vs.count(VmStat.ZSWPOUT, stored.item(o), o)
+        zswap.reached_full = bool(io[IO_POOL_FULL])
+        sc.nr_compressed += int(io[IO_COMPRESSED])
+
+    def _zswap_writeback(self, sc: ScanControl, pushed: bool) -> None:
+        """``shrink_worker`` after a store found the pool full, as the general path runs it;
+        the frames the emptied zspages give back go on the free stack below those the pass
+        already ``pushed`` there (the general path frees the batch's after pageout)."""
+        mem, io = self.mem, self.io
+        top0 = mem._nr_freed
+        nf = int(io[IO_FREED_TOP]) - top0 if pushed else 0
+        saved = mem._free[top0 : top0 + nf].copy()
+        self.vmscan._zswap_writeback(sc)
+        if nf and mem._nr_freed != top0:
+            free = mem.reserve_free(nf)
+            top = mem._nr_freed
+            free[top : top + nf] = saved
+            io[IO_FREED_TOP] = top + nf
+
+    def _unmapped_and_written(self, sc: ScanControl, pushed: bool = False) -> None:
         """``shrink_folio_list``'s per-batch side effects up to ``__remove_mapping``, in the
         general path's order: the slots ``add_to_swap`` took, ``try_to_unmap``'s walk, per-VM
-        invalidations and eviction log, ``pageout``'s one submission of the batch's writes and
-        their write-back timers (zram: their store in its pool)."""
+        invalidations and eviction log, ``pageout``'s zswap stores, one submission of the
+        batch's writes and their write-back timers (zram: their store in its pool), and
+        zswap's shrink worker if a store found its pool full (``pushed``: the pass has put the
+        frames it freed on the free stack already)."""
         mem, swap, vmscan, io, mmc, buf = (
             self.mem,
             self.swap,
@@ -714,10 +858,13 @@ class HostCore:
                 scans = mem.scans[upfn] if mem.stamps else np.zeros(ne, dtype=np.uint8)
                 dirty = buf[B_EVICT_DIRTY, :ne] != 0
                 vmscan.sink.evicted(vmscan.now(), upid, upfn, dirty, scans)
-        nw = int(io[IO_WRITTEN])
+        nw, ns = int(io[IO_WRITTEN]), int(io[IO_STORED])
+        if nw + ns:
+            sc.nr_pageout += nw + ns
+            vs[VmStat.NR_VMSCAN_WRITE] += nw + ns
+        if swap.zswap is not None and nw + ns:
+            self._zswap_stored(sc)
         if nw:
-            sc.nr_pageout += nw
-            vs[VmStat.NR_VMSCAN_WRITE] += nw
             wpid = buf[B_WRITE_PID, :nw].tolist()
             wpfn = buf[B_WRITE_PFN, :nw].tolist()
             ends = swap.submit(vmscan.now(), write=True, n=nw, per_mm=mmc[MM_WRITTEN].tolist())
@@ -726,6 +873,8 @@ class HostCore:
             elif swap.zpool is not None:  # zram_write_page: compressed into the pool
                 swap.zpool.store(buf[B_WRITE_PID, :nw].copy())
                 sc.nr_compressed += nw
+        if io[IO_POOL_WAS_FULL]:  # zswap_store queued the shrink worker
+            self._zswap_writeback(sc, pushed)
 
     def _freed(self, sc: ScanControl) -> None:
         """``__remove_mapping``'s counts: the pages now only in swap, the frames free
@@ -737,7 +886,7 @@ class HostCore:
             self.mem.nr_swapped += freed
             self.mem.frames_freed(int(io[IO_FREED_TOP]), nf, freed)
             sc.freed(nf)
-        if self.swap.zpool is not None and nf + int(io[IO_WRITTEN]):
+        if self.swap.zpool is not None and nf + int(io[IO_WRITTEN]) + int(io[IO_STORED]):
             self.swap.zpool.fit()
 
     def shrink_folio_list(
@@ -763,6 +912,7 @@ class HostCore:
             sh._usable,
             self._swap_max,
             self._swap_usage(),
+            *self._zswap_arrays(),
             self.mmc,
             self.buf,
             out,
@@ -789,7 +939,7 @@ class HostCore:
                 self.mmc,
                 self.buf,
             )
-            self._freed(sc)
+        self._freed(sc)
         return out
 
     def shrink_inactive_list(self, lru: TwoList, n: int, sc: ScanControl) -> bool:
@@ -823,6 +973,7 @@ class HostCore:
             free,
             self._swap_max,
             self._swap_usage(),
+            *self._zswap_arrays(),
             self.mmc,
             self.buf,
         )
@@ -839,7 +990,7 @@ class HostCore:
         pageout0, reclaimed0 = sc.nr_pageout, sc.nr_reclaimed
         self._writeback_counted(sc)
         self._aged(sc)
-        self._unmapped_and_written(sc)
+        self._unmapped_and_written(sc, pushed=True)
         self._freed(sc)
         self._slots_freed()  # activate_locked's, after shrink_folio_list as in the kernel
         lru.nonresident_age = int(io[IO_AGE])
@@ -898,8 +1049,6 @@ def general_path_reason(sc: Scenario) -> str | None:
         reasons.append("shadow paging with several sptes per gfn")
     elif not sc.kvm.ept_ad_bits:
         reasons.append("kvm.ept_ad_bits off (access tracking)")
-    if sc.swap.device == "disk" and sc.swap.zswap.enabled:
-        reasons.append("zswap")
     return ", ".join(reasons) or None
 
 
@@ -913,7 +1062,7 @@ def core_for(vmscan: Vmscan) -> HostCore | None:
         or vmscan.mem.file_base < vmscan.mem.nr_pages  # host page cache
         or not isinstance(shortcut, TdpShortcut)
         or not shortcut.built_any()
-        or swap.zswap is not None
+        or (swap.zswap is not None and swap.synchronous)  # zswap's rejects wait for a disk
     ):
         return None
     return HostCore(vmscan, shortcut)

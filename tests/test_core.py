@@ -59,6 +59,22 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "zram_fifo": {"reclaim": {"policy": "fifo"}, "swap": {"size_mib": 64, "device": "zram"}},
     "zram_mglru": {"reclaim": {"policy": "mglru"}, "swap": {"size_mib": 64, "device": "zram"}},
     "zram_memcg": {"vms__0__memcg": {"swap_max_mib": 2}, "swap": {"size_mib": 8, "device": "zram"}},
+    "zswap": {"swap__zswap": {"enabled": True}},
+    "zswap_limit": {"swap__zswap": {"enabled": True, "max_pool_percent": 2}},
+    "zswap_poor": {"swap__zswap": {"enabled": True}, "vms__0__compress_ratio": 1.05},
+    "zswap_full": {"swap": {"size_mib": 2, "zswap": {"enabled": True}}},
+    "zswap_rotational": {
+        "swap": {"size_mib": 8, "rotational": True, "zswap": {"enabled": True}},
+    },
+    "zswap_fifo": {"reclaim": {"policy": "fifo"}, "swap__zswap": {"enabled": True}},
+    "zswap_mglru": {
+        "reclaim": {"policy": "mglru"},
+        "swap__zswap": {"enabled": True, "max_pool_percent": 5},
+    },
+    "zswap_memcg": {
+        "vms__0__memcg": {"swap_max_mib": 2},
+        "swap__zswap": {"enabled": True, "max_pool_percent": 5},
+    },
     "memcg": {"vms__0__memcg": {}},
     "memcg_swap_max": {"vms__0__memcg": {"swap_max_mib": 1}},
     "memcg_limit": {"vms__0__memcg": {"max_mib": 3, "swap_max_mib": 2}},
@@ -125,12 +141,11 @@ def test_core_keeps_the_eviction_log(tmp_path: Path) -> None:
 @given(scenarios())
 def test_core_equals_general_path_over_random_worlds(raw: dict[str, Any]) -> None:
     """Over the invariant tests' random worlds, made ones the core takes: a TDP MMU with EPT
-    A/D bits, no zswap, no page cache (everything else, the policy and the device too, as
+    A/D bits, no page cache (everything else, the policy, the device and zswap too, as
     drawn)."""
     raw = dict(raw, reclaim={"policy": raw["reclaim"]["policy"]})
     raw.pop("host_files", None)
     raw["kvm"] = dict(raw["kvm"], mmu="tdp", ept_ad_bits=True)
-    raw["swap"] = dict(raw["swap"], zswap={"enabled": False})
     sc = parse_scenario(raw, "prop")
     fast, used = _run(sc, True)
     general, _ = _run(sc, False)
@@ -142,15 +157,13 @@ def test_core_equals_general_path_over_random_worlds(raw: dict[str, Any]) -> Non
 def memcg_worlds(draw: st.DrawFn) -> dict[str, Any]:
     """The invariant tests' random worlds made ones the core takes with a memcg per VM (as
     libvirt makes): two-list or MGLRU, swap to reclaim into (zram, or a disk with slot
-    identities or without),
-    memory.max, memory.swap.max and memory.low drawn per VM, exact or lazy memcg statistics."""
+    identities or without, with zswap or without), memory.max, memory.swap.max and memory.low
+    drawn per VM, exact or lazy memcg statistics."""
     raw = copy.deepcopy(draw(scenarios()))
     raw["reclaim"] = {"policy": draw(st.sampled_from(["two_list", "two_list", "mglru"]))}
     raw.pop("host_files", None)
     raw["kvm"] = dict(raw["kvm"], mmu="tdp", ept_ad_bits=True)
-    raw["swap"] = dict(
-        raw["swap"], zswap={"enabled": False}, size_mib=draw(st.sampled_from([1, 2, 4, 64]))
-    )
+    raw["swap"] = dict(raw["swap"], size_mib=draw(st.sampled_from([1, 2, 4, 64])))
     if raw["swap"]["device"] == "disk":
         raw["swap"]["rotational"] = draw(st.booleans())
     limits = [{}, {"swap_max_mib": 1}, {"max_mib": 3, "swap_max_mib": 2}, {"max_mib": 2}]

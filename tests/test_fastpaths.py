@@ -227,15 +227,14 @@ def prefaulted(draw: st.DrawFn, huge: bool = False) -> Raw:
 @st.composite
 def cored(draw: st.DrawFn, huge: bool = False) -> Raw:
     """A random scenario the compiled host core takes: any policy (two-list, whose whole batch
-    the core runs, most often), one spte per gfn with EPT A/D bits, zram or a disk without
-    zswap, no page cache; sometimes a rotational disk (slot identities), often a host at its
-    smallest,
-    and in some two-list and MGLRU worlds a memcg per VM."""
+    the core runs, most often), one spte per gfn with EPT A/D bits, zram or a disk with zswap
+    (its pool limit drawn) or without, no page cache; sometimes a rotational disk (slot
+    identities), often a host at its smallest, and in some two-list and MGLRU worlds a memcg
+    per VM."""
     raw = copy.deepcopy(draw(scenarios(huge=huge)))
     raw["reclaim"] = {"policy": draw(st.sampled_from(["two_list", *POLICIES]))}
     raw.pop("host_files", None)
     raw["kvm"] |= {"mmu": draw(st.sampled_from(["tdp", "legacy_tdp"])), "ept_ad_bits": True}
-    raw["swap"] |= {"zswap": {"enabled": False}}
     if raw["swap"]["device"] == "disk" and draw(st.integers(0, 3)) == 0:  # slot identities
         raw["swap"]["rotational"] = True
     if draw(st.booleans()):
