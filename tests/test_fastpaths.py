@@ -237,7 +237,7 @@ def cored(draw: st.DrawFn, huge: bool = False) -> Raw:
     raw["kvm"] |= {"mmu": draw(st.sampled_from(["tdp", "legacy_tdp"])), "ept_ad_bits": True}
     if raw["swap"]["device"] == "disk" and draw(st.integers(0, 3)) == 0:  # slot identities
         raw["swap"]["rotational"] = True
-    if draw(st.booleans()):
+    if draw(st.integers(0, 3)):  # mostly a host at its smallest: reclaim from the first steps
         raw["host"] = {"memory_mib": 16 if huge else 2} | ({"page_size_kib": 2048} if huge else {})
     if raw["reclaim"]["policy"] in ("two_list", "mglru") and draw(st.booleans()):
         # a memcg per VM (as libvirt makes), limits in whole pages
