@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import simpy
 from simpy.core import StopSimulation
-from simpy.events import NORMAL, Timeout
+from simpy.events import NORMAL
 
 from sim.config import Scenario
 from sim.core import core_for
@@ -227,11 +227,6 @@ class World(Machine):
     ) -> None:
         """``fn(*args[i])`` at ``times[i]``, each at the place in the event order a timeout of
         its own made now would have (see :class:`Timers`), with one event for them all."""
-        if len(times) == 1:
-            Timeout(self.env, max(0, times[0] - int(self.env.now)), (fn, args[0])).callbacks.append(
-                _call_value
-            )
-            return
         Timers(self.env, times, fn, args)
 
     def _on_access(self, pids: np.ndarray) -> None:
@@ -346,11 +341,6 @@ class World(Machine):
 
 def _call(fn: Callable[[], None], _event: simpy.Event) -> None:
     fn()
-
-
-def _call_value(event: simpy.Event) -> None:
-    fn, args = event._value
-    fn(*args)
 
 
 class Timers(simpy.Event):
