@@ -201,6 +201,8 @@ class Vcpu:
                     stalls.append(True)
                 if pos == skip:  # the guest runs on: the access is issued now, its page
                     skip = -1  # arrives later (_fault, not blocking)
+                    if self.on_access is not None:
+                        self.on_access(gfns[pos : pos + 1] + base)
                     stats.accesses += 1
                     t += self._guest_time(1)
                     ends.append(t)
