@@ -426,7 +426,7 @@ class Machine:
                     "tlb_flush_exits": vm.stats.tlb_flush_exits,
                     "pf_fast": vm.mmu.pf_fast,
                     "pf_retry": vm.mmu.pf_retry,
-                    **_tlb_counts(vm),
+                    **_guest_counts(vm),
                 }
                 for vm in self.vms
             ],
@@ -469,7 +469,7 @@ class Machine:
                 "tlb_flush_exits": st.tlb_flush_exits,
                 "pf_fast": vm.mmu.pf_fast,
                 "pf_retry": vm.mmu.pf_retry,
-                **_tlb_counts(vm),
+                **_guest_counts(vm),
             }
             if b is not None:
                 row = {k: _minus(v, b[k]) for k, v in row.items()}
@@ -597,7 +597,7 @@ def _finished_s(vm: Vm) -> float | None:
     return max(e for e in ends if e is not None) / 1e9
 
 
-def _tlb_counts(vm: Vm) -> dict[str, Any]:
+def _guest_counts(vm: Vm) -> dict[str, Any]:
     """The VM's TLB hits, fills and flushes (guest/tlb.py), if it models its vCPUs' TLBs, and
     its async page faults, if it may take any."""
     out: dict[str, Any] = {}
