@@ -96,6 +96,7 @@ FRAME_BYTES = 18  # per frame: rmap 4, LRU link 4, policy flags 1, plus transien
 POLICY_FRAME_BYTES = {"mglru": 5, "lru": 8, "opt": 8, "random": 16}
 MGLRU_LRUVEC_FRAME_BYTES = 13  # per frame and per memcg lruvec beyond one: flags, seq, 2 links
 STAMP_FRAME_BYTES = 1  # scans survived, with the eviction log
+GUEST_PAGE_BYTES = 6  # per guest process page: guest pte/folio flags 1, gfn or shadow 4, PG_ra 1
 FILE_PAGE_BYTES = 13  # per page of a host_files file: flags 1, pfn or shadow 4, dirtied-at 8
 PREFAULT_PAGE_BYTES = 56  # per working-set page of prefaulted VMs, while the fill ranks them
 VM_BYTES = 64 << 10  # per VM: mm, KVM MMU, notifier, counters, Python objects
@@ -181,6 +182,15 @@ def estimate_run(sc: Scenario, trace_accesses: dict[str, int] | None = None) -> 
     if sc.reclaim.trigger != "demand":
         windows = sc.duration_s * 1000 / sc.metrics.window_ms + 1
         parts["stall windows"] = 16 * windows * len(vms)
+    guests = [cfg for _, cfg in vms if cfg.guest is not None]
+    if guests:  # each guest kernel: its process's pages, its frames (the gfns), its lists
+        parts["guest kernels"] = sum(
+            GUEST_PAGE_BYTES * sc.host.pages(cfg.workload_mib)
+            + (FRAME_BYTES + POLICY_FRAME_BYTES.get(cfg.guest.reclaim.policy, 0))
+            * sc.host.pages(cfg.memory_mib)
+            for cfg in guests
+            if cfg.guest is not None
+        )
     file_pages = sum(sc.host.pages(hf.size_mib) for hf in sc.file_sections())
     if file_pages:  # page-cache pids: flags, pfn or shadow, dirtied-at stamp
         parts["page cache"] = FILE_PAGE_BYTES * file_pages

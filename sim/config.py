@@ -30,6 +30,7 @@ from pydantic import (
 
 from sim.costs import CostsConfig
 from sim.errors import SHOWN_CHARS, ConfigError, UserError, clip, shown, shown_path
+from sim.guest.kernel import GuestConfig
 from sim.guest.workloads import (
     PhasesConfig,
     SimpleWorkload,
@@ -184,6 +185,7 @@ class KvmConfig(Strict):
 _UNSET_LEFT_OUT: tuple[tuple[str, Any], ...] = (
     ("memcg", None),
     ("guest_tlb", None),
+    ("guest", None),
     ("async_pf", 0.0),
 )
 
@@ -295,6 +297,13 @@ class VmConfig(_MemcgOptional):
         description="Model each vCPU's TLB: accesses through cached translations set no EPT "
         "accessed bit (absent: every access sets it, as if nothing were cached).",
     )
+    guest: GuestConfig | None = Field(
+        None,
+        description="Model the guest kernel's memory: the workload runs in a guest process "
+        "whose pages the guest maps to gfns, ages with its own LRU and swaps to a virtual "
+        "disk (absent: the workload touches gfns directly, as if the guest never reclaimed). "
+        "Watermark reclaim only.",
+    )
     memcg: MemcgConfig | None = Field(
         None,
         description="The VM's memory cgroup (libvirt's per-VM cgroup, v2): memory.max, "
@@ -302,22 +311,36 @@ class VmConfig(_MemcgOptional):
         "unprotected. two_list or mglru reclaim with watermarks only.",
     )
 
+    @property
+    def workload_mib(self) -> int:
+        """The memory the workload's accesses name: guest RAM, or with a guest kernel its
+        process's footprint."""
+        if self.guest is not None and self.guest.footprint_mib is not None:
+            return self.guest.footprint_mib
+        return self.memory_mib
+
     @model_validator(mode="after")
     def _fits(self) -> VmConfig:
-        if self.working_set_mib is not None and self.working_set_mib > self.memory_mib:
+        space = "guest.footprint_mib" if self.workload_mib != self.memory_mib else "memory_mib"
+        if self.working_set_mib is not None and self.working_set_mib > self.workload_mib:
             raise ValueError(
-                f"working_set_mib ({self.working_set_mib}) exceeds memory_mib "
-                f"({self.memory_mib}); lower it or raise memory_mib"
+                f"working_set_mib ({self.working_set_mib}) exceeds {space} "
+                f"({self.workload_mib}); lower it or raise {space}"
             )
         if isinstance(self.workload, PhasesConfig):
-            ws = self.working_set_mib or self.memory_mib
+            ws = self.working_set_mib or self.workload_mib
             for i, ph in enumerate(self.workload.phases):
                 end = ph.offset_mib + (ph.working_set_mib or ws)
-                if end > self.memory_mib:
+                if end > self.workload_mib:
                     raise ValueError(
                         f"workload.phases[{i}]: offset_mib + working_set_mib = {end} exceeds "
-                        f"memory_mib ({self.memory_mib})"
+                        f"{space} ({self.workload_mib})"
                     )
+        if self.guest is not None and self.guest_tlb is not None:
+            raise ValueError(
+                "guest with guest_tlb is not modelled (the TLB would cache guest virtual "
+                "translations): drop one of them"
+            )
         return self
 
     def names(self) -> list[str]:
@@ -527,6 +550,7 @@ class Scenario(Strict):
             )
         self._check_steady()
         self._check_memcg()
+        self._check_guest()
         self._check_host_files()
         names = [n for vm in self.vms for n in vm.names()]
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -590,6 +614,27 @@ class Scenario(Strict):
             raise ValueError(
                 f"vms[{i}].memcg: needs watermark reclaim (demand mode has no charges or "
                 "limit reclaim); set reclaim.trigger: watermark or remove memcg"
+            )
+
+    def _check_guest(self) -> None:
+        """A guest kernel runs in simulated time over 4 KiB host pages, from cold."""
+        i = next((i for i, vm in enumerate(self.vms) if vm.guest is not None), None)
+        if i is None:
+            return
+        if self.reclaim.trigger != "watermark":
+            raise ValueError(
+                f"vms[{i}].guest: needs watermark reclaim (the guest's kswapd and I/O take "
+                "time); set reclaim.trigger: watermark or remove guest"
+            )
+        if self.host.page_size_kib != 4:
+            raise ValueError(
+                f"vms[{i}].guest: needs host.page_size_kib 4 (guest pages are 4 KiB); "
+                "set it or remove guest"
+            )
+        if self.vms[i].prefault:
+            raise ValueError(
+                f"vms[{i}].prefault: not modelled with a guest kernel (the steady state "
+                "would need the guest's too); set prefault: false or remove guest"
             )
 
     def _check_steady(self) -> None:

@@ -29,6 +29,7 @@ from sim.config import (
 )
 from sim.costs import CostsConfig
 from sim.guest import workloads as wl
+from sim.guest.kernel import GuestConfig
 from sim.host.memcontrol import MemcgConfig
 from sim.host.swap import SwapConfig
 from sim.host.zpool import CompressorConfig
@@ -56,6 +57,8 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("vms[].workload.phases[]", wl.PhaseConfig),
     ("vms[].memcg", MemcgConfig),
     ("vms[].guest_tlb", GuestTlbConfig),
+    ("vms[].guest", GuestConfig),
+    ("vms[].guest.swap", SwapConfig),
     ("engine", EngineConfig),
     ("output", OutputConfig),
     ("metrics", MetricsConfig),

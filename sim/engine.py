@@ -27,6 +27,7 @@ from simpy.events import NORMAL
 from sim.config import Scenario
 from sim.core import core_for
 from sim.costs import CostModel
+from sim.guest.kernel import GuestKernel
 from sim.guest.vcpu import Vcpu
 from sim.guest.workloads import AccessStream, TraceConfig
 from sim.host.fault import HostFaultHandler
@@ -45,6 +46,12 @@ from sim.results import staged, write_manifest
 from sim.tails import FaultLatencies, VcpuTime
 
 __all__ = ["RunResult", "World", "default_outdir", "rng_for", "run_scenario"]
+
+
+def _shootdown(vm: Any, _pids: Any) -> None:
+    """The guest unmapped pages: its TLB shootdown reaches every vCPU of the VM, and a step
+    in flight that goes on to use one of them is cut there."""
+    vm.revoked()
 
 
 class World(Machine):
@@ -131,11 +138,33 @@ class World(Machine):
         self.accrual = VcpuTime(
             len(self.vms), self.horizon_ns, max(1, round(sc.metrics.window_ms * 1e6))
         )
-        self.latencies = FaultLatencies(len(self.vms), self.warmup_ns, self.recorder)
+        self.latencies = FaultLatencies(
+            len(self.vms), self.warmup_ns, self.recorder, self.fault_kinds
+        )
+        self.guests: list[GuestKernel | None] = []
         for vm, (name, cfg) in zip(self.vms, vms, strict=True):
             vm.nr_vcpus = cfg.vcpus
+            guest = None
+            if cfg.guest is not None:  # the guest kernel's own memory management
+                guest = GuestKernel(
+                    env,
+                    cfg.guest,
+                    name=name,
+                    nr_gfns=vm.mm.nr_pages,
+                    page_shift=sc.host.page_shift,
+                    costs=self.costs,
+                    rng=rng_for(sc.seed, f"{name}.guest"),
+                    schedule=self._schedule,
+                    host_pid_base=vm.mm.pid_base,
+                    host_mem=mem,
+                    host_fault=self.host_fault,
+                )
+                guest.rmap.on_unmap = partial(_shootdown, vm)
+            self.guests.append(guest)
+            vm.guest = guest
             for j in range(cfg.vcpus):
-                stream = vcpu_stream(sc, name, cfg, vm.mm.nr_pages, j)
+                pages = vm.mm.nr_pages if guest is None else guest.nr_vpages
+                stream = vcpu_stream(sc, name, cfg, pages, j)
                 vm.vcpus.append(
                     Vcpu(
                         env,
@@ -153,6 +182,7 @@ class World(Machine):
                         sink=self.latencies,
                         on_access=on_access,
                         accrual=self.accrual,
+                        guest=guest,
                     )
                 )
         self.file_readers: list[FileReader] = []
@@ -259,6 +289,9 @@ class World(Machine):
         """Every invariant of the mechanism, and the stall windows adding up to each VM's
         stall and compute (they are a breakdown of those, not a count of their own)."""
         super().check()
+        for guest in self.guests:
+            if guest is not None:
+                guest.check()
         now = int(self.env.now)
         stall, compute = self.accrual.at(self._in_flight(now))
         for vm in self.vms:
@@ -275,6 +308,9 @@ class World(Machine):
             return
         self._started = True
         self.env.process(self.kswapd.run())
+        for guest in self.guests:
+            if guest is not None:
+                guest.start()
         if self.memcg is not None and self.memcg.stats_policy is not None:
             self.memcg.flush_stats()  # the flush the world starts from
             self.env.process(self.memcg.flush_stats_dwork())

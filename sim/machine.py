@@ -56,7 +56,7 @@ from sim.host.vmscan import Schedule, Vmscan
 from sim.host.vmstat import VmStat, new_vmstat
 from sim.host.zpool import Zpool, compressed_sizes
 from sim.host.zswap import Zswap
-from sim.kvm.fault import FAULT_KINDS
+from sim.kvm.fault import FAULT_KINDS, GUEST_FAULT_KINDS
 from sim.kvm.shortcut import TdpShortcut
 from sim.kvm.vm import Vm
 from sim.reclaim import make_policy
@@ -99,7 +99,7 @@ def vcpu_stream(sc: Scenario, name: str, cfg: VmConfig, vm_pages: int, vcpu: int
     return AccessStream(
         cfg.workload,
         vm_pages=vm_pages,
-        working_set_pages=sc.host.pages(cfg.working_set_mib or cfg.memory_mib),
+        working_set_pages=sc.host.pages(cfg.working_set_mib or cfg.workload_mib),
         access_rate_per_s=cfg.access_rate_per_s,
         write_ratio=cfg.write_ratio,
         vcpu=vcpu,
@@ -202,6 +202,9 @@ class Machine:
             file=self.file_pages > 0,
         )
         self.recorder: Recorder | None = None
+        # the faults log's kinds: KVM's, and the guest kernel's own when a VM models one
+        guests = any(cfg.guest is not None for cfg in cfgs)
+        self.fault_kinds = FAULT_KINDS + (GUEST_FAULT_KINDS if guests else ())
         if outdir is not None:
             self.recorder = Recorder(
                 outdir,
@@ -214,6 +217,7 @@ class Machine:
                 rng_seed=int(rng_for(sc.seed, "recorder").integers(2**63)),
                 memcg=self.memcg_limits is not None,
                 files=self.file_pages > 0,
+                kinds=self.fault_kinds,
             )
         self.rmap = Rmap(mem, mms, vmstat)
         self.vmscan = Vmscan(mem, self.swap, self.rmap, mms, now, schedule, vmstat, self.recorder)
@@ -500,9 +504,11 @@ class Machine:
                     "vmstat": vs.mm_stat(vm.index),
                 }
             )
-            for key in ("guest_tlb", "async_pf"):
+            for key in ("guest_tlb", "async_pf", "guest"):
                 if key in row:
                     vms[-1][key] = row[key]
+            if vm.guest is not None:  # levels at the end, not counts since the warm-up
+                vms[-1]["guest_memory"] = vm.guest.memory()
             if self.memcg is not None and self.sc.vm_list()[vm.index][1].memcg is not None:
                 mm_then = base["per_mm"][vm.index]
                 vms[-1]["memcg"] = {
@@ -605,6 +611,8 @@ def _guest_counts(vm: Vm) -> dict[str, Any]:
         out["guest_tlb"] = vm.tlbs.totals(vm.tlb_rows)
     if any(v.async_pf > 0 for v in vm.vcpus):
         out["async_pf"] = vm.stats.async_pf
+    if vm.guest is not None:
+        out["guest"] = {**vm.guest.counts(), "wait_ns": vm.stats.guest_wait_ns}
     return out
 
 

@@ -282,11 +282,12 @@ class Recorder:
         *,
         memcg: bool = False,
         files: bool = False,
+        kinds: Sequence[str] = FAULT_KINDS,
     ) -> None:
         self.outdir, self.vm_base, self.mem = outdir, vm_base, mem
         self.chunk_rows = chunk_rows
-        labels = {"vm": list(vm_names), "policy": [policy], "kind": list(FAULT_KINDS)}
-        self._kind_code = {k: i for i, k in enumerate(FAULT_KINDS)}
+        labels = {"vm": list(vm_names), "policy": [policy], "kind": list(kinds)}
+        self._kind_code = {k: i for i, k in enumerate(kinds)}
         self.tables: dict[str, Table] = {}
         schemas = {**TABLES, "timeline": timeline_schema(memcg, files)}
         for name, schema in schemas.items():
@@ -371,7 +372,11 @@ class Recorder:
         self, t_ns: int, vm: int, vcpu: int, gfn: int, kind: str, latency_ns: int, pid: int
     ) -> None:
         """FaultSink: one guest fault."""
-        if self.ev is not None and self.pending_refault.item(pid >> 3) >> (pid & 7) & 1:
+        if (
+            self.ev is not None
+            and pid >= 0
+            and self.pending_refault.item(pid >> 3) >> (pid & 7) & 1
+        ):
             row = self._unpark(pid)
             os.pwrite(self._fd["next"], (t_ns + 1).to_bytes(8, "little", signed=True), row * 8)
         if self.fl is not None:

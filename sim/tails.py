@@ -138,9 +138,15 @@ class FaultLatencies:
         log: the recorder (None: no faults log).
     """
 
-    def __init__(self, nr_vms: int, warmup_ns: int, log: FaultSink | None) -> None:
-        self.warmup, self.log = warmup_ns, log
-        self.lat = [{k: array("q") for k in FAULT_KINDS} for _ in range(nr_vms)]
+    def __init__(
+        self,
+        nr_vms: int,
+        warmup_ns: int,
+        log: FaultSink | None,
+        kinds: Sequence[str] = FAULT_KINDS,
+    ) -> None:
+        self.warmup, self.log, self.kinds = warmup_ns, log, tuple(kinds)
+        self.lat = [{k: array("q") for k in self.kinds} for _ in range(nr_vms)]
 
     def fault(
         self, t_ns: int, vm: int, vcpu: int, gfn: int, kind: str, latency_ns: int, pid: int
@@ -157,4 +163,4 @@ class FaultLatencies:
 
     def summary(self, vms: Sequence[int]) -> dict[str, dict[str, float | None]]:
         """Per kind, the tail of the latencies of the faults of ``vms`` pooled."""
-        return {k: tail(np.concatenate([self.of(v, k) for v in vms])) for k in FAULT_KINDS}
+        return {k: tail(np.concatenate([self.of(v, k) for v in vms])) for k in self.kinds}

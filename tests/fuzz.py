@@ -98,6 +98,22 @@ STRINGS: list[str] = [
     "trace",
 ]
 NESTED: list[Any] = [[], {}, [[[[[1]]]]], {"a": {"b": [1, {"c": None}]}}, [1, "a", None, True]]
+GUESTS: list[Any] = [
+    {},
+    {"footprint_mib": 300},
+    {"footprint_mib": 300, "reclaim": {"policy": "mglru"}},
+    {"footprint_mib": 64, "swap": {"size_mib": 0}},
+    {"footprint_mib": 300, "swap": {"size_mib": 8, "page_cluster": 3}},
+    {"reclaim": {"policy": "lru"}},
+    {"reclaim": {"policy": "two_list", "trigger": "demand"}},
+    {"swap": {"device": "zram"}},
+    {"footprint_mib": 0},
+    {"footprint_mib": 2**40},
+    {"min_free_kbytes": -1},
+    {"footprnt_mib": 64},
+    None,
+    "x",
+]
 TLBS: list[Any] = [
     {},
     {"entries": 64, "ways": 4},
@@ -382,6 +398,7 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
                 "rotational",
                 "guest_tlb",
                 "async_pf",
+                "guest",
             ]
         )
         if op == "delete":
@@ -435,6 +452,10 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
             vms = raw.get("vms")
             if isinstance(vms, list) and vms and isinstance(vms[0], dict):
                 vms[0]["guest_tlb"] = copy.deepcopy(rng.choice(TLBS))
+        elif op == "guest" and isinstance(raw, dict):
+            vms = raw.get("vms")
+            if isinstance(vms, list) and vms and isinstance(vms[0], dict):
+                vms[0]["guest"] = copy.deepcopy(rng.choice(GUESTS))
         elif op == "async_pf" and isinstance(raw, dict):
             vms = raw.get("vms")
             if isinstance(vms, list) and vms and isinstance(vms[-1], dict):

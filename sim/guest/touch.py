@@ -63,3 +63,50 @@ def first_fault(spte: NDArray[np.uint8], idx: NDArray[np.int64], start: int, end
         if needs_fault(spte[idx[p]]):
             return p
     return end
+
+
+@numba.njit(cache=True, nogil=True)
+def guest_translate(
+    gflags: NDArray[np.uint8],
+    gpfn: NDArray[np.uint32],
+    vpages: NDArray[np.int64],
+    gfns: NDArray[np.int64],
+    start: int,
+    end: int,
+) -> int:
+    """The guest page walk of accesses ``start..end`` (a guest kernel is modelled): write the
+    gfn each virtual page maps to into ``gfns`` while the guest pte is present; return the
+    first access that takes a guest page fault (or ``end``). Nothing is set: the accessed
+    bits are the hits' (:func:`guest_mark`)."""
+    for p in range(start, end):
+        v = vpages[p]
+        if not gflags[v] & 0x01:  # PTE_PRESENT
+            return p
+        gfns[p] = gpfn[v]
+    return end
+
+
+@numba.njit(cache=True, nogil=True)
+def guest_mark(
+    gflags: NDArray[np.uint8],
+    vpages: NDArray[np.int64],
+    writes: NDArray[np.bool_],
+    start: int,
+    end: int,
+) -> None:
+    """Accesses ``start..end`` completed: the walk set each guest pte's accessed bit, and its
+    dirty bit on a write (the guest folio's PG_dirty stands for both)."""
+    for p in range(start, end):
+        v = vpages[p]
+        gflags[v] |= np.uint8(0x06) if writes[p] else np.uint8(0x02)  # PTE_YOUNG | PG_DIRTY
+
+
+@numba.njit(cache=True, nogil=True)
+def guest_first_unmapped(
+    gflags: NDArray[np.uint8], vpages: NDArray[np.int64], start: int, end: int
+) -> int:
+    """The first of accesses ``start..end`` whose guest pte is no longer present, or ``end``."""
+    for p in range(start, end):
+        if not gflags[vpages[p]] & 0x01:
+            return p
+    return end

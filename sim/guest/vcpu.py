@@ -63,16 +63,23 @@ from simpy.events import URGENT
 from sim import fast
 from sim.costs import CostsConfig
 from sim.guest.tlb import NO_ROWS, tlb_first_fault, tlb_touch
-from sim.guest.touch import ept_touch, first_fault
+from sim.guest.touch import (
+    ept_touch,
+    first_fault,
+    guest_first_unmapped,
+    guest_mark,
+    guest_translate,
+)
 from sim.guest.workloads import AccessStream
-from sim.host.fault import HostFaultHandler
+from sim.host.fault import HostFault, HostFaultHandler
 from sim.host.kswapd import ProcessGen
-from sim.host.memory import HostMemory
+from sim.host.memory import PTE_PRESENT, HostMemory
 from sim.kvm.fault import FaultSink, fault_done, kvm_fault_nowait, kvm_page_fault
 from sim.kvm.spte import is_hit
 from sim.kvm.vm import Vm
 
 if TYPE_CHECKING:
+    from sim.guest.kernel import GuestKernel
     from sim.tails import Segment, VcpuTime
 
 
@@ -116,6 +123,7 @@ class Vcpu:
         accrual: VcpuTime | None = None,
         async_pf: float = 0.0,
         apf_rng: np.random.Generator | None = None,
+        guest: GuestKernel | None = None,
     ) -> None:
         self.env, self.vm, self.index, self.stream = env, vm, index, stream
         self.rate, self.batch = access_rate_per_s, batch_accesses
@@ -147,6 +155,11 @@ class Vcpu:
         if vm.tlbs is not None:
             self.tlb_row = vm.tlb_rows.start + index
         self.halted_ns: int | None = None
+        # a guest kernel: the stream names its process's virtual pages, which the guest maps
+        # to gfns (guest_translate); the guest's own fault CPU is owed as guest time
+        self.guest = guest
+        self.guest_owed_ns = 0
+        self._vidx: np.ndarray | None = None  # the step in flight's virtual pages
 
     def run(self) -> ProcessGen:
         """The vCPU thread, to start as a process (again after a halt: ``halted`` is then a
@@ -171,18 +184,31 @@ class Vcpu:
         # env.peek() (SimPy calls an event's callbacks one after the other)
         woken = False
         skip = -1  # an access whose fault went async: done when the step reaches it
-        gfns = idx_all = np.empty(0, dtype=np.int64)
+        gfns = idx_all = vpages = aliases = np.empty(0, dtype=np.int64)
         writes = np.empty(0, dtype=np.bool_)
-        while not mm.dead:
+        guest = self.guest
+        gflags = gpfn = None
+        if guest is not None:
+            gflags, gpfn = guest.mem.flags, guest.mem.pfn
+        while not mm.dead and not (guest is not None and guest.dead):
             if pos >= n:
-                gfns, writes = self.stream.next(self.batch)
-                n, pos = len(gfns), 0
+                got, writes = self.stream.next(self.batch)
+                n, pos = len(got), 0
                 if n == 0:
                     yield from self._halt()
                     return
-                if k == 1:
-                    idx_all = gfns
+                if guest is not None:  # gfns come from the guest's page walk, step by step
+                    vpages, writes = got, writes.copy()  # a guest's clear_page writes
+                    gfns = np.empty(n, dtype=np.int64)
+                    if k == 1:
+                        idx_all = gfns
+                    else:
+                        aliases = self.rng.integers(0, k, n, dtype=np.int64)
+                        idx_all = np.empty(n, dtype=np.int64)
+                elif k == 1:
+                    gfns = idx_all = got
                 else:
+                    gfns = got
                     idx_all = gfns * k + self.rng.integers(0, k, n, dtype=np.int64)
             # One step: runs of hits and the faults that end them, resolved on the spot while
             # they need no waiting and nothing else is due before them (so no other process can
@@ -199,6 +225,12 @@ class Vcpu:
                     t += pending
                     ends.append(t)
                     stalls.append(True)
+                if self.guest_owed_ns:  # the guest kernel's fault handling: guest time
+                    owed, self.guest_owed_ns = self.guest_owed_ns, 0
+                    stats.compute_ns += owed
+                    t += owed
+                    ends.append(t)
+                    stalls.append(False)
                 if pos == skip:  # the guest runs on: the access is issued now, its page
                     skip = -1  # arrives later (_fault, not blocking)
                     if self.on_access is not None:
@@ -211,9 +243,22 @@ class Vcpu:
                     if pos >= n:
                         break
                 lo, t_lo = pos, t
+                end = n
+                if guest is not None:  # the guest's walk first: up to its first page fault
+                    end = guest_translate(gflags, gpfn, vpages, gfns, lo, n)
+                    if k != 1:
+                        idx_all[lo:end] = gfns[lo:end] * k + aliases[lo:end]
                 if tlbs is None:
                     pos = ept_touch(
-                        spte, idx_all, gfns, writes, last_access, base, (env.now + t) // 1000, lo, n
+                        spte,
+                        idx_all,
+                        gfns,
+                        writes,
+                        last_access,
+                        base,
+                        (env.now + t) // 1000,
+                        lo,
+                        end,
                     )
                 else:
                     pos = tlb_touch(
@@ -234,6 +279,8 @@ class Vcpu:
                         tlbs.st,
                     )
                 if pos > lo:
+                    if guest is not None:
+                        guest_mark(gflags, vpages, writes, lo, pos)
                     if self.on_access is not None:
                         self.on_access(gfns[lo:pos] + base)
                     stats.accesses += pos - lo
@@ -242,6 +289,10 @@ class Vcpu:
                     stalls.append(False)
                 if pos >= n or t >= horizon or not inline:
                     break
+                if guest is not None and pos == end:  # a guest page fault, if quick
+                    if not self._guest_resolve(pos, t, vpages, writes):
+                        break
+                    continue
                 if mem.nr_free <= mem.wmark.low:  # a first touch would wake kswapd: at its
                     break  # own time, not the step's start (then nothing else is due before)
                 if not self._resolve(pos, t, gfns, idx_all, writes):
@@ -251,6 +302,7 @@ class Vcpu:
                 self._step = (int(env.now), ends, stalls)
             if pos > lo:  # the last run of hits may outlast the horizon: it can be revoked
                 self._idx, self._lo, self._hi = idx_all, lo, pos
+                self._vidx = vpages if guest is not None else None
                 self._t0, self._pending, self._cut = env.now, t_lo, -1
                 end = pos
                 g0, skew = self._guest_ns - (t - t_lo), 0  # guest time before the run
@@ -274,7 +326,7 @@ class Vcpu:
                             t += lost
                             ends.append(t)
                             stalls.append(True)
-                self._idx = None
+                self._idx = self._vidx = None
                 woken = False  # the others the event woke have run (this step yielded)
             elif t:
                 yield env.timeout(t)
@@ -284,6 +336,19 @@ class Vcpu:
             self._step = None
             if pos >= n or mm.dead:
                 continue
+            if guest is not None:
+                if guest.dead:
+                    continue
+                vp = vpages.item(pos)
+                if not gflags.item(vp) & PTE_PRESENT:  # the guest's own page fault
+                    if not self._guest_resolve(pos, 0, vpages, writes):
+                        yield from self._guest_fault(pos, vpages, writes)
+                        woken = True
+                    continue
+                g = gpfn.item(vp)
+                gfns[pos] = g
+                if k != 1:
+                    idx_all[pos] = g * k + aliases.item(pos)
             if is_hit(spte.item(idx_all.item(pos))):
                 continue  # another vCPU mapped it meanwhile: the next step hits
             if not self._resolve(pos, 0, gfns, idx_all, writes):
@@ -358,6 +423,69 @@ class Vcpu:
         )
         return True
 
+    def _guest_resolve(self, pos: int, t: int, vpages: np.ndarray, writes: np.ndarray) -> bool:
+        """The guest page fault of access ``pos``, ``t`` ns from now, if the guest kernel
+        resolves it without waiting and without waking its kswapd (a first touch above its
+        low watermark, a guest swap-cache hit); its CPU is owed as guest time."""
+        g = self.guest
+        assert g is not None
+        if g.mem.nr_free <= g.mem.wmark.low:  # would wake the guest's kswapd: at its own time
+            return False
+        vp = vpages.item(pos)
+        refault = g.fault.is_refault(vp)
+        hf = g.fault.fault_nowait(vp, bool(writes.item(pos)))
+        if hf is None:
+            return False
+        self._guest_done(hf, pos, vp, writes, t, 0, refault)
+        return True
+
+    def _guest_fault(self, pos: int, vpages: np.ndarray, writes: np.ndarray) -> ProcessGen:
+        """A guest page fault that waits (guest direct reclaim, a read from the guest's swap
+        disk, and below it QEMU's host faults): the vCPU's task is blocked in the guest."""
+        g = self.guest
+        assert g is not None
+        vp = vpages.item(pos)
+        refault = g.fault.is_refault(vp)
+        t0 = int(self.env.now)
+        self.in_guest = True  # the vCPU runs the guest kernel, which waits (no host stall)
+        hf = yield from g.fault.handle_mm_fault(vp, bool(writes.item(pos)))
+        waited = int(self.env.now) - t0
+        self.vm.stats.guest_wait_ns += waited
+        if g.dead or self.vm.mm.dead:
+            return
+        self._guest_done(hf, pos, vp, writes, 0, waited, refault)
+
+    def _guest_done(
+        self,
+        hf: HostFault,
+        pos: int,
+        vp: int,
+        writes: np.ndarray,
+        t: int,
+        waited: int,
+        refault: bool,
+    ) -> None:
+        """A guest page fault was resolved: a new anon page is zeroed by the guest (a write to
+        its gfn, which the retried access makes), its CPU is owed, and it is logged at the
+        guest's level (the counts are the guest's vmstat's)."""
+        g = self.guest
+        assert g is not None
+        c = self.costs
+        gfn = g.mem.pfn.item(vp)
+        if hf == HostFault.FIRST_TOUCH:
+            g.zeroed(gfn)
+            writes[pos] = True  # clear_page
+            cpu, kind = c.first_touch_ns, "guest_first_touch"
+        elif hf == HostFault.MAJOR:
+            cpu, kind = c.swapin_kernel_ns, "guest_major"
+        else:
+            cpu, kind = c.swapcache_fault_ns, "guest_minor"
+        self.guest_owed_ns += cpu
+        if self.sink is not None:
+            self.sink.fault(
+                int(self.env.now) + t, self.vm.index, self.index, gfn, kind, waited + cpu, -1
+            )
+
     def accrued(self, now: int) -> tuple[int, int]:
         """(stall, compute) to add to the VM's counted stall and compute to have them as they
         stand at ``now``: a fault in progress has stalled since it began; a step in flight has
@@ -408,6 +536,9 @@ class Vcpu:
             return
         if self.tlbs is None:
             cut = first_fault(self.vm.mmu.spte, self._idx, now, self._hi)
+            if self._vidx is not None:  # the guest unmapped a page the run goes on to use
+                assert self.guest is not None
+                cut = min(cut, guest_first_unmapped(self.guest.mem.flags, self._vidx, now, cut))
         else:  # a cached translation over a present spte hides aging's access tracking
             t = self.tlbs
             cut = tlb_first_fault(

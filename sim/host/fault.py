@@ -42,7 +42,7 @@ Invariants
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from enum import StrEnum
 from functools import partial
 from typing import TYPE_CHECKING, Protocol
@@ -133,6 +133,9 @@ class HostFaultHandler:
         assert not rotational or swap.tracks_slots, "cluster readahead needs slot identities"
         self.memcg: MemCgroups | None = None  # the VMs' memcgs (memory.high), if any
         self._plain = fast.enabled("plain_swapin")  # swapin_begin may take a fault whole
+        # a guest kernel's handler: the I/O buffers of its disk reads are guest RAM that QEMU
+        # pins on the host before the read (sim/guest/kernel.py); None on the host
+        self.before_read: Callable[[list[int]], Iterator[simpy.Event]] | None = None
 
     def is_refault(self, pid: int) -> bool:
         """The page was evicted since its last fault: touched (it has a frame or a swap copy)
@@ -303,6 +306,8 @@ class HostFaultHandler:
         ahead: list[tuple[int, int, int]] = []
         if self.page_cluster and not self.swap.zram:
             ahead = yield from self._swapin_readahead(pid, mm)
+        if self.before_read is not None:
+            yield from self.before_read([pfn] + [a[1] for a in ahead])
         now = self.env.now
         swap = self.swap
         if ahead or swap.zram or swap.zswap is not None:

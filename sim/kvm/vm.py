@@ -26,6 +26,7 @@ from sim.kvm.mmu import KvmMmu, Memslot
 from sim.kvm.notifier import KvmNotifier
 
 if TYPE_CHECKING:
+    from sim.guest.kernel import GuestKernel
     from sim.guest.tlb import GuestTlbs
     from sim.guest.vcpu import Vcpu
 
@@ -42,6 +43,7 @@ class VmStats:
     tlb_flush_exits: int = 0
     async_pf: int = 0  # faults made asynchronous (kvm_arch_setup_async_pf): no vCPU waited
     compute_ns: int = 0  # vCPU time running guest code
+    guest_wait_ns: int = 0  # vCPU time blocked in the guest kernel's own faults (I/O, reclaim)
 
 
 class Vm:
@@ -103,6 +105,7 @@ class Vm:
         self.tlbs: GuestTlbs | None = None
         self.tlb_rows = range(0)
         self.notifier.on_release = self._release_tlbs
+        self.guest: GuestKernel | None = None  # the guest kernel's memory, when modelled
 
     def _release_tlbs(self) -> None:
         """The mm exited and KVM dropped every spte: the vCPUs' TLBs go with them."""

@@ -1,0 +1,496 @@
+"""The guest kernel's memory management: guest RAM, the guest's own LRU, kswapd and swap.
+
+Models
+    A guest is a Linux kernel too, so it is built from the same parts as the host
+    (sim/host/, sim/reclaim/): its frames are the VM's gfns, its pages are the virtual pages
+    of the guest process the workload runs in (one anonymous mm of ``footprint_mib``, which
+    may exceed guest RAM), its swap device is the VM's virtual disk, and its LRU is the same
+    policy code (two_list or mglru) with its own vmstat. Guest accesses set the *guest* pte's
+    accessed and dirty bits, which the guest's reclaim tests and clears through its own rmap
+    (no notifiers: nothing sits below a guest pte but the hardware); the EPT accessed bits
+    the host ages are separate and set by the same accesses (sim/guest/vcpu.py).
+
+    Differences from the host, each from the guest kernel's point of view:
+
+    * A guest page fault is the guest's own (``do_anonymous_page``, ``do_swap_page``): no GUP,
+      so nothing calls ``folio_mark_accessed``; a new anon folio goes to the inactive list
+      (since 5.9) with a young pte, and the retried access references it.
+    * The guest swap device is a virtio-blk disk: QEMU services each request by reading or
+      writing guest RAM through its own mapping, so every guest I/O touches host pages
+      (sim/guest/vcpu.py and below). A guest swap-in or read into a gfn the host has swapped
+      out first makes the host read that gfn back (QEMU pins the buffer before the device
+      reads into it): a *stale swap read*. A guest swap-out of a gfn the host has swapped out
+      makes the host read it back so QEMU can write it to the virtual disk: *double paging*
+      (Goldberg and Hassinger, 1974). The guest zeroing a newly allocated gfn the host has
+      swapped out (``clear_page``) makes the host read back contents about to be overwritten:
+      a *false swap read*. The names follow VSwapper (Amit, Tsafrir and Schuster, ASPLOS
+      2014), which measured them.
+    * The guest's OOM killer kills the guest process: the VM's vCPUs stop.
+
+Kernel reference
+    The host modules it reuses (page allocator, kswapd, vmscan, rmap, swap, fault); QEMU
+    hw/block/virtio-blk.c and ``dma_blk_io`` (guest RAM read and written through QEMU's
+    mapping).
+
+Counting
+    Guest events are counted in the guest's own vmstat (``pgfault``, ``pswpin``, ``pgscan_*``:
+    what the guest's /proc/vmstat shows), host events in the host's. The VSwapper events are
+    memsim's counters, counted once here, per VM.
+
+Simplifications
+    One guest process, anonymous memory only (no guest page cache yet); no guest memcg, no
+    zram or zswap in the guest. Guest kswapd's CPU is not taken from the workload's vCPUs (a
+    guest with a spare vCPU); guest direct reclaim stalls the faulting vCPU. The virtual
+    disk's queue is its own (not shared with the host's swap device, nor with the host page
+    cache).
+
+Invariants
+    Every guest page is in exactly one guest state (never touched, mapped to a gfn, in the
+    guest swap cache, only in guest swap); every gfn is free or owned by one guest page
+    (HostMemory's invariants, checked by :meth:`GuestKernel.check`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Generator, Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import simpy
+from numpy.typing import NDArray
+from pydantic import Field, model_validator
+
+from sim.costs import CostModel, CostsConfig
+from sim.host.fault import HostFaultHandler
+from sim.host.kswapd import DirectReclaim, Kswapd, ProcessGen, ReclaimThrottle
+from sim.host.memory import (
+    PG_DIRTY,
+    PG_LOCKED,
+    PG_RECLAIM,
+    PG_RESIDENT,
+    PG_SWAP,
+    PG_WRITEBACK,
+    PTE_PRESENT,
+    PTE_YOUNG,
+    HostMemory,
+    setup_per_zone_wmarks,
+)
+from sim.host.mm import Mm
+from sim.host.oom import OomKiller
+from sim.host.page_alloc import PageAllocator
+from sim.host.rmap import Rmap
+from sim.host.swap import SwapConfig, SwapDevice
+from sim.host.vmscan import ScanControl, Schedule, Vmscan
+from sim.host.vmstat import VmEvents, new_vmstat
+from sim.reclaim import ReclaimConfig, make_policy
+from sim.reclaim.base import EvictionPolicy
+from sim.reclaim.two_list import TwoListConfig
+from sim.schema import Strict
+
+if TYPE_CHECKING:
+    from sim.host.vmscan import Pfns
+
+_U8 = np.uint8
+
+# memsim's VSwapper counters (per VM): what each costs the host is a host swap-in
+FALSE_SWAP_READS = "false_swap_reads"  # guest zeroes a gfn the host had swapped out
+STALE_SWAP_READS = "stale_swap_reads"  # guest reads from its disk into such a gfn
+DOUBLE_PAGING = "double_paging"  # guest swaps out such a gfn: the host reads it for QEMU
+VSWAPPER = (FALSE_SWAP_READS, STALE_SWAP_READS, DOUBLE_PAGING)
+
+
+def _guest_swap() -> SwapConfig:
+    """A virtio-blk disk on the host's NVMe: the device's latencies plus QEMU's (``[EST]``)."""
+    return SwapConfig(size_mib=1024, read_latency_us=100.0, write_latency_us=45.0)
+
+
+class GuestConfig(Strict):
+    """The guest kernel's memory: its process's footprint, its LRU and its swap disk."""
+
+    footprint_mib: int | None = Field(
+        None,
+        gt=0,
+        le=1 << 24,
+        description="Anonymous memory of the guest process the workload runs in (the pages "
+        "its accesses name); may exceed memory_mib, and the guest then reclaims and swaps "
+        "(default: memory_mib).",
+    )
+    min_free_kbytes: int | None = Field(
+        None,
+        ge=0,
+        le=1 << 26,
+        description="The guest's vm.min_free_kbytes (default: as the guest kernel derives "
+        "it from its RAM).",
+    )
+    watermark_scale_factor: int = Field(
+        10, ge=1, le=3000, description="The guest's vm.watermark_scale_factor."
+    )
+    reclaim: ReclaimConfig = Field(
+        default_factory=TwoListConfig,
+        description="The guest kernel's LRU: two_list or mglru, with their knobs (trigger "
+        "must stay watermark).",
+    )
+    swap: SwapConfig = Field(
+        default_factory=_guest_swap,
+        description="The guest's swap: a virtio-blk virtual disk (its size, latencies as "
+        "the guest sees them, queue); device disk only.",
+    )
+
+    @model_validator(mode="after")
+    def _kernel_policies(self) -> GuestConfig:
+        if self.reclaim.policy not in ("two_list", "mglru"):
+            raise ValueError(
+                f"guest.reclaim.policy {self.reclaim.policy} is not a kernel LRU: "
+                "use two_list or mglru"
+            )
+        if self.reclaim.trigger != "watermark":
+            raise ValueError("guest.reclaim.trigger must be watermark (the guest's kswapd)")
+        if self.swap.device != "disk" or self.swap.zswap.enabled:
+            raise ValueError("guest.swap: only device disk without zswap is modelled")
+        if self.swap.rotational:
+            raise ValueError("guest.swap.rotational is not modelled: set it false")
+        return self
+
+
+class _NoGup:
+    """The guest's policy as its own page-fault handler sees it: a guest fault maps the page
+    with the guest's MMU, not through GUP, so there is no ``folio_mark_accessed`` (the host's
+    handler calls it for GUP's FOLL_TOUCH)."""
+
+    def __init__(self, policy: EvictionPolicy) -> None:
+        self._policy = policy
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._policy, name)
+
+    def folio_mark_accessed(self, pfn: int) -> None:
+        """No GUP, no reference."""
+
+
+class GuestRmap(Rmap):
+    """The guest's rmap: its ptes are unmapped with a TLB shootdown to the VM's vCPUs, which
+    cuts any step in flight that would use them (``on_unmap``)."""
+
+    on_unmap: Callable[[NDArray[np.int32]], None] | None = None
+
+    def try_to_unmap(self, pfns: NDArray[np.integer], work: Any) -> None:
+        """Unmap as the host does, then shoot down the vCPUs' translations."""
+        pids = self.mem.frame_pid[pfns]
+        super().try_to_unmap(pfns, work)
+        if self.on_unmap is not None and len(pids):
+            self.on_unmap(pids)
+
+
+class GuestVmscan(Vmscan):
+    """The guest's side of reclaim: as the host's, but a swap write of a gfn the host has
+    swapped out must first bring it back on the host (double paging)."""
+
+    guest: GuestKernel
+
+    def _submit_writeback(
+        self, wpfn: Pfns, wpid: NDArray[np.int32], f: NDArray[np.uint8], sc: ScanControl
+    ) -> None:
+        """``swap_writepage`` to the virtual disk: QEMU reads each gfn through its mapping;
+        the ones the host has only in swap are read back first (a host fault in QEMU), and
+        their writes are submitted when that is done."""
+        g = self.guest
+        gone = g.host_swapped(wpfn)
+        g.touch_host(wpfn[~gone], write=False)
+        if not gone.any():
+            super()._submit_writeback(wpfn, wpid, f, sc)
+            return
+        now = ~gone
+        if now.any():
+            super()._submit_writeback(wpfn[now], wpid[now], f[now], sc)
+        late_pfn, late_pid = wpfn[gone], wpid[gone]
+        self.mem.flags[late_pid] = (f[gone] & ~_U8(PG_DIRTY)) | _U8(PG_WRITEBACK | PG_RECLAIM)
+        self.mem.nr_writeback += len(late_pid)
+        g.stats[DOUBLE_PAGING] += len(late_pid)
+        for pid, pfn in zip(late_pid.tolist(), late_pfn.tolist(), strict=True):
+            g.env.process(self._double_paged(pid, pfn))
+
+    def _double_paged(self, pid: int, pfn: int) -> ProcessGen:
+        """One swap write whose gfn the host must read back first."""
+        g = self.guest
+        yield from g.host_fault_in(pfn, write=False)
+        end = self.swap.submit(int(g.env.now), write=True, per_mm=0)[0]
+        yield g.env.timeout(max(0, end - int(g.env.now)))
+        self.folio_end_writeback(pid, pfn)
+
+
+class GuestKernel:
+    """One VM's guest kernel memory management.
+
+    Args:
+        env: the simulation environment.
+        cfg: the guest's config.
+        name: the VM's name (for the generators' scopes).
+        nr_gfns: guest RAM in pages (the guest's frames).
+        page_shift: log2 of a page's bytes.
+        costs: CPU costs (the guest's reclaim is priced as the host's).
+        rng: the guest's generator (its swap device, its policy).
+        schedule: ``schedule(t_ns, fn)`` of the world.
+        host_pid_base: the VM's first host page id (gfn ``g`` is host page base + g).
+        host_mem: host memory (to see which gfns the host has swapped out).
+        host_fault: the host's fault handler (QEMU's faults on guest RAM).
+    """
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        cfg: GuestConfig,
+        *,
+        name: str,
+        nr_gfns: int,
+        page_shift: int,
+        costs: CostsConfig,
+        rng: np.random.Generator,
+        schedule: Schedule,
+        host_pid_base: int,
+        host_mem: HostMemory,
+        host_fault: HostFaultHandler,
+    ) -> None:
+        self.env, self.cfg, self.name = env, cfg, name
+        self.nr_gfns = nr_gfns
+        mib = 1 << (20 - page_shift)
+        self.nr_vpages = (cfg.footprint_mib * mib) if cfg.footprint_mib else nr_gfns
+        self.host_base, self.host_mem, self.host = host_pid_base, host_mem, host_fault
+        wmark = setup_per_zone_wmarks(
+            nr_gfns, cfg.min_free_kbytes, cfg.watermark_scale_factor, page_shift=page_shift
+        )
+        # pages: the process's, then one per gfn the balloon may hold (kernel allocations
+        # with no pte and no LRU: HostMemory's unmapped "file" range, an owner of their own)
+        self.mem = mem = HostMemory(
+            nr_gfns,
+            self.nr_vpages + nr_gfns,
+            wmark,
+            [0, self.nr_vpages],
+            readahead=cfg.swap.page_cluster > 0,
+            file_base=self.nr_vpages,
+        )
+        self._balloon_slots = list(range(nr_gfns - 1, -1, -1))  # free balloon page ids
+        self._oom_notifiers: list[Callable[[], int]] = []
+        self.vmstat: VmEvents = new_vmstat(1)
+        self.stats: Counter[str] = Counter({k: 0 for k in VSWAPPER})
+        self.swap = SwapDevice(
+            cfg.swap,
+            cfg.swap.size_mib * mib,
+            np.random.default_rng(rng.integers(2**63)),
+            1 << page_shift,
+            vmstat=self.vmstat,
+        )
+        self.mm = Mm(0, f"{name}.guest", 0, self.nr_vpages)
+        self.policy = policy = make_policy(
+            cfg.reclaim,
+            nr_frames=nr_gfns,
+            vmstat=self.vmstat,
+            rng=np.random.default_rng(rng.integers(2**63)),
+            page_shift=page_shift,
+        )
+        self.rmap = GuestRmap(mem, [self.mm], self.vmstat)
+        now = lambda: int(env.now)  # noqa: E731
+        self.vmscan = vmscan = GuestVmscan(
+            mem, self.swap, self.rmap, [self.mm], now, schedule, self.vmstat
+        )
+        vmscan.guest = self
+        vmscan.policy = policy
+        cost = CostModel(costs, self.swap.compress_ns, self.swap.decompress_ns)
+        self.throttle = throttle = ReclaimThrottle(env, mem, self.vmstat)
+        vmscan.on_writeback_end = throttle.writeback_ended
+        self.kswapd = Kswapd(env, mem, vmscan, policy, cost, self.vmstat, throttle)
+        direct = DirectReclaim(env, mem, vmscan, policy, cost, self.vmstat, throttle)
+        self.oom = OomKiller([self.mm], mem, self.swap, policy, self.vmstat, now=now)
+        self.direct = direct
+        swap = self.swap
+
+        def reclaimable() -> int:  # zone_reclaimable_pages: anon only while swap has room
+            return mem.nr_frames - mem.nr_free if swap.nr_free_slots > 0 else 0
+
+        self.alloc = PageAllocator(
+            env, mem, self.kswapd, direct, self.vmstat, self.out_of_memory, reclaimable
+        )
+        self.fault = HostFaultHandler(
+            env,
+            mem,
+            swap,
+            self.alloc,
+            _NoGup(policy),  # type: ignore[arg-type]
+            [self.mm],
+            self.vmstat,
+            page_cluster=cfg.swap.page_cluster,
+        )
+        self.fault._plain = False  # its reads go through before_read (QEMU's pin)
+        self.fault.before_read = self._before_read
+
+    def start(self) -> None:
+        """Start the guest's kswapd."""
+        self.env.process(self.kswapd.run())
+
+    @property
+    def dead(self) -> bool:
+        """The guest's OOM killer killed the workload's process."""
+        return self.mm.dead
+
+    def out_of_memory(self) -> bool:
+        """``out_of_memory``: the OOM notifiers first (the balloon's deflate-on-OOM); if they
+        freed anything there is no kill. Returns whether anything was freed or killed."""
+        freed = sum(fn() for fn in self._oom_notifiers)
+        if freed > 0:
+            return True
+        return self.oom()
+
+    # -- what the balloon driver needs (sim/guest/balloon.py's BalloonGuest) ------------------
+    @property
+    def nr_pages(self) -> int:
+        """Guest RAM in pages (MemTotal before the balloon)."""
+        return self.nr_gfns
+
+    def register_oom_notifier(self, fn: Callable[[], int]) -> None:
+        """``register_oom_notifier``: ``fn`` runs before the OOM killer and returns pages freed."""
+        self._oom_notifiers.append(fn)
+
+    def _balloon_take(self) -> int:
+        """One free frame for the balloon, or -1: above the low watermark, else (kswapd woken)
+        above min."""
+        mem = self.mem
+        if mem.nr_free <= mem.wmark.low:
+            self.kswapd.wakeup()
+            if mem.nr_free <= mem.wmark.min:
+                return -1
+        return mem.alloc_frame(self.nr_vpages + self._balloon_slots.pop())
+
+    def balloon_alloc(self, n: int) -> Generator[simpy.Event, Any, NDArray[np.int64]]:
+        """``balloon_page_alloc`` up to ``n`` times (``fill_balloon``'s loop): each page takes
+        the allocator's fast path; failing that, the slow path reclaims directly once
+        (``__GFP_NORETRY``: no retries, no OOM killer) and tries again. The first page that
+        cannot be had ends the chunk."""
+        got: list[int] = []
+        for _ in range(n):
+            pfn = self._balloon_take()
+            if pfn < 0:
+                yield from self.direct.try_to_free_pages(self.kswapd)
+                pfn = self._balloon_take()
+            if pfn < 0:
+                break
+            got.append(pfn)
+        return np.array(got, dtype=np.int64)
+
+    def balloon_free(self, gfns: NDArray[np.int64]) -> None:
+        """``balloon_page_free``: the pages go back to the guest's free lists."""
+        if len(gfns) == 0:
+            return
+        slots = self.mem.frame_pid[gfns].astype(np.int64) - self.nr_vpages
+        assert (slots >= 0).all(), "the balloon frees a page it does not hold"
+        self.mem.free_frames(gfns)
+        self._balloon_slots.extend(slots.tolist())
+
+    def balloon_pages(self) -> NDArray[np.int64]:
+        """The gfns the balloon holds."""
+        return np.flatnonzero(self.mem.frame_pid >= self.nr_vpages).astype(np.int64)
+
+    def meminfo(self) -> Any:
+        """What ``update_balloon_stats`` reports (pages; ``si_mem_available`` without a page
+        cache is the free pages above the reserve, which the high watermark stands for)."""
+        from sim.guest.balloon import GuestMeminfo
+
+        v, free = self.vmstat, int(self.mem.nr_free)
+        return GuestMeminfo(
+            total=self.nr_gfns,
+            free=free,
+            available=max(0, free - self.mem.wmark.high),
+            cached=0,
+            swap_in=int(v["pswpin"]),
+            swap_out=int(v["pswpout"]),
+            major_faults=int(v["pgmajfault"]),
+            minor_faults=int(v["pgfault"] - v["pgmajfault"]),
+        )
+
+    # -- the host below ----------------------------------------------------------------------
+    def host_swapped(self, gfns: Pfns) -> NDArray[np.bool_]:
+        """Which gfns the host holds only in swap (no frame): touching them reads them back."""
+        f = self.host_mem.flags[self.host_base + gfns]
+        return (f & (PG_RESIDENT | PG_SWAP)) == PG_SWAP
+
+    def touch_host(self, gfns: Pfns, *, write: bool) -> None:
+        """QEMU reads or writes guest RAM it has mapped: the host ptes are referenced (and
+        dirtied); gfns not mapped on the host are left to :meth:`host_fault_in`."""
+        if len(gfns) == 0:
+            return
+        pids = self.host_base + gfns
+        f = self.host_mem.flags[pids]
+        mapped = (f & PTE_PRESENT) != 0
+        bits = _U8(PTE_YOUNG | PG_DIRTY) if write else _U8(PTE_YOUNG)
+        self.host_mem.flags[pids[mapped]] = f[mapped] | bits
+
+    def host_fault_in(self, gfn: int, *, write: bool) -> ProcessGen:
+        """QEMU's own fault on a gfn it must read or write (``get_user_pages`` for the I/O
+        buffer): the host pte is made present, waiting for a swap-in if needed."""
+        pid = self.host_base + gfn
+        if self.host_mem.flags.item(pid) & PTE_PRESENT:
+            self.touch_host(np.array([gfn], dtype=np.int64), write=write)
+            return
+        yield from self.host.handle_mm_fault(pid, write)
+
+    def _before_read(self, pfns: list[int]) -> Iterator[simpy.Event]:
+        """A guest read from its disk into ``pfns`` is about to be submitted: QEMU pins each
+        gfn for writing first, and any the host has only in swap are stale swap reads."""
+        gfns = np.array(pfns, dtype=np.int64)
+        gone = self.host_swapped(gfns)
+        self.stats[STALE_SWAP_READS] += int(np.count_nonzero(gone))
+        for g in gfns.tolist():
+            yield from self.host_fault_in(g, write=True)
+
+    def zeroed(self, gfn: int) -> None:
+        """The guest allocated ``gfn`` for a new anon page and clears it: if the host holds it
+        only in swap, the host's swap-in for that write is a false swap read (the vCPU's write
+        that follows takes the host fault)."""
+        if self.host_swapped(np.array([gfn], dtype=np.int64))[0]:
+            self.stats[FALSE_SWAP_READS] += 1
+
+    # -- reports -----------------------------------------------------------------------------
+    def counts(self) -> dict[str, int]:
+        """Event counts: the guest's /proc/vmstat (its own level's), then memsim's VSwapper
+        counters (the host work the two levels cause each other)."""
+        v = self.vmstat
+        return {**{k: int(v[k]) for k in _GUEST_VMSTAT}, **{k: self.stats[k] for k in VSWAPPER}}
+
+    def memory(self) -> dict[str, int]:
+        """Levels: what the guest's /proc/meminfo shows (pages)."""
+        return {
+            "total": self.nr_gfns,
+            "free": int(self.mem.nr_free),
+            "anon": int(self.mem.nr_resident[0]),
+            "balloon": int(self.mem.nr_resident[1]),
+            "swap_used": int(self.swap.nr_slots - self.swap.nr_free_slots),
+            "footprint": self.nr_vpages,
+        }
+
+    def check(self) -> None:
+        """The guest's memory invariants (HostMemory's, and the policy's lists)."""
+        mem = self.mem
+        mem.check()
+        f = mem.flags[: self.nr_vpages]  # the balloon's pages are on no LRU
+        resident = ((f & PG_RESIDENT) != 0) & ((f & PG_LOCKED) == 0)  # not being read in
+        on_lru = np.zeros(mem.nr_frames, dtype=np.bool_)
+        on_lru[mem.pfn[: self.nr_vpages][resident]] = True
+        self.policy.check(on_lru)
+        used = self.swap.nr_slots - self.swap.nr_free_slots
+        assert used == int(np.count_nonzero(f & PG_SWAP)), "guest swap slot accounting"
+
+
+_GUEST_VMSTAT = (
+    "pgfault",
+    "pgmajfault",
+    "pswpin",
+    "pswpout",
+    "pgscan_kswapd",
+    "pgscan_direct",
+    "pgsteal_kswapd",
+    "pgsteal_direct",
+    "allocstall_normal",
+    "kswapd_wakeups",
+    "workingset_refault_anon",
+    "workingset_activate_anon",
+    "oom_kill",
+)

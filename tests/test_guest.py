@@ -1,0 +1,237 @@
+"""The guest kernel's memory management (``vms[].guest``, sim/guest/kernel.py): guest RAM, the
+guest's own LRU, kswapd and swap, and what the two levels cost each other."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sim.config import parse_scenario
+from sim.engine import build_world
+from sim.errors import ConfigError
+from sim.guest.kernel import DOUBLE_PAGING, FALSE_SWAP_READS, STALE_SWAP_READS
+from sim.host.memory import PG_RESIDENT, PG_SWAP, PTE_PRESENT
+from tests.conftest import TINY, run_checked
+
+
+def _raw(host_mib: int, ram_mib: int, footprint_mib: int, **guest: Any) -> dict[str, Any]:
+    """One VM whose guest process has ``footprint_mib`` of anon memory in ``ram_mib`` of
+    guest RAM, on a host of ``host_mib``."""
+    raw = copy.deepcopy(TINY)
+    raw["host"]["memory_mib"] = host_mib
+    raw["duration_s"] = 0.08
+    vm = raw["vms"][0]
+    vm.update(count=1, memory_mib=ram_mib, vcpus=1, access_rate_per_s=1_000_000)
+    vm["workload"] = {"type": "zipf", "alpha": 0.6}
+    vm["guest"] = {"footprint_mib": footprint_mib, **guest}
+    return raw
+
+
+def _world(raw: dict[str, Any]) -> Any:
+    w = build_world(parse_scenario(raw), None)
+    run_checked(w, every_ns=5_000_000)
+    return w
+
+
+def test_a_footprint_over_guest_ram_makes_the_guest_swap_and_the_host_sees_none_of_it() -> None:
+    w = _world(_raw(host_mib=32, ram_mib=8, footprint_mib=12))
+    g = w.vms[0].guest
+    gv = g.vmstat
+    assert gv["pswpout"] > 0
+    assert gv["pgmajfault"] > 0
+    assert gv["pgscan_kswapd"] > 0
+    assert g.mem.nr_free < g.mem.wmark.high * 2  # the guest keeps its RAM full
+    # the host has room: no host reclaim, no host swap, nothing between the levels
+    assert w.vmstat["pswpout"] == 0
+    assert w.vmstat["pgscan_kswapd"] == 0
+    assert dict(g.stats) == {FALSE_SWAP_READS: 0, STALE_SWAP_READS: 0, DOUBLE_PAGING: 0}
+    # the host never backs more than guest RAM, however large the guest's footprint
+    assert w.mem.nr_resident[0] <= w.vms[0].mm.nr_pages
+    s = w.summary(0.0)["vms"][0]
+    assert s["guest"]["pswpout"] == gv["pswpout"]
+    assert s["guest_memory"]["total"] == g.nr_gfns == 8 * 256
+    assert s["guest_memory"]["footprint"] == 12 * 256
+
+
+def test_a_footprint_within_guest_ram_never_makes_the_guest_reclaim() -> None:
+    w = _world(_raw(host_mib=5, ram_mib=8, footprint_mib=7))
+    gv = w.vms[0].guest.vmstat
+    assert gv["pswpout"] == gv["pgscan_kswapd"] == gv["pgscan_direct"] == 0
+    # one first touch per page of the footprint touched, and no other guest fault
+    touched = int(np.count_nonzero(w.vms[0].guest.mem.flags & PTE_PRESENT))
+    assert gv["pgfault"] == touched > 6 * 256
+    assert w.vmstat["pswpout"] > 0  # the host reclaims alone
+    assert dict(w.vms[0].guest.stats)[DOUBLE_PAGING] == 0
+
+
+def test_double_paging_needs_both_levels_reclaiming() -> None:
+    both = _world(_raw(host_mib=6, ram_mib=8, footprint_mib=12))
+    g = both.vms[0].guest
+    assert g.vmstat["pswpout"] > 0
+    assert both.vmstat["pswpout"] > 0
+    assert g.stats[DOUBLE_PAGING] > 0
+    # each double-paged write made the host read the gfn back: host swap-ins at least as many
+    # as QEMU needed (the vCPU's own host faults add more)
+    assert both.vmstat["pswpin"] >= g.stats[DOUBLE_PAGING]
+    assert g.stats[DOUBLE_PAGING] <= g.vmstat["pswpout"]
+
+
+def test_a_guest_read_into_a_gfn_the_host_swapped_is_a_stale_swap_read() -> None:
+    w = build_world(parse_scenario(_raw(host_mib=6, ram_mib=8, footprint_mib=12)), None)
+    w.start()
+    w.env.run(until=40_000_000)
+    g = w.vms[0].guest
+    base = w.vms[0].mm.pid_base
+    f = w.mem.flags[base : base + g.nr_gfns]
+    gone = np.flatnonzero((f & (PG_RESIDENT | PG_SWAP)) == PG_SWAP)
+    assert len(gone), "the host swapped some gfns out by now"
+    gfn = int(gone[0])
+    before, pswpin = g.stats[STALE_SWAP_READS], w.vmstat["pswpin"]
+    proc = w.env.process(g._before_read([gfn]))
+    w.env.run(until=proc)
+    assert g.stats[STALE_SWAP_READS] == before + 1
+    assert w.mem.flags[base + gfn] & PTE_PRESENT  # QEMU's pin mapped it on the host
+    assert w.vmstat["pswpin"] >= pswpin + 1
+
+
+def test_zeroing_a_gfn_the_host_swapped_is_a_false_swap_read() -> None:
+    w = build_world(parse_scenario(_raw(host_mib=6, ram_mib=8, footprint_mib=12)), None)
+    w.start()
+    w.env.run(until=40_000_000)
+    g = w.vms[0].guest
+    base = w.vms[0].mm.pid_base
+    f = w.mem.flags[base : base + g.nr_gfns]
+    gone = int(np.flatnonzero((f & (PG_RESIDENT | PG_SWAP)) == PG_SWAP)[0])
+    here = int(np.flatnonzero(f & PTE_PRESENT)[0])
+    before = g.stats[FALSE_SWAP_READS]
+    g.zeroed(here)
+    assert g.stats[FALSE_SWAP_READS] == before
+    g.zeroed(gone)
+    assert g.stats[FALSE_SWAP_READS] == before + 1
+
+
+def test_guest_accesses_set_the_guest_accessed_bits_its_reclaim_clears() -> None:
+    w = build_world(parse_scenario(_raw(host_mib=32, ram_mib=8, footprint_mib=4)), None)
+    w.start()
+    w.env.run(until=5_000_000)
+    g = w.vms[0].guest
+    mapped = np.flatnonzero(g.mem.flags & PTE_PRESENT)
+    assert len(mapped)
+    assert (g.mem.flags[mapped] & 0x02).all()
+    from sim.host.vmscan import ScanControl
+
+    sc = ScanControl(nr_to_reclaim=1)
+    pfns = g.mem.pfn[mapped[:10]].astype(np.int64)
+    assert g.rmap.folio_referenced(pfns, sc).all()
+    assert not g.rmap.folio_referenced(pfns, sc).any()  # tested and cleared
+
+
+def test_the_same_seed_gives_the_same_run() -> None:
+    def once() -> dict[str, Any]:
+        w = build_world(parse_scenario(_raw(host_mib=6, ram_mib=8, footprint_mib=12)), None)
+        w.run()
+        return w.summary(0.0)["vms"]
+
+    assert once() == once()
+
+
+def test_guest_faults_are_logged_at_the_guest_level(tmp_path: Any) -> None:
+    import json
+
+    import pandas as pd
+
+    from sim.engine import run_scenario
+
+    raw = _raw(host_mib=6, ram_mib=8, footprint_mib=12)
+    out = tmp_path / "out"
+    run_scenario(parse_scenario(raw), out)
+    faults = pd.read_parquet(out / "faults.parquet")
+    kinds = faults["kind"].astype(str)
+    assert {"guest_first_touch", "guest_major", "first_touch"} <= set(kinds)
+    g = json.loads((out / "summary.json").read_text())["vms"][0]["guest"]
+    # every guest fault once, at its own level (one may be in flight at the end)
+    assert g["pgfault"] - 1 <= kinds.str.startswith("guest_").sum() <= g["pgfault"]
+    assert (kinds == "guest_major").sum() <= g["pgmajfault"]
+
+
+@pytest.mark.parametrize(
+    ("guest", "match"),
+    [
+        ({"reclaim": {"policy": "lru"}}, "not a kernel LRU"),
+        ({"swap": {"device": "zram"}}, "only device disk"),
+        ({"footprint_mib": 0}, "footprint_mib"),
+    ],
+)
+def test_bad_guest_sections_are_one_line_errors(guest: dict[str, Any], match: str) -> None:
+    raw = _raw(32, 8, 12)
+    raw["vms"][0]["guest"] = guest
+    with pytest.raises(ConfigError, match=match):
+        parse_scenario(raw)
+
+
+def test_guest_needs_watermark_reclaim_and_no_guest_tlb() -> None:
+    raw = _raw(32, 8, 12)
+    raw["reclaim"] = {"policy": "two_list", "trigger": "demand"}
+    with pytest.raises(ConfigError, match=r"vms\[0\]\.guest: needs watermark"):
+        parse_scenario(raw)
+    raw = _raw(32, 8, 12)
+    raw["vms"][0]["guest_tlb"] = {}
+    with pytest.raises(ConfigError, match="guest_tlb"):
+        parse_scenario(raw)
+    raw = _raw(32, 8, 4)
+    raw["vms"][0]["working_set_mib"] = 6
+    with pytest.raises(ConfigError, match="guest.footprint_mib"):
+        parse_scenario(raw)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    host_mib=st.integers(4, 16),
+    ram_mib=st.integers(4, 10),
+    over=st.floats(0.5, 2.0),
+    policy=st.sampled_from(["two_list", "mglru"]),
+    cluster=st.sampled_from([0, 3]),
+    vcpus=st.integers(1, 2),
+    mmu=st.sampled_from(["tdp", "shadow"]),
+    apf=st.sampled_from([0.0, 0.5]),
+    seed=st.integers(0, 50),
+)
+def test_every_invariant_holds_at_both_levels(
+    host_mib: int,
+    ram_mib: int,
+    over: float,
+    policy: str,
+    cluster: int,
+    vcpus: int,
+    mmu: str,
+    apf: float,
+    seed: int,
+) -> None:
+    raw = _raw(
+        host_mib,
+        ram_mib,
+        max(1, round(ram_mib * over)),
+        reclaim={"policy": policy},
+        swap={"size_mib": 64, "page_cluster": cluster},
+    )
+    raw["seed"] = seed
+    raw["duration_s"] = 0.03
+    raw["kvm"] = {"mmu": mmu}
+    raw["vms"][0].update(vcpus=vcpus, async_pf=apf)
+    raw["vms"].append({"name": "plain", "memory_mib": 4, "access_rate_per_s": 500_000})
+    w = _world(raw)
+    g = w.vms[0].guest
+    # every guest page in exactly one state: untouched, mapped, in the swap cache, in swap
+    f = g.mem.flags
+    mapped = (f & PTE_PRESENT) != 0
+    assert (~mapped | ((f & PG_RESIDENT) != 0)).all()
+    assert int(np.count_nonzero(f & PG_RESIDENT)) == g.mem.nr_frames - g.mem.nr_free
+    # what the guest has mapped and the vCPUs reach, the host backs or can fault in; the
+    # host never backs more than the VM's RAM
+    assert w.mem.nr_resident[0] + w.mem.nr_swapped[0] <= w.vms[0].mm.nr_pages
+    assert g.stats[DOUBLE_PAGING] <= g.vmstat["pswpout"]
