@@ -144,6 +144,8 @@ def test_inflate_to_target_in_chunks_of_256() -> None:
     assert b.driver.num_pages == 600
     assert guest.n[HELD] == 600
     assert b.device.balloon_cur() == 400
+    assert b.counters()["balloon_pages"] == 600
+    assert b.counters()["balloon_inflate"] == 600
     env.run(until=10**9)
     assert b.counts.inflate_requests == 3  # nothing more once at the target
 

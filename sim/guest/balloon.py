@@ -54,8 +54,10 @@ Simplifications
     One work item in flight at a time, one vCPU's worth of CPU for it, not charged to any vCPU
     here. Pages are of the simulated size: a chunk is ``256 // (page_size_kib / 4)`` of them,
     at least one (a guest with pages larger than 1 MiB cannot exist; with 2 MiB pages memsim
-    balloons one page per request). Balloon compaction (``virtballoon_migratepage``), free
-    page hinting and free page reporting are not modelled. The OOM notifier runs inside the
+    balloons one page per request). QEMU discards a request's pages when it takes the request;
+    the time it spends on them follows, before the ack. Balloon compaction
+    (``virtballoon_migratepage``), free page hinting and free page reporting are not
+    modelled. The OOM notifier runs inside the
     guest's allocation path and cannot wait: its pages are freed at once and its deflate
     request (a kick, QEMU's work) is counted but takes no simulated time; it leaks only pages
     whose inflate request QEMU has acked (the kernel's notifier would wait on ``balloon_lock``
@@ -76,7 +78,7 @@ Sources
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -275,7 +277,8 @@ class BalloonDevice:
         self._discard = discard
         self._costs = costs
         self._counts = counts
-        self._config_changed: Callable[[], None] = lambda: None
+        # the config interrupt's handler: the driver's virtballoon_changed once it probes
+        self.config_changed: Callable[[], None] = lambda: None
 
     def to_target(self, target_pages: int) -> None:
         """``virtio_balloon_to_target``: the guest should have ``target_pages`` of RAM; the
@@ -288,7 +291,7 @@ class BalloonDevice:
         """Write config ``num_pages`` and raise the config interrupt (``virtio_notify_config``),
         even when unchanged: the driver re-checks its size at every write."""
         self.num_pages = int(num_pages)
-        self._config_changed()
+        self.config_changed()
 
     def balloon_cur(self) -> int:
         """Guest memory as QEMU reports it (``virtio_balloon_stat``: ram_size less actual):
@@ -352,7 +355,7 @@ class BalloonDriver:
         self._top = 0
         self._wake: simpy.Event | None = None
         self.busy = False  # the size work item is queued or running
-        device._config_changed = self.virtballoon_changed
+        device.config_changed = self.virtballoon_changed
         if cfg.deflate_on_oom:
             guest.register_oom_notifier(self.oom_notify)
         device.receive_stats(self._stats(), int(env.now))  # init_vqs primes the stats queue
@@ -504,7 +507,11 @@ class VirtioBalloon:
 
     device: BalloonDevice
     driver: BalloonDriver
-    counts: BalloonCounts = field(default_factory=BalloonCounts)
+    counts: BalloonCounts
+
+    def counters(self) -> dict[str, int]:
+        """The counters and the pages the balloon holds (``balloon_pages``), for the results."""
+        return {**self.counts.as_dict(), "balloon_pages": self.driver.num_pages}
 
     @classmethod
     def create(
