@@ -57,11 +57,10 @@ Simplifications
     balloons one page per request). QEMU discards a request's pages when it takes the request;
     the time it spends on them follows, before the ack. Balloon compaction
     (``virtballoon_migratepage``), free page hinting and free page reporting are not
-    modelled. The OOM notifier runs inside the
-    guest's allocation path and cannot wait: its pages are freed at once and its deflate
-    request (a kick, QEMU's work) is counted but takes no simulated time; it leaks only pages
-    whose inflate request QEMU has acked (the kernel's notifier would wait on ``balloon_lock``
-    for an inflate in flight).
+    modelled. The OOM notifier runs inside the guest's allocation path and cannot wait: its
+    pages are freed at once and its deflate request (a kick, QEMU's work) is counted but takes
+    no simulated time; it leaks only pages whose inflate request QEMU has acked (the kernel's
+    notifier would wait on ``balloon_lock`` for an inflate in flight).
 
 Sources
     drivers/virtio/virtio_balloon.c (``fill_balloon``, ``leak_balloon``, ``tell_host``,
