@@ -7,6 +7,7 @@ python -m analysis.figures protection RUN_A RUN_B [--labels A,B] [-o docs/noisy_
 python -m analysis.figures limit RUN_A RUN_B [--labels A,B] [-o docs/memcg_limit.png]
 python -m analysis.figures zswap SWEEP_DIR [-o docs/zswap.png]
 python -m analysis.figures swappiness SWEEP_DIR [-o docs/swappiness.png]
+python -m analysis.figures double_paging SWEEP_DIR [-o docs/double_paging.png]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.guest_figures import double_paging_figure
 from analysis.host_figures import swappiness_figure, sweep_runs, zswap_figure
 from analysis.load import load_run
 from analysis.plots import compare_runs, overcommit_figure, policies_figure, protection_figure
@@ -27,6 +29,10 @@ SWEEP_FIGURES = {  # figure: (help, default output), each drawn from one sweep d
     "overcommit": ("an overcommit sweep: major faults and stall", "docs/sweep_overcommit.png"),
     "zswap": ("a swap-target sweep: fault sources, stall, kswapd CPU", "docs/zswap.png"),
     "swappiness": ("a swappiness sweep: anon vs file reclaim, faults", "docs/swappiness.png"),
+    "double_paging": (
+        "host-only, guest-only and two-level reclaim: throughput, swap I/O, double paging",
+        "docs/double_paging.png",
+    ),
 }
 TWO_RUN_FIGURES = {  # figure: (help, default labels, default output): each VM's stall per window
     "protection": (
@@ -79,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.figure == "swappiness":
             d = Path(args.sweep_dir)
             fig = swappiness_figure(sweep_runs(d), title=f"{d.name}: guest RAM vs page cache")
+        elif args.figure == "double_paging":
+            d = Path(args.sweep_dir)
+            fig = double_paging_figure(
+                sweep_runs(d),
+                title=f"{d.name}: one guest, the same host memory, reclaimed by"
+                " the host, the guest, or both",
+            )
         elif args.figure == "overcommit":
             fig = _overcommit(Path(args.sweep_dir))
         else:

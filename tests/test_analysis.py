@@ -192,3 +192,41 @@ def test_swappiness_figure_reads_reclaim_per_type(tmp_path: Path) -> None:
     out = tmp_path / "swappiness.png"
     assert figures_main(["swappiness", str(d), "-o", str(out)]) == 0
     assert figures_main(["swappiness", str(_sweep(tmp_path, "nf", copy.deepcopy(TINY), {}))]) == 2
+
+
+def test_double_paging_figure_reads_both_levels(tmp_path: Path) -> None:
+    from analysis.guest_figures import double_paging_table
+    from analysis.host_figures import sweep_runs
+
+    base = copy.deepcopy(TINY)
+    base["host"] = {"memory_mib": 6}
+    base["duration_s"] = 0.08
+    base["vms"] = [
+        {
+            "name": "app",
+            "memory_mib": 8,
+            "access_rate_per_s": 1_000_000,
+            "workload": {"type": "zipf", "alpha": 0.6},
+            "guest": {"footprint_mib": 12},
+        }
+    ]
+    variants = [
+        {"label": "host only", "set": {"vms.0.memory_mib": 12}},
+        {"label": "both", "set": {"vms.0.memory_mib": 8}},
+    ]
+    d = _sweep(tmp_path, "dp", base, {"variants": variants})
+    t = double_paging_table(sweep_runs(d)).set_index("variant")
+    runs = dict(sweep_runs(d))
+    for label in ("host only", "both"):
+        s = runs[label].summary
+        g = s["vms"][0]["guest"]
+        assert t.loc[label, "guest swap-outs"] == g["pswpout"]
+        assert t.loc[label, "host swap-ins"] == s["host"]["vmstat"]["pswpin"]
+    assert t.loc["host only", "guest swap-outs"] == 0 == t.loc["host only", "double_paging"]
+    assert t.loc["both", "double_paging"] > 0
+    out = tmp_path / "dp.png"
+    assert figures_main(["double_paging", str(d), "-o", str(out)]) == 0
+    assert out.stat().st_size > 10_000
+    assert (
+        figures_main(["double_paging", str(_sweep(tmp_path, "ng", copy.deepcopy(TINY), {}))]) == 2
+    )
