@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from sim import fast
 from sim.config import parse_scenario
+from sim.demand import DemandWorld
 from sim.engine import World
 from sim.host.madvise import gfn_ranges
 from sim.host.memory import (
@@ -425,6 +426,22 @@ def test_a_dead_mm_has_nothing_to_discard_and_zapped_folios_still_go() -> None:
     w.env.run(until=w.env.now + T_IO)
     assert not w.vms[0].mm.zapped
     assert w.mem.nr_resident[0] == 0
+    w.check()
+
+
+@pytest.mark.parametrize("policy", ["two_list", "mglru", "clock", "lru", "opt"])
+def test_demand_mode_discards_between_runs(policy: str) -> None:
+    """In demand mode nothing is ever in flight: a discard frees everything at once, and the
+    policy (oracles too) keeps its lists consistent."""
+    w = DemandWorld(tiny(duration_s=0.003, reclaim={"policy": policy, "trigger": "demand"}))
+    w.run()
+    mm = w.vms[0].mm
+    held = int(w.mem.nr_resident[0])
+    assert held > 0
+    assert w.mem.nr_swapped[0] > 0
+    assert w.discard(0, np.arange(mm.nr_pages)) == held
+    assert w.mem.nr_resident[0] == w.mem.nr_swapped[0] == 0
+    assert not mm.zapped
     w.check()
 
 
