@@ -173,10 +173,12 @@ def test_mapped_pages_are_freed_with_one_invalidation_per_range() -> None:
     w.check()
 
 
-def test_swap_cache_folio_and_swap_entry_are_freed() -> None:
+@pytest.mark.parametrize("rotational", [False, True])
+def test_swap_cache_folio_and_swap_entry_are_freed(rotational: bool) -> None:
     """An unmapped swap-cache folio whose write ended goes with its slot and frame; a page
-    only in swap gives back its slot and its workingset shadow; neither is read back."""
-    w = World(tiny())
+    only in swap gives back its slot and its workingset shadow; neither is read back. With
+    slot identities (``swap.rotational``) the slots lose their owners."""
+    w = World(tiny(swap__rotational=rotational))
     _swap_out(w, 0, [0, 1, 2, 3], free=False)
     pids = _pids(w, 0, [0, 1, 2, 3])
     assert ((w.mem.flags[pids] & (PG_SWAP | PTE_PRESENT | PG_WRITEBACK)) == PG_SWAP).all()
@@ -281,6 +283,37 @@ def test_a_folio_being_read_in_goes_when_its_read_ends(plain: bool) -> None:
     assert not w.mem.flags[pids[0]] & PG_SWAP
     assert w.mem.nr_free == free  # the read-in frame freed, a fresh one taken
     _assert_untouched(w, 0, [1])
+    w.check()
+
+
+def test_a_fault_waiting_for_a_frame_finds_the_swap_entry_gone() -> None:
+    """A major fault that must reclaim for its frame before it can read: the page discarded
+    meanwhile (only in swap: its slot goes at once), the fault zero-fills the frame it gets
+    (the kernel's retry does), reads nothing, and KVM retries for the invalidation."""
+    w = World(tiny())
+    _swap_out(w, 0, [0], free=True)
+    v = w.vms[1]
+    g = 0
+    while kvm_fault_nowait(
+        v.mmu, w.host_fault, w.sc.costs, pid=v.mm.pid_base + g, gfn=g, alias=0, write=False
+    ):  # the other VM fills memory down to the min watermark
+        g += 1
+    pid = int(_pids(w, 0, [0])[0])
+    fault = _fault_proc(w, 0, 0)
+    w.env.run(until=w.env.now + 1)
+    assert fault.is_alive
+    assert w.mem.flags[pid] == PG_SWAP  # no frame yet: reclaiming for one
+    assert w.host_fault.fault_in_progress(pid)
+    assert w.discard(0, np.array([0])) == 0
+    assert w.swap.nr_free_slots == w.swap.nr_slots
+    assert not w.vms[0].mm.zapped
+    w.env.run(until=w.env.now + T_IO)
+    kind, _, retries = fault.value
+    assert kind == FaultKind.FIRST_TOUCH
+    assert retries == 1
+    assert w.vmstat["pswpin"] == w.vmstat["pgmajfault"] == 0
+    assert w.mem.flags[pid] & PTE_PRESENT
+    assert not w.mem.flags[pid] & PG_SWAP
     w.check()
 
 
@@ -498,7 +531,7 @@ def _discarder(w: World, rng: np.random.Generator, log: list[int]) -> Any:
         assert ((w.mem.flags[pids[zapped]] & (PG_LOCKED | PG_WRITEBACK)) != 0).all()
 
 
-@settings(max_examples=20)
+@settings(max_examples=30)
 @given(discarding_worlds())
 def test_invariants_hold_while_random_gfns_are_discarded(case: tuple[dict[str, Any], int]) -> None:
     raw, seed = case
