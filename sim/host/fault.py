@@ -125,6 +125,7 @@ class HostFaultHandler:
         # pid -> fault-in in progress (the folio lock), with the event its waiters wait on
         self._inflight: dict[int, simpy.Event | None] = {}
         self._ra_wait: dict[int, simpy.Event] = {}  # pid -> readahead read in flight
+        self._ra_alloc: set[int] = set()  # readahead pages in flight for their frames
         self.page_cluster = page_cluster
         self.ptrs_per_pmd = ptrs_per_pmd
         # swap_use_vma_readahead() is false: readahead by slot, with global state
@@ -156,9 +157,10 @@ class HostFaultHandler:
     def fault_in_progress(self, pid: int) -> bool:
         """Whether a guest fault on ``pid`` has begun and not ended: its fault-in holds the
         folio lock (or waits for a frame), or faults wait for its readahead read. Such a fault
-        is the page's next access whatever happens to the page meanwhile."""
+        is the page's next access whatever happens to the page meanwhile (a readahead taking
+        a frame for the page is no fault of it)."""
         if pid in self._inflight:
-            return True
+            return pid not in self._ra_alloc
         ev = self._ra_wait.get(pid)
         return ev is not None and bool(ev.callbacks)
 
@@ -481,9 +483,11 @@ class HostFaultHandler:
         killed while charging."""
         assert isinstance(self.alloc, PageAllocator)
         self._inflight[p] = None
+        self._ra_alloc.add(p)
         try:
             return (yield from self.alloc.alloc(p))
         finally:
+            self._ra_alloc.discard(p)
             self._unlock(p)
 
     def _lock_waiter(self, pid: int) -> simpy.Event:
