@@ -24,11 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from sim import fast
 from sim.config import Scenario, VmConfig
 from sim.guest.tlb import GuestTlbs, TlbGeometry
 from sim.guest.workloads import AccessStream
+from sim.host.madvise import check_zapped, madvise_dontneed
 from sim.host.memcontrol import (
     MEMCG_EVENTS,
     MEMCG_HIGH,
@@ -279,6 +281,7 @@ class Machine:
         """Assert every cross-module invariant (tests call this; O(pages))."""
         mem = self.mem
         mem.check()
+        check_zapped(self.mms, mem)
         present = (mem.flags & PTE_PRESENT) != 0
         for vm in self.vms:
             b, n = vm.mm.pid_base, vm.mm.nr_pages
@@ -304,6 +307,25 @@ class Machine:
         if self.memcg is not None:
             self.memcg.check()
         self.vmstat.check()  # with pgscan/pgsteal by type against the reclaimers' counts
+
+    # -- the world's requests ----------------------------------------------------------------
+    def discard(self, vm: int, gfns: NDArray[np.integer]) -> int:
+        """VM ``vm`` gave guest pages ``gfns`` back (virtio-balloon inflation, free page
+        reporting): QEMU's ``madvise(MADV_DONTNEED)`` on them (sim/host/madvise.py), counted
+        in the VM's ``pages_discarded``. Returns the frames freed now; those of folios with
+        I/O in flight are freed when it ends."""
+        host = getattr(self, "host_fault", None)  # the worlds' fault handler
+        work = madvise_dontneed(
+            self.mms[vm],
+            gfns,
+            self.mem,
+            self.swap,
+            self.policy,
+            sink=self.recorder,
+            faulting=None if host is None else host.fault_in_progress,
+        )
+        self.vms[vm].stats.pages_discarded += work.nr_discarded
+        return work.nr_freed
 
     def _swap_usage(self, memcg: int) -> int:
         """``memory.swap.current`` of a memcg, in pages."""

@@ -34,7 +34,7 @@ Determinism
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -381,6 +381,18 @@ class Recorder:
             os.pwrite(self._fd["next"], (t_ns + 1).to_bytes(8, "little", signed=True), row * 8)
         if self.fl is not None:
             self.fl.append(t_ns, vm, vcpu, gfn, self._kind_code[kind], latency_ns)
+
+    def discarded(self, pids: NDArray[np.int64], keep: Callable[[int], bool] | None) -> None:
+        """DiscardSink: pages ``pids`` were discarded (sim/host/madvise.py) and will never
+        refault: an eviction of one still waiting for its refault is final (its row stays
+        without a next access), unless ``keep(pid)``: a fault on the page had begun, and is
+        that refault when it is logged."""
+        if self.ev is None:
+            return
+        pending = _bits(self.pending_refault, pids)
+        for pid in pids[pending].tolist():
+            if keep is None or not keep(pid):
+                self._unpark(pid)
 
     # -- pending refaults ---------------------------------------------------------------------
 

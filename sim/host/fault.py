@@ -65,7 +65,7 @@ from sim.host.memory import (
     PTRS_PER_PMD,
     HostMemory,
 )
-from sim.host.mm import Mm
+from sim.host.mm import IoWaiter, Mm
 from sim.host.page_alloc import PageAllocator
 from sim.host.swap import SwapDevice
 from sim.host.swap_state import SwapClusterRa, swap_cluster_ra_block, swap_vma_ra_win
@@ -76,6 +76,7 @@ if TYPE_CHECKING:
     from sim.host.memcontrol import MemCgroups
 
 _MAPPED_INT = PTE_PRESENT | PTE_YOUNG  # GUP maps the pte young
+_BUSY = PG_LOCKED | PG_WRITEBACK  # I/O in flight: a discard leaves the folio until it ends
 _NEW_ANON_INT = PTE_PRESENT | PTE_YOUNG | PG_DIRTY | PG_RESIDENT
 _PGFAULT = VmStat.PGFAULT.value  # plain str keys: cheaper to hash than the enum member
 _PGMAJFAULT = VmStat.PGMAJFAULT.value
@@ -124,6 +125,7 @@ class HostFaultHandler:
         # pid -> fault-in in progress (the folio lock), with the event its waiters wait on
         self._inflight: dict[int, simpy.Event | None] = {}
         self._ra_wait: dict[int, simpy.Event] = {}  # pid -> readahead read in flight
+        self._ra_alloc: set[int] = set()  # readahead pages in flight for their frames
         self.page_cluster = page_cluster
         self.ptrs_per_pmd = ptrs_per_pmd
         # swap_use_vma_readahead() is false: readahead by slot, with global state
@@ -139,13 +141,31 @@ class HostFaultHandler:
 
     def is_refault(self, pid: int) -> bool:
         """The page was evicted since its last fault: touched (it has a frame or a swap copy)
-        and not mapped, and no fault-in of it is in progress (which counted it already)."""
+        and not mapped, no fault-in of it is in progress (which counted it already), and not
+        discarded (a zapped folio waiting for its I/O is no longer the page's)."""
         f = self.mem.flags.item(pid)
         return (
             not f & PTE_PRESENT
             and bool(f & (PG_RESIDENT | PG_SWAP))
             and (pid not in self._inflight)
+            and not (f & _BUSY and self._zapped(pid))
         )
+
+    def _zapped(self, pid: int) -> bool:
+        """Page ``pid`` was discarded while its folio's I/O was in flight (madvise.py): the
+        folio still holds the frame, but the page is as if never touched."""
+        zapped = self.mms[self.mem.page_owner(pid)].zapped
+        return bool(zapped) and pid in zapped
+
+    def fault_in_progress(self, pid: int) -> bool:
+        """Whether a guest fault on ``pid`` has begun and not ended: its fault-in holds the
+        folio lock (or waits for a frame), or faults wait for its readahead read. Such a fault
+        is the page's next access whatever happens to the page meanwhile (a readahead taking
+        a frame for the page is no fault of it)."""
+        if pid in self._inflight:
+            return pid not in self._ra_alloc
+        ev = self._ra_wait.get(pid)
+        return ev is not None and bool(ev.callbacks)
 
     def fault_nowait(self, pid: int, write: bool = False) -> HostFault | None:
         """Resolve the fault if that needs no waiting (no I/O, no reclaim); else None.
@@ -163,9 +183,12 @@ class HostFaultHandler:
         if pid in self._inflight:
             return None
         if pid in self._ra_wait:  # read ahead, its read in flight: found locked in the cache
-            self._swap_cache_hit(pid)
+            if not self._zapped(pid):  # (discarded: no swap entry to look up any more)
+                self._swap_cache_hit(pid)
             return None
         if f & PG_RESIDENT:  # swap-cache hit: the folio is still in memory, on the LRU
+            if f & _BUSY and self._zapped(pid):  # discarded: a fresh page once its I/O ends
+                return None
             if self.page_cluster:
                 self._swap_cache_hit(pid)
             self.vmstat.count(_PGFAULT, 1, mem.page_owner(pid))
@@ -209,6 +232,11 @@ class HostFaultHandler:
         hf = None if tried else self.fault_nowait(pid, write)
         while hf is None and pid in self._ra_wait:  # folio locked for its readahead read
             yield self._ra_wait[pid]
+            if self.mms[self.mem.page_owner(pid)].dead:
+                return HostFault.WAITED
+            hf = self.fault_nowait(pid, write)
+        while hf is None and self.mem.flags.item(pid) & _BUSY and self._zapped(pid):
+            yield self._zap_waiter(pid)  # the discarded folio goes when its I/O ends
             if self.mms[self.mem.page_owner(pid)].dead:
                 return HostFault.WAITED
             hf = self.fault_nowait(pid, write)
@@ -273,8 +301,11 @@ class HostFaultHandler:
         the fault was ``HostFault.MAJOR``."""
         flags = self.mem.flags
         flags[pid] = flags.item(pid) & ~PG_LOCKED
-        if self.mms[self.mem.page_owner(pid)].dead:
+        mm = self.mms[self.mem.page_owner(pid)]
+        if mm.dead:
             self._drop(pid, pfn)
+        elif mm.zapped and pid in mm.zapped:
+            self._discarded_read(pid, pfn, mm)
         else:
             self._swapin_done(pid, pfn, write, shadow)
         self._unlock(pid)
@@ -294,6 +325,8 @@ class HostFaultHandler:
         if mm.dead:  # OOM-killed while we waited for memory
             self._drop(pid, pfn)
             return HostFault.MAJOR if swapped else HostFault.FIRST_TOUCH
+        if swapped and not mem.flags.item(pid) & PG_SWAP:  # discarded while we waited:
+            swapped = False  # no swap entry to read any more; the page is new (the retry)
         if not swapped:  # do_anonymous_page: zeroed frame, dirty (no copy anywhere)
             mem.flags[pid] = _NEW_ANON_INT
             self.policy.folio_add_lru(pfn, None)
@@ -318,6 +351,9 @@ class HostFaultHandler:
         flags[pid] = flags.item(pid) & ~PG_LOCKED
         if mm.dead:
             self._drop(pid, pfn)
+            return HostFault.MAJOR
+        if mm.zapped and pid in mm.zapped:
+            self._discarded_read(pid, pfn, mm)
             return HostFault.MAJOR
         self._swapin_done(pid, pfn, write, shadow)
         return HostFault.MAJOR
@@ -437,6 +473,9 @@ class HostFaultHandler:
                 if self.mms[own].dead:
                     self._drop(p, pfn)
                     break
+                if not flags.item(p) & PG_SWAP:  # discarded meanwhile: nothing to read
+                    self._drop(p, pfn)
+                    continue
             flags[p] = flags.item(p) | PG_LOCKED
             mem.readahead[p] = True
             out.append((p, pfn, shadow))
@@ -449,9 +488,11 @@ class HostFaultHandler:
         killed while charging."""
         assert isinstance(self.alloc, PageAllocator)
         self._inflight[p] = None
+        self._ra_alloc.add(p)
         try:
             return (yield from self.alloc.alloc(p))
         finally:
+            self._ra_alloc.discard(p)
             self._unlock(p)
 
     def _lock_waiter(self, pid: int) -> simpy.Event:
@@ -504,7 +545,8 @@ class HostFaultHandler:
         information); a folio of an mm that exited meanwhile is freed with its slot."""
         mem = self.mem
         ev = self._ra_wait.pop(pid)
-        if self.mms[mem.page_owner(pid)].dead:
+        mm = self.mms[mem.page_owner(pid)]
+        if mm.dead or (mm.zapped and pid in mm.zapped):
             mem.readahead[pid] = False
             self._drop(pid, pfn)
         else:
@@ -551,10 +593,31 @@ class HostFaultHandler:
         self._swapin_done(pid, pfn, write, shadow)
         return HostFault.MAJOR
 
+    def _zap_waiter(self, pid: int) -> IoWaiter:
+        """The event a fault waits on while discarded page ``pid``'s folio waits for its I/O
+        (made when the first waiter comes)."""
+        zapped = self.mms[self.mem.page_owner(pid)].zapped
+        ev = zapped[pid]
+        if ev is None:
+            assert self.env is not None
+            ev = zapped[pid] = self.env.event()
+        return ev
+
+    def _discarded_read(self, pid: int, pfn: int, mm: Mm) -> None:
+        """The read of page ``pid`` ended after the page was discarded (``do_swap_page`` finds
+        the pte changed: ``out_nomap``): the fault counts its major fault as the kernel does,
+        the folio is freed with its slot, and the fault is retried on a page never touched."""
+        self.vmstat.count(_PGMAJFAULT, 1, mm.index)
+        self._drop(pid, pfn)
+
     def _drop(self, pid: int, pfn: int) -> None:
-        """Release what a fault took for a page of a dead mm."""
+        """Release what a fault took for a page of a dead mm, or of a page discarded
+        meanwhile (whose waiting faults then go on)."""
         mem = self.mem
         if mem.flags[pid] & PG_SWAP:
             self.swap.free_slots(1, (pid,))
         mem.free_frame(pfn)
         mem.flags[pid] = 0
+        mm = self.mms[mem.page_owner(pid)]
+        if mm.zapped:
+            mm.zap_done(pid)

@@ -41,7 +41,9 @@ Invariants
     nor ``PG_SWAP`` holds ``NO_PFN``; a page without a frame has no flag but ``PG_SWAP``; an
     unmapped page with a frame has its swap copy. A page was touched iff it has a frame or a
     swap copy (so no flag records it), and it was evicted since its last fault iff it is
-    touched and not mapped (the next fault on it is a refault).
+    touched and not mapped (the next fault on it is a refault); the one exception is a page
+    discarded while its folio's I/O was in flight, which keeps the frame until the I/O ends
+    though it counts as never touched (``Mm.zapped``, madvise.py).
 """
 
 from __future__ import annotations

@@ -578,15 +578,18 @@ class Vmscan:
     def folio_end_writeback(self, pid: int, pfn: int) -> None:
         """``folio_end_writeback``: the write ended; a folio still marked PG_reclaim and clean
         is rotated to where the next scan frees it. A folio of an mm that exited meanwhile (its
-        teardown skipped folios under I/O) is freed now."""
+        teardown skipped folios under I/O), or whose page was discarded meanwhile (madvise.py),
+        is freed now."""
         mem = self.mem
         f = mem.flags.item(pid) & ~PG_WRITEBACK
         mem.nr_writeback -= 1
-        if pid < mem.file_base and self.mms[mem.page_owner(pid)].dead:
+        mm = self.mms[mem.page_owner(pid)] if pid < mem.file_base else None
+        if mm is not None and (mm.dead or (mm.zapped and pid in mm.zapped)):
             self.policy.folio_remove(np.array([pfn], dtype=np.int64))
             self.swap.free_slots(1, (pid,))  # a folio under write-out owns a slot
             mem.free_frame(pfn)
             mem.flags[pid] = 0
+            mm.zap_done(pid)
         elif f & PG_RECLAIM:
             f &= ~PG_RECLAIM
             mem.flags[pid] = f

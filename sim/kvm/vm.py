@@ -44,6 +44,9 @@ class VmStats:
     async_pf: int = 0  # faults made asynchronous (kvm_arch_setup_async_pf): no vCPU waited
     compute_ns: int = 0  # vCPU time running guest code
     guest_wait_ns: int = 0  # vCPU time blocked in the guest kernel's own faults (I/O, reclaim)
+    # memsim's, not a kernel counter: pages holding a frame or a swap copy that the host
+    # discarded (madvise(MADV_DONTNEED): balloon, free page reporting; sim/host/madvise.py)
+    pages_discarded: int = 0
 
 
 class Vm:
