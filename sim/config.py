@@ -30,6 +30,7 @@ from pydantic import (
 
 from sim.costs import CostsConfig
 from sim.errors import SHOWN_CHARS, ConfigError, UserError, clip, shown, shown_path
+from sim.guest.balloon import BalloonConfig
 from sim.guest.kernel import GuestConfig
 from sim.guest.workloads import (
     PhasesConfig,
@@ -40,6 +41,7 @@ from sim.guest.workloads import (
 )
 from sim.host.memcontrol import MemcgConfig
 from sim.host.memory import Watermarks, setup_per_zone_wmarks
+from sim.host.mom import MomConfig
 from sim.host.swap import SwapConfig
 from sim.inputs import load_yaml, open_regular, read_yaml_file
 from sim.reclaim import DEFAULT_RECLAIM, ReclaimConfig
@@ -186,7 +188,9 @@ _UNSET_LEFT_OUT: tuple[tuple[str, Any], ...] = (
     ("memcg", None),
     ("guest_tlb", None),
     ("guest", None),
+    ("balloon", None),
     ("async_pf", 0.0),
+    ("mom", None),
 )
 
 
@@ -304,6 +308,12 @@ class VmConfig(_MemcgOptional):
         "disk (absent: the workload touches gfns directly, as if the guest never reclaimed). "
         "Watermark reclaim only.",
     )
+    balloon: BalloonConfig | None = Field(
+        None,
+        description="A virtio-balloon device and its guest driver (needs guest: the balloon "
+        "takes its pages from the guest kernel); its target is set by initial_target_mib "
+        "and by the host's balloon manager (mom).",
+    )
     memcg: MemcgConfig | None = Field(
         None,
         description="The VM's memory cgroup (libvirt's per-VM cgroup, v2): memory.max, "
@@ -336,6 +346,11 @@ class VmConfig(_MemcgOptional):
                         f"workload.phases[{i}]: offset_mib + working_set_mib = {end} exceeds "
                         f"{space} ({self.workload_mib})"
                     )
+        if self.balloon is not None and self.balloon.enabled and self.guest is None:
+            raise ValueError(
+                "balloon needs guest (the balloon driver takes its pages from the guest "
+                "kernel's allocator): add a guest section or remove balloon"
+            )
         if self.guest is not None and self.guest_tlb is not None:
             raise ValueError(
                 "guest with guest_tlb is not modelled (the TLB would cache guest virtual "
@@ -457,7 +472,7 @@ HostFiles = Annotated[
 """``host_files``: one section, or a list of them (each its own file and reader)."""
 
 
-class Scenario(Strict):
+class Scenario(_MemcgOptional):
     """A complete run: host, reclaim policy, swap, KVM, costs, VMs."""
 
     name: ResultName = Field(
@@ -494,6 +509,12 @@ class Scenario(Strict):
     output: OutputConfig = Field(default_factory=OutputConfig, description="Which tables to write.")
     metrics: MetricsConfig = Field(
         default_factory=MetricsConfig, description="Windows of the tail metrics."
+    )
+    mom: MomConfig | None = Field(
+        None,
+        description="A host balloon manager modelled on oVirt MOM's default balloon.rules: "
+        "from host free memory and each ballooned guest's reported free memory it sets the "
+        "VMs' balloon targets (none: no manager).",
     )
     host_files: HostFiles | None = Field(
         None,
@@ -617,7 +638,14 @@ class Scenario(Strict):
             )
 
     def _check_guest(self) -> None:
-        """A guest kernel runs in simulated time over 4 KiB host pages, from cold."""
+        """A guest kernel runs in simulated time over 4 KiB host pages, from cold; a balloon
+        manager needs a balloon to manage."""
+        managed = any(vm.balloon is not None and vm.balloon.enabled for vm in self.vms)
+        if self.mom is not None and self.mom.enabled and not managed:
+            raise ValueError(
+                "mom: no VM has a balloon to manage; add vms[].balloon (enabled: true, "
+                "with a guest section) or remove mom"
+            )
         i = next((i for i, vm in enumerate(self.vms) if vm.guest is not None), None)
         if i is None:
             return

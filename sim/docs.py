@@ -29,8 +29,10 @@ from sim.config import (
 )
 from sim.costs import CostsConfig
 from sim.guest import workloads as wl
+from sim.guest.balloon import BalloonConfig, BalloonCosts
 from sim.guest.kernel import GuestConfig
 from sim.host.memcontrol import MemcgConfig
+from sim.host.mom import MomConfig
 from sim.host.swap import SwapConfig
 from sim.host.zpool import CompressorConfig
 from sim.host.zswap import ZswapConfig
@@ -59,6 +61,9 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("vms[].guest_tlb", GuestTlbConfig),
     ("vms[].guest", GuestConfig),
     ("vms[].guest.swap", SwapConfig),
+    ("vms[].balloon", BalloonConfig),
+    ("vms[].balloon.costs", BalloonCosts),
+    ("mom", MomConfig),
     ("engine", EngineConfig),
     ("output", OutputConfig),
     ("metrics", MetricsConfig),

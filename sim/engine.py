@@ -27,6 +27,7 @@ from simpy.events import NORMAL
 from sim.config import Scenario
 from sim.core import core_for
 from sim.costs import CostModel
+from sim.guest.balloon import VirtioBalloon
 from sim.guest.kernel import GuestKernel
 from sim.guest.vcpu import Vcpu
 from sim.guest.workloads import AccessStream, TraceConfig
@@ -35,6 +36,7 @@ from sim.host.filemap import FileReader
 from sim.host.kswapd import DirectReclaim, Kswapd, ProcessGen, ReclaimThrottle
 from sim.host.memcontrol import MemCgroups
 from sim.host.memory import PTRS_PER_PMD
+from sim.host.mom import HostMem, Mom
 from sim.host.oom import OomKiller
 from sim.host.page_alloc import PageAllocator
 from sim.host.page_writeback import DirtyControl
@@ -142,6 +144,7 @@ class World(Machine):
             len(self.vms), self.warmup_ns, self.recorder, self.fault_kinds
         )
         self.guests: list[GuestKernel | None] = []
+        self.balloons: list[VirtioBalloon | None] = []
         for vm, (name, cfg) in zip(self.vms, vms, strict=True):
             vm.nr_vcpus = cfg.vcpus
             guest = None
@@ -162,6 +165,13 @@ class World(Machine):
                 guest.rmap.on_unmap = partial(_shootdown, vm)
             self.guests.append(guest)
             vm.guest = guest
+            balloon = None
+            if guest is not None and cfg.balloon is not None and cfg.balloon.enabled:
+                balloon = VirtioBalloon.create(
+                    env, guest, partial(self.discard, vm.index), cfg.balloon
+                )
+            self.balloons.append(balloon)
+            vm.balloon = balloon
             for j in range(cfg.vcpus):
                 pages = vm.mm.nr_pages if guest is None else guest.nr_vpages
                 stream = vcpu_stream(sc, name, cfg, pages, j)
@@ -185,6 +195,17 @@ class World(Machine):
                         guest=guest,
                     )
                 )
+        self.mom: Mom | None = None
+        if sc.mom is not None and sc.mom.enabled:  # the host's balloon manager
+            managed = [(i, b) for i, b in enumerate(self.balloons) if b is not None]
+            self.mom = Mom(
+                env,
+                sc.mom,
+                self._host_mem,
+                [b.device for _, b in managed],
+                held=lambda k: managed[k][1].driver.num_pages,
+            )
+            self.mom_vms = [i for i, _ in managed]
         self.file_readers: list[FileReader] = []
         dirty = None
         if files:  # the node's dirty limits: balance_dirty_pages, background write-back
@@ -258,6 +279,13 @@ class World(Machine):
         """``fn(*args[i])`` at ``times[i]``, each at the place in the event order a timeout of
         its own made now would have (see :class:`Timers`), with one event for them all."""
         Timers(self.env, times, fn, args)
+
+    def _host_mem(self) -> HostMem:
+        """What MOM's host collector reads: MemTotal, and MemFree + Buffers + Cached (the
+        host page cache's resident pages)."""
+        mem = self.mem
+        cached = int(mem.nr_resident[len(self.vms) :].sum()) if self.file_pages else 0
+        return HostMem(total=mem.nr_frames, free=int(mem.nr_free) + cached)
 
     def _on_access(self, pids: np.ndarray) -> None:
         n = len(pids)

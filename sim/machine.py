@@ -526,7 +526,7 @@ class Machine:
                     "vmstat": vs.mm_stat(vm.index),
                 }
             )
-            for key in ("guest_tlb", "async_pf", "guest"):
+            for key in ("guest_tlb", "async_pf", "guest", "balloon"):
                 if key in row:
                     vms[-1][key] = row[key]
             if vm.guest is not None:  # levels at the end, not counts since the warm-up
@@ -598,6 +598,24 @@ class Machine:
                 **self.memcg.file_stat(lim.root),
                 "vmstat": vs.mm_stat(lim.root),
             }
+        mom = getattr(self, "mom", None)
+        if mom is not None:  # the balloon manager's evaluations: what it set, for which VM
+            names = [self.vms[i].name for i in self.mom_vms]
+            host["mom"] = {
+                "evaluations": mom.evaluations,
+                "targets_set": mom.targets_set,
+                "records": [
+                    {
+                        "t_ns": t,
+                        "vm": names[k],
+                        "balloon_cur": cur,
+                        "target": tgt,
+                        "num_pages": num,
+                        "held": held,
+                    }
+                    for t, k, cur, tgt, num, held in mom.records
+                ],
+            }
         if any(hf.write_ratio > 0 for hf in sc.file_sections()):
             # each writer's balance_dirty_pages sleeps: its own time, no vmstat counter
             host["dirty_throttle"] = [
@@ -635,6 +653,8 @@ def _guest_counts(vm: Vm) -> dict[str, Any]:
         out["async_pf"] = vm.stats.async_pf
     if vm.guest is not None:
         out["guest"] = {**vm.guest.counts(), "wait_ns": vm.stats.guest_wait_ns}
+    if vm.balloon is not None:  # its counts (the pages it holds are guest_memory's balloon)
+        out["balloon"] = {k: v for k, v in vm.balloon.counters().items() if k != "balloon_pages"}
     return out
 
 

@@ -26,6 +26,7 @@ from sim.kvm.mmu import KvmMmu, Memslot
 from sim.kvm.notifier import KvmNotifier
 
 if TYPE_CHECKING:
+    from sim.guest.balloon import VirtioBalloon
     from sim.guest.kernel import GuestKernel
     from sim.guest.tlb import GuestTlbs
     from sim.guest.vcpu import Vcpu
@@ -109,6 +110,7 @@ class Vm:
         self.tlb_rows = range(0)
         self.notifier.on_release = self._release_tlbs
         self.guest: GuestKernel | None = None  # the guest kernel's memory, when modelled
+        self.balloon: VirtioBalloon | None = None  # its virtio-balloon, when it has one
 
     def _release_tlbs(self) -> None:
         """The mm exited and KVM dropped every spte: the vCPUs' TLBs go with them."""
