@@ -30,7 +30,7 @@ from sim.config import (
 from sim.costs import CostsConfig
 from sim.guest import workloads as wl
 from sim.guest.balloon import BalloonConfig, BalloonCosts
-from sim.guest.kernel import GuestConfig
+from sim.guest.kernel import GuestConfig, GuestJobConfig
 from sim.host.memcontrol import MemcgConfig
 from sim.host.mom import MomConfig
 from sim.host.swap import SwapConfig
@@ -61,6 +61,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("vms[].guest_tlb", GuestTlbConfig),
     ("vms[].guest", GuestConfig),
     ("vms[].guest.swap", SwapConfig),
+    ("vms[].guest.job", GuestJobConfig),
     ("vms[].balloon", BalloonConfig),
     ("vms[].balloon.costs", BalloonCosts),
     ("mom", MomConfig),

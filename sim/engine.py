@@ -163,6 +163,7 @@ class World(Machine):
                     host_fault=self.host_fault,
                 )
                 guest.rmap.on_unmap = partial(_shootdown, vm)
+                guest.on_exit = vm.revoked  # the exited process's steps in flight are cut
             self.guests.append(guest)
             vm.guest = guest
             balloon = None

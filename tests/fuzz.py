@@ -111,6 +111,9 @@ GUESTS: list[Any] = [
     {"footprint_mib": 2**40},
     {"min_free_kbytes": -1},
     {"footprnt_mib": 64},
+    {"footprint_mib": 200, "job": {"run_s": 0.05, "idle_s": 0.01}},
+    {"job": {"run_s": 0}},
+    {"job": {"idle_s": 1}},
     None,
     "x",
 ]

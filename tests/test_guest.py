@@ -235,3 +235,35 @@ def test_every_invariant_holds_at_both_levels(
     # host never backs more than the VM's RAM
     assert w.mem.nr_resident[0] + w.mem.nr_swapped[0] <= w.vms[0].mm.nr_pages
     assert g.stats[DOUBLE_PAGING] <= g.vmstat["pswpout"]
+
+
+def test_a_job_exit_frees_the_guest_memory_but_not_the_host_backing() -> None:
+    raw = _raw(host_mib=32, ram_mib=8, footprint_mib=6, job={"run_s": 0.03, "idle_s": 0.02})
+    raw["duration_s"] = 0.045
+    w = build_world(parse_scenario(raw), None)
+    w.start()
+    w.env.run(until=29_000_000)
+    g = w.vms[0].guest
+    used = g.mem.nr_frames - g.mem.nr_free
+    assert used > 1000
+    w.env.run(until=31_000_000)  # the job exited at 30 ms: the guest's memory is all free
+    assert g.mem.nr_free == g.mem.nr_frames
+    assert g.stats["jobs_exited"] == 1
+    backed = int(w.mem.nr_resident[0])
+    assert backed >= used  # the host never learns of the free: it still backs every gfn
+    accesses = w.vms[0].stats.accesses
+    w.env.run(until=45_000_000)  # idle until 50 ms: the vCPU halts, no accesses
+    assert w.vms[0].stats.accesses == accesses
+    assert int(w.mem.nr_resident[0]) == backed
+    assert g.mem.nr_free == g.mem.nr_frames
+    w.check()
+
+
+def test_a_new_job_zeroing_gfns_the_host_swapped_counts_false_swap_reads() -> None:
+    raw = _raw(host_mib=6, ram_mib=8, footprint_mib=7, job={"run_s": 0.04, "idle_s": 0.0})
+    raw["duration_s"] = 0.12
+    w = _world(raw)
+    g = w.vms[0].guest
+    assert g.stats["jobs_exited"] == 2
+    assert g.stats[FALSE_SWAP_READS] > 0
+    assert g.vmstat["pswpout"] == 0  # the guest itself never swapped: all host work

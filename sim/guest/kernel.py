@@ -64,6 +64,7 @@ from pydantic import Field, model_validator
 from sim.costs import CostModel, CostsConfig
 from sim.host.fault import HostFaultHandler
 from sim.host.kswapd import DirectReclaim, Kswapd, ProcessGen, ReclaimThrottle
+from sim.host.madvise import madvise_dontneed
 from sim.host.memory import (
     PG_DIRTY,
     PG_LOCKED,
@@ -98,11 +99,28 @@ FALSE_SWAP_READS = "false_swap_reads"  # guest zeroes a gfn the host had swapped
 STALE_SWAP_READS = "stale_swap_reads"  # guest reads from its disk into such a gfn
 DOUBLE_PAGING = "double_paging"  # guest swaps out such a gfn: the host reads it for QEMU
 VSWAPPER = (FALSE_SWAP_READS, STALE_SWAP_READS, DOUBLE_PAGING)
+JOBS_EXITED = "jobs_exited"  # memsim's: guest processes that exited (vms[].guest.job)
 
 
 def _guest_swap() -> SwapConfig:
     """A virtio-blk disk on the host's NVMe: the device's latencies plus QEMU's (``[EST]``)."""
     return SwapConfig(size_mib=1024, read_latency_us=100.0, write_latency_us=45.0)
+
+
+class GuestJobConfig(Strict):
+    """The guest process as a batch job: it runs, exits (its memory is freed), the guest
+    idles, and the next one starts from nothing."""
+
+    run_s: float = Field(
+        gt=0.0, le=1e6, description="How long each job runs before its process exits."
+    )
+    idle_s: float = Field(
+        0.0,
+        ge=0.0,
+        le=1e6,
+        description="How long the guest idles between jobs (its vCPUs halted, its freed "
+        "memory free in the guest and still backed on the host unless given back).",
+    )
 
 
 class GuestConfig(Strict):
@@ -135,6 +153,12 @@ class GuestConfig(Strict):
         default_factory=_guest_swap,
         description="The guest's swap: a virtio-blk virtual disk (its size, latencies as "
         "the guest sees them, queue); device disk only.",
+    )
+    job: GuestJobConfig | None = Field(
+        None,
+        description="Run the workload as batch jobs: every run_s its process exits (the "
+        "guest frees its memory) and, after idle_s, the next starts (absent: one process "
+        "for the whole run).",
     )
 
     @model_validator(mode="after")
@@ -270,9 +294,13 @@ class GuestKernel:
             file_base=self.nr_vpages,
         )
         self._balloon_slots = list(range(nr_gfns - 1, -1, -1))  # free balloon page ids
+        self.idle_until = 0  # between jobs: the vCPUs halt until then (ns)
+        self.on_exit: Callable[[], None] | None = None  # the process's pages were freed
         self._oom_notifiers: list[Callable[[], int]] = []
         self.vmstat: VmEvents = new_vmstat(1)
         self.stats: Counter[str] = Counter({k: 0 for k in VSWAPPER})
+        if cfg.job is not None:
+            self.stats[JOBS_EXITED] = 0
         self.swap = SwapDevice(
             cfg.swap,
             cfg.swap.size_mib * mib,
@@ -324,8 +352,40 @@ class GuestKernel:
         self.fault.before_read = self._before_read
 
     def start(self) -> None:
-        """Start the guest's kswapd."""
+        """Start the guest's kswapd, and its jobs if the process is a batch job."""
         self.env.process(self.kswapd.run())
+        if self.cfg.job is not None:
+            self.env.process(self._jobs(self.cfg.job))
+
+    def _jobs(self, job: GuestJobConfig) -> ProcessGen:
+        """Each job runs ``run_s``; its process exits, the guest idles ``idle_s``."""
+        run_ns, idle_ns = round(job.run_s * 1e9), round(job.idle_s * 1e9)
+        while True:
+            yield self.env.timeout(run_ns)
+            self.exit_process()
+            self.idle_until = int(self.env.now) + idle_ns
+            if idle_ns:
+                yield self.env.timeout(idle_ns)
+
+    def exit_process(self) -> None:
+        """The process exits (``exit_mmap`` in the guest): every page it has is freed, its
+        frames back on the guest's free lists and its swap slots freed, as ``zap_pte_range``
+        does; pages with I/O in flight go when it ends. The next job's pages start untouched.
+        Its freed gfns stay backed on the host (the host never learns of the free) unless the
+        balloon or free page reporting gives them back."""
+        mem = self.mem
+        touched = np.flatnonzero(mem.flags[: self.nr_vpages] != 0)
+        madvise_dontneed(
+            self.mm,
+            touched,
+            mem,
+            self.swap,
+            self.policy,
+            faulting=self.fault.fault_in_progress,
+        )
+        self.stats[JOBS_EXITED] += 1
+        if self.on_exit is not None:
+            self.on_exit()
 
     @property
     def dead(self) -> bool:
@@ -453,7 +513,7 @@ class GuestKernel:
         """Event counts: the guest's /proc/vmstat (its own level's), then memsim's VSwapper
         counters (the host work the two levels cause each other)."""
         v = self.vmstat
-        return {**{k: int(v[k]) for k in _GUEST_VMSTAT}, **{k: self.stats[k] for k in VSWAPPER}}
+        return {**{k: int(v[k]) for k in _GUEST_VMSTAT}, **dict(self.stats)}
 
     def memory(self) -> dict[str, int]:
         """Levels: what the guest's /proc/meminfo shows (pages)."""

@@ -191,6 +191,11 @@ class Vcpu:
         if guest is not None:
             gflags, gpfn = guest.mem.flags, guest.mem.pfn
         while not mm.dead and not (guest is not None and guest.dead):
+            if guest is not None and guest.idle_until > env.now:  # between two jobs: halted
+                self.in_guest = False
+                yield env.timeout(guest.idle_until - env.now)
+                self.in_guest, woken = True, False
+                continue
             if pos >= n:
                 got, writes = self.stream.next(self.batch)
                 n, pos = len(got), 0
@@ -337,7 +342,7 @@ class Vcpu:
             if pos >= n or mm.dead:
                 continue
             if guest is not None:
-                if guest.dead:
+                if guest.dead or guest.idle_until > env.now:  # killed, or its job exited
                     continue
                 vp = vpages.item(pos)
                 if not gflags.item(vp) & PTE_PRESENT:  # the guest's own page fault
