@@ -8,6 +8,7 @@ python -m analysis.figures limit RUN_A RUN_B [--labels A,B] [-o docs/memcg_limit
 python -m analysis.figures zswap SWEEP_DIR [-o docs/zswap.png]
 python -m analysis.figures swappiness SWEEP_DIR [-o docs/swappiness.png]
 python -m analysis.figures double_paging SWEEP_DIR [-o docs/double_paging.png]
+python -m analysis.figures balloon SWEEP_DIR [-o docs/balloon.png]
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis.guest_figures import double_paging_figure
+from analysis.guest_figures import balloon_figure, double_paging_figure
 from analysis.host_figures import swappiness_figure, sweep_runs, zswap_figure
 from analysis.load import load_run
 from analysis.plots import compare_runs, overcommit_figure, policies_figure, protection_figure
@@ -32,6 +33,10 @@ SWEEP_FIGURES = {  # figure: (help, default output), each drawn from one sweep d
     "double_paging": (
         "host-only, guest-only and two-level reclaim: throughput, swap I/O, double paging",
         "docs/double_paging.png",
+    ),
+    "balloon": (
+        "a balloon sweep: balloon sizes over time, faults at each level, stall",
+        "docs/balloon.png",
     ),
 }
 TWO_RUN_FIGURES = {  # figure: (help, default labels, default output): each VM's stall per window
@@ -91,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
                 sweep_runs(d),
                 title=f"{d.name}: one guest, the same host memory, reclaimed by"
                 " the host, the guest, or both",
+            )
+        elif args.figure == "balloon":
+            d = Path(args.sweep_dir)
+            fig = balloon_figure(
+                sweep_runs(d), title=f"{d.name}: guests with a balloon, with and without a manager"
             )
         elif args.figure == "overcommit":
             fig = _overcommit(Path(args.sweep_dir))

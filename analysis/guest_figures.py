@@ -83,3 +83,80 @@ def double_paging_figure(runs: list[tuple[str, Run]], title: str = "") -> plt.Fi
     if title:
         fig.suptitle(title, fontsize="medium")
     return fig
+
+
+def balloon_series(run: Run) -> pd.DataFrame:
+    """The balloon manager's records as a tidy table: t_s, vm, balloon pages held (empty
+    without a manager)."""
+    recs = run.summary["host"].get("mom", {}).get("records", [])
+    if not recs:
+        return pd.DataFrame(columns=["t_s", "vm", "balloon MiB"])
+    t = pd.DataFrame(recs)
+    kib = run.summary["host"].get("page_size_kib", 4)
+    return pd.DataFrame(
+        {"t_s": t["t_ns"] / 1e9, "vm": t["vm"], "balloon MiB": t["held"] * kib / 1024}
+    )
+
+
+def balloon_table(runs: list[tuple[str, Run]]) -> pd.DataFrame:
+    """One row per run and VM: its major faults at both levels (KVM's, read back by the host;
+    the guest's own), its stall and its accesses, all after the warm-up."""
+    rows = []
+    for label, run in runs:
+        for vm in run.summary["vms"]:
+            g = vm.get("guest", {})
+            rows.append(
+                {
+                    "variant": label,
+                    "seed": int(run.config.get("seed", 0)),
+                    "vm": vm["name"],
+                    "host major faults": vm["faults"]["major"],
+                    "guest major faults": g.get("pgmajfault", 0),
+                    "false swap reads": g.get("false_swap_reads", 0),
+                    "stall %": 100 * vm["stall_fraction"],
+                    "accesses": vm["accesses"],
+                    "balloon MiB at end": vm.get("guest_memory", {}).get("balloon", 0)
+                    * run.summary["host"].get("page_size_kib", 4)
+                    / 1024,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def balloon_figure(runs: list[tuple[str, Run]], title: str = "") -> plt.Figure:
+    """The balloon sizes a manager set over time (first seed of each variant), and each VM's
+    faults at both levels and stall, per variant (mean over seeds)."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    t = balloon_table(runs)
+    order = list(dict.fromkeys(t["variant"]))
+    fig, (ax_b, ax_f, ax_s) = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True)
+    shown = False
+    seen: set[str] = set()
+    for label, run in runs:
+        if label in seen:
+            continue
+        seen.add(label)
+        s = balloon_series(run)
+        if len(s):
+            for vm, part in s.groupby("vm", sort=False):
+                ax_b.step(part["t_s"], part["balloon MiB"], where="post", label=f"{label}: {vm}")
+            shown = True
+    ax_b.set(xlabel="time (s)", ylabel="balloon (MiB)", title="Balloon size the manager set")
+    if shown:
+        ax_b.legend(fontsize="x-small")
+    f = t.melt(
+        id_vars=["variant", "vm"],
+        value_vars=["host major faults", "guest major faults"],
+        var_name="level",
+        value_name="faults",
+    )
+    f["variant, level"] = f["variant"] + "\n" + f["level"].str.replace(" major faults", "")
+    sns.barplot(data=f, x="vm", y="faults", hue="variant, level", ax=ax_f, errorbar=None)
+    ax_f.set(xlabel="", ylabel="major faults (mean over seeds)", title="Faults at each level")
+    ax_f.legend(fontsize="x-small")
+    sns.barplot(data=t, x="vm", y="stall %", hue="variant", hue_order=order, ax=ax_s)
+    ax_s.set(xlabel="", title="vCPU stall (host faults and exits)")
+    ax_s.legend(fontsize="x-small")
+    if title:
+        fig.suptitle(title, fontsize="medium")
+    return fig

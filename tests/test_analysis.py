@@ -230,3 +230,37 @@ def test_double_paging_figure_reads_both_levels(tmp_path: Path) -> None:
     assert (
         figures_main(["double_paging", str(_sweep(tmp_path, "ng", copy.deepcopy(TINY), {}))]) == 2
     )
+
+
+def test_balloon_figure_reads_the_managers_records(tmp_path: Path) -> None:
+    from analysis.guest_figures import balloon_series, balloon_table
+    from analysis.host_figures import sweep_runs
+
+    base = copy.deepcopy(TINY)
+    base["host"] = {"memory_mib": 8}
+    base["duration_s"] = 3.0
+    base["vms"] = [
+        {
+            "name": "app",
+            "memory_mib": 8,
+            "access_rate_per_s": 500_000,
+            "workload": {"type": "zipf", "alpha": 0.6},
+            "guest": {"footprint_mib": 3},
+            "balloon": {"enabled": True, "stats_interval_s": 1},
+        },
+        {"name": "other", "memory_mib": 8, "access_rate_per_s": 500_000},
+    ]
+    mom = {"enabled": True, "interval_s": 1, "monitor_interval_s": 1, "sample_history_length": 1}
+    variants = [{"label": "none", "set": {}}, {"label": "mom", "set": {"mom": mom}}]
+    d = _sweep(tmp_path, "bl", base, {"variants": variants})
+    runs = dict(sweep_runs(d))
+    assert balloon_series(runs["none"]).empty
+    s = balloon_series(runs["mom"])
+    assert len(s)
+    assert (s["vm"] == "app").all()
+    t = balloon_table(sweep_runs(d)).set_index(["variant", "vm"])
+    assert t.loc[("none", "app"), "balloon MiB at end"] == 0
+    assert t.loc[("mom", "app"), "balloon MiB at end"] > 0
+    out = tmp_path / "balloon.png"
+    assert figures_main(["balloon", str(d), "-o", str(out)]) == 0
+    assert out.stat().st_size > 10_000

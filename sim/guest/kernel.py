@@ -482,6 +482,9 @@ class GuestKernel:
         mapped = (f & PTE_PRESENT) != 0
         bits = _U8(PTE_YOUNG | PG_DIRTY) if write else _U8(PTE_YOUNG)
         self.host_mem.flags[pids[mapped]] = f[mapped] | bits
+        cached = ~mapped & ((f & PG_RESIDENT) != 0)
+        for pid in pids[cached].tolist():  # in the host's swap cache: a minor fault maps it
+            self.host.fault_nowait(pid, write)
 
     def host_fault_in(self, gfn: int, *, write: bool) -> ProcessGen:
         """QEMU's own fault on a gfn it must read or write (``get_user_pages`` for the I/O
