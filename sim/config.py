@@ -325,13 +325,15 @@ class VmConfig(_MemcgOptional):
     def workload_mib(self) -> int:
         """The memory the workload's accesses name: guest RAM, or with a guest kernel its
         process's footprint."""
-        if self.guest is not None and self.guest.footprint_mib is not None:
-            return self.guest.footprint_mib
+        if self.guest is not None:
+            return (self.guest.footprint_mib or self.memory_mib) + self.guest.file_mib
         return self.memory_mib
 
     @model_validator(mode="after")
     def _fits(self) -> VmConfig:
-        space = "guest.footprint_mib" if self.workload_mib != self.memory_mib else "memory_mib"
+        space = "memory_mib"
+        if self.workload_mib != self.memory_mib:
+            space = "guest.footprint_mib + guest.file_mib"
         if self.working_set_mib is not None and self.working_set_mib > self.workload_mib:
             raise ValueError(
                 f"working_set_mib ({self.working_set_mib}) exceeds {space} "

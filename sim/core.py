@@ -867,6 +867,8 @@ class HostCore:
         if nw:
             wpid = buf[B_WRITE_PID, :nw].tolist()
             wpfn = buf[B_WRITE_PFN, :nw].tolist()
+            if vmscan.on_swap_write is not None:
+                vmscan.on_swap_write(buf[B_WRITE_PID, :nw].astype(np.int64))
             ends = swap.submit(vmscan.now(), write=True, n=nw, per_mm=mmc[MM_WRITTEN].tolist())
             if not swap.synchronous:
                 vmscan.writeback_started(wpid, wpfn, ends, sc)

@@ -196,6 +196,8 @@ class World(Machine):
                         guest=guest,
                     )
                 )
+        if any(g is not None and g.nr_file for g in self.guests):  # VSwapper's silent writes
+            self.vmscan.on_swap_write = self._swap_written
         self.mom: Mom | None = None
         if sc.mom is not None and sc.mom.enabled:  # the host's balloon manager
             managed = [(i, b) for i, b in enumerate(self.balloons) if b is not None]
@@ -280,6 +282,15 @@ class World(Machine):
         """``fn(*args[i])`` at ``times[i]``, each at the place in the event order a timeout of
         its own made now would have (see :class:`Timers`), with one event for them all."""
         Timers(self.env, times, fn, args)
+
+    def _swap_written(self, pids: np.ndarray) -> None:
+        """The host submitted swap writes of these pages: tell each guest kernel of its gfns
+        (those holding clean page-cache pages are silent swap writes)."""
+        owners = self.mem.page_owners(pids)
+        for i in np.unique(owners).tolist():
+            g = self.guests[i] if i < len(self.guests) else None
+            if g is not None:
+                g.silent_writes(pids[owners == i] - self.vms[i].mm.pid_base)
 
     def _host_mem(self) -> HostMem:
         """What MOM's host collector reads: MemTotal, and MemFree + Buffers + Cached (the

@@ -112,6 +112,8 @@ GUESTS: list[Any] = [
     {"min_free_kbytes": -1},
     {"footprnt_mib": 64},
     {"footprint_mib": 200, "job": {"run_s": 0.05, "idle_s": 0.01}},
+    {"footprint_mib": 100, "file_mib": 200},
+    {"file_mib": -1},
     {"job": {"run_s": 0}},
     {"job": {"idle_s": 1}},
     None,

@@ -199,6 +199,7 @@ def test_guest_needs_watermark_reclaim_and_no_guest_tlb() -> None:
     vcpus=st.integers(1, 2),
     mmu=st.sampled_from(["tdp", "shadow"]),
     apf=st.sampled_from([0.0, 0.5]),
+    file_mib=st.sampled_from([0, 4]),
     seed=st.integers(0, 50),
 )
 def test_every_invariant_holds_at_both_levels(
@@ -210,6 +211,7 @@ def test_every_invariant_holds_at_both_levels(
     vcpus: int,
     mmu: str,
     apf: float,
+    file_mib: int,
     seed: int,
 ) -> None:
     raw = _raw(
@@ -218,6 +220,7 @@ def test_every_invariant_holds_at_both_levels(
         max(1, round(ram_mib * over)),
         reclaim={"policy": policy},
         swap={"size_mib": 64, "page_cluster": cluster},
+        file_mib=file_mib,
     )
     raw["seed"] = seed
     raw["duration_s"] = 0.03
@@ -230,6 +233,7 @@ def test_every_invariant_holds_at_both_levels(
     f = g.mem.flags
     mapped = (f & PTE_PRESENT) != 0
     assert (~mapped | ((f & PG_RESIDENT) != 0)).all()
+    assert not mapped[g.nr_anon :].any()  # page-cache pages are never mapped
     assert int(np.count_nonzero(f & PG_RESIDENT)) == g.mem.nr_frames - g.mem.nr_free
     # what the guest has mapped and the vCPUs reach, the host backs or can fault in; the
     # host never backs more than the VM's RAM
@@ -267,3 +271,32 @@ def test_a_new_job_zeroing_gfns_the_host_swapped_counts_false_swap_reads() -> No
     assert g.stats["jobs_exited"] == 2
     assert g.stats[FALSE_SWAP_READS] > 0
     assert g.vmstat["pswpout"] == 0  # the guest itself never swapped: all host work
+
+
+def test_a_file_is_read_through_the_guest_page_cache() -> None:
+    raw = _raw(host_mib=32, ram_mib=4, footprint_mib=1, file_mib=8)
+    raw["vms"][0]["guest"]["swap"] = {"read_latency_us": 10}
+    raw["duration_s"] = 0.3
+    w = _world(raw)
+    g = w.vms[0].guest
+    v = g.vmstat
+    assert v["pgpgin"] > 0  # page-cache misses read the virtual disk
+    assert v["pgsteal_file"] > 0  # clean page-cache pages dropped by the guest's reclaim
+    assert v["workingset_refault_file"] > 0  # and read again
+    f = g.mem.flags[g.nr_anon : g.nr_vpages]
+    assert not (f & PTE_PRESENT).any()  # read(): the page cache has no pte
+    s = w.summary(0.0)["vms"][0]
+    assert s["guest"]["pgpgin"] == v["pgpgin"]
+    assert s["guest_memory"]["page_cache"] == int(np.count_nonzero(f & PG_RESIDENT))
+
+
+def test_the_host_swapping_clean_guest_page_cache_is_silent_writes() -> None:
+    raw = _raw(host_mib=6, ram_mib=8, footprint_mib=3, file_mib=8)
+    raw["vms"][0]["guest"]["swap"] = {"read_latency_us": 10}
+    raw["duration_s"] = 0.3
+    w = _world(raw)
+    g = w.vms[0].guest
+    assert w.vmstat["pswpout"] > 0
+    assert 0 < g.stats["silent_swap_writes"] <= w.vms[0].stats.accesses
+    plain = _world(_raw(host_mib=6, ram_mib=8, footprint_mib=12))
+    assert "silent_swap_writes" not in plain.vms[0].guest.stats  # no file, no such writes

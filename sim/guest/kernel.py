@@ -62,10 +62,11 @@ from numpy.typing import NDArray
 from pydantic import Field, model_validator
 
 from sim.costs import CostModel, CostsConfig
-from sim.host.fault import HostFaultHandler
+from sim.host.fault import HostFault, HostFaultHandler
 from sim.host.kswapd import DirectReclaim, Kswapd, ProcessGen, ReclaimThrottle
 from sim.host.madvise import madvise_dontneed
 from sim.host.memory import (
+    NO_PFN_INT,
     PG_DIRTY,
     PG_LOCKED,
     PG_RECLAIM,
@@ -86,7 +87,7 @@ from sim.host.vmscan import ScanControl, Schedule, Vmscan
 from sim.host.vmstat import VmEvents, new_vmstat
 from sim.reclaim import ReclaimConfig, make_policy
 from sim.reclaim.base import EvictionPolicy
-from sim.reclaim.two_list import TwoListConfig
+from sim.reclaim.two_list import FILE_EVENTS, PGPGIN, TwoListConfig
 from sim.schema import Strict
 
 if TYPE_CHECKING:
@@ -100,6 +101,9 @@ STALE_SWAP_READS = "stale_swap_reads"  # guest reads from its disk into such a g
 DOUBLE_PAGING = "double_paging"  # guest swaps out such a gfn: the host reads it for QEMU
 VSWAPPER = (FALSE_SWAP_READS, STALE_SWAP_READS, DOUBLE_PAGING)
 JOBS_EXITED = "jobs_exited"  # memsim's: guest processes that exited (vms[].guest.job)
+# the host swaps out a gfn holding a clean guest page-cache page: data already on the guest's
+# disk written to host swap (VSwapper's silent swap write)
+SILENT_SWAP_WRITES = "silent_swap_writes"
 
 
 def _guest_swap() -> SwapConfig:
@@ -153,6 +157,14 @@ class GuestConfig(Strict):
         default_factory=_guest_swap,
         description="The guest's swap: a virtio-blk virtual disk (its size, latencies as "
         "the guest sees them, queue); device disk only.",
+    )
+    file_mib: int = Field(
+        0,
+        ge=0,
+        le=1 << 24,
+        description="A file on the guest's disk that the process reads through the guest page "
+        "cache (read(): no pte; clean pages dropped by reclaim and read again): the "
+        "workload's pages are footprint_mib of anonymous memory, then this file.",
     )
     job: GuestJobConfig | None = Field(
         None,
@@ -234,6 +246,14 @@ class GuestVmscan(Vmscan):
         for pid, pfn in zip(late_pid.tolist(), late_pfn.tolist(), strict=True):
             g.env.process(self._double_paged(pid, pfn))
 
+    def remove_file_folios(self, pfns: Pfns, sc: ScanControl) -> None:
+        """Clean page-cache folios are dropped as on the host; a vCPU step in flight that goes
+        on to read one of them is cut there (it must read it again)."""
+        pids = self.mem.frame_pid[pfns]
+        super().remove_file_folios(pfns, sc)
+        if self.guest.rmap.on_unmap is not None and len(pids):
+            self.guest.rmap.on_unmap(pids)
+
     def _double_paged(self, pid: int, pfn: int) -> ProcessGen:
         """One swap write whose gfn the host must read back first."""
         g = self.guest
@@ -278,27 +298,34 @@ class GuestKernel:
         self.env, self.cfg, self.name = env, cfg, name
         self.nr_gfns = nr_gfns
         mib = 1 << (20 - page_shift)
-        self.nr_vpages = (cfg.footprint_mib * mib) if cfg.footprint_mib else nr_gfns
+        self.nr_anon = (cfg.footprint_mib * mib) if cfg.footprint_mib else nr_gfns
+        self.nr_file = cfg.file_mib * mib
+        self.nr_vpages = self.nr_anon + self.nr_file  # the pages the workload names
         self.host_base, self.host_mem, self.host = host_pid_base, host_mem, host_fault
         wmark = setup_per_zone_wmarks(
             nr_gfns, cfg.min_free_kbytes, cfg.watermark_scale_factor, page_shift=page_shift
         )
-        # pages: the process's, then one per gfn the balloon may hold (kernel allocations
-        # with no pte and no LRU: HostMemory's unmapped "file" range, an owner of their own)
+        # pages: the process's anon memory, its file's page cache, then one per gfn the
+        # balloon may hold (kernel allocations with no pte and no LRU: in HostMemory's
+        # unmapped "file" range too, an owner of their own)
+        owners = [0, self.nr_anon] + ([self.nr_vpages] if self.nr_file else [])
         self.mem = mem = HostMemory(
             nr_gfns,
             self.nr_vpages + nr_gfns,
             wmark,
-            [0, self.nr_vpages],
+            owners,
             readahead=cfg.swap.page_cluster > 0,
-            file_base=self.nr_vpages,
+            file_base=self.nr_anon,
         )
+        self._file_reads: dict[int, simpy.Event] = {}  # page-cache reads in flight
         self._balloon_slots = list(range(nr_gfns - 1, -1, -1))  # free balloon page ids
         self.idle_until = 0  # between jobs: the vCPUs halt until then (ns)
         self.on_exit: Callable[[], None] | None = None  # the process's pages were freed
         self._oom_notifiers: list[Callable[[], int]] = []
-        self.vmstat: VmEvents = new_vmstat(1)
+        self.vmstat: VmEvents = new_vmstat(1, FILE_EVENTS if self.nr_file else ())
         self.stats: Counter[str] = Counter({k: 0 for k in VSWAPPER})
+        if self.nr_file:
+            self.stats[SILENT_SWAP_WRITES] = 0
         if cfg.job is not None:
             self.stats[JOBS_EXITED] = 0
         self.swap = SwapDevice(
@@ -308,13 +335,14 @@ class GuestKernel:
             1 << page_shift,
             vmstat=self.vmstat,
         )
-        self.mm = Mm(0, f"{name}.guest", 0, self.nr_vpages)
+        self.mm = Mm(0, f"{name}.guest", 0, self.nr_anon)
         self.policy = policy = make_policy(
             cfg.reclaim,
             nr_frames=nr_gfns,
             vmstat=self.vmstat,
             rng=np.random.default_rng(rng.integers(2**63)),
             page_shift=page_shift,
+            file=self.nr_file > 0,
         )
         self.rmap = GuestRmap(mem, [self.mm], self.vmstat)
         now = lambda: int(env.now)  # noqa: E731
@@ -350,6 +378,8 @@ class GuestKernel:
         )
         self.fault._plain = False  # its reads go through before_read (QEMU's pin)
         self.fault.before_read = self._before_read
+        self.read_ns = max(1, round(cfg.swap.read_latency_us * 1e3))  # the file's disk
+        self.page_kib = 1 << (page_shift - 10)
 
     def start(self) -> None:
         """Start the guest's kswapd, and its jobs if the process is a batch job."""
@@ -374,7 +404,7 @@ class GuestKernel:
         Its freed gfns stay backed on the host (the host never learns of the free) unless the
         balloon or free page reporting gives them back."""
         mem = self.mem
-        touched = np.flatnonzero(mem.flags[: self.nr_vpages] != 0)
+        touched = np.flatnonzero(mem.flags[: self.nr_anon] != 0)
         madvise_dontneed(
             self.mm,
             touched,
@@ -418,7 +448,7 @@ class GuestKernel:
             self.kswapd.wakeup()
             if mem.nr_free <= mem.wmark.min:
                 return -1
-        return mem.alloc_frame(self.nr_vpages + self._balloon_slots.pop())
+        return mem.alloc_frame(self.nr_vpages + self._balloon_slots.pop())  # past the file
 
     def balloon_alloc(self, n: int) -> Generator[simpy.Event, Any, NDArray[np.int64]]:
         """``balloon_page_alloc`` up to ``n`` times (``fill_balloon``'s loop): each page takes
@@ -504,6 +534,63 @@ class GuestKernel:
         for g in gfns.tolist():
             yield from self.host_fault_in(g, write=True)
 
+    # -- the guest page cache -----------------------------------------------------------------
+    def file_accessed(self, pids: NDArray[np.int64]) -> None:
+        """The process read these page-cache pages (a run of hits, in order):
+        ``folio_mark_accessed`` per read, which past the second changes nothing, so each
+        page gets it at most twice."""
+        if len(pids) == 0:
+            return
+        mem, policy = self.mem, self.policy
+        uniq, first, counts = np.unique(pids, return_index=True, return_counts=True)
+        for k in np.argsort(first, kind="stable").tolist():
+            pfn = mem.pfn.item(int(uniq[k]))
+            policy.folio_mark_accessed(pfn)
+            if counts[k] > 1:
+                policy.folio_mark_accessed(pfn)
+
+    def file_fault(self, pid: int) -> Generator[simpy.Event, Any, HostFault]:
+        """A read that misses the page cache (``filemap_read`` -> ``filemap_get_pages``): a
+        folio is allocated (watermarks, guest kswapd, direct reclaim) and locked in the page
+        cache, QEMU pins it for the virtual disk's read (a stale swap read if the host has the
+        gfn only in swap), the disk reads it (``pgpgin``), and the folio joins the file LRU
+        (a refault if its shadow is recent: ``workingset_refault``) marked accessed. A read
+        of a folio being read in waits for it (the folio lock)."""
+        ev = self._file_reads.get(pid)
+        if ev is not None:
+            yield ev
+            return HostFault.WAITED
+        mem = self.mem
+        if mem.flags.item(pid) & PG_RESIDENT:
+            return HostFault.MAPPED
+        ev = self._file_reads[pid] = self.env.event()
+        old = mem.pfn.item(pid)
+        shadow = None if old == NO_PFN_INT else old
+        pfn = self.alloc.alloc_fast(pid)
+        if pfn < 0:
+            pfn = yield from self.alloc.alloc(pid)
+        mem.flags[pid] = mem.flags.item(pid) | PG_LOCKED
+        yield from self._before_read([pfn])
+        yield self.env.timeout(self.read_ns)
+        self.vmstat[PGPGIN] += self.page_kib
+        mem.flags[pid] = mem.flags.item(pid) & ~PG_LOCKED
+        self.policy.file_add_lru(pfn, shadow, self.swap.nr_free_slots > 0)
+        self.policy.folio_mark_accessed(pfn)
+        del self._file_reads[pid]
+        ev.succeed()
+        return HostFault.MAJOR
+
+    def silent_writes(self, gfns: NDArray[np.int64]) -> None:
+        """The host wrote these gfns of this VM to its swap: those holding a clean page-cache
+        page of the guest are silent swap writes (their data is on the guest's disk)."""
+        if not self.nr_file or len(gfns) == 0:
+            return
+        owner = self.mem.frame_pid[gfns]
+        cache = (owner >= self.nr_anon) & (owner < self.nr_vpages)
+        if cache.any():
+            clean = (self.mem.flags[owner[cache]] & PG_DIRTY) == 0
+            self.stats[SILENT_SWAP_WRITES] += int(np.count_nonzero(clean))
+
     def zeroed(self, gfn: int) -> None:
         """The guest allocated ``gfn`` for a new anon page and clears it: if the host holds it
         only in swap, the host's swap-in for that write is a false swap read (the vCPU's write
@@ -516,7 +603,8 @@ class GuestKernel:
         """Event counts: the guest's /proc/vmstat (its own level's), then memsim's VSwapper
         counters (the host work the two levels cause each other)."""
         v = self.vmstat
-        return {**{k: int(v[k]) for k in _GUEST_VMSTAT}, **dict(self.stats)}
+        keys = _GUEST_VMSTAT + (_GUEST_FILE_VMSTAT if self.nr_file else ())
+        return {**{k: int(v[k]) for k in keys}, **dict(self.stats)}
 
     def memory(self) -> dict[str, int]:
         """Levels: what the guest's /proc/meminfo shows (pages)."""
@@ -524,7 +612,8 @@ class GuestKernel:
             "total": self.nr_gfns,
             "free": int(self.mem.nr_free),
             "anon": int(self.mem.nr_resident[0]),
-            "balloon": int(self.mem.nr_resident[1]),
+            "page_cache": int(self.mem.nr_resident[1]) if self.nr_file else 0,
+            "balloon": int(self.mem.nr_resident[-1]),
             "swap_used": int(self.swap.nr_slots - self.swap.nr_free_slots),
             "footprint": self.nr_vpages,
         }
@@ -535,6 +624,7 @@ class GuestKernel:
         mem.check()
         f = mem.flags[: self.nr_vpages]  # the balloon's pages are on no LRU
         resident = ((f & PG_RESIDENT) != 0) & ((f & PG_LOCKED) == 0)  # not being read in
+        assert len(self._file_reads) == int(np.count_nonzero(f[self.nr_anon :] & PG_LOCKED))
         on_lru = np.zeros(mem.nr_frames, dtype=np.bool_)
         on_lru[mem.pfn[: self.nr_vpages][resident]] = True
         self.policy.check(on_lru)
@@ -556,4 +646,13 @@ _GUEST_VMSTAT = (
     "workingset_refault_anon",
     "workingset_activate_anon",
     "oom_kill",
+)
+_GUEST_FILE_VMSTAT = (
+    "pgpgin",
+    "pgscan_anon",
+    "pgscan_file",
+    "pgsteal_anon",
+    "pgsteal_file",
+    "workingset_refault_file",
+    "workingset_activate_file",
 )

@@ -66,6 +66,15 @@ def first_fault(spte: NDArray[np.uint8], idx: NDArray[np.int64], start: int, end
 
 
 @numba.njit(cache=True, nogil=True)
+def _guest_present(f: np.uint8, v: int, file_base: int) -> bool:
+    """An anon page is reachable through its guest pte; a page of the file the process reads
+    (pages from ``file_base`` on) while its folio is in the page cache and not being read."""
+    if v < file_base:
+        return bool(f & 0x01)  # PTE_PRESENT
+    return (f & 0x60) == 0x40  # PG_RESIDENT, not PG_LOCKED
+
+
+@numba.njit(cache=True, nogil=True)
 def guest_translate(
     gflags: NDArray[np.uint8],
     gpfn: NDArray[np.uint32],
@@ -73,14 +82,16 @@ def guest_translate(
     gfns: NDArray[np.int64],
     start: int,
     end: int,
+    file_base: int,
 ) -> int:
-    """The guest page walk of accesses ``start..end`` (a guest kernel is modelled): write the
-    gfn each virtual page maps to into ``gfns`` while the guest pte is present; return the
-    first access that takes a guest page fault (or ``end``). Nothing is set: the accessed
-    bits are the hits' (:func:`guest_mark`)."""
+    """The guest side of accesses ``start..end`` (a guest kernel is modelled): the page walk
+    of an anon page, or the page-cache lookup of a file page (a ``read()``); write the gfn
+    each one uses into ``gfns`` while it is there; return the first access that takes a guest
+    page fault or a page-cache miss (or ``end``). Nothing is set: the accessed bits are the
+    hits' (:func:`guest_mark`)."""
     for p in range(start, end):
         v = vpages[p]
-        if not gflags[v] & 0x01:  # PTE_PRESENT
+        if not _guest_present(gflags[v], v, file_base):
             return p
         gfns[p] = gpfn[v]
     return end
@@ -93,20 +104,25 @@ def guest_mark(
     writes: NDArray[np.bool_],
     start: int,
     end: int,
+    file_base: int,
 ) -> None:
-    """Accesses ``start..end`` completed: the walk set each guest pte's accessed bit, and its
-    dirty bit on a write (the guest folio's PG_dirty stands for both)."""
+    """Accesses ``start..end`` completed: the walk set each anon page's guest pte accessed
+    bit, and its dirty bit on a write (the guest folio's PG_dirty stands for both). File
+    pages have no pte (their reads are marked accessed by the kernel, in Python)."""
     for p in range(start, end):
         v = vpages[p]
-        gflags[v] |= np.uint8(0x06) if writes[p] else np.uint8(0x02)  # PTE_YOUNG | PG_DIRTY
+        if v < file_base:
+            gflags[v] |= np.uint8(0x06) if writes[p] else np.uint8(0x02)  # PTE_YOUNG|PG_DIRTY
 
 
 @numba.njit(cache=True, nogil=True)
 def guest_first_unmapped(
-    gflags: NDArray[np.uint8], vpages: NDArray[np.int64], start: int, end: int
+    gflags: NDArray[np.uint8], vpages: NDArray[np.int64], start: int, end: int, file_base: int
 ) -> int:
-    """The first of accesses ``start..end`` whose guest pte is no longer present, or ``end``."""
+    """The first of accesses ``start..end`` whose page the guest no longer has (its pte gone,
+    or its page-cache folio dropped), or ``end``."""
     for p in range(start, end):
-        if not gflags[vpages[p]] & 0x01:
+        v = vpages[p]
+        if not _guest_present(gflags[v], v, file_base):
             return p
     return end

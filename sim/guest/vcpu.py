@@ -188,8 +188,9 @@ class Vcpu:
         writes = np.empty(0, dtype=np.bool_)
         guest = self.guest
         gflags = gpfn = None
+        fbase = 0  # the guest's first page-cache page (the file the process reads)
         if guest is not None:
-            gflags, gpfn = guest.mem.flags, guest.mem.pfn
+            gflags, gpfn, fbase = guest.mem.flags, guest.mem.pfn, guest.nr_anon
         while not mm.dead and not (guest is not None and guest.dead):
             if guest is not None and guest.idle_until > env.now:  # between two jobs: halted
                 self.in_guest = False
@@ -204,6 +205,8 @@ class Vcpu:
                     return
                 if guest is not None:  # gfns come from the guest's page walk, step by step
                     vpages, writes = got, writes.copy()  # a guest's clear_page writes
+                    if guest.nr_file:  # read() copies from the page cache: gfns only read
+                        writes[vpages >= fbase] = False
                     gfns = np.empty(n, dtype=np.int64)
                     if k == 1:
                         idx_all = gfns
@@ -250,7 +253,7 @@ class Vcpu:
                 lo, t_lo = pos, t
                 end = n
                 if guest is not None:  # the guest's walk first: up to its first page fault
-                    end = guest_translate(gflags, gpfn, vpages, gfns, lo, n)
+                    end = guest_translate(gflags, gpfn, vpages, gfns, lo, n, fbase)
                     if k != 1:
                         idx_all[lo:end] = gfns[lo:end] * k + aliases[lo:end]
                 if tlbs is None:
@@ -285,7 +288,10 @@ class Vcpu:
                     )
                 if pos > lo:
                     if guest is not None:
-                        guest_mark(gflags, vpages, writes, lo, pos)
+                        guest_mark(gflags, vpages, writes, lo, pos, fbase)
+                        if guest.nr_file:
+                            run = vpages[lo:pos]
+                            guest.file_accessed(run[run >= fbase])
                     if self.on_access is not None:
                         self.on_access(gfns[lo:pos] + base)
                     stats.accesses += pos - lo
@@ -345,7 +351,8 @@ class Vcpu:
                 if guest.dead or guest.idle_until > env.now:  # killed, or its job exited
                     continue
                 vp = vpages.item(pos)
-                if not gflags.item(vp) & PTE_PRESENT:  # the guest's own page fault
+                f = gflags.item(vp)
+                if not (f & PTE_PRESENT if vp < fbase else (f & 0x60) == 0x40):  # guest fault
                     if not self._guest_resolve(pos, 0, vpages, writes):
                         yield from self._guest_fault(pos, vpages, writes)
                         woken = True
@@ -437,6 +444,8 @@ class Vcpu:
         if g.mem.nr_free <= g.mem.wmark.low:  # would wake the guest's kswapd: at its own time
             return False
         vp = vpages.item(pos)
+        if vp >= g.nr_anon:  # a page-cache miss reads the disk
+            return False
         refault = g.fault.is_refault(vp)
         hf = g.fault.fault_nowait(vp, bool(writes.item(pos)))
         if hf is None:
@@ -450,10 +459,13 @@ class Vcpu:
         g = self.guest
         assert g is not None
         vp = vpages.item(pos)
-        refault = g.fault.is_refault(vp)
+        refault = vp < g.nr_anon and g.fault.is_refault(vp)
         t0 = int(self.env.now)
         self.in_guest = True  # the vCPU runs the guest kernel, which waits (no host stall)
-        hf = yield from g.fault.handle_mm_fault(vp, bool(writes.item(pos)))
+        if vp >= g.nr_anon:
+            hf = yield from g.file_fault(vp)
+        else:
+            hf = yield from g.fault.handle_mm_fault(vp, bool(writes.item(pos)))
         waited = int(self.env.now) - t0
         self.vm.stats.guest_wait_ns += waited
         if g.dead or self.vm.mm.dead:
@@ -477,7 +489,9 @@ class Vcpu:
         assert g is not None
         c = self.costs
         gfn = g.mem.pfn.item(vp)
-        if hf == HostFault.FIRST_TOUCH:
+        if vp >= g.nr_anon:  # a read() that missed the page cache (or met its read)
+            cpu, kind = c.swapin_kernel_ns, "guest_cache_miss"
+        elif hf == HostFault.FIRST_TOUCH:
             g.zeroed(gfn)
             writes[pos] = True  # clear_page
             cpu, kind = c.first_touch_ns, "guest_first_touch"
@@ -543,7 +557,8 @@ class Vcpu:
             cut = first_fault(self.vm.mmu.spte, self._idx, now, self._hi)
             if self._vidx is not None:  # the guest unmapped a page the run goes on to use
                 assert self.guest is not None
-                cut = min(cut, guest_first_unmapped(self.guest.mem.flags, self._vidx, now, cut))
+                g = self.guest
+                cut = min(cut, guest_first_unmapped(g.mem.flags, self._vidx, now, cut, g.nr_anon))
         else:  # a cached translation over a present spte hides aging's access tracking
             t = self.tlbs
             cut = tlb_first_fault(

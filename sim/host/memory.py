@@ -358,7 +358,8 @@ class HostMemory:
         assert has[self.frame_pid[owned]].all(), "a frame's owner does not know it"
         fb = self.file_base
         fl, fhas = self.flags[fb:], has[fb:]
-        file_flags = np.uint8(PG_RESIDENT | PG_DIRTY | PG_WRITEBACK | PG_RECLAIM)
+        # (PG_locked: a guest kernel's page-cache folio being read in, sim/guest/kernel.py)
+        file_flags = np.uint8(PG_RESIDENT | PG_DIRTY | PG_WRITEBACK | PG_RECLAIM | PG_LOCKED)
         assert not (fl & ~file_flags).any(), "a page-cache page with anon flags"
         assert not fl[~fhas].any(), "flags on a page-cache page without frame"
         flags, has = self.flags[:fb], has[:fb]

@@ -269,6 +269,8 @@ class Vmscan:
         self.on_writeback_end: Callable[[], None] | None = None  # reclaim_throttle's waker
         self.memcg: MemCgroups | None = None  # the VMs' memcgs (swap charges), if any
         self.core: FolioListCore | None = None  # the compiled batch, set where it applies
+        # told of the pages each swap write is submitted for (the guests' silent writes)
+        self.on_swap_write: Callable[[NDArray[np.int64]], None] | None = None
 
     def can_swap(self) -> bool:
         """``can_reclaim_anon_pages``: anon folios are reclaimable only while swap has room."""
@@ -486,6 +488,8 @@ class Vmscan:
         """Submit a swap write per page, counted per mm at submission (``pswpout``); returns
         when each ends."""
         owners = np.bincount(self.mem.page_owners(pids), minlength=len(self.mms)).tolist()
+        if self.on_swap_write is not None:
+            self.on_swap_write(np.asarray(pids, dtype=np.int64))
         return self.swap.submit(self.now(), write=True, n=len(pids), per_mm=owners)
 
     def _zswap_writeback(self, sc: ScanControl) -> None:
@@ -496,6 +500,8 @@ class Vmscan:
         if len(back) == 0:
             return
         owners = np.bincount(self.mem.page_owners(back), minlength=len(self.mms)).tolist()
+        if self.on_swap_write is not None:
+            self.on_swap_write(back)
         self.swap.submit(self.now(), write=True, n=len(back), per_mm=owners)
         self.vmstat.count_per_mm(VmStat.ZSWPWB, owners)
         sc.nr_decompressed += len(back)

@@ -52,7 +52,7 @@ class FaultKind(StrEnum):
 
 FAULT_KINDS = tuple(k.value for k in FaultKind)
 # a guest kernel's own page faults (vms[].guest), logged beside KVM's: the guest's level
-GUEST_FAULT_KINDS = ("guest_first_touch", "guest_minor", "guest_major")
+GUEST_FAULT_KINDS = ("guest_first_touch", "guest_minor", "guest_major", "guest_cache_miss")
 
 _KIND = {
     HostFault.MAPPED: FaultKind.MINOR,
