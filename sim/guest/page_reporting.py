@@ -56,14 +56,13 @@ Costs
     (``reporting_qemu_ns``).
 
 Counting
-    The kernel counts nothing for reporting (its page_reporting statistics never merged);
-    memsim's per-VM counters, in the VM's ``balloon`` summary: ``reporting_passes`` (work
-    items run), ``reporting_requests`` (virtqueue requests), ``reporting_blocks`` and
-    ``reporting_pages`` (reported, pages of the simulated size), ``reporting_freed`` (host
-    frames the discards freed at once, ``Machine.discard``'s return; folios with I/O in
-    flight are freed when it ends and not counted), ``reporting_vmexits``,
-    ``reporting_guest_ns``, ``reporting_qemu_ns``. The discarded pages are the VM's
-    ``pages_discarded`` too (counted there, by the discard).
+    No kernel counter is modelled for reporting; memsim's own per-VM counters, in the VM's
+    ``balloon`` summary: ``reporting_passes`` (work items run), ``reporting_requests``
+    (virtqueue requests), ``reporting_blocks`` and ``reporting_pages`` (reported, pages of the
+    simulated size), ``reporting_freed`` (host frames the discards freed at once,
+    ``Machine.discard``'s return; folios with I/O in flight are freed when it ends and not
+    counted), ``reporting_vmexits``, ``reporting_guest_ns``, ``reporting_qemu_ns``. The
+    discarded pages are the VM's ``pages_discarded`` too (counted there, by the discard).
 
 Kernel reference
     mm/page_reporting.c (``PAGE_REPORTING_DELAY``, ``__page_reporting_request``,
@@ -191,7 +190,7 @@ class FreePageReportingConfig(Strict):
 
 @dataclass
 class PageReportingCounts:
-    """Per-VM free page reporting counters (memsim's: the kernel keeps none)."""
+    """Per-VM free page reporting counters (memsim's own)."""
 
     reporting_passes: int = 0  # page_reporting_process runs
     reporting_requests: int = 0  # virtqueue requests (virtballoon_free_page_report calls)
