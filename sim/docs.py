@@ -31,6 +31,7 @@ from sim.costs import CostsConfig
 from sim.guest import workloads as wl
 from sim.guest.balloon import BalloonConfig, BalloonCosts
 from sim.guest.kernel import GuestConfig, GuestJobConfig
+from sim.guest.page_reporting import FreePageReportingConfig, PageReportingCosts
 from sim.host.memcontrol import MemcgConfig
 from sim.host.mom import MomConfig
 from sim.host.swap import SwapConfig
@@ -64,6 +65,8 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("vms[].guest.job", GuestJobConfig),
     ("vms[].balloon", BalloonConfig),
     ("vms[].balloon.costs", BalloonCosts),
+    ("vms[].balloon.free_page_reporting", FreePageReportingConfig),
+    ("vms[].balloon.free_page_reporting.costs", PageReportingCosts),
     ("mom", MomConfig),
     ("engine", EngineConfig),
     ("output", OutputConfig),

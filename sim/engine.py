@@ -29,6 +29,7 @@ from sim.core import core_for
 from sim.costs import CostModel
 from sim.guest.balloon import VirtioBalloon
 from sim.guest.kernel import GuestKernel
+from sim.guest.page_reporting import PageReporting, check_discarded
 from sim.guest.vcpu import Vcpu
 from sim.guest.workloads import AccessStream, TraceConfig
 from sim.host.fault import HostFaultHandler
@@ -171,6 +172,13 @@ class World(Machine):
                 balloon = VirtioBalloon.create(
                     env, guest, partial(self.discard, vm.index), cfg.balloon
                 )
+                if cfg.balloon.free_page_reporting.enabled:  # VIRTIO_BALLOON_F_REPORTING
+                    balloon.reporting = PageReporting(
+                        env,
+                        guest.mem,
+                        partial(self.discard, vm.index),
+                        cfg.balloon.free_page_reporting,
+                    )
             self.balloons.append(balloon)
             vm.balloon = balloon
             for j in range(cfg.vcpus):
@@ -332,6 +340,11 @@ class World(Machine):
         for guest in self.guests:
             if guest is not None:
                 guest.check()
+        for vm in self.vms:  # free page reporting: reported gfns are free and not on the host
+            if vm.balloon is not None and vm.balloon.reporting is not None:
+                vm.balloon.reporting.check()
+                spte = vm.mmu.spte.reshape(vm.mm.nr_pages, -1)  # one row per gfn
+                check_discarded(vm.mm, self.mem, spte, vm.balloon.reporting.reported_gfns())
         now = int(self.env.now)
         stall, compute = self.accrual.at(self._in_flight(now))
         for vm in self.vms:

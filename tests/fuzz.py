@@ -119,6 +119,20 @@ GUESTS: list[Any] = [
     None,
     "x",
 ]
+BALLOONS: list[Any] = [
+    {"enabled": True},
+    {"enabled": True, "free_page_reporting": {"enabled": True}},
+    {"enabled": True, "free_page_reporting": {"enabled": True, "order": 2, "delay_ms": 50}},
+    {"enabled": True, "initial_target_mib": 4, "free_page_reporting": {"enabled": True}},
+    {"enabled": True, "free_page_reporting": {"enabled": True, "order": 0, "delay_ms": 1}},
+    {"enabled": False, "free_page_reporting": {"enabled": True}},
+    {"enabled": True, "free_page_reporting": {"enabled": True, "order": 11}},
+    {"enabled": True, "free_page_reporting": {"enabled": True, "delay_ms": 0}},
+    {"enabled": True, "free_page_reporting": {"enabled": True, "costs": {"block_ns": -1}}},
+    {"enabled": True, "free_page_reporting": {"enabld": True}},
+    {"enabled": True, "free_page_reporting": None},
+    {"enabled": True, "free_page_reporting": "x"},
+]
 TLBS: list[Any] = [
     {},
     {"entries": 64, "ways": 4},
@@ -404,6 +418,7 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
                 "guest_tlb",
                 "async_pf",
                 "guest",
+                "balloon",
             ]
         )
         if op == "delete":
@@ -461,6 +476,11 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
             vms = raw.get("vms")
             if isinstance(vms, list) and vms and isinstance(vms[0], dict):
                 vms[0]["guest"] = copy.deepcopy(rng.choice(GUESTS))
+        elif op == "balloon" and isinstance(raw, dict):
+            vms = raw.get("vms")
+            if isinstance(vms, list) and vms and isinstance(vms[0], dict):
+                vms[0].setdefault("guest", {})  # a balloon needs a guest kernel
+                vms[0]["balloon"] = copy.deepcopy(rng.choice(BALLOONS))
         elif op == "async_pf" and isinstance(raw, dict):
             vms = raw.get("vms")
             if isinstance(vms, list) and vms and isinstance(vms[-1], dict):

@@ -52,15 +52,15 @@ Costs
 
 Simplifications
     One work item in flight at a time, one vCPU's worth of CPU for it, not charged to any vCPU
-    here. Pages are of the simulated size: a chunk is ``256 // (page_size_kib / 4)`` of them,
-    at least one (a guest with pages larger than 1 MiB cannot exist; with 2 MiB pages memsim
+    here. Pages are of the simulated size: a chunk is ``256 // (page_size_kib / 4)`` of them, at
+    least one (a guest with pages larger than 1 MiB cannot exist; with 2 MiB pages memsim
     balloons one page per request). QEMU discards a request's pages when it takes the request;
     the time it spends on them follows, before the ack. Balloon compaction
-    (``virtballoon_migratepage``), free page hinting and free page reporting are not
-    modelled. The OOM notifier runs inside the guest's allocation path and cannot wait: its
-    pages are freed at once and its deflate request (a kick, QEMU's work) is counted but takes
-    no simulated time; it leaks only pages whose inflate request QEMU has acked (the kernel's
-    notifier would wait on ``balloon_lock`` for an inflate in flight).
+    (``virtballoon_migratepage``) and free page hinting are not modelled; free page reporting is
+    sim/guest/page_reporting.py. The OOM notifier runs inside the guest's allocation path and
+    cannot wait: its pages are freed at once and its deflate request (a kick, QEMU's work) is
+    counted but takes no simulated time; it leaks only pages whose inflate request QEMU has
+    acked (the kernel's notifier would wait on ``balloon_lock`` for an inflate in flight).
 
 Sources
     drivers/virtio/virtio_balloon.c (``fill_balloon``, ``leak_balloon``, ``tell_host``,
@@ -83,8 +83,9 @@ from typing import Any, Protocol
 import numpy as np
 import simpy
 from numpy.typing import NDArray
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from sim.guest.page_reporting import FreePageReportingConfig, PageReporting
 from sim.schema import Strict
 
 VIRTIO_BALLOON_ARRAY_PFNS_MAX = 256  # pfns in one inflate/deflate request (the driver's array)
@@ -229,6 +230,20 @@ class BalloonConfig(Strict):
         "libvirt's currentMemory); None: no balloon until a manager sets a target.",
     )
     costs: BalloonCosts = Field(default_factory=BalloonCosts, description="Balloon costs.")
+    free_page_reporting: FreePageReportingConfig = Field(
+        default_factory=FreePageReportingConfig,
+        description="Free page reporting (QEMU free-page-reporting=on): the guest reports its "
+        "free 2 MiB blocks and the host discards them.",
+    )
+
+    @model_validator(mode="after")
+    def _reporting_needs_the_device(self) -> BalloonConfig:
+        if self.free_page_reporting.enabled and not self.enabled:
+            raise ValueError(
+                "balloon.free_page_reporting needs the balloon device: set balloon.enabled "
+                "true or free_page_reporting.enabled false"
+            )
+        return self
 
 
 @dataclass
@@ -507,10 +522,15 @@ class VirtioBalloon:
     device: BalloonDevice
     driver: BalloonDriver
     counts: BalloonCounts
+    reporting: PageReporting | None = None  # free page reporting, when the device offers it
 
     def counters(self) -> dict[str, int]:
-        """The counters and the pages the balloon holds (``balloon_pages``), for the results."""
-        return {**self.counts.as_dict(), "balloon_pages": self.driver.num_pages}
+        """The counters (free page reporting's too, if on) and the pages the balloon holds
+        (``balloon_pages``), for the results."""
+        out = {**self.counts.as_dict(), "balloon_pages": self.driver.num_pages}
+        if self.reporting is not None:
+            out.update(self.reporting.counts.as_dict())
+        return out
 
     @classmethod
     def create(

@@ -184,6 +184,12 @@ class HostMemory:
         self.nr_resident = np.zeros(nr_mms, dtype=np.int64)  # frames owned, per mm
         self.nr_swapped = np.zeros(nr_mms, dtype=np.int64)  # pages only in swap, per mm
         self.on_free: Callable[[int], None] | None = None  # woken when frames are freed
+        # The stack's bottom ``tail`` frames are allocated after every other free frame
+        # (:meth:`move_to_tail`: a guest's reported pages); 0 on the host. An allocation that
+        # reaches into them calls ``on_tail_taken(frames)`` with the tail frames it took and
+        # ``tail`` lowered to the new top; the hook may lower it further.
+        self.tail = 0
+        self.on_tail_taken: Callable[[NDArray[np.uint32]], None] | None = None
 
     # -- pages -------------------------------------------------------------------------------
     def page_owner(self, pid: int) -> int:
@@ -222,7 +228,10 @@ class HostMemory:
         self.nr_free -= 1
         if self._nr_freed:
             self._nr_freed -= 1
-            return self._free.item(self._nr_freed)
+            pfn = self._free.item(self._nr_freed)
+            if self._nr_freed < self.tail:
+                self._tail_taken()
+            return pfn
         pfn = self._next
         self._next += 1
         return pfn
@@ -246,6 +255,8 @@ class HostMemory:
         k = min(n, self._nr_freed)
         stacked = self._free[self._nr_freed - k : self._nr_freed][::-1].astype(np.int64)
         self._nr_freed -= k
+        if self._nr_freed < self.tail:
+            self._tail_taken()
         fresh = np.arange(self._next, self._next + n - k, dtype=np.int64)
         self._next += n - k
         pfns = np.concatenate((stacked, fresh))
@@ -317,6 +328,44 @@ class HostMemory:
         self._nr_freed = top
         return self._free[top - n : top]
 
+    def _tail_taken(self) -> None:
+        """An allocation took frames from the tail: the tail ends at the new top."""
+        old, self.tail = self.tail, self._nr_freed
+        if self.on_tail_taken is not None:
+            self.on_tail_taken(self._free[self._nr_freed : old])
+
+    def move_to_tail(self, pfns: NDArray[np.integer]) -> None:
+        """Put free frames ``pfns`` (none of them in the tail yet) at the bottom of the free
+        stack, ``pfns[0]`` lowest, below the tail already there: they are allocated after every
+        other free frame, the never-used ones too (``__free_one_page`` with ``FPI_TO_TAIL``).
+        The never-used frames are pushed onto the stack first (lowest pfn on top, as they were
+        taken), so this is O(free frames)."""
+        n = len(pfns)
+        if n == 0:
+            return
+        pfns = np.asarray(pfns, dtype=np.uint32)
+        assert (self.frame_pid[pfns] == -1).all(), "move_to_tail of a frame in use"
+        moved = np.zeros(self.nr_frames, dtype=np.bool_)
+        moved[pfns] = True
+        stack = self._free[: self._nr_freed]
+        assert not moved[stack[: self.tail]].any(), "move_to_tail of a frame in the tail"
+        fresh = np.arange(self.nr_frames - 1, self._next - 1, -1, dtype=np.uint32)
+        fresh = fresh[~moved[fresh]]
+        rest = stack[self.tail :]
+        order = np.concatenate((pfns, stack[: self.tail], fresh, rest[~moved[rest]]))
+        assert len(order) == self.nr_free, "move_to_tail of a frame that is not free"
+        if len(order) > len(self._free):
+            self._free = np.empty(max(len(order), 2 * len(self._free)), dtype=np.uint32)
+        self._free[: len(order)] = order
+        self._nr_freed = len(order)
+        self._next = self.nr_frames
+        self.tail += n
+
+    def last_freed(self, n: int) -> NDArray[np.uint32]:
+        """The ``n`` frames on top of the free stack: in an ``on_free(n)`` hook, the frames that
+        free just gave back."""
+        return self._free[self._nr_freed - n : self._nr_freed]
+
     def free_list(self) -> NDArray[np.int64]:
         """Every free frame (tests)."""
         return np.concatenate(
@@ -350,6 +399,8 @@ class HostMemory:
         assert len(free) == self.nr_free, "free stack and free count disagree"
         assert len(np.unique(free)) == self.nr_free, "free stack has duplicates"
         assert (self.frame_pid[free] == -1).all(), "a free frame has an owner"
+        assert 0 <= self.tail <= self._nr_freed, "the tail is not on the free stack"
+        assert self.tail == 0 or self._next == self.nr_frames, "never-used frames below the tail"
         has = (self.flags & np.uint8(HAS_FRAME)) != 0
         pids = np.flatnonzero(has)
         assert (self.pfn[pids] < self.nr_frames).all(), "a page with a frame holds no valid pfn"
