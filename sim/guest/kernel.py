@@ -25,7 +25,20 @@ Models
       swapped out (``clear_page``) makes the host read back contents about to be overwritten:
       a *false swap read*. The names follow VSwapper (Amit, Tsafrir and Schuster, ASPLOS
       2014), which measured them.
-    * The guest's OOM killer kills the guest process: the VM's vCPUs stop.
+    * The guest's OOM killer kills the guest process: the VM's vCPUs stop. Before it, the OOM
+      notifiers run (the balloon's deflate-on-OOM), and if they freed pages nobody is killed.
+    * The process may also read a file (``file_mib``) through the guest page cache with
+      ``read()``: page-cache pages have no pte, a hit is ``folio_mark_accessed``, a miss reads
+      the virtual disk into a new folio (QEMU pins the gfn first: a stale swap read if the
+      host had it only in swap). When the host writes a gfn holding a clean guest
+      page-cache page to its swap, that is a *silent swap write* (VSwapper): the data is on
+      the guest's disk already, but the host sees only anonymous memory.
+    * The process may be a batch job (``job``): it exits every ``run_s`` (its memory freed in
+      the guest through the same ``MADV_DONTNEED`` path as the host's discard, but still
+      backed on the host), and the next starts after ``idle_s``.
+    * The balloon driver (sim/guest/balloon.py) allocates from this kernel
+      (``balloon_alloc``: ``__GFP_NORETRY``) and gives pages back (``balloon_free``); its
+      pages are kernel allocations with no pte and no LRU.
 
 Kernel reference
     The host modules it reuses (page allocator, kswapd, vmscan, rmap, swap, fault); QEMU
@@ -38,16 +51,18 @@ Counting
     memsim's counters, counted once here, per VM.
 
 Simplifications
-    One guest process, anonymous memory only (no guest page cache yet); no guest memcg, no
-    zram or zswap in the guest. Guest kswapd's CPU is not taken from the workload's vCPUs (a
+    One guest process; its file is read-only (no dirty page cache, no flushers) and read with
+    ``read()`` (no mmap); no guest memcg, no zram or zswap in the guest. Guest kswapd's CPU is not taken from the workload's vCPUs (a
     guest with a spare vCPU); guest direct reclaim stalls the faulting vCPU. The virtual
     disk's queue is its own (not shared with the host's swap device, nor with the host page
     cache).
 
 Invariants
     Every guest page is in exactly one guest state (never touched, mapped to a gfn, in the
-    guest swap cache, only in guest swap); every gfn is free or owned by one guest page
-    (HostMemory's invariants, checked by :meth:`GuestKernel.check`).
+    guest swap cache, only in guest swap; a file page: in the page cache, being read, or not);
+    every gfn is free, owned by one guest page, or held by the balloon (HostMemory's
+    invariants, checked by :meth:`GuestKernel.check`, with the policy's lists holding exactly
+    the resident process and page-cache pages not being read in).
 """
 
 from __future__ import annotations
