@@ -52,8 +52,9 @@ Counting
 
 Simplifications
     One guest process; its file is read-only (no dirty page cache, no flushers) and read with
-    ``read()`` (no mmap); no guest memcg, no zram or zswap in the guest. Guest kswapd's CPU is not taken from the workload's vCPUs (a
-    guest with a spare vCPU); guest direct reclaim stalls the faulting vCPU. The virtual
+    ``read()`` (no mmap); no guest memcg, no zram or zswap in the guest. Guest kswapd's CPU
+    is not taken from the workload's vCPUs (a guest with a spare vCPU); guest direct reclaim
+    stalls the faulting vCPU. The virtual
     disk's queue is its own (not shared with the host's swap device, nor with the host page
     cache).
 
