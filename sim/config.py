@@ -661,6 +661,15 @@ class Scenario(_MemcgOptional):
                 f"vms[{i}].guest: needs host.page_size_kib 4 (guest pages are 4 KiB); "
                 "set it or remove guest"
             )
+        shared = next(
+            (i for i, vm in enumerate(self.vms) if vm.guest and vm.guest.disk == "host_swap"),
+            None,
+        )
+        if shared is not None and self.swap.device == "zram":
+            raise ValueError(
+                f"vms[{shared}].guest.disk: host_swap needs a disk swap device, not zram; "
+                "set guest.disk: own or swap.device: disk"
+            )
         if self.vms[i].prefault:
             raise ValueError(
                 f"vms[{i}].prefault: not modelled with a guest kernel (the steady state "

@@ -162,6 +162,7 @@ class World(Machine):
                     host_pid_base=vm.mm.pid_base,
                     host_mem=mem,
                     host_fault=self.host_fault,
+                    host_swap=swap,
                 )
                 guest.rmap.on_unmap = partial(_shootdown, vm)
                 guest.on_exit = vm.revoked  # the exited process's steps in flight are cut

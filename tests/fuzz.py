@@ -113,6 +113,8 @@ GUESTS: list[Any] = [
     {"footprnt_mib": 64},
     {"footprint_mib": 200, "job": {"run_s": 0.05, "idle_s": 0.01}},
     {"footprint_mib": 100, "file_mib": 200},
+    {"footprint_mib": 300, "file_mib": 32, "disk": "host_swap"},
+    {"disk": "nfs"},
     {"file_mib": -1},
     {"job": {"run_s": 0}},
     {"job": {"idle_s": 1}},

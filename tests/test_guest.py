@@ -300,3 +300,19 @@ def test_the_host_swapping_clean_guest_page_cache_is_silent_writes() -> None:
     assert 0 < g.stats["silent_swap_writes"] <= w.vms[0].stats.accesses
     plain = _world(_raw(host_mib=6, ram_mib=8, footprint_mib=12))
     assert "silent_swap_writes" not in plain.vms[0].guest.stats  # no file, no such writes
+
+
+def test_a_virtual_disk_on_the_host_swap_device_shares_its_queue() -> None:
+    own = _world(_raw(host_mib=6, ram_mib=8, footprint_mib=12))
+    raw = _raw(host_mib=6, ram_mib=8, footprint_mib=12, disk="host_swap")
+    shared = _world(raw)
+    g = shared.vms[0].guest
+    assert g.swap._q is shared.swap._q  # one device: one queue
+    assert g.swap.cfg.queue_depth == shared.swap.cfg.queue_depth
+    # the host device now serves the guest's I/O too, and each level's counts stay its own
+    assert shared.swap.busy_ns > own.swap.busy_ns
+    assert g.vmstat["pswpout"] > 0
+    assert shared.vmstat["pswpout"] > 0
+    raw["swap"]["device"] = "zram"
+    with pytest.raises(ConfigError, match="host_swap needs a disk"):
+        parse_scenario(raw)

@@ -70,7 +70,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import simpy
@@ -181,6 +181,13 @@ class GuestConfig(Strict):
         description="A file on the guest's disk that the process reads through the guest page "
         "cache (read(): no pte; clean pages dropped by reclaim and read again): the "
         "workload's pages are footprint_mib of anonymous memory, then this file.",
+    )
+    disk: Literal["own", "host_swap"] = Field(
+        "own",
+        description="Where the virtual disk's I/O is served: own (its own queue, as if on a "
+        "device of its own) or host_swap (its image on the host's swap device: one queue and "
+        "one set of request tags, so guest and host I/O wait for each other; guest.swap's "
+        "latencies still apply, its queue_depth and nr_requests become the host's).",
     )
     job: GuestJobConfig | None = Field(
         None,
@@ -294,6 +301,7 @@ class GuestKernel:
         host_pid_base: the VM's first host page id (gfn ``g`` is host page base + g).
         host_mem: host memory (to see which gfns the host has swapped out).
         host_fault: the host's fault handler (QEMU's faults on guest RAM).
+        host_swap: the host's swap device (whose queue the virtual disk may share).
     """
 
     def __init__(
@@ -310,6 +318,7 @@ class GuestKernel:
         host_pid_base: int,
         host_mem: HostMemory,
         host_fault: HostFaultHandler,
+        host_swap: SwapDevice,
     ) -> None:
         self.env, self.cfg, self.name = env, cfg, name
         self.nr_gfns = nr_gfns
@@ -344,13 +353,21 @@ class GuestKernel:
             self.stats[SILENT_SWAP_WRITES] = 0
         if cfg.job is not None:
             self.stats[JOBS_EXITED] = 0
+        disk = cfg.swap
+        if cfg.disk == "host_swap":  # the host device's queue: its depth and tags
+            q = host_swap.cfg
+            disk = disk.model_copy(
+                update={"queue_depth": q.queue_depth, "nr_requests": q.nr_requests}
+            )
         self.swap = SwapDevice(
-            cfg.swap,
+            disk,
             cfg.swap.size_mib * mib,
             np.random.default_rng(rng.integers(2**63)),
             1 << page_shift,
             vmstat=self.vmstat,
         )
+        if cfg.disk == "host_swap":
+            self.swap.share_queue(host_swap)
         self.mm = Mm(0, f"{name}.guest", 0, self.nr_anon)
         self.policy = policy = make_policy(
             cfg.reclaim,
@@ -394,7 +411,6 @@ class GuestKernel:
         )
         self.fault._plain = False  # its reads go through before_read (QEMU's pin)
         self.fault.before_read = self._before_read
-        self.read_ns = max(1, round(cfg.swap.read_latency_us * 1e3))  # the file's disk
         self.page_kib = 1 << (page_shift - 10)
 
     def start(self) -> None:
@@ -587,7 +603,9 @@ class GuestKernel:
             pfn = yield from self.alloc.alloc(pid)
         mem.flags[pid] = mem.flags.item(pid) | PG_LOCKED
         yield from self._before_read([pfn])
-        yield self.env.timeout(self.read_ns)
+        now = int(self.env.now)
+        done = self.swap.submit(now, write=False, swap_io=False)[0]  # the virtual disk
+        yield self.env.timeout(done - now)
         self.vmstat[PGPGIN] += self.page_kib
         mem.flags[pid] = mem.flags.item(pid) & ~PG_LOCKED
         self.policy.file_add_lru(pfn, shadow, self.swap.nr_free_slots > 0)

@@ -376,14 +376,23 @@ class SwapDevice:
         return pool[pos : pos + n]
 
     def submit(
-        self, now_ns: int, write: bool, n: int = 1, per_mm: int | list[int] = -1
+        self,
+        now_ns: int,
+        write: bool,
+        n: int = 1,
+        per_mm: int | list[int] = -1,
+        *,
+        swap_io: bool = True,
     ) -> list[int]:
         """Queue ``n`` page I/Os at ``now_ns``; return their completion times (FIFO grants).
 
         Counts them (``pswpout``/``pswpin``) for mm ``per_mm``, or ``per_mm[i]`` pages for each
-        mm ``i``. ``blocked_until`` is then when the submitter got its last request tag.
+        mm ``i``, unless ``swap_io`` is false (other I/O to the same device: a guest's file
+        reads on its virtual disk). ``blocked_until`` is then when the submitter got its last
+        request tag.
         """
-        self._count(write, n, per_mm)
+        if swap_io:
+            self._count(write, n, per_mm)
         if self.synchronous:
             self._q[Q_BLOCKED] = now_ns
             return [now_ns] * n
@@ -407,6 +416,14 @@ class SwapDevice:
             self.vmstat.count(item, n, per_mm)
         else:
             self.vmstat.count_per_mm(item, per_mm)
+
+    def share_queue(self, other: SwapDevice) -> None:
+        """Serve this device's requests in ``other``'s queue (one physical device: its
+        servers, request tags and queue scalars), keeping this one's latencies and counters:
+        a guest's virtual disk whose image lies on the host's swap device."""
+        assert self.cfg.queue_depth == other.cfg.queue_depth, "one queue, one depth"
+        assert self.cfg.nr_requests == other.cfg.nr_requests, "one queue, one set of tags"
+        self._servers, self._tags, self._q = other._servers, other._tags, other._q
 
     def in_flight(self, now_ns: int) -> int:
         """Requests holding a tag at ``now_ns`` (submitted, not yet completed)."""
