@@ -65,8 +65,10 @@ def double_paging_figure(runs: list[tuple[str, Run]], title: str = "") -> plt.Fi
     variant (mean over seeds, with their 95% CI)."""
     sns.set_theme(style="whitegrid", context="notebook")
     t = double_paging_table(runs)
+    t["variant"] = t["variant"].str.replace(", ", "\n")
     order = list(dict.fromkeys(t["variant"]))
-    fig, (ax_a, ax_io, ax_w) = plt.subplots(1, 3, figsize=(13, 4.2), constrained_layout=True)
+    wide = 13 if len(order) <= 3 else 17
+    fig, (ax_a, ax_io, ax_w) = plt.subplots(1, 3, figsize=(wide, 4.6), constrained_layout=True)
     sns.barplot(data=t, x="variant", y="accesses/s", order=order, ax=ax_a, color="#4c72b0")
     ax_a.set(xlabel="", title="Guest throughput")
     io = t.groupby("variant", sort=False)[IO].mean()
@@ -129,39 +131,36 @@ def balloon_table(runs: list[tuple[str, Run]]) -> pd.DataFrame:
 
 
 def balloon_figure(runs: list[tuple[str, Run]], title: str = "") -> plt.Figure:
-    """The balloon sizes a manager set over time (first seed of each variant), and each VM's
-    faults at both levels and stall, per variant (mean over seeds)."""
+    """The balloon sizes the manager set over time (the first variant with a manager, first
+    seed), the major faults of all VMs at each level per variant, and each VM's accesses per
+    variant (means over seeds)."""
     sns.set_theme(style="whitegrid", context="notebook")
     t = balloon_table(runs)
     order = list(dict.fromkeys(t["variant"]))
-    fig, (ax_b, ax_f, ax_s) = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True)
-    shown = False
-    seen: set[str] = set()
-    for label, run in runs:
-        if label in seen:
-            continue
-        seen.add(label)
-        s = balloon_series(run)
-        if len(s):
-            for vm, part in s.groupby("vm", sort=False):
-                ax_b.step(part["t_s"], part["balloon MiB"], where="post", label=f"{label}: {vm}")
-            shown = True
-    ax_b.set(xlabel="time (s)", ylabel="balloon (MiB)", title="Balloon size the manager set")
-    if shown:
-        ax_b.legend(fontsize="x-small")
-    f = t.melt(
-        id_vars=["variant", "vm"],
-        value_vars=["host major faults", "guest major faults"],
-        var_name="level",
-        value_name="faults",
-    )
-    f["variant, level"] = f["variant"] + "\n" + f["level"].str.replace(" major faults", "")
-    sns.barplot(data=f, x="vm", y="faults", hue="variant, level", ax=ax_f, errorbar=None)
-    ax_f.set(xlabel="", ylabel="major faults (mean over seeds)", title="Faults at each level")
-    ax_f.legend(fontsize="x-small")
-    sns.barplot(data=t, x="vm", y="stall %", hue="variant", hue_order=order, ax=ax_s)
-    ax_s.set(xlabel="", title="vCPU stall (host faults and exits)")
-    ax_s.legend(fontsize="x-small")
+    fig, (ax_b, ax_f, ax_a) = plt.subplots(1, 3, figsize=(15, 4.4), constrained_layout=True)
+    managed = next(((label, run) for label, run in runs if len(balloon_series(run))), None)
+    if managed is not None:
+        label, run = managed
+        for vm, part in balloon_series(run).groupby("vm", sort=False):
+            ax_b.step(part["t_s"], part["balloon MiB"], where="post", label=str(vm))
+        ax_b.legend(fontsize="small")
+        ax_b.set_title(f"Balloon the manager set ({label})")
+    else:
+        ax_b.set_title("Balloon the manager set (none)")
+    ax_b.set(xlabel="time (s)", ylabel="balloon (MiB)")
+    per_run = t.groupby(["variant", "seed"], sort=False)[
+        ["host major faults", "guest major faults"]
+    ].sum()
+    faults = per_run.groupby("variant", sort=False).mean().loc[order] / 1e6
+    faults.columns = ["host (KVM faults read back)", "guest (its own swap-ins)"]
+    faults.index = [v.replace(" + ", "\n+ ") for v in faults.index]
+    faults.plot.bar(stacked=True, ax=ax_f, rot=0, width=0.7, color=["#c44e52", "#55a868"])
+    ax_f.set(xlabel="", ylabel="major faults, all VMs (millions)", title="Faults at each level")
+    ax_f.legend(fontsize="small")
+    a = t.assign(**{"accesses (millions)": t["accesses"] / 1e6})
+    sns.barplot(data=a, x="vm", y="accesses (millions)", hue="variant", hue_order=order, ax=ax_a)
+    ax_a.set(xlabel="", title="Work done by each VM")
+    ax_a.legend(fontsize="x-small")
     if title:
         fig.suptitle(title, fontsize="medium")
     return fig
