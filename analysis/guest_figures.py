@@ -65,7 +65,9 @@ def double_paging_figure(runs: list[tuple[str, Run]], title: str = "") -> plt.Fi
     variant (mean over seeds, with their 95% CI)."""
     sns.set_theme(style="whitegrid", context="notebook")
     t = double_paging_table(runs)
-    t["variant"] = t["variant"].str.replace(", ", "\n")
+    t["variant"] = (
+        t["variant"].str.replace(", one slow device", "\n1 slow disk").str.replace(", ", "\n")
+    )
     order = list(dict.fromkeys(t["variant"]))
     wide = 13 if len(order) <= 3 else 17
     fig, (ax_a, ax_io, ax_w) = plt.subplots(1, 3, figsize=(wide, 4.6), constrained_layout=True)
@@ -87,6 +89,9 @@ def double_paging_figure(runs: list[tuple[str, Run]], title: str = "") -> plt.Fi
     ax_w.set(xlabel="", ylabel="host I/O (mean over seeds)")
     ax_w.set_title("Host I/O the two levels cause each other")
     ax_w.legend(fontsize="small")
+    for ax in (ax_a, ax_io, ax_w):
+        ax.tick_params(axis="x", labelsize="small")
+    ax_io.legend(fontsize="x-small", loc="upper right")
     if title:
         fig.suptitle(title, fontsize="medium")
     return fig
