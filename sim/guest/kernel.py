@@ -573,13 +573,15 @@ class GuestKernel:
         page gets it at most twice."""
         if len(pids) == 0:
             return
-        mem, policy = self.mem, self.policy
-        uniq, first, counts = np.unique(pids, return_index=True, return_counts=True)
-        for k in np.argsort(first, kind="stable").tolist():
-            pfn = mem.pfn.item(int(uniq[k]))
-            policy.folio_mark_accessed(pfn)
-            if counts[k] > 1:
-                policy.folio_mark_accessed(pfn)
+        pfn, mark = self.mem.pfn, self.policy.folio_mark_accessed
+        reads: dict[int, int] = {}  # page -> its reads, in order of the first
+        for p in pids.tolist():
+            reads[p] = reads.get(p, 0) + 1
+        for p, n in reads.items():
+            f = pfn.item(p)
+            mark(f)
+            if n > 1:
+                mark(f)
 
     def file_fault(self, pid: int) -> Generator[simpy.Event, Any, HostFault]:
         """A read that misses the page cache (``filemap_read`` -> ``filemap_get_pages``): a
