@@ -603,6 +603,10 @@ class GuestKernel:
         pfn = self.alloc.alloc_fast(pid)
         if pfn < 0:
             pfn = yield from self.alloc.alloc(pid)
+        if pfn < 0:  # no frame to be had (nothing left to kill): the read fails
+            del self._file_reads[pid]
+            ev.succeed()
+            return HostFault.WAITED
         mem.flags[pid] = mem.flags.item(pid) | PG_LOCKED
         yield from self._before_read([pfn])
         now = int(self.env.now)
@@ -660,7 +664,8 @@ class GuestKernel:
         mem.check()
         f = mem.flags[: self.nr_vpages]  # the balloon's pages are on no LRU
         resident = ((f & PG_RESIDENT) != 0) & ((f & PG_LOCKED) == 0)  # not being read in
-        assert len(self._file_reads) == int(np.count_nonzero(f[self.nr_anon :] & PG_LOCKED))
+        locked = np.flatnonzero(f[self.nr_anon :] & PG_LOCKED) + self.nr_anon
+        assert all(p in self._file_reads for p in locked.tolist()), "a read nobody waits on"
         on_lru = np.zeros(mem.nr_frames, dtype=np.bool_)
         on_lru[mem.pfn[: self.nr_vpages][resident]] = True
         self.policy.check(on_lru)
