@@ -32,6 +32,7 @@ EXPECTED = {
     ("full model ~5%", "faults handled/s"),
     ("full model ~5%", "fault rate (faults/access)"),
     ("memcg two-list ~1%", "guest accesses/s, host core vs general path"),
+    ("guest kernel ~1%", "guest accesses/s, with a guest kernel vs without"),
     ("replay", "lru accesses/s"),
     ("replay", "opt accesses/s vs our lru"),
     ("replay", "opt accesses/s"),
