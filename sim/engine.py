@@ -166,6 +166,8 @@ class World(Machine):
                 )
                 guest.rmap.on_unmap = partial(_shootdown, vm)
                 guest.on_exit = vm.revoked  # the exited process's steps in flight are cut
+                if self.recorder is not None:
+                    guest.log_evictions(self.recorder.guest_evicted, vm.index)
             self.guests.append(guest)
             vm.guest = guest
             balloon = None

@@ -220,6 +220,7 @@ class Machine:
                 memcg=self.memcg_limits is not None,
                 files=self.file_pages > 0,
                 kinds=self.fault_kinds,
+                guests=guests,
             )
         self.rmap = Rmap(mem, mms, vmstat)
         self.vmscan = Vmscan(mem, self.swap, self.rmap, mms, now, schedule, vmstat, self.recorder)

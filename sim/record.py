@@ -75,6 +75,21 @@ FAULTS_SCHEMA = pa.schema(
     ]
 )
 
+GUEST_EVICTIONS_SCHEMA = pa.schema(
+    [
+        ("t_ns", pa.int64()),
+        ("vm", pa.dictionary(pa.int16(), pa.string())),
+        ("gfn", pa.int64()),
+        ("page", pa.int64()),
+        ("type", pa.dictionary(pa.int8(), pa.string())),
+        ("dirty", pa.bool_()),
+    ]
+)
+"""A guest kernel's evictions (``vms[].guest``), at its own level: the guest unmapped an anon
+page to swap it (``type`` anon; ``page`` its number in the process) or dropped a page-cache
+page (``type`` file; ``page`` its offset in the file); ``gfn`` the frame it leaves."""
+GUEST_EVICTION_TYPES = ("anon", "file")
+
 TIMELINE_VM_COLUMNS = [
     "resident_pages",
     "swapped_pages",
@@ -283,13 +298,21 @@ class Recorder:
         memcg: bool = False,
         files: bool = False,
         kinds: Sequence[str] = FAULT_KINDS,
+        guests: bool = False,
     ) -> None:
         self.outdir, self.vm_base, self.mem = outdir, vm_base, mem
         self.chunk_rows = chunk_rows
-        labels = {"vm": list(vm_names), "policy": [policy], "kind": list(kinds)}
+        labels = {
+            "vm": list(vm_names),
+            "policy": [policy],
+            "kind": list(kinds),
+            "type": list(GUEST_EVICTION_TYPES),
+        }
         self._kind_code = {k: i for i, k in enumerate(kinds)}
         self.tables: dict[str, Table] = {}
         schemas = {**TABLES, "timeline": timeline_schema(memcg, files)}
+        if guests and enabled.get("evictions", True):  # the guest kernels' own evictions
+            schemas["guest_evictions"] = GUEST_EVICTIONS_SCHEMA
         for name, schema in schemas.items():
             if enabled.get(name, True):
                 path = outdir / (
@@ -297,6 +320,7 @@ class Recorder:
                 )
                 self.tables[name] = Table(path, schema, labels, chunk_rows)
         self.ev = self.tables.get("evictions")
+        self.gev = self.tables.get("guest_evictions")
         self.fl = self.tables.get("faults")
         self.tl = self.tables.get("timeline")
         # one bit per page: evicted, its fault not seen yet (its stamp slot holds the row)
@@ -464,6 +488,29 @@ class Recorder:
             self.tl.append(t_ns, vm, *vals, *host)
 
     # -- finish ------------------------------------------------------------------------------
+    def guest_evicted(
+        self,
+        t_ns: int,
+        vm: int,
+        gfns: NDArray[np.int64],
+        pages: NDArray[np.int64],
+        file: bool,
+        dirty: NDArray[np.bool_],
+    ) -> None:
+        """A guest kernel evicted pages of VM ``vm`` (its own level; see
+        ``GUEST_EVICTIONS_SCHEMA``)."""
+        n = len(gfns)
+        if self.gev is None or n == 0:
+            return
+        self.gev.extend(
+            t_ns=np.full(n, t_ns, dtype=np.int64),
+            vm=np.full(n, vm, dtype=np.int64),
+            gfn=np.asarray(gfns, dtype=np.int64),
+            page=np.asarray(pages, dtype=np.int64),
+            type=np.full(n, int(file), dtype=np.int64),
+            dirty=np.asarray(dirty, dtype=np.bool_),
+        )
+
     def close(self) -> dict[str, int]:
         """Write everything, fill in the evictions' next access; return row counts."""
         counts = {name: t.close() for name, t in self.tables.items()}

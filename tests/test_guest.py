@@ -157,6 +157,32 @@ def test_guest_faults_are_logged_at_the_guest_level(tmp_path: Any) -> None:
     # every guest fault once, at its own level (one may be in flight at the end)
     assert g["pgfault"] - 1 <= kinds.str.startswith("guest_").sum() <= g["pgfault"]
     assert (kinds == "guest_major").sum() <= g["pgmajfault"]
+    # the guest's evictions have their own table; the host's log has only the host's
+    gev = pd.read_parquet(out / "guest_evictions.parquet")
+    assert set(gev["type"].astype(str)) == {"anon"}
+    assert g["pswpout"] <= len(gev) <= g["pswpout"] + 64  # unmapped, then written
+    assert gev["gfn"].between(0, 8 * 256 - 1).all()
+    assert gev["page"].between(0, 12 * 256 - 1).all()
+
+
+def test_the_guest_page_cache_drops_are_logged_at_the_guest_level(tmp_path: Any) -> None:
+    import json
+
+    import pandas as pd
+
+    from sim.engine import run_scenario
+
+    raw = _raw(host_mib=32, ram_mib=4, footprint_mib=1, file_mib=8)
+    raw["vms"][0]["guest"]["swap"] = {"read_latency_us": 10}
+    raw["duration_s"] = 0.3
+    out = tmp_path / "out"
+    run_scenario(parse_scenario(raw), out)
+    g = json.loads((out / "summary.json").read_text())["vms"][0]["guest"]
+    gev = pd.read_parquet(out / "guest_evictions.parquet")
+    files = gev[gev["type"].astype(str) == "file"]
+    assert len(files) == g["pgsteal_file"] > 0  # each drop once, where the guest counts it
+    assert not files["dirty"].any()
+    assert files["page"].between(0, 8 * 256 - 1).all()
 
 
 @pytest.mark.parametrize(

@@ -241,6 +241,28 @@ class GuestRmap(Rmap):
             self.on_unmap(pids)
 
 
+GuestLog = Callable[[int, int, "Pfns", "Pfns", bool, NDArray[np.bool_]], None]
+
+
+class _GuestEvictionLog:
+    """The guest's reclaim as an eviction sink: the anon pages it unmaps for swap-out are
+    logged at the guest's level (``guest_evictions``), not in the host's eviction log."""
+
+    def __init__(self, log: GuestLog, vm: int) -> None:
+        self.log, self.vm = log, vm
+
+    def evicted(
+        self,
+        t_ns: int,
+        pids: NDArray[np.int32],
+        pfns: Pfns,
+        dirty: NDArray[np.bool_],
+        scans: NDArray[np.uint8],
+    ) -> None:
+        """Anon pages ``pids`` left gfns ``pfns``."""
+        self.log(t_ns, self.vm, pfns, pids.astype(np.int64), False, dirty)
+
+
 class GuestVmscan(Vmscan):
     """The guest's side of reclaim: as the host's, but a swap write of a gfn the host has
     swapped out must first bring it back on the host (double paging)."""
@@ -274,8 +296,12 @@ class GuestVmscan(Vmscan):
         on to read one of them is cut there (it must read it again)."""
         pids = self.mem.frame_pid[pfns]
         super().remove_file_folios(pfns, sc)
-        if self.guest.rmap.on_unmap is not None and len(pids):
-            self.guest.rmap.on_unmap(pids)
+        g = self.guest
+        if g.rmap.on_unmap is not None and len(pids):
+            g.rmap.on_unmap(pids)
+        if isinstance(self.sink, _GuestEvictionLog) and len(pids):
+            clean = np.zeros(len(pids), dtype=np.bool_)
+            self.sink.log(self.now(), self.sink.vm, pfns, pids - g.nr_anon, True, clean)
 
     def _double_paged(self, pid: int, pfn: int) -> ProcessGen:
         """One swap write whose gfn the host must read back first."""
@@ -412,6 +438,11 @@ class GuestKernel:
         self.fault._plain = False  # its reads go through before_read (QEMU's pin)
         self.fault.before_read = self._before_read
         self.page_kib = 1 << (page_shift - 10)
+
+    def log_evictions(self, log: GuestLog, vm: int) -> None:
+        """Log this guest's evictions (anon swapped out, page cache dropped) through ``log``
+        (the recorder's ``guest_evicted``) as VM ``vm``'s."""
+        self.vmscan.sink = _GuestEvictionLog(log, vm)  # type: ignore[assignment]
 
     def start(self) -> None:
         """Start the guest's kswapd, and its jobs if the process is a batch job."""
