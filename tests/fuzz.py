@@ -115,6 +115,7 @@ GUESTS: list[Any] = [
     {"footprint_mib": 100, "file_mib": 200},
     {"footprint_mib": 300, "file_mib": 32, "disk": "host_swap"},
     {"disk": "nfs"},
+    {"footprint_mib": 64, "shuffle": True},
     {"file_mib": -1},
     {"job": {"run_s": 0}},
     {"job": {"idle_s": 1}},

@@ -401,3 +401,31 @@ def test_every_guest_mechanism_together_keeps_every_invariant(
     raw["vms"].append({"name": "plain", "memory_mib": 4, "access_rate_per_s": 500_000})
     w = _world(raw)
     w.summary(0.0)
+
+
+def test_a_shuffled_guest_defeats_the_hosts_swap_readahead() -> None:
+    """Decayed swap sequentiality: a sequential scan by the guest process is sequential on the
+    host only if the guest's frames are handed out in order."""
+
+    def readahead(shuffle: bool) -> tuple[int, int]:
+        raw = _raw(host_mib=6, ram_mib=10, footprint_mib=8, shuffle=shuffle)
+        raw["vms"][0].update(workload={"type": "scan"}, working_set_mib=8)
+        raw["swap"] = {"size_mib": 64, "latency_cv": 0.0, "page_cluster": 3}
+        raw["duration_s"] = 0.2
+        w = _world(raw)
+        return w.vmstat["swap_ra"], w.vmstat["swap_ra_hit"]
+
+    ra, hit = readahead(False)
+    assert ra > 1000
+    assert hit > 0.9 * ra  # neighbouring gfns are the next pages of the scan
+    _, hit_s = readahead(True)
+    assert hit_s < 0.1 * hit  # scattered: nothing worth reading ahead
+
+
+def test_shuffle_puts_every_frame_on_the_free_stack_in_random_order() -> None:
+    w = build_world(parse_scenario(_raw(32, 8, 4, shuffle=True)), None)
+    g = w.vms[0].guest
+    free = g.mem.free_list()
+    assert sorted(free.tolist()) == list(range(g.nr_gfns))
+    assert (np.diff(free.astype(np.int64)) != -1).any()  # not in order
+    g.mem.check()

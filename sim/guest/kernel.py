@@ -182,6 +182,13 @@ class GuestConfig(Strict):
         "cache (read(): no pte; clean pages dropped by reclaim and read again): the "
         "workload's pages are footprint_mib of anonymous memory, then this file.",
     )
+    shuffle: bool = Field(
+        False,
+        description="Start the guest's free memory in random order (page_alloc.shuffle=1; or "
+        "a guest that has run long enough for its free lists to be in no useful order): its "
+        "process's neighbouring pages then sit on scattered gfns (off: a fresh boot, whose "
+        "first allocations take frames in order).",
+    )
     disk: Literal["own", "host_swap"] = Field(
         "own",
         description="Where the virtual disk's I/O is served: own (its own queue, as if on a "
@@ -369,6 +376,8 @@ class GuestKernel:
             file_base=self.nr_anon,
         )
         self._file_reads: dict[int, simpy.Event] = {}  # page-cache reads in flight
+        if cfg.shuffle:
+            mem.shuffle_free(np.random.default_rng(rng.integers(2**63)))
         self._balloon_slots = list(range(nr_gfns - 1, -1, -1))  # free balloon page ids
         self.idle_until = 0  # between jobs: the vCPUs halt until then (ns)
         self.on_exit: Callable[[], None] | None = None  # the process's pages were freed

@@ -222,6 +222,14 @@ class HostMemory:
         self.frame_pid[pfn] = POOL_FRAME
         return pfn
 
+    def shuffle_free(self, rng: np.random.Generator) -> None:
+        """Put every frame on the free stack in a random order (nothing may be allocated yet):
+        ``shuffle_free_memory`` at boot (``page_alloc.shuffle``), or a stand-in for a kernel
+        that has run long enough for its free lists to hold frames in no useful order."""
+        assert self.nr_free == self.nr_frames and self._nr_freed == 0, "shuffle at boot only"
+        self._push_free(self.nr_frames)[:] = rng.permutation(self.nr_frames).astype(np.uint32)
+        self._next = self.nr_frames
+
     def _take_frame(self) -> int:
         """One free frame off the free stack (most recently freed first), else a fresh one."""
         assert self.nr_free > 0, "no free frame to take"
