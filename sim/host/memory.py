@@ -226,7 +226,8 @@ class HostMemory:
         """Put every frame on the free stack in a random order (nothing may be allocated yet):
         ``shuffle_free_memory`` at boot (``page_alloc.shuffle``), or a stand-in for a kernel
         that has run long enough for its free lists to hold frames in no useful order."""
-        assert self.nr_free == self.nr_frames and self._nr_freed == 0, "shuffle at boot only"
+        assert self.nr_free == self.nr_frames, "shuffle at boot only"
+        assert self._nr_freed == 0, "shuffle at boot only"
         self._push_free(self.nr_frames)[:] = rng.permutation(self.nr_frames).astype(np.uint32)
         self._next = self.nr_frames
 
