@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from types import FrameType
+from typing import Any
 
 __all__ = [
     "Interrupted",
@@ -78,15 +79,23 @@ def signals_as_interrupts() -> Iterator[None]:
             _pending.append(signum)
             raise Interrupted(signum)
 
+    def unraisable(u: Any) -> None:
+        # raised into a finalizer or a callback (an import's lock clean-up), Python drops the
+        # exception and prints it: it is remembered in _pending and raised again, not an error
+        if not isinstance(u.exc_value, Interrupted):
+            previous_hook(u)
+
     previous = {
         s: signal.signal(s, handler) for s in CAUGHT if signal.getsignal(s) is not signal.SIG_IGN
     }
+    previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
         checkpoint()  # the block ended although a signal came: its exception was lost
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        sys.unraisablehook = previous_hook
         _pending.clear()
 
 

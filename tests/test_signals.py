@@ -288,3 +288,32 @@ def test_killing_a_dask_local_sweep_leaves_no_worker(tmp_path: Path) -> None:
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait() == -signal.SIGKILL
         _wait_gone(tag, started)
+
+
+class _SignalsInDel:
+    """An object whose finalizer is interrupted by a signal (Python drops what __del__
+    raises and prints it as "Exception ignored")."""
+
+    def __del__(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.5)  # interrupted at once by the handler's exception
+
+
+def _finalize_during_a_signal() -> None:
+    obj = _SignalsInDel()
+    del obj  # the handler raises inside __del__, where the exception is dropped
+
+
+def test_a_signal_lost_in_a_finalizer_is_silent_and_raised_again(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    pytests_hook = sys.unraisablehook
+    sys.unraisablehook = sys.__unraisablehook__  # Python's own: prints "Exception ignored"
+    try:
+        with pytest.raises(KeyboardInterrupt) as info, signals_as_interrupts():
+            _finalize_during_a_signal()
+        assert sys.unraisablehook is sys.__unraisablehook__  # restored
+    finally:
+        sys.unraisablehook = pytests_hook
+    assert isinstance(info.value, Interrupted)
+    assert "Exception ignored" not in capfd.readouterr().err
