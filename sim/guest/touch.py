@@ -66,7 +66,7 @@ def first_fault(spte: NDArray[np.uint8], idx: NDArray[np.int64], start: int, end
 
 
 @numba.njit(cache=True, nogil=True)
-def _guest_present(f: np.uint8, v: int, file_base: int) -> bool:
+def guest_present(f: np.uint8, v: int, file_base: int) -> bool:
     """An anon page is reachable through its guest pte; a page of the file the process reads
     (pages from ``file_base`` on) while its folio is in the page cache and not being read."""
     if v < file_base:
@@ -91,7 +91,7 @@ def guest_translate(
     hits' (:func:`guest_mark`)."""
     for p in range(start, end):
         v = vpages[p]
-        if not _guest_present(gflags[v], v, file_base):
+        if not guest_present(gflags[v], v, file_base):
             return p
         gfns[p] = gpfn[v]
     return end
@@ -123,6 +123,6 @@ def guest_first_unmapped(
     or its page-cache folio dropped), or ``end``."""
     for p in range(start, end):
         v = vpages[p]
-        if not _guest_present(gflags[v], v, file_base):
+        if not guest_present(gflags[v], v, file_base):
             return p
     return end

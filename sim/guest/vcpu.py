@@ -68,12 +68,13 @@ from sim.guest.touch import (
     first_fault,
     guest_first_unmapped,
     guest_mark,
+    guest_present,
     guest_translate,
 )
 from sim.guest.workloads import AccessStream
 from sim.host.fault import HostFault, HostFaultHandler
 from sim.host.kswapd import ProcessGen
-from sim.host.memory import PTE_PRESENT, HostMemory
+from sim.host.memory import HostMemory
 from sim.kvm.fault import FaultSink, fault_done, kvm_fault_nowait, kvm_page_fault
 from sim.kvm.spte import is_hit
 from sim.kvm.vm import Vm
@@ -351,8 +352,7 @@ class Vcpu:
                 if guest.dead or guest.idle_until > env.now:  # killed, or its job exited
                     continue
                 vp = vpages.item(pos)
-                f = gflags.item(vp)
-                if not (f & PTE_PRESENT if vp < fbase else (f & 0x60) == 0x40):  # guest fault
+                if not guest_present(gflags[vp], vp, fbase):  # the guest's own page fault
                     if not self._guest_resolve(pos, 0, vpages, writes):
                         yield from self._guest_fault(pos, vpages, writes)
                         woken = True
