@@ -513,14 +513,13 @@ class GuestKernel:
         self._oom_notifiers.append(fn)
 
     def _balloon_take(self) -> int:
-        """One free frame for the balloon, or -1: above the low watermark, else (kswapd woken)
-        above min."""
-        mem = self.mem
-        if mem.nr_free <= mem.wmark.low:
-            self.kswapd.wakeup()
-            if mem.nr_free <= mem.wmark.min:
-                return -1
-        return mem.alloc_frame(self.nr_vpages + self._balloon_slots.pop())  # past the file
+        """One free frame for the balloon from the allocator's fast path (above the low
+        watermark, else kswapd woken and above min), or -1."""
+        slot = self._balloon_slots.pop()
+        pfn = self.alloc.alloc_fast(self.nr_vpages + slot)  # the balloon's pages: past the file
+        if pfn < 0:
+            self._balloon_slots.append(slot)
+        return pfn
 
     def balloon_alloc(self, n: int) -> Generator[simpy.Event, Any, NDArray[np.int64]]:
         """``balloon_page_alloc`` up to ``n`` times (``fill_balloon``'s loop): each page takes
