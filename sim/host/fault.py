@@ -138,6 +138,10 @@ class HostFaultHandler:
         # a guest kernel's handler: the I/O buffers of its disk reads are guest RAM that QEMU
         # pins on the host before the read (sim/guest/kernel.py); None on the host
         self.before_read: Callable[[list[int]], Iterator[simpy.Event]] | None = None
+        # a guest kernel's handler whose disk is read through the host page cache: reads the
+        # given pages (their swap-in and readahead, one request) and counts them (``pswpin``);
+        # None: reads go to the swap device
+        self.disk_read: Callable[[list[int]], Iterator[simpy.Event]] | None = None
 
     def is_refault(self, pid: int) -> bool:
         """The page was evicted since its last fault: touched (it has a frame or a swap copy)
@@ -341,13 +345,16 @@ class HostFaultHandler:
             ahead = yield from self._swapin_readahead(pid, mm)
         if self.before_read is not None:
             yield from self.before_read([pfn] + [a[1] for a in ahead])
-        now = self.env.now
-        swap = self.swap
-        if ahead or swap.zram or swap.zswap is not None:
-            t_done = self._swap_read_folio(pid, mm, now, ahead)
-        else:  # a plain read from the device
-            t_done = swap.submit(now, write=False, per_mm=mm.index)[0]
-        yield self.env.timeout(t_done - now)
+        if self.disk_read is not None:
+            yield from self._read_disk(pid, ahead)
+        else:
+            now = self.env.now
+            swap = self.swap
+            if ahead or swap.zram or swap.zswap is not None:
+                t_done = self._swap_read_folio(pid, mm, now, ahead)
+            else:  # a plain read from the device
+                t_done = swap.submit(now, write=False, per_mm=mm.index)[0]
+            yield self.env.timeout(t_done - now)
         flags[pid] = flags.item(pid) & ~PG_LOCKED
         if mm.dead:
             self._drop(pid, pfn)
@@ -365,6 +372,19 @@ class HostFaultHandler:
         if self.cluster_ra is not None:
             return (yield from self._swap_cluster_readahead(pid))
         return (yield from self._swap_vma_readahead(pid, mm))
+
+    def _read_disk(self, pid: int, ahead: list[tuple[int, int, int]]) -> ProcessGen:
+        """The faulting page's read with its readahead through :attr:`disk_read` (one
+        request, in address order, ``swap_ra`` counted): the pages read ahead are locked
+        until it ends, then each completes as :meth:`_readahead_done`."""
+        assert self.env is not None
+        assert self.disk_read is not None
+        for p, _, _ in ahead:
+            self._ra_wait[p] = self.env.event()
+        self.vmstat[_SWAP_RA] += len(ahead)
+        yield from self.disk_read(sorted([pid, *(p for p, _, _ in ahead)]))
+        for p, pfn, shadow in ahead:
+            self._readahead_done(p, pfn, shadow, None)
 
     def _swap_read_folio(
         self, pid: int, mm: Mm, now: int, ahead: list[tuple[int, int, int]]
@@ -539,7 +559,7 @@ class HostFaultHandler:
             ev.callbacks.append(partial(self._readahead_done, p, pfn, shadow))
         return done[pid]
 
-    def _readahead_done(self, pid: int, pfn: int, shadow: int, _event: simpy.Event) -> None:
+    def _readahead_done(self, pid: int, pfn: int, shadow: int, _event: simpy.Event | None) -> None:
         """A readahead read ended (``swap_read_folio`` completion): unlock the folio and put it
         on the LRU, unmapped, in the swap cache (``shadow`` is its workingset refault
         information); a folio of an mm that exited meanwhile is freed with its slot."""
