@@ -175,7 +175,14 @@ def estimate_run(sc: Scenario, trace_accesses: dict[str, int] | None = None) -> 
         "zswap LRU": ZSWAP_ENTRY_BYTES * min(pages, sc.host.pages(sc.swap.size_mib)) * zswap,
         "memcg lruvecs": frames
         * MGLRU_LRUVEC_FRAME_BYTES
-        * (len(vms) - 1 + any(hf.memcg is None for hf in sc.file_sections()))  # + the root's
+        * (
+            len(vms)
+            - 1
+            + (
+                any(hf.memcg is None for hf in sc.file_sections())
+                or any(vms[i][1].memcg is None for i, _ in sc.disk_images())
+            )
+        )  # + the root's
         * (policy == "mglru" and any(cfg.memcg is not None for _, cfg in vms)),
         "base": RUN_BASE,
     }
@@ -192,6 +199,7 @@ def estimate_run(sc: Scenario, trace_accesses: dict[str, int] | None = None) -> 
             if cfg.guest is not None
         )
     file_pages = sum(sc.host.pages(hf.size_mib) for hf in sc.file_sections())
+    file_pages += sum(n for _, n in sc.disk_images())  # cache=writeback disk images
     if file_pages:  # page-cache pids: flags, pfn or shadow, dirtied-at stamp
         parts["page cache"] = FILE_PAGE_BYTES * file_pages
     prefaulted = [cfg for _, cfg in vms if cfg.prefault]

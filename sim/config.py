@@ -670,6 +670,16 @@ class Scenario(_MemcgOptional):
                 f"vms[{shared}].guest.disk: host_swap needs a disk swap device, not zram; "
                 "set guest.disk: own or swap.device: disk"
             )
+        cached = next(
+            (i for i, vm in enumerate(self.vms) if vm.guest and vm.guest.disk_cache != "none"),
+            None,
+        )
+        if cached is not None and self.reclaim.policy not in ("two_list", "mglru"):
+            raise ValueError(
+                f"vms[{cached}].guest.disk_cache: the host page cache holding the disk image "
+                "is modelled for reclaim.policy two_list or mglru only; set one of those or "
+                "disk_cache: none"
+            )
         if self.vms[i].prefault:
             raise ValueError(
                 f"vms[{i}].prefault: not modelled with a guest kernel (the steady state "
@@ -746,6 +756,16 @@ class Scenario(_MemcgOptional):
                     f"{where}: {mib} is not a multiple of the {unit} MiB page "
                     f"(host.page_size_kib: {self.host.page_size_kib}); use {fix}"
                 )
+
+    def disk_images(self) -> list[tuple[int, int]]:
+        """The VMs whose virtual disk's image is read and written through the host page cache
+        (``guest.disk_cache`` other than none), as (VM index, image pages: the guest's swap
+        area with its header page, then the guest's file), in VM order."""
+        return [
+            (i, self.host.pages(vm.guest.swap.size_mib) + 1 + self.host.pages(vm.guest.file_mib))
+            for i, (_, vm) in enumerate(self.vm_list())
+            if vm.guest is not None and vm.guest.disk_cache != "none"
+        ]
 
     def vm_list(self) -> list[tuple[str, VmConfig]]:
         """Every VM (profiles expanded by ``count``), in order."""

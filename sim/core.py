@@ -1045,7 +1045,7 @@ def general_path_reason(sc: Scenario) -> str | None:
     reasons = []
     if not fast.enabled("host_core"):
         reasons.append("turned off by MEMSIM_FAST / MEMSIM_FAST_DISABLE")
-    if sc.file_sections():
+    if sc.file_sections() or sc.disk_images():
         reasons.append("host page cache")
     if sc.kvm.mmu == "shadow" and sc.kvm.shadow_sptes_per_gfn > 1:
         reasons.append("shadow paging with several sptes per gfn")

@@ -24,13 +24,14 @@ import simpy
 from simpy.core import StopSimulation
 from simpy.events import NORMAL
 
-from sim.config import Scenario
+from sim.config import HostFilesConfig, Scenario
 from sim.core import core_for
 from sim.costs import CostModel
 from sim.guest.balloon import VirtioBalloon
 from sim.guest.kernel import GuestKernel
 from sim.guest.page_reporting import PageReporting, check_discarded
 from sim.guest.vcpu import Vcpu
+from sim.guest.vdisk import DiskImage
 from sim.guest.workloads import AccessStream, TraceConfig
 from sim.host.fault import HostFaultHandler
 from sim.host.filemap import FileReader
@@ -49,6 +50,11 @@ from sim.results import staged, write_manifest
 from sim.tails import FaultLatencies, VcpuTime
 
 __all__ = ["RunResult", "World", "default_outdir", "rng_for", "run_scenario"]
+
+
+# the flusher's period and expiry for disk images: the kernel's defaults (vm.dirty_*_centisecs)
+_DEFAULT_WRITEBACK_MS = HostFilesConfig.model_fields["dirty_writeback_ms"].default
+_DEFAULT_EXPIRE_MS = HostFilesConfig.model_fields["dirty_expire_ms"].default
 
 
 def _shootdown(vm: Any, _pids: Any) -> None:
@@ -91,7 +97,8 @@ class World(Machine):
         self.oom_kills = self.oom.kills
 
         files = sc.file_sections()
-        file_owners = slice(len(self.vms), len(self.vms) + len(files))  # the files' pseudo-mms
+        images = sc.disk_images()  # the guests' disk images, files after those
+        file_owners = slice(len(self.vms), len(self.vms) + len(files) + len(images))
 
         def reclaimable() -> int:  # zone_reclaimable_pages: file pages; anon if swap has room
             lru = mem.nr_frames - mem.nr_free - mem.nr_pool  # the compressed pool is not on it
@@ -102,6 +109,7 @@ class World(Machine):
         self.alloc = PageAllocator(env, mem, self.kswapd, direct, vmstat, self.oom, reclaimable)
         names = [name for name, _ in vms]
         readers = [names.index(hf.memcg) for hf in files if hf.memcg is not None]
+        readers += [i for i, _ in images]  # QEMU's task adding image folios
         if self.memcg_limits is not None:  # the VMs' memcgs: charging, limits, protection
             self.memcg = MemCgroups(
                 env,
@@ -222,7 +230,7 @@ class World(Machine):
             self.mom_vms = [i for i, _ in managed]
         self.file_readers: list[FileReader] = []
         dirty = None
-        if files:  # the node's dirty limits: balance_dirty_pages, background write-back
+        if files or images:  # the node's dirty limits: balance_dirty_pages, background write-back
             dirty = DirtyControl(
                 mem,
                 dirty_ratio=sc.host.dirty_ratio,
@@ -271,8 +279,35 @@ class World(Machine):
                     dirty=dirty,
                 )
             )
+        self.disk_images: list[DiskImage] = []
+        for k, (i, nr_image_pages) in enumerate(images):
+            guest = self.guests[i]
+            assert guest is not None
+            image = DiskImage(
+                env,
+                mem,
+                self.alloc,
+                policy,  # type: ignore[arg-type]
+                swap,
+                vmstat,
+                disk=guest.swap,
+                page_kib=sc.host.page_size_kib,
+                vmscan=self.vmscan,
+                schedule=self._schedule,
+                dirty_writeback_ns=round(_DEFAULT_WRITEBACK_MS * 1e6),
+                dirty_expire_ns=round(_DEFAULT_EXPIRE_MS * 1e6),
+                base=int(self.file_base[len(files) + k]),
+                nr_pages=nr_image_pages,
+                owner=self.mms[i],
+                copy_ns=self.costs.clear_page_ns,
+                writethrough=guest.cfg.disk_cache == "writethrough",
+                memcg=self.memcg if self.memcg_limits is not None else None,
+                dirty=dirty,
+            )
+            guest.attach_image(image)
+            self.disk_images.append(image)
         if dirty is not None:
-            dirty.readers = self.file_readers
+            dirty.readers = [*self.file_readers, *self.disk_images]
         if any(cfg.prefault for _, cfg in vms):
             from sim.prefault import prefault
 
@@ -377,6 +412,8 @@ class World(Machine):
             self.env.process(reader.run())
             if hf.write_ratio > 0:
                 self.env.process(reader.flusher())
+        for image in self.disk_images:
+            self.env.process(image.flusher())
         if self.recorder is not None and self.recorder.tl is not None:
             self.env.process(self._sampler())
 

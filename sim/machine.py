@@ -144,7 +144,10 @@ class Machine:
         self.vm_base = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
         nr_vm_pages = int(sizes.sum())
         # the host page cache: each file a pseudo-mm, pids after every VM's (sim/host/filemap.py)
+        # then the guests' disk images opened with cache=writeback (sim/guest/vdisk.py)
+        images = sc.disk_images()
         files = [sc.host.pages(hf.size_mib) for hf in sc.file_sections()]
+        files += [n for _, n in images]
         self.file_pages = sum(files)
         self.file_base = (nr_vm_pages + np.concatenate(([0], np.cumsum(files)[:-1]))).astype(
             np.int64
@@ -166,7 +169,8 @@ class Machine:
             self.memcg_limits = MemcgLimits.from_configs(
                 [cfg.memcg for cfg in cfgs],
                 sc.host.pages(1024) / 1024,
-                [None if hf.memcg is None else names.index(hf.memcg) for hf in sc.file_sections()],
+                [None if hf.memcg is None else names.index(hf.memcg) for hf in sc.file_sections()]
+                + [None if cfgs[i].memcg is None else i for i, _ in images],
             )
             nr_memcgs = self.memcg_limits.nr_memcgs
         self.memcg: MemCgroups | None = None  # the process side, made by the watermark world

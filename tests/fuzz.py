@@ -119,6 +119,11 @@ GUESTS: list[Any] = [
     {"file_mib": -1},
     {"job": {"run_s": 0}},
     {"job": {"idle_s": 1}},
+    {"footprint_mib": 300, "file_mib": 32, "disk_cache": "writeback"},
+    {"footprint_mib": 300, "disk_cache": "writethrough", "disk": "host_swap"},
+    {"footprint_mib": 300, "disk_cache": "writeback", "swap": {"size_mib": 8, "page_cluster": 3}},
+    {"disk_cache": "unsafe"},
+    {"disk_cache": None},
     None,
     "x",
 ]

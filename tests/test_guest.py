@@ -226,6 +226,7 @@ def test_guest_needs_watermark_reclaim_and_no_guest_tlb() -> None:
     mmu=st.sampled_from(["tdp", "shadow"]),
     apf=st.sampled_from([0.0, 0.5]),
     file_mib=st.sampled_from([0, 4]),
+    disk_cache=st.sampled_from(["none", "writeback", "writethrough"]),
     seed=st.integers(0, 50),
 )
 def test_every_invariant_holds_at_both_levels(
@@ -238,6 +239,7 @@ def test_every_invariant_holds_at_both_levels(
     mmu: str,
     apf: float,
     file_mib: int,
+    disk_cache: str,
     seed: int,
 ) -> None:
     raw = _raw(
@@ -247,6 +249,7 @@ def test_every_invariant_holds_at_both_levels(
         reclaim={"policy": policy},
         swap={"size_mib": 64, "page_cluster": cluster},
         file_mib=file_mib,
+        disk_cache=disk_cache,
     )
     raw["seed"] = seed
     raw["duration_s"] = 0.03
@@ -353,6 +356,7 @@ def test_a_virtual_disk_on_the_host_swap_device_shares_its_queue() -> None:
     file_mib=st.sampled_from([0, 3]),
     guest_swap=st.sampled_from([0, 16]),
     disk=st.sampled_from(["own", "host_swap"]),
+    disk_cache=st.sampled_from(["none", "writeback", "writethrough"]),
     job=st.booleans(),
     target=st.one_of(st.none(), st.integers(1, 10)),
     reporting=st.booleans(),
@@ -367,6 +371,7 @@ def test_every_guest_mechanism_together_keeps_every_invariant(
     file_mib: int,
     guest_swap: int,
     disk: str,
+    disk_cache: str,
     job: bool,
     target: int | None,
     reporting: bool,
@@ -374,10 +379,10 @@ def test_every_guest_mechanism_together_keeps_every_invariant(
     memcg: bool,
 ) -> None:
     """Guest reclaim, a page cache, jobs, the balloon with MOM and free page reporting, a
-    shared disk and a memcg at once: a run ends without error and every invariant of both
-    levels holds throughout (a stale file-read registry once broke it: a read waits for its
-    frame before it locks it)."""
-    raw = _raw(host_mib, ram_mib, footprint, file_mib=file_mib, disk=disk)
+    shared disk, its image in the host page cache and a memcg at once: a run ends without
+    error and every invariant of both levels holds throughout (a stale file-read registry once
+    broke it: a read waits for its frame before it locks it)."""
+    raw = _raw(host_mib, ram_mib, footprint, file_mib=file_mib, disk=disk, disk_cache=disk_cache)
     raw.update(seed=seed, duration_s=0.1)
     g = raw["vms"][0]["guest"]
     g["swap"] = {"size_mib": guest_swap, "read_latency_us": 10}

@@ -43,20 +43,27 @@ Models
 Kernel reference
     The host modules it reuses (page allocator, kswapd, vmscan, rmap, swap, fault); QEMU
     hw/block/virtio-blk.c and ``dma_blk_io`` (guest RAM read and written through QEMU's
-    mapping).
+    mapping); with ``disk_cache``, QEMU block/file-posix.c and the host page cache
+    (sim/guest/vdisk.py).
 
 Counting
     Guest events are counted in the guest's own vmstat (``pgfault``, ``pswpin``, ``pgscan_*``:
-    what the guest's /proc/vmstat shows), host events in the host's. The VSwapper events are
-    memsim's counters, counted once here, per VM.
+    what the guest's /proc/vmstat shows), host events in the host's (with ``disk_cache``, the
+    image's ``pgpgin``, ``pgpgout``, ``nr_dirtied``, ``nr_written`` and file workingset
+    events). The VSwapper events and ``disk_cache_hits`` (guest disk pages read from the host
+    page cache) are memsim's counters, counted once here, per VM.
 
 Simplifications
     One guest process; its file is read-only (no dirty page cache, no flushers) and read with
     ``read()`` (no mmap); no guest memcg, no zram or zswap in the guest. Guest kswapd's CPU
     is not taken from the workload's vCPUs (a guest with a spare vCPU); guest direct reclaim
-    stalls the faulting vCPU. The virtual
-    disk's queue is its own (not shared with the host's swap device, nor with the host page
-    cache).
+    stalls the faulting vCPU. The virtual disk's queue is its own or, with ``disk:
+    host_swap``, the host swap device's. Its image bypasses the host page cache (QEMU's
+    ``cache=none``: ``BDRV_O_NOCACHE``, O_DIRECT) unless ``disk_cache`` is writeback or
+    writethrough: then every guest read and write is QEMU's ``preadv``/``pwritev`` on a host
+    file (sim/guest/vdisk.py), a swapped page's place in it being its slot (so the guest's
+    swap slots get identities), and a guest swap write completes when QEMU's write does, not
+    at the device's latency.
 
 Invariants
     Every guest page is in exactly one guest state (never touched, mapped to a gfn, in the
@@ -75,7 +82,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import simpy
 from numpy.typing import NDArray
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from sim.costs import CostModel, CostsConfig
 from sim.host.fault import HostFault, HostFaultHandler
@@ -100,13 +107,14 @@ from sim.host.page_alloc import PageAllocator
 from sim.host.rmap import Rmap
 from sim.host.swap import SwapConfig, SwapDevice
 from sim.host.vmscan import ScanControl, Schedule, Vmscan
-from sim.host.vmstat import VmEvents, new_vmstat
+from sim.host.vmstat import VmEvents, VmStat, new_vmstat
 from sim.reclaim import ReclaimConfig, make_policy
 from sim.reclaim.base import EvictionPolicy
 from sim.reclaim.two_list import FILE_EVENTS, PGPGIN, TwoListConfig
 from sim.schema import Strict
 
 if TYPE_CHECKING:
+    from sim.guest.vdisk import DiskImage
     from sim.host.vmscan import Pfns
 
 _U8 = np.uint8
@@ -120,6 +128,8 @@ JOBS_EXITED = "jobs_exited"  # memsim's: guest processes that exited (vms[].gues
 # the host swaps out a gfn holding a clean guest page-cache page: data already on the guest's
 # disk written to host swap (VSwapper's silent swap write)
 SILENT_SWAP_WRITES = "silent_swap_writes"
+# guest.disk_cache: pages of guest disk reads found in the host page cache (no device read)
+DISK_CACHE_HITS = "disk_cache_hits"
 
 
 def _guest_swap() -> SwapConfig:
@@ -202,6 +212,24 @@ class GuestConfig(Strict):
         "guest frees its memory) and, after idle_s, the next starts (absent: one process "
         "for the whole run).",
     )
+    disk_cache: Literal["none", "writeback", "writethrough"] = Field(
+        "none",
+        description="How QEMU opens the virtual disk's image, a file on the host: none "
+        "(O_DIRECT: guest I/O goes straight to the device), writeback (QEMU's default: every "
+        "guest read and write goes through the host page cache, charged to the VM's memcg; a "
+        "read may hit it, a write completes once copied and the host's flusher writes it "
+        "later) or writethrough (as writeback, but QEMU flushes after each write: it completes "
+        "when it is on the device).",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unset_disk_cache(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave ``disk_cache`` out of dumps when none, so configs written before it existed
+        dump (and hash) as they did."""
+        out: dict[str, Any] = handler(self)
+        if out.get("disk_cache") == "none":
+            del out["disk_cache"]
+        return out
 
     @model_validator(mode="after")
     def _kernel_policies(self) -> GuestConfig:
@@ -285,6 +313,16 @@ class GuestVmscan(Vmscan):
         g = self.guest
         gone = g.host_swapped(wpfn)
         g.touch_host(wpfn[~gone], write=False)
+        if g.image is not None:  # through the host page cache: QEMU's write, in its time
+            self.mem.flags[wpid] = (f & ~_U8(PG_DIRTY)) | _U8(PG_WRITEBACK | PG_RECLAIM)
+            self.mem.nr_writeback += len(wpid)
+            g.stats[DOUBLE_PAGING] += int(np.count_nonzero(gone))
+            now = ~gone
+            if now.any():
+                g.env.process(self._image_written(wpid[now].tolist(), wpfn[now].tolist()))
+            for pid, pfn in zip(wpid[gone].tolist(), wpfn[gone].tolist(), strict=True):
+                g.env.process(self._double_paged(pid, pfn))
+            return
         if not gone.any():
             super()._submit_writeback(wpfn, wpid, f, sc)
             return
@@ -314,9 +352,19 @@ class GuestVmscan(Vmscan):
         """One swap write whose gfn the host must read back first."""
         g = self.guest
         yield from g.host_fault_in(pfn, write=False)
+        if g.image is not None:
+            yield from self._image_written([pid], [pfn])
+            return
         end = self.swap.submit(int(g.env.now), write=True, per_mm=0)[0]
         yield g.env.timeout(max(0, end - int(g.env.now)))
         self.folio_end_writeback(pid, pfn)
+
+    def _image_written(self, pids: list[int], pfns: list[int]) -> ProcessGen:
+        """One swap write through the host page cache: QEMU writes the pages to the image,
+        then each folio's write-back ends."""
+        yield from self.guest.image_write(pids)
+        for pid, pfn in zip(pids, pfns, strict=True):
+            self.folio_end_writeback(pid, pfn)
 
 
 class GuestKernel:
@@ -403,6 +451,11 @@ class GuestKernel:
         )
         if cfg.disk == "host_swap":
             self.swap.share_queue(host_swap)
+        # guest.disk_cache: the image in the host page cache (set by attach_image); a swapped
+        # page's place in it is its slot, so slots get identities
+        self.image: DiskImage | None = None
+        if cfg.disk_cache != "none":
+            self.swap.track_slots(self.nr_anon)
         self.mm = Mm(0, f"{name}.guest", 0, self.nr_anon)
         self.policy = policy = make_policy(
             cfg.reclaim,
@@ -447,6 +500,29 @@ class GuestKernel:
         self.fault._plain = False  # its reads go through before_read (QEMU's pin)
         self.fault.before_read = self._before_read
         self.page_kib = 1 << (page_shift - 10)
+
+    def attach_image(self, image: DiskImage) -> None:
+        """The virtual disk is ``image``, a host file QEMU reads and writes through the host
+        page cache (``guest.disk_cache``): the guest's swap reads and writes and its file's
+        reads go to it instead of the device."""
+        self.image = image
+        self.fault.disk_read = self._swap_read
+        self.stats[DISK_CACHE_HITS] = 0
+
+    def _swap_read(self, pids: list[int]) -> Generator[simpy.Event, Any, None]:
+        """``swap_read_folio`` of ``pids`` (``pswpin`` each) as one request to the image: each
+        page at its slot."""
+        assert self.image is not None
+        self.vmstat.count(VmStat.PSWPIN, len(pids), 0)
+        slots = self.swap.page_slot[np.array(pids, dtype=np.int64)].tolist()
+        self.stats[DISK_CACHE_HITS] += yield from self.image.read(slots)
+
+    def image_write(self, pids: list[int]) -> Generator[simpy.Event, Any, None]:
+        """``swap_writepage`` of ``pids`` (``pswpout`` each) as one request to the image: each
+        page to its slot; returns when QEMU completes it."""
+        assert self.image is not None
+        self.vmstat.count(VmStat.PSWPOUT, len(pids), 0)
+        yield from self.image.write(self.swap.page_slot[np.array(pids, dtype=np.int64)].tolist())
 
     def log_evictions(self, log: GuestLog, vm: int) -> None:
         """Log this guest's evictions (anon swapped out, page cache dropped) through ``log``
@@ -648,9 +724,13 @@ class GuestKernel:
             return HostFault.WAITED
         mem.flags[pid] = mem.flags.item(pid) | PG_LOCKED
         yield from self._before_read([pfn])
-        now = int(self.env.now)
-        done = self.swap.submit(now, write=False, swap_io=False)[0]  # the virtual disk
-        yield self.env.timeout(done - now)
+        if self.image is not None:  # the file's block in the image, after the swap area
+            off = self.swap.nr_slots + 1 + pid - self.nr_anon
+            self.stats[DISK_CACHE_HITS] += yield from self.image.read([off])
+        else:
+            now = int(self.env.now)
+            done = self.swap.submit(now, write=False, swap_io=False)[0]  # the virtual disk
+            yield self.env.timeout(done - now)
         self.vmstat[PGPGIN] += self.page_kib
         mem.flags[pid] = mem.flags.item(pid) & ~PG_LOCKED
         self.policy.file_add_lru(pfn, shadow, self.swap.nr_free_slots > 0)
@@ -683,7 +763,11 @@ class GuestKernel:
         counters (the host work the two levels cause each other)."""
         v = self.vmstat
         keys = _GUEST_VMSTAT + (_GUEST_FILE_VMSTAT if self.nr_file else ())
-        return {**{k: int(v[k]) for k in keys}, **dict(self.stats)}
+        out = {**{k: int(v[k]) for k in keys}, **dict(self.stats)}
+        if self.image is not None:  # QEMU's balance_dirty_pages sleeps: no vmstat counter
+            out["disk_dirty_pauses"] = self.image.dirty_pauses
+            out["disk_dirty_pause_ns"] = self.image.dirty_pause_at(int(self.env.now))
+        return out
 
     def memory(self) -> dict[str, int]:
         """Levels: what the guest's /proc/meminfo shows (pages)."""
@@ -710,6 +794,7 @@ class GuestKernel:
         self.policy.check(on_lru)
         used = self.swap.nr_slots - self.swap.nr_free_slots
         assert used == int(np.count_nonzero(f & PG_SWAP)), "guest swap slot accounting"
+        self.swap.check_slots(np.flatnonzero(f & PG_SWAP))  # with identities: each its own
 
 
 _GUEST_VMSTAT = (
