@@ -219,7 +219,8 @@ class GuestConfig(Strict):
         "guest read and write goes through the host page cache, charged to the VM's memcg; a "
         "read may hit it, a write completes once copied and the host's flusher writes it "
         "later) or writethrough (as writeback, but QEMU flushes after each write: it completes "
-        "when it is on the device).",
+        "when it is on the device). The image's device is the virtual disk's (with disk: "
+        "host_swap, the host swap device's queue). Needs host reclaim.policy two_list or mglru.",
     )
 
     @model_serializer(mode="wrap")
