@@ -317,6 +317,7 @@ class GuestVmscan(Vmscan):
         if g.image is not None:  # through the host page cache: QEMU's write, in its time
             self.mem.flags[wpid] = (f & ~_U8(PG_DIRTY)) | _U8(PG_WRITEBACK | PG_RECLAIM)
             self.mem.nr_writeback += len(wpid)
+            g.vmstat.count(VmStat.PSWPOUT, len(wpid), 0)  # the guest's bios, submitted now
             g.stats[DOUBLE_PAGING] += int(np.count_nonzero(gone))
             now = ~gone
             if now.any():
@@ -333,6 +334,7 @@ class GuestVmscan(Vmscan):
         late_pfn, late_pid = wpfn[gone], wpid[gone]
         self.mem.flags[late_pid] = (f[gone] & ~_U8(PG_DIRTY)) | _U8(PG_WRITEBACK | PG_RECLAIM)
         self.mem.nr_writeback += len(late_pid)
+        g.vmstat.count(VmStat.PSWPOUT, len(late_pid), 0)  # submitted by the guest now
         g.stats[DOUBLE_PAGING] += len(late_pid)
         for pid, pfn in zip(late_pid.tolist(), late_pfn.tolist(), strict=True):
             g.env.process(self._double_paged(pid, pfn))
@@ -356,7 +358,8 @@ class GuestVmscan(Vmscan):
         if g.image is not None:
             yield from self._image_written([pid], [pfn])
             return
-        end = self.swap.submit(int(g.env.now), write=True, per_mm=0)[0]
+        # counted (pswpout) when the guest submitted it; QEMU writes it once it has the page
+        end = self.swap.submit(int(g.env.now), write=True, swap_io=False)[0]
         yield g.env.timeout(max(0, end - int(g.env.now)))
         self.folio_end_writeback(pid, pfn)
 
@@ -519,10 +522,10 @@ class GuestKernel:
         self.stats[DISK_CACHE_HITS] += yield from self.image.read(slots)
 
     def image_write(self, pids: list[int]) -> Generator[simpy.Event, Any, None]:
-        """``swap_writepage`` of ``pids`` (``pswpout`` each) as one request to the image: each
-        page to its slot; returns when QEMU completes it."""
+        """QEMU's side of the guest's ``swap_writepage`` of ``pids`` (counted as ``pswpout``
+        when the guest submitted them): one request to the image, each page to its slot;
+        returns when QEMU completes it."""
         assert self.image is not None
-        self.vmstat.count(VmStat.PSWPOUT, len(pids), 0)
         yield from self.image.write(self.swap.page_slot[np.array(pids, dtype=np.int64)].tolist())
 
     def log_evictions(self, log: GuestLog, vm: int) -> None:
