@@ -353,11 +353,6 @@ class VmConfig(_MemcgOptional):
                 "balloon needs guest (the balloon driver takes its pages from the guest "
                 "kernel's allocator): add a guest section or remove balloon"
             )
-        if self.guest is not None and self.guest_tlb is not None:
-            raise ValueError(
-                "guest with guest_tlb is not modelled (the TLB would cache guest virtual "
-                "translations): drop one of them"
-            )
         return self
 
     def names(self) -> list[str]:
