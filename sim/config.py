@@ -299,7 +299,9 @@ class VmConfig(_MemcgOptional):
     guest_tlb: GuestTlbConfig | None = Field(
         None,
         description="Model each vCPU's TLB: accesses through cached translations set no EPT "
-        "accessed bit (absent: every access sets it, as if nothing were cached).",
+        "accessed bit (with guest: nor the guest pte's; the TLB caches the process's pages "
+        "and the guest's unmaps flush it) (absent: every access sets it, as if nothing were "
+        "cached).",
     )
     guest: GuestConfig | None = Field(
         None,

@@ -175,12 +175,15 @@ def test_every_access_hits_or_fills_and_the_oracles_do_not_move(trigger: str) ->
     assert quality[0] == quality[1]
 
 
-def _guest_world(tlb: bool) -> Any:
-    """One 1-vCPU VM with a guest kernel of 4 MiB RAM whose process has written 900 of its
-    pages (every gfn backed by a present spte), not started: the test drives it by hand."""
+def _guest_world(tlb: bool, vcpus: int = 1) -> Any:
+    """A VM with a guest kernel of 4 MiB RAM whose process has written 900 of its pages
+    (every gfn backed by a present spte), not started: the test drives it by hand (its
+    first vCPU's accesses)."""
+
     from tests.test_guest import _raw
 
     raw = _raw(host_mib=32, ram_mib=4, footprint_mib=8)
+    raw["vms"][0]["vcpus"] = vcpus
     if tlb:
         raw["vms"][0]["guest_tlb"] = {"entries": 64, "ways": 4, "context_switch_us": 0}
     w = build_world(parse_scenario(raw), None)
@@ -221,8 +224,8 @@ def test_a_page_hot_in_the_tlb_looks_idle_to_the_guests_lru(tlb: bool) -> None:
     young whenever reclaim looks, so it stays while idle pages are swapped out. Cached in the
     TLB, only its first read walks: the guest's ``ptep_clear_flush_young`` clears the young
     bit without a flush, the reads hit and set nothing, and it is evicted as an idle page.
-    (One vCPU: direct reclaim does not defer its flushes, so each page it unmaps is one
-    INVLPG, which leaves page 0's entry alone.)"""
+    (One vCPU: reclaim does not defer its flushes, so each page it unmaps is one INVLPG,
+    which leaves page 0's entry alone.)"""
     from sim.host.memory import PTE_PRESENT, PTE_YOUNG
     from sim.host.vmscan import ScanControl
 
@@ -275,3 +278,33 @@ def test_guest_flushes_invalidate_pages_up_to_the_ceiling_and_flush_all_beyond()
     assert tlbs.totals(range(1, 3), guest=True)["flushes"] == 2
     sd.forget(np.arange(64))  # a page-cache drop: entries go, no flush counted
     assert tlbs.totals(range(1, 3), guest=True)["guest_flushes"] == 4
+
+
+def test_a_guest_of_several_vcpus_flushes_them_all_per_reclaim_batch() -> None:
+    """Two vCPUs run the process: reclaim defers its flushes (``should_defer_flush``) to one
+    ``arch_tlbbatch_flush`` per batch, which empties both vCPUs' TLBs, so the next read of a
+    page hot in them walks again and sets its guest young bit."""
+    from sim.host.memory import PTE_PRESENT, PTE_YOUNG
+    from sim.host.vmscan import ScanControl
+
+    w = _guest_world(True, vcpus=2)
+    vm = w.vms[0]
+    g = vm.guest
+    _guest_access(w, 0)
+    passes = 0
+    while g.vmstat["pswpout"] == 0:
+        sc = ScanControl(nr_to_reclaim=32, priority=3, direct=True, vmstat=g.vmstat)
+        for _ in g.policy.shrink_node(sc, g.vmscan):
+            pass
+        w.env.run(until=w.env.now + 1_000_000)
+        passes += 1
+        assert passes < 100
+    t = w.tlbs.totals(vm.tlb_rows, guest=True)
+    assert t["guest_flushes"] == t["flushes"] == 2  # one batch unmapped: both vCPUs flushed
+    assert t["invlpg"] == 0
+    assert (w.tlbs.tags == -1).all()
+    v = int(np.flatnonzero(g.mem.flags[:900] & PTE_PRESENT)[0])  # a page still mapped
+    g.mem.flags[v] &= ~np.uint8(PTE_YOUNG)
+    _guest_access(w, v)
+    assert g.mem.flags[v] & PTE_YOUNG  # walked: a fill
+    assert w.tlbs.totals(vm.tlb_rows)["fills"] == 2

@@ -8,7 +8,8 @@ Models
     policy code (two_list or mglru) with its own vmstat. Guest accesses set the *guest* pte's
     accessed and dirty bits, which the guest's reclaim tests and clears through its own rmap
     (no notifiers: nothing sits below a guest pte but the hardware); the EPT accessed bits
-    the host ages are separate and set by the same accesses (sim/guest/vcpu.py).
+    the host ages are separate and set by the same accesses (sim/guest/vcpu.py), both only
+    by the walks of TLB misses when the vCPUs' TLBs are modelled (sim/guest/tlb.py).
 
     Differences from the host, each from the guest kernel's point of view:
 
@@ -56,7 +57,12 @@ Simplifications
     is not taken from the workload's vCPUs (a guest with a spare vCPU); guest direct reclaim
     stalls the faulting vCPU. The virtual
     disk's queue is its own (not shared with the host's swap device, nor with the host page
-    cache).
+    cache). With ``vms[].guest_tlb`` the vCPUs' TLBs cache the process's translations
+    (sim/guest/tlb.py): the guest's aging clears pte accessed bits without a flush, as x86
+    does, so TLB hits hide accesses from this LRU; its unmaps flush (reclaim batches: one
+    full flush each in a guest of several vCPUs, one page at a time in a 1-vCPU guest, whose
+    kswapd shares the process's CPU for this though not for its time), a page-cache drop
+    only drops the file page's entry.
 
 Invariants
     Every guest page is in exactly one guest state (never touched, mapped to a gfn, in the
@@ -248,13 +254,14 @@ class GuestRmap(Rmap):
         """Unmap as the host does, then shoot down the vCPUs' translations. Reclaim unmaps
         with ``TTU_BATCH_FLUSH``: the flush is deferred to one ``arch_tlbbatch_flush`` of
         the batch (a full flush on x86) whenever the process may run on a CPU other than the
-        reclaimer's (``should_defer_flush``): always for kswapd (on a CPU of its own here),
-        and for direct reclaim in a guest of more than one vCPU; otherwise each pte is
-        cleared with ``ptep_clear_flush`` (``flush_tlb_page``: one page)."""
+        reclaimer's (``should_defer_flush``), which in a guest of several vCPUs, all running
+        it, is always; a 1-vCPU guest has no other CPU (its kswapd and direct reclaim run
+        where the process ran), so each pte is cleared with ``ptep_clear_flush``
+        (``flush_tlb_page``: one page)."""
         pids = self.mem.frame_pid[pfns]
         super().try_to_unmap(pfns, work)
         if self.tlb is not None and len(pids):
-            if getattr(work, "direct", False) and self.nr_cpus == 1:
+            if self.nr_cpus == 1:
                 for p in pids.tolist():
                     self.tlb.flush_range(np.array([p], dtype=np.int64))
             else:

@@ -12,9 +12,10 @@ Models
 
     Each vCPU with ``vms[].guest_tlb`` has one set-associative TLB of ``entries`` translations
     in ``ways``-way sets (a page's set is its spte index modulo the number of sets, as the
-    low bits of the page number index a real TLB), least recently used way replaced. It
-    caches one translation per guest page (guest-virtual addresses are not modelled: the
-    streams are of guest-physical pages). Flushes:
+    low bits of the page number index a real TLB), least recently used way replaced. Without
+    a guest kernel it caches one translation per guest page (the streams are of
+    guest-physical pages: guest-virtual addresses are not modelled); with one, see below.
+    Flushes:
 
     - a remote TLB flush of the VM (``kvm_flush_remote_tlbs``: every zap of a present spte,
       and a young ``clear_flush_young`` with ``kvm.flush_on_age``) empties every vCPU's TLB
@@ -26,13 +27,44 @@ Models
     an access that finds its entry over a spte that is not present (possible only between a
     zap and its flush within one batch) is a miss.
 
+With a guest kernel
+    With ``vms[].guest`` the streams name the guest process's virtual pages, and the TLB
+    caches what x86 caches under EPT: *combined* translations, process page -> host frame,
+    tagged by the process page (its set: the page modulo the sets). A miss is the
+    two-dimensional walk, which sets the guest pte's accessed bit (dirty on a write) and the
+    spte's, then fills the entry; a hit walks neither level, and a write through an entry
+    that lacks the dirty bit walks both to set it. A non-present guest pte or spte (or an
+    access-tracked spte) faults and nothing is cached (x86 caches no non-present
+    translation); the retried access fills. The guest's aging clears its ptes' accessed bits
+    without a flush (``ptep_clear_flush_young`` on x86), so a page hot in the TLB looks idle
+    to the guest's LRU as well as the host's. A page-cache page the process ``read()``s has
+    no pte: the guest marks it accessed in software on every read whatever the TLB holds, the
+    copy runs through the guest's direct map, and only a fill sets its gfn's EPT accessed
+    bit (its entry is tagged by the file page too).
+
+    The guest's unmaps flush its process's translations on every vCPU of the VM
+    (:class:`GuestShootdown`, arch/x86/mm/tlb.c): ``flush_tlb_mm_range`` invalidates up to
+    ``tlb_single_page_flush_ceiling`` (33) pages one by one (INVLPG) and flushes everything
+    beyond. Reclaim's ``try_to_unmap`` batches its flushes (``TTU_BATCH_FLUSH``) whenever the
+    process may run on another CPU than the reclaimer's, and ``arch_tlbbatch_flush`` then
+    flushes everything: a guest of several vCPUs, all running the process, flushes all per
+    reclaim batch (kswapd's or direct); a 1-vCPU guest has no other CPU and flushes page by
+    page (``ptep_clear_flush``: one INVLPG each). A process exit (``exit_mmap``, fullmm)
+    and the guest's OOM kill flush everything. Dropping a page-cache page removes its entry
+    without a flush counted: the kernel flushes nothing then (the direct map does not
+    change), but the entry is tagged by the file page, which will live at another gfn. The
+    guest's flushes are counted per row (``guest_flushes``, ``invlpg``), full ones also in
+    ``flushes``. KVM's remote flushes and context switches flush as without a guest kernel.
+    An entry never outlives its guest pte or page-cache page, nor its spte.
+
 Batching
     The vCPU applies a run of accesses at once (guest/vcpu.py); the TLB is updated in the same
     pass, access by access. A remote flush that lands while a run is in flight empties the
     TLB at the flush, not at the access it falls between: accesses later in that run keep
     the entries they had (their accessed bits were set no later than they would have been:
     batching's usual shift). A run cut short by a revoked spte keeps the fills of the
-    accesses it took back.
+    accesses it took back. With a guest kernel the guest's flushes land the same way, and a
+    run is cut at the first access whose page the guest unmapped.
 
 Sources
     Intel SDM vol. 3, "VMX Support for Address Translation": "Accessed and Dirty Flags for
@@ -40,7 +72,11 @@ Sources
     translations are used without walking); arch/x86/kvm/x86.c ``kvm_vcpu_flush_tlb_all``
     (on ``KVM_REQ_TLB_FLUSH``), virt/kvm/kvm_main.c ``kvm_flush_remote_tlbs``,
     ``kvm_mmu_notifier_clear_flush_young`` (no flush on x86 since 6.13); arch/x86/mm/tlb.c
-    ``switch_mm_irqs_off`` (PCID: no flush on a context switch).
+    ``switch_mm_irqs_off`` (PCID: no flush on a context switch), ``flush_tlb_mm_range``,
+    ``tlb_single_page_flush_ceiling``, ``arch_tlbbatch_flush``; arch/x86/mm/pgtable.c
+    ``ptep_clear_flush_young`` (no flush); arch/x86/include/asm/tlbflush.h
+    ``arch_tlbbatch_should_defer``; mm/rmap.c ``should_defer_flush``, ``try_to_unmap_one``;
+    Intel SDM vol. 3, "Information Cached for EPT" (combined mappings).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ Models
     its accessed bit (and its dirty bit on a write) for free; anything else is an EPT violation
     handled by KVM (kvm/fault.py). Forced exits for remote TLB flushes and the CPU cost of faults
     are paid as lost guest time. With ``vms[].guest_tlb`` the walk goes through the vCPU's TLB
-    (guest/tlb.py): a cached translation sets no accessed bit.
+    (guest/tlb.py): a cached translation sets no accessed bit (with a guest kernel it caches
+    the process page's translation to the host frame: neither level's bit).
 
 Async page faults
     With ``vms[].async_pf`` that share of the faults that must wait is made asynchronous, as
