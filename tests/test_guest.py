@@ -131,9 +131,13 @@ def test_guest_accesses_set_the_guest_accessed_bits_its_reclaim_clears() -> None
     assert not g.rmap.folio_referenced(pfns, sc).any()  # tested and cleared
 
 
-def test_the_same_seed_gives_the_same_run() -> None:
+@pytest.mark.parametrize("tlb", [False, True])
+def test_the_same_seed_gives_the_same_run(tlb: bool) -> None:
     def once() -> dict[str, Any]:
-        w = build_world(parse_scenario(_raw(host_mib=6, ram_mib=8, footprint_mib=12)), None)
+        raw = _raw(host_mib=6, ram_mib=8, footprint_mib=12)
+        if tlb:
+            raw["vms"][0]["guest_tlb"] = {"entries": 64, "ways": 4}
+        w = build_world(parse_scenario(raw), None)
         w.run()
         return w.summary(0.0)["vms"]
 
