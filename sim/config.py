@@ -299,9 +299,9 @@ class VmConfig(_MemcgOptional):
     guest_tlb: GuestTlbConfig | None = Field(
         None,
         description="Model each vCPU's TLB: accesses through cached translations set no EPT "
-        "accessed bit (with guest: nor the guest pte's; the TLB caches the process's pages "
-        "and the guest's unmaps flush it) (absent: every access sets it, as if nothing were "
-        "cached).",
+        "accessed bit, and with guest no guest pte accessed bit either (the TLB then caches "
+        "the guest process's pages and the guest's unmaps flush it); absent: every access "
+        "sets them, as if nothing were cached.",
     )
     guest: GuestConfig | None = Field(
         None,
