@@ -299,7 +299,9 @@ class VmConfig(_MemcgOptional):
     guest_tlb: GuestTlbConfig | None = Field(
         None,
         description="Model each vCPU's TLB: accesses through cached translations set no EPT "
-        "accessed bit (absent: every access sets it, as if nothing were cached).",
+        "accessed bit, and with guest no guest pte accessed bit either (the TLB then caches "
+        "the guest process's pages and the guest's unmaps flush it); absent: every access "
+        "sets them, as if nothing were cached.",
     )
     guest: GuestConfig | None = Field(
         None,
@@ -352,11 +354,6 @@ class VmConfig(_MemcgOptional):
             raise ValueError(
                 "balloon needs guest (the balloon driver takes its pages from the guest "
                 "kernel's allocator): add a guest section or remove balloon"
-            )
-        if self.guest is not None and self.guest_tlb is not None:
-            raise ValueError(
-                "guest with guest_tlb is not modelled (the TLB would cache guest virtual "
-                "translations): drop one of them"
             )
         return self
 

@@ -30,6 +30,7 @@ from sim.costs import CostModel
 from sim.guest.balloon import VirtioBalloon
 from sim.guest.kernel import GuestKernel
 from sim.guest.page_reporting import PageReporting, check_discarded
+from sim.guest.tlb import GuestShootdown
 from sim.guest.vcpu import Vcpu
 from sim.guest.vdisk import DiskImage
 from sim.guest.workloads import AccessStream, TraceConfig
@@ -173,6 +174,9 @@ class World(Machine):
                     host_swap=swap,
                 )
                 guest.rmap.on_unmap = partial(_shootdown, vm)
+                if vm.tlbs is not None:  # the guest's TLB flushes reach its vCPUs' TLBs
+                    guest.tlb = guest.rmap.tlb = GuestShootdown(vm.tlbs, vm.tlb_rows)
+                    guest.rmap.nr_cpus = cfg.vcpus
                 guest.on_exit = vm.revoked  # the exited process's steps in flight are cut
                 if self.recorder is not None:
                     guest.log_evictions(self.recorder.guest_evicted, vm.index)
@@ -375,9 +379,14 @@ class World(Machine):
         """Every invariant of the mechanism, and the stall windows adding up to each VM's
         stall and compute (they are a breakdown of those, not a count of their own)."""
         super().check()
-        for guest in self.guests:
+        for guest, vm in zip(self.guests, self.vms, strict=True):
             if guest is not None:
                 guest.check()
+                if vm.tlbs is not None:  # no cached translation outlives either level
+                    gm = guest.mem
+                    vm.tlbs.check_guest(
+                        vm.mmu.spte, vm.tlb_rows, gm.flags, gm.pfn, guest.nr_anon, vm.mmu.k
+                    )
         for vm in self.vms:  # free page reporting: reported gfns are free and not on the host
             if vm.balloon is not None and vm.balloon.reporting is not None:
                 vm.balloon.reporting.check()

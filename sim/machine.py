@@ -653,7 +653,7 @@ def _guest_counts(vm: Vm) -> dict[str, Any]:
     its async page faults, if it may take any."""
     out: dict[str, Any] = {}
     if vm.tlbs is not None:
-        out["guest_tlb"] = vm.tlbs.totals(vm.tlb_rows)
+        out["guest_tlb"] = vm.tlbs.totals(vm.tlb_rows, guest=vm.guest is not None)
     if any(v.async_pf > 0 for v in vm.vcpus):
         out["async_pf"] = vm.stats.async_pf
     if vm.guest is not None:

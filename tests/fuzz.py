@@ -484,6 +484,8 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
             vms = raw.get("vms")
             if isinstance(vms, list) and vms and isinstance(vms[0], dict):
                 vms[0]["guest"] = copy.deepcopy(rng.choice(GUESTS))
+                if rng.random() < 0.3:  # the TLB caches the guest process's translations
+                    vms[0]["guest_tlb"] = copy.deepcopy(rng.choice(TLBS))
         elif op == "balloon" and isinstance(raw, dict):
             vms = raw.get("vms")
             if isinstance(vms, list) and vms and isinstance(vms[0], dict):

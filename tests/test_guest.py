@@ -131,9 +131,13 @@ def test_guest_accesses_set_the_guest_accessed_bits_its_reclaim_clears() -> None
     assert not g.rmap.folio_referenced(pfns, sc).any()  # tested and cleared
 
 
-def test_the_same_seed_gives_the_same_run() -> None:
+@pytest.mark.parametrize("tlb", [False, True])
+def test_the_same_seed_gives_the_same_run(tlb: bool) -> None:
     def once() -> dict[str, Any]:
-        w = build_world(parse_scenario(_raw(host_mib=6, ram_mib=8, footprint_mib=12)), None)
+        raw = _raw(host_mib=6, ram_mib=8, footprint_mib=12)
+        if tlb:
+            raw["vms"][0]["guest_tlb"] = {"entries": 64, "ways": 4}
+        w = build_world(parse_scenario(raw), None)
         w.run()
         return w.summary(0.0)["vms"]
 
@@ -200,15 +204,16 @@ def test_bad_guest_sections_are_one_line_errors(guest: dict[str, Any], match: st
         parse_scenario(raw)
 
 
-def test_guest_needs_watermark_reclaim_and_no_guest_tlb() -> None:
+def test_guest_needs_watermark_reclaim_and_takes_a_guest_tlb() -> None:
     raw = _raw(32, 8, 12)
     raw["reclaim"] = {"policy": "two_list", "trigger": "demand"}
     with pytest.raises(ConfigError, match=r"vms\[0\]\.guest: needs watermark"):
         parse_scenario(raw)
     raw = _raw(32, 8, 12)
     raw["vms"][0]["guest_tlb"] = {}
-    with pytest.raises(ConfigError, match="guest_tlb"):
-        parse_scenario(raw)
+    sc = parse_scenario(raw)
+    assert sc.vms[0].guest is not None
+    assert sc.vms[0].guest_tlb is not None
     raw = _raw(32, 8, 4)
     raw["vms"][0]["working_set_mib"] = 6
     with pytest.raises(ConfigError, match="guest.footprint_mib"):
@@ -228,6 +233,7 @@ def test_guest_needs_watermark_reclaim_and_no_guest_tlb() -> None:
     file_mib=st.sampled_from([0, 4]),
     disk_cache=st.sampled_from(["none", "writeback", "writethrough"]),
     seed=st.integers(0, 50),
+    tlb=st.sampled_from([None, (4, 1, 0), (16, 4, 50), (64, 4, 0)]),
 )
 def test_every_invariant_holds_at_both_levels(
     host_mib: int,
@@ -241,7 +247,11 @@ def test_every_invariant_holds_at_both_levels(
     file_mib: int,
     disk_cache: str,
     seed: int,
+    tlb: tuple[int, int, int] | None,
 ) -> None:
+    """Random guests, with or without a TLB per vCPU, keep every invariant of both levels
+    throughout (World.check: with a TLB, every cached translation is of a page the guest
+    has, in its page table or page cache, at the gfn of the present spte it holds)."""
     raw = _raw(
         host_mib,
         ram_mib,
@@ -255,9 +265,16 @@ def test_every_invariant_holds_at_both_levels(
     raw["duration_s"] = 0.03
     raw["kvm"] = {"mmu": mmu}
     raw["vms"][0].update(vcpus=vcpus, async_pf=apf)
+    if tlb is not None:
+        raw["vms"][0]["guest_tlb"] = dict(
+            zip(("entries", "ways", "context_switch_us"), tlb, strict=True)
+        )
     raw["vms"].append({"name": "plain", "memory_mib": 4, "access_rate_per_s": 500_000})
     w = _world(raw)
     g = w.vms[0].guest
+    if tlb is not None:
+        t = w.summary(0.0)["vms"][0]["guest_tlb"]
+        assert t["hits"] + t["fills"] > 0
     # every guest page in exactly one state: untouched, mapped, in the swap cache, in swap
     f = g.mem.flags
     mapped = (f & PTE_PRESENT) != 0

@@ -173,3 +173,138 @@ def test_every_access_hits_or_fills_and_the_oracles_do_not_move(trigger: str) ->
             assert done <= t["hits"] + t["fills"] <= done * 1.05
         assert "guest_tlb" not in s["vms"][1]
     assert quality[0] == quality[1]
+
+
+def _guest_world(tlb: bool, vcpus: int = 1) -> Any:
+    """A VM with a guest kernel of 4 MiB RAM whose process has written 900 of its pages
+    (every gfn backed by a present spte), not started: the test drives it by hand (its
+    first vCPU's accesses)."""
+
+    from tests.test_guest import _raw
+
+    raw = _raw(host_mib=32, ram_mib=4, footprint_mib=8)
+    raw["vms"][0]["vcpus"] = vcpus
+    if tlb:
+        raw["vms"][0]["guest_tlb"] = {"entries": 64, "ways": 4, "context_switch_us": 0}
+    w = build_world(parse_scenario(raw), None)
+    g = w.vms[0].guest
+    for v in range(900):
+        assert g.fault.fault_nowait(v, True) is not None
+    w.vms[0].mmu.spte[:] = P
+    return w
+
+
+def _guest_access(w: Any, v: int) -> None:
+    """The vCPU reads guest page ``v``: through its TLB (combined translations) if it has
+    one, else the walk of every access (guest pte, then spte)."""
+    from sim.guest.tlb import tlb_guest_touch
+    from sim.guest.touch import guest_mark, guest_translate
+
+    vm, g = w.vms[0], w.vms[0].guest
+    vp = np.array([v], dtype=np.int64)
+    gfns = np.zeros(1, dtype=np.int64)
+    rd = np.zeros(1, dtype=np.bool_)
+    if w.tlbs is None:
+        assert guest_translate(g.mem.flags, g.mem.pfn, vp, gfns, 0, 1, g.nr_anon) == 1
+        assert ept_touch(vm.mmu.spte, gfns, gfns, rd, _STAMPS, 0, 0, 0, 1) == 1
+        guest_mark(g.mem.flags, vp, rd, 0, 1, g.nr_anon)
+        return
+    t = w.tlbs
+    got = tlb_guest_touch(
+        g.mem.flags, g.mem.pfn, vp, NO_ROWS, 1, g.nr_anon, vm.mmu.spte, gfns, gfns, rd,
+        _STAMPS, 0, 0, 0, 1, vm.tlb_rows.start, t.tags, t.sidx, t.used, t.dirty, t.st,
+    )  # fmt: skip
+    assert got == 1
+
+
+@pytest.mark.parametrize("tlb", [False, True])
+def test_a_page_hot_in_the_tlb_looks_idle_to_the_guests_lru(tlb: bool) -> None:
+    """Page 0 is read before every pass of the guest's direct reclaim (a small one: priority
+    3); the other 899 pages are never used again. Walked each time (no TLB), its guest pte is
+    young whenever reclaim looks, so it stays while idle pages are swapped out. Cached in the
+    TLB, only its first read walks: the guest's ``ptep_clear_flush_young`` clears the young
+    bit without a flush, the reads hit and set nothing, and it is evicted as an idle page.
+    (One vCPU: reclaim does not defer its flushes, so each page it unmaps is one INVLPG,
+    which leaves page 0's entry alone.)"""
+    from sim.host.memory import PTE_PRESENT, PTE_YOUNG
+    from sim.host.vmscan import ScanControl
+
+    w = _guest_world(tlb)
+    vm = w.vms[0]
+    g = vm.guest
+    for _ in range(100):
+        _guest_access(w, 0)
+        sc = ScanControl(nr_to_reclaim=32, priority=3, direct=True, vmstat=g.vmstat)
+        for _ in g.policy.shrink_node(sc, g.vmscan):
+            pass
+        w.env.run(until=w.env.now + 1_000_000)  # the swap writes complete
+        if not g.mem.flags[0] & PTE_PRESENT:
+            break
+        if tlb:  # after the first pass, page 0 never looks young again
+            assert not g.mem.flags[0] & PTE_YOUNG
+    assert g.vmstat["pswpout"] > 0
+    if not tlb:
+        assert g.mem.flags[0] & PTE_PRESENT  # kept
+        return
+    assert not g.mem.flags[0] & PTE_PRESENT  # evicted, though read before every pass
+    t = w.tlbs.totals(vm.tlb_rows, guest=True)
+    assert t["fills"] == 1
+    assert t["hits"] > 10
+    assert t["guest_flushes"] == t["invlpg"] >= g.vmstat["pswpout"]  # one INVLPG a page
+    assert t["flushes"] == 0
+    w.tlbs.check_guest(vm.mmu.spte, vm.tlb_rows, g.mem.flags, g.mem.pfn, g.nr_anon, 1)
+    assert (w.tlbs.tags == -1).all()  # page 0's entry went with its pte
+
+
+def test_guest_flushes_invalidate_pages_up_to_the_ceiling_and_flush_all_beyond() -> None:
+    """``flush_tlb_mm_range``: 33 pages are 33 INVLPGs on each vCPU; 34 flush everything."""
+    from sim.guest.tlb import GuestShootdown
+
+    tlbs = GuestTlbs([TlbGeometry(64, 4, 0)] * 3)
+    sd = GuestShootdown(tlbs, range(1, 3))
+    v = np.arange(64)
+    for r in range(3):  # every row caches pages 0..63: page v in set v % 16, way v // 16
+        tlbs.tags[r * 64 + (v % 16) * 4 + v // 16] = v
+    sd.flush_range(np.arange(33))
+    assert (tlbs.tags[:64] >= 0).all()  # row 0 is another VM's
+    for r in (1, 2):
+        row = tlbs.tags[r * 64 : (r + 1) * 64]
+        assert sorted(row[row >= 0].tolist()) == list(range(33, 64))
+    assert tlbs.totals(range(1, 3), guest=True) == {
+        "hits": 0, "fills": 0, "flushes": 0, "guest_flushes": 2, "invlpg": 66,
+    }  # fmt: skip
+    sd.flush_range(np.arange(34))
+    assert (tlbs.tags[64:] == -1).all()
+    assert tlbs.totals(range(1, 3), guest=True)["flushes"] == 2
+    sd.forget(np.arange(64))  # a page-cache drop: entries go, no flush counted
+    assert tlbs.totals(range(1, 3), guest=True)["guest_flushes"] == 4
+
+
+def test_a_guest_of_several_vcpus_flushes_them_all_per_reclaim_batch() -> None:
+    """Two vCPUs run the process: reclaim defers its flushes (``should_defer_flush``) to one
+    ``arch_tlbbatch_flush`` per batch, which empties both vCPUs' TLBs, so the next read of a
+    page hot in them walks again and sets its guest young bit."""
+    from sim.host.memory import PTE_PRESENT, PTE_YOUNG
+    from sim.host.vmscan import ScanControl
+
+    w = _guest_world(True, vcpus=2)
+    vm = w.vms[0]
+    g = vm.guest
+    _guest_access(w, 0)
+    passes = 0
+    while g.vmstat["pswpout"] == 0:
+        sc = ScanControl(nr_to_reclaim=32, priority=3, direct=True, vmstat=g.vmstat)
+        for _ in g.policy.shrink_node(sc, g.vmscan):
+            pass
+        w.env.run(until=w.env.now + 1_000_000)
+        passes += 1
+        assert passes < 100
+    t = w.tlbs.totals(vm.tlb_rows, guest=True)
+    assert t["guest_flushes"] == t["flushes"] == 2  # one batch unmapped: both vCPUs flushed
+    assert t["invlpg"] == 0
+    assert (w.tlbs.tags == -1).all()
+    v = int(np.flatnonzero(g.mem.flags[:900] & PTE_PRESENT)[0])  # a page still mapped
+    g.mem.flags[v] &= ~np.uint8(PTE_YOUNG)
+    _guest_access(w, v)
+    assert g.mem.flags[v] & PTE_YOUNG  # walked: a fill
+    assert w.tlbs.totals(vm.tlb_rows)["fills"] == 2

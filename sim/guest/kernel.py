@@ -8,7 +8,8 @@ Models
     policy code (two_list or mglru) with its own vmstat. Guest accesses set the *guest* pte's
     accessed and dirty bits, which the guest's reclaim tests and clears through its own rmap
     (no notifiers: nothing sits below a guest pte but the hardware); the EPT accessed bits
-    the host ages are separate and set by the same accesses (sim/guest/vcpu.py).
+    the host ages are separate and set by the same accesses (sim/guest/vcpu.py), both only
+    by the walks of TLB misses when the vCPUs' TLBs are modelled (sim/guest/tlb.py).
 
     Differences from the host, each from the guest kernel's point of view:
 
@@ -63,7 +64,12 @@ Simplifications
     writethrough: then every guest read and write is QEMU's ``preadv``/``pwritev`` on a host
     file (sim/guest/vdisk.py), a swapped page's place in it being its slot (so the guest's
     swap slots get identities), and a guest swap write completes when QEMU's write does, not
-    at the device's latency.
+    at the device's latency. With ``vms[].guest_tlb`` the vCPUs' TLBs cache the process's
+    translations (sim/guest/tlb.py): the guest's aging clears pte accessed bits without a
+    flush, as x86 does, so TLB hits hide accesses from this LRU; its unmaps flush (reclaim
+    batches: one full flush each in a guest of several vCPUs, one page at a time in a 1-vCPU
+    guest, whose kswapd shares the process's CPU for this though not for its time), a
+    page-cache drop only drops the file page's entry.
 
 Invariants
     Every guest page is in exactly one guest state (never touched, mapped to a gfn, in the
@@ -114,6 +120,7 @@ from sim.reclaim.two_list import FILE_EVENTS, PGPGIN, TwoListConfig
 from sim.schema import Strict
 
 if TYPE_CHECKING:
+    from sim.guest.tlb import GuestShootdown
     from sim.guest.vdisk import DiskImage
     from sim.host.vmscan import Pfns
 
@@ -265,14 +272,29 @@ class _NoGup:
 
 class GuestRmap(Rmap):
     """The guest's rmap: its ptes are unmapped with a TLB shootdown to the VM's vCPUs, which
-    cuts any step in flight that would use them (``on_unmap``)."""
+    cuts any step in flight that would use them (``on_unmap``) and, when the vCPUs' TLBs are
+    modelled (``tlb``), drops their cached translations."""
 
     on_unmap: Callable[[NDArray[np.int32]], None] | None = None
+    tlb: GuestShootdown | None = None
+    nr_cpus = 1  # the VM's vCPUs, all of which run the process
 
     def try_to_unmap(self, pfns: NDArray[np.integer], work: Any) -> None:
-        """Unmap as the host does, then shoot down the vCPUs' translations."""
+        """Unmap as the host does, then shoot down the vCPUs' translations. Reclaim unmaps
+        with ``TTU_BATCH_FLUSH``: the flush is deferred to one ``arch_tlbbatch_flush`` of
+        the batch (a full flush on x86) whenever the process may run on a CPU other than the
+        reclaimer's (``should_defer_flush``), which in a guest of several vCPUs, all running
+        it, is always; a 1-vCPU guest has no other CPU (its kswapd and direct reclaim run
+        where the process ran), so each pte is cleared with ``ptep_clear_flush``
+        (``flush_tlb_page``: one page)."""
         pids = self.mem.frame_pid[pfns]
         super().try_to_unmap(pfns, work)
+        if self.tlb is not None and len(pids):
+            if self.nr_cpus == 1:
+                for p in pids.tolist():
+                    self.tlb.flush_range(np.array([p], dtype=np.int64))
+            else:
+                self.tlb.flush_all()
         if self.on_unmap is not None and len(pids):
             self.on_unmap(pids)
 
@@ -345,6 +367,8 @@ class GuestVmscan(Vmscan):
         pids = self.mem.frame_pid[pfns]
         super().remove_file_folios(pfns, sc)
         g = self.guest
+        if g.tlb is not None and len(pids):
+            g.tlb.forget(pids)
         if g.rmap.on_unmap is not None and len(pids):
             g.rmap.on_unmap(pids)
         if isinstance(self.sink, _GuestEvictionLog) and len(pids):
@@ -433,6 +457,7 @@ class GuestKernel:
         self._balloon_slots = list(range(nr_gfns - 1, -1, -1))  # free balloon page ids
         self.idle_until = 0  # between jobs: the vCPUs halt until then (ns)
         self.on_exit: Callable[[], None] | None = None  # the process's pages were freed
+        self.tlb: GuestShootdown | None = None  # the vCPUs' TLBs, when modelled
         self._oom_notifiers: list[Callable[[], int]] = []
         self.vmstat: VmEvents = new_vmstat(1, FILE_EVENTS if self.nr_file else ())
         self.stats: Counter[str] = Counter({k: 0 for k in VSWAPPER})
@@ -566,6 +591,8 @@ class GuestKernel:
             faulting=self.fault.fault_in_progress,
         )
         self.stats[JOBS_EXITED] += 1
+        if self.tlb is not None:  # exit_mmap's tlb_finish_mmu (fullmm): flush_tlb_mm
+            self.tlb.flush_all()
         if self.on_exit is not None:
             self.on_exit()
 
@@ -580,7 +607,10 @@ class GuestKernel:
         freed = sum(fn() for fn in self._oom_notifiers)
         if freed > 0:
             return True
-        return self.oom()
+        killed = self.oom()
+        if killed and self.tlb is not None:  # the victim's exit_mmap flushes its mm
+            self.tlb.flush_all()
+        return killed
 
     # -- what the balloon driver needs (sim/guest/balloon.py's BalloonGuest) ------------------
     @property

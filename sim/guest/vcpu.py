@@ -6,7 +6,8 @@ Models
     its accessed bit (and its dirty bit on a write) for free; anything else is an EPT violation
     handled by KVM (kvm/fault.py). Forced exits for remote TLB flushes and the CPU cost of faults
     are paid as lost guest time. With ``vms[].guest_tlb`` the walk goes through the vCPU's TLB
-    (guest/tlb.py): a cached translation sets no accessed bit.
+    (guest/tlb.py): a cached translation sets no accessed bit (with a guest kernel it caches
+    the process page's translation to the host frame: neither level's bit).
 
 Async page faults
     With ``vms[].async_pf`` that share of the faults that must wait is made asynchronous, as
@@ -62,7 +63,13 @@ from simpy.events import URGENT
 
 from sim import fast
 from sim.costs import CostsConfig
-from sim.guest.tlb import NO_ROWS, tlb_first_fault, tlb_touch
+from sim.guest.tlb import (
+    NO_ROWS,
+    tlb_first_fault,
+    tlb_guest_first_fault,
+    tlb_guest_touch,
+    tlb_touch,
+)
 from sim.guest.touch import (
     ept_touch,
     first_fault,
@@ -253,11 +260,37 @@ class Vcpu:
                         break
                 lo, t_lo = pos, t
                 end = n
-                if guest is not None:  # the guest's walk first: up to its first page fault
-                    end = guest_translate(gflags, gpfn, vpages, gfns, lo, n, fbase)
-                    if k != 1:
-                        idx_all[lo:end] = gfns[lo:end] * k + aliases[lo:end]
-                if tlbs is None:
+                if guest is not None and tlbs is not None:  # combined translations
+                    pos = tlb_guest_touch(
+                        gflags,
+                        gpfn,
+                        vpages,
+                        aliases,
+                        k,
+                        fbase,
+                        spte,
+                        idx_all,
+                        gfns,
+                        writes,
+                        last_access,
+                        base,
+                        (env.now + t) // 1000,
+                        lo,
+                        n,
+                        self.tlb_row,
+                        tlbs.tags,
+                        tlbs.sidx,
+                        tlbs.used,
+                        tlbs.dirty,
+                        tlbs.st,
+                    )
+                    if pos < n and not guest_present(gflags[vpages[pos]], vpages[pos], fbase):
+                        end = pos  # the guest's own page fault
+                elif tlbs is None:
+                    if guest is not None:  # the guest's walk first: up to its first page fault
+                        end = guest_translate(gflags, gpfn, vpages, gfns, lo, n, fbase)
+                        if k != 1:
+                            idx_all[lo:end] = gfns[lo:end] * k + aliases[lo:end]
                     pos = ept_touch(
                         spte,
                         idx_all,
@@ -289,7 +322,8 @@ class Vcpu:
                     )
                 if pos > lo:
                     if guest is not None:
-                        guest_mark(gflags, vpages, writes, lo, pos, fbase)
+                        if tlbs is None:  # (the combined walk set the guest bits it walked)
+                            guest_mark(gflags, vpages, writes, lo, pos, fbase)
                         if guest.nr_file:
                             run = vpages[lo:pos]
                             guest.file_accessed(run[run >= fbase])
@@ -553,7 +587,23 @@ class Vcpu:
         now = self._position(self.env.now - self._t0)
         if now >= self._hi:
             return
-        if self.tlbs is None:
+        if self.tlbs is not None and self._vidx is not None:  # combined translations
+            g, t = self.guest, self.tlbs
+            assert g is not None
+            cut = tlb_guest_first_fault(
+                g.mem.flags,
+                self._vidx,
+                g.nr_anon,
+                self.vm.mmu.spte,
+                self._idx,
+                now,
+                self._hi,
+                self.tlb_row,
+                t.tags,
+                t.sidx,
+                t.st,
+            )
+        elif self.tlbs is None:
             cut = first_fault(self.vm.mmu.spte, self._idx, now, self._hi)
             if self._vidx is not None:  # the guest unmapped a page the run goes on to use
                 assert self.guest is not None
