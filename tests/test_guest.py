@@ -374,6 +374,8 @@ def test_a_virtual_disk_on_the_host_swap_device_shares_its_queue() -> None:
     guest_swap=st.sampled_from([0, 16]),
     disk=st.sampled_from(["own", "host_swap"]),
     disk_cache=st.sampled_from(["none", "writeback", "writethrough"]),
+    read_ahead_kb=st.sampled_from([0, 16, 128]),
+    scan=st.booleans(),
     job=st.booleans(),
     target=st.one_of(st.none(), st.integers(1, 10)),
     reporting=st.booleans(),
@@ -389,18 +391,30 @@ def test_every_guest_mechanism_together_keeps_every_invariant(
     guest_swap: int,
     disk: str,
     disk_cache: str,
+    read_ahead_kb: int,
+    scan: bool,
     job: bool,
     target: int | None,
     reporting: bool,
     mom: bool,
     memcg: bool,
 ) -> None:
-    """Guest reclaim, a page cache, jobs, the balloon with MOM and free page reporting, a
-    shared disk, its image in the host page cache and a memcg at once: a run ends without
-    error and every invariant of both levels holds throughout (a stale file-read registry once
-    broke it: a read waits for its frame before it locks it)."""
-    raw = _raw(host_mib, ram_mib, footprint, file_mib=file_mib, disk=disk, disk_cache=disk_cache)
+    """Guest reclaim, a page cache read ahead or not, jobs, the balloon with MOM and free page
+    reporting, a shared disk, its image in the host page cache and a memcg at once: a run ends
+    without error and every invariant of both levels holds throughout (a stale file-read
+    registry once broke it: a read waits for its frame before it locks it)."""
+    raw = _raw(
+        host_mib,
+        ram_mib,
+        footprint,
+        file_mib=file_mib,
+        disk=disk,
+        disk_cache=disk_cache,
+        read_ahead_kb=read_ahead_kb,
+    )
     raw.update(seed=seed, duration_s=0.1)
+    if scan:  # a sequential reader: its file reads take the readahead windows
+        raw["vms"][0]["workload"] = {"type": "scan"}
     g = raw["vms"][0]["guest"]
     g["swap"] = {"size_mib": guest_swap, "read_latency_us": 10}
     if job:

@@ -30,7 +30,8 @@ Models
       notifiers run (the balloon's deflate-on-OOM), and if they freed pages nobody is killed.
     * The process may also read a file (``file_mib``) through the guest page cache with
       ``read()``: page-cache pages have no pte, a hit is ``folio_mark_accessed``, a miss reads
-      the virtual disk into a new folio (QEMU pins the gfn first: a stale swap read if the
+      (with the pages mm/readahead.c reads ahead of it: ``read_ahead_kb``) the virtual disk
+      into a new folio (QEMU pins the gfn first: a stale swap read if the
       host had it only in swap). When the host writes a gfn holding a clean guest
       page-cache page to its swap, that is a *silent swap write* (VSwapper): the data is on
       the guest's disk already, but the host sees only anonymous memory.
@@ -45,7 +46,8 @@ Kernel reference
     The host modules it reuses (page allocator, kswapd, vmscan, rmap, swap, fault); QEMU
     hw/block/virtio-blk.c and ``dma_blk_io`` (guest RAM read and written through QEMU's
     mapping); with ``disk_cache``, QEMU block/file-posix.c and the host page cache
-    (sim/guest/vdisk.py).
+    (sim/guest/vdisk.py); mm/readahead.c (``page_cache_sync_ra``, ``page_cache_async_ra``,
+    ``get_init_ra_size``, ``get_next_ra_size``, ``readahead_gfp_mask``) for the file's reads.
 
 Counting
     Guest events are counted in the guest's own vmstat (``pgfault``, ``pswpin``, ``pgscan_*``:
@@ -219,6 +221,15 @@ class GuestConfig(Strict):
         "guest frees its memory) and, after idle_s, the next starts (absent: one process "
         "for the whole run).",
     )
+    read_ahead_kb: int = Field(
+        128,
+        ge=0,
+        le=1 << 16,
+        description="The virtual disk's read_ahead_kb (the guest's bdi ra_pages; 128 is the "
+        "kernel's default): page-cache misses of a sequential reader read a window ahead in "
+        "one request and a marked page starts the next window asynchronously; 0: every miss "
+        "reads one page.",
+    )
     disk_cache: Literal["none", "writeback", "writethrough"] = Field(
         "none",
         description="How QEMU opens the virtual disk's image, a file on the host: none "
@@ -232,11 +243,13 @@ class GuestConfig(Strict):
 
     @model_serializer(mode="wrap")
     def _without_unset_disk_cache(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Leave ``disk_cache`` out of dumps when none, so configs written before it existed
-        dump (and hash) as they did."""
+        """Leave ``disk_cache`` and ``read_ahead_kb`` out of dumps at their defaults, so
+        configs written before they existed dump (and hash) as they did."""
         out: dict[str, Any] = handler(self)
         if out.get("disk_cache") == "none":
             del out["disk_cache"]
+        if out.get("read_ahead_kb") == 128:
+            del out["read_ahead_kb"]
         return out
 
     @model_validator(mode="after")
@@ -367,6 +380,7 @@ class GuestVmscan(Vmscan):
         pids = self.mem.frame_pid[pfns]
         super().remove_file_folios(pfns, sc)
         g = self.guest
+        g.ra_mark_dropped(pids)
         if g.tlb is not None and len(pids):
             g.tlb.forget(pids)
         if g.rmap.on_unmap is not None and len(pids):
@@ -393,6 +407,78 @@ class GuestVmscan(Vmscan):
         yield from self.guest.image_write(pids)
         for pid, pfn in zip(pids, pfns, strict=True):
             self.folio_end_writeback(pid, pfn)
+
+
+def _init_ra_size(size: int, max_pages: int) -> int:
+    """``get_init_ra_size``: the first window for a read of ``size`` pages."""
+    new = 1 << (size - 1).bit_length()  # roundup_pow_of_two
+    if new <= max_pages // 32:
+        new *= 4
+    elif new <= max_pages // 4:
+        new *= 2
+    else:
+        new = max_pages
+    return min(new, max_pages)
+
+
+def _next_ra_size(cur: int, max_pages: int) -> int:
+    """``get_next_ra_size``: the window after one of ``cur`` pages."""
+    if cur < max_pages // 16:
+        return 4 * cur
+    if cur <= max_pages // 2:
+        return 2 * cur
+    return max_pages
+
+
+class _RaState:
+    """``struct file_ra_state`` of the one file the guest process reads, in file pages, and
+    the decisions of mm/readahead.c that use it (reads of one page at a time)."""
+
+    def __init__(self) -> None:
+        self.start = self.size = self.async_size = 0
+        self.prev = -1  # prev_pos's page (-1: no read yet)
+
+    def mark(self) -> int:
+        """The page that gets PG_readahead when the window is read."""
+        return self.start + self.size - self.async_size
+
+    def sync_window(self, index: int, max_pages: int, cached: Callable[[int], bool]) -> list[int]:
+        """``page_cache_sync_ra`` for a miss on page ``index``: the pages to read with it."""
+        if max_pages == 0:
+            return [index]
+        if index == 0 or 0 <= index - self.prev <= 1:  # the file's start, or sequential
+            self.start, self.size = index, _init_ra_size(1, max_pages)
+            self.async_size = self.size - 1 if self.size > 1 else self.size >> 1
+            return list(range(self.start, self.start + self.size))
+        # context readahead: the pages cached just before it betray a sequential stream
+        miss = index - 1
+        while miss >= 0 and index - miss <= max_pages and cached(miss):
+            miss -= 1
+        contig = index - miss - 1
+        if contig <= 1:  # a standalone small random read: read as is, state untouched
+            return [index]
+        if miss < 0:  # cached from the file's start: a long-running stream
+            contig *= 2
+        self.start, self.size, self.async_size = index, min(contig + 1, max_pages), 1
+        return list(range(self.start, self.start + self.size))
+
+    def async_window(self, index: int, max_pages: int, cached: Callable[[int], bool]) -> list[int]:
+        """``page_cache_async_ra`` on reading the marked page ``index``: the next window."""
+        if max_pages == 0:
+            return []
+        if index == self.mark():  # the expected mark: ramp up, push the window forward
+            self.start += self.size
+            self.size = _next_ra_size(self.size, max_pages)
+            self.async_size = self.size
+            return list(range(self.start, self.start + self.size))
+        start = index + 1  # a mark without valid state: the cached run after it sizes it
+        while start - index <= max_pages and cached(start):
+            start += 1
+        if start - index > max_pages:
+            return []
+        self.start, self.size = start, _next_ra_size(start - index + 1, max_pages)
+        self.async_size = self.size
+        return list(range(self.start, self.start + self.size))
 
 
 class GuestKernel:
@@ -452,6 +538,11 @@ class GuestKernel:
             file_base=self.nr_anon,
         )
         self._file_reads: dict[int, simpy.Event] = {}  # page-cache reads in flight
+        # the file's readahead (struct file_ra_state, in file pages): the window's start, size
+        # and async_size, the last page read (prev_pos; -1: none yet), and PG_readahead
+        self.ra_pages = (cfg.read_ahead_kb << 10) >> page_shift
+        self.ra = _RaState()
+        self._ra_mark = np.zeros(self.nr_file, dtype=np.bool_)
         if cfg.shuffle:
             mem.shuffle_free(np.random.default_rng(rng.integers(2**63)))
         self._balloon_slots = list(range(nr_gfns - 1, -1, -1))  # free balloon page ids
@@ -591,6 +682,7 @@ class GuestKernel:
             faulting=self.fault.fault_in_progress,
         )
         self.stats[JOBS_EXITED] += 1
+        self.ra = _RaState()  # the next job opens the file afresh
         if self.tlb is not None:  # exit_mmap's tlb_finish_mmu (fullmm): flush_tlb_mm
             self.tlb.flush_all()
         if self.on_exit is not None:
@@ -731,14 +823,25 @@ class GuestKernel:
             mark(f)
             if n > 1:
                 mark(f)
+        idx = pids - self.nr_anon
+        marked = idx[self._ra_mark[idx]]
+        for i in marked.tolist():  # filemap_readahead -> page_cache_async_ra
+            self._ra_mark[i] = False
+            window = self.ra.async_window(i, self.ra_pages, self._cached)
+            if window:
+                self.env.process(self._read_ahead(window))
+        self.ra.prev = int(idx[-1])
 
     def file_fault(self, pid: int) -> Generator[simpy.Event, Any, HostFault]:
-        """A read that misses the page cache (``filemap_read`` -> ``filemap_get_pages``): a
-        folio is allocated (watermarks, guest kswapd, direct reclaim) and locked in the page
-        cache, QEMU pins it for the virtual disk's read (a stale swap read if the host has the
-        gfn only in swap), the disk reads it (``pgpgin``), and the folio joins the file LRU
-        (a refault if its shadow is recent: ``workingset_refault``) marked accessed. A read
-        of a folio being read in waits for it (the folio lock)."""
+        """A read that misses the page cache (``filemap_read`` -> ``filemap_get_pages``):
+        ``page_cache_sync_ra`` picks the pages to read with it (its window, when the reads
+        look sequential), a folio is allocated for each (the missed one with watermarks, guest
+        kswapd and direct reclaim; the ones read ahead only while the allocator need not wait,
+        ``__GFP_NORETRY``) and locked in the page cache, QEMU pins them for the virtual disk's
+        read (stale swap reads if the host has gfns only in swap), the disk reads them in one
+        request (``pgpgin``), and the folios join the file LRU (refaults if their shadows are
+        recent: ``workingset_refault``), the missed one marked accessed. A read of a folio
+        being read in waits for it (the folio lock)."""
         ev = self._file_reads.get(pid)
         if ev is not None:
             yield ev
@@ -746,32 +849,102 @@ class GuestKernel:
         mem = self.mem
         if mem.flags.item(pid) & PG_RESIDENT:
             return HostFault.MAPPED
-        ev = self._file_reads[pid] = self.env.event()
-        old = mem.pfn.item(pid)
-        shadow = None if old == NO_PFN_INT else old
+        index = pid - self.nr_anon
+        window = self.ra.sync_window(index, self.ra_pages, self._cached)
+        self.ra.prev = index
+        ahead = [self.nr_anon + i for i in window if i != index and not self._cached(i)]
+        evs = {p: self.env.event() for p in [pid, *ahead]}
+        self._file_reads.update(evs)  # claimed: a reader of any of them waits for this read
+        shadows = [self._shadow(pid)]
         pfn = self.alloc.alloc_fast(pid)
         if pfn < 0:
             pfn = yield from self.alloc.alloc(pid)
         if pfn < 0:  # no frame to be had (nothing left to kill): the read fails
-            del self._file_reads[pid]
-            ev.succeed()
+            self._release(list(evs))
             return HostFault.WAITED
-        mem.flags[pid] = mem.flags.item(pid) | PG_LOCKED
-        yield from self._before_read([pfn])
-        if self.image is not None:  # the file's block in the image, after the swap area
-            off = self.swap.nr_slots + 1 + pid - self.nr_anon
-            self.stats[DISK_CACHE_HITS] += yield from self.image.read([off])
+        got = [pid]
+        for p in ahead:  # readahead_gfp_mask: never waits for reclaim; stops at a failure
+            sh = self._shadow(p)
+            if self.alloc.alloc_fast(p) < 0:
+                break
+            got.append(p)
+            shadows.append(sh)
+        self._release([p for p in evs if p not in got])
+        yield from self._read_folios(got, shadows)
+        self.policy.folio_mark_accessed(mem.pfn.item(pid))
+        self._release(got)
+        return HostFault.MAJOR
+
+    def ra_mark_dropped(self, pids: NDArray[np.integer]) -> None:
+        """Dropped page-cache pages lose PG_readahead with their folios."""
+        if len(pids):
+            self._ra_mark[np.asarray(pids, dtype=np.int64) - self.nr_anon] = False
+
+    def _cached(self, index: int) -> bool:
+        """Whether file page ``index`` is in the page cache (or being read into it); pages
+        past the file's end count as cached (there is nothing to read)."""
+        if index >= self.nr_file:
+            return True
+        pid = self.nr_anon + index
+        return bool(self.mem.flags.item(pid) & PG_RESIDENT) or pid in self._file_reads
+
+    def _release(self, pids: list[int]) -> None:
+        """End the claims on ``pids``: their readers go on (and fault again if not read)."""
+        for p in pids:
+            ev = self._file_reads.pop(p, None)
+            if ev is not None:
+                ev.succeed()
+
+    def _shadow(self, pid: int) -> int | None:
+        """The workingset shadow a file page left when it was dropped (before its new frame
+        takes its place), or None."""
+        old = self.mem.pfn.item(pid)
+        return None if old == NO_PFN_INT else old
+
+    def _read_folios(
+        self, pids: list[int], shadows: list[int | None]
+    ) -> Generator[simpy.Event, Any, None]:
+        """Read file pages ``pids`` (each with a new frame, in order; ``shadows`` what they
+        left when last dropped) as one request of the virtual disk, then add them to the file
+        LRU (``filemap_add_folio``); the page at the window's async mark gets PG_readahead."""
+        mem = self.mem
+        for p in pids:
+            mem.flags[p] = mem.flags.item(p) | PG_LOCKED
+        pfns = [mem.pfn.item(p) for p in pids]
+        mark = self.ra.mark()
+        yield from self._before_read(pfns)
+        if self.image is not None:  # the file's blocks in the image, after the swap area
+            offs = [self.swap.nr_slots + 1 + p - self.nr_anon for p in pids]
+            self.stats[DISK_CACHE_HITS] += yield from self.image.read(offs)
         else:
             now = int(self.env.now)
-            done = self.swap.submit(now, write=False, swap_io=False)[0]  # the virtual disk
+            done = max(self.swap.submit(now, write=False, n=len(pids), swap_io=False))
             yield self.env.timeout(done - now)
-        self.vmstat[PGPGIN] += self.page_kib
-        mem.flags[pid] = mem.flags.item(pid) & ~PG_LOCKED
-        self.policy.file_add_lru(pfn, shadow, self.swap.nr_free_slots > 0)
-        self.policy.folio_mark_accessed(pfn)
-        del self._file_reads[pid]
-        ev.succeed()
-        return HostFault.MAJOR
+        self.vmstat[PGPGIN] += self.page_kib * len(pids)
+        room = self.swap.nr_free_slots > 0
+        for p, pfn, shadow in zip(pids, pfns, shadows, strict=True):
+            mem.flags[p] = mem.flags.item(p) & ~PG_LOCKED
+            self.policy.file_add_lru(pfn, shadow, room)
+            if p - self.nr_anon == mark:
+                self._ra_mark[mark] = True
+
+    def _read_ahead(self, window: list[int]) -> ProcessGen:
+        """An asynchronous readahead (``page_cache_async_ra``): the window's pages not cached
+        are read as one request while the reader goes on."""
+        todo = [self.nr_anon + i for i in window if not self._cached(i)]
+        self._file_reads.update({p: self.env.event() for p in todo})
+        got: list[int] = []
+        shadows: list[int | None] = []
+        for p in todo:
+            sh = self._shadow(p)
+            if self.alloc.alloc_fast(p) < 0:
+                break
+            got.append(p)
+            shadows.append(sh)
+        self._release([p for p in todo if p not in got])
+        if got:
+            yield from self._read_folios(got, shadows)
+            self._release(got)
 
     def silent_writes(self, gfns: NDArray[np.int64]) -> None:
         """The host wrote these gfns of this VM to its swap: those holding a clean page-cache
