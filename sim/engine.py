@@ -89,6 +89,7 @@ class World(Machine):
         direct = DirectReclaim(env, mem, self.vmscan, policy, cost, vmstat, throttle)
         self.oom = OomKiller(self.mms, mem, swap, policy, vmstat, now=lambda: int(env.now))
         self.oom_kills = self.oom.kills
+        self.oom.ksm = self.ksm
 
         files = sc.file_sections()
         file_owners = slice(len(self.vms), len(self.vms) + len(files))  # the files' pseudo-mms
@@ -136,6 +137,7 @@ class World(Machine):
             ptrs_per_pmd=1 if self.vmscan.pmd_mapped else PTRS_PER_PMD,  # a 2 MiB page is a PMD
         )
         self.host_fault.memcg = self.memcg
+        self.host_fault.ksm = self.ksm
         on_access = self._on_access if policy.observes_accesses else None
         self.horizon_ns = round(sc.duration_s * 1e9)
         self.accrual = VcpuTime(
@@ -364,6 +366,8 @@ class World(Machine):
             return
         self._started = True
         self.env.process(self.kswapd.run())
+        if self.ksm is not None:
+            self.env.process(self.ksm.ksmd(self.env))
         for guest in self.guests:
             if guest is not None:
                 guest.start()

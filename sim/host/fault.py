@@ -54,6 +54,7 @@ from numpy.typing import NDArray
 from sim import fast
 from sim.host.kswapd import ProcessGen
 from sim.host.memory import (
+    NO_PFN_INT,
     PAGE_SHIFT,
     PG_DIRTY,
     PG_LOCKED,
@@ -73,6 +74,7 @@ from sim.host.vmstat import VmEvents, VmStat
 from sim.reclaim.base import EvictionPolicy
 
 if TYPE_CHECKING:
+    from sim.host.ksm import Ksm
     from sim.host.memcontrol import MemCgroups
 
 _MAPPED_INT = PTE_PRESENT | PTE_YOUNG  # GUP maps the pte young
@@ -93,6 +95,7 @@ class HostFault(StrEnum):
     SWAPCACHE = "swapcache"  # do_swap_page, folio still in memory
     MAJOR = "major"  # do_swap_page with a read from the swap device
     WAITED = "waited"  # another task was faulting the page in; we waited for it
+    COW = "cow"  # do_wp_page: a write to a KSM page (or the zero page) copied it (host/ksm.py)
 
 
 class FrameAllocator(Protocol):
@@ -134,6 +137,7 @@ class HostFaultHandler:
         self.cluster_order = page_cluster - (PMD_ORDER if ptrs_per_pmd == 1 else 0)
         assert not rotational or swap.tracks_slots, "cluster readahead needs slot identities"
         self.memcg: MemCgroups | None = None  # the VMs' memcgs (memory.high), if any
+        self.ksm: Ksm | None = None  # KSM, when on: its sharers' write faults copy (COW)
         self._plain = fast.enabled("plain_swapin")  # swapin_begin may take a fault whole
         # a guest kernel's handler: the I/O buffers of its disk reads are guest RAM that QEMU
         # pins on the host before the read (sim/guest/kernel.py); None on the host
@@ -179,6 +183,8 @@ class HostFaultHandler:
         flags = mem.flags
         f = flags.item(pid)
         if f & PTE_PRESENT:
+            if write and self.ksm is not None and mem.ksm_node.item(pid) != -1:
+                return self._wp_page_fast(pid)
             return HostFault.MAPPED
         if pid in self._inflight:
             return None
@@ -210,10 +216,47 @@ class HostFaultHandler:
         self.policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
         return HostFault.FIRST_TOUCH
 
+    def _wp_page_fast(self, pid: int) -> HostFault | None:
+        """A write to a KSM sharer, if a frame is free without waiting (and no fault of the
+        page holds its lock): ``do_wp_page`` copies it (:meth:`_wp_page_copy`)."""
+        if pid in self._inflight:
+            return None
+        pfn = self.alloc.alloc_fast(pid)
+        if pfn < 0:
+            return None
+        self.vmstat.count(_PGFAULT, 1, self.mem.page_owner(pid))
+        self._wp_page_copy(pid, pfn)
+        return HostFault.COW
+
+    def _wp_page_copy(self, pid: int, pfn: int) -> None:
+        """``wp_page_copy``: the sharer's new frame ``pfn`` (just allocated) gets the copy;
+        the page leaves its KSM page (host/ksm.py ``break_cow``) and maps its own, dirty and
+        young, on the LRU."""
+        assert self.ksm is not None
+        self.ksm.break_cow(pid)
+        self.mem.flags[pid] = _NEW_ANON_INT
+        self.policy.folio_add_lru(pfn, None)
+        self.policy.folio_mark_accessed(pfn)
+
+    def write_protected(self, pid: int) -> bool:
+        """QEMU's pte maps the page read-only (a KSM page or the zero page): KVM maps its spte
+        read-only too (``hva_to_pfn`` without ``writable``)."""
+        return self.ksm is not None and self.mem.ksm_node.item(pid) != -1
+
+    def page_written(self, pid: int) -> None:
+        """KVM mapped the page after a write fault (or restored it for one): with KSM on, its
+        content is now its own (``HostMemory.written``)."""
+        if self.ksm is not None:
+            self.mem.written[pid] = 1
+
     def kvm_release_page(self, pid: int, dirty: bool) -> None:
         """``kvm_release_faultin_page``: KVM is done with the page it faulted in: the folio is
-        marked accessed, and dirty if KVM could map it writable."""
+        marked accessed, and dirty if KVM could map it writable (a KSM page never is)."""
         mem = self.mem
+        if self.ksm is not None and mem.ksm_node.item(pid) != -1:
+            if mem.pfn.item(pid) != NO_PFN_INT:  # the zero page is on no LRU
+                self.policy.folio_mark_accessed(mem.pfn.item(pid))
+            return
         if dirty:
             mem.flags[pid] = mem.flags.item(pid) | PG_DIRTY
         self.policy.folio_mark_accessed(mem.pfn.item(pid))
@@ -327,6 +370,9 @@ class HostFaultHandler:
             return HostFault.MAJOR if swapped else HostFault.FIRST_TOUCH
         if swapped and not mem.flags.item(pid) & PG_SWAP:  # discarded while we waited:
             swapped = False  # no swap entry to read any more; the page is new (the retry)
+        if self.ksm is not None and mem.ksm_node.item(pid) != -1:  # do_wp_page
+            self._wp_page_copy(pid, pfn)
+            return HostFault.COW
         if not swapped:  # do_anonymous_page: zeroed frame, dirty (no copy anywhere)
             mem.flags[pid] = _NEW_ANON_INT
             self.policy.folio_add_lru(pfn, None)

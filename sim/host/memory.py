@@ -144,6 +144,9 @@ class HostMemory:
             A page-cache page has no pte and no swap slot: with a frame it holds PG_RESIDENT
             and maybe PG_dirty, PG_writeback (the flusher's write) and PG_reclaim; without
             one its ``pfn`` holds its workingset shadow (the page cache's xarray) or NO_PFN.
+        ksm: keep KSM's per-page arrays (host/ksm.py): ``ksm_node`` (the stable node a page
+            shares, or -1) and ``written`` (the guest wrote the page since ksmd last looked);
+            else they are empty arrays.
     """
 
     def __init__(
@@ -156,6 +159,7 @@ class HostMemory:
         stamps: bool = False,
         readahead: bool = False,
         file_base: int | None = None,
+        ksm: bool = False,
     ) -> None:
         self.nr_frames, self.nr_pages, self.wmark = nr_frames, nr_pages, wmark
         self.file_base = nr_pages if file_base is None else file_base
@@ -170,6 +174,8 @@ class HostMemory:
         # PG_readahead (the uint8 flags are full): read ahead, not yet touched (swap_state.py)
         self.readahead = np.zeros(nr_pages if readahead else 0, dtype=np.bool_)
         self.stamps = stamps
+        self.ksm_node = np.full(nr_pages if ksm else 0, -1, dtype=np.int32)
+        self.written = np.zeros(nr_pages if ksm else 0, dtype=np.uint8)
         self.last_access_us = np.zeros(nr_pages if stamps else 0, dtype=np.uint32)
         self.scans = np.zeros(nr_frames if stamps else 0, dtype=np.uint8)
         # Free frames as a stack, lowest pfn on top, so allocation order is deterministic. The
@@ -214,6 +220,15 @@ class HostMemory:
         self.flags[pid] = self.flags.item(pid) | PG_RESIDENT
         self.nr_resident[self.page_owner(pid)] += 1
         return pfn
+
+    def transfer_frame(self, pfn: int, pid: int, owner: int) -> None:
+        """Frame ``pfn`` changes owner to page ``pid`` of mm ``owner`` (a page's frame becomes
+        a KSM folio, host/ksm.py); the old owner's entry is the caller's."""
+        old = self.frame_pid.item(pfn)
+        self.nr_resident[self.page_owner(old)] -= 1
+        self.nr_resident[owner] += 1
+        self.frame_pid[pfn] = pid
+        self.pfn[pid] = pfn
 
     def alloc_pool_frame(self) -> int:
         """Take one free frame for the compressed pool (``zs_malloc`` growing a zspage)."""
@@ -424,8 +439,9 @@ class HostMemory:
         assert not fl[~fhas].any(), "flags on a page-cache page without frame"
         flags, has = self.flags[:fb], has[:fb]
         swap = (flags & PG_SWAP) != 0
-        assert (self.pfn[:fb][~has & ~swap] == NO_PFN).all(), "an entry with no frame or swap copy"
-        assert not (flags[~has] & ~np.uint8(PG_SWAP)).any(), "flags on a page without frame"
+        own = ~has if not len(self.ksm_node) else ~has & (self.ksm_node[:fb] == -1)
+        assert (self.pfn[:fb][own & ~swap] == NO_PFN).all(), "an entry with no frame or swap copy"
+        assert not (flags[own] & ~np.uint8(PG_SWAP)).any(), "flags on a page without frame"
         unmapped = has & ((flags & PTE_PRESENT) == 0)
         assert swap[unmapped].all(), "an unmapped resident page without its swap copy"
         files = (

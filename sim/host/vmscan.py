@@ -48,6 +48,10 @@ Invariants
     (unmapped, no spte, frame free, the page only in swap); ``KEEP`` ones are unmapped, in the
     swap cache and under write-out (or freed already by a synchronous device: then ``FREED``);
     ``ACTIVATE`` ones are as they were.
+
+KSM
+    A KSM folio (host/ksm.py) is put back active: this model does not swap KSM folios yet (the
+    kernel does, unmapping every sharer through ``rmap_walk_ksm``).
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ from sim.host.swap import SwapDevice
 from sim.host.vmstat import VmEvents, VmStat
 
 if TYPE_CHECKING:
+    from sim.host.ksm import Ksm
     from sim.host.memcontrol import MemCgroups
     from sim.host.page_writeback import DirtyControl
     from sim.reclaim.base import EvictionPolicy
@@ -269,6 +274,7 @@ class Vmscan:
         self.on_writeback_end: Callable[[], None] | None = None  # reclaim_throttle's waker
         self.memcg: MemCgroups | None = None  # the VMs' memcgs (swap charges), if any
         self.core: FolioListCore | None = None  # the compiled batch, set where it applies
+        self.ksm: Ksm | None = None  # KSM's stable nodes, when KSM is on
         # told of the pages each swap write is submitted for (the guests' silent writes)
         self.on_swap_write: Callable[[NDArray[np.int64]], None] | None = None
 
@@ -383,12 +389,26 @@ class Vmscan:
         self.folio_scanned(pfns)
         return self.rmap.folio_referenced(pfns, sc)
 
+    def multi_referenced(self, pfns: NDArray[np.int64]) -> NDArray[np.bool_]:
+        """Which of these folios the last :meth:`folio_referenced` found young through more
+        than one pte (``referenced_ptes > 1``: only KSM folios have several)."""
+        multi = self.rmap.multi_referenced
+        if not multi or len(pfns) == 0:
+            return np.zeros(len(pfns), dtype=np.bool_)
+        return np.isin(pfns, np.fromiter(multi, dtype=np.int64))
+
     def shrink_folio_list(self, pfns: NDArray[np.int64], sc: ScanControl) -> NDArray[np.int8]:
         """Reclaim isolated folios the policy chose; an :class:`Outcome` for each."""
         mem, swap = self.mem, self.swap
         out = np.full(len(pfns), Outcome.ACTIVATE, dtype=np.int8)
         if len(pfns) == 0:
             return out
+        if self.ksm is not None:  # KSM folios are not swapped in this model: back active
+            nodes = self.ksm.is_node(mem.frame_pid[pfns])
+            if nodes.any():
+                rest = ~nodes
+                out[rest] = self.shrink_folio_list(pfns[rest], sc)
+                return out
         if self.core is not None:
             done = self.core.shrink_folio_list(pfns, sc)
             if done is not None:
