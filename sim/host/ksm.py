@@ -109,7 +109,8 @@ UNIQUE = -1  # content key of a page no other page equals
 ZERO = 0  # content key of a zero-filled page
 NO_NODE = -1  # ksm_node of a page that shares no KSM page
 ZERO_NODE = -2  # ksm_node of a page mapping the shared zero page (use_zero_pages)
-_NO_SUM = -2  # checksum of a page ksmd never visited (a fresh rmap_item: no checksum yet)
+_NO_SUM = -2  # no rmap_item: ksmd never visited the page
+_NEW_ITEM = -3  # a fresh rmap_item's checksum (0 in the kernel): no content key equals it
 _SHARER_FLAGS = PTE_PRESENT | PTE_YOUNG  # a sharer's own pte bits; the folio's are the node's
 _CANDIDATE = PTE_PRESENT | PG_RESIDENT  # mapped, with a frame of its own
 
@@ -337,7 +338,7 @@ class Ksm:
             st.cpu_ns += cfg.page_scan_ns
             if self.oldsum.item(pid) == _NO_SUM:
                 st.rmap_items += 1
-                self.oldsum[pid] = _NO_SUM + 1  # a new rmap_item, checksum 0 (matches nothing)
+                self.oldsum[pid] = _NEW_ITEM
             if mem.ksm_node.item(pid) != NO_NODE:  # already a KSM sharer: nothing to do
                 continue
             if f & ~(_CANDIDATE | PTE_YOUNG | PG_DIRTY) or not f & PG_RESIDENT:
