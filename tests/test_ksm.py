@@ -122,16 +122,19 @@ def test_a_guest_write_breaks_the_sharing_with_a_copy() -> None:
     vm = w.vms[1]
     pid = vm.mm.pid_base
     r = kvm_fault_nowait(vm.mmu, w.host_fault, w.costs, pid=pid, gfn=0, alias=0, write=False)
-    assert r is not None and r[0] == FaultKind.MINOR
+    assert r is not None
+    assert r[0] == FaultKind.MINOR
     assert is_write_protected(vm.mmu.spte[0])  # a read maps the KSM page read-only
     kpfn = w.mem.pfn[pid]
     free = w.mem.nr_free
     r = kvm_fault_nowait(vm.mmu, w.host_fault, w.costs, pid=pid, gfn=0, alias=0, write=True)
-    assert r is not None and r[1] == w.costs.first_touch_ns
+    assert r is not None
+    assert r[1] == w.costs.first_touch_ns
     s = w.ksm.stats
     assert s.cow_ksm == 1
     assert w.mem.nr_free == free - 1  # the copy's frame
-    assert w.mem.pfn[pid] != kpfn and w.mem.frame_pid[w.mem.pfn[pid]] == pid
+    assert w.mem.pfn[pid] != kpfn
+    assert w.mem.frame_pid[w.mem.pfn[pid]] == pid
     assert w.mem.flags[pid] & PG_RESIDENT
     assert not vm.mmu.spte[0] & SPTE_WRITE_PROTECTED
     assert (s.pages_shared, s.pages_sharing) == (1, 0)  # the node keeps its other sharer
@@ -139,7 +142,8 @@ def test_a_guest_write_breaks_the_sharing_with_a_copy() -> None:
     a = w.vms[0].mm.pid_base  # its last sharer's write frees the KSM page
     free = w.mem.nr_free
     kvm_fault_nowait(w.vms[0].mmu, w.host_fault, w.costs, pid=a, gfn=0, alias=0, write=True)
-    assert s.pages_shared == 0 and w.mem.nr_free == free  # one frame taken, one freed
+    assert s.pages_shared == 0
+    assert w.mem.nr_free == free
     w.check()
 
 
@@ -175,14 +179,17 @@ def test_use_zero_pages_maps_the_zero_page() -> None:
     free = w.mem.nr_free
     _scan(w, 2)
     s = w.ksm.stats
-    assert s.ksm_zero_pages == 4 and s.pages_shared == 0
+    assert s.ksm_zero_pages == 4
+    assert s.pages_shared == 0
     assert w.mem.nr_free == free + 4
     pid = w.vms[0].mm.pid_base
-    assert w.mem.pfn[pid] == NO_PFN and w.mem.flags[pid] & PTE_PRESENT
+    assert w.mem.pfn[pid] == NO_PFN
+    assert w.mem.flags[pid] & PTE_PRESENT
     w.check()
     vm = w.vms[0]
     kvm_fault_nowait(vm.mmu, w.host_fault, w.costs, pid=pid, gfn=0, alias=0, write=True)
-    assert s.ksm_zero_pages == 3 and s.cow_ksm == 0  # a zero-page COW is not cow_ksm
+    assert s.ksm_zero_pages == 3
+    assert s.cow_ksm == 0
     w.check()
 
 
@@ -196,7 +203,9 @@ def test_oom_exit_leaves_the_ksm_pages() -> None:
     assert (s.pages_shared, s.pages_sharing) == (2, 0)
     w.check()
     w.oom.kill(w.vms[0].mm)
-    assert s.pages_shared == 0 and s.rmap_items == 0 and s.pages_unshared == 0
+    assert s.pages_shared == 0
+    assert s.rmap_items == 0
+    assert s.pages_unshared == 0
     w.check()
 
 
@@ -218,9 +227,7 @@ def _raw(**host: Any) -> dict[str, Any]:
         (lambda r: r.update(reclaim={"policy": "mglru"}), "reclaim.policy: two_list"),
         (lambda r: r["host"]["ksm"].update(max_page_sharing=1), "max_page_sharing"),
         (
-            lambda r: r["vms"].append(
-                {"name": "b", "memory_mib": 4, "content": {"image_mib": 8}}
-            ),
+            lambda r: r["vms"].append({"name": "b", "memory_mib": 4, "content": {"image_mib": 8}}),
             "image_mib",
         ),
     ],
