@@ -719,6 +719,9 @@ class Scenario(_MemcgOptional):
             (self.host.page_size_kib != 4, "host.page_size_kib: 4"),
             (self.host_files is not None, "no host_files"),
             (self.mom is not None, "no mom"),
+            (self.swap.device != "disk", "swap.device: disk"),
+            (self.swap.zswap.enabled, "swap.zswap off"),
+            (self.swap.rotational, "swap.rotational: false"),
         ]
         for i, vm in enumerate(self.vms):
             for key in ("memcg", "guest", "balloon", "guest_tlb"):

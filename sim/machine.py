@@ -243,7 +243,7 @@ class Machine:
                 nr_nodes,
                 tlb_flush_ns=sc.costs.tlb_flush_exit_ns,
             )
-            self.ksm.policy = policy
+            self.ksm.policy, self.ksm.swap = policy, self.swap
         self.rmap = Rmap(mem, mms, vmstat)
         self.rmap.ksm = self.ksm
         self.vmscan = Vmscan(mem, self.swap, self.rmap, mms, now, schedule, vmstat, self.recorder)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from sim.config import ConfigError, parse_scenario
 from sim.engine import World
 from sim.host.ksm import UNIQUE, ZERO
-from sim.host.memory import NO_PFN, PG_RESIDENT, PTE_PRESENT, PTE_YOUNG
+from sim.host.memory import NO_PFN, PG_RESIDENT, PG_SWAP, PTE_PRESENT, PTE_YOUNG
 from sim.host.vmscan import Outcome, ScanControl
 from sim.kvm.fault import FaultKind, kvm_fault_nowait
 from sim.kvm.spte import SPTE_WRITE_PROTECTED, is_write_protected
@@ -167,8 +167,77 @@ def test_aging_a_ksm_folio_walks_every_sharer() -> None:
     sc = ScanControl(nr_to_reclaim=32, vmstat=w.vmstat)
     assert w.vmscan.folio_referenced(kpfn, sc).tolist() == [False]
     assert w.vmscan.multi_referenced(kpfn).tolist() == [False]
-    out = w.vmscan.shrink_folio_list(kpfn, sc)  # not swapped in this model: back active
-    assert out.tolist() == [Outcome.ACTIVATE]
+    w.check()
+
+
+def _evicted(n: int) -> tuple[World, int, ScanControl]:
+    """``n`` VMs sharing one KSM page, which reclaim then takes: (world, node pid, pass)."""
+    w = _world(count=n)
+    _keys(w, {0: 1})
+    _fault_all(w)
+    _scan(w, 2)
+    for vm in w.vms:  # each sharer's spte read-only, as after a read fault
+        pid = vm.mm.pid_base
+        kvm_fault_nowait(vm.mmu, w.host_fault, w.costs, pid=pid, gfn=0, alias=0, write=False)
+    kpfn = np.array([w.mem.pfn[w.vms[0].mm.pid_base]], dtype=np.int64)
+    npid = int(w.mem.frame_pid[kpfn[0]])
+    used = w.swap.nr_slots - w.swap.nr_free_slots
+    w.policy.folio_remove(kpfn)  # isolated, as shrink_inactive_list hands it over
+    sc = ScanControl(nr_to_reclaim=32, vmstat=w.vmstat)
+    out = w.vmscan.shrink_folio_list(kpfn, sc)
+    assert out.tolist() == [Outcome.KEEP]  # its write started (a disk: asynchronous)
+    assert w.swap.nr_slots - w.swap.nr_free_slots == used + 1  # one slot for N sharers
+    return w, npid, sc
+
+
+def test_evicting_a_ksm_folio_zaps_every_sharer_and_takes_one_slot() -> None:
+    n = 3
+    w, npid, sc = _evicted(n)
+    assert sc.nr_rmap_walked == n  # try_to_unmap walked every sharer
+    assert sc.nr_tlb_flushes == n  # a zap and a flush in each VM
+    for vm in w.vms:
+        assert vm.mmu.spte[0] == 0
+        assert w.mem.flags[vm.mm.pid_base] == 0  # a swap entry to the folio's slot
+    assert w.ksm.stats.pages_shared == 1  # still in the swap cache: still a KSM page
+    w.policy.folio_add_lru(int(w.mem.pfn[npid]), None)  # kept: back on the LRU
+    w.check()
+    vm = w.vms[1]  # a fault while it is in the swap cache maps it again, still KSM
+    r = kvm_fault_nowait(
+        vm.mmu, w.host_fault, w.costs, pid=vm.mm.pid_base, gfn=0, alias=0, write=False
+    )
+    assert r is not None
+    assert r[0] == FaultKind.MINOR
+    assert is_write_protected(vm.mmu.spte[0])
+    assert w.mem.pfn[vm.mm.pid_base] == w.mem.pfn[npid]
+    w.check()
+
+
+def test_a_swapped_ksm_folio_is_read_once_and_copied_for_the_others() -> None:
+    n = 3
+    w, npid, _ = _evicted(n)
+    w.policy.folio_add_lru(int(w.mem.pfn[npid]), None)
+    w.env.run(until=w.env.now + 50_000_000)  # the write ends
+    kpfn = np.array([w.mem.pfn[npid]], dtype=np.int64)
+    w.policy.folio_remove(kpfn)
+    sc = ScanControl(nr_to_reclaim=32, vmstat=w.vmstat)
+    assert w.vmscan.shrink_folio_list(kpfn, sc).tolist() == [Outcome.FREED]
+    s = w.ksm.stats
+    assert s.pages_shared == 0  # pruned from the stable tree: its page is gone
+    assert s.pages_sharing == 0
+    assert w.mem.flags[npid] & PG_SWAP
+    w.check()
+    used = w.swap.nr_slots - w.swap.nr_free_slots
+    kinds = []
+    for vm in w.vms:
+        pid = vm.mm.pid_base
+        proc = w.env.process(w.host_fault.handle_mm_fault(pid, False))
+        w.env.run(until=proc)
+        kinds.append(proc.value)
+        w.check()
+    assert [str(k) for k in kinds] == ["major", "swapcache", "swapcache"]
+    assert s.ksm_swpin_copy == n - 1
+    assert w.swap.nr_slots - w.swap.nr_free_slots == used - 1  # the last reference freed it
+    assert w.mem.flags[npid] == 0
     w.check()
 
 

@@ -30,6 +30,16 @@ Models
     Aging a KSM folio walks every sharer's mapping (``rmap_walk_ksm``): N host ptes tested and
     cleared, N notifier calls (N KVM rmap walks), ``rmap_walked`` N (sim/host/rmap.py).
 
+    Reclaim swaps a KSM folio as any anon folio, with one swap slot: ``try_to_unmap`` walks
+    every mapped sharer (N invalidations, N KVM zaps and flushes) and turns each pte into a swap
+    entry to that slot. While the folio is in the swap cache a sharer's fault maps it again
+    (``ksm_might_need_to_copy`` returns a KSM folio as it is). Once it is freed its stable node
+    leaves the tree (``remove_node_from_stable_tree``, as ``get_ksm_page`` finds its page gone)
+    and stays only as the slot the sharers' swap entries name: the first sharer to fault reads
+    the slot into a page of its own (the read-in folio is not KSM); a later one copies that page
+    while it is still in memory (``ksm_swpin_copy``) or reads the slot again; the slot is freed
+    with the last swap entry.
+
 Content
     Each guest page of a VM with a ``content`` section gets a content key at build, drawn from
     the run's seed (``<vm>.content``): ZERO, a block of a shared image (uniform over the image's
@@ -49,7 +59,7 @@ Data model
 Counting
     The sysfs counters (``pages_shared``: stable nodes, ``pages_sharing``: sharers beyond the
     first per node, ``pages_unshared``, ``pages_volatile``, ``full_scans``, ``ksm_zero_pages``)
-    and the vmstat event ``cow_ksm`` are counted here once (:class:`KsmStats`) and reported in
+    and the vmstat events ``cow_ksm`` and ``ksm_swpin_copy`` are counted here once (:class:`KsmStats`) and reported in
     summary.json's ``host.ksm``. ksmd's CPU (``cpu_ns``: ``page_scan_ns`` per page visited,
     ``memcmp_ns`` per tree comparison, ~log2(tree size) per lookup, plus its notifier work
     priced as KVM's zaps and flushes) is its own host CPU's, never a vCPU's.
@@ -58,23 +68,29 @@ Kernel reference
     mm/ksm.c: ``ksm_do_scan``, ``scan_get_next_rmap_item``, ``cmp_and_merge_page``,
     ``stable_tree_search``, ``unstable_tree_search_insert``, ``try_to_merge_two_pages``,
     ``try_to_merge_with_ksm_page``, ``try_to_merge_one_page``, ``write_protect_page``,
-    ``replace_page``, ``calc_checksum``, ``rmap_walk_ksm``; mm/memory.c: ``do_wp_page``,
-    ``wp_page_copy``; Documentation/admin-guide/mm/ksm.rst (the sysfs counters).
+    ``replace_page``, ``calc_checksum``, ``rmap_walk_ksm``, ``get_ksm_page``,
+    ``remove_node_from_stable_tree``, ``ksm_might_need_to_copy``; mm/memory.c: ``do_wp_page``,
+    ``wp_page_copy``, ``do_swap_page``; Documentation/admin-guide/mm/ksm.rst (the sysfs counters).
 
 Simplifications
     Content is a key, not bytes: comparisons are counted, never made. ksmd merges only pages
     with no swap slot and no I/O in flight (a swap-cache page is skipped this pass). A batch's
-    merges happen at its start; ksmd then sleeps ``sleep_ms`` plus the batch's CPU time. KSM
-    folios are not swapped in this slice: reclaim that picks one puts it back on the active
-    list (``shrink_folio_list`` activates it) after aging it over all its mappings; the
-    kernel swaps them (one slot, N swap entries) since 2.6.33. A COW copy is priced as a first
-    touch (allocate and fill one page). ``stable_node_chain`` dups are a list per content key.
-    KSM runs only where its paths are modelled (config.py says which settings it needs).
+    merges happen at its start; ksmd then sleeps ``sleep_ms`` plus the batch's CPU time. A COW
+    copy, and a swap-in copy, is priced as a first touch (allocate and fill one page).
+    ``stable_node_chain`` dups are a list per content key. After a swapped KSM folio is read
+    back, the slot stays the node's until its last sharer faults (the kernel's first reader
+    holds it in its swap cache folio); "still in memory" for ``ksm_swpin_copy`` is "the first
+    reader's page is mapped". No swap readahead around a sharer's swap entry. A KSM folio's
+    I/O counts for the VM whose frame it was. KSM runs only where its paths are modelled
+    (config.py says which settings it needs: two_list watermark reclaim, a disk without
+    zswap, no memcgs, guest kernels, balloons, guest TLBs, host files, prefault).
 
 Invariants
     A node's sharers all map its frame and its sharer count is their number; a sharer owns no
-    frame; a live node has at least one sharer; ``pages_shared``/``pages_sharing`` equal the
-    sums over nodes; every zero-page sharer is counted in ``ksm_zero_pages``.
+    frame; a node is mapped iff a sharer is; an unmapped sharer's node holds a slot; a node
+    without sharers is free or waiting for its write to end; ``pages_shared``/``pages_sharing``
+    equal the sums over the nodes in the stable tree; every zero-page sharer is counted in
+    ``ksm_zero_pages``.
 """
 
 from __future__ import annotations
@@ -92,17 +108,22 @@ from sim.host.memory import (
     NO_PFN,
     PAGE_SIZE,
     PG_DIRTY,
+    PG_LOCKED,
     PG_RESIDENT,
+    PG_SWAP,
+    PG_WRITEBACK,
     PTE_PRESENT,
     PTE_YOUNG,
     HostMemory,
 )
 from sim.host.mm import Mm
+from sim.host.mmu_notifier import NotifierWork
 from sim.schema import Strict
 
 if TYPE_CHECKING:
     import simpy
 
+    from sim.host.swap import SwapDevice
     from sim.reclaim.base import EvictionPolicy
 
 UNIQUE = -1  # content key of a page no other page equals
@@ -113,6 +134,7 @@ _NO_SUM = -2  # no rmap_item: ksmd never visited the page
 _NEW_ITEM = -3  # a fresh rmap_item's checksum (0 in the kernel): no content key equals it
 _SHARER_FLAGS = PTE_PRESENT | PTE_YOUNG  # a sharer's own pte bits; the folio's are the node's
 _CANDIDATE = PTE_PRESENT | PG_RESIDENT  # mapped, with a frame of its own
+PG_BUSY = PG_WRITEBACK | PG_LOCKED  # I/O in flight: the folio waits for its end
 
 
 class KsmConfig(Strict):
@@ -235,6 +257,7 @@ class KsmStats:
     ksm_zero_pages: int = 0  # ptes mapping the shared zero page
     pages_scanned: int = 0  # pages ksmd visited (pages_scanned)
     cow_ksm: int = 0  # vmstat COW_KSM: write faults that broke a KSM sharing
+    ksm_swpin_copy: int = 0  # vmstat KSM_SWPIN_COPY: a swap-in copied for another VM
     tree_cmps: int = 0  # page comparisons in tree lookups (memcmp_pages)
     merges: int = 0  # pages merged into a KSM page (write_protect_page + replace_page)
     cpu_ns: int = 0  # ksmd's CPU (its own host CPU)
@@ -256,6 +279,7 @@ class KsmStats:
             "ksm_zero_pages": self.ksm_zero_pages,
             "pages_scanned": self.pages_scanned,
             "cow_ksm": self.cow_ksm,
+            "ksm_swpin_copy": self.ksm_swpin_copy,
             "merges": self.merges,
             "tree_cmps": self.tree_cmps,
             "ksmd_cpu_ns": self.cpu_ns,
@@ -294,6 +318,7 @@ class Ksm:
         self.owner = mem.page_owner(node_base)  # the KSM pseudo-mm's index
         self.tlb_flush_ns = tlb_flush_ns
         self.policy: EvictionPolicy  # set by the world once the policy exists
+        self.swap: SwapDevice  # set by the world: a node's slot is freed with it
         self.stats = KsmStats()
         n = len(key)
         self.oldsum = np.full(n, _NO_SUM, dtype=np.int64)  # rmap_item->oldchecksum
@@ -301,6 +326,9 @@ class Ksm:
         self.unstable: dict[int, int] = {}  # content key -> the page in the unstable tree
         self.stable: dict[int, list[int]] = {}  # content key -> its nodes (a chain of dups)
         self.node_key = np.full(nr_nodes, UNIQUE, dtype=np.int64)
+        self.node_mm = np.zeros(nr_nodes, dtype=np.int64)  # the VM whose frame the folio was
+        self.pruned = np.zeros(nr_nodes, dtype=np.bool_)  # out of the stable tree: swapped
+        self.swapin_src = np.full(nr_nodes, -1, dtype=np.int64)  # its first sharer read back
         self.sharers: list[list[int]] = [[] for _ in range(nr_nodes)]  # the node's rmap_items
         self._free_nodes = list(range(nr_nodes - 1, -1, -1))
         # the scan order: every mergeable mm's pages, mm after mm
@@ -434,6 +462,9 @@ class Ksm:
         pfn = mem.pfn.item(pid)
         f = mem.flags.item(pid)
         mem.transfer_frame(pfn, npid, self.owner)
+        self.node_mm[node] = mem.page_owner(pid)
+        self.pruned[node] = False
+        self.swapin_src[node] = -1
         mem.flags[npid] = PG_RESIDENT | PTE_PRESENT | (f & PG_DIRTY)
         mem.flags[pid] = f & _SHARER_FLAGS
         mem.pfn[pid] = pfn
@@ -455,7 +486,9 @@ class Ksm:
         self.policy.folio_remove(np.array([pfn], dtype=np.int64))
         mem.free_frame(pfn)
         mem.flags[pid] = f & _SHARER_FLAGS
-        mem.pfn[pid] = mem.pfn.item(self.node_base + node)
+        npid = self.node_base + node
+        mem.pfn[pid] = mem.pfn.item(npid)
+        mem.flags[npid] = mem.flags.item(npid) | PTE_PRESENT  # mapped again, if it was not
         mem.ksm_node[pid] = node
         self.sharers[node].append(pid)
         self.stats.pages_sharing += 1
@@ -476,9 +509,10 @@ class Ksm:
 
     # -- leaving -----------------------------------------------------------------------------
     def leave(self, pid: int) -> None:
-        """The page stops sharing (its COW, or its mm's exit): it leaves its node, which is
-        freed with its last sharer (the folio's last mapping gone). The page's own state is
-        the caller's."""
+        """The page stops sharing (its COW, its swap-in, or its mm's exit): it leaves its node,
+        which goes with its last sharer: its frame freed (the folio's last mapping gone; at the
+        end of its I/O if some is in flight) and its swap slot (the last swap entry gone). The
+        page's own state is the caller's."""
         mem = self.mem
         node = mem.ksm_node.item(pid)
         mem.ksm_node[pid] = NO_NODE
@@ -487,21 +521,112 @@ class Ksm:
             return
         sharers = self.sharers[node]
         sharers.remove(pid)
-        if sharers:
-            self.stats.pages_sharing -= 1
-            return
+        if not self.pruned.item(node):
+            if sharers:
+                self.stats.pages_sharing -= 1
+            else:
+                self.stats.pages_shared -= 1
         npid = self.node_base + node
-        pfn = mem.pfn.item(npid)
-        self.policy.folio_remove(np.array([pfn], dtype=np.int64))
-        mem.free_frame(pfn)
-        mem.flags[npid] = 0
+        if not sharers:
+            self._unlink(node)
+            if not mem.flags.item(npid) & PG_BUSY:
+                self._free_node(node)
+            return
+        present = mem.flags[np.array(sharers, dtype=np.int64)] & PTE_PRESENT
+        if not present.any():
+            mem.flags[npid] = mem.flags.item(npid) & ~PTE_PRESENT
+
+    def _unlink(self, node: int) -> None:
+        """The node leaves the stable tree (if still in it)."""
+        if self.pruned.item(node):
+            return
+        self.pruned[node] = True
         chain = self.stable[int(self.node_key[node])]
         chain.remove(node)
         if not chain:
             del self.stable[int(self.node_key[node])]
+
+    def _free_node(self, node: int) -> None:
+        """A node with no sharer and no I/O in flight: its frame and slot go, its pid is free."""
+        mem = self.mem
+        npid = self.node_base + node
+        f = mem.flags.item(npid)
+        if f & PG_SWAP:
+            self.swap.free_slots(1, (npid,))
+            if not f & PG_RESIDENT:
+                mem.nr_swapped[self.owner] -= 1
+        if f & PG_RESIDENT:
+            pfn = mem.pfn.item(npid)
+            self.policy.folio_remove(np.array([pfn], dtype=np.int64))
+            mem.free_frame(pfn)
+        mem.flags[npid] = 0
+        mem.pfn[npid] = NO_PFN
         self.node_key[node] = UNIQUE
+        self.pruned[node] = False
+        self.swapin_src[node] = -1
         self._free_nodes.append(node)
-        self.stats.pages_shared -= 1
+
+    def node_io_done(self, npid: int) -> bool:
+        """A node's write-out ended (``folio_end_writeback``): a node whose sharers all left
+        meanwhile goes now. True if it went."""
+        node = npid - self.node_base
+        if self.sharers[node]:
+            return False
+        self._free_node(node)
+        return True
+
+    # -- swap ------------------------------------------------------------------------------
+    def unmap(self, npid: int, work: NotifierWork) -> int:
+        """``try_to_unmap`` of a KSM folio (``rmap_walk_ksm`` -> ``try_to_unmap_one`` per
+        sharer): each mapped sharer's hva invalidated through its mm (KVM zaps its spte and
+        flushes) and its pte made a swap entry to the folio's one slot. Returns the mappings
+        walked."""
+        mem = self.mem
+        sharers = np.array(self.sharers[npid - self.node_base], dtype=np.int64)
+        sharers = sharers[(mem.flags[sharers] & PTE_PRESENT) != 0]
+        for pid in sharers.tolist():
+            mm = self.mms[mem.page_owner(pid)]
+            hva = mm.hva(np.array([pid], dtype=np.int64))
+            mm.notifiers.invalidate_range_start(hva, hva + PAGE_SIZE, work)
+            mem.flags[pid] = 0
+            mem.pfn[pid] = NO_PFN
+            mm.notifiers.invalidate_range_end(hva, hva + PAGE_SIZE, work)
+        mem.flags[npid] = mem.flags.item(npid) & ~(PTE_PRESENT | PTE_YOUNG)
+        return len(sharers)
+
+    def folio_freed(self, npids: NDArray[np.integer]) -> None:
+        """KSM folios left memory (``__remove_mapping``; their slot keeps the data): each node
+        leaves the stable tree (``get_ksm_page`` finds its page gone and
+        ``remove_node_from_stable_tree`` prunes it; its rmap_items are no longer shared), and
+        stays only as its sharers' swap entry."""
+        for npid in np.asarray(npids, dtype=np.int64).tolist():
+            node = npid - self.node_base
+            if not self.pruned.item(node):
+                self.stats.pages_shared -= 1
+                self.stats.pages_sharing -= len(self.sharers[node]) - 1
+            self._unlink(node)
+
+    def map_swapcache(self, pid: int) -> None:
+        """``do_swap_page`` finds the KSM folio in the swap cache (``ksm_might_need_to_copy``
+        returns it: still KSM, still in the stable tree): the sharer's pte maps it again."""
+        mem = self.mem
+        npid = self.node_base + mem.ksm_node.item(pid)
+        mem.flags[pid] = PTE_PRESENT | PTE_YOUNG
+        mem.pfn[pid] = mem.pfn.item(npid)
+        mem.flags[npid] = mem.flags.item(npid) | PTE_PRESENT
+
+    def node_of(self, pid: int) -> int:
+        """The node pid a sharer's swap entry names."""
+        return self.node_base + self.mem.ksm_node.item(pid)
+
+    def owners(self, pids: NDArray[np.integer]) -> NDArray[np.intp]:
+        """``HostMemory.page_owners``, with a KSM folio counted to the VM whose frame it was
+        (its I/O counted for that mm, as its memcg charge stays)."""
+        owners = self.mem.page_owners(pids)
+        nodes = np.asarray(pids) >= self.node_base
+        if nodes.any():
+            owners[nodes] = self.node_mm[np.asarray(pids)[nodes] - self.node_base]
+        return owners
 
     def break_cow(self, pid: int) -> None:
         """``do_wp_page`` -> ``wp_page_copy`` on a sharer whose new frame the caller has just
@@ -551,28 +676,40 @@ class Ksm:
         """Assert the KSM invariants (tests; O(pages))."""
         mem, st = self.mem, self.stats
         node = mem.ksm_node
-        nodes = [n for n in range(self.nr_nodes) if self.sharers[n]]
-        assert st.pages_shared == len(nodes), "pages_shared is not the live nodes"
-        total = sum(len(self.sharers[n]) for n in nodes)
-        assert st.pages_sharing == total - len(nodes), "pages_sharing"
-        assert int((node >= 0).sum()) == total, "sharers not all on their nodes' lists"
+        live = [n for n in range(self.nr_nodes) if self.sharers[n]]
+        tree = [n for n in live if not self.pruned[n]]
+        assert st.pages_shared == len(tree), "pages_shared is not the nodes in the stable tree"
+        total = sum(len(self.sharers[n]) for n in tree)
+        assert st.pages_sharing == total - len(tree), "pages_sharing"
+        linked = sum(len(self.sharers[n]) for n in live)
+        assert int((node >= 0).sum()) == linked, "sharers not all on their nodes' lists"
         assert int((node == ZERO_NODE).sum()) == st.ksm_zero_pages, "ksm_zero_pages"
         assert st.pages_unshared == int(self.in_unstable.sum()), "pages_unshared"
-        for n in nodes:
+        for n in live:
             npid = self.node_base + n
-            assert mem.flags.item(npid) & PG_RESIDENT, "a live node without its frame"
-            kpfn = mem.pfn.item(npid)
+            nf = mem.flags.item(npid)
             s = np.array(self.sharers[n], dtype=np.int64)
             assert (node[s] == n).all(), "a sharer on another node's list"
-            assert (mem.pfn[s] == kpfn).all(), "a sharer that does not map its node's frame"
+            present = (mem.flags[s] & PTE_PRESENT) != 0
+            assert bool(nf & PTE_PRESENT) == bool(present.any()), "node mapped iff a sharer is"
+            if nf & PG_RESIDENT:
+                kpfn = mem.pfn.item(npid)
+                assert (mem.pfn[s[present]] == kpfn).all(), "a sharer maps another frame"
+            else:
+                assert nf == PG_SWAP, "a node with neither frame nor slot"
+                assert not present.any(), "a sharer mapping a swapped-out node"
+            assert not (mem.flags[s[~present]]).any(), "an unmapped sharer with flags"
+            if not present.all():
+                assert nf & PG_SWAP, "a sharer's swap entry with no slot behind it"
             chain = self.stable.get(int(self.node_key[n]), [])
-            assert n in chain, "a live node out of the stable tree"
-        free = np.array(self._free_nodes, dtype=np.int64)
-        if len(free):
-            assert not (mem.flags[self.node_base + free] != 0).any(), "a free node with flags"
+            assert (n in chain) != bool(self.pruned[n]), "stable tree and pruned disagree"
+        for n in range(self.nr_nodes):  # nodes kept only for their I/O, or free
+            if not self.sharers[n]:
+                nf = mem.flags.item(self.node_base + n)
+                assert nf == 0 or nf & PG_BUSY, "a node without sharers and no I/O in flight"
         share = np.flatnonzero(node != NO_NODE)
         f = mem.flags[share]
         assert not (f & ~np.uint8(_SHARER_FLAGS)).any(), "a sharer with folio flags"
-        assert (f & PTE_PRESENT).all(), "a sharer not mapped (KSM folios are not swapped)"
         zero = share[node[share] == ZERO_NODE]
         assert (mem.pfn[zero] == NO_PFN).all(), "a zero-page sharer holds a pfn"
+        assert (mem.flags[zero] & PTE_PRESENT).all(), "an unmapped zero-page sharer"

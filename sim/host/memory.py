@@ -443,6 +443,8 @@ class HostMemory:
         assert (self.pfn[:fb][own & ~swap] == NO_PFN).all(), "an entry with no frame or swap copy"
         assert not (flags[own] & ~np.uint8(PG_SWAP)).any(), "flags on a page without frame"
         unmapped = has & ((flags & PTE_PRESENT) == 0)
+        if len(self.ksm_node):  # a KSM sharer reading its folio's slot (the slot is the node's)
+            unmapped &= (flags & PG_LOCKED) == 0
         assert swap[unmapped].all(), "an unmapped resident page without its swap copy"
         files = (
             self.nr_resident[self.page_owner(fb) :] if fb < self.nr_pages else self.nr_resident[:0]

@@ -17,7 +17,9 @@ KSM
     different VMs' mms: ``rmap_walk_ksm`` visits every sharer, tests and clears its pte's young
     bit and calls its mm's notifier for its hva (N mappings, N notifier calls, N KVM walks). The
     folio is referenced if any was young; how many were is kept for ``folio_check_references``
-    (``referenced_ptes > 1`` activates), as ``multi_referenced``.
+    (``referenced_ptes > 1`` activates), as ``multi_referenced``. ``try_to_unmap`` of a KSM
+    folio invalidates every mapped sharer's hva (N KVM zaps and flushes) and turns each pte into
+    a swap entry to the folio's one slot.
 
 Simplifications
     The rmap itself is arithmetic (``frame_pid`` then ``Mm.hva``) rather than an anon_vma tree;
@@ -215,6 +217,14 @@ class Rmap:
         pids = mem.frame_pid[pfns]
         if len(pids) == 0:
             return
+        if self.ksm is not None:
+            nodes = self.ksm.is_node(pids)
+            if nodes.any():  # rmap_walk_ksm: every sharer's mapping
+                for npid in pids[nodes].tolist():
+                    self.walked(work, self.ksm.unmap(npid, work))
+                if nodes.all():
+                    return
+                pfns, pids = pfns[~nodes], pids[~nodes]
         self.walked(work, len(pids))
         if self.shortcut is not None and self.shortcut.unmap(pids, work):
             return
