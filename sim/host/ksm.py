@@ -59,8 +59,8 @@ Data model
 Counting
     The sysfs counters (``pages_shared``: stable nodes, ``pages_sharing``: sharers beyond the
     first per node, ``pages_unshared``, ``pages_volatile``, ``full_scans``, ``ksm_zero_pages``)
-    and the vmstat events ``cow_ksm`` and ``ksm_swpin_copy`` are counted here once (:class:`KsmStats`) and reported in
-    summary.json's ``host.ksm``. ksmd's CPU (``cpu_ns``: ``page_scan_ns`` per page visited,
+    and the vmstat events ``cow_ksm`` and ``ksm_swpin_copy`` are counted here once
+    (:class:`KsmStats`) and reported in summary.json's ``host.ksm``. ksmd's CPU (``cpu_ns``: ``page_scan_ns`` per page visited,
     ``memcmp_ns`` per tree comparison, ~log2(tree size) per lookup, plus its notifier work
     priced as KVM's zaps and flushes) is its own host CPU's, never a vCPU's.
 
