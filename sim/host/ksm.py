@@ -60,9 +60,10 @@ Counting
     The sysfs counters (``pages_shared``: stable nodes, ``pages_sharing``: sharers beyond the
     first per node, ``pages_unshared``, ``pages_volatile``, ``full_scans``, ``ksm_zero_pages``)
     and the vmstat events ``cow_ksm`` and ``ksm_swpin_copy`` are counted here once
-    (:class:`KsmStats`) and reported in summary.json's ``host.ksm``. ksmd's CPU (``cpu_ns``: ``page_scan_ns`` per page visited,
-    ``memcmp_ns`` per tree comparison, ~log2(tree size) per lookup, plus its notifier work
-    priced as KVM's zaps and flushes) is its own host CPU's, never a vCPU's.
+    (:class:`KsmStats`) and reported in summary.json's ``host.ksm``. ksmd's CPU (``cpu_ns``:
+    ``page_scan_ns`` per page visited, ``memcmp_ns`` per tree comparison, ~log2(tree size)
+    per lookup, plus its remote TLB flushes at ``tlb_flush_exit_ns``) is its own host CPU's,
+    never a vCPU's.
 
 Kernel reference
     mm/ksm.c: ``ksm_do_scan``, ``scan_get_next_rmap_item``, ``cmp_and_merge_page``,
