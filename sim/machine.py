@@ -673,7 +673,7 @@ class Machine:
                 ],
             }
         if self.ksm is not None:  # /sys/kernel/mm/ksm and cow_ksm (counted in host/ksm.py)
-            host["ksm"] = self.ksm.stats.summary()
+            host["ksm"] = self.ksm.stats.summary(int(mem.nr_resident[self.ksm.owner]))
         if any(hf.write_ratio > 0 for hf in sc.file_sections()):
             # each writer's balance_dirty_pages sleeps: its own time, no vmstat counter
             host["dirty_throttle"] = [

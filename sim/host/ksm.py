@@ -269,9 +269,11 @@ class KsmStats:
         """``pages_volatile``: tracked pages in neither tree (changing too fast to merge)."""
         return self.rmap_items - self.pages_shared - self.pages_sharing - self.pages_unshared
 
-    def summary(self) -> dict[str, int]:
-        """The counters as summary.json's ``host.ksm`` reports them."""
+    def summary(self, frames: int = 0) -> dict[str, int]:
+        """The counters as summary.json's ``host.ksm`` reports them, with ``frames`` (the KSM
+        folios in memory at the end: counted in no VM's ``resident_pages``)."""
         return {
+            "frames_end": frames,
             "pages_shared": self.pages_shared,
             "pages_sharing": self.pages_sharing,
             "pages_unshared": self.pages_unshared,
