@@ -354,3 +354,17 @@ def test_random_ksm_worlds_keep_every_invariant(
     run_checked(w, every_ns=2_000_000)
     assert w.ksm.stats.pages_scanned > 0
     assert TINY["vms"][0]["count"] == 2
+
+
+def test_same_config_and_seed_give_the_same_run() -> None:
+    def run() -> tuple[dict[str, int], dict[str, int]]:
+        sc = tiny(
+            duration_s=0.03,
+            host__ksm={"pages_to_scan": 800, "sleep_ms": 0.5},
+            vms__0__content={"zero_share": 0.2, "image_share": 0.6, "image_mib": 2},
+        )
+        w = World(sc)
+        w.run()
+        return w.ksm.stats.summary(), dict(w.vmstat.items())
+
+    assert run() == run()
