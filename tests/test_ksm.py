@@ -164,6 +164,11 @@ def test_aging_a_ksm_folio_walks_every_sharer() -> None:
     assert sc.nr_notifier_calls == n  # and a notifier call (KVM rmap walk) for each
     assert not (w.mem.flags[pids] & PTE_YOUNG).any()
     assert w.vmscan.multi_referenced(kpfn).tolist() == [True]  # referenced_ptes > 1
+    other = np.array([w.mem.pfn[w.vms[0].mm.pid_base + 1]], dtype=np.int64)
+    w.vmscan.folio_referenced(other, ScanControl(nr_to_reclaim=32, vmstat=w.vmstat))
+    assert w.vmscan.multi_referenced(kpfn).tolist() == [False]  # that batch's answer only
+    w.mem.flags[pids] |= np.uint8(PTE_YOUNG)
+    w.vmscan.folio_referenced(kpfn, ScanControl(nr_to_reclaim=32, vmstat=w.vmstat))
     sc = ScanControl(nr_to_reclaim=32, vmstat=w.vmstat)
     assert w.vmscan.folio_referenced(kpfn, sc).tolist() == [False]
     assert w.vmscan.multi_referenced(kpfn).tolist() == [False]
@@ -238,6 +243,7 @@ def test_a_swapped_ksm_folio_is_read_once_and_copied_for_the_others() -> None:
     assert s.ksm_swpin_copy == n - 1
     assert w.swap.nr_slots - w.swap.nr_free_slots == used - 1  # the last reference freed it
     assert w.mem.flags[npid] == 0
+    assert [w.ksm.key[vm.mm.pid_base] for vm in w.vms] == [1] * n  # read back, same content
     w.check()
 
 

@@ -52,7 +52,6 @@ import simpy
 from numpy.typing import NDArray
 
 from sim import fast
-from sim.host.ksm import UNIQUE
 from sim.host.kswapd import ProcessGen
 from sim.host.memory import (
     NO_PFN_INT,
@@ -281,8 +280,7 @@ class HostFaultHandler:
         mem.flags[pid] = _NEW_ANON_INT
         self.policy.folio_add_lru(pfn, None if shadow < 0 else shadow)
         self.policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
-        ksm.key[pid] = UNIQUE  # its own copy now: ksmd must find it again
-        return hf
+        return hf  # same content as before: ksmd may merge it again
 
     def _wp_page_fast(self, pid: int) -> HostFault | None:
         """A write to a KSM sharer, if a frame is free without waiting (and no fault of the

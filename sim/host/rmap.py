@@ -118,6 +118,7 @@ class Rmap:
         ``flush`` is False, as MGLRU's look-around uses). Adds the walk to ``work``.
         """
         if self.ksm is not None:
+            self.multi_referenced.clear()  # this call's, not an earlier batch's
             nodes = self.ksm.is_node(self.mem.frame_pid[pfns])
             if nodes.any():
                 return self._referenced_ksm(pfns, nodes, work, flush)
