@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.guest_figures import balloon_figure, double_paging_figure
-from analysis.host_figures import swappiness_figure, sweep_runs, zswap_figure
+from analysis.host_figures import ksm_figure, swappiness_figure, sweep_runs, zswap_figure
 from analysis.load import load_run
 from analysis.plots import compare_runs, overcommit_figure, policies_figure, protection_figure
 
@@ -38,6 +38,7 @@ SWEEP_FIGURES = {  # figure: (help, default output), each drawn from one sweep d
         "a balloon sweep: balloon sizes over time, faults at each level, stall",
         "docs/balloon.png",
     ),
+    "ksm": ("a KSM sweep: memory saved, rmap work and TLB flushes per page", "docs/ksm.png"),
 }
 TWO_RUN_FIGURES = {  # figure: (help, default labels, default output): each VM's stall per window
     "protection": (
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             fig = balloon_figure(
                 sweep_runs(d), title=f"{d.name}: guests with a balloon, with and without a manager"
             )
+        elif args.figure == "ksm":
+            d = Path(args.sweep_dir)
+            fig = ksm_figure(sweep_runs(d), title=f"{d.name}: KSM as the guests share more")
         elif args.figure == "overcommit":
             fig = _overcommit(Path(args.sweep_dir))
         else:

@@ -1,7 +1,8 @@
-"""Figures about the host's reclaim targets: where swapped pages go (disk, zswap, zram) and how
-``vm.swappiness`` splits reclaim between guest RAM and the page cache.
+"""Figures about the host's reclaim targets: where swapped pages go (disk, zswap, zram), how
+``vm.swappiness`` splits reclaim between guest RAM and the page cache, and what KSM saves and
+costs reclaim as guests share more.
 
-Both read a sweep directory: the variants from ``runs.parquet`` and every count from each run's
+Each reads a sweep directory: the variants from ``runs.parquet`` and every count from each run's
 ``summary.json`` (``host.vmstat``, the one place memsim counts them).
 """
 
@@ -119,6 +120,63 @@ def swappiness_figure(runs: list[tuple[str, Run]], title: str = "") -> plt.Figur
     ax_s.set(xlabel="vm.swappiness", ylabel="mean guest vCPU stall (%)", title="Guests paid")
     for ax in (ax_r, ax_f):
         ax.legend(fontsize="small")
+    if title:
+        fig.suptitle(title, fontsize="medium")
+    return fig
+
+
+def ksm_table(runs: list[tuple[str, Run]]) -> pd.DataFrame:
+    """One row per run of a KSM sweep: the image share of the first VM profile, the memory KSM
+    saved at the end (``pages_sharing``), ksmd's merges and CPU, the writes that broke sharing
+    (``cow_ksm``), and per page reclaimed (``pgsteal``) the rmap mappings walked and the remote
+    TLB flushes (all of KVM's, ksmd's merges included: ``remote_tlb_flush``)."""
+    rows = []
+    for _, run in runs:
+        host = run.summary["host"]
+        if "ksm" not in host:
+            raise ValueError(f"{run.path}: no KSM in this run (add host.ksm)")
+        ksm, vs = host["ksm"], host["vmstat"]
+        content = run.config["vms"][0].get("content") or {}
+        stolen = vs.get("pgsteal_kswapd", 0) + vs.get("pgsteal_direct", 0)
+        mib = host["page_size_kib"] / 1024
+        rows.append(
+            {
+                "image share": float(content.get("image_share", 0.0)),
+                "saved (MiB)": ksm["pages_sharing"] * mib,
+                "KSM pages (MiB)": ksm["frames_end"] * mib,
+                "merges": ksm["merges"],
+                "cow_ksm": ksm["cow_ksm"],
+                "ksmd CPU (%)": 100 * ksm["ksmd_cpu_ns"] / run.summary["sim_time_ns"],
+                "reclaimed": stolen,
+                "rmap walked / reclaimed": vs["rmap_walked"] / stolen if stolen else 0.0,
+                "TLB flushes / reclaimed": vs["remote_tlb_flush"] / stolen if stolen else 0.0,
+            }
+        )
+    return pd.DataFrame(rows).sort_values("image share").reset_index(drop=True)
+
+
+def ksm_figure(runs: list[tuple[str, Run]], title: str = "") -> plt.Figure:
+    """As sharing grows: the memory KSM saves, and what reclaim pays per page it frees."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    t = ksm_table(runs).set_index("image share")
+    fig, (ax_m, ax_r, ax_t) = plt.subplots(1, 3, figsize=(12, 3.8), constrained_layout=True)
+    t[["saved (MiB)", "KSM pages (MiB)"]].plot.bar(
+        ax=ax_m, rot=0, color=["#55a868", "#4c72b0"], width=0.75
+    )
+    ax_m.set(xlabel="image share of guest pages", ylabel="MiB at the end", title="KSM")
+    ax_m.legend(fontsize="small")
+    t["rmap walked / reclaimed"].plot.bar(ax=ax_r, rot=0, color="#c44e52", width=0.6)
+    ax_r.set(
+        xlabel="image share of guest pages",
+        ylabel="mappings walked per page reclaimed",
+        title="Reclaim's rmap work",
+    )
+    t["TLB flushes / reclaimed"].plot.bar(ax=ax_t, rot=0, color="#8172b2", width=0.6)
+    ax_t.set(
+        xlabel="image share of guest pages",
+        ylabel="remote TLB flushes per page reclaimed",
+        title="TLB flushes (ksmd's too)",
+    )
     if title:
         fig.suptitle(title, fontsize="medium")
     return fig

@@ -39,6 +39,7 @@ from sim.guest.workloads import (
     WorkloadConfig,
     ZipfConfig,
 )
+from sim.host.ksm import ContentConfig, KsmConfig
 from sim.host.memcontrol import MemcgConfig
 from sim.host.memory import Watermarks, setup_per_zone_wmarks
 from sim.host.mom import MomConfig
@@ -57,7 +58,35 @@ MAX_SAMPLES = 10_000_000  # timeline samples of a run (duration / sample interva
 MAX_WINDOWS = 1_000_000  # stall windows of a run (two int64 per VM each)
 
 
-class HostConfig(Strict):
+# fields added after configs were first hashed, left out of dumps at their unset values
+_UNSET_LEFT_OUT: tuple[tuple[str, Any], ...] = (
+    ("memcg", None),
+    ("guest_tlb", None),
+    ("guest", None),
+    ("balloon", None),
+    ("async_pf", 0.0),
+    ("mom", None),
+    ("ksm", None),
+    ("content", None),
+)
+
+
+class _MemcgOptional(Strict):
+    """A section whose later optional fields (``memcg``, ``guest_tlb``, ``async_pf``) are left
+    out of dumps when unset, so configs written before they existed dump (and hash) as they
+    did."""
+
+    @model_serializer(mode="wrap")
+    def _without_unset_memcg(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave ``memcg`` out of dumps when unset, so configs without one read as before."""
+        out: dict[str, Any] = handler(self)
+        for key, unset in _UNSET_LEFT_OUT:
+            if key in out and out[key] == unset and type(out[key]) is type(unset):
+                del out[key]
+        return out
+
+
+class HostConfig(_MemcgOptional):
     """The host: memory available to guests and the zone watermarks."""
 
     memory_mib: int = Field(gt=0, le=MAX_MEMORY_MIB, description="Memory for guest RAM.")
@@ -111,6 +140,11 @@ class HostConfig(Strict):
         le=3_600_000.0,
         description="Period of the kernel's periodic memcg statistics flush "
         "(flush_memcg_stats_dwork, FLUSH_TIME = 2 s); used with memcg_stats lazy.",
+    )
+    ksm: KsmConfig | None = Field(
+        None,
+        description="Kernel samepage merging: ksmd merges identical guest pages (vms[].content "
+        "says which are) into write-protected KSM pages (absent: no KSM).",
     )
 
     @property
@@ -181,32 +215,6 @@ class KvmConfig(Strict):
         "(so every evicted guest page is written). Off: dirty only if the guest wrote it, and "
         "clean pages with a valid swap copy are dropped without a write.",
     )
-
-
-# fields added after configs were first hashed, left out of dumps at their unset values
-_UNSET_LEFT_OUT: tuple[tuple[str, Any], ...] = (
-    ("memcg", None),
-    ("guest_tlb", None),
-    ("guest", None),
-    ("balloon", None),
-    ("async_pf", 0.0),
-    ("mom", None),
-)
-
-
-class _MemcgOptional(Strict):
-    """A section whose later optional fields (``memcg``, ``guest_tlb``, ``async_pf``) are left
-    out of dumps when unset, so configs written before they existed dump (and hash) as they
-    did."""
-
-    @model_serializer(mode="wrap")
-    def _without_unset_memcg(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Leave ``memcg`` out of dumps when unset, so configs without one read as before."""
-        out: dict[str, Any] = handler(self)
-        for key, unset in _UNSET_LEFT_OUT:
-            if key in out and out[key] == unset and type(out[key]) is type(unset):
-                del out[key]
-        return out
 
 
 class GuestTlbConfig(Strict):
@@ -315,6 +323,11 @@ class VmConfig(_MemcgOptional):
         description="A virtio-balloon device and its guest driver (needs guest: the balloon "
         "takes its pages from the guest kernel); its target is set by initial_target_mib "
         "and by the host's balloon manager (mom).",
+    )
+    content: ContentConfig | None = Field(
+        None,
+        description="What the guest's pages hold, for KSM (host.ksm): shares of zero-filled "
+        "pages and of a shared image's blocks; absent: every page unique (nothing to merge).",
     )
     memcg: MemcgConfig | None = Field(
         None,
@@ -572,6 +585,7 @@ class Scenario(_MemcgOptional):
         self._check_memcg()
         self._check_guest()
         self._check_host_files()
+        self._check_ksm()
         names = [n for vm in self.vms for n in vm.names()]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -681,6 +695,51 @@ class Scenario(_MemcgOptional):
             raise ValueError(
                 f"vms[{i}].prefault: not modelled with a guest kernel (the steady state "
                 "would need the guest's too); set prefault: false or remove guest"
+            )
+
+    def _check_ksm(self) -> None:
+        """Content shares add up; KSM runs where its paths are modelled (host/ksm.py)."""
+        images: dict[str, int] = {}
+        for i, vm in enumerate(self.vms):
+            c = vm.content
+            if c is None:
+                continue
+            if self.host.ksm is None:
+                raise ValueError(
+                    f"vms[{i}].content: needs host.ksm (ksmd); add it or remove content"
+                )
+            bad = c.shares_ok()
+            if bad is not None:
+                raise ValueError(f"vms[{i}].content: {bad}")
+            if images.setdefault(c.image, c.image_mib) != c.image_mib:
+                raise ValueError(
+                    f"vms[{i}].content.image_mib: image {shown(c.image)} has "
+                    f"{images[c.image]} MiB in another VM; give every VM of one image the same "
+                    "image_mib"
+                )
+        if self.host.ksm is None:
+            return
+        needs = [
+            (self.reclaim.trigger != "watermark", "reclaim.trigger: watermark"),
+            (self.reclaim.policy != "two_list", "reclaim.policy: two_list"),
+            (self.kvm.mmu == "shadow", "kvm.mmu: tdp or legacy_tdp"),
+            (self.host.page_size_kib != 4, "host.page_size_kib: 4"),
+            (self.host_files is not None, "no host_files"),
+            (self.mom is not None, "no mom"),
+            (self.swap.device != "disk", "swap.device: disk"),
+            (self.swap.zswap.enabled, "swap.zswap off"),
+            (self.swap.rotational, "swap.rotational: false"),
+        ]
+        for i, vm in enumerate(self.vms):
+            for key in ("memcg", "guest", "balloon", "guest_tlb"):
+                needs.append((getattr(vm, key) is not None, f"no vms[{i}].{key}"))
+            needs.append((vm.prefault, f"vms[{i}].prefault: false"))
+        missing = [what for bad, what in needs if bad]
+        if missing:
+            raise ValueError(
+                f"host.ksm: KSM is modelled so far only with {missing[0]}"
+                + (f" (and {len(missing) - 1} more such settings)" if len(missing) > 1 else "")
+                + "; set it or remove host.ksm"
             )
 
     def _check_steady(self) -> None:

@@ -1047,6 +1047,8 @@ def general_path_reason(sc: Scenario) -> str | None:
         reasons.append("turned off by MEMSIM_FAST / MEMSIM_FAST_DISABLE")
     if sc.file_sections() or sc.disk_images():
         reasons.append("host page cache")
+    if sc.host.ksm is not None:
+        reasons.append("host.ksm (a KSM page has a mapping per sharer)")
     if sc.kvm.mmu == "shadow" and sc.kvm.shadow_sptes_per_gfn > 1:
         reasons.append("shadow paging with several sptes per gfn")
     elif not sc.kvm.ept_ad_bits:

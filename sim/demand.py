@@ -68,6 +68,7 @@ WINDOW = 65536  # accesses taken from the string at a time
 # per window, so results depend on the size.
 WINDOW_ACCESS_TRACKING = 2048
 _NO_STAMPS = np.empty(0, dtype=np.uint32)  # ept_touch stamps nothing; _hits stamps per access
+_NO_WRITTEN = np.empty(0, dtype=np.uint8)  # no KSM in demand mode: no write marks
 
 
 def _at_once(gen: ProcessGen) -> Any:
@@ -272,7 +273,7 @@ class DemandWorld(Machine):
         while True:
             lo = pos
             if tlbs is None:
-                pos = ept_touch(spte, gidx, pid, writes, _NO_STAMPS, 0, 0, lo, n)
+                pos = ept_touch(spte, gidx, pid, writes, _NO_STAMPS, 0, 0, lo, n, _NO_WRITTEN)
             else:
                 pos = tlb_touch(
                     spte,

@@ -32,6 +32,7 @@ from sim.guest import workloads as wl
 from sim.guest.balloon import BalloonConfig, BalloonCosts
 from sim.guest.kernel import GuestConfig, GuestJobConfig
 from sim.guest.page_reporting import FreePageReportingConfig, PageReportingCosts
+from sim.host.ksm import ContentConfig, KsmConfig
 from sim.host.memcontrol import MemcgConfig
 from sim.host.mom import MomConfig
 from sim.host.swap import SwapConfig
@@ -45,6 +46,7 @@ END = "<!-- END CONFIG REFERENCE -->"
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("top level", Scenario),
     ("host", HostConfig),
+    ("host.ksm", KsmConfig),
     *[(f"reclaim (policy: {name})", config_class(name)) for name in policy_names()],
     ("swap", SwapConfig),
     ("swap.zswap", ZswapConfig),
@@ -58,6 +60,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("vms[].workload (type: phases)", wl.PhasesConfig),
     ("vms[].workload (type: trace)", wl.TraceConfig),
     ("vms[].workload.phases[]", wl.PhaseConfig),
+    ("vms[].content", ContentConfig),
     ("vms[].memcg", MemcgConfig),
     ("vms[].guest_tlb", GuestTlbConfig),
     ("vms[].guest", GuestConfig),

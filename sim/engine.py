@@ -96,6 +96,7 @@ class World(Machine):
         direct = DirectReclaim(env, mem, self.vmscan, policy, cost, vmstat, throttle)
         self.oom = OomKiller(self.mms, mem, swap, policy, vmstat, now=lambda: int(env.now))
         self.oom_kills = self.oom.kills
+        self.oom.ksm = self.ksm
 
         files = sc.file_sections()
         images = sc.disk_images()  # the guests' disk images, files after those
@@ -145,6 +146,7 @@ class World(Machine):
             ptrs_per_pmd=1 if self.vmscan.pmd_mapped else PTRS_PER_PMD,  # a 2 MiB page is a PMD
         )
         self.host_fault.memcg = self.memcg
+        self.host_fault.ksm = self.ksm
         on_access = self._on_access if policy.observes_accesses else None
         self.horizon_ns = round(sc.duration_s * 1e9)
         self.accrual = VcpuTime(
@@ -408,6 +410,8 @@ class World(Machine):
             return
         self._started = True
         self.env.process(self.kswapd.run())
+        if self.ksm is not None:
+            self.env.process(self.ksm.ksmd(self.env))
         for guest in self.guests:
             if guest is not None:
                 guest.start()

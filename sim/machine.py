@@ -30,6 +30,7 @@ from sim import fast
 from sim.config import Scenario, VmConfig
 from sim.guest.tlb import GuestTlbs, TlbGeometry
 from sim.guest.workloads import AccessStream
+from sim.host.ksm import UNIQUE, Ksm, draw_content
 from sim.host.madvise import check_zapped, madvise_dontneed
 from sim.host.memcontrol import (
     MEMCG_EVENTS,
@@ -152,16 +153,19 @@ class Machine:
         self.file_base = (nr_vm_pages + np.concatenate(([0], np.cumsum(files)[:-1]))).astype(
             np.int64
         )[: len(files)]
+        cfgs = [cfg for _, cfg in sc.vm_list()]
+        # KSM's stable nodes: a pseudo-mm of pids after every VM's (sim/host/ksm.py)
+        key, nr_nodes = self._content(sc, vm_pages, cfgs)
         self.mem = mem = HostMemory(
             nr_frames,
-            nr_vm_pages + self.file_pages,
+            nr_vm_pages + nr_nodes + self.file_pages,
             wmark,
-            self.vm_base.tolist() + self.file_base.tolist(),
+            self.vm_base.tolist() + ([nr_vm_pages] if nr_nodes else []) + self.file_base.tolist(),
             stamps=outdir is not None and sc.output.evictions,  # the eviction log reads them
             readahead=sc.swap.page_cluster > 0,
-            file_base=nr_vm_pages,
+            file_base=nr_vm_pages + nr_nodes,
+            ksm=nr_nodes > 0,
         )
-        cfgs = [cfg for _, cfg in sc.vm_list()]
         self.memcg_limits: MemcgLimits | None = None  # per-memcg lruvecs only when set
         nr_memcgs = len(vm_pages)  # vmstat's breakdowns: the VMs', and the root memcg's
         if any(cfg.memcg is not None for cfg in cfgs):
@@ -226,9 +230,29 @@ class Machine:
                 kinds=self.fault_kinds,
                 guests=guests,
             )
+        self.ksm: Ksm | None = None
+        if sc.host.ksm is not None:
+            mergeable = [
+                mm
+                for mm, cfg in zip(mms, cfgs, strict=True)
+                if cfg.content and cfg.content.mergeable
+            ]
+            self.ksm = Ksm(
+                sc.host.ksm,
+                mem,
+                mms,
+                key,
+                mergeable,
+                nr_vm_pages,
+                nr_nodes,
+                tlb_flush_ns=sc.costs.tlb_flush_exit_ns,
+            )
+            self.ksm.policy, self.ksm.swap = policy, self.swap
         self.rmap = Rmap(mem, mms, vmstat)
+        self.rmap.ksm = self.ksm
         self.vmscan = Vmscan(mem, self.swap, self.rmap, mms, now, schedule, vmstat, self.recorder)
         self.vmscan.policy = policy
+        self.vmscan.ksm = self.ksm
         self.vmscan.pmd_mapped = page_bytes > 4096
         self.k = k = sc.kvm.shadow_sptes_per_gfn if sc.kvm.mmu == "shadow" else 1
         self.spte = np.zeros(int(sizes.sum()) * k, dtype=np.uint8)  # every VM's sptes
@@ -253,11 +277,40 @@ class Machine:
             )
         self.tlbs = _guest_tlbs(self.vms, cfgs)
         # the notifier chain fused for TDP MMUs (same effects; the chain stays the general path)
-        tdp = k == 1 and fast.enabled("tdp_shortcut")
+        tdp = k == 1 and fast.enabled("tdp_shortcut") and self.ksm is None  # one mapping a frame
         self.rmap.shortcut = TdpShortcut(mem, self.vms, self.spte) if tdp else None
         self.oom_kills: list[tuple[int, str]] = []
         self.warmup_ns = round(sc.warmup_s * 1e9)
         self.at_warmup: dict[str, Any] | None = None  # the counts at the warm-up's end
+
+    @staticmethod
+    def _content(
+        sc: Scenario, vm_pages: Sequence[tuple[str, int]], cfgs: Sequence[VmConfig]
+    ) -> tuple[NDArray[np.int64], int]:
+        """With KSM on, every guest page's content key (host/ksm.py ``draw_content``; UNIQUE
+        for VMs without content) and the stable nodes to provide for: a node is made of two
+        pages that can merge, and a page that left one never merges again (it was written, or
+        its mm exited), so half the mergeable pages not unique. Without KSM: nothing."""
+        if sc.host.ksm is None:
+            return np.zeros(0, dtype=np.int64), 0
+        images: dict[str, int] = {}  # image -> its first key's offset
+        offset = 0
+        keys = []
+        mergeable = 0
+        for (name, n), cfg in zip(vm_pages, cfgs, strict=True):
+            c = cfg.content
+            if c is None:
+                keys.append(np.full(n, UNIQUE, dtype=np.int64))
+                continue
+            blocks = sc.host.pages(c.image_mib)
+            if c.image not in images:
+                images[c.image] = offset
+                offset += blocks
+            key = draw_content(c, n, images[c.image], blocks, rng_for(sc.seed, f"{name}.content"))
+            keys.append(key)
+            if c.mergeable:
+                mergeable += int(np.count_nonzero(key != UNIQUE))
+        return np.concatenate(keys), max(1, mergeable // 2)
 
     def _zpool(
         self,
@@ -286,6 +339,8 @@ class Machine:
         """Assert every cross-module invariant (tests call this; O(pages))."""
         mem = self.mem
         mem.check()
+        if self.ksm is not None:
+            self.ksm.check()
         check_zapped(self.mms, mem)
         present = (mem.flags & PTE_PRESENT) != 0
         for vm in self.vms:
@@ -621,6 +676,8 @@ class Machine:
                     for t, k, cur, tgt, num, held in mom.records
                 ],
             }
+        if self.ksm is not None:  # /sys/kernel/mm/ksm and cow_ksm (counted in host/ksm.py)
+            host["ksm"] = self.ksm.stats.summary(int(mem.nr_resident[self.ksm.owner]))
         if any(hf.write_ratio > 0 for hf in sc.file_sections()):
             # each writer's balance_dirty_pages sleeps: its own time, no vmstat counter
             host["dirty_throttle"] = [

@@ -400,6 +400,24 @@ def _set(node: Any, at: tuple[Any, ...], value: Any) -> None:
     _get(node, at[:-1])[at[-1]] = value
 
 
+KSMS: list[Any] = [
+    {},
+    {"pages_to_scan": 1, "sleep_ms": 0.1, "use_zero_pages": True},
+    {"pages_to_scan": 1 << 20, "max_page_sharing": 2},
+    {"max_page_sharing": 1},
+    {"sleep_ms": 0},
+    {"pages_to_scan": "x"},
+]
+CONTENTS: list[Any] = [
+    {"zero_share": 0.3, "image_share": 0.5, "image_mib": 1},
+    {"zero_share": 1.0},
+    {"zero_share": 0.7, "image_share": 0.7},
+    {"image_share": 1.0, "image": "bad name"},
+    {"mergeable": False},
+    None,
+]
+
+
 def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
     """One to three structural mutations of a config mapping."""
     raw = copy.deepcopy(raw)
@@ -430,6 +448,7 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
                 "async_pf",
                 "guest",
                 "balloon",
+                "ksm",
             ]
         )
         if op == "delete":
@@ -494,6 +513,12 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
             if isinstance(vms, list) and vms and isinstance(vms[0], dict):
                 vms[0].setdefault("guest", {})  # a balloon needs a guest kernel
                 vms[0]["balloon"] = copy.deepcopy(rng.choice(BALLOONS))
+        elif op == "ksm" and isinstance(raw, dict):
+            host, vms = raw.get("host"), raw.get("vms")
+            if isinstance(host, dict):  # ksmd, and content for it to merge (or not allowed)
+                host["ksm"] = copy.deepcopy(rng.choice(KSMS))
+                if isinstance(vms, list) and vms and isinstance(vms[0], dict):
+                    vms[0]["content"] = copy.deepcopy(rng.choice(CONTENTS))
         elif op == "async_pf" and isinstance(raw, dict):
             vms = raw.get("vms")
             if isinstance(vms, list) and vms and isinstance(vms[-1], dict):

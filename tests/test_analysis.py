@@ -264,3 +264,22 @@ def test_balloon_figure_reads_the_managers_records(tmp_path: Path) -> None:
     out = tmp_path / "balloon.png"
     assert figures_main(["balloon", str(d), "-o", str(out)]) == 0
     assert out.stat().st_size > 10_000
+
+
+def test_ksm_figure_reads_savings_and_reclaim_work(tmp_path: Path) -> None:
+    from analysis.host_figures import ksm_table, sweep_runs
+
+    base = copy.deepcopy(TINY)
+    base["host"] = {"memory_mib": 8, "ksm": {"pages_to_scan": 1000, "sleep_ms": 0.5}}
+    base["duration_s"] = 0.05
+    base["vms"][0]["content"] = {"image_share": 0.0, "image_mib": 2}
+    d = _sweep(tmp_path, "ksm", base, {"grid": {"vms.0.content.image_share": [0.9, 0.0]}})
+    t = ksm_table(sweep_runs(d)).set_index("image share")
+    assert list(t.index) == [0.0, 0.9]  # sorted
+    assert t.loc[0.0, "saved (MiB)"] == 0 < t.loc[0.9, "saved (MiB)"]
+    assert t.loc[0.9, "reclaimed"] > 0
+    assert t.loc[0.9, "rmap walked / reclaimed"] > 0
+    out = tmp_path / "ksm.png"
+    assert figures_main(["ksm", str(d), "-o", str(out)]) == 0
+    assert out.stat().st_size > 10_000
+    assert figures_main(["ksm", str(_sweep(tmp_path, "nk", copy.deepcopy(TINY), {}))]) == 2

@@ -90,7 +90,10 @@ def test_faults_stop_the_walk_and_a_row_without_a_tlb_walks_every_access() -> No
     ref = spte.copy()
     assert _walk(tlbs, spte, [0, 1, 2, 3]) == 2
     idx = np.arange(4, dtype=np.int64)
-    assert ept_touch(ref, idx, idx, np.zeros(4, np.bool_), _STAMPS, 0, 0, 0, 4) == 2
+    assert (
+        ept_touch(ref, idx, idx, np.zeros(4, np.bool_), _STAMPS, 0, 0, 0, 4, np.zeros(0, np.uint8))
+        == 2
+    )
     assert (spte == ref).all()
     assert tlbs.totals(range(1)) == {"hits": 0, "fills": 0, "flushes": 0}
 

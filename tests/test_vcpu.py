@@ -13,6 +13,8 @@ from sim.guest.workloads import AccessStream
 from sim.kvm.spte import SPTE_ACCESSED, SPTE_DIRTY
 from tests.conftest import tiny
 
+_NONE = np.zeros(0, np.uint8)  # no KSM: ept_touch marks no writes
+
 ROOMY = {"host__memory_mib": 64, "vms__0__count": 1, "vms__0__vcpus": 1}
 
 
@@ -80,7 +82,7 @@ def test_ept_touch_stops_at_the_first_violation_and_sets_bits_before_it() -> Non
             [SPTE_PRESENT] * 4 + [0, SPTE_PRESENT | SPTE_ACCESS_TRACKED], dtype=np.uint8
         )
         last = np.zeros(16 if stamps else 0, dtype=np.uint32)
-        assert ept_touch(spte, gfns, gfns, writes, last, 10, 7, 0, len(gfns)) == 4
+        assert ept_touch(spte, gfns, gfns, writes, last, 10, 7, 0, len(gfns), _NONE) == 4
         assert spte[:3].tolist() == [
             SPTE_PRESENT | SPTE_ACCESSED,
             SPTE_PRESENT | SPTE_ACCESSED | SPTE_DIRTY,
@@ -90,8 +92,8 @@ def test_ept_touch_stops_at_the_first_violation_and_sets_bits_before_it() -> Non
         if stamps:
             assert last[10:13].tolist() == [7, 7, 7]
             assert not last[13:].any()
-        assert ept_touch(spte, gfns, gfns, writes, last, 10, 8, 5, len(gfns)) == 5  # tracked
-        assert ept_touch(spte, gfns, gfns, writes, last, 10, 9, 6, len(gfns)) == len(gfns)
+        assert ept_touch(spte, gfns, gfns, writes, last, 10, 8, 5, len(gfns), _NONE) == 5  # tracked
+        assert ept_touch(spte, gfns, gfns, writes, last, 10, 9, 6, len(gfns), _NONE) == len(gfns)
         assert spte[0] == SPTE_PRESENT | SPTE_ACCESSED | SPTE_DIRTY
         if stamps:
             assert last[10] == 9

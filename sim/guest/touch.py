@@ -25,7 +25,7 @@ import numba
 import numpy as np
 from numpy.typing import NDArray
 
-from sim.kvm.spte import needs_fault, touch
+from sim.kvm.spte import needs_fault, needs_write_fault, touch
 
 
 @numba.njit(cache=True, nogil=True)
@@ -39,12 +39,28 @@ def ept_touch(
     stamp: int,
     start: int,
     end: int,
+    written: NDArray[np.uint8],
 ) -> int:
     """Apply accesses ``start..end`` while they hit; return the first one that faults (or
     ``end``). Access ``p`` uses spte ``idx[p]`` of page ``base + gfns[p]``, whose
-    ``last_access`` entry it sets to ``stamp`` (unless ``last_access`` is empty)."""
+    ``last_access`` entry it sets to ``stamp`` (unless ``last_access`` is empty). With
+    ``written`` not empty (KSM on: host/ksm.py) a write through a write-protected spte
+    faults, and every write that hits marks its page ``written`` (its content changed)."""
     t = np.uint32(stamp)
     stamps = last_access.size != 0  # no eviction log: nothing reads stamps
+    if written.size != 0:
+        for p in range(start, end):
+            i = idx[p]
+            s = spte[i]
+            w = writes[p]
+            if needs_write_fault(s, w):
+                return p
+            spte[i] = touch(s, w)
+            if w:
+                written[base + gfns[p]] = 1
+            if stamps:
+                last_access[base + gfns[p]] = t
+        return end
     for p in range(start, end):
         i = idx[p]
         s = spte[i]

@@ -83,7 +83,7 @@ from sim.host.fault import HostFault, HostFaultHandler
 from sim.host.kswapd import ProcessGen
 from sim.host.memory import HostMemory
 from sim.kvm.fault import FaultSink, fault_done, kvm_fault_nowait, kvm_page_fault
-from sim.kvm.spte import is_hit
+from sim.kvm.spte import needs_write_fault
 from sim.kvm.vm import Vm
 
 if TYPE_CHECKING:
@@ -183,6 +183,7 @@ class Vcpu:
         mm, mmu, stats = vm.mm, vm.mmu, vm.stats
         spte, k, base = mmu.spte, mmu.k, mm.pid_base
         last_access = mem.last_access_us
+        written = mem.written  # KSM's write marks (empty without KSM)
         tlbs = self.tlbs
         inline = fast.enabled("vcpu_inline_faults")  # else each fault ends the step (see Batching)
         self.proc = env.active_process  # what revocations interrupt (a restart is a new one)
@@ -301,6 +302,7 @@ class Vcpu:
                         (env.now + t) // 1000,
                         lo,
                         end,
+                        written,
                     )
                 else:
                     pos = tlb_touch(
@@ -395,7 +397,7 @@ class Vcpu:
                 gfns[pos] = g
                 if k != 1:
                     idx_all[pos] = g * k + aliases.item(pos)
-            if is_hit(spte.item(idx_all.item(pos))):
+            if not needs_write_fault(spte.item(idx_all.item(pos)), writes.item(pos)):
                 continue  # another vCPU mapped it meanwhile: the next step hits
             if not self._resolve(pos, 0, gfns, idx_all, writes):
                 gfn = gfns.item(pos)

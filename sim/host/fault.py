@@ -54,6 +54,7 @@ from numpy.typing import NDArray
 from sim import fast
 from sim.host.kswapd import ProcessGen
 from sim.host.memory import (
+    NO_PFN_INT,
     PAGE_SHIFT,
     PG_DIRTY,
     PG_LOCKED,
@@ -73,6 +74,7 @@ from sim.host.vmstat import VmEvents, VmStat
 from sim.reclaim.base import EvictionPolicy
 
 if TYPE_CHECKING:
+    from sim.host.ksm import Ksm
     from sim.host.memcontrol import MemCgroups
 
 _MAPPED_INT = PTE_PRESENT | PTE_YOUNG  # GUP maps the pte young
@@ -93,6 +95,7 @@ class HostFault(StrEnum):
     SWAPCACHE = "swapcache"  # do_swap_page, folio still in memory
     MAJOR = "major"  # do_swap_page with a read from the swap device
     WAITED = "waited"  # another task was faulting the page in; we waited for it
+    COW = "cow"  # do_wp_page: a write to a KSM page (or the zero page) copied it (host/ksm.py)
 
 
 class FrameAllocator(Protocol):
@@ -134,6 +137,7 @@ class HostFaultHandler:
         self.cluster_order = page_cluster - (PMD_ORDER if ptrs_per_pmd == 1 else 0)
         assert not rotational or swap.tracks_slots, "cluster readahead needs slot identities"
         self.memcg: MemCgroups | None = None  # the VMs' memcgs (memory.high), if any
+        self.ksm: Ksm | None = None  # KSM, when on: its sharers' write faults copy (COW)
         self._plain = fast.enabled("plain_swapin")  # swapin_begin may take a fault whole
         # a guest kernel's handler: the I/O buffers of its disk reads are guest RAM that QEMU
         # pins on the host before the read (sim/guest/kernel.py); None on the host
@@ -148,6 +152,8 @@ class HostFaultHandler:
         and not mapped, no fault-in of it is in progress (which counted it already), and not
         discarded (a zapped folio waiting for its I/O is no longer the page's)."""
         f = self.mem.flags.item(pid)
+        if self.ksm is not None and self.mem.ksm_node.item(pid) >= 0:  # its KSM folio's
+            return not f & PTE_PRESENT and pid not in self._inflight  # swap entry
         return (
             not f & PTE_PRESENT
             and bool(f & (PG_RESIDENT | PG_SWAP))
@@ -183,9 +189,13 @@ class HostFaultHandler:
         flags = mem.flags
         f = flags.item(pid)
         if f & PTE_PRESENT:
+            if write and self.ksm is not None and mem.ksm_node.item(pid) != -1:
+                return self._wp_page_fast(pid)
             return HostFault.MAPPED
         if pid in self._inflight:
             return None
+        if self.ksm is not None and mem.ksm_node.item(pid) >= 0:  # a swap entry to a KSM folio
+            return self._ksm_swap_cache_hit(pid, write)
         if pid in self._ra_wait:  # read ahead, its read in flight: found locked in the cache
             if not self._zapped(pid):  # (discarded: no swap entry to look up any more)
                 self._swap_cache_hit(pid)
@@ -214,10 +224,109 @@ class HostFaultHandler:
         self.policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
         return HostFault.FIRST_TOUCH
 
+    def _ksm_swap_cache_hit(self, pid: int, write: bool) -> HostFault | None:
+        """``do_swap_page`` on a swap entry to a KSM folio still in memory (the swap cache):
+        ``ksm_might_need_to_copy`` returns it, so the pte maps it again, read-only (a write
+        goes on to :meth:`_wp_page_fast`). Once the folio has left memory, None: the slow
+        path reads it (:meth:`_ksm_swapin`)."""
+        assert self.ksm is not None
+        mem = self.mem
+        npid = self.ksm.node_of(pid)
+        if not mem.flags.item(npid) & PG_RESIDENT:
+            return None
+        self.vmstat.count(_PGFAULT, 1, mem.page_owner(pid))
+        self.ksm.map_swapcache(pid)
+        self.policy.folio_mark_accessed(mem.pfn.item(npid))  # GUP's FOLL_TOUCH
+        if write:
+            self._wp_page_fast(pid)  # else a retry finds it mapped, and copies then
+        return HostFault.SWAPCACHE
+
+    def _ksm_swapin(self, pid: int, write: bool) -> ProcessGen:
+        """``do_swap_page`` on a swap entry to a KSM folio that left memory: its slot is read
+        into a new frame that is this page's own (the read-in folio is not KSM). While the
+        first sharer's copy is still in memory, a later sharer copies it instead of reading
+        (``ksm_might_need_to_copy`` on a folio of another anon_vma: ``ksm_swpin_copy``). The
+        page leaves the node; the node's slot goes with its last sharer."""
+        assert self.ksm is not None
+        assert isinstance(self.alloc, PageAllocator), "waiting faults need the page allocator"
+        mem, ksm = self.mem, self.ksm
+        mm = self.mms[mem.page_owner(pid)]
+        npid = ksm.node_of(pid)
+        shadow = mem.pfn.item(npid)
+        pfn = self.alloc.alloc_fast(pid)
+        if pfn < 0:
+            pfn = yield from self.alloc.alloc(pid)
+        if mm.dead:  # OOM-killed while we waited for memory (its exit left the node)
+            if pfn >= 0:
+                mem.free_frame(pfn)
+                mem.flags[pid] = 0
+            return HostFault.MAJOR
+        node = npid - ksm.node_base
+        src = ksm.swapin_src.item(node)
+        ksm.leave(pid)
+        if src >= 0 and mem.flags.item(src) & PTE_PRESENT and mem.ksm_node.item(src) == -1:
+            ksm.stats.ksm_swpin_copy += 1  # copied from the first sharer's swap-cache folio
+            hf = HostFault.SWAPCACHE
+            shadow = -1
+        else:
+            if ksm.sharers[node]:  # later sharers copy this read while it stays in memory
+                ksm.swapin_src[node] = pid
+            mem.flags[pid] = mem.flags.item(pid) | PG_LOCKED
+            now = self.env.now
+            t_done = self.swap.submit(now, write=False, per_mm=mm.index)[0]
+            yield self.env.timeout(t_done - now)
+            mem.flags[pid] = mem.flags.item(pid) & ~PG_LOCKED
+            if mm.dead:
+                self._drop(pid, pfn)
+                return HostFault.MAJOR
+            self.vmstat.count(_PGMAJFAULT, 1, mm.index)
+            hf = HostFault.MAJOR
+        mem.flags[pid] = _NEW_ANON_INT
+        self.policy.folio_add_lru(pfn, None if shadow < 0 else shadow)
+        self.policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
+        return hf  # same content as before: ksmd may merge it again
+
+    def _wp_page_fast(self, pid: int) -> HostFault | None:
+        """A write to a KSM sharer, if a frame is free without waiting (and no fault of the
+        page holds its lock): ``do_wp_page`` copies it (:meth:`_wp_page_copy`)."""
+        if pid in self._inflight:
+            return None
+        pfn = self.alloc.alloc_fast(pid)
+        if pfn < 0:
+            return None
+        self.vmstat.count(_PGFAULT, 1, self.mem.page_owner(pid))
+        self._wp_page_copy(pid, pfn)
+        return HostFault.COW
+
+    def _wp_page_copy(self, pid: int, pfn: int) -> None:
+        """``wp_page_copy``: the sharer's new frame ``pfn`` (just allocated) gets the copy;
+        the page leaves its KSM page (host/ksm.py ``break_cow``) and maps its own, dirty and
+        young, on the LRU."""
+        assert self.ksm is not None
+        self.ksm.break_cow(pid)
+        self.mem.flags[pid] = _NEW_ANON_INT
+        self.policy.folio_add_lru(pfn, None)
+        self.policy.folio_mark_accessed(pfn)
+
+    def write_protected(self, pid: int) -> bool:
+        """QEMU's pte maps the page read-only (a KSM page or the zero page): KVM maps its spte
+        read-only too (``hva_to_pfn`` without ``writable``)."""
+        return self.ksm is not None and self.mem.ksm_node.item(pid) != -1
+
+    def page_written(self, pid: int) -> None:
+        """KVM mapped the page after a write fault (or restored it for one): with KSM on, its
+        content is now its own (``HostMemory.written``)."""
+        if self.ksm is not None:
+            self.mem.written[pid] = 1
+
     def kvm_release_page(self, pid: int, dirty: bool) -> None:
         """``kvm_release_faultin_page``: KVM is done with the page it faulted in: the folio is
-        marked accessed, and dirty if KVM could map it writable."""
+        marked accessed, and dirty if KVM could map it writable (a KSM page never is)."""
         mem = self.mem
+        if self.ksm is not None and mem.ksm_node.item(pid) != -1:
+            if mem.pfn.item(pid) != NO_PFN_INT:  # the zero page is on no LRU
+                self.policy.folio_mark_accessed(mem.pfn.item(pid))
+            return
         if dirty:
             mem.flags[pid] = mem.flags.item(pid) | PG_DIRTY
         self.policy.folio_mark_accessed(mem.pfn.item(pid))
@@ -254,7 +363,11 @@ class HostFaultHandler:
         self.vmstat.count(_PGFAULT, 1, self.mem.page_owner(pid))
         self._inflight[pid] = None
         try:
-            result = yield from self._fault_in(pid, write, bool(self.mem.flags.item(pid) & PG_SWAP))
+            if self.ksm is not None and self.mem.ksm_node.item(pid) >= 0:
+                result = yield from self._ksm_swapin(pid, write)
+            else:
+                swapped = bool(self.mem.flags.item(pid) & PG_SWAP)
+                result = yield from self._fault_in(pid, write, swapped)
         finally:
             self._unlock(pid)
         if self.memcg is not None:  # on the way back to the guest (resume_user_mode_work)
@@ -331,6 +444,9 @@ class HostFaultHandler:
             return HostFault.MAJOR if swapped else HostFault.FIRST_TOUCH
         if swapped and not mem.flags.item(pid) & PG_SWAP:  # discarded while we waited:
             swapped = False  # no swap entry to read any more; the page is new (the retry)
+        if self.ksm is not None and mem.ksm_node.item(pid) != -1:  # do_wp_page
+            self._wp_page_copy(pid, pfn)
+            return HostFault.COW
         if not swapped:  # do_anonymous_page: zeroed frame, dirty (no copy anywhere)
             mem.flags[pid] = _NEW_ANON_INT
             self.policy.folio_add_lru(pfn, None)

@@ -43,7 +43,11 @@ Invariants
     swap copy (so no flag records it), and it was evicted since its last fault iff it is
     touched and not mapped (the next fault on it is a refault); the one exception is a page
     discarded while its folio's I/O was in flight, which keeps the frame until the I/O ends
-    though it counts as never touched (``Mm.zapped``, madvise.py).
+    though it counts as never touched (``Mm.zapped``, madvise.py). With KSM (host/ksm.py) a
+    page sharing a KSM folio owns no frame: it holds only its pte bits and ``pfn`` names the
+    folio's frame (the shared zero page: NO_PFN), or it holds nothing while its pte is a swap
+    entry to the folio's slot; the folio itself is a stable node's pseudo-page. A sharer
+    reading that slot back holds its new frame locked, with no slot of its own.
 """
 
 from __future__ import annotations
@@ -144,6 +148,9 @@ class HostMemory:
             A page-cache page has no pte and no swap slot: with a frame it holds PG_RESIDENT
             and maybe PG_dirty, PG_writeback (the flusher's write) and PG_reclaim; without
             one its ``pfn`` holds its workingset shadow (the page cache's xarray) or NO_PFN.
+        ksm: keep KSM's per-page arrays (host/ksm.py): ``ksm_node`` (the stable node a page
+            shares, or -1) and ``written`` (the guest wrote the page since ksmd last looked);
+            else they are empty arrays.
     """
 
     def __init__(
@@ -156,6 +163,7 @@ class HostMemory:
         stamps: bool = False,
         readahead: bool = False,
         file_base: int | None = None,
+        ksm: bool = False,
     ) -> None:
         self.nr_frames, self.nr_pages, self.wmark = nr_frames, nr_pages, wmark
         self.file_base = nr_pages if file_base is None else file_base
@@ -170,6 +178,8 @@ class HostMemory:
         # PG_readahead (the uint8 flags are full): read ahead, not yet touched (swap_state.py)
         self.readahead = np.zeros(nr_pages if readahead else 0, dtype=np.bool_)
         self.stamps = stamps
+        self.ksm_node = np.full(nr_pages if ksm else 0, -1, dtype=np.int32)
+        self.written = np.zeros(nr_pages if ksm else 0, dtype=np.uint8)
         self.last_access_us = np.zeros(nr_pages if stamps else 0, dtype=np.uint32)
         self.scans = np.zeros(nr_frames if stamps else 0, dtype=np.uint8)
         # Free frames as a stack, lowest pfn on top, so allocation order is deterministic. The
@@ -214,6 +224,15 @@ class HostMemory:
         self.flags[pid] = self.flags.item(pid) | PG_RESIDENT
         self.nr_resident[self.page_owner(pid)] += 1
         return pfn
+
+    def transfer_frame(self, pfn: int, pid: int, owner: int) -> None:
+        """Frame ``pfn`` changes owner to page ``pid`` of mm ``owner`` (a page's frame becomes
+        a KSM folio, host/ksm.py); the old owner's entry is the caller's."""
+        old = self.frame_pid.item(pfn)
+        self.nr_resident[self.page_owner(old)] -= 1
+        self.nr_resident[owner] += 1
+        self.frame_pid[pfn] = pid
+        self.pfn[pid] = pfn
 
     def alloc_pool_frame(self) -> int:
         """Take one free frame for the compressed pool (``zs_malloc`` growing a zspage)."""
@@ -424,9 +443,12 @@ class HostMemory:
         assert not fl[~fhas].any(), "flags on a page-cache page without frame"
         flags, has = self.flags[:fb], has[:fb]
         swap = (flags & PG_SWAP) != 0
-        assert (self.pfn[:fb][~has & ~swap] == NO_PFN).all(), "an entry with no frame or swap copy"
-        assert not (flags[~has] & ~np.uint8(PG_SWAP)).any(), "flags on a page without frame"
+        own = ~has if not len(self.ksm_node) else ~has & (self.ksm_node[:fb] == -1)
+        assert (self.pfn[:fb][own & ~swap] == NO_PFN).all(), "an entry with no frame or swap copy"
+        assert not (flags[own] & ~np.uint8(PG_SWAP)).any(), "flags on a page without frame"
         unmapped = has & ((flags & PTE_PRESENT) == 0)
+        if len(self.ksm_node):  # a KSM sharer reading its folio's slot (the slot is the node's)
+            unmapped &= (flags & PG_LOCKED) == 0
         assert swap[unmapped].all(), "an unmapped resident page without its swap copy"
         files = (
             self.nr_resident[self.page_owner(fb) :] if fb < self.nr_pages else self.nr_resident[:0]

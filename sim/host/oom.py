@@ -17,6 +17,7 @@ Invariants
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,12 +27,20 @@ from sim.host.swap import SwapDevice
 from sim.host.vmstat import VmEvents, VmStat
 from sim.reclaim.base import EvictionPolicy
 
+if TYPE_CHECKING:
+    from sim.host.ksm import Ksm
 
-def exit_mmap(mm: Mm, mem: HostMemory, swap: SwapDevice, policy: EvictionPolicy) -> None:
-    """Tear down ``mm``: KVM first (release), then every frame and slot not under I/O."""
+
+def exit_mmap(
+    mm: Mm, mem: HostMemory, swap: SwapDevice, policy: EvictionPolicy, ksm: Ksm | None = None
+) -> None:
+    """Tear down ``mm``: KVM first (release), then every frame and slot not under I/O (its
+    KSM sharers leave their KSM pages first: a KSM page goes with its last mapping)."""
     mm.dead = True
     mm.notifiers.release()
     pids = np.arange(mm.pid_base, mm.pid_base + mm.nr_pages, dtype=np.int64)
+    if ksm is not None:
+        pids = ksm.exit_mmap(pids)
     f = mem.flags[pids]
     busy = (f & (PG_LOCKED | PG_WRITEBACK)) != 0
     idle = pids[~busy]
@@ -64,6 +73,7 @@ class OomKiller:
         self.mms, self.mem, self.swap, self.policy = list(mms), mem, swap, policy
         self.vmstat, self.now = vmstat, now
         self.kills: list[tuple[int, str]] = []  # (t_ns, vm name)
+        self.ksm: Ksm | None = None  # KSM, when on: sharers leave their KSM pages at exit
 
     def __call__(self) -> bool:
         """``out_of_memory``: kill the mm with the highest badness; False if none is left."""
@@ -80,6 +90,6 @@ class OomKiller:
     def kill(self, victim: Mm) -> None:
         """``oom_kill_process``: tear the victim down, count ``oom_kill`` (the memcg OOM of
         ``mem_cgroup_out_of_memory`` kills this way too: its memcg holds one process)."""
-        exit_mmap(victim, self.mem, self.swap, self.policy)
+        exit_mmap(victim, self.mem, self.swap, self.policy, self.ksm)
         self.vmstat.count(VmStat.OOM_KILL, 1, victim.index)
         self.kills.append((self.now(), victim.name))

@@ -2,7 +2,8 @@
 
 Models
     ``folio_referenced`` and ``try_to_unmap`` for anonymous guest RAM. A guest page is mapped by
-    exactly one host pte, in QEMU's VMA (no KSM here), so each rmap walk visits one mapping: the
+    exactly one host pte, in QEMU's VMA, so each rmap walk visits one mapping (a KSM folio, one
+    per sharer: ``rmap_walk_ksm``, below): the
     host pte young bit is tested and cleared and the mm's notifiers are asked about the same range
     (``ptep_clear_flush_young_notify``); unmapping is bracketed by
     ``mmu_notifier_invalidate_range_start/end`` so KVM zaps its sptes first.
@@ -10,6 +11,15 @@ Models
 Kernel reference
     mm/rmap.c: ``folio_referenced``, ``folio_referenced_one``, ``try_to_unmap_one``;
     include/linux/mmu_notifier.h: ``ptep_clear_flush_young_notify``.
+
+KSM
+    A KSM folio (a stable node, sim/host/ksm.py) is mapped by each of its sharers' ptes, in
+    different VMs' mms: ``rmap_walk_ksm`` visits every sharer, tests and clears its pte's young
+    bit and calls its mm's notifier for its hva (N mappings, N notifier calls, N KVM walks). The
+    folio is referenced if any was young; how many were is kept for ``folio_check_references``
+    (``referenced_ptes > 1`` activates), as ``multi_referenced``. ``try_to_unmap`` of a KSM
+    folio invalidates every mapped sharer's hva (N KVM zaps and flushes) and turns each pte into
+    a swap entry to the folio's one slot.
 
 Simplifications
     The rmap itself is arithmetic (``frame_pid`` then ``Mm.hva``) rather than an anon_vma tree;
@@ -28,7 +38,7 @@ Invariants
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -37,6 +47,9 @@ from sim.host.memory import PAGE_SIZE, PTE_PRESENT, PTE_YOUNG, HostMemory
 from sim.host.mm import Mm
 from sim.host.mmu_notifier import NotifierWork
 from sim.host.vmstat import VmEvents, VmStat
+
+if TYPE_CHECKING:
+    from sim.host.ksm import Ksm
 
 
 class RmapWork(NotifierWork, Protocol):
@@ -62,6 +75,9 @@ class Rmap:
     def __init__(self, mem: HostMemory, mms: Sequence[Mm], vmstat: VmEvents) -> None:
         self.mem, self.mms, self.vmstat = mem, list(mms), vmstat
         self.shortcut: Shortcut | None = None  # set by the world when its MMUs allow one
+        self.ksm: Ksm | None = None  # KSM's stable nodes, when KSM is on
+        # KSM folios the last folio_referenced found young through more than one pte
+        self.multi_referenced: set[int] = set()
 
     def walked(self, work: RmapWork, n: int) -> None:
         """Count ``n`` mappings visited by a walk (``rmap_walked``, and the caller's work)."""
@@ -101,6 +117,11 @@ class Rmap:
         report for ``[hva, hva + PAGE_SIZE)`` (``clear_flush_young``, or ``clear_young`` when
         ``flush`` is False, as MGLRU's look-around uses). Adds the walk to ``work``.
         """
+        if self.ksm is not None:
+            self.multi_referenced.clear()  # this call's, not an earlier batch's
+            nodes = self.ksm.is_node(self.mem.frame_pid[pfns])
+            if nodes.any():
+                return self._referenced_ksm(pfns, nodes, work, flush)
         pids, mapped = self._mapped(pfns)
         if mapped is not None:  # folio_mapcount == 0: nothing to walk, not referenced
             young = np.zeros(len(pids), dtype=np.bool_)
@@ -132,6 +153,42 @@ class Rmap:
                 young[sel] |= y
         return young
 
+    def _referenced_ksm(
+        self, pfns: NDArray[np.integer], nodes: NDArray[np.bool_], work: RmapWork, flush: bool
+    ) -> NDArray[np.bool_]:
+        """:meth:`folio_referenced` of a batch with KSM folios: the others as usual, each KSM
+        folio by ``rmap_walk_ksm`` over its sharers (one mapping and notifier call each)."""
+        assert self.ksm is not None
+        young = np.zeros(len(pfns), dtype=np.bool_)
+        if not nodes.all():
+            young[~nodes] = self.folio_referenced(pfns[~nodes], work, flush=flush)
+        mem, ksm = self.mem, self.ksm
+        self.multi_referenced.clear()
+        for i in np.flatnonzero(nodes).tolist():
+            pfn = int(pfns[i])
+            sharers = np.array(ksm.mappings(mem.frame_pid.item(pfn)), dtype=np.int64)
+            sharers = sharers[(mem.flags[sharers] & PTE_PRESENT) != 0]
+            if len(sharers) == 0:
+                continue
+            self.walked(work, len(sharers))
+            f = mem.flags[sharers]
+            y = (f & PTE_YOUNG) != 0
+            mem.flags[sharers] = f & ~np.uint8(PTE_YOUNG)
+            for mm, sel in self._by_mm(sharers):
+                p = sharers if sel is None else sharers[sel]
+                if not mm.notifiers.subscribers:
+                    continue
+                for one in p.tolist():  # a notifier call per mapping, as rmap_walk_ksm makes
+                    hva = mm.hva(np.array([one], dtype=np.int64))
+                    op = mm.notifiers.clear_flush_young if flush else mm.notifiers.clear_young
+                    hit = op(hva, hva + PAGE_SIZE, work)
+                    y[sharers == one] |= bool(hit[0])
+            referenced = int(np.count_nonzero(y))
+            young[i] = referenced > 0
+            if referenced > 1:
+                self.multi_referenced.add(pfn)
+        return young
+
     def ptep_test_and_clear_young(
         self, pfns: NDArray[np.integer], work: RmapWork
     ) -> NDArray[np.bool_]:
@@ -161,6 +218,14 @@ class Rmap:
         pids = mem.frame_pid[pfns]
         if len(pids) == 0:
             return
+        if self.ksm is not None:
+            nodes = self.ksm.is_node(pids)
+            if nodes.any():  # rmap_walk_ksm: every sharer's mapping
+                for npid in pids[nodes].tolist():
+                    self.walked(work, self.ksm.unmap(npid, work))
+                if nodes.all():
+                    return
+                pfns, pids = pfns[~nodes], pids[~nodes]
         self.walked(work, len(pids))
         if self.shortcut is not None and self.shortcut.unmap(pids, work):
             return

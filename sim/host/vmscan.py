@@ -48,6 +48,13 @@ Invariants
     (unmapped, no spte, frame free, the page only in swap); ``KEEP`` ones are unmapped, in the
     swap cache and under write-out (or freed already by a synchronous device: then ``FREED``);
     ``ACTIVATE`` ones are as they were.
+
+KSM
+    A KSM folio (host/ksm.py) is reclaimed as any anon folio, with one swap slot; its unmap
+    walks every sharer (rmap.py). Its writes count for the VM whose frame it was; its freeing
+    prunes its stable node (``folio_freed``); the eviction log names guest pages only, so it
+    does not log KSM folios. ``activate_locked`` keeps a KSM folio's slot (its unmapped
+    sharers' swap entries still name it: ``folio_free_swap`` fails while ``folio_swapped``).
 """
 
 from __future__ import annotations
@@ -78,6 +85,7 @@ from sim.host.swap import SwapDevice
 from sim.host.vmstat import VmEvents, VmStat
 
 if TYPE_CHECKING:
+    from sim.host.ksm import Ksm
     from sim.host.memcontrol import MemCgroups
     from sim.host.page_writeback import DirtyControl
     from sim.reclaim.base import EvictionPolicy
@@ -269,6 +277,7 @@ class Vmscan:
         self.on_writeback_end: Callable[[], None] | None = None  # reclaim_throttle's waker
         self.memcg: MemCgroups | None = None  # the VMs' memcgs (swap charges), if any
         self.core: FolioListCore | None = None  # the compiled batch, set where it applies
+        self.ksm: Ksm | None = None  # KSM's stable nodes, when KSM is on
         # told of the pages each swap write is submitted for (the guests' silent writes)
         self.on_swap_write: Callable[[NDArray[np.int64]], None] | None = None
 
@@ -362,6 +371,8 @@ class Vmscan:
         if not full and self.memcg is None:
             return
         pids = self.mem.frame_pid[pfns]
+        if self.ksm is not None:
+            pids = pids[~self.ksm.is_node(pids)]
         f = self.mem.flags[pids]
         sel = pids[(f & (PG_SWAP | PG_WRITEBACK | PTE_PRESENT)) == (PG_SWAP | PTE_PRESENT)]
         if not full and len(sel):  # mem_cgroup_swap_full: the page's memcg
@@ -382,6 +393,14 @@ class Vmscan:
         """``folio_referenced`` over host ptes and notifiers; counts a scan of each folio."""
         self.folio_scanned(pfns)
         return self.rmap.folio_referenced(pfns, sc)
+
+    def multi_referenced(self, pfns: NDArray[np.int64]) -> NDArray[np.bool_]:
+        """Which of these folios the last :meth:`folio_referenced` found young through more
+        than one pte (``referenced_ptes > 1``: only KSM folios have several)."""
+        multi = self.rmap.multi_referenced
+        if not multi or len(pfns) == 0:
+            return np.zeros(len(pfns), dtype=np.bool_)
+        return np.isin(pfns, np.fromiter(multi, dtype=np.int64))
 
     def shrink_folio_list(self, pfns: NDArray[np.int64], sc: ScanControl) -> NDArray[np.int8]:
         """Reclaim isolated folios the policy chose; an :class:`Outcome` for each."""
@@ -418,6 +437,9 @@ class Vmscan:
         if mapped.any():
             upfn, upid = pfns[mapped], pids[mapped]
             self.rmap.try_to_unmap(upfn, sc)
+            if self.ksm is not None:  # the eviction log names guest pages, not KSM folios
+                guest = ~self.ksm.is_node(upid)
+                upfn, upid = upfn[guest], upid[guest]
             if self.sink is not None:
                 scans = mem.scans[upfn] if mem.stamps else np.zeros(len(upfn), dtype=np.uint8)
                 dirty = (mem.flags[upid] & PG_DIRTY) != 0
@@ -487,7 +509,8 @@ class Vmscan:
     def _swap_write(self, pids: NDArray[np.integer]) -> list[int]:
         """Submit a swap write per page, counted per mm at submission (``pswpout``); returns
         when each ends."""
-        owners = np.bincount(self.mem.page_owners(pids), minlength=len(self.mms)).tolist()
+        owned = self.mem.page_owners(pids) if self.ksm is None else self.ksm.owners(pids)
+        owners = np.bincount(owned, minlength=len(self.mms)).tolist()
         if self.on_swap_write is not None:
             self.on_swap_write(np.asarray(pids, dtype=np.int64))
         return self.swap.submit(self.now(), write=True, n=len(pids), per_mm=owners)
@@ -543,6 +566,10 @@ class Vmscan:
         if len(mem.readahead):
             mem.readahead[pids] = False  # a folio read ahead and never touched
         mem.free_frames(pfns, shadows)
+        if self.ksm is not None:
+            nodes = self.ksm.is_node(pids)
+            if nodes.any():
+                self.ksm.folio_freed(pids[nodes])
 
     def folio_test_dirty(self, pfns: NDArray[np.int64]) -> NDArray[np.bool_]:
         """Which folios are dirty (PG_dirty)."""
@@ -589,7 +616,14 @@ class Vmscan:
         mem = self.mem
         f = mem.flags.item(pid) & ~PG_WRITEBACK
         mem.nr_writeback -= 1
-        mm = self.mms[mem.page_owner(pid)] if pid < mem.file_base else None
+        node = self.ksm is not None and pid >= self.ksm.node_base
+        mm = self.mms[mem.page_owner(pid)] if pid < mem.file_base and not node else None
+        if self.ksm is not None and node:
+            mem.flags[pid] = f
+            if self.ksm.node_io_done(pid):  # its sharers all left while it was written
+                if self.on_writeback_end is not None:
+                    self.on_writeback_end()
+                return
         if mm is not None and (mm.dead or (mm.zapped and pid in mm.zapped)):
             self.policy.folio_remove(np.array([pfn], dtype=np.int64))
             self.swap.free_slots(1, (pid,))  # a folio under write-out owns a slot

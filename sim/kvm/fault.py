@@ -35,7 +35,7 @@ from sim.host.kswapd import ProcessGen
 from sim.host.memory import PTE_PRESENT
 from sim.host.mm import Mm
 from sim.kvm.mmu import KvmMmu
-from sim.kvm.spte import is_access_tracked
+from sim.kvm.spte import is_access_tracked, is_write_protected
 
 if TYPE_CHECKING:
     from sim.kvm.vm import Vm
@@ -60,6 +60,7 @@ _KIND = {
     HostFault.SWAPCACHE: FaultKind.MINOR,
     HostFault.MAJOR: FaultKind.MAJOR,
     HostFault.WAITED: FaultKind.MINOR,
+    HostFault.COW: FaultKind.MINOR,
 }
 
 
@@ -69,6 +70,7 @@ _HOST_COST: dict[HostFault, Callable[[CostsConfig], int]] = {
     HostFault.SWAPCACHE: lambda c: c.swapcache_fault_ns,
     HostFault.MAJOR: lambda c: c.ept_fault_ns + c.swapin_kernel_ns,
     HostFault.WAITED: lambda c: c.ept_fault_ns,
+    HostFault.COW: lambda c: c.first_touch_ns,  # allocate and fill a page (the copy)
 }
 
 
@@ -128,15 +130,29 @@ def kvm_fault_nowait(
     can race with it and the spte is installed straight away.
     """
     idx = gfn * mmu.k + alias  # mmu.spte_index, inlined: this runs once per fault
-    if is_access_tracked(mmu.spte.item(idx)):
+    s = mmu.spte.item(idx)
+    if is_access_tracked(s) and not (write and is_write_protected(s)):
         mmu.fast_page_fault(idx, write)
+        if write:
+            host.page_written(pid)
         return FaultKind.ACCESS_TRACKING, costs.fast_fault_ns
     hf = host.fault_nowait(pid, write)
     if hf is None:
         return None
-    mmu.map_spte(gfn, alias, write)
-    host.kvm_release_page(pid, dirty=mmu.dirty_on_map or write)
+    _map(mmu, host, pid, gfn, alias, write)
     return _KIND[hf], _HOST_COST[hf](costs)
+
+
+def _map(mmu: KvmMmu, host: HostFaultHandler, pid: int, gfn: int, alias: int, write: bool) -> None:
+    """Install the spte (read-only over a KSM page: ``hva_to_pfn`` found the host pte
+    read-only) and release the page to the host."""
+    if host.write_protected(pid):
+        mmu.map_spte_readonly(gfn, alias)
+    else:
+        mmu.map_spte(gfn, alias, write)
+        if write:
+            host.page_written(pid)
+    host.kvm_release_page(pid, dirty=mmu.dirty_on_map or write)
 
 
 def kvm_page_fault(
@@ -184,6 +200,5 @@ def kvm_page_fault(
         retries += 1  # RET_PF_RETRY: back into the guest, which faults again
         mmu.pf_retry += 1
         cpu_ns += costs.vmexit_ns
-    mmu.map_spte(gfn, alias, write)
-    host.kvm_release_page(pid, dirty=mmu.dirty_on_map or write)
+    _map(mmu, host, pid, gfn, alias, write)
     return kind, cpu_ns, retries

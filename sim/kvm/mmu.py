@@ -347,6 +347,14 @@ class KvmMmu:
         self.spte[idx] = sp.mapped(write)
         self.pf_fixed += 1
 
+    def map_spte_readonly(self, gfn: int, alias: int) -> None:
+        """Install a present, accessed, write-protected spte (a KSM page: a write faults)."""
+        idx = gfn * self.k + alias
+        if self._rmap_count is not None and not sp.is_present(self.spte.item(idx)):
+            self._rmap_count[gfn] += 1
+        self.spte[idx] = sp.mapped_readonly()
+        self.pf_fixed += 1
+
     def map_sptes(self, gfns: NDArray[np.int64], alias: int = 0) -> None:
         """``map_spte`` (read access) for many gfns at once: the steady-state fill, which took
         no fault in the measured run and so counts none in ``pf_fixed``."""

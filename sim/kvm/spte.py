@@ -8,6 +8,7 @@ Models
     ``SPTE_ACCESSED``           0x2  EPT A bit: hardware sets it on any access through the spte
     ``SPTE_DIRTY``              0x4  EPT D bit: hardware sets it on a write through the spte
     ``SPTE_ACCESS_TRACKED``     0x8  present, but its R/X permissions are parked by aging
+    ``SPTE_WRITE_PROTECTED``   0x10  present without W: maps a KSM page read-only (host/ksm.py)
     ==========================  ===  ==============================================================
 
     A zapped spte is 0 (``SPTE_NONPRESENT``); a freshly mapped one is present and accessed, and
@@ -29,7 +30,10 @@ Models
     access-tracked".
 
     A guest access is a hit (completes in hardware) if its spte is present and not
-    access-tracked; anything else is an EPT violation (``needs_fault``). The dirty bit is
+    access-tracked; anything else is an EPT violation (``needs_fault``). A write through a
+    write-protected spte is one too (``needs_write_fault``): KVM maps a page read-only when the
+    host pte is read-only (``hva_to_pfn`` without ``writable``), which only KSM pages are here;
+    only runs with ``host.ksm`` make such sptes, so every other spte is as before. The dirty bit is
     tracked the same way in both modes (KVM without A/D bits write-protects for dirty logging
     instead; not modelled), and zapping a present dirty spte hands the dirt to the folio
     (``kvm_set_pfn_dirty``).
@@ -64,6 +68,7 @@ SPTE_PRESENT = 0x1
 SPTE_ACCESSED = 0x2
 SPTE_DIRTY = 0x4
 SPTE_ACCESS_TRACKED = 0x8
+SPTE_WRITE_PROTECTED = 0x10
 SPTE_NONPRESENT = 0  # what a zap leaves
 
 _HW_CHECK = SPTE_PRESENT | SPTE_ACCESS_TRACKED  # the bits the hardware walk decides on
@@ -89,6 +94,19 @@ def is_hit(s: S) -> B:
 def needs_fault(s: S) -> B:
     """A guest access through ``s`` takes an EPT violation (not present, or access-tracked)."""
     return (s & _HW_CHECK) != SPTE_PRESENT
+
+
+@register_jitable
+def needs_write_fault(s: S, write: B) -> B:
+    """An access through ``s`` takes an EPT violation: :func:`needs_fault`, or a write through
+    a write-protected spte (a KSM page's)."""
+    return (s & (_HW_CHECK | SPTE_WRITE_PROTECTED * write)) != SPTE_PRESENT
+
+
+@register_jitable
+def is_write_protected(s: S) -> B:
+    """Present and mapped read-only (a KSM page): a write faults to the host's COW."""
+    return (s & (SPTE_PRESENT | SPTE_WRITE_PROTECTED)) == (SPTE_PRESENT | SPTE_WRITE_PROTECTED)
 
 
 @register_jitable
@@ -139,3 +157,10 @@ def fast_page_fault(s: S, write: B) -> S:
 def mapped(write: B) -> int:
     """A newly installed spte (``make_spte``): present and accessed, dirty after a write."""
     return _MAPPED | SPTE_DIRTY * write
+
+
+@register_jitable
+def mapped_readonly() -> int:
+    """A newly installed read-only spte (``make_spte`` without ``ACC_WRITE_MASK``): present and
+    accessed, never dirty (no write can go through it)."""
+    return _MAPPED | SPTE_WRITE_PROTECTED

@@ -51,6 +51,13 @@ class ReclaimBase(Strict):
 class Reclaimer(Protocol):
     """What the host offers a policy during a reclaim pass (mm/vmscan.c and mm/rmap.c)."""
 
+    ksm: object | None  # KSM's stable nodes (host/ksm.py), when KSM is on
+
+    def multi_referenced(self, pfns: Pfns) -> NDArray[np.bool_]:
+        """Which folios the last :meth:`folio_referenced` found young through more than one
+        pte (KSM folios: ``folio_check_references`` activates them)."""
+        ...
+
     def folio_referenced(self, pfns: Pfns, sc: ScanControl) -> NDArray[np.bool_]:
         """Test and clear young over every mapping of each folio (host ptes, then notifiers);
         an unmapped folio has no mapping to walk and is never young."""

@@ -851,6 +851,10 @@ class TwoList:
         # young and PG_referenced: ACTIVATE; young only: KEEP with PG_referenced (set for both);
         # not young: RECLAIM, PG_referenced cleared (anon ignores a lone PG_referenced)
         victims, keep, activate = _check_references(check, young, self.fl)
+        if reclaim.ksm is not None:  # folio_check_references: referenced_ptes > 1 activates
+            multi = reclaim.multi_referenced(keep)
+            if multi.any():
+                activate, keep = np.concatenate((activate, keep[multi])), keep[~multi]
         failed = written = victims[:0]
         if len(victims):
             out = reclaim.shrink_folio_list(victims, sc)

@@ -1,0 +1,718 @@
+"""Kernel samepage merging: ksmd merges identical guest pages into one write-protected KSM page.
+
+Models
+    ``ksmd`` (a SimPy process) wakes every ``sleep_ms`` and visits ``pages_to_scan`` pages of the
+    mergeable VMs' guest RAM, in address order round-robin over the VMs (``ksm_do_scan``,
+    ``scan_get_next_rmap_item``); when its cursor wraps it counts ``full_scans`` and empties the
+    unstable tree. A page not mapped by QEMU's pte, or with no frame of its own, is skipped
+    (``follow_page`` finds nothing); a page already sharing a KSM page needs nothing. Otherwise
+    (``cmp_and_merge_page``):
+
+    1. the stable tree is searched by content (``stable_tree_search``): a KSM page with the same
+       content and fewer than ``max_page_sharing`` sharers takes the page
+       (``try_to_merge_with_ksm_page``);
+    2. the checksum gate (``calc_checksum``): a page whose content changed since ksmd last
+       visited it (or never visited: a new rmap_item's checksum is 0) only records its checksum
+       and is volatile for this pass;
+    3. with ``use_zero_pages`` a zero-filled page is mapped to the shared zero page
+       (``try_to_merge_with_zero_page``: ``ksm_zero_pages``; no frame, never on an LRU);
+    4. the unstable tree is searched by content (``unstable_tree_search_insert``): a match merges
+       both pages into a new KSM page made of the *current* page's frame
+       (``try_to_merge_two_pages``, then ``stable_tree_insert``); else the page is inserted.
+
+    Merging one page (``write_protect_page`` + ``replace_page``) is bracketed by
+    ``mmu_notifier_invalidate_range_start/end`` on its hva, so KVM zaps its spte and flushes;
+    its pte then maps the KSM frame read-only and its own frame is freed. A guest write to a
+    sharer faults (its spte is write-protected, kvm/spte.py) and the host breaks the sharing
+    (``do_wp_page`` -> ``wp_page_copy``): a new frame, the copy, an invalidation of the old
+    pte, ``cow_ksm``; the KSM page is freed with its last sharer.
+
+    Aging a KSM folio walks every sharer's mapping (``rmap_walk_ksm``): N host ptes tested and
+    cleared, N notifier calls (N KVM rmap walks), ``rmap_walked`` N (sim/host/rmap.py).
+
+    Reclaim swaps a KSM folio as any anon folio, with one swap slot: ``try_to_unmap`` walks
+    every mapped sharer (N invalidations, N KVM zaps and flushes) and turns each pte into a swap
+    entry to that slot. While the folio is in the swap cache a sharer's fault maps it again
+    (``ksm_might_need_to_copy`` returns a KSM folio as it is). Once it is freed its stable node
+    leaves the tree (``remove_node_from_stable_tree``, as ``get_ksm_page`` finds its page gone)
+    and stays only as the slot the sharers' swap entries name: the first sharer to fault reads
+    the slot into a page of its own (the read-in folio is not KSM); a later one copies that page
+    while it is still in memory (``ksm_swpin_copy``) or reads the slot again; the slot is freed
+    with the last swap entry.
+
+Content
+    Each guest page of a VM with a ``content`` section gets a content key at build, drawn from
+    the run's seed (``<vm>.content``): ZERO, a block of a shared image (uniform over the image's
+    blocks; VMs naming the same image share the key space), or UNIQUE. A guest write makes the
+    page's content its own (UNIQUE): the compiled touch walk marks written pages in
+    ``HostMemory.written`` (only with KSM on) and KVM's fault path does for faulting writes.
+
+Data model
+    Every stable node is a pseudo-page: a pid after every VM's pages, owned by a KSM pseudo-mm
+    (the last of ``HostMemory``'s ranges, as the page cache's files are pseudo-mms). The node pid
+    owns the KSM frame (``frame_pid``), is the folio on the anon LRU and holds its folio flags
+    (PG_RESIDENT, PG_DIRTY; PTE_PRESENT while mapped). A sharer is a guest page whose flags hold
+    only its own pte's PTE_PRESENT and PTE_YOUNG, whose ``pfn`` is the KSM frame, and whose
+    ``ksm_node`` names the node (``ZERO_NODE``: the shared zero page, ``pfn`` NO_PFN). Trees are
+    dicts keyed by content; counts per node and sharer lists per node, no per-page objects.
+
+Counting
+    The sysfs counters (``pages_shared``: stable nodes, ``pages_sharing``: sharers beyond the
+    first per node, ``pages_unshared``, ``pages_volatile``, ``full_scans``, ``ksm_zero_pages``)
+    and the vmstat events ``cow_ksm`` and ``ksm_swpin_copy`` are counted here once
+    (:class:`KsmStats`) and reported in summary.json's ``host.ksm``. ksmd's CPU (``cpu_ns``:
+    ``page_scan_ns`` per page visited, ``memcmp_ns`` per tree comparison, ~log2(tree size)
+    per lookup, plus its remote TLB flushes at ``tlb_flush_exit_ns``) is its own host CPU's,
+    never a vCPU's.
+
+Kernel reference
+    mm/ksm.c: ``ksm_do_scan``, ``scan_get_next_rmap_item``, ``cmp_and_merge_page``,
+    ``stable_tree_search``, ``unstable_tree_search_insert``, ``try_to_merge_two_pages``,
+    ``try_to_merge_with_ksm_page``, ``try_to_merge_one_page``, ``write_protect_page``,
+    ``replace_page``, ``calc_checksum``, ``rmap_walk_ksm``, ``get_ksm_page``,
+    ``remove_node_from_stable_tree``, ``ksm_might_need_to_copy``; mm/memory.c: ``do_wp_page``,
+    ``wp_page_copy``, ``do_swap_page``; Documentation/admin-guide/mm/ksm.rst (the sysfs counters).
+
+Simplifications
+    Content is a key, not bytes: comparisons are counted, never made. ksmd merges only pages
+    with no swap slot and no I/O in flight (a swap-cache page is skipped this pass). A batch's
+    merges happen at its start; ksmd then sleeps ``sleep_ms`` plus the batch's CPU time. A COW
+    copy, and a swap-in copy, is priced as a first touch (allocate and fill one page).
+    ``stable_node_chain`` dups are a list per content key. After a swapped KSM folio is read
+    back, the slot stays the node's until its last sharer faults (the kernel's first reader
+    holds it in its swap cache folio); "still in memory" for ``ksm_swpin_copy`` is "the first
+    reader's page is mapped". No swap readahead around a sharer's swap entry. A KSM folio's
+    I/O counts for the VM whose frame it was. KSM runs only where its paths are modelled
+    (config.py says which settings it needs: two_list watermark reclaim, a disk without
+    zswap, no memcgs, guest kernels, balloons, guest TLBs, host files, prefault).
+
+Invariants
+    A node's sharers all map its frame and its sharer count is their number; a sharer owns no
+    frame; a node is mapped iff a sharer is; an unmapped sharer's node holds a slot; a node
+    without sharers is free or waiting for its write to end; ``pages_shared``/``pages_sharing``
+    equal the sums over the nodes in the stable tree; every zero-page sharer is counted in
+    ``ksm_zero_pages``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import Field
+
+from sim.host.memory import (
+    NO_PFN,
+    PAGE_SIZE,
+    PG_DIRTY,
+    PG_LOCKED,
+    PG_RESIDENT,
+    PG_SWAP,
+    PG_WRITEBACK,
+    PTE_PRESENT,
+    PTE_YOUNG,
+    HostMemory,
+)
+from sim.host.mm import Mm
+from sim.host.mmu_notifier import NotifierWork
+from sim.schema import Strict
+
+if TYPE_CHECKING:
+    import simpy
+
+    from sim.host.swap import SwapDevice
+    from sim.reclaim.base import EvictionPolicy
+
+UNIQUE = -1  # content key of a page no other page equals
+ZERO = 0  # content key of a zero-filled page
+NO_NODE = -1  # ksm_node of a page that shares no KSM page
+ZERO_NODE = -2  # ksm_node of a page mapping the shared zero page (use_zero_pages)
+_NO_SUM = -2  # no rmap_item: ksmd never visited the page
+_NEW_ITEM = -3  # a fresh rmap_item's checksum (0 in the kernel): no content key equals it
+_SHARER_FLAGS = PTE_PRESENT | PTE_YOUNG  # a sharer's own pte bits; the folio's are the node's
+_CANDIDATE = PTE_PRESENT | PG_RESIDENT  # mapped, with a frame of its own
+PG_BUSY = PG_WRITEBACK | PG_LOCKED  # I/O in flight: the folio waits for its end
+
+
+class KsmConfig(Strict):
+    """``/sys/kernel/mm/ksm``: ksmd's pace and limits, and its CPU costs."""
+
+    pages_to_scan: int = Field(
+        100, ge=1, le=1 << 20, description="Pages ksmd visits per wake-up (pages_to_scan)."
+    )
+    sleep_ms: float = Field(
+        20.0, gt=0.0, le=3_600_000.0, description="ksmd's sleep between batches (sleep_millisecs)."
+    )
+    max_page_sharing: int = Field(
+        256,
+        ge=2,
+        le=1 << 20,
+        description="Most sharers of one KSM page; more identical pages start another KSM page "
+        "of the same content (max_page_sharing).",
+    )
+    use_zero_pages: bool = Field(
+        False,
+        description="Map zero-filled pages to the shared zero page instead of a KSM page "
+        "(use_zero_pages; counted in ksm_zero_pages).",
+    )
+    page_scan_ns: int = Field(
+        400,
+        ge=0,
+        le=10**9,
+        description="ksmd CPU per page visited: follow_page and the checksum of the page "
+        "(xxhash of 4 KiB).",
+    )
+    memcmp_ns: int = Field(
+        150,
+        ge=0,
+        le=10**9,
+        description="ksmd CPU per tree comparison (memcmp of two pages); a lookup makes "
+        "about log2(tree size) of them.",
+    )
+
+
+class ContentConfig(Strict):
+    """What a VM's guest pages hold, for KSM: shares of zero-filled pages and of blocks of a
+    shared image (identical across VMs of that image); the rest are unique."""
+
+    zero_share: float = Field(
+        0.0, ge=0.0, le=1.0, description="Share of guest pages that are zero-filled."
+    )
+    image_share: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of guest pages holding a block of the image (uniform over its "
+        "blocks, so VMs of the same image hold the same blocks).",
+    )
+    image: str = Field(
+        "default",
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        max_length=128,
+        description="Name of the image (a guest OS and its page cache); VMs naming the same "
+        "image share its blocks.",
+    )
+    image_mib: int = Field(
+        256,
+        gt=0,
+        le=1 << 26,
+        description="Distinct contents of the image (MiB of distinct pages); VMs naming the "
+        "same image must agree on it.",
+    )
+    mergeable: bool = Field(
+        True,
+        description="QEMU marks guest RAM MADV_MERGEABLE (mem-merge=on); false: ksmd skips "
+        "this VM.",
+    )
+
+    def shares_ok(self) -> str | None:
+        """Why the shares are wrong (None: they sum to at most 1)."""
+        if self.zero_share + self.image_share > 1.0 + 1e-12:
+            return (
+                f"zero_share {self.zero_share:g} + image_share {self.image_share:g} exceed 1; "
+                "lower one of them (the rest of the pages are unique)"
+            )
+        return None
+
+
+def draw_content(
+    cfg: ContentConfig,
+    nr_pages: int,
+    image_offset: int,
+    image_blocks: int,
+    rng: np.random.Generator,
+) -> NDArray[np.int64]:
+    """The content keys of one VM's pages: ZERO, ``1 + image_offset + block`` (a block of the
+    image, uniform over its ``image_blocks``), or UNIQUE."""
+    u = rng.random(nr_pages)
+    blocks = rng.integers(0, image_blocks, nr_pages, dtype=np.int64)
+    key = np.full(nr_pages, UNIQUE, dtype=np.int64)
+    key[u < cfg.zero_share] = ZERO
+    img = (u >= cfg.zero_share) & (u < cfg.zero_share + cfg.image_share)
+    key[img] = 1 + image_offset + blocks[img]
+    return key
+
+
+@dataclass(slots=True)
+class KsmWork:
+    """ksmd's notifier work (the ``NotifierWork`` counters KVM adds to)."""
+
+    nr_notifier_calls: int = 0
+    nr_sptes_walked: int = 0
+    nr_tlb_flushes: int = 0
+
+
+@dataclass(slots=True)
+class KsmStats:
+    """The sysfs counters of ``/sys/kernel/mm/ksm`` and vmstat's ``cow_ksm``, counted once."""
+
+    pages_shared: int = 0  # stable nodes (KSM pages in use)
+    pages_sharing: int = 0  # sharers beyond the first of each node (the pages saved)
+    pages_unshared: int = 0  # pages in the unstable tree
+    rmap_items: int = 0  # pages ksmd has visited and tracks (its rmap_items)
+    full_scans: int = 0
+    ksm_zero_pages: int = 0  # ptes mapping the shared zero page
+    pages_scanned: int = 0  # pages ksmd visited (pages_scanned)
+    cow_ksm: int = 0  # vmstat COW_KSM: write faults that broke a KSM sharing
+    ksm_swpin_copy: int = 0  # vmstat KSM_SWPIN_COPY: a swap-in copied for another VM
+    tree_cmps: int = 0  # page comparisons in tree lookups (memcmp_pages)
+    merges: int = 0  # pages merged into a KSM page (write_protect_page + replace_page)
+    cpu_ns: int = 0  # ksmd's CPU (its own host CPU)
+    work: KsmWork = field(default_factory=KsmWork)
+
+    @property
+    def pages_volatile(self) -> int:
+        """``pages_volatile``: tracked pages in neither tree (changing too fast to merge)."""
+        return self.rmap_items - self.pages_shared - self.pages_sharing - self.pages_unshared
+
+    def summary(self, frames: int = 0) -> dict[str, int]:
+        """The counters as summary.json's ``host.ksm`` reports them, with ``frames`` (the KSM
+        folios in memory at the end: counted in no VM's ``resident_pages``)."""
+        return {
+            "frames_end": frames,
+            "pages_shared": self.pages_shared,
+            "pages_sharing": self.pages_sharing,
+            "pages_unshared": self.pages_unshared,
+            "pages_volatile": self.pages_volatile,
+            "full_scans": self.full_scans,
+            "ksm_zero_pages": self.ksm_zero_pages,
+            "pages_scanned": self.pages_scanned,
+            "cow_ksm": self.cow_ksm,
+            "ksm_swpin_copy": self.ksm_swpin_copy,
+            "merges": self.merges,
+            "tree_cmps": self.tree_cmps,
+            "ksmd_cpu_ns": self.cpu_ns,
+            "notifier_calls": self.work.nr_notifier_calls,
+            "tlb_flushes": self.work.nr_tlb_flushes,
+        }
+
+
+class Ksm:
+    """ksmd's state: content keys, checksums, the two trees and the stable nodes.
+
+    Args:
+        cfg: the sysfs knobs.
+        mem: host memory; its ``ksm_node`` and ``written`` arrays exist (KSM is on).
+        mms: the VMs' mms (not the KSM pseudo-mm).
+        key: every guest page's content key (UNIQUE for VMs without content).
+        mergeable: the mms ksmd scans (``MADV_MERGEABLE``), in scan order.
+        node_base: the first node pid (the KSM pseudo-mm's first page).
+        nr_nodes: node pids available.
+        tlb_flush_ns: a remote TLB flush's cost, to price ksmd's merges.
+    """
+
+    def __init__(
+        self,
+        cfg: KsmConfig,
+        mem: HostMemory,
+        mms: Sequence[Mm],
+        key: NDArray[np.int64],
+        mergeable: Sequence[Mm],
+        node_base: int,
+        nr_nodes: int,
+        tlb_flush_ns: int = 0,
+    ) -> None:
+        self.cfg, self.mem, self.mms, self.key = cfg, mem, list(mms), key
+        self.node_base, self.nr_nodes = node_base, nr_nodes
+        self.owner = mem.page_owner(node_base)  # the KSM pseudo-mm's index
+        self.tlb_flush_ns = tlb_flush_ns
+        self.policy: EvictionPolicy  # set by the world once the policy exists
+        self.swap: SwapDevice  # set by the world: a node's slot is freed with it
+        self.stats = KsmStats()
+        n = len(key)
+        self.oldsum = np.full(n, _NO_SUM, dtype=np.int64)  # rmap_item->oldchecksum
+        self.in_unstable = np.zeros(n, dtype=np.bool_)  # UNSTABLE_FLAG
+        self.unstable: dict[int, int] = {}  # content key -> the page in the unstable tree
+        self.stable: dict[int, list[int]] = {}  # content key -> its nodes (a chain of dups)
+        self.node_key = np.full(nr_nodes, UNIQUE, dtype=np.int64)
+        self.node_mm = np.zeros(nr_nodes, dtype=np.int64)  # the VM whose frame the folio was
+        self.pruned = np.zeros(nr_nodes, dtype=np.bool_)  # out of the stable tree: swapped
+        self.swapin_src = np.full(nr_nodes, -1, dtype=np.int64)  # its first sharer read back
+        self.sharers: list[list[int]] = [[] for _ in range(nr_nodes)]  # the node's rmap_items
+        self._free_nodes = list(range(nr_nodes - 1, -1, -1))
+        # the scan order: every mergeable mm's pages, mm after mm
+        ranges = [np.arange(mm.pid_base, mm.pid_base + mm.nr_pages) for mm in mergeable]
+        self.order = np.concatenate(ranges) if ranges else np.zeros(0, dtype=np.int64)
+        self.cursor = 0
+
+    # -- ksmd --------------------------------------------------------------------------------
+    def ksmd(self, env: simpy.Environment) -> simpy.events.ProcessGenerator:
+        """The ksmd thread: a batch, then sleep (``ksm_scan_thread``)."""
+        sleep_ns = round(self.cfg.sleep_ms * 1e6)
+        while True:
+            before = self.stats.cpu_ns
+            self.ksm_do_scan(self.cfg.pages_to_scan)
+            yield env.timeout(sleep_ns + self.stats.cpu_ns - before)
+
+    def ksm_do_scan(self, scan_npages: int) -> None:
+        """Visit ``scan_npages`` pages from the cursor on (``ksm_do_scan``)."""
+        if len(self.order) == 0:
+            return
+        st, mem, cfg = self.stats, self.mem, self.cfg
+        for _ in range(scan_npages):
+            pid = int(self.order[self.cursor])
+            self.cursor += 1
+            if self.cursor == len(self.order):  # scan_get_next_rmap_item: a full scan ends
+                self.cursor = 0
+                st.full_scans += 1
+                self.unstable.clear()  # root_unstable_tree = RB_ROOT
+            if self.mms[mem.page_owner(pid)].dead:
+                continue
+            f = mem.flags.item(pid)
+            if not f & PTE_PRESENT:  # follow_page: nothing mapped
+                continue
+            st.pages_scanned += 1
+            st.cpu_ns += cfg.page_scan_ns
+            if self.oldsum.item(pid) == _NO_SUM:
+                st.rmap_items += 1
+                self.oldsum[pid] = _NEW_ITEM
+            if mem.ksm_node.item(pid) != NO_NODE:  # already a KSM sharer: nothing to do
+                continue
+            if f & ~(_CANDIDATE | PTE_YOUNG | PG_DIRTY) or not f & PG_RESIDENT:
+                continue  # a swap-cache page or I/O in flight: skipped this pass
+            self.cmp_and_merge_page(pid)
+
+    def _content(self, pid: int) -> int:
+        """The page's content key now: a page written since ksmd last looked is unique."""
+        if self.mem.written.item(pid):
+            self.mem.written[pid] = 0
+            self.key[pid] = UNIQUE
+            return UNIQUE
+        return int(self.key.item(pid))
+
+    def _lookups(self, size: int) -> None:
+        """One tree lookup in a tree of ``size`` nodes: ~log2(size) comparisons."""
+        n = max(1, math.ceil(math.log2(size + 1)))
+        self.stats.tree_cmps += n
+        self.stats.cpu_ns += n * self.cfg.memcmp_ns
+
+    def cmp_and_merge_page(self, pid: int) -> None:
+        """``cmp_and_merge_page`` for a mapped page with its own frame, not yet a sharer."""
+        st = self.stats
+        if self.in_unstable.item(pid):  # remove_rmap_item_from_tree
+            self.in_unstable[pid] = False
+            st.pages_unshared -= 1
+            k = int(self.key.item(pid))
+            if self.unstable.get(k, -1) == pid:
+                del self.unstable[k]
+        written = bool(self.mem.written.item(pid))
+        key = self._content(pid)
+        # stable_tree_search
+        self._lookups(st.pages_shared)
+        if key != UNIQUE:
+            for node in self.stable.get(key, ()):
+                if len(self.sharers[node]) < self.cfg.max_page_sharing:
+                    self._replace_page(pid, node)
+                    return
+        # calc_checksum: unchanged since the last visit, or volatile this pass
+        changed = written or self.oldsum.item(pid) != key
+        self.oldsum[pid] = key
+        if changed:
+            return
+        if self.cfg.use_zero_pages and key == ZERO:  # try_to_merge_with_zero_page
+            self._merge_zero_page(pid)
+            return
+        # unstable_tree_search_insert
+        self._lookups(len(self.unstable))
+        other = self.unstable.get(key, -1) if key != UNIQUE else -1
+        if other >= 0 and self._still_same(other, key):
+            del self.unstable[key]
+            self.in_unstable[other] = False
+            st.pages_unshared -= 1
+            node = self._new_node(pid, key)  # try_to_merge_two_pages: this page's frame
+            self._replace_page(other, node)
+            return
+        if key != UNIQUE:
+            self.unstable[key] = pid
+        self.in_unstable[pid] = True
+        st.pages_unshared += 1
+
+    def _still_same(self, pid: int, key: int) -> bool:
+        """The unstable tree's page still holds ``key`` and can merge (the memcmp that finds
+        the tree page changed under it fails)."""
+        f = self.mem.flags.item(pid)
+        return (
+            not self.mms[self.mem.page_owner(pid)].dead
+            and f & _CANDIDATE == _CANDIDATE
+            and not f & ~(_CANDIDATE | PTE_YOUNG | PG_DIRTY)
+            and self.mem.ksm_node.item(pid) == NO_NODE
+            and self._content(pid) == key
+        )
+
+    # -- merging -----------------------------------------------------------------------------
+    def _invalidate(self, pid: int) -> None:
+        """``mmu_notifier_invalidate_range_start/end`` on the page's hva (KVM zaps its spte
+        and flushes; a dirty spte's dirt goes to the folio first)."""
+        mm = self.mms[self.mem.page_owner(pid)]
+        hva = mm.hva(np.array([pid], dtype=np.int64))
+        w = self.stats.work
+        flushes = w.nr_tlb_flushes
+        mm.notifiers.invalidate_range_start(hva, hva + PAGE_SIZE, w)
+        mm.notifiers.invalidate_range_end(hva, hva + PAGE_SIZE, w)
+        self.stats.cpu_ns += (w.nr_tlb_flushes - flushes) * self.tlb_flush_ns
+
+    def _new_node(self, pid: int, key: int) -> int:
+        """``try_to_merge_with_ksm_page(page, NULL)`` + ``stable_tree_insert``: the page's own
+        frame becomes a KSM folio, a new stable node, with the page its first sharer."""
+        mem = self.mem
+        self._invalidate(pid)  # write_protect_page
+        node = self._free_nodes.pop()
+        npid = self.node_base + node
+        pfn = mem.pfn.item(pid)
+        f = mem.flags.item(pid)
+        mem.transfer_frame(pfn, npid, self.owner)
+        self.node_mm[node] = mem.page_owner(pid)
+        self.pruned[node] = False
+        self.swapin_src[node] = -1
+        mem.flags[npid] = PG_RESIDENT | PTE_PRESENT | (f & PG_DIRTY)
+        mem.flags[pid] = f & _SHARER_FLAGS
+        mem.pfn[pid] = pfn
+        mem.ksm_node[pid] = node
+        self.node_key[node] = key
+        self.sharers[node] = [pid]
+        self.stable.setdefault(key, []).append(node)
+        self.stats.pages_shared += 1
+        self.stats.merges += 1
+        return node
+
+    def _replace_page(self, pid: int, node: int) -> None:
+        """``write_protect_page`` + ``replace_page``: the page's pte maps the node's frame
+        read-only and its own frame is freed."""
+        mem = self.mem
+        self._invalidate(pid)
+        pfn = mem.pfn.item(pid)
+        f = mem.flags.item(pid)
+        self.policy.folio_remove(np.array([pfn], dtype=np.int64))
+        mem.free_frame(pfn)
+        mem.flags[pid] = f & _SHARER_FLAGS
+        npid = self.node_base + node
+        mem.pfn[pid] = mem.pfn.item(npid)
+        mem.flags[npid] = mem.flags.item(npid) | PTE_PRESENT  # mapped again, if it was not
+        mem.ksm_node[pid] = node
+        self.sharers[node].append(pid)
+        self.stats.pages_sharing += 1
+        self.stats.merges += 1
+
+    def _merge_zero_page(self, pid: int) -> None:
+        """``try_to_merge_with_zero_page``: the pte maps the shared zero page (read-only)."""
+        mem = self.mem
+        self._invalidate(pid)
+        pfn = mem.pfn.item(pid)
+        f = mem.flags.item(pid)
+        self.policy.folio_remove(np.array([pfn], dtype=np.int64))
+        mem.free_frame(pfn)
+        mem.flags[pid] = f & _SHARER_FLAGS
+        mem.ksm_node[pid] = ZERO_NODE
+        self.stats.ksm_zero_pages += 1
+        self.stats.merges += 1
+
+    # -- leaving -----------------------------------------------------------------------------
+    def leave(self, pid: int) -> None:
+        """The page stops sharing (its COW, its swap-in, or its mm's exit): it leaves its node,
+        which goes with its last sharer: its frame freed (the folio's last mapping gone; at the
+        end of its I/O if some is in flight) and its swap slot (the last swap entry gone). The
+        page's own state is the caller's."""
+        mem = self.mem
+        node = mem.ksm_node.item(pid)
+        mem.ksm_node[pid] = NO_NODE
+        if node == ZERO_NODE:
+            self.stats.ksm_zero_pages -= 1
+            return
+        sharers = self.sharers[node]
+        sharers.remove(pid)
+        if not self.pruned.item(node):
+            if sharers:
+                self.stats.pages_sharing -= 1
+            else:
+                self.stats.pages_shared -= 1
+        npid = self.node_base + node
+        if not sharers:
+            self._unlink(node)
+            if not mem.flags.item(npid) & PG_BUSY:
+                self._free_node(node)
+            return
+        present = mem.flags[np.array(sharers, dtype=np.int64)] & PTE_PRESENT
+        if not present.any():
+            mem.flags[npid] = mem.flags.item(npid) & ~PTE_PRESENT
+
+    def _unlink(self, node: int) -> None:
+        """The node leaves the stable tree (if still in it)."""
+        if self.pruned.item(node):
+            return
+        self.pruned[node] = True
+        chain = self.stable[int(self.node_key[node])]
+        chain.remove(node)
+        if not chain:
+            del self.stable[int(self.node_key[node])]
+
+    def _free_node(self, node: int) -> None:
+        """A node with no sharer and no I/O in flight: its frame and slot go, its pid is free."""
+        mem = self.mem
+        npid = self.node_base + node
+        f = mem.flags.item(npid)
+        if f & PG_SWAP:
+            self.swap.free_slots(1, (npid,))
+            if not f & PG_RESIDENT:
+                mem.nr_swapped[self.owner] -= 1
+        if f & PG_RESIDENT:
+            pfn = mem.pfn.item(npid)
+            self.policy.folio_remove(np.array([pfn], dtype=np.int64))
+            mem.free_frame(pfn)
+        mem.flags[npid] = 0
+        mem.pfn[npid] = NO_PFN
+        self.node_key[node] = UNIQUE
+        self.pruned[node] = False
+        self.swapin_src[node] = -1
+        self._free_nodes.append(node)
+
+    def node_io_done(self, npid: int) -> bool:
+        """A node's write-out ended (``folio_end_writeback``): a node whose sharers all left
+        meanwhile goes now. True if it went."""
+        node = npid - self.node_base
+        if self.sharers[node]:
+            return False
+        self._free_node(node)
+        return True
+
+    # -- swap ------------------------------------------------------------------------------
+    def unmap(self, npid: int, work: NotifierWork) -> int:
+        """``try_to_unmap`` of a KSM folio (``rmap_walk_ksm`` -> ``try_to_unmap_one`` per
+        sharer): each mapped sharer's hva invalidated through its mm (KVM zaps its spte and
+        flushes) and its pte made a swap entry to the folio's one slot. Returns the mappings
+        walked."""
+        mem = self.mem
+        sharers = np.array(self.sharers[npid - self.node_base], dtype=np.int64)
+        sharers = sharers[(mem.flags[sharers] & PTE_PRESENT) != 0]
+        for pid in sharers.tolist():
+            mm = self.mms[mem.page_owner(pid)]
+            hva = mm.hva(np.array([pid], dtype=np.int64))
+            mm.notifiers.invalidate_range_start(hva, hva + PAGE_SIZE, work)
+            mem.flags[pid] = 0
+            mem.pfn[pid] = NO_PFN
+            mm.notifiers.invalidate_range_end(hva, hva + PAGE_SIZE, work)
+        mem.flags[npid] = mem.flags.item(npid) & ~(PTE_PRESENT | PTE_YOUNG)
+        return len(sharers)
+
+    def folio_freed(self, npids: NDArray[np.integer]) -> None:
+        """KSM folios left memory (``__remove_mapping``; their slot keeps the data): each node
+        leaves the stable tree (``get_ksm_page`` finds its page gone and
+        ``remove_node_from_stable_tree`` prunes it; its rmap_items are no longer shared), and
+        stays only as its sharers' swap entry."""
+        for npid in np.asarray(npids, dtype=np.int64).tolist():
+            node = npid - self.node_base
+            if not self.pruned.item(node):
+                self.stats.pages_shared -= 1
+                self.stats.pages_sharing -= len(self.sharers[node]) - 1
+            self._unlink(node)
+
+    def map_swapcache(self, pid: int) -> None:
+        """``do_swap_page`` finds the KSM folio in the swap cache (``ksm_might_need_to_copy``
+        returns it: still KSM, still in the stable tree): the sharer's pte maps it again."""
+        mem = self.mem
+        npid = self.node_base + mem.ksm_node.item(pid)
+        mem.flags[pid] = PTE_PRESENT | PTE_YOUNG
+        mem.pfn[pid] = mem.pfn.item(npid)
+        mem.flags[npid] = mem.flags.item(npid) | PTE_PRESENT
+
+    def node_of(self, pid: int) -> int:
+        """The node pid a sharer's swap entry names."""
+        return self.node_base + self.mem.ksm_node.item(pid)
+
+    def owners(self, pids: NDArray[np.integer]) -> NDArray[np.intp]:
+        """``HostMemory.page_owners``, with a KSM folio counted to the VM whose frame it was
+        (its I/O counted for that mm, as its memcg charge stays)."""
+        owners = self.mem.page_owners(pids)
+        nodes = np.asarray(pids) >= self.node_base
+        if nodes.any():
+            owners[nodes] = self.node_mm[np.asarray(pids)[nodes] - self.node_base]
+        return owners
+
+    def break_cow(self, pid: int) -> None:
+        """``do_wp_page`` -> ``wp_page_copy`` on a sharer whose new frame the caller has just
+        allocated (``pfn[pid]`` is it): the old pte is invalidated (KVM zaps the read-only
+        spte), the page leaves its KSM page and maps its copy, now its own content
+        (``cow_ksm`` unless it was the zero page)."""
+        mem = self.mem
+        zero = mem.ksm_node.item(pid) == ZERO_NODE
+        mm = self.mms[mem.page_owner(pid)]
+        hva = mm.hva(np.array([pid], dtype=np.int64))
+        w = KsmWork()
+        mm.notifiers.invalidate_range_start(hva, hva + PAGE_SIZE, w)
+        self.leave(pid)
+        mm.notifiers.invalidate_range_end(hva, hva + PAGE_SIZE, w)
+        self.key[pid] = UNIQUE
+        mem.written[pid] = 1
+        if not zero:
+            self.stats.cow_ksm += 1
+
+    def exit_mmap(self, pids: NDArray[np.int64]) -> NDArray[np.int64]:
+        """An mm exits: its sharers leave their nodes. Returns its pages that were not
+        sharers (the rest of the teardown is theirs)."""
+        node = self.mem.ksm_node[pids]
+        for pid in pids[node != NO_NODE].tolist():
+            self.leave(pid)
+            self.mem.flags[pid] = 0
+            self.mem.pfn[pid] = NO_PFN
+        gone = self.in_unstable[pids]
+        self.stats.pages_unshared -= int(gone.sum())
+        self.in_unstable[pids] = False
+        tracked = self.oldsum[pids] != _NO_SUM
+        self.stats.rmap_items -= int(tracked.sum())
+        self.oldsum[pids] = _NO_SUM
+        return pids[node == NO_NODE]
+
+    # -- reclaim -----------------------------------------------------------------------------
+    def is_node(self, pids: NDArray[np.integer]) -> NDArray[np.bool_]:
+        """Which pids are stable nodes (KSM folios)."""
+        return np.asarray(pids) >= self.node_base
+
+    def mappings(self, npid: int) -> list[int]:
+        """The sharers of node pid ``npid`` (``rmap_walk_ksm``'s rmap_items)."""
+        return self.sharers[npid - self.node_base]
+
+    # -- checks ------------------------------------------------------------------------------
+    def check(self) -> None:
+        """Assert the KSM invariants (tests; O(pages))."""
+        mem, st = self.mem, self.stats
+        node = mem.ksm_node
+        live = [n for n in range(self.nr_nodes) if self.sharers[n]]
+        tree = [n for n in live if not self.pruned[n]]
+        assert st.pages_shared == len(tree), "pages_shared is not the nodes in the stable tree"
+        total = sum(len(self.sharers[n]) for n in tree)
+        assert st.pages_sharing == total - len(tree), "pages_sharing"
+        linked = sum(len(self.sharers[n]) for n in live)
+        assert int((node >= 0).sum()) == linked, "sharers not all on their nodes' lists"
+        assert int((node == ZERO_NODE).sum()) == st.ksm_zero_pages, "ksm_zero_pages"
+        assert st.pages_unshared == int(self.in_unstable.sum()), "pages_unshared"
+        for n in live:
+            npid = self.node_base + n
+            nf = mem.flags.item(npid)
+            s = np.array(self.sharers[n], dtype=np.int64)
+            assert (node[s] == n).all(), "a sharer on another node's list"
+            present = (mem.flags[s] & PTE_PRESENT) != 0
+            assert bool(nf & PTE_PRESENT) == bool(present.any()), "node mapped iff a sharer is"
+            if nf & PG_RESIDENT:
+                kpfn = mem.pfn.item(npid)
+                assert (mem.pfn[s[present]] == kpfn).all(), "a sharer maps another frame"
+            else:
+                assert nf == PG_SWAP, "a node with neither frame nor slot"
+                assert not present.any(), "a sharer mapping a swapped-out node"
+            assert not (mem.flags[s[~present]]).any(), "an unmapped sharer with flags"
+            if not present.all():
+                assert nf & PG_SWAP, "a sharer's swap entry with no slot behind it"
+            chain = self.stable.get(int(self.node_key[n]), [])
+            assert (n in chain) != bool(self.pruned[n]), "stable tree and pruned disagree"
+        for n in range(self.nr_nodes):  # nodes kept only for their I/O, or free
+            if not self.sharers[n]:
+                nf = mem.flags.item(self.node_base + n)
+                assert nf == 0 or nf & PG_BUSY, "a node without sharers and no I/O in flight"
+        share = np.flatnonzero(node != NO_NODE)
+        f = mem.flags[share]
+        assert not (f & ~np.uint8(_SHARER_FLAGS)).any(), "a sharer with folio flags"
+        zero = share[node[share] == ZERO_NODE]
+        assert (mem.pfn[zero] == NO_PFN).all(), "a zero-page sharer holds a pfn"
+        assert (mem.flags[zero] & PTE_PRESENT).all(), "an unmapped zero-page sharer"

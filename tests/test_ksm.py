@@ -1,0 +1,376 @@
+"""KSM (sim/host/ksm.py): merging by hand-counted content, the checksum gate, COW, the rmap
+walk over every sharer, the zero page, the config's errors and the invariants of random runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sim.config import ConfigError, parse_scenario
+from sim.engine import World
+from sim.host.ksm import UNIQUE, ZERO
+from sim.host.memory import NO_PFN, PG_RESIDENT, PG_SWAP, PTE_PRESENT, PTE_YOUNG
+from sim.host.vmscan import Outcome, ScanControl
+from sim.kvm.fault import FaultKind, kvm_fault_nowait
+from sim.kvm.spte import SPTE_WRITE_PROTECTED, is_write_protected
+from tests.conftest import TINY, run_checked, tiny
+
+PAGES = 256  # pages of each 1 MiB VM
+
+
+def _world(count: int = 2, **ksm: Any) -> World:
+    """``count`` idle 1 MiB VMs with KSM on, on a roomy host (no reclaim)."""
+    raw = {
+        "name": "ksm",
+        "seed": 3,
+        "duration_s": 0.01,
+        "host": {"memory_mib": 64, "ksm": {"pages_to_scan": 2 * PAGES, **ksm}},
+        "vms": [
+            {
+                "name": "vm",
+                "count": count,
+                "memory_mib": 1,
+                "content": {"image_share": 1.0, "image_mib": 1},
+            }
+        ],
+    }
+    return World(parse_scenario(raw))
+
+
+def _fault_all(w: World, write: bool = False) -> None:
+    """Every guest page faulted in through KVM (read faults map sptes writable)."""
+    for vm in w.vms:
+        for gfn in range(vm.mm.nr_pages):
+            pid = vm.mm.pid_base + gfn
+            got = kvm_fault_nowait(
+                vm.mmu, w.host_fault, w.costs, pid=pid, gfn=gfn, alias=0, write=write
+            )
+            assert got is not None
+
+
+def _keys(w: World, shared: dict[int, int]) -> None:
+    """Content keys by hand: gfn ``g`` of every VM holds ``shared[g]``; the rest are unique."""
+    w.ksm.key[:] = UNIQUE
+    for vm in w.vms:
+        for gfn, key in shared.items():
+            w.ksm.key[vm.mm.pid_base + gfn] = key
+
+
+def _scan(w: World, passes: int = 1) -> None:
+    """``passes`` full scans of every VM's pages."""
+    for _ in range(passes):
+        w.ksm.ksm_do_scan(len(w.ksm.order))
+
+
+def test_two_vms_of_one_image_merge_as_counted_by_hand() -> None:
+    w = _world()
+    _keys(w, {0: 1, 1: 2, 2: 3, 3: 4})
+    _fault_all(w)
+    free = w.mem.nr_free
+    _scan(w)  # first visit: checksums recorded, nothing merges (the gate)
+    s = w.ksm.stats
+    assert (s.pages_shared, s.pages_sharing, s.pages_unshared) == (0, 0, 0)
+    assert s.pages_volatile == 2 * PAGES
+    _scan(w)  # vm0's pages enter the unstable tree; vm1's gfns 0-3 find them
+    assert (s.pages_shared, s.pages_sharing) == (4, 4)
+    assert s.pages_unshared == 2 * (PAGES - 4)  # the unique pages sit in the unstable tree
+    assert s.full_scans == 2
+    assert w.mem.nr_free == free + 4  # one frame saved per pair
+    assert s.work.nr_tlb_flushes == 8  # each merged page's spte zapped and flushed
+    a, b = w.vms[0].mm.pid_base, w.vms[1].mm.pid_base
+    assert w.mem.pfn[a] == w.mem.pfn[b]  # both map the KSM frame
+    node = w.mem.frame_pid[w.mem.pfn[a]]
+    assert node >= w.ksm.node_base  # owned by the stable node, not by either page
+    assert w.mem.flags[b] & ~np.uint8(PTE_PRESENT | PTE_YOUNG) == 0
+    assert w.vms[0].mmu.spte[0] == 0  # zapped by the merge
+    w.check()
+    _scan(w)  # nothing more to merge
+    assert (s.pages_shared, s.pages_sharing) == (4, 4)
+    w.check()
+
+
+def test_the_checksum_gate_delays_a_written_page_one_pass() -> None:
+    w = _world()
+    _keys(w, {0: 1})
+    _fault_all(w)
+    _scan(w)
+    w.mem.written[w.vms[1].mm.pid_base] = 1  # the guest wrote vm1's gfn 0: now unique
+    _scan(w)
+    assert w.ksm.stats.pages_shared == 0
+    assert w.ksm.key[w.vms[1].mm.pid_base] == UNIQUE
+
+
+def test_max_page_sharing_starts_another_node() -> None:
+    w = _world(count=5, max_page_sharing=2)
+    _keys(w, {0: 1})
+    _fault_all(w)
+    _scan(w, 2)
+    s = w.ksm.stats
+    assert (s.pages_shared, s.pages_sharing) == (2, 2)  # 2 + 2 sharers; the fifth waits
+    w.check()
+
+
+def test_a_guest_write_breaks_the_sharing_with_a_copy() -> None:
+    w = _world()
+    _keys(w, {0: 1})
+    _fault_all(w)
+    _scan(w, 2)
+    vm = w.vms[1]
+    pid = vm.mm.pid_base
+    r = kvm_fault_nowait(vm.mmu, w.host_fault, w.costs, pid=pid, gfn=0, alias=0, write=False)
+    assert r is not None
+    assert r[0] == FaultKind.MINOR
+    assert is_write_protected(vm.mmu.spte[0])  # a read maps the KSM page read-only
+    kpfn = w.mem.pfn[pid]
+    free = w.mem.nr_free
+    r = kvm_fault_nowait(vm.mmu, w.host_fault, w.costs, pid=pid, gfn=0, alias=0, write=True)
+    assert r is not None
+    assert r[1] == w.costs.first_touch_ns
+    s = w.ksm.stats
+    assert s.cow_ksm == 1
+    assert w.mem.nr_free == free - 1  # the copy's frame
+    assert w.mem.pfn[pid] != kpfn
+    assert w.mem.frame_pid[w.mem.pfn[pid]] == pid
+    assert w.mem.flags[pid] & PG_RESIDENT
+    assert not vm.mmu.spte[0] & SPTE_WRITE_PROTECTED
+    assert (s.pages_shared, s.pages_sharing) == (1, 0)  # the node keeps its other sharer
+    w.check()
+    a = w.vms[0].mm.pid_base  # its last sharer's write frees the KSM page
+    free = w.mem.nr_free
+    kvm_fault_nowait(w.vms[0].mmu, w.host_fault, w.costs, pid=a, gfn=0, alias=0, write=True)
+    assert s.pages_shared == 0
+    assert w.mem.nr_free == free
+    w.check()
+
+
+def test_aging_a_ksm_folio_walks_every_sharer() -> None:
+    n = 3
+    w = _world(count=n)
+    _keys(w, {0: 1})
+    _fault_all(w)
+    _scan(w, 2)
+    assert w.ksm.stats.pages_sharing == n - 1
+    kpfn = np.array([w.mem.pfn[w.vms[0].mm.pid_base]], dtype=np.int64)
+    pids = [vm.mm.pid_base for vm in w.vms]
+    w.mem.flags[pids] |= np.uint8(PTE_YOUNG)
+    sc = ScanControl(nr_to_reclaim=32, vmstat=w.vmstat)
+    young = w.vmscan.folio_referenced(kpfn, sc)
+    assert young.tolist() == [True]
+    assert sc.nr_rmap_walked == n  # rmap_walk_ksm: one mapping per sharer
+    assert sc.nr_notifier_calls == n  # and a notifier call (KVM rmap walk) for each
+    assert not (w.mem.flags[pids] & PTE_YOUNG).any()
+    assert w.vmscan.multi_referenced(kpfn).tolist() == [True]  # referenced_ptes > 1
+    other = np.array([w.mem.pfn[w.vms[0].mm.pid_base + 1]], dtype=np.int64)
+    w.vmscan.folio_referenced(other, ScanControl(nr_to_reclaim=32, vmstat=w.vmstat))
+    assert w.vmscan.multi_referenced(kpfn).tolist() == [False]  # that batch's answer only
+    w.mem.flags[pids] |= np.uint8(PTE_YOUNG)
+    w.vmscan.folio_referenced(kpfn, ScanControl(nr_to_reclaim=32, vmstat=w.vmstat))
+    sc = ScanControl(nr_to_reclaim=32, vmstat=w.vmstat)
+    assert w.vmscan.folio_referenced(kpfn, sc).tolist() == [False]
+    assert w.vmscan.multi_referenced(kpfn).tolist() == [False]
+    w.check()
+
+
+def _evicted(n: int) -> tuple[World, int, ScanControl]:
+    """``n`` VMs sharing one KSM page, which reclaim then takes: (world, node pid, pass)."""
+    w = _world(count=n)
+    _keys(w, {0: 1})
+    _fault_all(w)
+    _scan(w, 2)
+    for vm in w.vms:  # each sharer's spte read-only, as after a read fault
+        pid = vm.mm.pid_base
+        kvm_fault_nowait(vm.mmu, w.host_fault, w.costs, pid=pid, gfn=0, alias=0, write=False)
+    kpfn = np.array([w.mem.pfn[w.vms[0].mm.pid_base]], dtype=np.int64)
+    npid = int(w.mem.frame_pid[kpfn[0]])
+    used = w.swap.nr_slots - w.swap.nr_free_slots
+    w.policy.folio_remove(kpfn)  # isolated, as shrink_inactive_list hands it over
+    sc = ScanControl(nr_to_reclaim=32, vmstat=w.vmstat)
+    out = w.vmscan.shrink_folio_list(kpfn, sc)
+    assert out.tolist() == [Outcome.KEEP]  # its write started (a disk: asynchronous)
+    assert w.swap.nr_slots - w.swap.nr_free_slots == used + 1  # one slot for N sharers
+    return w, npid, sc
+
+
+def test_evicting_a_ksm_folio_zaps_every_sharer_and_takes_one_slot() -> None:
+    n = 3
+    w, npid, sc = _evicted(n)
+    assert sc.nr_rmap_walked == n  # try_to_unmap walked every sharer
+    assert sc.nr_tlb_flushes == n  # a zap and a flush in each VM
+    for vm in w.vms:
+        assert vm.mmu.spte[0] == 0
+        assert w.mem.flags[vm.mm.pid_base] == 0  # a swap entry to the folio's slot
+    assert w.ksm.stats.pages_shared == 1  # still in the swap cache: still a KSM page
+    w.policy.folio_add_lru(int(w.mem.pfn[npid]), None)  # kept: back on the LRU
+    w.check()
+    vm = w.vms[1]  # a fault while it is in the swap cache maps it again, still KSM
+    r = kvm_fault_nowait(
+        vm.mmu, w.host_fault, w.costs, pid=vm.mm.pid_base, gfn=0, alias=0, write=False
+    )
+    assert r is not None
+    assert r[0] == FaultKind.MINOR
+    assert is_write_protected(vm.mmu.spte[0])
+    assert w.mem.pfn[vm.mm.pid_base] == w.mem.pfn[npid]
+    w.check()
+
+
+def test_a_swapped_ksm_folio_is_read_once_and_copied_for_the_others() -> None:
+    n = 3
+    w, npid, _ = _evicted(n)
+    w.policy.folio_add_lru(int(w.mem.pfn[npid]), None)
+    w.env.run(until=w.env.now + 50_000_000)  # the write ends
+    kpfn = np.array([w.mem.pfn[npid]], dtype=np.int64)
+    w.policy.folio_remove(kpfn)
+    sc = ScanControl(nr_to_reclaim=32, vmstat=w.vmstat)
+    assert w.vmscan.shrink_folio_list(kpfn, sc).tolist() == [Outcome.FREED]
+    s = w.ksm.stats
+    assert s.pages_shared == 0  # pruned from the stable tree: its page is gone
+    assert s.pages_sharing == 0
+    assert w.mem.flags[npid] & PG_SWAP
+    w.check()
+    used = w.swap.nr_slots - w.swap.nr_free_slots
+    kinds = []
+    for vm in w.vms:
+        pid = vm.mm.pid_base
+        proc = w.env.process(w.host_fault.handle_mm_fault(pid, False))
+        w.env.run(until=proc)
+        kinds.append(proc.value)
+        w.check()
+    assert [str(k) for k in kinds] == ["major", "swapcache", "swapcache"]
+    assert s.ksm_swpin_copy == n - 1
+    assert w.swap.nr_slots - w.swap.nr_free_slots == used - 1  # the last reference freed it
+    assert w.mem.flags[npid] == 0
+    assert [w.ksm.key[vm.mm.pid_base] for vm in w.vms] == [1] * n  # read back, same content
+    w.check()
+
+
+def test_use_zero_pages_maps_the_zero_page() -> None:
+    w = _world(use_zero_pages=True)
+    _keys(w, {0: ZERO, 1: ZERO})
+    _fault_all(w)
+    free = w.mem.nr_free
+    _scan(w, 2)
+    s = w.ksm.stats
+    assert s.ksm_zero_pages == 4
+    assert s.pages_shared == 0
+    assert w.mem.nr_free == free + 4
+    pid = w.vms[0].mm.pid_base
+    assert w.mem.pfn[pid] == NO_PFN
+    assert w.mem.flags[pid] & PTE_PRESENT
+    w.check()
+    vm = w.vms[0]
+    kvm_fault_nowait(vm.mmu, w.host_fault, w.costs, pid=pid, gfn=0, alias=0, write=True)
+    assert s.ksm_zero_pages == 3
+    assert s.cow_ksm == 0
+    w.check()
+
+
+def test_oom_exit_leaves_the_ksm_pages() -> None:
+    w = _world()
+    _keys(w, {0: 1, 1: 2})
+    _fault_all(w)
+    _scan(w, 2)
+    w.oom.kill(w.vms[1].mm)
+    s = w.ksm.stats
+    assert (s.pages_shared, s.pages_sharing) == (2, 0)
+    w.check()
+    w.oom.kill(w.vms[0].mm)
+    assert s.pages_shared == 0
+    assert s.rmap_items == 0
+    assert s.pages_unshared == 0
+    w.check()
+
+
+def _raw(**host: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "duration_s": 0.01,
+        "host": {"memory_mib": 64, "ksm": {}, **host},
+        "vms": [{"name": "a", "memory_mib": 4, "content": {"zero_share": 0.5}}],
+    }
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (lambda r: r["vms"][0]["content"].update(image_share=0.6), "exceed 1"),
+        (lambda r: r["host"].pop("ksm"), "content: needs host.ksm"),
+        (lambda r: r["vms"][0].update(memcg={}), "host.ksm: KSM is modelled so far only with"),
+        (lambda r: r.update(reclaim={"policy": "mglru"}), "reclaim.policy: two_list"),
+        (lambda r: r["host"]["ksm"].update(max_page_sharing=1), "max_page_sharing"),
+        (
+            lambda r: r["vms"].append({"name": "b", "memory_mib": 4, "content": {"image_mib": 8}}),
+            "image_mib",
+        ),
+    ],
+)
+def test_config_errors_are_one_line(change: Any, needle: str) -> None:
+    raw = _raw()
+    change(raw)
+    with pytest.raises(ConfigError) as e:
+        parse_scenario(raw)
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value).strip()
+
+
+def test_off_by_default_leaves_dumps_and_hashes_alone() -> None:
+    sc = tiny()
+    assert "ksm" not in sc.model_dump()["host"]
+    assert "content" not in sc.model_dump()["vms"][0]
+    on = tiny(host__ksm={})
+    assert on.config_hash() != sc.config_hash()
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    seed=st.integers(0, 1000),
+    zero=st.floats(0.0, 0.5),
+    image=st.floats(0.0, 0.5),
+    use_zero=st.booleans(),
+    sharing=st.integers(2, 8),
+    write_ratio=st.sampled_from([0.0, 0.3]),
+    ept_ad=st.booleans(),
+)
+def test_random_ksm_worlds_keep_every_invariant(
+    seed: int,
+    zero: float,
+    image: float,
+    use_zero: bool,
+    sharing: int,
+    write_ratio: float,
+    ept_ad: bool,
+) -> None:
+    sc = tiny(
+        seed=seed,
+        duration_s=0.02,
+        host__ksm={
+            "pages_to_scan": 500,
+            "sleep_ms": 0.5,
+            "use_zero_pages": use_zero,
+            "max_page_sharing": sharing,
+        },
+        kvm__ept_ad_bits=ept_ad,
+        vms__0__write_ratio=write_ratio,
+        vms__0__content={"zero_share": zero, "image_share": image, "image_mib": 2},
+    )
+    w = World(sc)
+    run_checked(w, every_ns=2_000_000)
+    assert w.ksm.stats.pages_scanned > 0
+    assert TINY["vms"][0]["count"] == 2
+
+
+def test_same_config_and_seed_give_the_same_run() -> None:
+    def run() -> tuple[dict[str, int], dict[str, int]]:
+        sc = tiny(
+            duration_s=0.03,
+            host__ksm={"pages_to_scan": 800, "sleep_ms": 0.5},
+            vms__0__content={"zero_share": 0.2, "image_share": 0.6, "image_mib": 2},
+        )
+        w = World(sc)
+        w.run()
+        return w.ksm.stats.summary(), dict(w.vmstat.items())
+
+    assert run() == run()
