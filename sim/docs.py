@@ -30,6 +30,7 @@ from sim.config import (
 from sim.costs import CostsConfig
 from sim.guest import workloads as wl
 from sim.guest.balloon import BalloonConfig, BalloonCosts
+from sim.guest.free_page_hint import FreePageHintConfig
 from sim.guest.kernel import GuestConfig, GuestJobConfig
 from sim.guest.page_reporting import FreePageReportingConfig, PageReportingCosts
 from sim.host.ksm import ContentConfig, KsmConfig
@@ -69,6 +70,7 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("vms[].balloon", BalloonConfig),
     ("vms[].balloon.costs", BalloonCosts),
     ("vms[].balloon.free_page_reporting", FreePageReportingConfig),
+    ("vms[].balloon.free_page_hint", FreePageHintConfig),
     ("vms[].balloon.free_page_reporting.costs", PageReportingCosts),
     ("mom", MomConfig),
     ("engine", EngineConfig),

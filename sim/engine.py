@@ -28,6 +28,7 @@ from sim.config import HostFilesConfig, Scenario
 from sim.core import core_for
 from sim.costs import CostModel
 from sim.guest.balloon import VirtioBalloon
+from sim.guest.free_page_hint import FreePageHinting
 from sim.guest.kernel import GuestKernel
 from sim.guest.page_reporting import PageReporting, check_discarded
 from sim.guest.tlb import GuestShootdown
@@ -196,6 +197,17 @@ class World(Machine):
                         partial(self.discard, vm.index),
                         cfg.balloon.free_page_reporting,
                     )
+                if cfg.balloon.free_page_hint.enabled:  # VIRTIO_BALLOON_F_FREE_PAGE_HINT
+                    balloon.hinting = FreePageHinting(
+                        env,
+                        guest.mem,
+                        guest.hint_take,
+                        guest.hint_give_back,
+                        cfg.balloon.free_page_hint,
+                        sc.host.page_size_kib,
+                    )
+                    for r in (guest.kswapd, guest.direct):  # its shrinker, in shrink_slab
+                        r.shrinkers.append(balloon.hinting.shrink)
             self.balloons.append(balloon)
             vm.balloon = balloon
             for j in range(cfg.vcpus):
@@ -390,6 +402,10 @@ class World(Machine):
                         vm.mmu.spte, vm.tlb_rows, gm.flags, gm.pfn, guest.nr_anon, vm.mmu.k
                     )
         for vm in self.vms:  # free page reporting: reported gfns are free and not on the host
+            if vm.balloon is not None and vm.balloon.hinting is not None and vm.guest is not None:
+                hinted = vm.balloon.hinting.hinted_gfns()
+                assert np.array_equal(np.flatnonzero(vm.guest.hinted), np.sort(hinted)), "hinted"
+                assert (vm.guest.mem.frame_pid[hinted] >= vm.guest.nr_vpages).all()
             if vm.balloon is not None and vm.balloon.reporting is not None:
                 vm.balloon.reporting.check()
                 spte = vm.mmu.spte.reshape(vm.mm.nr_pages, -1)  # one row per gfn

@@ -143,6 +143,14 @@ BALLOONS: list[Any] = [
     {"enabled": True, "free_page_reporting": {"enabld": True}},
     {"enabled": True, "free_page_reporting": None},
     {"enabled": True, "free_page_reporting": "x"},
+    {
+        "enabled": True,
+        "free_page_hint": {"enabled": True, "migrations_s": [0.01], "precopy_s": 0.02},
+    },
+    {"enabled": True, "free_page_hint": {"enabled": True, "migrations_s": [0.0, 0.01]}},
+    {"enabled": False, "free_page_hint": {"enabled": True}},
+    {"enabled": True, "free_page_hint": {"enabled": True, "migrations_s": [-1.0]}},
+    {"enabled": True, "free_page_hint": {"enabled": True, "precopy_s": 0}},
 ]
 TLBS: list[Any] = [
     {},

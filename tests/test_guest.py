@@ -379,6 +379,7 @@ def test_a_virtual_disk_on_the_host_swap_device_shares_its_queue() -> None:
     job=st.booleans(),
     target=st.one_of(st.none(), st.integers(1, 10)),
     reporting=st.booleans(),
+    hint=st.booleans(),
     mom=st.booleans(),
     memcg=st.booleans(),
 )
@@ -396,13 +397,14 @@ def test_every_guest_mechanism_together_keeps_every_invariant(
     job: bool,
     target: int | None,
     reporting: bool,
+    hint: bool,
     mom: bool,
     memcg: bool,
 ) -> None:
-    """Guest reclaim, a page cache read ahead or not, jobs, the balloon with MOM and free page
-    reporting, a shared disk, its image in the host page cache and a memcg at once: a run ends
-    without error and every invariant of both levels holds throughout (a stale file-read
-    registry once broke it: a read waits for its frame before it locks it)."""
+    """Guest reclaim, a page cache read ahead or not, jobs, the balloon with MOM, free page
+    reporting and hinting, a shared disk, its image in the host page cache and a memcg at
+    once: a run ends without error and every invariant of both levels holds throughout (a
+    stale file-read registry once broke it: a read waits for its frame before it locks it)."""
     raw = _raw(
         host_mib,
         ram_mib,
@@ -424,6 +426,8 @@ def test_every_guest_mechanism_together_keeps_every_invariant(
         balloon["initial_target_mib"] = min(target, ram_mib)
     if reporting:
         balloon["free_page_reporting"] = {"enabled": True, "order": 3, "delay_ms": 10}
+    if hint:  # a live migration mid-run borrows the guest's free 4 MiB blocks
+        balloon["free_page_hint"] = {"enabled": True, "migrations_s": [0.02], "precopy_s": 0.05}
     raw["vms"][0]["balloon"] = balloon
     if memcg:
         raw["vms"][0]["memcg"] = {"max_mib": max(2, ram_mib - 2)}

@@ -56,10 +56,11 @@ Simplifications
     least one (a guest with pages larger than 1 MiB cannot exist; with 2 MiB pages memsim
     balloons one page per request). QEMU discards a request's pages when it takes the request;
     the time it spends on them follows, before the ack. Balloon compaction
-    (``virtballoon_migratepage``) and free page hinting are not modelled; free page reporting is
-    sim/guest/page_reporting.py. The OOM notifier runs inside the guest's allocation path and
-    cannot wait: its pages are freed at once and its deflate request (a kick, QEMU's work) is
-    counted but takes no simulated time; it leaks only pages whose inflate request QEMU has
+    (``virtballoon_migratepage``) is not modelled; free page reporting is
+    sim/guest/page_reporting.py, free page hinting sim/guest/free_page_hint.py. The OOM
+    notifier runs inside the guest's allocation path and cannot wait: its pages are freed at
+    once and its deflate request (a kick, QEMU's work) is counted but takes no simulated time;
+    it leaks only pages whose inflate request QEMU has
     acked (the kernel's notifier would wait on ``balloon_lock`` for an inflate in flight).
 
 Sources
@@ -83,8 +84,9 @@ from typing import Any, Protocol
 import numpy as np
 import simpy
 from numpy.typing import NDArray
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
+from sim.guest.free_page_hint import FreePageHintConfig, FreePageHinting
 from sim.guest.page_reporting import FreePageReportingConfig, PageReporting
 from sim.schema import Strict
 
@@ -235,6 +237,20 @@ class BalloonConfig(Strict):
         description="Free page reporting (QEMU free-page-reporting=on): the guest reports its "
         "free 2 MiB blocks and the host discards them.",
     )
+    free_page_hint: FreePageHintConfig = Field(
+        default_factory=FreePageHintConfig,
+        description="Free page hinting (QEMU free-page-hint=on) and the live migrations that "
+        "use it: the guest lends its free 4 MiB blocks to each migration until it ends.",
+    )
+
+    @model_serializer(mode="wrap")
+    def _without_unset_hint(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leave ``free_page_hint`` out of dumps when off, so configs written before it
+        existed dump (and hash) as they did."""
+        out: dict[str, Any] = handler(self)
+        if out.get("free_page_hint") == FreePageHintConfig().model_dump():
+            del out["free_page_hint"]
+        return out
 
     @model_validator(mode="after")
     def _reporting_needs_the_device(self) -> BalloonConfig:
@@ -242,6 +258,11 @@ class BalloonConfig(Strict):
             raise ValueError(
                 "balloon.free_page_reporting needs the balloon device: set balloon.enabled "
                 "true or free_page_reporting.enabled false"
+            )
+        if self.free_page_hint.enabled and not self.enabled:
+            raise ValueError(
+                "balloon.free_page_hint needs the balloon device: set balloon.enabled true "
+                "or free_page_hint.enabled false"
             )
         return self
 
@@ -523,6 +544,7 @@ class VirtioBalloon:
     driver: BalloonDriver
     counts: BalloonCounts
     reporting: PageReporting | None = None  # free page reporting, when the device offers it
+    hinting: FreePageHinting | None = None  # free page hinting, when the device offers it
 
     def counters(self) -> dict[str, int]:
         """The counters (free page reporting's too, if on) and the pages the balloon holds
@@ -530,6 +552,8 @@ class VirtioBalloon:
         out = {**self.counts.as_dict(), "balloon_pages": self.driver.num_pages}
         if self.reporting is not None:
             out.update(self.reporting.counts.as_dict())
+        if self.hinting is not None:
+            out.update(self.hinting.counts.as_dict())
         return out
 
     @classmethod

@@ -546,6 +546,9 @@ class GuestKernel:
         if cfg.shuffle:
             mem.shuffle_free(np.random.default_rng(rng.integers(2**63)))
         self._balloon_slots = list(range(nr_gfns - 1, -1, -1))  # free balloon page ids
+        # gfns lent to a migration by free page hinting (sim/guest/free_page_hint.py): kernel
+        # pages like the balloon's, held by the same pseudo-pages, but still backed on the host
+        self.hinted = np.zeros(nr_gfns, dtype=np.bool_)
         self.idle_until = 0  # between jobs: the vCPUs halt until then (ns)
         self.on_exit: Callable[[], None] | None = None  # the process's pages were freed
         self.tlb: GuestShootdown | None = None  # the vCPUs' TLBs, when modelled
@@ -750,7 +753,21 @@ class GuestKernel:
 
     def balloon_pages(self) -> NDArray[np.int64]:
         """The gfns the balloon holds."""
-        return np.flatnonzero(self.mem.frame_pid >= self.nr_vpages).astype(np.int64)
+        held = (self.mem.frame_pid >= self.nr_vpages) & ~self.hinted
+        return np.flatnonzero(held).astype(np.int64)
+
+    def hint_take(self, gfns: NDArray[np.int64]) -> None:
+        """Free page hinting's allocation of these free gfns (a whole block): the driver's
+        kernel pages until it gives them back."""
+        slots = [self._balloon_slots.pop() for _ in range(len(gfns))]
+        self.mem.take_free(gfns, self.nr_vpages + np.asarray(slots, dtype=np.int64))
+        self.hinted[gfns] = True
+
+    def hint_give_back(self, gfns: NDArray[np.int64]) -> None:
+        """``return_free_pages_to_mm``: hinted gfns back to the free lists."""
+        assert self.hinted[gfns].all(), "giving back a gfn that was not hinted"
+        self.hinted[gfns] = False
+        self.balloon_free(gfns)
 
     def meminfo(self) -> Any:
         """What ``update_balloon_stats`` reports (pages; ``si_mem_available`` without a page
@@ -983,7 +1000,8 @@ class GuestKernel:
             "free": int(self.mem.nr_free),
             "anon": int(self.mem.nr_resident[0]),
             "page_cache": int(self.mem.nr_resident[1]) if self.nr_file else 0,
-            "balloon": int(self.mem.nr_resident[-1]),
+            "balloon": int(self.mem.nr_resident[-1]) - int(np.count_nonzero(self.hinted)),
+            "hinted": int(np.count_nonzero(self.hinted)),
             "swap_used": int(self.swap.nr_slots - self.swap.nr_free_slots),
             "footprint": self.nr_vpages,
         }

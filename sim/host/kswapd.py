@@ -51,7 +51,7 @@ Invariants
 
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 import simpy
@@ -162,6 +162,9 @@ class Reclaim:
     ) -> None:
         self.env, self.mem, self.vmscan, self.policy = env, mem, vmscan, policy
         self.cost, self.vmstat, self.throttle = cost, vmstat, throttle
+        # shrink_slab's shrinkers (a guest's virtio-balloon free page hinting; none on the
+        # host): each frees what do_shrink_slab asks of it and adds it to sc.nr_reclaimed
+        self.shrinkers: list[Callable[[ScanControl], None]] = []
 
     def paced(self, steps: Iterator[None], sc: ScanControl, paid: list[int]) -> ProcessGen:
         """Run a policy's batches, yielding after each the price of its work, or until its
@@ -181,6 +184,8 @@ class Reclaim:
         if self.vmscan.memcg is not None:
             self.vmscan.memcg.flush_stats_ratelimited(sc.target_memcg)
         yield from self.paced(self.policy.shrink_node(sc, self.vmscan), sc, paid)
+        for shrink in self.shrinkers:  # shrink_node_memcgs: shrink_slab after the lruvec
+            shrink(sc)
 
 
 class Kswapd(Reclaim):

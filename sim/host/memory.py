@@ -389,6 +389,42 @@ class HostMemory:
         self._next = self.nr_frames
         self.tail += n
 
+    def take_free(self, pfns: NDArray[np.integer], pids: NDArray[np.integer]) -> None:
+        """Allocate the free frames ``pfns`` to pages ``pids`` (a high-order allocation takes a
+        whole free block, wherever its frames lie on the free lists). The never-used frames are
+        pushed onto the stack first, as :meth:`move_to_tail` does, so this is O(free frames);
+        frames taken from the tail are handed to ``on_tail_taken``."""
+        n = len(pfns)
+        if n == 0:
+            return
+        pfns = np.asarray(pfns, dtype=np.uint32)
+        assert (self.frame_pid[pfns] == -1).all(), "take_free of a frame in use"
+        taken = np.zeros(self.nr_frames, dtype=np.bool_)
+        taken[pfns] = True
+        stack = self._free[: self._nr_freed]
+        tail, rest = stack[: self.tail], stack[self.tail :]
+        fresh = np.arange(self.nr_frames - 1, self._next - 1, -1, dtype=np.uint32)
+        gone = tail[taken[tail]]
+        order = np.concatenate((tail[~taken[tail]], fresh[~taken[fresh]], rest[~taken[rest]]))
+        assert len(order) == self.nr_free - n, "take_free of a frame that is not free"
+        if len(order) > len(self._free):
+            self._free = np.empty(max(len(order), 2 * len(self._free)), dtype=np.uint32)
+        self._free[: len(order)] = order
+        self._nr_freed = len(order)
+        self._next = self.nr_frames
+        self.nr_free -= n
+        pids = np.asarray(pids, dtype=np.int64)
+        self.frame_pid[pfns] = pids
+        if self.stamps:
+            self.scans[pfns] = 0
+        self.pfn[pids] = pfns
+        self.flags[pids] |= np.uint8(PG_RESIDENT)
+        np.add.at(self.nr_resident, self.page_owners(pids), 1)
+        if len(gone):
+            self.tail -= len(gone)
+            if self.on_tail_taken is not None:
+                self.on_tail_taken(gone)
+
     def last_freed(self, n: int) -> NDArray[np.uint32]:
         """The ``n`` frames on top of the free stack: in an ``on_free(n)`` hook, the frames that
         free just gave back."""
