@@ -209,7 +209,9 @@ def _guest_access(w: Any, v: int) -> None:
     rd = np.zeros(1, dtype=np.bool_)
     if w.tlbs is None:
         assert guest_translate(g.mem.flags, g.mem.pfn, vp, gfns, 0, 1, g.nr_anon) == 1
-        assert ept_touch(vm.mmu.spte, gfns, gfns, rd, _STAMPS, 0, 0, 0, 1) == 1
+        assert (
+            ept_touch(vm.mmu.spte, gfns, gfns, rd, _STAMPS, 0, 0, 0, 1, np.zeros(0, np.uint8)) == 1
+        )
         guest_mark(g.mem.flags, vp, rd, 0, 1, g.nr_anon)
         return
     t = w.tlbs
