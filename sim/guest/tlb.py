@@ -119,6 +119,27 @@ def _flush_row(tags: NDArray[np.int64], st: NDArray[np.int64], r: int) -> None:
     st[r, ST_FLUSHES] += 1
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _lookup(tags: NDArray[np.int64], first: int, ways: int, tag: int) -> int:
+    """The way of the set starting at ``first`` that holds ``tag``, or -1."""
+    for w in range(first, first + ways):
+        if tags[w] == tag:
+            return w
+    return -1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _victim(tags: NDArray[np.int64], used: NDArray[np.int64], first: int, ways: int) -> int:
+    """The way a fill replaces: the set's first empty way, else its least recently used."""
+    e = first
+    for w in range(first, first + ways):
+        if tags[w] < 0:
+            return w
+        if used[w] < used[e]:
+            e = w
+    return e
+
+
 @numba.njit(cache=True, nogil=True)
 def tlb_touch(
     spte: NDArray[np.uint8],
@@ -157,11 +178,7 @@ def tlb_touch(
                 _flush_row(tags, st, r)
                 st[r, ST_UNTIL] = st[r, ST_EVERY]
             first = st[r, ST_OFF] + (i % st[r, ST_SETS]) * ways
-            e = -1
-            for w in range(first, first + ways):
-                if tags[w] == i:
-                    e = w
-                    break
+            e = _lookup(tags, first, ways, i)
             if e >= 0 and is_present(s):  # a cached translation: no walk, unless a write
                 if writes[p] and not dirty[e]:  # must set the dirty bit the TLB lacks
                     spte[i] = touch(s, True)
@@ -171,14 +188,8 @@ def tlb_touch(
                 if needs_fault(s):
                     return p
                 spte[i] = touch(s, writes[p])
-                if e < 0:  # the set's least recently used way (an empty one first)
-                    e = first
-                    for w in range(first, first + ways):
-                        if tags[w] < 0:
-                            e = w
-                            break
-                        if used[w] < used[e]:
-                            e = w
+                if e < 0:
+                    e = _victim(tags, used, first, ways)
                 tags[e] = i
                 dirty[e] = writes[p]
                 st[r, ST_FILLS] += 1
@@ -232,11 +243,7 @@ def tlb_guest_touch(
             st[r, ST_UNTIL] = every
         v = vpages[p]
         first = st[r, ST_OFF] + (v % sets) * ways
-        e = -1
-        for w in range(first, first + ways):
-            if tags[w] == v:
-                e = w
-                break
+        e = _lookup(tags, first, ways, v)
         if e >= 0 and is_present(spte[sidx[e]]):  # a cached translation: no walk
             i = sidx[e]
             gfns[p] = gpfn[v]
@@ -261,14 +268,8 @@ def tlb_guest_touch(
             spte[i] = touch(s, writes[p])
             if v < file_base:
                 gflags[v] = f | (np.uint8(0x06) if writes[p] else np.uint8(0x02))
-            if e < 0:  # the set's least recently used way (an empty one first)
-                e = first
-                for w in range(first, first + ways):
-                    if tags[w] < 0:
-                        e = w
-                        break
-                    if used[w] < used[e]:
-                        e = w
+            if e < 0:
+                e = _victim(tags, used, first, ways)
             tags[e] = v
             sidx[e] = i
             dirty[e] = writes[p]
@@ -306,13 +307,8 @@ def tlb_guest_first_fault(
             return p
         if not needs_fault(spte[idx[p]]):
             continue
-        cached = False
-        first = st[row, ST_OFF] + (v % sets) * ways
-        for w in range(first, first + ways):
-            if tags[w] == v and is_present(spte[sidx[w]]):
-                cached = True
-                break
-        if not cached:
+        w = _lookup(tags, st[row, ST_OFF] + (v % sets) * ways, ways, v)
+        if w < 0 or not is_present(spte[sidx[w]]):
             return p
     return end
 
@@ -331,10 +327,9 @@ def _invalidate(
         if ways == 0:
             continue
         for v in pages:
-            first = off + (v % sets) * ways
-            for w in range(first, first + ways):
-                if tags[w] == v:
-                    tags[w] = -1
+            w = _lookup(tags, off + (v % sets) * ways, ways, v)
+            if w >= 0:  # (a tag is in its set at most once: a fill follows a failed lookup)
+                tags[w] = -1
         if count:
             st[r, ST_GUEST_FLUSHES] += 1
             st[r, ST_INVLPG] += pages.size
@@ -358,14 +353,9 @@ def tlb_first_fault(
         s = spte[i]
         if not needs_fault(s):
             continue
-        cached = False
-        if ways > 0 and is_present(s):
-            first = st[row, ST_OFF] + (i % st[row, ST_SETS]) * ways
-            for w in range(first, first + ways):
-                if tags[w] == i:
-                    cached = True
-                    break
-        if not cached:
+        if ways == 0 or not is_present(s):
+            return p
+        if _lookup(tags, st[row, ST_OFF] + (i % st[row, ST_SETS]) * ways, ways, i) < 0:
             return p
     return end
 
