@@ -178,3 +178,36 @@ def test_bad_values_are_one_line_errors(path: tuple[str, str], value: Any, needl
     msg = str(e.value)
     assert needle in msg
     assert "Traceback" not in msg
+
+
+def test_a_ksm_folio_is_found_by_one_scan_of_every_mm() -> None:
+    from sim.engine import World
+    from tests.test_ksm import _fault_all, _keys, _scan
+
+    n = 3  # three 1 MiB VMs: 256 pages, one page table each
+    raw = {
+        "name": "ksm",
+        "seed": 3,
+        "duration_s": 0.01,
+        "host": {"memory_mib": 64, "rmap": "none", "ksm": {"pages_to_scan": 512}},
+        "vms": [
+            {
+                "name": "vm",
+                "count": n,
+                "memory_mib": 1,
+                "content": {"image_share": 1.0, "image_mib": 1},
+            }
+        ],
+    }
+    w = World(parse_scenario(raw))
+    _keys(w, {0: 1})
+    _fault_all(w)
+    _scan(w, 2)
+    assert w.ksm is not None
+    assert w.ksm.stats.pages_sharing == n - 1
+    kpfn = np.array([w.mem.pfn[w.vms[0].mm.pid_base]], dtype=np.int64)
+    sc = ScanControl(nr_to_reclaim=32, vmstat=w.vmstat)
+    w.vmscan.folio_referenced(kpfn, sc)
+    assert sc.nr_rmap_walked == n  # the sharers' mappings, as with the rmap
+    assert sc.nr_ptes_scanned == n * 512  # but one scan of the three page tables finds them
+    w.check()
