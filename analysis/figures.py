@@ -9,6 +9,7 @@ python -m analysis.figures zswap SWEEP_DIR [-o docs/zswap.png]
 python -m analysis.figures swappiness SWEEP_DIR [-o docs/swappiness.png]
 python -m analysis.figures double_paging SWEEP_DIR [-o docs/double_paging.png]
 python -m analysis.figures balloon SWEEP_DIR [-o docs/balloon.png]
+python -m analysis.figures rmap_off SWEEP_DIR [-o docs/rmap_off.png]
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ from typing import Any
 import pandas as pd
 
 from analysis.guest_figures import balloon_figure, double_paging_figure
-from analysis.host_figures import ksm_figure, swappiness_figure, sweep_runs, zswap_figure
+from analysis.host_figures import (
+    ksm_figure,
+    rmap_off_figure,
+    swappiness_figure,
+    sweep_runs,
+    zswap_figure,
+)
 from analysis.load import load_run
 from analysis.plots import compare_runs, overcommit_figure, policies_figure, protection_figure
 
@@ -39,6 +46,10 @@ SWEEP_FIGURES = {  # figure: (help, default output), each drawn from one sweep d
         "docs/balloon.png",
     ),
     "ksm": ("a KSM sweep: memory saved, rmap work and TLB flushes per page", "docs/ksm.png"),
+    "rmap_off": (
+        "an rmap sweep: entries visited and kswapd CPU per page reclaimed, rmap on vs off",
+        "docs/rmap_off.png",
+    ),
 }
 TWO_RUN_FIGURES = {  # figure: (help, default labels, default output): each VM's stall per window
     "protection": (
@@ -106,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.figure == "ksm":
             d = Path(args.sweep_dir)
             fig = ksm_figure(sweep_runs(d), title=f"{d.name}: KSM as the guests share more")
+        elif args.figure == "rmap_off":
+            d = Path(args.sweep_dir)
+            fig = rmap_off_figure(
+                sweep_runs(d), title=f"{d.name}: reclaim with and without the host rmap"
+            )
         elif args.figure == "overcommit":
             fig = _overcommit(Path(args.sweep_dir))
         else:

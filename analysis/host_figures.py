@@ -180,3 +180,53 @@ def ksm_figure(runs: list[tuple[str, Run]], title: str = "") -> plt.Figure:
     if title:
         fig.suptitle(title, fontsize="medium")
     return fig
+
+
+def rmap_off_table(runs: list[tuple[str, Run]]) -> pd.DataFrame:
+    """One row per run of an rmap sweep: the host rmap (``host.rmap``), the number of VMs, the
+    first profile's image share, and per page reclaimed (``pgsteal``) the entries reclaim's
+    walks visited (with the rmap: the mappings, ``rmap_walked``; without: the ptes scanned,
+    ``rmap_pte_scans``), and kswapd's busy time per page kswapd reclaimed."""
+    rows = []
+    for _, run in runs:
+        host, vs = run.summary["host"], run.summary["host"]["vmstat"]
+        rmap = run.config.get("host", {}).get("rmap", "anon_vma")
+        content = run.config["vms"][0].get("content") or {}
+        stolen = vs.get("pgsteal_kswapd", 0) + vs.get("pgsteal_direct", 0)
+        visited = vs["rmap_walked"] if rmap == "anon_vma" else vs.get("rmap_pte_scans", 0)
+        by_kswapd = vs.get("pgsteal_kswapd", 0)
+        rows.append(
+            {
+                "rmap": rmap,
+                "VMs": len(run.summary["vms"]),
+                "image share": float(content.get("image_share", 0.0)),
+                "reclaimed": stolen,
+                "entries / reclaimed": visited / stolen if stolen else float("nan"),
+                "kswapd us / reclaimed": host["kswapd_busy_ns"] / 1e3 / by_kswapd
+                if by_kswapd
+                else float("nan"),
+            }
+        )
+    if not rows:
+        raise ValueError("no runs")
+    return pd.DataFrame(rows).sort_values(["rmap", "image share", "VMs"]).reset_index(drop=True)
+
+
+def rmap_off_figure(runs: list[tuple[str, Run]], title: str = "") -> plt.Figure:
+    """Reclaim's work per page freed against the number of VMs, with the rmap and without."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    t = rmap_off_table(runs)
+    t["image share"] = t["image share"].map(lambda s: f"{s:g}")
+    fig, (ax_w, ax_t) = plt.subplots(1, 2, figsize=(10, 3.8), constrained_layout=True)
+    for ax, col, what in (
+        (ax_w, "entries / reclaimed", "entries per page reclaimed"),
+        (ax_t, "kswapd us / reclaimed", "us per page kswapd reclaimed"),
+    ):
+        sns.lineplot(data=t, x="VMs", y=col, hue="rmap", style="image share", markers=True, ax=ax)
+        ax.set(yscale="log", ylabel=what, xticks=sorted(t["VMs"].unique()))
+        ax.legend(fontsize="small")
+    ax_w.set_title("Mappings walked (anon_vma) or ptes scanned (none)")
+    ax_t.set_title("kswapd CPU (rmap_walk_ns vs pte_scan_ns)")
+    if title:
+        fig.suptitle(title, fontsize="medium")
+    return fig

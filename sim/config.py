@@ -68,6 +68,8 @@ _UNSET_LEFT_OUT: tuple[tuple[str, Any], ...] = (
     ("mom", None),
     ("ksm", None),
     ("content", None),
+    ("rmap", "anon_vma"),
+    ("shadow_rmap", True),
 )
 
 
@@ -146,6 +148,15 @@ class HostConfig(_MemcgOptional):
         description="Kernel samepage merging: ksmd merges identical guest pages (vms[].content "
         "says which are) into write-protected KSM pages (absent: no KSM).",
     )
+    rmap: Literal["anon_vma", "none"] = Field(
+        "anon_vma",
+        description="How reclaim finds the ptes that map an anonymous folio. anon_vma: the "
+        "reverse map (one walk per mapping, as since Linux 2.6.7). none: the counterfactual "
+        "without one: every folio_referenced and try_to_unmap scans the page tables of every "
+        "VM's mm (512 ptes per page table any page of its 2 MiB range was ever touched), "
+        "counted in rmap_pte_scans and priced by costs.pte_scan_ns. Reclaim's decisions are "
+        "the same; only its CPU time changes.",
+    )
 
     @property
     def page_shift(self) -> int:
@@ -169,7 +180,7 @@ class HostConfig(_MemcgOptional):
         )
 
 
-class KvmConfig(Strict):
+class KvmConfig(_MemcgOptional):
     """KVM's MMU and its notifier hooks."""
 
     @model_validator(mode="before")
@@ -214,6 +225,14 @@ class KvmConfig(Strict):
         description="KVM marks a page dirty when it maps it writable after a fault "
         "(so every evicted guest page is written). Off: dirty only if the guest wrote it, and "
         "clean pages with a valid swap copy are dropped without a write.",
+    )
+    shadow_rmap: bool = Field(
+        True,
+        description="With mmu: shadow, KVM's rmap (gfn -> sptes) finds the sptes an aging or "
+        "unmap notifier call must visit. Off: the counterfactual without it: each such call "
+        "scans every present spte of the VM, counted in kvm_spte_scans and priced by "
+        "costs.pte_scan_ns. With tdp or legacy_tdp nothing changes: the EPT/NPT table is "
+        "indexed by gfn, so its walk needs no rmap.",
     )
 
 

@@ -1053,6 +1053,10 @@ def general_path_reason(sc: Scenario) -> str | None:
         reasons.append("shadow paging with several sptes per gfn")
     elif not sc.kvm.ept_ad_bits:
         reasons.append("kvm.ept_ad_bits off (access tracking)")
+    if sc.host.rmap != "anon_vma":
+        reasons.append("host.rmap: none (each walk scans page tables)")
+    if sc.kvm.mmu == "shadow" and not sc.kvm.shadow_rmap:
+        reasons.append("kvm.shadow_rmap off (each notifier call scans the sptes)")
     return ", ".join(reasons) or None
 
 

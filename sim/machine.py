@@ -56,7 +56,7 @@ from sim.host.mm import Mm
 from sim.host.rmap import Rmap
 from sim.host.swap import SwapDevice
 from sim.host.vmscan import Schedule, Vmscan
-from sim.host.vmstat import VmStat, new_vmstat
+from sim.host.vmstat import RMAP_OFF_EVENTS, VmStat, new_vmstat
 from sim.host.zpool import Zpool, compressed_sizes
 from sim.host.zswap import Zswap
 from sim.kvm.fault import FAULT_KINDS, GUEST_FAULT_KINDS
@@ -179,6 +179,8 @@ class Machine:
             nr_memcgs = self.memcg_limits.nr_memcgs
         self.memcg: MemCgroups | None = None  # the process side, made by the watermark world
         extra = MEMCG_EVENTS if self.memcg_limits is not None else ()
+        if sc.host.rmap != "anon_vma" or not sc.kvm.shadow_rmap:
+            extra += RMAP_OFF_EVENTS
         self.vmstat = vmstat = new_vmstat(
             nr_memcgs, extra + (FILE_EVENTS if self.file_pages else ())
         )
@@ -248,7 +250,7 @@ class Machine:
                 tlb_flush_ns=sc.costs.tlb_flush_exit_ns,
             )
             self.ksm.policy, self.ksm.swap = policy, self.swap
-        self.rmap = Rmap(mem, mms, vmstat)
+        self.rmap = Rmap(mem, mms, vmstat, anon_vma=sc.host.rmap == "anon_vma")
         self.rmap.ksm = self.ksm
         self.vmscan = Vmscan(mem, self.swap, self.rmap, mms, now, schedule, vmstat, self.recorder)
         self.vmscan.policy = policy
@@ -273,11 +275,18 @@ class Machine:
                     tlb_flush_exit_ns=sc.costs.tlb_flush_exit_ns,
                     spte=self.spte[b * k : (b + n) * k],
                     vmstat=vmstat,
+                    shadow_rmap=sc.kvm.mmu != "shadow" or sc.kvm.shadow_rmap,
                 )
             )
         self.tlbs = _guest_tlbs(self.vms, cfgs)
         # the notifier chain fused for TDP MMUs (same effects; the chain stays the general path)
-        tdp = k == 1 and fast.enabled("tdp_shortcut") and self.ksm is None  # one mapping a frame
+        tdp = (
+            k == 1
+            and fast.enabled("tdp_shortcut")
+            and self.ksm is None  # one mapping a frame
+            and sc.host.rmap == "anon_vma"  # without an rmap each walk scans: the chain counts it
+            and not (sc.kvm.mmu == "shadow" and not sc.kvm.shadow_rmap)
+        )
         self.rmap.shortcut = TdpShortcut(mem, self.vms, self.spte) if tdp else None
         self.oom_kills: list[tuple[int, str]] = []
         self.warmup_ns = round(sc.warmup_s * 1e9)

@@ -416,6 +416,8 @@ KSMS: list[Any] = [
     {"sleep_ms": 0},
     {"pages_to_scan": "x"},
 ]
+RMAPS: list[Any] = ["none", "none", "anon_vma", "off", None, True]
+SHADOW_RMAPS: list[Any] = [False, True, "no", 0, None]
 CONTENTS: list[Any] = [
     {"zero_share": 0.3, "image_share": 0.5, "image_mib": 1},
     {"zero_share": 1.0},
@@ -457,6 +459,7 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
                 "guest",
                 "balloon",
                 "ksm",
+                "rmap",
             ]
         )
         if op == "delete":
@@ -527,6 +530,16 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
                 host["ksm"] = copy.deepcopy(rng.choice(KSMS))
                 if isinstance(vms, list) and vms and isinstance(vms[0], dict):
                     vms[0]["content"] = copy.deepcopy(rng.choice(CONTENTS))
+        elif op == "rmap" and isinstance(raw, dict):
+            host, kvm = raw.get("host"), raw.setdefault("kvm", {})
+            if isinstance(host, dict):  # no rmap: every walk scans page tables
+                host["rmap"] = rng.choice(RMAPS)
+            if isinstance(kvm, dict) and rng.random() < 0.5:  # shadow paging without KVM's rmap
+                kvm["mmu"] = rng.choice(["shadow", "tdp"])
+                kvm["shadow_rmap"] = rng.choice(SHADOW_RMAPS)
+            costs = raw.setdefault("costs", {})
+            if isinstance(costs, dict) and rng.random() < 0.3:
+                costs["pte_scan_ns"] = rng.choice([0, 1, 50, -1, "x", 10**10])
         elif op == "async_pf" and isinstance(raw, dict):
             vms = raw.get("vms")
             if isinstance(vms, list) and vms and isinstance(vms[-1], dict):

@@ -283,3 +283,18 @@ def test_ksm_figure_reads_savings_and_reclaim_work(tmp_path: Path) -> None:
     assert figures_main(["ksm", str(d), "-o", str(out)]) == 0
     assert out.stat().st_size > 10_000
     assert figures_main(["ksm", str(_sweep(tmp_path, "nk", copy.deepcopy(TINY), {}))]) == 2
+
+
+def test_rmap_off_figure_reads_walks_and_scans(tmp_path: Path) -> None:
+    from analysis.host_figures import rmap_off_table, sweep_runs
+
+    base = copy.deepcopy(TINY)
+    base["duration_s"] = 0.03
+    d = _sweep(tmp_path, "rmap", base, {"grid": {"host.rmap": ["none", "anon_vma"]}})
+    t = rmap_off_table(sweep_runs(d)).set_index("rmap")
+    assert list(t.index) == ["anon_vma", "none"]
+    # a walk visits one mapping with the rmap; without, at least a page table (512 ptes)
+    assert 0 < t.loc["anon_vma", "entries / reclaimed"] < 512 < t.loc["none", "entries / reclaimed"]
+    out = tmp_path / "rmap_off.png"
+    assert figures_main(["rmap_off", str(d), "-o", str(out)]) == 0
+    assert out.stat().st_size > 10_000

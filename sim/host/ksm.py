@@ -243,6 +243,7 @@ class KsmWork:
 
     nr_notifier_calls: int = 0
     nr_sptes_walked: int = 0
+    nr_ptes_scanned: int = 0
     nr_tlb_flushes: int = 0
 
 

@@ -105,6 +105,7 @@ class DontneedWork:
 
     nr_notifier_calls: int = 0
     nr_sptes_walked: int = 0
+    nr_ptes_scanned: int = 0
     nr_tlb_flushes: int = 0
     nr_ranges: int = 0  # contiguous runs of gfns: one invalidation each
     nr_discarded: int = 0  # pages that held a frame or a swap copy (untouched pages hold none)

@@ -45,6 +45,7 @@ class NotifierWork(Protocol):
 
     nr_notifier_calls: int
     nr_sptes_walked: int
+    nr_ptes_scanned: int  # page-table entries scanned for want of an rmap (rmap off)
     nr_tlb_flushes: int
 
 

@@ -29,6 +29,24 @@ Counting
     Each mapping visited is counted where it is walked, into the host's ``rmap_walked`` (and
     into the caller's ``work`` for pricing).
 
+Without an rmap (``host.rmap: none``)
+    The counterfactual the rmap was built to avoid. Linux 2.4 had no reverse map: ``swap_out``
+    scanned the page tables of every mm by virtual address to age and unmap pages. Linux 2.5/2.6
+    added one (pte chains by Rik van Riel; object-based rmap by Dave McCracken for file pages;
+    ``anon_vma`` by Hugh Dickins and Andrea Arcangeli for anonymous pages, 2.6.7; LWN "The
+    object-based reverse-mapping VM" and "Virtual Memory II: the return of objrmap", 2004).
+    Without ``anon_vma`` the kernel cannot tell which mm maps an anonymous folio, so finding its
+    mappings means scanning the ptes of every mm with anonymous memory: here every live VM's
+    QEMU mm. Rule: per folio walked (``folio_referenced``, ``try_to_unmap``, the look-around's
+    test; a KSM folio once, its sharers all found by the same scan), the ptes scanned are, summed
+    over live mms, 512 for every 512-page block of the mm (one last-level page table) in which
+    a walk has ever seen a touched page (one with a frame, a swap copy or pte bits; page tables
+    of anonymous memory are not freed until munmap or exit, so a block stays counted). The
+    decisions are those of the rmap (same young bits, same pages unmapped): only the work
+    differs, counted once here in ``rmap_pte_scans`` and the caller's ``nr_ptes_scanned``, and
+    priced by ``costs.pte_scan_ns``. The scan is taken as sequential and the populated blocks
+    as known (a real scan walks the upper levels too, and would test each pte's pfn).
+
 Invariants
     Only pages with a present host pte are walked: a folio whose mapcount is zero (unmapped by
     reclaim, still in the swap cache) has nothing to walk and is not young. After
@@ -43,13 +61,16 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from sim.host.memory import PAGE_SIZE, PTE_PRESENT, PTE_YOUNG, HostMemory
+from sim.host.memory import NO_PFN, PAGE_SIZE, PTE_PRESENT, PTE_YOUNG, HostMemory
 from sim.host.mm import Mm
 from sim.host.mmu_notifier import NotifierWork
-from sim.host.vmstat import VmEvents, VmStat
+from sim.host.vmstat import RMAP_PTE_SCANS, VmEvents, VmStat
 
 if TYPE_CHECKING:
     from sim.host.ksm import Ksm
+
+
+PTRS_PER_PTE = 512  # entries of one last-level page table
 
 
 class RmapWork(NotifierWork, Protocol):
@@ -72,8 +93,15 @@ class Shortcut(Protocol):
 class Rmap:
     """Walks from frames to their mappings (QEMU ptes) and on into the notifier chain."""
 
-    def __init__(self, mem: HostMemory, mms: Sequence[Mm], vmstat: VmEvents) -> None:
+    def __init__(
+        self, mem: HostMemory, mms: Sequence[Mm], vmstat: VmEvents, *, anon_vma: bool = True
+    ) -> None:
         self.mem, self.mms, self.vmstat = mem, list(mms), vmstat
+        self.anon_vma = anon_vma  # False: find mappings by scanning every mm's page tables
+        # per mm, its 512-page blocks whose page table exists (any page ever touched)
+        self._tables = [
+            np.zeros(-(-mm.nr_pages // PTRS_PER_PTE), dtype=np.bool_) for mm in self.mms
+        ]
         self.shortcut: Shortcut | None = None  # set by the world when its MMUs allow one
         self.ksm: Ksm | None = None  # KSM's stable nodes, when KSM is on
         # KSM folios the last folio_referenced found young through more than one pte
@@ -83,6 +111,30 @@ class Rmap:
         """Count ``n`` mappings visited by a walk (``rmap_walked``, and the caller's work)."""
         work.nr_rmap_walked += n
         self.vmstat[VmStat.RMAP_WALKED] += n
+
+    def ptes_per_walk(self) -> int:
+        """The ptes one rmap-less walk scans: every populated page table of every live mm."""
+        mem, n = self.mem, 0
+        for mm, tables in zip(self.mms, self._tables, strict=True):
+            if mm.dead:
+                continue
+            sl = slice(mm.pid_base, mm.pid_base + mm.nr_pages)
+            touched = (mem.pfn[sl] != NO_PFN) | (mem.flags[sl] != 0)
+            pad = len(tables) * PTRS_PER_PTE - mm.nr_pages
+            if pad:
+                touched = np.concatenate((touched, np.zeros(pad, dtype=np.bool_)))
+            tables |= touched.reshape(-1, PTRS_PER_PTE).any(axis=1)
+            n += int(np.count_nonzero(tables)) * PTRS_PER_PTE
+        return n
+
+    def scanned(self, work: RmapWork, folios: int) -> None:
+        """Without an rmap, count the page-table scans that find ``folios`` folios' mappings
+        (``rmap_pte_scans``, and the caller's work); with one, nothing."""
+        if self.anon_vma or folios == 0:
+            return
+        n = folios * self.ptes_per_walk()
+        work.nr_ptes_scanned += n
+        self.vmstat[RMAP_PTE_SCANS] += n
 
     def _mapped(
         self, pfns: NDArray[np.integer]
@@ -132,6 +184,7 @@ class Rmap:
             return np.zeros(0, dtype=np.bool_)
         mem = self.mem
         self.walked(work, len(pids))
+        self.scanned(work, len(pids))
         if self.shortcut is not None:
             young = self.shortcut.folio_referenced(pids, work, flush=flush)
             if young is not None:
@@ -171,6 +224,7 @@ class Rmap:
             if len(sharers) == 0:
                 continue
             self.walked(work, len(sharers))
+            self.scanned(work, 1)  # one scan of every mm finds every sharer
             f = mem.flags[sharers]
             y = (f & PTE_YOUNG) != 0
             mem.flags[sharers] = f & ~np.uint8(PTE_YOUNG)
@@ -200,6 +254,7 @@ class Rmap:
         f = mem.flags[pids]
         mem.flags[pids] = f & ~np.uint8(PTE_YOUNG)
         self.walked(work, len(pids))
+        self.scanned(work, len(pids))
         young = (f & PTE_YOUNG) != 0
         if mapped is None:
             return young
@@ -222,11 +277,13 @@ class Rmap:
             nodes = self.ksm.is_node(pids)
             if nodes.any():  # rmap_walk_ksm: every sharer's mapping
                 for npid in pids[nodes].tolist():
+                    self.scanned(work, 1)
                     self.walked(work, self.ksm.unmap(npid, work))
                 if nodes.all():
                     return
                 pfns, pids = pfns[~nodes], pids[~nodes]
         self.walked(work, len(pids))
+        self.scanned(work, len(pids))
         if self.shortcut is not None and self.shortcut.unmap(pids, work):
             return
         for mm, sel in self._by_mm(pids):

@@ -133,6 +133,7 @@ class ScanControl:
     nr_rmap_walked: int = 0  # host rmap mappings visited
     nr_notifier_calls: int = 0  # notifier callbacks made (all ops)
     nr_sptes_walked: int = 0  # sptes visited by KVM's walks
+    nr_ptes_scanned: int = 0  # ptes and sptes scanned for want of an rmap (rmap off)
     nr_tlb_flushes: int = 0  # remote TLB flushes KVM made on our behalf
     nr_compressed: int = 0  # pages compressed into zram or zswap (the reclaimer's CPU)
     nr_decompressed: int = 0  # zswap entries decompressed to be written back (shrink_worker)

@@ -76,6 +76,12 @@ class VmStat(StrEnum):
     TLB_FLUSHES = "remote_tlb_flush"  # KVM's kvm_flush_remote_tlbs (per-VM stat)
 
 
+RMAP_PTE_SCANS = "rmap_pte_scans"  # host ptes scanned for want of an rmap (host.rmap: none)
+SPTE_SCANS = "kvm_spte_scans"  # sptes scanned for want of KVM's rmap (kvm.shadow_rmap: false)
+RMAP_OFF_EVENTS = (RMAP_PTE_SCANS, SPTE_SCANS)
+"""Counters of the rmap-off counterfactuals, kept only in worlds that have one (so today's
+vmstat lists no new keys)."""
+
 NOTIFIER_KEYS = {op: NOTIFIER_PREFIX + op for op in OPS}
 """The vmstat key of each notifier op (one callback into one subscriber counts one)."""
 

@@ -26,6 +26,16 @@ Simplifications
     write-protect fault they then took is not modelled). The spte dirty bit is tracked the same
     way in both A/D modes.
 
+Without KVM's rmap (``kvm.shadow_rmap: false``)
+    Under shadow paging the sptes of a gfn are found only through its rmap chain
+    (``kvm_rmap_age_gfn_range``, ``kvm_zap_rmap`` walk ``gfn_to_rmap``). Without it, a handler
+    would have to scan the VM's shadow pages (``kvm->arch.active_mmu_pages``, as
+    ``kvm_mmu_zap_all`` does) for sptes pointing at the page: each gfn of an aging or unmap
+    call is taken to scan every present spte of the VM, counted per VM in ``kvm_spte_scans``
+    and the caller's ``nr_ptes_scanned`` (priced by ``costs.pte_scan_ns``) instead of the chain's
+    ``kvm_sptes_walked``. The sptes visited and changed are the same. With the TDP MMU (and
+    legacy TDP) the table is indexed by gfn and the walk needs no rmap: nothing changes.
+
 Invariants
     ``rmap_count[gfn]`` equals the number of present sptes of ``gfn``; an spte is present only
     while the host pte of its page is present (the invalidation zaps it first).
@@ -41,7 +51,7 @@ from numpy.typing import NDArray
 
 from sim.host.memory import PAGE_SHIFT
 from sim.host.mmu_notifier import NotifierWork
-from sim.host.vmstat import VmEvents, VmStat
+from sim.host.vmstat import SPTE_SCANS, VmEvents, VmStat
 from sim.kvm import spte as sp
 from sim.kvm.spte import SPTE_NONPRESENT
 
@@ -78,6 +88,8 @@ class KvmMmu:
         vmstat: the host's counters, where the sptes walked and the remote TLB flushes are
             counted (as this VM's, index ``mm``); None: not counted (an MMU tested alone).
         mm: the VM's index.
+        rmap: KVM's rmap finds a gfn's sptes; False (shadow paging without it): every present
+            spte of the VM is scanned per gfn (``kvm_spte_scans``).
     """
 
     def __init__(
@@ -94,8 +106,10 @@ class KvmMmu:
         spte: NDArray[np.uint8] | None = None,
         vmstat: VmEvents | None = None,
         mm: int = -1,
+        rmap: bool = True,
     ) -> None:
         self.vmstat, self.mm = vmstat, mm
+        self.rmap = rmap  # False: shadow sptes are found by scanning them all
         self.nr_gfns, self.k, self.ept_ad = nr_gfns, sptes_per_gfn, ept_ad
         self.dirty_on_map = dirty_on_map
         self.memslots = sorted(memslots, key=lambda s: s.userspace_addr)
@@ -129,6 +143,13 @@ class KvmMmu:
         work.nr_sptes_walked += n
         if self.vmstat is not None:
             self.vmstat.count(VmStat.SPTES_WALKED, n, self.mm)
+
+    def count_scan(self, work: NotifierWork, gfns: int) -> None:
+        """Without an rmap: ``gfns`` gfns' sptes found by scanning every present spte."""
+        n = gfns * int(np.count_nonzero(sp.is_present(self.spte)))
+        work.nr_ptes_scanned += n
+        if self.vmstat is not None:
+            self.vmstat.count(SPTE_SCANS, n, self.mm)
 
     @property
     def rmap_count(self) -> NDArray[np.uint8]:
@@ -191,7 +212,9 @@ class KvmMmu:
         valid = gfns >= 0
         g = gfns[valid]
         idx = self._slots(g)
-        if len(g):
+        if len(g) and not self.rmap:
+            self.count_scan(work, len(g))
+        elif len(g):
             rc = self._rmap_count
             self.count_walk(work, len(g) if rc is None else int(rc[g].sum()))
         return offs, valid, g, idx, self.spte[idx]
@@ -205,7 +228,7 @@ class KvmMmu:
         The handlers then work on flat arrays: the same sptes visited and changed as by
         ``_walk``, with a fraction of its array passes (reclaim makes these calls per batch
         of a few folios, often one, so per-call overhead is what counts)."""
-        if self.k != 1 or len(self.memslots) != 1 or not len(start):
+        if self.k != 1 or len(self.memslots) != 1 or not len(start) or not self.rmap:
             return None
         lo, hi = self._slot_lo, self._slot_hi
         if len(start) == 1:

@@ -83,6 +83,7 @@ class Vm:
         tlb_flush_exit_ns: int,
         spte: NDArray[np.uint8] | None = None,
         vmstat: VmEvents | None = None,
+        shadow_rmap: bool = True,
     ) -> None:
         self.index, self.name, self.mm, self.mem = index, name, mm, mem
         self.memslot = Memslot(base_gfn=0, npages=mm.nr_pages, userspace_addr=mm.hva_base)
@@ -98,6 +99,7 @@ class Vm:
             revoked=self.revoked,
             vmstat=vmstat,
             mm=index,
+            rmap=shadow_rmap,
         )
         self.notifier = KvmNotifier(self.mmu, aging=aging_notifiers, flush_on_age=flush_on_age)
         mm.notifiers.register(self.notifier.ops())
