@@ -205,7 +205,10 @@ def test_killing_the_sweep_process_leaves_no_worker_and_resumes(
         workers = [p for p in _tagged(tag) if p != proc.pid]
         assert len(workers) == 2
         os.kill(proc.pid, sig)  # the main process only, not its process group
-        assert proc.wait() == (-signal.SIGKILL if sig == signal.SIGKILL else 128 + sig)
+        rc = proc.wait()
+        assert proc.stderr is not None
+        expected = -signal.SIGKILL if sig == signal.SIGKILL else 128 + sig
+        assert rc == expected, proc.stderr.read().decode(errors="replace")[-4000:]
         _wait_gone(tag, workers)
     temps = [p for p in os.listdir(runs) if is_temp_name(p)]
     if sig != signal.SIGKILL:  # cleaned up like Ctrl-C: workers stopped, temp dirs removed
