@@ -553,3 +553,50 @@ def test_oom_kills_is_a_count_and_every_other_metric_fails(tmp_path: Path) -> No
     killed = run_metrics(sc, run_scenario(sc, tmp_path / "killed", command=[]).summary)
     assert killed["oom_kills"] == 1.0
     assert all(math.isinf(v) for k, v in killed.items() if k != "oom_kills")
+
+
+def test_ksm_plan_file_gives_every_candidate_ksm_and_the_mix_content() -> None:
+    """configs/plan_ksm.yaml validates, and the mix passes each VM's content through to every
+    candidate (VMs of one image, ksmd on)."""
+    path = Path(__file__).resolve().parent.parent / "configs" / "plan_ksm.yaml"
+    r = CliRunner().invoke(main, ["validate", str(path)])
+    assert r.exit_code == 0, r.output
+    assert "ok: plan plan_ksm: 13 candidate(s) x 3 seed(s)" in r.output
+    plan = load_plan(path)
+    for v in plan.values:
+        sc = plan.scenario(v, 1)
+        assert sc.host.ksm is not None
+        assert sum(vm.count for vm in sc.vms) == v
+        assert {(vm.content.image, vm.content.image_share) for vm in sc.vms} == {("guest-os", 0.5)}
+
+
+def test_a_ksm_plan_of_guests_of_one_image_merges_their_pages(tmp_path: Path) -> None:
+    """The known-answer plan with ksmd on and read-only guests of one image: the mix's content
+    reaches every run, every run merges pages (no write breaks them), and merging never costs
+    memory, so at least the K guests that fit without KSM still fit."""
+    frames = HOST_MIB * 256
+    k = (frames - setup_per_zone_wmarks(frames).high) // (VM_MIB * 256)
+    spec = _known_answer_spec()
+    spec["base"] = {
+        **spec["base"],
+        "host": {"memory_mib": HOST_MIB, "ksm": {"pages_to_scan": 4096, "sleep_ms": 1}},
+        "reclaim": {"policy": "two_list"},
+    }
+    spec["profile"] = {
+        **spec["profile"],
+        "write_ratio": 0.0,
+        "content": {"zero_share": 0.1, "image_share": 0.5, "image_mib": 1},
+    }
+    spec["search"] = {"variable": "vms", "low": 1, "high": 6}
+    spec["seeds"] = [1]
+    out = tmp_path / "out"
+    r = CliRunner().invoke(main, ["plan", str(_write(tmp_path, spec)), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["answer"] >= k
+    runs = pd.read_parquet(out / "plan.parquet")
+    for run in runs.run:
+        ksm = json.loads((out / "runs" / run / "summary.json").read_text())["host"]["ksm"]
+        assert ksm["merges"] > 0
+        assert ksm["pages_sharing"] > 0
+        assert ksm["cow_ksm"] == 0  # nothing writes
