@@ -729,6 +729,7 @@ def plans() -> list[dict[str, Any]]:
         *_load(
             "configs/plan_consolidation.yaml",
             "configs/plan_memcg_limit.yaml",
+            "configs/plan_ksm.yaml",
             "docs/examples/plan.yaml",
         ),
     ]
