@@ -362,12 +362,28 @@ class HostMemory:
         if self.on_tail_taken is not None:
             self.on_tail_taken(self._free[self._nr_freed : old])
 
+    def _restack(self, drop: NDArray[np.bool_], below: NDArray[np.uint32]) -> NDArray[np.uint32]:
+        """Rewrite the free stack without the frames marked in ``drop`` (per frame) and with
+        ``below`` at its bottom; the never-used frames are pushed onto it first (lowest pfn on
+        top, as they were taken), so this is O(free frames). Returns the tail frames dropped;
+        ``tail`` is the caller's to adjust."""
+        stack = self._free[: self._nr_freed]
+        tail, rest = stack[: self.tail], stack[self.tail :]
+        fresh = np.arange(self.nr_frames - 1, self._next - 1, -1, dtype=np.uint32)
+        gone = tail[drop[tail]]
+        order = np.concatenate((below, tail[~drop[tail]], fresh[~drop[fresh]], rest[~drop[rest]]))
+        if len(order) > len(self._free):
+            self._free = np.empty(max(len(order), 2 * len(self._free)), dtype=np.uint32)
+        self._free[: len(order)] = order
+        self._nr_freed = len(order)
+        self._next = self.nr_frames
+        return gone
+
     def move_to_tail(self, pfns: NDArray[np.integer]) -> None:
         """Put free frames ``pfns`` (none of them in the tail yet) at the bottom of the free
         stack, ``pfns[0]`` lowest, below the tail already there: they are allocated after every
         other free frame, the never-used ones too (``__free_one_page`` with ``FPI_TO_TAIL``).
-        The never-used frames are pushed onto the stack first (lowest pfn on top, as they were
-        taken), so this is O(free frames)."""
+        O(free frames) (:meth:`_restack`)."""
         n = len(pfns)
         if n == 0:
             return
@@ -375,25 +391,15 @@ class HostMemory:
         assert (self.frame_pid[pfns] == -1).all(), "move_to_tail of a frame in use"
         moved = np.zeros(self.nr_frames, dtype=np.bool_)
         moved[pfns] = True
-        stack = self._free[: self._nr_freed]
-        assert not moved[stack[: self.tail]].any(), "move_to_tail of a frame in the tail"
-        fresh = np.arange(self.nr_frames - 1, self._next - 1, -1, dtype=np.uint32)
-        fresh = fresh[~moved[fresh]]
-        rest = stack[self.tail :]
-        order = np.concatenate((pfns, stack[: self.tail], fresh, rest[~moved[rest]]))
-        assert len(order) == self.nr_free, "move_to_tail of a frame that is not free"
-        if len(order) > len(self._free):
-            self._free = np.empty(max(len(order), 2 * len(self._free)), dtype=np.uint32)
-        self._free[: len(order)] = order
-        self._nr_freed = len(order)
-        self._next = self.nr_frames
+        gone = self._restack(moved, pfns)
+        assert len(gone) == 0, "move_to_tail of a frame in the tail"
+        assert self._nr_freed == self.nr_free, "move_to_tail of a frame that is not free"
         self.tail += n
 
     def take_free(self, pfns: NDArray[np.integer], pids: NDArray[np.integer]) -> None:
         """Allocate the free frames ``pfns`` to pages ``pids`` (a high-order allocation takes a
-        whole free block, wherever its frames lie on the free lists). The never-used frames are
-        pushed onto the stack first, as :meth:`move_to_tail` does, so this is O(free frames);
-        frames taken from the tail are handed to ``on_tail_taken``."""
+        whole free block, wherever its frames lie on the free lists). O(free frames)
+        (:meth:`_restack`); frames taken from the tail are handed to ``on_tail_taken``."""
         n = len(pfns)
         if n == 0:
             return
@@ -401,17 +407,8 @@ class HostMemory:
         assert (self.frame_pid[pfns] == -1).all(), "take_free of a frame in use"
         taken = np.zeros(self.nr_frames, dtype=np.bool_)
         taken[pfns] = True
-        stack = self._free[: self._nr_freed]
-        tail, rest = stack[: self.tail], stack[self.tail :]
-        fresh = np.arange(self.nr_frames - 1, self._next - 1, -1, dtype=np.uint32)
-        gone = tail[taken[tail]]
-        order = np.concatenate((tail[~taken[tail]], fresh[~taken[fresh]], rest[~taken[rest]]))
-        assert len(order) == self.nr_free - n, "take_free of a frame that is not free"
-        if len(order) > len(self._free):
-            self._free = np.empty(max(len(order), 2 * len(self._free)), dtype=np.uint32)
-        self._free[: len(order)] = order
-        self._nr_freed = len(order)
-        self._next = self.nr_frames
+        gone = self._restack(taken, pfns[:0])
+        assert self._nr_freed == self.nr_free - n, "take_free of a frame that is not free"
         self.nr_free -= n
         pids = np.asarray(pids, dtype=np.int64)
         self.frame_pid[pfns] = pids
