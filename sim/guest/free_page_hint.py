@@ -56,6 +56,7 @@ import simpy
 from numpy.typing import NDArray
 from pydantic import Field, model_validator
 
+from sim.guest.page_reporting import PAGE_KIB, block_pages, whole_free_blocks
 from sim.host.memory import HostMemory
 from sim.host.vmscan import ScanControl
 from sim.schema import Strict
@@ -63,7 +64,6 @@ from sim.schema import Strict
 HINT_BLOCK_ORDER = 10  # VIRTIO_BALLOON_HINT_BLOCK_ORDER (MAX_PAGE_ORDER on x86-64)
 SHRINK_BATCH = 128  # mm/shrinker.c: objects per scan_objects call
 DEFAULT_SEEKS = 2  # the shrinker's seeks (shrinker_alloc's default)
-PAGE_KIB = 4
 
 
 class FreePageHintConfig(Strict):
@@ -119,11 +119,6 @@ class FreePageHintCounts:
         return dict(self.__dict__)
 
 
-def block_pages(page_size_kib: int) -> int:
-    """Pages of the simulated size in one hint block, at least one."""
-    return max(1, (PAGE_KIB << HINT_BLOCK_ORDER) // page_size_kib)
-
-
 class FreePageHinting:
     """The driver's free page hinting and its shrinker, with QEMU's migrations driving it.
 
@@ -147,8 +142,7 @@ class FreePageHinting:
     ) -> None:
         self.env, self.mem, self.cfg = env, mem, cfg
         self._take, self._give_back = take, give_back
-        self.nb = block_pages(page_size_kib)
-        self.nr_blocks = mem.nr_frames // self.nb
+        self.nb = block_pages(HINT_BLOCK_ORDER, page_size_kib)
         self.held: list[int] = []  # free_page_list: the hinted blocks, oldest first
         self.nr_deferred = 0  # the shrinker's deferred work (shrinker->nr_deferred)
         self.counts = FreePageHintCounts()
@@ -172,9 +166,7 @@ class FreePageHinting:
         them."""
         mem, nb = self.mem, self.nb
         self.counts.hint_migrations += 1
-        fp = mem.frame_pid[: self.nr_blocks * nb].reshape(self.nr_blocks, nb)
-        free = np.flatnonzero((fp == -1).all(axis=1)).tolist()
-        for b in free:
+        for b in np.flatnonzero(whole_free_blocks(mem, nb)).tolist():
             if mem.nr_free - nb < mem.wmark.min:
                 break
             self._take(self._gfns([b]))

@@ -211,6 +211,13 @@ def block_pages(order: int, page_size_kib: int = PAGE_KIB) -> int:
     return max(1, (PAGE_KIB << order) // page_size_kib)
 
 
+def whole_free_blocks(mem: HostMemory, nb: int) -> NDArray[np.bool_]:
+    """Whether each aligned block of ``nb`` frames is wholly free (the buddy allocator's free
+    list of that order: a block it holds whole)."""
+    nr_blocks = mem.nr_frames // nb
+    return (mem.frame_pid[: nr_blocks * nb].reshape(nr_blocks, nb) == -1).all(axis=1)
+
+
 class PageReporting:
     """The guest's page_reporting device info and work item, with QEMU's reporting queue.
 
@@ -285,8 +292,7 @@ class PageReporting:
 
     def _free_blocks(self) -> NDArray[np.bool_]:
         """Every block's being whole and free (the order's free list)."""
-        fp = self.mem.frame_pid[: self.nr_blocks * self.nb].reshape(self.nr_blocks, self.nb)
-        return (fp == -1).all(axis=1)
+        return whole_free_blocks(self.mem, self.nb)
 
     # -- a pass -----------------------------------------------------------------------------
     def _isolatable(self) -> int:
