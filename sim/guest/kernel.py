@@ -879,15 +879,9 @@ class GuestKernel:
         if pfn < 0:  # no frame to be had (nothing left to kill): the read fails
             self._release(list(evs))
             return HostFault.WAITED
-        got = [pid]
-        for p in ahead:  # readahead_gfp_mask: never waits for reclaim; stops at a failure
-            sh = self._shadow(p)
-            if self.alloc.alloc_fast(p) < 0:
-                break
-            got.append(p)
-            shadows.append(sh)
-        self._release([p for p in evs if p not in got])
-        yield from self._read_folios(got, shadows)
+        more, more_shadows = self._alloc_ahead(ahead)
+        got = [pid, *more]
+        yield from self._read_folios(got, [*shadows, *more_shadows], self.ra.mark())
         self.policy.folio_mark_accessed(mem.pfn.item(pid))
         self._release(got)
         return HostFault.MAJOR
@@ -918,17 +912,31 @@ class GuestKernel:
         old = self.mem.pfn.item(pid)
         return None if old == NO_PFN_INT else old
 
+    def _alloc_ahead(self, pids: list[int]) -> tuple[list[int], list[int | None]]:
+        """Frames for claimed pages to read ahead (``readahead_gfp_mask``: never waiting for
+        reclaim, stopping at the first failure); the claims of the pages left are released.
+        Returns the pages that got frames and the shadows they had."""
+        got: list[int] = []
+        shadows: list[int | None] = []
+        for p in pids:
+            sh = self._shadow(p)
+            if self.alloc.alloc_fast(p) < 0:
+                break
+            got.append(p)
+            shadows.append(sh)
+        self._release(pids[len(got) :])
+        return got, shadows
+
     def _read_folios(
-        self, pids: list[int], shadows: list[int | None]
+        self, pids: list[int], shadows: list[int | None], mark: int
     ) -> Generator[simpy.Event, Any, None]:
         """Read file pages ``pids`` (each with a new frame, in order; ``shadows`` what they
         left when last dropped) as one request of the virtual disk, then add them to the file
-        LRU (``filemap_add_folio``); the page at the window's async mark gets PG_readahead."""
+        LRU (``filemap_add_folio``); file page ``mark`` (-1: none) gets PG_readahead."""
         mem = self.mem
         for p in pids:
             mem.flags[p] = mem.flags.item(p) | PG_LOCKED
         pfns = [mem.pfn.item(p) for p in pids]
-        mark = self.ra.mark()
         yield from self._before_read(pfns)
         if self.image is not None:  # the file's blocks in the image, after the swap area
             offs = [self.swap.nr_slots + 1 + p - self.nr_anon for p in pids]
@@ -948,19 +956,12 @@ class GuestKernel:
     def _read_ahead(self, window: list[int]) -> ProcessGen:
         """An asynchronous readahead (``page_cache_async_ra``): the window's pages not cached
         are read as one request while the reader goes on."""
+        mark = self.ra.mark()
         todo = [self.nr_anon + i for i in window if not self._cached(i)]
         self._file_reads.update({p: self.env.event() for p in todo})
-        got: list[int] = []
-        shadows: list[int | None] = []
-        for p in todo:
-            sh = self._shadow(p)
-            if self.alloc.alloc_fast(p) < 0:
-                break
-            got.append(p)
-            shadows.append(sh)
-        self._release([p for p in todo if p not in got])
+        got, shadows = self._alloc_ahead(todo)
         if got:
-            yield from self._read_folios(got, shadows)
+            yield from self._read_folios(got, shadows, mark)
             self._release(got)
 
     def silent_writes(self, gfns: NDArray[np.int64]) -> None:
