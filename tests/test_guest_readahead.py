@@ -80,3 +80,20 @@ def test_a_sequential_reader_waits_for_few_reads_with_readahead() -> None:
     assert on["pgpgin"] == 8 * 1024  # the whole file, in KiB
     assert on["accesses"] > 10 * off["accesses"]
     assert on["wait_ns"] < off["wait_ns"] // 10
+
+
+def test_a_standalone_miss_marks_nothing_whatever_the_old_window() -> None:
+    """A random miss reads its page alone and leaves the readahead state as it was; the old
+    window's mark falling on that page must not give it PG_readahead."""
+    from sim.config import parse_scenario
+    from sim.engine import build_world
+
+    raw = _raw(host_mib=64, ram_mib=16, footprint_mib=1, file_mib=8)
+    w = build_world(parse_scenario(raw), None)
+    g = w.vms[0].guest
+    g.ra.prev, g.ra.start, g.ra.size, g.ra.async_size = 10, 96, 8, 8  # its mark: page 96
+    w.env.process(g.file_fault(g.nr_anon + 96))
+    w.env.run(until=10_000_000)
+    assert g.vmstat["pgpgin"] == 4  # the one page, in KiB
+    assert not g._ra_mark.any()
+    assert (g.ra.start, g.ra.size, g.ra.async_size) == (96, 8, 8)

@@ -881,7 +881,9 @@ class GuestKernel:
             return HostFault.WAITED
         more, more_shadows = self._alloc_ahead(ahead)
         got = [pid, *more]
-        yield from self._read_folios(got, [*shadows, *more_shadows], self.ra.mark())
+        # a standalone read (a window of one page) leaves the readahead state alone: no mark
+        mark = self.ra.mark() if len(window) > 1 else -1
+        yield from self._read_folios(got, [*shadows, *more_shadows], mark)
         self.policy.folio_mark_accessed(mem.pfn.item(pid))
         self._release(got)
         return HostFault.MAJOR
