@@ -1121,9 +1121,10 @@ def format_validation_error(
     if e["type"] == "union_tag_invalid":
         ctx = e.get("ctx", {})
         key = str(ctx.get("discriminator", "type")).strip("'")
+        tag = ctx.get("tag")
         return (
-            f"{source}: {where}.{key}: unknown value {shown(ctx.get('tag'))}; expected one of "
-            f"{ctx.get('expected_tags')}"
+            f"{source}: {where}.{key}: unknown value {shown(tag)}; expected one of "
+            f"{ctx.get('expected_tags')}" + (_YAML_BOOL if tag in ("True", "False") else "")
         )
     if e["type"] == "missing":
         return f"{source}: {where}: required field is missing"
@@ -1138,7 +1139,12 @@ def format_validation_error(
         return f"{source}: {msg}"
     got = e.get("input")
     echo = "" if isinstance(got, dict | list) or got is None else f" (got {shown(got)})"
+    if isinstance(got, bool) and e["type"] in ("literal_error", "enum", "string_type"):
+        echo += _YAML_BOOL
     return f"{source}: {where}: {msg}{echo}"
+
+
+_YAML_BOOL = "; YAML reads an unquoted yes/no/on/off as true/false: quote the value"
 
 
 def set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:

@@ -120,6 +120,26 @@ def test_yaml_syntax_error_in_set_is_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("setting", "needle"),
+    [
+        ("host.rmap=off", "host.rmap: Input should be 'anon_vma' or 'none' (got False); YAML"),
+        ("reclaim.policy=no", "reclaim.policy: unknown value 'False'; expected one of"),
+    ],
+)
+def test_a_yaml_boolean_where_a_word_is_expected_says_to_quote_it(
+    tmp_path: Path, setting: str, needle: str
+) -> None:
+    """YAML 1.1 reads off/no/yes/on as booleans: the error names the key and says to quote."""
+    line = _one_line(_invoke("validate", str(_cfg(tmp_path)), "--set", setting), needle)
+    assert line.endswith("quote the value"), line
+
+
+def test_a_boolean_where_a_boolean_is_expected_is_accepted(tmp_path: Path) -> None:
+    r = _invoke("validate", str(_cfg(tmp_path)), "--set", "kvm.ept_ad_bits=off")
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize(
     "content",
     [b"name: \xff\xfe caf\xe9\n", bytes(range(256)) * 8, "name: é\n".encode("utf-16")],
     ids=["latin-1", "binary", "utf-16"],
