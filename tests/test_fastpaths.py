@@ -313,8 +313,9 @@ def fused_faults(draw: st.DrawFn, huge: bool = False) -> Raw:
 
 
 def _majors(raw: Raw, general: dict[str, Any]) -> bool:
-    """The general world read pages back from swap: some of those faults are plain."""
-    return general["vmstat"].get("pgmajfault", 0) > 0
+    """The host core's world (it needs the notifiers for its fused TDP walk) and a general
+    world that read pages back from swap: some of those faults are plain."""
+    return raw["kvm"]["mmu_notifiers"] and general["vmstat"].get("pgmajfault", 0) > 0
 
 
 def _reclaimed(raw: Raw, general: dict[str, Any]) -> bool:
