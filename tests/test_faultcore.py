@@ -108,8 +108,10 @@ def _built(raw: dict[str, Any]) -> list[bool]:
         ({"reclaim": {"policy": "mglru"}}, [False, False]),
         ({"kvm": {"mmu": "tdp", "ept_ad_bits": False}}, [False, False]),  # no host core
         ({"host": {"memory_mib": 2, "ksm": {}}}, [False, False]),
+        ({"swap": _WORLD["swap"] | {"page_cluster": 3}}, [False, False]),  # readahead
+        ({"swap": {"size_mib": 64, "device": "zram"}}, [False, False]),
     ],
-    ids=["plain", "mglru", "no-host-core", "ksm"],
+    ids=["plain", "mglru", "no-host-core", "ksm", "readahead", "zram"],
 )
 def test_built_for_the_host_cores_two_list_worlds(
     change: dict[str, Any], expect: list[bool]
