@@ -85,7 +85,13 @@ _WORKINGSET_RESTORE = VmStat.WORKINGSET_RESTORE.value
 _ACTIVATED, _RESTORED = 1, 2  # _swapin_map's result bits
 
 
-@numba.njit(cache=True, nogil=True)
+_SIG = (
+    "int64(uint8[::1], uint8[::1], uint8[::1], uint8[::1], int64, int64, int64, int64,"
+    " boolean, boolean, int64, int64, int64, int64)"
+)
+
+
+@numba.njit(_SIG, cache=True, nogil=True)
 def _swapin_map(
     flags: NDArray[np.uint8],
     fl: NDArray[np.uint8],
@@ -146,6 +152,9 @@ class FaultCore:
         self.retry_ns = costs.vmexit_ns + _host_cost(costs, HostFault.MAPPED)
         self.mem, self.swap, self.vmstat = host.mem, host.swap, host.vmstat
         self._no_rmap = np.zeros(0, dtype=np.uint8)
+        # the compiled pass's own entry point, its one signature: the dispatcher's resolution
+        # of 14 argument types would cost more than the pass (and a wrong type still raises)
+        self._map = _swapin_map.overloads[_swapin_map.signatures[0]].entry_point
 
     def swap_only(self, pid: int, spte: int) -> bool:
         """Page ``pid`` is only in swap, with no fault or readahead of it in progress and its
@@ -177,7 +186,7 @@ class FaultCore:
         return what ``kvm_page_fault`` returns; or do nothing and return None (the mm died, the
         page was discarded, an invalidation ran, or the inactive add batch is full): the caller
         goes on with ``kvm_page_fault(begun=...)``."""
-        policy = self.policy
+        policy, swap = self.policy, self.swap
         if (
             mm.dead
             or (mm.zapped and pid in mm.zapped)
@@ -185,9 +194,9 @@ class FaultCore:
             or len(policy.inactive._pending) >= _ADD_BATCH - 1
         ):
             return None
-        free_swap = write or self.swap.vm_swap_full()
+        free_swap = write or swap.vm_swap_full()
         rmap = mmu._rmap_count
-        out = _swapin_map(
+        out = self._map(
             self.mem.flags,
             policy.fl,
             mmu.spte,
@@ -205,7 +214,7 @@ class FaultCore:
         )
         self.vmstat.count(_PGMAJFAULT, 1, mm.index)
         if free_swap:
-            self.swap.free_slots(1, (pid,))
+            swap.free_slots(1, (pid,))
         policy._count(_WORKINGSET_REFAULT)
         if out & _ACTIVATED:
             policy._count(_WORKINGSET_ACTIVATE)
