@@ -73,6 +73,7 @@ from sim.kvm.spte import SPTE_PRESENT, is_access_tracked, mapped
 from sim.reclaim.two_list import _AGE_MASK, LRU_ACTIVE, PG_REFERENCED, PG_WORKINGSET, TwoList
 
 if TYPE_CHECKING:
+    from sim.config import Scenario
     from sim.host.fault import HostFaultHandler
     from sim.host.mm import Mm
     from sim.kvm.mmu import KvmMmu
@@ -254,3 +255,32 @@ def fault_core_for(
     ):
         return None
     return FaultCore(host, policy, costs)
+
+
+def fault_path_reason(sc: Scenario) -> str | None:
+    """Why some or all of a scenario's vCPUs take the general path for every major fault (None:
+    all of them have the fused one where a fault allows), in the user's terms, for ``memsim
+    run``'s note; :func:`fault_core_for` and the world's per-VM test decide the same from the
+    built world (tested equal). Not asked while the host core itself is not used (its note
+    says the run takes the general path)."""
+    if sc.reclaim.trigger == "demand":
+        return None  # no clock: every fault resolves at once, no read waited for
+    reasons = []
+    if not (fast.enabled("compiled_fault") and fast.enabled("plain_swapin")):
+        reasons.append("turned off by MEMSIM_FAST / MEMSIM_FAST_DISABLE")
+    vms = [cfg for _, cfg in sc.vm_list()]
+    if sc.reclaim.policy != "two_list":
+        reasons.append(f"reclaim.policy {sc.reclaim.policy} (its own LRU hooks)")
+    if any(cfg.memcg is not None for cfg in vms):
+        reasons.append("memcgs (charging)")
+    if sc.swap.page_cluster:
+        reasons.append("swap.page_cluster (readahead)")
+    if sc.swap.device == "zram":
+        reasons.append("swap.device zram")
+    elif sc.swap.zswap.enabled:
+        reasons.append("swap.zswap")
+    if any(cfg.guest is not None for cfg in vms):
+        reasons.append("vms[].guest (on those VMs)")
+    if any(cfg.async_pf > 0.0 for cfg in vms):
+        reasons.append("vms[].async_pf (on those VMs)")
+    return ", ".join(reasons) or None

@@ -1,21 +1,28 @@
 """The fused plain major fault (sim/faultcore.py): its compiled pass by hand, the stale fault's
-retry world against world, and the worlds it is built for."""
+retry world against world, the worlds it is built for, and ``memsim run``'s note."""
 
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
 
 from sim import fast
+from sim.cli import main
 from sim.config import parse_scenario
+from sim.core import general_path_reason
 from sim.engine import World
-from sim.faultcore import _ACTIVATED, _RESTORED, _swapin_map
+from sim.faultcore import _ACTIVATED, _RESTORED, _swapin_map, fault_path_reason
 from sim.host.memory import PG_LOCKED, PG_RESIDENT, PG_SWAP
 from sim.kvm.spte import mapped
+from tests.conftest import tiny
 from tests.test_fastpaths import check_world
+from tests.test_invariants import scenarios
 
 _READ_IN = PG_SWAP | PG_RESIDENT | PG_LOCKED  # 0x68: swapin_begin's page, its read done
 
@@ -132,3 +139,42 @@ def test_not_built_for_memcgs_guest_kernels_or_async_faults(vm: dict[str, Any]) 
 def test_not_built_with_the_fast_path_off() -> None:
     with fast.disabled("compiled_fault"):
         assert _built(copy.deepcopy(_WORLD)) == [False, False]
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_the_run_note_names_exactly_the_worlds_without_it(raw: dict[str, Any]) -> None:
+    """Where the host core runs, ``memsim run`` says the compiled fault is not used exactly
+    when some vCPU of the built world has none."""
+    sc = parse_scenario(raw, "prop")
+    if general_path_reason(sc) is not None:
+        return
+    w = World(sc)
+    fused = all(v.fault_core is not None for vm in w.vms for v in vm.vcpus)
+    assert (fault_path_reason(sc) is None) == fused, fault_path_reason(sc)
+
+
+@pytest.mark.parametrize(
+    ("vm", "reason"),
+    [
+        ({"memcg": {}}, "memcgs (charging)"),
+        ({"guest": {}}, "vms[].guest (on those VMs)"),
+        ({"async_pf": 0.5}, "vms[].async_pf (on those VMs)"),
+    ],
+)
+def test_the_run_note_names_per_vm_reasons(vm: dict[str, Any], reason: str) -> None:
+    raw = copy.deepcopy(_WORLD)
+    raw["vms"] = [raw["vms"][0] | {"count": 1}, raw["vms"][0] | {"name": "w", "count": 1} | vm]
+    assert fault_path_reason(parse_scenario(raw)) == reason
+
+
+def test_run_says_once_when_the_compiled_fault_is_not_used(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(tiny(duration_s=0.01, swap__page_cluster=3).to_yaml())
+    r = CliRunner().invoke(main, ["run", str(cfg), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output
+    assert r.stderr.count("compiled fault: not used (swap.page_cluster (readahead))") == 1
+    cfg.write_text(tiny(duration_s=0.01).to_yaml())
+    r = CliRunner().invoke(main, ["run", str(cfg), "--out", str(tmp_path / "p")])
+    assert r.exit_code == 0, r.output
+    assert "compiled fault" not in r.stderr
