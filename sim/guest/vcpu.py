@@ -679,7 +679,11 @@ class Vcpu:
         exit to inject "page not present" and runs on (its step issues the access without
         waiting); KVM's worker faults the page in, then "page ready" is injected (another
         exit) and the access completes with the spte mapped. Its latency is logged; no vCPU
-        time is stall but the two exits."""
+        time is stall but the two exits.
+
+        A blocking plain major fault on a world built for it (``fault_core``) runs fused:
+        ``swapin_begin``, the read's wait, then one compiled pass (sim/faultcore.py), the
+        general ``kvm_page_fault`` taking over from the read wherever the pass declines."""
         env, vm, host = self.env, self.vm, self.host
         pid = base + gfn
         refault = host.is_refault(pid)
