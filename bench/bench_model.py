@@ -16,6 +16,8 @@ watermarks, warms up by the same rule and is timed the same way.
   (sized from the streams' exact-LRU miss ratio, computed with ``sim.mrc`` before the runs, at
   the frames the watermarks leave usable; the measured rate is reported). Warm-up lasts until
   free memory first reaches the low watermark, plus ``SETTLE_S`` of simulated time.
+- compiled fault: the ~1% and ~5% worlds with the fused plain major fault
+  (sim/faultcore.py) and without it, the host core on in both.
 - memcg two-list: the ~1% world with a memcg per VM (one two-list lruvec each), with the
   compiled host core and without it.
 """
@@ -43,6 +45,7 @@ SLICE_NS = 2_000_000  # simulated time per env.run step (2 ms)
 SETTLE_S = 0.05  # simulated time run after memory first fills, before measuring
 NAIVE = "naive SimPy (1 event/access)"
 GENERAL = "the same world without the compiled host core"
+NO_FAULT_CORE = "the same world without the compiled fault (compiled_fault off)"
 
 
 def scenario(
@@ -195,13 +198,19 @@ def after(warm_ns: int, now: Callable[[], int]) -> Callable[[], bool]:
 
 
 def run_memsim(
-    sc: Scenario, budget_s: float, warm_ns: int | None, *, general: bool = False
+    sc: Scenario,
+    budget_s: float,
+    warm_ns: int | None,
+    *,
+    general: bool = False,
+    off: tuple[str, ...] = (),
 ) -> Window:
     """The real engine; ``warm_ns`` None means warm-up until memory is full (plus settling).
     ``general``: without the compiled host core (sim/core.py), as a configuration it does not
-    take runs."""
-    if general:
-        with fast.disabled("host_core"):
+    take runs (the fused fault, built on it, goes with it); ``off``: without those fast
+    paths."""
+    if general or off:
+        with fast.disabled(*off, *(("host_core",) if general else ())):
             return run_memsim(sc, budget_s, warm_ns)
     w = build_world(sc, None)
     w.start()
@@ -333,6 +342,20 @@ def run(quick: bool) -> list[dict[str, Any]]:
                 baseline=GENERAL,
                 note=f"general path fault rate {gen.fault_rate:.2%}, {host_mib} MiB host",
                 **window_details("general", gen, gen_all),
+            )
+        )
+        nof, nof_all = median_window(
+            lambda sc=sc: run_memsim(sc, budget, None, off=("compiled_fault",)), repeat
+        )
+        rows.append(
+            _accesses_row(
+                f"full model ~{pct}",
+                "guest accesses/s, compiled fault vs without it",
+                ours,
+                nof,
+                baseline=NO_FAULT_CORE,
+                note=f"without it: fault rate {nof.fault_rate:.2%}, {host_mib} MiB host",
+                **window_details("nofault", nof, nof_all),
             )
         )
         rows.append(

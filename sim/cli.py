@@ -245,6 +245,7 @@ def run(
     from sim.checks import prepare_run
     from sim.core import general_path_reason
     from sim.engine import default_outdir, run_scenario
+    from sim.faultcore import fault_path_reason
 
     _memory_limit(max_memory)
     sc = load_scenario(config, list(overrides), seed)
@@ -256,6 +257,8 @@ def run(
         general = general_path_reason(sc)
         if general is not None:
             note(f"host core: not used ({general}); this run takes the general, slower path")
+        elif (plain := fault_path_reason(sc)) is not None:
+            note(f"compiled fault: not used ({plain}); major faults take the general path")
     try:
         if quiet:
             result = run_scenario(sc, target)

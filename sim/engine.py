@@ -27,6 +27,7 @@ from simpy.events import NORMAL
 from sim.config import HostFilesConfig, Scenario
 from sim.core import core_for
 from sim.costs import CostModel
+from sim.faultcore import fault_core_for
 from sim.guest.balloon import VirtioBalloon
 from sim.guest.free_page_hint import FreePageHinting
 from sim.guest.kernel import GuestKernel
@@ -233,6 +234,13 @@ class World(Machine):
                         guest=guest,
                     )
                 )
+        # the fused plain major fault, where it applies (not under a guest kernel or async pf)
+        fault_core = fault_core_for(self.host_fault, policy, self.costs, core)
+        if fault_core is not None:
+            for vm, guest, (_, cfg) in zip(self.vms, self.guests, vms, strict=True):
+                if guest is None and cfg.async_pf <= 0.0:
+                    for vcpu in vm.vcpus:
+                        vcpu.fault_core = fault_core
         if any(g is not None and g.nr_file for g in self.guests):  # VSwapper's silent writes
             self.vmscan.on_swap_write = self._swap_written
         self.mom: Mom | None = None

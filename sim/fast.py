@@ -84,6 +84,14 @@ FAST_PATHS: dict[str, FastPath] = {
             "sim/host/fault.py, at world build; sim/kvm/fault.py kvm_page_fault at each fault",
         ),
         FastPath(
+            "compiled_fault",
+            "a plain major fault from the vCPU through kvm_page_fault, swapin_end, the spte "
+            "install and two-list's folio_add_lru and folio_mark_accessed (generators and some "
+            "25 calls) by swapin_begin before the read's wait and one compiled pass after it "
+            "(sim/faultcore.py)",
+            "sim/engine.py, at world build (fault_core_for); sim/guest/vcpu.py at each fault",
+        ),
+        FastPath(
             "prefault_batch",
             "the first-touch hooks folio by folio (folio_add_lru, folio_mark_accessed twice) "
             "in the prefault fill, by the policy's batched folio_add_lru_touched",

@@ -297,6 +297,22 @@ def plain_swapins(draw: st.DrawFn, huge: bool = False) -> Raw:
     return raw
 
 
+@st.composite
+def fused_faults(draw: st.DrawFn, huge: bool = False) -> Raw:
+    """A random scenario whose plain major faults take the fused path: two-list on the node's
+    lruvec, one spte per gfn with EPT A/D bits (the host core's world), a disk without zswap
+    or readahead, no page cache; mostly a host at its smallest, so that pages are swapped out
+    and read back while reclaim zaps sptes (stale faults) and, with little swap, OOM kills.
+    Not every world with major faults must take it: a fault at the min watermark reclaims."""
+    raw = copy.deepcopy(draw(plain_swapins(huge=huge)))
+    raw["reclaim"] = {"policy": "two_list"}
+    raw.pop("host_files", None)
+    raw["kvm"] |= {"mmu": draw(st.sampled_from(["tdp", "legacy_tdp"])), "ept_ad_bits": True}
+    if draw(st.integers(0, 3)):
+        raw["host"] = {"memory_mib": 16 if huge else 2} | ({"page_size_kib": 2048} if huge else {})
+    return raw
+
+
 def _reclaimed(raw: Raw, general: dict[str, Any]) -> bool:
     """The general world scanned a two-list LRU list, or (any other policy) freed or wrote a
     folio in ``shrink_folio_list``: the core must have taken those batches."""
@@ -341,6 +357,7 @@ WORLD_PATHS: dict[str, WorldPath] = {
     "mglru_compiled": WorldPath(mglrued(), mglrued(huge=True), 0.5, _reclaimed),
     "vcpu_inline_faults": WorldPath(scenarios(), scenarios(huge=True), 0.5),
     "plain_swapin": WorldPath(plain_swapins(), plain_swapins(huge=True), 0.25),
+    "compiled_fault": WorldPath(fused_faults(), fused_faults(huge=True), 0.25),
     "prefault_batch": WorldPath(prefaulted(), prefaulted(huge=True), 0.4),
     "zipf_compiled": WorldPath(
         scenarios().map(_zipf), scenarios(huge=True).map(_zipf), 1.0, lambda raw, general: True

@@ -87,6 +87,7 @@ from sim.kvm.spte import needs_write_fault
 from sim.kvm.vm import Vm
 
 if TYPE_CHECKING:
+    from sim.faultcore import FaultCore
     from sim.guest.kernel import GuestKernel
     from sim.tails import Segment, VcpuTime
 
@@ -168,6 +169,8 @@ class Vcpu:
         self.guest = guest
         self.guest_owed_ns = 0
         self._vidx: np.ndarray | None = None  # the step in flight's virtual pages
+        # the fused plain major fault (sim/faultcore.py), set by the world where it applies
+        self.fault_core: FaultCore | None = None
 
     def run(self) -> ProcessGen:
         """The vCPU thread, to start as a process (again after a halt: ``halted`` is then a
@@ -343,6 +346,11 @@ class Vcpu:
                     continue
                 if mem.nr_free <= mem.wmark.low:  # a first touch would wake kswapd: at its
                     break  # own time, not the step's start (then nothing else is due before)
+                fc = self.fault_core
+                if fc is not None and fc.swap_only(
+                    base + gfns.item(pos), spte.item(idx_all.item(pos))
+                ):
+                    break  # a major fault: _resolve would find nothing to do
                 if not self._resolve(pos, t, gfns, idx_all, writes):
                     break
                 fast.took("vcpu_inline_faults")
@@ -399,7 +407,10 @@ class Vcpu:
                     idx_all[pos] = g * k + aliases.item(pos)
             if not needs_write_fault(spte.item(idx_all.item(pos)), writes.item(pos)):
                 continue  # another vCPU mapped it meanwhile: the next step hits
-            if not self._resolve(pos, 0, gfns, idx_all, writes):
+            fc = self.fault_core
+            if (
+                fc is not None and fc.swap_only(base + gfns.item(pos), spte.item(idx_all.item(pos)))
+            ) or not self._resolve(pos, 0, gfns, idx_all, writes):
                 gfn = gfns.item(pos)
                 alias, write = idx_all.item(pos) - gfn * k, writes.item(pos)
                 if self._goes_async(gfn):
@@ -668,7 +679,11 @@ class Vcpu:
         exit to inject "page not present" and runs on (its step issues the access without
         waiting); KVM's worker faults the page in, then "page ready" is injected (another
         exit) and the access completes with the spte mapped. Its latency is logged; no vCPU
-        time is stall but the two exits."""
+        time is stall but the two exits.
+
+        A blocking plain major fault on a world built for it (``fault_core``) runs fused:
+        ``swapin_begin``, the read's wait, then one compiled pass (sim/faultcore.py), the
+        general ``kvm_page_fault`` taking over from the read wherever the pass declines."""
         env, vm, host = self.env, self.vm, self.host
         pid = base + gfn
         refault = host.is_refault(pid)
@@ -679,17 +694,50 @@ class Vcpu:
         else:
             self._apf_gfns.add(gfn)
             self.pending_ns += self.costs.ept_fault_ns
-        kind, cpu_ns, _ = yield from kvm_page_fault(
-            vm.mmu,
-            vm.mm,
-            host,
-            self.costs,
-            pid=pid,
-            gfn=gfn,
-            alias=alias,
-            write=write,
-            tried=host.retry_is_idle(pid),
-        )
+        r = None
+        fc = self.fault_core
+        if fc is not None and blocking:  # a plain major fault fused (sim/faultcore.py)
+            mmu_seq = vm.mmu.mmu_invalidate_seq
+            plain = host.swapin_begin(pid)
+            if plain is not None:
+                yield plain[0]
+                pfn, shadow = plain[1], plain[2]
+                r = fc.swapin_done(
+                    vm.mmu,
+                    vm.mm,
+                    pid=pid,
+                    gfn=gfn,
+                    alias=alias,
+                    write=write,
+                    pfn=pfn,
+                    shadow=shadow,
+                    mmu_seq=mmu_seq,
+                )
+                if r is None:
+                    r = yield from kvm_page_fault(
+                        vm.mmu,
+                        vm.mm,
+                        host,
+                        self.costs,
+                        pid=pid,
+                        gfn=gfn,
+                        alias=alias,
+                        write=write,
+                        begun=(mmu_seq, pfn, shadow),
+                    )
+        if r is None:
+            r = yield from kvm_page_fault(
+                vm.mmu,
+                vm.mm,
+                host,
+                self.costs,
+                pid=pid,
+                gfn=gfn,
+                alias=alias,
+                write=write,
+                tried=host.retry_is_idle(pid),
+            )
+        kind, cpu_ns, _ = r
         waited = env.now - t0
         if blocking:
             self._wait_since = -1

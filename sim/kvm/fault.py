@@ -166,14 +166,18 @@ def kvm_page_fault(
     alias: int,
     write: bool,
     tried: bool = False,
+    begun: tuple[int, int, int] | None = None,
 ) -> ProcessGen:
     """Resolve an EPT violation on ``gfn``; returns ``(FaultKind, cpu_ns, retries)``.
 
     ``tried``: the caller's :func:`kvm_fault_nowait` just returned None, no time passed since,
     and ``host.retry_is_idle(pid)`` holds, so neither KVM's nor the host's no-wait attempt
     is repeated (it would find the same and change nothing).
+    ``begun``: ``(mmu_seq, pfn, shadow)``: the caller did this loop's first round up to the
+    end of the read (``mmu_seq`` snapshot, ``host.swapin_begin`` and its wait: the fused path
+    of sim/faultcore.py, which declined to finish it); the fault goes on from there.
     """
-    if not tried:
+    if not tried and begun is None:
         quick = kvm_fault_nowait(mmu, host, costs, pid=pid, gfn=gfn, alias=alias, write=write)
         if quick is not None:  # resolved meanwhile (e.g. another vCPU faulted the page in)
             return quick[0], quick[1], 0
@@ -181,14 +185,20 @@ def kvm_page_fault(
     cpu_ns = 0
     retries = 0
     while True:
-        mmu_seq = mmu.mmu_invalidate_seq
-        plain = host.swapin_begin(pid)
-        if plain is not None:  # the same steps, without the generators' frames
-            yield plain[0]
-            host.swapin_end(pid, write, plain[1], plain[2])
+        if begun is not None:  # the first round's read is done: swapin_end
+            mmu_seq, pfn, shadow = begun
+            begun = None
+            host.swapin_end(pid, write, pfn, shadow)
             hf = HostFault.MAJOR
         else:
-            hf = yield from host.handle_mm_fault(pid, write, tried)
+            mmu_seq = mmu.mmu_invalidate_seq
+            plain = host.swapin_begin(pid)
+            if plain is not None:  # the same steps, without the generators' frames
+                yield plain[0]
+                host.swapin_end(pid, write, plain[1], plain[2])
+                hf = HostFault.MAJOR
+            else:
+                hf = yield from host.handle_mm_fault(pid, write, tried)
         tried = False
         if kind is None:
             kind = _KIND[hf]
