@@ -148,6 +148,7 @@ class World(Machine):
         )
         self.host_fault.memcg = self.memcg
         self.host_fault.ksm = self.ksm
+        self.host_fault.thp = self.thp
         on_access = self._on_access if policy.observes_accesses else None
         self.horizon_ns = round(sc.duration_s * 1e9)
         self.accrual = VcpuTime(

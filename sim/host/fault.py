@@ -74,6 +74,7 @@ from sim.host.vmstat import VmEvents, VmStat
 from sim.reclaim.base import EvictionPolicy
 
 if TYPE_CHECKING:
+    from sim.host.huge_memory import HugeMemory
     from sim.host.ksm import Ksm
     from sim.host.memcontrol import MemCgroups
 
@@ -96,6 +97,7 @@ class HostFault(StrEnum):
     MAJOR = "major"  # do_swap_page with a read from the swap device
     WAITED = "waited"  # another task was faulting the page in; we waited for it
     COW = "cow"  # do_wp_page: a write to a KSM page (or the zero page) copied it (host/ksm.py)
+    THP = "thp"  # do_huge_pmd_anonymous_page: a first touch that mapped a THP (huge_memory.py)
 
 
 class FrameAllocator(Protocol):
@@ -138,6 +140,7 @@ class HostFaultHandler:
         assert not rotational or swap.tracks_slots, "cluster readahead needs slot identities"
         self.memcg: MemCgroups | None = None  # the VMs' memcgs (memory.high), if any
         self.ksm: Ksm | None = None  # KSM, when on: its sharers' write faults copy (COW)
+        self.thp: HugeMemory | None = None  # THP-backed guest RAM (host.thp), when on
         self._plain = fast.enabled("plain_swapin")  # swapin_begin may take a fault whole
         # a guest kernel's handler: the I/O buffers of its disk reads are guest RAM that QEMU
         # pins on the host before the read (sim/guest/kernel.py); None on the host
@@ -203,6 +206,8 @@ class HostFaultHandler:
         if f & PG_RESIDENT:  # swap-cache hit: the folio is still in memory, on the LRU
             if f & _BUSY and self._zapped(pid):  # discarded: a fresh page once its I/O ends
                 return None
+            if self.thp is not None and self.thp.is_large(pid):
+                return self._large_swapcache_hit(pid, write)
             if self.page_cluster:
                 self._swap_cache_hit(pid)
             self.vmstat.count(_PGFAULT, 1, mem.page_owner(pid))
@@ -215,6 +220,13 @@ class HostFaultHandler:
             return HostFault.SWAPCACHE
         if f & PG_SWAP:
             return None if self.env is not None else self._swapin_now(pid, write)
+        if self.thp is not None:
+            hpfn = self.thp.huge_fault(pid)
+            if hpfn >= 0:
+                self.vmstat.count(_PGFAULT, 1, mem.page_owner(pid))
+                self.policy.folio_add_lru(hpfn, None)
+                self.policy.folio_mark_accessed(hpfn)  # GUP's FOLL_TOUCH
+                return HostFault.THP
         pfn = self.alloc.alloc_fast(pid)
         if pfn < 0:
             return None  # needs reclaim
@@ -223,6 +235,30 @@ class HostFaultHandler:
         self.policy.folio_add_lru(pfn, None)
         self.policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
         return HostFault.FIRST_TOUCH
+
+    def _large_swapcache_hit(self, pid: int, write: bool) -> HostFault:
+        """``do_swap_page`` finding a large folio in the swap cache (unmapped by reclaim, its
+        write in flight or done): every pte of the block is one of its swap entries, so the
+        whole folio is mapped, by ptes (young where the fault was); its swap copy is freed
+        as for a small folio (``should_try_to_free_swap``, not under write-out)."""
+        mem = self.mem
+        head = pid & ~(PTRS_PER_PMD - 1)
+        sl = slice(head, head + PTRS_PER_PMD)
+        self.vmstat.count(_PGFAULT, 1, mem.page_owner(pid))
+        f = mem.flags[sl] | np.uint8(PTE_PRESENT)
+        f[pid - head] |= np.uint8(PTE_YOUNG)
+        if not mem.flags.item(head) & PG_WRITEBACK and (write or self._swap_full(pid)):
+            f = (f & np.uint8(~PG_SWAP & 0xFF)) | np.uint8(PG_DIRTY)
+            self.swap.free_slots(PTRS_PER_PMD, np.arange(head, head + PTRS_PER_PMD))
+        mem.flags[sl] = f
+        self.policy.folio_mark_accessed(mem.pfn.item(head))  # GUP's FOLL_TOUCH
+        return HostFault.SWAPCACHE
+
+    def folio_pfn(self, pid: int) -> int:
+        """The frame of ``pid``'s folio's LRU entry (a THP's head frame for its subpages)."""
+        if self.thp is not None:
+            return self.thp.folio_pfn(pid)
+        return self.mem.pfn.item(pid)
 
     def _ksm_swap_cache_hit(self, pid: int, write: bool) -> HostFault | None:
         """``do_swap_page`` on a swap entry to a KSM folio still in memory (the swap cache):
@@ -329,7 +365,7 @@ class HostFaultHandler:
             return
         if dirty:
             mem.flags[pid] = mem.flags.item(pid) | PG_DIRTY
-        self.policy.folio_mark_accessed(mem.pfn.item(pid))
+        self.policy.folio_mark_accessed(self.folio_pfn(pid))
 
     def retry_is_idle(self, pid: int) -> bool:
         """Whether :meth:`fault_nowait` on ``pid`` just returned None, with no time passed,
@@ -358,7 +394,7 @@ class HostFaultHandler:
         if pid in self._inflight:  # folio locked by another faulting task
             yield self._lock_waiter(pid)
             if self.mem.flags.item(pid) & PTE_PRESENT:
-                self.policy.folio_mark_accessed(self.mem.pfn.item(pid))  # our GUP's FOLL_TOUCH
+                self.policy.folio_mark_accessed(self.folio_pfn(pid))  # our GUP's FOLL_TOUCH
             return HostFault.WAITED
         self.vmstat.count(_PGFAULT, 1, self.mem.page_owner(pid))
         self._inflight[pid] = None
