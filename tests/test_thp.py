@@ -1,0 +1,259 @@
+"""THP-backed guest RAM (host.thp, sim/host/huge_memory.py): hand-worked numbers on tiny worlds.
+
+Each world has an 8 MiB host (2,048 frames) and two 8 MiB guests (four 2 MiB blocks each);
+the steps are driven by hand (faults through KVM's fault path, reclaim through
+``shrink_folio_list``), and every invariant is checked after each one.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sim.config import parse_scenario
+from sim.core import general_path_reason
+from sim.engine import World, build_world
+from sim.host.huge_memory import THP_LARGE, THP_PMD
+from sim.host.memory import PG_DIRTY, PG_RESIDENT, PG_SWAP, PG_WRITEBACK, PTE_PRESENT
+from sim.host.vmscan import Outcome, ScanControl
+from sim.kvm import spte as sp
+from sim.kvm.fault import kvm_fault_nowait, kvm_page_fault
+from tests.conftest import TINY, tiny
+
+
+def _world(**changes: Any) -> World:
+    changes.setdefault("host__thp", {})
+    w = build_world(tiny(**changes), None)
+    assert isinstance(w, World)
+    return w
+
+
+def _touch(w: World, vm: int, gfn: int, write: bool = False) -> str:
+    """A guest access that faults, resolved through KVM's fault path (waiting if it must)."""
+    v = w.vms[vm]
+    pid = v.mm.pid_base + gfn
+    quick = kvm_fault_nowait(v.mmu, w.host_fault, w.costs, pid=pid, gfn=gfn, alias=0, write=write)
+    if quick is not None:
+        return str(quick[0])
+    proc = w.env.process(
+        kvm_page_fault(v.mmu, v.mm, w.host_fault, w.costs, pid=pid, gfn=gfn, alias=0, write=write)
+    )
+    w.env.run(proc)
+    return str(proc.value[0])
+
+
+def _isolate(w: World, pfn: int) -> None:
+    """Take the folio off its LRU list, as isolation does before ``shrink_folio_list``."""
+    w.policy.folio_remove(np.array([pfn], dtype=np.int64))
+
+
+def _shrink(w: World, pfn: int) -> tuple[Outcome, ScanControl]:
+    sc = ScanControl(nr_to_reclaim=32, vmstat=w.vmstat)
+    _isolate(w, pfn)
+    out = w.vmscan.shrink_folio_list(np.array([pfn], dtype=np.int64), sc)
+    outcome = Outcome(int(out[0]))
+    if outcome != Outcome.FREED:
+        w.policy.folio_putback(np.array([pfn], dtype=np.int64), active=False)
+    return outcome, sc
+
+
+def _stat(w: World, name: str) -> int:
+    return int(w.vmstat.get(name, 0))
+
+
+def test_first_touch_maps_a_thp_and_a_2mib_spte() -> None:
+    w = _world()
+    assert _touch(w, 0, 5, write=True) == "first_touch"
+    blk = w.mem.thp
+    assert blk is not None
+    assert blk[0] == THP_LARGE | THP_PMD
+    assert w.mem.nr_free == 2048 - 512
+    assert (w.mem.flags[:512] & PTE_PRESENT).all()
+    assert sp.is_present(w.vms[0].mmu.spte[:512]).all()  # the huge spte: all 512 gfns
+    assert not sp.is_present(w.vms[0].mmu.spte[512:]).any()
+    assert _stat(w, "thp_fault_alloc") == 1
+    assert _stat(w, "pgfault") == 1
+    # one LRU entry: the head's frame only
+    assert w.policy.lru_sizes() == {"inactive": 0, "active": 1}
+    # a later access anywhere in the block is a hit: nothing more to fault
+    assert sp.is_hit(w.vms[0].mmu.spte[511])
+    w.check()
+
+
+def test_first_touch_falls_back_to_4k_below_the_low_watermark_plus_512() -> None:
+    w = _world()
+    low = w.mem.wmark.low
+    # each THP takes 512 of the 2,048 frames; one more THP is allowed while
+    # nr_free - 512 >= low afterwards
+    blocks = 0
+    gfn = 0
+    while w.mem.nr_free - 512 >= low:
+        _touch(w, 0 if gfn < 2048 else 1, gfn % 2048)
+        gfn += 512
+        blocks += 1
+    assert _stat(w, "thp_fault_alloc") == blocks
+    free = w.mem.nr_free
+    _touch(w, 1, 1024 + 7)  # an untouched block, too little free memory for 512 frames
+    assert _stat(w, "thp_fault_fallback") == 1
+    assert w.mem.nr_free == free - 1  # one 4 KiB page
+    assert w.mem.thp is not None
+    assert w.mem.thp[(w.vms[1].mm.pid_base + 1024) >> 9] == 0
+    # the block is a page table now: its next first touch is 4 KiB too, with no THP attempt
+    _touch(w, 1, 1024 + 8)
+    assert _stat(w, "thp_fault_fallback") == 1
+    w.check()
+
+
+def test_one_hot_subpage_keeps_the_whole_thp_young() -> None:
+    w = _world()
+    _touch(w, 0, 0)
+    pfn = int(w.mem.pfn[0])
+    sc = ScanControl(nr_to_reclaim=32, vmstat=w.vmstat)
+    assert w.rmap.folio_referenced(np.array([pfn]), sc)[0]  # young from the fault
+    assert sc.nr_sptes_walked == 512  # KVM aged every spte of the 2 MiB range in one call
+    assert not w.rmap.folio_referenced(np.array([pfn]), sc)[0]  # cleared everywhere
+    spte = w.vms[0].mmu.spte
+    spte[300] = sp.touch(spte[300], False)  # the guest reads subpage 300 only
+    assert w.rmap.folio_referenced(np.array([pfn]), sc)[0]
+    assert not sp.is_young(spte[:512], True).any()
+    w.check()
+
+
+def test_a_cold_thp_is_swapped_out_whole_and_comes_back_4k_from_a_disk() -> None:
+    w = _world()
+    _touch(w, 0, 0, write=True)
+    head = int(w.mem.pfn[0])
+    w.rmap.folio_referenced(np.array([head]), ScanControl(nr_to_reclaim=32))  # now cold
+    out, sc = _shrink(w, head)
+    assert out == Outcome.KEEP  # its one 2 MiB write is in flight
+    assert (_stat(w, "thp_swpout"), _stat(w, "pswpout")) == (1, 512)
+    assert _stat(w, "thp_split_pmd") == 1  # TTU_SPLIT_HUGE_PMD
+    assert sc.nr_pageout == 512
+    f = w.mem.flags[:512]
+    assert (
+        (f & (PG_SWAP | PG_WRITEBACK | PG_RESIDENT)) == PG_SWAP | PG_WRITEBACK | PG_RESIDENT
+    ).all()
+    assert not (f & PTE_PRESENT).any()
+    assert not sp.is_present(w.vms[0].mmu.spte[:512]).any()  # the 2 MiB spte zapped
+    assert w.swap.nr_free_slots == w.swap.nr_slots - 512
+    slots = w.swap.page_slot[:512]
+    assert (np.diff(slots) == 1).all()
+    assert slots[0] % 512 == 0  # one whole, aligned cluster
+    w.check()
+    w.env.run()  # the write ends: the folio is clean, at the inactive tail
+    assert not (w.mem.flags[:512] & (PG_WRITEBACK | PG_DIRTY)).any()
+    free = w.mem.nr_free
+    out, sc = _shrink(w, head)
+    assert out == Outcome.FREED
+    assert w.mem.nr_free == free + 512
+    assert sc.nr_reclaimed == 512
+    assert w.mem.thp is not None
+    assert w.mem.thp[0] == 0
+    w.check()
+    # swap-in from a disk: 4 KiB folios, each its own major fault and 4 KiB spte
+    for gfn in range(512):
+        assert _touch(w, 0, gfn) == "major"
+    assert (_stat(w, "pgmajfault"), _stat(w, "pswpin")) == (512, 512)
+    assert _stat(w, "thp_fault_alloc") == 1
+    assert w.mem.thp[0] == 0  # small folios: KVM maps 4 KiB sptes here now
+    assert w.policy.lru_sizes()["inactive"] + w.policy.lru_sizes()["active"] == 512
+    w.check()
+
+
+def test_without_a_free_swap_cluster_the_thp_is_split_and_reclaimed_4k() -> None:
+    # 4 MiB of swap: 1,024 slots after the header (slot 0): cluster 0 has 511 free, cluster 1
+    # is wholly free, cluster 2 holds one slot. The first THP takes cluster 1; the second
+    # finds no wholly free cluster and falls back.
+    w = _world(swap__size_mib=4, swap__device="zram")
+    _touch(w, 0, 0, write=True)
+    _touch(w, 0, 512, write=True)
+    a, b = int(w.mem.pfn[0]), int(w.mem.pfn[512])
+    for pfn in (a, b):
+        w.rmap.folio_referenced(np.array([pfn]), ScanControl(nr_to_reclaim=32))
+    out, _ = _shrink(w, a)
+    assert out == Outcome.FREED  # zram: written before pageout returned, freed at once
+    assert (_stat(w, "thp_swpout"), _stat(w, "thp_swpout_fallback")) == (1, 0)
+    assert w.swap.page_slot[0] == 512
+    out, sc = _shrink(w, b)
+    assert (_stat(w, "thp_swpout"), _stat(w, "thp_swpout_fallback")) == (1, 1)
+    assert (_stat(w, "thp_split_page"), _stat(w, "thp_split_pmd")) == (1, 2)
+    assert out == Outcome.FREED  # the head, as a 4 KiB folio
+    assert _stat(w, "pswpout") == 512 + 512  # 511 slots of cluster 0 and 1 of cluster 2
+    assert sc.nr_reclaimed == 512  # every piece written and freed
+    assert w.swap.nr_free_slots == 0
+    assert w.mem.thp is not None
+    assert w.mem.thp[1] == 0
+    w.check()
+
+
+def test_without_thp_swap_every_thp_is_split() -> None:
+    w = _world(host__thp={"swap": False})
+    _touch(w, 0, 0, write=True)
+    pfn = int(w.mem.pfn[0])
+    w.rmap.folio_referenced(np.array([pfn]), ScanControl(nr_to_reclaim=32))
+    out, _ = _shrink(w, pfn)
+    assert out == Outcome.KEEP
+    assert (_stat(w, "thp_swpout"), _stat(w, "thp_swpout_fallback")) == (0, 1)
+    assert _stat(w, "pswpout") == 512  # 512 writes of 4 KiB
+    # the 511 tails went back on the inactive list, each on its own, their writes in flight
+    assert w.policy.lru_sizes()["inactive"] == 512
+    w.check()
+
+
+def test_a_swap_cache_hit_on_a_thp_maps_the_whole_folio() -> None:
+    w = _world()
+    _touch(w, 0, 0, write=True)
+    pfn = int(w.mem.pfn[0])
+    w.rmap.folio_referenced(np.array([pfn]), ScanControl(nr_to_reclaim=32))
+    _shrink(w, pfn)  # its write in flight: unmapped, in the swap cache
+    assert _touch(w, 0, 77) == "minor"
+    assert (w.mem.flags[:512] & PTE_PRESENT).all()  # do_swap_page maps the whole folio
+    v = sp.is_present(w.vms[0].mmu.spte[:512])
+    assert v[77]
+    assert int(v.sum()) == 1  # by ptes: a 4 KiB spte
+    w.check()
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"reclaim": {"policy": "mglru"}}, "host.thp"),
+        ({"kvm": {"mmu": "shadow"}}, "host.thp"),
+        ({"vms": [{"name": "v", "memory_mib": 7, "workload": {"type": "uniform"}}]}, "vms[0]"),
+    ],
+)
+def test_combinations_not_modelled_are_one_line_errors(changes: dict[str, Any], field: str) -> None:
+    from sim.errors import ConfigError
+
+    raw = copy.deepcopy(TINY) | changes
+    raw["host"] = {"memory_mib": 8, "thp": {}}
+    with pytest.raises(ConfigError) as err:
+        parse_scenario(raw, "t")
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert field in msg
+
+
+def test_khugepaged_is_refused_until_modelled() -> None:
+    from sim.errors import ConfigError
+
+    raw = copy.deepcopy(TINY)
+    raw["host"] = {"memory_mib": 8, "thp": {"khugepaged": {"enabled": True}}}
+    with pytest.raises(ConfigError, match=r"host\.thp\.khugepaged\.enabled"):
+        parse_scenario(raw, "t")
+
+
+def test_the_run_note_names_thp_and_the_world_has_no_compiled_core() -> None:
+    sc = tiny(host__thp={})
+    assert "host.thp" in (general_path_reason(sc) or "")
+    w = build_world(sc, None)
+    assert w.vmscan.core is None
+    assert w.rmap.shortcut is None
+
+
+def test_unset_thp_stays_out_of_dumps() -> None:
+    assert "thp" not in tiny().model_dump()["host"]
+    assert tiny(host__thp={}).model_dump()["host"]["thp"]["enabled"] == "always"
