@@ -257,3 +257,32 @@ def test_the_run_note_names_thp_and_the_world_has_no_compiled_core() -> None:
 def test_unset_thp_stays_out_of_dumps() -> None:
     assert "thp" not in tiny().model_dump()["host"]
     assert tiny(host__thp={}).model_dump()["host"]["thp"]["enabled"] == "always"
+
+
+def test_a_thp_swapped_whole_to_zram_comes_back_as_one_large_folio() -> None:
+    w = _world(swap__device="zram")
+    _touch(w, 0, 0, write=True)
+    pfn = int(w.mem.pfn[0])
+    w.rmap.folio_referenced(np.array([pfn]), ScanControl(nr_to_reclaim=32))
+    out, _ = _shrink(w, pfn)
+    assert out == Outcome.FREED
+    assert (_stat(w, "thp_swpout"), _stat(w, "pswpout")) == (1, 512)
+    assert w.mem.nr_pool > 0  # the compressed copies hold zram's frames
+    assert _touch(w, 0, 9) == "major"
+    assert (_stat(w, "pgmajfault"), _stat(w, "pswpin")) == (1, 512)  # one fault, 512 pages
+    assert (w.mem.nr_free, w.mem.nr_pool) == (2048 - 512, 0)  # the pool emptied with the slots
+    assert w.mem.thp is not None
+    assert w.mem.thp[0] == THP_LARGE  # a large folio mapped by ptes
+    assert (w.mem.flags[:512] & PTE_PRESENT).all()
+    assert not (w.mem.flags[:512] & PG_SWAP).any()  # zram's swap_free_nr
+    assert w.swap.nr_free_slots == w.swap.nr_slots
+    v = sp.is_present(w.vms[0].mmu.spte[:512])
+    assert int(v.sum()) == 1  # a 4 KiB spte: the host maps it by ptes
+    assert w.policy.lru_sizes()["inactive"] + w.policy.lru_sizes()["active"] == 1
+    w.check()
+    # it is one folio still: aged over its range and swapped out whole again
+    assert w.rmap.folio_referenced(np.array([w.mem.pfn[0]]), ScanControl(nr_to_reclaim=32))[0]
+    out, _ = _shrink(w, int(w.mem.pfn[0]))
+    assert out == Outcome.FREED
+    assert (_stat(w, "thp_swpout"), _stat(w, "thp_split_pmd")) == (2, 1)  # no PMD to split
+    w.check()

@@ -467,6 +467,10 @@ class HostFaultHandler:
         mem = self.mem
         mm = self.mms[mem.page_owner(pid)]
         assert isinstance(self.alloc, PageAllocator), "waiting faults need the page allocator"
+        if swapped and self.thp is not None and self.swap.zram:
+            pfns = self.thp.swapin_large(pid, self.swap.page_slot)
+            if pfns is not None:
+                return (yield from self._swapin_large(pid, mm, pfns))
         shadow = mem.pfn.item(pid)  # a swapped page's shadow, before its frame takes the place
         # the allocator's fast path first, as alloc() would (it repeats it with no effect when
         # it failed, there being no memcg to charge)
@@ -515,6 +519,45 @@ class HostFaultHandler:
             self._discarded_read(pid, pfn, mm)
             return HostFault.MAJOR
         self._swapin_done(pid, pfn, write, shadow)
+        return HostFault.MAJOR
+
+    def _swapin_large(self, pid: int, mm: Mm, pfns: NDArray[np.int64]) -> ProcessGen:
+        """``do_swap_page`` with the PMD-sized folio ``alloc_swap_folio`` took on zram
+        (SWP_SYNCHRONOUS_IO, no zswap; every pte of the block a swap entry of one aligned
+        cluster): one read of 512 pages (``pswpin`` += 512, one ``pgmajfault``), the faulting
+        task decompressing each; the folio skips the swap cache, its slots are freed
+        (``swap_free_nr``) and it is mapped by 512 ptes (a large folio, not PMD-mapped: KVM
+        maps 4 KiB sptes over it). The block's other pages are locked for the read."""
+        assert self.env is not None
+        assert self.thp is not None
+        mem = self.mem
+        head = pid & ~(PTRS_PER_PMD - 1)
+        pids = np.arange(head, head + PTRS_PER_PMD, dtype=np.int64)
+        shadow = self.thp.shadow  # before the frames took the pfn entries
+        for p in pids.tolist():
+            if p != pid:
+                self._inflight[p] = None
+        try:
+            now = self.env.now
+            self.swap.submit_folio(now, False, PTRS_PER_PMD, mm.index)
+            yield self.env.timeout(self.swap.decompress_ns * PTRS_PER_PMD)
+            mem.flags[pids] &= np.uint8(~PG_LOCKED & 0xFF)
+            if mm.dead:
+                self.swap.free_slots(PTRS_PER_PMD, pids)
+                mem.free_frames(pfns)
+                mem.flags[pids] = 0
+                self.thp.block[head >> 9] = 0
+                return HostFault.MAJOR
+            self.vmstat.count(_PGMAJFAULT, 1, mm.index)
+            self.swap.free_slots(PTRS_PER_PMD, pids)
+            mem.flags[pids] = np.uint8(PTE_PRESENT | PG_DIRTY | PG_RESIDENT)
+            mem.flags[pid] = mem.flags.item(pid) | PTE_YOUNG
+            self.policy.folio_add_lru(int(pfns[0]), shadow)
+            self.policy.folio_mark_accessed(int(pfns[0]))  # GUP's FOLL_TOUCH
+        finally:
+            for p in pids.tolist():
+                if p != pid:
+                    self._unlock(p)
         return HostFault.MAJOR
 
     def _swapin_readahead(self, pid: int, mm: Mm) -> ProcessGen:

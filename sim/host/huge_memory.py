@@ -21,6 +21,9 @@ Models
     LRU each on its own. A swapped-out THP comes back 4 KiB page by page from a disk
     (``do_swap_page`` maps small folios: ``alloc_swap_folio`` allocates large folios only on
     ``SWP_SYNCHRONOUS_IO`` devices), so KVM then maps 4 KiB sptes over the block: the demotion.
+    From zram (synchronous, no zswap) a fault on a block whose 512 pages are all in swap, in
+    one aligned cluster, reads them back as one large folio (one ``pgmajfault``, ``pswpin``
+    += 512) mapped by 512 ptes: still 4 KiB sptes, until the folio is reclaimed again.
 
 Kernel reference
     mm/huge_memory.c: ``do_huge_pmd_anonymous_page``, ``vma_thp_gfp_mask``,
@@ -50,13 +53,13 @@ Simplifications
     ``defrag: madvise``: with no compaction to model, reclaiming for a huge page would free
     4 KiB pages that need not be contiguous. Guest RAM is mapped by the TDP MMU (a shadow MMU
     maps the guest's own 4 KiB mappings: not modelled, refused). No partial unmaps (balloon,
-    discard) and so no deferred split queue; no khugepaged collapse; no large-folio swap-in
-    from zram. A guest fault on a subpage of a large folio still in the swap cache (its
-    write-out in flight) maps all 512 ptes, as ``do_swap_page`` maps a whole large folio
-    whose ptes are all its swap entries; such a pte-mapped folio is aged and unmapped by one
-    notifier call over its 2 MiB range (the kernel makes one per pte). LRU list
-    lengths and the scan targets read from them count folios, a THP as one entry; ``pgscan``,
-    ``pgsteal`` and ``pgdeactivate`` count pages (``folio_nr_pages``), as the kernel's do.
+    discard) and so no deferred split queue; no khugepaged collapse. A guest fault on a
+    subpage of a large folio still in the swap cache (its write-out in flight) maps all 512
+    ptes, as ``do_swap_page`` maps a whole large folio whose ptes are all its swap entries;
+    a pte-mapped large folio is aged and unmapped by one notifier call over its 2 MiB range
+    (the kernel makes one per pte). LRU list lengths and the scan targets read from them
+    count folios, a THP as one entry; ``pgscan``, ``pgsteal``, ``pgrefill`` and
+    ``pgdeactivate`` count pages (``folio_nr_pages``), as the kernel's do.
 
 Invariants
     A large block's 512 pages all own frames, all are mapped or none (and all PMD-mapped while
@@ -77,7 +80,9 @@ from sim.host.memory import (
     HAS_FRAME,
     NO_PFN,
     PG_DIRTY,
+    PG_LOCKED,
     PG_RESIDENT,
+    PG_SWAP,
     PTE_PRESENT,
     PTE_YOUNG,
     PTRS_PER_PMD,
@@ -183,6 +188,8 @@ class HugeMemory:
         self.cfg, self.mem, self.vmstat = cfg, mem, vmstat
         self.nr_vm_pages = nr_vm_pages
         self.block = np.zeros(nr_vm_pages >> HPAGE_PMD_SHIFT, dtype=np.uint8)
+        self._offsets = np.arange(HPAGE_PMD_NR, dtype=np.int64)
+        self.shadow = 0  # the workingset shadow of the last large swap-in's folio
         mem.thp = self.block
 
     # -- lookups -----------------------------------------------------------------------------
@@ -255,6 +262,32 @@ class HugeMemory:
         self.block[head >> HPAGE_PMD_SHIFT] = THP_LARGE | THP_PMD
         self.vmstat.count(THP_FAULT_ALLOC, 1, owner)
         return int(pfns[0])
+
+    def swapin_large(self, pid: int, page_slot: NDArray[np.int32]) -> NDArray[np.int64] | None:
+        """``alloc_swap_folio`` on zram: a PMD-sized folio for the swap-in of ``pid`` when
+        every page of its block is only in swap, in the slots of one aligned cluster in
+        order (``can_swapin_thp``: contiguous entries, none in the swap cache), and 512
+        frames can be taken above the low watermark; then the frames are taken, locked and
+        the block is a large folio (the workingset shadow of its head kept in ``shadow``).
+        None otherwise: a 4 KiB swap-in."""
+        mem = self.mem
+        if not self.cfg.on or pid >= self.nr_vm_pages:
+            return None
+        head = pid & ~(HPAGE_PMD_NR - 1)
+        sl = slice(head, head + HPAGE_PMD_NR)
+        if (mem.flags[sl] != PG_SWAP).any():
+            return None
+        slots = page_slot[sl].astype(np.int64)
+        if slots[0] % HPAGE_PMD_NR or (slots != slots[0] + self._offsets).any():
+            return None
+        if mem.nr_free - HPAGE_PMD_NR < mem.wmark.low:
+            return None
+        self.shadow = int(mem.pfn.item(head))
+        mem.nr_swapped[mem.page_owner(head)] -= HPAGE_PMD_NR
+        pfns = mem.alloc_frames(np.arange(head, head + HPAGE_PMD_NR, dtype=np.int64))
+        mem.flags[sl] |= _U8(PG_LOCKED)
+        self.block[head >> HPAGE_PMD_SHIFT] = THP_LARGE
+        return pfns
 
     # -- split -------------------------------------------------------------------------------
     def split_pmd(self, head: int) -> None:
