@@ -35,6 +35,12 @@ Simplifications
     the shared zero page until the first write; guests write pages before reading them almost
     always, e.g. when they zero them on allocation).
 
+THP
+    With ``host.thp`` a first touch of an empty 2 MiB block maps a THP (huge_memory.py
+    ``huge_fault``); a swap-cache hit on a large folio maps all its ptes; a zram swap-in of a
+    whole swapped block reads it as one large folio (``_swapin_large``). GUP's
+    ``folio_mark_accessed`` goes to the folio's head frame (``folio_pfn``).
+
 Invariants
     A page gets at most one frame; a page being read in is locked and on no LRU list; a folio
     found in the swap cache is on the LRU already and stays where it is.

@@ -21,6 +21,13 @@ KSM
     folio invalidates every mapped sharer's hva (N KVM zaps and flushes) and turns each pte into
     a swap entry to the folio's one slot.
 
+THP (``host.thp``, huge_memory.py)
+    A large folio is walked as one mapping over its 2 MiB: its ptes' (or PMD's) young bits
+    are tested and cleared together and the notifiers are asked once about the whole range
+    (``pmdp_clear_flush_young_notify``: KVM ages every spte in it); ``try_to_unmap`` of a
+    PMD-mapped one first splits the PMD (``TTU_SPLIT_HUGE_PMD``: ``split_huge_pmd``, its own
+    2 MiB invalidation), then invalidates the range and clears every pte.
+
 Simplifications
     The rmap itself is arithmetic (``frame_pid`` then ``Mm.hva``) rather than an anon_vma tree;
     its walk is still counted and priced one entry per mapping.

@@ -49,6 +49,13 @@ Invariants
     swap cache and under write-out (or freed already by a synchronous device: then ``FREED``);
     ``ACTIVATE`` ones are as they were.
 
+THP
+    A large folio (``host.thp``, huge_memory.py) is handled whole by ``_shrink_large``: an
+    order-9 swap cluster, one unmap of its 2 MiB, one 2 MiB write (``thp_swpout``), one
+    write-back completion and one ``__remove_mapping`` for its 512 pages; or it is split
+    (``thp_swpout_fallback``) and its pages go through the 4 KiB path in the same call, those
+    not freed put back on the LRU each on its own.
+
 KSM
     A KSM folio (host/ksm.py) is reclaimed as any anon folio, with one swap slot; its unmap
     walks every sharer (rmap.py). Its writes count for the VM whose frame it was; its freeing
