@@ -775,11 +775,6 @@ class Scenario(_MemcgOptional):
         thp = self.host.thp
         if thp is None:
             return
-        if thp.khugepaged.enabled:
-            raise ValueError(
-                "host.thp.khugepaged.enabled: khugepaged's collapse is not modelled yet; "
-                "set it to false"
-            )
         for i, vm in enumerate(self.vms):
             if vm.memory_mib % 2:
                 raise ValueError(

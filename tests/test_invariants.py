@@ -160,6 +160,12 @@ def thp_scenarios(draw: st.DrawFn) -> dict[str, Any]:
         p["memory_mib"] *= 2
     raw["host"] = {"memory_mib": draw(st.integers(6, 24))}
     raw["host"]["thp"] = {"swap": draw(st.booleans())}
+    if draw(st.booleans()):  # khugepaged awake every simulated millisecond
+        raw["host"]["thp"]["khugepaged"] = {
+            "scan_sleep_ms": 1,
+            "alloc_sleep_ms": 1,
+            "max_ptes_swap": 511,
+        }
     raw["reclaim"] = {"policy": "two_list"}
     raw["swap"]["zswap"] = {"enabled": False}
     raw["swap"]["size_mib"] = draw(st.sampled_from([0, 1, 3, 64]))

@@ -237,12 +237,12 @@ def test_combinations_not_modelled_are_one_line_errors(changes: dict[str, Any], 
     assert field in msg
 
 
-def test_khugepaged_is_refused_until_modelled() -> None:
+def test_khugepaged_limits_are_checked() -> None:
     from sim.errors import ConfigError
 
     raw = copy.deepcopy(TINY)
-    raw["host"] = {"memory_mib": 8, "thp": {"khugepaged": {"enabled": True}}}
-    with pytest.raises(ConfigError, match=r"host\.thp\.khugepaged\.enabled"):
+    raw["host"] = {"memory_mib": 8, "thp": {"khugepaged": {"max_ptes_none": 512}}}
+    with pytest.raises(ConfigError, match=r"host\.thp\.khugepaged\.max_ptes_none"):
         parse_scenario(raw, "t")
 
 
@@ -286,3 +286,62 @@ def test_a_thp_swapped_whole_to_zram_comes_back_as_one_large_folio() -> None:
     assert out == Outcome.FREED
     assert (_stat(w, "thp_swpout"), _stat(w, "thp_split_pmd")) == (2, 1)  # no PMD to split
     w.check()
+
+
+def _khugepaged(w: World) -> Any:
+    k = w.khugepaged
+    assert k is not None
+    return k
+
+
+def test_khugepaged_collapses_a_demoted_block_with_a_young_pte() -> None:
+    # a THP swapped out whole and read back 4 KiB at a time from the disk: 512 small folios
+    # mapped by ptes, 4 KiB sptes; khugepaged puts them back into one THP
+    w = _world(host__thp={"khugepaged": {"pages_to_scan": 512, "scan_sleep_ms": 1}})
+    _touch(w, 0, 0, write=True)
+    head = int(w.mem.pfn[0])
+    w.rmap.folio_referenced(np.array([head]), ScanControl(nr_to_reclaim=32))
+    _shrink(w, head)
+    w.env.run()
+    _shrink(w, head)
+    for gfn in range(0, 448):  # 64 pages left in swap: max_ptes_swap's limit
+        _touch(w, 0, gfn)
+    w.check()
+    k = _khugepaged(w)
+    assert k.scan_pmd(0)
+    free = w.mem.nr_free
+    busy_ns = k.collapse(0, int(w.env.now))
+    assert busy_ns > 512 * w.costs.clear_page_ns  # it waited for the 64 reads
+    assert _stat(w, "thp_collapse_alloc") == 1
+    assert (_stat(w, "pswpin"), _stat(w, "pgmajfault")) == (512, 512)  # 448 faults + 64 reads
+    assert w.mem.nr_free == free - 64  # 448 small folios' frames for 512 new ones
+    assert w.mem.thp is not None
+    assert w.mem.thp[0] == THP_LARGE | THP_PMD
+    assert not (w.mem.flags[:512] & PG_SWAP).any()
+    assert not sp.is_present(w.vms[0].mmu.spte[:512]).any()  # the 4 KiB sptes were zapped
+    assert w.policy.lru_sizes() == {"inactive": 1, "active": 0}
+    w.check()
+    _touch(w, 0, 3)  # KVM's next fault maps the 2 MiB spte (the host PMD-maps the block)
+    assert sp.is_present(w.vms[0].mmu.spte[:512]).all()
+    w.check()
+
+
+def test_khugepaged_leaves_blocks_over_its_limits_or_not_young() -> None:
+    w = _world(host__thp={"enabled": "never", "khugepaged": {"max_ptes_none": 500}})
+    k = w.khugepaged
+    assert k is None  # THP off: nothing to collapse into
+    w = _world(host__thp={"khugepaged": {"max_ptes_none": 500}})
+    k = _khugepaged(w)
+    w.host_fault.thp = None  # 4 KiB first touches, to make a pte-mapped block
+    for gfn in range(11):
+        _touch(w, 0, gfn)
+    assert not k.scan_pmd(0)  # 501 empty ptes: one more than max_ptes_none
+    _touch(w, 0, 11)
+    assert k.scan_pmd(0)  # 500: allowed, and the ptes are young from their faults
+    w.mem.flags[:512] &= ~np.uint8(0x02)  # the host pte young bits cleared
+    spte = w.vms[0].mmu.spte
+    spte[:512] = sp.age(spte[:512], True)  # and the sptes' accessed bits
+    assert not k.scan_pmd(0)  # nothing young, not even by KVM's test_young
+    spte[5] = sp.touch(spte[5], False)
+    assert k.scan_pmd(0)
+    assert sp.is_young(spte[5], True)  # test_young does not clear it

@@ -186,6 +186,10 @@ class HostFaultHandler:
         ev = self._ra_wait.get(pid)
         return ev is not None and bool(ev.callbacks)
 
+    def page_busy(self, pid: int) -> bool:
+        """A fault-in or a readahead read of ``pid`` is in flight (its folio is locked)."""
+        return pid in self._inflight or pid in self._ra_wait
+
     def fault_nowait(self, pid: int, write: bool = False) -> HostFault | None:
         """Resolve the fault if that needs no waiting (no I/O, no reclaim); else None.
 

@@ -53,7 +53,7 @@ Simplifications
     ``defrag: madvise``: with no compaction to model, reclaiming for a huge page would free
     4 KiB pages that need not be contiguous. Guest RAM is mapped by the TDP MMU (a shadow MMU
     maps the guest's own 4 KiB mappings: not modelled, refused). No partial unmaps (balloon,
-    discard) and so no deferred split queue; no khugepaged collapse. A guest fault on a
+    discard) and so no deferred split queue (khugepaged: khugepaged.py). A guest fault on a
     subpage of a large folio still in the swap cache (its write-out in flight) maps all 512
     ptes, as ``do_swap_page`` maps a whole large folio whose ptes are all its swap entries;
     a pte-mapped large folio is aged and unmapped by one notifier call over its 2 MiB range
@@ -122,9 +122,10 @@ class KhugepagedConfig(Strict):
     """``/sys/kernel/mm/transparent_hugepage/khugepaged``: the collapse daemon's knobs."""
 
     enabled: bool = Field(
-        False,
-        description="Run khugepaged (collapse pte-mapped blocks back into THPs). Not modelled "
-        "yet: true is refused.",
+        True,
+        description="Run khugepaged, as the kernel does whenever THP is enabled: collapse "
+        "2 MiB blocks mapped by ptes back into THPs (host/khugepaged.py); false leaves it "
+        "out, to see the rest without it.",
     )
     pages_to_scan: int = Field(
         4096, ge=1, le=1 << 20, description="Pages scanned per wake-up (pages_to_scan)."
@@ -134,6 +135,12 @@ class KhugepagedConfig(Strict):
         gt=0.0,
         le=3_600_000.0,
         description="Sleep between scans (scan_sleep_millisecs).",
+    )
+    alloc_sleep_ms: float = Field(
+        60000.0,
+        gt=0.0,
+        le=3_600_000.0,
+        description="Sleep after a failed THP allocation (alloc_sleep_millisecs).",
     )
     max_ptes_none: int = Field(
         511,
