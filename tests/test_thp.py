@@ -345,3 +345,33 @@ def test_khugepaged_leaves_blocks_over_its_limits_or_not_young() -> None:
     spte[5] = sp.touch(spte[5], False)
     assert k.scan_pmd(0)
     assert sp.is_young(spte[5], True)  # test_young does not clear it
+
+
+def test_activate_locked_frees_a_large_folios_whole_swap_copy() -> None:
+    # 6 MiB of swap: 1,536 slots; clusters 1 and 2 are wholly free
+    w = _world(swap__size_mib=6, host__thp={"khugepaged": {"enabled": False}})
+    for gfn in (0, 512):
+        _touch(w, 0, gfn, write=True)
+        w.rmap.folio_referenced(np.array([w.mem.pfn[gfn]]), ScanControl(nr_to_reclaim=32))
+    a, b = int(w.mem.pfn[0]), int(w.mem.pfn[512])
+    _shrink(w, a)
+    w.env.run()  # written: a clean folio in the swap cache, 512 of 1,536 slots used
+    assert _touch(w, 0, 3) == "minor"  # mapped again, keeping its swap copy (swap not full)
+    assert (w.mem.flags[:512] & PG_SWAP).all()
+    _shrink(w, b)  # 1,024 slots used: vm_swap_full
+    assert w.swap.vm_swap_full()
+    w.vmscan.activate_locked(np.array([a], dtype=np.int64))
+    assert not (w.mem.flags[:512] & PG_SWAP).any()  # all 512 slots freed, not the head's only
+    assert (w.mem.flags[:512] & PG_DIRTY).all()
+    assert w.swap.nr_free_slots == 1536 - 512
+    w.check()
+
+
+def test_no_thp_over_a_block_with_a_fault_in_flight() -> None:
+    w = _world()
+    w.host_fault._inflight[7] = None  # page 7's fault waits for a frame (do_anonymous_page)
+    assert _touch(w, 0, 100) == "first_touch"
+    assert _stat(w, "thp_fault_alloc") == 0  # the PMD is a page table being filled
+    assert w.mem.thp is not None
+    assert w.mem.thp[0] == 0
+    assert w.mem.nr_free == 2048 - 1

@@ -186,6 +186,22 @@ class HostFaultHandler:
         ev = self._ra_wait.get(pid)
         return ev is not None and bool(ev.callbacks)
 
+    def _block_busy(self, pid: int) -> bool:
+        """A fault-in or readahead of some page of ``pid``'s 2 MiB block is in flight: the
+        block's PMD is being filled by ptes (a THP must not take that page's place)."""
+        b = pid >> PMD_ORDER
+        return any(p >> PMD_ORDER == b for p in self._inflight) or any(
+            p >> PMD_ORDER == b for p in self._ra_wait
+        )
+
+    def _other_busy(self, pid: int) -> bool:
+        """:meth:`_block_busy` for pages of the block other than ``pid`` (whose own fault is
+        the caller)."""
+        b = pid >> PMD_ORDER
+        return any(p >> PMD_ORDER == b and p != pid for p in self._inflight) or any(
+            p >> PMD_ORDER == b for p in self._ra_wait
+        )
+
     def page_busy(self, pid: int) -> bool:
         """A fault-in or a readahead read of ``pid`` is in flight (its folio is locked)."""
         return pid in self._inflight or pid in self._ra_wait
@@ -230,7 +246,7 @@ class HostFaultHandler:
             return HostFault.SWAPCACHE
         if f & PG_SWAP:
             return None if self.env is not None else self._swapin_now(pid, write)
-        if self.thp is not None:
+        if self.thp is not None and not self._block_busy(pid):
             hpfn = self.thp.huge_fault(pid)
             if hpfn >= 0:
                 self.vmstat.count(_PGFAULT, 1, mem.page_owner(pid))
@@ -477,7 +493,7 @@ class HostFaultHandler:
         mem = self.mem
         mm = self.mms[mem.page_owner(pid)]
         assert isinstance(self.alloc, PageAllocator), "waiting faults need the page allocator"
-        if swapped and self.thp is not None and self.swap.zram:
+        if swapped and self.thp is not None and self.swap.zram and not self._other_busy(pid):
             pfns = self.thp.swapin_large(pid, self.swap.page_slot)
             if pfns is not None:
                 return (yield from self._swapin_large(pid, mm, pfns))

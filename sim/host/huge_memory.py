@@ -238,6 +238,15 @@ class HugeMemory:
         """The 512 pids of the folio whose head is ``head``."""
         return np.arange(head, head + HPAGE_PMD_NR, dtype=np.int64)
 
+    def folio_pids(self, pids: NDArray[np.integer]) -> NDArray[np.int64]:
+        """The pages of the folios whose head pages are ``pids``: a large folio's 512."""
+        p = np.asarray(pids, dtype=np.int64)
+        heads = self.large_heads(p)
+        if not heads.any():
+            return p
+        parts = [p[~heads]] + [self.folio_pages(int(h)) for h in p[heads]]
+        return np.concatenate(parts)
+
     def nr_pages(self, pfns: NDArray[np.integer]) -> int:
         """``folio_nr_pages`` summed over folios given by their frames."""
         if len(pfns) == 0:

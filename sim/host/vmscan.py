@@ -383,6 +383,8 @@ class Vmscan:
         pids = self.mem.frame_pid[pfns]
         if self.ksm is not None:
             pids = pids[~self.ksm.is_node(pids)]
+        if self.thp is not None:  # a large folio's swap copy is all its pages'
+            pids = self.thp.folio_pids(pids)
         f = self.mem.flags[pids]
         sel = pids[(f & (PG_SWAP | PG_WRITEBACK | PTE_PRESENT)) == (PG_SWAP | PTE_PRESENT)]
         if not full and len(sel):  # mem_cgroup_swap_full: the page's memcg
