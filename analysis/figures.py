@@ -27,6 +27,7 @@ from analysis.host_figures import (
     rmap_off_figure,
     swappiness_figure,
     sweep_runs,
+    thp_figure,
     zswap_figure,
 )
 from analysis.load import load_run
@@ -49,6 +50,10 @@ SWEEP_FIGURES = {  # figure: (help, default output), each drawn from one sweep d
     "rmap_off": (
         "an rmap sweep: entries visited and kswapd CPU per page reclaimed, rmap on vs off",
         "docs/rmap_off.png",
+    ),
+    "thp": (
+        "a THP sweep: resident and swapped memory per VM, swap-out granularity",
+        "docs/thp.png",
     ),
 }
 TWO_RUN_FIGURES = {  # figure: (help, default labels, default output): each VM's stall per window
@@ -121,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
             d = Path(args.sweep_dir)
             fig = rmap_off_figure(
                 sweep_runs(d), title=f"{d.name}: reclaim with and without the host rmap"
+            )
+        elif args.figure == "thp":
+            d = Path(args.sweep_dir)
+            fig = thp_figure(
+                sweep_runs(d), title=f"{d.name}: guest RAM backed by THPs or 4 KiB pages"
             )
         elif args.figure == "overcommit":
             fig = _overcommit(Path(args.sweep_dir))

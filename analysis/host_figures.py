@@ -230,3 +230,53 @@ def rmap_off_figure(runs: list[tuple[str, Run]], title: str = "") -> plt.Figure:
     if title:
         fig.suptitle(title, fontsize="medium")
     return fig
+
+
+def thp_table(runs: list[tuple[str, Run]]) -> pd.DataFrame:
+    """One row per run and VM of a THP sweep: the backing (``host.thp.enabled``, and
+    ``swap`` for CONFIG_THP_SWAP), the VM's resident and swapped memory at the end, and the
+    host's swap-outs by granularity: pages written in whole THPs (``thp_swpout`` x 512) and as
+    4 KiB pages (the rest of ``pswpout``), with ``thp_swpout_fallback``."""
+    rows = []
+    for _, run in runs:
+        host = run.summary["host"]
+        vs = host["vmstat"]
+        thp = run.config.get("host", {}).get("thp")
+        on = thp is not None and thp.get("enabled", "always") != "never"
+        backing = "4 KiB" if not on else ("THP" if thp.get("swap", True) else "THP, no THP_SWAP")
+        mib = host["page_size_kib"] / 1024
+        whole = vs.get("thp_swpout", 0) * 512
+        for vm in run.summary["vms"]:
+            rows.append(
+                {
+                    "backing": backing,
+                    "vm": vm["name"],
+                    "resident (MiB)": vm["resident_pages"] * mib,
+                    "swapped (MiB)": vm["swapped_pages"] * mib,
+                    "written in THPs (MiB)": whole * mib,
+                    "written 4 KiB (MiB)": (vs.get("pswpout", 0) - whole) * mib,
+                    "thp_swpout_fallback": vs.get("thp_swpout_fallback", 0),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def thp_figure(runs: list[tuple[str, Run]], title: str = "") -> plt.Figure:
+    """Per backing: each VM's resident and swapped memory at the end, and the host's swap-out
+    by granularity."""
+    sns.set_theme(style="whitegrid", context="notebook")
+    t = thp_table(runs)
+    fig, (ax_r, ax_s, ax_w) = plt.subplots(1, 3, figsize=(13, 4.0), constrained_layout=True)
+    sns.barplot(data=t, x="backing", y="resident (MiB)", hue="vm", ax=ax_r)
+    ax_r.set(xlabel="", title="Resident at the end")
+    sns.barplot(data=t, x="backing", y="swapped (MiB)", hue="vm", ax=ax_s)
+    ax_s.set(xlabel="", title="In swap at the end")
+    host = t.drop_duplicates("backing").set_index("backing")
+    host[["written in THPs (MiB)", "written 4 KiB (MiB)"]].plot.bar(
+        stacked=True, ax=ax_w, rot=0, color=["#55a868", "#c44e52"], width=0.6
+    )
+    ax_w.set(xlabel="", ylabel="MiB written to swap", title="Swap-out, by granularity")
+    ax_w.legend(fontsize="small")
+    if title:
+        fig.suptitle(title, fontsize="medium")
+    return fig

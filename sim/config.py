@@ -39,6 +39,7 @@ from sim.guest.workloads import (
     WorkloadConfig,
     ZipfConfig,
 )
+from sim.host.huge_memory import ThpConfig
 from sim.host.ksm import ContentConfig, KsmConfig
 from sim.host.memcontrol import MemcgConfig
 from sim.host.memory import Watermarks, setup_per_zone_wmarks
@@ -67,6 +68,7 @@ _UNSET_LEFT_OUT: tuple[tuple[str, Any], ...] = (
     ("async_pf", 0.0),
     ("mom", None),
     ("ksm", None),
+    ("thp", None),
     ("content", None),
     ("rmap", "anon_vma"),
     ("shadow_rmap", True),
@@ -147,6 +149,12 @@ class HostConfig(_MemcgOptional):
         None,
         description="Kernel samepage merging: ksmd merges identical guest pages (vms[].content "
         "says which are) into write-protected KSM pages (absent: no KSM).",
+    )
+    thp: ThpConfig | None = Field(
+        None,
+        description="Transparent huge pages backing guest RAM at 4 KiB granularity "
+        "(/sys/kernel/mm/transparent_hugepage; absent: 4 KiB pages only): 2 MiB folios on "
+        "first touch, PMD aging, whole-THP swap-out or split (host/huge_memory.py).",
     )
     rmap: Literal["anon_vma", "none"] = Field(
         "anon_vma",
@@ -605,6 +613,7 @@ class Scenario(_MemcgOptional):
         self._check_guest()
         self._check_host_files()
         self._check_ksm()
+        self._check_thp()
         names = [n for vm in self.vms for n in vm.names()]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -759,6 +768,47 @@ class Scenario(_MemcgOptional):
                 f"host.ksm: KSM is modelled so far only with {missing[0]}"
                 + (f" (and {len(missing) - 1} more such settings)" if len(missing) > 1 else "")
                 + "; set it or remove host.ksm"
+            )
+
+    def _check_thp(self) -> None:
+        """THP runs where its paths are modelled (host/huge_memory.py), on whole 2 MiB blocks."""
+        thp = self.host.thp
+        if thp is None:
+            return
+        for i, vm in enumerate(self.vms):
+            if vm.memory_mib % 2:
+                raise ValueError(
+                    f"vms[{i}].memory_mib: {vm.memory_mib} is not a whole number of 2 MiB "
+                    f"THP blocks (host.thp); use {vm.memory_mib - 1} or {vm.memory_mib + 1}"
+                )
+        needs = [
+            (self.reclaim.trigger != "watermark", "reclaim.trigger: watermark"),
+            (
+                self.reclaim.policy != "two_list",
+                "reclaim.policy: two_list (no THP aging in the others yet)",
+            ),
+            (
+                self.kvm.mmu == "shadow",
+                "kvm.mmu: tdp or legacy_tdp (a shadow MMU maps the guest's own 4 KiB mappings)",
+            ),
+            (self.host.page_size_kib != 4, "host.page_size_kib: 4 (THP pages are 512 of them)"),
+            (self.host.ksm is not None, "no host.ksm"),
+            (self.host_files is not None, "no host_files"),
+            (self.mom is not None, "no mom"),
+            (self.swap.zswap.enabled, "swap.zswap off"),
+        ]
+        for i, vm in enumerate(self.vms):
+            for key in ("memcg", "guest", "balloon"):
+                what = " (no partial unmaps: no deferred split yet)" if key == "balloon" else ""
+                needs.append((getattr(vm, key) is not None, f"no vms[{i}].{key}{what}"))
+            needs.append((vm.prefault, f"vms[{i}].prefault: false"))
+            needs.append((vm.async_pf > 0, f"vms[{i}].async_pf: 0"))
+        missing = [what for bad, what in needs if bad]
+        if missing:
+            raise ValueError(
+                f"host.thp: THP is modelled so far only with {missing[0]}"
+                + (f" (and {len(missing) - 1} more such settings)" if len(missing) > 1 else "")
+                + "; set it or remove host.thp"
             )
 
     def _check_steady(self) -> None:

@@ -1049,6 +1049,8 @@ def general_path_reason(sc: Scenario) -> str | None:
         reasons.append("host page cache")
     if sc.host.ksm is not None:
         reasons.append("host.ksm (a KSM page has a mapping per sharer)")
+    if sc.host.thp is not None and sc.host.thp.on:
+        reasons.append("host.thp (a THP is aged and unmapped over its 2 MiB range)")
     if sc.kvm.mmu == "shadow" and sc.kvm.shadow_sptes_per_gfn > 1:
         reasons.append("shadow paging with several sptes per gfn")
     elif not sc.kvm.ept_ad_bits:

@@ -33,6 +33,7 @@ from sim.guest.balloon import BalloonConfig, BalloonCosts
 from sim.guest.free_page_hint import FreePageHintConfig
 from sim.guest.kernel import GuestConfig, GuestJobConfig
 from sim.guest.page_reporting import FreePageReportingConfig, PageReportingCosts
+from sim.host.huge_memory import KhugepagedConfig, ThpConfig
 from sim.host.ksm import ContentConfig, KsmConfig
 from sim.host.memcontrol import MemcgConfig
 from sim.host.mom import MomConfig
@@ -48,6 +49,8 @@ SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("top level", Scenario),
     ("host", HostConfig),
     ("host.ksm", KsmConfig),
+    ("host.thp", ThpConfig),
+    ("host.thp.khugepaged", KhugepagedConfig),
     *[(f"reclaim (policy: {name})", config_class(name)) for name in policy_names()],
     ("swap", SwapConfig),
     ("swap.zswap", ZswapConfig),

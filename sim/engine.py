@@ -38,6 +38,7 @@ from sim.guest.vdisk import DiskImage
 from sim.guest.workloads import AccessStream, TraceConfig
 from sim.host.fault import HostFaultHandler
 from sim.host.filemap import FileReader
+from sim.host.khugepaged import Khugepaged
 from sim.host.kswapd import DirectReclaim, Kswapd, ProcessGen, ReclaimThrottle
 from sim.host.memcontrol import MemCgroups
 from sim.host.memory import PTRS_PER_PMD
@@ -149,6 +150,21 @@ class World(Machine):
         )
         self.host_fault.memcg = self.memcg
         self.host_fault.ksm = self.ksm
+        self.host_fault.thp = self.thp
+        self.khugepaged: Khugepaged | None = None
+        thp = sc.host.thp
+        if self.thp is not None and thp is not None and thp.khugepaged.enabled:
+            self.khugepaged = Khugepaged(
+                thp.khugepaged,
+                self.thp,
+                mem,
+                self.swap,
+                self.mms,
+                policy,
+                vmstat,
+                self.host_fault.page_busy,
+                self.costs.clear_page_ns,
+            )
         on_access = self._on_access if policy.observes_accesses else None
         self.horizon_ns = round(sc.duration_s * 1e9)
         self.accrual = VcpuTime(
@@ -436,6 +452,8 @@ class World(Machine):
         self.env.process(self.kswapd.run())
         if self.ksm is not None:
             self.env.process(self.ksm.ksmd(self.env))
+        if self.khugepaged is not None:
+            self.env.process(self.khugepaged.run(self.env))
         for guest in self.guests:
             if guest is not None:
                 guest.start()

@@ -30,6 +30,8 @@ from sim import fast
 from sim.config import Scenario, VmConfig
 from sim.guest.tlb import GuestTlbs, TlbGeometry
 from sim.guest.workloads import AccessStream
+from sim.host.huge_memory import THP_EVENTS, HugeMemory
+from sim.host.khugepaged import KHUGEPAGED_EVENTS
 from sim.host.ksm import UNIQUE, Ksm, draw_content
 from sim.host.madvise import check_zapped, madvise_dontneed
 from sim.host.memcontrol import (
@@ -59,6 +61,7 @@ from sim.host.vmscan import Schedule, Vmscan
 from sim.host.vmstat import RMAP_OFF_EVENTS, VmStat, new_vmstat
 from sim.host.zpool import Zpool, compressed_sizes
 from sim.host.zswap import Zswap
+from sim.kvm import spte as sp
 from sim.kvm.fault import FAULT_KINDS, GUEST_FAULT_KINDS
 from sim.kvm.shortcut import TdpShortcut
 from sim.kvm.vm import Vm
@@ -181,6 +184,12 @@ class Machine:
         extra = MEMCG_EVENTS if self.memcg_limits is not None else ()
         if sc.host.rmap != "anon_vma" or not sc.kvm.shadow_rmap:
             extra += RMAP_OFF_EVENTS
+        thp_on = sc.host.thp is not None and sc.host.thp.on
+        if thp_on:
+            extra += THP_EVENTS
+            assert sc.host.thp is not None
+            if sc.host.thp.khugepaged.enabled:
+                extra += KHUGEPAGED_EVENTS
         self.vmstat = vmstat = new_vmstat(
             nr_memcgs, extra + (FILE_EVENTS if self.file_pages else ())
         )
@@ -192,7 +201,7 @@ class Machine:
             vmstat=vmstat,
             synchronous=sc.reclaim.trigger == "demand",
         )
-        if sc.swap.rotational:  # cluster readahead reads by slot: slots need owners
+        if sc.swap.rotational or thp_on:  # cluster readahead reads by slot, THPs by cluster
             self.swap.track_slots(nr_vm_pages)
         if sc.swap.device == "zram":
             self.swap.zpool = self._zpool(sc, vm_pages, page_bytes)
@@ -256,6 +265,13 @@ class Machine:
         self.vmscan.policy = policy
         self.vmscan.ksm = self.ksm
         self.vmscan.pmd_mapped = page_bytes > 4096
+        # THP-backed guest RAM at 4 KiB granularity (host.thp; host/huge_memory.py)
+        self.thp: HugeMemory | None = None
+        if thp_on:
+            assert sc.host.thp is not None
+            self.thp = HugeMemory(sc.host.thp, mem, nr_vm_pages, vmstat)
+            self.rmap.thp = self.vmscan.thp = self.thp
+            policy.folio_nr_pages = self.thp.nr_pages  # type: ignore[attr-defined]
         self.k = k = sc.kvm.shadow_sptes_per_gfn if sc.kvm.mmu == "shadow" else 1
         self.spte = np.zeros(int(sizes.sum()) * k, dtype=np.uint8)  # every VM's sptes
         self.vms: list[Vm] = []
@@ -286,6 +302,7 @@ class Machine:
             and self.ksm is None  # one mapping a frame
             and sc.host.rmap == "anon_vma"  # without an rmap each walk scans: the chain counts it
             and not (sc.kvm.mmu == "shadow" and not sc.kvm.shadow_rmap)
+            and self.thp is None  # a THP's aging and unmapping cover a 2 MiB range
         )
         self.rmap.shortcut = TdpShortcut(mem, self.vms, self.spte) if tdp else None
         self.oom_kills: list[tuple[int, str]] = []
@@ -359,6 +376,11 @@ class Machine:
         # write-out in flight or done) except one being read in.
         f = mem.flags
         resident = ((f & HAS_FRAME) != 0) & ((f & PG_LOCKED) == 0)
+        if self.thp is not None:  # a THP's tail pages are on no list: its head stands for it
+            n = self.thp.nr_vm_pages
+            spte = self.spte[:n] if self.k == 1 else np.zeros(n, dtype=np.bool_)
+            tails = self.thp.check(sp.is_present(spte))
+            resident[:n] &= ~tails
         on_lru = np.zeros(self.nr_frames, dtype=np.bool_)
         on_lru[mem.pfn[resident]] = True
         self.policy.check(on_lru)

@@ -417,6 +417,16 @@ KSMS: list[Any] = [
     {"pages_to_scan": "x"},
 ]
 RMAPS: list[Any] = ["none", "none", "anon_vma", "off", None, True]
+THPS: list[Any] = [
+    {},
+    {"enabled": "madvise", "swap": False},
+    {"enabled": "never"},
+    {"enabled": "sometimes"},
+    {"khugepaged": {"enabled": True}},
+    {"khugepaged": {"max_ptes_none": 512, "pages_to_scan": 0}},
+    {"swap": "maybe"},
+    None,
+]
 SHADOW_RMAPS: list[Any] = [False, True, "no", 0, None]
 CONTENTS: list[Any] = [
     {"zero_share": 0.3, "image_share": 0.5, "image_mib": 1},
@@ -460,6 +470,7 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
                 "balloon",
                 "ksm",
                 "rmap",
+                "thp",
             ]
         )
         if op == "delete":
@@ -530,6 +541,12 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
                 host["ksm"] = copy.deepcopy(rng.choice(KSMS))
                 if isinstance(vms, list) and vms and isinstance(vms[0], dict):
                     vms[0]["content"] = copy.deepcopy(rng.choice(CONTENTS))
+        elif op == "thp" and isinstance(raw, dict):
+            host = raw.get("host")
+            if isinstance(host, dict):  # THP-backed guest RAM (or a refused combination)
+                host["thp"] = copy.deepcopy(rng.choice(THPS))
+                if rng.random() < 0.5:
+                    raw["reclaim"] = {"policy": "two_list"}
         elif op == "rmap" and isinstance(raw, dict):
             host, kvm = raw.get("host"), raw.setdefault("kvm", {})
             if isinstance(host, dict):  # no rmap: every walk scans page tables

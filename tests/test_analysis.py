@@ -298,3 +298,30 @@ def test_rmap_off_figure_reads_walks_and_scans(tmp_path: Path) -> None:
     out = tmp_path / "rmap_off.png"
     assert figures_main(["rmap_off", str(d), "-o", str(out)]) == 0
     assert out.stat().st_size > 10_000
+
+
+def test_thp_figure_reads_residency_and_swap_granularity(tmp_path: Path) -> None:
+    from analysis.host_figures import sweep_runs, thp_table
+
+    base = copy.deepcopy(TINY)
+    base["host"] = {"memory_mib": 8, "thp": {}}
+    base["duration_s"] = 0.03
+    variants = [
+        {"label": "THP", "set": {}},
+        {"label": "4 KiB", "set": {"host.thp.enabled": "never"}},
+    ]
+    d = _sweep(tmp_path, "thp", base, {"variants": variants})
+    t = thp_table(sweep_runs(d))
+    assert list(t["backing"].unique()) == ["THP", "4 KiB"]
+    assert len(t) == 4  # two VMs in each run
+    four_k = t[t.backing == "4 KiB"]
+    assert (four_k["written in THPs (MiB)"] == 0).all()
+    (_, run), _ = sweep_runs(d)
+    vs = run.summary["host"]["vmstat"]
+    thp = t[t.backing == "THP"]
+    assert list(thp["resident (MiB)"]) == [v["resident_pages"] / 256 for v in run.summary["vms"]]
+    assert (thp["written in THPs (MiB)"] == vs["thp_swpout"] * 2).all()  # 2 MiB each
+    assert (thp["written 4 KiB (MiB)"] == (vs["pswpout"] - 512 * vs["thp_swpout"]) / 256).all()
+    out = tmp_path / "thp.png"
+    assert figures_main(["thp", str(d), "-o", str(out)]) == 0
+    assert out.stat().st_size > 10_000

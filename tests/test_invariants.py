@@ -149,6 +149,46 @@ def test_invariants_hold_with_2mib_pages(raw: dict[str, Any]) -> None:
     _check_random_world(raw)
 
 
+@st.composite
+def thp_scenarios(draw: st.DrawFn) -> dict[str, Any]:
+    """Random small worlds with THP-backed guest RAM (host.thp): two-list watermark reclaim,
+    guests of whole 2 MiB blocks, swap with or without THP_SWAP, sometimes too little swap
+    for a free cluster (the split fallback)."""
+    raw = draw(scenarios())
+    raw.pop("host_files", None)
+    for p in raw["vms"]:
+        p["memory_mib"] *= 2
+    raw["host"] = {"memory_mib": draw(st.integers(6, 24))}
+    raw["host"]["thp"] = {"swap": draw(st.booleans())}
+    if draw(st.booleans()):  # khugepaged awake every simulated millisecond
+        raw["host"]["thp"]["khugepaged"] = {
+            "scan_sleep_ms": 1,
+            "alloc_sleep_ms": 1,
+            "max_ptes_swap": 511,
+        }
+    raw["reclaim"] = {"policy": "two_list"}
+    raw["swap"]["zswap"] = {"enabled": False}
+    raw["swap"]["size_mib"] = draw(st.sampled_from([0, 1, 3, 64]))
+    raw["swap"]["rotational"] = raw["swap"]["device"] == "disk" and draw(st.booleans())
+    raw["kvm"]["mmu"] = draw(st.sampled_from(["tdp", "legacy_tdp"]))
+    for p in raw["vms"]:
+        if draw(st.booleans()):  # touch every block, then keep to a few: cold THPs to reclaim
+            p["workload"] = {
+                "type": "phases",
+                "phases": [
+                    {"duration_s": 0.005, "workload": {"type": "scan"}},
+                    {"duration_s": 0.1, "workload": {"type": "zipf"}, "working_set_mib": 2},
+                ],
+            }
+    return raw
+
+
+@settings(max_examples=20)
+@given(thp_scenarios())
+def test_invariants_hold_with_thp(raw: dict[str, Any]) -> None:
+    _check_random_world(raw)
+
+
 def _check_random_world(raw: dict[str, Any]) -> None:
     w = World(parse_scenario(raw))
     assert run_checked(w) >= 10

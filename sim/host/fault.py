@@ -35,6 +35,12 @@ Simplifications
     the shared zero page until the first write; guests write pages before reading them almost
     always, e.g. when they zero them on allocation).
 
+THP
+    With ``host.thp`` a first touch of an empty 2 MiB block maps a THP (huge_memory.py
+    ``huge_fault``); a swap-cache hit on a large folio maps all its ptes; a zram swap-in of a
+    whole swapped block reads it as one large folio (``_swapin_large``). GUP's
+    ``folio_mark_accessed`` goes to the folio's head frame (``folio_pfn``).
+
 Invariants
     A page gets at most one frame; a page being read in is locked and on no LRU list; a folio
     found in the swap cache is on the LRU already and stays where it is.
@@ -74,6 +80,7 @@ from sim.host.vmstat import VmEvents, VmStat
 from sim.reclaim.base import EvictionPolicy
 
 if TYPE_CHECKING:
+    from sim.host.huge_memory import HugeMemory
     from sim.host.ksm import Ksm
     from sim.host.memcontrol import MemCgroups
 
@@ -96,6 +103,7 @@ class HostFault(StrEnum):
     MAJOR = "major"  # do_swap_page with a read from the swap device
     WAITED = "waited"  # another task was faulting the page in; we waited for it
     COW = "cow"  # do_wp_page: a write to a KSM page (or the zero page) copied it (host/ksm.py)
+    THP = "thp"  # do_huge_pmd_anonymous_page: a first touch that mapped a THP (huge_memory.py)
 
 
 class FrameAllocator(Protocol):
@@ -138,6 +146,7 @@ class HostFaultHandler:
         assert not rotational or swap.tracks_slots, "cluster readahead needs slot identities"
         self.memcg: MemCgroups | None = None  # the VMs' memcgs (memory.high), if any
         self.ksm: Ksm | None = None  # KSM, when on: its sharers' write faults copy (COW)
+        self.thp: HugeMemory | None = None  # THP-backed guest RAM (host.thp), when on
         self._plain = fast.enabled("plain_swapin")  # swapin_begin may take a fault whole
         # a guest kernel's handler: the I/O buffers of its disk reads are guest RAM that QEMU
         # pins on the host before the read (sim/guest/kernel.py); None on the host
@@ -177,6 +186,26 @@ class HostFaultHandler:
         ev = self._ra_wait.get(pid)
         return ev is not None and bool(ev.callbacks)
 
+    def _block_busy(self, pid: int) -> bool:
+        """A fault-in or readahead of some page of ``pid``'s 2 MiB block is in flight: the
+        block's PMD is being filled by ptes (a THP must not take that page's place)."""
+        b = pid >> PMD_ORDER
+        return any(p >> PMD_ORDER == b for p in self._inflight) or any(
+            p >> PMD_ORDER == b for p in self._ra_wait
+        )
+
+    def _other_busy(self, pid: int) -> bool:
+        """:meth:`_block_busy` for pages of the block other than ``pid`` (whose own fault is
+        the caller)."""
+        b = pid >> PMD_ORDER
+        return any(p >> PMD_ORDER == b and p != pid for p in self._inflight) or any(
+            p >> PMD_ORDER == b for p in self._ra_wait
+        )
+
+    def page_busy(self, pid: int) -> bool:
+        """A fault-in or a readahead read of ``pid`` is in flight (its folio is locked)."""
+        return pid in self._inflight or pid in self._ra_wait
+
     def fault_nowait(self, pid: int, write: bool = False) -> HostFault | None:
         """Resolve the fault if that needs no waiting (no I/O, no reclaim); else None.
 
@@ -203,6 +232,8 @@ class HostFaultHandler:
         if f & PG_RESIDENT:  # swap-cache hit: the folio is still in memory, on the LRU
             if f & _BUSY and self._zapped(pid):  # discarded: a fresh page once its I/O ends
                 return None
+            if self.thp is not None and self.thp.is_large(pid):
+                return self._large_swapcache_hit(pid, write)
             if self.page_cluster:
                 self._swap_cache_hit(pid)
             self.vmstat.count(_PGFAULT, 1, mem.page_owner(pid))
@@ -215,6 +246,13 @@ class HostFaultHandler:
             return HostFault.SWAPCACHE
         if f & PG_SWAP:
             return None if self.env is not None else self._swapin_now(pid, write)
+        if self.thp is not None and not self._block_busy(pid):
+            hpfn = self.thp.huge_fault(pid)
+            if hpfn >= 0:
+                self.vmstat.count(_PGFAULT, 1, mem.page_owner(pid))
+                self.policy.folio_add_lru(hpfn, None)
+                self.policy.folio_mark_accessed(hpfn)  # GUP's FOLL_TOUCH
+                return HostFault.THP
         pfn = self.alloc.alloc_fast(pid)
         if pfn < 0:
             return None  # needs reclaim
@@ -223,6 +261,30 @@ class HostFaultHandler:
         self.policy.folio_add_lru(pfn, None)
         self.policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
         return HostFault.FIRST_TOUCH
+
+    def _large_swapcache_hit(self, pid: int, write: bool) -> HostFault:
+        """``do_swap_page`` finding a large folio in the swap cache (unmapped by reclaim, its
+        write in flight or done): every pte of the block is one of its swap entries, so the
+        whole folio is mapped, by ptes (young where the fault was); its swap copy is freed
+        as for a small folio (``should_try_to_free_swap``, not under write-out)."""
+        mem = self.mem
+        head = pid & ~(PTRS_PER_PMD - 1)
+        sl = slice(head, head + PTRS_PER_PMD)
+        self.vmstat.count(_PGFAULT, 1, mem.page_owner(pid))
+        f = mem.flags[sl] | np.uint8(PTE_PRESENT)
+        f[pid - head] |= np.uint8(PTE_YOUNG)
+        if not mem.flags.item(head) & PG_WRITEBACK and (write or self._swap_full(pid)):
+            f = (f & np.uint8(~PG_SWAP & 0xFF)) | np.uint8(PG_DIRTY)
+            self.swap.free_slots(PTRS_PER_PMD, np.arange(head, head + PTRS_PER_PMD))
+        mem.flags[sl] = f
+        self.policy.folio_mark_accessed(mem.pfn.item(head))  # GUP's FOLL_TOUCH
+        return HostFault.SWAPCACHE
+
+    def folio_pfn(self, pid: int) -> int:
+        """The frame of ``pid``'s folio's LRU entry (a THP's head frame for its subpages)."""
+        if self.thp is not None:
+            return self.thp.folio_pfn(pid)
+        return self.mem.pfn.item(pid)
 
     def _ksm_swap_cache_hit(self, pid: int, write: bool) -> HostFault | None:
         """``do_swap_page`` on a swap entry to a KSM folio still in memory (the swap cache):
@@ -329,7 +391,7 @@ class HostFaultHandler:
             return
         if dirty:
             mem.flags[pid] = mem.flags.item(pid) | PG_DIRTY
-        self.policy.folio_mark_accessed(mem.pfn.item(pid))
+        self.policy.folio_mark_accessed(self.folio_pfn(pid))
 
     def retry_is_idle(self, pid: int) -> bool:
         """Whether :meth:`fault_nowait` on ``pid`` just returned None, with no time passed,
@@ -358,7 +420,7 @@ class HostFaultHandler:
         if pid in self._inflight:  # folio locked by another faulting task
             yield self._lock_waiter(pid)
             if self.mem.flags.item(pid) & PTE_PRESENT:
-                self.policy.folio_mark_accessed(self.mem.pfn.item(pid))  # our GUP's FOLL_TOUCH
+                self.policy.folio_mark_accessed(self.folio_pfn(pid))  # our GUP's FOLL_TOUCH
             return HostFault.WAITED
         self.vmstat.count(_PGFAULT, 1, self.mem.page_owner(pid))
         self._inflight[pid] = None
@@ -431,6 +493,10 @@ class HostFaultHandler:
         mem = self.mem
         mm = self.mms[mem.page_owner(pid)]
         assert isinstance(self.alloc, PageAllocator), "waiting faults need the page allocator"
+        if swapped and self.thp is not None and self.swap.zram and not self._other_busy(pid):
+            pfns = self.thp.swapin_large(pid, self.swap.page_slot)
+            if pfns is not None:
+                return (yield from self._swapin_large(pid, mm, pfns))
         shadow = mem.pfn.item(pid)  # a swapped page's shadow, before its frame takes the place
         # the allocator's fast path first, as alloc() would (it repeats it with no effect when
         # it failed, there being no memcg to charge)
@@ -479,6 +545,45 @@ class HostFaultHandler:
             self._discarded_read(pid, pfn, mm)
             return HostFault.MAJOR
         self._swapin_done(pid, pfn, write, shadow)
+        return HostFault.MAJOR
+
+    def _swapin_large(self, pid: int, mm: Mm, pfns: NDArray[np.int64]) -> ProcessGen:
+        """``do_swap_page`` with the PMD-sized folio ``alloc_swap_folio`` took on zram
+        (SWP_SYNCHRONOUS_IO, no zswap; every pte of the block a swap entry of one aligned
+        cluster): one read of 512 pages (``pswpin`` += 512, one ``pgmajfault``), the faulting
+        task decompressing each; the folio skips the swap cache, its slots are freed
+        (``swap_free_nr``) and it is mapped by 512 ptes (a large folio, not PMD-mapped: KVM
+        maps 4 KiB sptes over it). The block's other pages are locked for the read."""
+        assert self.env is not None
+        assert self.thp is not None
+        mem = self.mem
+        head = pid & ~(PTRS_PER_PMD - 1)
+        pids = np.arange(head, head + PTRS_PER_PMD, dtype=np.int64)
+        shadow = self.thp.shadow  # before the frames took the pfn entries
+        for p in pids.tolist():
+            if p != pid:
+                self._inflight[p] = None
+        try:
+            now = self.env.now
+            self.swap.submit_folio(now, False, PTRS_PER_PMD, mm.index)
+            yield self.env.timeout(self.swap.decompress_ns * PTRS_PER_PMD)
+            mem.flags[pids] &= np.uint8(~PG_LOCKED & 0xFF)
+            if mm.dead:
+                self.swap.free_slots(PTRS_PER_PMD, pids)
+                mem.free_frames(pfns)
+                mem.flags[pids] = 0
+                self.thp.block[head >> 9] = 0
+                return HostFault.MAJOR
+            self.vmstat.count(_PGMAJFAULT, 1, mm.index)
+            self.swap.free_slots(PTRS_PER_PMD, pids)
+            mem.flags[pids] = np.uint8(PTE_PRESENT | PG_DIRTY | PG_RESIDENT)
+            mem.flags[pid] = mem.flags.item(pid) | PTE_YOUNG
+            self.policy.folio_add_lru(int(pfns[0]), shadow)
+            self.policy.folio_mark_accessed(int(pfns[0]))  # GUP's FOLL_TOUCH
+        finally:
+            for p in pids.tolist():
+                if p != pid:
+                    self._unlock(p)
         return HostFault.MAJOR
 
     def _swapin_readahead(self, pid: int, mm: Mm) -> ProcessGen:

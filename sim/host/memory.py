@@ -180,6 +180,9 @@ class HostMemory:
         self.stamps = stamps
         self.ksm_node = np.full(nr_pages if ksm else 0, -1, dtype=np.int32)
         self.written = np.zeros(nr_pages if ksm else 0, dtype=np.uint8)
+        # per aligned 2 MiB block of guest pids, its folio's THP state (huge_memory.py); None
+        # without host.thp
+        self.thp: NDArray[np.uint8] | None = None
         self.last_access_us = np.zeros(nr_pages if stamps else 0, dtype=np.uint32)
         self.scans = np.zeros(nr_frames if stamps else 0, dtype=np.uint8)
         # Free frames as a stack, lowest pfn on top, so allocation order is deterministic. The

@@ -56,6 +56,9 @@ def exit_mmap(
     if len(mem.readahead):
         mem.readahead[idle] = False
     mem.nr_swapped[mm.index] = 0
+    if mem.thp is not None:  # its THPs are gone, but those under write-out (freed at its end)
+        blocks = mem.thp[mm.pid_base >> 9 : (mm.pid_base + mm.nr_pages) >> 9]
+        blocks[~busy[::512]] = 0
 
 
 class OomKiller:

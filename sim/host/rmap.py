@@ -21,6 +21,13 @@ KSM
     folio invalidates every mapped sharer's hva (N KVM zaps and flushes) and turns each pte into
     a swap entry to the folio's one slot.
 
+THP (``host.thp``, huge_memory.py)
+    A large folio is walked as one mapping over its 2 MiB: its ptes' (or PMD's) young bits
+    are tested and cleared together and the notifiers are asked once about the whole range
+    (``pmdp_clear_flush_young_notify``: KVM ages every spte in it); ``try_to_unmap`` of a
+    PMD-mapped one first splits the PMD (``TTU_SPLIT_HUGE_PMD``: ``split_huge_pmd``, its own
+    2 MiB invalidation), then invalidates the range and clears every pte.
+
 Simplifications
     The rmap itself is arithmetic (``frame_pid`` then ``Mm.hva``) rather than an anon_vma tree;
     its walk is still counted and priced one entry per mapping.
@@ -67,10 +74,12 @@ from sim.host.mmu_notifier import NotifierWork
 from sim.host.vmstat import RMAP_PTE_SCANS, VmEvents, VmStat
 
 if TYPE_CHECKING:
+    from sim.host.huge_memory import HugeMemory
     from sim.host.ksm import Ksm
 
 
 PTRS_PER_PTE = 512  # entries of one last-level page table
+HPAGE_PMD_SIZE = PAGE_SIZE * PTRS_PER_PTE  # bytes one PMD maps
 
 
 class RmapWork(NotifierWork, Protocol):
@@ -104,6 +113,7 @@ class Rmap:
         ]
         self.shortcut: Shortcut | None = None  # set by the world when its MMUs allow one
         self.ksm: Ksm | None = None  # KSM's stable nodes, when KSM is on
+        self.thp: HugeMemory | None = None  # THP-backed guest RAM, when host.thp is on
         # KSM folios the last folio_referenced found young through more than one pte
         self.multi_referenced: set[int] = set()
 
@@ -192,6 +202,7 @@ class Rmap:
         f = mem.flags[pids]
         young = (f & PTE_YOUNG) != 0
         mem.flags[pids] = f & ~np.uint8(PTE_YOUNG)
+        span = self._spans(pids, young)
         for mm, sel in self._by_mm(pids):
             subs = mm.notifiers
             if not subs.subscribers:
@@ -199,12 +210,47 @@ class Rmap:
             p = pids if sel is None else pids[sel]
             hva = mm.hva(p)
             op = subs.clear_flush_young if flush else subs.clear_young
-            y = op(hva, hva + PAGE_SIZE, work)
+            y = op(hva, hva + (span if sel is None or isinstance(span, int) else span[sel]), work)
             if sel is None:
                 young |= y
             else:
                 young[sel] |= y
         return young
+
+    def _spans(
+        self, pids: NDArray[np.int32], young: NDArray[np.bool_] | None = None
+    ) -> int | NDArray[np.int64]:
+        """Bytes each folio's mapping covers: a page, or 2 MiB for a large folio (its PMD, or
+        its 512 ptes). ``young``: the host young bits just taken, OR-ed with (and cleared
+        from) a large folio's other ptes (``folio_referenced_one``: one PMD young bit, or
+        every pte's)."""
+        if self.thp is None:
+            return PAGE_SIZE
+        large = self.thp.large_heads(pids)
+        if not large.any():
+            return PAGE_SIZE
+        if young is not None:
+            mem = self.mem
+            for i in np.flatnonzero(large).tolist():
+                h = int(pids[i])
+                f = mem.flags[h : h + PTRS_PER_PTE]
+                young[i] |= bool((f & PTE_YOUNG).any())
+                mem.flags[h : h + PTRS_PER_PTE] = f & ~np.uint8(PTE_YOUNG)
+        return np.where(large, HPAGE_PMD_SIZE, PAGE_SIZE).astype(np.int64)
+
+    def split_huge_pmd(self, head: int, work: RmapWork) -> None:
+        """``__split_huge_pmd`` of the PMD mapping the large folio whose head is ``head``
+        (``TTU_SPLIT_HUGE_PMD``, ``thp_split_pmd``): the mm's notifiers invalidate the 2 MiB
+        range (KVM zaps its huge spte; later faults map 4 KiB sptes), then the PMD becomes
+        512 ptes. Nothing for a folio already mapped by ptes."""
+        assert self.thp is not None
+        if not self.thp.pmd_mapped(head):
+            return
+        mm = self.mms[self.mem.page_owner(head)]
+        hva = mm.hva(np.array([head], dtype=np.int64))
+        mm.notifiers.invalidate_range_start(hva, hva + HPAGE_PMD_SIZE, work)
+        self.thp.split_pmd(head)
+        mm.notifiers.invalidate_range_end(hva, hva + HPAGE_PMD_SIZE, work)
 
     def _referenced_ksm(
         self, pfns: NDArray[np.integer], nodes: NDArray[np.bool_], work: RmapWork, flush: bool
@@ -286,9 +332,15 @@ class Rmap:
         self.scanned(work, len(pids))
         if self.shortcut is not None and self.shortcut.unmap(pids, work):
             return
+        span = self._spans(pids)
+        if not isinstance(span, int):  # large folios: TTU_SPLIT_HUGE_PMD, then every pte
+            for h in pids[span > PAGE_SIZE].tolist():
+                self.split_huge_pmd(h, work)
+                mem.flags[h : h + PTRS_PER_PTE] &= ~np.uint8(PTE_PRESENT | PTE_YOUNG)
         for mm, sel in self._by_mm(pids):
             p = pids if sel is None else pids[sel]
             hva = mm.hva(p)
-            mm.notifiers.invalidate_range_start(hva, hva + PAGE_SIZE, work)
+            end = hva + (span if sel is None or isinstance(span, int) else span[sel])
+            mm.notifiers.invalidate_range_start(hva, end, work)
             mem.flags[p] &= ~np.uint8(PTE_PRESENT | PTE_YOUNG)
-            mm.notifiers.invalidate_range_end(hva, hva + PAGE_SIZE, work)
+            mm.notifiers.invalidate_range_end(hva, end, work)

@@ -205,6 +205,7 @@ class SwapDevice:
         self.compress_ns = cfg.compressor.compress_ns * scale
         self.decompress_ns = cfg.compressor.decompress_ns * scale
         extra = max(0, page_bytes - 4096)  # bytes beyond the 4 KiB the latencies include
+        self.page_bytes_req = page_bytes  # bytes one page's request carries
         self.transfer_ns = {
             False: round(extra * 1e9 / (cfg.read_bandwidth_mib_per_s * (1 << 20))),
             True: round(extra * 1e9 / (cfg.write_bandwidth_mib_per_s * (1 << 20))),
@@ -278,6 +279,49 @@ class SwapDevice:
             assert len(pids) >= got, "slot identities need the pages that take them"
             self._assign(np.asarray(pids, dtype=np.int64)[:got])
         return got
+
+    def alloc_cluster(self, pids: NDArray[np.integer]) -> bool:
+        """``get_swap_pages`` of order 9 (a PMD-sized folio, THP_SWAP): the 512 ``pids`` take
+        the slots of an entirely free cluster, in order (``cluster_alloc_swap_entry`` takes
+        large allocations from the free cluster list only); False, nothing taken, when no
+        cluster is wholly free. Needs slot identities."""
+        assert self.tracks_slots, "THP swap-out needs slot identities"
+        assert len(pids) == SWAPFILE_CLUSTER, "a cluster for a THP"
+        free = np.flatnonzero(self._cl_used == 0)
+        if len(free) == 0:
+            return False
+        c = int(free[0])
+        slots = np.arange(c * SWAPFILE_CLUSTER, (c + 1) * SWAPFILE_CLUSTER, dtype=np.int64)
+        p = np.asarray(pids, dtype=np.int64)
+        self.slot_owner[slots] = p
+        self.page_slot[p] = slots
+        self._cl_used[c] = SWAPFILE_CLUSTER
+        self.nr_free_slots -= SWAPFILE_CLUSTER
+        return True
+
+    def submit_folio(self, now_ns: int, write: bool, nr_pages: int, per_mm: int) -> int:
+        """One request for a large folio of ``nr_pages`` 4 KiB pages (a THP's 2 MiB written
+        whole): counted as ``nr_pages`` (``count_swpout_vm_event``: ``pswpout`` +=
+        ``folio_nr_pages``); its data beyond the first 4 KiB crosses the link at the device's
+        bandwidth after the access latency. Returns when it completes."""
+        self._count(write, nr_pages, per_mm)
+        if self.synchronous:
+            self._q[Q_BLOCKED] = now_ns
+            return now_ns
+        bw = self.cfg.write_bandwidth_mib_per_s if write else self.cfg.read_bandwidth_mib_per_s
+        base = self.page_bytes_req
+        xfer = round((nr_pages * 4096 - base) * 1e9 / (bw * (1 << 20)))
+        _queue(
+            now_ns,
+            self._draw(write, 1),
+            self._servers,
+            self._tags,
+            self._q,
+            self.cfg.nr_requests,
+            xfer,
+            self._done,
+        )
+        return int(self._done[0])
 
     def _assign(self, pids: NDArray[np.int64]) -> None:
         """``cluster_alloc_swap_entry`` for each page in turn (there are enough free slots)."""

@@ -49,6 +49,13 @@ Invariants
     swap cache and under write-out (or freed already by a synchronous device: then ``FREED``);
     ``ACTIVATE`` ones are as they were.
 
+THP
+    A large folio (``host.thp``, huge_memory.py) is handled whole by ``_shrink_large``: an
+    order-9 swap cluster, one unmap of its 2 MiB, one 2 MiB write (``thp_swpout``), one
+    write-back completion and one ``__remove_mapping`` for its 512 pages; or it is split
+    (``thp_swpout_fallback``) and its pages go through the 4 KiB path in the same call, those
+    not freed put back on the LRU each on its own.
+
 KSM
     A KSM folio (host/ksm.py) is reclaimed as any anon folio, with one swap slot; its unmap
     walks every sharer (rmap.py). Its writes count for the VM whose frame it was; its freeing
@@ -85,6 +92,7 @@ from sim.host.swap import SwapDevice
 from sim.host.vmstat import VmEvents, VmStat
 
 if TYPE_CHECKING:
+    from sim.host.huge_memory import HugeMemory
     from sim.host.ksm import Ksm
     from sim.host.memcontrol import MemCgroups
     from sim.host.page_writeback import DirtyControl
@@ -279,6 +287,7 @@ class Vmscan:
         self.memcg: MemCgroups | None = None  # the VMs' memcgs (swap charges), if any
         self.core: FolioListCore | None = None  # the compiled batch, set where it applies
         self.ksm: Ksm | None = None  # KSM's stable nodes, when KSM is on
+        self.thp: HugeMemory | None = None  # THP-backed guest RAM, when host.thp is on
         # told of the pages each swap write is submitted for (the guests' silent writes)
         self.on_swap_write: Callable[[NDArray[np.int64]], None] | None = None
 
@@ -374,6 +383,8 @@ class Vmscan:
         pids = self.mem.frame_pid[pfns]
         if self.ksm is not None:
             pids = pids[~self.ksm.is_node(pids)]
+        if self.thp is not None:  # a large folio's swap copy is all its pages'
+            pids = self.thp.folio_pids(pids)
         f = self.mem.flags[pids]
         sel = pids[(f & (PG_SWAP | PG_WRITEBACK | PTE_PRESENT)) == (PG_SWAP | PTE_PRESENT)]
         if not full and len(sel):  # mem_cgroup_swap_full: the page's memcg
@@ -405,7 +416,7 @@ class Vmscan:
 
     def shrink_folio_list(self, pfns: NDArray[np.int64], sc: ScanControl) -> NDArray[np.int8]:
         """Reclaim isolated folios the policy chose; an :class:`Outcome` for each."""
-        mem, swap = self.mem, self.swap
+        mem = self.mem
         out = np.full(len(pfns), Outcome.ACTIVATE, dtype=np.int8)
         if len(pfns) == 0:
             return out
@@ -413,6 +424,22 @@ class Vmscan:
             done = self.core.shrink_folio_list(pfns, sc)
             if done is not None:
                 return done
+        if self.thp is not None:
+            large = self.thp.large_heads(mem.frame_pid[pfns])
+            if large.any():
+                if not large.all():
+                    out[~large] = self._shrink_small(pfns[~large], sc)
+                for i in np.flatnonzero(large).tolist():
+                    out[i] = self._shrink_large(int(pfns[i]), sc)
+                return out
+        return self._shrink_small(pfns, sc)
+
+    def _shrink_small(self, pfns: NDArray[np.int64], sc: ScanControl) -> NDArray[np.int8]:
+        """:meth:`shrink_folio_list` for folios of one page each."""
+        mem, swap = self.mem, self.swap
+        out = np.full(len(pfns), Outcome.ACTIVATE, dtype=np.int8)
+        if len(pfns) == 0:
+            return out
         ok = ~self.writeback_check(pfns, sc)
         pids = mem.frame_pid[pfns]
         f = mem.flags[pids]
@@ -460,6 +487,91 @@ class Vmscan:
         if swap.zpool is not None:  # the pool's new zspages, from the frames just freed
             swap.zpool.fit()
         return out
+
+    def _shrink_large(self, pfn: int, sc: ScanControl) -> Outcome:
+        """``shrink_folio_list`` for a PMD-sized folio (its head's frame ``pfn``), as a recent
+        kernel does it: not in the swap cache yet, ``add_to_swap`` needs a wholly free swap
+        cluster (THP_SWAP); failing that the folio is split (``thp_swpout_fallback``) and its
+        512 base folios go through the list as any 4 KiB folio. A whole folio is unmapped
+        (``TTU_SPLIT_HUGE_PMD``), written as one 2 MiB request (``thp_swpout``) and freed
+        whole once clean."""
+        from sim.host.huge_memory import HPAGE_PMD_NR, THP_SWPOUT, THP_SWPOUT_FALLBACK
+
+        mem, swap, thp = self.mem, self.swap, self.thp
+        assert thp is not None
+        head = int(mem.frame_pid[pfn])
+        owner = mem.page_owner(head)
+        pids = thp.folio_pages(head)
+        hp = np.array([pfn], dtype=np.int64)
+        if self.writeback_check(hp, sc)[0]:
+            return Outcome.ACTIVATE
+        if not mem.flags.item(head) & PG_SWAP:  # add_to_swap: an order-9 cluster
+            if thp.cfg.swap and swap.nr_free_slots >= HPAGE_PMD_NR and swap.alloc_cluster(pids):
+                mem.flags[pids] |= _U8(PG_SWAP | PG_DIRTY)
+            else:  # split_folio_to_list, then the 4 KiB folios one by one
+                self.vmstat.count(THP_SWPOUT_FALLBACK, 1, owner)
+                self.rmap.split_huge_pmd(head, sc)
+                return self._shrink_split(thp.split_folio(head), sc)
+        if mem.flags.item(head) & PTE_PRESENT:
+            self.rmap.try_to_unmap(hp, sc)
+            if self.sink is not None:
+                upfn = mem.pfn[pids].astype(np.int64)
+                scans = np.full(HPAGE_PMD_NR, mem.scans[pfn] if mem.stamps else 0, dtype=np.uint8)
+                dirty = (mem.flags[pids] & PG_DIRTY) != 0
+                self.sink.evicted(self.now(), pids.astype(np.int32), upfn, dirty, scans)
+        f = mem.flags[pids]
+        if (f & PG_DIRTY).any():  # pageout: one write of the whole folio
+            sc.nr_pageout += HPAGE_PMD_NR
+            self.vmstat[VmStat.NR_VMSCAN_WRITE] += HPAGE_PMD_NR
+            if self.on_swap_write is not None:
+                self.on_swap_write(pids)
+            t_done = swap.submit_folio(self.now(), True, HPAGE_PMD_NR, owner)
+            self.vmstat.count(THP_SWPOUT, 1, owner)
+            if not swap.synchronous:
+                mem.flags[pids] = (f & ~_U8(PG_DIRTY)) | _U8(PG_WRITEBACK | PG_RECLAIM)
+                mem.nr_writeback += HPAGE_PMD_NR
+                sc.blocked_until = max(sc.blocked_until, swap.blocked_until)
+                self.schedule(t_done, partial(self.folio_end_writeback, head, pfn))
+                return Outcome.KEEP
+            if swap.zpool is not None:  # zram_write_page, page by page
+                swap.zpool.store(pids)
+                sc.nr_compressed += HPAGE_PMD_NR
+            mem.flags[pids] = f & ~_U8(PG_DIRTY)
+        self._remove_large(head, pfn)
+        sc.freed(HPAGE_PMD_NR)
+        if swap.zpool is not None:
+            swap.zpool.fit()
+        return Outcome.FREED
+
+    def _shrink_split(self, pfns: NDArray[np.int64], sc: ScanControl) -> Outcome:
+        """The 512 base folios of a split THP (head first) through ``shrink_folio_list``;
+        the head's outcome is the caller's, the others not freed go back on the LRU
+        themselves (``move_folios_to_lru``: kept ones inactive, the rest activated)."""
+        out = self._shrink_small(pfns, sc)
+        rest, ro = pfns[1:], out[1:]
+        act = rest[ro == Outcome.ACTIVATE]
+        self.activate_locked(act)
+        self.policy.folio_putback(rest[ro == Outcome.KEEP], active=False)
+        self.policy.folio_putback(act, active=True)
+        sc.activated(len(act))
+        return Outcome(int(out[0]))
+
+    def _remove_large(self, head: int, pfn: int) -> None:
+        """``__remove_mapping`` of a clean, unmapped large folio: its 512 frames are free and
+        its one workingset shadow stays in each of its swap cache slots."""
+        from sim.host.huge_memory import HPAGE_PMD_NR
+
+        mem = self.mem
+        assert self.thp is not None
+        pids = self.thp.folio_pages(head)
+        shadow = self.policy.workingset_eviction(np.array([pfn], dtype=np.int64))
+        mem.nr_swapped[mem.page_owner(head)] += HPAGE_PMD_NR
+        pfns = mem.pfn[pids].astype(np.int64)
+        mem.flags[pids] = _U8(PG_SWAP)
+        if len(mem.readahead):
+            mem.readahead[pids] = False
+        self.thp.block[head >> 9] = 0
+        mem.free_frames(pfns, np.repeat(shadow, HPAGE_PMD_NR))
 
     def _pageout(
         self,
@@ -615,6 +727,9 @@ class Vmscan:
         teardown skipped folios under I/O), or whose page was discarded meanwhile (madvise.py),
         is freed now."""
         mem = self.mem
+        if self.thp is not None and self.thp.is_large(pid):
+            self._large_end_writeback(pid, pfn)
+            return
         f = mem.flags.item(pid) & ~PG_WRITEBACK
         mem.nr_writeback -= 1
         node = self.ksm is not None and pid >= self.ksm.node_base
@@ -639,5 +754,33 @@ class Vmscan:
                 self.vmstat[VmStat.PGROTATED] += 1
         else:
             mem.flags[pid] = f
+        if self.on_writeback_end is not None:
+            self.on_writeback_end()
+
+    def _large_end_writeback(self, head: int, pfn: int) -> None:
+        """:meth:`folio_end_writeback` of a large folio: the flags of its 512 pages change
+        together; a folio whose mm exited meanwhile is freed with its slots."""
+        from sim.host.huge_memory import HPAGE_PMD_NR
+
+        mem = self.mem
+        assert self.thp is not None
+        pids = self.thp.folio_pages(head)
+        f = mem.flags[pids] & ~_U8(PG_WRITEBACK)
+        mem.nr_writeback -= HPAGE_PMD_NR
+        mm = self.mms[mem.page_owner(head)]
+        if mm.dead:
+            self.policy.folio_remove(np.array([pfn], dtype=np.int64))
+            self.swap.free_slots(HPAGE_PMD_NR, pids)
+            mem.free_frames(mem.pfn[pids].astype(np.int64))
+            mem.flags[pids] = 0
+            self.thp.block[head >> 9] = 0
+        elif f[0] & PG_RECLAIM:
+            f &= ~_U8(PG_RECLAIM)
+            mem.flags[pids] = f
+            if not (f & PG_DIRTY).any():
+                self.policy.folio_rotate_reclaimable(pfn)
+                self.vmstat[VmStat.PGROTATED] += 1
+        else:
+            mem.flags[pids] = f
         if self.on_writeback_end is not None:
             self.on_writeback_end()

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Protocol
 from sim.costs import CostsConfig
 from sim.host.fault import HostFault, HostFaultHandler
 from sim.host.kswapd import ProcessGen
-from sim.host.memory import PTE_PRESENT
+from sim.host.memory import PTE_PRESENT, PTRS_PER_PMD
 from sim.host.mm import Mm
 from sim.kvm.mmu import KvmMmu
 from sim.kvm.spte import is_access_tracked, is_write_protected
@@ -61,6 +61,7 @@ _KIND = {
     HostFault.MAJOR: FaultKind.MAJOR,
     HostFault.WAITED: FaultKind.MINOR,
     HostFault.COW: FaultKind.MINOR,
+    HostFault.THP: FaultKind.FIRST_TOUCH,
 }
 
 
@@ -71,6 +72,8 @@ _HOST_COST: dict[HostFault, Callable[[CostsConfig], int]] = {
     HostFault.MAJOR: lambda c: c.ept_fault_ns + c.swapin_kernel_ns,
     HostFault.WAITED: lambda c: c.ept_fault_ns,
     HostFault.COW: lambda c: c.first_touch_ns,  # allocate and fill a page (the copy)
+    # clear_huge_page: 511 more 4 KiB pages zeroed
+    HostFault.THP: lambda c: c.first_touch_ns + (PTRS_PER_PMD - 1) * c.clear_page_ns,
 }
 
 
@@ -150,6 +153,8 @@ def _map(mmu: KvmMmu, host: HostFaultHandler, pid: int, gfn: int, alias: int, wr
         mmu.map_spte_readonly(gfn, alias)
     else:
         mmu.map_spte(gfn, alias, write)
+        if host.thp is not None and mmu.k == 1 and host.thp.pmd_mapped(pid):
+            mmu.map_huge_spte(gfn)
         if write:
             host.page_written(pid)
     host.kvm_release_page(pid, dirty=mmu.dirty_on_map or write)

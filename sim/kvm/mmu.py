@@ -56,6 +56,7 @@ from sim.kvm import spte as sp
 from sim.kvm.spte import SPTE_NONPRESENT
 
 _PAGE = 1 << PAGE_SHIFT
+_HPAGE_NR = 512  # 4 KiB gfns under one 2 MiB spte
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,6 +370,15 @@ class KvmMmu:
             self._rmap_count[gfn] += 1
         self.spte[idx] = sp.mapped(write)
         self.pf_fixed += 1
+
+    def map_huge_spte(self, gfn: int) -> None:
+        """A 2 MiB spte over ``gfn``'s aligned block (``kvm_mmu_max_mapping_level`` found the
+        host PMD-mapping the range, with the memslot aligned): the block's other 511 sptes
+        become present and accessed with the one just mapped (TDP: one spte per gfn). The
+        block lies inside the memslot (guest RAM is whole 2 MiB blocks)."""
+        head = gfn & ~(_HPAGE_NR - 1)
+        blk = self.spte[head : head + _HPAGE_NR]
+        blk[~sp.is_present(blk)] = sp.mapped(False)
 
     def map_spte_readonly(self, gfn: int, alias: int) -> None:
         """Install a present, accessed, write-protected spte (a KSM page: a write faults)."""

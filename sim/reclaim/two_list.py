@@ -272,6 +272,8 @@ class TwoList:
         self.stats: LruvecStats | None = None
         # the compiled reclaim batch (sim/core.py), set by the world when it can take it
         self.core: ReclaimCore | None = None
+        # ``folio_nr_pages`` summed over folios, when some are large (host.thp); None: one each
+        self.folio_nr_pages: Callable[[Pfns], int] | None = None
 
     # -- helpers -----------------------------------------------------------------------------
     def _count(self, item: str, n: int = 1) -> None:
@@ -427,6 +429,14 @@ class TwoList:
         ap, fp = calculate_pressure_balance(swappiness, self.anon_cost, self.file_cost)
         denominator = ap + fp
         return nr_inactive * ap // denominator, nr_active * ap // denominator
+
+    def _nr_pages(self, pfns: Pfns) -> int:
+        """Pages in these folios (the scan and reclaim counters count pages)."""
+        return len(pfns) if self.folio_nr_pages is None else self.folio_nr_pages(pfns)
+
+    def folio_putback(self, pfns: Pfns, active: bool) -> None:
+        """``move_folios_to_lru`` of folios shrink_folio_list split off a large folio."""
+        self._putback(pfns, active)
 
     def _putback(self, pfns: Pfns, active: bool) -> None:
         """``move_folios_to_lru``: head of the chosen list; active putbacks age the clock."""
@@ -842,8 +852,9 @@ class TwoList:
         if len(pfns) == 0:
             return
         _set_lru(pfns, self.fl, 0)
-        sc.nr_taken += len(pfns)
-        sc.isolated(len(pfns))
+        nr_pages = self._nr_pages(pfns)
+        sc.nr_taken += nr_pages
+        sc.isolated(nr_pages)
         pageout0, reclaimed0 = sc.nr_pageout, sc.nr_reclaimed
         writeback = reclaim.writeback_check(pfns, sc)  # activated before any reference check
         check = pfns[~writeback] if np.count_nonzero(writeback) else pfns
@@ -864,9 +875,9 @@ class TwoList:
         act = np.concatenate((activate, failed, pfns[writeback]))
         reclaim.activate_locked(act)
         self._putback(act, active=True)
-        sc.activated(len(act))
+        sc.activated(self._nr_pages(act))
         reclaimed = sc.nr_reclaimed - reclaimed0
-        self._lru_note_cost(sc.nr_pageout - pageout0, len(pfns) - reclaimed)
+        self._lru_note_cost(sc.nr_pageout - pageout0, nr_pages - reclaimed)
 
     def shrink_active_list(self, n: int, sc: ScanControl, reclaim: Reclaimer) -> None:
         """Deactivate ``n`` folios from the active tail; anon ones always go (bits cleared)."""
@@ -876,11 +887,12 @@ class TwoList:
         pfns = self.active.isolate_tail(n)
         if len(pfns) == 0:
             return
-        sc.refilled(len(pfns))
+        nr_pages = self._nr_pages(pfns)
+        sc.refilled(nr_pages)
         reclaim.folio_referenced(pfns, sc)  # clears host and spte bits; result unused for anon
         _set_lru(pfns, self.fl, LRU_INACTIVE | PG_WORKINGSET)
         self.inactive.add_head(pfns)
-        sc.deactivated(len(pfns))
+        sc.deactivated(nr_pages)
 
 
 # -- compiled passes over an isolated batch (one call instead of a dozen numpy ones) ---------
