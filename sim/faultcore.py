@@ -247,6 +247,7 @@ def fault_core_for(
         or policy.stats is not None
         or host.memcg is not None
         or host.ksm is not None
+        or host.thp is not None  # a THP fault maps 512 pages (host/huge_memory.py)
         or host.env is None
         or not host._plain  # swapin_begin never takes a fault whole
         or host.page_cluster
