@@ -695,6 +695,7 @@ class Vcpu:
             self._apf_gfns.add(gfn)
             self.pending_ns += self.costs.ept_fault_ns
         r = None
+        begun: tuple[int, int, int] | None = None
         fc = self.fault_core
         if fc is not None and blocking:  # a plain major fault fused (sim/faultcore.py)
             mmu_seq = vm.mmu.mmu_invalidate_seq
@@ -713,18 +714,7 @@ class Vcpu:
                     shadow=shadow,
                     mmu_seq=mmu_seq,
                 )
-                if r is None:
-                    r = yield from kvm_page_fault(
-                        vm.mmu,
-                        vm.mm,
-                        host,
-                        self.costs,
-                        pid=pid,
-                        gfn=gfn,
-                        alias=alias,
-                        write=write,
-                        begun=(mmu_seq, pfn, shadow),
-                    )
+                begun = (mmu_seq, pfn, shadow)  # if the pass hands it back: KVM goes on
         if r is None:
             r = yield from kvm_page_fault(
                 vm.mmu,
@@ -735,7 +725,8 @@ class Vcpu:
                 gfn=gfn,
                 alias=alias,
                 write=write,
-                tried=host.retry_is_idle(pid),
+                tried=begun is None and host.retry_is_idle(pid),
+                begun=begun,
             )
         kind, cpu_ns, _ = r
         waited = env.now - t0
