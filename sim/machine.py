@@ -154,13 +154,19 @@ class Machine:
             np.int64
         )[: len(files)]
         cfgs = [cfg for _, cfg in sc.vm_list()]
-        # KSM's stable nodes: a pseudo-mm of pids after every VM's (sim/host/ksm.py)
-        key, nr_nodes = self._content(sc, vm_pages, cfgs)
+        # KSM's stable nodes: a pseudo-mm of pids after every VM's (sim/host/ksm.py); with
+        # memcgs one per mergeable VM, whose nodes are made of that VM's pages (its charge)
+        memcgs = any(cfg.memcg is not None for cfg in cfgs)
+        key, pools = self._content(sc, vm_pages, cfgs, memcgs)
+        nr_nodes = sum(n for _, n in pools)
+        pool_base = (nr_vm_pages + np.concatenate(([0], np.cumsum([n for _, n in pools])))).astype(
+            np.int64
+        )[: len(pools)]
         self.mem = mem = HostMemory(
             nr_frames,
             nr_vm_pages + nr_nodes + self.file_pages,
             wmark,
-            self.vm_base.tolist() + ([nr_vm_pages] if nr_nodes else []) + self.file_base.tolist(),
+            self.vm_base.tolist() + pool_base.tolist() + self.file_base.tolist(),
             stamps=outdir is not None and sc.output.evictions,  # the eviction log reads them
             readahead=sc.swap.page_cluster > 0,
             file_base=nr_vm_pages + nr_nodes,
@@ -168,12 +174,13 @@ class Machine:
         )
         self.memcg_limits: MemcgLimits | None = None  # per-memcg lruvecs only when set
         nr_memcgs = len(vm_pages)  # vmstat's breakdowns: the VMs', and the root memcg's
-        if any(cfg.memcg is not None for cfg in cfgs):
+        if memcgs:
             names = [name for name, _ in vm_pages]
             self.memcg_limits = MemcgLimits.from_configs(
                 [cfg.memcg for cfg in cfgs],
                 sc.host.pages(1024) / 1024,
-                [None if hf.memcg is None else names.index(hf.memcg) for hf in sc.file_sections()]
+                [vm for vm, _ in pools]
+                + [None if hf.memcg is None else names.index(hf.memcg) for hf in sc.file_sections()]
                 + [None if cfgs[i].memcg is None else i for i, _ in images],
             )
             nr_memcgs = self.memcg_limits.nr_memcgs
@@ -248,6 +255,8 @@ class Machine:
                 nr_vm_pages,
                 nr_nodes,
                 tlb_flush_ns=sc.costs.tlb_flush_exit_ns,
+                pool_mm=[vm for vm, _ in pools] if memcgs else (),
+                memcg_of=self.memcg_limits.owner_memcg if self.memcg_limits else (),
             )
             self.ksm.policy, self.ksm.swap = policy, self.swap
         self.rmap = Rmap(mem, mms, vmstat, anon_vma=sc.host.rmap == "anon_vma")
@@ -294,19 +303,25 @@ class Machine:
 
     @staticmethod
     def _content(
-        sc: Scenario, vm_pages: Sequence[tuple[str, int]], cfgs: Sequence[VmConfig]
-    ) -> tuple[NDArray[np.int64], int]:
+        sc: Scenario,
+        vm_pages: Sequence[tuple[str, int]],
+        cfgs: Sequence[VmConfig],
+        memcgs: bool = False,
+    ) -> tuple[NDArray[np.int64], list[tuple[int, int]]]:
         """With KSM on, every guest page's content key (host/ksm.py ``draw_content``; UNIQUE
-        for VMs without content) and the stable nodes to provide for: a node is made of two
-        pages that can merge, and a page that left one never merges again (it was written, or
-        its mm exited), so half the mergeable pages not unique. Without KSM: nothing."""
+        for VMs without content) and the stable nodes to provide for, as pools of (VM, nodes):
+        a node is made of two pages that can merge, and a page that left one never merges
+        again (it was written, or its mm exited), so half the mergeable pages not unique, in
+        one pool (VM 0's, charged to nobody). With ``memcgs`` a pool per mergeable VM: its
+        nodes are made of its own pages, so it needs at most its pages not unique (and no
+        more than half of all). Without KSM: nothing."""
         if sc.host.ksm is None:
-            return np.zeros(0, dtype=np.int64), 0
+            return np.zeros(0, dtype=np.int64), []
         images: dict[str, int] = {}  # image -> its first key's offset
         offset = 0
         keys = []
-        mergeable = 0
-        for (name, n), cfg in zip(vm_pages, cfgs, strict=True):
+        mergeable = [0] * len(vm_pages)
+        for i, ((name, n), cfg) in enumerate(zip(vm_pages, cfgs, strict=True)):
             c = cfg.content
             if c is None:
                 keys.append(np.full(n, UNIQUE, dtype=np.int64))
@@ -318,8 +333,10 @@ class Machine:
             key = draw_content(c, n, images[c.image], blocks, rng_for(sc.seed, f"{name}.content"))
             keys.append(key)
             if c.mergeable:
-                mergeable += int(np.count_nonzero(key != UNIQUE))
-        return np.concatenate(keys), max(1, mergeable // 2)
+                mergeable[i] = int(np.count_nonzero(key != UNIQUE))
+        half = max(1, sum(mergeable) // 2)
+        pools = [(i, min(m, half)) for i, m in enumerate(mergeable) if m] if memcgs else []
+        return np.concatenate(keys), pools or [(0, half)]
 
     def _zpool(
         self,
@@ -686,7 +703,7 @@ class Machine:
                 ],
             }
         if self.ksm is not None:  # /sys/kernel/mm/ksm and cow_ksm (counted in host/ksm.py)
-            host["ksm"] = self.ksm.stats.summary(int(mem.nr_resident[self.ksm.owner]))
+            host["ksm"] = self.ksm.stats.summary(self.ksm.frames(), self.memcg is not None)
         if any(hf.write_ratio > 0 for hf in sc.file_sections()):
             # each writer's balance_dirty_pages sleeps: its own time, no vmstat counter
             host["dirty_throttle"] = [

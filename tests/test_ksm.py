@@ -22,9 +22,10 @@ from tests.conftest import TINY, run_checked, tiny
 PAGES = 256  # pages of each 1 MiB VM
 
 
-def _world(count: int = 2, **ksm: Any) -> World:
-    """``count`` idle 1 MiB VMs with KSM on, on a roomy host (no reclaim)."""
-    raw = {
+def _world(count: int = 2, memcg: dict[str, Any] | None = None, **ksm: Any) -> World:
+    """``count`` idle 1 MiB VMs with KSM on, on a roomy host (no reclaim); with ``memcg`` each
+    VM in a memcg of those settings."""
+    raw: dict[str, Any] = {
         "name": "ksm",
         "seed": 3,
         "duration_s": 0.01,
@@ -38,6 +39,8 @@ def _world(count: int = 2, **ksm: Any) -> World:
             }
         ],
     }
+    if memcg is not None:
+        raw["vms"][0]["memcg"] = memcg
     return World(parse_scenario(raw))
 
 
@@ -175,9 +178,9 @@ def test_aging_a_ksm_folio_walks_every_sharer() -> None:
     w.check()
 
 
-def _evicted(n: int) -> tuple[World, int, ScanControl]:
+def _evicted(n: int, memcg: dict[str, Any] | None = None) -> tuple[World, int, ScanControl]:
     """``n`` VMs sharing one KSM page, which reclaim then takes: (world, node pid, pass)."""
-    w = _world(count=n)
+    w = _world(count=n, memcg=memcg)
     _keys(w, {0: 1})
     _fault_all(w)
     _scan(w, 2)
@@ -298,8 +301,13 @@ def _raw(**host: Any) -> dict[str, Any]:
     [
         (lambda r: r["vms"][0]["content"].update(image_share=0.6), "exceed 1"),
         (lambda r: r["host"].pop("ksm"), "content: needs host.ksm"),
-        (lambda r: r["vms"][0].update(memcg={}), "host.ksm: KSM is modelled so far only with"),
+        (lambda r: r["vms"][0].update(prefault=True), "host.ksm: KSM is modelled so far only with"),
         (lambda r: r.update(reclaim={"policy": "mglru"}), "reclaim.policy: two_list"),
+        (lambda r: r.update(reclaim={"policy": "clock"}), "reclaim.policy clock replays"),
+        (
+            lambda r: r.update(reclaim={"policy": "opt", "trigger": "demand"}),
+            "reclaim.trigger demand replays accesses",
+        ),
         (lambda r: r["host"]["ksm"].update(max_page_sharing=1), "max_page_sharing"),
         (
             lambda r: r["vms"].append({"name": "b", "memory_mib": 4, "content": {"image_mib": 8}}),
@@ -324,7 +332,7 @@ def test_off_by_default_leaves_dumps_and_hashes_alone() -> None:
     assert on.config_hash() != sc.config_hash()
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     seed=st.integers(0, 1000),
     zero=st.floats(0.0, 0.5),
@@ -333,6 +341,7 @@ def test_off_by_default_leaves_dumps_and_hashes_alone() -> None:
     sharing=st.integers(2, 8),
     write_ratio=st.sampled_from([0.0, 0.3]),
     ept_ad=st.booleans(),
+    memcg=st.sampled_from([None, {}, {"max_mib": 3}, {"max_mib": 3, "swap_max_mib": 1}]),
 )
 def test_random_ksm_worlds_keep_every_invariant(
     seed: int,
@@ -342,8 +351,13 @@ def test_random_ksm_worlds_keep_every_invariant(
     sharing: int,
     write_ratio: float,
     ept_ad: bool,
+    memcg: dict[str, int] | None,
 ) -> None:
+    """Random KSM worlds, with or without a memcg per VM (limit reclaim and memory.swap.max
+    taking KSM folios charged to one VM and mapped by the other), keep World.check."""
+    extra = {} if memcg is None else {"vms__0__memcg": memcg}
     sc = tiny(
+        **extra,
         seed=seed,
         duration_s=0.02,
         host__ksm={
@@ -374,3 +388,91 @@ def test_same_config_and_seed_give_the_same_run() -> None:
         return w.ksm.stats.summary(), dict(w.vmstat.items())
 
     assert run() == run()
+
+
+# -- memcgs ----------------------------------------------------------------------------------
+def _usage(w: World) -> list[int]:
+    """Each VM memcg's memory.current, in pages."""
+    assert w.memcg is not None
+    return [w.memcg.usage(vm.index) for vm in w.vms]
+
+
+def test_a_ksm_folio_stays_charged_to_the_memcg_of_the_page_it_was_made_of() -> None:
+    w = _world(memcg={})
+    _keys(w, {0: 1, 1: 2})
+    _fault_all(w)
+    assert _usage(w) == [PAGES, PAGES]
+    _scan(w, 2)  # vm1's gfns 0-1 find vm0's in the unstable tree: the nodes are vm1's frames
+    assert (w.ksm.stats.pages_shared, w.ksm.stats.pages_sharing) == (2, 2)
+    assert _usage(w) == [PAGES - 2, PAGES]  # vm0's two frames freed (uncharged); vm1 keeps its
+    assert [w.ksm.charged(0), w.ksm.charged(1)] == [0, 2]
+    st0, st1 = w.memcg.stat(0), w.memcg.stat(1)
+    assert (st0["ksm_pages"], st0["ksm_merging_pages"]) == (0, 2)
+    assert (st1["ksm_pages"], st1["ksm_merging_pages"]) == (2, 2)
+    w.check()
+    vm1, vm0 = w.vms[1], w.vms[0]
+    p1, p0 = vm1.mm.pid_base, vm0.mm.pid_base
+    kvm_fault_nowait(vm1.mmu, w.host_fault, w.costs, pid=p1, gfn=0, alias=0, write=True)
+    assert w.ksm.stats.cow_ksm == 1
+    assert _usage(w) == [PAGES - 2, PAGES + 1]  # the copy is vm1's; the folio still charged
+    w.check()
+    kvm_fault_nowait(vm0.mmu, w.host_fault, w.costs, pid=p0, gfn=0, alias=0, write=True)
+    assert _usage(w) == [PAGES - 1, PAGES]  # vm0's copy charged; the freed folio uncharged
+    assert [w.ksm.charged(0), w.ksm.charged(1)] == [0, 1]
+    assert [int(w.ksm.merging[0]), int(w.ksm.merging[1])] == [1, 1]
+    w.check()
+
+
+def test_reclaiming_a_ksm_folio_walks_the_other_memcg_and_charges_its_own_swap() -> None:
+    w, npid, sc = _evicted(3, memcg={})
+    assert w.memcg is not None
+    owner = w.ksm.node_mm[npid - w.ksm.node_base]
+    # vm1's page found vm0's in the unstable tree (the node is vm1's frame); vm2's joined it
+    assert owner == 1
+    assert w.memcg.memcgs_of(np.array([npid])).tolist() == [1]
+    assert sc.nr_rmap_walked == 3
+    assert w.ksm.stats.rmap_walked_other_memcg == 2  # vm0's and vm2's sharers
+    assert w.memcg.swap_usage.tolist() == [0, 1, 0]  # its one slot, charged as its folio is
+    pfn = int(w.mem.pfn[npid])
+    w.policy.folio_add_lru(pfn, None)
+    assert w.policy._lruvec(pfn) is w.policy.lruvecs[1]  # on its memcg's lruvec
+    w.check()
+
+
+def test_a_swapped_ksm_folio_is_charged_to_each_faulting_memcg() -> None:
+    w, npid, _ = _evicted(3, memcg={})
+    assert w.memcg is not None
+    w.policy.folio_add_lru(int(w.mem.pfn[npid]), None)
+    w.env.run(until=w.env.now + 50_000_000)  # the write ends
+    kpfn = np.array([w.mem.pfn[npid]], dtype=np.int64)
+    w.policy.folio_remove(kpfn)
+    before = _usage(w)
+    sc = ScanControl(nr_to_reclaim=32, vmstat=w.vmstat, target_memcg=1)
+    assert w.vmscan.shrink_folio_list(kpfn, sc).tolist() == [Outcome.FREED]
+    assert _usage(w) == [before[0], before[1] - 1, before[2]]  # the folio's memcg uncharged
+    w.check()
+    for k, vm in enumerate(w.vms):
+        proc = w.env.process(w.host_fault.handle_mm_fault(vm.mm.pid_base, False))
+        w.env.run(until=proc)
+        after = [u + (1 if i <= k else 0) for i, u in enumerate(before)]
+        after[1] -= 1
+        assert _usage(w) == after  # each sharer's page charged to its own memcg
+        w.check()
+    assert w.memcg.swap_usage.tolist() == [0, 0, 0]  # the slot left with the last sharer
+
+
+def test_limit_reclaim_of_one_memcg_takes_its_ksm_folio_from_every_sharer() -> None:
+    w = _world(count=3, memcg={})
+    assert w.memcg is not None
+    _keys(w, {0: 1})
+    _fault_all(w)
+    _scan(w, 2)
+    npid = w.ksm.node_of(w.vms[0].mm.pid_base)
+    assert w.ksm.node_mm[npid - w.ksm.node_base] == 1
+    proc = w.env.process(w.memcg.try_to_free_mem_cgroup_pages(1, 2 * PAGES))
+    w.env.run(until=proc)
+    assert not (w.mem.flags[[vm.mm.pid_base for vm in w.vms]] & PTE_PRESENT).any()
+    assert w.mem.flags[npid] & PG_SWAP
+    assert w.ksm.stats.rmap_walked_other_memcg >= 2  # vm0's and vm2's mappings unmapped
+    assert w.memcg.swap_usage[[0, 2]].tolist() == [0, 0]  # nothing of theirs swapped
+    w.check()

@@ -219,8 +219,7 @@ class Rmap:
         self.multi_referenced.clear()
         for i in np.flatnonzero(nodes).tolist():
             pfn = int(pfns[i])
-            sharers = np.array(ksm.mappings(mem.frame_pid.item(pfn)), dtype=np.int64)
-            sharers = sharers[(mem.flags[sharers] & PTE_PRESENT) != 0]
+            sharers = ksm.mapped_sharers(mem.frame_pid.item(pfn))
             if len(sharers) == 0:
                 continue
             self.walked(work, len(sharers))
