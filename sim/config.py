@@ -750,14 +750,13 @@ class Scenario(_MemcgOptional):
                 "many); use reclaim.policy two_list with reclaim.trigger watermark, or remove "
                 "host.ksm"
             )
+        walk = getattr(self.reclaim, "notifier_walk", True)
         needs = [
-            (self.reclaim.policy != "two_list", "reclaim.policy: two_list"),
+            (not walk, "reclaim.notifier_walk: true (the 6.12+ walk)"),
             (self.kvm.mmu == "shadow", "kvm.mmu: tdp or legacy_tdp"),
             (self.host.page_size_kib != 4, "host.page_size_kib: 4"),
             (self.host_files is not None, "no host_files"),
             (self.mom is not None, "no mom"),
-            (self.swap.device != "disk", "swap.device: disk"),
-            (self.swap.zswap.enabled, "swap.zswap off"),
             (self.swap.rotational, "swap.rotational: false"),
         ]
         for i, vm in enumerate(self.vms):

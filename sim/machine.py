@@ -202,9 +202,11 @@ class Machine:
         if sc.swap.rotational:  # cluster readahead reads by slot: slots need owners
             self.swap.track_slots(nr_vm_pages)
         if sc.swap.device == "zram":
-            self.swap.zpool = self._zpool(sc, vm_pages, page_bytes)
+            self.swap.zpool = self._zpool(sc, vm_pages, page_bytes, nr_nodes=nr_nodes)
         elif sc.swap.zswap.enabled:
-            pool = self.swap.zpool = self._zpool(sc, vm_pages, page_bytes, track_lru=True)
+            pool = self.swap.zpool = self._zpool(
+                sc, vm_pages, page_bytes, track_lru=True, nr_nodes=nr_nodes
+            )
             self.swap.zswap = Zswap(sc.swap.zswap, pool, nr_frames, vmstat)
         self.mms = mms = [
             Mm(i, name, int(self.vm_base[i]), int(sizes[i])) for i, (name, _) in enumerate(vm_pages)
@@ -345,8 +347,10 @@ class Machine:
         page_bytes: int,
         *,
         track_lru: bool = False,
+        nr_nodes: int = 0,
     ) -> Zpool:
-        """The compressed pool, with every page's compressed size drawn from its VM's ratio."""
+        """The compressed pool, with every page's compressed size drawn from its VM's ratio;
+        KSM's ``nr_nodes`` stable nodes take the size of the page each is made of (host/ksm.py)."""
         cfgs = dict(sc.vm_list())
         sizes = [
             compressed_sizes(
@@ -358,6 +362,8 @@ class Machine:
             )
             for name, n in vm_pages
         ]
+        if nr_nodes:
+            sizes.append(np.zeros(nr_nodes, dtype=sizes[0].dtype))
         return Zpool(self.mem, np.concatenate(sizes), page_bytes, track_lru=track_lru)
 
     # -- observation -------------------------------------------------------------------------

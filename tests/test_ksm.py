@@ -17,14 +17,21 @@ from sim.host.memory import NO_PFN, PG_RESIDENT, PG_SWAP, PTE_PRESENT, PTE_YOUNG
 from sim.host.vmscan import Outcome, ScanControl
 from sim.kvm.fault import FaultKind, kvm_fault_nowait
 from sim.kvm.spte import SPTE_WRITE_PROTECTED, is_write_protected
-from tests.conftest import TINY, run_checked, tiny
+from sim.reclaim.mglru import LRU_REFS_MASK, PG_REFERENCED, PG_WORKINGSET
+from tests.conftest import TINY, drive, run_checked, tiny
 
 PAGES = 256  # pages of each 1 MiB VM
 
 
-def _world(count: int = 2, memcg: dict[str, Any] | None = None, **ksm: Any) -> World:
+def _world(
+    count: int = 2,
+    memcg: dict[str, Any] | None = None,
+    policy: str = "two_list",
+    swap: dict[str, Any] | None = None,
+    **ksm: Any,
+) -> World:
     """``count`` idle 1 MiB VMs with KSM on, on a roomy host (no reclaim); with ``memcg`` each
-    VM in a memcg of those settings."""
+    VM in a memcg of those settings; ``swap``: the swap section."""
     raw: dict[str, Any] = {
         "name": "ksm",
         "seed": 3,
@@ -41,6 +48,9 @@ def _world(count: int = 2, memcg: dict[str, Any] | None = None, **ksm: Any) -> W
     }
     if memcg is not None:
         raw["vms"][0]["memcg"] = memcg
+    raw["reclaim"] = {"policy": policy}
+    if swap is not None:
+        raw["swap"] = swap
     return World(parse_scenario(raw))
 
 
@@ -302,7 +312,10 @@ def _raw(**host: Any) -> dict[str, Any]:
         (lambda r: r["vms"][0]["content"].update(image_share=0.6), "exceed 1"),
         (lambda r: r["host"].pop("ksm"), "content: needs host.ksm"),
         (lambda r: r["vms"][0].update(prefault=True), "host.ksm: KSM is modelled so far only with"),
-        (lambda r: r.update(reclaim={"policy": "mglru"}), "reclaim.policy: two_list"),
+        (
+            lambda r: r.update(reclaim={"policy": "mglru", "notifier_walk": False}),
+            "reclaim.notifier_walk: true",
+        ),
         (lambda r: r.update(reclaim={"policy": "clock"}), "reclaim.policy clock replays"),
         (
             lambda r: r.update(reclaim={"policy": "opt", "trigger": "demand"}),
@@ -332,7 +345,7 @@ def test_off_by_default_leaves_dumps_and_hashes_alone() -> None:
     assert on.config_hash() != sc.config_hash()
 
 
-@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=16, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     seed=st.integers(0, 1000),
     zero=st.floats(0.0, 0.5),
@@ -342,6 +355,8 @@ def test_off_by_default_leaves_dumps_and_hashes_alone() -> None:
     write_ratio=st.sampled_from([0.0, 0.3]),
     ept_ad=st.booleans(),
     memcg=st.sampled_from([None, {}, {"max_mib": 3}, {"max_mib": 3, "swap_max_mib": 1}]),
+    policy=st.sampled_from(["two_list", "mglru"]),
+    swap=st.sampled_from([{}, {"zswap": {"enabled": True}}, {"device": "zram"}]),
 )
 def test_random_ksm_worlds_keep_every_invariant(
     seed: int,
@@ -352,12 +367,17 @@ def test_random_ksm_worlds_keep_every_invariant(
     write_ratio: float,
     ept_ad: bool,
     memcg: dict[str, int] | None,
+    policy: str,
+    swap: dict[str, Any],
 ) -> None:
-    """Random KSM worlds, with or without a memcg per VM (limit reclaim and memory.swap.max
-    taking KSM folios charged to one VM and mapped by the other), keep World.check."""
+    """Random KSM worlds, two-list or MGLRU, with or without a memcg per VM (limit reclaim
+    and memory.swap.max taking KSM folios charged to one VM and mapped by the other), on a
+    disk, behind zswap or on zram, keep World.check."""
     extra = {} if memcg is None else {"vms__0__memcg": memcg}
+    extra.update({f"swap__{k}": v for k, v in swap.items()})
     sc = tiny(
         **extra,
+        reclaim={"policy": policy},
         seed=seed,
         duration_s=0.02,
         host__ksm={
@@ -476,3 +496,133 @@ def test_limit_reclaim_of_one_memcg_takes_its_ksm_folio_from_every_sharer() -> N
     assert w.ksm.stats.rmap_walked_other_memcg >= 2  # vm0's and vm2's mappings unmapped
     assert w.memcg.swap_usage[[0, 2]].tolist() == [0, 0]  # nothing of theirs swapped
     w.check()
+
+
+# -- MGLRU -----------------------------------------------------------------------------------
+def _mglru_shared(memcg: dict[str, Any] | None = None) -> tuple[World, int, list[int]]:
+    """Three MGLRU VMs sharing gfn 0's KSM folio, every pte old and no folio with refs:
+    (world, the folio's pfn, the sharers' pids)."""
+    w = _world(count=3, memcg=memcg, policy="mglru")
+    _keys(w, {0: 1})
+    _fault_all(w)
+    _scan(w, 2)
+    pol = w.policy
+    lruvecs = pol.lruvecs if memcg is not None else [pol]
+    for lv in lruvecs:
+        lv._lru_add_drain()
+    ptes = w.vmscan.walk_mm()
+    pfns = w.vmscan.pte_pfns(ptes)
+    w.vmscan.clear_young_ptes(ptes, pfns, ScanControl(nr_to_reclaim=32, vmstat=w.vmstat))
+    for lv in lruvecs:
+        lv.fl[:] &= np.uint8(~(PG_REFERENCED | PG_WORKINGSET | LRU_REFS_MASK) & 0xFF)
+    sharers = [vm.mm.pid_base for vm in w.vms]
+    return w, int(w.mem.pfn[sharers[0]]), sharers
+
+
+def _age_mglru(w: World, lv: Any, reclaim: Any) -> int:
+    """One aging walk of lruvec ``lv`` to completion; returns the walk's max_seq."""
+    seq = lv.max_seq
+    sc = ScanControl(nr_to_reclaim=32, priority=1, vmstat=w.vmstat)
+    assert drive(lv._try_to_inc_max_seq(seq, sc, reclaim, lv.cfg.swappiness)) is True
+    return seq
+
+
+def test_mglru_walk_meets_a_ksm_folio_once_per_sharer_pte() -> None:
+    w, kpfn, sharers = _mglru_shared()
+    ptes = w.vmscan.walk_mm()
+    npid = int(w.mem.frame_pid[kpfn])
+    assert npid not in ptes.tolist()  # the stable node is no pte
+    assert int(np.count_nonzero(w.vmscan.pte_pfns(ptes) == kpfn)) == 3
+    w.mem.flags[[sharers[0], sharers[2]]] |= np.uint8(PTE_YOUNG)
+    sc = ScanControl(nr_to_reclaim=32, vmstat=w.vmstat)
+    three = np.array(sharers, dtype=np.int64)
+    young = w.vmscan.clear_young_ptes(three, w.vmscan.pte_pfns(three), sc)
+    assert young.tolist() == [True, False, True]  # each pte alone, not the folio's rmap
+    assert (sc.nr_rmap_walked, sc.nr_notifier_calls) == (3, 3)
+    pol = w.policy
+    w.mem.flags[[sharers[0]]] |= np.uint8(PTE_YOUNG)  # one young pte: a first sighting
+    walk_young = w.vmstat["mglru_walk_young"]
+    seq = _age_mglru(w, pol, w.vmscan)
+    assert w.vmstat["mglru_walk_young"] - walk_young == 1
+    assert pol.fl[kpfn] & PG_REFERENCED
+    assert pol.seq[kpfn] < seq
+    pol.fl[kpfn] &= np.uint8(~PG_REFERENCED & 0xFF)
+    w.mem.flags[[sharers[0], sharers[2]]] |= np.uint8(PTE_YOUNG)  # two: a second sighting
+    seq = _age_mglru(w, pol, w.vmscan)
+    assert w.vmstat["mglru_walk_young"] - walk_young == 3
+    assert pol.seq[kpfn] == seq  # promoted to the walk's max_seq
+    assert pol.fl[kpfn] & PG_WORKINGSET
+    w.check()
+
+
+def test_mglru_memcg_walk_meets_a_ksm_folio_only_through_its_own_memcgs_pte() -> None:
+    w, kpfn, sharers = _mglru_shared(memcg={})
+    assert w.ksm.node_mm[int(w.mem.frame_pid[kpfn]) - w.ksm.node_base] == 1
+    pol = w.policy
+    met = []
+    for m in range(3):  # get_pfn_folio skips a folio of another memcg
+        view = pol._reclaimer(m, w.vmscan)
+        ptes = view.walk_mm()
+        met.append([int(p) for p in ptes[w.vmscan.pte_pfns(ptes) == kpfn]])
+    assert met == [[], [sharers[1]], []]
+    w.mem.flags[[sharers[0]]] |= np.uint8(PTE_YOUNG)  # vm0's pte: no memcg's walk sees it
+    _age_mglru(w, pol.lruvecs[1], pol._reclaimer(1, w.vmscan))
+    assert not pol.lruvecs[1].fl[kpfn] & (PG_REFERENCED | PG_WORKINGSET)
+    assert w.mem.flags[sharers[0]] & PTE_YOUNG
+    w.check()
+
+
+@pytest.mark.parametrize(("memcg", "around"), [(None, 63), ({}, 0)])
+def test_mglru_look_around_a_ksm_folio_runs_around_its_young_ptes(
+    memcg: dict[str, Any] | None, around: int
+) -> None:
+    """vm0's young pte of the folio: its 63 neighbours in vm0's PMD window are looked at,
+    unless memcgs put them (vm0's own folios) in another memcg than the folio (vm1's)."""
+    w, kpfn, sharers = _mglru_shared(memcg=memcg)
+    w.mem.flags[[sharers[0]]] |= np.uint8(PTE_YOUNG)
+    sc = ScanControl(nr_to_reclaim=32, vmstat=w.vmstat)
+    assert w.vmscan.clear_young(np.array([kpfn], dtype=np.int64), sc).tolist() == [True]
+    assert sc.nr_rmap_walked == 3  # the centre folio: rmap_walk_ksm over every sharer
+    near = w.vmscan.lookaround(kpfn)
+    assert len(near) == around
+    if around:
+        assert near.tolist() == list(range(sharers[0] + 1, sharers[0] + 64))
+    w.check()
+
+
+# -- zswap and zram --------------------------------------------------------------------------
+@pytest.mark.parametrize("swap", [{"zswap": {"enabled": True}}, {"device": "zram"}])
+def test_a_ksm_folio_is_compressed_once_for_all_its_sharers(swap: dict[str, Any]) -> None:
+    w = _world(count=3, swap=swap)
+    _keys(w, {0: 1})
+    _fault_all(w)
+    _scan(w, 2)
+    kpfn = np.array([w.mem.pfn[w.vms[0].mm.pid_base]], dtype=np.int64)
+    npid = int(w.mem.frame_pid[kpfn[0]])
+    pool = w.swap.zpool
+    assert pool is not None
+    first = w.vms[1].mm.pid_base  # the page the folio was made of
+    assert pool.obj_bytes[npid] == pool.obj_bytes[first]  # its content, its compressed size
+    before = dict(w.vmstat.items())
+    w.policy.folio_remove(kpfn)
+    sc = ScanControl(nr_to_reclaim=32, vmstat=w.vmstat)
+    assert w.vmscan.shrink_folio_list(kpfn, sc).tolist() == [Outcome.FREED]  # done at once
+    assert pool.nr_stored == 1  # one object for three sharers
+    assert pool.total_bytes == int(pool.obj_bytes[first])
+    assert sc.nr_compressed == 1
+    zswap = "zswap" in swap
+    out = "zswpout" if zswap else "pswpout"
+    assert w.vmstat[out] - before.get(out, 0) == 1
+    w.check()
+    kinds = []
+    for vm in w.vms:
+        proc = w.env.process(w.host_fault.handle_mm_fault(vm.mm.pid_base, False))
+        w.env.run(until=proc)
+        kinds.append(str(proc.value))
+        w.check()
+    assert kinds == ["major", "swapcache", "swapcache"]  # one read, two ksm_swpin_copy
+    assert w.ksm.stats.ksm_swpin_copy == 2
+    read = "zswpin" if zswap else "pswpin"
+    assert w.vmstat[read] - before.get(read, 0) == 1
+    assert w.vmstat["pswpin"] - before.get("pswpin", 0) == (0 if zswap else 1)  # no disk
+    assert pool.nr_stored == 0  # freed with the slot, with the last sharer

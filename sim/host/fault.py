@@ -263,6 +263,8 @@ class HostFaultHandler:
             return HostFault.MAJOR
         node = npid - ksm.node_base
         src = ksm.swapin_src.item(node)
+        zpool = self.swap.zpool
+        zswapped = self.swap.zswap is not None and zpool is not None and zpool.stored.item(npid)
         ksm.leave(pid)
         if src >= 0 and mem.flags.item(src) & PTE_PRESENT and mem.ksm_node.item(src) == -1:
             ksm.stats.ksm_swpin_copy += 1  # copied from the first sharer's swap-cache folio
@@ -273,7 +275,14 @@ class HostFaultHandler:
                 ksm.swapin_src[node] = pid
             mem.flags[pid] = mem.flags.item(pid) | PG_LOCKED
             now = self.env.now
-            t_done = self.swap.submit(now, write=False, per_mm=mm.index)[0]
+            if zswapped:  # zswap_load: decompressed, no I/O (the entry stays the node's)
+                self.vmstat.count(VmStat.ZSWPIN, 1, mm.index)
+                t_done = now + self.swap.decompress_ns
+            elif self.swap.zram:  # decompressed by the faulting task
+                self.swap.submit(now, write=False, per_mm=mm.index)
+                t_done = now + self.swap.decompress_ns
+            else:
+                t_done = self.swap.submit(now, write=False, per_mm=mm.index)[0]
             yield self.env.timeout(t_done - now)
             mem.flags[pid] = mem.flags.item(pid) & ~PG_LOCKED
             if mm.dead:

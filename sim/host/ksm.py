@@ -54,6 +54,15 @@ Memory cgroups
     ``mem_cgroup_charge`` with the faulting mm), and so is a ``ksm_swpin_copy``
     (``ksm_might_need_to_copy``).
 
+zswap and zram
+    A KSM folio is compressed once for all its sharers: one object of the size of the page it
+    was made of (its content), in zswap's pool in front of the disk or in zram, under its one
+    slot. The first sharer to fault after the folio was freed decompresses it (``zswpin``, no
+    disk read; zram: the faulting task decompresses); the object stays the node's until its
+    slot goes with the last sharer (the kernel's first reader holds the data in its swap-cache
+    folio, dirty, and compresses it again if that is reclaimed), so a later re-read is a load
+    again, unless zswap's shrinker wrote it back to the disk meanwhile.
+
 Content
     Each guest page of a VM with a ``content`` section gets a content key at build, drawn from
     the run's seed (``<vm>.content``): ZERO, a block of a shared image (uniform over the image's
@@ -108,8 +117,9 @@ Simplifications
     ``mem_cgroup_swapin_charge_folio`` charges the memcg recorded for the slot, the KSM folio's,
     while it is online: one page per swapped KSM folio charged elsewhere until it is freed).
     KSM runs only where its paths are modelled (config.py says which settings it needs:
-    two_list watermark reclaim, a disk without zswap, no guest kernels, balloons, guest TLBs,
-    host files, prefault).
+    two_list or MGLRU (its 6.12+ walk) watermark reclaim, swap not rotational, no guest
+    kernels, balloons, guest TLBs, host files, mom, shadow paging,
+    prefault); MGLRU's walk over a KSM folio's ptes is sim/reclaim/mglru.py's.
 
 Invariants
     A node's sharers all map its frame and its sharer count is their number; a sharer owns no
@@ -515,6 +525,9 @@ class Ksm:
         pfn = mem.pfn.item(pid)
         f = mem.flags.item(pid)
         mem.transfer_frame(pfn, npid, mem.page_owner(npid))  # the charge stays the VM's
+        zpool = self.swap.zpool
+        if zpool is not None:  # zram, zswap: the folio compresses as the page's content
+            zpool.obj_bytes[npid] = zpool.obj_bytes.item(pid)
         self.node_mm[node] = owner
         self.merging[owner] += 1
         self.pruned[node] = False
