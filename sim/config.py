@@ -753,9 +753,7 @@ class Scenario(_MemcgOptional):
         walk = getattr(self.reclaim, "notifier_walk", True)
         needs = [
             (not walk, "reclaim.notifier_walk: true (the 6.12+ walk)"),
-            (self.kvm.mmu == "shadow", "kvm.mmu: tdp or legacy_tdp"),
             (self.host.page_size_kib != 4, "host.page_size_kib: 4"),
-            (self.host_files is not None, "no host_files"),
             (self.mom is not None, "no mom"),
             (self.swap.rotational, "swap.rotational: false"),
         ]

@@ -159,6 +159,7 @@ class Machine:
         memcgs = any(cfg.memcg is not None for cfg in cfgs)
         key, pools = self._content(sc, vm_pages, cfgs, memcgs)
         nr_nodes = sum(n for _, n in pools)
+        self.file_base += nr_nodes  # the page cache's pids come after the nodes'
         pool_base = (nr_vm_pages + np.concatenate(([0], np.cumsum([n for _, n in pools])))).astype(
             np.int64
         )[: len(pools)]

@@ -28,10 +28,11 @@ def _world(
     memcg: dict[str, Any] | None = None,
     policy: str = "two_list",
     swap: dict[str, Any] | None = None,
+    kvm: dict[str, Any] | None = None,
     **ksm: Any,
 ) -> World:
     """``count`` idle 1 MiB VMs with KSM on, on a roomy host (no reclaim); with ``memcg`` each
-    VM in a memcg of those settings; ``swap``: the swap section."""
+    VM in a memcg of those settings; ``swap`` and ``kvm``: those sections."""
     raw: dict[str, Any] = {
         "name": "ksm",
         "seed": 3,
@@ -51,6 +52,8 @@ def _world(
     raw["reclaim"] = {"policy": policy}
     if swap is not None:
         raw["swap"] = swap
+    if kvm is not None:
+        raw["kvm"] = kvm
     return World(parse_scenario(raw))
 
 
@@ -345,7 +348,7 @@ def test_off_by_default_leaves_dumps_and_hashes_alone() -> None:
     assert on.config_hash() != sc.config_hash()
 
 
-@settings(max_examples=16, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     seed=st.integers(0, 1000),
     zero=st.floats(0.0, 0.5),
@@ -357,6 +360,8 @@ def test_off_by_default_leaves_dumps_and_hashes_alone() -> None:
     memcg=st.sampled_from([None, {}, {"max_mib": 3}, {"max_mib": 3, "swap_max_mib": 1}]),
     policy=st.sampled_from(["two_list", "mglru"]),
     swap=st.sampled_from([{}, {"zswap": {"enabled": True}}, {"device": "zram"}]),
+    shadow=st.booleans(),
+    files=st.booleans(),
 )
 def test_random_ksm_worlds_keep_every_invariant(
     seed: int,
@@ -369,12 +374,19 @@ def test_random_ksm_worlds_keep_every_invariant(
     memcg: dict[str, int] | None,
     policy: str,
     swap: dict[str, Any],
+    shadow: bool,
+    files: bool,
 ) -> None:
     """Random KSM worlds, two-list or MGLRU, with or without a memcg per VM (limit reclaim
     and memory.swap.max taking KSM folios charged to one VM and mapped by the other), on a
-    disk, behind zswap or on zram, keep World.check."""
-    extra = {} if memcg is None else {"vms__0__memcg": memcg}
+    disk, behind zswap or on zram, with TDP or shadow paging, with or without a host page
+    cache, keep World.check."""
+    extra: dict[str, Any] = {} if memcg is None else {"vms__0__memcg": memcg}
     extra.update({f"swap__{k}": v for k, v in swap.items()})
+    if shadow:
+        extra["kvm__mmu"] = "shadow"
+    if files:
+        extra["host_files"] = {"size_mib": 2, "access_rate_per_s": 20000}
     sc = tiny(
         **extra,
         reclaim={"policy": policy},
@@ -626,3 +638,32 @@ def test_a_ksm_folio_is_compressed_once_for_all_its_sharers(swap: dict[str, Any]
     assert w.vmstat[read] - before.get(read, 0) == 1
     assert w.vmstat["pswpin"] - before.get("pswpin", 0) == (0 if zswap else 1)  # no disk
     assert pool.nr_stored == 0  # freed with the slot, with the last sharer
+
+
+# -- shadow paging ---------------------------------------------------------------------------
+def test_shadow_sptes_of_a_ksm_page_are_write_protected_and_a_write_zaps_every_alias() -> None:
+    """Two shadow sptes per gfn (two guest page tables map it): each maps the KSM page
+    read-only; a write through one copies the page (``cow_ksm``), and the copy's invalidation
+    zaps both (the shadow rmap holds every spte of the gfn)."""
+    w = _world(kvm={"mmu": "shadow", "shadow_sptes_per_gfn": 2})
+    _keys(w, {0: 1})
+    _fault_all(w)
+    _scan(w, 2)
+    assert w.ksm.stats.pages_sharing == 1
+    vm = w.vms[0]
+    pid = vm.mm.pid_base
+    for alias in (0, 1):
+        got = kvm_fault_nowait(
+            vm.mmu, w.host_fault, w.costs, pid=pid, gfn=0, alias=alias, write=False
+        )
+        assert got is not None
+        assert is_write_protected(vm.mmu.spte[alias])
+    w.check()
+    got = kvm_fault_nowait(vm.mmu, w.host_fault, w.costs, pid=pid, gfn=0, alias=1, write=True)
+    assert got is not None
+    assert got[0] == FaultKind.MINOR  # a copy, no I/O
+    assert w.ksm.stats.cow_ksm == 1
+    assert vm.mmu.spte[0] == 0  # alias 0 zapped by the copy's invalidation
+    assert vm.mmu.spte[1]  # alias 1 maps the copy, writable
+    assert not is_write_protected(vm.mmu.spte[1])
+    w.check()

@@ -118,8 +118,11 @@ Simplifications
     while it is online: one page per swapped KSM folio charged elsewhere until it is freed).
     KSM runs only where its paths are modelled (config.py says which settings it needs:
     two_list or MGLRU (its 6.12+ walk) watermark reclaim, swap not rotational, no guest
-    kernels, balloons, guest TLBs, host files, mom, shadow paging,
-    prefault); MGLRU's walk over a KSM folio's ptes is sim/reclaim/mglru.py's.
+    kernels, balloons, guest TLBs, mom, prefault); MGLRU's walk over a KSM folio's ptes is
+    sim/reclaim/mglru.py's. Under shadow paging every shadow spte of a sharer's gfn maps the
+    KSM page read-only (KVM's ``hva_to_pfn`` found the host pte read-only, as under TDP), and
+    the COW's invalidation zaps them all. A host page cache's files are pseudo-mms after the
+    nodes; ksmd never scans them (page cache is not ``MADV_MERGEABLE``).
 
 Invariants
     A node's sharers all map its frame and its sharer count is their number; a sharer owns no
@@ -695,7 +698,7 @@ class Ksm:
         """``HostMemory.page_owners``, with a KSM folio counted to the VM whose frame it was
         (its I/O counted for that mm, as its memcg charge stays)."""
         owners = self.mem.page_owners(pids)
-        nodes = np.asarray(pids) >= self.node_base
+        nodes = self.is_node(pids)
         if nodes.any():
             owners[nodes] = self.node_mm[np.asarray(pids)[nodes] - self.node_base]
         return owners
@@ -737,7 +740,8 @@ class Ksm:
     # -- reclaim -----------------------------------------------------------------------------
     def is_node(self, pids: NDArray[np.integer]) -> NDArray[np.bool_]:
         """Which pids are stable nodes (KSM folios)."""
-        return np.asarray(pids) >= self.node_base
+        p = np.asarray(pids)
+        return (p >= self.node_base) & (p < self.node_base + self.nr_nodes)
 
     def mapped_sharers(self, npid: int) -> NDArray[np.int64]:
         """The sharers of node pid ``npid`` whose pte maps it: the mappings ``rmap_walk_ksm``

@@ -670,7 +670,7 @@ class Vmscan:
         mem = self.mem
         f = mem.flags.item(pid) & ~PG_WRITEBACK
         mem.nr_writeback -= 1
-        node = self.ksm is not None and pid >= self.ksm.node_base
+        node = self.ksm is not None and bool(self.ksm.is_node(np.array([pid]))[0])
         mm = self.mms[mem.page_owner(pid)] if pid < mem.file_base and not node else None
         if self.ksm is not None and node:
             mem.flags[pid] = f
