@@ -758,7 +758,7 @@ class Scenario(_MemcgOptional):
             (self.swap.rotational, "swap.rotational: false"),
         ]
         for i, vm in enumerate(self.vms):
-            for key in ("guest", "balloon", "guest_tlb"):
+            for key in ("guest", "balloon"):
                 needs.append((getattr(vm, key) is not None, f"no vms[{i}].{key}"))
             needs.append((vm.prefault, f"vms[{i}].prefault: false"))
         missing = [what for bad, what in needs if bad]

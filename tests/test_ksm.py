@@ -12,11 +12,18 @@ from hypothesis import strategies as st
 
 from sim.config import ConfigError, parse_scenario
 from sim.engine import World
+from sim.guest.tlb import NO_ROWS, GuestTlbs, TlbGeometry, tlb_touch
 from sim.host.ksm import UNIQUE, ZERO
 from sim.host.memory import NO_PFN, PG_RESIDENT, PG_SWAP, PTE_PRESENT, PTE_YOUNG
 from sim.host.vmscan import Outcome, ScanControl
 from sim.kvm.fault import FaultKind, kvm_fault_nowait
-from sim.kvm.spte import SPTE_WRITE_PROTECTED, is_write_protected
+from sim.kvm.spte import (
+    SPTE_ACCESSED,
+    SPTE_DIRTY,
+    SPTE_PRESENT,
+    SPTE_WRITE_PROTECTED,
+    is_write_protected,
+)
 from sim.reclaim.mglru import LRU_REFS_MASK, PG_REFERENCED, PG_WORKINGSET
 from tests.conftest import TINY, drive, run_checked, tiny
 
@@ -362,6 +369,7 @@ def test_off_by_default_leaves_dumps_and_hashes_alone() -> None:
     swap=st.sampled_from([{}, {"zswap": {"enabled": True}}, {"device": "zram"}]),
     shadow=st.booleans(),
     files=st.booleans(),
+    tlb=st.booleans(),
 )
 def test_random_ksm_worlds_keep_every_invariant(
     seed: int,
@@ -376,17 +384,20 @@ def test_random_ksm_worlds_keep_every_invariant(
     swap: dict[str, Any],
     shadow: bool,
     files: bool,
+    tlb: bool,
 ) -> None:
     """Random KSM worlds, two-list or MGLRU, with or without a memcg per VM (limit reclaim
     and memory.swap.max taking KSM folios charged to one VM and mapped by the other), on a
     disk, behind zswap or on zram, with TDP or shadow paging, with or without a host page
-    cache, keep World.check."""
+    cache and guest TLBs, keep World.check."""
     extra: dict[str, Any] = {} if memcg is None else {"vms__0__memcg": memcg}
     extra.update({f"swap__{k}": v for k, v in swap.items()})
     if shadow:
         extra["kvm__mmu"] = "shadow"
     if files:
         extra["host_files"] = {"size_mib": 2, "access_rate_per_s": 20000}
+    if tlb:
+        extra["vms__0__guest_tlb"] = {"entries": 64, "ways": 4}
     sc = tiny(
         **extra,
         reclaim={"policy": policy},
@@ -667,3 +678,35 @@ def test_shadow_sptes_of_a_ksm_page_are_write_protected_and_a_write_zaps_every_a
     assert vm.mmu.spte[1]  # alias 1 maps the copy, writable
     assert not is_write_protected(vm.mmu.spte[1])
     w.check()
+
+
+# -- guest TLBs ------------------------------------------------------------------------------
+def test_a_write_through_a_cached_read_only_translation_faults() -> None:
+    """A vCPU's TLB caches a KSM page's read-only translation on a read; a later write hits
+    the entry but faults (the entry holds the spte's permission), and a write to an ordinary
+    page through its entry completes and marks the page written (its content changed)."""
+    tlbs = GuestTlbs([TlbGeometry(4, 2, 0)])
+    ro = SPTE_PRESENT | SPTE_WRITE_PROTECTED
+    spte = np.array([ro, SPTE_PRESENT], dtype=np.uint8)
+    written = np.zeros(2, dtype=np.uint8)
+    stamps = np.empty(0, dtype=np.uint32)
+
+    def walk(pages: list[int], writes: list[bool]) -> int:
+        idx = np.array(pages, dtype=np.int64)
+        w = np.array(writes, dtype=np.bool_)
+        return int(
+            tlb_touch(
+                spte, idx, idx, w, stamps, 0, 0, 0, len(pages), NO_ROWS, 0,
+                tlbs.tags, tlbs.used, tlbs.dirty, tlbs.st, written,
+            )
+        )  # fmt: skip
+
+    assert walk([0, 1], [False, False]) == 2  # both filled by reads
+    assert tlbs.totals(range(1)) == {"hits": 0, "fills": 2, "flushes": 0}
+    assert walk([0, 0], [False, True]) == 1  # the read hits; the write faults
+    assert tlbs.totals(range(1))["hits"] == 1
+    assert written.tolist() == [0, 0]
+    assert walk([1], [True]) == 1  # the ordinary page: a hit that walks for its dirty bit
+    assert written.tolist() == [0, 1]
+    assert spte[1] & SPTE_DIRTY
+    assert spte[0] == ro | SPTE_ACCESSED  # the read-only spte: never dirtied

@@ -118,7 +118,8 @@ Simplifications
     while it is online: one page per swapped KSM folio charged elsewhere until it is freed).
     KSM runs only where its paths are modelled (config.py says which settings it needs:
     two_list or MGLRU (its 6.12+ walk) watermark reclaim, swap not rotational, no guest
-    kernels, balloons, guest TLBs, mom, prefault); MGLRU's walk over a KSM folio's ptes is
+    kernels, balloons, mom, prefault); a guest TLB's entries hold the write permission
+    (sim/guest/tlb.py); MGLRU's walk over a KSM folio's ptes is
     sim/reclaim/mglru.py's. Under shadow paging every shadow spte of a sharer's gfn maps the
     KSM page read-only (KVM's ``hva_to_pfn`` found the host pte read-only, as under TDP), and
     the COW's invalidation zaps them all. A host page cache's files are pseudo-mms after the
@@ -130,7 +131,8 @@ Invariants
     without sharers is free or waiting for its write to end; ``pages_shared``/``pages_sharing``
     equal the sums over the nodes in the stable tree; every zero-page sharer is counted in
     ``ksm_zero_pages``; each mm's ``ksm_merging_pages`` is its sharers of nodes in the stable
-    tree; a node is in the pool of the VM whose page it was made of.
+    tree; a node is in the pool of the VM whose page it was made of; no sharer was written
+    (every write to one faulted and copied it first, a guest TLB's cached entry too).
 """
 
 from __future__ import annotations
@@ -814,6 +816,8 @@ class Ksm:
         share = np.flatnonzero(node != NO_NODE)
         f = mem.flags[share]
         assert not (f & ~np.uint8(_SHARER_FLAGS)).any(), "a sharer with folio flags"
+        # a write that completed on a sharer (a stale writable or cached translation)
+        assert not mem.written[share].any(), "a KSM page written without breaking its sharing"
         zero = share[node[share] == ZERO_NODE]
         assert (mem.pfn[zero] == NO_PFN).all(), "a zero-page sharer holds a pfn"
         assert (mem.flags[zero] & PTE_PRESENT).all(), "an unmapped zero-page sharer"
