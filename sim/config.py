@@ -755,7 +755,6 @@ class Scenario(_MemcgOptional):
             (not walk, "reclaim.notifier_walk: true (the 6.12+ walk)"),
             (self.host.page_size_kib != 4, "host.page_size_kib: 4"),
             (self.mom is not None, "no mom"),
-            (self.swap.rotational, "swap.rotational: false"),
         ]
         for i, vm in enumerate(self.vms):
             for key in ("guest", "balloon"):

@@ -201,7 +201,7 @@ class Machine:
             synchronous=sc.reclaim.trigger == "demand",
         )
         if sc.swap.rotational:  # cluster readahead reads by slot: slots need owners
-            self.swap.track_slots(nr_vm_pages)
+            self.swap.track_slots(nr_vm_pages + nr_nodes)  # a KSM folio holds a slot too
         if sc.swap.device == "zram":
             self.swap.zpool = self._zpool(sc, vm_pages, page_bytes, nr_nodes=nr_nodes)
         elif sc.swap.zswap.enabled:

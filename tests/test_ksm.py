@@ -366,7 +366,9 @@ def test_off_by_default_leaves_dumps_and_hashes_alone() -> None:
     ept_ad=st.booleans(),
     memcg=st.sampled_from([None, {}, {"max_mib": 3}, {"max_mib": 3, "swap_max_mib": 1}]),
     policy=st.sampled_from(["two_list", "mglru"]),
-    swap=st.sampled_from([{}, {"zswap": {"enabled": True}}, {"device": "zram"}]),
+    swap=st.sampled_from(
+        [{}, {"zswap": {"enabled": True}}, {"device": "zram"}, {"rotational": True}]
+    ),
     shadow=st.booleans(),
     files=st.booleans(),
     tlb=st.booleans(),
@@ -388,8 +390,8 @@ def test_random_ksm_worlds_keep_every_invariant(
 ) -> None:
     """Random KSM worlds, two-list or MGLRU, with or without a memcg per VM (limit reclaim
     and memory.swap.max taking KSM folios charged to one VM and mapped by the other), on a
-    disk, behind zswap or on zram, with TDP or shadow paging, with or without a host page
-    cache and guest TLBs, keep World.check."""
+    disk (rotational or not), behind zswap or on zram, with TDP or shadow paging, with or
+    without a host page cache and guest TLBs, keep World.check."""
     extra: dict[str, Any] = {} if memcg is None else {"vms__0__memcg": memcg}
     extra.update({f"swap__{k}": v for k, v in swap.items()})
     if shadow:
@@ -710,3 +712,41 @@ def test_a_write_through_a_cached_read_only_translation_faults() -> None:
     assert written.tolist() == [0, 1]
     assert spte[1] & SPTE_DIRTY
     assert spte[0] == ro | SPTE_ACCESSED  # the read-only spte: never dirtied
+
+
+# -- rotational swap -------------------------------------------------------------------------
+def test_cluster_readahead_skips_a_ksm_folios_slot() -> None:
+    """A KSM folio and vm0's gfn 1 are swapped to slots of one readahead block (page_cluster
+    2: four slots); the fault on gfn 1 reads its block but not the KSM slot, which the first
+    sharer's fault then reads (the others copy that page)."""
+    w = _world(count=3, swap={"rotational": True, "page_cluster": 2})
+    _keys(w, {0: 1})
+    _fault_all(w)
+    _scan(w, 2)
+    other = w.vms[0].mm.pid_base + 1
+    npid = w.ksm.node_of(w.vms[0].mm.pid_base)
+    pfns = np.array([w.mem.pfn[npid], w.mem.pfn[other]], dtype=np.int64)
+    w.policy.folio_remove(pfns)
+    sc = ScanControl(nr_to_reclaim=32, vmstat=w.vmstat)
+    assert w.vmscan.shrink_folio_list(pfns, sc).tolist() == [Outcome.KEEP] * 2
+    w.env.run(until=w.env.now + 50_000_000)  # the writes end
+    assert w.vmscan.shrink_folio_list(pfns, sc).tolist() == [Outcome.FREED] * 2
+    slots = [int(w.swap.page_slot[npid]), int(w.swap.page_slot[other])]
+    assert slots[0] // 4 == slots[1] // 4  # one aligned block of four slots
+    w.check()
+    assert w.host_fault.cluster_ra is not None
+    w.host_fault.cluster_ra.hits = 2  # swapin_nr_pages: hits + 2 = the whole block of four
+    proc = w.env.process(w.host_fault.handle_mm_fault(other, False))
+    w.env.run(until=proc)
+    assert str(proc.value) == "major"
+    assert w.mem.flags[npid] == PG_SWAP  # not read ahead
+    assert w.vmstat["swap_ra"] == 0
+    w.check()
+    kinds = []
+    for vm in w.vms:
+        proc = w.env.process(w.host_fault.handle_mm_fault(vm.mm.pid_base, False))
+        w.env.run(until=proc)
+        kinds.append(str(proc.value))
+    assert kinds == ["major", "swapcache", "swapcache"]
+    assert w.mem.flags[npid] == 0  # its slot went with the last sharer
+    w.check()

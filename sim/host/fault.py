@@ -33,7 +33,10 @@ Simplifications
     vCPU faulting on a page whose fault-in is in progress waits for it (the folio lock) and counts
     a minor fault. A guest read of a never-touched page allocates a frame (the kernel would map
     the shared zero page until the first write; guests write pages before reading them almost
-    always, e.g. when they zero them on allocation).
+    always, e.g. when they zero them on allocation). Cluster readahead (a rotational device)
+    skips a KSM folio's slot: the kernel reads it into a folio of no sharer's, which the first
+    sharer to fault maps as its own and the others copy; here that first sharer's fault reads
+    it (host/ksm.py).
 
 Invariants
     A page gets at most one frame; a page being read in is locked and on no LRU list; a folio
@@ -585,7 +588,10 @@ class HostFaultHandler:
             return []
         start, end = swap_cluster_ra_block(offset, pages, swap.nr_slots)
         owners = swap.slot_owner[start : end + 1].astype(np.int64)
-        return (yield from self._read_swap_cache_async(pid, owners[owners >= 0]))
+        owners = owners[owners >= 0]
+        if self.ksm is not None:  # a KSM folio's slot: not read ahead (module docstring)
+            owners = owners[~self.ksm.is_node(owners)]
+        return (yield from self._read_swap_cache_async(pid, owners))
 
     def _read_swap_cache_async(self, pid: int, cand: NDArray[np.int64]) -> ProcessGen:
         """``__read_swap_cache_async`` for the pages ``cand`` other than the faulting ``pid``:

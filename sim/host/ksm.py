@@ -117,8 +117,9 @@ Simplifications
     ``mem_cgroup_swapin_charge_folio`` charges the memcg recorded for the slot, the KSM folio's,
     while it is online: one page per swapped KSM folio charged elsewhere until it is freed).
     KSM runs only where its paths are modelled (config.py says which settings it needs:
-    two_list or MGLRU (its 6.12+ walk) watermark reclaim, swap not rotational, no guest
-    kernels, balloons, mom, prefault); a guest TLB's entries hold the write permission
+    two_list or MGLRU (its 6.12+ walk) watermark reclaim, no guest kernels, balloons, mom,
+    prefault); on a rotational device a KSM folio's slot has an identity like any page's and
+    cluster readahead skips it (host/fault.py); a guest TLB's entries hold the write permission
     (sim/guest/tlb.py); MGLRU's walk over a KSM folio's ptes is
     sim/reclaim/mglru.py's. Under shadow paging every shadow spte of a sharer's gfn maps the
     KSM page read-only (KVM's ``hva_to_pfn`` found the host pte read-only, as under TDP), and
