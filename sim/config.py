@@ -747,19 +747,26 @@ class Scenario(_MemcgOptional):
                 )
         if self.host.ksm is None:
             return
+        if self.reclaim.trigger != "watermark" or self.reclaim.policy not in ("two_list", "mglru"):
+            what = (
+                "reclaim.trigger demand"
+                if self.reclaim.trigger != "watermark"
+                else f"reclaim.policy {self.reclaim.policy}"
+            )
+            raise ValueError(
+                f"host.ksm: {what} replays accesses against private pages (its eviction "
+                "order and oracle are defined on pages one VM owns, not on a KSM page mapped by "
+                "many); use reclaim.policy two_list with reclaim.trigger watermark, or remove "
+                "host.ksm"
+            )
+        walk = getattr(self.reclaim, "notifier_walk", True)
         needs = [
-            (self.reclaim.trigger != "watermark", "reclaim.trigger: watermark"),
-            (self.reclaim.policy != "two_list", "reclaim.policy: two_list"),
-            (self.kvm.mmu == "shadow", "kvm.mmu: tdp or legacy_tdp"),
+            (not walk, "reclaim.notifier_walk: true (the 6.12+ walk)"),
             (self.host.page_size_kib != 4, "host.page_size_kib: 4"),
-            (self.host_files is not None, "no host_files"),
             (self.mom is not None, "no mom"),
-            (self.swap.device != "disk", "swap.device: disk"),
-            (self.swap.zswap.enabled, "swap.zswap off"),
-            (self.swap.rotational, "swap.rotational: false"),
         ]
         for i, vm in enumerate(self.vms):
-            for key in ("memcg", "guest", "balloon", "guest_tlb"):
+            for key in ("guest", "balloon"):
                 needs.append((getattr(vm, key) is not None, f"no vms[{i}].{key}"))
             needs.append((vm.prefault, f"vms[{i}].prefault: false"))
         missing = [what for bad, what in needs if bad]

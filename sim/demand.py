@@ -291,6 +291,7 @@ class DemandWorld(Machine):
                     tlbs.used,
                     tlbs.dirty,
                     tlbs.st,
+                    _NO_WRITTEN,
                 )
             if pos > lo:
                 self._hits(w, pid, seq, lo, pos)

@@ -103,7 +103,8 @@ class World(Machine):
 
         files = sc.file_sections()
         images = sc.disk_images()  # the guests' disk images, files after those
-        file_owners = slice(len(self.vms), len(self.vms) + len(files) + len(images))
+        first_file = mem.page_owner(mem.file_base)  # after the VMs' (and KSM's) pseudo-mms
+        file_owners = slice(first_file, first_file + len(files) + len(images))
 
         def reclaimable() -> int:  # zone_reclaimable_pages: file pages; anon if swap has room
             lru = mem.nr_frames - mem.nr_free - mem.nr_pool  # the compressed pool is not on it
@@ -127,6 +128,7 @@ class World(Machine):
                 vcpus=[cfg.vcpus + readers.count(i) for i, (_, cfg) in enumerate(vms)],
             )
             self.alloc.memcg = self.vmscan.memcg = self.memcg
+            self.memcg.ksm = self.ksm
             if sc.host.memcg_stats == "lazy" and isinstance(policy, MemcgTwoList):
                 self.memcg.use_lazy_stats(policy, round(sc.host.memcg_stats_flush_ms * 1e6))
             swap.on_free_slots = self.memcg.uncharge_swap

@@ -157,13 +157,20 @@ class Machine:
             np.int64
         )[: len(files)]
         cfgs = [cfg for _, cfg in sc.vm_list()]
-        # KSM's stable nodes: a pseudo-mm of pids after every VM's (sim/host/ksm.py)
-        key, nr_nodes = self._content(sc, vm_pages, cfgs)
+        # KSM's stable nodes: a pseudo-mm of pids after every VM's (sim/host/ksm.py); with
+        # memcgs one per mergeable VM, whose nodes are made of that VM's pages (its charge)
+        memcgs = any(cfg.memcg is not None for cfg in cfgs)
+        key, pools = self._content(sc, vm_pages, cfgs, memcgs)
+        nr_nodes = sum(n for _, n in pools)
+        self.file_base += nr_nodes  # the page cache's pids come after the nodes'
+        pool_base = (nr_vm_pages + np.concatenate(([0], np.cumsum([n for _, n in pools])))).astype(
+            np.int64
+        )[: len(pools)]
         self.mem = mem = HostMemory(
             nr_frames,
             nr_vm_pages + nr_nodes + self.file_pages,
             wmark,
-            self.vm_base.tolist() + ([nr_vm_pages] if nr_nodes else []) + self.file_base.tolist(),
+            self.vm_base.tolist() + pool_base.tolist() + self.file_base.tolist(),
             stamps=outdir is not None and sc.output.evictions,  # the eviction log reads them
             readahead=sc.swap.page_cluster > 0,
             file_base=nr_vm_pages + nr_nodes,
@@ -171,12 +178,13 @@ class Machine:
         )
         self.memcg_limits: MemcgLimits | None = None  # per-memcg lruvecs only when set
         nr_memcgs = len(vm_pages)  # vmstat's breakdowns: the VMs', and the root memcg's
-        if any(cfg.memcg is not None for cfg in cfgs):
+        if memcgs:
             names = [name for name, _ in vm_pages]
             self.memcg_limits = MemcgLimits.from_configs(
                 [cfg.memcg for cfg in cfgs],
                 sc.host.pages(1024) / 1024,
-                [None if hf.memcg is None else names.index(hf.memcg) for hf in sc.file_sections()]
+                [vm for vm, _ in pools]
+                + [None if hf.memcg is None else names.index(hf.memcg) for hf in sc.file_sections()]
                 + [None if cfgs[i].memcg is None else i for i, _ in images],
             )
             nr_memcgs = self.memcg_limits.nr_memcgs
@@ -202,11 +210,13 @@ class Machine:
             synchronous=sc.reclaim.trigger == "demand",
         )
         if sc.swap.rotational or thp_on:  # cluster readahead reads by slot, THPs by cluster
-            self.swap.track_slots(nr_vm_pages)
+            self.swap.track_slots(nr_vm_pages + nr_nodes)  # a KSM folio holds a slot too
         if sc.swap.device == "zram":
-            self.swap.zpool = self._zpool(sc, vm_pages, page_bytes)
+            self.swap.zpool = self._zpool(sc, vm_pages, page_bytes, nr_nodes=nr_nodes)
         elif sc.swap.zswap.enabled:
-            pool = self.swap.zpool = self._zpool(sc, vm_pages, page_bytes, track_lru=True)
+            pool = self.swap.zpool = self._zpool(
+                sc, vm_pages, page_bytes, track_lru=True, nr_nodes=nr_nodes
+            )
             self.swap.zswap = Zswap(sc.swap.zswap, pool, nr_frames, vmstat)
         self.mms = mms = [
             Mm(i, name, int(self.vm_base[i]), int(sizes[i])) for i, (name, _) in enumerate(vm_pages)
@@ -257,6 +267,8 @@ class Machine:
                 nr_vm_pages,
                 nr_nodes,
                 tlb_flush_ns=sc.costs.tlb_flush_exit_ns,
+                pool_mm=[vm for vm, _ in pools] if memcgs else (),
+                memcg_of=self.memcg_limits.owner_memcg if self.memcg_limits else (),
             )
             self.ksm.policy, self.ksm.swap = policy, self.swap
         self.rmap = Rmap(mem, mms, vmstat, anon_vma=sc.host.rmap == "anon_vma")
@@ -311,19 +323,25 @@ class Machine:
 
     @staticmethod
     def _content(
-        sc: Scenario, vm_pages: Sequence[tuple[str, int]], cfgs: Sequence[VmConfig]
-    ) -> tuple[NDArray[np.int64], int]:
+        sc: Scenario,
+        vm_pages: Sequence[tuple[str, int]],
+        cfgs: Sequence[VmConfig],
+        memcgs: bool = False,
+    ) -> tuple[NDArray[np.int64], list[tuple[int, int]]]:
         """With KSM on, every guest page's content key (host/ksm.py ``draw_content``; UNIQUE
-        for VMs without content) and the stable nodes to provide for: a node is made of two
-        pages that can merge, and a page that left one never merges again (it was written, or
-        its mm exited), so half the mergeable pages not unique. Without KSM: nothing."""
+        for VMs without content) and the stable nodes to provide for, as pools of (VM, nodes):
+        a node is made of two pages that can merge, and a page that left one never merges
+        again (it was written, or its mm exited), so half the mergeable pages not unique, in
+        one pool (VM 0's, charged to nobody). With ``memcgs`` a pool per mergeable VM: its
+        nodes are made of its own pages, so it needs at most its pages not unique (and no
+        more than half of all). Without KSM: nothing."""
         if sc.host.ksm is None:
-            return np.zeros(0, dtype=np.int64), 0
+            return np.zeros(0, dtype=np.int64), []
         images: dict[str, int] = {}  # image -> its first key's offset
         offset = 0
         keys = []
-        mergeable = 0
-        for (name, n), cfg in zip(vm_pages, cfgs, strict=True):
+        mergeable = [0] * len(vm_pages)
+        for i, ((name, n), cfg) in enumerate(zip(vm_pages, cfgs, strict=True)):
             c = cfg.content
             if c is None:
                 keys.append(np.full(n, UNIQUE, dtype=np.int64))
@@ -335,8 +353,10 @@ class Machine:
             key = draw_content(c, n, images[c.image], blocks, rng_for(sc.seed, f"{name}.content"))
             keys.append(key)
             if c.mergeable:
-                mergeable += int(np.count_nonzero(key != UNIQUE))
-        return np.concatenate(keys), max(1, mergeable // 2)
+                mergeable[i] = int(np.count_nonzero(key != UNIQUE))
+        half = max(1, sum(mergeable) // 2)
+        pools = [(i, min(m, half)) for i, m in enumerate(mergeable) if m] if memcgs else []
+        return np.concatenate(keys), pools or [(0, half)]
 
     def _zpool(
         self,
@@ -345,8 +365,10 @@ class Machine:
         page_bytes: int,
         *,
         track_lru: bool = False,
+        nr_nodes: int = 0,
     ) -> Zpool:
-        """The compressed pool, with every page's compressed size drawn from its VM's ratio."""
+        """The compressed pool, with every page's compressed size drawn from its VM's ratio;
+        KSM's ``nr_nodes`` stable nodes take the size of the page each is made of (host/ksm.py)."""
         cfgs = dict(sc.vm_list())
         sizes = [
             compressed_sizes(
@@ -358,6 +380,8 @@ class Machine:
             )
             for name, n in vm_pages
         ]
+        if nr_nodes:
+            sizes.append(np.zeros(nr_nodes, dtype=sizes[0].dtype))
         return Zpool(self.mem, np.concatenate(sizes), page_bytes, track_lru=track_lru)
 
     # -- observation -------------------------------------------------------------------------
@@ -708,7 +732,7 @@ class Machine:
                 ],
             }
         if self.ksm is not None:  # /sys/kernel/mm/ksm and cow_ksm (counted in host/ksm.py)
-            host["ksm"] = self.ksm.stats.summary(int(mem.nr_resident[self.ksm.owner]))
+            host["ksm"] = self.ksm.stats.summary(self.ksm.frames(), self.memcg is not None)
         if any(hf.write_ratio > 0 for hf in sc.file_sections()):
             # each writer's balance_dirty_pages sleeps: its own time, no vmstat counter
             host["dirty_throttle"] = [

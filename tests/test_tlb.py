@@ -20,6 +20,7 @@ from tests.test_invariants import scenarios
 
 P, A, D, T = SPTE_PRESENT, SPTE_ACCESSED, SPTE_DIRTY, SPTE_ACCESS_TRACKED
 _STAMPS = np.empty(0, dtype=np.uint32)
+_WRITTEN = np.empty(0, dtype=np.uint8)  # no KSM
 
 
 def _walk(
@@ -30,7 +31,7 @@ def _walk(
     return int(
         tlb_touch(
             spte, idx, idx, w, _STAMPS, 0, 0, 0, len(pages), NO_ROWS, 0,
-            tlbs.tags, tlbs.used, tlbs.dirty, tlbs.st,
+            tlbs.tags, tlbs.used, tlbs.dirty, tlbs.st, _WRITTEN,
         )
     )  # fmt: skip
 

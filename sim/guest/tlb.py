@@ -27,6 +27,12 @@ Models
     an access that finds its entry over a spte that is not present (possible only between a
     zap and its flush within one batch) is a miss.
 
+    With KSM (host/ksm.py) an entry holds its spte's write permission, as a hardware TLB
+    caches the access rights of the walk: a read through a KSM page's read-only spte fills
+    it, and a later write through it is an EPT violation (the host's COW, whose invalidation
+    flushes), never a hit. Every write that completes marks its page written for ksmd. Not
+    yet with a guest kernel (KSM rejects one).
+
 With a guest kernel
     With ``vms[].guest`` the streams name the guest process's virtual pages, and the TLB
     caches what x86 caches under EPT: *combined* translations, process page -> host frame,
@@ -89,7 +95,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sim.guest.touch import guest_present
-from sim.kvm.spte import is_present, needs_fault, touch
+from sim.kvm.spte import is_present, is_write_protected, needs_fault, touch
 
 # columns of GuestTlbs.st: one row per vCPU
 ST_CLOCK = 0  # LRU clock of the row's sets
@@ -157,18 +163,25 @@ def tlb_touch(
     used: NDArray[np.int64],
     dirty: NDArray[np.bool_],
     st: NDArray[np.int64],
+    written: NDArray[np.uint8],
 ) -> int:
     """``ept_touch`` (guest/touch.py) through the TLB of each access's vCPU (``rows[p]``, or
     ``row0`` for all when ``rows`` is empty): apply accesses ``start..end`` while they hit the
-    TLB or the spte; return the first that faults (or ``end``)."""
+    TLB or the spte; return the first that faults (or ``end``). With ``written`` not empty
+    (KSM on) an entry holds the spte's permission: a write through an entry over a
+    write-protected spte (a KSM page's, cached by a read) is an EPT violation, as a write
+    missing the TLB is; every write that completes marks its page ``written``."""
     t = np.uint32(stamp)
     stamps = last_access.size != 0
     per_access = rows.size != 0
+    ksm = written.size != 0
     for p in range(start, end):
         r = rows[p] if per_access else row0
         i = idx[p]
         s = spte[i]
         ways = st[r, ST_WAYS]
+        if ksm and writes[p] and is_write_protected(s):  # a read-only translation, cached
+            return p  # or walked: the write faults either way (the host's COW)
         if ways == 0:  # this vCPU has no TLB model: the walk of every access
             if needs_fault(s):
                 return p
@@ -197,6 +210,8 @@ def tlb_touch(
             st[r, ST_CLOCK] += 1
             if st[r, ST_EVERY] > 0:
                 st[r, ST_UNTIL] -= 1
+        if ksm and writes[p]:
+            written[base + gfns[p]] = 1
         if stamps:
             last_access[base + gfns[p]] = t
     return end

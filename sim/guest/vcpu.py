@@ -324,6 +324,7 @@ class Vcpu:
                         tlbs.used,
                         tlbs.dirty,
                         tlbs.st,
+                        written,
                     )
                 if pos > lo:
                     if guest is not None:

@@ -33,7 +33,10 @@ Simplifications
     vCPU faulting on a page whose fault-in is in progress waits for it (the folio lock) and counts
     a minor fault. A guest read of a never-touched page allocates a frame (the kernel would map
     the shared zero page until the first write; guests write pages before reading them almost
-    always, e.g. when they zero them on allocation).
+    always, e.g. when they zero them on allocation). Cluster readahead (a rotational device)
+    skips a KSM folio's slot: the kernel reads it into a folio of no sharer's, which the first
+    sharer to fault maps as its own and the others copy; here that first sharer's fault reads
+    it (host/ksm.py).
 
 THP
     With ``host.thp`` a first touch of an empty 2 MiB block maps a THP (huge_memory.py
@@ -325,6 +328,8 @@ class HostFaultHandler:
             return HostFault.MAJOR
         node = npid - ksm.node_base
         src = ksm.swapin_src.item(node)
+        zpool = self.swap.zpool
+        zswapped = self.swap.zswap is not None and zpool is not None and zpool.stored.item(npid)
         ksm.leave(pid)
         if src >= 0 and mem.flags.item(src) & PTE_PRESENT and mem.ksm_node.item(src) == -1:
             ksm.stats.ksm_swpin_copy += 1  # copied from the first sharer's swap-cache folio
@@ -335,7 +340,14 @@ class HostFaultHandler:
                 ksm.swapin_src[node] = pid
             mem.flags[pid] = mem.flags.item(pid) | PG_LOCKED
             now = self.env.now
-            t_done = self.swap.submit(now, write=False, per_mm=mm.index)[0]
+            if zswapped:  # zswap_load: decompressed, no I/O (the entry stays the node's)
+                self.vmstat.count(VmStat.ZSWPIN, 1, mm.index)
+                t_done = now + self.swap.decompress_ns
+            elif self.swap.zram:  # decompressed by the faulting task
+                self.swap.submit(now, write=False, per_mm=mm.index)
+                t_done = now + self.swap.decompress_ns
+            else:
+                t_done = self.swap.submit(now, write=False, per_mm=mm.index)[0]
             yield self.env.timeout(t_done - now)
             mem.flags[pid] = mem.flags.item(pid) & ~PG_LOCKED
             if mm.dead:
@@ -681,7 +693,10 @@ class HostFaultHandler:
             return []
         start, end = swap_cluster_ra_block(offset, pages, swap.nr_slots)
         owners = swap.slot_owner[start : end + 1].astype(np.int64)
-        return (yield from self._read_swap_cache_async(pid, owners[owners >= 0]))
+        owners = owners[owners >= 0]
+        if self.ksm is not None:  # a KSM folio's slot: not read ahead (module docstring)
+            owners = owners[~self.ksm.is_node(owners)]
+        return (yield from self._read_swap_cache_async(pid, owners))
 
     def _read_swap_cache_async(self, pid: int, cand: NDArray[np.int64]) -> ProcessGen:
         """``__read_swap_cache_async`` for the pages ``cand`` other than the faulting ``pid``:

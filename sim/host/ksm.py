@@ -40,6 +40,29 @@ Models
     while it is still in memory (``ksm_swpin_copy``) or reads the slot again; the slot is freed
     with the last swap entry.
 
+Memory cgroups
+    A KSM folio is charged to the memcg of the page whose frame it became (the first page of
+    ``try_to_merge_two_pages`` keeps its charge: the charge is on the folio), and a page merged
+    into it is uncharged when its own frame is freed (``replace_page`` drops the last reference;
+    the free uncharges). So a KSM page's memory is paid by one VM while the others save theirs:
+    a memcg saves ``ksm_merging_pages - ksm_pages`` (its pages mapping KSM pages, less the KSM
+    folios charged to it; summed over the memcgs, ``pages_sharing``). The folio lives on its
+    memcg's lruvec; that memcg's limit reclaim can take it, and ``rmap_walk_ksm`` then ages and
+    unmaps every sharer whatever its memcg (counted ``rmap_walked_other_memcg``). Its one swap
+    slot is charged to its memcg's ``memory.swap.current`` (``__mem_cgroup_try_charge_swap``
+    charges the folio's memcg). A COW copy is charged to the writer's memcg (``wp_page_copy``:
+    ``mem_cgroup_charge`` with the faulting mm), and so is a ``ksm_swpin_copy``
+    (``ksm_might_need_to_copy``).
+
+zswap and zram
+    A KSM folio is compressed once for all its sharers: one object of the size of the page it
+    was made of (its content), in zswap's pool in front of the disk or in zram, under its one
+    slot. The first sharer to fault after the folio was freed decompresses it (``zswpin``, no
+    disk read; zram: the faulting task decompresses); the object stays the node's until its
+    slot goes with the last sharer (the kernel's first reader holds the data in its swap-cache
+    folio, dirty, and compresses it again if that is reclaimed), so a later re-read is a load
+    again, unless zswap's shrinker wrote it back to the disk meanwhile.
+
 Content
     Each guest page of a VM with a ``content`` section gets a content key at build, drawn from
     the run's seed (``<vm>.content``): ZERO, a block of a shared image (uniform over the image's
@@ -49,7 +72,10 @@ Content
 
 Data model
     Every stable node is a pseudo-page: a pid after every VM's pages, owned by a KSM pseudo-mm
-    (the last of ``HostMemory``'s ranges, as the page cache's files are pseudo-mms). The node pid
+    (ranges after the VMs', as the page cache's files are pseudo-mms). With memcgs there is one
+    KSM pseudo-mm per mergeable VM, holding the nodes made of that VM's pages and charged to its
+    memcg, so ``memory.current`` (the frames of a memcg's page owners) counts its KSM folios with
+    no second count; without memcgs one holds them all. The node pid
     owns the KSM frame (``frame_pid``), is the folio on the anon LRU and holds its folio flags
     (PG_RESIDENT, PG_DIRTY; PTE_PRESENT while mapped). A sharer is a guest page whose flags hold
     only its own pte's PTE_PRESENT and PTE_YOUNG, whose ``pfn`` is the KSM frame, and whose
@@ -60,18 +86,22 @@ Counting
     The sysfs counters (``pages_shared``: stable nodes, ``pages_sharing``: sharers beyond the
     first per node, ``pages_unshared``, ``pages_volatile``, ``full_scans``, ``ksm_zero_pages``)
     and the vmstat events ``cow_ksm`` and ``ksm_swpin_copy`` are counted here once
-    (:class:`KsmStats`) and reported in summary.json's ``host.ksm``. ksmd's CPU (``cpu_ns``:
-    ``page_scan_ns`` per page visited, ``memcmp_ns`` per tree comparison, ~log2(tree size)
-    per lookup, plus its remote TLB flushes at ``tlb_flush_exit_ns``) is its own host CPU's,
-    never a vCPU's.
+    (:class:`KsmStats`) and reported in summary.json's ``host.ksm``; with memcgs each mm's
+    ``ksm_merging_pages`` (``/proc/<pid>/ksm_stat``: its pages mapping a KSM page in the stable
+    tree, ``stable_tree_append`` up, ``remove_rmap_item_from_tree`` down) is counted here too.
+    ksmd's CPU (``cpu_ns``: ``page_scan_ns`` per page visited, ``memcmp_ns`` per tree
+    comparison, ~log2(tree size) per lookup, plus its remote TLB flushes at
+    ``tlb_flush_exit_ns``) is its own host CPU's, never a vCPU's.
 
 Kernel reference
     mm/ksm.c: ``ksm_do_scan``, ``scan_get_next_rmap_item``, ``cmp_and_merge_page``,
     ``stable_tree_search``, ``unstable_tree_search_insert``, ``try_to_merge_two_pages``,
     ``try_to_merge_with_ksm_page``, ``try_to_merge_one_page``, ``write_protect_page``,
     ``replace_page``, ``calc_checksum``, ``rmap_walk_ksm``, ``get_ksm_page``,
-    ``remove_node_from_stable_tree``, ``ksm_might_need_to_copy``; mm/memory.c: ``do_wp_page``,
-    ``wp_page_copy``, ``do_swap_page``; Documentation/admin-guide/mm/ksm.rst (the sysfs counters).
+    ``remove_node_from_stable_tree``, ``ksm_might_need_to_copy``, ``stable_tree_append``;
+    mm/memory.c: ``do_wp_page``, ``wp_page_copy``, ``do_swap_page``; mm/memcontrol.c:
+    ``mem_cgroup_charge``, ``__mem_cgroup_try_charge_swap``, ``mem_cgroup_swapin_charge_folio``;
+    Documentation/admin-guide/mm/ksm.rst (the sysfs counters).
 
 Simplifications
     Content is a key, not bytes: comparisons are counted, never made. ksmd merges only pages
@@ -82,20 +112,33 @@ Simplifications
     back, the slot stays the node's until its last sharer faults (the kernel's first reader
     holds it in its swap cache folio); "still in memory" for ``ksm_swpin_copy`` is "the first
     reader's page is mapped". No swap readahead around a sharer's swap entry. A KSM folio's
-    I/O counts for the VM whose frame it was. KSM runs only where its paths are modelled
-    (config.py says which settings it needs: two_list watermark reclaim, a disk without
-    zswap, no memcgs, guest kernels, balloons, guest TLBs, host files, prefault).
+    I/O counts for the VM whose frame it was. With memcgs, the first sharer to read a freed
+    KSM folio's slot back is charged for its page in its own memcg (the kernel's
+    ``mem_cgroup_swapin_charge_folio`` charges the memcg recorded for the slot, the KSM folio's,
+    while it is online: one page per swapped KSM folio charged elsewhere until it is freed).
+    KSM runs only where its paths are modelled (config.py says which settings it needs:
+    two_list or MGLRU (its 6.12+ walk) watermark reclaim, no guest kernels, balloons, mom,
+    prefault); on a rotational device a KSM folio's slot has an identity like any page's and
+    cluster readahead skips it (host/fault.py); a guest TLB's entries hold the write permission
+    (sim/guest/tlb.py); MGLRU's walk over a KSM folio's ptes is
+    sim/reclaim/mglru.py's. Under shadow paging every shadow spte of a sharer's gfn maps the
+    KSM page read-only (KVM's ``hva_to_pfn`` found the host pte read-only, as under TDP), and
+    the COW's invalidation zaps them all. A host page cache's files are pseudo-mms after the
+    nodes; ksmd never scans them (page cache is not ``MADV_MERGEABLE``).
 
 Invariants
     A node's sharers all map its frame and its sharer count is their number; a sharer owns no
     frame; a node is mapped iff a sharer is; an unmapped sharer's node holds a slot; a node
     without sharers is free or waiting for its write to end; ``pages_shared``/``pages_sharing``
     equal the sums over the nodes in the stable tree; every zero-page sharer is counted in
-    ``ksm_zero_pages``.
+    ``ksm_zero_pages``; each mm's ``ksm_merging_pages`` is its sharers of nodes in the stable
+    tree; a node is in the pool of the VM whose page it was made of; no sharer was written
+    (every write to one faulted and copied it first, a guest TLB's cached entry too).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -263,6 +306,8 @@ class KsmStats:
     tree_cmps: int = 0  # page comparisons in tree lookups (memcmp_pages)
     merges: int = 0  # pages merged into a KSM page (write_protect_page + replace_page)
     cpu_ns: int = 0  # ksmd's CPU (its own host CPU)
+    # rmap_walk_ksm's mappings in another memcg than the folio's (only with memcgs)
+    rmap_walked_other_memcg: int = 0
     work: KsmWork = field(default_factory=KsmWork)
 
     @property
@@ -270,10 +315,11 @@ class KsmStats:
         """``pages_volatile``: tracked pages in neither tree (changing too fast to merge)."""
         return self.rmap_items - self.pages_shared - self.pages_sharing - self.pages_unshared
 
-    def summary(self, frames: int = 0) -> dict[str, int]:
+    def summary(self, frames: int = 0, memcgs: bool = False) -> dict[str, int]:
         """The counters as summary.json's ``host.ksm`` reports them, with ``frames`` (the KSM
-        folios in memory at the end: counted in no VM's ``resident_pages``)."""
-        return {
+        folios in memory at the end: counted in no VM's ``resident_pages``); with ``memcgs``
+        the walks across memcgs too."""
+        out = {
             "frames_end": frames,
             "pages_shared": self.pages_shared,
             "pages_sharing": self.pages_sharing,
@@ -290,6 +336,9 @@ class KsmStats:
             "notifier_calls": self.work.nr_notifier_calls,
             "tlb_flushes": self.work.nr_tlb_flushes,
         }
+        if memcgs:
+            out["rmap_walked_other_memcg"] = self.rmap_walked_other_memcg
+        return out
 
 
 class Ksm:
@@ -301,9 +350,14 @@ class Ksm:
         mms: the VMs' mms (not the KSM pseudo-mm).
         key: every guest page's content key (UNIQUE for VMs without content).
         mergeable: the mms ksmd scans (``MADV_MERGEABLE``), in scan order.
-        node_base: the first node pid (the KSM pseudo-mm's first page).
+        node_base: the first node pid (the first KSM pseudo-mm's first page).
         nr_nodes: node pids available.
         tlb_flush_ns: a remote TLB flush's cost, to price ksmd's merges.
+        pool_mm: with memcgs, the VM each KSM pseudo-mm (one per mergeable VM, in order from
+            ``node_base``) holds the nodes of: a node is made of a page of that VM, so its
+            folio stays charged to that VM's memcg. Empty: one KSM pseudo-mm for every node.
+        memcg_of: with memcgs, the memcg of each page owner (to count ``rmap_walk_ksm``'s
+            mappings in memcgs other than the folio's).
     """
 
     def __init__(
@@ -316,10 +370,15 @@ class Ksm:
         node_base: int,
         nr_nodes: int,
         tlb_flush_ns: int = 0,
+        pool_mm: Sequence[int] = (),
+        memcg_of: Sequence[int] = (),
     ) -> None:
         self.cfg, self.mem, self.mms, self.key = cfg, mem, list(mms), key
         self.node_base, self.nr_nodes = node_base, nr_nodes
-        self.owner = mem.page_owner(node_base)  # the KSM pseudo-mm's index
+        first = mem.page_owner(node_base)  # the first KSM pseudo-mm's index
+        self.pool_owners = list(range(first, first + max(1, len(pool_mm))))
+        self._pool_of_mm = {mm: k for k, mm in enumerate(pool_mm)}
+        self.memcg_of = np.asarray(memcg_of, dtype=np.int64)
         self.tlb_flush_ns = tlb_flush_ns
         self.policy: EvictionPolicy  # set by the world once the policy exists
         self.swap: SwapDevice  # set by the world: a node's slot is freed with it
@@ -334,7 +393,12 @@ class Ksm:
         self.pruned = np.zeros(nr_nodes, dtype=np.bool_)  # out of the stable tree: swapped
         self.swapin_src = np.full(nr_nodes, -1, dtype=np.int64)  # its first sharer read back
         self.sharers: list[list[int]] = [[] for _ in range(nr_nodes)]  # the node's rmap_items
-        self._free_nodes = list(range(nr_nodes - 1, -1, -1))
+        # each pool's free nodes, lowest on top
+        ends = mem.pid_base[first : first + len(self.pool_owners)] - node_base
+        ends = [*ends.tolist(), nr_nodes]
+        self._free_nodes = [list(range(hi - 1, lo - 1, -1)) for lo, hi in itertools.pairwise(ends)]
+        # mm->ksm_merging_pages: each mm's pages mapping a KSM page of the stable tree
+        self.merging = np.zeros(len(self.mms), dtype=np.int64)
         # the scan order: every mergeable mm's pages, mm after mm
         ranges = [np.arange(mm.pid_base, mm.pid_base + mm.nr_pages) for mm in mergeable]
         self.order = np.concatenate(ranges) if ranges else np.zeros(0, dtype=np.int64)
@@ -461,12 +525,17 @@ class Ksm:
         frame becomes a KSM folio, a new stable node, with the page its first sharer."""
         mem = self.mem
         self._invalidate(pid)  # write_protect_page
-        node = self._free_nodes.pop()
+        owner = mem.page_owner(pid)
+        node = self._free_nodes[self._pool_of_mm.get(owner, 0)].pop()
         npid = self.node_base + node
         pfn = mem.pfn.item(pid)
         f = mem.flags.item(pid)
-        mem.transfer_frame(pfn, npid, self.owner)
-        self.node_mm[node] = mem.page_owner(pid)
+        mem.transfer_frame(pfn, npid, mem.page_owner(npid))  # the charge stays the VM's
+        zpool = self.swap.zpool
+        if zpool is not None:  # zram, zswap: the folio compresses as the page's content
+            zpool.obj_bytes[npid] = zpool.obj_bytes.item(pid)
+        self.node_mm[node] = owner
+        self.merging[owner] += 1
         self.pruned[node] = False
         self.swapin_src[node] = -1
         mem.flags[npid] = PG_RESIDENT | PTE_PRESENT | (f & PG_DIRTY)
@@ -495,6 +564,7 @@ class Ksm:
         mem.flags[npid] = mem.flags.item(npid) | PTE_PRESENT  # mapped again, if it was not
         mem.ksm_node[pid] = node
         self.sharers[node].append(pid)
+        self.merging[mem.page_owner(pid)] += 1
         self.stats.pages_sharing += 1
         self.stats.merges += 1
 
@@ -526,6 +596,7 @@ class Ksm:
         sharers = self.sharers[node]
         sharers.remove(pid)
         if not self.pruned.item(node):
+            self.merging[mem.page_owner(pid)] -= 1
             if sharers:
                 self.stats.pages_sharing -= 1
             else:
@@ -558,7 +629,7 @@ class Ksm:
         if f & PG_SWAP:
             self.swap.free_slots(1, (npid,))
             if not f & PG_RESIDENT:
-                mem.nr_swapped[self.owner] -= 1
+                mem.nr_swapped[mem.page_owner(npid)] -= 1
         if f & PG_RESIDENT:
             pfn = mem.pfn.item(npid)
             self.policy.folio_remove(np.array([pfn], dtype=np.int64))
@@ -568,7 +639,7 @@ class Ksm:
         self.node_key[node] = UNIQUE
         self.pruned[node] = False
         self.swapin_src[node] = -1
-        self._free_nodes.append(node)
+        self._free_nodes[mem.page_owner(npid) - self.pool_owners[0]].append(node)
 
     def node_io_done(self, npid: int) -> bool:
         """A node's write-out ended (``folio_end_writeback``): a node whose sharers all left
@@ -586,8 +657,7 @@ class Ksm:
         flushes) and its pte made a swap entry to the folio's one slot. Returns the mappings
         walked."""
         mem = self.mem
-        sharers = np.array(self.sharers[npid - self.node_base], dtype=np.int64)
-        sharers = sharers[(mem.flags[sharers] & PTE_PRESENT) != 0]
+        sharers = self.mapped_sharers(npid)
         for pid in sharers.tolist():
             mm = self.mms[mem.page_owner(pid)]
             hva = mm.hva(np.array([pid], dtype=np.int64))
@@ -608,6 +678,10 @@ class Ksm:
             if not self.pruned.item(node):
                 self.stats.pages_shared -= 1
                 self.stats.pages_sharing -= len(self.sharers[node]) - 1
+                sharers = np.array(self.sharers[node], dtype=np.int64)
+                self.merging -= np.bincount(
+                    self.mem.page_owners(sharers), minlength=len(self.merging)
+                )
             self._unlink(node)
 
     def map_swapcache(self, pid: int) -> None:
@@ -627,7 +701,7 @@ class Ksm:
         """``HostMemory.page_owners``, with a KSM folio counted to the VM whose frame it was
         (its I/O counted for that mm, as its memcg charge stays)."""
         owners = self.mem.page_owners(pids)
-        nodes = np.asarray(pids) >= self.node_base
+        nodes = self.is_node(pids)
         if nodes.any():
             owners[nodes] = self.node_mm[np.asarray(pids)[nodes] - self.node_base]
         return owners
@@ -669,11 +743,30 @@ class Ksm:
     # -- reclaim -----------------------------------------------------------------------------
     def is_node(self, pids: NDArray[np.integer]) -> NDArray[np.bool_]:
         """Which pids are stable nodes (KSM folios)."""
-        return np.asarray(pids) >= self.node_base
+        p = np.asarray(pids)
+        return (p >= self.node_base) & (p < self.node_base + self.nr_nodes)
 
-    def mappings(self, npid: int) -> list[int]:
-        """The sharers of node pid ``npid`` (``rmap_walk_ksm``'s rmap_items)."""
-        return self.sharers[npid - self.node_base]
+    def mapped_sharers(self, npid: int) -> NDArray[np.int64]:
+        """The sharers of node pid ``npid`` whose pte maps it: the mappings ``rmap_walk_ksm``
+        visits (its rmap_items, each in its own mm, whatever that mm's memcg). With memcgs,
+        those in another memcg than the folio's are counted (``rmap_walked_other_memcg``)."""
+        mem = self.mem
+        sharers = np.array(self.sharers[npid - self.node_base], dtype=np.int64)
+        sharers = sharers[(mem.flags[sharers] & PTE_PRESENT) != 0]
+        if len(self.memcg_of) and len(sharers):
+            own = self.memcg_of.item(mem.page_owner(npid))
+            other = self.memcg_of[mem.page_owners(sharers)] != own
+            self.stats.rmap_walked_other_memcg += int(np.count_nonzero(other))
+        return sharers
+
+    def frames(self) -> int:
+        """KSM folios in memory (each pool's frames)."""
+        return int(sum(self.mem.nr_resident.item(o) for o in self.pool_owners))
+
+    def charged(self, mm: int) -> int:
+        """KSM folios in memory charged to VM ``mm``'s memcg (made of its pages)."""
+        k = self._pool_of_mm.get(mm)
+        return 0 if k is None else self.mem.nr_resident.item(self.pool_owners[k])
 
     # -- checks ------------------------------------------------------------------------------
     def check(self) -> None:
@@ -707,6 +800,16 @@ class Ksm:
                 assert nf & PG_SWAP, "a sharer's swap entry with no slot behind it"
             chain = self.stable.get(int(self.node_key[n]), [])
             assert (n in chain) != bool(self.pruned[n]), "stable tree and pruned disagree"
+        merging = np.zeros(len(self.merging), dtype=np.int64)
+        for n in tree:
+            merging += np.bincount(
+                mem.page_owners(np.array(self.sharers[n], dtype=np.int64)),
+                minlength=len(merging),
+            )
+        assert (merging == self.merging).all(), "ksm_merging_pages is not each mm's sharers"
+        for n in live:  # a folio charged to the VM whose page it was made of (its pool)
+            pool = mem.page_owner(self.node_base + n) - self.pool_owners[0]
+            assert pool == self._pool_of_mm.get(int(self.node_mm[n]), 0), "node in another pool"
         for n in range(self.nr_nodes):  # nodes kept only for their I/O, or free
             if not self.sharers[n]:
                 nf = mem.flags.item(self.node_base + n)
@@ -714,6 +817,8 @@ class Ksm:
         share = np.flatnonzero(node != NO_NODE)
         f = mem.flags[share]
         assert not (f & ~np.uint8(_SHARER_FLAGS)).any(), "a sharer with folio flags"
+        # a write that completed on a sharer (a stale writable or cached translation)
+        assert not mem.written[share].any(), "a KSM page written without breaking its sharing"
         zero = share[node[share] == ZERO_NODE]
         assert (mem.pfn[zero] == NO_PFN).all(), "a zero-page sharer holds a pfn"
         assert (mem.flags[zero] & PTE_PRESENT).all(), "an unmapped zero-page sharer"

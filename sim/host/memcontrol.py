@@ -26,6 +26,11 @@ Models
     reader reclaims, is throttled and OOM-killed as a vCPU is. Page cache with no memcg is
     charged to the root memcg: no limits, its own lruvec (index ``nr_vms``), visited first.
 
+    KSM (sim/host/ksm.py): a KSM folio is charged to the memcg of the VM whose page it was made
+    of (its frames are a KSM pseudo-mm charged to that memcg), and its swap slot too; its
+    ``memory.stat`` shows ``ksm_pages`` (those folios, in ``current_pages``) and the VM's
+    ``ksm_merging_pages``.
+
     Write-back in memcg reclaim follows cgroup v2 (``writeback_throttling_sane``): a folio
     under write-out is activated and counted (``shrink_folio_list`` case 2, as direct reclaim
     does), never waited for (case 3 is cgroup v1 only), and memcg reclaim is not throttled
@@ -93,6 +98,7 @@ from sim.host.vmstat import VmEvents, VmStat
 from sim.schema import Strict
 
 if TYPE_CHECKING:
+    from sim.host.ksm import Ksm
     from sim.host.kswapd import Reclaim
     from sim.host.mm import Mm
     from sim.host.oom import OomKiller
@@ -358,6 +364,8 @@ class MemCgroups:
         self.env, self.mem, self.limits, self.mms = env, mem, limits, list(mms)
         self.vmstat, self.reclaim, self.oom = vmstat, reclaim, oom
         self.swap_usage = np.zeros(len(self.mms), dtype=np.int64)  # memory.swap.current
+        self._owner_memcg = np.asarray(limits.owner_memcg, dtype=np.int64)
+        self.ksm: Ksm | None = None  # KSM, when on: the folios each memcg is charged for
         self.vcpus = list(vcpus)
         # lazy statistics (use_lazy_stats): the policy whose lruvecs read flushed counters
         self.stats_policy: Any = None
@@ -401,6 +409,10 @@ class MemCgroups:
     def usage(self, memcg: int) -> int:
         """``memory.current`` in pages."""
         return self.limits.usage(self.mem.nr_resident, memcg)
+
+    def memcgs_of(self, pids: NDArray[np.integer]) -> NDArray[np.int64]:
+        """``memcg_of`` of every page in ``pids`` (a KSM folio: the memcg its pool charges)."""
+        return self._owner_memcg[self.mem.page_owners(pids)]
 
     def memcg_of(self, pid: int) -> int:
         """The memcg page ``pid`` is charged to (``folio_memcg``)."""
@@ -505,7 +517,7 @@ class MemCgroups:
         """``__mem_cgroup_try_charge_swap``'s test, in order: which pages' memcgs have room
         under memory.swap.max for one more slot each (counting those before them); the others
         count ``memory.swap.events max``."""
-        owners = self.mem.page_owners(pids).tolist()
+        owners = self.memcgs_of(pids).tolist()
         ok = np.ones(len(owners), dtype=np.bool_)
         extra: dict[int, int] = {}
         for k, i in enumerate(owners):
@@ -523,25 +535,23 @@ class MemCgroups:
         node-wide half-full test, ``vm_swap_full``, is the caller's). Without it a memcg whose
         swap.max holds only its cold pages would keep slots for pages already back in RAM
         and be OOM-killed with swap room to spare."""
-        own = np.asarray(owners, dtype=np.int64)
+        own = self._owner_memcg[np.asarray(owners, dtype=np.int64)]
         lim = np.asarray(self.limits.swap_max, dtype=np.int64)
         out = np.zeros(len(own), dtype=np.bool_)
-        vm = own < len(lim)  # page-cache owners have no swap
+        vm = own < len(lim)  # the root's page cache has no swap
         out[vm] = self.swap_usage[own[vm]] * 2 >= lim[own[vm]]
         return out
 
     def charge_swap(self, pids: NDArray[np.integer]) -> None:
         """The pages got swap slots: charge each to its memcg's ``memory.swap.current``."""
         if len(pids):
-            self.swap_usage += np.bincount(
-                self.mem.page_owners(pids), minlength=len(self.swap_usage)
-            )
+            self.swap_usage += np.bincount(self.memcgs_of(pids), minlength=len(self.swap_usage))
 
     def uncharge_swap(self, pids: NDArray[np.integer] | Sequence[int]) -> None:
         """``mem_cgroup_uncharge_swap``: the pages' slots were freed."""
         if len(pids):
-            owners = self.mem.page_owners(np.asarray(pids, dtype=np.int64))
-            self.swap_usage -= np.bincount(owners, minlength=len(self.swap_usage))
+            memcgs = self.memcgs_of(np.asarray(pids, dtype=np.int64))
+            self.swap_usage -= np.bincount(memcgs, minlength=len(self.swap_usage))
 
     def check(self) -> None:
         """Memory charges equal the frames each memcg's pages own (its VM's and its files'),
@@ -556,9 +566,13 @@ class MemCgroups:
             over = self.usage(i) - self.limits.max[i]
             assert mm.dead or over <= self.vcpus[i], f"memcg {i}: {over} pages over memory.max"
         held = np.flatnonzero((mem.flags & PG_SWAP) != 0)
-        per = np.bincount(mem.page_owners(held), minlength=len(self.swap_usage))
+        per = np.bincount(self.memcgs_of(held), minlength=len(self.swap_usage))
         assert (per == self.swap_usage).all(), "memcg swap charges != slots held"
         assert (mem.nr_resident >= 0).all(), "a negative memory charge"
+
+    def _first_file(self) -> int:
+        """The first page-cache owner: after the VMs' mms and KSM's pseudo-mms."""
+        return len(self.mms) + (len(self.ksm.pool_owners) if self.ksm is not None else 0)
 
     def file_stat(self, memcg: int) -> dict[str, int]:
         """``memory.stat``'s page-cache sizes of the memcg, in pages: ``file`` (resident),
@@ -567,7 +581,7 @@ class MemCgroups:
         ends = [*mem.pid_base.tolist()[1:], mem.nr_pages]
         out = {"file_pages": 0, "file_dirty_pages": 0, "file_writeback_pages": 0}
         for o in self.limits.owners[memcg]:
-            if o < len(self.mms):
+            if o < self._first_file():
                 continue
             f = mem.flags[int(mem.pid_base[o]) : ends[o]]
             out["file_pages"] += int(mem.nr_resident[o])
@@ -584,7 +598,15 @@ class MemCgroups:
         def setting(v: int) -> int | None:
             return None if v >= PAGE_COUNTER_MAX else v
 
-        files = self.file_stat(memcg) if len(lim.owner_memcg) > len(self.mms) else {}
+        files = self.file_stat(memcg) if self._first_file() < len(lim.owner_memcg) else {}
+        if self.ksm is not None and memcg < len(self.mms):
+            # the KSM folios charged here (in current_pages, as memory.stat's anon counts
+            # them), and /proc/<pid>/ksm_stat's ksm_merging_pages of the memcg's QEMU
+            files = {
+                **files,
+                "ksm_pages": self.ksm.charged(memcg),
+                "ksm_merging_pages": int(self.ksm.merging[memcg]),
+            }
         return {
             "max_pages": setting(lim.max[memcg]),
             "high_pages": setting(lim.high[memcg]),

@@ -17,7 +17,10 @@ KSM
     different VMs' mms: ``rmap_walk_ksm`` visits every sharer, tests and clears its pte's young
     bit and calls its mm's notifier for its hva (N mappings, N notifier calls, N KVM walks). The
     folio is referenced if any was young; how many were is kept for ``folio_check_references``
-    (``referenced_ptes > 1`` activates), as ``multi_referenced``. ``try_to_unmap`` of a KSM
+    (``referenced_ptes > 1`` activates), as ``multi_referenced``, and which were, for MGLRU's
+    look-around around each young mapping (``young_sharers``). MGLRU's page-table walk clears
+    one sharer's pte at a time (``clear_young_ptes``: ``walk_pte_range`` visits ptes, not
+    folios). ``try_to_unmap`` of a KSM
     folio invalidates every mapped sharer's hva (N KVM zaps and flushes) and turns each pte into
     a swap entry to the folio's one slot.
 
@@ -116,6 +119,9 @@ class Rmap:
         self.thp: HugeMemory | None = None  # THP-backed guest RAM, when host.thp is on
         # KSM folios the last folio_referenced found young through more than one pte
         self.multi_referenced: set[int] = set()
+        # the sharers the last folio_referenced found young, per KSM folio (MGLRU's
+        # look-around runs around each young mapping)
+        self.young_sharers: dict[int, list[int]] = {}
 
     def walked(self, work: RmapWork, n: int) -> None:
         """Count ``n`` mappings visited by a walk (``rmap_walked``, and the caller's work)."""
@@ -181,6 +187,7 @@ class Rmap:
         """
         if self.ksm is not None:
             self.multi_referenced.clear()  # this call's, not an earlier batch's
+            self.young_sharers.clear()
             nodes = self.ksm.is_node(self.mem.frame_pid[pfns])
             if nodes.any():
                 return self._referenced_ksm(pfns, nodes, work, flush)
@@ -265,8 +272,7 @@ class Rmap:
         self.multi_referenced.clear()
         for i in np.flatnonzero(nodes).tolist():
             pfn = int(pfns[i])
-            sharers = np.array(ksm.mappings(mem.frame_pid.item(pfn)), dtype=np.int64)
-            sharers = sharers[(mem.flags[sharers] & PTE_PRESENT) != 0]
+            sharers = ksm.mapped_sharers(mem.frame_pid.item(pfn))
             if len(sharers) == 0:
                 continue
             self.walked(work, len(sharers))
@@ -285,8 +291,32 @@ class Rmap:
                     y[sharers == one] |= bool(hit[0])
             referenced = int(np.count_nonzero(y))
             young[i] = referenced > 0
+            if referenced:
+                self.young_sharers[pfn] = sharers[y].tolist()
             if referenced > 1:
                 self.multi_referenced.add(pfn)
+        return young
+
+    def clear_young_ptes(self, pids: NDArray[np.int64], work: RmapWork) -> NDArray[np.bool_]:
+        """``ptep_clear_young_notify`` on the ptes of the given pages, each alone: MGLRU's walk
+        and look-around meeting KSM sharers' ptes (one mapping and notifier call each, not the
+        folio's ``rmap_walk_ksm``)."""
+        mem = self.mem
+        self.walked(work, len(pids))
+        self.scanned(work, len(pids))
+        f = mem.flags[pids]
+        young = (f & PTE_YOUNG) != 0
+        mem.flags[pids] = f & ~np.uint8(PTE_YOUNG)
+        for mm, sel in self._by_mm(pids):
+            if not mm.notifiers.subscribers:
+                continue
+            p = pids if sel is None else pids[sel]
+            hva = mm.hva(p)
+            y = mm.notifiers.clear_young(hva, hva + PAGE_SIZE, work)
+            if sel is None:
+                young |= y
+            else:
+                young[sel] |= y
         return young
 
     def ptep_test_and_clear_young(

@@ -77,6 +77,7 @@ from numpy.typing import NDArray
 
 from sim.host.memory import (
     DEF_PRIORITY,
+    NO_PFN,
     PG_DIRTY,
     PG_RECLAIM,
     PG_SWAP,
@@ -340,16 +341,66 @@ class Vmscan:
         return self.rmap.ptep_test_and_clear_young(pfns, sc)
 
     def walk_mm(self) -> NDArray[np.int64]:
-        """Frames of every present pte, mm by mm in ascending hva (page-table order)."""
+        """Every present pte, mm by mm in ascending hva (page-table order). With KSM, not the
+        stable nodes (their PTE_PRESENT is the folio's "mapped", no pte) and not the zero
+        page's ptes (``get_pte_pfn`` skips the zero pfn)."""
         present = np.flatnonzero((self.mem.flags & PTE_PRESENT) != 0)
-        return self.mem.pfn[present].astype(np.int64)
+        if self.ksm is not None:
+            present = present[present < self.ksm.node_base]
+            present = present[self.mem.pfn[present] != NO_PFN]
+        return present.astype(np.int64)
+
+    def pte_pfns(self, ptes: NDArray[np.int64]) -> NDArray[np.int64]:
+        """The frames the ptes map."""
+        return self.mem.pfn[ptes].astype(np.int64)
+
+    def clear_young_ptes(
+        self, ptes: NDArray[np.int64], pfns: NDArray[np.int64], sc: ScanControl
+    ) -> NDArray[np.bool_]:
+        """``ptep_clear_young_notify`` on each pte, which mapped ``pfns`` when the walk took
+        its snapshot: a KSM sharer's pte still mapping its folio alone
+        (``Rmap.clear_young_ptes``); any other as its folio's mapping (the snapshot's
+        frame, as the walk without KSM does)."""
+        if self.ksm is None:
+            return self.clear_young(pfns, sc)
+        mem = self.mem
+        shared = (
+            (mem.ksm_node[ptes] >= 0)
+            & (mem.pfn[ptes] == pfns)
+            & ((mem.flags[ptes] & PTE_PRESENT) != 0)
+        )
+        if not shared.any():
+            return self.clear_young(pfns, sc)
+        young = np.zeros(len(ptes), dtype=np.bool_)
+        young[~shared] = self.clear_young(pfns[~shared], sc)
+        young[shared] = self.rmap.clear_young_ptes(ptes[shared], sc)
+        return young
 
     def lookaround(self, pfn: int, window: int = 64) -> NDArray[np.int64]:
-        """Present neighbours of ``pfn``'s pte inside its PMD, at most ``window`` ptes wide."""
+        """Present neighbours of the folio's pte inside its PMD, at most ``window`` ptes wide
+        (a KSM folio: around each of its ptes the last ``clear_young`` found young). With KSM
+        and memcgs
+        only those mapping folios of the centre folio's memcg (``get_pfn_folio``)."""
         mem = self.mem
         if self.pmd_mapped:
             return np.empty(0, dtype=np.int64)
         pid = int(mem.frame_pid[pfn])
+        if self.ksm is None or not self.ksm.is_node(np.array([pid])).item():
+            ptes = self._window(pid, window)
+        else:
+            young = self.rmap.young_sharers.get(pfn, [])
+            ptes = np.concatenate([self._window(p, window) for p in young] + [np.zeros(0, int)])
+        if self.ksm is None:
+            return ptes
+        ptes = ptes[mem.pfn[ptes] != NO_PFN]  # not the zero page
+        if self.memcg is not None and len(ptes):
+            memcgs = self.memcg.memcgs_of(mem.frame_pid[mem.pfn[ptes]])
+            ptes = ptes[memcgs == self.memcg.memcgs_of(np.array([pid])).item()]
+        return ptes.astype(np.int64)
+
+    def _window(self, pid: int, window: int) -> NDArray[np.int64]:
+        """The present ptes of page ``pid``'s mm around its pte within its PMD (not its own)."""
+        mem = self.mem
         mm = self.mms[mem.page_owner(pid)]
         gfn = pid - mm.pid_base
         ptrs = PTRS_PER_PMD
@@ -363,8 +414,7 @@ class Vmscan:
             else:
                 lo, hi = gfn - window // 2, gfn + window // 2
         pids = np.arange(mm.pid_base + lo, mm.pid_base + hi, dtype=np.int64)
-        pids = pids[((mem.flags[pids] & PTE_PRESENT) != 0) & (pids != pid)]
-        return mem.pfn[pids].astype(np.int64)
+        return pids[((mem.flags[pids] & PTE_PRESENT) != 0) & (pids != pid)]
 
     def free_and_high(self) -> tuple[int, int]:
         """Free pages and the high watermark."""
@@ -589,7 +639,7 @@ class Vmscan:
         sc.nr_pageout += n
         self.vmstat[VmStat.NR_VMSCAN_WRITE] += n
         if swap.zswap is not None:
-            stored, compressed, full = swap.zswap.store(wpid, mem.page_owners(wpid))
+            stored, compressed, full = swap.zswap.store(wpid, self._io_owners(wpid))
             sc.nr_compressed += compressed
             mem.flags[wpid[stored]] = f[stored] & ~_U8(PG_DIRTY)
             disk = ~stored
@@ -622,11 +672,14 @@ class Vmscan:
     def _swap_write(self, pids: NDArray[np.integer]) -> list[int]:
         """Submit a swap write per page, counted per mm at submission (``pswpout``); returns
         when each ends."""
-        owned = self.mem.page_owners(pids) if self.ksm is None else self.ksm.owners(pids)
-        owners = np.bincount(owned, minlength=len(self.mms)).tolist()
+        owners = np.bincount(self._io_owners(pids), minlength=len(self.mms)).tolist()
         if self.on_swap_write is not None:
             self.on_swap_write(np.asarray(pids, dtype=np.int64))
         return self.swap.submit(self.now(), write=True, n=len(pids), per_mm=owners)
+
+    def _io_owners(self, pids: NDArray[np.integer]) -> NDArray[np.intp]:
+        """The mm each page's I/O counts for (a KSM folio's: the VM whose frame it was)."""
+        return self.mem.page_owners(pids) if self.ksm is None else self.ksm.owners(pids)
 
     def _zswap_writeback(self, sc: ScanControl) -> None:
         """``shrink_worker``: zswap's oldest entries go to the device (``zswpwb``, and a write
@@ -635,7 +688,7 @@ class Vmscan:
         back = np.array(self.swap.zswap.shrink(), dtype=np.int64)
         if len(back) == 0:
             return
-        owners = np.bincount(self.mem.page_owners(back), minlength=len(self.mms)).tolist()
+        owners = np.bincount(self._io_owners(back), minlength=len(self.mms)).tolist()
         if self.on_swap_write is not None:
             self.on_swap_write(back)
         self.swap.submit(self.now(), write=True, n=len(back), per_mm=owners)
@@ -732,7 +785,7 @@ class Vmscan:
             return
         f = mem.flags.item(pid) & ~PG_WRITEBACK
         mem.nr_writeback -= 1
-        node = self.ksm is not None and pid >= self.ksm.node_base
+        node = self.ksm is not None and bool(self.ksm.is_node(np.array([pid]))[0])
         mm = self.mms[mem.page_owner(pid)] if pid < mem.file_base and not node else None
         if self.ksm is not None and node:
             mem.flags[pid] = f

@@ -146,13 +146,24 @@ class Reclaimer(Protocol):
         ...
 
     def walk_mm(self) -> Pfns:
-        """Frames of every present pte, in page-table order (mm by mm, ascending hva): what
-        MGLRU's ``walk_mm`` visits."""
+        """Every present pte (a page id each), in page-table order (mm by mm, ascending hva):
+        what MGLRU's ``walk_mm`` visits; :meth:`pte_pfns` gives the frames they map."""
         ...
 
     def lookaround(self, pfn: int, window: int = 64) -> Pfns:
-        """Frames mapped by the ptes around ``pfn``'s pte within its PMD (``window`` ptes at most,
-        as ``lru_gen_look_around`` bounds it), excluding ``pfn`` itself."""
+        """The present ptes around the folio's young pte within its PMD (``window`` ptes at
+        most, as ``lru_gen_look_around`` bounds it), excluding that pte; a KSM folio: around
+        each of its ptes the last :meth:`clear_young` found young."""
+        ...
+
+    def pte_pfns(self, ptes: Pfns) -> Pfns:
+        """The frames the given ptes map."""
+        ...
+
+    def clear_young_ptes(self, ptes: Pfns, pfns: Pfns, sc: ScanControl) -> NDArray[np.bool_]:
+        """``ptep_clear_young_notify`` on each given pte, which mapped the folio at ``pfns``
+        when the walk met it (that mapping alone, not every mapping of the folio): MGLRU's
+        walk and look-around."""
         ...
 
     def free_and_high(self) -> tuple[int, int]:

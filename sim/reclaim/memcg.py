@@ -394,10 +394,16 @@ class MemcgWalkReclaimer(MemcgReclaimer):
     and its memory.swap.max leaves (``swap_left``: swap.max - swap usage)."""
 
     def __init__(
-        self, reclaim: Reclaimer, swap_left: Callable[[], int], mem: HostMemory, memcg: int
+        self,
+        reclaim: Reclaimer,
+        swap_left: Callable[[], int],
+        mem: HostMemory,
+        memcg: int,
+        owner_memcg: NDArray[np.int64] | None = None,
     ) -> None:
         super().__init__(reclaim, lambda: swap_left() > 0)
         self._swap_left, self._mem, self._memcg = swap_left, mem, memcg
+        self._owner_memcg = owner_memcg
 
     def nr_swap_pages(self) -> int:
         """``mem_cgroup_get_nr_swap_pages``: the device's free slots, at most what the memcg's
@@ -405,10 +411,19 @@ class MemcgWalkReclaimer(MemcgReclaimer):
         return min(self._reclaim.nr_swap_pages(), self._swap_left())
 
     def walk_mm(self) -> Pfns:
-        """Frames of the memcg's present ptes, in page-table order."""
-        pfns = self._reclaim.walk_mm()
+        """The memcg's present ptes mapping its own folios, in page-table order (the mms of
+        its ``mm_list``; ``get_pfn_folio`` skips a folio of another memcg: a KSM folio is met
+        only through the ptes of its own memcg's mm)."""
+        ptes = self._reclaim.walk_mm()
         mem = self._mem
-        return pfns[mem.page_owners(mem.frame_pid[pfns]) == self._memcg]
+        folios = mem.frame_pid[self._reclaim.pte_pfns(ptes)]
+        if self._owner_memcg is None:
+            return ptes[mem.page_owners(folios) == self._memcg]
+        own = self._owner_memcg
+        keep = (own[mem.page_owners(ptes)] == self._memcg) & (
+            own[mem.page_owners(folios)] == self._memcg
+        )
+        return ptes[keep]
 
 
 class MemcgMglru(PerMemcgLruvecs):
@@ -576,7 +591,10 @@ class MemcgMglru(PerMemcgLruvecs):
                 return PAGE_COUNTER_MAX
             return int(lim.swap_max[memcg]) - int(self._swap_usage(memcg))
 
-        return MemcgWalkReclaimer(reclaim, left, self.mem, memcg)  # type: ignore[return-value]
+        ksm = self.mem.ksm_node.size > 0  # KSM folios: the pseudo-mms of their memcgs
+        return MemcgWalkReclaimer(  # type: ignore[return-value]
+            reclaim, left, self.mem, memcg, self._memcg_arr if ksm else None
+        )
 
     def _below_min(self, memcg: int) -> bool:
         """``mem_cgroup_below_min`` (one level: the effective min is the memcg's own) on

@@ -101,6 +101,18 @@ Models
     oldest generation is older than the TTL and, if not, counts ``mglru_min_ttl_oom`` (the kernel
     would invoke the OOM killer there).
 
+    KSM (sim/host/ksm.py): a KSM folio is on the lists like any anon folio and is mapped by
+    one pte per sharer. The walk visits ptes, not folios (``walk_pte_range`` ->
+    ``ptep_clear_young_notify`` on each): it meets a KSM folio once per mapped sharer, clears
+    that pte's young bit alone (and asks that sharer's KVM), and each young pte is one
+    ``folio_update_gen`` in order, so two young sharers in one walk are a first and a second
+    sighting. The stable node and the zero page's ptes are no walk entries. With memcgs a
+    memcg's walk visits its own mm's ptes and ``get_pfn_folio`` skips folios of other memcgs:
+    a KSM folio is aged by the walk only through its own memcg's sharer; the others' young
+    bits are seen by eviction's ``folio_referenced`` (``rmap_walk_ksm``, then
+    ``lru_gen_look_around`` around each young mapping, promoting neighbours of the folio's
+    memcg only). ``notifier_walk: false`` is not modelled with KSM.
+
     ``notifier_walk: false`` is the behaviour before 6.12: the walk and the look-around test and
     clear only the host pte young bits (no notifier call), and only for young host ptes; the
     folio being evicted is still checked with ``folio_referenced``
@@ -652,7 +664,8 @@ class _Walk:
     """One aging walk in progress (the mm-list iterator reclaimers share)."""
 
     seq: int
-    pfns: Pfns
+    ptes: Pfns  # the ptes met, as the walk's snapshot saw them
+    pfns: Pfns  # the frames they mapped then
     pos: int = 0
 
 
@@ -1115,20 +1128,37 @@ class Mglru:
         self.vmstat["mglru_aging"] += 1
         return True
 
-    def _walk_ptes(self, pfns: Pfns, sc: ScanControl, reclaim: Reclaimer) -> None:
-        """``walk_pte_range`` over one batch of present ptes."""
-        on = pfns[(self.fl[pfns] & FL_LRU) != 0]  # get_pfn_folio: folios on the LRU only
+    def _walk_ptes(self, ptes: Pfns, pfns: Pfns, sc: ScanControl, reclaim: Reclaimer) -> None:
+        """``walk_pte_range`` over one batch of present ptes mapping ``pfns`` (each pte's own
+        young bit: a KSM folio mapped by several ptes is met, and updated, once per young
+        pte)."""
+        lru = (self.fl[pfns] & FL_LRU) != 0  # get_pfn_folio: folios on the LRU only
+        on, ptes = pfns[lru], ptes[lru]
         if len(on) == 0:
             return
         if self.cfg.notifier_walk:  # mm_has_notifiers: every present pte, notifier included
-            young = reclaim.clear_young(on, sc)
+            young = reclaim.clear_young_ptes(ptes, on, sc)
             self.vmstat["mglru_walk_ptes"] += len(on)
         else:  # pre-6.12: young host ptes only, no notifier
             young = reclaim.ptep_test_and_clear_young(on, sc)
             self.vmstat["mglru_walk_ptes"] += int(young.sum())
         hot = on[young]
         self.vmstat["mglru_walk_young"] += len(hot)
-        self._folio_update_gen(hot)
+        self._update_gen_each(hot)
+
+    def _update_gen_each(self, pfns: Pfns) -> None:
+        """``folio_update_gen`` once per young pte in order: a folio met twice (a KSM folio
+        mapped by two young ptes) gets its second sighting after its first."""
+        while len(pfns):
+            _, first = np.unique(pfns, return_index=True)
+            if len(first) == len(pfns):
+                self._folio_update_gen(pfns)
+                return
+            first.sort()
+            self._folio_update_gen(pfns[first])
+            rest = np.ones(len(pfns), dtype=np.bool_)
+            rest[first] = False
+            pfns = pfns[rest]
 
     def _try_to_inc_max_seq(
         self, seq: int, sc: ScanControl, reclaim: Reclaimer, swappiness: int
@@ -1141,15 +1171,15 @@ class Mglru:
         walk = self._walk
         if walk is None or walk.seq != seq:
             ptes = reclaim.walk_mm() if swappiness else np.zeros(0, dtype=np.int64)
-            walk = self._walk = _Walk(seq, ptes)
+            walk = self._walk = _Walk(seq, ptes, reclaim.pte_pfns(ptes) if len(ptes) else ptes)
         while True:
             if self.max_seq != seq or self._mm_seq >= seq:
                 return False  # another reclaimer finished this walk
             if walk.pos >= len(walk.pfns):
                 break
-            chunk = walk.pfns[walk.pos : walk.pos + WALK_BATCH]
+            chunk = slice(walk.pos, walk.pos + WALK_BATCH)
             walk.pos += WALK_BATCH
-            self._walk_ptes(chunk, sc, reclaim)
+            self._walk_ptes(walk.ptes[chunk], walk.pfns[chunk], sc, reclaim)
             yield
         self._mm_seq = seq
         self._walk = None
@@ -1366,18 +1396,23 @@ class Mglru:
             young = reclaim.folio_referenced(pfns, sc) | host
             centres = pfns[host]
         if len(centres):
-            near = np.unique(
+            ptes = np.unique(
                 np.concatenate([reclaim.lookaround(int(p), MIN_LRU_BATCH) for p in centres])
             )
-            near = near[(self.fl[near] & FL_LRU) != 0]
-            if len(near):
+            if len(ptes):
+                near = reclaim.pte_pfns(ptes)
+                order = np.lexsort((ptes, near))  # by frame, as the windows' folios
+                near, ptes = near[order], ptes[order]
+                lru = (self.fl[near] & FL_LRU) != 0
+                near, ptes = near[lru], ptes[lru]
+            if len(ptes):
                 if self.cfg.notifier_walk:
-                    ny = reclaim.clear_young(near, sc)
+                    ny = reclaim.clear_young_ptes(ptes, near, sc)
                 else:
                     ny = reclaim.ptep_test_and_clear_young(near, sc)
                 self.vmstat["mglru_lookaround_ptes"] += len(near)
                 self.vmstat["mglru_lookaround_young"] += int(ny.sum())
-                self._folio_update_gen(near[ny])
+                self._update_gen_each(near[ny])
         return young
 
     def _putback(self, pfns: Pfns) -> None:
