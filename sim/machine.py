@@ -330,11 +330,13 @@ class Machine:
     ) -> tuple[NDArray[np.int64], list[tuple[int, int]]]:
         """With KSM on, every guest page's content key (host/ksm.py ``draw_content``; UNIQUE
         for VMs without content) and the stable nodes to provide for, as pools of (VM, nodes):
-        a node is made of two pages that can merge, and a page that left one never merges
-        again (it was written, or its mm exited), so half the mergeable pages not unique, in
-        one pool (VM 0's, charged to nobody). With ``memcgs`` a pool per mergeable VM: its
-        nodes are made of its own pages, so it needs at most its pages not unique (and no
-        more than half of all). Without KSM: nothing."""
+        a live node has a sharer (or I/O in flight after its last one left), and a page shares
+        one node at a time, so as many nodes as mergeable pages (not unique) are enough for
+        any run, in one pool (VM 0's, charged to nobody). With ``memcgs`` a pool per mergeable
+        VM: its nodes are made of its own pages, so it needs at most its pages not unique.
+        (Half would do if a page never merged again after leaving a node, but a page read back
+        from swap, or whose node's write-out outlived its sharers, can.) Without KSM:
+        nothing."""
         if sc.host.ksm is None:
             return np.zeros(0, dtype=np.int64), []
         images: dict[str, int] = {}  # image -> its first key's offset
@@ -354,9 +356,8 @@ class Machine:
             keys.append(key)
             if c.mergeable:
                 mergeable[i] = int(np.count_nonzero(key != UNIQUE))
-        half = max(1, sum(mergeable) // 2)
-        pools = [(i, min(m, half)) for i, m in enumerate(mergeable) if m] if memcgs else []
-        return np.concatenate(keys), pools or [(0, half)]
+        pools = [(i, m) for i, m in enumerate(mergeable) if m] if memcgs else []
+        return np.concatenate(keys), pools or [(0, max(1, sum(mergeable)))]
 
     def _zpool(
         self,

@@ -116,6 +116,26 @@ def test_two_vms_of_one_image_merge_as_counted_by_hand() -> None:
     w.check()
 
 
+def test_a_pool_with_no_free_node_merges_on_a_later_pass() -> None:
+    """Nodes are provided for every mergeable page; should every one still be a folio under
+    write-out, the pair waits in the unstable tree for a later pass instead of failing."""
+    w = _world()
+    assert w.ksm.nr_nodes == 2 * PAGES  # image_share 1.0: every page of both VMs mergeable
+    _keys(w, {0: 1, 1: 2})
+    _fault_all(w)
+    _scan(w)  # the checksum gate
+    kept = w.ksm._free_nodes[0][:]
+    w.ksm._free_nodes[0].clear()
+    _scan(w)
+    s = w.ksm.stats
+    assert (s.pages_shared, s.pages_sharing) == (0, 0)
+    w.check()
+    w.ksm._free_nodes[0][:] = kept
+    _scan(w)
+    assert (s.pages_shared, s.pages_sharing) == (2, 2)
+    w.check()
+
+
 def test_the_checksum_gate_delays_a_written_page_one_pass() -> None:
     w = _world()
     _keys(w, {0: 1})

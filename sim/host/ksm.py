@@ -484,6 +484,8 @@ class Ksm:
         # unstable_tree_search_insert
         self._lookups(len(self.unstable))
         other = self.unstable.get(key, -1) if key != UNIQUE else -1
+        if other >= 0 and not self._free_nodes[self._pool_of_mm.get(self.mem.page_owner(pid), 0)]:
+            return  # every node of the pool is a folio still under write-out: a later pass
         if other >= 0 and self._still_same(other, key):
             del self.unstable[key]
             self.in_unstable[other] = False
