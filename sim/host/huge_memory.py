@@ -102,6 +102,7 @@ THP_SPLIT_PMD = "thp_split_pmd"
 THP_SPLIT_PAGE = "thp_split_page"
 THP_SWPOUT = "thp_swpout"
 THP_SWPOUT_FALLBACK = "thp_swpout_fallback"
+THP_FAULT_FALLBACK_CHARGE = "thp_fault_fallback_charge"
 THP_EVENTS = (
     THP_FAULT_ALLOC,
     THP_FAULT_FALLBACK,
@@ -112,6 +113,8 @@ THP_EVENTS = (
 )
 """The THP counters of /proc/vmstat, kept only in worlds with ``host.thp`` (so runs without
 it list no new keys)."""
+THP_MEMCG_EVENTS = (THP_FAULT_FALLBACK_CHARGE,)
+"""THP counters that only a run with memcgs counts (a THP whose memcg charge failed)."""
 
 _U8 = np.uint8
 _TAIL_NEW = PTE_PRESENT | PG_DIRTY | PG_RESIDENT  # a subpage of a new THP: the PMD maps it
@@ -255,6 +258,26 @@ class HugeMemory:
         return len(pfns) + (HPAGE_PMD_NR - 1) * int(np.count_nonzero(heads))
 
     # -- fault -------------------------------------------------------------------------------
+    def huge_candidate(self, pid: int) -> bool:
+        """A first touch of ``pid`` would try a THP: its block's PMD is empty (no page of the
+        block touched) and the zone has 512 frames above the low watermark."""
+        mem = self.mem
+        if not self.cfg.on or pid >= self.nr_vm_pages:
+            return False
+        head = pid & ~(HPAGE_PMD_NR - 1)
+        sl = slice(head, head + HPAGE_PMD_NR)
+        if mem.flags[sl].any() or (mem.pfn[sl] != NO_PFN).any():
+            return False
+        return mem.nr_free - HPAGE_PMD_NR >= mem.wmark.low
+
+    def charge_fallback(self, pid: int) -> None:
+        """``vma_alloc_anon_folio_pmd`` after ``mem_cgroup_charge`` failed: the folio is put
+        back and the fault falls back to a 4 KiB page (``thp_fault_fallback`` and
+        ``thp_fault_fallback_charge``)."""
+        owner = self.mem.page_owner(pid)
+        self.vmstat.count(THP_FAULT_FALLBACK, 1, owner)
+        self.vmstat.count(THP_FAULT_FALLBACK_CHARGE, 1, owner)
+
     def huge_fault(self, pid: int) -> int:
         """``do_huge_pmd_anonymous_page`` for a first touch of ``pid``: a THP over its block
         when the PMD is empty (no page of the block touched) and 512 frames can be taken above
