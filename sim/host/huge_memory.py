@@ -53,7 +53,10 @@ Simplifications
     ``defrag: madvise``: with no compaction to model, reclaiming for a huge page would free
     4 KiB pages that need not be contiguous. Guest RAM is mapped by the TDP MMU (a shadow MMU
     maps the guest's own 4 KiB mappings: not modelled, refused). No partial unmaps (balloon,
-    discard) and so no deferred split queue (khugepaged: khugepaged.py). A guest fault on a
+    discard) and so no deferred split queue (khugepaged: khugepaged.py). With memcgs a THP is
+    charged 512 pages (host/memcontrol.py): a fault whose charge fails falls back to 4 KiB
+    (``charge_fallback``), and the zone test comes before the charge (the kernel allocates
+    the folio, then charges it), so a charge failure is never a zone failure too. A guest fault on a
     subpage of a large folio still in the swap cache (its write-out in flight) maps all 512
     ptes, as ``do_swap_page`` maps a whole large folio whose ptes are all its swap entries;
     a pte-mapped large folio is aged and unmapped by one notifier call over its 2 MiB range

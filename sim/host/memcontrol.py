@@ -19,6 +19,15 @@ Models
     ``memory.min`` and ``memory.low`` protect a memcg from global reclaim (vmscan's
     ``shrink_node_memcgs``; the per-lruvec scan in sim/reclaim/memcg.py).
 
+    THP (``host.thp``): a THP is one charge of 512 pages (``mem_cgroup_charge`` of the large
+    folio in ``do_huge_pmd_anonymous_page``). Over ``memory.max`` it reclaims the memcg as a
+    4 KiB charge does, but a charge above ``1 << PAGE_ALLOC_COSTLY_ORDER`` pages does not
+    retry on progress, and ``mem_cgroup_oom`` skips costly orders: the charge fails and the
+    fault falls back to a 4 KiB page (``thp_fault_fallback_charge``). A whole-THP swap-out
+    charges its cluster's 512 slots together (``__mem_cgroup_try_charge_swap``).
+    ``memory.stat``'s ``anon_thp`` is read from the THP block array and its THP events from
+    vmstat's per-mm breakdown (:meth:`MemCgroups.thp_stat`).
+
     Page cache (``host_files`` with ``memcg``): a file folio is charged to the memcg of the
     task that reads it in (``filemap_add_folio`` -> ``mem_cgroup_charge``), here the VM whose
     QEMU reads its disk image; the charge is the frames of every page owner charged to the
@@ -60,7 +69,9 @@ Simplifications
     frame is taken, so concurrent faults of one VM can overshoot ``memory.max`` by the number
     of its vCPUs at most. The compressed pool (zram, zswap) is not charged. No
     ``memory.swap.high``. ``memory.high`` penalties are computed for the nominal batch of
-    MEMCG_CHARGE_BATCH pages the kernel's stock charges at a time.
+    MEMCG_CHARGE_BATCH pages the kernel's stock charges at a time. The charges of khugepaged's
+    collapse and of zram's large-folio swap-in do not reclaim: they are taken when the 512
+    pages fit under ``memory.max`` and otherwise fall back (no THP).
 
 Invariants
     ``memory.current`` of each memcg equals the frames its pages own plus its overhead, and passes
