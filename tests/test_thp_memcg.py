@@ -148,3 +148,20 @@ def test_khugepaged_collapses_only_what_memory_max_has_room_for() -> None:
     assert st["current_pages"] == 512
     assert (st["thp"]["thp_collapse_alloc"], st["thp"]["anon_thp"]) == (1, 2 * MIB)
     w.check()
+
+
+def test_a_memcg_full_of_thps_it_cannot_reclaim_ooms_on_the_4k_fallback() -> None:
+    # memory.max 2 MiB = 512 pages, one THP, nothing reclaimable (memory.swap.max 0). The next
+    # block's THP charge fails without an OOM (17 memory.events max); its 4 KiB fallback's
+    # charge (513 > 512) fails the same 17 times and then OOM-kills the VM, whose THP is freed.
+    w = _memcg_world({"max_mib": 2, "swap_max_mib": 0})
+    _touch(w, 0, 0, write=True)
+    _touch(w, 0, 512)
+    st = _memcg(w).stat(0)
+    assert st["events"]["max"] == 2 * (1 + MAX_RECLAIM_RETRIES)
+    assert (st["events"]["oom"], st["events"]["oom_kill"]) == (1, 1)
+    assert _stat(w, "thp_fault_fallback_charge") == 1
+    assert w.vms[0].mm.dead
+    assert (st["current_pages"], st["thp"]["anon_thp"]) == (0, 0)
+    assert not w.vms[1].mm.dead
+    w.check()
