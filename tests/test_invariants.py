@@ -190,6 +190,7 @@ def thp_scenarios(draw: st.DrawFn) -> dict[str, Any]:
             if draw(st.booleans()):
                 memcg["swap_max_mib"] = draw(st.sampled_from([0, 1, 2, 8]))
             p["memcg"] = memcg
+        raw["host"]["memcg_stats"] = draw(st.sampled_from(["exact", "lazy"]))
     return raw
 
 
