@@ -165,3 +165,27 @@ def test_a_memcg_full_of_thps_it_cannot_reclaim_ooms_on_the_4k_fallback() -> Non
     assert (st["current_pages"], st["thp"]["anon_thp"]) == (0, 0)
     assert not w.vms[1].mm.dead
     w.check()
+
+
+def test_a_large_zram_swapin_charges_512_pages_reclaiming_the_memcg() -> None:
+    # memory.max 3 MiB = 768 pages, zram. Limit reclaim swaps THP A (block 0) out whole; THP B
+    # (block 1) is faulted in: 512 charged. A fault on A's block would read it back as one
+    # large folio: 512 + 512 > 768, so the charge (mem_cgroup_swapin_charge_folio) reclaims
+    # the memcg, which swaps B out whole; then A comes back whole (pswpin 512) and the memcg
+    # holds it only.
+    w = _memcg_world({"max_mib": 3}, swap__device="zram")
+    _touch(w, 0, 0, write=True)
+    m = _memcg(w)
+    proc = w.env.process(m.try_to_free_mem_cgroup_pages(0, 512))  # memory.reclaim, as it were
+    w.env.run(proc)
+    assert proc.value == 512
+    _touch(w, 0, 512, write=True)
+    assert (m.usage(0), int(m.swap_usage[0])) == (512, 512)
+    assert _touch(w, 0, 9) == "major"
+    assert (_stat(w, "thp_swpout"), _stat(w, "pswpin"), _stat(w, "pgmajfault")) == (2, 512, 1)
+    st = m.stat(0)
+    assert st["events"]["max"] == 1
+    assert (st["current_pages"], st["swap_current_pages"]) == (512, 512)  # A in, B out
+    assert w.mem.thp is not None
+    assert (w.mem.thp[0], w.mem.thp[1]) == (THP_LARGE, 0)  # A by ptes, B only in swap
+    w.check()

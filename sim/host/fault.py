@@ -500,14 +500,15 @@ class HostFaultHandler:
         mem = self.mem
         mm = self.mms[mem.page_owner(pid)]
         assert isinstance(self.alloc, PageAllocator), "waiting faults need the page allocator"
-        if (
-            swapped
-            and self.thp is not None
-            and self.swap.zram
-            and not self._other_busy(pid)
-            and (self.memcg is None or self.memcg.fits(pid, PTRS_PER_PMD))
-        ):
-            pfns = self.thp.swapin_large(pid, self.swap.page_slot)
+        if swapped and self.thp is not None and self.swap.zram and not self._other_busy(pid):
+            pfns = None
+            if self.memcg is None:
+                pfns = self.thp.swapin_large(pid, self.swap.page_slot)
+            elif self.thp.can_swapin_large(pid, self.swap.page_slot):
+                # mem_cgroup_swapin_charge_folio of the large folio, which may reclaim
+                charged = yield from self.memcg.try_charge(pid, PTRS_PER_PMD)
+                if charged and not self._other_busy(pid):
+                    pfns = self.thp.swapin_large(pid, self.swap.page_slot)
             if pfns is not None:
                 return (yield from self._swapin_large(pid, mm, pfns))
         if not swapped and self.memcg is not None and self._huge_candidate(pid):

@@ -305,6 +305,21 @@ class HugeMemory:
         self.vmstat.count(THP_FAULT_ALLOC, 1, owner)
         return int(pfns[0])
 
+    def can_swapin_large(self, pid: int, page_slot: NDArray[np.int32]) -> bool:
+        """:meth:`swapin_large`'s tests, with no effect: the block of ``pid`` is only in
+        swap, in one aligned cluster in order, and 512 frames fit above the low watermark."""
+        mem = self.mem
+        if not self.cfg.on or pid >= self.nr_vm_pages:
+            return False
+        head = pid & ~(HPAGE_PMD_NR - 1)
+        sl = slice(head, head + HPAGE_PMD_NR)
+        if (mem.flags[sl] != PG_SWAP).any():
+            return False
+        slots = page_slot[sl].astype(np.int64)
+        if slots[0] % HPAGE_PMD_NR or (slots != slots[0] + self._offsets).any():
+            return False
+        return mem.nr_free - HPAGE_PMD_NR >= mem.wmark.low
+
     def swapin_large(self, pid: int, page_slot: NDArray[np.int32]) -> NDArray[np.int64] | None:
         """``alloc_swap_folio`` on zram: a PMD-sized folio for the swap-in of ``pid`` when
         every page of its block is only in swap, in the slots of one aligned cluster in
@@ -312,18 +327,11 @@ class HugeMemory:
         frames can be taken above the low watermark; then the frames are taken, locked and
         the block is a large folio (the workingset shadow of its head kept in ``shadow``).
         None otherwise: a 4 KiB swap-in."""
-        mem = self.mem
-        if not self.cfg.on or pid >= self.nr_vm_pages:
+        if not self.can_swapin_large(pid, page_slot):
             return None
+        mem = self.mem
         head = pid & ~(HPAGE_PMD_NR - 1)
         sl = slice(head, head + HPAGE_PMD_NR)
-        if (mem.flags[sl] != PG_SWAP).any():
-            return None
-        slots = page_slot[sl].astype(np.int64)
-        if slots[0] % HPAGE_PMD_NR or (slots != slots[0] + self._offsets).any():
-            return None
-        if mem.nr_free - HPAGE_PMD_NR < mem.wmark.low:
-            return None
         self.shadow = int(mem.pfn.item(head))
         mem.nr_swapped[mem.page_owner(head)] -= HPAGE_PMD_NR
         pfns = mem.alloc_frames(np.arange(head, head + HPAGE_PMD_NR, dtype=np.int64))

@@ -24,7 +24,9 @@ Models
     4 KiB charge does, but a charge above ``1 << PAGE_ALLOC_COSTLY_ORDER`` pages does not
     retry on progress, and ``mem_cgroup_oom`` skips costly orders: the charge fails and the
     fault falls back to a 4 KiB page (``thp_fault_fallback_charge``). A whole-THP swap-out
-    charges its cluster's 512 slots together (``__mem_cgroup_try_charge_swap``).
+    charges its cluster's 512 slots together (``__mem_cgroup_try_charge_swap``); zram's
+    large swap-in charges 512 pages as a fault does (``mem_cgroup_swapin_charge_folio``),
+    falling back to a 4 KiB swap-in.
     ``memory.stat``'s ``anon_thp`` is read from the THP block array and its THP events from
     vmstat's per-mm breakdown (:meth:`MemCgroups.thp_stat`).
 
@@ -69,9 +71,9 @@ Simplifications
     frame is taken, so concurrent faults of one VM can overshoot ``memory.max`` by the number
     of its vCPUs at most. The compressed pool (zram, zswap) is not charged. No
     ``memory.swap.high``. ``memory.high`` penalties are computed for the nominal batch of
-    MEMCG_CHARGE_BATCH pages the kernel's stock charges at a time. The charges of khugepaged's
-    collapse and of zram's large-folio swap-in do not reclaim: they are taken when the 512
-    pages fit under ``memory.max`` and otherwise fall back (no THP).
+    MEMCG_CHARGE_BATCH pages the kernel's stock charges at a time. khugepaged's charge of a
+    collapse does not reclaim: it is taken when the 512 pages fit under ``memory.max``, and
+    the block is skipped otherwise.
 
 Invariants
     ``memory.current`` of each memcg equals the frames its pages own plus its overhead, and passes
