@@ -805,7 +805,7 @@ class Scenario(_MemcgOptional):
             (self.swap.zswap.enabled, "swap.zswap off"),
         ]
         for i, vm in enumerate(self.vms):
-            for key in ("memcg", "guest", "balloon"):
+            for key in ("guest", "balloon"):
                 what = " (no partial unmaps: no deferred split yet)" if key == "balloon" else ""
                 needs.append((getattr(vm, key) is not None, f"no vms[{i}].{key}{what}"))
             needs.append((vm.prefault, f"vms[{i}].prefault: false"))

@@ -167,6 +167,7 @@ class World(Machine):
                 self.host_fault.page_busy,
                 self.costs.clear_page_ns,
             )
+            self.khugepaged.memcg = self.memcg
         on_access = self._on_access if policy.observes_accesses else None
         self.horizon_ns = round(sc.duration_s * 1e9)
         self.accrual = VcpuTime(

@@ -30,7 +30,7 @@ from sim import fast
 from sim.config import Scenario, VmConfig
 from sim.guest.tlb import GuestTlbs, TlbGeometry
 from sim.guest.workloads import AccessStream
-from sim.host.huge_memory import THP_EVENTS, HugeMemory
+from sim.host.huge_memory import THP_EVENTS, THP_MEMCG_EVENTS, HugeMemory
 from sim.host.khugepaged import KHUGEPAGED_EVENTS
 from sim.host.ksm import UNIQUE, Ksm, draw_content
 from sim.host.madvise import check_zapped, madvise_dontneed
@@ -195,6 +195,8 @@ class Machine:
         thp_on = sc.host.thp is not None and sc.host.thp.on
         if thp_on:
             extra += THP_EVENTS
+            if self.memcg_limits is not None:
+                extra += THP_MEMCG_EVENTS
             assert sc.host.thp is not None
             if sc.host.thp.khugepaged.enabled:
                 extra += KHUGEPAGED_EVENTS

@@ -153,7 +153,9 @@ def test_invariants_hold_with_2mib_pages(raw: dict[str, Any]) -> None:
 def thp_scenarios(draw: st.DrawFn) -> dict[str, Any]:
     """Random small worlds with THP-backed guest RAM (host.thp): two-list watermark reclaim,
     guests of whole 2 MiB blocks, swap with or without THP_SWAP, sometimes too little swap
-    for a free cluster (the split fallback)."""
+    for a free cluster (the split fallback), sometimes a memcg per VM whose limits make THP
+    charges fall back, limit reclaim swap THPs out or split them, and memory.swap.max refuse
+    a THP's 512 slots."""
     raw = draw(scenarios())
     raw.pop("host_files", None)
     for p in raw["vms"]:
@@ -180,6 +182,15 @@ def thp_scenarios(draw: st.DrawFn) -> dict[str, Any]:
                     {"duration_s": 0.1, "workload": {"type": "zipf"}, "working_set_mib": 2},
                 ],
             }
+    if draw(st.booleans()):  # libvirt's layout: a memcg per VM, its limits tight enough to bite
+        for p in raw["vms"]:
+            memcg: dict[str, int] = {"max_mib": draw(st.integers(1, p["memory_mib"]))}
+            if draw(st.booleans()):
+                memcg["high_mib"] = draw(st.integers(1, p["memory_mib"]))
+            if draw(st.booleans()):
+                memcg["swap_max_mib"] = draw(st.sampled_from([0, 1, 2, 8]))
+            p["memcg"] = memcg
+        raw["host"]["memcg_stats"] = draw(st.sampled_from(["exact", "lazy"]))
     return raw
 
 

@@ -250,6 +250,13 @@ class HostFaultHandler:
         if f & PG_SWAP:
             return None if self.env is not None else self._swapin_now(pid, write)
         if self.thp is not None and not self._block_busy(pid):
+            memcg = self.memcg
+            if (
+                memcg is not None
+                and self.thp.huge_candidate(pid)
+                and not memcg.charge_fast(pid, PTRS_PER_PMD)
+            ):
+                return None  # the THP's charge reclaims, or fails: the slow path
             hpfn = self.thp.huge_fault(pid)
             if hpfn >= 0:
                 self.vmstat.count(_PGFAULT, 1, mem.page_owner(pid))
@@ -506,9 +513,20 @@ class HostFaultHandler:
         mm = self.mms[mem.page_owner(pid)]
         assert isinstance(self.alloc, PageAllocator), "waiting faults need the page allocator"
         if swapped and self.thp is not None and self.swap.zram and not self._other_busy(pid):
-            pfns = self.thp.swapin_large(pid, self.swap.page_slot)
+            pfns = None
+            if self.memcg is None:
+                pfns = self.thp.swapin_large(pid, self.swap.page_slot)
+            elif self.thp.can_swapin_large(pid, self.swap.page_slot):
+                # mem_cgroup_swapin_charge_folio of the large folio, which may reclaim
+                charged = yield from self.memcg.try_charge(pid, PTRS_PER_PMD)
+                if charged and not self._other_busy(pid):
+                    pfns = self.thp.swapin_large(pid, self.swap.page_slot)
             if pfns is not None:
                 return (yield from self._swapin_large(pid, mm, pfns))
+        if not swapped and self.memcg is not None and self._huge_candidate(pid):
+            hf = yield from self._huge_fault_charged(pid, mm)
+            if hf is not None:
+                return hf
         shadow = mem.pfn.item(pid)  # a swapped page's shadow, before its frame takes the place
         # the allocator's fast path first, as alloc() would (it repeats it with no effect when
         # it failed, there being no memcg to charge)
@@ -558,6 +576,35 @@ class HostFaultHandler:
             return HostFault.MAJOR
         self._swapin_done(pid, pfn, write, shadow)
         return HostFault.MAJOR
+
+    def _huge_candidate(self, pid: int) -> bool:
+        """A first touch of ``pid`` (whose fault is the caller) may map a THP: no other page
+        of its block is being faulted in or read, its PMD is empty and the zone has room."""
+        return self.thp is not None and not self._other_busy(pid) and self.thp.huge_candidate(pid)
+
+    def _huge_fault_charged(self, pid: int, mm: Mm) -> ProcessGen:
+        """``do_huge_pmd_anonymous_page`` when the THP's charge of 512 pages does not fit at
+        once (``mem_cgroup_charge`` of the large folio: ``try_charge_memcg`` reclaims the
+        memcg, and for a charge this large neither retries on progress nor OOM-kills).
+        Charged: the THP is mapped (:attr:`HostFault.THP`) unless the block or the zone changed
+        while reclaim ran; not charged: ``thp_fault_fallback_charge``. None: the fault goes on
+        with a 4 KiB page (as it does when the VM was killed meanwhile, which it then sees)."""
+        assert self.memcg is not None
+        assert self.thp is not None
+        charged = yield from self.memcg.try_charge(pid, PTRS_PER_PMD)
+        if mm.dead:
+            return None
+        if not charged:
+            self.thp.charge_fallback(pid)
+            return None
+        if self._other_busy(pid):
+            return None
+        hpfn = self.thp.huge_fault(pid)
+        if hpfn < 0:
+            return None
+        self.policy.folio_add_lru(hpfn, None)
+        self.policy.folio_mark_accessed(hpfn)  # GUP's FOLL_TOUCH
+        return HostFault.THP
 
     def _swapin_large(self, pid: int, mm: Mm, pfns: NDArray[np.int64]) -> ProcessGen:
         """``do_swap_page`` with the PMD-sized folio ``alloc_swap_folio`` took on zram

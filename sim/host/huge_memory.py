@@ -53,7 +53,10 @@ Simplifications
     ``defrag: madvise``: with no compaction to model, reclaiming for a huge page would free
     4 KiB pages that need not be contiguous. Guest RAM is mapped by the TDP MMU (a shadow MMU
     maps the guest's own 4 KiB mappings: not modelled, refused). No partial unmaps (balloon,
-    discard) and so no deferred split queue (khugepaged: khugepaged.py). A guest fault on a
+    discard) and so no deferred split queue (khugepaged: khugepaged.py). With memcgs a THP is
+    charged 512 pages (host/memcontrol.py): a fault whose charge fails falls back to 4 KiB
+    (``charge_fallback``), and the zone test comes before the charge (the kernel allocates
+    the folio, then charges it), so a charge failure is never a zone failure too. A guest fault on a
     subpage of a large folio still in the swap cache (its write-out in flight) maps all 512
     ptes, as ``do_swap_page`` maps a whole large folio whose ptes are all its swap entries;
     a pte-mapped large folio is aged and unmapped by one notifier call over its 2 MiB range
@@ -102,6 +105,7 @@ THP_SPLIT_PMD = "thp_split_pmd"
 THP_SPLIT_PAGE = "thp_split_page"
 THP_SWPOUT = "thp_swpout"
 THP_SWPOUT_FALLBACK = "thp_swpout_fallback"
+THP_FAULT_FALLBACK_CHARGE = "thp_fault_fallback_charge"
 THP_EVENTS = (
     THP_FAULT_ALLOC,
     THP_FAULT_FALLBACK,
@@ -112,6 +116,8 @@ THP_EVENTS = (
 )
 """The THP counters of /proc/vmstat, kept only in worlds with ``host.thp`` (so runs without
 it list no new keys)."""
+THP_MEMCG_EVENTS = (THP_FAULT_FALLBACK_CHARGE,)
+"""THP counters that only a run with memcgs counts (a THP whose memcg charge failed)."""
 
 _U8 = np.uint8
 _TAIL_NEW = PTE_PRESENT | PG_DIRTY | PG_RESIDENT  # a subpage of a new THP: the PMD maps it
@@ -255,6 +261,26 @@ class HugeMemory:
         return len(pfns) + (HPAGE_PMD_NR - 1) * int(np.count_nonzero(heads))
 
     # -- fault -------------------------------------------------------------------------------
+    def huge_candidate(self, pid: int) -> bool:
+        """A first touch of ``pid`` would try a THP: its block's PMD is empty (no page of the
+        block touched) and the zone has 512 frames above the low watermark."""
+        mem = self.mem
+        if not self.cfg.on or pid >= self.nr_vm_pages:
+            return False
+        head = pid & ~(HPAGE_PMD_NR - 1)
+        sl = slice(head, head + HPAGE_PMD_NR)
+        if mem.flags[sl].any() or (mem.pfn[sl] != NO_PFN).any():
+            return False
+        return mem.nr_free - HPAGE_PMD_NR >= mem.wmark.low
+
+    def charge_fallback(self, pid: int) -> None:
+        """``vma_alloc_anon_folio_pmd`` after ``mem_cgroup_charge`` failed: the folio is put
+        back and the fault falls back to a 4 KiB page (``thp_fault_fallback`` and
+        ``thp_fault_fallback_charge``)."""
+        owner = self.mem.page_owner(pid)
+        self.vmstat.count(THP_FAULT_FALLBACK, 1, owner)
+        self.vmstat.count(THP_FAULT_FALLBACK_CHARGE, 1, owner)
+
     def huge_fault(self, pid: int) -> int:
         """``do_huge_pmd_anonymous_page`` for a first touch of ``pid``: a THP over its block
         when the PMD is empty (no page of the block touched) and 512 frames can be taken above
@@ -279,6 +305,21 @@ class HugeMemory:
         self.vmstat.count(THP_FAULT_ALLOC, 1, owner)
         return int(pfns[0])
 
+    def can_swapin_large(self, pid: int, page_slot: NDArray[np.int32]) -> bool:
+        """:meth:`swapin_large`'s tests, with no effect: the block of ``pid`` is only in
+        swap, in one aligned cluster in order, and 512 frames fit above the low watermark."""
+        mem = self.mem
+        if not self.cfg.on or pid >= self.nr_vm_pages:
+            return False
+        head = pid & ~(HPAGE_PMD_NR - 1)
+        sl = slice(head, head + HPAGE_PMD_NR)
+        if (mem.flags[sl] != PG_SWAP).any():
+            return False
+        slots = page_slot[sl].astype(np.int64)
+        if slots[0] % HPAGE_PMD_NR or (slots != slots[0] + self._offsets).any():
+            return False
+        return mem.nr_free - HPAGE_PMD_NR >= mem.wmark.low
+
     def swapin_large(self, pid: int, page_slot: NDArray[np.int32]) -> NDArray[np.int64] | None:
         """``alloc_swap_folio`` on zram: a PMD-sized folio for the swap-in of ``pid`` when
         every page of its block is only in swap, in the slots of one aligned cluster in
@@ -286,18 +327,11 @@ class HugeMemory:
         frames can be taken above the low watermark; then the frames are taken, locked and
         the block is a large folio (the workingset shadow of its head kept in ``shadow``).
         None otherwise: a 4 KiB swap-in."""
-        mem = self.mem
-        if not self.cfg.on or pid >= self.nr_vm_pages:
+        if not self.can_swapin_large(pid, page_slot):
             return None
+        mem = self.mem
         head = pid & ~(HPAGE_PMD_NR - 1)
         sl = slice(head, head + HPAGE_PMD_NR)
-        if (mem.flags[sl] != PG_SWAP).any():
-            return None
-        slots = page_slot[sl].astype(np.int64)
-        if slots[0] % HPAGE_PMD_NR or (slots != slots[0] + self._offsets).any():
-            return None
-        if mem.nr_free - HPAGE_PMD_NR < mem.wmark.low:
-            return None
         self.shadow = int(mem.pfn.item(head))
         mem.nr_swapped[mem.page_owner(head)] -= HPAGE_PMD_NR
         pfns = mem.alloc_frames(np.arange(head, head + HPAGE_PMD_NR, dtype=np.int64))

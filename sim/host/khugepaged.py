@@ -27,6 +27,11 @@ Simplifications
     fault or readahead in flight. The swapped pages are read straight into the new folio (no
     4 KiB folios in between); the reads are charged to khugepaged's sleep, not to any vCPU.
     ``max_ptes_shared`` is moot (no page is shared). The scan needs no ``mmap_lock``.
+    With memcgs the new THP is charged only when its 512 pages fit under the VM's
+    ``memory.max`` as they are (``alloc_charge_folio``'s charge may reclaim the memcg in
+    khugepaged's context: not modelled); otherwise the block is skipped
+    (SCAN_CGROUP_CHARGE_FAIL: no ``alloc_sleep_ms``) and nothing is counted (the kernel
+    counts ``thp_collapse_alloc`` host-wide before the charge, in the memcg after it).
 
 Invariants
     A collapsed block is a PMD-mapped large folio with every page resident and mapped, no
@@ -61,6 +66,7 @@ from sim.host.vmstat import VmEvents, VmStat
 
 if TYPE_CHECKING:
     from sim.host.huge_memory import HugeMemory, KhugepagedConfig
+    from sim.host.memcontrol import MemCgroups
     from sim.reclaim.base import EvictionPolicy
 
 THP_COLLAPSE_ALLOC = "thp_collapse_alloc"
@@ -119,6 +125,7 @@ class Khugepaged:
         self.stats = KhugepagedStats()
         self.cursor = 0  # the next block (global block index over guest RAM)
         self.nr_blocks = thp.nr_vm_pages >> HPAGE_PMD_SHIFT
+        self.memcg: MemCgroups | None = None  # the VMs' memcgs, which a collapse charges
 
     def run(self, env: simpy.Environment) -> simpy.events.ProcessGenerator:
         """``khugepaged``: sleep, scan a batch, collapse what qualifies, wait for its reads."""
@@ -191,6 +198,8 @@ class Khugepaged:
         if mem.nr_free - HPAGE_PMD_NR < mem.wmark.low:
             self.vmstat.count(THP_COLLAPSE_ALLOC_FAILED, 1, owner)
             return -1
+        if self.memcg is not None and not self.memcg.fits(head, HPAGE_PMD_NR):
+            return 0  # SCAN_CGROUP_CHARGE_FAIL: the block is skipped, the scan goes on
         pids = np.arange(head, head + HPAGE_PMD_NR, dtype=np.int64)
         f = mem.flags[pids]
         swapped = pids[(f & (PTE_PRESENT | PG_SWAP | PG_RESIDENT)) == PG_SWAP]

@@ -19,6 +19,17 @@ Models
     ``memory.min`` and ``memory.low`` protect a memcg from global reclaim (vmscan's
     ``shrink_node_memcgs``; the per-lruvec scan in sim/reclaim/memcg.py).
 
+    THP (``host.thp``): a THP is one charge of 512 pages (``mem_cgroup_charge`` of the large
+    folio in ``do_huge_pmd_anonymous_page``). Over ``memory.max`` it reclaims the memcg as a
+    4 KiB charge does, but a charge above ``1 << PAGE_ALLOC_COSTLY_ORDER`` pages does not
+    retry on progress, and ``mem_cgroup_oom`` skips costly orders: the charge fails and the
+    fault falls back to a 4 KiB page (``thp_fault_fallback_charge``). A whole-THP swap-out
+    charges its cluster's 512 slots together (``__mem_cgroup_try_charge_swap``); zram's
+    large swap-in charges 512 pages as a fault does (``mem_cgroup_swapin_charge_folio``),
+    falling back to a 4 KiB swap-in.
+    ``memory.stat``'s ``anon_thp`` is read from the THP block array and its THP events from
+    vmstat's per-mm breakdown (:meth:`MemCgroups.thp_stat`).
+
     Page cache (``host_files`` with ``memcg``): a file folio is charged to the memcg of the
     task that reads it in (``filemap_add_folio`` -> ``mem_cgroup_charge``), here the VM whose
     QEMU reads its disk image; the charge is the frames of every page owner charged to the
@@ -65,12 +76,16 @@ Simplifications
     frame is taken, so concurrent faults of one VM can overshoot ``memory.max`` by the number
     of its vCPUs at most. The compressed pool (zram, zswap) is not charged. No
     ``memory.swap.high``. ``memory.high`` penalties are computed for the nominal batch of
-    MEMCG_CHARGE_BATCH pages the kernel's stock charges at a time.
+    MEMCG_CHARGE_BATCH pages the kernel's stock charges at a time. khugepaged's charge of a
+    collapse does not reclaim: it is taken when the 512 pages fit under ``memory.max``, and
+    the block is skipped otherwise.
 
 Invariants
     ``memory.current`` of each memcg equals the frames its pages own plus its overhead, and passes
     ``memory.max`` by at most one page per vCPU of its VM (charges granted, frames not yet
-    taken); ``memory.swap.current`` equals the slots its pages hold (``PG_SWAP``).
+    taken); ``memory.swap.current`` equals the slots its pages hold (``PG_SWAP``). A THP's
+    512 pages hold swap slots all or none, and its memcg's ``anon_thp`` is within its
+    ``memory.current``.
 """
 
 from __future__ import annotations
@@ -84,9 +99,20 @@ import simpy
 from numpy.typing import NDArray
 from pydantic import Field, model_validator
 
+from sim.host.huge_memory import (
+    HPAGE_PMD_NR,
+    HPAGE_PMD_SHIFT,
+    THP_FAULT_ALLOC,
+    THP_LARGE,
+    THP_PMD,
+    THP_SWPOUT,
+    THP_SWPOUT_FALLBACK,
+)
+from sim.host.khugepaged import THP_COLLAPSE_ALLOC
 from sim.host.memory import (
     DEF_PRIORITY,
     MAX_RECLAIM_RETRIES,
+    PAGE_SIZE,
     PG_DIRTY,
     PG_SWAP,
     PG_WRITEBACK,
@@ -113,6 +139,7 @@ MEMCG_DELAY_PRECISION_SHIFT = 20
 MEMCG_DELAY_SCALING_SHIFT = 14
 MEMCG_MAX_HIGH_DELAY_JIFFIES = 2 * HZ  # at most 2 s of penalty per return to the guest
 PAGE_COUNTER_MAX = 1 << 62  # an unset limit ("max")
+PAGE_ALLOC_COSTLY_ORDER = 3  # charges above 8 pages neither retry on progress nor OOM
 
 MEMCG_LOW = "memcg_low"
 MEMCG_HIGH = "memcg_high"
@@ -121,6 +148,10 @@ MEMCG_OOM = "memcg_oom"
 MEMCG_SWAP_MAX = "memcg_swap_max"
 MEMCG_EVENTS: tuple[str, ...] = (MEMCG_LOW, MEMCG_HIGH, MEMCG_MAX, MEMCG_OOM, MEMCG_SWAP_MAX)
 """vmstat keys of ``memory.events`` (only in runs where some VM has a memcg)."""
+
+
+MEMCG_THP_EVENTS = (THP_FAULT_ALLOC, THP_COLLAPSE_ALLOC, THP_SWPOUT, THP_SWPOUT_FALLBACK)
+"""The THP events ``memory.stat`` lists (``memcg_vm_event_stat``)."""
 
 
 class MemcgConfig(Strict):
@@ -418,35 +449,48 @@ class MemCgroups:
         """The memcg page ``pid`` is charged to (``folio_memcg``)."""
         return self.limits.owner_memcg[self.mem.page_owner(pid)]
 
-    def charge_fast(self, pid: int) -> bool:
-        """Whether one more page fits under memory.max and memory.high with nothing to do
-        (``consume_stock``/``page_counter_try_charge`` succeeding without over-high work);
-        the root memcg has no limits."""
+    def charge_fast(self, pid: int, nr_pages: int = 1) -> bool:
+        """Whether ``nr_pages`` more pages fit under memory.max and memory.high with nothing
+        to do (``consume_stock``/``page_counter_try_charge`` succeeding without over-high
+        work); the root memcg has no limits."""
         i = self.memcg_of(pid)
         if i == self.limits.root:
             return True
-        u = self.usage(i) + 1
+        u = self.usage(i) + nr_pages
         return u <= self.limits.max[i] and u <= self.limits.high[i]
 
-    def try_charge(self, pid: int) -> ProcessGen:
-        """``try_charge_memcg`` for one page of ``pid``'s memcg: reclaim the memcg while over
-        memory.max, retrying on progress and MAX_RECLAIM_RETRIES times without, then the memcg
-        OOM. Returns False when the VM was killed (by this OOM or before)."""
+    def fits(self, pid: int, nr_pages: int) -> bool:
+        """``nr_pages`` more pages fit under the memcg's memory.max (``page_counter_try_charge``
+        succeeding; memory.high is the charging task's business on its way back to user
+        mode, which a kernel thread never takes)."""
+        i = self.memcg_of(pid)
+        return i == self.limits.root or self.usage(i) + nr_pages <= self.limits.max[i]
+
+    def try_charge(self, pid: int, nr_pages: int = 1) -> ProcessGen:
+        """``try_charge_memcg`` for ``nr_pages`` pages of ``pid``'s memcg: reclaim the memcg
+        while over memory.max, retrying on progress (only for a charge of at most
+        ``1 << PAGE_ALLOC_COSTLY_ORDER`` pages: "huge pages are rather unlikely to succeed so
+        close to the limit") and MAX_RECLAIM_RETRIES times without, then the memcg OOM, which
+        ``mem_cgroup_oom`` skips for a costly order (a THP's charge fails instead: -ENOMEM).
+        Returns False when the charge failed or the VM was killed (by this OOM or before)."""
         i = self.memcg_of(pid)
         if i == self.limits.root:
             return True
         mm = self.mms[i]
         nr_retries = MAX_RECLAIM_RETRIES
+        costly = nr_pages > 1 << PAGE_ALLOC_COSTLY_ORDER
         while not mm.dead:
-            if self.usage(i) + 1 <= self.limits.max[i]:
+            if self.usage(i) + nr_pages <= self.limits.max[i]:
                 return True
             self.vmstat.count(MEMCG_MAX, 1, i)
-            reclaimed = yield from self.try_to_free_mem_cgroup_pages(i, 1)
-            if self.usage(i) + 1 <= self.limits.max[i] or reclaimed:
+            reclaimed = yield from self.try_to_free_mem_cgroup_pages(i, nr_pages)
+            if self.usage(i) + nr_pages <= self.limits.max[i] or (reclaimed and not costly):
                 continue
             if nr_retries:
                 nr_retries -= 1
                 continue
+            if costly:  # mem_cgroup_oom: OOM_SKIPPED above PAGE_ALLOC_COSTLY_ORDER
+                return False
             self.mem_cgroup_out_of_memory(i)
             nr_retries = MAX_RECLAIM_RETRIES
         return False
@@ -542,6 +586,18 @@ class MemCgroups:
         out[vm] = self.swap_usage[own[vm]] * 2 >= lim[own[vm]]
         return out
 
+    def swap_allowed_folio(self, head: int, nr_pages: int) -> bool:
+        """``__mem_cgroup_try_charge_swap`` for a large folio: its ``nr_pages`` slots fit
+        under its memcg's memory.swap.max, all or none; a failure counts
+        ``memory.swap.events max`` once."""
+        i = self.mem.page_owner(head)
+        if i >= len(self.swap_usage):
+            return True
+        if self.swap_usage.item(i) + nr_pages > self.limits.swap_max[i]:
+            self.vmstat.count(MEMCG_SWAP_MAX, 1, i)
+            return False
+        return True
+
     def charge_swap(self, pids: NDArray[np.integer]) -> None:
         """The pages got swap slots: charge each to its memcg's ``memory.swap.current``."""
         if len(pids):
@@ -568,6 +624,14 @@ class MemCgroups:
         held = np.flatnonzero((mem.flags & PG_SWAP) != 0)
         per = np.bincount(self.memcgs_of(held), minlength=len(self.swap_usage))
         assert (per == self.swap_usage).all(), "memcg swap charges != slots held"
+        if mem.thp is not None:  # a THP is charged whole, to memory and to swap
+            large = (mem.thp & THP_LARGE) != 0
+            n = len(mem.thp) << HPAGE_PMD_SHIFT
+            sw = ((mem.flags[:n] & PG_SWAP) != 0).reshape(-1, HPAGE_PMD_NR)[large]
+            assert (sw.all(axis=1) | ~sw.any(axis=1)).all(), "a THP's swap charge split"
+            for i in range(len(self.mms)):
+                thp_pages = self.thp_stat(i)["anon_thp"] // PAGE_SIZE
+                assert thp_pages <= self.usage(i) - lim.overhead[i], "anon_thp > memory.current"
         assert (mem.nr_resident >= 0).all(), "a negative memory charge"
 
     def _first_file(self) -> int:
@@ -589,9 +653,26 @@ class MemCgroups:
             out["file_writeback_pages"] += int(np.count_nonzero(f & PG_WRITEBACK))
         return out
 
+    def thp_stat(self, memcg: int) -> dict[str, int]:
+        """``memory.stat``'s THP lines of a VM's memcg (host.thp): ``anon_thp``, the bytes of
+        its PMD-mapped THPs (``NR_ANON_THPS``: added by ``__folio_add_anon_rmap`` at the PMD
+        level, dropped when the PMD is split), read from the block array; and the THP events
+        of ``memcg_vm_event_stat``, read from vmstat's breakdown of its mm."""
+        mem = self.mem
+        assert mem.thp is not None
+        mm = self.mms[memcg]
+        first = mm.pid_base >> HPAGE_PMD_SHIFT
+        blocks = mem.thp[first : first + (mm.nr_pages >> HPAGE_PMD_SHIFT)]
+        pmd = int(np.count_nonzero(blocks & THP_PMD))
+        pm = self.vmstat.per_mm[memcg]
+        return {
+            "anon_thp": pmd * HPAGE_PMD_NR * PAGE_SIZE,
+            **{k: pm[k] for k in MEMCG_THP_EVENTS},
+        }
+
     def stat(self, memcg: int) -> dict[str, Any]:
         """The memcg's settings, usage and ``memory.events`` (summary); with a page cache,
-        its file sizes too."""
+        its file sizes too; with host.thp, its THP lines of ``memory.stat``."""
         lim = self.limits
         pm = self.vmstat.per_mm[memcg]
 
@@ -607,6 +688,8 @@ class MemCgroups:
                 "ksm_pages": self.ksm.charged(memcg),
                 "ksm_merging_pages": int(self.ksm.merging[memcg]),
             }
+        if self.mem.thp is not None:
+            files = {**files, "thp": self.thp_stat(memcg)}
         return {
             "max_pages": setting(lim.max[memcg]),
             "high_pages": setting(lim.high[memcg]),

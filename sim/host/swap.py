@@ -280,6 +280,10 @@ class SwapDevice:
             self._assign(np.asarray(pids, dtype=np.int64)[:got])
         return got
 
+    def has_free_cluster(self) -> bool:
+        """Some cluster is wholly free (an order-9 allocation would succeed)."""
+        return bool((self._cl_used == 0).any())
+
     def alloc_cluster(self, pids: NDArray[np.integer]) -> bool:
         """``get_swap_pages`` of order 9 (a PMD-sized folio, THP_SWAP): the 512 ``pids`` take
         the slots of an entirely free cluster, in order (``cluster_alloc_swap_entry`` takes

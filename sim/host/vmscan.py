@@ -54,7 +54,10 @@ THP
     order-9 swap cluster, one unmap of its 2 MiB, one 2 MiB write (``thp_swpout``), one
     write-back completion and one ``__remove_mapping`` for its 512 pages; or it is split
     (``thp_swpout_fallback``) and its pages go through the 4 KiB path in the same call, those
-    not freed put back on the LRU each on its own.
+    not freed put back on the LRU each on its own. With memcgs the cluster's 512 slots are
+    charged to the folio's memcg together (``__mem_cgroup_try_charge_swap`` after the cluster
+    is found); over its ``memory.swap.max`` that fails (``memory.swap.events max`` once) and
+    the folio is split as when no cluster is free, its pages then charged one by one.
 
 KSM
     A KSM folio (host/ksm.py) is reclaimed as any anon folio, with one swap slot; its unmap
@@ -556,8 +559,14 @@ class Vmscan:
         if self.writeback_check(hp, sc)[0]:
             return Outcome.ACTIVATE
         if not mem.flags.item(head) & PG_SWAP:  # add_to_swap: an order-9 cluster
-            if thp.cfg.swap and swap.nr_free_slots >= HPAGE_PMD_NR and swap.alloc_cluster(pids):
+            room = thp.cfg.swap and swap.nr_free_slots >= HPAGE_PMD_NR and swap.has_free_cluster()
+            if room and self.memcg is not None:  # the cluster's 512 slots under swap.max
+                room = self.memcg.swap_allowed_folio(head, HPAGE_PMD_NR)
+            if room:
+                swap.alloc_cluster(pids)
                 mem.flags[pids] |= _U8(PG_SWAP | PG_DIRTY)
+                if self.memcg is not None:
+                    self.memcg.charge_swap(pids)
             else:  # split_folio_to_list, then the 4 KiB folios one by one
                 self.vmstat.count(THP_SWPOUT_FALLBACK, 1, owner)
                 self.rmap.split_huge_pmd(head, sc)

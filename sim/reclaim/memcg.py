@@ -291,6 +291,22 @@ class MemcgTwoList(PerMemcgLruvecs):
         for lv in self.lruvecs:
             lv.page_shift = shift
 
+    @property
+    def folio_nr_pages(self) -> Callable[[Pfns], int] | None:
+        """``folio_nr_pages`` summed over folios (host.thp), shared by every lruvec."""
+        return self.lruvecs[0].folio_nr_pages
+
+    @folio_nr_pages.setter
+    def folio_nr_pages(self, fn: Callable[[Pfns], int] | None) -> None:
+        for lv in self.lruvecs:
+            lv.folio_nr_pages = fn
+
+    def folio_putback(self, pfns: Pfns, active: bool) -> None:
+        """``move_folios_to_lru`` of the base folios of a split THP: each to its memcg's
+        lruvec (``folio_lruvec``; a split folio's pages keep its memcg)."""
+        for lv, part in self._split(pfns):
+            lv.folio_putback(part, active)
+
     def _swap_room(self, memcg: int) -> bool:
         """The memcg is under its memory.swap.max (the root has none)."""
         lim = self.limits
