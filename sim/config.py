@@ -769,13 +769,7 @@ class Scenario(_MemcgOptional):
             for key in ("guest", "balloon"):
                 needs.append((getattr(vm, key) is not None, f"no vms[{i}].{key}"))
             needs.append((vm.prefault, f"vms[{i}].prefault: false"))
-        missing = [what for bad, what in needs if bad]
-        if missing:
-            raise ValueError(
-                f"host.ksm: KSM is modelled so far only with {missing[0]}"
-                + (f" (and {len(missing) - 1} more such settings)" if len(missing) > 1 else "")
-                + "; set it or remove host.ksm"
-            )
+        _only_with("host.ksm", "KSM", needs)
 
     def _check_thp(self) -> None:
         """THP runs where its paths are modelled (host/huge_memory.py), on whole 2 MiB blocks."""
@@ -810,13 +804,7 @@ class Scenario(_MemcgOptional):
                 needs.append((getattr(vm, key) is not None, f"no vms[{i}].{key}{what}"))
             needs.append((vm.prefault, f"vms[{i}].prefault: false"))
             needs.append((vm.async_pf > 0, f"vms[{i}].async_pf: 0"))
-        missing = [what for bad, what in needs if bad]
-        if missing:
-            raise ValueError(
-                f"host.thp: THP is modelled so far only with {missing[0]}"
-                + (f" (and {len(missing) - 1} more such settings)" if len(missing) > 1 else "")
-                + "; set it or remove host.thp"
-            )
+        _only_with("host.thp", "THP", needs)
 
     def _check_steady(self) -> None:
         """Warm-up and windows fit the run; prefault and warm-up need simulated time."""
@@ -1199,6 +1187,19 @@ def format_validation_error(
     if isinstance(got, bool) and e["type"] in ("literal_error", "enum", "string_type"):
         echo += _YAML_BOOL
     return f"{source}: {where}: {msg}{echo}"
+
+
+def _only_with(where: str, what: str, needs: list[tuple[bool, str]]) -> None:
+    """Refuse a mechanism in a run with a setting it is not modelled with: one line naming the
+    first such setting (``needs``: (the run has it wrong, the setting it needs)) and how many
+    more there are."""
+    missing = [need for bad, need in needs if bad]
+    if missing:
+        raise ValueError(
+            f"{where}: {what} is modelled so far only with {missing[0]}"
+            + (f" (and {len(missing) - 1} more such settings)" if len(missing) > 1 else "")
+            + f"; set it or remove {where}"
+        )
 
 
 _YAML_BOOL = "; YAML reads an unquoted yes/no/on/off as true/false: quote the value"
