@@ -78,6 +78,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from sim.host.huge_memory import HPAGE_PMD_NR, HPAGE_PMD_SHIFT, THP_SWPOUT, THP_SWPOUT_FALLBACK
 from sim.host.memory import (
     DEF_PRIORITY,
     NO_PFN,
@@ -548,8 +549,6 @@ class Vmscan:
         512 base folios go through the list as any 4 KiB folio. A whole folio is unmapped
         (``TTU_SPLIT_HUGE_PMD``), written as one 2 MiB request (``thp_swpout``) and freed
         whole once clean."""
-        from sim.host.huge_memory import HPAGE_PMD_NR, THP_SWPOUT, THP_SWPOUT_FALLBACK
-
         mem, swap, thp = self.mem, self.swap, self.thp
         assert thp is not None
         head = int(mem.frame_pid[pfn])
@@ -618,8 +617,6 @@ class Vmscan:
     def _remove_large(self, head: int, pfn: int) -> None:
         """``__remove_mapping`` of a clean, unmapped large folio: its 512 frames are free and
         its one workingset shadow stays in each of its swap cache slots."""
-        from sim.host.huge_memory import HPAGE_PMD_NR
-
         mem = self.mem
         assert self.thp is not None
         pids = self.thp.folio_pages(head)
@@ -629,7 +626,7 @@ class Vmscan:
         mem.flags[pids] = _U8(PG_SWAP)
         if len(mem.readahead):
             mem.readahead[pids] = False
-        self.thp.block[head >> 9] = 0
+        self.thp.block[head >> HPAGE_PMD_SHIFT] = 0
         mem.free_frames(pfns, np.repeat(shadow, HPAGE_PMD_NR))
 
     def _pageout(
@@ -822,8 +819,6 @@ class Vmscan:
     def _large_end_writeback(self, head: int, pfn: int) -> None:
         """:meth:`folio_end_writeback` of a large folio: the flags of its 512 pages change
         together; a folio whose mm exited meanwhile is freed with its slots."""
-        from sim.host.huge_memory import HPAGE_PMD_NR
-
         mem = self.mem
         assert self.thp is not None
         pids = self.thp.folio_pages(head)
@@ -835,7 +830,7 @@ class Vmscan:
             self.swap.free_slots(HPAGE_PMD_NR, pids)
             mem.free_frames(mem.pfn[pids].astype(np.int64))
             mem.flags[pids] = 0
-            self.thp.block[head >> 9] = 0
+            self.thp.block[head >> HPAGE_PMD_SHIFT] = 0
         elif f[0] & PG_RECLAIM:
             f &= ~_U8(PG_RECLAIM)
             mem.flags[pids] = f
