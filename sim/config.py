@@ -795,13 +795,9 @@ class Scenario(_MemcgOptional):
             (self.host.page_size_kib != 4, "host.page_size_kib: 4 (THP pages are 512 of them)"),
             (self.host.ksm is not None, "no host.ksm"),
             (self.host_files is not None, "no host_files"),
-            (self.mom is not None, "no mom"),
             (self.swap.zswap.enabled, "swap.zswap off"),
         ]
         for i, vm in enumerate(self.vms):
-            for key in ("guest", "balloon"):
-                what = " (no partial unmaps: no deferred split yet)" if key == "balloon" else ""
-                needs.append((getattr(vm, key) is not None, f"no vms[{i}].{key}{what}"))
             needs.append((vm.prefault, f"vms[{i}].prefault: false"))
             needs.append((vm.async_pf > 0, f"vms[{i}].async_pf: 0"))
         _only_with("host.thp", "THP", needs)

@@ -153,6 +153,11 @@ class World(Machine):
         self.host_fault.memcg = self.memcg
         self.host_fault.ksm = self.ksm
         self.host_fault.thp = self.thp
+        if self.deferred is not None:  # partial unmaps of THPs (host/deferred_split.py)
+            self.deferred.env = env
+            self.host_fault.deferred = self.deferred
+            for r in (self.kswapd, direct):  # the deferred split shrinker, in shrink_slab
+                r.shrinkers.append(self.deferred.shrink)
         self.khugepaged: Khugepaged | None = None
         thp = sc.host.thp
         if self.thp is not None and thp is not None and thp.khugepaged.enabled:

@@ -30,6 +30,7 @@ from sim import fast
 from sim.config import Scenario, VmConfig
 from sim.guest.tlb import GuestTlbs, TlbGeometry
 from sim.guest.workloads import AccessStream
+from sim.host.deferred_split import DEFERRED_SPLIT_EVENTS, DeferredSplit
 from sim.host.huge_memory import THP_EVENTS, THP_MEMCG_EVENTS, HugeMemory
 from sim.host.khugepaged import KHUGEPAGED_EVENTS
 from sim.host.ksm import UNIQUE, Ksm, draw_content
@@ -193,8 +194,12 @@ class Machine:
         if sc.host.rmap != "anon_vma" or not sc.kvm.shadow_rmap:
             extra += RMAP_OFF_EVENTS
         thp_on = sc.host.thp is not None and sc.host.thp.on
+        # partial unmaps of THPs come only from a balloon's discards (host/deferred_split.py)
+        split_queue = thp_on and any(c.balloon is not None and c.balloon.enabled for c in cfgs)
         if thp_on:
             extra += THP_EVENTS
+            if split_queue:
+                extra += DEFERRED_SPLIT_EVENTS
             if self.memcg_limits is not None:
                 extra += THP_MEMCG_EVENTS
             assert sc.host.thp is not None
@@ -286,6 +291,21 @@ class Machine:
             self.thp = HugeMemory(sc.host.thp, mem, nr_vm_pages, vmstat)
             self.rmap.thp = self.vmscan.thp = self.thp
             policy.folio_nr_pages = self.thp.nr_pages  # type: ignore[attr-defined]
+        self.deferred: DeferredSplit | None = None  # the deferred split queues, when needed
+        if self.thp is not None and split_queue:
+            lim = self.memcg_limits
+            self.deferred = DeferredSplit(
+                self.thp,
+                mem,
+                policy,
+                self.swap,
+                self.rmap,
+                vmstat,
+                lim.owner_memcg if lim is not None else [0] * len(mms),
+                lim.nr_memcgs if lim is not None else 1,
+                None,
+            )
+            self.vmscan.deferred = self.deferred
         self.k = k = sc.kvm.shadow_sptes_per_gfn if sc.kvm.mmu == "shadow" else 1
         self.spte = np.zeros(int(sizes.sum()) * k, dtype=np.uint8)  # every VM's sptes
         self.vms: list[Vm] = []
@@ -407,6 +427,8 @@ class Machine:
             n = self.thp.nr_vm_pages
             spte = self.spte[:n] if self.k == 1 else np.zeros(n, dtype=np.bool_)
             tails = self.thp.check(sp.is_present(spte))
+            if self.deferred is not None:
+                self.deferred.check()
             resident[:n] &= ~tails
         on_lru = np.zeros(self.nr_frames, dtype=np.bool_)
         on_lru[mem.pfn[resident]] = True
@@ -441,6 +463,7 @@ class Machine:
             self.policy,
             sink=self.recorder,
             faulting=None if host is None else host.fault_in_progress,
+            thp=self.deferred,
         )
         self.vms[vm].stats.pages_discarded += work.nr_discarded
         return work.nr_freed
@@ -734,6 +757,8 @@ class Machine:
                     for t, k, cur, tgt, num, held in mom.records
                 ],
             }
+        if self.deferred is not None:  # split_queue_len of every deferred split queue
+            host["thp_deferred_split_queue"] = self.deferred.queue_len()
         if self.ksm is not None:  # /sys/kernel/mm/ksm and cow_ksm (counted in host/ksm.py)
             host["ksm"] = self.ksm.stats.summary(self.ksm.frames(), self.memcg is not None)
         if any(hf.write_ratio > 0 for hf in sc.file_sections()):

@@ -194,9 +194,34 @@ def thp_scenarios(draw: st.DrawFn) -> dict[str, Any]:
     return raw
 
 
+@st.composite
+def thp_balloon_scenarios(draw: st.DrawFn) -> dict[str, Any]:
+    """:func:`thp_scenarios` whose first VM runs a guest kernel with a balloon inflating from
+    the start (partial unmaps of its THPs: the deferred split queue), sometimes with free page
+    reporting (whole-THP discards) and deflate-on-OOM (guest touches of inflated pages)."""
+    raw = draw(thp_scenarios())
+    p = raw["vms"][0]
+    mib = p["memory_mib"]
+    p["guest"] = {"footprint_mib": draw(st.integers(2, mib))}  # a phase has 2 MiB
+    p["balloon"] = {
+        "enabled": True,
+        "initial_target_mib": draw(st.integers(1, mib - 1)),
+        "deflate_on_oom": draw(st.booleans()),
+        "free_page_reporting": {"enabled": draw(st.booleans())},
+    }
+    raw["duration_s"] = draw(st.sampled_from([0.03, 0.1]))
+    return raw
+
+
 @settings(max_examples=20)
 @given(thp_scenarios())
 def test_invariants_hold_with_thp(raw: dict[str, Any]) -> None:
+    _check_random_world(raw)
+
+
+@settings(max_examples=20, deadline=None)
+@given(thp_balloon_scenarios())
+def test_invariants_hold_with_thp_and_a_ballooned_guest_kernel(raw: dict[str, Any]) -> None:
     _check_random_world(raw)
 
 

@@ -83,6 +83,7 @@ from sim.host.vmstat import VmEvents, VmStat
 from sim.reclaim.base import EvictionPolicy
 
 if TYPE_CHECKING:
+    from sim.host.deferred_split import DeferredSplit
     from sim.host.huge_memory import HugeMemory
     from sim.host.ksm import Ksm
     from sim.host.memcontrol import MemCgroups
@@ -150,6 +151,8 @@ class HostFaultHandler:
         self.memcg: MemCgroups | None = None  # the VMs' memcgs (memory.high), if any
         self.ksm: Ksm | None = None  # KSM, when on: its sharers' write faults copy (COW)
         self.thp: HugeMemory | None = None  # THP-backed guest RAM (host.thp), when on
+        # partial unmaps of THPs (host/deferred_split.py), with a balloon
+        self.deferred: DeferredSplit | None = None
         self._plain = fast.enabled("plain_swapin")  # swapin_begin may take a fault whole
         # a guest kernel's handler: the I/O buffers of its disk reads are guest RAM that QEMU
         # pins on the host before the read (sim/guest/kernel.py); None on the host
@@ -171,6 +174,7 @@ class HostFaultHandler:
             and bool(f & (PG_RESIDENT | PG_SWAP))
             and (pid not in self._inflight)
             and not (f & _BUSY and self._zapped(pid))
+            and not (self.deferred is not None and self.deferred.is_zapped(pid))
         )
 
     def _zapped(self, pid: int) -> bool:
@@ -226,6 +230,12 @@ class HostFaultHandler:
             return HostFault.MAPPED
         if pid in self._inflight:
             return None
+        deferred = self.deferred
+        if deferred is not None and deferred.is_zapped(pid):  # its THP still holds the frame
+            if deferred.folio_busy(pid):
+                return None  # its I/O ends first
+            deferred.fault_on_zapped(pid)
+            f = flags.item(pid)
         if self.ksm is not None and mem.ksm_node.item(pid) >= 0:  # a swap entry to a KSM folio
             return self._ksm_swap_cache_hit(pid, write)
         if pid in self._ra_wait:  # read ahead, its read in flight: found locked in the cache
@@ -281,7 +291,12 @@ class HostFaultHandler:
         head = pid & ~(PTRS_PER_PMD - 1)
         sl = slice(head, head + PTRS_PER_PMD)
         self.vmstat.count(_PGFAULT, 1, mem.page_owner(pid))
-        f = mem.flags[sl] | np.uint8(PTE_PRESENT)
+        f = mem.flags[sl]
+        if self.deferred is None:
+            f = f | np.uint8(PTE_PRESENT)
+        else:  # the ptes a discard zapped stay none
+            assert self.thp is not None
+            f = np.where(self.thp.zapped[sl], f, f | np.uint8(PTE_PRESENT))
         f[pid - head] |= np.uint8(PTE_YOUNG)
         if not mem.flags.item(head) & PG_WRITEBACK and (write or self._swap_full(pid)):
             f = (f & np.uint8(~PG_SWAP & 0xFF)) | np.uint8(PG_DIRTY)
@@ -431,6 +446,18 @@ class HostFaultHandler:
             hf = self.fault_nowait(pid, write)
         while hf is None and self.mem.flags.item(pid) & _BUSY and self._zapped(pid):
             yield self._zap_waiter(pid)  # the discarded folio goes when its I/O ends
+            if self.mms[self.mem.page_owner(pid)].dead:
+                return HostFault.WAITED
+            hf = self.fault_nowait(pid, write)
+        deferred = self.deferred
+        while (
+            hf is None
+            and deferred is not None
+            and pid not in self._inflight
+            and deferred.is_zapped(pid)
+            and deferred.folio_busy(pid)
+        ):
+            yield deferred.io_wait(pid)  # a page zapped from a THP under I/O: its end first
             if self.mms[self.mem.page_owner(pid)].dead:
                 return HostFault.WAITED
             hf = self.fault_nowait(pid, write)
@@ -631,14 +658,19 @@ class HostFaultHandler:
                 self.swap.free_slots(PTRS_PER_PMD, pids)
                 mem.free_frames(pfns)
                 mem.flags[pids] = 0
-                self.thp.block[head >> 9] = 0
+                self.thp.folio_gone(head)
                 return HostFault.MAJOR
             self.vmstat.count(_PGMAJFAULT, 1, mm.index)
             self.swap.free_slots(PTRS_PER_PMD, pids)
-            mem.flags[pids] = np.uint8(PTE_PRESENT | PG_DIRTY | PG_RESIDENT)
-            mem.flags[pid] = mem.flags.item(pid) | PTE_YOUNG
+            zapped = self.thp.zapped[head : head + PTRS_PER_PMD]  # discarded during the read
+            mapped = np.uint8(PTE_PRESENT | PG_DIRTY | PG_RESIDENT)
+            mem.flags[pids] = np.where(zapped, mapped & ~np.uint8(PTE_PRESENT), mapped)
+            if not zapped.item(pid - head):
+                mem.flags[pid] = mem.flags.item(pid) | PTE_YOUNG
             self.policy.folio_add_lru(int(pfns[0]), shadow)
             self.policy.folio_mark_accessed(int(pfns[0]))  # GUP's FOLL_TOUCH
+            if self.deferred is not None:  # the folio now partially mapped, or all discarded
+                self.deferred.io_done(head)
         finally:
             for p in pids.tolist():
                 if p != pid:

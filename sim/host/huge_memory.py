@@ -65,8 +65,9 @@ Simplifications
     ``pgdeactivate`` count pages (``folio_nr_pages``), as the kernel's do.
 
 Invariants
-    A large block's 512 pages all own frames, all are mapped or none (and all PMD-mapped while
-    ``THP_PMD``), only the head's frame is on the LRU; a PMD-mapped block's sptes (its 2 MiB
+    A large block's 512 pages all own frames, all are mapped or none but those a discard
+    zapped (deferred_split.py; all PMD-mapped while ``THP_PMD``), only the head's frame is
+    on the LRU; a PMD-mapped block's sptes (its 2 MiB
     spte) are all present or none;
     a block that is not large holds small folios only. A block with ``THP_PMD`` is large.
 """
@@ -98,6 +99,8 @@ HPAGE_PMD_NR = PTRS_PER_PMD  # 4 KiB pages in a PMD-sized folio
 HPAGE_PMD_SHIFT = 9
 THP_LARGE = 0x1  # the block's pages are one PMD-sized folio
 THP_PMD = 0x2  # ... mapped by a PMD (else by ptes, or unmapped)
+THP_PARTIAL = 0x4  # ... partially mapped (folio_test_partially_mapped: host/deferred_split.py)
+THP_QUEUED = 0x8  # ... on its deferred split queue (a non-empty _deferred_list)
 
 THP_FAULT_ALLOC = "thp_fault_alloc"
 THP_FAULT_FALLBACK = "thp_fault_fallback"
@@ -203,7 +206,11 @@ class HugeMemory:
         self.block = np.zeros(nr_vm_pages >> HPAGE_PMD_SHIFT, dtype=np.uint8)
         self._offsets = np.arange(HPAGE_PMD_NR, dtype=np.int64)
         self.shadow = 0  # the workingset shadow of the last large swap-in's folio
+        # per guest pid: a subpage whose pte a discard zapped while its large folio lives on,
+        # still holding its frame (host/deferred_split.py); all False without partial unmaps
+        self.zapped = np.zeros(nr_vm_pages, dtype=np.bool_)
         mem.thp = self.block
+        mem.thp_zapped = self.zapped
 
     # -- lookups -----------------------------------------------------------------------------
     def is_large(self, pid: int) -> bool:
@@ -353,13 +360,19 @@ class HugeMemory:
         self.block[b] &= _U8(~THP_PMD & 0xFF)
         self.vmstat.count(THP_SPLIT_PMD, 1, mem.page_owner(head))
 
+    def folio_gone(self, head: int) -> None:
+        """The large folio whose head is ``head`` was freed or split: the block holds small
+        folios (or none), off any deferred split queue, with no zapped subpage."""
+        self.block[head >> HPAGE_PMD_SHIFT] = 0
+        self.zapped[head : head + HPAGE_PMD_NR] = False
+
     def split_folio(self, head: int) -> NDArray[np.int64]:
         """``split_huge_page_to_list_to_order`` (order 0): the folio becomes 512 base folios,
         each with the head's dirty state (the caller split the PMD); returns their frames,
         head first."""
         mem = self.mem
         b = head >> HPAGE_PMD_SHIFT
-        assert self.block.item(b) == THP_LARGE, "split a pte-mapped large folio"
+        assert self.block.item(b) & (THP_LARGE | THP_PMD) == THP_LARGE, "split a PMD"
         sl = slice(head, head + HPAGE_PMD_NR)
         if mem.flags.item(head) & PG_DIRTY:
             mem.flags[sl] |= _U8(PG_DIRTY)
@@ -381,7 +394,8 @@ class HugeMemory:
         lb = (blk & THP_LARGE) != 0
         assert ((f[lb] & HAS_FRAME) != 0).all(), "a subpage of a THP without its frame"
         mapped = (f[lb] & PTE_PRESENT) != 0
-        assert (mapped.all(axis=1) | ~mapped.any(axis=1)).all(), "a THP partly mapped"
+        gone = self.zapped.reshape(-1, HPAGE_PMD_NR)[lb]  # zapped by a discard: see below
+        assert ((mapped | gone).all(axis=1) | ~mapped.any(axis=1)).all(), "a THP partly mapped"
         pb = (blk & THP_PMD) != 0
         assert ((f[pb] & PTE_PRESENT) != 0).all(), "a PMD-mapped THP with an unmapped subpage"
         sp = spte_present[:n].reshape(-1, HPAGE_PMD_NR)[pb]

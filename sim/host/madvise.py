@@ -65,7 +65,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -84,6 +84,9 @@ from sim.host.memory import (
 from sim.host.mm import Mm
 from sim.host.swap import SwapDevice
 from sim.reclaim.base import EvictionPolicy
+
+if TYPE_CHECKING:
+    from sim.host.deferred_split import DeferredSplit
 
 _BUSY = np.uint8(PG_LOCKED | PG_WRITEBACK)
 _TOUCHED = np.uint8(HAS_FRAME | PG_SWAP)  # a page was touched iff it has one (memory.py)
@@ -132,12 +135,14 @@ def madvise_dontneed(
     *,
     sink: DiscardSink | None = None,
     faulting: Callable[[int], bool] | None = None,
+    thp: DeferredSplit | None = None,
 ) -> DontneedWork:
     """Discard guest pages ``gfns`` of ``mm`` (any order, repeats allowed) as QEMU's
     ``madvise(MADV_DONTNEED)`` on their hva ranges does; see the module docstring.
 
     ``sink`` is the eviction log, ``faulting(pid)`` whether a guest fault on the page has
-    begun (the fault handler's ``fault_in_progress``). An exited mm has nothing to discard.
+    begun (the fault handler's ``fault_in_progress``), ``thp`` the deferred split queue when
+    THPs back guest RAM (their pages are zapped there). An exited mm has nothing to discard.
     """
     work = DontneedWork()
     g = np.unique(np.asarray(gfns, dtype=np.int64))
@@ -154,14 +159,21 @@ def madvise_dontneed(
     pids = mm.pid_base + g
     f = mem.flags[pids]
     touched = (f & _TOUCHED) != 0
+    if thp is not None:  # a page zapped from a THP already is as if never touched
+        touched &= ~thp.thp.zapped[pids]
     pids, f = pids[touched], f[touched]
+    if sink is not None and len(pids):
+        sink.discarded(pids, faulting)
+    nr_large = 0
+    if thp is not None and len(pids):  # pages of large folios: zap_pmd_range
+        small = ~thp.zap(pids, work)
+        nr_large = len(pids) - int(np.count_nonzero(small))
+        pids, f = pids[small], f[small]
     busy = (f & _BUSY) != 0
     zapped = mm.zapped
     fresh = [p for p in pids[busy].tolist() if p not in zapped]
     work.nr_busy = len(fresh)
-    work.nr_discarded = len(pids) - int(np.count_nonzero(busy)) + len(fresh)
-    if sink is not None and len(pids):
-        sink.discarded(pids, faulting)
+    work.nr_discarded = nr_large + len(pids) - int(np.count_nonzero(busy)) + len(fresh)
     if fresh:  # zap_pte_range: the pte goes now (they are unmapped already), the folio later
         bp = np.array(fresh, dtype=np.int64)
         mem.flags[bp] &= ~np.uint8(PTE_PRESENT | PTE_YOUNG)

@@ -183,6 +183,9 @@ class HostMemory:
         # per aligned 2 MiB block of guest pids, its folio's THP state (huge_memory.py); None
         # without host.thp
         self.thp: NDArray[np.uint8] | None = None
+        # per guest pid with host.thp: a subpage of a large folio whose pte a discard zapped,
+        # still holding its frame until the folio is split or freed (deferred_split.py)
+        self.thp_zapped: NDArray[np.bool_] | None = None
         self.last_access_us = np.zeros(nr_pages if stamps else 0, dtype=np.uint32)
         self.scans = np.zeros(nr_frames if stamps else 0, dtype=np.uint8)
         # Free frames as a stack, lowest pfn on top, so allocation order is deterministic. The
@@ -485,6 +488,8 @@ class HostMemory:
         unmapped = has & ((flags & PTE_PRESENT) == 0)
         if len(self.ksm_node):  # a KSM sharer reading its folio's slot (the slot is the node's)
             unmapped &= (flags & PG_LOCKED) == 0
+        if self.thp_zapped is not None:  # a zapped subpage of a large folio (deferred_split.py)
+            unmapped[: len(self.thp_zapped)] &= ~self.thp_zapped
         assert swap[unmapped].all(), "an unmapped resident page without its swap copy"
         files = (
             self.nr_resident[self.page_owner(fb) :] if fb < self.nr_pages else self.nr_resident[:0]

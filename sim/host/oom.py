@@ -59,6 +59,9 @@ def exit_mmap(
     if mem.thp is not None:  # its THPs are gone, but those under write-out (freed at its end)
         blocks = mem.thp[mm.pid_base >> 9 : (mm.pid_base + mm.nr_pages) >> 9]
         blocks[~busy[::512]] = 0
+        if mem.thp_zapped is not None:  # their zapped pages' frames went with the rest
+            zapped = mem.thp_zapped[mm.pid_base : mm.pid_base + mm.nr_pages].reshape(-1, 512)
+            zapped[~busy[::512]] = False
 
 
 class OomKiller:

@@ -78,9 +78,16 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from sim.host.huge_memory import HPAGE_PMD_NR, HPAGE_PMD_SHIFT, THP_SWPOUT, THP_SWPOUT_FALLBACK
+from sim.host.huge_memory import (
+    HPAGE_PMD_NR,
+    HPAGE_PMD_SHIFT,
+    THP_QUEUED,
+    THP_SWPOUT,
+    THP_SWPOUT_FALLBACK,
+)
 from sim.host.memory import (
     DEF_PRIORITY,
+    HAS_FRAME,
     NO_PFN,
     PG_DIRTY,
     PG_RECLAIM,
@@ -97,6 +104,7 @@ from sim.host.swap import SwapDevice
 from sim.host.vmstat import VmEvents, VmStat
 
 if TYPE_CHECKING:
+    from sim.host.deferred_split import DeferredSplit
     from sim.host.huge_memory import HugeMemory
     from sim.host.ksm import Ksm
     from sim.host.memcontrol import MemCgroups
@@ -293,6 +301,7 @@ class Vmscan:
         self.core: FolioListCore | None = None  # the compiled batch, set where it applies
         self.ksm: Ksm | None = None  # KSM's stable nodes, when KSM is on
         self.thp: HugeMemory | None = None  # THP-backed guest RAM, when host.thp is on
+        self.deferred: DeferredSplit | None = None  # partial unmaps of THPs (a balloon's)
         # told of the pages each swap write is submitted for (the guests' silent writes)
         self.on_swap_write: Callable[[NDArray[np.int64]], None] | None = None
 
@@ -557,6 +566,11 @@ class Vmscan:
         hp = np.array([pfn], dtype=np.int64)
         if self.writeback_check(hp, sc)[0]:
             return Outcome.ACTIVATE
+        if thp.block.item(head >> HPAGE_PMD_SHIFT) & THP_QUEUED:
+            # "Split partially mapped folios right away. We can free the unmapped pages
+            # without IO." (a queued folio is partially mapped and not in the swap cache)
+            assert self.deferred is not None
+            return self._shrink_split(self.deferred.split(head), sc, head_kept=True)
         if not mem.flags.item(head) & PG_SWAP:  # add_to_swap: an order-9 cluster
             room = thp.cfg.swap and swap.nr_free_slots >= HPAGE_PMD_NR and swap.has_free_cluster()
             if room and self.memcg is not None:  # the cluster's 512 slots under swap.max
@@ -569,14 +583,18 @@ class Vmscan:
             else:  # split_folio_to_list, then the 4 KiB folios one by one
                 self.vmstat.count(THP_SWPOUT_FALLBACK, 1, owner)
                 self.rmap.split_huge_pmd(head, sc)
+                if self.deferred is not None:  # its zapped pages are freed by the split
+                    return self._shrink_split(self.deferred.split(head), sc, head_kept=True)
                 return self._shrink_split(thp.split_folio(head), sc)
         if mem.flags.item(head) & PTE_PRESENT:
             self.rmap.try_to_unmap(hp, sc)
             if self.sink is not None:
-                upfn = mem.pfn[pids].astype(np.int64)
-                scans = np.full(HPAGE_PMD_NR, mem.scans[pfn] if mem.stamps else 0, dtype=np.uint8)
-                dirty = (mem.flags[pids] & PG_DIRTY) != 0
-                self.sink.evicted(self.now(), pids.astype(np.int32), upfn, dirty, scans)
+                gone = thp.zapped[head : head + HPAGE_PMD_NR]  # discarded: not evictions
+                lp = pids[~gone] if gone.any() else pids
+                upfn = mem.pfn[lp].astype(np.int64)
+                scans = np.full(len(lp), mem.scans[pfn] if mem.stamps else 0, dtype=np.uint8)
+                dirty = (mem.flags[lp] & PG_DIRTY) != 0
+                self.sink.evicted(self.now(), lp.astype(np.int32), upfn, dirty, scans)
         f = mem.flags[pids]
         if (f & PG_DIRTY).any():  # pageout: one write of the whole folio
             sc.nr_pageout += HPAGE_PMD_NR
@@ -601,33 +619,51 @@ class Vmscan:
             swap.zpool.fit()
         return Outcome.FREED
 
-    def _shrink_split(self, pfns: NDArray[np.int64], sc: ScanControl) -> Outcome:
+    def _shrink_split(
+        self, pfns: NDArray[np.int64], sc: ScanControl, *, head_kept: bool = False
+    ) -> Outcome:
         """The 512 base folios of a split THP (head first) through ``shrink_folio_list``;
         the head's outcome is the caller's, the others not freed go back on the LRU
-        themselves (``move_folios_to_lru``: kept ones inactive, the rest activated)."""
+        themselves (``move_folios_to_lru``: kept ones inactive, the rest activated).
+        ``head_kept``: the split freed the pages a discard zapped, the head's among them
+        if ``pfns`` does not start with the isolated head's frame (then all of ``pfns`` go
+        back themselves and the head's entry is done: FREED)."""
+        mem = self.mem
+        if head_kept and (len(pfns) == 0 or mem.frame_pid[pfns[0]] & (HPAGE_PMD_NR - 1)):
+            out = self._shrink_small(pfns, sc)
+            self._putback_split(pfns, out, sc)
+            return Outcome.FREED
         out = self._shrink_small(pfns, sc)
-        rest, ro = pfns[1:], out[1:]
+        self._putback_split(pfns[1:], out[1:], sc)
+        return Outcome(int(out[0]))
+
+    def _putback_split(
+        self, rest: NDArray[np.int64], ro: NDArray[np.int8], sc: ScanControl
+    ) -> None:
+        """``move_folios_to_lru`` of split-off folios ``shrink_folio_list`` did not free."""
         act = rest[ro == Outcome.ACTIVATE]
         self.activate_locked(act)
         self.policy.folio_putback(rest[ro == Outcome.KEEP], active=False)
         self.policy.folio_putback(act, active=True)
         sc.activated(len(act))
-        return Outcome(int(out[0]))
 
     def _remove_large(self, head: int, pfn: int) -> None:
         """``__remove_mapping`` of a clean, unmapped large folio: its 512 frames are free and
         its one workingset shadow stays in each of its swap cache slots."""
         mem = self.mem
         assert self.thp is not None
-        pids = self.thp.folio_pages(head)
         shadow = self.policy.workingset_eviction(np.array([pfn], dtype=np.int64))
-        mem.nr_swapped[mem.page_owner(head)] += HPAGE_PMD_NR
+        if self.deferred is not None:  # pages a discard zapped leave with no swap copy
+            self.deferred.release_zapped(head)
+        pids = self.thp.folio_pages(head)
+        pids = pids[(mem.flags[pids] & HAS_FRAME) != 0]
+        mem.nr_swapped[mem.page_owner(head)] += len(pids)
         pfns = mem.pfn[pids].astype(np.int64)
         mem.flags[pids] = _U8(PG_SWAP)
         if len(mem.readahead):
             mem.readahead[pids] = False
-        self.thp.block[head >> HPAGE_PMD_SHIFT] = 0
-        mem.free_frames(pfns, np.repeat(shadow, HPAGE_PMD_NR))
+        self.thp.folio_gone(head)
+        mem.free_frames(pfns, np.repeat(shadow, len(pids)))
 
     def _pageout(
         self,
@@ -830,7 +866,7 @@ class Vmscan:
             self.swap.free_slots(HPAGE_PMD_NR, pids)
             mem.free_frames(mem.pfn[pids].astype(np.int64))
             mem.flags[pids] = 0
-            self.thp.block[head >> HPAGE_PMD_SHIFT] = 0
+            self.thp.folio_gone(head)
         elif f[0] & PG_RECLAIM:
             f &= ~_U8(PG_RECLAIM)
             mem.flags[pids] = f
@@ -839,5 +875,7 @@ class Vmscan:
                 self.vmstat[VmStat.PGROTATED] += 1
         else:
             mem.flags[pids] = f
+        if self.deferred is not None:  # pages zapped during the write: free or queue it
+            self.deferred.io_done(head)
         if self.on_writeback_end is not None:
             self.on_writeback_end()

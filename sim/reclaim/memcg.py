@@ -307,6 +307,10 @@ class MemcgTwoList(PerMemcgLruvecs):
         for lv, part in self._split(pfns):
             lv.folio_putback(part, active)
 
+    def folio_test_active(self, pfn: int) -> bool:
+        """``folio_test_active`` on the folio's lruvec."""
+        return bool(self._lruvec(pfn).folio_test_active(pfn))
+
     def _swap_room(self, memcg: int) -> bool:
         """The memcg is under its memory.swap.max (the root has none)."""
         lim = self.limits

@@ -438,6 +438,10 @@ class TwoList:
         """``move_folios_to_lru`` of folios shrink_folio_list split off a large folio."""
         self._putback(pfns, active)
 
+    def folio_test_active(self, pfn: int) -> bool:
+        """``folio_test_active``: the folio is on the active list (a split's pages go there)."""
+        return bool(self.fl.item(pfn) & LRU_ACTIVE)
+
     def _putback(self, pfns: Pfns, active: bool) -> None:
         """``move_folios_to_lru``: head of the chosen list; active putbacks age the clock."""
         if len(pfns) == 0:
