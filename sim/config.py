@@ -800,6 +800,8 @@ class Scenario(_MemcgOptional):
         for i, vm in enumerate(self.vms):
             needs.append((vm.prefault, f"vms[{i}].prefault: false"))
             needs.append((vm.async_pf > 0, f"vms[{i}].async_pf: 0"))
+            cached = vm.guest is not None and vm.guest.disk_cache != "none"
+            needs.append((cached, f"vms[{i}].guest.disk_cache: none (no host page cache)"))
         _only_with("host.thp", "THP", needs)
 
     def _check_steady(self) -> None:

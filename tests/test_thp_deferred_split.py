@@ -8,12 +8,15 @@ balloon (the VMs' discards are QEMU's ``ram_block_discard_range``, driven by han
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
+import pytest
 
 from sim.config import parse_scenario
 from sim.engine import World, build_world
+from sim.errors import ConfigError
 from sim.host.deferred_split import DeferredSplit
 from sim.host.huge_memory import THP_LARGE, THP_PARTIAL, THP_QUEUED
 from sim.host.memory import PTE_PRESENT
@@ -196,3 +199,12 @@ def test_the_summary_reads_the_queue_length() -> None:
     host = w.summary(0.0)["host"]
     assert host["thp_deferred_split_queue"] == 1
     assert host["vmstat"]["thp_deferred_split_page"] == 1
+
+
+def test_thp_refuses_a_guest_disk_image_in_the_host_page_cache() -> None:
+    raw = copy.deepcopy(TINY)
+    raw["host"] = {"memory_mib": 8, "thp": {}}
+    raw["reclaim"] = {"policy": "two_list"}
+    raw["vms"][0]["guest"] = {"footprint_mib": 6, "disk_cache": "writeback"}
+    with pytest.raises(ConfigError, match=r"vms\[0\]\.guest\.disk_cache: none"):
+        parse_scenario(raw)

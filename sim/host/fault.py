@@ -42,7 +42,10 @@ THP
     With ``host.thp`` a first touch of an empty 2 MiB block maps a THP (huge_memory.py
     ``huge_fault``); a swap-cache hit on a large folio maps all its ptes; a zram swap-in of a
     whole swapped block reads it as one large folio (``_swapin_large``). GUP's
-    ``folio_mark_accessed`` goes to the folio's head frame (``folio_pfn``).
+    ``folio_mark_accessed`` goes to the folio's head frame (``folio_pfn``). A page a discard
+    zapped from a THP that still holds its frame (deferred_split.py) counts as never touched;
+    an access to it splits the folio first (after the folio's I/O, if any), then faults in a
+    new page; a swap-cache hit or a large swap-in leaves such pages unmapped.
 
 Invariants
     A page gets at most one frame; a page being read in is locked and on no LRU list; a folio

@@ -52,8 +52,9 @@ Simplifications
     direct reclaim and compaction that ``vma_thp_gfp_mask`` allows a madvised VMA under
     ``defrag: madvise``: with no compaction to model, reclaiming for a huge page would free
     4 KiB pages that need not be contiguous. Guest RAM is mapped by the TDP MMU (a shadow MMU
-    maps the guest's own 4 KiB mappings: not modelled, refused). No partial unmaps (balloon,
-    discard) and so no deferred split queue (khugepaged: khugepaged.py). With memcgs a THP is
+    maps the guest's own 4 KiB mappings: not modelled, refused). Partial unmaps (a balloon's
+    4 KiB discards) and the deferred split queue are deferred_split.py; khugepaged is
+    khugepaged.py. With memcgs a THP is
     charged 512 pages (host/memcontrol.py): a fault whose charge fails falls back to 4 KiB
     (``charge_fallback``), and the zone test comes before the charge (the kernel allocates
     the folio, then charges it), so a charge failure is never a zone failure too. A guest fault on a

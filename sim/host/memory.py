@@ -41,13 +41,15 @@ Invariants
     nor ``PG_SWAP`` holds ``NO_PFN``; a page without a frame has no flag but ``PG_SWAP``; an
     unmapped page with a frame has its swap copy. A page was touched iff it has a frame or a
     swap copy (so no flag records it), and it was evicted since its last fault iff it is
-    touched and not mapped (the next fault on it is a refault); the one exception is a page
+    touched and not mapped (the next fault on it is a refault); the exceptions are a page
     discarded while its folio's I/O was in flight, which keeps the frame until the I/O ends
-    though it counts as never touched (``Mm.zapped``, madvise.py). With KSM (host/ksm.py) a
-    page sharing a KSM folio owns no frame: it holds only its pte bits and ``pfn`` names the
-    folio's frame (the shared zero page: NO_PFN), or it holds nothing while its pte is a swap
-    entry to the folio's slot; the folio itself is a stable node's pseudo-page. A sharer
-    reading that slot back holds its new frame locked, with no slot of its own.
+    though it counts as never touched (``Mm.zapped``, madvise.py), and a page a discard
+    zapped from a THP that lives on (``thp_zapped``, deferred_split.py), unmapped with its
+    frame. With KSM (host/ksm.py) a page sharing a KSM folio owns no frame: it holds only its
+    pte bits and ``pfn`` names the folio's frame (the shared zero page: NO_PFN), or it holds
+    nothing while its pte is a swap entry to the folio's slot; the folio itself is a stable
+    node's pseudo-page. A sharer reading that slot back holds its new frame locked, with no
+    slot of its own.
 """
 
 from __future__ import annotations

@@ -57,7 +57,9 @@ THP
     not freed put back on the LRU each on its own. With memcgs the cluster's 512 slots are
     charged to the folio's memcg together (``__mem_cgroup_try_charge_swap`` after the cluster
     is found); over its ``memory.swap.max`` that fails (``memory.swap.events max`` once) and
-    the folio is split as when no cluster is free, its pages then charged one by one.
+    the folio is split as when no cluster is free, its pages then charged one by one. A folio
+    on a deferred split queue (partially mapped by a balloon's discards: deferred_split.py) is
+    split right away, its zapped pages freed and the rest reclaimed as 4 KiB folios.
 
 KSM
     A KSM folio (host/ksm.py) is reclaimed as any anon folio, with one swap slot; its unmap
