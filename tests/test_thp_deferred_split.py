@@ -208,3 +208,20 @@ def test_thp_refuses_a_guest_disk_image_in_the_host_page_cache() -> None:
     raw["vms"][0]["guest"] = {"footprint_mib": 6, "disk_cache": "writeback"}
     with pytest.raises(ConfigError, match=r"vms\[0\]\.guest\.disk_cache: none"):
         parse_scenario(raw)
+
+
+def test_with_memcgs_each_vm_has_its_queue_and_limit_reclaim_scans_its_own() -> None:
+    w = _world(vms__0__memcg={"max_mib": 8})
+    _thp(w)
+    d = _deferred(w)
+    w.discard(0, np.arange(10, 13))
+    assert d.queue_len(0) == 1
+    assert d.queue_len(1) == 0
+    assert int(w.mem.nr_resident[0]) == 512  # memory.current: the folio's 512 frames
+    d.shrink(ScanControl(nr_to_reclaim=32, priority=0, target_memcg=1))  # the other VM's
+    assert d.queue_len(0) == 1
+    d.shrink(ScanControl(nr_to_reclaim=32, priority=0, target_memcg=0))
+    assert d.queue_len() == 0
+    assert _stat(w, "thp_split_page") == 1
+    assert int(w.mem.nr_resident[0]) == 509  # the 3 unmapped pages uncharged
+    w.check()
