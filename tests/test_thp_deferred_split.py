@@ -19,7 +19,7 @@ from sim.engine import World, build_world
 from sim.errors import ConfigError
 from sim.host.deferred_split import DeferredSplit
 from sim.host.huge_memory import THP_LARGE, THP_PARTIAL, THP_QUEUED
-from sim.host.memory import PTE_PRESENT
+from sim.host.memory import PG_SWAP, PTE_PRESENT
 from sim.host.vmscan import Outcome, ScanControl
 from sim.kvm import spte as sp
 from tests.conftest import TINY, tiny
@@ -224,4 +224,30 @@ def test_with_memcgs_each_vm_has_its_queue_and_limit_reclaim_scans_its_own() -> 
     assert d.queue_len() == 0
     assert _stat(w, "thp_split_page") == 1
     assert int(w.mem.nr_resident[0]) == 509  # the 3 unmapped pages uncharged
+    w.check()
+
+
+def test_a_swap_cache_thp_whose_head_is_inflated_is_unmapped_and_freed_whole() -> None:
+    w = _world()
+    head = _thp(w)
+    w.rmap.folio_referenced(np.array([head]), ScanControl(nr_to_reclaim=32))  # now cold
+    assert _shrink(w, head)[0] == Outcome.KEEP  # swapped out whole, its write in flight
+    w.env.run(until=w.env.now + 50_000_000)  # the write ends
+    assert _touch(w, 0, 77) == "minor"  # a swap-cache hit maps the whole folio by ptes
+    w.discard(0, np.arange(0, 2))  # the head's pte goes; the folio stays in the swap cache
+    assert _stat(w, "thp_deferred_split_page") == 0  # deferred_split_folio skips it
+    assert _deferred(w).queue_len() == 0
+    w.check()
+    out, sc = _shrink(w, head)  # still mapped by 510 ptes: unmapped, written whole again
+    assert out == Outcome.KEEP  # (KVM dirtied the page it mapped)
+    assert sc.nr_pageout == 512
+    assert not (w.mem.flags[:512] & PTE_PRESENT).any()
+    assert not sp.is_present(w.vms[0].mmu.spte[:512]).any()
+    w.check()
+    w.env.run(until=w.env.now + 50_000_000)
+    assert _shrink(w, head)[0] == Outcome.FREED
+    assert w.mem.nr_free == 2048
+    assert (w.mem.flags[2:512] == PG_SWAP).all()  # in swap, with its copy
+    assert not w.mem.flags[:2].any()  # the inflated pages: as never touched, no slot
+    assert w.swap.nr_slots - w.swap.nr_free_slots == 510
     w.check()

@@ -248,6 +248,16 @@ class HugeMemory:
         """``pid`` lies in a block the host maps with a PMD (KVM may map a 2 MiB spte)."""
         return pid < self.nr_vm_pages and bool(self.block.item(pid >> HPAGE_PMD_SHIFT) & THP_PMD)
 
+    def folio_mapped(self, head: int) -> bool:
+        """``folio_mapped`` of the large folio whose head is ``head``: the head's pte, or, when
+        a discard zapped the head's (deferred_split.py), any other page's."""
+        mem = self.mem
+        if mem.flags.item(head) & PTE_PRESENT:
+            return True
+        if not self.zapped.item(head):
+            return False
+        return bool((mem.flags[head : head + HPAGE_PMD_NR] & PTE_PRESENT).any())
+
     def folio_pages(self, head: int) -> NDArray[np.int64]:
         """The 512 pids of the folio whose head is ``head``."""
         return np.arange(head, head + HPAGE_PMD_NR, dtype=np.int64)
