@@ -372,13 +372,15 @@ class PageReporting:
 
 def check_discarded(mm: Mm, host: HostMemory, spte: NDArray[Any], gfns: NDArray[np.int64]) -> None:
     """Reported gfns of ``mm`` have nothing on the host: no frame (but for folios whose I/O is
-    still in flight, ``Mm.zapped``), no swap copy, no pte and no spte (``spte``: one row of
-    spte slots per gfn)."""
+    still in flight, ``Mm.zapped`` and THP pages zapped from them), no swap copy, no pte and
+    no spte (``spte``: one row of spte slots per gfn)."""
     if mm.dead or len(gfns) == 0:
         return
     pids = mm.pid_base + gfns
     if mm.zapped:
         pids = pids[~np.isin(pids, np.fromiter(mm.zapped, dtype=np.int64))]
+    if host.thp_zapped is not None:  # zapped from a THP under I/O: freed when it ends
+        pids = pids[~host.thp_zapped[pids]]
     f = host.flags[pids]
     assert not (f & np.uint8(HAS_FRAME | PG_SWAP | PTE_PRESENT)).any(), (
         "a reported gfn is backed on the host"

@@ -159,12 +159,12 @@ class Rmap:
         mem = self.mem
         pids = mem.frame_pid[pfns]
         present = (mem.flags[pids] & PTE_PRESENT) != 0
-        if present.all():
-            return pids, None
-        if self.thp is not None:  # a THP whose head's pte a discard zapped: its other ptes
-            zapped = ~present & self.thp.large_heads(pids)
+        if self.thp is not None and not present.all():  # a THP whose head's pte a discard
+            zapped = ~present & self.thp.large_heads(pids)  # zapped: its other ptes
             for i in np.flatnonzero(zapped).tolist():
                 present[i] = self.thp.folio_mapped(int(pids[i]))
+        if present.all():
+            return pids, None
         return pids, present
 
     def _by_mm(self, pids: NDArray[np.int32]) -> Iterator[tuple[Mm, NDArray[np.bool_] | None]]:

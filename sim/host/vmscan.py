@@ -452,6 +452,13 @@ class Vmscan:
             pids = self.thp.folio_pids(pids)
         f = self.mem.flags[pids]
         sel = pids[(f & (PG_SWAP | PG_WRITEBACK | PTE_PRESENT)) == (PG_SWAP | PTE_PRESENT)]
+        if self.deferred is not None and len(sel):  # a zapped page's slot goes with its THP's
+            assert self.thp is not None
+            z = self.thp.zapped[np.minimum(pids, self.thp.nr_vm_pages - 1)]
+            z &= (pids < self.thp.nr_vm_pages) & ((f & (PG_SWAP | PG_WRITEBACK)) == PG_SWAP)
+            z &= np.isin(pids >> HPAGE_PMD_SHIFT, sel >> HPAGE_PMD_SHIFT)
+            if z.any():
+                sel = np.concatenate((sel, pids[z]))
         if not full and len(sel):  # mem_cgroup_swap_full: the page's memcg
             assert self.memcg is not None
             sel = sel[self.memcg.swap_full(self.mem.page_owners(sel))]
