@@ -135,11 +135,11 @@ def test_invariants_hold_throughout_random_scenarios(raw: dict[str, Any]) -> Non
 
 @st.composite
 def thp_scenarios(draw: st.DrawFn) -> dict[str, Any]:
-    """Random small worlds with THP-backed guest RAM (host.thp): two-list watermark reclaim,
-    guests of whole 2 MiB blocks, swap with or without THP_SWAP, sometimes too little swap
-    for a free cluster (the split fallback), sometimes a memcg per VM whose limits make THP
-    charges fall back, limit reclaim swap THPs out or split them, and memory.swap.max refuse
-    a THP's 512 slots."""
+    """Random small worlds with THP-backed guest RAM (host.thp, or its shorthand
+    host.page_size_kib: 2048): two-list watermark reclaim, guests of whole 2 MiB blocks, swap
+    with or without THP_SWAP, sometimes too little swap for a free cluster (the split
+    fallback), sometimes a memcg per VM whose limits make THP charges fall back, limit reclaim
+    swap THPs out or split them, and memory.swap.max refuse a THP's 512 slots."""
     raw = draw(scenarios())
     raw.pop("host_files", None)
     for p in raw["vms"]:
@@ -152,6 +152,8 @@ def thp_scenarios(draw: st.DrawFn) -> dict[str, Any]:
             "alloc_sleep_ms": 1,
             "max_ptes_swap": 511,
         }
+    if raw["host"]["thp"] == {"swap": True} and draw(st.booleans()):  # the same, as shorthand
+        raw["host"] = {"memory_mib": raw["host"]["memory_mib"], "page_size_kib": 2048}
     raw["reclaim"] = {"policy": "two_list"}
     raw["swap"]["zswap"] = {"enabled": False}
     raw["swap"]["size_mib"] = draw(st.sampled_from([0, 1, 3, 64]))
