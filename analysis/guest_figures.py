@@ -15,6 +15,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from analysis.load import Run  # noqa: E402
+from analysis.report_figures import PAGE_MIB  # noqa: E402
 
 IO = [
     "host swap-ins",
@@ -37,7 +38,6 @@ def double_paging_table(runs: list[tuple[str, Run]]) -> pd.DataFrame:
         if not any("guest" in vm for vm in vms):
             raise ValueError(f"{run.path}: no guest kernel in this run (set vms[].guest)")
         secs = max(s["sim_time_ns"] - round(run.config.get("warmup_s", 0) * 1e9), 1) / 1e9
-        page_kib = s["host"].get("page_size_kib", 4)
 
         def guest(key: str, vms: list = vms) -> int:
             return sum(vm.get("guest", {}).get(key, 0) for vm in vms)
@@ -51,7 +51,7 @@ def double_paging_table(runs: list[tuple[str, Run]]) -> pd.DataFrame:
                 "host swap-outs": vs["pswpout"],
                 "guest swap-ins": guest("pswpin"),
                 "guest swap-outs": guest("pswpout"),
-                "guest page-cache reads": guest("pgpgin") // max(1, page_kib),
+                "guest page-cache reads": guest("pgpgin") // 4,
                 **{k: guest(k) for k in VSWAPPER},
             }
         )
@@ -104,9 +104,8 @@ def balloon_series(run: Run) -> pd.DataFrame:
     if not recs:
         return pd.DataFrame(columns=["t_s", "vm", "balloon MiB"])
     t = pd.DataFrame(recs)
-    kib = run.summary["host"].get("page_size_kib", 4)
     return pd.DataFrame(
-        {"t_s": t["t_ns"] / 1e9, "vm": t["vm"], "balloon MiB": t["held"] * kib / 1024}
+        {"t_s": t["t_ns"] / 1e9, "vm": t["vm"], "balloon MiB": t["held"] * PAGE_MIB}
     )
 
 
@@ -127,9 +126,7 @@ def balloon_table(runs: list[tuple[str, Run]]) -> pd.DataFrame:
                     "false swap reads": g.get("false_swap_reads", 0),
                     "stall %": 100 * vm["stall_fraction"],
                     "accesses": vm["accesses"],
-                    "balloon MiB at end": vm.get("guest_memory", {}).get("balloon", 0)
-                    * run.summary["host"].get("page_size_kib", 4)
-                    / 1024,
+                    "balloon MiB at end": vm.get("guest_memory", {}).get("balloon", 0) * PAGE_MIB,
                 }
             )
     return pd.DataFrame(rows)

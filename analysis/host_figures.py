@@ -18,6 +18,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from analysis.load import Run, load_run  # noqa: E402
+from analysis.report_figures import PAGE_MIB  # noqa: E402
 
 
 def sweep_runs(sweep_dir: Path) -> list[tuple[str, Run]]:
@@ -48,9 +49,7 @@ def swap_target_table(runs: list[tuple[str, Run]]) -> pd.DataFrame:
                 "decompressed in RAM": vs.get("zswpin", 0) + (vs.get("pswpin", 0) if zram else 0),
                 "vCPU stall (s)": sum(vm["stall_ns"] for vm in run.summary["vms"]) / 1e9,
                 "kswapd busy (s)": host["kswapd_busy_ns"] / 1e9,
-                "pool (MiB)": host.get("swap", {}).get("pool_frames_end", 0)
-                * host["page_size_kib"]
-                / 1024,
+                "pool (MiB)": host.get("swap", {}).get("pool_frames_end", 0) * PAGE_MIB,
             }
         )
     return pd.DataFrame(rows)
@@ -138,7 +137,7 @@ def ksm_table(runs: list[tuple[str, Run]]) -> pd.DataFrame:
         ksm, vs = host["ksm"], host["vmstat"]
         content = run.config["vms"][0].get("content") or {}
         stolen = vs.get("pgsteal_kswapd", 0) + vs.get("pgsteal_direct", 0)
-        mib = host["page_size_kib"] / 1024
+        mib = PAGE_MIB
         rows.append(
             {
                 "image share": float(content.get("image_share", 0.0)),
@@ -244,7 +243,7 @@ def thp_table(runs: list[tuple[str, Run]]) -> pd.DataFrame:
         thp = run.config.get("host", {}).get("thp")
         on = thp is not None and thp.get("enabled", "always") != "never"
         backing = "4 KiB" if not on else ("THP" if thp.get("swap", True) else "THP, no THP_SWAP")
-        mib = host["page_size_kib"] / 1024
+        mib = PAGE_MIB
         whole = vs.get("thp_swpout", 0) * 512
         for vm in run.summary["vms"]:
             rows.append(

@@ -14,7 +14,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from analysis.load import Run, fault_rate  # noqa: E402
-from analysis.report_figures import mark_warmup  # noqa: E402
+from analysis.report_figures import PAGE_MIB, mark_warmup  # noqa: E402
 from sim.results import FRACTION_METRICS  # noqa: E402
 
 
@@ -25,12 +25,11 @@ def compare_runs(runs: Sequence[tuple[str, Run]], bin_ms: float = 100.0) -> plt.
     frames, rates = [], []
     for label, run in runs:
         tl = run.table("timeline").drop_duplicates("t_ns")
-        page_mib = run.summary["host"].get("page_size_kib", 4) / 1024
         frames.append(
             pd.DataFrame(
                 {
                     "t_s": tl.t_ns / 1e9,
-                    "free MiB": tl.free_pages * page_mib,
+                    "free MiB": tl.free_pages * PAGE_MIB,
                     "run": label,
                 }
             )
@@ -42,7 +41,7 @@ def compare_runs(runs: Sequence[tuple[str, Run]], bin_ms: float = 100.0) -> plt.
     sns.lineplot(data=pd.concat(frames), x="t_s", y="free MiB", hue="run", ax=ax_free, lw=1)
     for name, style in (("wmark_min", ":"), ("wmark_low", "--"), ("wmark_high", "-.")):
         ax_free.axhline(
-            wm[name] * page_mib,
+            wm[name] * PAGE_MIB,
             color="grey",
             ls=style,
             lw=1,
@@ -52,7 +51,7 @@ def compare_runs(runs: Sequence[tuple[str, Run]], bin_ms: float = 100.0) -> plt.
         xlabel="simulated time (s)",
         ylabel="free host memory (MiB)",
         title="Free memory against the watermarks",
-        ylim=(0, 2.5 * wm["wmark_high"] * page_mib),
+        ylim=(0, 2.5 * wm["wmark_high"] * PAGE_MIB),
     )
     ax_free.legend(fontsize="small")
     sns.lineplot(data=pd.concat(rates), x="t_s", y="rate_per_s", hue="run", ax=ax_major, lw=1)
@@ -70,7 +69,6 @@ def stall_windows(run: Run, window_ms: float = 100.0) -> pd.DataFrame:
     resident MiB), from the timeline's cumulative ``stall_ns`` over the VM's vCPU time."""
     tl = run.table("timeline")
     vcpus = {v["name"]: v["vcpus"] for v in run.summary["vms"]}
-    page_mib = run.summary["host"].get("page_size_kib", 4) / 1024
     win_ns = int(window_ms * 1e6)
     tl = tl[tl.t_ns % win_ns == 0]
     out = []
@@ -83,7 +81,7 @@ def stall_windows(run: Run, window_ms: float = 100.0) -> pd.DataFrame:
                     "t_s": g.t_ns / 1e9,
                     "vm": vm,
                     "stall": g.stall_ns.diff() / dt,
-                    "resident MiB": g.resident_pages * page_mib,
+                    "resident MiB": g.resident_pages * PAGE_MIB,
                 }
             ).iloc[1:]
         )

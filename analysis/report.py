@@ -31,6 +31,7 @@ import seaborn as sns  # noqa: E402
 from analysis.load import Run, load_run  # noqa: E402
 from analysis.plots import capacity_figure  # noqa: E402
 from analysis.report_figures import (  # noqa: E402
+    PAGE_MIB,
     SWEEP_METRICS,
     fault_figure,
     free_memory_figure,
@@ -38,7 +39,6 @@ from analysis.report_figures import (  # noqa: E402
     kswapd_figure,
     memcg_figure,
     memcg_limits,
-    page_mib,
     quality_figure,
     sweep_figure,
     swept_params,
@@ -118,7 +118,7 @@ def _vm_table(summary: dict[str, Any]) -> pd.DataFrame:
                 "stall %": round(100 * v["stall_fraction"], 2),
                 "stall p99 window %": _pct(v.get("stall_window_p99")),
                 "major/s": round(v["major_faults_per_s"], 1),
-                "resident MiB": round(v["resident_pages"] * page_mib(summary), 1),
+                "resident MiB": round(v["resident_pages"] * PAGE_MIB, 1),
             }
         )
     return pd.DataFrame(rows)
@@ -131,7 +131,7 @@ def _pct(x: float | None) -> float | None:
 def _host_table(summary: dict[str, Any]) -> pd.DataFrame:
     h = host_row(summary)
     items = {
-        "host memory (MiB)": h["memory_pages"] * page_mib(summary),
+        "host memory (MiB)": h["memory_pages"] * PAGE_MIB,
         "watermarks min/low/high (pages)": f"{h['wmark_min']}/{h['wmark_low']}/{h['wmark_high']}",
         "kswapd wake-ups": h["kswapd_wakeups"],
         "kswapd scanned / reclaimed": f"{h['kswapd_scanned']:,} / {h['kswapd_reclaimed']:,}",
@@ -180,7 +180,7 @@ def run_section(path: Path) -> Section:
             Figure(
                 "free_memory",
                 "Free host memory against the zone watermarks, and resident memory per VM.",
-                _png(free_memory_figure(tl, name, page_mib(s), warm)),
+                _png(free_memory_figure(tl, name, warmup_s=warm)),
             )
         )
         figs.append(
@@ -199,7 +199,7 @@ def run_section(path: Path) -> Section:
                     "memcg",
                     "Each memory cgroup's usage (memory.current) against its memory.max and "
                     "memory.high.",
-                    _png(memcg_figure(tl, limits, name, page_mib(s), warm)),
+                    _png(memcg_figure(tl, limits, name, warmup_s=warm)),
                 )
             )
     else:

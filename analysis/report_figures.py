@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-PAGE_MIB = 4096 / 2**20  # a 4 KiB page; runs record theirs as summary host.page_size_kib
+PAGE_MIB = 4096 / 2**20  # a page of a run (4 KiB; THPs are counted in their 4 KiB pages)
 MAX_POINTS = 200  # timeline samples per curve (rates are taken over the coarser steps)
 SWEEP_METRICS = [
     ("stall_fraction", "vCPU stall fraction (all VMs)"),
@@ -29,11 +29,6 @@ SWEEP_METRICS = [
     ("memcg_worst_stall_fraction", "vCPU stall fraction (worst memcg VM)"),
     ("memcg_max", "memory.max events (all VMs)"),
 ]
-
-
-def page_mib(summary: dict[str, Any]) -> float:
-    """MiB per page of a run (``host.page_size_kib`` in summary.json; 4 KiB before it existed)."""
-    return float(summary["host"].get("page_size_kib", 4)) / 1024
 
 
 def _thin(tl: pd.DataFrame) -> pd.DataFrame:

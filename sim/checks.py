@@ -24,6 +24,7 @@ from sim.config import Scenario
 from sim.errors import TraceError
 from sim.guest.traces import CHECK_BYTES, read_trace
 from sim.guest.workloads import TraceConfig, load_trace
+from sim.host.memory import PAGE_SHIFT, PAGE_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +40,7 @@ class TraceFacts:
 Cache = dict[tuple[object, ...], TraceFacts]
 
 
-def trace_facts(
-    cfg: TraceConfig, page_shift: int, *, full: bool, cache: Cache | None = None
-) -> TraceFacts:
+def trace_facts(cfg: TraceConfig, *, full: bool, cache: Cache | None = None) -> TraceFacts:
     """Read ``cfg``'s trace (whole with ``full``, else at most ``CHECK_BYTES``); with
     ``cache`` (one per sweep or plan expansion) the points that share a trace read it once."""
     try:
@@ -49,18 +48,18 @@ def trace_facts(
         version: tuple[object, ...] = (st.st_size, st.st_mtime_ns, st.st_ino)
     except (OSError, ValueError):
         version = ()
-    key = (cfg.path, cfg.format, cfg.page_size, cfg.instructions, page_shift, full, *version)
+    key = (cfg.path, cfg.format, cfg.page_size, cfg.instructions, full, *version)
     facts = None if cache is None else cache.get(key)
     if facts is None:
         if full:
-            dense = load_trace(cfg, page_shift)
+            dense = load_trace(cfg)
             vcpus = None if dense.vcpu is None else frozenset(np.unique(dense.vcpu).tolist())
             facts = TraceFacts(dense.gfns.size, dense.distinct, vcpus, True)
         else:
             tr = read_trace(
                 cfg.path,
                 fmt=cfg.format,
-                page_size=max(cfg.page_size, 1 << page_shift),
+                page_size=max(cfg.page_size, PAGE_SIZE),
                 numbers_page_size=cfg.page_size,
                 instructions=cfg.instructions,
                 limit_bytes=CHECK_BYTES,
@@ -88,12 +87,12 @@ def check_traces(
             continue
         where = f"{source}: vms[{i}].workload.path"
         try:
-            facts = trace_facts(cfg, sc.host.page_shift, full=full, cache=cache)
+            facts = trace_facts(cfg, full=full, cache=cache)
         except TraceError as exc:
             raise TraceError(f"{where}: {exc}") from None
         pages = sc.host.pages(vm.memory_mib)
         if facts.distinct > pages:
-            mib = -(-(facts.distinct << sc.host.page_shift) // (1 << 20))
+            mib = -(-(facts.distinct << PAGE_SHIFT) // (1 << 20))
             seen = "" if facts.complete else f" in its first {CHECK_BYTES >> 20} MiB"
             raise TraceError(
                 f"{where}: the trace touches {facts.distinct:,} distinct pages{seen} but the VM "

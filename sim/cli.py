@@ -344,10 +344,9 @@ def validate(
     sc = load_scenario(config, list(overrides))
     est = check_points_memory([sc], 1, str(config))
     wm = sc.host.watermarks()
-    unit = "" if sc.host.page_size_kib == 4 else f" of {sc.host.page_size_kib} KiB"
     say(
         f"ok: {describe(sc)}; watermarks min/low/high = "
-        f"{wm.min}/{wm.low}/{wm.high} pages{unit}; config hash {sc.config_hash()}; "
+        f"{wm.min}/{wm.low}/{wm.high} pages; config hash {sc.config_hash()}; "
         f"memory about {fmt_bytes(est.total)}"
     )
 

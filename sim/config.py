@@ -21,6 +21,8 @@ from pydantic import (
     BaseModel,
     Discriminator,
     Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
     SerializerFunctionWrapHandler,
     Tag,
     ValidationError,
@@ -123,9 +125,9 @@ class HostConfig(_MemcgOptional):
     )
     page_size_kib: Literal[4, 2048] = Field(
         4,
-        description="Size of the simulated page: 4, or 2048 for THP-backed guest RAM mapped by "
-        "2 MiB EPT entries. Frames, gfns, sptes and swap slots all count pages of this size; "
-        "with 2048 every *_mib size must be a multiple of 2.",
+        description="Size of the simulated page: 4 (KiB). 2048 is a shorthand for THP-backed "
+        "guest RAM: it is expanded into 4 with thp: {enabled: always} (the other thp fields at "
+        "their defaults), and the resolved config written beside results is the expanded one.",
     )
     memcg_stats: Literal["exact", "lazy"] = Field(
         "exact",
@@ -166,25 +168,41 @@ class HostConfig(_MemcgOptional):
         "the same; only its CPU time changes.",
     )
 
+    _thp_shorthand: bool = PrivateAttr(False)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _expand_thp_shorthand(
+        cls, data: Any, handler: ModelWrapValidatorHandler[HostConfig]
+    ) -> HostConfig:
+        """``page_size_kib: 2048`` becomes ``page_size_kib: 4`` with ``thp: {enabled: always}``,
+        so a run and its resolved config are the THP model's; the host remembers the shorthand
+        so that THP's refusals can name it."""
+        short = isinstance(data, dict) and data.get("page_size_kib") == 2048
+        if short:
+            if data.get("thp") is not None:
+                raise ValueError(
+                    "page_size_kib: 2048 is the shorthand for thp: {enabled: always}; use "
+                    "one of them (drop page_size_kib, or thp)"
+                )
+            data = {**data, "page_size_kib": 4, "thp": {"enabled": "always"}}
+        host = handler(data)
+        host._thp_shorthand = short
+        return host
+
     @property
-    def page_shift(self) -> int:
-        """log2 of the simulated page size in bytes (12 or 21)."""
-        return (self.page_size_kib << 10).bit_length() - 1
+    def thp_named(self) -> str:
+        """How the config asked for THP (the shorthand or the section), for its refusals."""
+        return "host.page_size_kib: 2048" if self._thp_shorthand else "host.thp"
 
     def pages(self, mib: int) -> int:
-        """``mib`` MiB in simulated pages (exact: the scenario validates sizes as page multiples).
-
-        This replaces a fixed pages-per-MiB constant, which is 256 at 4 KiB but 1/2 at 2 MiB.
-        """
-        return (mib << 20) >> self.page_shift
+        """``mib`` MiB in 4 KiB pages."""
+        return mib << 8
 
     def watermarks(self) -> Watermarks:
-        """``__setup_per_zone_wmarks`` for this host's frames, page size and sysctls."""
+        """``__setup_per_zone_wmarks`` for this host's frames and sysctls."""
         return setup_per_zone_wmarks(
-            self.pages(self.memory_mib),
-            self.min_free_kbytes,
-            self.watermark_scale_factor,
-            page_shift=self.page_shift,
+            self.pages(self.memory_mib), self.min_free_kbytes, self.watermark_scale_factor
         )
 
 
@@ -564,7 +582,6 @@ class Scenario(_MemcgOptional):
 
     @model_validator(mode="after")
     def _check(self) -> Scenario:
-        self._check_page_multiples()
         frames = self.host.pages(self.host.memory_mib)
         wm = self.host.watermarks()
         if wm.high >= frames:
@@ -695,11 +712,6 @@ class Scenario(_MemcgOptional):
                 f"vms[{i}].guest: needs watermark reclaim (the guest's kswapd and I/O take "
                 "time); set reclaim.trigger: watermark or remove guest"
             )
-        if self.host.page_size_kib != 4:
-            raise ValueError(
-                f"vms[{i}].guest: needs host.page_size_kib 4 (guest pages are 4 KiB); "
-                "set it or remove guest"
-            )
         shared = next(
             (i for i, vm in enumerate(self.vms) if vm.guest and vm.guest.disk == "host_swap"),
             None,
@@ -762,7 +774,6 @@ class Scenario(_MemcgOptional):
         walk = getattr(self.reclaim, "notifier_walk", True)
         needs = [
             (not walk, "reclaim.notifier_walk: true (the 6.12+ walk)"),
-            (self.host.page_size_kib != 4, "host.page_size_kib: 4"),
             (self.mom is not None, "no mom"),
         ]
         for i, vm in enumerate(self.vms):
@@ -780,7 +791,8 @@ class Scenario(_MemcgOptional):
             if vm.memory_mib % 2:
                 raise ValueError(
                     f"vms[{i}].memory_mib: {vm.memory_mib} is not a whole number of 2 MiB "
-                    f"THP blocks (host.thp); use {vm.memory_mib - 1} or {vm.memory_mib + 1}"
+                    f"THP blocks ({self.host.thp_named}); use {vm.memory_mib - 1} or "
+                    f"{vm.memory_mib + 1}"
                 )
         needs = [
             (self.reclaim.trigger != "watermark", "reclaim.trigger: watermark"),
@@ -792,7 +804,6 @@ class Scenario(_MemcgOptional):
                 self.kvm.mmu == "shadow",
                 "kvm.mmu: tdp or legacy_tdp (a shadow MMU maps the guest's own 4 KiB mappings)",
             ),
-            (self.host.page_size_kib != 4, "host.page_size_kib: 4 (THP pages are 512 of them)"),
             (self.host.ksm is not None, "no host.ksm"),
             (self.host_files is not None, "no host_files"),
             (self.swap.zswap.enabled, "swap.zswap off"),
@@ -802,7 +813,7 @@ class Scenario(_MemcgOptional):
             needs.append((vm.async_pf > 0, f"vms[{i}].async_pf: 0"))
             cached = vm.guest is not None and vm.guest.disk_cache != "none"
             needs.append((cached, f"vms[{i}].guest.disk_cache: none (no host page cache)"))
-        _only_with("host.thp", "THP", needs)
+        _only_with(self.host.thp_named, "THP", needs)
 
     def _check_steady(self) -> None:
         """Warm-up and windows fit the run; prefault and warm-up need simulated time."""
@@ -842,38 +853,6 @@ class Scenario(_MemcgOptional):
                 f"vms[{i}].workload.repeat: false needs watermark reclaim (demand mode has no "
                 "vCPUs to halt); set repeat: true or reclaim.trigger: watermark"
             )
-
-    def _check_page_multiples(self) -> None:
-        """Every size in MiB must be whole pages, or page counts would silently round."""
-        unit = self.host.page_size_kib >> 10
-        if unit <= 1:
-            return
-        sizes: list[tuple[str, int | None]] = [
-            ("host.memory_mib", self.host.memory_mib),
-            ("swap.size_mib", self.swap.size_mib),
-        ]
-        for i, vm in enumerate(self.vms):
-            sizes += [
-                (f"vms[{i}].memory_mib", vm.memory_mib),
-                (f"vms[{i}].working_set_mib", vm.working_set_mib),
-            ]
-            if vm.memcg is not None:
-                sizes += [(f"vms[{i}].memcg.{k}", v) for k, v in vm.memcg.sizes()]
-            if isinstance(vm.workload, PhasesConfig):
-                for j, ph in enumerate(vm.workload.phases):
-                    at = f"vms[{i}].workload.phases[{j}]"
-                    sizes += [
-                        (f"{at}.offset_mib", ph.offset_mib),
-                        (f"{at}.working_set_mib", ph.working_set_mib),
-                    ]
-        for where, mib in sizes:
-            if mib is not None and mib % unit:
-                lo = mib - mib % unit
-                fix = f"{lo} or {lo + unit}" if lo else str(unit)
-                raise ValueError(
-                    f"{where}: {mib} is not a multiple of the {unit} MiB page "
-                    f"(host.page_size_kib: {self.host.page_size_kib}); use {fix}"
-                )
 
     def disk_images(self) -> list[tuple[int, int]]:
         """The VMs whose virtual disk's image is read and written through the host page cache

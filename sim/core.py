@@ -59,6 +59,7 @@ from numpy.typing import NDArray
 from sim import fast
 from sim.host.memcontrol import MEMCG_SWAP_MAX
 from sim.host.memory import (
+    PAGE_SIZE,
     PG_DIRTY,
     PG_RECLAIM,
     PG_SWAP,
@@ -756,7 +757,7 @@ class HostCore:
         zswap = self.swap.zswap
         io[IO_ZSWAP] = zswap is not None
         if zswap is not None:
-            io[IO_PAGE_BYTES] = zswap.pool.page_bytes
+            io[IO_PAGE_BYTES] = PAGE_SIZE
             io[IO_POOL_MAX] = zswap.max_pages
             io[IO_POOL_ACCEPT] = zswap.accept_thr_pages
             io[IO_POOL_BYTES] = zswap.pool.total_bytes

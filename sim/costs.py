@@ -5,13 +5,8 @@ Models
     entries walked, notifier calls, TLB flushes); this module turns the counts into time. Every
     default comes from docs/MODEL.md section 6, where each figure's source or its status as an
     estimate ([EST]) is given; calibrate them with perf and tracepoints on your own hardware.
-
-Page size
-    Costs are per page of the simulated size (``host.page_size_kib``). Walking, isolating,
-    unmapping and mapping a 2 MiB THP costs about what a 4 KiB page does (one rmap entry, one
-    huge spte, one LRU entry), so those stay constant; zeroing does not: ``clear_huge_page``
-    clears 512 base pages, so a 2 MiB first touch adds 511 ``clear_page_ns``
-    (:meth:`CostsConfig.for_page_size`). Swap transfers scale in the swap device (swap.py).
+    Costs are per 4 KiB page; a THP's first touch (``clear_huge_page``: 512 base pages) adds
+    511 ``clear_page_ns`` (kvm/fault.py).
 
 Simplifications
     Costs are constants (no contention on ``mmu_lock``, no cache effects). Device latencies live in
@@ -148,15 +143,6 @@ class CostsConfig(Strict):
         if out.get("pte_scan_ns") == 1:
             del out["pte_scan_ns"]
         return out
-
-    def for_page_size(self, page_bytes: int) -> CostsConfig:
-        """The costs of a page of ``page_bytes``: first touch zeroes every 4 KiB of it."""
-        extra = page_bytes // 4096 - 1
-        if extra <= 0:
-            return self
-        return self.model_copy(
-            update={"first_touch_ns": self.first_touch_ns + extra * self.clear_page_ns}
-        )
 
 
 class Work(Protocol):

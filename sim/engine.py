@@ -41,7 +41,6 @@ from sim.host.filemap import FileReader
 from sim.host.khugepaged import Khugepaged
 from sim.host.kswapd import DirectReclaim, Kswapd, ProcessGen, ReclaimThrottle
 from sim.host.memcontrol import MemCgroups
-from sim.host.memory import PTRS_PER_PMD
 from sim.host.mom import HostMem, Mom
 from sim.host.oom import OomKiller
 from sim.host.page_alloc import PageAllocator
@@ -148,7 +147,6 @@ class World(Machine):
             vmstat,
             page_cluster=sc.swap.page_cluster,
             rotational=sc.swap.rotational,
-            ptrs_per_pmd=1 if self.vmscan.pmd_mapped else PTRS_PER_PMD,  # a 2 MiB page is a PMD
         )
         self.host_fault.memcg = self.memcg
         self.host_fault.ksm = self.ksm
@@ -192,7 +190,6 @@ class World(Machine):
                     cfg.guest,
                     name=name,
                     nr_gfns=vm.mm.nr_pages,
-                    page_shift=sc.host.page_shift,
                     costs=self.costs,
                     rng=rng_for(sc.seed, f"{name}.guest"),
                     schedule=self._schedule,
@@ -229,7 +226,6 @@ class World(Machine):
                         guest.hint_take,
                         guest.hint_give_back,
                         cfg.balloon.free_page_hint,
-                        sc.host.page_size_kib,
                     )
                     for r in (guest.kswapd, guest.direct):  # its shrinker, in shrink_slab
                         r.shrinkers.append(balloon.hinting.shrink)
@@ -285,7 +281,6 @@ class World(Machine):
                 mem,
                 dirty_ratio=sc.host.dirty_ratio,
                 dirty_background_ratio=sc.host.dirty_background_ratio,
-                page_size=sc.host.page_size_kib << 10,
             )
             self.vmscan.dirty = dirty
         for k, hf in enumerate(files):
@@ -299,7 +294,6 @@ class World(Machine):
                 vcpu=0,
                 nr_vcpus=1,
                 rng=rng_for(sc.seed, "host_files.stream" if k == 0 else f"host_files{k}.stream"),
-                page_shift=sc.host.page_shift,
             )
             owner = None if hf.memcg is None else self.mms[names.index(hf.memcg)]
             self.file_readers.append(
@@ -314,12 +308,9 @@ class World(Machine):
                     access_rate_per_s=hf.access_rate_per_s,
                     batch=sc.engine.batch_accesses,
                     read_latency_ns=max(1, round(hf.read_latency_us * 1e3)),
-                    page_kib=sc.host.page_size_kib,
                     vmscan=self.vmscan,
                     schedule=self._schedule,
-                    write_ns=max(
-                        1, round((sc.host.page_size_kib / 1024) / hf.writeback_mib_per_s * 1e9)
-                    ),
+                    write_ns=max(1, round((4 / 1024) / hf.writeback_mib_per_s * 1e9)),
                     dirty_writeback_ns=max(1, round(hf.dirty_writeback_ms * 1e6)),
                     dirty_expire_ns=round(hf.dirty_expire_ms * 1e6),
                     base=int(self.file_base[k]),
@@ -341,7 +332,6 @@ class World(Machine):
                 swap,
                 vmstat,
                 disk=guest.swap,
-                page_kib=sc.host.page_size_kib,
                 vmscan=self.vmscan,
                 schedule=self._schedule,
                 dirty_writeback_ns=round(_DEFAULT_WRITEBACK_MS * 1e6),

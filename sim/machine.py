@@ -7,10 +7,9 @@ eviction policy. The watermark world (engine.py) puts kswapd, the page allocator
 processes on top; the demand world (demand.py) drives the same objects straight from a
 reference string. Both share the invariant checks, the timeline sample and the summary.
 
-Page size: a "page" is ``host.page_size_kib`` (4 KiB, or 2 MiB for THP-backed guest RAM mapped
-by 2 MiB sptes) everywhere: frames, gfns, sptes, swap slots and every count in the summary.
-MiB sizes become pages through ``sc.host.pages``; first-touch and swap costs scale with the
-page's bytes (costs.py, swap.py).
+Page size: a "page" is 4 KiB everywhere: frames, gfns, sptes, swap slots and every count in
+the summary (THP-backed guest RAM is 512 of them per 2 MiB folio: host/huge_memory.py). MiB
+sizes become pages through ``sc.host.pages``.
 
 Randomness: every component draws from its own generator seeded from
 ``(seed, crc32(component name))``, so adding a VM does not change another VM's stream.
@@ -112,7 +111,6 @@ def vcpu_stream(sc: Scenario, name: str, cfg: VmConfig, vm_pages: int, vcpu: int
         vcpu=vcpu,
         nr_vcpus=cfg.vcpus,
         rng=rng_for(sc.seed, f"{name}.vcpu{vcpu}.stream"),
-        page_shift=sc.host.page_shift,
     )
 
 
@@ -143,8 +141,7 @@ class Machine:
         outdir: Path | None,
     ) -> None:
         self.sc, self.nr_frames = sc, nr_frames
-        page_bytes = sc.host.page_size_kib << 10
-        self.costs = sc.costs.for_page_size(page_bytes)  # first touch zeroes the whole page
+        self.costs = sc.costs
         sizes = np.array([n for _, n in vm_pages], dtype=np.int64)
         self.vm_base = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
         nr_vm_pages = int(sizes.sum())
@@ -212,18 +209,15 @@ class Machine:
             sc.swap,
             swap_slots,
             rng_for(sc.seed, "swap"),
-            page_bytes,
             vmstat=vmstat,
             synchronous=sc.reclaim.trigger == "demand",
         )
         if sc.swap.rotational or thp_on:  # cluster readahead reads by slot, THPs by cluster
             self.swap.track_slots(nr_vm_pages + nr_nodes)  # a KSM folio holds a slot too
         if sc.swap.device == "zram":
-            self.swap.zpool = self._zpool(sc, vm_pages, page_bytes, nr_nodes=nr_nodes)
+            self.swap.zpool = self._zpool(sc, vm_pages, nr_nodes=nr_nodes)
         elif sc.swap.zswap.enabled:
-            pool = self.swap.zpool = self._zpool(
-                sc, vm_pages, page_bytes, track_lru=True, nr_nodes=nr_nodes
-            )
+            pool = self.swap.zpool = self._zpool(sc, vm_pages, track_lru=True, nr_nodes=nr_nodes)
             self.swap.zswap = Zswap(sc.swap.zswap, pool, nr_frames, vmstat)
         self.mms = mms = [
             Mm(i, name, int(self.vm_base[i]), int(sizes[i])) for i, (name, _) in enumerate(vm_pages)
@@ -235,7 +229,6 @@ class Machine:
             nr_frames=nr_frames,
             vmstat=self.vmstat,
             rng=rng_for(sc.seed, "policy"),
-            page_shift=sc.host.page_shift,
             memcg=(mem, self.memcg_limits, self._swap_usage) if self.memcg_limits else None,
             file=self.file_pages > 0,
         )
@@ -283,7 +276,6 @@ class Machine:
         self.vmscan = Vmscan(mem, self.swap, self.rmap, mms, now, schedule, vmstat, self.recorder)
         self.vmscan.policy = policy
         self.vmscan.ksm = self.ksm
-        self.vmscan.pmd_mapped = page_bytes > 4096
         # THP-backed guest RAM at 4 KiB granularity (host.thp; host/huge_memory.py)
         self.thp: HugeMemory | None = None
         if thp_on:
@@ -385,7 +377,6 @@ class Machine:
         self,
         sc: Scenario,
         vm_pages: Sequence[tuple[str, int]],
-        page_bytes: int,
         *,
         track_lru: bool = False,
         nr_nodes: int = 0,
@@ -396,7 +387,6 @@ class Machine:
         sizes = [
             compressed_sizes(
                 n,
-                page_bytes,
                 cfgs[name].compress_ratio,
                 cfgs[name].compress_ratio_cv,
                 rng_for(sc.seed, f"{name}.compress"),
@@ -405,7 +395,7 @@ class Machine:
         ]
         if nr_nodes:
             sizes.append(np.zeros(nr_nodes, dtype=sizes[0].dtype))
-        return Zpool(self.mem, np.concatenate(sizes), page_bytes, track_lru=track_lru)
+        return Zpool(self.mem, np.concatenate(sizes), track_lru=track_lru)
 
     # -- observation -------------------------------------------------------------------------
     def check(self) -> None:

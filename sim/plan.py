@@ -44,7 +44,7 @@ mix (or of the base's VMs without one), or of the VM profiles named in ``search.
 each candidate writes it into their ``memcg`` section, keeping its other settings
 (``memory.low``, ...); every other search keeps the profiles' ``memcg`` as written, so an
 overcommit or vms search of guests with ``memcg: {low_mib: ...}`` plans under that
-protection. Its candidates must be whole pages and at most the limited VMs' memory.
+protection. Its candidates must be at most the limited VMs' memory.
 
 Warm-up: one notion, the scenario's ``warmup_s``. A plan's ``warmup_s``, if given, is written
 into every candidate scenario (replacing the base's); if omitted the base's applies.
@@ -415,8 +415,8 @@ def _overhead_kib(vm: VmConfig) -> int:
 
 
 def _check_memcg_search(plan: Plan, search: SearchSpec, source: str) -> None:
-    """A memcg.max_mib search limits some VM, and its candidates are whole pages (else every
-    candidate would be refused one by one, naming a scenario key the plan file does not have)."""
+    """A memcg.max_mib search limits VM profiles the plan has (else every candidate would be
+    refused one by one, naming a scenario key the plan file does not have)."""
     names = [v.get("name") for v in _vm_dicts(plan.base)]
     if plan.mix is not None:
         names = [vm.get("name") for vm, _ in plan.mix]
@@ -427,18 +427,6 @@ def _check_memcg_search(plan: Plan, search: SearchSpec, source: str) -> None:
             f"{source}: search.apply_to: no VM profile named {shown(missing[0])} (the plan's "
             f"VM profiles: {known}); name one of them or remove apply_to"
         )
-    host = plan.base.get("host")
-    page_kib = host.get("page_size_kib", 4) if isinstance(host, dict) else 4
-    unit = max(1, page_kib >> 10) if page_kib in (4, 2048) else 1  # else the base is refused
-    for key, mib in (("low", search.low), ("step", search.step)):
-        if mib is not None and mib % unit:
-            lo = int(mib - mib % unit)
-            fix = f"{lo} or {lo + unit}" if lo else str(unit)
-            raise ConfigError(
-                f"{source}: search.{key}: {fmt_value(mib)} is not a multiple of the {unit} MiB "
-                f"page (host.page_size_kib: {page_kib}), so memcg.max_mib candidates would not "
-                f"be whole pages; use {fix}"
-            )
 
 
 # --------------------------------------------------------------------------------------------

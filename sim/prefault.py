@@ -70,6 +70,7 @@ from sim import fast
 from sim.config import VmConfig
 from sim.guest.workloads import AccessStream
 from sim.host.memory import (
+    PAGE_SIZE,
     PG_DIRTY,
     PG_RESIDENT,
     PG_SWAP,
@@ -121,7 +122,6 @@ def heat(w: World, index: int, cfg: VmConfig) -> NDArray[np.float64]:
             vcpu=j,
             nr_vcpus=cfg.vcpus,
             rng=rng_for(sc.seed, f"{vm.name}.vcpu{j}.prefault"),
-            page_shift=sc.host.page_shift,
         )
         gfns, _ = stream.next(per_vcpu)
         _tally(gfns, counts, last)
@@ -214,11 +214,11 @@ def _pool_frames(w: World, swapped: NDArray[np.int64]) -> int:
         return 0
     size = pool.obj_bytes[swapped]
     if zswap is not None:
-        size = size[size < pool.page_bytes]  # zswap_compress rejects the rest
-    frames = -(-int(size.sum(dtype=np.int64)) // pool.page_bytes)
+        size = size[size < PAGE_SIZE]  # zswap_compress rejects the rest
+    frames = -(-int(size.sum(dtype=np.int64)) // PAGE_SIZE)
     if zswap is None or frames < zswap.max_pages:  # zram, or a zswap that never fills
         return frames
-    scratch = Zpool(w.mem, pool.obj_bytes, pool.page_bytes, track_lru=pool.track_lru)
+    scratch = Zpool(w.mem, pool.obj_bytes, track_lru=pool.track_lru)
     _store(w, scratch, swapped[::-1])
     return scratch.frames_needed()
 

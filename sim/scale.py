@@ -24,7 +24,7 @@ fractions (kswapd wakes as often, and reclaims 1/factor of the pages per wake-up
 pages are taken 1/factor as fast). What is not preserved is listed in the README: fixed-size
 batches (SWAP_CLUSTER_MAX = 32 pages, readahead windows) are factor times larger relative to
 memory; with alpha < 1 Zipf's head holds a smaller share of fewer pages (more misses); tails
-over windows are noisier; fewer device servers queue longer at the same utilisation; the 2 MiB
+over windows are noisier; fewer device servers queue longer at the same utilisation; the THP
 swap link is less loaded.
 """
 
@@ -142,41 +142,43 @@ def _with_fix(scale: Callable[[int, bool], Scaled | _Sizer], factor: int) -> Sca
 
 
 class _Sizer:
-    """Divides sizes and rates by the factor, refusing what does not divide into whole pages
-    or leaves too few pages; collects the notes on what was rounded."""
+    """Divides sizes and rates by the factor, refusing what does not divide into whole MiB
+    (guest RAM with THP: whole 2 MiB blocks) or leaves too few pages; collects the notes on
+    what was rounded."""
 
-    def __init__(self, factor: int, page_kib: int, source: str, *, probe: bool = False) -> None:
-        self.f, self.page_kib, self.source, self.probe = factor, page_kib, source, probe
-        self.unit = max(1, page_kib >> 10)  # MiB per page (2 with 2 MiB pages)
+    def __init__(self, factor: int, source: str, *, thp: bool, probe: bool = False) -> None:
+        self.f, self.source, self.thp, self.probe = factor, source, thp, probe
         self.notes: list[str] = []
-        self.sizes: list[tuple[int, int]] = []  # (MiB, least pages after scaling) of each size
+        # (MiB, least pages after scaling, MiB it must stay a multiple of) of each size
+        self.sizes: list[tuple[int, int, int]] = []
 
     def largest_factor(self, at_most: int) -> int:
         """The largest factor up to ``at_most`` that scales every recorded size (1 if none):
-        a divisor of the sizes' greatest common divisor in pages, leaving enough pages."""
+        a divisor of the sizes' greatest common divisor in their units, leaving enough pages."""
         g = 0
-        for mib, _ in self.sizes:
-            g = math.gcd(g, mib // self.unit)
+        for mib, _, unit in self.sizes:
+            g = math.gcd(g, mib // unit)
         divisors = {d for i in range(1, math.isqrt(g) + 1) if g % i == 0 for d in (i, g // i)}
         ok = [
             d
             for d in divisors
-            if d <= at_most and all(self.pages(m // d) >= least for m, least in self.sizes)
+            if d <= at_most and all(self.pages(m // d) >= least for m, least, _ in self.sizes)
         ]
         return max(ok, default=1)
 
-    def pages(self, mib: int) -> int:
-        return (mib << 10) // self.page_kib
+    @staticmethod
+    def pages(mib: int) -> int:
+        return mib << 8
 
-    def mib(self, where: str, mib: int, *, min_pages: int = 0) -> int:
-        """``mib / factor``, which must be a whole number of pages (and at least
-        ``min_pages`` of them)."""
-        f = self.f
-        self.sizes.append((mib, min_pages))
+    def mib(self, where: str, mib: int, *, min_pages: int = 0, guest_ram: bool = False) -> int:
+        """``mib / factor``, which must be a whole number of MiB (of 2 MiB THP blocks for
+        ``guest_ram`` with THP on), and at least ``min_pages`` 4 KiB pages."""
+        f, unit = self.f, 2 if guest_ram and self.thp else 1
+        self.sizes.append((mib, min_pages, unit))
         if self.probe:
-            return max(mib // f, self.unit)
-        if mib % (f * self.unit):
-            what = "MiB" if self.unit == 1 else f"{self.unit} MiB pages"
+            return max(mib // f, unit)
+        if mib % (f * unit):
+            what = "MiB" if unit == 1 else "2 MiB THP blocks"
             raise Refused(
                 f"{self.source}: {where}: {mib} MiB / {f} is not a whole number of {what}"
             )
@@ -184,7 +186,7 @@ class _Sizer:
         if self.pages(out) < min_pages:
             raise Refused(
                 f"{self.source}: {where}: {mib} MiB / {f} leaves {self.pages(out)} pages of "
-                f"{self.page_kib} KiB, fewer than the {min_pages} it needs to mean anything"
+                f"4 KiB, fewer than the {min_pages} it needs to mean anything"
             )
         return out
 
@@ -222,7 +224,9 @@ def _scale_vm(raw_vm: dict[str, Any], vm: VmConfig, z: _Sizer, at: str) -> None:
             f"{z.source}: {at}.workload: a trace's pages are the traced program's and cannot be "
             "scaled down; give the VM a synthetic workload (zipf, hotcold, ...) or do not scale"
         )
-    raw_vm["memory_mib"] = z.mib(f"{at}.memory_mib", vm.memory_mib, min_pages=MIN_VM_PAGES)
+    raw_vm["memory_mib"] = z.mib(
+        f"{at}.memory_mib", vm.memory_mib, min_pages=MIN_VM_PAGES, guest_ram=True
+    )
     if vm.working_set_mib is not None:
         raw_vm["working_set_mib"] = z.mib(
             f"{at}.working_set_mib", vm.working_set_mib, min_pages=MIN_VM_PAGES
@@ -321,7 +325,7 @@ def _scale_scenario(
 ) -> Scaled | _Sizer:
     """Scale ``raw`` (parsed as ``sc``); a probe returns its sizer, with every size recorded."""
     raw = copy.deepcopy(raw)
-    z = _Sizer(f, sc.host.page_size_kib, source, probe=probe)
+    z = _Sizer(f, source, thp=sc.host.thp is not None, probe=probe)
     _scale_shared(raw, sc, z, None)
     for i, vm in enumerate(sc.vms):
         _scale_vm(raw["vms"][i], vm, z, f"vms[{i}]")
@@ -354,7 +358,7 @@ def _scale_plan(path: Path, f: int, probe: bool) -> Scaled | _Sizer:
     raw = copy.deepcopy(raw)
     base = load_base(path, spec.base)
     sc = plan.scenario(plan.values[0], plan.seeds[0], source)
-    z = _Sizer(f, sc.host.page_size_kib, source, probe=probe)
+    z = _Sizer(f, source, thp=sc.host.thp is not None, probe=probe)
     mfk: int | None = None
     if plan.variable in ("host.memory_mib", "overcommit"):
         host = base.get("host") or {}
@@ -403,12 +407,10 @@ def _scale_plan(path: Path, f: int, probe: bool) -> Scaled | _Sizer:
     if probe:
         return z
     full_host = sc.host  # the first candidate's
+    # the first candidate's host has page_size_kib: 2048 expanded into its thp already
+    scaled = {k: v for k, v in base["host"].items() if k != "page_size_kib"}
     scaled_host = HostConfig.model_validate(
-        {
-            **sc.host.model_dump(),
-            **base["host"],
-            "memory_mib": max(sc.host.memory_mib // f, z.unit),
-        }
+        {**sc.host.model_dump(), **scaled, "memory_mib": max(sc.host.memory_mib // f, 1)}
     )
     wm = _watermark_line(full_host, scaled_host, f, z.notes)
     if plan.metric == "stall_window_p99" or plan.metric == "stall_window_max":

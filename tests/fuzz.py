@@ -544,7 +544,11 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
         elif op == "thp" and isinstance(raw, dict):
             host = raw.get("host")
             if isinstance(host, dict):  # THP-backed guest RAM (or a refused combination)
-                host["thp"] = copy.deepcopy(rng.choice(THPS))
+                shorthand = rng.random() < 0.3  # page_size_kib: 2048, alone or with thp (refused)
+                if shorthand:
+                    host["page_size_kib"] = 2048
+                if not shorthand or rng.random() < 0.2:
+                    host["thp"] = copy.deepcopy(rng.choice(THPS))
                 if rng.random() < 0.5:
                     raw["reclaim"] = {"policy": "two_list"}
         elif op == "rmap" and isinstance(raw, dict):

@@ -20,7 +20,6 @@ from sim.guest.balloon import (
     BalloonCosts,
     GuestMeminfo,
     VirtioBalloon,
-    chunk_pages,
 )
 from sim.host.mom import GuestEntity, HostMem, Mom, MomConfig, evaluate, grow_guest, shrink_guest
 
@@ -121,9 +120,6 @@ def inflate_chunk_ns(k: int) -> int:
 def test_default_costs_per_chunk_worked_by_hand() -> None:
     # 256 x 250 + 800 + 3000 + 256 x (150 + 2000) + 800
     assert inflate_chunk_ns(256) == 64_000 + 800 + 3_000 + 550_400 + 800 == 619_000
-    assert chunk_pages(4) == 256
-    assert chunk_pages(64) == 16  # a guest with 64 KiB pages: 16 of them per request
-    assert chunk_pages(2048) == 1
 
 
 def test_inflate_to_target_in_chunks_of_256() -> None:

@@ -31,11 +31,11 @@ def test_thresholds_from_a_memory_state() -> None:
     dirtyable; 20% is 819/4096 of it, 760 pages; 10% is 409/4096, 379; freerun 569."""
     avail = global_dirtyable_memory(nr_free=1000, totalreserve=200, nr_file_lru=3000)
     assert avail == 800 + 3000 + 1
-    assert domain_dirty_limits(avail, 20, 10, 4096) == (760, 379)
+    assert domain_dirty_limits(avail, 20, 10) == (760, 379)
     assert dirty_freerun_ceiling(760, 379) == 569
     # free below the reserve counts nothing; a background ratio above the limit is halved
     assert global_dirtyable_memory(nr_free=100, totalreserve=200, nr_file_lru=50) == 51
-    assert domain_dirty_limits(1000, 10, 20, 4096) == (99, 49)
+    assert domain_dirty_limits(1000, 10, 20) == (99, 49)
 
 
 def test_pos_ratio_and_the_pause() -> None:

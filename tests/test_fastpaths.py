@@ -1,7 +1,7 @@
 """Every fast path (sim/fast.py) against its general path, world against world.
 
 Each registered fast path is checked over random scenarios: the worlds of the invariant
-tests (tests/test_invariants.py's ``scenarios``, with 4 KiB and 2 MiB pages), built and run
+tests (tests/test_invariants.py's ``scenarios``), built and run
 once as they are and once with the fast path off, must end with the same state and counters:
 page flags, pfns, frame owners, last-access stamps, sptes, swap slots and the compressed
 pool, every vmstat counter (global and per VM, the notifier call counts with them), KVM's
@@ -10,7 +10,7 @@ policy's lists and the summary but for wall time. Each test also counts the exam
 really took the fast path and requires a good share of them (and, where that can be told,
 every example the fast path applies to), so a scenario space drifting away from a fast path
 is caught rather than passing on the general path alone. The default suite runs a fixed draw
-of EXAMPLES worlds per fast path and page size; the slow variants draw SLOW_EXAMPLES new ones.
+of EXAMPLES worlds per fast path; the slow variants draw SLOW_EXAMPLES new ones.
 """
 
 from __future__ import annotations
@@ -197,24 +197,24 @@ def check_world(raw: Raw, names: tuple[str, ...]) -> tuple[dict[str, int], dict[
 
 # -- the scenarios ---------------------------------------------------------------------------
 @st.composite
-def tdp(draw: st.DrawFn, huge: bool = False) -> Raw:
+def tdp(draw: st.DrawFn) -> Raw:
     """A random scenario with one spte per gfn (the TDP MMU, or the legacy MMU over EPT),
     mostly with EPT A/D bits: the shortcut's case (without them each VM takes the chain; with
     notifiers off the shortcut clears host pte young bits only), and often a host at its
     smallest, so that reclaim walks the rmap from the first steps."""
-    raw = copy.deepcopy(draw(scenarios(huge=huge)))
+    raw = copy.deepcopy(draw(scenarios()))
     raw["kvm"]["mmu"] = draw(st.sampled_from(["tdp", "tdp", "legacy_tdp"]))
     raw["kvm"]["ept_ad_bits"] = draw(st.integers(0, 3)) > 0
     if draw(st.booleans()):
-        raw["host"]["memory_mib"] = 16 if huge else 2
+        raw["host"]["memory_mib"] = 2
     return raw
 
 
 @st.composite
-def prefaulted(draw: st.DrawFn, huge: bool = False) -> Raw:
+def prefaulted(draw: st.DrawFn) -> Raw:
     """A random scenario with some of its VMs starting prefaulted, mostly under the policies
     that have the batched first-touch hooks."""
-    raw = copy.deepcopy(draw(scenarios(huge=huge)))
+    raw = copy.deepcopy(draw(scenarios()))
     if draw(st.integers(0, 3)):
         raw["reclaim"]["policy"] = draw(st.sampled_from(["two_list", "mglru"]))
     on = draw(st.lists(st.booleans(), min_size=len(raw["vms"]), max_size=len(raw["vms"])))
@@ -225,31 +225,30 @@ def prefaulted(draw: st.DrawFn, huge: bool = False) -> Raw:
 
 
 @st.composite
-def cored(draw: st.DrawFn, huge: bool = False) -> Raw:
+def cored(draw: st.DrawFn) -> Raw:
     """A random scenario the compiled host core takes: any policy (two-list, whose whole batch
     the core runs, most often), one spte per gfn with EPT A/D bits, zram or a disk with zswap
     (its pool limit drawn) or without, no page cache; sometimes a rotational disk (slot
     identities), often a host at its smallest, and in some two-list and MGLRU worlds a memcg
     per VM."""
-    raw = copy.deepcopy(draw(scenarios(huge=huge)))
+    raw = copy.deepcopy(draw(scenarios()))
     raw["reclaim"] = {"policy": draw(st.sampled_from(["two_list", *POLICIES]))}
     raw.pop("host_files", None)
     raw["kvm"] |= {"mmu": draw(st.sampled_from(["tdp", "legacy_tdp"])), "ept_ad_bits": True}
     if raw["swap"]["device"] == "disk" and draw(st.integers(0, 3)) == 0:  # slot identities
         raw["swap"]["rotational"] = True
     if draw(st.integers(0, 3)):  # mostly a host at its smallest: reclaim from the first steps
-        raw["host"] = {"memory_mib": 16 if huge else 2} | ({"page_size_kib": 2048} if huge else {})
+        raw["host"] = {"memory_mib": 2}
     if raw["reclaim"]["policy"] in ("two_list", "mglru") and draw(st.booleans()):
-        # a memcg per VM (as libvirt makes), limits in whole pages
-        scale = 8 if huge else 1
+        # a memcg per VM (as libvirt makes)
         for vm in raw["vms"]:
             vm["memcg"] = draw(
                 st.sampled_from(
                     [
                         {},
-                        {"swap_max_mib": 1 * scale},
-                        {"max_mib": 3 * scale, "swap_max_mib": 2 * scale},
-                        {"max_mib": 2 * scale},
+                        {"swap_max_mib": 1},
+                        {"max_mib": 3, "swap_max_mib": 2},
+                        {"max_mib": 2},
                     ]
                 )
             )
@@ -257,12 +256,12 @@ def cored(draw: st.DrawFn, huge: bool = False) -> Raw:
 
 
 @st.composite
-def mglrued(draw: st.DrawFn, huge: bool = False) -> Raw:
+def mglrued(draw: st.DrawFn) -> Raw:
     """A random MGLRU scenario (its page cache and swappiness as drawn, else swappiness mostly
     60; both promotion rules, the walk with and without notifiers, sometimes min_ttl), in half
     of them with VMs in memcgs (an lruvec each, some limited), often on a host at its
     smallest."""
-    raw = copy.deepcopy(draw(scenarios(huge=huge)))
+    raw = copy.deepcopy(draw(scenarios()))
     if raw["reclaim"]["policy"] != "mglru":
         raw["reclaim"] = {"policy": "mglru", "swappiness": draw(st.sampled_from([0, 60, 60, 200]))}
     raw["reclaim"] |= {
@@ -274,18 +273,18 @@ def mglrued(draw: st.DrawFn, huge: bool = False) -> Raw:
         for vm in raw["vms"]:
             cg = draw(st.one_of(st.none(), limits))
             if cg is not None:
-                vm["memcg"] = {k: v * (8 if huge else 1) for k, v in cg.items()}
+                vm["memcg"] = cg
     if draw(st.booleans()):
-        raw["host"]["memory_mib"] = 16 if huge else 2
+        raw["host"]["memory_mib"] = 2
     return raw
 
 
 @st.composite
-def plain_swapins(draw: st.DrawFn, huge: bool = False) -> Raw:
+def plain_swapins(draw: st.DrawFn) -> Raw:
     """A random scenario whose major faults can be plain: a disk without zswap or readahead;
     often a host at its smallest, so that pages are swapped out and read back."""
-    raw = copy.deepcopy(draw(scenarios(huge=huge)))
-    room = draw(st.sampled_from([16, 64] if huge else [4, 64]))
+    raw = copy.deepcopy(draw(scenarios()))
+    room = draw(st.sampled_from([4, 64]))
     raw["swap"] |= {
         "device": "disk",
         "zswap": {"enabled": False},
@@ -293,23 +292,23 @@ def plain_swapins(draw: st.DrawFn, huge: bool = False) -> Raw:
         "size_mib": room,
     }
     if draw(st.booleans()):
-        raw["host"]["memory_mib"] = 16 if huge else 2
+        raw["host"]["memory_mib"] = 2
     return raw
 
 
 @st.composite
-def fused_faults(draw: st.DrawFn, huge: bool = False) -> Raw:
+def fused_faults(draw: st.DrawFn) -> Raw:
     """A random scenario whose plain major faults take the fused path: two-list on the node's
     lruvec, one spte per gfn with EPT A/D bits (the host core's world), a disk without zswap
     or readahead, no page cache; mostly a host at its smallest, so that pages are swapped out
     and read back while reclaim zaps sptes (stale faults) and, with little swap, OOM kills.
     Not every world with major faults must take it: a fault at the min watermark reclaims."""
-    raw = copy.deepcopy(draw(plain_swapins(huge=huge)))
+    raw = copy.deepcopy(draw(plain_swapins()))
     raw["reclaim"] = {"policy": "two_list"}
     raw.pop("host_files", None)
     raw["kvm"] |= {"mmu": draw(st.sampled_from(["tdp", "legacy_tdp"])), "ept_ad_bits": True}
     if draw(st.integers(0, 3)):
-        raw["host"] = {"memory_mib": 16 if huge else 2} | ({"page_size_kib": 2048} if huge else {})
+        raw["host"] = {"memory_mib": 2}
     return raw
 
 
@@ -341,38 +340,35 @@ def _rmap_walked(raw: Raw, general: dict[str, Any]) -> bool:
 
 @dataclasses.dataclass(frozen=True)
 class WorldPath:
-    """How a fast path a watermark world takes is checked: its scenarios (4 KiB and 2 MiB
-    pages), the share of them that must take it, and (if it can be told from the scenario and
-    the general world) when it must be taken."""
+    """How a fast path a watermark world takes is checked: its scenarios, the share of them
+    that must take it, and (if it can be told from the scenario and the general world) when it
+    must be taken."""
 
-    small: st.SearchStrategy[Raw]
-    large: st.SearchStrategy[Raw]
+    worlds: st.SearchStrategy[Raw]
     share: float
     must_take: Callable[[Raw, dict[str, Any]], bool] | None = None
 
 
 WORLD_PATHS: dict[str, WorldPath] = {
-    "tdp_shortcut": WorldPath(tdp(), tdp(huge=True), 0.25, _rmap_walked),
-    "host_core": WorldPath(cored(), cored(huge=True), 0.5, _reclaimed),
-    "mglru_compiled": WorldPath(mglrued(), mglrued(huge=True), 0.5, _reclaimed),
-    "vcpu_inline_faults": WorldPath(scenarios(), scenarios(huge=True), 0.5),
-    "plain_swapin": WorldPath(plain_swapins(), plain_swapins(huge=True), 0.25),
-    "compiled_fault": WorldPath(fused_faults(), fused_faults(huge=True), 0.25),
-    "prefault_batch": WorldPath(prefaulted(), prefaulted(huge=True), 0.4),
-    "zipf_compiled": WorldPath(
-        scenarios().map(_zipf), scenarios(huge=True).map(_zipf), 1.0, lambda raw, general: True
-    ),
+    "tdp_shortcut": WorldPath(tdp(), 0.25, _rmap_walked),
+    "host_core": WorldPath(cored(), 0.5, _reclaimed),
+    "mglru_compiled": WorldPath(mglrued(), 0.5, _reclaimed),
+    "vcpu_inline_faults": WorldPath(scenarios(), 0.5),
+    "plain_swapin": WorldPath(plain_swapins(), 0.25),
+    "compiled_fault": WorldPath(fused_faults(), 0.25),
+    "prefault_batch": WorldPath(prefaulted(), 0.4),
+    "zipf_compiled": WorldPath(scenarios().map(_zipf), 1.0, lambda raw, general: True),
 }
 
 
-def _hold(name: str, huge: bool, examples: int, derandomize: bool) -> None:
+def _hold(name: str, examples: int, derandomize: bool) -> None:
     """``examples`` random worlds with fast path ``name`` on and off, equal; it was taken in
     a good share of them, and in each that must take it."""
     path = WORLD_PATHS[name]
     took: list[bool] = []
 
     @settings(max_examples=examples, **(_SETTINGS | {"derandomize": derandomize}))
-    @given(path.large if huge else path.small)
+    @given(path.worlds)
     def check(raw: Raw) -> None:
         taken, general = check_world(raw, (name,))
         took.append(taken[name] > 0)
@@ -383,22 +379,20 @@ def _hold(name: str, huge: bool, examples: int, derandomize: bool) -> None:
     assert sum(took) >= path.share * len(took), f"{name} taken in {sum(took)} of {len(took)}"
 
 
-@pytest.mark.parametrize("huge", [False, True], ids=["4k", "2m"])
 @pytest.mark.parametrize("name", sorted(WORLD_PATHS))
-def test_fast_path_equals_general_path(name: str, huge: bool) -> None:
+def test_fast_path_equals_general_path(name: str) -> None:
     """The same worlds every run; the slow variant draws new ones each time."""
-    _hold(name, huge, EXAMPLES, derandomize=True)
+    _hold(name, EXAMPLES, derandomize=True)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("huge", [False, True], ids=["4k", "2m"])
 @pytest.mark.parametrize("name", sorted(WORLD_PATHS))
-def test_fast_path_equals_general_path_many(name: str, huge: bool) -> None:
-    _hold(name, huge, SLOW_EXAMPLES, derandomize=False)
+def test_fast_path_equals_general_path_many(name: str) -> None:
+    _hold(name, SLOW_EXAMPLES, derandomize=False)
 
 
 @settings(max_examples=EXAMPLES, **_SETTINGS)
-@given(st.one_of(scenarios(), prefaulted(), scenarios(huge=True)))
+@given(st.one_of(scenarios(), prefaulted()))
 def test_every_fast_path_off_equals_all_on(raw: Raw) -> None:
     """What ``MEMSIM_FAST=0`` runs: the general paths together."""
     check_world(raw, tuple(fast.registered()))
@@ -541,7 +535,6 @@ def replays(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, int, str]:
         vcpu=0,
         nr_vcpus=1,
         rng=rng_for(sc.seed, f"{name}.replay"),
-        page_shift=sc.host.page_shift,
     )
     pages, writes = stream.next(draw(st.integers(1, 3000)))
     frames = draw(st.integers(1, max(1, len(np.unique(pages)) + 2)))

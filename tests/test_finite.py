@@ -241,20 +241,19 @@ def test_resume_mid_batch_keeps_the_accounting(trace: str) -> None:
 # the VMM's overhead in the memcg
 
 
-def _memcg_world(memcg: dict[str, Any], page_kib: int = 4) -> World:
-    rate = 400_000 if page_kib == 4 else 4_000
+def _memcg_world(memcg: dict[str, Any]) -> World:
     raw = {
         "name": "overhead",
         "seed": 5,
-        "duration_s": 0.1 if page_kib == 4 else 2.0,
-        "host": {"memory_mib": 128, "page_size_kib": page_kib},
+        "duration_s": 0.1,
+        "host": {"memory_mib": 128},
         "swap": {"size_mib": 128},
         "reclaim": {"policy": "two_list"},
         "vms": [
             {
                 "name": "a",
                 "memory_mib": 32,
-                "access_rate_per_s": rate,
+                "access_rate_per_s": 400_000,
                 "workload": {"type": "hotcold", "hot_fraction": 0.5, "hot_access_fraction": 0.95},
                 "memcg": memcg,
             }
@@ -263,18 +262,17 @@ def _memcg_world(memcg: dict[str, Any], page_kib: int = 4) -> World:
     return World(parse_scenario(raw))
 
 
-@pytest.mark.parametrize("page_kib", [4, 2048])
-def test_overhead_takes_its_share_of_memory_max(page_kib: int) -> None:
+def test_overhead_takes_its_share_of_memory_max() -> None:
     """memory.max M + 4 MiB with 4 MiB of VMM overhead gives guest RAM what memory.max M does;
     memory.current counts the overhead on top."""
-    m = 8 if page_kib == 4 else 24  # a quarter or three quarters of the VM
-    with_overhead = _memcg_world({"max_mib": m + 4, "vmm_overhead_kib": 4096}, page_kib)
-    plain = _memcg_world({"max_mib": m}, page_kib)
+    m = 8  # a quarter of the VM
+    with_overhead = _memcg_world({"max_mib": m + 4, "vmm_overhead_kib": 4096})
+    plain = _memcg_world({"max_mib": m})
     run_checked(with_overhead)
     run_checked(plain)
     a, b = with_overhead.summary(0.0)["vms"][0], plain.summary(0.0)["vms"][0]
-    assert a["memcg"]["events"]["max"] > 0  # the limit bites (at 2 MiB, to a memcg OOM)
-    overhead = 4096 // page_kib
+    assert a["memcg"]["events"]["max"] > 0  # the limit bites
+    overhead = 4096 // 4
     for key in ("accesses", "faults", "resident_pages", "swapped_pages", "oom_killed", "vmstat"):
         assert a[key] == b[key], key
     ma, mb = a["memcg"], b["memcg"]

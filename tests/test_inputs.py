@@ -98,9 +98,6 @@ def test_largest_accepted_values_run(tmp_path: Path) -> None:
         "engine": {"batch_accesses": 1 << 20, "sample_interval_ms": 0.01},
     }
     run_scenario(parse_scenario(raw), None)
-    raw.update(duration_s=0.002, host={"memory_mib": 8, "page_size_kib": 2048})
-    raw["vms"] = [{**TINY["vms"][0], "memory_mib": 8}]
-    run_scenario(parse_scenario(raw), None)
 
 
 # -- config files ---------------------------------------------------------------------------

@@ -10,7 +10,6 @@ counters match the arrays.
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
@@ -70,27 +69,18 @@ POLICIES = ["two_list", "mglru", "clock", "fifo", "lru", "random"]
 
 
 @st.composite
-def scenarios(draw: st.DrawFn, huge: bool = False) -> dict[str, Any]:
-    """Random small worlds; ``huge``: 2 MiB pages (sizes in whole pages, 8 to 40 host frames)."""
+def scenarios(draw: st.DrawFn) -> dict[str, Any]:
+    """Random small worlds (4 KiB pages; THP worlds: :func:`thp_scenarios`)."""
     profiles = draw(st.lists(vm_profiles, min_size=1, max_size=3))
     for i, p in enumerate(profiles):
         p["name"] = f"p{i}"
-        if huge:
-            p["memory_mib"] *= 8  # 16 to 80 MiB: 8 to 40 pages of 2 MiB
-            p["workload"] = copy.deepcopy(p["workload"])  # st.just shares its object
-            for phase in p["workload"].get("phases", []):
-                for key in ("offset_mib", "working_set_mib"):
-                    if key in phase:
-                        phase[key] *= 2  # whole 2 MiB pages
     host = {"memory_mib": draw(st.integers(2, 12))}
-    if huge:
-        host = {"memory_mib": host["memory_mib"] * 8, "page_size_kib": 2048}
     device = draw(st.sampled_from(["disk", "zram"]))
     policy = draw(st.sampled_from(POLICIES))
     extra: dict[str, Any] = {}
     if policy in ("two_list", "mglru") and draw(st.booleans()):  # a host page cache
         extra["host_files"] = {
-            "size_mib": draw(st.integers(1, 8)) * (2 if huge else 1),
+            "size_mib": draw(st.integers(1, 8)),
             "access_rate_per_s": draw(st.sampled_from([10_000, 1_000_000])),
             "read_latency_us": draw(st.sampled_from([1, 100])),
             "workload": draw(st.sampled_from([{"type": "uniform"}, {"type": "zipf"}])),
@@ -105,7 +95,7 @@ def scenarios(draw: st.DrawFn, huge: bool = False) -> dict[str, Any]:
         ratio, bg = draw(st.sampled_from([(20, 10), (2, 1), (10, 50), (100, 99)]))
         host.update(dirty_ratio=ratio, dirty_background_ratio=bg)
         if draw(st.booleans()):  # a second file, its own reader (the list form)
-            second = {"size_mib": 2 if huge else 1, "workload": {"type": "uniform"}}
+            second = {"size_mib": 1, "workload": {"type": "uniform"}}
             extra["host_files"] = [extra["host_files"], second]
         extra["reclaim"] = {"policy": policy, "swappiness": draw(st.sampled_from([0, 60, 200]))}
     return extra | {
@@ -115,7 +105,7 @@ def scenarios(draw: st.DrawFn, huge: bool = False) -> dict[str, Any]:
         "host": host,
         "reclaim": extra.get("reclaim", {"policy": policy}),
         "swap": {
-            "size_mib": draw(st.sampled_from([0, 2, 4, 64] if huge else [0, 1, 4, 64])),
+            "size_mib": draw(st.sampled_from([0, 1, 4, 64])),
             "queue_depth": draw(st.integers(1, 8)),
             "latency_cv": draw(st.sampled_from([0.0, 0.5])),
             "page_cluster": draw(st.sampled_from([0, 1, 3])),
@@ -143,19 +133,13 @@ def test_invariants_hold_throughout_random_scenarios(raw: dict[str, Any]) -> Non
     _check_random_world(raw)
 
 
-@settings(max_examples=15)
-@given(scenarios(huge=True))
-def test_invariants_hold_with_2mib_pages(raw: dict[str, Any]) -> None:
-    _check_random_world(raw)
-
-
 @st.composite
 def thp_scenarios(draw: st.DrawFn) -> dict[str, Any]:
-    """Random small worlds with THP-backed guest RAM (host.thp): two-list watermark reclaim,
-    guests of whole 2 MiB blocks, swap with or without THP_SWAP, sometimes too little swap
-    for a free cluster (the split fallback), sometimes a memcg per VM whose limits make THP
-    charges fall back, limit reclaim swap THPs out or split them, and memory.swap.max refuse
-    a THP's 512 slots."""
+    """Random small worlds with THP-backed guest RAM (host.thp, or its shorthand
+    host.page_size_kib: 2048): two-list watermark reclaim, guests of whole 2 MiB blocks, swap
+    with or without THP_SWAP, sometimes too little swap for a free cluster (the split
+    fallback), sometimes a memcg per VM whose limits make THP charges fall back, limit reclaim
+    swap THPs out or split them, and memory.swap.max refuse a THP's 512 slots."""
     raw = draw(scenarios())
     raw.pop("host_files", None)
     for p in raw["vms"]:
@@ -168,6 +152,8 @@ def thp_scenarios(draw: st.DrawFn) -> dict[str, Any]:
             "alloc_sleep_ms": 1,
             "max_ptes_swap": 511,
         }
+    if raw["host"]["thp"] == {"swap": True} and draw(st.booleans()):  # the same, as shorthand
+        raw["host"] = {"memory_mib": raw["host"]["memory_mib"], "page_size_kib": 2048}
     raw["reclaim"] = {"policy": "two_list"}
     raw["swap"]["zswap"] = {"enabled": False}
     raw["swap"]["size_mib"] = draw(st.sampled_from([0, 1, 3, 64]))

@@ -162,20 +162,13 @@ def test_full_swap_is_reported_not_a_crash() -> None:
 
 @pytest.mark.parametrize("policy", ["two_list", "lru", "clock", "fifo", "random"])
 def test_kswapd_throttles_on_its_own_write_back_for_every_classic_policy(policy: str) -> None:
-    """A 32-frame host of 2 MiB pages writes all of memory out at once: kswapd must see that
-    the batches it isolates are all under write-back (PGDAT_WRITEBACK, which compares with
-    the folios taken off the list), meet its own PG_reclaim marks again (``nr_immediate``) and
-    sleep on WRITEBACK, rather than fail pass after pass until it is hopeless."""
-    w = World(
-        tiny(
-            host__memory_mib=64,
-            host__page_size_kib=2048,
-            swap__size_mib=256,
-            vms__0__memory_mib=64,
-            duration_s=0.2,
-            reclaim={"policy": policy},
-        )
-    )
+    """A 256-frame host whose swap writes take 5 ms writes much of memory out at once: kswapd
+    must see that the batches it isolates are all under write-back (PGDAT_WRITEBACK, which
+    compares with the folios taken off the list), meet its own PG_reclaim marks again
+    (``nr_immediate``) and sleep on WRITEBACK, rather than fail pass after pass until it is
+    hopeless."""
+    swap = {"size_mib": 256, "latency_cv": 0.0, "write_latency_us": 5000}
+    w = World(tiny(host__memory_mib=1, swap=swap, duration_s=0.1, reclaim={"policy": policy}))
     w.run()
     vs = w.vmstat
     assert vs[VmStat.VMSCAN_IMMEDIATE] > 0

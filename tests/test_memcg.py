@@ -34,7 +34,7 @@ from sim.reclaim.memcg import (
     MemcgTwoList,
 )
 from sim.reclaim.mglru import MglruConfig
-from sim.reclaim.two_list import TwoListConfig
+from sim.reclaim.two_list import TwoListConfig, inactive_is_low
 from tests.conftest import drive, run_checked
 from tests.test_invariants import scenarios
 
@@ -91,12 +91,14 @@ def test_scan_of_usage_below_protection_keeps_reclaim_moving() -> None:
 
 
 # -- lruvecs ------------------------------------------------------------------------------------
-def _lruvecs(pages: tuple[int, int], page_shift: int = 12) -> tuple[MemcgTwoList, HostMemory]:
+def _lruvecs(
+    pages: tuple[int, int], cfg: TwoListConfig | None = None
+) -> tuple[MemcgTwoList, HostMemory]:
     nr = sum(pages)
     mem = HostMemory(nr, nr, setup_per_zone_wmarks(nr), [0, pages[0]])
     lim = MemcgLimits.from_configs([None, None], 256)
     pol = MemcgTwoList(
-        TwoListConfig(),
+        cfg or TwoListConfig(),
         nr,
         new_vmstat(2),
         np.random.default_rng(0),
@@ -104,8 +106,16 @@ def _lruvecs(pages: tuple[int, int], page_shift: int = 12) -> tuple[MemcgTwoList
         limits=lim,
         swap_usage=lambda i: 0,
     )
-    pol.page_shift = page_shift
     return pol, mem
+
+
+def test_inactive_ratio_is_int_sqrt_of_the_lists_gigabytes() -> None:
+    gib = 1 << 18  # 4 KiB pages
+    # 3 GiB on the lists: ratio int_sqrt(30) = 5, so low while 5 * inactive < 3 GiB - inactive
+    assert inactive_is_low((1 << 17) - 1, 3 * gib - (1 << 17) + 1, None)
+    assert not inactive_is_low(1 << 17, 3 * gib - (1 << 17), None)
+    assert inactive_is_low(100, 101, None)  # under 1 GiB: ratio 1
+    assert not inactive_is_low(100, 100, None)
 
 
 def _fill(pol: MemcgTwoList, mem: HostMemory, pids: range, active: int) -> None:
@@ -118,10 +128,9 @@ def _fill(pol: MemcgTwoList, mem: HostMemory, pids: range, active: int) -> None:
 
 
 def test_inactive_is_low_is_judged_per_lruvec() -> None:
-    # 2 MiB pages: 1100 pages = 2.1 GiB -> gb 2, ratio int_sqrt(20) = 4: 200 * 4 < 900, low;
-    # 190 pages -> gb 0, ratio 1: 100 >= 90, not low. Together: 1290 pages, gb 2, ratio 4,
-    # 300 * 4 >= 990: one node-wide lruvec would not deactivate.
-    pol, mem = _lruvecs((1100, 190), page_shift=21)
+    # inactive_ratio 4: 200 * 4 < 900, low; 100 * 4 >= 90, not low. Together: 300 * 4 >= 990:
+    # one node-wide lruvec would not deactivate.
+    pol, mem = _lruvecs((1100, 190), TwoListConfig(inactive_ratio=4))
     _fill(pol, mem, range(0, 1100), active=900)
     _fill(pol, mem, range(1100, 1290), active=90)
     a, b = pol.lruvecs
@@ -214,7 +223,6 @@ def test_swap_max_caps_the_vms_swap() -> None:
     [
         ({"reclaim": {"policy": "clock"}}, "vms[0].memcg: per-memcg reclaim is modelled for"),
         ({"reclaim": {"policy": "two_list", "trigger": "demand"}}, "vms[0].memcg: needs"),
-        ({"host": {"memory_mib": 128, "page_size_kib": 2048}}, "vms[0].memcg.max_mib: 3 is not"),
     ],
 )
 def test_memcg_refused_where_not_modelled(change: dict[str, Any], message: str) -> None:

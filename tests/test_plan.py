@@ -474,16 +474,6 @@ def test_vms_and_overcommit_searches_keep_the_profiles_memory_low(
             "search.high: memcg.max_mib 9 exceeds the memory of VM profile vm (8 MiB",
         ),
         (
-            {
-                "search": {"variable": "memcg.max_mib", "low": 3, "high": 8, "step": 2, "vms": 1},
-                "base": {
-                    **_memcg_spec()["base"],
-                    "host": {"memory_mib": 16, "page_size_kib": 2048},
-                },
-            },
-            "search.low: 3 is not a multiple of the 2 MiB page (host.page_size_kib: 2048)",
-        ),
-        (
             {"base": {**_memcg_spec()["base"], "reclaim": {"policy": "clock"}}},
             "vms[0].memcg: per-memcg reclaim is modelled for reclaim.policy two_list and mglru",
         ),

@@ -65,10 +65,10 @@ def test_a_parsed_scenario_scales_like_its_mapping() -> None:
     assert a.model_dump() == b.model_dump()
 
 
-def test_memcg_phases_page_cache_and_2mib_pages_scale() -> None:
+def test_memcg_phases_and_page_cache_scale() -> None:
     raw = {
         "duration_s": 1.0,
-        "host": {"memory_mib": 4096, "page_size_kib": 2048},
+        "host": {"memory_mib": 4096},
         "swap": {"size_mib": 8192},
         "vms": [
             {
@@ -107,17 +107,36 @@ def test_memcg_phases_page_cache_and_2mib_pages_scale() -> None:
     assert (ph[0].offset_mib, ph[0].working_set_mib, ph[0].duration_s) == (256, 512, 1)
     assert sc.file_sections()[0].size_mib == 256
     assert sc.file_sections()[0].access_rate_per_s == 500
-    with pytest.raises(ConfigError, match=r"host.memory_mib: 4096 MiB / 8 leaves 256 pages"):
-        scale_scenario(raw, 8)  # 2 MiB pages: 4096 / 8 = 512 MiB = 256 pages
-    big = {**raw, "host": {"memory_mib": 16384, "page_size_kib": 2048}}
-    with pytest.raises(ConfigError, match=r"vms\[0\]\.memory_mib: 2048 MiB / 8 leaves 128 pages"):
-        scale_scenario(big, 8)
+    small = {"duration_s": 1.0, "host": {"memory_mib": 64}, "vms": [{"name": "a"}]}
+    small["vms"][0]["memory_mib"] = 64
+    with pytest.raises(ConfigError, match=r"host.memory_mib: 64 MiB / 32 leaves 512 pages of 4"):
+        scale_scenario(small, 32)
     with pytest.raises(
         ConfigError,
-        match=r"swap.size_mib: 8192 MiB / 3 is not a whole number of 2 "
-        r"MiB pages; use a smaller factor \(--factor 2 scales every size\)",
+        match=r"swap.size_mib: 8192 MiB / 3 is not a whole number of MiB; use a smaller "
+        r"factor \(--factor 2 scales every size\)",
     ):
-        scale_scenario({**raw, "host": {"memory_mib": 6144, "page_size_kib": 2048}}, 3)
+        scale_scenario({**raw, "host": {"memory_mib": 6144}}, 3)
+
+
+def test_guest_ram_with_thp_scales_to_whole_2mib_blocks() -> None:
+    raw = {
+        "duration_s": 1.0,
+        "host": {"memory_mib": 4096, "page_size_kib": 2048},
+        "swap": {"size_mib": 8192},
+        "vms": [{"name": "a", "memory_mib": 2052}],
+    }
+    sc = parse_scenario(scale_scenario(raw, 2).raw)
+    assert (sc.host.memory_mib, sc.vms[0].memory_mib) == (2048, 1026)
+    assert sc.host.thp is not None
+    with pytest.raises(
+        ConfigError,
+        match=r"vms\[0\]\.memory_mib: 2052 MiB / 4 is not a whole number of 2 MiB THP blocks; "
+        r"use a smaller factor \(--factor 2 scales every size\)",
+    ):
+        scale_scenario(raw, 4)  # 513 MiB: without THP it would be fine
+    no_thp = {**raw, "host": {"memory_mib": 4096}}
+    assert parse_scenario(scale_scenario(no_thp, 4).raw).vms[0].memory_mib == 513
 
 
 @pytest.mark.parametrize(

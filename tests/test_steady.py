@@ -17,7 +17,7 @@ from sim.config import parse_scenario
 from sim.engine import World, run_scenario
 from sim.errors import ConfigError
 from sim.guest.workloads import _coprime_stride
-from sim.host.memory import PG_SWAP, PTE_PRESENT
+from sim.host.memory import PAGE_SIZE, PG_SWAP, PTE_PRESENT
 from sim.host.zpool import Zpool
 from sim.plan import SloSpec
 from sim.prefault import _store, heat
@@ -306,7 +306,7 @@ def test_prefault_with_zram_stores_the_swapped_pages_in_the_pool() -> None:
     assert len(swapped) > 0
     assert pool.stored[swapped].all()
     assert pool.nr_stored == len(swapped)
-    page = pool.page_bytes
+    page = PAGE_SIZE
     assert mem.nr_pool == -(-int(pool.obj_bytes[swapped].sum()) // page) > 0
     assert mem.nr_free == mem.wmark.high + 1
     assert int(mem.nr_resident.sum()) + mem.nr_pool == mem.nr_frames - mem.nr_free
@@ -337,9 +337,9 @@ def test_prefault_with_zswap_fills_the_pool_to_its_limit_and_spills_to_the_devic
     assert mem.nr_free == mem.wmark.high + 1
     assert int(mem.nr_resident.sum()) + mem.nr_pool == mem.nr_frames - mem.nr_free
     h = heat(w, 0, w.sc.vms[0])
-    compressible = pool.obj_bytes[disk] < pool.page_bytes
+    compressible = pool.obj_bytes[disk] < PAGE_SIZE
     # the pool holds the newest evictions, but for the batches' pages it rejected while full
-    warm = swapped[pool.obj_bytes[swapped] < pool.page_bytes]
+    warm = swapped[pool.obj_bytes[swapped] < PAGE_SIZE]
     assert pool.stored[warm[np.argmax(h[warm])]]
     assert np.median(h[stored]) > np.median(h[disk[compressible]])
     assert pool.lru_order()[0] == stored[np.argmin(h[stored])]  # its LRU tail: the coldest
@@ -395,7 +395,7 @@ def test_the_fill_stores_into_zswap_as_reclaim_batches_would() -> None:
     assert pool is not None
     assert w.swap.zswap is not None
     assert (w.swap.zswap.max_pages, w.swap.zswap.accept_thr_pages) == (10, 9)
-    scratch = Zpool(w.mem, pool.obj_bytes, pool.page_bytes, track_lru=True)
+    scratch = Zpool(w.mem, pool.obj_bytes, track_lru=True)
     zswap = _store(w, scratch, np.arange(100, dtype=np.int64))
     assert zswap is not None
     assert zswap.reached_full

@@ -69,19 +69,6 @@ def test_a_sequential_scan_reads_ahead_by_slot_and_hits() -> None:
     assert on["vms"][0]["faults"]["major"] < off["vms"][0]["faults"]["major"]
 
 
-def test_a_2mib_page_holds_the_kernels_block_unless_page_cluster_exceeds_9() -> None:
-    """A 2 MiB page fills 512 of the kernel's 4 KiB slots, which its whole read covers: blocks
-    of 2 MiB pages are 512x fewer slots, so only page_cluster 10 and up read other pages."""
-    huge = {
-        "host__page_size_kib": 2048,
-        "host__memory_mib": 32,
-        "vms__0__memory_mib": 32,
-        "duration_s": 0.2,
-    }
-    assert _scan(9, **huge)["host"]["vmstat"]["swap_ra"] == 0
-    assert _scan(10, **huge)["host"]["vmstat"]["swap_ra"] > 0
-
-
 def _device(nr_slots: int, nr_pages: int) -> SwapDevice:
     dev = SwapDevice(SwapConfig(rotational=True), nr_slots, np.random.default_rng(0))
     dev.track_slots(nr_pages)

@@ -19,10 +19,10 @@ from tests.conftest import run_checked, tiny
 
 def test_compressed_sizes_for_given_ratios() -> None:
     rng = np.random.default_rng(0)
-    assert compressed_sizes(3, 4096, 4.0, 0.0, rng).tolist() == [1024] * 3
-    assert compressed_sizes(2, 4096, 3.0, 0.0, rng).tolist() == [1366] * 2  # ceil(4096 / 3)
-    assert compressed_sizes(1, 2 << 20, 2.0, 0.0, rng).tolist() == [1 << 20]
-    spread = compressed_sizes(20_000, 4096, 1.5, 1.0, rng)
+    assert compressed_sizes(3, 4.0, 0.0, rng).tolist() == [1024] * 3
+    assert compressed_sizes(2, 3.0, 0.0, rng).tolist() == [1366] * 2  # ceil(4096 / 3)
+    assert compressed_sizes(1, 0.5, 0.0, rng).tolist() == [4096]  # no shrink: stored whole
+    spread = compressed_sizes(20_000, 1.5, 1.0, rng)
     assert spread.max() == 4096  # ratios drawn below 1: stored whole
     assert (spread >= 4096 // 100).all()
 
@@ -31,7 +31,7 @@ def test_pool_frames_follow_the_compressed_bytes() -> None:
     """Frames held = ceil(bytes / 4096), taken from and given back to the host's free frames."""
     mem = HostMemory(16, 8, setup_per_zone_wmarks(16), [0])
     sizes = np.array([1024, 1024, 1024, 1024, 1024, 4096, 2000, 100], dtype=np.uint32)
-    pool = Zpool(mem, sizes, 4096)
+    pool = Zpool(mem, sizes)
     pool.store(np.arange(5))
     pool.fit()
     assert (pool.total_bytes, pool.nr_frames, mem.nr_pool, mem.nr_free) == (5120, 2, 2, 14)

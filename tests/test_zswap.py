@@ -24,7 +24,7 @@ def _small_pool() -> tuple[Zswap, HostMemory, VmEvents]:
     sizes = np.full(64, 2048, dtype=np.uint32)
     sizes[40] = 4096
     vs = VmEvents(1)
-    pool = Zpool(mem, sizes, 4096, track_lru=True)
+    pool = Zpool(mem, sizes, track_lru=True)
     return Zswap(ZswapConfig(enabled=True, max_pool_percent=10), pool, 100, vs), mem, vs
 
 
@@ -114,7 +114,7 @@ def test_lru_survives_compaction_and_rewrites_in_store_order() -> None:
     """The queue behind the LRU is compacted and grown as entries come and go; what it yields
     is always the stored pages, oldest store first (a rewritten page counts as new)."""
     mem = HostMemory(4096, 3000, setup_per_zone_wmarks(4096), [0])
-    pool = Zpool(mem, np.full(3000, 1000, dtype=np.uint32), 4096, track_lru=True)
+    pool = Zpool(mem, np.full(3000, 1000, dtype=np.uint32), track_lru=True)
     rng = np.random.default_rng(1)
     ref: list[int] = []
     for _ in range(300):

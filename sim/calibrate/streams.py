@@ -116,7 +116,6 @@ def _stream(
         vcpu=0,
         nr_vcpus=1,
         rng=rng,
-        page_shift=PAGE_SHIFT,
     )
 
 

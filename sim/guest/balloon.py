@@ -48,13 +48,11 @@ Costs
     inflate queue, one ``MADV_WILLNEED`` on the deflate queue) and the stats round trip. The
     driver's work item waits for all of it in turn (``tell_host`` waits for the ack); the
     counters split the time between the guest (``guest_ns``) and QEMU's thread (``qemu_ns``).
-    Costs are per page of the simulated size.
+    Costs are per 4 KiB page.
 
 Simplifications
     One work item in flight at a time, one vCPU's worth of CPU for it, not charged to any vCPU
-    here. Pages are of the simulated size: a chunk is ``256 // (page_size_kib / 4)`` of them, at
-    least one (a guest with pages larger than 1 MiB cannot exist; with 2 MiB pages memsim
-    balloons one page per request). QEMU discards a request's pages when it takes the request;
+    here. QEMU discards a request's pages when it takes the request;
     the time it spends on them follows, before the ack. Balloon compaction
     (``virtballoon_migratepage``) is not modelled; free page reporting is
     sim/guest/page_reporting.py, free page hinting sim/guest/free_page_hint.py. The OOM
@@ -142,7 +140,7 @@ class BalloonGuest(Protocol):
 
 
 class BalloonCosts(Strict):
-    """CPU costs of ballooning (ns per operation, per page of the simulated size); [EST]:
+    """CPU costs of ballooning (ns per operation, per 4 KiB page); [EST]:
     estimates to calibrate with tracepoints (``virtio_balloon`` trace events in QEMU,
     function_graph on ``fill_balloon``)."""
 
@@ -286,12 +284,6 @@ class BalloonCounts:
     def as_dict(self) -> dict[str, int]:
         """The counters by name, for the results."""
         return dict(self.__dict__)
-
-
-def chunk_pages(page_size_kib: int) -> int:
-    """Pages of the simulated size in one request: ``VIRTIO_BALLOON_ARRAY_PFNS_MAX`` 4 KiB
-    pfns (``VIRTIO_BALLOON_PAGES_PER_PAGE`` of them per guest page), at least one."""
-    return max(1, VIRTIO_BALLOON_ARRAY_PFNS_MAX * VIRTIO_BALLOON_PFN_KIB // page_size_kib)
 
 
 class BalloonDevice:
@@ -563,7 +555,6 @@ class VirtioBalloon:
         guest: BalloonGuest,
         discard: Callable[[NDArray[np.int64]], object],
         cfg: BalloonConfig,
-        page_size_kib: int = VIRTIO_BALLOON_PFN_KIB,
     ) -> VirtioBalloon:
         """Realize the device, probe the driver, and apply ``initial_target_mib``."""
         counts = BalloonCounts()
@@ -574,9 +565,7 @@ class VirtioBalloon:
             device,
             cfg,
             counts,
-            chunk=chunk_pages(page_size_kib),
-            oom_chunk=max(1, VIRTIO_BALLOON_OOM_NR_PAGES * VIRTIO_BALLOON_PFN_KIB // page_size_kib),
         )
         if cfg.initial_target_mib is not None:
-            device.to_target(cfg.initial_target_mib * 1024 // page_size_kib)
+            device.to_target(cfg.initial_target_mib * 1024 // VIRTIO_BALLOON_PFN_KIB)
         return cls(device, driver, counts)

@@ -56,7 +56,7 @@ import simpy
 from numpy.typing import NDArray
 from pydantic import Field, model_validator
 
-from sim.guest.page_reporting import PAGE_KIB, block_pages, whole_free_blocks
+from sim.guest.page_reporting import whole_free_blocks
 from sim.host.memory import HostMemory
 from sim.host.vmscan import ScanControl
 from sim.schema import Strict
@@ -128,7 +128,6 @@ class FreePageHinting:
         take: allocate the given free gfns to the driver (kernel pages, no LRU).
         give_back: free gfns the driver held.
         cfg: the feature's config.
-        page_size_kib: the size of a guest page.
     """
 
     def __init__(
@@ -138,11 +137,10 @@ class FreePageHinting:
         take: Callable[[NDArray[np.int64]], None],
         give_back: Callable[[NDArray[np.int64]], None],
         cfg: FreePageHintConfig,
-        page_size_kib: int = PAGE_KIB,
     ) -> None:
         self.env, self.mem, self.cfg = env, mem, cfg
         self._take, self._give_back = take, give_back
-        self.nb = block_pages(HINT_BLOCK_ORDER, page_size_kib)
+        self.nb = 1 << HINT_BLOCK_ORDER  # 4 KiB pages per block
         self.held: list[int] = []  # free_page_list: the hinted blocks, oldest first
         self.nr_deferred = 0  # the shrinker's deferred work (shrinker->nr_deferred)
         self.counts = FreePageHintCounts()

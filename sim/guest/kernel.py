@@ -98,6 +98,8 @@ from sim.host.kswapd import DirectReclaim, Kswapd, ProcessGen, ReclaimThrottle
 from sim.host.madvise import madvise_dontneed
 from sim.host.memory import (
     NO_PFN_INT,
+    PAGE_SHIFT,
+    PAGE_SIZE,
     PG_DIRTY,
     PG_LOCKED,
     PG_RECLAIM,
@@ -489,7 +491,6 @@ class GuestKernel:
         cfg: the guest's config.
         name: the VM's name (for the generators' scopes).
         nr_gfns: guest RAM in pages (the guest's frames).
-        page_shift: log2 of a page's bytes.
         costs: CPU costs (the guest's reclaim is priced as the host's).
         rng: the guest's generator (its swap device, its policy).
         schedule: ``schedule(t_ns, fn)`` of the world.
@@ -506,7 +507,6 @@ class GuestKernel:
         *,
         name: str,
         nr_gfns: int,
-        page_shift: int,
         costs: CostsConfig,
         rng: np.random.Generator,
         schedule: Schedule,
@@ -517,14 +517,12 @@ class GuestKernel:
     ) -> None:
         self.env, self.cfg, self.name = env, cfg, name
         self.nr_gfns = nr_gfns
-        mib = 1 << (20 - page_shift)
+        mib = 1 << (20 - PAGE_SHIFT)  # pages per MiB
         self.nr_anon = (cfg.footprint_mib * mib) if cfg.footprint_mib else nr_gfns
         self.nr_file = cfg.file_mib * mib
         self.nr_vpages = self.nr_anon + self.nr_file  # the pages the workload names
         self.host_base, self.host_mem, self.host = host_pid_base, host_mem, host_fault
-        wmark = setup_per_zone_wmarks(
-            nr_gfns, cfg.min_free_kbytes, cfg.watermark_scale_factor, page_shift=page_shift
-        )
+        wmark = setup_per_zone_wmarks(nr_gfns, cfg.min_free_kbytes, cfg.watermark_scale_factor)
         # pages: the process's anon memory, its file's page cache, then one per gfn the
         # balloon may hold (kernel allocations with no pte and no LRU: in HostMemory's
         # unmapped "file" range too, an owner of their own)
@@ -540,7 +538,7 @@ class GuestKernel:
         self._file_reads: dict[int, simpy.Event] = {}  # page-cache reads in flight
         # the file's readahead (struct file_ra_state, in file pages): the window's start, size
         # and async_size, the last page read (prev_pos; -1: none yet), and PG_readahead
-        self.ra_pages = (cfg.read_ahead_kb << 10) >> page_shift
+        self.ra_pages = (cfg.read_ahead_kb << 10) >> PAGE_SHIFT
         self.ra = _RaState()
         self._ra_mark = np.zeros(self.nr_file, dtype=np.bool_)
         if cfg.shuffle:
@@ -569,7 +567,6 @@ class GuestKernel:
             disk,
             cfg.swap.size_mib * mib,
             np.random.default_rng(rng.integers(2**63)),
-            1 << page_shift,
             vmstat=self.vmstat,
         )
         if cfg.disk == "host_swap":
@@ -585,7 +582,6 @@ class GuestKernel:
             nr_frames=nr_gfns,
             vmstat=self.vmstat,
             rng=np.random.default_rng(rng.integers(2**63)),
-            page_shift=page_shift,
             file=self.nr_file > 0,
         )
         self.rmap = GuestRmap(mem, [self.mm], self.vmstat)
@@ -622,7 +618,6 @@ class GuestKernel:
         )
         self.fault._plain = False  # its reads go through before_read (QEMU's pin)
         self.fault.before_read = self._before_read
-        self.page_kib = 1 << (page_shift - 10)
 
     def attach_image(self, image: DiskImage) -> None:
         """The virtual disk is ``image``, a host file QEMU reads and writes through the host
@@ -947,7 +942,7 @@ class GuestKernel:
             now = int(self.env.now)
             done = max(self.swap.submit(now, write=False, n=len(pids), swap_io=False))
             yield self.env.timeout(done - now)
-        self.vmstat[PGPGIN] += self.page_kib * len(pids)
+        self.vmstat[PGPGIN] += (PAGE_SIZE >> 10) * len(pids)
         room = self.swap.nr_free_slots > 0
         for p, pfn, shadow in zip(pids, pfns, shadows, strict=True):
             mem.flags[p] = mem.flags.item(p) & ~PG_LOCKED

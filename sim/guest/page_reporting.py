@@ -111,7 +111,6 @@ PAGE_REPORTING_DELAY_MS = 2000  # PAGE_REPORTING_DELAY: 2 * HZ
 PAGEBLOCK_ORDER = 9  # x86-64 pageblock_order (HPAGE_PMD_ORDER): the default reporting order
 MAX_PAGE_ORDER = 10  # the buddy allocator's largest order
 BUDGET_FRACTION = 16  # page_reporting_cycle: a sixteenth of the free list per pass
-PAGE_KIB = 4  # the kernel's order counts 4 KiB pages
 MAX_COST_NS = 10**9  # one operation costing more than a second of CPU is a typo
 NS_PER_MS = 1_000_000
 
@@ -195,7 +194,7 @@ class PageReportingCounts:
     reporting_passes: int = 0  # page_reporting_process runs
     reporting_requests: int = 0  # virtqueue requests (virtballoon_free_page_report calls)
     reporting_blocks: int = 0  # blocks reported (scatterlist entries)
-    reporting_pages: int = 0  # pages in them (of the simulated size)
+    reporting_pages: int = 0  # 4 KiB pages in them
     reporting_freed: int = 0  # host frames the discards freed at once
     reporting_vmexits: int = 0  # kicks
     reporting_guest_ns: int = 0  # the guest's CPU time
@@ -204,11 +203,6 @@ class PageReportingCounts:
     def as_dict(self) -> dict[str, int]:
         """The counters by name, for the results."""
         return dict(self.__dict__)
-
-
-def block_pages(order: int, page_size_kib: int = PAGE_KIB) -> int:
-    """Pages of the simulated size in a block of ``order`` (in 4 KiB pages), at least one."""
-    return max(1, (PAGE_KIB << order) // page_size_kib)
 
 
 def whole_free_blocks(mem: HostMemory, nb: int) -> NDArray[np.bool_]:
@@ -227,7 +221,6 @@ class PageReporting:
         discard: QEMU's ``ram_block_discard_range`` of some gfns (``Machine.discard`` for the
             VM); returns the host frames it freed at once.
         cfg: the feature's config.
-        page_size_kib: the size of a guest page.
     """
 
     def __init__(
@@ -236,11 +229,10 @@ class PageReporting:
         mem: HostMemory,
         discard: Callable[[NDArray[np.int64]], int],
         cfg: FreePageReportingConfig,
-        page_size_kib: int = PAGE_KIB,
     ) -> None:
         self.env, self.mem, self.cfg = env, mem, cfg
         self._discard = discard
-        self.nb = nb = block_pages(cfg.order, page_size_kib)
+        self.nb = nb = 1 << cfg.order  # 4 KiB pages per block
         self.nr_blocks = mem.nr_frames // nb
         self.reported = np.zeros(self.nr_blocks, dtype=np.bool_)  # PageReported, per block
         self._offsets = np.arange(nb, dtype=np.int64)

@@ -128,8 +128,8 @@ def read_trace(
         instructions: keep lackey's instruction fetches (``I`` lines) as read accesses.
         numbers_page_size: bytes per page of the page numbers a trace gives directly (npy, a
             ``page`` column); None: ``page_size``. When smaller, they are merged into pages of
-            ``page_size`` (``page >> log2(page_size / numbers_page_size)``), which is how a
-            trace of 4 KiB pages drives a guest of 2 MiB pages.
+            ``page_size`` (``page >> log2(page_size / numbers_page_size)``): a trace of 512-byte
+            pages drives a guest of 4 KiB pages.
         limit_bytes: read at most this many decompressed bytes and return the accesses they
             hold (``complete`` False if there was more); None: the whole file.
     """

@@ -71,7 +71,7 @@ from numpy.typing import NDArray
 
 from sim.host.filemap import FileLru, FileReader
 from sim.host.kswapd import ProcessGen
-from sim.host.memory import NO_PFN_INT, PG_DIRTY, PG_RESIDENT, PG_WRITEBACK, HostMemory
+from sim.host.memory import NO_PFN_INT, PAGE_SIZE, PG_DIRTY, PG_RESIDENT, PG_WRITEBACK, HostMemory
 from sim.host.page_alloc import PageAllocator
 from sim.host.swap import SwapDevice
 from sim.host.vmscan import Schedule, Vmscan
@@ -102,7 +102,6 @@ class DiskImage(FileReader):
         swap: the host's swap device (whether anon counts in a file refault's workingset).
         vmstat: host counters.
         disk: the virtual disk's device (its queue and latencies: the image's device).
-        page_kib: KiB per page.
         vmscan: the host's reclaim (``folio_end_writeback``).
         schedule: ``schedule(t_ns, fn)`` runs ``fn`` at ``t_ns``.
         dirty_writeback_ns: the flusher's period.
@@ -126,7 +125,6 @@ class DiskImage(FileReader):
         vmstat: VmEvents,
         *,
         disk: SwapDevice,
-        page_kib: int,
         vmscan: Vmscan,
         schedule: Schedule,
         dirty_writeback_ns: int,
@@ -151,7 +149,6 @@ class DiskImage(FileReader):
             access_rate_per_s=1,
             batch=1,
             read_latency_ns=max(1, round(cfg.read_latency_us * 1e3)),
-            page_kib=page_kib,
             vmscan=vmscan,
             schedule=schedule,
             write_ns=max(1, round(cfg.write_latency_us * 1e3 / cfg.queue_depth)),
@@ -188,7 +185,7 @@ class DiskImage(FileReader):
             now = int(env.now)
             done = max(self.disk.submit(now, write=False, n=len(misses), swap_io=False))
             yield env.timeout(done - now)
-            self.vmstat[PGPGIN] += self.page_kib * len(misses)
+            self.vmstat[PGPGIN] += (PAGE_SIZE >> 10) * len(misses)
             yield from self._add_folios(misses, dirty=False)
         for ev in waits:
             if not ev.processed:
@@ -271,7 +268,7 @@ class DiskImage(FileReader):
         f = mem.flags[pids] & ~np.uint8(PG_DIRTY)
         mem.flags[pids] = f | np.uint8(PG_WRITEBACK)
         mem.nr_writeback += len(pids)
-        self.vmstat[PGPGOUT] += self.page_kib * len(pids)
+        self.vmstat[PGPGOUT] += (PAGE_SIZE >> 10) * len(pids)
         ends = self.disk.submit(now, write=True, n=len(pids), swap_io=False)
         for pid, t in zip(pids.tolist(), ends, strict=True):
             self.schedule(t, partial(self._end_writeback, pid))

@@ -42,6 +42,7 @@ from pydantic import Field, field_validator, model_validator
 from sim import fast
 from sim.errors import TraceError
 from sim.guest.traces import detect_format, read_trace
+from sim.host.memory import PAGE_SHIFT, PAGE_SIZE
 from sim.schema import Strict
 
 # --------------------------------------------------------------------------------------------
@@ -136,8 +137,8 @@ class TraceConfig(Strict):
         ge=512,
         le=1 << 30,
         description="Bytes per trace page (a power of two): page numbers in the trace count "
-        "pages of this size, addresses are cut into them. Each becomes one guest page, or with "
-        "larger guest pages (host.page_size_kib) falls into the one holding it (addr >> 21).",
+        "pages of this size, addresses are cut into them. Each becomes one guest page (a size "
+        "under 4096 falls into the 4 KiB page holding it).",
     )
     instructions: bool = Field(
         False,
@@ -405,21 +406,19 @@ class DenseTrace:
     source: str
 
 
-def load_trace(cfg: TraceConfig, page_shift: int = 12) -> DenseTrace:
+def load_trace(cfg: TraceConfig) -> DenseTrace:
     """The trace ``cfg`` names, read once per process however many vCPUs and VMs replay it.
 
-    Guest pages are ``max(cfg.page_size, 1 << page_shift)`` bytes: with 2 MiB guest pages a
-    trace of 4 KiB pages or addresses maps to ``gfn = addr >> 21`` (then renumbered densely),
-    and an access crossing a 4 KiB boundary inside one 2 MiB page touches it once.
-    The cache key includes the file's size and modification time, so a file rewritten in place
-    is read again.
+    Guest pages are ``max(cfg.page_size, PAGE_SIZE)`` bytes of the trace (then renumbered
+    densely). The cache key includes the file's size and modification time, so a file
+    rewritten in place is read again.
     """
     path = Path(cfg.path).expanduser().resolve()
     try:
         st = os.stat(path)
     except OSError as exc:
         raise TraceError(f"{cfg.path}: cannot read: {exc.strerror or exc}") from None
-    page_size = max(cfg.page_size, 1 << page_shift)
+    page_size = max(cfg.page_size, PAGE_SIZE)
     key = (str(path), cfg.format, page_size, cfg.page_size, cfg.instructions)
     return _load_trace(cfg.path, *key, st.st_size, st.st_mtime_ns)
 
@@ -456,12 +455,10 @@ class _Replay:
     """One vCPU's walk over its accesses of a trace: cyclic, or once (``left`` counts what is
     still to come; -1: forever)."""
 
-    def __init__(
-        self, cfg: TraceConfig, vm_pages: int, vcpu: int, nr_vcpus: int, page_shift: int
-    ) -> None:
-        tr = load_trace(cfg, page_shift)
+    def __init__(self, cfg: TraceConfig, vm_pages: int, vcpu: int, nr_vcpus: int) -> None:
+        tr = load_trace(cfg)
         if tr.distinct > vm_pages:
-            mib = -(-(tr.distinct << page_shift) // (1 << 20))
+            mib = -(-(tr.distinct << PAGE_SHIFT) // (1 << 20))
             raise TraceError(
                 f"{cfg.path}: the trace touches {tr.distinct} distinct pages but the VM has "
                 f"{vm_pages}; raise memory_mib to at least {mib}"
@@ -551,7 +548,6 @@ class AccessStream:
         vcpu: index of this vCPU in its VM (staggers scan and trace start positions).
         nr_vcpus: vCPUs in the VM.
         rng: this vCPU's own generator.
-        page_shift: log2 of the guest page size.
 
     Raises:
         TraceError: a trace workload's file cannot be read, or does not fit the VM.
@@ -568,7 +564,6 @@ class AccessStream:
         vcpu: int,
         nr_vcpus: int,
         rng: np.random.Generator,
-        page_shift: int = 12,
     ) -> None:
         self.rng, self.write_ratio = rng, write_ratio
         self._gfns = np.empty(0, dtype=np.int64)  # generated, not yet handed out from _off
@@ -576,11 +571,11 @@ class AccessStream:
         self._off = 0
         self.replay: _Replay | None = None
         if isinstance(workload, TraceConfig):
-            self.replay = _Replay(workload, vm_pages, vcpu, nr_vcpus, page_shift)
+            self.replay = _Replay(workload, vm_pages, vcpu, nr_vcpus)
             return
 
         def pages(mib: int) -> int:
-            return (mib << 20) >> page_shift
+            return (mib << 20) >> PAGE_SHIFT
 
         if isinstance(workload, PhasesConfig):
             specs = [

@@ -98,7 +98,7 @@ _PGFAULT = VmStat.PGFAULT.value  # plain str keys: cheaper to hash than the enum
 _PGMAJFAULT = VmStat.PGMAJFAULT.value
 _SWAP_RA = VmStat.SWAP_RA.value
 _SWAP_RA_HIT = VmStat.SWAP_RA_HIT.value
-PMD_ORDER = PTRS_PER_PMD.bit_length() - 1  # 9: 4 KiB pages per 2 MiB page, as a power of two
+PMD_ORDER = PTRS_PER_PMD.bit_length() - 1  # 9: 4 KiB pages per 2 MiB block, as a power of two
 
 
 class HostFault(StrEnum):
@@ -135,7 +135,6 @@ class HostFaultHandler:
         vmstat: VmEvents,
         *,
         page_cluster: int = 0,
-        ptrs_per_pmd: int = PTRS_PER_PMD,
         rotational: bool = False,
     ) -> None:
         self.env, self.mem, self.swap, self.alloc = env, mem, swap, alloc
@@ -145,11 +144,8 @@ class HostFaultHandler:
         self._ra_wait: dict[int, simpy.Event] = {}  # pid -> readahead read in flight
         self._ra_alloc: set[int] = set()  # readahead pages in flight for their frames
         self.page_cluster = page_cluster
-        self.ptrs_per_pmd = ptrs_per_pmd
         # swap_use_vma_readahead() is false: readahead by slot, with global state
         self.cluster_ra: SwapClusterRa | None = SwapClusterRa() if rotational else None
-        # a 2 MiB page (a PMD) fills 512 of the kernel's 4 KiB slots: its block is 512x fewer
-        self.cluster_order = page_cluster - (PMD_ORDER if ptrs_per_pmd == 1 else 0)
         assert not rotational or swap.tracks_slots, "cluster readahead needs slot identities"
         self.memcg: MemCgroups | None = None  # the VMs' memcgs (memory.high), if any
         self.ksm: Ksm | None = None  # KSM, when on: its sharers' write faults copy (COW)
@@ -753,7 +749,7 @@ class HostFaultHandler:
         base = mm.hva_base >> PAGE_SHIFT
         faddr = base + pid - mm.pid_base
         win, start, end = swap_vma_ra_win(
-            mm.swap_ra, faddr, base, base + mm.nr_pages, self.page_cluster, self.ptrs_per_pmd
+            mm.swap_ra, faddr, base, base + mm.nr_pages, self.page_cluster, PTRS_PER_PMD
         )
         if win == 1:
             return []
@@ -764,13 +760,11 @@ class HostFaultHandler:
     def _swap_cluster_readahead(self, pid: int) -> ProcessGen:
         """``swap_cluster_readahead`` around the faulting page ``pid``'s slot: the pages owning
         the slots of the aligned block (any mm's: slots are shared), as
-        :meth:`_swap_vma_readahead`'s, in slot order; free slots are skipped. With 2 MiB pages
-        the kernel's block of 4 KiB slots lies within the faulting page (read whole) unless
-        ``page_cluster`` exceeds 9."""
+        :meth:`_swap_vma_readahead`'s, in slot order; free slots are skipped."""
         assert self.cluster_ra is not None
         swap = self.swap
         offset = swap.page_slot.item(pid)
-        pages = self.cluster_ra.nr_pages(offset, max(0, self.cluster_order))
+        pages = self.cluster_ra.nr_pages(offset, self.page_cluster)
         if pages == 1:
             return []
         start, end = swap_cluster_ra_block(offset, pages, swap.nr_slots)

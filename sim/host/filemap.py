@@ -61,7 +61,7 @@ import simpy
 from numpy.typing import NDArray
 
 from sim.host.kswapd import ProcessGen
-from sim.host.memory import NO_PFN_INT, PG_DIRTY, PG_RESIDENT, PG_WRITEBACK, HostMemory
+from sim.host.memory import NO_PFN_INT, PAGE_SIZE, PG_DIRTY, PG_RESIDENT, PG_WRITEBACK, HostMemory
 from sim.host.page_alloc import PageAllocator
 from sim.host.page_writeback import HZ, JIFFY_NS, DirtyControl, dirty_pause
 from sim.host.swap import SwapDevice
@@ -109,7 +109,6 @@ class FileReader:
         access_rate_per_s: page reads per second.
         batch: reads per batch (one SimPy event per batch, as a vCPU's).
         read_latency_ns: device time of one miss.
-        page_kib: KiB per page (for ``pgpgin``).
         vmscan: the write-back end (``folio_end_writeback``) the flusher's writes call.
         schedule: ``schedule(t_ns, fn)`` runs ``fn`` at ``t_ns``.
         write_ns: device time of one page written by the flusher.
@@ -137,7 +136,6 @@ class FileReader:
         access_rate_per_s: int,
         batch: int,
         read_latency_ns: int,
-        page_kib: int,
         vmscan: Vmscan,
         schedule: Schedule,
         write_ns: int,
@@ -151,7 +149,7 @@ class FileReader:
     ) -> None:
         self.env, self.mem, self.alloc, self.policy = env, mem, alloc, policy
         self.swap, self.vmstat, self.stream = swap, vmstat, stream
-        self.batch, self.read_latency_ns, self.page_kib = batch, read_latency_ns, page_kib
+        self.batch, self.read_latency_ns = batch, read_latency_ns
         self.ns_per_access = 1e9 / access_rate_per_s
         self.vmscan, self.schedule, self.write_ns = vmscan, schedule, write_ns
         self.dirty_writeback_ns, self.dirty_expire_ns = dirty_writeback_ns, dirty_expire_ns
@@ -187,7 +185,7 @@ class FileReader:
                     old = mem.pfn.item(pid)
                     shadow = None if old == NO_PFN_INT else old
                     yield self.env.timeout(self.read_latency_ns)
-                    self.vmstat[PGPGIN] += self.page_kib
+                    self.vmstat[PGPGIN] += PAGE_SIZE >> 10
                     if owner is not None and owner.dead:
                         return
                     pfn = yield from self.alloc.alloc(pid)
@@ -294,7 +292,7 @@ class FileReader:
         f = mem.flags[pids] & ~np.uint8(PG_DIRTY)
         mem.flags[pids] = f | np.uint8(PG_WRITEBACK)
         mem.nr_writeback += len(pids)
-        self.vmstat[PGPGOUT] += self.page_kib * len(pids)
+        self.vmstat[PGPGOUT] += (PAGE_SIZE >> 10) * len(pids)
         start = max(now, self._device_free)
         for i, pid in enumerate(pids.tolist()):
             self.schedule(start + (i + 1) * self.write_ns, partial(self._end_writeback, pid))

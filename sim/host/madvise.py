@@ -51,11 +51,10 @@ Simplifications
     waits for the I/O to end, then takes its first-touch fault (the kernel would map a fresh
     zeroed folio at once: here a page id names one folio at a time). A fault that was waiting
     for a frame to read the page into finds the swap entry gone and zero-fills the frame it got
-    (the kernel retries the fault, which then does). A discard is of whole simulated pages of
-    anonymous guest RAM (with 2 MiB pages, whole THPs: no split by a partial range; with
-    ``host.thp``, pages of large folios are zapped by sim/host/deferred_split.py, which keeps
-    the folio and its frames until it is split); shmem or file backing (a hole punch) is not
-    modelled.
+    (the kernel retries the fault, which then does). A discard is of whole 4 KiB pages of
+    anonymous guest RAM (with ``host.thp``, pages of large folios are zapped by
+    sim/host/deferred_split.py, which keeps the folio and its frames until it is split); shmem
+    or file backing (a hole punch) is not modelled.
 
 Invariants
     After a discard, every page of the range without I/O in flight has no flag, no frame, no

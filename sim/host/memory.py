@@ -108,29 +108,17 @@ class Watermarks:
 
 
 def setup_per_zone_wmarks(
-    managed_pages: int,
-    min_free_kbytes: int | None = None,
-    watermark_scale_factor: int = 10,
-    *,
-    page_shift: int = PAGE_SHIFT,
+    managed_pages: int, min_free_kbytes: int | None = None, watermark_scale_factor: int = 10
 ) -> Watermarks:
-    """``__setup_per_zone_wmarks`` for one zone holding all managed pages.
+    """``__setup_per_zone_wmarks`` for one zone holding all managed (4 KiB) pages.
 
     ``min = min_free_kbytes / 4`` pages; the low-min and high-low gaps are
-    ``max(min / 4, managed * watermark_scale_factor / 10000)``. The kernel counts these in
-    4 KiB pages whatever folios it holds, so they are computed in 4 KiB pages here too; with
-    larger simulated pages (``page_shift`` 21: THP-backed guest RAM) each watermark is then
-    rounded up to whole pages, so it keeps at least the kernel's bytes free and exceeds them by
-    less than one page. Gaps under one page collapse (on hosts below about 2 GiB with 2 MiB
-    pages, low may equal min).
+    ``max(min / 4, managed * watermark_scale_factor / 10000)``.
     """
-    ratio = 1 << (page_shift - PAGE_SHIFT)  # 4 KiB pages per simulated page
-    managed = managed_pages * ratio
-    mfk = calculate_min_free_kbytes(managed) if min_free_kbytes is None else min_free_kbytes
+    mfk = calculate_min_free_kbytes(managed_pages) if min_free_kbytes is None else min_free_kbytes
     pages_min = mfk >> (PAGE_SHIFT - 10)
-    gap = max(pages_min // 4, managed * watermark_scale_factor // 10000)
-    low, high = pages_min + gap, pages_min + 2 * gap
-    return Watermarks(-(-pages_min // ratio), -(-low // ratio), -(-high // ratio), mfk)
+    gap = max(pages_min // 4, managed_pages * watermark_scale_factor // 10000)
+    return Watermarks(pages_min, pages_min + gap, pages_min + 2 * gap, mfk)
 
 
 class HostMemory:

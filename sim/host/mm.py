@@ -5,12 +5,6 @@ Models
     ``hva_base``; guest page ``gfn`` sits at host virtual address ``hva_base + gfn * PAGE_SIZE``.
     Notifier subscribers (KVM) register on the mm.
 
-Simplifications
-    hvas count simulated pages, not bytes: one page spans ``PAGE_SIZE`` (4 KiB) of hva whatever
-    ``host.page_size_kib`` is. With 2 MiB pages the real range of a page is 512 times wider, but
-    every hva user (this mm, the rmap's notifier ranges, KVM's memslots) uses the same
-    ``PAGE_SHIFT``, so hva <-> gfn conversions and range overlaps stay exact.
-
 Kernel reference
     include/linux/mm_types.h (``mm_struct.notifier_subscriptions``); QEMU's RAMBlock.
 

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sim.host.memory import PG_DIRTY, HostMemory
+from sim.host.memory import PAGE_SIZE, PG_DIRTY, HostMemory
 
 if TYPE_CHECKING:
     from sim.host.filemap import FileReader
@@ -66,19 +66,17 @@ def global_dirtyable_memory(nr_free: int, totalreserve: int, nr_file_lru: int) -
     return nr_free - min(nr_free, totalreserve) + nr_file_lru + 1
 
 
-def domain_dirty_limits(
-    avail: int, dirty_ratio: int, background_ratio: int, page_size: int
-) -> tuple[int, int]:
+def domain_dirty_limits(avail: int, dirty_ratio: int, background_ratio: int) -> tuple[int, int]:
     """``domain_dirty_limits`` for the global domain: ``(thresh, bg_thresh)`` in pages.
 
     The ratios are turned into fractions of PAGE_SIZE first (``ratio = vm_dirty_ratio *
     PAGE_SIZE / 100``) and applied as ``ratio * avail / PAGE_SIZE``, so the thresholds round
     down as the kernel's do; a background threshold at or above the limit is halved from it.
     """
-    ratio = dirty_ratio * page_size // 100
-    bg_ratio = background_ratio * page_size // 100
-    thresh = ratio * avail // page_size
-    bg_thresh = bg_ratio * avail // page_size
+    ratio = dirty_ratio * PAGE_SIZE // 100
+    bg_ratio = background_ratio * PAGE_SIZE // 100
+    thresh = ratio * avail // PAGE_SIZE
+    bg_thresh = bg_ratio * avail // PAGE_SIZE
     if bg_thresh >= thresh:
         bg_thresh = thresh // 2
     return thresh, bg_thresh
@@ -172,15 +170,11 @@ class DirtyControl:
         mem: host memory.
         dirty_ratio: ``vm.dirty_ratio`` (percent of the dirtyable memory).
         dirty_background_ratio: ``vm.dirty_background_ratio``.
-        page_size: bytes per simulated page (the kernel's PAGE_SIZE in the ratio arithmetic).
     """
 
-    def __init__(
-        self, mem: HostMemory, *, dirty_ratio: int, dirty_background_ratio: int, page_size: int
-    ) -> None:
+    def __init__(self, mem: HostMemory, *, dirty_ratio: int, dirty_background_ratio: int) -> None:
         self.mem = mem
         self.dirty_ratio, self.dirty_background_ratio = dirty_ratio, dirty_background_ratio
-        self.page_size = page_size
         self.readers: Sequence[FileReader] = ()  # the files (each with its flusher)
 
     def nr_file_dirty(self) -> int:
@@ -199,9 +193,7 @@ class DirtyControl:
         """The domain now: ``global_dirtyable_memory`` and ``domain_dirty_limits``."""
         mem = self.mem
         avail = global_dirtyable_memory(mem.nr_free, mem.wmark.high, self.nr_file_lru())
-        thresh, bg = domain_dirty_limits(
-            avail, self.dirty_ratio, self.dirty_background_ratio, self.page_size
-        )
+        thresh, bg = domain_dirty_limits(avail, self.dirty_ratio, self.dirty_background_ratio)
         nr_dirty = self.nr_file_dirty()
         return DirtyState(avail, thresh, bg, nr_dirty, nr_dirty + mem.nr_writeback)
 

@@ -16,13 +16,13 @@ Models
     compression and decompression instead of a queue). With ``zswap`` a compressed pool
     stands in front of the device (zswap.py): the writes it stores never reach the queue.
 
-Page size
-    The latencies are those of a 4 KiB request. With 2 MiB pages (THP-backed guest RAM) a page
-    moves as one request, as CONFIG_THP_SWAP writes a THP (``thp_swpout``), and its other
-    2 MiB - 4 KiB cross the device's link at ``*_bandwidth_mib_per_s`` after the access
-    latency. The link carries one transfer at a time (in submission order) while the request
-    holds its queue slot, so deep queues of huge pages are bandwidth-bound, not 32x faster.
-    With 4 KiB pages there is no transfer term and the model is exactly the one above.
+Large folios
+    The latencies are those of a 4 KiB request. A THP swapped whole (``host.thp``) moves as one
+    request, as CONFIG_THP_SWAP writes it (``thp_swpout``; :meth:`SwapDevice.submit_folio`),
+    and its other 2 MiB - 4 KiB cross the device's link at ``*_bandwidth_mib_per_s`` after the
+    access latency. The link carries one transfer at a time (in submission order) while the
+    request holds its queue slot, so deep queues of THPs are bandwidth-bound, not 32x faster.
+    A 4 KiB request has no transfer term.
 
 Kernel reference
     mm/swapfile.c (``get_swap_pages``, ``swap_free``, ``vm_swap_full``: more than half the slots
@@ -40,8 +40,7 @@ Simplifications
     ``rotational``, so it needs no slot locality; no latency depends on where a page sits on the
     device, so slots are interchangeable: only their count is kept. A page's swap entry is
     implied by its ``PG_SWAP`` flag, and the workingset shadow the kernel keeps in the swap cache
-    lives in the page's ``pfn`` entry while it has no frame (memory.py). A 2 MiB page is read
-    back whole (as mTHP swap-in does), never split into base pages.
+    lives in the page's ``pfn`` entry while it has no frame (memory.py).
 
 Slot identities (``rotational``)
     Cluster readahead reads the pages in the slots next to the faulting page's, so a rotational
@@ -54,8 +53,7 @@ Slot identities (``rotational``)
     scanned from its start: the kernel prefers non-full clusters unless the device discards
     (``SWP_PAGE_DISCARD``), so freed slots are refilled before fresh clusters are opened. Slot
     0 is the swap header (``si->max`` is ``nr_slots + 1``). Simplified: the kernel's free and
-    non-full cluster lists (FIFO) are a circular scan by cluster number; the slot is of the
-    simulated page size, also for 2 MiB pages (the readahead block is scaled down: fault.py).
+    non-full cluster lists (FIFO) are a circular scan by cluster number.
 
 Invariants
     ``0 <= nr_free_slots <= nr_slots``; the slots in use are the pages flagged ``PG_SWAP``; with
@@ -73,6 +71,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field, model_validator
 
+from sim.host.memory import PAGE_SIZE
 from sim.host.vmstat import VmEvents
 from sim.host.zpool import CompressorConfig, Zpool
 from sim.host.zswap import Zswap, ZswapConfig
@@ -123,7 +122,7 @@ class SwapConfig(Strict):
         ge=1.0,
         le=MAX_BANDWIDTH_MIB_PER_S,
         description="Sequential read bandwidth (NVMe TLC: 2-7 GB/s); moves the bytes of a page "
-        "beyond its first 4 KiB (2 MiB pages only).",
+        "beyond its first 4 KiB (THPs swapped whole only).",
     )
     write_bandwidth_mib_per_s: float = Field(
         2000.0,
@@ -180,7 +179,6 @@ class SwapDevice:
         cfg: device parameters.
         nr_slots: capacity in pages.
         rng: generator for latency samples.
-        page_bytes: bytes per page (and per request).
     """
 
     def __init__(
@@ -188,7 +186,6 @@ class SwapDevice:
         cfg: SwapConfig,
         nr_slots: int,
         rng: np.random.Generator,
-        page_bytes: int = 4096,
         *,
         vmstat: VmEvents | None = None,
         synchronous: bool = False,
@@ -201,15 +198,8 @@ class SwapDevice:
         self.zswap: Zswap | None = None  # zswap in front of this device, if enabled
         # mem_cgroup_uncharge_swap, when VMs have memcgs
         self.on_free_slots: Callable[[NDArray[np.integer] | Sequence[int]], None] | None = None
-        scale = max(1, page_bytes // 4096)  # the compressor works through every 4 KiB
-        self.compress_ns = cfg.compressor.compress_ns * scale
-        self.decompress_ns = cfg.compressor.decompress_ns * scale
-        extra = max(0, page_bytes - 4096)  # bytes beyond the 4 KiB the latencies include
-        self.page_bytes_req = page_bytes  # bytes one page's request carries
-        self.transfer_ns = {
-            False: round(extra * 1e9 / (cfg.read_bandwidth_mib_per_s * (1 << 20))),
-            True: round(extra * 1e9 / (cfg.write_bandwidth_mib_per_s * (1 << 20))),
-        }
+        self.compress_ns = cfg.compressor.compress_ns
+        self.decompress_ns = cfg.compressor.decompress_ns
         self.nr_free_slots = nr_slots
         # slot identities (rotational only; see track_slots): empty arrays otherwise
         self.slot_owner = np.zeros(0, dtype=np.int32)
@@ -242,7 +232,7 @@ class SwapDevice:
 
     @property
     def wait_ns(self) -> int:
-        """Sum of queueing delays before service (and before the link, for huge pages)."""
+        """Sum of queueing delays before service (and before the link, for THPs)."""
         return int(self._q[Q_WAIT])
 
     @staticmethod
@@ -313,8 +303,7 @@ class SwapDevice:
             self._q[Q_BLOCKED] = now_ns
             return now_ns
         bw = self.cfg.write_bandwidth_mib_per_s if write else self.cfg.read_bandwidth_mib_per_s
-        base = self.page_bytes_req
-        xfer = round((nr_pages * 4096 - base) * 1e9 / (bw * (1 << 20)))
+        xfer = round((nr_pages - 1) * PAGE_SIZE * 1e9 / (bw * (1 << 20)))
         _queue(
             now_ns,
             self._draw(write, 1),
@@ -453,7 +442,7 @@ class SwapDevice:
             self._tags,
             self._q,
             self.cfg.nr_requests,
-            self.transfer_ns[write],
+            0,  # a 4 KiB request: its data is in the latency
             self._done,
         )
         return self._done[:n].tolist()
@@ -535,8 +524,9 @@ def _queue(
 ) -> None:
     """The device queue for ``len(svc)`` requests submitted at ``now``, in order: each takes a
     request tag (``nr_requests`` of them; the submitter sleeps until the first one frees when
-    all are held), then the first free server (``queue_depth`` of them, FIFO), then, for huge
-    pages, the link for the rest of its data; ``done[i]`` is when request ``i`` completes."""
+    all are held), then the first free server (``queue_depth`` of them, FIFO), then, for a
+    large folio (``xfer`` > 0), the link for the rest of its data; ``done[i]`` is when request
+    ``i`` completes."""
     ntags = q[Q_TAGS]
     tag_at = now
     for i in range(svc.size):
@@ -551,7 +541,7 @@ def _queue(
         end = start + svc[i]
         q[Q_WAIT] += start - now
         q[Q_BUSY] += svc[i]
-        if xfer:  # huge pages: the rest of the data, one transfer at a time on the link
+        if xfer:  # a large folio: the rest of the data, one transfer at a time on the link
             t0 = max(end, q[Q_LINK])
             q[Q_WAIT] += t0 - end
             q[Q_BUSY] += xfer

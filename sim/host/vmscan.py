@@ -292,9 +292,6 @@ class Vmscan:
         # order its own timer would have, with one event for the batch (the world's), if any
         self.schedule_each: ScheduleEach | None = None
         self.policy: EvictionPolicy  # set by the engine once the policy exists
-        # Guest RAM in 2 MiB THPs: folios are PMD-mapped, and the kernel looks around only
-        # from a pte (folio_referenced_one), so there is nothing to look around.
-        self.pmd_mapped = False
         self.pgdat_writeback = False  # PGDAT_WRITEBACK: kswapd found its whole batch writing
         self.pgdat_dirty = False  # PGDAT_DIRTY: kswapd's pass took only unqueued dirty file
         self.dirty: DirtyControl | None = None  # the page cache's flushers, if any
@@ -397,8 +394,6 @@ class Vmscan:
         and memcgs
         only those mapping folios of the centre folio's memcg (``get_pfn_folio``)."""
         mem = self.mem
-        if self.pmd_mapped:
-            return np.empty(0, dtype=np.int64)
         pid = int(mem.frame_pid[pfn])
         if self.ksm is None or not self.ksm.is_node(np.array([pid])).item():
             ptes = self._window(pid, window)

@@ -2,7 +2,7 @@
 
 Models
     A page stored compressed is an object of its compressed size in a pool whose memory is
-    host frames: the pool holds ``ceil(bytes stored / page size)`` frames, taken from the
+    host frames: the pool holds ``ceil(bytes stored / PAGE_SIZE)`` frames, taken from the
     host's free frames as it grows and given back as it shrinks (``zs_malloc``/``zs_free``
     allocating and releasing zspages). What a page compresses to is the page's own property:
     each guest page's ratio is drawn once, from the run's seed, from a lognormal distribution
@@ -25,7 +25,7 @@ Simplifications
 
 Invariants
     ``total_bytes`` is the sum of the stored pages' sizes; the pool holds exactly
-    ``ceil(total_bytes / page_bytes)`` frames, each marked as the pool's in ``frame_pid``.
+    ``ceil(total_bytes / PAGE_SIZE)`` frames, each marked as the pool's in ``frame_pid``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field
 
-from sim.host.memory import HostMemory
+from sim.host.memory import PAGE_SIZE, HostMemory
 from sim.schema import Strict
 
 MAX_COMPRESS_NS = 10**7  # 10 ms per 4 KiB page is a typo
@@ -64,20 +64,19 @@ class CompressorConfig(Strict):
 
 def compressed_sizes(
     nr_pages: int,
-    page_bytes: int,
     ratio_mean: float,
     ratio_cv: float,
     rng: np.random.Generator,
 ) -> NDArray[np.uint32]:
-    """Each page's compressed size in bytes: ``page_bytes / ratio`` with the ratio lognormal of
+    """Each page's compressed size in bytes: ``PAGE_SIZE / ratio`` with the ratio lognormal of
     mean ``ratio_mean`` and coefficient of variation ``ratio_cv``, at most a whole page."""
     if ratio_cv <= 0.0:
         ratio = np.full(nr_pages, ratio_mean)
     else:
         sigma2 = math.log1p(ratio_cv * ratio_cv)
         ratio = rng.lognormal(math.log(ratio_mean) - sigma2 / 2.0, math.sqrt(sigma2), nr_pages)
-    size = np.ceil(page_bytes / np.maximum(ratio, 1.0))
-    return np.minimum(size, page_bytes).astype(np.uint32)
+    size = np.ceil(PAGE_SIZE / np.maximum(ratio, 1.0))
+    return np.minimum(size, PAGE_SIZE).astype(np.uint32)
 
 
 class Zpool:
@@ -86,18 +85,16 @@ class Zpool:
     Args:
         mem: host memory (where the pool's frames come from).
         obj_bytes: every page's compressed size (:func:`compressed_sizes`, per VM).
-        page_bytes: bytes per page (and per pool frame).
     """
 
     def __init__(
         self,
         mem: HostMemory,
         obj_bytes: NDArray[np.uint32],
-        page_bytes: int,
         *,
         track_lru: bool = False,
     ) -> None:
-        self.mem, self.obj_bytes, self.page_bytes = mem, obj_bytes, page_bytes
+        self.mem, self.obj_bytes = mem, obj_bytes
         # zswap's LRU, oldest store first: a queue of (page, store number) with lazy removal,
         # an entry live while its page is stored under that number (no object per page)
         self.track_lru = track_lru
@@ -118,7 +115,7 @@ class Zpool:
 
     def frames_needed(self, extra_bytes: int = 0) -> int:
         """Frames for what is stored, plus ``extra_bytes``."""
-        return -(-(self.total_bytes + extra_bytes) // self.page_bytes)
+        return -(-(self.total_bytes + extra_bytes) // PAGE_SIZE)
 
     def store(self, pids: NDArray[np.integer]) -> None:
         """``zs_malloc`` an object for each page; the caller fits the frames (:meth:`fit`)."""

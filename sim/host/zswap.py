@@ -40,6 +40,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field
 
+from sim.host.memory import PAGE_SIZE
 from sim.host.vmstat import VmEvents, VmStat
 from sim.host.zpool import Zpool
 from sim.schema import Strict
@@ -98,7 +99,7 @@ class Zswap:
         Returns which were stored, how many were compressed (the reclaimer's CPU) and whether
         the pool was found full (the caller then runs :meth:`shrink`).
         """
-        pool, page = self.pool, self.pool.page_bytes
+        pool, page = self.pool, PAGE_SIZE
         stored = np.zeros(len(pids), dtype=np.bool_)
         compressed = 0
         full = False

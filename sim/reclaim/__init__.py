@@ -59,16 +59,13 @@ def make_policy(
     nr_frames: int,
     vmstat: Counter[str],
     rng: np.random.Generator,
-    page_shift: int = 12,
     memcg: tuple[Any, Any, Any] | None = None,
     file: bool = False,
 ) -> EvictionPolicy:
-    """Build the policy a ``reclaim:`` config names (``page_shift``: log2 of a page's bytes,
-    for two_list's inactive_ratio, which the kernel sizes by the LRU's gigabytes). With
-    ``memcg`` (host memory, the memcgs' limits, their swap usage) two_list and mglru keep one
-    lruvec per memcg (sim/reclaim/memcg.py). ``file``: two_list keeps the page cache's lists
-    too, mglru its file type, on every lruvec (a host file workload is configured)."""
-    policy: EvictionPolicy
+    """Build the policy a ``reclaim:`` config names. With ``memcg`` (host memory, the memcgs'
+    limits, their swap usage) two_list and mglru keep one lruvec per memcg
+    (sim/reclaim/memcg.py). ``file``: two_list keeps the page cache's lists too, mglru its file
+    type, on every lruvec (a host file workload is configured)."""
     if memcg is not None:
         mem, limits, swap_usage = memcg
         if cfg.policy == "mglru":
@@ -82,18 +79,12 @@ def make_policy(
                 swap_usage=swap_usage,
                 file=file,
             )
-        policy = MemcgTwoList(
+        return MemcgTwoList(
             cfg, nr_frames, vmstat, rng, mem=mem, limits=limits, swap_usage=swap_usage, file=file
         )
-        policy.page_shift = page_shift
-        return policy
     if file:
-        policy = policy_class(cfg.policy)(cfg, nr_frames, vmstat, rng, file=True)
-    else:
-        policy = policy_class(cfg.policy)(cfg, nr_frames, vmstat, rng)
-    if isinstance(policy, two_list.TwoList):
-        policy.page_shift = page_shift
-    return policy
+        return policy_class(cfg.policy)(cfg, nr_frames, vmstat, rng, file=True)
+    return policy_class(cfg.policy)(cfg, nr_frames, vmstat, rng)
 
 
 __all__ = [

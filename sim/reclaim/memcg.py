@@ -226,7 +226,6 @@ class MemcgTwoList(PerMemcgLruvecs):
         # mem_cgroup_iter's order: the root first (when it has pages), then the VMs'
         root = limits.root
         self._order = ([root] if nr > root else []) + list(range(root))
-        self._page_shift = self.lruvecs[0].page_shift
         # the root's hierarchical costs and refault snapshots (prepare_scan_control's target)
         self.node_cost = NodeCost(self._node_lru_pages)
         self._snapshot, self._snapshot_file = 0, 0
@@ -254,12 +253,12 @@ class MemcgTwoList(PerMemcgLruvecs):
         inactive file; ``file_is_tiny`` from the node's file, free pages and inactive anon; the
         root's costs for SCAN_FRACT."""
         ia, aa, ifl, af = self._node_sizes()
-        cfg, shift, vs = self.lruvecs[0].cfg, self._page_shift, self.vmstat
+        cfg, vs = self.lruvecs[0].cfg, self.vmstat
         may_anon = vs[VmStat.WORKINGSET_ACTIVATE] != self._snapshot or inactive_is_low(
-            ia, aa, cfg.inactive_ratio, shift
+            ia, aa, cfg.inactive_ratio
         )
         may_file = vs[WORKINGSET_ACTIVATE_FILE] != self._snapshot_file or inactive_is_low(
-            ifl, af, cfg.inactive_ratio, shift
+            ifl, af, cfg.inactive_ratio
         )
         free, high = reclaim.free_and_high()
         p = sc.priority
@@ -279,17 +278,6 @@ class MemcgTwoList(PerMemcgLruvecs):
             anon_cost=self.node_cost.anon_cost,
             file_cost=self.node_cost.file_cost,
         )
-
-    @property
-    def page_shift(self) -> int:
-        """Bytes per LRU entry, log2 (inactive_is_low sizes by gigabytes)."""
-        return self._page_shift
-
-    @page_shift.setter
-    def page_shift(self, shift: int) -> None:
-        self._page_shift = shift
-        for lv in self.lruvecs:
-            lv.page_shift = shift
 
     @property
     def folio_nr_pages(self) -> Callable[[Pfns], int] | None:

@@ -142,15 +142,13 @@ class ReclaimCore(Protocol):
     def shrink_active_list(self, lru: TwoList, n: int, sc: ScanControl) -> bool: ...
 
 
-def inactive_is_low(
-    inactive: int, active: int, inactive_ratio: int | None, page_shift: int
-) -> bool:
+def inactive_is_low(inactive: int, active: int, inactive_ratio: int | None) -> bool:
     """``inactive_is_low``: ``inactive * ratio < active``, the ratio ``int_sqrt(10 * GB)`` of
-    the two lists (or the configured one)."""
+    the two lists' 4 KiB pages (or the configured one)."""
     if inactive_ratio is not None:
         ratio = inactive_ratio
     else:
-        gb = (inactive + active) >> (30 - page_shift)
+        gb = (inactive + active) >> (30 - PAGE_SHIFT)
         ratio = int_sqrt(10 * gb) if gb else 1
     return inactive * ratio < active
 
@@ -265,7 +263,6 @@ class TwoList:
         self.anon_cost = 0  # lruvec->anon_cost (lru_note_cost)
         self.file_cost = 0  # lruvec->file_cost: no file lists, so it stays 0
         self._refaults_snapshot = 0  # WORKINGSET_ACTIVATE at the last reclaim cycle
-        self.page_shift = PAGE_SHIFT  # bytes per LRU entry (21: 2 MiB pages; set by make_policy)
         self.cost_parent: NodeCost | None = None  # the root's costs, with memcgs and file lists
         self.prep: ScanPrep | None = None  # the root's decisions during a global reclaim pass
         # lazy memcg statistics (host.memcg_stats lazy): the last flush's values; None: exact
@@ -309,7 +306,7 @@ class TwoList:
             inactive, active = len(self.inactive_file), len(self.active_file)
         else:
             inactive, active = len(self.inactive), len(self.active)
-        return inactive_is_low(inactive, active, self.cfg.inactive_ratio, self.page_shift)
+        return inactive_is_low(inactive, active, self.cfg.inactive_ratio)
 
     def flush_stats(self) -> None:
         """An rstat flush of the memcg (``mem_cgroup_flush_stats``): ``lruvec_page_state``
