@@ -474,10 +474,6 @@ class Vmscan:
         out = np.full(len(pfns), Outcome.ACTIVATE, dtype=np.int8)
         if len(pfns) == 0:
             return out
-        if self.core is not None:
-            done = self.core.shrink_folio_list(pfns, sc)
-            if done is not None:
-                return done
         if self.thp is not None:
             large = self.thp.large_heads(mem.frame_pid[pfns])
             if large.any():
@@ -486,6 +482,10 @@ class Vmscan:
                 for i in np.flatnonzero(large).tolist():
                     out[i] = self._shrink_large(int(pfns[i]), sc)
                 return out
+        if self.core is not None:
+            done = self.core.shrink_folio_list(pfns, sc)
+            if done is not None:
+                return done
         return self._shrink_small(pfns, sc)
 
     def _shrink_small(self, pfns: NDArray[np.int64], sc: ScanControl) -> NDArray[np.int8]:
