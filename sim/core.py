@@ -29,24 +29,24 @@ When
     the node's lruvec or with a memcg per VM, no host page cache, any swap device (a disk, with
     slot identities or without, with zswap in front or without, or zram), and the fused TDP
     walk) and every page the batch isolates belongs to an mm whose notifier subscribers are
-    still KVM's alone; any other batch runs the general path, with nothing changed by the
-    attempt. Policies other than two-list keep their own isolation and reference checks (MGLRU's
-    look-around walks the rmap through the fused walk) and hand the core their victims through
-    ``Vmscan.shrink_folio_list``; two-list runs each lruvec (the node's, or each memcg's) whole.
-    The swap device's slots (identities, memory.swap.max and memory.swap.current) are taken and
-    freed through its own calls once per batch, and zram's compressed pool stores the batch's
-    writes and takes its frames once the batch has freed its own, as in the general path. With
-    zswap the pass decides each write's ``zswap_store`` as sim/host/zswap.py does (the pool
-    limit and its hysteresis, poorly compressing pages rejected) from the pool's bytes: stored
-    pages are clean at once and freed with the batch, rejected ones go to the disk; Python then
-    stores them in the pool in order, counts, submits the rest once and runs the shrink worker
-    if the pool was full, whose freed zspages go on the free stack below the batch's frames (the
-    general path frees those after ``pageout``). ``memsim run`` says once when a world cannot
-    use the core at all. It is the fast path ``host_core`` of sim/fast.py
-    (``MEMSIM_FAST_DISABLE=host_core`` turns it off; it is built on the fused walk, so it counts
-    as ``tdp_shortcut`` taken too); tests/test_core.py and tests/test_fastpaths.py run worlds
-    both ways and compare every array and counter.
-"""
+    still KVM's alone and (host.thp) is in no large folio (a THP is aged, unmapped and written
+    over its 2 MiB: sim/host/vmscan.py ``_shrink_large``); any other batch runs the general
+    path, with nothing changed by the attempt. Policies other than two-list keep their own
+    isolation and reference checks (MGLRU's look-around walks the rmap through the fused walk)
+    and hand the core their victims through ``Vmscan.shrink_folio_list``; two-list runs each
+    lruvec (the node's, or each memcg's) whole. The swap device's slots (identities,
+    memory.swap.max and memory.swap.current) are taken and freed through its own calls once per
+    batch, and zram's compressed pool stores the batch's writes and takes its frames once the
+    batch has freed its own, as in the general path. With zswap the pass decides each write's
+    ``zswap_store`` as sim/host/zswap.py does (the pool limit and its hysteresis, poorly
+    compressing pages rejected) from the pool's bytes: stored pages are clean at once and freed
+    with the batch, rejected ones go to the disk; Python then stores them in the pool in order,
+    counts, submits the rest once and runs the shrink worker if the pool was full, whose freed
+    zspages go on the free stack below the batch's frames (the general path frees those after
+    ``pageout``). ``memsim run`` says once when a world cannot use the core at all. It is the
+    fast path ``host_core`` of sim/fast.py (``MEMSIM_FAST_DISABLE=host_core`` turns it off; it
+    is built on the fused walk, so it counts as ``tdp_shortcut`` taken too); tests/test_core.py
+    and tests/test_fastpaths.py run worlds both ways and compare every array and counter."""
 
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sim import fast
+from sim.host.huge_memory import any_large
 from sim.host.memcontrol import MEMCG_SWAP_MAX
 from sim.host.memory import (
     PAGE_SIZE,
@@ -69,6 +70,7 @@ from sim.host.memory import (
 from sim.host.vmscan import Outcome
 from sim.host.vmstat import VmStat
 from sim.kvm.shortcut import TdpShortcut, _owner, age_page, unmap_page
+from sim.reclaim.base import PageQueue
 from sim.reclaim.memcg import MemcgReclaimer
 from sim.reclaim.two_list import (
     _AGE_MASK,
@@ -193,6 +195,22 @@ def _isolate(
     nxt[s] = cur
     prev[cur] = s
     return k
+
+
+@numba.njit(cache=True, nogil=True)
+def _tail_has_large(
+    nxt: NDArray[np.int32], s: int, n: int, frame_pid: NDArray[np.int32], block: NDArray[np.uint8]
+) -> bool:
+    """Whether the ``n`` folios at the tail of list ``s`` (those a pass would isolate) hold
+    a large one (host.thp; ``block``: the per-block THP bytes): then the general path runs."""
+    cur = nxt[s]
+    k = 0
+    while k < n and cur != s:
+        if any_large(frame_pid[cur : cur + 1], block):
+            return True
+        k += 1
+        cur = nxt[cur]
+    return False
 
 
 @numba.njit(cache=True, nogil=True)
@@ -771,6 +789,12 @@ class HostCore:
         lru.active.drain()
         return self._room(n)
 
+    def _large_at_tail(self, lst: PageQueue, n: int) -> bool:
+        """A pass of ``n`` folios from ``lst`` would isolate a large folio (host.thp): the
+        general path handles those (their aging and unmapping cover 2 MiB)."""
+        thp = self.shortcut._thp
+        return len(thp) > 0 and _tail_has_large(lst._nxt, lst._s, n, self.mem.frame_pid, thp)
+
     def _aged(self, sc: ScanControl) -> None:
         """``folio_referenced``'s counts for the pass: the rmap walk, and the per-VM side
         effects of the aging notifier calls (``clear_flush_young``)."""
@@ -901,6 +925,8 @@ class HostCore:
         if n == 0 or not self._device_ok():
             return None
         mem, sh, vmscan = self.mem, self.shortcut, self.vmscan
+        if len(sh._thp) and any_large(mem.frame_pid[pfns], sh._thp):
+            return None
         io = self._room(n)
         io[IO_IMMEDIATE_OK] = (not sc.direct) and vmscan.pgdat_writeback
         out = np.empty(n, dtype=np.int8)
@@ -952,6 +978,8 @@ class HostCore:
             return False
         mem, vmscan = self.mem, self.vmscan
         io = self._prepare(lru, n)
+        if self._large_at_tail(lru.inactive, n):
+            return False
         io[IO_AGE] = lru.nonresident_age
         io[IO_IMMEDIATE_OK] = (not sc.direct) and vmscan.pgdat_writeback
         free = mem.reserve_free(n)
@@ -1006,6 +1034,8 @@ class HostCore:
         run it (nothing was done)."""
         mem = self.mem
         io = self._prepare(lru, n)
+        if self._large_at_tail(lru.active, n):
+            return False
         sh = self.shortcut
         done = _shrink_active(
             io,
@@ -1050,8 +1080,6 @@ def general_path_reason(sc: Scenario) -> str | None:
         reasons.append("host page cache")
     if sc.host.ksm is not None:
         reasons.append("host.ksm (a KSM page has a mapping per sharer)")
-    if sc.host.thp is not None and sc.host.thp.on:
-        reasons.append("host.thp (a THP is aged and unmapped over its 2 MiB range)")
     if sc.kvm.mmu == "shadow" and sc.kvm.shadow_sptes_per_gfn > 1:
         reasons.append("shadow paging with several sptes per gfn")
     elif not sc.kvm.ept_ad_bits:

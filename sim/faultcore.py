@@ -35,20 +35,20 @@ What the add, mark, mark comes to
 When
     The world was built for it (:func:`fault_core_for`: the compiled host core is used, the
     policy is two-list on the node's lruvec without page cache lists or lazy memcg statistics,
-    no memcgs, no KSM, no swap readahead, zswap or zram, and ``plain_swapin`` is on; the
-    vCPU's VM has no guest kernel and no async page faults), and at the fault the page is
-    only in swap with no fault of it in progress (:meth:`FaultCore.swap_only`: then KVM's and
-    the host's no-wait attempts find nothing and change nothing, so they are skipped) and
-    ``swapin_begin`` takes it (its mm lives and a frame is free above min). After the read
-    the pass runs if the mm lives, the page was not discarded, no invalidation is in
-    progress and the inactive add batch has room; otherwise ``kvm_page_fault`` goes on from
-    the read (``begun``), as the general path would. An invalidation that ran during the read
-    (reclaim zapping other sptes of the VM: a third of the major faults in
-    bench/bench_model.py's 5% world) makes the fault stale: KVM returns RET_PF_RETRY and the
-    retry's GUP finds the pte present with nothing else changed, so the pass also counts the
-    retry (``pf_retry``, the exit and the GUP's CPU). It is the fast path ``compiled_fault``
-    of sim/fast.py; tests/test_fastpaths.py runs random worlds with it on and off and
-    compares every array and counter.
+    no memcgs, no KSM, no swap readahead, zswap or zram, and ``plain_swapin`` is on; the vCPU's
+    VM has no guest kernel and no async page faults), and at the fault the page is only in swap
+    (so in no large folio, with host.thp) with no fault of it in progress
+    (:meth:`FaultCore.swap_only`: then KVM's and the host's no-wait attempts find nothing and
+    change nothing, so they are skipped) and ``swapin_begin`` takes it (its mm lives and a frame
+    is free above min). After the read the pass runs if the mm lives, the page was not
+    discarded, no invalidation is in progress and the inactive add batch has room; otherwise
+    ``kvm_page_fault`` goes on from the read (``begun``), as the general path would. An
+    invalidation that ran during the read (reclaim zapping other sptes of the VM: a third of the
+    major faults in bench/bench_model.py's 5% world) makes the fault stale: KVM returns
+    RET_PF_RETRY and the retry's GUP finds the pte present with nothing else changed, so the
+    pass also counts the retry (``pf_retry``, the exit and the GUP's CPU). It is the fast path
+    ``compiled_fault`` of sim/fast.py; tests/test_fastpaths.py runs random worlds with it on and
+    off and compares every array and counter.
 
 Invariants
     The same as the general path's: a page being read in is locked and on no list; after the
@@ -247,7 +247,6 @@ def fault_core_for(
         or policy.stats is not None
         or host.memcg is not None
         or host.ksm is not None
-        or host.thp is not None  # a THP fault maps 512 pages (host/huge_memory.py)
         or host.env is None
         or not host._plain  # swapin_begin never takes a fault whole
         or host.page_cluster

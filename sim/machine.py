@@ -328,7 +328,6 @@ class Machine:
             and self.ksm is None  # one mapping a frame
             and sc.host.rmap == "anon_vma"  # without an rmap each walk scans: the chain counts it
             and not (sc.kvm.mmu == "shadow" and not sc.kvm.shadow_rmap)
-            and self.thp is None  # a THP's aging and unmapping cover a 2 MiB range
         )
         self.rmap.shortcut = TdpShortcut(mem, self.vms, self.spte) if tdp else None
         self.oom_kills: list[tuple[int, str]] = []

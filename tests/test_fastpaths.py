@@ -41,7 +41,7 @@ from sim.machine import rng_for
 from sim.reclaim import mglru
 from sim.reclaim.base import PageQueue
 from sim.replay import FAST, replay
-from tests.test_invariants import POLICIES, scenarios
+from tests.test_invariants import POLICIES, scenarios, thp_scenarios
 from tests.test_memcg import limits
 
 Raw = dict[str, Any]
@@ -389,6 +389,45 @@ def test_fast_path_equals_general_path(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(WORLD_PATHS))
 def test_fast_path_equals_general_path_many(name: str) -> None:
     _hold(name, SLOW_EXAMPLES, derandomize=False)
+
+
+@st.composite
+def thp_worlds(draw: st.DrawFn, fused: bool = False) -> Raw:
+    """A random THP world (tests/test_invariants.py's ``thp_scenarios``: both THP_SWAP
+    settings, too little swap for a cluster, memcgs, khugepaged) with EPT A/D bits: the fused
+    walk and the compiled core take its batches that hold no large folio, the general path
+    the others. Swap has room (1 MiB: no free cluster, so THPs are split), so reclaim
+    walks the rmap. ``fused``: the fused fault path's world (a disk without readahead, no
+    memcgs)."""
+    raw = copy.deepcopy(draw(thp_scenarios()))
+    raw["kvm"]["ept_ad_bits"] = True
+    raw["swap"]["size_mib"] = max(raw["swap"]["size_mib"], 1)
+    if fused:
+        raw["swap"] |= {"device": "disk", "page_cluster": 0}
+        raw["swap"]["size_mib"] = max(raw["swap"]["size_mib"], 3)
+        for vm in raw["vms"]:
+            vm.pop("memcg", None)
+        raw["host"].pop("memcg_stats", None)
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("name", "share"), [("tdp_shortcut", 0.25), ("host_core", 0.25), ("compiled_fault", 0.1)]
+)
+def test_fast_path_equals_general_path_with_thp(name: str, share: float) -> None:
+    """With host.thp the fused walk and the host core take the reclaim batches of 4 KiB
+    folios only, the fused fault path the plain major faults (a page only in swap is in no
+    large folio): worlds equal with them on and off, and they are taken in a share of them."""
+    took: list[bool] = []
+
+    @settings(max_examples=EXAMPLES, **_SETTINGS)
+    @given(thp_worlds(fused=name == "compiled_fault"))
+    def check(raw: Raw) -> None:
+        taken, _ = check_world(raw, (name,))
+        took.append(taken[name] > 0)
+
+    check()
+    assert sum(took) >= share * len(took), f"{name} taken in {sum(took)} of {len(took)}"
 
 
 @settings(max_examples=EXAMPLES, **_SETTINGS)

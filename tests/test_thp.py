@@ -246,12 +246,31 @@ def test_khugepaged_limits_are_checked() -> None:
         parse_scenario(raw, "t")
 
 
-def test_the_run_note_names_thp_and_the_world_has_no_compiled_core() -> None:
-    sc = tiny(host__thp={})
-    assert "host.thp" in (general_path_reason(sc) or "")
-    w = build_world(sc, None)
-    assert w.vmscan.core is None
-    assert w.rmap.shortcut is None
+def test_the_compiled_paths_hand_a_large_folio_to_the_general_path() -> None:
+    """With host.thp the fused walk and the host core are built (the run note names no
+    general path), refuse a batch holding a large folio having changed nothing, and take
+    the 4 KiB folios a split leaves."""
+    assert general_path_reason(tiny(host__thp={})) is None
+    w = _world()
+    core, shortcut = w.vmscan.core, w.rmap.shortcut
+    assert core is not None
+    assert shortcut is not None
+    _touch(w, 0, 0, write=True)  # a THP over gfns 0-511
+    sc = ScanControl(nr_to_reclaim=32, vmstat=w.vmstat)
+    head = np.array([0], dtype=np.int32)
+    flags, spte = w.mem.flags.copy(), w.vms[0].mmu.spte.copy()
+    assert shortcut.folio_referenced(head, sc, flush=True) is None
+    assert not shortcut.unmap(head, sc)
+    assert core.shrink_folio_list(w.mem.pfn[head].astype(np.int64), sc) is None
+    assert (w.mem.flags == flags).all()
+    assert (w.vms[0].mmu.spte == spte).all()
+    assert sc.nr_rmap_walked == sc.nr_notifier_calls == 0
+    w.rmap.split_huge_pmd(0, sc)
+    assert w.thp is not None
+    w.thp.split_folio(0)
+    young = shortcut.folio_referenced(np.array([5], dtype=np.int32), sc, flush=True)
+    assert young is not None
+    assert young.tolist() == [True]
 
 
 def test_unset_thp_stays_out_of_dumps() -> None:

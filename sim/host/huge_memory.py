@@ -77,6 +77,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numba
 import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field
@@ -124,6 +125,21 @@ THP_MEMCG_EVENTS = (THP_FAULT_FALLBACK_CHARGE,)
 """THP counters that only a run with memcgs counts (a THP whose memcg charge failed)."""
 
 _U8 = np.uint8
+
+
+@numba.njit(cache=True, nogil=True)
+def any_large(pids: NDArray[np.integer], block: NDArray[np.uint8]) -> bool:
+    """Whether any of these pages lies in a large folio's block (``block``: the per-block
+    THP bytes; empty without THP). The compiled paths take a batch only without one: a
+    folio of one page is aged and unmapped as without THP, a large one over its 2 MiB."""
+    n = block.size
+    for i in range(pids.size):
+        b = pids[i] >> HPAGE_PMD_SHIFT
+        if b < n and block[b] & THP_LARGE:
+            return True
+    return False
+
+
 _TAIL_NEW = PTE_PRESENT | PG_DIRTY | PG_RESIDENT  # a subpage of a new THP: the PMD maps it
 _HEAD_NEW = _TAIL_NEW | PTE_YOUNG  # the head carries the PMD's young bit
 

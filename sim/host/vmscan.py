@@ -487,10 +487,6 @@ class Vmscan:
         out = np.full(len(pfns), Outcome.ACTIVATE, dtype=np.int8)
         if len(pfns) == 0:
             return out
-        if self.core is not None:
-            done = self.core.shrink_folio_list(pfns, sc)
-            if done is not None:
-                return done
         if self.thp is not None:
             large = self.thp.large_heads(mem.frame_pid[pfns])
             if large.any():
@@ -499,6 +495,10 @@ class Vmscan:
                 for i in np.flatnonzero(large).tolist():
                     out[i] = self._shrink_large(int(pfns[i]), sc)
                 return out
+        if self.core is not None:
+            done = self.core.shrink_folio_list(pfns, sc)
+            if done is not None:
+                return done
         return self._shrink_small(pfns, sc)
 
     def _shrink_small(self, pfns: NDArray[np.int64], sc: ScanControl) -> NDArray[np.int8]:
@@ -600,23 +600,8 @@ class Vmscan:
                 dirty = (mem.flags[lp] & PG_DIRTY) != 0
                 self.sink.evicted(self.now(), lp.astype(np.int32), upfn, dirty, scans)
         f = mem.flags[pids]
-        if (f & PG_DIRTY).any():  # pageout: one write of the whole folio
-            sc.nr_pageout += HPAGE_PMD_NR
-            self.vmstat[VmStat.NR_VMSCAN_WRITE] += HPAGE_PMD_NR
-            if self.on_swap_write is not None:
-                self.on_swap_write(pids)
-            t_done = swap.submit_folio(self.now(), True, HPAGE_PMD_NR, owner)
-            self.vmstat.count(THP_SWPOUT, 1, owner)
-            if not swap.synchronous:
-                mem.flags[pids] = (f & ~_U8(PG_DIRTY)) | _U8(PG_WRITEBACK | PG_RECLAIM)
-                mem.nr_writeback += HPAGE_PMD_NR
-                sc.blocked_until = max(sc.blocked_until, swap.blocked_until)
-                self.schedule(t_done, partial(self.folio_end_writeback, head, pfn))
-                return Outcome.KEEP
-            if swap.zpool is not None:  # zram_write_page, page by page
-                swap.zpool.store(pids)
-                sc.nr_compressed += HPAGE_PMD_NR
-            mem.flags[pids] = f & ~_U8(PG_DIRTY)
+        if (f & PG_DIRTY).any() and not self._pageout(hp, pids, f, sc, HPAGE_PMD_NR)[0]:
+            return Outcome.KEEP  # pageout: one write of the whole folio, in flight
         self._remove_large(head, pfn)
         sc.freed(HPAGE_PMD_NR)
         if swap.zpool is not None:
@@ -672,19 +657,23 @@ class Vmscan:
     def _pageout(
         self,
         wpfn: NDArray[np.int64],
-        wpid: NDArray[np.int32],
+        wpid: NDArray[np.integer],
         f: NDArray[np.uint8],
         sc: ScanControl,
+        nr_pages: int = 1,
     ) -> NDArray[np.bool_]:
-        """``pageout``: clear dirty, set PG_reclaim and PG_writeback, submit the writes; each
-        ends with ``folio_end_writeback``. Returns which writes were done when ``pageout``
-        returned: every one on a synchronous device (zram), those zswap stored; those folios
-        are clean and still isolated (nothing to rotate)."""
+        """``pageout`` of folios of ``nr_pages`` pages each (``wpfn`` their frames; ``wpid``
+        and ``f`` all their pages, folio by folio): clear dirty, set PG_reclaim and
+        PG_writeback, submit the writes (a large folio's as one request, ``thp_swpout``);
+        each folio's ends with ``folio_end_writeback``. ``nr_pageout`` and
+        ``nr_vmscan_write`` count pages. Returns which folios' writes were done when
+        ``pageout`` returned: every one on a synchronous device (zram), those zswap stored;
+        those folios are clean and still isolated (nothing to rotate)."""
         mem, swap = self.mem, self.swap
         n = len(wpid)
         sc.nr_pageout += n
         self.vmstat[VmStat.NR_VMSCAN_WRITE] += n
-        if swap.zswap is not None:
+        if swap.zswap is not None:  # folios of one page (host.thp refuses zswap)
             stored, compressed, full = swap.zswap.store(wpid, self._io_owners(wpid))
             sc.nr_compressed += compressed
             mem.flags[wpid[stored]] = f[stored] & ~_U8(PG_DIRTY)
@@ -695,14 +684,18 @@ class Vmscan:
                 self._zswap_writeback(sc)
             return stored
         if not swap.synchronous:
-            self._submit_writeback(wpfn, wpid, f, sc)
-            return np.zeros(n, dtype=np.bool_)
-        self._swap_write(wpid)  # done when it returns: nothing to wait for
-        if swap.zpool is not None:  # zram_write_page: compressed into the pool
+            if nr_pages == 1:  # swap_writepage, which a guest kernel's vmscan overrides
+                self._submit_writeback(wpfn, wpid, f, sc)
+            else:
+                ends = self._swap_write(wpid, nr_pages)
+                self._writeback_started(wpfn, wpid, f, ends, sc, nr_pages)
+            return np.zeros(len(wpfn), dtype=np.bool_)
+        self._swap_write(wpid, nr_pages)  # done when it returns: nothing to wait for
+        if swap.zpool is not None:  # zram_write_page, page by page: compressed into the pool
             swap.zpool.store(wpid)
             sc.nr_compressed += n
         mem.flags[wpid] = f & ~_U8(PG_DIRTY)
-        return np.ones(n, dtype=np.bool_)
+        return np.ones(len(wpfn), dtype=np.bool_)
 
     def _submit_writeback(
         self,
@@ -715,9 +708,20 @@ class Vmscan:
         folios it rejected): the folios stay under write-back until their writes end."""
         self._writeback_started(wpfn, wpid, f, self._swap_write(wpid), sc)
 
-    def _swap_write(self, pids: NDArray[np.integer]) -> list[int]:
-        """Submit a swap write per page, counted per mm at submission (``pswpout``); returns
-        when each ends."""
+    def _swap_write(self, pids: NDArray[np.integer], nr_pages: int = 1) -> list[int]:
+        """Submit the swap writes of folios of ``nr_pages`` pages each, counted per mm at
+        submission (``pswpout``): a request per page, or one per large folio for all its
+        pages (``thp_swpout``, as ``count_swpout_vm_event``); returns when each folio's
+        ends."""
+        if nr_pages > 1:
+            if self.on_swap_write is not None:
+                self.on_swap_write(np.asarray(pids, dtype=np.int64))
+            ends = []
+            for head in pids[::nr_pages].tolist():
+                owner = self.mem.page_owner(head)
+                ends.append(self.swap.submit_folio(self.now(), True, nr_pages, owner))
+                self.vmstat.count(THP_SWPOUT, 1, owner)
+            return ends
         owners = np.bincount(self._io_owners(pids), minlength=len(self.mms)).tolist()
         if self.on_swap_write is not None:
             self.on_swap_write(np.asarray(pids, dtype=np.int64))
@@ -748,19 +752,27 @@ class Vmscan:
         f: NDArray[np.uint8],
         done: list[int],
         sc: ScanControl,
+        nr_pages: int = 1,
     ) -> None:
-        """The folios' writes are in flight: PG_writeback and PG_reclaim until each ends."""
+        """The writes of the folios (of ``nr_pages`` pages each) are in flight: PG_writeback
+        and PG_reclaim on all their pages until each ends."""
         self.mem.flags[wpid] = (f & ~_U8(PG_DIRTY)) | _U8(PG_WRITEBACK | PG_RECLAIM)
-        self.writeback_started(wpid.tolist(), wpfn.tolist(), done, sc)
+        self.writeback_started(wpid[::nr_pages].tolist(), wpfn.tolist(), done, sc, nr_pages)
 
     def writeback_started(
-        self, pids: list[int], pfns: list[int], ends: list[int], sc: ScanControl
+        self,
+        pids: list[int],
+        pfns: list[int],
+        ends: list[int],
+        sc: ScanControl,
+        nr_pages: int = 1,
     ) -> None:
-        """Folios flagged PG_writeback have their writes in flight (counted in
-        ``nr_writeback``; the pass got its last request tag at the device's ``blocked_until``):
-        each one's ``folio_end_writeback`` is due when its write ends (the world's timers for
-        the batch, when there are; else a timer each)."""
-        self.mem.nr_writeback += len(pids)
+        """Folios (head pages ``pids``, of ``nr_pages`` pages each) flagged PG_writeback have
+        their writes in flight (counted in ``nr_writeback``, in pages; the pass got its last
+        request tag at the device's ``blocked_until``): each one's ``folio_end_writeback`` is
+        due when its write ends (the world's timers for the batch, when there are; else a
+        timer each)."""
+        self.mem.nr_writeback += len(pids) * nr_pages
         sc.blocked_until = max(sc.blocked_until, self.swap.blocked_until)
         if self.schedule_each is not None:
             self.schedule_each(ends, self.folio_end_writeback, list(zip(pids, pfns, strict=True)))

@@ -21,7 +21,9 @@ When
     Used for a call only when every mm the batch touches has exactly the KVM ops it registered
     at build time as its subscribers (a test may register others; then the chain runs for the
     batches that touch that mm), the MMU is TDP (one spte per gfn) with EPT A/D bits, and the
-    VM has its one memslot at gfn 0. Each mm's subscriptions tell the shortcut when they
+    VM has its one memslot at gfn 0, and (host.thp) no page of the batch is in a large folio,
+    whose aging and unmapping cover its 2 MiB (``any_large``: one compiled test per batch).
+    Each mm's subscriptions tell the shortcut when they
     change (``MmuNotifierSubscriptions.watch``), so the test costs nothing per call and a
     registration on one mm (of this world or another) changes nothing for the others.
 """
@@ -36,6 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from sim import fast
+from sim.host.huge_memory import any_large
 from sim.host.memory import PG_DIRTY, PTE_PRESENT, PTE_YOUNG, HostMemory
 from sim.host.mmu_notifier import MmuNotifierOps, NotifierWork
 from sim.host.vmstat import NOTIFIER_KEYS, VmEvents, VmStat
@@ -216,6 +219,9 @@ class TdpShortcut:
             assert vm.mm.notifiers.vmstat is self._vmstat, "one host's counters"
         self._flush_on_age = [o for o, vm in enumerate(self.vms) if vm.notifier.flush_on_age]
         self._inv = np.zeros(n, dtype=np.int64)
+        # THP-backed guest RAM (host.thp): the per-block bytes; a batch with a large folio
+        # takes the chain (its aging and unmapping cover 2 MiB)
+        self._thp = mem.thp if mem.thp is not None else np.zeros(0, dtype=np.uint8)
 
     def _subscribers_changed(self, i: int) -> None:
         """Whether mm ``i`` still has exactly KVM's ops subscribed (after a registration)."""
@@ -232,6 +238,8 @@ class TdpShortcut:
     ) -> NDArray[np.bool_] | None:
         """Host pte young OR ``clear_flush_young`` (``flush``) / ``clear_young`` of one page
         per pid, all of them aged; None (nothing done) if the chain must run instead."""
+        if len(self._thp) and any_large(pids, self._thp):
+            return None
         young = np.empty(len(pids), dtype=np.bool_)
         counts, yc, inv = self._counts, self._young, self._inv
         k = _age(
@@ -283,6 +291,8 @@ class TdpShortcut:
     def unmap(self, pids: NDArray[np.int32], work: NotifierWork) -> bool:
         """``try_to_unmap``'s invalidation bracket and host pte clear for one page per pid;
         False (nothing done) if the chain must run instead."""
+        if len(self._thp) and any_large(pids, self._thp):
+            return False
         counts, zapped, inv = self._counts, self._young, self._inv
         k = _unmap(
             pids, self.mem.flags, self.spte, self.mem.pid_base, self._usable, counts, zapped, inv
