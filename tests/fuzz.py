@@ -1331,24 +1331,50 @@ def _trace_cfg(d: Path, trace: str) -> str:
 SIZES = {"configs": 150, "sweeps": 50, "plans": 40, "cli": 80, "paths": 24}
 
 
-def fuzz(root: Path, *, seed: int = SEED, before: bool = False, scale: float = 1.0) -> Harness:
-    """Run every family under ``root``; returns the harness with counts and violations."""
+FAMILIES = ("configs", "sweeps", "plans", "traces", "cli", "out", "paths", "subprocess")
+
+
+def fuzz(
+    root: Path,
+    *,
+    seed: int = SEED,
+    before: bool = False,
+    scale: float = 1.0,
+    only: str | None = None,
+) -> Harness:
+    """Run every family under ``root`` (or the one named by ``only``); returns the harness with
+    counts and violations. Each family draws from its own generator, seeded in a fixed order,
+    so a family runs the same cases alone as in a whole run."""
     h = Harness(root, before=before)
     rng = random.Random(seed)
+    seeds = {name: rng.random() for name in FAMILIES if name != "subprocess"}
     traces = make_traces(root / "traces")
     trace_list = sorted(traces.values())
 
     def size(name: str) -> int:
         return max(1, math.ceil(SIZES[name] * scale))
 
-    family_configs(h, random.Random(rng.random()), size("configs"), trace_list)
-    family_sweeps(h, random.Random(rng.random()), size("sweeps"), trace_list)
-    family_plans(h, random.Random(rng.random()), size("plans"), trace_list)
-    family_traces(h, random.Random(rng.random()), traces)
-    family_cli(h, random.Random(rng.random()), size("cli"), traces)
-    family_out(h, random.Random(rng.random()))
-    family_paths(h, random.Random(rng.random()), size("paths"))
-    family_subprocess(h, traces)
+    def want(name: str) -> random.Random | None:
+        if only is not None and only != name:
+            return None
+        return random.Random(seeds[name])
+
+    if r := want("configs"):
+        family_configs(h, r, size("configs"), trace_list)
+    if r := want("sweeps"):
+        family_sweeps(h, r, size("sweeps"), trace_list)
+    if r := want("plans"):
+        family_plans(h, r, size("plans"), trace_list)
+    if r := want("traces"):
+        family_traces(h, r, traces)
+    if r := want("cli"):
+        family_cli(h, r, size("cli"), traces)
+    if r := want("out"):
+        family_out(h, r)
+    if r := want("paths"):
+        family_paths(h, r, size("paths"))
+    if only in (None, "subprocess"):
+        family_subprocess(h, traces)
     return h
 
 

@@ -129,6 +129,7 @@ def _hot_pages(size: int, hot_fraction: float) -> set[int]:
     return set(((np.arange(n_hot) * _coprime_stride(size)) % size).tolist())
 
 
+@pytest.mark.slow
 def test_write_back_stays_bounded_and_faults_follow_the_skew(tmp_path: Path) -> None:
     """Pages under write-back stay within the request tags plus one batch per submitter
     (kswapd and every vCPU in direct reclaim); direct reclaim frees at least a third of what it

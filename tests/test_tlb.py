@@ -139,7 +139,7 @@ def test_no_entry_outlives_its_spte(raw: dict[str, Any], geo: tuple[int, int]) -
     w.check()
 
 
-@pytest.mark.parametrize("trigger", ["demand", "watermark"])
+@pytest.mark.parametrize("trigger", [pytest.param("demand", marks=pytest.mark.slow), "watermark"])
 def test_every_access_hits_or_fills_and_the_oracles_do_not_move(trigger: str) -> None:
     """Each access either used a cached translation or walked and filled one (a faulting
     access fills when it retries), so hits + fills = accesses per VM (the vCPU world also
