@@ -205,7 +205,7 @@ def test_invariants_hold_with_thp(raw: dict[str, Any]) -> None:
     _check_random_world(raw)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(thp_balloon_scenarios())
 def test_invariants_hold_with_thp_and_a_ballooned_guest_kernel(raw: dict[str, Any]) -> None:
     _check_random_world(raw)
