@@ -264,15 +264,17 @@ class HugeMemory:
         """``pid`` lies in a block the host maps with a PMD (KVM may map a 2 MiB spte)."""
         return pid < self.nr_vm_pages and bool(self.block.item(pid >> HPAGE_PMD_SHIFT) & THP_PMD)
 
-    def folio_mapped(self, head: int) -> bool:
-        """``folio_mapped`` of the large folio whose head is ``head``: the head's pte, or, when
-        a discard zapped the head's (deferred_split.py), any other page's."""
-        mem = self.mem
-        if mem.flags.item(head) & PTE_PRESENT:
-            return True
-        if not self.zapped.item(head):
-            return False
-        return bool((mem.flags[head : head + HPAGE_PMD_NR] & PTE_PRESENT).any())
+    def folios_mapped(self, heads: NDArray[np.integer]) -> NDArray[np.bool_]:
+        """``folio_mapped`` of the large folios whose heads are ``heads``: the head's pte, or,
+        when a discard zapped the head's (deferred_split.py), any other page's."""
+        h = np.asarray(heads, dtype=np.int64)
+        flags = self.mem.flags
+        mapped = (flags[h] & PTE_PRESENT) != 0
+        look = ~mapped & self.zapped[h]
+        if look.any():
+            rows = h[look, None] + np.arange(HPAGE_PMD_NR, dtype=np.int64)
+            mapped[look] = ((flags[rows] & PTE_PRESENT) != 0).any(axis=1)
+        return mapped
 
     def folio_pages(self, head: int) -> NDArray[np.int64]:
         """The 512 pids of the folio whose head is ``head``."""

@@ -161,8 +161,8 @@ class Rmap:
         present = (mem.flags[pids] & PTE_PRESENT) != 0
         if self.thp is not None and not present.all():  # a THP whose head's pte a discard
             zapped = ~present & self.thp.large_heads(pids)  # zapped: its other ptes
-            for i in np.flatnonzero(zapped).tolist():
-                present[i] = self.thp.folio_mapped(int(pids[i]))
+            if zapped.any():
+                present[zapped] = self.thp.folios_mapped(pids[zapped])
         if present.all():
             return pids, None
         return pids, present

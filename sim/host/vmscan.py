@@ -590,7 +590,7 @@ class Vmscan:
                 if self.deferred is not None:  # its zapped pages are freed by the split
                     return self._shrink_split(self.deferred.split(head), sc, head_kept=True)
                 return self._shrink_split(thp.split_folio(head), sc)
-        if thp.folio_mapped(head):
+        if thp.folios_mapped(np.array([head]))[0]:
             self.rmap.try_to_unmap(hp, sc)
             if self.sink is not None:
                 gone = thp.zapped[head : head + HPAGE_PMD_NR]  # discarded: not evictions
