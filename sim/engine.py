@@ -51,6 +51,7 @@ from sim.reclaim.memcg import MemcgTwoList
 from sim.reclaim.two_list import TwoList
 from sim.results import staged, write_manifest
 from sim.tails import FaultLatencies, VcpuTime
+from sim.wbdrain import E_ID, E_PFN, E_PID, E_T, WritebackDrain, writeback_drain_for
 
 __all__ = ["RunResult", "World", "default_outdir", "rng_for", "run_scenario"]
 
@@ -94,6 +95,10 @@ class World(Machine):
         self.throttle = throttle = ReclaimThrottle(env, mem, vmstat)
         self.vmscan.on_writeback_end = throttle.writeback_ended
         self.vmscan.schedule_each = self._schedule_each
+        # a batch's write-back ends drained compiled, where the policy allows (sim/wbdrain.py)
+        self.wb_drain = writeback_drain_for(self.vmscan, throttle)
+        if self.wb_drain is not None:
+            self.vmscan.schedule_ends = self._schedule_ends
         self.kswapd = Kswapd(env, mem, self.vmscan, policy, cost, vmstat, throttle)
         direct = DirectReclaim(env, mem, self.vmscan, policy, cost, vmstat, throttle)
         self.oom = OomKiller(self.mms, mem, swap, policy, vmstat, now=lambda: int(env.now))
@@ -369,6 +374,12 @@ class World(Machine):
         its own made now would have (see :class:`Timers`), with one event for them all."""
         Timers(self.env, times, fn, args)
 
+    def _schedule_ends(self, times: list[int], pids: list[int], pfns: list[int]) -> None:
+        """Each folio's ``folio_end_writeback`` at its time, as :meth:`_schedule_each` would,
+        runs of plain ones drained compiled (:class:`DrainedTimers`)."""
+        assert self.wb_drain is not None
+        DrainedTimers(self.env, times, pids, pfns, self.wb_drain, self.vmscan.folio_end_writeback)
+
     def _swap_written(self, pids: np.ndarray) -> None:
         """The host submitted swap writes of these pages: tell each guest kernel of its gfns
         (those holding clean page-cache pages are silent swap writes)."""
@@ -567,6 +578,61 @@ class Timers(simpy.Event):
         if self._k < len(self._at):
             self._push()
         self._fn(*self._args[eid - self._first])
+
+
+class DrainedTimers(simpy.Event):
+    """A batch's write-back ends as :class:`Timers` fires them, each at its place in the
+    event order, but each firing drains, in one compiled call, the run of ends that would
+    fire next and need no Python (sim/wbdrain.py); an end that does goes through ``end``
+    (``folio_end_writeback``) when it fires, as with :class:`Timers`.
+
+    Invariant: the event is queued at the first end not done, at that end's (time, normal
+    priority, id); the ids are those ``len(times)`` timeouts scheduled now would take.
+    """
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        times: list[int],
+        pids: list[int],
+        pfns: list[int],
+        drain: WritebackDrain,
+        end: Callable[[int, int], None],
+    ) -> None:
+        super().__init__(env)
+        n = len(times)
+        first = next(env._eid)  # type: ignore[attr-defined]
+        env._eid = itertools.count(first + n)  # type: ignore[attr-defined]
+        self._ends = drain.ends(times, pids, pfns, int(env.now), first)
+        self._k = 0
+        self._drain, self._end = drain, end
+        self._ok, self._value = True, None
+        self._push()
+
+    def _push(self) -> None:
+        k, ends = self._k, self._ends
+        self.callbacks = [DrainedTimers._fire]
+        item = (ends.item(E_T, k), NORMAL, ends.item(E_ID, k), self)
+        heappush(self.env._queue, item)  # type: ignore[attr-defined]
+
+    def _fire(self) -> None:
+        k, ends = self._k, self._ends
+        n = ends.shape[1]
+        queue = self.env._queue  # type: ignore[attr-defined]
+        j = k + 1
+        if j == n or (queue and (ends.item(E_T, j), NORMAL, ends.item(E_ID, j)) > queue[0][:3]):
+            done = k  # the next end is not due before the queue's head: a run of one
+        else:
+            done = self._drain.drain(ends, k, queue)
+        if done == k:  # a run of one (it costs less than a drain), or an end that needs Python
+            self._k = j
+            if j < n:
+                self._push()
+            self._end(ends.item(E_PID, k), ends.item(E_PFN, k))
+            return
+        self._k = done
+        if done < n:
+            self._push()
 
 
 @dataclass(frozen=True, slots=True)

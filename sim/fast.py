@@ -77,6 +77,13 @@ FAST_PATHS: dict[str, FastPath] = {
             "sim/guest/vcpu.py Vcpu._run, at each such fault",
         ),
         FastPath(
+            "writeback_drain",
+            "a write-back end's timer firing and Vmscan.folio_end_writeback with two-list's "
+            "folio_rotate_reclaimable, per page written, by one compiled call for the run of "
+            "plain ends due next in the event order (sim/wbdrain.py)",
+            "sim/engine.py, at world build (writeback_drain_for)",
+        ),
+        FastPath(
             "plain_swapin",
             "handle_mm_fault -> _fault_in's generators for a plain major fault (page only in "
             "swap, no memcg, readahead, zswap or zram, a frame free above min) by one call "

@@ -312,6 +312,27 @@ def fused_faults(draw: st.DrawFn) -> Raw:
     return raw
 
 
+@st.composite
+def drained(draw: st.DrawFn) -> Raw:
+    """A random scenario whose write-back ends the compiled drain takes: two-list (on the
+    node's lruvec or, in half of them, with a memcg per VM), swap on a disk with room, zswap in
+    front of it or not, page cache as drawn (its own writes end in Python); mostly a host at
+    its smallest, so that reclaim writes from the first steps."""
+    raw = copy.deepcopy(draw(scenarios()))
+    if raw["reclaim"]["policy"] != "two_list":
+        raw["reclaim"] = {"policy": "two_list"}
+    raw["swap"] |= {"device": "disk", "size_mib": draw(st.sampled_from([1, 4, 64]))}
+    raw["swap"]["zswap"]["enabled"] = draw(st.integers(0, 3)) == 0
+    if draw(st.integers(0, 3)):
+        raw["host"]["memory_mib"] = 2
+    if draw(st.booleans()):
+        for vm in raw["vms"]:
+            cg = draw(st.one_of(st.none(), limits))
+            if cg is not None:
+                vm["memcg"] = cg
+    return raw
+
+
 def _reclaimed(raw: Raw, general: dict[str, Any]) -> bool:
     """The general world scanned a two-list LRU list, or (any other policy) freed or wrote a
     folio in ``shrink_folio_list``: the core must have taken those batches."""
@@ -358,6 +379,7 @@ WORLD_PATHS: dict[str, WorldPath] = {
     "compiled_fault": WorldPath(fused_faults(), 0.25),
     "prefault_batch": WorldPath(prefaulted(), 0.4),
     "zipf_compiled": WorldPath(scenarios().map(_zipf), 1.0, lambda raw, general: True),
+    "writeback_drain": WorldPath(drained(), 0.4),
 }
 
 
@@ -392,16 +414,18 @@ def test_fast_path_equals_general_path_many(name: str) -> None:
 
 
 @st.composite
-def thp_worlds(draw: st.DrawFn, fused: bool = False) -> Raw:
+def thp_worlds(draw: st.DrawFn, fused: bool = False, disk: bool = False) -> Raw:
     """A random THP world (tests/test_invariants.py's ``thp_scenarios``: both THP_SWAP
     settings, too little swap for a cluster, memcgs, khugepaged) with EPT A/D bits: the fused
     walk and the compiled core take its batches that hold no large folio, the general path
     the others. Swap has room (1 MiB: no free cluster, so THPs are split), so reclaim
     walks the rmap. ``fused``: the fused fault path's world (a disk without readahead, no
-    memcgs)."""
+    memcgs); ``disk``: swap on a disk (its writes end later, through the write-back timers)."""
     raw = copy.deepcopy(draw(thp_scenarios()))
     raw["kvm"]["ept_ad_bits"] = True
     raw["swap"]["size_mib"] = max(raw["swap"]["size_mib"], 1)
+    if disk:
+        raw["swap"]["device"] = "disk"
     if fused:
         raw["swap"] |= {"device": "disk", "page_cluster": 0}
         raw["swap"]["size_mib"] = max(raw["swap"]["size_mib"], 3)
@@ -412,7 +436,13 @@ def thp_worlds(draw: st.DrawFn, fused: bool = False) -> Raw:
 
 
 @pytest.mark.parametrize(
-    ("name", "share"), [("tdp_shortcut", 0.25), ("host_core", 0.25), ("compiled_fault", 0.1)]
+    ("name", "share"),
+    [
+        ("tdp_shortcut", 0.25),
+        ("host_core", 0.25),
+        ("compiled_fault", 0.1),
+        ("writeback_drain", 0.1),
+    ],
 )
 def test_fast_path_equals_general_path_with_thp(name: str, share: float) -> None:
     """With host.thp the fused walk and the host core take the reclaim batches of 4 KiB
@@ -421,7 +451,7 @@ def test_fast_path_equals_general_path_with_thp(name: str, share: float) -> None
     took: list[bool] = []
 
     @settings(max_examples=EXAMPLES, **_SETTINGS)
-    @given(thp_worlds(fused=name == "compiled_fault"))
+    @given(thp_worlds(fused=name == "compiled_fault", disk=name == "writeback_drain"))
     def check(raw: Raw) -> None:
         taken, _ = check_world(raw, (name,))
         took.append(taken[name] > 0)

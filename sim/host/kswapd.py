@@ -96,6 +96,20 @@ class ReclaimThrottle:
         ):
             ev.succeed()
 
+    def writeback_budget(self) -> int:
+        """How many writes may end (``writeback_ended`` each) before one wakes the WRITEBACK
+        sleepers: -1 when none would (nobody sleeps, or they were woken already)."""
+        ev = self._writeback
+        if not self.nr_writeback_throttled or ev is None or ev.triggered:
+            return -1
+        limit = self._reclaim_start + SWAP_CLUSTER_MAX * self.nr_writeback_throttled
+        return max(0, limit - self._written)
+
+    def writebacks_ended(self, n: int) -> None:
+        """``writeback_ended`` ``n`` times, for ends within ``writeback_budget``."""
+        if self.nr_writeback_throttled:
+            self._written += n
+
     def writeback(self) -> ProcessGen:
         """``reclaim_throttle(WRITEBACK)``: sleep until enough writes end, at most HZ/10."""
         if self._writeback is None or self._writeback.triggered:

@@ -259,6 +259,7 @@ class FolioListCore(Protocol):
 
 Schedule = Callable[[int, Callable[[], None]], None]
 ScheduleEach = Callable[[list[int], Callable[..., None], list[tuple[int, ...]]], None]
+ScheduleEnds = Callable[[list[int], list[int], list[int]], None]
 
 
 class Vmscan:
@@ -291,6 +292,10 @@ class Vmscan:
         # ``schedule_each(times, fn, args)``: ``fn(*args[i])`` at ``times[i]``, each in the event
         # order its own timer would have, with one event for the batch (the world's), if any
         self.schedule_each: ScheduleEach | None = None
+        # ``schedule_ends(times, pids, pfns)``: each folio's ``folio_end_writeback`` at its time,
+        # as ``schedule_each`` would, with runs of plain ends drained compiled (the world's
+        # sim/wbdrain.py), if any
+        self.schedule_ends: ScheduleEnds | None = None
         self.policy: EvictionPolicy  # set by the engine once the policy exists
         self.pgdat_writeback = False  # PGDAT_WRITEBACK: kswapd found its whole batch writing
         self.pgdat_dirty = False  # PGDAT_DIRTY: kswapd's pass took only unqueued dirty file
@@ -771,9 +776,12 @@ class Vmscan:
         their writes in flight (counted in ``nr_writeback``, in pages; the pass got its last
         request tag at the device's ``blocked_until``): each one's ``folio_end_writeback`` is
         due when its write ends (the world's timers for the batch, when there are; else a
-        timer each)."""
+        timer each; with the world's drain, runs of them compiled: sim/wbdrain.py)."""
         self.mem.nr_writeback += len(pids) * nr_pages
         sc.blocked_until = max(sc.blocked_until, self.swap.blocked_until)
+        if self.schedule_ends is not None:
+            self.schedule_ends(ends, pids, pfns)
+            return
         if self.schedule_each is not None:
             self.schedule_each(ends, self.folio_end_writeback, list(zip(pids, pfns, strict=True)))
             return
