@@ -296,6 +296,17 @@ class HugeMemory:
         heads = self.large_heads(self.mem.frame_pid[pfns])
         return len(pfns) + (HPAGE_PMD_NR - 1) * int(np.count_nonzero(heads))
 
+    def nr_pages_each(self, pfns: NDArray[np.integer]) -> NDArray[np.int64]:
+        """``folio_nr_pages`` of each folio given by its frame: 512 for a large folio's head."""
+        heads = self.large_heads(self.mem.frame_pid[pfns])
+        return np.where(heads, HPAGE_PMD_NR, 1).astype(np.int64)
+
+    def folio_nr_pages(self, pfn: int) -> int:
+        """``folio_nr_pages`` of the folio whose LRU entry is frame ``pfn``."""
+        pid = int(self.mem.frame_pid.item(pfn))
+        large = pid >= 0 and not pid & (HPAGE_PMD_NR - 1) and self.is_large(pid)
+        return HPAGE_PMD_NR if large else 1
+
     # -- fault -------------------------------------------------------------------------------
     def huge_candidate(self, pid: int) -> bool:
         """A first touch of ``pid`` would try a THP: its block's PMD is empty (no page of the
