@@ -7,9 +7,11 @@ Models
     and the second ``folio_mark_accessed`` activates it while it is still in the per-CPU add
     batch, so guest pages faulted in through KVM's slow path start on the active list (a
     folio already on the inactive list moves to the active head, ``folio_activate``). A reclaim
-    pass scans ``lru_size >> priority`` folios per list (scaled by ``get_scan_count``'s balance)
-    in batches of SWAP_CLUSTER_MAX; every inactive folio gets ``folio_check_references``: with
-    one mapping (QEMU's pte, OR-ed with KVM's sptes through the notifier chain) a first sighting
+    pass scans ``lru_size >> priority`` pages per list (scaled by ``get_scan_count``'s balance)
+    in batches of SWAP_CLUSTER_MAX pages (``isolate_lru_folios``: a large folio, host.thp,
+    uses ``folio_nr_pages`` of a batch; list sizes count pages, ``update_lru_size``); every
+    inactive folio gets ``folio_check_references``: with one mapping (QEMU's pte, OR-ed with
+    KVM's sptes through the notifier chain) a first sighting
     sets PG_referenced and keeps it (second chance at the inactive head), a sighting of a folio
     already PG_referenced activates it (keeping the flag), and no sighting reclaims it. Active
     folios are deactivated whenever the active list is scanned, referenced or not (anon), which
@@ -72,7 +74,8 @@ Simplifications
     to the active head immediately).
 
 Invariants
-    Each folio the policy tracks is on exactly one list, and its flag names that list.
+    Each folio the policy tracks is on exactly one list, and its flag names that list; each
+    list's size is ``folio_nr_pages`` summed over its folios.
 """
 
 from __future__ import annotations
