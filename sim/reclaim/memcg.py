@@ -379,7 +379,7 @@ class MemcgTwoList(PerMemcgLruvecs):
             self._snapshot_file = self.vmstat[WORKINGSET_ACTIVATE_FILE]
 
     def lru_sizes(self) -> dict[str, int]:
-        """Folios on each list, over every lruvec."""
+        """Pages on each list, over every lruvec."""
         sizes: Counter[str] = Counter()
         for lv in self.lruvecs:
             sizes.update(lv.lru_sizes())
