@@ -511,12 +511,13 @@ class TwoList:
     def folio_add_lru(self, pfn: int, shadow: int | None) -> None:
         """New and swapped-in anon folios go to the inactive list, unless a refault is recent
         (``workingset_refault`` counts and ages by the folio's pages)."""
-        nr = 1 if self.folios is None else self.folios.folio_nr_pages(pfn)
         if shadow is None:
             self.fl[pfn] = LRU_INACTIVE
             self.inactive.add_one(pfn)
-            self.big_inactive += nr - 1
+            if self.folios is not None:
+                self.big_inactive += self.folios.folio_nr_pages(pfn) - 1
             return
+        nr = 1 if self.folios is None else self.folios.folio_nr_pages(pfn)
         # workingset_refault: activate if the refault distance fits the workingset (active anon).
         self._count(VmStat.WORKINGSET_REFAULT, nr)
         distance = (self.nonresident_age - (shadow & _AGE_MASK)) & _AGE_MASK
@@ -553,22 +554,20 @@ class TwoList:
         # __lru_cache_activate_folio (still in the add batch) / folio_activate (on the list);
         # then clear referenced, age the clock by the folio's pages
         inactive, active = self.inactive, self.active
-        nr = 1
         if fl & LRU_FILE:
             inactive, active = self.inactive_file, self.active_file
-        elif self.folios is not None:
-            nr = self.folios.folio_nr_pages(pfn)
+        nr = 1 if self.folios is None or fl & LRU_FILE else self.folios.folio_nr_pages(pfn)
         if not inactive.take_pending(pfn):
             if not fl & LRU_INACTIVE:
                 return  # isolated by reclaim: shrink_folio_list decides
             inactive.unlink(pfn)
             self._count(_PGACTIVATE, nr)
         active.add_one(pfn)
+        self.fl[pfn] = (fl & ~(PG_REFERENCED | LRU_INACTIVE)) | LRU_ACTIVE
+        self.nonresident_age += nr  # workingset_activation
         if nr > 1:
             self.big_inactive -= nr - 1
             self.big_active += nr - 1
-        self.fl[pfn] = (fl & ~(PG_REFERENCED | LRU_INACTIVE)) | LRU_ACTIVE
-        self.nonresident_age += nr  # workingset_activation
 
     def folio_add_lru_touched(self, pfns: Pfns) -> None:
         """New anon folios, in order, as the first-touch path leaves each: ``folio_add_lru``
