@@ -113,7 +113,7 @@ def _swapin_map(
     unlocked and its pte restored young (``do_swap_page``), its swap copy dropped if
     ``free_swap``; its LRU flags after ``folio_add_lru`` with ``shadow`` (refault distance
     against ``age``, the lruvec's nonresident_age, and ``active_size``, the active list's
-    length) and two ``folio_mark_accessed`` (see the module docstring); the spte installed
+    size in pages) and two ``folio_mark_accessed`` (see the module docstring); the spte installed
     (``rmap_count``, when KVM keeps one, counts a newly present spte); the folio dirty if KVM
     could map it writable. Returns ``_ACTIVATED`` if the refault activated the folio, with
     ``_RESTORED`` if its shadow had PG_workingset."""
@@ -211,7 +211,7 @@ class FaultCore:
             mapped(write),
             shadow,
             policy.nonresident_age,
-            len(policy.active),
+            policy.nr_active,
         )
         self.vmstat.count(_PGMAJFAULT, 1, mm.index)
         if free_swap:

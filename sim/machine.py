@@ -282,7 +282,7 @@ class Machine:
             assert sc.host.thp is not None
             self.thp = HugeMemory(sc.host.thp, mem, nr_vm_pages, vmstat)
             self.rmap.thp = self.vmscan.thp = self.thp
-            policy.folio_nr_pages = self.thp.nr_pages  # type: ignore[attr-defined]
+            policy.folios = self.thp  # type: ignore[attr-defined]
         self.deferred: DeferredSplit | None = None  # the deferred split queues, when needed
         if self.thp is not None and split_queue:
             lim = self.memcg_limits

@@ -139,7 +139,9 @@ def thp_scenarios(draw: st.DrawFn) -> dict[str, Any]:
     host.page_size_kib: 2048): two-list watermark reclaim, guests of whole 2 MiB blocks, swap
     with or without THP_SWAP, sometimes too little swap for a free cluster (the split
     fallback), sometimes a memcg per VM whose limits make THP charges fall back, limit reclaim
-    swap THPs out or split them, and memory.swap.max refuse a THP's 512 slots."""
+    swap THPs out or split them, and memory.swap.max refuse a THP's 512 slots. Every check
+    holds each LRU list's size (in pages) equal to ``folio_nr_pages`` summed over its entries
+    (``TwoList.check``), on the node's lruvec and on every memcg's."""
     raw = draw(scenarios())
     raw.pop("host_files", None)
     for p in raw["vms"]:

@@ -76,8 +76,10 @@ def test_first_touch_maps_a_thp_and_a_2mib_spte() -> None:
     assert not sp.is_present(w.vms[0].mmu.spte[512:]).any()
     assert _stat(w, "thp_fault_alloc") == 1
     assert _stat(w, "pgfault") == 1
-    # one LRU entry: the head's frame only
-    assert w.policy.lru_sizes() == {"inactive": 0, "active": 1}
+    # one LRU entry, the head's frame, and the list's size in pages: update_lru_size adds
+    # folio_nr_pages = 512 (KVM's fault activated it: the active list)
+    assert w.policy.lru_sizes() == {"inactive": 0, "active": 512}
+    assert len(w.policy.active) == 1
     # a later access anywhere in the block is a hit: nothing more to fault
     assert sp.is_hit(w.vms[0].mmu.spte[511])
     w.check()
@@ -297,7 +299,9 @@ def test_a_thp_swapped_whole_to_zram_comes_back_as_one_large_folio() -> None:
     assert w.swap.nr_free_slots == w.swap.nr_slots
     v = sp.is_present(w.vms[0].mmu.spte[:512])
     assert int(v.sum()) == 1  # a 4 KiB spte: the host maps it by ptes
-    assert w.policy.lru_sizes()["inactive"] + w.policy.lru_sizes()["active"] == 1
+    # one entry (the head's frame) of folio_nr_pages 512: the lists hold 512 pages
+    assert w.policy.lru_sizes()["inactive"] + w.policy.lru_sizes()["active"] == 512
+    assert len(w.policy.inactive) + len(w.policy.active) == 1
     w.check()
     # it is one folio still: aged over its range and swapped out whole again
     assert w.rmap.folio_referenced(np.array([w.mem.pfn[0]]), ScanControl(nr_to_reclaim=32))[0]
@@ -338,7 +342,10 @@ def test_khugepaged_collapses_a_demoted_block_with_a_young_pte() -> None:
     assert w.mem.thp[0] == THP_LARGE | THP_PMD
     assert not (w.mem.flags[:512] & PG_SWAP).any()
     assert not sp.is_present(w.vms[0].mmu.spte[:512]).any()  # the 4 KiB sptes were zapped
-    assert w.policy.lru_sizes() == {"inactive": 1, "active": 0}
+    # the 448 small folios left the lists; the new THP's head went on the inactive list
+    # (folio_add_lru, no mark_accessed from khugepaged): one entry, 512 pages
+    assert w.policy.lru_sizes() == {"inactive": 512, "active": 0}
+    assert len(w.policy.inactive) == 1
     w.check()
     _touch(w, 0, 3)  # KVM's next fault maps the 2 MiB spte (the host PMD-maps the block)
     assert sp.is_present(w.vms[0].mmu.spte[:512]).all()

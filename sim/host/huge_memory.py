@@ -61,14 +61,22 @@ Simplifications
     subpage of a large folio still in the swap cache (its write-out in flight) maps all 512
     ptes, as ``do_swap_page`` maps a whole large folio whose ptes are all its swap entries;
     a pte-mapped large folio is aged and unmapped by one notifier call over its 2 MiB range
-    (the kernel makes one per pte). LRU list lengths and the scan targets read from them
-    count folios, a THP as one entry; ``pgscan``, ``pgsteal``, ``pgrefill`` and
-    ``pgdeactivate`` count pages (``folio_nr_pages``), as the kernel's do.
+    (the kernel makes one per pte).
+
+Counted in pages
+    A THP is one LRU entry but ``folio_nr_pages`` = 512 pages wherever the kernel counts
+    pages (sim/reclaim/two_list.py, through :meth:`HugeMemory.nr_pages` and its kin): the
+    list sizes (include/linux/mm_inline.h ``lruvec_add_folio`` -> ``update_lru_size``), so
+    ``get_scan_count``, ``inactive_is_low`` and the memcg statistics read pages; the budget
+    of a batch (mm/vmscan.c ``isolate_lru_folios``: ``scan += nr_pages`` until
+    ``nr_to_scan``, one THP using 512 of 32); the workingset clock (mm/workingset.c
+    ``workingset_age_nonresident`` on activation and eviction); and ``pgscan``, ``pgsteal``,
+    ``pgrefill``, ``pgdeactivate``, ``pgactivate`` and the ``workingset_*`` refault counts.
 
 Invariants
     A large block's 512 pages all own frames, all are mapped or none but those a discard
     zapped (deferred_split.py; all PMD-mapped while ``THP_PMD``), only the head's frame is
-    on the LRU; a PMD-mapped block's sptes (its 2 MiB
+    on the LRU, where its list counts it as 512 pages; a PMD-mapped block's sptes (its 2 MiB
     spte) are all present or none;
     a block that is not large holds small folios only. A block with ``THP_PMD`` is large.
 """
@@ -295,6 +303,17 @@ class HugeMemory:
             return 0
         heads = self.large_heads(self.mem.frame_pid[pfns])
         return len(pfns) + (HPAGE_PMD_NR - 1) * int(np.count_nonzero(heads))
+
+    def nr_pages_each(self, pfns: NDArray[np.integer]) -> NDArray[np.int64]:
+        """``folio_nr_pages`` of each folio given by its frame: 512 for a large folio's head."""
+        heads = self.large_heads(self.mem.frame_pid[pfns])
+        return np.where(heads, HPAGE_PMD_NR, 1).astype(np.int64)
+
+    def folio_nr_pages(self, pfn: int) -> int:
+        """``folio_nr_pages`` of the folio whose LRU entry is frame ``pfn``."""
+        pid = int(self.mem.frame_pid.item(pfn))
+        large = pid >= 0 and not pid & (HPAGE_PMD_NR - 1) and self.is_large(pid)
+        return HPAGE_PMD_NR if large else 1
 
     # -- fault -------------------------------------------------------------------------------
     def huge_candidate(self, pid: int) -> bool:

@@ -139,7 +139,7 @@ class ScanControl:
     nr_to_reclaim: int
     priority: int = DEF_PRIORITY
     direct: bool = False  # direct reclaim by an allocating task (else kswapd)
-    batch: int = SWAP_CLUSTER_MAX  # folios isolated at a time
+    batch: int = SWAP_CLUSTER_MAX  # nr_to_scan of a batch: pages (a THP uses 512 of it)
     vmstat: VmEvents | None = None  # the host's counters (None: a policy tested alone)
     nr_scanned: int = 0  # inactive folios isolated and checked (pgscan)
     nr_refill: int = 0  # active folios scanned for deactivation (pgrefill)
@@ -148,7 +148,7 @@ class ScanControl:
     nr_deactivate: int = 0
     nr_pageout: int = 0  # swap-out writes started (nr_vmscan_write)
     nr_swap_full: int = 0  # folios that found no free swap slot
-    nr_taken: int = 0  # sc->nr.taken: folios isolated from inactive lists this pass
+    nr_taken: int = 0  # sc->nr.taken: pages isolated from inactive lists this pass
     nr_writeback: int = 0  # sc->nr.writeback: folios found under write-out
     nr_immediate: int = 0  # sc->nr.immediate: ... that kswapd had marked PG_reclaim already
     nr_file_taken: int = 0  # sc->nr.file_taken: file folios taken (MGLRU: and sorted dirty)

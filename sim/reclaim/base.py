@@ -443,6 +443,12 @@ class PageQueue:
             self._size -= len(out)
         return out
 
+    def peek_tail(self, n: int) -> Pfns:
+        """Up to ``n`` folios from the tail (oldest first), left on the list."""
+        if self._pending:
+            self.drain()
+        return _walk(self._nxt, int(self._nxt[self._s]), self._s, max(n, 0))
+
     def snapshot(self) -> Pfns:
         """All folios, tail (oldest) first."""
         if self._pending:

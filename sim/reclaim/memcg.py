@@ -71,6 +71,7 @@ from sim.reclaim.base import Pfns, Reclaimer, lru_links
 from sim.reclaim.scan_balance import cache_trim_mode, file_is_tiny
 from sim.reclaim.two_list import (
     WORKINGSET_ACTIVATE_FILE,
+    FolioSizes,
     LruvecStats,
     NodeCost,
     ScanPrep,
@@ -237,8 +238,8 @@ class MemcgTwoList(PerMemcgLruvecs):
         """The node's (the root's hierarchical) inactive/active anon and file sizes."""
         ia = aa = ifl = af = 0
         for lv in self.lruvecs:
-            ia += len(lv.inactive)
-            aa += len(lv.active)
+            ia += lv.nr_inactive
+            aa += lv.nr_active
             ifl += len(lv.inactive_file)
             af += len(lv.active_file)
         return ia, aa, ifl, af
@@ -280,14 +281,14 @@ class MemcgTwoList(PerMemcgLruvecs):
         )
 
     @property
-    def folio_nr_pages(self) -> Callable[[Pfns], int] | None:
-        """``folio_nr_pages`` summed over folios (host.thp), shared by every lruvec."""
-        return self.lruvecs[0].folio_nr_pages
+    def folios(self) -> FolioSizes | None:
+        """``folio_nr_pages`` when some folios are large (host.thp), shared by every lruvec."""
+        return self.lruvecs[0].folios
 
-    @folio_nr_pages.setter
-    def folio_nr_pages(self, fn: Callable[[Pfns], int] | None) -> None:
+    @folios.setter
+    def folios(self, sizes: FolioSizes | None) -> None:
         for lv in self.lruvecs:
-            lv.folio_nr_pages = fn
+            lv.folios = sizes
 
     def folio_putback(self, pfns: Pfns, active: bool) -> None:
         """``move_folios_to_lru`` of the base folios of a split THP: each to its memcg's
@@ -378,7 +379,7 @@ class MemcgTwoList(PerMemcgLruvecs):
             self._snapshot_file = self.vmstat[WORKINGSET_ACTIVATE_FILE]
 
     def lru_sizes(self) -> dict[str, int]:
-        """Folios on each list, over every lruvec."""
+        """Pages on each list, over every lruvec."""
         sizes: Counter[str] = Counter()
         for lv in self.lruvecs:
             sizes.update(lv.lru_sizes())

@@ -7,9 +7,11 @@ Models
     and the second ``folio_mark_accessed`` activates it while it is still in the per-CPU add
     batch, so guest pages faulted in through KVM's slow path start on the active list (a
     folio already on the inactive list moves to the active head, ``folio_activate``). A reclaim
-    pass scans ``lru_size >> priority`` folios per list (scaled by ``get_scan_count``'s balance)
-    in batches of SWAP_CLUSTER_MAX; every inactive folio gets ``folio_check_references``: with
-    one mapping (QEMU's pte, OR-ed with KVM's sptes through the notifier chain) a first sighting
+    pass scans ``lru_size >> priority`` pages per list (scaled by ``get_scan_count``'s balance)
+    in batches of SWAP_CLUSTER_MAX pages (``isolate_lru_folios``: a large folio, host.thp,
+    uses ``folio_nr_pages`` of a batch; list sizes count pages, ``update_lru_size``); every
+    inactive folio gets ``folio_check_references``: with one mapping (QEMU's pte, OR-ed with
+    KVM's sptes through the notifier chain) a first sighting
     sets PG_referenced and keeps it (second chance at the inactive head), a sighting of a folio
     already PG_referenced activates it (keeping the flag), and no sighting reclaims it. Active
     folios are deactivated whenever the active list is scanned, referenced or not (anon), which
@@ -72,7 +74,8 @@ Simplifications
     to the active head immediately).
 
 Invariants
-    Each folio the policy tracks is on exactly one list, and its flag names that list.
+    Each folio the policy tracks is on exactly one list, and its flag names that list; each
+    list's size is ``folio_nr_pages`` summed over its folios.
 """
 
 from __future__ import annotations
@@ -140,6 +143,16 @@ class ReclaimCore(Protocol):
     def shrink_inactive_list(self, lru: TwoList, n: int, sc: ScanControl) -> bool: ...
 
     def shrink_active_list(self, lru: TwoList, n: int, sc: ScanControl) -> bool: ...
+
+
+class FolioSizes(Protocol):
+    """``folio_nr_pages`` where some folios are large (host.thp: sim/host/huge_memory.py)."""
+
+    def nr_pages(self, pfns: Pfns) -> int: ...
+
+    def nr_pages_each(self, pfns: Pfns) -> NDArray[np.int64]: ...
+
+    def folio_nr_pages(self, pfn: int) -> int: ...
 
 
 def inactive_is_low(inactive: int, active: int, inactive_ratio: int | None) -> bool:
@@ -269,10 +282,23 @@ class TwoList:
         self.stats: LruvecStats | None = None
         # the compiled reclaim batch (sim/core.py), set by the world when it can take it
         self.core: ReclaimCore | None = None
-        # ``folio_nr_pages`` summed over folios, when some are large (host.thp); None: one each
-        self.folio_nr_pages: Callable[[Pfns], int] | None = None
+        # ``folio_nr_pages`` when some folios are large (host.thp); None: every folio one page
+        self.folios: FolioSizes | None = None
+        # pages beyond one per folio on the inactive and active anon lists (a large folio's
+        # tails): list sizes count pages (update_lru_size by folio_nr_pages); 0 without THP
+        self.big_inactive = self.big_active = 0
 
     # -- helpers -----------------------------------------------------------------------------
+    @property
+    def nr_inactive(self) -> int:
+        """``lruvec_lru_size(LRU_INACTIVE_ANON)``: pages on the inactive anon list."""
+        return len(self.inactive) + self.big_inactive
+
+    @property
+    def nr_active(self) -> int:
+        """``lruvec_lru_size(LRU_ACTIVE_ANON)``: pages on the active anon list."""
+        return len(self.active) + self.big_active
+
     def _count(self, item: str, n: int = 1) -> None:
         """``count_vm_events``, or ``count_memcg_events`` for a memcg's lruvec."""
         if self.memcg < 0:
@@ -305,7 +331,7 @@ class TwoList:
         elif file:
             inactive, active = len(self.inactive_file), len(self.active_file)
         else:
-            inactive, active = len(self.inactive), len(self.active)
+            inactive, active = self.nr_inactive, self.nr_active
         return inactive_is_low(inactive, active, self.cfg.inactive_ratio)
 
     def flush_stats(self) -> None:
@@ -314,7 +340,7 @@ class TwoList:
         st = self.stats
         if st is None:
             return
-        st.inactive, st.active = len(self.inactive), len(self.active)
+        st.inactive, st.active = self.nr_inactive, self.nr_active
         st.activate = self._refaults()
         if self.file:
             st.inactive_file, st.active_file = len(self.inactive_file), len(self.active_file)
@@ -356,7 +382,7 @@ class TwoList:
         st = self.stats
         if st is not None:
             return st.inactive, st.active, st.inactive_file, st.active_file
-        return len(self.inactive), len(self.active), len(self.inactive_file), len(self.active_file)
+        return self.nr_inactive, self.nr_active, len(self.inactive_file), len(self.active_file)
 
     def _note_cost(self, *, file: bool, nr_io: int, nr_rotated: int, lru_pages: int) -> None:
         """``lru_note_cost`` on this lruvec, then on its parent (the root's costs)."""
@@ -378,7 +404,7 @@ class TwoList:
             file=False,
             nr_io=nr_io,
             nr_rotated=nr_rotated,
-            lru_pages=self._lru_pages() if self.file else len(self.inactive) + len(self.active),
+            lru_pages=self._lru_pages() if self.file else self.nr_inactive + self.nr_active,
         )
 
     def get_scan_count(
@@ -400,7 +426,7 @@ class TwoList:
         )
         if balance == ScanBalance.SCAN_FILE:
             return 0, 0  # anon is not reclaimable, or memcg reclaim at swappiness 0
-        inactive, active = len(self.inactive), len(self.active)
+        inactive, active = self.nr_inactive, self.nr_active
         if sc.emin or sc.elow:  # a protected memcg: apply_proportional_protection
             inactive, low1 = apply_proportional_protection(
                 inactive, sc.emin, sc.elow, sc.cgroup_size, sc.memcg_low_reclaim
@@ -428,8 +454,33 @@ class TwoList:
         return nr_inactive * ap // denominator, nr_active * ap // denominator
 
     def _nr_pages(self, pfns: Pfns) -> int:
-        """Pages in these folios (the scan and reclaim counters count pages)."""
-        return len(pfns) if self.folio_nr_pages is None else self.folio_nr_pages(pfns)
+        """Pages in these folios (``folio_nr_pages`` summed: lists and counters count pages)."""
+        return len(pfns) if self.folios is None else self.folios.nr_pages(pfns)
+
+    def _nr_one(self, pfn: int) -> int:
+        """``folio_nr_pages`` of the anon folio on frame ``pfn``."""
+        return 1 if self.folios is None else self.folios.folio_nr_pages(pfn)
+
+    def _isolate(self, active: bool, n: int) -> tuple[Pfns, int]:
+        """``isolate_lru_folios`` of ``nr_to_scan`` = ``n`` pages from an anon list's tail:
+        folios are taken while fewer than ``n`` pages were scanned (``scan += nr_pages``), so
+        a large folio uses ``folio_nr_pages`` of the budget. Returns them and their pages."""
+        lst = self.active if active else self.inactive
+        if self.folios is None:
+            pfns = lst.isolate_tail(n)
+            return pfns, len(pfns)
+        peek = lst.peek_tail(n)  # each folio is at least one page: at most n are taken
+        if len(peek) == 0:
+            return peek, 0
+        scanned = np.cumsum(self.folios.nr_pages_each(peek))
+        k = min(int(np.searchsorted(scanned, n)) + 1, len(peek))
+        pfns = lst.isolate_tail(k)
+        nr_pages = int(scanned[k - 1])
+        if active:
+            self.big_active -= nr_pages - k
+        else:
+            self.big_inactive -= nr_pages - k
+        return pfns, nr_pages
 
     def folio_putback(self, pfns: Pfns, active: bool) -> None:
         """``move_folios_to_lru`` of folios shrink_folio_list split off a large folio."""
@@ -439,27 +490,36 @@ class TwoList:
         """``folio_test_active``: the folio is on the active list (a split's pages go there)."""
         return bool(self.fl.item(pfn) & LRU_ACTIVE)
 
-    def _putback(self, pfns: Pfns, active: bool) -> None:
-        """``move_folios_to_lru``: head of the chosen list; active putbacks age the clock."""
+    def _putback(self, pfns: Pfns, active: bool) -> int:
+        """``move_folios_to_lru``: head of the chosen list; active putbacks age the clock by
+        their pages (``workingset_age_nonresident(lruvec, nr_pages)``). Returns the pages."""
         if len(pfns) == 0:
-            return
+            return 0
+        nr_pages = self._nr_pages(pfns)
         if active:
             _set_lru(pfns, self.fl, LRU_ACTIVE)
             self.active.add_head(pfns)
-            self.nonresident_age += len(pfns)
+            self.big_active += nr_pages - len(pfns)
+            self.nonresident_age += nr_pages
         else:
             _set_lru(pfns, self.fl, LRU_INACTIVE)
             self.inactive.add_head(pfns)
+            self.big_inactive += nr_pages - len(pfns)
+        return nr_pages
 
     # -- EvictionPolicy ----------------------------------------------------------------------
     def folio_add_lru(self, pfn: int, shadow: int | None) -> None:
-        """New and swapped-in anon folios go to the inactive list, unless a refault is recent."""
+        """New and swapped-in anon folios go to the inactive list, unless a refault is recent
+        (``workingset_refault`` counts and ages by the folio's pages)."""
         if shadow is None:
             self.fl[pfn] = LRU_INACTIVE
             self.inactive.add_one(pfn)
+            if self.folios is not None:
+                self.big_inactive += self.folios.folio_nr_pages(pfn) - 1
             return
+        nr = 1 if self.folios is None else self.folios.folio_nr_pages(pfn)
         # workingset_refault: activate if the refault distance fits the workingset (active anon).
-        self._count(VmStat.WORKINGSET_REFAULT)
+        self._count(VmStat.WORKINGSET_REFAULT, nr)
         distance = (self.nonresident_age - (shadow & _AGE_MASK)) & _AGE_MASK
         if self.file or self.stats is not None:
             _, active, inactive_file, active_file = self._workingset_lists()
@@ -467,19 +527,21 @@ class TwoList:
             if self.file:
                 workingset_size += inactive_file + active_file
         else:
-            workingset_size = len(self.active)
+            workingset_size = self.nr_active
         if distance <= workingset_size:
             workingset = shadow >> 31
             self.fl[pfn] = LRU_ACTIVE | (PG_WORKINGSET if workingset else 0)
             self.active.add_one(pfn)
-            self.nonresident_age += 1
-            self._count(VmStat.WORKINGSET_ACTIVATE)
+            self.big_active += nr - 1
+            self.nonresident_age += nr
+            self._count(VmStat.WORKINGSET_ACTIVATE, nr)
             if workingset:  # thrashing of the established working set: lru_note_cost_refault
-                self._count(VmStat.WORKINGSET_RESTORE)
-                self._lru_note_cost(1, 0)
+                self._count(VmStat.WORKINGSET_RESTORE, nr)
+                self._lru_note_cost(nr, 0)
         else:
             self.fl[pfn] = LRU_INACTIVE
             self.inactive.add_one(pfn)
+            self.big_inactive += nr - 1
 
     def folio_mark_accessed(self, pfn: int) -> None:
         """``folio_mark_accessed``: set PG_referenced, or activate a folio that has it."""
@@ -490,18 +552,22 @@ class TwoList:
         if fl & LRU_ACTIVE:
             return
         # __lru_cache_activate_folio (still in the add batch) / folio_activate (on the list);
-        # then clear referenced, age the clock
+        # then clear referenced, age the clock by the folio's pages
         inactive, active = self.inactive, self.active
         if fl & LRU_FILE:
             inactive, active = self.inactive_file, self.active_file
+        nr = 1 if self.folios is None or fl & LRU_FILE else self.folios.folio_nr_pages(pfn)
         if not inactive.take_pending(pfn):
             if not fl & LRU_INACTIVE:
                 return  # isolated by reclaim: shrink_folio_list decides
             inactive.unlink(pfn)
-            self._count(_PGACTIVATE)
+            self._count(_PGACTIVATE, nr)
         active.add_one(pfn)
         self.fl[pfn] = (fl & ~(PG_REFERENCED | LRU_INACTIVE)) | LRU_ACTIVE
-        self.nonresident_age += 1  # workingset_activation
+        self.nonresident_age += nr  # workingset_activation
+        if nr > 1:
+            self.big_inactive -= nr - 1
+            self.big_active += nr - 1
 
     def folio_add_lru_touched(self, pfns: Pfns) -> None:
         """New anon folios, in order, as the first-touch path leaves each: ``folio_add_lru``
@@ -512,15 +578,22 @@ class TwoList:
         if len(pfns) == 0:
             return
         self.fl[pfns] = LRU_ACTIVE
-        self.active.add_head(np.asarray(pfns, dtype=np.int64))
-        self.nonresident_age += len(pfns)
+        pfns = np.asarray(pfns, dtype=np.int64)
+        self.active.add_head(pfns)
+        nr_pages = self._nr_pages(pfns)
+        self.big_active += nr_pages - len(pfns)
+        self.nonresident_age += nr_pages
 
     def folio_remove(self, pfns: Pfns) -> None:
         """Drop folios from whichever list holds them (their mm exited)."""
         fl = self.fl[pfns]
         anon = (fl & LRU_FILE) == 0
-        self.inactive.remove(pfns[anon & ((fl & LRU_INACTIVE) != 0)])
-        self.active.remove(pfns[anon & ((fl & LRU_ACTIVE) != 0)])
+        ina, act = pfns[anon & ((fl & LRU_INACTIVE) != 0)], pfns[anon & ((fl & LRU_ACTIVE) != 0)]
+        self.inactive.remove(ina)
+        self.active.remove(act)
+        if self.folios is not None:
+            self.big_inactive -= self._nr_pages(ina) - len(ina)
+            self.big_active -= self._nr_pages(act) - len(act)
         if self.file:
             self.inactive_file.remove(pfns[~anon & ((fl & LRU_INACTIVE) != 0)])
             self.active_file.remove(pfns[~anon & ((fl & LRU_ACTIVE) != 0)])
@@ -534,6 +607,10 @@ class TwoList:
             inactive, active = self.inactive_file, self.active_file
         if fl & LRU_ACTIVE:
             active.unlink(pfn)
+            if not fl & LRU_FILE:
+                big = self._nr_one(pfn) - 1
+                self.big_active -= big
+                self.big_inactive += big
         elif fl & LRU_INACTIVE:
             inactive.unlink(pfn)
         else:
@@ -542,10 +619,17 @@ class TwoList:
         inactive.add_tail_one(pfn)
 
     def workingset_eviction(self, pfns: Pfns) -> NDArray[np.uint32]:
-        """Shadow = nonresident_age before this eviction, with PG_workingset in the top bit."""
+        """Shadow = nonresident_age before this eviction, with PG_workingset in the top bit;
+        each eviction ages the clock by the folio's pages (``workingset_eviction``)."""
         n = len(pfns)
-        ages = (self.nonresident_age + np.arange(n, dtype=np.int64)) & _AGE_MASK
-        self.nonresident_age += n
+        if self.folios is None:
+            ages = (self.nonresident_age + np.arange(n, dtype=np.int64)) & _AGE_MASK
+            self.nonresident_age += n
+        else:
+            nr = self.folios.nr_pages_each(pfns)
+            after = np.cumsum(nr)
+            ages = (self.nonresident_age + after - nr) & _AGE_MASK
+            self.nonresident_age += int(after[-1]) if n else 0
         ws = (self.fl[pfns] & PG_WORKINGSET) != 0
         self.fl[pfns] = 0
         return (ages | (ws.astype(np.int64) << 31)).astype(np.uint32)
@@ -597,8 +681,9 @@ class TwoList:
         """Real policies do not know the future."""
 
     def lru_sizes(self) -> dict[str, int]:
-        """Folios on each list (anon as ``inactive``/``active``)."""
-        sizes = {"inactive": len(self.inactive), "active": len(self.active)}
+        """Pages on each list (anon as ``inactive``/``active``; a large folio counts its
+        ``folio_nr_pages``, as ``lruvec_lru_size`` does)."""
+        sizes = {"inactive": self.nr_inactive, "active": self.nr_active}
         if self.file:
             sizes["inactive_file"] = len(self.inactive_file)
             sizes["active_file"] = len(self.active_file)
@@ -609,6 +694,11 @@ class TwoList:
         ina, act = self.inactive.snapshot(), self.active.snapshot()
         assert len(ina) == len(self.inactive), "inactive list size"
         assert len(act) == len(self.active), "active list size"
+        if self.folios is None:
+            assert self.big_inactive == self.big_active == 0, "large folios without THP"
+        else:  # update_lru_size: each list's size is its folios' folio_nr_pages summed
+            assert self.folios.nr_pages(ina) == self.nr_inactive, "inactive size in pages"
+            assert self.folios.nr_pages(act) == self.nr_active, "active size in pages"
         both = np.concatenate((ina, act))
         assert not (self.fl[both] & LRU_FILE).any(), "a file folio on an anon list"
         if self.file:
@@ -655,10 +745,8 @@ class TwoList:
             self._note_cost(file=True, nr_io=1, nr_rotated=0, lru_pages=self._lru_pages())
 
     def _lru_pages(self) -> int:
-        """Folios on all four lists (``lru_note_cost``'s lrusize)."""
-        return (
-            len(self.inactive) + len(self.active) + len(self.inactive_file) + len(self.active_file)
-        )
+        """Pages on all four lists (``lru_note_cost``'s lrusize)."""
+        return self.nr_inactive + self.nr_active + len(self.inactive_file) + len(self.active_file)
 
     def get_scan_count_file(
         self, sc: ScanControl, reclaim: Reclaimer, may_anon: bool, may_file: bool
@@ -671,8 +759,8 @@ class TwoList:
         priority shift."""
         swappiness, p = self.cfg.swappiness, sc.priority
         raw = [
-            len(self.inactive),
-            len(self.active),
+            self.nr_inactive,
+            self.nr_active,
             len(self.inactive_file),
             len(self.active_file),
         ]
@@ -849,11 +937,10 @@ class TwoList:
         core = self.core
         if core is not None and core.takes(reclaim) and core.shrink_inactive_list(self, n, sc):
             return
-        pfns = self.inactive.isolate_tail(n)
+        pfns, nr_pages = self._isolate(False, n)
         if len(pfns) == 0:
             return
         _set_lru(pfns, self.fl, 0)
-        nr_pages = self._nr_pages(pfns)
         sc.nr_taken += nr_pages
         sc.isolated(nr_pages)
         pageout0, reclaimed0 = sc.nr_pageout, sc.nr_reclaimed
@@ -875,8 +962,7 @@ class TwoList:
         self._putback(np.concatenate((keep, written)), active=False)
         act = np.concatenate((activate, failed, pfns[writeback]))
         reclaim.activate_locked(act)
-        self._putback(act, active=True)
-        sc.activated(self._nr_pages(act))
+        sc.activated(self._putback(act, active=True))
         reclaimed = sc.nr_reclaimed - reclaimed0
         self._lru_note_cost(sc.nr_pageout - pageout0, nr_pages - reclaimed)
 
@@ -885,14 +971,14 @@ class TwoList:
         core = self.core
         if core is not None and core.takes(reclaim) and core.shrink_active_list(self, n, sc):
             return
-        pfns = self.active.isolate_tail(n)
+        pfns, nr_pages = self._isolate(True, n)
         if len(pfns) == 0:
             return
-        nr_pages = self._nr_pages(pfns)
         sc.refilled(nr_pages)
         reclaim.folio_referenced(pfns, sc)  # clears host and spte bits; result unused for anon
         _set_lru(pfns, self.fl, LRU_INACTIVE | PG_WORKINGSET)
         self.inactive.add_head(pfns)
+        self.big_inactive += nr_pages - len(pfns)
         sc.deactivated(nr_pages)
 
 
