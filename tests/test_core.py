@@ -137,6 +137,7 @@ def test_core_keeps_the_eviction_log(tmp_path: Path) -> None:
         pd.testing.assert_frame_equal(a, b)
 
 
+@pytest.mark.slow  # every check is made by test_fastpaths' host_core worlds (cored: these and more)
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_core_equals_general_path_over_random_worlds(raw: dict[str, Any]) -> None:
@@ -174,7 +175,7 @@ def memcg_worlds(draw: st.DrawFn) -> dict[str, Any]:
     return raw
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(memcg_worlds())
 def test_core_equals_general_path_over_random_memcg_worlds(raw: dict[str, Any]) -> None:
     sc = parse_scenario(raw, "prop")

@@ -51,7 +51,7 @@ _SETTINGS: dict[str, Any] = {
     "database": None,  # no replay of stored examples skews the share
     "derandomize": True,  # the default suite runs the same worlds every time (no flaky share)
 }
-EXAMPLES = 12  # per fast path and page size in the default suite
+EXAMPLES = 8  # per fast path and page size in the default suite
 SLOW_EXAMPLES = 150  # the same, marked slow
 
 

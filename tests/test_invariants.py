@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -127,10 +128,16 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
     }
 
 
-@settings(max_examples=25)
-@given(scenarios())
-def test_invariants_hold_throughout_random_scenarios(raw: dict[str, Any]) -> None:
-    _check_random_world(raw)
+@pytest.mark.parametrize("device", ["disk", "zram"])
+def test_invariants_hold_throughout_random_scenarios(device: str) -> None:
+    """13 random worlds per swap device (a test each, so xdist's workers share them)."""
+
+    @settings(max_examples=13)
+    @given(scenarios().filter(lambda raw: raw["swap"]["device"] == device))
+    def check(raw: dict[str, Any]) -> None:
+        _check_random_world(raw)
+
+    check()
 
 
 @st.composite
@@ -183,10 +190,11 @@ def thp_scenarios(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
-def thp_balloon_scenarios(draw: st.DrawFn) -> dict[str, Any]:
+def thp_balloon_scenarios(draw: st.DrawFn, reporting: bool) -> dict[str, Any]:
     """:func:`thp_scenarios` whose first VM runs a guest kernel with a balloon inflating from
-    the start (partial unmaps of its THPs: the deferred split queue), sometimes with free page
-    reporting (whole-THP discards) and deflate-on-OOM (guest touches of inflated pages)."""
+    the start (partial unmaps of its THPs: the deferred split queue), with or without free
+    page reporting (whole-THP discards), sometimes with deflate-on-OOM (guest touches of
+    inflated pages)."""
     raw = draw(thp_scenarios())
     p = raw["vms"][0]
     mib = p["memory_mib"]
@@ -195,7 +203,7 @@ def thp_balloon_scenarios(draw: st.DrawFn) -> dict[str, Any]:
         "enabled": True,
         "initial_target_mib": draw(st.integers(1, mib - 1)),
         "deflate_on_oom": draw(st.booleans()),
-        "free_page_reporting": {"enabled": draw(st.booleans())},
+        "free_page_reporting": {"enabled": reporting},
     }
     raw["duration_s"] = draw(st.sampled_from([0.03, 0.1]))
     return raw
@@ -207,10 +215,17 @@ def test_invariants_hold_with_thp(raw: dict[str, Any]) -> None:
     _check_random_world(raw)
 
 
-@settings(max_examples=8, deadline=None)
-@given(thp_balloon_scenarios())
-def test_invariants_hold_with_thp_and_a_ballooned_guest_kernel(raw: dict[str, Any]) -> None:
-    _check_random_world(raw)
+@pytest.mark.parametrize("reporting", [False, True], ids=["balloon", "reporting"])
+def test_invariants_hold_with_thp_and_a_ballooned_guest_kernel(reporting: bool) -> None:
+    """4 random worlds without free page reporting and 4 with it (a test each, so xdist's
+    workers share them: 8 worlds in one test were the suite's longest)."""
+
+    @settings(max_examples=4, deadline=None)
+    @given(thp_balloon_scenarios(reporting))
+    def check(raw: dict[str, Any]) -> None:
+        _check_random_world(raw)
+
+    check()
 
 
 def _check_random_world(raw: dict[str, Any]) -> None:

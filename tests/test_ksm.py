@@ -375,7 +375,7 @@ def test_off_by_default_leaves_dumps_and_hashes_alone() -> None:
     assert on.config_hash() != sc.config_hash()
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     seed=st.integers(0, 1000),
     zero=st.floats(0.0, 0.5),

@@ -531,7 +531,7 @@ def _discarder(w: World, rng: np.random.Generator, log: list[int]) -> Any:
         assert ((w.mem.flags[pids[zapped]] & (PG_LOCKED | PG_WRITEBACK)) != 0).all()
 
 
-@settings(max_examples=30)
+@settings(max_examples=15)
 @given(discarding_worlds())
 def test_invariants_hold_while_random_gfns_are_discarded(case: tuple[dict[str, Any], int]) -> None:
     raw, seed = case

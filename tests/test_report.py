@@ -63,7 +63,7 @@ def test_memcg_run_report_draws_memory_current(tmp_path: Path) -> None:
 def test_demand_mode_run_report_has_quality(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run_scenario(
-        tiny(duration_s=0.02, reclaim={"policy": "clock", "trigger": "demand"}), run, command=[]
+        tiny(duration_s=0.003, reclaim={"policy": "clock", "trigger": "demand"}), run, command=[]
     )
     target, figures = write_report(run, tmp_path / "rep")
     assert "quality" in figures

@@ -63,7 +63,7 @@ def test_metric_row_is_the_runs_parquet_row(tmp_path: Path) -> None:
     assert row["misses"] == row["faults_first_touch"] + row["faults_major"]
     assert row["major_latency_p99_ns"] == s["host"]["fault_latency_ns"]["major"]["p99"]
     demand = run_scenario(
-        tiny(duration_s=0.02, reclaim={"policy": "clock", "trigger": "demand"}), None
+        tiny(duration_s=0.003, reclaim={"policy": "clock", "trigger": "demand"}), None
     ).summary
     assert list(metric_row(demand)) == [
         *RUNS_COLUMNS,

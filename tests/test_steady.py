@@ -352,7 +352,7 @@ def test_the_old_plan_metric_name_says_the_new_one() -> None:
         SloSpec.model_validate({"metric": "stall_p99", "max": 0.05})
 
 
-@settings(max_examples=15)
+@settings(max_examples=8)
 @given(scenarios(), st.floats(0.0, 0.9), st.sampled_from([0.5, 3.0, 100.0]))
 def test_invariants_hold_after_the_fill_and_throughout(
     raw: dict[str, Any], warm: float, window_ms: float

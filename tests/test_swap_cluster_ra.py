@@ -193,7 +193,7 @@ def test_invariants_hold_with_memcgs(extra: dict[str, Any]) -> None:
     assert s["host"]["vmstat"]["pswpin"] > 0
 
 
-@settings(max_examples=20)
+@settings(max_examples=10)
 @given(scenarios())
 def test_invariants_hold_throughout_random_rotational_worlds(raw: dict[str, Any]) -> None:
     """test_invariants' random worlds (every policy, zswap, a page cache, several VMs) on a
