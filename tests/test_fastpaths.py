@@ -397,13 +397,13 @@ def thp_worlds(draw: st.DrawFn, fused: bool = False) -> Raw:
     settings, too little swap for a cluster, memcgs, khugepaged) with EPT A/D bits: the fused
     walk and the compiled core take its batches that hold no large folio, the general path
     the others. Swap has room (1 MiB: no free cluster, so THPs are split), so reclaim
-    walks the rmap. ``fused``: the fused fault path's world (a disk without readahead, no
-    memcgs)."""
+    walks the rmap. ``fused``: the fused fault path's world (a disk without readahead or
+    zswap, no memcgs)."""
     raw = copy.deepcopy(draw(thp_scenarios()))
     raw["kvm"]["ept_ad_bits"] = True
     raw["swap"]["size_mib"] = max(raw["swap"]["size_mib"], 1)
     if fused:
-        raw["swap"] |= {"device": "disk", "page_cluster": 0}
+        raw["swap"] |= {"device": "disk", "page_cluster": 0, "zswap": {"enabled": False}}
         raw["swap"]["size_mib"] = max(raw["swap"]["size_mib"], 3)
         for vm in raw["vms"]:
             vm.pop("memcg", None)
