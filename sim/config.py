@@ -806,7 +806,6 @@ class Scenario(_MemcgOptional):
             ),
             (self.host.ksm is not None, "no host.ksm"),
             (self.host_files is not None, "no host_files"),
-            (self.swap.zswap.enabled, "swap.zswap off"),
         ]
         for i, vm in enumerate(self.vms):
             needs.append((vm.prefault, f"vms[{i}].prefault: false"))

@@ -401,6 +401,7 @@ class Machine:
         """Assert every cross-module invariant (tests call this; O(pages))."""
         mem = self.mem
         mem.check()
+        self.rmap.check()
         if self.ksm is not None:
             self.ksm.check()
         check_zapped(self.mms, mem)

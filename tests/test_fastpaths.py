@@ -419,15 +419,16 @@ def thp_worlds(draw: st.DrawFn, fused: bool = False, disk: bool = False) -> Raw:
     settings, too little swap for a cluster, memcgs, khugepaged) with EPT A/D bits: the fused
     walk and the compiled core take its batches that hold no large folio, the general path
     the others. Swap has room (1 MiB: no free cluster, so THPs are split), so reclaim
-    walks the rmap. ``fused``: the fused fault path's world (a disk without readahead, no
-    memcgs); ``disk``: swap on a disk (its writes end later, through the write-back timers)."""
+    walks the rmap. ``fused``: the fused fault path's world (a disk without readahead or
+    zswap, no memcgs); ``disk``: swap on a disk (its writes end later, through the write-back
+    timers)."""
     raw = copy.deepcopy(draw(thp_scenarios()))
     raw["kvm"]["ept_ad_bits"] = True
     raw["swap"]["size_mib"] = max(raw["swap"]["size_mib"], 1)
     if disk:
         raw["swap"]["device"] = "disk"
     if fused:
-        raw["swap"] |= {"device": "disk", "page_cluster": 0}
+        raw["swap"] |= {"device": "disk", "page_cluster": 0, "zswap": {"enabled": False}}
         raw["swap"]["size_mib"] = max(raw["swap"]["size_mib"], 3)
         for vm in raw["vms"]:
             vm.pop("memcg", None)

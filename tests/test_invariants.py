@@ -145,10 +145,11 @@ def thp_scenarios(draw: st.DrawFn) -> dict[str, Any]:
     """Random small worlds with THP-backed guest RAM (host.thp, or its shorthand
     host.page_size_kib: 2048): two-list watermark reclaim, guests of whole 2 MiB blocks, swap
     with or without THP_SWAP, sometimes too little swap for a free cluster (the split
-    fallback), sometimes a memcg per VM whose limits make THP charges fall back, limit reclaim
-    swap THPs out or split them, and memory.swap.max refuse a THP's 512 slots. Every check
-    holds each LRU list's size (in pages) equal to ``folio_nr_pages`` summed over its entries
-    (``TwoList.check``), on the node's lruvec and on every memcg's."""
+    fallback), sometimes zswap in front of a disk, sometimes a memcg per VM whose limits make
+    THP charges fall back, limit reclaim swap THPs out or split them, and memory.swap.max
+    refuse a THP's 512 slots. Every check holds each LRU list's size (in pages) equal to
+    ``folio_nr_pages`` summed over its entries (``TwoList.check``), on the node's lruvec and
+    on every memcg's."""
     raw = draw(scenarios())
     raw.pop("host_files", None)
     for p in raw["vms"]:
@@ -164,7 +165,10 @@ def thp_scenarios(draw: st.DrawFn) -> dict[str, Any]:
     if raw["host"]["thp"] == {"swap": True} and draw(st.booleans()):  # the same, as shorthand
         raw["host"] = {"memory_mib": raw["host"]["memory_mib"], "page_size_kib": 2048}
     raw["reclaim"] = {"policy": "two_list"}
-    raw["swap"]["zswap"] = {"enabled": False}
+    raw["swap"]["zswap"] = {  # behind zswap a THP is stored whole or written whole
+        "enabled": raw["swap"]["device"] == "disk" and draw(st.booleans()),
+        "max_pool_percent": draw(st.sampled_from([1, 5, 20])),
+    }
     raw["swap"]["size_mib"] = draw(st.sampled_from([0, 1, 3, 64]))
     raw["swap"]["rotational"] = raw["swap"]["device"] == "disk" and draw(st.booleans())
     raw["kvm"]["mmu"] = draw(st.sampled_from(["tdp", "legacy_tdp"]))

@@ -73,7 +73,6 @@ def test_shorthand_and_thp_section_together_are_one_line_error() -> None:
     [
         ({"reclaim": {"policy": "mglru"}}, "reclaim.policy: two_list"),
         ({"kvm": {"mmu": "shadow"}}, "kvm.mmu: tdp or legacy_tdp"),
-        ({"swap": {"size_mib": 64, "zswap": {"enabled": True}}}, "swap.zswap off"),
         ({"host_files": {"size_mib": 4}}, "no host_files"),
     ],
 )

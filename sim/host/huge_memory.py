@@ -14,13 +14,16 @@ Models
     device has an entirely free cluster of 512 slots (``get_swap_pages`` of order 9): the PMD
     is split (``TTU_SPLIT_HUGE_PMD``, ``thp_split_pmd``; KVM zaps the 2 MiB range), one 2 MiB
     write goes to the device (``thp_swpout`` once, ``pswpout`` += 512, as
-    ``count_swpout_vm_event``) and the folio is freed whole when it is clean. Otherwise it is
+    ``count_swpout_vm_event``) and the folio is freed whole when it is clean; behind zswap it
+    is first offered to the pool whole (host/zswap.py ``store_folio``: stored, it is clean at
+    once and never reaches the device). Otherwise it is
     split into 512 base folios (``split_folio_to_list``: ``thp_split_page``, and
     ``thp_swpout_fallback`` as the kernel counts it after ``add_to_swap`` failed), which go
     on through the same ``shrink_folio_list`` as 4 KiB folios; those not freed go back on the
-    LRU each on its own. A swapped-out THP comes back 4 KiB page by page from a disk
-    (``do_swap_page`` maps small folios: ``alloc_swap_folio`` allocates large folios only on
-    ``SWP_SYNCHRONOUS_IO`` devices), so KVM then maps 4 KiB sptes over the block: the demotion.
+    LRU each on its own. A swapped-out THP comes back 4 KiB page by page from a disk or
+    zswap's pool (``do_swap_page`` maps small folios: ``alloc_swap_folio`` allocates large
+    folios only on ``SWP_SYNCHRONOUS_IO`` devices), so KVM then maps 4 KiB sptes over the
+    block: the demotion.
     From zram (synchronous, no zswap) a fault on a block whose 512 pages are all in swap, in
     one aligned cluster, reads them back as one large folio (one ``pgmajfault``, ``pswpin``
     += 512) mapped by 512 ptes: still 4 KiB sptes, until the folio is reclaimed again.

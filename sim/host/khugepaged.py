@@ -10,12 +10,13 @@ Models
     or KVM says one of its gfns was accessed (``mmu_notifier_test_young``, which tests the
     sptes without clearing them). The collapse allocates a THP (refused, like a fault's, if
     free memory would drop below the low watermark: ``thp_collapse_alloc_failed``, and the
-    daemon sleeps ``alloc_sleep_ms`` before its next scan), reads the
-    swapped pages in (``__collapse_huge_page_swapin``: a major fault and a read each, waited
-    for), invalidates the 2 MiB range (KVM zaps its 4 KiB sptes; its next fault there maps a
-    2 MiB spte), copies the pages (``costs.clear_page_ns`` per 4 KiB, khugepaged's own time),
-    frees the old folios with their swap slots and maps the new one with a young PMD, on the
-    inactive list (``thp_collapse_alloc``).
+    daemon sleeps ``alloc_sleep_ms`` before its next scan), reads the swapped pages in
+    (``__collapse_huge_page_swapin``: a major fault and a read each, waited for; behind zswap, a
+    page still in its pool is decompressed instead, ``zswpin``), invalidates the 2 MiB range
+    (KVM zaps its 4 KiB sptes; its next fault there maps a 2 MiB spte), copies the pages
+    (``costs.clear_page_ns`` per 4 KiB, khugepaged's own time), frees the old folios with their
+    swap slots and maps the new one with a young PMD, on the inactive list
+    (``thp_collapse_alloc``).
 
 Kernel reference
     mm/khugepaged.c: ``khugepaged_do_scan``, ``khugepaged_scan_mm_slot``,
@@ -207,8 +208,14 @@ class Khugepaged:
         if len(swapped):  # __collapse_huge_page_swapin: do_swap_page for each, waited for
             self.vmstat.count(VmStat.PGMAJFAULT, len(swapped), owner)
             self.vmstat.count(VmStat.PGFAULT, len(swapped), owner)
-            ends = swap.submit(now, write=False, n=len(swapped), per_mm=owner)
-            busy_ns = max(ends) - now
+            read = swapped
+            if swap.zswap is not None:  # zswap_load: a page in the pool needs no read
+                pooled = [p for p in swapped.tolist() if swap.zswap.load(p, owner)]
+                read = swapped[~np.isin(swapped, pooled)]
+                busy_ns = len(pooled) * swap.decompress_ns
+            if len(read):
+                ends = swap.submit(now, write=False, n=len(read), per_mm=owner)
+                busy_ns = max(busy_ns, max(ends) - now)
             mem.nr_swapped[owner] -= len(swapped)
         hva = mm.hva(np.array([head], dtype=np.int64))
         work = self.stats

@@ -186,6 +186,11 @@ class HostMemory:
         self._nr_freed = 0
         self.nr_free = nr_frames
         self.nr_writeback = 0  # frames whose swap-out write is in flight
+        # the pages given a frame since rmap.py last counted page tables (once it has begun
+        # to: an untouched page becomes touched only so, once the world is built); None: not
+        # kept, or more than ``assigned_max`` (the next count then looks at every page)
+        self.assigned: list[int] | None = None
+        self.assigned_max = max(4096, nr_pages // 64)
         self.nr_pool = 0  # frames the compressed pool holds (zram's or zswap's memory)
         self.nr_resident = np.zeros(nr_mms, dtype=np.int64)  # frames owned, per mm
         self.nr_swapped = np.zeros(nr_mms, dtype=np.int64)  # pages only in swap, per mm
@@ -213,6 +218,8 @@ class HostMemory:
         The pfn replaces whatever ``pfn[pid]`` held: a swap-in reads the shadow first.
         """
         pfn = self._take_frame()
+        if self.assigned is not None:
+            self._assigned([pid])
         self.frame_pid[pfn] = pid
         if self.stamps:
             self.scans[pfn] = 0
@@ -221,10 +228,19 @@ class HostMemory:
         self.nr_resident[self.page_owner(pid)] += 1
         return pfn
 
+    def _assigned(self, pids: list[int]) -> None:
+        """Keep pages given a frame for rmap.py's next count, up to ``assigned_max``."""
+        assert self.assigned is not None
+        self.assigned.extend(pids)
+        if len(self.assigned) > self.assigned_max:
+            self.assigned = None
+
     def transfer_frame(self, pfn: int, pid: int, owner: int) -> None:
         """Frame ``pfn`` changes owner to page ``pid`` of mm ``owner`` (a page's frame becomes
         a KSM folio, host/ksm.py); the old owner's entry is the caller's."""
         old = self.frame_pid.item(pfn)
+        if self.assigned is not None:
+            self._assigned([pid])
         self.nr_resident[self.page_owner(old)] -= 1
         self.nr_resident[owner] += 1
         self.frame_pid[pfn] = pid
@@ -286,6 +302,8 @@ class HostMemory:
         pfns = np.concatenate((stacked, fresh))
         pids = np.asarray(pids, dtype=np.int64)
         self.nr_free -= n
+        if self.assigned is not None:
+            self._assigned(pids.tolist())
         self.frame_pid[pfns] = pids
         if self.stamps:
             self.scans[pfns] = 0
@@ -407,6 +425,8 @@ class HostMemory:
         assert self._nr_freed == self.nr_free - n, "take_free of a frame that is not free"
         self.nr_free -= n
         pids = np.asarray(pids, dtype=np.int64)
+        if self.assigned is not None:
+            self._assigned(pids.tolist())
         self.frame_pid[pfns] = pids
         if self.stamps:
             self.scans[pfns] = 0

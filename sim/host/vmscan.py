@@ -606,6 +606,8 @@ class Vmscan:
                 self.sink.evicted(self.now(), lp.astype(np.int32), upfn, dirty, scans)
         f = mem.flags[pids]
         if (f & PG_DIRTY).any() and not self._pageout(hp, pids, f, sc, HPAGE_PMD_NR)[0]:
+            if swap.zswap is not None and swap.zpool is not None:  # the shrink worker freed
+                swap.zpool.fit()
             return Outcome.KEEP  # pageout: one write of the whole folio, in flight
         self._remove_large(head, pfn)
         sc.freed(HPAGE_PMD_NR)
@@ -678,7 +680,9 @@ class Vmscan:
         n = len(wpid)
         sc.nr_pageout += n
         self.vmstat[VmStat.NR_VMSCAN_WRITE] += n
-        if swap.zswap is not None:  # folios of one page (host.thp refuses zswap)
+        if swap.zswap is not None and nr_pages > 1:
+            return self._pageout_large_zswap(wpfn, wpid, f, sc, nr_pages)
+        if swap.zswap is not None:
             stored, compressed, full = swap.zswap.store(wpid, self._io_owners(wpid))
             sc.nr_compressed += compressed
             mem.flags[wpid[stored]] = f[stored] & ~_U8(PG_DIRTY)
@@ -701,6 +705,37 @@ class Vmscan:
             sc.nr_compressed += n
         mem.flags[wpid] = f & ~_U8(PG_DIRTY)
         return np.ones(len(wpfn), dtype=np.bool_)
+
+    def _pageout_large_zswap(
+        self,
+        wpfn: NDArray[np.int64],
+        wpid: NDArray[np.integer],
+        f: NDArray[np.uint8],
+        sc: ScanControl,
+        nr_pages: int,
+    ) -> NDArray[np.bool_]:
+        """:meth:`_pageout`'s writes of large folios behind zswap: each folio is stored whole
+        (clean at once) or written to the device as one request; a store that found the pool
+        full runs the shrink worker after the writes, as for small folios."""
+        mem, zswap = self.mem, self.swap.zswap
+        assert zswap is not None
+        done = np.zeros(len(wpfn), dtype=np.bool_)
+        full = False
+        for k in range(len(wpfn)):
+            pids = np.asarray(wpid[k * nr_pages : (k + 1) * nr_pages], dtype=np.int64)
+            fk = f[k * nr_pages : (k + 1) * nr_pages]
+            stored, compressed, hit = zswap.store_folio(pids, mem.page_owner(int(pids[0])))
+            sc.nr_compressed += compressed
+            full |= hit
+            if stored:
+                mem.flags[pids] = fk & ~_U8(PG_DIRTY)
+                done[k] = True
+            else:
+                ends = self._swap_write(pids, nr_pages)
+                self._writeback_started(wpfn[k : k + 1], pids, fk, ends, sc, nr_pages)
+        if full:  # zswap_store queued the shrink worker
+            self._zswap_writeback(sc)
+        return done
 
     def _submit_writeback(
         self,

@@ -7,12 +7,17 @@ Models
     the shrink worker; otherwise the page is compressed (the reclaimer's CPU) and rejected if it
     does not shrink below a page (``zswap_reject_compress_poor``), else stored (``zswpout``)
     and the folio's "write" is done before ``pageout`` returns. A rejected page is written to
-    the device as without zswap. ``zswap_load`` on a swap-in: a page in the pool is
-    decompressed by the faulting task, with no I/O (``zswpin``), and leaves the pool (the
-    swap cache owns it now: the folio is dirty and keeps its slot). The shrink worker
-    (``shrink_worker``) writes entries back from the pool's LRU tail (oldest stores first) to
-    the device (``zswpwb``, and ``pswpout`` for each write) until the pool is at the accept
-    threshold. The pool is a :class:`~sim.host.zpool.Zpool`: its memory is host frames.
+    the device as without zswap. A large folio (host.thp) is stored whole or not at all
+    (:meth:`Zswap.store_folio`, ``zswap_store`` since 6.13): the limit checked once for it, one
+    poorly compressing page failing all of it, which then goes to the device as one request
+    (``thp_swpout``); its pages come back 4 KiB at a time (``do_swap_page`` reads a large folio
+    only from a synchronous device, and not once zswap has been enabled). ``zswap_load`` on a
+    swap-in: a page in the pool is decompressed by the faulting task, with no I/O (``zswpin``),
+    and leaves the pool (the swap cache owns it now: the folio is dirty and keeps its slot). The
+    shrink worker (``shrink_worker``) writes entries back from the pool's LRU tail (oldest
+    stores first) to the device (``zswpwb``, and ``pswpout`` for each write) until the pool is
+    at the accept threshold. The pool is a :class:`~sim.host.zpool.Zpool`: its memory is host
+    frames.
 
 Counting
     ``zswpout``, ``zswpin``, ``zswpwb`` are vm events the kernel also counts per memcg
@@ -115,6 +120,28 @@ class Zswap:
             stored[i] = True
             self.vmstat.count(VmStat.ZSWPOUT, 1, mm)
         return stored, compressed, full
+
+    def store_folio(self, pids: NDArray[np.int64], mm: int) -> tuple[bool, int, bool]:
+        """``zswap_store`` of a large folio (its pages ``pids``, of mm ``mm``): all of them or
+        none, as since 6.13 (before, zswap refused every large folio). The pool limit is
+        checked once for the folio (``zswap_check_limits``: a full pool refuses it whole and
+        wakes the shrink worker); then each page is compressed in turn (``zswap_store_page``),
+        and one that does not shrink below a page (``zswap_reject_compress_poor``) fails the
+        folio: what was stored of it goes again (``check_old``: every offset of the folio is
+        erased from the tree), and the folio is written to the device whole.
+
+        Returns whether the folio was stored, how many pages were compressed, and whether
+        the pool was found full."""
+        if self.check_limits():
+            return False, 0, True
+        poor = np.flatnonzero(self.pool.obj_bytes[pids] >= PAGE_SIZE)
+        if len(poor):
+            self.vmstat[VmStat.ZSWAP_REJECT_COMPRESS_POOR] += 1
+            self.pool.free(pids)  # check_old: no stale entry may outlive the failed store
+            return False, int(poor[0]) + 1, False
+        self.pool.store(pids)
+        self.vmstat.count(VmStat.ZSWPOUT, len(pids), mm)
+        return True, len(pids), False
 
     def load(self, pid: int, mm: int) -> bool:
         """``zswap_load``: if page ``pid`` is in the pool, take it out (``zswpin``)."""
