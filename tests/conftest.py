@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import copy
 import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -107,25 +104,3 @@ def drive(gen: Any) -> Any:
             next(gen)
     except StopIteration as done:
         return done.value
-
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """A run with workers from a cold numba cache (a fresh checkout) compiles the kernels once
-    first, two processes side by side (tests/warm.py), instead of in every worker and CLI
-    subprocess that meets them; warm caches, one process, or a worker: nothing to do."""
-    from tests.warm import GROUPS
-
-    config = session.config
-    if hasattr(config, "workerinput") or not config.getoption("numprocesses", None):
-        return
-    root = Path(__file__).resolve().parent.parent
-    if sum(1 for _ in (root / "sim").rglob("*.nbi")) >= 40:
-        return
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests.warm", g], cwd=root, stdout=subprocess.DEVNULL
-        )
-        for g in GROUPS
-    ]
-    for p in procs:
-        p.wait()
