@@ -155,10 +155,11 @@ class Rmap:
             pids = pids[(mem.pfn[pids] != NO_PFN) | (mem.flags[pids] != 0)]
             owners = mem.page_owners(pids)
             for o in np.unique(owners).tolist():
-                if mms[o].dead:
+                if o >= len(mms) or mms[o].dead:  # a page-cache or KSM page: no mm's
                     continue
+                rel = pids[owners == o] - mms[o].pid_base
                 t = tables[o]
-                t[(pids[owners == o] - mms[o].pid_base) // PTRS_PER_PTE] = True
+                t[rel[rel < mms[o].nr_pages] // PTRS_PER_PTE] = True
                 self._nr_tables[o] = int(np.count_nonzero(t))
         return PTRS_PER_PTE * sum(
             n for mm, n in zip(mms, self._nr_tables, strict=True) if not mm.dead
