@@ -210,9 +210,10 @@ class Khugepaged:
             self.vmstat.count(VmStat.PGFAULT, len(swapped), owner)
             read = swapped
             if swap.zswap is not None:  # zswap_load: a page in the pool needs no read
-                pooled = [p for p in swapped.tolist() if swap.zswap.load(p, owner)]
-                read = swapped[~np.isin(swapped, pooled)]
-                busy_ns = len(pooled) * swap.decompress_ns
+                zswap = swap.zswap
+                pooled = np.array([zswap.load(p, owner) for p in swapped.tolist()], dtype=bool)
+                read = swapped[~pooled]
+                busy_ns = int(np.count_nonzero(pooled)) * swap.decompress_ns
             if len(read):
                 ends = swap.submit(now, write=False, n=len(read), per_mm=owner)
                 busy_ns = max(busy_ns, max(ends) - now)

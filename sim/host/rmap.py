@@ -179,10 +179,7 @@ class Rmap:
             assert int(np.count_nonzero(t)) == n, "page-table count"
             b = mm.pid_base
             settled = ~pending[b : b + mm.nr_pages]
-            touched = (mem.pfn[b : b + mm.nr_pages] != NO_PFN) | (
-                mem.flags[b : b + mm.nr_pages] != 0
-            )
-            tbl = np.flatnonzero(touched & settled) // PTRS_PER_PTE
+            tbl = np.flatnonzero(_touched(mem, b, mm.nr_pages) & settled) // PTRS_PER_PTE
             assert t[tbl].all(), "a page touched without a frame given"
 
     def scanned(self, work: RmapWork, folios: int) -> None:
@@ -426,6 +423,11 @@ def _touched_tables(mem: HostMemory, base: int, nr_pages: int, nr_tables: int) -
     """Which of an mm's ``nr_tables`` page tables (its pages ``base .. base + nr_pages``, 512
     a table) hold a touched page: one with a pfn or shadow, or flags."""
     touched = np.zeros(nr_tables * PTRS_PER_PTE, dtype=np.bool_)
-    sl = slice(base, base + nr_pages)
-    touched[:nr_pages] = (mem.pfn[sl] != NO_PFN) | (mem.flags[sl] != 0)
+    touched[:nr_pages] = _touched(mem, base, nr_pages)
     return touched.reshape(-1, PTRS_PER_PTE).any(axis=1)
+
+
+def _touched(mem: HostMemory, base: int, nr_pages: int) -> NDArray[np.bool_]:
+    """Which of pages ``base .. base + nr_pages`` are touched: with a pfn or shadow, or flags."""
+    sl = slice(base, base + nr_pages)
+    return (mem.pfn[sl] != NO_PFN) | (mem.flags[sl] != 0)
