@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
 from typing import Any
 
 import pytest
@@ -16,6 +17,14 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=200, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# A shell starts a background job (``pytest &``, ``.ci/run &`` in a script) with SIGINT ignored,
+# and memsim rightly leaves an ignored signal ignored, as every program run with ``&`` or
+# ``nohup`` should. The tests of Ctrl-C model a foreground run: Python's own SIGINT handler is
+# put back here (it is restored to the default in the runs the tests start, which then install
+# theirs), so those tests do not depend on how the suite itself was started.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 TINY: dict[str, Any] = {
     "name": "tiny",
