@@ -60,11 +60,13 @@ def zswap_figure(runs: list[tuple[str, Run]], title: str = "") -> plt.Figure:
     sns.set_theme(style="whitegrid", context="notebook")
     t = swap_target_table(runs)
     t["run"] = t["run"].str.replace(", ", "\n")
-    fig, (ax_f, ax_s, ax_k) = plt.subplots(1, 3, figsize=(12, 4.2), constrained_layout=True)
+    width = max(12.0, 3.0 * t["run"].nunique())  # room for each run's two-line label
+    fig, (ax_f, ax_s, ax_k) = plt.subplots(1, 3, figsize=(width, 4.2), constrained_layout=True)
     faults = t.set_index("run")[["read from the device", "decompressed in RAM"]]
     faults.plot.bar(stacked=True, ax=ax_f, color=["#c44e52", "#55a868"], rot=0, width=0.7)
     ax_f.set(xlabel="", ylabel="pages swapped in", title="Swap-ins, by source")
-    ax_f.legend(fontsize="small")
+    ax_f.set_ylim(0, faults.sum(axis=1).max() * 1.3)  # headroom: the legend clears the bars
+    ax_f.legend(fontsize="small", loc="upper left", ncols=2)
     sns.barplot(data=t, x="run", y="vCPU stall (s)", ax=ax_s, color="#4c72b0")
     ax_s.set(xlabel="", title="vCPU stall, all guests")
     sns.barplot(data=t, x="run", y="kswapd busy (s)", ax=ax_k, color="#8172b2")
@@ -75,6 +77,7 @@ def zswap_figure(runs: list[tuple[str, Run]], title: str = "") -> plt.Figure:
             f"{r}\npool {m:.0f} MiB" if m else r
             for r, m in zip(t["run"], t["pool (MiB)"], strict=True)
         ],
+        fontsize="small",
     )
     if title:
         fig.suptitle(title, fontsize="medium")

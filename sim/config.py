@@ -327,8 +327,8 @@ class VmConfig(_MemcgOptional):
         ge=0.0,
         le=10.0,
         description="Coefficient of variation of the per-page ratio (0: every page "
-        "compress_ratio); pages drawn below 1 do not compress (zram keeps them whole, zswap "
-        "rejects them).",
+        "compress_ratio); pages drawn below 1 do not compress (zram keeps them whole, and so "
+        "does zswap unless swap.zswap.store_incompressible is false: then it rejects them).",
     )
     prefault: bool = Field(
         False,

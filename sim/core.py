@@ -101,24 +101,25 @@ IO_POOL_MAX = 10  # in: zswap_max_pages
 IO_POOL_ACCEPT = 11  # in: zswap_accept_thr_pages
 IO_POOL_BYTES = 12  # in/out: bytes in the zswap pool (stores of this pass added)
 IO_POOL_FULL = 13  # in/out: zswap_pool_reached_full
-IO_TAKEN = 14  # out (this and all after it): folios isolated
-IO_WRITEBACK = 15  # out: found under write-out
-IO_IMMEDIATE = 16  # out: ... with PG_reclaim from kswapd's last meeting
-IO_REF_WALKED = 17  # out: mapped folios folio_referenced walked
-IO_SWAP_FULL = 18  # out: folios add_to_swap found no slot for
-IO_UNMAPPED = 19  # out: folios try_to_unmap unmapped (the eviction log's rows)
-IO_WRITTEN = 20  # out: folios whose write to the device started (buf[B_WRITE_PID])
-IO_FREED = 21  # out: folios freed (shrink_folio_list: to be freed)
-IO_TO_INACTIVE = 22  # out: folios put back on the inactive list
-IO_TO_ACTIVE = 23  # out: folios put back on the active list
-IO_SLOTS_TAKEN = 24  # out: swap slots add_to_swap took (their pages in buf[B_SLOT_PID])
-IO_SLOTS_FREED = 25  # out: swap slots activate_locked freed (their pages in buf[B_UNSLOT_PID])
-IO_STORED = 26  # out: pages zswap stored (buf[B_STORE_PID]), clean when pageout returned
-IO_COMPRESSED = 27  # out: pages zswap compressed (stored or rejected as poorly compressing)
-IO_LIMIT_HIT = 28  # out: zswap_check_limits calls that found the pool at its limit
-IO_REJECT_POOR = 29  # out: pages zswap rejected for compressing poorly
-IO_POOL_WAS_FULL = 30  # out: a store found the pool full (the shrink worker runs)
-IO_SIZE = 31
+IO_AS_IS = 14  # in: zswap stores a page that does not shrink as it is (6.18+)
+IO_TAKEN = 15  # out (this and all after it): folios isolated
+IO_WRITEBACK = 16  # out: found under write-out
+IO_IMMEDIATE = 17  # out: ... with PG_reclaim from kswapd's last meeting
+IO_REF_WALKED = 18  # out: mapped folios folio_referenced walked
+IO_SWAP_FULL = 19  # out: folios add_to_swap found no slot for
+IO_UNMAPPED = 20  # out: folios try_to_unmap unmapped (the eviction log's rows)
+IO_WRITTEN = 21  # out: folios whose write to the device started (buf[B_WRITE_PID])
+IO_FREED = 22  # out: folios freed (shrink_folio_list: to be freed)
+IO_TO_INACTIVE = 23  # out: folios put back on the inactive list
+IO_TO_ACTIVE = 24  # out: folios put back on the active list
+IO_SLOTS_TAKEN = 25  # out: swap slots add_to_swap took (their pages in buf[B_SLOT_PID])
+IO_SLOTS_FREED = 26  # out: swap slots activate_locked freed (their pages in buf[B_UNSLOT_PID])
+IO_STORED = 27  # out: pages zswap stored (buf[B_STORE_PID]), clean when pageout returned
+IO_COMPRESSED = 28  # out: pages zswap compressed (stored, or rejected as poorly compressing)
+IO_LIMIT_HIT = 29  # out: zswap_check_limits calls that found the pool at its limit
+IO_REJECT_POOR = 30  # out: pages zswap rejected for compressing poorly
+IO_POOL_WAS_FULL = 31  # out: a store found the pool full (the shrink worker runs)
+IO_SIZE = 32
 
 # mmc rows: per-mm counts of a pass
 MM_AGED = 0  # aging notifier calls
@@ -277,8 +278,9 @@ def _zswap_store(
     pid: int, io: NDArray[np.int64], obj_bytes: NDArray[np.uint32], pool_stored: NDArray[np.bool_]
 ) -> bool:
     """``zswap_store`` of one page as sim/host/zswap.py decides it: ``zswap_check_limits``
-    (the limit and its accept-threshold hysteresis), then compressed and rejected if it does
-    not shrink below a page; returns whether it was stored (its bytes now in the pool)."""
+    (the limit and its accept-threshold hysteresis), then compressed, and stored (as it is, a
+    page-sized object, if it does not shrink below a page and ``IO_AS_IS``) or rejected;
+    returns whether it was stored (its bytes now in the pool)."""
     page = io[IO_PAGE_BYTES]
     cur = -(-io[IO_POOL_BYTES] // page)
     if cur >= io[IO_POOL_MAX]:
@@ -291,7 +293,7 @@ def _zswap_store(
         return False
     io[IO_COMPRESSED] += 1
     size = np.int64(obj_bytes[pid])
-    if size >= page:
+    if size >= page and not io[IO_AS_IS]:
         io[IO_REJECT_POOR] += 1
         return False
     if pool_stored[pid]:  # rewritten: the old object is freed first
@@ -780,6 +782,7 @@ class HostCore:
             io[IO_POOL_ACCEPT] = zswap.accept_thr_pages
             io[IO_POOL_BYTES] = zswap.pool.total_bytes
             io[IO_POOL_FULL] = zswap.reached_full
+            io[IO_AS_IS] = zswap.as_is
         return io
 
     def _prepare(self, lru: TwoList, n: int) -> NDArray[np.int64]:

@@ -714,6 +714,9 @@ class Machine:
                 "zswap": sc.swap.zswap.enabled,
                 "pool_frames_end": mem.nr_pool,
                 "pool_pages_end": swap.zpool.nr_stored if swap.zpool is not None else 0,
+                "pool_incompressible_end": (
+                    swap.zpool.nr_incompressible() if swap.zpool is not None else 0
+                ),
             },
             "oom_kills": [{"t_ns": t, "vm": n} for t, n in self.oom_kills],
             "vmstat": dict(sorted(vs.items())),

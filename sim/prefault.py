@@ -27,7 +27,8 @@ Fill
     3. The compressed pool (zram, zswap): the swapped pages are stored as reclaim's writes
        store them, oldest eviction first: zram keeps every one (``zram_write_page``); zswap
        runs ``zswap_store`` a reclaim batch (SWAP_CLUSTER_MAX) at a time, with its pool limit,
-       accept-threshold hysteresis and ``reject_compress_poor``, and ``shrink_worker`` sends
+       accept-threshold hysteresis and its rule for pages that do not compress (stored as they
+       are since 6.18, else ``reject_compress_poor``), and ``shrink_worker`` sends
        the oldest entries to the device when a batch finds the pool full: the pool ends with
        the newest evictions, the rest on the device. The pool's frames (``zs_get_total_pages``)
        come from the same room above the high watermark, so residents shrink (coldest first)
@@ -214,7 +215,7 @@ def _pool_frames(w: World, swapped: NDArray[np.int64]) -> int:
         return 0
     size = pool.obj_bytes[swapped]
     if zswap is not None:
-        size = size[size < PAGE_SIZE]  # zswap_compress rejects the rest
+        size = size[zswap.accepts(swapped)]  # zswap_compress rejects the rest
     frames = -(-int(size.sum(dtype=np.int64)) // PAGE_SIZE)
     if zswap is None or frames < zswap.max_pages:  # zram, or a zswap that never fills
         return frames
@@ -226,10 +227,10 @@ def _pool_frames(w: World, swapped: NDArray[np.int64]) -> int:
 def _store(w: World, pool: Zpool, cold_first: NDArray[np.int64]) -> Zswap | None:
     """Store pages into ``pool`` as reclaim's writes would, oldest eviction first: zram keeps
     every one; zswap goes through ``zswap_store`` (its pool limit with the accept threshold,
-    poorly compressing pages rejected) a reclaim batch at a time, its shrink worker sending
-    the oldest entries on to the device when the pool fills. Counts go to a scratch vmstat
-    (the fill is not part of the measured run). Returns the zswap that did it (its limit
-    state), or None for zram."""
+    pages that do not compress stored as they are or rejected) a reclaim batch at a time, its
+    shrink worker sending the oldest entries on to the device when the pool fills. Counts go
+    to a scratch vmstat (the fill is not part of the measured run). Returns the zswap that did
+    it (its limit state), or None for zram."""
     swap = w.swap
     if swap.zswap is None:
         pool.store(cold_first)

@@ -186,6 +186,7 @@ COMPRESSED: list[Any] = [
     {"device": "zram"},
     {"zswap": {"enabled": True, "max_pool_percent": 1}},
     {"zswap": {"enabled": True, "max_pool_percent": 100, "accept_threshold_percent": 0}},
+    {"zswap": {"enabled": True, "store_incompressible": False}},
 ]
 KEYS = ["colour", "memroy_mib", "vms.0", "[/]", ":100:", "", "x" * 300, "ü"]
 FILES: list[Any] = [  # host_files sections; "@vm" is replaced by the last VM's name

@@ -323,6 +323,7 @@ def drained(draw: st.DrawFn) -> Raw:
         raw["reclaim"] = {"policy": "two_list"}
     raw["swap"] |= {"device": "disk", "size_mib": draw(st.sampled_from([1, 4, 64]))}
     raw["swap"]["zswap"]["enabled"] = draw(st.integers(0, 3)) == 0
+    raw["swap"]["zswap"]["store_incompressible"] = draw(st.booleans())
     if draw(st.integers(0, 3)):
         raw["host"]["memory_mib"] = 2
     if draw(st.booleans()):

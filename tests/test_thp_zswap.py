@@ -13,8 +13,14 @@ from sim.host.vmscan import Outcome, ScanControl
 from tests.test_thp import _shrink, _stat, _touch, _world
 
 
-def _zswap_world(max_pool_percent: int = 50) -> World:
-    w = _world(swap__zswap={"enabled": True, "max_pool_percent": max_pool_percent})
+def _zswap_world(max_pool_percent: int = 50, as_is: bool = True) -> World:
+    w = _world(
+        swap__zswap={
+            "enabled": True,
+            "max_pool_percent": max_pool_percent,
+            "store_incompressible": as_is,
+        }
+    )
     assert w.swap.zswap is not None
     w.swap.zswap.pool.obj_bytes[:] = 1000
     return w
@@ -47,8 +53,23 @@ def test_a_thp_is_stored_whole_and_comes_back_4k_from_the_pool() -> None:
     w.check()
 
 
-def test_one_poorly_compressing_page_sends_the_whole_thp_to_the_device() -> None:
+def test_one_incompressible_page_is_stored_as_it_is_with_the_rest_of_the_thp() -> None:
     w = _zswap_world()
+    assert w.swap.zswap is not None
+    w.swap.zswap.pool.obj_bytes[300] = PAGE_SIZE  # does not shrink: kept as it is (6.18+)
+    out, sc = _shrink(w, _cold_thp(w, 0))
+    assert out == Outcome.FREED
+    assert _stat(w, "zswap_reject_compress_poor") == 0
+    assert (_stat(w, "zswpout"), _stat(w, "thp_swpout"), _stat(w, "pswpout")) == (512, 0, 0)
+    assert sc.nr_compressed == 512
+    assert w.swap.zswap.pool.stored[:512].all()
+    assert w.swap.zswap.pool.nr_incompressible() == 1
+    assert w.mem.nr_pool == -(-(511 * 1000 + PAGE_SIZE) // PAGE_SIZE)
+    w.check()
+
+
+def test_before_6_18_one_poorly_compressing_page_sends_the_whole_thp_to_the_device() -> None:
+    w = _zswap_world(as_is=False)
     assert w.swap.zswap is not None
     w.swap.zswap.pool.obj_bytes[300] = PAGE_SIZE  # does not shrink: zswap_store_page fails
     head = _cold_thp(w, 0)

@@ -17,23 +17,25 @@ from sim.host.zswap import Zswap, ZswapConfig
 from tests.conftest import run_checked, tiny
 
 
-def _small_pool() -> tuple[Zswap, HostMemory, VmEvents]:
+def _small_pool(as_is: bool = True) -> tuple[Zswap, HostMemory, VmEvents]:
     """100 host frames, a pool limited to 10 % (10 frames) accepting again at 90 % (9);
-    pages 0-39 compress 2:1, page 40 not at all."""
+    pages 0-39 compress 2:1, page 40 not at all; ``as_is``: 6.18's zswap, which stores a page
+    that does not compress as it is (False: the zswap before, which rejects it)."""
     mem = HostMemory(100, 64, setup_per_zone_wmarks(100), [0])
     sizes = np.full(64, 2048, dtype=np.uint32)
     sizes[40] = 4096
     vs = VmEvents(1)
     pool = Zpool(mem, sizes, track_lru=True)
-    return Zswap(ZswapConfig(enabled=True, max_pool_percent=10), pool, 100, vs), mem, vs
+    cfg = ZswapConfig(enabled=True, max_pool_percent=10, store_incompressible=as_is)
+    return Zswap(cfg, pool, 100, vs), mem, vs
 
 
 def _pids(*p: int) -> np.ndarray:
     return np.array(p, dtype=np.int32)
 
 
-def test_store_rejects_incompressible_pages_and_a_full_pool() -> None:
-    zs, mem, vs = _small_pool()
+def test_store_rejects_incompressible_pages_before_6_18_and_a_full_pool() -> None:
+    zs, mem, vs = _small_pool(as_is=False)
     assert (zs.max_pages, zs.accept_thr_pages) == (10, 9)
     pids = _pids(40, *range(20))
     stored, compressed, full = zs.store(pids, np.zeros(len(pids), dtype=np.intp))
@@ -49,6 +51,28 @@ def test_store_rejects_incompressible_pages_and_a_full_pool() -> None:
     assert vs.per_mm[0]["zswpout"] == 19
     zs.pool.fit()
     assert (mem.nr_pool, mem.nr_free) == (10, 90)
+    assert zs.pool.nr_incompressible() == 0
+
+
+def test_store_keeps_an_incompressible_page_as_it_is_since_6_18() -> None:
+    zs, mem, vs = _small_pool()
+    pids = _pids(40, *range(20))
+    stored, compressed, full = zs.store(pids, np.zeros(len(pids), dtype=np.intp))
+    # page 40 is stored as it is, a page-sized object; with pages 0-16 (17 x 2 KiB) the pool
+    # needs ceil(9.5) = 10 frames, its limit: pages 17, 18 and 19 each find it full
+    assert stored.tolist() == [True] * 18 + [False] * 3
+    assert (compressed, full) == (18, True)
+    assert (vs["zswpout"], vs["zswap_reject_compress_poor"], vs["zswap_pool_limit_hit"]) == (
+        18,
+        0,
+        3,
+    )
+    zs.pool.fit()
+    assert (mem.nr_pool, zs.pool.total_bytes) == (10, 4096 + 17 * 2048)
+    assert zs.pool.nr_incompressible() == 1
+    assert zs.pool.lru_order()[0] == 40  # in the LRU in store order: written back first
+    zs.pool.free([40])
+    assert zs.pool.nr_incompressible() == 0
 
 
 def test_shrink_writes_the_oldest_back_to_the_accept_threshold_then_the_pool_accepts() -> None:

@@ -8,14 +8,15 @@ Models
     each guest page's ratio is drawn once, from the run's seed, from a lognormal distribution
     with its VM's ``compress_ratio`` (mean) and ``compress_ratio_cv`` (spread); a page whose
     ratio falls below 1 does not compress and takes a whole page (zram stores it as is, a
-    ``huge`` object; zswap rejects it, ``zswap_reject_compress_poor``). Compressing and
+    ``huge`` object; so does zswap since 6.18, which rejected it before,
+    ``zswap_reject_compress_poor``). Compressing and
     decompressing cost CPU time per page (:class:`CompressorConfig`), charged to the task
     that does it: the reclaimer on a store, the faulting vCPU on a load.
 
 Kernel reference
     mm/zsmalloc.c (``zs_malloc``, ``zs_free``, ``zs_get_total_pages``), drivers/block/zram
     (``zram_write_page``: incompressible pages stored whole), mm/zswap.c (``zswap_compress``:
-    ``dlen >= PAGE_SIZE`` rejected).
+    ``dlen >= PAGE_SIZE`` stored as is since 6.18, rejected before).
 
 Simplifications
     Perfect packing: no size-class waste or fragmentation (zsmalloc wastes a few percent, more
@@ -112,6 +113,12 @@ class Zpool:
     def nr_frames(self) -> int:
         """Host frames the pool holds (``zs_get_total_pages``)."""
         return len(self._frames)
+
+    def nr_incompressible(self) -> int:
+        """Stored pages kept as they are, a whole page each (zram's ``huge_pages`` in
+        ``mm_stat``; zswap's debugfs ``stored_incompressible_pages``), read when asked: a
+        page's size never changes, so this is a count over the stored pages."""
+        return int(np.count_nonzero(self.obj_bytes[self.stored] >= PAGE_SIZE))
 
     def frames_needed(self, extra_bytes: int = 0) -> int:
         """Frames for what is stored, plus ``extra_bytes``."""

@@ -4,20 +4,23 @@ Models
     ``zswap_store`` on every swap-out write (``swap_writepage``): if the pool has reached
     ``max_pool_percent`` of host memory it rejects the page (and stays "full", rejecting, until
     it shrinks to ``accept_threshold_percent`` of that limit: ``zswap_check_limits``) and wakes
-    the shrink worker; otherwise the page is compressed (the reclaimer's CPU) and rejected if it
-    does not shrink below a page (``zswap_reject_compress_poor``), else stored (``zswpout``)
-    and the folio's "write" is done before ``pageout`` returns. A rejected page is written to
-    the device as without zswap. A large folio (host.thp) is stored whole or not at all
-    (:meth:`Zswap.store_folio`, ``zswap_store`` since 6.13): the limit checked once for it, one
-    poorly compressing page failing all of it, which then goes to the device as one request
-    (``thp_swpout``); its pages come back 4 KiB at a time (``do_swap_page`` reads a large folio
-    only from a synchronous device, and not once zswap has been enabled). ``zswap_load`` on a
-    swap-in: a page in the pool is decompressed by the faulting task, with no I/O (``zswpin``),
-    and leaves the pool (the swap cache owns it now: the folio is dirty and keeps its slot). The
-    shrink worker (``shrink_worker``) writes entries back from the pool's LRU tail (oldest
-    stores first) to the device (``zswpwb``, and ``pswpout`` for each write) until the pool is
-    at the accept threshold. The pool is a :class:`~sim.host.zpool.Zpool`: its memory is host
-    frames.
+    the shrink worker; otherwise the page is compressed (the reclaimer's CPU) and stored
+    (``zswpout``), and the folio's "write" is done before ``pageout`` returns. A page that does
+    not compress below a page is stored as it is, in a page-sized object, since 6.18
+    (``zswap_compress``: so that write-back keeps the pool's LRU order; the kernel's debugfs
+    ``stored_incompressible_pages`` counts them), and rejected before
+    (``zswap_reject_compress_poor``; ``store_incompressible: false``). A rejected page is
+    written to the device as without zswap. A large folio (host.thp) is stored whole or not at
+    all (:meth:`Zswap.store_folio`, ``zswap_store`` since 6.13): the limit checked once for it,
+    and, where poorly compressing pages are rejected, one such page failing all of it, which
+    then goes to the device as one request (``thp_swpout``); its pages come back 4 KiB at a
+    time (``do_swap_page`` reads a large folio only from a synchronous device, and not once
+    zswap has been enabled). ``zswap_load`` on a swap-in: a page in the pool is decompressed by
+    the faulting task, with no I/O (``zswpin``), and leaves the pool (the swap cache owns it
+    now: the folio is dirty and keeps its slot). The shrink worker (``shrink_worker``) writes
+    entries back from the pool's LRU tail (oldest stores first) to the device (``zswpwb``, and
+    ``pswpout`` for each write) until the pool is at the accept threshold. The pool is a
+    :class:`~sim.host.zpool.Zpool`: its memory is host frames.
 
 Counting
     ``zswpout``, ``zswpin``, ``zswpwb`` are vm events the kernel also counts per memcg
@@ -36,7 +39,10 @@ Simplifications
     its decompression is priced into that pass (the kernel's kworker has its own CPU). A page
     written back needs no frame of its own (the kernel decompresses into a temporary swap-cache
     folio) and is on the device from then on, even while the write is in flight. The
-    memcg-aware ``zswap_shrinker`` (off by default) and same-filled pages are not modelled.
+    memcg-aware ``zswap_shrinker`` (off by default) and same-filled pages are not modelled. A
+    page stored as it is comes back at the price of a decompression (the kernel copies it),
+    and every memcg lets zswap write back (``memory.zswap.writeback`` 1, the default: with 0,
+    6.18 rejects incompressible pages as before).
 """
 
 from __future__ import annotations
@@ -68,6 +74,12 @@ class ZswapConfig(Strict):
         description="Once full, the pool accepts pages again only below this percent of its "
         "limit, and the shrink worker writes back to it (zswap.accept_threshold_percent).",
     )
+    store_incompressible: bool = Field(
+        True,
+        description="A page that does not compress below a page is stored as it is, in a "
+        "page-sized object (6.18+, zswap_compress); false: it is rejected and written to the "
+        "device (zswap_reject_compress_poor), as before 6.18.",
+    )
 
 
 class Zswap:
@@ -85,6 +97,15 @@ class Zswap:
         self.max_pages = nr_frames * cfg.max_pool_percent // 100  # zswap_max_pages
         self.accept_thr_pages = self.max_pages * cfg.accept_threshold_percent // 100
         self.reached_full = False  # zswap_pool_reached_full
+        self.as_is = cfg.store_incompressible
+
+    def accepts(self, pids: NDArray[np.integer]) -> NDArray[np.bool_]:
+        """Which of these pages ``zswap_compress`` keeps once compressed: all of them when
+        pages that do not shrink are stored as they are (6.18+), else those that shrink below
+        a page."""
+        if self.as_is:
+            return np.ones(len(pids), dtype=np.bool_)
+        return self.pool.obj_bytes[pids] < PAGE_SIZE
 
     def check_limits(self) -> bool:
         """``zswap_check_limits``: is the pool full (with the accept-threshold hysteresis)?"""
@@ -113,7 +134,7 @@ class Zswap:
                 full = True
                 continue
             compressed += 1
-            if pool.obj_bytes.item(pid) >= page:
+            if not self.as_is and pool.obj_bytes.item(pid) >= page:
                 self.vmstat[VmStat.ZSWAP_REJECT_COMPRESS_POOR] += 1
                 continue
             pool.store(np.array([pid], dtype=np.int64))
@@ -125,16 +146,17 @@ class Zswap:
         """``zswap_store`` of a large folio (its pages ``pids``, of mm ``mm``): all of them or
         none, as since 6.13 (before, zswap refused every large folio). The pool limit is
         checked once for the folio (``zswap_check_limits``: a full pool refuses it whole and
-        wakes the shrink worker); then each page is compressed in turn (``zswap_store_page``),
-        and one that does not shrink below a page (``zswap_reject_compress_poor``) fails the
-        folio: what was stored of it goes again (``check_old``: every offset of the folio is
-        erased from the tree), and the folio is written to the device whole.
+        wakes the shrink worker); then each page is compressed in turn (``zswap_store_page``).
+        Where poorly compressing pages are rejected (before 6.18), one that does not shrink
+        below a page (``zswap_reject_compress_poor``) fails the folio: what was stored of it
+        goes again (``check_old``: every offset of the folio is erased from the tree), and the
+        folio is written to the device whole.
 
         Returns whether the folio was stored, how many pages were compressed, and whether
         the pool was found full."""
         if self.check_limits():
             return False, 0, True
-        poor = np.flatnonzero(self.pool.obj_bytes[pids] >= PAGE_SIZE)
+        poor = np.flatnonzero(~self.accepts(pids))
         if len(poor):
             self.vmstat[VmStat.ZSWAP_REJECT_COMPRESS_POOR] += 1
             self.pool.free(pids)  # check_old: no stale entry may outlive the failed store
