@@ -177,6 +177,16 @@ def summary_table(summary: dict[str, Any]) -> Table:
         f"invalidate_range_start {_fmt(h['notifier_invalidate_range_start'])}; "
         f"wall {summary['wall_s']:.1f} s"
     )
+    pool = h.get("swap_pool_frames_end", 0)
+    as_is = h.get("swap_pool_incompressible_end", 0)  # summaries from before it: none
+    if h.get("swap_zswap"):
+        caption += (
+            f"; zswap: zswpout {_fmt(h.get('vmstat_zswpout', 0))} "
+            f"zswpin {_fmt(h.get('vmstat_zswpin', 0))} zswpwb {_fmt(h.get('vmstat_zswpwb', 0))}, "
+            f"pool {_fmt(pool)} frames ({_fmt(as_is)} pages as they are)"
+        )
+    elif h.get("swap_device") == "zram":
+        caption += f"; zram pool {_fmt(pool)} frames ({_fmt(as_is)} pages as they are)"
     if h["swap_exhausted"]:
         caption += f"; SWAP FULL ({_fmt(h['swap_full_failures'])} failed swap-outs)"
     if h["oom_kills"]:

@@ -97,6 +97,23 @@ def test_the_cli_table_reads_the_flat_rows(tmp_path: Path) -> None:
     assert f"kswapd scanned {s['host']['kswapd_scanned']:,}" in r.stdout
 
 
+def test_the_cli_table_gives_the_compressed_pool(tmp_path: Path) -> None:
+    """A run behind zswap says what went in and out of the pool and what it held at the end,
+    read from the summary (the one count)."""
+    cfg = tmp_path / "cfg.yaml"
+    raw = {**TINY, "duration_s": 0.05, "swap": {**TINY["swap"], "zswap": {"enabled": True}}}
+    cfg.write_text(yaml.safe_dump(raw))
+    r = CliRunner().invoke(main, ["run", str(cfg), "--out", str(tmp_path / "res")])
+    assert r.exit_code == 0, r.output
+    s = json.loads((tmp_path / "res" / "summary.json").read_text())
+    vs, swap = s["host"]["vmstat"], s["host"]["swap"]
+    assert vs["zswpout"] > 0
+    text = " ".join(r.stdout.split())  # the caption wraps
+    assert f"zswap: zswpout {vs['zswpout']:,} zswpin {vs['zswpin']:,}" in text
+    assert f"pool {swap['pool_frames_end']:,} frames" in text
+    assert f"({swap['pool_incompressible_end']:,} pages as they are)" in text
+
+
 def test_sweep_rows_match_the_run_summaries(tmp_path: Path) -> None:
     spec = {"base": {**TINY, "duration_s": 0.02}, "seeds": [1, 2]}
     path = tmp_path / "sw.yaml"
