@@ -298,6 +298,13 @@ class Machine:
                 None,
             )
             self.vmscan.deferred = self.deferred
+        if self.ksm is not None and self.thp is not None:
+            # ksmd splits a THP whose subpage it merges (host/ksm.py) with the split of
+            # deferred_split.py, whose queues stay empty (KSM runs with no balloon)
+            self.ksm.thp, self.ksm.rmap = self.thp, self.rmap
+            self.ksm.deferred = DeferredSplit(
+                self.thp, mem, policy, self.swap, self.rmap, vmstat, [0] * len(mms), 1, None
+            )
         self.k = k = sc.kvm.shadow_sptes_per_gfn if sc.kvm.mmu == "shadow" else 1
         self.spte = np.zeros(int(sizes.sum()) * k, dtype=np.uint8)  # every VM's sptes
         self.vms: list[Vm] = []
@@ -750,7 +757,9 @@ class Machine:
         if self.deferred is not None:  # split_queue_len of every deferred split queue
             host["thp_deferred_split_queue"] = self.deferred.queue_len()
         if self.ksm is not None:  # /sys/kernel/mm/ksm and cow_ksm (counted in host/ksm.py)
-            host["ksm"] = self.ksm.stats.summary(self.ksm.frames(), self.memcg is not None)
+            host["ksm"] = self.ksm.stats.summary(
+                self.ksm.frames(), self.memcg is not None, self.thp is not None
+            )
         if any(hf.write_ratio > 0 for hf in sc.file_sections()):
             # each writer's balance_dirty_pages sleeps: its own time, no vmstat counter
             host["dirty_throttle"] = [

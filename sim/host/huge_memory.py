@@ -326,10 +326,19 @@ class HugeMemory:
         if not self.cfg.on or pid >= self.nr_vm_pages:
             return False
         head = pid & ~(HPAGE_PMD_NR - 1)
+        if not self._pmd_none(head):
+            return False
+        return mem.nr_free - HPAGE_PMD_NR >= mem.wmark.low
+
+    def _pmd_none(self, head: int) -> bool:
+        """The PMD of the block at ``head`` is empty: no page of it has flags or a frame, and
+        none is a KSM sharer (a sharer whose KSM folio was swapped out holds neither, but its
+        pte is a swap entry: host/ksm.py)."""
+        mem = self.mem
         sl = slice(head, head + HPAGE_PMD_NR)
         if mem.flags[sl].any() or (mem.pfn[sl] != NO_PFN).any():
             return False
-        return mem.nr_free - HPAGE_PMD_NR >= mem.wmark.low
+        return not len(mem.ksm_node) or not (mem.ksm_node[sl] != -1).any()
 
     def charge_fallback(self, pid: int) -> None:
         """``vma_alloc_anon_folio_pmd`` after ``mem_cgroup_charge`` failed: the folio is put
@@ -349,7 +358,7 @@ class HugeMemory:
             return -1
         head = pid & ~(HPAGE_PMD_NR - 1)
         sl = slice(head, head + HPAGE_PMD_NR)
-        if mem.flags[sl].any() or (mem.pfn[sl] != NO_PFN).any():
+        if not self._pmd_none(head):
             return -1  # the PMD is a page table already: do_anonymous_page
         owner = mem.page_owner(pid)
         if mem.nr_free - HPAGE_PMD_NR < mem.wmark.low:
