@@ -30,7 +30,13 @@ from sim.config import Scenario, VmConfig
 from sim.guest.tlb import GuestTlbs, TlbGeometry
 from sim.guest.workloads import AccessStream
 from sim.host.deferred_split import DEFERRED_SPLIT_EVENTS, DeferredSplit
-from sim.host.huge_memory import THP_EVENTS, THP_MEMCG_EVENTS, HugeMemory
+from sim.host.huge_memory import (
+    HPAGE_PMD_NR,
+    THP_EVENTS,
+    THP_MEMCG_EVENTS,
+    THP_PMD,
+    HugeMemory,
+)
 from sim.host.khugepaged import KHUGEPAGED_EVENTS
 from sim.host.ksm import UNIQUE, Ksm, draw_content
 from sim.host.madvise import check_zapped, madvise_dontneed
@@ -760,6 +766,12 @@ class Machine:
             host["ksm"] = self.ksm.stats.summary(
                 self.ksm.frames(), self.memcg is not None, self.thp is not None
             )
+            if self.thp is not None:  # what KSM left of huge backing: PMDs and 2 MiB sptes
+                pmd = (self.thp.block & THP_PMD) != 0
+                n = self.thp.nr_vm_pages
+                sptes = sp.is_present(self.spte[:n]).reshape(-1, HPAGE_PMD_NR).all(axis=1)
+                host["ksm"]["thp_pmd_mapped_end"] = int(np.count_nonzero(pmd))
+                host["ksm"]["huge_sptes_end"] = int(np.count_nonzero(pmd & sptes))
         if any(hf.write_ratio > 0 for hf in sc.file_sections()):
             # each writer's balance_dirty_pages sleeps: its own time, no vmstat counter
             host["dirty_throttle"] = [

@@ -112,6 +112,8 @@ def test_merging_a_subpage_splits_its_thp_first_then_merges() -> None:
     _scan(w, 2)  # nothing more to merge, nothing more to split
     assert _stat(w, "thp_split_page") == 2
     w.check()
+    k = w.summary(0.0)["host"]["ksm"]
+    assert (k["thp_splits"], k["thp_pmd_mapped_end"], k["huge_sptes_end"]) == (2, 0, 0)
 
 
 def test_a_thp_with_no_duplicate_is_never_split() -> None:
@@ -126,6 +128,8 @@ def test_a_thp_with_no_duplicate_is_never_split() -> None:
         assert sp.is_present(vm.mmu.spte).all()  # the 2 MiB sptes stay
     assert w.ksm.stats.pages_shared == 0
     w.check()
+    k = w.summary(0.0)["host"]["ksm"]
+    assert (k["thp_splits"], k["thp_pmd_mapped_end"], k["huge_sptes_end"]) == (0, 2, 2)
 
 
 def test_twins_in_one_thp_split_it_without_merging_then_merge_next_pass() -> None:

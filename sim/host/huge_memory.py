@@ -64,7 +64,9 @@ Simplifications
     subpage of a large folio still in the swap cache (its write-out in flight) maps all 512
     ptes, as ``do_swap_page`` maps a whole large folio whose ptes are all its swap entries;
     a pte-mapped large folio is aged and unmapped by one notifier call over its 2 MiB range
-    (the kernel makes one per pte).
+    (the kernel makes one per pte). With KSM a block whose only pages are sharers of swapped
+    KSM folios (no flags, no frame: host/ksm.py) has a page table of swap entries, so no THP is
+    faulted there; ksmd splits a THP before merging a subpage of it (host/ksm.py).
 
 Counted in pages
     A THP is one LRU entry but ``folio_nr_pages`` = 512 pages wherever the kernel counts

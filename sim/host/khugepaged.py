@@ -18,6 +18,15 @@ Models
     swap slots and maps the new one with a young PMD, on the inactive list
     (``thp_collapse_alloc``).
 
+    With KSM the scan treats KSM's ptes as the kernel's does (mm/khugepaged.c has no KSM test
+    of its own): a pte of the shared zero page counts with the empty ones (``is_zero_pfn``,
+    against ``max_ptes_none``); a KSM page mapped more than once is shared
+    (``folio_likely_mapped_shared``, at most ``max_ptes_shared``: 256, the kernel's default);
+    a KSM folio under I/O is locked (``SCAN_PAGE_LOCK``); and a KSM or zero-page pte is
+    read-only, so a block needs one other mapped page (``SCAN_PAGE_RO``). The collapse copies
+    the KSM pages into the THP: each pte leaves its KSM page (host/ksm.py ``leave``; the zero
+    page's as ``ksm_might_unmap_zero_page`` counts it).
+
 Kernel reference
     mm/khugepaged.c: ``khugepaged_do_scan``, ``khugepaged_scan_mm_slot``,
     ``hpage_collapse_scan_pmd``, ``__collapse_huge_page_swapin``, ``collapse_huge_page``,
@@ -27,7 +36,11 @@ Simplifications
     A block holding a large folio mapped by ptes (a zram swap-in) is skipped, as is one with a
     fault or readahead in flight. The swapped pages are read straight into the new folio (no
     4 KiB folios in between); the reads are charged to khugepaged's sleep, not to any vCPU.
-    ``max_ptes_shared`` is moot (no page is shared). The scan needs no ``mmap_lock``.
+    ``max_ptes_shared`` is not a knob (only KSM pages are shared). The scan needs no
+    ``mmap_lock``. A block holding a sharer whose KSM folio is swapped out is skipped (the
+    kernel reads it in first, ``do_swap_page`` through ``ksm_might_need_to_copy``). A KSM
+    page's pte leaves it at the collapse, so ``pages_sharing`` drops at once (the kernel's
+    rmap_item stays on the stable node until ksmd next visits the address).
     With memcgs the new THP is charged only when its 512 pages fit under the VM's
     ``memory.max`` as they are (``alloc_charge_folio``'s charge may reclaim the memcg in
     khugepaged's context: not modelled); otherwise the block is skipped

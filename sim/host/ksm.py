@@ -30,6 +30,24 @@ Models
     Aging a KSM folio walks every sharer's mapping (``rmap_walk_ksm``): N host ptes tested and
     cleared, N notifier calls (N KVM rmap walks), ``rmap_walked`` N (sim/host/rmap.py).
 
+THP
+    With ``host.thp`` ksmd visits a THP's subpages one by one (the scan walks addresses;
+    ``folio_walk_start`` returns the subpage). The stable-tree search, the checksum and the
+    unstable-tree search only read the page, so a THP with no twin of any page is never split.
+    Merging splits: ``try_to_merge_one_page`` calls ``split_huge_page`` on the large folio of
+    each page it merges (the page made a KSM page, the page merged into one, a page mapped to
+    the zero page): the PMD is split (``thp_split_pmd``; the notifiers invalidate the 2 MiB
+    range, KVM zaps its huge spte and maps 4 KiB sptes from then on) and the folio becomes 512
+    base folios on its LRU list (``thp_split_page``; deferred_split.py ``split_in_place``).
+    When both pages of an unstable-tree match lie in one THP, each pins it and the split fails
+    (``try_to_merge_two_pages`` returns NULL); ``cmp_and_merge_page`` then splits it and the
+    pair merges on a later pass. A folio under I/O is not split (``folio_trylock`` fails), nor
+    one in the swap cache (ksmd skips swap-cache pages: below): nothing merges this pass. A
+    COW of a merged page takes a 4 KiB page; the block stays split (a first touch maps a THP
+    only over an empty PMD, and a sharer whose KSM folio is swapped out holds a swap entry
+    there: host/huge_memory.py). khugepaged
+    counts KSM's ptes and unmerges them when it collapses (host/khugepaged.py).
+
     Reclaim swaps a KSM folio as any anon folio, with one swap slot: ``try_to_unmap`` walks
     every mapped sharer (N invalidations, N KVM zaps and flushes) and turns each pte into a swap
     entry to that slot. While the folio is in the swap cache a sharer's fault maps it again
@@ -99,6 +117,7 @@ Kernel reference
     ``try_to_merge_with_ksm_page``, ``try_to_merge_one_page``, ``write_protect_page``,
     ``replace_page``, ``calc_checksum``, ``rmap_walk_ksm``, ``get_ksm_page``,
     ``remove_node_from_stable_tree``, ``ksm_might_need_to_copy``, ``stable_tree_append``;
+    mm/huge_memory.c: ``split_huge_page_to_list_to_order``, ``__split_huge_pmd``;
     mm/memory.c: ``do_wp_page``, ``wp_page_copy``, ``do_swap_page``; mm/memcontrol.c:
     ``mem_cgroup_charge``, ``__mem_cgroup_try_charge_swap``, ``mem_cgroup_swapin_charge_folio``;
     Documentation/admin-guide/mm/ksm.rst (the sysfs counters).
@@ -124,7 +143,10 @@ Simplifications
     sim/reclaim/mglru.py's. Under shadow paging every shadow spte of a sharer's gfn maps the
     KSM page read-only (KVM's ``hva_to_pfn`` found the host pte read-only, as under TDP), and
     the COW's invalidation zaps them all. A host page cache's files are pseudo-mms after the
-    nodes; ksmd never scans them (page cache is not ``MADV_MERGEABLE``).
+    nodes; ksmd never scans them (page cache is not ``MADV_MERGEABLE``). With THP, an
+    unstable-tree match whose tree page's folio is under I/O merges nothing (the kernel splits
+    and makes the current page a KSM page first, then breaks it again); a split costs ksmd only
+    its TLB flushes.
 
 Invariants
     A node's sharers all map its frame and its sharer count is their number; a sharer owns no
@@ -133,7 +155,8 @@ Invariants
     equal the sums over the nodes in the stable tree; every zero-page sharer is counted in
     ``ksm_zero_pages``; each mm's ``ksm_merging_pages`` is its sharers of nodes in the stable
     tree; a node is in the pool of the VM whose page it was made of; no sharer was written
-    (every write to one faulted and copied it first, a guest TLB's cached entry too).
+    (every write to one faulted and copied it first, a guest TLB's cached entry too); with THP
+    no sharer lies in a large folio's block.
 """
 
 from __future__ import annotations
