@@ -30,24 +30,6 @@ Models
     Aging a KSM folio walks every sharer's mapping (``rmap_walk_ksm``): N host ptes tested and
     cleared, N notifier calls (N KVM rmap walks), ``rmap_walked`` N (sim/host/rmap.py).
 
-THP
-    With ``host.thp`` ksmd visits a THP's subpages one by one (the scan walks addresses;
-    ``folio_walk_start`` returns the subpage). The stable-tree search, the checksum and the
-    unstable-tree search only read the page, so a THP with no twin of any page is never split.
-    Merging splits: ``try_to_merge_one_page`` calls ``split_huge_page`` on the large folio of
-    each page it merges (the page made a KSM page, the page merged into one, a page mapped to
-    the zero page): the PMD is split (``thp_split_pmd``; the notifiers invalidate the 2 MiB
-    range, KVM zaps its huge spte and maps 4 KiB sptes from then on) and the folio becomes 512
-    base folios on its LRU list (``thp_split_page``; deferred_split.py ``split_in_place``).
-    When both pages of an unstable-tree match lie in one THP, each pins it and the split fails
-    (``try_to_merge_two_pages`` returns NULL); ``cmp_and_merge_page`` then splits it and the
-    pair merges on a later pass. A folio under I/O is not split (``folio_trylock`` fails), nor
-    one in the swap cache (ksmd skips swap-cache pages: below): nothing merges this pass. A
-    COW of a merged page takes a 4 KiB page; the block stays split (a first touch maps a THP
-    only over an empty PMD, and a sharer whose KSM folio is swapped out holds a swap entry
-    there: host/huge_memory.py). khugepaged
-    counts KSM's ptes and unmerges them when it collapses (host/khugepaged.py).
-
     Reclaim swaps a KSM folio as any anon folio, with one swap slot: ``try_to_unmap`` walks
     every mapped sharer (N invalidations, N KVM zaps and flushes) and turns each pte into a swap
     entry to that slot. While the folio is in the swap cache a sharer's fault maps it again
@@ -80,6 +62,24 @@ zswap and zram
     slot goes with the last sharer (the kernel's first reader holds the data in its swap-cache
     folio, dirty, and compresses it again if that is reclaimed), so a later re-read is a load
     again, unless zswap's shrinker wrote it back to the disk meanwhile.
+
+THP
+    With ``host.thp`` ksmd visits a THP's subpages one by one (the scan walks addresses;
+    ``folio_walk_start`` returns the subpage). The stable-tree search, the checksum and the
+    unstable-tree search only read the page, so a THP with no twin of any page is never split.
+    Merging splits: ``try_to_merge_one_page`` calls ``split_huge_page`` on the large folio of
+    each page it merges (the page made a KSM page, the page merged into one, a page mapped to
+    the zero page): the PMD is split (``thp_split_pmd``; the notifiers invalidate the 2 MiB
+    range, KVM zaps its huge spte and maps 4 KiB sptes from then on) and the folio becomes 512
+    base folios on its LRU list (``thp_split_page``; deferred_split.py ``split_in_place``).
+    When both pages of an unstable-tree match lie in one THP, each pins it and the split fails
+    (``try_to_merge_two_pages`` returns NULL); ``cmp_and_merge_page`` then splits it and the
+    pair merges on a later pass. A folio under I/O is not split (``folio_trylock`` fails), nor
+    one in the swap cache (ksmd skips swap-cache pages: below): nothing merges this pass. A
+    COW of a merged page takes a 4 KiB page; the block stays split (a first touch maps a THP
+    only over an empty PMD, and a sharer whose KSM folio is swapped out holds a swap entry
+    there: host/huge_memory.py). khugepaged counts KSM's ptes and unmerges them when it
+    collapses (host/khugepaged.py).
 
 Content
     Each guest page of a VM with a ``content`` section gets a content key at build, drawn from
