@@ -804,7 +804,6 @@ class Scenario(_MemcgOptional):
                 self.kvm.mmu == "shadow",
                 "kvm.mmu: tdp or legacy_tdp (a shadow MMU maps the guest's own 4 KiB mappings)",
             ),
-            (self.host.ksm is not None, "no host.ksm"),
             (self.host_files is not None, "no host_files"),
         ]
         for i, vm in enumerate(self.vms):

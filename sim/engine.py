@@ -176,6 +176,7 @@ class World(Machine):
                 self.costs.clear_page_ns,
             )
             self.khugepaged.memcg = self.memcg
+            self.khugepaged.ksm = self.ksm
         on_access = self._on_access if policy.observes_accesses else None
         self.horizon_ns = round(sc.duration_s * 1e9)
         self.accrual = VcpuTime(

@@ -30,7 +30,13 @@ from sim.config import Scenario, VmConfig
 from sim.guest.tlb import GuestTlbs, TlbGeometry
 from sim.guest.workloads import AccessStream
 from sim.host.deferred_split import DEFERRED_SPLIT_EVENTS, DeferredSplit
-from sim.host.huge_memory import THP_EVENTS, THP_MEMCG_EVENTS, HugeMemory
+from sim.host.huge_memory import (
+    HPAGE_PMD_NR,
+    THP_EVENTS,
+    THP_MEMCG_EVENTS,
+    THP_PMD,
+    HugeMemory,
+)
 from sim.host.khugepaged import KHUGEPAGED_EVENTS
 from sim.host.ksm import UNIQUE, Ksm, draw_content
 from sim.host.madvise import check_zapped, madvise_dontneed
@@ -298,6 +304,13 @@ class Machine:
                 None,
             )
             self.vmscan.deferred = self.deferred
+        if self.ksm is not None and self.thp is not None:
+            # ksmd splits a THP whose subpage it merges (host/ksm.py) with the split of
+            # deferred_split.py, whose queues stay empty (KSM runs with no balloon)
+            self.ksm.thp, self.ksm.rmap = self.thp, self.rmap
+            self.ksm.deferred = DeferredSplit(
+                self.thp, mem, policy, self.swap, self.rmap, vmstat, [0] * len(mms), 1, None
+            )
         self.k = k = sc.kvm.shadow_sptes_per_gfn if sc.kvm.mmu == "shadow" else 1
         self.spte = np.zeros(int(sizes.sum()) * k, dtype=np.uint8)  # every VM's sptes
         self.vms: list[Vm] = []
@@ -753,7 +766,15 @@ class Machine:
         if self.deferred is not None:  # split_queue_len of every deferred split queue
             host["thp_deferred_split_queue"] = self.deferred.queue_len()
         if self.ksm is not None:  # /sys/kernel/mm/ksm and cow_ksm (counted in host/ksm.py)
-            host["ksm"] = self.ksm.stats.summary(self.ksm.frames(), self.memcg is not None)
+            host["ksm"] = self.ksm.stats.summary(
+                self.ksm.frames(), self.memcg is not None, self.thp is not None
+            )
+            if self.thp is not None:  # what KSM left of huge backing: PMDs and 2 MiB sptes
+                pmd = (self.thp.block & THP_PMD) != 0
+                n = self.thp.nr_vm_pages
+                sptes = sp.is_present(self.spte[:n]).reshape(-1, HPAGE_PMD_NR).all(axis=1)
+                host["ksm"]["thp_pmd_mapped_end"] = int(np.count_nonzero(pmd))
+                host["ksm"]["huge_sptes_end"] = int(np.count_nonzero(pmd & sptes))
         if any(hf.write_ratio > 0 for hf in sc.file_sections()):
             # each writer's balance_dirty_pages sleeps: its own time, no vmstat counter
             host["dirty_throttle"] = [

@@ -64,7 +64,9 @@ Simplifications
     subpage of a large folio still in the swap cache (its write-out in flight) maps all 512
     ptes, as ``do_swap_page`` maps a whole large folio whose ptes are all its swap entries;
     a pte-mapped large folio is aged and unmapped by one notifier call over its 2 MiB range
-    (the kernel makes one per pte).
+    (the kernel makes one per pte). With KSM a block whose only pages are sharers of swapped
+    KSM folios (no flags, no frame: host/ksm.py) has a page table of swap entries, so no THP is
+    faulted there; ksmd splits a THP before merging a subpage of it (host/ksm.py).
 
 Counted in pages
     A THP is one LRU entry but ``folio_nr_pages`` = 512 pages wherever the kernel counts
@@ -326,10 +328,19 @@ class HugeMemory:
         if not self.cfg.on or pid >= self.nr_vm_pages:
             return False
         head = pid & ~(HPAGE_PMD_NR - 1)
+        if not self._pmd_none(head):
+            return False
+        return mem.nr_free - HPAGE_PMD_NR >= mem.wmark.low
+
+    def _pmd_none(self, head: int) -> bool:
+        """The PMD of the block at ``head`` is empty: no page of it has flags or a frame, and
+        none is a KSM sharer (a sharer whose KSM folio was swapped out holds neither, but its
+        pte is a swap entry: host/ksm.py)."""
+        mem = self.mem
         sl = slice(head, head + HPAGE_PMD_NR)
         if mem.flags[sl].any() or (mem.pfn[sl] != NO_PFN).any():
             return False
-        return mem.nr_free - HPAGE_PMD_NR >= mem.wmark.low
+        return not len(mem.ksm_node) or not (mem.ksm_node[sl] != -1).any()
 
     def charge_fallback(self, pid: int) -> None:
         """``vma_alloc_anon_folio_pmd`` after ``mem_cgroup_charge`` failed: the folio is put
@@ -349,7 +360,7 @@ class HugeMemory:
             return -1
         head = pid & ~(HPAGE_PMD_NR - 1)
         sl = slice(head, head + HPAGE_PMD_NR)
-        if mem.flags[sl].any() or (mem.pfn[sl] != NO_PFN).any():
+        if not self._pmd_none(head):
             return -1  # the PMD is a page table already: do_anonymous_page
         owner = mem.page_owner(pid)
         if mem.nr_free - HPAGE_PMD_NR < mem.wmark.low:

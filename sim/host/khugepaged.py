@@ -18,6 +18,15 @@ Models
     swap slots and maps the new one with a young PMD, on the inactive list
     (``thp_collapse_alloc``).
 
+    With KSM the scan treats KSM's ptes as the kernel's does (mm/khugepaged.c has no KSM test
+    of its own): a pte of the shared zero page counts with the empty ones (``is_zero_pfn``,
+    against ``max_ptes_none``); a KSM page mapped more than once is shared
+    (``folio_likely_mapped_shared``, at most ``max_ptes_shared``: 256, the kernel's default);
+    a KSM folio under I/O is locked (``SCAN_PAGE_LOCK``); and a KSM or zero-page pte is
+    read-only, so a block needs one other mapped page (``SCAN_PAGE_RO``). The collapse copies
+    the KSM pages into the THP: each pte leaves its KSM page (host/ksm.py ``leave``; the zero
+    page's as ``ksm_might_unmap_zero_page`` counts it).
+
 Kernel reference
     mm/khugepaged.c: ``khugepaged_do_scan``, ``khugepaged_scan_mm_slot``,
     ``hpage_collapse_scan_pmd``, ``__collapse_huge_page_swapin``, ``collapse_huge_page``,
@@ -27,7 +36,11 @@ Simplifications
     A block holding a large folio mapped by ptes (a zram swap-in) is skipped, as is one with a
     fault or readahead in flight. The swapped pages are read straight into the new folio (no
     4 KiB folios in between); the reads are charged to khugepaged's sleep, not to any vCPU.
-    ``max_ptes_shared`` is moot (no page is shared). The scan needs no ``mmap_lock``.
+    ``max_ptes_shared`` is not a knob (only KSM pages are shared). The scan needs no
+    ``mmap_lock``. A block holding a sharer whose KSM folio is swapped out is skipped (the
+    kernel reads it in first, ``do_swap_page`` through ``ksm_might_need_to_copy``). A KSM
+    page's pte leaves it at the collapse, so ``pages_sharing`` drops at once (the kernel's
+    rmap_item stays on the stable node until ksmd next visits the address).
     With memcgs the new THP is charged only when its 512 pages fit under the VM's
     ``memory.max`` as they are (``alloc_charge_folio``'s charge may reclaim the memcg in
     khugepaged's context: not modelled); otherwise the block is skipped
@@ -47,6 +60,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import simpy
+from numpy.typing import NDArray
 
 from sim.host.huge_memory import HPAGE_PMD_NR, HPAGE_PMD_SHIFT, THP_LARGE, THP_PMD
 from sim.host.memory import (
@@ -67,6 +81,7 @@ from sim.host.vmstat import VmEvents, VmStat
 
 if TYPE_CHECKING:
     from sim.host.huge_memory import HugeMemory, KhugepagedConfig
+    from sim.host.ksm import Ksm
     from sim.host.memcontrol import MemCgroups
     from sim.reclaim.base import EvictionPolicy
 
@@ -77,6 +92,8 @@ KHUGEPAGED_EVENTS = (THP_COLLAPSE_ALLOC, THP_COLLAPSE_ALLOC_FAILED)
 
 _U8 = np.uint8
 _BUSY = PG_LOCKED | PG_WRITEBACK
+MAX_PTES_SHARED = HPAGE_PMD_NR // 2  # khugepaged_max_ptes_shared's default (not a knob here)
+_ZERO_NODE = -2  # host/ksm.py ZERO_NODE: a pte mapping the shared zero page
 
 
 @dataclass(slots=True)
@@ -127,6 +144,7 @@ class Khugepaged:
         self.cursor = 0  # the next block (global block index over guest RAM)
         self.nr_blocks = thp.nr_vm_pages >> HPAGE_PMD_SHIFT
         self.memcg: MemCgroups | None = None  # the VMs' memcgs, which a collapse charges
+        self.ksm: Ksm | None = None  # KSM, when on: its sharers' ptes in a block
 
     def run(self, env: simpy.Environment) -> simpy.events.ProcessGenerator:
         """``khugepaged``: sleep, scan a batch, collapse what qualifies, wait for its reads."""
@@ -171,6 +189,12 @@ class Khugepaged:
         sl = slice(head, head + HPAGE_PMD_NR)
         f = mem.flags[sl]
         none = (f == 0) & (mem.pfn[sl] == NO_PFN)
+        if self.ksm is not None:
+            node = mem.ksm_node[sl]
+            if (node != -1).any():
+                if not self._ksm_ok(f, node):
+                    return False
+                none |= node == _ZERO_NODE  # is_zero_pfn: counted with the empty ptes
         if int(np.count_nonzero(none)) > self.cfg.max_ptes_none:
             return False
         swapped = (f & (PTE_PRESENT | PG_SWAP)) == PG_SWAP
@@ -188,6 +212,30 @@ class Khugepaged:
         hva = mm.hva(np.arange(head, head + HPAGE_PMD_NR, dtype=np.int64)[present])
         young = mm.notifiers.test_young(hva, hva + PAGE_SIZE, self.stats)
         return bool(young.any())
+
+    def _ksm_ok(self, f: NDArray[np.uint8], node: NDArray[np.int32]) -> bool:
+        """``hpage_collapse_scan_pmd``'s tests that KSM's ptes in a block meet: a KSM page
+        mapped more than once is shared (at most ``max_ptes_shared``, 256:
+        ``SCAN_EXCEED_SHARED_PTE``), its folio must not be locked (``SCAN_PAGE_LOCK``), and a
+        KSM or zero-page pte is read-only, so a block needs some other mapped page
+        (``SCAN_PAGE_RO``). A sharer whose KSM folio was swapped out is a swap entry the
+        kernel would read in (``__collapse_huge_page_swapin``): such a block is skipped here."""
+        ksm, mem = self.ksm, self.mem
+        assert ksm is not None
+        present = (f & PTE_PRESENT) != 0
+        sharer = node >= 0
+        if (sharer & ~present).any():
+            return False
+        if not (present & (node == -1)).any():
+            return False  # SCAN_PAGE_RO
+        shared = 0
+        for n in np.unique(node[sharer]).tolist():
+            if mem.flags.item(ksm.node_base + n) & _BUSY:
+                return False  # SCAN_PAGE_LOCK
+            mapped = mem.flags[np.array(ksm.sharers[n], dtype=np.int64)] & PTE_PRESENT
+            if np.count_nonzero(mapped) > 1:  # folio_likely_mapped_shared: mapcount > 1
+                shared += int(np.count_nonzero(node == n))
+        return shared <= MAX_PTES_SHARED
 
     def collapse(self, b: int, now: int) -> int:
         """``collapse_huge_page`` of block ``b``; returns the time it took, or -1 when the
@@ -221,6 +269,9 @@ class Khugepaged:
         hva = mm.hva(np.array([head], dtype=np.int64))
         work = self.stats
         mm.notifiers.invalidate_range_start(hva, hva + PAGE_SIZE * HPAGE_PMD_NR, work)
+        if self.ksm is not None:  # the copy replaces KSM's ptes: each leaves its KSM page
+            for pid in pids[mem.ksm_node[pids] != -1].tolist():
+                self.ksm.leave(pid)
         old = pids[(f & PG_RESIDENT) != 0]
         old_pfns = mem.pfn[old].astype(np.int64)
         self.policy.folio_remove(old_pfns)

@@ -63,6 +63,24 @@ zswap and zram
     folio, dirty, and compresses it again if that is reclaimed), so a later re-read is a load
     again, unless zswap's shrinker wrote it back to the disk meanwhile.
 
+THP
+    With ``host.thp`` ksmd visits a THP's subpages one by one (the scan walks addresses;
+    ``folio_walk_start`` returns the subpage). The stable-tree search, the checksum and the
+    unstable-tree search only read the page, so a THP with no twin of any page is never split.
+    Merging splits: ``try_to_merge_one_page`` calls ``split_huge_page`` on the large folio of
+    each page it merges (the page made a KSM page, the page merged into one, a page mapped to
+    the zero page): the PMD is split (``thp_split_pmd``; the notifiers invalidate the 2 MiB
+    range, KVM zaps its huge spte and maps 4 KiB sptes from then on) and the folio becomes 512
+    base folios on its LRU list (``thp_split_page``; deferred_split.py ``split_in_place``).
+    When both pages of an unstable-tree match lie in one THP, each pins it and the split fails
+    (``try_to_merge_two_pages`` returns NULL); ``cmp_and_merge_page`` then splits it and the
+    pair merges on a later pass. A folio under I/O is not split (``folio_trylock`` fails), nor
+    one in the swap cache (ksmd skips swap-cache pages: below): nothing merges this pass. A
+    COW of a merged page takes a 4 KiB page; the block stays split (a first touch maps a THP
+    only over an empty PMD, and a sharer whose KSM folio is swapped out holds a swap entry
+    there: host/huge_memory.py). khugepaged counts KSM's ptes and unmerges them when it
+    collapses (host/khugepaged.py).
+
 Content
     Each guest page of a VM with a ``content`` section gets a content key at build, drawn from
     the run's seed (``<vm>.content``): ZERO, a block of a shared image (uniform over the image's
@@ -99,6 +117,7 @@ Kernel reference
     ``try_to_merge_with_ksm_page``, ``try_to_merge_one_page``, ``write_protect_page``,
     ``replace_page``, ``calc_checksum``, ``rmap_walk_ksm``, ``get_ksm_page``,
     ``remove_node_from_stable_tree``, ``ksm_might_need_to_copy``, ``stable_tree_append``;
+    mm/huge_memory.c: ``split_huge_page_to_list_to_order``, ``__split_huge_pmd``;
     mm/memory.c: ``do_wp_page``, ``wp_page_copy``, ``do_swap_page``; mm/memcontrol.c:
     ``mem_cgroup_charge``, ``__mem_cgroup_try_charge_swap``, ``mem_cgroup_swapin_charge_folio``;
     Documentation/admin-guide/mm/ksm.rst (the sysfs counters).
@@ -124,7 +143,10 @@ Simplifications
     sim/reclaim/mglru.py's. Under shadow paging every shadow spte of a sharer's gfn maps the
     KSM page read-only (KVM's ``hva_to_pfn`` found the host pte read-only, as under TDP), and
     the COW's invalidation zaps them all. A host page cache's files are pseudo-mms after the
-    nodes; ksmd never scans them (page cache is not ``MADV_MERGEABLE``).
+    nodes; ksmd never scans them (page cache is not ``MADV_MERGEABLE``). With THP, an
+    unstable-tree match whose tree page's folio is under I/O merges nothing (the kernel splits
+    and makes the current page a KSM page first, then breaks it again); a split costs ksmd only
+    its TLB flushes.
 
 Invariants
     A node's sharers all map its frame and its sharer count is their number; a sharer owns no
@@ -133,7 +155,8 @@ Invariants
     equal the sums over the nodes in the stable tree; every zero-page sharer is counted in
     ``ksm_zero_pages``; each mm's ``ksm_merging_pages`` is its sharers of nodes in the stable
     tree; a node is in the pool of the VM whose page it was made of; no sharer was written
-    (every write to one faulted and copied it first, a guest TLB's cached entry too).
+    (every write to one faulted and copied it first, a guest TLB's cached entry too); with THP
+    no sharer lies in a large folio's block.
 """
 
 from __future__ import annotations
@@ -148,6 +171,7 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import Field
 
+from sim.host.huge_memory import HPAGE_PMD_NR, HPAGE_PMD_SHIFT, THP_LARGE
 from sim.host.memory import (
     NO_PFN,
     PAGE_SIZE,
@@ -167,6 +191,9 @@ from sim.schema import Strict
 if TYPE_CHECKING:
     import simpy
 
+    from sim.host.deferred_split import DeferredSplit
+    from sim.host.huge_memory import HugeMemory
+    from sim.host.rmap import Rmap
     from sim.host.swap import SwapDevice
     from sim.reclaim.base import EvictionPolicy
 
@@ -308,6 +335,7 @@ class KsmStats:
     cpu_ns: int = 0  # ksmd's CPU (its own host CPU)
     # rmap_walk_ksm's mappings in another memcg than the folio's (only with memcgs)
     rmap_walked_other_memcg: int = 0
+    thp_splits: int = 0  # large folios ksmd split to merge a subpage (only with THP)
     work: KsmWork = field(default_factory=KsmWork)
 
     @property
@@ -315,10 +343,11 @@ class KsmStats:
         """``pages_volatile``: tracked pages in neither tree (changing too fast to merge)."""
         return self.rmap_items - self.pages_shared - self.pages_sharing - self.pages_unshared
 
-    def summary(self, frames: int = 0, memcgs: bool = False) -> dict[str, int]:
+    def summary(self, frames: int = 0, memcgs: bool = False, thp: bool = False) -> dict[str, int]:
         """The counters as summary.json's ``host.ksm`` reports them, with ``frames`` (the KSM
         folios in memory at the end: counted in no VM's ``resident_pages``); with ``memcgs``
-        the walks across memcgs too."""
+        the walks across memcgs too; with ``thp`` the large folios ksmd split (a part of
+        vmstat's ``thp_split_page``, which reclaim's splits count too)."""
         out = {
             "frames_end": frames,
             "pages_shared": self.pages_shared,
@@ -338,6 +367,8 @@ class KsmStats:
         }
         if memcgs:
             out["rmap_walked_other_memcg"] = self.rmap_walked_other_memcg
+        if thp:
+            out["thp_splits"] = self.thp_splits
         return out
 
 
@@ -382,6 +413,10 @@ class Ksm:
         self.tlb_flush_ns = tlb_flush_ns
         self.policy: EvictionPolicy  # set by the world once the policy exists
         self.swap: SwapDevice  # set by the world: a node's slot is freed with it
+        # with THP (set by the world): merging a subpage splits its large folio first
+        self.thp: HugeMemory | None = None
+        self.deferred: DeferredSplit | None = None  # its split (split_in_place)
+        self.rmap: Rmap | None = None  # its PMD split (split_huge_pmd)
         self.stats = KsmStats()
         n = len(key)
         self.oldsum = np.full(n, _NO_SUM, dtype=np.int64)  # rmap_item->oldchecksum
@@ -471,15 +506,16 @@ class Ksm:
         if key != UNIQUE:
             for node in self.stable.get(key, ()):
                 if len(self.sharers[node]) < self.cfg.max_page_sharing:
-                    self._replace_page(pid, node)
+                    if self._split_large(pid):  # try_to_merge_one_page: split_huge_page
+                        self._replace_page(pid, node)
                     return
         # calc_checksum: unchanged since the last visit, or volatile this pass
         changed = written or self.oldsum.item(pid) != key
         self.oldsum[pid] = key
         if changed:
             return
-        if self.cfg.use_zero_pages and key == ZERO:  # try_to_merge_with_zero_page
-            self._merge_zero_page(pid)
+        if self.cfg.use_zero_pages and key == ZERO and self._split_large(pid):
+            self._merge_zero_page(pid)  # try_to_merge_with_zero_page (else: the unstable tree)
             return
         # unstable_tree_search_insert
         self._lookups(len(self.unstable))
@@ -487,6 +523,15 @@ class Ksm:
         if other >= 0 and not self._free_nodes[self._pool_of_mm.get(self.mem.page_owner(pid), 0)]:
             return  # every node of the pool is a folio still under write-out: a later pass
         if other >= 0 and self._still_same(other, key):
+            if self._same_large(pid, other):
+                # try_to_merge_two_pages failed: both pages pin one large folio, so its split
+                # failed; cmp_and_merge_page splits it now and merges nothing this pass
+                self._split_large(pid)
+                return
+            if not (self._large_ok(pid) and self._large_ok(other)):
+                return  # a folio under I/O: folio_trylock fails, a later pass
+            self._split_large(pid)  # try_to_merge_one_page of each page splits its folio
+            self._split_large(other)
             del self.unstable[key]
             self.in_unstable[other] = False
             st.pages_unshared -= 1
@@ -509,6 +554,46 @@ class Ksm:
             and self.mem.ksm_node.item(pid) == NO_NODE
             and self._content(pid) == key
         )
+
+    # -- THP ---------------------------------------------------------------------------------
+    def _large_ok(self, pid: int) -> bool:
+        """The page is a base folio, or its large folio could be split now: not under I/O
+        (``folio_trylock`` in ``try_to_merge_one_page``) and not in the swap cache."""
+        thp = self.thp
+        if thp is None or not thp.is_large(pid):
+            return True
+        return not self.mem.flags.item(pid & ~(HPAGE_PMD_NR - 1)) & (PG_BUSY | PG_SWAP)
+
+    def _same_large(self, pid: int, other: int) -> bool:
+        """Both pages are subpages of one large folio (``cmp_and_merge_page``'s ``split``)."""
+        thp = self.thp
+        return (
+            thp is not None
+            and pid & ~(HPAGE_PMD_NR - 1) == other & ~(HPAGE_PMD_NR - 1)
+            and thp.is_large(pid)
+        )
+
+    def _split_large(self, pid: int) -> bool:
+        """``split_huge_page`` of the large folio of a page about to be merged
+        (``try_to_merge_one_page``): its PMD is split (``thp_split_pmd``: the notifiers
+        invalidate the 2 MiB range, KVM zaps its huge spte), then the folio becomes 512 base
+        folios on its LRU list (``thp_split_page``, deferred_split.py ``split_in_place``).
+        False when the folio cannot be split now (:meth:`_large_ok`); True for a base folio."""
+        thp = self.thp
+        if thp is None or not thp.is_large(pid):
+            return True
+        if not self._large_ok(pid):
+            return False
+        assert self.deferred is not None
+        assert self.rmap is not None
+        head = pid & ~(HPAGE_PMD_NR - 1)
+        w = self.stats.work
+        flushes = w.nr_tlb_flushes
+        self.rmap.split_huge_pmd(head, w)  # type: ignore[arg-type]
+        self.stats.cpu_ns += (w.nr_tlb_flushes - flushes) * self.tlb_flush_ns
+        self.deferred.split_in_place(head)
+        self.stats.thp_splits += 1
+        return True
 
     # -- merging -----------------------------------------------------------------------------
     def _invalidate(self, pid: int) -> None:
@@ -823,4 +908,7 @@ class Ksm:
         assert not mem.written[share].any(), "a KSM page written without breaking its sharing"
         zero = share[node[share] == ZERO_NODE]
         assert (mem.pfn[zero] == NO_PFN).all(), "a zero-page sharer holds a pfn"
+        if self.thp is not None:  # every merge split its page's large folio first
+            large = (self.thp.block[share >> HPAGE_PMD_SHIFT] & THP_LARGE) != 0
+            assert not large.any(), "a KSM sharer inside a large folio's block"
         assert (mem.flags[zero] & PTE_PRESENT).all(), "an unmapped zero-page sharer"
