@@ -804,13 +804,9 @@ class Scenario(_MemcgOptional):
                 self.kvm.mmu == "shadow",
                 "kvm.mmu: tdp or legacy_tdp (a shadow MMU maps the guest's own 4 KiB mappings)",
             ),
-            (self.host_files is not None, "no host_files"),
         ]
         for i, vm in enumerate(self.vms):
             needs.append((vm.prefault, f"vms[{i}].prefault: false"))
-            needs.append((vm.async_pf > 0, f"vms[{i}].async_pf: 0"))
-            cached = vm.guest is not None and vm.guest.disk_cache != "none"
-            needs.append((cached, f"vms[{i}].guest.disk_cache: none (no host page cache)"))
         _only_with(self.host.thp_named, "THP", needs)
 
     def _check_steady(self) -> None:

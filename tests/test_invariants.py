@@ -143,17 +143,21 @@ def test_invariants_hold_throughout_random_scenarios(device: str) -> None:
 @st.composite
 def thp_scenarios(draw: st.DrawFn) -> dict[str, Any]:
     """Random small worlds with THP-backed guest RAM (host.thp, or its shorthand
-    host.page_size_kib: 2048): two-list watermark reclaim, guests of whole 2 MiB blocks, swap
-    with or without THP_SWAP, sometimes too little swap for a free cluster (the split
+    host.page_size_kib: 2048): two-list watermark reclaim, guests of whole 2 MiB blocks,
+    sometimes a host page cache beside them and async page faults, swap with or without
+    THP_SWAP, sometimes too little swap for a free cluster (the split
     fallback), sometimes zswap in front of a disk, sometimes a memcg per VM whose limits make
     THP charges fall back, limit reclaim swap THPs out or split them, and memory.swap.max
     refuse a THP's 512 slots. Every check holds each LRU list's size (in pages) equal to
     ``folio_nr_pages`` summed over its entries (``TwoList.check``), on the node's lruvec and
     on every memcg's."""
     raw = draw(scenarios())
-    raw.pop("host_files", None)
+    if draw(st.integers(0, 2)):  # else the host page cache drawn: file pages beside THPs
+        raw.pop("host_files", None)
     for p in raw["vms"]:
         p["memory_mib"] *= 2
+        if draw(st.integers(0, 3)) == 0:  # async page faults on the blocks' 4 KiB swap-ins
+            p["async_pf"] = draw(st.sampled_from([0.5, 1.0]))
     raw["host"] = {"memory_mib": draw(st.integers(6, 24))}
     raw["host"]["thp"] = {"swap": draw(st.booleans())}
     if draw(st.booleans()):  # khugepaged awake every simulated millisecond

@@ -73,7 +73,6 @@ def test_shorthand_and_thp_section_together_are_one_line_error() -> None:
     [
         ({"reclaim": {"policy": "mglru"}}, "reclaim.policy: two_list"),
         ({"kvm": {"mmu": "shadow"}}, "kvm.mmu: tdp or legacy_tdp"),
-        ({"host_files": {"size_mib": 4}}, "no host_files"),
     ],
 )
 def test_what_thp_refuses_names_the_shorthand(changes: dict[str, Any], needs: str) -> None:
@@ -87,6 +86,15 @@ def test_what_thp_refuses_names_the_shorthand(changes: dict[str, Any], needs: st
     assert msg.endswith("set it or remove host.page_size_kib: 2048")
     raw["host"] = {"memory_mib": 8}
     parse_scenario(raw, "t")  # fine at 4 KiB without THP
+
+
+def test_the_shorthand_runs_with_a_host_page_cache_and_async_page_faults() -> None:
+    raw = copy.deepcopy(TINY) | {"host_files": {"size_mib": 4}}
+    raw["host"] = {"memory_mib": 8, "page_size_kib": 2048}
+    raw["vms"][0]["async_pf"] = 0.5
+    sc = parse_scenario(raw, "t")
+    assert sc.host.thp is not None
+    assert sc.host_files is not None
 
 
 def test_guest_ram_must_be_whole_thp_blocks() -> None:
