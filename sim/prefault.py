@@ -70,6 +70,14 @@ from numpy.typing import NDArray
 from sim import fast
 from sim.config import VmConfig
 from sim.guest.workloads import AccessStream
+from sim.host.huge_memory import (
+    HEAD_NEW,
+    HPAGE_PMD_NR,
+    HPAGE_PMD_SHIFT,
+    TAIL_NEW,
+    THP_LARGE,
+    THP_PMD,
+)
 from sim.host.memory import (
     PAGE_SIZE,
     PG_DIRTY,
@@ -134,13 +142,20 @@ def heat(w: World, index: int, cfg: VmConfig) -> NDArray[np.float64]:
 def prefault(w: World, cfgs: Sequence[VmConfig]) -> None:
     """Place the pages of every VM with ``prefault`` as the module docstring says."""
     mem, swap = w.mem, w.swap
+    thp = w.thp
     pids, hot = [], []
     for i, cfg in enumerate(cfgs):
         if not cfg.prefault:
             continue
         h = heat(w, i, cfg)
-        touched = np.flatnonzero(h > 0)
-        pids.append(touched + w.vms[i].mm.pid_base)
+        base = w.vms[i].mm.pid_base
+        if thp is not None:  # the unit is the 2 MiB block, named by its head page
+            h = block_heat(h)
+            touched = np.flatnonzero(h > 0)
+            pids.append((touched << HPAGE_PMD_SHIFT) + base)
+        else:
+            touched = np.flatnonzero(h > 0)
+            pids.append(touched + base)
         hot.append(h[touched])
     pid = np.concatenate(pids)
     del pids
@@ -150,6 +165,9 @@ def prefault(w: World, cfgs: Sequence[VmConfig]) -> None:
     # hottest first; ties: lower pid (pid ascends, and the sort is stable)
     pid = pid[np.argsort(heats, kind="stable")]
     del heats
+    if thp is not None:
+        _prefault_thp(w, pid)
+        return
     owner = mem.page_owners(pid)
     fits = np.ones(len(pid), dtype=np.bool_)  # under its memcg's memory.max and memory.high
     if w.memcg is not None:
@@ -181,6 +199,68 @@ def prefault(w: World, cfgs: Sequence[VmConfig]) -> None:
         _place_resident(w, resident)
     if swap.zpool is not None:
         swap.zpool.fit()
+
+
+def block_heat(h: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The heat of each 2 MiB block of a VM whose pages have heats ``h``: the sum of its pages'
+    access rates. A THP is one LRU entry, referenced when any of its subpages was accessed
+    since the last aging pass (one young subpage keeps it young); with accesses arriving at
+    rates ``r_i``, the block is referenced within an interval ``T`` with probability
+    ``1 - exp(-T * sum(r_i))``, which orders blocks as the sum does whatever ``T`` is (the
+    hottest page alone, or the mean, would rank a block with one hot page above a block with
+    many warm ones that is young just as often or more)."""
+    return h.reshape(-1, HPAGE_PMD_NR).sum(axis=1)
+
+
+def _pages(heads: NDArray[np.int64]) -> NDArray[np.int64]:
+    """The pages of the blocks whose heads are ``heads``, block after block, head first."""
+    return (heads[:, None] + np.arange(HPAGE_PMD_NR, dtype=np.int64)).ravel()
+
+
+def _prefault_thp(w: World, heads: NDArray[np.int64]) -> None:
+    """The fill with THP-backed guest RAM (``host.thp``), in whole blocks (``heads``: the
+    touched blocks' head pages, hottest first): the same rules as for pages (module
+    docstring), each block costing 512 frames, 512 pages of charge, 512 swap slots."""
+    mem, swap = w.mem, w.swap
+    owner = mem.page_owners(heads)
+    fits = np.ones(len(heads), dtype=np.bool_)  # under its memcg's memory.max and memory.high
+    if w.memcg is not None:
+        lim, nr = w.memcg.limits, len(w.vms)
+        cap = np.minimum(lim.max, lim.high) - mem.nr_resident[:nr] - lim.overhead[:nr]
+        fits = (_rank(owner, nr) + 1) * HPAGE_PMD_NR <= cap[owner]
+    room = max(0, mem.nr_free - mem.wmark.high - 1)  # stay above high: nr_free > high
+    k = min(room // HPAGE_PMD_NR, int(fits.sum()))
+
+    def pool(m: int) -> int:
+        return _pool_frames(w, _pages(_split_blocks(w, heads, owner, fits, m)[1]))
+
+    if swap.zpool is not None and k * HPAGE_PMD_NR + pool(k) > room:
+        k = _largest(k, lambda m: m * HPAGE_PMD_NR + pool(m) <= room)
+    resident, swapped = _split_blocks(w, heads, owner, fits, k)
+    left = room - k * HPAGE_PMD_NR
+    if swap.zpool is not None and _pool_frames(w, _pages(swapped)) > left:  # keep what fits
+        out = swapped
+        swapped = out[: _largest(len(out), lambda m: _pool_frames(w, _pages(out[:m])) <= left)]
+    _place_swapped_thp(w, swapped)
+    if len(resident):
+        _place_resident_thp(w, resident)
+    if swap.zpool is not None:
+        swap.zpool.fit()
+
+
+def _split_blocks(
+    w: World, heads: NDArray[np.int64], owner: NDArray[np.intp], fits: NDArray[np.bool_], k: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """:func:`_split` in whole blocks: the ``k`` hottest blocks that fit their memcg are
+    resident; of the others, warmest first, those with 512 slots left for them and room for
+    512 more under their memcg's memory.swap.max start in swap."""
+    chosen = np.zeros(len(heads), dtype=np.bool_)
+    chosen[np.flatnonzero(fits)[:k]] = True
+    rest, rest_owner = heads[~chosen], owner[~chosen]
+    if w.memcg is not None:
+        allow = np.asarray(w.memcg.limits.swap_max, dtype=np.int64) - w.memcg.swap_usage
+        rest = rest[(_rank(rest_owner, len(w.vms)) + 1) * HPAGE_PMD_NR <= allow[rest_owner]]
+    return heads[chosen], rest[: w.swap.nr_free_slots // HPAGE_PMD_NR]
 
 
 def _rank(owner: NDArray[np.intp], nr: int) -> NDArray[np.int64]:
@@ -304,6 +384,92 @@ def _place_resident(w: World, resident: NDArray[np.int64]) -> None:
         fast.took("prefault_batch")
         return
     for pfn in pfns.tolist():  # the first-touch path's hooks, in LRU order
+        policy.folio_add_lru(pfn, None)
+        policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
+        policy.folio_mark_accessed(pfn)  # kvm_release_faultin_page
+
+
+def _place_swapped_thp(w: World, swapped: NDArray[np.int64]) -> None:
+    """Blocks evicted before time 0, coldest longest ago (``swapped``: heads, hottest first).
+    Reclaim takes them coldest first: each finds a wholly free cluster while one is left (and
+    THP swap is on) and leaves whole, as ``_shrink_large`` does it: its 512 pages take the
+    cluster's slots in order, all ``PG_SWAP`` with the one shadow ``workingset_eviction`` gives
+    the folio (the clock advancing 512 pages), the block no longer large. The warmer ones
+    after the free clusters ran out (at most one, as the fill takes whole blocks of the slots
+    left, and the header's cluster has 511), or every one without THP swap, are split
+    (``split_folio_to_list``) and their 512 base pages evicted one by one through the
+    order-0 allocator, as :func:`_place_swapped` places pages."""
+    if len(swapped) == 0:
+        return
+    mem, swap, thp = w.mem, w.swap, w.thp
+    assert thp is not None
+    cold_first = swapped[::-1]
+    nr_whole = min(len(cold_first), swap.nr_free_clusters()) if thp.cfg.swap else 0
+    whole, split = cold_first[:nr_whole], cold_first[nr_whole:]
+    if nr_whole:
+        pages = _pages(whole)
+        swap.alloc_clusters(pages)
+        shadows = _large_shadows(w, whole)
+        mem.flags[pages] = np.uint8(PG_SWAP)
+        mem.pfn[pages] = np.repeat(shadows, HPAGE_PMD_NR)
+        owners = mem.page_owners(whole)
+        mem.nr_swapped += np.bincount(owners, minlength=len(mem.nr_swapped)) * HPAGE_PMD_NR
+        if w.memcg is not None:
+            w.memcg.charge_swap(pages)
+        if swap.zpool is not None:  # zram_write_page, page by page
+            swap.zpool.store(pages)
+    if len(split):
+        pages = _pages(split)
+        got = swap.alloc_slots(len(pages), pages)
+        assert got == len(pages), "the fill took more slots than were free"
+        _place_swapped(w, pages[::-1])
+
+
+def _large_shadows(w: World, heads: NDArray[np.int64]) -> NDArray[np.uint32]:
+    """The shadow ``workingset_eviction`` gives each of these large folios (evicted in this
+    order) on its own lruvec: taken on free frames standing in for their heads (marked as a
+    large folio's head for the call, then free again: the folios have no state to carry)."""
+    mem, thp = w.mem, w.thp
+    assert thp is not None
+    scratch = mem.free_list()[: len(heads)]
+    out = np.empty(len(heads), dtype=np.uint32)
+    blocks = heads >> HPAGE_PMD_SHIFT
+    for part in np.array_split(np.arange(len(heads)), -(-len(heads) // max(1, len(scratch)))):
+        s = scratch[: len(part)]
+        mem.frame_pid[s] = heads[part]
+        thp.block[blocks[part]] = THP_LARGE
+        out[part] = w.policy.workingset_eviction(s)
+        thp.block[blocks[part]] = 0
+        mem.frame_pid[s] = -1
+    return out
+
+
+def _place_resident_thp(w: World, resident: NDArray[np.int64]) -> None:
+    """The state ``do_huge_pmd_anonymous_page`` leaves for each block (``resident``: heads,
+    hottest first): 512 frames (every page, touched or not: ``clear_huge_page`` zeroed them
+    all), the PMD mapping them dirty, its young bit on the head; KVM's 2 MiB spte (the block's
+    512 sptes present); one LRU entry, the head's frame, counted as 512 pages. Then the
+    first-touch hooks on those entries, coldest first, as :func:`_place_resident`."""
+    mem, policy, thp = w.mem, w.policy, w.thp
+    assert thp is not None
+    cold_first = resident[::-1]
+    pages = _pages(cold_first)
+    pfns = mem.alloc_frames(pages)
+    mem.flags[pages] = np.uint8(TAIL_NEW)
+    mem.flags[cold_first] = np.uint8(HEAD_NEW)
+    thp.block[cold_first >> HPAGE_PMD_SHIFT] = THP_LARGE | THP_PMD
+    owners = mem.page_owners(cold_first)
+    for vm in w.vms:
+        mine = owners == vm.index
+        if mine.any():
+            vm.mmu.map_sptes(_pages(cold_first[mine]) - vm.mm.pid_base)
+    heads = pfns[::HPAGE_PMD_NR]
+    batched = getattr(policy, "folio_add_lru_touched", None)
+    if batched is not None and fast.enabled("prefault_batch"):
+        batched(heads)
+        fast.took("prefault_batch")
+        return
+    for pfn in heads.tolist():
         policy.folio_add_lru(pfn, None)
         policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
         policy.folio_mark_accessed(pfn)  # kvm_release_faultin_page
