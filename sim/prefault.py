@@ -46,6 +46,24 @@ Fill
        starts active, as after a first touch, and kswapd's first pass deactivates the cold
        end; MGLRU starts them in its youngest generation.
 
+With THP (``host.thp``, host/huge_memory.py)
+    The unit is the 2 MiB block, as a long THP run leaves whole blocks: a first touch maps a
+    THP over the block (``do_huge_pmd_anonymous_page``) while memory is above the watermarks,
+    and reclaim swaps it out whole. A block's heat is :func:`block_heat`, the sum of its
+    pages' rates (why: there). Touched blocks, hottest first, get 512 frames each under the
+    same limits (high watermark; a memcg's memory.max and memory.high, 512 pages of charge a
+    block): each is the THP the fault leaves, all 512 pages (``clear_huge_page`` zeroed the
+    ones never touched) present and dirty, the PMD's young bit on the head, the block's 2 MiB
+    spte (its 512 sptes present), one LRU entry (the head's frame) counted as 512 pages. The
+    next, warmest first, start in swap while 512 slots are left for each (and 512 pages under
+    memory.swap.max); the rest stay untouched, whole. Reclaim evicts them coldest first, so
+    those take the wholly free clusters in turn and are left as ``_shrink_large`` leaves a
+    THP: 512 pages in one aligned cluster with the folio's one shadow (the clock advancing 512
+    pages per folio); one that finds no free cluster (at most one, since the fill takes whole
+    blocks and the header's cluster has 511 slots), or every one without THP swap, is split
+    and its pages evicted as 4 KiB pages through the order-0 allocator. zram stores them as
+    its writes do; zswap is refused (a THP would go through ``store_folio`` whole).
+
 Counting
     Nothing of the fill is counted: not in vmstat (``pgfault``, ``pswpout``, ``pgsteal``,
     ``zswpout``, zswap's debugfs counters, ``memory.events``), nor as guest faults, nor in KVM's
@@ -56,6 +74,13 @@ Counting
 Simplifications
     With shadow paging only alias 0 of each page is mapped (the others fault minor on first
     use). The last-access stamps of the eviction log start at 0 for every placed page.
+    With THP a block is a whole THP or wholly in swap. A page is never hotter than its block
+    (a rate is at most the sum), so in a state where every resident LRU entry is hotter than
+    every evicted one, a block swapped out has no page hotter than the coldest THP left: none
+    of its pages belongs resident as a 4 KiB page. A long run can leave more blocks demoted
+    than that (blocks swapped out during its transients keep the pages faulted back since as
+    4 KiB pages until khugepaged collapses them): not modelled; the warm subpages of the
+    swapped blocks refault from time 0 instead.
 """
 
 from __future__ import annotations
