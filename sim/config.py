@@ -809,13 +809,6 @@ class Scenario(_MemcgOptional):
             (self.host_files is not None, "no host_files"),
         ]
         for i, vm in enumerate(self.vms):
-            needs.append(
-                (
-                    vm.prefault and self.swap.zswap.enabled,
-                    f"vms[{i}].prefault: false, or swap.zswap off (the fill does not store "
-                    "THPs in zswap's pool)",
-                )
-            )
             needs.append((vm.async_pf > 0, f"vms[{i}].async_pf: 0"))
             cached = vm.guest is not None and vm.guest.disk_cache != "none"
             needs.append((cached, f"vms[{i}].guest.disk_cache: none (no host page cache)"))

@@ -62,7 +62,9 @@ With THP (``host.thp``, host/huge_memory.py)
     pages per folio); one that finds no free cluster (at most one, since the fill takes whole
     blocks and the header's cluster has 511 slots), or every one without THP swap, is split
     and its pages evicted as 4 KiB pages through the order-0 allocator. zram stores them as
-    its writes do; zswap is refused (a THP would go through ``store_folio`` whole).
+    its writes do; zswap stores each THP whole or not at all (``store_folio``, oldest
+    eviction first, the shrink worker running after a store that found the pool full), then
+    the split blocks' pages as above.
 
 Counting
     Nothing of the fill is counted: not in vmstat (``pgfault``, ``pswpout``, ``pgsteal``,
@@ -257,15 +259,15 @@ def _prefault_thp(w: World, heads: NDArray[np.int64]) -> None:
     k = min(room // HPAGE_PMD_NR, int(fits.sum()))
 
     def pool(m: int) -> int:
-        return _pool_frames(w, _pages(_split_blocks(w, heads, owner, fits, m)[1]))
+        return _pool_frames_thp(w, _split_blocks(w, heads, owner, fits, m)[1])
 
     if swap.zpool is not None and k * HPAGE_PMD_NR + pool(k) > room:
         k = _largest(k, lambda m: m * HPAGE_PMD_NR + pool(m) <= room)
     resident, swapped = _split_blocks(w, heads, owner, fits, k)
     left = room - k * HPAGE_PMD_NR
-    if swap.zpool is not None and _pool_frames(w, _pages(swapped)) > left:  # keep what fits
+    if swap.zpool is not None and _pool_frames_thp(w, swapped) > left:  # keep what fits
         out = swapped
-        swapped = out[: _largest(len(out), lambda m: _pool_frames(w, _pages(out[:m])) <= left)]
+        swapped = out[: _largest(len(out), lambda m: _pool_frames_thp(w, out[:m]) <= left)]
     _place_swapped_thp(w, swapped)
     if len(resident):
         _place_resident_thp(w, resident)
@@ -362,10 +364,11 @@ def _largest(n: int, ok: Callable[[int], bool]) -> int:
     return lo
 
 
-def _place_swapped(w: World, swapped: NDArray[np.int64]) -> None:
+def _place_swapped(w: World, swapped: NDArray[np.int64], *, store: bool = True) -> None:
     """Pages evicted before time 0, coldest longest ago: PG_SWAP with the shadow their own
     lruvec's ``workingset_eviction`` gives (taken on free frames: the folios have no state to
-    carry), charged to their memcg's memory.swap.current, stored in the compressed pool."""
+    carry), charged to their memcg's memory.swap.current, stored in the compressed pool
+    (unless ``store`` is false: the caller stores them)."""
     if len(swapped) == 0:
         return
     mem, policy = w.mem, w.policy
@@ -386,7 +389,7 @@ def _place_swapped(w: World, swapped: NDArray[np.int64]) -> None:
     mem.nr_swapped += np.bincount(owners, minlength=len(mem.nr_swapped))
     if w.memcg is not None:
         w.memcg.charge_swap(cold_first)
-    if w.swap.zpool is not None:
+    if store and w.swap.zpool is not None:
         zswap = _store(w, w.swap.zpool, cold_first)
         if zswap is not None and w.swap.zswap is not None:
             w.swap.zswap.reached_full = zswap.reached_full
@@ -426,12 +429,9 @@ def _place_swapped_thp(w: World, swapped: NDArray[np.int64]) -> None:
     order-0 allocator, as :func:`_place_swapped` places pages."""
     if len(swapped) == 0:
         return
-    mem, swap, thp = w.mem, w.swap, w.thp
-    assert thp is not None
-    cold_first = swapped[::-1]
-    nr_whole = min(len(cold_first), swap.nr_free_clusters()) if thp.cfg.swap else 0
-    whole, split = cold_first[:nr_whole], cold_first[nr_whole:]
-    if nr_whole:
+    mem, swap = w.mem, w.swap
+    whole, split = _divide(w, swapped)
+    if len(whole):
         pages = _pages(whole)
         swap.alloc_clusters(pages)
         shadows = _large_shadows(w, whole)
@@ -441,13 +441,75 @@ def _place_swapped_thp(w: World, swapped: NDArray[np.int64]) -> None:
         mem.nr_swapped += np.bincount(owners, minlength=len(mem.nr_swapped)) * HPAGE_PMD_NR
         if w.memcg is not None:
             w.memcg.charge_swap(pages)
-        if swap.zpool is not None:  # zram_write_page, page by page
-            swap.zpool.store(pages)
     if len(split):
         pages = _pages(split)
         got = swap.alloc_slots(len(pages), pages)
         assert got == len(pages), "the fill took more slots than were free"
-        _place_swapped(w, pages[::-1])
+        _place_swapped(w, pages[::-1], store=False)
+    if swap.zpool is not None:
+        zswap = _store_thp(w, swap.zpool, whole, split)
+        if zswap is not None and swap.zswap is not None:
+            swap.zswap.reached_full = zswap.reached_full
+
+
+def _divide(w: World, swapped: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """The blocks ``swapped`` (heads, hottest first) in eviction order, coldest first: those
+    that find a wholly free cluster and leave whole, then those split (THP swap off, or no
+    free cluster left)."""
+    thp = w.thp
+    assert thp is not None
+    cold_first = swapped[::-1]
+    nr_whole = min(len(cold_first), w.swap.nr_free_clusters()) if thp.cfg.swap else 0
+    return cold_first[:nr_whole], cold_first[nr_whole:]
+
+
+def _store_thp(
+    w: World, pool: Zpool, whole: NDArray[np.int64], split: NDArray[np.int64]
+) -> Zswap | None:
+    """:func:`_store` for blocks evicted in this order: ``whole`` (heads) as THPs, then the
+    pages of the ``split`` ones. zram keeps every page; zswap stores each THP whole or not at
+    all (``store_folio``: the limit checked once for the folio; before 6.18 a page that does
+    not compress fails it), its shrink worker running after a store found the pool full (a
+    THP is a reclaim batch of its own), then the split pages a reclaim batch at a time."""
+    swap = w.swap
+    pages = _pages(split)
+    if swap.zswap is None:
+        pool.store(np.concatenate((_pages(whole), pages)))
+        return None
+    zswap = Zswap(swap.zswap.cfg, pool, w.nr_frames, new_vmstat(len(w.vms)))
+    for head, mm in zip(whole.tolist(), w.mem.page_owners(whole).tolist(), strict=True):
+        _, _, full = zswap.store_folio(_pages(np.array([head], dtype=np.int64)), mm)
+        if full:
+            zswap.shrink()
+    owners = w.mem.page_owners(pages)
+    for lo in range(0, len(pages), SWAP_CLUSTER_MAX):
+        hi = lo + SWAP_CLUSTER_MAX
+        _, _, full = zswap.store(pages[lo:hi].astype(np.int32), owners[lo:hi])
+        if full:
+            zswap.shrink()
+    return zswap
+
+
+def _pool_frames_thp(w: World, swapped: NDArray[np.int64]) -> int:
+    """:func:`_pool_frames` for the blocks ``swapped`` (heads, hottest first)."""
+    pool, zswap = w.swap.zpool, w.swap.zswap
+    if pool is None or len(swapped) == 0:
+        return 0
+    whole, split = _divide(w, swapped)
+    if zswap is None:
+        size = int(pool.obj_bytes[_pages(swapped)].sum(dtype=np.int64))
+        return -(-size // PAGE_SIZE)
+    wp = _pages(whole).reshape(-1, HPAGE_PMD_NR)
+    ok = zswap.accepts(wp.ravel()).reshape(-1, HPAGE_PMD_NR).all(axis=1)  # stored whole
+    sp = _pages(split)
+    size = int(pool.obj_bytes[wp[ok]].sum(dtype=np.int64))
+    size += int(pool.obj_bytes[sp[zswap.accepts(sp)]].sum(dtype=np.int64))
+    frames = -(-size // PAGE_SIZE)
+    if frames < zswap.max_pages:  # a pool that never fills
+        return frames
+    scratch = Zpool(w.mem, pool.obj_bytes, track_lru=pool.track_lru)
+    _store_thp(w, scratch, whole, split)
+    return scratch.frames_needed()
 
 
 def _large_shadows(w: World, heads: NDArray[np.int64]) -> NDArray[np.uint32]:

@@ -20,9 +20,8 @@ from hypothesis import strategies as st
 from sim import fast
 from sim.config import Scenario
 from sim.engine import World, build_world
-from sim.errors import ConfigError
 from sim.host.huge_memory import HPAGE_PMD_NR, THP_LARGE, THP_PMD
-from sim.host.memory import NO_PFN, PG_RESIDENT, PG_SWAP, PTE_PRESENT, PTE_YOUNG
+from sim.host.memory import NO_PFN, PAGE_SIZE, PG_RESIDENT, PG_SWAP, PTE_PRESENT, PTE_YOUNG
 from sim.host.swap import SWAPFILE_CLUSTER
 from sim.kvm import spte as sp
 from sim.prefault import block_heat, heat
@@ -70,6 +69,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "zram": {"swap__device": "zram"},
     "thp_swap_off": {"host__thp": {"swap": False}},
     "legacy_tdp": {"kvm__mmu": "legacy_tdp"},
+    "zswap": {"swap__zswap": {"enabled": True, "max_pool_percent": 10}},
+    "zswap_pre_6_18": {
+        "swap__zswap": {"enabled": True, "max_pool_percent": 10, "store_incompressible": False}
+    },
 }
 
 
@@ -212,10 +215,32 @@ def test_prefaulted_thp_world_faults_far_less_early_than_a_cold_start() -> None:
     assert 2 * sum(faults["warm"].values()) < sum(faults["cold"].values())
 
 
-def test_prefault_with_thp_behind_zswap_is_refused_in_one_line() -> None:
-    with pytest.raises(ConfigError, match=r"vms\[0\]\.prefault: false, or swap\.zswap off") as e:
-        _scenario(swap__zswap={"enabled": True})
-    assert "\n" not in str(e.value)
+@pytest.mark.parametrize("as_is", [True, False])
+def test_behind_zswap_each_thp_is_stored_whole_or_not_at_all(as_is: bool) -> None:
+    """zswap at 10% of the host: the fill stores the THPs it swaps out whole, oldest eviction
+    first, until the pool fills; its shrink worker then sends the oldest entries on to the
+    device. Before 6.18 (``store_incompressible: false``) a THP with a page that does not
+    compress is not stored at all."""
+    zs = {"enabled": True, "max_pool_percent": 10, "store_incompressible": as_is}
+    w = _world(swap__zswap=zs)
+    w.check()
+    pool, zswap, mem = w.swap.zpool, w.swap.zswap, w.mem
+    assert pool is not None
+    assert zswap is not None
+    assert not any(w.vmstat.values())
+    _, swapped, _ = _blocks(w)
+    n = w.thp.nr_vm_pages
+    stored = pool.stored[:n].reshape(-1, NR)[swapped]
+    poor = (pool.obj_bytes[:n].reshape(-1, NR)[swapped] >= PAGE_SIZE).any(axis=1)
+    if as_is:  # the pool filled: the newest evictions in it, the shrink worker's on disk
+        assert stored.any()
+        assert not stored.all()
+        assert zswap.accept_thr_pages <= mem.nr_pool <= zswap.max_pages
+    else:  # 1.8% of pages do not compress: nearly every THP has one, and goes to the disk
+        assert poor.any()
+        assert not stored[poor].any()
+    assert mem.nr_free > mem.wmark.high
+    run_checked(w, every_ns=5_000_000)
 
 
 @settings(max_examples=8, deadline=None)
