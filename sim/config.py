@@ -337,8 +337,9 @@ class VmConfig(_MemcgOptional):
         "the high watermark, or under the VM's memcg memory.max and memory.high, starts in "
         "swap while slots and memory.swap.max allow, else untouched; with zram or zswap the "
         "swapped pages are stored in the compressed pool as evictions would store them, its "
-        "frames counted against host memory). The fill is not counted in vmstat. Watermark "
-        "reclaim only.",
+        "frames counted against host memory). With host.thp the unit is the 2 MiB block: "
+        "every touched block is a whole THP or wholly in swap. The fill is not counted in "
+        "vmstat. Watermark reclaim only.",
     )
     async_pf: float = Field(
         0.0,
@@ -805,8 +806,6 @@ class Scenario(_MemcgOptional):
                 "kvm.mmu: tdp or legacy_tdp (a shadow MMU maps the guest's own 4 KiB mappings)",
             ),
         ]
-        for i, vm in enumerate(self.vms):
-            needs.append((vm.prefault, f"vms[{i}].prefault: false"))
         _only_with(self.host.thp_named, "THP", needs)
 
     def _check_steady(self) -> None:

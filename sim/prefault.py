@@ -46,6 +46,26 @@ Fill
        starts active, as after a first touch, and kswapd's first pass deactivates the cold
        end; MGLRU starts them in its youngest generation.
 
+With THP (``host.thp``, host/huge_memory.py)
+    The unit is the 2 MiB block, as a long THP run leaves whole blocks: a first touch maps a
+    THP over the block (``do_huge_pmd_anonymous_page``) while memory is above the watermarks,
+    and reclaim swaps it out whole. A block's heat is :func:`block_heat`, the sum of its
+    pages' rates (why: there). Touched blocks, hottest first, get 512 frames each under the
+    same limits (high watermark; a memcg's memory.max and memory.high, 512 pages of charge a
+    block): each is the THP the fault leaves, all 512 pages (``clear_huge_page`` zeroed the
+    ones never touched) present and dirty, the PMD's young bit on the head, the block's 2 MiB
+    spte (its 512 sptes present), one LRU entry (the head's frame) counted as 512 pages. The
+    next, warmest first, start in swap while 512 slots are left for each (and 512 pages under
+    memory.swap.max); the rest stay untouched, whole. Reclaim evicts them coldest first, so
+    those take the wholly free clusters in turn and are left as ``_shrink_large`` leaves a
+    THP: 512 pages in one aligned cluster with the folio's one shadow (the clock advancing 512
+    pages per folio); one that finds no free cluster (at most one, since the fill takes whole
+    blocks and the header's cluster has 511 slots), or every one without THP swap, is split
+    and its pages evicted as 4 KiB pages through the order-0 allocator. zram stores them as
+    its writes do; zswap stores each THP whole or not at all (``store_folio``, oldest
+    eviction first, the shrink worker running after a store that found the pool full), then
+    the split blocks' pages as above.
+
 Counting
     Nothing of the fill is counted: not in vmstat (``pgfault``, ``pswpout``, ``pgsteal``,
     ``zswpout``, zswap's debugfs counters, ``memory.events``), nor as guest faults, nor in KVM's
@@ -56,6 +76,13 @@ Counting
 Simplifications
     With shadow paging only alias 0 of each page is mapped (the others fault minor on first
     use). The last-access stamps of the eviction log start at 0 for every placed page.
+    With THP a block is a whole THP or wholly in swap. A page is never hotter than its block
+    (a rate is at most the sum), so in a state where every resident LRU entry is hotter than
+    every evicted one, a block swapped out has no page hotter than the coldest THP left: none
+    of its pages belongs resident as a 4 KiB page. A long run can leave more blocks demoted
+    than that (blocks swapped out during its transients keep the pages faulted back since as
+    4 KiB pages until khugepaged collapses them): not modelled; the warm subpages of the
+    swapped blocks refault from time 0 instead.
 """
 
 from __future__ import annotations
@@ -70,6 +97,14 @@ from numpy.typing import NDArray
 from sim import fast
 from sim.config import VmConfig
 from sim.guest.workloads import AccessStream
+from sim.host.huge_memory import (
+    HEAD_NEW,
+    HPAGE_PMD_NR,
+    HPAGE_PMD_SHIFT,
+    TAIL_NEW,
+    THP_LARGE,
+    THP_PMD,
+)
 from sim.host.memory import (
     PAGE_SIZE,
     PG_DIRTY,
@@ -134,13 +169,20 @@ def heat(w: World, index: int, cfg: VmConfig) -> NDArray[np.float64]:
 def prefault(w: World, cfgs: Sequence[VmConfig]) -> None:
     """Place the pages of every VM with ``prefault`` as the module docstring says."""
     mem, swap = w.mem, w.swap
+    thp = w.thp
     pids, hot = [], []
     for i, cfg in enumerate(cfgs):
         if not cfg.prefault:
             continue
         h = heat(w, i, cfg)
-        touched = np.flatnonzero(h > 0)
-        pids.append(touched + w.vms[i].mm.pid_base)
+        base = w.vms[i].mm.pid_base
+        if thp is not None:  # the unit is the 2 MiB block, named by its head page
+            h = block_heat(h)
+            touched = np.flatnonzero(h > 0)
+            pids.append((touched << HPAGE_PMD_SHIFT) + base)
+        else:
+            touched = np.flatnonzero(h > 0)
+            pids.append(touched + base)
         hot.append(h[touched])
     pid = np.concatenate(pids)
     del pids
@@ -150,6 +192,9 @@ def prefault(w: World, cfgs: Sequence[VmConfig]) -> None:
     # hottest first; ties: lower pid (pid ascends, and the sort is stable)
     pid = pid[np.argsort(heats, kind="stable")]
     del heats
+    if thp is not None:
+        _prefault_thp(w, pid)
+        return
     owner = mem.page_owners(pid)
     fits = np.ones(len(pid), dtype=np.bool_)  # under its memcg's memory.max and memory.high
     if w.memcg is not None:
@@ -181,6 +226,68 @@ def prefault(w: World, cfgs: Sequence[VmConfig]) -> None:
         _place_resident(w, resident)
     if swap.zpool is not None:
         swap.zpool.fit()
+
+
+def block_heat(h: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The heat of each 2 MiB block of a VM whose pages have heats ``h``: the sum of its pages'
+    access rates. A THP is one LRU entry, referenced when any of its subpages was accessed
+    since the last aging pass (one young subpage keeps it young); with accesses arriving at
+    rates ``r_i``, the block is referenced within an interval ``T`` with probability
+    ``1 - exp(-T * sum(r_i))``, which orders blocks as the sum does whatever ``T`` is (the
+    hottest page alone, or the mean, would rank a block with one hot page above a block with
+    many warm ones that is young just as often or more)."""
+    return h.reshape(-1, HPAGE_PMD_NR).sum(axis=1)
+
+
+def _pages(heads: NDArray[np.int64]) -> NDArray[np.int64]:
+    """The pages of the blocks whose heads are ``heads``, block after block, head first."""
+    return (heads[:, None] + np.arange(HPAGE_PMD_NR, dtype=np.int64)).ravel()
+
+
+def _prefault_thp(w: World, heads: NDArray[np.int64]) -> None:
+    """The fill with THP-backed guest RAM (``host.thp``), in whole blocks (``heads``: the
+    touched blocks' head pages, hottest first): the same rules as for pages (module
+    docstring), each block costing 512 frames, 512 pages of charge, 512 swap slots."""
+    mem, swap = w.mem, w.swap
+    owner = mem.page_owners(heads)
+    fits = np.ones(len(heads), dtype=np.bool_)  # under its memcg's memory.max and memory.high
+    if w.memcg is not None:
+        lim, nr = w.memcg.limits, len(w.vms)
+        cap = np.minimum(lim.max, lim.high) - mem.nr_resident[:nr] - lim.overhead[:nr]
+        fits = (_rank(owner, nr) + 1) * HPAGE_PMD_NR <= cap[owner]
+    room = max(0, mem.nr_free - mem.wmark.high - 1)  # stay above high: nr_free > high
+    k = min(room // HPAGE_PMD_NR, int(fits.sum()))
+
+    def pool(m: int) -> int:
+        return _pool_frames_thp(w, _split_blocks(w, heads, owner, fits, m)[1])
+
+    if swap.zpool is not None and k * HPAGE_PMD_NR + pool(k) > room:
+        k = _largest(k, lambda m: m * HPAGE_PMD_NR + pool(m) <= room)
+    resident, swapped = _split_blocks(w, heads, owner, fits, k)
+    left = room - k * HPAGE_PMD_NR
+    if swap.zpool is not None and _pool_frames_thp(w, swapped) > left:  # keep what fits
+        out = swapped
+        swapped = out[: _largest(len(out), lambda m: _pool_frames_thp(w, out[:m]) <= left)]
+    _place_swapped_thp(w, swapped)
+    if len(resident):
+        _place_resident_thp(w, resident)
+    if swap.zpool is not None:
+        swap.zpool.fit()
+
+
+def _split_blocks(
+    w: World, heads: NDArray[np.int64], owner: NDArray[np.intp], fits: NDArray[np.bool_], k: int
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """:func:`_split` in whole blocks: the ``k`` hottest blocks that fit their memcg are
+    resident; of the others, warmest first, those with 512 slots left for them and room for
+    512 more under their memcg's memory.swap.max start in swap."""
+    chosen = np.zeros(len(heads), dtype=np.bool_)
+    chosen[np.flatnonzero(fits)[:k]] = True
+    rest, rest_owner = heads[~chosen], owner[~chosen]
+    if w.memcg is not None:
+        allow = np.asarray(w.memcg.limits.swap_max, dtype=np.int64) - w.memcg.swap_usage
+        rest = rest[(_rank(rest_owner, len(w.vms)) + 1) * HPAGE_PMD_NR <= allow[rest_owner]]
+    return heads[chosen], rest[: w.swap.nr_free_slots // HPAGE_PMD_NR]
 
 
 def _rank(owner: NDArray[np.intp], nr: int) -> NDArray[np.int64]:
@@ -257,10 +364,11 @@ def _largest(n: int, ok: Callable[[int], bool]) -> int:
     return lo
 
 
-def _place_swapped(w: World, swapped: NDArray[np.int64]) -> None:
+def _place_swapped(w: World, swapped: NDArray[np.int64], *, store: bool = True) -> None:
     """Pages evicted before time 0, coldest longest ago: PG_SWAP with the shadow their own
     lruvec's ``workingset_eviction`` gives (taken on free frames: the folios have no state to
-    carry), charged to their memcg's memory.swap.current, stored in the compressed pool."""
+    carry), charged to their memcg's memory.swap.current, stored in the compressed pool
+    (unless ``store`` is false: the caller stores them)."""
     if len(swapped) == 0:
         return
     mem, policy = w.mem, w.policy
@@ -281,7 +389,7 @@ def _place_swapped(w: World, swapped: NDArray[np.int64]) -> None:
     mem.nr_swapped += np.bincount(owners, minlength=len(mem.nr_swapped))
     if w.memcg is not None:
         w.memcg.charge_swap(cold_first)
-    if w.swap.zpool is not None:
+    if store and w.swap.zpool is not None:
         zswap = _store(w, w.swap.zpool, cold_first)
         if zswap is not None and w.swap.zswap is not None:
             w.swap.zswap.reached_full = zswap.reached_full
@@ -304,6 +412,151 @@ def _place_resident(w: World, resident: NDArray[np.int64]) -> None:
         fast.took("prefault_batch")
         return
     for pfn in pfns.tolist():  # the first-touch path's hooks, in LRU order
+        policy.folio_add_lru(pfn, None)
+        policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
+        policy.folio_mark_accessed(pfn)  # kvm_release_faultin_page
+
+
+def _place_swapped_thp(w: World, swapped: NDArray[np.int64]) -> None:
+    """Blocks evicted before time 0, coldest longest ago (``swapped``: heads, hottest first).
+    Reclaim takes them coldest first: each finds a wholly free cluster while one is left (and
+    THP swap is on) and leaves whole, as ``_shrink_large`` does it: its 512 pages take the
+    cluster's slots in order, all ``PG_SWAP`` with the one shadow ``workingset_eviction`` gives
+    the folio (the clock advancing 512 pages), the block no longer large. The warmer ones
+    after the free clusters ran out (at most one, as the fill takes whole blocks of the slots
+    left, and the header's cluster has 511), or every one without THP swap, are split
+    (``split_folio_to_list``) and their 512 base pages evicted one by one through the
+    order-0 allocator, as :func:`_place_swapped` places pages."""
+    if len(swapped) == 0:
+        return
+    mem, swap = w.mem, w.swap
+    whole, split = _divide(w, swapped)
+    if len(whole):
+        pages = _pages(whole)
+        swap.alloc_clusters(pages)
+        shadows = _large_shadows(w, whole)
+        mem.flags[pages] = np.uint8(PG_SWAP)
+        mem.pfn[pages] = np.repeat(shadows, HPAGE_PMD_NR)
+        owners = mem.page_owners(whole)
+        mem.nr_swapped += np.bincount(owners, minlength=len(mem.nr_swapped)) * HPAGE_PMD_NR
+        if w.memcg is not None:
+            w.memcg.charge_swap(pages)
+    if len(split):
+        pages = _pages(split)
+        got = swap.alloc_slots(len(pages), pages)
+        assert got == len(pages), "the fill took more slots than were free"
+        _place_swapped(w, pages[::-1], store=False)
+    if swap.zpool is not None:
+        zswap = _store_thp(w, swap.zpool, whole, split)
+        if zswap is not None and swap.zswap is not None:
+            swap.zswap.reached_full = zswap.reached_full
+
+
+def _divide(w: World, swapped: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """The blocks ``swapped`` (heads, hottest first) in eviction order, coldest first: those
+    that find a wholly free cluster and leave whole, then those split (THP swap off, or no
+    free cluster left)."""
+    thp = w.thp
+    assert thp is not None
+    cold_first = swapped[::-1]
+    nr_whole = min(len(cold_first), w.swap.nr_free_clusters()) if thp.cfg.swap else 0
+    return cold_first[:nr_whole], cold_first[nr_whole:]
+
+
+def _store_thp(
+    w: World, pool: Zpool, whole: NDArray[np.int64], split: NDArray[np.int64]
+) -> Zswap | None:
+    """:func:`_store` for blocks evicted in this order: ``whole`` (heads) as THPs, then the
+    pages of the ``split`` ones. zram keeps every page; zswap stores each THP whole or not at
+    all (``store_folio``: the limit checked once for the folio; before 6.18 a page that does
+    not compress fails it), its shrink worker running after a store found the pool full (a
+    THP is a reclaim batch of its own), then the split pages a reclaim batch at a time."""
+    swap = w.swap
+    pages = _pages(split)
+    if swap.zswap is None:
+        pool.store(np.concatenate((_pages(whole), pages)))
+        return None
+    zswap = Zswap(swap.zswap.cfg, pool, w.nr_frames, new_vmstat(len(w.vms)))
+    for head, mm in zip(whole.tolist(), w.mem.page_owners(whole).tolist(), strict=True):
+        _, _, full = zswap.store_folio(_pages(np.array([head], dtype=np.int64)), mm)
+        if full:
+            zswap.shrink()
+    owners = w.mem.page_owners(pages)
+    for lo in range(0, len(pages), SWAP_CLUSTER_MAX):
+        hi = lo + SWAP_CLUSTER_MAX
+        _, _, full = zswap.store(pages[lo:hi].astype(np.int32), owners[lo:hi])
+        if full:
+            zswap.shrink()
+    return zswap
+
+
+def _pool_frames_thp(w: World, swapped: NDArray[np.int64]) -> int:
+    """:func:`_pool_frames` for the blocks ``swapped`` (heads, hottest first)."""
+    pool, zswap = w.swap.zpool, w.swap.zswap
+    if pool is None or len(swapped) == 0:
+        return 0
+    whole, split = _divide(w, swapped)
+    if zswap is None:
+        size = int(pool.obj_bytes[_pages(swapped)].sum(dtype=np.int64))
+        return -(-size // PAGE_SIZE)
+    wp = _pages(whole).reshape(-1, HPAGE_PMD_NR)
+    ok = zswap.accepts(wp.ravel()).reshape(-1, HPAGE_PMD_NR).all(axis=1)  # stored whole
+    sp = _pages(split)
+    size = int(pool.obj_bytes[wp[ok]].sum(dtype=np.int64))
+    size += int(pool.obj_bytes[sp[zswap.accepts(sp)]].sum(dtype=np.int64))
+    frames = -(-size // PAGE_SIZE)
+    if frames < zswap.max_pages:  # a pool that never fills
+        return frames
+    scratch = Zpool(w.mem, pool.obj_bytes, track_lru=pool.track_lru)
+    _store_thp(w, scratch, whole, split)
+    return scratch.frames_needed()
+
+
+def _large_shadows(w: World, heads: NDArray[np.int64]) -> NDArray[np.uint32]:
+    """The shadow ``workingset_eviction`` gives each of these large folios (evicted in this
+    order) on its own lruvec: taken on free frames standing in for their heads (marked as a
+    large folio's head for the call, then free again: the folios have no state to carry)."""
+    mem, thp = w.mem, w.thp
+    assert thp is not None
+    scratch = mem.free_list()[: len(heads)]
+    out = np.empty(len(heads), dtype=np.uint32)
+    blocks = heads >> HPAGE_PMD_SHIFT
+    for part in np.array_split(np.arange(len(heads)), -(-len(heads) // max(1, len(scratch)))):
+        s = scratch[: len(part)]
+        mem.frame_pid[s] = heads[part]
+        thp.block[blocks[part]] = THP_LARGE
+        out[part] = w.policy.workingset_eviction(s)
+        thp.block[blocks[part]] = 0
+        mem.frame_pid[s] = -1
+    return out
+
+
+def _place_resident_thp(w: World, resident: NDArray[np.int64]) -> None:
+    """The state ``do_huge_pmd_anonymous_page`` leaves for each block (``resident``: heads,
+    hottest first): 512 frames (every page, touched or not: ``clear_huge_page`` zeroed them
+    all), the PMD mapping them dirty, its young bit on the head; KVM's 2 MiB spte (the block's
+    512 sptes present); one LRU entry, the head's frame, counted as 512 pages. Then the
+    first-touch hooks on those entries, coldest first, as :func:`_place_resident`."""
+    mem, policy, thp = w.mem, w.policy, w.thp
+    assert thp is not None
+    cold_first = resident[::-1]
+    pages = _pages(cold_first)
+    pfns = mem.alloc_frames(pages)
+    mem.flags[pages] = np.uint8(TAIL_NEW)
+    mem.flags[cold_first] = np.uint8(HEAD_NEW)
+    thp.block[cold_first >> HPAGE_PMD_SHIFT] = THP_LARGE | THP_PMD
+    owners = mem.page_owners(cold_first)
+    for vm in w.vms:
+        mine = owners == vm.index
+        if mine.any():
+            vm.mmu.map_sptes(_pages(cold_first[mine]) - vm.mm.pid_base)
+    heads = pfns[::HPAGE_PMD_NR]
+    batched = getattr(policy, "folio_add_lru_touched", None)
+    if batched is not None and fast.enabled("prefault_batch"):
+        batched(heads)
+        fast.took("prefault_batch")
+        return
+    for pfn in heads.tolist():
         policy.folio_add_lru(pfn, None)
         policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
         policy.folio_mark_accessed(pfn)  # kvm_release_faultin_page

@@ -153,8 +153,8 @@ def any_large(pids: NDArray[np.integer], block: NDArray[np.uint8]) -> bool:
     return False
 
 
-_TAIL_NEW = PTE_PRESENT | PG_DIRTY | PG_RESIDENT  # a subpage of a new THP: the PMD maps it
-_HEAD_NEW = _TAIL_NEW | PTE_YOUNG  # the head carries the PMD's young bit
+TAIL_NEW = PTE_PRESENT | PG_DIRTY | PG_RESIDENT  # a subpage of a new THP: the PMD maps it
+HEAD_NEW = TAIL_NEW | PTE_YOUNG  # the head carries the PMD's young bit
 
 
 class KhugepagedConfig(Strict):
@@ -368,8 +368,8 @@ class HugeMemory:
             return -1
         pids = self.folio_pages(head)
         pfns = mem.alloc_frames(pids)
-        mem.flags[sl] = _U8(_TAIL_NEW)
-        mem.flags[head] = _U8(_HEAD_NEW)
+        mem.flags[sl] = _U8(TAIL_NEW)
+        mem.flags[head] = _U8(HEAD_NEW)
         self.block[head >> HPAGE_PMD_SHIFT] = THP_LARGE | THP_PMD
         self.vmstat.count(THP_FAULT_ALLOC, 1, owner)
         return int(pfns[0])

@@ -293,6 +293,26 @@ class SwapDevice:
         self.nr_free_slots -= SWAPFILE_CLUSTER
         return True
 
+    def alloc_clusters(self, pids: NDArray[np.integer]) -> None:
+        """:meth:`alloc_cluster` for many PMD-sized folios in turn (the steady-state fill):
+        ``pids`` holds their pages, folio after folio, 512 each; each folio takes the lowest
+        wholly free cluster left, as the calls one by one would. There are enough."""
+        assert self.tracks_slots, "THP swap-out needs slot identities"
+        p = np.asarray(pids, dtype=np.int64)
+        m = len(p) // SWAPFILE_CLUSTER
+        assert len(p) == m * SWAPFILE_CLUSTER, "whole clusters for THPs"
+        c = np.flatnonzero(self._cl_used == 0)[:m]
+        assert len(c) == m, "alloc_clusters with too few free clusters"
+        slots = (c[:, None] * SWAPFILE_CLUSTER + np.arange(SWAPFILE_CLUSTER)).ravel()
+        self.slot_owner[slots] = p
+        self.page_slot[p] = slots
+        self._cl_used[c] = SWAPFILE_CLUSTER
+        self.nr_free_slots -= len(p)
+
+    def nr_free_clusters(self) -> int:
+        """Clusters wholly free (order-9 allocations that would succeed, one after another)."""
+        return int(np.count_nonzero(self._cl_used == 0))
+
     def submit_folio(self, now_ns: int, write: bool, nr_pages: int, per_mm: int) -> int:
         """One request for a large folio of ``nr_pages`` 4 KiB pages (a THP's 2 MiB written
         whole): counted as ``nr_pages`` (``count_swpout_vm_event``: ``pswpout`` +=

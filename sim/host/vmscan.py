@@ -899,6 +899,8 @@ class Vmscan:
             self.swap.free_slots(1, (pid,))  # a folio under write-out owns a slot
             mem.free_frame(pfn)
             mem.flags[pid] = 0
+            if len(mem.readahead):  # read ahead, never mapped, then written out again
+                mem.readahead[pid] = False
             mm.zap_done(pid)
         elif f & PG_RECLAIM:
             f &= ~PG_RECLAIM
