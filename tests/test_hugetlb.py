@@ -1,0 +1,228 @@
+"""hugetlbfs-backed guests (sim/host/hugetlb.py) beside anonymous ones.
+
+The pool's frames leave the buddy allocator at build and never come back; its pages are on
+no LRU list, so reclaim never scans, ages, zaps or swaps them and their vCPUs never fault or
+stall on the host, however hard the anonymous guests swap; the watermarks stay those of the
+whole host (``__setup_per_zone_wmarks`` over managed pages) while free memory is lower by the
+pool; a hugetlbfs VM's memcg charges only its VMM overhead.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import numpy as np
+import pytest
+
+from sim import fast
+from sim.config import parse_scenario
+from sim.engine import World
+from sim.errors import ConfigError
+from sim.host.memory import PG_RESIDENT, PG_SWAP, PTE_PRESENT, PTE_YOUNG
+from sim.host.vmstat import VmStat
+from sim.kvm import spte as sp
+from tests.conftest import run_checked
+from tests.test_fastpaths import check_world
+
+HUGE = 2  # the hugetlbfs VM's index in RAW's worlds
+
+RAW: dict[str, Any] = {
+    "name": "hugetlb",
+    "seed": 3,
+    "duration_s": 0.08,
+    "host": {"memory_mib": 16},
+    "reclaim": {"policy": "two_list"},
+    "swap": {"size_mib": 64, "latency_cv": 0.0},
+    "vms": [
+        {
+            "name": "anon",
+            "count": 2,
+            "memory_mib": 8,
+            "vcpus": 2,
+            "access_rate_per_s": 2_000_000,
+            "workload": {"type": "zipf", "alpha": 0.9},
+        },
+        {
+            "name": "huge",
+            "memory_mib": 6,
+            "vcpus": 2,
+            "access_rate_per_s": 2_000_000,
+            "write_ratio": 0.5,
+            "workload": {"type": "uniform"},
+            "memory_backing": "hugetlbfs",
+        },
+    ],
+    "engine": {"batch_accesses": 64, "sample_interval_ms": 1.0},
+}
+
+
+def raw(**changes: Any) -> dict[str, Any]:
+    """RAW with top-level sections replaced and ``huge__<key>`` set on the hugetlbfs VM."""
+    out = copy.deepcopy(RAW)
+    for key, value in changes.items():
+        if key.startswith("huge__"):
+            out["vms"][1][key[6:]] = value
+        else:
+            out[key] = value
+    return out
+
+
+def world(**changes: Any) -> World:
+    return World(parse_scenario(raw(**changes)))
+
+
+def _pids(w: World) -> slice:
+    mm = w.vms[HUGE].mm
+    return slice(mm.pid_base, mm.pid_base + mm.nr_pages)
+
+
+def test_the_pool_takes_its_frames_at_build_and_never_frees_them() -> None:
+    w = world()
+    n = w.vms[HUGE].mm.nr_pages
+    assert n == 6 << 8
+    pids = _pids(w)
+    assert w.mem.nr_free == w.nr_frames - n, "the pool's pages are not free memory"
+    assert (w.mem.flags[pids] == PTE_PRESENT | PTE_YOUNG | PG_RESIDENT).all()
+    assert int(w.mem.nr_resident[HUGE]) == n
+    assert sp.is_present(w.vms[HUGE].mmu.spte).all(), "KVM maps it all from the start"
+    pfns = w.mem.pfn[pids].copy()
+    assert (w.mem.frame_pid[pfns] == np.arange(pids.start, pids.stop)).all()
+    run_checked(w)
+    assert w.vmstat[VmStat.PSWPOUT] > 0, "the anonymous guests swap"
+    assert (w.mem.pfn[pids] == pfns).all(), "a pool frame changed"
+    assert (w.mem.frame_pid[pfns] == np.arange(pids.start, pids.stop)).all()
+    assert int(w.mem.nr_resident[HUGE]) == n
+
+
+@pytest.mark.parametrize("policy", ["two_list", "mglru"])
+def test_reclaim_never_reaches_the_pool_while_the_others_swap_hard(policy: str) -> None:
+    w = world(reclaim={"policy": policy})
+    run_checked(w)  # each check: the policy tracks exactly the resident folios but the pool's
+    vs = w.vmstat
+    assert vs[VmStat.PSWPOUT] > 1000
+    assert vs[VmStat.PGSCAN_ANON] > 0
+    mine = vs.mm_stat(HUGE)
+    assert not any(mine.values()), {k: v for k, v in mine.items() if v}
+    assert not any(vs.notifier_calls(HUGE).values()), "a notifier call reached the pool"
+    assert w.vms[HUGE].mmu.zapped == 0
+    assert w.vms[HUGE].mmu.pf_fixed == 0
+    assert sp.is_present(w.vms[HUGE].mmu.spte).all()
+    assert not (w.mem.flags[_pids(w)] & PG_SWAP).any()
+    assert np.isin(w.mem.pfn[_pids(w)], w.vmscan.pte_pfns(w.vmscan.walk_mm())).sum() == 0
+    st = w.vms[HUGE].stats
+    assert not any(st.faults.values())
+    assert st.refaults == 0
+    assert st.stall_ns == 0
+    assert w.stall_ns(w.vms[HUGE], int(w.env.now)) == 0
+    assert st.accesses > 0
+    anon = w.vms[0].stats
+    assert anon.faults["major"] > 0
+    assert anon.stall_ns > 0
+
+
+def test_watermarks_are_the_whole_hosts_and_free_memory_excludes_the_pool() -> None:
+    w = world()
+    anon = World(parse_scenario(raw(huge__memory_backing="anonymous")))
+    assert w.mem.wmark == anon.mem.wmark, "managed pages include the pool"
+    assert w.mem.nr_free == anon.mem.nr_free - w.vms[HUGE].mm.nr_pages
+    run_checked(w)
+    assert (
+        w.mem.nr_free
+        + int(w.mem.nr_resident[:HUGE].sum())
+        + int(w.mem.nr_resident[HUGE])
+        + w.mem.nr_pool
+        == w.nr_frames
+    )
+    s = w.summary(0.0)
+    assert s["host"]["hugetlb"] == {
+        "pool_pages": 6 << 8,
+        "hstates": [{"hugepage_size_kib": 2048, "HugePages_Total": 3, "HugePages_Free": 0}],
+    }
+    assert s["vms"][HUGE]["memory_backing"] == "hugetlbfs"
+    assert s["vms"][HUGE]["hugepage_size_kib"] == 2048
+    assert "memory_backing" not in s["vms"][0]
+    assert "hugetlb" not in anon.summary(0.0)["host"]
+
+
+def test_a_hugetlbfs_memcg_charges_only_the_vmm_overhead() -> None:
+    memcg = {"max_mib": 1, "vmm_overhead_kib": 512}
+    r = raw(huge__memcg=memcg)
+    r["vms"][0]["memcg"] = {"max_mib": 4}
+    w = World(parse_scenario(r))
+    assert w.memcg is not None
+    assert w.memcg.usage(HUGE) == 128, "memory.current: the overhead alone"
+    run_checked(w)
+    assert not w.vms[HUGE].mm.dead, "memory.max below its RAM reclaims and kills nothing"
+    assert w.memcg.usage(HUGE) == 128
+    stat = w.summary(0.0)["vms"][HUGE]["memcg"]
+    assert stat["current_pages"] == 128
+    assert not any(stat["events"].values())
+    assert w.memcg.usage(0) <= 4 << 8, "the anonymous memcg is held to its max"
+
+
+def test_the_oom_killer_never_chooses_the_hugetlbfs_vm() -> None:
+    w = world(swap={"size_mib": 0})
+    run_checked(w)
+    assert w.oom_kills, "no swap: the anonymous guests run out of memory"
+    assert all(name != "huge" for _, name in w.oom_kills)
+    assert not w.vms[HUGE].mm.dead
+
+
+def test_1gib_pages_and_the_pool_summary() -> None:
+    r = raw(host={"memory_mib": 2048 + 64}, huge__memory_mib=2048, huge__hugepage_size_kib=1048576)
+    r["duration_s"] = 0.01
+    w = World(parse_scenario(r))
+    run_checked(w)
+    assert w.summary(0.0)["host"]["hugetlb"]["hstates"] == [
+        {"hugepage_size_kib": 1048576, "HugePages_Total": 2, "HugePages_Free": 0}
+    ]
+
+
+def test_same_config_same_results() -> None:
+    a, b = world(), world()
+    a.run()
+    b.run()
+    sa, sb = a.summary(0.0), b.summary(0.0)
+    assert sa == sb
+    assert (a.mem.flags == b.mem.flags).all()
+    assert (a.spte == b.spte).all()
+
+
+@pytest.mark.parametrize("policy", ["two_list", "mglru"])
+def test_fast_paths_equal_the_general_path(policy: str) -> None:
+    check_world(raw(reclaim={"policy": policy}), tuple(fast.registered()))
+
+
+def test_the_default_backing_leaves_the_config_hash_alone() -> None:
+    plain = parse_scenario(raw(huge__memory_backing="anonymous"))
+    r = raw()
+    del r["vms"][1]["memory_backing"]
+    assert parse_scenario(r).config_hash() == plain.config_hash()
+    assert parse_scenario(raw()).config_hash() != plain.config_hash()
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"huge__memory_mib": 5}, "vms[1]: memory_mib: 5 is not a whole number of 2048 KiB huge"),
+        (
+            {"huge__memory_backing": "anonymous", "huge__hugepage_size_kib": 1048576},
+            "set memory_backing: hugetlbfs",
+        ),
+        ({"huge__memory_mib": 16}, "fill host memory"),
+        ({"host": {"memory_mib": 16, "thp": {"enabled": "always"}}}, "no host.thp"),
+        ({"reclaim": {"policy": "lru"}}, "reclaim.policy: two_list or mglru"),
+        ({"reclaim": {"policy": "two_list", "trigger": "demand"}}, "reclaim.trigger: watermark"),
+        ({"kvm": {"mmu": "shadow"}}, "kvm.mmu: tdp or legacy_tdp"),
+        ({"huge__prefault": True}, "vms[1].prefault: not modelled for a hugetlbfs-backed VM"),
+        ({"huge__async_pf": 0.5}, "vms[1].async_pf"),
+        ({"huge__guest": {}}, "vms[1].guest"),
+    ],
+)
+def test_refusals(changes: dict[str, Any], needle: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_scenario(raw(**changes))
+    msg = str(exc.value)
+    assert needle in msg, msg
+    assert "\n" not in msg.strip(), msg
