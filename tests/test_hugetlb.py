@@ -145,9 +145,10 @@ def test_watermarks_are_the_whole_hosts_and_free_memory_excludes_the_pool() -> N
     assert "hugetlb" not in anon.summary(0.0)["host"]
 
 
-def test_a_hugetlbfs_memcg_charges_only_the_vmm_overhead() -> None:
+@pytest.mark.parametrize("policy", ["two_list", "mglru"])
+def test_a_hugetlbfs_memcg_charges_only_the_vmm_overhead(policy: str) -> None:
     memcg = {"max_mib": 1, "vmm_overhead_kib": 512}
-    r = raw(huge__memcg=memcg)
+    r = raw(huge__memcg=memcg, reclaim={"policy": policy})
     r["vms"][0]["memcg"] = {"max_mib": 4}
     w = World(parse_scenario(r))
     assert w.memcg is not None
@@ -191,7 +192,9 @@ def test_same_config_same_results() -> None:
 
 @pytest.mark.parametrize("policy", ["two_list", "mglru"])
 def test_fast_paths_equal_the_general_path(policy: str) -> None:
-    check_world(raw(reclaim={"policy": policy}), tuple(fast.registered()))
+    taken, _ = check_world(raw(reclaim={"policy": policy}), tuple(fast.registered()))
+    assert taken["host_core"] > 0, "the compiled reclaim core ran beside the pool"
+    assert taken["tdp_shortcut"] > 0
 
 
 def test_the_default_backing_leaves_the_config_hash_alone() -> None:
@@ -226,3 +229,29 @@ def test_refusals(changes: dict[str, Any], needle: str) -> None:
     msg = str(exc.value)
     assert needle in msg, msg
     assert "\n" not in msg.strip(), msg
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"swap": {"size_mib": 64, "device": "zram"}},
+        {"swap": {"size_mib": 64, "zswap": {"enabled": True}}, "reclaim": {"policy": "mglru"}},
+        {"kvm": {"mmu": "legacy_tdp", "ept_ad_bits": False}, "huge__guest_tlb": {}},
+        {"host_files": {"size_mib": 4, "write_ratio": 0.3}},
+        {"host": {"memory_mib": 16, "ksm": {"pages_to_scan": 500, "sleep_ms": 1}}},
+    ],
+    ids=["zram", "zswap-mglru", "legacy-tdp-tlb", "page-cache", "ksm"],
+)
+def test_invariants_hold_beside_every_feature_of_the_anonymous_guests(
+    changes: dict[str, Any],
+) -> None:
+    r = raw(**changes)
+    if "ksm" in r["host"]:
+        r["vms"][0]["content"] = {"zero_share": 0.3}
+    w = World(parse_scenario(r))
+    pfns = w.mem.pfn[_pids(w)].copy()
+    run_checked(w)
+    assert (w.mem.pfn[_pids(w)] == pfns).all()
+    assert not any(w.vmstat.mm_stat(HUGE).values())
+    assert not any(w.vms[HUGE].stats.faults.values())
+    assert w.vms[HUGE].stats.stall_ns == 0

@@ -19,17 +19,20 @@ Models
     never isolates, ages, unmaps or swaps one; KVM's aging and invalidation notifiers are
     reached only from reclaim of LRU folios, so no notifier call or spte zap ever reaches
     these pages, and their vCPUs only ever take the hit path. MGLRU's page-table walk skips
-    the mapping (``should_skip_vma``: hugetlbfs's address_space_operations have no
-    ``read_folio``). ``oom_badness`` counts ``get_mm_rss``, which hugetlb pages are not part of
-    (they are counted in ``hugetlb_usage``), and killing the VM would give them back to the
-    pool, not to free memory: the OOM killer here never chooses a hugetlbfs VM.
+    the mapping (``should_skip_vma``: ``is_vm_hugetlb_page``). ``oom_badness`` counts
+    ``get_mm_rss``, which hugetlb pages are not part of (they are counted in
+    ``hugetlb_usage``), and killing the VM would give them back to the pool, not to free
+    memory: the OOM killer here never chooses a hugetlbfs VM.
 
 Free memory and watermarks
     The pool's pages are allocated from the buddy allocator, so they stay in the zone's
     ``managed_pages``: ``__setup_per_zone_wmarks`` (and ``calculate_min_free_kbytes``) derive
     the watermarks from the whole of host memory as before, while free memory is lower by the
     pool. kswapd and the allocator therefore reclaim the anonymous guests as they would on a
-    host whose memory were that much smaller but whose watermarks were not.
+    host whose memory were that much smaller but whose watermarks were not. (1 GiB pages
+    reserved on the kernel command line come from memblock and join ``managed_pages`` only
+    in ``gather_bootmem_prealloc``, after ``init_per_zone_wmark_min`` ran: until anything
+    recomputes the watermarks they are a little lower there; not modelled.)
 
 memcg
     hugetlb pages are charged to the hugetlb cgroup controller (``hugetlb_cgroup``), not to

@@ -365,7 +365,7 @@ class Vmscan:
         stable nodes (their PTE_PRESENT is the folio's "mapped", no pte) and not the zero
         page's ptes (``get_pte_pfn`` skips the zero pfn)."""
         present = np.flatnonzero((self.mem.flags & PTE_PRESENT) != 0)
-        if self.skip_vma is not None:  # should_skip_vma: hugetlbfs has no read_folio
+        if self.skip_vma is not None:  # should_skip_vma: is_vm_hugetlb_page
             skip = self.skip_vma
             present = present[(present >= len(skip)) | ~skip[np.minimum(present, len(skip) - 1)]]
         if self.ksm is not None:
