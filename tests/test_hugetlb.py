@@ -16,12 +16,14 @@ import numpy as np
 import pytest
 
 from sim import fast
+from sim.cli import summary_table
 from sim.config import parse_scenario
 from sim.engine import World
 from sim.errors import ConfigError
 from sim.host.memory import PG_RESIDENT, PG_SWAP, PTE_PRESENT, PTE_YOUNG
 from sim.host.vmstat import VmStat
 from sim.kvm import spte as sp
+from sim.scale import scale_scenario
 from tests.conftest import run_checked
 from tests.test_fastpaths import check_world
 
@@ -255,3 +257,22 @@ def test_invariants_hold_beside_every_feature_of_the_anonymous_guests(
     assert not any(w.vmstat.mm_stat(HUGE).values())
     assert not any(w.vms[HUGE].stats.faults.values())
     assert w.vms[HUGE].stats.stall_ns == 0
+
+
+def test_scaling_down_keeps_whole_huge_pages() -> None:
+    r = raw(host={"memory_mib": 64})
+    r["vms"][0]["memory_mib"] = 16
+    r["vms"][1]["memory_mib"] = 24
+    scaled = scale_scenario(r, 4)
+    assert "memory_mib: 6\n" in scaled.yaml()
+    with pytest.raises(ConfigError, match=r"24 MiB / 8 is not a whole number of 2 MiB huge pages"):
+        scale_scenario(r, 8)
+
+
+def test_the_run_table_names_the_backing_and_the_pool() -> None:
+    w = world(duration_s=0.01)
+    w.run()
+    t = summary_table(w.summary(0.0))
+    names = [str(c) for c in t.columns[0].cells]
+    assert names == ["anon0", "anon1", "huge (hugetlbfs)"]
+    assert "hugetlb pool 1,536 pages (3 x 2 MiB, none free)" in str(t.caption)
