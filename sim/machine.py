@@ -350,6 +350,8 @@ class Machine:
             for i in self.hugetlb.vms:  # KVM maps it all at the huge level (host_pfn_mapping_level)
                 self.vms[i].mmu.map_sptes(np.arange(mms[i].nr_pages, dtype=np.int64))
             self.vmscan.skip_vma = self.hugetlb.mask
+            if self.recorder is not None:
+                self.recorder.unevictable = self.hugetlb.mask
             if self.memcg_limits is not None:
                 self.memcg_limits.set_hugetlb(self.hugetlb.per_vm(len(self.vms)))
         self.oom_kills: list[tuple[int, str]] = []

@@ -10,6 +10,7 @@ pool; a hugetlbfs VM's memcg charges only its VMM overhead.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -276,3 +277,24 @@ def test_the_run_table_names_the_backing_and_the_pool() -> None:
     names = [str(c) for c in t.columns[0].cells]
     assert names == ["anon0", "anon1", "huge (hugetlbfs)"]
     assert "hugetlb pool 1,536 pages (3 x 2 MiB, none free)" in str(t.caption)
+
+
+def test_the_eviction_logs_idle_rank_samples_only_pages_on_an_lru(tmp_path: Path) -> None:
+    w = World(parse_scenario(raw(duration_s=0.02)), tmp_path)
+    w.run()
+    rec = w.recorder
+    assert rec is not None
+    seen: list[np.ndarray] = []
+    stamps = rec._stamps
+
+    def spy(pids: np.ndarray) -> Any:
+        seen.append(pids.copy())
+        return stamps(pids)
+
+    rec._stamps = spy  # type: ignore[method-assign]
+    for _ in range(20):
+        rec._idle_rank(np.zeros(1, dtype=np.int64))
+    sampled = np.concatenate(seen)
+    assert len(sampled) > 0
+    assert w.hugetlb is not None
+    assert not w.hugetlb.mask[sampled].any(), "a hugetlb page in idle_rank's sample"
