@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sim import fast
 from sim.cli import summary_table
@@ -27,6 +29,7 @@ from sim.kvm import spte as sp
 from sim.scale import scale_scenario
 from tests.conftest import run_checked
 from tests.test_fastpaths import check_world
+from tests.test_invariants import scenarios
 
 HUGE = 2  # the hugetlbfs VM's index in RAW's worlds
 
@@ -298,3 +301,42 @@ def test_the_eviction_logs_idle_rank_samples_only_pages_on_an_lru(tmp_path: Path
     assert len(sampled) > 0
     assert w.hugetlb is not None
     assert not w.hugetlb.mask[sampled].any(), "a hugetlb page in idle_rank's sample"
+
+
+@st.composite
+def hugetlb_worlds(draw: st.DrawFn) -> dict[str, Any]:
+    """The invariant tests' random worlds (two-list or MGLRU, TDP) with a hugetlbfs VM added
+    at a random place among the profiles, the host grown by its RAM."""
+    r = draw(scenarios())
+    r["reclaim"] = {**r["reclaim"], "policy": draw(st.sampled_from(["two_list", "mglru"]))}
+    r["kvm"]["mmu"] = draw(st.sampled_from(["tdp", "legacy_tdp"]))
+    mib = draw(st.sampled_from([2, 4]))
+    r["host"]["memory_mib"] += mib
+    huge = {
+        "name": "huge",
+        "memory_mib": mib,
+        "vcpus": draw(st.integers(1, 2)),
+        "access_rate_per_s": draw(st.integers(100_000, 4_000_000)),
+        "write_ratio": draw(st.floats(0.0, 1.0)),
+        "workload": {"type": "uniform"},
+        "memory_backing": "hugetlbfs",
+    }
+    r["vms"].insert(draw(st.integers(0, len(r["vms"]))), huge)
+    return r
+
+
+@settings(max_examples=12, deadline=None, database=None, derandomize=True)
+@given(hugetlb_worlds())
+def test_random_worlds_with_a_hugetlbfs_vm_keep_every_invariant_and_fast_path(
+    r: dict[str, Any],
+) -> None:
+    sc = parse_scenario(copy.deepcopy(r))
+    w = World(sc)
+    i = [n for n, _ in sc.vm_list()].index("huge")
+    mm = w.vms[i].mm
+    pfns = w.mem.pfn[mm.pid_base : mm.pid_base + mm.nr_pages].copy()
+    run_checked(w)
+    assert (w.mem.pfn[mm.pid_base : mm.pid_base + mm.nr_pages] == pfns).all()
+    assert not any(w.vmstat.mm_stat(i).values())
+    assert not any(w.vms[i].stats.faults.values())
+    check_world(r, tuple(fast.registered()))
