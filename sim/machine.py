@@ -641,6 +641,7 @@ class Machine:
         dur_s = max(sim_time_ns - warm, 1) / 1e9
         fracs, lat = self.tails(sim_time_ns)
         vms = []
+        cfgs = [cfg for _, cfg in sc.vm_list()]
         for vm, b in zip(self.vms, base["vms"], strict=True):
             st = vm.stats
             stall, compute = self.stall_ns(vm, sim_time_ns), self.compute_ns(vm, sim_time_ns)
@@ -684,7 +685,7 @@ class Machine:
                     "vmstat": vs.mm_stat(vm.index),
                 }
             )
-            cfg = self.sc.vm_list()[vm.index][1]
+            cfg = cfgs[vm.index]
             if cfg.memory_backing != "anonymous":
                 vms[-1]["memory_backing"] = cfg.memory_backing
                 vms[-1]["hugepage_size_kib"] = cfg.hugepage_size_kib

@@ -48,6 +48,13 @@ Counting
     page size as ``/proc/meminfo`` does (``HugePages_Total``; ``HugePages_Free`` is 0: every
     page was touched by the prealloc); runs without a hugetlbfs VM have none of these fields.
 
+Kernel reference
+    mm/hugetlb.c: ``hugetlb_fault``, ``hugetlb_no_page``, ``alloc_hugetlb_folio``,
+    ``hugetlb_reserve_pages``, ``hugetlb_hstate_alloc_pages``, ``gather_bootmem_prealloc``,
+    ``set_max_huge_pages``; mm/vmscan.c: ``should_skip_vma``; mm/oom_kill.c: ``oom_badness``;
+    mm/page_alloc.c: ``__setup_per_zone_wmarks``; arch/x86/kvm/mmu/mmu.c:
+    ``host_pfn_mapping_level``, ``kvm_mmu_max_mapping_level``.
+
 Simplifications
     Page state stays per 4 KiB page (the huge pte and the huge sptes are 512 or 262144 entries
     of the arrays): nothing ever splits, ages or zaps them, so no path can tell. The sptes
