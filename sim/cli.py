@@ -149,7 +149,9 @@ def summary_table(summary: dict[str, Any]) -> Table:
         t.add_column(col, justify="left" if col == "vm" else "right")
     for v in vm_rows(summary):
         cells = [
-            v["name"] + (" (OOM-killed)" if v["oom_killed"] else ""),
+            v["name"]
+            + (" (hugetlbfs)" if v.get("memory_backing") == "hugetlbfs" else "")
+            + (" (OOM-killed)" if v["oom_killed"] else ""),
             _fmt(v["accesses"]),
             _fmt(v["faults_first_touch"]),
             _fmt(v["faults_minor"]),
@@ -187,6 +189,12 @@ def summary_table(summary: dict[str, Any]) -> Table:
         )
     elif h.get("swap_device") == "zram":
         caption += f"; zram pool {_fmt(pool)} frames ({_fmt(as_is)} pages as they are)"
+    if h.get("hugetlb_pool_pages"):  # HugePages_Total per size (Free: 0, all preallocated)
+        sizes = ", ".join(
+            f"{_fmt(k['HugePages_Total'])} x {k['hugepage_size_kib'] >> 10} MiB"
+            for k in h["hugetlb_hstates"]
+        )
+        caption += f"; hugetlb pool {_fmt(h['hugetlb_pool_pages'])} pages ({sizes}, none free)"
     if h["swap_exhausted"]:
         caption += f"; SWAP FULL ({_fmt(h['swap_full_failures'])} failed swap-outs)"
     if h["oom_kills"]:

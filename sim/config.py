@@ -381,6 +381,19 @@ class VmConfig(_MemcgOptional):
         "memory.high, memory.low, memory.min, memory.swap.max; absent: unlimited and "
         "unprotected. two_list or mglru reclaim with watermarks only.",
     )
+    memory_backing: Literal["anonymous", "hugetlbfs"] = Field(
+        "anonymous",
+        description="What backs guest RAM. anonymous: host anonymous memory (QEMU's mmap), "
+        "faulted in, aged, reclaimed and swapped. hugetlbfs: preallocated huge pages from the "
+        "host's hugetlb pool (QEMU -mem-path /dev/hugepages -mem-prealloc; libvirt "
+        "<hugepages/>): every page resident from the start, mapped by KVM, on no LRU list, "
+        "never reclaimed, and not charged to the memcg's memory.current (host/hugetlb.py).",
+    )
+    hugepage_size_kib: Literal[2048, 1048576] = Field(
+        2048,
+        description="The hugetlbfs page size (hstate): 2048 (2 MiB) or 1048576 (1 GiB); "
+        "memory_mib must be a whole number of them. Only with memory_backing: hugetlbfs.",
+    )
 
     @property
     def workload_mib(self) -> int:
@@ -409,6 +422,18 @@ class VmConfig(_MemcgOptional):
                         f"workload.phases[{i}]: offset_mib + working_set_mib = {end} exceeds "
                         f"{space} ({self.workload_mib})"
                     )
+        if self.memory_backing == "anonymous" and self.hugepage_size_kib != 2048:
+            raise ValueError(
+                "hugepage_size_kib: only hugetlbfs-backed guest RAM has a huge page size; set "
+                "memory_backing: hugetlbfs or remove hugepage_size_kib"
+            )
+        if self.memory_backing == "hugetlbfs" and (self.memory_mib << 10) % self.hugepage_size_kib:
+            per = self.hugepage_size_kib >> 10
+            raise ValueError(
+                f"memory_mib: {self.memory_mib} is not a whole number of "
+                f"{self.hugepage_size_kib} KiB huge pages (memory_backing: hugetlbfs); use a "
+                f"multiple of {per}"
+            )
         if self.balloon is not None and self.balloon.enabled and self.guest is None:
             raise ValueError(
                 "balloon needs guest (the balloon driver takes its pages from the guest "
@@ -632,6 +657,7 @@ class Scenario(_MemcgOptional):
         self._check_host_files()
         self._check_ksm()
         self._check_thp()
+        self._check_hugetlb()
         names = [n for vm in self.vms for n in vm.names()]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -808,6 +834,51 @@ class Scenario(_MemcgOptional):
         ]
         _only_with(self.host.thp_named, "THP", needs)
 
+    def _check_hugetlb(self) -> None:
+        """hugetlbfs-backed VMs (host/hugetlb.py): their pool fits beside the watermarks, and
+        nothing that would fault, age, merge or give back their pages is asked of them."""
+        hug = [i for i, vm in enumerate(self.vms) if vm.memory_backing == "hugetlbfs"]
+        if not hug:
+            return
+        i = hug[0]
+        frames = self.host.pages(self.host.memory_mib)
+        pool = sum(self.host.pages(self.vms[k].memory_mib) * self.vms[k].count for k in hug)
+        high = self.host.watermarks().high
+        if pool + high >= frames:
+            raise ValueError(
+                f"vms[{i}].memory_backing: the hugetlbfs VMs' pool ({pool} pages) and the high "
+                f"watermark ({high} pages) fill host memory ({frames} pages); raise "
+                "host.memory_mib or lower those VMs' memory_mib"
+            )
+        needs = [
+            (self.reclaim.trigger != "watermark", "reclaim.trigger: watermark"),
+            (
+                self.reclaim.policy not in ("two_list", "mglru"),
+                "reclaim.policy: two_list or mglru (the others track every access's frame)",
+            ),
+            (self.host.thp is not None, f"no {self.host.thp_named}"),
+            (
+                self.kvm.mmu == "shadow",
+                "kvm.mmu: tdp or legacy_tdp (a shadow MMU maps the guest's own 4 KiB mappings)",
+            ),
+            (self.host.rmap != "anon_vma", "host.rmap: anon_vma"),
+        ]
+        _only_with(f"vms[{i}].memory_backing", "hugetlbfs-backed guest RAM", needs)
+        for i in hug:
+            vm = self.vms[i]
+            for key, bad, fix in (
+                ("prefault", vm.prefault, "prefault: false (it is all resident from the start)"),
+                ("async_pf", vm.async_pf > 0, "async_pf: 0 (it never faults)"),
+                ("guest", vm.guest is not None, "remove guest"),
+                ("balloon", vm.balloon is not None, "remove balloon (its pages stay resident)"),
+                ("content", vm.content is not None, "remove content (KSM merges no hugetlb page)"),
+            ):
+                if bad:
+                    raise ValueError(
+                        f"vms[{i}].{key}: not modelled for a hugetlbfs-backed VM; {fix}, or "
+                        "set memory_backing: anonymous"
+                    )
+
     def _check_steady(self) -> None:
         """Warm-up and windows fit the run; prefault and warm-up need simulated time."""
         if self.warmup_s and self.warmup_s >= self.duration_s:
@@ -921,6 +992,10 @@ def _drop_defaults(config: dict[str, Any]) -> None:
     for vm in config["vms"]:
         if vm.get("prefault") is False:
             del vm["prefault"]
+        if vm.get("memory_backing") == "anonymous":
+            del vm["memory_backing"]
+        if vm.get("hugepage_size_kib") == 2048:
+            del vm["hugepage_size_kib"]
         if vm["workload"].get("type") == "trace" and vm["workload"].get("repeat") is True:
             del vm["workload"]["repeat"]
         memcg = vm.get("memcg")

@@ -104,6 +104,10 @@ class World(Machine):
         self.oom = OomKiller(self.mms, mem, swap, policy, vmstat, now=lambda: int(env.now))
         self.oom_kills = self.oom.kills
         self.oom.ksm = self.ksm
+        hugetlb = 0
+        if self.hugetlb is not None:  # hugetlb folios are on no LRU (host/hugetlb.py)
+            self.oom.hugetlb = frozenset(self.hugetlb.vms)
+            hugetlb = self.hugetlb.nr_pages
 
         files = sc.file_sections()
         images = sc.disk_images()  # the guests' disk images, files after those
@@ -111,7 +115,8 @@ class World(Machine):
         file_owners = slice(first_file, first_file + len(files) + len(images))
 
         def reclaimable() -> int:  # zone_reclaimable_pages: file pages; anon if swap has room
-            lru = mem.nr_frames - mem.nr_free - mem.nr_pool  # the compressed pool is not on it
+            # neither the compressed pool nor the hugetlb pool is on it
+            lru = mem.nr_frames - mem.nr_free - mem.nr_pool - hugetlb
             if swap.nr_free_slots > 0:
                 return lru
             return int(mem.nr_resident[file_owners].sum()) if self.file_pages else 0

@@ -37,6 +37,7 @@ from sim.host.huge_memory import (
     THP_PMD,
     HugeMemory,
 )
+from sim.host.hugetlb import prealloc
 from sim.host.khugepaged import KHUGEPAGED_EVENTS
 from sim.host.ksm import UNIQUE, Ksm, draw_content
 from sim.host.madvise import check_zapped, madvise_dontneed
@@ -343,6 +344,16 @@ class Machine:
             and not (sc.kvm.mmu == "shadow" and not sc.kvm.shadow_rmap)
         )
         self.rmap.shortcut = TdpShortcut(mem, self.vms, self.spte) if tdp else None
+        # hugetlbfs-backed VMs: their frames leave the buddy allocator now (host/hugetlb.py)
+        self.hugetlb = prealloc(mem, mms, cfgs)
+        if self.hugetlb is not None:
+            for i in self.hugetlb.vms:  # KVM maps it all at the huge level (host_pfn_mapping_level)
+                self.vms[i].mmu.map_sptes(np.arange(mms[i].nr_pages, dtype=np.int64))
+            self.vmscan.skip_vma = self.hugetlb.mask
+            if self.recorder is not None:
+                self.recorder.unevictable = self.hugetlb.mask
+            if self.memcg_limits is not None:
+                self.memcg_limits.set_hugetlb(self.hugetlb.per_vm(len(self.vms)))
         self.oom_kills: list[tuple[int, str]] = []
         self.warmup_ns = round(sc.warmup_s * 1e9)
         self.at_warmup: dict[str, Any] | None = None  # the counts at the warm-up's end
@@ -433,6 +444,9 @@ class Machine:
             if self.deferred is not None:
                 self.deferred.check()
             resident[:n] &= ~tails
+        if self.hugetlb is not None:  # a hugetlb folio is on no list
+            self.hugetlb.check(mem, sp.is_present(self.spte[: len(self.hugetlb.mask)]))
+            resident[: len(self.hugetlb.mask)] &= ~self.hugetlb.mask
         on_lru = np.zeros(self.nr_frames, dtype=np.bool_)
         on_lru[mem.pfn[resident]] = True
         self.policy.check(on_lru)
@@ -627,6 +641,7 @@ class Machine:
         dur_s = max(sim_time_ns - warm, 1) / 1e9
         fracs, lat = self.tails(sim_time_ns)
         vms = []
+        cfgs = [cfg for _, cfg in sc.vm_list()]
         for vm, b in zip(self.vms, base["vms"], strict=True):
             st = vm.stats
             stall, compute = self.stall_ns(vm, sim_time_ns), self.compute_ns(vm, sim_time_ns)
@@ -670,6 +685,10 @@ class Machine:
                     "vmstat": vs.mm_stat(vm.index),
                 }
             )
+            cfg = cfgs[vm.index]
+            if cfg.memory_backing != "anonymous":
+                vms[-1]["memory_backing"] = cfg.memory_backing
+                vms[-1]["hugepage_size_kib"] = cfg.hugepage_size_kib
             for key in ("guest_tlb", "async_pf", "guest", "balloon"):
                 if key in row:
                     vms[-1][key] = row[key]
@@ -763,6 +782,8 @@ class Machine:
                     for t, k, cur, tgt, num, held in mom.records
                 ],
             }
+        if self.hugetlb is not None:  # /proc/meminfo's HugePages_Total and _Free
+            host["hugetlb"] = self.hugetlb.summary()
         if self.deferred is not None:  # split_queue_len of every deferred split queue
             host["thp_deferred_split_queue"] = self.deferred.queue_len()
         if self.ksm is not None:  # /sys/kernel/mm/ksm and cow_ksm (counted in host/ksm.py)

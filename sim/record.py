@@ -337,6 +337,9 @@ class Recorder:
             self._fd = {k: os.open(path, flags) for k, path in self._side.items()}
         self.n_evictions = 0
         self.rng = np.random.default_rng(rng_seed)
+        # per guest pid: pages on no LRU (hugetlbfs, host/hugetlb.py), left out of idle_rank's
+        # sample: exact LRU would never evict them
+        self.unevictable: NDArray[np.bool_] | None = None
 
     # -- sinks -------------------------------------------------------------------------------
     def evicted(
@@ -377,7 +380,8 @@ class Recorder:
         )
 
     def _idle_rank(self, last_ns: NDArray[np.int64]) -> NDArray[np.float32]:
-        """Share of a random sample of resident pages used no earlier than each victim.
+        """Share of a random sample of resident pages (on an LRU) used no earlier than each
+        victim.
 
         1.0: the victim was the coldest page sampled (what exact LRU would evict); 0.0: every
         sampled page was colder. One sample of IDLE_RANK_SAMPLE frames serves a whole batch.
@@ -387,6 +391,9 @@ class Recorder:
         pids = mem.frame_pid[pfns]
         pids = pids[pids >= 0]
         pids = pids[(mem.flags[pids] & PTE_PRESENT) != 0]
+        if self.unevictable is not None:
+            skip = self.unevictable
+            pids = pids[(pids >= len(skip)) | ~skip[np.minimum(pids, len(skip) - 1)]]
         if len(pids) == 0:
             return np.full(len(last_ns), np.nan, dtype=np.float32)
         sample = self._stamps(pids).astype(np.int64) * 1000

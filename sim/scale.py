@@ -170,15 +170,26 @@ class _Sizer:
     def pages(mib: int) -> int:
         return mib << 8
 
-    def mib(self, where: str, mib: int, *, min_pages: int = 0, guest_ram: bool = False) -> int:
+    def mib(
+        self,
+        where: str,
+        mib: int,
+        *,
+        min_pages: int = 0,
+        guest_ram: bool = False,
+        huge_mib: int = 0,
+    ) -> int:
         """``mib / factor``, which must be a whole number of MiB (of 2 MiB THP blocks for
-        ``guest_ram`` with THP on), and at least ``min_pages`` 4 KiB pages."""
-        f, unit = self.f, 2 if guest_ram and self.thp else 1
+        ``guest_ram`` with THP on; of ``huge_mib`` MiB huge pages for hugetlbfs-backed guest
+        RAM), and at least ``min_pages`` 4 KiB pages."""
+        f, unit = self.f, huge_mib or (2 if guest_ram and self.thp else 1)
         self.sizes.append((mib, min_pages, unit))
         if self.probe:
             return max(mib // f, unit)
         if mib % (f * unit):
             what = "MiB" if unit == 1 else "2 MiB THP blocks"
+            if huge_mib:
+                what = f"{huge_mib} MiB huge pages (memory_backing: hugetlbfs)"
             raise Refused(
                 f"{self.source}: {where}: {mib} MiB / {f} is not a whole number of {what}"
             )
@@ -224,8 +235,9 @@ def _scale_vm(raw_vm: dict[str, Any], vm: VmConfig, z: _Sizer, at: str) -> None:
             f"{z.source}: {at}.workload: a trace's pages are the traced program's and cannot be "
             "scaled down; give the VM a synthetic workload (zipf, hotcold, ...) or do not scale"
         )
+    huge = vm.hugepage_size_kib >> 10 if vm.memory_backing == "hugetlbfs" else 0
     raw_vm["memory_mib"] = z.mib(
-        f"{at}.memory_mib", vm.memory_mib, min_pages=MIN_VM_PAGES, guest_ram=True
+        f"{at}.memory_mib", vm.memory_mib, min_pages=MIN_VM_PAGES, guest_ram=True, huge_mib=huge
     )
     if vm.working_set_mib is not None:
         raw_vm["working_set_mib"] = z.mib(

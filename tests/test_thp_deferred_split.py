@@ -12,11 +12,9 @@ import copy
 from typing import Any
 
 import numpy as np
-import pytest
 
 from sim.config import parse_scenario
 from sim.engine import World, build_world
-from sim.errors import ConfigError
 from sim.host.deferred_split import DeferredSplit
 from sim.host.huge_memory import THP_LARGE, THP_PARTIAL, THP_QUEUED
 from sim.host.memory import PG_SWAP, PTE_PRESENT
@@ -204,13 +202,14 @@ def test_the_summary_reads_the_queue_length() -> None:
     assert host["vmstat"]["thp_deferred_split_page"] == 1
 
 
-def test_thp_refuses_a_guest_disk_image_in_the_host_page_cache() -> None:
+def test_thp_takes_a_guest_disk_image_in_the_host_page_cache() -> None:
+    """The host page cache beside THPs (tests/test_thp_combos.py runs it)."""
     raw = copy.deepcopy(TINY)
     raw["host"] = {"memory_mib": 8, "thp": {}}
     raw["reclaim"] = {"policy": "two_list"}
     raw["vms"][0]["guest"] = {"footprint_mib": 6, "disk_cache": "writeback"}
-    with pytest.raises(ConfigError, match=r"vms\[0\]\.guest\.disk_cache: none"):
-        parse_scenario(raw)
+    sc = parse_scenario(raw)
+    assert sc.host.thp is not None
 
 
 def test_with_memcgs_each_vm_has_its_queue_and_limit_reclaim_scans_its_own() -> None:

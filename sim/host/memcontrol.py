@@ -232,12 +232,21 @@ class MemcgLimits:
     owners: list[list[int]] = field(default_factory=list)  # page owners of each memcg
     # pages each memcg has charged for good besides its owners' frames (the VMM's own memory)
     overhead: list[int] = field(default_factory=list)
+    # frames each memcg's owners hold in hugetlb pages: charged to the hugetlb controller,
+    # not to memory.current (host/hugetlb.py)
+    hugetlb: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.owner_memcg:  # no page cache: each VM's mm is its memcg's only owner
             self.owner_memcg = list(range(len(self.max)))
             self.owners = [[i] for i in self.owner_memcg]
         self.overhead += [0] * (len(self.owners) - len(self.overhead))  # the root's: none
+        self.hugetlb += [0] * (len(self.owners) - len(self.hugetlb))
+
+    def set_hugetlb(self, per_vm: Sequence[int]) -> None:
+        """The hugetlb pages of each VM's mm, which its memcg holds outside memory.current."""
+        for vm, n in enumerate(per_vm):
+            self.hugetlb[self.owner_memcg[vm]] += n
 
     @property
     def root(self) -> int:
@@ -253,9 +262,10 @@ class MemcgLimits:
         """``memory.current`` of ``memcg``: the frames of every page owner charged to it, and
         the VMM's overhead."""
         owners = self.owners[memcg]
+        extra = self.overhead[memcg] - self.hugetlb[memcg]
         if len(owners) == 1:
-            return nr_resident.item(owners[0]) + self.overhead[memcg]
-        return sum(nr_resident.item(o) for o in owners) + self.overhead[memcg]
+            return nr_resident.item(owners[0]) + extra
+        return sum(nr_resident.item(o) for o in owners) + extra
 
     @classmethod
     def from_configs(
@@ -616,7 +626,7 @@ class MemCgroups:
         owned = mem.frame_pid[mem.frame_pid >= 0]
         memcgs = np.asarray(lim.owner_memcg, dtype=np.int64)[mem.page_owners(owned)]
         frames = np.bincount(memcgs, minlength=lim.nr_memcgs)
-        charges = [self.usage(i) - lim.overhead[i] for i in range(lim.nr_memcgs)]
+        charges = [self.usage(i) - lim.overhead[i] + lim.hugetlb[i] for i in range(lim.nr_memcgs)]
         assert frames.tolist() == charges, "memcg charges != frames owned (and the overhead)"
         for i, mm in enumerate(self.mms):
             over = self.usage(i) - self.limits.max[i]

@@ -80,10 +80,13 @@ class OomKiller:
         self.vmstat, self.now = vmstat, now
         self.kills: list[tuple[int, str]] = []  # (t_ns, vm name)
         self.ksm: Ksm | None = None  # KSM, when on: sharers leave their KSM pages at exit
+        # hugetlbfs VMs: their rss holds no hugetlb page and a kill would give the pages back
+        # to the pool, not to free memory (host/hugetlb.py): never chosen
+        self.hugetlb: frozenset[int] = frozenset()
 
     def __call__(self) -> bool:
         """``out_of_memory``: kill the mm with the highest badness; False if none is left."""
-        alive = [mm for mm in self.mms if not mm.dead]
+        alive = [mm for mm in self.mms if not mm.dead and mm.index not in self.hugetlb]
         if not alive:
             return False
         mem = self.mem

@@ -302,6 +302,8 @@ class Vmscan:
         self.dirty: DirtyControl | None = None  # the page cache's flushers, if any
         self.on_writeback_end: Callable[[], None] | None = None  # reclaim_throttle's waker
         self.memcg: MemCgroups | None = None  # the VMs' memcgs (swap charges), if any
+        # per guest pid: hugetlbfs memory, whose VMAs MGLRU's walk skips (host/hugetlb.py)
+        self.skip_vma: NDArray[np.bool_] | None = None
         self.core: FolioListCore | None = None  # the compiled batch, set where it applies
         self.ksm: Ksm | None = None  # KSM's stable nodes, when KSM is on
         self.thp: HugeMemory | None = None  # THP-backed guest RAM, when host.thp is on
@@ -358,10 +360,14 @@ class Vmscan:
         return self.rmap.ptep_test_and_clear_young(pfns, sc)
 
     def walk_mm(self) -> NDArray[np.int64]:
-        """Every present pte, mm by mm in ascending hva (page-table order). With KSM, not the
+        """Every present pte, mm by mm in ascending hva (page-table order); not those of a
+        hugetlbfs mapping (``should_skip_vma``). With KSM, not the
         stable nodes (their PTE_PRESENT is the folio's "mapped", no pte) and not the zero
         page's ptes (``get_pte_pfn`` skips the zero pfn)."""
         present = np.flatnonzero((self.mem.flags & PTE_PRESENT) != 0)
+        if self.skip_vma is not None:  # should_skip_vma: is_vm_hugetlb_page
+            skip = self.skip_vma
+            present = present[(present >= len(skip)) | ~skip[np.minimum(present, len(skip) - 1)]]
         if self.ksm is not None:
             present = present[present < self.ksm.node_base]
             present = present[self.mem.pfn[present] != NO_PFN]
