@@ -343,13 +343,19 @@ def _store(w: World, pool: Zpool, cold_first: NDArray[np.int64]) -> Zswap | None
         pool.store(cold_first)
         return None
     zswap = Zswap(swap.zswap.cfg, pool, w.nr_frames, new_vmstat(len(w.vms)))
+    _store_batches(w, zswap, cold_first)
+    return zswap
+
+
+def _store_batches(w: World, zswap: Zswap, cold_first: NDArray[np.int64]) -> None:
+    """``zswap_store`` of 4 KiB pages a reclaim batch (SWAP_CLUSTER_MAX) at a time, oldest
+    eviction first, the shrink worker after a batch that found the pool full."""
     owners = w.mem.page_owners(cold_first)
     for lo in range(0, len(cold_first), SWAP_CLUSTER_MAX):
         hi = lo + SWAP_CLUSTER_MAX
         _, _, full = zswap.store(cold_first[lo:hi].astype(np.int32), owners[lo:hi])
         if full:
             zswap.shrink()
-    return zswap
 
 
 def _largest(n: int, ok: Callable[[int], bool]) -> int:
@@ -481,12 +487,7 @@ def _store_thp(
         _, _, full = zswap.store_folio(_pages(np.array([head], dtype=np.int64)), mm)
         if full:
             zswap.shrink()
-    owners = w.mem.page_owners(pages)
-    for lo in range(0, len(pages), SWAP_CLUSTER_MAX):
-        hi = lo + SWAP_CLUSTER_MAX
-        _, _, full = zswap.store(pages[lo:hi].astype(np.int32), owners[lo:hi])
-        if full:
-            zswap.shrink()
+    _store_batches(w, zswap, pages)
     return zswap
 
 
