@@ -856,7 +856,6 @@ class Scenario(_MemcgOptional):
                 self.reclaim.policy not in ("two_list", "mglru"),
                 "reclaim.policy: two_list or mglru (the others track every access's frame)",
             ),
-            (self.host.thp is not None, f"no {self.host.thp_named}"),
             (
                 self.kvm.mmu == "shadow",
                 "kvm.mmu: tdp or legacy_tdp (a shadow MMU maps the guest's own 4 KiB mappings)",

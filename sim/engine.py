@@ -182,6 +182,8 @@ class World(Machine):
             )
             self.khugepaged.memcg = self.memcg
             self.khugepaged.ksm = self.ksm
+            if self.hugetlb is not None:
+                self.khugepaged.skip = self.hugetlb.mask
         on_access = self._on_access if policy.observes_accesses else None
         self.horizon_ns = round(sc.duration_s * 1e9)
         self.accrual = VcpuTime(

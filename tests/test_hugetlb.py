@@ -32,6 +32,8 @@ from tests.test_fastpaths import check_world
 from tests.test_invariants import scenarios
 
 HUGE = 2  # the hugetlbfs VM's index in RAW's worlds
+# khugepaged awake every simulated millisecond, collapsing blocks with swapped pages too
+FAST_KHUGEPAGED = {"scan_sleep_ms": 1, "alloc_sleep_ms": 1, "max_ptes_swap": 511}
 
 RAW: dict[str, Any] = {
     "name": "hugetlb",
@@ -220,7 +222,6 @@ def test_the_default_backing_leaves_the_config_hash_alone() -> None:
             "set memory_backing: hugetlbfs",
         ),
         ({"huge__memory_mib": 16}, "fill host memory"),
-        ({"host": {"memory_mib": 16, "thp": {"enabled": "always"}}}, "no host.thp"),
         ({"reclaim": {"policy": "lru"}}, "reclaim.policy: two_list or mglru"),
         ({"reclaim": {"policy": "two_list", "trigger": "demand"}}, "reclaim.trigger: watermark"),
         ({"kvm": {"mmu": "shadow"}}, "kvm.mmu: tdp or legacy_tdp"),
@@ -245,8 +246,9 @@ def test_refusals(changes: dict[str, Any], needle: str) -> None:
         {"kvm": {"mmu": "legacy_tdp", "ept_ad_bits": False}, "huge__guest_tlb": {}},
         {"host_files": {"size_mib": 4, "write_ratio": 0.3}},
         {"host": {"memory_mib": 16, "ksm": {"pages_to_scan": 500, "sleep_ms": 1}}},
+        {"host": {"memory_mib": 16, "thp": {"khugepaged": FAST_KHUGEPAGED}}},
     ],
-    ids=["zram", "zswap-mglru", "legacy-tdp-tlb", "page-cache", "ksm"],
+    ids=["zram", "zswap-mglru", "legacy-tdp-tlb", "page-cache", "ksm", "thp"],
 )
 def test_invariants_hold_beside_every_feature_of_the_anonymous_guests(
     changes: dict[str, Any],
@@ -261,6 +263,26 @@ def test_invariants_hold_beside_every_feature_of_the_anonymous_guests(
     assert not any(w.vmstat.mm_stat(HUGE).values())
     assert not any(w.vms[HUGE].stats.faults.values())
     assert w.vms[HUGE].stats.stall_ns == 0
+
+
+def test_thp_backs_the_anonymous_guests_and_khugepaged_leaves_hugetlbfs_alone() -> None:
+    """THP for anonymous guest RAM beside a hugetlbfs guest: the anonymous guests get THPs,
+    swapped out whole; khugepaged, awake every millisecond, scans only anonymous VMAs
+    (thp_vma_allowable_order refuses VM_HUGETLB), so it collapses none of the hugetlbfs
+    guest's blocks, whose pages keep their pool frames and stay off every THP state."""
+    r = raw(host={"memory_mib": 16, "thp": {"khugepaged": FAST_KHUGEPAGED}})
+    w = World(parse_scenario(r))
+    pids = _pids(w)
+    pfns = w.mem.pfn[pids].copy()
+    run_checked(w)
+    assert w.vmstat["thp_fault_alloc"] > 0
+    assert w.khugepaged is not None
+    assert w.khugepaged.stats.pmds_scanned > 2 * w.khugepaged.nr_blocks  # every block, twice
+    assert (w.mem.pfn[pids] == pfns).all()
+    assert w.thp is not None
+    assert not w.thp.block[pids.start >> 9 : pids.stop >> 9].any()  # no THP state at all
+    assert not any(w.vmstat.mm_stat(HUGE).values())
+    assert not any(w.vms[HUGE].stats.faults.values())
 
 
 def test_scaling_down_keeps_whole_huge_pages() -> None:

@@ -145,6 +145,10 @@ class Khugepaged:
         self.nr_blocks = thp.nr_vm_pages >> HPAGE_PMD_SHIFT
         self.memcg: MemCgroups | None = None  # the VMs' memcgs, which a collapse charges
         self.ksm: Ksm | None = None  # KSM, when on: its sharers' ptes in a block
+        # per guest pid, memory of a VMA khugepaged never scans: hugetlbfs-backed guest RAM
+        # (host/hugetlb.py; thp_vma_allowable_order refuses VM_HUGETLB, and only anonymous
+        # VMAs are registered with khugepaged_enter_vma)
+        self.skip: NDArray[np.bool_] | None = None
 
     def run(self, env: simpy.Environment) -> simpy.events.ProcessGenerator:
         """``khugepaged``: sleep, scan a batch, collapse what qualifies, wait for its reads."""
@@ -183,6 +187,8 @@ class Khugepaged:
         if thp.block.item(b) & (THP_LARGE | THP_PMD):
             return False  # PMD-mapped already, or a pte-mapped large folio (skipped)
         head = b << HPAGE_PMD_SHIFT
+        if self.skip is not None and self.skip.item(head):
+            return False  # hugetlbfs: not an anonymous VMA
         mm = self.mms[mem.page_owner(head)]
         if mm.dead:
             return False
