@@ -16,6 +16,8 @@ Models
     back, sleep a penalty that grows with the square of the overage, at most 2 s per return
     (``mem_cgroup_handle_over_high``). A swap-out that would take ``memory.swap.current``
     above ``memory.swap.max`` fails as ``add_to_swap`` failing (the folio stays, activated).
+    ``memory.zswap.writeback`` 0 keeps the memcg's pages off the swap device: zswap keeps them
+    or reclaim activates them (sim/host/zswap.py, sim/host/vmscan.py).
     ``memory.min`` and ``memory.low`` protect a memcg from global reclaim (vmscan's
     ``shrink_node_memcgs``; the per-lruvec scan in sim/reclaim/memcg.py).
 

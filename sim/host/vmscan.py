@@ -20,6 +20,12 @@ Models
     - clean, with its swap copy: ``__remove_mapping`` frees the frame now and leaves the
       workingset shadow in the swap cache slot (``workingset_eviction``).
 
+    - dirty, of a memcg with ``memory.zswap.writeback`` 0, and not taken by zswap (or with no
+      zswap): ``swap_writeout`` re-dirties it and returns ``AOP_WRITEPAGE_ACTIVATE``, so
+      ``pageout`` clears PG_reclaim and says ``PAGE_ACTIVATE``: the folio goes back activated
+      (``activate_locked``), unmapped, in the swap cache with its slot (an unmapped folio's
+      slot stays: its ptes hold the swap entry), and nothing is written.
+
     Only freed folios count as reclaimed (``nr_reclaimed``, ``pgsteal``); a folio whose write
     started is counted by ``nr_pageout`` (``nr_vmscan_write``) and freed by a later scan.
 
@@ -34,7 +40,8 @@ Kernel reference
     ``pageout``, ``__remove_mapping``, ``activate_locked``), ``shrink_inactive_list``;
     mm/swap.c: ``folio_rotate_reclaimable``, ``lru_move_tail``; mm/filemap.c:
     ``folio_end_writeback``; mm/swap_state.c: ``add_to_swap``; mm/workingset.c:
-    ``workingset_eviction``; mm/page_io.c: ``swap_writepage``.
+    ``workingset_eviction``; mm/page_io.c: ``swap_writeout`` (``swap_writepage`` in older kernels);
+    mm/memcontrol.c: ``mem_cgroup_zswap_writeback_enabled``.
 
 Simplifications
     The writes of a batch are submitted together after the batch is unmapped; a submitter that
@@ -47,7 +54,8 @@ Invariants
     A folio handed here is isolated (on no list). On return the ``FREED`` ones have left memory
     (unmapped, no spte, frame free, the page only in swap); ``KEEP`` ones are unmapped, in the
     swap cache and under write-out (or freed already by a synchronous device: then ``FREED``);
-    ``ACTIVATE`` ones are as they were.
+    ``ACTIVATE`` ones are as they were, but those ``pageout`` activated (zswap write-back off),
+    which are unmapped, dirty and in the swap cache.
 
 THP
     A large folio (``host.thp``, huge_memory.py) is handled whole by ``_shrink_large``: an

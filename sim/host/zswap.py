@@ -22,6 +22,15 @@ Models
     ``pswpout`` for each write) until the pool is at the accept threshold. The pool is a
     :class:`~sim.host.zpool.Zpool`: its memory is host frames.
 
+    ``memory.zswap.writeback`` 0 (``vms[].memcg.zswap_writeback: false``; since 6.8, checked
+    for the memcg and its ancestors by ``mem_cgroup_zswap_writeback_enabled``): the memcg's
+    pages stay out of the device. ``zswap_compress`` does not store such a page as it is (it
+    fails with -EINVAL: debugfs ``reject_compress_fail``, not ``reject_compress_poor``), a
+    large folio with one such page fails whole, and the shrink worker writes none of its
+    entries back (``shrink_memcg`` refuses the memcg; memsim's pool LRU is global, so the
+    worker passes over its entries and takes the oldest of the others). What zswap did not
+    take is activated by ``pageout`` (sim/host/vmscan.py), not written.
+
 Counting
     ``zswpout``, ``zswpin``, ``zswpwb`` are vm events the kernel also counts per memcg
     (``count_objcg_events``): counted per VM here. ``zswap_pool_limit_hit`` and
@@ -32,7 +41,9 @@ Counting
 Kernel reference
     mm/zswap.c: ``zswap_store``, ``zswap_check_limits``, ``zswap_max_pages``,
     ``zswap_accept_thr_pages``, ``zswap_compress``, ``zswap_load``, ``shrink_worker``,
-    ``zswap_writeback_entry``, ``zswap_invalidate``; mm/page_io.c: ``swap_writepage``.
+    ``zswap_writeback_entry``, ``zswap_invalidate``, ``shrink_memcg``; mm/page_io.c:
+    ``swap_writeout`` (``swap_writepage`` in older kernels); mm/memcontrol.c:
+    ``mem_cgroup_zswap_writeback_enabled``.
 
 Simplifications
     The shrink worker runs at once, in the reclaim pass whose store found the pool full, and
@@ -41,8 +52,8 @@ Simplifications
     folio) and is on the device from then on, even while the write is in flight. The
     memcg-aware ``zswap_shrinker`` (off by default) and same-filled pages are not modelled. A
     page stored as it is comes back at the price of a decompression (the kernel copies it),
-    and every memcg lets zswap write back (``memory.zswap.writeback`` 1, the default: with 0,
-    6.18 rejects incompressible pages as before).
+    and ``memory.zswap.writeback`` is one setting per VM memcg (the root's cannot be
+    changed; memsim's memcgs have no other ancestors).
 """
 
 from __future__ import annotations
