@@ -721,6 +721,13 @@ class Scenario(_MemcgOptional):
                 f"vms[{i}].memcg: needs watermark reclaim (demand mode has no charges or "
                 "limit reclaim); set reclaim.trigger: watermark or remove memcg"
             )
+        for i, vm in enumerate(self.vms):
+            if vm.prefault and vm.memcg is not None and not vm.memcg.zswap_writeback:
+                raise ValueError(
+                    f"vms[{i}].memcg.zswap_writeback: false is not modelled with prefault "
+                    "(its steady state would keep the pages zswap refuses resident); set "
+                    "prefault: false or zswap_writeback: true"
+                )
 
     def _check_guest(self) -> None:
         """A guest kernel runs in simulated time over 4 KiB host pages, from cold; a balloon
@@ -1000,6 +1007,8 @@ def _drop_defaults(config: dict[str, Any]) -> None:
         memcg = vm.get("memcg")
         if isinstance(memcg, dict) and memcg.get("vmm_overhead_kib") == 0:
             del memcg["vmm_overhead_kib"]
+        if isinstance(memcg, dict) and memcg.get("zswap_writeback") is True:
+            del memcg["zswap_writeback"]
 
 
 def file_digest(path: Path) -> str:

@@ -26,9 +26,10 @@ Why
 
 When
     A batch takes this path when the world was built for it (:func:`core_for`: any policy, on
-    the node's lruvec or with a memcg per VM, no host page cache, any swap device (a disk, with
-    slot identities or without, with zswap in front or without, or zram), and the fused TDP
-    walk) and every page the batch isolates belongs to an mm whose notifier subscribers are
+    the node's lruvec or with a memcg per VM, none of them with ``memory.zswap.writeback`` 0
+    (whose refused writes ``pageout`` activates), no host page cache, any swap device (a disk,
+    with slot identities or without, with zswap in front or without, or zram), and the fused
+    TDP walk) and every page the batch isolates belongs to an mm whose notifier subscribers are
     still KVM's alone and (host.thp) is in no large folio (a THP is aged, unmapped and written
     over its 2 MiB: sim/host/vmscan.py ``_shrink_large``); any other batch runs the general
     path, with nothing changed by the attempt. Policies other than two-list keep their own
@@ -1091,6 +1092,8 @@ def general_path_reason(sc: Scenario) -> str | None:
         reasons.append("host.rmap: none (each walk scans page tables)")
     if sc.kvm.mmu == "shadow" and not sc.kvm.shadow_rmap:
         reasons.append("kvm.shadow_rmap off (each notifier call scans the sptes)")
+    if any(vm.memcg is not None and not vm.memcg.zswap_writeback for vm in sc.vms):
+        reasons.append("a memcg with zswap_writeback false (its refused writes are activated)")
     return ", ".join(reasons) or None
 
 
@@ -1105,6 +1108,7 @@ def core_for(vmscan: Vmscan) -> HostCore | None:
         or not isinstance(shortcut, TdpShortcut)
         or not shortcut.built_any()
         or (swap.zswap is not None and swap.synchronous)  # zswap's rejects wait for a disk
+        or (vmscan.memcg is not None and vmscan.memcg.no_writeback is not None)
     ):
         return None
     return HostCore(vmscan, shortcut)

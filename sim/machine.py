@@ -67,7 +67,7 @@ from sim.host.swap import SwapDevice
 from sim.host.vmscan import Schedule, Vmscan
 from sim.host.vmstat import RMAP_OFF_EVENTS, VmStat, new_vmstat
 from sim.host.zpool import Zpool, compressed_sizes
-from sim.host.zswap import Zswap
+from sim.host.zswap import ZSWAP_REJECT_COMPRESS_FAIL, Zswap
 from sim.kvm import spte as sp
 from sim.kvm.fault import FAULT_KINDS, GUEST_FAULT_KINDS
 from sim.kvm.shortcut import TdpShortcut
@@ -209,6 +209,9 @@ class Machine:
             assert sc.host.thp is not None
             if sc.host.thp.khugepaged.enabled:
                 extra += KHUGEPAGED_EVENTS
+        no_writeback = None if self.memcg_limits is None else self.memcg_limits.no_writeback()
+        if no_writeback is not None and sc.swap.zswap.enabled:
+            extra += (ZSWAP_REJECT_COMPRESS_FAIL,)
         self.vmstat = vmstat = new_vmstat(
             nr_memcgs, extra + (FILE_EVENTS if self.file_pages else ())
         )
@@ -226,6 +229,7 @@ class Machine:
         elif sc.swap.zswap.enabled:
             pool = self.swap.zpool = self._zpool(sc, vm_pages, track_lru=True, nr_nodes=nr_nodes)
             self.swap.zswap = Zswap(sc.swap.zswap, pool, nr_frames, vmstat)
+            self.swap.zswap.no_writeback = no_writeback
         self.mms = mms = [
             Mm(i, name, int(self.vm_base[i]), int(sizes[i])) for i, (name, _) in enumerate(vm_pages)
         ]

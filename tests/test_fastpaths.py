@@ -259,8 +259,8 @@ def cored(draw: st.DrawFn) -> Raw:
 def mglrued(draw: st.DrawFn) -> Raw:
     """A random MGLRU scenario (its page cache and swappiness as drawn, else swappiness mostly
     60; both promotion rules, the walk with and without notifiers, sometimes min_ttl), in half
-    of them with VMs in memcgs (an lruvec each, some limited), often on a host at its
-    smallest."""
+    of them with VMs in memcgs (an lruvec each, some limited, some with zswap write-back
+    off), often on a host at its smallest."""
     raw = copy.deepcopy(draw(scenarios()))
     if raw["reclaim"]["policy"] != "mglru":
         raw["reclaim"] = {"policy": "mglru", "swappiness": draw(st.sampled_from([0, 60, 60, 200]))}
@@ -273,10 +273,17 @@ def mglrued(draw: st.DrawFn) -> Raw:
         for vm in raw["vms"]:
             cg = draw(st.one_of(st.none(), limits))
             if cg is not None:
-                vm["memcg"] = cg
+                vm["memcg"] = _writeback(draw, cg)
     if draw(st.booleans()):
         raw["host"]["memory_mib"] = 2
     return raw
+
+
+def _writeback(draw: st.DrawFn, cg: dict[str, Any]) -> dict[str, Any]:
+    """A memcg section, in a quarter of the draws with memory.zswap.writeback 0."""
+    if draw(st.integers(0, 3)) == 0:
+        return cg | {"zswap_writeback": False}
+    return cg
 
 
 @st.composite
@@ -316,8 +323,9 @@ def fused_faults(draw: st.DrawFn) -> Raw:
 def drained(draw: st.DrawFn) -> Raw:
     """A random scenario whose write-back ends the compiled drain takes: two-list (on the
     node's lruvec or, in half of them, with a memcg per VM), swap on a disk with room, zswap in
-    front of it or not, page cache as drawn (its own writes end in Python); mostly a host at
-    its smallest, so that reclaim writes from the first steps."""
+    front of it or not, page cache as drawn (its own writes end in Python), memcgs as drawn
+    (some with zswap write-back off); mostly a host at its smallest, so that reclaim writes
+    from the first steps."""
     raw = copy.deepcopy(draw(scenarios()))
     if raw["reclaim"]["policy"] != "two_list":
         raw["reclaim"] = {"policy": "two_list"}
@@ -330,7 +338,7 @@ def drained(draw: st.DrawFn) -> Raw:
         for vm in raw["vms"]:
             cg = draw(st.one_of(st.none(), limits))
             if cg is not None:
-                vm["memcg"] = cg
+                vm["memcg"] = _writeback(draw, cg)
     return raw
 
 

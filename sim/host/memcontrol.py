@@ -16,6 +16,8 @@ Models
     back, sleep a penalty that grows with the square of the overage, at most 2 s per return
     (``mem_cgroup_handle_over_high``). A swap-out that would take ``memory.swap.current``
     above ``memory.swap.max`` fails as ``add_to_swap`` failing (the folio stays, activated).
+    ``memory.zswap.writeback`` 0 keeps the memcg's pages off the swap device: zswap keeps them
+    or reclaim activates them (sim/host/zswap.py, sim/host/vmscan.py).
     ``memory.min`` and ``memory.low`` protect a memcg from global reclaim (vmscan's
     ``shrink_node_memcgs``; the per-lruvec scan in sim/reclaim/memcg.py).
 
@@ -192,6 +194,14 @@ class MemcgConfig(Strict):
         description="memory.swap.max: swap space the VM's pages may hold; a swap-out beyond "
         "it fails and the page stays resident.",
     )
+    zswap_writeback: bool = Field(
+        True,
+        description="memory.zswap.writeback (6.8+, systemd MemoryZSwapWriteback=): false keeps "
+        "the VM's pages off the swap device. zswap keeps them compressed in RAM and never "
+        "writes them back; a page zswap does not take (a full pool, a page that does not "
+        "compress below a page) stays resident, unmapped and activated; without zswap the VM "
+        "does not swap at all.",
+    )
 
     vmm_overhead_kib: int = Field(
         0,
@@ -228,6 +238,8 @@ class MemcgLimits:
     low: list[int]
     min: list[int]
     swap_max: list[int]
+    # memory.zswap.writeback of each memcg (the root's: on)
+    zswap_writeback: list[bool] = field(default_factory=list)
     owner_memcg: list[int] = field(default_factory=list)  # memcg of each page owner
     owners: list[list[int]] = field(default_factory=list)  # page owners of each memcg
     # pages each memcg has charged for good besides its owners' frames (the VMM's own memory)
@@ -242,6 +254,17 @@ class MemcgLimits:
             self.owners = [[i] for i in self.owner_memcg]
         self.overhead += [0] * (len(self.owners) - len(self.overhead))  # the root's: none
         self.hugetlb += [0] * (len(self.owners) - len(self.hugetlb))
+        self.zswap_writeback += [True] * (len(self.owners) - len(self.zswap_writeback))
+
+    def no_writeback(self) -> NDArray[np.bool_] | None:
+        """Per page owner: whether its memcg has ``memory.zswap.writeback`` 0
+        (``mem_cgroup_zswap_writeback_enabled`` false: the memcg and its ancestors, here the
+        memcg, its only ancestor being the root, which cannot turn it off); None when every
+        memcg keeps the default."""
+        if all(self.zswap_writeback):
+            return None
+        off = [not self.zswap_writeback[m] for m in self.owner_memcg]
+        return np.array(off, dtype=np.bool_)
 
     def set_hugetlb(self, per_vm: Sequence[int]) -> None:
         """The hugetlb pages of each VM's mm, which its memcg holds outside memory.current."""
@@ -296,6 +319,7 @@ class MemcgLimits:
             low=[pages(c.low_mib, 0) for c in cs],
             min=[pages(c.min_mib, 0) for c in cs],
             swap_max=[pages(c.swap_max_mib, PAGE_COUNTER_MAX) for c in cs],
+            zswap_writeback=[c.zswap_writeback for c in cs],
             owner_memcg=owner_memcg,
             owners=owners,
             overhead=[-(-c.vmm_overhead_kib // page_kib) for c in cs],
@@ -406,6 +430,8 @@ class MemCgroups:
         self.vmstat, self.reclaim, self.oom = vmstat, reclaim, oom
         self.swap_usage = np.zeros(len(self.mms), dtype=np.int64)  # memory.swap.current
         self._owner_memcg = np.asarray(limits.owner_memcg, dtype=np.int64)
+        # per page owner: memory.zswap.writeback 0 (None: no memcg turned it off)
+        self.no_writeback = limits.no_writeback()
         self.ksm: Ksm | None = None  # KSM, when on: the folios each memcg is charged for
         self.vcpus = list(vcpus)
         # lazy statistics (use_lazy_stats): the policy whose lruvecs read flushed counters

@@ -20,6 +20,12 @@ Models
     - clean, with its swap copy: ``__remove_mapping`` frees the frame now and leaves the
       workingset shadow in the swap cache slot (``workingset_eviction``).
 
+    - dirty, of a memcg with ``memory.zswap.writeback`` 0, and not taken by zswap (or with no
+      zswap): ``swap_writeout`` re-dirties it and returns ``AOP_WRITEPAGE_ACTIVATE``, so
+      ``pageout`` clears PG_reclaim and says ``PAGE_ACTIVATE``: the folio goes back activated
+      (``activate_locked``), unmapped, in the swap cache with its slot (an unmapped folio's
+      slot stays: its ptes hold the swap entry), and nothing is written.
+
     Only freed folios count as reclaimed (``nr_reclaimed``, ``pgsteal``); a folio whose write
     started is counted by ``nr_pageout`` (``nr_vmscan_write``) and freed by a later scan.
 
@@ -34,7 +40,8 @@ Kernel reference
     ``pageout``, ``__remove_mapping``, ``activate_locked``), ``shrink_inactive_list``;
     mm/swap.c: ``folio_rotate_reclaimable``, ``lru_move_tail``; mm/filemap.c:
     ``folio_end_writeback``; mm/swap_state.c: ``add_to_swap``; mm/workingset.c:
-    ``workingset_eviction``; mm/page_io.c: ``swap_writepage``.
+    ``workingset_eviction``; mm/page_io.c: ``swap_writeout`` (``swap_writepage`` in older kernels);
+    mm/memcontrol.c: ``mem_cgroup_zswap_writeback_enabled``.
 
 Simplifications
     The writes of a batch are submitted together after the batch is unmapped; a submitter that
@@ -47,7 +54,8 @@ Invariants
     A folio handed here is isolated (on no list). On return the ``FREED`` ones have left memory
     (unmapped, no spte, frame free, the page only in swap); ``KEEP`` ones are unmapped, in the
     swap cache and under write-out (or freed already by a synchronous device: then ``FREED``);
-    ``ACTIVATE`` ones are as they were.
+    ``ACTIVATE`` ones are as they were, but those ``pageout`` activated (zswap write-back off),
+    which are unmapped, dirty and in the swap cache.
 
 THP
     A large folio (``host.thp``, huge_memory.py) is handled whole by ``_shrink_large``: an
@@ -553,9 +561,11 @@ class Vmscan:
         f = mem.flags[pids]
         dirty = ok & ((f & PG_DIRTY) != 0)
         if dirty.any():
-            done = self._pageout(pfns[dirty], pids[dirty], f[dirty], sc)
+            res = self._pageout(pfns[dirty], pids[dirty], f[dirty], sc)
             idx = np.flatnonzero(dirty)
-            out[idx[~done]] = Outcome.KEEP
+            out[idx[res == Outcome.KEEP]] = Outcome.KEEP
+            done = res == Outcome.FREED
+            ok[idx[res == Outcome.ACTIVATE]] = False  # PAGE_ACTIVATE: activate_locked
             dirty[idx[done]] = False  # written before pageout returned: clean, freed below
         clean = ok & ~dirty
         if clean.any():
@@ -611,10 +621,13 @@ class Vmscan:
                 dirty = (mem.flags[lp] & PG_DIRTY) != 0
                 self.sink.evicted(self.now(), lp.astype(np.int32), upfn, dirty, scans)
         f = mem.flags[pids]
-        if (f & PG_DIRTY).any() and not self._pageout(hp, pids, f, sc, HPAGE_PMD_NR)[0]:
+        res = Outcome.FREED
+        if (f & PG_DIRTY).any():
+            res = Outcome(int(self._pageout(hp, pids, f, sc, HPAGE_PMD_NR)[0]))
+        if res != Outcome.FREED:  # one write of the whole folio in flight, or PAGE_ACTIVATE
             if swap.zswap is not None and swap.zpool is not None:  # the shrink worker freed
                 swap.zpool.fit()
-            return Outcome.KEEP  # pageout: one write of the whole folio, in flight
+            return res
         self._remove_large(head, pfn)
         sc.freed(HPAGE_PMD_NR)
         if swap.zpool is not None:
@@ -674,43 +687,95 @@ class Vmscan:
         f: NDArray[np.uint8],
         sc: ScanControl,
         nr_pages: int = 1,
-    ) -> NDArray[np.bool_]:
+    ) -> NDArray[np.int8]:
         """``pageout`` of folios of ``nr_pages`` pages each (``wpfn`` their frames; ``wpid``
         and ``f`` all their pages, folio by folio): clear dirty, set PG_reclaim and
         PG_writeback, submit the writes (a large folio's as one request, ``thp_swpout``);
         each folio's ends with ``folio_end_writeback``. ``nr_pageout`` and
-        ``nr_vmscan_write`` count pages. Returns which folios' writes were done when
-        ``pageout`` returned: every one on a synchronous device (zram), those zswap stored;
-        those folios are clean and still isolated (nothing to rotate)."""
-        mem, swap = self.mem, self.swap
-        n = len(wpid)
+        ``nr_vmscan_write`` count the pages of the writes started (``PAGE_SUCCESS``). Returns
+        an :class:`Outcome` per folio: FREED for those whose writes were done when
+        ``pageout`` returned (every one on a synchronous device (zram), those zswap stored:
+        clean and still isolated, nothing to rotate), KEEP for those in flight, ACTIVATE for
+        those ``swap_writeout`` would not write (their memcg's memory.zswap.writeback is 0
+        and zswap did not take them: ``folio_mark_dirty``, ``AOP_WRITEPAGE_ACTIVATE``, so
+        ``PAGE_ACTIVATE``; still dirty, unmapped, in the swap cache)."""
+        swap = self.swap
+        if swap.zswap is not None and nr_pages > 1:
+            res = self._pageout_large_zswap(wpfn, wpid, f, sc, nr_pages)
+        elif swap.zswap is not None:
+            res = self._pageout_zswap(wpfn, wpid, f, sc)
+        else:
+            res = np.full(len(wpfn), Outcome.ACTIVATE, dtype=np.int8)
+            go = self._writeback_on(wpid[::nr_pages])
+            if go.all():
+                res[:] = self._pageout_device(wpfn, wpid, f, sc, nr_pages)
+            elif go.any():
+                pages = np.repeat(go, nr_pages)
+                res[go] = self._pageout_device(wpfn[go], wpid[pages], f[pages], sc, nr_pages)
+        n = (len(wpfn) - int(np.count_nonzero(res == Outcome.ACTIVATE))) * nr_pages
         sc.nr_pageout += n
         self.vmstat[VmStat.NR_VMSCAN_WRITE] += n
-        if swap.zswap is not None and nr_pages > 1:
-            return self._pageout_large_zswap(wpfn, wpid, f, sc, nr_pages)
-        if swap.zswap is not None:
-            stored, compressed, full = swap.zswap.store(wpid, self._io_owners(wpid))
-            sc.nr_compressed += compressed
-            mem.flags[wpid[stored]] = f[stored] & ~_U8(PG_DIRTY)
-            disk = ~stored
-            if disk.any():
-                self._submit_writeback(wpfn[disk], wpid[disk], f[disk], sc)
-            if full:  # zswap_store queued the shrink worker
-                self._zswap_writeback(sc)
-            return stored
+        return res
+
+    def _writeback_on(self, pids: NDArray[np.integer]) -> NDArray[np.bool_]:
+        """``mem_cgroup_zswap_writeback_enabled`` of each page's memcg (a KSM folio's: the
+        memcg it is charged to)."""
+        off = None if self.memcg is None else self.memcg.no_writeback
+        if off is None:
+            return np.ones(len(pids), dtype=np.bool_)
+        return ~off[self._io_owners(pids)]
+
+    def _pageout_zswap(
+        self,
+        wpfn: NDArray[np.int64],
+        wpid: NDArray[np.integer],
+        f: NDArray[np.uint8],
+        sc: ScanControl,
+    ) -> NDArray[np.int8]:
+        """:meth:`_pageout`'s writes of 4 KiB folios behind zswap: those ``zswap_store``
+        takes are clean at once, the others go to the device (or, their memcg's write-back
+        off, are activated); a store that found the pool full runs the shrink worker."""
+        mem, zswap = self.mem, self.swap.zswap
+        assert zswap is not None
+        stored, compressed, full = zswap.store(wpid, self._io_owners(wpid))
+        sc.nr_compressed += compressed
+        mem.flags[wpid[stored]] = f[stored] & ~_U8(PG_DIRTY)
+        res = np.where(stored, _U8(Outcome.FREED), _U8(Outcome.KEEP)).astype(np.int8)
+        disk = ~stored
+        if zswap.no_writeback is not None and disk.any():
+            act = disk & ~self._writeback_on(wpid)
+            res[act] = Outcome.ACTIVATE
+            disk &= ~act
+        if disk.any():
+            self._submit_writeback(wpfn[disk], wpid[disk], f[disk], sc)
+        if full:  # zswap_store queued the shrink worker
+            self._zswap_writeback(sc)
+        return res
+
+    def _pageout_device(
+        self,
+        wpfn: NDArray[np.int64],
+        wpid: NDArray[np.integer],
+        f: NDArray[np.uint8],
+        sc: ScanControl,
+        nr_pages: int,
+    ) -> NDArray[np.int8]:
+        """:meth:`_pageout`'s writes with no zswap: to an asynchronous device, in flight;
+        to a synchronous one (zram), done."""
+        mem, swap = self.mem, self.swap
         if not swap.synchronous:
             if nr_pages == 1:  # swap_writepage, which a guest kernel's vmscan overrides
                 self._submit_writeback(wpfn, wpid, f, sc)
             else:
                 ends = self._swap_write(wpid, nr_pages)
                 self._writeback_started(wpfn, wpid, f, ends, sc, nr_pages)
-            return np.zeros(len(wpfn), dtype=np.bool_)
+            return np.full(len(wpfn), Outcome.KEEP, dtype=np.int8)
         self._swap_write(wpid, nr_pages)  # done when it returns: nothing to wait for
         if swap.zpool is not None:  # zram_write_page, page by page: compressed into the pool
             swap.zpool.store(wpid)
-            sc.nr_compressed += n
+            sc.nr_compressed += len(wpid)
         mem.flags[wpid] = f & ~_U8(PG_DIRTY)
-        return np.ones(len(wpfn), dtype=np.bool_)
+        return np.full(len(wpfn), Outcome.FREED, dtype=np.int8)
 
     def _pageout_large_zswap(
         self,
@@ -719,13 +784,15 @@ class Vmscan:
         f: NDArray[np.uint8],
         sc: ScanControl,
         nr_pages: int,
-    ) -> NDArray[np.bool_]:
+    ) -> NDArray[np.int8]:
         """:meth:`_pageout`'s writes of large folios behind zswap: each folio is stored whole
-        (clean at once) or written to the device as one request; a store that found the pool
-        full runs the shrink worker after the writes, as for small folios."""
+        (clean at once) or written to the device as one request (or, its memcg's write-back
+        off, activated); a store that found the pool full runs the shrink worker after the
+        writes, as for small folios."""
         mem, zswap = self.mem, self.swap.zswap
         assert zswap is not None
-        done = np.zeros(len(wpfn), dtype=np.bool_)
+        res = np.full(len(wpfn), Outcome.KEEP, dtype=np.int8)
+        on = self._writeback_on(wpid[::nr_pages])
         full = False
         for k in range(len(wpfn)):
             pids = np.asarray(wpid[k * nr_pages : (k + 1) * nr_pages], dtype=np.int64)
@@ -735,13 +802,15 @@ class Vmscan:
             full |= hit
             if stored:
                 mem.flags[pids] = fk & ~_U8(PG_DIRTY)
-                done[k] = True
+                res[k] = Outcome.FREED
+            elif not on[k]:
+                res[k] = Outcome.ACTIVATE
             else:
                 ends = self._swap_write(pids, nr_pages)
                 self._writeback_started(wpfn[k : k + 1], pids, fk, ends, sc, nr_pages)
         if full:  # zswap_store queued the shrink worker
             self._zswap_writeback(sc)
-        return done
+        return res
 
     def _submit_writeback(
         self,
@@ -781,7 +850,7 @@ class Vmscan:
         """``shrink_worker``: zswap's oldest entries go to the device (``zswpwb``, and a write
         each, ``pswpout``); decompressing them is priced into this pass."""
         assert self.swap.zswap is not None
-        back = np.array(self.swap.zswap.shrink(), dtype=np.int64)
+        back = np.array(self.swap.zswap.shrink(self._io_owners), dtype=np.int64)
         if len(back) == 0:
             return
         owners = np.bincount(self._io_owners(back), minlength=len(self.mms)).tolist()

@@ -22,6 +22,15 @@ Models
     ``pswpout`` for each write) until the pool is at the accept threshold. The pool is a
     :class:`~sim.host.zpool.Zpool`: its memory is host frames.
 
+    ``memory.zswap.writeback`` 0 (``vms[].memcg.zswap_writeback: false``; since 6.8, checked
+    for the memcg and its ancestors by ``mem_cgroup_zswap_writeback_enabled``): the memcg's
+    pages stay out of the device. ``zswap_compress`` does not store such a page as it is (it
+    fails with -EINVAL: debugfs ``reject_compress_fail``, not ``reject_compress_poor``), a
+    large folio with one such page fails whole, and the shrink worker writes none of its
+    entries back (``shrink_memcg`` refuses the memcg; memsim's pool LRU is global, so the
+    worker passes over its entries and takes the oldest of the others). What zswap did not
+    take is activated by ``pageout`` (sim/host/vmscan.py), not written.
+
 Counting
     ``zswpout``, ``zswpin``, ``zswpwb`` are vm events the kernel also counts per memcg
     (``count_objcg_events``): counted per VM here. ``zswap_pool_limit_hit`` and
@@ -32,7 +41,9 @@ Counting
 Kernel reference
     mm/zswap.c: ``zswap_store``, ``zswap_check_limits``, ``zswap_max_pages``,
     ``zswap_accept_thr_pages``, ``zswap_compress``, ``zswap_load``, ``shrink_worker``,
-    ``zswap_writeback_entry``, ``zswap_invalidate``; mm/page_io.c: ``swap_writepage``.
+    ``zswap_writeback_entry``, ``zswap_invalidate``, ``shrink_memcg``; mm/page_io.c:
+    ``swap_writeout`` (``swap_writepage`` in older kernels); mm/memcontrol.c:
+    ``mem_cgroup_zswap_writeback_enabled``.
 
 Simplifications
     The shrink worker runs at once, in the reclaim pass whose store found the pool full, and
@@ -41,11 +52,13 @@ Simplifications
     folio) and is on the device from then on, even while the write is in flight. The
     memcg-aware ``zswap_shrinker`` (off by default) and same-filled pages are not modelled. A
     page stored as it is comes back at the price of a decompression (the kernel copies it),
-    and every memcg lets zswap write back (``memory.zswap.writeback`` 1, the default: with 0,
-    6.18 rejects incompressible pages as before).
+    and ``memory.zswap.writeback`` is one setting per VM memcg (the root's cannot be
+    changed; memsim's memcgs have no other ancestors).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -55,6 +68,12 @@ from sim.host.memory import PAGE_SIZE
 from sim.host.vmstat import VmEvents, VmStat
 from sim.host.zpool import Zpool
 from sim.schema import Strict
+
+ZSWAP_REJECT_COMPRESS_FAIL = "zswap_reject_compress_fail"
+"""zswap's debugfs ``reject_compress_fail``: here the pages of a memcg with
+memory.zswap.writeback 0 that do not compress below a page (``zswap_compress`` fails them
+with -EINVAL, which its exit counts as a compression failure, not as ``reject_compress_poor``,
+kept for -ENOSPC); a vmstat key only in worlds where some memcg turns write-back off."""
 
 
 class ZswapConfig(Strict):
@@ -98,12 +117,15 @@ class Zswap:
         self.accept_thr_pages = self.max_pages * cfg.accept_threshold_percent // 100
         self.reached_full = False  # zswap_pool_reached_full
         self.as_is = cfg.store_incompressible
+        # per page owner: its memcg's memory.zswap.writeback is 0 (None: none is)
+        self.no_writeback: NDArray[np.bool_] | None = None
 
-    def accepts(self, pids: NDArray[np.integer]) -> NDArray[np.bool_]:
-        """Which of these pages ``zswap_compress`` keeps once compressed: all of them when
-        pages that do not shrink are stored as they are (6.18+), else those that shrink below
-        a page."""
-        if self.as_is:
+    def accepts(self, pids: NDArray[np.integer], no_writeback: bool = False) -> NDArray[np.bool_]:
+        """Which of these pages (of one memcg, ``no_writeback``: its memory.zswap.writeback
+        is 0) ``zswap_compress`` keeps once compressed: all of them when pages that do not
+        shrink are stored as they are (6.18+, and only for a memcg that lets zswap write
+        back), else those that shrink below a page."""
+        if self.as_is and not no_writeback:
             return np.ones(len(pids), dtype=np.bool_)
         return self.pool.obj_bytes[pids] < PAGE_SIZE
 
@@ -125,7 +147,7 @@ class Zswap:
         Returns which were stored, how many were compressed (the reclaimer's CPU) and whether
         the pool was found full (the caller then runs :meth:`shrink`).
         """
-        pool, page = self.pool, PAGE_SIZE
+        pool, page, off = self.pool, PAGE_SIZE, self.no_writeback
         stored = np.zeros(len(pids), dtype=np.bool_)
         compressed = 0
         full = False
@@ -134,9 +156,13 @@ class Zswap:
                 full = True
                 continue
             compressed += 1
-            if not self.as_is and pool.obj_bytes.item(pid) >= page:
-                self.vmstat[VmStat.ZSWAP_REJECT_COMPRESS_POOR] += 1
-                continue
+            if pool.obj_bytes.item(pid) >= page:
+                if not self.as_is:
+                    self.vmstat[VmStat.ZSWAP_REJECT_COMPRESS_POOR] += 1
+                    continue
+                if off is not None and off.item(mm):
+                    self.vmstat[ZSWAP_REJECT_COMPRESS_FAIL] += 1
+                    continue
             pool.store(np.array([pid], dtype=np.int64))
             stored[i] = True
             self.vmstat.count(VmStat.ZSWPOUT, 1, mm)
@@ -156,9 +182,12 @@ class Zswap:
         the pool was found full."""
         if self.check_limits():
             return False, 0, True
-        poor = np.flatnonzero(~self.accepts(pids))
+        off = self.no_writeback is not None and self.no_writeback.item(mm)
+        poor = np.flatnonzero(~self.accepts(pids, off))
         if len(poor):
-            self.vmstat[VmStat.ZSWAP_REJECT_COMPRESS_POOR] += 1
+            # as is but for write-back off: zswap_compress's -EINVAL; else -ENOSPC
+            key = ZSWAP_REJECT_COMPRESS_FAIL if self.as_is else VmStat.ZSWAP_REJECT_COMPRESS_POOR
+            self.vmstat[key] += 1
             self.pool.free(pids)  # check_old: no stale entry may outlive the failed store
             return False, int(poor[0]) + 1, False
         self.pool.store(pids)
@@ -173,11 +202,25 @@ class Zswap:
         self.vmstat.count(VmStat.ZSWPIN, 1, mm)
         return True
 
-    def shrink(self) -> list[int]:
+    def shrink(
+        self, owners: Callable[[NDArray[np.int64]], NDArray[np.intp]] | None = None
+    ) -> list[int]:
         """``shrink_worker``: take entries off the pool's LRU tail until it is at the accept
-        threshold; returns the pages to write to the device (``zswap_writeback_entry``)."""
+        threshold; returns the pages to write to the device (``zswap_writeback_entry``).
+        Entries of a memcg with memory.zswap.writeback 0 stay where they are: the kernel's
+        ``shrink_memcg`` refuses such a memcg (its LRUs are per memcg), memsim's one LRU
+        passes over its entries (``owners``: the page owner of each page)."""
         pool = self.pool
         out = []
+        if self.no_writeback is not None:
+            assert owners is not None
+            order = np.array(pool.lru_order(), dtype=np.int64)
+            for pid in order[~self.no_writeback[owners(order)]].tolist():
+                if pool.frames_needed() <= self.accept_thr_pages:
+                    break
+                pool.free((pid,))
+                out.append(pid)
+            return out
         while pool.frames_needed() > self.accept_thr_pages:
             pid = pool.lru_oldest()
             if pid is None:
