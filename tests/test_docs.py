@@ -77,3 +77,17 @@ def test_every_yaml_snippet_is_a_committed_file_that_validates() -> None:
         r = CliRunner().invoke(main, ["validate", str(same[0])])
         assert r.exit_code == 0, (same[0], r.output)
         assert f"`{same[0].relative_to(root)}`" in README.read_text()  # the README names it
+
+
+def test_every_config_has_its_row_in_the_configs_table() -> None:
+    """Each file under configs/ is named in the README's Configs table, so a config added
+    without a line saying what it is for fails here."""
+    text = README.read_text()
+    table = text.split("\n## Configs\n", 1)[1].split("\n## ", 1)[0]
+    root = README.parent
+    missing = [
+        p.name
+        for p in sorted((root / "configs").glob("*.yaml"))
+        if f"| `configs/{p.name}` |" not in table
+    ]
+    assert not missing, f"configs without a row in the README's Configs table: {missing}"
