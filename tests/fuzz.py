@@ -178,6 +178,8 @@ MEMCGS: list[Any] = [
     {"max_mib": 1, "vmm_overhead_kib": 1024},
     {"vmm_overhead_kib": 2**40, "swap_max_mib": 0},
     {"max_mib": 0, "vmm_overhead_kib": 0},
+    {"max_mib": 4, "zswap_writeback": False},
+    {"zswap_writeback": "no"},
 ]
 MEMCG_STATS: list[Any] = ["lazy", "lazy", "exact", "LAZY", "", 1, None]
 ROTATIONAL: list[Any] = [True, True, False, "yes", 1, None, "hdd"]
@@ -417,6 +419,7 @@ KSMS: list[Any] = [
     {"sleep_ms": 0},
     {"pages_to_scan": "x"},
 ]
+BACKINGS: list[Any] = ["hugetlbfs", "hugetlbfs", "anonymous", "HUGETLBFS", "", 1, None]
 RMAPS: list[Any] = ["none", "none", "anon_vma", "off", None, True]
 THPS: list[Any] = [
     {},
@@ -472,6 +475,7 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
                 "ksm",
                 "rmap",
                 "thp",
+                "hugetlb",
             ]
         )
         if op == "delete":
@@ -562,6 +566,12 @@ def mutate(rng: random.Random, raw: Any, traces: list[str]) -> Any:
             costs = raw.setdefault("costs", {})
             if isinstance(costs, dict) and rng.random() < 0.3:
                 costs["pte_scan_ns"] = rng.choice([0, 1, 50, -1, "x", 10**10])
+        elif op == "hugetlb" and isinstance(raw, dict):
+            vms = raw.get("vms")
+            if isinstance(vms, list) and vms and isinstance(vms[-1], dict):  # the pool's guest
+                vms[-1]["memory_backing"] = rng.choice(BACKINGS)
+                if rng.random() < 0.4:
+                    vms[-1]["hugepage_size_kib"] = rng.choice([2048, 1048576, 4, 0, "x", None])
         elif op == "async_pf" and isinstance(raw, dict):
             vms = raw.get("vms")
             if isinstance(vms, list) and vms and isinstance(vms[-1], dict):
