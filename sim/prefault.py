@@ -196,11 +196,7 @@ def prefault(w: World, cfgs: Sequence[VmConfig]) -> None:
         _prefault_thp(w, pid)
         return
     owner = mem.page_owners(pid)
-    fits = np.ones(len(pid), dtype=np.bool_)  # under its memcg's memory.max and memory.high
-    if w.memcg is not None:
-        lim, nr = w.memcg.limits, len(w.vms)
-        cap = np.minimum(lim.max, lim.high) - mem.nr_resident[:nr] - lim.overhead[:nr]
-        fits = _rank(owner, nr) < cap[owner]
+    fits = _fits(w, owner, 1)
     room = max(0, mem.nr_free - mem.wmark.high - 1)  # stay above high: nr_free > high
     k = min(room, int(fits.sum()))
     for _ in range(MAX_FIT_ROUNDS):  # fewer resident pages, more in the pool, until both fit
@@ -250,20 +246,16 @@ def _prefault_thp(w: World, heads: NDArray[np.int64]) -> None:
     docstring), each block costing 512 frames, 512 pages of charge, 512 swap slots."""
     mem, swap = w.mem, w.swap
     owner = mem.page_owners(heads)
-    fits = np.ones(len(heads), dtype=np.bool_)  # under its memcg's memory.max and memory.high
-    if w.memcg is not None:
-        lim, nr = w.memcg.limits, len(w.vms)
-        cap = np.minimum(lim.max, lim.high) - mem.nr_resident[:nr] - lim.overhead[:nr]
-        fits = (_rank(owner, nr) + 1) * HPAGE_PMD_NR <= cap[owner]
+    fits = _fits(w, owner, HPAGE_PMD_NR)
     room = max(0, mem.nr_free - mem.wmark.high - 1)  # stay above high: nr_free > high
     k = min(room // HPAGE_PMD_NR, int(fits.sum()))
 
     def pool(m: int) -> int:
-        return _pool_frames_thp(w, _split_blocks(w, heads, owner, fits, m)[1])
+        return _pool_frames_thp(w, _split(w, heads, owner, fits, m, HPAGE_PMD_NR)[1])
 
     if swap.zpool is not None and k * HPAGE_PMD_NR + pool(k) > room:
         k = _largest(k, lambda m: m * HPAGE_PMD_NR + pool(m) <= room)
-    resident, swapped = _split_blocks(w, heads, owner, fits, k)
+    resident, swapped = _split(w, heads, owner, fits, k, HPAGE_PMD_NR)
     left = room - k * HPAGE_PMD_NR
     if swap.zpool is not None and _pool_frames_thp(w, swapped) > left:  # keep what fits
         out = swapped
@@ -275,21 +267,6 @@ def _prefault_thp(w: World, heads: NDArray[np.int64]) -> None:
         swap.zpool.fit()
 
 
-def _split_blocks(
-    w: World, heads: NDArray[np.int64], owner: NDArray[np.intp], fits: NDArray[np.bool_], k: int
-) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """:func:`_split` in whole blocks: the ``k`` hottest blocks that fit their memcg are
-    resident; of the others, warmest first, those with 512 slots left for them and room for
-    512 more under their memcg's memory.swap.max start in swap."""
-    chosen = np.zeros(len(heads), dtype=np.bool_)
-    chosen[np.flatnonzero(fits)[:k]] = True
-    rest, rest_owner = heads[~chosen], owner[~chosen]
-    if w.memcg is not None:
-        allow = np.asarray(w.memcg.limits.swap_max, dtype=np.int64) - w.memcg.swap_usage
-        rest = rest[(_rank(rest_owner, len(w.vms)) + 1) * HPAGE_PMD_NR <= allow[rest_owner]]
-    return heads[chosen], rest[: w.swap.nr_free_slots // HPAGE_PMD_NR]
-
-
 def _rank(owner: NDArray[np.intp], nr: int) -> NDArray[np.int64]:
     """Each page's place among its own VM's pages, in the given order (0: first)."""
     rank = np.empty(len(owner), dtype=np.int64)
@@ -299,19 +276,35 @@ def _rank(owner: NDArray[np.intp], nr: int) -> NDArray[np.int64]:
     return rank
 
 
+def _fits(w: World, owner: NDArray[np.intp], unit: int) -> NDArray[np.bool_]:
+    """Which units of ``unit`` pages (``owner``: each one's VM, hottest first) fit under their
+    memcg's memory.max and memory.high if every hotter unit of that VM is resident."""
+    if w.memcg is None:
+        return np.ones(len(owner), dtype=np.bool_)
+    lim, nr = w.memcg.limits, len(w.vms)
+    cap = np.minimum(lim.max, lim.high) - w.mem.nr_resident[:nr] - lim.overhead[:nr]
+    return (_rank(owner, nr) + 1) * unit <= cap[owner]
+
+
 def _split(
-    w: World, pid: NDArray[np.int64], owner: NDArray[np.intp], fits: NDArray[np.bool_], k: int
+    w: World,
+    pid: NDArray[np.int64],
+    owner: NDArray[np.intp],
+    fits: NDArray[np.bool_],
+    k: int,
+    unit: int = 1,
 ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """The ``k`` hottest pages that fit their memcg get frames; of the others, warmest first,
-    those with a free swap slot and room under their memcg's memory.swap.max start in swap
-    (warmest first). Returns (resident, swapped), both hottest first."""
+    """The ``k`` hottest units (pages, or with ``unit`` 512 whole THP blocks named by their
+    heads) that fit their memcg get frames; of the others, warmest first, those with ``unit``
+    free swap slots left for them and room for ``unit`` more pages under their memcg's
+    memory.swap.max start in swap. Returns (resident, swapped), both hottest first."""
     chosen = np.zeros(len(pid), dtype=np.bool_)
     chosen[np.flatnonzero(fits)[:k]] = True
     rest, rest_owner = pid[~chosen], owner[~chosen]
     if w.memcg is not None:
         allow = np.asarray(w.memcg.limits.swap_max, dtype=np.int64) - w.memcg.swap_usage
-        rest = rest[_rank(rest_owner, len(w.vms)) < allow[rest_owner]]
-    return pid[chosen], rest[: w.swap.nr_free_slots]
+        rest = rest[(_rank(rest_owner, len(w.vms)) + 1) * unit <= allow[rest_owner]]
+    return pid[chosen], rest[: w.swap.nr_free_slots // unit]
 
 
 def _pool_frames(w: World, swapped: NDArray[np.int64]) -> int:
@@ -403,21 +396,28 @@ def _place_swapped(w: World, swapped: NDArray[np.int64], *, store: bool = True) 
 
 def _place_resident(w: World, resident: NDArray[np.int64]) -> None:
     """The state the first-touch path leaves, then its policy hooks, coldest first."""
-    mem, policy = w.mem, w.policy
+    mem = w.mem
     cold_first = resident[::-1]
     pfns = mem.alloc_frames(cold_first)
     mem.flags[cold_first] = _NEW_ANON
-    owners = mem.page_owners(cold_first)
+    _map_and_add(w, cold_first, pfns)
+
+
+def _map_and_add(w: World, pages: NDArray[np.int64], folios: NDArray[np.int64]) -> None:
+    """KVM maps the sptes of ``pages`` (``map_sptes``, each VM its own), then the first-touch
+    path's policy hooks run on ``folios`` (their LRU entries' frames, in LRU order)."""
+    policy = w.policy
+    owners = w.mem.page_owners(pages)
     for vm in w.vms:
         mine = owners == vm.index
         if mine.any():
-            vm.mmu.map_sptes(cold_first[mine] - vm.mm.pid_base)
+            vm.mmu.map_sptes(pages[mine] - vm.mm.pid_base)
     batched = getattr(policy, "folio_add_lru_touched", None)
     if batched is not None and fast.enabled("prefault_batch"):  # the same hooks, many folios
-        batched(pfns)  # at once (two_list, MGLRU)
+        batched(folios)  # at once (two_list, MGLRU)
         fast.took("prefault_batch")
         return
-    for pfn in pfns.tolist():  # the first-touch path's hooks, in LRU order
+    for pfn in folios.tolist():  # the first-touch path's hooks, in LRU order
         policy.folio_add_lru(pfn, None)
         policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
         policy.folio_mark_accessed(pfn)  # kvm_release_faultin_page
@@ -538,7 +538,7 @@ def _place_resident_thp(w: World, resident: NDArray[np.int64]) -> None:
     all), the PMD mapping them dirty, its young bit on the head; KVM's 2 MiB spte (the block's
     512 sptes present); one LRU entry, the head's frame, counted as 512 pages. Then the
     first-touch hooks on those entries, coldest first, as :func:`_place_resident`."""
-    mem, policy, thp = w.mem, w.policy, w.thp
+    mem, thp = w.mem, w.thp
     assert thp is not None
     cold_first = resident[::-1]
     pages = _pages(cold_first)
@@ -546,18 +546,4 @@ def _place_resident_thp(w: World, resident: NDArray[np.int64]) -> None:
     mem.flags[pages] = np.uint8(TAIL_NEW)
     mem.flags[cold_first] = np.uint8(HEAD_NEW)
     thp.block[cold_first >> HPAGE_PMD_SHIFT] = THP_LARGE | THP_PMD
-    owners = mem.page_owners(cold_first)
-    for vm in w.vms:
-        mine = owners == vm.index
-        if mine.any():
-            vm.mmu.map_sptes(_pages(cold_first[mine]) - vm.mm.pid_base)
-    heads = pfns[::HPAGE_PMD_NR]
-    batched = getattr(policy, "folio_add_lru_touched", None)
-    if batched is not None and fast.enabled("prefault_batch"):
-        batched(heads)
-        fast.took("prefault_batch")
-        return
-    for pfn in heads.tolist():
-        policy.folio_add_lru(pfn, None)
-        policy.folio_mark_accessed(pfn)  # GUP's FOLL_TOUCH
-        policy.folio_mark_accessed(pfn)  # kvm_release_faultin_page
+    _map_and_add(w, pages, pfns[::HPAGE_PMD_NR])  # a THP: one entry, its head's frame
