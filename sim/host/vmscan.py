@@ -805,9 +805,8 @@ class Vmscan:
                 res[k] = Outcome.FREED
             elif not on[k]:
                 res[k] = Outcome.ACTIVATE
-            else:
-                ends = self._swap_write(pids, nr_pages)
-                self._writeback_started(wpfn[k : k + 1], pids, fk, ends, sc, nr_pages)
+            else:  # to the disk behind zswap: one request, in flight
+                res[k] = self._pageout_device(wpfn[k : k + 1], pids, fk, sc, nr_pages)[0]
         if full:  # zswap_store queued the shrink worker
             self._zswap_writeback(sc)
         return res
